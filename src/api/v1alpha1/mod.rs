@@ -1,0 +1,31 @@
+//! `atelier.dev/v1alpha1`.
+
+mod batchjob;
+mod common;
+mod datasource;
+mod nodepool;
+mod profile;
+mod workspace;
+
+pub use batchjob::{BatchJob, BatchJobSpec, BatchJobStatus};
+pub use common::{EnvMap, ResourceRequest, WorkspaceKind};
+pub use datasource::{
+    CsiSpec, DataSource, DataSourceSpec, IrodsSource, NfsSource, PvcSource, S3Source, SecretRef,
+};
+pub use nodepool::{Caps, GpuOffer, NodePool, NodePoolCaps, NodePoolSpec, PoolPurpose};
+pub use profile::{HomePolicy, HomeReclaim, WorkspaceProfile, WorkspaceProfileSpec};
+pub use workspace::{DesiredState, Workspace, WorkspacePhase, WorkspaceSpec, WorkspaceStatus};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// Every CRD of this version, in the order `atelier crdgen` writes them.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        Workspace::crd(),
+        WorkspaceProfile::crd(),
+        NodePool::crd(),
+        DataSource::crd(),
+        BatchJob::crd(),
+    ]
+}

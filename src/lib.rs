@@ -1,0 +1,6 @@
+//! Atelier: a Kubernetes control plane for Virtual Research Environments.
+
+pub mod api;
+pub mod crdgen;
+pub mod operator;
+pub mod policy;

@@ -1,0 +1,1 @@
+//! The I/O steps: dereference, apply, status, finalizer; and the Controller wiring.

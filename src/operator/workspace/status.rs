@@ -1,0 +1,1 @@
+//! Pure: what the observed pod says about the workspace (phase, Ready condition, message).

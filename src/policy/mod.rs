@@ -1,0 +1,1 @@
+//! Pure policy: groups, quantities, node-pool routing, caps and name rules. No I/O.
