@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The full test suite (README: "Run the tests"). Provisions the real peers the tests need, each
+# step idempotent, then runs fmt, clippy and every test with the peer-gated ones switched on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- PostgreSQL (store tests run on SQLite and on PostgreSQL) --------------------------------
+PG_URL="${ATELIER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+ensure_postgres() {
+  if command -v pg_isready >/dev/null && pg_isready -h 127.0.0.1 -p 5432 -q; then
+    return 0
+  fi
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    log "installing PostgreSQL (Debian package)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q || true
+    apt-get install -y -q postgresql >/dev/null
+    ver=$(ls /etc/postgresql | sort -V | tail -n1)
+    # trust auth on loopback, as on the development machines
+    sed -i -E 's/^(host\s+all\s+all\s+127\.0\.0\.1\/32\s+)\S+/\1trust/' "/etc/postgresql/$ver/main/pg_hba.conf"
+  fi
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start || true
+  for _ in $(seq 1 30); do
+    pg_isready -h 127.0.0.1 -p 5432 -q && break
+    sleep 1
+  done
+  pg_isready -h 127.0.0.1 -p 5432 -q
+  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" >/dev/null
+}
+ensure_postgres
+export ATELIER_TEST_POSTGRES_URL="$PG_URL"
+
+# Tests that need a peer read this and fail (never skip) when it is set and the peer is missing.
+export ATELIER_PEERS=1
+
+log "cargo fmt --check"
+cargo fmt --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+log "cargo test (peers on)"
+cargo test --locked
