@@ -133,8 +133,10 @@ pub struct ValidatedWorkspace {
     pub image: String,
     /// Effective resources.
     pub resources: EffectiveResources,
-    /// Chosen pool.
-    pub pool: PlacedPool,
+    /// Chosen pool. Always `Some` when `desired_state` is `Running` (a running workspace without
+    /// an eligible pool is refused); for a stopped workspace it is the pool it would run on, or
+    /// `None` when no pool is eligible right now (nothing runs, so that is not a refusal).
+    pub pool: Option<PlacedPool>,
     /// The data sources, sorted by name.
     pub data_sources: Vec<(String, DataSourceSpec)>,
     /// Profile env overlaid by workspace env.
