@@ -1,1 +1,16 @@
 //! Pure policy: groups, quantities, node-pool routing, caps and name rules. No I/O.
+
+pub mod caps;
+pub mod groups;
+pub mod names;
+pub mod quantity;
+pub mod resources;
+pub mod routing;
+
+pub use caps::{CapError, Consumer, Usage, check_caps, usage_of, workspace_usage};
+pub use groups::{allowed, format_groups};
+pub use quantity::{
+    QuantityError, format_bytes, format_cpu_cores, format_cpu_millis, parse_bytes, parse_cpu_millis,
+};
+pub use resources::{DEFAULT_CPU, DEFAULT_MEMORY, effective_request};
+pub use routing::{PoolRequest, RoutingError, route};

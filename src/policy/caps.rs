@@ -1,0 +1,226 @@
+//! Caps: what one user, and the members of one group, may use in a NodePool at once.
+//!
+//! The caller computes the [`Usage`] of every other running workspace in the pool (see
+//! [`workspace_usage`]) and of the new one; [`check_caps`] adds them up per user and per group.
+//!
+//! A resource is checked only when the new workspace uses some of it: a CPU-only workspace is not
+//! refused because the GPUs of its group are over a (since lowered) cap. The workspace count is
+//! always checked.
+
+use std::collections::BTreeSet;
+use std::ops::{Add, AddAssign};
+
+use thiserror::Error;
+
+use super::quantity::{format_bytes, format_cpu_millis, parse_bytes, parse_cpu_millis};
+use super::resources::effective_request;
+use super::routing::plural;
+use crate::api::v1alpha1::{Caps, NodePoolCaps, ResourceRequest};
+
+/// What one or more workspaces use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Running workspaces.
+    pub workspaces: i64,
+    /// CPU in milli-CPUs.
+    pub cpu_millis: i64,
+    /// Memory in bytes.
+    pub memory_bytes: i64,
+    /// GPUs.
+    pub gpus: i64,
+}
+
+impl Add for Usage {
+    type Output = Usage;
+
+    fn add(self, rhs: Usage) -> Usage {
+        Usage {
+            workspaces: self.workspaces.saturating_add(rhs.workspaces),
+            cpu_millis: self.cpu_millis.saturating_add(rhs.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(rhs.memory_bytes),
+            gpus: self.gpus.saturating_add(rhs.gpus),
+        }
+    }
+}
+
+impl AddAssign for Usage {
+    fn add_assign(&mut self, rhs: Usage) {
+        *self = *self + rhs;
+    }
+}
+
+/// Another workspace already running in the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumer {
+    /// Its owner.
+    pub user: String,
+    /// Its owner's groups.
+    pub groups: BTreeSet<String>,
+    /// What it uses.
+    pub usage: Usage,
+}
+
+/// Why a workspace would exceed a cap.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum CapError {
+    /// A `caps.perUser` bound.
+    #[error("{0}")]
+    User(String),
+    /// A `caps.perGroup` bound.
+    #[error("{0}")]
+    Group(String),
+    /// A cap is not a valid quantity.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CapError {
+    /// The condition reason: `UserCapExceeded`, `GroupCapExceeded` or `InvalidNodePool`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CapError::User(_) => "UserCapExceeded",
+            CapError::Group(_) => "GroupCapExceeded",
+            CapError::Invalid(_) => "InvalidNodePool",
+        }
+    }
+}
+
+/// The usage of one workspace with the given effective request (unparseable quantities count 0).
+pub fn usage_of(request: &ResourceRequest) -> Usage {
+    Usage {
+        workspaces: 1,
+        cpu_millis: request
+            .cpu
+            .as_deref()
+            .and_then(|q| parse_cpu_millis(q).ok())
+            .unwrap_or(0),
+        memory_bytes: request
+            .memory
+            .as_deref()
+            .and_then(|q| parse_bytes(q).ok())
+            .unwrap_or(0),
+        gpus: i64::from(request.gpu_count().max(0)),
+    }
+}
+
+/// Estimates the usage of another workspace from its spec alone (its status does not record its
+/// effective resources, and `validate` sees only its own profile):
+///
+/// - `spec.resources` fields win;
+/// - missing fields come from `profile_defaults` when the other workspace uses the same profile as
+///   the one being validated (pass that profile's `defaultResources`), else `None` is passed and
+///   the built-in defaults apply (1 CPU, 2Gi, no GPU);
+/// - on a `gpu` pool a workspace counts at least one GPU, since only workspaces asking for GPUs
+///   are placed there.
+pub fn workspace_usage(
+    resources: Option<&ResourceRequest>,
+    profile_defaults: Option<&ResourceRequest>,
+    gpu_pool: bool,
+) -> Usage {
+    let mut usage = usage_of(&effective_request(resources, profile_defaults));
+    if gpu_pool {
+        usage.gpus = usage.gpus.max(1);
+    }
+    usage
+}
+
+/// Checks `caps` of pool `pool` for a new workspace of `user` (in `groups`) using `new`, given
+/// the other running workspaces of the pool. Per-user caps first, then each group in name order;
+/// within a scope: workspaces, CPU, memory, GPUs.
+pub fn check_caps(
+    pool: &str,
+    caps: Option<&NodePoolCaps>,
+    user: &str,
+    groups: &BTreeSet<String>,
+    new: Usage,
+    others: &[Consumer],
+) -> Result<(), CapError> {
+    let Some(caps) = caps else {
+        return Ok(());
+    };
+    if let Some(per_user) = &caps.per_user {
+        let total = others
+            .iter()
+            .filter(|c| c.user == user)
+            .fold(new, |acc, c| acc + c.usage);
+        check_scope(pool, &format!("user {user}"), per_user, new, total).map_err(|e| match e {
+            ScopeError::Exceeded(m) => CapError::User(m),
+            ScopeError::Invalid(m) => CapError::Invalid(m),
+        })?;
+    }
+    if let Some(per_group) = &caps.per_group {
+        for group in groups {
+            let total = others
+                .iter()
+                .filter(|c| c.groups.contains(group))
+                .fold(new, |acc, c| acc + c.usage);
+            check_scope(pool, &format!("group {group}"), per_group, new, total).map_err(
+                |e| match e {
+                    ScopeError::Exceeded(m) => CapError::Group(m),
+                    ScopeError::Invalid(m) => CapError::Invalid(m),
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+enum ScopeError {
+    Exceeded(String),
+    Invalid(String),
+}
+
+fn check_scope(
+    pool: &str,
+    who: &str,
+    cap: &Caps,
+    new: Usage,
+    total: Usage,
+) -> Result<(), ScopeError> {
+    let exceeded = |what: String, cap: String| {
+        ScopeError::Exceeded(format!(
+            "{who} would use {what} in NodePool {pool} (cap {cap})"
+        ))
+    };
+    if let Some(max) = cap.workspaces
+        && total.workspaces > i64::from(max)
+    {
+        return Err(exceeded(
+            plural(total.workspaces, "running workspace"),
+            max.to_string(),
+        ));
+    }
+    if let Some(max) = &cap.cpu
+        && new.cpu_millis > 0
+    {
+        let max_millis = parse_cpu_millis(max).map_err(|e| {
+            ScopeError::Invalid(format!("NodePool {pool} has an invalid cpu cap: {e}"))
+        })?;
+        if total.cpu_millis > max_millis {
+            return Err(exceeded(
+                format!("{} CPU", format_cpu_millis(total.cpu_millis)),
+                max.clone(),
+            ));
+        }
+    }
+    if let Some(max) = &cap.memory
+        && new.memory_bytes > 0
+    {
+        let max_bytes = parse_bytes(max).map_err(|e| {
+            ScopeError::Invalid(format!("NodePool {pool} has an invalid memory cap: {e}"))
+        })?;
+        if total.memory_bytes > max_bytes {
+            return Err(exceeded(
+                format!("{} of memory", format_bytes(total.memory_bytes)),
+                max.clone(),
+            ));
+        }
+    }
+    if let Some(max) = cap.gpus
+        && new.gpus > 0
+        && total.gpus > i64::from(max)
+    {
+        return Err(exceeded(plural(total.gpus, "GPU"), max.to_string()));
+    }
+    Ok(())
+}
