@@ -1,5 +1,9 @@
 //! `atelier.dev/v1alpha1`.
 
+// Each `printcolumn(.., type_ = "string", ..)` of `#[kube(..)]` repeats `type_`, which clippy
+// mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 mod batchjob;
 mod common;
 mod datasource;
