@@ -175,8 +175,10 @@ pub struct Refusal {
     pub status: Status,
     /// Kind of the refused object.
     pub kind: String,
-    /// `<plural>.<group>`, e.g. `workspaces.atelier.dev`.
-    pub resource: String,
+    /// API group, e.g. `atelier.dev`.
+    pub group: String,
+    /// API version, e.g. `v1alpha1`.
+    pub version: String,
     /// `metadata.name` of the refused object.
     pub name: String,
     /// Every reason, in the order the API server reports them.
@@ -191,14 +193,18 @@ impl fmt::Display for Refusal {
                 let unknown: Vec<String> = self.errors.iter().map(FieldError::body).collect();
                 write!(
                     f,
-                    "{kind} in version \"v1alpha1\" cannot be handled as a {kind}: strict decoding error: {}",
+                    "{kind} in version {:?} cannot be handled as a {kind}: strict decoding error: {}",
+                    self.version,
                     unknown.join(", "),
                     kind = self.kind
                 )
             }
             Status::Invalid => {
-                let group = self.resource.split_once('.').map_or("", |(_, g)| g);
-                write!(f, "{}.{group} \"{}\" is invalid: ", self.kind, self.name)?;
+                write!(
+                    f,
+                    "{}.{} {:?} is invalid: ",
+                    self.kind, self.group, self.name
+                )?;
                 if let [one] = errors.as_slice() {
                     write!(f, "{one}")
                 } else {
@@ -212,8 +218,8 @@ impl fmt::Display for Refusal {
 /// Admission of the custom resources of one CRD (its first served version).
 pub struct CrdValidator {
     kind: String,
-    resource: String,
-    api_version: String,
+    group: String,
+    version: String,
     namespaced: bool,
     schema: Value,
     /// Rule text → `type` of the schema node declaring it (the "value" of a failed rule).
@@ -234,8 +240,8 @@ impl CrdValidator {
         collect_rule_types(&schema, &mut rule_types);
         CrdValidator {
             kind: crd.spec.names.kind.clone(),
-            resource: format!("{}.{}", crd.spec.names.plural, crd.spec.group),
-            api_version: format!("{}/{}", crd.spec.group, version.name),
+            group: crd.spec.group.clone(),
+            version: version.name.clone(),
             namespaced: crd.spec.scope == "Namespaced",
             schema,
             rule_types,
@@ -276,7 +282,8 @@ impl CrdValidator {
         let refuse = |status, errors| Refusal {
             status,
             kind: self.kind.clone(),
-            resource: self.resource.clone(),
+            group: self.group.clone(),
+            version: self.version.clone(),
             name: name.clone(),
             errors,
         };
@@ -311,7 +318,8 @@ impl CrdValidator {
 
     fn type_meta_errors(&self, object: &Value) -> Vec<FieldError> {
         let mut errors = Vec::new();
-        for (field, want) in [("apiVersion", &self.api_version), ("kind", &self.kind)] {
+        let api_version = format!("{}/{}", self.group, self.version);
+        for (field, want) in [("apiVersion", &api_version), ("kind", &self.kind)] {
             match object.get(field) {
                 Some(Value::String(got)) if got == want => {}
                 got => errors.push(FieldError::new(
