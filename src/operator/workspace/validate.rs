@@ -1,15 +1,477 @@
 //! Pure validation: a Workspace plus what `dereference` read → a [`ValidatedWorkspace`] or a [`Refusal`].
+//!
+//! Rules are checked in this order, and the first one broken is the refusal:
+//!
+//! 1. names: Workspace name, user name, server name ([`reason::INVALID_NAME`]);
+//! 2. namespace: in per-user mode the Workspace lives in its user's namespace
+//!    ([`reason::WRONG_NAMESPACE`]);
+//! 3. profile: exists and is open to the user's groups;
+//! 4. kind and image overrides;
+//! 5. resources: `spec.resources` over the profile's defaults over 1 CPU / 2Gi / no GPU, within
+//!    the profile's `maxResources`; the home size;
+//! 6. data sources: exist, open to the user, no two mounted at the same path;
+//! 7. node pool (see [`crate::policy::routing`]);
+//! 8. the pool's caps (see [`crate::policy::caps`]).
+//!
+//! A stopped workspace runs no pod: caps are skipped, and a failed pool routing is not a refusal
+//! (its `pool` is then `None`). Every other rule still applies.
 
-use super::{Dereferenced, Refusal, ValidatedWorkspace};
-use crate::api::v1alpha1::Workspace;
-use crate::operator::config::OperatorConfig;
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+
+use super::{
+    Dereferenced, EffectiveResources, GROUPS_ANNOTATION, HomeVolume, PlacedPool, Refusal,
+    ValidatedWorkspace, parse_groups,
+};
+use crate::api::v1alpha1::{
+    DataSourceSpec, DesiredState, NodePool, PoolPurpose, Workspace, WorkspaceProfile,
+};
+use crate::operator::config::{NamespaceMode, OperatorConfig};
+use crate::policy::{
+    self, Consumer, PoolRequest, allowed, check_caps, effective_request, format_bytes,
+    format_cpu_millis, format_groups, names, parse_bytes, parse_cpu_millis, usage_of,
+    workspace_usage,
+};
+
+/// The condition reasons of [`Refusal`]s.
+pub mod reason {
+    /// The Workspace, user or server name breaks the name rules.
+    pub const INVALID_NAME: &str = "InvalidName";
+    /// Per-user mode: the Workspace is not in its user's namespace.
+    pub const WRONG_NAMESPACE: &str = "WrongNamespace";
+    /// The WorkspaceProfile does not exist.
+    pub const PROFILE_NOT_FOUND: &str = "ProfileNotFound";
+    /// The user's groups may not use the profile.
+    pub const PROFILE_FORBIDDEN: &str = "ProfileForbidden";
+    /// The profile has an invalid quantity.
+    pub const INVALID_PROFILE: &str = "InvalidProfile";
+    /// `spec.kind` differs from the profile's and overrides are not allowed.
+    pub const KIND_OVERRIDE_FORBIDDEN: &str = "KindOverrideForbidden";
+    /// `spec.image` differs from the profile's and overrides are not allowed.
+    pub const IMAGE_OVERRIDE_FORBIDDEN: &str = "ImageOverrideForbidden";
+    /// A resource quantity is invalid or zero.
+    pub const INVALID_RESOURCES: &str = "InvalidResources";
+    /// A resource exceeds the profile's `maxResources`.
+    pub const RESOURCES_EXCEED_PROFILE: &str = "ResourcesExceedProfile";
+    /// A named DataSource does not exist.
+    pub const DATA_SOURCE_NOT_FOUND: &str = "DataSourceNotFound";
+    /// The user's groups may not use a DataSource.
+    pub const DATA_SOURCE_FORBIDDEN: &str = "DataSourceForbidden";
+    /// Two DataSources (or one and the home volume) share a mount path or environment names.
+    pub const DATA_SOURCE_CONFLICT: &str = "DataSourceConflict";
+    /// The named NodePool does not exist.
+    pub const NODE_POOL_NOT_FOUND: &str = "NodePoolNotFound";
+    /// The named NodePool is not open to the user or does not fit the request.
+    pub const NODE_POOL_FORBIDDEN: &str = "NodePoolForbidden";
+    /// No NodePool fits.
+    pub const NO_ELIGIBLE_POOL: &str = "NoEligiblePool";
+    /// A `caps.perUser` bound would be exceeded.
+    pub const USER_CAP_EXCEEDED: &str = "UserCapExceeded";
+    /// A `caps.perGroup` bound would be exceeded.
+    pub const GROUP_CAP_EXCEEDED: &str = "GroupCapExceeded";
+    /// A NodePool has an invalid cap.
+    pub const INVALID_NODE_POOL: &str = "InvalidNodePool";
+}
+
+fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        message: message.into(),
+    }
+}
 
 /// Checks every rule (profile access, overrides, resources within the profile's maximum, pool
 /// routing, data-source access, caps) and resolves defaults.
 pub fn validate(
-    _ws: &Workspace,
-    _deref: &Dereferenced,
-    _cfg: &OperatorConfig,
+    ws: &Workspace,
+    deref: &Dereferenced,
+    cfg: &OperatorConfig,
 ) -> Result<ValidatedWorkspace, Refusal> {
-    unimplemented!("being written")
+    let spec = &ws.spec;
+    let user = spec.user.as_str();
+    let groups = &deref.groups;
+
+    // 1. Names.
+    let name = ws.metadata.name.clone().unwrap_or_default();
+    if !names::is_dns_subdomain(&name) {
+        return Err(refuse(
+            reason::INVALID_NAME,
+            format!("Workspace name {name:?} is not a DNS subdomain"),
+        ));
+    }
+    if !names::is_valid_user_name(user) {
+        return Err(refuse(
+            reason::INVALID_NAME,
+            format!(
+                "user name {user:?} is not valid (1 to 63 of a-z, 0-9, '.', '_', '-', starting and ending with a letter or digit)"
+            ),
+        ));
+    }
+    if !names::is_valid_server_name(&spec.server_name) {
+        return Err(refuse(
+            reason::INVALID_NAME,
+            format!(
+                "server name {:?} is not valid (empty, or an RFC 1123 label of at most 63 characters)",
+                spec.server_name
+            ),
+        ));
+    }
+
+    // 2. Namespace.
+    let namespace = ws.metadata.namespace.clone().unwrap_or_default();
+    if namespace.is_empty() {
+        return Err(refuse(
+            reason::WRONG_NAMESPACE,
+            "the Workspace has no namespace",
+        ));
+    }
+    if let NamespaceMode::PerUser { prefix } = &cfg.namespace_mode {
+        let expected = names::user_namespace(prefix, user);
+        if namespace != expected {
+            return Err(refuse(
+                reason::WRONG_NAMESPACE,
+                format!(
+                    "workspaces of user {user} must live in namespace {expected}, not {namespace}"
+                ),
+            ));
+        }
+    }
+
+    // 3. Profile.
+    let profile: &WorkspaceProfile = deref
+        .profile
+        .as_ref()
+        .filter(|p| p.name_any() == spec.profile)
+        .ok_or_else(|| {
+            refuse(
+                reason::PROFILE_NOT_FOUND,
+                format!("WorkspaceProfile {} does not exist", spec.profile),
+            )
+        })?;
+    let pspec = &profile.spec;
+    if !allowed(&pspec.allowed_groups, groups) {
+        return Err(refuse(
+            reason::PROFILE_FORBIDDEN,
+            format!(
+                "WorkspaceProfile {} is open only to groups {}; user {user} is in {}",
+                spec.profile,
+                format_groups(&pspec.allowed_groups),
+                format_groups(groups)
+            ),
+        ));
+    }
+
+    // 4. Overrides.
+    let kind = match spec.kind {
+        Some(k) if k != pspec.kind && !pspec.allow_kind_override => {
+            return Err(refuse(
+                reason::KIND_OVERRIDE_FORBIDDEN,
+                format!(
+                    "WorkspaceProfile {} runs {} and does not allow another kind (asked for {})",
+                    spec.profile,
+                    pspec.kind.as_str(),
+                    k.as_str()
+                ),
+            ));
+        }
+        Some(k) => k,
+        None => pspec.kind,
+    };
+    let image = match &spec.image {
+        Some(i) if *i != pspec.image && !pspec.allow_image_override => {
+            return Err(refuse(
+                reason::IMAGE_OVERRIDE_FORBIDDEN,
+                format!(
+                    "WorkspaceProfile {} runs image {} and does not allow another image (asked for {i})",
+                    spec.profile, pspec.image
+                ),
+            ));
+        }
+        Some(i) => i.clone(),
+        None => pspec.image.clone(),
+    };
+
+    // 5. Resources.
+    let request = effective_request(spec.resources.as_ref(), pspec.default_resources.as_ref());
+    let resources = effective_resources(&request, profile)?;
+    let home_size = spec.home_size.as_deref().unwrap_or(&pspec.home.size);
+    match parse_bytes(home_size) {
+        Ok(b) if b > 0 => {}
+        Ok(_) => {
+            return Err(refuse(
+                reason::INVALID_RESOURCES,
+                format!("home size {home_size} must be more than 0"),
+            ));
+        }
+        Err(e) => {
+            return Err(refuse(reason::INVALID_RESOURCES, format!("home size: {e}")));
+        }
+    }
+    let home = HomeVolume {
+        claim_name: names::home_claim_name(&name),
+        size: home_size.to_owned(),
+        storage_class_name: pspec.home.storage_class_name.clone(),
+        mount_path: pspec.home.mount_path.clone(),
+        reclaim: pspec.home.on_delete,
+    };
+
+    // 6. Data sources.
+    let data_sources = data_sources(ws, deref, &home.mount_path)?;
+
+    // 7. Pool.
+    let pool_request = PoolRequest {
+        explicit: spec.node_pool.as_deref(),
+        profile_default: pspec.default_node_pool.as_deref(),
+        gpus: resources.gpus,
+        gpu_type: resources.gpu_type.as_deref(),
+    };
+    let routed = policy::route(&pool_request, &deref.pools, groups);
+    let pool: Option<&NodePool> = match (spec.desired_state, routed) {
+        (_, Ok(pool)) => Some(pool),
+        (DesiredState::Stopped, Err(_)) => None,
+        (DesiredState::Running, Err(e)) => return Err(refuse(e.reason(), e.to_string())),
+    };
+
+    // 8. Caps (only a running workspace uses anything).
+    if let (DesiredState::Running, Some(pool)) = (spec.desired_state, pool) {
+        let pool_name = pool.name_any();
+        let others = consumers(ws, deref, profile, pool);
+        check_caps(
+            &pool_name,
+            pool.spec.caps.as_ref(),
+            user,
+            groups,
+            usage_of(&request),
+            &others,
+        )
+        .map_err(|e| refuse(e.reason(), e.to_string()))?;
+    }
+
+    // Profile env overlaid by the workspace's; JUPYTERHUB_* stay the operator's.
+    let env: BTreeMap<String, String> = pspec
+        .env
+        .iter()
+        .chain(&spec.env)
+        .filter(|(k, _)| !k.starts_with("JUPYTERHUB_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    Ok(ValidatedWorkspace {
+        name,
+        namespace,
+        uid: ws.metadata.uid.clone().unwrap_or_default(),
+        user: user.to_owned(),
+        server_name: spec.server_name.clone(),
+        groups: groups.clone(),
+        profile: spec.profile.clone(),
+        kind,
+        image,
+        pool: pool.map(|p| place(p, &resources)),
+        resources,
+        data_sources,
+        env,
+        home,
+        desired_state: spec.desired_state,
+        token: deref.token.clone(),
+    })
 }
+
+/// Parses and bounds the merged request.
+fn effective_resources(
+    request: &crate::api::v1alpha1::ResourceRequest,
+    profile: &WorkspaceProfile,
+) -> Result<EffectiveResources, Refusal> {
+    let pname = profile.name_any();
+    let cpu_q = request.cpu.as_deref().unwrap_or(policy::DEFAULT_CPU);
+    let memory_q = request.memory.as_deref().unwrap_or(policy::DEFAULT_MEMORY);
+    let invalid = |what: &str, e: policy::QuantityError| {
+        refuse(reason::INVALID_RESOURCES, format!("{what}: {e}"))
+    };
+    let cpu = parse_cpu_millis(cpu_q).map_err(|e| invalid("cpu", e))?;
+    let memory = parse_bytes(memory_q).map_err(|e| invalid("memory", e))?;
+    let gpus = request.gpu_count();
+    if cpu == 0 || memory == 0 || gpus < 0 {
+        return Err(refuse(
+            reason::INVALID_RESOURCES,
+            format!(
+                "cpu ({cpu_q}) and memory ({memory_q}) must be more than 0 and gpus ({gpus}) at least 0"
+            ),
+        ));
+    }
+    if let Some(max) = &profile.spec.max_resources {
+        let exceeds = |field: &str, value: String, max: &str| {
+            refuse(
+                reason::RESOURCES_EXCEED_PROFILE,
+                format!("{field} {value} exceeds the maximum {max} of WorkspaceProfile {pname}"),
+            )
+        };
+        let invalid_max = |field: &str, e: policy::QuantityError| {
+            refuse(
+                reason::INVALID_PROFILE,
+                format!("WorkspaceProfile {pname} has an invalid maxResources.{field}: {e}"),
+            )
+        };
+        if let Some(max_cpu) = &max.cpu
+            && cpu > parse_cpu_millis(max_cpu).map_err(|e| invalid_max("cpu", e))?
+        {
+            return Err(exceeds("cpu", format_cpu_millis(cpu), max_cpu));
+        }
+        if let Some(max_memory) = &max.memory
+            && memory > parse_bytes(max_memory).map_err(|e| invalid_max("memory", e))?
+        {
+            return Err(exceeds("memory", format_bytes(memory), max_memory));
+        }
+        if let Some(max_gpus) = max.gpus
+            && gpus > max_gpus
+        {
+            return Err(exceeds("gpus", gpus.to_string(), &max_gpus.to_string()));
+        }
+        // A maximum `gpuType` pins the model the profile may use.
+        if let (Some(max_type), Some(t)) = (&max.gpu_type, &request.gpu_type)
+            && max_type != t
+        {
+            return Err(refuse(
+                reason::RESOURCES_EXCEED_PROFILE,
+                format!("gpuType {t} is not allowed by WorkspaceProfile {pname} (only {max_type})"),
+            ));
+        }
+    }
+    Ok(EffectiveResources {
+        cpu: format_cpu_millis(cpu),
+        memory: format_bytes(memory),
+        gpus,
+        gpu_type: request.gpu_type.clone(),
+    })
+}
+
+/// The workspace's data sources, sorted by name, after existence, access and conflict checks.
+fn data_sources(
+    ws: &Workspace,
+    deref: &Dereferenced,
+    home_mount: &str,
+) -> Result<Vec<(String, DataSourceSpec)>, Refusal> {
+    let wanted: BTreeSet<&String> = ws.spec.data_sources.iter().collect();
+    let mut out = Vec::with_capacity(wanted.len());
+    let mut mounts: BTreeMap<String, String> =
+        BTreeMap::from([(normalize_path(home_mount), "the home volume".to_owned())]);
+    let mut env_prefixes: BTreeMap<String, String> = BTreeMap::new();
+    for name in wanted {
+        let source = deref
+            .data_sources
+            .iter()
+            .find(|d| d.name_any() == *name)
+            .ok_or_else(|| {
+                refuse(
+                    reason::DATA_SOURCE_NOT_FOUND,
+                    format!("DataSource {name} does not exist"),
+                )
+            })?;
+        let spec = &source.spec;
+        if !allowed(&spec.allowed_groups, &deref.groups) {
+            return Err(refuse(
+                reason::DATA_SOURCE_FORBIDDEN,
+                format!(
+                    "DataSource {name} is open only to groups {}; user {} is in {}",
+                    format_groups(&spec.allowed_groups),
+                    ws.spec.user,
+                    format_groups(&deref.groups)
+                ),
+            ));
+        }
+        let mounted = spec.nfs.is_some() || spec.pvc.is_some() || spec.csi.is_some();
+        if mounted {
+            let path = normalize_path(&spec.mount_path);
+            if let Some(other) = mounts.insert(path, format!("DataSource {name}")) {
+                return Err(refuse(
+                    reason::DATA_SOURCE_CONFLICT,
+                    format!(
+                        "DataSource {name} would be mounted at {}, where {other} is mounted",
+                        spec.mount_path
+                    ),
+                ));
+            }
+        }
+        if let Some(other) = env_prefixes.insert(names::data_env_prefix(name), name.clone()) {
+            return Err(refuse(
+                reason::DATA_SOURCE_CONFLICT,
+                format!(
+                    "DataSources {other} and {name} would share the environment prefix {}",
+                    names::data_env_prefix(name)
+                ),
+            ));
+        }
+        out.push((name.clone(), spec.clone()));
+    }
+    Ok(out)
+}
+
+fn normalize_path(p: &str) -> String {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// The pool reduced to what the pod needs. GPU settings only when the workspace uses GPUs.
+pub fn place(pool: &NodePool, resources: &EffectiveResources) -> PlacedPool {
+    let spec = &pool.spec;
+    let mut node_selector = spec.node_selector.clone();
+    let gpu = spec.gpu.as_ref().filter(|_| resources.gpus > 0);
+    if let (Some(gpu), Some(t)) = (gpu, &resources.gpu_type) {
+        node_selector.insert(gpu.type_label.clone(), t.clone());
+    }
+    PlacedPool {
+        name: pool.name_any(),
+        purpose: spec.purpose,
+        node_selector,
+        tolerations: spec.tolerations.clone(),
+        affinity: spec.affinity.clone(),
+        gpu_resource_name: gpu.map(|g| g.resource_name.clone()),
+        priority_class_name: spec.priority_class_name.clone(),
+    }
+}
+
+/// The other running workspaces of `pool`, with their owners' groups and estimated usage.
+fn consumers(
+    ws: &Workspace,
+    deref: &Dereferenced,
+    profile: &WorkspaceProfile,
+    pool: &NodePool,
+) -> Vec<Consumer> {
+    let pool_name = pool.name_any();
+    let gpu_pool = pool.spec.purpose == PoolPurpose::Gpu;
+    deref
+        .other_workspaces
+        .iter()
+        .filter(|o| {
+            !(o.metadata.name == ws.metadata.name && o.metadata.namespace == ws.metadata.namespace)
+        })
+        .filter(|o| o.spec.desired_state == DesiredState::Running)
+        .filter(|o| {
+            o.status.as_ref().and_then(|s| s.node_pool.as_deref()) == Some(pool_name.as_str())
+        })
+        .map(|o| {
+            let defaults = if o.spec.profile == ws.spec.profile {
+                profile.spec.default_resources.as_ref()
+            } else {
+                None
+            };
+            Consumer {
+                user: o.spec.user.clone(),
+                groups: parse_groups(o.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
+                usage: workspace_usage(o.spec.resources.as_ref(), defaults, gpu_pool),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "test_support.rs"]
+pub(crate) mod test_support;
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;
