@@ -175,10 +175,8 @@ pub struct Refusal {
     pub status: Status,
     /// Kind of the refused object.
     pub kind: String,
-    /// API group, e.g. `atelier.dev`.
-    pub group: String,
-    /// API version, e.g. `v1alpha1`.
-    pub version: String,
+    /// `apiVersion` of the refused object, e.g. `atelier.dev/v1alpha1`.
+    pub api_version: String,
     /// `metadata.name` of the refused object.
     pub name: String,
     /// Every reason, in the order the API server reports them.
@@ -188,23 +186,20 @@ pub struct Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let errors: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
+        let (group, version) = self.api_version.split_once('/').unwrap_or_default();
         match self.status {
             Status::BadRequest => {
                 let unknown: Vec<String> = self.errors.iter().map(FieldError::body).collect();
                 write!(
                     f,
                     "{kind} in version {:?} cannot be handled as a {kind}: strict decoding error: {}",
-                    self.version,
+                    version,
                     unknown.join(", "),
                     kind = self.kind
                 )
             }
             Status::Invalid => {
-                write!(
-                    f,
-                    "{}.{} {:?} is invalid: ",
-                    self.kind, self.group, self.name
-                )?;
+                write!(f, "{}.{group} {:?} is invalid: ", self.kind, self.name)?;
                 if let [one] = errors.as_slice() {
                     write!(f, "{one}")
                 } else {
@@ -282,8 +277,7 @@ impl CrdValidator {
         let refuse = |status, errors| Refusal {
             status,
             kind: self.kind.clone(),
-            group: self.group.clone(),
-            version: self.version.clone(),
+            api_version: format!("{}/{}", self.group, self.version),
             name: name.clone(),
             errors,
         };
