@@ -4,3 +4,4 @@ pub mod api;
 pub mod crdgen;
 pub mod operator;
 pub mod policy;
+pub mod scopes;
