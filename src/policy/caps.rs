@@ -224,3 +224,134 @@ fn check_scope(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(yaml: &str) -> NodePoolCaps {
+        serde_saphyr::from_str(yaml).expect("caps")
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn usage(workspaces: i64, cpu_millis: i64, memory_bytes: i64, gpus: i64) -> Usage {
+        Usage {
+            workspaces,
+            cpu_millis,
+            memory_bytes,
+            gpus,
+        }
+    }
+
+    fn consumer(user: &str, groups: &[&str], u: Usage) -> Consumer {
+        Consumer {
+            user: user.into(),
+            groups: set(groups),
+            usage: u,
+        }
+    }
+
+    #[test]
+    fn cap_table() {
+        let gib = 1i64 << 30;
+        let cpu_only = usage(1, 1000, 2 * gib, 0);
+        let one_gpu = usage(1, 1000, 2 * gib, 1);
+        type Case<'a> = (&'a str, Usage, Vec<Consumer>, Result<(), CapError>);
+        let cases: Vec<Case> = vec![
+            ("{}", cpu_only, vec![], Ok(())),
+            (
+                "perUser: {workspaces: 0}",
+                cpu_only,
+                vec![],
+                Err(CapError::User(
+                    "user alice would use 1 running workspace in NodePool p (cap 0)".into(),
+                )),
+            ),
+            (
+                "perUser: {gpus: 1}",
+                one_gpu,
+                vec![consumer("alice", &[], usage(1, 0, 0, 1))],
+                Err(CapError::User(
+                    "user alice would use 2 GPUs in NodePool p (cap 1)".into(),
+                )),
+            ),
+            // GPUs over the cap (after it was lowered) do not block a workspace without GPUs.
+            (
+                "perUser: {gpus: 1}",
+                cpu_only,
+                vec![consumer("alice", &[], usage(1, 0, 0, 3))],
+                Ok(()),
+            ),
+            (
+                "perGroup: {memory: 4Gi}",
+                cpu_only,
+                vec![consumer("bob", &["b"], usage(1, 0, 3 * gib, 0))],
+                Err(CapError::Group(
+                    "group b would use 5Gi of memory in NodePool p (cap 4Gi)".into(),
+                )),
+            ),
+            // Groups the user is not in are not checked.
+            (
+                "perGroup: {workspaces: 1}",
+                cpu_only,
+                vec![consumer("carol", &["c"], usage(1, 0, 0, 0))],
+                Ok(()),
+            ),
+            (
+                "perUser: {cpu: lots}",
+                cpu_only,
+                vec![],
+                Err(CapError::Invalid(
+                    "NodePool p has an invalid cpu cap: \"lots\" is not a Kubernetes quantity"
+                        .into(),
+                )),
+            ),
+        ];
+        for (yaml, new, others, want) in cases {
+            let got = check_caps(
+                "p",
+                Some(&caps(yaml)),
+                "alice",
+                &set(&["a", "b"]),
+                new,
+                &others,
+            );
+            assert_eq!(got, want, "{yaml}");
+        }
+        assert_eq!(
+            check_caps("p", None, "alice", &set(&[]), cpu_only, &[]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn reasons() {
+        assert_eq!(CapError::User(String::new()).reason(), "UserCapExceeded");
+        assert_eq!(CapError::Group(String::new()).reason(), "GroupCapExceeded");
+        assert_eq!(CapError::Invalid(String::new()).reason(), "InvalidNodePool");
+    }
+
+    #[test]
+    fn usage_estimates() {
+        let req = |yaml: &str| -> ResourceRequest { serde_saphyr::from_str(yaml).expect("req") };
+        assert_eq!(
+            workspace_usage(None, None, false),
+            usage(1, 1000, 2 << 30, 0)
+        );
+        assert_eq!(
+            workspace_usage(None, None, true),
+            usage(1, 1000, 2 << 30, 1)
+        );
+        assert_eq!(
+            workspace_usage(Some(&req("{cpu: 250m, gpus: 2}")), None, true),
+            usage(1, 250, 2 << 30, 2)
+        );
+        assert_eq!(
+            workspace_usage(None, Some(&req("{memory: 8Gi}")), false),
+            usage(1, 1000, 8 << 30, 0)
+        );
+    }
+}

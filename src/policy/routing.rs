@@ -214,3 +214,123 @@ pub(crate) fn plural(n: i64, unit: &str) -> String {
         format!("{n} {unit}s")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools() -> Vec<NodePool> {
+        serde_saphyr::from_str(
+            r#"
+- apiVersion: atelier.dev/v1alpha1
+  kind: NodePool
+  metadata: {name: zeta}
+  spec: {purpose: interactive}
+- apiVersion: atelier.dev/v1alpha1
+  kind: NodePool
+  metadata: {name: alpha}
+  spec: {purpose: interactive, allowedGroups: [staff]}
+- apiVersion: atelier.dev/v1alpha1
+  kind: NodePool
+  metadata: {name: gpu-b}
+  spec: {purpose: gpu, gpu: {types: [a100]}}
+- apiVersion: atelier.dev/v1alpha1
+  kind: NodePool
+  metadata: {name: gpu-a}
+  spec: {purpose: gpu, gpu: {types: [a100, h100]}, allowedGroups: [staff]}
+- apiVersion: atelier.dev/v1alpha1
+  kind: NodePool
+  metadata: {name: batch}
+  spec: {purpose: batch}
+"#,
+        )
+        .expect("pools")
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn name_order_and_preferences() {
+        let pools = pools();
+        let staff = set(&["staff"]);
+        let nobody = set(&[]);
+        let r = |req: PoolRequest, groups: &BTreeSet<String>| {
+            route(&req, &pools, groups).map(|p| p.name_any())
+        };
+        let cpu = PoolRequest::default();
+        let gpu = PoolRequest {
+            gpus: 1,
+            ..PoolRequest::default()
+        };
+        assert_eq!(r(cpu, &staff), Ok("alpha".into()), "first by name");
+        assert_eq!(r(cpu, &nobody), Ok("zeta".into()), "first open by name");
+        assert_eq!(r(gpu, &staff), Ok("gpu-a".into()));
+        assert_eq!(r(gpu, &nobody), Ok("gpu-b".into()));
+        let gpu_default = PoolRequest {
+            profile_default: Some("gpu-b"),
+            ..gpu
+        };
+        assert_eq!(
+            r(gpu_default, &staff),
+            Ok("gpu-b".into()),
+            "profile default wins"
+        );
+        let h100 = PoolRequest {
+            gpu_type: Some("h100"),
+            profile_default: Some("gpu-b"),
+            ..gpu
+        };
+        assert_eq!(
+            r(h100, &staff),
+            Ok("gpu-a".into()),
+            "default skipped: no h100"
+        );
+        let batch_default = PoolRequest {
+            profile_default: Some("batch"),
+            ..cpu
+        };
+        assert_eq!(r(batch_default, &nobody), Ok("batch".into()));
+        let missing_default = PoolRequest {
+            profile_default: Some("gone"),
+            ..cpu
+        };
+        assert_eq!(r(missing_default, &nobody), Ok("zeta".into()));
+        assert_eq!(
+            r(
+                PoolRequest {
+                    gpu_type: Some("h100"),
+                    ..gpu
+                },
+                &nobody
+            ),
+            Err(RoutingError::NoEligiblePool {
+                message: "no gpu NodePool offering gpuType h100 is open to groups []".into()
+            })
+        );
+        assert_eq!(
+            r(
+                PoolRequest {
+                    explicit: Some("batch"),
+                    ..gpu
+                },
+                &nobody
+            )
+            .map_err(|e| e.reason()),
+            Err("NodePoolForbidden")
+        );
+        assert_eq!(
+            r(
+                PoolRequest {
+                    explicit: Some("nope"),
+                    ..cpu
+                },
+                &nobody
+            ),
+            Err(RoutingError::NotFound {
+                pool: "nope".into()
+            })
+        );
+    }
+}
