@@ -5,3 +5,4 @@ pub mod crdgen;
 pub mod operator;
 pub mod policy;
 pub mod scopes;
+pub mod store;

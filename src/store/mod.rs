@@ -1,0 +1,267 @@
+//! The hub's persistence: users, groups, servers, API tokens, OAuth clients and codes, browser
+//! sessions and the audit log, in SQLite (`sqlite://…`, the default) or PostgreSQL
+//! (`postgres://…`).
+//!
+//! All state lives in the database, so several hub processes on one PostgreSQL database serve the
+//! same users: state changes that could race (a server's start and stop, an OAuth code's
+//! exchange) are single conditional statements, never read-then-write in memory.
+//!
+//! Queries are runtime `sqlx::query_as` + `FromRow` (no database is needed at build time); every
+//! method is written once, in SQL both engines accept, and compiled for each pool by
+//! [`on_pool!`]. Migrations live in `migrations/sqlite` and `migrations/postgres` and run on
+//! [`Store::connect`].
+//!
+//! Costs on request paths: a token or session check is one indexed lookup of a hash joined with
+//! its user; a page of users costs at most four statements whatever its size
+//! ([`Store::list_users`]); nothing on a request path reads every user.
+
+mod audit;
+mod auth;
+mod error;
+pub mod models;
+mod servers;
+pub mod tokens;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use audit::{AuditQuery, NewAuditEvent};
+pub use auth::{NewOAuthClient, NewOAuthCode, NewSession, NewToken, PurgeCounts, oauth_client_id};
+pub use error::{Result, StoreError};
+pub use models::*;
+pub use servers::StartRequest;
+pub use users::{GroupPage, MAX_PAGE_LIMIT, UserPage, UserQuery, UserSort, UserStateFilter};
+
+/// The database engine behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Connection settings beyond the URL.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Pool size; by default 10 for PostgreSQL, 4 for an SQLite file and 1 for an in-memory
+    /// SQLite database (each connection to `sqlite::memory:` would be a database of its own).
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The hub's store: a pool on SQLite or PostgreSQL. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// Runs `$body` with `$p` bound to the store's pool, compiled once per engine. `$body` may use
+/// `?` and `.await`.
+macro_rules! on_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($p) => $body,
+            $crate::store::Pool::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Starts a transaction that will write. On SQLite it takes the write lock up front
+/// (`BEGIN IMMEDIATE`), so that a transaction which reads first does not fail with "database is
+/// locked" when another connection wrote in between.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.begin().await?)
+    }
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+impl Store {
+    /// Connects to `url` (`sqlite://path`, `sqlite::memory:`, `postgres://…` or
+    /// `postgresql://…`) and runs the pending migrations. An SQLite file is created if missing.
+    pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with explicit options.
+    pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store> {
+        let pool = if url.starts_with("sqlite:") {
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let mut connect = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            if !in_memory {
+                connect = connect
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal);
+            }
+            let mut pool = SqlitePoolOptions::new().max_connections(
+                options
+                    .max_connections
+                    .unwrap_or(if in_memory { 1 } else { 4 }),
+            );
+            if in_memory {
+                // The database lives as long as its one connection: never let it go.
+                pool = pool
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+            }
+            Pool::Sqlite(pool.connect_with(connect).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(options.max_connections.unwrap_or(10))
+                    .connect(url)
+                    .await?,
+            )
+        } else {
+            return Err(StoreError::Invalid(
+                "database URL must start with sqlite:, postgres:// or postgresql://".to_owned(),
+            ));
+        };
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Runs the migrations not yet applied; a no-op when all are. Safe to run from several
+    /// processes at once (sqlx takes a lock).
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => SQLITE_MIGRATOR.run(p).await?,
+            Pool::Postgres(p) => POSTGRES_MIGRATOR.run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// Which engine this store runs on.
+    pub fn engine(&self) -> Engine {
+        match &self.pool {
+            Pool::Sqlite(_) => Engine::Sqlite,
+            Pool::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        on_pool!(self, p => p.close().await)
+    }
+}
+
+/// The current time, at the microsecond precision both engines store.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// `t` at the precision both engines store, so a value reads back as it was written.
+pub(crate) fn ts(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(6)
+}
+
+/// `value` as the text of a JSON column.
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Invalid(format!("not JSON: {e}")))
+}
+
+/// A JSON column's text as a value.
+pub(crate) fn from_json<T: DeserializeOwned>(column: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| error::corrupt(column, e))
+}
+
+/// Checks that `value` is a JSON object (the object-valued columns).
+pub(crate) fn object_json(what: &str, value: &serde_json::Value) -> Result<String> {
+    if !value.is_object() {
+        return Err(StoreError::Invalid(format!("{what} must be a JSON object")));
+    }
+    to_json(value)
+}
+
+/// `$first, $first+1, …` for `n` bind parameters (an `IN (…)` list). `n` must not be 0.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    debug_assert!(n > 0, "an empty IN list is not SQL");
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Longest user, server or group name the store accepts.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// The normalised form of a user or server name, which must be unique (per user, for servers):
+/// the name lowercased. Only ASCII names are accepted (Unicode normalisation would need NFKC),
+/// without control characters, whitespace or `/`.
+///
+/// The hub's own name rules (`policy::names`) are stricter; these are the ones the store
+/// enforces on every write, so that no two names can ever map to the same Kubernetes object
+/// name through case folding (the class of KubeSpawner's CVE-2020-15110).
+pub fn normalize_name(what: &str, name: &str) -> Result<String> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(StoreError::Invalid(format!(
+            "{what} name is longer than {MAX_NAME_LEN} characters"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii() || c.is_ascii_control() || c.is_ascii_whitespace() || *c == '/')
+    {
+        return Err(StoreError::Invalid(format!(
+            "{what} name {name:?} contains {c:?}: only ASCII without spaces or '/' is allowed"
+        )));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fold_ascii_case_and_refuse_the_rest() {
+        assert_eq!(normalize_name("user", "Alice").unwrap(), "alice");
+        assert_eq!(normalize_name("server", "").unwrap(), "");
+        for bad in ["al ice", "al/ice", "ålice", "ａlice", "a\u{0}b"] {
+            assert!(matches!(
+                normalize_name("user", bad),
+                Err(StoreError::Invalid(_))
+            ));
+        }
+        assert!(normalize_name("user", &"a".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn placeholders_number_from_first() {
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+    }
+}

@@ -1,0 +1,709 @@
+//! Users and groups.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::AssertSqlSafe;
+
+use super::servers::ServerRow;
+use super::{
+    BeginWrite, MAX_NAME_LEN, Result, Store, StoreError, from_json, normalize_name, now,
+    object_json, on_pool, placeholders, ts,
+};
+use crate::store::models::{Group, GroupDetail, Server, ServerState, User, UserDetail};
+
+/// Largest page a list method returns.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// JupyterHub's `state` filter of the users list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStateFilter {
+    /// Users with at least one running server.
+    Ready,
+    /// Users with at least one server running, starting or stopping.
+    Active,
+    /// Users with no active server.
+    Inactive,
+}
+
+impl UserStateFilter {
+    /// Parses JupyterHub's `state` query parameter.
+    pub fn parse(s: &str) -> Option<UserStateFilter> {
+        match s {
+            "ready" => Some(UserStateFilter::Ready),
+            "active" => Some(UserStateFilter::Active),
+            "inactive" => Some(UserStateFilter::Inactive),
+            _ => None,
+        }
+    }
+}
+
+/// JupyterHub's `sort` of the users list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserSort {
+    /// By internal id: creation order (JupyterHub's default).
+    #[default]
+    Id,
+    Name,
+    /// By last activity, users never active first (last when descending), then by id.
+    LastActivity,
+}
+
+impl UserSort {
+    /// Parses JupyterHub's `sort` query parameter (`id`, `name`, `last_activity`, each with an
+    /// optional `-` prefix for descending order) into the sort and whether it descends.
+    pub fn parse(s: &str) -> Option<(UserSort, bool)> {
+        let (descending, key) = match s.strip_prefix('-') {
+            Some(key) => (true, key),
+            None => (false, s),
+        };
+        let sort = match key {
+            "id" => UserSort::Id,
+            "name" => UserSort::Name,
+            "last_activity" => UserSort::LastActivity,
+            _ => return None,
+        };
+        Some((sort, descending))
+    }
+}
+
+/// A request for a page of users.
+#[derive(Debug, Clone)]
+pub struct UserQuery {
+    pub state: Option<UserStateFilter>,
+    pub sort: UserSort,
+    pub descending: bool,
+    /// Rows to skip (after `after`, when given).
+    pub offset: u64,
+    /// Keyset cursor: only users whose name sorts after this one (before it when descending).
+    /// Only with [`UserSort::Name`]; the page's [`UserPage::next_after`] is the next cursor.
+    pub after: Option<String>,
+    /// 1 to [`MAX_PAGE_LIMIT`].
+    pub limit: u32,
+    /// Include stopped and failed servers in each user's `servers` (JupyterHub's
+    /// `include_stopped_servers`); by default only active ones.
+    pub include_stopped_servers: bool,
+}
+
+impl Default for UserQuery {
+    fn default() -> Self {
+        UserQuery {
+            state: None,
+            sort: UserSort::Id,
+            descending: false,
+            offset: 0,
+            after: None,
+            limit: 50,
+            include_stopped_servers: false,
+        }
+    }
+}
+
+/// A page of users with their groups and servers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserPage {
+    pub items: Vec<UserDetail>,
+    /// Users matching the state filter, on all pages (JupyterHub's `_pagination.total`).
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u32,
+    /// The offset of the next page (relative to `after`, when given); `None` on the last page.
+    pub next_offset: Option<u64>,
+    /// The keyset cursor of the next page when sorting by name; `None` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// A page of groups with their members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPage {
+    pub items: Vec<GroupDetail>,
+    pub total: u64,
+    pub next_offset: Option<u64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct GroupRow {
+    id: i64,
+    name: String,
+    properties: String,
+    created: DateTime<Utc>,
+}
+
+impl GroupRow {
+    fn into_model(self) -> Result<Group> {
+        Ok(Group {
+            properties: from_json("groups.properties", &self.properties)?,
+            id: self.id,
+            name: self.name,
+            created: self.created,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Membership {
+    owner_id: i64,
+    name: String,
+}
+
+/// `'a', 'b'` for an `IN` list of server states (fixed strings, no user input).
+fn state_list(states: &[ServerState]) -> String {
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_limit(limit: u32) -> Result<i64> {
+    if limit == 0 || limit > MAX_PAGE_LIMIT {
+        return Err(StoreError::Invalid(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT}"
+        )));
+    }
+    Ok(i64::from(limit))
+}
+
+fn check_offset(offset: u64) -> Result<i64> {
+    i64::try_from(offset).map_err(|_| StoreError::Invalid("offset is too large".to_owned()))
+}
+
+fn user_name(name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(StoreError::Invalid("user name is empty".to_owned()));
+    }
+    normalize_name("user", name)
+}
+
+fn group_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(StoreError::Invalid(format!(
+            "group name must have 1 to {MAX_NAME_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Maps a unique violation to `Conflict(message)`, anything else as usual.
+pub(crate) fn conflict_as(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
+        _ => e.into(),
+    }
+}
+
+fn user_conflict(name: &str) -> String {
+    format!("a user named {name:?} exists (names are compared ignoring ASCII case)")
+}
+
+impl Store {
+    // ---- users ----------------------------------------------------------------------------
+
+    /// Creates a user. `Conflict` if a user of that name, ignoring ASCII case, exists.
+    pub async fn create_user(&self, name: &str, admin: bool) -> Result<User> {
+        let norm = user_name(name)?;
+        on_pool!(self, p => sqlx::query_as::<_, User>(
+            "INSERT INTO users (name, name_norm, admin, created) VALUES ($1, $2, $3, $4) \
+             RETURNING *",
+        )
+        .bind(name)
+        .bind(&norm)
+        .bind(admin)
+        .bind(now())
+        .fetch_one(p)
+        .await
+        .map_err(|e| conflict_as(e, || user_conflict(name))))
+    }
+
+    /// The user named exactly `name`.
+    pub async fn get_user(&self, name: &str) -> Result<User> {
+        on_pool!(self, p => sqlx::query_as::<_, User>("SELECT * FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(p)
+            .await?)
+        .ok_or(StoreError::NotFound)
+    }
+
+    pub async fn get_user_by_id(&self, id: i64) -> Result<User> {
+        on_pool!(self, p => sqlx::query_as::<_, User>("SELECT * FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(p)
+            .await?)
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// The user with groups and servers, in three statements.
+    pub async fn get_user_detail(
+        &self,
+        name: &str,
+        include_stopped_servers: bool,
+    ) -> Result<UserDetail> {
+        let user = self.get_user(name).await?;
+        let mut details = self
+            .user_details(vec![user], include_stopped_servers)
+            .await?;
+        details.pop().ok_or(StoreError::NotFound)
+    }
+
+    pub async fn set_user_admin(&self, name: &str, admin: bool) -> Result<User> {
+        on_pool!(self, p => sqlx::query_as::<_, User>(
+            "UPDATE users SET admin = $2 WHERE name = $1 RETURNING *",
+        )
+        .bind(name)
+        .bind(admin)
+        .fetch_optional(p)
+        .await?)
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// Renames a user (JupyterHub's `PATCH /users/{name}`). Their servers, tokens and groups
+    /// follow; audit events keep the old name.
+    pub async fn rename_user(&self, name: &str, new_name: &str) -> Result<User> {
+        let norm = user_name(new_name)?;
+        on_pool!(self, p => sqlx::query_as::<_, User>(
+            "UPDATE users SET name = $2, name_norm = $3 WHERE name = $1 RETURNING *",
+        )
+        .bind(name)
+        .bind(new_name)
+        .bind(&norm)
+        .fetch_optional(p)
+        .await
+        .map_err(|e| conflict_as(e, || user_conflict(new_name)))?)
+        .ok_or(StoreError::NotFound)
+    }
+
+    /// Deletes a user with their servers, tokens, sessions, OAuth codes and group memberships.
+    pub async fn delete_user(&self, name: &str) -> Result<()> {
+        let deleted = on_pool!(self, p => sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(p)
+            .await?
+            .rows_affected());
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Moves the user's last activity forward to `at`; an older `at` changes nothing. Returns
+    /// whether it moved.
+    pub async fn touch_user_activity(&self, user_id: i64, at: DateTime<Utc>) -> Result<bool> {
+        let moved = on_pool!(self, p => sqlx::query(
+            "UPDATE users SET last_activity = $2 \
+             WHERE id = $1 AND (last_activity IS NULL OR last_activity < $2)",
+        )
+        .bind(user_id)
+        .bind(ts(at))
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(moved > 0)
+    }
+
+    /// A page of users with their groups and servers.
+    ///
+    /// Costs at most four statements whatever the page size, never one per user: the total
+    /// (`list_users:count`), the page (`list_users:page`), the page's servers
+    /// (`user_details:servers`) and the page's groups (`user_details:groups`); the last two are
+    /// skipped for an empty page. The statements carry these names as SQL comments. The total
+    /// of a state filter counts from the `servers_state` index, not by reading every user.
+    pub async fn list_users(&self, q: &UserQuery) -> Result<UserPage> {
+        let limit = check_limit(q.limit)?;
+        let offset = check_offset(q.offset)?;
+        if q.after.is_some() && q.sort != UserSort::Name {
+            return Err(StoreError::Invalid(
+                "a name cursor needs the users sorted by name".to_owned(),
+            ));
+        }
+        let running = state_list(&[ServerState::Running]);
+        let active = state_list(&ServerState::ACTIVE);
+        let (filter, count) = match q.state {
+            None => (String::new(), "SELECT COUNT(*) FROM users".to_owned()),
+            Some(UserStateFilter::Ready) => (
+                format!(
+                    " AND EXISTS (SELECT 1 FROM servers s \
+                     WHERE s.user_id = u.id AND s.state IN ({running}))"
+                ),
+                format!("SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({running})"),
+            ),
+            Some(UserStateFilter::Active) => (
+                format!(
+                    " AND EXISTS (SELECT 1 FROM servers s \
+                     WHERE s.user_id = u.id AND s.state IN ({active}))"
+                ),
+                format!("SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active})"),
+            ),
+            Some(UserStateFilter::Inactive) => (
+                format!(
+                    " AND NOT EXISTS (SELECT 1 FROM servers s \
+                     WHERE s.user_id = u.id AND s.state IN ({active}))"
+                ),
+                format!(
+                    "SELECT (SELECT COUNT(*) FROM users) - \
+                     (SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active}))"
+                ),
+            ),
+        };
+        let (dir, cmp, nulls) = if q.descending {
+            ("DESC", "<", "NULLS LAST")
+        } else {
+            ("ASC", ">", "NULLS FIRST")
+        };
+        let order = match q.sort {
+            UserSort::Id => format!("u.id {dir}"),
+            UserSort::Name => format!("u.name {dir}"),
+            UserSort::LastActivity => format!("u.last_activity {dir} {nulls}, u.id {dir}"),
+        };
+        let mut page = format!("/* list_users:page */ SELECT u.* FROM users u WHERE TRUE{filter}");
+        let mut n = 0;
+        if q.after.is_some() {
+            n += 1;
+            page.push_str(&format!(" AND u.name {cmp} ${n}"));
+        }
+        page.push_str(&format!(
+            " ORDER BY {order} LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        ));
+        let count = format!("/* list_users:count */ {count}");
+
+        let (total, mut users) = on_pool!(self, p => {
+            let total = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count))
+                .fetch_one(p)
+                .await?;
+            let mut query = sqlx::query_as::<_, User>(AssertSqlSafe(page));
+            if let Some(after) = &q.after {
+                query = query.bind(after);
+            }
+            // One more row than asked tells whether there is a next page.
+            let users = query.bind(limit + 1).bind(offset).fetch_all(p).await?;
+            (total, users)
+        });
+        let more = users.len() > q.limit as usize;
+        users.truncate(q.limit as usize);
+        let next_offset = more.then(|| q.offset + users.len() as u64);
+        let next_after = match (more, q.sort) {
+            (true, UserSort::Name) => users.last().map(|u| u.name.clone()),
+            _ => None,
+        };
+        let items = self.user_details(users, q.include_stopped_servers).await?;
+        Ok(UserPage {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+            offset: q.offset,
+            limit: q.limit,
+            next_offset,
+            next_after,
+        })
+    }
+
+    /// `users` with their groups and servers, in two statements (none for no users).
+    async fn user_details(
+        &self,
+        users: Vec<User>,
+        include_stopped_servers: bool,
+    ) -> Result<Vec<UserDetail>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = placeholders(1, users.len());
+        let state_filter = if include_stopped_servers {
+            String::new()
+        } else {
+            format!(" AND state IN ({})", state_list(&ServerState::ACTIVE))
+        };
+        let servers_sql = format!(
+            "/* user_details:servers */ SELECT * FROM servers \
+             WHERE user_id IN ({ids}){state_filter} ORDER BY user_id, name"
+        );
+        let groups_sql = format!(
+            "/* user_details:groups */ SELECT ug.user_id AS owner_id, g.name FROM user_groups ug \
+             JOIN groups g ON g.id = ug.group_id WHERE ug.user_id IN ({ids}) ORDER BY g.name"
+        );
+        let (server_rows, memberships) = on_pool!(self, p => {
+            let mut servers = sqlx::query_as::<_, ServerRow>(AssertSqlSafe(servers_sql));
+            let mut groups = sqlx::query_as::<_, Membership>(AssertSqlSafe(groups_sql));
+            for user in &users {
+                servers = servers.bind(user.id);
+                groups = groups.bind(user.id);
+            }
+            (servers.fetch_all(p).await?, groups.fetch_all(p).await?)
+        });
+        let mut servers: HashMap<i64, Vec<Server>> = HashMap::new();
+        for row in server_rows {
+            let server = row.into_model()?;
+            servers.entry(server.user_id).or_default().push(server);
+        }
+        let mut groups: HashMap<i64, Vec<String>> = HashMap::new();
+        for m in memberships {
+            groups.entry(m.owner_id).or_default().push(m.name);
+        }
+        Ok(users
+            .into_iter()
+            .map(|user| UserDetail {
+                groups: groups.remove(&user.id).unwrap_or_default(),
+                servers: servers.remove(&user.id).unwrap_or_default(),
+                user,
+            })
+            .collect())
+    }
+
+    // ---- groups ---------------------------------------------------------------------------
+
+    /// Creates a group with `properties` (a JSON object).
+    pub async fn create_group(&self, name: &str, properties: &Value) -> Result<Group> {
+        group_name(name)?;
+        let properties = object_json("group properties", properties)?;
+        on_pool!(self, p => sqlx::query_as::<_, GroupRow>(
+            "INSERT INTO groups (name, properties, created) VALUES ($1, $2, $3) RETURNING *",
+        )
+        .bind(name)
+        .bind(&properties)
+        .bind(now())
+        .fetch_one(p)
+        .await
+        .map_err(|e| conflict_as(e, || format!("a group named {name:?} exists")))?)
+        .into_model()
+    }
+
+    /// The group with its members, in two statements.
+    pub async fn get_group(&self, name: &str) -> Result<GroupDetail> {
+        let (row, members) = on_pool!(self, p => {
+            let row = sqlx::query_as::<_, GroupRow>("SELECT * FROM groups WHERE name = $1")
+                .bind(name)
+                .fetch_optional(p)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let members = sqlx::query_scalar::<_, String>(
+                "SELECT u.name FROM user_groups ug JOIN users u ON u.id = ug.user_id \
+                 WHERE ug.group_id = $1 ORDER BY u.name",
+            )
+            .bind(row.id)
+            .fetch_all(p)
+            .await?;
+            (row, members)
+        });
+        Ok(GroupDetail {
+            group: row.into_model()?,
+            users: members,
+        })
+    }
+
+    /// A page of groups sorted by name with their members, in three statements (the total,
+    /// the page, the page's members).
+    pub async fn list_groups(&self, offset: u64, limit: u32) -> Result<GroupPage> {
+        let limit_sql = check_limit(limit)?;
+        let offset_sql = check_offset(offset)?;
+        let (total, mut rows) = on_pool!(self, p => {
+            let total = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM groups")
+                .fetch_one(p)
+                .await?;
+            let rows = sqlx::query_as::<_, GroupRow>(
+                "SELECT * FROM groups ORDER BY name LIMIT $1 OFFSET $2",
+            )
+            .bind(limit_sql + 1)
+            .bind(offset_sql)
+            .fetch_all(p)
+            .await?;
+            (total, rows)
+        });
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let mut members: HashMap<i64, Vec<String>> = HashMap::new();
+        if !rows.is_empty() {
+            let sql = format!(
+                "SELECT ug.group_id AS owner_id, u.name FROM user_groups ug \
+                 JOIN users u ON u.id = ug.user_id WHERE ug.group_id IN ({}) ORDER BY u.name",
+                placeholders(1, rows.len())
+            );
+            let found = on_pool!(self, p => {
+                let mut query = sqlx::query_as::<_, Membership>(AssertSqlSafe(sql));
+                for row in &rows {
+                    query = query.bind(row.id);
+                }
+                query.fetch_all(p).await?
+            });
+            for m in found {
+                members.entry(m.owner_id).or_default().push(m.name);
+            }
+        }
+        let next_offset = more.then(|| offset + rows.len() as u64);
+        let items = rows
+            .into_iter()
+            .map(|row| {
+                let users = members.remove(&row.id).unwrap_or_default();
+                Ok(GroupDetail {
+                    group: row.into_model()?,
+                    users,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GroupPage {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+            next_offset,
+        })
+    }
+
+    /// Deletes a group (its members stay).
+    pub async fn delete_group(&self, name: &str) -> Result<()> {
+        let deleted = on_pool!(self, p => sqlx::query("DELETE FROM groups WHERE name = $1")
+            .bind(name)
+            .execute(p)
+            .await?
+            .rows_affected());
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Replaces the group's properties (a JSON object).
+    pub async fn set_group_properties(&self, name: &str, properties: &Value) -> Result<Group> {
+        let properties = object_json("group properties", properties)?;
+        on_pool!(self, p => sqlx::query_as::<_, GroupRow>(
+            "UPDATE groups SET properties = $2 WHERE name = $1 RETURNING *",
+        )
+        .bind(name)
+        .bind(&properties)
+        .fetch_optional(p)
+        .await?)
+        .ok_or(StoreError::NotFound)?
+        .into_model()
+    }
+
+    /// Adds the named users to the group; members already in it stay. `NotFound` (and no
+    /// change) if the group or any user does not exist.
+    pub async fn add_group_members(&self, group: &str, users: &[String]) -> Result<()> {
+        let names: BTreeSet<&str> = users.iter().map(String::as_str).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM users WHERE name IN ({})",
+            placeholders(1, names.len())
+        );
+        let insert_sql = format!(
+            "INSERT INTO user_groups (user_id, group_id) \
+             SELECT id, $1 FROM users WHERE name IN ({}) ON CONFLICT DO NOTHING",
+            placeholders(2, names.len())
+        );
+        on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let group_id = sqlx::query_scalar::<_, i64>("SELECT id FROM groups WHERE name = $1")
+                .bind(group)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let mut count = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count_sql));
+            let mut insert = sqlx::query(AssertSqlSafe(insert_sql)).bind(group_id);
+            for name in &names {
+                count = count.bind(*name);
+                insert = insert.bind(*name);
+            }
+            if count.fetch_one(&mut *tx).await? != names.len() as i64 {
+                return Err(StoreError::NotFound);
+            }
+            insert.execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Removes the named users from the group; names that are not members are ignored.
+    pub async fn remove_group_members(&self, group: &str, users: &[String]) -> Result<()> {
+        let names: BTreeSet<&str> = users.iter().map(String::as_str).collect();
+        let group_id = on_pool!(self, p => {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM groups WHERE name = $1")
+                .bind(group)
+                .fetch_optional(p)
+                .await?
+        })
+        .ok_or(StoreError::NotFound)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "DELETE FROM user_groups WHERE group_id = $1 AND user_id IN \
+             (SELECT id FROM users WHERE name IN ({}))",
+            placeholders(2, names.len())
+        );
+        on_pool!(self, p => {
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(group_id);
+            for name in &names {
+                query = query.bind(*name);
+            }
+            query.execute(p).await?;
+        });
+        Ok(())
+    }
+
+    /// The names of the user's groups, sorted.
+    pub async fn user_groups(&self, user_id: i64) -> Result<Vec<String>> {
+        Ok(on_pool!(self, p => sqlx::query_scalar::<_, String>(
+            "SELECT g.name FROM user_groups ug JOIN groups g ON g.id = ug.group_id \
+             WHERE ug.user_id = $1 ORDER BY g.name",
+        )
+        .bind(user_id)
+        .fetch_all(p)
+        .await?))
+    }
+
+    /// Makes the user a member of exactly the named groups, creating the missing ones (with
+    /// empty properties), in one transaction: the sync of groups from an identity provider at
+    /// login.
+    pub async fn set_user_groups(&self, user_id: i64, groups: &[String]) -> Result<()> {
+        let names: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
+        for name in &names {
+            group_name(name)?;
+        }
+        let created = now();
+        on_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            if names.is_empty() {
+                sqlx::query("DELETE FROM user_groups WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                for name in &names {
+                    sqlx::query(
+                        "INSERT INTO groups (name, properties, created) VALUES ($1, '{}', $2) \
+                         ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(*name)
+                    .bind(created)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let list = placeholders(2, names.len());
+                let mut delete = sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM user_groups WHERE user_id = $1 AND group_id NOT IN \
+                     (SELECT id FROM groups WHERE name IN ({list}))"
+                )))
+                .bind(user_id);
+                let mut insert = sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO user_groups (user_id, group_id) \
+                     SELECT $1, id FROM groups WHERE name IN ({list}) ON CONFLICT DO NOTHING"
+                )))
+                .bind(user_id);
+                for name in &names {
+                    delete = delete.bind(*name);
+                    insert = insert.bind(*name);
+                }
+                delete.execute(&mut *tx).await?;
+                insert.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}

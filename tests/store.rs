@@ -1,0 +1,1480 @@
+//! The store's stories, each run on SQLite (a fresh temporary file per test) and on PostgreSQL
+//! (a fresh database per test) when `ATELIER_TEST_POSTGRES_URL` is set, e.g.
+//! `ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test store`.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use atelier::store::tokens::{generate_token, hash_token, pkce_s256_challenge};
+use atelier::store::{
+    AuditAction, AuditQuery, Engine, NewAuditEvent, NewOAuthClient, NewOAuthCode, NewSession,
+    NewToken, PkceMethod, ServerState, StartRequest, Store, StoreError, TokenOwner, UserQuery,
+    UserSort, UserStateFilter, now, oauth_client_id,
+};
+use chrono::Duration;
+use serde_json::json;
+use sqlx::{Connection, PgPool, SqlitePool};
+
+const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
+
+// ---- harness ------------------------------------------------------------------------------
+
+/// A fresh, migrated database with a store on it, removed when dropped (also on panic).
+struct TestDb {
+    store: Store,
+    url: String,
+    raw: Raw,
+    _cleanup: Cleanup,
+}
+
+/// A second pool on the same database, beside the store: what an operator with `psql` or
+/// `sqlite3` could do.
+enum Raw {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+enum Cleanup {
+    SqliteFile(PathBuf),
+    Postgres { admin_url: String, database: String },
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        match self {
+            Cleanup::SqliteFile(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Cleanup::Postgres {
+                admin_url,
+                database,
+            } => {
+                let (admin_url, database) = (admin_url.clone(), database.clone());
+                // Drop runs inside the test's runtime: drop the database from a thread of its own.
+                let dropped = std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(async move {
+                            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                            sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                            )))
+                            .execute(&mut admin)
+                            .await?;
+                            admin.close().await
+                        })
+                })
+                .join();
+                if !matches!(dropped, Ok(Ok(()))) {
+                    eprintln!("could not drop test database {}", self.database_name());
+                }
+            }
+        }
+    }
+}
+
+impl Cleanup {
+    fn database_name(&self) -> &str {
+        match self {
+            Cleanup::SqliteFile(p) => p.to_str().unwrap_or("?"),
+            Cleanup::Postgres { database, .. } => database,
+        }
+    }
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    format!("{base}/{database}{query}")
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let path =
+            std::env::temp_dir().join(format!("atelier-store-{}.db", &generate_token()[..16]));
+        let url = format!("sqlite://{}", path.display());
+        let cleanup = Cleanup::SqliteFile(path);
+        let store = Store::connect(&url).await.expect("connect to SQLite");
+        let raw = Raw::Sqlite(SqlitePool::connect(&url).await.expect("raw SQLite pool"));
+        TestDb {
+            store,
+            url,
+            raw,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// `None` (after saying so loudly) when `ATELIER_TEST_POSTGRES_URL` is not set.
+    async fn postgres() -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
+            eprintln!("SKIPPED: PostgreSQL store tests (set {POSTGRES_VAR})");
+            return None;
+        };
+        let database = format!("atelier_test_{}", &generate_token()[..16]);
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to ATELIER_TEST_POSTGRES_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+        admin.close().await.expect("close the admin connection");
+        let url = with_database(&admin_url, &database);
+        let cleanup = Cleanup::Postgres {
+            admin_url,
+            database,
+        };
+        let store = Store::connect(&url).await.expect("connect to PostgreSQL");
+        let raw = Raw::Postgres(PgPool::connect(&url).await.expect("raw PostgreSQL pool"));
+        Some(TestDb {
+            store,
+            url,
+            raw,
+            _cleanup: cleanup,
+        })
+    }
+
+    async fn close(&self) {
+        self.store.close().await;
+        match &self.raw {
+            Raw::Sqlite(p) => p.close().await,
+            Raw::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Runs `sql` outside the store.
+    async fn raw_execute(&self, sql: &'static str) -> Result<u64, sqlx::Error> {
+        Ok(match &self.raw {
+            Raw::Sqlite(p) => sqlx::query(sql).execute(p).await?.rows_affected(),
+            Raw::Postgres(p) => sqlx::query(sql).execute(p).await?.rows_affected(),
+        })
+    }
+
+    /// `sql` with text parameters returning one count, outside the store.
+    async fn raw_count(&self, sql: &'static str, params: &[&str]) -> i64 {
+        match &self.raw {
+            Raw::Sqlite(p) => {
+                let mut query = sqlx::query_scalar(sql);
+                for param in params {
+                    query = query.bind(*param);
+                }
+                query.fetch_one(p).await
+            }
+            Raw::Postgres(p) => {
+                let mut query = sqlx::query_scalar(sql);
+                for param in params {
+                    query = query.bind(*param);
+                }
+                query.fetch_one(p).await
+            }
+        }
+        .expect("raw count")
+    }
+}
+
+/// One test per engine for each story: `<story>::sqlite` and `<story>::postgres`.
+macro_rules! stories {
+    ($($story:ident),* $(,)?) => {$(
+        mod $story {
+            #[tokio::test]
+            async fn sqlite() {
+                let db = super::TestDb::sqlite().await;
+                assert_eq!(db.store.engine(), super::Engine::Sqlite);
+                super::$story(&db).await;
+                db.close().await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(db) = super::TestDb::postgres().await else { return };
+                assert_eq!(db.store.engine(), super::Engine::Postgres);
+                super::$story(&db).await;
+                db.close().await;
+            }
+        }
+    )*};
+}
+
+stories!(
+    users_and_groups,
+    server_lifecycle,
+    users_pagination,
+    api_tokens,
+    oauth,
+    sessions,
+    audit_log,
+    two_stores,
+    migrations_rerun,
+);
+
+// ---- counting statements ------------------------------------------------------------------
+
+/// Statements of `Store::list_users` and `Store::get_user_detail`, which name themselves in an
+/// SQL comment (`/* list_users:… */`, `/* user_details:… */`); sqlx logs every statement it
+/// runs as a `sqlx::query` event, on both engines.
+static LISTING_STATEMENTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Held while counting, so that two tests' listings are not counted together.
+static COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct StatementCounter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StatementCounter {
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        metadata.target() == "sqlx::query"
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut text = FieldText(String::new());
+        event.record(&mut text);
+        if text.0.contains("/* list_users:") || text.0.contains("/* user_details:") {
+            LISTING_STATEMENTS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+struct FieldText(String);
+
+impl tracing::field::Visit for FieldText {
+    fn record_str(&mut self, _: &tracing::field::Field, value: &str) {
+        self.0.push_str(value);
+        self.0.push('\n');
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let _ = writeln!(self.0, "{value:?}");
+    }
+}
+
+/// Awaits `fut` and returns its output with the number of listing statements it ran.
+async fn counting<T>(fut: impl Future<Output = T>) -> (T, usize) {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(StatementCounter),
+        )
+        .expect("install the statement counter");
+    });
+    let _lock = COUNTING.lock().await;
+    let before = LISTING_STATEMENTS.load(Ordering::SeqCst);
+    let out = fut.await;
+    (out, LISTING_STATEMENTS.load(Ordering::SeqCst) - before)
+}
+
+fn assert_invalid<T: std::fmt::Debug>(r: Result<T, StoreError>) {
+    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+}
+
+fn assert_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) {
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+}
+
+fn assert_not_found<T: std::fmt::Debug>(r: Result<T, StoreError>) {
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+// ---- stories ------------------------------------------------------------------------------
+
+async fn users_and_groups(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    assert!(!alice.admin && alice.last_activity.is_none());
+    let bob = s.create_user("Bob", true).await.unwrap();
+    assert_eq!(s.get_user("alice").await.unwrap(), alice);
+    assert_eq!(s.get_user_by_id(bob.id).await.unwrap(), bob);
+    assert_not_found(s.get_user("carol").await);
+    // Lookups are exact; uniqueness ignores ASCII case.
+    assert_not_found(s.get_user("ALICE").await);
+    assert_conflict(s.create_user("alice", false).await);
+    assert_conflict(s.create_user("ALICE", false).await);
+    assert_conflict(s.create_user("bob", false).await);
+    assert_invalid(s.create_user("ålice", false).await);
+    assert_invalid(s.create_user("", false).await);
+    assert_invalid(s.create_user("a/b", false).await);
+
+    let alice = s.set_user_admin("alice", true).await.unwrap();
+    assert!(alice.admin);
+    assert_not_found(s.set_user_admin("carol", true).await);
+    let renamed = s.rename_user("alice", "alice2").await.unwrap();
+    assert_eq!((renamed.id, renamed.name.as_str()), (alice.id, "alice2"));
+    assert_conflict(s.rename_user("alice2", "BOB").await);
+    assert_not_found(s.rename_user("nobody", "x").await);
+    s.rename_user("alice2", "alice").await.unwrap();
+
+    // Activity only moves forward.
+    let t1 = now();
+    assert!(s.touch_user_activity(alice.id, t1).await.unwrap());
+    assert!(
+        !s.touch_user_activity(alice.id, t1 - Duration::minutes(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.get_user("alice").await.unwrap().last_activity, Some(t1));
+    let t2 = t1 + Duration::seconds(90);
+    assert!(s.touch_user_activity(alice.id, t2).await.unwrap());
+    assert_eq!(s.get_user("alice").await.unwrap().last_activity, Some(t2));
+
+    // Groups.
+    let physics = s
+        .create_group("physics", &json!({"quota": "10Gi"}))
+        .await
+        .unwrap();
+    assert_eq!(physics.properties, json!({"quota": "10Gi"}));
+    assert_conflict(s.create_group("physics", &json!({})).await);
+    assert_invalid(s.create_group("", &json!({})).await);
+    assert_invalid(
+        s.create_group("chem", &json!(["not", "an", "object"]))
+            .await,
+    );
+    s.add_group_members("physics", &names(&["alice", "Bob"]))
+        .await
+        .unwrap();
+    // Adding again is fine; an unknown user changes nothing.
+    s.add_group_members("physics", &names(&["alice"]))
+        .await
+        .unwrap();
+    s.create_group("chem", &json!({})).await.unwrap();
+    assert_not_found(
+        s.add_group_members("chem", &names(&["alice", "carol"]))
+            .await,
+    );
+    assert!(s.get_group("chem").await.unwrap().users.is_empty());
+    assert_not_found(s.add_group_members("nogroup", &names(&["alice"])).await);
+    let detail = s.get_group("physics").await.unwrap();
+    assert_eq!(detail.users, names(&["Bob", "alice"]));
+    assert_eq!(detail.group.id, physics.id);
+    let group = s
+        .set_group_properties("physics", &json!({"quota": "20Gi"}))
+        .await
+        .unwrap();
+    assert_eq!(group.properties, json!({"quota": "20Gi"}));
+    assert_invalid(s.set_group_properties("physics", &json!(3)).await);
+    s.remove_group_members("physics", &names(&["Bob", "carol"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_group("physics").await.unwrap().users,
+        names(&["alice"])
+    );
+
+    // Syncing a user's groups (from an identity provider) creates missing groups.
+    s.set_user_groups(bob.id, &names(&["physics", "astro", "chem"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.user_groups(bob.id).await.unwrap(),
+        names(&["astro", "chem", "physics"])
+    );
+    s.set_user_groups(bob.id, &names(&["chem"])).await.unwrap();
+    assert_eq!(s.user_groups(bob.id).await.unwrap(), names(&["chem"]));
+    s.set_user_groups(bob.id, &[]).await.unwrap();
+    assert!(s.user_groups(bob.id).await.unwrap().is_empty());
+    assert_not_found(s.set_user_groups(9_999_999, &names(&["chem"])).await);
+
+    let page = s.list_groups(0, 2).await.unwrap();
+    assert_eq!(page.total, 3);
+    let listed: Vec<_> = page.items.iter().map(|g| g.group.name.as_str()).collect();
+    assert_eq!(listed, ["astro", "chem"]);
+    assert_eq!(page.next_offset, Some(2));
+    let page = s.list_groups(2, 2).await.unwrap();
+    assert_eq!(page.items[0].group.name, "physics");
+    assert_eq!(page.items[0].users, names(&["alice"]));
+    assert_eq!(page.next_offset, None);
+    assert_invalid(s.list_groups(0, 0).await);
+
+    let (detail, statements) = counting(s.get_user_detail("alice", true)).await;
+    let detail = detail.unwrap();
+    assert_eq!(statements, 2, "servers and groups of one user");
+    assert_eq!(detail.groups, names(&["physics"]));
+    assert!(detail.servers.is_empty());
+
+    s.delete_group("astro").await.unwrap();
+    assert_not_found(s.delete_group("astro").await);
+    assert_not_found(s.get_group("astro").await);
+
+    s.delete_user("alice").await.unwrap();
+    assert_not_found(s.get_user("alice").await);
+    assert_not_found(s.delete_user("alice").await);
+    assert!(s.get_group("physics").await.unwrap().users.is_empty());
+    // The name is free again.
+    s.create_user("Alice", false).await.unwrap();
+}
+
+async fn server_lifecycle(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    let bob = s.create_user("bob", false).await.unwrap();
+
+    let default = s.create_server(alice.id, "").await.unwrap();
+    assert_eq!(default.name, "");
+    assert_eq!(default.state, ServerState::Stopped);
+    assert!(default.stopped() && !default.ready() && default.pending().is_none());
+    let named = s.create_server(alice.id, "analysis").await.unwrap();
+    // Names that collide once case is folded are refused; non-ASCII names are refused.
+    assert_conflict(s.create_server(alice.id, "Analysis").await);
+    assert_conflict(s.create_server(alice.id, "ANALYSIS").await);
+    assert_conflict(s.create_server(alice.id, "").await);
+    assert_invalid(s.create_server(alice.id, "anålysis").await);
+    assert_invalid(s.create_server(alice.id, "an alysis").await);
+    assert_not_found(s.create_server(9_999_999, "x").await);
+    // Another user may use the same name.
+    let bobs = s.create_server(bob.id, "analysis").await.unwrap();
+
+    assert_eq!(s.get_server(alice.id, "analysis").await.unwrap(), named);
+    assert_eq!(
+        s.get_server_by_names("alice", "analysis").await.unwrap(),
+        named
+    );
+    assert_eq!(
+        s.get_server_by_names("bob", "analysis").await.unwrap(),
+        bobs
+    );
+    assert_not_found(s.get_server_by_names("alice", "nope").await);
+    let servers = s.list_user_servers(alice.id).await.unwrap();
+    let listed: Vec<_> = servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(listed, ["", "analysis"]);
+
+    // Stopped -> Starting -> Running -> Stopping -> Stopped.
+    let t0 = now();
+    let request = StartRequest {
+        profile: Some("pangeo".into()),
+        user_options: Some(json!({"cpu": 2})),
+        display_name: Some("Analysis".into()),
+    };
+    let starting = s.begin_start(named.id, &request, t0).await.unwrap();
+    assert_eq!(starting.state, ServerState::Starting);
+    assert_eq!(starting.pending(), Some("spawn"));
+    assert!(!starting.ready() && !starting.stopped());
+    assert_eq!(starting.started, Some(t0));
+    assert_eq!(starting.last_activity, Some(t0));
+    assert_eq!(starting.profile.as_deref(), Some("pangeo"));
+    assert_eq!(starting.user_options, json!({"cpu": 2}));
+    assert_eq!(starting.display_name.as_deref(), Some("Analysis"));
+    assert_conflict(s.begin_start(named.id, &request, t0).await);
+    assert_not_found(s.begin_start(9_999_999, &request, t0).await);
+
+    let t1 = t0 + Duration::seconds(5);
+    let handle = json!({"pid": 4242, "port": 8888});
+    let running = s
+        .mark_running(
+            named.id,
+            "http://127.0.0.1:8888/user/alice/analysis/",
+            &handle,
+            t1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(running.state, ServerState::Running);
+    assert!(running.ready() && running.pending().is_none());
+    assert_eq!(running.spawner_state, handle);
+    assert_eq!(running.last_activity, Some(t1));
+    assert_conflict(s.mark_running(named.id, "http://x/", &handle, t1).await);
+    assert_conflict(s.delete_server(named.id).await);
+
+    // Activity only moves forward.
+    assert!(!s.touch_server_activity(named.id, t0).await.unwrap());
+    let t2 = t1 + Duration::minutes(1);
+    assert!(s.touch_server_activity(named.id, t2).await.unwrap());
+    assert_eq!(
+        s.get_server_by_id(named.id).await.unwrap().last_activity,
+        Some(t2)
+    );
+
+    let running_now = s
+        .list_servers_in_states(&[ServerState::Running], None, 10)
+        .await
+        .unwrap();
+    assert_eq!(running_now.len(), 1);
+    assert_eq!(running_now[0].user_name, "alice");
+    assert_eq!(running_now[0].server.id, named.id);
+
+    let stopping = s.begin_stop(named.id).await.unwrap();
+    assert_eq!(stopping.pending(), Some("stop"));
+    assert_conflict(s.begin_stop(named.id).await);
+    let stopped = s.mark_stopped(named.id).await.unwrap();
+    assert_eq!(stopped.state, ServerState::Stopped);
+    assert!(stopped.url.is_none());
+    assert_eq!(
+        stopped.spawner_state, handle,
+        "the handle stays for cleanup"
+    );
+    assert!(
+        s.list_servers_in_states(&[ServerState::Running], None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let cleared = s.set_spawner_state(named.id, &json!({})).await.unwrap();
+    assert_eq!(cleared.spawner_state, json!({}));
+    assert_invalid(s.set_spawner_state(named.id, &json!("x")).await);
+
+    // A start without options reuses the previous ones; a failed start can be retried.
+    let t3 = t2 + Duration::minutes(1);
+    let again = s
+        .begin_start(named.id, &StartRequest::default(), t3)
+        .await
+        .unwrap();
+    assert_eq!(again.user_options, json!({"cpu": 2}));
+    assert_eq!(again.profile.as_deref(), Some("pangeo"));
+    assert_eq!(again.started, Some(t3));
+    let failed = s.mark_failed(named.id).await.unwrap();
+    assert_eq!(failed.state, ServerState::Failed);
+    assert!(failed.stopped() && failed.pending().is_none());
+    assert_conflict(s.mark_failed(named.id).await);
+    assert_conflict(s.begin_stop(named.id).await);
+    s.begin_start(named.id, &StartRequest::default(), t3)
+        .await
+        .unwrap();
+    s.mark_stopped(named.id).await.unwrap();
+
+    // Paging over active servers across users by id.
+    for server in [default.id, bobs.id] {
+        s.begin_start(server, &StartRequest::default(), t3)
+            .await
+            .unwrap();
+    }
+    let first = s
+        .list_servers_in_states(&ServerState::ACTIVE, None, 1)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let rest = s
+        .list_servers_in_states(&ServerState::ACTIVE, Some(first[0].server.id), 10)
+        .await
+        .unwrap();
+    let mut owners: Vec<_> = first
+        .iter()
+        .chain(&rest)
+        .map(|s| s.user_name.clone())
+        .collect();
+    owners.sort();
+    assert_eq!(owners, names(&["alice", "bob"]));
+
+    s.delete_server(named.id).await.unwrap();
+    assert_not_found(s.get_server_by_id(named.id).await);
+    assert_not_found(s.delete_server(named.id).await);
+    // Deleting the user deletes their servers.
+    s.delete_user("bob").await.unwrap();
+    assert_not_found(s.get_server_by_id(bobs.id).await);
+}
+
+async fn users_pagination(db: &TestDb) {
+    let s = &db.store;
+    const USERS: usize = 250;
+    let t0 = now();
+    s.create_group("every-fifth", &json!({})).await.unwrap();
+    let mut fifth = Vec::new();
+    let (mut running, mut starting) = (0u64, 0u64);
+    for i in 0..USERS {
+        let user = s.create_user(&format!("user-{i:03}"), false).await.unwrap();
+        let server = s.create_server(user.id, "").await.unwrap();
+        s.create_server(user.id, "extra").await.unwrap();
+        if i % 3 == 0 {
+            s.begin_start(server.id, &StartRequest::default(), t0)
+                .await
+                .unwrap();
+            s.mark_running(
+                server.id,
+                &format!("http://10.0.0.1:{}/", 9000 + i),
+                &json!({}),
+                t0,
+            )
+            .await
+            .unwrap();
+            s.touch_user_activity(user.id, t0 + Duration::seconds(i as i64))
+                .await
+                .unwrap();
+            running += 1;
+        } else if i % 10 == 1 {
+            s.begin_start(server.id, &StartRequest::default(), t0)
+                .await
+                .unwrap();
+            starting += 1;
+        }
+        if i % 5 == 0 {
+            fifth.push(user.name.clone());
+        }
+    }
+    s.add_group_members("every-fifth", &fifth).await.unwrap();
+
+    // Default order (id), offset pagination: four statements per page whatever its size.
+    let mut query = UserQuery {
+        limit: 100,
+        ..UserQuery::default()
+    };
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (page, statements) = counting(s.list_users(&query)).await;
+        let page = page.unwrap();
+        assert_eq!(statements, 4, "count, page, servers, groups");
+        assert_eq!(page.total, USERS as u64);
+        pages += 1;
+        for item in &page.items {
+            let i: usize = item.user.name[5..].parse().unwrap();
+            // Only active servers by default.
+            let active: Vec<_> = item.servers.iter().map(|s| s.state).collect();
+            match (i % 3, i % 10) {
+                (0, _) => assert_eq!(active, [ServerState::Running]),
+                (_, 1) => assert_eq!(active, [ServerState::Starting]),
+                _ => assert!(active.is_empty()),
+            }
+            let groups: &[&str] = if i % 5 == 0 { &["every-fifth"] } else { &[] };
+            assert_eq!(item.groups, groups);
+            seen.push(item.user.name.clone());
+        }
+        match page.next_offset {
+            Some(next) => {
+                assert_eq!(page.items.len(), 100);
+                query.offset = next;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<_> = (0..USERS).map(|i| format!("user-{i:03}")).collect();
+    assert_eq!(seen, expected);
+
+    // Keyset pagination by name, stopped servers included.
+    let mut query = UserQuery {
+        sort: UserSort::Name,
+        limit: 120,
+        include_stopped_servers: true,
+        ..UserQuery::default()
+    };
+    let (page, statements) = counting(s.list_users(&query)).await;
+    let page = page.unwrap();
+    assert_eq!(statements, 4);
+    assert_eq!(page.items.len(), 120);
+    assert_eq!(page.next_after.as_deref(), Some("user-119"));
+    assert!(page.items.iter().all(|u| u.servers.len() == 2));
+    assert_eq!(page.items[0].servers[0].name, "");
+    query.after = page.next_after.clone();
+    let page = s.list_users(&query).await.unwrap();
+    assert_eq!(page.items[0].user.name, "user-120");
+    query.after = page.next_after.clone();
+    let page = s.list_users(&query).await.unwrap();
+    assert_eq!(page.items.len(), 10);
+    assert_eq!(page.items.last().unwrap().user.name, "user-249");
+    assert_eq!((page.next_after, page.next_offset), (None, None));
+    // Descending.
+    let page = s
+        .list_users(&UserQuery {
+            sort: UserSort::Name,
+            descending: true,
+            after: Some("user-100".into()),
+            limit: 2,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<_> = page.items.iter().map(|u| u.user.name.as_str()).collect();
+    assert_eq!(listed, ["user-099", "user-098"]);
+
+    // State filters: ready, active, inactive, each counted without reading every user.
+    let mut query = UserQuery {
+        state: Some(UserStateFilter::Ready),
+        limit: 50,
+        ..UserQuery::default()
+    };
+    let (page, statements) = counting(s.list_users(&query)).await;
+    let page = page.unwrap();
+    assert_eq!(statements, 4);
+    assert_eq!(page.total, running);
+    assert_eq!(page.items.len(), 50);
+    assert!(
+        page.items
+            .iter()
+            .all(|u| u.servers.iter().any(|s| s.ready()))
+    );
+    query.offset = page.next_offset.unwrap();
+    let page = s.list_users(&query).await.unwrap();
+    assert_eq!(page.items.len() as u64, running - 50);
+    assert_eq!(page.next_offset, None);
+
+    let active = s
+        .list_users(&UserQuery {
+            state: Some(UserStateFilter::Active),
+            limit: 1000,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(active.total, running + starting);
+    assert_eq!(active.items.len() as u64, running + starting);
+    let inactive = s
+        .list_users(&UserQuery {
+            state: Some(UserStateFilter::Inactive),
+            limit: 1000,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(inactive.total, USERS as u64 - running - starting);
+    assert!(inactive.items.iter().all(|u| u.servers.is_empty()));
+
+    // Most recently active first; never active users last.
+    let page = s
+        .list_users(&UserQuery {
+            sort: UserSort::LastActivity,
+            descending: true,
+            limit: 2,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<_> = page.items.iter().map(|u| u.user.name.as_str()).collect();
+    assert_eq!(listed, ["user-249", "user-246"]);
+    let page = s
+        .list_users(&UserQuery {
+            sort: UserSort::LastActivity,
+            limit: 1,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.items[0].user.last_activity.is_none());
+
+    // An empty page costs only the count and the page.
+    let (page, statements) = counting(s.list_users(&UserQuery {
+        offset: 10_000,
+        ..UserQuery::default()
+    }))
+    .await;
+    assert!(page.unwrap().items.is_empty());
+    assert_eq!(statements, 2);
+
+    assert_invalid(
+        s.list_users(&UserQuery {
+            limit: 0,
+            ..UserQuery::default()
+        })
+        .await,
+    );
+    assert_invalid(
+        s.list_users(&UserQuery {
+            limit: 1001,
+            ..UserQuery::default()
+        })
+        .await,
+    );
+    assert_invalid(
+        s.list_users(&UserQuery {
+            after: Some("user-001".into()),
+            ..UserQuery::default()
+        })
+        .await,
+    );
+    assert_eq!(
+        UserSort::parse("-last_activity"),
+        Some((UserSort::LastActivity, true))
+    );
+    assert_eq!(
+        UserStateFilter::parse("ready"),
+        Some(UserStateFilter::Ready)
+    );
+}
+
+async fn api_tokens(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    let t0 = now();
+    let mut new = NewToken::new(
+        TokenOwner::User(alice.id),
+        names(&["read:users", "servers"]),
+    );
+    new.note = Some("laptop".into());
+    new.expires_at = Some(t0 + Duration::hours(1));
+    let (value, token) = s.create_token(&new).await.unwrap();
+    assert_eq!(value.len(), 64);
+    assert_eq!(token.prefix, value[..4]);
+    assert_eq!(token.owner, TokenOwner::User(alice.id));
+    assert_eq!(token.scopes, names(&["read:users", "servers"]));
+    assert_eq!(token.note.as_deref(), Some("laptop"));
+    // Only the hash is stored.
+    let by_hash = "SELECT COUNT(*) FROM api_tokens WHERE hash = $1";
+    assert_eq!(db.raw_count(by_hash, &[&hash_token(&value)]).await, 1);
+    assert_eq!(db.raw_count(by_hash, &[&value]).await, 0);
+
+    let identity = s.lookup_token(&value, t0).await.unwrap();
+    assert_eq!(identity.token, token);
+    assert_eq!(identity.user.as_ref().unwrap(), &alice);
+    assert_not_found(s.lookup_token(&generate_token(), t0).await);
+    // Expiry.
+    assert!(!token.is_expired(t0));
+    assert!(token.is_expired(t0 + Duration::hours(2)));
+    assert_not_found(s.lookup_token(&value, t0 + Duration::hours(2)).await);
+
+    // Last use only moves forward.
+    let t1 = t0 + Duration::seconds(30);
+    assert!(s.touch_token_activity(token.id, t1).await.unwrap());
+    assert!(!s.touch_token_activity(token.id, t0).await.unwrap());
+    assert_eq!(s.get_token(token.id).await.unwrap().last_activity, Some(t1));
+
+    // A service's token, with a value from the configuration.
+    let service_value = "0123456789abcdef0123456789abcdef";
+    let culler = NewToken::new(
+        TokenOwner::Service("idle-culler".into()),
+        names(&["admin:servers"]),
+    );
+    let service_token = s
+        .create_token_with_value(service_value, &culler)
+        .await
+        .unwrap();
+    let identity = s.lookup_token(service_value, t0).await.unwrap();
+    assert_eq!(identity.user, None);
+    assert_eq!(
+        identity.token.owner,
+        TokenOwner::Service("idle-culler".into())
+    );
+    assert_conflict(s.create_token_with_value(service_value, &culler).await);
+    assert_invalid(s.create_token_with_value("short", &culler).await);
+    assert_invalid(
+        s.create_token(&NewToken::new(TokenOwner::Service(String::new()), vec![]))
+            .await,
+    );
+    assert_not_found(
+        s.create_token(&NewToken::new(TokenOwner::User(9_999_999), vec![]))
+            .await,
+    );
+    assert_eq!(
+        s.list_tokens(&TokenOwner::Service("idle-culler".into()))
+            .await
+            .unwrap(),
+        [service_token.clone()]
+    );
+
+    let (second, _) = s
+        .create_token(&NewToken::new(TokenOwner::User(alice.id), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.list_tokens(&TokenOwner::User(alice.id))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    s.revoke_token(token.id).await.unwrap();
+    assert_not_found(s.revoke_token(token.id).await);
+    assert_not_found(s.get_token(token.id).await);
+    assert_eq!(
+        s.list_tokens(&TokenOwner::User(alice.id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Purging removes expired tokens only.
+    let mut expired = NewToken::new(TokenOwner::User(alice.id), vec![]);
+    expired.expires_at = Some(t0 - Duration::seconds(1));
+    s.create_token(&expired).await.unwrap();
+    let purged = s.purge_expired(t0).await.unwrap();
+    assert_eq!(purged.tokens, 1);
+    assert!(s.lookup_token(&second, t0).await.is_ok());
+
+    // Deleting the user deletes their tokens.
+    s.delete_user("alice").await.unwrap();
+    assert_not_found(s.lookup_token(&second, t0).await);
+    assert!(s.lookup_token(service_value, t0).await.is_ok());
+}
+
+async fn oauth(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    let server = s.create_server(alice.id, "").await.unwrap();
+    let client_id = oauth_client_id("alice", "");
+    assert_eq!(client_id, "jupyterhub-user-alice");
+    assert_eq!(oauth_client_id("alice", "gpu"), "jupyterhub-user-alice-gpu");
+
+    // The server's API token is the client's secret.
+    let (api_token, _) = s
+        .create_token(&NewToken::new(TokenOwner::User(alice.id), vec![]))
+        .await
+        .unwrap();
+    let mut new_client = NewOAuthClient {
+        client_id: client_id.clone(),
+        description: "Server at /user/alice/".into(),
+        secret: api_token.clone(),
+        redirect_uri: "/user/alice/oauth_callback".into(),
+        server_id: Some(server.id),
+        allowed_scopes: names(&["access:servers!server=alice/"]),
+    };
+    let client = s.upsert_oauth_client(&new_client).await.unwrap();
+    assert_eq!(client.redirect_uri, "/user/alice/oauth_callback");
+    assert_eq!(s.get_oauth_client(&client_id).await.unwrap(), client);
+    assert_eq!(
+        s.verify_oauth_client(&client_id, &api_token).await.unwrap(),
+        client
+    );
+    assert_invalid(s.verify_oauth_client(&client_id, "wrong").await);
+    assert_not_found(
+        s.verify_oauth_client("jupyterhub-user-nobody", &api_token)
+            .await,
+    );
+    // A new start updates the client in place.
+    new_client.secret = generate_token();
+    new_client.redirect_uri = "/user/alice/oauth_callback2".into();
+    let updated = s.upsert_oauth_client(&new_client).await.unwrap();
+    assert_eq!(updated.id, client.id);
+    assert_eq!(updated.redirect_uri, "/user/alice/oauth_callback2");
+    assert_invalid(s.verify_oauth_client(&client_id, &api_token).await);
+    assert!(
+        s.verify_oauth_client(&client_id, &new_client.secret)
+            .await
+            .is_ok()
+    );
+    // user "alice-x"'s default server and alice's server "x" share a client id: refused.
+    let alice_x = s.create_user("alice-x", false).await.unwrap();
+    let other = s.create_server(alice_x.id, "").await.unwrap();
+    let x = s.create_server(alice.id, "x").await.unwrap();
+    let mut clash = NewOAuthClient {
+        client_id: oauth_client_id("alice-x", ""),
+        server_id: Some(other.id),
+        ..new_client.clone()
+    };
+    s.upsert_oauth_client(&clash).await.unwrap();
+    clash.server_id = Some(x.id);
+    assert_eq!(clash.client_id, oauth_client_id("alice", "x"));
+    assert_conflict(s.upsert_oauth_client(&clash).await);
+    assert_eq!(
+        s.get_oauth_client(&clash.client_id)
+            .await
+            .unwrap()
+            .server_id,
+        Some(other.id)
+    );
+
+    // Authorization codes: PKCE, single use.
+    let t0 = now();
+    let (cookie, session) = s
+        .create_session(&NewSession {
+            user_id: Some(alice.id),
+            next: None,
+            data: json!({}),
+            expires_at: t0 + Duration::hours(8),
+        })
+        .await
+        .unwrap();
+    let verifier = generate_token();
+    let redirect = "/user/alice/oauth_callback2";
+    let new_code = NewOAuthCode {
+        client_id: client_id.clone(),
+        user_id: alice.id,
+        session_id: Some(session.id),
+        redirect_uri: redirect.into(),
+        code_challenge: Some(pkce_s256_challenge(&verifier)),
+        code_challenge_method: Some(PkceMethod::S256),
+        scopes: names(&["access:servers!server=alice/"]),
+        expires_at: t0 + Duration::minutes(10),
+    };
+    let (code, issued) = s.create_oauth_code(&new_code).await.unwrap();
+    assert_eq!(
+        db.raw_count(
+            "SELECT COUNT(*) FROM oauth_codes WHERE code_hash = $1",
+            &[&code]
+        )
+        .await,
+        0
+    );
+    assert_eq!(issued.code_challenge_method, Some(PkceMethod::S256));
+    let exchanged = s
+        .exchange_oauth_code(&code, &client_id, redirect, Some(&verifier), t0)
+        .await
+        .unwrap();
+    assert_eq!(exchanged, issued);
+    assert_eq!(exchanged.session_id, Some(session.id));
+    // A replayed code fails.
+    assert_not_found(
+        s.exchange_oauth_code(&code, &client_id, redirect, Some(&verifier), t0)
+            .await,
+    );
+    // A wrong verifier fails and uses the code up.
+    let (code, _) = s.create_oauth_code(&new_code).await.unwrap();
+    assert_invalid(
+        s.exchange_oauth_code(&code, &client_id, redirect, Some("wrong"), t0)
+            .await,
+    );
+    assert_not_found(
+        s.exchange_oauth_code(&code, &client_id, redirect, Some(&verifier), t0)
+            .await,
+    );
+    let (code, _) = s.create_oauth_code(&new_code).await.unwrap();
+    assert_invalid(
+        s.exchange_oauth_code(&code, &client_id, redirect, None, t0)
+            .await,
+    );
+    let (code, _) = s.create_oauth_code(&new_code).await.unwrap();
+    assert_invalid(
+        s.exchange_oauth_code(&code, &client_id, "/elsewhere", Some(&verifier), t0)
+            .await,
+    );
+    let (code, _) = s.create_oauth_code(&new_code).await.unwrap();
+    assert_invalid(
+        s.exchange_oauth_code(
+            &code,
+            "jupyterhub-user-alice-x",
+            redirect,
+            Some(&verifier),
+            t0,
+        )
+        .await,
+    );
+    let (code, _) = s.create_oauth_code(&new_code).await.unwrap();
+    assert_invalid(
+        s.exchange_oauth_code(
+            &code,
+            &client_id,
+            redirect,
+            Some(&verifier),
+            t0 + Duration::minutes(11),
+        )
+        .await,
+    );
+    // Plain PKCE and no PKCE.
+    let plain = NewOAuthCode {
+        code_challenge: Some(verifier.clone()),
+        code_challenge_method: Some(PkceMethod::Plain),
+        ..new_code.clone()
+    };
+    let (code, _) = s.create_oauth_code(&plain).await.unwrap();
+    assert!(
+        s.exchange_oauth_code(&code, &client_id, redirect, Some(&verifier), t0)
+            .await
+            .is_ok()
+    );
+    let no_pkce = NewOAuthCode {
+        code_challenge: None,
+        code_challenge_method: None,
+        ..new_code.clone()
+    };
+    let (code, _) = s.create_oauth_code(&no_pkce).await.unwrap();
+    assert!(
+        s.exchange_oauth_code(&code, &client_id, redirect, None, t0)
+            .await
+            .is_ok()
+    );
+    assert_invalid(
+        s.create_oauth_code(&NewOAuthCode {
+            code_challenge_method: None,
+            ..new_code.clone()
+        })
+        .await,
+    );
+    assert_not_found(
+        s.create_oauth_code(&NewOAuthCode {
+            client_id: "unknown".into(),
+            ..new_code.clone()
+        })
+        .await,
+    );
+
+    // Two exchanges of one code at once: exactly one wins.
+    let (code, _) = s.create_oauth_code(&new_code).await.unwrap();
+    let (a, b) = tokio::join!(
+        s.exchange_oauth_code(&code, &client_id, redirect, Some(&verifier), t0),
+        s.exchange_oauth_code(&code, &client_id, redirect, Some(&verifier), t0),
+    );
+    assert_eq!(u8::from(a.is_ok()) + u8::from(b.is_ok()), 1, "{a:?} {b:?}");
+
+    // The access token issued to the client carries the client and session.
+    let mut access = NewToken::new(TokenOwner::User(alice.id), exchanged.scopes.clone());
+    access.oauth_client_id = Some(client_id.clone());
+    access.session_id = Some(session.id);
+    let (access_value, _) = s.create_token(&access).await.unwrap();
+    let identity = s.lookup_token(&access_value, t0).await.unwrap();
+    assert_eq!(
+        identity.token.oauth_client_id.as_deref(),
+        Some(client_id.as_str())
+    );
+    assert_eq!(identity.token.session_id, Some(session.id));
+    // Logging out revokes the tokens issued in the session.
+    s.delete_session(&cookie).await.unwrap();
+    assert_not_found(s.lookup_token(&access_value, t0).await);
+    // Deleting a client deletes the tokens issued to it.
+    access.session_id = None;
+    let (access_value, _) = s.create_token(&access).await.unwrap();
+    s.delete_oauth_client(&client_id).await.unwrap();
+    assert_not_found(s.lookup_token(&access_value, t0).await);
+    assert_not_found(s.delete_oauth_client(&client_id).await);
+    // Deleting a server deletes its client.
+    s.delete_server(other.id).await.unwrap();
+    assert_not_found(s.get_oauth_client(&oauth_client_id("alice-x", "")).await);
+}
+
+async fn sessions(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    let t0 = now();
+    // Before login: no user, where to go next, login flow state.
+    let (cookie, session) = s
+        .create_session(&NewSession {
+            user_id: None,
+            next: Some("/hub/spawn".into()),
+            data: json!({"oidc_state": "s", "nonce": "n"}),
+            expires_at: t0 + Duration::minutes(10),
+        })
+        .await
+        .unwrap();
+    assert_eq!(session.csrf_token.len(), 64);
+    assert_ne!(session.csrf_token, cookie);
+    assert_eq!(
+        db.raw_count(
+            "SELECT COUNT(*) FROM sessions WHERE id_hash = $1",
+            &[&cookie]
+        )
+        .await,
+        0
+    );
+    let identity = s.get_session(&cookie, t0).await.unwrap();
+    assert_eq!(identity.session, session);
+    assert_eq!(identity.user, None);
+    assert_eq!(identity.session.next.as_deref(), Some("/hub/spawn"));
+    assert_eq!(identity.session.data["nonce"], "n");
+    assert_not_found(s.get_session(&cookie, t0 + Duration::minutes(11)).await);
+    assert_not_found(s.get_session(&generate_token(), t0).await);
+    assert_invalid(
+        s.create_session(&NewSession {
+            user_id: None,
+            next: None,
+            data: json!(1),
+            expires_at: t0,
+        })
+        .await,
+    );
+
+    // After login.
+    let (user_cookie, user_session) = s
+        .create_session(&NewSession {
+            user_id: Some(alice.id),
+            next: None,
+            data: json!({}),
+            expires_at: t0 + Duration::hours(8),
+        })
+        .await
+        .unwrap();
+    let identity = s.get_session(&user_cookie, t0).await.unwrap();
+    assert_eq!(identity.user.as_ref().unwrap(), &alice);
+    assert!(s.touch_session_activity(user_session.id, t0).await.unwrap());
+    assert!(
+        !s.touch_session_activity(user_session.id, t0 - Duration::seconds(1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_session(&user_cookie, t0)
+            .await
+            .unwrap()
+            .session
+            .last_activity,
+        Some(t0)
+    );
+    assert_not_found(
+        s.create_session(&NewSession {
+            user_id: Some(9_999_999),
+            next: None,
+            data: json!({}),
+            expires_at: t0,
+        })
+        .await,
+    );
+
+    // Logout; logout everywhere; purge.
+    s.delete_session(&user_cookie).await.unwrap();
+    assert_not_found(s.get_session(&user_cookie, t0).await);
+    assert_not_found(s.delete_session(&user_cookie).await);
+    for _ in 0..2 {
+        s.create_session(&NewSession {
+            user_id: Some(alice.id),
+            next: None,
+            data: json!({}),
+            expires_at: t0 + Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.delete_user_sessions(alice.id).await.unwrap(), 2);
+    let purged = s.purge_expired(t0 + Duration::minutes(30)).await.unwrap();
+    assert_eq!(purged.sessions, 1, "the pre-login session expired");
+}
+
+async fn audit_log(db: &TestDb) {
+    let s = &db.store;
+    let before = now();
+    let login = s
+        .append_audit(&NewAuditEvent {
+            actor: Some("alice".into()),
+            target_user: Some("alice".into()),
+            ..NewAuditEvent::new(AuditAction::Login)
+        })
+        .await
+        .unwrap();
+    assert!(login.occurred_at >= before);
+    assert_eq!(login.detail, json!({}));
+    let start = s
+        .append_audit(&NewAuditEvent {
+            actor: Some("alice".into()),
+            target_user: Some("alice".into()),
+            target_server: Some("gpu".into()),
+            detail: json!({"profile": "pangeo"}),
+            ..NewAuditEvent::new(AuditAction::ServerStart)
+        })
+        .await
+        .unwrap();
+    let admin = s
+        .append_audit(&NewAuditEvent {
+            actor: Some("root".into()),
+            target_user: Some("bob".into()),
+            detail: json!({"what": "set admin"}),
+            ..NewAuditEvent::new(AuditAction::Admin)
+        })
+        .await
+        .unwrap();
+    s.append_audit(&NewAuditEvent::new(AuditAction::ServerStop))
+        .await
+        .unwrap();
+    assert_invalid(
+        s.append_audit(&NewAuditEvent {
+            detail: json!("text"),
+            ..NewAuditEvent::new(AuditAction::Logout)
+        })
+        .await,
+    );
+
+    let all = s.list_audit(&AuditQuery::default()).await.unwrap();
+    let actions: Vec<_> = all.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::ServerStop,
+            AuditAction::Admin,
+            AuditAction::ServerStart,
+            AuditAction::Login
+        ]
+    );
+    assert_eq!(all[2], start);
+    let alices = s
+        .list_audit(&AuditQuery {
+            target_user: Some("alice".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alices, [start.clone(), login.clone()]);
+    let page = s
+        .list_audit(&AuditQuery {
+            before_id: Some(admin.id),
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, [start.clone()]);
+    let by_root = s
+        .list_audit(&AuditQuery {
+            actor: Some("root".into()),
+            action: Some(AuditAction::Admin),
+            since: Some(before),
+            until: Some(now() + Duration::seconds(1)),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_root, [admin]);
+    assert!(
+        s.list_audit(&AuditQuery {
+            until: Some(before),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert_invalid(
+        s.list_audit(&AuditQuery {
+            limit: 0,
+            ..AuditQuery::default()
+        })
+        .await,
+    );
+
+    // Append-only, even outside the store.
+    assert!(
+        db.raw_execute("UPDATE audit_events SET actor = 'mallory'")
+            .await
+            .is_err()
+    );
+    assert!(db.raw_execute("DELETE FROM audit_events").await.is_err());
+    assert_eq!(s.list_audit(&AuditQuery::default()).await.unwrap(), all);
+}
+
+async fn two_stores(db: &TestDb) {
+    let a = &db.store;
+    let b = Store::connect(&db.url).await.unwrap();
+    let t0 = now();
+
+    let alice = a.create_user("alice", false).await.unwrap();
+    assert_eq!(b.get_user("alice").await.unwrap(), alice);
+    assert_conflict(b.create_user("Alice", false).await);
+
+    // One server, started from both hubs at once: exactly one start wins.
+    let server = b.create_server(alice.id, "").await.unwrap();
+    let request = StartRequest::default();
+    let (ra, rb) = tokio::join!(
+        a.begin_start(server.id, &request, t0),
+        b.begin_start(server.id, &request, t0),
+    );
+    assert_eq!(
+        u8::from(ra.is_ok()) + u8::from(rb.is_ok()),
+        1,
+        "{ra:?} {rb:?}"
+    );
+    assert_conflict(if ra.is_ok() { rb } else { ra });
+    a.mark_running(server.id, "http://127.0.0.1:9999/", &json!({"pid": 1}), t0)
+        .await
+        .unwrap();
+    assert!(b.get_server_by_id(server.id).await.unwrap().ready());
+    let page = b
+        .list_users(&UserQuery {
+            state: Some(UserStateFilter::Ready),
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+
+    // Credentials made by one hub work on the other.
+    let (token, _) = a
+        .create_token(&NewToken::new(TokenOwner::User(alice.id), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.lookup_token(&token, t0).await.unwrap().user.unwrap().name,
+        "alice"
+    );
+    let (cookie, _) = b
+        .create_session(&NewSession {
+            user_id: Some(alice.id),
+            next: None,
+            data: json!({}),
+            expires_at: t0 + Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    assert!(a.get_session(&cookie, t0).await.is_ok());
+    b.delete_session(&cookie).await.unwrap();
+    assert_not_found(a.get_session(&cookie, t0).await);
+
+    // Activity from either hub only moves forward.
+    assert!(
+        b.touch_server_activity(server.id, t0 + Duration::seconds(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.touch_server_activity(server.id, t0 + Duration::seconds(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.get_server_by_id(server.id).await.unwrap().last_activity,
+        Some(t0 + Duration::seconds(10))
+    );
+
+    a.append_audit(&NewAuditEvent::new(AuditAction::ServerStart))
+        .await
+        .unwrap();
+    assert_eq!(b.list_audit(&AuditQuery::default()).await.unwrap().len(), 1);
+    b.close().await;
+}
+
+async fn migrations_rerun(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    // Running the migrations again, directly and through a second connect, changes nothing.
+    s.migrate().await.unwrap();
+    s.migrate().await.unwrap();
+    let again = Store::connect(&db.url).await.unwrap();
+    assert_eq!(again.get_user("alice").await.unwrap(), alice);
+    again.close().await;
+
+    let dir = match s.engine() {
+        Engine::Sqlite => "migrations/sqlite",
+        Engine::Postgres => "migrations/postgres",
+    };
+    let files = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count() as i64;
+    assert_eq!(
+        db.raw_count("SELECT COUNT(*) FROM _sqlx_migrations WHERE success", &[])
+            .await,
+        files
+    );
+}
+
+// ---- engine-independent -------------------------------------------------------------------
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_its_data() {
+    let store = Store::connect("sqlite::memory:").await.unwrap();
+    store.create_user("alice", false).await.unwrap();
+    // Sequential uses of the pool see one database.
+    for _ in 0..3 {
+        assert_eq!(store.get_user("alice").await.unwrap().name, "alice");
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn unknown_url_is_invalid() {
+    assert_invalid(Store::connect("mysql://localhost/x").await);
+}
+
+#[test]
+fn with_database_replaces_the_path() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        with_database("postgres://u:p@h/test?sslmode=disable", "x"),
+        "postgres://u:p@h/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}
