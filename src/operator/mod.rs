@@ -1,13 +1,595 @@
 //! `atelier operator`: reconciles Workspaces into Pods, Services, PVCs, NetworkPolicies and Secrets.
+//!
+//! [`run`] builds a [`Context`] (client, configuration, event recorder, metrics), runs the
+//! Workspace controller ([`workspace::reconcile::run_controller`]) and serves `/metrics` and
+//! `/healthz` until SIGTERM or ctrl-c.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
 
 pub mod config;
+pub mod metrics;
 pub mod workspace;
 
-/// Command-line arguments of `atelier operator`.
+use config::{NamespaceMode, OperatorConfig};
+use metrics::Metrics;
+use workspace::WORKSPACE_CONTROLLER_NAME;
+
+/// How workspaces are spread over namespaces (command-line form of [`NamespaceMode`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceModeArg {
+    /// Every workspace lives in the namespace of its Workspace.
+    Shared,
+    /// Each user has a namespace `<prefix><user>`.
+    PerUser,
+}
+
+/// Command-line arguments of `atelier operator`. (Strings are `Box<str>` to keep the
+/// subcommand enum of `main` small.)
 #[derive(clap::Args, Debug, Clone)]
-pub struct OperatorArgs {}
+pub struct OperatorArgs {
+    /// Namespace model: `shared` or `per-user`.
+    #[arg(
+        long,
+        env = "ATELIER_NAMESPACE_MODE",
+        value_enum,
+        default_value = "shared"
+    )]
+    pub namespace_mode: NamespaceModeArg,
+    /// Prefix of the per-user namespaces (per-user mode).
+    #[arg(
+        long,
+        env = "ATELIER_USER_NAMESPACE_PREFIX",
+        default_value = "atelier-u-"
+    )]
+    pub user_namespace_prefix: Box<str>,
+    /// Namespace the hub and proxy run in.
+    #[arg(long, env = "ATELIER_HUB_NAMESPACE", default_value = "atelier")]
+    pub hub_namespace: Box<str>,
+    /// The hub's API as workspaces reach it.
+    #[arg(
+        long,
+        env = "ATELIER_HUB_API_URL",
+        default_value = "http://atelier-hub.atelier.svc:8081/hub/api"
+    )]
+    pub hub_api_url: Box<str>,
+    /// Public base URL of the site (empty: relative URLs).
+    #[arg(long, env = "ATELIER_PUBLIC_URL", default_value = "")]
+    pub public_url: Box<str>,
+    /// Labels of the hub's pods, `key=value,...`.
+    #[arg(
+        long,
+        env = "ATELIER_HUB_POD_LABELS",
+        default_value = "app.kubernetes.io/name=atelier,app.kubernetes.io/component=hub"
+    )]
+    pub hub_pod_labels: Box<str>,
+    /// Labels of the proxy's pods, `key=value,...`.
+    #[arg(
+        long,
+        env = "ATELIER_PROXY_POD_LABELS",
+        default_value = "app.kubernetes.io/name=atelier,app.kubernetes.io/component=proxy"
+    )]
+    pub proxy_pod_labels: Box<str>,
+    /// Port the workspace server listens on.
+    #[arg(long, env = "ATELIER_SERVER_PORT", default_value_t = 8888)]
+    pub server_port: i32,
+    /// UID workspaces run as.
+    #[arg(long, env = "ATELIER_RUN_AS_USER", default_value_t = 1000)]
+    pub run_as_user: i64,
+    /// GID owning the home volume.
+    #[arg(long, env = "ATELIER_FS_GROUP", default_value_t = 100)]
+    pub fs_group: i64,
+    /// `imagePullPolicy` of workspace containers.
+    #[arg(
+        long,
+        env = "ATELIER_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_parser = PossibleValuesParser::new(["Always", "IfNotPresent", "Never"])
+            .map(Box::<str>::from)
+    )]
+    pub image_pull_policy: Box<str>,
+    /// Only watch Workspaces of this namespace (default: all namespaces).
+    #[arg(long, env = "ATELIER_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<Box<str>>,
+    /// Address of the `/metrics` and `/healthz` server.
+    #[arg(long, env = "ATELIER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Reconciliations running at once (0: unbounded).
+    #[arg(long, env = "ATELIER_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+}
+
+impl OperatorArgs {
+    /// The configuration the pure builders need.
+    pub fn operator_config(&self) -> anyhow::Result<OperatorConfig> {
+        let namespace_mode = match self.namespace_mode {
+            NamespaceModeArg::Shared => NamespaceMode::Shared,
+            NamespaceModeArg::PerUser => {
+                anyhow::ensure!(
+                    !self.user_namespace_prefix.is_empty(),
+                    "--user-namespace-prefix may not be empty in per-user mode"
+                );
+                NamespaceMode::PerUser {
+                    prefix: self.user_namespace_prefix.to_string(),
+                }
+            }
+        };
+        anyhow::ensure!(
+            (1..=65535).contains(&self.server_port),
+            "--server-port must be a TCP port, got {}",
+            self.server_port
+        );
+        Ok(OperatorConfig {
+            namespace_mode,
+            hub_namespace: self.hub_namespace.to_string(),
+            hub_api_url: self.hub_api_url.to_string(),
+            public_url: self.public_url.trim_end_matches('/').to_owned(),
+            hub_pod_labels: parse_labels(&self.hub_pod_labels)?,
+            proxy_pod_labels: parse_labels(&self.proxy_pod_labels)?,
+            server_port: self.server_port,
+            run_as_user: self.run_as_user,
+            fs_group: self.fs_group,
+            image_pull_policy: self.image_pull_policy.to_string(),
+        })
+    }
+}
+
+/// Parses `key=value,key=value` (entries trimmed, empty entries ignored).
+fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| match entry.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => anyhow::bail!("label {entry:?} is not key=value"),
+        })
+        .collect()
+}
+
+/// Errors of a reconciliation; each variant is a metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading an input (profile, pools, data sources, workspaces, secrets, observed children).
+    #[error("reading {what} failed: {source}")]
+    Dereference {
+        /// What was read.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A server-side apply was refused.
+    #[error("applying {kind} {name} failed: {source}")]
+    Apply {
+        /// Kind of the object.
+        kind: String,
+        /// Name of the object.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A deletion was refused.
+    #[error("deleting {kind} {name} failed: {source}")]
+    Delete {
+        /// Kind of the object.
+        kind: String,
+        /// Name of the object.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the Workspace status failed.
+    #[error("writing the status failed: {0}")]
+    Status(#[source] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("updating the finalizer failed: {0}")]
+    Finalizer(#[source] kube::Error),
+    /// A desired object could not be serialized.
+    #[error("serializing a {kind} failed: {source}")]
+    Serialize {
+        /// Kind of the object.
+        kind: String,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The system's random source failed.
+    #[error("generating a token failed: {0}")]
+    Token(#[source] getrandom::Error),
+    /// The object lacks something the API server always sets.
+    #[error("the object has no {0}")]
+    InvalidObject(&'static str),
+}
+
+impl Error {
+    /// The variant as a Prometheus label value.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Dereference { .. } => "dereference",
+            Error::Apply { .. } => "apply",
+            Error::Delete { .. } => "delete",
+            Error::Status(_) => "status",
+            Error::Finalizer(_) => "finalizer",
+            Error::Serialize { .. } => "serialize",
+            Error::Token(_) => "token",
+            Error::InvalidObject(_) => "invalid_object",
+        }
+    }
+}
+
+/// Result of the operator's fallible steps.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Per-object exponential back-off of failed reconciliations: `base`, doubling up to `max`,
+/// reset by a successful reconciliation.
+#[derive(Debug)]
+pub struct RetryBackoff {
+    base: Duration,
+    max: Duration,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        RetryBackoff::new(Duration::from_secs(1), Duration::from_secs(300))
+    }
+}
+
+impl RetryBackoff {
+    /// Back-off from `base` doubling up to `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        RetryBackoff {
+            base,
+            max,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        match self.failures.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Counts a failure of `key` and returns how long to wait before the next attempt.
+    pub fn next_delay(&self, key: &str) -> Duration {
+        let mut failures = self.failures();
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        let exponent = *n;
+        *n = n.saturating_add(1);
+        let factor = 2u32.checked_pow(exponent.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// Forgets the failures of `key`.
+    pub fn reset(&self, key: &str) {
+        self.failures().remove(key);
+    }
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Settings of the builders.
+    pub config: OperatorConfig,
+    /// Publishes Events about Workspaces.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Back-off of failing Workspaces.
+    pub backoff: RetryBackoff,
+}
+
+impl Context {
+    /// A context reporting Events as `reporter`.
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            backoff: RetryBackoff::default(),
+        }
+    }
+}
+
+/// The `reportingController` of the operator's Events.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: format!("atelier.dev/{WORKSPACE_CONTROLLER_NAME}"),
+        instance: std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok()
+            .filter(|s| !s.is_empty()),
+    }
+}
+
+/// A client from the environment (in-cluster or kubeconfig) sending
+/// `User-Agent: atelier-operator/<version>`.
+pub async fn kube_client() -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer().await?;
+    config.headers.push((
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("atelier-operator/", env!("CARGO_PKG_VERSION"))),
+    ));
+    Ok(Client::try_from(config)?)
+}
+
+/// The `/metrics` and `/healthz` routes.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(registry)
+}
+
+async fn metrics_handler(State(registry): State<Arc<Registry>>) -> Response {
+    match metrics::encode(&registry) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Resolves once `rx` saw `true` (or its sender is gone).
+async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone: shut down as well.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
 
 /// Runs the operator until SIGTERM.
-pub async fn run(_args: OperatorArgs) -> anyhow::Result<()> {
-    anyhow::bail!("being written")
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let config = args.operator_config()?;
+    let client = kube_client().await?;
+
+    let mut registry = Registry::with_prefix("atelier");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let ctx = Arc::new(Context::new(client, config, reporter(), metrics));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics and /healthz");
+    let server = axum::serve(listener, router(Arc::new(registry)))
+        .with_graceful_shutdown(wait_for(stop_rx.clone()));
+
+    let controller = workspace::reconcile::run_controller(
+        ctx,
+        args.watch_namespace.as_deref().map(str::to_owned),
+        args.concurrency,
+        wait_for(stop_rx),
+    );
+    let (served, ()) = tokio::join!(async { server.await }, controller);
+    served?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use http_body_util::BodyExt;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: OperatorArgs,
+    }
+
+    #[test]
+    fn arguments_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_give_the_default_config_in_shared_mode() {
+        let cli = Cli::try_parse_from(["operator"]).expect("parses");
+        assert_eq!(cli.args.watch_namespace, None);
+        assert_eq!(cli.args.metrics_addr, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(
+            cli.args.operator_config().expect("valid"),
+            OperatorConfig::default()
+        );
+    }
+
+    #[test]
+    fn per_user_mode_and_overrides() {
+        let cli = Cli::try_parse_from([
+            "operator",
+            "--namespace-mode",
+            "per-user",
+            "--user-namespace-prefix",
+            "vre-",
+            "--hub-namespace",
+            "hub",
+            "--public-url",
+            "https://vre.example.org/",
+            "--server-port",
+            "9000",
+            "--watch-namespace",
+            "team",
+            "--hub-pod-labels",
+            "app=hub",
+        ])
+        .expect("parses");
+        let cfg = cli.args.operator_config().expect("valid");
+        assert_eq!(
+            cfg.namespace_mode,
+            NamespaceMode::PerUser {
+                prefix: "vre-".into()
+            }
+        );
+        assert_eq!(cfg.hub_namespace, "hub");
+        assert_eq!(cfg.public_url, "https://vre.example.org");
+        assert_eq!(cfg.server_port, 9000);
+        assert_eq!(
+            cfg.hub_pod_labels,
+            BTreeMap::from([("app".to_owned(), "hub".to_owned())])
+        );
+        assert_eq!(cli.args.watch_namespace.as_deref(), Some("team"));
+        assert!(Cli::try_parse_from(["operator", "--image-pull-policy", "Sometimes"]).is_err());
+        let cli =
+            Cli::try_parse_from(["operator", "--image-pull-policy", "Always"]).expect("parses");
+        assert_eq!(
+            cli.args.operator_config().expect("valid").image_pull_policy,
+            "Always"
+        );
+    }
+
+    #[test]
+    fn bad_labels_and_ports_are_rejected() {
+        let cli =
+            Cli::try_parse_from(["operator", "--proxy-pod-labels", "novalue"]).expect("parses");
+        assert!(cli.args.operator_config().is_err());
+        let cli = Cli::try_parse_from(["operator", "--server-port", "0"]).expect("parses");
+        assert!(cli.args.operator_config().is_err());
+        assert!(Cli::try_parse_from(["operator", "--namespace-mode", "cluster"]).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_per_object_up_to_the_cap_and_resets() {
+        let backoff = RetryBackoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        let delays: Vec<_> = (0..5).map(|_| backoff.next_delay("ns/a")).collect();
+        assert_eq!(
+            delays,
+            [1, 2, 4, 5, 5].map(Duration::from_secs).to_vec(),
+            "1s doubling, capped"
+        );
+        assert_eq!(
+            backoff.next_delay("ns/b"),
+            Duration::from_secs(1),
+            "per object"
+        );
+        backoff.reset("ns/a");
+        assert_eq!(backoff.next_delay("ns/a"), Duration::from_secs(1), "reset");
+    }
+
+    #[test]
+    fn error_labels_are_distinct() {
+        let labels = [
+            Error::Status(kube::Error::LinesCodecMaxLineLengthExceeded).metric_label(),
+            Error::Finalizer(kube::Error::LinesCodecMaxLineLengthExceeded).metric_label(),
+            Error::InvalidObject("name").metric_label(),
+        ];
+        assert_eq!(labels, ["status", "finalizer", "invalid_object"]);
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_healthz() {
+        let mut registry = Registry::with_prefix("atelier");
+        let metrics = Metrics::register(&mut registry);
+        metrics.reconciled(None, Duration::from_millis(5));
+        let app = router(Arc::new(registry));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        for (path, expected) in [
+            ("/healthz", "ok"),
+            (
+                "/metrics",
+                "atelier_workspace_reconciliations_total{result=\"ok\"} 1",
+            ),
+        ] {
+            let response = tokio::time::timeout(Duration::from_secs(10), http_get(addr, path))
+                .await
+                .expect("answers in time");
+            assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+            assert!(response.contains(expected), "{path}: {response}");
+        }
+        server.abort();
+
+        // The handler on its own, without a socket.
+        let mut registry = Registry::default();
+        Metrics::register(&mut registry);
+        let response = metrics_handler(State(Arc::new(registry))).await;
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert!(String::from_utf8_lossy(&body).ends_with("# EOF\n"));
+    }
+
+    async fn http_get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    }
 }

@@ -16,6 +16,8 @@ use crate::api::v1alpha1::{
 };
 
 pub mod build;
+#[cfg(test)]
+pub mod fixtures;
 pub mod reconcile;
 pub mod status;
 pub mod validate;

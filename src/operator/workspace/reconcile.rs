@@ -1,1 +1,290 @@
 //! The I/O steps: dereference, apply, status, finalizer; and the Controller wiring.
+//!
+//! [`reconcile_workspace`] wraps the pipeline in the [`WORKSPACE_FINALIZER`]:
+//!
+//! - *Apply*: [`dereference`] → `validate` → on a refusal: remove the pod, status `Pending` with
+//!   `Ready=False` and the rule as reason, Warning Event, requeue in 5 min; otherwise `build` →
+//!   [`apply`] in a fixed order (per-user namespace objects, Secret, PVC, Service,
+//!   NetworkPolicy, Pod) with server-side apply, skipping every object whose
+//!   [`APPLIED_HASH_ANNOTATION`] already matches → status (written only when it changed) and an
+//!   Event per transition.
+//! - *Cleanup*: delete the pod, delete the home volume only when the profile says `delete`, then
+//!   the finalizer is removed.
+//!
+//! The requests are deterministic: the same inputs make the same requests in the same order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent};
+use kube::{Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use super::status::{self, Severity, StatusInput};
+use super::{
+    FIELD_MANAGER, Refusal, WORKSPACE_FINALIZER, WORKSPACE_LABEL, WorkspaceResources, build,
+    validate,
+};
+use crate::api::v1alpha1::{
+    HomeReclaim, Workspace, WorkspacePhase, WorkspaceProfile, WorkspaceStatus,
+};
+use crate::operator::config::NamespaceMode;
+use crate::operator::{Context, Error, Result};
+
+pub mod apply;
+mod controller;
+pub mod dereference;
+
+#[cfg(test)]
+mod tests;
+
+pub use apply::{APPLIED_HASH_ANNOTATION, with_applied_hash};
+pub use controller::{
+    MANAGED_BY_SELECTOR, run_controller, workspaces_naming_data_source, workspaces_using_profile,
+};
+
+/// Requeue of a workspace that runs, is stopped or failed (a safety net; watches do the rest).
+pub const REQUEUE_STEADY: Duration = Duration::from_secs(300);
+/// Requeue of a workspace on its way somewhere (pending, starting, stopping, restarting).
+pub const REQUEUE_TRANSITIONAL: Duration = Duration::from_secs(30);
+/// Requeue of a refused workspace (caps or pools may have changed meanwhile).
+pub const REQUEUE_REFUSED: Duration = Duration::from_secs(300);
+
+/// `namespace/name`: the key of a Workspace in the back-off and metrics maps.
+pub fn workspace_key(ws: &Workspace) -> String {
+    format!("{}/{}", ws.namespace().unwrap_or_default(), ws.name_any())
+}
+
+/// The label selector of a Workspace's children.
+pub fn children_selector(ws: &Workspace) -> String {
+    format!(
+        "{WORKSPACE_LABEL}={}",
+        crate::policy::names::label_value(&ws.name_any())
+    )
+}
+
+/// Reconciles one Workspace (the controller's reconciler).
+#[instrument(skip_all, fields(workspace = %workspace_key(&ws)))]
+pub async fn reconcile_workspace(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let key = workspace_key(&ws);
+    let result = reconcile_inner(ws, &ctx).await;
+    ctx.metrics.reconciled(
+        result.as_ref().err().map(Error::metric_label),
+        started.elapsed(),
+    );
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+/// Exponential back-off per Workspace: 1 s doubling to 5 min, reset by a success.
+pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = workspace_key(&ws);
+    let delay = ctx.backoff.next_delay(&key);
+    warn!(workspace = %key, %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile_inner(ws: Arc<Workspace>, ctx: &Context) -> Result<Action> {
+    let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer::finalizer(&api, WORKSPACE_FINALIZER, ws, |event| async {
+        match event {
+            FinalizerEvent::Apply(ws) => apply_workspace(&ws, ctx).await,
+            FinalizerEvent::Cleanup(ws) => cleanup_workspace(&ws, ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+            Error::Finalizer(e)
+        }
+        finalizer::Error::UnnamedObject => Error::InvalidObject("name"),
+        finalizer::Error::InvalidFinalizer => Error::InvalidObject("valid finalizer path"),
+    })
+}
+
+/// The Apply branch: dereference → validate → build → apply → status.
+async fn apply_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
+    let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
+    let observed = dereference::dereference(ws, ctx).await?;
+    let validated = match validate::validate(ws, &observed.inputs, &ctx.config) {
+        Ok(v) => v,
+        Err(refusal) => return refuse(ws, &namespace, &refusal, ctx).await,
+    };
+
+    if let NamespaceMode::PerUser { .. } = ctx.config.namespace_mode {
+        let ns = build::build_user_namespace(
+            &validated.namespace,
+            &validated.user,
+            &validated.groups,
+            &observed.inputs.pools,
+            &ctx.config,
+        );
+        apply::apply_user_namespace(&ctx.client, &ns).await?;
+    }
+
+    let desired = build::build(&validated, &ctx.config);
+    let WorkspaceResources {
+        secret,
+        pvc,
+        service,
+        network_policy,
+        pod,
+    } = &desired;
+    let client = &ctx.client;
+    let secret_name = secret.name_any();
+    let observed_secret = observed
+        .secrets
+        .into_iter()
+        .find(|s| s.name_any() == secret_name);
+    apply::apply_observed(client, &namespace, secret, observed_secret).await?;
+    apply::create_once(client, &namespace, pvc).await?;
+    apply::apply_object(client, &namespace, service).await?;
+    apply::apply_object(client, &namespace, network_policy).await?;
+    let pods = apply::list_children::<Pod>(client, &namespace, &children_selector(ws)).await?;
+    let outcome = apply::reconcile_pod(client, &namespace, pod.as_ref(), pods).await?;
+
+    let url = Some(build::server_url(&validated, &ctx.config));
+    let pool = validated.pool.as_ref().map(|p| p.name.as_str());
+    let input = StatusInput {
+        generation: ws.metadata.generation,
+        desired_state: validated.desired_state,
+        refusal: None,
+        node_pool: pool,
+        url,
+        pod: outcome.pod.as_ref(),
+        replacing: outcome.replacing,
+    };
+    let next = update_status(ws, &input, ctx).await?;
+    Ok(match next.phase {
+        Some(phase) if is_steady(phase) && !outcome.replacing => Action::requeue(REQUEUE_STEADY),
+        _ => Action::requeue(REQUEUE_TRANSITIONAL),
+    })
+}
+
+fn is_steady(phase: WorkspacePhase) -> bool {
+    matches!(
+        phase,
+        WorkspacePhase::Running | WorkspacePhase::Stopped | WorkspacePhase::Failed
+    )
+}
+
+/// A refused workspace runs nothing: delete its pods, say why, retry later.
+async fn refuse(
+    ws: &Workspace,
+    namespace: &str,
+    refusal: &Refusal,
+    ctx: &Context,
+) -> Result<Action> {
+    info!(reason = refusal.reason, message = %refusal.message, "workspace refused");
+    let pods = apply::list_children::<Pod>(&ctx.client, namespace, &children_selector(ws)).await?;
+    apply::delete_live(&ctx.client, namespace, &pods).await?;
+    let input = StatusInput {
+        generation: ws.metadata.generation,
+        desired_state: ws.spec.desired_state,
+        refusal: Some(refusal),
+        node_pool: None,
+        url: None,
+        pod: None,
+        replacing: false,
+    };
+    update_status(ws, &input, ctx).await?;
+    Ok(Action::requeue(REQUEUE_REFUSED))
+}
+
+/// The Cleanup branch: delete the pod, and the home volume when the profile says `delete`
+/// (a missing profile keeps it); the finalizer is removed afterwards.
+async fn cleanup_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
+    let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
+    let selector = children_selector(ws);
+    let pods = apply::list_children::<Pod>(&ctx.client, &namespace, &selector).await?;
+    apply::delete_live(&ctx.client, &namespace, &pods).await?;
+
+    let profiles: Api<WorkspaceProfile> = Api::all(ctx.client.clone());
+    let profile =
+        profiles
+            .get_opt(&ws.spec.profile)
+            .await
+            .map_err(|source| Error::Dereference {
+                what: format!("WorkspaceProfile {}", ws.spec.profile),
+                source,
+            })?;
+    let reclaim = profile.map(|p| p.spec.home.on_delete);
+    if reclaim == Some(HomeReclaim::Delete) {
+        let claims =
+            apply::list_children::<PersistentVolumeClaim>(&ctx.client, &namespace, &selector)
+                .await?;
+        apply::delete_live(&ctx.client, &namespace, &claims).await?;
+    }
+    info!(home = ?reclaim.unwrap_or_default(), "workspace cleaned up");
+    ctx.metrics.forget(&workspace_key(ws));
+    Ok(Action::await_change())
+}
+
+/// Derives the status, writes it with server-side apply when it changed, and publishes an
+/// Event when the phase (or the Ready reason) changed. Returns the new status.
+async fn update_status(
+    ws: &Workspace,
+    input: &StatusInput<'_>,
+    ctx: &Context,
+) -> Result<WorkspaceStatus> {
+    let previous = ws.status.as_ref();
+    let now = now_seconds();
+    let next = status::derive(input, previous, &now);
+    if let Some(phase) = next.phase {
+        ctx.metrics.set_phase(&workspace_key(ws), phase);
+    }
+    if !status::changed(previous, &next) {
+        return Ok(next);
+    }
+    let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut written = next.clone();
+    // lastActivity belongs to the hub: never claim it.
+    written.last_activity = None;
+    let patch = serde_json::json!({
+        "apiVersion": Workspace::api_version(&()),
+        "kind": Workspace::kind(&()),
+        "status": written,
+    });
+    api.patch_status(
+        &ws.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
+
+    if let Some(t) = status::transition(previous, &next) {
+        let event = KubeEvent {
+            type_: match t.severity {
+                Severity::Normal => EventType::Normal,
+                Severity::Warning => EventType::Warning,
+            },
+            reason: t.reason,
+            note: Some(t.note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // An Event is a courtesy: failing to publish one does not fail the reconciliation.
+        if let Err(error) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
+            warn!(%error, "publishing an event failed");
+        }
+    }
+    Ok(next)
+}
+
+/// The current time, truncated to seconds (what the API server stores).
+fn now_seconds() -> Time {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+}

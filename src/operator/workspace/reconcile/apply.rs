@@ -1,0 +1,318 @@
+//! Server-side apply that skips unchanged objects, and the deletions of the pipeline.
+//!
+//! Every applied object carries [`APPLIED_HASH_ANNOTATION`] = sha256 of the desired object's
+//! JSON (before the annotation is added). An observed object with the same hash is left alone,
+//! so reconciling an unchanged Workspace writes nothing.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::operator::workspace::{FIELD_MANAGER, UserNamespaceResources};
+use crate::operator::{Error, Result};
+
+/// Annotation with the sha256 of the desired object the operator last applied.
+pub const APPLIED_HASH_ANNOTATION: &str = "atelier.dev/applied-hash";
+
+/// Bounds of the objects the operator applies.
+pub trait Object:
+    Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug
+{
+}
+impl<K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug> Object for K {}
+
+fn kind<K: Object>() -> String {
+    K::kind(&()).into_owned()
+}
+
+/// The desired object with its [`APPLIED_HASH_ANNOTATION`], and the hash.
+pub fn with_applied_hash<K: Object>(desired: &K) -> Result<(K, String)> {
+    let json = serde_json::to_vec(desired).map_err(|source| Error::Serialize {
+        kind: kind::<K>(),
+        source,
+    })?;
+    let hash = hex::encode(Sha256::digest(&json));
+    let mut applied = desired.clone();
+    applied
+        .annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash.clone());
+    Ok((applied, hash))
+}
+
+/// The hash an observed object was applied with, if any.
+pub fn applied_hash<K: Resource>(observed: &K) -> Option<&str> {
+    observed
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(APPLIED_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+fn dereference_error<K: Object>(name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let what = format!("{} {name}", kind::<K>());
+    move |source| Error::Dereference { what, source }
+}
+
+/// Server-side applies `desired` unless `observed` already carries its hash; returns the object
+/// as the API server has it.
+pub async fn apply_with<K: Object>(api: &Api<K>, desired: &K, observed: Option<K>) -> Result<K> {
+    let (applied, hash) = with_applied_hash(desired)?;
+    if let Some(observed) = observed
+        && applied_hash(&observed) == Some(hash.as_str())
+    {
+        return Ok(observed);
+    }
+    let name = desired.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&applied),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: kind::<K>(),
+        name,
+        source,
+    })
+}
+
+fn namespaced<K>(client: &Client, namespace: &str, desired: &K) -> Api<K>
+where
+    K: Object<Scope = NamespaceResourceScope>,
+{
+    let ns = desired.meta().namespace.as_deref().unwrap_or(namespace);
+    Api::namespaced(client.clone(), ns)
+}
+
+/// GETs the namespaced object, then [`apply_with`].
+pub async fn apply_object<K>(client: &Client, namespace: &str, desired: &K) -> Result<K>
+where
+    K: Object<Scope = NamespaceResourceScope>,
+{
+    let api = namespaced(client, namespace, desired);
+    let name = desired.name_any();
+    let observed = api
+        .get_opt(&name)
+        .await
+        .map_err(dereference_error::<K>(&name))?;
+    apply_with(&api, desired, observed).await
+}
+
+/// [`apply_with`] an object already observed (no GET).
+pub async fn apply_observed<K>(
+    client: &Client,
+    namespace: &str,
+    desired: &K,
+    observed: Option<K>,
+) -> Result<K>
+where
+    K: Object<Scope = NamespaceResourceScope>,
+{
+    apply_with(&namespaced(client, namespace, desired), desired, observed).await
+}
+
+/// Applies an object only when it does not exist (the home volume: its size and class are set at
+/// creation; PVC specs are immutable).
+pub async fn create_once<K>(client: &Client, namespace: &str, desired: &K) -> Result<K>
+where
+    K: Object<Scope = NamespaceResourceScope>,
+{
+    let api = namespaced(client, namespace, desired);
+    let name = desired.name_any();
+    match api
+        .get_opt(&name)
+        .await
+        .map_err(dereference_error::<K>(&name))?
+    {
+        Some(existing) => Ok(existing),
+        None => apply_with(&api, desired, None).await,
+    }
+}
+
+/// GETs the cluster-scoped object, then [`apply_with`].
+pub async fn apply_cluster_object<K>(client: &Client, desired: &K) -> Result<K>
+where
+    K: Object<Scope = ClusterResourceScope>,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let name = desired.name_any();
+    let observed = api
+        .get_opt(&name)
+        .await
+        .map_err(dereference_error::<K>(&name))?;
+    apply_with(&api, desired, observed).await
+}
+
+/// Equips a per-user namespace: Namespace, ResourceQuota, LimitRange, NetworkPolicy, in order.
+pub async fn apply_user_namespace(client: &Client, ns: &UserNamespaceResources) -> Result<()> {
+    let UserNamespaceResources {
+        namespace,
+        resource_quota,
+        limit_range,
+        network_policy,
+    } = ns;
+    apply_cluster_object::<Namespace>(client, namespace).await?;
+    let name = namespace.name_any();
+    apply_object(client, &name, resource_quota).await?;
+    apply_object(client, &name, limit_range).await?;
+    apply_object(client, &name, network_policy).await?;
+    Ok(())
+}
+
+/// The objects of a kind labelled as children (`selector`), sorted by name.
+pub async fn list_children<K>(client: &Client, namespace: &str, selector: &str) -> Result<Vec<K>>
+where
+    K: Object<Scope = NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let mut items = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|source| Error::Dereference {
+            what: format!("{} list ({selector})", kind::<K>()),
+            source,
+        })?
+        .items;
+    items.sort_by_key(ResourceExt::name_any);
+    Ok(items)
+}
+
+/// Deletes one object; returns it when it still exists (terminating), `None` once it is gone.
+pub async fn delete<K>(api: &Api<K>, object: &K) -> Result<Option<K>>
+where
+    K: Object,
+{
+    let name = object.name_any();
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(either) => Ok(either.left()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(source) => Err(Error::Delete {
+            kind: kind::<K>(),
+            name,
+            source,
+        }),
+    }
+}
+
+/// Deletes each object not already terminating (in order); returns those that still exist.
+pub async fn delete_live<K>(client: &Client, namespace: &str, objects: &[K]) -> Result<Vec<K>>
+where
+    K: Object<Scope = NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let mut remaining = Vec::new();
+    for object in objects {
+        if object.meta().deletion_timestamp.is_some() {
+            remaining.push(object.clone());
+        } else if let Some(terminating) = delete(&api, object).await? {
+            remaining.push(terminating);
+        }
+    }
+    Ok(remaining)
+}
+
+/// What [`reconcile_pod`] left behind.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodOutcome {
+    /// The workspace's pod as the API server has it, if one exists.
+    pub pod: Option<Pod>,
+    /// The pod is being replaced to apply a changed spec (or is terminating while wanted).
+    pub replacing: bool,
+}
+
+/// Brings the observed `pods` (the Workspace's, sorted) to the desired pod:
+///
+/// - no desired pod (stopped): delete every pod;
+/// - pods under another name: delete them;
+/// - no pod: create it with server-side apply;
+/// - a terminating pod: wait for it to go;
+/// - a pod with the desired hash: leave it;
+/// - a pod with another hash: pods are immutable, so delete it (recreated next pass).
+pub async fn reconcile_pod(
+    client: &Client,
+    namespace: &str,
+    desired: Option<&Pod>,
+    pods: Vec<Pod>,
+) -> Result<PodOutcome> {
+    let Some(desired) = desired else {
+        let remaining = delete_live(client, namespace, &pods).await?;
+        return Ok(PodOutcome {
+            pod: remaining.into_iter().next(),
+            replacing: false,
+        });
+    };
+    let name = desired.name_any();
+    let (current, strays): (Vec<Pod>, Vec<Pod>) =
+        pods.into_iter().partition(|p| p.name_any() == name);
+    delete_live(client, namespace, &strays).await?;
+    let api = namespaced(client, namespace, desired);
+    let (_, hash) = with_applied_hash(desired)?;
+    match current.into_iter().next() {
+        None => Ok(PodOutcome {
+            pod: Some(apply_with(&api, desired, None).await?),
+            replacing: false,
+        }),
+        Some(pod) if pod.metadata.deletion_timestamp.is_some() => Ok(PodOutcome {
+            pod: Some(pod),
+            replacing: true,
+        }),
+        Some(pod) if applied_hash(&pod) == Some(hash.as_str()) => Ok(PodOutcome {
+            pod: Some(pod),
+            replacing: false,
+        }),
+        Some(pod) => Ok(PodOutcome {
+            pod: delete(&api, &pod).await?,
+            replacing: true,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+    use serde_json::json;
+
+    fn service(port: i32) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "ws-alice", "namespace": "ns", "labels": {"a": "b"}},
+            "spec": {"ports": [{"port": port}]},
+        }))
+        .expect("a service")
+    }
+
+    #[test]
+    fn hash_is_the_sha256_of_the_desired_json_and_tracks_changes() {
+        let desired = service(80);
+        let (applied, hash) = with_applied_hash(&desired).expect("serializes");
+        let json = serde_json::to_vec(&desired).expect("serializes");
+        assert_eq!(hash, hex::encode(Sha256::digest(&json)));
+        assert_eq!(hash.len(), 64);
+        assert_eq!(applied_hash(&applied), Some(hash.as_str()));
+        let mut without = serde_json::to_value(&applied).expect("serializes");
+        without["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("annotations");
+        assert_eq!(
+            without,
+            serde_json::to_value(&desired).expect("serializes"),
+            "only the annotation is added"
+        );
+
+        let (_, same) = with_applied_hash(&service(80)).expect("serializes");
+        let (_, other) = with_applied_hash(&service(81)).expect("serializes");
+        assert_eq!(hash, same, "deterministic");
+        assert_ne!(hash, other, "a change changes the hash");
+        // Hashing the applied object (annotation included) would never match: the hash is of the
+        // desired object only.
+        assert_eq!(applied_hash(&desired), None);
+    }
+}

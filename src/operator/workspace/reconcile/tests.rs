@@ -1,0 +1,851 @@
+//! Mock API scenarios: one per reconcile branch. Each asserts every request (method, path,
+//! query, body) in order, answers it, and fails on a missing or an extra request. Expected
+//! bodies come from the real `validate` + `build` (plus the applied-hash annotation).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::{REQUEUE_REFUSED, REQUEUE_STEADY, REQUEUE_TRANSITIONAL, error_policy, workspace_key};
+use crate::api::v1alpha1::{DesiredState, HomeReclaim, ResourceRequest, Workspace, WorkspacePhase};
+use crate::operator::Error;
+use crate::operator::config::{NamespaceMode, OperatorConfig};
+use crate::operator::metrics;
+use crate::operator::workspace::fixtures::{
+    Outcome, Step, applied, assert_json_eq, data_source, desired, inputs, observed, pool, profile,
+    run_scenario, test_context, validated, with_pod_status, workspace, workspace_path,
+};
+use crate::operator::workspace::status::{self, StatusInput};
+use crate::operator::workspace::{TOKEN_KEY, WorkspaceResources, build, validate};
+
+const TOKEN: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+const PROFILE: &str = "/apis/atelier.dev/v1alpha1/workspaceprofiles/jupyter";
+const POOLS: &str = "/apis/atelier.dev/v1alpha1/nodepools";
+const ERA5: &str = "/apis/atelier.dev/v1alpha1/datasources/era5";
+const WORKSPACES: &str = "/apis/atelier.dev/v1alpha1/workspaces";
+const SELECTOR: &str = "atelier.dev/workspace=alice";
+
+fn core_path(ns: &str, plural: &str, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("/api/v1/namespaces/{ns}/{plural}/{name}"),
+        None => format!("/api/v1/namespaces/{ns}/{plural}"),
+    }
+}
+
+fn netpol_path(ns: &str, name: &str) -> String {
+    format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}")
+}
+
+fn ns_of(ws: &Workspace) -> String {
+    ws.namespace().unwrap_or_default()
+}
+
+fn name<K: ResourceExt>(object: &K) -> String {
+    object.name_any()
+}
+
+/// The children of `ws` with the fixed token.
+fn children(ws: &Workspace, cfg: &OperatorConfig) -> WorkspaceResources {
+    desired(ws, TOKEN, cfg)
+}
+
+fn the_pod(d: &WorkspaceResources) -> Pod {
+    d.pod.clone().expect("a running workspace has a pod")
+}
+
+/// GET profile, LIST pools, GET era5, LIST workspaces, LIST the Workspace's secrets.
+fn dereference_steps(ws: &Workspace, secrets: &[Secret]) -> Vec<Step> {
+    let mut other = ws.clone();
+    other.metadata.uid = Some("someone-else".into());
+    other.metadata.name = Some("bob".into());
+    other.spec.user = "bob".into();
+    other.spec.desired_state = DesiredState::Stopped;
+    vec![
+        Step::get(PROFILE).object(&profile()),
+        Step::list(POOLS, None).items(&[pool()]),
+        Step::get(ERA5).object(&data_source()),
+        // The Workspace itself is in the list: dereference drops it.
+        Step::list(WORKSPACES, None).items(&[ws.clone(), other]),
+        Step::list(core_path(&ns_of(ws), "secrets", None), Some(SELECTOR)).items(secrets),
+    ]
+}
+
+/// PVC, Service and NetworkPolicy exist with their hashes: only GETs.
+fn unchanged_children_steps(ws: &Workspace, d: &WorkspaceResources) -> Vec<Step> {
+    let ns = ns_of(ws);
+    vec![
+        Step::get(core_path(
+            &ns,
+            "persistentvolumeclaims",
+            Some(&name(&d.pvc)),
+        ))
+        .object(&observed(&d.pvc)),
+        Step::get(core_path(&ns, "services", Some(&name(&d.service))))
+            .object(&observed(&d.service)),
+        Step::get(netpol_path(&ns, &name(&d.network_policy))).object(&observed(&d.network_policy)),
+    ]
+}
+
+fn list_pods(ws: &Workspace, pods: &[Pod]) -> Step {
+    Step::list(core_path(&ns_of(ws), "pods", None), Some(SELECTOR)).items(pods)
+}
+
+fn pod_path(ws: &Workspace, pod: &Pod) -> String {
+    core_path(&ns_of(ws), "pods", Some(&name(pod)))
+}
+
+fn t0() -> Time {
+    serde_json::from_value(json!("2026-01-01T09:00:00Z")).expect("a time")
+}
+
+/// The status input of `ws` running (or stopped) with `pod`.
+fn input_for<'a>(
+    ws: &Workspace,
+    cfg: &OperatorConfig,
+    pod: Option<&'a Pod>,
+    replacing: bool,
+) -> StatusInput<'a> {
+    let v = validated(ws, TOKEN, cfg);
+    StatusInput {
+        generation: ws.metadata.generation,
+        desired_state: v.desired_state,
+        refusal: None,
+        node_pool: Some("interactive"),
+        url: Some(build::server_url(&v, cfg)),
+        pod,
+        replacing,
+    }
+}
+
+/// `ws` carrying the status the reconciler derives for `pod` (as if written at t0).
+fn with_status(mut ws: Workspace, cfg: &OperatorConfig, pod: Option<&Pod>) -> Workspace {
+    let status = status::derive(&input_for(&ws, cfg, pod, false), None, &t0());
+    ws.status = Some(status);
+    ws
+}
+
+/// The status without the clock: `lastTransitionTime`s are asserted present and removed.
+fn without_times(body: &Value) -> Value {
+    let mut status = body["status"].clone();
+    if let Some(conditions) = status["conditions"].as_array_mut() {
+        for c in conditions {
+            assert!(c["lastTransitionTime"].is_string(), "{c}");
+            if let Some(c) = c.as_object_mut() {
+                c.remove("lastTransitionTime");
+            }
+        }
+    }
+    status
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str, generation: i64) -> Value {
+    json!({
+        "type": type_, "status": status, "reason": reason, "message": message,
+        "observedGeneration": generation,
+    })
+}
+
+/// The observed pod of `d`, scheduled on node-1 and ready.
+fn running_pod(d: &WorkspaceResources) -> Pod {
+    let mut pod = with_pod_status(observed(&the_pod(d)), "running");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = Some("node-1".into());
+    }
+    pod
+}
+
+fn terminating(mut pod: Pod) -> Pod {
+    pod.metadata.deletion_timestamp = Some(t0());
+    pod
+}
+
+fn token_secret(d: &WorkspaceResources) -> Secret {
+    observed(&d.secret)
+}
+
+fn assert_ok(outcome: &Outcome, expected: Action) {
+    match &outcome.result {
+        Ok(action) => assert_eq!(action, &expected),
+        Err(error) => panic!("reconcile failed: {error}"),
+    }
+}
+
+fn write_log(outcome: &Outcome) -> Vec<String> {
+    outcome
+        .writes()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.method,
+                s.uri.split('?').next().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn create_adds_the_finalizer_then_applies_every_child_in_order_then_the_status() {
+    let cfg = OperatorConfig::default();
+
+    // Pass 1: a new Workspace only gets the finalizer.
+    let mut fresh = workspace();
+    fresh.metadata.finalizers = None;
+    let (ctx, verifier) = test_context(cfg.clone());
+    let steps = vec![Step::add_finalizer(&fresh)];
+    let outcome = run_scenario(ctx, verifier, fresh, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::await_change());
+    assert_eq!(outcome.seen.len(), 1);
+
+    // Pass 2: nothing exists yet. A fresh token is generated and every child is applied.
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let ns = ns_of(&ws);
+    let pod = the_pod(&d);
+    let (check_ws, check_cfg) = (ws.clone(), cfg.clone());
+    let mut steps = dereference_steps(&ws, &[]);
+    steps.extend([
+        Step::apply_checked(core_path(&ns, "secrets", Some(&name(&d.secret))), move |body| {
+            let secret: Secret = serde_json::from_value(body.clone()).expect("a Secret");
+            let token = secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get(TOKEN_KEY))
+                .map(|t| String::from_utf8(t.0.clone()).expect("utf-8"))
+                .expect("a token");
+            assert_eq!(token.len(), 64, "32 random bytes, hex");
+            assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+            assert_ne!(token, TOKEN);
+            let expected = desired(&check_ws, &token, &check_cfg);
+            assert_json_eq(body, &applied(&expected.secret));
+        }),
+        Step::get(core_path(&ns, "persistentvolumeclaims", Some(&name(&d.pvc)))).not_found(),
+        Step::apply(
+            core_path(&ns, "persistentvolumeclaims", Some(&name(&d.pvc))),
+            applied(&d.pvc),
+        ),
+        Step::get(core_path(&ns, "services", Some(&name(&d.service)))).not_found(),
+        Step::apply(
+            core_path(&ns, "services", Some(&name(&d.service))),
+            applied(&d.service),
+        ),
+        Step::get(netpol_path(&ns, &name(&d.network_policy))).not_found(),
+        Step::apply(
+            netpol_path(&ns, &name(&d.network_policy)),
+            applied(&d.network_policy),
+        ),
+        list_pods(&ws, &[]),
+        Step::apply(pod_path(&ws, &pod), applied(&pod)),
+        Step::apply_status(&ws, |body| {
+            assert_json_eq(
+                &without_times(body),
+                &json!({
+                    "phase": "Pending",
+                    "conditions": [
+                        condition("Ready", "False", "Scheduling", "Waiting for the scheduler", 1),
+                        condition("Scheduled", "False", "Scheduling", "Waiting for the scheduler", 1),
+                    ],
+                    "nodePool": "interactive",
+                    "podName": "ws-alice",
+                    "url": "http://ws-alice.team.svc:8888/user/alice/",
+                    "message": "Waiting for the scheduler",
+                    "observedGeneration": 1,
+                }),
+            );
+        }),
+        Step::event(&ws, |body| {
+            assert_eq!(body["type"], "Normal");
+            assert_eq!(body["reason"], "Scheduling");
+            assert_eq!(body["note"], "Waiting for the scheduler");
+        }),
+    ]);
+    let (ctx, verifier) = test_context(cfg.clone());
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "PATCH /api/v1/namespaces/team/secrets/ws-alice-token",
+            "PATCH /api/v1/namespaces/team/persistentvolumeclaims/home-alice",
+            "PATCH /api/v1/namespaces/team/services/ws-alice",
+            "PATCH /apis/networking.k8s.io/v1/namespaces/team/networkpolicies/ws-alice",
+            "PATCH /api/v1/namespaces/team/pods/ws-alice",
+            "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unchanged_workspace_makes_zero_writes() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let pod = running_pod(&d);
+    let ws = with_status(ws, &cfg, Some(&pod));
+    assert_eq!(
+        ws.status.as_ref().and_then(|s| s.phase),
+        Some(WorkspacePhase::Running)
+    );
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.push(list_pods(&ws, &[pod]));
+
+    let (ctx, verifier) = test_context(cfg);
+    let key = workspace_key(&ws);
+    // A failure before this success: the success resets the back-off.
+    ctx.backoff.next_delay(&key);
+    ctx.backoff.next_delay(&key);
+    let outcome = run_scenario(ctx, verifier, ws, steps, move |ctx, _| {
+        assert_eq!(
+            ctx.backoff.next_delay(&key),
+            Duration::from_secs(1),
+            "reset"
+        );
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("workspaces", "by phase", ctx.metrics.workspaces.clone());
+        let text = metrics::encode(&registry).expect("encodes");
+        assert!(text.contains("workspaces{phase=\"Running\"} 1"), "{text}");
+    })
+    .await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(
+        outcome.writes().len(),
+        0,
+        "writes: {:?}",
+        write_log(&outcome)
+    );
+    assert_eq!(
+        outcome.seen.len(),
+        9,
+        "5 reads to dereference, 3 GETs, 1 pod LIST"
+    );
+}
+
+#[tokio::test]
+async fn spec_change_deletes_the_outdated_pod_then_recreates_it() {
+    let cfg = OperatorConfig::default();
+    let before = workspace();
+    let old = children(&before, &cfg);
+    let old_pod = running_pod(&old);
+
+    let mut ws = with_status(before, &cfg, Some(&old_pod));
+    ws.metadata.generation = Some(2);
+    ws.spec.env = BTreeMap::from([("OMP_NUM_THREADS".to_owned(), "4".to_owned())]);
+    let d = children(&ws, &cfg);
+    assert_eq!(
+        (&d.secret, &d.pvc, &d.service, &d.network_policy),
+        (&old.secret, &old.pvc, &old.service, &old.network_policy),
+        "an env change only changes the pod"
+    );
+    assert_ne!(d.pod, old.pod);
+
+    // Pass 1: only the pod differs → it is deleted (pods are immutable).
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.extend([
+        list_pods(&ws, std::slice::from_ref(&old_pod)),
+        Step::delete(
+            pod_path(&ws, &old_pod),
+            Some(serde_json::to_value(terminating(old_pod.clone())).expect("json")),
+        ),
+        Step::apply_status(&ws, |body| {
+            let status = without_times(body);
+            assert_eq!(status["phase"], "Starting");
+            assert_eq!(status["conditions"][0]["reason"], "Restarting");
+            assert_eq!(status["conditions"][0]["observedGeneration"], 2);
+            assert_eq!(status["observedGeneration"], 2);
+        }),
+        Step::event(&ws, |body| {
+            assert_eq!(body["type"], "Normal");
+            assert_eq!(body["reason"], "Restarting");
+        }),
+    ]);
+    let (ctx, verifier) = test_context(cfg.clone());
+    let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "DELETE /api/v1/namespaces/team/pods/ws-alice",
+            "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ]
+    );
+
+    // Pass 2: the old pod is gone → the new one is applied.
+    let terminating_pod = terminating(old_pod);
+    let previous = status::derive(
+        &input_for(&ws, &cfg, Some(&terminating_pod), true),
+        ws.status.as_ref(),
+        &t0(),
+    );
+    ws.status = Some(previous);
+    let pod = the_pod(&d);
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.extend([
+        list_pods(&ws, &[]),
+        Step::apply(pod_path(&ws, &pod), applied(&pod)),
+        Step::apply_status(&ws, |body| {
+            assert_eq!(body["status"]["phase"], "Pending");
+            assert_eq!(body["status"]["podName"], "ws-alice");
+        }),
+        Step::event(&ws, |body| assert_eq!(body["reason"], "Scheduling")),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+}
+
+#[tokio::test]
+async fn config_change_reapplies_the_changed_children_only() {
+    let old_cfg = OperatorConfig::default();
+    let cfg = OperatorConfig {
+        server_port: 9000,
+        ..OperatorConfig::default()
+    };
+    let before = workspace();
+    let old = children(&before, &old_cfg);
+    let old_pod = running_pod(&old);
+    let ws = with_status(before, &old_cfg, Some(&old_pod));
+    let d = children(&ws, &cfg);
+    let ns = ns_of(&ws);
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&old)]);
+    steps.extend([
+        Step::get(core_path(
+            &ns,
+            "persistentvolumeclaims",
+            Some(&name(&d.pvc)),
+        ))
+        .object(&observed(&old.pvc)),
+        Step::get(core_path(&ns, "services", Some(&name(&d.service))))
+            .object(&observed(&old.service)),
+        Step::apply(
+            core_path(&ns, "services", Some(&name(&d.service))),
+            applied(&d.service),
+        ),
+        Step::get(netpol_path(&ns, &name(&d.network_policy)))
+            .object(&observed(&old.network_policy)),
+        Step::apply(
+            netpol_path(&ns, &name(&d.network_policy)),
+            applied(&d.network_policy),
+        ),
+        list_pods(&ws, std::slice::from_ref(&old_pod)),
+        // Gone at once (a Status answer): the pod is recreated next pass.
+        Step::delete(pod_path(&ws, &old_pod), None),
+        Step::apply_status(&ws, |body| {
+            let status = without_times(body);
+            assert_eq!(status["phase"], "Pending");
+            assert_eq!(status["conditions"][0]["reason"], "Restarting");
+            assert_eq!(status["url"], "http://ws-alice.team.svc:9000/user/alice/");
+            assert_eq!(status.get("podName"), None);
+        }),
+        Step::event(&ws, |body| assert_eq!(body["reason"], "Restarting")),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "PATCH /api/v1/namespaces/team/services/ws-alice",
+            "PATCH /apis/networking.k8s.io/v1/namespaces/team/networkpolicies/ws-alice",
+            "DELETE /api/v1/namespaces/team/pods/ws-alice",
+            "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn stop_deletes_the_pod_keeps_the_home_volume_then_reports_stopped() {
+    let cfg = OperatorConfig::default();
+    let before = workspace();
+    let running = children(&before, &cfg);
+    let pod = running_pod(&running);
+    let mut ws = with_status(before, &cfg, Some(&pod));
+    ws.metadata.generation = Some(2);
+    ws.spec.desired_state = DesiredState::Stopped;
+    let d = children(&ws, &cfg);
+    assert_eq!(d.pod, None);
+
+    // Pass 1: the pod is deleted and still terminating → Stopping.
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.extend([
+        list_pods(&ws, std::slice::from_ref(&pod)),
+        Step::delete(
+            pod_path(&ws, &pod),
+            Some(serde_json::to_value(terminating(pod.clone())).expect("json")),
+        ),
+        Step::apply_status(&ws, |body| {
+            assert_eq!(body["status"]["phase"], "Stopping");
+            assert_eq!(body["status"]["podName"], "ws-alice");
+        }),
+        Step::event(&ws, |body| {
+            assert_eq!(body["type"], "Normal");
+            assert_eq!(body["reason"], "Stopping");
+        }),
+    ]);
+    let (ctx, verifier) = test_context(cfg.clone());
+    let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+
+    // Pass 2: the pod is gone → Stopped; the PVC was only read, never deleted.
+    let terminating_pod = terminating(pod);
+    let mut input = input_for(&ws, &cfg, Some(&terminating_pod), false);
+    input.desired_state = DesiredState::Stopped;
+    ws.status = Some(status::derive(&input, ws.status.as_ref(), &t0()));
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.extend([
+        list_pods(&ws, &[]),
+        Step::apply_status(&ws, |body| {
+            let status = without_times(body);
+            assert_json_eq(
+                &status,
+                &json!({
+                    "phase": "Stopped",
+                    "conditions": [
+                        condition("Ready", "False", "Stopped", "Stopped; the home volume is kept", 2),
+                        condition("Scheduled", "False", "Stopped", "The workspace is stopped", 2),
+                    ],
+                    "message": "Stopped; the home volume is kept",
+                    "observedGeneration": 2,
+                }),
+            );
+        }),
+        Step::event(&ws, |body| assert_eq!(body["reason"], "Stopped")),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert!(
+        outcome
+            .writes()
+            .iter()
+            .all(|s| !s.uri.contains("persistentvolumeclaims")),
+        "the home volume is kept"
+    );
+}
+
+fn deleting(mut ws: Workspace) -> Workspace {
+    ws.metadata.deletion_timestamp = Some(t0());
+    ws
+}
+
+#[tokio::test]
+async fn delete_removes_the_pod_keeps_the_home_volume_and_the_finalizer_goes() {
+    let cfg = OperatorConfig::default();
+    let ws = deleting(workspace());
+    let d = children(&ws, &cfg);
+    let pod = running_pod(&d);
+    let steps = vec![
+        list_pods(&ws, std::slice::from_ref(&pod)),
+        Step::delete(
+            pod_path(&ws, &pod),
+            Some(serde_json::to_value(terminating(pod.clone())).expect("json")),
+        ),
+        Step::get(PROFILE).object(&profile()),
+        Step::remove_finalizer(&ws),
+    ];
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::await_change());
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "DELETE /api/v1/namespaces/team/pods/ws-alice".to_owned(),
+            format!("PATCH {}", workspace_path(&ws)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn delete_with_the_delete_policy_removes_the_home_volume() {
+    let cfg = OperatorConfig::default();
+    let ws = deleting(workspace());
+    let mut deleting_profile = profile();
+    deleting_profile.spec.home.on_delete = HomeReclaim::Delete;
+    let d = children(&ws, &cfg);
+    let claim = observed(&d.pvc);
+    let steps = vec![
+        list_pods(&ws, &[]),
+        Step::get(PROFILE).object(&deleting_profile),
+        Step::list(
+            core_path(&ns_of(&ws), "persistentvolumeclaims", None),
+            Some(SELECTOR),
+        )
+        .items(std::slice::from_ref(&claim)),
+        Step::delete(
+            core_path(&ns_of(&ws), "persistentvolumeclaims", Some(&name(&claim))),
+            None,
+        ),
+        Step::remove_finalizer(&ws),
+    ];
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::await_change());
+    assert_eq!(outcome.writes().len(), 2);
+}
+
+#[tokio::test]
+async fn delete_without_the_profile_keeps_the_home_volume() {
+    let cfg = OperatorConfig::default();
+    let ws = deleting(workspace());
+    let steps = vec![
+        list_pods(&ws, &[]),
+        Step::get(PROFILE).not_found(),
+        Step::remove_finalizer(&ws),
+    ];
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::await_change());
+    assert_eq!(outcome.writes().len(), 1, "only the finalizer");
+}
+
+#[tokio::test]
+async fn image_pull_failure_fails_the_workspace_with_the_kubelet_message_and_a_warning() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let created = observed(&the_pod(&d));
+    // As after creation: a pod without status.
+    let ws = with_status(ws, &cfg, Some(&created));
+    assert_eq!(
+        ws.status.as_ref().and_then(|s| s.phase),
+        Some(WorkspacePhase::Pending)
+    );
+    let failing = with_pod_status(created, "image-pull-backoff");
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.extend([
+        list_pods(&ws, &[failing]),
+        Step::apply_status(&ws, |body| {
+            let status = without_times(body);
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(status["conditions"][0]["type"], "Ready");
+            assert_eq!(status["conditions"][0]["status"], "False");
+            assert_eq!(status["conditions"][0]["reason"], "ImagePullBackOff");
+            let message = status["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(
+                    "Back-off pulling image \"quay.io/jupyter/base-notebook:python-3.12\": not found"
+                ),
+                "{message}"
+            );
+        }),
+        Step::event(&ws, |body| {
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["reason"], "ImagePullBackOff");
+            assert!(
+                body["note"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Back-off pulling image")
+            );
+        }),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(outcome.writes().len(), 2, "status and event only");
+}
+
+#[tokio::test]
+async fn refusal_runs_no_pod_and_says_why() {
+    let cfg = OperatorConfig::default();
+    let before = workspace();
+    let d = children(&before, &cfg);
+    let pod = running_pod(&d);
+    let mut ws = with_status(before, &cfg, Some(&pod));
+    ws.metadata.generation = Some(2);
+    ws.spec.resources = Some(ResourceRequest {
+        gpus: Some(1),
+        ..ResourceRequest::default()
+    });
+    let refusal = validate::validate(&ws, &inputs(&ws, TOKEN), &cfg)
+        .expect_err("no pool of the fixtures offers GPUs");
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    let (reason, message) = (refusal.reason, refusal.message.clone());
+    steps.extend([
+        list_pods(&ws, std::slice::from_ref(&pod)),
+        Step::delete(
+            pod_path(&ws, &pod),
+            Some(serde_json::to_value(terminating(pod.clone())).expect("json")),
+        ),
+        Step::apply_status(&ws, move |body| {
+            let status = without_times(body);
+            assert_json_eq(
+                &status,
+                &json!({
+                    "phase": "Pending",
+                    "conditions": [
+                        condition("Ready", "False", reason, &message, 2),
+                        condition("Scheduled", "False", reason, &message, 2),
+                    ],
+                    "message": message,
+                    "observedGeneration": 2,
+                }),
+            );
+        }),
+        Step::event(&ws, move |body| {
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["reason"], reason);
+        }),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "DELETE /api/v1/namespaces/team/pods/ws-alice",
+            "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn api_error_mid_apply_fails_without_status_and_backs_off() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let ns = ns_of(&ws);
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend([
+        Step::get(core_path(
+            &ns,
+            "persistentvolumeclaims",
+            Some(&name(&d.pvc)),
+        ))
+        .object(&observed(&d.pvc)),
+        Step::get(core_path(&ns, "services", Some(&name(&d.service)))).not_found(),
+        Step::apply(
+            core_path(&ns, "services", Some(&name(&d.service))),
+            applied(&d.service),
+        )
+        .fail(500),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let key_ws = ws.clone();
+    let outcome = run_scenario(ctx, verifier, ws, steps, move |ctx, result| {
+        let error = result.as_ref().expect_err("the apply failed");
+        assert!(
+            matches!(error, Error::Apply { kind, name, .. } if kind == "Service" && name == "ws-alice"),
+            "{error:?}"
+        );
+        assert_eq!(error.metric_label(), "apply");
+        let delays: Vec<Action> = (0..4)
+            .map(|_| error_policy(std::sync::Arc::new(key_ws.clone()), error, ctx.clone()))
+            .collect();
+        assert_eq!(
+            delays,
+            [1, 2, 4, 8]
+                .map(|s| Action::requeue(Duration::from_secs(s)))
+                .to_vec(),
+            "the requeue grows"
+        );
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("errors", "by label", ctx.metrics.failures.clone());
+        let text = metrics::encode(&registry).expect("encodes");
+        assert!(text.contains("errors_total{error=\"apply\"} 1"), "{text}");
+    })
+    .await;
+    assert!(outcome.result.is_err());
+    assert!(
+        outcome.seen.iter().all(|s| !s.uri.contains("/status")),
+        "no status claiming anything"
+    );
+}
+
+#[tokio::test]
+async fn per_user_mode_equips_the_users_namespace_first() {
+    let cfg = OperatorConfig {
+        namespace_mode: NamespaceMode::PerUser {
+            prefix: "atelier-u-".into(),
+        },
+        ..OperatorConfig::default()
+    };
+    let mut ws = workspace();
+    ws.metadata.namespace = Some("atelier-u-alice".into());
+    let d = children(&ws, &cfg);
+    let pod = running_pod(&d);
+    let ws = with_status(ws, &cfg, Some(&pod));
+    let v = validated(&ws, TOKEN, &cfg);
+    let user_ns =
+        build::build_user_namespace("atelier-u-alice", "alice", &v.groups, &[pool()], &cfg);
+    let ns = "atelier-u-alice";
+    let existing: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}})).expect("a namespace");
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend([
+        Step::get(format!("/api/v1/namespaces/{ns}")).object(&existing),
+        Step::apply(
+            format!("/api/v1/namespaces/{ns}"),
+            applied(&user_ns.namespace),
+        ),
+        Step::get(core_path(
+            ns,
+            "resourcequotas",
+            Some(&name(&user_ns.resource_quota)),
+        ))
+        .not_found(),
+        Step::apply(
+            core_path(ns, "resourcequotas", Some(&name(&user_ns.resource_quota))),
+            applied(&user_ns.resource_quota),
+        ),
+        Step::get(core_path(
+            ns,
+            "limitranges",
+            Some(&name(&user_ns.limit_range)),
+        ))
+        .not_found(),
+        Step::apply(
+            core_path(ns, "limitranges", Some(&name(&user_ns.limit_range))),
+            applied(&user_ns.limit_range),
+        ),
+        Step::get(netpol_path(ns, &name(&user_ns.network_policy)))
+            .object(&observed(&user_ns.network_policy)),
+    ]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.push(list_pods(&ws, &[pod]));
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "PATCH /api/v1/namespaces/atelier-u-alice",
+            "PATCH /api/v1/namespaces/atelier-u-alice/resourcequotas/atelier-quota",
+            "PATCH /api/v1/namespaces/atelier-u-alice/limitranges/atelier-limits",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn missing_request_fails_the_scenario_instead_of_hanging() {
+    // The verifier expects one more request than the reconciler makes: the scenario panics
+    // (bounded by the timeout) rather than hanging.
+    let cfg = OperatorConfig::default();
+    let mut fresh = workspace();
+    fresh.metadata.finalizers = None;
+    let steps = vec![Step::add_finalizer(&fresh), Step::get(PROFILE)];
+    let (ctx, verifier) = test_context(cfg);
+    let scenario = tokio::spawn(run_scenario(ctx, verifier, fresh, steps, |_, _| {}));
+    let joined = scenario.await;
+    let panic = joined.expect_err("the scenario fails");
+    assert!(panic.is_panic());
+}
