@@ -8,7 +8,9 @@
 //! 3. profile: exists and is open to the user's groups;
 //! 4. kind and image overrides;
 //! 5. resources: `spec.resources` over the profile's defaults over 1 CPU / 2Gi / no GPU, within
-//!    the profile's `maxResources`; the home size;
+//!    the profile's `maxResources` (a `maxResources.gpuType` is the only type allowed, and the
+//!    type of a GPU request that names none); quantities come out canonical (`0.5` → `500m`);
+//!    the home size;
 //! 6. data sources: exist, open to the user, no two mounted at the same path;
 //! 7. node pool (see [`crate::policy::routing`]);
 //! 8. the pool's caps (see [`crate::policy::caps`]).
@@ -327,7 +329,8 @@ fn effective_resources(
         {
             return Err(exceeds("gpus", gpus.to_string(), &max_gpus.to_string()));
         }
-        // A maximum `gpuType` pins the model the profile may use.
+        // A maximum `gpuType` pins the model the profile may use (and is the type of a request
+        // that names none; see below).
         if let (Some(max_type), Some(t)) = (&max.gpu_type, &request.gpu_type)
             && max_type != t
         {
@@ -337,11 +340,17 @@ fn effective_resources(
             ));
         }
     }
+    let pinned_type = profile
+        .spec
+        .max_resources
+        .as_ref()
+        .and_then(|m| m.gpu_type.clone())
+        .filter(|_| gpus > 0);
     Ok(EffectiveResources {
         cpu: format_cpu_millis(cpu),
         memory: format_bytes(memory),
         gpus,
-        gpu_type: request.gpu_type.clone(),
+        gpu_type: request.gpu_type.clone().or(pinned_type),
     })
 }
 

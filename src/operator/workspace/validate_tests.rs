@@ -322,6 +322,17 @@ fn gpu_type_pins_the_type_label_and_cpu_only_gets_no_gpu_placement() {
     );
     assert_eq!(pool.gpu_resource_name.as_deref(), Some("nvidia.com/gpu"));
 
+    // The qgis profile's maximum gpuType (t4) is the type of a request that names none.
+    let v = validated(&ws(
+        "w",
+        "physics",
+        "user: alice\nprofile: qgis\nresources: {gpus: 1}",
+    ));
+    assert_eq!(v.resources.gpu_type.as_deref(), Some("t4"));
+    let pool = v.pool.expect("placed");
+    assert_eq!(pool.name, "gpu-v100");
+    assert_eq!(pool.node_selector["atelier.dev/gpu-type"], "t4");
+
     // A CPU-only qgis workspace (its profile defaults to a gpu pool) carries nothing of a gpu pool.
     let v = validated(&ws("w", "chemistry", "user: bob\nprofile: qgis"));
     let pool = v.pool.expect("placed");
