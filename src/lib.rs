@@ -1,7 +1,9 @@
 //! Atelier: a Kubernetes control plane for Virtual Research Environments.
 
 pub mod api;
+pub mod backend;
 pub mod crdgen;
+pub mod hub;
 pub mod operator;
 pub mod policy;
 pub mod scopes;

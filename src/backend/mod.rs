@@ -1,0 +1,122 @@
+//! Workspace backends: where the hub's servers actually run.
+//!
+//! - `local`: one `jupyterhub-singleuser` (or configured command) process per server on a free
+//!   127.0.0.1 port, like JupyterHub's LocalProcessSpawner (the embedded default and the tests);
+//! - `kubernetes`: one `Workspace` resource per server; the operator does the rest.
+//!
+//! The hub owns the database; a backend only starts, stops and observes servers. Everything a
+//! backend needs to find a server again after a hub restart is in the opaque `handle` it returns
+//! (stored by the hub as the server's `spawner_state`).
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// What the hub asks a backend to start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// Owner.
+    pub user: String,
+    /// Server name ("" for the default server).
+    pub server: String,
+    /// The owner's groups (the kubernetes backend writes them as `atelier.dev/groups`).
+    pub groups: Vec<String>,
+    /// WorkspaceProfile name chosen on the spawn form, if any.
+    pub profile: Option<String>,
+    /// The user options of the spawn request (JupyterHub's `user_options`): resources, node
+    /// pool, data sources, ...
+    pub user_options: Value,
+    /// The JupyterHub single-user environment computed by the hub (`JUPYTERHUB_API_TOKEN`,
+    /// `JUPYTERHUB_API_URL`, `JUPYTERHUB_SERVICE_PREFIX`, `JUPYTERHUB_CLIENT_ID`, ...). The
+    /// kubernetes backend ignores the token (the operator issues one per Workspace).
+    pub env: BTreeMap<String, String>,
+}
+
+/// A server the backend started (or found running).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spawned {
+    /// Where the proxy reaches the server, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// The backend's handle to find the server again (pid and port, Workspace name, ...).
+    pub handle: Value,
+}
+
+/// A server's state as the backend observes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BackendStatus {
+    /// Started and answering at `url`.
+    Running {
+        /// Where the server is reached.
+        url: String,
+    },
+    /// Still starting.
+    Starting,
+    /// Not running (exited, never started, or removed).
+    Stopped {
+        /// Why, when known (exit status, ...).
+        reason: Option<String>,
+    },
+    /// It cannot run.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// One step of a spawn, as JupyterHub's progress API reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    /// 0 to 100.
+    pub progress: u8,
+    /// Human-readable message.
+    pub message: String,
+    /// Set on the last event when the server is ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// Set on the last event when the spawn failed.
+    #[serde(default)]
+    pub failed: bool,
+}
+
+/// Why a backend call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The server could not be started (bad command, image, refused by a rule, ...): the user
+    /// sees the message.
+    #[error("{0}")]
+    SpawnFailed(String),
+    /// The server did not become ready in time.
+    #[error("the server did not start within {0} seconds")]
+    Timeout(u64),
+    /// The handle stored for the server is not one of this backend's.
+    #[error("invalid backend handle: {0}")]
+    BadHandle(String),
+    /// Anything else (I/O, API errors): logged, not shown.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// A place where workspaces run. Dyn-compatible: the hub holds an `Arc<dyn WorkspaceBackend>`.
+pub trait WorkspaceBackend: Send + Sync + 'static {
+    /// `local` or `kubernetes`.
+    fn kind(&self) -> &'static str;
+
+    /// Starts a server and resolves when it is ready (or has failed), sending progress events
+    /// on the way. Dropping the future must not leave an orphan behind: a backend that cannot
+    /// finish a start stops what it began.
+    fn start<'a>(
+        &'a self,
+        request: SpawnRequest,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> BoxFuture<'a, Result<Spawned, BackendError>>;
+
+    /// Stops the server behind `handle`; idempotent (stopping a stopped server is Ok).
+    fn stop<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Observes the server behind `handle` (used to notice exits and to re-adopt servers after a
+    /// hub restart).
+    fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>>;
+}

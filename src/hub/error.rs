@@ -1,0 +1,85 @@
+//! The hub's one HTTP error type: JupyterHub's JSON error shape `{"status": N, "message": "..."}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+
+/// An error a handler returns. Unexpected errors are logged, never shown.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// 400, naming the field or value at fault.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no or invalid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated but not allowed (the message names the missing scope).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the state forbids it (already running, name taken, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// 503 / 424 and friends: a dependency is not ready.
+    #[error("{1}")]
+    Status(StatusCode, String),
+    /// 500: logged with its cause, shown as a generic message.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// `Result` of the hub's handlers.
+pub type HubResult<T> = Result<T, HubError>;
+
+impl HubError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HubError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HubError::NotFound(_) => StatusCode::NOT_FOUND,
+            HubError::Conflict(_) => StatusCode::CONFLICT,
+            HubError::Status(code, _) => *code,
+            HubError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Maps a store error, naming `what` (e.g. "user alice") for NotFound.
+    pub fn from_store(what: impl std::fmt::Display, err: StoreError) -> HubError {
+        match err {
+            StoreError::NotFound => HubError::NotFound(format!("{what} not found")),
+            StoreError::Conflict(m) => HubError::Conflict(m),
+            StoreError::Invalid(m) => HubError::BadRequest(m),
+            other => HubError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<StoreError> for HubError {
+    fn from(err: StoreError) -> HubError {
+        HubError::from_store("resource", err)
+    }
+}
+
+impl IntoResponse for HubError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            HubError::Unexpected(err) => {
+                tracing::error!(error = ?err, "unexpected error");
+                "Unhandled error in the hub".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (
+            status,
+            Json(serde_json::json!({"status": status.as_u16(), "message": message})),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,103 @@
+//! The hub: JupyterHub-compatible REST API under `/hub/api`, the OAuth provider the single-user
+//! servers log in with, and the web UI. All state lives in the [`Store`]; what is kept in memory
+//! (progress of spawns this process drives, auth caches) can be lost without losing anything.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::backend::WorkspaceBackend;
+use crate::store::Store;
+
+pub mod auth;
+pub mod error;
+pub mod spawns;
+
+pub use error::{HubError, HubResult};
+
+/// JupyterHub version the API speaks (sent as `X-JupyterHub-Version`; `jupyterhub-singleuser`
+/// warns when the major versions differ).
+pub const JUPYTERHUB_VERSION: &str = "5.3.0";
+
+/// Name of the browser session cookie. Path=/ so that the proxy can check it on `/user/...`.
+pub const SESSION_COOKIE: &str = "atelier-session";
+
+/// A service (e.g. `jupyterhub-idle-culler`) with an API token and scopes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    /// Service name.
+    pub name: String,
+    /// Its API token (from a file or the environment; never logged).
+    pub token: String,
+    /// Its scopes, in JupyterHub's vocabulary.
+    pub scopes: Vec<String>,
+}
+
+/// Hub settings.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// The public URL of the site, e.g. `https://vre.example.org` or `http://127.0.0.1:8000`.
+    pub public_url: String,
+    /// The hub API as the single-user servers reach it, e.g. `http://127.0.0.1:8081/hub/api`.
+    pub server_api_url: String,
+    /// Set `Secure` on cookies (defaults to whether `public_url` is https).
+    pub cookie_secure: bool,
+    /// Whether the dev login (any name, with the one-time admin password for admins) is on.
+    pub dev_login: bool,
+    /// Users who are admins (created on first login or at start).
+    pub admin_users: Vec<String>,
+    /// Services and their tokens.
+    pub services: Vec<ServiceConfig>,
+    /// Seconds a spawn may take before it is failed.
+    pub spawn_timeout_secs: u64,
+    /// Seconds a browser session lives.
+    pub session_ttl_secs: i64,
+}
+
+impl HubConfig {
+    /// Settings for a hub reached at `public_url` whose servers call `server_api_url`.
+    pub fn new(public_url: &str, server_api_url: &str) -> HubConfig {
+        HubConfig {
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            server_api_url: server_api_url.trim_end_matches('/').to_owned(),
+            cookie_secure: public_url.starts_with("https://"),
+            dev_login: false,
+            admin_users: Vec::new(),
+            services: Vec::new(),
+            spawn_timeout_secs: 120,
+            session_ttl_secs: 14 * 24 * 3600,
+        }
+    }
+}
+
+/// The hub's shared state.
+pub struct Hub {
+    /// The database.
+    pub store: Store,
+    /// Where servers run.
+    pub backend: Arc<dyn WorkspaceBackend>,
+    /// Settings.
+    pub config: HubConfig,
+    /// Spawns and stops driven by this process, with their progress.
+    pub spawns: spawns::Spawns,
+}
+
+/// Handlers' state.
+pub type HubState = Arc<Hub>;
+
+impl Hub {
+    /// A hub over `store` and `backend`.
+    pub fn new(store: Store, backend: Arc<dyn WorkspaceBackend>, config: HubConfig) -> HubState {
+        Arc::new(Hub {
+            store,
+            backend,
+            config,
+            spawns: spawns::Spawns::default(),
+        })
+    }
+}
+
+/// Every route of the hub.
+pub fn router(hub: HubState) -> Router {
+    Router::new().with_state(hub)
+}
