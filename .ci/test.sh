@@ -34,6 +34,23 @@ ensure_postgres() {
 ensure_postgres
 export ATELIER_TEST_POSTGRES_URL="$PG_URL"
 
+# --- Python peers: jupyterhub-singleuser, JupyterLab, jupyterhub-idle-culler -------------------
+# A venv under .peers/ (git-ignored), rebuilt only when the pinned requirements change.
+PEERS_DIR="$PWD/.peers"
+VENV="$PEERS_DIR/venv"
+REQ="$PWD/.ci/peers-requirements.txt"
+ensure_python_peers() {
+  if [ -x "$VENV/bin/python" ] && cmp -s "$REQ" "$VENV/.requirements" 2>/dev/null; then
+    return 0
+  fi
+  log "installing Python peers into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+  cp "$REQ" "$VENV/.requirements"
+}
+ensure_python_peers
+export ATELIER_PEERS_VENV="$VENV"
+
 # Tests that need a peer read this and fail (never skip) when it is set and the peer is missing.
 export ATELIER_PEERS=1
 
