@@ -193,9 +193,10 @@ impl TestDb {
 
 /// One test per engine for each story: `<story>::sqlite` and `<story>::postgres`.
 macro_rules! stories {
-    ($($story:ident),* $(,)?) => {$(
+    ($($(#[$attr:meta])* $story:ident),* $(,)?) => {$(
         mod $story {
             #[tokio::test]
+            $(#[$attr])*
             async fn sqlite() {
                 let db = super::TestDb::sqlite().await;
                 assert_eq!(db.store.engine(), super::Engine::Sqlite);
@@ -204,6 +205,7 @@ macro_rules! stories {
             }
 
             #[tokio::test]
+            $(#[$attr])*
             async fn postgres() {
                 let Some(db) = super::TestDb::postgres().await else { return };
                 assert_eq!(db.store.engine(), super::Engine::Postgres);
@@ -224,6 +226,8 @@ stories!(
     audit_log,
     two_stores,
     migrations_rerun,
+    #[ignore = "builds 10,000 users; run with --ignored --nocapture to see the timings"]
+    scale,
 );
 
 // ---- counting statements ------------------------------------------------------------------
@@ -647,7 +651,11 @@ async fn users_pagination(db: &TestDb) {
                 (_, 1) => assert_eq!(active, [ServerState::Starting]),
                 _ => assert!(active.is_empty()),
             }
-            let groups: &[&str] = if i % 5 == 0 { &["every-fifth"] } else { &[] };
+            let groups: &[&str] = if i.is_multiple_of(5) {
+                &["every-fifth"]
+            } else {
+                &[]
+            };
             assert_eq!(item.groups, groups);
             seen.push(item.user.name.clone());
         }
@@ -869,7 +877,7 @@ async fn api_tokens(db: &TestDb) {
         s.list_tokens(&TokenOwner::Service("idle-culler".into()))
             .await
             .unwrap(),
-        [service_token.clone()]
+        std::slice::from_ref(&service_token)
     );
 
     let (second, _) = s
@@ -1298,7 +1306,7 @@ async fn audit_log(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(page, [start.clone()]);
+    assert_eq!(page, std::slice::from_ref(&start));
     let by_root = s
         .list_audit(&AuditQuery {
             actor: Some("root".into()),
@@ -1445,6 +1453,133 @@ async fn migrations_rerun(db: &TestDb) {
         db.raw_count("SELECT COUNT(*) FROM _sqlx_migrations WHERE success", &[])
             .await,
         files
+    );
+}
+
+/// The size: 10,000 users (each with a token), 2,000 of them running a server. Checks
+/// the statement counts at that size and prints the times of the request-path operations.
+async fn scale(db: &TestDb) {
+    use futures::StreamExt;
+    use std::time::Instant;
+
+    const USERS: usize = 10_000;
+    const RUNNING: usize = 2_000;
+    let s = &db.store;
+    let t0 = now();
+    let started = Instant::now();
+    let tokens: Vec<String> = futures::stream::iter(0..USERS)
+        .map(|i| async move {
+            let user = s.create_user(&format!("user-{i:05}"), false).await.unwrap();
+            let server = s.create_server(user.id, "").await.unwrap();
+            if i % (USERS / RUNNING) == 0 {
+                s.begin_start(server.id, &StartRequest::default(), t0)
+                    .await
+                    .unwrap();
+                s.mark_running(server.id, "http://10.0.0.1:8888/", &json!({}), t0)
+                    .await
+                    .unwrap();
+            }
+            s.create_token(&NewToken::new(TokenOwner::User(user.id), vec![]))
+                .await
+                .unwrap()
+                .0
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    eprintln!("{:?}: setup {:?}", s.engine(), started.elapsed());
+
+    // The culler's sweep: every ready user, 200 per page.
+    let started = Instant::now();
+    let mut query = UserQuery {
+        state: Some(UserStateFilter::Ready),
+        limit: 200,
+        ..UserQuery::default()
+    };
+    let (mut pages, mut ready) = (0, 0);
+    loop {
+        let (page, statements) = counting(s.list_users(&query)).await;
+        let page = page.unwrap();
+        assert_eq!(statements, 4);
+        assert_eq!(page.total, RUNNING as u64);
+        pages += 1;
+        ready += page.items.len();
+        match page.next_offset {
+            Some(next) => query.offset = next,
+            None => break,
+        }
+    }
+    assert_eq!((pages, ready), (RUNNING / 200, RUNNING));
+    eprintln!(
+        "{:?}: {pages} pages of ready users: {:?} per page",
+        s.engine(),
+        started.elapsed() / pages as u32
+    );
+
+    // The last page of all users, by offset and by name cursor.
+    let started = Instant::now();
+    let page = s
+        .list_users(&UserQuery {
+            offset: (USERS - 200) as u64,
+            limit: 200,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 200);
+    assert_eq!(page.next_offset, None);
+    eprintln!(
+        "{:?}: last page by offset {:?}",
+        s.engine(),
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let page = s
+        .list_users(&UserQuery {
+            sort: UserSort::Name,
+            after: Some(format!("user-{:05}", USERS - 201)),
+            limit: 200,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 200);
+    eprintln!(
+        "{:?}: last page by name cursor {:?}",
+        s.engine(),
+        started.elapsed()
+    );
+
+    // The proxy's routing table.
+    let started = Instant::now();
+    let first = s
+        .list_servers_in_states(&[ServerState::Running], None, 1000)
+        .await
+        .unwrap();
+    let rest = s
+        .list_servers_in_states(
+            &[ServerState::Running],
+            Some(first.last().unwrap().server.id),
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.len() + rest.len(), RUNNING);
+    eprintln!(
+        "{:?}: all running servers in 2 pages {:?}",
+        s.engine(),
+        started.elapsed()
+    );
+
+    // Token checks.
+    let started = Instant::now();
+    for token in tokens.iter().step_by(10) {
+        s.lookup_token(token, t0).await.unwrap();
+    }
+    eprintln!(
+        "{:?}: token lookup {:?} each",
+        s.engine(),
+        started.elapsed() / (USERS / 10) as u32
     );
 }
 

@@ -306,8 +306,9 @@ impl Store {
     /// Costs at most four statements whatever the page size, never one per user: the total
     /// (`list_users:count`), the page (`list_users:page`), the page's servers
     /// (`user_details:servers`) and the page's groups (`user_details:groups`); the last two are
-    /// skipped for an empty page. The statements carry these names as SQL comments. The total
-    /// of a state filter counts from the `servers_state` index, not by reading every user.
+    /// skipped for an empty page. The statements carry these names as SQL comments. The `ready`
+    /// and `active` filters, page and total, are driven by the `servers_state` index: their
+    /// cost follows the number of running servers, not the number of users.
     pub async fn list_users(&self, q: &UserQuery) -> Result<UserPage> {
         let limit = check_limit(q.limit)?;
         let offset = check_offset(q.offset)?;
@@ -321,24 +322,15 @@ impl Store {
         let (filter, count) = match q.state {
             None => (String::new(), "SELECT COUNT(*) FROM users".to_owned()),
             Some(UserStateFilter::Ready) => (
-                format!(
-                    " AND EXISTS (SELECT 1 FROM servers s \
-                     WHERE s.user_id = u.id AND s.state IN ({running}))"
-                ),
+                format!(" AND u.id IN (SELECT user_id FROM servers WHERE state IN ({running}))"),
                 format!("SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({running})"),
             ),
             Some(UserStateFilter::Active) => (
-                format!(
-                    " AND EXISTS (SELECT 1 FROM servers s \
-                     WHERE s.user_id = u.id AND s.state IN ({active}))"
-                ),
+                format!(" AND u.id IN (SELECT user_id FROM servers WHERE state IN ({active}))"),
                 format!("SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active})"),
             ),
             Some(UserStateFilter::Inactive) => (
-                format!(
-                    " AND NOT EXISTS (SELECT 1 FROM servers s \
-                     WHERE s.user_id = u.id AND s.state IN ({active}))"
-                ),
+                format!(" AND u.id NOT IN (SELECT user_id FROM servers WHERE state IN ({active}))"),
                 format!(
                     "SELECT (SELECT COUNT(*) FROM users) - \
                      (SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active}))"
