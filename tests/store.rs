@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,7 +125,14 @@ impl TestDb {
     /// `None` (after saying so loudly) when `ATELIER_TEST_POSTGRES_URL` is not set.
     async fn postgres() -> Option<TestDb> {
         let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
-            eprintln!("SKIPPED: PostgreSQL store tests (set {POSTGRES_VAR})");
+            // Straight to the stderr handle: the test harness captures `eprintln!`.
+            static SAID: Once = Once::new();
+            SAID.call_once(|| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: PostgreSQL store tests (set {POSTGRES_VAR})"
+                );
+            });
             return None;
         };
         let database = format!("atelier_test_{}", &generate_token()[..16]);
