@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -328,7 +329,9 @@ pub fn reporter() -> Reporter {
 /// A client from the environment (in-cluster or kubeconfig) sending
 /// `User-Agent: atelier-operator/<version>`.
 pub async fn kube_client() -> anyhow::Result<Client> {
-    let mut config = kube::Config::infer().await?;
+    let mut config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     config.headers.push((
         header::USER_AGENT,
         HeaderValue::from_static(concat!("atelier-operator/", env!("CARGO_PKG_VERSION"))),
@@ -389,7 +392,7 @@ async fn shutdown_signal() {
 }
 
 /// Resolves once `rx` saw `true` (or its sender is gone).
-async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
     // An error means the sender is gone: shut down as well.
     let _ = rx.wait_for(|stop| *stop).await;
 }
@@ -410,7 +413,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     tracing::info!(addr = %args.metrics_addr, "serving /metrics and /healthz");
     let server = axum::serve(listener, router(Arc::new(registry)))
         .with_graceful_shutdown(wait_for(stop_rx.clone()));
@@ -419,7 +424,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         ctx,
         args.watch_namespace.as_deref().map(str::to_owned),
         args.concurrency,
-        wait_for(stop_rx),
+        stop_rx,
     );
     let (served, ()) = tokio::join!(async { server.await }, controller);
     served?;

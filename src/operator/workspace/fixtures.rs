@@ -420,6 +420,11 @@ fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
 pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
 
 impl ApiServerVerifier {
+    /// The raw mock handle, for tests that answer requests themselves.
+    pub fn into_handle(self) -> Handle<Request<Body>, Response<Body>> {
+        self.0
+    }
+
     /// Serves `steps` in order, then asserts that no request follows (the client must be
     /// dropped for this to finish). Returns every request seen.
     pub async fn run(self, steps: Vec<Step>) -> Vec<Seen> {
