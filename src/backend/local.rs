@@ -1,0 +1,830 @@
+//! The `local` backend: one process per server on a free 127.0.0.1 port, like JupyterHub's
+//! LocalProcessSpawner.
+//!
+//! Each server runs `jupyterhub-singleuser` (or the configured command) with the JupyterHub
+//! environment of its spawn request, in its own process group, its HOME and working directory
+//! `<state_dir>/users/<user>`, its output appended to `<state_dir>/logs/<user>[-<server>].log`.
+//! Processes outlive the hub: the handle (`pid`, `pgid`, `port`, `url`, `start_time`, plus the
+//! service prefix and boot id) lets a restarted hub re-adopt them through [`LocalBackend::poll`]
+//! and stop them through [`LocalBackend::stop`]. The start time (and boot id) make sure a pid
+//! reused by another process is never taken for the server, nor signalled.
+
+mod proc;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, timeout};
+
+use self::proc::Leader;
+use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
+
+/// The single-user server JupyterHub runs by default.
+pub const SINGLEUSER_COMMAND: &str = "jupyterhub-singleuser";
+
+/// Variables of the hub's own environment passed on to servers (as JupyterHub's
+/// `Spawner.env_keep`); nothing else of the hub's environment (database URL, secrets) leaks.
+pub const DEFAULT_ENV_KEEP: &[&str] = &[
+    "PATH",
+    "PYTHONPATH",
+    "CONDA_ROOT",
+    "CONDA_DEFAULT_ENV",
+    "VIRTUAL_ENV",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "JUPYTERHUB_SINGLEUSER_APP",
+];
+
+/// How often a starting server is asked whether it answers.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long one "do you answer?" request may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a server has to exit after SIGTERM before it gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the group to vanish after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often `/proc` is looked at while waiting for a process group to exit.
+const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How many lines of a failed server's log the user sees.
+const LOG_TAIL_LINES: usize = 20;
+/// How far back from the end of a log the tail is looked for.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// Configuration of the `local` backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalConfig {
+    /// The server command (program and leading arguments). Empty means [`default_command`].
+    pub command: Vec<String>,
+    /// More arguments, after `command` and before `--ip`, `--port` (and `--allow-root`).
+    pub args: Vec<String>,
+    /// Where per-user working directories (`users/<name>`, mode 0700; the server's HOME and
+    /// notebook directory) and server logs (`logs/<user>[-<server>].log`) live.
+    pub state_dir: PathBuf,
+    /// How long a server has to answer before its start fails with `Timeout`.
+    pub start_timeout: Duration,
+    /// Extra environment for every server (the spawn request's environment wins).
+    pub env: BTreeMap<String, String>,
+    /// Variables of the hub's environment passed on ([`DEFAULT_ENV_KEEP`]).
+    pub env_keep: Vec<String>,
+}
+
+impl LocalConfig {
+    /// The defaults: [`default_command`], no extra arguments or environment, a 60 s start
+    /// timeout (JupyterHub's `Spawner.start_timeout`), state under `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> LocalConfig {
+        LocalConfig {
+            command: default_command(),
+            args: Vec::new(),
+            state_dir: state_dir.into(),
+            start_timeout: Duration::from_secs(60),
+            env: BTreeMap::new(),
+            env_keep: DEFAULT_ENV_KEEP.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// `jupyterhub-singleuser` from `$ATELIER_PEERS_VENV/bin`, else from `.peers/venv/bin` (under
+/// the working directory), else whatever `PATH` finds at spawn time.
+pub fn default_command() -> Vec<String> {
+    let candidates = std::env::var_os("ATELIER_PEERS_VENV")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(".peers/venv")]);
+    for venv in candidates {
+        let path = venv.join("bin").join(SINGLEUSER_COMMAND);
+        if path.is_file() {
+            let path = std::path::absolute(&path).unwrap_or(path);
+            return vec![path.to_string_lossy().into_owned()];
+        }
+    }
+    vec![SINGLEUSER_COMMAND.to_owned()]
+}
+
+/// What the backend stores for a server (serialized as the opaque handle).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalHandle {
+    /// The server process.
+    pub pid: u32,
+    /// Its process group (the server leads it: equal to `pid`).
+    pub pgid: u32,
+    /// The 127.0.0.1 port it listens on.
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Field 22 of `/proc/<pid>/stat` when it started (guards against pid reuse).
+    pub start_time: u64,
+    /// The server's URL prefix (`/user/<name>/[<server>/]`), to ask `<prefix>api` whether it
+    /// answers; without it, poll only checks that the port accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The boot it was started in: after a reboot nothing of it can be alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+}
+
+impl LocalHandle {
+    /// Reads a stored handle.
+    pub fn from_value(value: &Value) -> Result<LocalHandle, BackendError> {
+        let handle: LocalHandle = serde_json::from_value(value.clone())
+            .map_err(|e| BackendError::BadHandle(format!("not a local handle: {e}")))?;
+        if handle.pid <= 1 || handle.pgid != handle.pid {
+            return Err(BackendError::BadHandle(format!(
+                "pid {} / pgid {} is not a server process group",
+                handle.pid, handle.pgid
+            )));
+        }
+        if i32::try_from(handle.pgid).is_err() {
+            return Err(BackendError::BadHandle(format!(
+                "pgid {} out of range",
+                handle.pgid
+            )));
+        }
+        Ok(handle)
+    }
+
+    /// The handle as stored by the hub.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("a LocalHandle always serializes")
+    }
+
+    fn pgid(&self) -> i32 {
+        // Checked by `from_value` (and true of every handle `start` makes).
+        self.pgid as i32
+    }
+
+    /// Whether the handle comes from an earlier boot of this machine.
+    fn from_earlier_boot(&self) -> bool {
+        matches!((&self.boot_id, proc::boot_id()), (Some(then), Some(now)) if *then != now)
+    }
+}
+
+/// How a server process we started ended, kept for `poll`'s `Stopped` reason.
+#[derive(Clone, Debug)]
+struct Exit {
+    start_time: u64,
+    description: String,
+}
+
+type Exits = Arc<Mutex<HashMap<u32, Exit>>>;
+
+/// The `local` backend (see the module documentation).
+pub struct LocalBackend {
+    config: LocalConfig,
+    http: Client<HttpConnector, Empty<Bytes>>,
+    /// Exit statuses of the server processes this instance started (their reaper tasks write
+    /// them); a re-adopted server's exit status is not knowable.
+    exits: Exits,
+}
+
+impl LocalBackend {
+    /// A backend with `config`; an empty `config.command` means [`default_command`].
+    pub fn new(mut config: LocalConfig) -> LocalBackend {
+        if config.command.is_empty() {
+            config.command = default_command();
+        }
+        let http = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http();
+        LocalBackend {
+            config,
+            http,
+            exits: Arc::default(),
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &LocalConfig {
+        &self.config
+    }
+
+    /// The log file of `user`'s server `server`.
+    pub fn log_path(&self, user: &str, server: &str) -> PathBuf {
+        let name = if server.is_empty() {
+            format!("{user}.log")
+        } else {
+            format!("{user}-{server}.log")
+        };
+        self.config.state_dir.join("logs").join(name)
+    }
+
+    /// The working directory (HOME) of `user`'s servers.
+    pub fn user_dir(&self, user: &str) -> PathBuf {
+        self.config.state_dir.join("users").join(user)
+    }
+
+    async fn start_server(
+        &self,
+        request: SpawnRequest,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> Result<Spawned, BackendError> {
+        let result = self.launch(&request, &progress).await;
+        if let Err(err) = &result {
+            let message = match err {
+                BackendError::Other(_) => "Spawn failed: internal error".to_owned(),
+                other => format!("Spawn failed: {other}"),
+            };
+            send(&progress, 100, message, false, true).await;
+        }
+        result
+    }
+
+    async fn launch(
+        &self,
+        request: &SpawnRequest,
+        progress: &mpsc::Sender<ProgressEvent>,
+    ) -> Result<Spawned, BackendError> {
+        check_path_name("user name", &request.user, false)?;
+        check_path_name("server name", &request.server, true)?;
+        let prefix = service_prefix(request);
+        send(progress, 10, "Starting server process".into(), false, false).await;
+
+        let user_dir = self.user_dir(&request.user);
+        let log_path = self.log_path(&request.user, &request.server);
+        prepare_dirs(&user_dir, log_path.parent().expect("logs dir"))
+            .map_err(|e| anyhow::anyhow!("preparing the directories of the server: {e}"))?;
+
+        let port = free_port()
+            .await
+            .map_err(|e| anyhow::anyhow!("finding a free port: {e}"))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let argv = self.argv(port);
+        let (log, log_offset) = open_log(&log_path, &argv, port)
+            .map_err(|e| anyhow::anyhow!("opening {}: {e}", log_path.display()))?;
+
+        let mut command = Command::new(&argv[0]);
+        command
+            .args(&argv[1..])
+            .env_clear()
+            .envs(
+                self.config
+                    .env_keep
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (k.clone(), v))),
+            )
+            .envs(&self.config.env)
+            .envs(&request.env)
+            .envs(server_env(request, &prefix, port, &user_dir))
+            .current_dir(&user_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                log.try_clone()
+                    .map_err(|e| anyhow::anyhow!("log file: {e}"))?,
+            ))
+            .stderr(Stdio::from(log))
+            // Its own process group: a hub killed with -9 (or a Ctrl-C on the hub's terminal)
+            // leaves it running, and stop signals it with everything it started.
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command.spawn().map_err(|e| {
+            BackendError::SpawnFailed(format!("cannot run `{}`: {e}", argv.join(" ")))
+        })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the server process vanished at once"))?;
+        // An unreaped child always has a /proc entry (at worst a zombie).
+        let start_time = proc::read_stat(pid).map(|s| s.start_time);
+        let (exit_tx, mut exit_rx) = watch::channel(None::<String>);
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            // Reaps the child so that no zombie remains, and records how it ended.
+            let description = match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("could not be waited for ({e})"),
+            };
+            if let Some(start_time) = start_time {
+                let mut exits = exits.lock().unwrap_or_else(|e| e.into_inner());
+                exits.insert(
+                    pid,
+                    Exit {
+                        start_time,
+                        description: description.clone(),
+                    },
+                );
+            }
+            exit_tx.send_replace(Some(description));
+        });
+        let Some(start_time) = start_time else {
+            return Err(anyhow::anyhow!("no /proc entry for server process {pid}").into());
+        };
+        let mut guard = KillGuard {
+            pgid: pid as i32,
+            start_time,
+            armed: true,
+        };
+        tracing::info!(
+            user = %request.user, server = %request.server, pid, port,
+            "started server process"
+        );
+        send(
+            progress,
+            40,
+            format!("Server process started (pid {pid}, port {port})"),
+            false,
+            false,
+        )
+        .await;
+
+        let handle = LocalHandle {
+            pid,
+            pgid: pid,
+            port,
+            url: url.clone(),
+            start_time,
+            prefix: Some(prefix.clone()),
+            boot_id: proc::boot_id(),
+        };
+        let api_url = format!("{url}{prefix}api");
+        let deadline = Instant::now() + self.config.start_timeout;
+        loop {
+            let exited = exit_rx.borrow_and_update().clone();
+            if let Some(description) = exited {
+                // Leftovers of its group (if any) go with it.
+                let _ = terminate_group(&handle, Duration::ZERO).await;
+                guard.armed = false;
+                let tail = log_tail(&log_path, log_offset, LOG_TAIL_LINES);
+                return Err(BackendError::SpawnFailed(format!(
+                    "the server process {description} before it was ready.\n\
+                     Last lines of its log:\n{tail}"
+                )));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                tracing::warn!(pid, port, "server did not answer in time, stopping it");
+                terminate_group(&handle, STOP_GRACE).await?;
+                guard.armed = false;
+                let secs = self.config.start_timeout.as_secs_f64().ceil() as u64;
+                return Err(BackendError::Timeout(secs));
+            }
+            if self.answers(&api_url, remaining.min(PROBE_TIMEOUT)).await {
+                break;
+            }
+            tokio::select! {
+                _ = exit_rx.changed() => {}
+                _ = sleep(READY_POLL_INTERVAL.min(remaining)) => {}
+            }
+        }
+        guard.armed = false;
+        tracing::info!(user = %request.user, server = %request.server, pid, port, "server ready");
+        send(
+            progress,
+            100,
+            format!("Server ready at {url}{prefix}"),
+            true,
+            false,
+        )
+        .await;
+        Ok(Spawned {
+            url,
+            handle: handle.to_value(),
+        })
+    }
+
+    /// Program and arguments of a server listening on `port`.
+    fn argv(&self, port: u16) -> Vec<String> {
+        let mut argv: Vec<String> = self
+            .config
+            .command
+            .iter()
+            .chain(&self.config.args)
+            .cloned()
+            .collect();
+        argv.push("--ip=127.0.0.1".to_owned());
+        argv.push(format!("--port={port}"));
+        if proc::is_root() && !argv.iter().any(|a| a == "--allow-root") {
+            argv.push("--allow-root".to_owned());
+        }
+        argv
+    }
+
+    /// Whether an HTTP GET of `url` gets an answer below 500 within `within`.
+    async fn answers(&self, url: &str, within: Duration) -> bool {
+        let Ok(request) = http::Request::get(url).body(Empty::new()) else {
+            return false;
+        };
+        matches!(
+            timeout(within, self.http.request(request)).await,
+            Ok(Ok(response)) if response.status().as_u16() < 500
+        )
+    }
+
+    async fn stop_server(&self, handle: &Value) -> Result<(), BackendError> {
+        let handle = LocalHandle::from_value(handle)?;
+        let result = terminate_group(&handle, STOP_GRACE).await;
+        if result.is_ok() {
+            self.lock_exits().remove(&handle.pid);
+        }
+        result
+    }
+
+    async fn poll_server(&self, handle: &Value) -> Result<BackendStatus, BackendError> {
+        let handle = LocalHandle::from_value(handle)?;
+        if handle.from_earlier_boot() {
+            return Ok(stopped("the machine restarted since the server started"));
+        }
+        match proc::leader(handle.pid, handle.start_time) {
+            Leader::Alive => {}
+            Leader::Reused => {
+                return Ok(stopped(&format!(
+                    "the server process {} is gone (its pid now belongs to another process)",
+                    handle.pid
+                )));
+            }
+            Leader::Exited => {
+                let known = self
+                    .lock_exits()
+                    .get(&handle.pid)
+                    .filter(|e| e.start_time == handle.start_time)
+                    .map(|e| e.description.clone());
+                let reason = match known {
+                    Some(description) => {
+                        format!("the server process {} {description}", handle.pid)
+                    }
+                    None => format!("the server process {} is not running", handle.pid),
+                };
+                return Ok(stopped(&reason));
+            }
+        }
+        let answers = match &handle.prefix {
+            Some(prefix) => {
+                self.answers(&format!("{}{prefix}api", handle.url), PROBE_TIMEOUT)
+                    .await
+            }
+            None => matches!(
+                timeout(
+                    PROBE_TIMEOUT,
+                    tokio::net::TcpStream::connect(("127.0.0.1", handle.port))
+                )
+                .await,
+                Ok(Ok(_))
+            ),
+        };
+        Ok(if answers {
+            BackendStatus::Running { url: handle.url }
+        } else {
+            BackendStatus::Starting
+        })
+    }
+
+    fn lock_exits(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Exit>> {
+        self.exits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl WorkspaceBackend for LocalBackend {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn start<'a>(
+        &'a self,
+        request: SpawnRequest,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> BoxFuture<'a, Result<Spawned, BackendError>> {
+        Box::pin(self.start_server(request, progress))
+    }
+
+    fn stop<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.stop_server(handle))
+    }
+
+    fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>> {
+        Box::pin(self.poll_server(handle))
+    }
+}
+
+/// Kills a starting server's process group when the start does not finish (error, or the
+/// start future dropped by a hub shutting down or a cancelled spawn).
+struct KillGuard {
+    pgid: i32,
+    start_time: u64,
+    armed: bool,
+}
+
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::info!(pgid = self.pgid, "start abandoned, killing the server");
+            if let Err(e) = proc::signal_group(self.pgid, self.start_time, libc::SIGKILL) {
+                tracing::warn!(pgid = self.pgid, "killing an abandoned server: {e}");
+            }
+        }
+    }
+}
+
+/// Stops the server's process group: SIGTERM, up to `grace` to exit, then SIGKILL. Ok when
+/// nothing of it is (or was) left.
+async fn terminate_group(handle: &LocalHandle, grace: Duration) -> Result<(), BackendError> {
+    if handle.from_earlier_boot() {
+        return Ok(());
+    }
+    let pgid = handle.pgid();
+    if proc::leader(handle.pid, handle.start_time) == Leader::Reused {
+        // Its pid (hence its group number) belongs to another process: nothing of ours is left.
+        return Ok(());
+    }
+    if proc::group_members(pgid).is_empty() {
+        return Ok(());
+    }
+    let signal = |sig| {
+        proc::signal_group(pgid, handle.start_time, sig)
+            .map_err(|e| anyhow::anyhow!("signalling process group {pgid}: {e}"))
+    };
+    if !grace.is_zero() {
+        signal(libc::SIGTERM)?;
+        if wait_group_gone(pgid, grace).await {
+            tracing::info!(pgid, "server stopped");
+            return Ok(());
+        }
+        tracing::warn!(pgid, "server ignored SIGTERM, sending SIGKILL");
+    }
+    signal(libc::SIGKILL)?;
+    if wait_group_gone(pgid, KILL_WAIT).await {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("process group {pgid} still alive after SIGKILL").into())
+    }
+}
+
+/// Waits up to `within` for process group `pgid` to have no live member.
+async fn wait_group_gone(pgid: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if proc::group_members(pgid).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(EXIT_POLL_INTERVAL).await;
+    }
+}
+
+fn stopped(reason: &str) -> BackendStatus {
+    BackendStatus::Stopped {
+        reason: Some(reason.to_owned()),
+    }
+}
+
+async fn send(
+    progress: &mpsc::Sender<ProgressEvent>,
+    percent: u8,
+    message: String,
+    ready: bool,
+    failed: bool,
+) {
+    // A hub that stopped listening does not stop the spawn.
+    let _ = progress
+        .send(ProgressEvent {
+            progress: percent,
+            message,
+            ready,
+            failed,
+        })
+        .await;
+}
+
+/// Names become path components: no separators, no `.`/`..`, no NUL.
+fn check_path_name(what: &str, name: &str, may_be_empty: bool) -> Result<(), BackendError> {
+    let bad = (name.is_empty() && !may_be_empty)
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\0']);
+    if bad {
+        Err(BackendError::SpawnFailed(format!(
+            "invalid {what} for a local server: {name:?}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// `JUPYTERHUB_SERVICE_PREFIX` of the request (made to end with `/`), else
+/// `/user/<user>/[<server>/]`.
+fn service_prefix(request: &SpawnRequest) -> String {
+    match request.env.get("JUPYTERHUB_SERVICE_PREFIX") {
+        Some(prefix) if !prefix.is_empty() => {
+            let mut prefix = prefix.clone();
+            if !prefix.starts_with('/') {
+                prefix.insert(0, '/');
+            }
+            if !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            prefix
+        }
+        _ if request.server.is_empty() => format!("/user/{}/", request.user),
+        _ => format!("/user/{}/{}/", request.user, request.server),
+    }
+}
+
+/// What the backend adds to (or fills in) the request's environment.
+fn server_env(
+    request: &SpawnRequest,
+    prefix: &str,
+    port: u16,
+    user_dir: &Path,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "JUPYTERHUB_SERVICE_URL".to_owned(),
+            format!("http://127.0.0.1:{port}{prefix}"),
+        ),
+        ("HOME".to_owned(), user_dir.to_string_lossy().into_owned()),
+    ];
+    let defaults = [
+        ("JUPYTERHUB_SERVICE_PREFIX", prefix),
+        ("JUPYTERHUB_USER", request.user.as_str()),
+        ("JUPYTERHUB_SERVER_NAME", request.server.as_str()),
+    ];
+    for (key, value) in defaults {
+        if !request.env.contains_key(key) {
+            env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    env
+}
+
+/// Creates the user's directory and the logs directory (mode 0700).
+fn prepare_dirs(user_dir: &Path, logs_dir: &Path) -> std::io::Result<()> {
+    let mut builder = DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    builder.create(user_dir)?;
+    builder.create(logs_dir)?;
+    // Existing directories keep their mode with `create`: make sure of it.
+    std::fs::set_permissions(user_dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(logs_dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Opens the log for appending, marks the start of a run in it and returns where this run's
+/// output begins.
+fn open_log(path: &Path, argv: &[String], port: u16) -> std::io::Result<(File, u64)> {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(log, "[atelier] starting on port {port}: {}", argv.join(" "))?;
+    let offset = log.metadata()?.len();
+    Ok((log, offset))
+}
+
+/// The last `lines` lines written to `path` after `offset`.
+fn log_tail(path: &Path, offset: u64, lines: usize) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let from = offset.max(len.saturating_sub(LOG_TAIL_BYTES));
+        file.seek(SeekFrom::Start(from))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    match read() {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all[all.len().saturating_sub(lines)..].join("\n");
+            if tail.trim().is_empty() {
+                "(nothing)".to_owned()
+            } else {
+                tail
+            }
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => format!("exited ({status})"),
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago (as JupyterHub's `random_port`).
+async fn free_port() -> std::io::Result<u16> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(user: &str, server: &str) -> SpawnRequest {
+        SpawnRequest {
+            user: user.into(),
+            server: server.into(),
+            groups: vec![],
+            profile: None,
+            user_options: json!({}),
+            env: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn prefix_defaults_and_normalization() {
+        assert_eq!(service_prefix(&request("alice", "")), "/user/alice/");
+        assert_eq!(service_prefix(&request("alice", "gpu")), "/user/alice/gpu/");
+        let mut r = request("alice", "");
+        r.env
+            .insert("JUPYTERHUB_SERVICE_PREFIX".into(), "hub/user/alice".into());
+        assert_eq!(service_prefix(&r), "/hub/user/alice/");
+    }
+
+    #[test]
+    fn names_must_be_path_components() {
+        assert!(check_path_name("user name", "alice@example.org", false).is_ok());
+        assert!(check_path_name("server name", "", true).is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b"] {
+            assert!(check_path_name("user name", bad, false).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn handle_round_trip_and_validation() {
+        let handle = LocalHandle {
+            pid: 1234,
+            pgid: 1234,
+            port: 5678,
+            url: "http://127.0.0.1:5678".into(),
+            start_time: 99,
+            prefix: None,
+            boot_id: None,
+        };
+        let value = handle.to_value();
+        assert_eq!(
+            value,
+            json!({"pid": 1234, "pgid": 1234, "port": 5678,
+                   "url": "http://127.0.0.1:5678", "start_time": 99})
+        );
+        assert_eq!(LocalHandle::from_value(&value).unwrap(), handle);
+        for bad in [
+            json!({"name": "ws-alice"}),
+            json!({"pid": 1234, "pgid": 1, "port": 1, "url": "", "start_time": 0}),
+            json!({"pid": 1, "pgid": 1, "port": 1, "url": "", "start_time": 0}),
+            json!({"pid": 0, "pgid": 0, "port": 1, "url": "", "start_time": 0}),
+        ] {
+            assert!(matches!(
+                LocalHandle::from_value(&bad),
+                Err(BackendError::BadHandle(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn env_fills_in_without_overriding() {
+        let mut r = request("alice", "");
+        r.env.insert("JUPYTERHUB_USER".into(), "alice".into());
+        let env: BTreeMap<_, _> = server_env(&r, "/user/alice/", 4321, Path::new("/s/users/alice"))
+            .into_iter()
+            .collect();
+        assert_eq!(
+            env["JUPYTERHUB_SERVICE_URL"],
+            "http://127.0.0.1:4321/user/alice/"
+        );
+        assert_eq!(env["HOME"], "/s/users/alice");
+        assert_eq!(env["JUPYTERHUB_SERVICE_PREFIX"], "/user/alice/");
+        assert_eq!(env["JUPYTERHUB_SERVER_NAME"], "");
+        assert!(!env.contains_key("JUPYTERHUB_USER"));
+    }
+
+    #[test]
+    fn log_tail_reads_only_this_run() {
+        let dir = std::env::temp_dir().join(format!("atelier-local-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.log");
+        std::fs::write(&path, "old run\n").unwrap();
+        let (mut log, offset) = open_log(&path, &["cmd".into()], 1).unwrap();
+        for i in 0..30 {
+            writeln!(log, "line {i}").unwrap();
+        }
+        let tail = log_tail(&path, offset, 20);
+        assert!(tail.starts_with("line 10\n"), "{tail}");
+        assert!(tail.ends_with("line 29"), "{tail}");
+        let (_, offset) = open_log(&path, &["cmd".into()], 1).unwrap();
+        assert_eq!(log_tail(&path, offset, 20), "(nothing)");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
