@@ -1,0 +1,398 @@
+//! One request: route, authorize, forward (streaming both ways), or answer in the proxy's name.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::auth::Access;
+use super::body::{RequestBody, ResponseBody};
+use super::paths::{
+    credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path, path_and_query,
+    remove_hop_by_hop, server_label, spawn_url, strip_session_cookie,
+};
+use super::routes::{Resolved, Upstream};
+use super::splice::splice;
+use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Where a forwarded request goes.
+enum Dest {
+    /// The default target (the hub).
+    Hub,
+    /// A user's server.
+    User {
+        user: String,
+        server: String,
+        /// The route came from the cache: a refused connection is worth a fresh lookup.
+        cached: bool,
+        browser: bool,
+    },
+}
+
+impl Proxy {
+    /// Answers one request.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        ctx: ConnCtx,
+    ) -> Response<ResponseBody> {
+        if req.uri().path() == HEALTH_PATH {
+            return self.health();
+        }
+        let Some(user_path) = parse_user_path(req.uri().path()) else {
+            let hub = self.default_upstream.clone();
+            return self.forward(req, &ctx, &hub, Dest::Hub).await;
+        };
+        let user = user_path.user.into_owned();
+        let segment = user_path.segment.map(std::borrow::Cow::into_owned);
+        let browser = is_browser_navigation(req.method(), req.headers());
+
+        // Without any credential nothing else is worth asking.
+        let creds = match &self.auth {
+            Some(_) => {
+                let creds = credentials(req.uri(), req.headers());
+                if creds.is_empty() {
+                    return unauthenticated(browser, path_and_query(req.uri()));
+                }
+                creds
+            }
+            None => Vec::new(),
+        };
+        let resolved = match self.routes.resolve(&user, segment.as_deref()).await {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                tracing::error!(error = %e, user, "route lookup failed");
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the routing table is unavailable",
+                );
+            }
+        };
+        if let Some(gate) = &self.auth {
+            match gate.check(&creds, &user, resolved.server()).await {
+                Ok(Access::Allowed) => {}
+                Ok(Access::Forbidden) => {
+                    return json_error(
+                        StatusCode::FORBIDDEN,
+                        &format!(
+                            "access to server {} is not allowed to this credential",
+                            server_label(&user, resolved.server())
+                        ),
+                    );
+                }
+                Ok(Access::Unauthenticated) => {
+                    return unauthenticated(browser, path_and_query(req.uri()));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, user, "authorization failed");
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "authorization is unavailable",
+                    );
+                }
+            }
+        }
+        match resolved {
+            Resolved::Down { server } => {
+                not_running(browser, &user, &server, path_and_query(req.uri()))
+            }
+            Resolved::Up {
+                server,
+                upstream,
+                cached,
+            } => {
+                let dest = Dest::User {
+                    user,
+                    server,
+                    cached,
+                    browser,
+                };
+                self.forward(req, &ctx, &upstream, dest).await
+            }
+        }
+    }
+
+    fn health(&self) -> Response<ResponseBody> {
+        json_response(
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "routes": self.routes.len()}),
+        )
+    }
+
+    /// Forwards `req` to `upstream`, and on a refused connection to a cached route, once more to
+    /// where a fresh lookup says the server now is.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        ctx: &ConnCtx,
+        upstream: &Upstream,
+        dest: Dest,
+    ) -> Response<ResponseBody> {
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let original = parts.uri.path_and_query().cloned();
+        prepare_headers(
+            &mut parts.headers,
+            ctx.remote.ip(),
+            upgrade,
+            matches!(dest, Dest::User { .. }),
+        );
+        let retry = matches!(dest, Dest::User { cached: true, .. })
+            .then(|| (parts.method.clone(), parts.headers.clone()));
+        parts.uri = upstream.uri(original.as_ref());
+        parts.version = Version::HTTP_11;
+        let (body, reclaim) = if retry.is_some() {
+            let (body, reclaim) = RequestBody::reclaimable(body);
+            (body, Some(reclaim))
+        } else {
+            (RequestBody::owned(body), None)
+        };
+
+        let error = match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => return respond(resp, client_upgrade, ctx),
+            Err(e) => e,
+        };
+        let Dest::User {
+            user,
+            server,
+            browser,
+            ..
+        } = dest
+        else {
+            tracing::warn!(error = %error, target = %upstream.origin, "the hub did not answer");
+            return json_error(StatusCode::BAD_GATEWAY, "the hub is not reachable");
+        };
+        let label = server_label(&user, &server);
+        let bad_gateway = || {
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("server {label} did not answer"),
+            )
+        };
+        let (Some((method, headers)), Some(reclaim), true) = (retry, reclaim, error.is_connect())
+        else {
+            tracing::warn!(error = %error, server = %label, "upstream failed");
+            return bad_gateway();
+        };
+        // A stale route, maybe: the server stopped, or moved.
+        let fresh = match self.routes.lookup(&user, &server).await {
+            Ok(Some(fresh)) if fresh.origin != upstream.origin => fresh,
+            Ok(Some(_)) => {
+                tracing::warn!(error = %error, server = %label, "upstream refused the connection");
+                return bad_gateway();
+            }
+            Ok(None) => {
+                let original = original.as_ref().map_or("/", PathAndQuery::as_str);
+                return not_running(browser, &user, &server, original);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, server = %label, "route lookup failed");
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the routing table is unavailable",
+                );
+            }
+        };
+        let Some(body) = reclaim.take() else {
+            return bad_gateway();
+        };
+        let mut retry = Request::new(RequestBody::owned(body));
+        *retry.method_mut() = method;
+        *retry.uri_mut() = fresh.uri(original.as_ref());
+        *retry.version_mut() = Version::HTTP_11;
+        *retry.headers_mut() = headers;
+        match self.client.request(retry).await {
+            Ok(resp) => respond(resp, client_upgrade, ctx),
+            Err(e) => {
+                tracing::warn!(error = %e, server = %label, "upstream failed after a fresh lookup");
+                bad_gateway()
+            }
+        }
+    }
+}
+
+/// The headers sent upstream: hop-by-hop ones dropped (the handshake's kept for an upgrade),
+/// `X-Forwarded-*` added, the hub's session cookie withheld from users' servers. `Host` stays
+/// as the client sent it, as configurable-http-proxy does.
+fn prepare_headers(headers: &mut HeaderMap, remote: IpAddr, upgrade: bool, user_server: bool) {
+    remove_hop_by_hop(headers, upgrade);
+    let ip = remote.to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(host) = headers.get(header::HOST).cloned()
+    {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    if user_server {
+        strip_session_cookie(headers);
+    }
+}
+
+/// The upstream's response as the client gets it; on `101 Switching Protocols` the two
+/// upgraded connections are spliced together.
+fn respond(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    ctx: &ConnCtx,
+) -> Response<ResponseBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "the upstream switched protocols unasked",
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let mut phase = ctx.phase.clone();
+        tokio::spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            tokio::select! {
+                result = splice(TokioIo::new(client), TokioIo::new(upstream)) => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                _ = phase.wait_for(|p| *p != Phase::Running) => {}
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        remove_hop_by_hop(&mut parts.headers, true);
+        return Response::from_parts(parts, Either::Right(Full::default()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    remove_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// `{"status": N, "message": "..."}`, JupyterHub's error shape.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    json_response(
+        status,
+        serde_json::json!({"status": status.as_u16(), "message": message}),
+    )
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn redirect(location: &str) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Right(Full::default()));
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, value);
+    }
+    resp
+}
+
+/// No valid credential: a browser goes to the hub's login page, an API client gets 401.
+fn unauthenticated(browser: bool, original: &str) -> Response<ResponseBody> {
+    if browser {
+        redirect(&login_url(original))
+    } else {
+        json_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: a token or a hub session",
+        )
+    }
+}
+
+/// No server of the path runs: a browser goes to the hub's spawn page, an API client gets 503.
+fn not_running(browser: bool, user: &str, server: &str, original: &str) -> Response<ResponseBody> {
+    if browser {
+        redirect(&spawn_url(user, server, original))
+    } else {
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("server {} is not running", server_label(user, server)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.org"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("atelier-session=s; a=1"),
+        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        prepare_headers(&mut h, "10.1.2.3".parse().unwrap(), false, true);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "example.org");
+        assert_eq!(h[header::HOST], "example.org");
+        assert_eq!(h[header::COOKIE], "a=1");
+        assert!(!h.contains_key(header::CONNECTION));
+
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("atelier-session=s"),
+        );
+        prepare_headers(&mut h, "127.0.0.1".parse().unwrap(), false, false);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[header::COOKIE], "atelier-session=s");
+    }
+
+    #[test]
+    fn redirects_and_errors() {
+        let r = not_running(true, "alice", "gpu", "/user/alice/gpu/?a=1");
+        assert_eq!(r.status(), StatusCode::FOUND);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "/hub/spawn/alice/gpu?next=%2Fuser%2Falice%2Fgpu%2F%3Fa%3D1"
+        );
+        let r = not_running(false, "alice", "gpu", "/user/alice/gpu/");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = unauthenticated(true, "/user/a/");
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "/hub/login?next=%2Fuser%2Fa%2F"
+        );
+        assert_eq!(
+            unauthenticated(false, "/").status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
