@@ -6,5 +6,6 @@ pub mod crdgen;
 pub mod hub;
 pub mod operator;
 pub mod policy;
+pub mod proxy;
 pub mod scopes;
 pub mod store;
