@@ -1,6 +1,6 @@
 //! Pure: what the observed pod says about the workspace (phase, Ready condition, message).
 //!
-//! [`derive`] turns the observed pod (or none), the desired state and the outcome of validation
+//! [`derive()`] turns the observed pod (or none), the desired state and the outcome of validation
 //! into a [`WorkspaceStatus`]; [`transition`] says which Event a status change deserves. No
 //! client, no clock: the caller passes `now`.
 
@@ -25,7 +25,7 @@ const FATAL_WAITING_REASONS: [&str; 4] = [
 /// Restarts after which a container that keeps terminating counts as crash-looping.
 const CRASH_RESTARTS: i32 = 3;
 
-/// What [`derive`] needs besides the previous status.
+/// What [`derive()`] needs besides the previous status.
 #[derive(Clone, Debug)]
 pub struct StatusInput<'a> {
     /// `metadata.generation` of the Workspace.

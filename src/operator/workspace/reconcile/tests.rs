@@ -849,3 +849,63 @@ async fn missing_request_fails_the_scenario_instead_of_hanging() {
     let panic = joined.expect_err("the scenario fails");
     assert!(panic.is_panic());
 }
+
+#[tokio::test]
+async fn unchanged_refusal_writes_nothing_and_publishes_no_new_event() {
+    let cfg = OperatorConfig::default();
+    let mut ws = workspace();
+    ws.spec.resources = Some(ResourceRequest {
+        gpus: Some(1),
+        ..ResourceRequest::default()
+    });
+    let refusal =
+        validate::validate(&ws, &inputs(&ws, TOKEN), &cfg).expect_err("no pool offers GPUs");
+    let input = StatusInput {
+        generation: ws.metadata.generation,
+        desired_state: DesiredState::Running,
+        refusal: Some(&refusal),
+        node_pool: None,
+        url: None,
+        pod: None,
+        replacing: false,
+    };
+    ws.status = Some(status::derive(&input, None, &t0()));
+    let d = children(&workspace(), &cfg);
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.push(list_pods(&ws, &[]));
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
+    assert_eq!(outcome.writes().len(), 0, "{:?}", write_log(&outcome));
+}
+
+#[tokio::test]
+async fn pod_under_another_name_is_deleted_and_the_desired_one_created() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let pod = the_pod(&d);
+    let mut stray = running_pod(&d);
+    stray.metadata.name = Some("ws-alice-old".into());
+    let ws = with_status(ws, &cfg, Some(&observed(&pod)));
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.extend([
+        list_pods(&ws, std::slice::from_ref(&stray)),
+        Step::delete(pod_path(&ws, &stray), None),
+        Step::apply(pod_path(&ws, &pod), applied(&pod)),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    // The created pod has no status yet, as before: the status is unchanged.
+    assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "DELETE /api/v1/namespaces/team/pods/ws-alice-old",
+            "PATCH /api/v1/namespaces/team/pods/ws-alice",
+        ]
+    );
+}
