@@ -9,8 +9,10 @@ use axum::Router;
 use crate::backend::WorkspaceBackend;
 use crate::store::Store;
 
+pub mod api;
 pub mod auth;
 pub mod error;
+pub mod spawner;
 pub mod spawns;
 
 pub use error::{HubError, HubResult};
@@ -99,5 +101,5 @@ impl Hub {
 
 /// Every route of the hub.
 pub fn router(hub: HubState) -> Router {
-    Router::new().with_state(hub)
+    Router::new().merge(api::router()).with_state(hub)
 }

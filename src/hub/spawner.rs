@@ -1,0 +1,896 @@
+//! Start and stop orchestration of users' servers, shared by the REST API and the web UI.
+//!
+//! The server row in the store is the truth; every transition is one of the store's conditional
+//! statements, so several hub processes on one database agree. A start:
+//!
+//! 1. checks the name, creates the server row if needed and moves it Stopped/Failed → Starting;
+//! 2. issues the server's credentials: an API token with JupyterHub's `server` role
+//!    (`users:activity!user=<u>`, `access:servers!server=<u>/<s>`) and the OAuth client
+//!    `jupyterhub-user-<u>[-<s>]` whose secret is that token; the token is tied to the client, so
+//!    deleting the client at stop revokes it with every OAuth token issued to the server;
+//! 3. computes the environment JupyterHub's `Spawner.get_env` gives a single-user server;
+//! 4. drives `backend.start` in a task of its own, bounded by `spawn_timeout_secs`, publishing
+//!    progress to [`Spawns`](super::spawns::Spawns). The task also watches the row: when a stop
+//!    moves it out of Starting (from this process or another), the start is dropped, which makes
+//!    the backend clean up.
+//!
+//! Success marks the row Running with the backend's URL and handle; failure marks it Failed, and
+//! records the message in the audit log (where the progress API of any hub process finds it).
+//!
+//! A restarted hub calls [`recover`] to re-adopt live servers and stop dead ones; [`watch`] keeps
+//! noticing servers that exit on their own.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::api::models::server_url;
+use super::{HubError, HubResult, HubState};
+use crate::backend::{BackendError, BackendStatus, ProgressEvent, SpawnRequest};
+use crate::store::{
+    self, AuditAction, NewAuditEvent, NewOAuthClient, NewToken, Server, ServerState,
+    ServerWithOwner, StartRequest, StoreError, TokenOwner, User, oauth_client_id,
+};
+
+/// How long a start or stop request waits for the outcome before answering "pending" (202).
+pub const READY_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a spawn in progress checks that its row is still Starting.
+const ROW_POLL: Duration = Duration::from_secs(1);
+
+/// How often [`watch`] sweeps the running servers.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Servers read per statement by [`recover`] and [`sweep`].
+const SWEEP_PAGE: u32 = 200;
+
+/// Backend polls run at once by [`recover`] and [`sweep`].
+const SWEEP_CONCURRENCY: usize = 16;
+
+/// What a start request led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// The server is ready (JupyterHub's 201).
+    Ready,
+    /// The server is starting (JupyterHub's 202).
+    Pending,
+}
+
+/// What a stop request led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The server is stopped (JupyterHub's 204).
+    Stopped,
+    /// The server is stopping (JupyterHub's 202).
+    Pending,
+}
+
+/// What a start asks for.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The WorkspaceProfile; by default the `profile` of `user_options`, if a string.
+    pub profile: Option<String>,
+    /// JupyterHub's `user_options`; `None` reuses those of the previous start.
+    pub user_options: Option<Value>,
+    /// A display name for the server.
+    pub display_name: Option<String>,
+    /// Who asks (a user or service name), for the audit log; `None` for the hub itself.
+    pub actor: Option<String>,
+}
+
+/// What [`recover`] or [`sweep`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Servers found alive and kept (or marked Running).
+    pub adopted: Vec<String>,
+    /// Servers found dead (or interrupted) and marked stopped.
+    pub stopped: Vec<String>,
+    /// Servers left as they are (a spawn still young enough to be driven by another hub, or a
+    /// backend that could not tell).
+    pub left: Vec<String>,
+}
+
+/// `user/server`, as logs and audit events name a server.
+fn log_name(user: &str, server: &str) -> String {
+    format!("{user}/{server}")
+}
+
+/// The scopes of a server's own API token: JupyterHub's `server` role.
+pub fn server_token_scopes(user: &str, server: &str) -> Vec<String> {
+    vec![
+        format!("users:activity!user={user}"),
+        format!("access:servers!server={user}/{server}"),
+    ]
+}
+
+/// The scopes a token needs to access the server (JupyterHub's `oauth_access_scopes`).
+pub fn access_scopes(user: &str, server: &str) -> Vec<String> {
+    vec![
+        format!("access:servers!server={user}/{server}"),
+        format!("access:servers!user={user}"),
+    ]
+}
+
+/// The OAuth redirect URI registered for a server, also given to it as
+/// `JUPYTERHUB_OAUTH_CALLBACK_URL` (the single-user server sends it verbatim, and it must match):
+/// `<public_url>/user/<u>/[<s>/]oauth_callback`, as the operator computes it.
+pub fn oauth_callback_url(public_url: &str, user: &str, server: &str) -> String {
+    format!(
+        "{}{}oauth_callback",
+        public_url.trim_end_matches('/'),
+        server_url(user, server)
+    )
+}
+
+/// The `JUPYTERHUB_*` environment of a single-user server, as JupyterHub's `Spawner.get_env`
+/// computes it. `JUPYTERHUB_SERVICE_URL` (where the server binds) is left to the backend.
+pub fn server_env(
+    config: &super::HubConfig,
+    user: &str,
+    server: &str,
+    api_token: &str,
+    user_options: &Value,
+) -> BTreeMap<String, String> {
+    let prefix = server_url(user, server);
+    let public = config.public_url.trim_end_matches('/');
+    let api_url = config.server_api_url.trim_end_matches('/');
+    let json_list = |v: Vec<String>| serde_json::to_string(&v).unwrap_or_else(|_| "[]".into());
+    let mut env = BTreeMap::new();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_owned(), v);
+    };
+    set("JUPYTERHUB_API_TOKEN", api_token.to_owned());
+    set("JPY_API_TOKEN", api_token.to_owned());
+    set("JUPYTERHUB_CLIENT_ID", oauth_client_id(user, server));
+    set("JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED", "0".into());
+    set("JUPYTERHUB_HOST", String::new());
+    set(
+        "JUPYTERHUB_OAUTH_CALLBACK_URL",
+        oauth_callback_url(public, user, server),
+    );
+    set(
+        "JUPYTERHUB_OAUTH_SCOPES",
+        json_list(access_scopes(user, server)),
+    );
+    set(
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES",
+        json_list(access_scopes(user, server)),
+    );
+    set("JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES", "[]".into());
+    set("JUPYTERHUB_USER", user.to_owned());
+    set("JUPYTERHUB_SERVER_NAME", server.to_owned());
+    set("JUPYTERHUB_API_URL", api_url.to_owned());
+    set(
+        "JUPYTERHUB_ACTIVITY_URL",
+        format!(
+            "{api_url}/users/{}/activity",
+            super::api::escape_segment(user)
+        ),
+    );
+    set("JUPYTERHUB_BASE_URL", "/".into());
+    set("JUPYTERHUB_SERVICE_PREFIX", prefix.clone());
+    if !public.is_empty() {
+        set("JUPYTERHUB_PUBLIC_URL", format!("{public}{prefix}"));
+        set("JUPYTERHUB_PUBLIC_HUB_URL", format!("{public}/hub/"));
+    }
+    if let Some(url) = user_options.get("default_url").and_then(Value::as_str) {
+        set("JUPYTERHUB_DEFAULT_URL", url.to_owned());
+    }
+    env
+}
+
+/// The message a failed backend call shows the user (internal errors are only logged).
+fn failure_message(err: &BackendError) -> String {
+    match err {
+        BackendError::SpawnFailed(m) => m.clone(),
+        BackendError::Timeout(_) => err.to_string(),
+        BackendError::BadHandle(_) | BackendError::Other(_) => {
+            "the backend could not start the server (see the hub's log)".to_owned()
+        }
+    }
+}
+
+async fn audit(
+    hub: &HubState,
+    action: AuditAction,
+    actor: Option<&str>,
+    user: &str,
+    server: &str,
+    detail: Value,
+) {
+    let event = NewAuditEvent {
+        action,
+        actor: actor.map(str::to_owned),
+        target_user: Some(user.to_owned()),
+        target_server: Some(server.to_owned()),
+        detail,
+    };
+    if let Err(e) = hub.store.append_audit(&event).await {
+        tracing::error!(error = %e, server = %log_name(user, server), "cannot write audit event");
+    }
+}
+
+/// Deletes the server's OAuth client if it is this server's, which revokes the server's API
+/// token and every OAuth token issued to it.
+pub async fn revoke_credentials(hub: &HubState, user: &str, server: &Server) -> HubResult<()> {
+    let client_id = oauth_client_id(user, &server.name);
+    match hub.store.get_oauth_client(&client_id).await {
+        Ok(client) if client.server_id == Some(server.id) => {
+            match hub.store.delete_oauth_client(&client_id).await {
+                Ok(()) | Err(StoreError::NotFound) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Ok(_) | Err(StoreError::NotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The server row as it is now.
+async fn reload(hub: &HubState, id: i64) -> HubResult<Server> {
+    hub.store
+        .get_server_by_id(id)
+        .await
+        .map_err(|e| HubError::from_store("server", e))
+}
+
+/// Starts server `server_name` of `user` (creating a named server's row on first start).
+///
+/// 400 for an invalid name or a server already running or stopping, 409 when the name collides
+/// with another server's (ignoring case, or through the OAuth client id). Waits up to
+/// [`READY_WAIT`] for the server to be ready; a spawn that fails within that time is an error.
+pub async fn start_server(
+    hub: &HubState,
+    user: &User,
+    server_name: &str,
+    options: StartOptions,
+) -> HubResult<StartOutcome> {
+    let name = log_name(&user.name, server_name);
+    super::api::check_name("server", server_name)?;
+    let mut server = match hub.store.get_server(user.id, server_name).await {
+        Ok(server) => server,
+        Err(StoreError::NotFound) => {
+            check_new_server_name(server_name)?;
+            hub.store
+                .create_server(user.id, server_name)
+                .await
+                .map_err(|e| HubError::from_store(format!("server {name}"), e))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let client_id = oauth_client_id(&user.name, server_name);
+    match hub.store.get_oauth_client(&client_id).await {
+        Ok(client) if client.server_id != Some(server.id) => {
+            return Err(HubError::Conflict(format!(
+                "server {name} cannot start: its OAuth client id {client_id:?} belongs to another \
+                 server (names that join to the same id collide)"
+            )));
+        }
+        Ok(_) | Err(StoreError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match server.state {
+        ServerState::Starting => return Ok(StartOutcome::Pending),
+        ServerState::Stopping => {
+            return Err(HubError::BadRequest(format!("{name} is pending stop")));
+        }
+        ServerState::Running => match hub.backend.poll(&server.spawner_state).await {
+            Ok(BackendStatus::Running { .. } | BackendStatus::Starting) | Err(_) => {
+                return Err(HubError::BadRequest(format!("{name} is already running")));
+            }
+            Ok(BackendStatus::Stopped { .. } | BackendStatus::Failed { .. }) => {
+                tracing::info!(server = %name, "server found dead at start: marking it stopped");
+                if hub.store.begin_stop(server.id).await.is_ok() {
+                    server = hub.store.mark_stopped(server.id).await?;
+                    revoke_credentials(hub, &user.name, &server).await?;
+                }
+            }
+        },
+        ServerState::Stopped | ServerState::Failed => {}
+    }
+
+    let profile = options.profile.clone().or_else(|| {
+        options
+            .user_options
+            .as_ref()
+            .and_then(|o| o.get("profile"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let request = StartRequest {
+        profile,
+        user_options: options.user_options.clone(),
+        display_name: options.display_name.clone(),
+    };
+    let server = match hub
+        .store
+        .begin_start(server.id, &request, store::now())
+        .await
+    {
+        Ok(server) => server,
+        Err(StoreError::Conflict(_)) => {
+            return match reload(hub, server.id).await?.state {
+                ServerState::Starting => Ok(StartOutcome::Pending),
+                ServerState::Stopping => {
+                    Err(HubError::BadRequest(format!("{name} is pending stop")))
+                }
+                _ => Err(HubError::BadRequest(format!("{name} is already running"))),
+            };
+        }
+        Err(e) => return Err(HubError::from_store(format!("server {name}"), e)),
+    };
+
+    let spawn = match prepare_spawn(hub, user, &server).await {
+        Ok(spawn) => spawn,
+        Err(e) => {
+            let _ = hub.store.mark_failed(server.id).await;
+            let _ = revoke_credentials(hub, &user.name, &server).await;
+            return Err(e);
+        }
+    };
+    audit(
+        hub,
+        AuditAction::ServerStart,
+        options.actor.as_deref(),
+        &user.name,
+        server_name,
+        json!({"profile": server.profile, "user_options": server.user_options}),
+    )
+    .await;
+
+    hub.spawns.begin(server.id);
+    hub.spawns.publish(
+        server.id,
+        ProgressEvent {
+            progress: 0,
+            message: "Server requested".into(),
+            ready: false,
+            failed: false,
+        },
+    );
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(drive_start(
+        hub.clone(),
+        server,
+        user.name.clone(),
+        spawn,
+        done_tx,
+    ));
+    match tokio::time::timeout(READY_WAIT, done_rx).await {
+        Ok(Ok(Ok(()))) => Ok(StartOutcome::Ready),
+        Ok(Ok(Err(message))) => Err(HubError::Status(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Spawn failed: {message}"),
+        )),
+        Ok(Err(_)) | Err(_) => Ok(StartOutcome::Pending),
+    }
+}
+
+/// 400 unless `name` is a valid name for a new server (`policy::names`).
+pub fn check_new_server_name(name: &str) -> HubResult<()> {
+    super::api::check_name("server", name)?;
+    if !crate::policy::names::is_valid_server_name(name) {
+        return Err(HubError::BadRequest(format!(
+            "Invalid server name {name:?}: 1 to 63 characters of a-z, 0-9 and '-', starting and \
+             ending with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// Issues the server's credentials and builds the backend's request.
+async fn prepare_spawn(hub: &HubState, user: &User, server: &Server) -> HubResult<SpawnRequest> {
+    let client_id = oauth_client_id(&user.name, &server.name);
+    // A clean slate: tokens of an earlier run that was not stopped cleanly go with the client.
+    revoke_credentials(hub, &user.name, server).await?;
+    let prefix = server_url(&user.name, &server.name);
+    let token = store::tokens::generate_token();
+    hub.store
+        .upsert_oauth_client(&NewOAuthClient {
+            client_id: client_id.clone(),
+            description: format!("Server at {prefix}"),
+            secret: token.clone(),
+            redirect_uri: oauth_callback_url(&hub.config.public_url, &user.name, &server.name),
+            server_id: Some(server.id),
+            allowed_scopes: access_scopes(&user.name, &server.name),
+        })
+        .await
+        .map_err(|e| HubError::from_store(format!("OAuth client {client_id}"), e))?;
+    hub.store
+        .create_token_with_value(
+            &token,
+            &NewToken {
+                owner: TokenOwner::User(user.id),
+                scopes: server_token_scopes(&user.name, &server.name),
+                note: Some(format!("Server at {prefix}")),
+                expires_at: None,
+                oauth_client_id: Some(client_id),
+                session_id: None,
+            },
+        )
+        .await?;
+    let groups = hub.store.user_groups(user.id).await?;
+    Ok(SpawnRequest {
+        user: user.name.clone(),
+        server: server.name.clone(),
+        groups,
+        profile: server.profile.clone(),
+        user_options: server.user_options.clone(),
+        env: server_env(
+            &hub.config,
+            &user.name,
+            &server.name,
+            &token,
+            &server.user_options,
+        ),
+    })
+}
+
+/// Resolves when the server's row is no longer Starting, with its state.
+async fn left_starting(hub: &HubState, id: i64) -> ServerState {
+    loop {
+        tokio::time::sleep(ROW_POLL).await;
+        match hub.store.get_server_by_id(id).await {
+            Ok(s) if s.state == ServerState::Starting => {}
+            Ok(s) => return s.state,
+            // Deleted (with its user): nothing to start for.
+            Err(StoreError::NotFound) => return ServerState::Stopped,
+            Err(e) => tracing::warn!(error = %e, "cannot read a starting server's row"),
+        }
+    }
+}
+
+enum StartEnd {
+    Started(crate::backend::Spawned),
+    Failed(BackendError),
+    Cancelled(ServerState),
+}
+
+/// Drives one start to its end; sends the outcome (`Err(message)` on failure) on `done`.
+async fn drive_start(
+    hub: HubState,
+    server: Server,
+    user: String,
+    request: SpawnRequest,
+    done: oneshot::Sender<Result<(), String>>,
+) {
+    let id = server.id;
+    let name = log_name(&user, &server.name);
+    let (tx, mut rx) = mpsc::channel::<ProgressEvent>(32);
+    let forward = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            while let Some(mut event) = rx.recv().await {
+                // Only the hub says when a spawn is over (JupyterHub drops a backend's `ready`).
+                event.ready = false;
+                event.failed = false;
+                event.progress = event.progress.min(99);
+                hub.spawns.publish(id, event);
+            }
+        })
+    };
+    let timeout = Duration::from_secs(hub.config.spawn_timeout_secs);
+    let end = {
+        let start = hub.backend.start(request, tx);
+        tokio::select! {
+            r = start => match r {
+                Ok(spawned) => StartEnd::Started(spawned),
+                Err(e) => StartEnd::Failed(e),
+            },
+            () = tokio::time::sleep(timeout) => {
+                StartEnd::Failed(BackendError::Timeout(hub.config.spawn_timeout_secs))
+            }
+            state = left_starting(&hub, id) => StartEnd::Cancelled(state),
+        }
+    };
+    // The start future is gone with its sender: every event it sent is published before the end.
+    let _ = forward.await;
+    let outcome = match end {
+        StartEnd::Started(spawned) => {
+            match hub
+                .store
+                .mark_running(id, &spawned.url, &spawned.handle, store::now())
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(server = %name, url = %spawned.url, "server ready");
+                    let url = server_url(&user, &server.name);
+                    hub.spawns.publish(
+                        id,
+                        ProgressEvent {
+                            progress: 100,
+                            message: format!("Server ready at {url}"),
+                            ready: true,
+                            failed: false,
+                        },
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    // Stopped (or failed) while starting: undo the start.
+                    tracing::info!(server = %name, error = %e, "server started after its spawn ended: stopping it");
+                    if let Err(e) = hub.backend.stop(&spawned.handle).await {
+                        tracing::error!(server = %name, error = %e, "cannot stop a cancelled server");
+                    }
+                    finish_cancelled(&hub, &server, &user).await;
+                    Err("Spawn cancelled".to_owned())
+                }
+            }
+        }
+        StartEnd::Failed(err) => {
+            tracing::warn!(server = %name, error = ?err, "spawn failed");
+            let message = failure_message(&err);
+            match hub.store.mark_failed(id).await {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => tracing::error!(server = %name, error = %e, "cannot mark server failed"),
+            }
+            if let Err(e) = revoke_credentials(&hub, &user, &server).await {
+                tracing::error!(server = %name, error = %e, "cannot revoke server credentials");
+            }
+            audit(
+                &hub,
+                AuditAction::ServerStart,
+                None,
+                &user,
+                &server.name,
+                json!({"failed": true, "message": message}),
+            )
+            .await;
+            hub.spawns.publish(
+                id,
+                ProgressEvent {
+                    progress: 100,
+                    message: format!("Spawn failed: {message}"),
+                    ready: false,
+                    failed: true,
+                },
+            );
+            Err(message)
+        }
+        StartEnd::Cancelled(state) => {
+            tracing::info!(server = %name, state = state.as_str(), "spawn cancelled");
+            if state == ServerState::Stopping {
+                finish_cancelled(&hub, &server, &user).await;
+            }
+            hub.spawns.publish(
+                id,
+                ProgressEvent {
+                    progress: 100,
+                    message: "Spawn cancelled".into(),
+                    ready: false,
+                    failed: true,
+                },
+            );
+            Err("Spawn cancelled".to_owned())
+        }
+    };
+    hub.spawns.end(id);
+    let _ = done.send(outcome);
+}
+
+/// A start interrupted by a stop: the row goes Stopped and the credentials go.
+async fn finish_cancelled(hub: &HubState, server: &Server, user: &str) {
+    if let Err(e) = hub.store.mark_stopped(server.id).await {
+        tracing::error!(error = %e, "cannot mark a cancelled server stopped");
+    }
+    if let Err(e) = revoke_credentials(hub, user, server).await {
+        tracing::error!(error = %e, "cannot revoke a cancelled server's credentials");
+    }
+}
+
+/// Stops a server. Stopped and failed servers are left as they are; a starting server's spawn is
+/// cancelled (by whichever hub process drives it); a running server is stopped by a task of its
+/// own, waited for up to [`READY_WAIT`].
+pub async fn stop_server(
+    hub: &HubState,
+    user: &str,
+    server: &Server,
+    actor: Option<&str>,
+) -> HubResult<StopOutcome> {
+    let name = log_name(user, &server.name);
+    match server.state {
+        ServerState::Stopped | ServerState::Failed => return Ok(StopOutcome::Stopped),
+        ServerState::Stopping => return Ok(StopOutcome::Pending),
+        ServerState::Starting | ServerState::Running => {}
+    }
+    let stopping = match hub.store.begin_stop(server.id).await {
+        Ok(s) => s,
+        Err(StoreError::Conflict(_)) => {
+            // It moved meanwhile: answer for its state now.
+            let now = reload(hub, server.id).await?;
+            return match now.state {
+                ServerState::Stopped | ServerState::Failed => Ok(StopOutcome::Stopped),
+                ServerState::Stopping | ServerState::Starting | ServerState::Running => {
+                    Ok(StopOutcome::Pending)
+                }
+            };
+        }
+        Err(e) => return Err(HubError::from_store(format!("server {name}"), e)),
+    };
+    audit(
+        hub,
+        AuditAction::ServerStop,
+        actor,
+        user,
+        &server.name,
+        json!({"from": server.state.as_str()}),
+    )
+    .await;
+    if server.state == ServerState::Starting {
+        let driven_here = hub.spawns.subscribe(server.id).is_some();
+        if driven_here || !is_stale_start(hub, server.started) {
+            // The spawn's driver sees the row leave Starting and cancels the start.
+            return Ok(StopOutcome::Pending);
+        }
+        tracing::warn!(server = %name, "stopping a spawn whose driver is gone");
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(drive_stop(hub.clone(), stopping, user.to_owned(), done_tx));
+    match tokio::time::timeout(READY_WAIT, done_rx).await {
+        Ok(Ok(())) => Ok(StopOutcome::Stopped),
+        _ => Ok(StopOutcome::Pending),
+    }
+}
+
+/// Whether a spawn that began at `started` has outlived the spawn timeout (its driver, in any
+/// hub process, would have ended it).
+fn is_stale_start(hub: &HubState, started: Option<DateTime<Utc>>) -> bool {
+    let limit = chrono::Duration::seconds(hub.config.spawn_timeout_secs as i64 + 30);
+    started.is_none_or(|at| store::now() - at > limit)
+}
+
+/// Stops a Stopping server in the backend and marks it stopped (failed when the backend cannot
+/// stop it).
+async fn drive_stop(hub: HubState, server: Server, user: String, done: oneshot::Sender<()>) {
+    let name = log_name(&user, &server.name);
+    let timeout = Duration::from_secs(hub.config.spawn_timeout_secs);
+    let stopped = tokio::time::timeout(timeout, hub.backend.stop(&server.spawner_state)).await;
+    let result = match stopped {
+        Ok(Ok(())) => hub.store.mark_stopped(server.id).await.map(|_| ()),
+        Ok(Err(e)) => {
+            tracing::error!(server = %name, error = ?e, "backend cannot stop the server");
+            hub.store.mark_failed(server.id).await.map(|_| ())
+        }
+        Err(_) => {
+            tracing::error!(server = %name, "the backend did not stop the server in time");
+            hub.store.mark_failed(server.id).await.map(|_| ())
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(server = %name, error = %e, "cannot record the stop of a server");
+    }
+    if let Err(e) = revoke_credentials(&hub, &user, &server).await {
+        tracing::error!(server = %name, error = %e, "cannot revoke server credentials");
+    }
+    let _ = done.send(());
+}
+
+/// At hub start: every server the store believes Starting, Running or Stopping is checked with
+/// the backend. Live servers are kept (a spawn interrupted by a crash whose server answers is
+/// adopted), dead ones are marked stopped, Stopping ones are stopped. Spawns younger than the
+/// spawn timeout are left to the hub process that may still drive them ([`watch`] picks them up
+/// if none does).
+pub async fn recover(hub: &HubState) -> HubResult<SweepReport> {
+    let report = sweep_states(hub, &ServerState::ACTIVE).await?;
+    tracing::info!(
+        adopted = report.adopted.len(),
+        stopped = report.stopped.len(),
+        left = report.left.len(),
+        "recovered servers"
+    );
+    Ok(report)
+}
+
+/// One pass of [`watch`]: running servers that exited are marked stopped, stale spawns are
+/// adopted or stopped.
+pub async fn sweep(hub: &HubState) -> HubResult<SweepReport> {
+    sweep_states(hub, &[ServerState::Starting, ServerState::Running]).await
+}
+
+/// Polls the running servers every [`WATCH_INTERVAL`], a page at a time, and marks the ones that
+/// exited stopped.
+pub fn watch(hub: HubState) -> JoinHandle<()> {
+    watch_every(hub, WATCH_INTERVAL)
+}
+
+/// [`watch`] with another interval.
+pub fn watch_every(hub: HubState, interval: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            match sweep(&hub).await {
+                Ok(report) if !report.stopped.is_empty() => {
+                    tracing::info!(stopped = ?report.stopped, "servers exited");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "server sweep failed"),
+            }
+        }
+    })
+}
+
+enum Verdict {
+    Adopted,
+    Stopped,
+    Left,
+}
+
+async fn sweep_states(hub: &HubState, states: &[ServerState]) -> HubResult<SweepReport> {
+    let mut report = SweepReport::default();
+    let mut after = None;
+    loop {
+        let page = hub
+            .store
+            .list_servers_in_states(states, after, SWEEP_PAGE)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.server.id);
+        let full = page.len() == SWEEP_PAGE as usize;
+        let verdicts: Vec<(String, Verdict)> = futures::stream::iter(page)
+            .map(|row| async move {
+                let name = log_name(&row.user_name, &row.server.name);
+                (name, check_one(hub, row).await)
+            })
+            .buffer_unordered(SWEEP_CONCURRENCY)
+            .collect()
+            .await;
+        for (name, verdict) in verdicts {
+            match verdict {
+                Verdict::Adopted => report.adopted.push(name),
+                Verdict::Stopped => report.stopped.push(name),
+                Verdict::Left => report.left.push(name),
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    report.adopted.sort();
+    report.stopped.sort();
+    report.left.sort();
+    Ok(report)
+}
+
+/// Checks one server with the backend and records what it found.
+async fn check_one(hub: &HubState, row: ServerWithOwner) -> Verdict {
+    let ServerWithOwner {
+        user_name: user,
+        server,
+    } = row;
+    let name = log_name(&user, &server.name);
+    match server.state {
+        ServerState::Running => match hub.backend.poll(&server.spawner_state).await {
+            Ok(BackendStatus::Running { .. } | BackendStatus::Starting) => Verdict::Adopted,
+            Ok(status) => {
+                tracing::info!(server = %name, ?status, "server is gone");
+                // Conditional: a server stopped (and maybe restarted) meanwhile is not touched.
+                if hub.store.begin_stop(server.id).await.is_err() {
+                    return Verdict::Left;
+                }
+                let _ = hub.backend.stop(&server.spawner_state).await;
+                record_stopped(hub, &user, &server, json!({"reason": "exited"})).await
+            }
+            Err(e) => {
+                tracing::warn!(server = %name, error = %e, "cannot poll server");
+                Verdict::Left
+            }
+        },
+        ServerState::Starting => {
+            if !is_stale_start(hub, server.started) || hub.spawns.subscribe(server.id).is_some() {
+                return Verdict::Left;
+            }
+            match hub.backend.poll(&server.spawner_state).await {
+                Ok(BackendStatus::Running { url }) => {
+                    match hub
+                        .store
+                        .mark_running(server.id, &url, &server.spawner_state, store::now())
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(server = %name, %url, "adopted an interrupted spawn");
+                            Verdict::Adopted
+                        }
+                        Err(_) => Verdict::Left,
+                    }
+                }
+                Ok(_) | Err(BackendError::BadHandle(_)) => {
+                    tracing::info!(server = %name, "stopping an interrupted spawn");
+                    if hub.store.begin_stop(server.id).await.is_err() {
+                        return Verdict::Left;
+                    }
+                    let _ = hub.backend.stop(&server.spawner_state).await;
+                    record_stopped(hub, &user, &server, json!({"reason": "interrupted spawn"}))
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(server = %name, error = %e, "cannot poll server");
+                    Verdict::Left
+                }
+            }
+        }
+        ServerState::Stopping => {
+            if let Err(e) = hub.backend.stop(&server.spawner_state).await {
+                tracing::warn!(server = %name, error = %e, "cannot stop server");
+                return Verdict::Left;
+            }
+            record_stopped(hub, &user, &server, json!({"reason": "interrupted stop"})).await
+        }
+        ServerState::Stopped | ServerState::Failed => Verdict::Left,
+    }
+}
+
+async fn record_stopped(hub: &HubState, user: &str, server: &Server, detail: Value) -> Verdict {
+    if let Err(e) = hub.store.mark_stopped(server.id).await {
+        tracing::error!(error = %e, "cannot mark server stopped");
+        return Verdict::Left;
+    }
+    if let Err(e) = revoke_credentials(hub, user, server).await {
+        tracing::error!(error = %e, "cannot revoke server credentials");
+    }
+    audit(
+        hub,
+        AuditAction::ServerStop,
+        None,
+        user,
+        &server.name,
+        detail,
+    )
+    .await;
+    Verdict::Stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_is_jupyterhubs() {
+        let config =
+            super::super::HubConfig::new("http://127.0.0.1:8000/", "http://127.0.0.1:8081/hub/api");
+        let env = server_env(
+            &config,
+            "alice",
+            "gpu",
+            "tok",
+            &json!({"default_url": "/lab"}),
+        );
+        assert_eq!(env["JUPYTERHUB_API_TOKEN"], "tok");
+        assert_eq!(env["JPY_API_TOKEN"], "tok");
+        assert_eq!(env["JUPYTERHUB_CLIENT_ID"], "jupyterhub-user-alice-gpu");
+        assert_eq!(env["JUPYTERHUB_SERVICE_PREFIX"], "/user/alice/gpu/");
+        assert_eq!(
+            env["JUPYTERHUB_OAUTH_CALLBACK_URL"],
+            "http://127.0.0.1:8000/user/alice/gpu/oauth_callback"
+        );
+        assert_eq!(
+            env["JUPYTERHUB_OAUTH_ACCESS_SCOPES"],
+            r#"["access:servers!server=alice/gpu","access:servers!user=alice"]"#
+        );
+        assert_eq!(env["JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES"], "[]");
+        assert_eq!(
+            env["JUPYTERHUB_ACTIVITY_URL"],
+            "http://127.0.0.1:8081/hub/api/users/alice/activity"
+        );
+        assert_eq!(env["JUPYTERHUB_BASE_URL"], "/");
+        assert_eq!(env["JUPYTERHUB_HOST"], "");
+        assert_eq!(env["JUPYTERHUB_DEFAULT_URL"], "/lab");
+        assert_eq!(
+            env["JUPYTERHUB_PUBLIC_URL"],
+            "http://127.0.0.1:8000/user/alice/gpu/"
+        );
+        assert!(!env.contains_key("JUPYTERHUB_SERVICE_URL"));
+    }
+
+    #[test]
+    fn server_tokens_have_the_server_role() {
+        assert_eq!(
+            server_token_scopes("alice", ""),
+            vec!["users:activity!user=alice", "access:servers!server=alice/"]
+        );
+    }
+}
