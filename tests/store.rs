@@ -13,7 +13,7 @@ use atelier::store::tokens::{generate_token, hash_token, pkce_s256_challenge};
 use atelier::store::{
     AuditAction, AuditQuery, Engine, NewAuditEvent, NewOAuthClient, NewOAuthCode, NewSession,
     NewToken, PkceMethod, ServerState, StartRequest, Store, StoreError, TokenOwner, UserQuery,
-    UserSort, UserStateFilter, now, oauth_client_id,
+    UserSort, UserStateFilter, UserSubset, now, oauth_client_id,
 };
 use chrono::Duration;
 use serde_json::json;
@@ -778,6 +778,53 @@ async fn users_pagination(db: &TestDb) {
         .await
         .unwrap();
     assert!(page.items[0].user.last_activity.is_none());
+
+    // A subset: named users and members of named groups (scoped `list:users`).
+    let subset = UserSubset {
+        users: names(&["user-001", "user-002"]),
+        groups: names(&["every-fifth"]),
+    };
+    let (page, statements) = counting(s.list_users(&UserQuery {
+        only: Some(subset.clone()),
+        limit: 1000,
+        ..UserQuery::default()
+    }))
+    .await;
+    let page = page.unwrap();
+    assert_eq!(statements, 4);
+    assert_eq!((page.total, page.items.len()), (52, 52));
+    assert_eq!(page.items[1].user.name, "user-001");
+    let page = s
+        .list_users(&UserQuery {
+            only: Some(subset.clone()),
+            state: Some(UserStateFilter::Ready),
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 17, "every fifteenth user");
+    assert!(page.items.iter().all(|u| u.groups == ["every-fifth"]));
+    let page = s
+        .list_users(&UserQuery {
+            only: Some(subset),
+            sort: UserSort::Name,
+            after: Some("user-100".into()),
+            limit: 2,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<_> = page.items.iter().map(|u| u.user.name.as_str()).collect();
+    assert_eq!(listed, ["user-105", "user-110"]);
+    assert_eq!(page.total, 52);
+    let page = s
+        .list_users(&UserQuery {
+            only: Some(UserSubset::default()),
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((page.total, page.items.len()), (0, 0));
 
     // An empty page costs only the count and the page.
     let (page, statements) = counting(s.list_users(&UserQuery {

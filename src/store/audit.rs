@@ -5,8 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::AssertSqlSafe;
 
-use super::users::MAX_PAGE_LIMIT;
-use super::{Result, Store, StoreError, from_json, now, object_json, on_pool, ts};
+use super::{Result, Store, check_limit, from_json, now, object_json, on_pool, ts};
 use crate::store::models::{AuditAction, AuditEvent};
 
 /// An event to append.
@@ -45,7 +44,7 @@ pub struct AuditQuery {
     pub action: Option<AuditAction>,
     pub actor: Option<String>,
     pub target_user: Option<String>,
-    /// 1 to [`MAX_PAGE_LIMIT`].
+    /// 1 to [`MAX_PAGE_LIMIT`](crate::store::MAX_PAGE_LIMIT).
     pub limit: u32,
 }
 
@@ -110,11 +109,7 @@ impl Store {
 
     /// Events newest first (by id, which follows insertion), one statement per page.
     pub async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
-        if q.limit == 0 || q.limit > MAX_PAGE_LIMIT {
-            return Err(StoreError::Invalid(format!(
-                "limit must be between 1 and {MAX_PAGE_LIMIT}"
-            )));
-        }
+        let limit = check_limit(q.limit)?;
         let mut sql = String::from("SELECT * FROM audit_events WHERE TRUE");
         let mut n = 0;
         let mut condition = |set: bool, clause: &str| {
@@ -151,7 +146,7 @@ impl Store {
             if let Some(user) = &q.target_user {
                 query = query.bind(user);
             }
-            query.bind(i64::from(q.limit)).fetch_all(p).await?
+            query.bind(limit).fetch_all(p).await?
         });
         rows.into_iter().map(AuditRow::into_model).collect()
     }

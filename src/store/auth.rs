@@ -6,11 +6,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::error::conflict_as;
 use super::tokens::{
     MIN_TOKEN_LEN, constant_time_eq, generate_token, hash_token, pkce_s256_challenge, token_prefix,
 };
-use super::users::conflict_as;
-use super::{Result, Store, StoreError, from_json, now, object_json, on_pool, to_json, ts};
+use super::{Result, Store, StoreError, found, from_json, now, object_json, on_pool, to_json, ts};
 use crate::store::models::{
     OAuthClient, OAuthCode, PkceMethod, Session, SessionIdentity, Token, TokenIdentity, TokenOwner,
     User,
@@ -388,29 +388,18 @@ impl Store {
 
     /// Deletes a token.
     pub async fn revoke_token(&self, id: i64) -> Result<()> {
-        let deleted = on_pool!(self, p => sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+        found(
+            on_pool!(self, p => sqlx::query("DELETE FROM api_tokens WHERE id = $1")
             .bind(id)
             .execute(p)
             .await?
-            .rows_affected());
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+            .rows_affected()),
+        )
     }
 
     /// Moves the token's last use forward to `at`; an older `at` changes nothing.
     pub async fn touch_token_activity(&self, id: i64, at: DateTime<Utc>) -> Result<bool> {
-        let moved = on_pool!(self, p => sqlx::query(
-            "UPDATE api_tokens SET last_activity = $2 \
-             WHERE id = $1 AND (last_activity IS NULL OR last_activity < $2)",
-        )
-        .bind(id)
-        .bind(ts(at))
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(moved > 0)
+        self.touch_last_activity("api_tokens", id, at).await
     }
 
     // ---- OAuth clients --------------------------------------------------------------------
@@ -482,17 +471,13 @@ impl Store {
 
     /// Deletes the client with its codes and the access tokens issued to it.
     pub async fn delete_oauth_client(&self, client_id: &str) -> Result<()> {
-        let deleted = on_pool!(self, p => sqlx::query(
+        found(on_pool!(self, p => sqlx::query(
             "DELETE FROM oauth_clients WHERE client_id = $1",
         )
         .bind(client_id)
         .execute(p)
         .await?
-        .rows_affected());
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        .rows_affected()))
     }
 
     // ---- OAuth authorization codes --------------------------------------------------------
@@ -623,29 +608,18 @@ impl Store {
 
     /// Moves the session's last activity forward to `at`.
     pub async fn touch_session_activity(&self, id: i64, at: DateTime<Utc>) -> Result<bool> {
-        let moved = on_pool!(self, p => sqlx::query(
-            "UPDATE sessions SET last_activity = $2 \
-             WHERE id = $1 AND (last_activity IS NULL OR last_activity < $2)",
-        )
-        .bind(id)
-        .bind(ts(at))
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(moved > 0)
+        self.touch_last_activity("sessions", id, at).await
     }
 
     /// Ends the session whose cookie value is `cookie` (logout), with the tokens issued in it.
     pub async fn delete_session(&self, cookie: &str) -> Result<()> {
-        let deleted = on_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+        found(
+            on_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(hash_token(cookie))
             .execute(p)
             .await?
-            .rows_affected());
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+            .rows_affected()),
+        )
     }
 
     /// Ends all the user's sessions (logout everywhere), with the tokens issued in them.

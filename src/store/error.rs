@@ -47,3 +47,11 @@ pub(crate) fn corrupt(column: &str, detail: impl std::fmt::Display) -> StoreErro
         format!("column {column}: {detail}").into(),
     ))
 }
+
+/// Maps a unique violation to `Conflict(message)`, anything else as usual.
+pub(crate) fn conflict_as(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
+        _ => e.into(),
+    }
+}

@@ -18,7 +18,6 @@
 mod audit;
 mod auth;
 mod error;
-mod hub_ext;
 pub mod models;
 mod servers;
 pub mod tokens;
@@ -40,7 +39,7 @@ pub use auth::{NewOAuthClient, NewOAuthCode, NewSession, NewToken, PurgeCounts, 
 pub use error::{Result, StoreError};
 pub use models::*;
 pub use servers::StartRequest;
-pub use users::{GroupPage, MAX_PAGE_LIMIT, UserPage, UserQuery, UserSort, UserStateFilter};
+pub use users::{GroupPage, UserPage, UserQuery, UserSort, UserStateFilter, UserSubset};
 
 /// The database engine behind a [`Store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +173,27 @@ impl Store {
         }
     }
 
+    /// Moves `table.last_activity` of row `id` forward to `at`; an older `at` changes nothing.
+    /// Returns whether it moved. `table` is one of the store's own table names.
+    async fn touch_last_activity(
+        &self,
+        table: &'static str,
+        id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {table} SET last_activity = $2 \
+             WHERE id = $1 AND (last_activity IS NULL OR last_activity < $2)"
+        );
+        let moved = on_pool!(self, p => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(ts(at))
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(moved > 0)
+    }
+
     /// Closes the pool, waiting for connections in use to come back.
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)
@@ -215,6 +235,36 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Largest page a list method returns.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// `limit` as a bind value, if it is 1 to [`MAX_PAGE_LIMIT`].
+pub(crate) fn check_limit(limit: u32) -> Result<i64> {
+    if limit == 0 || limit > MAX_PAGE_LIMIT {
+        return Err(StoreError::Invalid(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT}"
+        )));
+    }
+    Ok(i64::from(limit))
+}
+
+/// `'a', 'b'` for an `IN` list of server states (fixed strings, no user input).
+pub(crate) fn state_list(states: &[models::ServerState]) -> String {
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `Ok` if a statement that deletes by key deleted a row, else `NotFound`.
+pub(crate) fn found(rows_affected: u64) -> Result<()> {
+    if rows_affected == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
 }
 
 /// Longest user, server or group name the store accepts.

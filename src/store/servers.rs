@@ -7,8 +7,11 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::AssertSqlSafe;
 
-use super::users::conflict_as;
-use super::{Result, Store, StoreError, from_json, normalize_name, now, object_json, on_pool, ts};
+use super::error::conflict_as;
+use super::{
+    Result, Store, StoreError, check_limit, from_json, normalize_name, now, object_json, on_pool,
+    state_list, ts,
+};
 use crate::store::models::{Server, ServerState, ServerWithOwner};
 
 /// What a start request sets; `None` keeps the value of the previous start (JupyterHub reuses
@@ -146,24 +149,15 @@ impl Store {
         if states.is_empty() {
             return Ok(Vec::new());
         }
-        if limit == 0 || limit > super::MAX_PAGE_LIMIT {
-            return Err(StoreError::Invalid(format!(
-                "limit must be between 1 and {}",
-                super::MAX_PAGE_LIMIT
-            )));
-        }
-        let states = states
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let limit = check_limit(limit)?;
+        let states = state_list(states);
         let sql = format!(
             "SELECT s.*, u.name AS user_name FROM servers s JOIN users u ON u.id = s.user_id \
              WHERE s.state IN ({states}) AND s.id > $1 ORDER BY s.id LIMIT $2"
         );
         on_pool!(self, p => sqlx::query_as::<_, ServerWithOwnerRow>(AssertSqlSafe(sql))
             .bind(after_id.unwrap_or(0))
-            .bind(i64::from(limit))
+            .bind(limit)
             .fetch_all(p)
             .await?)
         .into_iter()
@@ -285,16 +279,7 @@ impl Store {
     /// Moves the server's last activity forward to `at`; an older `at` changes nothing.
     /// Returns whether it moved.
     pub async fn touch_server_activity(&self, id: i64, at: DateTime<Utc>) -> Result<bool> {
-        let moved = on_pool!(self, p => sqlx::query(
-            "UPDATE servers SET last_activity = $2 \
-             WHERE id = $1 AND (last_activity IS NULL OR last_activity < $2)",
-        )
-        .bind(id)
-        .bind(ts(at))
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(moved > 0)
+        self.touch_last_activity("servers", id, at).await
     }
 
     /// Deletes a stopped or failed server with its OAuth client and that client's tokens.

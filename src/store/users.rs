@@ -6,15 +6,13 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::AssertSqlSafe;
 
+use super::error::conflict_as;
 use super::servers::ServerRow;
 use super::{
-    BeginWrite, MAX_NAME_LEN, Result, Store, StoreError, from_json, normalize_name, now,
-    object_json, on_pool, placeholders, ts,
+    BeginWrite, MAX_NAME_LEN, Result, Store, StoreError, check_limit, found, from_json,
+    normalize_name, now, object_json, on_pool, placeholders, state_list,
 };
 use crate::store::models::{Group, GroupDetail, Server, ServerState, User, UserDetail};
-
-/// Largest page a list method returns.
-pub const MAX_PAGE_LIMIT: u32 = 1000;
 
 /// JupyterHub's `state` filter of the users list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +77,21 @@ pub struct UserQuery {
     /// Keyset cursor: only users whose name sorts after this one (before it when descending).
     /// Only with [`UserSort::Name`]; the page's [`UserPage::next_after`] is the next cursor.
     pub after: Option<String>,
-    /// 1 to [`MAX_PAGE_LIMIT`].
+    /// 1 to [`MAX_PAGE_LIMIT`](crate::store::MAX_PAGE_LIMIT).
     pub limit: u32,
     /// Include stopped and failed servers in each user's `servers` (JupyterHub's
     /// `include_stopped_servers`); by default only active ones.
     pub include_stopped_servers: bool,
+    /// Only these users (`None`: all users).
+    pub only: Option<UserSubset>,
+}
+
+/// Some users: those named and the members of the groups named (what a `list:users` scope
+/// filtered by `!user=` and `!group=` lets a caller list). Empty lists select no one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserSubset {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 impl Default for UserQuery {
@@ -96,6 +104,7 @@ impl Default for UserQuery {
             after: None,
             limit: 50,
             include_stopped_servers: false,
+            only: None,
         }
     }
 }
@@ -147,24 +156,6 @@ struct Membership {
     name: String,
 }
 
-/// `'a', 'b'` for an `IN` list of server states (fixed strings, no user input).
-fn state_list(states: &[ServerState]) -> String {
-    states
-        .iter()
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn check_limit(limit: u32) -> Result<i64> {
-    if limit == 0 || limit > MAX_PAGE_LIMIT {
-        return Err(StoreError::Invalid(format!(
-            "limit must be between 1 and {MAX_PAGE_LIMIT}"
-        )));
-    }
-    Ok(i64::from(limit))
-}
-
 fn check_offset(offset: u64) -> Result<i64> {
     i64::try_from(offset).map_err(|_| StoreError::Invalid("offset is too large".to_owned()))
 }
@@ -183,14 +174,6 @@ fn group_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Maps a unique violation to `Conflict(message)`, anything else as usual.
-pub(crate) fn conflict_as(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
-        _ => e.into(),
-    }
 }
 
 fn user_conflict(name: &str) -> String {
@@ -275,30 +258,19 @@ impl Store {
 
     /// Deletes a user with their servers, tokens, sessions, OAuth codes and group memberships.
     pub async fn delete_user(&self, name: &str) -> Result<()> {
-        let deleted = on_pool!(self, p => sqlx::query("DELETE FROM users WHERE name = $1")
+        found(
+            on_pool!(self, p => sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(p)
             .await?
-            .rows_affected());
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+            .rows_affected()),
+        )
     }
 
     /// Moves the user's last activity forward to `at`; an older `at` changes nothing. Returns
     /// whether it moved.
     pub async fn touch_user_activity(&self, user_id: i64, at: DateTime<Utc>) -> Result<bool> {
-        let moved = on_pool!(self, p => sqlx::query(
-            "UPDATE users SET last_activity = $2 \
-             WHERE id = $1 AND (last_activity IS NULL OR last_activity < $2)",
-        )
-        .bind(user_id)
-        .bind(ts(at))
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(moved > 0)
+        self.touch_last_activity("users", user_id, at).await
     }
 
     /// A page of users with their groups and servers.
@@ -308,7 +280,8 @@ impl Store {
     /// (`user_details:servers`) and the page's groups (`user_details:groups`); the last two are
     /// skipped for an empty page. The statements carry these names as SQL comments. The `ready`
     /// and `active` filters, page and total, are driven by the `servers_state` index: their
-    /// cost follows the number of running servers, not the number of users.
+    /// cost follows the number of running servers, not the number of users. With
+    /// [`UserQuery::only`] the total counts the subset.
     pub async fn list_users(&self, q: &UserQuery) -> Result<UserPage> {
         let limit = check_limit(q.limit)?;
         let offset = check_offset(q.offset)?;
@@ -317,26 +290,61 @@ impl Store {
                 "a name cursor needs the users sorted by name".to_owned(),
             ));
         }
+        // Bind parameters in order: the subset's names, then the cursor, the limit, the offset.
+        let mut subset_binds: Vec<&str> = Vec::new();
+        let mut subset = String::new();
+        if let Some(only) = &q.only {
+            let mut any = Vec::new();
+            if !only.users.is_empty() {
+                any.push(format!(
+                    "u.name IN ({})",
+                    placeholders(subset_binds.len() + 1, only.users.len())
+                ));
+                subset_binds.extend(only.users.iter().map(String::as_str));
+            }
+            if !only.groups.is_empty() {
+                any.push(format!(
+                    "u.id IN (SELECT ug.user_id FROM user_groups ug \
+                     JOIN groups g ON g.id = ug.group_id WHERE g.name IN ({}))",
+                    placeholders(subset_binds.len() + 1, only.groups.len())
+                ));
+                subset_binds.extend(only.groups.iter().map(String::as_str));
+            }
+            if any.is_empty() {
+                any.push("FALSE".to_owned());
+            }
+            subset = format!(" AND ({})", any.join(" OR "));
+        }
         let running = state_list(&[ServerState::Running]);
         let active = state_list(&ServerState::ACTIVE);
-        let (filter, count) = match q.state {
-            None => (String::new(), "SELECT COUNT(*) FROM users".to_owned()),
+        let (filter, servers_count) = match q.state {
+            None => (String::new(), None),
             Some(UserStateFilter::Ready) => (
                 format!(" AND u.id IN (SELECT user_id FROM servers WHERE state IN ({running}))"),
-                format!("SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({running})"),
+                Some(format!(
+                    "SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({running})"
+                )),
             ),
             Some(UserStateFilter::Active) => (
                 format!(" AND u.id IN (SELECT user_id FROM servers WHERE state IN ({active}))"),
-                format!("SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active})"),
+                Some(format!(
+                    "SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active})"
+                )),
             ),
             Some(UserStateFilter::Inactive) => (
                 format!(" AND u.id NOT IN (SELECT user_id FROM servers WHERE state IN ({active}))"),
-                format!(
+                Some(format!(
                     "SELECT (SELECT COUNT(*) FROM users) - \
                      (SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active}))"
-                ),
+                )),
             ),
         };
+        // Over all users, a state's total is counted from the servers alone.
+        let count = match servers_count {
+            Some(count) if q.only.is_none() => count,
+            _ => format!("SELECT COUNT(*) FROM users u WHERE TRUE{subset}{filter}"),
+        };
+        let count = format!("/* list_users:count */ {count}");
         let (dir, cmp, nulls) = if q.descending {
             ("DESC", "<", "NULLS LAST")
         } else {
@@ -347,8 +355,9 @@ impl Store {
             UserSort::Name => format!("u.name {dir}"),
             UserSort::LastActivity => format!("u.last_activity {dir} {nulls}, u.id {dir}"),
         };
-        let mut page = format!("/* list_users:page */ SELECT u.* FROM users u WHERE TRUE{filter}");
-        let mut n = 0;
+        let mut page =
+            format!("/* list_users:page */ SELECT u.* FROM users u WHERE TRUE{subset}{filter}");
+        let mut n = subset_binds.len();
         if q.after.is_some() {
             n += 1;
             page.push_str(&format!(" AND u.name {cmp} ${n}"));
@@ -358,16 +367,18 @@ impl Store {
             n + 1,
             n + 2
         ));
-        let count = format!("/* list_users:count */ {count}");
 
         let (total, mut users) = on_pool!(self, p => {
-            let total = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count))
-                .fetch_one(p)
-                .await?;
+            let mut count = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count));
             let mut query = sqlx::query_as::<_, User>(AssertSqlSafe(page));
+            for name in &subset_binds {
+                count = count.bind(*name);
+                query = query.bind(*name);
+            }
             if let Some(after) = &q.after {
                 query = query.bind(after);
             }
+            let total = count.fetch_one(p).await?;
             // One more row than asked tells whether there is a next page.
             let users = query.bind(limit + 1).bind(offset).fetch_all(p).await?;
             (total, users)
@@ -540,15 +551,13 @@ impl Store {
 
     /// Deletes a group (its members stay).
     pub async fn delete_group(&self, name: &str) -> Result<()> {
-        let deleted = on_pool!(self, p => sqlx::query("DELETE FROM groups WHERE name = $1")
+        found(
+            on_pool!(self, p => sqlx::query("DELETE FROM groups WHERE name = $1")
             .bind(name)
             .execute(p)
             .await?
-            .rows_affected());
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+            .rows_affected()),
+        )
     }
 
     /// Replaces the group's properties (a JSON object).
