@@ -18,6 +18,7 @@
 mod audit;
 mod auth;
 mod error;
+mod hub_ext;
 pub mod models;
 mod servers;
 pub mod tokens;
