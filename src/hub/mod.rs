@@ -12,8 +12,10 @@ use crate::store::Store;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod oauth;
 pub mod spawner;
 pub mod spawns;
+pub mod views;
 
 pub use error::{HubError, HubResult};
 
@@ -54,6 +56,15 @@ pub struct HubConfig {
     pub spawn_timeout_secs: u64,
     /// Seconds a browser session lives.
     pub session_ttl_secs: i64,
+    /// SHA-256 (hex) of the one-time admin password the dev login asks of `admin_users`
+    /// ([`views::generate_admin_password`]); `None`: admins cannot use the dev login.
+    pub admin_password_hash: Option<String>,
+    /// The spawn form's profiles, shown to the users their `allowed_groups` admit; empty: one
+    /// default profile.
+    pub profiles: Vec<views::SpawnProfile>,
+    /// Refuse OAuth authorization requests without a PKCE S256 challenge (JupyterHub accepts
+    /// them, so the default does too; a challenge that is sent is always checked).
+    pub oauth_require_pkce: bool,
 }
 
 impl HubConfig {
@@ -68,6 +79,9 @@ impl HubConfig {
             services: Vec::new(),
             spawn_timeout_secs: 120,
             session_ttl_secs: 14 * 24 * 3600,
+            admin_password_hash: None,
+            profiles: Vec::new(),
+            oauth_require_pkce: false,
         }
     }
 }
@@ -101,5 +115,9 @@ impl Hub {
 
 /// Every route of the hub.
 pub fn router(hub: HubState) -> Router {
-    Router::new().merge(api::router()).with_state(hub)
+    Router::new()
+        .merge(api::router())
+        .merge(oauth::router())
+        .merge(views::router())
+        .with_state(hub)
 }

@@ -1,0 +1,112 @@
+//! Errors of the pages: rendered from `error.html` with the status (the REST API keeps its JSON
+//! errors). Unexpected errors are logged with their cause and shown as a generic message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::render::Page;
+use crate::hub::HubError;
+use crate::store::StoreError;
+
+/// An error a page handler returns.
+#[derive(Debug)]
+pub struct PageError {
+    status: StatusCode,
+    message: String,
+    cause: Option<anyhow::Error>,
+}
+
+impl PageError {
+    /// An error with `status`, showing `message` to the user.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> PageError {
+        PageError {
+            status,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> PageError {
+        PageError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> PageError {
+        PageError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> PageError {
+        PageError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> PageError {
+        PageError::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 500, logged with `cause`, never shown.
+    pub fn unexpected(cause: impl Into<anyhow::Error>) -> PageError {
+        PageError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "Something went wrong in the hub. The error has been logged.".to_owned(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// Maps a store error, naming `what` (e.g. "user alice") when it is not found.
+    pub fn from_store(what: impl std::fmt::Display, err: StoreError) -> PageError {
+        match err {
+            StoreError::NotFound => PageError::not_found(format!("No {what}.")),
+            StoreError::Conflict(m) => PageError::conflict(m),
+            StoreError::Invalid(m) => PageError::bad_request(m),
+            other => PageError::unexpected(other),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What the user is shown.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<StoreError> for PageError {
+    fn from(err: StoreError) -> PageError {
+        PageError::from_store("such resource", err)
+    }
+}
+
+impl From<HubError> for PageError {
+    fn from(err: HubError) -> PageError {
+        match err {
+            HubError::Unexpected(cause) => PageError::unexpected(cause),
+            other => PageError::new(other.status(), other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for PageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        if let Some(cause) = &self.cause {
+            tracing::error!(error = ?cause, "unexpected error in a page");
+        }
+        Page::new("error.html")
+            .status(self.status)
+            .insert("code", &self.status.as_u16())
+            .insert("reason", self.status.canonical_reason().unwrap_or("Error"))
+            .insert("message", &self.message)
+            .into_response()
+    }
+}

@@ -1,0 +1,386 @@
+//! Login and logout.
+//!
+//! The dev login (`HubConfig::dev_login`) takes any valid user name; the users listed in
+//! `HubConfig::admin_users` must also give the one-time admin password, of which the hub holds
+//! only the SHA-256 (`HubConfig::admin_password_hash`, see [`generate_admin_password`]).
+//!
+//! The login form is posted from an anonymous session (created by `GET /hub/login`), so it
+//! carries a CSRF token like every form; a successful login creates a new session with a new id
+//! (no session fixation) and ends the anonymous one. `next=` only ever leads to a path of this
+//! site ([`safe_next`]).
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Duration;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::json;
+
+use super::session::{
+    Browser, CsrfForm, MaybeBrowser, clear_session_cookie, session_cookie, with_cookie,
+};
+use super::{Page, PageError, found, see_other};
+use crate::hub::HubState;
+use crate::policy::names::is_valid_user_name;
+use crate::store::tokens::{constant_time_eq, generate_token, hash_token};
+use crate::store::{self, AuditAction, NewAuditEvent, NewSession, Session, StoreError, User};
+
+/// Seconds an anonymous (not yet logged-in) session lives: long enough to fill in the form.
+const LOGIN_SESSION_TTL_SECS: i64 = 3600;
+
+/// Longest `next=` accepted.
+const MAX_NEXT_LEN: usize = 4096;
+
+/// Where a `next=` parameter may lead: an absolute path of this site. Returns the path to
+/// redirect to (spaces and non-ASCII characters percent-encoded), or `None` to ignore it.
+///
+/// Refused: anything not starting with exactly one `/` (`https://evil.example`,
+/// `//evil.example`, `evil.example`, ``), any backslash (browsers read `/\evil.example` as
+/// `//evil.example`), and control characters (header splitting, and browsers drop tabs and
+/// newlines so that `/\t/evil.example` would become `//evil.example`).
+pub fn safe_next(next: &str) -> Option<String> {
+    if next.len() > MAX_NEXT_LEN || !next.starts_with('/') || next.starts_with("//") {
+        return None;
+    }
+    if next.chars().any(|c| c == '\\' || c.is_control()) {
+        return None;
+    }
+    let mut out = String::with_capacity(next.len());
+    for c in next.chars() {
+        if c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A new one-time admin password and the hash to put in `HubConfig::admin_password_hash`.
+/// `atelier up` shows the password once and keeps only the hash.
+pub fn generate_admin_password() -> (String, String) {
+    let password = generate_token()[..32].to_owned();
+    let hash = hash_admin_password(&password);
+    (password, hash)
+}
+
+/// The hash the hub keeps of the admin password: SHA-256 in hex, like the store's tokens. Fit
+/// for generated passwords (128 random bits), not for passwords people choose.
+pub fn hash_admin_password(password: &str) -> String {
+    hash_token(password)
+}
+
+/// The user name a login form gives, normalised as JupyterHub does (trimmed, lowercased), or
+/// the message to show when it is not a valid Atelier user name.
+pub fn normalize_username(raw: &str) -> Result<String, String> {
+    let name = raw.trim().to_ascii_lowercase();
+    if is_valid_user_name(&name) {
+        Ok(name)
+    } else {
+        let shown: String = raw.chars().take(64).collect();
+        Err(format!(
+            "{shown:?} is not a valid user name: use 1 to 63 lowercase letters, digits, '-', '.' \
+             or '_', starting and ending with a letter or digit."
+        ))
+    }
+}
+
+/// `?next=` of the login page.
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+/// The login form.
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+fn login_page(
+    hub: &HubState,
+    session: &Session,
+    next: Option<&str>,
+    username: &str,
+    error: Option<&str>,
+) -> Page {
+    Page::new("login.html")
+        .xsrf(session)
+        .insert("dev_login", &hub.config.dev_login)
+        .insert("next", next.unwrap_or(""))
+        .insert("username", username)
+        .insert("error", &error)
+}
+
+/// `GET /hub/login[?next=]`: the form (a logged-in browser goes straight to `next`).
+pub async fn page(
+    State(hub): State<HubState>,
+    MaybeBrowser(browser): MaybeBrowser,
+    query: Result<Query<NextQuery>, QueryRejection>,
+) -> Result<Response, PageError> {
+    let next = query
+        .ok()
+        .and_then(|Query(q)| q.next)
+        .and_then(|n| safe_next(&n));
+    if let Some(Browser { user: Some(_), .. }) = &browser {
+        return Ok(found(next.as_deref().unwrap_or("/hub/home")));
+    }
+    let (session, new_cookie) = match browser {
+        Some(b) => (b.session, None),
+        None => {
+            let (cookie, session) = hub
+                .store
+                .create_session(&NewSession {
+                    user_id: None,
+                    next: next.clone(),
+                    data: json!({}),
+                    expires_at: store::now() + Duration::seconds(LOGIN_SESSION_TTL_SECS),
+                })
+                .await
+                .map_err(PageError::unexpected)?;
+            (session, Some(cookie))
+        }
+    };
+    let response = login_page(&hub, &session, next.as_deref(), "", None).into_response();
+    Ok(match new_cookie {
+        Some(cookie) => with_cookie(
+            response,
+            session_cookie(&cookie, LOGIN_SESSION_TTL_SECS, hub.config.cookie_secure),
+        ),
+        None => response,
+    })
+}
+
+/// `POST /hub/login`: the dev login.
+pub async fn submit(
+    State(hub): State<HubState>,
+    CsrfForm { browser, form }: CsrfForm<LoginForm>,
+) -> Result<Response, PageError> {
+    if !hub.config.dev_login {
+        return Err(PageError::forbidden("This hub has no password-less login."));
+    }
+    let next = safe_next(&form.next);
+    let name = match normalize_username(&form.username) {
+        Ok(name) => name,
+        Err(message) => {
+            return Ok(
+                login_page(&hub, &browser.session, next.as_deref(), "", Some(&message))
+                    .status(StatusCode::BAD_REQUEST)
+                    .into_response(),
+            );
+        }
+    };
+    let is_admin = hub
+        .config
+        .admin_users
+        .iter()
+        .any(|a| a.trim().eq_ignore_ascii_case(&name));
+    if is_admin {
+        let given = hash_admin_password(&form.password);
+        let ok = hub
+            .config
+            .admin_password_hash
+            .as_deref()
+            .is_some_and(|hash| {
+                constant_time_eq(given.as_bytes(), hash.to_ascii_lowercase().as_bytes())
+            });
+        if !ok {
+            return Ok(login_page(
+                &hub,
+                &browser.session,
+                next.as_deref(),
+                &name,
+                Some("Wrong admin password."),
+            )
+            .status(StatusCode::FORBIDDEN)
+            .into_response());
+        }
+    }
+    let user = find_or_create_user(&hub, &name, is_admin).await?;
+    let (cookie, _) = hub
+        .store
+        .create_session(&NewSession {
+            user_id: Some(user.id),
+            next: None,
+            data: json!({}),
+            expires_at: store::now() + Duration::seconds(hub.config.session_ttl_secs),
+        })
+        .await
+        .map_err(PageError::unexpected)?;
+    end_session(&hub, &browser.cookie).await?;
+    let mut event = NewAuditEvent::new(AuditAction::Login);
+    event.actor = Some(user.name.clone());
+    event.target_user = Some(user.name.clone());
+    event.detail = json!({"method": "dev", "admin": user.admin});
+    hub.store
+        .append_audit(&event)
+        .await
+        .map_err(PageError::unexpected)?;
+    tracing::info!(user = %user.name, admin = user.admin, "login");
+    Ok(with_cookie(
+        see_other(next.as_deref().unwrap_or("/hub/home")),
+        session_cookie(
+            &cookie,
+            hub.config.session_ttl_secs,
+            hub.config.cookie_secure,
+        ),
+    ))
+}
+
+async fn find_or_create_user(hub: &HubState, name: &str, admin: bool) -> Result<User, PageError> {
+    let user = match hub.store.get_user(name).await {
+        Ok(user) => user,
+        Err(StoreError::NotFound) => match hub.store.create_user(name, admin).await {
+            Ok(user) => user,
+            // Created at the same moment by another login.
+            Err(StoreError::Conflict(_)) => hub
+                .store
+                .get_user(name)
+                .await
+                .map_err(|e| PageError::from_store(format_args!("user {name}"), e))?,
+            Err(e) => return Err(PageError::from_store(format_args!("user {name}"), e)),
+        },
+        Err(e) => return Err(PageError::unexpected(e)),
+    };
+    if admin && !user.admin {
+        return hub
+            .store
+            .set_user_admin(name, true)
+            .await
+            .map_err(PageError::unexpected);
+    }
+    Ok(user)
+}
+
+/// Deletes the session of `cookie` with the tokens issued in it; a session already gone is fine.
+async fn end_session(hub: &HubState, cookie: &str) -> Result<(), PageError> {
+    match hub.store.delete_session(cookie).await {
+        Ok(()) | Err(StoreError::NotFound) => Ok(()),
+        Err(e) => Err(PageError::unexpected(e)),
+    }
+}
+
+async fn log_out(hub: &HubState, browser: Option<Browser>) -> Result<(), PageError> {
+    let Some(browser) = browser else {
+        return Ok(());
+    };
+    end_session(hub, &browser.cookie).await?;
+    if let Some(user) = browser.user {
+        let mut event = NewAuditEvent::new(AuditAction::Logout);
+        event.actor = Some(user.name.clone());
+        event.target_user = Some(user.name.clone());
+        hub.store
+            .append_audit(&event)
+            .await
+            .map_err(PageError::unexpected)?;
+        tracing::info!(user = %user.name, "logout");
+    }
+    Ok(())
+}
+
+/// `GET /hub/logout`: ends the session (and the tokens issued in it, such as the servers' OAuth
+/// tokens of this login), clears the cookie, back to the login page.
+pub async fn logout(
+    State(hub): State<HubState>,
+    MaybeBrowser(browser): MaybeBrowser,
+) -> Result<Response, PageError> {
+    log_out(&hub, browser).await?;
+    Ok(with_cookie(
+        found("/hub/login"),
+        clear_session_cookie(hub.config.cookie_secure),
+    ))
+}
+
+/// `POST /hub/logout` (the logout button), CSRF-checked.
+pub async fn logout_form(
+    State(hub): State<HubState>,
+    CsrfForm { browser, .. }: CsrfForm<IgnoredAny>,
+) -> Result<Response, PageError> {
+    log_out(&hub, Some(browser)).await?;
+    Ok(with_cookie(
+        see_other("/hub/login"),
+        clear_session_cookie(hub.config.cookie_secure),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_on_site() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("/hub/home", Some("/hub/home")),
+            ("/user/alice/lab?x=1#y", Some("/user/alice/lab?x=1#y")),
+            (
+                "/hub/api/oauth2/authorize?client_id=a&redirect_uri=%2Fuser%2Fa%2F",
+                Some("/hub/api/oauth2/authorize?client_id=a&redirect_uri=%2Fuser%2Fa%2F"),
+            ),
+            ("/", Some("/")),
+            ("/a b", Some("/a%20b")),
+            ("/café", Some("/caf%C3%A9")),
+            ("https://evil.example", None),
+            ("https://evil.example/hub/home", None),
+            ("http:/evil.example", None),
+            ("//evil.example", None),
+            ("//evil.example/hub/home", None),
+            ("///evil.example", None),
+            ("/\\evil.example", None),
+            ("\\/evil.example", None),
+            ("/hub\\..\\x", None),
+            ("evil.example", None),
+            ("javascript:alert(1)", None),
+            ("", None),
+            (" /hub/home", None),
+            ("/\t/evil.example", None),
+            ("/\n/evil.example", None),
+            ("/hub/home\r\nSet-Cookie: x=1", None),
+            ("/\u{0}x", None),
+            ("/\u{85}/evil.example", None),
+        ];
+        for (next, expected) in table {
+            assert_eq!(safe_next(next).as_deref(), *expected, "next={next:?}");
+        }
+        assert_eq!(safe_next(&format!("/{}", "a".repeat(MAX_NEXT_LEN))), None);
+    }
+
+    #[test]
+    fn usernames_are_normalised_or_refused() {
+        assert_eq!(normalize_username(" Alice ").unwrap(), "alice");
+        assert_eq!(normalize_username("bob.smith-2").unwrap(), "bob.smith-2");
+        for bad in [
+            "",
+            "../etc",
+            "..",
+            "a/b",
+            "<script>alert(1)</script>",
+            "аlice",  // Cyrillic а
+            "ａlice", // full-width a
+            "alice\u{200b}",
+            "al ice",
+            "-alice",
+            "alice_",
+            &"a".repeat(64),
+        ] {
+            assert!(normalize_username(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn admin_password_hash_matches() {
+        let (password, hash) = generate_admin_password();
+        assert_eq!(password.len(), 32);
+        assert_eq!(hash_admin_password(&password), hash);
+        assert_ne!(hash_admin_password("other"), hash);
+    }
+}

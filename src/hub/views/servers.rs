@@ -1,0 +1,670 @@
+//! The user's servers: `/hub/home` (servers with start and stop buttons and a live progress
+//! bar), the spawn form `/hub/spawn/<user>[/<server>]` with the profiles the owner's groups
+//! allow, the progress page `/hub/spawn-pending/<user>[/<server>]`, `/hub/stop/...`, and
+//! `/hub/user/<user>/...`, where the proxy sends visitors of a server that is not running.
+//!
+//! Starts and stops go through [`crate::hub::spawner`], shared with the REST API.
+
+use std::collections::BTreeSet;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::login::safe_next;
+use super::session::{CsrfForm, LoggedIn};
+use super::{Page, PageError, found, hub_path, see_other, server_url, url_encode};
+use crate::hub::HubState;
+use crate::hub::spawner::{self, StartOptions, StartOutcome};
+use crate::policy::groups::allowed;
+use crate::policy::names::is_valid_server_name;
+use crate::scopes::{ScopeSet, Target};
+use crate::store::{AuditAction, AuditQuery, Server, ServerState, StoreError, User};
+
+/// A choice of the spawn form (`HubConfig::profiles`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpawnProfile {
+    /// The WorkspaceProfile name given to the backend (and the form's value).
+    pub name: String,
+    /// What the form shows.
+    pub display_name: String,
+    /// A line under it.
+    #[serde(default)]
+    pub description: String,
+    /// Groups whose members may use it; empty: everyone.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// JupyterHub `user_options` of a start with this profile (a JSON object; `profile` is set
+    /// to the name).
+    #[serde(default)]
+    pub user_options: Value,
+}
+
+impl SpawnProfile {
+    /// A profile open to everyone, with no options.
+    pub fn new(name: &str, display_name: &str) -> SpawnProfile {
+        SpawnProfile {
+            name: name.to_owned(),
+            display_name: display_name.to_owned(),
+            description: String::new(),
+            allowed_groups: Vec::new(),
+            user_options: Value::Object(Map::new()),
+        }
+    }
+}
+
+/// The profile of a hub that configures none.
+fn default_profile() -> SpawnProfile {
+    SpawnProfile {
+        description: "The hub's standard environment.".to_owned(),
+        ..SpawnProfile::new("", "Default environment")
+    }
+}
+
+/// The profiles open to a member of `groups`, in configuration order.
+fn profiles_for(hub: &HubState, groups: &BTreeSet<String>) -> Vec<SpawnProfile> {
+    if hub.config.profiles.is_empty() {
+        return vec![default_profile()];
+    }
+    hub.config
+        .profiles
+        .iter()
+        .filter(|p| allowed(&p.allowed_groups, groups))
+        .cloned()
+        .collect()
+}
+
+/// The owner of a server, after checking that `me` holds `scope` on it: 403 without the scope
+/// (whether or not the user exists), then 404.
+struct Owner {
+    user: User,
+    groups: BTreeSet<String>,
+}
+
+async fn owner_for(
+    hub: &HubState,
+    me: &User,
+    name: &str,
+    server: &str,
+    scope: &str,
+) -> Result<Owner, PageError> {
+    let user = match hub.store.get_user(name).await {
+        Ok(user) => Some(user),
+        Err(StoreError::NotFound | StoreError::Invalid(_)) => None,
+        Err(e) => return Err(PageError::unexpected(e)),
+    };
+    let groups: BTreeSet<String> = match &user {
+        Some(u) => hub
+            .store
+            .user_groups(u.id)
+            .await
+            .map_err(PageError::unexpected)?
+            .into_iter()
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let target = Target::Server {
+        user: name,
+        server,
+        groups: &groups,
+    };
+    if !ScopeSet::for_user(&me.name, me.admin).allows(scope, target) {
+        return Err(PageError::forbidden(format!(
+            "You may not use the servers of {name}."
+        )));
+    }
+    let user = user.ok_or_else(|| PageError::not_found(format!("No user {name}.")))?;
+    Ok(Owner { user, groups })
+}
+
+/// The owner's server named `server`, if it has a row.
+async fn find_server(
+    hub: &HubState,
+    owner: &User,
+    server: &str,
+) -> Result<Option<Server>, PageError> {
+    match hub.store.get_server(owner.id, server).await {
+        Ok(s) => Ok(Some(s)),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(PageError::unexpected(e)),
+    }
+}
+
+fn check_server_name(server: &str) -> Result<(), PageError> {
+    if is_valid_server_name(server) {
+        Ok(())
+    } else {
+        Err(PageError::bad_request(format!(
+            "{server:?} is not a valid server name: use 1 to 63 lowercase letters, digits and \
+             '-', starting and ending with a letter or digit."
+        )))
+    }
+}
+
+fn label(server: &str) -> String {
+    if server.is_empty() {
+        "Default server".to_owned()
+    } else {
+        format!("Server {server}")
+    }
+}
+
+/// The progress event stream of the REST API.
+fn progress_url(user: &str, server: &str) -> String {
+    if server.is_empty() {
+        format!("/hub/api/users/{}/server/progress", url_encode(user))
+    } else {
+        format!(
+            "/hub/api/users/{}/servers/{}/progress",
+            url_encode(user),
+            url_encode(server)
+        )
+    }
+}
+
+/// A server as the pages show it.
+#[derive(Serialize)]
+struct ServerView {
+    name: String,
+    label: String,
+    state: &'static str,
+    ready: bool,
+    starting: bool,
+    stopping: bool,
+    active: bool,
+    profile: Option<String>,
+    started: String,
+    last_activity: String,
+    url: String,
+    spawn_url: String,
+    stop_url: String,
+    pending_url: String,
+    progress_url: String,
+}
+
+impl ServerView {
+    fn of(user: &str, name: &str, server: Option<&Server>) -> ServerView {
+        let state = server.map_or(ServerState::Stopped, |s| s.state);
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_default()
+        };
+        ServerView {
+            name: name.to_owned(),
+            label: label(name),
+            state: state.as_str(),
+            ready: state == ServerState::Running,
+            starting: state == ServerState::Starting,
+            stopping: state == ServerState::Stopping,
+            active: state.is_active(),
+            profile: server.and_then(|s| s.profile.clone()),
+            started: time(server.and_then(|s| s.started)),
+            last_activity: time(server.and_then(|s| s.last_activity)),
+            url: server_url(user, name),
+            spawn_url: hub_path("/hub/spawn", user, name),
+            stop_url: hub_path("/hub/stop", user, name),
+            pending_url: hub_path("/hub/spawn-pending", user, name),
+            progress_url: progress_url(user, name),
+        }
+    }
+}
+
+// ---- home -----------------------------------------------------------------------------------
+
+/// `GET /hub/home`: the user's servers.
+pub async fn home(State(hub): State<HubState>, me: LoggedIn) -> Result<Page, PageError> {
+    let servers = hub
+        .store
+        .list_user_servers(me.user.id)
+        .await
+        .map_err(PageError::unexpected)?;
+    let mut views = Vec::with_capacity(servers.len() + 1);
+    if !servers.iter().any(|s| s.name.is_empty()) {
+        views.push(ServerView::of(&me.user.name, "", None));
+    }
+    views.extend(
+        servers
+            .iter()
+            .map(|s| ServerView::of(&me.user.name, &s.name, Some(s))),
+    );
+    Ok(Page::new("home.html")
+        .user(&me.user, &me.session)
+        .insert("servers", &views)
+        .insert("spawn_url", &hub_path("/hub/spawn", &me.user.name, "")))
+}
+
+// ---- spawn form -----------------------------------------------------------------------------
+
+/// `?server_name=` of the spawn page: the "new named server" form of the home page.
+#[derive(Deserialize)]
+pub struct SpawnQuery {
+    #[serde(default)]
+    server_name: Option<String>,
+}
+
+/// `GET /hub/spawn`: the user's own default server.
+pub async fn spawn_own(me: LoggedIn) -> Response {
+    found(&hub_path("/hub/spawn", &me.user.name, ""))
+}
+
+/// `GET /hub/spawn/{user}[?server_name=]`.
+pub async fn spawn_page_default(
+    State(hub): State<HubState>,
+    me: LoggedIn,
+    Path(user): Path<String>,
+    query: Result<Query<SpawnQuery>, QueryRejection>,
+) -> Result<Response, PageError> {
+    let named = query
+        .ok()
+        .and_then(|Query(q)| q.server_name)
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    if let Some(server) = named {
+        check_server_name(&server)?;
+        return Ok(found(&hub_path("/hub/spawn", &user, &server)));
+    }
+    spawn_page(&hub, &me, &user, "").await
+}
+
+/// `GET /hub/spawn/{user}/{server}`.
+pub async fn spawn_page_named(
+    State(hub): State<HubState>,
+    me: LoggedIn,
+    Path((user, server)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    spawn_page(&hub, &me, &user, &server).await
+}
+
+#[derive(Serialize)]
+struct ProfileChoice {
+    name: String,
+    display_name: String,
+    description: String,
+    checked: bool,
+}
+
+fn render_spawn(
+    hub: &HubState,
+    me: &LoggedIn,
+    owner: &Owner,
+    server: &str,
+    error: Option<&str>,
+) -> Result<Page, PageError> {
+    let profiles = profiles_for(hub, &owner.groups);
+    if profiles.is_empty() {
+        return Err(PageError::forbidden(format!(
+            "No profile is open to {}: ask an administrator to add them to a group.",
+            owner.user.name
+        )));
+    }
+    let choices: Vec<ProfileChoice> = profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ProfileChoice {
+            name: p.name.clone(),
+            display_name: p.display_name.clone(),
+            description: p.description.clone(),
+            checked: i == 0,
+        })
+        .collect();
+    Ok(Page::new("spawn.html")
+        .user(&me.user, &me.session)
+        .insert("owner", &owner.user.name)
+        .insert("server", server)
+        .insert("label", &label(server))
+        .insert("for_other", &(owner.user.id != me.user.id))
+        .insert("profiles", &choices)
+        .insert("action", &hub_path("/hub/spawn", &owner.user.name, server))
+        .insert("error", &error))
+}
+
+async fn spawn_page(
+    hub: &HubState,
+    me: &LoggedIn,
+    user: &str,
+    server: &str,
+) -> Result<Response, PageError> {
+    check_server_name(server)?;
+    let owner = owner_for(hub, &me.user, user, server, "servers").await?;
+    if let Some(row) = find_server(hub, &owner.user, server).await? {
+        match row.state {
+            ServerState::Running => return Ok(found(&server_url(user, server))),
+            ServerState::Starting | ServerState::Stopping => {
+                return Ok(found(&hub_path("/hub/spawn-pending", user, server)));
+            }
+            ServerState::Stopped | ServerState::Failed => {}
+        }
+    }
+    Ok(render_spawn(hub, me, &owner, server, None)?.into_response())
+}
+
+/// The spawn form.
+#[derive(Deserialize)]
+pub struct SpawnForm {
+    #[serde(default)]
+    profile: Option<String>,
+}
+
+/// `POST /hub/spawn/{user}`.
+pub async fn spawn_default(
+    State(hub): State<HubState>,
+    Path(user): Path<String>,
+    form: CsrfForm<SpawnForm>,
+) -> Result<Response, PageError> {
+    spawn(&hub, form, &user, "").await
+}
+
+/// `POST /hub/spawn/{user}/{server}`.
+pub async fn spawn_named(
+    State(hub): State<HubState>,
+    Path((user, server)): Path<(String, String)>,
+    form: CsrfForm<SpawnForm>,
+) -> Result<Response, PageError> {
+    spawn(&hub, form, &user, &server).await
+}
+
+/// Starts the server with the chosen profile (403 for a profile the owner's groups do not
+/// allow), then to the progress page (or straight to the server when it is ready at once).
+async fn spawn(
+    hub: &HubState,
+    form: CsrfForm<SpawnForm>,
+    user: &str,
+    server: &str,
+) -> Result<Response, PageError> {
+    let me = form.logged_in()?;
+    check_server_name(server)?;
+    let owner = owner_for(hub, &me.user, user, server, "servers").await?;
+    let open = profiles_for(hub, &owner.groups);
+    let wanted = form.form.profile.unwrap_or_default();
+    let profile = if hub.config.profiles.is_empty() {
+        None
+    } else if wanted.is_empty() && open.len() == 1 {
+        Some(open[0].clone())
+    } else if let Some(p) = open.iter().find(|p| p.name == wanted) {
+        Some(p.clone())
+    } else if hub.config.profiles.iter().any(|p| p.name == wanted) {
+        return Err(PageError::forbidden(format!(
+            "Profile {wanted:?} is not open to {}.",
+            owner.user.name
+        )));
+    } else {
+        return Err(PageError::bad_request(format!("No profile {wanted:?}.")));
+    };
+    let options = match &profile {
+        None => StartOptions::default(),
+        Some(p) => {
+            let mut user_options = match &p.user_options {
+                Value::Object(map) => map.clone(),
+                _ => Map::new(),
+            };
+            user_options.insert("profile".to_owned(), Value::String(p.name.clone()));
+            StartOptions {
+                profile: Some(p.name.clone()),
+                user_options: Some(Value::Object(user_options)),
+                ..StartOptions::default()
+            }
+        }
+    };
+    let options = StartOptions {
+        actor: Some(me.user.name.clone()),
+        ..options
+    };
+    let pending = hub_path("/hub/spawn-pending", user, server);
+    match spawner::start_server(hub, &owner.user, server, options).await {
+        Ok(StartOutcome::Ready) => Ok(see_other(&server_url(user, server))),
+        Ok(StartOutcome::Pending) => Ok(see_other(&pending)),
+        Err(err) => {
+            // Already running or starting (a double click, another tab), or failed at once: the
+            // progress page tells which.
+            match find_server(hub, &owner.user, server).await? {
+                Some(row)
+                    if matches!(
+                        row.state,
+                        ServerState::Running | ServerState::Starting | ServerState::Failed
+                    ) =>
+                {
+                    tracing::info!(user, server, error = %err, "spawn from the web page refused");
+                    Ok(see_other(&pending))
+                }
+                _ => {
+                    let err = PageError::from(err);
+                    if err.status().is_server_error() {
+                        return Err(err);
+                    }
+                    Ok(render_spawn(hub, &me, &owner, server, Some(err.message()))?
+                        .status(err.status())
+                        .into_response())
+                }
+            }
+        }
+    }
+}
+
+// ---- progress -------------------------------------------------------------------------------
+
+/// `GET /hub/spawn-pending/{user}`.
+pub async fn pending_default(
+    State(hub): State<HubState>,
+    me: LoggedIn,
+    Path(user): Path<String>,
+) -> Result<Response, PageError> {
+    pending(&hub, &me, &user, "").await
+}
+
+/// `GET /hub/spawn-pending/{user}/{server}`.
+pub async fn pending_named(
+    State(hub): State<HubState>,
+    me: LoggedIn,
+    Path((user, server)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    pending(&hub, &me, &user, &server).await
+}
+
+/// Why the server's last start failed, from the audit log (where every hub process finds it).
+async fn last_failure(hub: &HubState, user: &str, server: &str) -> Option<String> {
+    let events = hub
+        .store
+        .list_audit(&AuditQuery {
+            action: Some(AuditAction::ServerStart),
+            target_user: Some(user.to_owned()),
+            limit: 20,
+            ..AuditQuery::default()
+        })
+        .await
+        .ok()?;
+    let last = events
+        .iter()
+        .find(|e| e.target_server.as_deref() == Some(server))?;
+    if last.detail.get("failed").and_then(Value::as_bool) == Some(true) {
+        last.detail
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    } else {
+        None
+    }
+}
+
+async fn pending(
+    hub: &HubState,
+    me: &LoggedIn,
+    user: &str,
+    server: &str,
+) -> Result<Response, PageError> {
+    check_server_name(server)?;
+    let owner = owner_for(hub, &me.user, user, server, "servers").await?;
+    let row = find_server(hub, &owner.user, server).await?;
+    let state = row.as_ref().map_or(ServerState::Stopped, |s| s.state);
+    if state == ServerState::Running {
+        return Ok(found(&server_url(user, server)));
+    }
+    let failure = if state == ServerState::Failed {
+        last_failure(hub, user, server).await
+    } else {
+        None
+    };
+    Ok(Page::new("spawn_pending.html")
+        .user(&me.user, &me.session)
+        .insert("owner", &owner.user.name)
+        .insert("server", &ServerView::of(user, server, row.as_ref()))
+        .insert("failure", &failure)
+        .into_response())
+}
+
+// ---- stop -----------------------------------------------------------------------------------
+
+/// The stop form.
+#[derive(Deserialize)]
+pub struct StopForm {
+    /// Where to go back to (the home or admin page).
+    #[serde(default)]
+    next: String,
+}
+
+/// `POST /hub/stop/{user}`.
+pub async fn stop_default(
+    State(hub): State<HubState>,
+    Path(user): Path<String>,
+    form: CsrfForm<StopForm>,
+) -> Result<Response, PageError> {
+    stop(&hub, form, &user, "").await
+}
+
+/// `POST /hub/stop/{user}/{server}`.
+pub async fn stop_named(
+    State(hub): State<HubState>,
+    Path((user, server)): Path<(String, String)>,
+    form: CsrfForm<StopForm>,
+) -> Result<Response, PageError> {
+    stop(&hub, form, &user, &server).await
+}
+
+async fn stop(
+    hub: &HubState,
+    form: CsrfForm<StopForm>,
+    user: &str,
+    server: &str,
+) -> Result<Response, PageError> {
+    let me = form.logged_in()?;
+    let owner = owner_for(hub, &me.user, user, server, "delete:servers").await?;
+    if let Some(row) = find_server(hub, &owner.user, server).await? {
+        spawner::stop_server(hub, &owner.user.name, &row, Some(&me.user.name)).await?;
+    }
+    Ok(see_other(
+        safe_next(&form.form.next).as_deref().unwrap_or("/hub/home"),
+    ))
+}
+
+// ---- /hub/user/... --------------------------------------------------------------------------
+
+/// `GET /hub/user/{user}[/]`.
+pub async fn user_root(
+    State(hub): State<HubState>,
+    me: LoggedIn,
+    uri: Uri,
+) -> Result<Response, PageError> {
+    user_redirect(&hub, &me, &uri).await
+}
+
+/// `GET /hub/user/{user}/{*rest}`.
+pub async fn user_path(
+    State(hub): State<HubState>,
+    me: LoggedIn,
+    uri: Uri,
+) -> Result<Response, PageError> {
+    user_redirect(&hub, &me, &uri).await
+}
+
+/// Percent-decodes a path segment.
+fn decode_segment(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Like JupyterHub's `/hub/user/<name>/<path>`: the proxy sends here the visitors of a server it
+/// has no route for. A running server (the route just appeared) → back to `/user/...`; else the
+/// spawn page (or the progress page while it starts). The first path segment names a server when
+/// the user has a server of that name, else the path is the default server's.
+async fn user_redirect(hub: &HubState, me: &LoggedIn, uri: &Uri) -> Result<Response, PageError> {
+    let raw = uri.path().strip_prefix("/hub/user/").unwrap_or_default();
+    let (raw_user, raw_rest) = raw.split_once('/').unwrap_or((raw, ""));
+    let user = decode_segment(raw_user)
+        .ok_or_else(|| PageError::bad_request("Invalid user name in the path."))?;
+    let first = raw_rest.split('/').next().unwrap_or_default();
+    let first = decode_segment(first).unwrap_or_default();
+    let owner_row = match hub.store.get_user(&user).await {
+        Ok(u) => Some(u),
+        Err(StoreError::NotFound | StoreError::Invalid(_)) => None,
+        Err(e) => return Err(PageError::unexpected(e)),
+    };
+    let server = match &owner_row {
+        Some(owner) if !first.is_empty() => match hub.store.get_server(owner.id, &first).await {
+            Ok(_) => first,
+            Err(StoreError::NotFound | StoreError::Invalid(_)) => String::new(),
+            Err(e) => return Err(PageError::unexpected(e)),
+        },
+        _ => String::new(),
+    };
+    let owner = owner_for(hub, &me.user, &user, &server, "access:servers").await?;
+    let row = find_server(hub, &owner.user, &server).await?;
+    match row.map(|s| s.state) {
+        Some(ServerState::Running) => {
+            let mut target = format!("/user/{raw_user}/{raw_rest}");
+            if let Some(query) = uri.query() {
+                target.push('?');
+                target.push_str(query);
+            }
+            Ok(found(&target))
+        }
+        Some(ServerState::Starting | ServerState::Stopping) => {
+            Ok(found(&hub_path("/hub/spawn-pending", &user, &server)))
+        }
+        _ => Ok(found(&hub_path("/hub/spawn", &user, &server))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_decode() {
+        assert_eq!(decode_segment("alice").as_deref(), Some("alice"));
+        assert_eq!(decode_segment("a%2Fb").as_deref(), Some("a/b"));
+        assert_eq!(decode_segment("%zz"), None);
+    }
+
+    #[test]
+    fn profiles_filter_by_group() {
+        let p = |name: &str, groups: &[&str]| SpawnProfile {
+            allowed_groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..SpawnProfile::new(name, name)
+        };
+        let profiles = [p("cpu", &[]), p("gpu", &["ocean"])];
+        let set = |gs: &[&str]| gs.iter().map(|g| g.to_string()).collect::<BTreeSet<_>>();
+        let names = |groups: &BTreeSet<String>| {
+            profiles
+                .iter()
+                .filter(|p| allowed(&p.allowed_groups, groups))
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&set(&[])), vec!["cpu"]);
+        assert_eq!(names(&set(&["ocean"])), vec!["cpu", "gpu"]);
+    }
+}

@@ -1,0 +1,251 @@
+//! The browser's session as the pages see it: the `atelier-session` cookie resolved through the
+//! store, the login redirect of pages that need a user, the session cookie itself, and
+//! [`CsrfForm`], the form extractor that checks the session's CSRF token before anything else.
+
+use axum::extract::{Form, FromRequest, FromRequestParts, OriginalUri, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Duration;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::{PageError, found, url_encode};
+use crate::hub::auth::cookie;
+use crate::hub::{HubState, SESSION_COOKIE};
+use crate::store::tokens::constant_time_eq;
+use crate::store::{self, Session, StoreError, User};
+
+/// Minimum interval between two writes of a session's last activity.
+const ACTIVITY_WRITE_INTERVAL_SECS: i64 = 60;
+
+/// Name of the hidden form field carrying the CSRF token (JupyterHub's name).
+pub const XSRF_FIELD: &str = "_xsrf";
+
+/// A browser with a valid session, logged in or not.
+#[derive(Clone, Debug)]
+pub struct Browser {
+    /// The cookie's value (the session's secret id).
+    pub cookie: String,
+    /// The session.
+    pub session: Session,
+    /// Its user, once logged in.
+    pub user: Option<User>,
+}
+
+impl Browser {
+    /// The browser behind the request's session cookie, if it has a valid session.
+    pub async fn from_headers(
+        hub: &HubState,
+        headers: &HeaderMap,
+    ) -> Result<Option<Browser>, PageError> {
+        let Some(value) = cookie(headers, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        let now = store::now();
+        let identity = match hub.store.get_session(&value, now).await {
+            Ok(identity) => identity,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(PageError::unexpected(e)),
+        };
+        let session = identity.session;
+        let stale = session
+            .last_activity
+            .is_none_or(|at| now - at > Duration::seconds(ACTIVITY_WRITE_INTERVAL_SECS));
+        if stale && identity.user.is_some() {
+            hub.store
+                .touch_session_activity(session.id, now)
+                .await
+                .map_err(PageError::unexpected)?;
+        }
+        Ok(Some(Browser {
+            cookie: value,
+            session,
+            user: identity.user,
+        }))
+    }
+}
+
+/// The browser, if it has a session (pages open to everyone).
+pub struct MaybeBrowser(pub Option<Browser>);
+
+impl FromRequestParts<HubState> for MaybeBrowser {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &HubState) -> Result<Self, PageError> {
+        Ok(MaybeBrowser(
+            Browser::from_headers(hub, &parts.headers).await?,
+        ))
+    }
+}
+
+/// A logged-in browser. Pages that need one send anonymous GETs to the login page (with
+/// `next=` the page) and refuse other methods with 403.
+#[derive(Clone, Debug)]
+pub struct LoggedIn {
+    /// The user.
+    pub user: User,
+    /// The session.
+    pub session: Session,
+    /// The cookie's value.
+    pub cookie: String,
+}
+
+/// `/hub/login?next=<path and query of the request>`.
+pub fn login_redirect(parts: &Parts) -> Response {
+    let uri = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map(|o| &o.0)
+        .unwrap_or(&parts.uri);
+    login_redirect_to(uri)
+}
+
+/// `/hub/login?next=<path and query of uri>`.
+pub fn login_redirect_to(uri: &Uri) -> Response {
+    let next = uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/hub/home");
+    found(&format!("/hub/login?next={}", url_encode(next)))
+}
+
+impl FromRequestParts<HubState> for LoggedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &HubState) -> Result<Self, Response> {
+        let browser = Browser::from_headers(hub, &parts.headers)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match browser {
+            Some(Browser {
+                cookie,
+                session,
+                user: Some(user),
+            }) => Ok(LoggedIn {
+                user,
+                session,
+                cookie,
+            }),
+            _ if matches!(parts.method, Method::GET | Method::HEAD) => Err(login_redirect(parts)),
+            _ => Err(PageError::forbidden("You are not logged in.").into_response()),
+        }
+    }
+}
+
+/// Checks a submitted CSRF token against the session's, in constant time.
+pub fn check_csrf(session: &Session, sent: Option<&str>) -> Result<(), PageError> {
+    match sent {
+        Some(sent) if constant_time_eq(sent.as_bytes(), session.csrf_token.as_bytes()) => Ok(()),
+        Some(_) => Err(PageError::forbidden(
+            "The form's '_xsrf' token does not match your session. Reload the page and try again.",
+        )),
+        None => Err(PageError::forbidden(
+            "'_xsrf' argument missing from POST. Reload the page and try again.",
+        )),
+    }
+}
+
+/// A form POSTed from one of the hub's pages: the request must carry a session cookie and the
+/// form that session's CSRF token in `_xsrf` (else 403, before the form is even parsed); the
+/// other fields are then deserialized into `T` (all values are strings, so use `String` and
+/// `Option<String>` fields).
+pub struct CsrfForm<T> {
+    /// The browser (logged in or not: the login form is posted by anonymous sessions).
+    pub browser: Browser,
+    /// The fields but `_xsrf`.
+    pub form: T,
+}
+
+impl<T> CsrfForm<T> {
+    /// The logged-in user, or 403.
+    pub fn logged_in(&self) -> Result<LoggedIn, PageError> {
+        match &self.browser.user {
+            Some(user) => Ok(LoggedIn {
+                user: user.clone(),
+                session: self.browser.session.clone(),
+                cookie: self.browser.cookie.clone(),
+            }),
+            None => Err(PageError::forbidden("You are not logged in.")),
+        }
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<HubState> for CsrfForm<T> {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, hub: &HubState) -> Result<Self, PageError> {
+        let browser = Browser::from_headers(hub, req.headers())
+            .await?
+            .ok_or_else(|| {
+                PageError::forbidden(
+                    "Your session has expired or cookies are disabled. Reload the page and try again.",
+                )
+            })?;
+        // A body that is not a form carries no `_xsrf` either: 403 like a form without it.
+        let Form(pairs) = Form::<Vec<(String, String)>>::from_request(req, hub)
+            .await
+            .map_err(|e| {
+                PageError::forbidden(format!("'_xsrf' argument missing from POST ({e})"))
+            })?;
+        let sent = pairs
+            .iter()
+            .find(|(k, _)| k == XSRF_FIELD)
+            .map(|(_, v)| v.as_str());
+        check_csrf(&browser.session, sent)?;
+        let fields: Map<String, Value> = pairs
+            .into_iter()
+            .filter(|(k, _)| k != XSRF_FIELD)
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        let form = serde_json::from_value(Value::Object(fields))
+            .map_err(|e| PageError::bad_request(format!("Invalid form: {e}")))?;
+        Ok(CsrfForm { browser, form })
+    }
+}
+
+/// The `Set-Cookie` value of a session cookie: HttpOnly, SameSite=Lax, Path=/ (the proxy checks
+/// it on `/user/...`), Secure when `secure`.
+pub fn session_cookie(value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
+    let mut cookie = format!(
+        "{SESSION_COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+        max_age_secs.max(0)
+    );
+    if secure {
+        cookie.push_str("; Secure");
+    }
+    HeaderValue::from_str(&cookie).expect("session ids are hex")
+}
+
+/// The `Set-Cookie` value that removes the session cookie.
+pub fn clear_session_cookie(secure: bool) -> HeaderValue {
+    session_cookie("", 0, secure)
+}
+
+/// Adds `Set-Cookie: cookie` to a response.
+pub fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_attributes() {
+        let c = session_cookie("abc", 60, true);
+        assert_eq!(
+            c.to_str().unwrap(),
+            "atelier-session=abc; Path=/; Max-Age=60; HttpOnly; SameSite=Lax; Secure"
+        );
+        let c = session_cookie("abc", 60, false);
+        assert!(!c.to_str().unwrap().contains("Secure"));
+        assert!(
+            clear_session_cookie(false)
+                .to_str()
+                .unwrap()
+                .starts_with("atelier-session=; Path=/; Max-Age=0;")
+        );
+    }
+}
