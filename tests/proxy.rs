@@ -220,14 +220,11 @@ fn async_stream(
 
 async fn echo_websocket(mut socket: WebSocket) {
     while let Some(Ok(msg)) = socket.recv().await {
-        match msg {
-            AxMessage::Text(_) | AxMessage::Binary(_) => {
-                if socket.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            // tungstenite answers pings and closes itself; the next read flushes the answer.
-            _ => {}
+        // tungstenite answers pings and closes itself; the next read flushes the answer.
+        if matches!(msg, AxMessage::Text(_) | AxMessage::Binary(_))
+            && socket.send(msg).await.is_err()
+        {
+            return;
         }
     }
 }
