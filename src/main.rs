@@ -19,8 +19,8 @@ enum Command {
     Up,
     /// Run the hub (web UI and JupyterHub-compatible REST API).
     Hub,
-    /// Run the HTTP and WebSocket proxy.
-    Proxy,
+    /// Run the HTTP and WebSocket proxy (routes and authorization from the hub's database).
+    Proxy(atelier::proxy::ProxyArgs),
     /// Run the Kubernetes operator.
     Operator(atelier::operator::OperatorArgs),
     /// Write the CustomResourceDefinitions as YAML.
@@ -65,13 +65,17 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(cli.log_json);
             atelier::operator::run(args).await
         }
-        Command::Up | Command::Hub | Command::Proxy => {
+        Command::Proxy(args) => {
+            init_tracing(cli.log_json);
+            atelier::proxy::run(args).await
+        }
+        Command::Up | Command::Hub => {
             anyhow::bail!(
                 "`atelier {}` is not yet built: the hub, proxy and local backend arrive with the hub issue",
-                match cli.command {
-                    Command::Up => "up",
-                    Command::Hub => "hub",
-                    _ => "proxy",
+                if matches!(cli.command, Command::Up) {
+                    "up"
+                } else {
+                    "hub"
                 }
             )
         }
