@@ -18,7 +18,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -65,6 +65,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often `/proc` is looked at while waiting for a process group to exit.
 const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long `poll` waits for an exited child of ours to be reaped, to tell its exit status.
+const REAP_WAIT: Duration = Duration::from_secs(2);
 /// How many lines of a failed server's log the user sees.
 const LOG_TAIL_LINES: usize = 20;
 /// How far back from the end of a log the tail is looked for.
@@ -173,27 +175,24 @@ impl LocalHandle {
     }
 
     /// Whether the handle comes from an earlier boot of this machine.
-    fn from_earlier_boot(&self) -> bool {
+    fn started_in_earlier_boot(&self) -> bool {
         matches!((&self.boot_id, proc::boot_id()), (Some(then), Some(now)) if *then != now)
     }
 }
 
-/// How a server process we started ended, kept for `poll`'s `Stopped` reason.
-#[derive(Clone, Debug)]
-struct Exit {
+/// A server process this instance started, and how it ended once its reaper task knows.
+struct OwnChild {
     start_time: u64,
-    description: String,
+    exit: watch::Receiver<Option<String>>,
 }
-
-type Exits = Arc<Mutex<HashMap<u32, Exit>>>;
 
 /// The `local` backend (see the module documentation).
 pub struct LocalBackend {
     config: LocalConfig,
     http: Client<HttpConnector, Empty<Bytes>>,
-    /// Exit statuses of the server processes this instance started (their reaper tasks write
-    /// them); a re-adopted server's exit status is not knowable.
-    exits: Exits,
+    /// The running servers this instance started, by pid, for `poll`'s `Stopped` reason (a
+    /// re-adopted server's exit status is not knowable).
+    children: Mutex<HashMap<u32, OwnChild>>,
 }
 
 impl LocalBackend {
@@ -208,7 +207,7 @@ impl LocalBackend {
         LocalBackend {
             config,
             http,
-            exits: Arc::default(),
+            children: Mutex::default(),
         }
     }
 
@@ -304,23 +303,12 @@ impl LocalBackend {
         // An unreaped child always has a /proc entry (at worst a zombie).
         let start_time = proc::read_stat(pid).map(|s| s.start_time);
         let (exit_tx, mut exit_rx) = watch::channel(None::<String>);
-        let exits = self.exits.clone();
         tokio::spawn(async move {
-            // Reaps the child so that no zombie remains, and records how it ended.
+            // Reaps the child so that no zombie remains, and tells how it ended.
             let description = match child.wait().await {
                 Ok(status) => describe_exit(status),
                 Err(e) => format!("could not be waited for ({e})"),
             };
-            if let Some(start_time) = start_time {
-                let mut exits = exits.lock().unwrap_or_else(|e| e.into_inner());
-                exits.insert(
-                    pid,
-                    Exit {
-                        start_time,
-                        description: description.clone(),
-                    },
-                );
-            }
             exit_tx.send_replace(Some(description));
         });
         let Some(start_time) = start_time else {
@@ -384,6 +372,13 @@ impl LocalBackend {
             }
         }
         guard.armed = false;
+        self.lock_children().insert(
+            pid,
+            OwnChild {
+                start_time,
+                exit: exit_rx,
+            },
+        );
         tracing::info!(user = %request.user, server = %request.server, pid, port, "server ready");
         send(
             progress,
@@ -431,14 +426,14 @@ impl LocalBackend {
         let handle = LocalHandle::from_value(handle)?;
         let result = terminate_group(&handle, STOP_GRACE).await;
         if result.is_ok() {
-            self.lock_exits().remove(&handle.pid);
+            self.lock_children().remove(&handle.pid);
         }
         result
     }
 
     async fn poll_server(&self, handle: &Value) -> Result<BackendStatus, BackendError> {
         let handle = LocalHandle::from_value(handle)?;
-        if handle.from_earlier_boot() {
+        if handle.started_in_earlier_boot() {
             return Ok(stopped("the machine restarted since the server started"));
         }
         match proc::leader(handle.pid, handle.start_time) {
@@ -450,12 +445,7 @@ impl LocalBackend {
                 )));
             }
             Leader::Exited => {
-                let known = self
-                    .lock_exits()
-                    .get(&handle.pid)
-                    .filter(|e| e.start_time == handle.start_time)
-                    .map(|e| e.description.clone());
-                let reason = match known {
+                let reason = match self.exit_of(handle.pid, handle.start_time).await {
                     Some(description) => {
                         format!("the server process {} {description}", handle.pid)
                     }
@@ -485,8 +475,21 @@ impl LocalBackend {
         })
     }
 
-    fn lock_exits(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Exit>> {
-        self.exits.lock().unwrap_or_else(|e| e.into_inner())
+    /// How our child `pid` ended, once reaped (it may still be a zombie a moment).
+    async fn exit_of(&self, pid: u32, start_time: u64) -> Option<String> {
+        let mut exit = {
+            let children = self.lock_children();
+            let child = children.get(&pid).filter(|c| c.start_time == start_time)?;
+            child.exit.clone()
+        };
+        match timeout(REAP_WAIT, exit.wait_for(Option::is_some)).await {
+            Ok(Ok(description)) => (*description).clone(),
+            _ => None,
+        }
+    }
+
+    fn lock_children(&self) -> std::sync::MutexGuard<'_, HashMap<u32, OwnChild>> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -534,7 +537,7 @@ impl Drop for KillGuard {
 /// Stops the server's process group: SIGTERM, up to `grace` to exit, then SIGKILL. Ok when
 /// nothing of it is (or was) left.
 async fn terminate_group(handle: &LocalHandle, grace: Duration) -> Result<(), BackendError> {
-    if handle.from_earlier_boot() {
+    if handle.started_in_earlier_boot() {
         return Ok(());
     }
     let pgid = handle.pgid();
