@@ -1,0 +1,2011 @@
+//! The JupyterHub-compatible REST API, driven over HTTP like `jupyterhub-singleuser` and
+//! `jupyterhub-idle-culler` drive it: the hub's router is served on 127.0.0.1:0 and called with
+//! a plain hyper client. The backend starts real (tiny) HTTP servers.
+//!
+//! Each story runs on SQLite (a fresh temporary file) and on PostgreSQL (a fresh database) when
+//! `ATELIER_TEST_POSTGRES_URL` is set, e.g.
+//! `ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test hub_api`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::IntoFuture;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use atelier::backend::{
+    BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
+};
+use atelier::hub::{self, Hub, HubConfig, HubState, JUPYTERHUB_VERSION, spawner};
+use atelier::store::tokens::generate_token;
+use atelier::store::{
+    AuditAction, AuditQuery, NewToken, ServerState, StartRequest, Store, TokenOwner, User, now,
+};
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
+
+// ---- databases ------------------------------------------------------------------------------
+
+/// A fresh database, removed when dropped.
+struct TestDb {
+    url: String,
+    _cleanup: Cleanup,
+}
+
+enum Cleanup {
+    SqliteFile(PathBuf),
+    Postgres { admin_url: String, database: String },
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        match self {
+            Cleanup::SqliteFile(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Cleanup::Postgres {
+                admin_url,
+                database,
+            } => {
+                let (admin_url, database) = (admin_url.clone(), database.clone());
+                let _ = std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(async move {
+                            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                            sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                            )))
+                            .execute(&mut admin)
+                            .await?;
+                            admin.close().await
+                        })
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    format!("{base}/{database}{query}")
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let path =
+            std::env::temp_dir().join(format!("atelier-hub-api-{}.db", &generate_token()[..16]));
+        TestDb {
+            url: format!("sqlite://{}", path.display()),
+            _cleanup: Cleanup::SqliteFile(path),
+        }
+    }
+
+    /// `None` (after saying so) when `ATELIER_TEST_POSTGRES_URL` is not set.
+    async fn postgres() -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
+            static SAID: Once = Once::new();
+            SAID.call_once(|| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: PostgreSQL hub API tests (set {POSTGRES_VAR})"
+                );
+            });
+            return None;
+        };
+        let database = format!("atelier_hub_{}", &generate_token()[..16]);
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to ATELIER_TEST_POSTGRES_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+        admin.close().await.expect("close the admin connection");
+        Some(TestDb {
+            url: with_database(&admin_url, &database),
+            _cleanup: Cleanup::Postgres {
+                admin_url,
+                database,
+            },
+        })
+    }
+}
+
+// ---- a backend that runs real HTTP servers --------------------------------------------------
+
+struct Running {
+    port: u16,
+    task: JoinHandle<()>,
+}
+
+/// Starts one tiny HTTP server per workspace on 127.0.0.1:0. Starts and stops can be held at a
+/// gate to observe pending states; `user_options.fail` makes a start fail with that message.
+struct TestBackend {
+    servers: Mutex<HashMap<u64, Running>>,
+    next: AtomicU64,
+    start_gate: watch::Sender<bool>,
+    stop_gate: watch::Sender<bool>,
+    requests: Mutex<Vec<SpawnRequest>>,
+}
+
+impl TestBackend {
+    fn new() -> Arc<TestBackend> {
+        Arc::new(TestBackend {
+            servers: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            start_gate: watch::channel(true).0,
+            stop_gate: watch::channel(true).0,
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn hold_starts(&self, hold: bool) {
+        self.start_gate.send_replace(!hold);
+    }
+
+    fn hold_stops(&self, hold: bool) {
+        self.stop_gate.send_replace(!hold);
+    }
+
+    /// The last spawn request for `user`/`server`.
+    fn request(&self, user: &str, server: &str) -> SpawnRequest {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|r| r.user == user && r.server == server)
+            .cloned()
+            .expect("a spawn request")
+    }
+
+    /// Kills the server listening at `url` as a crash would (the backend still has its handle).
+    async fn crash(&self, url: &str) {
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let task = {
+            let mut servers = self.servers.lock().unwrap();
+            let running = servers
+                .values_mut()
+                .find(|r| r.port == port)
+                .expect("server");
+            std::mem::replace(&mut running.task, tokio::spawn(async {}))
+        };
+        task.abort();
+        let _ = task.await;
+    }
+
+    /// Serves a tiny HTTP server; returns its port and task.
+    async fn launch() -> (u16, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().fallback(|| async { "a workspace" });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).into_future().await;
+        });
+        (port, task)
+    }
+
+    /// A server started outside of any spawn (an interrupted spawn's process); its handle.
+    async fn launch_orphan(&self) -> Value {
+        let (port, task) = TestBackend::launch().await;
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        self.servers
+            .lock()
+            .unwrap()
+            .insert(id, Running { port, task });
+        json!({"id": id, "port": port})
+    }
+
+    fn id_of(handle: &Value) -> Result<u64, BackendError> {
+        handle
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| BackendError::BadHandle(handle.to_string()))
+    }
+}
+
+fn event(progress: u8, message: &str) -> ProgressEvent {
+    ProgressEvent {
+        progress,
+        message: message.to_owned(),
+        ready: false,
+        failed: false,
+    }
+}
+
+impl WorkspaceBackend for TestBackend {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    fn start<'a>(
+        &'a self,
+        request: SpawnRequest,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> BoxFuture<'a, Result<Spawned, BackendError>> {
+        Box::pin(async move {
+            self.requests.lock().unwrap().push(request.clone());
+            let _ = progress.send(event(10, "Allocating a workspace")).await;
+            if let Some(message) = request.user_options.get("fail").and_then(Value::as_str) {
+                return Err(BackendError::SpawnFailed(message.to_owned()));
+            }
+            let mut gate = self.start_gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+            let _ = progress.send(event(50, "Workspace process started")).await;
+            let (port, task) = TestBackend::launch().await;
+            let id = self.next.fetch_add(1, Ordering::SeqCst);
+            self.servers
+                .lock()
+                .unwrap()
+                .insert(id, Running { port, task });
+            Ok(Spawned {
+                url: format!("http://127.0.0.1:{port}"),
+                handle: json!({"id": id, "port": port}),
+            })
+        })
+    }
+
+    fn stop<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut gate = self.stop_gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+            let Ok(id) = TestBackend::id_of(handle) else {
+                return Ok(());
+            };
+            let running = self.servers.lock().unwrap().remove(&id);
+            if let Some(running) = running {
+                running.task.abort();
+                let _ = running.task.await;
+            }
+            Ok(())
+        })
+    }
+
+    fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>> {
+        Box::pin(async move {
+            let id = TestBackend::id_of(handle)?;
+            let port = self.servers.lock().unwrap().get(&id).map(|r| r.port);
+            let Some(port) = port else {
+                return Ok(BackendStatus::Stopped { reason: None });
+            };
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(_) => Ok(BackendStatus::Running {
+                    url: format!("http://127.0.0.1:{port}"),
+                }),
+                Err(e) => Ok(BackendStatus::Stopped {
+                    reason: Some(e.to_string()),
+                }),
+            }
+        })
+    }
+}
+
+// ---- the hub under test and a client --------------------------------------------------------
+
+/// A response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    fn message(&self) -> String {
+        self.json()["message"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// A hub served on 127.0.0.1:0.
+struct Served {
+    hub: HubState,
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    _task: JoinHandle<()>,
+}
+
+impl Served {
+    async fn start(store: Store, backend: Arc<TestBackend>) -> Served {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let mut config = HubConfig::new("http://vre.test", &format!("{base}/hub/api"));
+        config.spawn_timeout_secs = 60;
+        let hub = Hub::new(store, backend, config);
+        let app = hub::router(hub.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).into_future().await;
+        });
+        Served {
+            hub,
+            base,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            _task: task,
+        }
+    }
+
+    /// Calls `path` (or an absolute URL) with an optional token and raw body; every `/hub/api`
+    /// response must carry `X-JupyterHub-Version`.
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut req = http::Request::builder().method(method).uri(&url);
+        if let Some(token) = token {
+            req = req.header("authorization", format!("token {token}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("request");
+        let resp = self.client.request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        let resp = Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        if url.contains("/hub/api") {
+            assert_eq!(
+                resp.headers
+                    .get("x-jupyterhub-version")
+                    .and_then(|v| v.to_str().ok()),
+                Some(JUPYTERHUB_VERSION),
+                "{method} {path}: X-JupyterHub-Version"
+            );
+        }
+        resp
+    }
+
+    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Resp {
+        self.raw(
+            method,
+            path,
+            Some(token),
+            body.map(|b| b.to_string()),
+            &[("content-type", "application/json")],
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call("GET", path, token, None).await
+    }
+
+    /// Sends a GET and returns once the response head arrived, with the body still streaming.
+    async fn open(&self, path: &str, token: &str) -> (u16, http::HeaderMap, Incoming) {
+        let req = http::Request::builder()
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("token {token}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = self.client.request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        (parts.status.as_u16(), parts.headers, body)
+    }
+}
+
+/// The whole of a streamed body.
+async fn read_all(body: Incoming) -> String {
+    let bytes = body.collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A test world: one database, one backend, one hub, and some callers.
+struct World {
+    db: TestDb,
+    store: Store,
+    backend: Arc<TestBackend>,
+    api: Served,
+    /// Admin `root`'s token.
+    admin: String,
+    /// The `culler` service's token (the idle culler's scopes).
+    culler: String,
+}
+
+impl World {
+    async fn new(db: TestDb) -> World {
+        let store = Store::connect(&db.url).await.expect("connect");
+        let backend = TestBackend::new();
+        let api = Served::start(store.clone(), backend.clone()).await;
+        let root = store.create_user("root", true).await.unwrap();
+        let admin = token_for(
+            &store,
+            &root,
+            &[
+                "self",
+                "admin:users",
+                "admin:servers",
+                "tokens",
+                "admin:groups",
+                "read:hub",
+                "access:servers",
+            ],
+        )
+        .await;
+        let culler = generate_token();
+        store
+            .create_token_with_value(
+                &culler,
+                &NewToken::new(
+                    TokenOwner::Service("culler".into()),
+                    vec![
+                        "list:users".into(),
+                        "read:users:activity".into(),
+                        "read:servers".into(),
+                        "delete:servers".into(),
+                        "admin:users".into(),
+                    ],
+                ),
+            )
+            .await
+            .unwrap();
+        World {
+            db,
+            store,
+            backend,
+            api,
+            admin,
+            culler,
+        }
+    }
+
+    /// A user with a token holding `self`.
+    async fn user(&self, name: &str) -> (User, String) {
+        let user = self.store.create_user(name, false).await.unwrap();
+        let token = token_for(&self.store, &user, &["self"]).await;
+        (user, token)
+    }
+
+    /// The server row.
+    async fn server(&self, user: &str, server: &str) -> atelier::store::Server {
+        self.store.get_server_by_names(user, server).await.unwrap()
+    }
+
+    /// Waits until the server row satisfies `f` (bounded, not a timing assertion).
+    async fn wait_server(
+        &self,
+        user: &str,
+        server: &str,
+        f: impl Fn(&atelier::store::Server) -> bool,
+    ) {
+        for _ in 0..300 {
+            if let Ok(s) = self.store.get_server_by_names(user, server).await
+                && f(&s)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server {user}/{server} did not reach the expected state");
+    }
+
+    async fn close(&self) {
+        self.store.close().await;
+    }
+}
+
+async fn token_for(store: &Store, user: &User, scopes: &[&str]) -> String {
+    store
+        .create_token(&NewToken::new(
+            TokenOwner::User(user.id),
+            scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ))
+        .await
+        .unwrap()
+        .0
+}
+
+/// One test per engine for each story: `<story>::sqlite` and `<story>::postgres`.
+macro_rules! stories {
+    ($($story:ident),* $(,)?) => {$(
+        mod $story {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let world = super::World::new(super::TestDb::sqlite()).await;
+                super::$story(&world).await;
+                world.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = super::TestDb::postgres().await else { return };
+                let world = super::World::new(db).await;
+                super::$story(&world).await;
+                world.close().await;
+            }
+        }
+    )*};
+}
+
+stories!(
+    version_and_identity,
+    bad_input_is_refused,
+    users_paginate_and_filter_by_state,
+    culler_stops_servers,
+    tokens_are_scoped,
+    group_scoped_tokens,
+    progress_is_streamed,
+    activity_moves_forward,
+    recover_adopts_live_and_stops_dead,
+    two_hubs_share_one_database,
+);
+
+/// Starts `user`'s server `server` through the API and waits until it is ready.
+async fn start_ready(w: &World, user: &str, server: &str, token: &str) {
+    let path = if server.is_empty() {
+        format!("/hub/api/users/{user}/server")
+    } else {
+        format!("/hub/api/users/{user}/servers/{server}")
+    };
+    let resp = w.api.call("POST", &path, token, None).await;
+    assert!(
+        resp.status == 201 || resp.status == 202,
+        "start {user}/{server}: {resp:?}"
+    );
+    w.wait_server(user, server, |s| s.state == ServerState::Running)
+        .await;
+}
+
+/// The `data:` events of a server-sent event stream.
+fn sse_events(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("event JSON"))
+        .collect()
+}
+
+// ---- stories --------------------------------------------------------------------------------
+
+async fn version_and_identity(w: &World) {
+    // The version, without credentials, on both spellings of the root.
+    for path in ["/hub/api", "/hub/api/"] {
+        let resp = w.api.raw("GET", path, None, None, &[]).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.json()["version"], JUPYTERHUB_VERSION);
+    }
+    // Errors are JupyterHub's JSON and carry the header too.
+    let resp = w
+        .api
+        .raw("GET", "/hub/api/nothing-here", None, None, &[])
+        .await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.json()["status"], 404);
+    assert_eq!(
+        w.api
+            .raw("GET", "/hub/api/user", None, None, &[])
+            .await
+            .status,
+        403
+    );
+    // Bearer works like token.
+    let resp = w
+        .api
+        .raw(
+            "GET",
+            "/hub/api/user",
+            None,
+            None,
+            &[("authorization", &format!("Bearer {}", w.admin))],
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["name"], "root");
+
+    let info = w.api.get("/hub/api/info", &w.admin).await;
+    assert_eq!(info.status, 200);
+    assert_eq!(info.json()["spawner"]["class"], "atelier.backend.test");
+
+    let (_, alice) = w.user("alice").await;
+    assert_eq!(w.api.get("/hub/api/info", &alice).await.status, 403);
+    let me = w.api.get("/hub/api/user", &alice).await.json();
+    assert_eq!(me["name"], "alice");
+    assert_eq!(me["kind"], "user");
+    assert_eq!(me["admin"], false);
+    let scopes: Vec<&str> = me["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(scopes.contains(&"access:servers!user=alice"), "{scopes:?}");
+    assert!(me["token_id"].as_str().unwrap().starts_with('a'));
+
+    let culler = w.api.get("/hub/api/user", &w.culler).await.json();
+    assert_eq!(culler["kind"], "service");
+    assert_eq!(culler["name"], "culler");
+
+    // A server's own token: what jupyterhub-singleuser sees.
+    start_ready(w, "alice", "", &alice).await;
+    let request = w.backend.request("alice", "");
+    let env = &request.env;
+    assert_eq!(env["JUPYTERHUB_USER"], "alice");
+    assert_eq!(env["JUPYTERHUB_SERVER_NAME"], "");
+    assert_eq!(env["JUPYTERHUB_SERVICE_PREFIX"], "/user/alice/");
+    assert_eq!(env["JUPYTERHUB_CLIENT_ID"], "jupyterhub-user-alice");
+    assert_eq!(env["JUPYTERHUB_API_URL"], format!("{}/hub/api", w.api.base));
+    assert_eq!(
+        env["JUPYTERHUB_OAUTH_ACCESS_SCOPES"],
+        r#"["access:servers!server=alice/","access:servers!user=alice"]"#
+    );
+    let server_token = env["JUPYTERHUB_API_TOKEN"].clone();
+    assert_eq!(env["JPY_API_TOKEN"], server_token);
+    let me = w.api.get("/hub/api/user", &server_token).await.json();
+    assert_eq!(me["name"], "alice");
+    assert_eq!(me["kind"], "user");
+    assert!(
+        me["scopes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("access:servers!server=alice/")),
+        "{me}"
+    );
+    let client = w
+        .store
+        .get_oauth_client("jupyterhub-user-alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        client.redirect_uri,
+        "http://vre.test/user/alice/oauth_callback"
+    );
+    assert_eq!(client.redirect_uri, env["JUPYTERHUB_OAUTH_CALLBACK_URL"]);
+    w.store
+        .verify_oauth_client("jupyterhub-user-alice", &server_token)
+        .await
+        .expect("the client secret is the server's token");
+    // The server's token may post activity but not read other users.
+    let (_, _bob) = w.user("bob").await;
+    assert_eq!(
+        w.api.get("/hub/api/users/bob", &server_token).await.status,
+        403
+    );
+    // A second start of a running server is refused like JupyterHub does.
+    let again = w
+        .api
+        .call("POST", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert_eq!(again.status, 400);
+    assert!(again.message().contains("already running"), "{again:?}");
+
+    // The user model.
+    let model = w.api.get("/hub/api/users/alice", &alice).await.json();
+    assert_eq!(model["kind"], "user");
+    assert_eq!(model["server"], "/user/alice/");
+    assert_eq!(model["pending"], Value::Null);
+    let server = &model["servers"][""];
+    assert_eq!(server["ready"], true);
+    assert_eq!(server["stopped"], false);
+    assert_eq!(server["url"], "/user/alice/");
+    assert_eq!(
+        server["progress_url"],
+        "/hub/api/users/alice/server/progress"
+    );
+    assert!(
+        server.get("state").is_none(),
+        "state needs admin:server_state"
+    );
+    let admin_view = w.api.get("/hub/api/users/alice", &w.admin).await.json();
+    assert!(admin_view["servers"][""]["state"]["port"].is_u64());
+    let one = w
+        .api
+        .get("/hub/api/users/alice/server", &alice)
+        .await
+        .json();
+    assert_eq!(one["name"], "");
+    assert_eq!(one["ready"], true);
+
+    // Stopping revokes the server's credentials.
+    let stop = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert!(stop.status == 204 || stop.status == 202, "{stop:?}");
+    w.wait_server("alice", "", |s| s.state == ServerState::Stopped)
+        .await;
+    for _ in 0..100 {
+        if w.api.get("/hub/api/user", &server_token).await.status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.api.get("/hub/api/user", &server_token).await.status, 403);
+    assert!(
+        w.store
+            .get_oauth_client("jupyterhub-user-alice")
+            .await
+            .is_err()
+    );
+}
+
+async fn bad_input_is_refused(w: &World) {
+    let (alice_user, alice) = w.user("alice").await;
+    let (_, bob) = w.user("bob").await;
+
+    // Unknown user or server: 404.
+    assert_eq!(
+        w.api.get("/hub/api/users/nobody", &w.admin).await.status,
+        404
+    );
+    assert_eq!(
+        w.api
+            .call("POST", "/hub/api/users/nobody/server", &w.admin, None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        w.api
+            .get("/hub/api/users/alice/servers/nope", &alice)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/users/alice/servers/nope", &alice, None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        w.api
+            .get("/hub/api/users/alice/servers/nope/progress", &alice)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        w.api
+            .get("/hub/api/users/alice/tokens/a999999", &alice)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        w.api.get("/hub/api/groups/nogroup", &w.admin).await.status,
+        404
+    );
+
+    // Malformed JSON and wrong types: 400 naming the field.
+    let resp = w
+        .api
+        .raw(
+            "POST",
+            "/hub/api/users/alice/tokens",
+            Some(&alice),
+            Some("{not json".into()),
+            &[],
+        )
+        .await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.message().contains("Malformed JSON"), "{resp:?}");
+    for (body, field) in [
+        (json!({"expires_in": "soon"}), "expires_in"),
+        (json!({"scopes": "read:users"}), "scopes"),
+        (json!({"note": 5}), "note"),
+        (json!({"bogus": 1}), "bogus"),
+    ] {
+        let resp = w
+            .api
+            .call("POST", "/hub/api/users/alice/tokens", &alice, Some(body))
+            .await;
+        assert_eq!(resp.status, 400, "{resp:?}");
+        assert!(resp.message().contains(field), "{field}: {resp:?}");
+    }
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/server",
+            &alice,
+            Some(json!({"user_options": 5})),
+        )
+        .await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.message().contains("user_options"), "{resp:?}");
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users",
+            &w.admin,
+            Some(json!({"usernames": [1]})),
+        )
+        .await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.message().contains("usernames"), "{resp:?}");
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/activity",
+            &alice,
+            Some(json!({"last_activity": "yesterday"})),
+        )
+        .await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.message().contains("last_activity"), "{resp:?}");
+
+    // Missing scope: 403 (also for a user that does not exist).
+    for (method, path) in [
+        ("GET", "/hub/api/users/bob"),
+        ("POST", "/hub/api/users/bob/server"),
+        ("DELETE", "/hub/api/users/bob/server"),
+        ("GET", "/hub/api/users/bob/tokens"),
+        ("POST", "/hub/api/users/bob/activity"),
+        ("GET", "/hub/api/users/nobody"),
+        ("POST", "/hub/api/users/carol"),
+        ("DELETE", "/hub/api/users/bob"),
+        ("POST", "/hub/api/groups/g"),
+        ("GET", "/hub/api/info"),
+    ] {
+        let resp = w.api.call(method, path, &alice, Some(json!({}))).await;
+        assert_eq!(resp.status, 403, "{method} {path}: {resp:?}");
+    }
+    assert_eq!(
+        w.api
+            .raw(
+                "GET",
+                "/hub/api/users/alice",
+                Some("not-a-token"),
+                None,
+                &[]
+            )
+            .await
+            .status,
+        403
+    );
+
+    // Names that are not names: 400.
+    let long = "a".repeat(300);
+    for name in ["..%2F", "a%2Fb", "a%01b", "a%0Ab", "..", long.as_str()] {
+        let resp = w
+            .api
+            .call("POST", &format!("/hub/api/users/{name}"), &w.admin, None)
+            .await;
+        assert_eq!(resp.status, 400, "user {name}: {resp:?}");
+        let resp = w
+            .api
+            .get(&format!("/hub/api/users/{name}/server"), &w.admin)
+            .await;
+        assert_eq!(resp.status, 400, "user {name}: {resp:?}");
+        let resp = w
+            .api
+            .call(
+                "POST",
+                &format!("/hub/api/users/alice/servers/{name}"),
+                &alice,
+                None,
+            )
+            .await;
+        assert_eq!(resp.status, 400, "server {name}: {resp:?}");
+    }
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/../server", &w.admin, None)
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    // Valid for the store but not for a new user or server.
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/Carol", &w.admin, None)
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/alice/servers/Gpu", &alice, None)
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+
+    // Names colliding after normalisation are refused.
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/carol", &w.admin, None)
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    assert_eq!(
+        w.api
+            .call("POST", "/hub/api/users/carol", &w.admin, None)
+            .await
+            .status,
+        409
+    );
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/Alice", &w.admin, None)
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    w.store.create_user("Dave", false).await.unwrap(); // a legacy name
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/dave", &w.admin, None)
+        .await;
+    assert_eq!(resp.status, 409, "{resp:?}");
+    w.store.create_server(alice_user.id, "GPU").await.unwrap(); // a legacy server
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/alice/servers/gpu", &alice, None)
+        .await;
+    assert_eq!(resp.status, 409, "{resp:?}");
+    let resp = w
+        .api
+        .call("PUT", "/hub/api/users/alice/servers/gpu", &alice, None)
+        .await;
+    assert_eq!(resp.status, 409, "{resp:?}");
+    // `a-b`'s default server and `a`'s server `b` would share an OAuth client id.
+    let (_, ab) = w.user("a-b").await;
+    let (_, a) = w.user("a").await;
+    start_ready(w, "a-b", "", &ab).await;
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/a/servers/b", &a, None)
+        .await;
+    assert_eq!(resp.status, 409, "{resp:?}");
+    assert!(resp.message().contains("OAuth client"), "{resp:?}");
+
+    // Another user's token on someone's server: 403.
+    start_ready(w, "alice", "", &alice).await;
+    for (method, path) in [
+        ("GET", "/hub/api/users/alice/server"),
+        ("POST", "/hub/api/users/alice/server"),
+        ("DELETE", "/hub/api/users/alice/server"),
+        ("GET", "/hub/api/users/alice/server/progress"),
+    ] {
+        let resp = w.api.call(method, path, &bob, None).await;
+        assert_eq!(resp.status, 403, "{method} {path}: {resp:?}");
+    }
+    assert_eq!(w.server("alice", "").await.state, ServerState::Running);
+    // Deleting yourself is refused; deleting a user stops their servers.
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/users/root", &w.admin, None)
+            .await
+            .status,
+        400
+    );
+    // (400 while a server is still stopping: try again, as a client would.)
+    let mut resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice", &w.admin, None)
+        .await;
+    for _ in 0..100 {
+        if resp.status != 400 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resp = w
+            .api
+            .call("DELETE", "/hub/api/users/alice", &w.admin, None)
+            .await;
+    }
+    assert_eq!(resp.status, 204, "{resp:?}");
+    assert_eq!(
+        w.api.get("/hub/api/users/alice", &w.admin).await.status,
+        404
+    );
+    let admin_events = w
+        .store
+        .list_audit(&AuditQuery {
+            action: Some(AuditAction::Admin),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        admin_events
+            .iter()
+            .any(|e| e.detail["action"] == "delete_user"
+                && e.target_user.as_deref() == Some("alice")),
+        "{admin_events:?}"
+    );
+}
+
+async fn users_paginate_and_filter_by_state(w: &World) {
+    for i in 0..250 {
+        w.store
+            .create_user(&format!("user{i:03}"), false)
+            .await
+            .unwrap();
+    }
+    let pagination = [("accept", "application/jupyterhub-pagination+json")];
+    // Follow `_pagination.next.url` as the idle culler does.
+    let mut url = "/hub/api/users?limit=100".to_owned();
+    let mut names = Vec::new();
+    let mut pages = 0;
+    loop {
+        let resp = w
+            .api
+            .raw("GET", &url, Some(&w.culler), None, &pagination)
+            .await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        let page = resp.json();
+        assert_eq!(page["_pagination"]["total"], 251);
+        assert_eq!(page["_pagination"]["limit"], 100);
+        for item in page["items"].as_array().unwrap() {
+            names.push(item["name"].as_str().unwrap().to_owned());
+        }
+        pages += 1;
+        match &page["_pagination"]["next"] {
+            Value::Null => break,
+            next => {
+                let next_url = next["url"].as_str().unwrap();
+                assert!(next_url.starts_with(&w.api.base), "absolute: {next_url}");
+                assert!(next_url.contains("limit=100"), "{next_url}");
+                url = next_url.to_owned();
+            }
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names.len(), 251);
+    assert_eq!(names.iter().collect::<BTreeSet<_>>().len(), 251);
+    // The default page size with the pagination header, everything without it.
+    let resp = w
+        .api
+        .raw("GET", "/hub/api/users", Some(&w.admin), None, &pagination)
+        .await;
+    assert_eq!(resp.json()["items"].as_array().unwrap().len(), 50);
+    let all = w.api.get("/hub/api/users", &w.admin).await.json();
+    assert_eq!(all.as_array().unwrap().len(), 251);
+    let sorted = w
+        .api
+        .get("/hub/api/users?sort=-name&limit=1", &w.admin)
+        .await
+        .json();
+    assert_eq!(sorted[0]["name"], "user249");
+    for bad in ["limit=abc", "offset=x", "state=sleeping", "sort=age"] {
+        let resp = w.api.get(&format!("/hub/api/users?{bad}"), &w.admin).await;
+        assert_eq!(resp.status, 400, "{bad}: {resp:?}");
+    }
+
+    // state=ready: only users with a ready server.
+    let user = w.store.get_user("user007").await.unwrap();
+    let token = token_for(&w.store, &user, &["self"]).await;
+    start_ready(w, "user007", "", &token).await;
+    let user = w.store.get_user("user123").await.unwrap();
+    let token = token_for(&w.store, &user, &["self"]).await;
+    start_ready(w, "user123", "lab", &token).await;
+    let resp = w
+        .api
+        .raw(
+            "GET",
+            "/hub/api/users?state=ready",
+            Some(&w.culler),
+            None,
+            &pagination,
+        )
+        .await;
+    let page = resp.json();
+    let ready: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ready, ["user007", "user123"]);
+    assert_eq!(page["_pagination"]["total"], 2);
+    let user123 = &page["items"][1];
+    assert_eq!(user123["servers"]["lab"]["ready"], true);
+    assert_eq!(user123["servers"]["lab"]["url"], "/user/user123/lab/");
+    assert!(user123["servers"]["lab"]["started"].is_string());
+    assert!(user123["servers"]["lab"]["last_activity"].is_string());
+    assert_eq!(user123["servers"]["lab"]["pending"], Value::Null);
+    let inactive = w
+        .api
+        .get("/hub/api/users?state=inactive&limit=1000", &w.admin)
+        .await
+        .json();
+    assert_eq!(inactive.as_array().unwrap().len(), 249);
+
+    // A user without list:users sees only themself.
+    let listed = w.api.get("/hub/api/users", &token).await.json();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["user123"]);
+    // ...and a credential that grants nothing listable gets 403.
+    let env = w.backend.request("user123", "lab").env;
+    assert_eq!(
+        w.api
+            .get("/hub/api/users", &env["JUPYTERHUB_API_TOKEN"])
+            .await
+            .status,
+        403
+    );
+}
+
+async fn culler_stops_servers(w: &World) {
+    let (_, alice) = w.user("alice").await;
+    start_ready(w, "alice", "", &alice).await;
+    start_ready(w, "alice", "gpu", &alice).await;
+    let url = w.server("alice", "").await.url.unwrap();
+
+    // A slow stop: 202 while stopping, then 204.
+    w.backend.hold_stops(true);
+    let resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/server", &w.culler, None)
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    assert_eq!(w.server("alice", "").await.state, ServerState::Stopping);
+    let resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/server", &w.culler, None)
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    let model = w.api.get("/hub/api/users/alice", &w.admin).await.json();
+    assert_eq!(model["servers"][""]["pending"], "stop");
+    assert_eq!(model["servers"][""]["ready"], false);
+    assert_eq!(model["pending"], "stop");
+    // A server stopping is refused a start.
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    w.backend.hold_stops(false);
+    w.wait_server("alice", "", |s| s.state == ServerState::Stopped)
+        .await;
+    assert!(
+        tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .is_err(),
+        "the server process is gone"
+    );
+    let resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/server", &w.culler, None)
+        .await;
+    assert_eq!(resp.status, 204, "{resp:?}");
+
+    // A named server, removed once stopped.
+    w.backend.hold_stops(true);
+    let resp = w
+        .api
+        .raw(
+            "DELETE",
+            "/hub/api/users/alice/servers/gpu",
+            Some(&w.culler),
+            Some(r#"{"remove": true}"#.into()),
+            &[],
+        )
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    w.backend.hold_stops(false);
+    for _ in 0..300 {
+        if w.store.get_server_by_names("alice", "gpu").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        w.api
+            .get("/hub/api/users/alice/servers/gpu", &alice)
+            .await
+            .status,
+        404
+    );
+    // The default server cannot be removed; stopping a stopped one is 204.
+    let resp = w
+        .api
+        .call(
+            "DELETE",
+            "/hub/api/users/alice/server",
+            &w.culler,
+            Some(json!({"remove": true})),
+        )
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    let stops = w
+        .store
+        .list_audit(&AuditQuery {
+            action: Some(AuditAction::ServerStop),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(stops.iter().any(|e| e.actor.as_deref() == Some("culler")));
+}
+
+async fn tokens_are_scoped(w: &World) {
+    let (alice_user, alice) = w.user("alice").await;
+    let (_, bob) = w.user("bob").await;
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/tokens",
+            &alice,
+            Some(json!({"note": "for a script", "expires_in": 3600, "scopes": ["read:users!user=alice"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let created = resp.json();
+    let value = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["user"], "alice");
+    assert_eq!(created["note"], "for a script");
+    assert!(created["expires_at"].is_string());
+    assert!(
+        created["scopes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("read:users!user=alice"))
+    );
+    // Only hashes are stored; the listing never shows a value.
+    let listed = w
+        .api
+        .get("/hub/api/users/alice/tokens", &alice)
+        .await
+        .json();
+    let tokens = listed["api_tokens"].as_array().unwrap();
+    assert!(tokens.iter().any(|t| t["id"] == json!(id)));
+    assert!(tokens.iter().all(|t| t.get("token").is_none()));
+    assert!(!listed.to_string().contains(&value));
+    let one = w
+        .api
+        .get(&format!("/hub/api/users/alice/tokens/{id}"), &alice)
+        .await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["note"], "for a script");
+
+    // The new token does what its scopes say and nothing more.
+    assert_eq!(w.api.get("/hub/api/users/alice", &value).await.status, 200);
+    assert_eq!(
+        w.api
+            .get("/hub/api/users/alice/tokens", &value)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        w.api
+            .call("POST", "/hub/api/users/alice/server", &value, None)
+            .await
+            .status,
+        403
+    );
+    // It cannot mint a broader token either.
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/tokens",
+            &value,
+            Some(json!({"scopes": ["servers!user=alice"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+
+    // Escalation is refused; unknown scopes are named.
+    for scopes in [
+        json!(["admin:users"]),
+        json!(["read:users"]),
+        json!(["access:servers!user=bob"]),
+        json!(["servers!group=ocean"]),
+    ] {
+        let resp = w
+            .api
+            .call(
+                "POST",
+                "/hub/api/users/alice/tokens",
+                &alice,
+                Some(json!({"scopes": scopes})),
+            )
+            .await;
+        assert_eq!(resp.status, 403, "{scopes}: {resp:?}");
+    }
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/tokens",
+            &alice,
+            Some(json!({"scopes": ["read:everything"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.message().contains("read:everything"), "{resp:?}");
+    // Another user cannot make or read alice's tokens.
+    assert_eq!(
+        w.api
+            .call("POST", "/hub/api/users/alice/tokens", &bob, None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        w.api
+            .get(&format!("/hub/api/users/bob/tokens/{id}"), &bob)
+            .await
+            .status,
+        404
+    );
+    // An admin can make one for alice, within what alice holds.
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/alice/tokens", &w.admin, None)
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    assert!(resp.json()["note"].as_str().unwrap().contains("root"));
+    let inherited = resp.json()["token"].as_str().unwrap().to_owned();
+    let me = w.api.get("/hub/api/user", &inherited).await.json();
+    assert_eq!(me["name"], "alice");
+    assert!(
+        !me["scopes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("admin:users"))
+    );
+
+    // Revocation.
+    let resp = w
+        .api
+        .call(
+            "DELETE",
+            &format!("/hub/api/users/alice/tokens/{id}"),
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 204);
+    assert_eq!(w.api.get("/hub/api/users/alice", &value).await.status, 403);
+    assert_eq!(
+        w.api
+            .get(&format!("/hub/api/users/alice/tokens/{id}"), &alice)
+            .await
+            .status,
+        404
+    );
+    let audit = w
+        .store
+        .list_audit(&AuditQuery {
+            target_user: Some("alice".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(audit.iter().any(|e| e.action == AuditAction::TokenCreate));
+    assert!(audit.iter().any(|e| e.action == AuditAction::TokenRevoke));
+    // Expired tokens are not listed.
+    let (_, expired) = w
+        .store
+        .create_token(&NewToken {
+            expires_at: Some(now() - chrono::Duration::seconds(5)),
+            ..NewToken::new(TokenOwner::User(alice_user.id), vec!["self".into()])
+        })
+        .await
+        .unwrap();
+    let listed = w
+        .api
+        .get("/hub/api/users/alice/tokens", &alice)
+        .await
+        .json();
+    assert!(
+        listed["api_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["id"] != json!(format!("a{}", expired.id)))
+    );
+}
+
+async fn group_scoped_tokens(w: &World) {
+    let (_, alice) = w.user("alice").await;
+    w.user("bob").await;
+    // Group management.
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/groups/ocean",
+            &w.admin,
+            Some(json!({"users": ["alice"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    assert_eq!(resp.json()["users"], json!(["alice"]));
+    assert_eq!(
+        w.api
+            .call("POST", "/hub/api/groups/ocean", &w.admin, None)
+            .await
+            .status,
+        409
+    );
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/groups/ocean/users",
+            &w.admin,
+            Some(json!({"users": ["nobody"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.message().contains("nobody"));
+    let resp = w
+        .api
+        .call(
+            "PUT",
+            "/hub/api/groups/ocean/properties",
+            &w.admin,
+            Some(json!({"quota": 3})),
+        )
+        .await;
+    assert_eq!(resp.json()["properties"], json!({"quota": 3}));
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/groups",
+            &w.admin,
+            Some(json!({"groups": ["land", "air"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/groups/land/users",
+            &w.admin,
+            Some(json!({"users": ["bob", "alice"]})),
+        )
+        .await;
+    assert_eq!(resp.json()["users"], json!(["alice", "bob"]));
+    let resp = w
+        .api
+        .call(
+            "DELETE",
+            "/hub/api/groups/land/users",
+            &w.admin,
+            Some(json!({"users": ["alice"]})),
+        )
+        .await;
+    assert_eq!(resp.json()["users"], json!(["bob"]));
+    let groups = w.api.get("/hub/api/groups", &w.admin).await.json();
+    let names: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["air", "land", "ocean"]);
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/groups/air", &w.admin, None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(w.api.get("/hub/api/groups", &alice).await.status, 403);
+    let model = w.api.get("/hub/api/users/alice", &alice).await.json();
+    assert_eq!(model["groups"], json!(["ocean"]));
+
+    // A token filtered to the group `ocean`.
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/root/tokens",
+            &w.admin,
+            Some(json!({"scopes": ["servers!group=ocean", "read:users!group=ocean", "list:users!group=ocean", "read:groups!group=ocean"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let ocean = resp.json()["token"].as_str().unwrap().to_owned();
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/alice/server", &ocean, None)
+        .await;
+    assert!(resp.status == 201 || resp.status == 202, "{resp:?}");
+    w.wait_server("alice", "", |s| s.state == ServerState::Running)
+        .await;
+    assert_eq!(
+        w.api
+            .call("POST", "/hub/api/users/bob/server", &ocean, None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(w.api.get("/hub/api/users/bob", &ocean).await.status, 403);
+    assert_eq!(w.api.get("/hub/api/users/alice", &ocean).await.status, 200);
+    let listed = w.api.get("/hub/api/users", &ocean).await.json();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["alice"]);
+    assert_eq!(w.api.get("/hub/api/groups/ocean", &ocean).await.status, 200);
+    assert_eq!(w.api.get("/hub/api/groups/land", &ocean).await.status, 403);
+    // Leaving the group takes the access away.
+    w.api
+        .call(
+            "DELETE",
+            "/hub/api/groups/ocean/users",
+            &w.admin,
+            Some(json!({"users": ["alice"]})),
+        )
+        .await;
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/users/alice/server", &ocean, None)
+            .await
+            .status,
+        403
+    );
+    let resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert!(resp.status == 204 || resp.status == 202, "{resp:?}");
+}
+
+async fn progress_is_streamed(w: &World) {
+    let (_, alice) = w.user("alice").await;
+    // A spawn held by the backend is pending (202); its progress is streamed live.
+    w.backend.hold_starts(true);
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    let again = w
+        .api
+        .call("POST", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert_eq!(again.status, 202, "a second start while pending: {again:?}");
+    let model = w.api.get("/hub/api/users/alice", &alice).await.json();
+    assert_eq!(model["pending"], "spawn");
+    assert_eq!(model["servers"][""]["pending"], "spawn");
+    assert_eq!(model["server"], Value::Null);
+    // The handler subscribes before it answers: release the spawn once the head is in.
+    let (status, headers, body) = w
+        .api
+        .open("/hub/api/users/alice/server/progress", &alice)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-jupyterhub-version"], JUPYTERHUB_VERSION);
+    w.backend.hold_starts(false);
+    let resp = Resp {
+        status,
+        headers,
+        body: read_all(body).await,
+    };
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.headers.get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    let events = sse_events(&resp.body);
+    let messages: Vec<&str> = events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "Server requested",
+            "Allocating a workspace",
+            "Workspace process started",
+            "Server ready at /user/alice/"
+        ]
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["ready"], true);
+    assert_eq!(last["progress"], 100);
+    assert_eq!(last["url"], "/user/alice/");
+    assert!(last["html_message"].as_str().unwrap().contains("<a href"));
+    assert_eq!(events[1]["progress"], 10);
+
+    // A ready server: one ready event.
+    let resp = w
+        .api
+        .get("/hub/api/users/alice/server/progress", &alice)
+        .await;
+    let events = sse_events(&resp.body);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["ready"], true);
+
+    // A failed spawn: the failure and its message, live or from the audit log.
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/servers/gpu",
+            &alice,
+            Some(json!({"fail": "no GPU left"})),
+        )
+        .await;
+    assert!(resp.status == 500 || resp.status == 202, "{resp:?}");
+    w.wait_server("alice", "gpu", |s| s.state == ServerState::Failed)
+        .await;
+    let resp = w
+        .api
+        .get("/hub/api/users/alice/servers/gpu/progress", &alice)
+        .await;
+    let events = sse_events(&resp.body);
+    let last = events.last().unwrap();
+    assert_eq!(last["failed"], true);
+    assert!(
+        last["message"].as_str().unwrap().contains("no GPU left"),
+        "{events:?}"
+    );
+    let model = w
+        .api
+        .get("/hub/api/users/alice?include_stopped_servers", &alice)
+        .await
+        .json();
+    assert_eq!(model["servers"]["gpu"]["stopped"], true);
+    assert_eq!(
+        model["servers"]["gpu"]["user_options"],
+        json!({"fail": "no GPU left"})
+    );
+    let model = w.api.get("/hub/api/users/alice", &alice).await.json();
+    assert!(
+        model["servers"].get("gpu").is_none(),
+        "stopped servers are hidden by default"
+    );
+    // A failed server starts again (with new options).
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/servers/gpu",
+            &alice,
+            Some(json!({"user_options": {}})),
+        )
+        .await;
+    assert!(resp.status == 201 || resp.status == 202, "{resp:?}");
+    w.wait_server("alice", "gpu", |s| s.state == ServerState::Running)
+        .await;
+
+    // A stopped server is not starting.
+    w.api
+        .call("DELETE", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    w.wait_server("alice", "", |s| s.state == ServerState::Stopped)
+        .await;
+    let resp = w
+        .api
+        .get("/hub/api/users/alice/server/progress", &alice)
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+
+    // A stop during a spawn cancels it.
+    w.backend.hold_starts(true);
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert_eq!(resp.status, 202);
+    let resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    w.wait_server("alice", "", |s| s.state == ServerState::Stopped)
+        .await;
+    w.backend.hold_starts(false);
+}
+
+async fn activity_moves_forward(w: &World) {
+    let (_, alice) = w.user("alice").await;
+    start_ready(w, "alice", "", &alice).await;
+    let server_token = w.backend.request("alice", "").env["JUPYTERHUB_API_TOKEN"].clone();
+    let t2 = now() - chrono::Duration::minutes(1);
+    let t1 = t2 - chrono::Duration::hours(1);
+    let ts =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    // What jupyterhub-singleuser posts, with its own token.
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/activity",
+            &server_token,
+            Some(json!({"servers": {"": {"last_activity": ts(t2)}}, "last_activity": ts(t2)})),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    // Starting set the server's activity to now: moving it back does nothing.
+    let server = w.server("alice", "").await;
+    assert!(server.last_activity.unwrap() > t2);
+    let user = w.store.get_user("alice").await.unwrap();
+    assert_eq!(user.last_activity, Some(t2));
+    // Older activity is ignored, newer moves it.
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/activity",
+            &alice,
+            Some(json!({"last_activity": ts(t1)})),
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        w.store.get_user("alice").await.unwrap().last_activity,
+        Some(t2)
+    );
+    let t3 = now();
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/activity",
+            &alice,
+            Some(json!({"servers": {"": {"last_activity": ts(t3)}}})),
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(w.server("alice", "").await.last_activity, Some(t3));
+    let model = w.api.get("/hub/api/users/alice", &alice).await.json();
+    assert_eq!(model["servers"][""]["last_activity"], ts(t3));
+    // Naive timestamps are UTC.
+    let naive = (t3 + chrono::Duration::seconds(1))
+        .naive_utc()
+        .format("%Y-%m-%dT%H:%M:%S%.6f")
+        .to_string();
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/activity",
+            &alice,
+            Some(json!({"last_activity": naive})),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    // Refused: unknown server, the far future, nothing at all, another user's.
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/activity",
+            &alice,
+            Some(json!({"servers": {"nope": {"last_activity": ts(t3)}}})),
+        )
+        .await;
+    assert_eq!(resp.status, 404, "{resp:?}");
+    let future = now() + chrono::Duration::hours(2);
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/activity",
+            &alice,
+            Some(json!({"last_activity": ts(future)})),
+        )
+        .await;
+    assert_eq!(resp.status, 400);
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/alice/activity",
+            &alice,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(resp.status, 400);
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/nobody/activity",
+            &w.admin,
+            Some(json!({"last_activity": ts(t3)})),
+        )
+        .await;
+    assert_eq!(resp.status, 404);
+}
+
+async fn recover_adopts_live_and_stops_dead(w: &World) {
+    let mut tokens = HashMap::new();
+    for name in ["alice", "bob", "carol", "dave", "erin"] {
+        tokens.insert(name, w.user(name).await.1);
+    }
+    start_ready(w, "alice", "", &tokens["alice"]).await;
+    start_ready(w, "bob", "", &tokens["bob"]).await;
+    start_ready(w, "erin", "", &tokens["erin"]).await;
+    // bob's server crashes while the hub is down.
+    let bob_url = w.server("bob", "").await.url.unwrap();
+    w.backend.crash(&bob_url).await;
+    // carol's spawn was interrupted by the crash, but her server came up and answers.
+    let long_ago = now() - chrono::Duration::hours(1);
+    let carol = w.store.get_user("carol").await.unwrap();
+    let row = w.store.create_server(carol.id, "").await.unwrap();
+    w.store
+        .begin_start(row.id, &StartRequest::default(), long_ago)
+        .await
+        .unwrap();
+    let handle = w.backend.launch_orphan().await;
+    w.store.set_spawner_state(row.id, &handle).await.unwrap();
+    // dave's spawn was interrupted before anything ran.
+    let dave = w.store.get_user("dave").await.unwrap();
+    let row = w.store.create_server(dave.id, "").await.unwrap();
+    w.store
+        .begin_start(row.id, &StartRequest::default(), long_ago)
+        .await
+        .unwrap();
+    // erin's server was stopping.
+    let erin = w.server("erin", "").await;
+    w.store.begin_stop(erin.id).await.unwrap();
+
+    // A restarted hub: same database and backend, nothing in memory.
+    let restarted = Hub::new(w.store.clone(), w.backend.clone(), w.api.hub.config.clone());
+    let report = spawner::recover(&restarted).await.unwrap();
+    assert_eq!(report.adopted, ["alice/", "carol/"]);
+    assert_eq!(report.stopped, ["bob/", "dave/", "erin/"]);
+    assert!(report.left.is_empty());
+    assert_eq!(w.server("alice", "").await.state, ServerState::Running);
+    let carol = w.server("carol", "").await;
+    assert_eq!(carol.state, ServerState::Running);
+    assert!(carol.url.is_some());
+    for name in ["bob", "dave", "erin"] {
+        assert_eq!(
+            w.server(name, "").await.state,
+            ServerState::Stopped,
+            "{name}"
+        );
+    }
+    // The culler's view agrees.
+    let ready = w
+        .api
+        .get("/hub/api/users?state=ready", &w.culler)
+        .await
+        .json();
+    let ready: Vec<&str> = ready
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ready, ["alice", "carol"]);
+
+    // The watcher notices a server that exits on its own.
+    let alice_url = w.server("alice", "").await.url.unwrap();
+    w.backend.crash(&alice_url).await;
+    let report = spawner::sweep(&restarted).await.unwrap();
+    assert_eq!(report.stopped, ["alice/"]);
+    assert_eq!(report.adopted, ["carol/"]);
+    assert_eq!(w.server("alice", "").await.state, ServerState::Stopped);
+    let watcher = spawner::watch_every(restarted.clone(), Duration::from_millis(50));
+    let carol_url = w.server("carol", "").await.url.unwrap();
+    w.backend.crash(&carol_url).await;
+    w.wait_server("carol", "", |s| s.state == ServerState::Stopped)
+        .await;
+    watcher.abort();
+}
+
+async fn two_hubs_share_one_database(w: &World) {
+    let (_, alice) = w.user("alice").await;
+    // A second hub process on the same database (and the same cluster).
+    let store_b = Store::connect(&w.db.url).await.unwrap();
+    let b = Served::start(store_b.clone(), w.backend.clone()).await;
+    // Started through A, seen ready through B.
+    start_ready(w, "alice", "", &alice).await;
+    let model = b.get("/hub/api/users/alice", &alice).await.json();
+    assert_eq!(model["servers"][""]["ready"], true);
+    assert_eq!(model["server"], "/user/alice/");
+    // A second start through B is refused as through A.
+    assert_eq!(
+        b.call("POST", "/hub/api/users/alice/server", &alice, None)
+            .await
+            .status,
+        400
+    );
+    // Progress through B (which did not drive the spawn) derives from the row.
+    let events = sse_events(
+        &b.get("/hub/api/users/alice/server/progress", &alice)
+            .await
+            .body,
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["ready"], true);
+    // A token made through B works through A.
+    let resp = b
+        .call(
+            "POST",
+            "/hub/api/users/alice/tokens",
+            &alice,
+            Some(json!({"scopes": ["read:users!user=alice"]})),
+        )
+        .await;
+    let token = resp.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(w.api.get("/hub/api/users/alice", &token).await.status, 200);
+    // A spawn driven by A, watched through B until ready.
+    w.backend.hold_starts(true);
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/alice/servers/lab", &alice, None)
+        .await;
+    assert_eq!(resp.status, 202);
+    let (status, _, body) = b
+        .open("/hub/api/users/alice/servers/lab/progress", &alice)
+        .await;
+    assert_eq!(status, 200);
+    w.backend.hold_starts(false);
+    let events = sse_events(&read_all(body).await);
+    assert_eq!(events.last().unwrap()["ready"], true, "{events:?}");
+    assert_eq!(events.last().unwrap()["url"], "/user/alice/lab/");
+    // Stopped through B, seen stopped through A.
+    let resp = b
+        .call("DELETE", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert!(resp.status == 204 || resp.status == 202, "{resp:?}");
+    w.wait_server("alice", "", |s| s.state == ServerState::Stopped)
+        .await;
+    let model = w.api.get("/hub/api/users/alice", &alice).await.json();
+    assert!(model["servers"].get("").is_none());
+    assert_eq!(model["server"], Value::Null);
+    // A user made through A exists for B.
+    assert_eq!(
+        w.api
+            .call("POST", "/hub/api/users/zoe", &w.admin, None)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(b.get("/hub/api/users/zoe", &w.admin).await.status, 200);
+    assert_eq!(
+        b.call("POST", "/hub/api/users/zoe", &w.admin, None)
+            .await
+            .status,
+        409
+    );
+    store_b.close().await;
+}
