@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, OriginalUri, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -32,7 +33,7 @@ use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::HubState;
+use super::{HubState, JUPYTERHUB_VERSION};
 use super::views::session::{Browser, CsrfForm, LoggedIn, MaybeBrowser, login_redirect_to};
 use super::views::{Page, PageError, found, url_encode};
 use crate::scopes::{Scope, ScopeSet};
@@ -44,7 +45,8 @@ use crate::store::{
 /// exchanges it at once).
 pub const CODE_TTL_SECS: i64 = 120;
 
-/// The OAuth routes (state: the hub). Merged into [`super::router`].
+/// The OAuth routes (state: the hub). Merged into [`super::router`]. Like every response under
+/// `/hub/api`, theirs carry `X-JupyterHub-Version`.
 pub fn router() -> Router<HubState> {
     Router::new()
         .route(
@@ -52,6 +54,15 @@ pub fn router() -> Router<HubState> {
             get(authorize).post(authorize_confirmed),
         )
         .route("/hub/api/oauth2/token", axum::routing::post(token))
+        .layer(map_response(version_header))
+}
+
+async fn version_header(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "x-jupyterhub-version",
+        HeaderValue::from_static(JUPYTERHUB_VERSION),
+    );
+    response
 }
 
 // ---- authorize ------------------------------------------------------------------------------

@@ -1,0 +1,1579 @@
+//! The hub's web pages and its OAuth provider, driven over HTTP like a browser and like
+//! `jupyterhub-singleuser`: the hub's router is served on 127.0.0.1:0 and called with a plain
+//! hyper client that keeps the session cookie and never follows redirects. The backend starts
+//! real (tiny) HTTP servers.
+//!
+//! Each story runs on SQLite (a fresh temporary file) and on PostgreSQL (a fresh database) when
+//! `ATELIER_TEST_POSTGRES_URL` is set, e.g.
+//! `ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test hub_web`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::IntoFuture;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use atelier::backend::{
+    BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
+};
+use atelier::hub::views::{SpawnProfile, hash_admin_password};
+use atelier::hub::{self, Hub, HubConfig, HubState};
+use atelier::store::tokens::{generate_token, pkce_s256_challenge};
+use atelier::store::{AuditAction, AuditQuery, ServerState, Store, StoreError, oauth_client_id};
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
+
+/// The one-time admin password of the hubs under test.
+const ADMIN_PASSWORD: &str = "0123456789abcdef0123456789abcdef";
+
+// ---- databases ------------------------------------------------------------------------------
+
+/// A fresh database, removed when dropped (also on panic).
+struct TestDb {
+    url: String,
+    _cleanup: Cleanup,
+}
+
+enum Cleanup {
+    SqliteFile(PathBuf),
+    Postgres { admin_url: String, database: String },
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        match self {
+            Cleanup::SqliteFile(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Cleanup::Postgres {
+                admin_url,
+                database,
+            } => {
+                let (admin_url, database) = (admin_url.clone(), database.clone());
+                // Drop runs inside the test's runtime: drop the database from a thread of its own.
+                let _ = std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(async move {
+                            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                            sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                            )))
+                            .execute(&mut admin)
+                            .await?;
+                            admin.close().await
+                        })
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    format!("{base}/{database}{query}")
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let path =
+            std::env::temp_dir().join(format!("atelier-hub-web-{}.db", &generate_token()[..16]));
+        TestDb {
+            url: format!("sqlite://{}", path.display()),
+            _cleanup: Cleanup::SqliteFile(path),
+        }
+    }
+
+    /// `None` (after saying so, once) when `ATELIER_TEST_POSTGRES_URL` is not set.
+    async fn postgres() -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
+            static SAID: Once = Once::new();
+            SAID.call_once(|| {
+                // Straight to the stderr handle: the test harness captures `eprintln!`.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: PostgreSQL hub web tests (set {POSTGRES_VAR})"
+                );
+            });
+            return None;
+        };
+        let database = format!("atelier_web_{}", &generate_token()[..16]);
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to ATELIER_TEST_POSTGRES_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+        admin.close().await.expect("close the admin connection");
+        Some(TestDb {
+            url: with_database(&admin_url, &database),
+            _cleanup: Cleanup::Postgres {
+                admin_url,
+                database,
+            },
+        })
+    }
+}
+
+// ---- a backend that runs real HTTP servers --------------------------------------------------
+
+/// Starts one tiny HTTP server per workspace on 127.0.0.1:0 and keeps the spawn requests (whose
+/// environment holds each server's API token, the OAuth client secret).
+#[derive(Default)]
+struct TestBackend {
+    servers: Mutex<HashMap<u64, (u16, JoinHandle<()>)>>,
+    next: AtomicU64,
+    requests: Mutex<Vec<SpawnRequest>>,
+}
+
+impl TestBackend {
+    /// The last spawn request for `user`/`server`.
+    fn request(&self, user: &str, server: &str) -> SpawnRequest {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|r| r.user == user && r.server == server)
+            .cloned()
+            .expect("a spawn request")
+    }
+
+    fn id_of(handle: &Value) -> Result<u64, BackendError> {
+        handle
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| BackendError::BadHandle(handle.to_string()))
+    }
+}
+
+impl WorkspaceBackend for TestBackend {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    fn start<'a>(
+        &'a self,
+        request: SpawnRequest,
+        progress: mpsc::Sender<ProgressEvent>,
+    ) -> BoxFuture<'a, Result<Spawned, BackendError>> {
+        Box::pin(async move {
+            self.requests.lock().unwrap().push(request.clone());
+            let _ = progress
+                .send(ProgressEvent {
+                    progress: 50,
+                    message: "Starting a workspace".into(),
+                    ready: false,
+                    failed: false,
+                })
+                .await;
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().unwrap().port();
+            let app = axum::Router::new().fallback(|| async { "a workspace" });
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).into_future().await;
+            });
+            let id = self.next.fetch_add(1, Ordering::SeqCst);
+            self.servers.lock().unwrap().insert(id, (port, task));
+            Ok(Spawned {
+                url: format!("http://127.0.0.1:{port}"),
+                handle: json!({"id": id, "port": port}),
+            })
+        })
+    }
+
+    fn stop<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let Ok(id) = TestBackend::id_of(handle) else {
+                return Ok(());
+            };
+            let running = self.servers.lock().unwrap().remove(&id);
+            if let Some((_, task)) = running {
+                task.abort();
+                let _ = task.await;
+            }
+            Ok(())
+        })
+    }
+
+    fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>> {
+        Box::pin(async move {
+            let id = TestBackend::id_of(handle)?;
+            match self.servers.lock().unwrap().get(&id) {
+                Some((port, _)) => Ok(BackendStatus::Running {
+                    url: format!("http://127.0.0.1:{port}"),
+                }),
+                None => Ok(BackendStatus::Stopped { reason: None }),
+            }
+        })
+    }
+}
+
+// ---- the hub under test, a browser and a server's HTTP client -------------------------------
+
+/// A response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn location(&self) -> &str {
+        self.header("location")
+            .unwrap_or_else(|| panic!("no Location in {} {:?}", self.status, self.body))
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The session cookie this response sets, with its attributes.
+    fn session_cookie(&self) -> Option<&str> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("atelier-session="))
+    }
+
+    /// The `_xsrf` value of the page's (first) form.
+    fn xsrf(&self) -> String {
+        let re = regex::Regex::new(r#"name="_xsrf" value="([^"]*)""#).unwrap();
+        re.captures(&self.body)
+            .unwrap_or_else(|| panic!("no _xsrf field in {:?}", self.body))[1]
+            .to_owned()
+    }
+}
+
+/// Percent-encodes a form or query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The query parameters of a URL, decoded.
+fn query_params(url: &str) -> BTreeMap<String, String> {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn dec(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).expect("hex"));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("UTF-8")
+}
+
+/// A hub served on 127.0.0.1:0.
+struct Served {
+    hub: HubState,
+    backend: Arc<TestBackend>,
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    _task: JoinHandle<()>,
+}
+
+impl Served {
+    async fn start(db: &TestDb, configure: impl FnOnce(&mut HubConfig)) -> Served {
+        let store = Store::connect(&db.url).await.expect("connect");
+        let backend = Arc::new(TestBackend::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let mut config = HubConfig::new(&base, &format!("{base}/hub/api"));
+        config.dev_login = true;
+        config.admin_users = vec!["root".to_owned()];
+        config.admin_password_hash = Some(hash_admin_password(ADMIN_PASSWORD));
+        config.spawn_timeout_secs = 60;
+        configure(&mut config);
+        let hub = Hub::new(store, backend.clone(), config);
+        let app = hub::router(hub.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).into_future().await;
+        });
+        Served {
+            hub,
+            backend,
+            base,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            _task: task,
+        }
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Resp {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut req = http::Request::builder().method(method).uri(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
+        let resp = self.client.request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    fn browser(&self) -> Browser<'_> {
+        Browser {
+            hub: self,
+            cookie: None,
+        }
+    }
+
+    /// A browser logged in as `name` (with the admin password for admins).
+    async fn logged_in(&self, name: &str) -> Browser<'_> {
+        let mut b = self.browser();
+        let page = b.get("/hub/login").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let password = if name == "root" { ADMIN_PASSWORD } else { "" };
+        let r = b
+            .post(
+                "/hub/login",
+                &[
+                    ("_xsrf", &page.xsrf()),
+                    ("username", name),
+                    ("password", password),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "login as {name}: {}", r.body);
+        b
+    }
+
+    /// Waits (bounded) until the server's row is in `state`.
+    async fn wait_for(&self, user: &str, server: &str, state: ServerState) {
+        for _ in 0..600 {
+            match self.hub.store.get_server_by_names(user, server).await {
+                Ok(s) if s.state == state => return,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        panic!("{user}/{server} never became {}", state.as_str());
+    }
+
+    /// `GET /hub/api/user` with a token.
+    async fn whoami(&self, token: &str) -> Resp {
+        self.request(
+            "GET",
+            "/hub/api/user",
+            &[("authorization", &format!("token {token}"))],
+            String::new(),
+        )
+        .await
+    }
+
+    /// The token endpoint, as `jupyterhub-singleuser` calls it.
+    async fn exchange(&self, fields: &[(&str, &str)], basic: Option<(&str, &str)>) -> Resp {
+        let mut headers = vec![(
+            "content-type",
+            "application/x-www-form-urlencoded".to_owned(),
+        )];
+        if let Some((id, secret)) = basic {
+            headers.push((
+                "authorization",
+                format!("Basic {}", base64(&format!("{id}:{secret}"))),
+            ));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.request("POST", "/hub/api/oauth2/token", &headers, form(fields))
+            .await
+    }
+}
+
+fn base64(s: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A browser: keeps the `atelier-session` cookie, never follows redirects.
+struct Browser<'a> {
+    hub: &'a Served,
+    cookie: Option<String>,
+}
+
+impl Browser<'_> {
+    async fn send(&mut self, method: &str, path: &str, body: Option<String>) -> Resp {
+        let cookie = self.cookie.as_ref().map(|c| format!("atelier-session={c}"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(c) = &cookie {
+            headers.push(("cookie", c));
+        }
+        if body.is_some() {
+            headers.push(("content-type", "application/x-www-form-urlencoded"));
+        }
+        let resp = self
+            .hub
+            .request(method, path, &headers, body.unwrap_or_default())
+            .await;
+        if let Some(set) = resp.session_cookie() {
+            let value = set
+                .trim_start_matches("atelier-session=")
+                .split(';')
+                .next()
+                .unwrap_or("");
+            self.cookie =
+                (!value.is_empty() && !set.contains("Max-Age=0")).then(|| value.to_owned());
+        }
+        resp
+    }
+
+    async fn get(&mut self, path: &str) -> Resp {
+        self.send("GET", path, None).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        self.send("POST", path, Some(form(fields))).await
+    }
+
+    /// The CSRF token of the logged-in session (from the home page).
+    async fn xsrf(&mut self) -> String {
+        let home = self.get("/hub/home").await;
+        assert_eq!(home.status, 200, "{}", home.body);
+        home.xsrf()
+    }
+}
+
+/// One test per engine for each story: `<story>::sqlite` and `<story>::postgres`.
+macro_rules! stories {
+    ($($story:ident),* $(,)?) => {$(
+        mod $story {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$story(super::TestDb::sqlite()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = super::TestDb::postgres().await else { return };
+                super::$story(db).await;
+            }
+        }
+    )*};
+}
+
+stories!(
+    dev_login_sets_a_safe_cookie,
+    next_stays_on_site,
+    posts_without_csrf_are_refused,
+    bad_user_names_are_refused_and_escaped,
+    oauth_dance_as_jupyterhub_singleuser,
+    oauth_refusals,
+    logout_ends_the_session,
+    spawn_profiles_home_and_stop,
+    tokens_page,
+    admin_page,
+    error_pages,
+);
+
+// ---- stories --------------------------------------------------------------------------------
+
+async fn dev_login_sets_a_safe_cookie(db: TestDb) {
+    {
+        let web = Served::start(&db, |_| {}).await;
+        let mut b = web.browser();
+
+        // Anonymous: the login page gives a session (for its CSRF token) and no user.
+        let page = b.get("/hub/login").await;
+        assert_eq!(page.status, 200);
+        let anonymous = page.session_cookie().expect("anonymous session").to_owned();
+        for attr in ["Path=/", "HttpOnly", "SameSite=Lax"] {
+            assert!(anonymous.contains(attr), "{anonymous}");
+        }
+        assert!(!anonymous.contains("Secure"), "plain http: {anonymous}");
+        let anonymous_value = b.cookie.clone().unwrap();
+        assert_eq!(b.get("/hub/home").await.status, 302, "not logged in yet");
+
+        let r = b
+            .post(
+                "/hub/login",
+                &[("_xsrf", &page.xsrf()), ("username", "Alice"), ("next", "")],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(r.location(), "/hub/home");
+        let set = r.session_cookie().expect("session cookie").to_owned();
+        for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age="] {
+            assert!(set.contains(attr), "{set}");
+        }
+        // A fresh session id at login (no fixation); the anonymous one is gone.
+        assert_ne!(b.cookie.as_deref(), Some(anonymous_value.as_str()));
+        let home = b.get("/hub/home").await;
+        assert_eq!(home.status, 200);
+        assert!(home.body.contains("alice"), "the name is normalised");
+        let mut stale = web.browser();
+        stale.cookie = Some(anonymous_value);
+        assert_eq!(stale.get("/hub/home").await.status, 302);
+        let logins = web
+            .hub
+            .store
+            .list_audit(&AuditQuery {
+                action: Some(AuditAction::Login),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(logins[0].actor.as_deref(), Some("alice"));
+
+        // Admins need the one-time password.
+        let mut root = web.browser();
+        let page = root.get("/hub/login").await;
+        let r = root
+            .post(
+                "/hub/login",
+                &[
+                    ("_xsrf", &page.xsrf()),
+                    ("username", "root"),
+                    ("password", "guess"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 403);
+        assert!(matches!(
+            web.hub.store.get_user("root").await,
+            Err(StoreError::NotFound)
+        ));
+        let root = web.logged_in("root").await;
+        assert!(web.hub.store.get_user("root").await.unwrap().admin);
+        drop(root);
+
+        // With `cookie_secure`, every session cookie is Secure.
+        let secure = Served::start(&db, |c| c.cookie_secure = true).await;
+        let mut b = secure.browser();
+        let page = b.get("/hub/login").await;
+        assert!(page.session_cookie().unwrap().contains("; Secure"));
+        let r = b
+            .post(
+                "/hub/login",
+                &[("_xsrf", &page.xsrf()), ("username", "bob")],
+            )
+            .await;
+        assert_eq!(r.status, 303);
+        let set = r.session_cookie().unwrap();
+        assert!(
+            set.contains("; Secure") && set.contains("HttpOnly"),
+            "{set}"
+        );
+    }
+}
+
+async fn next_stays_on_site(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+    let table: &[(&str, &str)] = &[
+        ("/hub/token", "/hub/token"),
+        ("/user/alice/lab?a=1", "/user/alice/lab?a=1"),
+        ("https://evil.example", "/hub/home"),
+        ("https://evil.example/hub/home", "/hub/home"),
+        ("//evil.example", "/hub/home"),
+        ("//evil.example/%2F..", "/hub/home"),
+        ("/\\evil.example", "/hub/home"),
+        ("\\\\evil.example", "/hub/home"),
+        ("evil.example", "/hub/home"),
+        ("javascript:alert(1)", "/hub/home"),
+        ("/\t/evil.example", "/hub/home"),
+        ("/hub/home\r\nSet-Cookie: a=b", "/hub/home"),
+    ];
+    for (next, expected) in table {
+        let mut b = web.browser();
+        let page = b.get(&format!("/hub/login?next={}", enc(next))).await;
+        assert_eq!(page.status, 200);
+        assert!(!page.body.contains("evil.example"), "next={next:?} echoed");
+        // The form's next, and a forged one posted directly.
+        let r = b
+            .post(
+                "/hub/login",
+                &[
+                    ("_xsrf", &page.xsrf()),
+                    ("username", "alice"),
+                    ("next", next),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "next={next:?}: {}", r.body);
+        assert_eq!(r.location(), *expected, "next={next:?}");
+        // Logged in already: the login page goes straight to a safe next.
+        let again = b.get(&format!("/hub/login?next={}", enc(next))).await;
+        assert_eq!(again.status, 302);
+        assert_eq!(again.location(), *expected, "next={next:?} when logged in");
+    }
+}
+
+async fn posts_without_csrf_are_refused(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+
+    // The login form itself: no cookie, no token, a wrong token.
+    let mut anon = web.browser();
+    let r = anon.post("/hub/login", &[("username", "mallory")]).await;
+    assert_eq!(r.status, 403, "no session");
+    let page = anon.get("/hub/login").await;
+    let r = anon.post("/hub/login", &[("username", "mallory")]).await;
+    assert_eq!(r.status, 403, "no _xsrf");
+    let r = anon
+        .post(
+            "/hub/login",
+            &[("_xsrf", &generate_token()), ("username", "mallory")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "wrong _xsrf");
+    drop(page);
+    assert!(web.hub.store.get_user("mallory").await.is_err());
+
+    let mut alice = web.logged_in("alice").await;
+    let xsrf = alice.xsrf().await;
+    for (path, fields) in [
+        ("/hub/token", vec![("note", "stolen")]),
+        ("/hub/spawn/alice", vec![]),
+        ("/hub/stop/alice", vec![("next", "/hub/home")]),
+        ("/hub/logout", vec![]),
+        ("/hub/admin/users", vec![("name", "eve")]),
+    ] {
+        let r = alice.post(path, &fields).await;
+        assert_eq!(r.status, 403, "{path} without _xsrf: {}", r.body);
+        assert!(r.body.contains("_xsrf"), "{path}: {}", r.body);
+        let mut with_wrong = fields.clone();
+        with_wrong.push(("_xsrf", "nope"));
+        assert_eq!(alice.post(path, &with_wrong).await.status, 403, "{path}");
+        // A body that is not a form carries no token either.
+        let r = web
+            .request(
+                "POST",
+                path,
+                &[
+                    (
+                        "cookie",
+                        &format!("atelier-session={}", alice.cookie.clone().unwrap()),
+                    ),
+                    ("content-type", "application/json"),
+                ],
+                json!({"_xsrf": xsrf}).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{path} with JSON");
+    }
+    // Nothing happened: no token, no server, still logged in.
+    let me = web.hub.store.get_user("alice").await.unwrap();
+    assert!(
+        web.hub
+            .store
+            .list_tokens(&atelier::store::TokenOwner::User(me.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        web.hub.store.get_server_by_names("alice", "").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(alice.get("/hub/home").await.status, 200);
+    // With the token, the same form works.
+    let r = alice
+        .post("/hub/token", &[("_xsrf", &xsrf), ("note", "mine")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+async fn bad_user_names_are_refused_and_escaped(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+    for name in [
+        "../etc/passwd",
+        "alice/../root",
+        "<script>alert(1)</script>",
+        "\"><img src=x onerror=alert(1)>",
+        "аlice",  // Cyrillic а
+        "ａlice", // full-width a
+        "alice\u{200b}",
+        "al ice",
+        "",
+        "..",
+    ] {
+        let mut b = web.browser();
+        let page = b.get("/hub/login").await;
+        let r = b
+            .post("/hub/login", &[("_xsrf", &page.xsrf()), ("username", name)])
+            .await;
+        assert_eq!(r.status, 400, "{name:?}: {}", r.body);
+        assert!(r.session_cookie().is_none(), "{name:?}: no login");
+        assert!(r.body.contains("not a valid user name"), "{}", r.body);
+        assert!(!r.body.contains("<script>"), "{name:?} echoed raw");
+        assert!(!r.body.contains("<img"), "{name:?} echoed raw");
+        if name.contains("<script>") {
+            assert!(r.body.contains("&lt;script&gt;"), "{}", r.body);
+        }
+        assert_eq!(b.get("/hub/home").await.status, 302, "{name:?}");
+    }
+    let page = web.hub.store.list_users(&Default::default()).await.unwrap();
+    assert_eq!(page.total, 0, "no user was created");
+
+    // Names in paths are escaped on error pages too.
+    let mut alice = web.logged_in("alice").await;
+    let r = alice.get("/hub/spawn/alice/%3Cscript%3Ex").await;
+    assert_eq!(r.status, 400);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(!r.body.contains("<script>x"), "{}", r.body);
+    assert!(r.body.contains("&lt;script&gt;x"), "{}", r.body);
+}
+
+/// Starts alice's default server through the spawn form and waits until it runs.
+async fn start_via_ui(web: &Served, b: &mut Browser<'_>, user: &str) {
+    let page = b.get(&format!("/hub/spawn/{user}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let r = b
+        .post(&format!("/hub/spawn/{user}"), &[("_xsrf", &page.xsrf())])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    web.wait_for(user, "", ServerState::Running).await;
+}
+
+async fn oauth_dance_as_jupyterhub_singleuser(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+    let mut alice = web.logged_in("alice").await;
+    start_via_ui(&web, &mut alice, "alice").await;
+
+    // What the spawner gave the server.
+    let env = web.backend.request("alice", "").env;
+    let client_id = env["JUPYTERHUB_CLIENT_ID"].clone();
+    assert_eq!(client_id, oauth_client_id("alice", ""));
+    let secret = env["JUPYTERHUB_API_TOKEN"].clone();
+    let redirect_uri = env["JUPYTERHUB_OAUTH_CALLBACK_URL"].clone();
+
+    // The server sends the browser to authorize, with PKCE and state.
+    let verifier = generate_token();
+    let state = "eyJzdGF0ZV9pZCI6ICJhYmMifQ==";
+    let authorize = format!(
+        "/hub/api/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&state={}\
+         &code_challenge={}&code_challenge_method=S256",
+        enc(&client_id),
+        enc(&redirect_uri),
+        enc(state),
+        pkce_s256_challenge(&verifier)
+    );
+
+    // Not logged in: to the login page and back.
+    let mut fresh = web.browser();
+    let r = fresh.get(&authorize).await;
+    assert_eq!(r.status, 302);
+    let login = r.location().to_owned();
+    assert!(login.starts_with("/hub/login?next="), "{login}");
+    assert_eq!(query_params(&login)["next"], authorize);
+    let page = fresh.get(&login).await;
+    let r = fresh
+        .post(
+            "/hub/login",
+            &[
+                ("_xsrf", &page.xsrf()),
+                ("username", "alice"),
+                ("next", &query_params(&login)["next"]),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), authorize, "back to authorize after login");
+
+    // The owner is not asked for consent: straight back to the server with a code.
+    let r = fresh.get(&authorize).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(
+        r.header("x-jupyterhub-version"),
+        Some(hub::JUPYTERHUB_VERSION)
+    );
+    let callback = r.location().to_owned();
+    assert!(
+        callback.starts_with(&format!("{redirect_uri}?")),
+        "{callback}"
+    );
+    let params = query_params(&callback);
+    assert_eq!(params["state"], state);
+    let code = params["code"].clone();
+
+    // The callback: the token request of jupyterhub-singleuser.
+    let r = web
+        .exchange(
+            &[
+                ("client_id", &client_id),
+                ("client_secret", &secret),
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", &redirect_uri),
+                ("code_verifier", &verifier),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let reply = r.json();
+    assert_eq!(reply["token_type"], "Bearer");
+    assert!(reply["expires_in"].as_i64().unwrap() > 0);
+    assert!(
+        reply["scope"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .any(|s| s == "access:servers!server=alice/"),
+        "{reply}"
+    );
+    let access = reply["access_token"].as_str().unwrap().to_owned();
+
+    // The server identifies the visitor with the token.
+    let me = web.whoami(&access).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    let me = me.json();
+    assert_eq!(me["name"], "alice");
+    assert_eq!(me["kind"], "user");
+    let scopes: Vec<&str> = me["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        scopes.contains(&"access:servers!server=alice/"),
+        "{scopes:?}"
+    );
+
+    // The code was single-use.
+    let replay = web
+        .exchange(
+            &[
+                ("client_id", &client_id),
+                ("client_secret", &secret),
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", &redirect_uri),
+                ("code_verifier", &verifier),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(replay.status, 400);
+    assert_eq!(replay.json()["error"], "invalid_grant");
+
+    // HTTP Basic client authentication works too.
+    let r = fresh.get(&authorize).await;
+    let code2 = query_params(r.location())["code"].clone();
+    let r = web
+        .exchange(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code2),
+                ("redirect_uri", &redirect_uri),
+                ("code_verifier", &verifier),
+            ],
+            Some((&client_id, &secret)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let access2 = r.json()["access_token"].as_str().unwrap().to_owned();
+
+    // Logging out of the hub revokes the tokens issued in that session.
+    assert_eq!(fresh.get("/hub/logout").await.status, 302);
+    assert_eq!(web.whoami(&access).await.status, 403);
+    assert_eq!(web.whoami(&access2).await.status, 403);
+
+    // Stopping the server revokes the tokens issued to its client.
+    let r = alice.get(&authorize).await;
+    let code3 = query_params(r.location())["code"].clone();
+    let r = web
+        .exchange(
+            &[
+                ("client_id", &client_id),
+                ("client_secret", &secret),
+                ("grant_type", "authorization_code"),
+                ("code", &code3),
+                ("redirect_uri", &redirect_uri),
+                ("code_verifier", &verifier),
+            ],
+            None,
+        )
+        .await;
+    let access3 = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(web.whoami(&access3).await.status, 200);
+    let xsrf = alice.xsrf().await;
+    let r = alice
+        .post(
+            "/hub/stop/alice",
+            &[("_xsrf", &xsrf), ("next", "/hub/home")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    web.wait_for("alice", "", ServerState::Stopped).await;
+    assert_eq!(web.whoami(&access3).await.status, 403);
+}
+
+async fn oauth_refusals(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+    let mut alice = web.logged_in("alice").await;
+    start_via_ui(&web, &mut alice, "alice").await;
+    let env = web.backend.request("alice", "").env;
+    let client_id = env["JUPYTERHUB_CLIENT_ID"].clone();
+    let secret = env["JUPYTERHUB_API_TOKEN"].clone();
+    let redirect_uri = env["JUPYTERHUB_OAUTH_CALLBACK_URL"].clone();
+    let verifier = generate_token();
+    let url = |client: &str, redirect: &str| {
+        format!(
+            "/hub/api/oauth2/authorize?client_id={}&redirect_uri={}&response_type=code&state=s1\
+             &code_challenge={}&code_challenge_method=S256",
+            enc(client),
+            enc(redirect),
+            pkce_s256_challenge(&verifier)
+        )
+    };
+    let code_for = |r: &Resp| query_params(r.location())["code"].clone();
+    let exchange = |code: String, verifier: String, redirect: String| {
+        let web = &web;
+        let (client_id, secret) = (client_id.clone(), secret.clone());
+        async move {
+            web.exchange(
+                &[
+                    ("client_id", &client_id),
+                    ("client_secret", &secret),
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", &redirect),
+                    ("code_verifier", &verifier),
+                ],
+                None,
+            )
+            .await
+        }
+    };
+
+    // A wrong redirect URI or an unknown client: a 400 page, never a redirect.
+    for (client, redirect) in [
+        (client_id.as_str(), "https://evil.example/cb"),
+        (client_id.as_str(), &format!("{redirect_uri}/x")),
+        ("jupyterhub-user-nobody", redirect_uri.as_str()),
+        ("", redirect_uri.as_str()),
+    ] {
+        let r = alice.get(&url(client, redirect)).await;
+        assert_eq!(r.status, 400, "{client} {redirect}: {}", r.body);
+        assert!(r.header("location").is_none());
+        assert!(r.header("content-type").unwrap().starts_with("text/html"));
+        assert!(!r.body.contains("<script"), "escaped");
+    }
+
+    // Wrong code_verifier: invalid_grant, and the code is used up.
+    let code = code_for(&alice.get(&url(&client_id, &redirect_uri)).await);
+    let r = exchange(code.clone(), generate_token(), redirect_uri.clone()).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_grant");
+    assert!(
+        r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("code_verifier")
+    );
+    let r = exchange(code, verifier.clone(), redirect_uri.clone()).await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+
+    // No verifier for a PKCE code.
+    let code = code_for(&alice.get(&url(&client_id, &redirect_uri)).await);
+    let r = web
+        .exchange(
+            &[
+                ("client_id", &client_id),
+                ("client_secret", &secret),
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", &redirect_uri),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+
+    // Another redirect URI at the token endpoint than at authorize.
+    let code = code_for(&alice.get(&url(&client_id, &redirect_uri)).await);
+    let r = exchange(code, verifier.clone(), format!("{redirect_uri}x")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_grant");
+
+    // A wrong client secret, an unknown client, or none: invalid_client.
+    let code = code_for(&alice.get(&url(&client_id, &redirect_uri)).await);
+    for (id, secret) in [
+        (client_id.as_str(), "wrong-secret"),
+        ("jupyterhub-user-nobody", secret.as_str()),
+    ] {
+        let r = web
+            .exchange(
+                &[
+                    ("client_id", id),
+                    ("client_secret", secret),
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", &redirect_uri),
+                    ("code_verifier", &verifier),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.json()["error"], "invalid_client");
+    }
+    let r = web
+        .exchange(
+            &[("grant_type", "authorization_code"), ("code", &code)],
+            Some((&client_id, "wrong-secret")),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Basic"));
+    // The code survived the failed client authentications.
+    let r = exchange(code, verifier.clone(), redirect_uri.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = web
+        .exchange(
+            &[
+                ("client_id", &client_id),
+                ("client_secret", &secret),
+                ("grant_type", "password"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["error"], "unsupported_grant_type");
+
+    // Errors after the client is known go back to it, with the state.
+    let r = alice
+        .get(&url(&client_id, &redirect_uri).replace("response_type=code", "response_type=token"))
+        .await;
+    assert_eq!(r.status, 302);
+    let p = query_params(r.location());
+    assert_eq!(p["error"], "unsupported_response_type");
+    assert_eq!(p["state"], "s1");
+    let r = alice
+        .get(&url(&client_id, &redirect_uri).replace("S256", "plain"))
+        .await;
+    assert_eq!(query_params(r.location())["error"], "invalid_request");
+
+    // Another user authorizing for alice's server: 403.
+    let mut bob = web.logged_in("bob").await;
+    let r = bob.get(&url(&client_id, &redirect_uri)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.header("location").is_none());
+    assert!(r.body.contains("not allowed"), "{}", r.body);
+
+    // An admin is asked to confirm, then gets a code.
+    let mut root = web.logged_in("root").await;
+    let r = root.get(&url(&client_id, &redirect_uri)).await;
+    assert_eq!(r.status, 200, "consent page: {}", r.body);
+    assert!(r.body.contains("Authorize access"));
+    let r = root
+        .post(
+            "/hub/api/oauth2/authorize",
+            &[
+                ("client_id", &client_id),
+                ("redirect_uri", &redirect_uri),
+                ("response_type", "code"),
+                ("state", "s2"),
+                ("code_challenge", &pkce_s256_challenge(&verifier)),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "consent without _xsrf");
+    let consent = root.get(&url(&client_id, &redirect_uri)).await;
+    let r = root
+        .post(
+            "/hub/api/oauth2/authorize",
+            &[
+                ("_xsrf", &consent.xsrf()),
+                ("client_id", &client_id),
+                ("redirect_uri", &redirect_uri),
+                ("response_type", "code"),
+                ("state", "s2"),
+                ("code_challenge", &pkce_s256_challenge(&verifier)),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(query_params(r.location())["state"], "s2");
+    let r = exchange(code_for(&r), verifier.clone(), redirect_uri.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(web.whoami(&token).await.json()["name"], "root");
+}
+
+async fn logout_ends_the_session(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+    let mut alice = web.logged_in("alice").await;
+    let cookie = alice.cookie.clone().unwrap();
+    assert_eq!(alice.get("/hub/home").await.status, 200);
+
+    let xsrf = alice.xsrf().await;
+    let r = alice.post("/hub/logout", &[("_xsrf", &xsrf)]).await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location(), "/hub/login");
+    assert!(r.session_cookie().unwrap().contains("Max-Age=0"));
+    let r = alice.get("/hub/home").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.location(), "/hub/login?next=%2Fhub%2Fhome");
+
+    // The old cookie is worth nothing now.
+    let mut replay = web.browser();
+    replay.cookie = Some(cookie);
+    assert_eq!(replay.get("/hub/home").await.status, 302);
+    let logouts = web
+        .hub
+        .store
+        .list_audit(&AuditQuery {
+            action: Some(AuditAction::Logout),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logouts.len(), 1);
+
+    // GET /hub/logout too; `/` and `/hub/` lead home.
+    let mut bob = web.logged_in("bob").await;
+    let r = bob.get("/hub/logout").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(bob.get("/hub/home").await.status, 302);
+    for path in ["/", "/hub/"] {
+        let r = bob.get(path).await;
+        assert_eq!(r.status, 302);
+        assert_eq!(r.location(), "/hub/home");
+    }
+}
+
+async fn spawn_profiles_home_and_stop(db: TestDb) {
+    let web = Served::start(&db, |c| {
+        c.profiles = vec![
+            SpawnProfile {
+                description: "2 CPUs".into(),
+                ..SpawnProfile::new("small", "Small <b>CPU</b>")
+            },
+            SpawnProfile {
+                allowed_groups: vec!["gpu-users".into()],
+                user_options: json!({"gpus": 1}),
+                ..SpawnProfile::new("gpu", "GPU")
+            },
+        ];
+    })
+    .await;
+    let mut alice = web.logged_in("alice").await;
+
+    // The home page lists the default server, stopped.
+    let home = alice.get("/hub/home").await;
+    assert!(home.body.contains("Default server"));
+    assert!(home.body.contains("stopped"));
+    assert!(home.body.contains(r#"href="/hub/spawn/alice""#));
+
+    // Only the profiles alice's groups allow, escaped.
+    let page = alice.get("/hub/spawn/alice").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"value="small""#));
+    assert!(
+        page.body.contains("Small &lt;b&gt;CPU&lt;&#x2F;b&gt;")
+            || page.body.contains("Small &lt;b&gt;CPU&lt;/b&gt;")
+    );
+    assert!(!page.body.contains(r#"value="gpu""#));
+    let xsrf = page.xsrf();
+    let r = alice
+        .post("/hub/spawn/alice", &[("_xsrf", &xsrf), ("profile", "gpu")])
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = alice
+        .post("/hub/spawn/alice", &[("_xsrf", &xsrf), ("profile", "huge")])
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(matches!(
+        web.hub.store.get_server_by_names("alice", "").await,
+        Err(StoreError::NotFound)
+    ));
+
+    // In the group, the GPU profile is open, and its options reach the backend.
+    let me = web.hub.store.get_user("alice").await.unwrap();
+    web.hub
+        .store
+        .set_user_groups(me.id, &["gpu-users".to_owned()])
+        .await
+        .unwrap();
+    let page = alice.get("/hub/spawn/alice").await;
+    assert!(page.body.contains(r#"value="gpu""#));
+    let r = alice
+        .post("/hub/spawn/alice", &[("_xsrf", &xsrf), ("profile", "gpu")])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let to = r.location();
+    assert!(
+        to == "/hub/spawn-pending/alice" || to == "/user/alice/",
+        "{to}"
+    );
+    web.wait_for("alice", "", ServerState::Running).await;
+    let request = web.backend.request("alice", "");
+    assert_eq!(request.profile.as_deref(), Some("gpu"));
+    assert_eq!(request.user_options["gpus"], 1);
+
+    // Running: the pages lead to the server.
+    let r = alice.get("/hub/spawn-pending/alice").await;
+    assert_eq!(r.location(), "/user/alice/");
+    let r = alice.get("/hub/spawn/alice").await;
+    assert_eq!(r.location(), "/user/alice/");
+    let r = alice.get("/hub/user/alice/lab/tree?x=1").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.location(), "/user/alice/lab/tree?x=1");
+    let home = alice.get("/hub/home").await;
+    assert!(home.body.contains("running"));
+    assert!(home.body.contains(r#"action="/hub/stop/alice""#));
+
+    // Bob may not look at alice's server.
+    let mut bob = web.logged_in("bob").await;
+    assert_eq!(bob.get("/hub/user/alice/lab").await.status, 403);
+    assert_eq!(bob.get("/hub/spawn/alice").await.status, 403);
+    let bob_xsrf = bob.xsrf().await;
+    let r = bob.post("/hub/stop/alice", &[("_xsrf", &bob_xsrf)]).await;
+    assert_eq!(r.status, 403);
+
+    // Stop from the home page.
+    let r = alice
+        .post(
+            "/hub/stop/alice",
+            &[("_xsrf", &xsrf), ("next", "//evil.example")],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location(), "/hub/home");
+    web.wait_for("alice", "", ServerState::Stopped).await;
+    let r = alice.get("/hub/user/alice/lab").await;
+    assert_eq!(r.location(), "/hub/spawn/alice");
+    let r = alice.get("/hub/spawn-pending/alice").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("not running"));
+
+    // A named server from the home page's form.
+    let r = alice.get("/hub/spawn/alice?server_name=analysis").await;
+    assert_eq!(r.location(), "/hub/spawn/alice/analysis");
+    let r = alice.get("/hub/spawn/alice?server_name=Bad%20Name").await;
+    assert_eq!(r.status, 400);
+    let page = alice.get("/hub/spawn/alice/analysis").await;
+    assert_eq!(page.status, 200);
+    let r = alice
+        .post(
+            "/hub/spawn/alice/analysis",
+            &[("_xsrf", &xsrf), ("profile", "small")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    web.wait_for("alice", "analysis", ServerState::Running)
+        .await;
+    let r = alice.get("/hub/user/alice/analysis/lab").await;
+    assert_eq!(r.location(), "/user/alice/analysis/lab");
+}
+
+async fn tokens_page(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+    let mut alice = web.logged_in("alice").await;
+    let page = alice.get("/hub/token").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("You have no tokens"));
+    let xsrf = page.xsrf();
+
+    let r = alice
+        .post(
+            "/hub/token",
+            &[
+                ("_xsrf", &xsrf),
+                ("note", "<b>ci</b>"),
+                ("expires_in", "86400"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let re = regex::Regex::new(r#"<pre class="token"><code>([0-9a-f]{64})</code></pre>"#).unwrap();
+    let value = re.captures(&r.body).expect("the new token is shown")[1].to_owned();
+    assert!(r.body.contains("&lt;b&gt;ci&lt;"), "the note is escaped");
+    let me = web.whoami(&value).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["name"], "alice");
+
+    // Shown once only.
+    let page = alice.get("/hub/token").await;
+    assert!(!page.body.contains(&value));
+    let bad = alice
+        .post("/hub/token", &[("_xsrf", &xsrf), ("expires_in", "12")])
+        .await;
+    assert_eq!(bad.status, 400);
+
+    // Revoke it; another user cannot revoke it.
+    let user = web.hub.store.get_user("alice").await.unwrap();
+    let tokens = web
+        .hub
+        .store
+        .list_tokens(&atelier::store::TokenOwner::User(user.id))
+        .await
+        .unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert!(tokens[0].expires_at.is_some());
+    let id = tokens[0].id;
+    let mut bob = web.logged_in("bob").await;
+    let bob_xsrf = bob.xsrf().await;
+    let r = bob
+        .post(&format!("/hub/token/{id}/revoke"), &[("_xsrf", &bob_xsrf)])
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(web.whoami(&value).await.status, 200);
+    let r = alice
+        .post(&format!("/hub/token/{id}/revoke"), &[("_xsrf", &xsrf)])
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(web.whoami(&value).await.status, 403);
+}
+
+async fn admin_page(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+    let mut alice = web.logged_in("alice").await;
+    start_via_ui(&web, &mut alice, "alice").await;
+    assert_eq!(alice.get("/hub/admin").await.status, 403);
+    let alice_xsrf = alice.xsrf().await;
+    let r = alice
+        .post(
+            "/hub/admin/users",
+            &[("_xsrf", &alice_xsrf), ("name", "eve")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    let mut root = web.logged_in("root").await;
+    let page = root.get("/hub/admin").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("alice"));
+    assert!(page.body.contains("running"));
+    let xsrf = page.xsrf();
+
+    // Add users (a page holds 50).
+    for i in 0..55 {
+        let r = root
+            .post(
+                "/hub/admin/users",
+                &[
+                    ("_xsrf", &xsrf),
+                    ("name", &format!("user{i:02}")),
+                    ("next", "/hub/admin"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+    }
+    let r = root
+        .post("/hub/admin/users", &[("_xsrf", &xsrf), ("name", "user00")])
+        .await;
+    assert_eq!(r.status, 409);
+    let r = root
+        .post("/hub/admin/users", &[("_xsrf", &xsrf), ("name", "<x>")])
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("<x>"));
+    let first = root.get("/hub/admin").await;
+    assert!(
+        first.body.contains(r#"href="/hub/admin?offset=50""#),
+        "a next page"
+    );
+    let second = root.get("/hub/admin?offset=50").await;
+    assert!(second.body.contains("user54"));
+    assert!(!second.body.contains("user00"));
+
+    // Toggle admin, stop alice's server, delete a user.
+    let r = root
+        .post(
+            "/hub/admin/users/user01/admin",
+            &[("_xsrf", &xsrf), ("admin", "true")],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert!(web.hub.store.get_user("user01").await.unwrap().admin);
+    let r = root
+        .post(
+            "/hub/admin/users/root/admin",
+            &[("_xsrf", &xsrf), ("admin", "false")],
+        )
+        .await;
+    assert_eq!(r.status, 409, "no self-demotion");
+    let r = root
+        .post("/hub/admin/users/alice/delete", &[("_xsrf", &xsrf)])
+        .await;
+    assert_eq!(r.status, 409, "alice's server runs");
+    let r = root
+        .post(
+            "/hub/stop/alice",
+            &[("_xsrf", &xsrf), ("next", "/hub/admin?offset=0")],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location(), "/hub/admin?offset=0");
+    web.wait_for("alice", "", ServerState::Stopped).await;
+    let r = root
+        .post("/hub/admin/users/user02/delete", &[("_xsrf", &xsrf)])
+        .await;
+    assert_eq!(r.status, 303);
+    assert!(matches!(
+        web.hub.store.get_user("user02").await,
+        Err(StoreError::NotFound)
+    ));
+
+    let events = web
+        .hub
+        .store
+        .list_audit(&AuditQuery {
+            action: Some(AuditAction::Admin),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.detail["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"create_user"));
+    assert!(actions.contains(&"set_admin"));
+    assert!(actions.contains(&"delete_user"));
+    assert!(events.iter().all(|e| e.actor.as_deref() == Some("root")));
+    let stops = web
+        .hub
+        .store
+        .list_audit(&AuditQuery {
+            action: Some(AuditAction::ServerStop),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stops[0].actor.as_deref(), Some("root"));
+}
+
+async fn error_pages(db: TestDb) {
+    let web = Served::start(&db, |_| {}).await;
+    let mut b = web.browser();
+    let r = b.get("/hub/no-such-page").await;
+    assert_eq!(r.status, 404);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.body.contains("404"));
+    let r = b.get("/hub/api/no-such-endpoint").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["status"], 404);
+    let r = b.get("/hub/static/style.css").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/css"));
+    assert_eq!(b.get("/hub/static/nope.css").await.status, 404);
+
+    // Pages that need a user send anonymous visitors to the login page.
+    for path in ["/hub/home", "/hub/token", "/hub/admin", "/hub/spawn/alice"] {
+        let r = b.get(path).await;
+        assert_eq!(r.status, 302, "{path}");
+        assert_eq!(r.location(), format!("/hub/login?next={}", enc(path)));
+    }
+    let mut alice = web.logged_in("alice").await;
+    let r = alice.get("/hub/spawn/nobody").await;
+    assert_eq!(r.status, 403, "another user's, existing or not");
+    let mut root = web.logged_in("root").await;
+    let r = root.get("/hub/spawn/nobody").await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("No user nobody"));
+    let page = root.get("/hub/home").await;
+    for header in ["content-security-policy", "x-content-type-options"] {
+        assert!(page.header(header).is_some(), "{header}");
+    }
+}
