@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# Proxy benchmark, all on 127.0.0.1, in one run:
+#   nginx                          the upstream, and (hit directly) the ceiling
+#   configurable-http-proxy 5.3.0  JupyterHub's proxy, the rival
+#   Atelier's proxy                examples/bench_proxy.rs: in-memory routes, token check on
+# wrk at 1, 64 and 512 connections for a 100 B and a 1 MiB response, with 10 and 10,000 routes
+# (each request to a random route), then the RSS of each proxy holding idle WebSockets.
+#
+# Usage: bench/proxy/run.sh            (env: DURATION=5 CONNS="1 64 512" ROUTES="10 10000"
+#                                             SIZES="small large" WS_IDLE=1000)
+# Installs what is missing: nginx and wrk (apt), configurable-http-proxy (npm, pinned in
+# package.json, into bench/proxy/node_modules); builds the bench binary with --release.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-"1 64 512"}
+ROUTES=${ROUTES:-"10 10000"}
+SIZES=${SIZES:-"small large"}
+WS_IDLE=${WS_IDLE:-1000}
+TOKEN=bench
+CHP_TOKEN=bench-chp-token
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------------
+apt_updated=
+need_apt() { # need_apt COMMAND PACKAGE
+  if ! command -v "$1" >/dev/null && [ ! -x "/usr/sbin/$1" ]; then
+    if [ -z "$apt_updated" ]; then apt-get update -q >/dev/null; apt_updated=1; fi
+    log "installing $2 (apt)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null
+  fi
+}
+need_apt wrk wrk
+need_apt nginx nginx
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+CHP_JS="$HERE/node_modules/configurable-http-proxy/bin/configurable-http-proxy"
+if [ ! -f "$CHP_JS" ]; then
+  log "installing configurable-http-proxy (npm, pinned)"
+  (cd "$HERE" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+CHP_VERSION=$(node -p "require('$HERE/node_modules/configurable-http-proxy/package.json').version")
+log "building examples/bench_proxy (release)"
+(cd "$ROOT" && cargo build -q --release --example bench_proxy)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+BENCH="$TARGET_DIR/release/examples/bench_proxy"
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# --- processes -------------------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/atelier-bench-proxy.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+wait_http() { # wait_http URL
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  log "no answer from $1"; return 1
+}
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+mkdir -p "$WORK/www" "$WORK/tmp"
+head -c 100 /dev/urandom >"$WORK/www/small"
+head -c 1048576 /dev/urandom >"$WORK/www/large"
+chmod 755 "$WORK/www"; chmod 644 "$WORK/www/"*
+
+NGINX_PORT=$(free_port)
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 65;
+  keepalive_requests 100000000;
+  client_body_temp_path $WORK/tmp/body;
+  proxy_temp_path $WORK/tmp/proxy;
+  fastcgi_temp_path $WORK/tmp/fastcgi;
+  uwsgi_temp_path $WORK/tmp/uwsgi;
+  scgi_temp_path $WORK/tmp/scgi;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $WORK/www;
+    location / { rewrite ^/user/[^/]+/(.*)\$ /\$1 break; }
+  }
+}
+EOF
+"$NGINX" -p "$WORK" -c "$WORK/nginx.conf" &
+PIDS+=($!)
+NGINX_URL="http://127.0.0.1:$NGINX_PORT"
+wait_http "$NGINX_URL/small"
+
+start_chp() { # start_chp ROUTES TARGET -> sets CHP_PID CHP_PORT
+  CHP_PORT=$(free_port); local api; api=$(free_port)
+  CONFIGPROXY_AUTH_TOKEN=$CHP_TOKEN node "$CHP_JS" --ip 127.0.0.1 --port "$CHP_PORT" \
+    --api-ip 127.0.0.1 --api-port "$api" --default-target "$NGINX_URL" --log-level error \
+    >"$WORK/chp.log" 2>&1 &
+  CHP_PID=$!; PIDS+=("$CHP_PID")
+  wait_http "http://127.0.0.1:$api/api/routes" || { cat "$WORK/chp.log" >&2; return 1; }
+  "$BENCH" chp-routes --api "http://127.0.0.1:$api" --auth "$CHP_TOKEN" --routes "$1" --target "$2" >/dev/null
+}
+start_atelier() { # start_atelier ROUTES TARGET -> sets AT_PID AT_PORT
+  AT_PORT=$(free_port)
+  "$BENCH" proxy --bind "127.0.0.1:$AT_PORT" --routes "$1" --target "$2" --hub "$NGINX_URL" \
+    --token "$TOKEN" >"$WORK/atelier.log" 2>&1 &
+  AT_PID=$!; PIDS+=("$AT_PID")
+  wait_http "http://127.0.0.1:$AT_PORT/_atelier/proxy/health"
+}
+
+# --- HTTP: wrk ---------------------------------------------------------------------------------
+cat >"$WORK/random-route.lua" <<'EOF'
+local n = tonumber(os.getenv("BENCH_ROUTES"))
+local file = os.getenv("BENCH_FILE")
+local headers = { ["Authorization"] = "token bench" }
+request = function()
+  return wrk.format("GET", "/user/u" .. math.random(0, n - 1) .. "/" .. file, headers)
+end
+EOF
+
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+# run_wrk NAME PORT ROUTES FILE CONNS -> appends "name routes file conns rps p50ms errors"
+run_wrk() {
+  local name=$1 port=$2 routes=$3 file=$4 conns=$5 threads=2 out
+  [ "$conns" -lt 2 ] && threads=1
+  out=$(BENCH_ROUTES=$routes BENCH_FILE=$file wrk -t"$threads" -c"$conns" -d"${DURATION}s" \
+    --latency -s "$WORK/random-route.lua" "http://127.0.0.1:$port" 2>&1)
+  local rps p50 errors
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
+  errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$routes" "$file" "$conns" "${rps:-0}" "${p50:-0}" "${errors:-}" >>"$RESULTS"
+  log "$(printf '%-8s routes=%-5s %-5s c=%-3s %10s req/s  p50 %8s ms %s' "$name" "$routes" "$file" "$conns" "$rps" "$p50" "$errors")"
+}
+
+log "nginx ceiling (port $NGINX_PORT)"
+for file in $SIZES; do
+  for c in $CONNS; do
+    wrk -t1 -c1 -d1s "$NGINX_URL/user/u0/$file" >/dev/null # warm-up
+    run_wrk nginx "$NGINX_PORT" 10 "$file" "$c"
+  done
+done
+
+for routes in $ROUTES; do
+  log "$routes routes: starting configurable-http-proxy $CHP_VERSION and Atelier"
+  start_chp "$routes" "$NGINX_URL"
+  start_atelier "$routes" "$NGINX_URL"
+  for file in $SIZES; do
+    for c in $CONNS; do
+      for p in "chp $CHP_PORT" "atelier $AT_PORT"; do
+        set -- $p
+        BENCH_ROUTES=$routes BENCH_FILE=$file wrk -t1 -c4 -d1s -s "$WORK/random-route.lua" "http://127.0.0.1:$2" >/dev/null # warm-up
+        run_wrk "$1" "$2" "$routes" "$file" "$c"
+      done
+    done
+  done
+  log "RSS with $routes routes: chp $(rss_kib "$CHP_PID") KiB, atelier $(rss_kib "$AT_PID") KiB"
+  echo "rss_routes	$routes	$(rss_kib "$CHP_PID")	$(rss_kib "$AT_PID")" >>"$WORK/rss.tsv"
+  stop_pid "$CHP_PID"; stop_pid "$AT_PID"
+done
+
+# --- idle WebSockets: RSS ----------------------------------------------------------------------
+ECHO_PORT=$(free_port)
+"$BENCH" ws-echo --bind "127.0.0.1:$ECHO_PORT" >"$WORK/echo.log" 2>&1 &
+PIDS+=($!)
+sleep 0.3
+ws_rss() { # ws_rss NAME PID PORT -> appends "ws name count before after"
+  local name=$1 pid=$2 port=$3 before after hold
+  "$BENCH" ws-hold --url "ws://127.0.0.1:$port/user/u0/ws" --count 20 --hold-secs 0 >/dev/null # warm-up
+  sleep 1
+  before=$(rss_kib "$pid")
+  "$BENCH" ws-hold --url "ws://127.0.0.1:$port/user/u0/ws" --count "$WS_IDLE" --hold-secs 30 >"$WORK/hold.out" 2>&1 &
+  hold=$!; PIDS+=("$hold")
+  for _ in $(seq 1 300); do grep -q '^ready' "$WORK/hold.out" && break; sleep 0.1; done
+  grep -q "^ready $WS_IDLE" "$WORK/hold.out" || { cat "$WORK/hold.out" >&2; return 1; }
+  sleep 2
+  after=$(rss_kib "$pid")
+  stop_pid "$hold"
+  echo "ws	$name	$WS_IDLE	$before	$after" >>"$WORK/rss.tsv"
+  log "$name: RSS $before KiB idle, $after KiB with $WS_IDLE idle WebSockets: $(( (after - before) * 1024 / WS_IDLE )) B each"
+}
+start_chp 10 "http://127.0.0.1:$ECHO_PORT"
+ws_rss chp "$CHP_PID" "$CHP_PORT"
+stop_pid "$CHP_PID"
+start_atelier 10 "http://127.0.0.1:$ECHO_PORT"
+ws_rss atelier "$AT_PID" "$AT_PORT"
+stop_pid "$AT_PID"
+
+# --- report ------------------------------------------------------------------------------------
+mkdir -p "$HERE/results"
+REPORT="$HERE/results/$(date -u +%Y%m%dT%H%M%SZ).txt"
+python3 - "$RESULTS" "$WORK/rss.tsv" "$CHP_VERSION" "$DURATION" >"$REPORT" <<'EOF'
+import sys
+results, rss, chp_version, duration = sys.argv[1:5]
+rows = [l.rstrip("\n").split("\t") for l in open(results) if l.strip()]
+r = {}
+for name, routes, file, conns, rps, p50, errors in rows:
+    r[(name, routes, file, conns)] = (float(rps), float(p50), errors.strip())
+ceiling = {(f, c): v for (n, _, f, c), v in r.items() if n == "nginx"}
+print(f"wrk {duration}s per run, 127.0.0.1, {__import__('os').cpu_count()} cores; "
+      f"configurable-http-proxy {chp_version}; every request to a random route")
+print(f"{'body':5} {'routes':>6} {'conns':>5} | {'nginx req/s':>11} {'p50 ms':>7} | "
+      f"{'CHP req/s':>10} {'p50 ms':>7} | {'Atelier req/s':>13} {'p50 ms':>7} | "
+      f"{'Atelier/ceil':>12} {'CHP/ceil':>8} {'Atelier/CHP':>11} {'p50 A/CHP':>9}")
+errors = []
+for (name, routes, file, conns), (rps, p50, err) in sorted(
+        r.items(), key=lambda kv: (kv[0][2] != "small", int(kv[0][1]), int(kv[0][3]))):
+    if err:
+        errors.append(f"{name} {routes} {file} c={conns}: {err}")
+    if name != "atelier":
+        continue
+    crps, cp50, _ = r.get(("chp", routes, file, conns), (0, 0, ""))
+    nrps, np50, _ = ceiling.get((file, conns), (0, 0, ""))
+    body = "100B" if file == "small" else "1MiB"
+    share = lambda a, b: f"{100 * a / b:.0f}%" if b else "-"
+    ratio = lambda a, b: f"{a / b:.2f}" if b else "-"
+    print(f"{body:5} {routes:>6} {conns:>5} | {nrps:>11.0f} {np50:>7.2f} | {crps:>10.0f} {cp50:>7.2f} | "
+          f"{rps:>13.0f} {p50:>7.2f} | {share(rps, nrps):>12} {share(crps, nrps):>8} "
+          f"{ratio(rps, crps):>11} {ratio(p50, cp50):>9}")
+print()
+for line in open(rss):
+    f = line.rstrip("\n").split("\t")
+    if f[0] == "rss_routes":
+        print(f"RSS after the HTTP runs with {f[1]} routes: CHP {int(f[2]) // 1024} MiB, "
+              f"Atelier {int(f[3]) // 1024} MiB")
+    elif f[0] == "ws":
+        name, n, before, after = f[1], int(f[2]), int(f[3]), int(f[4])
+        print(f"{name}: {n} idle WebSockets add {(after - before) // 1024} MiB of RSS "
+              f"({(after - before) * 1024 / n / 1024:.1f} KiB each; {before // 1024} MiB before)")
+for e in errors:
+    print("WARNING", e)
+EOF
+cat "$REPORT"
+log "report: $REPORT"

@@ -1,0 +1,209 @@
+//! Helpers of `bench/proxy/run.sh` (loopback only):
+//!
+//! * `proxy`: Atelier's proxy with N in-memory routes `/user/u<i>/` → one target, and the
+//!   production authorization path (a token checked through the decision cache);
+//! * `ws-echo`: a WebSocket echo server (the upstream of the idle-WebSocket test);
+//! * `ws-hold`: opens N WebSockets through a proxy, exchanges one message on each, prints
+//!   `ready N` and keeps them idle for a while;
+//! * `chp-routes`: adds N routes to configurable-http-proxy through its REST API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atelier::proxy::{
+    Authorizer, Credential, MemoryRoutes, Proxy, ProxyConfig, Route, Verdict, serve,
+    shutdown_signal,
+};
+use clap::{Parser, Subcommand};
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Atelier's proxy with in-memory routes.
+    Proxy {
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Routes `/user/u0/` … `/user/u<N-1>/`.
+        #[arg(long)]
+        routes: usize,
+        /// Where every route goes.
+        #[arg(long)]
+        target: String,
+        /// The default target (the hub).
+        #[arg(long)]
+        hub: String,
+        /// The token requests must carry (`Authorization: token <t>`).
+        #[arg(long, default_value = "bench")]
+        token: String,
+    },
+    /// A WebSocket echo server.
+    WsEcho {
+        #[arg(long)]
+        bind: SocketAddr,
+    },
+    /// Opens idle WebSockets through a proxy.
+    WsHold {
+        /// e.g. `ws://127.0.0.1:8000/user/u0/ws`.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value = "bench")]
+        token: String,
+        /// How long to keep them open after `ready`.
+        #[arg(long, default_value_t = 30)]
+        hold_secs: u64,
+    },
+    /// Adds routes `/user/u<i>` → target to configurable-http-proxy.
+    ChpRoutes {
+        /// Its API, e.g. `http://127.0.0.1:8001`.
+        #[arg(long)]
+        api: String,
+        /// `CONFIGPROXY_AUTH_TOKEN`.
+        #[arg(long)]
+        auth: String,
+        #[arg(long)]
+        routes: usize,
+        #[arg(long)]
+        target: String,
+    },
+}
+
+/// Lets in the one bench token, as a store-backed authorizer lets in a valid one.
+struct BenchToken(String);
+
+impl Authorizer for BenchToken {
+    fn authorize<'a>(
+        &'a self,
+        credential: &'a Credential,
+        _owner: &'a str,
+        _server: &'a str,
+    ) -> BoxFuture<'a, Result<Verdict, atelier::proxy::Error>> {
+        let verdict = match credential {
+            Credential::Token(t) if *t == self.0 => Verdict::Allow,
+            _ => Verdict::Unknown,
+        };
+        Box::pin(async move { Ok(verdict) })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Proxy {
+            bind,
+            routes,
+            target,
+            hub,
+            token,
+        } => {
+            let source = Arc::new(MemoryRoutes::from_routes(
+                (0..routes).map(|i| Route::new(format!("u{i}"), "", target.clone())),
+            ));
+            let proxy = Proxy::start(
+                ProxyConfig::new(hub),
+                source,
+                Some(Arc::new(BenchToken(token))),
+            )
+            .await?;
+            let listener = TcpListener::bind(bind).await?;
+            println!("listening {} routes {}", listener.local_addr()?, routes);
+            serve(listener, proxy, shutdown_signal()).await;
+        }
+        Command::WsEcho { bind } => {
+            let listener = TcpListener::bind(bind).await?;
+            println!("listening {}", listener.local_addr()?);
+            loop {
+                let (stream, _) = listener.accept().await?;
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        Command::WsHold {
+            url,
+            count,
+            token,
+            hold_secs,
+        } => {
+            let open = |_| {
+                let (url, token) = (url.clone(), token.clone());
+                async move {
+                    let mut req = url.into_client_request()?;
+                    req.headers_mut()
+                        .insert("authorization", format!("token {token}").parse()?);
+                    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+                    ws.send(Message::text("hello")).await?;
+                    match ws.next().await {
+                        Some(Ok(m)) if m.is_text() => Ok(ws),
+                        other => anyhow::bail!("no echo: {other:?}"),
+                    }
+                }
+            };
+            let sockets: Vec<_> = futures::stream::iter(0..count)
+                .map(open)
+                .buffer_unordered(32)
+                .collect::<Vec<anyhow::Result<_>>>()
+                .await
+                .into_iter()
+                .collect::<anyhow::Result<_>>()?;
+            println!("ready {}", sockets.len());
+            tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+            drop(sockets);
+        }
+        Command::ChpRoutes {
+            api,
+            auth,
+            routes,
+            target,
+        } => {
+            let client: Client<HttpConnector, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+            let body = Bytes::from(serde_json::json!({ "target": target }).to_string());
+            let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..routes)
+                .map(|i| {
+                    let req = http::Request::post(format!("{api}/api/routes/user/u{i}"))
+                        .header("authorization", format!("token {auth}"))
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()));
+                    let client = client.clone();
+                    async move {
+                        let resp = client.request(req?).await?;
+                        let status = resp.status();
+                        resp.into_body().collect().await?;
+                        anyhow::ensure!(status.is_success(), "route u{i}: {status}");
+                        Ok(())
+                    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+            println!("added {routes} routes");
+        }
+    }
+    Ok(())
+}
