@@ -699,5 +699,10 @@ async fn real_jupyterhub_singleuser_starts_and_stops() {
         poll(&backend, &spawned.handle).await,
         BackendStatus::Stopped { .. }
     ));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("received signal 15, stopping"),
+        "stopped by SIGTERM, not SIGKILL:\n{log}"
+    );
     hub.abort();
 }
