@@ -352,8 +352,18 @@ struct Served {
 
 impl Served {
     async fn start(db: &TestDb, configure: impl FnOnce(&mut HubConfig)) -> Served {
+        Served::start_on(db, None, configure).await
+    }
+
+    /// A hub whose servers run on `servers` (by default the [`TestBackend`]).
+    async fn start_on(
+        db: &TestDb,
+        servers: Option<Arc<dyn WorkspaceBackend>>,
+        configure: impl FnOnce(&mut HubConfig),
+    ) -> Served {
         let store = Store::connect(&db.url).await.expect("connect");
         let backend = Arc::new(TestBackend::default());
+        let servers = servers.unwrap_or_else(|| backend.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut config = HubConfig::new(&base, &format!("{base}/hub/api"));
@@ -362,7 +372,7 @@ impl Served {
         config.admin_password_hash = Some(hash_admin_password(ADMIN_PASSWORD));
         config.spawn_timeout_secs = 60;
         configure(&mut config);
-        let hub = Hub::new(store, backend.clone(), config);
+        let hub = Hub::new(store, servers, config);
         let app = hub::router(hub.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).into_future().await;
@@ -430,9 +440,9 @@ impl Served {
         b
     }
 
-    /// Waits (bounded) until the server's row is in `state`.
+    /// Waits (bounded: two minutes) until the server's row is in `state`.
     async fn wait_for(&self, user: &str, server: &str, state: ServerState) {
-        for _ in 0..600 {
+        for _ in 0..2400 {
             match self.hub.store.get_server_by_names(user, server).await {
                 Ok(s) if s.state == state => return,
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -1338,11 +1348,48 @@ async fn spawn_profiles_home_and_stop(db: TestDb) {
     assert_eq!(r.status, 303);
     assert_eq!(r.location(), "/hub/home");
     web.wait_for("alice", "", ServerState::Stopped).await;
-    let r = alice.get("/hub/user/alice/lab").await;
-    assert_eq!(r.location(), "/hub/spawn/alice");
     let r = alice.get("/hub/spawn-pending/alice").await;
     assert_eq!(r.status, 200);
     assert!(r.body.contains("not running"));
+
+    // Back to the page asked for, through the spawn form, as the proxy sends visitors.
+    let r = alice.get("/hub/user/alice/lab?x=1").await;
+    assert_eq!(
+        r.location(),
+        "/hub/spawn/alice?next=%2Fuser%2Falice%2Flab%3Fx%3D1"
+    );
+    let page = alice.get(r.location()).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains(r#"name="next" value="/user/alice/lab?x=1""#)
+    );
+    let r = alice
+        .post(
+            "/hub/spawn/alice",
+            &[
+                ("_xsrf", &xsrf),
+                ("profile", "small"),
+                ("next", "/user/alice/lab?x=1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let to = r.location().to_owned();
+    assert!(
+        to == "/hub/spawn-pending/alice?next=%2Fuser%2Falice%2Flab%3Fx%3D1"
+            || to == "/user/alice/lab?x=1",
+        "{to}"
+    );
+    web.wait_for("alice", "", ServerState::Running).await;
+    let r = alice
+        .get("/hub/spawn-pending/alice?next=%2Fuser%2Falice%2Flab%3Fx%3D1")
+        .await;
+    assert_eq!(r.location(), "/user/alice/lab?x=1");
+    let r = alice
+        .get("/hub/spawn/alice?next=https%3A%2F%2Fevil.example")
+        .await;
+    assert_eq!(r.location(), "/user/alice/", "an off-site next is dropped");
 
     // A named server from the home page's form.
     let r = alice.get("/hub/spawn/alice?server_name=analysis").await;
@@ -1576,4 +1623,197 @@ async fn error_pages(db: TestDb) {
     for header in ["content-security-policy", "x-content-type-options"] {
         assert!(page.header(header).is_some(), "{header}");
     }
+}
+
+// ---- the real jupyterhub-singleuser ---------------------------------------------------------
+
+/// The venv of the Python peers, or why the peer test does not run.
+fn peers_venv() -> Option<PathBuf> {
+    if std::env::var("ATELIER_PEERS").ok().as_deref() != Some("1") {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: OAuth login through the real jupyterhub-singleuser (set ATELIER_PEERS=1)"
+        );
+        return None;
+    }
+    let venv = std::env::var_os("ATELIER_PEERS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/venv"));
+    assert!(
+        venv.join("bin/jupyterhub-singleuser").is_file(),
+        "ATELIER_PEERS=1 but {} has no jupyterhub-singleuser (run .ci/test.sh to provision the \
+         peers)",
+        venv.display()
+    );
+    Some(venv)
+}
+
+/// Kills a server's process group when dropped (also when the test fails), and removes the
+/// backend's state directory.
+struct PeerCleanup {
+    pgid: Option<i32>,
+    dir: PathBuf,
+}
+
+impl Drop for PeerCleanup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            // SAFETY: kill(2) on a process group this test started.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The site as a browser sees it behind the proxy: `/user/...` goes to the server, the rest to
+/// the hub; one cookie jar for both; redirects followed by hand.
+struct Site<'a> {
+    web: &'a Served,
+    server: String,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Site<'_> {
+    async fn get(&mut self, url: &str) -> Resp {
+        let path = match url.find("://") {
+            Some(i) => &url[i + 3 + url[i + 3..].find('/').unwrap_or(url.len() - i - 3)..],
+            None => url,
+        };
+        let target = if path.starts_with("/user/") {
+            format!("{}{path}", self.server)
+        } else {
+            format!("{}{path}", self.web.base)
+        };
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let resp = self
+            .web
+            .request(
+                "GET",
+                &target,
+                &[("cookie", &cookie), ("accept", "text/html")],
+                String::new(),
+            )
+            .await;
+        for set in resp.headers.get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let pair = set.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            let cleared = value.is_empty()
+                || value == "\"\""
+                || set.contains("Max-Age=0")
+                || set.contains("1970");
+            if cleared {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        resp
+    }
+
+    /// Follows redirects from `url`; the last response and the path it came from.
+    async fn follow(&mut self, url: &str) -> (Resp, String) {
+        let mut url = url.to_owned();
+        for _ in 0..12 {
+            let resp = self.get(&url).await;
+            if !(300..400).contains(&resp.status) {
+                return (resp, url);
+            }
+            url = resp.location().to_owned();
+        }
+        panic!("too many redirects, last {url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_jupyterhub_singleuser_logs_in_through_the_hub() {
+    use atelier::backend::local::{LocalBackend, LocalConfig};
+
+    let Some(venv) = peers_venv() else {
+        return;
+    };
+    let state_dir =
+        std::env::temp_dir().join(format!("atelier-hub-web-peer-{}", &generate_token()[..12]));
+    let mut cleanup = PeerCleanup {
+        pgid: None,
+        dir: state_dir.clone(),
+    };
+    let mut config = LocalConfig::new(&state_dir);
+    config.command = vec![
+        venv.join("bin/jupyterhub-singleuser")
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    config.start_timeout = Duration::from_secs(90);
+    let db = TestDb::sqlite();
+    let web = Served::start_on(&db, Some(Arc::new(LocalBackend::new(config))), |c| {
+        c.spawn_timeout_secs = 100;
+    })
+    .await;
+
+    let mut alice = web.logged_in("alice").await;
+    start_via_ui(&web, &mut alice, "alice").await;
+    let server = web
+        .hub
+        .store
+        .get_server_by_names("alice", "")
+        .await
+        .unwrap();
+    cleanup.pgid = server.spawner_state["pgid"].as_i64().map(|p| p as i32);
+    let log = || std::fs::read_to_string(state_dir.join("logs/alice.log")).unwrap_or_default();
+
+    // The browser opens JupyterLab: the server sends it through the hub's OAuth and back.
+    let mut site = Site {
+        web: &web,
+        server: server.url.clone().expect("a running server has a URL"),
+        cookies: BTreeMap::from([("atelier-session".to_owned(), alice.cookie.clone().unwrap())]),
+    };
+    let (lab, at) = site.follow("/user/alice/lab").await;
+    assert_eq!(
+        lab.status,
+        200,
+        "{at}: {}\n--- server log ---\n{}",
+        lab.body,
+        log()
+    );
+    assert!(at.starts_with("/user/alice/lab"), "{at}");
+    assert!(
+        site.cookies.contains_key("jupyterhub-user-alice"),
+        "{:?}",
+        site.cookies.keys()
+    );
+    let status = site.get("/user/alice/api/status").await;
+    assert_eq!(
+        status.status,
+        200,
+        "{}\n--- server log ---\n{}",
+        status.body,
+        log()
+    );
+    assert!(status.json().get("started").is_some(), "{}", status.body);
+
+    // Bob is turned away by the hub, not by the server.
+    let bob = web.logged_in("bob").await;
+    let mut bob_site = Site {
+        web: &web,
+        server: site.server.clone(),
+        cookies: BTreeMap::from([("atelier-session".to_owned(), bob.cookie.clone().unwrap())]),
+    };
+    let (denied, at) = bob_site.follow("/user/alice/lab").await;
+    assert_eq!(denied.status, 403, "{at}: {}", denied.body);
+    assert!(at.starts_with("/hub/api/oauth2/authorize"), "{at}");
+
+    // Stopping the server ends it and its credentials.
+    let xsrf = alice.xsrf().await;
+    let r = alice.post("/hub/stop/alice", &[("_xsrf", &xsrf)]).await;
+    assert_eq!(r.status, 303);
+    web.wait_for("alice", "", ServerState::Stopped).await;
+    cleanup.pgid = None;
 }

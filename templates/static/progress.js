@@ -16,7 +16,7 @@
       if (event.ready) {
         source.close();
         if (el.getAttribute("data-reload") === "true") {
-          window.location.assign(event.url || el.getAttribute("data-ready-url"));
+          window.location.assign(el.getAttribute("data-ready-url") || event.url);
         } else {
           window.location.reload();
         }

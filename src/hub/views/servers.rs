@@ -238,11 +238,31 @@ pub async fn home(State(hub): State<HubState>, me: LoggedIn) -> Result<Page, Pag
 
 // ---- spawn form -----------------------------------------------------------------------------
 
-/// `?server_name=` of the spawn page: the "new named server" form of the home page.
+/// The query of the spawn and progress pages: `server_name` (the "new named server" form of
+/// the home page) and `next`, where to go once the server runs (the proxy sends visitors of a
+/// stopped server here with the page they asked for).
 #[derive(Deserialize)]
 pub struct SpawnQuery {
     #[serde(default)]
     server_name: Option<String>,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// The on-site `next` of a query, if any.
+fn next_of(query: Result<Query<SpawnQuery>, QueryRejection>) -> (Option<String>, Option<String>) {
+    match query {
+        Ok(Query(q)) => (q.server_name, q.next.and_then(|n| safe_next(&n))),
+        Err(_) => (None, None),
+    }
+}
+
+/// `path` with `?next=` when there is one.
+fn with_next(path: &str, next: Option<&str>) -> String {
+    match next {
+        Some(next) => format!("{path}?next={}", url_encode(next)),
+        None => path.to_owned(),
+    }
 }
 
 /// `GET /hub/spawn`: the user's own default server.
@@ -257,16 +277,16 @@ pub async fn spawn_page_default(
     Path(user): Path<String>,
     query: Result<Query<SpawnQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
-    let named = query
-        .ok()
-        .and_then(|Query(q)| q.server_name)
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty());
+    let (named, next) = next_of(query);
+    let named = named.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
     if let Some(server) = named {
         check_server_name(&server)?;
-        return Ok(found(&hub_path("/hub/spawn", &user, &server)));
+        return Ok(found(&with_next(
+            &hub_path("/hub/spawn", &user, &server),
+            next.as_deref(),
+        )));
     }
-    spawn_page(&hub, &me, &user, "").await
+    spawn_page(&hub, &me, &user, "", next.as_deref()).await
 }
 
 /// `GET /hub/spawn/{user}/{server}`.
@@ -274,8 +294,10 @@ pub async fn spawn_page_named(
     State(hub): State<HubState>,
     me: LoggedIn,
     Path((user, server)): Path<(String, String)>,
+    query: Result<Query<SpawnQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
-    spawn_page(&hub, &me, &user, &server).await
+    let (_, next) = next_of(query);
+    spawn_page(&hub, &me, &user, &server, next.as_deref()).await
 }
 
 #[derive(Serialize)]
@@ -291,6 +313,7 @@ fn render_spawn(
     me: &LoggedIn,
     owner: &Owner,
     server: &str,
+    next: Option<&str>,
     error: Option<&str>,
 ) -> Result<Page, PageError> {
     let profiles = profiles_for(hub, &owner.groups);
@@ -318,6 +341,7 @@ fn render_spawn(
         .insert("for_other", &(owner.user.id != me.user.id))
         .insert("profiles", &choices)
         .insert("action", &hub_path("/hub/spawn", &owner.user.name, server))
+        .insert("next", next.unwrap_or(""))
         .insert("error", &error))
 }
 
@@ -326,19 +350,25 @@ async fn spawn_page(
     me: &LoggedIn,
     user: &str,
     server: &str,
+    next: Option<&str>,
 ) -> Result<Response, PageError> {
     check_server_name(server)?;
     let owner = owner_for(hub, &me.user, user, server, "servers").await?;
     if let Some(row) = find_server(hub, &owner.user, server).await? {
         match row.state {
-            ServerState::Running => return Ok(found(&server_url(user, server))),
+            ServerState::Running => {
+                return Ok(found(next.unwrap_or(&server_url(user, server))));
+            }
             ServerState::Starting | ServerState::Stopping => {
-                return Ok(found(&hub_path("/hub/spawn-pending", user, server)));
+                return Ok(found(&with_next(
+                    &hub_path("/hub/spawn-pending", user, server),
+                    next,
+                )));
             }
             ServerState::Stopped | ServerState::Failed => {}
         }
     }
-    Ok(render_spawn(hub, me, &owner, server, None)?.into_response())
+    Ok(render_spawn(hub, me, &owner, server, next, None)?.into_response())
 }
 
 /// The spawn form.
@@ -346,6 +376,9 @@ async fn spawn_page(
 pub struct SpawnForm {
     #[serde(default)]
     profile: Option<String>,
+    /// Where to go once the server runs.
+    #[serde(default)]
+    next: String,
 }
 
 /// `POST /hub/spawn/{user}`.
@@ -378,6 +411,7 @@ async fn spawn(
     check_server_name(server)?;
     let owner = owner_for(hub, &me.user, user, server, "servers").await?;
     let open = profiles_for(hub, &owner.groups);
+    let next = safe_next(&form.form.next);
     let wanted = form.form.profile.unwrap_or_default();
     let profile = if hub.config.profiles.is_empty() {
         None
@@ -412,9 +446,14 @@ async fn spawn(
         actor: Some(me.user.name.clone()),
         ..options
     };
-    let pending = hub_path("/hub/spawn-pending", user, server);
+    let pending = with_next(
+        &hub_path("/hub/spawn-pending", user, server),
+        next.as_deref(),
+    );
     match spawner::start_server(hub, &owner.user, server, options).await {
-        Ok(StartOutcome::Ready) => Ok(see_other(&server_url(user, server))),
+        Ok(StartOutcome::Ready) => Ok(see_other(
+            next.as_deref().unwrap_or(&server_url(user, server)),
+        )),
         Ok(StartOutcome::Pending) => Ok(see_other(&pending)),
         Err(err) => {
             // Already running or starting (a double click, another tab), or failed at once: the
@@ -434,9 +473,16 @@ async fn spawn(
                     if err.status().is_server_error() {
                         return Err(err);
                     }
-                    Ok(render_spawn(hub, &me, &owner, server, Some(err.message()))?
-                        .status(err.status())
-                        .into_response())
+                    Ok(render_spawn(
+                        hub,
+                        &me,
+                        &owner,
+                        server,
+                        next.as_deref(),
+                        Some(err.message()),
+                    )?
+                    .status(err.status())
+                    .into_response())
                 }
             }
         }
@@ -450,8 +496,10 @@ pub async fn pending_default(
     State(hub): State<HubState>,
     me: LoggedIn,
     Path(user): Path<String>,
+    query: Result<Query<SpawnQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
-    pending(&hub, &me, &user, "").await
+    let (_, next) = next_of(query);
+    pending(&hub, &me, &user, "", next.as_deref()).await
 }
 
 /// `GET /hub/spawn-pending/{user}/{server}`.
@@ -459,8 +507,10 @@ pub async fn pending_named(
     State(hub): State<HubState>,
     me: LoggedIn,
     Path((user, server)): Path<(String, String)>,
+    query: Result<Query<SpawnQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
-    pending(&hub, &me, &user, &server).await
+    let (_, next) = next_of(query);
+    pending(&hub, &me, &user, &server, next.as_deref()).await
 }
 
 /// Why the server's last start failed, from the audit log (where every hub process finds it).
@@ -493,13 +543,15 @@ async fn pending(
     me: &LoggedIn,
     user: &str,
     server: &str,
+    next: Option<&str>,
 ) -> Result<Response, PageError> {
     check_server_name(server)?;
     let owner = owner_for(hub, &me.user, user, server, "servers").await?;
     let row = find_server(hub, &owner.user, server).await?;
     let state = row.as_ref().map_or(ServerState::Stopped, |s| s.state);
+    let ready_url = next.map_or_else(|| server_url(user, server), str::to_owned);
     if state == ServerState::Running {
-        return Ok(found(&server_url(user, server)));
+        return Ok(found(&ready_url));
     }
     let failure = if state == ServerState::Failed {
         last_failure(hub, user, server).await
@@ -510,6 +562,11 @@ async fn pending(
         .user(&me.user, &me.session)
         .insert("owner", &owner.user.name)
         .insert("server", &ServerView::of(user, server, row.as_ref()))
+        .insert("ready_url", &ready_url)
+        .insert(
+            "spawn_url",
+            &with_next(&hub_path("/hub/spawn", user, server), next),
+        )
         .insert("failure", &failure)
         .into_response())
 }
@@ -622,19 +679,22 @@ async fn user_redirect(hub: &HubState, me: &LoggedIn, uri: &Uri) -> Result<Respo
     };
     let owner = owner_for(hub, &me.user, &user, &server, "access:servers").await?;
     let row = find_server(hub, &owner.user, &server).await?;
+    // The page asked for, on the server.
+    let mut original = format!("/user/{raw_user}/{raw_rest}");
+    if let Some(query) = uri.query() {
+        original.push('?');
+        original.push_str(query);
+    }
     match row.map(|s| s.state) {
-        Some(ServerState::Running) => {
-            let mut target = format!("/user/{raw_user}/{raw_rest}");
-            if let Some(query) = uri.query() {
-                target.push('?');
-                target.push_str(query);
-            }
-            Ok(found(&target))
-        }
-        Some(ServerState::Starting | ServerState::Stopping) => {
-            Ok(found(&hub_path("/hub/spawn-pending", &user, &server)))
-        }
-        _ => Ok(found(&hub_path("/hub/spawn", &user, &server))),
+        Some(ServerState::Running) => Ok(found(&original)),
+        Some(ServerState::Starting | ServerState::Stopping) => Ok(found(&with_next(
+            &hub_path("/hub/spawn-pending", &user, &server),
+            safe_next(&original).as_deref(),
+        ))),
+        _ => Ok(found(&with_next(
+            &hub_path("/hub/spawn", &user, &server),
+            safe_next(&original).as_deref(),
+        ))),
     }
 }
 
