@@ -5,6 +5,11 @@
 //! Each story runs on SQLite (a fresh temporary file) and on PostgreSQL (a fresh database) when
 //! `ATELIER_TEST_POSTGRES_URL` is set, e.g.
 //! `ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test hub_api`.
+//!
+//! One more test, gated by `ATELIER_PEERS=1`, runs the real peers from `$ATELIER_PEERS_VENV`
+//! (default `.peers/venv`): `jupyterhub-singleuser` started through the API by the `local`
+//! backend, and `jupyterhub-idle-culler` culling it:
+//! `ATELIER_PEERS=1 cargo test --test hub_api real_peers`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::IntoFuture;
@@ -341,7 +346,7 @@ struct Served {
 }
 
 impl Served {
-    async fn start(store: Store, backend: Arc<TestBackend>) -> Served {
+    async fn start(store: Store, backend: Arc<dyn WorkspaceBackend>) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut config = HubConfig::new("http://vre.test", &format!("{base}/hub/api"));
@@ -2008,4 +2013,183 @@ async fn two_hubs_share_one_database(w: &World) {
         409
     );
     store_b.close().await;
+}
+
+// ---- the real peers -------------------------------------------------------------------------
+
+/// The venv of the Python peers, or `None` (after saying so) when the peer test does not run.
+fn peers_venv() -> Option<PathBuf> {
+    if std::env::var("ATELIER_PEERS").ok().as_deref() != Some("1") {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: real jupyterhub-singleuser and jupyterhub-idle-culler (set ATELIER_PEERS=1)"
+        );
+        return None;
+    }
+    let venv = std::env::var_os("ATELIER_PEERS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/venv"));
+    for bin in ["jupyterhub-singleuser", "jupyterhub-idle-culler"] {
+        assert!(
+            venv.join("bin").join(bin).is_file(),
+            "ATELIER_PEERS=1 but {bin} is missing from {} (run .ci/test.sh)",
+            venv.display()
+        );
+    }
+    Some(venv)
+}
+
+/// `jupyterhub-singleuser` started through the API (the `local` backend) identifies users with
+/// `GET /hub/api/user` and posts activity; `jupyterhub-idle-culler` pages through
+/// `/users?state=ready` and culls the servers (removing the named one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_peers() {
+    use atelier::backend::local::{LocalBackend, LocalConfig};
+
+    let Some(venv) = peers_venv() else { return };
+    let db = TestDb::sqlite();
+    let store = Store::connect(&db.url).await.expect("connect");
+    let state_dir =
+        std::env::temp_dir().join(format!("atelier-hub-peers-{}", &generate_token()[..12]));
+    let mut config = LocalConfig::new(&state_dir);
+    config.command = vec![
+        venv.join("bin/jupyterhub-singleuser")
+            .to_string_lossy()
+            .into(),
+    ];
+    config.start_timeout = Duration::from_secs(55);
+    let api = Served::start(store.clone(), Arc::new(LocalBackend::new(config))).await;
+    let logs =
+        |name: &str| std::fs::read_to_string(state_dir.join("logs").join(name)).unwrap_or_default();
+
+    let alice_user = store.create_user("alice", false).await.unwrap();
+    let alice = token_for(&store, &alice_user, &["self"]).await;
+    let bob_user = store.create_user("bob", false).await.unwrap();
+    let bob = token_for(&store, &bob_user, &["self"]).await;
+    for (user, path, token) in [
+        ("alice", "/hub/api/users/alice/server", &alice),
+        ("bob", "/hub/api/users/bob/servers/lab", &bob),
+    ] {
+        let resp = api.call("POST", path, token, None).await;
+        assert!(resp.status == 201 || resp.status == 202, "{resp:?}");
+        let server = if user == "bob" { "lab" } else { "" };
+        let mut state = ServerState::Starting;
+        for _ in 0..700 {
+            state = store.get_server_by_names(user, server).await.unwrap().state;
+            if state != ServerState::Starting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = if server.is_empty() {
+            format!("{user}.log")
+        } else {
+            format!("{user}-{server}.log")
+        };
+        assert_eq!(state, ServerState::Running, "--- log ---\n{}", logs(&log));
+    }
+
+    // The server checks credentials with GET /hub/api/user and the access scopes.
+    let url = store
+        .get_server_by_names("alice", "")
+        .await
+        .unwrap()
+        .url
+        .unwrap();
+    let status = |token: String| {
+        let api = &api;
+        let url = url.clone();
+        async move {
+            api.raw(
+                "GET",
+                &format!("{url}/user/alice/api/status"),
+                Some(&token),
+                None,
+                &[],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(
+        status(alice.clone()).await,
+        200,
+        "--- log ---\n{}",
+        logs("alice.log")
+    );
+    assert_eq!(status(bob.clone()).await, 403);
+    // Its own activity reports reach the hub.
+    let mut active = None;
+    for _ in 0..300 {
+        active = store.get_user("alice").await.unwrap().last_activity;
+        if active.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        active.is_some(),
+        "no activity posted\n--- log ---\n{}",
+        logs("alice.log")
+    );
+
+    // The idle culler, one user per page.
+    let culler = generate_token();
+    store
+        .create_token_with_value(
+            &culler,
+            &NewToken::new(
+                TokenOwner::Service("idle-culler".into()),
+                vec![
+                    "list:users".into(),
+                    "read:users:activity".into(),
+                    "read:servers".into(),
+                    "delete:servers".into(),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    let mut child = tokio::process::Command::new(venv.join("bin/jupyterhub-idle-culler"))
+        .arg(format!("--url={}/hub/api", api.base))
+        .args([
+            "--timeout=1",
+            "--cull-every=2",
+            "--api-page-size=1",
+            "--remove-named-servers=true",
+        ])
+        .env("JUPYTERHUB_API_TOKEN", &culler)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start jupyterhub-idle-culler");
+    let mut culled = false;
+    for _ in 0..900 {
+        let alice_stopped =
+            store.get_server_by_names("alice", "").await.unwrap().state == ServerState::Stopped;
+        let bob_removed = store.get_server_by_names("bob", "lab").await.is_err();
+        if alice_stopped && bob_removed {
+            culled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.start_kill().expect("stop the culler");
+    let output = child.wait_with_output().await.expect("culler output");
+    let culler_log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(culled, "--- culler ---\n{culler_log}");
+    assert!(culler_log.contains("Culling server alice"), "{culler_log}");
+    assert!(
+        culler_log.contains("Culling server bob/lab"),
+        "{culler_log}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .is_err(),
+        "alice's server process is gone"
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&state_dir);
 }
