@@ -16,9 +16,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run hub, proxy and the local backend on one machine (SQLite, dev login).
-    Up,
+    Up(atelier::hub::serve::UpArgs),
     /// Run the hub (web UI and JupyterHub-compatible REST API).
-    Hub,
+    Hub(Box<atelier::hub::serve::HubArgs>),
     /// Run the HTTP and WebSocket proxy (routes and authorization from the hub's database).
     Proxy(atelier::proxy::ProxyArgs),
     /// Run the Kubernetes operator.
@@ -69,15 +69,13 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(cli.log_json);
             atelier::proxy::run(args).await
         }
-        Command::Up | Command::Hub => {
-            anyhow::bail!(
-                "`atelier {}` is not yet built: the hub, proxy and local backend arrive with the hub issue",
-                if matches!(cli.command, Command::Up) {
-                    "up"
-                } else {
-                    "hub"
-                }
-            )
+        Command::Up(args) => {
+            init_tracing(cli.log_json);
+            atelier::hub::serve::run_up(args).await
+        }
+        Command::Hub(args) => {
+            init_tracing(cli.log_json);
+            atelier::hub::serve::run_hub(*args).await
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod oauth;
+pub mod serve;
 pub mod spawner;
 pub mod spawns;
 pub mod views;

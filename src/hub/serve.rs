@@ -1,0 +1,459 @@
+//! `atelier hub` and `atelier up`: building a hub from the command line and serving it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::net::TcpListener;
+
+use super::{Hub, HubConfig, HubState, ServiceConfig, router, spawner};
+use crate::backend::WorkspaceBackend;
+use crate::backend::local::{LocalBackend, LocalConfig, default_command};
+use crate::proxy::{self, Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes};
+use crate::store::{self, NewToken, ServerState, Store, StoreError, TokenOwner};
+
+/// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found.
+const SINGLEUSER_REQUIREMENTS: &str = include_str!("../../.ci/peers-requirements.txt");
+
+/// Which backend runs the servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Local processes (`jupyterhub-singleuser` on 127.0.0.1).
+    Local,
+    /// `Workspace` resources reconciled by `atelier operator`.
+    Kubernetes,
+}
+
+/// `atelier hub`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct HubArgs {
+    /// Address the hub listens on.
+    #[arg(long, env = "ATELIER_HUB_BIND", default_value = "127.0.0.1:8081")]
+    pub bind: SocketAddr,
+    /// The database: `sqlite://path` (created if missing) or `postgres://…`.
+    #[arg(
+        long,
+        env = "ATELIER_DATABASE_URL",
+        default_value = "sqlite://atelier.sqlite"
+    )]
+    pub database_url: String,
+    /// The site's public URL, as browsers reach the proxy.
+    #[arg(
+        long,
+        env = "ATELIER_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub public_url: String,
+    /// The hub API as the servers reach it (default: `http://<bind>/hub/api`).
+    #[arg(long, env = "ATELIER_SERVER_API_URL")]
+    pub server_api_url: Option<String>,
+    /// Where servers run.
+    #[arg(long, value_enum, env = "ATELIER_BACKEND", default_value = "local")]
+    pub backend: BackendKind,
+    /// Local backend: directory of users' home directories and server logs.
+    #[arg(long, env = "ATELIER_STATE_DIR", default_value = ".atelier")]
+    pub state_dir: PathBuf,
+    /// Local backend: the server command (default: `jupyterhub-singleuser` from the peers venv
+    /// or PATH). Space-separated.
+    #[arg(long, env = "ATELIER_SERVER_COMMAND", value_delimiter = ' ')]
+    pub server_command: Vec<String>,
+    /// Seconds a server has to become ready.
+    #[arg(long, env = "ATELIER_SPAWN_TIMEOUT", default_value_t = 120)]
+    pub spawn_timeout: u64,
+    /// Enable the dev login (any user name; admins need the admin password).
+    #[arg(long, env = "ATELIER_DEV_LOGIN")]
+    pub dev_login: bool,
+    /// Admin users (comma-separated).
+    #[arg(
+        long = "admin-user",
+        env = "ATELIER_ADMIN_USERS",
+        value_delimiter = ','
+    )]
+    pub admin_users: Vec<String>,
+    /// A service and its scopes, `NAME=SCOPE,SCOPE`; its token is read from the environment
+    /// variable `ATELIER_SERVICE_<NAME>_TOKEN` (upper case, `-` as `_`). Repeatable.
+    #[arg(long = "service", env = "ATELIER_SERVICES", value_delimiter = ';')]
+    pub services: Vec<String>,
+}
+
+impl HubArgs {
+    /// The defaults, as if no flag was given.
+    pub fn defaults() -> HubArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: HubArgs,
+        }
+        Wrapper::parse_from(["atelier"]).args
+    }
+}
+
+/// Parses `--service NAME=SCOPE,SCOPE` with the token from the environment.
+pub fn parse_service(
+    spec: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<ServiceConfig> {
+    let (name, scopes) = spec
+        .split_once('=')
+        .with_context(|| format!("--service {spec:?}: expected NAME=SCOPE,SCOPE"))?;
+    let name = name.trim();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("--service {spec:?}: the name must be letters, digits, '-' or '_'");
+    }
+    let scopes: Vec<String> = scopes
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    crate::scopes::ScopeSet::parse(&scopes, None).with_context(|| format!("--service {name}"))?;
+    let var = format!(
+        "ATELIER_SERVICE_{}_TOKEN",
+        name.to_ascii_uppercase().replace('-', "_")
+    );
+    let token = env(&var).with_context(|| format!("--service {name}: set {var} to its token"))?;
+    Ok(ServiceConfig {
+        name: name.to_owned(),
+        token,
+        scopes,
+    })
+}
+
+/// Makes the store hold exactly the configured services' tokens: each configured token exists
+/// with its scopes, and older tokens of those services are revoked.
+pub async fn register_services(store: &Store, services: &[ServiceConfig]) -> anyhow::Result<()> {
+    for service in services {
+        let owner = TokenOwner::Service(service.name.clone());
+        let wanted = store::tokens::hash_token(&service.token);
+        let current = match store.lookup_token(&service.token, store::now()).await {
+            Ok(identity) => Some(identity.token),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let keep = current.as_ref().is_some_and(|t| {
+            t.owner == owner && {
+                let mut a = t.scopes.clone();
+                let mut b = service.scopes.clone();
+                a.sort();
+                b.sort();
+                a == b
+            }
+        });
+        for token in store.list_tokens(&owner).await? {
+            let same = current.as_ref().is_some_and(|c| c.id == token.id);
+            if !(same && keep) {
+                store.revoke_token(token.id).await?;
+            }
+        }
+        if let Some(t) = &current
+            && !keep
+            && t.owner != owner
+        {
+            bail!(
+                "service {}: its token is already another credential",
+                service.name
+            );
+        }
+        if !keep {
+            let mut new = NewToken::new(owner, service.scopes.clone());
+            new.note = Some(format!("service {}", service.name));
+            store.create_token_with_value(&service.token, &new).await?;
+        }
+        tracing::info!(service = %service.name, token_hash_prefix = &wanted[..8], "service registered");
+    }
+    Ok(())
+}
+
+fn local_backend(args: &HubArgs) -> LocalBackend {
+    let mut config = LocalConfig::new(&args.state_dir);
+    if !args.server_command.is_empty() {
+        config.command = args.server_command.clone();
+    }
+    config.start_timeout = Duration::from_secs(args.spawn_timeout);
+    LocalBackend::new(config)
+}
+
+/// Builds the hub described by `args` over an open store (services registered, servers
+/// recovered), without serving it.
+pub async fn build_hub(
+    args: &HubArgs,
+    store: Store,
+    admin_password_hash: Option<String>,
+) -> anyhow::Result<HubState> {
+    let backend: Arc<dyn WorkspaceBackend> = match args.backend {
+        BackendKind::Local => Arc::new(local_backend(args)),
+        BackendKind::Kubernetes => bail!(
+            "--backend kubernetes is not built yet: run `atelier operator` and create Workspace resources with kubectl meanwhile"
+        ),
+    };
+    let server_api_url = args
+        .server_api_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/hub/api", args.bind));
+    let mut config = HubConfig::new(&args.public_url, &server_api_url);
+    config.dev_login = args.dev_login;
+    config.admin_users = args.admin_users.clone();
+    config.admin_password_hash = admin_password_hash;
+    config.spawn_timeout_secs = args.spawn_timeout;
+    config.services = args
+        .services
+        .iter()
+        .map(|s| parse_service(s, |v| std::env::var(v).ok()))
+        .collect::<anyhow::Result<_>>()?;
+    register_services(&store, &config.services).await?;
+    for admin in &config.admin_users {
+        match store.get_user(admin).await {
+            Ok(user) if !user.admin => {
+                store.set_user_admin(admin, true).await?;
+            }
+            Ok(_) => {}
+            Err(StoreError::NotFound) => {
+                store.create_user(admin, true).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let hub = Hub::new(store, backend, config);
+    spawner::recover(&hub)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(hub)
+}
+
+/// Background upkeep: expired sessions, codes and tokens are purged every few minutes.
+fn spawn_purger(store: Store) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            match store.purge_expired(store::now()).await {
+                Ok(counts) => tracing::debug!(?counts, "purged expired credentials"),
+                Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
+        }
+    })
+}
+
+/// Serves the hub on `listener` until `shutdown`.
+pub async fn serve_hub(
+    listener: TcpListener,
+    hub: HubState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let watcher = spawner::watch(hub.clone());
+    let purger = spawn_purger(hub.store.clone());
+    let result = axum::serve(listener, router(hub))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    watcher.abort();
+    purger.abort();
+    result.context("serving the hub")
+}
+
+/// `atelier hub`: the hub alone.
+pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&args.database_url)
+        .await
+        .with_context(|| "opening the database")?;
+    let admin_hash = if args.dev_login && !args.admin_users.is_empty() {
+        let (password, hash) = super::views::generate_admin_password();
+        eprintln!("admin password for the dev login (this start only): {password}");
+        Some(hash)
+    } else {
+        None
+    };
+    let hub = build_hub(&args, store.clone(), admin_hash).await?;
+    let listener = TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    tracing::info!(addr = %listener.local_addr()?, backend = hub.backend.kind(), "hub listening");
+    serve_hub(listener, hub, proxy::shutdown_signal()).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// `atelier up`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpArgs {
+    /// Address of the front door (the proxy): what you open in the browser.
+    #[arg(long, env = "ATELIER_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+    /// Address of the hub behind the proxy (port 0: any free port).
+    #[arg(long, env = "ATELIER_HUB_BIND", default_value = "127.0.0.1:0")]
+    pub hub_bind: SocketAddr,
+    /// Where the database, users' directories, logs and (if needed) the Python venv live.
+    #[arg(long, env = "ATELIER_DATA_DIR", default_value = ".atelier")]
+    pub data_dir: PathBuf,
+    /// Stop every running server when Atelier exits (default: leave them; the next `up`
+    /// re-adopts them).
+    #[arg(long)]
+    pub stop_servers_on_exit: bool,
+}
+
+/// Finds `jupyterhub-singleuser`, or installs it into `<data_dir>/venv` (a Python venv with the
+/// pinned jupyterhub and jupyterlab). Returns the command.
+pub async fn ensure_singleuser(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let venv = data_dir.join("venv");
+    let own = venv.join("bin").join("jupyterhub-singleuser");
+    if own.is_file() {
+        return Ok(vec![own.display().to_string()]);
+    }
+    let found = default_command();
+    if let Some(program) = found.first()
+        && (Path::new(program).is_file() || which(program).is_some())
+    {
+        return Ok(found);
+    }
+    eprintln!(
+        "Installing JupyterLab and jupyterhub-singleuser into {} (once, about a minute)...",
+        venv.display()
+    );
+    std::fs::create_dir_all(data_dir)?;
+    let status = tokio::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .await
+        .context("running python3 -m venv (is Python 3 installed?)")?;
+    if !status.success() {
+        bail!("python3 -m venv {} failed: {status}", venv.display());
+    }
+    let requirements = data_dir.join("requirements.txt");
+    std::fs::write(&requirements, SINGLEUSER_REQUIREMENTS)?;
+    let status = tokio::process::Command::new(venv.join("bin").join("pip"))
+        .args(["install", "-q", "--disable-pip-version-check", "-r"])
+        .arg(&requirements)
+        .status()
+        .await
+        .context("running pip")?;
+    if !status.success() || !own.is_file() {
+        bail!(
+            "installing jupyterhub and jupyterlab into {} failed",
+            venv.display()
+        );
+    }
+    Ok(vec![own.display().to_string()])
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// `atelier up`: hub, proxy and local backend on one machine, SQLite, dev login.
+pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let command = ensure_singleuser(&args.data_dir).await?;
+    let database_url = format!(
+        "sqlite://{}",
+        args.data_dir.join("atelier.sqlite").display()
+    );
+    let store = Store::connect(&database_url)
+        .await
+        .context("opening the database")?;
+
+    let hub_listener = TcpListener::bind(args.hub_bind)
+        .await
+        .with_context(|| format!("binding {}", args.hub_bind))?;
+    let hub_addr = hub_listener.local_addr()?;
+    let proxy_listener = TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {} (is another `atelier up` running?)", args.bind))?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let public_url = format!("http://{proxy_addr}");
+
+    let hub_args = HubArgs {
+        bind: hub_addr,
+        database_url: database_url.clone(),
+        public_url: public_url.clone(),
+        server_api_url: Some(format!("http://{hub_addr}/hub/api")),
+        state_dir: args.data_dir.clone(),
+        server_command: command,
+        dev_login: true,
+        admin_users: vec!["admin".into()],
+        ..HubArgs::defaults()
+    };
+    let (password, hash) = super::views::generate_admin_password();
+    let hub = build_hub(&hub_args, store.clone(), Some(hash)).await?;
+
+    let proxy = Proxy::start(
+        ProxyConfig::new(format!("http://{hub_addr}")),
+        Arc::new(StoreRoutes::new(store.clone())),
+        Some(Arc::new(StoreAuthorizer::new(store.clone()))),
+    )
+    .await?;
+
+    println!();
+    println!("  Atelier is running at {public_url}/");
+    println!("  Log in with any user name, or as `admin` with the password: {password}");
+    println!("  (the password is new at every start; stop with Ctrl-C)");
+    println!();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let hub_task = {
+        let hub = hub.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            serve_hub(hub_listener, hub, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    let proxy_task = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            proxy::serve(proxy_listener, proxy, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    proxy::shutdown_signal().await;
+    eprintln!("stopping...");
+    if args.stop_servers_on_exit {
+        stop_all_servers(&hub).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = proxy_task.await;
+    hub_task.await??;
+    store.close().await;
+    Ok(())
+}
+
+async fn stop_all_servers(hub: &HubState) {
+    let mut after = None;
+    loop {
+        let page = match hub
+            .store
+            .list_servers_in_states(&ServerState::ACTIVE, after, 200)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing servers to stop");
+                return;
+            }
+        };
+        let Some(last) = page.last() else { return };
+        after = Some(last.server.id);
+        for s in &page {
+            if let Err(e) =
+                spawner::stop_server(hub, &s.user_name, &s.server, Some("atelier up")).await
+            {
+                tracing::warn!(user = %s.user_name, server = %s.server.name, error = %e, "stop failed");
+            }
+        }
+    }
+}
