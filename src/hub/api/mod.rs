@@ -70,6 +70,13 @@ pub fn router() -> Router<HubState> {
             "/hub/api/users/{name}/server/progress",
             get(progress::default_server),
         )
+        // JupyterHub's `servers/([^/]*)`: an empty name is the default server.
+        .route(
+            "/hub/api/users/{name}/servers/",
+            get(servers::get_default)
+                .post(servers::start_default)
+                .delete(servers::stop_default),
+        )
         .route(
             "/hub/api/users/{name}/servers/{server}",
             get(servers::get_named)
