@@ -1,0 +1,1452 @@
+//! End to end with the real peers: the `atelier hub` and `atelier proxy` binaries run as separate
+//! processes on free 127.0.0.1 ports, the local backend starts the real `jupyterhub-singleuser`
+//! (JupyterLab) and the real `jupyterhub-idle-culler` culls, all from `$ATELIER_PEERS_VENV`.
+//!
+//! One story per engine (`stack::sqlite`, and `stack::postgres` on a fresh database when
+//! `ATELIER_TEST_POSTGRES_URL` is set), each scenario timed on stderr:
+//!
+//! 1. dev login over HTTP through the proxy's public URL;
+//! 2. alice's server started through the API with a token made from her session, followed on the
+//!    progress event stream until ready;
+//! 3. JupyterLab's API through the proxy with her token, a kernel, and `1+1` executed over the
+//!    kernel's WebSocket;
+//! 4. bob (token, browser session) refused her server by the proxy and her model by the API;
+//! 5. the idle culler culls carol's idle server while alice, busy, keeps hers;
+//! 6. the hub killed with SIGKILL and restarted on the same database and port: alice's server,
+//!    route, tokens and session survive, nothing duplicated, no orphan process;
+//! 7. (PostgreSQL) a second hub on the same database sees and acts on the first one's state.
+//!
+//! Gated by `ATELIER_PEERS=1` (a missing peer is then a failure):
+//! `ATELIER_PEERS=1 ATELIER_PEERS_VENV=$PWD/.peers/venv
+//! ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test e2e_stack
+//! -- --nocapture`.
+//!
+//! Every process of a story (hub, proxy, culler, servers, kernels) runs under the story's
+//! temporary directory (working directory, `HOME` or arguments) and is killed when the story ends,
+//! also on panic; on panic every log is printed and the directory kept (`ATELIER_E2E_KEEP=1`
+//! keeps it always).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use atelier::store::Store;
+use atelier::store::tokens::generate_token;
+use futures::{SinkExt as _, StreamExt as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use sqlx::Connection as _;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
+
+/// How long a server has to start (the hub's `--spawn-timeout`), and the test's bound on it.
+const SPAWN_TIMEOUT_SECS: u64 = 60;
+const SPAWN_WAIT: Duration = Duration::from_secs(90);
+/// Bound of one HTTP request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Scopes of the idle culler's service (jupyterhub-idle-culler 2.0's README; `admin:users` only
+/// with `--cull-users`).
+const CULLER_SCOPES: &str = "list:users,read:users:activity,read:servers,delete:servers";
+/// The test's own inspecting service: creates users, reads servers' spawner state.
+const INSPECTOR_SCOPES: &str = "admin:users,admin:servers,list:users,read:users";
+
+/// Writes to the process's stderr past the test harness's capture.
+fn say(message: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+/// One story at a time: each runs several JupyterLab servers on a 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---- gates ----------------------------------------------------------------------------------
+
+/// The venv of the Python peers, or `None` (after saying so) when peer tests are off.
+fn peers_venv(what: &str) -> Option<PathBuf> {
+    if std::env::var("ATELIER_PEERS").ok().as_deref() != Some("1") {
+        say(format!("SKIPPED: {what} (set ATELIER_PEERS=1)"));
+        return None;
+    }
+    let venv = std::env::var_os("ATELIER_PEERS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/venv"));
+    for bin in ["jupyterhub-singleuser", "jupyterhub-idle-culler"] {
+        assert!(
+            venv.join("bin").join(bin).is_file(),
+            "ATELIER_PEERS=1 but {bin} is missing from {} (run .ci/test.sh to provision the peers)",
+            venv.display()
+        );
+    }
+    Some(venv)
+}
+
+// ---- databases ------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
+/// A fresh database; a PostgreSQL one is dropped with this value.
+struct TestDb {
+    url: String,
+    drop_postgres: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, database)) = self.drop_postgres.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime: use a thread and a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async move {
+                    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await?;
+                    admin.close().await
+                })
+        })
+        .join();
+    }
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    format!("{base}/{database}{query}")
+}
+
+impl TestDb {
+    fn sqlite(dir: &Path) -> TestDb {
+        TestDb {
+            url: format!("sqlite://{}", dir.join("atelier.sqlite").display()),
+            drop_postgres: None,
+        }
+    }
+
+    /// `None` (after saying so, once) when `ATELIER_TEST_POSTGRES_URL` is not set.
+    async fn postgres() -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
+            static SAID: Once = Once::new();
+            SAID.call_once(|| {
+                say(format!(
+                    "SKIPPED: end-to-end stack on PostgreSQL (set {POSTGRES_VAR})"
+                ))
+            });
+            return None;
+        };
+        let database = format!("atelier_e2e_{}", &generate_token()[..16]);
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to ATELIER_TEST_POSTGRES_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+        admin.close().await.expect("close the admin connection");
+        Some(TestDb {
+            url: with_database(&admin_url, &database),
+            drop_postgres: Some((admin_url, database)),
+        })
+    }
+}
+
+// ---- processes ------------------------------------------------------------------------------
+
+/// What `/proc` says of a process.
+#[derive(Debug, Clone)]
+struct ProcInfo {
+    pid: i32,
+    pgid: i32,
+    state: char,
+    cmdline: String,
+    environ: Vec<String>,
+    cwd: Option<PathBuf>,
+}
+
+impl ProcInfo {
+    fn read(pid: i32) -> Option<ProcInfo> {
+        let base = PathBuf::from(format!("/proc/{pid}"));
+        let stat = std::fs::read_to_string(base.join("stat")).ok()?;
+        // `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let mut fields = after.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let _ppid = fields.next()?;
+        let pgid = fields.next()?.parse().ok()?;
+        let nul_list = |name: &str| -> Vec<String> {
+            std::fs::read(base.join(name))
+                .map(|bytes| {
+                    bytes
+                        .split(|b| *b == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(ProcInfo {
+            pid,
+            pgid,
+            state,
+            cmdline: nul_list("cmdline").join(" "),
+            environ: nul_list("environ"),
+            cwd: std::fs::read_link(base.join("cwd")).ok(),
+        })
+    }
+
+    fn alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X')
+    }
+
+    /// Whether the process mentions `dir` in its arguments, environment or working directory.
+    fn belongs_to(&self, dir: &str) -> bool {
+        self.cmdline.contains(dir)
+            || self.environ.iter().any(|e| e.contains(dir))
+            || self
+                .cwd
+                .as_ref()
+                .is_some_and(|c| c.to_string_lossy().contains(dir))
+    }
+
+    fn env(&self, key: &str) -> Option<&str> {
+        self.environ
+            .iter()
+            .find_map(|e| e.strip_prefix(key)?.strip_prefix('='))
+    }
+}
+
+/// Every process but this one.
+fn processes() -> Vec<ProcInfo> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(ProcInfo::read)
+        .collect()
+}
+
+/// The live `jupyterhub-singleuser` processes of `user` started under `dir`.
+fn singleusers(dir: &str, user: &str) -> Vec<ProcInfo> {
+    processes()
+        .into_iter()
+        .filter(|p| {
+            p.alive()
+                && p.belongs_to(dir)
+                && p.cmdline.contains("jupyterhub-singleuser")
+                && p.env("JUPYTERHUB_USER") == Some(user)
+        })
+        .collect()
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+fn gone(pid: i32) -> bool {
+    ProcInfo::read(pid).is_none_or(|p| !p.alive())
+}
+
+/// Kills (SIGKILL) every process under `dir`, and the process groups they lead.
+fn kill_leftovers(dir: &str) -> usize {
+    // SAFETY: getpgrp(2) has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    let mut killed = 0;
+    for _ in 0..5 {
+        let left: Vec<ProcInfo> = processes()
+            .into_iter()
+            .filter(|p| p.alive() && p.belongs_to(dir))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        for p in &left {
+            // SAFETY: kill(2) of processes (and groups they lead) that this test started.
+            unsafe {
+                if p.pgid == p.pid && p.pgid != own_group {
+                    libc::kill(-p.pgid, libc::SIGKILL);
+                }
+                libc::kill(p.pid, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    killed
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A child process of the test with its output in a log file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open a log");
+        command
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, log }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL, reaped.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then up to `grace` to exit, then SIGKILL. Whether it exited on its own.
+    async fn terminate(&mut self, grace: Duration) -> bool {
+        // SAFETY: kill(2) of our own child.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        let end = Instant::now() + grace;
+        while Instant::now() < end {
+            if self.exited().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kill();
+        false
+    }
+}
+
+// ---- HTTP -----------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {:?}", self.status, self.body))
+    }
+
+    /// The value `Set-Cookie` gives cookie `name` (None when not set).
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| {
+                let value = c.strip_prefix(name)?.strip_prefix('=')?;
+                Some(value.split(';').next().unwrap_or("").to_owned())
+            })
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The `_xsrf` value of the page's (first) form.
+    fn xsrf(&self) -> String {
+        let re = regex::Regex::new(r#"name="_xsrf" value="([^"]*)""#).unwrap();
+        re.captures(&self.body)
+            .unwrap_or_else(|| panic!("no _xsrf field in {:?}", self.body))[1]
+            .to_owned()
+    }
+}
+
+/// A plain HTTP/1 client without connection reuse (the hub is killed and restarted).
+#[derive(Clone)]
+struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    fn new() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http(),
+        }
+    }
+
+    fn request(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> http::Request<Full<Bytes>> {
+        let mut req = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Full::new(Bytes::from(body))).expect("request")
+    }
+
+    async fn try_send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<Resp, String> {
+        let req = Http::request(method, url, headers, body);
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok(Resp {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+    }
+
+    async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: String) -> Resp {
+        self.try_send(method, url, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    }
+
+    /// A request with `Authorization: token …` and an optional JSON body.
+    async fn api(&self, method: &str, url: &str, token: &str, body: Option<Value>) -> Resp {
+        let auth = format!("token {token}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.send(method, url, &headers, body).await
+    }
+}
+
+/// Percent-encodes a form value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A browser on the site: keeps the `atelier-session` cookie, follows no redirect by itself.
+struct Browser {
+    http: Http,
+    base: String,
+    user: String,
+    cookie: String,
+}
+
+impl Browser {
+    /// Logs in with the dev login form at `base` (the proxy's public URL), as a browser does.
+    async fn login(http: &Http, base: &str, user: &str) -> Browser {
+        let page = http
+            .send("GET", &format!("{base}/hub/login"), &[], String::new())
+            .await;
+        assert_eq!(page.status, 200, "GET /hub/login: {}", page.body);
+        let anonymous = page
+            .cookie("atelier-session")
+            .expect("the login page sets a session cookie");
+        let xsrf = page.xsrf();
+        let cookie_header = format!("atelier-session={anonymous}");
+        let posted = http
+            .send(
+                "POST",
+                &format!("{base}/hub/login"),
+                &[
+                    ("cookie", &cookie_header),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                form(&[("_xsrf", &xsrf), ("username", user), ("password", "")]),
+            )
+            .await;
+        assert_eq!(posted.status, 303, "POST /hub/login: {}", posted.body);
+        let location = posted.header("location").expect("a Location").to_owned();
+        assert_eq!(location, "/hub/home");
+        let cookie = posted
+            .cookie("atelier-session")
+            .expect("the login sets a new session cookie");
+        assert_ne!(cookie, anonymous, "a login starts a new session");
+        let browser = Browser {
+            http: http.clone(),
+            base: base.to_owned(),
+            user: user.to_owned(),
+            cookie,
+        };
+        let home = browser.get(&location, "text/html").await;
+        assert_eq!(home.status, 200, "GET {location}: {}", home.body);
+        assert!(home.body.contains(user), "home names {user}: {}", home.body);
+        browser
+    }
+
+    async fn get(&self, path: &str, accept: &str) -> Resp {
+        let cookie = format!("atelier-session={}", self.cookie);
+        self.http
+            .send(
+                "GET",
+                &format!("{}{path}", self.base),
+                &[("cookie", &cookie), ("accept", accept)],
+                String::new(),
+            )
+            .await
+    }
+
+    /// A new API token of the user, asked for with the session and its CSRF token as
+    /// JupyterHub's pages do (`X-XSRFToken`).
+    async fn create_token(&self) -> String {
+        let home = self.get("/hub/home", "text/html").await;
+        assert_eq!(home.status, 200, "{}", home.body);
+        let xsrf = home.xsrf();
+        let cookie = format!("atelier-session={}", self.cookie);
+        let resp = self
+            .http
+            .send(
+                "POST",
+                &format!("{}/hub/api/users/{}/tokens", self.base, self.user),
+                &[
+                    ("cookie", &cookie),
+                    ("x-xsrftoken", &xsrf),
+                    ("content-type", "application/json"),
+                ],
+                json!({"note": "e2e"}).to_string(),
+            )
+            .await;
+        assert_eq!(resp.status, 201, "create a token: {}", resp.body);
+        resp.json()["token"]
+            .as_str()
+            .expect("the new token")
+            .to_owned()
+    }
+}
+
+// ---- waiting --------------------------------------------------------------------------------
+
+/// A bound on a wait, failing with what was last seen.
+struct Deadline {
+    what: String,
+    end: Instant,
+}
+
+impl Deadline {
+    fn new(what: impl Into<String>, within: Duration) -> Deadline {
+        Deadline {
+            what: what.into(),
+            end: Instant::now() + within,
+        }
+    }
+
+    /// Sleeps a little, or panics when the time is up.
+    async fn tick(&self, last: impl Debug) {
+        assert!(
+            Instant::now() < self.end,
+            "timed out waiting for {}; last seen: {last:?}",
+            self.what
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Reads a server-sent event stream until an event with `ready` or `failed`; all events.
+async fn progress_events(http: &Http, url: &str, token: &str) -> Vec<Value> {
+    let auth = format!("token {token}");
+    let req = Http::request(
+        "GET",
+        url,
+        &[("authorization", &auth), ("accept", "text/event-stream")],
+        String::new(),
+    );
+    let deadline = tokio::time::Instant::now() + SPAWN_WAIT;
+    let resp = tokio::time::timeout_at(deadline, http.client.request(req))
+        .await
+        .expect("progress: no answer")
+        .expect("progress request");
+    assert_eq!(resp.status(), 200, "GET {url}");
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut body = resp.into_body();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => panic!("progress stream broke: {e}; events: {events:?}"),
+            Ok(None) => panic!("progress stream ended before ready/failed: {events:?}"),
+            Err(_) => panic!("progress: no final event in {SPAWN_WAIT:?}: {events:?}"),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&data));
+        while let Some(end) = buffer.find("\n\n") {
+            let chunk: String = buffer.drain(..end + 2).collect();
+            for line in chunk.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    let event: Value = serde_json::from_str(data.trim()).expect("event JSON");
+                    let over = event["ready"] == true || event["failed"] == true;
+                    events.push(event);
+                    if over {
+                        return events;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- the stack ------------------------------------------------------------------------------
+
+/// One story's world: a temporary directory, a database, the hub(s), the proxy, and whatever
+/// else it started. Dropping it kills everything under the directory (and prints every log when
+/// the story failed).
+struct Stack {
+    engine: Engine,
+    dir: PathBuf,
+    dir_str: String,
+    venv: PathBuf,
+    db_url: String,
+    hub_port: u16,
+    proxy_port: u16,
+    culler_token: String,
+    inspector_token: String,
+    procs: BTreeMap<String, Proc>,
+    http: Http,
+    /// Dropped after the processes are killed.
+    _db: TestDb,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for proc in self.procs.values_mut() {
+            proc.kill();
+        }
+        let leftovers = kill_leftovers(&self.dir_str);
+        if failed {
+            say(format!(
+                "==== e2e_stack[{}] failed: logs under {} ====",
+                self.engine.name(),
+                self.dir.display()
+            ));
+            let mut logs: Vec<PathBuf> = self.procs.values().map(|p| p.log.clone()).collect();
+            if let Ok(entries) = std::fs::read_dir(self.dir.join("state/logs")) {
+                logs.extend(entries.filter_map(|e| Some(e.ok()?.path())));
+            }
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(150).collect();
+                say(format!("---- {} (last 150 lines) ----", log.display()));
+                for line in tail.iter().rev() {
+                    say(line);
+                }
+            }
+        }
+        if leftovers > 0 {
+            say(format!(
+                "e2e_stack[{}]: killed {leftovers} leftover process(es)",
+                self.engine.name()
+            ));
+        }
+        if failed || std::env::var_os("ATELIER_E2E_KEEP").is_some() {
+            say(format!("e2e_stack: kept {}", self.dir.display()));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Stack {
+    async fn new(engine: Engine, venv: PathBuf) -> Option<Stack> {
+        // Fixed length: no story's directory is a prefix of another's.
+        let dir = std::env::temp_dir().join(format!("atelier-e2e-{}", &generate_token()[..16]));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let db = match engine {
+            Engine::Sqlite => TestDb::sqlite(&dir),
+            Engine::Postgres => match TestDb::postgres().await {
+                Some(db) => db,
+                None => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return None;
+                }
+            },
+        };
+        let mut stack = Stack {
+            engine,
+            dir_str: dir.to_string_lossy().into_owned(),
+            dir,
+            venv,
+            db_url: db.url.clone(),
+            hub_port: free_port(),
+            proxy_port: free_port(),
+            culler_token: generate_token(),
+            inspector_token: generate_token(),
+            procs: BTreeMap::new(),
+            http: Http::new(),
+            _db: db,
+        };
+        stack.start_hub("hub", stack.hub_port).await;
+        stack.start_proxy().await;
+        Some(stack)
+    }
+
+    fn public(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
+    }
+
+    fn hub_url(&self, port: u16) -> String {
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// Starts `atelier hub` (process `name`) on `port` and waits until its API answers.
+    async fn start_hub(&mut self, name: &str, port: u16) {
+        let singleuser = self.venv.join("bin/jupyterhub-singleuser");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("ATELIER_SERVICE_IDLE_CULLER_TOKEN", &self.culler_token)
+            .env("ATELIER_SERVICE_E2E_INSPECTOR_TOKEN", &self.inspector_token)
+            .arg("hub")
+            .arg(format!("--bind=127.0.0.1:{port}"))
+            .arg(format!("--database-url={}", self.db_url))
+            .arg(format!("--public-url={}", self.public()))
+            .arg(format!("--state-dir={}", self.dir.join("state").display()))
+            .arg(format!("--server-command={}", singleuser.display()))
+            // Activity reports every 2 s (JupyterHub's default is 5 min): the culler's timeout
+            // is 10 s.
+            .arg("--server-command=--JupyterHubSingleUser.hub_activity_interval=2")
+            .arg(format!("--spawn-timeout={SPAWN_TIMEOUT_SECS}"))
+            .arg("--dev-login")
+            .arg(format!("--service=idle-culler={CULLER_SCOPES}"))
+            .arg(format!("--service=e2e-inspector={INSPECTOR_SCOPES}"));
+        let mut proc = Proc::spawn(name, command, &self.dir);
+        let url = format!("{}/hub/api/", self.hub_url(port));
+        let deadline = Deadline::new(format!("{name} to answer {url}"), Duration::from_secs(60));
+        loop {
+            if let Some(status) = proc.exited() {
+                panic!("{name} exited ({status}):\n{}", proc.log());
+            }
+            match self.http.try_send("GET", &url, &[], String::new()).await {
+                Ok(resp) if resp.status == 200 => {
+                    assert!(resp.header("x-jupyterhub-version").is_some());
+                    break;
+                }
+                last => deadline.tick(last.map(|r| r.status)).await,
+            }
+        }
+        self.procs.insert(name.to_owned(), proc);
+    }
+
+    /// Starts `atelier proxy` in front of the hub and waits until it answers.
+    async fn start_proxy(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .arg("proxy")
+            .arg(format!("--bind=127.0.0.1:{}", self.proxy_port))
+            .arg(format!("--database-url={}", self.db_url))
+            .arg(format!("--default-target={}", self.hub_url(self.hub_port)))
+            .arg("--refresh-ms=250");
+        let mut proc = Proc::spawn("proxy", command, &self.dir);
+        let url = format!("{}/_atelier/proxy/health", self.public());
+        let deadline = Deadline::new("the proxy to answer", Duration::from_secs(30));
+        loop {
+            if let Some(status) = proc.exited() {
+                panic!("the proxy exited ({status}):\n{}", proc.log());
+            }
+            match self.http.try_send("GET", &url, &[], String::new()).await {
+                Ok(resp) if resp.status == 200 => break,
+                last => deadline.tick(last.map(|r| r.status)).await,
+            }
+        }
+        self.procs.insert("proxy".to_owned(), proc);
+    }
+
+    fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    fn server_log(&self, user: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("state/logs/{user}.log"))).unwrap_or_default()
+    }
+
+    /// The user model as the inspector service sees it, from the hub at `base`.
+    async fn user_model(&self, base: &str, user: &str) -> Value {
+        let resp = self
+            .http
+            .api(
+                "GET",
+                &format!("{base}/hub/api/users/{user}"),
+                &self.inspector_token,
+                None,
+            )
+            .await;
+        assert_eq!(resp.status, 200, "GET /hub/api/users/{user}: {}", resp.body);
+        resp.json()
+    }
+
+    /// Starts `user`'s default server through `base` and follows its progress until ready.
+    async fn start_server(&self, base: &str, user: &str, token: &str) -> Vec<Value> {
+        let resp = self
+            .http
+            .api(
+                "POST",
+                &format!("{base}/hub/api/users/{user}/server"),
+                token,
+                None,
+            )
+            .await;
+        assert!(
+            resp.status == 201 || resp.status == 202,
+            "start {user}: {} {}",
+            resp.status,
+            resp.body
+        );
+        let events = progress_events(
+            &self.http,
+            &format!("{base}/hub/api/users/{user}/server/progress"),
+            token,
+        )
+        .await;
+        let last = events.last().expect("a final event");
+        assert_eq!(
+            last["ready"],
+            true,
+            "{user}'s spawn failed: {events:?}\n--- server log ---\n{}",
+            self.server_log(user)
+        );
+        assert_eq!(last["url"], format!("/user/{user}/"));
+        events
+    }
+
+    /// `GET <public>/user/<user>/api/status` with `token`, until the proxy routes it (its table
+    /// refreshes every 250 ms) and the server answers 200.
+    async fn wait_status_200(&self, user: &str, token: &str) -> Resp {
+        let url = format!("{}/user/{user}/api/status", self.public());
+        let deadline = Deadline::new(format!("{url} to answer 200"), Duration::from_secs(30));
+        loop {
+            let resp = self.http.api("GET", &url, token, None).await;
+            if resp.status == 200 {
+                return resp;
+            }
+            deadline.tick((resp.status, resp.body)).await;
+        }
+    }
+
+    /// Stops `user`'s server through the API and waits until it is stopped and `pid` is gone.
+    async fn stop_server(&self, base: &str, user: &str, token: &str, pid: i32) {
+        let resp = self
+            .http
+            .api(
+                "DELETE",
+                &format!("{base}/hub/api/users/{user}/server"),
+                token,
+                None,
+            )
+            .await;
+        assert!(
+            resp.status == 202 || resp.status == 204,
+            "stop {user}: {} {}",
+            resp.status,
+            resp.body
+        );
+        let deadline = Deadline::new(format!("{user}'s server to stop"), Duration::from_secs(60));
+        loop {
+            let model = self.user_model(base, user).await;
+            if model["servers"].get("").is_none() && gone(pid) {
+                return;
+            }
+            deadline.tick(&model).await;
+        }
+    }
+}
+
+/// The spawner state (`pid`, `url`, ...) of a user's default server in a user model.
+fn server_state(model: &Value) -> Value {
+    model["servers"][""]["state"].clone()
+}
+
+fn state_pid(model: &Value) -> i32 {
+    server_state(model)["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no pid in {model}")) as i32
+}
+
+/// Times the scenarios of a story and reports each on stderr.
+struct Timer {
+    engine: Engine,
+    at: Instant,
+    story: Instant,
+    lines: Vec<String>,
+}
+
+impl Timer {
+    fn new(engine: Engine) -> Timer {
+        Timer {
+            engine,
+            at: Instant::now(),
+            story: Instant::now(),
+            lines: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, scenario: &str) {
+        let line = format!(
+            "e2e_stack[{}] {scenario}: {:.1} s",
+            self.engine.name(),
+            self.at.elapsed().as_secs_f64()
+        );
+        say(&line);
+        self.lines.push(line);
+        self.at = Instant::now();
+    }
+
+    fn summary(&self) {
+        say(format!(
+            "e2e_stack[{}] all scenarios passed in {:.1} s:\n  {}",
+            self.engine.name(),
+            self.story.elapsed().as_secs_f64(),
+            self.lines.join("\n  ")
+        ));
+    }
+}
+
+// ---- the kernel ------------------------------------------------------------------------------
+
+/// Executes `1+1` on kernel `kernel` over its WebSocket through the proxy; the `text/plain`
+/// of the `execute_result`.
+async fn execute_one_plus_one(stack: &Stack, user: &str, token: &str, kernel: &str) -> String {
+    let url = format!(
+        "ws://127.0.0.1:{}/user/{user}/api/kernels/{kernel}/channels",
+        stack.proxy_port
+    );
+    let mut request = url.as_str().into_client_request().expect("ws request");
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("token {token}")).expect("header"),
+    );
+    let (mut ws, resp) =
+        tokio::time::timeout(REQUEST_TIMEOUT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("kernel WebSocket: no answer")
+            .unwrap_or_else(|e| panic!("kernel WebSocket {url}: {e:?}"));
+    assert_eq!(resp.status().as_u16(), 101);
+    let session = generate_token()[..32].to_owned();
+    let msg_id = generate_token()[..32].to_owned();
+    let request = json!({
+        "header": {
+            "msg_id": msg_id,
+            "username": user,
+            "session": session,
+            "msg_type": "execute_request",
+            "version": "5.3",
+            "date": chrono::Utc::now().to_rfc3339(),
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {
+            "code": "1+1",
+            "silent": false,
+            "store_history": false,
+            "user_expressions": {},
+            "allow_stdin": false,
+            "stop_on_error": true,
+        },
+        "channel": "shell",
+        "buffers": [],
+    });
+    ws.send(Message::text(request.to_string()))
+        .await
+        .expect("send execute_request");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let message = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(e))) => panic!("kernel WebSocket broke: {e}; seen {seen:?}"),
+            Ok(None) => panic!("kernel WebSocket closed; seen {seen:?}"),
+            Err(_) => panic!("no execute_result within 60 s; seen {seen:?}"),
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let msg: Value = serde_json::from_str(text.as_str()).expect("a JSON kernel message");
+        let msg_type = msg["header"]["msg_type"].as_str().unwrap_or("").to_owned();
+        let channel = msg["channel"].as_str().unwrap_or("").to_owned();
+        let ours = msg["parent_header"]["msg_id"] == msg_id.as_str();
+        seen.push(format!("{channel}/{msg_type}"));
+        if !ours {
+            continue;
+        }
+        match (channel.as_str(), msg_type.as_str()) {
+            ("iopub", "execute_result") => {
+                let _ = ws.close(None).await;
+                return msg["content"]["data"]["text/plain"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no text/plain in {msg}"))
+                    .to_owned();
+            }
+            ("iopub", "error") => panic!("the kernel failed: {msg}"),
+            ("shell", "execute_reply") if msg["content"]["status"] != "ok" => {
+                panic!("execute_reply: {msg}")
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---- the story ------------------------------------------------------------------------------
+
+async fn story(engine: Engine) {
+    let what = format!(
+        "end-to-end stack on {} (hub, proxy, jupyterhub-singleuser, jupyterhub-idle-culler)",
+        engine.name()
+    );
+    let Some(venv) = peers_venv(&what) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let mut timer = Timer::new(engine);
+    let Some(mut stack) = Stack::new(engine, venv).await else {
+        return;
+    };
+    timer.done("0. hub and proxy processes up");
+    let public = stack.public();
+    let hub = stack.hub_url(stack.hub_port);
+    let dir = stack.dir_str.clone();
+    let http = stack.http.clone();
+
+    // 1. Log in through the proxy's public URL.
+    let alice = Browser::login(&http, &public, "alice").await;
+    timer.done("1. dev login through the proxy");
+
+    // 2. alice's real jupyterhub-singleuser, started through the API with a token.
+    let alice_token = alice.create_token().await;
+    let me = http
+        .api("GET", &format!("{public}/hub/api/user"), &alice_token, None)
+        .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.json()["name"], "alice");
+    let events = stack.start_server(&public, "alice", &alice_token).await;
+    assert!(events.len() >= 2, "progress before ready: {events:?}");
+    let model = stack.user_model(&hub, "alice").await;
+    assert_eq!(model["servers"][""]["ready"], true, "{model}");
+    assert_eq!(model["server"], "/user/alice/", "{model}");
+    let alice_pid = state_pid(&model);
+    let alice_state = server_state(&model);
+    let procs = singleusers(&dir, "alice");
+    assert_eq!(
+        procs.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        vec![alice_pid],
+        "one jupyterhub-singleuser for alice, the one the hub knows"
+    );
+    assert!(
+        stack
+            .server_log("alice")
+            .contains("Updating Hub with activity every 2 seconds"),
+        "--- alice's server log ---\n{}",
+        stack.server_log("alice")
+    );
+    timer.done("2. alice's jupyterhub-singleuser started via the API, progress SSE to ready");
+
+    // 3. JupyterLab's API and a kernel through the proxy.
+    let status = stack.wait_status_200("alice", &alice_token).await;
+    assert!(status.json().get("started").is_some(), "{}", status.body);
+    let kernel = http
+        .api(
+            "POST",
+            &format!("{public}/user/alice/api/kernels"),
+            &alice_token,
+            Some(json!({"name": "python3"})),
+        )
+        .await;
+    assert_eq!(
+        kernel.status, 201,
+        "POST /user/alice/api/kernels: {}",
+        kernel.body
+    );
+    let kernel_id = kernel.json()["id"].as_str().expect("kernel id").to_owned();
+    let result = execute_one_plus_one(&stack, "alice", &alice_token, &kernel_id).await;
+    assert_eq!(result, "2");
+    timer.done("3. /api/status 200, kernel created, 1+1 = 2 over the kernel WebSocket");
+
+    // 4. bob is refused alice's server and her model.
+    let bob = Browser::login(&http, &public, "bob").await;
+    let bob_token = bob.create_token().await;
+    let status_url = format!("{public}/user/alice/api/status");
+    let refused = http.api("GET", &status_url, &bob_token, None).await;
+    assert_eq!(refused.status, 403, "bob's token: {}", refused.body);
+    assert!(
+        refused.body.contains("not allowed"),
+        "refused by the proxy, not by the server: {}",
+        refused.body
+    );
+    let refused = bob.get("/user/alice/api/status", "application/json").await;
+    assert_eq!(refused.status, 403, "bob's session: {}", refused.body);
+    let page = bob.get("/user/alice/lab", "text/html").await;
+    let reached = page.status == 200
+        || page
+            .header("location")
+            .is_some_and(|l| l.contains("/user/alice/"));
+    assert!(
+        !reached && (page.status == 403 || (300..400).contains(&page.status)),
+        "bob's browser on alice's lab: {} {:?} {}",
+        page.status,
+        page.header("location"),
+        page.body
+    );
+    let refused = http
+        .api(
+            "GET",
+            &format!("{public}/hub/api/users/alice"),
+            &bob_token,
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, 403, "bob reads alice: {}", refused.body);
+    let own = http
+        .api(
+            "GET",
+            &format!("{public}/hub/api/users/bob"),
+            &bob_token,
+            None,
+        )
+        .await;
+    assert_eq!(own.status, 200, "bob reads himself: {}", own.body);
+    timer.done("4. bob refused alice's server (token 403, session 403) and her model (403)");
+
+    // 5. The idle culler culls carol's idle server; alice, busy, keeps hers.
+    let carol = Browser::login(&http, &public, "carol").await;
+    let carol_token = carol.create_token().await;
+    stack.start_server(&public, "carol", &carol_token).await;
+    let carol_pid = state_pid(&stack.user_model(&hub, "carol").await);
+    assert_eq!(singleusers(&dir, "carol").len(), 1);
+    // alice works: her server sees API requests (which count as activity) and reports them.
+    let busy_since = chrono::Utc::now();
+    let pinger = {
+        let http = http.clone();
+        let url = format!("{public}/user/alice/api/contents");
+        let token = alice_token.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = http
+                    .try_send(
+                        "GET",
+                        &url,
+                        &[("authorization", &format!("token {token}"))],
+                        String::new(),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let deadline = Deadline::new("alice's activity to reach the hub", Duration::from_secs(30));
+    loop {
+        let model = stack.user_model(&hub, "alice").await;
+        let at = model["servers"][""]["last_activity"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+        if at.is_some_and(|at| at > busy_since) {
+            break;
+        }
+        deadline.tick(&model["servers"][""]).await;
+    }
+    let mut culler_cmd = Command::new(stack.venv.join("bin/jupyterhub-idle-culler"));
+    culler_cmd
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("JUPYTERHUB_API_TOKEN", &stack.culler_token)
+        .arg(format!("--url={hub}/hub/api"))
+        .args([
+            "--timeout=10",
+            "--cull-every=5",
+            "--IdleCuller.log_level=DEBUG",
+        ]);
+    let culler = Proc::spawn("idle-culler", culler_cmd, &stack.dir);
+    stack.procs.insert("idle-culler".to_owned(), culler);
+    let deadline = Deadline::new("the culler to stop carol's server", Duration::from_secs(90));
+    loop {
+        let model = stack.user_model(&hub, "carol").await;
+        if model["servers"].get("").is_none() && gone(carol_pid) {
+            break;
+        }
+        if let Some(status) = stack.proc("idle-culler").exited() {
+            panic!("the culler exited ({status})");
+        }
+        deadline.tick(&model).await;
+    }
+    assert!(singleusers(&dir, "carol").is_empty());
+    // Two more passes of the culler with alice still busy: she keeps her server.
+    let passes = |log: &str| log.matches("users with ready servers").count();
+    let seen = passes(&stack.proc("idle-culler").log());
+    let deadline = Deadline::new("two more culler passes", Duration::from_secs(60));
+    loop {
+        let log = stack.proc("idle-culler").log();
+        if passes(&log) >= seen + 2 {
+            break;
+        }
+        deadline.tick(passes(&log)).await;
+    }
+    let culler_log = stack.proc("idle-culler").log();
+    assert!(culler_log.contains("Culling server carol"), "{culler_log}");
+    assert!(!culler_log.contains("Culling server alice"), "{culler_log}");
+    let model = stack.user_model(&hub, "alice").await;
+    assert_eq!(model["servers"][""]["ready"], true, "{model}");
+    assert_eq!(state_pid(&model), alice_pid);
+    pinger.abort();
+    stack
+        .proc("idle-culler")
+        .terminate(Duration::from_secs(5))
+        .await;
+    timer.done("5. idle culler culled carol's idle server (process gone), busy alice kept hers");
+
+    // 6. kill -9 the hub while alice's server runs; restart it on the same database and port.
+    let old_hub_pid = stack.proc("hub").pid();
+    stack.proc("hub").kill();
+    assert!(gone(old_hub_pid));
+    let after_kill = singleusers(&dir, "alice");
+    assert_eq!(
+        after_kill.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        vec![alice_pid],
+        "alice's server outlives the hub"
+    );
+    // The proxy keeps serving it meanwhile (routes and credentials come from the database).
+    let during = http.api("GET", &status_url, &alice_token, None).await;
+    assert_eq!(during.status, 200, "with the hub down: {}", during.body);
+    stack.procs.remove("hub");
+    stack.start_hub("hub", stack.hub_port).await;
+    let model = stack.user_model(&hub, "alice").await;
+    assert_eq!(model["servers"][""]["ready"], true, "{model}");
+    assert_eq!(server_state(&model), alice_state, "same pid, port, URL");
+    stack.wait_status_200("alice", &alice_token).await;
+    let store = Store::connect(&stack.db_url)
+        .await
+        .expect("open the database");
+    let alice_row = store.get_user("alice").await.expect("alice");
+    let rows = store
+        .list_user_servers(alice_row.id)
+        .await
+        .expect("servers");
+    assert_eq!(rows.len(), 1, "exactly one server row for alice: {rows:?}");
+    store.close().await;
+    for (token, name) in [(&alice_token, "alice"), (&bob_token, "bob")] {
+        let me = http
+            .api("GET", &format!("{public}/hub/api/user"), token, None)
+            .await;
+        assert_eq!(
+            me.status, 200,
+            "{name}'s token after the restart: {}",
+            me.body
+        );
+        assert_eq!(me.json()["name"], name);
+    }
+    let home = alice.get("/hub/home", "text/html").await;
+    assert_eq!(home.status, 200, "alice's session after the restart");
+    assert_eq!(
+        singleusers(&dir, "alice")
+            .iter()
+            .map(|p| p.pid)
+            .collect::<Vec<_>>(),
+        vec![alice_pid],
+        "no orphan or duplicate server for alice"
+    );
+    // The kernel survived too.
+    let result = execute_one_plus_one(&stack, "alice", &alice_token, &kernel_id).await;
+    assert_eq!(result, "2");
+    timer.done("6. hub SIGKILLed and restarted: server, route, tokens, session kept, no duplicate");
+
+    // 7. PostgreSQL: a second hub on the same database.
+    if engine == Engine::Postgres {
+        let port_b = free_port();
+        stack.start_hub("hub-b", port_b).await;
+        let hub_b = stack.hub_url(port_b);
+        // A user created through hub A is listed by hub B.
+        let created = http
+            .api(
+                "POST",
+                &format!("{hub}/hub/api/users/erin"),
+                &stack.inspector_token,
+                None,
+            )
+            .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        let listed = http
+            .api(
+                "GET",
+                &format!("{hub_b}/hub/api/users"),
+                &stack.inspector_token,
+                None,
+            )
+            .await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        let names: Vec<String> = listed
+            .json()
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|u| u["name"].as_str().map(str::to_owned))
+            .collect();
+        assert!(names.contains(&"erin".to_owned()), "{names:?}");
+        // A token created in A works against B; a server started through A is ready in B.
+        let dave = Browser::login(&http, &public, "dave").await;
+        let dave_token = dave.create_token().await;
+        let me = http
+            .api("GET", &format!("{hub_b}/hub/api/user"), &dave_token, None)
+            .await;
+        assert_eq!(me.status, 200, "{}", me.body);
+        assert_eq!(me.json()["name"], "dave");
+        stack.start_server(&hub, "dave", &dave_token).await;
+        let seen_by_b = http
+            .api(
+                "GET",
+                &format!("{hub_b}/hub/api/users/dave"),
+                &dave_token,
+                None,
+            )
+            .await;
+        assert_eq!(seen_by_b.status, 200, "{}", seen_by_b.body);
+        assert_eq!(
+            seen_by_b.json()["servers"][""]["ready"],
+            true,
+            "{}",
+            seen_by_b.body
+        );
+        let dave_model = stack.user_model(&hub, "dave").await;
+        let dave_pid = state_pid(&dave_model);
+        assert_eq!(
+            server_state(&stack.user_model(&hub_b, "dave").await),
+            server_state(&dave_model)
+        );
+        stack.wait_status_200("dave", &dave_token).await;
+        // Stopped through B, stopped for A.
+        stack
+            .stop_server(&hub_b, "dave", &dave_token, dave_pid)
+            .await;
+        let model = stack.user_model(&hub, "dave").await;
+        assert!(model["servers"].get("").is_none(), "{model}");
+        assert!(singleusers(&dir, "dave").is_empty());
+        stack.proc("hub-b").terminate(Duration::from_secs(15)).await;
+        timer.done("7. two hubs on one PostgreSQL database share users, servers and tokens");
+    }
+
+    // The end: alice's server stops through the API, hub and proxy stop on SIGTERM.
+    stack
+        .stop_server(&public, "alice", &alice_token, alice_pid)
+        .await;
+    assert!(singleusers(&dir, "alice").is_empty());
+    for name in ["proxy", "hub"] {
+        let stopped = stack.proc(name).terminate(Duration::from_secs(15)).await;
+        assert!(stopped, "{name} did not exit on SIGTERM");
+    }
+    timer.done("8. alice's server stopped via the API, hub and proxy stopped");
+    timer.summary();
+}
+
+mod stack {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::story(super::Engine::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::story(super::Engine::Postgres).await;
+    }
+}
