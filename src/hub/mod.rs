@@ -22,7 +22,7 @@ pub use error::{HubError, HubResult};
 
 /// JupyterHub version the API speaks (sent as `X-JupyterHub-Version`; `jupyterhub-singleuser`
 /// warns when the major versions differ).
-pub const JUPYTERHUB_VERSION: &str = "5.3.0";
+pub const JUPYTERHUB_VERSION: &str = "6.1.1";
 
 /// Name of the browser session cookie. Path=/ so that the proxy can check it on `/user/...`.
 pub const SESSION_COOKIE: &str = "atelier-session";
