@@ -401,19 +401,6 @@ impl Resp {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {} {:?}", self.status, self.body))
     }
 
-    /// The value `Set-Cookie` gives cookie `name` (None when not set).
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| {
-                let value = c.strip_prefix(name)?.strip_prefix('=')?;
-                Some(value.split(';').next().unwrap_or("").to_owned())
-            })
-            .filter(|v| !v.is_empty())
-    }
-
     /// The `_xsrf` value of the page's (first) form.
     fn xsrf(&self) -> String {
         let re = regex::Regex::new(r#"name="_xsrf" value="([^"]*)""#).unwrap();
@@ -517,85 +504,152 @@ fn form(fields: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-/// A browser on the site: keeps the `atelier-session` cookie, follows no redirect by itself.
+/// A browser on the site (the proxy's public URL): one cookie jar for the hub and the servers,
+/// redirects followed by hand and only on the site.
 struct Browser {
     http: Http,
     base: String,
     user: String,
-    cookie: String,
+    cookies: BTreeMap<String, String>,
 }
 
 impl Browser {
-    /// Logs in with the dev login form at `base` (the proxy's public URL), as a browser does.
+    /// Logs in with the dev login form at `base` (the proxy's public URL), as a browser does:
+    /// the form's `_xsrf` and the anonymous session cookie, then the post, then `/hub/home`.
     async fn login(http: &Http, base: &str, user: &str) -> Browser {
-        let page = http
-            .send("GET", &format!("{base}/hub/login"), &[], String::new())
-            .await;
+        let mut browser = Browser {
+            http: http.clone(),
+            base: base.to_owned(),
+            user: user.to_owned(),
+            cookies: BTreeMap::new(),
+        };
+        let page = browser.get("/hub/login", "text/html").await;
         assert_eq!(page.status, 200, "GET /hub/login: {}", page.body);
-        let anonymous = page
-            .cookie("atelier-session")
-            .expect("the login page sets a session cookie");
+        let anonymous = browser
+            .session()
+            .expect("the login page sets a session cookie")
+            .to_owned();
         let xsrf = page.xsrf();
-        let cookie_header = format!("atelier-session={anonymous}");
-        let posted = http
-            .send(
-                "POST",
-                &format!("{base}/hub/login"),
-                &[
-                    ("cookie", &cookie_header),
-                    ("content-type", "application/x-www-form-urlencoded"),
-                ],
-                form(&[("_xsrf", &xsrf), ("username", user), ("password", "")]),
+        let posted = browser
+            .post_form(
+                "/hub/login",
+                &[("_xsrf", &xsrf), ("username", user), ("password", "")],
             )
             .await;
         assert_eq!(posted.status, 303, "POST /hub/login: {}", posted.body);
         let location = posted.header("location").expect("a Location").to_owned();
         assert_eq!(location, "/hub/home");
-        let cookie = posted
-            .cookie("atelier-session")
-            .expect("the login sets a new session cookie");
-        assert_ne!(cookie, anonymous, "a login starts a new session");
-        let browser = Browser {
-            http: http.clone(),
-            base: base.to_owned(),
-            user: user.to_owned(),
-            cookie,
-        };
+        let session = browser.session().expect("a session after the login");
+        assert_ne!(session, anonymous, "a login starts a new session");
         let home = browser.get(&location, "text/html").await;
         assert_eq!(home.status, 200, "GET {location}: {}", home.body);
         assert!(home.body.contains(user), "home names {user}: {}", home.body);
         browser
     }
 
-    async fn get(&self, path: &str, accept: &str) -> Resp {
-        let cookie = format!("atelier-session={}", self.cookie);
-        self.http
-            .send(
-                "GET",
-                &format!("{}{path}", self.base),
-                &[("cookie", &cookie), ("accept", accept)],
-                String::new(),
-            )
+    /// The hub's session cookie.
+    fn session(&self) -> Option<&str> {
+        self.cookies.get("atelier-session").map(String::as_str)
+    }
+
+    /// `path` on the site; `None` for a URL of another origin.
+    fn on_site<'a>(&self, url: &'a str) -> Option<&'a str> {
+        if url.starts_with('/') {
+            Some(url)
+        } else {
+            url.strip_prefix(self.base.as_str())
+        }
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Resp {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut all = headers.to_vec();
+        if !cookie.is_empty() {
+            all.push(("cookie", &cookie));
+        }
+        let resp = self
+            .http
+            .send(method, &format!("{}{path}", self.base), &all, body)
+            .await;
+        for set in resp.headers.get_all("set-cookie") {
+            let Ok(set) = set.to_str() else { continue };
+            let pair = set.split(';').next().unwrap_or("");
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let lower = set.to_ascii_lowercase();
+            let cleared = value.is_empty()
+                || value == "\"\""
+                || lower.contains("max-age=0")
+                || lower.contains("1970");
+            if cleared {
+                self.cookies.remove(name.trim());
+            } else {
+                self.cookies
+                    .insert(name.trim().to_owned(), value.to_owned());
+            }
+        }
+        resp
+    }
+
+    async fn get(&mut self, path: &str, accept: &str) -> Resp {
+        self.send("GET", path, &[("accept", accept)], String::new())
             .await
+    }
+
+    async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        self.send(
+            "POST",
+            path,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            form(fields),
+        )
+        .await
+    }
+
+    /// Opens `path` as a page and follows redirects on the site; the last response, the path it
+    /// came from, and every path visited.
+    async fn follow(&mut self, path: &str) -> (Resp, String, Vec<String>) {
+        let mut path = path.to_owned();
+        let mut visited = Vec::new();
+        for _ in 0..12 {
+            visited.push(path.clone());
+            let resp = self.get(&path, "text/html").await;
+            if !(300..400).contains(&resp.status) {
+                return (resp, path, visited);
+            }
+            let location = resp.header("location").expect("a Location").to_owned();
+            path = self
+                .on_site(&location)
+                .unwrap_or_else(|| panic!("redirected off the site to {location}: {visited:?}"))
+                .to_owned();
+        }
+        panic!("too many redirects: {visited:?}");
     }
 
     /// A new API token of the user, asked for with the session and its CSRF token as
     /// JupyterHub's pages do (`X-XSRFToken`).
-    async fn create_token(&self) -> String {
+    async fn create_token(&mut self) -> String {
         let home = self.get("/hub/home", "text/html").await;
         assert_eq!(home.status, 200, "{}", home.body);
         let xsrf = home.xsrf();
-        let cookie = format!("atelier-session={}", self.cookie);
+        let path = format!("/hub/api/users/{}/tokens", self.user);
         let resp = self
-            .http
             .send(
                 "POST",
-                &format!("{}/hub/api/users/{}/tokens", self.base, self.user),
-                &[
-                    ("cookie", &cookie),
-                    ("x-xsrftoken", &xsrf),
-                    ("content-type", "application/json"),
-                ],
+                &path,
+                &[("x-xsrftoken", &xsrf), ("content-type", "application/json")],
                 json!({"note": "e2e"}).to_string(),
             )
             .await;
@@ -604,6 +658,17 @@ impl Browser {
             .as_str()
             .expect("the new token")
             .to_owned()
+    }
+
+    /// Starts the user's default server with the spawn form (`/hub/spawn/<user>`, no
+    /// profiles), as the home page's button does; the path the form's answer leads to.
+    async fn spawn_form(&mut self) -> String {
+        let path = format!("/hub/spawn/{}", self.user);
+        let page = self.get(&path, "text/html").await;
+        assert_eq!(page.status, 200, "GET {path}: {}", page.body);
+        let resp = self.post_form(&path, &[("_xsrf", &page.xsrf())]).await;
+        assert_eq!(resp.status, 303, "POST {path}: {}", resp.body);
+        resp.header("location").expect("a Location").to_owned()
     }
 }
 
@@ -898,6 +963,11 @@ impl Stack {
             resp.status,
             resp.body
         );
+        self.wait_ready(base, user, token).await
+    }
+
+    /// Follows the progress of `user`'s default server at `base` until ready; the events.
+    async fn wait_ready(&self, base: &str, user: &str, token: &str) -> Vec<Value> {
         let events = progress_events(
             &self.http,
             &format!("{base}/hub/api/users/{user}/server/progress"),
@@ -1113,7 +1183,7 @@ async fn story(engine: Engine) {
     let http = stack.http.clone();
 
     // 1. Log in through the proxy's public URL.
-    let alice = Browser::login(&http, &public, "alice").await;
+    let mut alice = Browser::login(&http, &public, "alice").await;
     timer.done("1. dev login through the proxy");
 
     // 2. alice's real jupyterhub-singleuser, started through the API with a token.
@@ -1164,10 +1234,36 @@ async fn story(engine: Engine) {
     let kernel_id = kernel.json()["id"].as_str().expect("kernel id").to_owned();
     let result = execute_one_plus_one(&stack, "alice", &alice_token, &kernel_id).await;
     assert_eq!(result, "2");
-    timer.done("3. /api/status 200, kernel created, 1+1 = 2 over the kernel WebSocket");
+    // Her browser opens JupyterLab: the server sends it through the hub's OAuth and back, all on
+    // the public URL; then the server's own cookie authenticates her API calls.
+    let (lab, at, visited) = alice.follow("/user/alice/lab").await;
+    assert_eq!(lab.status, 200, "{at} after {visited:?}: {}", lab.body);
+    assert!(at.starts_with("/user/alice/lab"), "{at}");
+    assert!(
+        visited
+            .iter()
+            .any(|p| p.starts_with("/hub/api/oauth2/authorize"))
+            && visited
+                .iter()
+                .any(|p| p.starts_with("/user/alice/oauth_callback")),
+        "the OAuth dance: {visited:?}"
+    );
+    assert!(
+        alice.cookies.contains_key("jupyterhub-user-alice"),
+        "{:?}",
+        alice.cookies.keys()
+    );
+    let contents = alice
+        .get("/user/alice/api/contents", "application/json")
+        .await;
+    assert_eq!(contents.status, 200, "{}", contents.body);
+    timer.done(
+        "3. /api/status 200, kernel created, 1+1 = 2 over the kernel WebSocket, lab opened \
+         through the hub's OAuth",
+    );
 
     // 4. bob is refused alice's server and her model.
-    let bob = Browser::login(&http, &public, "bob").await;
+    let mut bob = Browser::login(&http, &public, "bob").await;
     let bob_token = bob.create_token().await;
     let status_url = format!("{public}/user/alice/api/status");
     let refused = http.api("GET", &status_url, &bob_token, None).await;
@@ -1179,17 +1275,17 @@ async fn story(engine: Engine) {
     );
     let refused = bob.get("/user/alice/api/status", "application/json").await;
     assert_eq!(refused.status, 403, "bob's session: {}", refused.body);
-    let page = bob.get("/user/alice/lab", "text/html").await;
-    let reached = page.status == 200
-        || page
-            .header("location")
-            .is_some_and(|l| l.contains("/user/alice/"));
-    assert!(
-        !reached && (page.status == 403 || (300..400).contains(&page.status)),
-        "bob's browser on alice's lab: {} {:?} {}",
-        page.status,
-        page.header("location"),
+    let (page, at, visited) = bob.follow("/user/alice/lab").await;
+    assert_eq!(
+        page.status, 403,
+        "bob's browser on alice's lab, at {at}: {}",
         page.body
+    );
+    assert!(
+        !visited.iter().any(|p| p.contains("oauth_callback"))
+            && !bob.cookies.contains_key("jupyterhub-user-alice"),
+        "bob never reaches alice's server: {visited:?} {:?}",
+        bob.cookies.keys()
     );
     let refused = http
         .api(
@@ -1212,9 +1308,22 @@ async fn story(engine: Engine) {
     timer.done("4. bob refused alice's server (token 403, session 403) and her model (403)");
 
     // 5. The idle culler culls carol's idle server; alice, busy, keeps hers.
-    let carol = Browser::login(&http, &public, "carol").await;
+    // carol starts hers with the spawn form, then leaves it alone.
+    let mut carol = Browser::login(&http, &public, "carol").await;
     let carol_token = carol.create_token().await;
-    stack.start_server(&public, "carol", &carol_token).await;
+    let pending = carol.spawn_form().await;
+    assert!(
+        pending == "/hub/spawn-pending/carol" || pending == "/user/carol/",
+        "{pending}"
+    );
+    stack.wait_ready(&public, "carol", &carol_token).await;
+    let ready = carol.get("/hub/spawn-pending/carol", "text/html").await;
+    assert_eq!(
+        (ready.status, ready.header("location")),
+        (302, Some("/user/carol/")),
+        "{}",
+        ready.body
+    );
     let carol_pid = state_pid(&stack.user_model(&hub, "carol").await);
     assert_eq!(singleusers(&dir, "carol").len(), 1);
     // alice works: her server sees API requests (which count as activity) and reports them.
@@ -1295,7 +1404,10 @@ async fn story(engine: Engine) {
         .proc("idle-culler")
         .terminate(Duration::from_secs(5))
         .await;
-    timer.done("5. idle culler culled carol's idle server (process gone), busy alice kept hers");
+    timer.done(
+        "5. carol's server (spawn form) culled idle by jupyterhub-idle-culler, process gone; busy \
+         alice kept hers",
+    );
 
     // 6. kill -9 the hub while alice's server runs; restart it on the same database and port.
     let old_hub_pid = stack.proc("hub").pid();
@@ -1339,6 +1451,36 @@ async fn story(engine: Engine) {
     }
     let home = alice.get("/hub/home", "text/html").await;
     assert_eq!(home.status, 200, "alice's session after the restart");
+    // Her browser's cookie on the server, a token made after the restart (the server asks the
+    // new hub process about it), and the server's own token (its activity reports) still work.
+    let contents = alice
+        .get("/user/alice/api/contents", "application/json")
+        .await;
+    assert_eq!(contents.status, 200, "{}", contents.body);
+    let restarted_at = chrono::Utc::now();
+    let new_token = alice.create_token().await;
+    let status = http.api("GET", &status_url, &new_token, None).await;
+    assert_eq!(
+        status.status, 200,
+        "a token made after the restart: {}",
+        status.body
+    );
+    let contents_url = format!("{public}/user/alice/api/contents");
+    let deadline = Deadline::new(
+        "alice's server to report activity to the restarted hub",
+        Duration::from_secs(30),
+    );
+    loop {
+        let _ = http.api("GET", &contents_url, &new_token, None).await;
+        let model = stack.user_model(&hub, "alice").await;
+        let at = model["servers"][""]["last_activity"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+        if at.is_some_and(|at| at > restarted_at) {
+            break;
+        }
+        deadline.tick(&model["servers"][""]).await;
+    }
     assert_eq!(
         singleusers(&dir, "alice")
             .iter()
@@ -1385,7 +1527,7 @@ async fn story(engine: Engine) {
             .collect();
         assert!(names.contains(&"erin".to_owned()), "{names:?}");
         // A token created in A works against B; a server started through A is ready in B.
-        let dave = Browser::login(&http, &public, "dave").await;
+        let mut dave = Browser::login(&http, &public, "dave").await;
         let dave_token = dave.create_token().await;
         let me = http
             .api("GET", &format!("{hub_b}/hub/api/user"), &dave_token, None)
