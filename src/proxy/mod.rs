@@ -50,6 +50,13 @@ use routes::{RouteCache, Upstream};
 /// The proxy's own health endpoint.
 pub const HEALTH_PATH: &str = "/_atelier/proxy/health";
 
+/// Bytes read at once from an upstream connection.
+const UPSTREAM_READ_BUF: usize = 64 * 1024;
+
+/// Most bytes buffered per client connection: the request head (so the largest header block
+/// accepted) and the response data queued for writing.
+const CLIENT_MAX_BUF: usize = 64 * 1024;
+
 /// What a proxy fails with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -122,9 +129,12 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        // Reads of a fixed size: hyper's adaptive strategy grows a connection's buffer to
+        // ~400 KiB on large bodies and keeps it while the connection idles in the pool.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
+            .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
             .build(connector);
         let proxy = Arc::new(Proxy {
             routes: RouteCache::new(source),
@@ -239,6 +249,7 @@ async fn serve_connection(stream: TcpStream, proxy: Arc<Proxy>, ctx: ConnCtx) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true)
+        .max_buf_size(CLIENT_MAX_BUF)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
