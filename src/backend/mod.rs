@@ -8,6 +8,7 @@
 //! backend needs to find a server again after a hub restart is in the opaque `handle` it returns
 //! (stored by the hub as the server's `spawner_state`).
 
+pub mod kubernetes;
 pub mod local;
 
 use std::collections::BTreeMap;
