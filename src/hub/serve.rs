@@ -62,6 +62,28 @@ pub struct HubArgs {
     /// Seconds a server has to become ready.
     #[arg(long, env = "ATELIER_SPAWN_TIMEOUT", default_value_t = 120)]
     pub spawn_timeout: u64,
+    /// Kubernetes backend: namespace model, as the operator's (`shared` or `per-user`).
+    #[arg(
+        long,
+        env = "ATELIER_NAMESPACE_MODE",
+        value_enum,
+        default_value = "shared"
+    )]
+    pub namespace_mode: crate::operator::NamespaceModeArg,
+    /// Kubernetes backend: prefix of the per-user namespaces, as the operator's.
+    #[arg(
+        long,
+        env = "ATELIER_USER_NAMESPACE_PREFIX",
+        default_value = "atelier-u-"
+    )]
+    pub user_namespace_prefix: String,
+    /// Kubernetes backend: the namespace of the Workspaces in shared mode (default: the
+    /// client's, i.e. the hub's own namespace in a cluster).
+    #[arg(long, env = "ATELIER_WORKSPACE_NAMESPACE")]
+    pub workspace_namespace: Option<String>,
+    /// Kubernetes backend: the WorkspaceProfile of a start that names none.
+    #[arg(long, env = "ATELIER_DEFAULT_PROFILE", default_value = "default")]
+    pub default_profile: String,
     /// Enable the dev login (any user name; admins need the admin password).
     #[arg(long, env = "ATELIER_DEV_LOGIN")]
     pub dev_login: bool,
@@ -189,9 +211,37 @@ pub async fn build_hub(
 ) -> anyhow::Result<HubState> {
     let backend: Arc<dyn WorkspaceBackend> = match args.backend {
         BackendKind::Local => Arc::new(local_backend(args)),
-        BackendKind::Kubernetes => bail!(
-            "--backend kubernetes is not built yet: run `atelier operator` and create Workspace resources with kubectl meanwhile"
-        ),
+        BackendKind::Kubernetes => {
+            use crate::backend::kubernetes::{self, KubernetesBackend, KubernetesBackendConfig};
+            use crate::operator::{NamespaceModeArg, config::NamespaceMode};
+            let client = kubernetes::kube_client().await?;
+            let namespace = args
+                .workspace_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let mut config = KubernetesBackendConfig::new(namespace);
+            config.namespace_mode = match args.namespace_mode {
+                NamespaceModeArg::Shared => NamespaceMode::Shared,
+                NamespaceModeArg::PerUser if args.user_namespace_prefix.is_empty() => {
+                    bail!("--user-namespace-prefix may not be empty in per-user mode")
+                }
+                NamespaceModeArg::PerUser => NamespaceMode::PerUser {
+                    prefix: args.user_namespace_prefix.clone(),
+                },
+            };
+            config.default_profile = args.default_profile.clone();
+            config.start_timeout = Duration::from_secs(args.spawn_timeout);
+            // Admin-created Workspaces become servers; ones stopped with kubectl stop theirs.
+            kubernetes::spawn_sync(
+                store.clone(),
+                args.public_url.trim_end_matches('/').to_owned(),
+                client.clone(),
+                config.clone(),
+                kubernetes::SYNC_INTERVAL,
+            );
+            tracing::info!(?config, "kubernetes backend");
+            Arc::new(KubernetesBackend::new(client, config))
+        }
     };
     let server_api_url = args
         .server_api_url
