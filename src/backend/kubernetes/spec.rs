@@ -564,10 +564,14 @@ pub fn observe(ws: &Workspace, generation: Option<i64>) -> Observation {
     }
 }
 
-/// Whether `ws` is stopped as of `generation` (a stop waits for this).
+/// Whether no pod of `ws` runs as of `generation` (a stop waits for this): `Stopped`, or
+/// refused by a rule (the operator removes a refused Workspace's pod; a stopped Workspace whose
+/// profile was deleted stays refused).
 pub fn is_stopped(ws: &Workspace, generation: Option<i64>) -> bool {
-    ws.status.as_ref().and_then(|s| s.phase) == Some(WorkspacePhase::Stopped)
-        && is_current(ws, generation)
+    let phase = ws.status.as_ref().and_then(|s| s.phase);
+    let stopped = phase == Some(WorkspacePhase::Stopped)
+        || (phase == Some(WorkspacePhase::Pending) && is_refused(ws));
+    stopped && is_current(ws, generation)
 }
 
 /// The server's state as `ws` tells it (`None`: the Workspace does not exist).
@@ -1074,5 +1078,15 @@ mod tests {
         );
         assert!(is_stopped(&stopped, Some(3)));
         assert!(!is_stopped(&stopped, Some(4)));
+        let mut refused = seen(Pending, "ProfileNotFound", "no profile jupyter", 3);
+        refused.spec.desired_state = DesiredState::Stopped;
+        assert!(
+            is_stopped(&refused, Some(3)),
+            "a refused Workspace runs no pod"
+        );
+        assert!(!is_stopped(
+            &seen(Stopping, "Stopping", "removing", 3),
+            Some(3)
+        ));
     }
 }

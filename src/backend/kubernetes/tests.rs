@@ -1124,3 +1124,103 @@ async fn sync_adopts_an_admin_created_workspace_and_stops_it_when_kubectl_does()
     );
     assert!(matches!(checks[4].1, Err(StoreError::NotFound)));
 }
+
+#[tokio::test]
+async fn a_hub_start_hands_its_server_token_to_the_operator_through_the_secret() {
+    use WorkspacePhase::*;
+    let store = Store::connect("sqlite::memory:").await.expect("store");
+    let alice_user = store.create_user("alice", false).await.expect("user");
+    store
+        .create_group("ocean", &json!({}))
+        .await
+        .expect("group");
+    store
+        .add_group_members("ocean", &["alice".to_owned()])
+        .await
+        .expect("member");
+    let (client, verifier) = mock_client();
+    let hub = Hub::new(
+        store.clone(),
+        Arc::new(KubernetesBackend::new(client, config())),
+        HubConfig::new("http://127.0.0.1:8000", "http://hub:8081/hub/api"),
+    );
+    let captured = Arc::new(std::sync::Mutex::new(None::<String>));
+    let mut secret_step = Step::apply(
+        "/api/v1/namespaces/atelier/secrets/ws-alice-token",
+        json!(null),
+    );
+    secret_step.check = {
+        let captured = captured.clone();
+        Box::new(move |body| {
+            let mut without_data = body.clone();
+            let data = without_data
+                .as_object_mut()
+                .and_then(|o| o.remove("data"))
+                .expect("the Secret has data");
+            let mut expected = expected_secret();
+            expected.as_object_mut().map(|o| o.remove("data"));
+            assert_json_eq(&without_data, &expected);
+            let token: ByteString =
+                serde_json::from_value(data["token"].clone()).expect("base64 token");
+            *captured.lock().expect("lock") = Some(String::from_utf8(token.0).expect("utf-8"));
+        })
+    };
+    let mut ws = expected_workspace(default_spec());
+    ws["metadata"]["annotations"]["atelier.dev/groups"] = json!("ocean");
+    let steps = vec![
+        Step::get(ws_path("alice")).not_found(),
+        Step::list(WORKSPACES, &[("fieldSelector", "spec.user=alice")], vec![]),
+        secret_step,
+        // The operator was quick: running at once, no watch needed.
+        Step::apply(ws_path("alice"), ws).json(alice(1, status(Running, "Running", "ready", 1))),
+    ];
+    let options = crate::hub::spawner::StartOptions {
+        profile: Some("jupyter".into()),
+        ..Default::default()
+    };
+    let check_store = store.clone();
+    let (server, _) = scenario(verifier, steps, async move {
+        crate::hub::spawner::start_server(&hub, &alice_user, "", options)
+            .await
+            .expect("start accepted");
+        let server = loop {
+            let server = check_store
+                .get_server_by_names("alice", "")
+                .await
+                .expect("row");
+            if server.state == ServerState::Running {
+                break server;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        drop(hub);
+        server
+    })
+    .await;
+    assert_eq!(server.url.as_deref(), Some(URL));
+    assert_eq!(
+        server.spawner_state,
+        json!({"namespace": NS, "name": "alice"})
+    );
+    let token = captured
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("a token in the Secret");
+    let identity = store
+        .lookup_token(&token, crate::store::now())
+        .await
+        .expect("the Secret's token is the one the hub registered");
+    assert_eq!(identity.user.map(|u| u.name).as_deref(), Some("alice"));
+    assert_eq!(
+        identity.token.scopes,
+        crate::hub::spawner::server_token_scopes("alice", "")
+    );
+    assert!(
+        store
+            .verify_oauth_client("jupyterhub-user-alice", &token)
+            .await
+            .is_ok(),
+        "and the secret of the server's OAuth client"
+    );
+}
