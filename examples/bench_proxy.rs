@@ -116,12 +116,16 @@ async fn main() -> anyhow::Result<()> {
             let source = Arc::new(MemoryRoutes::from_routes(
                 (0..routes).map(|i| Route::new(format!("u{i}"), "", target.clone())),
             ));
-            let proxy = Proxy::start(
-                ProxyConfig::new(hub),
-                source,
-                Some(Arc::new(BenchToken(token))),
-            )
-            .await?;
+            let mut config = ProxyConfig::new(hub);
+            // Buffer sizes to compare (bytes), e.g. BENCH_UPSTREAM_READ_BUFFER=262144.
+            let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+            if let Some(n) = env("BENCH_UPSTREAM_READ_BUFFER") {
+                config.upstream_read_buffer = n;
+            }
+            if let Some(n) = env("BENCH_CLIENT_BUFFER") {
+                config.client_buffer = n;
+            }
+            let proxy = Proxy::start(config, source, Some(Arc::new(BenchToken(token)))).await?;
             let listener = TcpListener::bind(bind).await?;
             println!("listening {} routes {}", listener.local_addr()?, routes);
             serve(listener, proxy, shutdown_signal()).await;

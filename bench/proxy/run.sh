@@ -48,6 +48,8 @@ TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3
 BENCH="$TARGET_DIR/release/examples/bench_proxy"
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Other work on the machine skews everything: the report shows the load around the run.
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- processes -------------------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/atelier-bench-proxy.XXXXXX)
@@ -209,16 +211,18 @@ stop_pid "$AT_PID"
 # --- report ------------------------------------------------------------------------------------
 mkdir -p "$HERE/results"
 REPORT="$HERE/results/$(date -u +%Y%m%dT%H%M%SZ).txt"
-python3 - "$RESULTS" "$WORK/rss.tsv" "$CHP_VERSION" "$DURATION" >"$REPORT" <<'EOF'
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$RESULTS" "$WORK/rss.tsv" "$CHP_VERSION" "$DURATION" "$LOAD_BEFORE" "$LOAD_AFTER" >"$REPORT" <<'EOF'
 import sys
-results, rss, chp_version, duration = sys.argv[1:5]
+results, rss, chp_version, duration, load_before, load_after = sys.argv[1:7]
 rows = [l.rstrip("\n").split("\t") for l in open(results) if l.strip()]
 r = {}
 for name, routes, file, conns, rps, p50, errors in rows:
     r[(name, routes, file, conns)] = (float(rps), float(p50), errors.strip())
 ceiling = {(f, c): v for (n, _, f, c), v in r.items() if n == "nginx"}
 print(f"wrk {duration}s per run, 127.0.0.1, {__import__('os').cpu_count()} cores; "
-      f"configurable-http-proxy {chp_version}; every request to a random route")
+      f"configurable-http-proxy {chp_version}; every request to a random route; "
+      f"load average {load_before} before, {load_after} after")
 print(f"{'body':5} {'routes':>6} {'conns':>5} | {'nginx req/s':>11} {'p50 ms':>7} | "
       f"{'CHP req/s':>10} {'p50 ms':>7} | {'Atelier req/s':>13} {'p50 ms':>7} | "
       f"{'Atelier/ceil':>12} {'CHP/ceil':>8} {'Atelier/CHP':>11} {'p50 A/CHP':>9}")

@@ -50,13 +50,6 @@ use routes::{RouteCache, Upstream};
 /// The proxy's own health endpoint.
 pub const HEALTH_PATH: &str = "/_atelier/proxy/health";
 
-/// Bytes read at once from an upstream connection.
-const UPSTREAM_READ_BUF: usize = 64 * 1024;
-
-/// Most bytes buffered per client connection: the request head (so the largest header block
-/// accepted) and the response data queued for writing.
-const CLIENT_MAX_BUF: usize = 64 * 1024;
-
 /// What a proxy fails with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,16 +76,26 @@ pub struct ProxyConfig {
     pub auth_cache_ttl: Duration,
     /// How long [`serve`] waits for requests in flight after shutdown before cutting them.
     pub shutdown_grace: Duration,
+    /// Bytes read at once from an upstream connection (each read buffer is this big; hyper's
+    /// adaptive default grows to ~400 KiB on large bodies and keeps it while the connection
+    /// idles in the pool).
+    pub upstream_read_buffer: usize,
+    /// Most bytes buffered per client connection: the request head (so the largest header
+    /// block accepted) and the response data queued for writing. At least 8 KiB.
+    pub client_buffer: usize,
 }
 
 impl ProxyConfig {
-    /// Defaults: refresh every second, decisions kept 10 s, 10 s of grace at shutdown.
+    /// Defaults: refresh every second, decisions kept 10 s, 10 s of grace at shutdown, 64 KiB
+    /// buffers.
     pub fn new(default_target: impl Into<String>) -> Self {
         ProxyConfig {
             default_target: default_target.into(),
             refresh_interval: Duration::from_secs(1),
             auth_cache_ttl: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            upstream_read_buffer: 64 * 1024,
+            client_buffer: 64 * 1024,
         }
     }
 }
@@ -129,12 +132,10 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        // Reads of a fixed size: hyper's adaptive strategy grows a connection's buffer to
-        // ~400 KiB on large bodies and keeps it while the connection idles in the pool.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
-            .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
+            .http1_read_buf_exact_size(config.upstream_read_buffer.max(8 * 1024))
             .build(connector);
         let proxy = Arc::new(Proxy {
             routes: RouteCache::new(source),
@@ -240,6 +241,7 @@ pub async fn serve(
 async fn serve_connection(stream: TcpStream, proxy: Arc<Proxy>, ctx: ConnCtx) {
     let _ = stream.set_nodelay(true);
     let mut phase = ctx.phase.clone();
+    let client_buffer = proxy.config.client_buffer.max(8 * 1024);
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let ctx = ctx.clone();
@@ -249,7 +251,7 @@ async fn serve_connection(stream: TcpStream, proxy: Arc<Proxy>, ctx: ConnCtx) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true)
-        .max_buf_size(CLIENT_MAX_BUF)
+        .max_buf_size(client_buffer)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
