@@ -317,7 +317,7 @@ impl KubernetesBackend {
         .await
         .unwrap_or_else(|_| Err(BackendError::Timeout(timeout.as_secs_f64().ceil() as u64)));
         if outcome.is_err() && guard.armed {
-            guard.armed = false;
+            // Still armed meanwhile: dropped during this request, the guard sends it again.
             tracing::info!(workspace = %guard.name, "start failed, stopping the Workspace");
             if let Err(e) = request_stop(&api, &guard.name).await {
                 tracing::warn!(workspace = %guard.name, error = %e, "stopping a failed Workspace");
