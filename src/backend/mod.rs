@@ -34,7 +34,8 @@ pub struct SpawnRequest {
     pub user_options: Value,
     /// The JupyterHub single-user environment computed by the hub (`JUPYTERHUB_API_TOKEN`,
     /// `JUPYTERHUB_API_URL`, `JUPYTERHUB_SERVICE_PREFIX`, `JUPYTERHUB_CLIENT_ID`, ...). The
-    /// kubernetes backend ignores the token (the operator issues one per Workspace).
+    /// kubernetes backend hands only the token on (in the Secret the operator reads); the
+    /// operator computes the rest of the pod's environment itself.
     pub env: BTreeMap<String, String>,
 }
 
