@@ -1,0 +1,118 @@
+{{/* Names: every object's name comes from here (as zero-to-jupyterhub's _helpers-names.tpl). */}}
+{{- define "atelier.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "atelier.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "atelier.hub.fullname" -}}{{ include "atelier.fullname" . | trunc 59 | trimSuffix "-" }}-hub{{- end -}}
+{{- define "atelier.proxy.fullname" -}}{{ include "atelier.fullname" . | trunc 57 | trimSuffix "-" }}-proxy{{- end -}}
+{{- define "atelier.operator.fullname" -}}{{ include "atelier.fullname" . | trunc 54 | trimSuffix "-" }}-operator{{- end -}}
+{{- define "atelier.culler.fullname" -}}{{ include "atelier.fullname" . | trunc 50 | trimSuffix "-" }}-idle-culler{{- end -}}
+{{- define "atelier.hub.dbPvc" -}}{{ include "atelier.hub.fullname" . }}-db{{- end -}}
+
+{{/* The namespace of the Workspaces in shared mode. */}}
+{{- define "atelier.workspaceNamespace" -}}
+{{- .Values.workspaceNamespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{- define "atelier.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "atelier.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "atelier.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: call with (dict "root" $ "component" "hub"). */}}
+{{- define "atelier.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "atelier.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "atelier.componentLabels" -}}
+{{ include "atelier.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The selector labels as the operator's key=value,... flags take them. */}}
+{{- define "atelier.podLabelsFlag" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=%s" (include "atelier.name" .root) .root.Release.Name .component -}}
+{{- end -}}
+
+{{- define "atelier.hub.apiUrl" -}}
+{{- printf "http://%s.%s.svc:%d/hub/api" (include "atelier.hub.fullname" .) .Release.Namespace (int .Values.hub.service.port) -}}
+{{- end -}}
+
+{{- define "atelier.publicUrl" -}}
+{{- required "publicUrl is required (the site's URL as browsers reach the proxy)" .Values.publicUrl -}}
+{{- end -}}
+
+{{/* The database URL as an env entry (hub and proxy). */}}
+{{- define "atelier.dbEnv" -}}
+- name: ATELIER_DATABASE_URL
+{{- if eq .Values.hub.db.type "postgres" }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "hub.db.urlSecret.name is required with hub.db.type=postgres" .Values.hub.db.urlSecret.name }}
+      key: {{ .Values.hub.db.urlSecret.key }}
+{{- else }}
+  value: "sqlite:///srv/atelier/db/atelier.sqlite"
+{{- end }}
+{{- end -}}
+
+{{- define "atelier.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "atelier.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "atelier.imagePullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The idle culler's token: kept across upgrades (lookup), else generated. */}}
+{{- define "atelier.culler.token" -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "atelier.culler.fullname" .) -}}
+{{- if and $existing $existing.data (index $existing.data "token") -}}
+{{- index $existing.data "token" | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 48 -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "atelier.culler.scopes" -}}list:users,read:users:activity,read:servers,delete:servers{{- end -}}

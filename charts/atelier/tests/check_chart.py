@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Checks the Atelier Helm chart without a cluster (run by tests/chart.rs with ATELIER_PEERS=1).
+
+    python charts/atelier/tests/check_chart.py                  # every check below
+    python charts/atelier/tests/check_chart.py --render VALUES [--name N] [--namespace NS] [--out F]
+                                                                 # render one values file, validate it
+
+Checks: `helm lint` (helm-python-sdk); rendering with the default values, each examples/*.yaml
+and a few variants; every rendered built-in object against the official schemas of the oldest
+and newest supported Kubernetes (kubernetes-validate, strict: unknown fields fail); Atelier
+custom resources against the CRDs' openAPIV3Schema (known fields, required fields, types); the
+values schema refuses a typo and a wrong type, naming the key; security contexts, checksum
+annotations, the operator's RBAC verbs; and that the chart's crds/ equal the top-level crds/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import sys
+from pathlib import Path
+
+import helm_python
+import kubernetes_validate
+import yaml
+from helm_python import Chart
+
+CHART = Path(__file__).resolve().parent.parent
+ROOT = CHART.parent.parent
+# Oldest supported (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
+KUBE_VERSIONS = ["1.33.0", kubernetes_validate.utils.latest_version()]
+# Kinds kubernetes-validate has no schema for: checked otherwise (or only parsed).
+NOT_BUILTIN = {
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+failures: list[str] = []
+
+
+def check(ok: bool, what: str) -> bool:
+    print(("ok    " if ok else "FAIL  ") + what)
+    if not ok:
+        failures.append(what)
+    return ok
+
+
+def load_values(path: Path | str | None) -> dict:
+    if path is None:
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def render(values: dict, name: str = "atelier", namespace: str = "atelier") -> list[dict]:
+    """The chart's objects for `values`, as dicts (empty documents dropped)."""
+    chart = Chart.load(str(CHART))
+    rendered = chart.render(values, name=name, namespace=namespace)
+    docs = []
+    for template, text in sorted(rendered.items()):
+        if template.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("metadata", {}).setdefault("annotations", {})
+                docs.append(doc)
+    return docs
+
+
+def crd_schemas() -> dict[str, dict]:
+    """kind -> openAPIV3Schema of the served version, from the top-level crds/."""
+    out = {}
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        version = next(v for v in crd["spec"]["versions"] if v.get("served"))
+        out[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
+    return out
+
+
+def conforms(value, schema: dict, where: str) -> list[str]:
+    """The ways `value` breaks `schema` (types, known properties, required; no CEL)."""
+    errors = []
+    if schema.get("x-kubernetes-preserve-unknown-fields") or schema.get("x-kubernetes-int-or-string"):
+        return errors
+    kind = schema.get("type")
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+    if kind in types and (not isinstance(value, types[kind]) or (kind in ("integer", "number") and isinstance(value, bool))):
+        return [f"{where}: expected {kind}, got {type(value).__name__}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{where}: {value!r} not in {schema['enum']}")
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        for req in schema.get("required", []):
+            if req not in value:
+                errors.append(f"{where}: missing required {req}")
+        for key, sub in value.items():
+            if props is not None and key in props:
+                errors += conforms(sub, props[key], f"{where}.{key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += conforms(sub, schema["additionalProperties"], f"{where}.{key}")
+            elif props is not None:
+                errors.append(f"{where}: unknown field {key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            errors += conforms(item, schema["items"], f"{where}[{i}]")
+    return errors
+
+
+def validate(docs: list[dict], label: str) -> None:
+    """Every object: built-in kinds against Kubernetes' schemas, Atelier CRs against the CRDs."""
+    schemas = crd_schemas()
+    builtin = 0
+    for doc in docs:
+        api, kind = doc.get("apiVersion", ""), doc.get("kind", "")
+        name = f"{kind}/{doc.get('metadata', {}).get('name')}"
+        if not (api and kind and doc["metadata"].get("name")):
+            check(False, f"{label}: {name} has apiVersion, kind and metadata.name")
+            continue
+        if api.startswith("atelier.dev/"):
+            errors = conforms(doc.get("spec", {}), schemas[kind]["properties"]["spec"], "spec")
+            check(api == "atelier.dev/v1alpha1" and not errors, f"{label}: {name} matches its CRD {errors}")
+            continue
+        if (api, kind) in NOT_BUILTIN:
+            check("spec" in doc, f"{label}: {name} has a spec")
+            continue
+        builtin += 1
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except Exception as e:  # noqa: BLE001 - the message is the finding
+                caught = getattr(e, "caught", None)
+                why = f"{'/'.join(map(str, caught.absolute_path))}: {caught.message}" if caught else str(e)
+                check(False, f"{label}: {name} valid for Kubernetes {version}: {why[:300]}")
+    check(builtin > 0, f"{label}: {builtin} built-in objects valid for Kubernetes {' and '.join(KUBE_VERSIONS)}")
+
+
+def pod_specs(docs: list[dict]):
+    for doc in docs:
+        if doc["kind"] in WORKLOADS:
+            yield doc, doc["spec"]["template"]
+
+
+def check_workloads(docs: list[dict], label: str) -> None:
+    """Non-root, read-only root filesystem, no capabilities, seccomp; config checksums."""
+    for doc, template in pod_specs(docs):
+        name = doc["metadata"]["name"]
+        pod = template["spec"]
+        psc = pod.get("securityContext", {})
+        check(psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+              f"{label}: {name} pod runs as non-root with seccomp RuntimeDefault")
+        for c in pod["containers"]:
+            sc = c.get("securityContext", {})
+            check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+                  and sc.get("capabilities", {}).get("drop") == ["ALL"],
+                  f"{label}: {name}/{c['name']} read-only root, no privilege escalation, drops ALL")
+            check(":" in c["image"] and not c["image"].endswith(":latest") and not c["image"].endswith(":"),
+                  f"{label}: {name}/{c['name']} image pinned ({c['image']})")
+        if any(ref.get("configMapRef") for c in pod["containers"] for ref in c.get("envFrom", [])):
+            check("checksum/config" in template["metadata"].get("annotations", {}),
+                  f"{label}: {name} rolls on config change (checksum/config)")
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def find(docs: list[dict], kind: str, suffix: str) -> dict | None:
+    return next((d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(suffix)), None)
+
+
+def verbs(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+CHILDREN = {"get", "list", "watch", "patch", "delete"}
+OPERATOR_NAMESPACED = {
+    ("atelier.dev", "workspaces"): {"get", "list", "watch", "patch"},
+    ("atelier.dev", "workspaces/status"): {"patch"},
+    ("atelier.dev", "workspaces/finalizers"): {"update"},
+    ("", "pods"): CHILDREN,
+    ("", "services"): CHILDREN,
+    ("", "secrets"): CHILDREN,
+    ("", "persistentvolumeclaims"): CHILDREN,
+    ("networking.k8s.io", "networkpolicies"): CHILDREN,
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+OPERATOR_CLUSTER = {
+    ("atelier.dev", "workspaceprofiles"): {"get", "list", "watch"},
+    ("atelier.dev", "nodepools"): {"get", "list", "watch"},
+    ("atelier.dev", "datasources"): {"get", "list", "watch"},
+}
+PER_USER = {("", r): {"get", "patch"} for r in ("namespaces", "resourcequotas", "limitranges")}
+
+
+def check_rbac(docs: list[dict], label: str, mode: str) -> None:
+    cluster_role = find(docs, "ClusterRole", "-operator")
+    if mode == "shared":
+        role = find(docs, "Role", "-operator")
+        check(role is not None and verbs(role["rules"]) == OPERATOR_NAMESPACED,
+              f"{label}: operator Role holds exactly the namespaced verbs it uses")
+        want = {**OPERATOR_CLUSTER, ("atelier.dev", "workspaces"): {"list"}}
+        hub = find(docs, "Role", "-hub")
+    else:
+        want = {**OPERATOR_CLUSTER, **OPERATOR_NAMESPACED, **PER_USER}
+        hub = find(docs, "ClusterRole", "-hub")
+    check(cluster_role is not None and verbs(cluster_role["rules"]) == want,
+          f"{label}: operator ClusterRole holds exactly the verbs it uses ({mode})")
+    hub_want = {("atelier.dev", "workspaces"): {"get", "list", "watch", "patch"}, ("", "secrets"): {"get", "list", "patch"}}
+    if mode != "shared":
+        hub_want[("", "namespaces")] = {"patch"}
+    check(hub is not None and verbs(hub["rules"]) == hub_want, f"{label}: hub RBAC is the kubernetes backend's ({mode})")
+
+
+def check_render(values: dict, label: str, name: str = "atelier", namespace: str = "atelier") -> list[dict]:
+    try:
+        docs = render(values, name=name, namespace=namespace)
+    except helm_python.HelmError as e:
+        check(False, f"{label}: renders ({e})")
+        return []
+    check(bool(docs), f"{label}: renders ({len(docs)} objects)")
+    validate(docs, label)
+    check_workloads(docs, label)
+    return docs
+
+
+def refused(values: dict, key: str, label: str) -> None:
+    chart = Chart.load(str(CHART))
+    try:
+        chart.render(values, name="atelier", namespace="atelier")
+    except helm_python.HelmError as e:
+        check(key in str(e), f"schema refuses {label}, naming {key!r}: {str(e).strip()[:160]}")
+        return
+    check(False, f"schema refuses {label}")
+
+
+def check_crds_identical() -> None:
+    top = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    same = top == chart and all(filecmp.cmp(ROOT / "crds" / n, CHART / "crds" / n, shallow=False) for n in top)
+    check(same, f"charts/atelier/crds/ equals crds/ ({len(top)} CRDs)")
+
+
+def main_all() -> int:
+    report = helm_python.lint(str(CHART), strict=False)
+    errors = report.get("errors", []) + [m["error"] for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    check(not errors, f"helm lint ({errors})")
+    for version in ("v1.33.0", "v" + KUBE_VERSIONS[-1]):
+        r = helm_python.lint(str(CHART), kube_version=version)
+        check(not r.get("errors"), f"helm lint --kube-version {version}")
+
+    docs = check_render({}, "defaults")
+    kinds = {d["kind"] for d in docs}
+    check({"Deployment", "Service", "ServiceAccount", "ClusterRole", "Role", "NetworkPolicy",
+           "PodDisruptionBudget", "PersistentVolumeClaim", "Secret", "ConfigMap"} <= kinds,
+          f"defaults: the expected kinds ({sorted(kinds)})")
+    hub = find(docs, "Deployment", "-hub")
+    check(hub is not None and hub["spec"]["replicas"] == 1 and hub["spec"]["strategy"]["type"] == "Recreate",
+          "defaults (sqlite-pvc): one hub replica, Recreate")
+    args = hub["spec"]["template"]["spec"]["containers"][0]
+    config = find(docs, "ConfigMap", "-hub")["data"]
+    check(args["args"] == ["hub"] and config["ATELIER_BACKEND"] == "kubernetes",
+          "defaults: the hub runs `atelier hub` with ATELIER_BACKEND=kubernetes")
+    check("ATELIER_SERVICE_IDLE_CULLER_TOKEN" in {e["name"] for e in args["env"]}
+          and find(docs, "Secret", "-idle-culler") is not None and find(docs, "Deployment", "-idle-culler") is not None,
+          "defaults: idle culler Deployment, its token Secret, and the hub's service token")
+    check_rbac(docs, "defaults", "shared")
+
+    for example in sorted((CHART / "examples").glob("*.yaml")):
+        docs = check_render(load_values(example), f"examples/{example.name}")
+        if example.name == "centre.yaml":
+            hub = find(docs, "Deployment", "-hub")
+            env = {e["name"]: e for e in hub["spec"]["template"]["spec"]["containers"][0]["env"]}
+            check(hub["spec"]["replicas"] == 2 and "secretKeyRef" in env["ATELIER_DATABASE_URL"]["valueFrom"],
+                  "centre: two hubs on PostgreSQL from a Secret")
+            check({d["kind"] for d in docs} >= {"NodePool", "WorkspaceProfile", "DataSource", "Ingress", "ServiceMonitor"},
+                  "centre: pools, profiles, data sources, Ingress and ServiceMonitor rendered")
+            check({d["metadata"]["name"] for d in by_kind(docs, "NodePool")} == {"interactive", "gpu-trex", "batch"},
+                  "centre: interactive, GPU and batch pools")
+
+    variant = {
+        "namespaceMode": "per-user",
+        "httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateways"}]},
+        "hub": {"db": {"type": "postgres", "urlSecret": {"name": "db", "key": "url"}}, "pdb": {"enabled": True}},
+        "idleCuller": {"enabled": False},
+    }
+    docs = check_render(variant, "per-user + HTTPRoute + postgres")
+    check_rbac(docs, "per-user", "per-user")
+    check(find(docs, "HTTPRoute", "-proxy") is not None and not by_kind(docs, "Ingress"), "per-user: HTTPRoute, no Ingress")
+
+    a = render({"proxy": {"refreshMs": 1000}})
+    b = render({"proxy": {"refreshMs": 2000}})
+    ann = lambda docs: find(docs, "Deployment", "-proxy")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    check(ann(a) != ann(b), "a config change rolls the proxy (checksum/config changes)")
+
+    refused({"hub": {"replicaz": 2}}, "replicaz", "a typo (hub.replicaz)")
+    refused({"proxy": {"replicas": "two"}}, "replicas", "a wrong type (proxy.replicas: \"two\")")
+    refused({"namespaceMode": "per-group"}, "namespaceMode", "an unknown namespaceMode")
+    check_crds_identical()
+
+    print(f"\n{len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--render", metavar="VALUES", help="render and validate one values file only")
+    parser.add_argument("--name", default="atelier")
+    parser.add_argument("--namespace", default="atelier")
+    parser.add_argument("--out", help="write the rendered objects here (YAML stream)")
+    args = parser.parse_args()
+    if not args.render:
+        return main_all()
+    docs = check_render(load_values(args.render), os.path.basename(args.render), args.name, args.namespace)
+    if args.out:
+        with open(args.out, "w") as f:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+    print(f"\n{len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
