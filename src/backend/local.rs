@@ -8,6 +8,11 @@
 //! service prefix and boot id) lets a restarted hub re-adopt them through [`LocalBackend::poll`]
 //! and stop them through [`LocalBackend::stop`]. The start time (and boot id) make sure a pid
 //! reused by another process is never taken for the server, nor signalled.
+//!
+//! The handle of each server's latest process is also recorded under `<state_dir>/run/` as soon
+//! as the process exists, before it is ready: a start interrupted by a hub crash (SIGKILL, power)
+//! never returns its handle to the hub, and the next start of the same server stops that
+//! leftover process first, so that a server never runs twice.
 
 mod proc;
 
@@ -231,6 +236,48 @@ impl LocalBackend {
         self.config.state_dir.join("users").join(user)
     }
 
+    /// Where the handle of `user`'s server `server`'s latest process is recorded (one directory
+    /// per user: `default.json`, `server-<name>.json`; no two servers share a file).
+    pub fn run_record_path(&self, user: &str, server: &str) -> PathBuf {
+        let file = if server.is_empty() {
+            "default.json".to_owned()
+        } else {
+            format!("server-{server}.json")
+        };
+        self.config.state_dir.join("run").join(user).join(file)
+    }
+
+    /// Stops the process recorded for `user`'s server `server`, if it still runs: a start
+    /// interrupted by a hub crash leaves one the hub does not know of.
+    async fn stop_leftover(&self, user: &str, server: &str) -> Result<(), BackendError> {
+        let path = self.run_record_path(user, server);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let Some(handle) = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| LocalHandle::from_value(&v).ok())
+        else {
+            return Ok(());
+        };
+        if !handle.started_in_earlier_boot()
+            && proc::leader(handle.pid, handle.start_time) == Leader::Alive
+        {
+            tracing::warn!(
+                user,
+                server,
+                pid = handle.pid,
+                "stopping a leftover process of this server (a start interrupted by a hub crash)"
+            );
+        }
+        terminate_group(&handle, STOP_GRACE).await.map_err(|e| {
+            BackendError::SpawnFailed(format!(
+                "a leftover process of this server (pid {}) cannot be stopped: {e}",
+                handle.pid
+            ))
+        })
+    }
+
     async fn start_server(
         &self,
         request: SpawnRequest,
@@ -261,6 +308,14 @@ impl LocalBackend {
         let log_path = self.log_path(&request.user, &request.server);
         prepare_dirs(&user_dir, log_path.parent().expect("logs dir"))
             .map_err(|e| anyhow::anyhow!("preparing the directories of the server: {e}"))?;
+
+        self.stop_leftover(&request.user, &request.server).await?;
+        let record_path = self.run_record_path(&request.user, &request.server);
+        prepare_dirs(
+            record_path.parent().expect("run dir"),
+            &self.config.state_dir.join("run"),
+        )
+        .map_err(|e| anyhow::anyhow!("preparing the run directory: {e}"))?;
 
         let port = free_port()
             .await
@@ -341,6 +396,9 @@ impl LocalBackend {
             prefix: Some(prefix.clone()),
             boot_id: proc::boot_id(),
         };
+        // Before waiting: a hub killed meanwhile leaves this record as the only trace.
+        write_record(&record_path, &handle)
+            .map_err(|e| anyhow::anyhow!("recording {}: {e}", record_path.display()))?;
         let api_url = format!("{url}{prefix}api");
         let deadline = Instant::now() + self.config.start_timeout;
         loop {
@@ -665,6 +723,21 @@ fn server_env(
         }
     }
     env
+}
+
+/// Writes `handle` to `path` (mode 0600) atomically.
+fn write_record(path: &Path, handle: &LocalHandle) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(handle.to_value().to_string().as_bytes())?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 /// Creates the user's directory and the logs directory (mode 0700).

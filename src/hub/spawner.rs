@@ -676,7 +676,7 @@ async fn drive_stop(hub: HubState, server: Server, user: String, done: oneshot::
 /// spawn timeout are left to the hub process that may still drive them ([`watch`] picks them up
 /// if none does).
 pub async fn recover(hub: &HubState) -> HubResult<SweepReport> {
-    let report = sweep_states(hub, &ServerState::ACTIVE).await?;
+    let report = sweep_states(hub, &ServerState::ACTIVE, true).await?;
     tracing::info!(
         adopted = report.adopted.len(),
         stopped = report.stopped.len(),
@@ -687,9 +687,15 @@ pub async fn recover(hub: &HubState) -> HubResult<SweepReport> {
 }
 
 /// One pass of [`watch`]: running servers that exited are marked stopped, stale spawns are
-/// adopted or stopped.
+/// adopted or stopped, and so are cancelled spawns whose driver is gone (a stop asked for after
+/// the hub that drove the start crashed).
 pub async fn sweep(hub: &HubState) -> HubResult<SweepReport> {
-    sweep_states(hub, &[ServerState::Starting, ServerState::Running]).await
+    let states = [
+        ServerState::Starting,
+        ServerState::Running,
+        ServerState::Stopping,
+    ];
+    sweep_states(hub, &states, false).await
 }
 
 /// Polls the running servers every [`WATCH_INTERVAL`], a page at a time, and marks the ones that
@@ -720,7 +726,12 @@ enum Verdict {
     Left,
 }
 
-async fn sweep_states(hub: &HubState, states: &[ServerState]) -> HubResult<SweepReport> {
+/// `at_start`: the hub is starting ([`recover`]), every stop in progress is taken over.
+async fn sweep_states(
+    hub: &HubState,
+    states: &[ServerState],
+    at_start: bool,
+) -> HubResult<SweepReport> {
     let mut report = SweepReport::default();
     let mut after = None;
     loop {
@@ -734,7 +745,7 @@ async fn sweep_states(hub: &HubState, states: &[ServerState]) -> HubResult<Sweep
         let verdicts: Vec<(String, Verdict)> = futures::stream::iter(page)
             .map(|row| async move {
                 let name = log_name(&row.user_name, &row.server.name);
-                (name, check_one(hub, row).await)
+                (name, check_one(hub, row, at_start).await)
             })
             .buffer_unordered(SWEEP_CONCURRENCY)
             .collect()
@@ -757,7 +768,7 @@ async fn sweep_states(hub: &HubState, states: &[ServerState]) -> HubResult<Sweep
 }
 
 /// Checks one server with the backend and records what it found.
-async fn check_one(hub: &HubState, row: ServerWithOwner) -> Verdict {
+async fn check_one(hub: &HubState, row: ServerWithOwner, at_start: bool) -> Verdict {
     let ServerWithOwner {
         user_name: user,
         server,
@@ -814,9 +825,22 @@ async fn check_one(hub: &HubState, row: ServerWithOwner) -> Verdict {
             }
         }
         ServerState::Stopping => {
-            if let Err(e) = hub.backend.stop(&server.spawner_state).await {
-                tracing::warn!(server = %name, error = %e, "cannot stop server");
+            // Later than at start, only a cancelled spawn (it never ran) whose drivers are gone:
+            // any spawn driver has timed out by now, and none runs here.
+            let abandoned = server.url.is_none()
+                && is_stale_start(hub, server.started)
+                && hub.spawns.subscribe(server.id).is_none();
+            if !at_start && !abandoned {
                 return Verdict::Left;
+            }
+            match hub.backend.stop(&server.spawner_state).await {
+                // No handle of the backend's (a spawn interrupted before it had one): nothing
+                // the backend can find to stop.
+                Ok(()) | Err(BackendError::BadHandle(_)) => {}
+                Err(e) => {
+                    tracing::warn!(server = %name, error = %e, "cannot stop server");
+                    return Verdict::Left;
+                }
             }
             record_stopped(hub, &user, &server, json!({"reason": "interrupted stop"})).await
         }
