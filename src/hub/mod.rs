@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod oauth;
+pub mod oidc;
 pub mod serve;
 pub mod spawner;
 pub mod spawns;
@@ -66,6 +67,9 @@ pub struct HubConfig {
     /// Refuse OAuth authorization requests without a PKCE S256 challenge (JupyterHub accepts
     /// them, so the default does too; a challenge that is sent is always checked).
     pub oauth_require_pkce: bool,
+    /// Single sign-on providers, discovered ([`oidc::discover`]); their buttons are on the login
+    /// page. Empty: no single sign-on.
+    pub oidc_providers: Vec<Arc<oidc::Provider>>,
 }
 
 impl HubConfig {
@@ -83,6 +87,7 @@ impl HubConfig {
             admin_password_hash: None,
             profiles: Vec::new(),
             oauth_require_pkce: false,
+            oidc_providers: Vec::new(),
         }
     }
 }
@@ -119,6 +124,7 @@ pub fn router(hub: HubState) -> Router {
     Router::new()
         .merge(api::router())
         .merge(oauth::router())
+        .merge(oidc::router())
         .merge(views::router())
         .with_state(hub)
 }

@@ -98,6 +98,10 @@ pub struct HubArgs {
     /// variable `ATELIER_SERVICE_<NAME>_TOKEN` (upper case, `-` as `_`). Repeatable.
     #[arg(long = "service", env = "ATELIER_SERVICES", value_delimiter = ';')]
     pub services: Vec<String>,
+    /// Single sign-on: a JSON or YAML file listing OpenID Connect providers (README, "Single
+    /// sign-on"). With providers, the dev login is off unless `--dev-login` is given.
+    #[arg(long, env = "ATELIER_OIDC_CONFIG")]
+    pub oidc_config: Option<PathBuf>,
 }
 
 impl HubArgs {
@@ -258,6 +262,10 @@ pub async fn build_hub(
         .map(|s| parse_service(s, |v| std::env::var(v).ok()))
         .collect::<anyhow::Result<_>>()?;
     register_services(&store, &config.services).await?;
+    if let Some(path) = &args.oidc_config {
+        let providers = super::oidc::load_config(path)?;
+        config.oidc_providers = super::oidc::discover(providers, &config.public_url).await?;
+    }
     for admin in &config.admin_users {
         match store.get_user(admin).await {
             Ok(user) if !user.admin => {

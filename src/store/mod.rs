@@ -19,6 +19,7 @@ mod audit;
 mod auth;
 mod error;
 mod hub_ext;
+mod oidc_ext;
 pub mod models;
 mod servers;
 pub mod tokens;

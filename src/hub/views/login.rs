@@ -120,6 +120,10 @@ fn login_page(
         .insert("next", next.unwrap_or(""))
         .insert("username", username)
         .insert("error", &error)
+        .insert(
+            "oidc_providers",
+            &crate::hub::oidc::login_buttons(hub, next),
+        )
 }
 
 /// `GET /hub/login[?next=]`: the form (a logged-in browser goes straight to `next`).
@@ -262,6 +266,15 @@ async fn find_or_create_user(hub: &HubState, name: &str, admin: bool) -> Result<
     Ok(user)
 }
 
+/// The user a single sign-on login uses (created if missing, made admin if `admin`).
+pub(crate) async fn find_or_create_oidc_user(
+    hub: &HubState,
+    name: &str,
+    admin: bool,
+) -> Result<User, PageError> {
+    find_or_create_user(hub, name, admin).await
+}
+
 /// Deletes the session of `cookie` with the tokens issued in it; a session already gone is fine.
 async fn end_session(hub: &HubState, cookie: &str) -> Result<(), PageError> {
     match hub.store.delete_session(cookie).await {
@@ -270,10 +283,13 @@ async fn end_session(hub: &HubState, cookie: &str) -> Result<(), PageError> {
     }
 }
 
-async fn log_out(hub: &HubState, browser: Option<Browser>) -> Result<(), PageError> {
+/// Ends the session; returns where the logout continues (a single sign-on provider's logout),
+/// if anywhere.
+async fn log_out(hub: &HubState, browser: Option<Browser>) -> Result<Option<String>, PageError> {
     let Some(browser) = browser else {
-        return Ok(());
+        return Ok(None);
     };
+    let provider_logout = crate::hub::oidc::logout_redirect(hub, &browser.session);
     end_session(hub, &browser.cookie).await?;
     if let Some(user) = browser.user {
         let mut event = NewAuditEvent::new(AuditAction::Logout);
@@ -285,7 +301,7 @@ async fn log_out(hub: &HubState, browser: Option<Browser>) -> Result<(), PageErr
             .map_err(PageError::unexpected)?;
         tracing::info!(user = %user.name, "logout");
     }
-    Ok(())
+    Ok(provider_logout)
 }
 
 /// `GET /hub/logout`: ends the session (and the tokens issued in it, such as the servers' OAuth
@@ -294,9 +310,9 @@ pub async fn logout(
     State(hub): State<HubState>,
     MaybeBrowser(browser): MaybeBrowser,
 ) -> Result<Response, PageError> {
-    log_out(&hub, browser).await?;
+    let to = log_out(&hub, browser).await?;
     Ok(with_cookie(
-        found("/hub/login"),
+        found(to.as_deref().unwrap_or("/hub/login")),
         clear_session_cookie(hub.config.cookie_secure),
     ))
 }
@@ -306,9 +322,9 @@ pub async fn logout_form(
     State(hub): State<HubState>,
     CsrfForm { browser, .. }: CsrfForm<IgnoredAny>,
 ) -> Result<Response, PageError> {
-    log_out(&hub, Some(browser)).await?;
+    let to = log_out(&hub, Some(browser)).await?;
     Ok(with_cookie(
-        see_other("/hub/login"),
+        see_other(to.as_deref().unwrap_or("/hub/login")),
         clear_session_cookie(hub.config.cookie_secure),
     ))
 }

@@ -1,0 +1,354 @@
+//! Unit tests of the claim mapping, the configuration and the ID token validation (tokens
+//! signed here with a test-only RSA key).
+
+use chrono::{Duration as ChronoDuration, Utc};
+use openidconnect::core::CoreRsaPrivateSigningKey;
+use openidconnect::{Audience, JsonWebKeyId, PrivateSigningKey, StandardClaims, SubjectIdentifier};
+
+use super::*;
+
+#[test]
+fn usernames_are_normalised() {
+    let table: &[(&str, Option<&str>)] = &[
+        ("alice", Some("alice")),
+        ("Alice.Smith", Some("alice-smith")),
+        ("alice@uni.example.org", Some("alice-uni-example-org")),
+        ("12345@egi.eu", Some("12345-egi-eu")),
+        ("José", Some("jos")),
+        ("  bob  ", Some("bob")),
+        ("a__b--c", Some("a-b-c")),
+        ("-x-", Some("x")),
+        ("@@@", None),
+        ("", None),
+        ("ééé", None),
+    ];
+    for (raw, expected) in table {
+        assert_eq!(normalize_username(raw).as_deref(), *expected, "{raw:?}");
+    }
+    let long = normalize_username(&"a.".repeat(100)).unwrap();
+    assert!(long.len() <= 63 && is_valid_user_name(&long), "{long}");
+}
+
+#[test]
+fn entitlements_map_to_groups() {
+    let table: &[(&str, &[&str])] = &[
+        (
+            "urn:mace:egi.eu:group:vo.example.org:role=member#aai.egi.eu",
+            &["vo.example.org", "vo.example.org:role=member"],
+        ),
+        (
+            "urn:mace:egi.eu:group:vo.example.org:sub:role=member#aai.egi.eu",
+            &["vo.example.org:sub", "vo.example.org:sub:role=member"],
+        ),
+        (
+            "urn:mace:egi.eu:group:vo.example.org#aai.egi.eu",
+            &["vo.example.org"],
+        ),
+        (
+            "urn:geant:example.org:group:climate:role=manager#example.org",
+            &["climate", "climate:role=manager"],
+        ),
+        ("urn:mace:example.org:entitlement:library", &[]),
+        ("urn:mace:egi.eu:group:#aai.egi.eu", &[]),
+        ("", &[]),
+    ];
+    for (value, expected) in table {
+        assert_eq!(entitlement_groups(value), *expected, "{value:?}");
+    }
+}
+
+fn claims(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => panic!("not an object"),
+    }
+}
+
+#[test]
+fn groups_come_from_the_configured_claims() {
+    let c = claims(json!({
+        "sub": "1",
+        "groups": ["ocean-physics", "/climate", "ocean-physics"],
+        "eduperson_entitlement": "urn:mace:egi.eu:group:vo.example.org:role=member#aai.egi.eu",
+        "roles": ["x"],
+    }));
+    let default = vec!["groups".to_owned(), "eduperson_entitlement".to_owned()];
+    assert_eq!(
+        groups_from_claims(&c, &default),
+        [
+            "climate",
+            "ocean-physics",
+            "vo.example.org",
+            "vo.example.org:role=member"
+        ]
+    );
+    assert_eq!(groups_from_claims(&c, &["roles".to_owned()]), ["x"]);
+    assert!(groups_from_claims(&c, &["missing".to_owned()]).is_empty());
+}
+
+fn settings() -> OidcProvider {
+    OidcProviderEntry {
+        name: "centre".into(),
+        display_name: Some("Centre".into()),
+        issuer: "https://idp.example.org/realms/vre/".into(),
+        client_id: "atelier".into(),
+        client_secret_file: None,
+        client_secret_env: Some("SECRET".into()),
+        scopes: None,
+        username_claim: None,
+        group_claims: None,
+        admin_groups: vec!["vre-admins".into()],
+        allowed_groups: vec!["ocean-physics".into(), "vre-admins".into()],
+    }
+    .resolve(
+        |_| Err(std::io::ErrorKind::NotFound.into()),
+        |_| Some("s3cr3t-value".into()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn config_parses_and_never_shows_the_secret() {
+    let yaml = "providers:\n  - name: centre\n    issuer: https://idp.example.org/realms/vre\n    \
+                client_id: atelier\n    client_secret_file: /run/secret\n  - name: egi\n    \
+                display_name: EGI Check-in\n    issuer: https://aai.egi.eu/auth/realms/egi\n    \
+                client_id: x\n    client_secret_env: EGI_SECRET\n    \
+                username_claim: eduperson_principal_name\n    allowed_groups: [vo.example.org]\n";
+    let providers = parse_config(
+        yaml,
+        false,
+        |f| {
+            assert_eq!(f, "/run/secret");
+            Ok("file-secret\n".into())
+        },
+        |v| (v == "EGI_SECRET").then(|| "env-secret".to_owned()),
+    )
+    .unwrap();
+    assert_eq!(providers.len(), 2);
+    assert_eq!(providers[0].client_secret, "file-secret");
+    assert_eq!(providers[0].display_name, "centre");
+    assert_eq!(providers[0].scopes, ["openid", "profile", "email"]);
+    assert_eq!(providers[0].username_claim, "preferred_username");
+    assert_eq!(providers[1].client_secret, "env-secret");
+    assert_eq!(providers[1].username_claim, "eduperson_principal_name");
+    for p in &providers {
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("secret\""), "{shown}");
+        assert!(!shown.contains("file-secret") && !shown.contains("env-secret"));
+        assert!(shown.contains("<redacted>"));
+    }
+    let json = r#"{"providers": [{"name": "Bad Name", "issuer": "https://x", "client_id": "c"}]}"#;
+    assert!(parse_config(json, true, |_| unreachable!(), |_| None).is_err());
+    let twice = r#"{"providers": [{"name": "a", "issuer": "https://x", "client_id": "c"},
+                                  {"name": "a", "issuer": "https://y", "client_id": "c"}]}"#;
+    assert!(parse_config(twice, true, |_| unreachable!(), |_| None).is_err());
+    let missing_env = r#"{"providers": [{"name": "a", "issuer": "https://x", "client_id": "c",
+                                         "client_secret_env": "NOPE"}]}"#;
+    assert!(parse_config(missing_env, true, |_| unreachable!(), |_| None).is_err());
+}
+
+#[test]
+fn claims_map_to_a_login_or_a_refusal() {
+    let s = settings();
+    let ok = map_claims(
+        &s,
+        &claims(json!({"sub": "s-1", "preferred_username": "Alice", "groups": ["ocean-physics"]})),
+    )
+    .unwrap();
+    assert_eq!(
+        ok,
+        MappedLogin {
+            subject: "s-1".into(),
+            username: "alice".into(),
+            groups: vec!["ocean-physics".into()],
+            admin: false,
+        }
+    );
+    let admin = map_claims(
+        &s,
+        &claims(json!({"sub": "s-2", "preferred_username": "root", "groups": ["vre-admins"]})),
+    )
+    .unwrap();
+    assert!(admin.admin);
+    // Not in allowed_groups: 403 "not authorised".
+    let refused = map_claims(
+        &s,
+        &claims(json!({"sub": "s-3", "preferred_username": "eve", "groups": ["other"]})),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("not authorised"),
+        "{refused:?}"
+    );
+    assert!(map_claims(&s, &claims(json!({"preferred_username": "x"}))).is_err());
+    assert!(
+        map_claims(
+            &s,
+            &claims(json!({"sub": "s", "preferred_username": "@@", "groups": ["vre-admins"]}))
+        )
+        .is_err()
+    );
+}
+
+// ---- ID token validation -----------------------------------------------------------------
+
+/// A 2048-bit RSA key made for these tests only.
+const TEST_RSA_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIIEowIBAAKCAQEA5XPk03HbOBLu2uQMRycQIK1kD8TYKzTZdKNPkwNcy/xCWuXN
+NAVBtWkMfLkIz94YiZLMmLeT7b1AayL5N26c06Y3zQIvGTAwxJ+HTwzFbC7AhQ4T
+3Y/gXmNPBV0fbB71ETf3xABgbIloKOw5VbZ3xhYAYdOU2t/IWPHq9MineUKP2dh7
+s5Iu7kW5w1ccAM/plZiAAOT4dT5LWo96OfB2g+ft2PAaSsdUIA2SW7/rQLvdyY0c
+Ksg9RjZ8xrH7nZdMuAmiaNDYUoXYIQFhw+AA52B8JFGc2dPdaRjW+PFS+v7SIT40
+xwIYMaUND6CUMeiEPHYEbnx9gEzXfzzSjNJimQIDAQABAoIBAC+v3PRW+uUWBj9G
+2whkpXTtJFkko3qjUrhrgou+zKf2ZwIGNZYkq4nc6cP4Hs04zue0s0HgEWX9Caja
+jWoIWp6gMoOwewJkohYTQ6dZs6QuuUNN8DIBh3OGdzNZrcCmVG9+Lse0/lVAX331
+zlqygAUSqISsWQj+LmDR8m9qTmgkWPedrXMmxMGnTtOmTJCjfXDkNB70FbJVBxEI
+df4fy3wzsmsj09j9MgO4U50JN/ESkn/enHQMeBORBk2ZkuYja6NariFgm3RZxzKx
+BPj97tdg4kgZ/qh83WYmw+Qw5vtgsnut6tVcceDWuWx0LvvXdWIIjaydLsbOLm0q
+qgFEc2MCgYEA/EeG38HIVedNaRDGN2cMSVea14DSjXPtFjULIo0jfxv+bnZdqD0n
+ZBBh/Xq3t44xJiGRXnph9De304sdeLkTeCrePgd9wN8Is9whv2qLQft8XTI9/gQ0
+LiP1UmNbD2W3BVe+PH/+ijG9LBA+9unBbuRZVEz0MwlWJ2POPnlpb6sCgYEA6NYv
+fqCPmAG3K+NPGKodbYtZY0/slv8y07rai9IYJSmyUnB8OtYcwa+GwWhN4rQVMvaS
+yrrcTE65t9DCim9W9gBxoUtZONUKewwKzbzJoHoNwjXbOHd80lnbfAiIawdrm3+/
+2FbQvywEJFZh3CHsoEdIO4qNoXowEx+EqNiGgssCgYBpzh3U7lL1JEMlE3Hufnt6
+rxEz3MVxqfL/Y1O+M+91OeplraLuEmfY4b4XL0ap5yrZ0S5Er5Mxd8TTJf9ASG7P
+8TqwTTgCkgf2VxaYTzkEfVLVS2MQi/bOeypCWYUxWfl+diRE/3FjyCSMvGuL5tHH
+jmGgp32rgfjuID+5l/YObQKBgGAH5vLdGhxhqMCrMfZEQ3ro3Gc/kZ79hmMZUAYX
+EupQ9kFWL4a8xIOF95hRgr4b9Bpe5FBFHZNDbQnJSlN6dG1l5XfW8eekxnvVjacp
+VCeh74bIW7BAZ/UCJqpTgqBSISmzWNbLh7ExYEv0bMw0GbpJbBtSm/Obx7Q7baWO
+GHxdAoGBAO4RAWhSaJLDHhqjw5jdTM/P2y1iovh433RM5Zir8psB/JrQZKVyFP+0
+G5IeN87f8/jb6iQBJm6yUvgE2jI2Ixsd+rpE5pyxLGSh75BC2gE9YdPG4kvvJvqy
+SuQQ9qwxIscncGoKVoZKvzq0bKULeL5nOVG0TZ0oVJJ88+knIXNe
+-----END RSA PRIVATE KEY-----
+";
+
+const ISSUER: &str = "https://idp.example.org/realms/vre";
+
+fn signing_key(kid: &str) -> CoreRsaPrivateSigningKey {
+    CoreRsaPrivateSigningKey::from_pem(TEST_RSA_KEY, Some(JsonWebKeyId::new(kid.into()))).unwrap()
+}
+
+fn jwks(kid: &str) -> JsonWebKeySet<CoreJsonWebKey> {
+    JsonWebKeySet::new(vec![signing_key(kid).as_verification_key()])
+}
+
+struct TokenSpec<'a> {
+    issuer: &'a str,
+    audience: &'a str,
+    expires_in: i64,
+    nonce: &'a str,
+    kid: &'a str,
+}
+
+const GOOD: TokenSpec<'static> = TokenSpec {
+    issuer: ISSUER,
+    audience: "atelier",
+    expires_in: 300,
+    nonce: "n-123",
+    kid: "k1",
+};
+
+fn token(spec: &TokenSpec<'_>) -> HubIdToken {
+    let now = Utc::now();
+    let mut extra = ExtraClaims::default();
+    extra
+        .claims
+        .insert("groups".into(), json!(["ocean-physics"]));
+    let claims = HubIdTokenClaims::new(
+        IssuerUrl::new(spec.issuer.into()).unwrap(),
+        vec![Audience::new(spec.audience.into())],
+        now + ChronoDuration::seconds(spec.expires_in),
+        now - ChronoDuration::seconds(600),
+        StandardClaims::new(SubjectIdentifier::new("alice-sub".into())),
+        extra,
+    )
+    .set_nonce(Some(Nonce::new(spec.nonce.into())));
+    let signed = HubIdToken::new(
+        claims,
+        &signing_key(spec.kid),
+        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        None,
+        None,
+    )
+    .unwrap();
+    // As the hub reads it: from the token response's text.
+    signed.to_string().parse().unwrap()
+}
+
+fn verify(
+    t: &HubIdToken,
+    keys: JsonWebKeySet<CoreJsonWebKey>,
+) -> Result<HubIdTokenClaims, ClaimsVerificationError> {
+    let s = settings();
+    let verifier = id_token_verifier(&s, keys);
+    t.claims(&verifier, &Nonce::new("n-123".into())).cloned()
+}
+
+#[test]
+fn a_valid_id_token_is_accepted_with_its_extra_claims() {
+    let claims = verify(&token(&GOOD), jwks("k1")).unwrap();
+    let map = claims_map(&claims).unwrap();
+    assert_eq!(map["sub"], "alice-sub");
+    assert_eq!(map["groups"], json!(["ocean-physics"]));
+}
+
+#[test]
+fn bad_id_tokens_are_refused() {
+    let expired = token(&TokenSpec {
+        expires_in: -60,
+        ..GOOD
+    });
+    assert!(matches!(
+        verify(&expired, jwks("k1")),
+        Err(ClaimsVerificationError::Expired(_))
+    ));
+    let other_issuer = token(&TokenSpec {
+        issuer: "https://evil.example.org",
+        ..GOOD
+    });
+    assert!(matches!(
+        verify(&other_issuer, jwks("k1")),
+        Err(ClaimsVerificationError::InvalidIssuer(_))
+    ));
+    let other_audience = token(&TokenSpec {
+        audience: "another-client",
+        ..GOOD
+    });
+    assert!(matches!(
+        verify(&other_audience, jwks("k1")),
+        Err(ClaimsVerificationError::InvalidAudience(_))
+    ));
+    let wrong_nonce = token(&TokenSpec {
+        nonce: "n-other",
+        ..GOOD
+    });
+    assert!(matches!(
+        verify(&wrong_nonce, jwks("k1")),
+        Err(ClaimsVerificationError::InvalidNonce(_))
+    ));
+    // A key the JWKS does not hold (rotated keys): a signature failure, on which the hub fetches
+    // the JWKS again once.
+    let rotated = token(&TokenSpec { kid: "k2", ..GOOD });
+    assert!(matches!(
+        verify(&rotated, jwks("k1")),
+        Err(ClaimsVerificationError::SignatureVerification(_))
+    ));
+    assert!(verify(&rotated, jwks("k2")).is_ok());
+    // Tampered payload (another audience under the original signature): refused.
+    let text = token(&GOOD).to_string();
+    let parts: Vec<&str> = text.split('.').collect();
+    let other = token(&TokenSpec {
+        audience: "another-client",
+        ..GOOD
+    })
+    .to_string();
+    let forged: HubIdToken = format!(
+        "{}.{}.{}",
+        parts[0],
+        other.split('.').nth(1).unwrap(),
+        parts[2]
+    )
+    .parse()
+    .unwrap();
+    assert!(verify(&forged, jwks("k1")).is_err());
+}

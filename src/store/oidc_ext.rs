@@ -1,0 +1,63 @@
+//! Single sign-on identities: the hub user each (OIDC provider, subject) logs in as.
+
+use super::{Result, Store, StoreError, now, on_pool, ts};
+use crate::store::models::User;
+
+impl Store {
+    /// The user the subject `subject` of `provider` logs in as, if it logged in before.
+    pub async fn oidc_identity_user(&self, provider: &str, subject: &str) -> Result<Option<User>> {
+        let user_id = on_pool!(self, p => sqlx::query_scalar::<_, i64>(
+            "SELECT user_id FROM oidc_identities WHERE provider = $1 AND subject = $2",
+        )
+        .bind(provider)
+        .bind(subject)
+        .fetch_optional(p)
+        .await?);
+        match user_id {
+            Some(id) => match self.get_user_by_id(id).await {
+                Ok(user) => Ok(Some(user)),
+                Err(StoreError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Whether some OIDC identity already logs in as user `user_id`.
+    pub async fn user_has_oidc_identity(&self, user_id: i64) -> Result<bool> {
+        let n = on_pool!(self, p => sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM oidc_identities WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_one(p)
+        .await?);
+        Ok(n > 0)
+    }
+
+    /// Records that the subject `subject` of `provider` logs in as user `user_id`. `Conflict`
+    /// if that identity is already linked (to any user).
+    pub async fn link_oidc_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+        user_id: i64,
+    ) -> Result<()> {
+        let inserted = on_pool!(self, p => sqlx::query(
+            "INSERT INTO oidc_identities (provider, subject, user_id, created) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (provider, subject) DO NOTHING",
+        )
+        .bind(provider)
+        .bind(subject)
+        .bind(user_id)
+        .bind(ts(now()))
+        .execute(p)
+        .await?
+        .rows_affected());
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "the {provider} identity is already linked to a user"
+            )));
+        }
+        Ok(())
+    }
+}
