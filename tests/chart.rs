@@ -97,3 +97,42 @@ fn chart_lints_renders_and_validates() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `e2e/run.sh` (the chart's real-cluster kit) at least parses.
+#[test]
+fn e2e_run_sh_parses() {
+    let output = Command::new("bash")
+        .arg("-n")
+        .arg(root().join("e2e/run.sh"))
+        .output()
+        .expect("run bash -n");
+    assert!(
+        output.status.success(),
+        "bash -n e2e/run.sh: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `e2e/run.sh --dry-run` renders the chart with `e2e/values-e2e.yaml` and validates all it
+/// would apply.
+#[test]
+fn e2e_run_sh_dry_run_validates_what_it_would_apply() {
+    let Some(venv) = peers_venv("e2e/run.sh --dry-run (chart with e2e values)") else {
+        return;
+    };
+    let output = Command::new("bash")
+        .arg(root().join("e2e/run.sh"))
+        .arg("--dry-run")
+        .env("ATELIER_PEERS_VENV", &venv)
+        .current_dir(root())
+        .output()
+        .expect("run e2e/run.sh --dry-run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("PASS  chart renders and validates"),
+        "e2e/run.sh --dry-run failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
