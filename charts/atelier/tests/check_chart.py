@@ -19,6 +19,7 @@ import argparse
 import filecmp
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import helm_python
@@ -233,11 +234,16 @@ def check_render(values: dict, label: str, name: str = "atelier", namespace: str
 
 
 def refused(values: dict, key: str, label: str) -> None:
+    """A values file holding `values` is refused at render, with `key` in the message."""
     chart = Chart.load(str(CHART))
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(values, f)
+        f.flush()
+        from_file = load_values(f.name)
     try:
-        chart.render(values, name="atelier", namespace="atelier")
+        chart.render(from_file, name="atelier", namespace="atelier")
     except helm_python.HelmError as e:
-        check(key in str(e), f"schema refuses {label}, naming {key!r}: {str(e).strip()[:160]}")
+        check(key in str(e), f"schema refuses {label}, naming {key!r}: {' '.join(str(e).split())[-120:]}")
         return
     check(False, f"schema refuses {label}")
 
@@ -273,6 +279,13 @@ def main_all() -> int:
           and find(docs, "Secret", "-idle-culler") is not None and find(docs, "Deployment", "-idle-culler") is not None,
           "defaults: idle culler Deployment, its token Secret, and the hub's service token")
     check_rbac(docs, "defaults", "shared")
+    policy = find(docs, "NetworkPolicy", "-workspaces")
+    sources = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+               for rule in (policy or {}).get("spec", {}).get("ingress", []) for p in rule.get("from", [])]
+    check(sorted(sources) == ["hub", "proxy"], f"defaults: workspaces reachable only from the proxy and the hub ({sources})")
+    operator_policy = find(docs, "NetworkPolicy", "-operator")
+    check(operator_policy is not None and operator_policy["spec"]["policyTypes"] == ["Ingress", "Egress"],
+          "defaults: the operator's egress is restricted (DNS and the API server)")
 
     for example in sorted((CHART / "examples").glob("*.yaml")):
         docs = check_render(load_values(example), f"examples/{example.name}")
@@ -285,6 +298,11 @@ def main_all() -> int:
                   "centre: pools, profiles, data sources, Ingress and ServiceMonitor rendered")
             check({d["metadata"]["name"] for d in by_kind(docs, "NodePool")} == {"interactive", "gpu-trex", "batch"},
                   "centre: interactive, GPU and batch pools")
+            monitor = find(docs, "ServiceMonitor", "-operator")
+            metrics = find(docs, "Service", "-operator-metrics")
+            check(monitor["spec"]["endpoints"][0]["port"] == "metrics" and metrics["spec"]["ports"][0]["port"] == 8080
+                  and monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items(),
+                  "centre: the ServiceMonitor selects the operator's metrics Service (8080, /metrics)")
 
     variant = {
         "namespaceMode": "per-user",
