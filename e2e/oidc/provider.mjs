@@ -1,0 +1,61 @@
+// The OpenID provider of the hub's single sign-on tests (tests/oidc.rs): the npm
+// `oidc-provider` (OpenID Certified) with its development login form, on 127.0.0.1.
+//
+//   node provider.mjs <port>
+// Environment: OIDC_REDIRECT_URIS (comma-separated), OIDC_POST_LOGOUT_URIS (comma-separated),
+// OIDC_CLIENT_ID, OIDC_CLIENT_SECRET. Prints "ready" when listening.
+import Provider from 'oidc-provider';
+
+const port = Number(process.argv[2] || process.env.OIDC_PORT);
+const list = (v) => (v || '').split(',').filter(Boolean);
+const issuer = `http://127.0.0.1:${port}`;
+
+// Any login name is accepted by the development form; these have claims.
+const accounts = {
+  alice: { preferred_username: 'alice', email: 'alice@uni.example.org', groups: ['ocean-physics'] },
+  bob: {
+    preferred_username: 'bob',
+    email: 'bob@egi.example.org',
+    eduperson_entitlement: ['urn:mace:egi.eu:group:vo.example.org:role=member#aai.egi.eu'],
+  },
+  carol: { preferred_username: 'carol', email: 'carol@uni.example.org', groups: ['elsewhere'] },
+};
+
+const provider = new Provider(issuer, {
+  clients: [{
+    client_id: process.env.OIDC_CLIENT_ID || 'atelier',
+    client_secret: process.env.OIDC_CLIENT_SECRET || 'atelier-secret',
+    redirect_uris: list(process.env.OIDC_REDIRECT_URIS),
+    post_logout_redirect_uris: list(process.env.OIDC_POST_LOGOUT_URIS),
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+  }],
+  claims: {
+    openid: ['sub'],
+    profile: ['preferred_username', 'name', 'groups', 'eduperson_entitlement'],
+    email: ['email', 'email_verified'],
+  },
+  cookies: { keys: ['atelier-oidc-test-cookie-key'] },
+  features: { devInteractions: { enabled: true }, rpInitiatedLogout: { enabled: true } },
+  async findAccount(ctx, id) {
+    const account = accounts[id];
+    if (!account) return undefined;
+    return { accountId: id, async claims() { return { sub: id, ...account }; } };
+  },
+  // Grant the requested scopes at once: no consent screen.
+  async loadExistingGrant(ctx) {
+    const grantId = ctx.oidc.result?.consent?.grantId
+      || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+    if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+    const grant = new ctx.oidc.provider.Grant({
+      clientId: ctx.oidc.client.clientId,
+      accountId: ctx.oidc.session.accountId,
+    });
+    grant.addOIDCScope('openid profile email');
+    grant.addOIDCClaims(['preferred_username', 'groups', 'eduperson_entitlement', 'email']);
+    await grant.save();
+    return grant;
+  },
+});
+
+provider.listen(port, '127.0.0.1', () => console.log('ready'));
