@@ -51,6 +51,12 @@ ensure_python_peers() {
 ensure_python_peers
 export ATELIER_PEERS_VENV="$VENV"
 
+# --- OpenID provider: npm oidc-provider (tests/oidc.rs), pinned by e2e/oidc/package-lock.json --
+if [ ! -d e2e/oidc/node_modules/oidc-provider ]; then
+  log "installing oidc-provider into e2e/oidc/node_modules"
+  (cd e2e/oidc && npm ci --no-audit --no-fund)
+fi
+
 # Tests that need a peer read this and fail (never skip) when it is set and the peer is missing.
 export ATELIER_PEERS=1
 
