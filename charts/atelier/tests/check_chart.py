@@ -243,9 +243,9 @@ def refused(values: dict, key: str, label: str) -> None:
     try:
         chart.render(from_file, name="atelier", namespace="atelier")
     except helm_python.HelmError as e:
-        check(key in str(e), f"schema refuses {label}, naming {key!r}: {' '.join(str(e).split())[-120:]}")
+        check(key in str(e), f"chart refuses {label}, naming {key!r}: {' '.join(str(e).split())[-120:]}")
         return
-    check(False, f"schema refuses {label}")
+    check(False, f"chart refuses {label}")
 
 
 def check_crds_identical() -> None:
@@ -322,6 +322,9 @@ def main_all() -> int:
     refused({"hub": {"replicaz": 2}}, "replicaz", "a typo (hub.replicaz)")
     refused({"proxy": {"replicas": "two"}}, "replicas", "a wrong type (proxy.replicas: \"two\")")
     refused({"namespaceMode": "per-group"}, "namespaceMode", "an unknown namespaceMode")
+    refused({"ingress": {"enabled": True}, "httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}},
+            "httpRoute.enabled", "both an Ingress and an HTTPRoute")
+    refused({"hub": {"db": {"type": "postgres"}}}, "hub.db.urlSecret.name", "PostgreSQL without its URL Secret")
     check_crds_identical()
 
     print(f"\n{len(failures)} failure(s)")
