@@ -4,7 +4,8 @@
 #   configurable-http-proxy 5.3.0  JupyterHub's proxy, the rival
 #   Atelier's proxy                examples/bench_proxy.rs: in-memory routes, token check on
 # wrk at 1, 64 and 512 connections for a 100 B and a 1 MiB response, with 10 and 10,000 routes
-# (each request to a random route), then the RSS of each proxy holding idle WebSockets.
+# (each request to a random route; nginx measured beside each cell), then the RSS of each proxy
+# holding idle WebSockets.
 #
 # Usage: bench/proxy/run.sh            (env: DURATION=5 CONNS="1 64 512" ROUTES="10 10000"
 #                                             SIZES="small large" WS_IDLE=1000)
@@ -155,21 +156,15 @@ run_wrk() {
   log "$(printf '%-8s routes=%-5s %-5s c=%-3s %10s req/s  p50 %8s ms %s' "$name" "$routes" "$file" "$conns" "$rps" "$p50" "$errors")"
 }
 
-log "nginx ceiling (port $NGINX_PORT)"
-for file in $SIZES; do
-  for c in $CONNS; do
-    wrk -t1 -c1 -d1s "$NGINX_URL/user/u0/$file" >/dev/null # warm-up
-    run_wrk nginx "$NGINX_PORT" 10 "$file" "$c"
-  done
-done
-
 for routes in $ROUTES; do
   log "$routes routes: starting configurable-http-proxy $CHP_VERSION and Atelier"
   start_chp "$routes" "$NGINX_URL"
   start_atelier "$routes" "$NGINX_URL"
   for file in $SIZES; do
     for c in $CONNS; do
-      for p in "chp $CHP_PORT" "atelier $AT_PORT"; do
+      # The ceiling is measured next to each cell, so that other load on the machine weighs
+      # on all three alike.
+      for p in "nginx $NGINX_PORT" "chp $CHP_PORT" "atelier $AT_PORT"; do
         set -- $p
         BENCH_ROUTES=$routes BENCH_FILE=$file wrk -t1 -c4 -d1s -s "$WORK/random-route.lua" "http://127.0.0.1:$2" >/dev/null # warm-up
         run_wrk "$1" "$2" "$routes" "$file" "$c"
@@ -219,7 +214,6 @@ rows = [l.rstrip("\n").split("\t") for l in open(results) if l.strip()]
 r = {}
 for name, routes, file, conns, rps, p50, errors in rows:
     r[(name, routes, file, conns)] = (float(rps), float(p50), errors.strip())
-ceiling = {(f, c): v for (n, _, f, c), v in r.items() if n == "nginx"}
 print(f"wrk {duration}s per run, 127.0.0.1, {__import__('os').cpu_count()} cores; "
       f"configurable-http-proxy {chp_version}; every request to a random route; "
       f"load average {load_before} before, {load_after} after")
@@ -234,7 +228,7 @@ for (name, routes, file, conns), (rps, p50, err) in sorted(
     if name != "atelier":
         continue
     crps, cp50, _ = r.get(("chp", routes, file, conns), (0, 0, ""))
-    nrps, np50, _ = ceiling.get((file, conns), (0, 0, ""))
+    nrps, np50, _ = r.get(("nginx", routes, file, conns), (0, 0, ""))
     body = "100B" if file == "small" else "1MiB"
     share = lambda a, b: f"{100 * a / b:.0f}%" if b else "-"
     ratio = lambda a, b: f"{a / b:.2f}" if b else "-"
