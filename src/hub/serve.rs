@@ -14,8 +14,9 @@ use crate::backend::local::{LocalBackend, LocalConfig, default_command};
 use crate::proxy::{self, Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes};
 use crate::store::{self, NewToken, ServerState, Store, StoreError, TokenOwner};
 
-/// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found.
-const SINGLEUSER_REQUIREMENTS: &str = include_str!("../../.ci/peers-requirements.txt");
+/// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found: the same
+/// pins as the test peers (`.ci/peers-requirements.txt`; a test keeps them in step).
+const SINGLEUSER_REQUIREMENTS: &str = "jupyterhub==6.1.1\njupyterlab==4.6.6\n";
 
 /// Which backend runs the servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -513,5 +514,39 @@ async fn stop_all_servers(hub: &HubState) {
                 tracing::warn!(user = %s.user_name, server = %s.server.name, error = %e, "stop failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_installs_the_versions_the_tests_run_against() {
+        let peers = include_str!("../../.ci/peers-requirements.txt");
+        for pin in SINGLEUSER_REQUIREMENTS.lines() {
+            assert!(
+                peers.lines().any(|l| l.trim() == pin),
+                "{pin} is not pinned in .ci/peers-requirements.txt"
+            );
+        }
+    }
+
+    #[test]
+    fn services_take_their_token_from_the_environment() {
+        let env = |var: &str| {
+            (var == "ATELIER_SERVICE_IDLE_CULLER_TOKEN").then(|| "t0ken-value-123".to_owned())
+        };
+        let s = parse_service("idle-culler=list:users,read:servers", env).unwrap();
+        assert_eq!(s.name, "idle-culler");
+        assert_eq!(s.token, "t0ken-value-123");
+        assert_eq!(s.scopes, vec!["list:users", "read:servers"]);
+        let missing = parse_service("other=list:users", env)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("ATELIER_SERVICE_OTHER_TOKEN"), "{missing}");
+        assert!(parse_service("bad name=list:users", env).is_err());
+        assert!(parse_service("x=read:everything", env).is_err());
+        assert!(parse_service("no-equals", env).is_err());
     }
 }
