@@ -144,13 +144,23 @@ pub fn is_browser_navigation(method: &Method, headers: &HeaderMap) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")))
 }
 
-/// A credential presented with a request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A credential presented with a request. Its `Debug` output never shows the value.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Credential {
     /// An API token (`Authorization: token|Bearer <t>` or `?token=<t>`).
     Token(String),
     /// The value of the hub's session cookie.
     Session(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, value) = match self {
+            Credential::Token(v) => ("Token", v),
+            Credential::Session(v) => ("Session", v),
+        };
+        write!(f, "{kind}(<{} characters>)", value.len())
+    }
 }
 
 /// The credentials of a request, in the order JupyterHub tries them: the `Authorization`
@@ -394,6 +404,12 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_never_print_their_value() {
+        let shown = format!("{:?}", Credential::Token("s3cr3t".into()));
+        assert_eq!(shown, "Token(<6 characters>)");
     }
 
     #[test]
