@@ -13,12 +13,10 @@ use std::future::IntoFuture;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
-use atelier::backend::local::{LocalBackend, LocalConfig};
-use atelier::hub::oidc::{self, OidcProviderEntry};
-use atelier::hub::{self, Hub, HubConfig};
+use atelier::hub;
+use atelier::hub::serve::{HubArgs, build_hub};
 use atelier::store::tokens::generate_token;
 use atelier::store::{Store, StoreError};
 use openidconnect::reqwest;
@@ -204,6 +202,7 @@ struct World {
     peer: OidcPeer,
     store: Store,
     db_path: PathBuf,
+    state_dir: PathBuf,
 }
 
 impl Drop for World {
@@ -213,6 +212,7 @@ impl Drop for World {
             p.push(suffix);
             let _ = std::fs::remove_file(p);
         }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -225,32 +225,45 @@ async fn world() -> World {
     let store = Store::connect(&format!("sqlite://{}", db_path.display()))
         .await
         .unwrap();
-    let settings = OidcProviderEntry {
-        name: "test".into(),
-        display_name: Some("Test IdP".into()),
-        issuer: peer.issuer.clone(),
-        client_id: CLIENT_ID.into(),
-        client_secret_file: None,
-        client_secret_env: Some("SECRET".into()),
-        scopes: None,
-        username_claim: None,
-        group_claims: None,
-        admin_groups: vec!["ocean-physics".into()],
-        allowed_groups: vec!["ocean-physics".into(), "vo.example.org".into()],
-    }
-    .resolve(|_| unreachable!(), |_| Some(CLIENT_SECRET.to_owned()))
+    // Through `atelier hub --oidc-config`: a YAML file naming a secret file.
+    let secret_path =
+        std::env::temp_dir().join(format!("atelier-oidc-{}.secret", &generate_token()[..12]));
+    std::fs::write(&secret_path, format!("{CLIENT_SECRET}\n")).unwrap();
+    let config_path =
+        std::env::temp_dir().join(format!("atelier-oidc-{}.yaml", &generate_token()[..12]));
+    std::fs::write(
+        &config_path,
+        format!(
+            "providers:\n  - name: test\n    display_name: Test IdP\n    issuer: {}\n    \
+             client_id: {CLIENT_ID}\n    client_secret_file: {}\n    \
+             admin_groups: [ocean-physics]\n    allowed_groups: [ocean-physics, vo.example.org]\n",
+            peer.issuer,
+            secret_path.display()
+        ),
+    )
     .unwrap();
-    let mut config = HubConfig::new(&hub_url, &format!("{hub_url}/hub/api"));
-    config.oidc_providers = oidc::discover(vec![settings], &hub_url).await.unwrap();
     let state_dir = std::env::temp_dir().join(format!("atelier-oidc-{}", &generate_token()[..12]));
-    let backend = Arc::new(LocalBackend::new(LocalConfig::new(&state_dir)));
-    let hub = Hub::new(store.clone(), backend, config);
+    let args = HubArgs {
+        public_url: hub_url.clone(),
+        state_dir: state_dir.clone(),
+        oidc_config: Some(config_path.clone()),
+        ..HubArgs::defaults()
+    };
+    let hub = build_hub(&args, store.clone(), None).await.unwrap();
+    let _ = std::fs::remove_file(&config_path);
+    let _ = std::fs::remove_file(&secret_path);
+    assert!(!hub.config.dev_login, "no dev login without --dev-login");
+    assert!(
+        !format!("{:?}", hub.config).contains(CLIENT_SECRET),
+        "the secret is never shown"
+    );
     tokio::spawn(axum::serve(listener, hub::router(hub)).into_future());
     World {
         hub_url,
         peer,
         store,
         db_path,
+        state_dir,
     }
 }
 
@@ -419,6 +432,20 @@ async fn single_sign_on_with_oidc_provider() {
         ["vo.example.org", "vo.example.org:role=member"]
     );
     assert!(!w.store.get_user("bob").await.unwrap().admin);
+
+    // Another subject whose claim also normalises to "alice": a user of its own.
+    let mut other = Browser::new();
+    let r = w.login(&mut other, "alice-other", "/hub/home").await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(w.groups("alice-2").await, ["ocean-physics"]);
+    let mut again = Browser::new();
+    let r = w.login(&mut again, "alice", "/hub/home").await;
+    assert_eq!(r.status, 302);
+    let who = again.get(&format!("{}/hub/home", w.hub_url)).await;
+    assert!(
+        who.body.contains("alice") && !who.body.contains("alice-2"),
+        "alice stays alice"
+    );
 
     // carol is in none of the allowed groups: a 403 page, no user, no session.
     let mut carol = Browser::new();

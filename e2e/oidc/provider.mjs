@@ -19,6 +19,8 @@ const accounts = {
     eduperson_entitlement: ['urn:mace:egi.eu:group:vo.example.org:role=member#aai.egi.eu'],
   },
   carol: { preferred_username: 'carol', email: 'carol@uni.example.org', groups: ['elsewhere'] },
+  // Another person whose preferred_username also normalises to "alice".
+  'alice-other': { preferred_username: 'Alice', email: 'alice@other.example.org', groups: ['ocean-physics'] },
 };
 
 const provider = new Provider(issuer, {
