@@ -53,6 +53,9 @@ const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
 
 /// How long a server has to start (the hub's `--spawn-timeout`), and the test's bound on it.
 const SPAWN_TIMEOUT_SECS: u64 = 60;
+/// The spawn timeout of the interrupted-spawn story: the hub takes over a spawn whose driver is
+/// gone once it is this plus 30 s old.
+const SHORT_SPAWN_TIMEOUT_SECS: u64 = 15;
 const SPAWN_WAIT: Duration = Duration::from_secs(90);
 /// Bound of one HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -767,6 +770,7 @@ struct Stack {
     inspector_token: String,
     procs: BTreeMap<String, Proc>,
     http: Http,
+    spawn_timeout: u64,
     /// Dropped after the processes are killed.
     _db: TestDb,
 }
@@ -812,7 +816,7 @@ impl Drop for Stack {
 }
 
 impl Stack {
-    async fn new(engine: Engine, venv: PathBuf) -> Option<Stack> {
+    async fn new(engine: Engine, venv: PathBuf, spawn_timeout: u64) -> Option<Stack> {
         // Fixed length: no story's directory is a prefix of another's.
         let dir = std::env::temp_dir().join(format!("atelier-e2e-{}", &generate_token()[..16]));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -838,6 +842,7 @@ impl Stack {
             inspector_token: generate_token(),
             procs: BTreeMap::new(),
             http: Http::new(),
+            spawn_timeout,
             _db: db,
         };
         stack.start_hub("hub", stack.hub_port).await;
@@ -872,7 +877,7 @@ impl Stack {
             // Activity reports every 2 s (JupyterHub's default is 5 min): the culler's timeout
             // is 10 s.
             .arg("--server-command=--JupyterHubSingleUser.hub_activity_interval=2")
-            .arg(format!("--spawn-timeout={SPAWN_TIMEOUT_SECS}"))
+            .arg(format!("--spawn-timeout={}", self.spawn_timeout))
             .arg("--dev-login")
             .arg(format!("--service=idle-culler={CULLER_SCOPES}"))
             .arg(format!("--service=e2e-inspector={INSPECTOR_SCOPES}"));
@@ -1173,7 +1178,7 @@ async fn story(engine: Engine) {
     };
     let _serial = SERIAL.lock().await;
     let mut timer = Timer::new(engine);
-    let Some(mut stack) = Stack::new(engine, venv).await else {
+    let Some(mut stack) = Stack::new(engine, venv, SPAWN_TIMEOUT_SECS).await else {
         return;
     };
     timer.done("0. hub and proxy processes up");
@@ -1579,6 +1584,115 @@ async fn story(engine: Engine) {
     }
     timer.done("8. alice's server stopped via the API, hub and proxy stopped");
     timer.summary();
+}
+
+/// The hub killed with SIGKILL while erin's server is starting (its process exists, its handle
+/// is not stored yet), then restarted: erin's stop is not stuck, her next start leaves exactly
+/// one server (the interrupted start's process is stopped), reachable through the proxy.
+async fn interrupted_spawn_story(engine: Engine) {
+    let what = format!(
+        "end-to-end hub crash during a spawn on {} (hub, proxy, jupyterhub-singleuser)",
+        engine.name()
+    );
+    let Some(venv) = peers_venv(&what) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let mut timer = Timer::new(engine);
+    let Some(mut stack) = Stack::new(engine, venv, SHORT_SPAWN_TIMEOUT_SECS).await else {
+        return;
+    };
+    let public = stack.public();
+    let hub = stack.hub_url(stack.hub_port);
+    let dir = stack.dir_str.clone();
+    let http = stack.http.clone();
+    let mut erin = Browser::login(&http, &public, "erin").await;
+    let token = erin.create_token().await;
+    let server_url = format!("{public}/hub/api/users/erin/server");
+    let start = {
+        let (http, url, token) = (http.clone(), server_url.clone(), token.clone());
+        tokio::spawn(async move { http.api("POST", &url, &token, None).await })
+    };
+    // Frozen as soon as it exists, it cannot become ready before the hub dies.
+    let deadline = Deadline::new("erin's server process", Duration::from_secs(30));
+    let leftover = loop {
+        if let [p] = singleusers(&dir, "erin").as_slice() {
+            break p.pid;
+        }
+        deadline.tick(singleusers(&dir, "erin")).await;
+    };
+    // SAFETY: kill(2) of a process this test started (through the hub).
+    unsafe {
+        libc::kill(leftover, libc::SIGSTOP);
+    }
+    let resp = start.await.expect("the start request");
+    assert_eq!(resp.status, 202, "a start still pending: {}", resp.body);
+    // Thawed just before the hub dies (a stopped process whose group is orphaned would get a
+    // SIGHUP): it goes on starting, unknown to any hub.
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(leftover, libc::SIGCONT);
+    }
+    stack.proc("hub").kill();
+    stack.procs.remove("hub");
+    stack.start_hub("hub", stack.hub_port).await;
+    assert!(
+        !gone(leftover),
+        "the interrupted start's process outlives the hub"
+    );
+    let model = stack.user_model(&hub, "erin").await;
+    assert_eq!(model["servers"][""]["pending"], "spawn", "{model}");
+    timer.done("9a. hub SIGKILLed during erin's spawn and restarted");
+
+    // Her stop is accepted, then carried out by the new hub once the old spawn is over.
+    let resp = http.api("DELETE", &server_url, &token, None).await;
+    assert_eq!(resp.status, 202, "{}", resp.body);
+    let limit = Duration::from_secs(SHORT_SPAWN_TIMEOUT_SECS + 30 + 60);
+    let deadline = Deadline::new("erin's interrupted spawn to be stopped", limit);
+    loop {
+        let model = stack.user_model(&hub, "erin").await;
+        if model["servers"].get("").is_none() {
+            break;
+        }
+        deadline.tick(&model["servers"][""]["pending"]).await;
+    }
+    assert!(
+        !gone(leftover),
+        "nothing knows the interrupted start's process yet"
+    );
+    timer.done("9b. the stop of the interrupted spawn is not stuck");
+
+    // A new start: one server, the leftover process stopped first.
+    stack.start_server(&public, "erin", &token).await;
+    let model = stack.user_model(&hub, "erin").await;
+    let pid = state_pid(&model);
+    assert_ne!(pid, leftover);
+    assert!(gone(leftover), "the interrupted start's process is stopped");
+    assert_eq!(
+        singleusers(&dir, "erin")
+            .iter()
+            .map(|p| p.pid)
+            .collect::<Vec<_>>(),
+        vec![pid],
+        "exactly one server for erin"
+    );
+    stack.wait_status_200("erin", &token).await;
+    stack.stop_server(&public, "erin", &token, pid).await;
+    assert!(singleusers(&dir, "erin").is_empty());
+    timer.done("9c. the next start leaves exactly one server (the leftover stopped)");
+    timer.summary();
+}
+
+mod interrupted_spawn {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::interrupted_spawn_story(super::Engine::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::interrupted_spawn_story(super::Engine::Postgres).await;
+    }
 }
 
 mod stack {
