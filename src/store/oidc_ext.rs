@@ -61,3 +61,38 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn identities_link_once() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let alice = store.create_user("alice", false).await.unwrap();
+        assert_eq!(store.oidc_identity_user("egi", "s-1").await.unwrap(), None);
+        assert!(!store.user_has_oidc_identity(alice.id).await.unwrap());
+        store
+            .link_oidc_identity("egi", "s-1", alice.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.oidc_identity_user("egi", "s-1").await.unwrap(),
+            Some(alice.clone())
+        );
+        assert!(store.user_has_oidc_identity(alice.id).await.unwrap());
+        // The same subject at another provider is another identity.
+        assert_eq!(
+            store.oidc_identity_user("centre", "s-1").await.unwrap(),
+            None
+        );
+        let bob = store.create_user("bob", false).await.unwrap();
+        assert!(matches!(
+            store.link_oidc_identity("egi", "s-1", bob.id).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Deleting the user deletes its identities.
+        store.delete_user("alice").await.unwrap();
+        assert_eq!(store.oidc_identity_user("egi", "s-1").await.unwrap(), None);
+    }
+}
