@@ -69,12 +69,12 @@ fn free_port() -> u16 {
 
 /// The running provider (killed when dropped).
 struct OidcPeer {
-    _child: Child,
+    child: Child,
     issuer: String,
+    port: u16,
 }
 
-async fn start_provider(hub_url: &str) -> OidcPeer {
-    let port = free_port();
+async fn start_provider(hub_url: &str, port: u16) -> OidcPeer {
     let mut child = Command::new("node")
         .arg("provider.mjs")
         .arg(port.to_string())
@@ -105,8 +105,9 @@ async fn start_provider(hub_url: &str) -> OidcPeer {
     // Keep reading: the provider logs to stdout and dies of EPIPE if nobody does.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     OidcPeer {
-        _child: child,
+        child,
         issuer: format!("http://127.0.0.1:{port}"),
+        port,
     }
 }
 
@@ -219,7 +220,7 @@ impl Drop for World {
 async fn world() -> World {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hub_url = format!("http://{}", listener.local_addr().unwrap());
-    let peer = start_provider(&hub_url).await;
+    let peer = start_provider(&hub_url, free_port()).await;
     let db_path =
         std::env::temp_dir().join(format!("atelier-oidc-{}.sqlite", &generate_token()[..12]));
     let store = Store::connect(&format!("sqlite://{}", db_path.display()))
@@ -268,6 +269,12 @@ async fn world() -> World {
 }
 
 impl World {
+    /// Restarts the provider on its port (with a new signing key).
+    async fn restart_provider(&mut self) {
+        let _ = self.peer.child.kill().await;
+        self.peer = start_provider(&self.hub_url, self.peer.port).await;
+    }
+
     /// Starts a login at the hub and goes through the provider (its login form when it asks
     /// for one) up to the redirect back to the hub: the callback URL, not yet visited.
     async fn to_callback(&self, browser: &mut Browser, user: &str, next: &str) -> String {
@@ -374,7 +381,7 @@ async fn single_sign_on_with_oidc_provider() {
         return;
     }
     ensure_node_modules();
-    let w = world().await;
+    let mut w = world().await;
 
     // The login page offers the provider; the dev login is off.
     let mut anon = Browser::new();
@@ -528,4 +535,12 @@ async fn single_sign_on_with_oidc_provider() {
     // The provider accepts the logout request (its confirmation page).
     let r = alice.get(&to).await;
     assert_eq!(r.status, 200, "{}", r.body);
+
+    // The provider restarts with a new signing key (a key rotation): the hub fetches the JWKS
+    // again on the unknown key and the login succeeds.
+    w.restart_provider().await;
+    let mut rotated = Browser::new();
+    let r = w.login(&mut rotated, "bob", "/hub/home").await;
+    assert_eq!(r.status, 302, "after the key rotation: {}", r.body);
+    assert!(has_session_cookie(&r));
 }

@@ -4,6 +4,7 @@
 //   node provider.mjs <port>
 // Environment: OIDC_REDIRECT_URIS (comma-separated), OIDC_POST_LOGOUT_URIS (comma-separated),
 // OIDC_CLIENT_ID, OIDC_CLIENT_SECRET. Prints "ready" when listening.
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2] || process.env.OIDC_PORT);
@@ -23,7 +24,12 @@ const accounts = {
   'alice-other': { preferred_username: 'Alice', email: 'alice@other.example.org', groups: ['ocean-physics'] },
 };
 
+// A new signing key at every start: a restart is a key rotation (new `kid`).
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
+
 const provider = new Provider(issuer, {
+  jwks: { keys: [signingKey] },
   clients: [{
     client_id: process.env.OIDC_CLIENT_ID || 'atelier',
     client_secret: process.env.OIDC_CLIENT_SECRET || 'atelier-secret',
