@@ -16,6 +16,10 @@
 //!    route, tokens and session survive, nothing duplicated, no orphan process;
 //! 7. (PostgreSQL) a second hub on the same database sees and acts on the first one's state.
 //!
+//! And one more story per engine (`interrupted_spawn::*`, a spawn timeout of 15 s): the hub
+//! killed during a spawn and restarted; the user's stop is carried out once the old spawn is
+//! over, and the next start leaves exactly one server.
+//!
 //! Gated by `ATELIER_PEERS=1` (a missing peer is then a failure):
 //! `ATELIER_PEERS=1 ATELIER_PEERS_VENV=$PWD/.peers/venv
 //! ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test e2e_stack
