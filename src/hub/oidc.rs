@@ -165,6 +165,10 @@ impl OidcProviderEntry {
         if !is_valid_provider_name(&name) {
             bail!("OIDC provider {name:?}: the name must be 1 to 63 of a-z, 0-9 and '-'");
         }
+        // Kept as written: the issuer must match the provider's exactly, trailing `/` included.
+        if let Err(e) = IssuerUrl::new(self.issuer.clone()) {
+            bail!("OIDC provider {name}: issuer {:?}: {e}", self.issuer);
+        }
         let client_secret = match (&self.client_secret_file, &self.client_secret_env) {
             (Some(file), None) => read_file(file)
                 .with_context(|| format!("OIDC provider {name}: reading client_secret_file"))?
@@ -186,7 +190,7 @@ impl OidcProviderEntry {
         Ok(OidcProvider {
             display_name: self.display_name.unwrap_or_else(|| name.clone()),
             name,
-            issuer: self.issuer.trim_end_matches('/').to_owned(),
+            issuer: self.issuer,
             client_id: self.client_id,
             client_secret,
             scopes: self

@@ -90,7 +90,7 @@ fn settings() -> OidcProvider {
     OidcProviderEntry {
         name: "centre".into(),
         display_name: Some("Centre".into()),
-        issuer: "https://idp.example.org/realms/vre/".into(),
+        issuer: "https://idp.example.org/realms/vre".into(),
         client_id: "atelier".into(),
         client_secret_file: None,
         client_secret_env: Some("SECRET".into()),
@@ -137,6 +137,8 @@ fn config_parses_and_never_shows_the_secret() {
         assert!(!shown.contains("file-secret") && !shown.contains("env-secret"));
         assert!(shown.contains("<redacted>"));
     }
+    let bad_issuer = r#"{"providers": [{"name": "a", "issuer": "not a url", "client_id": "c"}]}"#;
+    assert!(parse_config(bad_issuer, true, |_| unreachable!(), |_| None).is_err());
     let json = r#"{"providers": [{"name": "Bad Name", "issuer": "https://x", "client_id": "c"}]}"#;
     assert!(parse_config(json, true, |_| unreachable!(), |_| None).is_err());
     let twice = r#"{"providers": [{"name": "a", "issuer": "https://x", "client_id": "c"},
