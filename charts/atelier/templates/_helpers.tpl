@@ -116,3 +116,58 @@ imagePullSecrets:
 {{- end -}}
 
 {{- define "atelier.culler.scopes" -}}list:users,read:users:activity,read:servers,delete:servers{{- end -}}
+
+{{/* Single sign-on (hub.oidc.providers): where the config and the file secrets are mounted. */}}
+{{- define "atelier.hub.oidcName" -}}{{ include "atelier.hub.fullname" . }}-oidc{{- end -}}
+{{- define "atelier.hub.oidcDir" -}}/etc/atelier/oidc{{- end -}}
+{{- define "atelier.hub.oidcSecretDir" -}}/etc/atelier/oidc-secrets{{- end -}}
+{{- define "atelier.hub.oidcPath" -}}{{ include "atelier.hub.oidcDir" . }}/oidc.yaml{{- end -}}
+
+{{/* The environment variable holding a provider's client secret (clientSecret.mountAs: env). */}}
+{{- define "atelier.hub.oidcSecretEnv" -}}
+ATELIER_OIDC_{{ . | upper | replace "-" "_" }}_CLIENT_SECRET
+{{- end -}}
+
+{{/*
+The hub's --oidc-config file (README, "Single sign-on"): the providers with their secrets named
+(client_secret_file / client_secret_env), never written. Refuses a provider name used twice.
+*/}}
+{{- define "atelier.hub.oidcConfig" -}}
+{{- $providers := list }}
+{{- $seen := dict }}
+{{- range $i, $p := .Values.hub.oidc.providers }}
+{{- if hasKey $seen $p.name }}
+{{- fail (printf "hub.oidc.providers: the name %q is used twice" $p.name) }}
+{{- end }}
+{{- $_ := set $seen $p.name true }}
+{{- $out := dict "name" $p.name "issuer" $p.issuer "client_id" $p.clientId }}
+{{- with $p.displayName }}{{ $_ := set $out "display_name" . }}{{ end }}
+{{- with $p.clientSecret }}
+{{- if eq (.mountAs | default "file") "env" }}
+{{- $_ := set $out "client_secret_env" (include "atelier.hub.oidcSecretEnv" $p.name) }}
+{{- else }}
+{{- $_ := set $out "client_secret_file" (printf "%s/%s" (include "atelier.hub.oidcSecretDir" $) $p.name) }}
+{{- end }}
+{{- end }}
+{{- with $p.scopes }}{{ $_ := set $out "scopes" . }}{{ end }}
+{{- with $p.usernameClaim }}{{ $_ := set $out "username_claim" . }}{{ end }}
+{{- with $p.groupClaims }}{{ $_ := set $out "group_claims" . }}{{ end }}
+{{- with $p.adminGroups }}{{ $_ := set $out "admin_groups" . }}{{ end }}
+{{- with $p.allowedGroups }}{{ $_ := set $out "allowed_groups" . }}{{ end }}
+{{- $providers = append $providers $out }}
+{{- end }}
+{{- toYaml (dict "providers" $providers) }}
+{{- end -}}
+
+{{/* Providers whose client secret is a mounted file. */}}
+{{- define "atelier.hub.oidcFileSecrets" -}}
+{{- range .Values.hub.oidc.providers }}
+{{- if and .clientSecret (ne (.clientSecret.mountAs | default "file") "env") }}
+- secret:
+    name: {{ .clientSecret.existingSecret }}
+    items:
+      - key: {{ .clientSecret.key }}
+        path: {{ .name }}
+{{- end }}
+{{- end }}
+{{- end -}}

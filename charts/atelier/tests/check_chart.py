@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import copy
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +40,8 @@ NOT_BUILTIN = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 }
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+# The client secrets the centre example's Secrets hold (examples/centre.yaml, kubectl create secret).
+CENTRE_SECRET_VALUES = ["keycloak-client-secret-CHANGE-ME", "egi-checkin-secret-CHANGE-ME"]
 
 failures: list[str] = []
 
@@ -248,6 +252,95 @@ def refused(values: dict, key: str, label: str) -> None:
     check(False, f"chart refuses {label}")
 
 
+# hub.oidc.providers key -> the hub's --oidc-config key (src/hub/oidc.rs, OidcProviderEntry).
+OIDC_KEYS = {"name": "name", "displayName": "display_name", "issuer": "issuer", "clientId": "client_id",
+             "scopes": "scopes", "usernameClaim": "username_claim", "groupClaims": "group_claims",
+             "adminGroups": "admin_groups", "allowedGroups": "allowed_groups"}
+
+
+def oidc_entry_fields() -> set[str]:
+    """The fields the hub accepts per provider (deny_unknown_fields), read from src/hub/oidc.rs."""
+    src = (ROOT / "src/hub/oidc.rs").read_text()
+    body = src.split("pub struct OidcProviderEntry {", 1)[1].split("\n}", 1)[0]
+    return set(re.findall(r"^\s*pub (\w+):", body, re.M))
+
+
+def walk(value, path=()):
+    """(path, leaf) for every leaf of a rendered object."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from walk(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from walk(v, path + (i,))
+    else:
+        yield path, value
+
+
+def hub_oidc(docs: list[dict]) -> tuple[dict | None, dict, dict]:
+    """The hub's parsed --oidc-config (None without one), its pod template and its container."""
+    hub = find(docs, "Deployment", "-hub")
+    template = hub["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    path = find(docs, "ConfigMap", "-hub")["data"].get("ATELIER_OIDC_CONFIG")
+    if path is None:
+        return None, template, container
+    mount = next((m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+    volume = next((v for v in template["spec"]["volumes"] if mount and v["name"] == mount["name"]), {})
+    cm = next((d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume.get("configMap", {}).get("name")), None)
+    text = (cm or {}).get("data", {}).get(path[len(mount["mountPath"].rstrip("/")) + 1:] if mount else "")
+    return (yaml.safe_load(text) if text else {}), template, container
+
+
+def check_oidc(docs: list[dict], values: dict, label: str) -> None:
+    """The hub's mounted --oidc-config holds exactly the values' providers; secrets only by reference."""
+    providers = values["hub"]["oidc"]["providers"]
+    config, template, container = hub_oidc(docs)
+    check(config is not None and list(config) == ["providers"],
+          f"{label}: ATELIER_OIDC_CONFIG names a file mounted from the hub's OIDC ConfigMap")
+    if not config:
+        return
+    got = config["providers"]
+    check([p["name"] for p in got] == [p["name"] for p in providers],
+          f"{label}: the OIDC config holds exactly the providers, in order ({[p['name'] for p in got]})")
+    allowed = oidc_entry_fields()
+    env = {e["name"]: e for e in container.get("env", [])}
+    sources = [s["secret"] for v in template["spec"]["volumes"] for s in v.get("projected", {}).get("sources", []) if "secret" in s]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    for want, entry in zip(providers, got):
+        name = want["name"]
+        check(set(entry) <= allowed, f"{label}: {name}: only keys the hub accepts ({sorted(set(entry) - allowed)})")
+        expect = {OIDC_KEYS[k]: v for k, v in want.items() if k in OIDC_KEYS}
+        check({k: v for k, v in entry.items() if not k.startswith("client_secret")} == expect,
+              f"{label}: {name}: settings rendered as given")
+        ref = want.get("clientSecret")
+        if ref is None:
+            check(not any(k.startswith("client_secret") for k in entry), f"{label}: {name}: a public client (no secret)")
+        elif ref.get("mountAs") == "env":
+            var = entry.get("client_secret_env")
+            key_ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check("client_secret_file" not in entry and key_ref == {"name": ref["existingSecret"], "key": ref["key"]},
+                  f"{label}: {name}: client secret from a secretKeyRef ({var})")
+        else:
+            path = entry.get("client_secret_file", "")
+            volume = next((v for v in template["spec"]["volumes"] if "projected" in v
+                           and path.startswith(mounts.get(v["name"], "\0") + "/")), None)
+            rel = path[len(mounts[volume["name"]]) + 1:] if volume else None
+            check("client_secret_env" not in entry and any(
+                      s["name"] == ref["existingSecret"] and {"key": ref["key"], "path": rel} in s.get("items", [])
+                      for s in sources),
+                  f"{label}: {name}: client secret mounted from Secret {ref['existingSecret']} at {path}")
+    # No secret inline: the hub's config names secrets, and each existing Secret appears only as a
+    # secretKeyRef or a projected volume source; no Secret object is rendered for them.
+    names = {p["clientSecret"]["existingSecret"] for p in providers if p.get("clientSecret")}
+    places = sorted({path[-2] if path[-1] == "name" else path[-1] for d in docs for path, leaf in walk(d) if leaf in names})
+    check(not any(k in e for e in got for k in ("client_secret", "clientSecret"))
+          and places in ([], ["secret"], ["secretKeyRef"], ["secret", "secretKeyRef"])
+          and not any(d["kind"] == "Secret" and d["metadata"]["name"] in names for d in docs),
+          f"{label}: client secrets only by secretKeyRef or volume ({places})")
+    check("checksum/oidc" in template["metadata"]["annotations"], f"{label}: the hub rolls on an OIDC change (checksum/oidc)")
+
+
 def check_crds_identical() -> None:
     top = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
     chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
@@ -303,6 +396,16 @@ def main_all() -> int:
             check(monitor["spec"]["endpoints"][0]["port"] == "metrics" and metrics["spec"]["ports"][0]["port"] == 8080
                   and monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items(),
                   "centre: the ServiceMonitor selects the operator's metrics Service (8080, /metrics)")
+            centre = load_values(example)
+            check_oidc(docs, centre, "centre")
+            check([p["name"] for p in centre["hub"]["oidc"]["providers"]] == ["centre", "egi"]
+                  and centre["hub"]["oidc"]["providers"][1]["groupClaims"] == ["eduperson_entitlement"],
+                  "centre: the centre's Keycloak and EGI Check-in (eduperson_entitlement groups)")
+            text = yaml.safe_dump_all(docs)
+            leaked = [v for v in CENTRE_SECRET_VALUES if v in text]
+            check(not leaked, f"centre: no client secret value in the rendered manifests ({leaked})")
+            check("ATELIER_DEV_LOGIN" not in find(docs, "ConfigMap", "-hub")["data"],
+                  "centre: the dev login stays off with OIDC providers")
 
     variant = {
         "namespaceMode": "per-user",
@@ -319,6 +422,39 @@ def main_all() -> int:
     ann = lambda docs: find(docs, "Deployment", "-proxy")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     check(ann(a) != ann(b), "a config change rolls the proxy (checksum/config changes)")
 
+    config, _, _ = hub_oidc(render({}))
+    check(config is None and find(render({}), "ConfigMap", "-hub-oidc") is None, "defaults: no OIDC config")
+    centre = load_values(CHART / "examples/centre.yaml")
+    changed = copy.deepcopy(centre)
+    changed["hub"]["oidc"]["providers"][1]["allowedGroups"].append("vo.example.org:role=vm_operator")
+    hub_ann = lambda docs: find(docs, "Deployment", "-hub")["spec"]["template"]["metadata"]["annotations"]
+    a, b = hub_ann(render(centre)), hub_ann(render(changed))
+    check(a["checksum/oidc"] != b["checksum/oidc"] and a["checksum/config"] == b["checksum/config"],
+          "an OIDC provider change rolls the hub (checksum/oidc changes)")
+    public = {"hub": {"devLogin": True, "oidc": {"providers": [
+        {"name": "demo", "issuer": "https://idp.example.org/", "clientId": "atelier-demo"}]}}}
+    docs = check_render(public, "OIDC public client + dev login")
+    check_oidc(docs, public, "public client")
+    check(find(docs, "ConfigMap", "-hub")["data"].get("ATELIER_DEV_LOGIN") == "true"
+          and not any(v["name"] == "oidc-secrets" for v in find(docs, "Deployment", "-hub")["spec"]["template"]["spec"]["volumes"]),
+          "public client: hub.devLogin keeps the dev login next to OIDC; no secret volume")
+
+    def oidc(**changes):
+        provider = {"name": "centre", "issuer": "https://sso.example.org/realms/vre", "clientId": "atelier"}
+        provider.update(changes)
+        return {"hub": {"oidc": {"providers": [{k: v for k, v in provider.items() if v is not None}]}}}
+    refused(oidc(issuer=None), "issuer", "an OIDC provider without issuer")
+    refused(oidc(clientId=None), "clientId", "an OIDC provider without clientId")
+    refused(oidc(isuer="https://x.example.org"), "isuer", "a typo in an OIDC provider (isuer)")
+    refused(oidc(issuer="http://sso.example.org"), "issuer", "a plain-http OIDC issuer")
+    refused(oidc(name="Centre SSO"), "name", "an OIDC provider name outside a-z, 0-9, -")
+    refused(oidc(clientSecret="s3cr3t-inline"), "clientSecret", "an inline client secret")
+    refused(oidc(clientSecret={"existingSecret": "s", "key": "k", "value": "s3cr3t"}), "value",
+            "a client secret value next to its Secret reference")
+    refused(oidc(clientSecret={"existingSecret": "s"}), "key", "a client Secret without its key")
+    twice = oidc()
+    twice["hub"]["oidc"]["providers"] *= 2
+    refused(twice, "used twice", "two OIDC providers with one name")
     refused({"hub": {"replicaz": 2}}, "replicaz", "a typo (hub.replicaz)")
     refused({"proxy": {"replicas": "two"}}, "replicas", "a wrong type (proxy.replicas: \"two\")")
     refused({"namespaceMode": "per-group"}, "namespaceMode", "an unknown namespaceMode")
