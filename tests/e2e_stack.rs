@@ -33,10 +33,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use atelier::store::Store;
@@ -48,12 +46,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use sqlx::Connection as _;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
+mod common;
+
+use common::{TestDb, say};
 
 /// How long a server has to start (the hub's `--spawn-timeout`), and the test's bound on it.
 const SPAWN_TIMEOUT_SECS: u64 = 60;
@@ -68,11 +67,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CULLER_SCOPES: &str = "list:users,read:users:activity,read:servers,delete:servers";
 /// The test's own inspecting service: creates users, reads servers' spawner state.
 const INSPECTOR_SCOPES: &str = "admin:users,admin:servers,list:users,read:users";
-
-/// Writes to the process's stderr past the test harness's capture.
-fn say(message: impl std::fmt::Display) {
-    let _ = writeln!(std::io::stderr(), "{message}");
-}
 
 /// One story at a time: each runs several JupyterLab servers on a 2-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -112,88 +106,6 @@ impl Engine {
             Engine::Sqlite => "sqlite",
             Engine::Postgres => "postgres",
         }
-    }
-}
-
-/// A fresh database; a PostgreSQL one is dropped with this value.
-struct TestDb {
-    url: String,
-    drop_postgres: Option<(String, String)>,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some((admin_url, database)) = self.drop_postgres.take() else {
-            return;
-        };
-        // Drop runs inside the test's runtime: use a thread and a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(async move {
-                    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                    )))
-                    .execute(&mut admin)
-                    .await?;
-                    admin.close().await
-                })
-        })
-        .join();
-    }
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    format!("{base}/{database}{query}")
-}
-
-impl TestDb {
-    fn sqlite(dir: &Path) -> TestDb {
-        TestDb {
-            url: format!("sqlite://{}", dir.join("atelier.sqlite").display()),
-            drop_postgres: None,
-        }
-    }
-
-    /// `None` (after saying so, once) when `ATELIER_TEST_POSTGRES_URL` is not set.
-    async fn postgres() -> Option<TestDb> {
-        let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
-            static SAID: Once = Once::new();
-            SAID.call_once(|| {
-                say(format!(
-                    "SKIPPED: end-to-end stack on PostgreSQL (set {POSTGRES_VAR})"
-                ))
-            });
-            return None;
-        };
-        let database = format!("atelier_e2e_{}", &generate_token()[..16]);
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to ATELIER_TEST_POSTGRES_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE \"{database}\""
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-        admin.close().await.expect("close the admin connection");
-        Some(TestDb {
-            url: with_database(&admin_url, &database),
-            drop_postgres: Some((admin_url, database)),
-        })
     }
 }
 
@@ -825,21 +737,23 @@ impl Stack {
         let dir = std::env::temp_dir().join(format!("atelier-e2e-{}", &generate_token()[..16]));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let db = match engine {
-            Engine::Sqlite => TestDb::sqlite(&dir),
-            Engine::Postgres => match TestDb::postgres().await {
-                Some(db) => db,
-                None => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return None;
+            Engine::Sqlite => TestDb::sqlite_at(dir.join("atelier.sqlite")),
+            Engine::Postgres => {
+                match TestDb::postgres("atelier_e2e", "end-to-end stack on PostgreSQL").await {
+                    Some(db) => db,
+                    None => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return None;
+                    }
                 }
-            },
+            }
         };
         let mut stack = Stack {
             engine,
             dir_str: dir.to_string_lossy().into_owned(),
             dir,
             venv,
-            db_url: db.url.clone(),
+            db_url: db.url().to_owned(),
             hub_port: free_port(),
             proxy_port: free_port(),
             culler_token: generate_token(),

@@ -16,7 +16,7 @@ use std::future::IntoFuture;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atelier::backend::{
@@ -34,117 +34,21 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
+mod common;
 
-// ---- databases ------------------------------------------------------------------------------
+use common::TestDb;
 
-/// A fresh database, removed when dropped.
-struct TestDb {
-    url: String,
-    _cleanup: Cleanup,
+/// This file's databases: `atelier-hub-api-*.db` files and `atelier_hub_*` PostgreSQL databases.
+fn sqlite_db() -> TestDb {
+    TestDb::sqlite("atelier-hub-api")
 }
 
-enum Cleanup {
-    SqliteFile(PathBuf),
-    Postgres { admin_url: String, database: String },
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        match self {
-            Cleanup::SqliteFile(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            Cleanup::Postgres {
-                admin_url,
-                database,
-            } => {
-                let (admin_url, database) = (admin_url.clone(), database.clone());
-                let _ = std::thread::spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime")
-                        .block_on(async move {
-                            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                            sqlx::query(sqlx::AssertSqlSafe(format!(
-                                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                            )))
-                            .execute(&mut admin)
-                            .await?;
-                            admin.close().await
-                        })
-                })
-                .join();
-            }
-        }
-    }
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    format!("{base}/{database}{query}")
-}
-
-impl TestDb {
-    fn sqlite() -> TestDb {
-        let path =
-            std::env::temp_dir().join(format!("atelier-hub-api-{}.db", &generate_token()[..16]));
-        TestDb {
-            url: format!("sqlite://{}", path.display()),
-            _cleanup: Cleanup::SqliteFile(path),
-        }
-    }
-
-    /// `None` (after saying so) when `ATELIER_TEST_POSTGRES_URL` is not set.
-    async fn postgres() -> Option<TestDb> {
-        let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
-            static SAID: Once = Once::new();
-            SAID.call_once(|| {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED: PostgreSQL hub API tests (set {POSTGRES_VAR})"
-                );
-            });
-            return None;
-        };
-        let database = format!("atelier_hub_{}", &generate_token()[..16]);
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to ATELIER_TEST_POSTGRES_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE \"{database}\""
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-        admin.close().await.expect("close the admin connection");
-        Some(TestDb {
-            url: with_database(&admin_url, &database),
-            _cleanup: Cleanup::Postgres {
-                admin_url,
-                database,
-            },
-        })
-    }
+async fn postgres_db() -> Option<TestDb> {
+    TestDb::postgres("atelier_hub", "PostgreSQL hub API tests").await
 }
 
 // ---- a backend that runs real HTTP servers --------------------------------------------------
@@ -457,7 +361,7 @@ struct World {
 
 impl World {
     async fn new(db: TestDb) -> World {
-        let store = Store::connect(&db.url).await.expect("connect");
+        let store = Store::connect(db.url()).await.expect("connect");
         let backend = TestBackend::new();
         let api = Served::start(store.clone(), backend.clone()).await;
         let root = store.create_user("root", true).await.unwrap();
@@ -554,14 +458,14 @@ macro_rules! stories {
         mod $story {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let world = super::World::new(super::TestDb::sqlite()).await;
+                let world = super::World::new(super::sqlite_db()).await;
                 super::$story(&world).await;
                 world.close().await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let Some(db) = super::TestDb::postgres().await else { return };
+                let Some(db) = super::postgres_db().await else { return };
                 let world = super::World::new(db).await;
                 super::$story(&world).await;
                 world.close().await;
@@ -1939,7 +1843,7 @@ async fn recover_adopts_live_and_stops_dead(w: &World) {
 async fn two_hubs_share_one_database(w: &World) {
     let (_, alice) = w.user("alice").await;
     // A second hub process on the same database (and the same cluster).
-    let store_b = Store::connect(&w.db.url).await.unwrap();
+    let store_b = Store::connect(w.db.url()).await.unwrap();
     let b = Served::start(store_b.clone(), w.backend.clone()).await;
     // Started through A, seen ready through B.
     start_ready(w, "alice", "", &alice).await;
@@ -2047,8 +1951,8 @@ async fn real_peers() {
     use atelier::backend::local::{LocalBackend, LocalConfig};
 
     let Some(venv) = peers_venv() else { return };
-    let db = TestDb::sqlite();
-    let store = Store::connect(&db.url).await.expect("connect");
+    let db = sqlite_db();
+    let store = Store::connect(db.url()).await.expect("connect");
     let state_dir =
         std::env::temp_dir().join(format!("atelier-hub-peers-{}", &generate_token()[..12]));
     let mut config = LocalConfig::new(&state_dir);

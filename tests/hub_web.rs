@@ -12,7 +12,7 @@ use std::future::IntoFuture;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atelier::backend::{
@@ -29,122 +29,26 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
+mod common;
+
+use common::TestDb;
 
 /// The one-time admin password of the hubs under test.
 const ADMIN_PASSWORD: &str = "0123456789abcdef0123456789abcdef";
 
 // ---- databases ------------------------------------------------------------------------------
 
-/// A fresh database, removed when dropped (also on panic).
-struct TestDb {
-    url: String,
-    _cleanup: Cleanup,
+/// This file's databases: `atelier-hub-web-*.db` files and `atelier_web_*` PostgreSQL databases.
+fn sqlite_db() -> TestDb {
+    TestDb::sqlite("atelier-hub-web")
 }
 
-enum Cleanup {
-    SqliteFile(PathBuf),
-    Postgres { admin_url: String, database: String },
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        match self {
-            Cleanup::SqliteFile(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            Cleanup::Postgres {
-                admin_url,
-                database,
-            } => {
-                let (admin_url, database) = (admin_url.clone(), database.clone());
-                // Drop runs inside the test's runtime: drop the database from a thread of its own.
-                let _ = std::thread::spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime")
-                        .block_on(async move {
-                            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                            sqlx::query(sqlx::AssertSqlSafe(format!(
-                                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                            )))
-                            .execute(&mut admin)
-                            .await?;
-                            admin.close().await
-                        })
-                })
-                .join();
-            }
-        }
-    }
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    format!("{base}/{database}{query}")
-}
-
-impl TestDb {
-    fn sqlite() -> TestDb {
-        let path =
-            std::env::temp_dir().join(format!("atelier-hub-web-{}.db", &generate_token()[..16]));
-        TestDb {
-            url: format!("sqlite://{}", path.display()),
-            _cleanup: Cleanup::SqliteFile(path),
-        }
-    }
-
-    /// `None` (after saying so, once) when `ATELIER_TEST_POSTGRES_URL` is not set.
-    async fn postgres() -> Option<TestDb> {
-        let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
-            static SAID: Once = Once::new();
-            SAID.call_once(|| {
-                // Straight to the stderr handle: the test harness captures `eprintln!`.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED: PostgreSQL hub web tests (set {POSTGRES_VAR})"
-                );
-            });
-            return None;
-        };
-        let database = format!("atelier_web_{}", &generate_token()[..16]);
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to ATELIER_TEST_POSTGRES_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE \"{database}\""
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-        admin.close().await.expect("close the admin connection");
-        Some(TestDb {
-            url: with_database(&admin_url, &database),
-            _cleanup: Cleanup::Postgres {
-                admin_url,
-                database,
-            },
-        })
-    }
+async fn postgres_db() -> Option<TestDb> {
+    TestDb::postgres("atelier_web", "PostgreSQL hub web tests").await
 }
 
 // ---- a backend that runs real HTTP servers --------------------------------------------------
@@ -361,7 +265,7 @@ impl Served {
         servers: Option<Arc<dyn WorkspaceBackend>>,
         configure: impl FnOnce(&mut HubConfig),
     ) -> Served {
-        let store = Store::connect(&db.url).await.expect("connect");
+        let store = Store::connect(db.url()).await.expect("connect");
         let backend = Arc::new(TestBackend::default());
         let servers = servers.unwrap_or_else(|| backend.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -553,12 +457,12 @@ macro_rules! stories {
         mod $story {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$story(super::TestDb::sqlite()).await;
+                super::$story(super::sqlite_db()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let Some(db) = super::TestDb::postgres().await else { return };
+                let Some(db) = super::postgres_db().await else { return };
                 super::$story(db).await;
             }
         }
@@ -1752,7 +1656,7 @@ async fn real_jupyterhub_singleuser_logs_in_through_the_hub() {
             .into_owned(),
     ];
     config.start_timeout = Duration::from_secs(90);
-    let db = TestDb::sqlite();
+    let db = sqlite_db();
     let web = Served::start_on(&db, Some(Arc::new(LocalBackend::new(config))), |c| {
         c.spawn_timeout_secs = 100;
     })

@@ -4,8 +4,6 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -17,9 +15,11 @@ use atelier::store::{
 };
 use chrono::Duration;
 use serde_json::json;
-use sqlx::{Connection, PgPool, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 
-const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
+mod common;
+
+use common::with_database;
 
 // ---- harness ------------------------------------------------------------------------------
 
@@ -28,7 +28,8 @@ struct TestDb {
     store: Store,
     url: String,
     raw: Raw,
-    _cleanup: Cleanup,
+    /// Dropped last, after the pools.
+    _db: common::TestDb,
 }
 
 /// A second pool on the same database, beside the store: what an operator with `psql` or
@@ -38,126 +39,31 @@ enum Raw {
     Postgres(PgPool),
 }
 
-enum Cleanup {
-    SqliteFile(PathBuf),
-    Postgres { admin_url: String, database: String },
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        match self {
-            Cleanup::SqliteFile(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            Cleanup::Postgres {
-                admin_url,
-                database,
-            } => {
-                let (admin_url, database) = (admin_url.clone(), database.clone());
-                // Drop runs inside the test's runtime: drop the database from a thread of its own.
-                let dropped = std::thread::spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime")
-                        .block_on(async move {
-                            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                            sqlx::query(sqlx::AssertSqlSafe(format!(
-                                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                            )))
-                            .execute(&mut admin)
-                            .await?;
-                            admin.close().await
-                        })
-                })
-                .join();
-                if !matches!(dropped, Ok(Ok(()))) {
-                    eprintln!("could not drop test database {}", self.database_name());
-                }
-            }
-        }
-    }
-}
-
-impl Cleanup {
-    fn database_name(&self) -> &str {
-        match self {
-            Cleanup::SqliteFile(p) => p.to_str().unwrap_or("?"),
-            Cleanup::Postgres { database, .. } => database,
-        }
-    }
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    format!("{base}/{database}{query}")
-}
-
 impl TestDb {
     async fn sqlite() -> TestDb {
-        let path =
-            std::env::temp_dir().join(format!("atelier-store-{}.db", &generate_token()[..16]));
-        let url = format!("sqlite://{}", path.display());
-        let cleanup = Cleanup::SqliteFile(path);
+        let db = common::TestDb::sqlite("atelier-store");
+        let url = db.url().to_owned();
         let store = Store::connect(&url).await.expect("connect to SQLite");
         let raw = Raw::Sqlite(SqlitePool::connect(&url).await.expect("raw SQLite pool"));
         TestDb {
             store,
             url,
             raw,
-            _cleanup: cleanup,
+            _db: db,
         }
     }
 
     /// `None` (after saying so loudly) when `ATELIER_TEST_POSTGRES_URL` is not set.
     async fn postgres() -> Option<TestDb> {
-        let Ok(admin_url) = std::env::var(POSTGRES_VAR) else {
-            // Straight to the stderr handle: the test harness captures `eprintln!`.
-            static SAID: Once = Once::new();
-            SAID.call_once(|| {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED: PostgreSQL store tests (set {POSTGRES_VAR})"
-                );
-            });
-            return None;
-        };
-        let database = format!("atelier_test_{}", &generate_token()[..16]);
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to ATELIER_TEST_POSTGRES_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE \"{database}\""
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-        admin.close().await.expect("close the admin connection");
-        let url = with_database(&admin_url, &database);
-        let cleanup = Cleanup::Postgres {
-            admin_url,
-            database,
-        };
+        let db = common::TestDb::postgres("atelier_test", "PostgreSQL store tests").await?;
+        let url = db.url().to_owned();
         let store = Store::connect(&url).await.expect("connect to PostgreSQL");
         let raw = Raw::Postgres(PgPool::connect(&url).await.expect("raw PostgreSQL pool"));
         Some(TestDb {
             store,
             url,
             raw,
-            _cleanup: cleanup,
+            _db: db,
         })
     }
 
