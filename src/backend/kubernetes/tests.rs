@@ -18,6 +18,7 @@ use super::*;
 use crate::api::v1alpha1::WorkspacePhase;
 use crate::backend::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, WorkspaceBackend};
 use crate::hub::{Hub, HubConfig};
+use crate::operator::workspace::fixtures::{assert_json_eq, parse_query};
 use crate::store::{ServerState, Store, StoreError, TokenOwner};
 
 /// Bound of each scenario: a missing request fails the test instead of hanging it.
@@ -155,51 +156,6 @@ impl Step {
 
 fn modified(object: Value) -> Value {
     json!({"type": "MODIFIED", "object": object})
-}
-
-fn assert_json_eq(actual: &Value, expected: &Value) {
-    assert!(
-        actual == expected,
-        "JSON differs\n--- actual\n{}\n--- expected\n{}",
-        serde_json::to_string_pretty(actual).unwrap_or_default(),
-        serde_json::to_string_pretty(expected).unwrap_or_default()
-    );
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("ascii");
-                out.push(u8::from_str_radix(hex, 16).expect("percent escape"));
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).expect("utf-8 query")
-}
-
-fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
 }
 
 /// Answers the mocked API server's requests, asserting each against the scenario.

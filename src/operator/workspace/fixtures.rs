@@ -404,7 +404,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8(out).expect("utf-8 query")
 }
 
-fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
+/// A request's query as a sorted map, percent-decoded (shared by the mock-API tests).
+pub fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
     query
         .unwrap_or_default()
         .split('&')
