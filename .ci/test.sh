@@ -57,6 +57,23 @@ if [ ! -d e2e/oidc/node_modules/oidc-provider ]; then
   (cd e2e/oidc && npm ci --no-audit --no-fund)
 fi
 
+# --- Browser: Debian chromium driven by npm playwright-core (tests/browser.rs) ----------------
+# Never `playwright install`: the browser is Debian's, the driver is pinned by
+# e2e/browser/package-lock.json.
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing Chromium (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q || true
+  # The first try can fail on a cleaned package cache: once more after an update.
+  apt-get install -y -q chromium >/dev/null \
+    || { apt-get update -q && apt-get install -y -q chromium >/dev/null; }
+fi
+export ATELIER_CHROMIUM=/usr/bin/chromium
+if [ ! -d e2e/browser/node_modules/playwright-core ]; then
+  log "installing playwright-core into e2e/browser/node_modules"
+  (cd e2e/browser && npm ci --no-audit --no-fund)
+fi
+
 # Tests that need a peer read this and fail (never skip) when it is set and the peer is missing.
 export ATELIER_PEERS=1
 
