@@ -51,6 +51,25 @@ enum Command {
         /// The token requests must carry (`Authorization: token <t>`).
         #[arg(long, default_value = "bench")]
         token: String,
+        /// Route changes per second while serving (servers starting and stopping): each change
+        /// adds a route `/user/churn<k>/` and removes the one added 100 changes earlier.
+        #[arg(long, default_value_t = 0)]
+        churn: u32,
+    },
+    /// The same churn on configurable-http-proxy, through its REST API, until killed.
+    ChpChurn {
+        /// Its API, e.g. `http://127.0.0.1:8001`.
+        #[arg(long)]
+        api: String,
+        /// `CONFIGPROXY_AUTH_TOKEN`.
+        #[arg(long)]
+        auth: String,
+        /// Route changes per second.
+        #[arg(long)]
+        churn: u32,
+        /// Where the routes go.
+        #[arg(long)]
+        target: String,
     },
     /// A WebSocket echo server.
     WsEcho {
@@ -112,10 +131,24 @@ async fn main() -> anyhow::Result<()> {
             target,
             hub,
             token,
+            churn,
         } => {
             let source = Arc::new(MemoryRoutes::from_routes(
                 (0..routes).map(|i| Route::new(format!("u{i}"), "", target.clone())),
             ));
+            if churn > 0 {
+                let (source, target) = (source.clone(), target.clone());
+                tokio::spawn(async move {
+                    let mut tick = churn_ticker(churn);
+                    for k in 0u64.. {
+                        tick.tick().await;
+                        source.insert(&format!("churn{k}"), "", &target);
+                        if let Some(old) = k.checked_sub(CHURN_WINDOW) {
+                            source.forget(&format!("churn{old}"), "");
+                        }
+                    }
+                });
+            }
             let mut config = ProxyConfig::new(hub);
             // Buffer sizes to compare (bytes), e.g. BENCH_UPSTREAM_READ_BUFFER=262144.
             let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
@@ -208,6 +241,50 @@ async fn main() -> anyhow::Result<()> {
             results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
             println!("added {routes} routes");
         }
+        Command::ChpChurn {
+            api,
+            auth,
+            churn,
+            target,
+        } => {
+            let client: Client<HttpConnector, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+            let body = Bytes::from(serde_json::json!({ "target": target }).to_string());
+            let send = |method: &str, k: u64, body: Bytes| {
+                let req = http::Request::builder()
+                    .method(method)
+                    .uri(format!("{api}/api/routes/user/churn{k}"))
+                    .header("authorization", format!("token {auth}"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(body));
+                let client = client.clone();
+                async move {
+                    let resp = client.request(req?).await?;
+                    let status = resp.status();
+                    resp.into_body().collect().await?;
+                    anyhow::ensure!(status.is_success(), "{status}");
+                    anyhow::Ok(())
+                }
+            };
+            let mut tick = churn_ticker(churn);
+            for k in 0u64.. {
+                tick.tick().await;
+                send("POST", k, body.clone()).await?;
+                if let Some(old) = k.checked_sub(CHURN_WINDOW) {
+                    send("DELETE", old, Bytes::new()).await?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// How many churned routes exist at once.
+const CHURN_WINDOW: u64 = 100;
+
+/// Ticks `per_sec` times a second, without bursts after a late tick.
+fn churn_ticker(per_sec: u32) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }

@@ -4,11 +4,17 @@
 #   configurable-http-proxy 5.3.0  JupyterHub's proxy, the rival
 #   Atelier's proxy                examples/bench_proxy.rs: in-memory routes, token check on
 # wrk at 1, 64 and 512 connections for a 100 B and a 1 MiB response, with 10 and 10,000 routes
-# (each request to a random route; nginx measured beside each cell), then the RSS of each proxy
-# holding idle WebSockets.
+# (each request to a random route; nginx measured beside each cell), then each proxy under route
+# churn (CHURN route changes per second while wrk runs), then the RSS of each proxy holding idle
+# WebSockets.
+#
+# CPU layout (PIN=1, the default on 2+ cores): the load side (wrk, nginx, the churn client) is
+# pinned to CPU 0 and the proxy under test to CPU 1, so the proxy gets one core of its own, as on
+# a proxy node, and the ceiling (wrk straight at nginx) is what the load side can do on CPU 0.
+# PIN=0 lets the scheduler mix everything on all cores (the earlier runs' layout).
 #
 # Usage: bench/proxy/run.sh            (env: DURATION=5 CONNS="1 64 512" ROUTES="10 10000"
-#                                             SIZES="small large" WS_IDLE=1000)
+#                                             SIZES="small large" WS_IDLE=1000 PIN=1 CHURN=100)
 # Installs what is missing: nginx and wrk (apt), configurable-http-proxy (npm, pinned in
 # package.json, into bench/proxy/node_modules); builds the bench binary with --release.
 set -euo pipefail
@@ -20,6 +26,15 @@ CONNS=${CONNS:-"1 64 512"}
 ROUTES=${ROUTES:-"10 10000"}
 SIZES=${SIZES:-"small large"}
 WS_IDLE=${WS_IDLE:-1000}
+CHURN=${CHURN:-100}
+PIN=${PIN:-1}
+LOAD_PIN=(); PROXY_PIN=(); NGINX_WORKERS=auto
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  LOAD_PIN=(taskset -c 0); PROXY_PIN=(taskset -c 1); NGINX_WORKERS=1
+  LAYOUT="pinned: wrk, nginx and the churn client on CPU 0, the proxy under test on CPU 1"
+else
+  LAYOUT="unpinned: wrk, nginx and the proxy share all $(nproc) cores"
+fi
 TOKEN=bench
 CHP_TOKEN=bench-chp-token
 
@@ -83,7 +98,7 @@ chmod 755 "$WORK/www"; chmod 644 "$WORK/www/"*
 
 NGINX_PORT=$(free_port)
 cat >"$WORK/nginx.conf" <<EOF
-worker_processes auto;
+worker_processes $NGINX_WORKERS;
 daemon off;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log warn;
@@ -108,24 +123,24 @@ http {
   }
 }
 EOF
-"$NGINX" -p "$WORK" -c "$WORK/nginx.conf" &
+"${LOAD_PIN[@]}" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" &
 PIDS+=($!)
 NGINX_URL="http://127.0.0.1:$NGINX_PORT"
 wait_http "$NGINX_URL/small"
 
 start_chp() { # start_chp ROUTES TARGET -> sets CHP_PID CHP_PORT
-  CHP_PORT=$(free_port); local api; api=$(free_port)
-  CONFIGPROXY_AUTH_TOKEN=$CHP_TOKEN node "$CHP_JS" --ip 127.0.0.1 --port "$CHP_PORT" \
+  CHP_PORT=$(free_port); local api; api=$(free_port); CHP_API="http://127.0.0.1:$api"
+  CONFIGPROXY_AUTH_TOKEN=$CHP_TOKEN "${PROXY_PIN[@]}" node "$CHP_JS" --ip 127.0.0.1 --port "$CHP_PORT" \
     --api-ip 127.0.0.1 --api-port "$api" --default-target "$NGINX_URL" --log-level error \
     >"$WORK/chp.log" 2>&1 &
   CHP_PID=$!; PIDS+=("$CHP_PID")
   wait_http "http://127.0.0.1:$api/api/routes" || { cat "$WORK/chp.log" >&2; return 1; }
   "$BENCH" chp-routes --api "http://127.0.0.1:$api" --auth "$CHP_TOKEN" --routes "$1" --target "$2" >/dev/null
 }
-start_atelier() { # start_atelier ROUTES TARGET -> sets AT_PID AT_PORT
+start_atelier() { # start_atelier ROUTES TARGET [CHURN] -> sets AT_PID AT_PORT
   AT_PORT=$(free_port)
-  "$BENCH" proxy --bind "127.0.0.1:$AT_PORT" --routes "$1" --target "$2" --hub "$NGINX_URL" \
-    --token "$TOKEN" >"$WORK/atelier.log" 2>&1 &
+  "${PROXY_PIN[@]}" "$BENCH" proxy --bind "127.0.0.1:$AT_PORT" --routes "$1" --target "$2" \
+    --hub "$NGINX_URL" --token "$TOKEN" --churn "${3:-0}" >"$WORK/atelier.log" 2>&1 &
   AT_PID=$!; PIDS+=("$AT_PID")
   wait_http "http://127.0.0.1:$AT_PORT/_atelier/proxy/health"
 }
@@ -146,7 +161,7 @@ RESULTS="$WORK/results.tsv"
 run_wrk() {
   local name=$1 port=$2 routes=$3 file=$4 conns=$5 threads=2 out
   [ "$conns" -lt 2 ] && threads=1
-  out=$(BENCH_ROUTES=$routes BENCH_FILE=$file wrk -t"$threads" -c"$conns" -d"${DURATION}s" \
+  out=$(BENCH_ROUTES=$routes BENCH_FILE=$file "${LOAD_PIN[@]}" wrk -t"$threads" -c"$conns" -d"${DURATION}s" \
     --latency -s "$WORK/random-route.lua" "http://127.0.0.1:$port" 2>&1)
   local rps p50 errors
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
@@ -166,7 +181,7 @@ for routes in $ROUTES; do
       # on all three alike.
       for p in "nginx $NGINX_PORT" "chp $CHP_PORT" "atelier $AT_PORT"; do
         set -- $p
-        BENCH_ROUTES=$routes BENCH_FILE=$file wrk -t1 -c4 -d1s -s "$WORK/random-route.lua" "http://127.0.0.1:$2" >/dev/null # warm-up
+        BENCH_ROUTES=$routes BENCH_FILE=$file "${LOAD_PIN[@]}" wrk -t1 -c4 -d1s -s "$WORK/random-route.lua" "http://127.0.0.1:$2" >/dev/null # warm-up
         run_wrk "$1" "$2" "$routes" "$file" "$c"
       done
     done
@@ -175,6 +190,34 @@ for routes in $ROUTES; do
   echo "rss_routes	$routes	$(rss_kib "$CHP_PID")	$(rss_kib "$AT_PID")" >>"$WORK/rss.tsv"
   stop_pid "$CHP_PID"; stop_pid "$AT_PID"
 done
+
+# --- route churn: servers starting and stopping while wrk runs -------------------------------
+# Each proxy is measured without churn, then with CHURN route changes per second (add one route,
+# remove the one added 100 changes earlier): CHP through its REST API, Atelier through its route
+# source, refreshed every second as in production. 64 connections, 100 B, the largest route count.
+if [ "$CHURN" -gt 0 ]; then
+  routes=$(tr ' ' '\n' <<<"$ROUTES" | sort -n | tail -n1)
+  log "churn: $CHURN route changes/s with $routes routes"
+  start_chp "$routes" "$NGINX_URL"
+  start_atelier "$routes" "$NGINX_URL" "$CHURN"
+  BENCH_ROUTES=$routes BENCH_FILE=small "${LOAD_PIN[@]}" wrk -t1 -c4 -d1s -s "$WORK/random-route.lua" "http://127.0.0.1:$CHP_PORT" >/dev/null
+  run_wrk chp-still "$CHP_PORT" "$routes" small 64
+  "${LOAD_PIN[@]}" "$BENCH" chp-churn --api "$CHP_API" --auth "$CHP_TOKEN" --churn "$CHURN" \
+    --target "$NGINX_URL" >"$WORK/chp-churn.log" 2>&1 &
+  CHURN_PID=$!; PIDS+=("$CHURN_PID")
+  sleep 2
+  run_wrk chp-churn "$CHP_PORT" "$routes" small 64
+  stop_pid "$CHURN_PID"
+  if grep -q . "$WORK/chp-churn.log"; then log "chp churn client: $(tail -n1 "$WORK/chp-churn.log")"; fi
+  stop_pid "$CHP_PID"
+  # Atelier churns from its start; for the still run, a second proxy without churn.
+  run_wrk atelier-churn "$AT_PORT" "$routes" small 64
+  stop_pid "$AT_PID"
+  start_atelier "$routes" "$NGINX_URL" 0
+  BENCH_ROUTES=$routes BENCH_FILE=small "${LOAD_PIN[@]}" wrk -t1 -c4 -d1s -s "$WORK/random-route.lua" "http://127.0.0.1:$AT_PORT" >/dev/null
+  run_wrk atelier-still "$AT_PORT" "$routes" small 64
+  stop_pid "$AT_PID"
+fi
 
 # --- idle WebSockets: RSS ----------------------------------------------------------------------
 ECHO_PORT=$(free_port)
@@ -207,9 +250,9 @@ stop_pid "$AT_PID"
 mkdir -p "$HERE/results"
 REPORT="$HERE/results/$(date -u +%Y%m%dT%H%M%SZ).txt"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-python3 - "$RESULTS" "$WORK/rss.tsv" "$CHP_VERSION" "$DURATION" "$LOAD_BEFORE" "$LOAD_AFTER" >"$REPORT" <<'EOF'
+python3 - "$RESULTS" "$WORK/rss.tsv" "$CHP_VERSION" "$DURATION" "$LOAD_BEFORE" "$LOAD_AFTER" "$LAYOUT" "$CHURN" >"$REPORT" <<'EOF'
 import sys
-results, rss, chp_version, duration, load_before, load_after = sys.argv[1:7]
+results, rss, chp_version, duration, load_before, load_after, layout, churn = sys.argv[1:9]
 rows = [l.rstrip("\n").split("\t") for l in open(results) if l.strip()]
 r = {}
 for name, routes, file, conns, rps, p50, errors in rows:
@@ -217,6 +260,7 @@ for name, routes, file, conns, rps, p50, errors in rows:
 print(f"wrk {duration}s per run, 127.0.0.1, {__import__('os').cpu_count()} cores; "
       f"configurable-http-proxy {chp_version}; every request to a random route; "
       f"load average {load_before} before, {load_after} after")
+print(f"CPU layout: {layout}")
 print(f"{'body':5} {'routes':>6} {'conns':>5} | {'nginx req/s':>11} {'p50 ms':>7} | "
       f"{'CHP req/s':>10} {'p50 ms':>7} | {'Atelier req/s':>13} {'p50 ms':>7} | "
       f"{'Atelier/ceil':>12} {'CHP/ceil':>8} {'Atelier/CHP':>11} {'p50 A/CHP':>9}")
@@ -235,6 +279,16 @@ for (name, routes, file, conns), (rps, p50, err) in sorted(
     print(f"{body:5} {routes:>6} {conns:>5} | {nrps:>11.0f} {np50:>7.2f} | {crps:>10.0f} {cp50:>7.2f} | "
           f"{rps:>13.0f} {p50:>7.2f} | {share(rps, nrps):>12} {share(crps, nrps):>8} "
           f"{ratio(rps, crps):>11} {ratio(p50, cp50):>9}")
+print()
+for name in ("chp", "atelier"):
+    still = [(k, v) for k, v in r.items() if k[0] == f"{name}-still"]
+    moving = [(k, v) for k, v in r.items() if k[0] == f"{name}-churn"]
+    if still and moving:
+        (_, routes, _, conns), (srps, sp50, _) = still[0]
+        _, (crps, cp50, _) = moving[0]
+        print(f"{name} under churn ({churn} route changes/s, {routes} routes, {conns} conns, 100 B): "
+              f"{srps:.0f} -> {crps:.0f} req/s ({100 * crps / srps:.0f} %), "
+              f"p50 {sp50:.2f} -> {cp50:.2f} ms")
 print()
 for line in open(rss):
     f = line.rstrip("\n").split("\t")
