@@ -3,113 +3,26 @@
 //! over HTTP like a browser (a cookie jar, no redirect followed by itself). The hub is served on
 //! 127.0.0.1:0 over a fresh SQLite store.
 //!
-//! Needs node: runs with `ATELIER_PEERS=1` (installing `e2e/oidc/node_modules` first when
-//! missing), otherwise says SKIPPED. The ID token checks the provider cannot be made to fail
-//! (expiry, another issuer or audience, rotated keys) are unit tests in `src/hub/oidc/tests.rs`
-//! with tokens signed there.
+//! Needs node: runs with `ATELIER_PEERS=1` (the provider is started by `tests/common/oidc.rs`,
+//! which installs `e2e/oidc/node_modules` first when missing), otherwise says SKIPPED. The ID
+//! token checks the provider cannot be made to fail (expiry, another issuer or audience, rotated
+//! keys) are unit tests in `src/hub/oidc/tests.rs` with tokens signed there.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::PathBuf;
 
 use atelier::hub;
 use atelier::hub::serve::{HubArgs, build_hub};
 use atelier::store::tokens::generate_token;
 use atelier::store::{Store, StoreError};
+use common::oidc::{CLIENT_ID, CLIENT_SECRET, OidcPeer, free_port, peers_enabled, start_provider};
 use openidconnect::reqwest;
 use openidconnect::url::Url;
 use sqlx::Connection;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-
-const CLIENT_ID: &str = "atelier";
-const CLIENT_SECRET: &str = "atelier-test-secret";
-
-/// Whether the peer-gated tests run; says SKIPPED (past the capture) when not.
-fn peers_enabled() -> bool {
-    if std::env::var("ATELIER_PEERS").is_ok_and(|v| v == "1") {
-        return true;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: OIDC tests with oidc-provider (set ATELIER_PEERS=1)"
-    );
-    false
-}
-
-fn peer_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/oidc")
-}
-
-/// Installs `e2e/oidc/node_modules` when missing.
-fn ensure_node_modules() {
-    let dir = peer_dir();
-    if dir.join("node_modules/oidc-provider").is_dir() {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .expect("npm (ATELIER_PEERS=1 needs node and npm)");
-    assert!(status.success(), "npm install in e2e/oidc failed");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The running provider (killed when dropped).
-struct OidcPeer {
-    child: Child,
-    issuer: String,
-    port: u16,
-}
-
-async fn start_provider(hub_url: &str, port: u16) -> OidcPeer {
-    let mut child = Command::new("node")
-        .arg("provider.mjs")
-        .arg(port.to_string())
-        .current_dir(peer_dir())
-        .env(
-            "OIDC_REDIRECT_URIS",
-            format!("{hub_url}/hub/oauth_callback/test"),
-        )
-        .env("OIDC_POST_LOGOUT_URIS", format!("{hub_url}/hub/login"))
-        .env("OIDC_CLIENT_ID", CLIENT_ID)
-        .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node (ATELIER_PEERS=1 needs node)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.trim() == "ready" {
-                return;
-            }
-        }
-        panic!("oidc-provider exited before it was ready");
-    })
-    .await
-    .expect("oidc-provider ready within 30 s");
-    // Keep reading: the provider logs to stdout and dies of EPIPE if nobody does.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    OidcPeer {
-        child,
-        issuer: format!("http://127.0.0.1:{port}"),
-        port,
-    }
-}
 
 /// A browser: one cookie jar for every host (cookie names do not collide here), no redirects
 /// followed by itself.
@@ -377,10 +290,9 @@ fn param(url: &str, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_sign_on_with_oidc_provider() {
-    if !peers_enabled() {
+    if !peers_enabled("OIDC tests with oidc-provider") {
         return;
     }
-    ensure_node_modules();
     let mut w = world().await;
 
     // The login page offers the provider; the dev login is off.

@@ -13,6 +13,8 @@ use std::sync::Once;
 use atelier::store::tokens::generate_token;
 use sqlx::Connection as _;
 
+pub mod oidc;
+
 pub const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
 
 /// Writes to the process's stderr past the test harness's capture (which takes `eprintln!`).
