@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::IntoFuture;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,8 @@ use std::time::Duration;
 use atelier::backend::{
     BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
 };
-use atelier::hub::views::{SpawnProfile, hash_admin_password};
+use atelier::hub::catalog::{Catalog, SharedCatalog};
+use atelier::hub::views::hash_admin_password;
 use atelier::hub::{self, Hub, HubConfig, HubState};
 use atelier::store::tokens::{generate_token, pkce_s256_challenge};
 use atelier::store::{AuditAction, AuditQuery, ServerState, Store, StoreError, oauth_client_id};
@@ -1155,17 +1156,38 @@ async fn logout_ends_the_session(db: TestDb) {
 
 async fn spawn_profiles_home_and_stop(db: TestDb) {
     let web = Served::start(&db, |c| {
-        c.profiles = vec![
-            SpawnProfile {
-                description: "2 CPUs".into(),
-                ..SpawnProfile::new("small", "Small <b>CPU</b>")
-            },
-            SpawnProfile {
-                allowed_groups: vec!["gpu-users".into()],
-                user_options: json!({"gpus": 1}),
-                ..SpawnProfile::new("gpu", "GPU")
-            },
-        ];
+        let mut catalog = Catalog::default();
+        catalog
+            .add_yaml(
+                Path::new("profiles.yaml"),
+                r#"
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: small}
+spec: {displayName: "Small <b>CPU</b>", description: 2 CPUs, image: lab:1}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: gpu}
+spec:
+  displayName: GPU
+  image: lab:1
+  allowedGroups: [gpu-users]
+  maxResources: {gpus: 2}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {name: cpu}
+spec: {purpose: interactive}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {name: gpus}
+spec: {purpose: gpu, gpu: {types: [a100]}, allowedGroups: [gpu-users]}
+"#,
+            )
+            .unwrap();
+        c.catalog = SharedCatalog::new(catalog);
     })
     .await;
     let mut alice = web.logged_in("alice").await;
@@ -1190,10 +1212,12 @@ async fn spawn_profiles_home_and_stop(db: TestDb) {
         .post("/hub/spawn/alice", &[("_xsrf", &xsrf), ("profile", "gpu")])
         .await;
     assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("ProfileForbidden"), "{}", r.body);
     let r = alice
         .post("/hub/spawn/alice", &[("_xsrf", &xsrf), ("profile", "huge")])
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("ProfileNotFound"), "{}", r.body);
     assert!(matches!(
         web.hub.store.get_server_by_names("alice", "").await,
         Err(StoreError::NotFound)
@@ -1209,7 +1233,10 @@ async fn spawn_profiles_home_and_stop(db: TestDb) {
     let page = alice.get("/hub/spawn/alice").await;
     assert!(page.body.contains(r#"value="gpu""#));
     let r = alice
-        .post("/hub/spawn/alice", &[("_xsrf", &xsrf), ("profile", "gpu")])
+        .post(
+            "/hub/spawn/alice",
+            &[("_xsrf", &xsrf), ("profile", "gpu"), ("gpu/gpus", "1")],
+        )
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
     let to = r.location();
@@ -1220,7 +1247,7 @@ async fn spawn_profiles_home_and_stop(db: TestDb) {
     web.wait_for("alice", "", ServerState::Running).await;
     let request = web.backend.request("alice", "");
     assert_eq!(request.profile.as_deref(), Some("gpu"));
-    assert_eq!(request.user_options["gpus"], 1);
+    assert_eq!(request.user_options["resources"]["gpus"], 1);
 
     // Running: the pages lead to the server.
     let r = alice.get("/hub/spawn-pending/alice").await;

@@ -11,6 +11,7 @@ use crate::store::Store;
 
 pub mod api;
 pub mod auth;
+pub mod catalog;
 pub mod error;
 pub mod oauth;
 pub mod oidc;
@@ -61,9 +62,12 @@ pub struct HubConfig {
     /// SHA-256 (hex) of the one-time admin password the dev login asks of `admin_users`
     /// ([`views::generate_admin_password`]); `None`: admins cannot use the dev login.
     pub admin_password_hash: Option<String>,
-    /// The spawn form's profiles, shown to the users their `allowed_groups` admit; empty: one
-    /// default profile.
-    pub profiles: Vec<views::SpawnProfile>,
+    /// The profiles, node pools and data sources users choose from (`--catalog`, or the
+    /// cluster's); empty: one default profile and no check ([`catalog`]).
+    pub catalog: catalog::SharedCatalog,
+    /// The WorkspaceProfile of a start that names none, when the catalogue has it and the user
+    /// may use it (else the first profile they may use).
+    pub default_profile: String,
     /// Refuse OAuth authorization requests without a PKCE S256 challenge (JupyterHub accepts
     /// them, so the default does too; a challenge that is sent is always checked).
     pub oauth_require_pkce: bool,
@@ -85,7 +89,8 @@ impl HubConfig {
             spawn_timeout_secs: 120,
             session_ttl_secs: 14 * 24 * 3600,
             admin_password_hash: None,
-            profiles: Vec::new(),
+            catalog: catalog::SharedCatalog::default(),
+            default_profile: crate::backend::kubernetes::DEFAULT_PROFILE.to_owned(),
             oauth_require_pkce: false,
             oidc_providers: Vec::new(),
         }

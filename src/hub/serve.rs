@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
 
+use super::catalog::{self, Catalog, SharedCatalog};
 use super::{Hub, HubConfig, HubState, ServiceConfig, router, spawner};
 use crate::backend::WorkspaceBackend;
 use crate::backend::local::{LocalBackend, LocalConfig, default_command};
@@ -85,6 +86,12 @@ pub struct HubArgs {
     /// Kubernetes backend: the WorkspaceProfile of a start that names none.
     #[arg(long, env = "ATELIER_DEFAULT_PROFILE", default_value = "default")]
     pub default_profile: String,
+    /// The profiles, node pools and data sources users choose from: a YAML file, or a directory
+    /// of them, of WorkspaceProfile, NodePool and DataSource manifests (README, "Profiles, pools
+    /// and data sources"). Without it the kubernetes backend reads the cluster's; the local
+    /// backend offers one default profile.
+    #[arg(long, env = "ATELIER_CATALOG")]
+    pub catalog: Option<PathBuf>,
     /// Enable the dev login (any user name; admins need the admin password).
     #[arg(long, env = "ATELIER_DEV_LOGIN")]
     pub dev_login: bool,
@@ -214,6 +221,20 @@ pub async fn build_hub(
     store: Store,
     admin_password_hash: Option<String>,
 ) -> anyhow::Result<HubState> {
+    let catalog = match &args.catalog {
+        Some(path) => {
+            let catalog = Catalog::load(path)?;
+            tracing::info!(
+                path = %path.display(),
+                profiles = catalog.profiles.len(),
+                pools = catalog.pools.len(),
+                data_sources = catalog.data_sources.len(),
+                "catalogue loaded"
+            );
+            SharedCatalog::new(catalog)
+        }
+        None => SharedCatalog::default(),
+    };
     let backend: Arc<dyn WorkspaceBackend> = match args.backend {
         BackendKind::Local => Arc::new(local_backend(args)),
         BackendKind::Kubernetes => {
@@ -235,6 +256,14 @@ pub async fn build_hub(
                 },
             };
             config.default_profile = args.default_profile.clone();
+            if args.catalog.is_none() {
+                // The catalogue is the cluster's WorkspaceProfiles, NodePools and DataSources.
+                match catalog::list_cluster(&client).await {
+                    Ok(listed) => catalog.set(listed),
+                    Err(e) => tracing::warn!(error = %e, "cannot list the catalogue yet"),
+                }
+                catalog::spawn_refresh(client.clone(), catalog.clone(), catalog::REFRESH_INTERVAL);
+            }
             config.start_timeout = Duration::from_secs(args.spawn_timeout);
             // Admin-created Workspaces become servers; ones stopped with kubectl stop theirs.
             kubernetes::spawn_sync(
@@ -257,6 +286,8 @@ pub async fn build_hub(
     config.admin_users = args.admin_users.clone();
     config.admin_password_hash = admin_password_hash;
     config.spawn_timeout_secs = args.spawn_timeout;
+    config.catalog = catalog;
+    config.default_profile = args.default_profile.clone();
     config.services = args
         .services
         .iter()
@@ -354,6 +385,10 @@ pub struct UpArgs {
     /// re-adopts them).
     #[arg(long)]
     pub stop_servers_on_exit: bool,
+    /// The profiles, node pools and data sources users choose from, as for `atelier hub`
+    /// (default: one default profile).
+    #[arg(long, env = "ATELIER_CATALOG")]
+    pub catalog: Option<PathBuf>,
 }
 
 /// Finds `jupyterhub-singleuser`, or installs it into `<data_dir>/venv` (a Python venv with the
@@ -441,6 +476,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         server_command: command,
         dev_login: true,
         admin_users: vec!["admin".into()],
+        catalog: args.catalog.clone(),
         ..HubArgs::defaults()
     };
     let (password, hash) = super::views::generate_admin_password();

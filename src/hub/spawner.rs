@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::api::models::server_url;
+use super::catalog::CheckError;
 use super::{HubError, HubResult, HubState};
 use crate::backend::{BackendError, BackendStatus, ProgressEvent, SpawnRequest};
 use crate::store::{
@@ -252,16 +253,31 @@ pub async fn start_server(
 ) -> HubResult<StartOutcome> {
     let name = log_name(&user.name, server_name);
     super::api::check_name("server", server_name)?;
-    let mut server = match hub.store.get_server(user.id, server_name).await {
-        Ok(server) => server,
+    let existing = match hub.store.get_server(user.id, server_name).await {
+        Ok(server) => Some(server),
         Err(StoreError::NotFound) => {
             check_new_server_name(server_name)?;
-            hub.store
-                .create_server(user.id, server_name)
-                .await
-                .map_err(|e| HubError::from_store(format!("server {name}"), e))?
+            None
         }
         Err(e) => return Err(e.into()),
+    };
+    // The catalogue's rules, before anything is written.
+    let groups = hub.store.user_groups(user.id).await?;
+    let options = check_start(
+        hub,
+        &user.name,
+        server_name,
+        &groups,
+        existing.as_ref(),
+        options,
+    )?;
+    let mut server = match existing {
+        Some(server) => server,
+        None => hub
+            .store
+            .create_server(user.id, server_name)
+            .await
+            .map_err(|e| HubError::from_store(format!("server {name}"), e))?,
     };
     let client_id = oauth_client_id(&user.name, server_name);
     match hub.store.get_oauth_client(&client_id).await {
@@ -371,6 +387,65 @@ pub async fn start_server(
     }
 }
 
+/// Checks a start against the hub's catalogue (see [`super::catalog`]), as the operator will:
+/// 403 naming the rule (`ProfileForbidden: ...`) when a rule refuses it, 400 naming the field
+/// when the user options are malformed. The user options are the request's, else the
+/// previous start's (`previous`). Returns the options with the profile the start uses made
+/// explicit (the request's, else the default one the user may use). An empty catalogue checks
+/// nothing.
+pub fn check_start(
+    hub: &HubState,
+    user: &str,
+    server: &str,
+    groups: &[String],
+    previous: Option<&Server>,
+    mut options: StartOptions,
+) -> HubResult<StartOptions> {
+    let catalog = hub.config.catalog.get();
+    if catalog.is_empty() {
+        return Ok(options);
+    }
+    let user_options = options
+        .user_options
+        .clone()
+        .or_else(|| previous.map(|s| s.user_options.clone()))
+        .unwrap_or(Value::Null);
+    let non_empty = |p: &str| !p.is_empty();
+    let profile = options
+        .profile
+        .clone()
+        .filter(|p| non_empty(p))
+        .or_else(|| {
+            options
+                .user_options
+                .is_none()
+                .then(|| previous.and_then(|s| s.profile.clone()))
+                .flatten()
+                .filter(|p| non_empty(p))
+        });
+    let request = SpawnRequest {
+        user: user.to_owned(),
+        server: server.to_owned(),
+        groups: groups.to_vec(),
+        profile,
+        user_options,
+        env: BTreeMap::new(),
+    };
+    match catalog.check(&request, &hub.config.default_profile) {
+        Ok(profile) => {
+            if profile.is_some() {
+                options.profile = profile;
+            }
+            Ok(options)
+        }
+        Err(CheckError::Invalid(e)) => Err(HubError::BadRequest(e.to_string())),
+        Err(e @ CheckError::Refused(_)) => {
+            tracing::info!(user, server, refusal = %e, "start refused by the catalogue");
+            Err(HubError::Forbidden(e.to_string()))
+        }
+    }
+}
+
 /// 400 unless `name` is a valid name for a new server (`policy::names`).
 pub fn check_new_server_name(name: &str) -> HubResult<()> {
     super::api::check_name("server", name)?;
@@ -415,19 +490,33 @@ async fn prepare_spawn(hub: &HubState, user: &User, server: &Server) -> HubResul
         )
         .await?;
     let groups = hub.store.user_groups(user.id).await?;
+    let mut env = server_env(
+        &hub.config,
+        &user.name,
+        &server.name,
+        &token,
+        &server.user_options,
+    );
+    // The operator gives a pod its profile's environment; local processes get it here.
+    if hub.backend.kind() == "local"
+        && let Some(profile) = server
+            .profile
+            .as_deref()
+            .and_then(|p| hub.config.catalog.get().profile(p).cloned())
+    {
+        for (k, v) in &profile.spec.env {
+            if !k.starts_with("JUPYTERHUB_") {
+                env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
     Ok(SpawnRequest {
         user: user.name.clone(),
         server: server.name.clone(),
         groups,
         profile: server.profile.clone(),
         user_options: server.user_options.clone(),
-        env: server_env(
-            &hub.config,
-            &user.name,
-            &server.name,
-            &token,
-            &server.user_options,
-        ),
+        env,
     })
 }
 

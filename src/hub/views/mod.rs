@@ -25,7 +25,6 @@ use axum::routing::{get, post};
 pub use error::PageError;
 pub use login::{generate_admin_password, hash_admin_password, safe_next};
 pub use render::Page;
-pub use servers::SpawnProfile;
 
 use super::{HubError, HubState};
 

@@ -1,11 +1,19 @@
 //! The user's servers: `/hub/home` (servers with start and stop buttons and a live progress
-//! bar), the spawn form `/hub/spawn/<user>[/<server>]` with the profiles the owner's groups
-//! allow, the progress page `/hub/spawn-pending/<user>[/<server>]`, `/hub/stop/...`, and
+//! bar), the spawn form `/hub/spawn/<user>[/<server>]` with the profiles, node pools, GPUs and
+//! data sources the owner's groups allow (the hub's catalogue, [`crate::hub::catalog`]), the
+//! progress page `/hub/spawn-pending/<user>[/<server>]`, `/hub/stop/...`, and
 //! `/hub/user/<user>/...`, where the proxy sends visitors of a server that is not running.
 //!
-//! Starts and stops go through [`crate::hub::spawner`], shared with the REST API.
+//! Starts and stops go through [`crate::hub::spawner`], shared with the REST API, which checks a
+//! start against the catalogue as the API does.
+//!
+//! The form works without JavaScript: each profile's choices are fields prefixed with the
+//! profile's name (`<profile>/nodePool`, `<profile>/cpu`, `<profile>/memory`, `<profile>/gpus`,
+//! `<profile>/gpuType`, `<profile>/dataSource/<name>`); those of the chosen `profile` become the
+//! start's `user_options`, in the Workspace's field names (`profile`, `nodePool`, `resources`
+//! {`cpu`, `memory`, `gpus`, `gpuType`}, `dataSources`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -18,64 +26,11 @@ use super::login::safe_next;
 use super::session::{CsrfForm, LoggedIn};
 use super::{Page, PageError, found, hub_path, see_other, server_url, url_encode};
 use crate::hub::HubState;
+use crate::hub::catalog::ProfileChoice;
 use crate::hub::spawner::{self, StartOptions, StartOutcome};
-use crate::policy::groups::allowed;
 use crate::policy::names::is_valid_server_name;
 use crate::scopes::{ScopeSet, Target};
 use crate::store::{AuditAction, AuditQuery, Server, ServerState, StoreError, User};
-
-/// A choice of the spawn form (`HubConfig::profiles`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SpawnProfile {
-    /// The WorkspaceProfile name given to the backend (and the form's value).
-    pub name: String,
-    /// What the form shows.
-    pub display_name: String,
-    /// A line under it.
-    #[serde(default)]
-    pub description: String,
-    /// Groups whose members may use it; empty: everyone.
-    #[serde(default)]
-    pub allowed_groups: Vec<String>,
-    /// JupyterHub `user_options` of a start with this profile (a JSON object; `profile` is set
-    /// to the name).
-    #[serde(default)]
-    pub user_options: Value,
-}
-
-impl SpawnProfile {
-    /// A profile open to everyone, with no options.
-    pub fn new(name: &str, display_name: &str) -> SpawnProfile {
-        SpawnProfile {
-            name: name.to_owned(),
-            display_name: display_name.to_owned(),
-            description: String::new(),
-            allowed_groups: Vec::new(),
-            user_options: Value::Object(Map::new()),
-        }
-    }
-}
-
-/// The profile of a hub that configures none.
-fn default_profile() -> SpawnProfile {
-    SpawnProfile {
-        description: "The hub's standard environment.".to_owned(),
-        ..SpawnProfile::new("", "Default environment")
-    }
-}
-
-/// The profiles open to a member of `groups`, in configuration order.
-fn profiles_for(hub: &HubState, groups: &BTreeSet<String>) -> Vec<SpawnProfile> {
-    if hub.config.profiles.is_empty() {
-        return vec![default_profile()];
-    }
-    hub.config
-        .profiles
-        .iter()
-        .filter(|p| allowed(&p.allowed_groups, groups))
-        .cloned()
-        .collect()
-}
 
 /// The owner of a server, after checking that `me` holds `scope` on it: 403 without the scope
 /// (whether or not the user exists), then 404.
@@ -300,11 +255,11 @@ pub async fn spawn_page_named(
     spawn_page(&hub, &me, &user, &server, next.as_deref()).await
 }
 
+/// A profile as the form shows it.
 #[derive(Serialize)]
-struct ProfileChoice {
-    name: String,
-    display_name: String,
-    description: String,
+struct ProfileView {
+    #[serde(flatten)]
+    choice: ProfileChoice,
     checked: bool,
 }
 
@@ -315,22 +270,24 @@ fn render_spawn(
     server: &str,
     next: Option<&str>,
     error: Option<&str>,
+    chosen: Option<&str>,
 ) -> Result<Page, PageError> {
-    let profiles = profiles_for(hub, &owner.groups);
-    if profiles.is_empty() {
+    let choices = hub.config.catalog.get().choices_for(&owner.groups);
+    if choices.is_empty() {
         return Err(PageError::forbidden(format!(
             "No profile is open to {}: ask an administrator to add them to a group.",
             owner.user.name
         )));
     }
-    let choices: Vec<ProfileChoice> = profiles
-        .iter()
-        .enumerate()
-        .map(|(i, p)| ProfileChoice {
-            name: p.name.clone(),
-            display_name: p.display_name.clone(),
-            description: p.description.clone(),
-            checked: i == 0,
+    let checked = chosen
+        .filter(|c| choices.iter().any(|p| p.name == *c))
+        .map(str::to_owned)
+        .unwrap_or_else(|| choices[0].name.clone());
+    let profiles: Vec<ProfileView> = choices
+        .into_iter()
+        .map(|choice| ProfileView {
+            checked: choice.name == checked,
+            choice,
         })
         .collect();
     Ok(Page::new("spawn.html")
@@ -339,7 +296,7 @@ fn render_spawn(
         .insert("server", server)
         .insert("label", &label(server))
         .insert("for_other", &(owner.user.id != me.user.id))
-        .insert("profiles", &choices)
+        .insert("profiles", &profiles)
         .insert("action", &hub_path("/hub/spawn", &owner.user.name, server))
         .insert("next", next.unwrap_or(""))
         .insert("error", &error))
@@ -368,17 +325,59 @@ async fn spawn_page(
             ServerState::Stopped | ServerState::Failed => {}
         }
     }
-    Ok(render_spawn(hub, me, &owner, server, next, None)?.into_response())
+    Ok(render_spawn(hub, me, &owner, server, next, None, None)?.into_response())
 }
 
-/// The spawn form.
-#[derive(Deserialize)]
-pub struct SpawnForm {
-    #[serde(default)]
-    profile: Option<String>,
-    /// Where to go once the server runs.
-    #[serde(default)]
-    next: String,
+/// The spawn form's fields (but `_xsrf`): `profile`, `next`, and each profile's choices
+/// (see the module documentation).
+pub type SpawnForm = BTreeMap<String, String>;
+
+/// The `user_options` of the form's choices for `profile`: `profile`, `nodePool`, `resources`
+/// and `dataSources`, empty fields left out. A GPU count that is not a whole number is a 400
+/// naming the field; every other value is checked with the start.
+fn form_options(form: &SpawnForm, profile: &str) -> Result<Value, PageError> {
+    let field = |name: &str| {
+        form.get(&format!("{profile}/{name}"))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let mut options = Map::new();
+    options.insert("profile".into(), Value::String(profile.to_owned()));
+    if let Some(pool) = field("nodePool") {
+        options.insert("nodePool".into(), Value::String(pool.to_owned()));
+    }
+    let mut resources = Map::new();
+    for key in ["cpu", "memory"] {
+        if let Some(q) = field(key) {
+            resources.insert(key.into(), Value::String(q.to_owned()));
+        }
+    }
+    if let Some(gpus) = field("gpus") {
+        let n: i64 = gpus.parse().map_err(|_| {
+            PageError::bad_request(format!(
+                "invalid user_options.resources.gpus: {gpus:?} is not a whole number"
+            ))
+        })?;
+        if n > 0 {
+            resources.insert("gpus".into(), Value::from(n));
+            if let Some(t) = field("gpuType") {
+                resources.insert("gpuType".into(), Value::String(t.to_owned()));
+            }
+        }
+    }
+    if !resources.is_empty() {
+        options.insert("resources".into(), Value::Object(resources));
+    }
+    let prefix = format!("{profile}/dataSource/");
+    let sources: Vec<Value> = form
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix))
+        .map(|name| Value::String(name.to_owned()))
+        .collect();
+    if !sources.is_empty() {
+        options.insert("dataSources".into(), Value::Array(sources));
+    }
+    Ok(Value::Object(options))
 }
 
 /// `POST /hub/spawn/{user}`.
@@ -410,41 +409,47 @@ async fn spawn(
     let me = form.logged_in()?;
     check_server_name(server)?;
     let owner = owner_for(hub, &me.user, user, server, "servers").await?;
-    let open = profiles_for(hub, &owner.groups);
-    let next = safe_next(&form.form.next);
-    let wanted = form.form.profile.unwrap_or_default();
-    let profile = if hub.config.profiles.is_empty() {
-        None
-    } else if wanted.is_empty() && open.len() == 1 {
-        Some(open[0].clone())
-    } else if let Some(p) = open.iter().find(|p| p.name == wanted) {
-        Some(p.clone())
-    } else if hub.config.profiles.iter().any(|p| p.name == wanted) {
-        return Err(PageError::forbidden(format!(
-            "Profile {wanted:?} is not open to {}.",
-            owner.user.name
-        )));
-    } else {
-        return Err(PageError::bad_request(format!("No profile {wanted:?}.")));
+    let next = safe_next(form.form.get("next").map_or("", String::as_str));
+    let wanted = form.form.get("profile").cloned().unwrap_or_default();
+    // The form again, with why the start was refused, under the refusal's status.
+    let refused = |err: PageError| -> Result<Response, PageError> {
+        if err.status().is_server_error() {
+            return Err(err);
+        }
+        Ok(render_spawn(
+            hub,
+            &me,
+            &owner,
+            server,
+            next.as_deref(),
+            Some(err.message()),
+            Some(&wanted),
+        )?
+        .status(err.status())
+        .into_response())
     };
-    let options = match &profile {
-        None => StartOptions::default(),
-        Some(p) => {
-            let mut user_options = match &p.user_options {
-                Value::Object(map) => map.clone(),
-                _ => Map::new(),
-            };
-            user_options.insert("profile".to_owned(), Value::String(p.name.clone()));
-            StartOptions {
-                profile: Some(p.name.clone()),
-                user_options: Some(Value::Object(user_options)),
+    let options = if hub.config.catalog.get().is_empty() || wanted.is_empty() {
+        // No catalogue, or no choice sent: the default profile the owner may use.
+        StartOptions::default()
+    } else {
+        match form_options(&form.form, &wanted) {
+            Ok(user_options) => StartOptions {
+                profile: Some(wanted.clone()),
+                user_options: Some(user_options),
                 ..StartOptions::default()
-            }
+            },
+            Err(err) => return refused(err),
         }
     };
-    let options = StartOptions {
-        actor: Some(me.user.name.clone()),
-        ..options
+    // The catalogue's rules first, so that a refusal is shown as such (the start checks again).
+    let groups: Vec<String> = owner.groups.iter().cloned().collect();
+    let options = match spawner::check_start(hub, &owner.user.name, server, &groups, None, options)
+    {
+        Ok(options) => StartOptions {
+            actor: Some(me.user.name.clone()),
+            ..options
+        },
+        Err(err) => return refused(PageError::from(err)),
     };
     let pending = with_next(
         &hub_path("/hub/spawn-pending", user, server),
@@ -468,22 +473,7 @@ async fn spawn(
                     tracing::info!(user, server, error = %err, "spawn from the web page refused");
                     Ok(see_other(&pending))
                 }
-                _ => {
-                    let err = PageError::from(err);
-                    if err.status().is_server_error() {
-                        return Err(err);
-                    }
-                    Ok(render_spawn(
-                        hub,
-                        &me,
-                        &owner,
-                        server,
-                        next.as_deref(),
-                        Some(err.message()),
-                    )?
-                    .status(err.status())
-                    .into_response())
-                }
+                _ => refused(PageError::from(err)),
             }
         }
     }
@@ -707,24 +697,5 @@ mod tests {
         assert_eq!(decode_segment("alice").as_deref(), Some("alice"));
         assert_eq!(decode_segment("a%2Fb").as_deref(), Some("a/b"));
         assert_eq!(decode_segment("%zz"), None);
-    }
-
-    #[test]
-    fn profiles_filter_by_group() {
-        let p = |name: &str, groups: &[&str]| SpawnProfile {
-            allowed_groups: groups.iter().map(|g| g.to_string()).collect(),
-            ..SpawnProfile::new(name, name)
-        };
-        let profiles = [p("cpu", &[]), p("gpu", &["ocean"])];
-        let set = |gs: &[&str]| gs.iter().map(|g| g.to_string()).collect::<BTreeSet<_>>();
-        let names = |groups: &BTreeSet<String>| {
-            profiles
-                .iter()
-                .filter(|p| allowed(&p.allowed_groups, groups))
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(names(&set(&[])), vec!["cpu"]);
-        assert_eq!(names(&set(&["ocean"])), vec!["cpu", "gpu"]);
     }
 }
