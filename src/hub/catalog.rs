@@ -630,3 +630,288 @@ pub fn spawn_refresh(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::operator::workspace::validate::reason;
+
+    fn examples() -> Catalog {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/examples");
+        Catalog::load(&dir).expect("crds/examples load")
+    }
+
+    fn groups(gs: &[&str]) -> BTreeSet<String> {
+        gs.iter().map(|g| g.to_string()).collect()
+    }
+
+    fn request(user_groups: &[&str], options: Value) -> SpawnRequest {
+        SpawnRequest {
+            user: "alice".into(),
+            server: String::new(),
+            groups: user_groups.iter().map(|g| g.to_string()).collect(),
+            profile: None,
+            user_options: options,
+            env: Default::default(),
+        }
+    }
+
+    fn refusal(catalog: &Catalog, user_groups: &[&str], options: Value) -> Refusal {
+        match catalog.check(&request(user_groups, options), "default") {
+            Err(CheckError::Refused(r)) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_examples_load_and_other_kinds_are_skipped() {
+        let c = examples();
+        let names: Vec<String> = c.names();
+        assert_eq!(
+            names,
+            [
+                "WorkspaceProfile/pangeo",
+                "WorkspaceProfile/rstudio-geospatial",
+                "WorkspaceProfile/qgis-desktop",
+                "WorkspaceProfile/gpu-ml",
+                "NodePool/interactive",
+                "NodePool/gpu-trex",
+                "NodePool/batch",
+                "DataSource/sentinel-2-l2a",
+                "DataSource/argo-floats",
+                "DataSource/vo-scratch",
+            ]
+        );
+        // The same file alone (a single multi-document file).
+        let one = Catalog::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/examples/profiles.yaml"),
+        )
+        .unwrap();
+        assert_eq!(one.profiles.len(), 4);
+        assert!(one.pools.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_file_document_and_field() {
+        let bad = |text: &str| {
+            let mut c = Catalog::default();
+            c.add_yaml(Path::new("site/catalog.yaml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let head = "apiVersion: atelier.dev/v1alpha1\nkind: NodePool\nmetadata: {name: cpu}\nspec: {purpose: interactive}\n---\n";
+        let e = bad(&format!(
+            "{head}apiVersion: atelier.dev/v1alpha1\nkind: WorkspaceProfile\nmetadata: {{name: p}}\nspec:\n  displayName: P\n  image: i\n  defaultResources: {{cpu: 2}}\n"
+        ));
+        assert!(e.starts_with("site/catalog.yaml, document 2: "), "{e}");
+        assert!(e.contains("spec.defaultResources.cpu"), "{e}");
+        let e = bad(&format!(
+            "{head}apiVersion: atelier.dev/v1alpha1\nkind: NodePool\nmetadata: {{name: g}}\nspec: {{purpose: gpu}}\n"
+        ));
+        assert!(e.contains("document 2") && e.contains("spec.gpu"), "{e}");
+        let e = bad("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
+        assert!(e.contains("document 1") && e.contains("apiVersion"), "{e}");
+        let e = bad("apiVersion: atelier.dev/v1alpha1\nkind: Gadget\nmetadata: {name: x}\n");
+        assert!(e.contains("field kind"), "{e}");
+        let e = bad(
+            "apiVersion: atelier.dev/v1alpha1\nkind: NodePool\nmetadata: {name: Bad_Name}\nspec: {purpose: batch}\n",
+        );
+        assert!(e.contains("metadata.name"), "{e}");
+        let e = bad(&format!("{head}{head}"));
+        assert!(e.contains("NodePool cpu is defined twice"), "{e}");
+        let e = bad(
+            "apiVersion: atelier.dev/v1alpha1\nkind: WorkspaceProfile\nmetadata: {name: p}\nspec: {displayName: P, image: i, maxResources: {memory: lots}}\n",
+        );
+        assert!(e.contains("spec.maxResources.memory"), "{e}");
+        let e = bad(
+            "apiVersion: atelier.dev/v1alpha1\nkind: DataSource\nmetadata: {name: d}\nspec: {mountPath: /d, nfs: {server: s, path: /p}, pvc: {claimName: c}}\n",
+        );
+        assert!(e.contains("exactly one of s3"), "{e}");
+        let e = bad("a: [unclosed\n");
+        assert!(e.starts_with("site/catalog.yaml: not YAML"), "{e}");
+        // A missing file names itself.
+        let e = Catalog::load(Path::new("/nonexistent/catalog.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/nonexistent/catalog.yaml: "), "{e}");
+    }
+
+    #[test]
+    fn choices_follow_the_groups() {
+        let c = examples();
+        let none = c.choices_for(&groups(&[]));
+        let names: Vec<&str> = none.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["pangeo", "rstudio-geospatial", "qgis-desktop"]);
+        let pangeo = &none[0];
+        assert_eq!(pangeo.kind, "jupyter");
+        assert_eq!(pangeo.default_resources.cpu.as_deref(), Some("2"));
+        assert_eq!(pangeo.max_resources.memory.as_deref(), Some("64Gi"));
+        let pools: Vec<&str> = pangeo.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            pools,
+            ["interactive"],
+            "no gpu or batch pool without the groups"
+        );
+        assert!(pangeo.pools[0].default);
+        assert_eq!(pangeo.max_gpus, 0);
+        let sources: Vec<&str> = pangeo
+            .data_sources
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(sources, ["sentinel-2-l2a"]);
+
+        let ocean = c.choices_for(&groups(&["ocean-physics"]));
+        let gpu = ocean.iter().find(|p| p.name == "gpu-ml").expect("gpu-ml");
+        let trex = gpu
+            .pools
+            .iter()
+            .find(|p| p.name == "gpu-trex")
+            .expect("gpu-trex");
+        assert_eq!(trex.gpu_types, ["a100", "v100"]);
+        assert_eq!(trex.max_gpus, Some(2));
+        assert_eq!(gpu.max_gpus, 2);
+        assert_eq!(gpu.gpu_types, ["a100", "v100"]);
+        let sources: Vec<&str> = gpu.data_sources.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(sources, ["sentinel-2-l2a", "argo-floats"]);
+
+        let vo = c.choices_for(&groups(&["vo.example.org"]));
+        assert!(!vo.iter().any(|p| p.name == "gpu-ml"));
+        assert!(vo[0].pools.iter().any(|p| p.name == "batch"));
+        assert!(vo[0].data_sources.iter().any(|d| d.name == "vo-scratch"));
+
+        // An empty catalogue: one default profile.
+        let default = Catalog::default().choices_for(&groups(&[]));
+        assert_eq!(default.len(), 1);
+        assert_eq!(default[0].name, "");
+    }
+
+    #[test]
+    fn checks_are_the_operators() {
+        let c = examples();
+        let ocean = ["ocean-physics"];
+        // Allowed: defaults, a pool, a GPU type, a data source.
+        assert_eq!(
+            c.check(&request(&[], json!({"profile": "pangeo"})), "default"),
+            Ok(Some("pangeo".into()))
+        );
+        let ok = json!({"profile": "gpu-ml", "nodePool": "gpu-trex",
+            "resources": {"gpus": 2, "gpuType": "a100"}, "dataSources": ["argo-floats"]});
+        assert_eq!(
+            c.check(&request(&ocean, ok), "default"),
+            Ok(Some("gpu-ml".into()))
+        );
+        // No profile named: the first one open (no "default" profile in the examples).
+        assert_eq!(
+            c.check(&request(&[], Value::Null), "default"),
+            Ok(Some("pangeo".into()))
+        );
+        assert_eq!(
+            c.check(&request(&[], Value::Null), "qgis-desktop"),
+            Ok(Some("qgis-desktop".into()))
+        );
+
+        let r = refusal(&c, &[], json!({"profile": "gpu-ml"}));
+        assert_eq!(r.reason, reason::PROFILE_FORBIDDEN);
+        assert!(
+            r.message.contains("gpu-ml") && r.message.contains("ocean-physics"),
+            "{}",
+            r.message
+        );
+        let r = refusal(&c, &[], json!({"profile": "nope"}));
+        assert_eq!(r.reason, reason::PROFILE_NOT_FOUND);
+        let r = refusal(
+            &c,
+            &[],
+            json!({"profile": "pangeo", "nodePool": "gpu-trex"}),
+        );
+        assert_eq!(r.reason, reason::NODE_POOL_FORBIDDEN);
+        let r = refusal(
+            &c,
+            &[],
+            json!({"profile": "pangeo", "resources": {"gpus": 1}}),
+        );
+        assert_eq!(r.reason, reason::NO_ELIGIBLE_POOL);
+        let r = refusal(
+            &c,
+            &ocean,
+            json!({"profile": "gpu-ml", "resources": {"gpus": 3}}),
+        );
+        assert_eq!(r.reason, reason::RESOURCES_EXCEED_PROFILE);
+        let r = refusal(
+            &c,
+            &ocean,
+            json!({"profile": "gpu-ml", "resources": {"gpus": 1, "gpuType": "h100"}}),
+        );
+        assert_eq!(r.reason, reason::NO_ELIGIBLE_POOL);
+        let r = refusal(
+            &c,
+            &[],
+            json!({"profile": "pangeo", "resources": {"cpu": "17"}}),
+        );
+        assert_eq!(r.reason, reason::RESOURCES_EXCEED_PROFILE);
+        let r = refusal(
+            &c,
+            &[],
+            json!({"profile": "pangeo", "dataSources": ["argo-floats"]}),
+        );
+        assert_eq!(r.reason, reason::DATA_SOURCE_FORBIDDEN);
+        let r = refusal(
+            &c,
+            &[],
+            json!({"profile": "pangeo", "dataSources": ["nope"]}),
+        );
+        assert_eq!(r.reason, reason::DATA_SOURCE_NOT_FOUND);
+        let r = refusal(&c, &[], json!({"profile": "pangeo", "image": "other:1"}));
+        assert_eq!(r.reason, reason::IMAGE_OVERRIDE_FORBIDDEN);
+        // A group whose name holds a comma grants nothing (the operator drops it too).
+        let r = refusal(&c, &["ocean-physics,x"], json!({"profile": "gpu-ml"}));
+        assert_eq!(r.reason, reason::PROFILE_FORBIDDEN);
+
+        // Malformed options name the field.
+        match c.check(
+            &request(&[], json!({"resources": {"gpus": "two"}})),
+            "default",
+        ) {
+            Err(CheckError::Invalid(e)) => assert_eq!(e.field, "user_options.resources.gpus"),
+            other => panic!("{other:?}"),
+        }
+        match c.check(&request(&[], json!({"dataSources": "argo"})), "default") {
+            Err(CheckError::Invalid(e)) => assert_eq!(e.field, "user_options.dataSources"),
+            other => panic!("{other:?}"),
+        }
+        // An empty catalogue checks nothing.
+        assert_eq!(
+            Catalog::default().check(&request(&[], json!({"profile": "x"})), "default"),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn user_names_the_cluster_cannot_hold_are_still_checked() {
+        let c = examples();
+        let mut r = request(&[], json!({"profile": "gpu-ml"}));
+        r.user = "Alice@Example".into();
+        assert!(matches!(
+            c.check(&r, "default"),
+            Err(CheckError::Refused(Refusal {
+                reason: reason::PROFILE_FORBIDDEN,
+                ..
+            }))
+        ));
+        r.user_options = json!({"profile": "pangeo"});
+        assert_eq!(c.check(&r, "default"), Ok(Some("pangeo".into())));
+    }
+
+    #[test]
+    fn the_shared_catalogue_is_replaced_whole() {
+        let shared = SharedCatalog::default();
+        assert!(shared.get().is_empty());
+        let before = shared.get();
+        shared.set(examples());
+        assert_eq!(shared.get().profiles.len(), 4);
+        assert!(before.is_empty(), "readers keep the catalogue they took");
+    }
+}
