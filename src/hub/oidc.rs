@@ -14,6 +14,12 @@
 //! A (provider, `sub`) pair is linked to its hub user at its first login (table
 //! `oidc_identities`), so a user keeps their name when the claim changes and two subjects whose
 //! claims normalise to the same name never share an account: the second one gets `<name>-2`.
+//! An account created beforehand (by an admin, or listed in `admin_users`) that no identity
+//! logs in to yet is claimed by the first login whose claim is that very name up to ASCII case
+//! ([`MappedLogin::exact`]); a name the normalisation had to change (punctuation, anything not
+//! ASCII: Cyrillic or fullwidth look-alikes, combining marks, invisible characters) never claims
+//! an existing account nor an `admin_users` name, it gets a new account (`<name>` if free,
+//! otherwise `<name>-2`, …). See [`claim_user_name`].
 //!
 //! Logout ends the hub session and, when the provider advertises an `end_session_endpoint`,
 //! continues there with `id_token_hint` and `post_logout_redirect_uri` (`<public_url>/hub/login`).
@@ -258,8 +264,9 @@ pub fn parse_config(
 /// | `José`                   | `jos`                   |
 /// | `@@@`                    | refused                 |
 ///
-/// Different values can give the same name (`alice.smith`, `alice_smith`); the identity table
-/// keeps them apart ([`crate::store::Store::link_oidc_identity`]).
+/// Different values can give the same name (`alice.smith`, `alice_smith`, `alice\u{200d}`); the
+/// identity table keeps them apart ([`crate::store::Store::link_oidc_identity`]) and only an
+/// [`is_exact_username`] claim may take over an existing account.
 pub fn normalize_username(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
@@ -272,6 +279,16 @@ pub fn normalize_username(raw: &str) -> Option<String> {
     out.truncate(63);
     let name = out.trim_end_matches('-').to_owned();
     is_valid_user_name(&name).then_some(name)
+}
+
+/// Whether the claim value `raw` is the user name `name` itself up to ASCII case and
+/// surrounding ASCII whitespace: then the normalisation lost nothing (`Alice` → `alice`). Not
+/// when it dropped or replaced a character: `alice.`, `../alice`, `alice@x`, `аlice` (Cyrillic
+/// `а`), `ａlice` (fullwidth), `alice\u{301}` (a combining mark), `alice\u{200d}` (a zero-width
+/// joiner). Only an exact claim may claim an existing account or an `admin_users` name.
+pub fn is_exact_username(raw: &str, name: &str) -> bool {
+    let trimmed = raw.trim_matches(|c: char| c.is_ascii_whitespace());
+    trimmed.is_ascii() && trimmed.eq_ignore_ascii_case(name)
 }
 
 /// The groups of an `eduperson_entitlement` value in the AARC-G002 form
@@ -837,7 +854,11 @@ pub async fn callback(
 pub struct MappedLogin {
     pub subject: String,
     pub username: String,
+    /// Whether the claim is `username` itself up to ASCII case ([`is_exact_username`]): only
+    /// then may the login claim an existing account or an `admin_users` name.
+    pub exact: bool,
     pub groups: Vec<String>,
+    /// Whether the groups make the user an admin (`admin_groups`).
     pub admin: bool,
 }
 
@@ -862,10 +883,12 @@ pub fn map_claims(
         })?;
     let username = normalize_username(raw).ok_or_else(|| {
         PageError::forbidden(format!(
-            "The claim {:?} gives no usable user name.",
+            "The claim {:?} gives no usable user name: a user name here needs ASCII letters or \
+             digits. Ask an administrator.",
             settings.username_claim
         ))
     })?;
+    let exact = is_exact_username(raw, &username);
     let groups = groups_from_claims(claims, &settings.group_claims);
     let in_any = |wanted: &[String]| wanted.iter().any(|g| groups.contains(g));
     if !settings.allowed_groups.is_empty() && !in_any(&settings.allowed_groups) {
@@ -879,6 +902,7 @@ pub fn map_claims(
         subject: subject.to_owned(),
         admin: in_any(&settings.admin_groups),
         username,
+        exact,
         groups,
     })
 }
@@ -892,12 +916,6 @@ async fn complete_login(
 ) -> Result<Response, PageError> {
     let settings = &provider.settings;
     let mapped = map_claims(settings, claims)?;
-    let admin = mapped.admin
-        || hub
-            .config
-            .admin_users
-            .iter()
-            .any(|a| a.trim().eq_ignore_ascii_case(&mapped.username));
     let user = match hub
         .store
         .oidc_identity_user(&settings.name, &mapped.subject)
@@ -906,7 +924,7 @@ async fn complete_login(
     {
         Some(user) => user,
         None => {
-            let user = claim_user_name(hub, &mapped.username, admin).await?;
+            let user = claim_user_name(hub, &mapped).await?;
             match hub
                 .store
                 .link_oidc_identity(&settings.name, &mapped.subject, user.id)
@@ -924,6 +942,8 @@ async fn complete_login(
             }
         }
     };
+    // admin_users by the account's name: a look-alike never got such a name (claim_user_name).
+    let admin = mapped.admin || is_admin_user(hub, &user.name);
     let user = if admin && !user.admin {
         hub.store
             .set_user_admin(&user.name, true)
@@ -965,13 +985,25 @@ async fn complete_login(
     ))
 }
 
-/// The user a new identity logs in as: `name` when it is free or an account nobody logs in to
-/// with single sign-on yet (created by an admin beforehand), otherwise `name-2`, `name-3`, …
-async fn claim_user_name(
-    hub: &HubState,
-    name: &str,
-    admin: bool,
-) -> Result<store::User, PageError> {
+fn is_admin_user(hub: &HubState, name: &str) -> bool {
+    hub.config
+        .admin_users
+        .iter()
+        .any(|a| a.trim().eq_ignore_ascii_case(name))
+}
+
+/// The user a new identity (`mapped`) logs in as.
+///
+/// - An exact claim ([`MappedLogin::exact`]) takes the account `name` when it is free (created)
+///   or when it exists with no identity linked yet: an account an admin created beforehand, by
+///   the API or the admin page, is claimed by the first single sign-on login with its name
+///   (it keeps its admin flag; its groups become the provider's at every login).
+/// - A name the normalisation changed takes `name` only when no account has it and it is not
+///   in `admin_users`: a look-alike never claims an account nor admin rights.
+/// - Otherwise, and for an account already linked to another identity (never merged), a new
+///   account `name-2`, `name-3`, … (never an existing one).
+async fn claim_user_name(hub: &HubState, mapped: &MappedLogin) -> Result<store::User, PageError> {
+    let name = mapped.username.as_str();
     for n in 1..=100u32 {
         let candidate = if n == 1 {
             name.to_owned()
@@ -981,14 +1013,25 @@ async fn claim_user_name(
             base.truncate(63 - suffix.len());
             format!("{}{suffix}", base.trim_end_matches(['-', '.', '_']))
         };
-        let user = find_or_create_oidc_user(hub, &candidate, admin).await?;
-        if !hub
-            .store
-            .user_has_oidc_identity(user.id)
-            .await
-            .map_err(PageError::unexpected)?
-        {
-            return Ok(user);
+        if n == 1 && mapped.exact {
+            let user = find_or_create_oidc_user(hub, &candidate, mapped.admin).await?;
+            if !hub
+                .store
+                .user_has_oidc_identity(user.id)
+                .await
+                .map_err(PageError::unexpected)?
+            {
+                return Ok(user);
+            }
+            continue;
+        }
+        if is_admin_user(hub, &candidate) {
+            continue;
+        }
+        match hub.store.create_user(&candidate, mapped.admin).await {
+            Ok(user) => return Ok(user),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(PageError::from_store(format_args!("user {candidate}"), e)),
         }
     }
     Err(PageError::conflict(

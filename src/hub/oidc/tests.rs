@@ -21,12 +21,62 @@ fn usernames_are_normalised() {
         ("@@@", None),
         ("", None),
         ("ééé", None),
+        // Path and markup characters are separators: never a path, never markup.
+        ("../evil", Some("evil")),
+        ("..", None),
+        ("a/../../b", Some("a-b")),
+        ("<script>alert(1)</script>", Some("script-alert-1-script")),
+        (
+            "\"><img src=x onerror=alert(1)>",
+            Some("img-src-x-onerror-alert-1"),
+        ),
+        // Unicode look-alikes are not letters here: dropped or separators, never their ASCII twin.
+        ("аdmin", Some("dmin")),         // Cyrillic а
+        ("admіn", Some("adm-n")),        // Cyrillic і
+        ("ａｄｍｉｎ", None),            // fullwidth
+        ("admin\u{301}", Some("admin")), // a combining acute accent: see is_exact_username
+        ("a\u{301}dmin", Some("a-dmin")),
+        ("ad\u{200d}min", Some("ad-min")), // a zero-width joiner
+        ("admin\u{200d}", Some("admin")),
+        ("\u{200b}", None),
     ];
     for (raw, expected) in table {
         assert_eq!(normalize_username(raw).as_deref(), *expected, "{raw:?}");
+        if let Some(name) = normalize_username(raw) {
+            assert!(
+                is_valid_user_name(&name),
+                "{raw:?} gives the invalid {name:?}"
+            );
+        }
     }
     let long = normalize_username(&"a.".repeat(100)).unwrap();
     assert!(long.len() <= 63 && is_valid_user_name(&long), "{long}");
+}
+
+#[test]
+fn only_an_unchanged_claim_is_exact() {
+    for (raw, name) in [("alice", "alice"), ("Alice", "alice"), (" ALICE ", "alice")] {
+        assert!(is_exact_username(raw, name), "{raw:?} is exactly {name:?}");
+    }
+    for raw in [
+        "alice.",
+        "-alice",
+        "../alice",
+        "alice@uni.example.org",
+        "аlice",         // Cyrillic а: gives "lice", not exact either
+        "ａlice",        // fullwidth
+        "alice\u{301}",  // combining mark
+        "alice\u{200d}", // zero-width joiner
+        "alice\u{200b}", // zero-width space
+        "alice\u{a0}",   // no-break space
+        "Alice\u{212a}", // Kelvin sign K
+    ] {
+        let name = normalize_username(raw).unwrap_or_default();
+        assert!(
+            !is_exact_username(raw, &name),
+            "{raw:?} (→ {name:?}) must not count as exact"
+        );
+    }
 }
 
 #[test]
@@ -162,6 +212,7 @@ fn claims_map_to_a_login_or_a_refusal() {
         MappedLogin {
             subject: "s-1".into(),
             username: "alice".into(),
+            exact: true,
             groups: vec!["ocean-physics".into()],
             admin: false,
         }
@@ -183,6 +234,28 @@ fn claims_map_to_a_login_or_a_refusal() {
         "{refused:?}"
     );
     assert!(map_claims(&s, &claims(json!({"preferred_username": "x"}))).is_err());
+    // A look-alike is mapped, but not exact: it cannot claim "admin".
+    let lookalike = map_claims(
+        &s,
+        &claims(json!({"sub": "s-4", "preferred_username": "admin\u{200d}", "groups": ["ocean-physics"]})),
+    )
+    .unwrap();
+    assert_eq!(
+        (lookalike.username.as_str(), lookalike.exact),
+        ("admin", false)
+    );
+    // Nothing usable (fullwidth letters only): a clear refusal.
+    let fullwidth = map_claims(
+        &s,
+        &claims(
+            json!({"sub": "s-5", "preferred_username": "ａｄｍｉｎ", "groups": ["ocean-physics"]}),
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{fullwidth:?}").contains("no usable user name"),
+        "{fullwidth:?}"
+    );
     assert!(
         map_claims(
             &s,
@@ -295,7 +368,7 @@ fn a_valid_id_token_is_accepted_with_its_extra_claims() {
 }
 
 #[test]
-fn bad_id_tokens_are_refused() {
+fn an_expired_id_token_is_refused() {
     let expired = token(&TokenSpec {
         expires_in: -60,
         ..GOOD
@@ -304,6 +377,10 @@ fn bad_id_tokens_are_refused() {
         verify(&expired, jwks("k1")),
         Err(ClaimsVerificationError::Expired(_))
     ));
+}
+
+#[test]
+fn an_id_token_of_another_issuer_is_refused() {
     let other_issuer = token(&TokenSpec {
         issuer: "https://evil.example.org",
         ..GOOD
@@ -312,6 +389,10 @@ fn bad_id_tokens_are_refused() {
         verify(&other_issuer, jwks("k1")),
         Err(ClaimsVerificationError::InvalidIssuer(_))
     ));
+}
+
+#[test]
+fn an_id_token_for_another_audience_is_refused() {
     let other_audience = token(&TokenSpec {
         audience: "another-client",
         ..GOOD
@@ -320,6 +401,10 @@ fn bad_id_tokens_are_refused() {
         verify(&other_audience, jwks("k1")),
         Err(ClaimsVerificationError::InvalidAudience(_))
     ));
+}
+
+#[test]
+fn an_id_token_with_a_wrong_nonce_is_refused() {
     let wrong_nonce = token(&TokenSpec {
         nonce: "n-other",
         ..GOOD
@@ -328,6 +413,10 @@ fn bad_id_tokens_are_refused() {
         verify(&wrong_nonce, jwks("k1")),
         Err(ClaimsVerificationError::InvalidNonce(_))
     ));
+}
+
+#[test]
+fn an_id_token_of_an_unknown_key_or_tampered_is_refused() {
     // A key the JWKS does not hold (rotated keys): a signature failure, on which the hub fetches
     // the JWKS again once.
     let rotated = token(&TokenSpec { kid: "k2", ..GOOD });
