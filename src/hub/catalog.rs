@@ -4,7 +4,9 @@
 //! The catalogue comes from the manifests an admin `kubectl apply`s: `--catalog PATH` (a YAML
 //! file or a directory of `*.yaml`/`*.yml` files, multi-document; [`Catalog::load`]), or, for the
 //! kubernetes backend without `--catalog`, the cluster's own resources ([`spawn_refresh`], listed
-//! every [`REFRESH_INTERVAL`]).
+//! every [`REFRESH_INTERVAL`]; the hub needs `list` on `workspaceprofiles`, `nodepools` and
+//! `datasources` of `atelier.dev`, cluster-wide, as the chart's `<hub>-catalog` ClusterRole
+//! grants).
 //!
 //! Policy is not written twice: [`Catalog::check`] builds the Workspace the kubernetes backend
 //! would apply ([`build_workspace`]) and runs the operator's [`validate`] on it, with the

@@ -223,6 +223,15 @@ def check_rbac(docs: list[dict], label: str, mode: str) -> None:
     if mode != "shared":
         hub_want[("", "namespaces")] = {"patch"}
     check(hub is not None and verbs(hub["rules"]) == hub_want, f"{label}: hub RBAC is the kubernetes backend's ({mode})")
+    # The hub's catalogue (src/hub/catalog.rs, list_cluster): cluster-scoped, so a ClusterRole in
+    # both modes, bound to the hub's ServiceAccount.
+    catalog = find(docs, "ClusterRole", "-hub-catalog")
+    check(catalog is not None and verbs(catalog["rules"]) == {("atelier.dev", r): {"list"} for r in ("workspaceprofiles", "nodepools", "datasources")},
+          f"{label}: hub catalogue ClusterRole lists exactly the catalogue's kinds ({mode})")
+    binding = find(docs, "ClusterRoleBinding", "-hub-catalog")
+    check(binding is not None and binding["roleRef"]["name"] == (catalog or {}).get("metadata", {}).get("name")
+          and [s["name"] for s in binding["subjects"]] == [find(docs, "ServiceAccount", "-hub")["metadata"]["name"]],
+          f"{label}: hub catalogue ClusterRole is bound to the hub's ServiceAccount ({mode})")
 
 
 def check_render(values: dict, label: str, name: str = "atelier", namespace: str = "atelier") -> list[dict]:
