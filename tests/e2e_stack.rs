@@ -32,9 +32,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use atelier::store::Store;
@@ -52,6 +51,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 mod common;
 
+use common::stack::{Deadline, Proc, free_port, gone, kill_leftovers, singleusers};
 use common::{TestDb, say};
 
 /// How long a server has to start (the hub's `--spawn-timeout`), and the test's bound on it.
@@ -106,198 +106,6 @@ impl Engine {
             Engine::Sqlite => "sqlite",
             Engine::Postgres => "postgres",
         }
-    }
-}
-
-// ---- processes ------------------------------------------------------------------------------
-
-/// What `/proc` says of a process.
-#[derive(Debug, Clone)]
-struct ProcInfo {
-    pid: i32,
-    pgid: i32,
-    state: char,
-    cmdline: String,
-    environ: Vec<String>,
-    cwd: Option<PathBuf>,
-}
-
-impl ProcInfo {
-    fn read(pid: i32) -> Option<ProcInfo> {
-        let base = PathBuf::from(format!("/proc/{pid}"));
-        let stat = std::fs::read_to_string(base.join("stat")).ok()?;
-        // `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses.
-        let after = &stat[stat.rfind(')')? + 2..];
-        let mut fields = after.split_whitespace();
-        let state = fields.next()?.chars().next()?;
-        let _ppid = fields.next()?;
-        let pgid = fields.next()?.parse().ok()?;
-        let nul_list = |name: &str| -> Vec<String> {
-            std::fs::read(base.join(name))
-                .map(|bytes| {
-                    bytes
-                        .split(|b| *b == 0)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        Some(ProcInfo {
-            pid,
-            pgid,
-            state,
-            cmdline: nul_list("cmdline").join(" "),
-            environ: nul_list("environ"),
-            cwd: std::fs::read_link(base.join("cwd")).ok(),
-        })
-    }
-
-    fn alive(&self) -> bool {
-        !matches!(self.state, 'Z' | 'X')
-    }
-
-    /// Whether the process mentions `dir` in its arguments, environment or working directory.
-    fn belongs_to(&self, dir: &str) -> bool {
-        self.cmdline.contains(dir)
-            || self.environ.iter().any(|e| e.contains(dir))
-            || self
-                .cwd
-                .as_ref()
-                .is_some_and(|c| c.to_string_lossy().contains(dir))
-    }
-
-    fn env(&self, key: &str) -> Option<&str> {
-        self.environ
-            .iter()
-            .find_map(|e| e.strip_prefix(key)?.strip_prefix('='))
-    }
-}
-
-/// Every process but this one.
-fn processes() -> Vec<ProcInfo> {
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me)
-        .filter_map(ProcInfo::read)
-        .collect()
-}
-
-/// The live `jupyterhub-singleuser` processes of `user` started under `dir`.
-fn singleusers(dir: &str, user: &str) -> Vec<ProcInfo> {
-    processes()
-        .into_iter()
-        .filter(|p| {
-            p.alive()
-                && p.belongs_to(dir)
-                && p.cmdline.contains("jupyterhub-singleuser")
-                && p.env("JUPYTERHUB_USER") == Some(user)
-        })
-        .collect()
-}
-
-/// Whether process `pid` is gone (or a zombie nobody reaped yet).
-fn gone(pid: i32) -> bool {
-    ProcInfo::read(pid).is_none_or(|p| !p.alive())
-}
-
-/// Kills (SIGKILL) every process under `dir`, and the process groups they lead.
-fn kill_leftovers(dir: &str) -> usize {
-    // SAFETY: getpgrp(2) has no preconditions.
-    let own_group = unsafe { libc::getpgrp() };
-    let mut killed = 0;
-    for _ in 0..5 {
-        let left: Vec<ProcInfo> = processes()
-            .into_iter()
-            .filter(|p| p.alive() && p.belongs_to(dir))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        for p in &left {
-            // SAFETY: kill(2) of processes (and groups they lead) that this test started.
-            unsafe {
-                if p.pgid == p.pid && p.pgid != own_group {
-                    libc::kill(-p.pgid, libc::SIGKILL);
-                }
-                libc::kill(p.pid, libc::SIGKILL);
-            }
-            killed += 1;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    killed
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A child process of the test with its output in a log file.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut command: Command, dir: &Path) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open a log");
-        command
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child, log }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// SIGKILL, reaped.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then up to `grace` to exit, then SIGKILL. Whether it exited on its own.
-    async fn terminate(&mut self, grace: Duration) -> bool {
-        // SAFETY: kill(2) of our own child.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
-        let end = Instant::now() + grace;
-        while Instant::now() < end {
-            if self.exited().is_some() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.kill();
-        false
     }
 }
 
@@ -592,31 +400,6 @@ impl Browser {
 }
 
 // ---- waiting --------------------------------------------------------------------------------
-
-/// A bound on a wait, failing with what was last seen.
-struct Deadline {
-    what: String,
-    end: Instant,
-}
-
-impl Deadline {
-    fn new(what: impl Into<String>, within: Duration) -> Deadline {
-        Deadline {
-            what: what.into(),
-            end: Instant::now() + within,
-        }
-    }
-
-    /// Sleeps a little, or panics when the time is up.
-    async fn tick(&self, last: impl Debug) {
-        assert!(
-            Instant::now() < self.end,
-            "timed out waiting for {}; last seen: {last:?}",
-            self.what
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// Reads a server-sent event stream until an event with `ready` or `failed`; all events.
 async fn progress_events(http: &Http, url: &str, token: &str) -> Vec<Value> {

@@ -14,6 +14,7 @@ use atelier::store::tokens::generate_token;
 use sqlx::Connection as _;
 
 pub mod oidc;
+pub mod stack;
 
 pub const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
 
