@@ -19,11 +19,13 @@ const SCOPE_TREE: &[(&str, &[&str])] = &[
             "admin:auth_state",
             "users",
             "read:roles:users",
+            "delete:users",
             "admin:servers",
         ],
     ),
     ("admin:auth_state", &[]),
     ("users", &["read:users", "list:users", "users:activity"]),
+    ("delete:users", &[]),
     (
         "read:users",
         &[
@@ -39,39 +41,77 @@ const SCOPE_TREE: &[(&str, &[&str])] = &[
     ("read:users:activity", &[]),
     ("admin:servers", &["admin:server_state", "servers"]),
     ("admin:server_state", &[]),
-    ("servers", &["read:servers", "delete:servers"]),
+    (
+        "servers",
+        &["read:servers", "start:servers", "delete:servers"],
+    ),
     ("read:servers", &["read:users:name"]),
+    // JupyterHub 6: start, create and modify (PATCH) servers, without stopping them.
+    ("start:servers", &[]),
     ("delete:servers", &[]),
     ("tokens", &["read:tokens"]),
     ("read:tokens", &[]),
-    ("admin:groups", &["groups"]),
+    (
+        "admin:groups",
+        &["groups", "read:roles:groups", "delete:groups"],
+    ),
     ("groups", &["read:groups", "list:groups"]),
     ("read:groups", &["read:groups:name"]),
     ("list:groups", &["read:groups:name"]),
     ("read:groups:name", &[]),
-    ("read:roles", &["read:roles:users", "read:roles:groups"]),
+    ("delete:groups", &[]),
+    (
+        "read:roles",
+        &[
+            "read:roles:users",
+            "read:roles:services",
+            "read:roles:groups",
+        ],
+    ),
     ("read:roles:users", &[]),
+    ("read:roles:services", &[]),
     ("read:roles:groups", &[]),
+    (
+        "admin:services",
+        &["read:services", "list:services", "read:roles:services"],
+    ),
+    ("list:services", &["read:services:name"]),
+    ("read:services", &["read:services:name"]),
+    ("read:services:name", &[]),
     ("access:servers", &[]),
+    ("access:services", &[]),
+    // Sharing (JupyterHub 5): `shares!user=alice` manages who may use alice's servers;
+    // `users:shares!user=bob` reads and revokes what is shared with bob.
+    ("shares", &["read:shares"]),
+    ("read:shares", &[]),
+    ("users:shares", &["read:users:shares"]),
+    ("read:users:shares", &[]),
+    ("groups:shares", &["read:groups:shares"]),
+    ("read:groups:shares", &[]),
     ("read:metrics", &[]),
     ("read:hub", &[]),
     ("proxy", &[]),
     ("shutdown", &[]),
 ];
 
-/// Scopes of the `admin` role.
+/// Scopes of the `admin` role (JupyterHub's: every scope but the metascopes).
 pub const ADMIN_ROLE: &[&str] = &[
     "admin-ui",
     "admin:users",
     "admin:servers",
     "tokens",
     "admin:groups",
+    "admin:services",
     "read:hub",
     "proxy",
     "shutdown",
     "access:servers",
+    "access:services",
     "read:roles",
     "read:metrics",
+    "shares",
+    "users:shares",
+    "groups:shares",
 ];
 
 /// What `self` expands to for a user (each filtered to `!user=<name>`).
@@ -82,11 +122,14 @@ const SELF_SCOPES: &[&str] = &[
     "users:activity",
     "read:users:activity",
     "servers",
+    "start:servers",
     "delete:servers",
     "read:servers",
     "tokens",
     "read:tokens",
     "access:servers",
+    "read:users:shares",
+    "users:shares",
 ];
 
 /// Whether `name` is a scope name Atelier knows.
@@ -105,6 +148,8 @@ pub enum Filter {
     Server(String, String),
     /// `!group=<name>`: the group and its members (and their servers).
     Group(String),
+    /// `!service=<name>`: one service.
+    Service(String),
 }
 
 /// One scope: a name and a filter.
@@ -143,6 +188,7 @@ impl Scope {
                 let filter = match kind {
                     "user" => Filter::User(value.to_owned()),
                     "group" => Filter::Group(value.to_owned()),
+                    "service" => Filter::Service(value.to_owned()),
                     "server" => {
                         let (u, srv) = value
                             .split_once('/')
@@ -152,7 +198,7 @@ impl Scope {
                         }
                         Filter::Server(u.to_owned(), srv.to_owned())
                     }
-                    _ => return Err(err("filter must be user, server or group")),
+                    _ => return Err(err("filter must be user, server, group or service")),
                 };
                 (name, filter)
             }
@@ -190,6 +236,7 @@ impl fmt::Display for Scope {
             Filter::User(u) => write!(f, "{}!user={u}", self.name),
             Filter::Server(u, s) => write!(f, "{}!server={u}/{s}", self.name),
             Filter::Group(g) => write!(f, "{}!group={g}", self.name),
+            Filter::Service(s) => write!(f, "{}!service={s}", self.name),
         }
     }
 }
@@ -217,6 +264,8 @@ pub enum Target<'a> {
     },
     /// A group.
     Group(&'a str),
+    /// A service.
+    Service(&'a str),
 }
 
 impl Filter {
@@ -226,12 +275,15 @@ impl Filter {
             (_, Target::Hub) => false,
             (Filter::User(u), Target::User { name, .. }) => u == name,
             (Filter::User(u), Target::Server { user, .. }) => u == user,
-            (Filter::User(_), Target::Group(_)) => false,
+            (Filter::User(_), Target::Group(_) | Target::Service(_)) => false,
             (Filter::Server(u, s), Target::Server { user, server, .. }) => u == user && s == server,
             (Filter::Server(..), _) => false,
             (Filter::Group(g), Target::User { groups, .. })
             | (Filter::Group(g), Target::Server { groups, .. }) => groups.contains(g),
             (Filter::Group(g), Target::Group(name)) => g == name,
+            (Filter::Group(_), Target::Service(_)) => false,
+            (Filter::Service(s), Target::Service(name)) => s == name,
+            (Filter::Service(_), _) => false,
         }
     }
 
@@ -415,6 +467,102 @@ mod tests {
     }
 
     #[test]
+    fn jupyterhub_6_scopes_follow_jupyterhubs_tree() {
+        // Every scope the REST API's operations name is known.
+        for name in [
+            "start:servers",
+            "delete:servers",
+            "delete:users",
+            "delete:groups",
+            "shutdown",
+            "proxy",
+            "read:services",
+            "list:services",
+            "read:services:name",
+            "admin:services",
+            "access:services",
+            "shares",
+            "read:shares",
+            "users:shares",
+            "read:users:shares",
+            "groups:shares",
+            "read:groups:shares",
+            "read:roles:services",
+        ] {
+            assert!(is_known(name), "{name}");
+        }
+        assert!(implies("servers", "start:servers"));
+        assert!(implies("admin:servers", "start:servers"));
+        assert!(!implies("start:servers", "delete:servers"));
+        assert!(!implies("start:servers", "servers"));
+        assert!(!implies("delete:servers", "start:servers"));
+        assert!(implies("admin:users", "delete:users"));
+        assert!(!implies("users", "delete:users"));
+        assert!(implies("admin:groups", "delete:groups"));
+        assert!(implies("admin:groups", "read:roles:groups"));
+        assert!(!implies("groups", "delete:groups"));
+        assert!(implies("read:roles", "read:roles:services"));
+        assert!(implies("admin:services", "read:services:name"));
+        assert!(implies("list:services", "read:services:name"));
+        assert!(!implies("read:services", "list:services"));
+        assert!(implies("shares", "read:shares"));
+        assert!(implies("users:shares", "read:users:shares"));
+        assert!(implies("groups:shares", "read:groups:shares"));
+        assert!(!implies("read:shares", "shares"));
+
+        // The admin role holds them all; a user's `self` starts and stops their own servers
+        // but neither shuts the hub down nor deletes users.
+        let admin = ScopeSet::for_user("root", true);
+        for name in [
+            "shutdown",
+            "proxy",
+            "delete:users",
+            "delete:groups",
+            "start:servers",
+            "read:services",
+            "list:services",
+            "access:services",
+            "shares",
+            "users:shares",
+            "groups:shares",
+        ] {
+            assert!(admin.allows(name, Target::Hub), "admin lacks {name}");
+        }
+        let none = groups(&[]);
+        let alice = ScopeSet::for_user("alice", false);
+        let own = Target::Server {
+            user: "alice",
+            server: "",
+            groups: &none,
+        };
+        assert!(alice.allows("start:servers", own));
+        assert!(alice.allows("delete:servers", own));
+        for name in ["shutdown", "proxy", "read:services", "delete:users"] {
+            assert!(!alice.allows(name, Target::Hub), "user holds {name}");
+        }
+    }
+
+    #[test]
+    fn service_filters_cover_only_that_service() {
+        let s = ScopeSet::parse(&["read:services!service=culler"], None).unwrap();
+        assert_eq!(s.to_strings(), vec!["read:services!service=culler"]);
+        assert!(s.allows("read:services", Target::Service("culler")));
+        assert!(s.allows("read:services:name", Target::Service("culler")));
+        assert!(!s.allows("read:services", Target::Service("other")));
+        assert!(!s.allows("read:services", Target::Hub));
+        let none = groups(&[]);
+        assert!(!s.allows(
+            "read:services",
+            Target::User {
+                name: "culler",
+                groups: &none
+            }
+        ));
+        let user = ScopeSet::parse(&["read:users!user=culler"], None).unwrap();
+        assert!(!user.allows("read:users", Target::Service("culler")));
+    }
+
+    #[test]
     fn self_grants_only_own_resources() {
         let alice = ScopeSet::parse(&["self"], Some("alice")).unwrap();
         let none = groups(&[]);
@@ -489,6 +637,7 @@ mod tests {
                 "read:servers!user=alice",
                 "read:users:name!user=alice",
                 "servers!user=alice",
+                "start:servers!user=alice",
             ]
         );
     }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use atelier::store::tokens::{generate_token, hash_token, pkce_s256_challenge};
 use atelier::store::{
     AuditAction, AuditQuery, Engine, NewAuditEvent, NewOAuthClient, NewOAuthCode, NewSession,
-    NewToken, PkceMethod, ServerState, StartRequest, Store, StoreError, TokenOwner, UserQuery,
-    UserSort, UserStateFilter, UserSubset, now, oauth_client_id,
+    NewToken, PkceMethod, ServerChanges, ServerState, StartRequest, Store, StoreError, TokenOwner,
+    UserQuery, UserSort, UserStateFilter, UserSubset, now, oauth_client_id,
 };
 use chrono::Duration;
 use serde_json::json;
@@ -140,6 +140,8 @@ stories!(
     audit_log,
     two_stores,
     migrations_rerun,
+    servers_are_modified,
+    running_servers_and_name_filter,
     #[ignore = "builds 10,000 users; run with --ignored --nocapture to see the timings"]
     scale,
 );
@@ -1542,6 +1544,208 @@ async fn scale(db: &TestDb) {
         s.engine(),
         started.elapsed() / (USERS / 10) as u32
     );
+}
+
+/// JupyterHub 6's `PATCH /users/{name}/servers/{server}`: rename, display name and options of a
+/// stopped server, in one transaction.
+async fn servers_are_modified(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    let lab = s.create_server(alice.id, "lab").await.unwrap();
+    let other = s.create_server(alice.id, "other").await.unwrap();
+    s.upsert_oauth_client(&NewOAuthClient {
+        client_id: oauth_client_id("alice", "lab"),
+        description: "alice/lab".into(),
+        secret: "s3cret".into(),
+        redirect_uri: "http://x/user/alice/lab/oauth_callback".into(),
+        server_id: Some(lab.id),
+        allowed_scopes: vec![],
+    })
+    .await
+    .unwrap();
+
+    // Rename with display name and options.
+    let changed = s
+        .modify_server(
+            lab.id,
+            &ServerChanges {
+                name: Some("notebook".into()),
+                display_name: Some("My notebook".into()),
+                user_options: Some(json!({"image": "pangeo"})),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.id, lab.id);
+    assert_eq!(changed.name, "notebook");
+    assert_eq!(changed.display_name.as_deref(), Some("My notebook"));
+    assert_eq!(changed.user_options, json!({"image": "pangeo"}));
+    assert_not_found(s.get_server(alice.id, "lab").await);
+    assert_eq!(s.get_server(alice.id, "notebook").await.unwrap().id, lab.id);
+    // The old name's OAuth client (and what it issued) went with the rename.
+    assert_not_found(s.get_oauth_client(&oauth_client_id("alice", "lab")).await);
+
+    // `None` keeps values; only the display name changes.
+    let changed = s
+        .modify_server(
+            lab.id,
+            &ServerChanges {
+                display_name: Some("Renamed again".into()),
+                ..ServerChanges::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.name, "notebook");
+    assert_eq!(changed.user_options, json!({"image": "pangeo"}));
+
+    // Names collide ignoring case; the default name and invalid names are refused.
+    let rename = |name: &str| ServerChanges {
+        name: Some(name.to_owned()),
+        ..ServerChanges::default()
+    };
+    assert_conflict(s.modify_server(lab.id, &rename("OTHER")).await);
+    assert_invalid(s.modify_server(lab.id, &rename("")).await);
+    assert_invalid(s.modify_server(lab.id, &rename("a/b")).await);
+    assert_invalid(
+        s.modify_server(
+            lab.id,
+            &ServerChanges {
+                user_options: Some(json!([1])),
+                ..ServerChanges::default()
+            },
+        )
+        .await,
+    );
+    // A case-only rename of the server itself is its own name.
+    assert_eq!(
+        s.modify_server(other.id, &rename("Other"))
+            .await
+            .unwrap()
+            .name,
+        "Other"
+    );
+    assert_not_found(s.modify_server(999_999, &rename("x")).await);
+
+    // Only stopped or failed servers change.
+    let t0 = now();
+    s.begin_start(lab.id, &StartRequest::default(), t0)
+        .await
+        .unwrap();
+    assert_invalid(s.modify_server(lab.id, &rename("running")).await);
+    s.mark_running(lab.id, "http://127.0.0.1:1/", &json!({}), t0)
+        .await
+        .unwrap();
+    assert_invalid(s.modify_server(lab.id, &rename("running")).await);
+    assert_eq!(s.get_server_by_id(lab.id).await.unwrap().name, "notebook");
+    s.begin_stop(lab.id).await.unwrap();
+    assert_invalid(s.modify_server(lab.id, &rename("running")).await);
+    s.mark_failed(lab.id).await.unwrap();
+    assert_eq!(
+        s.modify_server(lab.id, &rename("revived"))
+            .await
+            .unwrap()
+            .name,
+        "revived"
+    );
+}
+
+/// The routing table's page of running servers, and the users list's `name_filter`.
+async fn running_servers_and_name_filter(db: &TestDb) {
+    let s = &db.store;
+    let t0 = now();
+    for name in ["carol", "Alice", "bob", "al_x", "alfred", "zed%"] {
+        let user = s.create_user(name, false).await.unwrap();
+        for server in ["", "lab"] {
+            let row = s.create_server(user.id, server).await.unwrap();
+            if name != "bob" && !(name == "alfred" && server == "lab") {
+                s.begin_start(row.id, &StartRequest::default(), t0)
+                    .await
+                    .unwrap();
+                s.mark_running(row.id, "http://127.0.0.1:9/", &json!({}), t0)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    // 5 users with "", 4 with "lab": by owner, then server name.
+    let page = s.running_servers_page(0, 3).await.unwrap();
+    assert_eq!(page.total, 9);
+    let keys = |items: &[atelier::store::ServerWithOwner]| -> Vec<String> {
+        items
+            .iter()
+            .map(|s| format!("{}/{}", s.user_name, s.server.name))
+            .collect()
+    };
+    assert_eq!(keys(&page.items), ["Alice/", "Alice/lab", "al_x/"]);
+    let page = s.running_servers_page(3, 100).await.unwrap();
+    assert_eq!(
+        keys(&page.items),
+        [
+            "al_x/lab",
+            "alfred/",
+            "carol/",
+            "carol/lab",
+            "zed%/",
+            "zed%/lab"
+        ]
+    );
+    assert!(
+        s.running_servers_page(9, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_invalid(s.running_servers_page(0, 0).await);
+
+    // name_filter: a substring, ignoring ASCII case; `%` and `_` are literal.
+    let filtered = |f: &str| UserQuery {
+        sort: UserSort::Name,
+        name_filter: Some(f.to_owned()),
+        ..UserQuery::default()
+    };
+    let found = |page: atelier::store::UserPage| -> Vec<String> {
+        page.items.into_iter().map(|d| d.user.name).collect()
+    };
+    let page = s.list_users(&filtered("AL")).await.unwrap();
+    assert_eq!(page.total, 3);
+    assert_eq!(found(page), ["Alice", "al_x", "alfred"]);
+    assert_eq!(
+        found(s.list_users(&filtered("l_")).await.unwrap()),
+        ["al_x"]
+    );
+    assert_eq!(found(s.list_users(&filtered("%")).await.unwrap()), ["zed%"]);
+    assert_eq!(found(s.list_users(&filtered("ob")).await.unwrap()), ["bob"]);
+    assert!(found(s.list_users(&filtered("nobody")).await.unwrap()).is_empty());
+    // With a state filter, a subset and pagination.
+    let page = s
+        .list_users(&UserQuery {
+            state: Some(UserStateFilter::Ready),
+            limit: 1,
+            ..filtered("al")
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 3);
+    assert_eq!(page.next_offset, Some(1));
+    assert_eq!(found(page), ["Alice"]);
+    let page = s
+        .list_users(&UserQuery {
+            only: Some(UserSubset {
+                users: names(&["alfred", "bob"]),
+                groups: vec![],
+            }),
+            ..filtered("al")
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(found(page), ["alfred"]);
+    // The listing still costs its four statements.
+    let (page, statements) = counting(s.list_users(&filtered("al"))).await;
+    page.unwrap();
+    assert_eq!(statements, 4);
 }
 
 // ---- engine-independent -------------------------------------------------------------------

@@ -107,6 +107,8 @@ pub struct Hub {
     pub config: HubConfig,
     /// Spawns and stops driven by this process, with their progress.
     pub spawns: spawns::Spawns,
+    /// Set by `POST /hub/api/shutdown`: the process serving this hub stops ([`Hub::shutdown`]).
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Handlers' state.
@@ -120,7 +122,18 @@ impl Hub {
             backend,
             config,
             spawns: spawns::Spawns::default(),
+            shutdown: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Resolves once a shutdown was requested through the API (never otherwise).
+    pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            if rx.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

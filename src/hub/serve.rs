@@ -331,7 +331,8 @@ fn spawn_purger(store: Store) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Serves the hub on `listener` until `shutdown`.
+/// Serves the hub on `listener` until `shutdown`, or until `POST /hub/api/shutdown` asks it to
+/// stop ([`Hub::shutdown`](crate::hub::Hub::shutdown)); requests in flight are finished.
 pub async fn serve_hub(
     listener: TcpListener,
     hub: HubState,
@@ -339,8 +340,14 @@ pub async fn serve_hub(
 ) -> anyhow::Result<()> {
     let watcher = spawner::watch(hub.clone());
     let purger = spawn_purger(hub.store.clone());
+    let requested = hub.shutdown();
     let result = axum::serve(listener, router(hub))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = requested => tracing::info!("shutdown requested through the API"),
+            }
+        })
         .await;
     watcher.abort();
     purger.abort();
@@ -515,7 +522,12 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
             .await
         })
     };
-    proxy::shutdown_signal().await;
+    // Ctrl-C, SIGTERM or `POST /hub/api/shutdown` (which has stopped the servers it was asked
+    // to stop; the proxy of `up` lives in this process and stops with the hub).
+    tokio::select! {
+        () = proxy::shutdown_signal() => {}
+        () = hub.shutdown() => {}
+    }
     eprintln!("stopping...");
     if args.stop_servers_on_exit {
         stop_all_servers(&hub).await;

@@ -39,6 +39,7 @@ use sqlx::sqlite::{
 pub use audit::{AuditQuery, NewAuditEvent};
 pub use auth::{NewOAuthClient, NewOAuthCode, NewSession, NewToken, PurgeCounts, oauth_client_id};
 pub use error::{Result, StoreError};
+pub use hub_ext::{RunningPage, ServerChanges};
 pub use models::*;
 pub use servers::StartRequest;
 pub use users::{GroupPage, UserPage, UserQuery, UserSort, UserStateFilter, UserSubset};

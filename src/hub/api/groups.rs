@@ -221,13 +221,13 @@ pub async fn create_one(
     Ok((StatusCode::CREATED, Json(model(&caller, &group))))
 }
 
-/// `DELETE /hub/api/groups/{name}` (`admin:groups`).
+/// `DELETE /hub/api/groups/{name}` (`delete:groups`, which `admin:groups` implies).
 pub async fn remove(
     State(hub): State<HubState>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> HubResult<StatusCode> {
-    authorize(&caller, &name, &["admin:groups"])?;
+    authorize(&caller, &name, &["delete:groups"])?;
     hub.store.delete_group(&name).await.map_err(|e| match e {
         StoreError::NotFound => HubError::NotFound(format!("No such group: {name}")),
         other => other.into(),

@@ -30,7 +30,9 @@ pub mod groups;
 pub mod hub;
 pub mod models;
 pub mod progress;
+pub mod proxy;
 pub mod servers;
+pub mod services;
 pub mod tokens;
 pub mod users;
 
@@ -44,12 +46,18 @@ pub const PAGINATION_MEDIA_TYPE: &str = "application/jupyterhub-pagination+json"
 /// `api_page_default_limit`).
 pub const DEFAULT_PAGE_LIMIT: u32 = 50;
 
-/// Every route of the REST API, with full paths (`/hub/api/...`).
+/// Every route of the REST API, with full paths (`/hub/api/...`), and the health check
+/// `/hub/health`.
 pub fn router() -> Router<HubState> {
     Router::new()
+        .route("/hub/health", get(hub::health))
         .route("/hub/api", get(hub::root))
         .route("/hub/api/", get(hub::root))
         .route("/hub/api/info", get(hub::info))
+        .route("/hub/api/shutdown", post(hub::shutdown))
+        .route("/hub/api/proxy", get(proxy::get_routes).post(proxy::sync))
+        .route("/hub/api/services", get(services::list))
+        .route("/hub/api/services/{name}", get(services::get_one))
         .route("/hub/api/user", get(users::whoami))
         .route("/hub/api/users", get(users::list).post(users::create_many))
         .route(
@@ -75,6 +83,7 @@ pub fn router() -> Router<HubState> {
             "/hub/api/users/{name}/servers/",
             get(servers::get_default)
                 .post(servers::start_default)
+                .patch(servers::modify_default)
                 .delete(servers::stop_default),
         )
         .route(
@@ -82,6 +91,7 @@ pub fn router() -> Router<HubState> {
             get(servers::get_named)
                 .put(servers::create_named)
                 .post(servers::start_named)
+                .patch(servers::modify)
                 .delete(servers::stop_named),
         )
         .route(
@@ -409,7 +419,8 @@ pub struct Reach {
     pub groups: BTreeSet<String>,
 }
 
-/// What the caller's scopes implying `needed` reach (`!server=` filters reach no list).
+/// What the caller's scopes implying `needed` reach (`!server=` and `!service=` filters reach no
+/// list of users).
 pub fn reach(caller: &Caller, needed: &str) -> Reach {
     let mut reach = Reach::default();
     for scope in caller.scopes.iter() {
@@ -424,7 +435,7 @@ pub fn reach(caller: &Caller, needed: &str) -> Reach {
             Filter::Group(g) => {
                 reach.groups.insert(g.clone());
             }
-            Filter::Server(..) => {}
+            Filter::Server(..) | Filter::Service(_) => {}
         }
     }
     reach

@@ -1,5 +1,9 @@
-//! Servers: `GET/POST/DELETE /users/{name}/server` and `GET/PUT/POST/DELETE
+//! Servers: `GET/POST/DELETE /users/{name}/server` and `GET/PUT/POST/PATCH/DELETE
 //! /users/{name}/servers/{server}`.
+//!
+//! Scopes as JupyterHub 6 asks for them: `read:servers` to read, `start:servers` to start, create
+//! and modify (the spec names `servers` for `POST /users/{name}/server`; JupyterHub's handler, one
+//! for both paths, asks `start:servers`, which `servers` implies), `delete:servers` to stop.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,7 +19,7 @@ use crate::hub::auth::Caller;
 use crate::hub::spawner::{self, StartOptions, StartOutcome, StopOutcome};
 use crate::hub::{HubError, HubResult, HubState};
 use crate::scopes::Target;
-use crate::store::{ServerState, StoreError};
+use crate::store::{AuditAction, NewAuditEvent, ServerChanges, ServerState, StoreError};
 
 /// Loads user `name` and checks that the caller holds one of `scopes` on their server
 /// `server`: 403 without the scope, 404 for an unknown user.
@@ -107,7 +111,7 @@ async fn start(
     server: String,
     body: Option<Value>,
 ) -> HubResult<StatusCode> {
-    let user = authorized_server(&hub, &caller, &name, &server, &["servers"]).await?;
+    let user = authorized_server(&hub, &caller, &name, &server, &["start:servers"]).await?;
     let (display_name, user_options) = server_request(body)?;
     let outcome = spawner::start_server(
         &hub,
@@ -155,7 +159,7 @@ pub async fn create_named(
     Path((name, server)): Path<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> HubResult<(StatusCode, Json<Value>)> {
-    let user = authorized_server(&hub, &caller, &name, &server, &["servers"]).await?;
+    let user = authorized_server(&hub, &caller, &name, &server, &["start:servers"]).await?;
     spawner::check_new_server_name(&server)?;
     if user.server(&server).is_some() {
         return Err(HubError::Conflict(format!(
@@ -267,4 +271,125 @@ pub async fn stop_named(
     JsonBody(body): JsonBody,
 ) -> HubResult<StatusCode> {
     stop(hub, caller, name, server, body).await
+}
+
+/// `PATCH /users/{name}/servers/{server}` (`start:servers`, JupyterHub 6): renames a stopped
+/// server (`name`) and sets its `display_name` and `user_options`; at least one of them. 404 for
+/// no such server, 400 while it is active or for an invalid name, 409 when the user has a server
+/// of the new name (compared ignoring case). A rename also needs `start:servers` on the new name
+/// (a token limited to `!server=alice/a` cannot move the server out of its reach). Audited;
+/// returns the server model.
+pub async fn modify(
+    State(hub): State<HubState>,
+    caller: Caller,
+    Path((name, server)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> HubResult<Json<Value>> {
+    modify_server(hub, caller, name, server, body).await
+}
+
+/// `PATCH /users/{name}/servers/` (the default server: display name and options only).
+pub async fn modify_default(
+    State(hub): State<HubState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody,
+) -> HubResult<Json<Value>> {
+    modify_server(hub, caller, name, String::new(), body).await
+}
+
+async fn modify_server(
+    hub: HubState,
+    caller: Caller,
+    name: String,
+    server: String,
+    body: Option<Value>,
+) -> HubResult<Json<Value>> {
+    let user = authorized_server(&hub, &caller, &name, &server, &["start:servers"]).await?;
+    const ALLOWED: [&str; 3] = ["name", "display_name", "user_options"];
+    let body = body.ok_or_else(|| {
+        HubError::BadRequest(format!(
+            "the server modification needs at least one of {}",
+            ALLOWED.join(", ")
+        ))
+    })?;
+    let fields = Fields::of("the server modification", &body)?;
+    fields.only(&ALLOWED)?;
+    let changes = ServerChanges {
+        name: fields.opt_str("name")?.map(str::to_owned),
+        display_name: fields.opt_str("display_name")?.map(str::to_owned),
+        user_options: fields
+            .opt_object("user_options")?
+            .map(|m| Value::Object(m.clone())),
+    };
+    if changes.name.is_none() && changes.display_name.is_none() && changes.user_options.is_none() {
+        return Err(HubError::BadRequest(format!(
+            "the server modification needs at least one of {}",
+            ALLOWED.join(", ")
+        )));
+    }
+    let row = user
+        .server(&server)
+        .ok_or_else(|| no_server(&name, &server))?;
+    let renamed = changes.name.as_deref().filter(|n| *n != server);
+    if let Some(new) = renamed {
+        if server.is_empty() {
+            return Err(HubError::BadRequest(
+                "field \"name\": the default server cannot be renamed".into(),
+            ));
+        }
+        spawner::check_new_server_name(new)
+            .map_err(|e| HubError::BadRequest(format!("field \"name\": {e}")))?;
+        require_any(&caller, &["start:servers"], user.server_target(new))?;
+        if user
+            .detail
+            .servers
+            .iter()
+            .any(|s| s.id != row.id && s.name.eq_ignore_ascii_case(new))
+        {
+            return Err(HubError::Conflict(format!(
+                "User {name} already has server {new}"
+            )));
+        }
+    }
+    if row.state.is_active() {
+        return Err(HubError::BadRequest(format!(
+            "{name}/{server} is {}: stop it before modifying it",
+            row.state.as_str()
+        )));
+    }
+    let changed = hub
+        .store
+        .modify_server(row.id, &changes)
+        .await
+        .map_err(|e| HubError::from_store(format!("server {name}/{server}"), e))?;
+    let mut detail = serde_json::Map::new();
+    detail.insert("action".into(), Value::from("modify_server"));
+    if let Some(new) = renamed {
+        detail.insert("renamed_from".into(), Value::from(server.as_str()));
+        detail.insert("renamed_to".into(), Value::from(new));
+    }
+    if let Some(d) = &changes.display_name {
+        detail.insert("display_name".into(), Value::from(d.as_str()));
+    }
+    if changes.user_options.is_some() {
+        detail.insert("user_options".into(), Value::Bool(true));
+    }
+    let event = NewAuditEvent {
+        action: AuditAction::Admin,
+        actor: Some(caller.name().to_owned()),
+        target_user: Some(user.detail.user.name.clone()),
+        target_server: Some(changed.name.clone()),
+        detail: Value::Object(detail),
+    };
+    if let Err(e) = hub.store.append_audit(&event).await {
+        tracing::error!(error = %e, "cannot write audit event");
+    }
+    Ok(Json(server_model(
+        &hub,
+        &caller,
+        &user.detail.user.name,
+        &user.groups,
+        &changed,
+    )))
 }

@@ -94,7 +94,8 @@ pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Js
     Ok(Json(model))
 }
 
-/// `GET /hub/api/users`: a page of users, filtered to what the caller may list.
+/// `GET /hub/api/users`: a page of users, filtered to what the caller may list, to a `state`
+/// and to names containing `name_filter` (ignoring case, as JupyterHub's `ILIKE '%…%'`).
 ///
 /// A caller with `list:users` lists everyone; with `list:users!user=…` / `!group=…` only those
 /// users; a user also always sees themself. 403 when nothing is listable.
@@ -148,6 +149,7 @@ pub async fn list(
             users: names.into_iter().collect(),
             groups: reach.groups.into_iter().collect(),
         }),
+        name_filter: query_param(&query, "name_filter").filter(|f| !f.is_empty()),
     };
     let users = hub.store.list_users(&q).await?;
     let items = users
@@ -372,14 +374,14 @@ pub async fn modify(
     ))
 }
 
-/// `DELETE /hub/api/users/{name}` (`admin:users`): stops the user's servers, then deletes the
+/// `DELETE /hub/api/users/{name}` (`delete:users`, which `admin:users` implies): stops the user's servers, then deletes the
 /// user with everything they own. 400 while a server is still stopping.
 pub async fn remove(
     State(hub): State<HubState>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> HubResult<StatusCode> {
-    let user = authorized_user(&hub, &caller, &name, &["admin:users"]).await?;
+    let user = authorized_user(&hub, &caller, &name, &["delete:users"]).await?;
     if caller.user().is_some_and(|u| u.name == name) {
         return Err(HubError::BadRequest("Cannot delete yourself!".into()));
     }
