@@ -22,6 +22,19 @@ const accounts = {
   carol: { preferred_username: 'carol', email: 'carol@uni.example.org', groups: ['elsewhere'] },
   // Another person whose preferred_username also normalises to "alice".
   'alice-other': { preferred_username: 'Alice', email: 'alice@other.example.org', groups: ['ocean-physics'] },
+  // Hostile or confusable names (tests/oidc.rs, usernames_from_the_provider_*), all in the
+  // allowed, non-admin group vo.example.org.
+  dotdot: { preferred_username: '../evil', groups: ['vo.example.org'] },
+  script: { preferred_username: '<script>alert(1)</script>', groups: ['vo.example.org'] },
+  'cyrillic-admin': { preferred_username: '\u0430dmin', groups: ['vo.example.org'] }, // Cyrillic а
+  'fullwidth-admin': { preferred_username: '\uff41\uff44\uff4d\uff49\uff4e', groups: ['vo.example.org'] },
+  'combining-admin': { preferred_username: 'admin\u0301', groups: ['vo.example.org'] },
+  'zwj-admin': { preferred_username: 'admin\u200d', groups: ['vo.example.org'] },
+  'zwj-root': { preferred_username: 'root\u200d', groups: ['vo.example.org'] },
+  // Exactly the names of accounts an admin creates beforehand (the claim rule).
+  admin: { preferred_username: 'admin', groups: ['vo.example.org'] },
+  dana: { preferred_username: 'Dana', groups: ['vo.example.org'] },
+  'dana-other': { preferred_username: 'dana', groups: ['vo.example.org'] },
 };
 
 // A new signing key at every start: a restart is a key rotation (new `kid`).
