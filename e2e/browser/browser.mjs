@@ -155,10 +155,17 @@ try {
 
   step = `${A}: start ${PROFILE_A || 'the default profile'}, the progress bar advances`;
   await pageA.locator(`input[type=radio][name=profile][value="${PROFILE_A}"]`).check();
-  await Promise.all([
-    pageA.waitForURL((url) => url.pathname.startsWith(`/hub/spawn-pending/${A}`)),
+  const [started] = await Promise.all([
+    pageA.waitForResponse((r) => r.request().method() === 'POST'
+      && new URL(r.url()).pathname === `/hub/spawn/${A}`),
     pageA.locator('form button[type=submit].primary').click(),
   ]);
+  if (started.status() !== 303) {
+    await pageA.waitForLoadState('load');
+    const alert = await pageA.locator('.alert').allTextContents();
+    throw new Error(`the form's answer is ${started.status()}: ${alert.join(' ') || '(no alert)'}`);
+  }
+  await pageA.waitForURL((url) => url.pathname.startsWith(`/hub/spawn-pending/${A}`));
   await pageA.locator('.progress progress').waitFor({ state: 'attached' });
   try {
     await shot(pageA, 'progress.png');
@@ -246,6 +253,7 @@ try {
     });
     const body = await posted.text();
     check(posted.status() === 403, `got ${posted.status()}: ${body}`);
+    check(JSON.parse(body).message.includes(PROFILE_A), `the refusal does not name the profile: ${body}`);
     const model = await api.get(`${SITE}/hub/api/users/${B}`, { headers: auth });
     check(model.status() === 200, `GET /hub/api/users/${B}: ${model.status()}`);
     const servers = (await model.json()).servers || {};
