@@ -22,7 +22,7 @@ use std::time::Duration;
 use atelier::backend::{
     BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
 };
-use atelier::hub::{self, Hub, HubConfig, HubState, JUPYTERHUB_VERSION, spawner};
+use atelier::hub::{self, Hub, HubConfig, HubState, JUPYTERHUB_VERSION, ServiceConfig, spawner};
 use atelier::store::tokens::generate_token;
 use atelier::store::{
     AuditAction, AuditQuery, NewToken, ServerState, StartRequest, Store, TokenOwner, User, now,
@@ -255,6 +255,11 @@ impl Served {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut config = HubConfig::new("http://vre.test", &format!("{base}/hub/api"));
         config.spawn_timeout_secs = 60;
+        config.services = vec![ServiceConfig {
+            name: "culler".into(),
+            token: String::new(),
+            scopes: vec!["list:users".into(), "delete:servers".into()],
+        }];
         let hub = Hub::new(store, backend, config);
         let app = hub::router(hub.clone());
         let task = tokio::spawn(async move {
@@ -485,7 +490,41 @@ stories!(
     activity_moves_forward,
     recover_adopts_live_and_stops_dead,
     two_hubs_share_one_database,
+    servers_are_patched,
+    jupyterhub_6_scopes,
+    services_proxy_and_health,
+    shutdown_stops_the_hub,
+    users_filter_by_name,
 );
+
+/// A token of service `name` (not in the hub's configuration) holding `scopes`.
+async fn service_token(w: &World, name: &str, scopes: &[&str]) -> String {
+    let token = generate_token();
+    w.store
+        .create_token_with_value(
+            &token,
+            &NewToken::new(
+                TokenOwner::Service(name.into()),
+                scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ),
+        )
+        .await
+        .unwrap();
+    token
+}
+
+/// The `Accept` value of clients that page.
+const PAGINATION: &str = "application/jupyterhub-pagination+json";
+
+/// Asserts a 4xx JupyterHub error whose message names `what`.
+fn assert_error(resp: &Resp, status: u16, what: &str) {
+    assert_eq!(resp.status, status, "{resp:?}");
+    assert_eq!(resp.json()["status"], status, "{resp:?}");
+    assert!(
+        resp.message().contains(what),
+        "message should name {what:?}: {resp:?}"
+    );
+}
 
 /// Starts `user`'s server `server` through the API and waits until it is ready.
 async fn start_ready(w: &World, user: &str, server: &str, token: &str) {
@@ -2096,4 +2135,714 @@ async fn real_peers() {
     );
     store.close().await;
     let _ = std::fs::remove_dir_all(&state_dir);
+}
+
+// ---- JupyterHub 6 ---------------------------------------------------------------------------
+
+/// `PATCH /users/{name}/servers/{server}`: rename, display name and options of a stopped server.
+async fn servers_are_patched(w: &World) {
+    let (alice_user, alice) = w.user("alice").await;
+    let (_, bob) = w.user("bob").await;
+    let resp = w
+        .api
+        .call(
+            "PUT",
+            "/hub/api/users/alice/servers/lab",
+            &alice,
+            Some(json!({"display_name": "Lab"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+
+    let resp = w
+        .api
+        .call(
+            "PATCH",
+            "/hub/api/users/alice/servers/lab",
+            &alice,
+            Some(json!({
+                "name": "notebook",
+                "display_name": "My notebook",
+                "user_options": {"image": "pangeo"},
+            })),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let model = resp.json();
+    assert_eq!(model["name"], "notebook");
+    assert_eq!(model["full_name"], "alice/notebook");
+    assert_eq!(model["display_name"], "My notebook");
+    assert_eq!(model["user_options"], json!({"image": "pangeo"}));
+    assert_eq!(model["url"], "/user/alice/notebook/");
+    assert_eq!(model["stopped"], true);
+    assert_eq!(
+        w.api
+            .get("/hub/api/users/alice/servers/lab", &alice)
+            .await
+            .status,
+        404
+    );
+    let got = w
+        .api
+        .get("/hub/api/users/alice/servers/notebook", &alice)
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["display_name"], "My notebook");
+    let events = w
+        .store
+        .list_audit(&AuditQuery {
+            action: Some(AuditAction::Admin),
+            target_user: Some("alice".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e.detail["action"] == "modify_server"
+            && e.detail["renamed_from"] == "lab"
+            && e.detail["renamed_to"] == "notebook"
+            && e.actor.as_deref() == Some("alice")
+            && e.target_server.as_deref() == Some("notebook")),
+        "{events:?}"
+    );
+
+    // 404s, 403s.
+    let patch = |path: &'static str, token: String, body: Option<Value>| async move {
+        w.api.call("PATCH", path, &token, body).await
+    };
+    let display = Some(json!({"display_name": "x"}));
+    assert_eq!(
+        patch(
+            "/hub/api/users/alice/servers/nothing",
+            alice.clone(),
+            display.clone()
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        patch(
+            "/hub/api/users/nobody/servers/x",
+            w.admin.clone(),
+            display.clone()
+        )
+        .await
+        .status,
+        404
+    );
+    assert_error(
+        &patch(
+            "/hub/api/users/alice/servers/notebook",
+            bob.clone(),
+            display.clone(),
+        )
+        .await,
+        403,
+        "start:servers",
+    );
+    let reader = token_for(&w.store, &alice_user, &["read:servers!user=alice"]).await;
+    assert_error(
+        &patch(
+            "/hub/api/users/alice/servers/notebook",
+            reader,
+            display.clone(),
+        )
+        .await,
+        403,
+        "start:servers",
+    );
+
+    // Bad bodies: 400 naming the field.
+    let nb = "/hub/api/users/alice/servers/notebook";
+    for (body, field) in [
+        (None, "display_name"),
+        (Some(json!({})), "user_options"),
+        (Some(json!([1])), "JSON object"),
+        (Some(json!({"name": 5})), "\"name\""),
+        (Some(json!({"display_name": []})), "\"display_name\""),
+        (Some(json!({"user_options": "big"})), "\"user_options\""),
+        (Some(json!({"colour": "red"})), "\"colour\""),
+        (Some(json!({"name": "Not Valid!"})), "name"),
+        (Some(json!({"name": "a/b"})), "name"),
+    ] {
+        assert_error(&patch(nb, alice.clone(), body).await, 400, field);
+    }
+    // A name taken (ignoring case) is a conflict; its own name is not.
+    let resp = w
+        .api
+        .call("PUT", "/hub/api/users/alice/servers/other", &alice, None)
+        .await;
+    assert_eq!(resp.status, 201);
+    assert_error(
+        &patch(nb, alice.clone(), Some(json!({"name": "other"}))).await,
+        409,
+        "other",
+    );
+    let resp = patch(
+        nb,
+        alice.clone(),
+        Some(json!({"name": "notebook", "display_name": "Same"})),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["display_name"], "Same");
+
+    // Only a stopped server is modified.
+    start_ready(w, "alice", "notebook", &alice).await;
+    assert_error(
+        &patch(nb, alice.clone(), display.clone()).await,
+        400,
+        "running",
+    );
+    let resp = w.api.call("DELETE", nb, &alice, None).await;
+    assert!(resp.status == 204 || resp.status == 202, "{resp:?}");
+    w.wait_server("alice", "notebook", |s| s.state == ServerState::Stopped)
+        .await;
+    assert_eq!(patch(nb, alice.clone(), display.clone()).await.status, 200);
+
+    // `start:servers` alone starts but does not stop; a server-filtered token cannot rename
+    // the server out of its reach.
+    let starter = token_for(&w.store, &alice_user, &["start:servers!user=alice"]).await;
+    start_ready(w, "alice", "quick", &starter).await;
+    assert_error(
+        &w.api
+            .call(
+                "DELETE",
+                "/hub/api/users/alice/servers/quick",
+                &starter,
+                None,
+            )
+            .await,
+        403,
+        "delete:servers",
+    );
+    let resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/servers/quick", &alice, None)
+        .await;
+    assert!(resp.status == 204 || resp.status == 202, "{resp:?}");
+    let one = token_for(
+        &w.store,
+        &alice_user,
+        &["start:servers!server=alice/notebook"],
+    )
+    .await;
+    assert_eq!(
+        patch(nb, one.clone(), Some(json!({"display_name": "Mine"})))
+            .await
+            .status,
+        200
+    );
+    assert_error(
+        &patch(nb, one, Some(json!({"name": "elsewhere"}))).await,
+        403,
+        "start:servers",
+    );
+
+    // The default server: display name and options, never a rename.
+    start_ready(w, "alice", "", &alice).await;
+    let resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/server", &alice, None)
+        .await;
+    assert!(resp.status == 204 || resp.status == 202, "{resp:?}");
+    w.wait_server("alice", "", |s| s.state == ServerState::Stopped)
+        .await;
+    assert_error(
+        &patch(
+            "/hub/api/users/alice/servers/",
+            alice.clone(),
+            Some(json!({"name": "x"})),
+        )
+        .await,
+        400,
+        "default server",
+    );
+    let resp = patch(
+        "/hub/api/users/alice/servers/",
+        alice.clone(),
+        Some(json!({"display_name": "Main"})),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["name"], "");
+    assert_eq!(resp.json()["display_name"], "Main");
+}
+
+/// The scopes JupyterHub 6's operations name: `delete:users`, `delete:groups` and
+/// `start:servers` work alone, and the broader scopes still imply them.
+async fn jupyterhub_6_scopes(w: &World) {
+    let deleter = service_token(w, "janitor", &["delete:users", "delete:groups"]).await;
+    w.store.create_user("gone", false).await.unwrap();
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/users/gone", &deleter, None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/users/gone", &deleter, None)
+            .await
+            .status,
+        404
+    );
+    assert_error(
+        &w.api
+            .call("POST", "/hub/api/users/new", &deleter, None)
+            .await,
+        403,
+        "admin:users",
+    );
+    // admin:users implies delete:users.
+    w.store.create_user("gone2", false).await.unwrap();
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/users/gone2", &w.admin, None)
+            .await
+            .status,
+        204
+    );
+    // `users` does not delete users (JupyterHub 6 split `delete:users` off).
+    w.store.create_user("carol", false).await.unwrap();
+    let users_only = service_token(w, "editor", &["users"]).await;
+    assert_error(
+        &w.api
+            .call("DELETE", "/hub/api/users/carol", &users_only, None)
+            .await,
+        403,
+        "delete:users",
+    );
+
+    // Groups.
+    for g in ["g1", "g2"] {
+        assert_eq!(
+            w.api
+                .call("POST", &format!("/hub/api/groups/{g}"), &w.admin, None)
+                .await
+                .status,
+            201
+        );
+    }
+    let grouper = service_token(w, "grouper", &["groups"]).await;
+    assert_error(
+        &w.api
+            .call("DELETE", "/hub/api/groups/g1", &grouper, None)
+            .await,
+        403,
+        "delete:groups",
+    );
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/groups/g1", &deleter, None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        w.api
+            .call("DELETE", "/hub/api/groups/g2", &w.admin, None)
+            .await
+            .status,
+        204
+    );
+
+    // A user's own scopes name start:servers; unknown filter kinds are refused.
+    let (_, dave) = w.user("dave").await;
+    let me = w.api.get("/hub/api/user", &dave).await.json();
+    let scopes = me["scopes"].as_array().unwrap();
+    assert!(scopes.contains(&json!("start:servers!user=dave")), "{me}");
+    assert!(scopes.contains(&json!("delete:servers!user=dave")), "{me}");
+    assert!(!scopes.iter().any(|s| s == "shutdown"), "{me}");
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/dave/tokens",
+            &dave,
+            Some(json!({"scopes": ["read:users!host=x"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    // A service's token may carry `!service=` filters.
+    let svc = service_token(w, "reader", &["read:services!service=culler"]).await;
+    let me = w.api.get("/hub/api/user", &svc).await.json();
+    assert!(
+        me["scopes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("read:services:name!service=culler")),
+        "{me}"
+    );
+}
+
+/// `GET /hub/health`, `GET /services[/{name}]`, `GET/POST /proxy`; no CORS on the API root.
+async fn services_proxy_and_health(w: &World) {
+    let resp = w.api.raw("GET", "/hub/health", None, None, &[]).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "");
+    let resp = w
+        .api
+        .raw(
+            "GET",
+            "/hub/api/",
+            None,
+            None,
+            &[("origin", "http://elsewhere.test")],
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.headers.get("access-control-allow-origin").is_none(),
+        "{resp:?}"
+    );
+
+    let root = w.store.get_user("root").await.unwrap();
+    let ops = token_for(&w.store, &root, &["read:services", "proxy"]).await;
+    let (_, alice) = w.user("alice").await;
+    let (_, bob) = w.user("bob").await;
+
+    // Services: JupyterHub's object keyed by name.
+    let resp = w.api.get("/hub/api/services", &ops).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let services = resp.json();
+    assert_eq!(
+        services.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["culler"]
+    );
+    let culler = &services["culler"];
+    assert_eq!(culler["kind"], "service");
+    assert_eq!(culler["name"], "culler");
+    assert_eq!(culler["admin"], false);
+    assert_eq!(culler["url"], "");
+    assert_eq!(culler["command"], json!([]));
+    let one = w.api.get("/hub/api/services/culler", &ops).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(&one.json(), culler);
+    assert_eq!(w.api.get("/hub/api/services/nope", &ops).await.status, 404);
+    assert_error(
+        &w.api.get("/hub/api/services", &alice).await,
+        403,
+        "read:services",
+    );
+    assert_error(
+        &w.api.get("/hub/api/services/culler", &alice).await,
+        403,
+        "read:services",
+    );
+    // Filtered: names only, one service, or none.
+    let names_only = service_token(w, "n", &["read:services:name!service=culler"]).await;
+    assert_eq!(
+        w.api
+            .get("/hub/api/services/culler", &names_only)
+            .await
+            .json(),
+        json!({"kind": "service", "name": "culler"})
+    );
+    assert_eq!(
+        w.api.get("/hub/api/services", &names_only).await.status,
+        403
+    );
+    let other = service_token(w, "o", &["list:services!service=other"]).await;
+    assert_eq!(
+        w.api.get("/hub/api/services", &other).await.json(),
+        json!({})
+    );
+    assert_eq!(
+        w.api.get("/hub/api/services/culler", &other).await.status,
+        403
+    );
+    let lister = service_token(w, "l", &["list:services"]).await;
+    assert_eq!(
+        w.api.get("/hub/api/services", &lister).await.json(),
+        json!({"culler": {"kind": "service", "name": "culler"}})
+    );
+
+    // The routing table: the hub's route and the running servers.
+    start_ready(w, "alice", "", &alice).await;
+    start_ready(w, "alice", "lab", &alice).await;
+    start_ready(w, "bob", "", &bob).await;
+    w.store
+        .create_server(w.store.get_user("bob").await.unwrap().id, "idle")
+        .await
+        .unwrap();
+    let resp = w.api.get("/hub/api/proxy", &ops).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let routes = resp.json();
+    assert_eq!(
+        routes.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["/", "/user/alice/", "/user/alice/lab/", "/user/bob/"]
+    );
+    assert_eq!(
+        routes["/"],
+        json!({"routespec": "/", "target": w.api.base, "data": {"hub": true}})
+    );
+    let lab = &routes["/user/alice/lab/"];
+    assert_eq!(lab["routespec"], "/user/alice/lab/");
+    assert_eq!(
+        lab["target"].as_str(),
+        w.server("alice", "lab").await.url.as_deref()
+    );
+    assert_eq!(lab["data"]["user"], "alice");
+    assert_eq!(lab["data"]["server_name"], "lab");
+    assert!(lab["data"].get("last_activity").is_some(), "{lab}");
+    // Paginated as JupyterHub paginates it.
+    let accept = [("accept", PAGINATION)];
+    let resp = w
+        .api
+        .raw("GET", "/hub/api/proxy?limit=2", Some(&ops), None, &accept)
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let page = resp.json();
+    assert_eq!(
+        page["items"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["/", "/user/alice/"]
+    );
+    assert_eq!(page["_pagination"]["total"], 4);
+    assert_eq!(page["_pagination"]["next"]["offset"], 2);
+    let next = page["_pagination"]["next"]["url"].as_str().unwrap();
+    let page = w
+        .api
+        .raw("GET", next, Some(&ops), None, &accept)
+        .await
+        .json();
+    assert_eq!(
+        page["items"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["/user/alice/lab/", "/user/bob/"]
+    );
+    assert_eq!(page["_pagination"]["next"], Value::Null);
+    let last = w
+        .api
+        .get("/hub/api/proxy?offset=3&limit=1", &ops)
+        .await
+        .json();
+    assert_eq!(
+        last.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["/user/bob/"]
+    );
+    assert_eq!(
+        w.api.get("/hub/api/proxy?limit=many", &ops).await.status,
+        400
+    );
+    assert_error(&w.api.get("/hub/api/proxy", &alice).await, 403, "proxy");
+    assert_error(
+        &w.api.call("POST", "/hub/api/proxy", &alice, None).await,
+        403,
+        "proxy",
+    );
+    assert_eq!(
+        w.api
+            .call("POST", "/hub/api/proxy", &ops, None)
+            .await
+            .status,
+        200
+    );
+    // A stopped server leaves the table.
+    let resp = w
+        .api
+        .call("DELETE", "/hub/api/users/alice/servers/lab", &alice, None)
+        .await;
+    assert!(resp.status == 204 || resp.status == 202, "{resp:?}");
+    w.wait_server("alice", "lab", |s| s.state == ServerState::Stopped)
+        .await;
+    let routes = w.api.get("/hub/api/proxy", &ops).await.json();
+    assert!(routes.get("/user/alice/lab/").is_none(), "{routes}");
+}
+
+/// A second hub on the world's database, served as `atelier hub` serves it, with the task that
+/// serves it.
+async fn serve_second_hub(w: &World) -> (Served, JoinHandle<anyhow::Result<()>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = HubConfig::new("http://vre.test", &format!("{base}/hub/api"));
+    config.spawn_timeout_secs = 60;
+    let hub = Hub::new(w.store.clone(), w.backend.clone(), config);
+    let serving = tokio::spawn(hub::serve::serve_hub(
+        listener,
+        hub.clone(),
+        std::future::pending(),
+    ));
+    let served = Served {
+        hub,
+        base,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        _task: tokio::spawn(async {}),
+    };
+    (served, serving)
+}
+
+/// `POST /shutdown`: 403 without `shutdown`, 400 for non-boolean values; 202, then the hub stops
+/// (the running servers first with `servers: true`).
+async fn shutdown_stops_the_hub(w: &World) {
+    let root = w.store.get_user("root").await.unwrap();
+    let shutter = token_for(&w.store, &root, &["shutdown"]).await;
+    let (_, alice) = w.user("alice").await;
+    let (_, bob) = w.user("bob").await;
+    start_ready(w, "alice", "", &alice).await;
+
+    let (second, serving) = serve_second_hub(w).await;
+    assert_error(
+        &second.call("POST", "/hub/api/shutdown", &alice, None).await,
+        403,
+        "shutdown",
+    );
+    for (body, field) in [
+        (json!({"servers": "yes"}), "\"servers\""),
+        (json!({"proxy": null}), "\"proxy\""),
+        (json!({"proxy": 1}), "\"proxy\""),
+        (json!({"everything": true}), "\"everything\""),
+        (json!([true]), "JSON object"),
+    ] {
+        assert_error(
+            &second
+                .call("POST", "/hub/api/shutdown", &shutter, Some(body))
+                .await,
+            400,
+            field,
+        );
+    }
+    let resp = second
+        .call(
+            "POST",
+            "/hub/api/shutdown",
+            &shutter,
+            Some(json!({"servers": true, "proxy": false})),
+        )
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    assert_eq!(resp.json()["message"], "Shutting down Hub");
+    // The hub stops by itself (graceful: serve_hub returns), its servers stopped first.
+    serving.await.expect("join").expect("serve_hub");
+    assert_eq!(w.server("alice", "").await.state, ServerState::Stopped);
+    let addr = second.base.trim_start_matches("http://").to_owned();
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+    let events = w
+        .store
+        .list_audit(&AuditQuery {
+            action: Some(AuditAction::Admin),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.detail["action"] == "shutdown" && e.detail["servers"] == true),
+        "{events:?}"
+    );
+
+    // Without a body the servers outlive the hub.
+    start_ready(w, "bob", "", &bob).await;
+    let (third, serving) = serve_second_hub(w).await;
+    let resp = third
+        .raw("POST", "/hub/api/shutdown", Some(&shutter), None, &[])
+        .await;
+    assert_eq!(resp.status, 202, "{resp:?}");
+    serving.await.expect("join").expect("serve_hub");
+    assert_eq!(w.server("bob", "").await.state, ServerState::Running);
+    // The world's own hub still serves.
+    assert_eq!(w.api.get("/hub/api/user", &bob).await.status, 200);
+}
+
+/// `GET /users?name_filter=`: JupyterHub's case-insensitive substring match, with the state
+/// filter, pagination and the caller's reach.
+async fn users_filter_by_name(w: &World) {
+    for name in ["alice", "alfred", "bob", "malory"] {
+        w.store.create_user(name, false).await.unwrap();
+    }
+    let names = |v: &Value| -> Vec<String> {
+        let items = v.get("items").unwrap_or(v);
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let resp = w.api.get("/hub/api/users?name_filter=AL", &w.admin).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(names(&resp.json()), ["alice", "alfred", "malory"]);
+    assert_eq!(
+        names(
+            &w.api
+                .get("/hub/api/users?name_filter=", &w.admin)
+                .await
+                .json()
+        )
+        .len(),
+        5
+    );
+    assert!(
+        names(
+            &w.api
+                .get("/hub/api/users?name_filter=%25", &w.admin)
+                .await
+                .json()
+        )
+        .is_empty()
+    );
+    // Paginated: the next URL keeps the filter.
+    let accept = [("accept", PAGINATION)];
+    let page = w
+        .api
+        .raw(
+            "GET",
+            "/hub/api/users?name_filter=al&limit=2",
+            Some(&w.admin),
+            None,
+            &accept,
+        )
+        .await
+        .json();
+    assert_eq!(names(&page), ["alice", "alfred"]);
+    assert_eq!(page["_pagination"]["total"], 3);
+    let next = page["_pagination"]["next"]["url"].as_str().unwrap();
+    assert!(next.contains("name_filter=al"), "{next}");
+    let page = w
+        .api
+        .raw("GET", next, Some(&w.admin), None, &accept)
+        .await
+        .json();
+    assert_eq!(names(&page), ["malory"]);
+    // With the state filter.
+    start_ready(w, "alfred", "", &w.admin).await;
+    assert_eq!(
+        names(
+            &w.api
+                .get("/hub/api/users?state=ready&name_filter=AL", &w.admin)
+                .await
+                .json()
+        ),
+        ["alfred"]
+    );
+    // Within the caller's reach: a user lists only themself.
+    let (_, carol) = w.user("carol").await;
+    assert!(
+        names(
+            &w.api
+                .get("/hub/api/users?name_filter=al", &carol)
+                .await
+                .json()
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        names(
+            &w.api
+                .get("/hub/api/users?name_filter=AR", &carol)
+                .await
+                .json()
+        ),
+        ["carol"]
+    );
 }
