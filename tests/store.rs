@@ -1534,6 +1534,39 @@ async fn scale(db: &TestDb) {
         started.elapsed()
     );
 
+    // name_filter: a substring match over every name (JupyterHub's ILIKE '%…%').
+    let started = Instant::now();
+    let (page, statements) = counting(s.list_users(&UserQuery {
+        name_filter: Some("R-0999".into()),
+        limit: 200,
+        ..UserQuery::default()
+    }))
+    .await;
+    let page = page.unwrap();
+    assert_eq!(statements, 4);
+    assert_eq!(page.total, 10);
+    assert_eq!(page.items.len(), 10);
+    eprintln!(
+        "{:?}: name_filter over {USERS} users {:?}",
+        s.engine(),
+        started.elapsed()
+    );
+
+    // The routing table of GET /hub/api/proxy, by pages of 200.
+    let started = Instant::now();
+    let mut offset = 0;
+    while offset < RUNNING as u64 {
+        let page = s.running_servers_page(offset, 200).await.unwrap();
+        assert_eq!(page.total, RUNNING as u64);
+        offset += page.items.len() as u64;
+    }
+    eprintln!(
+        "{:?}: routing table in {} pages of 200: {:?} per page",
+        s.engine(),
+        RUNNING / 200,
+        started.elapsed() / (RUNNING / 200) as u32
+    );
+
     // Token checks.
     let started = Instant::now();
     for token in tokens.iter().step_by(10) {
