@@ -906,7 +906,18 @@ async fn access_needs_a_credential_with_access_servers_for_that_server() {
         ("/user/alice/", auth(&gpu_only)),
         ("/user/carol/", auth(&alice_token)),
     ] {
+        // A page load gets a page naming the server; an API client JupyterHub's JSON error.
         let a = get(&c, &proxy.url(path), &[("authorization", &value), BROWSER]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path} with {value}");
+        assert!(
+            a.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let page = String::from_utf8_lossy(&a.body);
+        assert!(page.contains("You may not use the server"), "{page}");
+        let a = get(&c, &proxy.url(path), &[("authorization", &value)]).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{path} with {value}");
         assert_eq!(a.json()["status"], 403);
         assert!(

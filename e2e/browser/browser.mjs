@@ -275,11 +275,19 @@ try {
   for (const [what, r] of refusals) {
     const text = await r.text();
     check(r.status() === 403, `with ${what}: ${r.status()} ${r.headers().location || ''} ${text.slice(0, 200)}`);
-    check((r.headers()['content-type'] || '').startsWith('application/json'),
-      `with ${what}: ${r.headers()['content-type']}`);
-    const body = JSON.parse(text);
-    check(body.status === 403 && body.message.includes(A), `with ${what}: ${text}`);
-    said.push(`${what}: 403 ${JSON.stringify(body.message)}`);
+    const type = r.headers()['content-type'] || '';
+    if (what === 'session cookie') {
+      // A page load gets a page (with a way back to the hub), not JSON.
+      check(type.startsWith('text/html'), `with ${what}: ${type}`);
+      check(text.includes(`You may not use the server ${A}.`) && text.includes('href="/hub/home"'),
+        `with ${what}: ${text.slice(0, 300)}`);
+      said.push(`${what}: 403 page`);
+    } else {
+      check(type.startsWith('application/json'), `with ${what}: ${type}`);
+      const body = JSON.parse(text);
+      check(body.status === 403 && body.message.includes(A), `with ${what}: ${text}`);
+      said.push(`${what}: 403 ${JSON.stringify(body.message)}`);
+    }
   }
   const opened = await pageB.goto(`${SITE}/user/${A}/`);
   check(opened.status() === 403, `the page answers ${opened.status()} at ${pageB.url()}`);

@@ -441,7 +441,8 @@ impl LocalBackend {
         send(
             progress,
             100,
-            format!("Server ready at {url}{prefix}"),
+            // The path only: the address behind the proxy is not the user's business.
+            format!("Server ready at {prefix}"),
             true,
             false,
         )

@@ -82,13 +82,7 @@ impl Proxy {
             match gate.check(&creds, &user, resolved.server()).await {
                 Ok(Access::Allowed) => {}
                 Ok(Access::Forbidden) => {
-                    return json_error(
-                        StatusCode::FORBIDDEN,
-                        &format!(
-                            "access to server {} is not allowed to this credential",
-                            server_label(&user, resolved.server())
-                        ),
-                    );
+                    return forbidden(browser, &server_label(&user, resolved.server()));
                 }
                 Ok(Access::Unauthenticated) => {
                     return unauthenticated(browser, path_and_query(req.uri()));
@@ -329,6 +323,44 @@ fn unauthenticated(browser: bool, original: &str) -> Response<ResponseBody> {
     }
 }
 
+/// Another user's server: a browser gets a page saying so (with a way back to the hub), an API
+/// client JupyterHub's JSON error.
+fn forbidden(browser: bool, label: &str) -> Response<ResponseBody> {
+    let message = format!("access to server {label} is not allowed to this credential");
+    if !browser {
+        return json_error(StatusCode::FORBIDDEN, &message);
+    }
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>403 Forbidden</title></head>\n<body><h1>403 Forbidden</h1>\
+         <p>You may not use the server {}.</p><p><a href=\"/hub/home\">Back to your \
+         servers</a></p></body></html>\n",
+        escape_html(label)
+    );
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(page))));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// No server of the path runs: a browser goes to the hub's spawn page, an API client gets 503.
 fn not_running(browser: bool, user: &str, server: &str, original: &str) -> Response<ResponseBody> {
     if browser {
@@ -344,6 +376,28 @@ fn not_running(browser: bool, user: &str, server: &str, original: &str) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_a_page_for_browsers_and_json_for_clients() {
+        let page = forbidden(true, "<b>alice</b>");
+        assert_eq!(page.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            page.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        let Either::Right(body) = page.into_body() else {
+            panic!("a full body")
+        };
+        let text = futures::executor::block_on(http_body_util::BodyExt::collect(body))
+            .unwrap()
+            .to_bytes();
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(text.contains("&lt;b&gt;alice&lt;/b&gt;"), "{text}");
+        assert!(!text.contains("<b>alice"), "{text}");
+        let json = forbidden(false, "alice");
+        assert_eq!(json.status(), StatusCode::FORBIDDEN);
+        assert_eq!(json.headers()[header::CONTENT_TYPE], "application/json");
+    }
 
     #[test]
     fn forwarded_headers() {
