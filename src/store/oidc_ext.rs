@@ -91,6 +91,15 @@ mod tests {
             store.link_oidc_identity("egi", "s-1", bob.id).await,
             Err(StoreError::Conflict(_))
         ));
+        // One identity per account: another subject (a racing claim) cannot link alice too.
+        assert!(matches!(
+            store.link_oidc_identity("centre", "s-2", alice.id).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            store.oidc_identity_user("centre", "s-2").await.unwrap(),
+            None
+        );
         // Deleting the user deletes its identities.
         store.delete_user("alice").await.unwrap();
         assert_eq!(store.oidc_identity_user("egi", "s-1").await.unwrap(), None);
