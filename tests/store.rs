@@ -142,6 +142,7 @@ stories!(
     migrations_rerun,
     servers_are_modified,
     running_servers_and_name_filter,
+    oidc_identities,
     #[ignore = "builds 10,000 users; run with --ignored --nocapture to see the timings"]
     scale,
 );
@@ -1577,6 +1578,41 @@ async fn scale(db: &TestDb) {
         s.engine(),
         started.elapsed() / (USERS / 10) as u32
     );
+}
+
+/// Single sign-on identities: `(provider, sub)` links to one account, an account to one identity
+/// (two logins racing to claim one pre-created account cannot both link it), and deleting the
+/// account deletes its identity.
+async fn oidc_identities(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    let bob = s.create_user("bob", false).await.unwrap();
+    assert!(!s.user_has_oidc_identity(alice.id).await.unwrap());
+    s.link_oidc_identity("egi", "sub-1", alice.id)
+        .await
+        .unwrap();
+    assert!(s.user_has_oidc_identity(alice.id).await.unwrap());
+    assert_eq!(
+        s.oidc_identity_user("egi", "sub-1")
+            .await
+            .unwrap()
+            .map(|u| u.name),
+        Some("alice".to_owned())
+    );
+    // The same identity cannot link a second account, nor a second identity the same account.
+    assert_conflict(s.link_oidc_identity("egi", "sub-1", bob.id).await);
+    assert_conflict(s.link_oidc_identity("centre", "sub-9", alice.id).await);
+    assert_eq!(s.oidc_identity_user("centre", "sub-9").await.unwrap(), None);
+    // The same subject at another provider is another identity.
+    s.link_oidc_identity("centre", "sub-1", bob.id)
+        .await
+        .unwrap();
+    s.delete_user("alice").await.unwrap();
+    assert_eq!(s.oidc_identity_user("egi", "sub-1").await.unwrap(), None);
+    let carol = s.create_user("carol", false).await.unwrap();
+    s.link_oidc_identity("egi", "sub-1", carol.id)
+        .await
+        .unwrap();
 }
 
 /// JupyterHub 6's `PATCH /users/{name}/servers/{server}`: rename, display name and options of a
