@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Hub benchmark, all on 127.0.0.1, in one run: Atelier's hub against JupyterHub 6.1.1, through the
+# REST API that JupyterHub's own tools call (jupyterhub-singleuser, jupyterhub-idle-culler).
+#
+#   JupyterHub 6.1.1   from the peers venv (.peers/venv, .ci/peers-requirements.txt), SQLite,
+#                      DummyAuthenticator, SimpleLocalProcessSpawner, configurable-http-proxy
+#                      (bench/proxy/node_modules) as its proxy child; hit on its hub port directly
+#   atelier hub        target/release/atelier (cargo build --release), SQLite, local backend
+#
+# Both get the same service token with the same scopes (a culler's: `bench` in
+# c.JupyterHub.services + load_roles; `--service bench=...` + ATELIER_SERVICE_BENCH_TOKEN), are
+# populated identically through the API (USERS users, GROUP_COUNT groups of GROUP_SIZE), and a token
+# of user u0 is requested from each (the kind jupyterhub-singleuser holds). Then wrk, each hub in
+# turn, DURATION seconds per cell at each of CONNS connections:
+#   whoami        GET  /hub/api/user with u0's hub-made token (singleuser, on every request)
+#   whoami-svc    GET  /hub/api/user with the configured service token
+#   page          GET  /hub/api/users?limit=200, pagination Accept header (the culler's page)
+#   user          GET  /hub/api/users/<random user>
+#   activity      POST /hub/api/users/<random user>/activity {"last_activity": now} (singleuser)
+# Every endpoint is checked with curl on both hubs first (2xx, 200 users on the page).
+# Also: startup time of each hub to its first 200 on /hub/api (fresh database), RSS after the runs
+# (JupyterHub and its CHP child apart), load average before and after.
+#
+# CPU layout (PIN=1, the default on 2+ cores): wrk on CPU 0, the hub under test (and JupyterHub's
+# CHP) on CPU 1, as in bench/proxy. PIN=0: all share all cores.
+#
+# Usage: bench/hub/run.sh   (env: DURATION=5 CONNS="1 16" USERS=2000 GROUP_COUNT=20 GROUP_SIZE=50
+#                                 KINDS="whoami whoami-svc page user activity" PIN=1)
+# Report: printed and kept in bench/hub/results/<UTC timestamp>.txt (git-ignored).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-"1 16"}
+USERS=${USERS:-2000}
+GROUP_COUNT=${GROUP_COUNT:-20}
+GROUP_SIZE=${GROUP_SIZE:-50}
+KINDS=${KINDS:-"whoami whoami-svc page user activity"}
+PIN=${PIN:-1}
+LOAD_PIN=(); HUB_PIN=()
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  LOAD_PIN=(taskset -c 0); HUB_PIN=(taskset -c 1)
+  LAYOUT="pinned: wrk on CPU 0, the hub under test (and JupyterHub's CHP) on CPU 1"
+else
+  LAYOUT="unpinned: wrk and the hub share all $(nproc) cores"
+fi
+TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+SCOPES="admin:users,admin:groups,list:users,read:users,read:users:activity,users:activity,tokens"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+  log "installing wrk (apt)"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+fi
+VENV="$ROOT/.peers/venv"
+REQ="$ROOT/.ci/peers-requirements.txt"
+if ! [ -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/.requirements" 2>/dev/null; then
+  log "installing Python peers into $VENV (as .ci/test.sh does)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+  cp "$REQ" "$VENV/.requirements"
+fi
+JH_VERSION=$("$VENV/bin/jupyterhub" --version)
+CHP_BIN="$ROOT/bench/proxy/node_modules/.bin/configurable-http-proxy"
+if [ ! -x "$CHP_BIN" ]; then
+  log "installing configurable-http-proxy (npm, pinned in bench/proxy/package.json)"
+  (cd "$ROOT/bench/proxy" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+CHP_VERSION=$(node -p "require('$ROOT/bench/proxy/node_modules/configurable-http-proxy/package.json').version")
+log "building atelier (release)"
+(cd "$ROOT" && cargo build -q --release --bin atelier)
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+ATELIER="$TARGET_DIR/release/atelier"
+COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo "+uncommitted")
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- processes -------------------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/atelier-bench-hub.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # JupyterHub stops its proxy on a clean shutdown; make sure of it.
+  if [ -n "${CHP_PID:-}" ]; then kill "$CHP_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+now() { date +%s.%N; }
+# wait_200 URL PID -> prints the seconds since $START when URL first answers 200
+wait_200() {
+  for _ in $(seq 1 3000); do
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = 200 ]; then
+      python3 -c "print(f'{$(now) - $START:.2f}')"; return 0
+    fi
+    kill -0 "$2" 2>/dev/null || { log "process $2 exited"; return 1; }
+    sleep 0.02
+  done
+  log "no 200 from $1"; return 1
+}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# --- JupyterHub --------------------------------------------------------------------------------
+mkdir -p "$WORK/jh" "$WORK/atelier"
+JH_PORT=$(free_port)
+log "starting JupyterHub $JH_VERSION (configurable-http-proxy $CHP_VERSION)"
+START=$(now)
+(cd "$WORK/jh" && BENCH_WORK="$WORK/jh" BENCH_JH_PUBLIC_PORT=$(free_port) BENCH_JH_HUB_PORT=$JH_PORT \
+  BENCH_JH_PROXY_API_PORT=$(free_port) BENCH_CHP="$CHP_BIN" BENCH_TOKEN=$TOKEN BENCH_SCOPES=$SCOPES \
+  PATH="$VENV/bin:$PATH" exec "${HUB_PIN[@]}" "$VENV/bin/jupyterhub" -f "$HERE/jupyterhub_config.py" \
+  >"$WORK/jh/log" 2>&1) &
+JH_PID=$!; PIDS+=("$JH_PID")
+JH_START=$(wait_200 "http://127.0.0.1:$JH_PORT/hub/api" "$JH_PID") || { tail -n 30 "$WORK/jh/log" >&2; exit 1; }
+# The subshell execs taskset, which execs jupyterhub: JH_PID is JupyterHub itself.
+CHP_PID=$(pgrep -P "$JH_PID" | head -n1 || true)
+[ -n "$CHP_PID" ] || { log "JupyterHub's proxy child not found"; tail -n 30 "$WORK/jh/log" >&2; exit 1; }
+log "JupyterHub: first 200 on /hub/api after $JH_START s (pid $JH_PID, CHP pid $CHP_PID)"
+
+# --- Atelier -----------------------------------------------------------------------------------
+AT_PORT=$(free_port)
+log "starting atelier hub"
+START=$(now)
+(cd "$WORK/atelier" && ATELIER_SERVICE_BENCH_TOKEN=$TOKEN exec "${HUB_PIN[@]}" "$ATELIER" hub \
+  --bind "127.0.0.1:$AT_PORT" --database-url "sqlite://$WORK/atelier/atelier.sqlite" \
+  --state-dir "$WORK/atelier/state" --public-url "http://127.0.0.1:$(free_port)" \
+  --service "bench=$SCOPES" >"$WORK/atelier/log" 2>&1) &
+AT_PID=$!; PIDS+=("$AT_PID")
+AT_START=$(wait_200 "http://127.0.0.1:$AT_PORT/hub/api" "$AT_PID") || { tail -n 30 "$WORK/atelier/log" >&2; exit 1; }
+log "atelier: first 200 on /hub/api after $AT_START s (pid $AT_PID)"
+
+# --- population --------------------------------------------------------------------------------
+declare -A URL USER_TOKEN PID_OF
+URL[jupyterhub]="http://127.0.0.1:$JH_PORT"; URL[atelier]="http://127.0.0.1:$AT_PORT"
+PID_OF[jupyterhub]=$JH_PID; PID_OF[atelier]=$AT_PID
+POP=()
+for hub in jupyterhub atelier; do
+  log "$hub: $USERS users, $GROUP_COUNT groups of $GROUP_SIZE"
+  out=$(python3 "$HERE/populate.py" "${URL[$hub]}/hub/api" "$TOKEN" "$USERS" "$GROUP_COUNT" "$GROUP_SIZE" \
+    u0 "$WORK/$hub-user-token")
+  log "$hub: $out"; POP+=("$hub: $out")
+  USER_TOKEN[$hub]=$(cat "$WORK/$hub-user-token")
+done
+
+# --- checks: every endpoint answers 2xx on both hubs before it is timed -----------------------
+# check HUB TOKEN METHOD PATH [BODY] -> the body of the answer; fails on non-2xx
+check() {
+  local hub=$1 tok=$2 method=$3 path=$4 body=${5:-} code
+  local args=(-s -o "$WORK/answer" -w '%{http_code}' -X "$method" -H "Authorization: token $tok"
+    -H "Accept: application/jupyterhub-pagination+json")
+  [ -n "$body" ] && args+=(-H "Content-Type: application/json" -d "$body")
+  code=$(curl "${args[@]}" "${URL[$hub]}$path")
+  if [ "${code:0:1}" != 2 ]; then
+    log "$hub: $method $path answered $code: $(head -c 300 "$WORK/answer")"; return 1
+  fi
+  log "$hub: $method $path: $code"
+}
+for hub in jupyterhub atelier; do
+  check "$hub" "${USER_TOKEN[$hub]}" GET /hub/api/user
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["name"]=="u0", d' "$WORK/answer"
+  check "$hub" "$TOKEN" GET /hub/api/user
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["name"]=="bench", d' "$WORK/answer"
+  check "$hub" "$TOKEN" GET "/hub/api/users?limit=200"
+  python3 - "$WORK/answer" "$USERS" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+items, total = d["items"], d["_pagination"]["total"]
+assert len(items) == min(200, int(sys.argv[2])), f"{len(items)} users on the page"
+assert total == int(sys.argv[2]), f"total {total}"
+assert any(u["groups"] for u in items), "no user in a group on the first page"
+PY
+  check "$hub" "$TOKEN" GET "/hub/api/users/u$((USERS - 1))"
+  check "$hub" "$TOKEN" POST /hub/api/users/u1/activity \
+    "{\"last_activity\": \"$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)\"}"
+done
+
+# --- wrk ---------------------------------------------------------------------------------------
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+# run_wrk HUB KIND CONNS -> appends "hub kind conns rps p50ms errors"
+run_wrk() {
+  local hub=$1 kind=$2 conns=$3 threads=2 tok=$TOKEN out lua_kind=$2
+  [ "$conns" -lt 2 ] && threads=1
+  case $kind in
+    whoami) tok=${USER_TOKEN[$hub]} ;;
+    whoami-svc) lua_kind=whoami ;;
+  esac
+  out=$(BENCH_TOKEN=$tok BENCH_KIND=$lua_kind BENCH_USERS=$USERS "${LOAD_PIN[@]}" \
+    wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 10s --latency -s "$HERE/request.lua" \
+    "${URL[$hub]}" 2>&1)
+  local rps p50 errors
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
+  errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$hub" "$kind" "$conns" "${rps:-0}" "${p50:-0}" "${errors:-}" >>"$RESULTS"
+  log "$(printf '%-10s %-10s c=%-3s %9s req/s  p50 %8s ms %s' "$hub" "$kind" "$conns" "$rps" "$p50" "$errors")"
+}
+for hub in jupyterhub atelier; do
+  for kind in $KINDS; do
+    for c in $CONNS; do
+      run_wrk "$hub" "$kind" "$c"
+    done
+  done
+done
+
+JH_RSS=$(rss_kib "$JH_PID"); CHP_RSS=$(rss_kib "$CHP_PID"); AT_RSS=$(rss_kib "$AT_PID")
+log "RSS: JupyterHub $JH_RSS KiB + its CHP $CHP_RSS KiB, atelier $AT_RSS KiB"
+stop_pid "$JH_PID"; stop_pid "$AT_PID"
+kill "$CHP_PID" 2>/dev/null || true
+
+# --- report ------------------------------------------------------------------------------------
+mkdir -p "$HERE/results"
+REPORT="$HERE/results/$(date -u +%Y%m%dT%H%M%SZ).txt"
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+{
+  echo "wrk ${DURATION}s per cell, 127.0.0.1, $(nproc) cores; JupyterHub $JH_VERSION (CHP $CHP_VERSION, SQLite)" \
+    "vs atelier hub $COMMIT (SQLite); $USERS users, $GROUP_COUNT groups of $GROUP_SIZE;" \
+    "load average $LOAD_BEFORE before, $LOAD_AFTER after"
+  echo "CPU layout: $LAYOUT"
+  for p in "${POP[@]}"; do echo "populated $p"; done
+  echo "startup to the first 200 on /hub/api (fresh SQLite): JupyterHub $JH_START s, atelier $AT_START s"
+  echo "RSS after the runs: JupyterHub $((JH_RSS / 1024)) MiB + its CHP $((CHP_RSS / 1024)) MiB," \
+    "atelier $((AT_RSS / 1024)) MiB"
+  python3 - "$RESULTS" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+r = {(h, k, c): (float(rps), float(p50), e.strip()) for h, k, c, rps, p50, e in rows}
+what = {
+    "whoami": "GET /hub/api/user (u0's hub-made token)",
+    "whoami-svc": "GET /hub/api/user (configured service token)",
+    "page": "GET /hub/api/users?limit=200 (paginated)",
+    "user": "GET /hub/api/users/<random>",
+    "activity": "POST /hub/api/users/<random>/activity",
+}
+print()
+print(f"{'endpoint':46} {'conns':>5} | {'JupyterHub req/s':>16} {'p50 ms':>8} | "
+      f"{'Atelier req/s':>13} {'p50 ms':>8} | {'Atelier/JH':>10} {'p50 A/JH':>8}")
+kinds = list(dict.fromkeys(k for _, k, _ in r))
+conns = sorted({int(c) for _, _, c in r})
+warnings = []
+for k in kinds:
+    for c in conns:
+        j = r.get(("jupyterhub", k, str(c)))
+        a = r.get(("atelier", k, str(c)))
+        if not j or not a:
+            continue
+        ratio = f"{a[0] / j[0]:.1f}x" if j[0] else "-"
+        p50r = f"{a[1] / j[1]:.3f}" if j[1] else "-"
+        print(f"{what.get(k, k):46} {c:>5} | {j[0]:>16.0f} {j[1]:>8.2f} | {a[0]:>13.0f} {a[1]:>8.2f} | "
+              f"{ratio:>10} {p50r:>8}")
+        for hub, v in (("jupyterhub", j), ("atelier", a)):
+            if v[2]:
+                warnings.append(f"{hub} {k} c={c}: {v[2]}")
+            if v[0] == 0:
+                warnings.append(f"{hub} {k} c={c}: no result from wrk")
+print()
+for w in warnings:
+    print("WARNING", w)
+PY
+} >"$REPORT"
+cat "$REPORT"
+log "report: $REPORT"
