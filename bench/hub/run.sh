@@ -25,7 +25,9 @@
 # CHP) on CPU 1, as in bench/proxy. PIN=0: all share all cores.
 #
 # Usage: bench/hub/run.sh   (env: DURATION=5 CONNS="1 16" USERS=2000 GROUP_COUNT=20 GROUP_SIZE=50
-#                                 KINDS="whoami whoami-svc page user activity" PIN=1)
+#                                 KINDS="whoami whoami-svc page user activity" PIN=1 PROFILE=0)
+# PROFILE=1 runs each kind once more under a profiler (JupyterHub: py-spy, set PYSPY=/path if it is
+# not on PATH; Atelier: perf) and keeps the summaries in results/<timestamp>-profiles.txt.
 # Report: printed and kept in bench/hub/results/<UTC timestamp>.txt (git-ignored).
 set -euo pipefail
 
@@ -214,6 +216,47 @@ done
 
 JH_RSS=$(rss_kib "$JH_PID"); CHP_RSS=$(rss_kib "$CHP_PID"); AT_RSS=$(rss_kib "$AT_PID")
 log "RSS: JupyterHub $JH_RSS KiB + its CHP $CHP_RSS KiB, atelier $AT_RSS KiB"
+
+# --- optional profiles (PROFILE=1): each kind again at the highest connection count, JupyterHub
+# under py-spy (PYSPY, or py-spy on PATH; not installed by this script), Atelier under perf.
+# These runs are not in the table. Summaries land next to the report.
+PROFILE_OUT=
+if [ "${PROFILE:-0}" = 1 ]; then
+  PYSPY=${PYSPY:-$(command -v py-spy || true)}
+  [ -n "$PYSPY" ] || { log "PROFILE=1 needs py-spy (PYSPY=/path/to/py-spy)"; exit 1; }
+  command -v perf >/dev/null || { log "PROFILE=1 needs perf"; exit 1; }
+  PROFILE_OUT="$WORK/profiles.txt"; : >"$PROFILE_OUT"
+  maxc=$(tr ' ' '\n' <<<"$CONNS" | sort -n | tail -n1)
+  for kind in $KINDS; do
+    for hub in jupyterhub atelier; do
+      if [ "$hub" = jupyterhub ]; then
+        "$PYSPY" record -p "$JH_PID" -r 250 -d "$DURATION" -f raw -o "$WORK/prof.raw" >/dev/null 2>&1 &
+      else
+        perf record -q -F 999 -p "$AT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+      fi
+      prof=$!
+      run_wrk "$hub" "$kind" "$maxc" >/dev/null 2>&1
+      wait "$prof" || true
+      sed -i '$d' "$RESULTS" # not a timed cell
+      {
+        echo "== $hub, $kind, $maxc connections"
+        if [ "$hub" = jupyterhub ]; then
+          python3 "$HERE/profile_summary.py" "$WORK/prof.raw" "$DURATION" 250
+        else
+          echo "by object:"
+          perf report -i "$WORK/perf.data" --no-children --sort dso --stdio --percent-limit 1 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -n 8
+          echo "by symbol:"
+          perf report -i "$WORK/perf.data" --no-children --sort dso,sym --stdio --percent-limit 1 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -n 30
+        fi
+        echo
+      } >>"$PROFILE_OUT"
+      log "profiled $hub $kind"
+    done
+  done
+fi
+
 stop_pid "$JH_PID"; stop_pid "$AT_PID"
 kill "$CHP_PID" 2>/dev/null || true
 
@@ -267,5 +310,6 @@ for w in warnings:
     print("WARNING", w)
 PY
 } >"$REPORT"
+if [ -n "$PROFILE_OUT" ]; then cp "$PROFILE_OUT" "${REPORT%.txt}-profiles.txt"; fi
 cat "$REPORT"
 log "report: $REPORT"
