@@ -7,28 +7,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use atelier::backend::{
-    BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
-};
+use atelier::hub::HubConfig;
 use atelier::hub::catalog::{Catalog, SharedCatalog};
 use atelier::hub::serve::{HubArgs, build_hub};
-use atelier::hub::{self, Hub, HubConfig, HubState};
 use atelier::store::{NewToken, ServerState, Store, StoreError, TokenOwner};
-use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use common::TestDb;
+use common::hub::{Browser, Resp, Served, TestBackend, stories};
 
 fn sqlite_db() -> TestDb {
     TestDb::sqlite("atelier-hub-catalog")
@@ -62,178 +49,24 @@ spec:
     c
 }
 
-// ---- a backend that records what it is asked to start ----------------------------------------
-
-#[derive(Default)]
-struct Recorder {
-    requests: Mutex<Vec<SpawnRequest>>,
-}
-
-impl Recorder {
-    fn requests(&self) -> Vec<SpawnRequest> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    fn last(&self, user: &str, server: &str) -> SpawnRequest {
-        self.requests()
-            .into_iter()
-            .rev()
-            .find(|r| r.user == user && r.server == server)
-            .expect("a spawn request")
-    }
-}
-
-impl WorkspaceBackend for Recorder {
-    fn kind(&self) -> &'static str {
-        "test"
-    }
-
-    fn start<'a>(
-        &'a self,
-        request: SpawnRequest,
-        _progress: mpsc::Sender<ProgressEvent>,
-    ) -> BoxFuture<'a, Result<Spawned, BackendError>> {
-        Box::pin(async move {
-            let handle = json!({"user": request.user, "server": request.server});
-            self.requests.lock().unwrap().push(request);
-            Ok(Spawned {
-                url: "http://127.0.0.1:9".into(),
-                handle,
-            })
-        })
-    }
-
-    fn stop<'a>(&'a self, _handle: &'a Value) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn poll<'a>(
-        &'a self,
-        _handle: &'a Value,
-    ) -> BoxFuture<'a, Result<BackendStatus, BackendError>> {
-        Box::pin(async {
-            Ok(BackendStatus::Running {
-                url: "http://127.0.0.1:9".into(),
-            })
-        })
-    }
-}
-
 // ---- the hub under test ---------------------------------------------------------------------
 
-struct Resp {
-    status: u16,
-    location: Option<String>,
-    cookie: Option<String>,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn xsrf(&self) -> String {
-        let re = regex::Regex::new(r#"name="_xsrf" value="([^"]*)""#).unwrap();
-        re.captures(&self.body).expect("an _xsrf field")[1].to_owned()
-    }
-}
-
-struct Served {
-    hub: HubState,
-    backend: Arc<Recorder>,
-    base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+/// A hub over `db` with the dev login and `catalog`, whose servers run on a [`TestBackend`].
+async fn serve(db: &TestDb, catalog: Catalog) -> Served {
+    let store = Store::connect(db.url()).await.expect("connect");
+    Served::start(store, TestBackend::new(), |base| {
+        let mut config = HubConfig::new(base, &format!("{base}/hub/api"));
+        config.dev_login = true;
+        config.catalog = SharedCatalog::new(catalog);
+        config
+    })
+    .await
 }
 
 impl Served {
-    async fn start(db: &TestDb, catalog: Catalog) -> Served {
-        let store = Store::connect(db.url()).await.expect("connect");
-        let backend = Arc::new(Recorder::default());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let mut config = HubConfig::new(&base, &format!("{base}/hub/api"));
-        config.dev_login = true;
-        config.catalog = SharedCatalog::new(catalog);
-        let hub = Hub::new(store, backend.clone(), config);
-        let app = hub::router(hub.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Served {
-            hub,
-            backend,
-            base,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            task,
-        }
-    }
-
-    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: String) -> Resp {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = self
-            .client
-            .request(req.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .expect("response");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        let header = |name: &str| {
-            parts
-                .headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        Resp {
-            status: parts.status.as_u16(),
-            location: header("location").into_iter().next(),
-            cookie: header("set-cookie")
-                .into_iter()
-                .find(|c| c.starts_with("atelier-session="))
-                .and_then(|c| c.split(';').next().map(str::to_owned)),
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    /// A browser session logged in as `name` (dev login) in `groups`.
-    async fn browser(&self, name: &str, groups: &[&str]) -> Browser<'_> {
-        let mut b = Browser {
-            hub: self,
-            cookie: String::new(),
-            xsrf: String::new(),
-        };
-        let page = b.get("/hub/login").await;
-        let r = b
-            .post("/hub/login", &[("_xsrf", &page.xsrf()), ("username", name)])
-            .await;
-        assert_eq!(r.status, 303, "login: {}", r.body);
+    /// A browser session logged in as `name` (dev login) in `groups`, with its CSRF token.
+    async fn member(&self, name: &str, groups: &[&str]) -> Member<'_> {
+        let mut browser = self.logged_in(name).await;
         let user = self.hub.store.get_user(name).await.unwrap();
         let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         self.hub
@@ -241,8 +74,8 @@ impl Served {
             .set_user_groups(user.id, &groups)
             .await
             .unwrap();
-        b.xsrf = b.get("/hub/home").await.xsrf();
-        b
+        let xsrf = browser.get("/hub/home").await.xsrf();
+        Member { browser, xsrf }
     }
 
     /// An API token of `name` (scope `self`).
@@ -271,23 +104,13 @@ impl Served {
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }
-        self.send(
+        self.request(
             "POST",
             &path,
             &headers,
             body.map(|b| b.to_string()).unwrap_or_default(),
         )
         .await
-    }
-
-    async fn wait_for(&self, user: &str, server: &str, state: ServerState) {
-        for _ in 0..1200 {
-            match self.hub.store.get_server_by_names(user, server).await {
-                Ok(s) if s.state == state => return,
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        panic!("{user}/{server} never became {}", state.as_str());
     }
 
     /// Nothing was started for, and no row written for, `user`/`server`.
@@ -310,70 +133,28 @@ impl Served {
     }
 }
 
-struct Browser<'a> {
-    hub: &'a Served,
-    cookie: String,
+/// A logged-in browser and its session's CSRF token.
+struct Member<'a> {
+    browser: Browser<'a>,
     xsrf: String,
 }
 
-impl Browser<'_> {
-    async fn send(&mut self, method: &str, path: &str, body: Option<String>) -> Resp {
-        let mut headers = vec![("cookie", self.cookie.as_str())];
-        if body.is_some() {
-            headers.push(("content-type", "application/x-www-form-urlencoded"));
-        }
-        let r = self
-            .hub
-            .send(method, path, &headers, body.unwrap_or_default())
-            .await;
-        if let Some(c) = &r.cookie {
-            self.cookie = c.clone();
-        }
-        r
-    }
-
+impl Member<'_> {
     async fn get(&mut self, path: &str) -> Resp {
-        self.send("GET", path, None).await
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
-        let body = fields
-            .iter()
-            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        self.send("POST", path, Some(body)).await
+        self.browser.get(path).await
     }
 
     /// Posts the spawn form of `server` with the CSRF token and `fields`.
     async fn spawn(&mut self, user: &str, server: &str, fields: &[(&str, &str)]) -> Resp {
-        let xsrf = self.xsrf.clone();
-        let mut all = vec![("_xsrf", xsrf.as_str())];
+        let mut all = vec![("_xsrf", self.xsrf.as_str())];
         all.extend_from_slice(fields);
         let path = if server.is_empty() {
             format!("/hub/spawn/{user}")
         } else {
             format!("/hub/spawn/{user}/{server}")
         };
-        self.post(&path, &all).await
+        self.browser.post(&path, &all).await
     }
-}
-
-macro_rules! stories {
-    ($($story:ident),* $(,)?) => {$(
-        mod $story {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$story(super::sqlite_db()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(db) = super::postgres_db().await else { return };
-                super::$story(db).await;
-            }
-        }
-    )*};
 }
 
 stories!(
@@ -436,9 +217,9 @@ async fn catalog_flag_loads_the_examples_and_names_a_bad_file() {
 // ---- stories ----------------------------------------------------------------------------------
 
 async fn the_form_offers_what_the_groups_allow(db: TestDb) {
-    let web = Served::start(&db, catalog()).await;
-    let mut alice = web.browser("alice", &["ocean-physics"]).await;
-    let mut bob = web.browser("bob", &["vo.example.org"]).await;
+    let web = serve(&db, catalog()).await;
+    let mut alice = web.member("alice", &["ocean-physics"]).await;
+    let mut bob = web.member("bob", &["vo.example.org"]).await;
 
     let page = alice.get("/hub/spawn/alice").await;
     assert_eq!(page.status, 200, "{}", page.body);
@@ -478,8 +259,8 @@ async fn the_form_offers_what_the_groups_allow(db: TestDb) {
 }
 
 async fn forbidden_starts_are_refused_from_the_form(db: TestDb) {
-    let web = Served::start(&db, catalog()).await;
-    let mut bob = web.browser("bob", &["vo.example.org"]).await;
+    let web = serve(&db, catalog()).await;
+    let mut bob = web.member("bob", &["vo.example.org"]).await;
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("profile", "gpu-ml")], "ProfileForbidden"),
         (&[("profile", "nope")], "ProfileNotFound"),
@@ -552,8 +333,8 @@ async fn forbidden_starts_are_refused_from_the_form(db: TestDb) {
 }
 
 async fn forbidden_starts_are_refused_by_the_api(db: TestDb) {
-    let web = Served::start(&db, catalog()).await;
-    let _bob = web.browser("bob", &["vo.example.org"]).await;
+    let web = serve(&db, catalog()).await;
+    let _bob = web.member("bob", &["vo.example.org"]).await;
     let token = web.token("bob").await;
     let cases = [
         (json!({"profile": "gpu-ml"}), "ProfileForbidden"),
@@ -633,9 +414,9 @@ async fn forbidden_starts_are_refused_by_the_api(db: TestDb) {
 }
 
 async fn allowed_starts_carry_the_choices_to_the_backend(db: TestDb) {
-    let web = Served::start(&db, catalog()).await;
-    let mut alice = web.browser("alice", &["ocean-physics"]).await;
-    let mut bob = web.browser("bob", &["vo.example.org"]).await;
+    let web = serve(&db, catalog()).await;
+    let mut alice = web.member("alice", &["ocean-physics"]).await;
+    let mut bob = web.member("bob", &["vo.example.org"]).await;
 
     // The form: alice's GPU choices.
     let r = alice
@@ -656,13 +437,13 @@ async fn allowed_starts_carry_the_choices_to_the_backend(db: TestDb) {
         )
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let to = r.location.as_deref().unwrap_or_default();
+    let to = r.header("location").unwrap_or_default();
     assert!(
         to == "/hub/spawn-pending/alice" || to == "/user/alice/",
         "{to}"
     );
     web.wait_for("alice", "", ServerState::Running).await;
-    let request = web.backend.last("alice", "");
+    let request = web.backend.request("alice", "");
     assert_eq!(request.profile.as_deref(), Some("gpu-ml"));
     assert_eq!(
         request.user_options,
@@ -685,7 +466,7 @@ async fn allowed_starts_carry_the_choices_to_the_backend(db: TestDb) {
         .await;
     assert!(r.status == 201 || r.status == 202, "{}", r.body);
     web.wait_for("bob", "analysis", ServerState::Running).await;
-    let request = web.backend.last("bob", "analysis");
+    let request = web.backend.request("bob", "analysis");
     assert_eq!(request.profile.as_deref(), Some("rstudio-geospatial"));
     assert_eq!(request.user_options, options);
 
@@ -694,7 +475,7 @@ async fn allowed_starts_carry_the_choices_to_the_backend(db: TestDb) {
     assert!(r.status == 201 || r.status == 202, "{}", r.body);
     web.wait_for("bob", "", ServerState::Running).await;
     assert_eq!(
-        web.backend.last("bob", "").profile.as_deref(),
+        web.backend.request("bob", "").profile.as_deref(),
         Some("pangeo")
     );
     // The same from the form without a choice.
@@ -702,14 +483,14 @@ async fn allowed_starts_carry_the_choices_to_the_backend(db: TestDb) {
     assert_eq!(r.status, 303, "{}", r.body);
     web.wait_for("bob", "other", ServerState::Running).await;
     assert_eq!(
-        web.backend.last("bob", "other").profile.as_deref(),
+        web.backend.request("bob", "other").profile.as_deref(),
         Some("pangeo")
     );
 
     // A restart reuses the last options, checked against the groups of now.
     let alice_token = web.token("alice").await;
     let stop = web
-        .send(
+        .request(
             "DELETE",
             "/hub/api/users/alice/server",
             &[("authorization", &format!("token {alice_token}"))],
@@ -737,14 +518,14 @@ async fn allowed_starts_carry_the_choices_to_the_backend(db: TestDb) {
     assert!(r.status == 201 || r.status == 202, "{}", r.body);
     web.wait_for("alice", "", ServerState::Running).await;
     assert_eq!(
-        web.backend.last("alice", "").user_options["resources"]["gpuType"],
+        web.backend.request("alice", "").user_options["resources"]["gpuType"],
         "a100"
     );
 }
 
 async fn an_empty_catalogue_is_the_old_behaviour(db: TestDb) {
-    let web = Served::start(&db, Catalog::default()).await;
-    let mut carol = web.browser("carol", &[]).await;
+    let web = serve(&db, Catalog::default()).await;
+    let mut carol = web.member("carol", &[]).await;
     let page = carol.get("/hub/spawn/carol").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Default environment"));
@@ -752,7 +533,7 @@ async fn an_empty_catalogue_is_the_old_behaviour(db: TestDb) {
     let r = carol.spawn("carol", "", &[("profile", "")]).await;
     assert_eq!(r.status, 303, "{}", r.body);
     web.wait_for("carol", "", ServerState::Running).await;
-    let request = web.backend.last("carol", "");
+    let request = web.backend.request("carol", "");
     assert_eq!(request.profile, None);
 
     // The API checks nothing: the options reach the backend as given.
@@ -763,7 +544,7 @@ async fn an_empty_catalogue_is_the_old_behaviour(db: TestDb) {
         .await;
     assert!(r.status == 201 || r.status == 202, "{}", r.body);
     web.wait_for("carol", "x", ServerState::Running).await;
-    let request = web.backend.last("carol", "x");
+    let request = web.backend.request("carol", "x");
     assert_eq!(request.profile.as_deref(), Some("anything"));
     assert_eq!(request.user_options, options);
 }

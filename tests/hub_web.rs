@@ -7,39 +7,25 @@
 //! `ATELIER_TEST_POSTGRES_URL` is set, e.g.
 //! `ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test hub_web`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::IntoFuture;
-use std::io::Write as _;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use atelier::backend::{
-    BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
-};
+use atelier::backend::WorkspaceBackend;
 use atelier::hub::catalog::{Catalog, SharedCatalog};
-use atelier::hub::views::hash_admin_password;
-use atelier::hub::{self, Hub, HubConfig, HubState};
+use atelier::hub::{self, HubConfig};
 use atelier::store::tokens::{generate_token, pkce_s256_challenge};
-use atelier::store::{AuditAction, AuditQuery, ServerState, Store, StoreError, oauth_client_id};
-use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use atelier::store::{AuditAction, ServerState, Store, StoreError, oauth_client_id};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 mod common;
 
 use common::TestDb;
-
-/// The one-time admin password of the hubs under test.
-const ADMIN_PASSWORD: &str = "0123456789abcdef0123456789abcdef";
+use common::hub::{
+    Browser, Resp, Served, TestBackend, assert_login_next, audit_events, bind, dev_login_config,
+    enc, form, peers_venv, stories,
+};
 
 // ---- databases ------------------------------------------------------------------------------
 
@@ -52,162 +38,24 @@ async fn postgres_db() -> Option<TestDb> {
     TestDb::postgres("atelier_web", "PostgreSQL hub web tests").await
 }
 
-// ---- a backend that runs real HTTP servers --------------------------------------------------
-
-/// Starts one tiny HTTP server per workspace on 127.0.0.1:0 and keeps the spawn requests (whose
-/// environment holds each server's API token, the OAuth client secret).
-#[derive(Default)]
-struct TestBackend {
-    servers: Mutex<HashMap<u64, (u16, JoinHandle<()>)>>,
-    next: AtomicU64,
-    requests: Mutex<Vec<SpawnRequest>>,
-}
-
-impl TestBackend {
-    /// The last spawn request for `user`/`server`.
-    fn request(&self, user: &str, server: &str) -> SpawnRequest {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|r| r.user == user && r.server == server)
-            .cloned()
-            .expect("a spawn request")
-    }
-
-    fn id_of(handle: &Value) -> Result<u64, BackendError> {
-        handle
-            .get("id")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| BackendError::BadHandle(handle.to_string()))
-    }
-}
-
-impl WorkspaceBackend for TestBackend {
-    fn kind(&self) -> &'static str {
-        "test"
-    }
-
-    fn start<'a>(
-        &'a self,
-        request: SpawnRequest,
-        progress: mpsc::Sender<ProgressEvent>,
-    ) -> BoxFuture<'a, Result<Spawned, BackendError>> {
-        Box::pin(async move {
-            self.requests.lock().unwrap().push(request.clone());
-            let _ = progress
-                .send(ProgressEvent {
-                    progress: 50,
-                    message: "Starting a workspace".into(),
-                    ready: false,
-                    failed: false,
-                })
-                .await;
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let port = listener.local_addr().unwrap().port();
-            let app = axum::Router::new().fallback(|| async { "a workspace" });
-            let task = tokio::spawn(async move {
-                let _ = axum::serve(listener, app).into_future().await;
-            });
-            let id = self.next.fetch_add(1, Ordering::SeqCst);
-            self.servers.lock().unwrap().insert(id, (port, task));
-            Ok(Spawned {
-                url: format!("http://127.0.0.1:{port}"),
-                handle: json!({"id": id, "port": port}),
-            })
-        })
-    }
-
-    fn stop<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            let Ok(id) = TestBackend::id_of(handle) else {
-                return Ok(());
-            };
-            let running = self.servers.lock().unwrap().remove(&id);
-            if let Some((_, task)) = running {
-                task.abort();
-                let _ = task.await;
-            }
-            Ok(())
-        })
-    }
-
-    fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>> {
-        Box::pin(async move {
-            let id = TestBackend::id_of(handle)?;
-            match self.servers.lock().unwrap().get(&id) {
-                Some((port, _)) => Ok(BackendStatus::Running {
-                    url: format!("http://127.0.0.1:{port}"),
-                }),
-                None => Ok(BackendStatus::Stopped { reason: None }),
-            }
-        })
-    }
-}
-
 // ---- the hub under test, a browser and a server's HTTP client -------------------------------
 
-/// A response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
+/// A hub over `db` with the dev login (`common::hub::dev_login_config`), then `configure`d.
+async fn serve(db: &TestDb, configure: impl FnOnce(&mut HubConfig)) -> Served {
+    serve_on(db, None, configure).await
 }
 
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn location(&self) -> &str {
-        self.header("location")
-            .unwrap_or_else(|| panic!("no Location in {} {:?}", self.status, self.body))
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    /// The session cookie this response sets, with its attributes.
-    fn session_cookie(&self) -> Option<&str> {
-        self.headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|c| c.starts_with("atelier-session="))
-    }
-
-    /// The `_xsrf` value of the page's (first) form.
-    fn xsrf(&self) -> String {
-        let re = regex::Regex::new(r#"name="_xsrf" value="([^"]*)""#).unwrap();
-        re.captures(&self.body)
-            .unwrap_or_else(|| panic!("no _xsrf field in {:?}", self.body))[1]
-            .to_owned()
-    }
-}
-
-/// Percent-encodes a form or query value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn form(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+/// The same with its servers on `servers` (by default the [`TestBackend`]).
+async fn serve_on(
+    db: &TestDb,
+    servers: Option<Arc<dyn WorkspaceBackend>>,
+    configure: impl FnOnce(&mut HubConfig),
+) -> Served {
+    let store = Store::connect(db.url()).await.expect("connect");
+    Served::start_on(bind().await, store, TestBackend::new(), servers, |base| {
+        dev_login_config(base, configure)
+    })
+    .await
 }
 
 /// The query parameters of a URL, decoded.
@@ -246,116 +94,7 @@ fn dec(s: &str) -> String {
     String::from_utf8(out).expect("UTF-8")
 }
 
-/// A hub served on 127.0.0.1:0.
-struct Served {
-    hub: HubState,
-    backend: Arc<TestBackend>,
-    base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-    _task: JoinHandle<()>,
-}
-
 impl Served {
-    async fn start(db: &TestDb, configure: impl FnOnce(&mut HubConfig)) -> Served {
-        Served::start_on(db, None, configure).await
-    }
-
-    /// A hub whose servers run on `servers` (by default the [`TestBackend`]).
-    async fn start_on(
-        db: &TestDb,
-        servers: Option<Arc<dyn WorkspaceBackend>>,
-        configure: impl FnOnce(&mut HubConfig),
-    ) -> Served {
-        let store = Store::connect(db.url()).await.expect("connect");
-        let backend = Arc::new(TestBackend::default());
-        let servers = servers.unwrap_or_else(|| backend.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let mut config = HubConfig::new(&base, &format!("{base}/hub/api"));
-        config.dev_login = true;
-        config.admin_users = vec!["root".to_owned()];
-        config.admin_password_hash = Some(hash_admin_password(ADMIN_PASSWORD));
-        config.spawn_timeout_secs = 60;
-        configure(&mut config);
-        let hub = Hub::new(store, servers, config);
-        let app = hub::router(hub.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).into_future().await;
-        });
-        Served {
-            hub,
-            backend,
-            base,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            _task: task,
-        }
-    }
-
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: String,
-    ) -> Resp {
-        let url = if path.starts_with("http") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.base)
-        };
-        let mut req = http::Request::builder().method(method).uri(&url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(Bytes::from(body))).expect("request");
-        let resp = self.client.request(req).await.expect("response");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Resp {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    fn browser(&self) -> Browser<'_> {
-        Browser {
-            hub: self,
-            cookie: None,
-        }
-    }
-
-    /// A browser logged in as `name` (with the admin password for admins).
-    async fn logged_in(&self, name: &str) -> Browser<'_> {
-        let mut b = self.browser();
-        let page = b.get("/hub/login").await;
-        assert_eq!(page.status, 200, "{}", page.body);
-        let password = if name == "root" { ADMIN_PASSWORD } else { "" };
-        let r = b
-            .post(
-                "/hub/login",
-                &[
-                    ("_xsrf", &page.xsrf()),
-                    ("username", name),
-                    ("password", password),
-                ],
-            )
-            .await;
-        assert_eq!(r.status, 303, "login as {name}: {}", r.body);
-        b
-    }
-
-    /// Waits (bounded: two minutes) until the server's row is in `state`.
-    async fn wait_for(&self, user: &str, server: &str, state: ServerState) {
-        for _ in 0..2400 {
-            match self.hub.store.get_server_by_names(user, server).await {
-                Ok(s) if s.state == state => return,
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        panic!("{user}/{server} never became {}", state.as_str());
-    }
-
     /// `GET /hub/api/user` with a token.
     async fn whoami(&self, token: &str) -> Resp {
         self.request(
@@ -404,72 +143,6 @@ fn base64(s: &str) -> String {
     out
 }
 
-/// A browser: keeps the `atelier-session` cookie, never follows redirects.
-struct Browser<'a> {
-    hub: &'a Served,
-    cookie: Option<String>,
-}
-
-impl Browser<'_> {
-    async fn send(&mut self, method: &str, path: &str, body: Option<String>) -> Resp {
-        let cookie = self.cookie.as_ref().map(|c| format!("atelier-session={c}"));
-        let mut headers: Vec<(&str, &str)> = Vec::new();
-        if let Some(c) = &cookie {
-            headers.push(("cookie", c));
-        }
-        if body.is_some() {
-            headers.push(("content-type", "application/x-www-form-urlencoded"));
-        }
-        let resp = self
-            .hub
-            .request(method, path, &headers, body.unwrap_or_default())
-            .await;
-        if let Some(set) = resp.session_cookie() {
-            let value = set
-                .trim_start_matches("atelier-session=")
-                .split(';')
-                .next()
-                .unwrap_or("");
-            self.cookie =
-                (!value.is_empty() && !set.contains("Max-Age=0")).then(|| value.to_owned());
-        }
-        resp
-    }
-
-    async fn get(&mut self, path: &str) -> Resp {
-        self.send("GET", path, None).await
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
-        self.send("POST", path, Some(form(fields))).await
-    }
-
-    /// The CSRF token of the logged-in session (from the home page).
-    async fn xsrf(&mut self) -> String {
-        let home = self.get("/hub/home").await;
-        assert_eq!(home.status, 200, "{}", home.body);
-        home.xsrf()
-    }
-}
-
-/// One test per engine for each story: `<story>::sqlite` and `<story>::postgres`.
-macro_rules! stories {
-    ($($story:ident),* $(,)?) => {$(
-        mod $story {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$story(super::sqlite_db()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(db) = super::postgres_db().await else { return };
-                super::$story(db).await;
-            }
-        }
-    )*};
-}
-
 stories!(
     dev_login_sets_a_safe_cookie,
     next_stays_on_site,
@@ -488,7 +161,7 @@ stories!(
 
 async fn dev_login_sets_a_safe_cookie(db: TestDb) {
     {
-        let web = Served::start(&db, |_| {}).await;
+        let web = serve(&db, |_| {}).await;
         let mut b = web.browser();
 
         // Anonymous: the login page gives a session (for its CSRF token) and no user.
@@ -522,15 +195,7 @@ async fn dev_login_sets_a_safe_cookie(db: TestDb) {
         let mut stale = web.browser();
         stale.cookie = Some(anonymous_value);
         assert_eq!(stale.get("/hub/home").await.status, 302);
-        let logins = web
-            .hub
-            .store
-            .list_audit(&AuditQuery {
-                action: Some(AuditAction::Login),
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap();
+        let logins = audit_events(&web.hub.store, AuditAction::Login).await;
         assert_eq!(logins[0].actor.as_deref(), Some("alice"));
 
         // Admins need the one-time password.
@@ -556,7 +221,7 @@ async fn dev_login_sets_a_safe_cookie(db: TestDb) {
         drop(root);
 
         // With `cookie_secure`, every session cookie is Secure.
-        let secure = Served::start(&db, |c| c.cookie_secure = true).await;
+        let secure = serve(&db, |c| c.cookie_secure = true).await;
         let mut b = secure.browser();
         let page = b.get("/hub/login").await;
         assert!(page.session_cookie().unwrap().contains("; Secure"));
@@ -576,7 +241,7 @@ async fn dev_login_sets_a_safe_cookie(db: TestDb) {
 }
 
 async fn next_stays_on_site(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
     let table: &[(&str, &str)] = &[
         ("/hub/token", "/hub/token"),
         ("/user/alice/lab?a=1", "/user/alice/lab?a=1"),
@@ -591,33 +256,15 @@ async fn next_stays_on_site(db: TestDb) {
         ("/\t/evil.example", "/hub/home"),
         ("/hub/home\r\nSet-Cookie: a=b", "/hub/home"),
     ];
+    // The form's next (and so a forged one posted directly); logged in already, the login
+    // page goes straight to a safe next.
     for (next, expected) in table {
-        let mut b = web.browser();
-        let page = b.get(&format!("/hub/login?next={}", enc(next))).await;
-        assert_eq!(page.status, 200);
-        assert!(!page.body.contains("evil.example"), "next={next:?} echoed");
-        // The form's next, and a forged one posted directly.
-        let r = b
-            .post(
-                "/hub/login",
-                &[
-                    ("_xsrf", &page.xsrf()),
-                    ("username", "alice"),
-                    ("next", next),
-                ],
-            )
-            .await;
-        assert_eq!(r.status, 303, "next={next:?}: {}", r.body);
-        assert_eq!(r.location(), *expected, "next={next:?}");
-        // Logged in already: the login page goes straight to a safe next.
-        let again = b.get(&format!("/hub/login?next={}", enc(next))).await;
-        assert_eq!(again.status, 302);
-        assert_eq!(again.location(), *expected, "next={next:?} when logged in");
+        assert_login_next(&web, next, expected).await;
     }
 }
 
 async fn posts_without_csrf_are_refused(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
 
     // The login form itself: no cookie, no token, a wrong token.
     let mut anon = web.browser();
@@ -691,7 +338,7 @@ async fn posts_without_csrf_are_refused(db: TestDb) {
 }
 
 async fn bad_user_names_are_refused_and_escaped(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
     for name in [
         "../etc/passwd",
         "alice/../root",
@@ -743,7 +390,7 @@ async fn start_via_ui(web: &Served, b: &mut Browser<'_>, user: &str) {
 }
 
 async fn oauth_dance_as_jupyterhub_singleuser(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
     let mut alice = web.logged_in("alice").await;
     start_via_ui(&web, &mut alice, "alice").await;
 
@@ -918,7 +565,7 @@ async fn oauth_dance_as_jupyterhub_singleuser(db: TestDb) {
 }
 
 async fn oauth_refusals(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
     let mut alice = web.logged_in("alice").await;
     start_via_ui(&web, &mut alice, "alice").await;
     let env = web.backend.request("alice", "").env;
@@ -1113,7 +760,7 @@ async fn oauth_refusals(db: TestDb) {
 }
 
 async fn logout_ends_the_session(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
     let mut alice = web.logged_in("alice").await;
     let cookie = alice.cookie.clone().unwrap();
     assert_eq!(alice.get("/hub/home").await.status, 200);
@@ -1131,15 +778,7 @@ async fn logout_ends_the_session(db: TestDb) {
     let mut replay = web.browser();
     replay.cookie = Some(cookie);
     assert_eq!(replay.get("/hub/home").await.status, 302);
-    let logouts = web
-        .hub
-        .store
-        .list_audit(&AuditQuery {
-            action: Some(AuditAction::Logout),
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap();
+    let logouts = audit_events(&web.hub.store, AuditAction::Logout).await;
     assert_eq!(logouts.len(), 1);
 
     // GET /hub/logout too; `/` and `/hub/` lead home.
@@ -1155,7 +794,7 @@ async fn logout_ends_the_session(db: TestDb) {
 }
 
 async fn spawn_profiles_home_and_stop(db: TestDb) {
-    let web = Served::start(&db, |c| {
+    let web = serve(&db, |c| {
         let mut catalog = Catalog::default();
         catalog
             .add_yaml(
@@ -1343,7 +982,7 @@ spec: {purpose: gpu, gpu: {types: [a100]}, allowedGroups: [gpu-users]}
 }
 
 async fn tokens_page(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
     let mut alice = web.logged_in("alice").await;
     let page = alice.get("/hub/token").await;
     assert_eq!(page.status, 200);
@@ -1403,7 +1042,7 @@ async fn tokens_page(db: TestDb) {
 }
 
 async fn admin_page(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
     let mut alice = web.logged_in("alice").await;
     start_via_ui(&web, &mut alice, "alice").await;
     assert_eq!(alice.get("/hub/admin").await.status, 403);
@@ -1493,15 +1132,7 @@ async fn admin_page(db: TestDb) {
         Err(StoreError::NotFound)
     ));
 
-    let events = web
-        .hub
-        .store
-        .list_audit(&AuditQuery {
-            action: Some(AuditAction::Admin),
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap();
+    let events = audit_events(&web.hub.store, AuditAction::Admin).await;
     let actions: Vec<&str> = events
         .iter()
         .filter_map(|e| e.detail["action"].as_str())
@@ -1510,20 +1141,12 @@ async fn admin_page(db: TestDb) {
     assert!(actions.contains(&"set_admin"));
     assert!(actions.contains(&"delete_user"));
     assert!(events.iter().all(|e| e.actor.as_deref() == Some("root")));
-    let stops = web
-        .hub
-        .store
-        .list_audit(&AuditQuery {
-            action: Some(AuditAction::ServerStop),
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap();
+    let stops = audit_events(&web.hub.store, AuditAction::ServerStop).await;
     assert_eq!(stops[0].actor.as_deref(), Some("root"));
 }
 
 async fn error_pages(db: TestDb) {
-    let web = Served::start(&db, |_| {}).await;
+    let web = serve(&db, |_| {}).await;
     let mut b = web.browser();
     let r = b.get("/hub/no-such-page").await;
     assert_eq!(r.status, 404);
@@ -1557,27 +1180,6 @@ async fn error_pages(db: TestDb) {
 }
 
 // ---- the real jupyterhub-singleuser ---------------------------------------------------------
-
-/// The venv of the Python peers, or why the peer test does not run.
-fn peers_venv() -> Option<PathBuf> {
-    if std::env::var("ATELIER_PEERS").ok().as_deref() != Some("1") {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: OAuth login through the real jupyterhub-singleuser (set ATELIER_PEERS=1)"
-        );
-        return None;
-    }
-    let venv = std::env::var_os("ATELIER_PEERS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/venv"));
-    assert!(
-        venv.join("bin/jupyterhub-singleuser").is_file(),
-        "ATELIER_PEERS=1 but {} has no jupyterhub-singleuser (run .ci/test.sh to provision the \
-         peers)",
-        venv.display()
-    );
-    Some(venv)
-}
 
 /// Kills a server's process group when dropped (also when the test fails), and removes the
 /// backend's state directory.
@@ -1667,7 +1269,10 @@ impl Site<'_> {
 async fn real_jupyterhub_singleuser_logs_in_through_the_hub() {
     use atelier::backend::local::{LocalBackend, LocalConfig};
 
-    let Some(venv) = peers_venv() else {
+    let Some(venv) = peers_venv(
+        "OAuth login through the real jupyterhub-singleuser",
+        &["jupyterhub-singleuser"],
+    ) else {
         return;
     };
     let state_dir =
@@ -1684,7 +1289,7 @@ async fn real_jupyterhub_singleuser_logs_in_through_the_hub() {
     ];
     config.start_timeout = Duration::from_secs(90);
     let db = sqlite_db();
-    let web = Served::start_on(&db, Some(Arc::new(LocalBackend::new(config))), |c| {
+    let web = serve_on(&db, Some(Arc::new(LocalBackend::new(config))), |c| {
         c.spawn_timeout_secs = 100;
     })
     .await;
