@@ -267,35 +267,8 @@ fn claims_map_to_a_login_or_a_refusal() {
 
 // ---- ID token validation -----------------------------------------------------------------
 
-/// A 2048-bit RSA key made for these tests only.
-const TEST_RSA_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----
-MIIEowIBAAKCAQEA5XPk03HbOBLu2uQMRycQIK1kD8TYKzTZdKNPkwNcy/xCWuXN
-NAVBtWkMfLkIz94YiZLMmLeT7b1AayL5N26c06Y3zQIvGTAwxJ+HTwzFbC7AhQ4T
-3Y/gXmNPBV0fbB71ETf3xABgbIloKOw5VbZ3xhYAYdOU2t/IWPHq9MineUKP2dh7
-s5Iu7kW5w1ccAM/plZiAAOT4dT5LWo96OfB2g+ft2PAaSsdUIA2SW7/rQLvdyY0c
-Ksg9RjZ8xrH7nZdMuAmiaNDYUoXYIQFhw+AA52B8JFGc2dPdaRjW+PFS+v7SIT40
-xwIYMaUND6CUMeiEPHYEbnx9gEzXfzzSjNJimQIDAQABAoIBAC+v3PRW+uUWBj9G
-2whkpXTtJFkko3qjUrhrgou+zKf2ZwIGNZYkq4nc6cP4Hs04zue0s0HgEWX9Caja
-jWoIWp6gMoOwewJkohYTQ6dZs6QuuUNN8DIBh3OGdzNZrcCmVG9+Lse0/lVAX331
-zlqygAUSqISsWQj+LmDR8m9qTmgkWPedrXMmxMGnTtOmTJCjfXDkNB70FbJVBxEI
-df4fy3wzsmsj09j9MgO4U50JN/ESkn/enHQMeBORBk2ZkuYja6NariFgm3RZxzKx
-BPj97tdg4kgZ/qh83WYmw+Qw5vtgsnut6tVcceDWuWx0LvvXdWIIjaydLsbOLm0q
-qgFEc2MCgYEA/EeG38HIVedNaRDGN2cMSVea14DSjXPtFjULIo0jfxv+bnZdqD0n
-ZBBh/Xq3t44xJiGRXnph9De304sdeLkTeCrePgd9wN8Is9whv2qLQft8XTI9/gQ0
-LiP1UmNbD2W3BVe+PH/+ijG9LBA+9unBbuRZVEz0MwlWJ2POPnlpb6sCgYEA6NYv
-fqCPmAG3K+NPGKodbYtZY0/slv8y07rai9IYJSmyUnB8OtYcwa+GwWhN4rQVMvaS
-yrrcTE65t9DCim9W9gBxoUtZONUKewwKzbzJoHoNwjXbOHd80lnbfAiIawdrm3+/
-2FbQvywEJFZh3CHsoEdIO4qNoXowEx+EqNiGgssCgYBpzh3U7lL1JEMlE3Hufnt6
-rxEz3MVxqfL/Y1O+M+91OeplraLuEmfY4b4XL0ap5yrZ0S5Er5Mxd8TTJf9ASG7P
-8TqwTTgCkgf2VxaYTzkEfVLVS2MQi/bOeypCWYUxWfl+diRE/3FjyCSMvGuL5tHH
-jmGgp32rgfjuID+5l/YObQKBgGAH5vLdGhxhqMCrMfZEQ3ro3Gc/kZ79hmMZUAYX
-EupQ9kFWL4a8xIOF95hRgr4b9Bpe5FBFHZNDbQnJSlN6dG1l5XfW8eekxnvVjacp
-VCeh74bIW7BAZ/UCJqpTgqBSISmzWNbLh7ExYEv0bMw0GbpJbBtSm/Obx7Q7baWO
-GHxdAoGBAO4RAWhSaJLDHhqjw5jdTM/P2y1iovh433RM5Zir8psB/JrQZKVyFP+0
-G5IeN87f8/jb6iQBJm6yUvgE2jI2Ixsd+rpE5pyxLGSh75BC2gE9YdPG4kvvJvqy
-SuQQ9qwxIscncGoKVoZKvzq0bKULeL5nOVG0TZ0oVJJ88+knIXNe
------END RSA PRIVATE KEY-----
-";
+/// A 2048-bit RSA key made for these tests only (also `tests/security.rs`'s).
+const TEST_RSA_KEY: &str = include_str!("test_rsa_key.pem");
 
 const ISSUER: &str = "https://idp.example.org/realms/vre";
 
