@@ -12,35 +12,24 @@
 //! `ATELIER_PEERS=1 cargo test --test hub_api real_peers`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::IntoFuture;
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use atelier::backend::{
-    BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
-};
-use atelier::hub::{self, Hub, HubConfig, HubState, JUPYTERHUB_VERSION, ServiceConfig, spawner};
+use atelier::backend::WorkspaceBackend;
+use atelier::hub::{self, Hub, HubConfig, JUPYTERHUB_VERSION, ServiceConfig, spawner};
 use atelier::store::tokens::generate_token;
 use atelier::store::{
     AuditAction, AuditQuery, NewToken, ServerState, StartRequest, Store, TokenOwner, User, now,
 };
-use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 mod common;
 
 use common::TestDb;
+use common::hub::{Resp, Served, TestBackend, audit_events, bind, peers_venv};
 
 /// This file's databases: `atelier-hub-api-*.db` files and `atelier_hub_*` PostgreSQL databases.
 fn sqlite_db() -> TestDb {
@@ -51,228 +40,22 @@ async fn postgres_db() -> Option<TestDb> {
     TestDb::postgres("atelier_hub", "PostgreSQL hub API tests").await
 }
 
-// ---- a backend that runs real HTTP servers --------------------------------------------------
-
-struct Running {
-    port: u16,
-    task: JoinHandle<()>,
-}
-
-/// Starts one tiny HTTP server per workspace on 127.0.0.1:0. Starts and stops can be held at a
-/// gate to observe pending states; `user_options.fail` makes a start fail with that message.
-struct TestBackend {
-    servers: Mutex<HashMap<u64, Running>>,
-    next: AtomicU64,
-    start_gate: watch::Sender<bool>,
-    stop_gate: watch::Sender<bool>,
-    requests: Mutex<Vec<SpawnRequest>>,
-}
-
-impl TestBackend {
-    fn new() -> Arc<TestBackend> {
-        Arc::new(TestBackend {
-            servers: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
-            start_gate: watch::channel(true).0,
-            stop_gate: watch::channel(true).0,
-            requests: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn hold_starts(&self, hold: bool) {
-        self.start_gate.send_replace(!hold);
-    }
-
-    fn hold_stops(&self, hold: bool) {
-        self.stop_gate.send_replace(!hold);
-    }
-
-    /// The last spawn request for `user`/`server`.
-    fn request(&self, user: &str, server: &str) -> SpawnRequest {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|r| r.user == user && r.server == server)
-            .cloned()
-            .expect("a spawn request")
-    }
-
-    /// Kills the server listening at `url` as a crash would (the backend still has its handle).
-    async fn crash(&self, url: &str) {
-        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-        let task = {
-            let mut servers = self.servers.lock().unwrap();
-            let running = servers
-                .values_mut()
-                .find(|r| r.port == port)
-                .expect("server");
-            std::mem::replace(&mut running.task, tokio::spawn(async {}))
-        };
-        task.abort();
-        let _ = task.await;
-    }
-
-    /// Serves a tiny HTTP server; returns its port and task.
-    async fn launch() -> (u16, JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new().fallback(|| async { "a workspace" });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).into_future().await;
-        });
-        (port, task)
-    }
-
-    /// A server started outside of any spawn (an interrupted spawn's process); its handle.
-    async fn launch_orphan(&self) -> Value {
-        let (port, task) = TestBackend::launch().await;
-        let id = self.next.fetch_add(1, Ordering::SeqCst);
-        self.servers
-            .lock()
-            .unwrap()
-            .insert(id, Running { port, task });
-        json!({"id": id, "port": port})
-    }
-
-    fn id_of(handle: &Value) -> Result<u64, BackendError> {
-        handle
-            .get("id")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| BackendError::BadHandle(handle.to_string()))
-    }
-}
-
-fn event(progress: u8, message: &str) -> ProgressEvent {
-    ProgressEvent {
-        progress,
-        message: message.to_owned(),
-        ready: false,
-        failed: false,
-    }
-}
-
-impl WorkspaceBackend for TestBackend {
-    fn kind(&self) -> &'static str {
-        "test"
-    }
-
-    fn start<'a>(
-        &'a self,
-        request: SpawnRequest,
-        progress: mpsc::Sender<ProgressEvent>,
-    ) -> BoxFuture<'a, Result<Spawned, BackendError>> {
-        Box::pin(async move {
-            self.requests.lock().unwrap().push(request.clone());
-            let _ = progress.send(event(10, "Allocating a workspace")).await;
-            if let Some(message) = request.user_options.get("fail").and_then(Value::as_str) {
-                return Err(BackendError::SpawnFailed(message.to_owned()));
-            }
-            let mut gate = self.start_gate.subscribe();
-            let _ = gate.wait_for(|open| *open).await;
-            let _ = progress.send(event(50, "Workspace process started")).await;
-            let (port, task) = TestBackend::launch().await;
-            let id = self.next.fetch_add(1, Ordering::SeqCst);
-            self.servers
-                .lock()
-                .unwrap()
-                .insert(id, Running { port, task });
-            Ok(Spawned {
-                url: format!("http://127.0.0.1:{port}"),
-                handle: json!({"id": id, "port": port}),
-            })
-        })
-    }
-
-    fn stop<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            let mut gate = self.stop_gate.subscribe();
-            let _ = gate.wait_for(|open| *open).await;
-            let Ok(id) = TestBackend::id_of(handle) else {
-                return Ok(());
-            };
-            let running = self.servers.lock().unwrap().remove(&id);
-            if let Some(running) = running {
-                running.task.abort();
-                let _ = running.task.await;
-            }
-            Ok(())
-        })
-    }
-
-    fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>> {
-        Box::pin(async move {
-            let id = TestBackend::id_of(handle)?;
-            let port = self.servers.lock().unwrap().get(&id).map(|r| r.port);
-            let Some(port) = port else {
-                return Ok(BackendStatus::Stopped { reason: None });
-            };
-            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(_) => Ok(BackendStatus::Running {
-                    url: format!("http://127.0.0.1:{port}"),
-                }),
-                Err(e) => Ok(BackendStatus::Stopped {
-                    reason: Some(e.to_string()),
-                }),
-            }
-        })
-    }
-}
-
 // ---- the hub under test and a client --------------------------------------------------------
 
-/// A response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    fn message(&self) -> String {
-        self.json()["message"].as_str().unwrap_or("").to_owned()
-    }
-}
-
-/// A hub served on 127.0.0.1:0.
-struct Served {
-    hub: HubState,
-    base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-    _task: JoinHandle<()>,
+/// The configuration of the hubs under test: public URL `http://vre.test`, a 60 s spawn
+/// timeout and the `culler` service.
+fn api_config(base: &str) -> HubConfig {
+    let mut config = HubConfig::new("http://vre.test", &format!("{base}/hub/api"));
+    config.spawn_timeout_secs = 60;
+    config.services = vec![ServiceConfig {
+        name: "culler".into(),
+        token: String::new(),
+        scopes: vec!["list:users".into(), "delete:servers".into()],
+    }];
+    config
 }
 
 impl Served {
-    async fn start(store: Store, backend: Arc<dyn WorkspaceBackend>) -> Served {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let mut config = HubConfig::new("http://vre.test", &format!("{base}/hub/api"));
-        config.spawn_timeout_secs = 60;
-        config.services = vec![ServiceConfig {
-            name: "culler".into(),
-            token: String::new(),
-            scopes: vec!["list:users".into(), "delete:servers".into()],
-        }];
-        let hub = Hub::new(store, backend, config);
-        let app = hub::router(hub.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).into_future().await;
-        });
-        Served {
-            hub,
-            base,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            _task: task,
-        }
-    }
-
     /// Calls `path` (or an absolute URL) with an optional token and raw body; every `/hub/api`
     /// response must carry `X-JupyterHub-Version`.
     async fn raw(
@@ -283,34 +66,23 @@ impl Served {
         body: Option<String>,
         headers: &[(&str, &str)],
     ) -> Resp {
+        let authorization = token.map(|token| format!("token {token}"));
+        let mut all: Vec<(&str, &str)> = Vec::new();
+        if let Some(authorization) = &authorization {
+            all.push(("authorization", authorization));
+        }
+        all.extend_from_slice(headers);
+        let resp = self
+            .request(method, path, &all, body.unwrap_or_default())
+            .await;
         let url = if path.starts_with("http") {
             path.to_owned()
         } else {
             format!("{}{path}", self.base)
         };
-        let mut req = http::Request::builder().method(method).uri(&url);
-        if let Some(token) = token {
-            req = req.header("authorization", format!("token {token}"));
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .expect("request");
-        let resp = self.client.request(req).await.expect("response");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        let resp = Resp {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        };
         if url.contains("/hub/api") {
             assert_eq!(
-                resp.headers
-                    .get("x-jupyterhub-version")
-                    .and_then(|v| v.to_str().ok()),
+                resp.header("x-jupyterhub-version"),
                 Some(JUPYTERHUB_VERSION),
                 "{method} {path}: X-JupyterHub-Version"
             );
@@ -368,7 +140,7 @@ impl World {
     async fn new(db: TestDb) -> World {
         let store = Store::connect(db.url()).await.expect("connect");
         let backend = TestBackend::new();
-        let api = Served::start(store.clone(), backend.clone()).await;
+        let api = Served::start(store.clone(), backend.clone(), api_config).await;
         let root = store.create_user("root", true).await.unwrap();
         let admin = token_for(
             &store,
@@ -979,14 +751,7 @@ async fn bad_input_is_refused(w: &World) {
         w.api.get("/hub/api/users/alice", &w.admin).await.status,
         404
     );
-    let admin_events = w
-        .store
-        .list_audit(&AuditQuery {
-            action: Some(AuditAction::Admin),
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap();
+    let admin_events = audit_events(&w.store, AuditAction::Admin).await;
     assert!(
         admin_events
             .iter()
@@ -1194,14 +959,7 @@ async fn culler_stops_servers(w: &World) {
         )
         .await;
     assert_eq!(resp.status, 400, "{resp:?}");
-    let stops = w
-        .store
-        .list_audit(&AuditQuery {
-            action: Some(AuditAction::ServerStop),
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap();
+    let stops = audit_events(&w.store, AuditAction::ServerStop).await;
     assert!(stops.iter().any(|e| e.actor.as_deref() == Some("culler")));
 }
 
@@ -1883,7 +1641,7 @@ async fn two_hubs_share_one_database(w: &World) {
     let (_, alice) = w.user("alice").await;
     // A second hub process on the same database (and the same cluster).
     let store_b = Store::connect(w.db.url()).await.unwrap();
-    let b = Served::start(store_b.clone(), w.backend.clone()).await;
+    let b = Served::start(store_b.clone(), w.backend.clone(), api_config).await;
     // Started through A, seen ready through B.
     start_ready(w, "alice", "", &alice).await;
     let model = b.get("/hub/api/users/alice", &alice).await.json();
@@ -1960,28 +1718,6 @@ async fn two_hubs_share_one_database(w: &World) {
 
 // ---- the real peers -------------------------------------------------------------------------
 
-/// The venv of the Python peers, or `None` (after saying so) when the peer test does not run.
-fn peers_venv() -> Option<PathBuf> {
-    if std::env::var("ATELIER_PEERS").ok().as_deref() != Some("1") {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: real jupyterhub-singleuser and jupyterhub-idle-culler (set ATELIER_PEERS=1)"
-        );
-        return None;
-    }
-    let venv = std::env::var_os("ATELIER_PEERS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/venv"));
-    for bin in ["jupyterhub-singleuser", "jupyterhub-idle-culler"] {
-        assert!(
-            venv.join("bin").join(bin).is_file(),
-            "ATELIER_PEERS=1 but {bin} is missing from {} (run .ci/test.sh)",
-            venv.display()
-        );
-    }
-    Some(venv)
-}
-
 /// `jupyterhub-singleuser` started through the API (the `local` backend) identifies users with
 /// `GET /hub/api/user` and posts activity; `jupyterhub-idle-culler` pages through
 /// `/users?state=ready` and culls the servers (removing the named one).
@@ -1989,7 +1725,12 @@ fn peers_venv() -> Option<PathBuf> {
 async fn real_peers() {
     use atelier::backend::local::{LocalBackend, LocalConfig};
 
-    let Some(venv) = peers_venv() else { return };
+    let Some(venv) = peers_venv(
+        "real jupyterhub-singleuser and jupyterhub-idle-culler",
+        &["jupyterhub-singleuser", "jupyterhub-idle-culler"],
+    ) else {
+        return;
+    };
     let db = sqlite_db();
     let store = Store::connect(db.url()).await.expect("connect");
     let state_dir =
@@ -2001,7 +1742,15 @@ async fn real_peers() {
             .into(),
     ];
     config.start_timeout = Duration::from_secs(55);
-    let api = Served::start(store.clone(), Arc::new(LocalBackend::new(config))).await;
+    let servers: Arc<dyn WorkspaceBackend> = Arc::new(LocalBackend::new(config));
+    let api = Served::start_on(
+        bind().await,
+        store.clone(),
+        TestBackend::new(),
+        Some(servers),
+        api_config,
+    )
+    .await;
     let logs =
         |name: &str| std::fs::read_to_string(state_dir.join("logs").join(name)).unwrap_or_default();
 
@@ -2662,7 +2411,7 @@ async fn services_proxy_and_health(w: &World) {
 /// A second hub on the world's database, served as `atelier hub` serves it, with the task that
 /// serves it.
 async fn serve_second_hub(w: &World) -> (Served, JoinHandle<anyhow::Result<()>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = bind().await;
     let base = format!("http://{}", listener.local_addr().unwrap());
     let mut config = HubConfig::new("http://vre.test", &format!("{base}/hub/api"));
     config.spawn_timeout_secs = 60;
@@ -2672,12 +2421,7 @@ async fn serve_second_hub(w: &World) -> (Served, JoinHandle<anyhow::Result<()>>)
         hub.clone(),
         std::future::pending(),
     ));
-    let served = Served {
-        hub,
-        base,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        _task: tokio::spawn(async {}),
-    };
+    let served = Served::new(hub, w.backend.clone(), base, tokio::spawn(async {}));
     (served, serving)
 }
 
@@ -2726,14 +2470,7 @@ async fn shutdown_stops_the_hub(w: &World) {
     assert_eq!(w.server("alice", "").await.state, ServerState::Stopped);
     let addr = second.base.trim_start_matches("http://").to_owned();
     assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
-    let events = w
-        .store
-        .list_audit(&AuditQuery {
-            action: Some(AuditAction::Admin),
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap();
+    let events = audit_events(&w.store, AuditAction::Admin).await;
     assert!(
         events
             .iter()
