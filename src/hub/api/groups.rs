@@ -2,13 +2,13 @@
 //! `POST/DELETE /groups/{name}/users`, `PUT /groups/{name}/properties`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::models::group_model;
 use super::users::audit_admin;
-use super::{Fields, JsonBody, Page, reach, require_any};
+use super::{Fields, JsonBody, ListRequest, reach, require_any};
 use crate::hub::auth::Caller;
 use crate::hub::{HubError, HubResult, HubState};
 use crate::scopes::Target;
@@ -50,11 +50,9 @@ fn model(caller: &Caller, group: &GroupDetail) -> Value {
 pub async fn list(
     State(hub): State<HubState>,
     caller: Caller,
-    Query(query): Query<Vec<(String, String)>>,
-    uri: Uri,
-    headers: HeaderMap,
+    list: ListRequest,
 ) -> HubResult<Json<Value>> {
-    let page = Page::from_request(&query, &headers)?;
+    let page = list.page()?;
     let reach = reach(&caller, "list:groups");
     let (items, total, next) = if reach.all {
         let groups = hub.store.list_groups(page.offset, page.limit).await?;
@@ -89,14 +87,7 @@ pub async fn list(
             "Action is not authorized with current scopes; requires any of [list:groups]".into(),
         ));
     };
-    Ok(Json(page.respond(
-        items,
-        total,
-        next,
-        &uri,
-        &headers,
-        &hub.config.public_url,
-    )))
+    Ok(Json(list.respond(&page, items, total, next)))
 }
 
 /// The `users` of a group request: every name must be a user (400 naming the first that is

@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::middleware::map_response;
 use axum::response::Response;
@@ -533,6 +534,59 @@ impl Page {
                 "next": next,
             },
         })
+    }
+}
+
+/// A list request (`GET /users`, `/groups`, `/proxy`): its query, and what its page and the
+/// next page's URL are read from. The page is read when the handler asks (`/proxy` checks its
+/// scope first, as JupyterHub does).
+pub struct ListRequest {
+    /// The query parameters, percent-decoded.
+    pub query: Vec<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    public_url: String,
+}
+
+impl FromRequestParts<HubState> for ListRequest {
+    type Rejection = HubError;
+
+    async fn from_request_parts(parts: &mut Parts, hub: &HubState) -> Result<Self, HubError> {
+        let Query(query) = Query::<Vec<(String, String)>>::from_request_parts(parts, hub)
+            .await
+            .map_err(|e| HubError::BadRequest(format!("Malformed query string: {e}")))?;
+        Ok(ListRequest {
+            query,
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            public_url: hub.config.public_url.clone(),
+        })
+    }
+}
+
+impl ListRequest {
+    /// The page asked for ([`Page::from_request`]): 400 for an `offset` or `limit` that is not
+    /// an integer.
+    pub fn page(&self) -> HubResult<Page> {
+        Page::from_request(&self.query, &self.headers)
+    }
+
+    /// The response for `page` ([`Page::respond`]).
+    pub fn respond(
+        &self,
+        page: &Page,
+        items: Vec<Value>,
+        total: u64,
+        next_offset: Option<u64>,
+    ) -> Value {
+        page.respond(
+            items,
+            total,
+            next_offset,
+            &self.uri,
+            &self.headers,
+            &self.public_url,
+        )
     }
 }
 

@@ -10,11 +10,11 @@
 //! `PATCH` (notify the hub of a new proxy) is not offered: there is no proxy API to point at.
 
 use axum::Json;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::State;
+use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::Page;
+use super::ListRequest;
 use super::models::{iso, server_url};
 use crate::hub::auth::Caller;
 use crate::hub::{HubResult, HubState};
@@ -35,12 +35,10 @@ fn hub_target(server_api_url: &str) -> String {
 pub async fn get_routes(
     State(hub): State<HubState>,
     caller: Caller,
-    Query(query): Query<Vec<(String, String)>>,
-    uri: Uri,
-    headers: HeaderMap,
+    list: ListRequest,
 ) -> HubResult<Json<Value>> {
     caller.require("proxy", Target::Hub)?;
-    let page = Page::from_request(&query, &headers)?;
+    let page = list.page()?;
     let mut routes = Map::new();
     let limit = u64::from(page.limit);
     // The hub's route is number 0; the servers follow.
@@ -87,14 +85,7 @@ pub async fn get_routes(
     if !page.paginated {
         return Ok(Json(items));
     }
-    let mut body = page.respond(
-        Vec::new(),
-        total,
-        next,
-        &uri,
-        &headers,
-        &hub.config.public_url,
-    );
+    let mut body = list.respond(&page, Vec::new(), total, next);
     body["items"] = items;
     Ok(Json(body))
 }

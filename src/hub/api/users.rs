@@ -4,13 +4,13 @@ use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::models::{loaded_user_model, token_api_id, user_model, user_model_with};
 use super::{
-    Fields, JsonBody, Page, authorized_user, check_name, check_new_user_name, include_stopped,
-    query_param, reach,
+    Fields, JsonBody, ListRequest, authorized_user, check_name, check_new_user_name,
+    include_stopped, query_param, reach,
 };
 use crate::hub::auth::{Caller, Credential, Principal};
 use crate::hub::spawner::{self, StopOutcome};
@@ -102,19 +102,18 @@ pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Js
 pub async fn list(
     State(hub): State<HubState>,
     caller: Caller,
-    Query(query): Query<Vec<(String, String)>>,
-    uri: Uri,
-    headers: HeaderMap,
+    list: ListRequest,
 ) -> HubResult<Json<Value>> {
-    let page = Page::from_request(&query, &headers)?;
-    let state = match query_param(&query, "state") {
+    let page = list.page()?;
+    let query = &list.query;
+    let state = match query_param(query, "state") {
         Some(s) if !s.is_empty() => Some(
             UserStateFilter::parse(&s)
                 .ok_or_else(|| HubError::BadRequest(format!("Unrecognized state filter: {s:?}")))?,
         ),
         _ => None,
     };
-    let sort = query_param(&query, "sort").unwrap_or_else(|| "id".into());
+    let sort = query_param(query, "sort").unwrap_or_else(|| "id".into());
     let (sort, descending) = UserSort::parse(&sort).ok_or_else(|| {
         HubError::BadRequest(format!(
             "sort must be 'id', 'name', or 'last_activity', not '{sort}'"
@@ -144,12 +143,12 @@ pub async fn list(
         offset: page.offset,
         after: None,
         limit: page.limit,
-        include_stopped_servers: include_stopped(&query),
+        include_stopped_servers: include_stopped(query),
         only: (!reach.all).then(|| UserSubset {
             users: names.into_iter().collect(),
             groups: reach.groups.into_iter().collect(),
         }),
-        name_filter: query_param(&query, "name_filter").filter(|f| !f.is_empty()),
+        name_filter: query_param(query, "name_filter").filter(|f| !f.is_empty()),
     };
     let users = hub.store.list_users(&q).await?;
     let items = users
@@ -160,13 +159,11 @@ pub async fn list(
             user_model(&hub, &caller, detail, &groups, q.include_stopped_servers)
         })
         .collect();
-    Ok(Json(page.respond(
+    Ok(Json(list.respond(
+        &page,
         items,
         users.total,
         users.next_offset,
-        &uri,
-        &headers,
-        &hub.config.public_url,
     )))
 }
 
