@@ -13,7 +13,7 @@ use super::{Hub, HubConfig, HubState, ServiceConfig, router, spawner};
 use crate::backend::WorkspaceBackend;
 use crate::backend::local::{LocalBackend, LocalConfig, default_command};
 use crate::proxy::{self, Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes};
-use crate::store::{self, NewToken, ServerState, Store, StoreError, TokenOwner};
+use crate::store::{self, NewToken, Store, StoreError, TokenOwner};
 
 /// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found: the same
 /// pins as the test peers (`.ci/peers-requirements.txt`; a test keeps them in step).
@@ -530,39 +530,14 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!("stopping...");
     if args.stop_servers_on_exit {
-        stop_all_servers(&hub).await;
+        // Servers still stopping are not waited for (`POST /hub/api/shutdown` waits).
+        crate::hub::api::hub::stop_active_servers(&hub, "atelier up").await;
     }
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
     hub_task.await??;
     store.close().await;
     Ok(())
-}
-
-async fn stop_all_servers(hub: &HubState) {
-    let mut after = None;
-    loop {
-        let page = match hub
-            .store
-            .list_servers_in_states(&ServerState::ACTIVE, after, 200)
-            .await
-        {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing servers to stop");
-                return;
-            }
-        };
-        let Some(last) = page.last() else { return };
-        after = Some(last.server.id);
-        for s in &page {
-            if let Err(e) =
-                spawner::stop_server(hub, &s.user_name, &s.server, Some("atelier up")).await
-            {
-                tracing::warn!(user = %s.user_name, server = %s.server.name, error = %e, "stop failed");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

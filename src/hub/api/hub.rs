@@ -111,6 +111,32 @@ pub async fn shutdown(
 /// Stops every active server (a page of 200 at a time), then waits until none is stopping, up
 /// to twice the spawn timeout.
 async fn stop_all_servers(hub: &HubState, actor: &str) {
+    let mut pending = stop_active_servers(hub, actor).await;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(hub.config.spawn_timeout_secs.saturating_mul(2));
+    while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut still = Vec::new();
+        for id in pending {
+            if let Ok(s) = hub.store.get_server_by_id(id).await
+                && s.state.is_active()
+            {
+                still.push(id);
+            }
+        }
+        pending = still;
+    }
+    if !pending.is_empty() {
+        tracing::warn!(
+            servers = pending.len(),
+            "servers still stopping at shutdown"
+        );
+    }
+}
+
+/// Stops every active server as `actor`, a page of 200 at a time (a failure is logged and the
+/// rest still stopped); the ids of the servers still stopping. Also `atelier up`'s stop on exit.
+pub(crate) async fn stop_active_servers(hub: &HubState, actor: &str) -> Vec<i64> {
     let mut after = None;
     let mut pending = Vec::new();
     loop {
@@ -137,24 +163,5 @@ async fn stop_all_servers(hub: &HubState, actor: &str) {
             }
         }
     }
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(hub.config.spawn_timeout_secs.saturating_mul(2));
-    while !pending.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut still = Vec::new();
-        for id in pending {
-            if let Ok(s) = hub.store.get_server_by_id(id).await
-                && s.state.is_active()
-            {
-                still.push(id);
-            }
-        }
-        pending = still;
-    }
-    if !pending.is_empty() {
-        tracing::warn!(
-            servers = pending.len(),
-            "servers still stopping at shutdown"
-        );
-    }
+    pending
 }
