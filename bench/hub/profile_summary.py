@@ -29,7 +29,7 @@ parts = [
     ("  of which SQLite (cursor execute/fetch, commit)", r"\b(do_execute|do_commit|do_executemany)\b|fetchall|fetchone"),
     # needs_scope's wrapper (_auth_func) is on every handler's stack: not counted as scope work.
     ("scope checks (jupyterhub/scopes.py, but needs_scope's wrapper)",
-     r"^(?!_auth_func ).*jupyterhub/scopes\.py"),
+     r"^(?!.*_auth_func).*jupyterhub/scopes\.py"),
     ("user model (apihandlers/base.py user_model)", r"\buser_model\b"),
     ("JSON (json/)", r"/json/"),
     ("logging (logging/, jupyterhub/log.py)", r"/logging/|jupyterhub/log\.py"),

@@ -27,7 +27,8 @@
 # Usage: bench/hub/run.sh   (env: DURATION=5 CONNS="1 16" USERS=2000 GROUP_COUNT=20 GROUP_SIZE=50
 #                                 KINDS="whoami whoami-svc page user activity" PIN=1 PROFILE=0)
 # PROFILE=1 runs each kind once more under a profiler (JupyterHub: py-spy, set PYSPY=/path if it is
-# not on PATH; Atelier: perf) and keeps the summaries in results/<timestamp>-profiles.txt.
+# not on PATH; Atelier: perf) and keeps the summaries in results/<timestamp>-profiles.txt (and
+# JupyterHub's collapsed stacks in results/<timestamp>-py-spy/).
 # Report: printed and kept in bench/hub/results/<UTC timestamp>.txt (git-ignored).
 set -euo pipefail
 
@@ -242,6 +243,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
         echo "== $hub, $kind, $maxc connections"
         if [ "$hub" = jupyterhub ]; then
           python3 "$HERE/profile_summary.py" "$WORK/prof.raw" "$DURATION" 250
+          mkdir -p "$WORK/raw"; cp "$WORK/prof.raw" "$WORK/raw/jupyterhub-$kind.txt"
         else
           echo "by object:"
           perf report -i "$WORK/perf.data" --no-children --sort dso --stdio --percent-limit 1 2>/dev/null \
@@ -310,6 +312,9 @@ for w in warnings:
     print("WARNING", w)
 PY
 } >"$REPORT"
-if [ -n "$PROFILE_OUT" ]; then cp "$PROFILE_OUT" "${REPORT%.txt}-profiles.txt"; fi
+if [ -n "$PROFILE_OUT" ]; then
+  cp "$PROFILE_OUT" "${REPORT%.txt}-profiles.txt"
+  cp -r "$WORK/raw" "${REPORT%.txt}-py-spy" # JupyterHub's collapsed stacks (flamegraph input)
+fi
 cat "$REPORT"
 log "report: $REPORT"
