@@ -243,6 +243,24 @@ fn users_of(body: Option<Value>, verb: &str) -> HubResult<Vec<String>> {
         .ok_or_else(|| HubError::BadRequest(format!("Must specify \"users\" to {verb}")))
 }
 
+/// Audits the change `action` of group `name`'s members (`users`); the group's model now.
+async fn members_changed(
+    hub: &HubState,
+    caller: &Caller,
+    action: &str,
+    name: &str,
+    users: &[String],
+) -> HubResult<Json<Value>> {
+    audit_admin(
+        hub,
+        caller,
+        None,
+        json!({"action": action, "group": name, "users": users}),
+    )
+    .await;
+    Ok(Json(model(caller, &load_group(hub, name).await?)))
+}
+
 /// `POST /hub/api/groups/{name}/users` (`groups`): adds members.
 pub async fn add_users(
     State(hub): State<HubState>,
@@ -261,14 +279,7 @@ pub async fn add_users(
             StoreError::NotFound => HubError::BadRequest("No such user in \"users\"".into()),
             other => other.into(),
         })?;
-    audit_admin(
-        &hub,
-        &caller,
-        None,
-        json!({"action": "add_group_members", "group": name, "users": users}),
-    )
-    .await;
-    Ok(Json(model(&caller, &load_group(&hub, &name).await?)))
+    members_changed(&hub, &caller, "add_group_members", &name, &users).await
 }
 
 /// `DELETE /hub/api/groups/{name}/users` (`groups`): removes members.
@@ -288,14 +299,7 @@ pub async fn remove_users(
         .collect();
     existing_users(&hub, &strangers).await?;
     hub.store.remove_group_members(&name, &users).await?;
-    audit_admin(
-        &hub,
-        &caller,
-        None,
-        json!({"action": "remove_group_members", "group": name, "users": users}),
-    )
-    .await;
-    Ok(Json(model(&caller, &load_group(&hub, &name).await?)))
+    members_changed(&hub, &caller, "remove_group_members", &name, &users).await
 }
 
 /// `PUT /hub/api/groups/{name}/properties` (`groups`): replaces the properties (a JSON object).
