@@ -1296,12 +1296,7 @@ async fn real_jupyterhub_singleuser_logs_in_through_the_hub() {
 
     let mut alice = web.logged_in("alice").await;
     start_via_ui(&web, &mut alice, "alice").await;
-    let server = web
-        .hub
-        .store
-        .get_server_by_names("alice", "")
-        .await
-        .unwrap();
+    let server = web.server("alice", "").await;
     cleanup.pgid = server.spawner_state["pgid"].as_i64().map(|p| p as i32);
     let log = || std::fs::read_to_string(state_dir.join("logs/alice.log")).unwrap_or_default();
 

@@ -132,12 +132,7 @@ async fn csrf_less_stop_is_refused() {
     assert!(r.status == 302 || r.status == 303, "spawn: {}", r.body);
     web.wait_for("alice", "", ServerState::Running).await;
     refused_without_csrf(&mut alice, "/hub/stop/alice", &[("next", "/hub/home")]).await;
-    let server = web
-        .hub
-        .store
-        .get_server_by_names("alice", "")
-        .await
-        .unwrap();
+    let server = web.server("alice", "").await;
     assert_eq!(server.state, ServerState::Running, "the server still runs");
 }
 

@@ -19,7 +19,7 @@ use atelier::backend::{
 };
 use atelier::hub::views::hash_admin_password;
 use atelier::hub::{self, Hub, HubConfig, HubState};
-use atelier::store::{AuditAction, AuditEvent, AuditQuery, ServerState, Store};
+use atelier::store::{AuditAction, AuditEvent, AuditQuery, Server, ServerState, Store};
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -421,6 +421,15 @@ impl Served {
             .await;
         assert_eq!(r.status, 303, "login as {name}: {}", r.body);
         b
+    }
+
+    /// The row of `user`'s server `server`.
+    pub async fn server(&self, user: &str, server: &str) -> Server {
+        self.hub
+            .store
+            .get_server_by_names(user, server)
+            .await
+            .unwrap()
     }
 
     /// Waits (bounded: two minutes) until the server's row is in `state`.
