@@ -20,6 +20,11 @@
 //! killed during a spawn and restarted; the user's stop is carried out once the old spawn is
 //! over, and the next start leaves exactly one server.
 //!
+//! And `up::embedded_default`: the README's first command, `atelier up`, with the printed admin
+//! password (a wrong one refused), a dev-login user's JupyterLab through its proxy, and
+//! `--stop-servers-on-exit` recording the stop before it exits on SIGTERM; restarted on the same
+//! data directory, a new password and the same sessions.
+//!
 //! Gated by `ATELIER_PEERS=1` (a missing peer is then a failure):
 //! `ATELIER_PEERS=1 ATELIER_PEERS_VENV=$PWD/.peers/venv
 //! ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test e2e_stack
@@ -272,6 +277,34 @@ impl Browser {
         assert_eq!(home.status, 200, "GET {location}: {}", home.body);
         assert!(home.body.contains(user), "home names {user}: {}", home.body);
         browser
+    }
+
+    /// Logs in with a user name and password through the dev login form; the browser, logged
+    /// in or not (see [`Browser::session_user`]).
+    async fn login_with(http: &Http, base: &str, user: &str, password: &str) -> Browser {
+        let mut browser = Browser {
+            http: http.clone(),
+            base: base.to_owned(),
+            user: user.to_owned(),
+            cookies: BTreeMap::new(),
+        };
+        let page = browser.get("/hub/login", "text/html").await;
+        assert_eq!(page.status, 200, "GET /hub/login: {}", page.body);
+        let xsrf = page.xsrf();
+        browser
+            .post_form(
+                "/hub/login",
+                &[("_xsrf", &xsrf), ("username", user), ("password", password)],
+            )
+            .await;
+        browser
+    }
+
+    /// Who `/hub/home` says is logged in: `Some(user)` when the page answers 200 and names the
+    /// browser's user, `None` when it sends to the login page.
+    async fn session_user(&mut self) -> Option<String> {
+        let home = self.get("/hub/home", "text/html").await;
+        (home.status == 200 && home.body.contains(&self.user)).then(|| self.user.clone())
     }
 
     /// The hub's session cookie.
@@ -1382,6 +1415,173 @@ async fn interrupted_spawn_story(engine: Engine) {
     assert!(singleusers(&dir, "erin").is_empty());
     timer.done("9c. the next start leaves exactly one server (the leftover stopped)");
     timer.summary();
+}
+
+// ---- `atelier up`: the README's first command -------------------------------------------------
+
+/// `atelier up` and the processes it started, killed (with everything under `dir`) when dropped.
+struct Up {
+    dir: PathBuf,
+    dir_str: String,
+    procs: Vec<Proc>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for proc in &mut self.procs {
+            if failed {
+                say(format!("---- {} ----\n{}", proc.log.display(), proc.log()));
+            }
+            proc.kill();
+        }
+        kill_leftovers(&self.dir_str);
+        if failed {
+            say(format!("e2e_stack[up]: kept {}", self.dir.display()));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Up {
+    /// Starts `atelier up` on `port` with `flags`, its singleuser found on `PATH` in `venv`;
+    /// the admin password it printed.
+    async fn start(&mut self, venv: &Path, port: u16, flags: &[&str]) -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        let path = format!(
+            "{}:{}",
+            venv.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.arg("up")
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(flags)
+            .env("PATH", path)
+            .env("HOME", &self.dir)
+            .env_remove("ATELIER_CATALOG")
+            .env("RUST_LOG", "info");
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let name = format!("up-{}", self.procs.len());
+        self.procs.push(Proc::spawn(&name, cmd, &self.dir));
+        let up = self.procs.last_mut().expect("just pushed");
+        let deadline = Deadline::new("atelier up to print its URL", Duration::from_secs(60));
+        let banner = format!("Atelier is running at http://127.0.0.1:{port}/");
+        loop {
+            let log = up.log();
+            if log.contains(&banner)
+                && let Some(line) = log.lines().find(|l| l.contains("with the password: "))
+            {
+                let password = line.rsplit("with the password: ").next().unwrap().trim();
+                assert!(password.len() >= 16, "a strong one-time password: {line}");
+                return password.to_owned();
+            }
+            assert!(up.exited().is_none(), "atelier up exited: {log}");
+            deadline
+                .tick(log.lines().last().unwrap_or("").to_owned())
+                .await;
+        }
+    }
+}
+
+/// The README's first command: `atelier up` (local backend, SQLite, dev login) serves the
+/// login page at its URL, lets the admin in with the printed one-time password (and nobody with
+/// a wrong one), starts a real JupyterLab for a dev-login user, and with
+/// `--stop-servers-on-exit` stops it on SIGTERM, recorded in the database before it exits. A
+/// second `up` on the same data directory prints a new password and keeps the sessions.
+async fn up_story() {
+    let Some(venv) = peers_venv("atelier up with a real jupyterhub-singleuser") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(format!("atelier-e2e-{}", &generate_token()[..16]));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut up = Up {
+        dir_str: dir.to_string_lossy().into_owned(),
+        dir,
+        procs: Vec::new(),
+    };
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let http = Http::new();
+    let password = up.start(&venv, port, &["--stop-servers-on-exit"]).await;
+
+    // The admin, with the printed password; a wrong one is refused.
+    let mut admin = Browser::login_with(&http, &public, "admin", "not-the-password").await;
+    assert!(
+        admin.session_user().await.is_none(),
+        "a wrong admin password logs nobody in"
+    );
+    admin = Browser::login_with(&http, &public, "admin", &password).await;
+    assert_eq!(admin.session_user().await.as_deref(), Some("admin"));
+    let page = admin.get("/hub/admin", "text/html").await;
+    assert_eq!(page.status, 200, "the admin page: {}", page.body);
+
+    // A dev-login user starts JupyterLab through the spawn form and reaches it through the proxy.
+    let mut alice = Browser::login(&http, &public, "alice").await;
+    let token = alice.create_token().await;
+    let next = alice.spawn_form().await;
+    assert!(
+        next.contains("/user/alice/") || next.contains("/hub/spawn-pending/alice"),
+        "{next}"
+    );
+    let status_url = format!("{public}/user/alice/api/status");
+    let deadline = Deadline::new(format!("{status_url} to answer 200"), SPAWN_WAIT);
+    loop {
+        let resp = http.api("GET", &status_url, &token, None).await;
+        if resp.status == 200 {
+            break;
+        }
+        deadline.tick((resp.status, resp.body)).await;
+    }
+    let servers = singleusers(&up.dir_str, "alice");
+    assert_eq!(servers.len(), 1, "one server process for alice");
+    let pid = servers[0].pid;
+
+    // SIGTERM: `up` stops the server (--stop-servers-on-exit), records it, and exits 0.
+    let exited = up.procs[0].terminate(Duration::from_secs(60)).await;
+    assert!(exited, "atelier up exits on SIGTERM: {}", up.procs[0].log());
+    let status = up.procs[0].exited().expect("exited");
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        up.procs[0].log()
+    );
+    assert!(gone(pid), "alice's server (pid {pid}) is stopped with up");
+    let db = up.dir.join("data/atelier.sqlite");
+    let store = Store::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("up's database");
+    let user = store.get_user("alice").await.expect("alice is stored");
+    let server = store.get_server(user.id, "").await.expect("her server row");
+    assert_eq!(
+        server.state,
+        atelier::store::ServerState::Stopped,
+        "the stop is recorded before up exits"
+    );
+    store.close().await;
+
+    // Again on the same data directory: a new password, the same users and sessions.
+    let second = up.start(&venv, port, &[]).await;
+    assert_ne!(second, password, "the admin password is new at every start");
+    let home = alice.get("/hub/home", "text/html").await;
+    assert_eq!(
+        home.status, 200,
+        "alice's session survives a restart: {}",
+        home.body
+    );
+    assert!(home.body.contains("alice"), "{}", home.body);
+    assert!(up.procs[1].terminate(Duration::from_secs(60)).await);
+}
+
+mod up {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_default() {
+        super::up_story().await;
+    }
 }
 
 mod interrupted_spawn {

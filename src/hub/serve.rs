@@ -530,8 +530,8 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!("stopping...");
     if args.stop_servers_on_exit {
-        // Servers still stopping are not waited for (`POST /hub/api/shutdown` waits).
-        crate::hub::api::hub::stop_active_servers(&hub, "atelier up").await;
+        // Waits for the stops to be recorded before the store closes.
+        crate::hub::api::hub::stop_all_servers(&hub, "atelier up").await;
     }
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;

@@ -109,8 +109,8 @@ pub async fn shutdown(
 }
 
 /// Stops every active server (a page of 200 at a time), then waits until none is stopping, up
-/// to twice the spawn timeout.
-async fn stop_all_servers(hub: &HubState, actor: &str) {
+/// to twice the spawn timeout (`POST /hub/api/shutdown` and `atelier up --stop-servers-on-exit`).
+pub(crate) async fn stop_all_servers(hub: &HubState, actor: &str) {
     let mut pending = stop_active_servers(hub, actor).await;
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(hub.config.spawn_timeout_secs.saturating_mul(2));
@@ -135,8 +135,8 @@ async fn stop_all_servers(hub: &HubState, actor: &str) {
 }
 
 /// Stops every active server as `actor`, a page of 200 at a time (a failure is logged and the
-/// rest still stopped); the ids of the servers still stopping. Also `atelier up`'s stop on exit.
-pub(crate) async fn stop_active_servers(hub: &HubState, actor: &str) -> Vec<i64> {
+/// rest still stopped); the ids of the servers still stopping.
+async fn stop_active_servers(hub: &HubState, actor: &str) -> Vec<i64> {
     let mut after = None;
     let mut pending = Vec::new();
     loop {
