@@ -24,6 +24,9 @@ c.ConfigurableHTTPProxy.auth_token = "bench-chp-token"
 # with an api_token in the configuration. JupyterHub does not trust the entropy of configured
 # tokens (trust_user_provided_tokens = False, the default) and hashes them with 16,384 rounds of
 # SHA-512; tokens it generates itself (servers', users') get one round.
+# A service JupyterHub starts itself (`command`, as z2jh runs the culler) gets a generated token;
+# TRUST_TOKENS=1 in run.sh gives the configured token the same single round.
+c.JupyterHub.trust_user_provided_tokens = os.environ.get("BENCH_TRUST_TOKENS") == "1"
 c.JupyterHub.services = [{"name": "bench", "api_token": os.environ["BENCH_TOKEN"]}]
 c.JupyterHub.load_roles = [
     {

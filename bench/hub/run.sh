@@ -25,7 +25,10 @@
 # CHP) on CPU 1, as in bench/proxy. PIN=0: all share all cores.
 #
 # Usage: bench/hub/run.sh   (env: DURATION=5 CONNS="1 16" USERS=2000 GROUP_COUNT=20 GROUP_SIZE=50
-#                                 KINDS="whoami whoami-svc page user activity" PIN=1 PROFILE=0)
+#                                 KINDS="whoami whoami-svc page user activity" PIN=1 PROFILE=0
+#                                 TRUST_TOKENS=0)
+# TRUST_TOKENS=1 sets JupyterHub's trust_user_provided_tokens: the configured service token is then
+# hashed with one round, as the token of a service JupyterHub starts itself (z2jh's culler) is.
 # PROFILE=1 runs each kind once more under a profiler (JupyterHub: py-spy, set PYSPY=/path if it is
 # not on PATH; Atelier: perf) and keeps the summaries in results/<timestamp>-profiles.txt (and
 # JupyterHub's collapsed stacks in results/<timestamp>-py-spy/).
@@ -41,6 +44,7 @@ GROUP_COUNT=${GROUP_COUNT:-20}
 GROUP_SIZE=${GROUP_SIZE:-50}
 KINDS=${KINDS:-"whoami whoami-svc page user activity"}
 PIN=${PIN:-1}
+TRUST_TOKENS=${TRUST_TOKENS:-0}
 LOAD_PIN=(); HUB_PIN=()
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
   LOAD_PIN=(taskset -c 0); HUB_PIN=(taskset -c 1)
@@ -120,7 +124,7 @@ log "starting JupyterHub $JH_VERSION (configurable-http-proxy $CHP_VERSION)"
 START=$(now)
 (cd "$WORK/jh" && BENCH_WORK="$WORK/jh" BENCH_JH_PUBLIC_PORT=$(free_port) BENCH_JH_HUB_PORT=$JH_PORT \
   BENCH_JH_PROXY_API_PORT=$(free_port) BENCH_CHP="$CHP_BIN" BENCH_TOKEN=$TOKEN BENCH_SCOPES=$SCOPES \
-  PATH="$VENV/bin:$PATH" exec "${HUB_PIN[@]}" "$VENV/bin/jupyterhub" -f "$HERE/jupyterhub_config.py" \
+  BENCH_TRUST_TOKENS=$TRUST_TOKENS PATH="$VENV/bin:$PATH" exec "${HUB_PIN[@]}" "$VENV/bin/jupyterhub" -f "$HERE/jupyterhub_config.py" \
   >"$WORK/jh/log" 2>&1) &
 JH_PID=$!; PIDS+=("$JH_PID")
 JH_START=$(wait_200 "http://127.0.0.1:$JH_PORT/hub/api" "$JH_PID") || { tail -n 30 "$WORK/jh/log" >&2; exit 1; }
@@ -271,6 +275,11 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     "vs atelier hub $COMMIT (SQLite); $USERS users, $GROUP_COUNT groups of $GROUP_SIZE;" \
     "load average $LOAD_BEFORE before, $LOAD_AFTER after"
   echo "CPU layout: $LAYOUT"
+  if [ "$TRUST_TOKENS" = 1 ]; then
+    echo "JupyterHub: trust_user_provided_tokens = True (the service token hashed with 1 round, as a generated one)"
+  else
+    echo "JupyterHub: trust_user_provided_tokens = False (default: the configured service token hashed with 16,384 rounds)"
+  fi
   for p in "${POP[@]}"; do echo "populated $p"; done
   echo "startup to the first 200 on /hub/api (fresh SQLite): JupyterHub $JH_START s, atelier $AT_START s"
   echo "RSS after the runs: JupyterHub $((JH_RSS / 1024)) MiB + its CHP $((CHP_RSS / 1024)) MiB," \
