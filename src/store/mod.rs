@@ -122,7 +122,10 @@ impl Store {
             let mut connect = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                // A page of users is 200+ rows: the default (50) makes the worker thread hand
+                // them over in many small batches (bench/README.md, "Hub").
+                .row_buffer_size(256);
             if !in_memory {
                 connect = connect
                     .journal_mode(SqliteJournalMode::Wal)
