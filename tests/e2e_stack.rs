@@ -249,6 +249,31 @@ impl Browser {
     /// Logs in with the dev login form at `base` (the proxy's public URL), as a browser does:
     /// the form's `_xsrf` and the anonymous session cookie, then the post, then `/hub/home`.
     async fn login(http: &Http, base: &str, user: &str) -> Browser {
+        let (mut browser, anonymous, posted) = Browser::post_login(http, base, user, "").await;
+        assert_eq!(posted.status, 303, "POST /hub/login: {}", posted.body);
+        let location = posted.header("location").expect("a Location").to_owned();
+        assert_eq!(location, "/hub/home");
+        let session = browser.session().expect("a session after the login");
+        assert_ne!(session, anonymous, "a login starts a new session");
+        let home = browser.get(&location, "text/html").await;
+        assert_eq!(home.status, 200, "GET {location}: {}", home.body);
+        assert!(home.body.contains(user), "home names {user}: {}", home.body);
+        browser
+    }
+
+    /// Logs in with a user name and password through the dev login form; the browser, logged
+    /// in or not (see [`Browser::session_user`]).
+    async fn login_with(http: &Http, base: &str, user: &str, password: &str) -> Browser {
+        Browser::post_login(http, base, user, password).await.0
+    }
+
+    /// The login form's page, then its post: the browser, its anonymous session, the answer.
+    async fn post_login(
+        http: &Http,
+        base: &str,
+        user: &str,
+        password: &str,
+    ) -> (Browser, String, Resp) {
         let mut browser = Browser {
             http: http.clone(),
             base: base.to_owned(),
@@ -265,39 +290,10 @@ impl Browser {
         let posted = browser
             .post_form(
                 "/hub/login",
-                &[("_xsrf", &xsrf), ("username", user), ("password", "")],
-            )
-            .await;
-        assert_eq!(posted.status, 303, "POST /hub/login: {}", posted.body);
-        let location = posted.header("location").expect("a Location").to_owned();
-        assert_eq!(location, "/hub/home");
-        let session = browser.session().expect("a session after the login");
-        assert_ne!(session, anonymous, "a login starts a new session");
-        let home = browser.get(&location, "text/html").await;
-        assert_eq!(home.status, 200, "GET {location}: {}", home.body);
-        assert!(home.body.contains(user), "home names {user}: {}", home.body);
-        browser
-    }
-
-    /// Logs in with a user name and password through the dev login form; the browser, logged
-    /// in or not (see [`Browser::session_user`]).
-    async fn login_with(http: &Http, base: &str, user: &str, password: &str) -> Browser {
-        let mut browser = Browser {
-            http: http.clone(),
-            base: base.to_owned(),
-            user: user.to_owned(),
-            cookies: BTreeMap::new(),
-        };
-        let page = browser.get("/hub/login", "text/html").await;
-        assert_eq!(page.status, 200, "GET /hub/login: {}", page.body);
-        let xsrf = page.xsrf();
-        browser
-            .post_form(
-                "/hub/login",
                 &[("_xsrf", &xsrf), ("username", user), ("password", password)],
             )
             .await;
-        browser
+        (browser, anonymous, posted)
     }
 
     /// Who `/hub/home` says is logged in: `Some(user)` when the page answers 200 and names the
