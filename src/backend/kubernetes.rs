@@ -55,8 +55,6 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, pin_mut};
-use http::HeaderValue;
-use http::header;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -160,15 +158,7 @@ impl std::fmt::Display for WorkspaceHandle {
 /// A client from the environment (in-cluster or kubeconfig) sending
 /// `User-Agent: atelier-hub/<version>`.
 pub async fn kube_client() -> anyhow::Result<Client> {
-    use anyhow::Context as _;
-    let mut config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    config.headers.push((
-        header::USER_AGENT,
-        HeaderValue::from_static(concat!("atelier-hub/", env!("CARGO_PKG_VERSION"))),
-    ));
-    Ok(Client::try_from(config)?)
+    crate::operator::kube_client(concat!("atelier-hub/", env!("CARGO_PKG_VERSION"))).await
 }
 
 /// The `kubernetes` backend (see the module documentation).

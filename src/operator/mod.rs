@@ -326,18 +326,20 @@ pub fn reporter() -> Reporter {
     }
 }
 
-/// A client from the environment (in-cluster or kubeconfig) sending
-/// `User-Agent: atelier-operator/<version>`.
-pub async fn kube_client() -> anyhow::Result<Client> {
+/// A client from the environment (in-cluster or kubeconfig) sending `User-Agent: <user_agent>`
+/// (the operator's: [`OPERATOR_USER_AGENT`]; the hub's kubernetes backend has its own).
+pub async fn kube_client(user_agent: &'static str) -> anyhow::Result<Client> {
     let mut config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    config.headers.push((
-        header::USER_AGENT,
-        HeaderValue::from_static(concat!("atelier-operator/", env!("CARGO_PKG_VERSION"))),
-    ));
+    config
+        .headers
+        .push((header::USER_AGENT, HeaderValue::from_static(user_agent)));
     Ok(Client::try_from(config)?)
 }
+
+/// The operator's `User-Agent`.
+pub const OPERATOR_USER_AGENT: &str = concat!("atelier-operator/", env!("CARGO_PKG_VERSION"));
 
 /// The `/metrics` and `/healthz` routes.
 pub fn router(registry: Arc<Registry>) -> Router {
@@ -400,7 +402,7 @@ pub(crate) async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// Runs the operator until SIGTERM.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let config = args.operator_config()?;
-    let client = kube_client().await?;
+    let client = kube_client(OPERATOR_USER_AGENT).await?;
 
     let mut registry = Registry::with_prefix("atelier");
     let metrics = Arc::new(Metrics::register(&mut registry));
