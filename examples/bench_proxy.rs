@@ -221,20 +221,7 @@ async fn main() -> anyhow::Result<()> {
                 Client::builder(TokioExecutor::new()).build(HttpConnector::new());
             let body = Bytes::from(serde_json::json!({ "target": target }).to_string());
             let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..routes)
-                .map(|i| {
-                    let req = http::Request::post(format!("{api}/api/routes/user/u{i}"))
-                        .header("authorization", format!("token {auth}"))
-                        .header("content-type", "application/json")
-                        .body(Full::new(body.clone()));
-                    let client = client.clone();
-                    async move {
-                        let resp = client.request(req?).await?;
-                        let status = resp.status();
-                        resp.into_body().collect().await?;
-                        anyhow::ensure!(status.is_success(), "route u{i}: {status}");
-                        Ok(())
-                    }
-                })
+                .map(|i| chp_route(&client, &api, &auth, "POST", format!("u{i}"), body.clone()))
                 .buffer_unordered(16)
                 .collect()
                 .await;
@@ -250,32 +237,48 @@ async fn main() -> anyhow::Result<()> {
             let client: Client<HttpConnector, Full<Bytes>> =
                 Client::builder(TokioExecutor::new()).build(HttpConnector::new());
             let body = Bytes::from(serde_json::json!({ "target": target }).to_string());
-            let send = |method: &str, k: u64, body: Bytes| {
-                let req = http::Request::builder()
-                    .method(method)
-                    .uri(format!("{api}/api/routes/user/churn{k}"))
-                    .header("authorization", format!("token {auth}"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(body));
-                let client = client.clone();
-                async move {
-                    let resp = client.request(req?).await?;
-                    let status = resp.status();
-                    resp.into_body().collect().await?;
-                    anyhow::ensure!(status.is_success(), "{status}");
-                    anyhow::Ok(())
-                }
-            };
             let mut tick = churn_ticker(churn);
             for k in 0u64.. {
                 tick.tick().await;
-                send("POST", k, body.clone()).await?;
+                chp_route(
+                    &client,
+                    &api,
+                    &auth,
+                    "POST",
+                    format!("churn{k}"),
+                    body.clone(),
+                )
+                .await?;
                 if let Some(old) = k.checked_sub(CHURN_WINDOW) {
-                    send("DELETE", old, Bytes::new()).await?;
+                    let user = format!("churn{old}");
+                    chp_route(&client, &api, &auth, "DELETE", user, Bytes::new()).await?;
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// Adds (`POST`, `body` naming the target) or removes (`DELETE`) configurable-http-proxy's route
+/// `/user/<user>` through its REST API.
+async fn chp_route(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    api: &str,
+    auth: &str,
+    method: &str,
+    user: String,
+    body: Bytes,
+) -> anyhow::Result<()> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("{api}/api/routes/user/{user}"))
+        .header("authorization", format!("token {auth}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))?;
+    let resp = client.request(req).await?;
+    let status = resp.status();
+    resp.into_body().collect().await?;
+    anyhow::ensure!(status.is_success(), "{method} route {user}: {status}");
     Ok(())
 }
 
