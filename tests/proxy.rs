@@ -145,6 +145,20 @@ async fn upstream_handler(
             .into_response();
     }
     let query = req.uri().query().unwrap_or("").to_owned();
+    // `?set-cookie=<percent-encoded value>`, repeated: a server that sets cookies.
+    let cookies: Vec<String> = query
+        .split('&')
+        .filter_map(|p| p.strip_prefix("set-cookie="))
+        .map(percent_decode)
+        .collect();
+    if !cookies.is_empty() {
+        let mut resp = axum::Json(json!({"name": state.name})).into_response();
+        for c in cookies {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, c.parse().unwrap());
+        }
+        return resp;
+    }
     let gated = query_param(&query, "gate").is_some();
     if let Some(n) = query_param(&query, "download").and_then(|n| n.parse::<usize>().ok()) {
         let data = Bytes::from(pattern(n));
@@ -192,6 +206,34 @@ async fn upstream_handler(
         "connection": header("connection"),
     }))
     .into_response()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                (c as char).to_string()
+            } else {
+                format!("%{c:02X}")
+            }
+        })
+        .collect()
 }
 
 /// `data` in 16 KiB chunks; when gated, stops after the first [`FIRST`] bytes until told to go
@@ -418,6 +460,76 @@ async fn routes_by_longest_prefix_and_keeps_path_query_and_host() {
 
     proxy.stop().await;
     for u in [hub, alice, gpu, bob] {
+        u.stop().await;
+    }
+}
+
+/// Cookie tossing: a user's server cannot set a cookie the hub (or another server) would read.
+/// Its `Set-Cookie` headers naming the hub's session cookie, with a `Path` outside its own
+/// `/user/<name>/[<server>/]` prefix, or with a `Domain`, are dropped; its own cookies and the
+/// hub's pass.
+#[tokio::test]
+async fn user_servers_cannot_set_cookies_beyond_their_prefix() {
+    let hub = Upstream::start("hub").await;
+    let bob = Upstream::start("bob").await;
+    let gpu = Upstream::start("bob/gpu").await;
+    let routes = memory(&[("bob", "", &bob.url()), ("bob", "gpu", &gpu.url())]);
+    let proxy = RunningProxy::start(routes, None, &hub.url(), NEVER).await;
+    let c = client();
+    let set_cookies = |a: &Answer| -> Vec<String> {
+        a.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let asking = |path: &str, cookies: &[&str]| {
+        let query: Vec<String> = cookies
+            .iter()
+            .map(|c| format!("set-cookie={}", percent_encode(c)))
+            .collect();
+        proxy.url(&format!("{path}?{}", query.join("&")))
+    };
+
+    let tossed = [
+        "atelier-session=attacker; Path=/hub/; HttpOnly",
+        "atelier-session=attacker; Path=/user/bob/",
+        "x=1; Path=/",
+        "x=2; Path=/hub/",
+        "x=3; Path=/user/alice/",
+        "x=4; Domain=127.0.0.1; Path=/user/bob/",
+    ];
+    let own = [
+        "jupyterhub-user-bob=t; Path=/user/bob/; HttpOnly",
+        "_xsrf=x; Path=/user/bob/lab/",
+        "plain=1",
+    ];
+    let all: Vec<&str> = tossed.iter().chain(own.iter()).copied().collect();
+    let a = get(&c, &asking("/user/bob/tree", &all), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["name"], "bob");
+    assert_eq!(set_cookies(&a), own, "only bob's own cookies pass");
+
+    // A named server: its own prefix only, not the default server's.
+    let a = get(
+        &c,
+        &asking(
+            "/user/bob/gpu/lab",
+            &["a=1; Path=/user/bob/gpu/", "b=2; Path=/user/bob/"],
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(a.json()["name"], "bob/gpu");
+    assert_eq!(set_cookies(&a), ["a=1; Path=/user/bob/gpu/"]);
+
+    // The hub's own cookies are the hub's business.
+    let a = get(&c, &asking("/hub/login", &[tossed[0], "x=1; Path=/"]), &[]).await;
+    assert_eq!(a.json()["name"], "hub");
+    assert_eq!(set_cookies(&a), [tossed[0], "x=1; Path=/"]);
+
+    proxy.stop().await;
+    for u in [hub, bob, gpu] {
         u.stop().await;
     }
 }

@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use super::auth::Access;
 use super::body::{RequestBody, ResponseBody};
 use super::paths::{
-    credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path, path_and_query,
-    remove_hop_by_hop, server_label, spawn_url, strip_session_cookie,
+    SESSION_COOKIE, credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path,
+    path_and_query, remove_hop_by_hop, server_label, spawn_url, strip_session_cookie,
 };
 use super::routes::{Resolved, Upstream};
 use super::splice::splice;
@@ -153,8 +153,12 @@ impl Proxy {
             (RequestBody::owned(body), None)
         };
 
+        let cookie_prefix = match &dest {
+            Dest::Hub => None,
+            Dest::User { user, server, .. } => Some(server_prefix(user, server)),
+        };
         let error = match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(resp) => return respond(resp, client_upgrade, ctx),
+            Ok(resp) => return respond(resp, client_upgrade, ctx, cookie_prefix.as_deref()),
             Err(e) => e,
         };
         let Dest::User {
@@ -207,7 +211,7 @@ impl Proxy {
         *retry.version_mut() = Version::HTTP_11;
         *retry.headers_mut() = headers;
         match self.client.request(retry).await {
-            Ok(resp) => respond(resp, client_upgrade, ctx),
+            Ok(resp) => respond(resp, client_upgrade, ctx, cookie_prefix.as_deref()),
             Err(e) => {
                 tracing::warn!(error = %e, server = %label, "upstream failed after a fresh lookup");
                 bad_gateway()
@@ -242,13 +246,98 @@ fn prepare_headers(headers: &mut HeaderMap, remote: IpAddr, upgrade: bool, user_
     }
 }
 
+/// The path prefix of `user`'s server `server`: `/user/<user>/`, or `/user/<user>/<server>/`.
+fn server_prefix(user: &str, server: &str) -> String {
+    if server.is_empty() {
+        format!("/user/{user}/")
+    } else {
+        format!("/user/{user}/{server}/")
+    }
+}
+
+/// Drops the `Set-Cookie` headers of a user's server that could reach beyond that server (cookie
+/// tossing): one naming a hub cookie, one with a `Domain` attribute (it would reach other hosts
+/// of the domain, other users' hosts with `--user-domain`), and one with a `Path` outside the
+/// server's `prefix` (e.g. `Path=/hub/`, where the hub would read it). A cookie without `Path`
+/// gets the directory of the request's path (RFC 6265 §5.1.4), which is inside the prefix.
+fn drop_tossed_cookies(headers: &mut HeaderMap, prefix: &str) {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let all: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in all {
+        if cookie_stays_on_server(&value, prefix) {
+            headers.append(header::SET_COOKIE, value);
+        } else {
+            tracing::warn!(
+                prefix,
+                cookie = cookie_name(&value),
+                "dropped a Set-Cookie of a user's server that reaches beyond it"
+            );
+        }
+    }
+}
+
+/// The name of a `Set-Cookie` value, for the log (never its value).
+fn cookie_name(value: &HeaderValue) -> &str {
+    let text = value.to_str().unwrap_or("");
+    text.split(';')
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .map_or("", |(name, _)| name.trim())
+}
+
+/// Whether a `Set-Cookie` of the server at `prefix` is confined to it (see
+/// [`drop_tossed_cookies`]). Attributes are matched case-insensitively, as browsers do, and
+/// every `Path` counts (the last one wins in a browser).
+fn cookie_stays_on_server(value: &HeaderValue, prefix: &str) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let mut parts = text.split(';');
+    let name = parts
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .map_or("", |(name, _)| name.trim());
+    if name.eq_ignore_ascii_case(SESSION_COOKIE) {
+        return false;
+    }
+    let bare = prefix.trim_end_matches('/');
+    for attribute in parts {
+        let (key, val) = attribute.split_once('=').unwrap_or((attribute, ""));
+        let (key, val) = (key.trim(), val.trim());
+        if key.eq_ignore_ascii_case("domain") {
+            return false;
+        }
+        // A Path not starting with `/` is ignored by browsers (the default path applies).
+        if key.eq_ignore_ascii_case("path")
+            && val.starts_with('/')
+            && val != bare
+            && !val.starts_with(prefix)
+        {
+            return false;
+        }
+    }
+    true
+}
+
 /// The upstream's response as the client gets it; on `101 Switching Protocols` the two
-/// upgraded connections are spliced together.
+/// upgraded connections are spliced together. `cookie_prefix`: a user server's prefix, whose
+/// `Set-Cookie` headers must stay within it.
 fn respond(
     mut resp: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
     ctx: &ConnCtx,
+    cookie_prefix: Option<&str>,
 ) -> Response<ResponseBody> {
+    if let Some(prefix) = cookie_prefix {
+        drop_tossed_cookies(resp.headers_mut(), prefix);
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return json_error(
@@ -397,6 +486,53 @@ mod tests {
         let json = forbidden(false, "alice");
         assert_eq!(json.status(), StatusCode::FORBIDDEN);
         assert_eq!(json.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn set_cookies_of_a_user_server_stay_within_its_prefix() {
+        let kept = |cookie: &str, prefix: &str| {
+            let mut h = HeaderMap::new();
+            h.append(header::SET_COOKIE, HeaderValue::from_str(cookie).unwrap());
+            h.append(header::SET_COOKIE, HeaderValue::from_static("ok=1"));
+            drop_tossed_cookies(&mut h, prefix);
+            let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+            assert!(
+                left.contains(&&HeaderValue::from_static("ok=1")),
+                "{cookie}"
+            );
+            left.len() == 2
+        };
+        let alice = "/user/alice/";
+        let gpu = "/user/alice/gpu/";
+        // JupyterHub's single-user server's own cookies: kept.
+        assert!(kept(
+            "jupyterhub-user-alice=x; Path=/user/alice/; HttpOnly",
+            alice
+        ));
+        assert!(kept("_xsrf=x; Path=/user/alice/gpu/", gpu));
+        assert!(kept("a=b; Path=/user/alice", alice));
+        assert!(kept("a=b; path=/user/alice/lab/", alice));
+        assert!(kept("a=b", alice));
+        assert!(kept("a=b; Path=relative", alice));
+        assert!(kept("a=b; SameSite=Lax; Secure; Max-Age=10", alice));
+        // Tossed: a hub cookie, a path outside, a Domain.
+        assert!(!kept("atelier-session=evil; Path=/user/alice/", alice));
+        assert!(!kept("Atelier-Session=evil", alice));
+        assert!(!kept("x=1; Path=/hub/", alice));
+        assert!(!kept("x=1; Path=/", alice));
+        assert!(!kept("x=1; PATH=/hub", alice));
+        assert!(!kept("x=1; Path=/user/alicex/", alice));
+        assert!(!kept("x=1; Path=/user/bob/", alice));
+        assert!(
+            !kept("x=1; Path=/user/alice/", gpu),
+            "the default server's path"
+        );
+        assert!(
+            !kept("x=1; Path=/user/alice/gpu/; Path=/", gpu),
+            "the last Path wins"
+        );
+        assert!(!kept("x=1; Domain=example.org", alice));
+        assert!(!kept("x=1; Path=/user/alice/; domain=127.0.0.1", alice));
     }
 
     #[test]
