@@ -19,7 +19,8 @@ use atelier::store::{ServerState, Store, StoreError, TokenOwner};
 use chrono::Utc;
 use common::TestDb;
 use common::hub::{
-    Browser, Resp, Served, TestBackend, assert_login_next, bind, dev_login_config, enc,
+    ADMIN_PASSWORD, Browser, Resp, Served, TestBackend, assert_login_next, bind, dev_login_config,
+    enc,
 };
 use openidconnect::core::{
     CoreGenderClaim, CoreIdToken, CoreIdTokenClaims, CoreJwsSigningAlgorithm,
@@ -221,6 +222,113 @@ async fn csrf_less_logout_is_refused() {
     let mut alice = web.logged_in("alice").await;
     refused_without_csrf(&mut alice, "/hub/logout", &[]).await;
     assert_eq!(alice.get("/hub/home").await.status, 200, "still logged in");
+}
+
+// ---- the dev login and admin accounts ---------------------------------------------------------
+
+/// Posts the dev login form for `name` with `password` from a fresh browser.
+async fn dev_login<'a>(web: &'a Served, name: &str, password: &str) -> (Resp, Browser<'a>) {
+    let mut b = web.browser();
+    let page = b.get("/hub/login").await;
+    let r = b
+        .post(
+            "/hub/login",
+            &[
+                ("_xsrf", &page.xsrf()),
+                ("username", name),
+                ("password", password),
+            ],
+        )
+        .await;
+    (r, b)
+}
+
+/// root makes alice an admin on the admin page.
+async fn root_makes_admin(web: &Served, name: &str) {
+    let mut root = web.logged_in("root").await;
+    let xsrf = root.xsrf().await;
+    let r = root
+        .post(
+            &format!("/hub/admin/users/{name}/admin"),
+            &[("_xsrf", &xsrf), ("admin", "true")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(web.hub.store.get_user(name).await.unwrap().admin);
+}
+
+/// An account made admin after its creation (not an `--admin-user` name) asks for the admin
+/// password in the dev login: none, or a wrong one, is refused with nothing logged in.
+#[tokio::test]
+async fn an_account_made_admin_needs_the_admin_password() {
+    let web = serve(|_| {}).await;
+    web.logged_in("alice").await;
+    root_makes_admin(&web, "alice").await;
+
+    for wrong in ["", "not-the-password"] {
+        let (r, mut b) = dev_login(&web, "alice", wrong).await;
+        assert_eq!(r.status, 403, "password {wrong:?}: {}", r.body);
+        assert!(r.body.contains("Wrong admin password"), "{}", r.body);
+        assert_eq!(
+            b.get("/hub/admin").await.status,
+            302,
+            "no session for alice with password {wrong:?}"
+        );
+    }
+    let (r, mut b) = dev_login(&web, "alice", ADMIN_PASSWORD).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(b.get("/hub/admin").await.status, 200, "alice is an admin");
+}
+
+/// A session the dev login opened without the admin password does not gain admin rights when
+/// its account is made admin while it lasts: not on the pages, the API or through the proxy's
+/// scopes; a new login with the password does.
+#[tokio::test]
+async fn a_passwordless_session_stays_without_admin_rights() {
+    let web = serve(|_| {}).await;
+    let mut alice = web.logged_in("alice").await;
+    root_makes_admin(&web, "alice").await;
+
+    assert_eq!(alice.get("/hub/home").await.status, 200, "still logged in");
+    assert_eq!(alice.get("/hub/admin").await.status, 403, "admin page");
+    let xsrf = alice.xsrf().await;
+    let cookie = format!("atelier-session={}", alice.cookie.as_deref().unwrap());
+    let headers = [("cookie", cookie.as_str()), ("x-xsrftoken", xsrf.as_str())];
+    let root = web
+        .request("GET", "/hub/api/users/root", &headers, String::new())
+        .await;
+    assert_eq!(root.status, 403, "read another user: {}", root.body);
+    let me = web
+        .request("GET", "/hub/api/user", &headers, String::new())
+        .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    let scopes = me.json()["scopes"].clone();
+    assert!(
+        !scopes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "admin:users"),
+        "the session holds no admin scope: {scopes}"
+    );
+    let promote = web
+        .request(
+            "PATCH",
+            "/hub/api/users/root",
+            &[
+                ("cookie", cookie.as_str()),
+                ("x-xsrftoken", xsrf.as_str()),
+                ("content-type", "application/json"),
+            ],
+            json!({"admin": false}).to_string(),
+        )
+        .await;
+    assert_eq!(promote.status, 403, "{}", promote.body);
+    assert!(web.hub.store.get_user("root").await.unwrap().admin);
+
+    let (r, mut b) = dev_login(&web, "alice", ADMIN_PASSWORD).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(b.get("/hub/admin").await.status, 200);
 }
 
 // ---- ID tokens through the callback, from a mock provider -------------------------------------

@@ -359,7 +359,9 @@ pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
     let store = Store::connect(&args.database_url)
         .await
         .with_context(|| "opening the database")?;
-    let admin_hash = if args.dev_login && !args.admin_users.is_empty() {
+    // With the dev login on, any account may be made admin later (admin page, REST API): each
+    // admin then logs in with this password, so it exists whenever the dev login does.
+    let admin_hash = if args.dev_login {
         let (password, hash) = super::views::generate_admin_password();
         eprintln!("admin password for the dev login (this start only): {password}");
         Some(hash)

@@ -16,6 +16,10 @@ use crate::store::models::{
     User,
 };
 
+/// Key of a session's `data` set to `true` when the dev login opened it without the admin
+/// password: [`Store::get_session`] then reports its user as not an admin.
+pub const SESSION_ADMIN_UNVERIFIED: &str = "admin_unverified";
+
 /// The OAuth client id of a user's server: `jupyterhub-user-<name>` for the default server,
 /// `jupyterhub-user-<name>-<server>` for a named one (JupyterHub's convention).
 pub fn oauth_client_id(user: &str, server: &str) -> String {
@@ -600,10 +604,17 @@ impl Store {
         .fetch_optional(p)
         .await?)
         .ok_or(StoreError::NotFound)?;
-        Ok(SessionIdentity {
-            session: row.session.into_model()?,
-            user: row.owner.into_user(),
-        })
+        let session = row.session.into_model()?;
+        let mut user = row.owner.into_user();
+        // A session the dev login opened without the admin password never carries admin rights,
+        // even when its account is made admin later (the hub, the pages and the proxy all read
+        // the user from here).
+        if let Some(user) = user.as_mut()
+            && session.data.get(SESSION_ADMIN_UNVERIFIED) == Some(&serde_json::Value::Bool(true))
+        {
+            user.admin = false;
+        }
+        Ok(SessionIdentity { session, user })
     }
 
     /// Moves the session's last activity forward to `at`.

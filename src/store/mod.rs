@@ -37,7 +37,10 @@ use sqlx::sqlite::{
 };
 
 pub use audit::{AuditQuery, NewAuditEvent};
-pub use auth::{NewOAuthClient, NewOAuthCode, NewSession, NewToken, PurgeCounts, oauth_client_id};
+pub use auth::{
+    NewOAuthClient, NewOAuthCode, NewSession, NewToken, PurgeCounts, SESSION_ADMIN_UNVERIFIED,
+    oauth_client_id,
+};
 pub use error::{Result, StoreError};
 pub use hub_ext::{RunningPage, ServerChanges};
 pub use models::*;

@@ -1,8 +1,10 @@
 //! Login and logout.
 //!
-//! The dev login (`HubConfig::dev_login`) takes any valid user name; the users listed in
-//! `HubConfig::admin_users` must also give the one-time admin password, of which the hub holds
-//! only the SHA-256 (`HubConfig::admin_password_hash`, see [`generate_admin_password`]).
+//! The dev login (`HubConfig::dev_login`) takes any valid user name; every admin account (the
+//! users listed in `HubConfig::admin_users`, and any account made admin since) must also give the
+//! one-time admin password, of which the hub holds only the SHA-256
+//! (`HubConfig::admin_password_hash`, see [`generate_admin_password`]). A session opened without
+//! it never carries admin rights, even if its account is made admin while it lasts.
 //!
 //! The login form is posted from an anonymous session (created by `GET /hub/login`), so it
 //! carries a CSRF token like every form; a successful login creates a new session with a new id
@@ -25,7 +27,10 @@ use super::{Page, PageError, found, see_other};
 use crate::hub::HubState;
 use crate::policy::names::is_valid_user_name;
 use crate::store::tokens::{constant_time_eq, generate_token, hash_token};
-use crate::store::{self, AuditAction, NewAuditEvent, NewSession, Session, StoreError, User};
+use crate::store::{
+    self, AuditAction, NewAuditEvent, NewSession, SESSION_ADMIN_UNVERIFIED, Session, StoreError,
+    User,
+};
 
 /// Seconds an anonymous (not yet logged-in) session lives: long enough to fill in the form.
 const LOGIN_SESSION_TTL_SECS: i64 = 3600;
@@ -184,11 +189,19 @@ pub async fn submit(
             );
         }
     };
-    let is_admin = hub
+    let admin_name = hub
         .config
         .admin_users
         .iter()
         .any(|a| a.trim().eq_ignore_ascii_case(&name));
+    // Every admin account asks for the admin password: the `--admin-user` names and any account
+    // made admin since (admin page, REST API). Without it anyone could log in as an admin.
+    let existing_admin = match hub.store.get_user(&name).await {
+        Ok(user) => user.admin,
+        Err(StoreError::NotFound) => false,
+        Err(e) => return Err(PageError::unexpected(e)),
+    };
+    let is_admin = admin_name || existing_admin;
     if is_admin {
         let given = hash_admin_password(&form.password);
         let ok = hub
@@ -210,13 +223,20 @@ pub async fn submit(
             .into_response());
         }
     }
-    let user = find_or_create_user(&hub, &name, is_admin).await?;
+    let user = find_or_create_user(&hub, &name, admin_name).await?;
+    // A session opened without the admin password stays without admin rights, even if the
+    // account is made admin while it lasts (see `Store::get_session`).
+    let data = if is_admin {
+        json!({})
+    } else {
+        json!({ SESSION_ADMIN_UNVERIFIED: true })
+    };
     let (cookie, _) = hub
         .store
         .create_session(&NewSession {
             user_id: Some(user.id),
             next: None,
-            data: json!({}),
+            data,
             expires_at: store::now() + Duration::seconds(hub.config.session_ttl_secs),
         })
         .await
