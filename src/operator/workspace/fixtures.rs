@@ -350,6 +350,13 @@ impl Step {
         self
     }
 
+    /// Answers `code` with `status`, a `Status` object as the API server sends it.
+    pub fn refuse(mut self, code: u16, status: Value) -> Self {
+        self.reply =
+            Box::new(move |_| (StatusCode::from_u16(code).expect("a status code"), status));
+        self
+    }
+
     /// Adds a check of the request body.
     pub fn check(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
         let first = self.check;
