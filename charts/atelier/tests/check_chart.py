@@ -63,10 +63,23 @@ def load_values(path: Path | str | None) -> dict:
         return yaml.safe_load(f) or {}
 
 
-def render(values: dict, name: str = "atelier", namespace: str = "atelier") -> list[dict]:
-    """The chart's objects for `values`, as dicts (empty documents dropped)."""
+# The API versions a cluster with the Prometheus Operator serves besides the built-in ones.
+MONITORING = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor"]
+
+
+def render(values: dict, name: str = "atelier", namespace: str = "atelier",
+           api_versions: list[str] | None = None) -> list[dict]:
+    """The chart's objects for `values`, as dicts (empty documents dropped). `api_versions` are
+    the extra API versions the cluster serves (`helm template --api-versions`): the native
+    render takes them, helm-python-sdk's Chart.render does not pass them on."""
     chart = Chart.load(str(CHART))
-    rendered = chart.render(values, name=name, namespace=namespace)
+    if api_versions:
+        from helm_python import _native
+        from helm_python.chart import _dumps
+        opts = {"name": name, "namespace": namespace, "api_versions": api_versions}
+        rendered = json.loads(_native.call_string("helm_render", chart._raw(), _dumps(values), json.dumps(opts)))
+    else:
+        rendered = chart.render(values, name=name, namespace=namespace)
     docs = []
     for template, text in sorted(rendered.items()):
         if template.endswith("NOTES.txt"):
@@ -256,9 +269,19 @@ def diff(a: dict, b: dict) -> dict:
     return out
 
 
-def check_render(values: dict, label: str, name: str = "atelier", namespace: str = "atelier") -> list[dict]:
+def check_priority_classes(docs: list[dict], values: dict, label: str) -> None:
+    """Every pool's priorityClassName is a rendered PriorityClass or declared external."""
+    created = {d["metadata"]["name"] for d in by_kind(docs, "PriorityClass")}
+    external = set(values.get("externalPriorityClasses", []))
+    named = {d["metadata"]["name"]: d["spec"].get("priorityClassName") for d in by_kind(docs, "NodePool")}
+    missing = {pool: pc for pool, pc in named.items() if pc and pc not in created | external}
+    check(not missing, f"{label}: every pool's PriorityClass is created by the chart or external ({missing or sorted(created)})")
+
+
+def check_render(values: dict, label: str, name: str = "atelier", namespace: str = "atelier",
+                 api_versions: list[str] | None = None) -> list[dict]:
     try:
-        docs = render(values, name=name, namespace=namespace)
+        docs = render(values, name=name, namespace=namespace, api_versions=api_versions)
     except helm_python.HelmError as e:
         check(False, f"{label}: renders ({e})")
         return []
@@ -266,6 +289,7 @@ def check_render(values: dict, label: str, name: str = "atelier", namespace: str
     validate(docs, label)
     check_workloads(docs, label)
     check_rbac(docs, label, values.get("namespaceMode", "shared"))
+    check_priority_classes(docs, values, label)
     return docs
 
 
@@ -412,8 +436,34 @@ def main_all() -> int:
     check(operator_policy is not None and operator_policy["spec"]["policyTypes"] == ["Ingress", "Egress"],
           "defaults: the operator's egress is restricted (DNS and the API server)")
 
+    classes = {d["metadata"]["name"]: d for d in by_kind(docs, "PriorityClass")}
+    pools = [d for d in yaml.safe_load_all((ROOT / "crds/examples/nodepools.yaml").read_text()) if d]
+    wanted = {p["spec"]["priorityClassName"] for p in pools if p["spec"].get("priorityClassName")}
+    check(wanted and wanted <= set(classes),
+          f"defaults: the chart creates the PriorityClasses crds/examples' pools name ({sorted(wanted)} in {sorted(classes)})")
+    check(classes.get("atelier-interactive", {}).get("value", 0) > classes.get("atelier-batch", {}).get("value", 0)
+          and classes.get("atelier-batch", {}).get("preemptionPolicy") == "Never"
+          and not any(c.get("globalDefault") for c in classes.values()),
+          "defaults: interactive above batch; batch never preempts; no global default")
+    refused({"nodePools": {"gpu": {"purpose": "gpu", "priorityClassName": "atelier-gpu"}}},
+            "nodePools.gpu.priorityClassName", "a pool naming a PriorityClass neither created nor external")
+    # Helm merges maps: a default is removed by setting it to null.
+    docs = check_render({"priorityClasses": {"atelier-interactive": None, "atelier-batch": None},
+                         "externalPriorityClasses": ["site-batch"],
+                         "nodePools": {"batch": {"purpose": "batch", "priorityClassName": "site-batch"}}},
+                        "an external PriorityClass")
+    check(not by_kind(docs, "PriorityClass"), "an external PriorityClass: the chart creates none")
+    check(find(docs, "ServiceMonitor", "-operator") is None
+          and find(render({"operator": {"serviceMonitor": {"enabled": True}}}), "ServiceMonitor", "-operator") is None,
+          "no ServiceMonitor where the cluster does not serve monitoring.coreos.com/v1, even when enabled")
+    for served in (MONITORING[:1], MONITORING[1:]):
+        monitor = find(render({"operator": {"serviceMonitor": {"enabled": True}}}, api_versions=served), "ServiceMonitor", "-operator")
+        check(monitor is not None, f"a ServiceMonitor where the cluster serves {served[0]}")
+    check(find(render({}, api_versions=MONITORING), "ServiceMonitor", "-operator") is None,
+          "no ServiceMonitor unless operator.serviceMonitor.enabled")
+
     for example in sorted((CHART / "examples").glob("*.yaml")):
-        docs = check_render(load_values(example), f"examples/{example.name}")
+        docs = check_render(load_values(example), f"examples/{example.name}", api_versions=MONITORING)
         if example.name == "centre.yaml":
             hub = find(docs, "Deployment", "-hub")
             env = {e["name"]: e for e in hub["spec"]["template"]["spec"]["containers"][0]["env"]}
