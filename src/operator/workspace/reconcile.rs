@@ -13,7 +13,8 @@
 //!   `Pending` or `Failed` and a Warning Event; the error then backs off exponentially
 //!   ([`error_policy`]).
 //! - *Cleanup*: delete the pod, delete the home volume only when the profile says `delete`, then
-//!   the finalizer is removed.
+//!   the finalizer is removed (a refused deletion is reported in the status the same way, and
+//!   the finalizer stays until it succeeds).
 //!
 //! The requests are deterministic: the same inputs make the same requests in the same order.
 
@@ -102,7 +103,10 @@ async fn reconcile_inner(ws: Arc<Workspace>, ctx: &Context) -> Result<Action> {
     finalizer::finalizer(&api, WORKSPACE_FINALIZER, ws, |event| async {
         match event {
             FinalizerEvent::Apply(ws) => apply_workspace(&ws, ctx).await,
-            FinalizerEvent::Cleanup(ws) => cleanup_workspace(&ws, ctx).await,
+            FinalizerEvent::Cleanup(ws) => match cleanup_workspace(&ws, ctx).await {
+                Err(error) => report_rejection(&ws, error, ctx).await,
+                ok => ok,
+            },
         }
     })
     .await

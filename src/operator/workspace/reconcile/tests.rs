@@ -1198,3 +1198,46 @@ async fn a_cluster_ip_service_of_an_older_operator_is_recreated_headless() {
         ["DELETE /api/v1/namespaces/team/services/ws-alice"]
     );
 }
+
+#[tokio::test]
+async fn a_refused_deletion_keeps_the_finalizer_and_says_why() {
+    let cfg = OperatorConfig::default();
+    let ws = deleting(workspace());
+    let d = children(&ws, &cfg);
+    let pod = running_pod(&d);
+    let forbidden = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "pods \"ws-alice\" is forbidden: User \"system:serviceaccount:atelier:atelier-operator\" cannot delete resource \"pods\" in API group \"\" in the namespace \"team\"",
+        "reason": "Forbidden", "code": 403,
+    });
+    let steps = vec![
+        list_pods(&ws, std::slice::from_ref(&pod)),
+        Step::delete(pod_path(&ws, &pod), None).refuse(403, forbidden),
+        Step::apply_status(&ws, |body| {
+            let status = without_times(body);
+            assert_eq!(status["phase"], "Pending");
+            assert_eq!(status["conditions"][0]["reason"], "Forbidden");
+            let message = status["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with("The Kubernetes API refused deleting Pod ws-alice: ")
+                    && message.contains("cannot delete resource \"pods\""),
+                "{message}"
+            );
+        }),
+        Step::event(&ws, |body| assert_eq!(body["type"], "Warning")),
+    ];
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert!(
+        matches!(&outcome.result, Err(Error::Delete { kind, .. }) if kind == "Pod"),
+        "{:?}",
+        outcome.result
+    );
+    assert!(
+        !write_log(&outcome).iter().any(|w| w
+            .starts_with("PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice")
+            && !w.ends_with("/status")),
+        "the finalizer stays: {:?}",
+        write_log(&outcome)
+    );
+}
