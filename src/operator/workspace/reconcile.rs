@@ -91,7 +91,7 @@ pub async fn reconcile_workspace(ws: Arc<Workspace>, ctx: Arc<Context>) -> Resul
 
 /// Exponential back-off per Workspace: 1 s doubling to 5 min, reset by a success.
 /// (kube-rs/controller-rs `src/controller.rs` requeues every failure after a fixed 5 min; a
-/// refusal reported in the status ([`report_rejection`]) is retried sooner at first, and a
+/// refusal reported in the status (`report_rejection`) is retried sooner at first, and a
 /// Workspace that keeps failing costs the API server less.)
 pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = workspace_key(&ws);
