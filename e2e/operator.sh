@@ -5,8 +5,9 @@
 #   e2e/operator.sh --dry-run                            # no cluster: check tools and print the plan
 #
 # It installs the CRDs, runs `atelier operator` locally against the cluster, applies a pool, a
-# profile and two Workspaces in a temporary namespace, and checks: the pod, Service, PVC, Secret
-# and NetworkPolicy appear with owner references; the GPU workspace is refused with a reason;
+# profile and three Workspaces in a temporary namespace, and checks: the pod, Service (headless),
+# PVC, Secret and NetworkPolicy appear with owner references; the GPU workspace is refused with a
+# reason; a pod the API server refuses (missing PriorityClass) shows in the Workspace's status;
 # stopping removes the pod and keeps the home volume; deletion runs the finalizer. It cleans up
 # after itself (namespace, e2e-* cluster objects) and prints a summary. The CRDs stay installed.
 set -euo pipefail
@@ -33,7 +34,9 @@ plan:
   3. run: atelier operator --hub-namespace $ns --hub-api-url http://atelier-hub.$ns.svc:8081/hub/api
   4. kubectl apply -f $here/manifests/cluster.yaml; kubectl -n $ns apply -f $here/manifests/workspaces.yaml
   5. wait: pod ws-alice exists with atelier.dev/user=alice; Service, PVC home-alice, Secret, NetworkPolicy owned
-  6. wait: bob-gpu has Ready=False reason=NoEligiblePool and no pod
+  6. wait: bob-gpu has Ready=False reason=NoEligiblePool and no pod; Service ws-alice is headless;
+     carol (pool naming a missing PriorityClass) has Ready=False reason=Forbidden, the API
+     server's message, phase Pending and a Warning Event
   7. patch alice desiredState=stopped: pod gone, PVC kept, phase Stopped
   8. delete alice: finalizer runs, Workspace gone, PVC kept (profile policy keep)
   9. clean up: stop the operator, delete $ns and the e2e-* cluster objects
@@ -108,6 +111,17 @@ wait_for "alice phase Starting or Running" bash -c \
 wait_for "bob-gpu refused with NoEligiblePool" bash -c \
   "kubectl -n $ns get ws bob-gpu -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}' | grep -q NoEligiblePool"
 kubectl -n "$ns" get pod ws-bob-gpu >/dev/null 2>&1 && fail "bob-gpu must have no pod" || pass "bob-gpu has no pod"
+[ "$(kubectl -n "$ns" get service ws-alice -o jsonpath='{.spec.clusterIP}')" = None ] \
+  && pass "service ws-alice is headless" || fail "service ws-alice must be headless (clusterIP: None)"
+
+wait_for "carol refused by the API server: Ready=False reason=Forbidden" bash -c \
+  "kubectl -n $ns get ws carol -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}' | grep -q Forbidden"
+kubectl -n "$ns" get ws carol -o jsonpath='{.status.message}' | grep -q "PriorityClass" \
+  && pass "carol's status carries the API server's message" || fail "carol's status message names the PriorityClass"
+[ "$(kubectl -n "$ns" get ws carol -o jsonpath='{.status.phase}')" = Pending ] \
+  && pass "carol is Pending" || fail "carol must be Pending"
+kubectl -n "$ns" get events.events.k8s.io -o jsonpath='{range .items[*]}{.regarding.name} {.type} {.reason}{"\n"}{end}' \
+  | grep -q "^carol Warning Forbidden" && pass "a Warning Event about carol" || fail "a Warning Event about carol"
 
 kubectl -n "$ns" patch ws alice --type merge -p '{"spec":{"desiredState":"stopped"}}' >/dev/null
 wait_for "alice pod removed on stop" bash -c "! kubectl -n $ns get pod ws-alice"

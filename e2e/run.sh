@@ -91,7 +91,8 @@ check_chart.validate(ws, "e2e Workspace", expect_builtin=False)
 release = sys.argv[3]
 names = {(d["kind"], d["metadata"]["name"]) for d in rendered}
 for want in [("Service", f"{release}-proxy"), ("Service", f"{release}-hub"), ("NodePool", "e2e-interactive"),
-             ("WorkspaceProfile", "e2e-jupyter"), ("Deployment", f"{release}-operator")]:
+             ("WorkspaceProfile", "e2e-jupyter"), ("Deployment", f"{release}-operator"),
+             ("PriorityClass", "atelier-e2e-interactive")]:
     check_chart.check(want in names, f"rendered {want[0]}/{want[1]}")
 hub = next(d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == f"{release}-hub")
 env = {e["name"] for e in hub["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -152,6 +153,10 @@ workspace_manifest "$ns" | kubectl apply -f - >/dev/null || fail "apply Workspac
 kubectl -n "$ns" wait "workspace/$workspace" --for=jsonpath='{.status.phase}'=Running --timeout="$timeout" >/dev/null \
   || { kubectl -n "$ns" describe "workspace/$workspace" >&2; kubectl -n "$ns" get pods >&2; fail "Workspace $workspace Running"; }
 pass "Workspace $workspace Running (pod $(kubectl -n "$ns" get "workspace/$workspace" -o jsonpath='{.status.podName}'))"
+pod=$(kubectl -n "$ns" get "workspace/$workspace" -o jsonpath='{.status.podName}')
+[ "$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.priorityClassName}')" = atelier-e2e-interactive ] \
+  && pass "the pod runs with the chart's PriorityClass atelier-e2e-interactive" \
+  || fail "the pod's priorityClassName is the chart's atelier-e2e-interactive"
 
 # --- through the proxy ----------------------------------------------------------------------
 port=$((18000 + RANDOM % 1000))

@@ -7,5 +7,6 @@ pub mod hub;
 pub mod operator;
 pub mod policy;
 pub mod proxy;
+pub mod rbac;
 pub mod scopes;
 pub mod store;

@@ -6,7 +6,9 @@
 //! Gated by `ATELIER_PEERS=1`: `charts/atelier/tests/check_chart.py` with the peers' venv
 //! (helm-python-sdk, kubernetes-validate) lints and renders the chart with its defaults and each
 //! example, validates every object against Kubernetes' schemas and the CRDs, and checks the
-//! values schema refuses typos and wrong types. Run alone:
+//! values schema refuses typos and wrong types; and the Roles and ClusterRoles bound to the
+//! operator's and the hub's ServiceAccounts grant exactly the API calls of `src/rbac.rs` (no call
+//! missing, nothing more), in both namespace modes. Run alone:
 //! `ATELIER_PEERS=1 ATELIER_PEERS_VENV=$PWD/.peers/venv cargo test --test chart`.
 
 use std::io::Write as _;
@@ -84,11 +86,21 @@ fn chart_lints_renders_and_validates() {
     let Some(venv) = peers_venv("Helm chart render/lint") else {
         return;
     };
+    // The API calls of src/rbac.rs: the rules bound to each ServiceAccount must be exactly these.
+    let table = std::env::temp_dir().join(format!("atelier-rbac-{}.json", std::process::id()));
+    std::fs::write(
+        &table,
+        serde_json::to_vec_pretty(&atelier::rbac::chart_expectations()).expect("json"),
+    )
+    .expect("write the RBAC table");
     let output = Command::new(venv.join("bin/python"))
         .arg(root().join("charts/atelier/tests/check_chart.py"))
+        .arg("--rbac-table")
+        .arg(&table)
         .current_dir(root())
         .output()
         .expect("run check_chart.py");
+    let _ = std::fs::remove_file(&table);
     assert!(
         output.status.success(),
         "charts/atelier/tests/check_chart.py failed ({}):\n{}\n{}",

@@ -31,8 +31,59 @@ const KINDS: [(&str, &str); 5] = [
     ("Workspace", "ws"),
     ("WorkspaceProfile", "wsp"),
     ("NodePool", "np"),
-    ("DataSource", "ds"),
+    ("DataSource", "dsrc"),
     ("BatchJob", "bj"),
+];
+
+/// Short names taken elsewhere: `kubectl api-resources` of a stock Kubernetes 1.33 to 1.35
+/// cluster, dask-kubernetes' CRDs (`dask_kubernetes/operator/customresources/*.yaml`) and Kueue's
+/// (`+kubebuilder:resource:shortName` of `apis/kueue/*/`). kubectl resolves a short name to the
+/// first match and only warns, so `ds` (DaemonSets) hid `datasources.atelier.dev`.
+const TAKEN_SHORT_NAMES: &[(&str, &str)] = &[
+    ("cs", "componentstatuses"),
+    ("cm", "configmaps"),
+    ("ep", "endpoints"),
+    ("ev", "events (core and events.k8s.io)"),
+    ("limits", "limitranges"),
+    ("ns", "namespaces"),
+    ("no", "nodes"),
+    ("pvc", "persistentvolumeclaims"),
+    ("pv", "persistentvolumes"),
+    ("po", "pods"),
+    ("rc", "replicationcontrollers"),
+    ("quota", "resourcequotas"),
+    ("sa", "serviceaccounts"),
+    ("svc", "services"),
+    ("crd", "customresourcedefinitions"),
+    ("crds", "customresourcedefinitions"),
+    ("ds", "daemonsets"),
+    ("deploy", "deployments"),
+    ("rs", "replicasets"),
+    ("sts", "statefulsets"),
+    ("hpa", "horizontalpodautoscalers"),
+    ("cj", "cronjobs"),
+    ("csr", "certificatesigningrequests"),
+    ("ing", "ingresses"),
+    ("netpol", "networkpolicies"),
+    ("pdb", "poddisruptionbudgets"),
+    ("pc", "priorityclasses"),
+    ("sc", "storageclasses"),
+    ("vac", "volumeattributesclasses"),
+    // dask-kubernetes (kubernetes.dask.org)
+    ("daskcluster", "daskclusters.kubernetes.dask.org"),
+    ("dsk", "daskclusters.kubernetes.dask.org"),
+    ("daskworkers", "daskworkergroups.kubernetes.dask.org"),
+    ("daskjob", "daskjobs.kubernetes.dask.org"),
+    ("as", "daskautoscalers.kubernetes.dask.org"),
+    // Kueue (kueue.x-k8s.io)
+    ("cq", "clusterqueues.kueue.x-k8s.io"),
+    ("lq", "localqueues.kueue.x-k8s.io"),
+    ("queue", "localqueues.kueue.x-k8s.io"),
+    ("queues", "localqueues.kueue.x-k8s.io"),
+    ("rf", "resourceflavors.kueue.x-k8s.io"),
+    ("flavor", "resourceflavors.kueue.x-k8s.io"),
+    ("flavors", "resourceflavors.kueue.x-k8s.io"),
+    ("wl", "workloads.kueue.x-k8s.io"),
 ];
 
 /// The pattern of user names (hub user names are DNS-label-like but may contain `.` and `_`).
@@ -1539,4 +1590,37 @@ fn without_its_rule_each_invalid_example_would_be_admitted() {
             "workspace-unquoted-cpu.yaml"
         ]
     );
+}
+
+#[test]
+fn short_names_collide_with_no_built_in_nor_well_known_crd() {
+    let mut ours = BTreeSet::new();
+    for (kind, short) in KINDS {
+        let crd = crd_json(kind);
+        let names = &crd["spec"]["names"];
+        let shorts: Vec<String> = names["shortNames"]
+            .as_array()
+            .expect("short names")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(shorts, [short], "{kind}");
+        for s in shorts {
+            let s = s.as_str();
+            if let Some((_, owner)) = TAKEN_SHORT_NAMES.iter().find(|(taken, _)| *taken == s) {
+                panic!("{kind}: short name {s:?} is {owner}'s");
+            }
+            assert!(
+                ours.insert(s.to_owned()),
+                "{kind}: short name {s:?} used twice"
+            );
+            for other in KINDS.map(|(k, _)| k) {
+                let crd = crd_json(other);
+                assert_ne!(crd["spec"]["names"]["plural"], s, "{kind} vs {other}");
+                assert_ne!(crd["spec"]["names"]["singular"], s, "{kind} vs {other}");
+            }
+        }
+    }
+    assert!(ours.contains("dsrc") && !ours.contains("ds"));
 }

@@ -54,7 +54,7 @@ fn e2e_manifests_are_admitted_by_the_crds() {
             admitted += 1;
         }
     }
-    assert_eq!(admitted, 4, "two cluster objects and two workspaces");
+    assert_eq!(admitted, 6, "three cluster objects and three workspaces");
 }
 
 #[test]
@@ -121,6 +121,20 @@ fn the_operator_places_and_refuses_the_e2e_workspaces_as_the_script_expects() {
         .unwrap();
     let refusal = validate(bob, &deref(bob), &cfg).expect_err("no pool offers GPUs");
     assert_eq!(refusal.reason, reason::NO_ELIGIBLE_POOL, "{refusal:?}");
+
+    // The script expects a headless Service.
+    let spec = built.service.spec.as_ref().expect("a spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+
+    // carol passes validation: it is the API server, on the cluster, that refuses her pod for
+    // its missing PriorityClass (and the script expects that refusal in her status).
+    let carol = workspaces.iter().find(|w| w.name_any() == "carol").unwrap();
+    let validated = validate(carol, &deref(carol), &cfg).expect("carol is admitted");
+    let pod = build(&validated, &cfg).pod.expect("a pod");
+    assert_eq!(
+        pod.spec.and_then(|s| s.priority_class_name).as_deref(),
+        Some("e2e-missing-priority")
+    );
 }
 
 #[test]

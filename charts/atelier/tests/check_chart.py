@@ -10,14 +10,17 @@ and a few variants; every rendered built-in object against the official schemas 
 and newest supported Kubernetes (kubernetes-validate, strict: unknown fields fail); Atelier
 custom resources against the CRDs' openAPIV3Schema (known fields, required fields, types); the
 values schema refuses a typo and a wrong type, naming the key; security contexts, checksum
-annotations, the operator's RBAC verbs; and that the chart's crds/ equal the top-level crds/.
+annotations; that the rules bound to the operator's and the hub's ServiceAccounts are exactly
+the API calls of src/rbac.rs (`--rbac-table`, written by tests/chart.rs); and that the chart's
+crds/ equal the top-level crds/.
 """
 
 from __future__ import annotations
 
 import argparse
-import filecmp
 import copy
+import filecmp
+import json
 import os
 import re
 import sys
@@ -60,10 +63,23 @@ def load_values(path: Path | str | None) -> dict:
         return yaml.safe_load(f) or {}
 
 
-def render(values: dict, name: str = "atelier", namespace: str = "atelier") -> list[dict]:
-    """The chart's objects for `values`, as dicts (empty documents dropped)."""
+# The API versions a cluster with the Prometheus Operator serves besides the built-in ones.
+MONITORING = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor"]
+
+
+def render(values: dict, name: str = "atelier", namespace: str = "atelier",
+           api_versions: list[str] | None = None) -> list[dict]:
+    """The chart's objects for `values`, as dicts (empty documents dropped). `api_versions` are
+    the extra API versions the cluster serves (`helm template --api-versions`): the native
+    render takes them, helm-python-sdk's Chart.render does not pass them on."""
     chart = Chart.load(str(CHART))
-    rendered = chart.render(values, name=name, namespace=namespace)
+    if api_versions:
+        from helm_python import _native
+        from helm_python.chart import _dumps
+        opts = {"name": name, "namespace": namespace, "api_versions": api_versions}
+        rendered = json.loads(_native.call_string("helm_render", chart._raw(), _dumps(values), json.dumps(opts)))
+    else:
+        rendered = chart.render(values, name=name, namespace=namespace)
     docs = []
     for template, text in sorted(rendered.items()):
         if template.endswith("NOTES.txt"):
@@ -186,63 +202,94 @@ def verbs(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-CHILDREN = {"get", "list", "watch", "patch", "delete"}
-OPERATOR_NAMESPACED = {
-    ("atelier.dev", "workspaces"): {"get", "list", "watch", "patch"},
-    ("atelier.dev", "workspaces/status"): {"patch"},
-    ("atelier.dev", "workspaces/finalizers"): {"update"},
-    ("", "pods"): CHILDREN,
-    ("", "services"): CHILDREN,
-    ("", "secrets"): CHILDREN,
-    ("", "persistentvolumeclaims"): CHILDREN,
-    ("networking.k8s.io", "networkpolicies"): CHILDREN,
-    ("events.k8s.io", "events"): {"create", "patch"},
-}
-OPERATOR_CLUSTER = {
-    ("atelier.dev", "workspaceprofiles"): {"get", "list", "watch"},
-    ("atelier.dev", "nodepools"): {"get", "list", "watch"},
-    ("atelier.dev", "datasources"): {"get", "list", "watch"},
-}
-PER_USER = {("", r): {"get", "patch"} for r in ("namespaces", "resourcequotas", "limitranges")}
+# The API calls of each component (src/rbac.rs CALLS), as tests/chart.rs writes them:
+# component -> namespaceMode -> {"Role"|"ClusterRole": {"group|resource": [verbs]}}.
+RBAC_TABLE: dict | None = None
+
+
+def granted(docs: list[dict], service_account: str, namespace: str) -> tuple[dict[str, list[dict]], list[dict]]:
+    """The rules bound to a ServiceAccount: namespace -> rules (RoleBindings), and cluster-wide rules."""
+    roles, cluster = {}, []
+    for binding in by_kind(docs, "RoleBinding") + by_kind(docs, "ClusterRoleBinding"):
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == service_account
+                   and s.get("namespace") == namespace for s in binding.get("subjects", [])):
+            continue
+        ref = binding["roleRef"]
+        where = binding["metadata"].get("namespace")
+        if ref["kind"] == "ClusterRole":
+            role = next((d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == ref["name"]), None)
+        else:
+            role = next((d for d in by_kind(docs, "Role") if d["metadata"]["name"] == ref["name"]
+                         and d["metadata"].get("namespace") == where), None)
+        check(role is not None, f"{binding['kind']}/{binding['metadata']['name']} refers to a rendered {ref['kind']} {ref['name']}")
+        rules = (role or {}).get("rules", [])
+        if binding["kind"] == "ClusterRoleBinding":
+            cluster += rules
+        else:
+            roles.setdefault(where, []).extend(rules)
+    return roles, cluster
 
 
 def check_rbac(docs: list[dict], label: str, mode: str) -> None:
-    cluster_role = find(docs, "ClusterRole", "-operator")
-    if mode == "shared":
-        role = find(docs, "Role", "-operator")
-        check(role is not None and verbs(role["rules"]) == OPERATOR_NAMESPACED,
-              f"{label}: operator Role holds exactly the namespaced verbs it uses")
-        want = {**OPERATOR_CLUSTER, ("atelier.dev", "workspaces"): {"list"}}
-        hub = find(docs, "Role", "-hub")
-    else:
-        want = {**OPERATOR_CLUSTER, **OPERATOR_NAMESPACED, **PER_USER}
-        hub = find(docs, "ClusterRole", "-hub")
-    check(cluster_role is not None and verbs(cluster_role["rules"]) == want,
-          f"{label}: operator ClusterRole holds exactly the verbs it uses ({mode})")
-    hub_want = {("atelier.dev", "workspaces"): {"get", "list", "watch", "patch"}, ("", "secrets"): {"get", "list", "patch"}}
-    if mode != "shared":
-        hub_want[("", "namespaces")] = {"patch"}
-    check(hub is not None and verbs(hub["rules"]) == hub_want, f"{label}: hub RBAC is the kubernetes backend's ({mode})")
-    # The hub's catalogue (src/hub/catalog.rs, list_cluster): cluster-scoped, so a ClusterRole in
-    # both modes, bound to the hub's ServiceAccount.
-    catalog = find(docs, "ClusterRole", "-hub-catalog")
-    check(catalog is not None and verbs(catalog["rules"]) == {("atelier.dev", r): {"list"} for r in ("workspaceprofiles", "nodepools", "datasources")},
-          f"{label}: hub catalogue ClusterRole lists exactly the catalogue's kinds ({mode})")
-    binding = find(docs, "ClusterRoleBinding", "-hub-catalog")
-    check(binding is not None and binding["roleRef"]["name"] == (catalog or {}).get("metadata", {}).get("name")
-          and [s["name"] for s in binding["subjects"]] == [find(docs, "ServiceAccount", "-hub")["metadata"]["name"]],
-          f"{label}: hub catalogue ClusterRole is bound to the hub's ServiceAccount ({mode})")
+    """Each component's bound rules are exactly its API calls (src/rbac.rs): all granted, nothing more."""
+    if RBAC_TABLE is None:
+        return  # --render without --rbac-table; main_all() requires the table
+    for component in ("operator", "hub"):
+        account = find(docs, "ServiceAccount", f"-{component}")
+        check(account is not None, f"{label}: the {component} has a ServiceAccount")
+        if account is None:
+            continue
+        roles, cluster = granted(docs, account["metadata"]["name"], account["metadata"]["namespace"])
+        want = RBAC_TABLE[component][mode]
+        want_role = {tuple(k.split("|", 1)): set(v) for k, v in want["Role"].items()}
+        want_cluster = {tuple(k.split("|", 1)): set(v) for k, v in want["ClusterRole"].items()}
+        got_cluster = verbs(cluster)
+        check(got_cluster == want_cluster,
+              f"{label}: the {component}'s cluster-wide rules are exactly its calls ({mode})"
+              + ("" if got_cluster == want_cluster else f": missing {diff(want_cluster, got_cluster)}, extra {diff(got_cluster, want_cluster)}"))
+        if want_role:
+            workspace_ns = find(docs, "ConfigMap", "-hub")["data"]["ATELIER_WORKSPACE_NAMESPACE"]
+            got_role = verbs(roles.get(workspace_ns, []))
+            check(set(roles) == {workspace_ns} and got_role == want_role,
+                  f"{label}: the {component}'s Role in the workspace namespace {workspace_ns} is exactly its namespaced calls ({mode})"
+                  + ("" if got_role == want_role else f": missing {diff(want_role, got_role)}, extra {diff(got_role, want_role)}"))
+        else:
+            check(not roles, f"{label}: the {component} has no namespaced Role ({mode}: {sorted(roles)})")
+        check(not any("resourceNames" in r or "nonResourceURLs" in r for r in cluster + [r for rs in roles.values() for r in rs]),
+              f"{label}: the {component}'s rules name no resourceNames nor nonResourceURLs")
 
 
-def check_render(values: dict, label: str, name: str = "atelier", namespace: str = "atelier") -> list[dict]:
+def diff(a: dict, b: dict) -> dict:
+    """What `a` grants that `b` does not, as {group/resource: verbs}."""
+    out = {}
+    for key, vs in a.items():
+        extra = vs - b.get(key, set())
+        if extra:
+            out[f"{key[0]}/{key[1]}"] = sorted(extra)
+    return out
+
+
+def check_priority_classes(docs: list[dict], values: dict, label: str) -> None:
+    """Every pool's priorityClassName is a rendered PriorityClass or declared external."""
+    created = {d["metadata"]["name"] for d in by_kind(docs, "PriorityClass")}
+    external = set(values.get("externalPriorityClasses", []))
+    named = {d["metadata"]["name"]: d["spec"].get("priorityClassName") for d in by_kind(docs, "NodePool")}
+    missing = {pool: pc for pool, pc in named.items() if pc and pc not in created | external}
+    check(not missing, f"{label}: every pool's PriorityClass is created by the chart or external ({missing or sorted(created)})")
+
+
+def check_render(values: dict, label: str, name: str = "atelier", namespace: str = "atelier",
+                 api_versions: list[str] | None = None) -> list[dict]:
     try:
-        docs = render(values, name=name, namespace=namespace)
+        docs = render(values, name=name, namespace=namespace, api_versions=api_versions)
     except helm_python.HelmError as e:
         check(False, f"{label}: renders ({e})")
         return []
     check(bool(docs), f"{label}: renders ({len(docs)} objects)")
     validate(docs, label)
     check_workloads(docs, label)
+    check_rbac(docs, label, values.get("namespaceMode", "shared"))
+    check_priority_classes(docs, values, label)
     return docs
 
 
@@ -358,6 +405,7 @@ def check_crds_identical() -> None:
 
 
 def main_all() -> int:
+    check(RBAC_TABLE is not None, "the API calls of src/rbac.rs are given (--rbac-table; tests/chart.rs writes them)")
     report = helm_python.lint(str(CHART), strict=False)
     errors = report.get("errors", []) + [m["error"] for m in report.get("messages", []) if m.get("severity", 0) >= 2]
     check(not errors, f"helm lint ({errors})")
@@ -380,7 +428,6 @@ def main_all() -> int:
     check("ATELIER_SERVICE_IDLE_CULLER_TOKEN" in {e["name"] for e in args["env"]}
           and find(docs, "Secret", "-idle-culler") is not None and find(docs, "Deployment", "-idle-culler") is not None,
           "defaults: idle culler Deployment, its token Secret, and the hub's service token")
-    check_rbac(docs, "defaults", "shared")
     policy = find(docs, "NetworkPolicy", "-workspaces")
     sources = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
                for rule in (policy or {}).get("spec", {}).get("ingress", []) for p in rule.get("from", [])]
@@ -389,8 +436,34 @@ def main_all() -> int:
     check(operator_policy is not None and operator_policy["spec"]["policyTypes"] == ["Ingress", "Egress"],
           "defaults: the operator's egress is restricted (DNS and the API server)")
 
+    classes = {d["metadata"]["name"]: d for d in by_kind(docs, "PriorityClass")}
+    pools = [d for d in yaml.safe_load_all((ROOT / "crds/examples/nodepools.yaml").read_text()) if d]
+    wanted = {p["spec"]["priorityClassName"] for p in pools if p["spec"].get("priorityClassName")}
+    check(wanted and wanted <= set(classes),
+          f"defaults: the chart creates the PriorityClasses crds/examples' pools name ({sorted(wanted)} in {sorted(classes)})")
+    check(classes.get("atelier-interactive", {}).get("value", 0) > classes.get("atelier-batch", {}).get("value", 0)
+          and classes.get("atelier-batch", {}).get("preemptionPolicy") == "Never"
+          and not any(c.get("globalDefault") for c in classes.values()),
+          "defaults: interactive above batch; batch never preempts; no global default")
+    refused({"nodePools": {"gpu": {"purpose": "gpu", "priorityClassName": "atelier-gpu"}}},
+            "nodePools.gpu.priorityClassName", "a pool naming a PriorityClass neither created nor external")
+    # Helm merges maps: a default is removed by setting it to null.
+    docs = check_render({"priorityClasses": {"atelier-interactive": None, "atelier-batch": None},
+                         "externalPriorityClasses": ["site-batch"],
+                         "nodePools": {"batch": {"purpose": "batch", "priorityClassName": "site-batch"}}},
+                        "an external PriorityClass")
+    check(not by_kind(docs, "PriorityClass"), "an external PriorityClass: the chart creates none")
+    check(find(docs, "ServiceMonitor", "-operator") is None
+          and find(render({"operator": {"serviceMonitor": {"enabled": True}}}), "ServiceMonitor", "-operator") is None,
+          "no ServiceMonitor where the cluster does not serve monitoring.coreos.com/v1, even when enabled")
+    for served in (MONITORING[:1], MONITORING[1:]):
+        monitor = find(render({"operator": {"serviceMonitor": {"enabled": True}}}, api_versions=served), "ServiceMonitor", "-operator")
+        check(monitor is not None, f"a ServiceMonitor where the cluster serves {served[0]}")
+    check(find(render({}, api_versions=MONITORING), "ServiceMonitor", "-operator") is None,
+          "no ServiceMonitor unless operator.serviceMonitor.enabled")
+
     for example in sorted((CHART / "examples").glob("*.yaml")):
-        docs = check_render(load_values(example), f"examples/{example.name}")
+        docs = check_render(load_values(example), f"examples/{example.name}", api_versions=MONITORING)
         if example.name == "centre.yaml":
             hub = find(docs, "Deployment", "-hub")
             env = {e["name"]: e for e in hub["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -423,7 +496,6 @@ def main_all() -> int:
         "idleCuller": {"enabled": False},
     }
     docs = check_render(variant, "per-user + HTTPRoute + postgres")
-    check_rbac(docs, "per-user", "per-user")
     check(find(docs, "HTTPRoute", "-proxy") is not None and not by_kind(docs, "Ingress"), "per-user: HTTPRoute, no Ingress")
 
     a = render({"proxy": {"refreshMs": 1000}})
@@ -482,7 +554,13 @@ def main() -> int:
     parser.add_argument("--name", default="atelier")
     parser.add_argument("--namespace", default="atelier")
     parser.add_argument("--out", help="write the rendered objects here (YAML stream)")
+    parser.add_argument("--rbac-table", metavar="JSON",
+                        help="the API calls of src/rbac.rs (tests/chart.rs writes it); RBAC is checked against it")
     args = parser.parse_args()
+    global RBAC_TABLE
+    if args.rbac_table:
+        with open(args.rbac_table) as f:
+            RBAC_TABLE = json.load(f)
     if not args.render:
         return main_all()
     docs = check_render(load_values(args.render), os.path.basename(args.render), args.name, args.namespace)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
     group = "atelier.dev",
     version = "v1alpha1",
     kind = "DataSource",
-    shortname = "ds",
+    shortname = "dsrc",
     category = "atelier",
     doc = "A data source mounted into, or injected as environment for, the workspaces of the groups allowed to use it.",
     printcolumn(name = "Mount", type_ = "string", json_path = ".spec.mountPath"),

@@ -178,6 +178,10 @@ impl ApiServerVerifier {
                     step.path
                 );
             };
+            crate::operator::workspace::fixtures::assert_granted_to(
+                crate::rbac::Component::Hub,
+                &request,
+            );
             let uri = request.uri().clone();
             let method = request.method().clone();
             seen.push(format!("{method} {}", uri.path()));

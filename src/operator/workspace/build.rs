@@ -236,12 +236,22 @@ pub fn build_pvc(v: &ValidatedWorkspace) -> PersistentVolumeClaim {
     }
 }
 
-/// The ClusterIP Service in front of the server.
+/// `spec.clusterIP` of a headless Service.
+pub const HEADLESS: &str = "None";
+
+/// The headless Service in front of the server (see [`HEADLESS`]).
 pub fn build_service(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Service {
     Service {
         metadata: meta(v, names::service_name(&v.name), true),
         spec: Some(ServiceSpec {
+            // Headless: no cluster IP and no kube-proxy rules per workspace (a cluster's service
+            // range would run out at a few hundred workspaces). The name `<service>.<ns>.svc`
+            // resolves to the pod's IP, so the URL's port is the container's port; published
+            // before the pod is ready so that the name resolves as soon as the pod has an IP
+            // (the hub and the proxy route to it only once the status says Running).
             type_: Some("ClusterIP".to_owned()),
+            cluster_ip: Some(HEADLESS.to_owned()),
+            publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(v)),
             ports: Some(vec![ServicePort {
                 name: Some(PORT_NAME.to_owned()),

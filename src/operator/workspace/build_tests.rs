@@ -212,6 +212,8 @@ fn default_workspace_other_children_exactly() {
             },
             "spec": {
                 "type": "ClusterIP",
+                "clusterIP": "None",
+                "publishNotReadyAddresses": true,
                 "selector": {
                     "app.kubernetes.io/instance": "alice",
                     "atelier.dev/workspace": "alice",

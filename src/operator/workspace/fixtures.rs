@@ -350,6 +350,13 @@ impl Step {
         self
     }
 
+    /// Answers `code` with `status`, a `Status` object as the API server sends it.
+    pub fn refuse(mut self, code: u16, status: Value) -> Self {
+        self.reply =
+            Box::new(move |_| (StatusCode::from_u16(code).expect("a status code"), status));
+        self
+    }
+
     /// Adds a check of the request body.
     pub fn check(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
         let first = self.check;
@@ -417,6 +424,36 @@ pub fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Asserts that the chart's RBAC, as [`crate::rbac::CALLS`] describes it, lets the operator
+/// make `request` (a new call without its row in the table fails every scenario making it).
+pub fn assert_granted(request: &Request<Body>) {
+    assert_granted_to(crate::rbac::Component::Operator, request)
+}
+
+/// [`assert_granted`] for `component` (the hub's kubernetes backend tests use it too).
+pub fn assert_granted_to(component: crate::rbac::Component, request: &Request<Body>) {
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let needed = crate::rbac::needed(
+        request.method().as_str(),
+        request.uri().path(),
+        &parse_query(request.uri().query()),
+        content_type,
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "not a resource request: {} {}",
+            request.method(),
+            request.uri()
+        )
+    });
+    if let Err(missing) = crate::rbac::granted(component, &needed) {
+        panic!("{} {}: {missing}", request.method(), request.uri());
+    }
+}
+
 /// Answers the mocked API server's requests, asserting each against the scenario.
 pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
 
@@ -443,6 +480,7 @@ impl ApiServerVerifier {
             };
             let uri = request.uri().clone();
             let method = request.method().clone();
+            assert_granted(&request);
             seen.push(Seen {
                 method: method.clone(),
                 uri: uri.to_string(),

@@ -6,10 +6,15 @@
 //!   `Ready=False` and the rule as reason, Warning Event, requeue in 5 min; otherwise `build` →
 //!   [`apply`] in a fixed order (per-user namespace objects, Secret, PVC, Service,
 //!   NetworkPolicy, Pod) with server-side apply, skipping every object whose
-//!   [`APPLIED_HASH_ANNOTATION`] already matches → status (written only when it changed) and an
-//!   Event per transition.
+//!   [`APPLIED_HASH_ANNOTATION`] already matches (a Service whose immutable cluster IP differs
+//!   from the desired headless one is deleted and created again) → status (written only when it
+//!   changed) and an Event per transition. A request the API server refuses (403, 422, an
+//!   admission plugin) ends the pass with `Ready=False`, the server's reason and message, phase
+//!   `Pending` or `Failed` and a Warning Event; the error then backs off exponentially
+//!   ([`error_policy`]).
 //! - *Cleanup*: delete the pod, delete the home volume only when the profile says `delete`, then
-//!   the finalizer is removed.
+//!   the finalizer is removed (a refused deletion is reported in the status the same way, and
+//!   the finalizer stays until it succeeds).
 //!
 //! The requests are deterministic: the same inputs make the same requests in the same order.
 
@@ -25,7 +30,7 @@ use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use super::status::{self, Severity, StatusInput};
+use super::status::{self, Rejection, Severity, StatusInput};
 use super::{
     FIELD_MANAGER, Refusal, WORKSPACE_FINALIZER, WORKSPACE_LABEL, WorkspaceResources, build,
     validate,
@@ -85,6 +90,9 @@ pub async fn reconcile_workspace(ws: Arc<Workspace>, ctx: Arc<Context>) -> Resul
 }
 
 /// Exponential back-off per Workspace: 1 s doubling to 5 min, reset by a success.
+/// (kube-rs/controller-rs `src/controller.rs` requeues every failure after a fixed 5 min; a
+/// refusal reported in the status (`report_rejection`) is retried sooner at first, and a
+/// Workspace that keeps failing costs the API server less.)
 pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = workspace_key(&ws);
     let delay = ctx.backoff.next_delay(&key);
@@ -98,7 +106,10 @@ async fn reconcile_inner(ws: Arc<Workspace>, ctx: &Context) -> Result<Action> {
     finalizer::finalizer(&api, WORKSPACE_FINALIZER, ws, |event| async {
         match event {
             FinalizerEvent::Apply(ws) => apply_workspace(&ws, ctx).await,
-            FinalizerEvent::Cleanup(ws) => cleanup_workspace(&ws, ctx).await,
+            FinalizerEvent::Cleanup(ws) => match cleanup_workspace(&ws, ctx).await {
+                Err(error) => report_rejection(&ws, error, ctx).await,
+                ok => ok,
+            },
         }
     })
     .await
@@ -112,8 +123,55 @@ async fn reconcile_inner(ws: Arc<Workspace>, ctx: &Context) -> Result<Action> {
     })
 }
 
-/// The Apply branch: dereference → validate → build → apply → status.
+/// The Apply branch: dereference → validate → build → apply → status. A request the API server
+/// refuses ends the pass with the refusal in the status ([`report_rejection`]).
 async fn apply_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
+    match apply_steps(ws, ctx).await {
+        Err(error) => report_rejection(ws, error, ctx).await,
+        ok => ok,
+    }
+}
+
+/// What the API server's refusal behind `error` means for the status, if it is one.
+pub fn rejection_of(error: &Error) -> Option<Rejection> {
+    let (what, source) = match error {
+        Error::Dereference { what, source } => (format!("reading {what}"), source),
+        Error::Apply { kind, name, source } => (format!("applying {kind} {name}"), source),
+        Error::Delete { kind, name, source } => (format!("deleting {kind} {name}"), source),
+        _ => return None,
+    };
+    match source {
+        kube::Error::Api(status) => Rejection::from_api(&what, status),
+        _ => None,
+    }
+}
+
+/// When the API server refused a request (403, 422, an admission plugin's "no PriorityClass
+/// with name ..."), says so in the status (`Ready=False` with the server's reason and message,
+/// phase `Pending` or `Failed`, see [`Rejection`]) and in a Warning Event, then returns the
+/// error: [`error_policy`] retries with the per-Workspace exponential back-off. Other errors
+/// (the API server unreachable, 5xx, conflicts) leave the status alone.
+async fn report_rejection(ws: &Workspace, error: Error, ctx: &Context) -> Result<Action> {
+    if let Some(rejection) = rejection_of(&error) {
+        warn!(reason = %rejection.reason, message = %rejection.message, "the API server refused a request");
+        let input = StatusInput {
+            generation: ws.metadata.generation,
+            desired_state: ws.spec.desired_state,
+            refusal: None,
+            rejection: Some(&rejection),
+            node_pool: None,
+            url: None,
+            pod: None,
+            replacing: false,
+        };
+        if let Err(status_error) = update_status(ws, &input, ctx).await {
+            warn!(%status_error, "reporting the refusal in the status failed");
+        }
+    }
+    Err(error)
+}
+
+async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
     let observed = dereference::dereference(ws, ctx).await?;
     let validated = match validate::validate(ws, &observed.inputs, &ctx.config) {
@@ -148,7 +206,9 @@ async fn apply_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
         .find(|s| s.name_any() == secret_name);
     apply::apply_observed(client, &namespace, secret, observed_secret).await?;
     apply::create_once(client, &namespace, pvc).await?;
-    apply::apply_object(client, &namespace, service).await?;
+    let service_ready = apply::apply_service(client, &namespace, service)
+        .await?
+        .is_some();
     apply::apply_object(client, &namespace, network_policy).await?;
     let pods = apply::list_children::<Pod>(client, &namespace, &children_selector(ws)).await?;
     let outcome = apply::reconcile_pod(client, &namespace, pod.as_ref(), pods).await?;
@@ -159,6 +219,7 @@ async fn apply_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
         generation: ws.metadata.generation,
         desired_state: validated.desired_state,
         refusal: None,
+        rejection: None,
         node_pool: pool,
         url,
         pod: outcome.pod.as_ref(),
@@ -166,7 +227,9 @@ async fn apply_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
     };
     let next = update_status(ws, &input, ctx).await?;
     Ok(match next.phase {
-        Some(phase) if is_steady(phase) && !outcome.replacing => Action::requeue(REQUEUE_STEADY),
+        Some(phase) if is_steady(phase) && !outcome.replacing && service_ready => {
+            Action::requeue(REQUEUE_STEADY)
+        }
         _ => Action::requeue(REQUEUE_TRANSITIONAL),
     })
 }
@@ -192,6 +255,7 @@ async fn refuse(
         generation: ws.metadata.generation,
         desired_state: ws.spec.desired_state,
         refusal: Some(refusal),
+        rejection: None,
         node_pool: None,
         url: None,
         pod: None,

@@ -34,6 +34,8 @@ pub struct StatusInput<'a> {
     pub desired_state: DesiredState,
     /// Why the workspace may not run, when validation refused it.
     pub refusal: Option<&'a Refusal>,
+    /// The API server refused a request about a child object (see [`Rejection`]).
+    pub rejection: Option<&'a Rejection>,
     /// The NodePool the workspace was placed on.
     pub node_pool: Option<&'a str>,
     /// In-cluster URL of the server (`build::server_url`).
@@ -42,6 +44,72 @@ pub struct StatusInput<'a> {
     pub pod: Option<&'a Pod>,
     /// The pod is being replaced to apply a changed spec.
     pub replacing: bool,
+}
+
+/// The API server refused a request of the reconciliation (a 4xx answer other than a conflict,
+/// a timeout or throttling): the status says so with the server's reason and message.
+///
+/// `permanent` (phase `Failed`): the server found the object as built invalid (400 BadRequest,
+/// 422 Invalid); the same Workspace, profile and operator settings will be refused again.
+/// Otherwise (phase `Pending`): 403 Forbidden (RBAC, an admission plugin: a missing
+/// PriorityClass, an exceeded ResourceQuota, Pod Security), 404 (a missing namespace) and the
+/// like can be fixed by an administrator without touching the Workspace. Either way the
+/// reconciliation fails and is retried with the per-Workspace exponential back-off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Condition reason: the API server's `reason` (e.g. `Forbidden`, `Invalid`).
+    pub reason: String,
+    /// What was refused, then the API server's message.
+    pub message: String,
+    /// Whether the phase is `Failed` rather than `Pending`.
+    pub permanent: bool,
+}
+
+impl Rejection {
+    /// The rejection an API answer `status` to `what` (e.g. "creating Pod ws-alice") is, or `None`
+    /// for success, server errors and transient client errors (408, 409, 429).
+    pub fn from_api(what: &str, status: &kube::core::Status) -> Option<Rejection> {
+        if !(400..500).contains(&status.code) || matches!(status.code, 408 | 409 | 429) {
+            return None;
+        }
+        let reason = if is_condition_reason(&status.reason) {
+            status.reason.clone()
+        } else {
+            match status.code {
+                400 => "BadRequest",
+                403 => "Forbidden",
+                404 => "NotFound",
+                422 => "Invalid",
+                _ => "Refused",
+            }
+            .to_owned()
+        };
+        let detail = if status.message.is_empty() {
+            format!("HTTP {}", status.code)
+        } else {
+            status.message.clone()
+        };
+        Some(Rejection {
+            reason,
+            message: format!("The Kubernetes API refused {what}: {detail}"),
+            permanent: matches!(status.code, 400 | 422),
+        })
+    }
+}
+
+/// `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`, at most 1024 characters (metav1.Condition's reason).
+fn is_condition_reason(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let inner_ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b',' | b':');
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            s.len() <= 1024
+                && first.is_ascii_alphabetic()
+                && (last.is_ascii_alphanumeric() || *last == b'_')
+                && bytes.iter().all(inner_ok)
+        }
+        _ => false,
+    }
 }
 
 /// How an Event about a status change is typed.
@@ -116,14 +184,16 @@ pub fn derive(
     } else {
         None
     };
-    let placed = input.refusal.is_none() && input.desired_state == DesiredState::Running;
+    let placed = input.refusal.is_none()
+        && input.rejection.is_none()
+        && input.desired_state == DesiredState::Running;
     WorkspaceStatus {
         phase: Some(assessment.phase),
         conditions,
         node_pool: input.node_pool.filter(|_| placed).map(str::to_owned),
         pod_name: input
             .pod
-            .filter(|_| input.refusal.is_none())
+            .filter(|_| input.refusal.is_none() && input.rejection.is_none())
             .and_then(|pod| pod.metadata.name.clone()),
         url: input.url.clone().filter(|_| placed),
         started_at,
@@ -182,6 +252,18 @@ pub fn changed(previous: Option<&WorkspaceStatus>, next: &WorkspaceStatus) -> bo
 }
 
 fn assess(input: &StatusInput<'_>) -> Assessment {
+    if let Some(rejection) = input.rejection {
+        return Assessment {
+            phase: if rejection.permanent {
+                WorkspacePhase::Failed
+            } else {
+                WorkspacePhase::Pending
+            },
+            ready_reason: rejection.reason.clone(),
+            message: rejection.message.clone(),
+            scheduled: (false, rejection.reason.clone(), rejection.message.clone()),
+        };
+    }
     if let Some(refusal) = input.refusal {
         return Assessment {
             phase: WorkspacePhase::Pending,
@@ -488,6 +570,7 @@ mod tests {
             generation: Some(3),
             desired_state: DesiredState::Running,
             refusal: None,
+            rejection: None,
             node_pool: Some("interactive"),
             url: Some("http://ws-alice.ns.svc:8888/user/alice/".into()),
             pod,

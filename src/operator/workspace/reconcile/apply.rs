@@ -6,7 +6,7 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -116,6 +116,45 @@ where
     K: Object<Scope = NamespaceResourceScope>,
 {
     apply_with(&namespaced(client, namespace, desired), desired, observed).await
+}
+
+/// Whether an observed Service has a cluster IP where the desired one is headless (or the
+/// other way round): `spec.clusterIP` is immutable, so the API server refuses to change it.
+pub fn cluster_ip_changes(observed: &Service, desired: &Service) -> bool {
+    let ip = |s: &Service| s.spec.as_ref().and_then(|spec| spec.cluster_ip.clone());
+    match (ip(observed), ip(desired)) {
+        // An empty or unset desired IP lets the API server keep whatever it has.
+        (_, None) => false,
+        (None, Some(_)) => false,
+        (Some(have), Some(want)) => !have.is_empty() && have != want,
+    }
+}
+
+/// GETs the Service, then [`apply_with`]; a Service whose cluster IP differs from the desired
+/// one (a ClusterIP Service of an older operator, now headless) is deleted first and created
+/// again. Returns `None` while the old Service is still terminating (the Service watch brings
+/// the Workspace back once it is gone).
+pub async fn apply_service(
+    client: &Client,
+    namespace: &str,
+    desired: &Service,
+) -> Result<Option<Service>> {
+    let api = namespaced(client, namespace, desired);
+    let name = desired.name_any();
+    let mut observed = api
+        .get_opt(&name)
+        .await
+        .map_err(dereference_error::<Service>(&name))?;
+    if let Some(existing) = &observed
+        && cluster_ip_changes(existing, desired)
+    {
+        tracing::info!(service = %name, "re-creating the Service: its cluster IP cannot change in place");
+        if delete(&api, existing).await?.is_some() {
+            return Ok(None);
+        }
+        observed = None;
+    }
+    apply_with(&api, desired, observed).await.map(Some)
 }
 
 /// Applies an object only when it does not exist (the home volume: its size and class are set at
@@ -277,7 +316,6 @@ pub async fn reconcile_pod(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::Service;
     use serde_json::json;
 
     fn service(port: i32) -> Service {
@@ -286,6 +324,29 @@ mod tests {
             "spec": {"ports": [{"port": port}]},
         }))
         .expect("a service")
+    }
+
+    #[test]
+    fn only_a_different_cluster_ip_forces_a_re_creation() {
+        let with_ip = |ip: Option<&str>| {
+            let mut s = service(80);
+            if let Some(spec) = s.spec.as_mut() {
+                spec.cluster_ip = ip.map(str::to_owned);
+            }
+            s
+        };
+        let headless = with_ip(Some("None"));
+        assert!(cluster_ip_changes(&with_ip(Some("10.96.4.2")), &headless));
+        assert!(!cluster_ip_changes(&headless, &headless));
+        assert!(
+            !cluster_ip_changes(&with_ip(None), &headless),
+            "not allocated yet"
+        );
+        assert!(!cluster_ip_changes(
+            &with_ip(Some("10.96.4.2")),
+            &with_ip(None)
+        ));
+        assert!(cluster_ip_changes(&headless, &with_ip(Some("10.96.4.2"))));
     }
 
     #[test]

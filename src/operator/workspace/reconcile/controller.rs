@@ -217,6 +217,7 @@ mod tests {
         let mut watches = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
             assert_eq!(request.method(), http::Method::GET, "{}", request.uri());
+            crate::operator::workspace::fixtures::assert_granted(&request);
             let query: BTreeMap<String, String> = request
                 .uri()
                 .query()

@@ -115,6 +115,7 @@ fn input_for<'a>(
         generation: ws.metadata.generation,
         desired_state: v.desired_state,
         refusal: None,
+        rejection: None,
         node_pool: Some("interactive"),
         url: Some(build::server_url(&v, cfg)),
         pod,
@@ -864,6 +865,7 @@ async fn unchanged_refusal_writes_nothing_and_publishes_no_new_event() {
         generation: ws.metadata.generation,
         desired_state: DesiredState::Running,
         refusal: Some(&refusal),
+        rejection: None,
         node_pool: None,
         url: None,
         pod: None,
@@ -907,5 +909,335 @@ async fn pod_under_another_name_is_deleted_and_the_desired_one_created() {
             "DELETE /api/v1/namespaces/team/pods/ws-alice-old",
             "PATCH /api/v1/namespaces/team/pods/ws-alice",
         ]
+    );
+}
+
+/// The API server's answer to a pod naming a PriorityClass nothing created (kube-apiserver's
+/// Priority admission plugin), as seen on a real cluster.
+fn no_priority_class() -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "pods \"ws-alice\" is forbidden: no PriorityClass with name atelier-interactive was found",
+        "reason": "Forbidden",
+        "details": {"name": "ws-alice", "kind": "pods"},
+        "code": 403,
+    })
+}
+
+#[tokio::test]
+async fn pod_refused_by_the_api_server_reaches_the_status_with_an_event_and_backs_off() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let pod = the_pod(&d);
+    let message = "The Kubernetes API refused applying Pod ws-alice: pods \"ws-alice\" is \
+                   forbidden: no PriorityClass with name atelier-interactive was found";
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.extend([
+        list_pods(&ws, &[]),
+        Step::apply(pod_path(&ws, &pod), applied(&pod)).refuse(403, no_priority_class()),
+        Step::apply_status(&ws, move |body| {
+            assert_json_eq(
+                &without_times(body),
+                &json!({
+                    "phase": "Pending",
+                    "conditions": [
+                        condition("Ready", "False", "Forbidden", message, 1),
+                        condition("Scheduled", "False", "Forbidden", message, 1),
+                    ],
+                    "message": message,
+                    "observedGeneration": 1,
+                }),
+            );
+        }),
+        Step::event(&ws, move |body| {
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["reason"], "Forbidden");
+            assert_eq!(body["note"], message);
+        }),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let key_ws = ws.clone();
+    let outcome = run_scenario(ctx, verifier, ws, steps, move |ctx, result| {
+        let error = result
+            .as_ref()
+            .expect_err("the refusal fails the reconciliation");
+        assert!(
+            matches!(error, Error::Apply { kind, name, .. } if kind == "Pod" && name == "ws-alice"),
+            "{error:?}"
+        );
+        let delays: Vec<Action> = (0..5)
+            .map(|_| error_policy(std::sync::Arc::new(key_ws.clone()), error, ctx.clone()))
+            .collect();
+        assert_eq!(
+            delays,
+            [1, 2, 4, 8, 16]
+                .map(|s| Action::requeue(Duration::from_secs(s)))
+                .to_vec(),
+            "retries back off exponentially, per Workspace"
+        );
+    })
+    .await;
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "PATCH /api/v1/namespaces/team/pods/ws-alice",
+            "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_same_refusal_again_writes_nothing_more() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let pod = the_pod(&d);
+    let rejection = super::rejection_of(&Error::Apply {
+        kind: "Pod".into(),
+        name: "ws-alice".into(),
+        source: kube::Error::Api(Box::new(
+            serde_json::from_value(no_priority_class()).expect("a Status"),
+        )),
+    })
+    .expect("a 403 is a rejection");
+    let mut ws = ws;
+    ws.status = Some(status::derive(
+        &StatusInput {
+            generation: ws.metadata.generation,
+            desired_state: DesiredState::Running,
+            refusal: None,
+            rejection: Some(&rejection),
+            node_pool: None,
+            url: None,
+            pod: None,
+            replacing: false,
+        },
+        None,
+        &t0(),
+    ));
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend(unchanged_children_steps(&ws, &d));
+    steps.extend([
+        list_pods(&ws, &[]),
+        Step::apply(pod_path(&ws, &pod), applied(&pod)).refuse(403, no_priority_class()),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert!(
+        outcome.result.is_err(),
+        "still failing: the back-off goes on"
+    );
+    assert_eq!(
+        write_log(&outcome),
+        ["PATCH /api/v1/namespaces/team/pods/ws-alice"]
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_child_fails_the_workspace() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let ns = ns_of(&ws);
+    let invalid = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "Secret \"ws-alice-token\" is invalid: metadata.labels: Invalid value: \"x\"",
+        "reason": "Invalid", "code": 422,
+    });
+    let mut steps = dereference_steps(&ws, &[]);
+    steps.extend([
+        Step::apply_checked(core_path(&ns, "secrets", Some(&name(&d.secret))), |_| {})
+            .refuse(422, invalid),
+        Step::apply_status(&ws, |body| {
+            let status = without_times(body);
+            assert_eq!(
+                status["phase"], "Failed",
+                "422: the object as built is invalid"
+            );
+            assert_eq!(status["conditions"][0]["reason"], "Invalid");
+            assert_eq!(
+                status["message"],
+                "The Kubernetes API refused applying Secret ws-alice-token: Secret \
+                 \"ws-alice-token\" is invalid: metadata.labels: Invalid value: \"x\""
+            );
+        }),
+        Step::event(&ws, |body| {
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["reason"], "Invalid");
+        }),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert!(outcome.result.is_err());
+}
+
+#[test]
+fn only_refusals_are_rejections() {
+    let status = |code: u16, reason: &str| -> kube::core::Status {
+        serde_json::from_value(json!({"code": code, "reason": reason, "message": "m"}))
+            .expect("a Status")
+    };
+    let apply = |code: u16, reason: &str| Error::Apply {
+        kind: "Pod".into(),
+        name: "p".into(),
+        source: kube::Error::Api(Box::new(status(code, reason))),
+    };
+    let r = super::rejection_of(&apply(403, "Forbidden")).expect("403");
+    assert_eq!((r.reason.as_str(), r.permanent), ("Forbidden", false));
+    assert!(
+        super::rejection_of(&apply(422, "Invalid"))
+            .expect("422")
+            .permanent
+    );
+    assert!(
+        super::rejection_of(&apply(400, "BadRequest"))
+            .expect("400")
+            .permanent
+    );
+    assert_eq!(
+        super::rejection_of(&apply(403, "not a reason!"))
+            .expect("403")
+            .reason,
+        "Forbidden",
+        "a reason that is no condition reason is replaced"
+    );
+    for transient in [409, 429, 408, 500, 503] {
+        assert_eq!(
+            super::rejection_of(&apply(transient, "X")),
+            None,
+            "{transient}"
+        );
+    }
+    assert_eq!(
+        super::rejection_of(&Error::Status(kube::Error::Api(Box::new(status(
+            403,
+            "Forbidden"
+        ))))),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_ip_service_of_an_older_operator_is_recreated_headless() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let pod = running_pod(&d);
+    let ws = with_status(ws, &cfg, Some(&pod));
+    let ns = ns_of(&ws);
+    // As an older operator left it: a cluster IP, and the hash of that older desired Service.
+    let mut old = observed(&d.service);
+    if let Some(spec) = old.spec.as_mut() {
+        spec.cluster_ip = Some("10.96.41.7".into());
+        spec.cluster_ips = Some(vec!["10.96.41.7".into()]);
+        spec.publish_not_ready_addresses = None;
+    }
+    old.annotations_mut()
+        .insert(super::APPLIED_HASH_ANNOTATION.into(), "0ld".into());
+    let service = core_path(&ns, "services", Some(&name(&d.service)));
+
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend([
+        Step::get(core_path(
+            &ns,
+            "persistentvolumeclaims",
+            Some(&name(&d.pvc)),
+        ))
+        .object(&observed(&d.pvc)),
+        Step::get(service.clone()).object(&old),
+        // clusterIP is immutable: an apply would be refused; delete, then create.
+        Step::delete(service.clone(), None),
+        Step::apply(service.clone(), applied(&d.service)).check(|body| {
+            assert_eq!(body["spec"]["clusterIP"], "None");
+        }),
+        Step::get(netpol_path(&ns, &name(&d.network_policy))).object(&observed(&d.network_policy)),
+        list_pods(&ws, &[pod]),
+    ]);
+    let (ctx, verifier) = test_context(cfg.clone());
+    let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "DELETE /api/v1/namespaces/team/services/ws-alice",
+            "PATCH /api/v1/namespaces/team/services/ws-alice",
+        ]
+    );
+
+    // The old Service still terminating: no apply this pass, and a transitional requeue.
+    let d = children(&ws, &cfg);
+    let pod = running_pod(&d);
+    let mut terminating_old = old.clone();
+    terminating_old.metadata.deletion_timestamp = Some(t0());
+    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    steps.extend([
+        Step::get(core_path(
+            &ns,
+            "persistentvolumeclaims",
+            Some(&name(&d.pvc)),
+        ))
+        .object(&observed(&d.pvc)),
+        Step::get(service.clone()).object(&old),
+        Step::delete(
+            service,
+            Some(serde_json::to_value(&terminating_old).expect("json")),
+        ),
+        Step::get(netpol_path(&ns, &name(&d.network_policy))).object(&observed(&d.network_policy)),
+        list_pods(&ws, &[pod]),
+    ]);
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+    assert_eq!(
+        write_log(&outcome),
+        ["DELETE /api/v1/namespaces/team/services/ws-alice"]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_deletion_keeps_the_finalizer_and_says_why() {
+    let cfg = OperatorConfig::default();
+    let ws = deleting(workspace());
+    let d = children(&ws, &cfg);
+    let pod = running_pod(&d);
+    let forbidden = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "pods \"ws-alice\" is forbidden: User \"system:serviceaccount:atelier:atelier-operator\" cannot delete resource \"pods\" in API group \"\" in the namespace \"team\"",
+        "reason": "Forbidden", "code": 403,
+    });
+    let steps = vec![
+        list_pods(&ws, std::slice::from_ref(&pod)),
+        Step::delete(pod_path(&ws, &pod), None).refuse(403, forbidden),
+        Step::apply_status(&ws, |body| {
+            let status = without_times(body);
+            assert_eq!(status["phase"], "Pending");
+            assert_eq!(status["conditions"][0]["reason"], "Forbidden");
+            let message = status["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with("The Kubernetes API refused deleting Pod ws-alice: ")
+                    && message.contains("cannot delete resource \"pods\""),
+                "{message}"
+            );
+        }),
+        Step::event(&ws, |body| assert_eq!(body["type"], "Warning")),
+    ];
+    let (ctx, verifier) = test_context(cfg);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert!(
+        matches!(&outcome.result, Err(Error::Delete { kind, .. }) if kind == "Pod"),
+        "{:?}",
+        outcome.result
+    );
+    assert!(
+        !write_log(&outcome).iter().any(|w| w
+            .starts_with("PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice")
+            && !w.ends_with("/status")),
+        "the finalizer stays: {:?}",
+        write_log(&outcome)
     );
 }

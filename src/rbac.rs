@@ -1,0 +1,484 @@
+//! The Kubernetes API calls each component makes: ONE table ([`CALLS`]) from which the chart's
+//! RBAC rules are checked (`tests/chart.rs` renders the chart and compares every Role and
+//! ClusterRole bound to a component's ServiceAccount with [`rules`]: each call granted, nothing
+//! more).
+//!
+//! Keep this table next to the code: a new `Api` call in `src/operator/**`,
+//! `src/backend/kubernetes*` or `src/hub/catalog.rs` needs its row here. The operator's mock-API
+//! tests (`src/operator/workspace/fixtures.rs`) check every request they see with [`granted`],
+//! so a missed call fails them.
+//!
+//! The verbs follow the Kubernetes RBAC documentation ("Referring to resources", "Request
+//! verbs", kubernetes.io/docs/reference/access-authn-authz/authorization/#determine-the-request-verb):
+//!
+//! - a server-side apply (PATCH, `application/apply-patch+yaml`) that may create the object needs
+//!   `create` *and* `patch`;
+//! - a status write is `patch` on `<resource>/status`;
+//! - setting `blockOwnerDeletion` in a child's owner reference (kube's `controller_owner_ref`)
+//!   needs `update` on `<owner resource>/finalizers` where the OwnerReferencesPermissionEnforcement
+//!   admission plugin runs;
+//! - a watch is `list` + `watch`; kube's Event recorder `create`s, then `patch`es a series.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+/// Who makes the call (each has its own ServiceAccount in the chart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Component {
+    /// `atelier operator`.
+    Operator,
+    /// `atelier hub` with `--backend kubernetes` (the backend and the catalogue).
+    Hub,
+}
+
+/// Where the call reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A namespaced resource in a workspace namespace (the watched namespace in shared mode, the
+    /// user's namespace in per-user mode).
+    Namespaced,
+    /// A namespaced resource across all namespaces (a cluster-wide list).
+    AllNamespaces,
+    /// A cluster-scoped resource.
+    Cluster,
+}
+
+/// In which namespace mode the call is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Modes {
+    /// Shared and per-user mode.
+    Both,
+    /// Per-user mode only.
+    PerUser,
+}
+
+/// A namespace mode, as the chart's `namespaceMode` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// `shared`.
+    Shared,
+    /// `per-user`.
+    PerUser,
+}
+
+/// One row of [`CALLS`].
+#[derive(Clone, Copy, Debug)]
+pub struct ApiCall {
+    /// The caller.
+    pub component: Component,
+    /// The RBAC verbs the calls need.
+    pub verbs: &'static [&'static str],
+    /// API group (`""`: core).
+    pub group: &'static str,
+    /// Resource (plural), or `resource/subresource`.
+    pub resource: &'static str,
+    /// Namespaced, across namespaces, or cluster-scoped.
+    pub scope: Scope,
+    /// Namespace modes in which the call is made.
+    pub modes: Modes,
+    /// Where in the code the calls are made.
+    pub site: &'static str,
+}
+
+const fn call(
+    component: Component,
+    verbs: &'static [&'static str],
+    group: &'static str,
+    resource: &'static str,
+    scope: Scope,
+    modes: Modes,
+    site: &'static str,
+) -> ApiCall {
+    ApiCall {
+        component,
+        verbs,
+        group,
+        resource,
+        scope,
+        modes,
+        site,
+    }
+}
+
+use Component::{Hub, Operator};
+use Modes::{Both, PerUser};
+use Scope::{AllNamespaces, Cluster, Namespaced};
+
+/// Every API call of the operator and of the hub's kubernetes backend.
+#[rustfmt::skip]
+pub const CALLS: &[ApiCall] = &[
+    // --- the operator: src/operator/** ---
+    call(Operator, &["list", "watch"], "atelier.dev", "workspaces", Namespaced, Both,
+        "operator/workspace/reconcile/controller.rs: Controller::new(Workspaces)"),
+    call(Operator, &["patch"], "atelier.dev", "workspaces", Namespaced, Both,
+        "operator/workspace/reconcile.rs: kube::runtime::finalizer adds/removes the finalizer (JSON patch)"),
+    call(Operator, &["list"], "atelier.dev", "workspaces", AllNamespaces, Both,
+        "operator/workspace/reconcile/dereference.rs: every Workspace, for the caps"),
+    call(Operator, &["patch"], "atelier.dev", "workspaces/status", Namespaced, Both,
+        "operator/workspace/reconcile.rs: update_status (server-side apply of the status)"),
+    call(Operator, &["update"], "atelier.dev", "workspaces/finalizers", Namespaced, Both,
+        "operator/workspace/build.rs: children's owner references set blockOwnerDeletion"),
+    call(Operator, &["get", "list", "watch"], "atelier.dev", "workspaceprofiles", Cluster, Both,
+        "dereference.rs and cleanup_workspace: GET the profile; controller.rs: watches"),
+    call(Operator, &["list", "watch"], "atelier.dev", "nodepools", Cluster, Both,
+        "dereference.rs: LIST the pools; controller.rs: watches"),
+    call(Operator, &["get", "list", "watch"], "atelier.dev", "datasources", Cluster, Both,
+        "dereference.rs: GET each named source; controller.rs: watches"),
+    call(Operator, &["list", "watch", "create", "patch"], "", "secrets", Namespaced, Both,
+        "dereference.rs: LIST the token Secret; apply.rs: apply_observed; controller.rs: owns"),
+    call(Operator, &["get", "list", "watch", "create", "patch", "delete"], "", "persistentvolumeclaims", Namespaced, Both,
+        "apply.rs: create_once; cleanup_workspace: LIST + DELETE (onDelete: delete); controller.rs: watches"),
+    call(Operator, &["get", "list", "watch", "create", "patch", "delete"], "", "services", Namespaced, Both,
+        "apply.rs: apply_service (DELETE + re-create of a ClusterIP Service); controller.rs: owns"),
+    call(Operator, &["get", "list", "watch", "create", "patch"], "networking.k8s.io", "networkpolicies", Namespaced, Both,
+        "apply.rs: apply_object (and the per-user namespace's policy); controller.rs: owns"),
+    call(Operator, &["list", "watch", "create", "patch", "delete"], "", "pods", Namespaced, Both,
+        "apply.rs: reconcile_pod, delete_live; controller.rs: owns"),
+    call(Operator, &["create", "patch"], "events.k8s.io", "events", Namespaced, Both,
+        "reconcile.rs: kube::runtime::events::Recorder (create, then patch a series)"),
+    call(Operator, &["get", "create", "patch"], "", "namespaces", Cluster, PerUser,
+        "apply.rs: apply_user_namespace (apply_cluster_object)"),
+    call(Operator, &["get", "create", "patch"], "", "resourcequotas", Namespaced, PerUser,
+        "apply.rs: apply_user_namespace"),
+    call(Operator, &["get", "create", "patch"], "", "limitranges", Namespaced, PerUser,
+        "apply.rs: apply_user_namespace"),
+    // --- the hub: src/backend/kubernetes.rs, src/backend/kubernetes/sync.rs, src/hub/catalog.rs ---
+    call(Hub, &["get", "list", "watch", "create", "patch"], "atelier.dev", "workspaces", Namespaced, Both,
+        "backend/kubernetes.rs: resolve_name (GET, LIST), the Workspace (SSA), request_stop (merge patch), \
+         watch_object, poll_workspace; sync.rs: GET, LIST (shared mode)"),
+    call(Hub, &["list"], "atelier.dev", "workspaces", AllNamespaces, PerUser,
+        "backend/kubernetes/sync.rs: sync_store lists every namespace's Workspaces"),
+    call(Hub, &["get", "create", "patch"], "", "secrets", Namespaced, Both,
+        "backend/kubernetes.rs: the token Secret (SSA); sync.rs: workspace_token (GET)"),
+    call(Hub, &["create", "patch"], "", "namespaces", Cluster, PerUser,
+        "backend/kubernetes.rs: apply_namespace (SSA)"),
+    call(Hub, &["list"], "atelier.dev", "workspaceprofiles", Cluster, Both,
+        "hub/catalog.rs: list_cluster"),
+    call(Hub, &["list"], "atelier.dev", "nodepools", Cluster, Both,
+        "hub/catalog.rs: list_cluster"),
+    call(Hub, &["list"], "atelier.dev", "datasources", Cluster, Both,
+        "hub/catalog.rs: list_cluster"),
+];
+
+/// `(group, resource)` → verbs.
+pub type RuleSet = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// The rules a component needs in a namespace mode: `(Role, ClusterRole)`.
+///
+/// Shared mode: namespaced calls go to a Role in the workspace namespace; cluster-scoped and
+/// cluster-wide calls to a ClusterRole. Per-user mode: workspace namespaces are made on the fly,
+/// so everything is in the ClusterRole (the Role is empty).
+pub fn rules(component: Component, mode: Mode) -> (RuleSet, RuleSet) {
+    let mut role = RuleSet::new();
+    let mut cluster = RuleSet::new();
+    for c in CALLS.iter().filter(|c| c.component == component) {
+        if c.modes == PerUser && mode != Mode::PerUser {
+            continue;
+        }
+        let target = match (c.scope, mode) {
+            (Namespaced, Mode::Shared) => &mut role,
+            _ => &mut cluster,
+        };
+        target
+            .entry((c.group.to_owned(), c.resource.to_owned()))
+            .or_default()
+            .extend(c.verbs.iter().map(|v| (*v).to_owned()));
+    }
+    (role, cluster)
+}
+
+/// What the chart test compares with: component → mode → `{"Role"|"ClusterRole": {"group|resource": [verbs]}}`.
+pub fn chart_expectations() -> serde_json::Value {
+    let flatten = |set: RuleSet| -> BTreeMap<String, Vec<String>> {
+        set.into_iter()
+            .map(|((g, r), verbs)| (format!("{g}|{r}"), verbs.into_iter().collect()))
+            .collect()
+    };
+    let mut out = serde_json::Map::new();
+    for component in [Operator, Hub] {
+        let mut modes = serde_json::Map::new();
+        for mode in [Mode::Shared, Mode::PerUser] {
+            let (role, cluster) = rules(component, mode);
+            modes.insert(
+                serde_json::to_value(mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                serde_json::json!({"Role": flatten(role), "ClusterRole": flatten(cluster)}),
+            );
+        }
+        let name = match component {
+            Operator => "operator",
+            Hub => "hub",
+        };
+        out.insert(name.to_owned(), serde_json::Value::Object(modes));
+    }
+    serde_json::Value::Object(out)
+}
+
+/// What one HTTP request to the API server needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Needed {
+    /// Verbs (all of them are needed).
+    pub verbs: Vec<&'static str>,
+    /// API group.
+    pub group: String,
+    /// `resource` or `resource/subresource`.
+    pub resource: String,
+    /// The path names a namespace (`/namespaces/<ns>/<resource>`).
+    pub namespaced: bool,
+}
+
+/// The RBAC verbs, group and resource a request needs (Kubernetes' request-verb rules), or
+/// `None` for a path that is not a resource request (discovery, `/version`).
+///
+/// `query` is the decoded query string; `content_type` the request's `Content-Type`.
+pub fn needed(
+    method: &str,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    content_type: Option<&str>,
+) -> Option<Needed> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+        _ => return None,
+    };
+    // `namespaces/<ns>/<resource>...` is namespaced; `namespaces[/<name>]` is the Namespace kind.
+    let (namespaced, rest) = match rest {
+        ["namespaces", _ns, resource, tail @ ..] => (true, (*resource, tail)),
+        [resource, tail @ ..] => (false, (*resource, tail)),
+        [] => return None,
+    };
+    let (resource, tail) = rest;
+    let (name, subresource) = match tail {
+        [] => (None, None),
+        [name] => (Some(*name), None),
+        [name, sub] => (Some(*name), Some(*sub)),
+        _ => return None,
+    };
+    let collection = name.is_none();
+    let watch = query.get("watch").is_some_and(|v| v == "true" || v == "1");
+    let verbs: Vec<&'static str> = match method {
+        "GET" | "HEAD" if watch => vec!["watch"],
+        "GET" | "HEAD" if collection => vec!["list"],
+        "GET" | "HEAD" => vec!["get"],
+        "POST" => vec!["create"],
+        "PUT" => vec!["update"],
+        // A server-side apply creates the object when it does not exist; a status apply cannot.
+        "PATCH"
+            if subresource.is_none()
+                && content_type.is_some_and(|t| t.starts_with("application/apply-patch")) =>
+        {
+            vec!["create", "patch"]
+        }
+        "PATCH" => vec!["patch"],
+        "DELETE" if collection => vec!["deletecollection"],
+        "DELETE" => vec!["delete"],
+        _ => return None,
+    };
+    Some(Needed {
+        verbs,
+        group,
+        resource: match subresource {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_owned(),
+        },
+        namespaced,
+    })
+}
+
+/// Whether [`CALLS`] grants `component` what `needed` asks: a namespaced request needs a
+/// [`Scope::Namespaced`] row, any other a [`Scope::Cluster`] or [`Scope::AllNamespaces`] row.
+/// `Err` names what is missing.
+pub fn granted(component: Component, needed: &Needed) -> Result<(), String> {
+    let verbs: BTreeSet<&str> = CALLS
+        .iter()
+        .filter(|c| {
+            c.component == component
+                && c.group == needed.group
+                && c.resource == needed.resource
+                && (c.scope == Namespaced) == needed.namespaced
+        })
+        .flat_map(|c| c.verbs.iter().copied())
+        .collect();
+    let missing: Vec<&str> = needed
+        .verbs
+        .iter()
+        .copied()
+        .filter(|v| !verbs.contains(v))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "src/rbac.rs CALLS does not grant {component:?} {missing:?} on {}{}{} ({})",
+            needed.group,
+            if needed.group.is_empty() { "" } else { "/" },
+            needed.resource,
+            if needed.namespaced {
+                "namespaced"
+            } else {
+                "cluster-wide"
+            }
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RBAC_VERBS: [&str; 8] = [
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ];
+
+    fn q(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_table_uses_only_rbac_verbs_and_lowercase_plurals() {
+        for c in CALLS {
+            assert!(!c.verbs.is_empty(), "{c:?}");
+            assert!(c.verbs.iter().all(|v| RBAC_VERBS.contains(v)), "{c:?}");
+            assert!(
+                c.resource
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch == '/'),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_verbs_follow_kubernetes_rules() {
+        let apply = Some("application/apply-patch+yaml");
+        let json = Some("application/json-patch+json");
+        let n = |m, p, query: &[(&str, &str)], ct| needed(m, p, &q(query), ct).expect("a resource");
+        let pod = n("PATCH", "/api/v1/namespaces/team/pods/ws-alice", &[], apply);
+        assert_eq!(pod.verbs, ["create", "patch"], "an apply may create");
+        assert_eq!(
+            (pod.group.as_str(), pod.resource.as_str(), pod.namespaced),
+            ("", "pods", true)
+        );
+        let status = n(
+            "PATCH",
+            "/apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            &[],
+            apply,
+        );
+        assert_eq!(status.verbs, ["patch"]);
+        assert_eq!(status.resource, "workspaces/status");
+        let fin = n(
+            "PATCH",
+            "/apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice",
+            &[],
+            json,
+        );
+        assert_eq!(fin.verbs, ["patch"]);
+        let ns = n("PATCH", "/api/v1/namespaces/atelier-u-alice", &[], apply);
+        assert_eq!((ns.resource.as_str(), ns.namespaced), ("namespaces", false));
+        assert_eq!(
+            n("GET", "/apis/atelier.dev/v1alpha1/workspaces", &[], None).verbs,
+            ["list"]
+        );
+        assert_eq!(
+            n(
+                "GET",
+                "/api/v1/namespaces/team/pods",
+                &[("watch", "true")],
+                None
+            )
+            .verbs,
+            ["watch"]
+        );
+        assert_eq!(
+            n("GET", "/api/v1/namespaces/team/pods/x", &[], None).verbs,
+            ["get"]
+        );
+        assert_eq!(
+            n("DELETE", "/api/v1/namespaces/team/pods/x", &[], None).verbs,
+            ["delete"]
+        );
+        assert_eq!(
+            n(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/team/events",
+                &[],
+                None
+            )
+            .verbs,
+            ["create"]
+        );
+        assert_eq!(needed("GET", "/version", &q(&[]), None), None);
+    }
+
+    #[test]
+    fn an_apply_needs_create_the_old_chart_gap() {
+        let secret = needed(
+            "PATCH",
+            "/api/v1/namespaces/team/secrets/ws-alice-token",
+            &q(&[("fieldManager", "atelier-operator")]),
+            Some("application/apply-patch+yaml"),
+        )
+        .expect("a resource");
+        assert_eq!(granted(Operator, &secret), Ok(()));
+        assert_eq!(granted(Hub, &secret), Ok(()));
+        // The catalogue only lists: the hub may not GET a pool.
+        let pool = needed(
+            "GET",
+            "/apis/atelier.dev/v1alpha1/nodepools/x",
+            &q(&[]),
+            None,
+        )
+        .expect("a resource");
+        assert!(granted(Hub, &pool).is_err());
+        // A namespaced row does not grant a cluster-wide list, and vice versa.
+        let all_pods = needed("GET", "/api/v1/pods", &q(&[]), None).expect("a resource");
+        assert!(granted(Operator, &all_pods).is_err());
+    }
+
+    #[test]
+    fn shared_mode_splits_role_and_cluster_role_per_user_mode_uses_the_cluster_role() {
+        let (role, cluster) = rules(Operator, Mode::Shared);
+        let key = |g: &str, r: &str| (g.to_owned(), r.to_owned());
+        assert!(role.contains_key(&key("", "pods")));
+        assert!(!cluster.contains_key(&key("", "pods")));
+        assert!(
+            !role.contains_key(&key("", "namespaces"))
+                && !cluster.contains_key(&key("", "namespaces"))
+        );
+        assert_eq!(
+            cluster
+                .get(&key("atelier.dev", "workspaces"))
+                .map(|v| v.iter().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["list"]),
+            "cluster-wide, the operator only lists Workspaces (caps)"
+        );
+        let (role, cluster) = rules(Operator, Mode::PerUser);
+        assert!(role.is_empty());
+        assert!(
+            cluster.contains_key(&key("", "namespaces")) && cluster.contains_key(&key("", "pods"))
+        );
+        let expectations = chart_expectations();
+        assert_eq!(
+            expectations["hub"]["shared"]["Role"]["|secrets"],
+            serde_json::json!(["create", "get", "patch"])
+        );
+    }
+}
