@@ -47,6 +47,10 @@ pub const PAGINATION_MEDIA_TYPE: &str = "application/jupyterhub-pagination+json"
 /// `api_page_default_limit`).
 pub const DEFAULT_PAGE_LIMIT: u32 = 50;
 
+/// The largest page a list request gets, whatever `limit` it asks for (JupyterHub's
+/// `api_page_max_limit`); also the page of a client that does not accept pagination.
+pub const MAX_PAGE_LIMIT: u32 = 200;
+
 /// Every route of the REST API, with full paths (`/hub/api/...`), and the health check
 /// `/hub/health`.
 pub fn router() -> Router<HubState> {
@@ -480,7 +484,8 @@ pub fn query_param(query: &[(String, String)], key: &str) -> Option<String> {
 
 impl Page {
     /// Reads `offset` and `limit`: a client that does not accept pagination gets the largest
-    /// page when it gives no limit; limits are clamped to 1..=[`store::MAX_PAGE_LIMIT`].
+    /// page when it gives no limit; limits are clamped to 1..=[`MAX_PAGE_LIMIT`] (JupyterHub
+    /// 6.1.1's `get_api_pagination`).
     pub fn from_request(query: &[(String, String)], headers: &HeaderMap) -> HubResult<Page> {
         let paginated = accepts_pagination(headers);
         let bad = || {
@@ -490,7 +495,7 @@ impl Page {
             Some(v) => v.trim().parse::<i64>().map_err(|_| bad())?.unsigned_abs(),
             None => 0,
         };
-        let max = store::MAX_PAGE_LIMIT;
+        let max = MAX_PAGE_LIMIT;
         let limit = match query_param(query, "limit") {
             Some(v) => v.trim().parse::<i64>().map_err(|_| bad())?.unsigned_abs(),
             None if paginated => u64::from(DEFAULT_PAGE_LIMIT),
