@@ -421,8 +421,8 @@ impl ScopeSet {
         ScopeSet(self.0.iter().filter(|s| owner.covers(s)).cloned().collect())
     }
 
-    /// Every scope with the names it implies, as strings, sorted (what `GET /hub/api/user`
-    /// reports, like JupyterHub's expanded scopes).
+    /// Every scope with the names it implies, reduced, as strings, sorted (what
+    /// `GET /hub/api/user` reports, like JupyterHub's expanded and reduced scopes).
     pub fn expanded(&self) -> Vec<String> {
         let mut out = BTreeSet::new();
         for s in &self.0 {
@@ -431,17 +431,26 @@ impl ScopeSet {
                 // `read:users…` subscopes (`read:servers` → `read:users:name`).
                 let cross = matches!(s.filter, Filter::Server(..)) && name.starts_with("read:user");
                 if implies(&s.name, name) && !cross {
-                    out.insert(
-                        Scope {
-                            name: (*name).to_owned(),
-                            filter: s.filter.clone(),
-                        }
-                        .to_string(),
-                    );
+                    out.insert(Scope {
+                        name: (*name).to_owned(),
+                        filter: s.filter.clone(),
+                    });
                 }
             }
         }
-        out.into_iter().collect()
+        // JupyterHub's `reduce_scopes`: a filtered scope whose name is also held unfiltered
+        // is dropped.
+        let unfiltered: BTreeSet<String> = out
+            .iter()
+            .filter(|s| s.filter == Filter::All)
+            .map(|s| s.name.clone())
+            .collect();
+        out.into_iter()
+            .filter(|s| s.filter == Filter::All || !unfiltered.contains(&s.name))
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect()
     }
 
     /// The scopes as strings, sorted.
@@ -457,6 +466,14 @@ impl ScopeSet {
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// With the scopes that let any token of user `name` identify its owner (JupyterHub's
+    /// `identify_scopes`: `read:users:name` and `read:users:groups` on the user).
+    pub fn with_identify(mut self, name: &str) -> ScopeSet {
+        self.0.insert(Scope::user("read:users:name", name));
+        self.0.insert(Scope::user("read:users:groups", name));
+        self
     }
 
     /// The scopes of both sets.

@@ -75,15 +75,10 @@ impl Caller {
         }
     }
 
-    /// 403 unless the caller holds `scope` on `target`.
+    /// Ok when the caller holds `scope` on `target`; else 404 or 403 as
+    /// [`require_any`](super::api::require_any).
     pub fn require(&self, scope: &str, target: Target<'_>) -> Result<(), HubError> {
-        if self.scopes.allows(scope, target) {
-            Ok(())
-        } else {
-            Err(HubError::Forbidden(format!(
-                "Action is not authorized with current scopes; requires any of [{scope}]"
-            )))
-        }
+        super::api::require_any(self, &[scope], target)
     }
 }
 
@@ -163,6 +158,7 @@ pub async fn authenticate(
                 let owner = user_scopes(hub, &user).await?;
                 let scopes = ScopeSet::parse(&t.scopes, Some(&user.name))
                     .map_err(|e| HubError::Unexpected(anyhow::anyhow!("stored token scope: {e}")))?
+                    .with_identify(&user.name)
                     .intersect(&owner);
                 (Principal::User(user), scopes)
             }

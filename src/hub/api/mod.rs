@@ -379,21 +379,35 @@ pub fn allows_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> bool 
     scopes.iter().any(|s| caller.scopes.allows(s, target))
 }
 
-/// 403 unless the caller holds one of `scopes` on `target`.
+/// Ok when the caller holds one of `scopes` on `target`. Else, as JupyterHub 6.1.1's
+/// `needs_scope`: 404 when the target is a named resource and the caller holds one of the
+/// scopes on other resources only (a filtered scope: "no access" and "no such resource" look
+/// alike), 403 when it holds none of them.
 pub fn require_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubResult<()> {
     if allows_any(caller, scopes, target) {
         Ok(())
     } else {
-        Err(HubError::Forbidden(format!(
-            "Action is not authorized with current scopes; requires any of [{}]",
-            scopes.join(", ")
-        )))
+        Err(refusal(caller, scopes, target))
     }
 }
 
-/// Loads user `name` and checks that the caller holds one of `scopes` on them: 403 without the
-/// scope (whether or not the user exists, as JupyterHub does for filtered scopes), 404 when the
-/// caller could act on such a user but there is none.
+/// The refusal of [`require_any`].
+pub fn refusal(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubError {
+    let named = !matches!(target, Target::Hub);
+    if named && scopes.iter().any(|s| caller.scopes.has_any(s)) {
+        HubError::NotFound("No access to resources or resources not found".into())
+    } else {
+        HubError::Forbidden(format!(
+            "Action is not authorized with current scopes; requires any of [{}]",
+            scopes.join(", ")
+        ))
+    }
+}
+
+/// Loads user `name` and checks that the caller holds one of `scopes` on them: 403 without any
+/// of the scopes, 404 with them on other users only (whether or not the user exists, as
+/// JupyterHub does for filtered scopes) and when the caller could act on such a user but there
+/// is none.
 pub async fn authorized_user(
     hub: &HubState,
     caller: &Caller,

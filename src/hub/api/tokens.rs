@@ -83,7 +83,16 @@ pub async fn create(
     Path(name): Path<String>,
     JsonBody(body): JsonBody,
 ) -> HubResult<(StatusCode, Json<Value>)> {
-    let user = authorized_user(&hub, &caller, &name, &["tokens"]).await?;
+    // JupyterHub 6.1.1 `UserTokenListAPIHandler.post`: one 403 for no such user and for no
+    // `tokens` on them.
+    let user = super::load_user(&hub, &name)
+        .await?
+        .filter(|u| caller.scopes.allows("tokens", u.target()))
+        .ok_or_else(|| {
+            HubError::Forbidden(format!(
+                "User {name} not found or no permissions to generate tokens"
+            ))
+        })?;
     let body = body.unwrap_or_else(|| json!({}));
     let fields = Fields::of("the token request", &body)?;
     fields.only(&["note", "expires_in", "scopes", "roles"])?;
