@@ -573,8 +573,20 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Keys whose values are compared, not only their types (as sets for lists).
-const VALUE_KEYS: &[&str] = &["kind", "name", "admin", "roles", "groups", "users", "scopes"];
+/// Keys whose values are compared, not only their types (as sets for lists). `python` and
+/// `sys_executable` of `/info`: both hubs report the venv's Python here (JupyterHub its own
+/// process's, Atelier its servers').
+const VALUE_KEYS: &[&str] = &[
+    "kind",
+    "name",
+    "admin",
+    "roles",
+    "groups",
+    "users",
+    "scopes",
+    "python",
+    "sys_executable",
+];
 
 /// The differences between JupyterHub's value `theirs` and Atelier's `ours` at `path`.
 fn compare(path: &str, theirs: &Value, ours: &Value, out: &mut Vec<String>) {
@@ -713,11 +725,13 @@ async fn rest_answers_match_jupyterhub() {
         let theirs = send(&atelier, &jh.base, &step, &theirs_tokens).await;
         let ours = send(&atelier, &atelier.base, &step, &ours_tokens).await;
         if let Some(key) = step.save {
+            // A token the answer does not hold is a difference (the status's); later steps use
+            // a token that authenticates nobody.
             for (resp, saved) in [(&theirs, &mut theirs_tokens), (&ours, &mut ours_tokens)] {
                 let token = serde_json::from_str::<Value>(&resp.body)
                     .ok()
                     .and_then(|v| v["token"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| panic!("{}: no token in {resp:?}", step.name));
+                    .unwrap_or_else(|| "no-token-was-created".to_owned());
                 saved.insert(key.to_owned(), token);
             }
         }
