@@ -87,7 +87,12 @@ const SCOPE_TREE: &[(&str, &[&str])] = &[
     // `users:shares!user=bob` reads and revokes what is shared with bob.
     (
         "shares",
-        &["access:servers", "read:shares", "users:shares", "groups:shares"],
+        &[
+            "access:servers",
+            "read:shares",
+            "users:shares",
+            "groups:shares",
+        ],
     ),
     ("read:shares", &[]),
     ("users:shares", &["read:users:shares"]),
@@ -549,8 +554,7 @@ fn role_name_ok(name: &str) -> bool {
     (3..=255).contains(&b.len())
         && b[0].is_ascii_lowercase()
         && b[b.len() - 1].is_ascii_lowercase() | b[b.len() - 1].is_ascii_digit()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_~.".contains(c))
 }
 
@@ -667,7 +671,9 @@ impl Roles {
         self.0
             .iter()
             .filter(|r| {
-                r.name == "user" || (admin && r.name == "admin") || r.users.iter().any(|u| u == name)
+                r.name == "user"
+                    || (admin && r.name == "admin")
+                    || r.users.iter().any(|u| u == name)
             })
             .collect()
     }
@@ -987,7 +993,11 @@ mod tests {
         let alice = ScopeSet::for_user("alice", false).expanded();
         assert!(alice.contains(&"read:shares!user=alice".to_string()));
         assert!(alice.contains(&"read:users:shares!user=alice".to_string()));
-        assert!(!alice.iter().any(|s| s.starts_with("read:users!") && !s.ends_with("alice")));
+        assert!(
+            !alice
+                .iter()
+                .any(|s| s.starts_with("read:users!") && !s.ends_with("alice"))
+        );
         assert_eq!(
             expansion("shares"),
             BTreeSet::from([
@@ -1025,8 +1035,16 @@ mod tests {
         .unwrap();
         let dask = Target::Service("dask-gateway");
         let ocean = groups(&["ocean"]);
-        assert!(roles.user_scopes("alice", false, &ocean).allows("access:services", dask));
-        assert!(!roles.user_scopes("alice", false, &groups(&[])).allows("access:services", dask));
+        assert!(
+            roles
+                .user_scopes("alice", false, &ocean)
+                .allows("access:services", dask)
+        );
+        assert!(
+            !roles
+                .user_scopes("alice", false, &groups(&[]))
+                .allows("access:services", dask)
+        );
         let idle = roles.service_scopes("idle");
         assert!(idle.allows("list:users", Target::Hub));
         assert!(idle.allows("read:services", Target::Service("idle")));
@@ -1035,7 +1053,10 @@ mod tests {
         let carol = roles.user_scopes("carol", false, &groups(&[]));
         assert!(carol.allows("list:users", Target::Hub));
         assert!(!carol.has_any("read:services"));
-        assert_eq!(role_names(&roles.of_user("carol", false)), ["culler", "user"]);
+        assert_eq!(
+            role_names(&roles.of_user("carol", false)),
+            ["culler", "user"]
+        );
         assert_eq!(role_names(&roles.of_user("root", true)), ["admin", "user"]);
         assert_eq!(role_names(&roles.of_group("ocean")), ["dask-users"]);
         // The built-in roles' scopes (JupyterHub's `get_default_roles()`).
@@ -1074,7 +1095,10 @@ mod tests {
             ..Role::default()
         };
         let roles = Roles::new(vec![admins]).unwrap();
-        assert!(roles.user_scopes("dora", false, &groups(&[])).allows("shutdown", Target::Hub));
+        assert!(
+            roles
+                .user_scopes("dora", false, &groups(&[]))
+                .allows("shutdown", Target::Hub)
+        );
     }
-
 }

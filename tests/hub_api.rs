@@ -822,7 +822,11 @@ async fn users_paginate_and_filter_by_state(w: &World) {
     assert_eq!(resp.json()["items"].as_array().unwrap().len(), 50);
     let all = w.api.get("/hub/api/users", &w.admin).await.json();
     assert_eq!(all.as_array().unwrap().len(), 200);
-    let all = w.api.get("/hub/api/users?limit=1000", &w.admin).await.json();
+    let all = w
+        .api
+        .get("/hub/api/users?limit=1000", &w.admin)
+        .await
+        .json();
     assert_eq!(all.as_array().unwrap().len(), 200);
     let sorted = w
         .api
@@ -2719,13 +2723,26 @@ async fn jupyterhub_611_answers(w: &World) {
     let reader = service_token(w, "reader", &["read:services!service=reader"]).await;
     let me = w.api.get("/hub/api/user", &reader).await.json();
     for key in [
-        "kind", "name", "admin", "url", "prefix", "command", "pid", "info", "display", "scopes",
-        "token_id", "session_id",
+        "kind",
+        "name",
+        "admin",
+        "url",
+        "prefix",
+        "command",
+        "pid",
+        "info",
+        "display",
+        "scopes",
+        "token_id",
+        "session_id",
     ] {
         assert!(me.get(key).is_some(), "{key} missing: {me}");
     }
     assert_eq!(me["kind"], "service");
-    assert!(me.get("roles").is_none(), "roles need read:roles:services: {me}");
+    assert!(
+        me.get("roles").is_none(),
+        "roles need read:roles:services: {me}"
+    );
 
     // `/info`: no Python known for the test backend's servers.
     let info = w.api.get("/hub/api/info", &w.admin).await.json();
@@ -2781,10 +2798,18 @@ async fn roles_give_scopes(w: &World) {
     let group = w.api.get("/hub/api/groups/ocean", &w.admin).await.json();
     assert_eq!(group["roles"], json!(["dask-users"]), "{group}");
     let group_reader = service_token(w, "group-reader", &["read:groups"]).await;
-    let group = w.api.get("/hub/api/groups/ocean", &group_reader).await.json();
+    let group = w
+        .api
+        .get("/hub/api/groups/ocean", &group_reader)
+        .await
+        .json();
     assert!(group.get("roles").is_none(), "{group}");
     let roles_reader = service_token(w, "roles-reader", &["read:roles", "read:groups"]).await;
-    let group = w.api.get("/hub/api/groups/ocean", &roles_reader).await.json();
+    let group = w
+        .api
+        .get("/hub/api/groups/ocean", &roles_reader)
+        .await
+        .json();
     assert_eq!(group["roles"], json!(["dask-users"]), "{group}");
     let user = w.api.get("/hub/api/users/erin", &roles_reader).await.json();
     assert_eq!(user["roles"], json!(["dask-users", "user"]), "{user}");

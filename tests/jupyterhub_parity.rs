@@ -64,14 +64,23 @@ fn scope_table_matches_jupyterhub() {
         serde_json::from_value(table["expansions"].clone()).unwrap();
     let ours: BTreeMap<String, BTreeSet<String>> = scopes::names()
         .map(|n| {
-            let expansion = scopes::expansion(n).into_iter().map(str::to_owned).collect();
+            let expansion = scopes::expansion(n)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
             (n.to_owned(), expansion)
         })
         .collect();
     let missing: Vec<&String> = theirs.keys().filter(|n| !ours.contains_key(*n)).collect();
     let extra: Vec<&String> = ours.keys().filter(|n| !theirs.contains_key(*n)).collect();
-    assert!(missing.is_empty(), "scopes missing from Atelier: {missing:?}");
-    assert!(extra.is_empty(), "scopes JupyterHub does not know: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "scopes missing from Atelier: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "scopes JupyterHub does not know: {extra:?}"
+    );
     let mut differ = Vec::new();
     for (name, expansion) in &theirs {
         if &ours[name] != expansion {
@@ -81,7 +90,11 @@ fn scope_table_matches_jupyterhub() {
             ));
         }
     }
-    assert!(differ.is_empty(), "expansions differ:\n{}", differ.join("\n"));
+    assert!(
+        differ.is_empty(),
+        "expansions differ:\n{}",
+        differ.join("\n")
+    );
 
     let theirs_self: BTreeSet<String> = serde_json::from_value(table["self"].clone()).unwrap();
     let ours_self: BTreeSet<String> = ScopeSet::for_user("someone", false)
@@ -129,7 +142,9 @@ const ALLOWED: &[(&str, &str, &str)] = &[
 fn allowed(step: &str, diff: &str) -> Option<&'static str> {
     ALLOWED
         .iter()
-        .find(|(name, fragment, _)| (*name == "*" || step.starts_with(name)) && diff.contains(fragment))
+        .find(|(name, fragment, _)| {
+            (*name == "*" || step.starts_with(name)) && diff.contains(fragment)
+        })
         .map(|(_, _, reason)| *reason)
 }
 
@@ -357,11 +372,8 @@ async fn start_atelier(venv: &Path, tokens: &BTreeMap<&str, String>, db: &TestDb
             .await
             .unwrap();
     }
-    let python = probe_python(&[venv
-        .join("bin/jupyterhub-singleuser")
-        .display()
-        .to_string()])
-    .await;
+    let python =
+        probe_python(&[venv.join("bin/jupyterhub-singleuser").display().to_string()]).await;
     assert!(python.is_some(), "the venv's python answers");
     Served::start(store, TestBackend::new(), move |base| {
         let mut config = HubConfig::new(base, &format!("{base}/hub/api"));
@@ -390,7 +402,10 @@ struct Step {
 
 fn step(method: &'static str, path: &str, who: &'static str) -> Step {
     Step {
-        name: format!("{method} {path} as {}", if who.is_empty() { "nobody" } else { who }),
+        name: format!(
+            "{method} {path} as {}",
+            if who.is_empty() { "nobody" } else { who }
+        ),
         method,
         path: path.to_owned(),
         who,
@@ -626,11 +641,7 @@ fn compare(path: &str, theirs: &Value, ours: &Value, out: &mut Vec<String>) {
         }
         (Value::Array(a), Value::Array(b)) => {
             if a.is_empty() != b.is_empty() {
-                out.push(format!(
-                    "{path}: {} items there, {} here",
-                    a.len(),
-                    b.len()
-                ));
+                out.push(format!("{path}: {} items there, {} here", a.len(), b.len()));
             } else if let (Some(x), Some(y)) = (a.first(), b.first()) {
                 compare(&format!("{path}[0]"), x, y, out);
             }
@@ -650,12 +661,7 @@ fn body_json(resp: &Resp) -> Option<Value> {
     Some(serde_json::from_str(&resp.body).unwrap_or_else(|_| Value::String(resp.body.clone())))
 }
 
-async fn send(
-    client: &Served,
-    base: &str,
-    step: &Step,
-    tokens: &BTreeMap<String, String>,
-) -> Resp {
+async fn send(client: &Served, base: &str, step: &Step, tokens: &BTreeMap<String, String>) -> Resp {
     let mut headers: Vec<(&str, String)> = vec![("content-type", "application/json".into())];
     if step.who == "bogus" {
         headers.push(("authorization", "token not-a-token".into()));
@@ -676,7 +682,12 @@ async fn send(
         return send_stream(client, &url, &headers).await;
     }
     client
-        .request(method, &url, &headers, step.body.clone().unwrap_or_default())
+        .request(
+            method,
+            &url,
+            &headers,
+            step.body.clone().unwrap_or_default(),
+        )
         .await
 }
 

@@ -127,7 +127,10 @@ pub async fn user_scopes(hub: &HubState, user: &User) -> Result<ScopeSet, HubErr
     } else {
         Default::default()
     };
-    Ok(hub.config.roles.user_scopes(&user.name, user.admin, &groups))
+    Ok(hub
+        .config
+        .roles
+        .user_scopes(&user.name, user.admin, &groups))
 }
 
 /// Resolves a request's credentials. `Ok(None)`: no credential at all.

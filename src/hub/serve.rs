@@ -600,4 +600,48 @@ mod tests {
         assert!(parse_service("x=read:everything", env).is_err());
         assert!(parse_service("no-equals", env).is_err());
     }
+
+    #[test]
+    fn roles_load_from_the_readme_example_and_bad_ones_stop_the_hub() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("# daskhub's grant")
+            .expect("the README's roles example");
+        let example = &readme[start..start + readme[start..].find("```").unwrap()];
+        let dir = std::env::temp_dir().join(format!(
+            "atelier-roles-{}",
+            &store::tokens::generate_token()[..12]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("roles.yaml");
+        std::fs::write(&path, example).unwrap();
+        let roles = load_roles(&path).unwrap();
+        let groups = ["ocean".to_owned()].into_iter().collect();
+        let dask = crate::scopes::Target::Service("dask-gateway");
+        assert!(
+            roles
+                .user_scopes("amy", false, &groups)
+                .allows("access:services", dask)
+        );
+        assert!(
+            roles
+                .service_scopes("idle-culler")
+                .allows("list:users", crate::scopes::Target::Hub)
+        );
+        for (text, names) in [
+            (
+                "- name: xyz\n  scopes: [read:everything]\n",
+                "read:everything",
+            ),
+            ("- name: Bad\n", "invalid role name"),
+            ("- name: ok-role\n  members: [a]\n", "members"),
+            ("name: not-a-list\n", "list of roles"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", load_roles(&path).unwrap_err());
+            assert!(err.contains(names), "{text:?}: {err}");
+            assert!(err.contains("roles.yaml"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -58,7 +58,10 @@ pub async fn probe_python(command: &[String]) -> Option<PythonInfo> {
     interpreter.extend(words.map(str::to_owned));
     let mut cmd = tokio::process::Command::new(&interpreter[0]);
     cmd.args(&interpreter[1..])
-        .args(["-c", "import sys; print(sys.executable); print(sys.version)"])
+        .args([
+            "-c",
+            "import sys; print(sys.executable); print(sys.version)",
+        ])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())

@@ -224,10 +224,9 @@ pub fn token_model(token: &Token, owner_name: &str, owner_scopes: Option<&ScopeS
     let scopes = match ScopeSet::parse(&token.scopes, user) {
         Ok(set) => match owner_scopes {
             // Every token identifies its owner (JupyterHub's `get_scopes_for(token)`).
-            Some(owner) if user.is_some() => set
-                .with_identify(owner_name)
-                .intersect(owner)
-                .expanded(),
+            Some(owner) if user.is_some() => {
+                set.with_identify(owner_name).intersect(owner).expanded()
+            }
             Some(owner) => set.intersect(owner).expanded(),
             None => set.expanded(),
         },
