@@ -131,6 +131,11 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         "Atelier adds its own version to /info",
     ),
     (
+        "GET /users/bob/shared as bob",
+        "status: JupyterHub 200",
+        "sharing (JupyterHub 5's /shares and /users/{name}/shared) is not offered: 404",
+    ),
+    (
         "*",
         ".state.",
         "a server's `state` is its spawner's own (JupyterHub's Spawner.get_state(), Atelier's \
@@ -519,6 +524,10 @@ fn script() -> Vec<Step> {
         step("GET", "/users/bob/servers/lab/progress", "bob"),
         step("GET", "/users/bob?include_stopped_servers=1", "bob"),
         step("DELETE", "/users/bob/servers/nope", "bob"),
+        // JupyterHub 6's PATCH of a stopped server.
+        step("PATCH", "/users/bob/servers/lab", "bob").body(json!({"display_name": "Lab"})),
+        step("PATCH", "/users/bob/servers/lab", "erin").body(json!({"display_name": "Lab"})),
+        step("PATCH", "/users/bob/servers/nope", "bob").body(json!({"display_name": "x"})),
         step("DELETE", "/users/bob/server", "bob").body(json!({"remove": true})),
         // A token holding only admin:users reaches no server.
         step("POST", "/users/root/tokens", "root")
@@ -534,6 +543,12 @@ fn script() -> Vec<Step> {
             .body(json!({"note": "mine"}))
             .save("bobs"),
         step("GET", "/user", "bobs"),
+        step("GET", "/users/bob/tokens/{bobs}", "bob"),
+        step("GET", "/users/bob/tokens/{bobs}", "erin"),
+        step("DELETE", "/users/bob/tokens/{bobs}", "bob"),
+        step("GET", "/user", "bobs"),
+        step("GET", "/users/bob/tokens/{bobs}", "bob"),
+        step("DELETE", "/users/bob/tokens/{bobs}", "bob"),
         step("POST", "/users/bob/tokens", "bob")
             .body(json!({"roles": ["user"], "scopes": ["read:users!user=bob"]})),
         step("POST", "/users/bob/tokens", "bob").body(json!({"scopes": ["admin:users"]})),
@@ -568,6 +583,9 @@ fn script() -> Vec<Step> {
         // The proxy's routes: none in JupyterHub (its proxy is not started), the database's
         // here.
         step("GET", "/proxy", "root").status_only(),
+        step("POST", "/proxy", "root").status_only(),
+        // Sharing (JupyterHub 5's `/shares`) is not offered.
+        step("GET", "/users/bob/shared", "bob"),
         step("GET", "/proxy", "bob"),
         // Unknown paths and methods.
         step("GET", "/nothing", "root"),
@@ -675,7 +693,15 @@ async fn send(client: &Served, base: &str, step: &Step, tokens: &BTreeMap<String
         headers.push(("accept", accept.into()));
     }
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let url = format!("{base}/hub/api{}", step.path);
+    // `{key}` in a path: the id of the token saved under `key` (the hubs number tokens alike
+    // only by chance).
+    let mut path = step.path.clone();
+    for (key, value) in tokens {
+        if let Some(id) = key.strip_suffix(".id") {
+            path = path.replace(&format!("{{{id}}}"), value);
+        }
+    }
+    let url = format!("{base}/hub/api{path}");
     let method = step.method;
     if step.status_only && method == "GET" && step.path.ends_with("/progress") {
         // An event stream of a running server: its head, then the first event.
@@ -739,11 +765,14 @@ async fn rest_answers_match_jupyterhub() {
             // A token the answer does not hold is a difference (the status's); later steps use
             // a token that authenticates nobody.
             for (resp, saved) in [(&theirs, &mut theirs_tokens), (&ours, &mut ours_tokens)] {
-                let token = serde_json::from_str::<Value>(&resp.body)
-                    .ok()
-                    .and_then(|v| v["token"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "no-token-was-created".to_owned());
-                saved.insert(key.to_owned(), token);
+                let model = serde_json::from_str::<Value>(&resp.body).unwrap_or_default();
+                let field = |name: &str, missing: &str| {
+                    model[name]
+                        .as_str()
+                        .map_or_else(|| missing.to_owned(), str::to_owned)
+                };
+                saved.insert(key.to_owned(), field("token", "no-token-was-created"));
+                saved.insert(format!("{key}.id"), field("id", "a0"));
             }
         }
         compared += 1;
