@@ -558,11 +558,12 @@ fn role_name_ok(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_~.".contains(c))
 }
 
-/// Raw scopes resolved for `holder` (JupyterHub's `expand_scopes` filter replacement): `!user`
-/// becomes `!user=<name>` for a user, `!service` `!service=<name>` for a service; a bare filter
-/// that does not fit the holder, and `!server` (which names the server of an OAuth client), are
-/// dropped, as JupyterHub drops them with a warning. `inherit` is left to the caller.
-pub fn resolve_raw<S: AsRef<str>>(raw: &[S], holder: Holder<'_>) -> Result<ScopeSet, ScopeError> {
+/// Raw scopes with their bare filters resolved for `holder` (JupyterHub's `expand_scopes`
+/// filter replacement): `!user` becomes `!user=<name>` for a user, `!service`
+/// `!service=<name>` for a service; a bare filter that does not fit the holder, and `!server`
+/// (which names the server of an OAuth client), are dropped, as JupyterHub drops them with a
+/// warning. `self` and `inherit` stay as they are.
+pub fn resolve_bare<S: AsRef<str>>(raw: &[S], holder: Holder<'_>) -> Vec<String> {
     let mut resolved = Vec::new();
     for s in raw {
         let s = s.as_ref();
@@ -581,11 +582,17 @@ pub fn resolve_raw<S: AsRef<str>>(raw: &[S], holder: Holder<'_>) -> Result<Scope
             _ => resolved.push(s.to_owned()),
         }
     }
+    resolved
+}
+
+/// Raw scopes as `holder` holds them: [`resolve_bare`], then parsed with `self` expanded for a
+/// user. `inherit` is left to the caller.
+pub fn resolve_raw<S: AsRef<str>>(raw: &[S], holder: Holder<'_>) -> Result<ScopeSet, ScopeError> {
     let owner = match holder {
         Holder::User(u) => Some(u),
         Holder::Service(_) => None,
     };
-    ScopeSet::parse(&resolved, owner)
+    ScopeSet::parse(&resolve_bare(raw, holder), owner)
 }
 
 /// The built-in roles and those of the configuration, and who holds which.
@@ -694,9 +701,15 @@ impl Roles {
             .collect()
     }
 
-    /// The scopes of user `name` (JupyterHub's `get_scopes_for(user)`): those of their roles and
-    /// of their groups' roles.
-    pub fn user_scopes(&self, name: &str, admin: bool, groups: &BTreeSet<String>) -> ScopeSet {
+    /// The raw scopes of user `name`'s roles and of their groups' roles, bare filters resolved
+    /// ([`resolve_bare`]), without `inherit`, sorted: `self` stays `self`, so that a token given
+    /// them follows a rename of its owner.
+    pub fn user_raw_scopes(
+        &self,
+        name: &str,
+        admin: bool,
+        groups: &BTreeSet<String>,
+    ) -> Vec<String> {
         let mut raw: Vec<&str> = Vec::new();
         for role in self.of_user(name, admin) {
             raw.extend(role.scopes.iter().map(String::as_str));
@@ -706,8 +719,19 @@ impl Roles {
                 raw.extend(role.scopes.iter().map(String::as_str));
             }
         }
+        let set: BTreeSet<String> = resolve_bare(&raw, Holder::User(name))
+            .into_iter()
+            .filter(|s| s != "inherit")
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// The scopes of user `name` (JupyterHub's `get_scopes_for(user)`): those of their roles and
+    /// of their groups' roles.
+    pub fn user_scopes(&self, name: &str, admin: bool, groups: &BTreeSet<String>) -> ScopeSet {
+        let raw = self.user_raw_scopes(name, admin, groups);
         // Checked by `Roles::new`; a scope that fails here grants nothing.
-        resolve_raw(&raw, Holder::User(name)).unwrap_or_default()
+        ScopeSet::parse(&raw, Some(name)).unwrap_or_default()
     }
 
     /// The scopes service `name`'s roles give it.

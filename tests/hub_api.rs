@@ -2832,4 +2832,28 @@ async fn roles_give_scopes(w: &World) {
     let held = scopes(&me);
     assert!(held.contains(&dask.to_owned()), "{me}");
     assert!(!held.iter().any(|s| s.starts_with("servers")), "{me}");
+
+    // A token that inherits its owner's scopes keeps `self` as `self`: it follows a rename.
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/erin/tokens", &erin, Some(json!({})))
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let inherit = resp.json()["token"].as_str().unwrap().to_owned();
+    let resp = w
+        .api
+        .call(
+            "PATCH",
+            "/hub/api/users/erin",
+            &w.admin,
+            Some(json!({"name": "erin-two"})),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let me = w.api.get("/hub/api/user", &inherit).await.json();
+    assert_eq!(me["name"], "erin-two", "{me}");
+    assert!(
+        scopes(&me).contains(&"servers!user=erin-two".to_owned()),
+        "{me}"
+    );
 }

@@ -368,7 +368,7 @@ async fn start_atelier(venv: &Path, tokens: &BTreeMap<&str, String>, db: &TestDb
             .unwrap()
             .into_iter()
             .collect();
-        let inherit = roles.user_scopes(name, user.admin, &groups).to_strings();
+        let inherit = roles.user_raw_scopes(name, user.admin, &groups);
         store
             .create_token_with_value(
                 &tokens[name],

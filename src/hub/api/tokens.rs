@@ -13,7 +13,7 @@ use super::models::{parse_token_api_id, token_api_id, token_model};
 use super::{Fields, JsonBody, LoadedUser, authorized_user};
 use crate::hub::auth::Caller;
 use crate::hub::{HubError, HubResult, HubState};
-use crate::scopes::{Holder, Scope, ScopeSet, resolve_raw};
+use crate::scopes::{Holder, Scope, ScopeSet, resolve_bare};
 use crate::store::{self, AuditAction, NewAuditEvent, NewToken, Token, TokenOwner};
 
 /// The scopes the user's roles and their groups' roles give them.
@@ -22,9 +22,12 @@ fn owner_scopes(hub: &HubState, user: &LoadedUser) -> ScopeSet {
     hub.config.roles.user_scopes(&u.name, u.admin, &user.groups)
 }
 
-/// The raw scopes of the user's roles (a token's `inherit`), each as the user holds it.
+/// The raw scopes of the user's roles (a token's `inherit`; `self` stays `self`).
 fn owner_raw_scopes(hub: &HubState, user: &LoadedUser) -> Vec<String> {
-    owner_scopes(hub, user).to_strings()
+    let u = &user.detail.user;
+    hub.config
+        .roles
+        .user_raw_scopes(&u.name, u.admin, &user.groups)
 }
 
 /// `GET /hub/api/users/{name}/tokens` (`read:tokens`): `{"api_tokens": [...]}`, unexpired ones.
@@ -66,9 +69,7 @@ fn role_scopes(hub: &HubState, user: &LoadedUser, roles: &[String]) -> HubResult
     if raw.iter().any(|s| s == "inherit") {
         return Ok(owner_raw_scopes(hub, user));
     }
-    let set = resolve_raw(&raw, Holder::User(&user.detail.user.name))
-        .map_err(|e| HubError::BadRequest(e.to_string()))?;
-    Ok(set.to_strings())
+    Ok(resolve_bare(&raw, Holder::User(&user.detail.user.name)))
 }
 
 /// `POST /hub/api/users/{name}/tokens` (`tokens`): creates a token. Body (all optional):
