@@ -8,8 +8,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// Every scope name Atelier understands, with the names it directly implies (JupyterHub 5/6).
+/// Every scope name Atelier understands, with the names it directly implies: exactly
+/// JupyterHub 6.1.1's `scope_definitions` and their `subscopes` (`jupyterhub/scopes.py`; the
+/// peer test `tests/jupyterhub_parity.rs` compares every expansion with the installed package).
 const SCOPE_TREE: &[(&str, &[&str])] = &[
+    // Identifies the owner only; grants nothing else.
+    ("(no_scope)", &[]),
     ("self", &[]),
     ("inherit", &[]),
     ("admin-ui", &[]),
@@ -20,7 +24,6 @@ const SCOPE_TREE: &[(&str, &[&str])] = &[
             "users",
             "read:roles:users",
             "delete:users",
-            "admin:servers",
         ],
     ),
     ("admin:auth_state", &[]),
@@ -82,7 +85,15 @@ const SCOPE_TREE: &[(&str, &[&str])] = &[
     ("access:services", &[]),
     // Sharing (JupyterHub 5): `shares!user=alice` manages who may use alice's servers;
     // `users:shares!user=bob` reads and revokes what is shared with bob.
-    ("shares", &["read:shares"]),
+    (
+        "shares",
+        &[
+            "access:servers",
+            "read:shares",
+            "users:shares",
+            "groups:shares",
+        ],
+    ),
     ("read:shares", &[]),
     ("users:shares", &["read:users:shares"]),
     ("read:users:shares", &[]),
@@ -94,43 +105,79 @@ const SCOPE_TREE: &[(&str, &[&str])] = &[
     ("shutdown", &[]),
 ];
 
-/// Scopes of the `admin` role (JupyterHub's: every scope but the metascopes).
+/// Scopes of the built-in `admin` role (JupyterHub 6.1.1's `roles.get_default_roles()`).
 pub const ADMIN_ROLE: &[&str] = &[
     "admin-ui",
     "admin:users",
     "admin:servers",
+    "admin:services",
     "tokens",
     "admin:groups",
-    "admin:services",
+    "list:services",
+    "read:services",
     "read:hub",
     "proxy",
     "shutdown",
-    "access:servers",
     "access:services",
+    "access:servers",
     "read:roles",
     "read:metrics",
     "shares",
-    "users:shares",
-    "groups:shares",
 ];
 
-/// What `self` expands to for a user (each filtered to `!user=<name>`).
-const SELF_SCOPES: &[&str] = &[
+/// What `self` stands for, each with its subscopes and filtered to `!user=<name>`
+/// (JupyterHub 6.1.1's `scopes._expand_self_scope`).
+const SELF_RAW: &[&str] = &[
     "read:users",
-    "read:users:name",
-    "read:users:groups",
-    "users:activity",
-    "read:users:activity",
-    "servers",
-    "start:servers",
-    "delete:servers",
-    "read:servers",
-    "tokens",
-    "read:tokens",
-    "access:servers",
-    "read:users:shares",
     "users:shares",
+    "read:shares",
+    "users:activity",
+    "servers",
+    "tokens",
+    "access:servers",
 ];
+
+/// The built-in roles, as JupyterHub 6.1.1's `roles.get_default_roles()`: name, description and
+/// raw scopes. `!user` / `!server` / `!service` without a value name the role's holder.
+pub const DEFAULT_ROLES: &[(&str, &str, &[&str])] = &[
+    ("user", "Standard user privileges", &["self"]),
+    ("admin", "Elevated privileges (can do anything)", ADMIN_ROLE),
+    (
+        "server",
+        "Post activity only",
+        &["users:activity!user", "access:servers!server"],
+    ),
+    (
+        "token",
+        "Token with same permissions as its owner",
+        &["inherit"],
+    ),
+];
+
+/// Every scope name `name` stands for: itself and its subscopes, recursively (JupyterHub's
+/// `scopes._expand_scope` of an unfiltered scope). Empty for an unknown name.
+pub fn expansion(name: &str) -> BTreeSet<&'static str> {
+    SCOPE_TREE
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| is_known(name) && implies(name, n))
+        .collect()
+}
+
+/// Every scope name of the tree.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    SCOPE_TREE.iter().map(|(n, _)| *n)
+}
+
+/// `self` for user `name`: [`SELF_RAW`] expanded, each filtered to the user.
+fn self_scopes(name: &str) -> impl Iterator<Item = Scope> + '_ {
+    SELF_RAW
+        .iter()
+        .flat_map(|raw| expansion(raw))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(move |n| Scope::user(n, name))
+}
 
 /// Whether `name` is a scope name Atelier knows.
 pub fn is_known(name: &str) -> bool {
@@ -323,7 +370,7 @@ impl ScopeSet {
             let scope = Scope::parse(s.as_ref())?;
             if scope.name == "self" {
                 if let Some(user) = owner {
-                    set.extend(SELF_SCOPES.iter().map(|n| Scope::user(n, user)));
+                    set.extend(self_scopes(user));
                 }
             } else if scope.name != "inherit" {
                 set.insert(scope);
@@ -334,7 +381,7 @@ impl ScopeSet {
 
     /// The scopes of a user from their roles: `self`, plus the admin role for admins.
     pub fn for_user(name: &str, admin: bool) -> ScopeSet {
-        let mut set: BTreeSet<Scope> = SELF_SCOPES.iter().map(|n| Scope::user(n, name)).collect();
+        let mut set: BTreeSet<Scope> = self_scopes(name).collect();
         if admin {
             set.extend(ADMIN_ROLE.iter().map(|n| Scope::all(n)));
         }
@@ -379,24 +426,36 @@ impl ScopeSet {
         ScopeSet(self.0.iter().filter(|s| owner.covers(s)).cloned().collect())
     }
 
-    /// Every scope with the names it implies, as strings, sorted (what `GET /hub/api/user`
-    /// reports, like JupyterHub's expanded scopes).
+    /// Every scope with the names it implies, reduced, as strings, sorted (what
+    /// `GET /hub/api/user` reports, like JupyterHub's expanded and reduced scopes).
     pub fn expanded(&self) -> Vec<String> {
         let mut out = BTreeSet::new();
         for s in &self.0 {
             for (name, _) in SCOPE_TREE {
-                if implies(&s.name, name) {
-                    out.insert(
-                        Scope {
-                            name: (*name).to_owned(),
-                            filter: s.filter.clone(),
-                        }
-                        .to_string(),
-                    );
+                // JupyterHub's `_expand_scope`: a `!server=` filter drops the cross-resource
+                // `read:users…` subscopes (`read:servers` → `read:users:name`).
+                let cross = matches!(s.filter, Filter::Server(..)) && name.starts_with("read:user");
+                if implies(&s.name, name) && !cross {
+                    out.insert(Scope {
+                        name: (*name).to_owned(),
+                        filter: s.filter.clone(),
+                    });
                 }
             }
         }
-        out.into_iter().collect()
+        // JupyterHub's `reduce_scopes`: a filtered scope whose name is also held unfiltered
+        // is dropped.
+        let unfiltered: BTreeSet<String> = out
+            .iter()
+            .filter(|s| s.filter == Filter::All)
+            .map(|s| s.name.clone())
+            .collect();
+        out.into_iter()
+            .filter(|s| s.filter == Filter::All || !unfiltered.contains(&s.name))
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect()
     }
 
     /// The scopes as strings, sorted.
@@ -413,6 +472,283 @@ impl ScopeSet {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// With the scopes that let any token of user `name` identify its owner (JupyterHub's
+    /// `identify_scopes`: `read:users:name` and `read:users:groups` on the user).
+    pub fn with_identify(mut self, name: &str) -> ScopeSet {
+        self.0.insert(Scope::user("read:users:name", name));
+        self.0.insert(Scope::user("read:users:groups", name));
+        self
+    }
+
+    /// The scopes of both sets.
+    pub fn union(mut self, other: &ScopeSet) -> ScopeSet {
+        self.0.extend(other.0.iter().cloned());
+        self
+    }
+}
+
+// ---- roles ----------------------------------------------------------------------------------
+
+/// A role (JupyterHub's `load_roles` entry): a name, raw scopes, and the users, groups and
+/// services that hold it. A user in one of its groups holds it too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    /// 3-255 characters: lowercase ASCII letters, digits and `-._~`, starting with a letter and
+    /// ending with a letter or digit (JupyterHub's `_role_name_pattern`).
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Raw scopes: `self`, `inherit`, bare `!user` / `!service` / `!server` filters allowed.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// User names.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Group names.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Service names.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// Why a role definition was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RoleError {
+    /// The name does not match JupyterHub's pattern.
+    #[error(
+        "invalid role name {0:?}: 3-255 characters of a-z, 0-9, '-', '.', '~', '_', starting \
+         with a letter and ending with a letter or digit"
+    )]
+    Name(String),
+    /// A scope is not known.
+    #[error("role {role}: {error}")]
+    Scope {
+        /// The role.
+        role: String,
+        /// The scope's error.
+        error: ScopeError,
+    },
+    /// The `admin` role's scopes cannot be changed (JupyterHub's `RoleValueError`).
+    #[error("role admin: its scopes cannot be changed")]
+    Admin,
+    /// Two definitions of one role.
+    #[error("role {0} is defined twice")]
+    Duplicate(String),
+}
+
+/// Who holds a set of raw scopes: bare `!user` / `!service` filters and `self` resolve to it.
+#[derive(Clone, Copy, Debug)]
+pub enum Holder<'a> {
+    /// A user.
+    User(&'a str),
+    /// A service.
+    Service(&'a str),
+}
+
+fn role_name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=255).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1].is_ascii_lowercase() | b[b.len() - 1].is_ascii_digit()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_~.".contains(c))
+}
+
+/// Raw scopes with their bare filters resolved for `holder` (JupyterHub's `expand_scopes`
+/// filter replacement): `!user` becomes `!user=<name>` for a user, `!service`
+/// `!service=<name>` for a service; a bare filter that does not fit the holder, and `!server`
+/// (which names the server of an OAuth client), are dropped, as JupyterHub drops them with a
+/// warning. `self` and `inherit` stay as they are.
+pub fn resolve_bare<S: AsRef<str>>(raw: &[S], holder: Holder<'_>) -> Vec<String> {
+    let mut resolved = Vec::new();
+    for s in raw {
+        let s = s.as_ref();
+        match s.split_once('!') {
+            Some((name, "user")) => {
+                if let Holder::User(u) = holder {
+                    resolved.push(format!("{name}!user={u}"));
+                }
+            }
+            Some((name, "service")) => {
+                if let Holder::Service(n) = holder {
+                    resolved.push(format!("{name}!service={n}"));
+                }
+            }
+            Some((_, "server")) => {}
+            _ => resolved.push(s.to_owned()),
+        }
+    }
+    resolved
+}
+
+/// Raw scopes as `holder` holds them: [`resolve_bare`], then parsed with `self` expanded for a
+/// user. `inherit` is left to the caller.
+pub fn resolve_raw<S: AsRef<str>>(raw: &[S], holder: Holder<'_>) -> Result<ScopeSet, ScopeError> {
+    let owner = match holder {
+        Holder::User(u) => Some(u),
+        Holder::Service(_) => None,
+    };
+    ScopeSet::parse(&resolve_bare(raw, holder), owner)
+}
+
+/// The built-in roles and those of the configuration, and who holds which.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Roles(Vec<Role>);
+
+impl Default for Roles {
+    fn default() -> Roles {
+        Roles(
+            DEFAULT_ROLES
+                .iter()
+                .map(|(name, description, scopes)| Role {
+                    name: (*name).to_owned(),
+                    description: Some((*description).to_owned()),
+                    scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                    ..Role::default()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Roles {
+    /// The built-in roles with `configured` added. A configured role of a built-in name adds
+    /// holders to it and, except for `admin`, may replace its description and scopes (as
+    /// JupyterHub's `create_role` updates an existing role).
+    pub fn new(configured: Vec<Role>) -> Result<Roles, RoleError> {
+        let mut roles = Roles::default();
+        let mut seen = BTreeSet::new();
+        for role in configured {
+            if !role_name_ok(&role.name) {
+                return Err(RoleError::Name(role.name));
+            }
+            if !seen.insert(role.name.clone()) {
+                return Err(RoleError::Duplicate(role.name));
+            }
+            resolve_raw(&role.scopes, Holder::User("x")).map_err(|error| RoleError::Scope {
+                role: role.name.clone(),
+                error,
+            })?;
+            match roles.0.iter_mut().find(|r| r.name == role.name) {
+                Some(existing) => {
+                    if existing.name == "admin"
+                        && !role.scopes.is_empty()
+                        && role.scopes != existing.scopes
+                    {
+                        return Err(RoleError::Admin);
+                    }
+                    if role.description.is_some() && existing.name != "admin" {
+                        existing.description = role.description;
+                    }
+                    if !role.scopes.is_empty() {
+                        existing.scopes = role.scopes;
+                    }
+                    existing.users.extend(role.users);
+                    existing.groups.extend(role.groups);
+                    existing.services.extend(role.services);
+                }
+                None => roles.0.push(role),
+            }
+        }
+        Ok(roles)
+    }
+
+    /// Every role.
+    pub fn all(&self) -> &[Role] {
+        &self.0
+    }
+
+    /// The role named `name`.
+    pub fn get(&self, name: &str) -> Option<&Role> {
+        self.0.iter().find(|r| r.name == name)
+    }
+
+    /// Whether some role is held through a group (the caller then needs the user's groups).
+    pub fn by_group(&self) -> bool {
+        self.0.iter().any(|r| !r.groups.is_empty())
+    }
+
+    /// The roles user `name` holds directly (JupyterHub's `user.roles`): `user`, `admin` for an
+    /// admin, and those naming the user.
+    pub fn of_user(&self, name: &str, admin: bool) -> Vec<&Role> {
+        self.0
+            .iter()
+            .filter(|r| {
+                r.name == "user"
+                    || (admin && r.name == "admin")
+                    || r.users.iter().any(|u| u == name)
+            })
+            .collect()
+    }
+
+    /// The roles of group `name`.
+    pub fn of_group(&self, name: &str) -> Vec<&Role> {
+        self.0
+            .iter()
+            .filter(|r| r.groups.iter().any(|g| g == name))
+            .collect()
+    }
+
+    /// The roles of service `name`.
+    pub fn of_service(&self, name: &str) -> Vec<&Role> {
+        self.0
+            .iter()
+            .filter(|r| r.services.iter().any(|s| s == name))
+            .collect()
+    }
+
+    /// The raw scopes of user `name`'s roles and of their groups' roles, bare filters resolved
+    /// ([`resolve_bare`]), without `inherit`, sorted: `self` stays `self`, so that a token given
+    /// them follows a rename of its owner.
+    pub fn user_raw_scopes(
+        &self,
+        name: &str,
+        admin: bool,
+        groups: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let mut raw: Vec<&str> = Vec::new();
+        for role in self.of_user(name, admin) {
+            raw.extend(role.scopes.iter().map(String::as_str));
+        }
+        for group in groups {
+            for role in self.of_group(group) {
+                raw.extend(role.scopes.iter().map(String::as_str));
+            }
+        }
+        let set: BTreeSet<String> = resolve_bare(&raw, Holder::User(name))
+            .into_iter()
+            .filter(|s| s != "inherit")
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// The scopes of user `name` (JupyterHub's `get_scopes_for(user)`): those of their roles and
+    /// of their groups' roles.
+    pub fn user_scopes(&self, name: &str, admin: bool, groups: &BTreeSet<String>) -> ScopeSet {
+        let raw = self.user_raw_scopes(name, admin, groups);
+        // Checked by `Roles::new`; a scope that fails here grants nothing.
+        ScopeSet::parse(&raw, Some(name)).unwrap_or_default()
+    }
+
+    /// The scopes service `name`'s roles give it.
+    pub fn service_scopes(&self, name: &str) -> ScopeSet {
+        let raw: Vec<&str> = self
+            .of_service(name)
+            .into_iter()
+            .flat_map(|r| r.scopes.iter().map(String::as_str))
+            .collect();
+        resolve_raw(&raw, Holder::Service(name)).unwrap_or_default()
+    }
+}
+
+/// Role names, sorted.
+pub fn role_names(roles: &[&Role]) -> Vec<String> {
+    let names: BTreeSet<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+    names.into_iter().map(str::to_owned).collect()
 }
 
 #[cfg(test)]
@@ -458,7 +794,7 @@ mod tests {
     #[test]
     fn implication_follows_the_tree() {
         assert!(implies("admin:users", "read:users:name"));
-        assert!(implies("admin:users", "servers"));
+        assert!(implies("admin:servers", "servers"));
         assert!(implies("users", "read:users:activity"));
         assert!(implies("servers", "delete:servers"));
         assert!(!implies("read:users", "users"));
@@ -639,6 +975,154 @@ mod tests {
                 "servers!user=alice",
                 "start:servers!user=alice",
             ]
+        );
+    }
+
+    #[test]
+    fn admin_users_does_not_reach_servers() {
+        // JupyterHub 6.1.1: admin:users -> admin:auth_state, users, read:roles:users,
+        // delete:users; servers are admin:servers' alone.
+        for name in [
+            "admin:servers",
+            "servers",
+            "start:servers",
+            "delete:servers",
+            "read:servers",
+            "admin:server_state",
+            "access:servers",
+            "tokens",
+        ] {
+            assert!(!implies("admin:users", name), "admin:users implies {name}");
+        }
+        let token = ScopeSet::parse(&["admin:users"], None).unwrap();
+        let none = groups(&[]);
+        let bobs = Target::Server {
+            user: "bob",
+            server: "",
+            groups: &none,
+        };
+        assert!(!token.allows("start:servers", bobs));
+        assert!(!token.allows("delete:servers", bobs));
+        assert!(token.allows(
+            "delete:users",
+            Target::User {
+                name: "bob",
+                groups: &none
+            }
+        ));
+    }
+
+    #[test]
+    fn self_and_shares_follow_jupyterhub() {
+        let alice = ScopeSet::for_user("alice", false).expanded();
+        assert!(alice.contains(&"read:shares!user=alice".to_string()));
+        assert!(alice.contains(&"read:users:shares!user=alice".to_string()));
+        assert!(
+            !alice
+                .iter()
+                .any(|s| s.starts_with("read:users!") && !s.ends_with("alice"))
+        );
+        assert_eq!(
+            expansion("shares"),
+            BTreeSet::from([
+                "access:servers",
+                "groups:shares",
+                "read:groups:shares",
+                "read:shares",
+                "read:users:shares",
+                "shares",
+                "users:shares",
+            ])
+        );
+        // A `!server=` filter drops the `read:users…` subscopes, as JupyterHub's `_expand_scope`.
+        let s = ScopeSet::parse(&["read:servers!server=alice/x"], None).unwrap();
+        assert_eq!(s.expanded(), vec!["read:servers!server=alice/x"]);
+    }
+
+    #[test]
+    fn roles_give_their_holders_scopes() {
+        let roles = Roles::new(vec![
+            Role {
+                name: "dask-users".into(),
+                scopes: vec!["access:services!service=dask-gateway".into()],
+                groups: vec!["ocean".into()],
+                ..Role::default()
+            },
+            Role {
+                name: "culler".into(),
+                scopes: vec!["list:users".into(), "read:services!service".into()],
+                services: vec!["idle".into()],
+                users: vec!["carol".into()],
+                ..Role::default()
+            },
+        ])
+        .unwrap();
+        let dask = Target::Service("dask-gateway");
+        let ocean = groups(&["ocean"]);
+        assert!(
+            roles
+                .user_scopes("alice", false, &ocean)
+                .allows("access:services", dask)
+        );
+        assert!(
+            !roles
+                .user_scopes("alice", false, &groups(&[]))
+                .allows("access:services", dask)
+        );
+        let idle = roles.service_scopes("idle");
+        assert!(idle.allows("list:users", Target::Hub));
+        assert!(idle.allows("read:services", Target::Service("idle")));
+        assert!(!idle.allows("read:services", Target::Service("other")));
+        // A bare `!service` means nothing for a user.
+        let carol = roles.user_scopes("carol", false, &groups(&[]));
+        assert!(carol.allows("list:users", Target::Hub));
+        assert!(!carol.has_any("read:services"));
+        assert_eq!(
+            role_names(&roles.of_user("carol", false)),
+            ["culler", "user"]
+        );
+        assert_eq!(role_names(&roles.of_user("root", true)), ["admin", "user"]);
+        assert_eq!(role_names(&roles.of_group("ocean")), ["dask-users"]);
+        // The built-in roles' scopes (JupyterHub's `get_default_roles()`).
+        assert_eq!(
+            Roles::default().user_scopes("root", true, &groups(&[])),
+            ScopeSet::for_user("root", true)
+        );
+        for bad in ["Admin", "ab", "9lives", "dask-", "a b c"] {
+            let role = Role {
+                name: bad.into(),
+                ..Role::default()
+            };
+            assert!(
+                matches!(Roles::new(vec![role]), Err(RoleError::Name(_))),
+                "{bad}"
+            );
+        }
+        let unknown = Role {
+            name: "bad".into(),
+            scopes: vec!["read:everything".into()],
+            ..Role::default()
+        };
+        assert!(matches!(
+            Roles::new(vec![unknown]),
+            Err(RoleError::Scope { .. })
+        ));
+        let admin = Role {
+            name: "admin".into(),
+            scopes: vec!["shutdown".into()],
+            ..Role::default()
+        };
+        assert_eq!(Roles::new(vec![admin]), Err(RoleError::Admin));
+        let admins = Role {
+            name: "admin".into(),
+            users: vec!["dora".into()],
+            ..Role::default()
+        };
+        let roles = Roles::new(vec![admins]).unwrap();
+        assert!(
+            roles
+                .user_scopes("dora", false, &groups(&[]))
+                .allows("shutdown", Target::Hub)
         );
     }
 }

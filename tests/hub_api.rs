@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use atelier::backend::WorkspaceBackend;
 use atelier::hub::{self, Hub, HubConfig, JUPYTERHUB_VERSION, ServiceConfig, spawner};
+use atelier::scopes::{Role, Roles};
 use atelier::store::tokens::generate_token;
 use atelier::store::{
     AuditAction, AuditQuery, NewToken, ServerState, StartRequest, Store, TokenOwner, User, now,
@@ -52,6 +53,16 @@ fn api_config(base: &str) -> HubConfig {
         token: String::new(),
         scopes: vec!["list:users".into(), "delete:servers".into()],
     }];
+    // As daskhub grants its users the dask-gateway service: user erin, and group ocean.
+    config.roles = Roles::new(vec![Role {
+        name: "dask-users".into(),
+        description: Some("use dask-gateway".into()),
+        scopes: vec!["access:services!service=dask-gateway".into()],
+        users: vec!["erin".into()],
+        groups: vec!["ocean".into()],
+        services: vec!["culler".into()],
+    }])
+    .expect("roles");
     config
 }
 
@@ -267,6 +278,8 @@ stories!(
     services_proxy_and_health,
     shutdown_stops_the_hub,
     users_filter_by_name,
+    jupyterhub_611_answers,
+    roles_give_scopes,
 );
 
 /// A token of service `name` (not in the hub's configuration) holding `scopes`.
@@ -425,7 +438,7 @@ async fn version_and_identity(w: &World) {
     let (_, _bob) = w.user("bob").await;
     assert_eq!(
         w.api.get("/hub/api/users/bob", &server_token).await.status,
-        403
+        404
     );
     // A second start of a running server is refused like JupyterHub does.
     let again = w
@@ -594,21 +607,22 @@ async fn bad_input_is_refused(w: &World) {
     assert_eq!(resp.status, 400);
     assert!(resp.message().contains("last_activity"), "{resp:?}");
 
-    // Missing scope: 403 (also for a user that does not exist).
-    for (method, path) in [
-        ("GET", "/hub/api/users/bob"),
-        ("POST", "/hub/api/users/bob/server"),
-        ("DELETE", "/hub/api/users/bob/server"),
-        ("GET", "/hub/api/users/bob/tokens"),
-        ("POST", "/hub/api/users/bob/activity"),
-        ("GET", "/hub/api/users/nobody"),
-        ("POST", "/hub/api/users/carol"),
-        ("DELETE", "/hub/api/users/bob"),
-        ("POST", "/hub/api/groups/g"),
-        ("GET", "/hub/api/info"),
+    // Missing scope: 403; a scope held on other users only: 404, also for a user that does not
+    // exist (JupyterHub 6.1.1's `needs_scope`).
+    for (method, path, status) in [
+        ("GET", "/hub/api/users/bob", 404),
+        ("POST", "/hub/api/users/bob/server", 404),
+        ("DELETE", "/hub/api/users/bob/server", 404),
+        ("GET", "/hub/api/users/bob/tokens", 404),
+        ("POST", "/hub/api/users/bob/activity", 404),
+        ("GET", "/hub/api/users/nobody", 404),
+        ("POST", "/hub/api/users/carol", 403),
+        ("DELETE", "/hub/api/users/bob", 403),
+        ("POST", "/hub/api/groups/g", 403),
+        ("GET", "/hub/api/info", 403),
     ] {
         let resp = w.api.call(method, path, &alice, Some(json!({}))).await;
-        assert_eq!(resp.status, 403, "{method} {path}: {resp:?}");
+        assert_eq!(resp.status, status, "{method} {path}: {resp:?}");
     }
     assert_eq!(
         w.api
@@ -711,7 +725,7 @@ async fn bad_input_is_refused(w: &World) {
     assert_eq!(resp.status, 409, "{resp:?}");
     assert!(resp.message().contains("OAuth client"), "{resp:?}");
 
-    // Another user's token on someone's server: 403.
+    // Another user's token on someone's server: 404 (bob holds the scopes on his own only).
     start_ready(w, "alice", "", &alice).await;
     for (method, path) in [
         ("GET", "/hub/api/users/alice/server"),
@@ -720,7 +734,7 @@ async fn bad_input_is_refused(w: &World) {
         ("GET", "/hub/api/users/alice/server/progress"),
     ] {
         let resp = w.api.call(method, path, &bob, None).await;
-        assert_eq!(resp.status, 403, "{method} {path}: {resp:?}");
+        assert_eq!(resp.status, 404, "{method} {path}: {resp:?}");
     }
     assert_eq!(w.server("alice", "").await.state, ServerState::Running);
     // Deleting yourself is refused; deleting a user stops their servers.
@@ -799,14 +813,21 @@ async fn users_paginate_and_filter_by_state(w: &World) {
     assert_eq!(pages, 3);
     assert_eq!(names.len(), 251);
     assert_eq!(names.iter().collect::<BTreeSet<_>>().len(), 251);
-    // The default page size with the pagination header, everything without it.
+    // The default page size with the pagination header, the largest page (200, JupyterHub's
+    // `api_page_max_limit`) without it or when asked for more.
     let resp = w
         .api
         .raw("GET", "/hub/api/users", Some(&w.admin), None, &pagination)
         .await;
     assert_eq!(resp.json()["items"].as_array().unwrap().len(), 50);
     let all = w.api.get("/hub/api/users", &w.admin).await.json();
-    assert_eq!(all.as_array().unwrap().len(), 251);
+    assert_eq!(all.as_array().unwrap().len(), 200);
+    let all = w
+        .api
+        .get("/hub/api/users?limit=1000", &w.admin)
+        .await
+        .json();
+    assert_eq!(all.as_array().unwrap().len(), 200);
     let sorted = w
         .api
         .get("/hub/api/users?sort=-name&limit=1", &w.admin)
@@ -852,21 +873,21 @@ async fn users_paginate_and_filter_by_state(w: &World) {
     assert_eq!(user123["servers"]["lab"]["pending"], Value::Null);
     let inactive = w
         .api
-        .get("/hub/api/users?state=inactive&limit=1000", &w.admin)
+        .raw(
+            "GET",
+            "/hub/api/users?state=inactive&limit=1000",
+            Some(&w.admin),
+            None,
+            &pagination,
+        )
         .await
         .json();
-    assert_eq!(inactive.as_array().unwrap().len(), 249);
+    assert_eq!(inactive["_pagination"]["total"], 249);
+    assert_eq!(inactive["items"].as_array().unwrap().len(), 200);
 
-    // A user without list:users sees only themself.
-    let listed = w.api.get("/hub/api/users", &token).await.json();
-    let listed: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, ["user123"]);
-    // ...and a credential that grants nothing listable gets 403.
+    // A user without list:users gets 403 (JupyterHub 6.1.1: `self` holds no list:users), as
+    // does a server's token.
+    assert_eq!(w.api.get("/hub/api/users", &token).await.status, 403);
     let env = w.backend.request("user123", "lab").env;
     assert_eq!(
         w.api
@@ -1049,7 +1070,8 @@ async fn tokens_are_scoped(w: &World) {
                 Some(json!({"scopes": scopes})),
             )
             .await;
-        assert_eq!(resp.status, 403, "{scopes}: {resp:?}");
+        // Beyond the owner's scopes: 400, as JupyterHub's `_check_token_scopes`.
+        assert_eq!(resp.status, 400, "{scopes}: {resp:?}");
     }
     let resp = w
         .api
@@ -1262,9 +1284,9 @@ async fn group_scoped_tokens(w: &World) {
             .call("POST", "/hub/api/users/bob/server", &ocean, None)
             .await
             .status,
-        403
+        404
     );
-    assert_eq!(w.api.get("/hub/api/users/bob", &ocean).await.status, 403);
+    assert_eq!(w.api.get("/hub/api/users/bob", &ocean).await.status, 404);
     assert_eq!(w.api.get("/hub/api/users/alice", &ocean).await.status, 200);
     let listed = w.api.get("/hub/api/users", &ocean).await.json();
     let listed: Vec<&str> = listed
@@ -1275,7 +1297,7 @@ async fn group_scoped_tokens(w: &World) {
         .collect();
     assert_eq!(listed, ["alice"]);
     assert_eq!(w.api.get("/hub/api/groups/ocean", &ocean).await.status, 200);
-    assert_eq!(w.api.get("/hub/api/groups/land", &ocean).await.status, 403);
+    assert_eq!(w.api.get("/hub/api/groups/land", &ocean).await.status, 404);
     // Leaving the group takes the access away.
     w.api
         .call(
@@ -1290,7 +1312,7 @@ async fn group_scoped_tokens(w: &World) {
             .call("DELETE", "/hub/api/users/alice/server", &ocean, None)
             .await
             .status,
-        403
+        404
     );
     let resp = w
         .api
@@ -1418,7 +1440,7 @@ async fn progress_is_streamed(w: &World) {
     w.wait_server("alice", "gpu", |s| s.state == ServerState::Running)
         .await;
 
-    // A stopped server is not starting.
+    // A stopped server has no progress (404, as JupyterHub 6.1.1).
     w.api
         .call("DELETE", "/hub/api/users/alice/server", &alice, None)
         .await;
@@ -1428,7 +1450,7 @@ async fn progress_is_streamed(w: &World) {
         .api
         .get("/hub/api/users/alice/server/progress", &alice)
         .await;
-    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(resp.status, 404, "{resp:?}");
 
     // A stop during a spawn cancels it.
     w.backend.hold_starts(true);
@@ -1987,8 +2009,8 @@ async fn servers_are_patched(w: &World) {
             display.clone(),
         )
         .await,
-        403,
-        "start:servers",
+        404,
+        "No access",
     );
     let reader = token_for(&w.store, &alice_user, &["read:servers!user=alice"]).await;
     assert_error(
@@ -2085,8 +2107,8 @@ async fn servers_are_patched(w: &World) {
     );
     assert_error(
         &patch(nb, one, Some(json!({"name": "elsewhere"}))).await,
-        403,
-        "start:servers",
+        404,
+        "No access",
     );
 
     // The default server: display name and options, never a rename.
@@ -2288,7 +2310,7 @@ async fn services_proxy_and_health(w: &World) {
             .get("/hub/api/services/culler", &names_only)
             .await
             .json(),
-        json!({"kind": "service", "name": "culler"})
+        json!({"kind": "service", "name": "culler", "admin": false})
     );
     assert_eq!(
         w.api.get("/hub/api/services", &names_only).await.status,
@@ -2301,12 +2323,12 @@ async fn services_proxy_and_health(w: &World) {
     );
     assert_eq!(
         w.api.get("/hub/api/services/culler", &other).await.status,
-        403
+        404
     );
     let lister = service_token(w, "l", &["list:services"]).await;
     assert_eq!(
         w.api.get("/hub/api/services", &lister).await.json(),
-        json!({"culler": {"kind": "service", "name": "culler"}})
+        json!({"culler": {"kind": "service", "name": "culler", "admin": false}})
     );
 
     // The routing table: the hub's route and the running servers.
@@ -2562,12 +2584,21 @@ async fn users_filter_by_name(w: &World) {
         ),
         ["alfred"]
     );
-    // Within the caller's reach: a user lists only themself.
+    // Within the caller's reach: `list:users!user=carol` lists only carol; a user's own token
+    // holds no `list:users` (403, as JupyterHub).
     let (_, carol) = w.user("carol").await;
+    assert_eq!(
+        w.api
+            .get("/hub/api/users?name_filter=al", &carol)
+            .await
+            .status,
+        403
+    );
+    let lister = service_token(w, "lister", &["list:users!user=carol"]).await;
     assert!(
         names(
             &w.api
-                .get("/hub/api/users?name_filter=al", &carol)
+                .get("/hub/api/users?name_filter=al", &lister)
                 .await
                 .json()
         )
@@ -2576,10 +2607,253 @@ async fn users_filter_by_name(w: &World) {
     assert_eq!(
         names(
             &w.api
-                .get("/hub/api/users?name_filter=AR", &carol)
+                .get("/hub/api/users?name_filter=AR", &lister)
                 .await
                 .json()
         ),
         ["carol"]
+    );
+}
+
+/// Where JupyterHub 6.1.1 answered otherwise (issue 9, section 3), each as JupyterHub answers.
+async fn jupyterhub_611_answers(w: &World) {
+    // `admin:users` alone reaches no server: JupyterHub answers 403 to start and stop.
+    let (_, bob) = w.user("bob").await;
+    start_ready(w, "bob", "", &bob).await;
+    let users_admin = service_token(w, "useradmin", &["admin:users"]).await;
+    for (method, path) in [
+        ("POST", "/hub/api/users/bob/servers/x"),
+        ("DELETE", "/hub/api/users/bob/server"),
+        ("DELETE", "/hub/api/users/bob/servers/"),
+        ("POST", "/hub/api/users/bob/server"),
+    ] {
+        let resp = w.api.call(method, path, &users_admin, None).await;
+        assert_eq!(resp.status, 403, "{method} {path}: {resp:?}");
+    }
+    assert_eq!(w.server("bob", "").await.state, ServerState::Running);
+    // It still manages the user.
+    assert_eq!(
+        w.api.get("/hub/api/users/bob", &users_admin).await.status,
+        200
+    );
+
+    // Tokens: `roles` and `scopes` together, or a scope the owner lacks, are 400.
+    let both = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/bob/tokens",
+            &bob,
+            Some(json!({"roles": ["user"], "scopes": ["read:users!user=bob"]})),
+        )
+        .await;
+    assert_error(&both, 400, "one of scopes or roles");
+    for (token, scope) in [(&bob, "admin:users"), (&w.admin, "read:users")] {
+        let resp = w
+            .api
+            .call(
+                "POST",
+                "/hub/api/users/bob/tokens",
+                token,
+                Some(json!({"scopes": [scope]})),
+            )
+            .await;
+        assert_error(&resp, 400, "not held by User bob");
+    }
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/bob/tokens",
+            &bob,
+            Some(json!({"roles": ["admin"]})),
+        )
+        .await;
+    assert_error(&resp, 400, "not held by User bob");
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/bob/tokens",
+            &bob,
+            Some(json!({"roles": ["no-such-role"]})),
+        )
+        .await;
+    assert_error(&resp, 400, "No such role");
+
+    // `{"remove": {}}` is false in Python: the server stops and stays (204).
+    start_ready(w, "bob", "gpu", &bob).await;
+    let resp = w
+        .api
+        .call(
+            "DELETE",
+            "/hub/api/users/bob/servers/gpu",
+            &bob,
+            Some(json!({"remove": {}})),
+        )
+        .await;
+    assert_eq!(resp.status, 204, "{resp:?}");
+    assert_eq!(w.server("bob", "gpu").await.state, ServerState::Stopped);
+    // The progress of a stopped server: 404.
+    let resp = w
+        .api
+        .get("/hub/api/users/bob/servers/gpu/progress", &bob)
+        .await;
+    assert_eq!(resp.status, 404, "{resp:?}");
+
+    // Pages hold at most 200 users; a user's own token does not list users.
+    let resp = w
+        .api
+        .raw(
+            "GET",
+            "/hub/api/users?limit=1000",
+            Some(&w.admin),
+            None,
+            &[("accept", PAGINATION)],
+        )
+        .await;
+    assert_eq!(resp.json()["_pagination"]["limit"], 200, "{resp:?}");
+    let resp = w.api.get("/hub/api/users", &bob).await;
+    assert_error(&resp, 403, "list:users");
+
+    // `GET /user` carries `user_info`; a service sees JupyterHub's service model.
+    let me = w.api.get("/hub/api/user", &bob).await.json();
+    assert_eq!(me["user_info"], Value::Null, "{me}");
+    assert!(me.as_object().unwrap().contains_key("user_info"), "{me}");
+    let reader = service_token(w, "reader", &["read:services!service=reader"]).await;
+    let me = w.api.get("/hub/api/user", &reader).await.json();
+    for key in [
+        "kind",
+        "name",
+        "admin",
+        "url",
+        "prefix",
+        "command",
+        "pid",
+        "info",
+        "display",
+        "scopes",
+        "token_id",
+        "session_id",
+    ] {
+        assert!(me.get(key).is_some(), "{key} missing: {me}");
+    }
+    assert_eq!(me["kind"], "service");
+    assert!(
+        me.get("roles").is_none(),
+        "roles need read:roles:services: {me}"
+    );
+
+    // `/info`: no Python known for the test backend's servers.
+    let info = w.api.get("/hub/api/info", &w.admin).await.json();
+    assert_eq!(info["python"], Value::Null, "{info}");
+}
+
+/// A configured role gives its users, the members of its groups and its services its scopes.
+async fn roles_give_scopes(w: &World) {
+    let dask = "access:services!service=dask-gateway";
+    let (erin, _) = w.user("erin").await;
+    let (fay, _) = w.user("fay").await;
+    let (gus, _) = w.user("gus").await;
+    let scopes = |me: &Value| -> Vec<String> {
+        me["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Tokens that ask for the role's scope keep it only while their owner holds it.
+    let erin = token_for(&w.store, &erin, &["self", dask]).await;
+    let fay = token_for(&w.store, &fay, &["self", dask]).await;
+    let gus = token_for(&w.store, &gus, &["self", dask]).await;
+    let me = w.api.get("/hub/api/user", &erin).await.json();
+    assert!(scopes(&me).contains(&dask.to_owned()), "{me}");
+    assert_eq!(me["roles"], json!(["dask-users", "user"]), "{me}");
+    let me = w.api.get("/hub/api/user", &fay).await.json();
+    assert!(!scopes(&me).contains(&dask.to_owned()), "{me}");
+    // fay joins group ocean: she holds the role's scopes through it.
+    let resp = w
+        .api
+        .call("POST", "/hub/api/groups/ocean", &w.admin, None)
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/groups/ocean/users",
+            &w.admin,
+            Some(json!({"users": ["fay"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let me = w.api.get("/hub/api/user", &fay).await.json();
+    assert!(scopes(&me).contains(&dask.to_owned()), "{me}");
+    assert_eq!(me["roles"], json!(["user"]), "direct roles only: {me}");
+    let me = w.api.get("/hub/api/user", &gus).await.json();
+    assert!(!scopes(&me).contains(&dask.to_owned()), "{me}");
+    // The group model names its roles to who may read them (`admin:groups` implies
+    // `read:roles:groups`; `read:groups` does not).
+    let group = w.api.get("/hub/api/groups/ocean", &w.admin).await.json();
+    assert_eq!(group["roles"], json!(["dask-users"]), "{group}");
+    let group_reader = service_token(w, "group-reader", &["read:groups"]).await;
+    let group = w
+        .api
+        .get("/hub/api/groups/ocean", &group_reader)
+        .await
+        .json();
+    assert!(group.get("roles").is_none(), "{group}");
+    let roles_reader = service_token(w, "roles-reader", &["read:roles", "read:groups"]).await;
+    let group = w
+        .api
+        .get("/hub/api/groups/ocean", &roles_reader)
+        .await
+        .json();
+    assert_eq!(group["roles"], json!(["dask-users"]), "{group}");
+    let user = w.api.get("/hub/api/users/erin", &roles_reader).await.json();
+    assert_eq!(user["roles"], json!(["dask-users", "user"]), "{user}");
+    // The culler service holds the role too.
+    let me = w.api.get("/hub/api/user", &w.culler).await.json();
+    assert!(scopes(&me).contains(&dask.to_owned()), "{me}");
+    // A token asked with the role's name holds its scopes.
+    let resp = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/users/erin/tokens",
+            &erin,
+            Some(json!({"roles": ["dask-users"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let token = resp.json()["token"].as_str().unwrap().to_owned();
+    let me = w.api.get("/hub/api/user", &token).await.json();
+    let held = scopes(&me);
+    assert!(held.contains(&dask.to_owned()), "{me}");
+    assert!(!held.iter().any(|s| s.starts_with("servers")), "{me}");
+
+    // A token that inherits its owner's scopes keeps `self` as `self`: it follows a rename.
+    let resp = w
+        .api
+        .call("POST", "/hub/api/users/erin/tokens", &erin, Some(json!({})))
+        .await;
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let inherit = resp.json()["token"].as_str().unwrap().to_owned();
+    let resp = w
+        .api
+        .call(
+            "PATCH",
+            "/hub/api/users/erin",
+            &w.admin,
+            Some(json!({"name": "erin-two"})),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let me = w.api.get("/hub/api/user", &inherit).await.json();
+    assert_eq!(me["name"], "erin-two", "{me}");
+    assert!(
+        scopes(&me).contains(&"servers!user=erin-two".to_owned()),
+        "{me}"
     );
 }

@@ -75,15 +75,10 @@ impl Caller {
         }
     }
 
-    /// 403 unless the caller holds `scope` on `target`.
+    /// Ok when the caller holds `scope` on `target`; else 404 or 403 as
+    /// [`require_any`](super::api::require_any).
     pub fn require(&self, scope: &str, target: Target<'_>) -> Result<(), HubError> {
-        if self.scopes.allows(scope, target) {
-            Ok(())
-        } else {
-            Err(HubError::Forbidden(format!(
-                "Action is not authorized with current scopes; requires any of [{scope}]"
-            )))
-        }
+        super::api::require_any(self, &[scope], target)
     }
 }
 
@@ -124,6 +119,20 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         })
 }
 
+/// The scopes of `user`'s roles and of their groups' roles (JupyterHub's `get_scopes_for`);
+/// the groups are read only when some role is held through a group.
+pub async fn user_scopes(hub: &HubState, user: &User) -> Result<ScopeSet, HubError> {
+    let groups = if hub.config.roles.by_group() {
+        hub.store.user_groups(user.id).await?.into_iter().collect()
+    } else {
+        Default::default()
+    };
+    Ok(hub
+        .config
+        .roles
+        .user_scopes(&user.name, user.admin, &groups))
+}
+
 /// Resolves a request's credentials. `Ok(None)`: no credential at all.
 pub async fn authenticate(
     hub: &HubState,
@@ -149,16 +158,17 @@ pub async fn authenticate(
         }
         let (principal, scopes) = match (t.owner, identity.user) {
             (TokenOwner::User(_), Some(user)) => {
-                let owner = ScopeSet::for_user(&user.name, user.admin);
+                let owner = user_scopes(hub, &user).await?;
                 let scopes = ScopeSet::parse(&t.scopes, Some(&user.name))
                     .map_err(|e| HubError::Unexpected(anyhow::anyhow!("stored token scope: {e}")))?
+                    .with_identify(&user.name)
                     .intersect(&owner);
                 (Principal::User(user), scopes)
             }
             (TokenOwner::Service(name), _) => {
-                let scopes = ScopeSet::parse(&t.scopes, None).map_err(|e| {
-                    HubError::Unexpected(anyhow::anyhow!("stored token scope: {e}"))
-                })?;
+                let scopes = ScopeSet::parse(&t.scopes, None)
+                    .map_err(|e| HubError::Unexpected(anyhow::anyhow!("stored token scope: {e}")))?
+                    .union(&hub.config.roles.service_scopes(&name));
                 (Principal::Service(name), scopes)
             }
             (TokenOwner::User(_), None) => {
@@ -199,7 +209,7 @@ pub async fn authenticate(
         if stale {
             hub.store.touch_session_activity(session.id, now).await?;
         }
-        let scopes = ScopeSet::for_user(&user.name, user.admin);
+        let scopes = user_scopes(hub, &user).await?;
         return Ok(Some(Caller {
             principal: Principal::User(user),
             scopes,

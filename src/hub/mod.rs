@@ -74,6 +74,11 @@ pub struct HubConfig {
     /// Single sign-on providers, discovered ([`oidc::discover`]); their buttons are on the login
     /// page. Empty: no single sign-on.
     pub oidc_providers: Vec<Arc<oidc::Provider>>,
+    /// The built-in roles and those of `--roles` (JupyterHub's `load_roles`): the scopes of
+    /// users, groups and services beyond `self` and admin.
+    pub roles: crate::scopes::Roles,
+    /// The Python of the single-user servers, when the hub knows it (`GET /info`).
+    pub server_python: Option<api::hub::PythonInfo>,
 }
 
 impl HubConfig {
@@ -93,6 +98,8 @@ impl HubConfig {
             default_profile: crate::backend::kubernetes::DEFAULT_PROFILE.to_owned(),
             oauth_require_pkce: false,
             oidc_providers: Vec::new(),
+            roles: crate::scopes::Roles::default(),
+            server_python: None,
         }
     }
 }

@@ -110,6 +110,10 @@ pub struct HubArgs {
     /// sign-on"). With providers, the dev login is off unless `--dev-login` is given.
     #[arg(long, env = "ATELIER_OIDC_CONFIG")]
     pub oidc_config: Option<PathBuf>,
+    /// Roles, as JupyterHub's `load_roles`: a YAML or JSON list of `{name, description, scopes,
+    /// users, groups, services}` (README, "Roles").
+    #[arg(long, env = "ATELIER_ROLES")]
+    pub roles: Option<PathBuf>,
 }
 
 impl HubArgs {
@@ -205,6 +209,15 @@ pub async fn register_services(store: &Store, services: &[ServiceConfig]) -> any
     Ok(())
 }
 
+/// Reads `--roles`: a YAML (or JSON) list of roles, checked as JupyterHub checks them.
+pub fn load_roles(path: &Path) -> anyhow::Result<crate::scopes::Roles> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the roles {}", path.display()))?;
+    let roles: Vec<crate::scopes::Role> = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{}: expected a list of roles", path.display()))?;
+    crate::scopes::Roles::new(roles).with_context(|| format!("{}", path.display()))
+}
+
 fn local_backend(args: &HubArgs) -> LocalBackend {
     let mut config = LocalConfig::new(&args.state_dir);
     if !args.server_command.is_empty() {
@@ -294,6 +307,17 @@ pub async fn build_hub(
         .map(|s| parse_service(s, |v| std::env::var(v).ok()))
         .collect::<anyhow::Result<_>>()?;
     register_services(&store, &config.services).await?;
+    if let Some(path) = &args.roles {
+        config.roles = load_roles(path)?;
+    }
+    if args.backend == BackendKind::Local {
+        let command = if args.server_command.is_empty() {
+            default_command()
+        } else {
+            args.server_command.clone()
+        };
+        config.server_python = super::api::hub::probe_python(&command).await;
+    }
     if let Some(path) = &args.oidc_config {
         let providers = super::oidc::load_config(path)?;
         config.oidc_providers = super::oidc::discover(providers, &config.public_url).await?;
@@ -398,6 +422,9 @@ pub struct UpArgs {
     /// (default: one default profile).
     #[arg(long, env = "ATELIER_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// Roles, as for `atelier hub`.
+    #[arg(long, env = "ATELIER_ROLES")]
+    pub roles: Option<PathBuf>,
 }
 
 /// Finds `jupyterhub-singleuser`, or installs it into `<data_dir>/venv` (a Python venv with the
@@ -486,6 +513,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         dev_login: true,
         admin_users: vec!["admin".into()],
         catalog: args.catalog.clone(),
+        roles: args.roles.clone(),
         ..HubArgs::defaults()
     };
     let (password, hash) = super::views::generate_admin_password();
@@ -573,5 +601,49 @@ mod tests {
         assert!(parse_service("bad name=list:users", env).is_err());
         assert!(parse_service("x=read:everything", env).is_err());
         assert!(parse_service("no-equals", env).is_err());
+    }
+
+    #[test]
+    fn roles_load_from_the_readme_example_and_bad_ones_stop_the_hub() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("# daskhub's grant")
+            .expect("the README's roles example");
+        let example = &readme[start..start + readme[start..].find("```").unwrap()];
+        let dir = std::env::temp_dir().join(format!(
+            "atelier-roles-{}",
+            &store::tokens::generate_token()[..12]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("roles.yaml");
+        std::fs::write(&path, example).unwrap();
+        let roles = load_roles(&path).unwrap();
+        let groups = ["ocean".to_owned()].into_iter().collect();
+        let dask = crate::scopes::Target::Service("dask-gateway");
+        assert!(
+            roles
+                .user_scopes("amy", false, &groups)
+                .allows("access:services", dask)
+        );
+        assert!(
+            roles
+                .service_scopes("idle-culler")
+                .allows("list:users", crate::scopes::Target::Hub)
+        );
+        for (text, names) in [
+            (
+                "- name: xyz\n  scopes: [read:everything]\n",
+                "read:everything",
+            ),
+            ("- name: Bad\n", "invalid role name"),
+            ("- name: ok-role\n  members: [a]\n", "members"),
+            ("name: not-a-list\n", "list of roles"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", load_roles(&path).unwrap_err());
+            assert!(err.contains(names), "{text:?}: {err}");
+            assert!(err.contains("roles.yaml"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -42,8 +42,8 @@ fn authorize(caller: &Caller, name: &str, scopes: &[&str]) -> HubResult<()> {
     require_any(caller, scopes, Target::Group(name))
 }
 
-fn model(caller: &Caller, group: &GroupDetail) -> Value {
-    group_model(caller, group).unwrap_or_else(|| json!({}))
+fn model(hub: &HubState, caller: &Caller, group: &GroupDetail) -> Value {
+    group_model(hub, caller, group).unwrap_or_else(|| json!({}))
 }
 
 /// `GET /hub/api/groups` (`list:groups`): a page of groups, sorted by name.
@@ -59,7 +59,7 @@ pub async fn list(
         let items = groups
             .items
             .iter()
-            .filter_map(|g| group_model(&caller, g))
+            .filter_map(|g| group_model(&hub, &caller, g))
             .collect();
         (items, groups.total, groups.next_offset)
     } else if !reach.groups.is_empty() {
@@ -78,7 +78,7 @@ pub async fn list(
             .iter()
             .skip(start)
             .take(page.limit as usize)
-            .filter_map(|g| group_model(&caller, g))
+            .filter_map(|g| group_model(&hub, &caller, g))
             .collect();
         let end = page.offset + page.limit as u64;
         (items, total, (end < total).then_some(end))
@@ -168,7 +168,7 @@ pub async fn create_many(
     Ok((
         StatusCode::CREATED,
         Json(Value::Array(
-            created.iter().map(|g| model(&caller, g)).collect(),
+            created.iter().map(|g| model(&hub, &caller, g)).collect(),
         )),
     ))
 }
@@ -181,7 +181,7 @@ pub async fn get_one(
 ) -> HubResult<Json<Value>> {
     authorize(&caller, &name, &["read:groups", "read:groups:name"])?;
     let group = load_group(&hub, &name).await?;
-    Ok(Json(model(&caller, &group)))
+    Ok(Json(model(&hub, &caller, &group)))
 }
 
 /// `POST /hub/api/groups/{name}` (`admin:groups`): creates a group, with `users` and
@@ -209,7 +209,7 @@ pub async fn create_one(
         json!({"action": "create_group", "group": name, "users": users}),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(model(&caller, &group))))
+    Ok((StatusCode::CREATED, Json(model(&hub, &caller, &group))))
 }
 
 /// `DELETE /hub/api/groups/{name}` (`delete:groups`, which `admin:groups` implies).
@@ -258,7 +258,7 @@ async fn members_changed(
         json!({"action": action, "group": name, "users": users}),
     )
     .await;
-    Ok(Json(model(caller, &load_group(hub, name).await?)))
+    Ok(Json(model(hub, caller, &load_group(hub, name).await?)))
 }
 
 /// `POST /hub/api/groups/{name}/users` (`groups`): adds members.
@@ -332,5 +332,5 @@ pub async fn set_properties(
         json!({"action": "set_group_properties", "group": name}),
     )
     .await;
-    Ok(Json(model(&caller, &load_group(&hub, &name).await?)))
+    Ok(Json(model(&hub, &caller, &load_group(&hub, &name).await?)))
 }

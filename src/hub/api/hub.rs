@@ -28,14 +28,71 @@ pub async fn health() -> StatusCode {
     StatusCode::OK
 }
 
+/// The Python of the single-user servers, as `GET /info` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PythonInfo {
+    /// Its `sys.version`.
+    pub version: String,
+    /// Its `sys.executable`.
+    pub executable: String,
+}
+
+/// Asks the interpreter that runs `command` (a local backend's `jupyterhub-singleuser`: the
+/// interpreter of its `#!` line) for `sys.version` and `sys.executable`; `None` when there is
+/// no such script or interpreter, or it does not answer within 10 s.
+pub async fn probe_python(command: &[String]) -> Option<PythonInfo> {
+    let program = command.first()?;
+    let path = if program.contains('/') {
+        std::path::PathBuf::from(program)
+    } else {
+        let paths = std::env::var_os("PATH")?;
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())?
+    };
+    let head = tokio::fs::read(&path).await.ok()?;
+    let first = head.split(|b| *b == b'\n').next()?;
+    let shebang = std::str::from_utf8(first).ok()?.strip_prefix("#!")?.trim();
+    let mut words = shebang.split_whitespace();
+    let mut interpreter = vec![words.next()?.to_owned()];
+    interpreter.extend(words.map(str::to_owned));
+    let mut cmd = tokio::process::Command::new(&interpreter[0]);
+    cmd.args(&interpreter[1..])
+        .args([
+            "-c",
+            "import sys; print(sys.executable); print(sys.version)",
+        ])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .ok()?
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    let (executable, version) = text.trim_end().split_once('\n')?;
+    Some(PythonInfo {
+        version: version.to_owned(),
+        executable: executable.to_owned(),
+    })
+}
+
 /// `GET /hub/api/info` (`read:hub`): version, backend and authenticator.
+///
+/// `python` and `sys_executable` are, in JupyterHub, those of the hub's own process. Atelier's
+/// hub is not a Python process: they are those of the Python that runs the single-user servers
+/// when the hub knows it (the local backend's `jupyterhub-singleuser`, asked once at start,
+/// [`probe_python`]), and null when the servers' images decide (the kubernetes backend).
 pub async fn info(State(hub): State<HubState>, caller: Caller) -> HubResult<Json<Value>> {
     caller.require("read:hub", Target::Hub)?;
     let atelier = env!("CARGO_PKG_VERSION");
+    let python = hub.config.server_python.as_ref();
     Ok(Json(json!({
         "version": JUPYTERHUB_VERSION,
-        "python": Value::Null,
-        "sys_executable": Value::Null,
+        "python": python.map(|p| p.version.clone()),
+        "sys_executable": python.map(|p| p.executable.clone()),
         "atelier_version": atelier,
         "spawner": {
             "class": format!("atelier.backend.{}", hub.backend.kind()),

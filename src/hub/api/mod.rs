@@ -47,6 +47,10 @@ pub const PAGINATION_MEDIA_TYPE: &str = "application/jupyterhub-pagination+json"
 /// `api_page_default_limit`).
 pub const DEFAULT_PAGE_LIMIT: u32 = 50;
 
+/// The largest page a list request gets, whatever `limit` it asks for (JupyterHub's
+/// `api_page_max_limit`); also the page of a client that does not accept pagination.
+pub const MAX_PAGE_LIMIT: u32 = 200;
+
 /// Every route of the REST API, with full paths (`/hub/api/...`), and the health check
 /// `/hub/health`.
 pub fn router() -> Router<HubState> {
@@ -375,21 +379,35 @@ pub fn allows_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> bool 
     scopes.iter().any(|s| caller.scopes.allows(s, target))
 }
 
-/// 403 unless the caller holds one of `scopes` on `target`.
+/// Ok when the caller holds one of `scopes` on `target`. Else, as JupyterHub 6.1.1's
+/// `needs_scope`: 404 when the target is a named resource and the caller holds one of the
+/// scopes on other resources only (a filtered scope: "no access" and "no such resource" look
+/// alike), 403 when it holds none of them.
 pub fn require_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubResult<()> {
     if allows_any(caller, scopes, target) {
         Ok(())
     } else {
-        Err(HubError::Forbidden(format!(
-            "Action is not authorized with current scopes; requires any of [{}]",
-            scopes.join(", ")
-        )))
+        Err(refusal(caller, scopes, target))
     }
 }
 
-/// Loads user `name` and checks that the caller holds one of `scopes` on them: 403 without the
-/// scope (whether or not the user exists, as JupyterHub does for filtered scopes), 404 when the
-/// caller could act on such a user but there is none.
+/// The refusal of [`require_any`].
+pub fn refusal(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubError {
+    let named = !matches!(target, Target::Hub);
+    if named && scopes.iter().any(|s| caller.scopes.has_any(s)) {
+        HubError::NotFound("No access to resources or resources not found".into())
+    } else {
+        HubError::Forbidden(format!(
+            "Action is not authorized with current scopes; requires any of [{}]",
+            scopes.join(", ")
+        ))
+    }
+}
+
+/// Loads user `name` and checks that the caller holds one of `scopes` on them: 403 without any
+/// of the scopes, 404 with them on other users only (whether or not the user exists, as
+/// JupyterHub does for filtered scopes) and when the caller could act on such a user but there
+/// is none.
 pub async fn authorized_user(
     hub: &HubState,
     caller: &Caller,
@@ -480,7 +498,8 @@ pub fn query_param(query: &[(String, String)], key: &str) -> Option<String> {
 
 impl Page {
     /// Reads `offset` and `limit`: a client that does not accept pagination gets the largest
-    /// page when it gives no limit; limits are clamped to 1..=[`store::MAX_PAGE_LIMIT`].
+    /// page when it gives no limit; limits are clamped to 1..=[`MAX_PAGE_LIMIT`] (JupyterHub
+    /// 6.1.1's `get_api_pagination`).
     pub fn from_request(query: &[(String, String)], headers: &HeaderMap) -> HubResult<Page> {
         let paginated = accepts_pagination(headers);
         let bad = || {
@@ -490,7 +509,7 @@ impl Page {
             Some(v) => v.trim().parse::<i64>().map_err(|_| bad())?.unsigned_abs(),
             None => 0,
         };
-        let max = store::MAX_PAGE_LIMIT;
+        let max = MAX_PAGE_LIMIT;
         let limit = match query_param(query, "limit") {
             Some(v) => v.trim().parse::<i64>().map_err(|_| bad())?.unsigned_abs(),
             None if paginated => u64::from(DEFAULT_PAGE_LIMIT),

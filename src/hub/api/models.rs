@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{LoadedUser, escape_segment};
 use crate::hub::Hub;
 use crate::hub::auth::Caller;
-use crate::scopes::{ScopeSet, Target};
+use crate::scopes::{ScopeSet, Target, role_names};
 use crate::store::{GroupDetail, Server, Token, TokenOwner, UserDetail};
 
 /// A timestamp as JupyterHub writes it (`2024-01-31T12:00:00.123456Z`), or null.
@@ -79,13 +79,15 @@ pub fn server_model(
     model
 }
 
-/// The keys of the user model each scope reveals (JupyterHub's access map).
+/// The keys of the user model each scope reveals (JupyterHub 6.1.1's access map,
+/// `apihandlers/base.py` `user_model`).
 const USER_ACCESS: &[(&str, &[&str])] = &[
     (
         "read:users",
         &[
             "kind",
             "name",
+            "user_info",
             "admin",
             "roles",
             "groups",
@@ -95,11 +97,12 @@ const USER_ACCESS: &[(&str, &[&str])] = &[
             "last_activity",
         ],
     ),
-    ("read:users:name", &["kind", "name", "admin"]),
+    ("read:users:name", &["kind", "name", "user_info", "admin"]),
     ("read:users:groups", &["kind", "name", "groups"]),
     ("read:users:activity", &["kind", "name", "last_activity"]),
     ("read:servers", &["kind", "name", "servers"]),
     ("read:roles:users", &["kind", "name", "roles", "admin"]),
+    ("admin:auth_state", &["kind", "name", "auth_state"]),
 ];
 
 /// The user model as the caller may see it; `None` when it may see nothing of the user.
@@ -140,12 +143,18 @@ pub fn user_model_with(
         "kind": "user",
         "name": user.name,
         "admin": user.admin,
-        "roles": if user.admin { vec!["admin", "user"] } else { vec!["user"] },
+        "roles": role_names(&hub.config.roles.of_user(&user.name, user.admin)),
         "groups": detail.groups,
         "server": default.filter(|s| s.ready()).map(|_| server_url(&user.name, "")),
         "pending": default.and_then(|s| s.pending()),
         "created": iso(Some(user.created)),
         "last_activity": iso(user.last_activity),
+        // What an authenticator tells of the user (JupyterHub 6's `user_info`): Atelier's dev
+        // login and single sign-on keep nothing beyond the name, as JupyterHub's own
+        // authenticators, which leave it null.
+        "user_info": Value::Null,
+        // Atelier keeps no authentication state (no refresh tokens of the provider).
+        "auth_state": Value::Null,
     });
     let mut model = Map::new();
     for key in &keys {
@@ -214,6 +223,10 @@ pub fn token_model(token: &Token, owner_name: &str, owner_scopes: Option<&ScopeS
     };
     let scopes = match ScopeSet::parse(&token.scopes, user) {
         Ok(set) => match owner_scopes {
+            // Every token identifies its owner (JupyterHub's `get_scopes_for(token)`).
+            Some(owner) if user.is_some() => {
+                set.with_identify(owner_name).intersect(owner).expanded()
+            }
             Some(owner) => set.intersect(owner).expanded(),
             None => set.expanded(),
         },
@@ -235,20 +248,30 @@ pub fn token_model(token: &Token, owner_name: &str, owner_scopes: Option<&ScopeS
     model
 }
 
-/// The group model as the caller may see it; `None` when it may see nothing of the group.
-pub fn group_model(caller: &Caller, group: &GroupDetail) -> Option<Value> {
-    let target = Target::Group(&group.group.name);
-    if caller.scopes.allows("read:groups", target) {
-        Some(json!({
-            "kind": "group",
-            "name": group.group.name,
-            "roles": [],
-            "users": group.users,
-            "properties": group.group.properties,
-        }))
-    } else if caller.scopes.allows("read:groups:name", target) {
-        Some(json!({"kind": "group", "name": group.group.name}))
-    } else {
-        None
+/// The group model as the caller may see it (JupyterHub 6.1.1's access map: `roles` only with
+/// `read:roles:groups`); `None` when it may see nothing of the group.
+pub fn group_model(hub: &Hub, caller: &Caller, group: &GroupDetail) -> Option<Value> {
+    let name = &group.group.name;
+    let target = Target::Group(name);
+    let full = json!({
+        "kind": "group",
+        "name": name,
+        "roles": role_names(&hub.config.roles.of_group(name)),
+        "users": group.users,
+        "properties": group.group.properties,
+    });
+    let access: &[(&str, &[&str])] = &[
+        ("read:groups", &["kind", "name", "properties", "users"]),
+        ("read:groups:name", &["kind", "name"]),
+        ("read:roles:groups", &["kind", "name", "roles"]),
+    ];
+    let mut model = Map::new();
+    for (scope, keys) in access {
+        if caller.scopes.allows(scope, target) {
+            for key in *keys {
+                model.insert((*key).to_owned(), full[*key].clone());
+            }
+        }
     }
+    (!model.is_empty()).then_some(Value::Object(model))
 }

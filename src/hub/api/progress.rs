@@ -129,8 +129,10 @@ async fn stream(
     let user_name = user.detail.user.name.clone();
     let live = hub.spawns.subscribe(row.id);
     if live.is_none() && matches!(row.state, ServerState::Stopped | ServerState::Stopping) {
-        return Err(HubError::BadRequest(format!(
-            "{user_name}/{server} is not starting"
+        // JupyterHub 6.1.1 `SpawnProgressAPIHandler.get`: 404 for a server it holds no spawner
+        // of (a stopped one, after a restart or never started).
+        return Err(HubError::NotFound(format!(
+            "{user_name}/{server} is not running or starting"
         )));
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);

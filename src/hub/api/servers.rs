@@ -185,6 +185,18 @@ pub async fn create_named(
     ))
 }
 
+/// Python's truth of a JSON value.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
 async fn stop(
     hub: HubState,
     caller: Caller,
@@ -197,7 +209,9 @@ async fn stop(
         Some(body) => {
             let fields = Fields::of("the request body", body)?;
             fields.only(&["remove"])?;
-            fields.opt_bool("remove")?.unwrap_or(false)
+            // JupyterHub 6.1.1 reads `options.get('remove', False)` as Python truth: `{}`, `[]`,
+            // `""`, `0` and null keep the server, anything else removes it.
+            fields.value("remove").is_some_and(truthy)
         }
         None => false,
     };

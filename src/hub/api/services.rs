@@ -13,21 +13,24 @@ use serde_json::{Map, Value, json};
 
 use super::require_any;
 use crate::hub::auth::Caller;
-use crate::hub::{HubError, HubResult, HubState, ServiceConfig};
-use crate::scopes::Target;
+use crate::hub::{Hub, HubError, HubResult, HubState, ServiceConfig};
+use crate::scopes::{ScopeSet, Target, role_names};
 
 /// The scopes that let a caller read (part of) a service's model.
 const READ_SERVICE: &[&str] = &["read:services", "read:services:name", "read:roles:services"];
 
-/// JupyterHub's service model as the caller may see it; `None` when it may see nothing.
-/// Atelier's services are API-only: no URL, prefix, command or process.
-fn service_model(caller: &Caller, service: &ServiceConfig) -> Option<Value> {
-    let target = Target::Service(&service.name);
+/// JupyterHub 6.1.1's service model (`apihandlers/base.py` `service_model`) of service `name`
+/// as `scopes` may see it; `None` when they reveal nothing. Atelier's services are API-only, as
+/// a JupyterHub service with neither `url` nor `command`: `url` and `prefix` are empty,
+/// `command` is empty, `pid` 0, `info` empty. `display` is false: the hub's pages list no
+/// services.
+pub fn service_model(hub: &Hub, scopes: &ScopeSet, name: &str) -> Option<Value> {
+    let target = Target::Service(name);
     let full = json!({
         "kind": "service",
-        "name": service.name,
+        "name": name,
         "admin": false,
-        "roles": [],
+        "roles": role_names(&hub.config.roles.of_service(name)),
         "url": "",
         "prefix": "",
         "command": [],
@@ -35,22 +38,25 @@ fn service_model(caller: &Caller, service: &ServiceConfig) -> Option<Value> {
         "info": {},
         "display": false,
     });
-    let keys: &[&str] = if caller.scopes.allows("read:services", target) {
-        &[
-            "kind", "name", "admin", "roles", "url", "prefix", "command", "pid", "info", "display",
-        ]
-    } else if caller.scopes.allows("read:roles:services", target) {
-        &["kind", "name", "admin", "roles"]
-    } else if caller.scopes.allows("read:services:name", target) {
-        &["kind", "name"]
-    } else {
-        return None;
-    };
+    let access: &[(&str, &[&str])] = &[
+        (
+            "read:services",
+            &[
+                "kind", "name", "admin", "url", "prefix", "command", "pid", "info", "display",
+            ],
+        ),
+        ("read:services:name", &["kind", "name", "admin"]),
+        ("read:roles:services", &["kind", "name", "roles", "admin"]),
+    ];
     let mut model = Map::new();
-    for key in keys {
-        model.insert((*key).to_owned(), full[*key].clone());
+    for (scope, keys) in access {
+        if scopes.allows(scope, target) {
+            for key in *keys {
+                model.insert((*key).to_owned(), full[*key].clone());
+            }
+        }
     }
-    Some(Value::Object(model))
+    (!model.is_empty()).then_some(Value::Object(model))
 }
 
 /// `GET /hub/api/services` (`list:services` or `read:services`): `{name: model}` for the
@@ -73,7 +79,7 @@ pub async fn list(State(hub): State<HubState>, caller: Caller) -> HubResult<Json
         {
             continue;
         }
-        if let Some(model) = service_model(&caller, service) {
+        if let Some(model) = service_model(&hub, &caller.scopes, &service.name) {
             out.insert(service.name.clone(), model);
         }
     }
@@ -94,5 +100,7 @@ pub async fn get_one(
         .iter()
         .find(|s| s.name == name)
         .ok_or_else(|| HubError::NotFound(format!("No such service: {name}")))?;
-    Ok(Json(service_model(&caller, service).unwrap_or(json!({}))))
+    Ok(Json(
+        service_model(&hub, &caller.scopes, &service.name).unwrap_or(json!({})),
+    ))
 }

@@ -13,11 +13,21 @@ use super::models::{parse_token_api_id, token_api_id, token_model};
 use super::{Fields, JsonBody, LoadedUser, authorized_user};
 use crate::hub::auth::Caller;
 use crate::hub::{HubError, HubResult, HubState};
-use crate::scopes::{ADMIN_ROLE, Scope, ScopeSet};
+use crate::scopes::{Holder, Scope, ScopeSet, resolve_bare};
 use crate::store::{self, AuditAction, NewAuditEvent, NewToken, Token, TokenOwner};
 
-fn owner_scopes(user: &LoadedUser) -> ScopeSet {
-    ScopeSet::for_user(&user.detail.user.name, user.detail.user.admin)
+/// The scopes the user's roles and their groups' roles give them.
+fn owner_scopes(hub: &HubState, user: &LoadedUser) -> ScopeSet {
+    let u = &user.detail.user;
+    hub.config.roles.user_scopes(&u.name, u.admin, &user.groups)
+}
+
+/// The raw scopes of the user's roles (a token's `inherit`; `self` stays `self`).
+fn owner_raw_scopes(hub: &HubState, user: &LoadedUser) -> Vec<String> {
+    let u = &user.detail.user;
+    hub.config
+        .roles
+        .user_raw_scopes(&u.name, u.admin, &user.groups)
 }
 
 /// `GET /hub/api/users/{name}/tokens` (`read:tokens`): `{"api_tokens": [...]}`, unexpired ones.
@@ -36,7 +46,7 @@ pub async fn list(
         .filter(|t| !t.is_expired(now))
         .collect();
     tokens.sort_by_key(|t| (t.last_activity.unwrap_or(t.created), t.id));
-    let owner = owner_scopes(&user);
+    let owner = owner_scopes(&hub, &user);
     let models: Vec<Value> = tokens
         .iter()
         .map(|t| token_model(t, &user.detail.user.name, Some(&owner)))
@@ -44,43 +54,50 @@ pub async fn list(
     Ok(Json(json!({"api_tokens": models})))
 }
 
-/// The scopes of a deprecated `roles` request.
-fn role_scopes(role: &str, user: &str, admin: bool) -> HubResult<Vec<String>> {
-    match role {
-        "token" | "user" => {
-            let mut scopes = vec!["self".to_owned()];
-            if admin {
-                scopes.extend(ADMIN_ROLE.iter().map(|s| (*s).to_owned()));
-            }
-            Ok(scopes)
-        }
-        "server" => Ok(vec![
-            format!("users:activity!user={user}"),
-            format!("access:servers!user={user}"),
-        ]),
-        "admin" => Ok(ADMIN_ROLE.iter().map(|s| (*s).to_owned()).collect()),
-        other => Err(HubError::BadRequest(format!(
-            "role {other:?} does not exist (roles: token, user, server, admin)"
-        ))),
+/// The scopes of a deprecated `roles` request (JupyterHub's `APIToken.new`: each role's raw
+/// scopes, `token`'s `inherit` being everything the owner holds). 400 for no such role.
+fn role_scopes(hub: &HubState, user: &LoadedUser, roles: &[String]) -> HubResult<Vec<String>> {
+    let mut raw = Vec::new();
+    for name in roles {
+        let role = hub
+            .config
+            .roles
+            .get(name)
+            .ok_or_else(|| HubError::BadRequest(format!("No such role: {name}")))?;
+        raw.extend(role.scopes.iter().cloned());
     }
+    if raw.iter().any(|s| s == "inherit") {
+        return Ok(owner_raw_scopes(hub, user));
+    }
+    Ok(resolve_bare(&raw, Holder::User(&user.detail.user.name)))
 }
 
 /// `POST /hub/api/users/{name}/tokens` (`tokens`): creates a token. Body (all optional):
 /// `note`, `expires_in` (seconds; 0 or null: never), `scopes` (default: everything the owner
-/// holds), deprecated `roles`. 400 names an unknown scope, 403 a scope beyond the owner's or the
-/// caller's.
+/// holds), deprecated `roles` (not both: 400). 400 names an unknown scope or role and a scope
+/// beyond the owner's (JupyterHub's `_check_token_scopes` ValueError); 403 a scope beyond the
+/// caller's (JupyterHub does not check the requester's scopes: Atelier does, so that a token
+/// with `tokens!user=alice` cannot mint alice a token wider than itself).
 pub async fn create(
     State(hub): State<HubState>,
     caller: Caller,
     Path(name): Path<String>,
     JsonBody(body): JsonBody,
 ) -> HubResult<(StatusCode, Json<Value>)> {
-    let user = authorized_user(&hub, &caller, &name, &["tokens"]).await?;
+    // JupyterHub 6.1.1 `UserTokenListAPIHandler.post`: one 403 for no such user and for no
+    // `tokens` on them.
+    let user = super::load_user(&hub, &name)
+        .await?
+        .filter(|u| caller.scopes.allows("tokens", u.target()))
+        .ok_or_else(|| {
+            HubError::Forbidden(format!(
+                "User {name} not found or no permissions to generate tokens"
+            ))
+        })?;
     let body = body.unwrap_or_else(|| json!({}));
     let fields = Fields::of("the token request", &body)?;
     fields.only(&["note", "expires_in", "scopes", "roles"])?;
     let owner_name = user.detail.user.name.clone();
-    let admin = user.detail.user.admin;
     let note = fields
         .opt_str("note")?
         .filter(|n| !n.is_empty())
@@ -110,56 +127,52 @@ pub async fn create(
         fields.opt_str_list("scopes")?,
         fields.opt_str_list("roles")?,
     ) {
-        (Some(scopes), _) => Some(scopes),
-        (None, Some(roles)) if !roles.is_empty() => {
-            let mut scopes = Vec::new();
-            for role in &roles {
-                scopes.extend(role_scopes(role, &owner_name, admin)?);
-            }
-            Some(scopes)
+        // JupyterHub 6.1.1 `orm.APIToken.new`: "Can only assign one of scopes or roles".
+        (Some(_), Some(_)) => {
+            return Err(HubError::BadRequest(
+                "Can only assign one of scopes or roles when creating tokens.".into(),
+            ));
         }
-        _ => None,
+        (Some(scopes), None) => Some(scopes),
+        (None, Some(roles)) => Some(role_scopes(&hub, &user, &roles)?),
+        (None, None) => None,
     };
-    let owner = owner_scopes(&user);
+    let owner = owner_scopes(&hub, &user);
     let scopes = match requested {
+        Some(scopes) if scopes.iter().any(|s| s == "inherit") => {
+            inherited(&caller, owner_raw_scopes(&hub, &user), &owner_name)?
+        }
         Some(scopes) => {
             for s in &scopes {
                 Scope::parse(s).map_err(|e| HubError::BadRequest(e.to_string()))?;
             }
             let set = ScopeSet::parse(&scopes, Some(&owner_name))
                 .map_err(|e| HubError::BadRequest(e.to_string()))?;
-            let beyond: Vec<String> = set
-                .iter()
-                .filter(|s| !owner.covers(s) || !caller.scopes.covers(s))
-                .map(Scope::to_string)
-                .collect();
-            if !beyond.is_empty() {
+            let beyond = |held: &ScopeSet| -> Vec<String> {
+                set.iter()
+                    .filter(|s| !held.covers(s))
+                    .map(Scope::to_string)
+                    .collect()
+            };
+            let not_owners = beyond(&owner);
+            if !not_owners.is_empty() {
+                return Err(HubError::BadRequest(format!(
+                    "Not assigning requested scopes {} not held by User {owner_name}",
+                    not_owners.join(","),
+                )));
+            }
+            let not_callers = beyond(&caller.scopes);
+            if !not_callers.is_empty() {
                 return Err(HubError::Forbidden(format!(
-                    "Not assigning requested scopes {} not held by {} {} (or by the requester)",
-                    beyond.join(", "),
-                    "user",
-                    owner_name
+                    "Not assigning requested scopes {} not held by the requester {} {}",
+                    not_callers.join(","),
+                    caller.kind(),
+                    caller.name()
                 )));
             }
             scopes
         }
-        None => {
-            // JupyterHub's `inherit`: everything the owner holds, within the requester's reach.
-            let inherit = role_scopes("token", &owner_name, admin)?;
-            let set = ScopeSet::parse(&inherit, Some(&owner_name))
-                .map_err(|e| HubError::Unexpected(anyhow::anyhow!("inherit scopes: {e}")))?;
-            if set.iter().all(|s| caller.scopes.covers(s)) {
-                inherit
-            } else {
-                let within = set.intersect(&caller.scopes);
-                if within.is_empty() {
-                    return Err(HubError::Forbidden(format!(
-                        "the requester holds none of the scopes of {owner_name} to give a token"
-                    )));
-                }
-                within.to_strings()
-            }
-        }
+        None => inherited(&caller, owner_raw_scopes(&hub, &user), &owner_name)?,
     };
     let (value, token) = hub
         .store
@@ -185,6 +198,22 @@ pub async fn create(
     let mut model = token_model(&token, &owner_name, Some(&owner));
     model["token"] = Value::String(value);
     Ok((StatusCode::CREATED, Json(model)))
+}
+
+/// JupyterHub's `inherit`: everything the owner holds, within the requester's reach.
+fn inherited(caller: &Caller, inherit: Vec<String>, owner_name: &str) -> HubResult<Vec<String>> {
+    let set = ScopeSet::parse(&inherit, Some(owner_name))
+        .map_err(|e| HubError::Unexpected(anyhow::anyhow!("inherit scopes: {e}")))?;
+    if set.iter().all(|s| caller.scopes.covers(s)) {
+        return Ok(inherit);
+    }
+    let within = set.intersect(&caller.scopes);
+    if within.is_empty() {
+        return Err(HubError::Forbidden(format!(
+            "the requester holds none of the scopes of {owner_name} to give a token"
+        )));
+    }
+    Ok(within.to_strings())
 }
 
 /// The user's token `token_id` (`a<id>`); 404 for any other.
@@ -214,7 +243,7 @@ pub async fn get_one(
     Ok(Json(token_model(
         &token,
         &user.detail.user.name,
-        Some(&owner_scopes(&user)),
+        Some(&owner_scopes(&hub, &user)),
     )))
 }
 

@@ -81,12 +81,14 @@ pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Js
             user_model_with(&hub, &identify, &caller, &detail, &groups, false)
                 .unwrap_or_else(|| json!({}))
         }
-        Principal::Service(name) => json!({
-            "kind": "service",
-            "name": name,
-            "admin": false,
-            "roles": [],
-        }),
+        Principal::Service(name) => {
+            // Any credential may identify its owner (JupyterHub's identify scopes).
+            let mut held = caller.scopes.to_strings();
+            held.push(format!("read:services:name!service={name}"));
+            let identify = ScopeSet::parse(&held, None)
+                .map_err(|e| HubError::Unexpected(anyhow::anyhow!("identify scopes: {e}")))?;
+            super::services::service_model(&hub, &identify, name).unwrap_or_else(|| json!({}))
+        }
     };
     model["scopes"] = json!(scopes);
     model["token_id"] = json!(token_id);
@@ -98,7 +100,7 @@ pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Js
 /// and to names containing `name_filter` (ignoring case, as JupyterHub's `ILIKE '%…%'`).
 ///
 /// A caller with `list:users` lists everyone; with `list:users!user=…` / `!group=…` only those
-/// users; a user also always sees themself. 403 when nothing is listable.
+/// users. 403 without `list:users`.
 pub async fn list(
     State(hub): State<HubState>,
     caller: Caller,
@@ -119,19 +121,10 @@ pub async fn list(
             "sort must be 'id', 'name', or 'last_activity', not '{sort}'"
         ))
     })?;
+    // JupyterHub 6.1.1 `UserListAPIHandler.get` needs `list:users` (filtered or not): a user's
+    // `self` holds only `read:users!user=me`, so a plain user token gets 403.
     let reach = reach(&caller, "list:users");
-    let mut names = reach.users;
-    if let Some(me) = caller.user() {
-        let none = BTreeSet::new();
-        let target = Target::User {
-            name: &me.name,
-            groups: &none,
-        };
-        if caller.scopes.allows("read:users:name", target) {
-            names.insert(me.name.clone());
-        }
-    }
-    if !reach.all && names.is_empty() && reach.groups.is_empty() {
+    if !reach.all && reach.users.is_empty() && reach.groups.is_empty() {
         return Err(HubError::Forbidden(
             "Action is not authorized with current scopes; requires any of [list:users]".into(),
         ));
@@ -145,7 +138,7 @@ pub async fn list(
         limit: page.limit,
         include_stopped_servers: include_stopped(query),
         only: (!reach.all).then(|| UserSubset {
-            users: names.into_iter().collect(),
+            users: reach.users.into_iter().collect(),
             groups: reach.groups.into_iter().collect(),
         }),
         name_filter: query_param(query, "name_filter").filter(|f| !f.is_empty()),
