@@ -127,6 +127,12 @@ pub fn default_command() -> Vec<String> {
     vec![SINGLEUSER_COMMAND.to_owned()]
 }
 
+/// `path` made absolute against the working directory (lexically, as `std::path::absolute`:
+/// symlinks are kept); unchanged when it already is, or when there is no working directory.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
 /// What the backend stores for a server (serialized as the opaque handle).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalHandle {
@@ -202,9 +208,21 @@ pub struct LocalBackend {
 
 impl LocalBackend {
     /// A backend with `config`; an empty `config.command` means [`default_command`].
+    ///
+    /// The state directory, and the program when it is a relative path (it holds a `/`), are
+    /// made absolute here, once, against the working directory: a server runs in its user's
+    /// directory, where a relative path would name something else.
     pub fn new(mut config: LocalConfig) -> LocalBackend {
         if config.command.is_empty() {
             config.command = default_command();
+        }
+        config.state_dir = absolute(&config.state_dir);
+        if let Some(program) = config.command.first_mut()
+            && program.contains('/')
+        {
+            *program = absolute(Path::new(program.as_str()))
+                .to_string_lossy()
+                .into_owned();
         }
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
