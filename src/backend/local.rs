@@ -3,7 +3,7 @@
 //!
 //! Each server runs `jupyterhub-singleuser` (or the configured command) with the JupyterHub
 //! environment of its spawn request, in its own process group, its HOME and working directory
-//! `<state_dir>/users/<user>`, its output appended to `<state_dir>/logs/<user>[-<server>].log`.
+//! `<state_dir>/users/<user>`, its output appended to `<state_dir>/logs/<user>[~<server>].log`.
 //! Processes outlive the hub: the handle (`pid`, `pgid`, `port`, `url`, `start_time`, plus the
 //! service prefix and boot id) lets a restarted hub re-adopt them through [`LocalBackend::poll`]
 //! and stop them through [`LocalBackend::stop`]. The start time (and boot id) make sure a pid
@@ -40,6 +40,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use self::proc::Leader;
 use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
+use crate::policy::names;
 
 /// The single-user server JupyterHub runs by default.
 pub const SINGLEUSER_COMMAND: &str = "jupyterhub-singleuser";
@@ -239,13 +240,11 @@ impl LocalBackend {
         &self.config
     }
 
-    /// The log file of `user`'s server `server`.
+    /// The log file of `user`'s server `server`: `logs/<user>.log`, `logs/<user>~<server>.log`
+    /// ([`names::server_file_stem`]: no two servers share one; with `-`, user `p`'s server `q`
+    /// would have written into user `p-q`'s log, and read its tail).
     pub fn log_path(&self, user: &str, server: &str) -> PathBuf {
-        let name = if server.is_empty() {
-            format!("{user}.log")
-        } else {
-            format!("{user}-{server}.log")
-        };
+        let name = format!("{}.log", names::server_file_stem(user, server));
         self.config.state_dir.join("logs").join(name)
     }
 

@@ -74,6 +74,9 @@ pub struct HubConfig {
     /// Single sign-on providers, discovered ([`oidc::discover`]); their buttons are on the login
     /// page. Empty: no single sign-on.
     pub oidc_providers: Vec<Arc<oidc::Provider>>,
+    /// Which names a new server may take (API start and create, rename, spawn form):
+    /// JupyterHub 6's rule by default, or any DNS label.
+    pub server_name_rule: crate::policy::names::ServerNameRule,
 }
 
 impl HubConfig {
@@ -93,6 +96,7 @@ impl HubConfig {
             default_profile: crate::backend::kubernetes::DEFAULT_PROFILE.to_owned(),
             oauth_require_pkce: false,
             oidc_providers: Vec::new(),
+            server_name_rule: crate::policy::names::ServerNameRule::default(),
         }
     }
 }

@@ -110,6 +110,16 @@ pub struct HubArgs {
     /// sign-on"). With providers, the dev login is off unless `--dev-login` is given.
     #[arg(long, env = "ATELIER_OIDC_CONFIG")]
     pub oidc_config: Option<PathBuf>,
+    /// Which names a new named server may take: `jupyterhub` (JupyterHub 6's rule: 1 to 30
+    /// characters of a-z, 0-9 and single '-', starting with a letter) or `dns-label` (1 to 63
+    /// characters of a-z, 0-9 and '-'). Servers named before keep their names.
+    #[arg(
+        long,
+        env = "ATELIER_SERVER_NAME_RULE",
+        value_enum,
+        default_value = "jupyterhub"
+    )]
+    pub server_name_rule: crate::policy::names::ServerNameRule,
 }
 
 impl HubArgs {
@@ -328,6 +338,7 @@ pub async fn build_hub(
     config.spawn_timeout_secs = args.spawn_timeout;
     config.catalog = catalog;
     config.default_profile = args.default_profile.clone();
+    config.server_name_rule = args.server_name_rule;
     config.services = args
         .services
         .iter()
