@@ -848,6 +848,40 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_absolute_and_per_server() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut config = LocalConfig::new(".atelier");
+        config.command = vec![
+            ".atelier/venv/bin/jupyterhub-singleuser".into(),
+            "-v".into(),
+        ];
+        let backend = LocalBackend::new(config);
+        let state = cwd.join(".atelier");
+        assert_eq!(backend.config().state_dir, state);
+        assert_eq!(
+            backend.config().command,
+            vec![
+                state
+                    .join("venv/bin/jupyterhub-singleuser")
+                    .display()
+                    .to_string(),
+                "-v".into()
+            ]
+        );
+        assert_eq!(backend.user_dir("alice"), state.join("users/alice"));
+        // User p's server q and user p-q's default server do not share a log.
+        assert_eq!(backend.log_path("p-q", ""), state.join("logs/p-q.log"));
+        assert_eq!(backend.log_path("p", "q"), state.join("logs/p~q.log"));
+        // A program looked up on PATH stays a name.
+        let mut config = LocalConfig::new("/srv/atelier");
+        config.command = vec![SINGLEUSER_COMMAND.into()];
+        assert_eq!(
+            LocalBackend::new(config).config().command,
+            vec![SINGLEUSER_COMMAND]
+        );
+    }
+
+    #[test]
     fn names_must_be_path_components() {
         assert!(check_path_name("user name", "alice@example.org", false).is_ok());
         assert!(check_path_name("server name", "", true).is_ok());
