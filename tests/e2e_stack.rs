@@ -20,10 +20,12 @@
 //! killed during a spawn and restarted; the user's stop is carried out once the old spawn is
 //! over, and the next start leaves exactly one server.
 //!
-//! And `up::embedded_default`: the README's first command, `atelier up`, with the printed admin
-//! password (a wrong one refused), a dev-login user's JupyterLab through its proxy, and
-//! `--stop-servers-on-exit` recording the stop before it exits on SIGTERM; restarted on the same
-//! data directory, a new password and the same sessions.
+//! And `up::embedded_default`: the README's first command, `atelier up` in a fresh working
+//! directory with no flag but the port (the default, relative data directory), with the printed
+//! admin password (a wrong one refused), a dev-login user's JupyterLab from the spawn form and
+//! `1+1` in a kernel through its proxy; restarted in the same directory, a new password, the same
+//! sessions, the server re-adopted, and `--stop-servers-on-exit` recording the stop before it
+//! exits on SIGTERM.
 //!
 //! Gated by `ATELIER_PEERS=1` (a missing peer is then a failure):
 //! `ATELIER_PEERS=1 ATELIER_PEERS_VENV=$PWD/.peers/venv
@@ -816,11 +818,8 @@ impl Timer {
 
 /// Executes `1+1` on kernel `kernel` over its WebSocket through the proxy; the `text/plain`
 /// of the `execute_result`.
-async fn execute_one_plus_one(stack: &Stack, user: &str, token: &str, kernel: &str) -> String {
-    let url = format!(
-        "ws://127.0.0.1:{}/user/{user}/api/kernels/{kernel}/channels",
-        stack.proxy_port
-    );
+async fn execute_one_plus_one(proxy_port: u16, user: &str, token: &str, kernel: &str) -> String {
+    let url = format!("ws://127.0.0.1:{proxy_port}/user/{user}/api/kernels/{kernel}/channels");
     let mut request = url.as_str().into_client_request().expect("ws request");
     request.headers_mut().insert(
         "authorization",
@@ -967,7 +966,7 @@ async fn story(engine: Engine) {
         kernel.body
     );
     let kernel_id = kernel.json()["id"].as_str().expect("kernel id").to_owned();
-    let result = execute_one_plus_one(&stack, "alice", &alice_token, &kernel_id).await;
+    let result = execute_one_plus_one(stack.proxy_port, "alice", &alice_token, &kernel_id).await;
     assert_eq!(result, "2");
     // Her browser opens JupyterLab: the server sends it through the hub's OAuth and back, all on
     // the public URL; then the server's own cookie authenticates her API calls.
@@ -1226,7 +1225,7 @@ async fn story(engine: Engine) {
         "no orphan or duplicate server for alice"
     );
     // The kernel survived too.
-    let result = execute_one_plus_one(&stack, "alice", &alice_token, &kernel_id).await;
+    let result = execute_one_plus_one(stack.proxy_port, "alice", &alice_token, &kernel_id).await;
     assert_eq!(result, "2");
     timer.done("6. hub SIGKILLed and restarted: server, route, tokens, session kept, no duplicate");
 
@@ -1442,27 +1441,24 @@ impl Drop for Up {
 }
 
 impl Up {
-    /// Starts `atelier up` on `port` with `flags`, its singleuser found on `PATH` in `venv`;
-    /// the admin password it printed.
-    async fn start(&mut self, venv: &Path, port: u16, flags: &[&str]) -> String {
+    /// Starts the README's first command, `atelier up`, in `self.dir` as its working directory
+    /// (so with the default data directory `.atelier` there), its only flags `--bind` with
+    /// `port` and `flags`; the admin password it printed.
+    async fn start(&mut self, port: u16, flags: &[&str]) -> String {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_atelier"));
-        let path = format!(
-            "{}:{}",
-            venv.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
         cmd.arg("up")
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
             .args(flags)
-            .env("PATH", path)
             .env("HOME", &self.dir)
+            // Nothing points it at a venv, a catalogue or a data directory but its own default.
+            .env_remove("ATELIER_PEERS_VENV")
+            .env_remove("ATELIER_DATA_DIR")
             .env_remove("ATELIER_CATALOG")
             .env("RUST_LOG", "info");
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let name = format!("up-{}", self.procs.len());
+        // `Proc::spawn` runs it in `self.dir`.
         self.procs.push(Proc::spawn(&name, cmd, &self.dir));
         let up = self.procs.last_mut().expect("just pushed");
         let deadline = Deadline::new("atelier up to print its URL", Duration::from_secs(60));
@@ -1484,18 +1480,42 @@ impl Up {
     }
 }
 
-/// The README's first command: `atelier up` (local backend, SQLite, dev login) serves the
-/// login page at its URL, lets the admin in with the printed one-time password (and nobody with
-/// a wrong one), starts a real JupyterLab for a dev-login user, and with
-/// `--stop-servers-on-exit` stops it on SIGTERM, recorded in the database before it exits. A
-/// second `up` on the same data directory prints a new password and keeps the sessions.
+/// Waits until `GET <public>/user/<user>/api/status` answers 200 through up's proxy.
+async fn wait_status(http: &Http, public: &str, user: &str, token: &str) {
+    let status_url = format!("{public}/user/{user}/api/status");
+    let deadline = Deadline::new(format!("{status_url} to answer 200"), SPAWN_WAIT);
+    loop {
+        let resp = http.api("GET", &status_url, token, None).await;
+        if resp.status == 200 {
+            return;
+        }
+        deadline.tick((resp.status, resp.body)).await;
+    }
+}
+
+/// The README's first command, `cargo run --release -- up`, as a new user runs it: the
+/// `atelier` binary in a fresh working directory, no `--data-dir` (the default `.atelier`, a
+/// relative path), `--bind` the only flag. It serves the login page at its URL, lets the admin in
+/// with the printed one-time password (and nobody with a wrong one), starts a real JupyterLab for
+/// a dev-login user from the spawn form, and runs `1+1` in a kernel through its proxy. Stopped,
+/// it leaves the server running (the default); a second `up` in the same directory prints a new
+/// password, keeps the sessions, re-adopts the server, and with `--stop-servers-on-exit` stops it
+/// on SIGTERM, recorded in the database before it exits.
+///
+/// JupyterLab: `up` uses `.atelier/venv` when it holds `jupyterhub-singleuser`, else one found
+/// on `PATH` or in a peers venv, else installs the pinned versions there from PyPI (what a fresh
+/// machine does). The test puts the peers venv at `.atelier/venv` (a symlink; the same pins,
+/// `up_installs_the_versions_the_tests_run_against` checks), as the first run leaves it, instead
+/// of downloading: `up` then takes the same path as every run after the first on a fresh
+/// machine, the relative `.atelier/venv/bin/jupyterhub-singleuser` included.
 async fn up_story() {
     let Some(venv) = peers_venv("atelier up with a real jupyterhub-singleuser") else {
         return;
     };
     let _serial = SERIAL.lock().await;
     let dir = std::env::temp_dir().join(format!("atelier-e2e-{}", &generate_token()[..16]));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::create_dir_all(dir.join(".atelier")).expect("temp dir");
+    std::os::unix::fs::symlink(&venv, dir.join(".atelier/venv")).expect("link the venv");
     let mut up = Up {
         dir_str: dir.to_string_lossy().into_owned(),
         dir,
@@ -1504,7 +1524,7 @@ async fn up_story() {
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let http = Http::new();
-    let password = up.start(&venv, port, &["--stop-servers-on-exit"]).await;
+    let password = up.start(port, &[]).await;
 
     // The admin, with the printed password; a wrong one is refused.
     let mut admin = Browser::login_with(&http, &public, "admin", "not-the-password").await;
@@ -1525,20 +1545,44 @@ async fn up_story() {
         next.contains("/user/alice/") || next.contains("/hub/spawn-pending/alice"),
         "{next}"
     );
-    let status_url = format!("{public}/user/alice/api/status");
-    let deadline = Deadline::new(format!("{status_url} to answer 200"), SPAWN_WAIT);
-    loop {
-        let resp = http.api("GET", &status_url, &token, None).await;
-        if resp.status == 200 {
-            break;
-        }
-        deadline.tick((resp.status, resp.body)).await;
-    }
+    wait_status(&http, &public, "alice", &token).await;
     let servers = singleusers(&up.dir_str, "alice");
     assert_eq!(servers.len(), 1, "one server process for alice");
     let pid = servers[0].pid;
+    // It runs in her home under the working directory's `.atelier`, from the venv there.
+    let home = up.dir.join(".atelier/users/alice");
+    assert_eq!(servers[0].cwd.as_deref(), Some(home.as_path()));
+    assert_eq!(servers[0].env("HOME"), Some(home.to_str().unwrap()));
+    assert!(
+        servers[0].cmdline.contains(&format!(
+            "{}/.atelier/venv/bin/jupyterhub-singleuser",
+            up.dir_str
+        )),
+        "{}",
+        servers[0].cmdline
+    );
 
-    // SIGTERM: `up` stops the server (--stop-servers-on-exit), records it, and exits 0.
+    // A kernel, and `1+1` on it, through up's proxy.
+    let kernel = http
+        .api(
+            "POST",
+            &format!("{public}/user/alice/api/kernels"),
+            &token,
+            Some(json!({"name": "python3"})),
+        )
+        .await;
+    assert_eq!(
+        kernel.status, 201,
+        "POST /user/alice/api/kernels: {}",
+        kernel.body
+    );
+    let kernel_id = kernel.json()["id"].as_str().expect("kernel id").to_owned();
+    assert_eq!(
+        execute_one_plus_one(port, "alice", &token, &kernel_id).await,
+        "2"
+    );
+
+    // SIGTERM: `up` exits 0 and leaves her server running (the next `up` re-adopts it).
     let exited = up.procs[0].terminate(Duration::from_secs(60)).await;
     assert!(exited, "atelier up exits on SIGTERM: {}", up.procs[0].log());
     let status = up.procs[0].exited().expect("exited");
@@ -1547,8 +1591,43 @@ async fn up_story() {
         "exit status {status}: {}",
         up.procs[0].log()
     );
+    assert!(!gone(pid), "alice's server outlives up by default");
+    assert!(
+        up.dir.join(".atelier/atelier.sqlite").is_file(),
+        "the database is in the working directory's .atelier"
+    );
+
+    // Again in the same directory: a new password, the same session, her server re-adopted.
+    let second = up.start(port, &["--stop-servers-on-exit"]).await;
+    assert_ne!(second, password, "the admin password is new at every start");
+    let home = alice.get("/hub/home", "text/html").await;
+    assert_eq!(
+        home.status, 200,
+        "alice's session survives a restart: {}",
+        home.body
+    );
+    assert!(home.body.contains("alice"), "{}", home.body);
+    wait_status(&http, &public, "alice", &token).await;
+    assert_eq!(
+        singleusers(&up.dir_str, "alice")
+            .iter()
+            .map(|p| p.pid)
+            .collect::<Vec<_>>(),
+        vec![pid],
+        "the same server, re-adopted"
+    );
+
+    // SIGTERM with --stop-servers-on-exit: the server is stopped and recorded before up exits.
+    let exited = up.procs[1].terminate(Duration::from_secs(60)).await;
+    assert!(exited, "atelier up exits on SIGTERM: {}", up.procs[1].log());
+    let status = up.procs[1].exited().expect("exited");
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        up.procs[1].log()
+    );
     assert!(gone(pid), "alice's server (pid {pid}) is stopped with up");
-    let db = up.dir.join("data/atelier.sqlite");
+    let db = up.dir.join(".atelier/atelier.sqlite");
     let store = Store::connect(&format!("sqlite://{}", db.display()))
         .await
         .expect("up's database");
@@ -1560,18 +1639,6 @@ async fn up_story() {
         "the stop is recorded before up exits"
     );
     store.close().await;
-
-    // Again on the same data directory: a new password, the same users and sessions.
-    let second = up.start(&venv, port, &[]).await;
-    assert_ne!(second, password, "the admin password is new at every start");
-    let home = alice.get("/hub/home", "text/html").await;
-    assert_eq!(
-        home.status, 200,
-        "alice's session survives a restart: {}",
-        home.body
-    );
-    assert!(home.body.contains("alice"), "{}", home.body);
-    assert!(up.procs[1].terminate(Duration::from_secs(60)).await);
 }
 
 mod up {

@@ -1347,4 +1347,48 @@ async fn real_jupyterhub_singleuser_logs_in_through_the_hub() {
     assert_eq!(r.status, 303);
     web.wait_for("alice", "", ServerState::Stopped).await;
     cleanup.pgid = None;
+
+    // A named server: its OAuth client (and cookie) is `jupyterhub-user-alice~gpu`, which the
+    // real server accepts as a cookie name.
+    let page = alice.get("/hub/spawn/alice/gpu").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let r = alice
+        .post("/hub/spawn/alice/gpu", &[("_xsrf", &page.xsrf())])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    web.wait_for("alice", "gpu", ServerState::Running).await;
+    let server = web.server("alice", "gpu").await;
+    cleanup.pgid = server.spawner_state["pgid"].as_i64().map(|p| p as i32);
+    let log = || std::fs::read_to_string(state_dir.join("logs/alice~gpu.log")).unwrap_or_default();
+    let mut site = Site {
+        web: &web,
+        server: server.url.clone().expect("a running server has a URL"),
+        cookies: BTreeMap::from([("atelier-session".to_owned(), alice.cookie.clone().unwrap())]),
+    };
+    let (lab, at) = site.follow("/user/alice/gpu/lab").await;
+    assert_eq!(
+        lab.status,
+        200,
+        "{at}: {}\n--- log ---\n{}",
+        lab.body,
+        log()
+    );
+    assert!(
+        site.cookies.contains_key("jupyterhub-user-alice~gpu"),
+        "{:?}",
+        site.cookies.keys()
+    );
+    let status = site.get("/user/alice/gpu/api/status").await;
+    assert_eq!(
+        status.status,
+        200,
+        "{}\n--- log ---\n{}",
+        status.body,
+        log()
+    );
+    let xsrf = alice.xsrf().await;
+    let r = alice.post("/hub/stop/alice/gpu", &[("_xsrf", &xsrf)]).await;
+    assert_eq!(r.status, 303);
+    web.wait_for("alice", "gpu", ServerState::Stopped).await;
+    cleanup.pgid = None;
 }

@@ -476,8 +476,8 @@ async fn a_new_backend_re_adopts_and_stops_a_running_server() {
     let (result, _) = start(&first, &sandbox, request("erin", "gpu")).await;
     let spawned = result.unwrap();
     assert!(
-        sandbox.state_dir().join("logs/erin-gpu.log").is_file(),
-        "a named server logs to <user>-<server>.log"
+        sandbox.state_dir().join("logs/erin~gpu.log").is_file(),
+        "a named server logs to <user>~<server>.log"
     );
     let (status, _) = http_get(&format!("{}/user/erin/gpu/api", spawned.url)).await;
     assert_eq!(status, 200);

@@ -886,7 +886,7 @@ async fn oauth(db: &TestDb) {
     let server = s.create_server(alice.id, "").await.unwrap();
     let client_id = oauth_client_id("alice", "");
     assert_eq!(client_id, "jupyterhub-user-alice");
-    assert_eq!(oauth_client_id("alice", "gpu"), "jupyterhub-user-alice-gpu");
+    assert_eq!(oauth_client_id("alice", "gpu"), "jupyterhub-user-alice~gpu");
 
     // The server's API token is the client's secret.
     let (api_token, _) = s
@@ -925,10 +925,16 @@ async fn oauth(db: &TestDb) {
             .await
             .is_ok()
     );
-    // user "alice-x"'s default server and alice's server "x" share a client id: refused.
+    // User "alice-x"'s default server and alice's server "x" have different client ids (with
+    // JupyterHub's `-` both would be `jupyterhub-user-alice-x`); a client id held by another
+    // server, as one registered under that earlier naming, is refused.
     let alice_x = s.create_user("alice-x", false).await.unwrap();
     let other = s.create_server(alice_x.id, "").await.unwrap();
     let x = s.create_server(alice.id, "x").await.unwrap();
+    assert_ne!(
+        oauth_client_id("alice-x", ""),
+        oauth_client_id("alice", "x")
+    );
     let mut clash = NewOAuthClient {
         client_id: oauth_client_id("alice-x", ""),
         server_id: Some(other.id),
@@ -936,7 +942,6 @@ async fn oauth(db: &TestDb) {
     };
     s.upsert_oauth_client(&clash).await.unwrap();
     clash.server_id = Some(x.id);
-    assert_eq!(clash.client_id, oauth_client_id("alice", "x"));
     assert_conflict(s.upsert_oauth_client(&clash).await);
     assert_eq!(
         s.get_oauth_client(&clash.client_id)
@@ -945,6 +950,16 @@ async fn oauth(db: &TestDb) {
             .server_id,
         Some(other.id)
     );
+    // A server's clients go by server, whatever their ids.
+    let legacy = NewOAuthClient {
+        client_id: "jupyterhub-user-alice-x-legacy".into(),
+        server_id: Some(x.id),
+        ..new_client.clone()
+    };
+    s.upsert_oauth_client(&legacy).await.unwrap();
+    assert_eq!(s.delete_server_oauth_clients(x.id).await.unwrap(), 1);
+    assert_not_found(s.get_oauth_client(&legacy.client_id).await);
+    assert!(s.get_oauth_client(&clash.client_id).await.is_ok());
 
     // Authorization codes: PKCE, single use.
     let t0 = now();

@@ -2,8 +2,9 @@
 //! rest (pod, service, home volume, token Secret, network policy).
 //!
 //! **Names.** User `u`'s default server is the Workspace `u`, a named server `s` is `u--s`, in
-//! the shared namespace or in `<prefix><u>` (per-user mode); names that are not RFC 1123 labels
-//! are shortened and hashed (see [`workspace_name`]). A start reuses a Workspace that already
+//! the shared namespace or in `<prefix><u>` (per-user mode); other characters are escaped so
+//! that no two (user, server) pairs share a name, and names beyond 62 characters are shortened
+//! and hashed (see [`workspace_name`]). A start reuses a Workspace that already
 //! exists for the same (user, server) under another name (one an admin created with `kubectl
 //! apply`), so restarting it through the hub keeps its home volume; it refuses a Workspace of that
 //! name that belongs to someone else.
@@ -66,7 +67,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 pub use self::spec::{
-    NAME_SEPARATOR, Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace,
+    Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace,
     groups_annotation, observe, status_of, workspace_name, workspace_namespace,
 };
 pub use self::sync::{SYNC_INTERVAL, SyncReport, spawn_sync, sync_store, sync_workspaces};

@@ -3,7 +3,7 @@
 //!
 //! Each server runs `jupyterhub-singleuser` (or the configured command) with the JupyterHub
 //! environment of its spawn request, in its own process group, its HOME and working directory
-//! `<state_dir>/users/<user>`, its output appended to `<state_dir>/logs/<user>[-<server>].log`.
+//! `<state_dir>/users/<user>`, its output appended to `<state_dir>/logs/<user>[~<server>].log`.
 //! Processes outlive the hub: the handle (`pid`, `pgid`, `port`, `url`, `start_time`, plus the
 //! service prefix and boot id) lets a restarted hub re-adopt them through [`LocalBackend::poll`]
 //! and stop them through [`LocalBackend::stop`]. The start time (and boot id) make sure a pid
@@ -40,6 +40,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use self::proc::Leader;
 use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
+use crate::policy::names;
 
 /// The single-user server JupyterHub runs by default.
 pub const SINGLEUSER_COMMAND: &str = "jupyterhub-singleuser";
@@ -127,6 +128,12 @@ pub fn default_command() -> Vec<String> {
     vec![SINGLEUSER_COMMAND.to_owned()]
 }
 
+/// `path` made absolute against the working directory (lexically, as `std::path::absolute`:
+/// symlinks are kept); unchanged when it already is, or when there is no working directory.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
 /// What the backend stores for a server (serialized as the opaque handle).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalHandle {
@@ -202,9 +209,21 @@ pub struct LocalBackend {
 
 impl LocalBackend {
     /// A backend with `config`; an empty `config.command` means [`default_command`].
+    ///
+    /// The state directory, and the program when it is a relative path (it holds a `/`), are
+    /// made absolute here, once, against the working directory: a server runs in its user's
+    /// directory, where a relative path would name something else.
     pub fn new(mut config: LocalConfig) -> LocalBackend {
         if config.command.is_empty() {
             config.command = default_command();
+        }
+        config.state_dir = absolute(&config.state_dir);
+        if let Some(program) = config.command.first_mut()
+            && program.contains('/')
+        {
+            *program = absolute(Path::new(program.as_str()))
+                .to_string_lossy()
+                .into_owned();
         }
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
@@ -221,13 +240,11 @@ impl LocalBackend {
         &self.config
     }
 
-    /// The log file of `user`'s server `server`.
+    /// The log file of `user`'s server `server`: `logs/<user>.log`, `logs/<user>~<server>.log`
+    /// ([`names::server_file_stem`]: no two servers share one; with `-`, user `p`'s server `q`
+    /// would have written into user `p-q`'s log, and read its tail).
     pub fn log_path(&self, user: &str, server: &str) -> PathBuf {
-        let name = if server.is_empty() {
-            format!("{user}.log")
-        } else {
-            format!("{user}-{server}.log")
-        };
+        let name = format!("{}.log", names::server_file_stem(user, server));
         self.config.state_dir.join("logs").join(name)
     }
 
@@ -828,6 +845,40 @@ mod tests {
         r.env
             .insert("JUPYTERHUB_SERVICE_PREFIX".into(), "hub/user/alice".into());
         assert_eq!(service_prefix(&r), "/hub/user/alice/");
+    }
+
+    #[test]
+    fn paths_are_absolute_and_per_server() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut config = LocalConfig::new(".atelier");
+        config.command = vec![
+            ".atelier/venv/bin/jupyterhub-singleuser".into(),
+            "-v".into(),
+        ];
+        let backend = LocalBackend::new(config);
+        let state = cwd.join(".atelier");
+        assert_eq!(backend.config().state_dir, state);
+        assert_eq!(
+            backend.config().command,
+            vec![
+                state
+                    .join("venv/bin/jupyterhub-singleuser")
+                    .display()
+                    .to_string(),
+                "-v".into()
+            ]
+        );
+        assert_eq!(backend.user_dir("alice"), state.join("users/alice"));
+        // User p's server q and user p-q's default server do not share a log.
+        assert_eq!(backend.log_path("p-q", ""), state.join("logs/p-q.log"));
+        assert_eq!(backend.log_path("p", "q"), state.join("logs/p~q.log"));
+        // A program looked up on PATH stays a name.
+        let mut config = LocalConfig::new("/srv/atelier");
+        config.command = vec![SINGLEUSER_COMMAND.into()];
+        assert_eq!(
+            LocalBackend::new(config).config().command,
+            vec![SINGLEUSER_COMMAND]
+        );
     }
 
     #[test]

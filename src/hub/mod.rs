@@ -79,6 +79,9 @@ pub struct HubConfig {
     pub roles: crate::scopes::Roles,
     /// The Python of the single-user servers, when the hub knows it (`GET /info`).
     pub server_python: Option<api::hub::PythonInfo>,
+    /// Which names a new server may take (API start and create, rename, spawn form):
+    /// JupyterHub 6's rule by default, or any DNS label.
+    pub server_name_rule: crate::policy::names::ServerNameRule,
 }
 
 impl HubConfig {
@@ -100,6 +103,7 @@ impl HubConfig {
             oidc_providers: Vec::new(),
             roles: crate::scopes::Roles::default(),
             server_python: None,
+            server_name_rule: crate::policy::names::ServerNameRule::default(),
         }
     }
 }

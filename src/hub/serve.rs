@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use super::catalog::{self, Catalog, SharedCatalog};
 use super::{Hub, HubConfig, HubState, ServiceConfig, router, spawner};
 use crate::backend::WorkspaceBackend;
-use crate::backend::local::{LocalBackend, LocalConfig, default_command};
+use crate::backend::local::{LocalBackend, LocalConfig, absolute, default_command};
 use crate::proxy::{self, Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes};
 use crate::store::{self, NewToken, Store, StoreError, TokenOwner};
 
@@ -114,6 +114,16 @@ pub struct HubArgs {
     /// users, groups, services}` (README, "Roles").
     #[arg(long, env = "ATELIER_ROLES")]
     pub roles: Option<PathBuf>,
+    /// Which names a new named server may take: `jupyterhub` (JupyterHub 6's rule: 1 to 30
+    /// characters of a-z, 0-9 and single '-', starting with a letter) or `dns-label` (1 to 63
+    /// characters of a-z, 0-9 and '-'). Servers named before keep their names.
+    #[arg(
+        long,
+        env = "ATELIER_SERVER_NAME_RULE",
+        value_enum,
+        default_value = "jupyterhub"
+    )]
+    pub server_name_rule: crate::policy::names::ServerNameRule,
 }
 
 impl HubArgs {
@@ -126,6 +136,46 @@ impl HubArgs {
             args: HubArgs,
         }
         Wrapper::parse_from(["atelier"]).args
+    }
+
+    /// Makes every path the hub keeps or hands to a process absolute, once, against the working
+    /// directory: the SQLite database file, the state directory (homes, logs), the server
+    /// program when it is a path, the catalogue and the OIDC configuration. Servers run in their
+    /// users' directories, where a relative path would name something else.
+    pub fn resolve_paths(&mut self) {
+        self.database_url = absolute_sqlite_url(&self.database_url);
+        self.state_dir = absolute(&self.state_dir);
+        if let Some(program) = self.server_command.first_mut()
+            && program.contains('/')
+        {
+            *program = absolute(Path::new(program.as_str()))
+                .to_string_lossy()
+                .into_owned();
+        }
+        self.catalog = self.catalog.as_deref().map(absolute);
+        self.oidc_config = self.oidc_config.as_deref().map(absolute);
+    }
+}
+
+/// A `sqlite:` URL with its file path made absolute against the working directory (`sqlite://`
+/// followed by the absolute path, the query kept); other URLs, in-memory databases and absolute
+/// paths unchanged.
+pub fn absolute_sqlite_url(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return url.to_owned();
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path.starts_with(':') || Path::new(path).is_absolute() {
+        return url.to_owned();
+    }
+    let path = absolute(Path::new(path));
+    match query {
+        Some(query) => format!("sqlite://{}?{query}", path.display()),
+        None => format!("sqlite://{}", path.display()),
     }
 }
 
@@ -301,6 +351,7 @@ pub async fn build_hub(
     config.spawn_timeout_secs = args.spawn_timeout;
     config.catalog = catalog;
     config.default_profile = args.default_profile.clone();
+    config.server_name_rule = args.server_name_rule;
     config.services = args
         .services
         .iter()
@@ -379,7 +430,8 @@ pub async fn serve_hub(
 }
 
 /// `atelier hub`: the hub alone.
-pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+pub async fn run_hub(mut args: HubArgs) -> anyhow::Result<()> {
+    args.resolve_paths();
     let store = Store::connect(&args.database_url)
         .await
         .with_context(|| "opening the database")?;
@@ -481,7 +533,11 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// `atelier up`: hub, proxy and local backend on one machine, SQLite, dev login.
-pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run_up(mut args: UpArgs) -> anyhow::Result<()> {
+    // Once, at start: everything below (database, homes, logs, the venv's program) derives
+    // from these, and servers run in their users' directories.
+    args.data_dir = absolute(&args.data_dir);
+    args.catalog = args.catalog.as_deref().map(absolute);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let command = ensure_singleuser(&args.data_dir).await?;
@@ -645,5 +701,51 @@ mod tests {
             assert!(err.contains("roles.yaml"), "{err}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_sqlite_url("sqlite://atelier.sqlite"),
+            format!("sqlite://{}", cwd.join("atelier.sqlite").display())
+        );
+        assert_eq!(
+            absolute_sqlite_url("sqlite:data/a.db?mode=rwc"),
+            format!("sqlite://{}?mode=rwc", cwd.join("data/a.db").display())
+        );
+        for kept in [
+            "sqlite:///var/lib/atelier.sqlite",
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "postgres://u@h/db",
+        ] {
+            assert_eq!(absolute_sqlite_url(kept), kept);
+        }
+
+        let mut args = HubArgs::defaults();
+        args.server_command = vec!["bin/singleuser".into(), "--debug".into()];
+        args.catalog = Some("catalog.yaml".into());
+        args.oidc_config = Some("/etc/oidc.yaml".into());
+        args.resolve_paths();
+        assert_eq!(
+            args.database_url,
+            format!("sqlite://{}", cwd.join("atelier.sqlite").display())
+        );
+        assert_eq!(args.state_dir, cwd.join(".atelier"));
+        assert_eq!(
+            args.server_command,
+            vec![
+                cwd.join("bin/singleuser").display().to_string(),
+                "--debug".into()
+            ]
+        );
+        assert_eq!(args.catalog, Some(cwd.join("catalog.yaml")));
+        assert_eq!(args.oidc_config, Some(PathBuf::from("/etc/oidc.yaml")));
+        // A bare program name is looked up on PATH at spawn time, as before.
+        let mut args = HubArgs::defaults();
+        args.server_command = vec!["jupyterhub-singleuser".into()];
+        args.resolve_paths();
+        assert_eq!(args.server_command, vec!["jupyterhub-singleuser"]);
     }
 }

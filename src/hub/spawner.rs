@@ -33,6 +33,7 @@ use super::api::models::server_url;
 use super::catalog::CheckError;
 use super::{HubError, HubResult, HubState};
 use crate::backend::{BackendError, BackendStatus, ProgressEvent, SpawnRequest};
+use crate::policy::names::ServerNameRule;
 use crate::store::{
     self, AuditAction, NewAuditEvent, NewOAuthClient, NewToken, Server, ServerState,
     ServerWithOwner, StartRequest, StoreError, TokenOwner, User, oauth_client_id,
@@ -216,20 +217,13 @@ async fn audit(
     }
 }
 
-/// Deletes the server's OAuth client if it is this server's, which revokes the server's API
-/// token and every OAuth token issued to it.
+/// Deletes the server's OAuth clients (those registered for this server row, whatever their
+/// ids: one made under an earlier naming too), which revokes the server's API token and every
+/// OAuth token issued to it.
 pub async fn revoke_credentials(hub: &HubState, user: &str, server: &Server) -> HubResult<()> {
-    let client_id = oauth_client_id(user, &server.name);
-    match hub.store.get_oauth_client(&client_id).await {
-        Ok(client) if client.server_id == Some(server.id) => {
-            match hub.store.delete_oauth_client(&client_id).await {
-                Ok(()) | Err(StoreError::NotFound) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        }
-        Ok(_) | Err(StoreError::NotFound) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    let revoked = hub.store.delete_server_oauth_clients(server.id).await?;
+    tracing::debug!(server = %log_name(user, &server.name), revoked, "OAuth clients revoked");
+    Ok(())
 }
 
 /// The server row as it is now.
@@ -243,7 +237,8 @@ async fn reload(hub: &HubState, id: i64) -> HubResult<Server> {
 /// Starts server `server_name` of `user` (creating a named server's row on first start).
 ///
 /// 400 for an invalid name or a server already running or stopping, 409 when the name collides
-/// with another server's (ignoring case, or through the OAuth client id). Waits up to
+/// with another server's (ignoring case, or through an OAuth client id registered under the
+/// earlier naming, `policy::names::oauth_client_id`). Waits up to
 /// [`READY_WAIT`] for the server to be ready; a spawn that fails within that time is an error.
 pub async fn start_server(
     hub: &HubState,
@@ -256,7 +251,7 @@ pub async fn start_server(
     let existing = match hub.store.get_server(user.id, server_name).await {
         Ok(server) => Some(server),
         Err(StoreError::NotFound) => {
-            check_new_server_name(server_name)?;
+            check_new_server_name(hub.config.server_name_rule, server_name)?;
             None
         }
         Err(e) => return Err(e.into()),
@@ -284,7 +279,8 @@ pub async fn start_server(
         Ok(client) if client.server_id != Some(server.id) => {
             return Err(HubError::Conflict(format!(
                 "server {name} cannot start: its OAuth client id {client_id:?} belongs to another \
-                 server (names that join to the same id collide)"
+                 server (registered under the earlier naming of client ids; it goes when that \
+                 server stops)"
             )));
         }
         Ok(_) | Err(StoreError::NotFound) => {}
@@ -446,13 +442,14 @@ pub fn check_start(
     }
 }
 
-/// 400 unless `name` is a valid name for a new server (`policy::names`).
-pub fn check_new_server_name(name: &str) -> HubResult<()> {
+/// 400 unless `name` is a valid name for a new server: empty (the default server) or allowed by
+/// `rule` (`--server-name-rule`); the message names the field (`server_name`) and the rule.
+pub fn check_new_server_name(rule: ServerNameRule, name: &str) -> HubResult<()> {
     super::api::check_name("server", name)?;
-    if !crate::policy::names::is_valid_server_name(name) {
+    if !name.is_empty() && !rule.allows(name) {
         return Err(HubError::BadRequest(format!(
-            "Invalid server name {name:?}: 1 to 63 characters of a-z, 0-9 and '-', starting and \
-             ending with a letter or digit"
+            "Invalid server_name {name:?}: a new server's name must follow {}",
+            rule.describe()
         )));
     }
     Ok(())
@@ -974,7 +971,7 @@ mod tests {
         );
         assert_eq!(env["JUPYTERHUB_API_TOKEN"], "tok");
         assert_eq!(env["JPY_API_TOKEN"], "tok");
-        assert_eq!(env["JUPYTERHUB_CLIENT_ID"], "jupyterhub-user-alice-gpu");
+        assert_eq!(env["JUPYTERHUB_CLIENT_ID"], "jupyterhub-user-alice~gpu");
         assert_eq!(env["JUPYTERHUB_SERVICE_PREFIX"], "/user/alice/gpu/");
         assert_eq!(
             env["JUPYTERHUB_OAUTH_CALLBACK_URL"],

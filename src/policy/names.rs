@@ -1,5 +1,35 @@
-//! Name rules shared by the hub and the operator: which user and server names are valid, and the
-//! names of the objects derived from a Workspace.
+//! Name rules shared by the hub and the operator: which user and server names are valid, the
+//! names derived from a user's server, and the names of the objects derived from a Workspace.
+//!
+//! # Names of a user's server
+//!
+//! A server is a pair (user, server name), the default server's name being empty. User names
+//! are 1 to 63 characters of `[a-z0-9._-]` starting and ending with a letter or digit
+//! ([`is_valid_user_name`]); server names are DNS labels ([`is_valid_server_name`], and by
+//! default JupyterHub 6's stricter rule, [`ServerNameRule`]). Every name derived from a pair is
+//! **injective by construction**: two different pairs never get the same name, and a hash is
+//! only involved where a name has to be truncated to fit a length limit. JupyterHub joins with
+//! `-` (`jupyterhub-user-p-q` is both user `p`'s server `q` and user `p-q`'s default server, so
+//! one can block the other); Atelier does not.
+//!
+//! - Where the target alphabet has a character that is in no user or server name, it separates
+//!   them: [`PAIR_SEPARATOR`] `~` (unreserved in URLs, a token character in cookie names, fine in
+//!   file names). The OAuth client id ([`oauth_client_id`]) is `jupyterhub-user-<user>` for the
+//!   default server, as JupyterHub's, and `jupyterhub-user-<user>~<server>` for a named one; the
+//!   local backend's log file ([`server_file_stem`]) is `<user>.log` or `<user>~<server>.log`.
+//!   Splitting at the only `~` gives the pair back.
+//! - A DNS label (the Workspace name, [`server_label`]) has only `[a-z0-9-]`, so the pair is
+//!   escaped. Each name is cut into runs of letters and digits and runs of the other characters
+//!   (`-`, `.`, `_`); a single `-` stays as it is, any other run becomes `--` + one digit per
+//!   character (`-` → `0`, `.` → `1`, `_` → `2`) + `-`. The server follows the user after `--`
+//!   when it starts with a letter, after `---` when it starts with a digit. Reading from the
+//!   left, after a run of letters and digits the next characters tell exactly one of: the end
+//!   (the default server), `-` and a letter or digit (a `-` in the name), `--` and a digit (an
+//!   escaped run), `--` and a letter, or `---` (the server starts). So the name decodes to its
+//!   pair: distinct pairs, distinct names. The usual names do not change: `alice`, `alice--gpu`;
+//!   `alice.smith` is `alice--1-smith`, user `a--b` is `a--00-b`.
+//!
+//! # Names of a Workspace's objects
 //!
 //! Child objects of a Workspace `<ws>` are named
 //!
@@ -14,12 +44,21 @@
 //! and the volume of a DataSource `<ds>` is `data-<ds>`. The `ws-` prefix makes the Service name a
 //! DNS-1035 label (it must start with a letter) even when the Workspace name starts with a digit.
 //!
-//! Every derived name is an RFC 1123 label of at most 63 characters. When the plain name is not
-//! one (too long, or the Workspace name, a DNS subdomain, contains dots), the base is lowercased,
-//! characters outside `[a-z0-9-]` become `-`, it is truncated, and `-<hash>` is appended, where
-//! `<hash>` is the first 8 hex digits of the SHA-256 of the plain name. Two different long names
-//! therefore never share a derived name (up to a 32-bit hash collision), and short valid names are
-//! left as they are.
+//! Every derived name is an RFC 1123 label of at most 63 characters ([`dns_label`]). The plain
+//! name is kept when it is a label and cannot be mistaken for a hashed one. Otherwise (too long,
+//! or the Workspace name, a DNS subdomain, contains dots) the base is lowercased, characters
+//! outside `[a-z0-9-]` become `-`, it is truncated, and `-<hash>` is appended, `<hash>` being hex
+//! digits of the SHA-256 of the plain name, at least 8 and as many as make the name exactly 63
+//! characters. A hashed name is therefore 63 characters ending in `-`, 8 or more hex digits and
+//! the suffix, and a plain name of that shape is hashed too: a plain name is never a hashed one,
+//! so different Workspaces never share a child name (two hashed ones only through a collision of
+//! 32 bits of SHA-256). Names that were plain before stay as they were, except 63-character ones
+//! of that shape.
+//!
+//! The per-user namespace ([`user_namespace`]) and label values ([`label_value`]) keep the earlier
+//! rule (hashed names as short as they come): the operator checks a Workspace's namespace
+//! against it, so changing it would orphan every per-user namespace of a user name with `.` or
+//! `_`.
 
 use sha2::{Digest, Sha256};
 
@@ -60,6 +99,62 @@ pub fn is_valid_user_name(s: &str) -> bool {
 /// Whether `s` is a valid server name: empty (the default server) or an RFC 1123 label.
 pub fn is_valid_server_name(s: &str) -> bool {
     s.is_empty() || is_dns_label(s)
+}
+
+/// Whether `s` is a valid name for a new server under JupyterHub 6's rule
+/// (`jupyterhub.slugs.is_valid_safe_slug`, applied by JupyterHub 6.1.1 to new named servers in
+/// `handlers/base.py` and `user.py`): 1 to 30 characters of `[a-z0-9-]`, starting with a letter,
+/// ending with a letter or digit, no `--`.
+pub fn is_jupyterhub_server_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= JUPYTERHUB_SERVER_NAME_MAX
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && !s.contains("--")
+}
+
+/// Longest server name of JupyterHub 6's rule (`jupyterhub.slugs._max_length`: two of them
+/// joined with `--` fit a DNS label).
+pub const JUPYTERHUB_SERVER_NAME_MAX: usize = 30;
+
+/// Which names a new server may take (`atelier hub --server-name-rule`). Servers named before
+/// keep their names either way, as JupyterHub 6 keeps servers named before its rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerNameRule {
+    /// JupyterHub 6's: 1 to 30 characters of a-z, 0-9 and single '-', starting with a letter and
+    /// ending with a letter or digit ([`is_jupyterhub_server_name`]).
+    #[default]
+    Jupyterhub,
+    /// Any RFC 1123 label: 1 to 63 characters of a-z, 0-9 and '-', starting and ending with a
+    /// letter or digit ([`is_dns_label`]).
+    DnsLabel,
+}
+
+impl ServerNameRule {
+    /// Whether `name` may name a new server (never the empty default server's name).
+    pub fn allows(self, name: &str) -> bool {
+        match self {
+            ServerNameRule::Jupyterhub => is_jupyterhub_server_name(name),
+            ServerNameRule::DnsLabel => is_dns_label(name),
+        }
+    }
+
+    /// The rule in words, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ServerNameRule::Jupyterhub => {
+                "JupyterHub's rule (--server-name-rule jupyterhub): 1 to 30 characters of a-z, \
+                 0-9 and single '-', starting with a letter and ending with a letter or digit"
+            }
+            ServerNameRule::DnsLabel => {
+                "a DNS label (--server-name-rule dns-label): 1 to 63 characters of a-z, 0-9 and \
+                 '-', starting and ending with a letter or digit"
+            }
+        }
+    }
 }
 
 /// Whether `s` is a valid label value: at most 63 characters of `[A-Za-z0-9._-]`, empty or
@@ -107,7 +202,11 @@ pub fn data_volume_name(data_source: &str) -> String {
 /// The per-user namespace `<prefix><user>`, shortened and hashed like the child names when that
 /// is not an RFC 1123 label (user names may contain `.` and `_`).
 pub fn user_namespace(prefix: &str, user: &str) -> String {
-    dns_label(prefix, user, "")
+    let plain = format!("{prefix}{user}");
+    if is_dns_label(&plain) {
+        return plain;
+    }
+    hashed_label(prefix, user, "", &plain, false)
 }
 
 /// `s` as a label value: itself when valid, else sanitized, shortened and hashed.
@@ -151,13 +250,35 @@ pub fn data_env_prefix(data_source: &str) -> String {
     format!("ATELIER_DATA_{name}")
 }
 
-/// `<prefix><base><suffix>` when that is an RFC 1123 label, else the shortened, hashed form
-/// described in the module documentation. `prefix` and `suffix` must be label characters.
+/// `<prefix><base><suffix>` when that is an RFC 1123 label that cannot be mistaken for a hashed
+/// name, else the hashed form described in the module documentation (exactly 63 characters).
+/// `prefix` and `suffix` must be label characters.
 pub fn dns_label(prefix: &str, base: &str, suffix: &str) -> String {
     let plain = format!("{prefix}{base}{suffix}");
-    if is_dns_label(&plain) {
+    if is_dns_label(&plain) && !(plain.len() == MAX_LABEL && looks_hashed(&plain, suffix)) {
         return plain;
     }
+    hashed_label(prefix, base, suffix, &plain, true)
+}
+
+/// Whether `name` has the shape of a hashed name: `-`, at least [`HASH_LEN`] hex digits, then
+/// `suffix`, at its end.
+fn looks_hashed(name: &str, suffix: &str) -> bool {
+    let Some(rest) = name.strip_suffix(suffix) else {
+        return false;
+    };
+    let hex = rest
+        .bytes()
+        .rev()
+        .take_while(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        .count();
+    hex >= HASH_LEN && rest[..rest.len() - hex].ends_with('-')
+}
+
+/// `<prefix><head>-<hash><suffix>`: `head` the sanitized, truncated `base`, `hash` the first hex
+/// digits of the SHA-256 of `plain`: [`HASH_LEN`] of them, or (`fill`) as many as make the name
+/// 63 characters long.
+fn hashed_label(prefix: &str, base: &str, suffix: &str, plain: &str, fill: bool) -> String {
     let sanitized: String = base
         .chars()
         .map(|c| {
@@ -178,12 +299,93 @@ pub fn dns_label(prefix: &str, base: &str, suffix: &str) -> String {
         head
     };
     let mut name = format!("{prefix}{head}");
+    if name.is_empty() && fill {
+        // A hashed name starts with a letter and has its `-` before the hash.
+        name.push('h');
+    }
     if !name.is_empty() && !name.ends_with('-') {
         name.push('-');
     }
-    name.push_str(&short_hash(&plain));
+    let digits = if fill {
+        MAX_LABEL.saturating_sub(name.len() + suffix.len())
+    } else {
+        HASH_LEN
+    };
+    let mut hash = hex::encode(Sha256::digest(plain.as_bytes()));
+    hash.truncate(digits.max(HASH_LEN));
+    name.push_str(&hash);
     name.push_str(suffix);
     name
+}
+
+// ---- names of a user's server ------------------------------------------------------------------
+
+/// Separates the user from the server where the alphabet allows it: in no user or server name.
+pub const PAIR_SEPARATOR: char = '~';
+
+/// The OAuth client id of `user`'s server `server`: `jupyterhub-user-<user>` for the default
+/// server (JupyterHub's), `jupyterhub-user-<user>~<server>` for a named one (module
+/// documentation). Also the cookie name of the server's OAuth session (jupyterhub-singleuser
+/// names its cookie after `JUPYTERHUB_CLIENT_ID`).
+pub fn oauth_client_id(user: &str, server: &str) -> String {
+    format!("jupyterhub-user-{}", server_file_stem(user, server))
+}
+
+/// `<user>` for the default server, `<user>~<server>` for a named one: injective, for names in
+/// an alphabet with `~` (the local backend's log file `<stem>.log`).
+pub fn server_file_stem(user: &str, server: &str) -> String {
+    if server.is_empty() {
+        user.to_owned()
+    } else {
+        format!("{user}{PAIR_SEPARATOR}{server}")
+    }
+}
+
+/// The DNS label of `user`'s server `server` (the Workspace name): the escaped pair described in
+/// the module documentation, through [`dns_label`] (plain up to 62 characters, hashed beyond).
+pub fn server_label(user: &str, server: &str) -> String {
+    let mut plain = escape_label_part(user);
+    if !server.is_empty() {
+        let leading_digit = server.as_bytes()[0].is_ascii_digit();
+        plain.push_str(if leading_digit { "---" } else { "--" });
+        plain.push_str(&escape_label_part(server));
+    }
+    dns_label("", &plain, "")
+}
+
+/// A user or server name in `[a-z0-9-]`: letters and digits as they are, a single `-` as it is,
+/// any other run of other characters as `--` + one digit per character (`-` 0, `.` 1, `_` 2,
+/// anything else 3) + `-`.
+fn escape_label_part(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        match run.as_str() {
+            "" => {}
+            "-" => out.push('-'),
+            _ => {
+                out.push_str("--");
+                out.extend(run.chars().map(|c| match c {
+                    '-' => '0',
+                    '.' => '1',
+                    '_' => '2',
+                    _ => '3',
+                }));
+                out.push('-');
+            }
+        }
+        run.clear();
+    };
+    for c in name.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            flush(&mut run, &mut out);
+            out.push(c);
+        } else {
+            run.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// First [`HASH_LEN`] hex digits of the SHA-256 of `s`.
@@ -323,7 +525,8 @@ mod tests {
         let dashed = pod_name("alice-smith");
         assert_eq!(dashed, "ws-alice-smith");
         assert!(dotted.starts_with("ws-alice-smith-"), "{dotted}");
-        assert_eq!(dotted.len(), "ws-alice-smith-".len() + 8);
+        // Hashed names fill the 63 characters with hash digits: no plain name is one.
+        assert_eq!(dotted.len(), 63);
         assert!(is_dns_label(&dotted));
         assert_ne!(dotted, dashed);
         let ns = user_namespace("atelier-u-", "alice_smith");
@@ -354,5 +557,211 @@ mod tests {
     fn env_prefixes() {
         assert_eq!(data_env_prefix("argo-floats"), "ATELIER_DATA_ARGO_FLOATS");
         assert_eq!(data_env_prefix("era5.v2"), "ATELIER_DATA_ERA5_V2");
+    }
+
+    #[test]
+    fn plain_names_shaped_like_hashed_ones_are_hashed() {
+        // A Workspace named like the hashed child name of another cannot take that name.
+        let long = format!("{}.x", "a".repeat(70));
+        let hashed = pod_name(&long);
+        assert_eq!(hashed.len(), 63);
+        assert!(looks_hashed(&hashed, ""), "{hashed}");
+        let mimic = hashed.strip_prefix("ws-").unwrap();
+        assert_ne!(pod_name(mimic), hashed);
+        assert!(is_dns_label(&pod_name(mimic)));
+        // Same for a suffixed name.
+        let secret = secret_name(&long);
+        let mimic = secret
+            .strip_prefix("ws-")
+            .and_then(|s| s.strip_suffix("-token"))
+            .unwrap();
+        assert_ne!(secret_name(mimic), secret);
+        // 63 plain characters that do not end in `-<hex>` stay plain.
+        let plain = format!("ws-{}", "g".repeat(60));
+        assert_eq!(pod_name(&"g".repeat(60)), plain);
+        // Per-user namespaces keep the earlier rule.
+        let ns = user_namespace("atelier-u-", "alice.smith");
+        assert_eq!(ns.len(), "atelier-u-alice-smith-".len() + 8, "{ns}");
+    }
+
+    #[test]
+    fn server_name_rules() {
+        let cases: &[(&str, bool, bool)] = &[
+            // (name, JupyterHub's rule, DNS label)
+            ("gpu", true, true),
+            ("my-server-2", true, true),
+            ("a", true, true),
+            ("2gpu", false, true),
+            ("a--b", false, true),
+            ("gpu-", false, false),
+            ("-gpu", false, false),
+            ("Gpu", false, false),
+            ("a.b", false, false),
+            ("a_b", false, false),
+            (&"x".repeat(30), true, true),
+            (&"x".repeat(31), false, true),
+            (&"x".repeat(63), false, true),
+            (&"x".repeat(64), false, false),
+        ];
+        for (name, jupyterhub, dns) in cases {
+            assert_eq!(
+                ServerNameRule::Jupyterhub.allows(name),
+                *jupyterhub,
+                "{name:?}"
+            );
+            assert_eq!(ServerNameRule::DnsLabel.allows(name), *dns, "{name:?}");
+        }
+        assert!(!ServerNameRule::Jupyterhub.allows(""));
+    }
+
+    /// Every string of `alphabet` of 1 to `max` characters that `valid` accepts.
+    fn all_names(alphabet: &[u8], max: usize, valid: fn(&str) -> bool) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut layer = vec![String::new()];
+        for _ in 0..max {
+            layer = layer
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{}", *c as char)))
+                .collect();
+            out.extend(layer.iter().filter(|n| valid(n)).cloned());
+        }
+        out
+    }
+
+    /// Every name derived from a (user, server) pair, by family.
+    #[allow(clippy::type_complexity)]
+    const FAMILIES: &[(&str, fn(&str, &str) -> String)] = &[
+        ("OAuth client id", oauth_client_id),
+        ("local log file", server_file_stem),
+        ("Workspace", server_label),
+        ("Pod, Service, NetworkPolicy", |u, s| {
+            pod_name(&server_label(u, s))
+        }),
+        ("Secret", |u, s| secret_name(&server_label(u, s))),
+        ("home PVC", |u, s| home_claim_name(&server_label(u, s))),
+    ];
+
+    /// Checks that no two of `pairs` share a name of any family, and that Kubernetes names
+    /// are labels.
+    fn assert_injective(pairs: &[(String, String)]) {
+        for (family, derive) in FAMILIES {
+            let mut seen: std::collections::HashMap<String, &(String, String)> =
+                std::collections::HashMap::with_capacity(pairs.len());
+            for pair in pairs {
+                let name = derive(&pair.0, &pair.1);
+                if !matches!(*family, "OAuth client id" | "local log file") {
+                    assert!(is_dns_label(&name), "{family} {name:?} of {pair:?}");
+                }
+                if let Some(other) = seen.insert(name.clone(), pair) {
+                    assert_eq!(
+                        other, pair,
+                        "{family}: {other:?} and {pair:?} are both {name:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A small deterministic generator (xorshift64*), so that a failure can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+        }
+
+        /// A valid name of 1 to 63 characters of `alphabet`.
+        fn name(&mut self, alphabet: &[u8], valid: fn(&str) -> bool) -> String {
+            let len = 1 + self.below(MAX_LABEL);
+            loop {
+                let name: String = (0..len)
+                    .map(|_| alphabet[self.below(alphabet.len())] as char)
+                    .collect();
+                if valid(&name) {
+                    return name;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_of_distinct_servers_never_collide_exhaustively() {
+        // Every user name of up to 5 characters of `a0-._` (626) with every server name of up
+        // to 5 characters of `a0-` and the default server (163): 102,038 pairs.
+        let users = all_names(b"a0-._", 5, is_valid_user_name);
+        let mut servers = all_names(b"a0-", 5, is_dns_label);
+        servers.push(String::new());
+        assert_eq!((users.len(), servers.len()), (626, 163));
+        let pairs: Vec<(String, String)> = users
+            .iter()
+            .flat_map(|u| servers.iter().map(move |s| (u.clone(), s.clone())))
+            .collect();
+        assert_injective(&pairs);
+    }
+
+    #[test]
+    fn names_of_distinct_servers_never_collide_when_long() {
+        // Random pairs up to the longest names, many of them truncated and hashed, with
+        // look-alikes: a second user whose name is the first pair's Workspace name, and pairs
+        // that differ in one character.
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut pairs = Vec::new();
+        for _ in 0..4000 {
+            let user = rng.name(b"ab09-._", is_valid_user_name);
+            let server = match rng.below(3) {
+                0 => String::new(),
+                _ => rng.name(b"ab09-", is_dns_label),
+            };
+            let ws = server_label(&user, &server);
+            if server.len() > 1 {
+                let mut twin = server.clone();
+                twin.replace_range(1..2, if &server[1..2] == "a" { "b" } else { "a" });
+                if is_dns_label(&twin) {
+                    pairs.push((user.clone(), twin));
+                }
+            }
+            // Someone named like this pair's Workspace (a hashed one too) gets another name.
+            if is_valid_user_name(&ws) && (ws.as_str(), server.as_str()) != (user.as_str(), "") {
+                assert_ne!(server_label(&ws, ""), ws, "{user:?} {server:?}");
+                pairs.push((ws, String::new()));
+            }
+            pairs.push((user, server));
+        }
+        pairs.sort();
+        pairs.dedup();
+        assert!(
+            pairs
+                .iter()
+                .filter(|(u, s)| server_label(u, s).len() == 63)
+                .count()
+                > 1000,
+            "many hashed names"
+        );
+        assert_injective(&pairs);
+    }
+
+    #[test]
+    fn server_labels_decode_to_their_pair() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("alice", "", "alice"),
+            ("alice", "gpu", "alice--gpu"),
+            ("p-q", "", "p-q"),
+            ("p", "q", "p--q"),
+            ("alice.smith", "", "alice--1-smith"),
+            ("alice_smith", "x", "alice--2-smith--x"),
+            ("a--b", "", "a--00-b"),
+            ("a._-b", "", "a--120-b"),
+            ("a", "b--c", "a--b--00-c"),
+            ("a", "2x", "a---2x"),
+        ];
+        for (user, server, want) in cases {
+            assert_eq!(server_label(user, server), *want, "{user:?} {server:?}");
+        }
+        assert_eq!(oauth_client_id("p", "q"), "jupyterhub-user-p~q");
+        assert_eq!(oauth_client_id("p-q", ""), "jupyterhub-user-p-q");
+        assert_eq!(server_file_stem("p", "q"), "p~q");
     }
 }

@@ -20,15 +20,7 @@ use crate::store::models::{
 /// password: [`Store::get_session`] then reports its user as not an admin.
 pub const SESSION_ADMIN_UNVERIFIED: &str = "admin_unverified";
 
-/// The OAuth client id of a user's server: `jupyterhub-user-<name>` for the default server,
-/// `jupyterhub-user-<name>-<server>` for a named one (JupyterHub's convention).
-pub fn oauth_client_id(user: &str, server: &str) -> String {
-    if server.is_empty() {
-        format!("jupyterhub-user-{user}")
-    } else {
-        format!("jupyterhub-user-{user}-{server}")
-    }
-}
+pub use crate::policy::names::oauth_client_id;
 
 /// A token to create.
 #[derive(Debug, Clone)]
@@ -410,8 +402,9 @@ impl Store {
 
     /// Creates the client, or updates its description, secret, redirect URI and scopes when it
     /// exists for the same server (as at each start of a server). `Conflict` when the client
-    /// id belongs to another server (`jupyterhub-user-a-b` is both user `a-b`'s default server
-    /// and user `a`'s server `b`): a server never takes over another's client.
+    /// id belongs to another server: a server never takes over another's client (ids are
+    /// injective, [`oauth_client_id`], but a client registered under an earlier naming may hold
+    /// one).
     pub async fn upsert_oauth_client(&self, new: &NewOAuthClient) -> Result<OAuthClient> {
         if new.client_id.is_empty() || new.redirect_uri.is_empty() {
             return Err(StoreError::Invalid(
@@ -479,6 +472,19 @@ impl Store {
             "DELETE FROM oauth_clients WHERE client_id = $1",
         )
         .bind(client_id)
+        .execute(p)
+        .await?
+        .rows_affected()))
+    }
+
+    /// Deletes every OAuth client of server `server_id` (with their tokens and codes, by
+    /// cascade), whatever their ids: also one registered under an earlier naming of client
+    /// ids. Returns how many.
+    pub async fn delete_server_oauth_clients(&self, server_id: i64) -> Result<u64> {
+        Ok(on_pool!(self, p => sqlx::query(
+            "DELETE FROM oauth_clients WHERE server_id = $1",
+        )
+        .bind(server_id)
         .execute(p)
         .await?
         .rows_affected()))

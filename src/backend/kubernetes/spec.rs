@@ -29,9 +29,6 @@ use crate::operator::workspace::{
 };
 use crate::policy::{names, parse_bytes, parse_cpu_millis};
 
-/// Separator between the user and the server in the name of a named server's Workspace.
-pub const NAME_SEPARATOR: &str = "--";
-
 /// The `Ready` condition reasons with which the operator refuses a Workspace (a rule, not a
 /// wait): a start that sees one fails at once.
 pub const REFUSAL_REASONS: &[&str] = &[
@@ -80,32 +77,21 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     }
 }
 
-/// The Workspace name of `user`'s server `server`: a DNS label, unique per (user, server).
+/// The Workspace name of `user`'s server `server`: [`names::server_label`], a DNS label that no
+/// other (user, server) gets (the module documentation of [`names`] says why).
 ///
 /// - the default server: `<user>`, e.g. `alice`;
-/// - a named server: `<user>--<server>`, e.g. `alice--gpu`;
+/// - a named server: `<user>--<server>`, e.g. `alice--gpu` (`---` before a server name that
+///   starts with a digit);
+/// - a run of characters other than letters, digits and a single `-` escaped: `alice.smith` is
+///   `alice--1-smith`;
+/// - beyond 62 characters, truncated and hashed.
 ///
-/// when that is an RFC 1123 label and the user name has no `--` (so that the first `--` always
-/// separates the user from the server: user names end, and server names start, with a letter or
-/// digit). Otherwise (a user name with `.`, `_` or `--`, or more than 63 characters in all) the
-/// name is `names::dns_label` of `<user>/<server>`: sanitized, truncated, and suffixed with
-/// `-<8 hex digits of its SHA-256>`, e.g. `alice-smith-3f1c0a2b` for `alice.smith`. The `/`
-/// (in no user or server name) makes every such input hashed and the inputs distinct.
-///
-/// A verbatim name could still equal another's hashed name if a user chose it to; a start
-/// refuses a Workspace that exists for another (user, server), so that costs a start, not a
-/// takeover.
+/// Workspaces made under earlier names (a user name with `.` or `_` was hashed,
+/// `alice-smith-3f1c0a2b`) are still found: a start looks for the user's Workspace of that
+/// server by `spec.user` and `spec.serverName` when none has the computed name.
 pub fn workspace_name(user: &str, server: &str) -> String {
-    let plain = if server.is_empty() {
-        user.to_owned()
-    } else {
-        format!("{user}{NAME_SEPARATOR}{server}")
-    };
-    if names::is_dns_label(&plain) && !user.contains(NAME_SEPARATOR) {
-        plain
-    } else {
-        names::dns_label("", &format!("{user}/{server}"), "")
-    }
+    names::server_label(user, server)
 }
 
 /// The namespace of `user`'s Workspaces: the shared one, or `<prefix><user>` (per-user mode,
@@ -665,19 +651,16 @@ mod tests {
     }
 
     #[test]
-    fn names_that_are_not_labels_are_hashed_and_never_collide() {
-        let dotted = workspace_name("alice.smith", "");
-        assert!(dotted.starts_with("alice-smith-"), "{dotted}");
-        assert_eq!(dotted.len(), "alice-smith-".len() + 8);
-        assert!(names::is_dns_label(&dotted));
-        let underscored = workspace_name("alice_smith", "");
-        assert_ne!(dotted, underscored);
-        assert_ne!(dotted, workspace_name("alice-smith", ""));
-        // A user name with `--` would be ambiguous verbatim: hashed.
-        let a_b = workspace_name("a--b", "");
-        assert_ne!(a_b, workspace_name("a", "b"));
-        assert_ne!(a_b, "a--b");
+    fn names_that_are_not_labels_are_escaped_and_never_collide() {
+        assert_eq!(workspace_name("alice.smith", ""), "alice--1-smith");
+        assert_eq!(workspace_name("alice_smith", ""), "alice--2-smith");
+        assert_eq!(workspace_name("alice-smith", ""), "alice-smith");
+        // A user name with `--` would be ambiguous verbatim: escaped.
+        assert_eq!(workspace_name("a--b", ""), "a--00-b");
+        assert_ne!(workspace_name("a--b", ""), workspace_name("a", "b"));
         assert_ne!(workspace_name("a--b", "c"), workspace_name("a", "b--c"));
+        assert_eq!(workspace_name("a", "b--c"), "a--b--00-c");
+        assert_eq!(workspace_name("a", "2x"), "a---2x");
         // Too long: truncated and hashed, still distinct and a label.
         let user = "u".repeat(40);
         let (x, y) = (

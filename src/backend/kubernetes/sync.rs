@@ -247,20 +247,12 @@ async fn audit(store: &Store, action: AuditAction, user: &str, server: &str, det
     }
 }
 
-/// Deletes the server's OAuth client if it is this server's (with its tokens, the server's API
-/// token among them), as the hub's spawner does at stop.
+/// Deletes the server's OAuth clients (with their tokens, the server's API token among them),
+/// as the hub's spawner does at stop.
 async fn revoke_credentials(store: &Store, user: &str, server: &Server) -> Result<(), StoreError> {
-    let client_id = oauth_client_id(user, &server.name);
-    match store.get_oauth_client(&client_id).await {
-        Ok(client) if client.server_id == Some(server.id) => {
-            match store.delete_oauth_client(&client_id).await {
-                Ok(()) | Err(StoreError::NotFound) => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        Ok(_) | Err(StoreError::NotFound) => Ok(()),
-        Err(e) => Err(e),
-    }
+    let revoked = store.delete_server_oauth_clients(server.id).await?;
+    tracing::debug!(server = %log_name(user, &server.name), revoked, "OAuth clients revoked");
+    Ok(())
 }
 
 /// Marks a server Stopped whose Workspace is not running, if it is still the Running server of

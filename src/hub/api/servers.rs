@@ -160,7 +160,7 @@ pub async fn create_named(
     JsonBody(body): JsonBody,
 ) -> HubResult<(StatusCode, Json<Value>)> {
     let user = authorized_server(&hub, &caller, &name, &server, &["start:servers"]).await?;
-    spawner::check_new_server_name(&server)?;
+    spawner::check_new_server_name(hub.config.server_name_rule, &server)?;
     if user.server(&server).is_some() {
         return Err(HubError::Conflict(format!(
             "User {name} already has server {server}"
@@ -352,7 +352,7 @@ async fn modify_server(
                 "field \"name\": the default server cannot be renamed".into(),
             ));
         }
-        spawner::check_new_server_name(new)
+        spawner::check_new_server_name(hub.config.server_name_rule, new)
             .map_err(|e| HubError::BadRequest(format!("field \"name\": {e}")))?;
         require_any(&caller, &["start:servers"], user.server_target(new))?;
         if user

@@ -311,19 +311,22 @@ async fn spawn_page(
 ) -> Result<Response, PageError> {
     check_server_name(server)?;
     let owner = owner_for(hub, &me.user, user, server, "servers").await?;
-    if let Some(row) = find_server(hub, &owner.user, server).await? {
-        match row.state {
-            ServerState::Running => {
-                return Ok(found(next.unwrap_or(&server_url(user, server))));
-            }
-            ServerState::Starting | ServerState::Stopping => {
-                return Ok(found(&with_next(
-                    &hub_path("/hub/spawn-pending", user, server),
-                    next,
-                )));
-            }
-            ServerState::Stopped | ServerState::Failed => {}
+    let Some(row) = find_server(hub, &owner.user, server).await? else {
+        // A new server: its name must follow the hub's rule (the start checks again).
+        spawner::check_new_server_name(hub.config.server_name_rule, server)?;
+        return Ok(render_spawn(hub, me, &owner, server, next, None, None)?.into_response());
+    };
+    match row.state {
+        ServerState::Running => {
+            return Ok(found(next.unwrap_or(&server_url(user, server))));
         }
+        ServerState::Starting | ServerState::Stopping => {
+            return Ok(found(&with_next(
+                &hub_path("/hub/spawn-pending", user, server),
+                next,
+            )));
+        }
+        ServerState::Stopped | ServerState::Failed => {}
     }
     Ok(render_spawn(hub, me, &owner, server, next, None, None)?.into_response())
 }

@@ -145,15 +145,6 @@ pub fn service_prefix(user: &str, server_name: &str) -> String {
     }
 }
 
-/// The OAuth client id JupyterHub gives a server: `jupyterhub-user-<user>[-<server>]`.
-pub fn oauth_client_id(user: &str, server_name: &str) -> String {
-    if server_name.is_empty() {
-        format!("jupyterhub-user-{user}")
-    } else {
-        format!("jupyterhub-user-{user}-{server_name}")
-    }
-}
-
 /// The OAuth callback of a server: `<public_url>/user/<user>/[<server>/]oauth_callback`
 /// (relative when `public_url` is empty).
 pub fn oauth_callback_url(cfg: &OperatorConfig, user: &str, server_name: &str) -> String {
@@ -479,7 +470,7 @@ fn hub_env(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Vec<EnvVar> {
             ),
         ),
         plain("JUPYTERHUB_BASE_URL", "/"),
-        plain("JUPYTERHUB_CLIENT_ID", oauth_client_id(user, server)),
+        plain("JUPYTERHUB_CLIENT_ID", names::oauth_client_id(user, server)),
         plain("JUPYTERHUB_DEFAULT_URL", v.kind.default_url()),
         plain(
             "JUPYTERHUB_OAUTH_CALLBACK_URL",

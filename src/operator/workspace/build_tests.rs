@@ -310,7 +310,7 @@ fn gpu_named_server_pod() {
             "JUPYTERHUB_SERVICE_URL",
             "http://0.0.0.0:8888/user/alice/gpu/",
         ),
-        ("JUPYTERHUB_CLIENT_ID", "jupyterhub-user-alice-gpu"),
+        ("JUPYTERHUB_CLIENT_ID", "jupyterhub-user-alice~gpu"),
         (
             "JUPYTERHUB_OAUTH_CALLBACK_URL",
             "/user/alice/gpu/oauth_callback",
