@@ -55,10 +55,11 @@
 //! 32 bits of SHA-256). Names that were plain before stay as they were, except 63-character ones
 //! of that shape.
 //!
-//! The per-user namespace ([`user_namespace`]) and label values ([`label_value`]) keep the earlier
-//! rule (hashed names as short as they come): the operator checks a Workspace's namespace
-//! against it, so changing it would orphan every per-user namespace of a user name with `.` or
-//! `_`.
+//! The per-user namespace ([`user_namespace`]) keeps its hashed names as short as they come (the
+//! operator checks a Workspace's namespace against it, so lengthening them would orphan every
+//! per-user namespace of a user name with `.` or `_`), but a plain namespace of a hashed one's
+//! shape is hashed too, so it is injective in the same way. Label values ([`label_value`]) keep
+//! the earlier rule: they select, they do not isolate.
 
 use sha2::{Digest, Sha256};
 
@@ -199,11 +200,16 @@ pub fn data_volume_name(data_source: &str) -> String {
     dns_label("data-", data_source, "")
 }
 
-/// The per-user namespace `<prefix><user>`, shortened and hashed like the child names when that
-/// is not an RFC 1123 label (user names may contain `.` and `_`).
+/// The per-user namespace `<prefix><user>`, shortened and hashed (`-` and 8 hex digits) when that
+/// is not an RFC 1123 label (user names may contain `.` and `_`), or when it already ends in `-`
+/// and 8 or more hex digits: otherwise user `alice-smith-<hash>` could pick the name that
+/// `alice.smith`'s hashed namespace has (the hash is no secret) and share her namespace. So a
+/// plain namespace never has the shape of a hashed one, and two users share one only through a
+/// 32-bit collision of SHA-256. Hashed namespaces are as they were before that rule; only user
+/// names ending in `-` and 8 or more hex digits moved.
 pub fn user_namespace(prefix: &str, user: &str) -> String {
     let plain = format!("{prefix}{user}");
-    if is_dns_label(&plain) {
+    if is_dns_label(&plain) && !looks_hashed(&plain, "") {
         return plain;
     }
     hashed_label(prefix, user, "", &plain, false)
@@ -579,9 +585,17 @@ mod tests {
         // 63 plain characters that do not end in `-<hex>` stay plain.
         let plain = format!("ws-{}", "g".repeat(60));
         assert_eq!(pod_name(&"g".repeat(60)), plain);
-        // Per-user namespaces keep the earlier rule.
+        // Per-user namespaces keep the earlier hashed names...
         let ns = user_namespace("atelier-u-", "alice.smith");
         assert_eq!(ns.len(), "atelier-u-alice-smith-".len() + 8, "{ns}");
+        // ... and a user named after one does not get it.
+        let mimic = ns.strip_prefix("atelier-u-").unwrap();
+        assert!(is_valid_user_name(mimic), "{mimic}");
+        let theirs = user_namespace("atelier-u-", mimic);
+        assert_ne!(theirs, ns);
+        assert!(is_dns_label(&theirs), "{theirs}");
+        assert_eq!(user_namespace("atelier-u-", "bob-12"), "atelier-u-bob-12");
+        assert_eq!(user_namespace("atelier-u-", "team-cafe"), "atelier-u-team-cafe");
     }
 
     #[test]
