@@ -336,6 +336,184 @@ async fn a_passwordless_session_stays_without_admin_rights() {
     assert_eq!(b.get("/hub/admin").await.status, 200);
 }
 
+// ---- same-origin pages: the fetch-metadata rule -----------------------------------------------
+
+/// Headers of a request sent by a script of a page of the same origin (a user's server in path
+/// mode): the victim's session cookie and `Sec-Fetch-Mode: <mode>`, as Chromium sends them.
+fn script_headers<'a>(cookie: &'a str, mode: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("cookie", cookie),
+        ("sec-fetch-mode", mode),
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-dest", "empty"),
+    ]
+}
+
+/// The attack of issue 9 in HTTP: a page of bob's server, opened by the admin, fetches
+/// `/hub/home` with the admin's cookie to read its `_xsrf`, and sends
+/// `PATCH /hub/api/users/bob {"admin": true}`. Neither step works: a script's read of a page is
+/// served as if not logged in (to the login page, which a script does not get either), and a
+/// cookie-authenticated API request without the token is 403. Bob stays a plain user.
+#[tokio::test]
+async fn a_script_with_the_admins_cookie_cannot_read_xsrf_nor_make_bob_admin() {
+    let web = serve(|_| {}).await;
+    web.logged_in("bob").await;
+    let mut root = web.logged_in("root").await;
+    let token = root.xsrf().await;
+    let cookie = format!("atelier-session={}", root.cookie.clone().unwrap());
+
+    for mode in ["cors", "no-cors", "same-origin"] {
+        let home = web
+            .request("GET", "/hub/home", &script_headers(&cookie, mode), String::new())
+            .await;
+        assert_eq!(home.status, 302, "{mode} GET /hub/home: {}", home.body);
+        assert!(home.location().starts_with("/hub/login"), "{mode}");
+        assert!(!home.body.contains(&token), "{mode}: the token leaked");
+        // fetch() follows the redirect, still as a script: no page, no session, no token.
+        let login = web
+            .request("GET", home.location(), &script_headers(&cookie, mode), String::new())
+            .await;
+        assert_eq!(login.status, 403, "{mode} GET /hub/login: {}", login.body);
+        assert!(!login.body.contains("name=\"_xsrf\""), "{mode}: {}", login.body);
+        assert!(!login.sets_session(), "{mode}: the login page set a cookie");
+        for page in ["/hub/token", "/hub/admin", "/hub/spawn/bob"] {
+            let r = web
+                .request("GET", page, &script_headers(&cookie, mode), String::new())
+                .await;
+            assert_eq!(r.status, 302, "{mode} GET {page}: {}", r.body);
+            assert!(!r.body.contains(&token), "{mode} GET {page}: the token leaked");
+        }
+        // The API: 403 for reads and writes alike.
+        let r = web
+            .request("GET", "/hub/api/users/bob", &script_headers(&cookie, mode), String::new())
+            .await;
+        assert_eq!(r.status, 403, "{mode} GET /hub/api/users/bob: {}", r.body);
+        assert!(r.message().contains("_xsrf"), "{}", r.body);
+    }
+
+    let mut patch = script_headers(&cookie, "cors");
+    patch.push(("content-type", "application/json"));
+    let r = web
+        .request("PATCH", "/hub/api/users/bob", &patch, json!({"admin": true}).to_string())
+        .await;
+    assert_eq!(r.status, 403, "PATCH without the token: {}", r.body);
+    // Also a token that is not the session's.
+    patch.push(("x-xsrftoken", "0123456789abcdef"));
+    let r = web
+        .request("PATCH", "/hub/api/users/bob", &patch, json!({"admin": true}).to_string())
+        .await;
+    assert_eq!(r.status, 403, "PATCH with a wrong token: {}", r.body);
+    assert!(
+        !web.hub.store.get_user("bob").await.unwrap().admin,
+        "bob became admin"
+    );
+}
+
+/// What the rule lets through: top-level navigations (and clients that send no fetch
+/// metadata) read the pages; scripts that send the session's token (the hub's own progress
+/// script puts it in the query of its EventSource) use the API; tokens are not concerned.
+#[tokio::test]
+async fn navigations_and_requests_with_the_token_still_work() {
+    let web = serve(|_| {}).await;
+    web.logged_in("bob").await;
+    let mut root = web.logged_in("root").await;
+    let token = root.xsrf().await;
+    let cookie = format!("atelier-session={}", root.cookie.clone().unwrap());
+
+    let nav = [
+        ("cookie", cookie.as_str()),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "none"),
+        ("sec-fetch-dest", "document"),
+    ];
+    for page in ["/hub/home", "/hub/token", "/hub/admin"] {
+        let r = web.request("GET", page, &nav, String::new()).await;
+        assert_eq!(r.status, 200, "navigation to {page}: {}", r.body);
+        assert_eq!(r.xsrf(), token, "{page}");
+    }
+    let r = web
+        .request("GET", "/hub/api/users/bob", &[("cookie", cookie.as_str())], String::new())
+        .await;
+    assert_eq!(r.status, 200, "no fetch metadata: {}", r.body);
+
+    // A script that sends the token, in the header or the query.
+    let mut with_header = script_headers(&cookie, "cors");
+    with_header.push(("x-xsrftoken", &token));
+    let r = web
+        .request("GET", "/hub/api/users/bob", &with_header, String::new())
+        .await;
+    assert_eq!(r.status, 200, "cors GET with X-XSRFToken: {}", r.body);
+    let r = web
+        .request(
+            "GET",
+            &format!("/hub/api/users/bob?_xsrf={token}"),
+            &script_headers(&cookie, "cors"),
+            String::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "cors GET with ?_xsrf: {}", r.body);
+    let r = web
+        .request(
+            "GET",
+            &format!("/hub/home?_xsrf={token}"),
+            &script_headers(&cookie, "cors"),
+            String::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "a page with ?_xsrf: {}", r.body);
+    let mut patch = with_header.clone();
+    patch.push(("content-type", "application/json"));
+    let r = web
+        .request("PATCH", "/hub/api/users/bob", &patch, json!({"admin": true}).to_string())
+        .await;
+    assert_eq!(r.status, 200, "PATCH with the token: {}", r.body);
+    assert!(web.hub.store.get_user("bob").await.unwrap().admin);
+
+    // The progress script's stream URL carries the token: the hub's pages render it so.
+    let home = web.request("GET", "/hub/home", &nav, String::new()).await;
+    let home_tpl = include_str!("../templates/home.html");
+    assert!(
+        home_tpl.contains("data-progress-url=\"{{ s.progress_url }}?_xsrf={{ xsrf }}\""),
+        "home.html's progress URL lost its _xsrf"
+    );
+    assert_eq!(home.status, 200);
+    let progress = web
+        .request(
+            "GET",
+            &format!("/hub/api/users/root/server/progress?_xsrf={token}"),
+            &script_headers(&cookie, "cors"),
+            String::new(),
+        )
+        .await;
+    assert_ne!(progress.status, 403, "EventSource with ?_xsrf: {}", progress.body);
+
+    // A token never needs _xsrf, whatever the fetch metadata says.
+    let root_id = web.hub.store.get_user("root").await.unwrap().id;
+    let (api_token, _) = web
+        .hub
+        .store
+        .create_token(&atelier::store::NewToken::new(
+            TokenOwner::User(root_id),
+            vec!["admin:users".to_owned()],
+        ))
+        .await
+        .unwrap();
+    let auth = format!("token {api_token}");
+    let r = web
+        .request(
+            "GET",
+            "/hub/api/users/bob",
+            &[
+                ("authorization", auth.as_str()),
+                ("sec-fetch-mode", "cors"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            String::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "token with fetch metadata: {}", r.body);
+}
+
 // ---- ID tokens through the callback, from a mock provider -------------------------------------
 
 /// A 2048-bit RSA key made for these tests only (the one of `src/hub/oidc/tests.rs`).

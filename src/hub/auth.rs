@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use chrono::Duration;
 
+use super::views::session::passes_fetch_metadata;
 use super::{HubError, HubState, SESSION_COOKIE};
 use crate::scopes::{ScopeSet, Target};
 use crate::store::{self, StoreError, TokenOwner, User};
@@ -191,17 +192,13 @@ pub async fn authenticate(
             return Ok(None);
         };
         let session = identity.session;
-        // Cookie-authenticated writes must prove they come from our pages (JupyterHub's XSRF rule).
-        if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-            let sent = headers
-                .get("x-xsrftoken")
-                .or_else(|| headers.get("x-csrf-token"))
-                .and_then(|v| v.to_str().ok());
-            if sent != Some(session.csrf_token.as_str()) {
-                return Err(HubError::Forbidden(
-                    "'_xsrf' argument missing from POST: cookie-authenticated API requests need an X-XSRFToken header".into(),
-                ));
-            }
+        // Cookie-authenticated writes, and reads that are not top-level navigations, must prove
+        // they come from our pages: JupyterHub 4.1+'s rule (views::session::needs_xsrf).
+        if !passes_fetch_metadata(&session, method, headers, query) {
+            return Err(HubError::Forbidden(format!(
+                "'_xsrf' argument missing from {method} or invalid: cookie-authenticated API \
+                 requests that are not navigations need the X-XSRFToken header"
+            )));
         }
         let stale = session
             .last_activity

@@ -21,7 +21,8 @@ use serde::de::IgnoredAny;
 use serde_json::json;
 
 use super::session::{
-    Browser, CsrfForm, MaybeBrowser, clear_session_cookie, session_cookie, with_cookie,
+    Browser, CsrfForm, MaybeBrowser, clear_session_cookie, needs_xsrf, session_cookie,
+    with_cookie,
 };
 use super::{Page, PageError, found, see_other};
 use crate::hub::HubState;
@@ -134,6 +135,8 @@ fn login_page(
 /// `GET /hub/login[?next=]`: the form (a logged-in browser goes straight to `next`).
 pub async fn page(
     State(hub): State<HubState>,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
     MaybeBrowser(browser): MaybeBrowser,
     query: Result<Query<NextQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
@@ -142,10 +145,20 @@ pub async fn page(
         .and_then(|Query(q)| q.next)
         .and_then(|n| safe_next(&n));
     if let Some(Browser { user: Some(_), .. }) = &browser {
-        return Ok(found(next.as_deref().unwrap_or("/hub/home")));
+        return Ok(found(
+            &hub.config.location(next.as_deref().unwrap_or("/hub/home")),
+        ));
     }
     let (session, new_cookie) = match browser {
         Some(b) => (b.session, None),
+        // A script's request (not a navigation) gets no session and no form token: it would
+        // replace the browser's cookie, or hand a token to a page of a user's server (JupyterHub
+        // sets its `_xsrf` cookie on navigations only, `get_xsrf_token` in `_xsrf_utils.py`).
+        None if needs_xsrf(&method, &headers) => {
+            return Err(PageError::forbidden(
+                "The login page opens only as a page of its own (not from a script).",
+            ));
+        }
         None => {
             let (cookie, session) = hub
                 .store
@@ -252,7 +265,7 @@ pub async fn submit(
         .map_err(PageError::unexpected)?;
     tracing::info!(user = %user.name, admin = user.admin, "login");
     Ok(with_cookie(
-        see_other(next.as_deref().unwrap_or("/hub/home")),
+        see_other(&hub.config.location(next.as_deref().unwrap_or("/hub/home"))),
         session_cookie(
             &cookie,
             hub.config.session_ttl_secs,

@@ -22,6 +22,61 @@ const ACTIVITY_WRITE_INTERVAL_SECS: i64 = 60;
 /// Name of the hidden form field carrying the CSRF token (JupyterHub's name).
 pub const XSRF_FIELD: &str = "_xsrf";
 
+/// Whether a cookie-authenticated request must prove with `_xsrf` that one of the hub's own
+/// pages sent it: JupyterHub 4.1+'s fetch-metadata rule (`_needs_check_xsrf` in
+/// `jupyterhub/_xsrf_utils.py`, applied to API GETs by `apihandlers/base.py`, whose
+/// `_xsrf_safe_methods` leaves out GET). Exempt are read-only requests a browser marks as a
+/// top-level navigation (`Sec-Fetch-Mode: navigate`) or does not mark at all (clients that are
+/// not browsers, browsers older than fetch metadata); everything else, a script's `fetch`,
+/// `XMLHttpRequest` or `EventSource` among them, needs the token, GETs included.
+///
+/// Two departures from JupyterHub, both stricter: the rule covers the hub's pages as well as
+/// its API (a script on a user's server, same origin in path mode, must not read a page's
+/// `_xsrf`), and a same-origin `no-cors` GET is not exempt (JupyterHub lets it through for
+/// images, but a same-origin `no-cors` response is readable by the script that fetched it; the
+/// hub's static files need no cookie anyway).
+pub fn needs_xsrf(method: &Method, headers: &HeaderMap) -> bool {
+    if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    !matches!(
+        headers.get("sec-fetch-mode").map(HeaderValue::as_bytes),
+        None | Some(b"navigate")
+    )
+}
+
+/// The `_xsrf` a request sends outside a form body: the `X-XSRFToken` or `X-CSRFToken` header,
+/// or the `_xsrf` query parameter (JupyterHub's `check_xsrf_cookie` looks in the same places;
+/// an `EventSource` cannot send headers, so the hub's progress script uses the query).
+pub fn sent_xsrf(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    headers
+        .get("x-xsrftoken")
+        .or_else(|| headers.get("x-csrftoken"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            query?.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == XSRF_FIELD && !v.is_empty())
+                    .then(|| crate::proxy::paths::percent_decode(v).into_owned())
+            })
+        })
+}
+
+/// Whether a request authenticated by `session`'s cookie passes the fetch-metadata rule
+/// ([`needs_xsrf`]): it needs no token, or it sends the session's (compared in constant time).
+pub fn passes_fetch_metadata(
+    session: &Session,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> bool {
+    !needs_xsrf(method, headers)
+        || sent_xsrf(headers, query).is_some_and(|sent| {
+            constant_time_eq(sent.as_bytes(), session.csrf_token.as_bytes())
+        })
+}
+
 /// A browser with a valid session, logged in or not.
 #[derive(Clone, Debug)]
 pub struct Browser {
@@ -64,6 +119,27 @@ impl Browser {
             user: identity.user,
         }))
     }
+
+    /// The browser behind the request's session cookie, if it has a valid session and the
+    /// request passes the fetch-metadata rule ([`passes_fetch_metadata`]); a request that does
+    /// not is served as if it had no session at all (not logged in, and no anonymous session's
+    /// token either). Every extractor but [`CsrfForm`] (which checks the form's `_xsrf`) goes
+    /// through here.
+    pub async fn from_parts(hub: &HubState, parts: &Parts) -> Result<Option<Browser>, PageError> {
+        let browser = Browser::from_headers(hub, &parts.headers).await?;
+        Ok(browser.filter(|b| {
+            let pass =
+                passes_fetch_metadata(&b.session, &parts.method, &parts.headers, parts.uri.query());
+            if !pass {
+                tracing::info!(
+                    path = parts.uri.path(),
+                    mode = ?parts.headers.get("sec-fetch-mode"),
+                    "cookie ignored: not a navigation and no valid '_xsrf'"
+                );
+            }
+            pass
+        }))
+    }
 }
 
 /// The browser, if it has a session (pages open to everyone).
@@ -73,9 +149,7 @@ impl FromRequestParts<HubState> for MaybeBrowser {
     type Rejection = PageError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &HubState) -> Result<Self, PageError> {
-        Ok(MaybeBrowser(
-            Browser::from_headers(hub, &parts.headers).await?,
-        ))
+        Ok(MaybeBrowser(Browser::from_parts(hub, parts).await?))
     }
 }
 
@@ -114,7 +188,7 @@ impl FromRequestParts<HubState> for LoggedIn {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, hub: &HubState) -> Result<Self, Response> {
-        let browser = Browser::from_headers(hub, &parts.headers)
+        let browser = Browser::from_parts(hub, parts)
             .await
             .map_err(IntoResponse::into_response)?;
         match browser {
