@@ -82,6 +82,9 @@ pub struct HubConfig {
     /// Which names a new server may take (API start and create, rename, spawn form):
     /// JupyterHub 6's rule by default, or any DNS label.
     pub server_name_rule: crate::policy::names::ServerNameRule,
+    /// Per-user origins (`--user-domain`): each user's servers at `<label>.<domain>`
+    /// ([`crate::proxy::host`]); `None`: every server under the hub's own origin.
+    pub user_domain: Option<crate::proxy::host::UserDomain>,
 }
 
 impl HubConfig {
@@ -104,7 +107,49 @@ impl HubConfig {
             roles: crate::scopes::Roles::default(),
             server_python: None,
             server_name_rule: crate::policy::names::ServerNameRule::default(),
+            user_domain: None,
         }
+    }
+
+    /// The origin of `user`'s servers with a user domain (`https://<label>.<domain>`), `None`
+    /// without one (or for a name without a host label, whose servers do not start).
+    pub fn user_origin(&self, user: &str) -> Option<String> {
+        let domain = self.user_domain.as_ref()?;
+        domain.origin(&self.public_url, user).ok()
+    }
+
+    /// Where a server is opened, as JupyterHub's `User.server_url`: `/user/<u>/[<s>/]`, on the
+    /// user's origin with a user domain (`https://alice.users.example.org/user/alice/`).
+    pub fn server_url(&self, user: &str, server: &str) -> String {
+        let path = api::models::server_url(user, server);
+        match self.user_origin(user) {
+            Some(origin) => format!("{origin}{path}"),
+            None => path,
+        }
+    }
+
+    /// The server's absolute URL, as JupyterHub's `User.public_url`: empty when the hub has no
+    /// public URL and no user domain.
+    pub fn server_public_url(&self, user: &str, server: &str) -> String {
+        let url = self.server_url(user, server);
+        if url.contains("://") || self.public_url.is_empty() {
+            url
+        } else {
+            format!("{}{url}", self.public_url)
+        }
+    }
+
+    /// Where a redirect to an on-site path (`next=`) leads: a path under `/user/<name>/` goes to
+    /// that user's origin with a user domain (the proxy serves it nowhere else); any other path,
+    /// and every path without a user domain, stays as it is.
+    pub fn location(&self, path: &str) -> String {
+        if self.user_domain.is_some()
+            && let Some(p) = crate::proxy::paths::parse_user_path(path)
+            && let Some(origin) = self.user_origin(&p.user)
+        {
+            return format!("{origin}{path}");
+        }
+        path.to_owned()
     }
 }
 

@@ -746,7 +746,9 @@ pub async fn login(
     if let Some(b) = &browser
         && b.user.is_some()
     {
-        return Ok(found(next.as_deref().unwrap_or("/hub/home")));
+        return Ok(found(
+            &hub.config.location(next.as_deref().unwrap_or("/hub/home")),
+        ));
     }
     let (url, flow) = provider.start().map_err(PageError::unexpected)?;
     let (cookie, _) = hub
@@ -976,7 +978,7 @@ async fn complete_login(
         .map_err(PageError::unexpected)?;
     tracing::info!(user = %user.name, provider = %settings.name, admin = user.admin, groups = mapped.groups.len(), "login");
     Ok(with_cookie(
-        found(next.unwrap_or("/hub/home")),
+        found(&hub.config.location(next.unwrap_or("/hub/home"))),
         session_cookie(
             &cookie,
             hub.config.session_ttl_secs,

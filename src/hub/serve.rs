@@ -124,6 +124,11 @@ pub struct HubArgs {
         default_value = "jupyterhub"
     )]
     pub server_name_rule: crate::policy::names::ServerNameRule,
+    /// Serve each user's servers on a host of their own, `<user>.<domain>` (README, "Security
+    /// model"); the proxy needs the same value. Needs a wildcard DNS record and a wildcard TLS
+    /// certificate for `*.<domain>`.
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = proxy::parse_user_domain)]
+    pub user_domain: Option<proxy::host::UserDomain>,
 }
 
 impl HubArgs {
@@ -345,6 +350,16 @@ pub async fn build_hub(
         .clone()
         .unwrap_or_else(|| format!("http://{}/hub/api", args.bind));
     let mut config = HubConfig::new(&args.public_url, &server_api_url);
+    if let Some(domain) = &args.user_domain
+        && domain.covers_url(&args.public_url)
+    {
+        bail!(
+            "--public-url {} is a host under --user-domain {domain}: the hub would share its \
+             cookies with a user's pages; put the hub outside the user domain",
+            args.public_url
+        );
+    }
+    config.user_domain = args.user_domain.clone();
     config.dev_login = args.dev_login;
     config.admin_users = args.admin_users.clone();
     config.admin_password_hash = admin_password_hash;
@@ -477,6 +492,10 @@ pub struct UpArgs {
     /// Roles, as for `atelier hub`.
     #[arg(long, env = "ATELIER_ROLES")]
     pub roles: Option<PathBuf>,
+    /// Serve each user's servers on a host of their own, `<user>.<domain>`, as for `atelier
+    /// hub` (`localhost` works in browsers without DNS: `alice.localhost` is the loopback).
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = proxy::parse_user_domain)]
+    pub user_domain: Option<proxy::host::UserDomain>,
 }
 
 /// Finds `jupyterhub-singleuser`, or installs it into `<data_dir>/venv` (a Python venv with the
@@ -570,13 +589,18 @@ pub async fn run_up(mut args: UpArgs) -> anyhow::Result<()> {
         admin_users: vec!["admin".into()],
         catalog: args.catalog.clone(),
         roles: args.roles.clone(),
+        user_domain: args.user_domain.clone(),
         ..HubArgs::defaults()
     };
     let (password, hash) = super::views::generate_admin_password();
     let hub = build_hub(&hub_args, store.clone(), Some(hash)).await?;
 
     let proxy = Proxy::start(
-        ProxyConfig::new(format!("http://{hub_addr}")),
+        ProxyConfig {
+            user_domain: args.user_domain.clone(),
+            public_url: public_url.clone(),
+            ..ProxyConfig::new(format!("http://{hub_addr}"))
+        },
         Arc::new(StoreRoutes::new(store.clone())),
         Some(Arc::new(StoreAuthorizer::new(store.clone()))),
     )

@@ -129,6 +129,27 @@ pub fn oauth_callback_url(public_url: &str, user: &str, server: &str) -> String 
     )
 }
 
+/// The OAuth redirect URI of a server of this hub: [`oauth_callback_url`], on the user's origin
+/// with a user domain (JupyterHub: `url_path_join(user.url, server, 'oauth_callback')`, where
+/// `user.url` carries the user's host under `subdomain_host`).
+pub fn server_oauth_callback_url(config: &super::HubConfig, user: &str, server: &str) -> String {
+    match config.user_origin(user) {
+        Some(origin) => oauth_callback_url(&origin, user, server),
+        None => oauth_callback_url(&config.public_url, user, server),
+    }
+}
+
+/// 400 when the hub has a user domain and `user` has no host under it.
+pub fn check_user_host(config: &super::HubConfig, user: &str) -> HubResult<()> {
+    match &config.user_domain {
+        Some(domain) => domain
+            .host(user)
+            .map(drop)
+            .map_err(|e| HubError::BadRequest(e.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// The `JUPYTERHUB_*` environment of a single-user server, as JupyterHub's `Spawner.get_env`
 /// computes it. `JUPYTERHUB_SERVICE_URL` (where the server binds) is left to the backend.
 pub fn server_env(
@@ -150,10 +171,17 @@ pub fn server_env(
     set("JPY_API_TOKEN", api_token.to_owned());
     set("JUPYTERHUB_CLIENT_ID", oauth_client_id(user, server));
     set("JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED", "0".into());
-    set("JUPYTERHUB_HOST", String::new());
+    // With a user domain the server is on another host than the hub: it sends browsers to the
+    // hub's own host to log in (JupyterHub's `Spawner.get_env`: `JUPYTERHUB_HOST` is the hub's
+    // `public_host`), and its callback is on the user's host.
+    let hub_host = match &config.user_domain {
+        Some(_) => public.to_owned(),
+        None => String::new(),
+    };
+    set("JUPYTERHUB_HOST", hub_host);
     set(
         "JUPYTERHUB_OAUTH_CALLBACK_URL",
-        oauth_callback_url(public, user, server),
+        server_oauth_callback_url(config, user, server),
     );
     set(
         "JUPYTERHUB_OAUTH_SCOPES",
@@ -176,8 +204,11 @@ pub fn server_env(
     );
     set("JUPYTERHUB_BASE_URL", "/".into());
     set("JUPYTERHUB_SERVICE_PREFIX", prefix.clone());
+    let public_server = config.server_public_url(user, server);
+    if !public_server.is_empty() {
+        set("JUPYTERHUB_PUBLIC_URL", public_server);
+    }
     if !public.is_empty() {
-        set("JUPYTERHUB_PUBLIC_URL", format!("{public}{prefix}"));
         set("JUPYTERHUB_PUBLIC_HUB_URL", format!("{public}/hub/"));
     }
     if let Some(url) = user_options.get("default_url").and_then(Value::as_str) {
@@ -248,6 +279,7 @@ pub async fn start_server(
 ) -> HubResult<StartOutcome> {
     let name = log_name(&user.name, server_name);
     super::api::check_name("server", server_name)?;
+    check_user_host(&hub.config, &user.name)?;
     let existing = match hub.store.get_server(user.id, server_name).await {
         Ok(server) => Some(server),
         Err(StoreError::NotFound) => {
@@ -467,7 +499,7 @@ async fn prepare_spawn(hub: &HubState, user: &User, server: &Server) -> HubResul
             client_id: client_id.clone(),
             description: format!("Server at {prefix}"),
             secret: token.clone(),
-            redirect_uri: oauth_callback_url(&hub.config.public_url, &user.name, &server.name),
+            redirect_uri: server_oauth_callback_url(&hub.config, &user.name, &server.name),
             server_id: Some(server.id),
             allowed_scopes: access_scopes(&user.name, &server.name),
         })
@@ -585,7 +617,7 @@ async fn drive_start(
             {
                 Ok(_) => {
                     tracing::info!(server = %name, url = %spawned.url, "server ready");
-                    let url = server_url(&user, &server.name);
+                    let url = hub.config.server_url(&user, &server.name);
                     hub.spawns.publish(
                         id,
                         ProgressEvent {
@@ -994,6 +1026,59 @@ mod tests {
             "http://127.0.0.1:8000/user/alice/gpu/"
         );
         assert!(!env.contains_key("JUPYTERHUB_SERVICE_URL"));
+    }
+
+    /// With a user domain the server's URLs are on the user's host, the hub's on the hub's
+    /// (JupyterHub under `subdomain_host`: `JUPYTERHUB_HOST` is the hub's public host, the
+    /// callback `user.url` + server + `oauth_callback`).
+    #[test]
+    fn environment_with_a_user_domain() {
+        let mut config =
+            super::super::HubConfig::new("https://vre.example.org/", "http://hub:8081/hub/api");
+        config.user_domain =
+            Some(crate::proxy::host::UserDomain::parse("users.example.org").unwrap());
+        let env = server_env(&config, "alice.smith", "gpu", "tok", &json!({}));
+        assert_eq!(env["JUPYTERHUB_HOST"], "https://vre.example.org");
+        assert_eq!(
+            env["JUPYTERHUB_OAUTH_CALLBACK_URL"],
+            "https://u--alice-psmith.users.example.org/user/alice.smith/gpu/oauth_callback"
+        );
+        assert_eq!(
+            env["JUPYTERHUB_PUBLIC_URL"],
+            "https://u--alice-psmith.users.example.org/user/alice.smith/gpu/"
+        );
+        assert_eq!(
+            env["JUPYTERHUB_PUBLIC_HUB_URL"],
+            "https://vre.example.org/hub/"
+        );
+        assert_eq!(env["JUPYTERHUB_SERVICE_PREFIX"], "/user/alice.smith/gpu/");
+        assert_eq!(env["JUPYTERHUB_BASE_URL"], "/");
+        assert_eq!(
+            server_oauth_callback_url(&config, "bob", ""),
+            "https://bob.users.example.org/user/bob/oauth_callback"
+        );
+        // Links and redirects: servers on their hosts, the hub's pages on the hub's.
+        assert_eq!(
+            config.server_url("bob", ""),
+            "https://bob.users.example.org/user/bob/"
+        );
+        assert_eq!(
+            config.location("/user/bob/lab?x=1"),
+            "https://bob.users.example.org/user/bob/lab?x=1"
+        );
+        assert_eq!(config.location("/hub/home"), "/hub/home");
+        // A name without a host label cannot start.
+        let long = format!("{}.x", "a".repeat(58));
+        assert!(matches!(
+            check_user_host(&config, &long),
+            Err(HubError::BadRequest(m)) if m.contains("no host label")
+        ));
+        assert!(check_user_host(&config, "bob").is_ok());
+        // Without a user domain nothing changes.
+        config.user_domain = None;
+        assert_eq!(config.server_url("bob", ""), "/user/bob/");
+        assert_eq!(config.location("/user/bob/lab"), "/user/bob/lab");
+        assert!(check_user_host(&config, &long).is_ok());
     }
 
     #[test]

@@ -17,6 +17,8 @@ use super::paths::{
     SESSION_COOKIE, credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path,
     path_and_query, remove_hop_by_hop, server_label, spawn_url, strip_session_cookie,
 };
+use super::host::{self, HostKind};
+use super::paths::user_host_credentials;
 use super::routes::{Resolved, Upstream};
 use super::splice::splice;
 use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};
@@ -36,6 +38,8 @@ enum Dest {
         /// The route came from the cache: a refused connection is worth a fresh lookup.
         cached: bool,
         browser: bool,
+        /// Prefix of links to the hub (the public URL on a user's host, else empty).
+        hub_base: String,
     },
 }
 
@@ -49,20 +53,42 @@ impl Proxy {
         if req.uri().path() == HEALTH_PATH {
             return self.health();
         }
+        let browser = is_browser_navigation(req.method(), req.headers());
+        // With a user domain: which host the request is for, and whether that is the right one.
+        let on_user_host = match self.check_host(&req, browser) {
+            Ok(on_user_host) => on_user_host,
+            Err(refusal) => return refusal,
+        };
         let Some(user_path) = parse_user_path(req.uri().path()) else {
             let hub = self.default_upstream.clone();
             return self.forward(req, &ctx, &hub, Dest::Hub).await;
         };
         let user = user_path.user.into_owned();
         let segment = user_path.segment.map(std::borrow::Cow::into_owned);
-        let browser = is_browser_navigation(req.method(), req.headers());
+        // Absolute links to the hub from a user's host; paths otherwise.
+        let hub_base = if on_user_host {
+            self.config.public_url.as_str()
+        } else {
+            ""
+        };
 
-        // Without any credential nothing else is worth asking.
+        // Without any credential nothing else is worth asking. On a user's host, a browser's
+        // page load without one goes to the server, which logs it in through the hub's OAuth
+        // (the hub's cookie is not sent there); other requests need a credential.
+        let mut gate = self.auth.as_ref();
         let creds = match &self.auth {
             Some(_) => {
-                let creds = credentials(req.uri(), req.headers());
+                let creds = if on_user_host {
+                    user_host_credentials(req.uri(), req.headers())
+                } else {
+                    credentials(req.uri(), req.headers())
+                };
                 if creds.is_empty() {
-                    return unauthenticated(browser, path_and_query(req.uri()));
+                    if on_user_host && browser {
+                        gate = None;
+                    } else {
+                        return unauthenticated(browser, path_and_query(req.uri()));
+                    }
                 }
                 creds
             }
@@ -78,12 +104,14 @@ impl Proxy {
                 );
             }
         };
-        if let Some(gate) = &self.auth {
+        if let Some(gate) = gate {
             match gate.check(&creds, &user, resolved.server()).await {
                 Ok(Access::Allowed) => {}
                 Ok(Access::Forbidden) => {
-                    return forbidden(browser, &server_label(&user, resolved.server()));
+                    return forbidden(browser, &server_label(&user, resolved.server()), hub_base);
                 }
+                // A stale login cookie of the server: the server logs the browser in again.
+                Ok(Access::Unauthenticated) if on_user_host && browser => {}
                 Ok(Access::Unauthenticated) => {
                     return unauthenticated(browser, path_and_query(req.uri()));
                 }
@@ -97,9 +125,13 @@ impl Proxy {
             }
         }
         match resolved {
-            Resolved::Down { server } => {
-                not_running(browser, &user, &server, path_and_query(req.uri()))
-            }
+            Resolved::Down { server } => not_running(
+                browser,
+                &user,
+                &server,
+                path_and_query(req.uri()),
+                hub_base,
+            ),
             Resolved::Up {
                 server,
                 upstream,
@@ -110,8 +142,61 @@ impl Proxy {
                     server,
                     cached,
                     browser,
+                    hub_base: hub_base.to_owned(),
                 };
                 self.forward(req, &ctx, &upstream, dest).await
+            }
+        }
+    }
+
+    /// With a user domain: `Ok(true)` for a request on a user's host for that user's server,
+    /// `Ok(false)` for a request on the hub's host for anything but a user's server, and the
+    /// refusal for everything else (a server on another user's host or on the hub's host, the
+    /// hub on a user's host, an unknown host under the domain). Without one: `Ok(false)`.
+    fn check_host(
+        &self,
+        req: &Request<Incoming>,
+        browser: bool,
+    ) -> Result<bool, Response<ResponseBody>> {
+        let Some(domain) = &self.config.user_domain else {
+            return Ok(false);
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let user_path = parse_user_path(req.uri().path());
+        match (domain.classify(host), user_path) {
+            (HostKind::Hub, None) => Ok(false),
+            (HostKind::Hub, Some(p)) => {
+                // A link of path mode: a page load goes to the server's own host.
+                match domain.origin(&self.config.public_url, &p.user) {
+                    Ok(origin) if browser => {
+                        Err(redirect(&format!("{origin}{}", path_and_query(req.uri()))))
+                    }
+                    _ => Err(json_error(
+                        StatusCode::NOT_FOUND,
+                        "users' servers are served on their own hosts",
+                    )),
+                }
+            }
+            (HostKind::User(label), Some(p))
+                if host::user_label(&p.user).is_ok_and(|l| l == label) =>
+            {
+                Ok(true)
+            }
+            (HostKind::User(_), Some(_)) => Err(json_error(
+                StatusCode::NOT_FOUND,
+                "this server is not served on this host",
+            )),
+            (HostKind::User(_), None) => Err(json_error(
+                StatusCode::NOT_FOUND,
+                "the hub is not served on users' hosts",
+            )),
+            (HostKind::Unknown, _) => {
+                Err(json_error(StatusCode::NOT_FOUND, "no one is served on this host"))
             }
         }
     }
@@ -165,6 +250,7 @@ impl Proxy {
             user,
             server,
             browser,
+            hub_base,
             ..
         } = dest
         else {
@@ -192,7 +278,7 @@ impl Proxy {
             }
             Ok(None) => {
                 let original = original.as_ref().map_or("/", PathAndQuery::as_str);
-                return not_running(browser, &user, &server, original);
+                return not_running(browser, &user, &server, original, &hub_base);
             }
             Err(e) => {
                 tracing::error!(error = %e, server = %label, "route lookup failed");
@@ -414,7 +500,7 @@ fn unauthenticated(browser: bool, original: &str) -> Response<ResponseBody> {
 
 /// Another user's server: a browser gets a page saying so (with a way back to the hub), an API
 /// client JupyterHub's JSON error.
-fn forbidden(browser: bool, label: &str) -> Response<ResponseBody> {
+fn forbidden(browser: bool, label: &str, hub_base: &str) -> Response<ResponseBody> {
     let message = format!("access to server {label} is not allowed to this credential");
     if !browser {
         return json_error(StatusCode::FORBIDDEN, &message);
@@ -422,9 +508,10 @@ fn forbidden(browser: bool, label: &str) -> Response<ResponseBody> {
     let page = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>403 Forbidden</title></head>\n<body><h1>403 Forbidden</h1>\
-         <p>You may not use the server {}.</p><p><a href=\"/hub/home\">Back to your \
+         <p>You may not use the server {}.</p><p><a href=\"{}/hub/home\">Back to your \
          servers</a></p></body></html>\n",
-        escape_html(label)
+        escape_html(label),
+        escape_html(hub_base)
     );
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(page))));
     *resp.status_mut() = StatusCode::FORBIDDEN;
@@ -451,9 +538,15 @@ fn escape_html(s: &str) -> String {
 }
 
 /// No server of the path runs: a browser goes to the hub's spawn page, an API client gets 503.
-fn not_running(browser: bool, user: &str, server: &str, original: &str) -> Response<ResponseBody> {
+fn not_running(
+    browser: bool,
+    user: &str,
+    server: &str,
+    original: &str,
+    hub_base: &str,
+) -> Response<ResponseBody> {
     if browser {
-        redirect(&spawn_url(user, server, original))
+        redirect(&format!("{hub_base}{}", spawn_url(user, server, original)))
     } else {
         json_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -468,7 +561,7 @@ mod tests {
 
     #[test]
     fn refusals_are_a_page_for_browsers_and_json_for_clients() {
-        let page = forbidden(true, "<b>alice</b>");
+        let page = forbidden(true, "<b>alice</b>", "");
         assert_eq!(page.status(), StatusCode::FORBIDDEN);
         assert_eq!(
             page.headers()[header::CONTENT_TYPE],
@@ -483,7 +576,7 @@ mod tests {
         let text = std::str::from_utf8(&text).unwrap();
         assert!(text.contains("&lt;b&gt;alice&lt;/b&gt;"), "{text}");
         assert!(!text.contains("<b>alice"), "{text}");
-        let json = forbidden(false, "alice");
+        let json = forbidden(false, "alice", "");
         assert_eq!(json.status(), StatusCode::FORBIDDEN);
         assert_eq!(json.headers()[header::CONTENT_TYPE], "application/json");
     }
@@ -567,13 +660,13 @@ mod tests {
 
     #[test]
     fn redirects_and_errors() {
-        let r = not_running(true, "alice", "gpu", "/user/alice/gpu/?a=1");
+        let r = not_running(true, "alice", "gpu", "/user/alice/gpu/?a=1", "");
         assert_eq!(r.status(), StatusCode::FOUND);
         assert_eq!(
             r.headers()[header::LOCATION],
             "/hub/spawn/alice/gpu?next=%2Fuser%2Falice%2Fgpu%2F%3Fa%3D1"
         );
-        let r = not_running(false, "alice", "gpu", "/user/alice/gpu/");
+        let r = not_running(false, "alice", "gpu", "/user/alice/gpu/", "");
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let r = unauthenticated(true, "/user/a/");
         assert_eq!(

@@ -13,6 +13,13 @@
 //!   server; none → login redirect or `401`, another user's → `403`, and the server sees nothing.
 //!   The hub's session cookie is never forwarded to users' servers.
 //!
+//! * With a user domain (`--user-domain`, [`host`]), `/user/<name>/…` is served only on
+//!   `<name's label>.<domain>` and everything else only on the other hosts; a request on the
+//!   wrong host gets 404 (a browser's page load of a server on the hub's host is redirected to
+//!   the server's host). On a user's host the credentials are a token or the single-user
+//!   server's own login cookie (the hub's cookies never reach that host); a browser's page load
+//!   without either goes to the server, which logs it in through the hub's OAuth.
+//!
 //! Routes come from a [`RouteSource`] (the hub's database in production), cached and refreshed
 //! in the background, so several proxies can serve side by side from one database.
 //! `GET /_atelier/proxy/health` answers `{"status": "ok", "routes": N}`.
@@ -20,6 +27,7 @@
 mod auth;
 mod body;
 mod forward;
+pub mod host;
 pub mod paths;
 mod routes;
 mod splice;
@@ -83,6 +91,12 @@ pub struct ProxyConfig {
     /// Most bytes buffered per client connection: the request head (so the largest header
     /// block accepted) and the response data queued for writing. At least 8 KiB.
     pub client_buffer: usize,
+    /// Per-user origins (`--user-domain`, [`host`]): users' servers only on their own hosts,
+    /// the hub only on the others. `None`: everything on every host (path mode).
+    pub user_domain: Option<host::UserDomain>,
+    /// The hub's public URL: redirects from a user's host to the hub (the spawn page) are
+    /// absolute. Used only with `user_domain`.
+    pub public_url: String,
 }
 
 impl ProxyConfig {
@@ -96,6 +110,8 @@ impl ProxyConfig {
             shutdown_grace: Duration::from_secs(10),
             upstream_read_buffer: 64 * 1024,
             client_buffer: 64 * 1024,
+            user_domain: None,
+            public_url: String::new(),
         }
     }
 }
@@ -299,6 +315,22 @@ pub struct ProxyArgs {
     /// Seconds an authorization decision is reused: how long a revoked credential still works.
     #[arg(long, env = "ATELIER_PROXY_AUTH_CACHE_SECS", default_value_t = 10)]
     pub auth_cache_secs: u64,
+    /// Serve each user's servers on a host of their own, `<user>.<domain>` (as the hub's
+    /// `--user-domain`; needs a wildcard DNS record and a wildcard TLS certificate).
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = parse_user_domain)]
+    pub user_domain: Option<host::UserDomain>,
+    /// The site's public URL (the hub's host), for redirects from users' hosts to the hub.
+    #[arg(
+        long,
+        env = "ATELIER_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub public_url: String,
+}
+
+/// Parses `--user-domain` (clap's value parser).
+pub fn parse_user_domain(s: &str) -> Result<host::UserDomain, String> {
+    host::UserDomain::parse(s).map_err(|e| e.to_string())
 }
 
 impl ProxyArgs {
@@ -306,6 +338,8 @@ impl ProxyArgs {
         ProxyConfig {
             refresh_interval: Duration::from_millis(self.refresh_ms.max(50)),
             auth_cache_ttl: Duration::from_secs(self.auth_cache_secs),
+            user_domain: self.user_domain.clone(),
+            public_url: self.public_url.trim_end_matches('/').to_owned(),
             ..ProxyConfig::new(self.default_target.clone())
         }
     }

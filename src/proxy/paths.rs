@@ -183,6 +183,31 @@ pub fn credentials(uri: &Uri, headers: &HeaderMap) -> Vec<Credential> {
     out
 }
 
+/// The credentials of a request on a user's host (`--user-domain`): the tokens of
+/// [`credentials`], then the tokens in the single-user server's login cookies
+/// ([`super::host::oauth_cookie_token`]). Not the hub's session cookie: the hub never sets it
+/// for that host, so one sent there was set by the user's server itself.
+pub fn user_host_credentials(uri: &Uri, headers: &HeaderMap) -> Vec<Credential> {
+    let mut out: Vec<Credential> = credentials(uri, headers)
+        .into_iter()
+        .filter(|c| matches!(c, Credential::Token(_)))
+        .collect();
+    let cookies = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'));
+    for pair in cookies {
+        if let Some((name, value)) = pair.trim().split_once('=')
+            && super::host::is_oauth_cookie_name(name)
+            && let Some(token) = super::host::oauth_cookie_token(value)
+        {
+            out.push(Credential::Token(token));
+        }
+    }
+    out
+}
+
 /// The token of an `Authorization: token <t>` or `Bearer <t>` header.
 fn authorization_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -404,6 +429,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_on_a_users_host() {
+        let uri: Uri = "/user/a/?token=q".parse().unwrap();
+        let h = headers(&[
+            ("authorization", "token abc"),
+            (
+                "cookie",
+                "atelier-session=sess; jupyterhub-user-a=\"2|1:0|10:1733480000|17:jupyterhub-user-a|8:dDBrM24=|ab\"; \
+                 jupyterhub-user-a-oauth-state=2|1:0|10:1733480000|28:jupyterhub-user-a-oauth-state|4:eHl6|cd",
+            ),
+        ]);
+        assert_eq!(
+            user_host_credentials(&uri, &h),
+            vec![
+                Credential::Token("abc".into()),
+                Credential::Token("q".into()),
+                Credential::Token("t0k3n".into()),
+            ]
+        );
+        let h = headers(&[("cookie", "atelier-session=sess")]);
+        assert!(user_host_credentials(&"/".parse().unwrap(), &h).is_empty());
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub fn server_model(
     groups: &BTreeSet<String>,
     server: &Server,
 ) -> Value {
-    let url = server_url(user, &server.name);
+    // On the user's origin with a user domain (JupyterHub: `user.server_url(name)`).
+    let url = hub.config.server_url(user, &server.name);
+    let full_url = hub.config.server_public_url(user, &server.name);
     let progress = progress_url(user, &server.name);
     let public = hub.config.public_url.trim_end_matches('/');
     let active = server.state.is_active();
@@ -65,7 +67,7 @@ pub fn server_model(
         "url": url,
         "user_options": server.user_options,
         "progress_url": progress,
-        "full_url": if public.is_empty() { Value::Null } else { Value::String(format!("{public}{url}")) },
+        "full_url": if full_url.is_empty() { Value::Null } else { Value::String(full_url) },
         "full_progress_url": if public.is_empty() { Value::Null } else { Value::String(format!("{public}{progress}")) },
     });
     let target = Target::Server {
@@ -145,7 +147,7 @@ pub fn user_model_with(
         "admin": user.admin,
         "roles": role_names(&hub.config.roles.of_user(&user.name, user.admin)),
         "groups": detail.groups,
-        "server": default.filter(|s| s.ready()).map(|_| server_url(&user.name, "")),
+        "server": default.filter(|s| s.ready()).map(|_| hub.config.server_url(&user.name, "")),
         "pending": default.and_then(|s| s.pending()),
         "created": iso(Some(user.created)),
         "last_activity": iso(user.last_activity),

@@ -18,11 +18,11 @@ use futures::channel::mpsc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::models::server_url;
+
 use super::servers::authorized_server;
 use crate::backend::ProgressEvent;
 use crate::hub::auth::Caller;
-use crate::hub::{HubError, HubResult, HubState};
+use crate::hub::{HubConfig, HubError, HubResult, HubState};
 use crate::store::{AuditAction, AuditQuery, Server, ServerState};
 
 /// Interval of the blank lines that keep proxies from closing a quiet stream.
@@ -50,8 +50,9 @@ pub async fn named_server(
 }
 
 /// The final event of a spawn that succeeded.
-fn ready_event(user: &str, server: &str) -> Value {
-    let url = server_url(user, server);
+fn ready_event(config: &HubConfig, user: &str, server: &str) -> Value {
+    // On the user's origin with a user domain (JupyterHub: `user.server_url(name)`).
+    let url = config.server_url(user, server);
     json!({
         "progress": 100,
         "ready": true,
@@ -67,9 +68,9 @@ fn failed_event(message: &str) -> Value {
 }
 
 /// An event of the spawner as JSON (the ready event gains the server's URL).
-fn event_json(event: &ProgressEvent, user: &str, server: &str) -> Value {
+fn event_json(config: &HubConfig, event: &ProgressEvent, user: &str, server: &str) -> Value {
     if event.ready {
-        ready_event(user, server)
+        ready_event(config, user, server)
     } else if event.failed {
         failed_event(&event.message)
     } else {
@@ -105,7 +106,7 @@ async fn failure_message(hub: &HubState, user: &str, server: &str) -> String {
 async fn final_event(hub: &HubState, user: &str, server: &Server) -> Option<Value> {
     match server.state {
         ServerState::Starting => None,
-        ServerState::Running => Some(ready_event(user, &server.name)),
+        ServerState::Running => Some(ready_event(&hub.config, user, &server.name)),
         ServerState::Failed => Some(failed_event(
             &failure_message(hub, user, &server.name).await,
         )),
@@ -164,7 +165,7 @@ async fn follow(
     mut tx: Tx,
 ) -> Result<(), mpsc::SendError> {
     for event in &history {
-        tx.send(Ok(sse(&event_json(event, user, &row.name))))
+        tx.send(Ok(sse(&event_json(&hub.config, event, user, &row.name))))
             .await?;
         if event.ready || event.failed {
             return Ok(());
@@ -176,7 +177,7 @@ async fn follow(
         tokio::select! {
             received = receiver.recv() => match received {
                 Ok(event) => {
-                    tx.send(Ok(sse(&event_json(&event, user, &row.name)))).await?;
+                    tx.send(Ok(sse(&event_json(&hub.config, &event, user, &row.name)))).await?;
                     if event.ready || event.failed {
                         return Ok(());
                     }

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use super::login::safe_next;
 use super::session::{CsrfForm, LoggedIn};
 use super::{Page, PageError, found, hub_path, see_other, server_url, url_encode};
-use crate::hub::HubState;
+use crate::hub::{HubConfig, HubState};
 use crate::hub::catalog::ProfileChoice;
 use crate::hub::spawner::{self, StartOptions, StartOutcome};
 use crate::policy::names::is_valid_server_name;
@@ -141,7 +141,7 @@ struct ServerView {
 }
 
 impl ServerView {
-    fn of(user: &str, name: &str, server: Option<&Server>) -> ServerView {
+    fn of(config: &HubConfig, user: &str, name: &str, server: Option<&Server>) -> ServerView {
         let state = server.map_or(ServerState::Stopped, |s| s.state);
         let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
             t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
@@ -158,7 +158,7 @@ impl ServerView {
             profile: server.and_then(|s| s.profile.clone()),
             started: time(server.and_then(|s| s.started)),
             last_activity: time(server.and_then(|s| s.last_activity)),
-            url: server_url(user, name),
+            url: config.server_url(user, name),
             spawn_url: hub_path("/hub/spawn", user, name),
             stop_url: hub_path("/hub/stop", user, name),
             pending_url: hub_path("/hub/spawn-pending", user, name),
@@ -178,12 +178,12 @@ pub async fn home(State(hub): State<HubState>, me: LoggedIn) -> Result<Page, Pag
         .map_err(PageError::unexpected)?;
     let mut views = Vec::with_capacity(servers.len() + 1);
     if !servers.iter().any(|s| s.name.is_empty()) {
-        views.push(ServerView::of(&me.user.name, "", None));
+        views.push(ServerView::of(&hub.config, &me.user.name, "", None));
     }
     views.extend(
         servers
             .iter()
-            .map(|s| ServerView::of(&me.user.name, &s.name, Some(s))),
+            .map(|s| ServerView::of(&hub.config, &me.user.name, &s.name, Some(s))),
     );
     Ok(Page::new("home.html")
         .user(&me.user, &me.session)
@@ -318,7 +318,9 @@ async fn spawn_page(
     };
     match row.state {
         ServerState::Running => {
-            return Ok(found(next.unwrap_or(&server_url(user, server))));
+            return Ok(found(&hub.config.location(
+                next.unwrap_or(&server_url(user, server)),
+            )));
         }
         ServerState::Starting | ServerState::Stopping => {
             return Ok(found(&with_next(
@@ -460,7 +462,8 @@ async fn spawn(
     );
     match spawner::start_server(hub, &owner.user, server, options).await {
         Ok(StartOutcome::Ready) => Ok(see_other(
-            next.as_deref().unwrap_or(&server_url(user, server)),
+            &hub.config
+                .location(next.as_deref().unwrap_or(&server_url(user, server))),
         )),
         Ok(StartOutcome::Pending) => Ok(see_other(&pending)),
         Err(err) => {
@@ -542,7 +545,9 @@ async fn pending(
     let owner = owner_for(hub, &me.user, user, server, "servers").await?;
     let row = find_server(hub, &owner.user, server).await?;
     let state = row.as_ref().map_or(ServerState::Stopped, |s| s.state);
-    let ready_url = next.map_or_else(|| server_url(user, server), str::to_owned);
+    let ready_url = hub
+        .config
+        .location(next.unwrap_or(&server_url(user, server)));
     if state == ServerState::Running {
         return Ok(found(&ready_url));
     }
@@ -554,7 +559,10 @@ async fn pending(
     Ok(Page::new("spawn_pending.html")
         .user(&me.user, &me.session)
         .insert("owner", &owner.user.name)
-        .insert("server", &ServerView::of(user, server, row.as_ref()))
+        .insert(
+            "server",
+            &ServerView::of(&hub.config, user, server, row.as_ref()),
+        )
         .insert("ready_url", &ready_url)
         .insert(
             "spawn_url",
@@ -603,9 +611,9 @@ async fn stop(
     if let Some(row) = find_server(hub, &owner.user, server).await? {
         spawner::stop_server(hub, &owner.user.name, &row, Some(&me.user.name)).await?;
     }
-    Ok(see_other(
+    Ok(see_other(&hub.config.location(
         safe_next(&form.form.next).as_deref().unwrap_or("/hub/home"),
-    ))
+    )))
 }
 
 // ---- /hub/user/... --------------------------------------------------------------------------
@@ -679,7 +687,7 @@ async fn user_redirect(hub: &HubState, me: &LoggedIn, uri: &Uri) -> Result<Respo
         original.push_str(query);
     }
     match row.map(|s| s.state) {
-        Some(ServerState::Running) => Ok(found(&original)),
+        Some(ServerState::Running) => Ok(found(&hub.config.location(&original))),
         Some(ServerState::Starting | ServerState::Stopping) => Ok(found(&with_next(
             &hub_path("/hub/spawn-pending", &user, &server),
             safe_next(&original).as_deref(),
