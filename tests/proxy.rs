@@ -292,6 +292,14 @@ impl RunningProxy {
             shutdown_grace: Duration::from_secs(2),
             ..ProxyConfig::new(hub)
         };
+        RunningProxy::start_with(config, source, authorizer).await
+    }
+
+    async fn start_with(
+        config: ProxyConfig,
+        source: Arc<dyn RouteSource>,
+        authorizer: Option<Arc<dyn Authorizer>>,
+    ) -> RunningProxy {
         let proxy = Proxy::start(config, source, authorizer).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1237,4 +1245,194 @@ async fn two_proxies_serve_side_by_side_from_one_database() {
     for u in [hub, a_up, b_up] {
         u.stop().await;
     }
+}
+
+// ---- per-user origins (--user-domain) ------------------------------------------------------
+
+/// tornado's `set_secure_cookie` value (version 2) of the single-user server's login cookie
+/// holding `token` (the signature is not checked by the proxy: the token is, in the database).
+fn oauth_cookie(name: &str, token: &str) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = token.as_bytes();
+    let mut b64 = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    format!(
+        "{name}=\"2|1:0|10:1733480000|{}:{name}|{}:{b64}|0123456789abcdef\"",
+        name.len(),
+        b64.len()
+    )
+}
+
+/// With `--user-domain users.example.test`: a user's server is served on its own host only,
+/// the hub on the other hosts only; on a user's host the hub's session cookie is no credential
+/// (the hub never sets it there), the server's login cookie is, and a browser's page load
+/// without a credential reaches the server (which logs it in through the hub's OAuth).
+#[tokio::test]
+async fn users_hosts_serve_only_their_users_servers() {
+    let db = Db::new().await;
+    let hub = Upstream::start("hub").await;
+    let a_up = Upstream::start("alice").await;
+    let d_up = Upstream::start("a.b").await;
+    let alice = db.user("alice", false).await;
+    let dotted = db.user("a.b", false).await;
+    let bob = db.user("bob", false).await;
+    db.running(&alice, "", &a_up.url()).await;
+    db.running(&dotted, "", &d_up.url()).await;
+    db.store.create_server(bob.id, "").await.unwrap();
+    let config = ProxyConfig {
+        refresh_interval: NEVER,
+        shutdown_grace: Duration::from_secs(2),
+        user_domain: Some(
+            atelier::proxy::host::UserDomain::parse("users.example.test").unwrap(),
+        ),
+        public_url: "http://hub.example.test:8000".into(),
+        ..ProxyConfig::new(hub.url())
+    };
+    let proxy = RunningProxy::start_with(
+        config,
+        Arc::new(StoreRoutes::new(db.store.clone())),
+        Some(Arc::new(StoreAuthorizer::new(db.store.clone()))),
+    )
+    .await;
+    let c = client();
+    let alice_token = db.token(TokenOwner::User(alice.id), &["self"]).await;
+    let dotted_token = db.token(TokenOwner::User(dotted.id), &["self"]).await;
+    let bob_token = db.token(TokenOwner::User(bob.id), &["self"]).await;
+    let (alice_session, _) = db
+        .store
+        .create_session(&NewSession {
+            user_id: Some(alice.id),
+            next: None,
+            data: json!({}),
+            expires_at: now() + chrono::Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    let auth = format!("token {alice_token}");
+    const ALICE: &str = "alice.users.example.test:8000";
+    let hits = || (hub.hits(), a_up.hits(), d_up.hits());
+
+    // Alice's server on alice's host, Host kept.
+    let r = get(
+        &c,
+        &proxy.url("/user/alice/lab?x=1"),
+        &[("host", ALICE), ("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let echo = r.json();
+    assert_eq!(echo["name"], "alice");
+    assert_eq!(echo["host"], ALICE);
+    assert_eq!(echo["path"], "/user/alice/lab?x=1");
+    // The dotted name on its escaped label.
+    let r = get(
+        &c,
+        &proxy.url("/user/a.b/"),
+        &[
+            ("host", "u--a-pb.users.example.test"),
+            ("authorization", &format!("token {dotted_token}")),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["name"], "a.b");
+
+    // Refused, none of them reaching an upstream.
+    let before = hits();
+    for (host, path, why) in [
+        ("bob.users.example.test", "/user/alice/lab", "another user's host"),
+        ("a.b.users.example.test", "/user/a.b/", "a host two labels deep"),
+        ("alice.users.example.test", "/user/a.b/", "a dotted name's server on alice's host"),
+        (ALICE, "/hub/home", "the hub on a user's host"),
+        (ALICE, "/hub/api/users", "the hub's API on a user's host"),
+        (ALICE, "/", "the site's root on a user's host"),
+        ("hub.example.test:8000", "/user/alice/lab", "a server on the hub's host"),
+        ("127.0.0.1", "/user/alice/", "a server on an address"),
+    ] {
+        let r = get(&c, &proxy.url(path), &[("host", host), ("authorization", &auth)]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{why}");
+        assert!(r.json()["message"].is_string(), "{why}");
+    }
+    assert_eq!(hits(), before, "a refused request reached an upstream");
+    // A page load of a server on the hub's host goes to the server's host.
+    let r = get(
+        &c,
+        &proxy.url("/user/alice/lab?x=1"),
+        &[("host", "hub.example.test:8000"), BROWSER],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(
+        r.location(),
+        "http://alice.users.example.test:8000/user/alice/lab?x=1"
+    );
+    // The hub on its own host.
+    let r = get(&c, &proxy.url("/hub/home"), &[("host", "hub.example.test:8000")]).await;
+    assert_eq!(r.json()["name"], "hub");
+    assert_eq!(hits(), (before.0 + 1, before.1, before.2));
+
+    // The hub's session cookie is no credential on a user's host, and is not passed on.
+    let hub_cookie = format!("atelier-session={alice_session}");
+    let r = get(&c, &proxy.url("/user/alice/api/contents"), &[("host", ALICE), ("cookie", &hub_cookie)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A browser's page load without a credential reaches the server (its OAuth logs it in).
+    let r = get(
+        &c,
+        &proxy.url("/user/alice/lab"),
+        &[("host", ALICE), ("cookie", &hub_cookie), BROWSER],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["cookie"], Value::Null, "the hub's cookie was forwarded");
+
+    // The server's login cookie is a credential: alice's token in it opens alice's server,
+    // bob's does not; an unknown one is no credential.
+    let r = get(
+        &c,
+        &proxy.url("/user/alice/api/contents"),
+        &[("host", ALICE), ("cookie", &oauth_cookie("jupyterhub-user-alice", &alice_token))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json()["cookie"].as_str().unwrap().contains("jupyterhub-user-alice="));
+    let r = get(
+        &c,
+        &proxy.url("/user/alice/api/contents"),
+        &[("host", ALICE), ("cookie", &oauth_cookie("jupyterhub-user-alice", &bob_token))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = get(
+        &c,
+        &proxy.url("/user/alice/api/contents"),
+        &[("host", ALICE), ("cookie", &oauth_cookie("jupyterhub-user-alice", "not-a-token"))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // A stopped server: the spawn page is on the hub's host.
+    let r = get(
+        &c,
+        &proxy.url("/user/bob/lab"),
+        &[("host", "bob.users.example.test:8000"), BROWSER],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(
+        r.location(),
+        "http://hub.example.test:8000/hub/spawn/bob?next=%2Fuser%2Fbob%2Flab"
+    );
+    proxy.stop().await;
 }
