@@ -1392,3 +1392,223 @@ async fn real_jupyterhub_singleuser_logs_in_through_the_hub() {
     web.wait_for("alice", "gpu", ServerState::Stopped).await;
     cleanup.pgid = None;
 }
+
+/// A browser's cookie jar with host-only cookies (what the hub sets: no `Domain`), and every
+/// request sent to the proxy on 127.0.0.1 with the URL's host in `Host`, as a resolver that
+/// maps `*.users.example.test` to the loopback would.
+struct Hosts<'a> {
+    web: &'a Served,
+    /// `127.0.0.1:<port>` of the proxy.
+    proxy: String,
+    /// host → name → value.
+    jars: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every `Cookie` header sent to a user's host.
+    sent_to_users: Vec<String>,
+}
+
+impl Hosts<'_> {
+    async fn send(&mut self, url: &str, accept: &str) -> Resp {
+        let rest = url.strip_prefix("http://").expect("an http:// URL");
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let jar = self.jars.entry(host.to_owned()).or_default();
+        let cookie = jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if host.contains(".users.example.test") {
+            self.sent_to_users.push(cookie.clone());
+        }
+        let target = format!("http://{}{path}", self.proxy);
+        let resp = self
+            .web
+            .request(
+                "GET",
+                &target,
+                &[("host", host), ("cookie", &cookie), ("accept", accept)],
+                String::new(),
+            )
+            .await;
+        for set in resp.headers.get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            assert!(
+                !set.to_ascii_lowercase().contains("domain="),
+                "{host} set a cookie for other hosts: {set}"
+            );
+            let pair = set.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            let jar = self.jars.entry(host.to_owned()).or_default();
+            if value.is_empty() || value == "\"\"" || set.contains("Max-Age=0") {
+                jar.remove(name);
+            } else {
+                jar.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        resp
+    }
+
+    /// Follows redirects (relative ones on the same host) from `url`.
+    async fn follow(&mut self, url: &str) -> (Resp, String) {
+        let mut url = url.to_owned();
+        for _ in 0..12 {
+            let resp = self.send(&url, "text/html").await;
+            if !(300..400).contains(&resp.status) {
+                return (resp, url);
+            }
+            let location = resp.location();
+            url = if location.starts_with('/') {
+                let rest = url.strip_prefix("http://").unwrap();
+                format!("http://{}{location}", &rest[..rest.find('/').unwrap_or(rest.len())])
+            } else {
+                location.to_owned()
+            };
+        }
+        panic!("too many redirects, last {url}");
+    }
+}
+
+/// `--user-domain` end to end: the real `jupyterhub-singleuser` started by the local backend is
+/// reached on `alice.users.example.test` (through the real proxy, by `Host`), logs the browser
+/// in there through the hub's OAuth on the hub's host, and the hub's cookie never goes to the
+/// user's host; the server is not served on the hub's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_singleuser_on_its_own_host_with_a_user_domain() {
+    use atelier::backend::local::{LocalBackend, LocalConfig};
+    use atelier::proxy::{Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes, host::UserDomain};
+
+    let Some(venv) = peers_venv(
+        "a server on its own host (--user-domain)",
+        &["jupyterhub-singleuser"],
+    ) else {
+        return;
+    };
+    let state_dir =
+        std::env::temp_dir().join(format!("atelier-hub-web-host-{}", &generate_token()[..12]));
+    let mut cleanup = PeerCleanup {
+        pgid: None,
+        dir: state_dir.clone(),
+    };
+    let mut config = LocalConfig::new(&state_dir);
+    config.command = vec![
+        venv.join("bin/jupyterhub-singleuser")
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    config.start_timeout = Duration::from_secs(90);
+    let domain = UserDomain::parse("users.example.test").unwrap();
+    let proxy_listener = bind().await;
+    let proxy_addr = proxy_listener.local_addr().unwrap();
+    let public = format!("http://{proxy_addr}");
+    let db = sqlite_db();
+    let web = serve_on(&db, Some(Arc::new(LocalBackend::new(config))), |c| {
+        c.spawn_timeout_secs = 100;
+        c.public_url = public.clone();
+        c.user_domain = Some(domain.clone());
+    })
+    .await;
+    let proxy = Proxy::start(
+        ProxyConfig {
+            user_domain: Some(domain.clone()),
+            public_url: public.clone(),
+            ..ProxyConfig::new(web.base.clone())
+        },
+        Arc::new(StoreRoutes::new(web.hub.store.clone())),
+        Some(Arc::new(StoreAuthorizer::new(web.hub.store.clone()))),
+    )
+    .await
+    .unwrap();
+    let (stop_proxy, stopped) = tokio::sync::oneshot::channel::<()>();
+    let proxy_task = tokio::spawn(atelier::proxy::serve(proxy_listener, proxy, async move {
+        let _ = stopped.await;
+    }));
+
+    let mut alice = web.logged_in("alice").await;
+    start_via_ui(&web, &mut alice, "alice").await;
+    let server = web.server("alice", "").await;
+    cleanup.pgid = server.spawner_state["pgid"].as_i64().map(|p| p as i32);
+    let log = || std::fs::read_to_string(state_dir.join("logs/alice.log")).unwrap_or_default();
+
+    // The hub's links name the server's host.
+    let home = alice.get("/hub/home").await;
+    let user_host = format!("alice.users.example.test:{}", proxy_addr.port());
+    let lab_url = format!("http://{user_host}/user/alice/lab");
+    assert!(
+        home.body.contains(&format!("http://{user_host}/user/alice/")),
+        "{}",
+        home.body
+    );
+    let client = web
+        .hub
+        .store
+        .get_oauth_client(&oauth_client_id("alice", ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.redirect_uri,
+        format!("http://{user_host}/user/alice/oauth_callback"),
+        "the server's callback is on its host"
+    );
+
+    let mut site = Hosts {
+        web: &web,
+        proxy: proxy_addr.to_string(),
+        jars: BTreeMap::from([(
+            proxy_addr.to_string(),
+            BTreeMap::from([("atelier-session".to_owned(), alice.cookie.clone().unwrap())]),
+        )]),
+        sent_to_users: Vec::new(),
+    };
+    // The browser opens JupyterLab on alice's host: the server sends it to the hub's host to
+    // authorize, and back to its own host's callback.
+    let (lab, at) = site.follow(&lab_url).await;
+    assert_eq!(
+        lab.status,
+        200,
+        "{at}: {}\n--- server log ---\n{}",
+        lab.body,
+        log()
+    );
+    assert!(at.starts_with(&lab_url), "{at}");
+    let user_jar = &site.jars[&user_host];
+    assert!(user_jar.contains_key("jupyterhub-user-alice"), "{user_jar:?}");
+    assert!(!user_jar.contains_key("atelier-session"), "{user_jar:?}");
+    assert!(
+        site.sent_to_users.iter().all(|c| !c.contains("atelier-session")),
+        "the hub's cookie went to the user's host: {:?}",
+        site.sent_to_users
+    );
+    // The API with the server's own cookie (a credential for the proxy there).
+    let status = site
+        .send(&format!("http://{user_host}/user/alice/api/status"), "application/json")
+        .await;
+    assert_eq!(status.status, 200, "{}\n{}", status.body, log());
+    assert!(status.json().get("started").is_some(), "{}", status.body);
+
+    // Not on the hub's host, not on bob's.
+    let alice_id = web.hub.store.get_user("alice").await.unwrap().id;
+    let new_token = atelier::store::NewToken::new(
+        atelier::store::TokenOwner::User(alice_id),
+        vec!["self".to_owned()],
+    );
+    let (token, _) = web.hub.store.create_token(&new_token).await.unwrap();
+    let auth = format!("token {token}");
+    for host in [proxy_addr.to_string(), format!("bob.users.example.test:{}", proxy_addr.port())] {
+        let r = web
+            .request(
+                "GET",
+                &format!("{public}/user/alice/api/status"),
+                &[("host", host.as_str()), ("authorization", auth.as_str())],
+                String::new(),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{host}: {}", r.body);
+    }
+
+    let xsrf = alice.xsrf().await;
+    let r = alice.post("/hub/stop/alice", &[("_xsrf", &xsrf)]).await;
+    assert_eq!(r.status, 303);
+    web.wait_for("alice", "", ServerState::Stopped).await;
+    cleanup.pgid = None;
+    let _ = stop_proxy.send(());
+    let _ = proxy_task.await;
+}
