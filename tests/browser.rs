@@ -378,3 +378,249 @@ async fn single_sign_on_story_in_chromium() {
     assert_eq!(alice.len(), 1, "alice's server processes: {alice:?}");
     assert!(singleusers(&dir_str, USER_B).is_empty());
 }
+
+// ---- the same-origin attack -------------------------------------------------------------------
+
+/// Bob's page: its script fetches the hub's home page with the visitor's cookies, reads the
+/// `_xsrf` of its forms and sends `PATCH /hub/api/users/bob {"admin": true}` with it (the hub's
+/// origin in `?hub=`, empty for its own origin), then writes what it got into `#out`.
+const ATTACK_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>bob's page</title></head>
+<body><p>Nothing to see here.</p><pre id="out"></pre>
+<script>
+(async () => {
+  const hub = new URLSearchParams(location.search).get('hub') || '';
+  const out = { page: location.origin };
+  try {
+    const r = await fetch(hub + '/hub/home', { credentials: 'include' });
+    const text = await r.text();
+    out.home = { status: r.status, url: r.url };
+    const m = text.match(/name="_xsrf" value="([^"]*)"/);
+    out.xsrf = m ? m[1] : null;
+  } catch (e) { out.homeError = String(e); }
+  try {
+    const headers = { 'Content-Type': 'application/json' };
+    if (out.xsrf) headers['X-XSRFToken'] = out.xsrf;
+    const p = await fetch(hub + '/hub/api/users/bob', {
+      method: 'PATCH', credentials: 'include', headers, body: JSON.stringify({ admin: true }),
+    });
+    out.patch = { status: p.status };
+  } catch (e) { out.patchError = String(e); }
+  document.getElementById('out').textContent = JSON.stringify(out);
+})();
+</script></body></html>
+"#;
+
+/// What bob writes in his home before his server starts: JupyterLab serves `~/www` among its
+/// static files, at `/user/bob/static/` (a static file has no sandbox CSP, unlike `/files/`).
+fn plant_bobs_page(state: &Path) {
+    let home = state.join("users").join(USER_B);
+    std::fs::create_dir_all(home.join(".jupyter")).unwrap();
+    std::fs::create_dir_all(home.join("www")).unwrap();
+    std::fs::write(
+        home.join(".jupyter/jupyter_server_config.py"),
+        "import os\nc.ServerApp.extra_static_paths = [os.path.expanduser('~/www')]\n",
+    )
+    .unwrap();
+    std::fs::write(home.join("www/attack.html"), ATTACK_PAGE).unwrap();
+}
+
+/// The attack of issue 9 in one mode: hub and proxy (dev login, admin `root`, the local backend
+/// with the real `jupyterhub-singleuser`), `e2e/browser/attack.mjs` in Chromium, then the hub's
+/// API says whether bob became an admin. Returns the page script's result.
+async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_json::Value {
+    const DOMAIN: &str = "users.example.test";
+    let mode = if user_domain { "user-domain" } else { "path" };
+    let shots = screenshot_dir().join(format!("attack-{mode}"));
+    let dir = std::env::temp_dir().join(format!("atelier-attack-{}", &generate_token()[..16]));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut world = World {
+        dir: dir.clone(),
+        procs: Vec::new(),
+        provider: None,
+    };
+    let (hub_port, proxy_port) = (free_port(), free_port());
+    let public = format!("http://127.0.0.1:{proxy_port}");
+    let hub_url = format!("http://127.0.0.1:{hub_port}");
+    let db_url = format!("sqlite://{}", dir.join("atelier.sqlite").display());
+    let state = dir.join("state");
+    plant_bobs_page(&state);
+
+    let mut hub = atelier("hub");
+    hub.arg(format!("--bind=127.0.0.1:{hub_port}"))
+        .arg(format!("--database-url={db_url}"))
+        .arg(format!("--public-url={public}"))
+        .arg(format!("--state-dir={}", state.display()))
+        .arg(format!(
+            "--server-command={}",
+            venv.join("bin/jupyterhub-singleuser").display()
+        ))
+        .arg(format!("--spawn-timeout={SPAWN_TIMEOUT_SECS}"))
+        .arg("--dev-login")
+        .arg("--admin-user=root");
+    let mut proxy = atelier("proxy");
+    proxy
+        .arg(format!("--bind=127.0.0.1:{proxy_port}"))
+        .arg(format!("--database-url={db_url}"))
+        .arg(format!("--default-target={hub_url}"))
+        .arg("--refresh-ms=250");
+    if user_domain {
+        hub.arg(format!("--user-domain={DOMAIN}"));
+        proxy
+            .arg(format!("--user-domain={DOMAIN}"))
+            .arg(format!("--public-url={public}"));
+    }
+    world
+        .start("hub", hub, &format!("{hub_url}/hub/api/"))
+        .await;
+    world
+        .start("proxy", proxy, &format!("{public}/_atelier/proxy/health"))
+        .await;
+    let hub_log = world.procs[0].1.log();
+    let password = hub_log
+        .lines()
+        .find_map(|l| l.split_once("(this start only): ").map(|(_, p)| p.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no admin password in the hub's log:\n{hub_log}"));
+
+    let attack_url = if user_domain {
+        format!("http://{USER_B}.{DOMAIN}:{proxy_port}/user/{USER_B}/static/attack.html?hub={public}")
+    } else {
+        format!("{public}/user/{USER_B}/static/attack.html")
+    };
+    let mut node = Command::new("node");
+    node.arg("attack.mjs")
+        .current_dir(browser_dir())
+        .env("ATELIER_URL", &public)
+        .env("ATTACK_URL", &attack_url)
+        .env("ADMIN_USER", "root")
+        .env("ADMIN_PASSWORD", &password)
+        .env("USER_B", USER_B)
+        .env(
+            "HOST_RULES",
+            if user_domain {
+                format!("MAP *.{DOMAIN} 127.0.0.1")
+            } else {
+                String::new()
+            },
+        )
+        .env("SCREENSHOT_DIR", &shots)
+        .env("CHROMIUM", chromium)
+        .env("HOME", &dir)
+        .env("TMPDIR", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("attack.stderr.log")).expect("log"),
+        ))
+        .process_group(0);
+    let mut child = node.spawn().expect("node (ATELIER_PEERS=1 needs node)");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                say(format!("attack: {line}"));
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    world.procs.push((
+        "attack".to_owned(),
+        Proc {
+            child,
+            log: dir.join("attack.stderr.log"),
+        },
+    ));
+    let deadline = Deadline::new("the attack script to finish", SCRIPT_TIMEOUT);
+    let status = loop {
+        let (_, proc) = world.procs.last_mut().expect("the script");
+        if let Some(status) = proc.exited() {
+            break status;
+        }
+        deadline.tick("running").await;
+    };
+    reader.join().expect("the output reader");
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        status.success(),
+        "{mode}: the attack script failed ({status}): {}",
+        lines
+            .iter()
+            .find(|l| l.starts_with("FAILED"))
+            .map_or("no FAILED line", String::as_str)
+    );
+    assert_eq!(lines.last().map(String::as_str), Some("PASSED"), "{mode}");
+    let result: serde_json::Value = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|r| serde_json::from_str(r).expect("the RESULT line is JSON"))
+        .expect("a RESULT line");
+
+    // Through the API, with a token of the admin's: bob is not an admin.
+    let store = atelier::store::Store::connect(&db_url).await.unwrap();
+    let root = store.get_user("root").await.unwrap();
+    let (token, _) = store
+        .create_token(&atelier::store::NewToken::new(
+            atelier::store::TokenOwner::User(root.id),
+            vec!["read:users".to_owned()],
+        ))
+        .await
+        .unwrap();
+    store.close().await;
+    let bob = http_json(&format!("{hub_url}/hub/api/users/{USER_B}"), &token).await;
+    assert_eq!(
+        bob["admin"],
+        serde_json::Value::Bool(false),
+        "{mode}: bob became an admin; the page's script got {result}"
+    );
+    say(format!("attack ({mode}): {result}"));
+    result
+}
+
+/// GET `url` with `Authorization: token <token>`, as JSON.
+async fn http_json(url: &str, token: &str) -> serde_json::Value {
+    use http_body_util::{BodyExt as _, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<hyper::body::Bytes>>();
+    let req = http::Request::get(url)
+        .header("authorization", format!("token {token}"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.expect("the hub answers");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 200, "GET {url}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("JSON")
+}
+
+/// Issue 9's same-origin attack fails in both modes: bob's page, opened by the admin, cannot read
+/// the hub's `_xsrf` nor make bob an admin. In path mode the page shares the hub's origin and the
+/// admin's cookie goes with its requests: the fetch-metadata rule refuses them (the home page is
+/// served as to someone not logged in, the PATCH is 403). With `--user-domain` the page is on
+/// bob's host: the browser sends the hub no cookie for it and lets the script read nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_page_cannot_make_him_admin_in_chromium() {
+    let Some((venv, chromium)) = peers() else {
+        return;
+    };
+    let path = attack_story(&venv, &chromium, false).await;
+    assert_eq!(path["xsrf"], serde_json::Value::Null, "path mode: {path}");
+    assert_eq!(path["patch"]["status"], 403, "path mode: {path}");
+    assert!(
+        path["home"]["url"].as_str().is_some_and(|u| u.contains("/hub/login")),
+        "path mode: the hub's home was served to the script: {path}"
+    );
+
+    let domain = attack_story(&venv, &chromium, true).await;
+    assert_eq!(domain["xsrf"], serde_json::Value::Null, "user-domain mode: {domain}");
+    assert!(
+        domain["page"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&format!("http://{USER_B}.users.example.test:"))),
+        "user-domain mode: bob's page was not on his host: {domain}"
+    );
+    // Cross-origin without CORS: neither request gives the script anything.
+    assert!(domain["homeError"].is_string(), "user-domain mode: {domain}");
+    assert!(domain["patchError"].is_string(), "user-domain mode: {domain}");
+}
