@@ -479,11 +479,16 @@ async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_
     let hub_log = world.procs[0].1.log();
     let password = hub_log
         .lines()
-        .find_map(|l| l.split_once("(this start only): ").map(|(_, p)| p.trim().to_owned()))
+        .find_map(|l| {
+            l.split_once("(this start only): ")
+                .map(|(_, p)| p.trim().to_owned())
+        })
         .unwrap_or_else(|| panic!("no admin password in the hub's log:\n{hub_log}"));
 
     let attack_url = if user_domain {
-        format!("http://{USER_B}.{DOMAIN}:{proxy_port}/user/{USER_B}/static/attack.html?hub={public}")
+        format!(
+            "http://{USER_B}.{DOMAIN}:{proxy_port}/user/{USER_B}/static/attack.html?hub={public}"
+        )
     } else {
         format!("{public}/user/{USER_B}/static/attack.html")
     };
@@ -608,12 +613,18 @@ async fn a_users_page_cannot_make_him_admin_in_chromium() {
     assert_eq!(path["xsrf"], serde_json::Value::Null, "path mode: {path}");
     assert_eq!(path["patch"]["status"], 403, "path mode: {path}");
     assert!(
-        path["home"]["url"].as_str().is_some_and(|u| u.contains("/hub/login")),
+        path["home"]["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("/hub/login")),
         "path mode: the hub's home was served to the script: {path}"
     );
 
     let domain = attack_story(&venv, &chromium, true).await;
-    assert_eq!(domain["xsrf"], serde_json::Value::Null, "user-domain mode: {domain}");
+    assert_eq!(
+        domain["xsrf"],
+        serde_json::Value::Null,
+        "user-domain mode: {domain}"
+    );
     assert!(
         domain["page"]
             .as_str()
@@ -621,6 +632,12 @@ async fn a_users_page_cannot_make_him_admin_in_chromium() {
         "user-domain mode: bob's page was not on his host: {domain}"
     );
     // Cross-origin without CORS: neither request gives the script anything.
-    assert!(domain["homeError"].is_string(), "user-domain mode: {domain}");
-    assert!(domain["patchError"].is_string(), "user-domain mode: {domain}");
+    assert!(
+        domain["homeError"].is_string(),
+        "user-domain mode: {domain}"
+    );
+    assert!(
+        domain["patchError"].is_string(),
+        "user-domain mode: {domain}"
+    );
 }

@@ -1458,7 +1458,10 @@ impl Hosts<'_> {
             let location = resp.location();
             url = if location.starts_with('/') {
                 let rest = url.strip_prefix("http://").unwrap();
-                format!("http://{}{location}", &rest[..rest.find('/').unwrap_or(rest.len())])
+                format!(
+                    "http://{}{location}",
+                    &rest[..rest.find('/').unwrap_or(rest.len())]
+                )
             } else {
                 location.to_owned()
             };
@@ -1533,7 +1536,8 @@ async fn real_singleuser_on_its_own_host_with_a_user_domain() {
     let user_host = format!("alice.users.example.test:{}", proxy_addr.port());
     let lab_url = format!("http://{user_host}/user/alice/lab");
     assert!(
-        home.body.contains(&format!("http://{user_host}/user/alice/")),
+        home.body
+            .contains(&format!("http://{user_host}/user/alice/")),
         "{}",
         home.body
     );
@@ -1570,16 +1574,24 @@ async fn real_singleuser_on_its_own_host_with_a_user_domain() {
     );
     assert!(at.starts_with(&lab_url), "{at}");
     let user_jar = &site.jars[&user_host];
-    assert!(user_jar.contains_key("jupyterhub-user-alice"), "{user_jar:?}");
+    assert!(
+        user_jar.contains_key("jupyterhub-user-alice"),
+        "{user_jar:?}"
+    );
     assert!(!user_jar.contains_key("atelier-session"), "{user_jar:?}");
     assert!(
-        site.sent_to_users.iter().all(|c| !c.contains("atelier-session")),
+        site.sent_to_users
+            .iter()
+            .all(|c| !c.contains("atelier-session")),
         "the hub's cookie went to the user's host: {:?}",
         site.sent_to_users
     );
     // The API with the server's own cookie (a credential for the proxy there).
     let status = site
-        .send(&format!("http://{user_host}/user/alice/api/status"), "application/json")
+        .send(
+            &format!("http://{user_host}/user/alice/api/status"),
+            "application/json",
+        )
         .await;
     assert_eq!(status.status, 200, "{}\n{}", status.body, log());
     assert!(status.json().get("started").is_some(), "{}", status.body);
@@ -1592,7 +1604,10 @@ async fn real_singleuser_on_its_own_host_with_a_user_domain() {
     );
     let (token, _) = web.hub.store.create_token(&new_token).await.unwrap();
     let auth = format!("token {token}");
-    for host in [proxy_addr.to_string(), format!("bob.users.example.test:{}", proxy_addr.port())] {
+    for host in [
+        proxy_addr.to_string(),
+        format!("bob.users.example.test:{}", proxy_addr.port()),
+    ] {
         let r = web
             .request(
                 "GET",

@@ -1294,9 +1294,7 @@ async fn users_hosts_serve_only_their_users_servers() {
     let config = ProxyConfig {
         refresh_interval: NEVER,
         shutdown_grace: Duration::from_secs(2),
-        user_domain: Some(
-            atelier::proxy::host::UserDomain::parse("users.example.test").unwrap(),
-        ),
+        user_domain: Some(atelier::proxy::host::UserDomain::parse("users.example.test").unwrap()),
         public_url: "http://hub.example.test:8000".into(),
         ..ProxyConfig::new(hub.url())
     };
@@ -1352,16 +1350,37 @@ async fn users_hosts_serve_only_their_users_servers() {
     // Refused, none of them reaching an upstream.
     let before = hits();
     for (host, path, why) in [
-        ("bob.users.example.test", "/user/alice/lab", "another user's host"),
-        ("a.b.users.example.test", "/user/a.b/", "a host two labels deep"),
-        ("alice.users.example.test", "/user/a.b/", "a dotted name's server on alice's host"),
+        (
+            "bob.users.example.test",
+            "/user/alice/lab",
+            "another user's host",
+        ),
+        (
+            "a.b.users.example.test",
+            "/user/a.b/",
+            "a host two labels deep",
+        ),
+        (
+            "alice.users.example.test",
+            "/user/a.b/",
+            "a dotted name's server on alice's host",
+        ),
         (ALICE, "/hub/home", "the hub on a user's host"),
         (ALICE, "/hub/api/users", "the hub's API on a user's host"),
         (ALICE, "/", "the site's root on a user's host"),
-        ("hub.example.test:8000", "/user/alice/lab", "a server on the hub's host"),
+        (
+            "hub.example.test:8000",
+            "/user/alice/lab",
+            "a server on the hub's host",
+        ),
         ("127.0.0.1", "/user/alice/", "a server on an address"),
     ] {
-        let r = get(&c, &proxy.url(path), &[("host", host), ("authorization", &auth)]).await;
+        let r = get(
+            &c,
+            &proxy.url(path),
+            &[("host", host), ("authorization", &auth)],
+        )
+        .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{why}");
         assert!(r.json()["message"].is_string(), "{why}");
     }
@@ -1379,13 +1398,23 @@ async fn users_hosts_serve_only_their_users_servers() {
         "http://alice.users.example.test:8000/user/alice/lab?x=1"
     );
     // The hub on its own host.
-    let r = get(&c, &proxy.url("/hub/home"), &[("host", "hub.example.test:8000")]).await;
+    let r = get(
+        &c,
+        &proxy.url("/hub/home"),
+        &[("host", "hub.example.test:8000")],
+    )
+    .await;
     assert_eq!(r.json()["name"], "hub");
     assert_eq!(hits(), (before.0 + 1, before.1, before.2));
 
     // The hub's session cookie is no credential on a user's host, and is not passed on.
     let hub_cookie = format!("atelier-session={alice_session}");
-    let r = get(&c, &proxy.url("/user/alice/api/contents"), &[("host", ALICE), ("cookie", &hub_cookie)]).await;
+    let r = get(
+        &c,
+        &proxy.url("/user/alice/api/contents"),
+        &[("host", ALICE), ("cookie", &hub_cookie)],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // A browser's page load without a credential reaches the server (its OAuth logs it in).
     let r = get(
@@ -1395,29 +1424,53 @@ async fn users_hosts_serve_only_their_users_servers() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json()["cookie"], Value::Null, "the hub's cookie was forwarded");
+    assert_eq!(
+        r.json()["cookie"],
+        Value::Null,
+        "the hub's cookie was forwarded"
+    );
 
     // The server's login cookie is a credential: alice's token in it opens alice's server,
     // bob's does not; an unknown one is no credential.
     let r = get(
         &c,
         &proxy.url("/user/alice/api/contents"),
-        &[("host", ALICE), ("cookie", &oauth_cookie("jupyterhub-user-alice", &alice_token))],
+        &[
+            ("host", ALICE),
+            (
+                "cookie",
+                &oauth_cookie("jupyterhub-user-alice", &alice_token),
+            ),
+        ],
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.json()["cookie"].as_str().unwrap().contains("jupyterhub-user-alice="));
+    assert!(
+        r.json()["cookie"]
+            .as_str()
+            .unwrap()
+            .contains("jupyterhub-user-alice=")
+    );
     let r = get(
         &c,
         &proxy.url("/user/alice/api/contents"),
-        &[("host", ALICE), ("cookie", &oauth_cookie("jupyterhub-user-alice", &bob_token))],
+        &[
+            ("host", ALICE),
+            ("cookie", &oauth_cookie("jupyterhub-user-alice", &bob_token)),
+        ],
     )
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = get(
         &c,
         &proxy.url("/user/alice/api/contents"),
-        &[("host", ALICE), ("cookie", &oauth_cookie("jupyterhub-user-alice", "not-a-token"))],
+        &[
+            ("host", ALICE),
+            (
+                "cookie",
+                &oauth_cookie("jupyterhub-user-alice", "not-a-token"),
+            ),
+        ],
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);

@@ -364,28 +364,50 @@ async fn a_script_with_the_admins_cookie_cannot_read_xsrf_nor_make_bob_admin() {
 
     for mode in ["cors", "no-cors", "same-origin"] {
         let home = web
-            .request("GET", "/hub/home", &script_headers(&cookie, mode), String::new())
+            .request(
+                "GET",
+                "/hub/home",
+                &script_headers(&cookie, mode),
+                String::new(),
+            )
             .await;
         assert_eq!(home.status, 302, "{mode} GET /hub/home: {}", home.body);
         assert!(home.location().starts_with("/hub/login"), "{mode}");
         assert!(!home.body.contains(&token), "{mode}: the token leaked");
         // fetch() follows the redirect, still as a script: no page, no session, no token.
         let login = web
-            .request("GET", home.location(), &script_headers(&cookie, mode), String::new())
+            .request(
+                "GET",
+                home.location(),
+                &script_headers(&cookie, mode),
+                String::new(),
+            )
             .await;
         assert_eq!(login.status, 403, "{mode} GET /hub/login: {}", login.body);
-        assert!(!login.body.contains("name=\"_xsrf\""), "{mode}: {}", login.body);
+        assert!(
+            !login.body.contains("name=\"_xsrf\""),
+            "{mode}: {}",
+            login.body
+        );
         assert!(!login.sets_session(), "{mode}: the login page set a cookie");
         for page in ["/hub/token", "/hub/admin", "/hub/spawn/bob"] {
             let r = web
                 .request("GET", page, &script_headers(&cookie, mode), String::new())
                 .await;
             assert_eq!(r.status, 302, "{mode} GET {page}: {}", r.body);
-            assert!(!r.body.contains(&token), "{mode} GET {page}: the token leaked");
+            assert!(
+                !r.body.contains(&token),
+                "{mode} GET {page}: the token leaked"
+            );
         }
         // The API: 403 for reads and writes alike.
         let r = web
-            .request("GET", "/hub/api/users/bob", &script_headers(&cookie, mode), String::new())
+            .request(
+                "GET",
+                "/hub/api/users/bob",
+                &script_headers(&cookie, mode),
+                String::new(),
+            )
             .await;
         assert_eq!(r.status, 403, "{mode} GET /hub/api/users/bob: {}", r.body);
         assert!(r.message().contains("_xsrf"), "{}", r.body);
@@ -394,13 +416,23 @@ async fn a_script_with_the_admins_cookie_cannot_read_xsrf_nor_make_bob_admin() {
     let mut patch = script_headers(&cookie, "cors");
     patch.push(("content-type", "application/json"));
     let r = web
-        .request("PATCH", "/hub/api/users/bob", &patch, json!({"admin": true}).to_string())
+        .request(
+            "PATCH",
+            "/hub/api/users/bob",
+            &patch,
+            json!({"admin": true}).to_string(),
+        )
         .await;
     assert_eq!(r.status, 403, "PATCH without the token: {}", r.body);
     // Also a token that is not the session's.
     patch.push(("x-xsrftoken", "0123456789abcdef"));
     let r = web
-        .request("PATCH", "/hub/api/users/bob", &patch, json!({"admin": true}).to_string())
+        .request(
+            "PATCH",
+            "/hub/api/users/bob",
+            &patch,
+            json!({"admin": true}).to_string(),
+        )
         .await;
     assert_eq!(r.status, 403, "PATCH with a wrong token: {}", r.body);
     assert!(
@@ -432,7 +464,12 @@ async fn navigations_and_requests_with_the_token_still_work() {
         assert_eq!(r.xsrf(), token, "{page}");
     }
     let r = web
-        .request("GET", "/hub/api/users/bob", &[("cookie", cookie.as_str())], String::new())
+        .request(
+            "GET",
+            "/hub/api/users/bob",
+            &[("cookie", cookie.as_str())],
+            String::new(),
+        )
         .await;
     assert_eq!(r.status, 200, "no fetch metadata: {}", r.body);
 
@@ -464,7 +501,12 @@ async fn navigations_and_requests_with_the_token_still_work() {
     let mut patch = with_header.clone();
     patch.push(("content-type", "application/json"));
     let r = web
-        .request("PATCH", "/hub/api/users/bob", &patch, json!({"admin": true}).to_string())
+        .request(
+            "PATCH",
+            "/hub/api/users/bob",
+            &patch,
+            json!({"admin": true}).to_string(),
+        )
         .await;
     assert_eq!(r.status, 200, "PATCH with the token: {}", r.body);
     assert!(web.hub.store.get_user("bob").await.unwrap().admin);
@@ -485,7 +527,11 @@ async fn navigations_and_requests_with_the_token_still_work() {
             String::new(),
         )
         .await;
-    assert_ne!(progress.status, 403, "EventSource with ?_xsrf: {}", progress.body);
+    assert_ne!(
+        progress.status, 403,
+        "EventSource with ?_xsrf: {}",
+        progress.body
+    );
 
     // A token never needs _xsrf, whatever the fetch metadata says.
     let root_id = web.hub.store.get_user("root").await.unwrap().id;

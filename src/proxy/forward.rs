@@ -13,12 +13,12 @@ use hyper_util::rt::TokioIo;
 
 use super::auth::Access;
 use super::body::{RequestBody, ResponseBody};
+use super::host::{self, HostKind};
+use super::paths::user_host_credentials;
 use super::paths::{
     SESSION_COOKIE, credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path,
     path_and_query, remove_hop_by_hop, server_label, spawn_url, strip_session_cookie,
 };
-use super::host::{self, HostKind};
-use super::paths::user_host_credentials;
 use super::routes::{Resolved, Upstream};
 use super::splice::splice;
 use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};
@@ -125,13 +125,9 @@ impl Proxy {
             }
         }
         match resolved {
-            Resolved::Down { server } => not_running(
-                browser,
-                &user,
-                &server,
-                path_and_query(req.uri()),
-                hub_base,
-            ),
+            Resolved::Down { server } => {
+                not_running(browser, &user, &server, path_and_query(req.uri()), hub_base)
+            }
             Resolved::Up {
                 server,
                 upstream,
@@ -195,9 +191,10 @@ impl Proxy {
                 StatusCode::NOT_FOUND,
                 "the hub is not served on users' hosts",
             )),
-            (HostKind::Unknown, _) => {
-                Err(json_error(StatusCode::NOT_FOUND, "no one is served on this host"))
-            }
+            (HostKind::Unknown, _) => Err(json_error(
+                StatusCode::NOT_FOUND,
+                "no one is served on this host",
+            )),
         }
     }
 

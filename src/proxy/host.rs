@@ -66,8 +66,7 @@ fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= MAX_LABEL
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -275,7 +274,10 @@ mod tests {
     #[test]
     fn a_name_that_looks_escaped_is_escaped_again() {
         // `u--alice-psmith` itself is a valid user name; it must not take alice.smith's host.
-        assert_eq!(user_label("u--alice-psmith").unwrap(), "u--u-d-dalice-dpsmith");
+        assert_eq!(
+            user_label("u--alice-psmith").unwrap(),
+            "u--u-d-dalice-dpsmith"
+        );
         assert_ne!(
             user_label("u--alice-psmith").unwrap(),
             user_label("alice.smith").unwrap()
@@ -325,7 +327,10 @@ mod tests {
     fn domains() {
         let d = UserDomain::parse("Users.Example.org.").unwrap();
         assert_eq!(d.to_string(), "users.example.org");
-        assert_eq!(UserDomain::parse("localhost").unwrap().to_string(), "localhost");
+        assert_eq!(
+            UserDomain::parse("localhost").unwrap().to_string(),
+            "localhost"
+        );
         for bad in [
             "",
             "https://users.example.org",
@@ -389,7 +394,10 @@ mod tests {
         // tornado.web.create_signed_value(b"secret", "jupyterhub-user-alice", "t0k3n") (v2).
         let v = "2|1:0|10:1733480000|21:jupyterhub-user-alice|8:dDBrM24=|0123abcd";
         assert_eq!(oauth_cookie_token(v).as_deref(), Some("t0k3n"));
-        assert_eq!(oauth_cookie_token(&format!("\"{v}\"")).as_deref(), Some("t0k3n"));
+        assert_eq!(
+            oauth_cookie_token(&format!("\"{v}\"")).as_deref(),
+            Some("t0k3n")
+        );
         for bad in [
             "",
             "t0k3n",
@@ -402,7 +410,9 @@ mod tests {
         assert!(is_oauth_cookie_name("jupyterhub-user-alice"));
         assert!(is_oauth_cookie_name("__Host-jupyterhub-user-alice-gpu"));
         assert!(!is_oauth_cookie_name("jupyterhub-user-alice-oauth-state"));
-        assert!(!is_oauth_cookie_name("jupyterhub-user-alice-oauth-state-x1"));
+        assert!(!is_oauth_cookie_name(
+            "jupyterhub-user-alice-oauth-state-x1"
+        ));
         assert!(!is_oauth_cookie_name("atelier-session"));
         assert!(!is_oauth_cookie_name("_xsrf"));
     }

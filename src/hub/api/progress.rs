@@ -18,7 +18,6 @@ use futures::channel::mpsc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-
 use super::servers::authorized_server;
 use crate::backend::ProgressEvent;
 use crate::hub::auth::Caller;

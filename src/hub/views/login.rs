@@ -21,8 +21,7 @@ use serde::de::IgnoredAny;
 use serde_json::json;
 
 use super::session::{
-    Browser, CsrfForm, MaybeBrowser, clear_session_cookie, needs_xsrf, session_cookie,
-    with_cookie,
+    Browser, CsrfForm, MaybeBrowser, clear_session_cookie, needs_xsrf, session_cookie, with_cookie,
 };
 use super::{Page, PageError, found, see_other};
 use crate::hub::HubState;

@@ -25,9 +25,9 @@ use serde_json::{Map, Value};
 use super::login::safe_next;
 use super::session::{CsrfForm, LoggedIn};
 use super::{Page, PageError, found, hub_path, see_other, server_url, url_encode};
-use crate::hub::{HubConfig, HubState};
 use crate::hub::catalog::ProfileChoice;
 use crate::hub::spawner::{self, StartOptions, StartOutcome};
+use crate::hub::{HubConfig, HubState};
 use crate::policy::names::is_valid_server_name;
 use crate::scopes::{ScopeSet, Target};
 use crate::store::{AuditAction, AuditQuery, Server, ServerState, StoreError, User};
@@ -318,9 +318,10 @@ async fn spawn_page(
     };
     match row.state {
         ServerState::Running => {
-            return Ok(found(&hub.config.location(
-                next.unwrap_or(&server_url(user, server)),
-            )));
+            return Ok(found(
+                &hub.config
+                    .location(next.unwrap_or(&server_url(user, server))),
+            ));
         }
         ServerState::Starting | ServerState::Stopping => {
             return Ok(found(&with_next(

@@ -72,9 +72,8 @@ pub fn passes_fetch_metadata(
     query: Option<&str>,
 ) -> bool {
     !needs_xsrf(method, headers)
-        || sent_xsrf(headers, query).is_some_and(|sent| {
-            constant_time_eq(sent.as_bytes(), session.csrf_token.as_bytes())
-        })
+        || sent_xsrf(headers, query)
+            .is_some_and(|sent| constant_time_eq(sent.as_bytes(), session.csrf_token.as_bytes()))
 }
 
 /// A browser with a valid session, logged in or not.
