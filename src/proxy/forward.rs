@@ -57,7 +57,7 @@ impl Proxy {
         // With a user domain: which host the request is for, and whether that is the right one.
         let on_user_host = match self.check_host(&req, browser) {
             Ok(on_user_host) => on_user_host,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         let Some(user_path) = parse_user_path(req.uri().path()) else {
             let hub = self.default_upstream.clone();
@@ -153,7 +153,7 @@ impl Proxy {
         &self,
         req: &Request<Incoming>,
         browser: bool,
-    ) -> Result<bool, Response<ResponseBody>> {
+    ) -> Result<bool, Box<Response<ResponseBody>>> {
         let Some(domain) = &self.config.user_domain else {
             return Ok(false);
         };
@@ -169,13 +169,14 @@ impl Proxy {
             (HostKind::Hub, Some(p)) => {
                 // A link of path mode: a page load goes to the server's own host.
                 match domain.origin(&self.config.public_url, &p.user) {
-                    Ok(origin) if browser => {
-                        Err(redirect(&format!("{origin}{}", path_and_query(req.uri()))))
-                    }
-                    _ => Err(json_error(
+                    Ok(origin) if browser => Err(Box::new(redirect(&format!(
+                        "{origin}{}",
+                        path_and_query(req.uri())
+                    )))),
+                    _ => Err(Box::new(json_error(
                         StatusCode::NOT_FOUND,
                         "users' servers are served on their own hosts",
-                    )),
+                    ))),
                 }
             }
             (HostKind::User(label), Some(p))
@@ -183,18 +184,18 @@ impl Proxy {
             {
                 Ok(true)
             }
-            (HostKind::User(_), Some(_)) => Err(json_error(
+            (HostKind::User(_), Some(_)) => Err(Box::new(json_error(
                 StatusCode::NOT_FOUND,
                 "this server is not served on this host",
-            )),
-            (HostKind::User(_), None) => Err(json_error(
+            ))),
+            (HostKind::User(_), None) => Err(Box::new(json_error(
                 StatusCode::NOT_FOUND,
                 "the hub is not served on users' hosts",
-            )),
-            (HostKind::Unknown, _) => Err(json_error(
+            ))),
+            (HostKind::Unknown, _) => Err(Box::new(json_error(
                 StatusCode::NOT_FOUND,
                 "no one is served on this host",
-            )),
+            ))),
         }
     }
 
