@@ -305,6 +305,50 @@ pub fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {
 mod tests {
     use super::*;
 
+    fn with_mode(mode: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(mode) = mode {
+            h.insert("sec-fetch-mode", HeaderValue::from_static(mode));
+        }
+        h
+    }
+
+    #[test]
+    fn which_cookie_requests_need_xsrf() {
+        // Read-only navigations and requests without fetch metadata: no.
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(!needs_xsrf(&method, &with_mode(None)), "{method}");
+            assert!(
+                !needs_xsrf(&method, &with_mode(Some("navigate"))),
+                "{method}"
+            );
+        }
+        // A script's reads (fetch, XMLHttpRequest, EventSource), same-origin no-cors included.
+        for mode in ["cors", "no-cors", "same-origin", "websocket"] {
+            assert!(needs_xsrf(&Method::GET, &with_mode(Some(mode))), "{mode}");
+        }
+        // Every write, navigations (form posts) included.
+        for mode in [None, Some("navigate"), Some("cors")] {
+            assert!(needs_xsrf(&Method::POST, &with_mode(mode)), "{mode:?}");
+            assert!(needs_xsrf(&Method::PATCH, &with_mode(mode)), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn xsrf_from_headers_or_query() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            sent_xsrf(&h, Some("a=1&_xsrf=t%2Bk")).as_deref(),
+            Some("t+k")
+        );
+        assert_eq!(sent_xsrf(&h, Some("_xsrf=")), None);
+        assert_eq!(sent_xsrf(&h, None), None);
+        h.insert("x-csrftoken", HeaderValue::from_static("c"));
+        assert_eq!(sent_xsrf(&h, Some("_xsrf=q")).as_deref(), Some("c"));
+        h.insert("x-xsrftoken", HeaderValue::from_static("x"));
+        assert_eq!(sent_xsrf(&h, Some("_xsrf=q")).as_deref(), Some("x"));
+    }
+
     #[test]
     fn cookie_attributes() {
         let c = session_cookie("abc", 60, true);
