@@ -503,6 +503,16 @@ def main_all() -> int:
     ann = lambda docs: find(docs, "Deployment", "-proxy")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     check(ann(a) != ann(b), "a config change rolls the proxy (checksum/config changes)")
 
+    docs = check_render({"userDomain": "users.example.org"}, "userDomain")
+    hub_env, proxy_env = (find(docs, "ConfigMap", s)["data"] for s in ("-hub", "-proxy"))
+    check(hub_env.get("ATELIER_USER_DOMAIN") == "users.example.org"
+          and proxy_env.get("ATELIER_USER_DOMAIN") == "users.example.org"
+          and proxy_env.get("ATELIER_PUBLIC_URL") == hub_env.get("ATELIER_PUBLIC_URL"),
+          "userDomain: --user-domain on the hub and the proxy, the proxy knows the public URL")
+    check("ATELIER_USER_DOMAIN" not in find(render({}), "ConfigMap", "-proxy")["data"],
+          "defaults: no user domain")
+    refused({"userDomain": "https://users.example.org"}, "userDomain", "a userDomain with a scheme")
+
     config, _, _ = hub_oidc(render({}))
     check(config is None and find(render({}), "ConfigMap", "-hub-oidc") is None, "defaults: no OIDC config")
     centre = load_values(CHART / "examples/centre.yaml")
