@@ -431,7 +431,12 @@ fn plant_bobs_page(state: &Path) {
 async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_json::Value {
     const DOMAIN: &str = "users.example.test";
     let mode = if user_domain { "user-domain" } else { "path" };
-    let shots = screenshot_dir().join(format!("attack-{mode}"));
+    // Its own directory: `screenshot_dir()` empties the story's, which may run at the same time.
+    let shots = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join(format!("test-output/browser-attack-{mode}"));
+    let _ = std::fs::remove_dir_all(&shots);
     let dir = std::env::temp_dir().join(format!("atelier-attack-{}", &generate_token()[..16]));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut world = World {
