@@ -239,10 +239,13 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Whether a cookie name is a single-user server's login cookie (not its OAuth state cookie).
+/// Whether a cookie may be a single-user server's login cookie (`jupyterhub-user-…`, with
+/// `__Host-` when the server uses that prefix). Its OAuth state cookies (`…-oauth-state[-…]`)
+/// match too: their names cannot be told from the login cookie of a user whose name ends so,
+/// and their values are no token, so they count as no credential.
 pub fn is_oauth_cookie_name(name: &str) -> bool {
     let name = name.strip_prefix("__Host-").unwrap_or(name);
-    name.starts_with("jupyterhub-user-") && !name.contains("-oauth-state")
+    name.starts_with("jupyterhub-user-")
 }
 
 #[cfg(test)]
@@ -409,10 +412,9 @@ mod tests {
         }
         assert!(is_oauth_cookie_name("jupyterhub-user-alice"));
         assert!(is_oauth_cookie_name("__Host-jupyterhub-user-alice-gpu"));
-        assert!(!is_oauth_cookie_name("jupyterhub-user-alice-oauth-state"));
-        assert!(!is_oauth_cookie_name(
-            "jupyterhub-user-alice-oauth-state-x1"
-        ));
+        assert!(is_oauth_cookie_name("jupyterhub-user-alice~gpu"));
+        // The login cookie of user `x-oauth-state` (a state cookie's value is no token).
+        assert!(is_oauth_cookie_name("jupyterhub-user-x-oauth-state"));
         assert!(!is_oauth_cookie_name("atelier-session"));
         assert!(!is_oauth_cookie_name("_xsrf"));
     }

@@ -439,7 +439,7 @@ mod tests {
             (
                 "cookie",
                 "atelier-session=sess; jupyterhub-user-a=\"2|1:0|10:1733480000|17:jupyterhub-user-a|8:dDBrM24=|ab\"; \
-                 jupyterhub-user-a-oauth-state=2|1:0|10:1733480000|28:jupyterhub-user-a-oauth-state|4:eHl6|cd",
+                 jupyterhub-user-a-oauth-state=2|1:0|10:1733480000|29:jupyterhub-user-a-oauth-state|4:eHl6|cd",
             ),
         ]);
         assert_eq!(
@@ -448,10 +448,12 @@ mod tests {
                 Credential::Token("abc".into()),
                 Credential::Token("q".into()),
                 Credential::Token("t0k3n".into()),
+                Credential::Token("xyz".into()),
             ]
         );
         let h = headers(&[("cookie", "atelier-session=sess")]);
         assert!(user_host_credentials(&"/".parse().unwrap(), &h).is_empty());
+        // (The state cookie's value above, `xyz`, is no token: the database knows no such one.)
     }
 
     #[test]
