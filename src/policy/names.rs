@@ -595,7 +595,10 @@ mod tests {
         assert_ne!(theirs, ns);
         assert!(is_dns_label(&theirs), "{theirs}");
         assert_eq!(user_namespace("atelier-u-", "bob-12"), "atelier-u-bob-12");
-        assert_eq!(user_namespace("atelier-u-", "team-cafe"), "atelier-u-team-cafe");
+        assert_eq!(
+            user_namespace("atelier-u-", "team-cafe"),
+            "atelier-u-team-cafe"
+        );
     }
 
     #[test]
