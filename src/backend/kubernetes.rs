@@ -70,7 +70,7 @@ pub use self::spec::{
     Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace,
     groups_annotation, observe, status_of, workspace_name, workspace_namespace,
 };
-pub use self::sync::{SYNC_INTERVAL, SyncReport, spawn_sync, sync_store, sync_workspaces};
+pub use self::sync::{SYNC_INTERVAL, Site, SyncReport, spawn_sync, sync_store, sync_workspaces};
 use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
 use crate::api::v1alpha1::Workspace;
 use crate::operator::config::NamespaceMode;

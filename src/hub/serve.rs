@@ -336,7 +336,10 @@ pub async fn build_hub(
             // Admin-created Workspaces become servers; ones stopped with kubectl stop theirs.
             kubernetes::spawn_sync(
                 store.clone(),
-                args.public_url.trim_end_matches('/').to_owned(),
+                kubernetes::Site {
+                    public_url: args.public_url.trim_end_matches('/').to_owned(),
+                    user_domain: args.user_domain.clone(),
+                },
                 client.clone(),
                 config.clone(),
                 kubernetes::SYNC_INTERVAL,

@@ -133,9 +133,26 @@ pub fn oauth_callback_url(public_url: &str, user: &str, server: &str) -> String 
 /// with a user domain (JupyterHub: `url_path_join(user.url, server, 'oauth_callback')`, where
 /// `user.url` carries the user's host under `subdomain_host`).
 pub fn server_oauth_callback_url(config: &super::HubConfig, user: &str, server: &str) -> String {
-    match config.user_origin(user) {
+    site_oauth_callback_url(
+        &config.public_url,
+        config.user_domain.as_ref(),
+        user,
+        server,
+    )
+}
+
+/// [`server_oauth_callback_url`] from the site's public URL and user domain alone (the
+/// kubernetes backend's adoption of admin-made Workspaces, the operator): on the user's origin
+/// when there is a user domain and the user has a host under it.
+pub fn site_oauth_callback_url(
+    public_url: &str,
+    user_domain: Option<&crate::proxy::host::UserDomain>,
+    user: &str,
+    server: &str,
+) -> String {
+    match user_domain.and_then(|d| d.origin(public_url, user).ok()) {
         Some(origin) => oauth_callback_url(&origin, user, server),
-        None => oauth_callback_url(&config.public_url, user, server),
+        None => oauth_callback_url(public_url, user, server),
     }
 }
 

@@ -40,6 +40,10 @@ pub struct OperatorConfig {
     pub fs_group: i64,
     /// `imagePullPolicy` of workspace containers.
     pub image_pull_policy: String,
+    /// The hub's `--user-domain`: each user's servers are opened at `<label>.<domain>`, so their
+    /// OAuth callback is there and they send browsers to the hub's own host to log in
+    /// (`JUPYTERHUB_HOST`). `None`: everything on the site's public URL.
+    pub user_domain: Option<crate::proxy::host::UserDomain>,
 }
 
 impl Default for OperatorConfig {
@@ -61,6 +65,7 @@ impl Default for OperatorConfig {
             run_as_user: 1000,
             fs_group: 100,
             image_pull_policy: "IfNotPresent".into(),
+            user_domain: None,
         }
     }
 }

@@ -69,6 +69,10 @@ pub struct OperatorArgs {
     /// Public base URL of the site (empty: relative URLs).
     #[arg(long, env = "ATELIER_PUBLIC_URL", default_value = "")]
     pub public_url: Box<str>,
+    /// The hub's `--user-domain` (README, "Security model"): the servers' OAuth callbacks on the
+    /// users' hosts. Give the hub, the proxy and the operator the same value.
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::proxy::parse_user_domain)]
+    pub user_domain: Option<crate::proxy::host::UserDomain>,
     /// Labels of the hub's pods, `key=value,...`.
     #[arg(
         long,
@@ -143,6 +147,7 @@ impl OperatorArgs {
             run_as_user: self.run_as_user,
             fs_group: self.fs_group,
             image_pull_policy: self.image_pull_policy.to_string(),
+            user_domain: self.user_domain.clone(),
         })
     }
 }

@@ -504,11 +504,15 @@ def main_all() -> int:
     check(ann(a) != ann(b), "a config change rolls the proxy (checksum/config changes)")
 
     docs = check_render({"userDomain": "users.example.org"}, "userDomain")
-    hub_env, proxy_env = (find(docs, "ConfigMap", s)["data"] for s in ("-hub", "-proxy"))
+    hub_env, proxy_env, op_env = (find(docs, "ConfigMap", s)["data"]
+                                  for s in ("-hub", "-proxy", "-operator"))
     check(hub_env.get("ATELIER_USER_DOMAIN") == "users.example.org"
           and proxy_env.get("ATELIER_USER_DOMAIN") == "users.example.org"
-          and proxy_env.get("ATELIER_PUBLIC_URL") == hub_env.get("ATELIER_PUBLIC_URL"),
-          "userDomain: --user-domain on the hub and the proxy, the proxy knows the public URL")
+          and op_env.get("ATELIER_USER_DOMAIN") == "users.example.org"
+          and proxy_env.get("ATELIER_PUBLIC_URL") == hub_env.get("ATELIER_PUBLIC_URL")
+          and op_env.get("ATELIER_PUBLIC_URL") == hub_env.get("ATELIER_PUBLIC_URL"),
+          "userDomain: --user-domain on the hub, the proxy and the operator (the servers' OAuth "
+          "callbacks), all with the public URL")
     check("ATELIER_USER_DOMAIN" not in find(render({}), "ConfigMap", "-proxy")["data"],
           "defaults: no user domain")
     refused({"userDomain": "https://users.example.org"}, "userDomain", "a userDomain with a scheme")

@@ -33,10 +33,11 @@ use super::{KubernetesBackendConfig, WorkspaceHandle, spec, status_of};
 use crate::api::v1alpha1::Workspace;
 use crate::backend::{BackendError, BackendStatus};
 use crate::hub::HubState;
-use crate::hub::spawner::{access_scopes, oauth_callback_url, server_token_scopes};
+use crate::hub::spawner::{access_scopes, server_token_scopes, site_oauth_callback_url};
 use crate::operator::config::NamespaceMode;
 use crate::operator::workspace::reconcile::dereference::token_of;
 use crate::policy::names;
+use crate::proxy::host::UserDomain;
 use crate::store::{
     self, AuditAction, NewAuditEvent, NewOAuthClient, NewToken, Server, ServerState,
     ServerWithOwner, StartRequest, Store, StoreError, TokenOwner, User, oauth_client_id,
@@ -79,20 +80,32 @@ pub async fn sync_workspaces(
     client: Client,
     config: &KubernetesBackendConfig,
 ) -> Result<SyncReport, BackendError> {
-    sync_store(&hub.store, &hub.config.public_url, client, config).await
+    let site = Site {
+        public_url: hub.config.public_url.clone(),
+        user_domain: hub.config.user_domain.clone(),
+    };
+    sync_store(&hub.store, &site, client, config).await
+}
+
+/// Where browsers reach the hub's servers: the site's public URL and, with `--user-domain`, the
+/// users' own hosts (for the OAuth redirect URIs of adopted servers).
+#[derive(Debug, Clone, Default)]
+pub struct Site {
+    pub public_url: String,
+    pub user_domain: Option<UserDomain>,
 }
 
 /// Runs a pass every `interval` (the first at once) until the task is aborted.
 pub fn spawn_sync(
     store: Store,
-    public_url: String,
+    site: Site,
     client: Client,
     config: KubernetesBackendConfig,
     interval: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match sync_store(&store, &public_url, client.clone(), &config).await {
+            match sync_store(&store, &site, client.clone(), &config).await {
                 Ok(report) if !report.is_empty() => tracing::info!(?report, "Workspaces synced"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = ?e, "Workspace sync failed"),
@@ -102,11 +115,11 @@ pub fn spawn_sync(
     })
 }
 
-/// One pass over `store`, whose hub is reached at `public_url` (for the OAuth redirect URIs of
-/// adopted servers).
+/// One pass over `store`, whose servers browsers reach at `site` (for the OAuth redirect URIs
+/// of adopted servers).
 pub async fn sync_store(
     store: &Store,
-    public_url: &str,
+    site: &Site,
     client: Client,
     config: &KubernetesBackendConfig,
 ) -> Result<SyncReport, BackendError> {
@@ -151,7 +164,7 @@ pub async fn sync_store(
                     continue;
                 }
                 let name = log_name(&key.0, &key.1);
-                match adopt(store, public_url, &client, ws, &url).await {
+                match adopt(store, site, &client, ws, &url).await {
                     Ok(true) => report.adopted.push(name),
                     Ok(false) => report.deferred.push(name),
                     Err(e) => {
@@ -334,7 +347,7 @@ async fn workspace_token(client: &Client, ws: &Workspace) -> Result<Option<Strin
 /// Makes `ws`, running at `url`, its user's server. `Ok(false)`: left for a later pass.
 async fn adopt(
     store: &Store,
-    public_url: &str,
+    site: &Site,
     client: &Client,
     ws: &Workspace,
     url: &str,
@@ -366,7 +379,7 @@ async fn adopt(
         Err(StoreError::Conflict(_)) => return Ok(false),
         Err(e) => return Err(store_error(e)),
     };
-    match register_credentials(store, public_url, &user, &server, &token).await {
+    match register_credentials(store, site, &user, &server, &token).await {
         Ok(()) => {}
         Err(e) => {
             let _ = store.mark_stopped(server.id).await;
@@ -399,7 +412,7 @@ async fn adopt(
 /// The server's credentials, as the hub's spawner issues them, with the Workspace's token.
 async fn register_credentials(
     store: &Store,
-    public_url: &str,
+    site: &Site,
     user: &User,
     server: &Server,
     token: &str,
@@ -429,7 +442,12 @@ async fn register_credentials(
             client_id: client_id.clone(),
             description: format!("Server at {prefix}"),
             secret: token.to_owned(),
-            redirect_uri: oauth_callback_url(public_url, u, s),
+            redirect_uri: site_oauth_callback_url(
+                &site.public_url,
+                site.user_domain.as_ref(),
+                u,
+                s,
+            ),
             server_id: Some(server.id),
             allowed_scopes: access_scopes(u, s),
         })

@@ -146,12 +146,14 @@ pub fn service_prefix(user: &str, server_name: &str) -> String {
 }
 
 /// The OAuth callback of a server: `<public_url>/user/<user>/[<server>/]oauth_callback`
-/// (relative when `public_url` is empty).
+/// (relative when `public_url` is empty), on the user's own host with a user domain
+/// (`https://alice.users.example.org/user/alice/oauth_callback`), as the hub registers it.
 pub fn oauth_callback_url(cfg: &OperatorConfig, user: &str, server_name: &str) -> String {
-    format!(
-        "{}{}oauth_callback",
-        cfg.public_url.trim_end_matches('/'),
-        service_prefix(user, server_name)
+    crate::hub::spawner::site_oauth_callback_url(
+        &cfg.public_url,
+        cfg.user_domain.as_ref(),
+        user,
+        server_name,
     )
 }
 
@@ -488,6 +490,18 @@ fn hub_env(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Vec<EnvVar> {
         from_secret("JUPYTERHUB_API_TOKEN", &secret, TOKEN_KEY),
         from_secret("JPY_API_TOKEN", &secret, TOKEN_KEY),
     ];
+    if cfg.user_domain.is_some() {
+        // The server is on the user's host: it sends browsers to the hub's own host to log in
+        // (JupyterHub's `Spawner.get_env` under `subdomain_host`; the hub's spawner does the same).
+        let at = vars
+            .iter()
+            .position(|v| v.name.as_str() > "JUPYTERHUB_HOST")
+            .unwrap_or(vars.len());
+        vars.insert(
+            at,
+            plain("JUPYTERHUB_HOST", cfg.public_url.trim_end_matches('/')),
+        );
+    }
     if let Ok(bytes) = parse_bytes(&v.resources.memory) {
         vars.push(plain("MEM_LIMIT", bytes.to_string()));
         vars.push(plain("MEM_GUARANTEE", bytes.to_string()));

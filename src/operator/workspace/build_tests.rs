@@ -666,6 +666,67 @@ fn public_url_makes_the_oauth_callback_absolute() {
     assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
 }
 
+/// With the hub's `--user-domain` the server's OAuth callback is on the user's own host (what
+/// the hub registers for it) and it logs browsers in on the hub's host (`JUPYTERHUB_HOST`).
+#[test]
+fn a_user_domain_puts_the_callback_on_the_users_host() {
+    let cfg = OperatorConfig {
+        public_url: "https://vre.example.org".into(),
+        user_domain: Some(crate::proxy::host::UserDomain::parse("users.example.org").unwrap()),
+        ..cfg()
+    };
+    let v = validated(&workspace("alice"));
+    let pod = build(&v, &cfg).pod.unwrap();
+    let env = env_of(&pod);
+    assert_eq!(
+        env["JUPYTERHUB_OAUTH_CALLBACK_URL"],
+        "https://alice.users.example.org/user/alice/oauth_callback"
+    );
+    assert_eq!(env["JUPYTERHUB_HOST"], "https://vre.example.org");
+    assert_eq!(
+        crate::hub::spawner::site_oauth_callback_url(
+            &cfg.public_url,
+            cfg.user_domain.as_ref(),
+            "alice",
+            ""
+        ),
+        env["JUPYTERHUB_OAUTH_CALLBACK_URL"],
+        "the operator and the hub agree"
+    );
+    let names: Vec<String> = container(&pod)
+        .env
+        .as_deref()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.clone())
+        .filter(|n| n.starts_with("JUPYTERHUB_"))
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        names[..names.len() - 1],
+        sorted[..sorted.len() - 1],
+        "{names:?}"
+    );
+    // Without one: no JUPYTERHUB_HOST, the callback on the site.
+    let env = env_of(
+        &build(
+            &v,
+            &OperatorConfig {
+                user_domain: None,
+                ..cfg
+            },
+        )
+        .pod
+        .unwrap(),
+    );
+    assert!(!env.contains_key("JUPYTERHUB_HOST"));
+    assert_eq!(
+        env["JUPYTERHUB_OAUTH_CALLBACK_URL"],
+        "https://vre.example.org/user/alice/oauth_callback"
+    );
+}
+
 #[test]
 fn long_names_stay_valid_and_consistent() {
     let long = format!("alice.{}.{}", "x".repeat(60), "y".repeat(60));
