@@ -122,6 +122,9 @@ imagePullSecrets:
 {{- define "atelier.hub.oidcDir" -}}/etc/atelier/oidc{{- end -}}
 {{- define "atelier.hub.oidcSecretDir" -}}/etc/atelier/oidc-secrets{{- end -}}
 {{- define "atelier.hub.oidcPath" -}}{{ include "atelier.hub.oidcDir" . }}/oidc.yaml{{- end -}}
+{{- define "atelier.hub.rolesName" -}}{{ include "atelier.hub.fullname" . }}-roles{{- end -}}
+{{- define "atelier.hub.rolesDir" -}}/etc/atelier/roles{{- end -}}
+{{- define "atelier.hub.rolesPath" -}}{{ include "atelier.hub.rolesDir" . }}/roles.yaml{{- end -}}
 
 {{/* The environment variable holding a provider's client secret (clientSecret.mountAs: env). */}}
 {{- define "atelier.hub.oidcSecretEnv" -}}

@@ -517,6 +517,30 @@ def main_all() -> int:
           "defaults: no user domain")
     refused({"userDomain": "https://users.example.org"}, "userDomain", "a userDomain with a scheme")
 
+    # hub.roles: the hub's --roles file (JupyterHub's load_roles list), mounted; the rule.
+    roles = [{"name": "dask-users", "description": "Dask Gateway for ocean",
+              "scopes": ["access:services!service=dask-gateway"], "groups": ["ocean"]}]
+    docs = check_render({"hub": {"roles": roles, "serverNameRule": "dns-label"}}, "hub.roles")
+    hub_env = find(docs, "ConfigMap", "-hub")["data"]
+    roles_cm = find(docs, "ConfigMap", "-hub-roles")
+    hub_dep = find(docs, "Deployment", "-hub")
+    pod = hub_dep["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    check(roles_cm is not None and yaml.safe_load(roles_cm["data"]["roles.yaml"]) == roles
+          and hub_env.get("ATELIER_ROLES") == mounts.get("roles", "") + "/roles.yaml"
+          and volumes.get("roles", {}).get("configMap", {}).get("name") == roles_cm["metadata"]["name"]
+          and "checksum/roles" in hub_dep["spec"]["template"]["metadata"]["annotations"]
+          and hub_env.get("ATELIER_SERVER_NAME_RULE") == "dns-label",
+          "hub.roles: the roles file mounted as the hub's --roles, rolled on change; serverNameRule")
+    defaults = render({})
+    check(find(defaults, "ConfigMap", "-hub-roles") is None
+          and "ATELIER_ROLES" not in find(defaults, "ConfigMap", "-hub")["data"]
+          and find(defaults, "ConfigMap", "-hub")["data"].get("ATELIER_SERVER_NAME_RULE") == "jupyterhub",
+          "defaults: no roles file, JupyterHub's server name rule")
+    refused({"hub": {"roles": [{"scopes": ["read:users"]}]}}, "name", "a role without a name")
+    refused({"hub": {"serverNameRule": "anything"}}, "serverNameRule", "an unknown server name rule")
+
     config, _, _ = hub_oidc(render({}))
     check(config is None and find(render({}), "ConfigMap", "-hub-oidc") is None, "defaults: no OIDC config")
     centre = load_values(CHART / "examples/centre.yaml")
