@@ -226,23 +226,6 @@ async fn csrf_less_logout_is_refused() {
 
 // ---- the dev login and admin accounts ---------------------------------------------------------
 
-/// Posts the dev login form for `name` with `password` from a fresh browser.
-async fn dev_login<'a>(web: &'a Served, name: &str, password: &str) -> (Resp, Browser<'a>) {
-    let mut b = web.browser();
-    let page = b.get("/hub/login").await;
-    let r = b
-        .post(
-            "/hub/login",
-            &[
-                ("_xsrf", &page.xsrf()),
-                ("username", name),
-                ("password", password),
-            ],
-        )
-        .await;
-    (r, b)
-}
-
 /// root makes alice an admin on the admin page.
 async fn root_makes_admin(web: &Served, name: &str) {
     let mut root = web.logged_in("root").await;
@@ -266,7 +249,7 @@ async fn an_account_made_admin_needs_the_admin_password() {
     root_makes_admin(&web, "alice").await;
 
     for wrong in ["", "not-the-password"] {
-        let (r, mut b) = dev_login(&web, "alice", wrong).await;
+        let (r, mut b) = web.dev_login("alice", wrong).await;
         assert_eq!(r.status, 403, "password {wrong:?}: {}", r.body);
         assert!(r.body.contains("Wrong admin password"), "{}", r.body);
         assert_eq!(
@@ -275,7 +258,7 @@ async fn an_account_made_admin_needs_the_admin_password() {
             "no session for alice with password {wrong:?}"
         );
     }
-    let (r, mut b) = dev_login(&web, "alice", ADMIN_PASSWORD).await;
+    let (r, mut b) = web.dev_login("alice", ADMIN_PASSWORD).await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(b.get("/hub/admin").await.status, 200, "alice is an admin");
 }
@@ -331,7 +314,7 @@ async fn a_passwordless_session_stays_without_admin_rights() {
     assert_eq!(promote.status, 403, "{}", promote.body);
     assert!(web.hub.store.get_user("root").await.unwrap().admin);
 
-    let (r, mut b) = dev_login(&web, "alice", ADMIN_PASSWORD).await;
+    let (r, mut b) = web.dev_login("alice", ADMIN_PASSWORD).await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(b.get("/hub/admin").await.status, 200);
 }

@@ -27,8 +27,8 @@
 
 use std::fmt;
 
-/// The longest DNS label (RFC 1035).
-const MAX_LABEL: usize = 63;
+/// Whether `s` is a DNS label of `[a-z0-9-]` not starting or ending with `-` (at most 63).
+use crate::policy::names::is_dns_label as is_label;
 
 /// The prefix of escaped labels.
 const ESCAPED: &str = "u--";
@@ -59,17 +59,6 @@ impl fmt::Display for UserDomain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.domain)
     }
-}
-
-/// Whether `s` is a DNS label of `[a-z0-9-]` not starting or ending with `-`.
-fn is_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_LABEL
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 /// The host label of user `name` (module docs), or why it has none.

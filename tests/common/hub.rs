@@ -405,10 +405,18 @@ impl Served {
 
     /// A browser logged in as `name` through the dev login (with [`ADMIN_PASSWORD`] for `root`).
     pub async fn logged_in(&self, name: &str) -> Browser<'_> {
+        let password = if name == "root" { ADMIN_PASSWORD } else { "" };
+        let (r, b) = self.dev_login(name, password).await;
+        assert_eq!(r.status, 303, "login as {name}: {}", r.body);
+        b
+    }
+
+    /// A fresh browser posting the dev login form for `name` with `password`: the answer, and
+    /// the browser (logged in or not).
+    pub async fn dev_login(&self, name: &str, password: &str) -> (Resp, Browser<'_>) {
         let mut b = self.browser();
         let page = b.get("/hub/login").await;
         assert_eq!(page.status, 200, "{}", page.body);
-        let password = if name == "root" { ADMIN_PASSWORD } else { "" };
         let r = b
             .post(
                 "/hub/login",
@@ -419,8 +427,7 @@ impl Served {
                 ],
             )
             .await;
-        assert_eq!(r.status, 303, "login as {name}: {}", r.body);
-        b
+        (r, b)
     }
 
     /// The row of `user`'s server `server`.
