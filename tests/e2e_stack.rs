@@ -346,12 +346,7 @@ impl Browser {
             let Some((name, value)) = pair.split_once('=') else {
                 continue;
             };
-            let lower = set.to_ascii_lowercase();
-            let cleared = value.is_empty()
-                || value == "\"\""
-                || lower.contains("max-age=0")
-                || lower.contains("1970");
-            if cleared {
+            if common::cookie_cleared(set) {
                 self.cookies.remove(name.trim());
             } else {
                 self.cookies

@@ -1238,11 +1238,7 @@ impl Site<'_> {
             let set = set.to_str().unwrap();
             let pair = set.split(';').next().unwrap();
             let (name, value) = pair.split_once('=').unwrap();
-            let cleared = value.is_empty()
-                || value == "\"\""
-                || set.contains("Max-Age=0")
-                || set.contains("1970");
-            if cleared {
+            if common::cookie_cleared(set) {
                 self.cookies.remove(name);
             } else {
                 self.cookies.insert(name.to_owned(), value.to_owned());

@@ -75,8 +75,7 @@ impl Browser {
         for c in &set_cookies {
             let pair = c.split(';').next().unwrap();
             let (name, value) = pair.split_once('=').unwrap();
-            let lower = c.to_ascii_lowercase();
-            if value.is_empty() || lower.contains("max-age=0") || lower.contains("1970") {
+            if common::cookie_cleared(c) {
                 self.cookies.remove(name.trim());
             } else {
                 self.cookies

@@ -261,10 +261,8 @@ impl Resp {
 
     /// Whether this response sets a (non-empty, not expiring) session cookie.
     pub fn sets_session(&self) -> bool {
-        self.session_cookie().is_some_and(|set| {
-            let value = session_value(set);
-            !value.is_empty() && !set.contains("Max-Age=0")
-        })
+        self.session_cookie()
+            .is_some_and(|set| !session_value(set).is_empty() && !super::cookie_cleared(set))
     }
 
     /// The `_xsrf` value of the page's (first) form.

@@ -19,6 +19,40 @@ pub mod stack;
 
 pub const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
 
+/// Whether a `Set-Cookie` value clears its cookie: an empty value, `Max-Age` of zero or less,
+/// or an `Expires` in 1970 (what servers send to delete one). Only the attributes count: a value
+/// that happens to contain `1970` (a random hex token does, about once in a thousand) is a
+/// cookie like any other.
+pub fn cookie_cleared(set_cookie: &str) -> bool {
+    let mut parts = set_cookie.split(';');
+    let value = parts
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .map_or("", |(_, v)| v.trim());
+    if value.is_empty() || value == "\"\"" {
+        return true;
+    }
+    parts.any(|attribute| {
+        let (key, val) = attribute.split_once('=').unwrap_or((attribute, ""));
+        let (key, val) = (key.trim().to_ascii_lowercase(), val.trim());
+        (key == "max-age" && val.parse::<i64>().is_ok_and(|n| n <= 0))
+            || (key == "expires" && val.contains("1970"))
+    })
+}
+
+#[test]
+fn cookie_cleared_reads_attributes_not_values() {
+    assert!(cookie_cleared("a=; Path=/"));
+    assert!(cookie_cleared("a=x; Max-Age=0"));
+    assert!(cookie_cleared(
+        "a=x; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT"
+    ));
+    assert!(!cookie_cleared(
+        "atelier-session=0a1970ff; Path=/; Max-Age=600; HttpOnly"
+    ));
+    assert!(!cookie_cleared("a=x; Max-Age=0600"));
+}
+
 /// Writes to the process's stderr past the test harness's capture (which takes `eprintln!`).
 pub fn say(message: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "{message}");
