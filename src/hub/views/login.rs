@@ -208,12 +208,8 @@ pub async fn submit(
         .any(|a| a.trim().eq_ignore_ascii_case(&name));
     // Every admin account asks for the admin password: the `--admin-user` names and any account
     // made admin since (admin page, REST API). Without it anyone could log in as an admin.
-    let existing_admin = match hub.store.get_user(&name).await {
-        Ok(user) => user.admin,
-        Err(StoreError::NotFound) => false,
-        Err(e) => return Err(PageError::unexpected(e)),
-    };
-    let is_admin = admin_name || existing_admin;
+    let existing = find_user(&hub, &name).await?;
+    let is_admin = admin_name || existing.as_ref().is_some_and(|user| user.admin);
     if is_admin {
         let given = hash_admin_password(&form.password);
         let ok = hub
@@ -235,7 +231,7 @@ pub async fn submit(
             .into_response());
         }
     }
-    let user = find_or_create_user(&hub, &name, admin_name).await?;
+    let user = ensure_user(&hub, &name, existing, admin_name).await?;
     // A session opened without the admin password stays without admin rights, even if the
     // account is made admin while it lasts (see `Store::get_session`).
     let data = if is_admin {
@@ -273,10 +269,25 @@ pub async fn submit(
     ))
 }
 
-async fn find_or_create_user(hub: &HubState, name: &str, admin: bool) -> Result<User, PageError> {
-    let user = match hub.store.get_user(name).await {
-        Ok(user) => user,
-        Err(StoreError::NotFound) => match hub.store.create_user(name, admin).await {
+/// The user called `name`, if there is one.
+async fn find_user(hub: &HubState, name: &str) -> Result<Option<User>, PageError> {
+    match hub.store.get_user(name).await {
+        Ok(user) => Ok(Some(user)),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(PageError::unexpected(e)),
+    }
+}
+
+/// `found` (what [`find_user`] gave for `name`), else a new user `name`; made admin if `admin`.
+async fn ensure_user(
+    hub: &HubState,
+    name: &str,
+    found: Option<User>,
+    admin: bool,
+) -> Result<User, PageError> {
+    let user = match found {
+        Some(user) => user,
+        None => match hub.store.create_user(name, admin).await {
             Ok(user) => user,
             // Created at the same moment by another login.
             Err(StoreError::Conflict(_)) => hub
@@ -286,7 +297,6 @@ async fn find_or_create_user(hub: &HubState, name: &str, admin: bool) -> Result<
                 .map_err(|e| PageError::from_store(format_args!("user {name}"), e))?,
             Err(e) => return Err(PageError::from_store(format_args!("user {name}"), e)),
         },
-        Err(e) => return Err(PageError::unexpected(e)),
     };
     if admin && !user.admin {
         return hub
@@ -304,7 +314,8 @@ pub(crate) async fn find_or_create_oidc_user(
     name: &str,
     admin: bool,
 ) -> Result<User, PageError> {
-    find_or_create_user(hub, name, admin).await
+    let found = find_user(hub, name).await?;
+    ensure_user(hub, name, found, admin).await
 }
 
 /// Deletes the session of `cookie` with the tokens issued in it; a session already gone is fine.
