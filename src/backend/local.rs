@@ -134,6 +134,18 @@ pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
+/// Makes a command's program absolute when it is given as a path (a bare name is looked up on
+/// `PATH` at spawn time, as before).
+pub fn absolute_program(command: &mut [String]) {
+    if let Some(program) = command.first_mut()
+        && program.contains('/')
+    {
+        *program = absolute(Path::new(program.as_str()))
+            .to_string_lossy()
+            .into_owned();
+    }
+}
+
 /// What the backend stores for a server (serialized as the opaque handle).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalHandle {
@@ -218,13 +230,7 @@ impl LocalBackend {
             config.command = default_command();
         }
         config.state_dir = absolute(&config.state_dir);
-        if let Some(program) = config.command.first_mut()
-            && program.contains('/')
-        {
-            *program = absolute(Path::new(program.as_str()))
-                .to_string_lossy()
-                .into_owned();
-        }
+        absolute_program(&mut config.command);
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build_http();
@@ -711,8 +717,7 @@ fn service_prefix(request: &SpawnRequest) -> String {
             }
             prefix
         }
-        _ if request.server.is_empty() => format!("/user/{}/", request.user),
-        _ => format!("/user/{}/{}/", request.user, request.server),
+        _ => crate::policy::names::service_prefix(&request.user, &request.server),
     }
 }
 

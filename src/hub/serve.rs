@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use super::catalog::{self, Catalog, SharedCatalog};
 use super::{Hub, HubConfig, HubState, ServiceConfig, router, spawner};
 use crate::backend::WorkspaceBackend;
-use crate::backend::local::{LocalBackend, LocalConfig, absolute, default_command};
+use crate::backend::local::{
+    LocalBackend, LocalConfig, absolute, absolute_program, default_command,
+};
 use crate::proxy::{self, Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes};
 use crate::store::{self, NewToken, Store, StoreError, TokenOwner};
 
@@ -150,13 +152,7 @@ impl HubArgs {
     pub fn resolve_paths(&mut self) {
         self.database_url = absolute_sqlite_url(&self.database_url);
         self.state_dir = absolute(&self.state_dir);
-        if let Some(program) = self.server_command.first_mut()
-            && program.contains('/')
-        {
-            *program = absolute(Path::new(program.as_str()))
-                .to_string_lossy()
-                .into_owned();
-        }
+        absolute_program(&mut self.server_command);
         self.catalog = self.catalog.as_deref().map(absolute);
         self.oidc_config = self.oidc_config.as_deref().map(absolute);
     }
@@ -303,8 +299,14 @@ pub async fn build_hub(
         }
         None => SharedCatalog::default(),
     };
+    // The Python of the single-user servers (`GET /info`): known with the local backend only.
+    let mut server_python = None;
     let backend: Arc<dyn WorkspaceBackend> = match args.backend {
-        BackendKind::Local => Arc::new(local_backend(args)),
+        BackendKind::Local => {
+            let local = local_backend(args);
+            server_python = super::api::hub::probe_python(&local.config().command).await;
+            Arc::new(local)
+        }
         BackendKind::Kubernetes => {
             use crate::backend::kubernetes::{self, KubernetesBackend, KubernetesBackendConfig};
             use crate::operator::{NamespaceModeArg, config::NamespaceMode};
@@ -379,14 +381,7 @@ pub async fn build_hub(
     if let Some(path) = &args.roles {
         config.roles = load_roles(path)?;
     }
-    if args.backend == BackendKind::Local {
-        let command = if args.server_command.is_empty() {
-            default_command()
-        } else {
-            args.server_command.clone()
-        };
-        config.server_python = super::api::hub::probe_python(&command).await;
-    }
+    config.server_python = server_python;
     if let Some(path) = &args.oidc_config {
         let providers = super::oidc::load_config(path)?;
         config.oidc_providers = super::oidc::discover(providers, &config.public_url).await?;

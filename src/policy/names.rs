@@ -200,6 +200,16 @@ pub fn data_volume_name(data_source: &str) -> String {
     dns_label("data-", data_source, "")
 }
 
+/// The URL prefix of a server: `/user/<user>/` or `/user/<user>/<server>/`
+/// (`JUPYTERHUB_SERVICE_PREFIX`, the path the proxy routes to it).
+pub fn service_prefix(user: &str, server_name: &str) -> String {
+    if server_name.is_empty() {
+        format!("/user/{user}/")
+    } else {
+        format!("/user/{user}/{server_name}/")
+    }
+}
+
 /// The per-user namespace `<prefix><user>`, shortened and hashed (`-` and 8 hex digits) when that
 /// is not an RFC 1123 label (user names may contain `.` and `_`), or when it already ends in `-`
 /// and 8 or more hex digits: otherwise user `alice-smith-<hash>` could pick the name that

@@ -22,6 +22,7 @@ use super::paths::{
 use super::routes::{Resolved, Upstream};
 use super::splice::splice;
 use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};
+use crate::policy::names::service_prefix;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -238,7 +239,7 @@ impl Proxy {
 
         let cookie_prefix = match &dest {
             Dest::Hub => None,
-            Dest::User { user, server, .. } => Some(server_prefix(user, server)),
+            Dest::User { user, server, .. } => Some(service_prefix(user, server)),
         };
         let error = match self.client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => return respond(resp, client_upgrade, ctx, cookie_prefix.as_deref()),
@@ -330,15 +331,6 @@ fn prepare_headers(headers: &mut HeaderMap, remote: IpAddr, upgrade: bool, user_
     }
 }
 
-/// The path prefix of `user`'s server `server`: `/user/<user>/`, or `/user/<user>/<server>/`.
-fn server_prefix(user: &str, server: &str) -> String {
-    if server.is_empty() {
-        format!("/user/{user}/")
-    } else {
-        format!("/user/{user}/{server}/")
-    }
-}
-
 /// Drops the `Set-Cookie` headers of a user's server that could reach beyond that server (cookie
 /// tossing): one naming a hub cookie, one with a `Domain` attribute (it would reach other hosts
 /// of the domain, other users' hosts with `--user-domain`), and one with a `Path` outside the
@@ -367,7 +359,7 @@ fn drop_tossed_cookies(headers: &mut HeaderMap, prefix: &str) {
     }
 }
 
-/// The name of a `Set-Cookie` value, for the log (never its value).
+/// The name of a `Set-Cookie` value (`""` when it has none).
 fn cookie_name(value: &HeaderValue) -> &str {
     let text = value.to_str().unwrap_or("");
     text.split(';')
@@ -383,16 +375,11 @@ fn cookie_stays_on_server(value: &HeaderValue, prefix: &str) -> bool {
     let Ok(text) = value.to_str() else {
         return false;
     };
-    let mut parts = text.split(';');
-    let name = parts
-        .next()
-        .and_then(|pair| pair.split_once('='))
-        .map_or("", |(name, _)| name.trim());
-    if name.eq_ignore_ascii_case(SESSION_COOKIE) {
+    if cookie_name(value).eq_ignore_ascii_case(SESSION_COOKIE) {
         return false;
     }
     let bare = prefix.trim_end_matches('/');
-    for attribute in parts {
+    for attribute in text.split(';').skip(1) {
         let (key, val) = attribute.split_once('=').unwrap_or((attribute, ""));
         let (key, val) = (key.trim(), val.trim());
         if key.eq_ignore_ascii_case("domain") {

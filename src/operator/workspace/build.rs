@@ -135,15 +135,7 @@ pub fn owner_reference(v: &ValidatedWorkspace) -> OwnerReference {
     }
 }
 
-/// The URL prefix of a server: `/user/<user>/` or `/user/<user>/<server>/`
-/// (`JUPYTERHUB_SERVICE_PREFIX`).
-pub fn service_prefix(user: &str, server_name: &str) -> String {
-    if server_name.is_empty() {
-        format!("/user/{user}/")
-    } else {
-        format!("/user/{user}/{server_name}/")
-    }
-}
+pub use crate::policy::names::service_prefix;
 
 /// The OAuth callback of a server: `<public_url>/user/<user>/[<server>/]oauth_callback`
 /// (relative when `public_url` is empty), on the user's own host with a user domain
