@@ -192,6 +192,13 @@ async fn dev_login_sets_a_safe_cookie(db: TestDb) {
         let home = b.get("/hub/home").await;
         assert_eq!(home.status, 200);
         assert!(home.body.contains("alice"), "the name is normalised");
+        // The "New named server" field asks the browser for JupyterHub's server name rule.
+        assert!(
+            home.body
+                .contains(r#"maxlength="30" pattern="[a-z](-?[a-z0-9])*""#),
+            "{}",
+            home.body
+        );
         let mut stale = web.browser();
         stale.cookie = Some(anonymous_value);
         assert_eq!(stale.get("/hub/home").await.status, 302);

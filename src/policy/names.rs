@@ -143,6 +143,15 @@ impl ServerNameRule {
         }
     }
 
+    /// The rule as an HTML `pattern` (anchored by the browser) with the longest name, for the
+    /// home page's "New named server" field: the browser refuses what the hub would.
+    pub fn html_pattern(self) -> (&'static str, usize) {
+        match self {
+            ServerNameRule::Jupyterhub => ("[a-z](-?[a-z0-9])*", 30),
+            ServerNameRule::DnsLabel => ("[a-z0-9]([a-z0-9\\-]*[a-z0-9])?", MAX_LABEL),
+        }
+    }
+
     /// The rule in words, for error messages.
     pub fn describe(self) -> &'static str {
         match self {
@@ -639,6 +648,21 @@ mod tests {
             assert_eq!(ServerNameRule::DnsLabel.allows(name), *dns, "{name:?}");
         }
         assert!(!ServerNameRule::Jupyterhub.allows(""));
+        // The home page's HTML pattern (the browser anchors it) agrees with each rule, on the
+        // table and on every name of 1 to 4 characters of a, 1 and '-'.
+        let every = all_names(b"a1-", 4, |_| true);
+        for rule in [ServerNameRule::Jupyterhub, ServerNameRule::DnsLabel] {
+            let (pattern, max) = rule.html_pattern();
+            let html = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+            let names = cases
+                .iter()
+                .map(|c| c.0)
+                .chain(every.iter().map(String::as_str));
+            for name in names {
+                let browser = html.is_match(name) && name.len() <= max;
+                assert_eq!(browser, rule.allows(name), "{rule:?} {name:?}");
+            }
+        }
     }
 
     /// Every string of `alphabet` of 1 to `max` characters that `valid` accepts.

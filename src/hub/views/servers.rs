@@ -185,10 +185,13 @@ pub async fn home(State(hub): State<HubState>, me: LoggedIn) -> Result<Page, Pag
             .iter()
             .map(|s| ServerView::of(&hub.config, &me.user.name, &s.name, Some(s))),
     );
+    let (pattern, max) = hub.config.server_name_rule.html_pattern();
     Ok(Page::new("home.html")
         .user(&me.user, &me.session)
         .insert("servers", &views)
-        .insert("spawn_url", &hub_path("/hub/spawn", &me.user.name, "")))
+        .insert("spawn_url", &hub_path("/hub/spawn", &me.user.name, ""))
+        .insert("server_name_pattern", &pattern)
+        .insert("server_name_max", &max))
 }
 
 // ---- spawn form -----------------------------------------------------------------------------
