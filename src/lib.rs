@@ -2,8 +2,10 @@
 
 pub mod api;
 pub mod backend;
+pub mod config;
 pub mod crdgen;
 pub mod hub;
+pub mod k8s;
 pub mod operator;
 pub mod policy;
 pub mod proxy;

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use atelier::api::v1alpha1::{self, NodePool, Workspace, WorkspaceProfile};
-use atelier::operator::config::OperatorConfig;
-use atelier::operator::workspace::validate::{reason, validate};
-use atelier::operator::workspace::{Dereferenced, build::build, parse_groups};
+use atelier::config::OperatorConfig;
+use atelier::operator::workspace::build::build;
+use atelier::policy::workspace::{Dereferenced, parse_groups};
+use atelier::policy::workspace::{reason, validate};
 use kube::ResourceExt;
 use serde_json::Value;
 use support::schema::CrdValidator;

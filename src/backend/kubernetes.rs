@@ -15,7 +15,7 @@
 //!    (`fieldSelector=spec.user=<u>`, the CRD's selectable field) for one of that server;
 //! 2. per-user mode: apply the user's Namespace (so that the Workspace can be created in it);
 //! 3. apply the Secret `ws-<ws>-token` holding the hub-issued `JUPYTERHUB_API_TOKEN` of the
-//!    request under [`TOKEN_KEY`](crate::operator::workspace::TOKEN_KEY), labelled
+//!    request under [`TOKEN_KEY`](crate::policy::workspace::TOKEN_KEY), labelled
 //!    `atelier.dev/workspace=<ws>`: the operator's `dereference` lists the Workspace's Secrets by
 //!    that label and *reuses* the token it finds instead of generating one, and the pod reads
 //!    `JUPYTERHUB_API_TOKEN` from that Secret. So the single-user server presents the token the
@@ -73,9 +73,9 @@ pub use self::spec::{
 pub use self::sync::{SYNC_INTERVAL, Site, SyncReport, spawn_sync, sync_store, sync_workspaces};
 use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
 use crate::api::v1alpha1::Workspace;
-use crate::operator::config::NamespaceMode;
-use crate::operator::workspace::USER_LABEL;
+use crate::config::NamespaceMode;
 use crate::policy::names;
+use crate::policy::workspace::USER_LABEL;
 
 /// Field manager of everything the hub applies or patches.
 pub const FIELD_MANAGER: &str = "atelier-hub";
@@ -159,7 +159,7 @@ impl std::fmt::Display for WorkspaceHandle {
 /// A client from the environment (in-cluster or kubeconfig) sending
 /// `User-Agent: atelier-hub/<version>`.
 pub async fn kube_client() -> anyhow::Result<Client> {
-    crate::operator::kube_client(concat!("atelier-hub/", env!("CARGO_PKG_VERSION"))).await
+    crate::k8s::kube_client(concat!("atelier-hub/", env!("CARGO_PKG_VERSION"))).await
 }
 
 /// The `kubernetes` backend (see the module documentation).

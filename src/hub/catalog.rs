@@ -30,9 +30,9 @@ use serde_json::Value;
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, ResourceRequest, WorkspaceProfile};
 use crate::backend::SpawnRequest;
 use crate::backend::kubernetes::{SpecError, build_workspace, groups_annotation, workspace_name};
-use crate::operator::config::OperatorConfig;
-use crate::operator::workspace::validate::validate;
-use crate::operator::workspace::{Dereferenced, Refusal, parse_groups};
+use crate::config::OperatorConfig;
+use crate::policy::workspace::validate;
+use crate::policy::workspace::{Dereferenced, Refusal, parse_groups};
 use crate::policy::{self, allowed, names};
 
 /// How often the kubernetes backend's hub lists the catalogue's resources again.
@@ -638,7 +638,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::operator::workspace::validate::reason;
+    use crate::policy::workspace::reason;
 
     fn examples() -> Catalog {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/examples");

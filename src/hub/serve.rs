@@ -73,7 +73,7 @@ pub struct HubArgs {
         value_enum,
         default_value = "shared"
     )]
-    pub namespace_mode: crate::operator::NamespaceModeArg,
+    pub namespace_mode: crate::config::NamespaceModeArg,
     /// Kubernetes backend: prefix of the per-user namespaces, as the operator's.
     #[arg(
         long,
@@ -309,7 +309,7 @@ pub async fn build_hub(
         }
         BackendKind::Kubernetes => {
             use crate::backend::kubernetes::{self, KubernetesBackend, KubernetesBackendConfig};
-            use crate::operator::{NamespaceModeArg, config::NamespaceMode};
+            use crate::config::{NamespaceMode, NamespaceModeArg};
             let client = kubernetes::kube_client().await?;
             let namespace = args
                 .workspace_namespace

@@ -20,22 +20,12 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 
-pub mod config;
 pub mod metrics;
 pub mod workspace;
 
-use config::{NamespaceMode, OperatorConfig};
+use crate::config::{NamespaceMode, NamespaceModeArg, OperatorConfig};
 use metrics::Metrics;
 use workspace::WORKSPACE_CONTROLLER_NAME;
-
-/// How workspaces are spread over namespaces (command-line form of [`NamespaceMode`]).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NamespaceModeArg {
-    /// Every workspace lives in the namespace of its Workspace.
-    Shared,
-    /// Each user has a namespace `<prefix><user>`.
-    PerUser,
-}
 
 /// Command-line arguments of `atelier operator`. (Strings are `Box<str>` to keep the
 /// subcommand enum of `main` small.)
@@ -331,17 +321,7 @@ pub fn reporter() -> Reporter {
     }
 }
 
-/// A client from the environment (in-cluster or kubeconfig) sending `User-Agent: <user_agent>`
-/// (the operator's: [`OPERATOR_USER_AGENT`]; the hub's kubernetes backend has its own).
-pub async fn kube_client(user_agent: &'static str) -> anyhow::Result<Client> {
-    let mut config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    config
-        .headers
-        .push((header::USER_AGENT, HeaderValue::from_static(user_agent)));
-    Ok(Client::try_from(config)?)
-}
+pub use crate::k8s::kube_client;
 
 /// The operator's `User-Agent`.
 pub const OPERATOR_USER_AGENT: &str = concat!("atelier-operator/", env!("CARGO_PKG_VERSION"));

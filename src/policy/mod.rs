@@ -1,4 +1,5 @@
-//! Pure policy: groups, quantities, node-pool routing, caps and name rules. No I/O.
+//! Pure policy: groups, quantities, node-pool routing, caps, name rules, and what a workspace
+//! must satisfy to start ([`workspace`]). No I/O.
 
 pub mod caps;
 pub mod groups;
@@ -6,6 +7,7 @@ pub mod names;
 pub mod quantity;
 pub mod resources;
 pub mod routing;
+pub mod workspace;
 
 pub use caps::{CapError, Consumer, Usage, check_caps, usage_of, workspace_usage};
 pub use groups::{allowed, format_groups};

@@ -11,6 +11,14 @@ mod nodepool;
 mod profile;
 mod workspace;
 
+/// Condition types of the Workspace status.
+pub mod conditions {
+    /// Type of the condition that is `True` when the server is ready.
+    pub const READY: &str = "Ready";
+    /// Type of the condition that is `True` when the pod is bound to a node.
+    pub const SCHEDULED: &str = "Scheduled";
+}
+
 pub use batchjob::{BatchJob, BatchJobSpec, BatchJobStatus};
 pub use common::{EnvMap, ResourceRequest, WorkspaceKind};
 pub use datasource::{

@@ -17,14 +17,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value};
 
 use super::{KubernetesBackendConfig, WorkspaceHandle};
+use crate::api::v1alpha1::conditions::READY;
 use crate::api::v1alpha1::{
     DesiredState, ResourceRequest, Workspace, WorkspaceKind, WorkspacePhase, WorkspaceSpec,
 };
 use crate::backend::{BackendStatus, ProgressEvent, SpawnRequest};
-use crate::operator::config::NamespaceMode;
-use crate::operator::workspace::status::READY;
-use crate::operator::workspace::validate::reason;
-use crate::operator::workspace::{
+use crate::config::NamespaceMode;
+use crate::policy::workspace::reason;
+use crate::policy::workspace::{
     GROUPS_ANNOTATION, SERVER_LABEL, TOKEN_KEY, USER_LABEL, WORKSPACE_LABEL,
 };
 use crate::policy::{names, parse_bytes, parse_cpu_millis};
@@ -887,11 +887,11 @@ mod tests {
         );
         let ws = Workspace::new("alice", build(json!({})).expect("valid").spec);
         assert_eq!(
-            crate::operator::workspace::reconcile::children_selector(&ws),
+            crate::policy::workspace::children_selector(&ws),
             "atelier.dev/workspace=alice"
         );
         assert_eq!(
-            crate::operator::workspace::reconcile::dereference::token_of(&secret).as_deref(),
+            crate::policy::workspace::token_of(&secret).as_deref(),
             Some("tok-123456789")
         );
     }

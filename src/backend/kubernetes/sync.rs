@@ -32,11 +32,11 @@ use tokio::task::JoinHandle;
 use super::{KubernetesBackendConfig, WorkspaceHandle, spec, status_of};
 use crate::api::v1alpha1::Workspace;
 use crate::backend::{BackendError, BackendStatus};
+use crate::config::NamespaceMode;
 use crate::hub::HubState;
 use crate::hub::spawner::{access_scopes, server_token_scopes, site_oauth_callback_url};
-use crate::operator::config::NamespaceMode;
-use crate::operator::workspace::reconcile::dereference::token_of;
 use crate::policy::names;
+use crate::policy::workspace::token_of;
 use crate::proxy::host::UserDomain;
 use crate::store::{
     self, AuditAction, NewAuditEvent, NewOAuthClient, NewToken, Server, ServerState,

@@ -22,10 +22,7 @@ pub fn iso(t: Option<DateTime<Utc>>) -> Value {
 
 /// The URL path of a server: `/user/<user>/` or `/user/<user>/<server>/`.
 pub fn server_url(user: &str, server: &str) -> String {
-    crate::operator::workspace::build::service_prefix(
-        &escape_segment(user),
-        &escape_segment(server),
-    )
+    crate::policy::names::service_prefix(&escape_segment(user), &escape_segment(server))
 }
 
 /// The progress event-stream of a server.

@@ -63,7 +63,7 @@ use super::{
     WORKSPACE_LABEL, WorkspaceResources,
 };
 use crate::api::v1alpha1::{DataSourceSpec, DesiredState, HomeReclaim, NodePool, PoolPurpose};
-use crate::operator::config::OperatorConfig;
+use crate::config::OperatorConfig;
 use crate::policy::{
     DEFAULT_CPU, DEFAULT_MEMORY, allowed, format_bytes, format_cpu_cores, format_cpu_millis, names,
     parse_bytes, parse_cpu_millis,

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use serde_json::{Value, json};
 
-use super::super::validate::test_support::{
-    TOKEN, cfg, pools, validated, with_groups, workspace, yaml,
-};
 use super::{build, build_user_namespace, server_url, user_quota};
 use crate::api::v1alpha1::{DesiredState, Workspace};
-use crate::operator::config::OperatorConfig;
+use crate::config::OperatorConfig;
 use crate::policy::names;
+use crate::policy::workspace::validate::test_support::{
+    TOKEN, cfg, pools, validated, with_groups, workspace, yaml,
+};
 
 fn ws(name: &str, groups: &str, spec: &str) -> Workspace {
     let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();

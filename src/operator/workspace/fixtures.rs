@@ -20,12 +20,13 @@ use tower_test::mock::{self, Handle};
 use super::reconcile::{reconcile_workspace, with_applied_hash};
 use super::{
     Dereferenced, FIELD_MANAGER, GROUPS_ANNOTATION, ValidatedWorkspace, WORKSPACE_FINALIZER,
-    WorkspaceResources, build, parse_groups, validate,
+    WorkspaceResources, build, parse_groups,
 };
 use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile};
-use crate::operator::config::OperatorConfig;
+use crate::config::OperatorConfig;
 use crate::operator::metrics::Metrics;
 use crate::operator::{Context, Error};
+use crate::policy::workspace::validate;
 
 /// Bound of each scenario: a missing request fails the test instead of hanging it.
 pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(10);

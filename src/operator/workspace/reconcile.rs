@@ -31,15 +31,14 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::status::{self, Rejection, Severity, StatusInput};
-use super::{
-    FIELD_MANAGER, Refusal, WORKSPACE_FINALIZER, WORKSPACE_LABEL, WorkspaceResources, build,
-    validate,
-};
+use super::{FIELD_MANAGER, Refusal, WORKSPACE_FINALIZER, WorkspaceResources, build};
 use crate::api::v1alpha1::{
     HomeReclaim, Workspace, WorkspacePhase, WorkspaceProfile, WorkspaceStatus,
 };
-use crate::operator::config::NamespaceMode;
+use crate::config::NamespaceMode;
 use crate::operator::{Context, Error, Result};
+pub use crate::policy::workspace::children_selector;
+use crate::policy::workspace::validate;
 
 pub mod apply;
 mod controller;
@@ -63,14 +62,6 @@ pub const REQUEUE_REFUSED: Duration = Duration::from_secs(300);
 /// `namespace/name`: the key of a Workspace in the back-off and metrics maps.
 pub fn workspace_key(ws: &Workspace) -> String {
     format!("{}/{}", ws.namespace().unwrap_or_default(), ws.name_any())
-}
-
-/// The label selector of a Workspace's children.
-pub fn children_selector(ws: &Workspace) -> String {
-    format!(
-        "{WORKSPACE_LABEL}={}",
-        crate::policy::names::label_value(&ws.name_any())
-    )
 }
 
 /// Reconciles one Workspace (the controller's reconciler).

@@ -10,10 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::Refusal;
 use crate::api::v1alpha1::{DesiredState, WorkspacePhase, WorkspaceStatus};
 
-/// Type of the condition that is `True` when the server is ready.
-pub const READY: &str = "Ready";
-/// Type of the condition that is `True` when the pod is bound to a node.
-pub const SCHEDULED: &str = "Scheduled";
+pub use crate::api::v1alpha1::conditions::{READY, SCHEDULED};
 
 /// Container waiting reasons that will not resolve on their own.
 const FATAL_WAITING_REASONS: [&str; 4] = [

@@ -15,8 +15,9 @@ use kube::{Resource, ResourceExt};
 
 use super::children_selector;
 use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile};
-use crate::operator::workspace::{Dereferenced, GROUPS_ANNOTATION, TOKEN_KEY, parse_groups};
 use crate::operator::{Context, Error, Result};
+pub use crate::policy::workspace::token_of;
+use crate::policy::workspace::{Dereferenced, GROUPS_ANNOTATION, parse_groups};
 
 /// What [`dereference`] read: the inputs of `validate`, and the Secrets it saw (so that applying
 /// the token Secret needs no second read).
@@ -110,23 +111,6 @@ fn same_object(a: &Workspace, b: &Workspace) -> bool {
     }
 }
 
-/// The API token a Secret holds under [`TOKEN_KEY`], if any.
-pub fn token_of(secret: &Secret) -> Option<String> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(TOKEN_KEY))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(TOKEN_KEY))
-                .cloned()
-        })
-        .filter(|t| !t.is_empty())
-}
-
 /// 32 random bytes, hex-encoded.
 pub fn fresh_token() -> Result<String> {
     let mut bytes = [0u8; 32];
@@ -137,6 +121,7 @@ pub fn fresh_token() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::workspace::TOKEN_KEY;
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
 

@@ -13,15 +13,16 @@ use serde_json::{Value, json};
 
 use super::{REQUEUE_REFUSED, REQUEUE_STEADY, REQUEUE_TRANSITIONAL, error_policy, workspace_key};
 use crate::api::v1alpha1::{DesiredState, HomeReclaim, ResourceRequest, Workspace, WorkspacePhase};
+use crate::config::{NamespaceMode, OperatorConfig};
 use crate::operator::Error;
-use crate::operator::config::{NamespaceMode, OperatorConfig};
 use crate::operator::metrics;
 use crate::operator::workspace::fixtures::{
     Outcome, Step, applied, assert_json_eq, data_source, desired, inputs, observed, pool, profile,
     run_scenario, test_context, validated, with_pod_status, workspace, workspace_path,
 };
 use crate::operator::workspace::status::{self, StatusInput};
-use crate::operator::workspace::{TOKEN_KEY, WorkspaceResources, build, validate};
+use crate::operator::workspace::{TOKEN_KEY, WorkspaceResources, build};
+use crate::policy::workspace::validate;
 
 const TOKEN: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 const PROFILE: &str = "/apis/atelier.dev/v1alpha1/workspaceprofiles/jupyter";

@@ -1,6 +1,16 @@
-//! Operator configuration: where workspaces live and how they reach the hub.
+//! Settings shared by the hub, the kubernetes backend and the operator: where workspaces live
+//! and how they reach the hub. Plain data, below every other layer but `api`.
 
 use std::collections::BTreeMap;
+
+/// How workspaces are spread over namespaces (command-line form of [`NamespaceMode`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceModeArg {
+    /// Every workspace lives in the namespace of its Workspace.
+    Shared,
+    /// Each user has a namespace `<prefix><user>`.
+    PerUser,
+}
 
 /// How workspaces are spread over namespaces.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,7 +26,7 @@ pub enum NamespaceMode {
     },
 }
 
-/// Settings the pure builders need; filled from [`super::OperatorArgs`].
+/// Settings the pure builders need; filled from `atelier operator`'s arguments (`crate::operator::OperatorArgs`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OperatorConfig {
     /// Namespace model.

@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use crate::api::v1alpha1::{
     DataSource, DesiredState, NodePool, Workspace, WorkspaceProfile, WorkspaceStatus,
 };
-use crate::operator::config::OperatorConfig;
-use crate::operator::workspace::{
+use crate::config::OperatorConfig;
+use crate::policy::workspace::{
     Dereferenced, GROUPS_ANNOTATION, Refusal, ValidatedWorkspace, parse_groups,
 };
 

@@ -29,7 +29,7 @@ use super::{
 use crate::api::v1alpha1::{
     DataSourceSpec, DesiredState, NodePool, PoolPurpose, Workspace, WorkspaceProfile,
 };
-use crate::operator::config::{NamespaceMode, OperatorConfig};
+use crate::config::{NamespaceMode, OperatorConfig};
 use crate::policy::{
     self, Consumer, PoolRequest, allowed, check_caps, effective_request, format_bytes,
     format_cpu_millis, format_groups, names, parse_bytes, parse_cpu_millis, usage_of,

@@ -13,8 +13,8 @@ use super::{reason, validate};
 use crate::api::v1alpha1::{
     DesiredState, HomeReclaim, PoolPurpose, ResourceRequest, Workspace, WorkspaceKind,
 };
-use crate::operator::config::{NamespaceMode, OperatorConfig};
-use crate::operator::workspace::{
+use crate::config::{NamespaceMode, OperatorConfig};
+use crate::policy::workspace::{
     EffectiveResources, HomeVolume, PlacedPool, Refusal, ValidatedWorkspace,
 };
 
