@@ -112,39 +112,37 @@ use Scope::{AllNamespaces, Cluster, Namespaced};
 pub const CALLS: &[ApiCall] = &[
     // --- the operator: src/operator/** ---
     call(Operator, &["list", "watch"], "atelier.dev", "workspaces", Namespaced, Both,
-        "operator/workspace/reconcile/controller.rs: Controller::new(Workspaces)"),
+        "operator/workspace/reconcile/controller.rs: the Workspace watch (cache, usage index, triggers)"),
     call(Operator, &["patch"], "atelier.dev", "workspaces", Namespaced, Both,
         "operator/workspace/reconcile.rs: kube::runtime::finalizer adds/removes the finalizer (JSON patch)"),
-    call(Operator, &["list"], "atelier.dev", "workspaces", AllNamespaces, Both,
-        "operator/workspace/reconcile/dereference.rs: every Workspace, for the caps"),
     call(Operator, &["patch"], "atelier.dev", "workspaces/status", Namespaced, Both,
         "operator/workspace/reconcile.rs: update_status (server-side apply of the status)"),
     call(Operator, &["update"], "atelier.dev", "workspaces/finalizers", Namespaced, Both,
         "operator/workspace/build.rs: children's owner references set blockOwnerDeletion"),
-    call(Operator, &["get", "list", "watch"], "atelier.dev", "workspaceprofiles", Cluster, Both,
-        "dereference.rs and cleanup_workspace: GET the profile; controller.rs: watches"),
+    call(Operator, &["list", "watch"], "atelier.dev", "workspaceprofiles", Cluster, Both,
+        "controller.rs: the profile watch (cache read by dereference.rs and cleanup_workspace)"),
     call(Operator, &["list", "watch"], "atelier.dev", "nodepools", Cluster, Both,
-        "dereference.rs: LIST the pools; controller.rs: watches"),
-    call(Operator, &["get", "list", "watch"], "atelier.dev", "datasources", Cluster, Both,
-        "dereference.rs: GET each named source; controller.rs: watches"),
+        "controller.rs: the pool watch (cache read by dereference.rs)"),
+    call(Operator, &["list", "watch"], "atelier.dev", "datasources", Cluster, Both,
+        "controller.rs: the data-source watch (cache read by dereference.rs)"),
     call(Operator, &["list", "watch", "create", "patch"], "", "secrets", Namespaced, Both,
-        "dereference.rs: LIST the token Secret; apply.rs: apply_observed; controller.rs: owns"),
-    call(Operator, &["get", "list", "watch", "create", "patch", "delete"], "", "persistentvolumeclaims", Namespaced, Both,
-        "apply.rs: create_once; cleanup_workspace: LIST + DELETE (onDelete: delete); controller.rs: watches"),
-    call(Operator, &["get", "list", "watch", "create", "patch", "delete"], "", "services", Namespaced, Both,
-        "apply.rs: apply_service (DELETE + re-create of a ClusterIP Service); controller.rs: owns"),
-    call(Operator, &["get", "list", "watch", "create", "patch"], "networking.k8s.io", "networkpolicies", Namespaced, Both,
-        "apply.rs: apply_object (and the per-user namespace's policy); controller.rs: owns"),
+        "controller.rs: the Secret watch (the token, read by dereference.rs); apply.rs: apply_object"),
+    call(Operator, &["list", "watch", "create", "patch", "delete"], "", "persistentvolumeclaims", Namespaced, Both,
+        "controller.rs: the PVC watch; apply.rs: create_once; cleanup_workspace: DELETE (onDelete: delete)"),
+    call(Operator, &["list", "watch", "create", "patch", "delete"], "", "services", Namespaced, Both,
+        "controller.rs: the Service watch; apply.rs: apply_service (DELETE + re-create of a ClusterIP Service)"),
+    call(Operator, &["list", "watch", "create", "patch"], "networking.k8s.io", "networkpolicies", Namespaced, Both,
+        "controller.rs: the NetworkPolicy watch; apply.rs: apply_object (and the per-user namespace's policy)"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "pods", Namespaced, Both,
-        "apply.rs: reconcile_pod, delete_live; controller.rs: owns"),
+        "controller.rs: the pod watch; apply.rs: reconcile_pod, delete_live"),
     call(Operator, &["create", "patch"], "events.k8s.io", "events", Namespaced, Both,
         "reconcile.rs: kube::runtime::events::Recorder (create, then patch a series)"),
-    call(Operator, &["get", "create", "patch"], "", "namespaces", Cluster, PerUser,
-        "apply.rs: apply_user_namespace (apply_cluster_object)"),
-    call(Operator, &["get", "create", "patch"], "", "resourcequotas", Namespaced, PerUser,
-        "apply.rs: apply_user_namespace"),
-    call(Operator, &["get", "create", "patch"], "", "limitranges", Namespaced, PerUser,
-        "apply.rs: apply_user_namespace"),
+    call(Operator, &["list", "watch", "create", "patch"], "", "namespaces", Cluster, PerUser,
+        "controller.rs: the user namespace watch; apply.rs: apply_user_namespace"),
+    call(Operator, &["list", "watch", "create", "patch"], "", "resourcequotas", Namespaced, PerUser,
+        "controller.rs: the quota watch; apply.rs: apply_user_namespace"),
+    call(Operator, &["list", "watch", "create", "patch"], "", "limitranges", Namespaced, PerUser,
+        "controller.rs: the LimitRange watch; apply.rs: apply_user_namespace"),
     // --- the hub: src/backend/kubernetes.rs, src/backend/kubernetes/sync.rs, src/hub/catalog.rs ---
     call(Hub, &["get", "list", "watch", "create", "patch"], "atelier.dev", "workspaces", Namespaced, Both,
         "backend/kubernetes.rs: resolve_name (GET, LIST), the Workspace (SSA), request_stop (merge patch), \
@@ -464,11 +462,9 @@ mod tests {
                 && !cluster.contains_key(&key("", "namespaces"))
         );
         assert_eq!(
-            cluster
-                .get(&key("atelier.dev", "workspaces"))
-                .map(|v| v.iter().map(String::as_str).collect::<Vec<_>>()),
-            Some(vec!["list"]),
-            "cluster-wide, the operator only lists Workspaces (caps)"
+            cluster.get(&key("atelier.dev", "workspaces")),
+            None,
+            "no cluster-wide Workspace list: the caps come from the usage index"
         );
         let (role, cluster) = rules(Operator, Mode::PerUser);
         assert!(role.is_empty());

@@ -81,7 +81,6 @@ fn the_operator_places_and_refuses_the_e2e_workspaces_as_the_script_expects() {
                 .get(atelier::operator::workspace::GROUPS_ANNOTATION)
                 .map(String::as_str),
         ),
-        other_workspaces: Vec::new(),
         token: "0".repeat(64),
     };
 

@@ -548,7 +548,6 @@ impl Catalog {
                 .cloned()
                 .collect(),
             groups,
-            other_workspaces: Vec::new(),
             token: String::new(),
         };
         validate(&ws, &deref, &OperatorConfig::default()).map_err(CheckError::Refused)?;

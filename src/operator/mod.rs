@@ -24,8 +24,10 @@ pub mod metrics;
 pub mod workspace;
 
 use crate::config::{NamespaceMode, NamespaceModeArg, OperatorConfig};
+use crate::policy::UsageIndex;
 use metrics::Metrics;
 use workspace::WORKSPACE_CONTROLLER_NAME;
+use workspace::cache::{CacheWriters, Caches, Tokens};
 
 /// Command-line arguments of `atelier operator`. (Strings are `Box<str>` to keep the
 /// subcommand enum of `main` small.)
@@ -209,6 +211,9 @@ pub enum Error {
     /// The object lacks something the API server always sets.
     #[error("the object has no {0}")]
     InvalidObject(&'static str),
+    /// The informer caches stopped before they were synced (the controller is shutting down).
+    #[error("the informer caches are gone")]
+    CachesGone,
 }
 
 impl Error {
@@ -223,6 +228,7 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::Token(_) => "token",
             Error::InvalidObject(_) => "invalid_object",
+            Error::CachesGone => "caches_gone",
         }
     }
 }
@@ -290,22 +296,51 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Back-off of failing Workspaces.
     pub backoff: RetryBackoff,
+    /// The informer caches every read comes from.
+    pub caches: Caches,
+    /// What each Workspace holds on its pool, for the caps (see [`Context::usage`]).
+    usage: Mutex<UsageIndex>,
+    /// Tokens generated for Workspaces whose Secret is not cached yet.
+    pub tokens: Tokens,
+    /// The writers of `caches`, until the controller (or a test) takes them.
+    writers: Mutex<Option<CacheWriters>>,
 }
 
 impl Context {
-    /// A context reporting Events as `reporter`.
+    /// A context reporting Events as `reporter`, with empty caches.
     pub fn new(
         client: Client,
         config: OperatorConfig,
         reporter: Reporter,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (caches, writers) = Caches::new();
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
             metrics,
             backoff: RetryBackoff::default(),
+            caches,
+            usage: Mutex::default(),
+            tokens: Tokens::default(),
+            writers: Mutex::new(Some(writers)),
+        }
+    }
+
+    /// The writers of [`Context::caches`]; `None` once taken.
+    pub fn take_cache_writers(&self) -> Option<CacheWriters> {
+        match self.writers.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    /// The usage index, locked (never hold it across an `.await`).
+    pub fn usage(&self) -> std::sync::MutexGuard<'_, UsageIndex> {
+        match self.usage.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 }

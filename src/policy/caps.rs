@@ -1,14 +1,16 @@
 //! Caps: what one user, and the members of one group, may use in a NodePool at once.
 //!
-//! The caller computes the [`Usage`] of every other running workspace in the pool (see
-//! [`workspace_usage`]) and of the new one; [`check_caps`] adds them up per user and per group.
+//! The caller passes the [`Usage`] of the new workspace and what the other running workspaces
+//! of the pool already use, aggregated per user and per group (the in-memory index of
+//! [`crate::policy::admission`] keeps those sums; [`workspace_usage`] estimates one workspace);
+//! [`check_caps`] adds the new workspace to them.
 //!
 //! A resource is checked only when the new workspace uses some of it: a CPU-only workspace is not
 //! refused because the GPUs of its group are over a (since lowered) cap. The workspace count is
 //! always checked.
 
 use std::collections::BTreeSet;
-use std::ops::{Add, AddAssign};
+use std::ops::{Add, AddAssign, Sub, SubAssign};
 
 use thiserror::Error;
 
@@ -49,15 +51,33 @@ impl AddAssign for Usage {
     }
 }
 
-/// Another workspace already running in the pool.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Consumer {
-    /// Its owner.
-    pub user: String,
-    /// Its owner's groups.
-    pub groups: BTreeSet<String>,
-    /// What it uses.
-    pub usage: Usage,
+impl Sub for Usage {
+    type Output = Usage;
+
+    fn sub(self, rhs: Usage) -> Usage {
+        Usage {
+            workspaces: self.workspaces.saturating_sub(rhs.workspaces),
+            cpu_millis: self.cpu_millis.saturating_sub(rhs.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(rhs.memory_bytes),
+            gpus: self.gpus.saturating_sub(rhs.gpus),
+        }
+    }
+}
+
+impl SubAssign for Usage {
+    fn sub_assign(&mut self, rhs: Usage) {
+        *self = *self - rhs;
+    }
+}
+
+impl Usage {
+    /// Nothing at all.
+    pub const ZERO: Usage = Usage {
+        workspaces: 0,
+        cpu_millis: 0,
+        memory_bytes: 0,
+        gpus: 0,
+    };
 }
 
 /// Why a workspace would exceed a cap.
@@ -125,24 +145,23 @@ pub fn workspace_usage(
 }
 
 /// Checks `caps` of pool `pool` for a new workspace of `user` (in `groups`) using `new`, given
-/// the other running workspaces of the pool. Per-user caps first, then each group in name order;
-/// within a scope: workspaces, CPU, memory, GPUs.
+/// what the other running workspaces of the pool use: `user_usage` of `user`'s, and
+/// `group_usage(group)` of the members of `group`. Per-user caps first, then each group in name
+/// order; within a scope: workspaces, CPU, memory, GPUs.
 pub fn check_caps(
     pool: &str,
     caps: Option<&NodePoolCaps>,
     user: &str,
     groups: &BTreeSet<String>,
     new: Usage,
-    others: &[Consumer],
+    user_usage: Usage,
+    group_usage: impl Fn(&str) -> Usage,
 ) -> Result<(), CapError> {
     let Some(caps) = caps else {
         return Ok(());
     };
     if let Some(per_user) = &caps.per_user {
-        let total = others
-            .iter()
-            .filter(|c| c.user == user)
-            .fold(new, |acc, c| acc + c.usage);
+        let total = new + user_usage;
         check_scope(pool, &format!("user {user}"), per_user, new, total).map_err(|e| match e {
             ScopeError::Exceeded(m) => CapError::User(m),
             ScopeError::Invalid(m) => CapError::Invalid(m),
@@ -150,10 +169,7 @@ pub fn check_caps(
     }
     if let Some(per_group) = &caps.per_group {
         for group in groups {
-            let total = others
-                .iter()
-                .filter(|c| c.groups.contains(group))
-                .fold(new, |acc, c| acc + c.usage);
+            let total = new + group_usage(group);
             check_scope(pool, &format!("group {group}"), per_group, new, total).map_err(
                 |e| match e {
                     ScopeError::Exceeded(m) => CapError::Group(m),
@@ -246,12 +262,39 @@ mod tests {
         }
     }
 
+    /// Another running workspace of the pool: its owner, groups and usage.
+    struct Consumer {
+        user: String,
+        groups: BTreeSet<String>,
+        usage: Usage,
+    }
+
     fn consumer(user: &str, groups: &[&str], u: Usage) -> Consumer {
         Consumer {
             user: user.into(),
             groups: set(groups),
             usage: u,
         }
+    }
+
+    /// `check_caps` with the others' usage summed per user and per group.
+    fn check(
+        caps: Option<&NodePoolCaps>,
+        groups: &BTreeSet<String>,
+        new: Usage,
+        others: &[Consumer],
+    ) -> Result<(), CapError> {
+        let user_usage = others
+            .iter()
+            .filter(|c| c.user == "alice")
+            .fold(Usage::ZERO, |acc, c| acc + c.usage);
+        let group_usage = |g: &str| {
+            others
+                .iter()
+                .filter(|c| c.groups.contains(g))
+                .fold(Usage::ZERO, |acc, c| acc + c.usage)
+        };
+        check_caps("p", caps, "alice", groups, new, user_usage, group_usage)
     }
 
     #[test]
@@ -311,20 +354,12 @@ mod tests {
             ),
         ];
         for (yaml, new, others, want) in cases {
-            let got = check_caps(
-                "p",
-                Some(&caps(yaml)),
-                "alice",
-                &set(&["a", "b"]),
-                new,
-                &others,
-            );
+            let got = check(Some(&caps(yaml)), &set(&["a", "b"]), new, &others);
             assert_eq!(got, want, "{yaml}");
         }
-        assert_eq!(
-            check_caps("p", None, "alice", &set(&[]), cpu_only, &[]),
-            Ok(())
-        );
+        assert_eq!(check(None, &set(&[]), cpu_only, &[]), Ok(()));
+        assert_eq!(usage(1, 2, 3, 4) - usage(1, 1, 1, 1), usage(0, 1, 2, 3));
+        assert_eq!(usage(0, 0, 0, 0) - usage(1, 1, 1, 1), usage(-1, -1, -1, -1));
     }
 
     #[test]

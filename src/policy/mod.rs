@@ -1,6 +1,7 @@
-//! Pure policy: groups, quantities, node-pool routing, caps, name rules, and what a workspace
+//! Pure policy: groups, quantities, node-pool routing, caps and admission, name rules, and what a workspace
 //! must satisfy to start ([`workspace`]). No I/O.
 
+pub mod admission;
 pub mod caps;
 pub mod groups;
 pub mod names;
@@ -9,7 +10,8 @@ pub mod resources;
 pub mod routing;
 pub mod workspace;
 
-pub use caps::{CapError, Consumer, Usage, check_caps, usage_of, workspace_usage};
+pub use admission::{Claim, UsageIndex};
+pub use caps::{CapError, Usage, check_caps, usage_of, workspace_usage};
 pub use groups::{allowed, format_groups};
 pub use quantity::{
     QuantityError, format_bytes, format_cpu_cores, format_cpu_millis, parse_bytes, parse_cpu_millis,

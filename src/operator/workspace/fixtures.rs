@@ -1,23 +1,30 @@
 //! Test fixtures of the Workspace controller: the YAML resources of
-//! `tests/fixtures/reconcile/`, a [`Context`] on a mocked API server, and an
-//! [`ApiServerVerifier`] that asserts every request of a scenario, in order, and answers it.
+//! `tests/fixtures/reconcile/`, a [`Context`] on a mocked API server whose caches hold a
+//! [`Cluster`], and an [`ApiServerVerifier`] that asserts every request of a scenario, in
+//! order, and answers it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
-use super::reconcile::{reconcile_workspace, with_applied_hash};
+use super::cache::{CacheWriters, ChildIndex};
+use super::reconcile::{observe_usage, reconcile_workspace, with_applied_hash};
 use super::{
     Dereferenced, FIELD_MANAGER, GROUPS_ANNOTATION, ValidatedWorkspace, WORKSPACE_FINALIZER,
     WorkspaceResources, build, parse_groups,
@@ -88,7 +95,6 @@ pub fn inputs(ws: &Workspace, token: &str) -> Dereferenced {
         pools: vec![pool()],
         data_sources: vec![data_source()],
         groups: parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
-        other_workspaces: Vec::new(),
         token: token.to_owned(),
     }
 }
@@ -123,7 +129,8 @@ where
     applied
 }
 
-/// A test context on a mocked API server, with a deterministic Event reporter.
+/// A test context on a mocked API server, with a deterministic Event reporter and empty caches
+/// that are not synced (the controller test feeds them).
 pub fn test_context(config: OperatorConfig) -> (Arc<Context>, ApiServerVerifier) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, NS);
@@ -133,6 +140,109 @@ pub fn test_context(config: OperatorConfig) -> (Arc<Context>, ApiServerVerifier)
     };
     let ctx = Context::new(client, config, reporter, Arc::new(Metrics::default()));
     (Arc::new(ctx), ApiServerVerifier(handle))
+}
+
+/// What the informer caches of a scenario hold (each list as the API server would list it).
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    /// Workspaces.
+    pub workspaces: Vec<Workspace>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// Secrets.
+    pub secrets: Vec<Secret>,
+    /// NetworkPolicies.
+    pub network_policies: Vec<NetworkPolicy>,
+    /// PersistentVolumeClaims.
+    pub pvcs: Vec<PersistentVolumeClaim>,
+    /// WorkspaceProfiles.
+    pub profiles: Vec<WorkspaceProfile>,
+    /// NodePools.
+    pub pools: Vec<NodePool>,
+    /// DataSources.
+    pub data_sources: Vec<DataSource>,
+    /// Namespaces.
+    pub namespaces: Vec<Namespace>,
+    /// ResourceQuotas.
+    pub resource_quotas: Vec<ResourceQuota>,
+    /// LimitRanges.
+    pub limit_ranges: Vec<LimitRange>,
+}
+
+impl Cluster {
+    /// The inputs of the fixtures: the `jupyter` profile, the `interactive` pool, `era5`.
+    pub fn inputs() -> Cluster {
+        Cluster {
+            profiles: vec![profile()],
+            pools: vec![pool()],
+            data_sources: vec![data_source()],
+            ..Cluster::default()
+        }
+    }
+}
+
+/// Feeds `objects` to a store as one complete list (`Init`, `InitApply`s, `InitDone`), as the
+/// watcher does, and to `index` when there is one.
+pub fn list_into<K>(writer: &mut Writer<K>, index: Option<&ChildIndex>, objects: Vec<K>)
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let events = std::iter::once(watcher::Event::Init)
+        .chain(objects.into_iter().map(watcher::Event::InitApply))
+        .chain(std::iter::once(watcher::Event::InitDone));
+    for event in events {
+        writer.apply_watcher_event(&event);
+        if let Some(index) = index {
+            index.apply(&event);
+        }
+    }
+}
+
+/// Fills the caches of `ctx` with `cluster` (every store synced) and the usage index with its
+/// Workspaces, as the controller's watches would; returns the writers for later events.
+pub fn seed(ctx: &Context, cluster: Cluster) -> CacheWriters {
+    let mut w = ctx
+        .take_cache_writers()
+        .expect("the caches are not fed yet");
+    let caches = &ctx.caches;
+    let mut relisted = None;
+    list_into(&mut w.workspaces, None, cluster.workspaces.clone());
+    list_into(&mut w.pods, Some(&caches.pods_by_workspace), cluster.pods);
+    list_into(&mut w.services, None, cluster.services);
+    list_into(&mut w.secrets, None, cluster.secrets);
+    list_into(&mut w.network_policies, None, cluster.network_policies);
+    list_into(&mut w.pvcs, Some(&caches.pvcs_by_workspace), cluster.pvcs);
+    list_into(&mut w.profiles, None, cluster.profiles);
+    list_into(&mut w.pools, None, cluster.pools);
+    list_into(&mut w.data_sources, None, cluster.data_sources);
+    list_into(&mut w.namespaces, None, cluster.namespaces);
+    list_into(&mut w.resource_quotas, None, cluster.resource_quotas);
+    list_into(&mut w.limit_ranges, None, cluster.limit_ranges);
+    // The usage estimates read the cached profiles and pools: the Workspaces come last.
+    for event in std::iter::once(watcher::Event::Init)
+        .chain(
+            cluster
+                .workspaces
+                .into_iter()
+                .map(watcher::Event::InitApply),
+        )
+        .chain(std::iter::once(watcher::Event::InitDone))
+    {
+        observe_usage(ctx, &event, &mut relisted);
+    }
+    w
+}
+
+/// [`test_context`] whose caches hold `cluster`.
+pub fn seeded_context(
+    config: OperatorConfig,
+    cluster: Cluster,
+) -> (Arc<Context>, ApiServerVerifier, CacheWriters) {
+    let (ctx, verifier) = test_context(config);
+    let writers = seed(&ctx, cluster);
+    (ctx, verifier, writers)
 }
 
 type Check = Box<dyn FnOnce(&Value) + Send>;

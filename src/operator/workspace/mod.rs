@@ -13,6 +13,7 @@ pub use crate::policy::workspace::{
 };
 
 pub mod build;
+pub mod cache;
 #[cfg(test)]
 pub mod fixtures;
 pub mod reconcile;

@@ -1,27 +1,31 @@
-//! The I/O steps: dereference, apply, status, finalizer; and the Controller wiring.
+//! The I/O steps: dereference, admission, apply, status, finalizer; and the Controller wiring.
 //!
-//! [`reconcile_workspace`] wraps the pipeline in the [`WORKSPACE_FINALIZER`]:
+//! [`reconcile_workspace`] waits until the informer caches are synced, then wraps the pipeline
+//! in the [`WORKSPACE_FINALIZER`]:
 //!
-//! - *Apply*: [`dereference`] → `validate` → on a refusal: remove the pod, status `Pending` with
-//!   `Ready=False` and the rule as reason, Warning Event, requeue in 5 min; otherwise `build` →
-//!   [`apply`] in a fixed order (per-user namespace objects, Secret, PVC, Service,
-//!   NetworkPolicy, Pod) with server-side apply, skipping every object whose
-//!   [`APPLIED_HASH_ANNOTATION`] already matches (a Service whose immutable cluster IP differs
-//!   from the desired headless one is deleted and created again) → status (written only when it
-//!   changed) and an Event per transition. A request the API server refuses (403, 422, an
-//!   admission plugin) ends the pass with `Ready=False`, the server's reason and message, phase
-//!   `Pending` or `Failed` and a Warning Event; the error then backs off exponentially
-//!   ([`error_policy`]).
+//! - *Apply*: [`dereference`] (from the caches) → `validate` → admission to the pool's caps
+//!   (checked and reserved at once in the usage index, see [`crate::policy::admission`]) → on
+//!   a refusal: release the reservation, remove the pod, status `Pending` with `Ready=False`
+//!   and the rule as reason, Warning Event, requeue in 5 min; otherwise `build` → [`apply`] in
+//!   a fixed order (per-user namespace objects, Secret, PVC, Service, NetworkPolicy, Pod) with
+//!   server-side apply, skipping every object whose cached copy already carries its
+//!   [`APPLIED_HASH_ANNOTATION`] (a Service whose immutable cluster IP differs from the desired
+//!   headless one is deleted and created again) → status (written only when it changed) and an
+//!   Event per transition. A request the API server refuses (403, 422, an admission plugin)
+//!   ends the pass with `Ready=False`, the server's reason and message, phase `Pending` or
+//!   `Failed` and a Warning Event; the error then backs off exponentially ([`error_policy`]).
 //! - *Cleanup*: delete the pod, delete the home volume only when the profile says `delete`, then
 //!   the finalizer is removed (a refused deletion is reported in the status the same way, and
-//!   the finalizer stays until it succeeds).
+//!   the finalizer stays until it succeeds); the Workspace's reservation is released.
 //!
-//! The requests are deterministic: the same inputs make the same requests in the same order.
+//! Every read comes from the caches ([`crate::operator::workspace::cache`]): a reconciliation of
+//! an unchanged Workspace makes no API request at all, and one that changes makes only its
+//! writes (at most one per changed child, plus the status and its Event). The requests are
+//! deterministic: the same inputs make the same requests in the same order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -32,10 +36,9 @@ use tracing::{info, instrument, warn};
 
 use super::status::{self, Rejection, Severity, StatusInput};
 use super::{FIELD_MANAGER, Refusal, WORKSPACE_FINALIZER, WorkspaceResources, build};
-use crate::api::v1alpha1::{
-    HomeReclaim, Workspace, WorkspacePhase, WorkspaceProfile, WorkspaceStatus,
-};
+use crate::api::v1alpha1::{HomeReclaim, Workspace, WorkspacePhase, WorkspaceStatus};
 use crate::config::NamespaceMode;
+use crate::operator::workspace::cache::{cached, cached_cluster};
 use crate::operator::{Context, Error, Result};
 pub use crate::policy::workspace::children_selector;
 use crate::policy::workspace::validate;
@@ -43,13 +46,15 @@ use crate::policy::workspace::validate;
 pub mod apply;
 mod controller;
 pub mod dereference;
+pub mod predicates;
 
 #[cfg(test)]
 mod tests;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, with_applied_hash};
 pub use controller::{
-    MANAGED_BY_SELECTOR, run_controller, workspaces_naming_data_source, workspaces_using_profile,
+    MANAGED_BY_SELECTOR, observe_usage, run_controller, workspaces_naming_data_source,
+    workspaces_using_profile,
 };
 
 /// Requeue of a workspace that runs, is stopped or failed (a safety net; watches do the rest).
@@ -93,6 +98,11 @@ pub fn error_policy(ws: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Act
 
 async fn reconcile_inner(ws: Arc<Workspace>, ctx: &Context) -> Result<Action> {
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
+    let per_user = matches!(ctx.config.namespace_mode, NamespaceMode::PerUser { .. });
+    if !ctx.caches.ready(per_user).await {
+        // The controller is shutting down: its watches are gone.
+        return Err(Error::CachesGone);
+    }
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer::finalizer(&api, WORKSPACE_FINALIZER, ws, |event| async {
         match event {
@@ -164,12 +174,25 @@ async fn report_rejection(ws: &Workspace, error: Error, ctx: &Context) -> Result
 
 async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
-    let observed = dereference::dereference(ws, ctx).await?;
-    let validated = match validate::validate(ws, &observed.inputs, &ctx.config) {
+    let observed = dereference::dereference(ws, ctx)?;
+    let key = workspace_key(ws);
+    let admitted = validate::validate(ws, &observed.inputs, &ctx.config).and_then(|validated| {
+        // Checked and reserved under one lock: two reconciliations at once cannot both take
+        // the last place under a cap.
+        let mut usage = ctx.usage();
+        validate::admit(&mut usage, &key, &validated, &observed.inputs.pools)?;
+        Ok(validated)
+    });
+    let validated = match admitted {
         Ok(v) => v,
-        Err(refusal) => return refuse(ws, &namespace, &refusal, ctx).await,
+        Err(refusal) => {
+            ctx.usage().release(&key);
+            return refuse(ws, &namespace, &refusal, ctx).await;
+        }
     };
 
+    let caches = &ctx.caches;
+    let client = &ctx.client;
     if let NamespaceMode::PerUser { .. } = ctx.config.namespace_mode {
         let ns = build::build_user_namespace(
             &validated.namespace,
@@ -178,7 +201,7 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
             &observed.inputs.pools,
             &ctx.config,
         );
-        apply::apply_user_namespace(&ctx.client, &ns).await?;
+        apply::apply_user_namespace(client, caches, &ns).await?;
     }
 
     let desired = build::build(&validated, &ctx.config);
@@ -189,20 +212,18 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         network_policy,
         pod,
     } = &desired;
-    let client = &ctx.client;
-    let secret_name = secret.name_any();
-    let observed_secret = observed
-        .secrets
-        .into_iter()
-        .find(|s| s.name_any() == secret_name);
-    apply::apply_observed(client, &namespace, secret, observed_secret).await?;
-    apply::create_once(client, &namespace, pvc).await?;
-    let service_ready = apply::apply_service(client, &namespace, service)
+    let ns = namespace.as_str();
+    apply::apply_object(client, ns, secret, observed.secret).await?;
+    let cached_pvc = cached(&caches.pvcs, ns, &pvc.name_any());
+    apply::create_once(client, ns, pvc, cached_pvc).await?;
+    let cached_service = cached(&caches.services, ns, &service.name_any());
+    let service_ready = apply::apply_service(client, ns, service, cached_service)
         .await?
         .is_some();
-    apply::apply_object(client, &namespace, network_policy).await?;
-    let pods = apply::list_children::<Pod>(client, &namespace, &children_selector(ws)).await?;
-    let outcome = apply::reconcile_pod(client, &namespace, pod.as_ref(), pods).await?;
+    let cached_policy = cached(&caches.network_policies, ns, &network_policy.name_any());
+    apply::apply_object(client, ns, network_policy, cached_policy).await?;
+    let pods = caches.pods_of(ws);
+    let outcome = apply::reconcile_pod(client, ns, pod.as_ref(), pods).await?;
 
     let url = Some(build::server_url(&validated, &ctx.config));
     let pool = validated.pool.as_ref().map(|p| p.name.as_str());
@@ -240,8 +261,7 @@ async fn refuse(
     ctx: &Context,
 ) -> Result<Action> {
     info!(reason = refusal.reason, message = %refusal.message, "workspace refused");
-    let pods = apply::list_children::<Pod>(&ctx.client, namespace, &children_selector(ws)).await?;
-    apply::delete_live(&ctx.client, namespace, &pods).await?;
+    apply::delete_live(&ctx.client, namespace, &ctx.caches.pods_of(ws)).await?;
     let input = StatusInput {
         generation: ws.metadata.generation,
         desired_state: ws.spec.desired_state,
@@ -260,28 +280,19 @@ async fn refuse(
 /// (a missing profile keeps it); the finalizer is removed afterwards.
 async fn cleanup_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
-    let selector = children_selector(ws);
-    let pods = apply::list_children::<Pod>(&ctx.client, &namespace, &selector).await?;
-    apply::delete_live(&ctx.client, &namespace, &pods).await?;
-
-    let profiles: Api<WorkspaceProfile> = Api::all(ctx.client.clone());
-    let profile =
-        profiles
-            .get_opt(&ws.spec.profile)
-            .await
-            .map_err(|source| Error::Dereference {
-                what: format!("WorkspaceProfile {}", ws.spec.profile),
-                source,
-            })?;
-    let reclaim = profile.map(|p| p.spec.home.on_delete);
+    let caches = &ctx.caches;
+    apply::delete_live(&ctx.client, &namespace, &caches.pods_of(ws)).await?;
+    let reclaim = cached_cluster(&caches.profiles, &ws.spec.profile).map(|p| p.spec.home.on_delete);
     if reclaim == Some(HomeReclaim::Delete) {
-        let claims =
-            apply::list_children::<PersistentVolumeClaim>(&ctx.client, &namespace, &selector)
-                .await?;
-        apply::delete_live(&ctx.client, &namespace, &claims).await?;
+        apply::delete_live(&ctx.client, &namespace, &caches.pvcs_of(ws)).await?;
     }
     info!(home = ?reclaim.unwrap_or_default(), "workspace cleaned up");
-    ctx.metrics.forget(&workspace_key(ws));
+    let key = workspace_key(ws);
+    ctx.usage().release(&key);
+    if let Some(uid) = ws.uid() {
+        ctx.tokens.forget(&uid);
+    }
+    ctx.metrics.forget(&key);
     Ok(Action::await_change())
 }
 

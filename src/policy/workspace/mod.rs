@@ -14,7 +14,7 @@ use crate::api::v1alpha1::{
 
 pub mod validate;
 
-pub use validate::{reason, validate};
+pub use validate::{admit, claim, reason, validate};
 
 /// Annotation carrying the owner's groups, comma-separated (written by the hub, or by an admin).
 pub const GROUPS_ANNOTATION: &str = "atelier.dev/groups";
@@ -38,8 +38,6 @@ pub struct Dereferenced {
     pub data_sources: Vec<DataSource>,
     /// The owner's groups, parsed from [`GROUPS_ANNOTATION`].
     pub groups: BTreeSet<String>,
-    /// Every other Workspace the caps must account for (all namespaces), with their status.
-    pub other_workspaces: Vec<Workspace>,
     /// The server's API token: read from the existing Secret, or freshly generated when there is none.
     pub token: String,
 }

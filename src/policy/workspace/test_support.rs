@@ -84,7 +84,6 @@ pub(crate) fn deref(ws: &Workspace) -> Dereferenced {
             .filter(|d| ws.spec.data_sources.contains(&d.name_any()))
             .collect(),
         groups: parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
-        other_workspaces: Vec::new(),
         token: TOKEN.to_owned(),
     }
 }

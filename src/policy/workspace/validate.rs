@@ -13,7 +13,10 @@
 //!    the home size;
 //! 6. data sources: exist, open to the user, no two mounted at the same path;
 //! 7. node pool (see [`crate::policy::routing`]);
-//! 8. the pool's caps (see [`crate::policy::caps`]).
+//! 8. the pool's caps, for this workspace alone (see [`crate::policy::caps`]): a request no
+//!    cap could ever admit is refused here. What the *other* workspaces use is admission's:
+//!    the caller passes [`claim`] to [`admit`], which checks and reserves it atomically against
+//!    the [`UsageIndex`] (see [`crate::policy::admission`]).
 //!
 //! A stopped workspace runs no pod: caps are skipped, and a failed pool routing is not a refusal
 //! (its `pool` is then `None`). Every other rule still applies.
@@ -23,17 +26,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 
 use super::{
-    Dereferenced, EffectiveResources, GROUPS_ANNOTATION, HomeVolume, PlacedPool, Refusal,
-    ValidatedWorkspace, parse_groups,
+    Dereferenced, EffectiveResources, HomeVolume, PlacedPool, Refusal, ValidatedWorkspace,
 };
-use crate::api::v1alpha1::{
-    DataSourceSpec, DesiredState, NodePool, PoolPurpose, Workspace, WorkspaceProfile,
-};
+use crate::api::v1alpha1::ResourceRequest;
+use crate::api::v1alpha1::{DataSourceSpec, DesiredState, NodePool, Workspace, WorkspaceProfile};
 use crate::config::{NamespaceMode, OperatorConfig};
+use crate::policy::admission::{Claim, UsageIndex};
 use crate::policy::{
-    self, Consumer, PoolRequest, allowed, check_caps, effective_request, format_bytes,
+    self, PoolRequest, Usage, allowed, check_caps, effective_request, format_bytes,
     format_cpu_millis, format_groups, names, parse_bytes, parse_cpu_millis, usage_of,
-    workspace_usage,
 };
 
 /// The condition reasons of [`Refusal`]s.
@@ -235,17 +236,16 @@ pub fn validate(
         (DesiredState::Running, Err(e)) => return Err(refuse(e.reason(), e.to_string())),
     };
 
-    // 8. Caps (only a running workspace uses anything).
+    // 8. Caps, for this workspace alone (only a running workspace uses anything).
     if let (DesiredState::Running, Some(pool)) = (spec.desired_state, pool) {
-        let pool_name = pool.name_any();
-        let others = consumers(ws, deref, profile, pool);
         check_caps(
-            &pool_name,
+            &pool.name_any(),
             pool.spec.caps.as_ref(),
             user,
             groups,
             usage_of(&request),
-            &others,
+            Usage::ZERO,
+            |_| Usage::ZERO,
         )
         .map_err(|e| refuse(e.reason(), e.to_string()))?;
     }
@@ -443,38 +443,49 @@ pub fn place(pool: &NodePool, resources: &EffectiveResources) -> PlacedPool {
     }
 }
 
-/// The other running workspaces of `pool`, with their owners' groups and estimated usage.
-fn consumers(
-    ws: &Workspace,
-    deref: &Dereferenced,
-    profile: &WorkspaceProfile,
-    pool: &NodePool,
-) -> Vec<Consumer> {
-    let pool_name = pool.name_any();
-    let gpu_pool = pool.spec.purpose == PoolPurpose::Gpu;
-    deref
-        .other_workspaces
+/// What a validated workspace claims on its pool: its effective resources there, when it is to
+/// run (a stopped workspace claims nothing).
+pub fn claim(v: &ValidatedWorkspace) -> Option<Claim> {
+    let pool = v
+        .pool
+        .as_ref()
+        .filter(|_| v.desired_state == DesiredState::Running)?;
+    let request = ResourceRequest {
+        cpu: Some(v.resources.cpu.clone()),
+        memory: Some(v.resources.memory.clone()),
+        gpus: Some(v.resources.gpus),
+        gpu_type: None,
+    };
+    Some(Claim {
+        pool: pool.name.clone(),
+        user: v.user.clone(),
+        groups: v.groups.clone(),
+        usage: usage_of(&request),
+    })
+}
+
+/// Admission of `v` (Workspace `key`) to its pool's caps, given everything else `index` holds
+/// there: reserves its [`claim`] when it fits (the refusal names the cap otherwise, as
+/// `UserCapExceeded`, `GroupCapExceeded` or `InvalidNodePool`); a workspace that claims nothing
+/// releases whatever it held. `pools` are those `validate` saw.
+pub fn admit(
+    index: &mut UsageIndex,
+    key: &str,
+    v: &ValidatedWorkspace,
+    pools: &[NodePool],
+) -> Result<(), Refusal> {
+    let Some(claim) = claim(v) else {
+        index.release(key);
+        return Ok(());
+    };
+    let caps = pools
         .iter()
-        .filter(|o| {
-            !(o.metadata.name == ws.metadata.name && o.metadata.namespace == ws.metadata.namespace)
-        })
-        .filter(|o| o.spec.desired_state == DesiredState::Running)
-        .filter(|o| {
-            o.status.as_ref().and_then(|s| s.node_pool.as_deref()) == Some(pool_name.as_str())
-        })
-        .map(|o| {
-            let defaults = if o.spec.profile == ws.spec.profile {
-                profile.spec.default_resources.as_ref()
-            } else {
-                None
-            };
-            Consumer {
-                user: o.spec.user.clone(),
-                groups: parse_groups(o.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
-                usage: workspace_usage(o.spec.resources.as_ref(), defaults, gpu_pool),
-            }
-        })
-        .collect()
+        .find(|p| p.name_any() == claim.pool)
+        .and_then(|p| p.spec.caps.as_ref());
+    index.admit(key, claim, caps).map_err(|e| {
+        index.release(key);
+        refuse(e.reason(), e.to_string())
+    })
 }
 
 #[cfg(test)]

@@ -9,14 +9,17 @@ use k8s_openapi::api::core::v1::{
 use super::test_support::{
     TOKEN, cfg, deref, pool, running_in, try_validate, validated, with_groups, workspace, yaml,
 };
-use super::{reason, validate};
+use super::{admit, reason, validate};
 use crate::api::v1alpha1::{
     DesiredState, HomeReclaim, PoolPurpose, ResourceRequest, Workspace, WorkspaceKind,
 };
 use crate::config::{NamespaceMode, OperatorConfig};
+use crate::policy::admission::{UsageIndex, key_of, observed_claim};
+use crate::policy::workspace::Dereferenced;
 use crate::policy::workspace::{
     EffectiveResources, HomeVolume, PlacedPool, Refusal, ValidatedWorkspace,
 };
+use kube::ResourceExt;
 
 /// A Workspace in namespace `atelier` with the groups annotation and `spec` (YAML lines).
 fn ws(name: &str, groups: &str, spec: &str) -> Workspace {
@@ -711,12 +714,41 @@ fn others(base: &Workspace, pool: &str, specs: &[(&str, &str, &str)]) -> Vec<Wor
         .collect()
 }
 
+/// The usage index as the operator's Workspace informer fills it with `others`: each estimated
+/// from its spec, with `d`'s profile defaults for the workspaces of that profile (the fixtures
+/// hold no other profile's defaults).
+fn index_of(ws: &Workspace, d: &Dereferenced, others: &[Workspace]) -> UsageIndex {
+    let mut index = UsageIndex::default();
+    for o in others {
+        let defaults = d
+            .profile
+            .as_ref()
+            .filter(|_| o.spec.profile == ws.spec.profile)
+            .and_then(|p| p.spec.default_resources.as_ref());
+        let gpu_pool = |name: &str| {
+            d.pools
+                .iter()
+                .any(|p| p.name_any() == name && p.spec.purpose == PoolPurpose::Gpu)
+        };
+        index.observe(&key_of(o), observed_claim(o, defaults, gpu_pool));
+    }
+    index
+}
+
+/// `validate`, then admission against the others: the chosen pool, or the refusal.
+fn check_with(
+    ws: &Workspace,
+    d: &Dereferenced,
+    others: &[Workspace],
+) -> Result<String, (&'static str, String)> {
+    let mut index = index_of(ws, d, others);
+    let v = validate(ws, d, &cfg()).map_err(|r| (r.reason, r.message.clone()))?;
+    admit(&mut index, &key_of(ws), &v, &d.pools).map_err(|r| (r.reason, r.message))?;
+    Ok(v.pool.map(|p| p.name).unwrap_or_default())
+}
+
 fn check(ws: &Workspace, others: Vec<Workspace>) -> Result<String, (&'static str, String)> {
-    let mut d = deref(ws);
-    d.other_workspaces = others;
-    validate(ws, &d, &cfg())
-        .map(|v| v.pool.map(|p| p.name).unwrap_or_default())
-        .map_err(|r| (r.reason, r.message))
+    check_with(ws, &deref(ws), &others)
 }
 
 #[test]
@@ -931,13 +963,18 @@ fn usage_of_others_falls_back_to_their_profile_defaults_only_for_the_same_profil
             caps.workspaces = None;
         }
     }
-    d.other_workspaces = vec![same.clone()];
-    assert!(validate(&alice, &d, &cfg()).is_ok(), "2 + 2 = 4 CPU");
-    d.other_workspaces = vec![other_profile.clone()];
-    assert!(validate(&alice, &d, &cfg()).is_ok(), "1 + 2 = 3 CPU");
-    d.other_workspaces = vec![same, other_profile];
+    assert!(
+        check_with(&alice, &d, std::slice::from_ref(&same)).is_ok(),
+        "2 + 2 = 4 CPU"
+    );
+    assert!(
+        check_with(&alice, &d, std::slice::from_ref(&other_profile)).is_ok(),
+        "1 + 2 = 3 CPU"
+    );
     assert_eq!(
-        validate(&alice, &d, &cfg()).unwrap_err().message,
+        check_with(&alice, &d, &[same, other_profile])
+            .unwrap_err()
+            .1,
         "user alice would use 5 CPU in NodePool interactive (cap 4)"
     );
 

@@ -2,18 +2,21 @@
 //!
 //! Every applied object carries [`APPLIED_HASH_ANNOTATION`] = sha256 of the desired object's
 //! JSON (before the annotation is added). An observed object with the same hash is left alone,
-//! so reconciling an unchanged Workspace writes nothing.
+//! so reconciling an unchanged Workspace writes nothing. The observed objects come from the
+//! informer caches (the caller passes them): nothing here reads the API server, every request
+//! is a write.
 
 use std::fmt::Debug;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use crate::operator::workspace::cache::{Caches, cached, cached_cluster};
 use crate::operator::workspace::{FIELD_MANAGER, UserNamespaceResources};
 use crate::operator::{Error, Result};
 
@@ -55,11 +58,6 @@ pub fn applied_hash<K: Resource>(observed: &K) -> Option<&str> {
         .map(String::as_str)
 }
 
-fn dereference_error<K: Object>(name: &str) -> impl FnOnce(kube::Error) -> Error {
-    let what = format!("{} {name}", kind::<K>());
-    move |source| Error::Dereference { what, source }
-}
-
 /// Server-side applies `desired` unless `observed` already carries its hash; returns the object
 /// as the API server has it.
 pub async fn apply_with<K: Object>(api: &Api<K>, desired: &K, observed: Option<K>) -> Result<K> {
@@ -91,22 +89,8 @@ where
     Api::namespaced(client.clone(), ns)
 }
 
-/// GETs the namespaced object, then [`apply_with`].
-pub async fn apply_object<K>(client: &Client, namespace: &str, desired: &K) -> Result<K>
-where
-    K: Object<Scope = NamespaceResourceScope>,
-{
-    let api = namespaced(client, namespace, desired);
-    let name = desired.name_any();
-    let observed = api
-        .get_opt(&name)
-        .await
-        .map_err(dereference_error::<K>(&name))?;
-    apply_with(&api, desired, observed).await
-}
-
-/// [`apply_with`] an object already observed (no GET).
-pub async fn apply_observed<K>(
+/// [`apply_with`] a namespaced object, given how the cache shows it.
+pub async fn apply_object<K>(
     client: &Client,
     namespace: &str,
     desired: &K,
@@ -130,21 +114,18 @@ pub fn cluster_ip_changes(observed: &Service, desired: &Service) -> bool {
     }
 }
 
-/// GETs the Service, then [`apply_with`]; a Service whose cluster IP differs from the desired
-/// one (a ClusterIP Service of an older operator, now headless) is deleted first and created
-/// again. Returns `None` while the old Service is still terminating (the Service watch brings
-/// the Workspace back once it is gone).
+/// [`apply_with`] the Service, given how the cache shows it; a Service whose cluster IP differs
+/// from the desired one (a ClusterIP Service of an older operator, now headless) is deleted
+/// first and created again. Returns `None` while the old Service is still terminating (the
+/// Service watch brings the Workspace back once it is gone).
 pub async fn apply_service(
     client: &Client,
     namespace: &str,
     desired: &Service,
+    mut observed: Option<Service>,
 ) -> Result<Option<Service>> {
     let api = namespaced(client, namespace, desired);
     let name = desired.name_any();
-    let mut observed = api
-        .get_opt(&name)
-        .await
-        .map_err(dereference_error::<Service>(&name))?;
     if let Some(existing) = &observed
         && cluster_ip_changes(existing, desired)
     {
@@ -157,70 +138,47 @@ pub async fn apply_service(
     apply_with(&api, desired, observed).await.map(Some)
 }
 
-/// Applies an object only when it does not exist (the home volume: its size and class are set at
-/// creation; PVC specs are immutable).
-pub async fn create_once<K>(client: &Client, namespace: &str, desired: &K) -> Result<K>
+/// Applies an object only when the cache does not show it (the home volume: its size and class
+/// are set at creation; PVC specs are immutable). While the cache lags behind a creation, the
+/// same object is applied again: harmless, server-side apply of the same content.
+pub async fn create_once<K>(
+    client: &Client,
+    namespace: &str,
+    desired: &K,
+    observed: Option<K>,
+) -> Result<K>
 where
     K: Object<Scope = NamespaceResourceScope>,
 {
-    let api = namespaced(client, namespace, desired);
-    let name = desired.name_any();
-    match api
-        .get_opt(&name)
-        .await
-        .map_err(dereference_error::<K>(&name))?
-    {
+    match observed {
         Some(existing) => Ok(existing),
-        None => apply_with(&api, desired, None).await,
+        None => apply_with(&namespaced(client, namespace, desired), desired, None).await,
     }
 }
 
-/// GETs the cluster-scoped object, then [`apply_with`].
-pub async fn apply_cluster_object<K>(client: &Client, desired: &K) -> Result<K>
-where
-    K: Object<Scope = ClusterResourceScope>,
-{
-    let api: Api<K> = Api::all(client.clone());
-    let name = desired.name_any();
-    let observed = api
-        .get_opt(&name)
-        .await
-        .map_err(dereference_error::<K>(&name))?;
-    apply_with(&api, desired, observed).await
-}
-
-/// Equips a per-user namespace: Namespace, ResourceQuota, LimitRange, NetworkPolicy, in order.
-pub async fn apply_user_namespace(client: &Client, ns: &UserNamespaceResources) -> Result<()> {
+/// Equips a per-user namespace: Namespace, ResourceQuota, LimitRange, NetworkPolicy, in order,
+/// each compared with how `caches` show it.
+pub async fn apply_user_namespace(
+    client: &Client,
+    caches: &Caches,
+    ns: &UserNamespaceResources,
+) -> Result<()> {
     let UserNamespaceResources {
         namespace,
         resource_quota,
         limit_range,
         network_policy,
     } = ns;
-    apply_cluster_object::<Namespace>(client, namespace).await?;
     let name = namespace.name_any();
-    apply_object(client, &name, resource_quota).await?;
-    apply_object(client, &name, limit_range).await?;
-    apply_object(client, &name, network_policy).await?;
+    let api: Api<Namespace> = Api::all(client.clone());
+    apply_with(&api, namespace, cached_cluster(&caches.namespaces, &name)).await?;
+    let observed = cached(&caches.resource_quotas, &name, &resource_quota.name_any());
+    apply_object(client, &name, resource_quota, observed).await?;
+    let observed = cached(&caches.limit_ranges, &name, &limit_range.name_any());
+    apply_object(client, &name, limit_range, observed).await?;
+    let observed = cached(&caches.network_policies, &name, &network_policy.name_any());
+    apply_object(client, &name, network_policy, observed).await?;
     Ok(())
-}
-
-/// The objects of a kind labelled as children (`selector`), sorted by name.
-pub async fn list_children<K>(client: &Client, namespace: &str, selector: &str) -> Result<Vec<K>>
-where
-    K: Object<Scope = NamespaceResourceScope>,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let mut items = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(|source| Error::Dereference {
-            what: format!("{} list ({selector})", kind::<K>()),
-            source,
-        })?
-        .items;
-    items.sort_by_key(ResourceExt::name_any);
-    Ok(items)
 }
 
 /// Deletes one object; returns it when it still exists (terminating), `None` once it is gone.

@@ -1,24 +1,37 @@
-//! The Workspace Controller: what triggers a reconciliation.
+//! The Workspace Controller: the watches that feed the caches, and what triggers a
+//! reconciliation.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::collections::HashSet;
+
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::predicates::{
+    child_trigger, mark_deleted, pod_trigger, service_trigger, workspace_trigger,
+};
 use super::{error_policy, reconcile_workspace};
-use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile};
+use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, Workspace, WorkspaceProfile};
+use crate::config::NamespaceMode;
 use crate::operator::workspace::WORKSPACE_LABEL;
+use crate::operator::workspace::cache::{ChildIndex, cached_cluster};
 use crate::operator::{Context, wait_for};
+use crate::policy::admission::{key_of, observed_claim};
 
 /// Label selector of every object the operator creates.
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=atelier-operator";
@@ -70,53 +83,198 @@ where
 /// when the CRDs are missing).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// A watch of `api` feeding `writer` (and `index`), filtered by `predicate`: the trigger stream
+/// of a child kind (kube-rs `Controller::owns_stream` docs: `watcher → reflect →
+/// touched_objects → predicate_filter`).
+fn child_stream<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    index: Option<Arc<ChildIndex>>,
+    predicate: fn(&K) -> Option<u64>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            if let Some(index) = &index {
+                index.apply(event);
+            }
+        })
+        .map_ok(mark_deleted)
+        .touched_objects()
+        .predicate_filter(predicate, PredicateConfig::default())
+}
+
+/// A watch of `api` feeding `writer`; every change triggers (the inputs: profiles, pools, data
+/// sources).
+fn input_stream<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+}
+
+/// The mapper of a watch that only feeds a cache: no Workspace to reconcile.
+fn feeds_the_cache_only<K>(_: K) -> std::iter::Empty<ObjectRef<Workspace>> {
+    std::iter::empty()
+}
+
+/// Feeds the usage index of `ctx` from a Workspace watch event: each Workspace's observed
+/// claim (estimated with its profile's defaults and its pool's purpose as cached), and after a
+/// relist (`Init` … `InitDone`, the keys gathered in `relisted`) the vanished ones dropped.
+pub fn observe_usage(
+    ctx: &Context,
+    event: &watcher::Event<Workspace>,
+    relisted: &mut Option<HashSet<String>>,
+) {
+    let claim_of = |ws: &Workspace| {
+        let profile = cached_cluster(&ctx.caches.profiles, &ws.spec.profile);
+        let defaults = profile
+            .as_ref()
+            .and_then(|p| p.spec.default_resources.as_ref());
+        observed_claim(ws, defaults, |pool| {
+            cached_cluster(&ctx.caches.pools, pool)
+                .is_some_and(|p| p.spec.purpose == PoolPurpose::Gpu)
+        })
+    };
+    match event {
+        watcher::Event::Apply(ws) => {
+            let claim = claim_of(ws);
+            ctx.usage().observe(&key_of(ws), claim);
+        }
+        watcher::Event::Delete(ws) => ctx.usage().remove(&key_of(ws)),
+        watcher::Event::Init => *relisted = Some(HashSet::new()),
+        watcher::Event::InitApply(ws) => {
+            let key = key_of(ws);
+            let claim = claim_of(ws);
+            ctx.usage().observe(&key, claim);
+            relisted.get_or_insert_default().insert(key);
+        }
+        watcher::Event::InitDone => {
+            let keep = relisted.take().unwrap_or_default();
+            ctx.usage().retain(&keep);
+        }
+    }
+}
+
 /// Runs the Workspace controller until `shutdown` turns `true`.
 ///
-/// Triggers: the Workspaces (of `watch_namespace`, or all); their Pods, Services, Secrets and
-/// NetworkPolicies (owner references, limited to [`MANAGED_BY_SELECTOR`]); their home volumes
-/// (by label, as a kept volume has no owner); a WorkspaceProfile → the Workspaces using it; any
-/// NodePool → every Workspace; a DataSource → the Workspaces naming it.
+/// It feeds the caches of `ctx` ([`crate::operator::workspace::cache::Caches`]): the Workspaces (of `watch_namespace`, or all);
+/// their Pods, Services, Secrets, NetworkPolicies and home volumes (limited to
+/// [`MANAGED_BY_SELECTOR`]); every WorkspaceProfile, NodePool and DataSource; in per-user mode
+/// the users' Namespaces, ResourceQuotas and LimitRanges (managed-by label too).
+///
+/// Triggers: a Workspace whose spec, groups, finalizers or deletion changed; a child whose
+/// [`predicates`](super::predicates) hash changed (owner references; a home volume by label, as
+/// a kept volume has no owner); a WorkspaceProfile → the Workspaces using it; any NodePool →
+/// every Workspace (pools are few and rarely change); a DataSource → the Workspaces naming it.
+/// The per-user namespace objects only feed their caches. Nothing else fans out to every
+/// Workspace.
 pub async fn run_controller(
     ctx: Arc<Context>,
     watch_namespace: Option<String>,
     concurrency: u16,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Some(writers) = ctx.take_cache_writers() else {
+        warn!("the caches of this context are already fed by another controller");
+        return;
+    };
     let client = ctx.client.clone();
     let ns = watch_namespace.as_deref();
-    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let children = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let caches = ctx.caches.clone();
 
-    let controller = Controller::new(
+    let usage_ctx = ctx.clone();
+    let mut relisted = None;
+    let workspaces = watcher(
         scoped::<Workspace>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(controller::Config::default().concurrency(concurrency));
-    let by_profile = controller.store();
-    let by_pool = controller.store();
-    let by_source = controller.store();
+    .default_backoff()
+    .reflect(writers.workspaces)
+    .inspect_ok(move |event| observe_usage(&usage_ctx, event, &mut relisted))
+    .map_ok(mark_deleted)
+    .applied_objects()
+    .predicate_filter(workspace_trigger, PredicateConfig::default());
 
-    info!(
-        namespace = ns.unwrap_or("<all>"),
-        "starting the Workspace controller"
-    );
-    let running = controller
-        .owns(scoped::<Pod>(&client, ns), children.clone())
-        .owns(scoped::<Service>(&client, ns), children.clone())
-        .owns(scoped::<Secret>(&client, ns), children.clone())
-        .owns(scoped::<NetworkPolicy>(&client, ns), children.clone())
-        .watches(
-            scoped::<PersistentVolumeClaim>(&client, ns),
-            children,
+    let mut controller = Controller::for_stream(workspaces, caches.workspaces.clone())
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .owns_stream(child_stream(
+            scoped::<Pod>(&client, ns),
+            children(),
+            writers.pods,
+            Some(caches.pods_by_workspace.clone()),
+            pod_trigger,
+        ))
+        .owns_stream(child_stream(
+            scoped::<Service>(&client, ns),
+            children(),
+            writers.services,
+            None,
+            service_trigger,
+        ))
+        .owns_stream(child_stream(
+            scoped::<Secret>(&client, ns),
+            children(),
+            writers.secrets,
+            None,
+            child_trigger,
+        ))
+        .owns_stream(child_stream(
+            scoped::<NetworkPolicy>(&client, ns),
+            children(),
+            writers.network_policies,
+            None,
+            child_trigger,
+        ))
+        .watches_stream(
+            child_stream(
+                scoped::<PersistentVolumeClaim>(&client, ns),
+                children(),
+                writers.pvcs,
+                Some(caches.pvcs_by_workspace.clone()),
+                child_trigger,
+            ),
             |pvc| labelled_workspace(&pvc),
-        )
-        .watches(
-            Api::<WorkspaceProfile>::all(client.clone()),
-            watcher::Config::default(),
+        );
+    let (by_profile, by_pool, by_source) = (
+        caches.workspaces.clone(),
+        caches.workspaces.clone(),
+        caches.workspaces.clone(),
+    );
+    controller = controller
+        .watches_stream(
+            input_stream(
+                Api::<WorkspaceProfile>::all(client.clone()),
+                writers.profiles,
+            ),
             move |profile| workspaces_using_profile(&by_profile.state(), &profile.name_any()),
         )
-        .watches(
-            Api::<NodePool>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            input_stream(Api::<NodePool>::all(client.clone()), writers.pools),
             move |_pool| {
                 by_pool
                     .state()
@@ -125,11 +283,49 @@ pub async fn run_controller(
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            Api::<DataSource>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            input_stream(Api::<DataSource>::all(client.clone()), writers.data_sources),
             move |source| workspaces_naming_data_source(&by_source.state(), &source.name_any()),
-        )
+        );
+    if let NamespaceMode::PerUser { .. } = ctx.config.namespace_mode {
+        controller = controller
+            .watches_stream(
+                child_stream(
+                    Api::<Namespace>::all(client.clone()),
+                    children(),
+                    writers.namespaces,
+                    None,
+                    child_trigger,
+                ),
+                feeds_the_cache_only,
+            )
+            .watches_stream(
+                child_stream(
+                    scoped::<ResourceQuota>(&client, ns),
+                    children(),
+                    writers.resource_quotas,
+                    None,
+                    child_trigger,
+                ),
+                feeds_the_cache_only,
+            )
+            .watches_stream(
+                child_stream(
+                    scoped::<LimitRange>(&client, ns),
+                    children(),
+                    writers.limit_ranges,
+                    None,
+                    child_trigger,
+                ),
+                feeds_the_cache_only,
+            );
+    }
+
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        "starting the Workspace controller"
+    );
+    let running = controller
         .graceful_shutdown_on(wait_for(shutdown.clone()))
         .run(reconcile_workspace, error_policy, ctx)
         .for_each(|result| async move {

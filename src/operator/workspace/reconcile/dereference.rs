@@ -1,93 +1,70 @@
-//! Reads everything `validate` needs, in a fixed order:
+//! Reads everything `validate` needs from the informer caches ([`Caches`]), in a fixed order
+//! and without a single API request:
 //!
-//! 1. GET the WorkspaceProfile (missing: `None`);
-//! 2. LIST the NodePools;
-//! 3. GET each named DataSource, in the spec's order (missing ones are simply absent);
-//! 4. LIST every Workspace (all namespaces) for the caps, without this one;
-//! 5. LIST the Workspace's Secrets (label `atelier.dev/workspace=<name>`) for the API token, or
-//!    generate a fresh one when none holds a token.
+//! 1. the WorkspaceProfile (missing: `None`);
+//! 2. the NodePools, sorted by name;
+//! 3. each named DataSource, in the spec's order (missing ones are simply absent);
+//! 4. the Workspace's token Secret, for the API token; when the cache shows none, the token
+//!    generated earlier for this Workspace (the Secret may not have reached the cache yet),
+//!    else a fresh one ([`Tokens`]).
 //!
-//! The groups come from the [`GROUPS_ANNOTATION`]; no request.
+//! The groups come from the [`GROUPS_ANNOTATION`]. What the other Workspaces use is not read
+//! here: the caps are decided by admission against the usage index
+//! ([`crate::policy::admission`]).
+//!
+//! [`Caches`]: crate::operator::workspace::cache::Caches
+//! [`Tokens`]: crate::operator::workspace::cache::Tokens
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
-use super::children_selector;
-use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile};
+use crate::api::v1alpha1::{NodePool, Workspace};
+use crate::operator::workspace::cache::{cached, cached_cluster};
 use crate::operator::{Context, Error, Result};
+use crate::policy::names;
 pub use crate::policy::workspace::token_of;
 use crate::policy::workspace::{Dereferenced, GROUPS_ANNOTATION, parse_groups};
 
-/// What [`dereference`] read: the inputs of `validate`, and the Secrets it saw (so that applying
-/// the token Secret needs no second read).
+/// What [`dereference`] read: the inputs of `validate`, and the token Secret it saw (so that
+/// applying it needs no second read).
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// The inputs of `validate`.
     pub inputs: Dereferenced,
-    /// The Workspace's Secrets, sorted by name.
-    pub secrets: Vec<Secret>,
+    /// The Workspace's token Secret, as cached.
+    pub secret: Option<Secret>,
 }
 
-fn read_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Dereference { what, source }
-}
-
-/// Reads the profile, pools, data sources, other workspaces and the token.
-pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
-    let client = &ctx.client;
+/// Reads the profile, pools, data sources and the token from the caches.
+pub fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
+    let caches = &ctx.caches;
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
 
-    let profiles: Api<WorkspaceProfile> = Api::all(client.clone());
-    let profile = profiles
-        .get_opt(&ws.spec.profile)
-        .await
-        .map_err(read_error(format!("WorkspaceProfile {}", ws.spec.profile)))?;
-
-    let pools: Api<NodePool> = Api::all(client.clone());
-    let mut pools = pools
-        .list(&ListParams::default())
-        .await
-        .map_err(read_error("NodePool list"))?
-        .items;
-    pools.sort_by_key(ResourceExt::name_any);
-
-    let sources: Api<DataSource> = Api::all(client.clone());
-    let mut data_sources = Vec::new();
-    for name in &ws.spec.data_sources {
-        if let Some(source) = sources
-            .get_opt(name)
-            .await
-            .map_err(read_error(format!("DataSource {name}")))?
-        {
-            data_sources.push(source);
-        }
-    }
-
-    let workspaces: Api<Workspace> = Api::all(client.clone());
-    let mut other_workspaces: Vec<Workspace> = workspaces
-        .list(&ListParams::default())
-        .await
-        .map_err(read_error("Workspace list"))?
-        .items
-        .into_iter()
-        .filter(|other| !same_object(other, ws))
+    let profile = cached_cluster(&caches.profiles, &ws.spec.profile);
+    let mut pools: Vec<NodePool> = caches
+        .pools
+        .state()
+        .iter()
+        .map(|p| p.as_ref().clone())
         .collect();
-    other_workspaces.sort_by_key(|w| (w.namespace(), w.name_any()));
+    pools.sort_by_key(ResourceExt::name_any);
+    let data_sources = ws
+        .spec
+        .data_sources
+        .iter()
+        .filter_map(|name| cached_cluster(&caches.data_sources, name))
+        .collect();
 
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let selector = children_selector(ws);
-    let mut secrets = secrets
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(read_error(format!("Secret list ({selector})")))?
-        .items;
-    secrets.sort_by_key(ResourceExt::name_any);
-    let token = match secrets.iter().find_map(token_of) {
-        Some(token) => token,
-        None => fresh_token()?,
-    };
+    let secret: Option<Secret> = cached(
+        &caches.secrets,
+        &namespace,
+        &names::secret_name(&ws.name_any()),
+    );
+    // The API server always sets a UID; the key stands in for objects built without one.
+    let uid = ws
+        .uid()
+        .unwrap_or_else(|| format!("{namespace}/{}", ws.name_any()));
+    let token = ctx.tokens.token(&uid, secret.as_ref().and_then(token_of))?;
 
     let groups = parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str));
     Ok(Observed {
@@ -96,19 +73,10 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
             pools,
             data_sources,
             groups,
-            other_workspaces,
             token,
         },
-        secrets,
+        secret,
     })
-}
-
-/// Same Workspace: same UID, or same namespace and name when UIDs are missing.
-fn same_object(a: &Workspace, b: &Workspace) -> bool {
-    match (a.meta().uid.as_deref(), b.meta().uid.as_deref()) {
-        (Some(x), Some(y)) => x == y,
-        _ => a.namespace() == b.namespace() && a.name_any() == b.name_any(),
-    }
 }
 
 /// 32 random bytes, hex-encoded.

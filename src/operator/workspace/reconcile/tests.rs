@@ -1,6 +1,8 @@
-//! Mock API scenarios: one per reconcile branch. Each asserts every request (method, path,
-//! query, body) in order, answers it, and fails on a missing or an extra request. Expected
-//! bodies come from the real `validate` + `build` (plus the applied-hash annotation).
+//! Mock API scenarios: one per reconcile branch. The informer caches hold the scenario's
+//! cluster ([`Cluster`]); the mock API server asserts every request (method, path, query, body)
+//! in order, answers it, and fails on a missing or an extra request. Every read comes from the
+//! caches, so the requests are the writes only. Expected bodies come from the real `validate` +
+//! `build` (plus the applied-hash annotation).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,8 +19,9 @@ use crate::config::{NamespaceMode, OperatorConfig};
 use crate::operator::Error;
 use crate::operator::metrics;
 use crate::operator::workspace::fixtures::{
-    Outcome, Step, applied, assert_json_eq, data_source, desired, inputs, observed, pool, profile,
-    run_scenario, test_context, validated, with_pod_status, workspace, workspace_path,
+    ApiServerVerifier, Cluster, Outcome, Step, applied, assert_json_eq, desired, inputs, observed,
+    pool, profile, run_scenario, seeded_context, validated, with_pod_status, workspace,
+    workspace_path,
 };
 use crate::operator::workspace::status::{self, StatusInput};
 use crate::operator::workspace::{TOKEN_KEY, WorkspaceResources, build};
@@ -26,10 +29,6 @@ use crate::policy::workspace::validate;
 
 const TOKEN: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 const PROFILE: &str = "/apis/atelier.dev/v1alpha1/workspaceprofiles/jupyter";
-const POOLS: &str = "/apis/atelier.dev/v1alpha1/nodepools";
-const ERA5: &str = "/apis/atelier.dev/v1alpha1/datasources/era5";
-const WORKSPACES: &str = "/apis/atelier.dev/v1alpha1/workspaces";
-const SELECTOR: &str = "atelier.dev/workspace=alice";
 
 fn core_path(ns: &str, plural: &str, name: Option<&str>) -> String {
     match name {
@@ -59,41 +58,42 @@ fn the_pod(d: &WorkspaceResources) -> Pod {
     d.pod.clone().expect("a running workspace has a pod")
 }
 
-/// GET profile, LIST pools, GET era5, LIST workspaces, LIST the Workspace's secrets.
-fn dereference_steps(ws: &Workspace, secrets: &[Secret]) -> Vec<Step> {
+/// The caches of a scenario: the fixtures' inputs, `ws` and a stopped Workspace of bob, and the
+/// `secrets` of `ws`.
+fn cluster(ws: &Workspace, secrets: &[Secret]) -> Cluster {
     let mut other = ws.clone();
     other.metadata.uid = Some("someone-else".into());
     other.metadata.name = Some("bob".into());
     other.spec.user = "bob".into();
     other.spec.desired_state = DesiredState::Stopped;
-    vec![
-        Step::get(PROFILE).object(&profile()),
-        Step::list(POOLS, None).items(&[pool()]),
-        Step::get(ERA5).object(&data_source()),
-        // The Workspace itself is in the list: dereference drops it.
-        Step::list(WORKSPACES, None).items(&[ws.clone(), other]),
-        Step::list(core_path(&ns_of(ws), "secrets", None), Some(SELECTOR)).items(secrets),
-    ]
+    Cluster {
+        workspaces: vec![ws.clone(), other],
+        secrets: secrets.to_vec(),
+        ..Cluster::inputs()
+    }
 }
 
-/// PVC, Service and NetworkPolicy exist with their hashes: only GETs.
-fn unchanged_children_steps(ws: &Workspace, d: &WorkspaceResources) -> Vec<Step> {
-    let ns = ns_of(ws);
-    vec![
-        Step::get(core_path(
-            &ns,
-            "persistentvolumeclaims",
-            Some(&name(&d.pvc)),
-        ))
-        .object(&observed(&d.pvc)),
-        Step::get(core_path(&ns, "services", Some(&name(&d.service))))
-            .object(&observed(&d.service)),
-        Step::get(netpol_path(&ns, &name(&d.network_policy))).object(&observed(&d.network_policy)),
-    ]
+/// `cluster` where the PVC, Service and NetworkPolicy exist with their hashes.
+fn with_children(mut cluster: Cluster, d: &WorkspaceResources) -> Cluster {
+    cluster.pvcs.push(observed(&d.pvc));
+    cluster.services.push(observed(&d.service));
+    cluster.network_policies.push(observed(&d.network_policy));
+    cluster
 }
 
-fn list_pods(ws: &Workspace, pods: &[Pod]) -> Step {
-    Step::list(core_path(&ns_of(ws), "pods", None), Some(SELECTOR)).items(pods)
+/// `cluster` with `pods`.
+fn with_pods(mut cluster: Cluster, pods: &[Pod]) -> Cluster {
+    cluster.pods.extend_from_slice(pods);
+    cluster
+}
+
+/// A context on the mocked API server whose caches hold `cluster`.
+fn context(
+    cfg: &OperatorConfig,
+    cluster: Cluster,
+) -> (std::sync::Arc<crate::operator::Context>, ApiServerVerifier) {
+    let (ctx, verifier, _writers) = seeded_context(cfg.clone(), cluster);
+    (ctx, verifier)
 }
 
 fn pod_path(ws: &Workspace, pod: &Pod) -> String {
@@ -198,7 +198,7 @@ async fn create_adds_the_finalizer_then_applies_every_child_in_order_then_the_st
     // Pass 1: a new Workspace only gets the finalizer.
     let mut fresh = workspace();
     fresh.metadata.finalizers = None;
-    let (ctx, verifier) = test_context(cfg.clone());
+    let (ctx, verifier) = context(&cfg, cluster(&fresh, &[]));
     let steps = vec![Step::add_finalizer(&fresh)];
     let outcome = run_scenario(ctx, verifier, fresh, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::await_change());
@@ -210,38 +210,36 @@ async fn create_adds_the_finalizer_then_applies_every_child_in_order_then_the_st
     let ns = ns_of(&ws);
     let pod = the_pod(&d);
     let (check_ws, check_cfg) = (ws.clone(), cfg.clone());
-    let mut steps = dereference_steps(&ws, &[]);
-    steps.extend([
-        Step::apply_checked(core_path(&ns, "secrets", Some(&name(&d.secret))), move |body| {
-            let secret: Secret = serde_json::from_value(body.clone()).expect("a Secret");
-            let token = secret
-                .data
-                .as_ref()
-                .and_then(|data| data.get(TOKEN_KEY))
-                .map(|t| String::from_utf8(t.0.clone()).expect("utf-8"))
-                .expect("a token");
-            assert_eq!(token.len(), 64, "32 random bytes, hex");
-            assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
-            assert_ne!(token, TOKEN);
-            let expected = desired(&check_ws, &token, &check_cfg);
-            assert_json_eq(body, &applied(&expected.secret));
-        }),
-        Step::get(core_path(&ns, "persistentvolumeclaims", Some(&name(&d.pvc)))).not_found(),
+    let steps = vec![
+        Step::apply_checked(
+            core_path(&ns, "secrets", Some(&name(&d.secret))),
+            move |body| {
+                let secret: Secret = serde_json::from_value(body.clone()).expect("a Secret");
+                let token = secret
+                    .data
+                    .as_ref()
+                    .and_then(|data| data.get(TOKEN_KEY))
+                    .map(|t| String::from_utf8(t.0.clone()).expect("utf-8"))
+                    .expect("a token");
+                assert_eq!(token.len(), 64, "32 random bytes, hex");
+                assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+                assert_ne!(token, TOKEN);
+                let expected = desired(&check_ws, &token, &check_cfg);
+                assert_json_eq(body, &applied(&expected.secret));
+            },
+        ),
         Step::apply(
             core_path(&ns, "persistentvolumeclaims", Some(&name(&d.pvc))),
             applied(&d.pvc),
         ),
-        Step::get(core_path(&ns, "services", Some(&name(&d.service)))).not_found(),
         Step::apply(
             core_path(&ns, "services", Some(&name(&d.service))),
             applied(&d.service),
         ),
-        Step::get(netpol_path(&ns, &name(&d.network_policy))).not_found(),
         Step::apply(
             netpol_path(&ns, &name(&d.network_policy)),
             applied(&d.network_policy),
         ),
-        list_pods(&ws, &[]),
         Step::apply(pod_path(&ws, &pod), applied(&pod)),
         Step::apply_status(&ws, |body| {
             assert_json_eq(
@@ -265,10 +263,15 @@ async fn create_adds_the_finalizer_then_applies_every_child_in_order_then_the_st
             assert_eq!(body["reason"], "Scheduling");
             assert_eq!(body["note"], "Waiting for the scheduler");
         }),
-    ]);
-    let (ctx, verifier) = test_context(cfg.clone());
+    ];
+    let (ctx, verifier) = context(&cfg, cluster(&ws, &[]));
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+    assert_eq!(
+        outcome.seen.len(),
+        7,
+        "create: 7 requests, all writes (5 children, the status, its Event)"
+    );
     assert_eq!(
         write_log(&outcome),
         [
@@ -295,11 +298,9 @@ async fn unchanged_workspace_makes_zero_writes() {
         Some(WorkspacePhase::Running)
     );
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.push(list_pods(&ws, &[pod]));
-
-    let (ctx, verifier) = test_context(cfg);
+    let steps = vec![];
+    let caches = with_pods(with_children(cluster(&ws, &[token_secret(&d)]), &d), &[pod]);
+    let (ctx, verifier) = context(&cfg, caches);
     let key = workspace_key(&ws);
     // A failure before this success: the success resets the back-off.
     ctx.backoff.next_delay(&key);
@@ -318,15 +319,10 @@ async fn unchanged_workspace_makes_zero_writes() {
     .await;
     assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
     assert_eq!(
-        outcome.writes().len(),
-        0,
-        "writes: {:?}",
-        write_log(&outcome)
-    );
-    assert_eq!(
         outcome.seen.len(),
-        9,
-        "5 reads to dereference, 3 GETs, 1 pod LIST"
+        0,
+        "unchanged: no request at all, every read is cached: {:?}",
+        outcome.seen
     );
 }
 
@@ -349,10 +345,8 @@ async fn spec_change_deletes_the_outdated_pod_then_recreates_it() {
     assert_ne!(d.pod, old.pod);
 
     // Pass 1: only the pod differs → it is deleted (pods are immutable).
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.extend([
-        list_pods(&ws, std::slice::from_ref(&old_pod)),
+    let caches = with_children(cluster(&ws, &[token_secret(&d)]), &d);
+    let steps = vec![
         Step::delete(
             pod_path(&ws, &old_pod),
             Some(serde_json::to_value(terminating(old_pod.clone())).expect("json")),
@@ -368,8 +362,11 @@ async fn spec_change_deletes_the_outdated_pod_then_recreates_it() {
             assert_eq!(body["type"], "Normal");
             assert_eq!(body["reason"], "Restarting");
         }),
-    ]);
-    let (ctx, verifier) = test_context(cfg.clone());
+    ];
+    let (ctx, verifier) = context(
+        &cfg,
+        with_pods(caches.clone(), std::slice::from_ref(&old_pod)),
+    );
     let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
     assert_eq!(
@@ -390,18 +387,15 @@ async fn spec_change_deletes_the_outdated_pod_then_recreates_it() {
     );
     ws.status = Some(previous);
     let pod = the_pod(&d);
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.extend([
-        list_pods(&ws, &[]),
+    let steps = vec![
         Step::apply(pod_path(&ws, &pod), applied(&pod)),
         Step::apply_status(&ws, |body| {
             assert_eq!(body["status"]["phase"], "Pending");
             assert_eq!(body["status"]["podName"], "ws-alice");
         }),
         Step::event(&ws, |body| assert_eq!(body["reason"], "Scheduling")),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
 }
@@ -420,27 +414,16 @@ async fn config_change_reapplies_the_changed_children_only() {
     let d = children(&ws, &cfg);
     let ns = ns_of(&ws);
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&old)]);
-    steps.extend([
-        Step::get(core_path(
-            &ns,
-            "persistentvolumeclaims",
-            Some(&name(&d.pvc)),
-        ))
-        .object(&observed(&old.pvc)),
-        Step::get(core_path(&ns, "services", Some(&name(&d.service))))
-            .object(&observed(&old.service)),
+    let caches = with_children(cluster(&ws, &[token_secret(&old)]), &old);
+    let steps = vec![
         Step::apply(
             core_path(&ns, "services", Some(&name(&d.service))),
             applied(&d.service),
         ),
-        Step::get(netpol_path(&ns, &name(&d.network_policy)))
-            .object(&observed(&old.network_policy)),
         Step::apply(
             netpol_path(&ns, &name(&d.network_policy)),
             applied(&d.network_policy),
         ),
-        list_pods(&ws, std::slice::from_ref(&old_pod)),
         // Gone at once (a Status answer): the pod is recreated next pass.
         Step::delete(pod_path(&ws, &old_pod), None),
         Step::apply_status(&ws, |body| {
@@ -451,8 +434,8 @@ async fn config_change_reapplies_the_changed_children_only() {
             assert_eq!(status.get("podName"), None);
         }),
         Step::event(&ws, |body| assert_eq!(body["reason"], "Restarting")),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let (ctx, verifier) = context(&cfg, with_pods(caches, &[old_pod]));
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
     assert_eq!(
@@ -480,10 +463,8 @@ async fn stop_deletes_the_pod_keeps_the_home_volume_then_reports_stopped() {
     assert_eq!(d.pod, None);
 
     // Pass 1: the pod is deleted and still terminating → Stopping.
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.extend([
-        list_pods(&ws, std::slice::from_ref(&pod)),
+    let caches = with_children(cluster(&ws, &[token_secret(&d)]), &d);
+    let steps = vec![
         Step::delete(
             pod_path(&ws, &pod),
             Some(serde_json::to_value(terminating(pod.clone())).expect("json")),
@@ -496,8 +477,8 @@ async fn stop_deletes_the_pod_keeps_the_home_volume_then_reports_stopped() {
             assert_eq!(body["type"], "Normal");
             assert_eq!(body["reason"], "Stopping");
         }),
-    ]);
-    let (ctx, verifier) = test_context(cfg.clone());
+    ];
+    let (ctx, verifier) = context(&cfg, with_pods(caches.clone(), std::slice::from_ref(&pod)));
     let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
 
@@ -506,10 +487,7 @@ async fn stop_deletes_the_pod_keeps_the_home_volume_then_reports_stopped() {
     let mut input = input_for(&ws, &cfg, Some(&terminating_pod), false);
     input.desired_state = DesiredState::Stopped;
     ws.status = Some(status::derive(&input, ws.status.as_ref(), &t0()));
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.extend([
-        list_pods(&ws, &[]),
+    let steps = vec![
         Step::apply_status(&ws, |body| {
             let status = without_times(body);
             assert_json_eq(
@@ -526,8 +504,8 @@ async fn stop_deletes_the_pod_keeps_the_home_volume_then_reports_stopped() {
             );
         }),
         Step::event(&ws, |body| assert_eq!(body["reason"], "Stopped")),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
     assert!(
@@ -551,15 +529,14 @@ async fn delete_removes_the_pod_keeps_the_home_volume_and_the_finalizer_goes() {
     let d = children(&ws, &cfg);
     let pod = running_pod(&d);
     let steps = vec![
-        list_pods(&ws, std::slice::from_ref(&pod)),
         Step::delete(
             pod_path(&ws, &pod),
             Some(serde_json::to_value(terminating(pod.clone())).expect("json")),
         ),
-        Step::get(PROFILE).object(&profile()),
         Step::remove_finalizer(&ws),
     ];
-    let (ctx, verifier) = test_context(cfg);
+    let caches = with_pods(with_children(cluster(&ws, &[]), &d), &[pod]);
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
     assert_ok(&outcome, Action::await_change());
     assert_eq!(
@@ -580,20 +557,15 @@ async fn delete_with_the_delete_policy_removes_the_home_volume() {
     let d = children(&ws, &cfg);
     let claim = observed(&d.pvc);
     let steps = vec![
-        list_pods(&ws, &[]),
-        Step::get(PROFILE).object(&deleting_profile),
-        Step::list(
-            core_path(&ns_of(&ws), "persistentvolumeclaims", None),
-            Some(SELECTOR),
-        )
-        .items(std::slice::from_ref(&claim)),
         Step::delete(
             core_path(&ns_of(&ws), "persistentvolumeclaims", Some(&name(&claim))),
             None,
         ),
         Step::remove_finalizer(&ws),
     ];
-    let (ctx, verifier) = test_context(cfg);
+    let mut caches = with_children(cluster(&ws, &[]), &d);
+    caches.profiles = vec![deleting_profile];
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::await_change());
     assert_eq!(outcome.writes().len(), 2);
@@ -603,12 +575,10 @@ async fn delete_with_the_delete_policy_removes_the_home_volume() {
 async fn delete_without_the_profile_keeps_the_home_volume() {
     let cfg = OperatorConfig::default();
     let ws = deleting(workspace());
-    let steps = vec![
-        list_pods(&ws, &[]),
-        Step::get(PROFILE).not_found(),
-        Step::remove_finalizer(&ws),
-    ];
-    let (ctx, verifier) = test_context(cfg);
+    let steps = vec![Step::remove_finalizer(&ws)];
+    let mut caches = with_children(cluster(&ws, &[]), &children(&ws, &cfg));
+    caches.profiles.clear();
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::await_change());
     assert_eq!(outcome.writes().len(), 1, "only the finalizer");
@@ -628,10 +598,11 @@ async fn image_pull_failure_fails_the_workspace_with_the_kubelet_message_and_a_w
     );
     let failing = with_pod_status(created, "image-pull-backoff");
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.extend([
-        list_pods(&ws, &[failing]),
+    let caches = with_pods(
+        with_children(cluster(&ws, &[token_secret(&d)]), &d),
+        &[failing],
+    );
+    let steps = vec![
         Step::apply_status(&ws, |body| {
             let status = without_times(body);
             assert_eq!(status["phase"], "Failed");
@@ -656,8 +627,8 @@ async fn image_pull_failure_fails_the_workspace_with_the_kubelet_message_and_a_w
                     .contains("Back-off pulling image")
             );
         }),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
     assert_eq!(outcome.writes().len(), 2, "status and event only");
@@ -678,10 +649,12 @@ async fn refusal_runs_no_pod_and_says_why() {
     let refusal = validate::validate(&ws, &inputs(&ws, TOKEN), &cfg)
         .expect_err("no pool of the fixtures offers GPUs");
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
+    let caches = with_pods(
+        cluster(&ws, &[token_secret(&d)]),
+        std::slice::from_ref(&pod),
+    );
     let (reason, message) = (refusal.reason, refusal.message.clone());
-    steps.extend([
-        list_pods(&ws, std::slice::from_ref(&pod)),
+    let steps = vec![
         Step::delete(
             pod_path(&ws, &pod),
             Some(serde_json::to_value(terminating(pod.clone())).expect("json")),
@@ -705,8 +678,8 @@ async fn refusal_runs_no_pod_and_says_why() {
             assert_eq!(body["type"], "Warning");
             assert_eq!(body["reason"], reason);
         }),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
     assert_eq!(
@@ -725,22 +698,16 @@ async fn api_error_mid_apply_fails_without_status_and_backs_off() {
     let ws = workspace();
     let d = children(&ws, &cfg);
     let ns = ns_of(&ws);
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend([
-        Step::get(core_path(
-            &ns,
-            "persistentvolumeclaims",
-            Some(&name(&d.pvc)),
-        ))
-        .object(&observed(&d.pvc)),
-        Step::get(core_path(&ns, "services", Some(&name(&d.service)))).not_found(),
+    let mut caches = cluster(&ws, &[token_secret(&d)]);
+    caches.pvcs.push(observed(&d.pvc));
+    let steps = vec![
         Step::apply(
             core_path(&ns, "services", Some(&name(&d.service))),
             applied(&d.service),
         )
         .fail(500),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let (ctx, verifier) = context(&cfg, caches);
     let key_ws = ws.clone();
     let outcome = run_scenario(ctx, verifier, ws, steps, move |ctx, result| {
         let error = result.as_ref().expect_err("the apply failed");
@@ -792,39 +759,26 @@ async fn per_user_mode_equips_the_users_namespace_first() {
     let existing: Namespace =
         serde_json::from_value(json!({"metadata": {"name": ns}})).expect("a namespace");
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend([
-        Step::get(format!("/api/v1/namespaces/{ns}")).object(&existing),
+    let steps = vec![
         Step::apply(
             format!("/api/v1/namespaces/{ns}"),
             applied(&user_ns.namespace),
         ),
-        Step::get(core_path(
-            ns,
-            "resourcequotas",
-            Some(&name(&user_ns.resource_quota)),
-        ))
-        .not_found(),
         Step::apply(
             core_path(ns, "resourcequotas", Some(&name(&user_ns.resource_quota))),
             applied(&user_ns.resource_quota),
         ),
-        Step::get(core_path(
-            ns,
-            "limitranges",
-            Some(&name(&user_ns.limit_range)),
-        ))
-        .not_found(),
         Step::apply(
             core_path(ns, "limitranges", Some(&name(&user_ns.limit_range))),
             applied(&user_ns.limit_range),
         ),
-        Step::get(netpol_path(ns, &name(&user_ns.network_policy)))
-            .object(&observed(&user_ns.network_policy)),
-    ]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.push(list_pods(&ws, &[pod]));
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let mut caches = with_pods(with_children(cluster(&ws, &[token_secret(&d)]), &d), &[pod]);
+    caches.namespaces.push(existing);
+    caches
+        .network_policies
+        .push(observed(&user_ns.network_policy));
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
     assert_eq!(
@@ -845,7 +799,7 @@ async fn missing_request_fails_the_scenario_instead_of_hanging() {
     let mut fresh = workspace();
     fresh.metadata.finalizers = None;
     let steps = vec![Step::add_finalizer(&fresh), Step::get(PROFILE)];
-    let (ctx, verifier) = test_context(cfg);
+    let (ctx, verifier) = context(&cfg, cluster(&fresh, &[]));
     let scenario = tokio::spawn(run_scenario(ctx, verifier, fresh, steps, |_, _| {}));
     let joined = scenario.await;
     let panic = joined.expect_err("the scenario fails");
@@ -875,12 +829,11 @@ async fn unchanged_refusal_writes_nothing_and_publishes_no_new_event() {
     ws.status = Some(status::derive(&input, None, &t0()));
     let d = children(&workspace(), &cfg);
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.push(list_pods(&ws, &[]));
-    let (ctx, verifier) = test_context(cfg);
-    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    let caches = cluster(&ws, &[token_secret(&d)]);
+    let (ctx, verifier) = context(&cfg, caches);
+    let outcome = run_scenario(ctx, verifier, ws, vec![], |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
-    assert_eq!(outcome.writes().len(), 0, "{:?}", write_log(&outcome));
+    assert_eq!(outcome.seen.len(), 0, "{:?}", outcome.seen);
 }
 
 #[tokio::test]
@@ -893,14 +846,15 @@ async fn pod_under_another_name_is_deleted_and_the_desired_one_created() {
     stray.metadata.name = Some("ws-alice-old".into());
     let ws = with_status(ws, &cfg, Some(&observed(&pod)));
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.extend([
-        list_pods(&ws, std::slice::from_ref(&stray)),
+    let steps = vec![
         Step::delete(pod_path(&ws, &stray), None),
         Step::apply(pod_path(&ws, &pod), applied(&pod)),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let caches = with_pods(
+        with_children(cluster(&ws, &[token_secret(&d)]), &d),
+        &[stray],
+    );
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     // The created pod has no status yet, as before: the status is unchanged.
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
@@ -934,10 +888,8 @@ async fn pod_refused_by_the_api_server_reaches_the_status_with_an_event_and_back
     let message = "The Kubernetes API refused applying Pod ws-alice: pods \"ws-alice\" is \
                    forbidden: no PriorityClass with name atelier-interactive was found";
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.extend([
-        list_pods(&ws, &[]),
+    let caches = with_children(cluster(&ws, &[token_secret(&d)]), &d);
+    let steps = vec![
         Step::apply(pod_path(&ws, &pod), applied(&pod)).refuse(403, no_priority_class()),
         Step::apply_status(&ws, move |body| {
             assert_json_eq(
@@ -958,8 +910,8 @@ async fn pod_refused_by_the_api_server_reaches_the_status_with_an_event_and_back
             assert_eq!(body["reason"], "Forbidden");
             assert_eq!(body["note"], message);
         }),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let (ctx, verifier) = context(&cfg, caches);
     let key_ws = ws.clone();
     let outcome = run_scenario(ctx, verifier, ws, steps, move |ctx, result| {
         let error = result
@@ -1021,13 +973,10 @@ async fn the_same_refusal_again_writes_nothing_more() {
         &t0(),
     ));
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend(unchanged_children_steps(&ws, &d));
-    steps.extend([
-        list_pods(&ws, &[]),
-        Step::apply(pod_path(&ws, &pod), applied(&pod)).refuse(403, no_priority_class()),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    let caches = with_children(cluster(&ws, &[token_secret(&d)]), &d);
+    let steps =
+        vec![Step::apply(pod_path(&ws, &pod), applied(&pod)).refuse(403, no_priority_class())];
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert!(
         outcome.result.is_err(),
@@ -1050,8 +999,7 @@ async fn an_invalid_child_fails_the_workspace() {
         "message": "Secret \"ws-alice-token\" is invalid: metadata.labels: Invalid value: \"x\"",
         "reason": "Invalid", "code": 422,
     });
-    let mut steps = dereference_steps(&ws, &[]);
-    steps.extend([
+    let steps = vec![
         Step::apply_checked(core_path(&ns, "secrets", Some(&name(&d.secret))), |_| {})
             .refuse(422, invalid),
         Step::apply_status(&ws, |body| {
@@ -1071,8 +1019,8 @@ async fn an_invalid_child_fails_the_workspace() {
             assert_eq!(body["type"], "Warning");
             assert_eq!(body["reason"], "Invalid");
         }),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    ];
+    let (ctx, verifier) = context(&cfg, cluster(&ws, &[]));
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert!(outcome.result.is_err());
 }
@@ -1142,24 +1090,16 @@ async fn a_cluster_ip_service_of_an_older_operator_is_recreated_headless() {
         .insert(super::APPLIED_HASH_ANNOTATION.into(), "0ld".into());
     let service = core_path(&ns, "services", Some(&name(&d.service)));
 
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend([
-        Step::get(core_path(
-            &ns,
-            "persistentvolumeclaims",
-            Some(&name(&d.pvc)),
-        ))
-        .object(&observed(&d.pvc)),
-        Step::get(service.clone()).object(&old),
+    let mut caches = with_pods(with_children(cluster(&ws, &[token_secret(&d)]), &d), &[pod]);
+    caches.services = vec![old.clone()];
+    let steps = vec![
         // clusterIP is immutable: an apply would be refused; delete, then create.
         Step::delete(service.clone(), None),
         Step::apply(service.clone(), applied(&d.service)).check(|body| {
             assert_eq!(body["spec"]["clusterIP"], "None");
         }),
-        Step::get(netpol_path(&ns, &name(&d.network_policy))).object(&observed(&d.network_policy)),
-        list_pods(&ws, &[pod]),
-    ]);
-    let (ctx, verifier) = test_context(cfg.clone());
+    ];
+    let (ctx, verifier) = context(&cfg, caches.clone());
     let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
     assert_eq!(
@@ -1171,27 +1111,13 @@ async fn a_cluster_ip_service_of_an_older_operator_is_recreated_headless() {
     );
 
     // The old Service still terminating: no apply this pass, and a transitional requeue.
-    let d = children(&ws, &cfg);
-    let pod = running_pod(&d);
     let mut terminating_old = old.clone();
     terminating_old.metadata.deletion_timestamp = Some(t0());
-    let mut steps = dereference_steps(&ws, &[token_secret(&d)]);
-    steps.extend([
-        Step::get(core_path(
-            &ns,
-            "persistentvolumeclaims",
-            Some(&name(&d.pvc)),
-        ))
-        .object(&observed(&d.pvc)),
-        Step::get(service.clone()).object(&old),
-        Step::delete(
-            service,
-            Some(serde_json::to_value(&terminating_old).expect("json")),
-        ),
-        Step::get(netpol_path(&ns, &name(&d.network_policy))).object(&observed(&d.network_policy)),
-        list_pods(&ws, &[pod]),
-    ]);
-    let (ctx, verifier) = test_context(cfg);
+    let steps = vec![Step::delete(
+        service,
+        Some(serde_json::to_value(&terminating_old).expect("json")),
+    )];
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
     assert_eq!(
@@ -1211,8 +1137,8 @@ async fn a_refused_deletion_keeps_the_finalizer_and_says_why() {
         "message": "pods \"ws-alice\" is forbidden: User \"system:serviceaccount:atelier:atelier-operator\" cannot delete resource \"pods\" in API group \"\" in the namespace \"team\"",
         "reason": "Forbidden", "code": 403,
     });
+    let caches = with_pods(cluster(&ws, &[]), std::slice::from_ref(&pod));
     let steps = vec![
-        list_pods(&ws, std::slice::from_ref(&pod)),
         Step::delete(pod_path(&ws, &pod), None).refuse(403, forbidden),
         Step::apply_status(&ws, |body| {
             let status = without_times(body);
@@ -1227,7 +1153,7 @@ async fn a_refused_deletion_keeps_the_finalizer_and_says_why() {
         }),
         Step::event(&ws, |body| assert_eq!(body["type"], "Warning")),
     ];
-    let (ctx, verifier) = test_context(cfg);
+    let (ctx, verifier) = context(&cfg, caches);
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     assert!(
         matches!(&outcome.result, Err(Error::Delete { kind, .. }) if kind == "Pod"),
