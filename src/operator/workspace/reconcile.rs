@@ -49,6 +49,8 @@ pub mod dereference;
 pub mod predicates;
 
 #[cfg(test)]
+mod cache_tests;
+#[cfg(test)]
 mod tests;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, with_applied_hash};

@@ -348,6 +348,7 @@ pub async fn run_controller(
 mod tests {
     use super::*;
     use crate::api::v1alpha1::WorkspaceSpec;
+    use crate::config::OperatorConfig;
     use crate::operator::workspace::fixtures::{SCENARIO_TIMEOUT, test_context};
     use k8s_openapi::api::core::v1::PersistentVolumeClaim;
     use std::collections::{BTreeMap, BTreeSet};
@@ -449,30 +450,15 @@ mod tests {
         (listed, watched)
     }
 
-    #[tokio::test]
-    async fn controller_watches_workspaces_children_and_inputs_then_shuts_down() {
-        let (ctx, verifier) = test_context(Default::default());
-        let managed = MANAGED_BY_SELECTOR.to_owned();
-        let expected: BTreeSet<(String, String)> = [
-            ("/apis/atelier.dev/v1alpha1/namespaces/team/workspaces", ""),
-            ("/api/v1/namespaces/team/pods", managed.as_str()),
-            ("/api/v1/namespaces/team/services", managed.as_str()),
-            ("/api/v1/namespaces/team/secrets", managed.as_str()),
-            (
-                "/apis/networking.k8s.io/v1/namespaces/team/networkpolicies",
-                managed.as_str(),
-            ),
-            (
-                "/api/v1/namespaces/team/persistentvolumeclaims",
-                managed.as_str(),
-            ),
-            ("/apis/atelier.dev/v1alpha1/workspaceprofiles", ""),
-            ("/apis/atelier.dev/v1alpha1/nodepools", ""),
-            ("/apis/atelier.dev/v1alpha1/datasources", ""),
-        ]
-        .into_iter()
-        .map(|(p, s)| (p.to_owned(), s.to_owned()))
-        .collect();
+    /// Runs the controller of a context with `config` on namespace `team` until it listed and
+    /// watched each of `expected` (path, labelSelector), then shuts it down; asserts it listed
+    /// and watched exactly those.
+    async fn lists_and_watches_exactly(config: OperatorConfig, expected: &[(&str, &str)]) {
+        let (ctx, verifier) = test_context(config);
+        let expected: BTreeSet<(String, String)> = expected
+            .iter()
+            .map(|(p, s)| ((*p).to_owned(), (*s).to_owned()))
+            .collect();
         let (tx, rx) = watch::channel(false);
         let server = tokio::spawn(serve_empty_lists(
             verifier.into_handle(),
@@ -490,6 +476,89 @@ mod tests {
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         assert_eq!(listed, expected);
         assert_eq!(watched, expected);
+    }
+
+    const SHARED: [(&str, &str); 9] = [
+        ("/apis/atelier.dev/v1alpha1/namespaces/team/workspaces", ""),
+        ("/api/v1/namespaces/team/pods", MANAGED_BY_SELECTOR),
+        ("/api/v1/namespaces/team/services", MANAGED_BY_SELECTOR),
+        ("/api/v1/namespaces/team/secrets", MANAGED_BY_SELECTOR),
+        (
+            "/apis/networking.k8s.io/v1/namespaces/team/networkpolicies",
+            MANAGED_BY_SELECTOR,
+        ),
+        (
+            "/api/v1/namespaces/team/persistentvolumeclaims",
+            MANAGED_BY_SELECTOR,
+        ),
+        ("/apis/atelier.dev/v1alpha1/workspaceprofiles", ""),
+        ("/apis/atelier.dev/v1alpha1/nodepools", ""),
+        ("/apis/atelier.dev/v1alpha1/datasources", ""),
+    ];
+
+    #[tokio::test]
+    async fn controller_watches_workspaces_children_and_inputs_then_shuts_down() {
+        lists_and_watches_exactly(OperatorConfig::default(), &SHARED).await;
+    }
+
+    #[tokio::test]
+    async fn in_per_user_mode_the_users_namespaces_quotas_and_limits_are_cached_too() {
+        let config = OperatorConfig {
+            namespace_mode: NamespaceMode::PerUser {
+                prefix: "atelier-u-".into(),
+            },
+            ..OperatorConfig::default()
+        };
+        let mut expected = SHARED.to_vec();
+        expected.extend([
+            ("/api/v1/namespaces", MANAGED_BY_SELECTOR),
+            (
+                "/api/v1/namespaces/team/resourcequotas",
+                MANAGED_BY_SELECTOR,
+            ),
+            ("/api/v1/namespaces/team/limitranges", MANAGED_BY_SELECTOR),
+        ]);
+        lists_and_watches_exactly(config, &expected).await;
+    }
+
+    #[tokio::test]
+    async fn the_usage_index_follows_the_workspace_watch_with_cached_profile_defaults() {
+        use crate::operator::workspace::fixtures::{Cluster, pool, profile, seed, workspace};
+        let (ctx, _verifier) = test_context(OperatorConfig::default());
+        let mut jupyter = profile();
+        jupyter.spec.default_resources = Some(crate::api::v1alpha1::ResourceRequest {
+            cpu: Some("3".into()),
+            ..Default::default()
+        });
+        let _writers = seed(
+            &ctx,
+            Cluster {
+                profiles: vec![jupyter],
+                pools: vec![pool()],
+                ..Cluster::default()
+            },
+        );
+        let mut running = workspace();
+        running.status = Some(crate::api::v1alpha1::WorkspaceStatus {
+            node_pool: Some("interactive".into()),
+            ..Default::default()
+        });
+        let mut relisted = None;
+        observe_usage(&ctx, &watcher::Event::Apply(running.clone()), &mut relisted);
+        let usage = ctx.usage().user_usage("interactive", "alice");
+        assert_eq!(
+            (usage.workspaces, usage.cpu_millis),
+            (1, 3000),
+            "the profile's default CPU"
+        );
+        // A relist without it: gone.
+        for event in [watcher::Event::Init, watcher::Event::InitDone] {
+            observe_usage(&ctx, &event, &mut relisted);
+        }
+        assert!(ctx.usage().is_empty());
+        observe_usage(&ctx, &watcher::Event::Apply(running.clone()), &mut relisted);
+        observe_usage(&ctx, &watcher::Event::Delete(running), &mut relisted);
+        assert!(ctx.usage().is_empty());
     }
 
     #[test]
