@@ -83,6 +83,20 @@ where
 /// when the CRDs are missing).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// `kubectl`'s last applied configuration, a copy of the object the operator never reads.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no reconciliation reads before an object is cached: its `managedFields` (often
+/// most of a pod's size) and `kubectl`'s last applied configuration. (kube-rs documents the
+/// same `.modify()` before `.reflect()` to bound the memory of a reflector.)
+pub fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 /// A watch of `api` feeding `writer` (and `index`), filtered by `predicate`: the trigger stream
 /// of a child kind (kube-rs `Controller::owns_stream` docs: `watcher → reflect →
 /// touched_objects → predicate_filter`).
@@ -104,6 +118,7 @@ where
 {
     watcher(api, config)
         .default_backoff()
+        .modify(slim)
         .reflect(writer)
         .inspect_ok(move |event| {
             if let Some(index) = &index {
@@ -132,6 +147,7 @@ where
 {
     watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(slim)
         .reflect(writer)
         .touched_objects()
 }
@@ -214,6 +230,7 @@ pub async fn run_controller(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .modify(slim)
     .reflect(writers.workspaces)
     .inspect_ok(move |event| observe_usage(&usage_ctx, event, &mut relisted))
     .map_ok(mark_deleted)
@@ -559,6 +576,27 @@ mod tests {
         observe_usage(&ctx, &watcher::Event::Apply(running.clone()), &mut relisted);
         observe_usage(&ctx, &watcher::Event::Delete(running), &mut relisted);
         assert!(ctx.usage().is_empty());
+    }
+
+    #[test]
+    fn cached_objects_lose_their_managed_fields_and_last_applied_copy() {
+        let mut pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "ws-alice",
+                "annotations": {LAST_APPLIED: "{}", "atelier.dev/applied-hash": "h"},
+                "managedFields": [{"manager": "kube-scheduler", "operation": "Update"}],
+            },
+        }))
+        .expect("a pod");
+        slim(&mut pod);
+        assert_eq!(pod.metadata.managed_fields, None);
+        assert_eq!(
+            pod.metadata.annotations,
+            Some(BTreeMap::from([(
+                "atelier.dev/applied-hash".to_owned(),
+                "h".to_owned()
+            )]))
+        );
     }
 
     #[test]
