@@ -125,8 +125,9 @@ pub const CALLS: &[ApiCall] = &[
         "controller.rs: the pool watch (cache read by dereference.rs)"),
     call(Operator, &["list", "watch"], "atelier.dev", "datasources", Cluster, Both,
         "controller.rs: the data-source watch (cache read by dereference.rs)"),
-    call(Operator, &["list", "watch", "create", "patch"], "", "secrets", Namespaced, Both,
-        "controller.rs: the Secret watch (the token, read by dereference.rs); apply.rs: apply_object"),
+    call(Operator, &["get", "list", "watch", "create", "patch"], "", "secrets", Namespaced, Both,
+        "controller.rs: the Secret watch (the token, read by dereference.rs, which GETs a new \
+         Workspace's Secret the hub wrote before it reached the cache); apply.rs: apply_object"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "persistentvolumeclaims", Namespaced, Both,
         "controller.rs: the PVC watch; apply.rs: create_once; cleanup_workspace: DELETE (onDelete: delete)"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "services", Namespaced, Both,

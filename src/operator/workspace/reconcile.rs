@@ -20,8 +20,9 @@
 //!
 //! Every read comes from the caches ([`crate::operator::workspace::cache`]): a reconciliation of
 //! an unchanged Workspace makes no API request at all, and one that changes makes only its
-//! writes (at most one per changed child, plus the status and its Event). The requests are
-//! deterministic: the same inputs make the same requests in the same order.
+//! writes (at most one per changed child, plus the status and its Event). The one exception: a
+//! new Workspace whose token Secret is not cached yet GETs it once (see [`dereference`]). The
+//! requests are deterministic: the same inputs make the same requests in the same order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,7 +177,7 @@ async fn report_rejection(ws: &Workspace, error: Error, ctx: &Context) -> Result
 
 async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
-    let observed = dereference::dereference(ws, ctx)?;
+    let observed = dereference::dereference(ws, ctx).await?;
     let key = workspace_key(ws);
     let admitted = validate::validate(ws, &observed.inputs, &ctx.config).and_then(|validated| {
         // Checked and reserved under one lock: two reconciliations at once cannot both take

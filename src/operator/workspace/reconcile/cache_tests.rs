@@ -229,7 +229,10 @@ async fn a_second_pass_before_the_secret_reaches_the_cache_keeps_the_token() {
             Step::apply_checked("/api/v1/namespaces/team/pods/ws-alice", |_| {}),
         ]
     };
-    let mut steps = applies(first.clone());
+    // Neither the cache nor the memory knows a token: the Secret is read once (the hub may
+    // have written it); there is none, so a fresh token is generated and remembered.
+    let mut steps = vec![Step::get(secret_path).not_found()];
+    steps.extend(applies(first.clone()));
     let keep = written.clone();
     steps.extend([
         Step::apply_status(&ws, move |body| {
@@ -263,29 +266,26 @@ async fn a_second_pass_before_the_secret_reaches_the_cache_keeps_the_token() {
         1,
         "remembered until the cache shows it"
     );
-    // The Secret reaches the cache: the remembered token is forgotten.
     let token = first.lock().expect("lock").clone().expect("a token");
-    let d = desired(&ws, &token, &OperatorConfig::default());
-    let cached = observed(&d.secret);
-    let remembered = ctx
-        .tokens
-        .token(
-            ws.uid().as_deref().unwrap_or_default(),
-            crate::policy::workspace::token_of(&cached),
-        )
-        .expect("a token");
-    assert_eq!(remembered, token);
-    assert_eq!(ctx.tokens.pending(), 0);
+    assert_eq!(
+        ctx.tokens
+            .remembered(ws.uid().as_deref().unwrap_or_default()),
+        Some(token)
+    );
     drop(ctx);
     let seen = tokio::time::timeout(SCENARIO_TIMEOUT, server)
         .await
         .expect("the verifier finished")
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    assert_eq!(seen.len(), 12, "7 writes, then the 5 applies again");
+    assert_eq!(
+        seen.len(),
+        13,
+        "1 read and 7 writes, then the 5 applies again (no second read)"
+    );
 }
 
-/// Answers every request of the reconcilers, in whatever order they come: applies and Events
-/// are echoed, deletions succeed, a status apply returns the Workspace with that status.
+/// Answers every request of the reconcilers, in whatever order they come: GETs find nothing,
+/// applies and Events are echoed, deletions succeed, a status apply returns the Workspace with that status.
 /// Returns every request (method, path, body).
 async fn serve_any(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
@@ -311,6 +311,13 @@ async fn serve_any(
             let mut ws = serde_json::to_value(ws).expect("json");
             ws["status"] = body["status"].clone();
             (StatusCode::OK, ws)
+        } else if method == Method::GET {
+            // A new Workspace's token Secret: not written by the hub here.
+            (
+                StatusCode::NOT_FOUND,
+                json!({"apiVersion": "v1", "kind": "Status", "metadata": {},
+                       "status": "Failure", "reason": "NotFound", "code": 404}),
+            )
         } else if method == Method::DELETE {
             (
                 StatusCode::OK,
@@ -433,4 +440,52 @@ async fn two_workspaces_of_one_user_reconciled_at_once_get_one_place_under_a_cap
             .all(|p| !own.iter().any(|o| p.rsplit('/').next() == Some(o.as_str()))),
         "{child_writes:?}"
     );
+}
+
+#[tokio::test]
+async fn the_hubs_token_secret_not_cached_yet_is_read_once_and_its_token_kept() {
+    let cfg = OperatorConfig::default();
+    let ws = workspace();
+    let secret_path = "/api/v1/namespaces/team/secrets/ws-alice-token";
+    // As the hub applies it just before the Workspace: its labels, the token it registered.
+    let hubs: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "ws-alice-token", "namespace": "team",
+                     "labels": {"atelier.dev/workspace": "alice"}},
+        "type": "Opaque",
+        "data": {"token": "aHViLWlzc3VlZA=="},
+    }))
+    .expect("a Secret");
+    let d = desired(&ws, "hub-issued", &cfg);
+    let steps = vec![
+        Step::get(secret_path).object(&hubs),
+        Step::apply(secret_path, applied(&d.secret)).check(|body| {
+            assert_eq!(
+                token_in(body),
+                "hub-issued",
+                "the hub's token, not a fresh one"
+            );
+        }),
+    ];
+    let mut cluster = settled(&ws, &d, vec![]);
+    cluster.secrets.clear();
+    cluster.pods.clear();
+    let (ctx, verifier, _w) = seeded_context(cfg, cluster);
+    let pod = d.pod.clone().expect("a pod");
+    let mut steps = steps;
+    steps.extend([
+        Step::apply("/api/v1/namespaces/team/pods/ws-alice", applied(&pod)),
+        Step::apply_status(&ws, |_| {}),
+        Step::event(&ws, |_| {}),
+    ]);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |ctx, _| {
+        assert_eq!(
+            ctx.tokens
+                .remembered("0b6f5a3e-7c1d-4e2a-9f00-00000000a11c")
+                .as_deref(),
+            Some("hub-issued")
+        );
+    })
+    .await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
 }

@@ -5,18 +5,23 @@
 //! 2. the NodePools, sorted by name;
 //! 3. each named DataSource, in the spec's order (missing ones are simply absent);
 //! 4. the Workspace's token Secret, for the API token; when the cache shows none, the token
-//!    generated earlier for this Workspace (the Secret may not have reached the cache yet),
-//!    else a fresh one ([`Tokens`]).
+//!    remembered for this Workspace ([`Tokens`]: its Secret has not reached the cache yet);
+//!    else, once per Workspace, GET the Secret from the API server (the hub applies it, with
+//!    the token it registered, just before the Workspace: the Secret watch may lag behind the
+//!    Workspace watch, and a fresh token would overwrite the hub's); else a fresh token. Either
+//!    is remembered until the cache shows the Secret.
 //!
-//! The groups come from the [`GROUPS_ANNOTATION`]. What the other Workspaces use is not read
-//! here: the caps are decided by admission against the usage index
-//! ([`crate::policy::admission`]).
+//! That GET is the only read left, made when a Workspace is created; a reconciliation of a
+//! Workspace whose Secret is cached reads nothing from the API server. The groups come from
+//! the [`GROUPS_ANNOTATION`]. What the other Workspaces use is not read here: the caps are
+//! decided by admission against the usage index ([`crate::policy::admission`]).
 //!
 //! [`Caches`]: crate::operator::workspace::cache::Caches
 //! [`Tokens`]: crate::operator::workspace::cache::Tokens
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
+use kube::api::Api;
 
 use crate::api::v1alpha1::{NodePool, Workspace};
 use crate::operator::workspace::cache::{cached, cached_cluster};
@@ -35,8 +40,9 @@ pub struct Observed {
     pub secret: Option<Secret>,
 }
 
-/// Reads the profile, pools, data sources and the token from the caches.
-pub fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
+/// Reads the profile, pools, data sources and the token from the caches (the token Secret from
+/// the API server once, when neither the cache nor the memory knows it).
+pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
     let caches = &ctx.caches;
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
 
@@ -55,16 +61,38 @@ pub fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
         .filter_map(|name| cached_cluster(&caches.data_sources, name))
         .collect();
 
-    let secret: Option<Secret> = cached(
-        &caches.secrets,
-        &namespace,
-        &names::secret_name(&ws.name_any()),
-    );
+    let secret_name = names::secret_name(&ws.name_any());
+    let mut secret: Option<Secret> = cached(&caches.secrets, &namespace, &secret_name);
     // The API server always sets a UID; the key stands in for objects built without one.
     let uid = ws
         .uid()
         .unwrap_or_else(|| format!("{namespace}/{}", ws.name_any()));
-    let token = ctx.tokens.token(&uid, secret.as_ref().and_then(token_of))?;
+    let token = match secret.as_ref().and_then(token_of) {
+        Some(token) => {
+            ctx.tokens.forget(&uid);
+            token
+        }
+        None => match ctx.tokens.remembered(&uid) {
+            Some(token) => token,
+            None => {
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+                let live =
+                    api.get_opt(&secret_name)
+                        .await
+                        .map_err(|source| Error::Dereference {
+                            what: format!("Secret {secret_name}"),
+                            source,
+                        })?;
+                let token = match live.as_ref().and_then(token_of) {
+                    Some(token) => token,
+                    None => fresh_token()?,
+                };
+                ctx.tokens.remember(&uid, &token);
+                secret = secret.or(live);
+                token
+            }
+        },
+    };
 
     let groups = parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str));
     Ok(Observed {

@@ -211,6 +211,9 @@ async fn create_adds_the_finalizer_then_applies_every_child_in_order_then_the_st
     let pod = the_pod(&d);
     let (check_ws, check_cfg) = (ws.clone(), cfg.clone());
     let steps = vec![
+        // The token Secret is neither cached nor remembered: read once (the hub may have
+        // written it); there is none.
+        Step::get(core_path(&ns, "secrets", Some(&name(&d.secret)))).not_found(),
         Step::apply_checked(
             core_path(&ns, "secrets", Some(&name(&d.secret))),
             move |body| {
@@ -269,9 +272,10 @@ async fn create_adds_the_finalizer_then_applies_every_child_in_order_then_the_st
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
     assert_eq!(
         outcome.seen.len(),
-        7,
-        "create: 7 requests, all writes (5 children, the status, its Event)"
+        8,
+        "create: the token Secret's GET, then 7 writes (5 children, the status, its Event)"
     );
+    assert_eq!(outcome.writes().len(), 7);
     assert_eq!(
         write_log(&outcome),
         [
@@ -1000,6 +1004,7 @@ async fn an_invalid_child_fails_the_workspace() {
         "reason": "Invalid", "code": 422,
     });
     let steps = vec![
+        Step::get(core_path(&ns, "secrets", Some(&name(&d.secret)))).not_found(),
         Step::apply_checked(core_path(&ns, "secrets", Some(&name(&d.secret))), |_| {})
             .refuse(422, invalid),
         Step::apply_status(&ws, |body| {
