@@ -300,6 +300,8 @@ pub struct Context {
     pub caches: Caches,
     /// What each Workspace holds on its pool, for the caps (see [`Context::usage`]).
     usage: Mutex<UsageIndex>,
+    /// Whether the usage estimates were made again once every cache was synced.
+    pub usage_estimated: std::sync::Once,
     /// Tokens generated for Workspaces whose Secret is not cached yet.
     pub tokens: Tokens,
     /// The writers of `caches`, until the controller (or a test) takes them.
@@ -323,6 +325,7 @@ impl Context {
             backoff: RetryBackoff::default(),
             caches,
             usage: Mutex::default(),
+            usage_estimated: std::sync::Once::new(),
             tokens: Tokens::default(),
             writers: Mutex::new(Some(writers)),
         }

@@ -56,8 +56,8 @@ mod tests;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, with_applied_hash};
 pub use controller::{
-    MANAGED_BY_SELECTOR, observe_usage, run_controller, workspaces_naming_data_source,
-    workspaces_using_profile,
+    MANAGED_BY_SELECTOR, cached_claim, observe_usage, refresh_usage, run_controller,
+    workspaces_naming_data_source, workspaces_using_profile,
 };
 
 /// Requeue of a workspace that runs, is stopped or failed (a safety net; watches do the rest).
@@ -106,6 +106,7 @@ async fn reconcile_inner(ws: Arc<Workspace>, ctx: &Context) -> Result<Action> {
         // The controller is shutting down: its watches are gone.
         return Err(Error::CachesGone);
     }
+    ctx.usage_estimated.call_once(|| refresh_usage(ctx));
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer::finalizer(&api, WORKSPACE_FINALIZER, ws, |event| async {
         match event {

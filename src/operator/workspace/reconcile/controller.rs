@@ -31,7 +31,7 @@ use crate::config::NamespaceMode;
 use crate::operator::workspace::WORKSPACE_LABEL;
 use crate::operator::workspace::cache::{ChildIndex, cached_cluster};
 use crate::operator::{Context, wait_for};
-use crate::policy::admission::{key_of, observed_claim};
+use crate::policy::admission::{Claim, key_of, observed_claim};
 
 /// Label selector of every object the operator creates.
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=atelier-operator";
@@ -157,34 +157,36 @@ fn feeds_the_cache_only<K>(_: K) -> std::iter::Empty<ObjectRef<Workspace>> {
     std::iter::empty()
 }
 
+/// What `ws` holds on its pool as the caches show it: its observed claim (see
+/// [`observed_claim`]), estimated with its profile's defaults and its pool's purpose.
+pub fn cached_claim(ctx: &Context, ws: &Workspace) -> Option<Claim> {
+    let profile = cached_cluster(&ctx.caches.profiles, &ws.spec.profile);
+    let defaults = profile
+        .as_ref()
+        .and_then(|p| p.spec.default_resources.as_ref());
+    observed_claim(ws, defaults, |pool| {
+        cached_cluster(&ctx.caches.pools, pool).is_some_and(|p| p.spec.purpose == PoolPurpose::Gpu)
+    })
+}
+
 /// Feeds the usage index of `ctx` from a Workspace watch event: each Workspace's observed
-/// claim (estimated with its profile's defaults and its pool's purpose as cached), and after a
-/// relist (`Init` … `InitDone`, the keys gathered in `relisted`) the vanished ones dropped.
+/// claim ([`cached_claim`]), and after a relist (`Init` … `InitDone`, the keys gathered in
+/// `relisted`) the vanished ones dropped.
 pub fn observe_usage(
     ctx: &Context,
     event: &watcher::Event<Workspace>,
     relisted: &mut Option<HashSet<String>>,
 ) {
-    let claim_of = |ws: &Workspace| {
-        let profile = cached_cluster(&ctx.caches.profiles, &ws.spec.profile);
-        let defaults = profile
-            .as_ref()
-            .and_then(|p| p.spec.default_resources.as_ref());
-        observed_claim(ws, defaults, |pool| {
-            cached_cluster(&ctx.caches.pools, pool)
-                .is_some_and(|p| p.spec.purpose == PoolPurpose::Gpu)
-        })
-    };
     match event {
         watcher::Event::Apply(ws) => {
-            let claim = claim_of(ws);
+            let claim = cached_claim(ctx, ws);
             ctx.usage().observe(&key_of(ws), claim);
         }
         watcher::Event::Delete(ws) => ctx.usage().remove(&key_of(ws)),
         watcher::Event::Init => *relisted = Some(HashSet::new()),
         watcher::Event::InitApply(ws) => {
             let key = key_of(ws);
-            let claim = claim_of(ws);
+            let claim = cached_claim(ctx, ws);
             ctx.usage().observe(&key, claim);
             relisted.get_or_insert_default().insert(key);
         }
@@ -192,6 +194,24 @@ pub fn observe_usage(
             let keep = relisted.take().unwrap_or_default();
             ctx.usage().retain(&keep);
         }
+    }
+}
+
+/// Estimates every cached Workspace's claim again. The Workspace watch may have been listed
+/// before the profiles and pools were: once every cache is synced, the first reconciliation
+/// calls this (O(Workspaces), once), so that admission never counts estimates made without the
+/// profiles' defaults.
+pub fn refresh_usage(ctx: &Context) {
+    let claims: Vec<(String, Option<Claim>)> = ctx
+        .caches
+        .workspaces
+        .state()
+        .iter()
+        .map(|ws| (key_of(ws), cached_claim(ctx, ws)))
+        .collect();
+    let mut usage = ctx.usage();
+    for (key, claim) in claims {
+        usage.observe(&key, claim);
     }
 }
 
@@ -576,6 +596,39 @@ mod tests {
         observe_usage(&ctx, &watcher::Event::Apply(running.clone()), &mut relisted);
         observe_usage(&ctx, &watcher::Event::Delete(running), &mut relisted);
         assert!(ctx.usage().is_empty());
+    }
+
+    #[tokio::test]
+    async fn estimates_made_before_the_profiles_were_cached_are_made_again() {
+        use crate::operator::workspace::fixtures::{list_into, pool, profile, workspace};
+        let (ctx, _verifier) = test_context(OperatorConfig::default());
+        let mut w = ctx.take_cache_writers().expect("writers");
+        let mut running = workspace();
+        running.status = Some(crate::api::v1alpha1::WorkspaceStatus {
+            node_pool: Some("interactive".into()),
+            ..Default::default()
+        });
+        // The Workspaces are listed first: no profile cached, the built-in 1 CPU.
+        list_into(&mut w.workspaces, None, vec![running.clone()]);
+        let mut relisted = None;
+        observe_usage(&ctx, &watcher::Event::Apply(running), &mut relisted);
+        assert_eq!(
+            ctx.usage().user_usage("interactive", "alice").cpu_millis,
+            1000
+        );
+        let mut jupyter = profile();
+        jupyter.spec.default_resources = Some(crate::api::v1alpha1::ResourceRequest {
+            cpu: Some("3".into()),
+            ..Default::default()
+        });
+        list_into(&mut w.profiles, None, vec![jupyter]);
+        list_into(&mut w.pools, None, vec![pool()]);
+        refresh_usage(&ctx);
+        assert_eq!(
+            ctx.usage().user_usage("interactive", "alice").cpu_millis,
+            3000
+        );
+        assert_eq!(ctx.usage().len(), 1);
     }
 
     #[test]
