@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::predicates::{
-    child_trigger, mark_deleted, pod_trigger, service_trigger, workspace_trigger,
+    child_trigger, input_trigger, mark_deleted, pod_trigger, service_trigger, workspace_trigger,
 };
 use super::{error_policy, reconcile_workspace};
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, Workspace, WorkspaceProfile};
@@ -130,8 +130,8 @@ where
         .predicate_filter(predicate, PredicateConfig::default())
 }
 
-/// A watch of `api` feeding `writer`; every change triggers (the inputs: profiles, pools, data
-/// sources).
+/// A watch of `api` feeding `writer`; a change of spec or a deletion triggers (the inputs:
+/// profiles, pools, data sources).
 fn input_stream<K>(
     api: Api<K>,
     writer: Writer<K>,
@@ -149,7 +149,9 @@ where
         .default_backoff()
         .modify(slim)
         .reflect(writer)
+        .map_ok(mark_deleted)
         .touched_objects()
+        .predicate_filter(input_trigger, PredicateConfig::default())
 }
 
 /// The mapper of a watch that only feeds a cache: no Workspace to reconcile.

@@ -123,6 +123,16 @@ pub fn pod_trigger(pod: &Pod) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// The trigger hash of an input (WorkspaceProfile, NodePool, DataSource): `validate` reads
+/// their specs only, so their generation, and their deletion. A relist of unchanged pools then
+/// requeues no Workspace.
+pub fn input_trigger<K: Resource>(object: &K) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    object.meta().generation.hash(&mut hasher);
+    annotation(object, OBSERVED_DELETED).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// The trigger hash of a Workspace: what its reconciliation starts from besides its own status
 /// (which only the operator and the hub's `lastActivity` write): the generation (spec), the
 /// groups annotation, the finalizers and the deletion.
@@ -284,5 +294,18 @@ mod tests {
         let gen2 = workspace_trigger(&ws);
         kube::ResourceExt::annotations_mut(&mut ws).insert(GROUPS_ANNOTATION.into(), "ml".into());
         assert_ne!(workspace_trigger(&ws), gen2, "the groups changed");
+
+        let mut pool = crate::operator::workspace::fixtures::pool();
+        pool.metadata.generation = Some(1);
+        let before = input_trigger(&pool);
+        pool.metadata.resource_version = Some("5".into());
+        assert_eq!(input_trigger(&pool), before, "a relist of the same pool");
+        pool.metadata.generation = Some(2);
+        assert_ne!(input_trigger(&pool), before, "a spec change");
+        let gen2 = input_trigger(&pool);
+        let watcher::Event::Delete(gone) = mark_deleted(watcher::Event::Delete(pool)) else {
+            panic!("still a delete");
+        };
+        assert_ne!(input_trigger(&gone), gen2, "a deletion");
     }
 }
