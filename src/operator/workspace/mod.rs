@@ -2,7 +2,8 @@
 //!
 //! `validate` ([`crate::policy::workspace::validate`]) and `build` are pure (no client, not
 //! async); the types of [`crate::policy::workspace`] are the contract between them and the I/O
-//! steps in `reconcile`.
+//! steps in `reconcile`, which read the informer caches of [`cache`] and decide the caps with
+//! the usage index of [`crate::policy::admission`].
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
