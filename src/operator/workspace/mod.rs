@@ -1,6 +1,6 @@
 //! The Workspace controller: dereference → validate → build → apply → status.
 //!
-//! `validate` ([`crate::policy::workspace::validate`]) and `build` are pure (no client, not
+//! `validate` ([`crate::policy::workspace::validate()`]) and `build` are pure (no client, not
 //! async); the types of [`crate::policy::workspace`] are the contract between them and the I/O
 //! steps in `reconcile`, which read the informer caches of [`cache`] and decide the caps with
 //! the usage index of [`crate::policy::admission`].
