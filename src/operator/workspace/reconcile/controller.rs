@@ -116,8 +116,27 @@ where
         + Sync
         + 'static,
 {
-    watcher(api, config)
-        .default_backoff()
+    child_triggers(
+        watcher(api, config).default_backoff(),
+        writer,
+        index,
+        predicate,
+    )
+}
+
+/// The pipeline of [`child_stream`] on any stream of watch events: slimmed, written to the
+/// store (and the index) first, then decoded and filtered by `predicate`; deletions always pass.
+pub fn child_triggers<K, S>(
+    events: S,
+    writer: Writer<K>,
+    index: Option<Arc<ChildIndex>>,
+    predicate: fn(&K) -> Option<u64>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    events
         .modify(slim)
         .reflect(writer)
         .inspect_ok(move |event| {
@@ -631,6 +650,72 @@ mod tests {
             3000
         );
         assert_eq!(ctx.usage().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pod_churn_reaches_the_cache_but_triggers_only_what_changes_the_status() {
+        use crate::operator::workspace::cache::ChildIndex;
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::runtime::reflector::{self, ObjectRef};
+        let pod = |rv: &str, at: &str, message: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": "ws-alice", "namespace": "team", "resourceVersion": rv,
+                    "labels": {WORKSPACE_LABEL: "alice"},
+                    "managedFields": [{"manager": "kube-scheduler", "operation": "Update"}],
+                },
+                "status": {"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": message, "lastTransitionTime": at,
+                }]},
+            }))
+            .expect("a pod")
+        };
+        let first = pod("1", "2026-01-01T09:00:00Z", "0/1 nodes: cpu");
+        let churned = pod("2", "2026-01-01T09:01:00Z", "0/1 nodes: cpu");
+        let moved = pod("3", "2026-01-01T09:02:00Z", "0/2 nodes: cpu");
+        let events = futures::stream::iter([
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(first)),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(churned)),
+            Ok(watcher::Event::Apply(moved.clone())),
+            Ok(watcher::Event::Delete(moved)),
+        ]);
+        let (store, writer) = reflector::store::<Pod>();
+        let index = Arc::new(ChildIndex::default());
+        let mut triggers = Box::pin(child_triggers(
+            events,
+            writer,
+            Some(index.clone()),
+            super::super::predicates::pod_trigger,
+        ));
+        let key = ObjectRef::new("ws-alice").within("team");
+        let mut seen = Vec::new();
+        while let Some(pod) = triggers.next().await {
+            let pod = pod.expect("no error");
+            // The store saw every event up to this one, filtered or not.
+            seen.push((
+                pod.metadata.resource_version.clone().unwrap_or_default(),
+                store
+                    .get(&key)
+                    .and_then(|p| p.metadata.resource_version.clone()),
+                pod.metadata.managed_fields.is_none(),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                // A listed object reaches the store with the end of the list (InitDone);
+                // reconciliations wait for that (`Caches::ready`).
+                ("1".to_owned(), None, true),
+                // "2" (timestamps only) triggers nothing, yet the store had it before "3".
+                ("3".to_owned(), Some("3".to_owned()), true),
+                // The deletion of a pod that looked the same still triggers; the store forgot it.
+                ("3".to_owned(), None, true),
+            ]
+        );
+        assert!(index.names("team", "alice").is_empty(), "deleted");
     }
 
     #[test]
