@@ -20,6 +20,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 
+pub mod lease;
 pub mod metrics;
 pub mod workspace;
 
