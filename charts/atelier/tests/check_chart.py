@@ -420,6 +420,9 @@ def check_operator_replicas(docs: list[dict], label: str, replicas: int) -> None
     check(operator["spec"]["replicas"] == replicas
           and env.get("POD_NAME") == "metadata.name" and env.get("POD_NAMESPACE") == "metadata.namespace",
           f"{label}: {replicas} operator replica(s), POD_NAME and POD_NAMESPACE from the downward API")
+    config = find(docs, "ConfigMap", "-operator")["data"]
+    check(config.get("ATELIER_LEASE_NAME") == operator["metadata"]["name"] and "ATELIER_LEADER_ELECTION" not in config,
+          f"{label}: leader election on, the Lease named like the Deployment ({config.get('ATELIER_LEASE_NAME')})")
     pdb = find(docs, "PodDisruptionBudget", "-operator")
     if replicas > 1:
         check(pdb is not None and pdb["spec"].get("minAvailable") == 1
