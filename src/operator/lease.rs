@@ -265,7 +265,7 @@ impl LeaderElector {
                     Round::Leading
                 }
                 Err(error) => {
-                    debug!(%error, lease = %self.describe(), "cannot create the Lease");
+                    self.log_write_error(&error, "cannot create the Lease");
                     Round::Failed
                 }
             };
@@ -291,7 +291,7 @@ impl LeaderElector {
         match self.put(current, record).await {
             Ok(()) => Round::Leading,
             Err(error) => {
-                debug!(%error, lease = %self.describe(), "cannot write the Lease");
+                self.log_write_error(&error, "cannot write the Lease");
                 Round::Failed
             }
         }
@@ -376,6 +376,17 @@ impl LeaderElector {
                 warn!(lease = %self.describe(), "releasing the Lease timed out");
                 false
             }
+        }
+    }
+
+    /// A 409 (another replica wrote first) is the normal outcome of a race; anything else
+    /// (403 from missing RBAC, 5xx) is worth a warning.
+    fn log_write_error(&self, error: &kube::Error, what: &str) {
+        match error {
+            kube::Error::Api(status) if status.code == 409 => {
+                debug!(%error, lease = %self.describe(), "{what}: another replica wrote first");
+            }
+            _ => warn!(%error, lease = %self.describe(), "{what}"),
         }
     }
 
