@@ -43,7 +43,16 @@ pub enum Scope {
     AllNamespaces,
     /// A cluster-scoped resource.
     Cluster,
+    /// A namespaced resource in the component's own namespace (the release namespace): the
+    /// operator's leader-election Lease. The chart grants these calls in both namespace modes
+    /// with a Role named `<component fullname>`[`OWN_ROLE_SUFFIX`] there, so the component
+    /// needs no cluster-wide right on the kind.
+    OwnNamespace,
 }
+
+/// Suffix of the name of the Role granting a component's [`Scope::OwnNamespace`] calls
+/// (`atelier-operator-leader-election`).
+pub const OWN_ROLE_SUFFIX: &str = "-leader-election";
 
 /// In which namespace mode the call is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +114,7 @@ const fn call(
 
 use Component::{Hub, Operator};
 use Modes::{Both, PerUser};
-use Scope::{AllNamespaces, Cluster, Namespaced};
+use Scope::{AllNamespaces, Cluster, Namespaced, OwnNamespace};
 
 /// Every API call of the operator and of the hub's kubernetes backend.
 #[rustfmt::skip]
@@ -144,6 +153,8 @@ pub const CALLS: &[ApiCall] = &[
         "controller.rs: the quota watch; apply.rs: apply_user_namespace"),
     call(Operator, &["list", "watch", "create", "patch"], "", "limitranges", Namespaced, PerUser,
         "controller.rs: the LimitRange watch; apply.rs: apply_user_namespace"),
+    call(Operator, &["get", "create", "update"], "coordination.k8s.io", "leases", OwnNamespace, Both,
+        "operator/lease.rs: try_acquire_or_renew (GET, POST when absent, PUT to renew or take over), release (PUT)"),
     // --- the hub: src/backend/kubernetes.rs, src/backend/kubernetes/sync.rs, src/hub/catalog.rs ---
     call(Hub, &["get", "list", "watch", "create", "patch"], "atelier.dev", "workspaces", Namespaced, Both,
         "backend/kubernetes.rs: resolve_name (GET, LIST), the Workspace (SSA), request_stop (merge patch), \
@@ -169,7 +180,8 @@ pub type RuleSet = BTreeMap<(String, String), BTreeSet<String>>;
 ///
 /// Shared mode: namespaced calls go to a Role in the workspace namespace; cluster-scoped and
 /// cluster-wide calls to a ClusterRole. Per-user mode: workspace namespaces are made on the fly,
-/// so everything is in the ClusterRole (the Role is empty).
+/// so everything is in the ClusterRole (the Role is empty). The calls in the component's own
+/// namespace are apart: [`own_namespace_rules`].
 pub fn rules(component: Component, mode: Mode) -> (RuleSet, RuleSet) {
     let mut role = RuleSet::new();
     let mut cluster = RuleSet::new();
@@ -178,6 +190,7 @@ pub fn rules(component: Component, mode: Mode) -> (RuleSet, RuleSet) {
             continue;
         }
         let target = match (c.scope, mode) {
+            (OwnNamespace, _) => continue,
             (Namespaced, Mode::Shared) => &mut role,
             _ => &mut cluster,
         };
@@ -189,7 +202,24 @@ pub fn rules(component: Component, mode: Mode) -> (RuleSet, RuleSet) {
     (role, cluster)
 }
 
-/// What the chart test compares with: component → mode → `{"Role"|"ClusterRole": {"group|resource": [verbs]}}`.
+/// The rules of a component's [`Scope::OwnNamespace`] calls (the same in both namespace modes):
+/// the Role `<fullname>`[`OWN_ROLE_SUFFIX`] in the release namespace.
+pub fn own_namespace_rules(component: Component) -> RuleSet {
+    let mut own = RuleSet::new();
+    for c in CALLS
+        .iter()
+        .filter(|c| c.component == component && c.scope == OwnNamespace)
+    {
+        own.entry((c.group.to_owned(), c.resource.to_owned()))
+            .or_default()
+            .extend(c.verbs.iter().map(|v| (*v).to_owned()));
+    }
+    own
+}
+
+/// What the chart test compares with: component → mode → `{"Role"|"ClusterRole"|"OwnRole":
+/// {"group|resource": [verbs]}, "OwnRoleSuffix": OWN_ROLE_SUFFIX}` (`OwnRole`: the Role in the
+/// release namespace, [`own_namespace_rules`]).
 pub fn chart_expectations() -> serde_json::Value {
     let flatten = |set: RuleSet| -> BTreeMap<String, Vec<String>> {
         set.into_iter()
@@ -206,7 +236,12 @@ pub fn chart_expectations() -> serde_json::Value {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default(),
-                serde_json::json!({"Role": flatten(role), "ClusterRole": flatten(cluster)}),
+                serde_json::json!({
+                    "Role": flatten(role),
+                    "ClusterRole": flatten(cluster),
+                    "OwnRole": flatten(own_namespace_rules(component)),
+                    "OwnRoleSuffix": OWN_ROLE_SUFFIX,
+                }),
             );
         }
         let name = match component {
@@ -292,7 +327,8 @@ pub fn needed(
 }
 
 /// Whether [`CALLS`] grants `component` what `needed` asks: a namespaced request needs a
-/// [`Scope::Namespaced`] row, any other a [`Scope::Cluster`] or [`Scope::AllNamespaces`] row.
+/// [`Scope::Namespaced`] or [`Scope::OwnNamespace`] row, any other a [`Scope::Cluster`] or
+/// [`Scope::AllNamespaces`] row.
 /// `Err` names what is missing.
 pub fn granted(component: Component, needed: &Needed) -> Result<(), String> {
     let verbs: BTreeSet<&str> = CALLS
@@ -301,7 +337,7 @@ pub fn granted(component: Component, needed: &Needed) -> Result<(), String> {
             c.component == component
                 && c.group == needed.group
                 && c.resource == needed.resource
-                && (c.scope == Namespaced) == needed.namespaced
+                && matches!(c.scope, Namespaced | OwnNamespace) == needed.namespaced
         })
         .flat_map(|c| c.verbs.iter().copied())
         .collect();
@@ -476,6 +512,43 @@ mod tests {
         assert_eq!(
             expectations["hub"]["shared"]["Role"]["|secrets"],
             serde_json::json!(["create", "get", "patch"])
+        );
+    }
+
+    #[test]
+    fn the_lease_is_granted_by_a_role_in_the_own_namespace_in_both_modes() {
+        let key = ("coordination.k8s.io".to_owned(), "leases".to_owned());
+        for mode in [Mode::Shared, Mode::PerUser] {
+            let (role, cluster) = rules(Operator, mode);
+            assert!(
+                !role.contains_key(&key) && !cluster.contains_key(&key),
+                "{mode:?}: no right on Leases outside the own namespace"
+            );
+        }
+        assert_eq!(
+            own_namespace_rules(Operator)
+                .get(&key)
+                .map(|v| v.iter().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["create", "get", "update"])
+        );
+        assert!(own_namespace_rules(Hub).is_empty());
+        let put = needed(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/atelier/leases/atelier-operator",
+            &q(&[]),
+            Some("application/json"),
+        )
+        .expect("a resource");
+        assert_eq!(granted(Operator, &put), Ok(()));
+        assert!(granted(Hub, &put).is_err());
+        let expectations = chart_expectations();
+        assert_eq!(
+            expectations["operator"]["per-user"]["OwnRole"]["coordination.k8s.io|leases"],
+            serde_json::json!(["create", "get", "update"])
+        );
+        assert_eq!(
+            expectations["operator"]["shared"]["OwnRoleSuffix"],
+            "-leader-election"
         );
     }
 }

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// Workspaces by phase, as this operator last saw them.
     pub workspaces: Family<PhaseLabels, Gauge>,
+    /// 1 while this replica holds the leader-election Lease (`operator::lease`), else 0.
+    pub leader: Gauge,
     /// Last phase of each Workspace (`namespace/name`), the source of the gauge.
     phases: Mutex<HashMap<String, WorkspacePhase>>,
 }
@@ -68,6 +70,7 @@ impl Default for Metrics {
             // 10 ms .. ~41 s
             reconcile_duration: Histogram::new(exponential_buckets(0.01, 2.0, 13)),
             workspaces: Family::default(),
+            leader: Gauge::default(),
             phases: Mutex::default(),
         }
     }
@@ -96,6 +99,11 @@ impl Metrics {
             "workspaces",
             "Workspaces by phase, as last reconciled",
             metrics.workspaces.clone(),
+        );
+        registry.register(
+            "operator_leader",
+            "1 while this replica holds the leader-election Lease and reconciles, else 0",
+            metrics.leader.clone(),
         );
         metrics
     }
@@ -165,6 +173,7 @@ mod tests {
         metrics.set_phase("ns/c", WorkspacePhase::Pending);
         metrics.set_phase("ns/c", WorkspacePhase::Starting);
         metrics.forget("ns/b");
+        metrics.leader.set(1);
 
         let text = encode(&registry).expect("encodes");
         for line in [
@@ -175,6 +184,7 @@ mod tests {
             "atelier_workspaces{phase=\"Running\"} 1",
             "atelier_workspaces{phase=\"Starting\"} 1",
             "atelier_workspaces{phase=\"Pending\"} 0",
+            "atelier_operator_leader 1",
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

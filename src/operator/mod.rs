@@ -20,11 +20,13 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 
+pub mod lease;
 pub mod metrics;
 pub mod workspace;
 
 use crate::config::{NamespaceMode, NamespaceModeArg, OperatorConfig};
 use crate::policy::UsageIndex;
+use lease::{LeaderElector, LeaseSettings};
 use metrics::Metrics;
 use workspace::WORKSPACE_CONTROLLER_NAME;
 use workspace::cache::{CacheWriters, Caches, Tokens};
@@ -106,6 +108,24 @@ pub struct OperatorArgs {
     /// Reconciliations running at once (0: unbounded).
     #[arg(long, env = "ATELIER_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Leader election: only the holder of the Lease `--lease-name` reconciles, other replicas
+    /// stand by (`--leader-election=false` for a single local run).
+    #[arg(
+        long,
+        env = "ATELIER_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "ATELIER_LEASE_NAME", default_value = "atelier-operator")]
+    pub lease_name: Box<str>,
+    /// Namespace of the Lease (default: the pod's, env `POD_NAMESPACE`, else `--hub-namespace`).
+    #[arg(long, env = "ATELIER_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<Box<str>>,
 }
 
 impl OperatorArgs {
@@ -141,6 +161,36 @@ impl OperatorArgs {
             image_pull_policy: self.image_pull_policy.to_string(),
             user_domain: self.user_domain.clone(),
         })
+    }
+}
+
+impl OperatorArgs {
+    /// The Lease this replica runs for, or `None` without leader election. `pod_namespace` and
+    /// `pod_name` are the pod's (env `POD_NAMESPACE`, `POD_NAME`, from the downward API; else
+    /// `HOSTNAME`); the identity gets a random suffix (`lease::identity`).
+    pub fn lease_settings(
+        &self,
+        pod_namespace: Option<&str>,
+        pod_name: Option<&str>,
+    ) -> anyhow::Result<Option<LeaseSettings>> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        anyhow::ensure!(!self.lease_name.is_empty(), "--lease-name may not be empty");
+        let nonempty = |s: Option<&str>| {
+            s.map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let namespace = nonempty(self.lease_namespace.as_deref())
+            .or_else(|| nonempty(pod_namespace))
+            .unwrap_or_else(|| self.hub_namespace.to_string());
+        let base = nonempty(pod_name).unwrap_or_else(|| "atelier-operator".to_owned());
+        Ok(Some(LeaseSettings::new(
+            self.lease_name.to_string(),
+            namespace,
+            lease::identity(&base)?,
+        )))
     }
 }
 
@@ -423,13 +473,35 @@ pub(crate) async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Runs the operator until SIGTERM.
+///
+/// With leader election (the default) the Workspace controller runs only while this replica
+/// holds the Lease ([`lease::run_as_leader`]); a standby serves `/healthz` and `/metrics` and
+/// waits. SIGTERM: the controller stops (running reconciliations finish), the Lease is
+/// released, and this returns `Ok` (exit 0). A lost Lease (not renewed within the renew
+/// deadline, or taken over) drops the controller at once and returns an error, so the process
+/// exits non-zero and the kubelet restarts the container as a fresh standby: as
+/// kube-controller-manager and kube-scheduler do (their `OnStoppedLeading` exits), because a
+/// restart leaves no state behind (watch caches, back-off, the metrics' phase map) that a new
+/// leader's view might contradict, and the other replica leads meanwhile.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let config = args.operator_config()?;
+    let lease = args.lease_settings(
+        std::env::var("POD_NAMESPACE").ok().as_deref(),
+        std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok()
+            .as_deref(),
+    )?;
     let client = kube_client(OPERATOR_USER_AGENT).await?;
 
     let mut registry = Registry::with_prefix("atelier");
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let ctx = Arc::new(Context::new(client, config, reporter(), metrics));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        reporter(),
+        metrics.clone(),
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -449,11 +521,48 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         ctx,
         args.watch_namespace.as_deref().map(str::to_owned),
         args.concurrency,
-        stop_rx,
+        stop_rx.clone(),
     );
-    let (served, ()) = tokio::join!(async { server.await }, controller);
-    served?;
-    Ok(())
+    let Some(settings) = lease else {
+        tracing::info!("leader election off: reconciling");
+        metrics.leader.set(1);
+        let (served, ()) = tokio::join!(async { server.await }, controller);
+        served?;
+        return Ok(());
+    };
+    tracing::info!(
+        lease = %format!("{}/{}", settings.namespace, settings.name),
+        identity = %settings.identity,
+        "leader election on"
+    );
+    let elector = LeaderElector::new(client, settings);
+    let leading = lease::run_as_leader(
+        elector,
+        stop_rx,
+        |leading| {
+            metrics.leader.set(i64::from(leading));
+        },
+        controller,
+    );
+    let leading = async {
+        leading
+            .await
+            .context("stopped leading; exiting so that the pod restarts as a standby")
+    };
+    let server = async { server.await.context("the /metrics server failed") };
+    tokio::pin!(leading, server);
+    // A lost Lease ends the process at once, without waiting for the server (it stops on
+    // SIGTERM only).
+    tokio::select! {
+        led = &mut leading => {
+            led?;
+            server.await
+        }
+        served = &mut server => {
+            served?;
+            leading.await
+        }
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +646,91 @@ mod tests {
         let cli = Cli::try_parse_from(["operator", "--server-port", "0"]).expect("parses");
         assert!(cli.args.operator_config().is_err());
         assert!(Cli::try_parse_from(["operator", "--namespace-mode", "cluster"]).is_err());
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default_and_finds_its_lease() {
+        let cli = Cli::try_parse_from(["operator", "--hub-namespace", "hub"]).expect("parses");
+        assert!(cli.args.leader_election);
+        // In a pod: the pod's namespace and name.
+        let lease = cli
+            .args
+            .lease_settings(Some("atelier"), Some("atelier-operator-7d9f-x2"))
+            .expect("valid")
+            .expect("on");
+        assert_eq!(
+            (lease.name.as_str(), lease.namespace.as_str()),
+            ("atelier-operator", "atelier")
+        );
+        assert_eq!(
+            (
+                lease.lease_duration,
+                lease.renew_deadline,
+                lease.retry_period
+            ),
+            (
+                lease::LEASE_DURATION,
+                lease::RENEW_DEADLINE,
+                lease::RETRY_PERIOD
+            )
+        );
+        let (base, suffix) = lease.identity.rsplit_once('_').expect("a suffix");
+        assert_eq!(base, "atelier-operator-7d9f-x2");
+        assert!(suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_hexdigit()));
+        let again = cli
+            .args
+            .lease_settings(Some("atelier"), Some("atelier-operator-7d9f-x2"))
+            .expect("valid")
+            .expect("on");
+        assert_ne!(again.identity, lease.identity, "unique per process");
+        // Outside a pod: the hub's namespace and a generic name.
+        let local = cli
+            .args
+            .lease_settings(None, Some(""))
+            .expect("valid")
+            .expect("on");
+        assert_eq!(local.namespace, "hub");
+        assert!(local.identity.starts_with("atelier-operator_"));
+        // The flags win.
+        let cli = Cli::try_parse_from([
+            "operator",
+            "--lease-name",
+            "ops",
+            "--lease-namespace",
+            "control",
+        ])
+        .expect("parses");
+        let lease = cli
+            .args
+            .lease_settings(Some("atelier"), None)
+            .expect("valid")
+            .expect("on");
+        assert_eq!(
+            (lease.name.as_str(), lease.namespace.as_str()),
+            ("ops", "control")
+        );
+    }
+
+    #[test]
+    fn leader_election_can_be_switched_off_for_a_single_local_run() {
+        for (argv, on) in [
+            (vec!["operator", "--leader-election=false"], false),
+            (vec!["operator", "--leader-election=true"], true),
+            (vec!["operator", "--leader-election"], true),
+        ] {
+            let cli = Cli::try_parse_from(&argv).expect("parses");
+            assert_eq!(cli.args.leader_election, on, "{argv:?}");
+            assert_eq!(
+                cli.args
+                    .lease_settings(None, None)
+                    .expect("valid")
+                    .is_some(),
+                on
+            );
+        }
+        assert!(Cli::try_parse_from(["operator", "--leader-election=maybe"]).is_err());
+        let cli = Cli::try_parse_from(["operator", "--lease-name", ""]).expect("parses");
+        assert!(cli.args.lease_settings(None, None).is_err());
     }
 
     #[test]

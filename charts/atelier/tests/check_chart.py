@@ -207,9 +207,11 @@ def verbs(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
 RBAC_TABLE: dict | None = None
 
 
-def granted(docs: list[dict], service_account: str, namespace: str) -> tuple[dict[str, list[dict]], list[dict]]:
-    """The rules bound to a ServiceAccount: namespace -> rules (RoleBindings), and cluster-wide rules."""
-    roles, cluster = {}, []
+def granted(docs: list[dict], service_account: str,
+            namespace: str) -> tuple[dict[str, list[dict]], list[dict], dict[str, set[str]]]:
+    """The rules bound to a ServiceAccount: namespace -> rules (RoleBindings), cluster-wide rules,
+    and namespace -> names of the bound Roles."""
+    roles, cluster, names = {}, [], {}
     for binding in by_kind(docs, "RoleBinding") + by_kind(docs, "ClusterRoleBinding"):
         if not any(s.get("kind") == "ServiceAccount" and s.get("name") == service_account
                    and s.get("namespace") == namespace for s in binding.get("subjects", [])):
@@ -227,7 +229,8 @@ def granted(docs: list[dict], service_account: str, namespace: str) -> tuple[dic
             cluster += rules
         else:
             roles.setdefault(where, []).extend(rules)
-    return roles, cluster
+            names.setdefault(where, set()).add(ref["name"])
+    return roles, cluster, names
 
 
 def check_rbac(docs: list[dict], label: str, mode: str) -> None:
@@ -239,22 +242,34 @@ def check_rbac(docs: list[dict], label: str, mode: str) -> None:
         check(account is not None, f"{label}: the {component} has a ServiceAccount")
         if account is None:
             continue
-        roles, cluster = granted(docs, account["metadata"]["name"], account["metadata"]["namespace"])
+        roles, cluster, role_names = granted(docs, account["metadata"]["name"], account["metadata"]["namespace"])
         want = RBAC_TABLE[component][mode]
         want_role = {tuple(k.split("|", 1)): set(v) for k, v in want["Role"].items()}
         want_cluster = {tuple(k.split("|", 1)): set(v) for k, v in want["ClusterRole"].items()}
+        want_own = {tuple(k.split("|", 1)): set(v) for k, v in want.get("OwnRole", {}).items()}
         got_cluster = verbs(cluster)
         check(got_cluster == want_cluster,
               f"{label}: the {component}'s cluster-wide rules are exactly its calls ({mode})"
               + ("" if got_cluster == want_cluster else f": missing {diff(want_cluster, got_cluster)}, extra {diff(got_cluster, want_cluster)}"))
-        if want_role:
-            workspace_ns = find(docs, "ConfigMap", "-hub")["data"]["ATELIER_WORKSPACE_NAMESPACE"]
-            got_role = verbs(roles.get(workspace_ns, []))
-            check(set(roles) == {workspace_ns} and got_role == want_role,
-                  f"{label}: the {component}'s Role in the workspace namespace {workspace_ns} is exactly its namespaced calls ({mode})"
-                  + ("" if got_role == want_role else f": missing {diff(want_role, got_role)}, extra {diff(got_role, want_role)}"))
-        else:
-            check(not roles, f"{label}: the {component} has no namespaced Role ({mode}: {sorted(roles)})")
+        # Namespaced rules: the workspace namespace's calls (shared mode) and the calls in the
+        # component's own (release) namespace (the Lease), merged where the two namespaces are one.
+        release_ns = account["metadata"]["namespace"]
+        want_by_ns: dict[str, dict] = {}
+        for ns, rules in ((None, want_role), (release_ns, want_own)):
+            if not rules:
+                continue
+            if ns is None:
+                ns = find(docs, "ConfigMap", "-hub")["data"]["ATELIER_WORKSPACE_NAMESPACE"]
+            for key, vs in rules.items():
+                want_by_ns.setdefault(ns, {}).setdefault(key, set()).update(vs)
+        got_by_ns = {ns: verbs(rules) for ns, rules in roles.items()}
+        check(got_by_ns == want_by_ns,
+              f"{label}: the {component}'s Roles ({', '.join(sorted(want_by_ns)) or 'none'}) are exactly its namespaced calls ({mode})"
+              + ("" if got_by_ns == want_by_ns else f": want {want_by_ns}, got {got_by_ns}"))
+        if want_own:
+            own_role = account["metadata"]["name"] + want["OwnRoleSuffix"]
+            check(own_role in role_names.get(release_ns, set()),
+                  f"{label}: the {component}'s own-namespace calls are granted by the Role {own_role} in {release_ns}")
         check(not any("resourceNames" in r or "nonResourceURLs" in r for r in cluster + [r for rs in roles.values() for r in rs]),
               f"{label}: the {component}'s rules name no resourceNames nor nonResourceURLs")
 
@@ -397,6 +412,26 @@ def check_oidc(docs: list[dict], values: dict, label: str) -> None:
     check("checksum/oidc" in template["metadata"]["annotations"], f"{label}: the hub rolls on an OIDC change (checksum/oidc)")
 
 
+def check_operator_replicas(docs: list[dict], label: str, replicas: int) -> None:
+    """`replicas` operators with the leader election's downward API env; a PDB with more than one."""
+    operator = find(docs, "Deployment", "-operator")
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container.get("env", [])}
+    check(operator["spec"]["replicas"] == replicas
+          and env.get("POD_NAME") == "metadata.name" and env.get("POD_NAMESPACE") == "metadata.namespace",
+          f"{label}: {replicas} operator replica(s), POD_NAME and POD_NAMESPACE from the downward API")
+    config = find(docs, "ConfigMap", "-operator")["data"]
+    check(config.get("ATELIER_LEASE_NAME") == operator["metadata"]["name"] and "ATELIER_LEADER_ELECTION" not in config,
+          f"{label}: leader election on, the Lease named like the Deployment ({config.get('ATELIER_LEASE_NAME')})")
+    pdb = find(docs, "PodDisruptionBudget", "-operator")
+    if replicas > 1:
+        check(pdb is not None and pdb["spec"].get("minAvailable") == 1
+              and pdb["spec"]["selector"]["matchLabels"].items() <= operator["spec"]["template"]["metadata"]["labels"].items(),
+              f"{label}: a PodDisruptionBudget keeps one operator (minAvailable 1)")
+    else:
+        check(pdb is None, f"{label}: no operator PodDisruptionBudget with one replica")
+
+
 def check_crds_identical() -> None:
     top = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
     chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
@@ -432,6 +467,7 @@ def main_all() -> int:
     sources = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
                for rule in (policy or {}).get("spec", {}).get("ingress", []) for p in rule.get("from", [])]
     check(sorted(sources) == ["hub", "proxy"], f"defaults: workspaces reachable only from the proxy and the hub ({sources})")
+    check_operator_replicas(docs, "defaults", replicas=2)
     operator_policy = find(docs, "NetworkPolicy", "-operator")
     check(operator_policy is not None and operator_policy["spec"]["policyTypes"] == ["Ingress", "Egress"],
           "defaults: the operator's egress is restricted (DNS and the API server)")
@@ -495,6 +531,11 @@ def main_all() -> int:
         "hub": {"db": {"type": "postgres", "urlSecret": {"name": "db", "key": "url"}}, "pdb": {"enabled": True}},
         "idleCuller": {"enabled": False},
     }
+    docs = check_render({"operator": {"replicas": 1}, "workspaceNamespace": "workspaces"},
+                        "one operator, workspaces in their own namespace")
+    check_operator_replicas(docs, "one operator", replicas=1)
+    refused({"operator": {"replicas": "two"}}, "/operator/replicas", "operator.replicas as a string")
+
     docs = check_render(variant, "per-user + HTTPRoute + postgres")
     check(find(docs, "HTTPRoute", "-proxy") is not None and not by_kind(docs, "Ingress"), "per-user: HTTPRoute, no Ingress")
 
