@@ -53,7 +53,7 @@ pub struct OperatorConfig {
     /// The hub's `--user-domain`: each user's servers are opened at `<label>.<domain>`, so their
     /// OAuth callback is there and they send browsers to the hub's own host to log in
     /// (`JUPYTERHUB_HOST`). `None`: everything on the site's public URL.
-    pub user_domain: Option<crate::proxy::host::UserDomain>,
+    pub user_domain: Option<crate::policy::names::UserDomain>,
 }
 
 impl Default for OperatorConfig {

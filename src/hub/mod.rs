@@ -83,8 +83,8 @@ pub struct HubConfig {
     /// JupyterHub 6's rule by default, or any DNS label.
     pub server_name_rule: crate::policy::names::ServerNameRule,
     /// Per-user origins (`--user-domain`): each user's servers at `<label>.<domain>`
-    /// ([`crate::proxy::host`]); `None`: every server under the hub's own origin.
-    pub user_domain: Option<crate::proxy::host::UserDomain>,
+    /// ([`crate::policy::names::host`]); `None`: every server under the hub's own origin.
+    pub user_domain: Option<crate::policy::names::UserDomain>,
 }
 
 impl HubConfig {

@@ -129,8 +129,8 @@ pub struct HubArgs {
     /// Serve each user's servers on a host of their own, `<user>.<domain>` (README, "Security
     /// model"); the proxy needs the same value. Needs a wildcard DNS record and a wildcard TLS
     /// certificate for `*.<domain>`.
-    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = proxy::parse_user_domain)]
-    pub user_domain: Option<proxy::host::UserDomain>,
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::policy::names::parse_user_domain)]
+    pub user_domain: Option<crate::policy::names::UserDomain>,
 }
 
 impl HubArgs {
@@ -492,8 +492,8 @@ pub struct UpArgs {
     pub roles: Option<PathBuf>,
     /// Serve each user's servers on a host of their own, `<user>.<domain>`, as for `atelier
     /// hub` (`localhost` works in browsers without DNS: `alice.localhost` is the loopback).
-    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = proxy::parse_user_domain)]
-    pub user_domain: Option<proxy::host::UserDomain>,
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::policy::names::parse_user_domain)]
+    pub user_domain: Option<crate::policy::names::UserDomain>,
 }
 
 /// Finds `jupyterhub-singleuser`, or installs it into `<data_dir>/venv` (a Python venv with the

@@ -146,7 +146,7 @@ pub fn server_oauth_callback_url(config: &super::HubConfig, user: &str, server: 
 /// when there is a user domain and the user has a host under it.
 pub fn site_oauth_callback_url(
     public_url: &str,
-    user_domain: Option<&crate::proxy::host::UserDomain>,
+    user_domain: Option<&crate::policy::names::UserDomain>,
     user: &str,
     server: &str,
 ) -> String {
@@ -1053,7 +1053,7 @@ mod tests {
         let mut config =
             super::super::HubConfig::new("https://vre.example.org/", "http://hub:8081/hub/api");
         config.user_domain =
-            Some(crate::proxy::host::UserDomain::parse("users.example.org").unwrap());
+            Some(crate::policy::names::UserDomain::parse("users.example.org").unwrap());
         let env = server_env(&config, "alice.smith", "gpu", "tok", &json!({}));
         assert_eq!(env["JUPYTERHUB_HOST"], "https://vre.example.org");
         assert_eq!(

@@ -63,6 +63,10 @@
 
 use sha2::{Digest, Sha256};
 
+pub mod host;
+
+pub use host::{HostError, HostKind, UserDomain, parse_user_domain, user_label};
+
 /// Longest Kubernetes label (RFC 1123 label, label value).
 pub const MAX_LABEL: usize = 63;
 /// Hex digits of the hash appended to shortened names.

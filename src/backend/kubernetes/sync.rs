@@ -36,8 +36,8 @@ use crate::config::NamespaceMode;
 use crate::hub::HubState;
 use crate::hub::spawner::{access_scopes, server_token_scopes, site_oauth_callback_url};
 use crate::policy::names;
+use crate::policy::names::UserDomain;
 use crate::policy::workspace::token_of;
-use crate::proxy::host::UserDomain;
 use crate::store::{
     self, AuditAction, NewAuditEvent, NewOAuthClient, NewToken, Server, ServerState,
     ServerWithOwner, StartRequest, Store, StoreError, TokenOwner, User, oauth_client_id,
