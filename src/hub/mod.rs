@@ -121,7 +121,7 @@ impl HubConfig {
     /// Where a server is opened, as JupyterHub's `User.server_url`: `/user/<u>/[<s>/]`, on the
     /// user's origin with a user domain (`https://alice.users.example.org/user/alice/`).
     pub fn server_url(&self, user: &str, server: &str) -> String {
-        let path = api::models::server_url(user, server);
+        let path = crate::policy::names::server_url(user, server);
         match self.user_origin(user) {
             Some(origin) => format!("{origin}{path}"),
             None => path,

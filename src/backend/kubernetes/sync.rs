@@ -34,7 +34,7 @@ use crate::api::v1alpha1::Workspace;
 use crate::backend::{BackendError, BackendStatus};
 use crate::config::NamespaceMode;
 use crate::hub::HubState;
-use crate::hub::spawner::{access_scopes, server_token_scopes, site_oauth_callback_url};
+use crate::hub::spawner::{access_scopes, server_token_scopes};
 use crate::policy::names;
 use crate::policy::names::UserDomain;
 use crate::policy::workspace::token_of;
@@ -419,7 +419,7 @@ async fn register_credentials(
 ) -> Result<(), BackendError> {
     let (u, s) = (user.name.as_str(), server.name.as_str());
     let client_id = oauth_client_id(u, s);
-    let prefix = crate::hub::api::models::server_url(u, s);
+    let prefix = names::server_url(u, s);
     let fail = |what: &str, e: StoreError| {
         BackendError::Other(anyhow::Error::new(e).context(format!("{what} of {u}/{s}")))
     };
@@ -442,7 +442,7 @@ async fn register_credentials(
             client_id: client_id.clone(),
             description: format!("Server at {prefix}"),
             secret: token.to_owned(),
-            redirect_uri: site_oauth_callback_url(
+            redirect_uri: names::site_oauth_callback_url(
                 &site.public_url,
                 site.user_domain.as_ref(),
                 u,

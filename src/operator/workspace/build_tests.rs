@@ -684,7 +684,7 @@ fn a_user_domain_puts_the_callback_on_the_users_host() {
     );
     assert_eq!(env["JUPYTERHUB_HOST"], "https://vre.example.org");
     assert_eq!(
-        crate::hub::spawner::site_oauth_callback_url(
+        crate::policy::names::site_oauth_callback_url(
             &cfg.public_url,
             cfg.user_domain.as_ref(),
             "alice",
