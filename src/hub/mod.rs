@@ -18,6 +18,7 @@ pub mod oidc;
 pub mod serve;
 pub mod spawner;
 pub mod spawns;
+pub mod sync;
 pub mod views;
 
 pub use error::{HubError, HubResult};
@@ -83,8 +84,8 @@ pub struct HubConfig {
     /// JupyterHub 6's rule by default, or any DNS label.
     pub server_name_rule: crate::policy::names::ServerNameRule,
     /// Per-user origins (`--user-domain`): each user's servers at `<label>.<domain>`
-    /// ([`crate::policy::names::host`]); `None`: every server under the hub's own origin.
-    pub user_domain: Option<crate::policy::names::UserDomain>,
+    /// ([`crate::config::user_domain`]); `None`: every server under the hub's own origin.
+    pub user_domain: Option<crate::config::UserDomain>,
 }
 
 impl HubConfig {

@@ -129,8 +129,8 @@ pub struct HubArgs {
     /// Serve each user's servers on a host of their own, `<user>.<domain>` (README, "Security
     /// model"); the proxy needs the same value. Needs a wildcard DNS record and a wildcard TLS
     /// certificate for `*.<domain>`.
-    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::policy::names::parse_user_domain)]
-    pub user_domain: Option<crate::policy::names::UserDomain>,
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::config::parse_user_domain)]
+    pub user_domain: Option<crate::config::UserDomain>,
 }
 
 impl HubArgs {
@@ -336,15 +336,14 @@ pub async fn build_hub(
             }
             config.start_timeout = Duration::from_secs(args.spawn_timeout);
             // Admin-created Workspaces become servers; ones stopped with kubectl stop theirs.
-            kubernetes::spawn_sync(
+            super::sync::spawn_sync(
                 store.clone(),
-                kubernetes::Site {
+                super::sync::Site {
                     public_url: args.public_url.trim_end_matches('/').to_owned(),
                     user_domain: args.user_domain.clone(),
                 },
-                client.clone(),
-                config.clone(),
-                kubernetes::SYNC_INTERVAL,
+                kubernetes::WorkspaceObserver::new(client.clone(), config.clone()),
+                super::sync::SYNC_INTERVAL,
             );
             tracing::info!(?config, "kubernetes backend");
             Arc::new(KubernetesBackend::new(client, config))
@@ -492,8 +491,8 @@ pub struct UpArgs {
     pub roles: Option<PathBuf>,
     /// Serve each user's servers on a host of their own, `<user>.<domain>`, as for `atelier
     /// hub` (`localhost` works in browsers without DNS: `alice.localhost` is the loopback).
-    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::policy::names::parse_user_domain)]
-    pub user_domain: Option<crate::policy::names::UserDomain>,
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::config::parse_user_domain)]
+    pub user_domain: Option<crate::config::UserDomain>,
 }
 
 /// Finds `jupyterhub-singleuser`, or installs it into `<data_dir>/venv` (a Python venv with the

@@ -1024,8 +1024,7 @@ mod tests {
     fn environment_with_a_user_domain() {
         let mut config =
             super::super::HubConfig::new("https://vre.example.org/", "http://hub:8081/hub/api");
-        config.user_domain =
-            Some(crate::policy::names::UserDomain::parse("users.example.org").unwrap());
+        config.user_domain = Some(crate::config::UserDomain::parse("users.example.org").unwrap());
         let env = server_env(&config, "alice.smith", "gpu", "tok", &json!({}));
         assert_eq!(env["JUPYTERHUB_HOST"], "https://vre.example.org");
         assert_eq!(

@@ -63,25 +63,11 @@
 
 use sha2::{Digest, Sha256};
 
-pub mod host;
+use crate::config::user_domain::UserDomain;
+pub use crate::config::user_domain::{MAX_LABEL, is_dns_label};
 
-pub use host::{HostError, HostKind, UserDomain, parse_user_domain, user_label};
-
-/// Longest Kubernetes label (RFC 1123 label, label value).
-pub const MAX_LABEL: usize = 63;
 /// Hex digits of the hash appended to shortened names.
 const HASH_LEN: usize = 8;
-
-/// Whether `s` is an RFC 1123 label (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, 1 to 63 characters).
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_LABEL
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
 
 /// Whether `s` is an RFC 1123 subdomain (dot-separated labels, at most 253 characters).
 pub fn is_dns_subdomain(s: &str) -> bool {

@@ -21,8 +21,8 @@ use super::paths::{
 use super::routes::{Resolved, Upstream};
 use super::splice::splice;
 use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};
+use crate::config::user_domain::{HostKind, user_label};
 use crate::policy::names::service_prefix;
-use crate::policy::names::{HostKind, user_label};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -51,7 +51,7 @@ pub use body::ResponseBody;
 pub use routes::{MemoryRoutes, Route, RouteSource, StoreRoutes};
 pub use splice::splice;
 
-use crate::policy::names::{UserDomain, parse_user_domain};
+use crate::config::{UserDomain, parse_user_domain};
 use auth::AuthGate;
 use body::RequestBody;
 use routes::{RouteCache, Upstream};

@@ -672,7 +672,7 @@ fn public_url_makes_the_oauth_callback_absolute() {
 fn a_user_domain_puts_the_callback_on_the_users_host() {
     let cfg = OperatorConfig {
         public_url: "https://vre.example.org".into(),
-        user_domain: Some(crate::policy::names::UserDomain::parse("users.example.org").unwrap()),
+        user_domain: Some(crate::config::UserDomain::parse("users.example.org").unwrap()),
         ..cfg()
     };
     let v = validated(&workspace("alice"));

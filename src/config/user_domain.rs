@@ -6,8 +6,9 @@
 //! attribute (host-only), never reach it, and its scripts cannot read the hub's pages.
 //!
 //! Pure: parsing the domain, naming a user's host, and telling which host a request is for.
-//! Here, below both, because the hub (OAuth redirect URIs, the users' links), the proxy (routing
-//! by host) and the operator (the server's own URL) all name users' hosts.
+//! A setting of hub, proxy and operator alike (the operator's [`OperatorConfig`](super::OperatorConfig)
+//! holds one), so it lives in `config`, below `policy`; `policy::names` re-exports the RFC 1123
+//! label check defined here.
 //!
 //! # Labels
 //!
@@ -29,8 +30,21 @@
 
 use std::fmt;
 
-/// Whether `s` is a DNS label of `[a-z0-9-]` not starting or ending with `-` (at most 63).
-use super::is_dns_label as is_label;
+/// Longest Kubernetes label (RFC 1123 label, label value).
+pub const MAX_LABEL: usize = 63;
+
+/// Whether `s` is an RFC 1123 label (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, 1 to 63 characters).
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_LABEL
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+use is_dns_label as is_label;
 
 /// The prefix of escaped labels.
 const ESCAPED: &str = "u--";
