@@ -13,8 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod error;
-pub mod oauth;
-pub mod oidc;
+pub mod page;
 pub mod serve;
 pub mod spawner;
 pub mod spawns;
@@ -61,7 +60,7 @@ pub struct HubConfig {
     /// Seconds a browser session lives.
     pub session_ttl_secs: i64,
     /// SHA-256 (hex) of the one-time admin password the dev login asks of `admin_users`
-    /// ([`views::generate_admin_password`]); `None`: admins cannot use the dev login.
+    /// ([`auth::login::generate_admin_password`]); `None`: admins cannot use the dev login.
     pub admin_password_hash: Option<String>,
     /// The profiles, node pools and data sources users choose from (`--catalog`, or the
     /// cluster's); empty: one default profile and no check ([`catalog`]).
@@ -72,9 +71,9 @@ pub struct HubConfig {
     /// Refuse OAuth authorization requests without a PKCE S256 challenge (JupyterHub accepts
     /// them, so the default does too; a challenge that is sent is always checked).
     pub oauth_require_pkce: bool,
-    /// Single sign-on providers, discovered ([`oidc::discover`]); their buttons are on the login
+    /// Single sign-on providers, discovered ([`auth::oidc::discover`]); their buttons are on the login
     /// page. Empty: no single sign-on.
-    pub oidc_providers: Vec<Arc<oidc::Provider>>,
+    pub oidc_providers: Vec<Arc<auth::oidc::Provider>>,
     /// The built-in roles and those of `--roles` (JupyterHub's `load_roles`): the scopes of
     /// users, groups and services beyond `self` and admin.
     pub roles: crate::scopes::Roles,
@@ -198,8 +197,8 @@ impl Hub {
 pub fn router(hub: HubState) -> Router {
     Router::new()
         .merge(api::router())
-        .merge(oauth::router())
-        .merge(oidc::router())
+        .merge(auth::oauth::router())
+        .merge(auth::oidc::router())
         .merge(views::router())
         .with_state(hub)
 }

@@ -382,8 +382,8 @@ pub async fn build_hub(
     }
     config.server_python = server_python;
     if let Some(path) = &args.oidc_config {
-        let providers = super::oidc::load_config(path)?;
-        config.oidc_providers = super::oidc::discover(providers, &config.public_url).await?;
+        let providers = super::auth::oidc::load_config(path)?;
+        config.oidc_providers = super::auth::oidc::discover(providers, &config.public_url).await?;
     }
     for admin in &config.admin_users {
         match store.get_user(admin).await {
@@ -450,7 +450,7 @@ pub async fn run_hub(mut args: HubArgs) -> anyhow::Result<()> {
     // With the dev login on, any account may be made admin later (admin page, REST API): each
     // admin then logs in with this password, so it exists whenever the dev login does.
     let admin_hash = if args.dev_login {
-        let (password, hash) = super::views::generate_admin_password();
+        let (password, hash) = super::auth::login::generate_admin_password();
         eprintln!("admin password for the dev login (this start only): {password}");
         Some(hash)
     } else {
@@ -589,7 +589,7 @@ pub async fn run_up(mut args: UpArgs) -> anyhow::Result<()> {
         user_domain: args.user_domain.clone(),
         ..HubArgs::defaults()
     };
-    let (password, hash) = super::views::generate_admin_password();
+    let (password, hash) = super::auth::login::generate_admin_password();
     let hub = build_hub(&hub_args, store.clone(), Some(hash)).await?;
 
     let proxy = Proxy::start(

@@ -22,6 +22,7 @@ use axum::routing::{any, get, post};
 use serde_json::{Map, Value};
 
 use super::auth::Caller;
+pub use super::auth::{allows_any, refusal, require_any};
 use super::{HubError, HubResult, HubState, JUPYTERHUB_VERSION};
 use crate::policy::names;
 use crate::scopes::{Filter, Target, implies};
@@ -345,36 +346,6 @@ pub async fn load_user(hub: &HubState, name: &str) -> HubResult<Option<LoadedUse
         }
         Err(StoreError::NotFound) => Ok(None),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Whether the caller holds any of `scopes` on `target`.
-pub fn allows_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> bool {
-    scopes.iter().any(|s| caller.scopes.allows(s, target))
-}
-
-/// Ok when the caller holds one of `scopes` on `target`. Else, as JupyterHub 6.1.1's
-/// `needs_scope`: 404 when the target is a named resource and the caller holds one of the
-/// scopes on other resources only (a filtered scope: "no access" and "no such resource" look
-/// alike), 403 when it holds none of them.
-pub fn require_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubResult<()> {
-    if allows_any(caller, scopes, target) {
-        Ok(())
-    } else {
-        Err(refusal(caller, scopes, target))
-    }
-}
-
-/// The refusal of [`require_any`].
-pub fn refusal(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubError {
-    let named = !matches!(target, Target::Hub);
-    if named && scopes.iter().any(|s| caller.scopes.has_any(s)) {
-        HubError::NotFound("No access to resources or resources not found".into())
-    } else {
-        HubError::Forbidden(format!(
-            "Action is not authorized with current scopes; requires any of [{}]",
-            scopes.join(", ")
-        ))
     }
 }
 

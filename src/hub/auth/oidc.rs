@@ -49,10 +49,10 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::HubState;
-use super::views::login::{find_or_create_oidc_user, safe_next};
-use super::views::session::{MaybeBrowser, session_cookie, with_cookie};
-use super::views::{PageError, found, url_encode};
+use super::session::{MaybeBrowser, safe_next, session_cookie, with_cookie};
+use super::users::find_or_create_oidc_user;
+use crate::hub::HubState;
+use crate::hub::page::{PageError, found, url_encode};
 use crate::policy::names::is_valid_user_name;
 use crate::store::tokens::constant_time_eq;
 use crate::store::{self, AuditAction, NewAuditEvent, NewSession, Session, StoreError};
