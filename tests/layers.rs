@@ -15,8 +15,28 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::LazyLock;
 
 use regex::Regex;
+
+/// The patterns of the scanner, with ASCII classes and compiled once (the test runs
+/// unoptimised).
+static MOD_DECL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?m)\bmod[ \t\r\n]+([A-Za-z_][0-9A-Za-z_]*)[ \t\r\n]*([;{])").expect("regex")
+});
+static CFG_TEST: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"cfg[ \t\r\n]*\([ \t\r\n]*test[ \t\r\n]*\)").expect("regex"));
+static PATH_ATTR: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"#\[[ \t\r\n]*path[ \t\r\n]*=[ \t\r\n]*""#).expect("regex"));
+static USE_TREE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?s)(?:^|[^0-9A-Za-z_:])(pub[ \t\r\n]*(?:\([^)]*\))?[ \t\r\n]+)?use[ \t\r\n]+([^;]+);",
+    )
+    .expect("regex")
+});
+static PATH: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:^|[^0-9A-Za-z_:])([A-Za-z_][0-9A-Za-z_]*(?:[ \t\r\n]*::[ \t\r\n]*[A-Za-z_][0-9A-Za-z_]*)+)").expect("regex")
+});
 
 /// The layers a layer may import (besides itself). `lib` is `src/lib.rs`, which only declares
 /// the modules; `main` is `src/main.rs`, on top of everything.
@@ -173,8 +193,9 @@ struct Tree {
     refs: Vec<Reference>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset].bytes().filter(|&c| c == b'\n').count() + 1
+/// The 1-based line of byte `offset`, given the offsets of the file's newlines.
+fn line_of(newlines: &[usize], offset: usize) -> usize {
+    newlines.partition_point(|&n| n < offset) + 1
 }
 
 fn matching_brace(text: &str, open: usize) -> usize {
@@ -292,9 +313,7 @@ fn walk(
             span: (0, text.len()),
         },
     );
-    let decl = Regex::new(r"(?m)\bmod\s+([A-Za-z_]\w*)\s*([;{])").expect("regex");
-    let cfg_test_re = Regex::new(r"cfg\s*\(\s*test\s*\)").expect("regex");
-    let path_attr = Regex::new(r#"#\[\s*path\s*=\s*""#).expect("regex");
+    let (decl, cfg_test_re, path_attr) = (&*MOD_DECL, &*CFG_TEST, &*PATH_ATTR);
     // Inline modules first, so that nested declarations know their scope.
     let mut inline: Vec<(ModPath, (usize, usize), bool)> = Vec::new();
     let mut files_declared = Vec::new();
@@ -360,6 +379,12 @@ fn references(
     inline: &[(ModPath, (usize, usize), bool)],
     tree: &mut Tree,
 ) {
+    let newlines: Vec<usize> = text
+        .bytes()
+        .enumerate()
+        .filter(|(_, c)| *c == b'\n')
+        .map(|(i, _)| i)
+        .collect();
     let scope_at = |offset: usize| -> (ModPath, bool) {
         inline
             .iter()
@@ -368,8 +393,7 @@ fn references(
             .map(|(p, _, t)| (p.clone(), *t))
             .unwrap_or((module.clone(), test))
     };
-    let uses =
-        Regex::new(r"(?s)(?:^|[^\w:])(pub\s*(?:\([^)]*\))?\s+)?use\s+([^;]+);").expect("regex");
+    let uses = &*USE_TREE;
     let mut masked = Vec::new();
     for cap in uses.captures_iter(text) {
         let tree_text = cap.get(2).expect("tree");
@@ -379,14 +403,14 @@ fn references(
             tree.refs.push(Reference {
                 scope: scope.clone(),
                 segments,
-                line: line_of(text, tree_text.start()),
+                line: line_of(&newlines, tree_text.start()),
                 test: is_test,
                 binds: Some(binds),
                 public: cap.get(1).is_some(),
             });
         }
     }
-    let paths = Regex::new(r"(?:^|[^\w:])([A-Za-z_]\w*(?:\s*::\s*[A-Za-z_]\w*)+)").expect("regex");
+    let paths = &*PATH;
     for cap in paths.captures_iter(text) {
         let m = cap.get(1).expect("path");
         if masked
@@ -403,7 +427,7 @@ fn references(
                 .split("::")
                 .map(|s| s.trim().to_owned())
                 .collect(),
-            line: line_of(text, m.start()),
+            line: line_of(&newlines, m.start()),
             test: is_test,
             binds: None,
             public: false,
