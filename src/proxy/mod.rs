@@ -13,7 +13,7 @@
 //!   server; none → login redirect or `401`, another user's → `403`, and the server sees nothing.
 //!   The hub's session cookie is never forwarded to users' servers.
 //!
-//! * With a user domain (`--user-domain`, [`host`]), `/user/<name>/…` is served only on
+//! * With a user domain (`--user-domain`, [`crate::config::user_domain`]), `/user/<name>/…` is served only on
 //!   `<name's label>.<domain>` and everything else only on the other hosts; a request on the
 //!   wrong host gets 404 (a browser's page load of a server on the hub's host is redirected to
 //!   the server's host). On a user's host the credentials are a token or the single-user
@@ -92,7 +92,7 @@ pub struct ProxyConfig {
     /// Most bytes buffered per client connection: the request head (so the largest header
     /// block accepted) and the response data queued for writing. At least 8 KiB.
     pub client_buffer: usize,
-    /// Per-user origins (`--user-domain`, [`host`]): users' servers only on their own hosts,
+    /// Per-user origins (`--user-domain`, [`crate::config::user_domain`]): users' servers only on their own hosts,
     /// the hub only on the others. `None`: everything on every host (path mode).
     pub user_domain: Option<UserDomain>,
     /// The hub's public URL: redirects from a user's host to the hub (the spawn page) are

@@ -45,7 +45,7 @@ use crate::store::{
 /// exchanges it at once).
 pub const CODE_TTL_SECS: i64 = 120;
 
-/// The OAuth routes (state: the hub). Merged into [`super::router`]. Like every response under
+/// The OAuth routes (state: the hub). Merged into [`crate::hub::router`]. Like every response under
 /// `/hub/api`, theirs carry `X-JupyterHub-Version`.
 pub fn router() -> Router<HubState> {
     Router::new()

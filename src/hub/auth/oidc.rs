@@ -367,7 +367,7 @@ pub type HubIdToken = IdToken<
 /// Validated ID token claims.
 pub type HubIdTokenClaims = IdTokenClaims<ExtraClaims, CoreGenderClaim>;
 
-/// A provider with its discovered metadata: what [`super::HubConfig::oidc_providers`] holds.
+/// A provider with its discovered metadata: what [`crate::hub::HubConfig::oidc_providers`] holds.
 pub struct Provider {
     /// Its settings.
     pub settings: OidcProvider,
@@ -680,7 +680,7 @@ pub struct FlowState {
 
 // ---- routes -------------------------------------------------------------------------------
 
-/// The single sign-on routes (state: the hub). Merged into [`super::router`].
+/// The single sign-on routes (state: the hub). Merged into [`crate::hub::router`].
 pub fn router() -> Router<HubState> {
     Router::new()
         .route("/hub/oauth_login/{provider}", get(login))

@@ -4,7 +4,7 @@
 //! small script (the progress bar) served under `/hub/static/`.
 //!
 //! Every action works without JavaScript: forms POST to the hub and carry the session's CSRF
-//! token in a hidden `_xsrf` field, which [`session::CsrfForm`] checks before anything else (a
+//! token in a hidden `_xsrf` field, which [`CsrfForm`](crate::hub::auth::session::CsrfForm) checks before anything else (a
 //! POST without it is refused with 403). Templates are autoescaped, so user-controlled names are
 //! never rendered as markup. Errors are pages rendered from `error.html`; paths under `/hub/api/`
 //! keep the JSON errors of the REST API.
