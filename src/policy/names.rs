@@ -894,4 +894,45 @@ mod tests {
         assert_eq!(oauth_client_id("p-q", ""), "jupyterhub-user-p-q");
         assert_eq!(server_file_stem("p", "q"), "p~q");
     }
+
+    #[test]
+    fn server_urls_escape_their_segments_and_callbacks_follow_the_user_domain() {
+        assert_eq!(escape_segment("a b/c~d"), "a%20b%2Fc~d");
+        assert_eq!(server_url("alice", ""), "/user/alice/");
+        assert_eq!(server_url("alice", "x y"), "/user/alice/x%20y/");
+        assert_eq!(
+            oauth_callback_url("https://vre.example.org/", "alice", "gpu"),
+            "https://vre.example.org/user/alice/gpu/oauth_callback"
+        );
+        assert_eq!(
+            oauth_callback_url("", "alice", ""),
+            "/user/alice/oauth_callback"
+        );
+        let domain = UserDomain::parse("users.example.org").expect("a domain");
+        assert_eq!(
+            site_oauth_callback_url("https://vre.example.org:8443", Some(&domain), "alice", ""),
+            "https://alice.users.example.org:8443/user/alice/oauth_callback"
+        );
+        // A name with no host under the domain keeps the site's origin.
+        let long = "a.".repeat(40) + "b";
+        assert_eq!(
+            site_oauth_callback_url("https://vre.example.org", Some(&domain), &long, ""),
+            oauth_callback_url("https://vre.example.org", &long, "")
+        );
+    }
+
+    #[test]
+    fn names_of_existing_users_and_servers_are_checked_as_the_store_keeps_them() {
+        assert_eq!(normalize_name("user", "Alice").as_deref(), Ok("alice"));
+        assert!(check_name("server", "").is_ok());
+        assert_eq!(check_name("user", ""), Err("user name is empty".to_owned()));
+        for bad in [".", "..", "a\\b"] {
+            let e = check_name("server", bad).expect_err(bad);
+            assert!(e.contains("path segments are not names"), "{e}");
+        }
+        for bad in ["a/b", "a b", "ålice", &"a".repeat(MAX_NAME_LEN + 1)] {
+            let e = check_name("user", bad).expect_err(bad);
+            assert!(e.starts_with("invalid user name"), "{e}");
+        }
+    }
 }
