@@ -3,6 +3,10 @@
 
 use std::collections::BTreeMap;
 
+pub mod user_domain;
+
+pub use user_domain::{UserDomain, parse_user_domain};
+
 /// How workspaces are spread over namespaces (command-line form of [`NamespaceMode`]).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NamespaceModeArg {
@@ -53,7 +57,7 @@ pub struct OperatorConfig {
     /// The hub's `--user-domain`: each user's servers are opened at `<label>.<domain>`, so their
     /// OAuth callback is there and they send browsers to the hub's own host to log in
     /// (`JUPYTERHUB_HOST`). `None`: everything on the site's public URL.
-    pub user_domain: Option<crate::proxy::host::UserDomain>,
+    pub user_domain: Option<UserDomain>,
 }
 
 impl Default for OperatorConfig {

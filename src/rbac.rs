@@ -155,14 +155,14 @@ pub const CALLS: &[ApiCall] = &[
         "controller.rs: the LimitRange watch; apply.rs: apply_user_namespace"),
     call(Operator, &["get", "create", "update"], "coordination.k8s.io", "leases", OwnNamespace, Both,
         "operator/lease.rs: try_acquire_or_renew (GET, POST when absent, PUT to renew or take over), release (PUT)"),
-    // --- the hub: src/backend/kubernetes.rs, src/backend/kubernetes/sync.rs, src/hub/catalog.rs ---
+    // --- the hub: src/backend/kubernetes.rs, src/backend/kubernetes/observer.rs, src/hub/catalog.rs ---
     call(Hub, &["get", "list", "watch", "create", "patch"], "atelier.dev", "workspaces", Namespaced, Both,
         "backend/kubernetes.rs: resolve_name (GET, LIST), the Workspace (SSA), request_stop (merge patch), \
-         watch_object, poll_workspace; sync.rs: GET, LIST (shared mode)"),
+         watch_object, poll_workspace; observer.rs: GET, LIST (shared mode)"),
     call(Hub, &["list"], "atelier.dev", "workspaces", AllNamespaces, PerUser,
-        "backend/kubernetes/sync.rs: sync_store lists every namespace's Workspaces"),
+        "backend/kubernetes/observer.rs: WorkspaceObserver::list lists every namespace's Workspaces"),
     call(Hub, &["get", "create", "patch"], "", "secrets", Namespaced, Both,
-        "backend/kubernetes.rs: the token Secret (SSA); sync.rs: workspace_token (GET)"),
+        "backend/kubernetes.rs: the token Secret (SSA); observer.rs: WorkspaceObserver::token (GET)"),
     call(Hub, &["create", "patch"], "", "namespaces", Cluster, PerUser,
         "backend/kubernetes.rs: apply_namespace (SSA)"),
     call(Hub, &["list"], "atelier.dev", "workspaceprofiles", Cluster, Both,

@@ -1480,7 +1480,8 @@ impl Hosts<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_singleuser_on_its_own_host_with_a_user_domain() {
     use atelier::backend::local::{LocalBackend, LocalConfig};
-    use atelier::proxy::{Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes, host::UserDomain};
+    use atelier::config::UserDomain;
+    use atelier::proxy::{Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes};
 
     let Some(venv) = peers_venv(
         "a server on its own host (--user-domain)",

@@ -6,7 +6,7 @@
 //! Needs node: runs with `ATELIER_PEERS=1` (the provider is started by `tests/common/oidc.rs`,
 //! which installs `e2e/oidc/node_modules` first when missing), otherwise says SKIPPED. The ID
 //! token checks the provider cannot be made to fail (expiry, another issuer or audience, rotated
-//! keys) are unit tests in `src/hub/oidc/tests.rs` with tokens signed there.
+//! keys) are unit tests in `src/hub/auth/oidc/tests.rs` with tokens signed there.
 
 mod common;
 
@@ -234,7 +234,7 @@ impl World {
         let start = format!(
             "{}/hub/oauth_login/test?next={}",
             self.hub_url,
-            atelier::hub::views::url_encode(next)
+            atelier::hub::page::url_encode(next)
         );
         let r = browser.get(&start).await;
         assert_eq!(r.status, 302, "oauth_login: {}", r.body);
@@ -551,7 +551,7 @@ async fn next_stays_on_site_after_single_sign_on() {
             .get(&format!(
                 "{}/hub/login?next={}",
                 w.hub_url,
-                atelier::hub::views::url_encode(evil)
+                atelier::hub::page::url_encode(evil)
             ))
             .await;
         assert_eq!(login.status, 200);
@@ -568,7 +568,7 @@ async fn next_stays_on_site_after_single_sign_on() {
             .get(&format!(
                 "{}/hub/oauth_login/test?next={}",
                 w.hub_url,
-                atelier::hub::views::url_encode(evil)
+                atelier::hub::page::url_encode(evil)
             ))
             .await;
         assert_eq!(again.status, 302);

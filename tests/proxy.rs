@@ -1294,7 +1294,7 @@ async fn users_hosts_serve_only_their_users_servers() {
     let config = ProxyConfig {
         refresh_interval: NEVER,
         shutdown_grace: Duration::from_secs(2),
-        user_domain: Some(atelier::proxy::host::UserDomain::parse("users.example.test").unwrap()),
+        user_domain: Some(atelier::config::UserDomain::parse("users.example.test").unwrap()),
         public_url: "http://hub.example.test:8000".into(),
         ..ProxyConfig::new(hub.url())
     };

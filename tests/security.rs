@@ -545,8 +545,8 @@ async fn navigations_and_requests_with_the_token_still_work() {
 
 // ---- ID tokens through the callback, from a mock provider -------------------------------------
 
-/// A 2048-bit RSA key made for these tests only (the one of `src/hub/oidc/tests.rs`).
-const TEST_RSA_KEY: &str = include_str!("../src/hub/oidc/test_rsa_key.pem");
+/// A 2048-bit RSA key made for these tests only (the one of `src/hub/auth/oidc/tests.rs`).
+const TEST_RSA_KEY: &str = include_str!("../src/hub/auth/oidc/test_rsa_key.pem");
 
 const MOCK_CLIENT_ID: &str = "atelier";
 
@@ -643,7 +643,7 @@ async fn login_with_mock(spec: TokenSpec) -> (Resp, Served) {
         r#"{{"providers": [{{"name": "mock", "issuer": "{issuer}", "client_id": "{MOCK_CLIENT_ID}",
             "client_secret_env": "UNUSED"}}]}}"#
     );
-    let providers = atelier::hub::oidc::parse_config(
+    let providers = atelier::hub::auth::oidc::parse_config(
         &config,
         true,
         |_| unreachable!(),
@@ -653,7 +653,7 @@ async fn login_with_mock(spec: TokenSpec) -> (Resp, Served) {
     // The hub's listener first: the providers are discovered with its public URL.
     let listener = bind().await;
     let public = format!("http://{}", listener.local_addr().unwrap());
-    let discovered = atelier::hub::oidc::discover(providers, &public)
+    let discovered = atelier::hub::auth::oidc::discover(providers, &public)
         .await
         .unwrap();
     let web = serve_on(listener, |c| {

@@ -38,17 +38,18 @@
 //! stopped. Past `stop_timeout` the stop is still Ok: the desired state is recorded and the
 //! operator finishes it. **Poll** reads the Workspace ([`status_of`]).
 //!
-//! **Admin-created Workspaces** ([`sync_workspaces`], [`spawn_sync`]): a running Workspace no
-//! server row knows becomes one (user created if missing), with the token of its Secret
-//! registered as the server's API token and OAuth client secret, so the proxy routes to it and
-//! the single-user server can talk to the hub; a Workspace stopped or deleted with `kubectl`
-//! marks its row stopped.
+//! **Admin-created Workspaces**: [`WorkspaceObserver`] reports the Workspaces, their statuses
+//! and their Secrets' tokens; the hub's sync (`crate::hub::sync`) makes a running Workspace no
+//! server row knows a server, and marks stopped the row of a Workspace stopped or deleted with
+//! `kubectl`. This backend never writes the hub's store.
 //!
 //! The hub needs, in the workspaces' namespace(s): `workspaces` get/list/watch/patch, `secrets`
 //! get/patch; in per-user mode also `namespaces` patch (server-side apply creates them).
 
+#[cfg(test)]
+pub(crate) mod mock;
+mod observer;
 mod spec;
-mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -66,11 +67,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+pub use self::observer::{ObservedWorkspace, WorkspaceObserver};
 pub use self::spec::{
     Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace,
     groups_annotation, observe, status_of, workspace_name, workspace_namespace,
 };
-pub use self::sync::{SYNC_INTERVAL, Site, SyncReport, spawn_sync, sync_store, sync_workspaces};
 use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
 use crate::api::v1alpha1::Workspace;
 use crate::config::NamespaceMode;

@@ -13,11 +13,11 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod error;
-pub mod oauth;
-pub mod oidc;
+pub mod page;
 pub mod serve;
 pub mod spawner;
 pub mod spawns;
+pub mod sync;
 pub mod views;
 
 pub use error::{HubError, HubResult};
@@ -60,7 +60,7 @@ pub struct HubConfig {
     /// Seconds a browser session lives.
     pub session_ttl_secs: i64,
     /// SHA-256 (hex) of the one-time admin password the dev login asks of `admin_users`
-    /// ([`views::generate_admin_password`]); `None`: admins cannot use the dev login.
+    /// ([`auth::login::generate_admin_password`]); `None`: admins cannot use the dev login.
     pub admin_password_hash: Option<String>,
     /// The profiles, node pools and data sources users choose from (`--catalog`, or the
     /// cluster's); empty: one default profile and no check ([`catalog`]).
@@ -71,9 +71,9 @@ pub struct HubConfig {
     /// Refuse OAuth authorization requests without a PKCE S256 challenge (JupyterHub accepts
     /// them, so the default does too; a challenge that is sent is always checked).
     pub oauth_require_pkce: bool,
-    /// Single sign-on providers, discovered ([`oidc::discover`]); their buttons are on the login
+    /// Single sign-on providers, discovered ([`auth::oidc::discover`]); their buttons are on the login
     /// page. Empty: no single sign-on.
-    pub oidc_providers: Vec<Arc<oidc::Provider>>,
+    pub oidc_providers: Vec<Arc<auth::oidc::Provider>>,
     /// The built-in roles and those of `--roles` (JupyterHub's `load_roles`): the scopes of
     /// users, groups and services beyond `self` and admin.
     pub roles: crate::scopes::Roles,
@@ -83,8 +83,8 @@ pub struct HubConfig {
     /// JupyterHub 6's rule by default, or any DNS label.
     pub server_name_rule: crate::policy::names::ServerNameRule,
     /// Per-user origins (`--user-domain`): each user's servers at `<label>.<domain>`
-    /// ([`crate::proxy::host`]); `None`: every server under the hub's own origin.
-    pub user_domain: Option<crate::proxy::host::UserDomain>,
+    /// ([`crate::config::user_domain`]); `None`: every server under the hub's own origin.
+    pub user_domain: Option<crate::config::UserDomain>,
 }
 
 impl HubConfig {
@@ -121,7 +121,7 @@ impl HubConfig {
     /// Where a server is opened, as JupyterHub's `User.server_url`: `/user/<u>/[<s>/]`, on the
     /// user's origin with a user domain (`https://alice.users.example.org/user/alice/`).
     pub fn server_url(&self, user: &str, server: &str) -> String {
-        let path = api::models::server_url(user, server);
+        let path = crate::policy::names::server_url(user, server);
         match self.user_origin(user) {
             Some(origin) => format!("{origin}{path}"),
             None => path,
@@ -197,8 +197,8 @@ impl Hub {
 pub fn router(hub: HubState) -> Router {
     Router::new()
         .merge(api::router())
-        .merge(oauth::router())
-        .merge(oidc::router())
+        .merge(auth::oauth::router())
+        .merge(auth::oidc::router())
         .merge(views::router())
         .with_state(hub)
 }

@@ -129,8 +129,8 @@ pub struct HubArgs {
     /// Serve each user's servers on a host of their own, `<user>.<domain>` (README, "Security
     /// model"); the proxy needs the same value. Needs a wildcard DNS record and a wildcard TLS
     /// certificate for `*.<domain>`.
-    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = proxy::parse_user_domain)]
-    pub user_domain: Option<proxy::host::UserDomain>,
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::config::parse_user_domain)]
+    pub user_domain: Option<crate::config::UserDomain>,
 }
 
 impl HubArgs {
@@ -336,15 +336,14 @@ pub async fn build_hub(
             }
             config.start_timeout = Duration::from_secs(args.spawn_timeout);
             // Admin-created Workspaces become servers; ones stopped with kubectl stop theirs.
-            kubernetes::spawn_sync(
+            super::sync::spawn_sync(
                 store.clone(),
-                kubernetes::Site {
+                super::sync::Site {
                     public_url: args.public_url.trim_end_matches('/').to_owned(),
                     user_domain: args.user_domain.clone(),
                 },
-                client.clone(),
-                config.clone(),
-                kubernetes::SYNC_INTERVAL,
+                kubernetes::WorkspaceObserver::new(client.clone(), config.clone()),
+                super::sync::SYNC_INTERVAL,
             );
             tracing::info!(?config, "kubernetes backend");
             Arc::new(KubernetesBackend::new(client, config))
@@ -383,8 +382,8 @@ pub async fn build_hub(
     }
     config.server_python = server_python;
     if let Some(path) = &args.oidc_config {
-        let providers = super::oidc::load_config(path)?;
-        config.oidc_providers = super::oidc::discover(providers, &config.public_url).await?;
+        let providers = super::auth::oidc::load_config(path)?;
+        config.oidc_providers = super::auth::oidc::discover(providers, &config.public_url).await?;
     }
     for admin in &config.admin_users {
         match store.get_user(admin).await {
@@ -451,7 +450,7 @@ pub async fn run_hub(mut args: HubArgs) -> anyhow::Result<()> {
     // With the dev login on, any account may be made admin later (admin page, REST API): each
     // admin then logs in with this password, so it exists whenever the dev login does.
     let admin_hash = if args.dev_login {
-        let (password, hash) = super::views::generate_admin_password();
+        let (password, hash) = super::auth::login::generate_admin_password();
         eprintln!("admin password for the dev login (this start only): {password}");
         Some(hash)
     } else {
@@ -492,8 +491,8 @@ pub struct UpArgs {
     pub roles: Option<PathBuf>,
     /// Serve each user's servers on a host of their own, `<user>.<domain>`, as for `atelier
     /// hub` (`localhost` works in browsers without DNS: `alice.localhost` is the loopback).
-    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = proxy::parse_user_domain)]
-    pub user_domain: Option<proxy::host::UserDomain>,
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::config::parse_user_domain)]
+    pub user_domain: Option<crate::config::UserDomain>,
 }
 
 /// Finds `jupyterhub-singleuser`, or installs it into `<data_dir>/venv` (a Python venv with the
@@ -590,7 +589,7 @@ pub async fn run_up(mut args: UpArgs) -> anyhow::Result<()> {
         user_domain: args.user_domain.clone(),
         ..HubArgs::defaults()
     };
-    let (password, hash) = super::views::generate_admin_password();
+    let (password, hash) = super::auth::login::generate_admin_password();
     let hub = build_hub(&hub_args, store.clone(), Some(hash)).await?;
 
     let proxy = Proxy::start(

@@ -29,11 +29,12 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::api::models::server_url;
 use super::catalog::CheckError;
 use super::{HubError, HubResult, HubState};
 use crate::backend::{BackendError, BackendStatus, ProgressEvent, SpawnRequest};
-use crate::policy::names::ServerNameRule;
+use crate::policy::names::{
+    self, ServerNameRule, escape_segment, server_url, site_oauth_callback_url,
+};
 use crate::store::{
     self, AuditAction, NewAuditEvent, NewOAuthClient, NewToken, Server, ServerState,
     ServerWithOwner, StartRequest, StoreError, TokenOwner, User, oauth_client_id,
@@ -118,18 +119,7 @@ pub fn access_scopes(user: &str, server: &str) -> Vec<String> {
     ]
 }
 
-/// The OAuth redirect URI registered for a server, also given to it as
-/// `JUPYTERHUB_OAUTH_CALLBACK_URL` (the single-user server sends it verbatim, and it must match):
-/// `<public_url>/user/<u>/[<s>/]oauth_callback`, as the operator computes it.
-pub fn oauth_callback_url(public_url: &str, user: &str, server: &str) -> String {
-    format!(
-        "{}{}oauth_callback",
-        public_url.trim_end_matches('/'),
-        server_url(user, server)
-    )
-}
-
-/// The OAuth redirect URI of a server of this hub: [`oauth_callback_url`], on the user's origin
+/// The OAuth redirect URI of a server of this hub: [`names::oauth_callback_url`], on the user's origin
 /// with a user domain (JupyterHub: `url_path_join(user.url, server, 'oauth_callback')`, where
 /// `user.url` carries the user's host under `subdomain_host`).
 pub fn server_oauth_callback_url(config: &super::HubConfig, user: &str, server: &str) -> String {
@@ -139,21 +129,6 @@ pub fn server_oauth_callback_url(config: &super::HubConfig, user: &str, server: 
         user,
         server,
     )
-}
-
-/// [`server_oauth_callback_url`] from the site's public URL and user domain alone (the
-/// kubernetes backend's adoption of admin-made Workspaces, the operator): on the user's origin
-/// when there is a user domain and the user has a host under it.
-pub fn site_oauth_callback_url(
-    public_url: &str,
-    user_domain: Option<&crate::proxy::host::UserDomain>,
-    user: &str,
-    server: &str,
-) -> String {
-    match user_domain.and_then(|d| d.origin(public_url, user).ok()) {
-        Some(origin) => oauth_callback_url(&origin, user, server),
-        None => oauth_callback_url(public_url, user, server),
-    }
 }
 
 /// 400 when the hub has a user domain and `user` has no host under it.
@@ -214,10 +189,7 @@ pub fn server_env(
     set("JUPYTERHUB_API_URL", api_url.to_owned());
     set(
         "JUPYTERHUB_ACTIVITY_URL",
-        format!(
-            "{api_url}/users/{}/activity",
-            super::api::escape_segment(user)
-        ),
+        format!("{api_url}/users/{}/activity", escape_segment(user)),
     );
     set("JUPYTERHUB_BASE_URL", "/".into());
     set("JUPYTERHUB_SERVICE_PREFIX", prefix.clone());
@@ -295,7 +267,7 @@ pub async fn start_server(
     options: StartOptions,
 ) -> HubResult<StartOutcome> {
     let name = log_name(&user.name, server_name);
-    super::api::check_name("server", server_name)?;
+    names::check_name("server", server_name).map_err(HubError::BadRequest)?;
     check_user_host(&hub.config, &user.name)?;
     let existing = match hub.store.get_server(user.id, server_name).await {
         Ok(server) => Some(server),
@@ -494,7 +466,7 @@ pub fn check_start(
 /// 400 unless `name` is a valid name for a new server: empty (the default server) or allowed by
 /// `rule` (`--server-name-rule`); the message names the field (`server_name`) and the rule.
 pub fn check_new_server_name(rule: ServerNameRule, name: &str) -> HubResult<()> {
-    super::api::check_name("server", name)?;
+    names::check_name("server", name).map_err(HubError::BadRequest)?;
     if !name.is_empty() && !rule.allows(name) {
         return Err(HubError::BadRequest(format!(
             "Invalid server_name {name:?}: a new server's name must follow {}",
@@ -1052,8 +1024,7 @@ mod tests {
     fn environment_with_a_user_domain() {
         let mut config =
             super::super::HubConfig::new("https://vre.example.org/", "http://hub:8081/hub/api");
-        config.user_domain =
-            Some(crate::proxy::host::UserDomain::parse("users.example.org").unwrap());
+        config.user_domain = Some(crate::config::UserDomain::parse("users.example.org").unwrap());
         let env = server_env(&config, "alice.smith", "gpu", "tok", &json!({}));
         assert_eq!(env["JUPYTERHUB_HOST"], "https://vre.example.org");
         assert_eq!(

@@ -65,8 +65,8 @@ pub struct OperatorArgs {
     pub public_url: Box<str>,
     /// The hub's `--user-domain` (README, "Security model"): the servers' OAuth callbacks on the
     /// users' hosts. Give the hub, the proxy and the operator the same value.
-    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::proxy::parse_user_domain)]
-    pub user_domain: Option<crate::proxy::host::UserDomain>,
+    #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::config::parse_user_domain)]
+    pub user_domain: Option<crate::config::UserDomain>,
     /// Labels of the hub's pods, `key=value,...`.
     #[arg(
         long,

@@ -63,21 +63,11 @@
 
 use sha2::{Digest, Sha256};
 
-/// Longest Kubernetes label (RFC 1123 label, label value).
-pub const MAX_LABEL: usize = 63;
+use crate::config::user_domain::UserDomain;
+pub use crate::config::user_domain::{MAX_LABEL, is_dns_label};
+
 /// Hex digits of the hash appended to shortened names.
 const HASH_LEN: usize = 8;
-
-/// Whether `s` is an RFC 1123 label (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, 1 to 63 characters).
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_LABEL
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
 
 /// Whether `s` is an RFC 1123 subdomain (dot-separated labels, at most 253 characters).
 pub fn is_dns_subdomain(s: &str) -> bool {
@@ -217,6 +207,95 @@ pub fn service_prefix(user: &str, server_name: &str) -> String {
     } else {
         format!("/user/{user}/{server_name}/")
     }
+}
+
+/// `s` with every byte outside RFC 3986's unreserved set percent-encoded (a path segment).
+pub fn escape_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The URL path of a server: `/user/<user>/` or `/user/<user>/<server>/`, each name a
+/// percent-encoded path segment ([`escape_segment`]).
+pub fn server_url(user: &str, server: &str) -> String {
+    service_prefix(&escape_segment(user), &escape_segment(server))
+}
+
+/// The OAuth redirect URI registered for a server, also given to it as
+/// `JUPYTERHUB_OAUTH_CALLBACK_URL` (the single-user server sends it verbatim, and it must match):
+/// `<public_url>/user/<u>/[<s>/]oauth_callback`, as the operator computes it.
+pub fn oauth_callback_url(public_url: &str, user: &str, server: &str) -> String {
+    format!(
+        "{}{}oauth_callback",
+        public_url.trim_end_matches('/'),
+        server_url(user, server)
+    )
+}
+
+/// [`oauth_callback_url`] from the site's public URL and user domain alone (the hub, its
+/// adoption of admin-made Workspaces, the operator): on the user's origin when there is a user
+/// domain and the user has a host under it.
+pub fn site_oauth_callback_url(
+    public_url: &str,
+    user_domain: Option<&UserDomain>,
+    user: &str,
+    server: &str,
+) -> String {
+    match user_domain.and_then(|d| d.origin(public_url, user).ok()) {
+        Some(origin) => oauth_callback_url(&origin, user, server),
+        None => oauth_callback_url(public_url, user, server),
+    }
+}
+
+/// Longest user, server or group name the store keeps.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// `name` as the store keeps it (ASCII lowercase), or why it is refused: longer than
+/// [`MAX_NAME_LEN`], or with a character outside ASCII, a control character, whitespace or `/`.
+///
+/// The hub's rules for new names ([`is_valid_user_name`], [`ServerNameRule`]) are stricter;
+/// these are the ones every write obeys, so that no two names can ever map to the same
+/// Kubernetes object name through case folding (the class of KubeSpawner's CVE-2020-15110).
+pub fn normalize_name(what: &str, name: &str) -> Result<String, String> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "{what} name is longer than {MAX_NAME_LEN} characters"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii() || c.is_ascii_control() || c.is_ascii_whitespace() || *c == '/')
+    {
+        return Err(format!(
+            "{what} name {name:?} contains {c:?}: only ASCII without spaces or '/' is allowed"
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// Whether `name` can name an existing user or server (`what`), or the message saying why not:
+/// what the store accepts ([`normalize_name`]), not empty for a user, and not `.`, `..` or a
+/// name with `\` (path segments). Names of new users and servers must also pass the stricter
+/// rules above.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if what == "user" && name.is_empty() {
+        return Err("user name is empty".into());
+    }
+    if name == "." || name == ".." || name.contains('\\') {
+        return Err(format!(
+            "invalid {what} name {name:?}: path segments are not names"
+        ));
+    }
+    normalize_name(what, name)
+        .map(drop)
+        .map_err(|m| format!("invalid {m}"))
 }
 
 /// The per-user namespace `<prefix><user>`, shortened and hashed (`-` and 8 hex digits) when that
@@ -814,5 +893,46 @@ mod tests {
         assert_eq!(oauth_client_id("p", "q"), "jupyterhub-user-p~q");
         assert_eq!(oauth_client_id("p-q", ""), "jupyterhub-user-p-q");
         assert_eq!(server_file_stem("p", "q"), "p~q");
+    }
+
+    #[test]
+    fn server_urls_escape_their_segments_and_callbacks_follow_the_user_domain() {
+        assert_eq!(escape_segment("a b/c~d"), "a%20b%2Fc~d");
+        assert_eq!(server_url("alice", ""), "/user/alice/");
+        assert_eq!(server_url("alice", "x y"), "/user/alice/x%20y/");
+        assert_eq!(
+            oauth_callback_url("https://vre.example.org/", "alice", "gpu"),
+            "https://vre.example.org/user/alice/gpu/oauth_callback"
+        );
+        assert_eq!(
+            oauth_callback_url("", "alice", ""),
+            "/user/alice/oauth_callback"
+        );
+        let domain = UserDomain::parse("users.example.org").expect("a domain");
+        assert_eq!(
+            site_oauth_callback_url("https://vre.example.org:8443", Some(&domain), "alice", ""),
+            "https://alice.users.example.org:8443/user/alice/oauth_callback"
+        );
+        // A name with no host under the domain keeps the site's origin.
+        let long = "a.".repeat(40) + "b";
+        assert_eq!(
+            site_oauth_callback_url("https://vre.example.org", Some(&domain), &long, ""),
+            oauth_callback_url("https://vre.example.org", &long, "")
+        );
+    }
+
+    #[test]
+    fn names_of_existing_users_and_servers_are_checked_as_the_store_keeps_them() {
+        assert_eq!(normalize_name("user", "Alice").as_deref(), Ok("alice"));
+        assert!(check_name("server", "").is_ok());
+        assert_eq!(check_name("user", ""), Err("user name is empty".to_owned()));
+        for bad in [".", "..", "a\\b"] {
+            let e = check_name("server", bad).expect_err(bad);
+            assert!(e.contains("path segments are not names"), "{e}");
+        }
+        for bad in ["a/b", "a b", "ålice", &"a".repeat(MAX_NAME_LEN + 1)] {
+            let e = check_name("user", bad).expect_err(bad);
+            assert!(e.starts_with("invalid user name"), "{e}");
+        }
     }
 }

@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 
 use super::auth::Access;
 use super::body::{RequestBody, ResponseBody};
-use super::host::{self, HostKind};
 use super::paths::user_host_credentials;
 use super::paths::{
     SESSION_COOKIE, credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path,
@@ -22,6 +21,7 @@ use super::paths::{
 use super::routes::{Resolved, Upstream};
 use super::splice::splice;
 use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};
+use crate::config::user_domain::{HostKind, user_label};
 use crate::policy::names::service_prefix;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -180,9 +180,7 @@ impl Proxy {
                     ))),
                 }
             }
-            (HostKind::User(label), Some(p))
-                if host::user_label(&p.user).is_ok_and(|l| l == label) =>
-            {
+            (HostKind::User(label), Some(p)) if user_label(&p.user).is_ok_and(|l| l == label) => {
                 Ok(true)
             }
             (HostKind::User(_), Some(_)) => Err(Box::new(json_error(

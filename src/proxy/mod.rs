@@ -13,7 +13,7 @@
 //!   server; none → login redirect or `401`, another user's → `403`, and the server sees nothing.
 //!   The hub's session cookie is never forwarded to users' servers.
 //!
-//! * With a user domain (`--user-domain`, [`host`]), `/user/<name>/…` is served only on
+//! * With a user domain (`--user-domain`, [`crate::config::user_domain`]), `/user/<name>/…` is served only on
 //!   `<name's label>.<domain>` and everything else only on the other hosts; a request on the
 //!   wrong host gets 404 (a browser's page load of a server on the hub's host is redirected to
 //!   the server's host). On a user's host the credentials are a token or the single-user
@@ -26,8 +26,8 @@
 
 mod auth;
 mod body;
+pub mod cookie;
 mod forward;
-pub mod host;
 pub mod paths;
 mod routes;
 mod splice;
@@ -51,6 +51,7 @@ pub use body::ResponseBody;
 pub use routes::{MemoryRoutes, Route, RouteSource, StoreRoutes};
 pub use splice::splice;
 
+use crate::config::{UserDomain, parse_user_domain};
 use auth::AuthGate;
 use body::RequestBody;
 use routes::{RouteCache, Upstream};
@@ -91,9 +92,9 @@ pub struct ProxyConfig {
     /// Most bytes buffered per client connection: the request head (so the largest header
     /// block accepted) and the response data queued for writing. At least 8 KiB.
     pub client_buffer: usize,
-    /// Per-user origins (`--user-domain`, [`host`]): users' servers only on their own hosts,
+    /// Per-user origins (`--user-domain`, [`crate::config::user_domain`]): users' servers only on their own hosts,
     /// the hub only on the others. `None`: everything on every host (path mode).
-    pub user_domain: Option<host::UserDomain>,
+    pub user_domain: Option<UserDomain>,
     /// The hub's public URL: redirects from a user's host to the hub (the spawn page) are
     /// absolute. Used only with `user_domain`.
     pub public_url: String,
@@ -318,7 +319,7 @@ pub struct ProxyArgs {
     /// Serve each user's servers on a host of their own, `<user>.<domain>` (as the hub's
     /// `--user-domain`; needs a wildcard DNS record and a wildcard TLS certificate).
     #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = parse_user_domain)]
-    pub user_domain: Option<host::UserDomain>,
+    pub user_domain: Option<UserDomain>,
     /// The site's public URL (the hub's host), for redirects from users' hosts to the hub.
     #[arg(
         long,
@@ -326,11 +327,6 @@ pub struct ProxyArgs {
         default_value = "http://127.0.0.1:8000"
     )]
     pub public_url: String,
-}
-
-/// Parses `--user-domain` (clap's value parser).
-pub fn parse_user_domain(s: &str) -> Result<host::UserDomain, String> {
-    host::UserDomain::parse(s).map_err(|e| e.to_string())
 }
 
 impl ProxyArgs {

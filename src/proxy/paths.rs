@@ -185,7 +185,7 @@ pub fn credentials(uri: &Uri, headers: &HeaderMap) -> Vec<Credential> {
 
 /// The credentials of a request on a user's host (`--user-domain`): the tokens of
 /// [`credentials`], then the tokens in the single-user server's login cookies
-/// ([`super::host::oauth_cookie_token`]). Not the hub's session cookie: the hub never sets it
+/// ([`super::cookie::oauth_cookie_token`]). Not the hub's session cookie: the hub never sets it
 /// for that host, so one sent there was set by the user's server itself.
 pub fn user_host_credentials(uri: &Uri, headers: &HeaderMap) -> Vec<Credential> {
     let mut out: Vec<Credential> = credentials(uri, headers)
@@ -199,8 +199,8 @@ pub fn user_host_credentials(uri: &Uri, headers: &HeaderMap) -> Vec<Credential> 
         .flat_map(|v| v.split(';'));
     for pair in cookies {
         if let Some((name, value)) = pair.trim().split_once('=')
-            && super::host::is_oauth_cookie_name(name)
-            && let Some(token) = super::host::oauth_cookie_token(value)
+            && super::cookie::is_oauth_cookie_name(name)
+            && let Some(token) = super::cookie::oauth_cookie_token(value)
         {
             out.push(Credential::Token(token));
         }

@@ -277,7 +277,7 @@ pub(crate) fn found(rows_affected: u64) -> Result<()> {
 }
 
 /// Longest user, server or group name the store accepts.
-pub const MAX_NAME_LEN: usize = 255;
+pub use crate::policy::names::MAX_NAME_LEN;
 
 /// The normalised form of a user or server name, which must be unique (per user, for servers):
 /// the name lowercased. Only ASCII names are accepted (Unicode normalisation would need NFKC),
@@ -287,20 +287,7 @@ pub const MAX_NAME_LEN: usize = 255;
 /// enforces on every write, so that no two names can ever map to the same Kubernetes object
 /// name through case folding (the class of KubeSpawner's CVE-2020-15110).
 pub fn normalize_name(what: &str, name: &str) -> Result<String> {
-    if name.len() > MAX_NAME_LEN {
-        return Err(StoreError::Invalid(format!(
-            "{what} name is longer than {MAX_NAME_LEN} characters"
-        )));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !c.is_ascii() || c.is_ascii_control() || c.is_ascii_whitespace() || *c == '/')
-    {
-        return Err(StoreError::Invalid(format!(
-            "{what} name {name:?} contains {c:?}: only ASCII without spaces or '/' is allowed"
-        )));
-    }
-    Ok(name.to_ascii_lowercase())
+    crate::policy::names::normalize_name(what, name).map_err(StoreError::Invalid)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use atelier::backend::{
     BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
 };
-use atelier::hub::views::hash_admin_password;
+use atelier::hub::auth::login::hash_admin_password;
 use atelier::hub::{self, Hub, HubConfig, HubState};
 use atelier::store::{AuditAction, AuditEvent, AuditQuery, Server, ServerState, Store};
 use futures::future::BoxFuture;
@@ -284,7 +284,7 @@ fn session_value(set: &str) -> &str {
 
 /// Percent-encodes a form or query value (everything but RFC 3986's unreserved characters).
 pub fn enc(s: &str) -> String {
-    atelier::hub::views::url_encode(s)
+    atelier::hub::page::url_encode(s)
 }
 
 /// An `application/x-www-form-urlencoded` body.

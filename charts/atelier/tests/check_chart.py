@@ -323,15 +323,15 @@ def refused(values: dict, key: str, label: str) -> None:
     check(False, f"chart refuses {label}")
 
 
-# hub.oidc.providers key -> the hub's --oidc-config key (src/hub/oidc.rs, OidcProviderEntry).
+# hub.oidc.providers key -> the hub's --oidc-config key (src/hub/auth/oidc.rs, OidcProviderEntry).
 OIDC_KEYS = {"name": "name", "displayName": "display_name", "issuer": "issuer", "clientId": "client_id",
              "scopes": "scopes", "usernameClaim": "username_claim", "groupClaims": "group_claims",
              "adminGroups": "admin_groups", "allowedGroups": "allowed_groups"}
 
 
 def oidc_entry_fields() -> set[str]:
-    """The fields the hub accepts per provider (deny_unknown_fields), read from src/hub/oidc.rs."""
-    src = (ROOT / "src/hub/oidc.rs").read_text()
+    """The fields the hub accepts per provider (deny_unknown_fields), read from src/hub/auth/oidc.rs."""
+    src = (ROOT / "src/hub/auth/oidc.rs").read_text()
     body = src.split("pub struct OidcProviderEntry {", 1)[1].split("\n}", 1)[0]
     return set(re.findall(r"^\s*pub (\w+):", body, re.M))
 

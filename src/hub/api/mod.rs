@@ -22,7 +22,9 @@ use axum::routing::{any, get, post};
 use serde_json::{Map, Value};
 
 use super::auth::Caller;
+pub use super::auth::{allows_any, refusal, require_any};
 use super::{HubError, HubResult, HubState, JUPYTERHUB_VERSION};
+use crate::policy::names;
 use crate::scopes::{Filter, Target, implies};
 use crate::store::{self, StoreError, UserDetail};
 
@@ -283,50 +285,23 @@ impl<'a> Fields<'a> {
 
 // ---- names ----------------------------------------------------------------------------------
 
-/// 400 unless `name` can name an existing user or server: what the store accepts (ASCII, no
-/// control characters, whitespace or `/`, at most 255 characters), and not `.` or `..`. Names
-/// of new users and servers must also pass `policy::names` (see [`check_new_user_name`] and the
-/// spawner).
+/// 400 unless `name` can name an existing user or server ([`names::check_name`]: what the
+/// store accepts, and not `.` or `..`). Names of new users and servers must also pass the rules
+/// of `policy::names` (see [`check_new_user_name`] and the spawner).
 pub fn check_name(what: &'static str, name: &str) -> HubResult<()> {
-    if what == "user" && name.is_empty() {
-        return Err(HubError::BadRequest("user name is empty".into()));
-    }
-    if name == "." || name == ".." || name.contains('\\') {
-        return Err(HubError::BadRequest(format!(
-            "invalid {what} name {name:?}: path segments are not names"
-        )));
-    }
-    store::normalize_name(what, name)
-        .map(|_| ())
-        .map_err(|e| match e {
-            StoreError::Invalid(m) => HubError::BadRequest(format!("invalid {m}")),
-            other => HubError::from(other),
-        })
+    names::check_name(what, name).map_err(HubError::BadRequest)
 }
 
 /// 400 unless `name` is a valid name for a new user.
 pub fn check_new_user_name(name: &str) -> HubResult<()> {
     check_name("user", name)?;
-    if !crate::policy::names::is_valid_user_name(name) {
+    if !names::is_valid_user_name(name) {
         return Err(HubError::BadRequest(format!(
             "Invalid username {name:?}: 1 to 63 characters of a-z, 0-9, '.', '_' and '-', \
              starting and ending with a letter or digit"
         )));
     }
     Ok(())
-}
-
-/// `s` with every byte outside RFC 3986's unreserved set percent-encoded (a path segment).
-pub fn escape_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 // ---- loading and authorising ----------------------------------------------------------------
@@ -371,36 +346,6 @@ pub async fn load_user(hub: &HubState, name: &str) -> HubResult<Option<LoadedUse
         }
         Err(StoreError::NotFound) => Ok(None),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Whether the caller holds any of `scopes` on `target`.
-pub fn allows_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> bool {
-    scopes.iter().any(|s| caller.scopes.allows(s, target))
-}
-
-/// Ok when the caller holds one of `scopes` on `target`. Else, as JupyterHub 6.1.1's
-/// `needs_scope`: 404 when the target is a named resource and the caller holds one of the
-/// scopes on other resources only (a filtered scope: "no access" and "no such resource" look
-/// alike), 403 when it holds none of them.
-pub fn require_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubResult<()> {
-    if allows_any(caller, scopes, target) {
-        Ok(())
-    } else {
-        Err(refusal(caller, scopes, target))
-    }
-}
-
-/// The refusal of [`require_any`].
-pub fn refusal(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubError {
-    let named = !matches!(target, Target::Hub);
-    if named && scopes.iter().any(|s| caller.scopes.has_any(s)) {
-        HubError::NotFound("No access to resources or resources not found".into())
-    } else {
-        HubError::Forbidden(format!(
-            "Action is not authorized with current scopes; requires any of [{}]",
-            scopes.join(", ")
-        ))
     }
 }
 
@@ -689,6 +634,6 @@ mod tests {
         assert!(check_name("user", "Alice").is_ok());
         assert!(check_new_user_name("Alice").is_err());
         assert!(check_new_user_name("alice").is_ok());
-        assert_eq!(escape_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(names::escape_segment("a b/c"), "a%20b%2Fc");
     }
 }

@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
-use super::{LoadedUser, escape_segment};
+use super::LoadedUser;
 use crate::hub::Hub;
 use crate::hub::auth::Caller;
+use crate::policy::names::escape_segment;
 use crate::scopes::{ScopeSet, Target, role_names};
 use crate::store::{GroupDetail, Server, Token, TokenOwner, UserDetail};
 
@@ -18,11 +19,6 @@ pub fn iso(t: Option<DateTime<Utc>>) -> Value {
         Some(t) => Value::String(t.to_rfc3339_opts(SecondsFormat::Micros, true)),
         None => Value::Null,
     }
-}
-
-/// The URL path of a server: `/user/<user>/` or `/user/<user>/<server>/`.
-pub fn server_url(user: &str, server: &str) -> String {
-    crate::policy::names::service_prefix(&escape_segment(user), &escape_segment(server))
 }
 
 /// The progress event-stream of a server.

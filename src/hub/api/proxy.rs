@@ -15,9 +15,10 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use super::ListRequest;
-use super::models::{iso, server_url};
+use super::models::iso;
 use crate::hub::auth::Caller;
 use crate::hub::{HubResult, HubState};
+use crate::policy::names::server_url;
 use crate::scopes::Target;
 
 /// The hub's own URL as the proxy forwards to it (the server API URL without `/hub/api`).

@@ -8,10 +8,11 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::login::{normalize_username, safe_next};
-use super::session::{CsrfForm, LoggedIn};
 use super::{Page, PageError, hub_path, see_other, server_url, url_encode};
 use crate::hub::HubState;
+use crate::hub::auth::login::normalize_username;
+use crate::hub::auth::session::safe_next;
+use crate::hub::auth::session::{CsrfForm, LoggedIn};
 use crate::scopes::{ScopeSet, Target};
 use crate::store::{AuditAction, NewAuditEvent, StoreError, User, UserQuery, UserSort};
 

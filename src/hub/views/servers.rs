@@ -22,9 +22,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::login::safe_next;
-use super::session::{CsrfForm, LoggedIn};
 use super::{Page, PageError, found, hub_path, see_other, server_url, url_encode};
+use crate::hub::auth::session::safe_next;
+use crate::hub::auth::session::{CsrfForm, LoggedIn};
 use crate::hub::catalog::ProfileChoice;
 use crate::hub::spawner::{self, StartOptions, StartOutcome};
 use crate::hub::{HubConfig, HubState};

@@ -9,9 +9,9 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::session::{CsrfForm, LoggedIn};
 use super::{Page, PageError, see_other};
 use crate::hub::HubState;
+use crate::hub::auth::session::{CsrfForm, LoggedIn};
 use crate::scopes::ScopeSet;
 use crate::store::{self, AuditAction, NewAuditEvent, NewToken, StoreError, Token, TokenOwner};
 

@@ -141,7 +141,7 @@ pub use crate::policy::names::service_prefix;
 /// (relative when `public_url` is empty), on the user's own host with a user domain
 /// (`https://alice.users.example.org/user/alice/oauth_callback`), as the hub registers it.
 pub fn oauth_callback_url(cfg: &OperatorConfig, user: &str, server_name: &str) -> String {
-    crate::hub::spawner::site_oauth_callback_url(
+    crate::policy::names::site_oauth_callback_url(
         &cfg.public_url,
         cfg.user_domain.as_ref(),
         user,

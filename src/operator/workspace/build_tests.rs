@@ -672,7 +672,7 @@ fn public_url_makes_the_oauth_callback_absolute() {
 fn a_user_domain_puts_the_callback_on_the_users_host() {
     let cfg = OperatorConfig {
         public_url: "https://vre.example.org".into(),
-        user_domain: Some(crate::proxy::host::UserDomain::parse("users.example.org").unwrap()),
+        user_domain: Some(crate::config::UserDomain::parse("users.example.org").unwrap()),
         ..cfg()
     };
     let v = validated(&workspace("alice"));
@@ -684,7 +684,7 @@ fn a_user_domain_puts_the_callback_on_the_users_host() {
     );
     assert_eq!(env["JUPYTERHUB_HOST"], "https://vre.example.org");
     assert_eq!(
-        crate::hub::spawner::site_oauth_callback_url(
+        crate::policy::names::site_oauth_callback_url(
             &cfg.public_url,
             cfg.user_domain.as_ref(),
             "alice",

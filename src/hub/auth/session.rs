@@ -10,8 +10,8 @@ use chrono::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{PageError, found, url_encode};
-use crate::hub::auth::cookie;
+use super::cookie;
+use crate::hub::page::{PageError, found, url_encode};
 use crate::hub::{HubState, SESSION_COOKIE};
 use crate::store::tokens::constant_time_eq;
 use crate::store::{self, Session, StoreError, User};
@@ -277,6 +277,37 @@ impl<T: DeserializeOwned> FromRequest<HubState> for CsrfForm<T> {
     }
 }
 
+/// Longest `next=` accepted.
+const MAX_NEXT_LEN: usize = 4096;
+
+/// Where a `next=` parameter may lead: an absolute path of this site. Returns the path to
+/// redirect to (spaces and non-ASCII characters percent-encoded), or `None` to ignore it.
+///
+/// Refused: anything not starting with exactly one `/` (`https://evil.example`,
+/// `//evil.example`, `evil.example`, ``), any backslash (browsers read `/\evil.example` as
+/// `//evil.example`), and control characters (header splitting, and browsers drop tabs and
+/// newlines so that `/\t/evil.example` would become `//evil.example`).
+pub fn safe_next(next: &str) -> Option<String> {
+    if next.len() > MAX_NEXT_LEN || !next.starts_with('/') || next.starts_with("//") {
+        return None;
+    }
+    if next.chars().any(|c| c == '\\' || c.is_control()) {
+        return None;
+    }
+    let mut out = String::with_capacity(next.len());
+    for c in next.chars() {
+        if c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The `Set-Cookie` value of a session cookie: HttpOnly, SameSite=Lax, Path=/ (the proxy checks
 /// it on `/user/...`), Secure when `secure`.
 pub fn session_cookie(value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
@@ -304,6 +335,43 @@ pub fn with_cookie(mut response: Response, cookie: HeaderValue) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_stays_on_site() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("/hub/home", Some("/hub/home")),
+            ("/user/alice/lab?x=1#y", Some("/user/alice/lab?x=1#y")),
+            (
+                "/hub/api/oauth2/authorize?client_id=a&redirect_uri=%2Fuser%2Fa%2F",
+                Some("/hub/api/oauth2/authorize?client_id=a&redirect_uri=%2Fuser%2Fa%2F"),
+            ),
+            ("/", Some("/")),
+            ("/a b", Some("/a%20b")),
+            ("/café", Some("/caf%C3%A9")),
+            ("https://evil.example", None),
+            ("https://evil.example/hub/home", None),
+            ("http:/evil.example", None),
+            ("//evil.example", None),
+            ("//evil.example/hub/home", None),
+            ("///evil.example", None),
+            ("/\\evil.example", None),
+            ("\\/evil.example", None),
+            ("/hub\\..\\x", None),
+            ("evil.example", None),
+            ("javascript:alert(1)", None),
+            ("", None),
+            (" /hub/home", None),
+            ("/\t/evil.example", None),
+            ("/\n/evil.example", None),
+            ("/hub/home\r\nSet-Cookie: x=1", None),
+            ("/\u{0}x", None),
+            ("/\u{85}/evil.example", None),
+        ];
+        for (next, expected) in table {
+            assert_eq!(safe_next(next).as_deref(), *expected, "next={next:?}");
+        }
+        assert_eq!(safe_next(&format!("/{}", "a".repeat(MAX_NEXT_LEN))), None);
+    }
 
     fn with_mode(mode: Option<&'static str>) -> HeaderMap {
         let mut h = HeaderMap::new();

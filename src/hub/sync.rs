@@ -1,13 +1,15 @@
-//! Workspaces the hub did not start (an admin's `kubectl apply`) appear as their user's servers;
-//! Workspaces stopped or deleted behind the hub's back mark their servers stopped.
+//! With the `kubernetes` backend, Workspaces the hub did not start (an admin's `kubectl apply`)
+//! appear as their user's servers; Workspaces stopped or deleted behind the hub's back mark their
+//! servers stopped. The backend reports what it observes ([`WorkspaceObserver`]); this module
+//! decides what to store.
 //!
 //! One pass ([`sync_store`]):
 //!
 //! 1. read the hub's active servers (Starting, Running, Stopping) and their handles, *before*
 //!    listing, so that a server the hub starts meanwhile is never mistaken for a deleted one;
-//! 2. list the Workspaces (the shared namespace, or every namespace in per-user mode, keeping
-//!    those in their user's namespace);
-//! 3. a Workspace running at a URL ([`status_of`]) that no active server has as its handle, and
+//! 2. list the Workspaces ([`WorkspaceObserver::list`]: the shared namespace, or every namespace
+//!    in per-user mode, keeping those in their user's namespace);
+//! 3. a Workspace running at a URL that no active server has as its handle, and
 //!    whose (user, server) is not active under another handle: **adopted**. The user is created
 //!    if missing, the server row too; the row goes Starting (a conditional transition, so two
 //!    hubs never both adopt it); the token of the Workspace's Secret is registered as the
@@ -23,21 +25,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::{KubernetesBackendConfig, WorkspaceHandle, spec, status_of};
-use crate::api::v1alpha1::Workspace;
+use super::HubState;
+use super::spawner::{access_scopes, server_token_scopes};
+use crate::backend::kubernetes::{ObservedWorkspace, WorkspaceHandle, WorkspaceObserver};
 use crate::backend::{BackendError, BackendStatus};
-use crate::config::NamespaceMode;
-use crate::hub::HubState;
-use crate::hub::spawner::{access_scopes, server_token_scopes, site_oauth_callback_url};
+use crate::config::UserDomain;
 use crate::policy::names;
-use crate::policy::workspace::token_of;
-use crate::proxy::host::UserDomain;
 use crate::store::{
     self, AuditAction, NewAuditEvent, NewOAuthClient, NewToken, Server, ServerState,
     ServerWithOwner, StartRequest, Store, StoreError, TokenOwner, User, oauth_client_id,
@@ -77,14 +73,13 @@ fn log_name(user: &str, server: &str) -> String {
 /// One pass over the hub behind `hub` (see the module documentation).
 pub async fn sync_workspaces(
     hub: &HubState,
-    client: Client,
-    config: &KubernetesBackendConfig,
+    observer: &WorkspaceObserver,
 ) -> Result<SyncReport, BackendError> {
     let site = Site {
         public_url: hub.config.public_url.clone(),
         user_domain: hub.config.user_domain.clone(),
     };
-    sync_store(&hub.store, &site, client, config).await
+    sync_store(&hub.store, &site, observer).await
 }
 
 /// Where browsers reach the hub's servers: the site's public URL and, with `--user-domain`, the
@@ -99,13 +94,12 @@ pub struct Site {
 pub fn spawn_sync(
     store: Store,
     site: Site,
-    client: Client,
-    config: KubernetesBackendConfig,
+    observer: WorkspaceObserver,
     interval: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match sync_store(&store, &site, client.clone(), &config).await {
+            match sync_store(&store, &site, &observer).await {
                 Ok(report) if !report.is_empty() => tracing::info!(?report, "Workspaces synced"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = ?e, "Workspace sync failed"),
@@ -120,35 +114,23 @@ pub fn spawn_sync(
 pub async fn sync_store(
     store: &Store,
     site: &Site,
-    client: Client,
-    config: &KubernetesBackendConfig,
+    observer: &WorkspaceObserver,
 ) -> Result<SyncReport, BackendError> {
     let mut report = SyncReport::default();
     let (on_workspaces, busy) = active_servers(store).await?;
-
-    let api: Api<Workspace> = match &config.namespace_mode {
-        NamespaceMode::Shared => Api::namespaced(client.clone(), &config.namespace),
-        NamespaceMode::PerUser { .. } => Api::all(client.clone()),
-    };
-    let mut listed = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| anyhow::Error::new(e).context("listing Workspaces"))?
-        .items;
-    listed.retain(|ws| config.manages(&ws.namespace().unwrap_or_default(), &ws.spec.user));
-    listed.sort_by_key(|ws| (ws.namespace(), ws.name_any()));
+    let listed = observer.list().await?;
 
     let mut seen = BTreeSet::new();
     for ws in &listed {
-        let handle = spec::handle_of(ws);
+        let handle = &ws.handle;
         seen.insert(handle.clone());
-        let status = status_of(Some(ws));
-        match on_workspaces.get(&handle) {
+        let status = &ws.status;
+        match on_workspaces.get(handle) {
             Some(row) => {
                 if matches!(
                     status,
                     BackendStatus::Stopped { .. } | BackendStatus::Failed { .. }
-                ) && stop_row(store, row, &handle, &status).await
+                ) && stop_row(store, row, handle, status).await
                 {
                     report
                         .stopped
@@ -159,12 +141,12 @@ pub async fn sync_store(
                 let BackendStatus::Running { url } = status else {
                     continue;
                 };
-                let key = (ws.spec.user.clone(), ws.spec.server_name.clone());
+                let key = (ws.user.clone(), ws.server.clone());
                 if busy.contains(&key) {
                     continue;
                 }
                 let name = log_name(&key.0, &key.1);
-                match adopt(store, site, &client, ws, &url).await {
+                match adopt(store, site, observer, ws, url).await {
                     Ok(true) => report.adopted.push(name),
                     Ok(false) => report.deferred.push(name),
                     Err(e) => {
@@ -180,13 +162,12 @@ pub async fn sync_store(
     for (handle, row) in &on_workspaces {
         if seen.contains(handle)
             || row.server.state != ServerState::Running
-            || !in_scope(config, handle)
+            || !observer.in_scope(handle)
         {
             continue;
         }
-        let api: Api<Workspace> = Api::namespaced(client.clone(), &handle.namespace);
-        let status = match api.get_opt(&handle.name).await {
-            Ok(ws) => status_of(ws.as_ref()),
+        let status = match observer.status(handle).await {
+            Ok(status) => status,
             Err(e) => {
                 tracing::warn!(workspace = %handle, error = %e, "cannot read a Workspace");
                 continue;
@@ -206,14 +187,6 @@ pub async fn sync_store(
     report.stopped.sort();
     report.deferred.sort();
     Ok(report)
-}
-
-/// Whether a handle's namespace is one this configuration manages.
-fn in_scope(config: &KubernetesBackendConfig, handle: &WorkspaceHandle) -> bool {
-    match &config.namespace_mode {
-        NamespaceMode::Shared => handle.namespace == config.namespace,
-        NamespaceMode::PerUser { prefix } => handle.namespace.starts_with(prefix.as_str()),
-    }
 }
 
 type ActiveServers = (
@@ -333,31 +306,21 @@ async fn server_named(store: &Store, user: &User, name: &str) -> Result<Server, 
     }
 }
 
-/// The token of the Workspace's Secret `ws-<name>-token`, if it holds one.
-async fn workspace_token(client: &Client, ws: &Workspace) -> Result<Option<String>, kube::Error> {
-    let namespace = ws.namespace().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    Ok(api
-        .get_opt(&names::secret_name(&ws.name_any()))
-        .await?
-        .as_ref()
-        .and_then(token_of))
-}
-
 /// Makes `ws`, running at `url`, its user's server. `Ok(false)`: left for a later pass.
 async fn adopt(
     store: &Store,
     site: &Site,
-    client: &Client,
-    ws: &Workspace,
+    observer: &WorkspaceObserver,
+    ws: &ObservedWorkspace,
     url: &str,
 ) -> Result<bool, BackendError> {
-    let (user_name, server_name) = (ws.spec.user.as_str(), ws.spec.server_name.as_str());
-    let handle = spec::handle_of(ws);
+    let (user_name, server_name) = (ws.user.as_str(), ws.server.as_str());
+    let handle = &ws.handle;
     let name = log_name(user_name, server_name);
     let store_error =
         |e: StoreError| BackendError::Other(anyhow::Error::new(e).context(name.clone()));
-    let Some(token) = workspace_token(client, ws)
+    let Some(token) = observer
+        .token(handle)
         .await
         .map_err(|e| anyhow::Error::new(e).context(format!("token Secret of {handle}")))?
     else {
@@ -369,7 +332,7 @@ async fn adopt(
         .await
         .map_err(store_error)?;
     let request = StartRequest {
-        profile: Some(ws.spec.profile.clone()),
+        profile: Some(ws.profile.clone()),
         user_options: None,
         display_name: None,
     };
@@ -403,7 +366,7 @@ async fn adopt(
         AuditAction::ServerStart,
         user_name,
         server_name,
-        json!({"adopted": handle.to_string(), "profile": ws.spec.profile}),
+        json!({"adopted": handle.to_string(), "profile": ws.profile}),
     )
     .await;
     Ok(true)
@@ -419,7 +382,7 @@ async fn register_credentials(
 ) -> Result<(), BackendError> {
     let (u, s) = (user.name.as_str(), server.name.as_str());
     let client_id = oauth_client_id(u, s);
-    let prefix = crate::hub::api::models::server_url(u, s);
+    let prefix = names::server_url(u, s);
     let fail = |what: &str, e: StoreError| {
         BackendError::Other(anyhow::Error::new(e).context(format!("{what} of {u}/{s}")))
     };
@@ -442,7 +405,7 @@ async fn register_credentials(
             client_id: client_id.clone(),
             description: format!("Server at {prefix}"),
             secret: token.to_owned(),
-            redirect_uri: site_oauth_callback_url(
+            redirect_uri: names::site_oauth_callback_url(
                 &site.public_url,
                 site.user_domain.as_ref(),
                 u,
@@ -469,3 +432,6 @@ async fn register_credentials(
         .map_err(|e| fail("the API token", e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,10 +49,10 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::HubState;
-use super::views::login::{find_or_create_oidc_user, safe_next};
-use super::views::session::{MaybeBrowser, session_cookie, with_cookie};
-use super::views::{PageError, found, url_encode};
+use super::session::{MaybeBrowser, safe_next, session_cookie, with_cookie};
+use super::users::find_or_create_oidc_user;
+use crate::hub::HubState;
+use crate::hub::page::{PageError, found, url_encode};
 use crate::policy::names::is_valid_user_name;
 use crate::store::tokens::constant_time_eq;
 use crate::store::{self, AuditAction, NewAuditEvent, NewSession, Session, StoreError};
@@ -367,7 +367,7 @@ pub type HubIdToken = IdToken<
 /// Validated ID token claims.
 pub type HubIdTokenClaims = IdTokenClaims<ExtraClaims, CoreGenderClaim>;
 
-/// A provider with its discovered metadata: what [`super::HubConfig::oidc_providers`] holds.
+/// A provider with its discovered metadata: what [`crate::hub::HubConfig::oidc_providers`] holds.
 pub struct Provider {
     /// Its settings.
     pub settings: OidcProvider,
@@ -680,7 +680,7 @@ pub struct FlowState {
 
 // ---- routes -------------------------------------------------------------------------------
 
-/// The single sign-on routes (state: the hub). Merged into [`super::router`].
+/// The single sign-on routes (state: the hub). Merged into [`crate::hub::router`].
 pub fn router() -> Router<HubState> {
     Router::new()
         .route("/hub/oauth_login/{provider}", get(login))

@@ -33,9 +33,9 @@ use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::views::session::{Browser, CsrfForm, LoggedIn, MaybeBrowser, login_redirect_to};
-use super::views::{Page, PageError, found, url_encode};
-use super::{HubState, JUPYTERHUB_VERSION};
+use super::session::{Browser, CsrfForm, LoggedIn, MaybeBrowser, login_redirect_to};
+use crate::hub::page::{Page, PageError, found, url_encode};
+use crate::hub::{HubState, JUPYTERHUB_VERSION};
 use crate::scopes::{Scope, ScopeSet};
 use crate::store::{
     self, NewOAuthCode, NewToken, OAuthClient, PkceMethod, Server, StoreError, TokenOwner, User,
@@ -45,7 +45,7 @@ use crate::store::{
 /// exchanges it at once).
 pub const CODE_TTL_SECS: i64 = 120;
 
-/// The OAuth routes (state: the hub). Merged into [`super::router`]. Like every response under
+/// The OAuth routes (state: the hub). Merged into [`crate::hub::router`]. Like every response under
 /// `/hub/api`, theirs carry `X-JupyterHub-Version`.
 pub fn router() -> Router<HubState> {
     Router::new()

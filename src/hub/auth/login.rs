@@ -9,7 +9,7 @@
 //! The login form is posted from an anonymous session (created by `GET /hub/login`), so it
 //! carries a CSRF token like every form; a successful login creates a new session with a new id
 //! (no session fixation) and ends the anonymous one. `next=` only ever leads to a path of this
-//! site ([`safe_next`]).
+//! site ([`safe_next`](super::session::safe_next)).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -21,50 +21,20 @@ use serde::de::IgnoredAny;
 use serde_json::json;
 
 use super::session::{
-    Browser, CsrfForm, MaybeBrowser, clear_session_cookie, needs_xsrf, session_cookie, with_cookie,
+    Browser, CsrfForm, MaybeBrowser, clear_session_cookie, needs_xsrf, safe_next, session_cookie,
+    with_cookie,
 };
-use super::{Page, PageError, found, see_other};
+use super::users::{ensure_user, find_user};
 use crate::hub::HubState;
+use crate::hub::page::{Page, PageError, found, see_other};
 use crate::policy::names::is_valid_user_name;
 use crate::store::tokens::{constant_time_eq, generate_token, hash_token};
 use crate::store::{
     self, AuditAction, NewAuditEvent, NewSession, SESSION_ADMIN_UNVERIFIED, Session, StoreError,
-    User,
 };
 
 /// Seconds an anonymous (not yet logged-in) session lives: long enough to fill in the form.
 const LOGIN_SESSION_TTL_SECS: i64 = 3600;
-
-/// Longest `next=` accepted.
-const MAX_NEXT_LEN: usize = 4096;
-
-/// Where a `next=` parameter may lead: an absolute path of this site. Returns the path to
-/// redirect to (spaces and non-ASCII characters percent-encoded), or `None` to ignore it.
-///
-/// Refused: anything not starting with exactly one `/` (`https://evil.example`,
-/// `//evil.example`, `evil.example`, ``), any backslash (browsers read `/\evil.example` as
-/// `//evil.example`), and control characters (header splitting, and browsers drop tabs and
-/// newlines so that `/\t/evil.example` would become `//evil.example`).
-pub fn safe_next(next: &str) -> Option<String> {
-    if next.len() > MAX_NEXT_LEN || !next.starts_with('/') || next.starts_with("//") {
-        return None;
-    }
-    if next.chars().any(|c| c == '\\' || c.is_control()) {
-        return None;
-    }
-    let mut out = String::with_capacity(next.len());
-    for c in next.chars() {
-        if c.is_ascii_graphic() {
-            out.push(c);
-        } else {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
-    Some(out)
-}
 
 /// A new one-time admin password and the hash to put in `HubConfig::admin_password_hash`.
 /// `atelier up` shows the password once and keeps only the hash.
@@ -125,10 +95,7 @@ fn login_page(
         .insert("next", next.unwrap_or(""))
         .insert("username", username)
         .insert("error", &error)
-        .insert(
-            "oidc_providers",
-            &crate::hub::oidc::login_buttons(hub, next),
-        )
+        .insert("oidc_providers", &super::oidc::login_buttons(hub, next))
 }
 
 /// `GET /hub/login[?next=]`: the form (a logged-in browser goes straight to `next`).
@@ -269,55 +236,6 @@ pub async fn submit(
     ))
 }
 
-/// The user called `name`, if there is one.
-async fn find_user(hub: &HubState, name: &str) -> Result<Option<User>, PageError> {
-    match hub.store.get_user(name).await {
-        Ok(user) => Ok(Some(user)),
-        Err(StoreError::NotFound) => Ok(None),
-        Err(e) => Err(PageError::unexpected(e)),
-    }
-}
-
-/// `found` (what [`find_user`] gave for `name`), else a new user `name`; made admin if `admin`.
-async fn ensure_user(
-    hub: &HubState,
-    name: &str,
-    found: Option<User>,
-    admin: bool,
-) -> Result<User, PageError> {
-    let user = match found {
-        Some(user) => user,
-        None => match hub.store.create_user(name, admin).await {
-            Ok(user) => user,
-            // Created at the same moment by another login.
-            Err(StoreError::Conflict(_)) => hub
-                .store
-                .get_user(name)
-                .await
-                .map_err(|e| PageError::from_store(format_args!("user {name}"), e))?,
-            Err(e) => return Err(PageError::from_store(format_args!("user {name}"), e)),
-        },
-    };
-    if admin && !user.admin {
-        return hub
-            .store
-            .set_user_admin(name, true)
-            .await
-            .map_err(PageError::unexpected);
-    }
-    Ok(user)
-}
-
-/// The user a single sign-on login uses (created if missing, made admin if `admin`).
-pub(crate) async fn find_or_create_oidc_user(
-    hub: &HubState,
-    name: &str,
-    admin: bool,
-) -> Result<User, PageError> {
-    let found = find_user(hub, name).await?;
-    ensure_user(hub, name, found, admin).await
-}
-
 /// Deletes the session of `cookie` with the tokens issued in it; a session already gone is fine.
 async fn end_session(hub: &HubState, cookie: &str) -> Result<(), PageError> {
     match hub.store.delete_session(cookie).await {
@@ -332,7 +250,7 @@ async fn log_out(hub: &HubState, browser: Option<Browser>) -> Result<Option<Stri
     let Some(browser) = browser else {
         return Ok(None);
     };
-    let provider_logout = crate::hub::oidc::logout_redirect(hub, &browser.session);
+    let provider_logout = super::oidc::logout_redirect(hub, &browser.session);
     end_session(hub, &browser.cookie).await?;
     if let Some(user) = browser.user {
         let mut event = NewAuditEvent::new(AuditAction::Logout);
@@ -375,43 +293,6 @@ pub async fn logout_form(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn next_stays_on_site() {
-        let table: &[(&str, Option<&str>)] = &[
-            ("/hub/home", Some("/hub/home")),
-            ("/user/alice/lab?x=1#y", Some("/user/alice/lab?x=1#y")),
-            (
-                "/hub/api/oauth2/authorize?client_id=a&redirect_uri=%2Fuser%2Fa%2F",
-                Some("/hub/api/oauth2/authorize?client_id=a&redirect_uri=%2Fuser%2Fa%2F"),
-            ),
-            ("/", Some("/")),
-            ("/a b", Some("/a%20b")),
-            ("/café", Some("/caf%C3%A9")),
-            ("https://evil.example", None),
-            ("https://evil.example/hub/home", None),
-            ("http:/evil.example", None),
-            ("//evil.example", None),
-            ("//evil.example/hub/home", None),
-            ("///evil.example", None),
-            ("/\\evil.example", None),
-            ("\\/evil.example", None),
-            ("/hub\\..\\x", None),
-            ("evil.example", None),
-            ("javascript:alert(1)", None),
-            ("", None),
-            (" /hub/home", None),
-            ("/\t/evil.example", None),
-            ("/\n/evil.example", None),
-            ("/hub/home\r\nSet-Cookie: x=1", None),
-            ("/\u{0}x", None),
-            ("/\u{85}/evil.example", None),
-        ];
-        for (next, expected) in table {
-            assert_eq!(safe_next(next).as_deref(), *expected, "next={next:?}");
-        }
-        assert_eq!(safe_next(&format!("/{}", "a".repeat(MAX_NEXT_LEN))), None);
-    }
 
     #[test]
     fn usernames_are_normalised_or_refused() {

@@ -6,8 +6,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use chrono::Duration;
 
-use super::views::session::passes_fetch_metadata;
-use super::{HubError, HubState, SESSION_COOKIE};
+pub mod login;
+pub mod oauth;
+pub mod oidc;
+pub mod session;
+mod users;
+
+use self::session::passes_fetch_metadata;
+use super::{HubError, HubResult, HubState, SESSION_COOKIE};
 use crate::scopes::{ScopeSet, Target};
 use crate::store::{self, StoreError, TokenOwner, User};
 
@@ -76,10 +82,39 @@ impl Caller {
         }
     }
 
-    /// Ok when the caller holds `scope` on `target`; else 404 or 403 as
-    /// [`require_any`](super::api::require_any).
+    /// Ok when the caller holds `scope` on `target`; else 404 or 403 as [`require_any`].
     pub fn require(&self, scope: &str, target: Target<'_>) -> Result<(), HubError> {
-        super::api::require_any(self, &[scope], target)
+        require_any(self, &[scope], target)
+    }
+}
+
+/// Whether the caller holds any of `scopes` on `target`.
+pub fn allows_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> bool {
+    scopes.iter().any(|s| caller.scopes.allows(s, target))
+}
+
+/// Ok when the caller holds one of `scopes` on `target`. Else, as JupyterHub 6.1.1's
+/// `needs_scope`: 404 when the target is a named resource and the caller holds one of the
+/// scopes on other resources only (a filtered scope: "no access" and "no such resource" look
+/// alike), 403 when it holds none of them.
+pub fn require_any(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubResult<()> {
+    if allows_any(caller, scopes, target) {
+        Ok(())
+    } else {
+        Err(refusal(caller, scopes, target))
+    }
+}
+
+/// The refusal of [`require_any`].
+pub fn refusal(caller: &Caller, scopes: &[&str], target: Target<'_>) -> HubError {
+    let named = !matches!(target, Target::Hub);
+    if named && scopes.iter().any(|s| caller.scopes.has_any(s)) {
+        HubError::NotFound("No access to resources or resources not found".into())
+    } else {
+        HubError::Forbidden(format!(
+            "Action is not authorized with current scopes; requires any of [{}]",
+            scopes.join(", ")
+        ))
     }
 }
 
@@ -193,7 +228,7 @@ pub async fn authenticate(
         };
         let session = identity.session;
         // Cookie-authenticated writes, and reads that are not top-level navigations, must prove
-        // they come from our pages: JupyterHub 4.1+'s rule (views::session::needs_xsrf).
+        // they come from our pages: JupyterHub 4.1+'s rule (session::needs_xsrf).
         if !passes_fetch_metadata(&session, method, headers, query) {
             return Err(HubError::Forbidden(format!(
                 "'_xsrf' argument missing from {method} or invalid: cookie-authenticated API \
