@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use kube::ResourceExt;
 
 use super::caps::{CapError, Usage, check_caps, workspace_usage};
-use super::workspace::{GROUPS_ANNOTATION, parse_groups};
+use super::groups::{GROUPS_ANNOTATION, parse_groups};
 use crate::api::v1alpha1::{DesiredState, NodePoolCaps, ResourceRequest, Workspace};
 
 /// What one running Workspace holds on a pool.

@@ -2,6 +2,20 @@
 
 use std::collections::BTreeSet;
 
+/// Annotation carrying the owner's groups, comma-separated (written by the hub, or by an admin).
+pub const GROUPS_ANNOTATION: &str = "atelier.dev/groups";
+
+/// Parses the [`GROUPS_ANNOTATION`] value: comma-separated, trimmed, empty entries dropped.
+pub fn parse_groups(annotation: Option<&str>) -> BTreeSet<String> {
+    annotation
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Whether a user in `user_groups` may use something open to `allowed_groups`: an empty list
 /// admits everyone, otherwise the user must be in at least one of the listed groups.
 pub fn allowed(allowed_groups: &[String], user_groups: &BTreeSet<String>) -> bool {

@@ -16,8 +16,7 @@ pub mod validate;
 
 pub use validate::{admit, claim, reason, validate};
 
-/// Annotation carrying the owner's groups, comma-separated (written by the hub, or by an admin).
-pub const GROUPS_ANNOTATION: &str = "atelier.dev/groups";
+pub use super::groups::{GROUPS_ANNOTATION, parse_groups};
 /// Label with the owner's name on every child object.
 pub const USER_LABEL: &str = "atelier.dev/user";
 /// Label with the server name on every child object.
@@ -135,17 +134,6 @@ pub struct ValidatedWorkspace {
     pub desired_state: DesiredState,
     /// The server's API token.
     pub token: String,
-}
-
-/// Parses the [`GROUPS_ANNOTATION`] value: comma-separated, trimmed, empty entries dropped.
-pub fn parse_groups(annotation: Option<&str>) -> BTreeSet<String> {
-    annotation
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The label selector of a Workspace's children.
