@@ -387,10 +387,14 @@ pub(crate) async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// Runs the operator until SIGTERM.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let config = args.operator_config()?;
-    let client = kube_client(OPERATOR_USER_AGENT).await?;
-
     let mut registry = Registry::with_prefix("atelier");
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let counter = metrics.clone();
+    let client = crate::k8s::counting_kube_client(OPERATOR_USER_AGENT, move |verb, resource| {
+        counter.api_request(verb, resource);
+    })
+    .await?;
+
     let ctx = Arc::new(Context::new(client, config, reporter(), metrics));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
