@@ -14,6 +14,8 @@
 //! operator's `VmHWM`. A phase that does not finish within the timeout is reported as such,
 //! with how far it got.
 
+#![allow(dead_code)] // the test uses a part of what the example uses
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
