@@ -88,3 +88,28 @@ async fn twenty_workspaces_in_per_user_namespaces() {
         "{cold:?}"
     );
 }
+
+#[test]
+fn the_e2e_scale_mode_plans_without_a_cluster() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/operator.sh");
+    let dry = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["--dry-run", "--scale", "7"])
+        .output()
+        .expect("bash runs");
+    let out = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(out.contains("PASS  7 Workspaces generated"), "{out}");
+    assert!(out.contains("plan (scale 7):"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    let bad = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["--dry-run", "--scale", "many"])
+        .output()
+        .expect("bash runs");
+    assert!(!bad.status.success(), "a non-number is refused");
+}
