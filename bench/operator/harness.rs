@@ -140,7 +140,7 @@ impl Phase {
     }
 }
 
-/// The whole run.
+/// The whole run. A phase that timed out ends it: the next ones would measure its backlog.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     /// Workspaces seeded.
@@ -565,7 +565,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let (cold, after) = run
         .phase("cold", cold_start, Some(n), |s| progress(s).0)
         .await?;
+    let cold_completed = cold.completed;
     phases.push(cold);
+    if !cold_completed {
+        // The operator is still busy with the cold start: the other phases would measure that.
+        return finish(run, opts, phases, leader_election_flag).await;
+    }
 
     // unchanged: an annotation the operator ignores.
     let before = run.counters().await?;
@@ -580,7 +585,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let (unchanged, _) = run
         .phase("unchanged", before, None, |s| progress(s).0)
         .await?;
+    let unchanged_completed = unchanged.completed;
     phases.push(unchanged);
+    if !unchanged_completed {
+        return finish(run, opts, phases, leader_election_flag).await;
+    }
 
     // status change: every pod Running and Ready.
     let before = run.counters().await?;
@@ -589,17 +598,25 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         .phase("status change", before, Some(n), |s| progress(s).1)
         .await?;
     phases.push(status);
+    finish(run, opts, phases, leader_election_flag).await
+}
 
+async fn finish(
+    mut run: Run<'_>,
+    opts: &Options,
+    phases: Vec<Phase>,
+    leader_election_flag: bool,
+) -> anyhow::Result<Report> {
     let end = run.counters().await?;
     let report = Report {
-        workspaces: n,
+        workspaces: opts.workspaces,
         users: opts.users,
-        mode,
+        mode: if opts.per_user { "per-user" } else { "shared" },
         operator: opts.operator.display().to_string(),
         leader_election_flag,
         cpus: opts.cpus.clone(),
         phases,
-        peak_rss_kib: peak_rss_kib(pid),
+        peak_rss_kib: peak_rss_kib(run.pid),
         cpu_seconds: end.cpu,
         total_requests: end.requests.values().sum::<u64>(),
         operator_total_requests: end.operator_requests,

@@ -109,7 +109,7 @@ for f in files:
 print(f"operator bench: baseline {rev} vs new {head}; {layout}; "
       f"load average {load_before} before, {load_after} after")
 print("requests: without watches; req/rec and wr/rec: per reconcile; '+': the phase timed out "
-      "(figures up to then)")
+      "(figures up to then; the later phases are not run)")
 def cell(p, key, n):
     rec = p["reconciles"]
     if key == "time":
@@ -140,12 +140,17 @@ for mode in ("shared", "per-user"):
     print()
     print(f"{mode} namespaces, {N} Workspaces, {b['users']} users")
     print(f"{'phase':<14} {'figure':<10} {'baseline':>12} {'new':>12} {'new/base':>9}")
-    for pb, pn in zip(b["phases"], n["phases"]):
+    for name in ("cold", "unchanged", "status change"):
+        pb = next((p for p in b["phases"] if p["name"] == name), None)
+        pn = next((p for p in n["phases"] if p["name"] == name), None)
         for k in keys:
-            vb = cell(pb, k, N) if k != "cpu_seconds" else f"{pb[k]:.1f}"
-            vn = cell(pn, k, N) if k != "cpu_seconds" else f"{pn[k]:.1f}"
+            def val(p):
+                if p is None:
+                    return "not run"
+                return cell(p, k, N) if k != "cpu_seconds" else f"{p[k]:.1f}"
+            vb, vn = val(pb), val(pn)
             label = {"non_watch_requests": "requests", "cpu_seconds": "CPU s"}.get(k, k)
-            print(f"{pb['name']:<14} {label:<10} {vb:>12} {vn:>12} {ratio(vb, vn) if k not in ('done',) else '':>9}")
+            print(f"{name:<14} {label:<10} {vb:>12} {vn:>12} {ratio(vb, vn) if k not in ('done',) else '':>9}")
     rb, rn = b["peak_rss_kib"] / 1024, n["peak_rss_kib"] / 1024
     print(f"{'run':<14} {'RSS MiB':<10} {rb:>12.1f} {rn:>12.1f} {rn / rb if rb else 0:>9.2f}")
     print(f"{'run':<14} {'CPU s':<10} {b['cpu_seconds']:>12.1f} {n['cpu_seconds']:>12.1f} "
