@@ -36,8 +36,10 @@ async fn kube_config(user_agent: &'static str) -> anyhow::Result<kube::Config> {
     Ok(config)
 }
 
-/// A tower layer on the kube client's stack (kube's `ClientBuilder::with_layer`) that reports
-/// each request's [`request_labels`] to a callback.
+/// A tower layer on the kube client's stack (kube's `ClientBuilder::with_layer`; kube-rs/kube
+/// `examples/custom_client.rs` stacks its own layers the same way) that reports each request's
+/// [`request_labels`] to a callback. It sits outside kube's own layers, so it counts what the
+/// caller asked for, once per request.
 #[derive(Clone, Debug)]
 pub struct CountRequests<F>(pub F);
 
