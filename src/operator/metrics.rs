@@ -44,6 +44,16 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+/// Labels of the API request counter: the API server's verb and resource
+/// ([`crate::k8s::request_labels`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, ...
+    pub verb: &'static str,
+    /// The resource, with its subresource (`workspaces/status`).
+    pub resource: String,
+}
+
 /// The operator's metrics. Cloning a metric shares it, so the registry and this struct see the
 /// same values.
 #[derive(Debug)]
@@ -58,6 +68,8 @@ pub struct Metrics {
     pub workspaces: Family<PhaseLabels, Gauge>,
     /// 1 while this replica holds the leader-election Lease (`operator::lease`), else 0.
     pub leader: Gauge,
+    /// Requests sent to the API server, by verb and resource (counted on the client).
+    pub api_requests: Family<ApiRequestLabels, Counter>,
     /// Last phase of each Workspace (`namespace/name`), the source of the gauge.
     phases: Mutex<HashMap<String, WorkspacePhase>>,
 }
@@ -71,6 +83,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.01, 2.0, 13)),
             workspaces: Family::default(),
             leader: Gauge::default(),
+            api_requests: Family::default(),
             phases: Mutex::default(),
         }
     }
@@ -105,7 +118,20 @@ impl Metrics {
             "1 while this replica holds the leader-election Lease and reconciles, else 0",
             metrics.leader.clone(),
         );
+        registry.register(
+            "operator_api_requests",
+            "Requests the operator sent to the API server, by verb and resource",
+            metrics.api_requests.clone(),
+        );
         metrics
+    }
+
+    /// Counts one request to the API server (the callback of
+    /// [`crate::k8s::counting_kube_client`]).
+    pub fn api_request(&self, verb: &'static str, resource: String) {
+        self.api_requests
+            .get_or_create(&ApiRequestLabels { verb, resource })
+            .inc();
     }
 
     /// Counts one reconciliation and observes its duration.
@@ -174,6 +200,9 @@ mod tests {
         metrics.set_phase("ns/c", WorkspacePhase::Starting);
         metrics.forget("ns/b");
         metrics.leader.set(1);
+        metrics.api_request("list", "pods".into());
+        metrics.api_request("list", "pods".into());
+        metrics.api_request("patch", "workspaces/status".into());
 
         let text = encode(&registry).expect("encodes");
         for line in [
@@ -185,6 +214,8 @@ mod tests {
             "atelier_workspaces{phase=\"Starting\"} 1",
             "atelier_workspaces{phase=\"Pending\"} 0",
             "atelier_operator_leader 1",
+            "atelier_operator_api_requests_total{verb=\"list\",resource=\"pods\"} 2",
+            "atelier_operator_api_requests_total{verb=\"patch\",resource=\"workspaces/status\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -492,10 +492,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             .ok()
             .as_deref(),
     )?;
-    let client = kube_client(OPERATOR_USER_AGENT).await?;
-
     let mut registry = Registry::with_prefix("atelier");
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let counter = metrics.clone();
+    let client = crate::k8s::counting_kube_client(OPERATOR_USER_AGENT, move |verb, resource| {
+        counter.api_request(verb, resource);
+    })
+    .await?;
     let ctx = Arc::new(Context::new(
         client.clone(),
         config,

@@ -13,6 +13,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{
     LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
 };
@@ -63,7 +64,15 @@ pub struct Caches {
     pub pods_by_workspace: std::sync::Arc<ChildIndex>,
     /// Home volumes by Workspace.
     pub pvcs_by_workspace: std::sync::Arc<ChildIndex>,
+    /// Resolves once every store but the Workspaces' has been listed ([`Caches::ready`]).
+    children_ready: Readiness,
+    /// Resolves once the per-user stores have been listed.
+    per_user_ready: Readiness,
 }
+
+/// One future per group of stores, polled by whoever awaits it first and shared by every
+/// reconciliation (see [`Caches::ready`]).
+type Readiness = futures::future::Shared<futures::future::BoxFuture<'static, bool>>;
 
 /// The writers of [`Caches`]: whoever runs the watches feeds them (the controller, or a test).
 pub struct CacheWriters {
@@ -108,6 +117,50 @@ impl Caches {
         let (namespaces, w_namespaces) = reflector::store();
         let (resource_quotas, w_resource_quotas) = reflector::store();
         let (limit_ranges, w_limit_ranges) = reflector::store();
+        let children_ready = {
+            let stores = (
+                pods.clone(),
+                services.clone(),
+                secrets.clone(),
+                network_policies.clone(),
+                pvcs.clone(),
+                profiles.clone(),
+                pools.clone(),
+                data_sources.clone(),
+            );
+            async move {
+                futures::try_join!(
+                    stores.0.wait_until_ready(),
+                    stores.1.wait_until_ready(),
+                    stores.2.wait_until_ready(),
+                    stores.3.wait_until_ready(),
+                    stores.4.wait_until_ready(),
+                    stores.5.wait_until_ready(),
+                    stores.6.wait_until_ready(),
+                    stores.7.wait_until_ready(),
+                )
+                .is_ok()
+            }
+            .boxed()
+            .shared()
+        };
+        let per_user_ready = {
+            let stores = (
+                namespaces.clone(),
+                resource_quotas.clone(),
+                limit_ranges.clone(),
+            );
+            async move {
+                futures::try_join!(
+                    stores.0.wait_until_ready(),
+                    stores.1.wait_until_ready(),
+                    stores.2.wait_until_ready(),
+                )
+                .is_ok()
+            }
+            .boxed()
+            .shared()
+        };
         (
             Caches {
                 workspaces,
@@ -124,6 +177,8 @@ impl Caches {
                 limit_ranges,
                 pods_by_workspace: Default::default(),
                 pvcs_by_workspace: Default::default(),
+                children_ready,
+                per_user_ready,
             },
             CacheWriters {
                 workspaces: w_workspaces,
@@ -144,30 +199,18 @@ impl Caches {
 
     /// Resolves once every store in use has been listed (`per_user`: the namespace objects
     /// too); returns `false` when a writer was dropped before (the controller is gone).
+    ///
+    /// The Workspaces' store is not awaited here: the Controller runs no reconciliation before
+    /// it is ready. Each other store is awaited by exactly one shared future, never by each
+    /// reconciliation: kube-runtime 5's `Store::wait_until_ready` keeps one waker (a oneshot
+    /// receiver behind a mutex, `utils/delayed_init.rs`), so of several tasks waiting at once
+    /// only the last one to poll is woken, and the others would wait forever (seen in
+    /// `tests/operator_bench.rs`: a few Workspaces of twenty never reconciled).
     pub async fn ready(&self, per_user: bool) -> bool {
-        let shared = futures::try_join!(
-            self.workspaces.wait_until_ready(),
-            self.pods.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.secrets.wait_until_ready(),
-            self.network_policies.wait_until_ready(),
-            self.pvcs.wait_until_ready(),
-            self.profiles.wait_until_ready(),
-            self.pools.wait_until_ready(),
-            self.data_sources.wait_until_ready(),
-        );
-        if shared.is_err() {
+        if !self.children_ready.clone().await {
             return false;
         }
-        if !per_user {
-            return true;
-        }
-        futures::try_join!(
-            self.namespaces.wait_until_ready(),
-            self.resource_quotas.wait_until_ready(),
-            self.limit_ranges.wait_until_ready(),
-        )
-        .is_ok()
+        !per_user || self.per_user_ready.clone().await
     }
 
     /// The pods labelled as `ws`'s, sorted by name.
@@ -394,5 +437,56 @@ mod tests {
         assert_eq!(tokens.remembered("uid-1"), None);
         assert_eq!(tokens.remembered("uid-2").as_deref(), Some("t2"));
         assert_eq!(tokens.pending(), 1);
+    }
+
+    /// Lists every store: the `Init` and `InitDone` of an empty relist.
+    fn list_all(w: &mut CacheWriters) {
+        macro_rules! listed {
+            ($($store:ident),*) => {$(
+                w.$store.apply_watcher_event(&watcher::Event::Init);
+                w.$store.apply_watcher_event(&watcher::Event::InitDone);
+            )*};
+        }
+        listed!(
+            workspaces,
+            pods,
+            services,
+            secrets,
+            network_policies,
+            pvcs,
+            profiles,
+            pools,
+            data_sources,
+            namespaces,
+            resource_quotas,
+            limit_ranges
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_reconciliation_waiting_for_the_caches_wakes_when_they_are_listed() {
+        let (caches, mut writers) = Caches::new();
+        let waiting: Vec<_> = (0..16)
+            .map(|i| {
+                let caches = caches.clone();
+                tokio::spawn(async move { caches.ready(i % 2 == 0).await })
+            })
+            .collect();
+        // Let every task poll (and park) before the stores are listed.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        list_all(&mut writers);
+        for task in waiting {
+            let ready =
+                tokio::time::timeout(crate::operator::workspace::fixtures::SCENARIO_TIMEOUT, task)
+                    .await
+                    .expect("every waiting reconciliation is woken")
+                    .expect("the task ends");
+            assert!(ready);
+        }
+        // Once listed, a late caller returns at once; a dropped writer means "gone".
+        assert!(caches.ready(true).await);
+        let (gone, writers) = Caches::new();
+        drop(writers);
+        assert!(!gone.ready(false).await);
     }
 }
