@@ -19,6 +19,9 @@
 //!   admission plugin runs;
 //! - a watch is `list` + `watch`; kube's Event recorder `create`s, then `patch`es a series.
 
+#[cfg(test)]
+pub mod testing;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;

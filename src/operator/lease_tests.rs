@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
 use super::*;
-use crate::operator::workspace::fixtures::{assert_granted, assert_json_eq, parse_query};
+use crate::operator::workspace::fixtures::assert_granted;
+use crate::rbac::testing::{assert_json_eq, json_body, parse_query};
 
 const NS: &str = "atelier";
 const NAME: &str = "atelier-operator";
@@ -101,16 +102,7 @@ async fn serve(
         "method and path"
     );
     assert_eq!(parse_query(request.uri().query()), BTreeMap::new(), "query");
-    let bytes = request
-        .into_body()
-        .collect_bytes()
-        .await
-        .expect("request body");
-    let body: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("JSON body")
-    };
+    let body: Value = json_body(request).await;
     let (code, answer) = reply(&body);
     send.send_response(
         Response::builder()

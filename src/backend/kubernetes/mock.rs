@@ -16,7 +16,7 @@ use tower_test::mock::{self, Handle};
 
 use super::{FIELD_MANAGER, KubernetesBackendConfig};
 use crate::api::v1alpha1::WorkspacePhase;
-use crate::operator::workspace::fixtures::{assert_json_eq, parse_query};
+use crate::rbac::testing::{assert_json_eq, json_body, parse_query};
 
 /// Bound of each scenario: a missing request fails the test instead of hanging it.
 pub(crate) const SCENARIO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,10 +179,7 @@ impl ApiServerVerifier {
                     step.path
                 );
             };
-            crate::operator::workspace::fixtures::assert_granted_to(
-                crate::rbac::Component::Hub,
-                &request,
-            );
+            crate::rbac::testing::assert_granted_to(crate::rbac::Component::Hub, &request);
             let uri = request.uri().clone();
             let method = request.method().clone();
             seen.push(format!("{method} {}", uri.path()));
@@ -199,16 +196,7 @@ impl ApiServerVerifier {
                 "step {}/{total}: query of {method} {uri}",
                 i + 1
             );
-            let bytes = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .expect("request body");
-            let body: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).expect("request body is JSON")
-            };
+            let body: Value = json_body(request).await;
             (step.check)(&body);
             let (code, bytes) = match step.reply {
                 Reply::Json(code, value) => (code, serde_json::to_vec(&value).expect("JSON")),

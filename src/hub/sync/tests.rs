@@ -13,7 +13,7 @@ use crate::api::v1alpha1::WorkspacePhase;
 use crate::backend::kubernetes::mock::*;
 use crate::backend::kubernetes::{KubernetesBackend, WorkspaceObserver};
 use crate::hub::{Hub, HubConfig};
-use crate::operator::workspace::fixtures::assert_json_eq;
+use crate::rbac::testing::assert_json_eq;
 use crate::store::{ServerState, Store, StoreError, TokenOwner};
 
 /// `bob-big`, created by an admin for bob's default server.

@@ -488,81 +488,12 @@ pub fn workspace_path(ws: &Workspace) -> String {
     )
 }
 
-/// Asserts JSON equality, printing both sides pretty on failure.
-pub fn assert_json_eq(actual: &Value, expected: &Value) {
-    assert!(
-        actual == expected,
-        "JSON differs\n--- actual\n{}\n--- expected\n{}",
-        serde_json::to_string_pretty(actual).unwrap_or_default(),
-        serde_json::to_string_pretty(expected).unwrap_or_default()
-    );
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("ascii");
-                out.push(u8::from_str_radix(hex, 16).expect("percent escape"));
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).expect("utf-8 query")
-}
-
-/// A request's query as a sorted map, percent-decoded (shared by the mock-API tests).
-pub fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
+pub use crate::rbac::testing::{assert_granted_to, assert_json_eq, json_body, parse_query};
 
 /// Asserts that the chart's RBAC, as [`crate::rbac::CALLS`] describes it, lets the operator
 /// make `request` (a new call without its row in the table fails every scenario making it).
 pub fn assert_granted(request: &Request<Body>) {
     assert_granted_to(crate::rbac::Component::Operator, request)
-}
-
-/// [`assert_granted`] for `component` (the hub's kubernetes backend tests use it too).
-pub fn assert_granted_to(component: crate::rbac::Component, request: &Request<Body>) {
-    let content_type = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let needed = crate::rbac::needed(
-        request.method().as_str(),
-        request.uri().path(),
-        &parse_query(request.uri().query()),
-        content_type,
-    )
-    .unwrap_or_else(|| {
-        panic!(
-            "not a resource request: {} {}",
-            request.method(),
-            request.uri()
-        )
-    });
-    if let Err(missing) = crate::rbac::granted(component, &needed) {
-        panic!("{} {}: {missing}", request.method(), request.uri());
-    }
 }
 
 /// Answers the mocked API server's requests, asserting each against the scenario.
@@ -608,16 +539,7 @@ impl ApiServerVerifier {
                 "step {}/{total}: query of {method} {uri}",
                 i + 1
             );
-            let bytes = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .expect("request body");
-            let body: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).expect("request body is JSON")
-            };
+            let body: Value = json_body(request).await;
             (step.check)(&body);
             let (code, reply) = (step.reply)(&body);
             let response = Response::builder()
