@@ -18,12 +18,14 @@ use axum::routing::get;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use prometheus_client::registry::Registry;
 
 pub mod lease;
 pub mod metrics;
 pub mod workspace;
 
+use crate::api::v1alpha1::Workspace;
 use crate::config::{NamespaceMode, NamespaceModeArg, OperatorConfig};
 use crate::policy::UsageIndex;
 use lease::{LeaderElector, LeaseSettings};
@@ -356,6 +358,11 @@ pub struct Context {
     pub tokens: Tokens,
     /// The writers of `caches`, until the controller (or a test) takes them.
     writers: Mutex<Option<CacheWriters>>,
+    /// Workspaces to reconcile now because a place may have opened under the cap that refused
+    /// them ([`workspace::reconcile::requeue_freed`]).
+    requeue: futures::channel::mpsc::UnboundedSender<ObjectRef<Workspace>>,
+    /// The receiving end of `requeue`, until the controller takes it.
+    requeued: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<ObjectRef<Workspace>>>>,
 }
 
 impl Context {
@@ -367,6 +374,7 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (caches, writers) = Caches::new();
+        let (requeue, requeued) = futures::channel::mpsc::unbounded();
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -378,6 +386,23 @@ impl Context {
             usage_estimated: std::sync::Once::new(),
             tokens: Tokens::default(),
             writers: Mutex::new(Some(writers)),
+            requeue,
+            requeued: Mutex::new(Some(requeued)),
+        }
+    }
+
+    /// Asks the controller to reconcile `workspace` soon (dropped when no controller runs).
+    pub fn requeue(&self, workspace: ObjectRef<Workspace>) {
+        let _ = self.requeue.unbounded_send(workspace);
+    }
+
+    /// The stream of [`Context::requeue`]d Workspaces; `None` once taken.
+    pub fn take_requeued(
+        &self,
+    ) -> Option<futures::channel::mpsc::UnboundedReceiver<ObjectRef<Workspace>>> {
+        match self.requeued.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
         }
     }
 

@@ -74,6 +74,9 @@ pub struct UsageIndex {
     reserved: HashMap<String, Claim>,
     per_user: HashMap<(String, String), Usage>,
     per_group: HashMap<(String, String), Usage>,
+    /// Claims given back since the last [`UsageIndex::take_freed`]: the Workspaces a cap
+    /// refused may fit now.
+    freed: Vec<Claim>,
 }
 
 fn add_to(sums: &mut HashMap<(String, String), Usage>, key: (String, String), usage: Usage) {
@@ -143,6 +146,9 @@ impl UsageIndex {
             && !reserved
         {
             self.take(&old);
+            if !self.observed.contains_key(key) {
+                self.freed.push(old);
+            }
         }
     }
 
@@ -195,10 +201,17 @@ impl UsageIndex {
     pub fn release(&mut self, key: &str) {
         if let Some(reservation) = self.reserved.remove(key) {
             self.take(&reservation);
-            if let Some(observed) = self.observed.get(key).cloned() {
-                self.add(&observed);
+            match self.observed.get(key).cloned() {
+                Some(observed) => self.add(&observed),
+                None => self.freed.push(reservation),
             }
         }
+    }
+
+    /// The claims given back (released, stopped, gone) since the last call: where a place may
+    /// have opened under a cap.
+    pub fn take_freed(&mut self) -> Vec<Claim> {
+        std::mem::take(&mut self.freed)
     }
 
     /// Forgets `key` entirely (the Workspace is gone).
@@ -285,6 +298,37 @@ mod tests {
 
     fn one() -> Usage {
         usage(1, 1000, 2 * GIB, 0)
+    }
+
+    #[test]
+    fn a_claim_given_back_is_reported_once_as_freed() {
+        let cap = caps("perUser: {workspaces: 1}");
+        let mut index = UsageIndex::default();
+        let a = claim("p", "alice", &["physics"], one());
+        index.admit("ns/a", a.clone(), Some(&cap)).expect("fits");
+        assert!(index.take_freed().is_empty(), "admitting frees nothing");
+        // A reservation the informer also shows: released, the observed claim still counts.
+        index.observe("ns/a", Some(a.clone()));
+        index.release("ns/a");
+        assert!(index.take_freed().is_empty());
+        assert_eq!(index.user_usage("p", "alice"), one());
+        // The informer shows it stopped: given back.
+        index.observe("ns/a", None);
+        assert_eq!(index.take_freed(), vec![a.clone()]);
+        assert!(index.take_freed().is_empty(), "reported once");
+        // A reservation released with nothing observed (stopped before its status was written).
+        index.admit("ns/b", a.clone(), Some(&cap)).expect("fits");
+        index.release("ns/b");
+        assert_eq!(index.take_freed(), vec![a.clone()]);
+        // A refusal and a release of what holds nothing free nothing.
+        index.admit("ns/c", a.clone(), Some(&cap)).expect("fits");
+        assert!(index.admit("ns/d", a.clone(), Some(&cap)).is_err());
+        index.release("ns/d");
+        assert!(index.take_freed().is_empty());
+        // Gone in a relist.
+        index.retain(&HashSet::new());
+        assert_eq!(index.take_freed(), vec![a]);
+        assert!(index.is_empty());
     }
 
     #[test]

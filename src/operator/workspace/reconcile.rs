@@ -108,7 +108,7 @@ async fn reconcile_inner(ws: Arc<Workspace>, ctx: &Context) -> Result<Action> {
     }
     ctx.usage_estimated.call_once(|| refresh_usage(ctx));
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer::finalizer(&api, WORKSPACE_FINALIZER, ws, |event| async {
+    let result = finalizer::finalizer(&api, WORKSPACE_FINALIZER, ws, |event| async {
         match event {
             FinalizerEvent::Apply(ws) => apply_workspace(&ws, ctx).await,
             FinalizerEvent::Cleanup(ws) => match cleanup_workspace(&ws, ctx).await {
@@ -125,7 +125,54 @@ async fn reconcile_inner(ws: Arc<Workspace>, ctx: &Context) -> Result<Action> {
         }
         finalizer::Error::UnnamedObject => Error::InvalidObject("name"),
         finalizer::Error::InvalidFinalizer => Error::InvalidObject("valid finalizer path"),
-    })
+    });
+    requeue_freed(ctx);
+    result
+}
+
+/// Reconciles again, now, the Workspaces a cap refused that a claim given back since the last
+/// call may let in: those of the same user, or sharing one of its groups (the only caps a freed
+/// place relaxes). Without this they would wait for [`REQUEUE_REFUSED`]; a start through the
+/// hub fails at once on a refusal, but a Workspace an admin applied waits for its place, as a
+/// Kubeflow notebook waits for its node. Costs O(cached Workspaces) per reconciliation that
+/// freed something, and no API request.
+pub fn requeue_freed(ctx: &Context) {
+    let freed = ctx.usage().take_freed();
+    if freed.is_empty() {
+        return;
+    }
+    for workspace in waiting_for_a_place(&ctx.caches.workspaces.state(), &freed) {
+        ctx.requeue(workspace);
+    }
+}
+
+/// The Workspaces refused by a cap (`Ready=False`, reason `UserCapExceeded` or
+/// `GroupCapExceeded`) that still want to run, whose owner or groups match a `freed` claim.
+pub fn waiting_for_a_place(
+    workspaces: &[Arc<Workspace>],
+    freed: &[crate::policy::Claim],
+) -> Vec<kube::runtime::reflector::ObjectRef<Workspace>> {
+    use crate::policy::workspace::{GROUPS_ANNOTATION, parse_groups, reason};
+    workspaces
+        .iter()
+        .filter(|ws| ws.spec.desired_state == crate::api::v1alpha1::DesiredState::Running)
+        .filter(|ws| {
+            ws.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == status::READY
+                        && (c.reason == reason::USER_CAP_EXCEEDED
+                            || c.reason == reason::GROUP_CAP_EXCEEDED)
+                })
+            })
+        })
+        .filter(|ws| {
+            let groups = parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str));
+            freed
+                .iter()
+                .any(|c| c.user == ws.spec.user || !c.groups.is_disjoint(&groups))
+        })
+        .map(|ws| kube::runtime::reflector::ObjectRef::from_obj(ws.as_ref()))
+        .collect()
 }
 
 /// The Apply branch: dereference → validate → build → apply → status. A request the API server

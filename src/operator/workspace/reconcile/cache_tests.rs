@@ -489,3 +489,76 @@ async fn the_hubs_token_secret_not_cached_yet_is_read_once_and_its_token_kept() 
     .await;
     assert!(outcome.result.is_ok(), "{:?}", outcome.result);
 }
+
+/// `ws` renamed, owned by `user` in `groups`, refused with `reason` (or stopped).
+fn refused_as(name: &str, user: &str, groups: &str, reason: &str, running: bool) -> Workspace {
+    let mut ws = workspace();
+    ws.metadata.name = Some(name.into());
+    ws.metadata.uid = Some(format!("uid-{name}"));
+    ws.spec.user = user.into();
+    ws.annotations_mut()
+        .insert("atelier.dev/groups".into(), groups.into());
+    if !running {
+        ws.spec.desired_state = crate::api::v1alpha1::DesiredState::Stopped;
+    }
+    ws.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Pending",
+            "conditions": [{"type": "Ready", "status": "False", "reason": reason,
+                            "message": "refused", "lastTransitionTime": "2026-12-06T10:00:00Z"}],
+        }))
+        .expect("a status"),
+    );
+    ws
+}
+
+#[tokio::test]
+async fn a_place_given_back_reconciles_at_once_the_workspaces_a_cap_refused() {
+    use crate::policy::{Claim, Usage};
+    let cluster = Cluster {
+        workspaces: vec![
+            workspace(),
+            refused_as("alice-two", "alice", "staff", "UserCapExceeded", true),
+            refused_as("dan", "dan", "climate", "GroupCapExceeded", true),
+            refused_as("bob", "bob", "biology", "UserCapExceeded", true),
+            refused_as("erin", "erin", "climate", "ProfileForbidden", true),
+            refused_as("alice-stopped", "alice", "staff", "UserCapExceeded", false),
+        ],
+        ..Cluster::inputs()
+    };
+    let (ctx, _verifier, _writers) = seeded_context(OperatorConfig::default(), cluster);
+    let mut requeued = ctx.take_requeued().expect("the requeue stream");
+    assert!(ctx.take_requeued().is_none(), "taken once");
+
+    // Nothing given back: nothing requeued.
+    super::requeue_freed(&ctx);
+    assert!(requeued.try_recv().is_err(), "no message yet");
+
+    // alice's running Workspace stops: its place under the caps is given back.
+    let claim = Claim {
+        pool: "interactive".into(),
+        user: "alice".into(),
+        groups: ["climate".to_owned(), "staff".to_owned()].into(),
+        usage: Usage {
+            workspaces: 1,
+            cpu_millis: 1000,
+            memory_bytes: 2 << 30,
+            gpus: 0,
+        },
+    };
+    ctx.usage()
+        .admit("team/alice", claim, None)
+        .expect("no caps");
+    ctx.usage().release("team/alice");
+    super::requeue_freed(&ctx);
+    let mut names = Vec::new();
+    while let Ok(r) = requeued.try_recv() {
+        names.push(r.name);
+    }
+    names.sort();
+    // alice's other Workspace (her cap), dan (a group of alice's, its cap); not bob (another
+    // user, no shared group), erin (refused by another rule), nor a stopped one.
+    assert_eq!(names, ["alice-two", "dan"]);
+    super::requeue_freed(&ctx);
+    assert!(requeued.try_recv().is_err(), "a claim is given back once");
+}

@@ -216,6 +216,7 @@ pub fn observe_usage(
             ctx.usage().retain(&keep);
         }
     }
+    super::requeue_freed(ctx);
 }
 
 /// Estimates every cached Workspace's claim again. The Workspace watch may have been listed
@@ -318,6 +319,9 @@ pub async fn run_controller(
             ),
             |pvc| labelled_workspace(&pvc),
         );
+    if let Some(requeued) = ctx.take_requeued() {
+        controller = controller.reconcile_on(requeued);
+    }
     let (by_profile, by_pool, by_source) = (
         caches.workspaces.clone(),
         caches.workspaces.clone(),
