@@ -43,8 +43,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
-/// How many changes the log keeps for watches that resume from an older `resourceVersion`.
-const LOG_CAPACITY: usize = 100_000;
+/// How many changes the log keeps by default for watches that resume from an older
+/// `resourceVersion` ([`Store::set_log_capacity`]).
+pub const LOG_CAPACITY: usize = 100_000;
 /// How often an idle watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 
@@ -95,6 +96,8 @@ pub struct Store {
     log_start: u64,
     /// The highest resourceVersion dropped from the log: a watch from an older one gets 410.
     trimmed_rv: u64,
+    /// How many changes the log keeps (0: [`LOG_CAPACITY`]).
+    log_capacity: usize,
     /// Requests received, by (verb, resource).
     pub requests: RequestCounts,
     /// Objects sent in LIST answers, by resource.
@@ -118,6 +121,12 @@ impl Store {
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
+    }
+
+    /// Keeps `changes` changes in the log for resuming watches (a real API server keeps what
+    /// etcd has not compacted, 5 minutes by default): fewer make watches expire sooner.
+    pub fn set_log_capacity(&mut self, changes: usize) {
+        self.log_capacity = changes.max(10);
     }
 
     /// The current resourceVersion.
@@ -189,8 +198,13 @@ impl Store {
             kind,
             obj,
         });
-        if self.log.len() > LOG_CAPACITY {
-            let drop = LOG_CAPACITY / 10;
+        let capacity = if self.log_capacity == 0 {
+            LOG_CAPACITY
+        } else {
+            self.log_capacity
+        };
+        if self.log.len() > capacity {
+            let drop = capacity / 10;
             for change in self.log.drain(..drop) {
                 self.trimmed_rv = change.rv;
             }
@@ -929,6 +943,8 @@ struct WatchState {
     pos: u64,
     /// Send changes after this resourceVersion only.
     since: u64,
+    /// The watch started from a resourceVersion the log no longer holds: it answers 410.
+    expired: bool,
     deadline: tokio::time::Instant,
     bookmarks: bool,
     next_bookmark: tokio::time::Instant,
@@ -951,12 +967,16 @@ fn watch_response(
     let bookmarks = query
         .get("allowWatchBookmarks")
         .is_some_and(|b| b == "true");
-    let (pos, since) = {
+    let (pos, since, expired) = {
         let store = shared.lock();
         // "0" or none: from now (no initial events: this fake never serves streaming lists).
         let since = if since == 0 { store.rv } else { since };
         let offset = store.log.partition_point(|c| c.rv <= since);
-        (store.log_start + offset as u64, since)
+        (
+            store.log_start + offset as u64,
+            since,
+            since < store.trimmed_rv,
+        )
     };
     let now = tokio::time::Instant::now();
     let state = WatchState {
@@ -967,6 +987,7 @@ fn watch_response(
         selector: query.get("labelSelector").cloned().unwrap_or_default(),
         pos,
         since,
+        expired,
         deadline: now + Duration::from_secs(timeout),
         bookmarks,
         next_bookmark: now + BOOKMARK_EVERY,
@@ -1017,10 +1038,12 @@ fn watch_response(
         .expect("a response")
 }
 
-/// The watch's next lines (if any) and the store's resourceVersion.
+/// The watch's next lines (if any) and the store's resourceVersion. Like the API server's watch
+/// cache, a watch that keeps up is never expired: only one that started from a resourceVersion
+/// the log had dropped, or fell so far behind that the log dropped its next change, gets 410.
 fn next_changes(st: &mut WatchState) -> (Option<Vec<u8>>, u64) {
     let store = st.shared.lock();
-    if st.pos < store.log_start || st.since < store.trimmed_rv {
+    if st.expired || st.pos < store.log_start {
         st.done = true;
         let line = json!({"type": "ERROR", "object": {
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",

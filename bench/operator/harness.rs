@@ -3,9 +3,10 @@
 //!
 //! - *cold*: from the operator's start until every Workspace has a status;
 //! - *unchanged*: every Workspace gets an annotation the operator ignores (its
-//!   `resourceVersion` changes, its `generation` does not), until the operator is quiet again;
+//!   `resourceVersion` changes, its `generation` does not), until the operator has made as many
+//!   reconciliations as there are Workspaces and no request for the quiet time;
 //! - *status change*: every pod is marked scheduled, Running and Ready, until every Workspace
-//!   is `Running` (and the operator is quiet).
+//!   is `Running` (and no request for the quiet time).
 //!
 //! Each phase counts the reconciliations (the operator's `atelier_workspace_reconciliations_total`,
 //! which the baseline has too), the requests the fake received by (verb, resource), the
@@ -54,6 +55,9 @@ pub struct Options {
     pub phase_timeout: Duration,
     /// A phase has settled once neither requests nor reconciliations happened for this long.
     pub quiet: Duration,
+    /// Changes the fake's log keeps for resuming watches ([`super::fake::LOG_CAPACITY`] by
+    /// default): an older resume point gets `410 Expired` and the watcher lists again.
+    pub watch_log: usize,
     /// Run the operator under `taskset -c <cpus>`.
     pub cpus: Option<String>,
     /// Print every request the fake receives.
@@ -419,7 +423,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Polls until `done(store)` reaches `target` (or the timeout), then until quiet.
+    /// Polls until `done(store)` reaches `target` (or the timeout), then until quiet: no API
+    /// request for `quiet` (bounded by 10 × `quiet`). Without a target (unchanged), the
+    /// condition is the quiet itself after at least as many reconciliations as Workspaces, so
+    /// that every Workspace was (on average) reconciled once unchanged: by its trigger when the
+    /// operator reacts to the change, else by its periodic requeue. Reconciliations alone never
+    /// break the quiet: an operator requeues every Workspace periodically, for ever.
     async fn phase(
         &mut self,
         name: &'static str,
@@ -429,32 +438,34 @@ impl Run<'_> {
     ) -> anyhow::Result<(Phase, Counters)> {
         let started = before.at;
         let deadline = started + self.opts.phase_timeout;
+        let min_reconciles = before.reconciles + self.opts.workspaces as u64;
         let mut done;
         let mut reached = None;
-        let mut last = (before.reconciles, before.requests.values().sum::<u64>());
+        let mut last = before.requests.values().sum::<u64>();
         let mut last_change = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let (n, total) = self.fake.with_store(|s| (measure(s), s.total_requests()));
             done = n;
             self.check_alive()?;
-            let (reconciles, _) = scrape(self.metrics).await.unwrap_or((last.0, None));
+            let (reconciles, _) = scrape(self.metrics).await.unwrap_or((0, None));
             let now = Instant::now();
-            if (reconciles, total) != last {
-                last = (reconciles, total);
+            if total != last {
+                last = total;
                 last_change = now;
             }
-            if reached.is_none() && target.is_none_or(|t| done >= t) {
-                // Without a target (unchanged), the condition is the quiet itself.
-                if target.is_some() || now - last_change >= self.opts.quiet {
-                    reached = Some(if target.is_some() { now } else { last_change });
+            let quiet = now - last_change >= self.opts.quiet;
+            if reached.is_none() {
+                match target {
+                    Some(t) if done >= t => reached = Some(now),
+                    None if quiet && reconciles >= min_reconciles => reached = Some(last_change),
+                    _ => {}
                 }
             }
-            let quiet = now - last_change >= self.opts.quiet;
             if reached.is_some() && quiet {
                 break;
             }
-            // Settling after the condition is bounded, too (periodic requeues never stop).
+            // Settling after the condition is bounded, too.
             if let Some(at) = reached
                 && now - at >= self.opts.quiet * 10
             {
@@ -496,7 +507,10 @@ impl Run<'_> {
 /// Runs the benchmark.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let fake = FakeApi::start(opts.log_requests).await?;
-    fake.with_store(|s| seed(s, opts))?;
+    fake.with_store(|s| {
+        s.set_log_capacity(opts.watch_log);
+        seed(s, opts)
+    })?;
     std::fs::create_dir_all(&opts.work_dir)?;
     let kubeconfig = opts.work_dir.join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig())?;

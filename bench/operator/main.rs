@@ -37,6 +37,10 @@ struct Args {
     /// A phase has settled after this many seconds without requests or reconciliations.
     #[arg(long, default_value_t = 3.0)]
     quiet: f64,
+    /// Changes the fake API server's log keeps for resuming watches (fewer: more `410
+    /// Expired` and relists).
+    #[arg(long, default_value_t = fake::LOG_CAPACITY)]
+    watch_log: usize,
     /// Pin the operator with `taskset -c <CPUS>`.
     #[arg(long)]
     cpus: Option<String>,
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         operator: args.operator.clone(),
         phase_timeout: Duration::from_secs(args.timeout),
         quiet: Duration::from_secs_f64(args.quiet),
+        watch_log: args.watch_log,
         cpus: args.cpus.clone(),
         log_requests: args.log_requests,
         rust_log: args.rust_log.clone(),

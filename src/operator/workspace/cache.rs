@@ -15,7 +15,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    ContainerStatus, LimitRange, Namespace, PersistentVolumeClaim, Pod, PodSpec, PodStatus,
+    ResourceQuota, Secret, Service, ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Resource;
@@ -24,7 +25,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 
 use super::WORKSPACE_LABEL;
+use super::reconcile::APPLIED_HASH_ANNOTATION;
 use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile};
+use crate::policy::workspace::TOKEN_KEY;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
@@ -221,6 +224,146 @@ impl Caches {
     /// The home volumes labelled as `ws`'s, sorted by name.
     pub fn pvcs_of(&self, ws: &Workspace) -> Vec<PersistentVolumeClaim> {
         children(&self.pvcs, &self.pvcs_by_workspace, ws)
+    }
+}
+
+/// `kubectl`'s last applied configuration, a copy of the object the operator never reads.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the caches keep of an object: exactly what the reconciliation and the trigger filters
+/// read, nothing else. A reflector holds every object of its kind for the operator's lifetime,
+/// so at 10,000 Workspaces each byte kept per child costs 10 kB per kind; the pod specs alone
+/// (containers, env, volumes) are most of a pod's size and are never read back, since the
+/// applied-hash annotation stands for them. (kube-rs documents `.modify()` before `.reflect()`
+/// to bound a reflector's memory, `kube-runtime/src/utils/watch_ext.rs` `modify`; client-go's
+/// informers take a `TransformFunc` for the same reason, `tools/cache/controller.go`.)
+///
+/// [`Cached::keep`] of every kind drops `managedFields` and `kubectl`'s last applied
+/// configuration, then [`Cached::trim`] drops the kind's unread fields.
+pub trait Cached: Resource {
+    /// Drops what no reconciliation reads (see [`Cached`]).
+    fn trim(&mut self) {}
+
+    /// Trims `self` for a cache: metadata, then the kind's own fields.
+    fn keep(&mut self) {
+        let meta = self.meta_mut();
+        meta.managed_fields = None;
+        meta.self_link = None;
+        if let Some(annotations) = meta.annotations.as_mut() {
+            annotations.remove(LAST_APPLIED);
+        }
+        self.trim();
+    }
+}
+
+/// Drops every annotation but the applied hash (the only one read of a child).
+fn keep_applied_hash_only<K: Resource>(object: &mut K) {
+    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
+        annotations.retain(|key, _| key == APPLIED_HASH_ANNOTATION);
+    }
+}
+
+/// The Workspace is read whole (spec, status, groups annotation).
+impl Cached for Workspace {}
+/// Profiles, pools and data sources are read whole by `validate`.
+impl Cached for WorkspaceProfile {}
+impl Cached for NodePool {}
+impl Cached for DataSource {}
+
+/// A pod: its metadata, its node, and what `status::derive` reads of its status (phase,
+/// message, reason, conditions, start time, each container's name, readiness, restarts, state
+/// and last state).
+impl Cached for Pod {
+    fn trim(&mut self) {
+        keep_applied_hash_only(self);
+        let node_name = self.spec.take().and_then(|s| s.node_name);
+        self.spec = node_name.map(|node_name| PodSpec {
+            node_name: Some(node_name),
+            ..PodSpec::default()
+        });
+        if let Some(status) = self.status.take() {
+            let containers = |statuses: Option<Vec<ContainerStatus>>| {
+                statuses.map(|statuses| {
+                    statuses
+                        .into_iter()
+                        .map(|cs| ContainerStatus {
+                            name: cs.name,
+                            ready: cs.ready,
+                            restart_count: cs.restart_count,
+                            started: cs.started,
+                            state: cs.state,
+                            last_state: cs.last_state,
+                            ..ContainerStatus::default()
+                        })
+                        .collect()
+                })
+            };
+            self.status = Some(PodStatus {
+                phase: status.phase,
+                message: status.message,
+                reason: status.reason,
+                conditions: status.conditions,
+                start_time: status.start_time,
+                init_container_statuses: containers(status.init_container_statuses),
+                container_statuses: containers(status.container_statuses),
+                ..PodStatus::default()
+            });
+        }
+    }
+}
+
+/// A Service: its metadata and its cluster IP (immutable; a wrong one is replaced).
+impl Cached for Service {
+    fn trim(&mut self) {
+        keep_applied_hash_only(self);
+        let cluster_ip = self.spec.take().and_then(|s| s.cluster_ip);
+        self.spec = cluster_ip.map(|cluster_ip| ServiceSpec {
+            cluster_ip: Some(cluster_ip),
+            ..ServiceSpec::default()
+        });
+        self.status = None;
+    }
+}
+
+/// A token Secret: its metadata and the token.
+impl Cached for Secret {
+    fn trim(&mut self) {
+        keep_applied_hash_only(self);
+        if let Some(data) = self.data.as_mut() {
+            data.retain(|key, _| key == TOKEN_KEY);
+        }
+        if let Some(data) = self.string_data.as_mut() {
+            data.retain(|key, _| key == TOKEN_KEY);
+        }
+    }
+}
+
+/// The other children are compared by their applied hash only (a home volume is never
+/// updated): metadata alone.
+macro_rules! metadata_only {
+    ($($kind:ty),*) => {$(
+        impl Cached for $kind {
+            fn trim(&mut self) {
+                keep_applied_hash_only(self);
+                self.spec = None;
+                self.status = None;
+            }
+        }
+    )*};
+}
+metadata_only!(PersistentVolumeClaim, Namespace, ResourceQuota);
+
+impl Cached for NetworkPolicy {
+    fn trim(&mut self) {
+        keep_applied_hash_only(self);
+        self.spec = None;
+    }
+}
+
+impl Cached for LimitRange {
+    fn trim(&mut self) {
+        keep_applied_hash_only(self);
+        self.spec = None;
     }
 }
 
@@ -423,6 +566,206 @@ mod tests {
         index.apply(&watcher::Event::<Pod>::InitDone);
         assert!(index.names("b", "alice").is_empty());
         assert_eq!(index.names("a", "bob"), ["p1"]);
+    }
+
+    /// A pod as a kubelet reports it: a full spec (containers, env, volumes), `status`.
+    fn full_pod(status: serde_json::Value, node: Option<&str>, deleting: bool) -> Pod {
+        let env: Vec<_> = (0..30)
+            .map(|i| serde_json::json!({"name": format!("VAR_{i}"), "value": "x".repeat(40)}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "ws-alice", "namespace": "ns", "uid": "u-1", "resourceVersion": "7",
+                "labels": {WORKSPACE_LABEL: "alice", "app.kubernetes.io/managed-by": "atelier"},
+                "annotations": {
+                    APPLIED_HASH_ANNOTATION: "h1",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                    "cni.projectcalico.org/podIP": "10.1.2.3/32",
+                },
+                "ownerReferences": [{"apiVersion": "atelier.dev/v1alpha1", "kind": "Workspace",
+                                     "name": "alice", "uid": "w-1", "controller": true}],
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+                "deletionTimestamp": deleting.then_some("2026-01-01T00:00:09Z"),
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "notebook", "image": "quay.io/jupyter/scipy-notebook",
+                                "env": env, "args": ["--ip=0.0.0.0", "--port=8888"],
+                                "volumeMounts": [{"name": "home", "mountPath": "/home/jovyan"}]}],
+                "volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": "home-alice"}}],
+                "tolerations": [{"key": "atelier.dev/pool", "value": "interactive"}],
+            },
+            "status": status,
+        }))
+        .expect("a pod")
+    }
+
+    /// Pods in each state `status::derive` tells apart.
+    fn pods_in_every_state() -> Vec<Pod> {
+        use serde_json::json;
+        let running = json!({
+            "phase": "Running", "startTime": "2026-01-01T00:00:00Z",
+            "podIP": "10.1.2.3", "podIPs": [{"ip": "10.1.2.3"}], "hostIP": "192.168.0.4",
+            "qosClass": "Burstable",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:05Z"},
+            ],
+            "containerStatuses": [{"name": "notebook", "ready": true, "restartCount": 0,
+                "image": "quay.io/jupyter/scipy-notebook", "imageID": "sha256:abc",
+                "containerID": "containerd://abc", "started": true,
+                "state": {"running": {"startedAt": "2026-01-01T00:00:04Z"}}}],
+        });
+        let unschedulable = json!({
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient cpu.",
+                "lastProbeTime": null, "lastTransitionTime": "2026-01-01T00:00:01Z"}],
+        });
+        let crashing = json!({
+            "phase": "Running",
+            "conditions": [{"type": "PodScheduled", "status": "True"},
+                           {"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+            "containerStatuses": [{"name": "notebook", "ready": false, "restartCount": 4,
+                "image": "i", "imageID": "", "started": false,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                    "message": "ModuleNotFoundError", "startedAt": "2026-01-01T00:00:02Z",
+                    "finishedAt": "2026-01-01T00:00:03Z"}}}],
+        });
+        let pulling = json!({
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "initContainerStatuses": [{"name": "home", "ready": false, "restartCount": 0,
+                "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}],
+        });
+        let failed = json!({"phase": "Failed", "reason": "Evicted",
+                            "message": "The node was low on resource: memory."});
+        vec![
+            full_pod(running.clone(), Some("node-1"), false),
+            full_pod(running, Some("node-1"), true),
+            full_pod(unschedulable, None, false),
+            full_pod(crashing, Some("node-2"), false),
+            full_pod(pulling, Some("node-2"), false),
+            full_pod(failed, Some("node-3"), false),
+            full_pod(serde_json::Value::Null, None, false),
+        ]
+    }
+
+    #[test]
+    fn a_cached_pod_keeps_exactly_what_its_status_and_trigger_are_derived_from() {
+        use crate::api::v1alpha1::DesiredState;
+        use crate::operator::workspace::reconcile::predicates::pod_trigger;
+        use crate::operator::workspace::status::{StatusInput, derive};
+        let now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
+            serde_json::from_value(serde_json::json!("2026-01-02T00:00:00Z")).expect("a time");
+        for full in pods_in_every_state() {
+            let mut kept = full.clone();
+            kept.keep();
+            let input = |pod| StatusInput {
+                generation: Some(2),
+                desired_state: DesiredState::Running,
+                refusal: None,
+                rejection: None,
+                node_pool: Some("interactive"),
+                url: None,
+                pod: Some(pod),
+                replacing: false,
+            };
+            assert_eq!(
+                derive(&input(&kept), None, &now),
+                derive(&input(&full), None, &now),
+                "the status of {:?}",
+                full.status
+            );
+            assert_eq!(pod_trigger(&kept), pod_trigger(&full));
+            assert_eq!(kept.metadata.name, full.metadata.name);
+            assert_eq!(kept.metadata.labels, full.metadata.labels);
+            assert_eq!(
+                kept.metadata.owner_references,
+                full.metadata.owner_references
+            );
+            assert_eq!(
+                kept.metadata.deletion_timestamp,
+                full.metadata.deletion_timestamp
+            );
+            assert_eq!(
+                crate::operator::workspace::reconcile::apply::applied_hash(&kept),
+                Some("h1")
+            );
+            assert_eq!(kept.metadata.managed_fields, None);
+            let size = |p: &Pod| serde_json::to_vec(p).expect("serializes").len();
+            assert!(
+                size(&kept) * 3 < size(&full),
+                "kept {} of {} bytes",
+                size(&kept),
+                size(&full)
+            );
+        }
+    }
+
+    #[test]
+    fn other_cached_children_keep_their_hash_token_and_cluster_ip() {
+        use crate::operator::workspace::reconcile::apply::{applied_hash, cluster_ip_changes};
+        use crate::operator::workspace::reconcile::predicates::{child_trigger, service_trigger};
+        use crate::policy::workspace::token_of;
+        use serde_json::json;
+        let meta = json!({
+            "name": "ws-alice", "namespace": "ns",
+            "labels": {WORKSPACE_LABEL: "alice"},
+            "annotations": {APPLIED_HASH_ANNOTATION: "h2", "note": "x"},
+            "ownerReferences": [{"apiVersion": "atelier.dev/v1alpha1", "kind": "Workspace",
+                                 "name": "alice", "uid": "w-1"}],
+        });
+        let service: Service = serde_json::from_value(json!({
+            "metadata": meta,
+            "spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 8888}], "selector": {"a": "b"}},
+        }))
+        .expect("a service");
+        let mut kept = service.clone();
+        kept.keep();
+        assert_eq!(service_trigger(&kept), service_trigger(&service));
+        assert_eq!(applied_hash(&kept), Some("h2"));
+        let mut headless = service.clone();
+        headless.spec.as_mut().expect("spec").cluster_ip = Some("None".into());
+        assert!(cluster_ip_changes(&kept, &headless));
+        assert!(!cluster_ip_changes(&kept, &service));
+        assert_eq!(kept.spec.as_ref().and_then(|s| s.ports.as_ref()), None);
+
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": meta,
+            "data": {TOKEN_KEY: "dG9rZW4=", "other": "eA=="},
+        }))
+        .expect("a secret");
+        let mut kept = secret.clone();
+        kept.keep();
+        assert_eq!(token_of(&kept).as_deref(), Some("token"));
+        assert_eq!(child_trigger(&kept), child_trigger(&secret));
+        assert_eq!(kept.data.as_ref().map(|d| d.len()), Some(1));
+
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": meta,
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}},
+            "status": {"phase": "Bound"},
+        }))
+        .expect("a pvc");
+        let mut kept = pvc.clone();
+        kept.keep();
+        assert_eq!(child_trigger(&kept), child_trigger(&pvc));
+        assert_eq!(applied_hash(&kept), Some("h2"));
+        assert!(kept.spec.is_none() && kept.status.is_none());
+        assert_eq!(kept.metadata.labels, pvc.metadata.labels);
+
+        let policy: NetworkPolicy = serde_json::from_value(json!({
+            "metadata": meta,
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        }))
+        .expect("a policy");
+        let mut kept = policy.clone();
+        kept.keep();
+        assert_eq!(child_trigger(&kept), child_trigger(&policy));
+        assert!(kept.spec.is_none());
     }
 
     #[test]

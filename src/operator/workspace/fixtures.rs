@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
-use super::cache::{CacheWriters, ChildIndex};
+use super::cache::{CacheWriters, Cached, ChildIndex};
 use super::reconcile::{observe_usage, reconcile_workspace, with_applied_hash};
 use super::{
     Dereferenced, FIELD_MANAGER, GROUPS_ANNOTATION, ValidatedWorkspace, WORKSPACE_FINALIZER,
@@ -183,14 +183,17 @@ impl Cluster {
     }
 }
 
-/// Feeds `objects` to a store as one complete list (`Init`, `InitApply`s, `InitDone`), as the
-/// watcher does, and to `index` when there is one.
+/// Feeds `objects` to a store as one complete list (`Init`, `InitApply`s, `InitDone`), trimmed
+/// as the controller trims them ([`Cached::keep`]), and to `index` when there is one.
 pub fn list_into<K>(writer: &mut Writer<K>, index: Option<&ChildIndex>, objects: Vec<K>)
 where
-    K: Resource<DynamicType = ()> + Clone,
+    K: Cached<DynamicType = ()> + Clone,
 {
     let events = std::iter::once(watcher::Event::Init)
-        .chain(objects.into_iter().map(watcher::Event::InitApply))
+        .chain(objects.into_iter().map(|mut object| {
+            object.keep();
+            watcher::Event::InitApply(object)
+        }))
         .chain(std::iter::once(watcher::Event::InitDone));
     for event in events {
         writer.apply_watcher_event(&event);

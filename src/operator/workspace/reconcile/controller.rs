@@ -17,7 +17,7 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -29,7 +29,7 @@ use super::{error_policy, reconcile_workspace};
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, Workspace, WorkspaceProfile};
 use crate::config::NamespaceMode;
 use crate::operator::workspace::WORKSPACE_LABEL;
-use crate::operator::workspace::cache::{ChildIndex, cached_cluster};
+use crate::operator::workspace::cache::{Cached, ChildIndex, cached_cluster};
 use crate::operator::{Context, wait_for};
 use crate::policy::admission::{Claim, key_of, observed_claim};
 
@@ -83,20 +83,6 @@ where
 /// when the CRDs are missing).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// `kubectl`'s last applied configuration, a copy of the object the operator never reads.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Drops what no reconciliation reads before an object is cached: its `managedFields` (often
-/// most of a pod's size) and `kubectl`'s last applied configuration. (kube-rs documents the
-/// same `.modify()` before `.reflect()` to bound the memory of a reflector.)
-pub fn slim<K: Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-    }
-}
-
 /// A watch of `api` feeding `writer` (and `index`), filtered by `predicate`: the trigger stream
 /// of a child kind (kube-rs `Controller::owns_stream` docs: `watcher → reflect →
 /// touched_objects → predicate_filter`).
@@ -108,7 +94,7 @@ fn child_stream<K>(
     predicate: fn(&K) -> Option<u64>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource<DynamicType = ()>
+    K: Cached<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -133,11 +119,11 @@ pub fn child_triggers<K, S>(
     predicate: fn(&K) -> Option<u64>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K: Cached<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     events
-        .modify(slim)
+        .modify(K::keep)
         .reflect(writer)
         .inspect_ok(move |event| {
             if let Some(index) = &index {
@@ -156,7 +142,7 @@ fn input_stream<K>(
     writer: Writer<K>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource<DynamicType = ()>
+    K: Cached<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -166,7 +152,7 @@ where
 {
     watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(slim)
+        .modify(K::keep)
         .reflect(writer)
         .map_ok(mark_deleted)
         .touched_objects()
@@ -272,7 +258,7 @@ pub async fn run_controller(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(slim)
+    .modify(Workspace::keep)
     .reflect(writers.workspaces)
     .inspect_ok(move |event| observe_usage(&usage_ctx, event, &mut relisted))
     .map_ok(mark_deleted)
@@ -727,12 +713,12 @@ mod tests {
         let mut pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "ws-alice",
-                "annotations": {LAST_APPLIED: "{}", "atelier.dev/applied-hash": "h"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "atelier.dev/applied-hash": "h"},
                 "managedFields": [{"manager": "kube-scheduler", "operation": "Update"}],
             },
         }))
         .expect("a pod");
-        slim(&mut pod);
+        pod.keep();
         assert_eq!(pod.metadata.managed_fields, None);
         assert_eq!(
             pod.metadata.annotations,
