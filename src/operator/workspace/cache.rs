@@ -12,6 +12,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{
@@ -26,7 +29,8 @@ use kube::runtime::watcher;
 
 use super::WORKSPACE_LABEL;
 use super::reconcile::APPLIED_HASH_ANNOTATION;
-use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile};
+use super::reconcile::apply::applied_hash;
+use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile, WorkspaceStatus};
 use crate::policy::workspace::TOKEN_KEY;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,6 +71,8 @@ pub struct Caches {
     pub pods_by_workspace: std::sync::Arc<ChildIndex>,
     /// Home volumes by Workspace.
     pub pvcs_by_workspace: std::sync::Arc<ChildIndex>,
+    /// The writes the caches do not show yet.
+    pub expected: std::sync::Arc<Expectations>,
     /// Resolves once every store but the Workspaces' has been listed ([`Caches::ready`]).
     children_ready: Readiness,
     /// Resolves once the per-user stores have been listed.
@@ -180,6 +186,7 @@ impl Caches {
                 limit_ranges,
                 pods_by_workspace: Default::default(),
                 pvcs_by_workspace: Default::default(),
+                expected: Default::default(),
                 children_ready,
                 per_user_ready,
             },
@@ -531,6 +538,154 @@ impl Tokens {
     }
 }
 
+/// How long a write the caches have not shown yet stands in for the cached object
+/// ([`Expectations`]).
+pub const EXPECTATION_TTL: Duration = Duration::from_secs(30);
+
+/// What the operator wrote and its caches do not show yet: the applied hash of each child it
+/// applied, and the status it wrote of each Workspace, until the watch brings them back (or
+/// [`EXPECTATION_TTL`] passed, or the object was deleted).
+///
+/// A Workspace's own writes trigger it again (its pod's creation, its status) before the watches
+/// of its other children have caught up; without this, that second reconciliation would find
+/// the Secret, Service or home volume it just applied missing from the cache and apply it again,
+/// and derive its status from the stale cached one, writing it (and its Event) twice. This is
+/// client-go's `ControllerExpectations` (kubernetes `pkg/controller/controller_utils.go`: the
+/// ReplicaSet controller records the pods it created and creates none again until its informer
+/// has seen them or 5 minutes passed), keyed by object and applied hash.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    /// (kind, namespace, name) → (applied hash, when).
+    applied: Mutex<HashMap<ObjectKey, (String, Instant)>>,
+    /// (namespace, Workspace name) → (status written, when).
+    statuses: Mutex<HashMap<(String, String), (WorkspaceStatus, Instant)>>,
+}
+
+/// (kind, namespace, name) of an object.
+type ObjectKey = (String, String, String);
+
+fn object_key<K: Resource<DynamicType = ()>>(
+    namespace: &str,
+    name: &str,
+) -> (String, String, String) {
+    (
+        K::kind(&()).into_owned(),
+        namespace.to_owned(),
+        name.to_owned(),
+    )
+}
+
+impl Expectations {
+    /// Records that `K` `namespace/name` was applied with `hash`.
+    pub fn applied<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str, hash: &str) {
+        lock(&self.applied).insert(
+            object_key::<K>(namespace, name),
+            (hash.to_owned(), Instant::now()),
+        );
+    }
+
+    /// Whether `K` `namespace/name` was applied with `hash` less than [`EXPECTATION_TTL`] ago and
+    /// the cache has not shown it since.
+    pub fn awaits<K: Resource<DynamicType = ()>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        hash: &str,
+    ) -> bool {
+        let mut applied = lock(&self.applied);
+        let key = object_key::<K>(namespace, name);
+        match applied.get(&key) {
+            Some((h, at)) if at.elapsed() < EXPECTATION_TTL => h == hash,
+            Some(_) => {
+                applied.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Settles the expectations a watch event of a child meets: the object shown with the
+    /// expected hash, or deleted.
+    pub fn observe<K: Resource<DynamicType = ()>>(&self, event: &watcher::Event<K>) {
+        let (object, deleted) = match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => (o, false),
+            watcher::Event::Delete(o) => (o, true),
+            watcher::Event::Init | watcher::Event::InitDone => return,
+        };
+        let mut applied = lock(&self.applied);
+        if applied.is_empty() {
+            return;
+        }
+        let meta = object.meta();
+        let key = object_key::<K>(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
+        let met = applied
+            .get(&key)
+            .is_some_and(|(hash, _)| deleted || applied_hash(object) == Some(hash.as_str()));
+        if met {
+            applied.remove(&key);
+        }
+    }
+
+    /// Records the status written to Workspace `namespace/name`.
+    pub fn wrote_status(&self, namespace: &str, name: &str, status: &WorkspaceStatus) {
+        lock(&self.statuses).insert(
+            (namespace.to_owned(), name.to_owned()),
+            (status.clone(), Instant::now()),
+        );
+    }
+
+    /// The status last written to `ws` when the cache does not show it yet (less than
+    /// [`EXPECTATION_TTL`] ago): the status to start from instead of the cached one.
+    pub fn status_of(&self, ws: &Workspace) -> Option<WorkspaceStatus> {
+        let key = (ws.namespace().unwrap_or_default(), ws.name_any());
+        let mut statuses = lock(&self.statuses);
+        match statuses.get(&key) {
+            Some((status, at)) if at.elapsed() < EXPECTATION_TTL => {
+                if crate::operator::workspace::status::changed(ws.status.as_ref(), status) {
+                    Some(status.clone())
+                } else {
+                    statuses.remove(&key);
+                    None
+                }
+            }
+            Some(_) => {
+                statuses.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Settles the status expectation a Workspace watch event meets: its status shown, or the
+    /// Workspace deleted.
+    pub fn observe_workspace(&self, event: &watcher::Event<Workspace>) {
+        let (ws, deleted) = match event {
+            watcher::Event::Apply(ws) | watcher::Event::InitApply(ws) => (ws, false),
+            watcher::Event::Delete(ws) => (ws, true),
+            watcher::Event::Init | watcher::Event::InitDone => return,
+        };
+        let mut statuses = lock(&self.statuses);
+        if statuses.is_empty() {
+            return;
+        }
+        let key = (ws.namespace().unwrap_or_default(), ws.name_any());
+        let met = statuses.get(&key).is_some_and(|(status, _)| {
+            deleted || !crate::operator::workspace::status::changed(ws.status.as_ref(), status)
+        });
+        if met {
+            statuses.remove(&key);
+        }
+    }
+
+    /// How many writes the caches have not shown yet.
+    pub fn pending(&self) -> usize {
+        lock(&self.applied).len() + lock(&self.statuses).len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,6 +921,88 @@ mod tests {
         kept.keep();
         assert_eq!(child_trigger(&kept), child_trigger(&policy));
         assert!(kept.spec.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_is_awaited_until_the_cache_shows_it_is_deleted_or_too_old() {
+        let expected = Expectations::default();
+        let mut pod = pod("ns", "ws-alice", Some("alice"));
+        expected.applied::<Pod>("ns", "ws-alice", "h1");
+        assert!(expected.awaits::<Pod>("ns", "ws-alice", "h1"));
+        assert!(
+            !expected.awaits::<Pod>("ns", "ws-alice", "h2"),
+            "another hash"
+        );
+        assert!(!expected.awaits::<Pod>("other", "ws-alice", "h1"));
+        assert!(
+            !expected.awaits::<Service>("ns", "ws-alice", "h1"),
+            "another kind"
+        );
+        // An event of the object before the write (an older hash) settles nothing.
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            APPLIED_HASH_ANNOTATION.to_owned(),
+            "h0".to_owned(),
+        )]));
+        expected.observe(&watcher::Event::Apply(pod.clone()));
+        assert!(expected.awaits::<Pod>("ns", "ws-alice", "h1"));
+        // The cache shows the write: settled.
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            APPLIED_HASH_ANNOTATION.to_owned(),
+            "h1".to_owned(),
+        )]));
+        expected.observe(&watcher::Event::InitApply(pod.clone()));
+        assert!(!expected.awaits::<Pod>("ns", "ws-alice", "h1"));
+        assert_eq!(expected.pending(), 0);
+        // Deleted before the cache showed it: settled, so it is applied again.
+        expected.applied::<Pod>("ns", "ws-alice", "h2");
+        expected.observe(&watcher::Event::Delete(pod.clone()));
+        assert!(!expected.awaits::<Pod>("ns", "ws-alice", "h2"));
+        // Never shown: awaited for EXPECTATION_TTL only.
+        expected.applied::<Pod>("ns", "ws-alice", "h3");
+        tokio::time::advance(EXPECTATION_TTL - Duration::from_secs(1)).await;
+        assert!(expected.awaits::<Pod>("ns", "ws-alice", "h3"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!expected.awaits::<Pod>("ns", "ws-alice", "h3"));
+        assert_eq!(expected.pending(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_written_status_stands_in_for_the_cached_one_until_shown() {
+        use crate::api::v1alpha1::WorkspacePhase;
+        let expected = Expectations::default();
+        let mut ws = crate::operator::workspace::fixtures::workspace();
+        ws.status = None;
+        let (ns, name) = (ws.namespace().expect("a namespace"), ws.name_any());
+        let written = WorkspaceStatus {
+            phase: Some(WorkspacePhase::Pending),
+            message: Some("Waiting for the scheduler".into()),
+            ..WorkspaceStatus::default()
+        };
+        assert_eq!(expected.status_of(&ws), None);
+        expected.wrote_status(&ns, &name, &written);
+        assert_eq!(expected.status_of(&ws).as_ref(), Some(&written));
+        // A Workspace event still without it settles nothing; one showing it (whatever the
+        // hub's lastActivity) does.
+        expected.observe_workspace(&watcher::Event::Apply(ws.clone()));
+        assert_eq!(expected.status_of(&ws).as_ref(), Some(&written));
+        let mut shown = ws.clone();
+        shown.status = Some(WorkspaceStatus {
+            last_activity: Some(
+                serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).expect("a time"),
+            ),
+            ..written.clone()
+        });
+        expected.observe_workspace(&watcher::Event::Apply(shown.clone()));
+        assert_eq!(expected.pending(), 0);
+        assert_eq!(expected.status_of(&ws), None);
+        // Not shown within EXPECTATION_TTL: the cached status is trusted again.
+        expected.wrote_status(&ns, &name, &written);
+        tokio::time::advance(EXPECTATION_TTL + Duration::from_secs(1)).await;
+        assert_eq!(expected.status_of(&ws), None);
+        // Deleted: dropped.
+        expected.wrote_status(&ns, &name, &written);
+        expected.observe_workspace(&watcher::Event::Delete(ws));
+        assert_eq!(expected.pending(), 0);
     }
 
     #[test]

@@ -264,17 +264,18 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         pod,
     } = &desired;
     let ns = namespace.as_str();
-    apply::apply_object(client, ns, secret, observed.secret).await?;
+    let expected = &caches.expected;
+    apply::apply_object(client, ns, secret, observed.secret, expected).await?;
     let cached_pvc = cached(&caches.pvcs, ns, &pvc.name_any());
-    apply::create_once(client, ns, pvc, cached_pvc).await?;
+    apply::create_once(client, ns, pvc, cached_pvc, expected).await?;
     let cached_service = cached(&caches.services, ns, &service.name_any());
-    let service_ready = apply::apply_service(client, ns, service, cached_service)
+    let service_ready = apply::apply_service(client, ns, service, cached_service, expected)
         .await?
         .is_some();
     let cached_policy = cached(&caches.network_policies, ns, &network_policy.name_any());
-    apply::apply_object(client, ns, network_policy, cached_policy).await?;
+    apply::apply_object(client, ns, network_policy, cached_policy, expected).await?;
     let pods = caches.pods_of(ws);
-    let outcome = apply::reconcile_pod(client, ns, pod.as_ref(), pods).await?;
+    let outcome = apply::reconcile_pod(client, ns, pod.as_ref(), pods, expected).await?;
 
     let url = Some(build::server_url(&validated, &ctx.config));
     let pool = validated.pool.as_ref().map(|p| p.name.as_str());
@@ -354,7 +355,10 @@ async fn update_status(
     input: &StatusInput<'_>,
     ctx: &Context,
 ) -> Result<WorkspaceStatus> {
-    let previous = ws.status.as_ref();
+    // The status this operator wrote last, while the cache does not show it yet: the second
+    // reconciliation a Workspace's own writes trigger starts from it, not from the stale one.
+    let written_last = ctx.caches.expected.status_of(ws);
+    let previous = written_last.as_ref().or(ws.status.as_ref());
     let now = now_seconds();
     let next = status::derive(input, previous, &now);
     if let Some(phase) = next.phase {
@@ -380,6 +384,9 @@ async fn update_status(
     )
     .await
     .map_err(Error::Status)?;
+    ctx.caches
+        .expected
+        .wrote_status(&namespace, &ws.name_any(), &next);
 
     if let Some(t) = status::transition(previous, &next) {
         let event = KubeEvent {

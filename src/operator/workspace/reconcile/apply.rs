@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::operator::workspace::cache::{Caches, cached, cached_cluster};
+use crate::operator::workspace::cache::{Caches, Expectations, cached, cached_cluster};
 use crate::operator::workspace::{FIELD_MANAGER, UserNamespaceResources};
 use crate::operator::{Error, Result};
 
@@ -58,27 +58,40 @@ pub fn applied_hash<K: Resource>(observed: &K) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Server-side applies `desired` unless `observed` already carries its hash; returns the object
-/// as the API server has it.
-pub async fn apply_with<K: Object>(api: &Api<K>, desired: &K, observed: Option<K>) -> Result<K> {
+/// Server-side applies `desired` unless `observed` already carries its hash, or the operator
+/// applied that hash moments ago and the cache has not shown it yet ([`Expectations`]); returns
+/// the object as the API server has it (in the second case, the applied object).
+pub async fn apply_with<K: Object>(
+    api: &Api<K>,
+    desired: &K,
+    observed: Option<K>,
+    expected: &Expectations,
+) -> Result<K> {
     let (applied, hash) = with_applied_hash(desired)?;
-    if let Some(observed) = observed
-        && applied_hash(&observed) == Some(hash.as_str())
+    if let Some(observed) = &observed
+        && applied_hash(observed) == Some(hash.as_str())
     {
-        return Ok(observed);
+        return Ok(observed.clone());
     }
     let name = desired.name_any();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&applied),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: kind::<K>(),
-        name,
-        source,
-    })
+    let namespace = api.namespace().unwrap_or_default();
+    if expected.awaits::<K>(namespace, &name, &hash) {
+        return Ok(observed.unwrap_or(applied));
+    }
+    let written = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&applied),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: kind::<K>(),
+            name: name.clone(),
+            source,
+        })?;
+    expected.applied::<K>(namespace, &name, &hash);
+    Ok(written)
 }
 
 fn namespaced<K>(client: &Client, namespace: &str, desired: &K) -> Api<K>
@@ -95,11 +108,18 @@ pub async fn apply_object<K>(
     namespace: &str,
     desired: &K,
     observed: Option<K>,
+    expected: &Expectations,
 ) -> Result<K>
 where
     K: Object<Scope = NamespaceResourceScope>,
 {
-    apply_with(&namespaced(client, namespace, desired), desired, observed).await
+    apply_with(
+        &namespaced(client, namespace, desired),
+        desired,
+        observed,
+        expected,
+    )
+    .await
 }
 
 /// Whether an observed Service has a cluster IP where the desired one is headless (or the
@@ -123,6 +143,7 @@ pub async fn apply_service(
     namespace: &str,
     desired: &Service,
     mut observed: Option<Service>,
+    expected: &Expectations,
 ) -> Result<Option<Service>> {
     let api = namespaced(client, namespace, desired);
     let name = desired.name_any();
@@ -135,7 +156,9 @@ pub async fn apply_service(
         }
         observed = None;
     }
-    apply_with(&api, desired, observed).await.map(Some)
+    apply_with(&api, desired, observed, expected)
+        .await
+        .map(Some)
 }
 
 /// Applies an object only when the cache does not show it (the home volume: its size and class
@@ -146,13 +169,17 @@ pub async fn create_once<K>(
     namespace: &str,
     desired: &K,
     observed: Option<K>,
+    expected: &Expectations,
 ) -> Result<K>
 where
     K: Object<Scope = NamespaceResourceScope>,
 {
     match observed {
         Some(existing) => Ok(existing),
-        None => apply_with(&namespaced(client, namespace, desired), desired, None).await,
+        None => {
+            let api = namespaced(client, namespace, desired);
+            apply_with(&api, desired, None, expected).await
+        }
     }
 }
 
@@ -170,14 +197,16 @@ pub async fn apply_user_namespace(
         network_policy,
     } = ns;
     let name = namespace.name_any();
+    let expected = &caches.expected;
     let api: Api<Namespace> = Api::all(client.clone());
-    apply_with(&api, namespace, cached_cluster(&caches.namespaces, &name)).await?;
+    let observed = cached_cluster(&caches.namespaces, &name);
+    apply_with(&api, namespace, observed, expected).await?;
     let observed = cached(&caches.resource_quotas, &name, &resource_quota.name_any());
-    apply_object(client, &name, resource_quota, observed).await?;
+    apply_object(client, &name, resource_quota, observed, expected).await?;
     let observed = cached(&caches.limit_ranges, &name, &limit_range.name_any());
-    apply_object(client, &name, limit_range, observed).await?;
+    apply_object(client, &name, limit_range, observed, expected).await?;
     let observed = cached(&caches.network_policies, &name, &network_policy.name_any());
-    apply_object(client, &name, network_policy, observed).await?;
+    apply_object(client, &name, network_policy, observed, expected).await?;
     Ok(())
 }
 
@@ -237,6 +266,7 @@ pub async fn reconcile_pod(
     namespace: &str,
     desired: Option<&Pod>,
     pods: Vec<Pod>,
+    expected: &Expectations,
 ) -> Result<PodOutcome> {
     let Some(desired) = desired else {
         let remaining = delete_live(client, namespace, &pods).await?;
@@ -253,7 +283,7 @@ pub async fn reconcile_pod(
     let (_, hash) = with_applied_hash(desired)?;
     match current.into_iter().next() {
         None => Ok(PodOutcome {
-            pod: Some(apply_with(&api, desired, None).await?),
+            pod: Some(apply_with(&api, desired, None, expected).await?),
             replacing: false,
         }),
         Some(pod) if pod.metadata.deletion_timestamp.is_some() => Ok(PodOutcome {

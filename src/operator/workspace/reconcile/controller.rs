@@ -29,7 +29,7 @@ use super::{error_policy, reconcile_workspace};
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, Workspace, WorkspaceProfile};
 use crate::config::NamespaceMode;
 use crate::operator::workspace::WORKSPACE_LABEL;
-use crate::operator::workspace::cache::{Cached, ChildIndex, cached_cluster};
+use crate::operator::workspace::cache::{Cached, ChildIndex, Expectations, cached_cluster};
 use crate::operator::{Context, wait_for};
 use crate::policy::admission::{Claim, key_of, observed_claim};
 
@@ -91,6 +91,7 @@ fn child_stream<K>(
     config: watcher::Config,
     writer: Writer<K>,
     index: Option<Arc<ChildIndex>>,
+    expected: Arc<Expectations>,
     predicate: fn(&K) -> Option<u64>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -106,16 +107,19 @@ where
         watcher(api, config).default_backoff(),
         writer,
         index,
+        expected,
         predicate,
     )
 }
 
-/// The pipeline of [`child_stream`] on any stream of watch events: slimmed, written to the
-/// store (and the index) first, then decoded and filtered by `predicate`; deletions always pass.
+/// The pipeline of [`child_stream`] on any stream of watch events: trimmed, written to the
+/// store (and the index, and settling the [`Expectations`] it meets) first, then decoded and
+/// filtered by `predicate`; deletions always pass.
 pub fn child_triggers<K, S>(
     events: S,
     writer: Writer<K>,
     index: Option<Arc<ChildIndex>>,
+    expected: Arc<Expectations>,
     predicate: fn(&K) -> Option<u64>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -129,6 +133,7 @@ where
             if let Some(index) = &index {
                 index.apply(event);
             }
+            expected.observe(event);
         })
         .map_ok(mark_deleted)
         .touched_objects()
@@ -260,7 +265,10 @@ pub async fn run_controller(
     .default_backoff()
     .modify(Workspace::keep)
     .reflect(writers.workspaces)
-    .inspect_ok(move |event| observe_usage(&usage_ctx, event, &mut relisted))
+    .inspect_ok(move |event| {
+        usage_ctx.caches.expected.observe_workspace(event);
+        observe_usage(&usage_ctx, event, &mut relisted);
+    })
     .map_ok(mark_deleted)
     .applied_objects()
     .predicate_filter(workspace_trigger, PredicateConfig::default());
@@ -272,6 +280,7 @@ pub async fn run_controller(
             children(),
             writers.pods,
             Some(caches.pods_by_workspace.clone()),
+            caches.expected.clone(),
             pod_trigger,
         ))
         .owns_stream(child_stream(
@@ -279,6 +288,7 @@ pub async fn run_controller(
             children(),
             writers.services,
             None,
+            caches.expected.clone(),
             service_trigger,
         ))
         .owns_stream(child_stream(
@@ -286,6 +296,7 @@ pub async fn run_controller(
             children(),
             writers.secrets,
             None,
+            caches.expected.clone(),
             child_trigger,
         ))
         .owns_stream(child_stream(
@@ -293,6 +304,7 @@ pub async fn run_controller(
             children(),
             writers.network_policies,
             None,
+            caches.expected.clone(),
             child_trigger,
         ))
         .watches_stream(
@@ -301,6 +313,7 @@ pub async fn run_controller(
                 children(),
                 writers.pvcs,
                 Some(caches.pvcs_by_workspace.clone()),
+                caches.expected.clone(),
                 child_trigger,
             ),
             |pvc| labelled_workspace(&pvc),
@@ -343,6 +356,7 @@ pub async fn run_controller(
                     children(),
                     writers.namespaces,
                     None,
+                    caches.expected.clone(),
                     child_trigger,
                 ),
                 feeds_the_cache_only,
@@ -353,6 +367,7 @@ pub async fn run_controller(
                     children(),
                     writers.resource_quotas,
                     None,
+                    caches.expected.clone(),
                     child_trigger,
                 ),
                 feeds_the_cache_only,
@@ -363,6 +378,7 @@ pub async fn run_controller(
                     children(),
                     writers.limit_ranges,
                     None,
+                    caches.expected.clone(),
                     child_trigger,
                 ),
                 feeds_the_cache_only,
@@ -678,6 +694,7 @@ mod tests {
             events,
             writer,
             Some(index.clone()),
+            Arc::default(),
             super::super::predicates::pod_trigger,
         ));
         let key = ObjectRef::new("ws-alice").within("team");
