@@ -148,31 +148,48 @@ impl Metrics {
 
     /// Records the phase of a Workspace (`key` = `namespace/name`) and refreshes the gauge.
     pub fn set_phase(&self, key: &str, phase: WorkspacePhase) {
-        self.update_phases(|phases| {
-            phases.insert(key.to_owned(), phase);
-        });
+        let mut phases = self.lock_phases();
+        if phases.get(key) == Some(&phase) {
+            return;
+        }
+        let before = phases.insert(key.to_owned(), phase);
+        self.moved(before, Some(phase));
     }
 
     /// Forgets a deleted Workspace.
     pub fn forget(&self, key: &str) {
-        self.update_phases(|phases| {
-            phases.remove(key);
-        });
+        let mut phases = self.lock_phases();
+        let before = phases.remove(key);
+        self.moved(before, None);
     }
 
-    fn update_phases(&self, change: impl FnOnce(&mut HashMap<String, WorkspacePhase>)) {
-        let mut phases = match self.phases.lock() {
+    fn lock_phases(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkspacePhase>> {
+        match self.phases.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// One Workspace left phase `from` for `to` (O(1), under the phases' lock: at 10,000
+    /// Workspaces, counting them all again on each reconciliation was 60,000 comparisons).
+    /// Every phase's gauge exists (at 0) from the first Workspace on.
+    fn moved(&self, from: Option<WorkspacePhase>, to: Option<WorkspacePhase>) {
+        if from == to {
+            return;
+        }
+        let gauge = |phase: WorkspacePhase| {
+            self.workspaces.get_or_create(&PhaseLabels {
+                phase: phase.as_str(),
+            })
         };
-        change(&mut phases);
         for phase in PHASES {
-            let count = phases.values().filter(|p| **p == phase).count();
-            self.workspaces
-                .get_or_create(&PhaseLabels {
-                    phase: phase.as_str(),
-                })
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
+            drop(gauge(phase));
+        }
+        if let Some(from) = from {
+            gauge(from).dec();
+        }
+        if let Some(to) = to {
+            gauge(to).inc();
         }
     }
 }
@@ -199,6 +216,8 @@ mod tests {
         metrics.set_phase("ns/c", WorkspacePhase::Pending);
         metrics.set_phase("ns/c", WorkspacePhase::Starting);
         metrics.forget("ns/b");
+        metrics.forget("ns/unknown");
+        metrics.set_phase("ns/a", WorkspacePhase::Running);
         metrics.leader.set(1);
         metrics.api_request("list", "pods".into());
         metrics.api_request("list", "pods".into());

@@ -342,8 +342,8 @@ pub struct Context {
     pub client: Client,
     /// Settings of the builders.
     pub config: OperatorConfig,
-    /// Publishes Events about Workspaces.
-    pub recorder: Recorder,
+    /// Who publishes the Events about Workspaces ([`Context::recorder`]).
+    pub reporter: Reporter,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Back-off of failing Workspaces.
@@ -376,7 +376,7 @@ impl Context {
         let (caches, writers) = Caches::new();
         let (requeue, requeued) = futures::channel::mpsc::unbounded();
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             config,
             metrics,
@@ -412,6 +412,17 @@ impl Context {
             Ok(mut guard) => guard.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         }
+    }
+
+    /// A recorder for one Event. kube-runtime's `Recorder` keeps every Event it published for 6
+    /// minutes, to patch a repeat into a series, and sweeps that whole cache on each publish
+    /// (`kube-runtime/src/events.rs`, `publish`): shared by the controller, that is 10,000 full
+    /// Events and an O(N) sweep per Event behind one lock when 10,000 Workspaces start. The
+    /// operator publishes an Event only when a Workspace's phase or Ready reason changes, so a
+    /// repeat is rare: each Event gets a fresh recorder (its documented use: one per
+    /// reconciliation), and a repeat is a new Event rather than a series.
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
     }
 
     /// The usage index, locked (never hold it across an `.await`).

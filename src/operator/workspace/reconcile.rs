@@ -400,7 +400,7 @@ async fn update_status(
             secondary: None,
         };
         // An Event is a courtesy: failing to publish one does not fail the reconciliation.
-        if let Err(error) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
+        if let Err(error) = ctx.recorder().publish(&event, &ws.object_ref(&())).await {
             warn!(%error, "publishing an event failed");
         }
     }
