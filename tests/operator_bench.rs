@@ -95,6 +95,28 @@ async fn twenty_workspaces_in_per_user_namespaces() {
     );
 }
 
+/// The API server's watch window is short (here 10 changes; etcd compacts every 5 minutes):
+/// a watch that falls behind gets `410 Expired` and must list again, while the others go on.
+/// kube-runtime's Controller backs off all its watches together on one watch's error; with
+/// that shared backoff, the watches expired one after the other and none listed again, so no
+/// Workspace ever became Running here.
+#[tokio::test]
+async fn twenty_workspaces_through_expired_watches() {
+    let mut opts = options(false);
+    opts.watch_log = 10;
+    opts.work_dir.set_extension("expired");
+    let report = harness::run(&opts).await.expect("the bench runs");
+    check(&report);
+    let relisted: u64 = report.phases[1..]
+        .iter()
+        .map(|p| p.listed.values().sum::<u64>())
+        .sum();
+    assert!(
+        relisted > 0,
+        "the expired watches listed again: {report:#?}"
+    );
+}
+
 #[test]
 fn the_e2e_scale_mode_plans_without_a_cluster() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/operator.sh");

@@ -16,6 +16,7 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
+use kube::runtime::utils::Backoff;
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -76,6 +77,29 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// The Controller's own backoff of its trigger streams: none. kube-runtime wraps all the trigger
+/// streams of a Controller together in one `StreamBackoff` (`kube-runtime/src/controller/mod.rs`,
+/// `Controller::run`: `StreamBackoff::new(self.trigger_selector, self.trigger_backoff)`), so the
+/// error of one watch (a `410 Expired` that makes it list again) pauses every other watch for
+/// the backoff. Those, not read meanwhile, fall behind the API server's watch window and expire
+/// in turn, each error lengthening the shared pause: in `bench/operator` with a short watch
+/// window, no watch listed again for minutes and no Workspace became Running. Each watch backs off
+/// on its own instead (`default_backoff()` on every watcher below), as client-go's informers do.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EachWatchBacksOffAlone;
+
+impl Iterator for EachWatchBacksOffAlone {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl Backoff for EachWatchBacksOffAlone {
+    fn reset(&mut self) {}
 }
 
 /// After a shutdown request, how long reconciliations may take to finish before the controller
@@ -275,6 +299,7 @@ pub async fn run_controller(
 
     let mut controller = Controller::for_stream(workspaces, caches.workspaces.clone())
         .with_config(controller::Config::default().concurrency(concurrency))
+        .trigger_backoff(EachWatchBacksOffAlone)
         .owns_stream(child_stream(
             scoped::<Pod>(&client, ns),
             children(),
