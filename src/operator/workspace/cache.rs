@@ -28,8 +28,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 
 use super::WORKSPACE_LABEL;
-use super::reconcile::APPLIED_HASH_ANNOTATION;
-use super::reconcile::apply::applied_hash;
+use super::{APPLIED_HASH_ANNOTATION, applied_hash};
 use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile, WorkspaceStatus};
 use crate::policy::workspace::TOKEN_KEY;
 
@@ -561,6 +560,15 @@ pub struct Expectations {
     statuses: Mutex<HashMap<(String, String), (WorkspaceStatus, Instant)>>,
 }
 
+/// The object of a watch event, and whether it was deleted (`None` for the markers of a list).
+fn object_of<K>(event: &watcher::Event<K>) -> Option<(&K, bool)> {
+    match event {
+        watcher::Event::Apply(object) | watcher::Event::InitApply(object) => Some((object, false)),
+        watcher::Event::Delete(object) => Some((object, true)),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
+}
+
 /// (kind, namespace, name) of an object.
 type ObjectKey = (String, String, String);
 
@@ -607,10 +615,8 @@ impl Expectations {
     /// Settles the expectations a watch event of a child meets: the object shown with the
     /// expected hash, or deleted.
     pub fn observe<K: Resource<DynamicType = ()>>(&self, event: &watcher::Event<K>) {
-        let (object, deleted) = match event {
-            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => (o, false),
-            watcher::Event::Delete(o) => (o, true),
-            watcher::Event::Init | watcher::Event::InitDone => return,
+        let Some((object, deleted)) = object_of(event) else {
+            return;
         };
         let mut applied = lock(&self.applied);
         if applied.is_empty() {
@@ -662,10 +668,8 @@ impl Expectations {
     /// Settles the status expectation a Workspace watch event meets: its status shown, or the
     /// Workspace deleted.
     pub fn observe_workspace(&self, event: &watcher::Event<Workspace>) {
-        let (ws, deleted) = match event {
-            watcher::Event::Apply(ws) | watcher::Event::InitApply(ws) => (ws, false),
-            watcher::Event::Delete(ws) => (ws, true),
-            watcher::Event::Init | watcher::Event::InitDone => return,
+        let Some((ws, deleted)) = object_of(event) else {
+            return;
         };
         let mut statuses = lock(&self.statuses);
         if statuses.is_empty() {

@@ -22,6 +22,21 @@ pub mod status;
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "atelier-operator";
+
+/// Annotation with the sha256 of the desired object the operator last applied
+/// ([`reconcile::apply`] skips an object that carries the hash of the desired one). It lives
+/// here, below both the applier and the caches that keep it.
+pub const APPLIED_HASH_ANNOTATION: &str = "atelier.dev/applied-hash";
+
+/// The hash an observed object was applied with, if any ([`APPLIED_HASH_ANNOTATION`]).
+pub fn applied_hash<K: kube::Resource>(observed: &K) -> Option<&str> {
+    observed
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(APPLIED_HASH_ANNOTATION)
+        .map(String::as_str)
+}
 /// Finalizer that stops the workspace and applies the home-volume policy before deletion.
 pub const WORKSPACE_FINALIZER: &str = "atelier.dev/workspace-cleanup";
 /// Name of the Workspace controller (metrics label, event reporter).

@@ -20,8 +20,7 @@ use crate::operator::workspace::cache::{Caches, Expectations, cached, cached_clu
 use crate::operator::workspace::{FIELD_MANAGER, UserNamespaceResources};
 use crate::operator::{Error, Result};
 
-/// Annotation with the sha256 of the desired object the operator last applied.
-pub const APPLIED_HASH_ANNOTATION: &str = "atelier.dev/applied-hash";
+pub use crate::operator::workspace::{APPLIED_HASH_ANNOTATION, applied_hash};
 
 /// Bounds of the objects the operator applies.
 pub trait Object:
@@ -46,16 +45,6 @@ pub fn with_applied_hash<K: Object>(desired: &K) -> Result<(K, String)> {
         .annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash.clone());
     Ok((applied, hash))
-}
-
-/// The hash an observed object was applied with, if any.
-pub fn applied_hash<K: Resource>(observed: &K) -> Option<&str> {
-    observed
-        .meta()
-        .annotations
-        .as_ref()?
-        .get(APPLIED_HASH_ANNOTATION)
-        .map(String::as_str)
 }
 
 /// Server-side applies `desired` unless `observed` already carries its hash, or the operator
