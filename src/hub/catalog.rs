@@ -414,7 +414,7 @@ impl Catalog {
                 name: d.name_any(),
                 description: d.spec.description.clone(),
                 kind: source_kind(d),
-                mount_path: d.spec.mount_path.clone(),
+                mount_path: d.spec.mount_path.clone().unwrap_or_default(),
                 read_only: d.spec.read_only,
             })
             .collect();
@@ -549,6 +549,8 @@ impl Catalog {
                 .collect(),
             groups,
             token: String::new(),
+            credential_secrets: None,
+            csi_drivers: None,
         };
         validate(&ws, &deref, &OperatorConfig::default()).map_err(CheckError::Refused)?;
         Ok(Some(ws.spec.profile))
