@@ -110,6 +110,64 @@ pub fn credentials_for<'a>(
         .map(|c| (Some(c.group.as_str()), &c.secret))
 }
 
+/// What is wrong with a DataSource spec, if anything: the rules of its CRD (which the API
+/// server enforces, but a catalogue read from files never met), and group credentials on an s3
+/// CSI mount without `csi.nodePublishSecret` (a driver mounts a bucket once per volume handle,
+/// so the mount needs one Secret for all its users).
+pub fn spec_problem(spec: &DataSourceSpec) -> Option<String> {
+    let backends = [
+        spec.s3.is_some(),
+        spec.irods.is_some(),
+        spec.nfs.is_some(),
+        spec.pvc.is_some(),
+    ]
+    .into_iter()
+    .filter(|b| *b)
+    .count();
+    if backends > 1 {
+        return Some("at most one of s3, irods, nfs or pvc may be set".into());
+    }
+    if backends == 0 && spec.stac.is_none() {
+        return Some("one of s3, irods, nfs, pvc or stac must be set".into());
+    }
+    if spec.csi.is_some() && spec.s3.is_none() && spec.irods.is_none() {
+        return Some("csi applies only to s3 and irods sources".into());
+    }
+    let mounted = spec.nfs.is_some() || spec.pvc.is_some() || spec.csi.is_some();
+    if mounted && spec.mount_path.is_none() {
+        return Some("mountPath is required with nfs, pvc or csi".into());
+    }
+    let (single, by_group) = match (&spec.s3, &spec.irods) {
+        (Some(s3), _) => (s3.credentials_secret.is_some(), &s3.credentials_by_group),
+        (None, Some(irods)) => (
+            irods.credentials_secret.is_some(),
+            &irods.credentials_by_group,
+        ),
+        (None, None) => return None,
+    };
+    if single && !by_group.is_empty() {
+        return Some("credentialsSecret and credentialsByGroup are mutually exclusive".into());
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = by_group.iter().find(|c| !seen.insert(c.group.as_str())) {
+        return Some(format!(
+            "credentialsByGroup names group {} twice",
+            dup.group
+        ));
+    }
+    let shared_mount = spec
+        .csi
+        .as_ref()
+        .is_some_and(|c| c.node_publish_secret.is_none());
+    if spec.s3.is_some() && !by_group.is_empty() && shared_mount {
+        return Some(
+            "an s3 source with credentialsByGroup is mounted with one Secret for all its users: set csi.nodePublishSecret"
+                .into(),
+        );
+    }
+    None
+}
+
 /// The Intake (and rclone) entry name of a source: the name with every character other than a
 /// letter or digit replaced by `_` (`argo-floats` → `argo_floats`). Two sources the validation
 /// admits together never share one (they would share their environment prefix).

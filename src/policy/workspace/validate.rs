@@ -433,68 +433,16 @@ fn data_sources(
     Ok(out)
 }
 
-/// The rules of the DataSource CRD that a catalogue read without the API server may break, and
-/// group credentials on an s3 CSI mount, which needs one Secret for every user of the volume
-/// (`csi.nodePublishSecret`): a CSI driver mounts a bucket once per volume handle.
+/// The rules of the DataSource CRD that a catalogue read without the API server may break
+/// ([`policy::data::spec_problem`]).
 fn well_formed(name: &str, spec: &DataSourceSpec) -> Result<(), Refusal> {
-    let invalid = |what: &str| {
-        Err(refuse(
+    match policy::data::spec_problem(spec) {
+        Some(problem) => Err(refuse(
             reason::DATA_SOURCE_INVALID,
-            format!("DataSource {name}: {what}"),
-        ))
-    };
-    let backends = [
-        spec.s3.is_some(),
-        spec.irods.is_some(),
-        spec.nfs.is_some(),
-        spec.pvc.is_some(),
-    ]
-    .into_iter()
-    .filter(|b| *b)
-    .count();
-    if backends > 1 {
-        return invalid("at most one of s3, irods, nfs or pvc may be set");
-    }
-    if backends == 0 && spec.stac.is_none() {
-        return invalid("one of s3, irods, nfs, pvc or stac must be set");
-    }
-    if spec.csi.is_some() && spec.s3.is_none() && spec.irods.is_none() {
-        return invalid("csi applies only to s3 and irods sources");
-    }
-    let mounted = spec.nfs.is_some() || spec.pvc.is_some() || spec.csi.is_some();
-    if mounted && spec.mount_path.is_none() {
-        return invalid("mountPath is required with nfs, pvc or csi");
-    }
-    let by_group = match (&spec.s3, &spec.irods) {
-        (Some(s3), _) => Some((s3.credentials_secret.is_some(), &s3.credentials_by_group)),
-        (None, Some(irods)) => Some((
-            irods.credentials_secret.is_some(),
-            &irods.credentials_by_group,
+            format!("DataSource {name}: {problem}"),
         )),
-        (None, None) => None,
-    };
-    if let Some((single, by_group)) = by_group {
-        if single && !by_group.is_empty() {
-            return invalid("credentialsSecret and credentialsByGroup are mutually exclusive");
-        }
-        let mut seen = BTreeSet::new();
-        if let Some(dup) = by_group.iter().find(|c| !seen.insert(c.group.as_str())) {
-            return invalid(&format!(
-                "credentialsByGroup names group {} twice",
-                dup.group
-            ));
-        }
-        let shared_mount = spec
-            .csi
-            .as_ref()
-            .is_some_and(|c| c.node_publish_secret.is_none());
-        if spec.s3.is_some() && !by_group.is_empty() && shared_mount {
-            return invalid(
-                "an s3 source with credentialsByGroup is mounted with one Secret for all its users: set csi.nodePublishSecret",
-            );
-        }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The Secrets the user's credentials and the CSI driver need exist (when the caller read them).
