@@ -591,7 +591,11 @@ pub fn intake_catalog(
         "metadata": {"version": 1},
         "sources": Value::Object(entries),
     });
-    serde_saphyr::to_string(&catalog).expect("a JSON value serializes to YAML")
+    let mut text = serde_saphyr::to_string(&catalog).expect("a JSON value serializes to YAML");
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
 }
 
 /// `args` of a file entry: `urlpath`, and the xarray engine of a NetCDF entry.

@@ -516,6 +516,7 @@ stac: https://earth-search.example.org/v1",
     let groups = set(&["vo-ocean"]);
     let text = intake_catalog(&sources, &groups, true);
     let catalog: Value = serde_saphyr::from_str(&text).expect("the catalogue is YAML");
+    assert!(text.ends_with('\n'));
     assert_eq!(
         catalog,
         json!({
