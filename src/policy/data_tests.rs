@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     DataPaths, EnvValue, credentials_for, data_env, entry_name, intake_catalog, irods_auth_file,
-    irods_environment, open_line,
+    irods_environment, open_line, spec_problem,
 };
 use crate::api::v1alpha1::{DataSource, DataSourceSpec};
 use crate::policy::workspace::validate::test_support::{data_sources, yaml};
@@ -696,5 +696,17 @@ fn entry_names_and_open_lines() {
     assert_eq!(
         open_line("earth-search", &stac),
         r#"pystac_client.Client.open(os.environ["ATELIER_STAC_EARTH_SEARCH"])"#
+    );
+}
+
+#[test]
+fn the_fixture_sources_are_well_formed() {
+    for d in data_sources() {
+        assert_eq!(spec_problem(&d.spec), None, "{}", d.name_any());
+    }
+    assert_eq!(spec_problem(&spec(BY_GROUP)), None);
+    assert_eq!(
+        spec_problem(&spec("description: nothing")).as_deref(),
+        Some("one of s3, irods, nfs, pvc or stac must be set")
     );
 }
