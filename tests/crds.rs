@@ -562,6 +562,36 @@ fn schemas_carry_enums_patterns_bounds_defaults_and_required_fields() {
         ),
         (
             "DataSource",
+            "spec.stac",
+            "pattern",
+            json!(r"^https?://[^\s/]+(/.*)?$"),
+        ),
+        (
+            "DataSource",
+            "spec.s3.credentialsByGroup[].group",
+            "pattern",
+            json!(patterns::GROUP_NAME),
+        ),
+        (
+            "DataSource",
+            "spec.irods.credentialsByGroup[].secret.name",
+            "pattern",
+            json!(patterns::DNS_SUBDOMAIN),
+        ),
+        (
+            "DataSource",
+            "spec.csi.capacity",
+            "pattern",
+            json!(patterns::QUANTITY),
+        ),
+        (
+            "DataSource",
+            "spec.csi.mode",
+            "enum",
+            json!(["Auto", "Ephemeral", "Persistent"]),
+        ),
+        (
+            "DataSource",
             "spec.nfs.path",
             "pattern",
             json!(patterns::ABSOLUTE_PATH),
@@ -631,6 +661,19 @@ fn schemas_carry_enums_patterns_bounds_defaults_and_required_fields() {
         ("DataSource", "spec.s3.bucket", "maxLength", json!(63)),
         ("DataSource", "spec.irods.port", "minimum", json!(1)),
         ("DataSource", "spec.irods.port", "maximum", json!(65535)),
+        (
+            "DataSource",
+            "spec.s3.credentialsByGroup",
+            "maxItems",
+            json!(64),
+        ),
+        (
+            "DataSource",
+            "spec.irods.credentialsByGroup",
+            "maxItems",
+            json!(64),
+        ),
+        ("DataSource", "spec.stac", "maxLength", json!(2048)),
         ("BatchJob", "spec.command", "minItems", json!(1)),
         ("BatchJob", "spec.command", "maxItems", json!(256)),
         ("BatchJob", "spec.deadlineSeconds", "minimum", json!(1)),
@@ -643,6 +686,7 @@ fn schemas_carry_enums_patterns_bounds_defaults_and_required_fields() {
         // Defaults.
         ("DataSource", "spec.readOnly", "default", json!(true)),
         ("DataSource", "spec.irods.port", "default", json!(1247)),
+        ("DataSource", "spec.csi.mode", "default", json!("Auto")),
         (
             "NodePool",
             "spec.gpu.resourceName",
@@ -670,7 +714,8 @@ fn schemas_carry_enums_patterns_bounds_defaults_and_required_fields() {
             json!(["displayName", "image"]),
         ),
         ("NodePool", "spec", "required", json!(["purpose"])),
-        ("DataSource", "spec", "required", json!(["mountPath"])),
+        // mountPath is required by a CEL rule, only for mounted sources.
+        ("DataSource", "spec", "required", Value::Null),
         (
             "DataSource",
             "spec.s3",
@@ -781,6 +826,26 @@ fn each_cel_rule_sits_where_it_belongs() {
         )
     };
     let env = |kind: &str| row(kind, "spec.env", ENV_RULE, None, None, ENV_MESSAGE);
+    let credentials = |path: &str| {
+        row(
+            "DataSource",
+            path,
+            "!has(self.credentialsSecret) || !has(self.credentialsByGroup)",
+            Some(".credentialsByGroup"),
+            Some("FieldValueForbidden"),
+            "credentialsSecret and credentialsByGroup are mutually exclusive",
+        )
+    };
+    let unique_groups = |path: &str| {
+        row(
+            "DataSource",
+            path,
+            "self.all(x, self.exists_one(y, y.group == x.group))",
+            None,
+            None,
+            "credentialsByGroup must not repeat a group",
+        )
+    };
     let mut expected: Vec<RuleRow> = vec![
         row(
             "Workspace",
@@ -814,11 +879,31 @@ fn each_cel_rule_sits_where_it_belongs() {
         row(
             "DataSource",
             "spec",
-            "[has(self.s3), has(self.irods), has(self.nfs), has(self.pvc)].filter(x, x).size() == 1",
+            "[has(self.s3), has(self.irods), has(self.nfs), has(self.pvc)].filter(x, x).size() <= 1",
             None,
             Some("FieldValueInvalid"),
-            "exactly one of s3, irods, nfs or pvc must be set",
+            "at most one of s3, irods, nfs or pvc may be set",
         ),
+        row(
+            "DataSource",
+            "spec",
+            "has(self.s3) || has(self.irods) || has(self.nfs) || has(self.pvc) || has(self.stac)",
+            None,
+            Some("FieldValueRequired"),
+            "one of s3, irods, nfs, pvc or stac must be set",
+        ),
+        row(
+            "DataSource",
+            "spec",
+            "has(self.mountPath) || !(has(self.nfs) || has(self.pvc) || has(self.csi))",
+            Some(".mountPath"),
+            Some("FieldValueRequired"),
+            "mountPath is required with nfs, pvc or csi",
+        ),
+        credentials("spec.s3"),
+        credentials("spec.irods"),
+        unique_groups("spec.s3.credentialsByGroup"),
+        unique_groups("spec.irods.credentialsByGroup"),
         row(
             "DataSource",
             "spec",
@@ -1194,7 +1279,7 @@ fn every_example_parses_into_the_rust_types_and_is_admitted() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let expected: BTreeMap<String, usize> = [
         ("BatchJob", 1),
-        ("DataSource", 3),
+        ("DataSource", 5),
         ("NodePool", 3),
         ("Workspace", 2),
         ("WorkspaceProfile", 4),
@@ -1340,6 +1425,25 @@ fn the_examples_fit_together() {
     let s3 = sources.iter().find(|s| s.spec.s3.is_some()).unwrap();
     assert!(s3.spec.csi.is_some());
     assert!(s3.spec.s3.as_ref().unwrap().credentials_secret.is_some());
+    // Credentials per virtual organisation, for groups that may use the source.
+    let by_group = sources
+        .iter()
+        .find(|s| {
+            s.spec
+                .s3
+                .as_ref()
+                .is_some_and(|s3| !s3.credentials_by_group.is_empty())
+        })
+        .expect("an s3 source with credentialsByGroup");
+    for entry in &by_group.spec.s3.as_ref().unwrap().credentials_by_group {
+        assert!(by_group.spec.allowed_groups.contains(&entry.group));
+    }
+    // A STAC-only source, not mounted.
+    let stac = sources
+        .iter()
+        .find(|s| s.spec.stac.is_some() && s.spec.s3.is_none())
+        .expect("a STAC source");
+    assert!(stac.spec.mount_path.is_none());
     let irods = sources.iter().find(|s| s.spec.irods.is_some()).unwrap();
     assert_eq!(
         irods.spec.csi.as_ref().map(|c| c.driver.as_str()),
@@ -1402,6 +1506,11 @@ const REQUIRED_INVALID: &[&str] = &[
     "datasource-no-source.yaml",
     "datasource-mountpath-dotdot.yaml",
     "datasource-csi-on-nfs.yaml",
+    "datasource-nfs-without-mountpath.yaml",
+    "datasource-both-credentials.yaml",
+    "datasource-duplicate-group.yaml",
+    "datasource-csi-mode-typo.yaml",
+    "datasource-stac-not-url.yaml",
     "workspace-gputype-without-gpus.yaml",
     "workspace-uppercase-user.yaml",
     "workspace-bad-memory.yaml",

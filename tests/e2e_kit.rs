@@ -82,6 +82,8 @@ fn the_operator_places_and_refuses_the_e2e_workspaces_as_the_script_expects() {
                 .map(String::as_str),
         ),
         token: "0".repeat(64),
+        credential_secrets: None,
+        csi_drivers: None,
     };
 
     let alice = workspaces.iter().find(|w| w.name_any() == "alice").unwrap();

@@ -190,7 +190,7 @@ async fn catalog_flag_loads_the_examples_and_names_a_bad_file() {
     let c = hub.config.catalog.get();
     assert_eq!(
         (c.profiles.len(), c.pools.len(), c.data_sources.len()),
-        (4, 3, 3)
+        (4, 3, 5)
     );
 
     // A multi-document file with a mistake: the error names the file, document and field.

@@ -116,7 +116,7 @@ pub struct DataSourceChoice {
     pub name: String,
     /// Its description.
     pub description: String,
-    /// `s3`, `irods`, `nfs` or `pvc`.
+    /// `s3`, `irods`, `nfs`, `pvc`, or `stac` (a STAC catalogue only).
     pub kind: &'static str,
     /// Where it appears in the workspace.
     pub mount_path: String,
@@ -216,8 +216,10 @@ fn source_kind(d: &DataSource) -> &'static str {
         "irods"
     } else if s.nfs.is_some() {
         "nfs"
-    } else {
+    } else if s.pvc.is_some() {
         "pvc"
+    } else {
+        "stac"
     }
 }
 
@@ -337,17 +339,8 @@ impl Catalog {
                 }
                 "DataSource" => {
                     let d: DataSource = parse_doc(doc).map_err(error)?;
-                    let s = &d.spec;
-                    let backends = [
-                        s.s3.is_some(),
-                        s.irods.is_some(),
-                        s.nfs.is_some(),
-                        s.pvc.is_some(),
-                    ];
-                    if backends.iter().filter(|b| **b).count() != 1 {
-                        return Err(error(
-                            "field spec: exactly one of s3, irods, nfs or pvc must be set".into(),
-                        ));
+                    if let Some(problem) = crate::policy::data::spec_problem(&d.spec) {
+                        return Err(error(format!("field spec: {problem}")));
                     }
                     if self.data_sources.iter().any(|o| o.name_any() == name) {
                         return Err(duplicate("DataSource"));
@@ -414,7 +407,7 @@ impl Catalog {
                 name: d.name_any(),
                 description: d.spec.description.clone(),
                 kind: source_kind(d),
-                mount_path: d.spec.mount_path.clone(),
+                mount_path: d.spec.mount_path.clone().unwrap_or_default(),
                 read_only: d.spec.read_only,
             })
             .collect();
@@ -549,6 +542,8 @@ impl Catalog {
                 .collect(),
             groups,
             token: String::new(),
+            credential_secrets: None,
+            csi_drivers: None,
         };
         validate(&ws, &deref, &OperatorConfig::default()).map_err(CheckError::Refused)?;
         Ok(Some(ws.spec.profile))
@@ -683,6 +678,8 @@ mod tests {
                 "DataSource/sentinel-2-l2a",
                 "DataSource/argo-floats",
                 "DataSource/vo-scratch",
+                "DataSource/argo-s3",
+                "DataSource/earth-search",
             ]
         );
         // The same file alone (a single multi-document file).
@@ -729,7 +726,7 @@ mod tests {
         let e = bad(
             "apiVersion: atelier.dev/v1alpha1\nkind: DataSource\nmetadata: {name: d}\nspec: {mountPath: /d, nfs: {server: s, path: /p}, pvc: {claimName: c}}\n",
         );
-        assert!(e.contains("exactly one of s3"), "{e}");
+        assert!(e.contains("at most one of s3"), "{e}");
         let e = bad("a: [unclosed\n");
         assert!(e.starts_with("site/catalog.yaml: not YAML"), "{e}");
         // A missing file names itself.
@@ -762,7 +759,7 @@ mod tests {
             .iter()
             .map(|d| d.name.as_str())
             .collect();
-        assert_eq!(sources, ["sentinel-2-l2a"]);
+        assert_eq!(sources, ["sentinel-2-l2a", "earth-search"]);
 
         let ocean = c.choices_for(&groups(&["ocean-physics"]));
         let gpu = ocean.iter().find(|p| p.name == "gpu-ml").expect("gpu-ml");
@@ -776,7 +773,7 @@ mod tests {
         assert_eq!(gpu.max_gpus, 2);
         assert_eq!(gpu.gpu_types, ["a100", "v100"]);
         let sources: Vec<&str> = gpu.data_sources.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(sources, ["sentinel-2-l2a", "argo-floats"]);
+        assert_eq!(sources, ["sentinel-2-l2a", "argo-floats", "earth-search"]);
 
         let vo = c.choices_for(&groups(&["vo.example.org"]));
         assert!(!vo.iter().any(|p| p.name == "gpu-ml"));

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod caps;
+pub mod data;
 pub mod groups;
 pub mod names;
 pub mod quantity;

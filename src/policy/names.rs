@@ -40,6 +40,8 @@
 //! | NetworkPolicy | `ws-<ws>`     |
 //! | Secret        | `ws-<ws>-token` |
 //! | PVC (home)    | `home-<ws>`   |
+//! | PVC (data)    | `data-<ws>-<ds>-<hash>` ([`data_claim_name`]) |
+//! | PV (data, cluster-scoped) | `atelier-data-<ns>-<ws>-<ds>-<hash>` ([`data_pv_name`]) |
 //!
 //! and the volume of a DataSource `<ds>` is `data-<ds>`. The `ws-` prefix makes the Service name a
 //! DNS-1035 label (it must start with a letter) even when the Workspace name starts with a digit.
@@ -197,6 +199,26 @@ pub fn home_claim_name(workspace: &str) -> String {
 /// Name of the pod volume of a DataSource.
 pub fn data_volume_name(data_source: &str) -> String {
     dns_label("data-", data_source, "")
+}
+
+/// Name of the PersistentVolumeClaim of DataSource `data_source` for Workspace `workspace`
+/// (a CSI source mounted through a statically provisioned volume). The pair is joined with `/`,
+/// which is in neither name, so the name is always the hashed form of `data-<ws>/<ds>`
+/// (`data-<ws>-<ds>-<hash>`, 63 characters): two pairs never share it, even where `-` joins
+/// would (`a-b` + `c`, `a` + `b-c`).
+pub fn data_claim_name(workspace: &str, data_source: &str) -> String {
+    dns_label("data-", &format!("{workspace}/{data_source}"), "")
+}
+
+/// Name of the PersistentVolume behind [`data_claim_name`]: PersistentVolumes are
+/// cluster-scoped, so the Workspace's namespace is part of it (`atelier-data-<ns>-<ws>-<ds>-<hash>`,
+/// hashed from `<ns>/<ws>/<ds>` as above).
+pub fn data_pv_name(namespace: &str, workspace: &str, data_source: &str) -> String {
+    dns_label(
+        "atelier-data-",
+        &format!("{namespace}/{workspace}/{data_source}"),
+        "",
+    )
 }
 
 /// The URL prefix of a server: `/user/<user>/` or `/user/<user>/<server>/`
@@ -593,6 +615,49 @@ mod tests {
         assert_eq!(data_volume_name("argo-floats"), "data-argo-floats");
         assert_eq!(user_namespace("atelier-u-", "alice"), "atelier-u-alice");
         assert_eq!(pod_name("1abc"), "ws-1abc");
+    }
+
+    #[test]
+    fn data_claim_and_volume_names_tell_every_triple_apart() {
+        let claim = data_claim_name("alice", "argo-floats");
+        assert!(claim.starts_with("data-alice-argo-floats-"), "{claim}");
+        let pv = data_pv_name("atelier", "alice", "argo-floats");
+        assert!(
+            pv.starts_with("atelier-data-atelier-alice-argo-floats-"),
+            "{pv}"
+        );
+        assert_eq!(
+            data_claim_name("alice", "argo-floats"),
+            claim,
+            "deterministic"
+        );
+        let long = "x".repeat(253);
+        let claims = [
+            claim.clone(),
+            data_claim_name("a-b", "c"),
+            data_claim_name("a", "b-c"),
+            data_claim_name("a.b", "c"),
+            data_claim_name("a", "b.c"),
+            data_claim_name(&long, "c"),
+            data_claim_name(&long, "d"),
+        ];
+        let pvs = [
+            pv.clone(),
+            data_pv_name("atelier-u-alice", "alice", "argo-floats"),
+            data_pv_name("a-b", "c", "d"),
+            data_pv_name("a", "b-c", "d"),
+            data_pv_name("a", "b", "c.d"),
+            data_pv_name("a", "b.c", "d"),
+            data_pv_name("atelier", &long, "d"),
+        ];
+        for names in [&claims[..], &pvs[..]] {
+            let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+            assert_eq!(distinct.len(), names.len(), "{names:?}");
+            for n in names {
+                assert!(is_dns_label(n), "{n}");
+                assert_eq!(n.len(), 63, "{n}");
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Data a workspace can reach: an S3 bucket, an iRODS collection, an NFS export or a PVC.
+/// Data a workspace can reach: an S3 bucket, an iRODS collection, an NFS export or a PVC, and/or
+/// a STAC catalogue.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "atelier.dev",
@@ -22,8 +23,10 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.s3), has(self.irods), has(self.nfs), has(self.pvc)].filter(x, x).size() == 1").message("exactly one of s3, irods, nfs or pvc must be set").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("[has(self.s3), has(self.irods), has(self.nfs), has(self.pvc)].filter(x, x).size() <= 1").message("at most one of s3, irods, nfs or pvc may be set").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("has(self.s3) || has(self.irods) || has(self.nfs) || has(self.pvc) || has(self.stac)").message("one of s3, irods, nfs, pvc or stac must be set").reason(Reason::FieldValueRequired))]
 #[x_kube(validation = Rule::new("!has(self.csi) || has(self.s3) || has(self.irods)").message("csi applies only to s3 and irods sources").reason(Reason::FieldValueForbidden).field_path(".csi"))]
+#[x_kube(validation = Rule::new("has(self.mountPath) || !(has(self.nfs) || has(self.pvc) || has(self.csi))").message("mountPath is required with nfs, pvc or csi").reason(Reason::FieldValueRequired).field_path(".mountPath"))]
 pub struct DataSourceSpec {
     /// Human-readable description shown on the spawn page.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -41,10 +44,18 @@ pub struct DataSourceSpec {
     /// An existing PersistentVolumeClaim in the workspace's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcSource>,
-    /// Where the data appears in the workspace.
+    /// A STAC API or static STAC catalogue (`https://...`), passed to the workspace as
+    /// `ATELIER_STAC_<NAME>` and listed in its Intake catalogue. May stand alone (a STAC-only
+    /// source) or describe the data of the backend above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/]+(/.*)?$"))]
+    pub stac: Option<String>,
+    /// Where the data appears in the workspace. Required when the source is mounted (nfs, pvc,
+    /// or a csi driver); an s3 or irods source without csi is only injected as environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 1024), pattern(r"^/([^/\x00]+/?)*$"))]
     #[x_kube(validation = Rule::new("!self.contains('/../') && !self.endsWith('/..')").message("mountPath may not contain '..'"))]
-    pub mount_path: String,
+    pub mount_path: Option<String>,
     /// Mount read-only (the default).
     #[serde(default = "default_true")]
     pub read_only: bool,
@@ -77,9 +88,24 @@ pub struct SecretRef {
     pub name: String,
 }
 
-/// An S3 bucket.
+/// A credentials Secret for the members of one group.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+pub struct GroupCredentials {
+    /// The group (as in `allowedGroups`), e.g. a virtual organisation.
+    #[schemars(
+        length(min = 1, max = 256),
+        pattern(r"^[A-Za-z0-9][A-Za-z0-9._:=@+-]*$")
+    )]
+    pub group: String,
+    /// The Secret its members get (same keys as `credentialsSecret`).
+    pub secret: SecretRef,
+}
+
+/// An S3 bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecret) || !has(self.credentialsByGroup)").message("credentialsSecret and credentialsByGroup are mutually exclusive").reason(Reason::FieldValueForbidden).field_path(".credentialsByGroup"))]
 pub struct S3Source {
     /// Endpoint URL, e.g. `https://s3.example.org`.
     #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/]+(/.*)?$"))]
@@ -94,14 +120,30 @@ pub struct S3Source {
     /// Region (some S3 services need one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// Secret with keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`; anonymous access when absent.
+    /// Secret with keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`; anonymous access when
+    /// absent (and no `credentialsByGroup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretRef>,
+    /// Credentials by group, in order: a user gets the Secret of the first group they belong
+    /// to, and anonymous access when in none. Not together with `credentialsSecret`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y.group == x.group))").message("credentialsByGroup must not repeat a group"))]
+    pub credentials_by_group: Vec<GroupCredentials>,
+    /// Virtual-hosted-style requests (`bucket.host`); path-style (`host/bucket`, what most
+    /// on-premises servers need) when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub virtual_hosting: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// An iRODS collection.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecret) || !has(self.credentialsByGroup)").message("credentialsSecret and credentialsByGroup are mutually exclusive").reason(Reason::FieldValueForbidden).field_path(".credentialsByGroup"))]
 pub struct IrodsSource {
     /// iRODS server host.
     #[schemars(length(min = 1, max = 253))]
@@ -119,6 +161,12 @@ pub struct IrodsSource {
     /// Secret with keys `IRODS_USER_NAME` and `IRODS_PASSWORD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretRef>,
+    /// Credentials by group, in order: a user gets the Secret of the first group they belong
+    /// to, and none when in none. Not together with `credentialsSecret`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y.group == x.group))").message("credentialsByGroup must not repeat a group"))]
+    pub credentials_by_group: Vec<GroupCredentials>,
 }
 
 fn default_irods_port() -> i32 {
@@ -149,7 +197,20 @@ pub struct PvcSource {
     pub claim_name: String,
 }
 
-/// A CSI ephemeral volume realising an s3 or irods source.
+/// How a CSI driver's volume is attached to the workspace.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CsiMode {
+    /// Ephemeral when the cluster's CSIDriver lists `Ephemeral` in its
+    /// `volumeLifecycleModes`, else Persistent.
+    #[default]
+    Auto,
+    /// An inline ephemeral CSI volume in the pod.
+    Ephemeral,
+    /// A statically provisioned PersistentVolume and its claim, per workspace.
+    Persistent,
+}
+
+/// A CSI volume realising an s3 or irods source.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CsiSpec {
@@ -159,7 +220,21 @@ pub struct CsiSpec {
     /// Driver-specific volume attributes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volume_attributes: BTreeMap<String, String>,
-    /// Secret passed to the driver as `nodePublishSecretRef` (defaults to the source's credentials secret).
+    /// Secret passed to the driver as `nodePublishSecretRef` (and `nodeStageSecretRef` on a
+    /// PersistentVolume); defaults to the source's credentials secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_publish_secret: Option<SecretRef>,
+    /// `Auto` (the default), `Ephemeral` or `Persistent`.
+    #[serde(default)]
+    pub mode: CsiMode,
+    /// The PersistentVolume's `volumeHandle` (Persistent mode); default: `bucket/prefix` for
+    /// s3, the PersistentVolume's name for irods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub volume_handle: Option<String>,
+    /// The PersistentVolume's and claim's `storage` (Persistent mode; the drivers ignore it),
+    /// default `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"))]
+    pub capacity: Option<String>,
 }

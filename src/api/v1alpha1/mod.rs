@@ -22,7 +22,8 @@ pub mod conditions {
 pub use batchjob::{BatchJob, BatchJobSpec, BatchJobStatus};
 pub use common::{EnvMap, ResourceRequest, WorkspaceKind};
 pub use datasource::{
-    CsiSpec, DataSource, DataSourceSpec, IrodsSource, NfsSource, PvcSource, S3Source, SecretRef,
+    CsiMode, CsiSpec, DataSource, DataSourceSpec, GroupCredentials, IrodsSource, NfsSource,
+    PvcSource, S3Source, SecretRef,
 };
 pub use nodepool::{Caps, GpuOffer, NodePool, NodePoolCaps, NodePoolSpec, PoolPurpose};
 pub use profile::{HomePolicy, HomeReclaim, WorkspaceProfile, WorkspaceProfileSpec};

@@ -623,7 +623,8 @@ fn data_volumes(sources: &[(String, DataSourceSpec)]) -> (Vec<Volume>, Vec<Volum
         volumes.push(volume);
         mounts.push(VolumeMount {
             name: volume_name,
-            mount_path: spec.mount_path.clone(),
+            // The CRD requires a mountPath on every mounted source.
+            mount_path: spec.mount_path.clone().unwrap_or_default(),
             read_only,
             ..VolumeMount::default()
         });

@@ -96,6 +96,8 @@ pub fn inputs(ws: &Workspace, token: &str) -> Dereferenced {
         data_sources: vec![data_source()],
         groups: parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
         token: token.to_owned(),
+        credential_secrets: None,
+        csi_drivers: None,
     }
 }
 

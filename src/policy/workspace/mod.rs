@@ -39,6 +39,12 @@ pub struct Dereferenced {
     pub groups: BTreeSet<String>,
     /// The server's API token: read from the existing Secret, or freshly generated when there is none.
     pub token: String,
+    /// The credentials Secrets that exist where the workspace runs (by name); `None`: not
+    /// checked (a caller that cannot see them), so a missing Secret is not refused.
+    pub credential_secrets: Option<BTreeSet<String>>,
+    /// The cluster's CSI drivers, by name, with their `volumeLifecycleModes` (`Persistent`,
+    /// `Ephemeral`); `None`: not checked.
+    pub csi_drivers: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// Why a workspace may not run. `reason` is a CamelCase condition reason naming the rule.

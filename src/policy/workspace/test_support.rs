@@ -85,6 +85,8 @@ pub(crate) fn deref(ws: &Workspace) -> Dereferenced {
             .collect(),
         groups: parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
         token: TOKEN.to_owned(),
+        credential_secrets: None,
+        csi_drivers: None,
     }
 }
 

@@ -11,7 +11,11 @@
 //!    the profile's `maxResources` (a `maxResources.gpuType` is the only type allowed, and the
 //!    type of a GPU request that names none); quantities come out canonical (`0.5` → `500m`);
 //!    the home size;
-//! 6. data sources: exist, open to the user, no two mounted at the same path;
+//! 6. data sources: exist, open to the user, well formed ([`reason::DATA_SOURCE_INVALID`]),
+//!    the Secret of the user's credentials and the CSI driver's Secret exist (when the caller
+//!    read the Secrets: [`Dereferenced::credential_secrets`]), the CSI driver is installed and
+//!    supports the asked mode (when the caller read them: [`Dereferenced::csi_drivers`]), no two
+//!    mounted at the same path;
 //! 7. node pool (see [`crate::policy::routing`]);
 //! 8. the pool's caps, for this workspace alone (see [`crate::policy::caps`]): a request no
 //!    cap could ever admit is refused here. What the *other* workspaces use is admission's:
@@ -29,7 +33,9 @@ use super::{
     Dereferenced, EffectiveResources, HomeVolume, PlacedPool, Refusal, ValidatedWorkspace,
 };
 use crate::api::v1alpha1::ResourceRequest;
-use crate::api::v1alpha1::{DataSourceSpec, DesiredState, NodePool, Workspace, WorkspaceProfile};
+use crate::api::v1alpha1::{
+    CsiMode, DataSourceSpec, DesiredState, NodePool, Workspace, WorkspaceProfile,
+};
 use crate::config::{NamespaceMode, OperatorConfig};
 use crate::policy::admission::{Claim, UsageIndex};
 use crate::policy::{
@@ -63,6 +69,15 @@ pub mod reason {
     pub const DATA_SOURCE_FORBIDDEN: &str = "DataSourceForbidden";
     /// Two DataSources (or one and the home volume) share a mount path or environment names.
     pub const DATA_SOURCE_CONFLICT: &str = "DataSourceConflict";
+    /// A DataSource breaks a rule of its CRD (a catalogue the API server did not check), or
+    /// cannot work as written (group credentials on a CSI mount without a mount Secret).
+    pub const DATA_SOURCE_INVALID: &str = "DataSourceInvalid";
+    /// A Secret a DataSource gives the user (or its CSI driver) does not exist.
+    pub const DATA_CREDENTIALS_NOT_FOUND: &str = "DataCredentialsNotFound";
+    /// The CSI driver a DataSource names is not installed in the cluster.
+    pub const CSI_DRIVER_NOT_FOUND: &str = "CSIDriverNotFound";
+    /// The CSI driver does not support the volume mode the DataSource asks for.
+    pub const CSI_DRIVER_MODE_UNSUPPORTED: &str = "CSIDriverModeUnsupported";
     /// The named NodePool does not exist.
     pub const NODE_POOL_NOT_FOUND: &str = "NodePoolNotFound";
     /// The named NodePool is not open to the user or does not fit the request.
@@ -388,15 +403,18 @@ fn data_sources(
                 ),
             ));
         }
+        well_formed(name, spec)?;
+        credentials_exist(name, spec, deref, ws)?;
+        csi_driver_fits(name, spec, deref)?;
         let mounted = spec.nfs.is_some() || spec.pvc.is_some() || spec.csi.is_some();
         if mounted {
-            let path = normalize_path(&spec.mount_path);
+            let mount_path = spec.mount_path.as_deref().unwrap_or_default();
+            let path = normalize_path(mount_path);
             if let Some(other) = mounts.insert(path, format!("DataSource {name}")) {
                 return Err(refuse(
                     reason::DATA_SOURCE_CONFLICT,
                     format!(
-                        "DataSource {name} would be mounted at {}, where {other} is mounted",
-                        spec.mount_path
+                        "DataSource {name} would be mounted at {mount_path}, where {other} is mounted"
                     ),
                 ));
             }
@@ -413,6 +431,106 @@ fn data_sources(
         out.push((name.clone(), spec.clone()));
     }
     Ok(out)
+}
+
+/// The rules of the DataSource CRD that a catalogue read without the API server may break
+/// ([`policy::data::spec_problem`]).
+fn well_formed(name: &str, spec: &DataSourceSpec) -> Result<(), Refusal> {
+    match policy::data::spec_problem(spec) {
+        Some(problem) => Err(refuse(
+            reason::DATA_SOURCE_INVALID,
+            format!("DataSource {name}: {problem}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The Secrets the user's credentials and the CSI driver need exist (when the caller read them).
+fn credentials_exist(
+    name: &str,
+    spec: &DataSourceSpec,
+    deref: &Dereferenced,
+    ws: &Workspace,
+) -> Result<(), Refusal> {
+    let Some(secrets) = &deref.credential_secrets else {
+        return Ok(());
+    };
+    let namespace = ws.metadata.namespace.as_deref().unwrap_or_default();
+    let missing = |secret: &str, why: String| {
+        Err(refuse(
+            reason::DATA_CREDENTIALS_NOT_FOUND,
+            format!(
+                "DataSource {name}: Secret {secret} ({why}) does not exist in namespace {namespace}"
+            ),
+        ))
+    };
+    if let Some((group, secret)) = policy::data::credentials_for(spec, &deref.groups)
+        && !secrets.contains(&secret.name)
+    {
+        let why = match group {
+            Some(group) => format!("credentials of group {group}"),
+            None => "credentials".to_owned(),
+        };
+        return missing(&secret.name, why);
+    }
+    if let Some(secret) = spec
+        .csi
+        .as_ref()
+        .and_then(|c| c.node_publish_secret.as_ref())
+        && !secrets.contains(&secret.name)
+    {
+        return missing(&secret.name, "csi.nodePublishSecret".to_owned());
+    }
+    Ok(())
+}
+
+/// The CSI driver is installed and supports the asked mode (when the caller read the drivers).
+fn csi_driver_fits(name: &str, spec: &DataSourceSpec, deref: &Dereferenced) -> Result<(), Refusal> {
+    let (Some(csi), Some(drivers)) = (&spec.csi, &deref.csi_drivers) else {
+        return Ok(());
+    };
+    let Some(modes) = drivers.get(&csi.driver) else {
+        return Err(refuse(
+            reason::CSI_DRIVER_NOT_FOUND,
+            format!(
+                "DataSource {name}: CSI driver {} is not installed in the cluster (no CSIDriver {})",
+                csi.driver, csi.driver
+            ),
+        ));
+    };
+    // A CSIDriver without volumeLifecycleModes supports Persistent only (storage.k8s.io/v1).
+    let supports = |mode: &str| {
+        if modes.is_empty() {
+            mode == "Persistent"
+        } else {
+            modes.iter().any(|m| m == mode)
+        }
+    };
+    let wanted = match csi.mode {
+        CsiMode::Auto => None,
+        CsiMode::Ephemeral => Some("Ephemeral"),
+        CsiMode::Persistent => Some("Persistent"),
+    };
+    let fits = match wanted {
+        Some(mode) => supports(mode),
+        None => supports("Ephemeral") || supports("Persistent"),
+    };
+    if !fits {
+        let asked = wanted.unwrap_or("Ephemeral or Persistent");
+        let offered = if modes.is_empty() {
+            "Persistent".to_owned()
+        } else {
+            modes.join(", ")
+        };
+        return Err(refuse(
+            reason::CSI_DRIVER_MODE_UNSUPPORTED,
+            format!(
+                "DataSource {name}: CSI driver {} supports {offered} volumes, not {asked}",
+                csi.driver
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn normalize_path(p: &str) -> String {

@@ -617,7 +617,7 @@ fn data_source_rules() {
         "user: alice\nprofile: rstudio\ndataSources: [team-shared]",
     );
     let mut d = deref(&w);
-    d.data_sources[0].spec.mount_path = "/home/rstudio/".into();
+    d.data_sources[0].spec.mount_path = Some("/home/rstudio/".into());
     let r = validate(&w, &d, &cfg()).unwrap_err();
     assert_eq!(
         (r.reason, r.message.as_str()),
@@ -646,6 +646,236 @@ fn data_source_rules() {
             "team-shared"
         ]
     );
+}
+
+/// A DataSource named `name` from YAML spec lines.
+fn data_source(name: &str, spec: &str) -> crate::api::v1alpha1::DataSource {
+    let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    yaml(&format!(
+        "apiVersion: atelier.dev/v1alpha1\nkind: DataSource\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    ))
+}
+
+/// `validate` of a workspace of `groups` using only `source`, with what the caller read.
+fn with_source(
+    groups: &str,
+    source: crate::api::v1alpha1::DataSource,
+    secrets: Option<&[&str]>,
+    drivers: Option<&[(&str, &[&str])]>,
+) -> Result<ValidatedWorkspace, Refusal> {
+    let w = ws(
+        "w",
+        groups,
+        &format!(
+            "user: alice\nprofile: rstudio\ndataSources: [{}]",
+            source.name_any()
+        ),
+    );
+    let mut d = deref(&w);
+    d.data_sources = vec![source];
+    d.credential_secrets = secrets.map(set);
+    d.csi_drivers = drivers.map(|ds| {
+        ds.iter()
+            .map(|(n, modes)| (n.to_string(), modes.iter().map(|m| m.to_string()).collect()))
+            .collect()
+    });
+    validate(&w, &d, &cfg())
+}
+
+const BY_GROUP: &str = "s3:
+  endpoint: http://127.0.0.1:8333
+  bucket: argo
+  credentialsByGroup:
+    - {group: vo-ocean, secret: {name: ocean-s3}}
+    - {group: physics, secret: {name: physics-s3}}";
+
+#[test]
+fn data_credentials_must_exist_when_checked() {
+    let argo = data_source("argo", BY_GROUP);
+    // Not checked (None): the hub without a view of the Secrets keeps today's behaviour.
+    assert!(with_source("physics", argo.clone(), None, None).is_ok());
+    // The user's group's Secret exists: fine; another group's missing Secret does not matter.
+    assert!(with_source("physics", argo.clone(), Some(&["physics-s3"]), None).is_ok());
+    // The Secret the user would get is missing.
+    let r = with_source("physics", argo.clone(), Some(&["ocean-s3"]), None).unwrap_err();
+    assert_eq!(
+        (r.reason, r.message.as_str()),
+        (
+            reason::DATA_CREDENTIALS_NOT_FOUND,
+            "DataSource argo: Secret physics-s3 (credentials of group physics) does not exist in namespace atelier"
+        )
+    );
+    // The first group listed wins when the user is in several.
+    let r = with_source(
+        "physics,vo-ocean",
+        argo.clone(),
+        Some(&["physics-s3"]),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        r.message
+            .contains("Secret ocean-s3 (credentials of group vo-ocean)"),
+        "{}",
+        r.message
+    );
+    // In no group: no credentials, nothing to check.
+    assert!(with_source("chemistry", argo, Some(&[]), None).is_ok());
+
+    // A single credentialsSecret, and a CSI driver's own Secret.
+    let era5 = data_source(
+        "era5",
+        "s3:
+  endpoint: https://objects.example.org
+  bucket: era5
+  credentialsSecret: {name: era5-creds}
+csi:
+  driver: ru.yandex.s3.csi
+  nodePublishSecret: {name: era5-csi}
+mountPath: /data/era5",
+    );
+    let r = with_source("physics", era5.clone(), Some(&["era5-csi"]), None).unwrap_err();
+    assert_eq!(
+        r.message,
+        "DataSource era5: Secret era5-creds (credentials) does not exist in namespace atelier"
+    );
+    let r = with_source("physics", era5.clone(), Some(&["era5-creds"]), None).unwrap_err();
+    assert_eq!(
+        (r.reason, r.message.as_str()),
+        (
+            reason::DATA_CREDENTIALS_NOT_FOUND,
+            "DataSource era5: Secret era5-csi (csi.nodePublishSecret) does not exist in namespace atelier"
+        )
+    );
+    assert!(with_source("physics", era5, Some(&["era5-creds", "era5-csi"]), None).is_ok());
+}
+
+#[test]
+fn csi_drivers_must_be_installed_and_fit_the_mode() {
+    let source = |mode: &str| {
+        data_source(
+            "era5",
+            &format!(
+                "s3:
+  endpoint: https://objects.example.org
+  bucket: era5
+csi:
+  driver: ru.yandex.s3.csi
+  mode: {mode}
+mountPath: /data/era5"
+            ),
+        )
+    };
+    // Not checked.
+    assert!(with_source("physics", source("Ephemeral"), None, None).is_ok());
+    let r = with_source(
+        "physics",
+        source("Auto"),
+        None,
+        Some(&[("irods.csi.cyverse.org", &[])]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (r.reason, r.message.as_str()),
+        (
+            reason::CSI_DRIVER_NOT_FOUND,
+            "DataSource era5: CSI driver ru.yandex.s3.csi is not installed in the cluster (no CSIDriver ru.yandex.s3.csi)"
+        )
+    );
+    let persistent: &[(&str, &[&str])] = &[("ru.yandex.s3.csi", &["Persistent"])];
+    assert!(with_source("physics", source("Auto"), None, Some(persistent)).is_ok());
+    assert!(with_source("physics", source("Persistent"), None, Some(persistent)).is_ok());
+    let r = with_source("physics", source("Ephemeral"), None, Some(persistent)).unwrap_err();
+    assert_eq!(
+        (r.reason, r.message.as_str()),
+        (
+            reason::CSI_DRIVER_MODE_UNSUPPORTED,
+            "DataSource era5: CSI driver ru.yandex.s3.csi supports Persistent volumes, not Ephemeral"
+        )
+    );
+    // No volumeLifecycleModes: Persistent only.
+    let unlisted: &[(&str, &[&str])] = &[("ru.yandex.s3.csi", &[])];
+    assert!(with_source("physics", source("Persistent"), None, Some(unlisted)).is_ok());
+    assert_eq!(
+        with_source("physics", source("Ephemeral"), None, Some(unlisted))
+            .unwrap_err()
+            .reason,
+        reason::CSI_DRIVER_MODE_UNSUPPORTED
+    );
+    let inline: &[(&str, &[&str])] = &[("ru.yandex.s3.csi", &["Ephemeral"])];
+    assert!(with_source("physics", source("Ephemeral"), None, Some(inline)).is_ok());
+    assert!(with_source("physics", source("Auto"), None, Some(inline)).is_ok());
+    assert_eq!(
+        with_source("physics", source("Persistent"), None, Some(inline))
+            .unwrap_err()
+            .reason,
+        reason::CSI_DRIVER_MODE_UNSUPPORTED
+    );
+}
+
+#[test]
+fn data_sources_the_api_server_did_not_check() {
+    let cases = [
+        (
+            "s3:\n  endpoint: https://s3.example.org\n  bucket: argo\nnfs:\n  server: nfs\n  path: /x\nmountPath: /x",
+            "at most one of s3, irods, nfs or pvc may be set",
+        ),
+        (
+            "description: nothing",
+            "one of s3, irods, nfs, pvc or stac must be set",
+        ),
+        (
+            "nfs:\n  server: nfs\n  path: /x\ncsi:\n  driver: nfs.csi.k8s.io\nmountPath: /x",
+            "csi applies only to s3 and irods sources",
+        ),
+        (
+            "pvc:\n  claimName: team",
+            "mountPath is required with nfs, pvc or csi",
+        ),
+        (
+            "s3:\n  endpoint: https://s3.example.org\n  bucket: argo\n  credentialsSecret: {name: a}\n  credentialsByGroup: [{group: g, secret: {name: b}}]",
+            "credentialsSecret and credentialsByGroup are mutually exclusive",
+        ),
+        (
+            "irods:\n  host: h\n  zone: z\n  path: /z\n  credentialsByGroup: [{group: g, secret: {name: a}}, {group: g, secret: {name: b}}]",
+            "credentialsByGroup names group g twice",
+        ),
+        (
+            "s3:\n  endpoint: https://s3.example.org\n  bucket: argo\n  credentialsByGroup: [{group: g, secret: {name: a}}]\ncsi:\n  driver: ru.yandex.s3.csi\nmountPath: /data/argo",
+            "an s3 source with credentialsByGroup is mounted with one Secret for all its users: set csi.nodePublishSecret",
+        ),
+    ];
+    for (spec, message) in cases {
+        let r = with_source("physics", data_source("bad", spec), None, None).unwrap_err();
+        assert_eq!(
+            (r.reason, r.message.as_str()),
+            (
+                reason::DATA_SOURCE_INVALID,
+                format!("DataSource bad: {message}").as_str()
+            ),
+            "{spec}"
+        );
+    }
+    // A STAC-only source, and group credentials with a mount Secret, are fine.
+    assert!(
+        with_source(
+            "physics",
+            data_source("stac", "stac: https://earth-search.example.org/v1"),
+            Some(&[]),
+            Some(&[])
+        )
+        .is_ok()
+    );
+    assert!(with_source(
+        "physics",
+        data_source(
+            "argo",
+            "s3:\n  endpoint: https://s3.example.org\n  bucket: argo\n  credentialsByGroup: [{group: g, secret: {name: a}}]\ncsi:\n  driver: ru.yandex.s3.csi\n  nodePublishSecret: {name: argo-mount}\nmountPath: /data/argo"
+        ),
+        None,
+        None
+    )
+    .is_ok());
 }
 
 #[test]

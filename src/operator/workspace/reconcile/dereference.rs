@@ -102,6 +102,8 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
             data_sources,
             groups,
             token,
+            credential_secrets: None,
+            csi_drivers: None,
         },
         secret,
     })
