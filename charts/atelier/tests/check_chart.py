@@ -423,6 +423,15 @@ def check_operator_replicas(docs: list[dict], label: str, replicas: int) -> None
     config = find(docs, "ConfigMap", "-operator")["data"]
     check(config.get("ATELIER_LEASE_NAME") == operator["metadata"]["name"] and "ATELIER_LEADER_ELECTION" not in config,
           f"{label}: leader election on, the Lease named like the Deployment ({config.get('ATELIER_LEASE_NAME')})")
+    pod = operator["spec"]["template"]
+    spread = (pod["spec"].get("affinity", {}).get("podAntiAffinity", {})
+              .get("preferredDuringSchedulingIgnoredDuringExecution", []))
+    if replicas > 1:
+        check(len(spread) == 1 and spread[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+              and spread[0]["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(),
+              f"{label}: the operator replicas prefer different nodes (podAntiAffinity on the hostname)")
+    else:
+        check("affinity" not in pod["spec"], f"{label}: no anti-affinity for one operator")
     pdb = find(docs, "PodDisruptionBudget", "-operator")
     if replicas > 1:
         check(pdb is not None and pdb["spec"].get("minAvailable") == 1
