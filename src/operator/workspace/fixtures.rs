@@ -276,6 +276,15 @@ impl Seen {
     pub fn is_write(&self) -> bool {
         !matches!(self.method, Method::GET | Method::HEAD)
     }
+
+    /// `METHOD /path`, without the query: how the scenarios' request logs read.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {}",
+            self.method,
+            self.uri.split('?').next().unwrap_or_default()
+        )
+    }
 }
 
 fn status_body(code: u16, reason: &str) -> Value {

@@ -46,13 +46,7 @@ fn settled(ws: &Workspace, d: &WorkspaceResources, pods: Vec<Pod>) -> Cluster {
 
 fn write_log(seen: &[crate::operator::workspace::fixtures::Seen]) -> Vec<String> {
     seen.iter()
-        .map(|s| {
-            format!(
-                "{} {}",
-                s.method,
-                s.uri.split('?').next().unwrap_or_default()
-            )
-        })
+        .map(crate::operator::workspace::fixtures::Seen::line)
         .collect()
 }
 

@@ -107,12 +107,11 @@ impl Backoff for EachWatchBacksOffAlone {
 /// when the CRDs are missing).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// A watch of `api` feeding `writer` (and `index`), filtered by `predicate`: the trigger stream
-/// of a child kind (kube-rs `Controller::owns_stream` docs: `watcher → reflect →
-/// touched_objects → predicate_filter`).
+/// A watch of the operator's objects of `api` ([`MANAGED_BY_SELECTOR`]) feeding `writer` (and
+/// `index`), filtered by `predicate`: the trigger stream of a child kind (kube-rs
+/// `Controller::owns_stream` docs: `watcher → reflect → touched_objects → predicate_filter`).
 fn child_stream<K>(
     api: Api<K>,
-    config: watcher::Config,
     writer: Writer<K>,
     index: Option<Arc<ChildIndex>>,
     expected: Arc<Expectations>,
@@ -128,7 +127,7 @@ where
         + 'static,
 {
     child_triggers(
-        watcher(api, config).default_backoff(),
+        watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR)).default_backoff(),
         writer,
         index,
         expected,
@@ -277,7 +276,6 @@ pub async fn run_controller(
     };
     let client = ctx.client.clone();
     let ns = watch_namespace.as_deref();
-    let children = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
     let caches = ctx.caches.clone();
 
     let usage_ctx = ctx.clone();
@@ -302,7 +300,6 @@ pub async fn run_controller(
         .trigger_backoff(EachWatchBacksOffAlone)
         .owns_stream(child_stream(
             scoped::<Pod>(&client, ns),
-            children(),
             writers.pods,
             Some(caches.pods_by_workspace.clone()),
             caches.expected.clone(),
@@ -310,7 +307,6 @@ pub async fn run_controller(
         ))
         .owns_stream(child_stream(
             scoped::<Service>(&client, ns),
-            children(),
             writers.services,
             None,
             caches.expected.clone(),
@@ -318,7 +314,6 @@ pub async fn run_controller(
         ))
         .owns_stream(child_stream(
             scoped::<Secret>(&client, ns),
-            children(),
             writers.secrets,
             None,
             caches.expected.clone(),
@@ -326,7 +321,6 @@ pub async fn run_controller(
         ))
         .owns_stream(child_stream(
             scoped::<NetworkPolicy>(&client, ns),
-            children(),
             writers.network_policies,
             None,
             caches.expected.clone(),
@@ -335,7 +329,6 @@ pub async fn run_controller(
         .watches_stream(
             child_stream(
                 scoped::<PersistentVolumeClaim>(&client, ns),
-                children(),
                 writers.pvcs,
                 Some(caches.pvcs_by_workspace.clone()),
                 caches.expected.clone(),
@@ -378,7 +371,6 @@ pub async fn run_controller(
             .watches_stream(
                 child_stream(
                     Api::<Namespace>::all(client.clone()),
-                    children(),
                     writers.namespaces,
                     None,
                     caches.expected.clone(),
@@ -389,7 +381,6 @@ pub async fn run_controller(
             .watches_stream(
                 child_stream(
                     scoped::<ResourceQuota>(&client, ns),
-                    children(),
                     writers.resource_quotas,
                     None,
                     caches.expected.clone(),
@@ -400,7 +391,6 @@ pub async fn run_controller(
             .watches_stream(
                 child_stream(
                     scoped::<LimitRange>(&client, ns),
-                    children(),
                     writers.limit_ranges,
                     None,
                     caches.expected.clone(),

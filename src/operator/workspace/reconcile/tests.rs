@@ -19,8 +19,8 @@ use crate::config::{NamespaceMode, OperatorConfig};
 use crate::operator::Error;
 use crate::operator::metrics;
 use crate::operator::workspace::fixtures::{
-    ApiServerVerifier, Cluster, Outcome, Step, applied, assert_json_eq, desired, inputs, observed,
-    pool, profile, run_scenario, seeded_context, validated, with_pod_status, workspace,
+    ApiServerVerifier, Cluster, Outcome, Seen, Step, applied, assert_json_eq, desired, inputs,
+    observed, pool, profile, run_scenario, seeded_context, validated, with_pod_status, workspace,
     workspace_path,
 };
 use crate::operator::workspace::status::{self, StatusInput};
@@ -178,17 +178,7 @@ fn assert_ok(outcome: &Outcome, expected: Action) {
 }
 
 fn write_log(outcome: &Outcome) -> Vec<String> {
-    outcome
-        .writes()
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {}",
-                s.method,
-                s.uri.split('?').next().unwrap_or_default()
-            )
-        })
-        .collect()
+    outcome.writes().into_iter().map(Seen::line).collect()
 }
 
 #[tokio::test]
