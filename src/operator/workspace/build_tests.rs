@@ -441,89 +441,15 @@ fn every_data_source_kind() {
         })
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let want: BTreeMap<&str, &str> = BTreeMap::from([
-        // argo-floats: the first s3 source also sets the standard variables.
-        (
-            "ATELIER_DATA_ARGO_FLOATS_ENDPOINT_URL",
-            "https://s3.example.org",
-        ),
-        ("ATELIER_DATA_ARGO_FLOATS_BUCKET", "argo"),
-        ("ATELIER_DATA_ARGO_FLOATS_PREFIX", "floats/"),
-        ("ATELIER_DATA_ARGO_FLOATS_URL", "s3://argo/floats/"),
-        ("ATELIER_DATA_ARGO_FLOATS_REGION", "eu-west-1"),
-        (
-            "ATELIER_DATA_ARGO_FLOATS_AWS_ACCESS_KEY_ID",
-            "secret:argo-creds/AWS_ACCESS_KEY_ID",
-        ),
-        (
-            "ATELIER_DATA_ARGO_FLOATS_AWS_SECRET_ACCESS_KEY",
-            "secret:argo-creds/AWS_SECRET_ACCESS_KEY",
-        ),
-        ("AWS_ENDPOINT_URL", "https://s3.example.org"),
-        ("FSSPEC_S3_ENDPOINT_URL", "https://s3.example.org"),
-        ("AWS_DEFAULT_REGION", "eu-west-1"),
-        ("AWS_ACCESS_KEY_ID", "secret:argo-creds/AWS_ACCESS_KEY_ID"),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            "secret:argo-creds/AWS_SECRET_ACCESS_KEY",
-        ),
-        // era5: another Secret, reached through its own names only.
-        (
-            "ATELIER_DATA_ERA5_ENDPOINT_URL",
-            "https://objects.example.org",
-        ),
-        ("ATELIER_DATA_ERA5_BUCKET", "era5"),
-        ("ATELIER_DATA_ERA5_PREFIX", ""),
-        ("ATELIER_DATA_ERA5_URL", "s3://era5/"),
-        (
-            "ATELIER_DATA_ERA5_AWS_ACCESS_KEY_ID",
-            "secret:era5-creds/AWS_ACCESS_KEY_ID",
-        ),
-        (
-            "ATELIER_DATA_ERA5_AWS_SECRET_ACCESS_KEY",
-            "secret:era5-creds/AWS_SECRET_ACCESS_KEY",
-        ),
-        // sentinel: anonymous.
-        (
-            "ATELIER_DATA_SENTINEL_ENDPOINT_URL",
-            "https://sentinel.example.org",
-        ),
-        ("ATELIER_DATA_SENTINEL_BUCKET", "sentinel-2"),
-        ("ATELIER_DATA_SENTINEL_PREFIX", ""),
-        ("ATELIER_DATA_SENTINEL_URL", "s3://sentinel-2/"),
-        ("ATELIER_DATA_SENTINEL_ANONYMOUS", "true"),
-        // irods-archive: the first irods source also sets the iRODS client's variables.
-        ("ATELIER_DATA_IRODS_ARCHIVE_HOST", "irods.example.org"),
-        ("ATELIER_DATA_IRODS_ARCHIVE_PORT", "1247"),
-        ("ATELIER_DATA_IRODS_ARCHIVE_ZONE", "tempZone"),
-        ("ATELIER_DATA_IRODS_ARCHIVE_PATH", "/tempZone/home/public"),
-        (
-            "ATELIER_DATA_IRODS_ARCHIVE_IRODS_USER_NAME",
-            "secret:irods-creds/IRODS_USER_NAME",
-        ),
-        (
-            "ATELIER_DATA_IRODS_ARCHIVE_IRODS_PASSWORD",
-            "secret:irods-creds/IRODS_PASSWORD",
-        ),
-        ("IRODS_HOST", "irods.example.org"),
-        ("IRODS_PORT", "1247"),
-        ("IRODS_ZONE_NAME", "tempZone"),
-        ("IRODS_USER_NAME", "secret:irods-creds/IRODS_USER_NAME"),
-        ("IRODS_PASSWORD", "secret:irods-creds/IRODS_PASSWORD"),
-        // irods-csi.
-        ("ATELIER_DATA_IRODS_CSI_HOST", "irods2.example.org"),
-        ("ATELIER_DATA_IRODS_CSI_PORT", "1248"),
-        ("ATELIER_DATA_IRODS_CSI_ZONE", "otherZone"),
-        ("ATELIER_DATA_IRODS_CSI_PATH", "/otherZone/projects"),
-        (
-            "ATELIER_DATA_IRODS_CSI_IRODS_USER_NAME",
-            "secret:irods2-creds/IRODS_USER_NAME",
-        ),
-        (
-            "ATELIER_DATA_IRODS_CSI_IRODS_PASSWORD",
-            "secret:irods2-creds/IRODS_PASSWORD",
-        ),
-    ]);
+    // The data sources' environment (tests/fixtures/builders/data-source-env.json, which
+    // policy::data's test checks too): argo-floats, the first s3 source, also sets the standard
+    // variables; era5 reaches another Secret through its own names only; sentinel is
+    // anonymous; irods-archive, the first irods source, also sets the iRODS client's variables.
+    let want: BTreeMap<String, String> = serde_json::from_str(include_str!(
+        "../../../tests/fixtures/builders/data-source-env.json"
+    ))
+    .expect("the expected environment");
+    let want: BTreeMap<&str, &str> = want.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(data_env, want);
 }
 
