@@ -1,16 +1,18 @@
 //! The informer caches the Workspace controller reads instead of the API server.
 //!
-//! [`Caches`] holds a [`Store`] reader per watched kind; the controller owns the matching
-//! [`CacheWriters`] and feeds them from its watch streams (kube's `reflector()`: the store is
-//! written before any trigger filter sees an event, so the caches stay exact). A
-//! [`ChildIndex`] finds a Workspace's pods and home volumes by their [`WORKSPACE_LABEL`]
-//! without walking every cached object. [`Tokens`] bridges the cache lag of the token Secret.
+//! [`Caches`] holds a reader per watched kind: kube's reflector [`Store`] for the Workspaces and
+//! the inputs (profiles, pools, data sources), a [`Compact`] store for the children, which keeps
+//! only what a reconciliation reads of each and finds a Workspace's pods and home volumes by
+//! their Workspace label. The controller owns the matching [`CacheWriters`] and feeds them
+//! from its watch streams (the store is written before any trigger filter sees an event, so the
+//! caches stay exact). [`Tokens`] bridges the cache lag of the token Secret; [`Expectations`]
+//! the lag of the operator's own writes.
 //!
 //! (kube-rs `examples/shared_stream_controllers.rs` and the `Controller::for_stream` docs:
 //! `watcher() → reflect(writer) → touched_objects() → predicate_filter()`; client-go's
 //! `Lister`s serve every read of a controller from its informers' indexers the same way.)
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,8 +20,7 @@ use tokio::time::Instant;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{
-    ContainerStatus, LimitRange, Namespace, PersistentVolumeClaim, Pod, PodSpec, PodStatus,
-    ResourceQuota, Secret, Service, ServiceSpec,
+    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Resource;
@@ -27,10 +28,11 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 
-use super::WORKSPACE_LABEL;
-use super::{APPLIED_HASH_ANNOTATION, applied_hash};
+use super::applied_hash;
 use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile, WorkspaceStatus};
-use crate::policy::workspace::TOKEN_KEY;
+
+mod compact;
+pub use compact::{Compact, CompactWriter, Compactable, PodDetail, compact};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
@@ -45,15 +47,15 @@ pub struct Caches {
     /// The Workspaces.
     pub workspaces: Store<Workspace>,
     /// Pods of the operator (managed-by label).
-    pub pods: Store<Pod>,
+    pub pods: Compact<Pod>,
     /// Services of the operator.
-    pub services: Store<Service>,
+    pub services: Compact<Service>,
     /// Secrets of the operator (the API tokens).
-    pub secrets: Store<Secret>,
+    pub secrets: Compact<Secret>,
     /// NetworkPolicies of the operator (per Workspace, and per user namespace).
-    pub network_policies: Store<NetworkPolicy>,
+    pub network_policies: Compact<NetworkPolicy>,
     /// Home volumes (managed-by label).
-    pub pvcs: Store<PersistentVolumeClaim>,
+    pub pvcs: Compact<PersistentVolumeClaim>,
     /// Every WorkspaceProfile.
     pub profiles: Store<WorkspaceProfile>,
     /// Every NodePool.
@@ -61,15 +63,11 @@ pub struct Caches {
     /// Every DataSource.
     pub data_sources: Store<DataSource>,
     /// Per-user mode: the users' namespaces (managed-by label).
-    pub namespaces: Store<Namespace>,
+    pub namespaces: Compact<Namespace>,
     /// Per-user mode: the users' ResourceQuotas (managed-by label).
-    pub resource_quotas: Store<ResourceQuota>,
+    pub resource_quotas: Compact<ResourceQuota>,
     /// Per-user mode: the users' LimitRanges (managed-by label).
-    pub limit_ranges: Store<LimitRange>,
-    /// Pods by Workspace.
-    pub pods_by_workspace: std::sync::Arc<ChildIndex>,
-    /// Home volumes by Workspace.
-    pub pvcs_by_workspace: std::sync::Arc<ChildIndex>,
+    pub limit_ranges: Compact<LimitRange>,
     /// The writes the caches do not show yet.
     pub expected: std::sync::Arc<Expectations>,
     /// Resolves once every store but the Workspaces' has been listed ([`Caches::ready`]).
@@ -87,15 +85,15 @@ pub struct CacheWriters {
     /// The Workspaces.
     pub workspaces: Writer<Workspace>,
     /// Pods.
-    pub pods: Writer<Pod>,
+    pub pods: CompactWriter<Pod>,
     /// Services.
-    pub services: Writer<Service>,
+    pub services: CompactWriter<Service>,
     /// Secrets.
-    pub secrets: Writer<Secret>,
+    pub secrets: CompactWriter<Secret>,
     /// NetworkPolicies.
-    pub network_policies: Writer<NetworkPolicy>,
+    pub network_policies: CompactWriter<NetworkPolicy>,
     /// Home volumes.
-    pub pvcs: Writer<PersistentVolumeClaim>,
+    pub pvcs: CompactWriter<PersistentVolumeClaim>,
     /// WorkspaceProfiles.
     pub profiles: Writer<WorkspaceProfile>,
     /// NodePools.
@@ -103,28 +101,28 @@ pub struct CacheWriters {
     /// DataSources.
     pub data_sources: Writer<DataSource>,
     /// Namespaces (per-user mode).
-    pub namespaces: Writer<Namespace>,
+    pub namespaces: CompactWriter<Namespace>,
     /// ResourceQuotas (per-user mode).
-    pub resource_quotas: Writer<ResourceQuota>,
+    pub resource_quotas: CompactWriter<ResourceQuota>,
     /// LimitRanges (per-user mode).
-    pub limit_ranges: Writer<LimitRange>,
+    pub limit_ranges: CompactWriter<LimitRange>,
 }
 
 impl Caches {
     /// Empty caches (not ready) and their writers.
     pub fn new() -> (Caches, CacheWriters) {
         let (workspaces, w_workspaces) = reflector::store();
-        let (pods, w_pods) = reflector::store();
-        let (services, w_services) = reflector::store();
-        let (secrets, w_secrets) = reflector::store();
-        let (network_policies, w_network_policies) = reflector::store();
-        let (pvcs, w_pvcs) = reflector::store();
+        let (pods, w_pods) = compact(true);
+        let (services, w_services) = compact(false);
+        let (secrets, w_secrets) = compact(false);
+        let (network_policies, w_network_policies) = compact(false);
+        let (pvcs, w_pvcs) = compact(true);
         let (profiles, w_profiles) = reflector::store();
         let (pools, w_pools) = reflector::store();
         let (data_sources, w_data_sources) = reflector::store();
-        let (namespaces, w_namespaces) = reflector::store();
-        let (resource_quotas, w_resource_quotas) = reflector::store();
-        let (limit_ranges, w_limit_ranges) = reflector::store();
+        let (namespaces, w_namespaces) = compact(false);
+        let (resource_quotas, w_resource_quotas) = compact(false);
+        let (limit_ranges, w_limit_ranges) = compact(false);
         let children_ready = {
             let stores = (
                 pods.clone(),
@@ -137,17 +135,19 @@ impl Caches {
                 data_sources.clone(),
             );
             async move {
-                futures::try_join!(
+                let listed = futures::join!(
                     stores.0.wait_until_ready(),
                     stores.1.wait_until_ready(),
                     stores.2.wait_until_ready(),
                     stores.3.wait_until_ready(),
                     stores.4.wait_until_ready(),
+                );
+                let inputs = futures::try_join!(
                     stores.5.wait_until_ready(),
                     stores.6.wait_until_ready(),
                     stores.7.wait_until_ready(),
-                )
-                .is_ok()
+                );
+                listed.0 && listed.1 && listed.2 && listed.3 && listed.4 && inputs.is_ok()
             }
             .boxed()
             .shared()
@@ -159,12 +159,12 @@ impl Caches {
                 limit_ranges.clone(),
             );
             async move {
-                futures::try_join!(
+                let listed = futures::join!(
                     stores.0.wait_until_ready(),
                     stores.1.wait_until_ready(),
                     stores.2.wait_until_ready(),
-                )
-                .is_ok()
+                );
+                listed.0 && listed.1 && listed.2
             }
             .boxed()
             .shared()
@@ -183,8 +183,6 @@ impl Caches {
                 namespaces,
                 resource_quotas,
                 limit_ranges,
-                pods_by_workspace: Default::default(),
-                pvcs_by_workspace: Default::default(),
                 expected: Default::default(),
                 children_ready,
                 per_user_ready,
@@ -224,33 +222,28 @@ impl Caches {
 
     /// The pods labelled as `ws`'s, sorted by name.
     pub fn pods_of(&self, ws: &Workspace) -> Vec<Pod> {
-        children(&self.pods, &self.pods_by_workspace, ws)
+        let (namespace, label) = workspace_key(ws);
+        self.pods.of_workspace(&namespace, &label)
     }
 
     /// The home volumes labelled as `ws`'s, sorted by name.
     pub fn pvcs_of(&self, ws: &Workspace) -> Vec<PersistentVolumeClaim> {
-        children(&self.pvcs, &self.pvcs_by_workspace, ws)
+        let (namespace, label) = workspace_key(ws);
+        self.pvcs.of_workspace(&namespace, &label)
     }
 }
 
 /// `kubectl`'s last applied configuration, a copy of the object the operator never reads.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What the caches keep of an object: exactly what the reconciliation and the trigger filters
-/// read, nothing else. A reflector holds every object of its kind for the operator's lifetime,
-/// so at 10,000 Workspaces each byte kept per child costs 10 kB per kind; the pod specs alone
-/// (containers, env, volumes) are most of a pod's size and are never read back, since the
-/// applied-hash annotation stands for them. (kube-rs documents `.modify()` before `.reflect()`
+/// What the kube reflector stores keep of a Workspace or an input (WorkspaceProfile, NodePool,
+/// DataSource): everything a reconciliation reads, which is all of it but `managedFields` and
+/// `kubectl`'s last applied configuration. (kube-rs documents `.modify()` before `.reflect()`
 /// to bound a reflector's memory, `kube-runtime/src/utils/watch_ext.rs` `modify`; client-go's
-/// informers take a `TransformFunc` for the same reason, `tools/cache/controller.go`.)
-///
-/// [`Cached::keep`] of every kind drops `managedFields` and `kubectl`'s last applied
-/// configuration, then [`Cached::trim`] drops the kind's unread fields.
+/// informers take a `TransformFunc` for the same reason, `tools/cache/controller.go`.) The
+/// children are kept far more compactly, see [`Compact`].
 pub trait Cached: Resource {
-    /// Drops what no reconciliation reads (see [`Cached`]).
-    fn trim(&mut self) {}
-
-    /// Trims `self` for a cache: metadata, then the kind's own fields.
+    /// Drops `managedFields` and `kubectl`'s last applied configuration.
     fn keep(&mut self) {
         let meta = self.meta_mut();
         meta.managed_fields = None;
@@ -258,14 +251,6 @@ pub trait Cached: Resource {
         if let Some(annotations) = meta.annotations.as_mut() {
             annotations.remove(LAST_APPLIED);
         }
-        self.trim();
-    }
-}
-
-/// Drops every annotation but the applied hash (the only one read of a child).
-fn keep_applied_hash_only<K: Resource>(object: &mut K) {
-    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
-        annotations.retain(|key, _| key == APPLIED_HASH_ANNOTATION);
     }
 }
 
@@ -275,103 +260,6 @@ impl Cached for Workspace {}
 impl Cached for WorkspaceProfile {}
 impl Cached for NodePool {}
 impl Cached for DataSource {}
-
-/// A pod: its metadata, its node, and what `status::derive` reads of its status (phase,
-/// message, reason, conditions, start time, each container's name, readiness, restarts, state
-/// and last state).
-impl Cached for Pod {
-    fn trim(&mut self) {
-        keep_applied_hash_only(self);
-        let node_name = self.spec.take().and_then(|s| s.node_name);
-        self.spec = node_name.map(|node_name| PodSpec {
-            node_name: Some(node_name),
-            ..PodSpec::default()
-        });
-        if let Some(status) = self.status.take() {
-            let containers = |statuses: Option<Vec<ContainerStatus>>| {
-                statuses.map(|statuses| {
-                    statuses
-                        .into_iter()
-                        .map(|cs| ContainerStatus {
-                            name: cs.name,
-                            ready: cs.ready,
-                            restart_count: cs.restart_count,
-                            started: cs.started,
-                            state: cs.state,
-                            last_state: cs.last_state,
-                            ..ContainerStatus::default()
-                        })
-                        .collect()
-                })
-            };
-            self.status = Some(PodStatus {
-                phase: status.phase,
-                message: status.message,
-                reason: status.reason,
-                conditions: status.conditions,
-                start_time: status.start_time,
-                init_container_statuses: containers(status.init_container_statuses),
-                container_statuses: containers(status.container_statuses),
-                ..PodStatus::default()
-            });
-        }
-    }
-}
-
-/// A Service: its metadata and its cluster IP (immutable; a wrong one is replaced).
-impl Cached for Service {
-    fn trim(&mut self) {
-        keep_applied_hash_only(self);
-        let cluster_ip = self.spec.take().and_then(|s| s.cluster_ip);
-        self.spec = cluster_ip.map(|cluster_ip| ServiceSpec {
-            cluster_ip: Some(cluster_ip),
-            ..ServiceSpec::default()
-        });
-        self.status = None;
-    }
-}
-
-/// A token Secret: its metadata and the token.
-impl Cached for Secret {
-    fn trim(&mut self) {
-        keep_applied_hash_only(self);
-        if let Some(data) = self.data.as_mut() {
-            data.retain(|key, _| key == TOKEN_KEY);
-        }
-        if let Some(data) = self.string_data.as_mut() {
-            data.retain(|key, _| key == TOKEN_KEY);
-        }
-    }
-}
-
-/// The other children are compared by their applied hash only (a home volume is never
-/// updated): metadata alone.
-macro_rules! metadata_only {
-    ($($kind:ty),*) => {$(
-        impl Cached for $kind {
-            fn trim(&mut self) {
-                keep_applied_hash_only(self);
-                self.spec = None;
-                self.status = None;
-            }
-        }
-    )*};
-}
-metadata_only!(PersistentVolumeClaim, Namespace, ResourceQuota);
-
-impl Cached for NetworkPolicy {
-    fn trim(&mut self) {
-        keep_applied_hash_only(self);
-        self.spec = None;
-    }
-}
-
-impl Cached for LimitRange {
-    fn trim(&mut self) {
-        keep_applied_hash_only(self);
-        self.spec = None;
-    }
-}
 
 /// A cached namespaced object.
 pub fn cached<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<K>
@@ -391,121 +279,12 @@ where
     store.get(&ObjectRef::new(name)).map(|k| k.as_ref().clone())
 }
 
-fn children<K>(store: &Store<K>, index: &ChildIndex, ws: &Workspace) -> Vec<K>
-where
-    K: Resource<DynamicType = ()> + Clone,
-{
-    let namespace = ws.namespace().unwrap_or_default();
-    let label = crate::policy::names::label_value(&ws.name_any());
-    index
-        .names(&namespace, &label)
-        .iter()
-        .filter_map(|name| cached(store, &namespace, name))
-        // The index may know a child the store already dropped, or the other way round.
-        .filter(|k| {
-            k.meta()
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(WORKSPACE_LABEL))
-                == Some(&label)
-        })
-        .collect()
-}
-
-type ChildKey = (String, String);
-
-#[derive(Debug, Default)]
-struct ChildIndexState {
-    /// (namespace, workspace label) → child names.
-    by_workspace: HashMap<ChildKey, BTreeSet<String>>,
-    /// (namespace, child name) → workspace label.
-    by_child: HashMap<ChildKey, String>,
-    /// The children seen since a relist began.
-    relisted: Option<HashSet<ChildKey>>,
-}
-
-impl ChildIndexState {
-    fn remove(&mut self, child: &ChildKey) {
-        if let Some(label) = self.by_child.remove(child) {
-            let owner = (child.0.clone(), label);
-            if let Some(names) = self.by_workspace.get_mut(&owner) {
-                names.remove(&child.1);
-                if names.is_empty() {
-                    self.by_workspace.remove(&owner);
-                }
-            }
-        }
-    }
-
-    fn upsert<K: Resource>(&mut self, object: &K) -> Option<ChildKey> {
-        let child = (
-            object.meta().namespace.clone()?,
-            object.meta().name.clone()?,
-        );
-        self.remove(&child);
-        if let Some(label) = object
-            .meta()
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(WORKSPACE_LABEL))
-        {
-            self.by_workspace
-                .entry((child.0.clone(), label.clone()))
-                .or_default()
-                .insert(child.1.clone());
-            self.by_child.insert(child.clone(), label.clone());
-        }
-        Some(child)
-    }
-}
-
-/// The children of each Workspace by their [`WORKSPACE_LABEL`], fed with the same watch events
-/// as their store (a relist drops the children that vanished meanwhile).
-#[derive(Debug, Default)]
-pub struct ChildIndex(Mutex<ChildIndexState>);
-
-impl ChildIndex {
-    /// Applies one watch event.
-    pub fn apply<K: Resource>(&self, event: &watcher::Event<K>) {
-        let mut state = lock(&self.0);
-        match event {
-            watcher::Event::Apply(object) => {
-                state.upsert(object);
-            }
-            watcher::Event::Delete(object) => {
-                if let (Some(ns), Some(name)) = (&object.meta().namespace, &object.meta().name) {
-                    state.remove(&(ns.clone(), name.clone()));
-                }
-            }
-            watcher::Event::Init => state.relisted = Some(HashSet::new()),
-            watcher::Event::InitApply(object) => {
-                if let Some(child) = state.upsert(object) {
-                    state.relisted.get_or_insert_default().insert(child);
-                }
-            }
-            watcher::Event::InitDone => {
-                let seen = state.relisted.take().unwrap_or_default();
-                let gone: Vec<ChildKey> = state
-                    .by_child
-                    .keys()
-                    .filter(|k| !seen.contains(*k))
-                    .cloned()
-                    .collect();
-                for child in gone {
-                    state.remove(&child);
-                }
-            }
-        }
-    }
-
-    /// The names of the children labelled `label` in `namespace`, sorted.
-    pub fn names(&self, namespace: &str, label: &str) -> Vec<String> {
-        lock(&self.0)
-            .by_workspace
-            .get(&(namespace.to_owned(), label.to_owned()))
-            .map(|names| names.iter().cloned().collect())
-            .unwrap_or_default()
-    }
+/// The namespace of `ws` and the value of its children's [`super::WORKSPACE_LABEL`].
+fn workspace_key(ws: &Workspace) -> (String, String) {
+    (
+        ws.namespace().unwrap_or_default(),
+        crate::policy::names::label_value(&ws.name_any()),
+    )
 }
 
 /// API tokens of Workspaces (by UID) whose Secret the cache does not show yet: generated by the
@@ -693,6 +472,8 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::workspace::{APPLIED_HASH_ANNOTATION, WORKSPACE_LABEL};
+    use crate::policy::workspace::TOKEN_KEY;
     use std::collections::BTreeMap;
 
     fn pod(ns: &str, name: &str, ws: Option<&str>) -> Pod {
@@ -705,26 +486,66 @@ mod tests {
     }
 
     #[test]
-    fn the_child_index_follows_events_and_relists() {
-        let index = ChildIndex::default();
-        index.apply(&watcher::Event::Apply(pod("a", "p1", Some("alice"))));
-        index.apply(&watcher::Event::Apply(pod("a", "p0", Some("alice"))));
-        index.apply(&watcher::Event::Apply(pod("b", "p2", Some("alice"))));
-        index.apply(&watcher::Event::Apply(pod("a", "x", None)));
-        assert_eq!(index.names("a", "alice"), ["p0", "p1"]);
-        assert_eq!(index.names("b", "alice"), ["p2"]);
+    fn a_compact_store_follows_events_and_relists_and_lists_by_workspace() {
+        let (store, mut writer) = compact::<Pod>(true);
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("a", "p1", Some("alice"))));
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("a", "p0", Some("alice"))));
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("b", "p2", Some("alice"))));
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("a", "x", None)));
+        let names =
+            |pods: Vec<Pod>| -> Vec<String> { pods.into_iter().map(|p| p.name_any()).collect() };
+        assert_eq!(names(store.of_workspace("a", "alice")), ["p0", "p1"]);
+        assert_eq!(names(store.of_workspace("b", "alice")), ["p2"]);
+        assert_eq!(store.len(), 4);
+        assert_eq!(
+            store.get("a", "x").map(|p| p.metadata.namespace),
+            Some(Some("a".to_owned()))
+        );
         // Relabelled: moves to bob.
-        index.apply(&watcher::Event::Apply(pod("a", "p1", Some("bob"))));
-        assert_eq!(index.names("a", "alice"), ["p0"]);
-        assert_eq!(index.names("a", "bob"), ["p1"]);
-        index.apply(&watcher::Event::Delete(pod("a", "p0", Some("alice"))));
-        assert!(index.names("a", "alice").is_empty());
-        // A relist that no longer shows p2.
-        index.apply(&watcher::Event::<Pod>::Init);
-        index.apply(&watcher::Event::InitApply(pod("a", "p1", Some("bob"))));
-        index.apply(&watcher::Event::<Pod>::InitDone);
-        assert!(index.names("b", "alice").is_empty());
-        assert_eq!(index.names("a", "bob"), ["p1"]);
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("a", "p1", Some("bob"))));
+        assert_eq!(names(store.of_workspace("a", "alice")), ["p0"]);
+        assert_eq!(names(store.of_workspace("a", "bob")), ["p1"]);
+        writer.apply_watcher_event(&watcher::Event::Delete(pod("a", "p0", Some("alice"))));
+        assert!(store.of_workspace("a", "alice").is_empty());
+        assert_eq!(store.get("a", "p0"), None);
+        // A relist that no longer shows p2: the store and its index keep the old objects until
+        // the relist ends.
+        writer.apply_watcher_event(&watcher::Event::<Pod>::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(pod("a", "p1", Some("bob"))));
+        assert_eq!(names(store.of_workspace("b", "alice")), ["p2"]);
+        writer.apply_watcher_event(&watcher::Event::<Pod>::InitDone);
+        assert!(store.of_workspace("b", "alice").is_empty());
+        assert_eq!(names(store.of_workspace("a", "bob")), ["p1"]);
+        assert_eq!(store.len(), 1);
+        // Not indexed: nothing listed by Workspace, everything found by name.
+        let (plain, mut writer) = compact::<Pod>(false);
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("a", "p1", Some("bob"))));
+        assert!(plain.of_workspace("a", "bob").is_empty());
+        assert!(plain.get("a", "p1").is_some());
+        // Cluster-scoped objects.
+        let (namespaces, mut writer) = compact::<Namespace>(false);
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("atelier-alice".into());
+        writer.apply_watcher_event(&watcher::Event::Apply(ns));
+        assert_eq!(
+            namespaces
+                .get_cluster("atelier-alice")
+                .map(|n| n.name_any()),
+            Some("atelier-alice".to_owned())
+        );
+    }
+
+    /// `full` as a compact store keeps and restores it.
+    fn compacted<K: Compactable + std::fmt::Debug>(full: &K) -> K {
+        let (store, mut writer) = compact::<K>(false);
+        writer.apply_watcher_event(&watcher::Event::Apply(full.clone()));
+        let meta = full.meta();
+        store
+            .get(
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+            )
+            .expect("kept")
     }
 
     /// A pod as a kubelet reports it: a full spec (containers, env, volumes), `status`.
@@ -815,13 +636,11 @@ mod tests {
     #[test]
     fn a_cached_pod_keeps_exactly_what_its_status_and_trigger_are_derived_from() {
         use crate::api::v1alpha1::DesiredState;
-        use crate::operator::workspace::reconcile::predicates::pod_trigger;
         use crate::operator::workspace::status::{StatusInput, derive};
         let now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
             serde_json::from_value(serde_json::json!("2026-01-02T00:00:00Z")).expect("a time");
         for full in pods_in_every_state() {
-            let mut kept = full.clone();
-            kept.keep();
+            let kept = compacted(&full);
             let input = |pod| StatusInput {
                 generation: Some(2),
                 desired_state: DesiredState::Running,
@@ -838,12 +657,18 @@ mod tests {
                 "the status of {:?}",
                 full.status
             );
-            assert_eq!(pod_trigger(&kept), pod_trigger(&full));
             assert_eq!(kept.metadata.name, full.metadata.name);
-            assert_eq!(kept.metadata.labels, full.metadata.labels);
+            assert_eq!(kept.metadata.namespace, full.metadata.namespace);
             assert_eq!(
-                kept.metadata.owner_references,
-                full.metadata.owner_references
+                kept.metadata.labels,
+                Some(BTreeMap::from([(
+                    WORKSPACE_LABEL.to_owned(),
+                    "alice".to_owned()
+                )]))
+            );
+            assert_eq!(
+                kept.spec.as_ref().and_then(|s| s.node_name.clone()),
+                full.spec.as_ref().and_then(|s| s.node_name.clone())
             );
             assert_eq!(
                 kept.metadata.deletion_timestamp,
@@ -867,7 +692,6 @@ mod tests {
     #[test]
     fn other_cached_children_keep_their_hash_token_and_cluster_ip() {
         use crate::operator::workspace::reconcile::apply::{applied_hash, cluster_ip_changes};
-        use crate::operator::workspace::reconcile::predicates::{child_trigger, service_trigger};
         use crate::policy::workspace::token_of;
         use serde_json::json;
         let meta = json!({
@@ -882,9 +706,7 @@ mod tests {
             "spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 8888}], "selector": {"a": "b"}},
         }))
         .expect("a service");
-        let mut kept = service.clone();
-        kept.keep();
-        assert_eq!(service_trigger(&kept), service_trigger(&service));
+        let kept = compacted(&service);
         assert_eq!(applied_hash(&kept), Some("h2"));
         let mut headless = service.clone();
         headless.spec.as_mut().expect("spec").cluster_ip = Some("None".into());
@@ -897,10 +719,8 @@ mod tests {
             "data": {TOKEN_KEY: "dG9rZW4=", "other": "eA=="},
         }))
         .expect("a secret");
-        let mut kept = secret.clone();
-        kept.keep();
+        let kept = compacted(&secret);
         assert_eq!(token_of(&kept).as_deref(), Some("token"));
-        assert_eq!(child_trigger(&kept), child_trigger(&secret));
         assert_eq!(kept.data.as_ref().map(|d| d.len()), Some(1));
 
         let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
@@ -909,9 +729,7 @@ mod tests {
             "status": {"phase": "Bound"},
         }))
         .expect("a pvc");
-        let mut kept = pvc.clone();
-        kept.keep();
-        assert_eq!(child_trigger(&kept), child_trigger(&pvc));
+        let kept = compacted(&pvc);
         assert_eq!(applied_hash(&kept), Some("h2"));
         assert!(kept.spec.is_none() && kept.status.is_none());
         assert_eq!(kept.metadata.labels, pvc.metadata.labels);
@@ -921,9 +739,7 @@ mod tests {
             "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
         }))
         .expect("a policy");
-        let mut kept = policy.clone();
-        kept.keep();
-        assert_eq!(child_trigger(&kept), child_trigger(&policy));
+        let kept = compacted(&policy);
         assert!(kept.spec.is_none());
     }
 

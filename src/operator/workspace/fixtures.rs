@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
-use super::cache::{CacheWriters, Cached, ChildIndex};
+use super::cache::{CacheWriters, Cached, CompactWriter, Compactable};
 use super::reconcile::{observe_usage, reconcile_workspace, with_applied_hash};
 use super::{
     Dereferenced, FIELD_MANAGER, GROUPS_ANNOTATION, ValidatedWorkspace, WORKSPACE_FINALIZER,
@@ -185,23 +185,32 @@ impl Cluster {
     }
 }
 
-/// Feeds `objects` to a store as one complete list (`Init`, `InitApply`s, `InitDone`), trimmed
-/// as the controller trims them ([`Cached::keep`]), and to `index` when there is one.
-pub fn list_into<K>(writer: &mut Writer<K>, index: Option<&ChildIndex>, objects: Vec<K>)
-where
-    K: Cached<DynamicType = ()> + Clone,
-{
+/// A store's writer, of kube's reflector or [`Compact`](super::cache::Compact).
+pub trait Feed<K> {
+    /// Applies one watch event.
+    fn feed(&mut self, event: &watcher::Event<K>);
+}
+
+impl<K: Cached<DynamicType = ()> + Clone> Feed<K> for Writer<K> {
+    fn feed(&mut self, event: &watcher::Event<K>) {
+        self.apply_watcher_event(&event.clone().modify(K::keep));
+    }
+}
+
+impl<K: Compactable> Feed<K> for CompactWriter<K> {
+    fn feed(&mut self, event: &watcher::Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+/// Feeds `objects` to a store as one complete list (`Init`, `InitApply`s, `InitDone`), kept as
+/// the controller keeps them.
+pub fn list_into<K>(writer: &mut impl Feed<K>, objects: Vec<K>) {
     let events = std::iter::once(watcher::Event::Init)
-        .chain(objects.into_iter().map(|mut object| {
-            object.keep();
-            watcher::Event::InitApply(object)
-        }))
+        .chain(objects.into_iter().map(watcher::Event::InitApply))
         .chain(std::iter::once(watcher::Event::InitDone));
     for event in events {
-        writer.apply_watcher_event(&event);
-        if let Some(index) = index {
-            index.apply(&event);
-        }
+        writer.feed(&event);
     }
 }
 
@@ -211,20 +220,19 @@ pub fn seed(ctx: &Context, cluster: Cluster) -> CacheWriters {
     let mut w = ctx
         .take_cache_writers()
         .expect("the caches are not fed yet");
-    let caches = &ctx.caches;
     let mut relisted = None;
-    list_into(&mut w.workspaces, None, cluster.workspaces.clone());
-    list_into(&mut w.pods, Some(&caches.pods_by_workspace), cluster.pods);
-    list_into(&mut w.services, None, cluster.services);
-    list_into(&mut w.secrets, None, cluster.secrets);
-    list_into(&mut w.network_policies, None, cluster.network_policies);
-    list_into(&mut w.pvcs, Some(&caches.pvcs_by_workspace), cluster.pvcs);
-    list_into(&mut w.profiles, None, cluster.profiles);
-    list_into(&mut w.pools, None, cluster.pools);
-    list_into(&mut w.data_sources, None, cluster.data_sources);
-    list_into(&mut w.namespaces, None, cluster.namespaces);
-    list_into(&mut w.resource_quotas, None, cluster.resource_quotas);
-    list_into(&mut w.limit_ranges, None, cluster.limit_ranges);
+    list_into(&mut w.workspaces, cluster.workspaces.clone());
+    list_into(&mut w.pods, cluster.pods);
+    list_into(&mut w.services, cluster.services);
+    list_into(&mut w.secrets, cluster.secrets);
+    list_into(&mut w.network_policies, cluster.network_policies);
+    list_into(&mut w.pvcs, cluster.pvcs);
+    list_into(&mut w.profiles, cluster.profiles);
+    list_into(&mut w.pools, cluster.pools);
+    list_into(&mut w.data_sources, cluster.data_sources);
+    list_into(&mut w.namespaces, cluster.namespaces);
+    list_into(&mut w.resource_quotas, cluster.resource_quotas);
+    list_into(&mut w.limit_ranges, cluster.limit_ranges);
     // The usage estimates read the cached profiles and pools: the Workspaces come last.
     for event in std::iter::once(watcher::Event::Init)
         .chain(

@@ -39,7 +39,7 @@ use super::status::{self, Rejection, Severity, StatusInput};
 use super::{FIELD_MANAGER, Refusal, WORKSPACE_FINALIZER, WorkspaceResources, build};
 use crate::api::v1alpha1::{HomeReclaim, Workspace, WorkspacePhase, WorkspaceStatus};
 use crate::config::NamespaceMode;
-use crate::operator::workspace::cache::{cached, cached_cluster};
+use crate::operator::workspace::cache::cached_cluster;
 use crate::operator::{Context, Error, Result};
 pub use crate::policy::workspace::children_selector;
 use crate::policy::workspace::validate;
@@ -266,13 +266,13 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let ns = namespace.as_str();
     let expected = &caches.expected;
     apply::apply_object(client, ns, secret, observed.secret, expected).await?;
-    let cached_pvc = cached(&caches.pvcs, ns, &pvc.name_any());
+    let cached_pvc = caches.pvcs.get(ns, &pvc.name_any());
     apply::create_once(client, ns, pvc, cached_pvc, expected).await?;
-    let cached_service = cached(&caches.services, ns, &service.name_any());
+    let cached_service = caches.services.get(ns, &service.name_any());
     let service_ready = apply::apply_service(client, ns, service, cached_service, expected)
         .await?
         .is_some();
-    let cached_policy = cached(&caches.network_policies, ns, &network_policy.name_any());
+    let cached_policy = caches.network_policies.get(ns, &network_policy.name_any());
     apply::apply_object(client, ns, network_policy, cached_policy, expected).await?;
     let pods = caches.pods_of(ws);
     let outcome = apply::reconcile_pod(client, ns, pod.as_ref(), pods, expected).await?;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::operator::workspace::cache::{Caches, Expectations, cached, cached_cluster};
+use crate::operator::workspace::cache::{Caches, Expectations};
 use crate::operator::workspace::{FIELD_MANAGER, UserNamespaceResources};
 use crate::operator::{Error, Result};
 
@@ -188,13 +188,17 @@ pub async fn apply_user_namespace(
     let name = namespace.name_any();
     let expected = &caches.expected;
     let api: Api<Namespace> = Api::all(client.clone());
-    let observed = cached_cluster(&caches.namespaces, &name);
+    let observed = caches.namespaces.get_cluster(&name);
     apply_with(&api, namespace, observed, expected).await?;
-    let observed = cached(&caches.resource_quotas, &name, &resource_quota.name_any());
+    let observed = caches
+        .resource_quotas
+        .get(&name, &resource_quota.name_any());
     apply_object(client, &name, resource_quota, observed, expected).await?;
-    let observed = cached(&caches.limit_ranges, &name, &limit_range.name_any());
+    let observed = caches.limit_ranges.get(&name, &limit_range.name_any());
     apply_object(client, &name, limit_range, observed, expected).await?;
-    let observed = cached(&caches.network_policies, &name, &network_policy.name_any());
+    let observed = caches
+        .network_policies
+        .get(&name, &network_policy.name_any());
     apply_object(client, &name, network_policy, observed, expected).await?;
     Ok(())
 }

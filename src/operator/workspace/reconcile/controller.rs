@@ -30,7 +30,9 @@ use super::{error_policy, reconcile_workspace};
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, Workspace, WorkspaceProfile};
 use crate::config::NamespaceMode;
 use crate::operator::workspace::WORKSPACE_LABEL;
-use crate::operator::workspace::cache::{Cached, ChildIndex, Expectations, cached_cluster};
+use crate::operator::workspace::cache::{
+    Cached, CompactWriter, Compactable, Expectations, cached_cluster,
+};
 use crate::operator::{Context, wait_for};
 use crate::policy::admission::{Claim, key_of, observed_claim};
 
@@ -107,55 +109,42 @@ impl Backoff for EachWatchBacksOffAlone {
 /// when the CRDs are missing).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// A watch of the operator's objects of `api` ([`MANAGED_BY_SELECTOR`]) feeding `writer` (and
-/// `index`), filtered by `predicate`: the trigger stream of a child kind (kube-rs
+/// A watch of the operator's objects of `api` ([`MANAGED_BY_SELECTOR`]) feeding `writer`,
+/// filtered by `predicate`: the trigger stream of a child kind (kube-rs
 /// `Controller::owns_stream` docs: `watcher → reflect → touched_objects → predicate_filter`).
 fn child_stream<K>(
     api: Api<K>,
-    writer: Writer<K>,
-    index: Option<Arc<ChildIndex>>,
+    writer: CompactWriter<K>,
     expected: Arc<Expectations>,
     predicate: fn(&K) -> Option<u64>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Cached<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Compactable + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     child_triggers(
         watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR)).default_backoff(),
         writer,
-        index,
         expected,
         predicate,
     )
 }
 
-/// The pipeline of [`child_stream`] on any stream of watch events: trimmed, written to the
-/// store (and the index, and settling the [`Expectations`] it meets) first, then decoded and
-/// filtered by `predicate`; deletions always pass.
+/// The pipeline of [`child_stream`] on any stream of watch events: written to the compact store
+/// (settling the [`Expectations`] it meets) first, then decoded and filtered by `predicate`;
+/// deletions always pass.
 pub fn child_triggers<K, S>(
     events: S,
-    writer: Writer<K>,
-    index: Option<Arc<ChildIndex>>,
+    mut writer: CompactWriter<K>,
     expected: Arc<Expectations>,
     predicate: fn(&K) -> Option<u64>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Cached<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K: Compactable + std::fmt::Debug + Send + Sync + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     events
-        .modify(K::keep)
-        .reflect(writer)
         .inspect_ok(move |event| {
-            if let Some(index) = &index {
-                index.apply(event);
-            }
+            writer.apply_watcher_event(event);
             expected.observe(event);
         })
         .map_ok(mark_deleted)
@@ -301,28 +290,24 @@ pub async fn run_controller(
         .owns_stream(child_stream(
             scoped::<Pod>(&client, ns),
             writers.pods,
-            Some(caches.pods_by_workspace.clone()),
             caches.expected.clone(),
             pod_trigger,
         ))
         .owns_stream(child_stream(
             scoped::<Service>(&client, ns),
             writers.services,
-            None,
             caches.expected.clone(),
             service_trigger,
         ))
         .owns_stream(child_stream(
             scoped::<Secret>(&client, ns),
             writers.secrets,
-            None,
             caches.expected.clone(),
             child_trigger,
         ))
         .owns_stream(child_stream(
             scoped::<NetworkPolicy>(&client, ns),
             writers.network_policies,
-            None,
             caches.expected.clone(),
             child_trigger,
         ))
@@ -330,7 +315,6 @@ pub async fn run_controller(
             child_stream(
                 scoped::<PersistentVolumeClaim>(&client, ns),
                 writers.pvcs,
-                Some(caches.pvcs_by_workspace.clone()),
                 caches.expected.clone(),
                 child_trigger,
             ),
@@ -372,7 +356,6 @@ pub async fn run_controller(
                 child_stream(
                     Api::<Namespace>::all(client.clone()),
                     writers.namespaces,
-                    None,
                     caches.expected.clone(),
                     child_trigger,
                 ),
@@ -382,7 +365,6 @@ pub async fn run_controller(
                 child_stream(
                     scoped::<ResourceQuota>(&client, ns),
                     writers.resource_quotas,
-                    None,
                     caches.expected.clone(),
                     child_trigger,
                 ),
@@ -392,7 +374,6 @@ pub async fn run_controller(
                 child_stream(
                     scoped::<LimitRange>(&client, ns),
                     writers.limit_ranges,
-                    None,
                     caches.expected.clone(),
                     child_trigger,
                 ),
@@ -651,7 +632,7 @@ mod tests {
             ..Default::default()
         });
         // The Workspaces are listed first: no profile cached, the built-in 1 CPU.
-        list_into(&mut w.workspaces, None, vec![running.clone()]);
+        list_into(&mut w.workspaces, vec![running.clone()]);
         let mut relisted = None;
         observe_usage(&ctx, &watcher::Event::Apply(running), &mut relisted);
         assert_eq!(
@@ -663,8 +644,8 @@ mod tests {
             cpu: Some("3".into()),
             ..Default::default()
         });
-        list_into(&mut w.profiles, None, vec![jupyter]);
-        list_into(&mut w.pools, None, vec![pool()]);
+        list_into(&mut w.profiles, vec![jupyter]);
+        list_into(&mut w.pools, vec![pool()]);
         refresh_usage(&ctx);
         assert_eq!(
             ctx.usage().user_usage("interactive", "alice").cpu_millis,
@@ -675,9 +656,8 @@ mod tests {
 
     #[tokio::test]
     async fn pod_churn_reaches_the_cache_but_triggers_only_what_changes_the_status() {
-        use crate::operator::workspace::cache::ChildIndex;
+        use crate::operator::workspace::cache::compact;
         use k8s_openapi::api::core::v1::Pod;
-        use kube::runtime::reflector::{self, ObjectRef};
         let pod = |rv: &str, at: &str, message: &str| -> Pod {
             serde_json::from_value(serde_json::json!({
                 "metadata": {
@@ -703,26 +683,27 @@ mod tests {
             Ok(watcher::Event::Apply(moved.clone())),
             Ok(watcher::Event::Delete(moved)),
         ]);
-        let (store, writer) = reflector::store::<Pod>();
-        let index = Arc::new(ChildIndex::default());
+        let (store, writer) = compact::<Pod>(true);
         let mut triggers = Box::pin(child_triggers(
             events,
             writer,
-            Some(index.clone()),
             Arc::default(),
             super::super::predicates::pod_trigger,
         ));
-        let key = ObjectRef::new("ws-alice").within("team");
+        let message = |pod: &Pod| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c[0].message.clone())
+        };
         let mut seen = Vec::new();
         while let Some(pod) = triggers.next().await {
             let pod = pod.expect("no error");
             // The store saw every event up to this one, filtered or not.
             seen.push((
                 pod.metadata.resource_version.clone().unwrap_or_default(),
-                store
-                    .get(&key)
-                    .and_then(|p| p.metadata.resource_version.clone()),
-                pod.metadata.managed_fields.is_none(),
+                store.get("team", "ws-alice").and_then(|p| message(&p)),
+                store.of_workspace("team", "alice").len(),
             ));
         }
         assert_eq!(
@@ -730,33 +711,33 @@ mod tests {
             [
                 // A listed object reaches the store with the end of the list (InitDone);
                 // reconciliations wait for that (`Caches::ready`).
-                ("1".to_owned(), None, true),
+                ("1".to_owned(), None, 0),
                 // "2" (timestamps only) triggers nothing, yet the store had it before "3".
-                ("3".to_owned(), Some("3".to_owned()), true),
+                ("3".to_owned(), Some("0/2 nodes: cpu".to_owned()), 1),
                 // The deletion of a pod that looked the same still triggers; the store forgot it.
-                ("3".to_owned(), None, true),
+                ("3".to_owned(), None, 0),
             ]
         );
-        assert!(index.names("team", "alice").is_empty(), "deleted");
     }
 
     #[test]
     fn cached_objects_lose_their_managed_fields_and_last_applied_copy() {
-        let mut pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "ws-alice",
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "atelier.dev/applied-hash": "h"},
-                "managedFields": [{"manager": "kube-scheduler", "operation": "Update"}],
-            },
-        }))
-        .expect("a pod");
-        pod.keep();
-        assert_eq!(pod.metadata.managed_fields, None);
+        let mut ws = crate::operator::workspace::fixtures::workspace();
+        ws.metadata.annotations = Some(BTreeMap::from([
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                "{}".to_owned(),
+            ),
+            ("atelier.dev/groups".to_owned(), "ocean".to_owned()),
+        ]));
+        ws.metadata.managed_fields = Some(vec![Default::default()]);
+        ws.keep();
+        assert_eq!(ws.metadata.managed_fields, None);
         assert_eq!(
-            pod.metadata.annotations,
+            ws.metadata.annotations,
             Some(BTreeMap::from([(
-                "atelier.dev/applied-hash".to_owned(),
-                "h".to_owned()
+                "atelier.dev/groups".to_owned(),
+                "ocean".to_owned()
             )]))
         );
     }

@@ -24,7 +24,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use crate::api::v1alpha1::{NodePool, Workspace};
-use crate::operator::workspace::cache::{cached, cached_cluster};
+use crate::operator::workspace::cache::cached_cluster;
 use crate::operator::{Context, Error, Result};
 use crate::policy::names;
 pub use crate::policy::workspace::token_of;
@@ -62,7 +62,7 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
         .collect();
 
     let secret_name = names::secret_name(&ws.name_any());
-    let mut secret: Option<Secret> = cached(&caches.secrets, &namespace, &secret_name);
+    let mut secret: Option<Secret> = caches.secrets.get(&namespace, &secret_name);
     // The API server always sets a UID; the key stands in for objects built without one.
     let uid = ws
         .uid()
