@@ -535,6 +535,51 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_compact_store_passes_on_only_what_changed_its_trigger_hash() {
+        // The trigger hash of these pods: their applied hash.
+        fn trigger(pod: &Pod) -> Option<u64> {
+            crate::operator::workspace::applied_hash(pod).map(|h| h.len() as u64)
+        }
+        let with_hash = |name: &str, hash: &str| {
+            let mut p = pod("a", name, Some("alice"));
+            p.metadata.annotations = Some(BTreeMap::from([(
+                APPLIED_HASH_ANNOTATION.to_owned(),
+                hash.to_owned(),
+            )]));
+            p
+        };
+        let (store, mut writer) = compact::<Pod>(true);
+        let mut apply = |event| writer.apply(&event, trigger);
+        apply(watcher::Event::Init);
+        assert!(
+            apply(watcher::Event::InitApply(with_hash("p1", "h1"))),
+            "new"
+        );
+        apply(watcher::Event::InitDone);
+        assert!(
+            !apply(watcher::Event::Apply(with_hash("p1", "h2"))),
+            "same hash"
+        );
+        assert!(
+            apply(watcher::Event::Apply(with_hash("p1", "h22"))),
+            "changed"
+        );
+        assert!(apply(watcher::Event::Apply(with_hash("p2", "h1"))), "new");
+        // A relist compares with the store as it was before the relist.
+        apply(watcher::Event::Init);
+        assert!(!apply(watcher::Event::InitApply(with_hash("p1", "h33"))));
+        assert!(apply(watcher::Event::InitApply(with_hash("p2", "h11"))));
+        apply(watcher::Event::InitDone);
+        assert!(
+            apply(watcher::Event::Delete(with_hash("p2", "h11"))),
+            "deleted"
+        );
+        assert_eq!(store.len(), 1);
+        let p1 = store.get("a", "p1").expect("p1");
+        assert_eq!(crate::operator::workspace::applied_hash(&p1), Some("h33"));
+    }
+
     /// `full` as a compact store keeps and restores it.
     fn compacted<K: Compactable + std::fmt::Debug>(full: &K) -> K {
         let (store, mut writer) = compact::<K>(false);

@@ -194,11 +194,13 @@ struct Record<D> {
     hash: Option<Box<str>>,
     /// Set while it terminates.
     deletion: Option<Time>,
+    /// Its trigger hash (see [`CompactWriter::apply`]).
+    trigger: Option<u64>,
     detail: D,
 }
 
 impl<D> Record<D> {
-    fn of<K: Compactable<Detail = D>>(object: &K) -> Record<D> {
+    fn of<K: Compactable<Detail = D>>(object: &K, trigger: Option<u64>) -> Record<D> {
         let meta = object.meta();
         Record {
             workspace: meta
@@ -208,6 +210,7 @@ impl<D> Record<D> {
                 .map(|w| Box::from(w.as_str())),
             hash: applied_hash(object).map(Box::from),
             deletion: meta.deletion_timestamp.clone(),
+            trigger,
             detail: object.detail(),
         }
     }
@@ -274,7 +277,8 @@ fn index_remove(index: &mut Index, namespace: &str, label: &str, name: &str) {
 }
 
 impl<D> State<D> {
-    fn insert(&mut self, namespace: &str, name: &str, record: Record<D>) {
+    /// Inserts `record`; returns the trigger hash of the object it replaces, if any.
+    fn insert(&mut self, namespace: &str, name: &str, record: Record<D>) -> Option<Option<u64>> {
         let label = record.workspace.clone();
         let old = match self.objects.get_mut(namespace) {
             Some(names) => names.insert(Box::from(name), record),
@@ -286,6 +290,7 @@ impl<D> State<D> {
                 None
             }
         };
+        let replaced = old.as_ref().map(|o| o.trigger);
         if let Some(index) = &mut self.by_workspace {
             let old = old.and_then(|o| o.workspace);
             if old != label {
@@ -297,6 +302,12 @@ impl<D> State<D> {
                 }
             }
         }
+        replaced
+    }
+
+    /// The trigger hash of the object `namespace/name`, if the store holds it.
+    fn trigger_of(&self, namespace: &str, name: &str) -> Option<Option<u64>> {
+        Some(self.objects.get(namespace)?.get(name)?.trigger)
     }
 
     fn remove(&mut self, namespace: &str, name: &str) {
@@ -434,6 +445,20 @@ impl<K: Compactable> Compact<K> {
 impl<K: Compactable> CompactWriter<K> {
     /// Applies one watch event, as kube's `Writer::apply_watcher_event` does.
     pub fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
+        self.apply(event, |_| None);
+    }
+
+    /// Applies one watch event, and tells whether its object may change the outcome of the
+    /// Workspace it belongs to: a deletion always, an object the store did not hold, or one
+    /// whose `trigger` hash differs from the one kept with it (`trigger` hashes exactly what a
+    /// reconciliation reads of the kind, see `reconcile::predicates`).
+    ///
+    /// This is kube-runtime's `predicate_filter` (`utils/predicate.rs`, controller-runtime's
+    /// `predicate` package) with its cache folded into the store: the filter would keep its own
+    /// map of every object's name, namespace, UID and hash besides the store's, 10,000 entries
+    /// per child kind. An object of a relist is compared with the store as it was before the
+    /// relist, as the filter compares it with the last hash it saw.
+    pub fn apply(&mut self, event: &watcher::Event<K>, trigger: fn(&K) -> Option<u64>) -> bool {
         let key = |object: &K| {
             let meta = object.meta();
             Some((
@@ -444,31 +469,42 @@ impl<K: Compactable> CompactWriter<K> {
         let mut state = write(&self.state);
         match event {
             watcher::Event::Apply(object) => {
-                if let Some((namespace, name)) = key(object) {
-                    state.insert(&namespace, &name, Record::of(object));
-                }
+                let Some((namespace, name)) = key(object) else {
+                    return false;
+                };
+                let hash = trigger(object);
+                state.insert(&namespace, &name, Record::of(object, hash)) != Some(hash)
             }
             watcher::Event::Delete(object) => {
                 if let Some((namespace, name)) = key(object) {
                     state.remove(&namespace, &name);
                 }
+                true
             }
-            watcher::Event::Init => state.relisted = Some(HashMap::new()),
+            watcher::Event::Init => {
+                state.relisted = Some(HashMap::new());
+                false
+            }
             watcher::Event::InitApply(object) => {
-                if let Some((namespace, name)) = key(object) {
-                    state
-                        .relisted
-                        .get_or_insert_default()
-                        .entry(Box::from(namespace.as_str()))
-                        .or_default()
-                        .insert(Box::from(name.as_str()), Record::of(object));
-                }
+                let Some((namespace, name)) = key(object) else {
+                    return false;
+                };
+                let hash = trigger(object);
+                let before = state.trigger_of(&namespace, &name);
+                state
+                    .relisted
+                    .get_or_insert_default()
+                    .entry(Box::from(namespace.as_str()))
+                    .or_default()
+                    .insert(Box::from(name.as_str()), Record::of(object, hash));
+                before != Some(hash)
             }
             watcher::Event::InitDone => {
                 let objects = state.relisted.take().unwrap_or_default();
                 state.replace(objects);
                 drop(state);
                 self.ready.send_replace(true);
+                false
             }
         }
     }

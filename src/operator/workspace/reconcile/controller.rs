@@ -129,9 +129,10 @@ where
     )
 }
 
-/// The pipeline of [`child_stream`] on any stream of watch events: written to the compact store
-/// (settling the [`Expectations`] it meets) first, then decoded and filtered by `predicate`;
-/// deletions always pass.
+/// The pipeline of [`child_stream`] on any stream of watch events: each event is written to the
+/// compact store (settling the [`Expectations`] it meets) first; its object passes on only when
+/// `predicate` says it may change its Workspace's outcome ([`CompactWriter::apply`]: a new
+/// trigger hash, or a deletion).
 pub fn child_triggers<K, S>(
     events: S,
     mut writer: CompactWriter<K>,
@@ -143,13 +144,22 @@ where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     events
-        .inspect_ok(move |event| {
-            writer.apply_watcher_event(event);
-            expected.observe(event);
+        .map_ok(move |event| {
+            let triggers = writer.apply(&event, predicate);
+            expected.observe(&event);
+            let object = match event {
+                watcher::Event::Apply(object)
+                | watcher::Event::InitApply(object)
+                | watcher::Event::Delete(object)
+                    if triggers =>
+                {
+                    Some(Ok(object))
+                }
+                _ => None,
+            };
+            futures::stream::iter(object)
         })
-        .map_ok(mark_deleted)
-        .touched_objects()
-        .predicate_filter(predicate, PredicateConfig::default())
+        .try_flatten()
 }
 
 /// A watch of `api` feeding `writer`; a change of spec or a deletion triggers (the inputs:
