@@ -28,7 +28,7 @@
 //!   volume; `Persistent`, the claim [`data_children`] builds (with its PersistentVolume);
 //! - the Intake catalogue, the ConfigMap [`catalog_config_map_name`] mounted read-only at
 //!   [`DATA_DIR`] (any data source);
-//! - with an irods source, the emptyDir [`IRODS_VOLUME`] at [`IRODS_DIR`], which the init
+//! - with an irods source, the in-memory emptyDir [`IRODS_VOLUME`] at [`IRODS_DIR`], which the init
 //!   container [`IRODS_INIT_CONTAINER`] fills with the iRODS client's environment file and
 //!   `.irodsA` ([`crate::policy::data::IRODS_INIT_SCRIPT`]).
 //!
@@ -113,6 +113,8 @@ pub const CATALOG_VOLUME: &str = "atelier-data";
 pub const IRODS_DIR: &str = "/etc/atelier/irods";
 /// Name of the emptyDir holding the iRODS client's files.
 pub const IRODS_VOLUME: &str = "atelier-irods";
+/// `sizeLimit` of [`IRODS_VOLUME`] (two small files, in memory).
+pub const IRODS_VOLUME_SIZE: &str = "1Mi";
 /// Name of the init container that writes the iRODS client's files.
 pub const IRODS_INIT_CONTAINER: &str = "irods-env";
 /// `storage` of a data source's PersistentVolume and claim when `csi.capacity` is not set
@@ -784,9 +786,13 @@ fn data_volumes(
         });
     }
     if v.data_sources.iter().any(|(_, s)| s.irods.is_some()) {
+        // In memory (tmpfs): the obfuscated password never reaches the node's disk.
         volumes.push(Volume {
             name: IRODS_VOLUME.to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: Some(Quantity(IRODS_VOLUME_SIZE.to_owned())),
+            }),
             ..Volume::default()
         });
         mounts.push(VolumeMount {

@@ -463,7 +463,7 @@ fn every_data_source_kind() {
                 "readOnly": true,
             }},
             {"name": "atelier-data", "configMap": {"name": "ws-d-data"}},
-            {"name": "atelier-irods", "emptyDir": {}},
+            {"name": "atelier-irods", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         ])
     );
     let mounts = json!([
