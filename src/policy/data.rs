@@ -696,7 +696,7 @@ if password:
 /// The environment of [`IRODS_INIT_SCRIPT`] for `sources` and a user in `groups`, or `None`
 /// without an irods source: the first irods source in name order (the one whose `IRODS_*`
 /// variables [`data_env`] sets), the user's credentials as Secret keys, the files' paths.
-/// Sorted by name; its `IRODS_*` entries are exactly those of [`data_env`].
+/// Sorted by name; its `IRODS_*` entries but [`IRODS_CWD`] are exactly those of [`data_env`].
 pub fn irods_init_env(
     sources: &[(String, DataSourceSpec)],
     groups: &BTreeSet<String>,

@@ -1052,7 +1052,8 @@ fn csi_mode_resolves_auto_from_the_drivers_volume_lifecycle_modes() {
             m.iter().map(|s| s.to_string()).collect(),
         )])
     };
-    let cases: &[(&str, Option<BTreeMap<String, Vec<String>>>, CsiMode)] = &[
+    type Drivers = Option<BTreeMap<String, Vec<String>>>;
+    let cases: &[(&str, Drivers, CsiMode)] = &[
         ("{driver: d.example.org}", None, CsiMode::Persistent),
         (
             "{driver: d.example.org}",
