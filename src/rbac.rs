@@ -148,6 +148,24 @@ pub const CALLS: &[ApiCall] = &[
         "controller.rs: the NetworkPolicy watch; apply.rs: apply_object (and the per-user namespace's policy)"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "pods", Namespaced, Both,
         "controller.rs: the pod watch; apply.rs: reconcile_pod, delete_live"),
+    // The data sources (issue 11): build.rs builds these objects (`data_children`, the pod's
+    // catalogue volume); the reconcile wiring makes the calls listed in each row's site.
+    call(Operator, &["list", "watch"], "", "secrets", Namespaced, Both,
+        "data sources: a metadata-only watch of the credentials Secrets labelled \
+         atelier.dev/credentials=true (dereference: the user's Secret exists). RBAC cannot grant a \
+         list or watch by label selector: this is every Secret of the namespace, as the token row \
+         above already grants (no new right)"),
+    call(Operator, &["list", "watch"], "storage.k8s.io", "csidrivers", Cluster, Both,
+        "data sources: the CSIDriver watch (dereference: the driver is installed; its \
+         volumeLifecycleModes decide build::csi_mode)"),
+    call(Operator, &["list", "watch", "create", "patch", "delete"], "", "persistentvolumes", Cluster, Both,
+        "data sources: the PersistentVolume watch (label managed-by); apply: SSA of \
+         build::data_children's volumes; cleanup and orphan sweep: DELETE of a workspace's labelled \
+         volumes (a cluster-scoped volume has no namespaced owner to be collected with)"),
+    call(Operator, &["list", "watch", "create", "patch", "delete"], "", "configmaps", Namespaced, Both,
+        "data sources: the ConfigMap watch (label managed-by); apply: SSA of the catalogue \
+         (build::build_catalog_config_map); DELETE when the workspace drops its last data source \
+         (with the Workspace it goes by its owner reference)"),
     call(Operator, &["create"], "events.k8s.io", "events", Namespaced, Both,
         "reconcile.rs: kube::runtime::events::Recorder, a fresh one per Event (create; never a series patch)"),
     call(Operator, &["list", "watch", "create", "patch"], "", "namespaces", Cluster, PerUser,
@@ -515,6 +533,140 @@ mod tests {
         assert_eq!(
             expectations["hub"]["shared"]["Role"]["|secrets"],
             serde_json::json!(["create", "get", "patch"])
+        );
+    }
+
+    /// The data sources' calls (issue 11): PersistentVolumes and CSIDrivers are cluster-scoped
+    /// in both modes, ConfigMaps and Secrets follow the workspace namespace.
+    #[test]
+    fn the_data_sources_calls_are_granted() {
+        let apply = Some("application/apply-patch+yaml");
+        let n = |m, p, query: &[(&str, &str)], ct| needed(m, p, &q(query), ct).expect("a resource");
+        for request in [
+            n(
+                "PATCH",
+                "/api/v1/persistentvolumes/atelier-data-x",
+                &[("fieldManager", "atelier-operator")],
+                apply,
+            ),
+            n(
+                "DELETE",
+                "/api/v1/persistentvolumes/atelier-data-x",
+                &[],
+                None,
+            ),
+            n(
+                "GET",
+                "/api/v1/persistentvolumes",
+                &[(
+                    "labelSelector",
+                    "app.kubernetes.io/managed-by=atelier-operator",
+                )],
+                None,
+            ),
+            n(
+                "GET",
+                "/api/v1/persistentvolumes",
+                &[("watch", "true")],
+                None,
+            ),
+            n("GET", "/apis/storage.k8s.io/v1/csidrivers", &[], None),
+            n(
+                "GET",
+                "/apis/storage.k8s.io/v1/csidrivers",
+                &[("watch", "1")],
+                None,
+            ),
+            n(
+                "PATCH",
+                "/api/v1/namespaces/team/configmaps/ws-alice-data",
+                &[],
+                apply,
+            ),
+            n(
+                "DELETE",
+                "/api/v1/namespaces/team/configmaps/ws-alice-data",
+                &[],
+                None,
+            ),
+            n(
+                "GET",
+                "/api/v1/namespaces/team/configmaps",
+                &[("watch", "true")],
+                None,
+            ),
+            n(
+                "GET",
+                "/api/v1/namespaces/team/secrets",
+                &[("labelSelector", "atelier.dev/credentials=true")],
+                None,
+            ),
+            n(
+                "PATCH",
+                "/api/v1/namespaces/team/persistentvolumeclaims/data-alice-x",
+                &[],
+                apply,
+            ),
+            n(
+                "DELETE",
+                "/api/v1/namespaces/team/persistentvolumeclaims/data-alice-x",
+                &[],
+                None,
+            ),
+        ] {
+            assert_eq!(granted(Operator, &request), Ok(()), "{request:?}");
+        }
+        // Exactly those verbs: no get of a volume, nothing on storage classes, no CSIDriver write.
+        for request in [
+            n("GET", "/api/v1/persistentvolumes/x", &[], None),
+            n("GET", "/apis/storage.k8s.io/v1/storageclasses", &[], None),
+            n("PATCH", "/apis/storage.k8s.io/v1/csidrivers/x", &[], apply),
+            n("GET", "/api/v1/configmaps", &[], None),
+        ] {
+            assert!(granted(Operator, &request).is_err(), "{request:?}");
+        }
+        // The hub makes none of them.
+        assert!(
+            granted(
+                Hub,
+                &n("GET", "/apis/storage.k8s.io/v1/csidrivers", &[], None)
+            )
+            .is_err()
+        );
+        let key = |g: &str, r: &str| (g.to_owned(), r.to_owned());
+        let verbs = |set: &RuleSet, g: &str, r: &str| -> Vec<String> {
+            set.get(&key(g, r))
+                .map(|v| v.iter().cloned().collect())
+                .unwrap_or_default()
+        };
+        for mode in [Mode::Shared, Mode::PerUser] {
+            let (role, cluster) = rules(Operator, mode);
+            assert_eq!(
+                verbs(&cluster, "", "persistentvolumes"),
+                ["create", "delete", "list", "patch", "watch"],
+                "{mode:?}"
+            );
+            assert_eq!(
+                verbs(&cluster, "storage.k8s.io", "csidrivers"),
+                ["list", "watch"],
+                "{mode:?}"
+            );
+            let namespaced = if mode == Mode::Shared {
+                &role
+            } else {
+                &cluster
+            };
+            assert_eq!(
+                verbs(namespaced, "", "configmaps"),
+                ["create", "delete", "list", "patch", "watch"],
+                "{mode:?}"
+            );
+        }
+        let (role, _) = rules(Operator, Mode::Shared);
+        assert_eq!(
+            verbs(&role, "", "secrets"),
+            ["create", "get", "list", "patch", "watch"],
+            "the credentials watch adds no verb to the token's"
         );
     }
 

@@ -6,9 +6,12 @@
 //! Gated by `ATELIER_PEERS=1`: `charts/atelier/tests/check_chart.py` with the peers' venv
 //! (helm-python-sdk, kubernetes-validate) lints and renders the chart with its defaults and each
 //! example, validates every object against Kubernetes' schemas and the CRDs, and checks the
-//! values schema refuses typos and wrong types; and the Roles and ClusterRoles bound to the
+//! values schema refuses typos and wrong types; the Roles and ClusterRoles bound to the
 //! operator's and the hub's ServiceAccounts grant exactly the API calls of `src/rbac.rs` (no call
-//! missing, nothing more), in both namespace modes. Run alone:
+//! missing, nothing more), in both namespace modes; and the operator builders' golden objects
+//! (`tests/fixtures/builders/*.objects.json`: a data source's PersistentVolume, claim,
+//! catalogue ConfigMap, pods with CSI volumes and the iRODS init container) are valid for the
+//! same Kubernetes versions. Run alone:
 //! `ATELIER_PEERS=1 ATELIER_PEERS_VENV=$PWD/.peers/venv cargo test --test chart`.
 
 use std::io::Write as _;

@@ -651,6 +651,92 @@ pub fn irods_environment(irods: &IrodsSource, user: &str) -> Value {
     })
 }
 
+/// `irods_cwd` of the iRODS client environment [`IRODS_INIT_SCRIPT`] writes: the collection
+/// of the source (variable of the init container only; [`irods_init_env`]).
+pub const IRODS_CWD: &str = "IRODS_CWD";
+
+/// The Python program (run as `python3 -c`) with which a Kubernetes workspace writes its iRODS
+/// client files before the server starts (the operator's `irods-env` init container, in the
+/// workspace's image and as the server's uid, which salts `.irodsA`). It reads only its
+/// environment ([`irods_init_env`]): `IRODS_HOST`, `IRODS_PORT`, `IRODS_ZONE_NAME`,
+/// [`IRODS_CWD`] and, with credentials, `IRODS_USER_NAME` and `IRODS_PASSWORD` (secretKeyRef);
+/// it writes `$IRODS_ENVIRONMENT_FILE` with the keys of [`irods_environment`] (the anonymous user
+/// without credentials) and, with credentials, `$IRODS_AUTHENTICATION_FILE` as
+/// python-irodsclient's own writer does (irods/python-irodsclient `irods/client_init.py`,
+/// `_write_encoded_auth_value`: umask 077, `irods.password_obfuscation.encode(password)` with
+/// the process's uid and the current time, which the iCommands compare with the file's
+/// mtime). It prints the paths only, never a value; an empty password fails, naming the key.
+pub const IRODS_INIT_SCRIPT: &str = r#"import json, os, sys
+e = os.environ
+password = e.get("IRODS_PASSWORD")
+user = e.get("IRODS_USER_NAME") or "anonymous"
+if "IRODS_USER_NAME" in e and not password:
+    sys.exit("irods-env: the credentials Secret's IRODS_PASSWORD is empty")
+zone = e["IRODS_ZONE_NAME"]
+environment = {
+    "irods_host": e["IRODS_HOST"],
+    "irods_port": int(e["IRODS_PORT"]),
+    "irods_zone_name": zone,
+    "irods_user_name": user,
+    "irods_home": "/" + zone + "/home/" + user,
+    "irods_cwd": e["IRODS_CWD"],
+}
+os.umask(0o077)
+with open(e["IRODS_ENVIRONMENT_FILE"], "w") as f:
+    json.dump(environment, f, indent=2, sort_keys=True)
+    f.write("\n")
+print("irods-env: wrote " + e["IRODS_ENVIRONMENT_FILE"])
+if password:
+    from irods.password_obfuscation import encode
+    with open(e["IRODS_AUTHENTICATION_FILE"], "w") as f:
+        f.write(encode(password))
+    print("irods-env: wrote " + e["IRODS_AUTHENTICATION_FILE"])
+"#;
+
+/// The environment of [`IRODS_INIT_SCRIPT`] for `sources` and a user in `groups`, or `None`
+/// without an irods source: the first irods source in name order (the one whose `IRODS_*`
+/// variables [`data_env`] sets), the user's credentials as Secret keys, the files' paths.
+/// Sorted by name; its `IRODS_*` entries but [`IRODS_CWD`] are exactly those of [`data_env`].
+pub fn irods_init_env(
+    sources: &[(String, DataSourceSpec)],
+    groups: &BTreeSet<String>,
+    paths: &DataPaths,
+) -> Option<Vec<(String, EnvValue)>> {
+    let (spec, irods) = sources
+        .iter()
+        .find_map(|(_, spec)| spec.irods.as_ref().map(|i| (spec, i)))?;
+    let plain = |v: &str| EnvValue::Plain(v.to_owned());
+    let mut env = BTreeMap::from([
+        ("IRODS_HOST".to_owned(), plain(&irods.host)),
+        (
+            "IRODS_PORT".to_owned(),
+            EnvValue::Plain(irods.port.to_string()),
+        ),
+        ("IRODS_ZONE_NAME".to_owned(), plain(&irods.zone)),
+        (IRODS_CWD.to_owned(), plain(&irods.path)),
+        (
+            "IRODS_ENVIRONMENT_FILE".to_owned(),
+            plain(&paths.irods_environment),
+        ),
+    ]);
+    if let Some((_, secret)) = credentials_for(spec, groups) {
+        for key in [IRODS_USER_NAME, IRODS_PASSWORD] {
+            env.insert(
+                key.to_owned(),
+                EnvValue::Secret {
+                    name: secret.name.clone(),
+                    key: key.to_owned(),
+                },
+            );
+        }
+        env.insert(
+            "IRODS_AUTHENTICATION_FILE".to_owned(),
+            plain(&paths.irods_authentication),
+        );
+    }
+    Some(env.into_iter().collect())
+}
+
 /// python-irodsclient's `seq_list` (irods/python-irodsclient `irods/password_obfuscation.py`).
 const SEQ_LIST: [u32; 16] = [
     0xd768b678, 0xedfdaf56, 0x2420231b, 0x987098d8, 0xc1bdfeee, 0xf572341f, 0x478def3a, 0xa830d343,

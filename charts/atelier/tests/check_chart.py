@@ -11,8 +11,12 @@ and newest supported Kubernetes (kubernetes-validate, strict: unknown fields fai
 custom resources against the CRDs' openAPIV3Schema (known fields, required fields, types); the
 values schema refuses a typo and a wrong type, naming the key; security contexts, checksum
 annotations; that the rules bound to the operator's and the hub's ServiceAccounts are exactly
-the API calls of src/rbac.rs (`--rbac-table`, written by tests/chart.rs); and that the chart's
-crds/ equal the top-level crds/.
+the API calls of src/rbac.rs (`--rbac-table`, written by tests/chart.rs); that the chart's
+crds/ equal the top-level crds/; and the operator builders' golden objects
+(tests/fixtures/builders/*.objects.json, which src/operator/workspace/build_tests.rs compares
+the builders' output with) against the same Kubernetes schemas.
+
+    python charts/atelier/tests/check_chart.py --objects FILE...  # only validate golden objects
 """
 
 from __future__ import annotations
@@ -448,6 +452,21 @@ def check_crds_identical() -> None:
     check(same, f"charts/atelier/crds/ equals crds/ ({len(top)} CRDs)")
 
 
+BUILDER_GOLDENS = ROOT / "tests" / "fixtures" / "builders"
+
+
+def check_builder_objects(paths: list[Path]) -> None:
+    """The operator's built objects (JSON arrays the builder tests compare with) are valid
+    Kubernetes objects: a pod the operator would create, a PersistentVolume, its claim..."""
+    check(bool(paths), f"builder golden objects found ({BUILDER_GOLDENS}/*.objects.json)")
+    for path in paths:
+        with open(path) as f:
+            docs = json.load(f)
+        check(isinstance(docs, list) and all(isinstance(d, dict) for d in docs),
+              f"{path.name}: a JSON array of objects")
+        validate(docs, path.name)
+
+
 def main_all() -> int:
     check(RBAC_TABLE is not None, "the API calls of src/rbac.rs are given (--rbac-table; tests/chart.rs writes them)")
     report = helm_python.lint(str(CHART), strict=False)
@@ -456,6 +475,8 @@ def main_all() -> int:
     for version in ("v1.33.0", "v" + KUBE_VERSIONS[-1]):
         r = helm_python.lint(str(CHART), kube_version=version)
         check(not r.get("errors"), f"helm lint --kube-version {version}")
+
+    check_builder_objects(sorted(BUILDER_GOLDENS.glob("*.objects.json")))
 
     docs = check_render({}, "defaults")
     kinds = {d["kind"] for d in docs}
@@ -644,11 +665,17 @@ def main() -> int:
     parser.add_argument("--out", help="write the rendered objects here (YAML stream)")
     parser.add_argument("--rbac-table", metavar="JSON",
                         help="the API calls of src/rbac.rs (tests/chart.rs writes it); RBAC is checked against it")
+    parser.add_argument("--objects", metavar="JSON", nargs="+",
+                        help="only validate these golden objects (JSON arrays) against Kubernetes' schemas")
     args = parser.parse_args()
     global RBAC_TABLE
     if args.rbac_table:
         with open(args.rbac_table) as f:
             RBAC_TABLE = json.load(f)
+    if args.objects:
+        check_builder_objects([Path(p) for p in args.objects])
+        print(f"\n{len(failures)} failure(s)")
+        return 1 if failures else 0
     if not args.render:
         return main_all()
     docs = check_render(load_values(args.render), os.path.basename(args.render), args.name, args.namespace)

@@ -2,7 +2,8 @@
 //!
 //! Every child carries the labels of [`labels`] and an owner reference to its Workspace
 //! ([`owner_reference`]), except the home PVC when the profile keeps home volumes
-//! (`home.onDelete: keep`): that claim must outlive the Workspace. Names come from
+//! (`home.onDelete: keep`): that claim must outlive the Workspace, and a data source's
+//! PersistentVolume, which is cluster-scoped (see [`data_children`]). Names come from
 //! [`crate::policy::names`].
 //!
 //! # The server's environment
@@ -14,40 +15,44 @@
 //!   (`JUPYTERHUB_*`), with the API token as `JUPYTERHUB_API_TOKEN` and `JPY_API_TOKEN` read from
 //!   the workspace's Secret (never inline); `MEM_LIMIT`, `MEM_GUARANTEE` (bytes), `CPU_LIMIT`,
 //!   `CPU_GUARANTEE` (cores, `"2.0"`) as KubeSpawner sets them.
-//! - Data sources, in name order. Each source `<name>` gets its own `ATELIER_DATA_<NAME>_*`
-//!   variables (`<NAME>`: the name uppercased, other characters `_`):
-//!   - s3: `_ENDPOINT_URL`, `_BUCKET`, `_PREFIX`, `_URL` (`s3://bucket/prefix`), `_REGION` (when
-//!     set); with a credentials Secret `_AWS_ACCESS_KEY_ID` and `_AWS_SECRET_ACCESS_KEY`
-//!     (secretKeyRef, keys `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), without one
-//!     `_ANONYMOUS=true`.
-//!   - irods: `_HOST`, `_PORT`, `_ZONE`, `_PATH`; with a credentials Secret `_IRODS_USER_NAME`
-//!     and `_IRODS_PASSWORD` (keys `IRODS_USER_NAME`/`IRODS_PASSWORD`).
-//!
-//!   The first s3 source (in name order) also sets the variables boto3, s3fs and fsspec read by
-//!   themselves: `AWS_ENDPOINT_URL`, `FSSPEC_S3_ENDPOINT_URL`, `AWS_DEFAULT_REGION` (when set),
-//!   and `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` from its Secret, or `FSSPEC_S3_ANON=true`
-//!   when it is anonymous. Likewise the first irods source sets the iRODS client's
-//!   `IRODS_HOST`, `IRODS_PORT`, `IRODS_ZONE_NAME`, `IRODS_USER_NAME`, `IRODS_PASSWORD`. Later
-//!   sources of the same kind, which may use other endpoints and Secrets, are reached through
-//!   their own `ATELIER_DATA_<NAME>_*` variables only.
+//! - Data sources: [`crate::policy::data::data_env`] (the rules both backends share, documented
+//!   there), with the catalogue and the iRODS files at [`data_paths`]; a Secret's key becomes a
+//!   `secretKeyRef`, never an inline value.
 //!
 //! # Volumes
 //!
 //! `home` (the home claim) first, then one volume `data-<name>` per mounted data source in name
-//! order: nfs and pvc sources always, s3 and irods sources when they name a CSI driver (an
-//! ephemeral CSI volume whose `nodePublishSecretRef` is `csi.nodePublishSecret`, else the
-//! source's credentials Secret). Mounts honour `readOnly`.
+//! order, then [`CATALOG_VOLUME`] and [`IRODS_VOLUME`]:
+//! - nfs and pvc sources as such;
+//! - s3 and irods sources with `csi`, as [`csi_mode`] resolves it: `Ephemeral`, an inline CSI
+//!   volume; `Persistent`, the claim [`data_children`] builds (with its PersistentVolume);
+//! - the Intake catalogue, the ConfigMap [`catalog_config_map_name`] mounted read-only at
+//!   [`DATA_DIR`] (any data source);
+//! - with an irods source, the in-memory emptyDir [`IRODS_VOLUME`] at [`IRODS_DIR`], which the init
+//!   container [`IRODS_INIT_CONTAINER`] fills with the iRODS client's environment file and
+//!   `.irodsA` ([`crate::policy::data::IRODS_INIT_SCRIPT`]).
+//!
+//! Mounts honour `readOnly`.
+//!
+//! # Data sources' other children ([`data_children`])
+//!
+//! Not part of [`WorkspaceResources`]: per `Persistent` CSI source a cluster-scoped
+//! PersistentVolume (no owner: it is deleted by label, [`DATA_SOURCE_LABEL`] and
+//! [`WORKSPACE_NAMESPACE_LABEL`]) and its claim (owned by the Workspace), and the catalogue's
+//! ConfigMap (owned).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    CSIVolumeSource, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    CSIPersistentVolumeSource, CSIVolumeSource, Capabilities, ConfigMap, ConfigMapVolumeSource,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     LimitRange, LimitRangeItem, LimitRangeSpec, LocalObjectReference, NFSVolumeSource, Namespace,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, Probe, ResourceQuota, ResourceQuotaSpec, ResourceRequirements,
-    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, Pod, PodSecurityContext, PodSpec,
+    Probe, ResourceQuota, ResourceQuotaSpec, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecretReference, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -62,8 +67,11 @@ use super::{
     PlacedPool, SERVER_LABEL, TOKEN_KEY, USER_LABEL, UserNamespaceResources, ValidatedWorkspace,
     WORKSPACE_LABEL, WorkspaceResources,
 };
-use crate::api::v1alpha1::{DataSourceSpec, DesiredState, HomeReclaim, NodePool, PoolPurpose};
+use crate::api::v1alpha1::{
+    CsiMode, CsiSpec, DataSourceSpec, DesiredState, HomeReclaim, NodePool, PoolPurpose, SecretRef,
+};
 use crate::config::OperatorConfig;
+use crate::policy::data::{self, DataPaths, EnvValue};
 use crate::policy::{
     DEFAULT_CPU, DEFAULT_MEMORY, allowed, format_bytes, format_cpu_cores, format_cpu_millis, names,
     parse_bytes, parse_cpu_millis,
@@ -89,6 +97,45 @@ pub const QUOTA_NAME: &str = "atelier-quota";
 pub const LIMIT_RANGE_NAME: &str = "atelier-limits";
 /// Name of the default NetworkPolicy of a per-user namespace.
 pub const USER_NETWORK_POLICY_NAME: &str = "atelier-default";
+
+/// Label of a data source's PersistentVolume and claim: the DataSource (a label value).
+pub const DATA_SOURCE_LABEL: &str = "atelier.dev/data-source";
+/// Label of a data source's PersistentVolume: its Workspace's namespace (PersistentVolumes are
+/// cluster-scoped, so `atelier.dev/workspace` alone does not say whose it is).
+pub const WORKSPACE_NAMESPACE_LABEL: &str = "atelier.dev/workspace-namespace";
+/// Directory of the Intake catalogue in the pod (the ConfigMap [`catalog_config_map_name`]).
+pub const DATA_DIR: &str = "/etc/atelier/data";
+/// Key of the catalogue in its ConfigMap, and its file name under [`DATA_DIR`].
+pub const CATALOG_KEY: &str = "catalog.yaml";
+/// Name of the catalogue's volume in the pod.
+pub const CATALOG_VOLUME: &str = "atelier-data";
+/// Directory of the iRODS client's files in the pod (an emptyDir).
+pub const IRODS_DIR: &str = "/etc/atelier/irods";
+/// Name of the emptyDir holding the iRODS client's files.
+pub const IRODS_VOLUME: &str = "atelier-irods";
+/// `sizeLimit` of [`IRODS_VOLUME`] (two small files, in memory).
+pub const IRODS_VOLUME_SIZE: &str = "1Mi";
+/// Name of the init container that writes the iRODS client's files.
+pub const IRODS_INIT_CONTAINER: &str = "irods-env";
+/// `storage` of a data source's PersistentVolume and claim when `csi.capacity` is not set
+/// (both drivers ignore it; the API requires one).
+pub const DEFAULT_DATA_CAPACITY: &str = "1Gi";
+
+/// Where a Kubernetes workspace finds its data files: the catalogue under [`DATA_DIR`], the
+/// iRODS client's `irods_environment.json` and `.irodsA` under [`IRODS_DIR`].
+pub fn data_paths() -> DataPaths {
+    DataPaths {
+        catalog: format!("{DATA_DIR}/{CATALOG_KEY}"),
+        irods_environment: format!("{IRODS_DIR}/irods_environment.json"),
+        irods_authentication: format!("{IRODS_DIR}/.irodsA"),
+    }
+}
+
+/// Name of the ConfigMap holding a workspace's Intake catalogue: `ws-<workspace>-data` (hashed
+/// when too long, as the other children's names).
+pub fn catalog_config_map_name(workspace: &str) -> String {
+    names::dns_label("ws-", workspace, "-data")
+}
 
 const API_VERSION: &str = "atelier.dev/v1alpha1";
 const KIND: &str = "Workspace";
@@ -161,10 +208,22 @@ pub fn server_url(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> String {
     )
 }
 
-/// The children of one Workspace.
+/// The children of one Workspace, with CSI sources in `Auto` mode attached as [`csi_mode`]
+/// decides without knowing the cluster's drivers (see [`build_with`]).
 pub fn build(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> WorkspaceResources {
+    build_with(v, cfg, None)
+}
+
+/// The children of one Workspace; `csi_drivers` are the cluster's CSIDrivers with their
+/// `volumeLifecycleModes` ([`crate::policy::workspace::Dereferenced::csi_drivers`]), `None`
+/// when not read. The data sources' other children: [`data_children`], with the same drivers.
+pub fn build_with(
+    v: &ValidatedWorkspace,
+    cfg: &OperatorConfig,
+    csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
+) -> WorkspaceResources {
     let pod = match (v.desired_state, &v.pool) {
-        (DesiredState::Running, Some(pool)) => Some(build_pod(v, pool, cfg)),
+        (DesiredState::Running, Some(pool)) => Some(build_pod(v, pool, cfg, csi_drivers)),
         // Stopped; or (never produced by `validate`) running without a pool: nothing to run.
         _ => None,
     };
@@ -296,6 +355,20 @@ pub fn build_network_policy(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Net
     }
 }
 
+/// The securityContext of the server's container and of the init container.
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            add: None,
+            drop: Some(vec!["ALL".to_owned()]),
+        }),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
+    }
+}
+
 fn runtime_default_seccomp() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".to_owned(),
@@ -303,8 +376,13 @@ fn runtime_default_seccomp() -> SeccompProfile {
     }
 }
 
-/// The server's pod on `pool`.
-pub fn build_pod(v: &ValidatedWorkspace, pool: &PlacedPool, cfg: &OperatorConfig) -> Pod {
+/// The server's pod on `pool` (`csi_drivers`: see [`build_with`]).
+pub fn build_pod(
+    v: &ValidatedWorkspace,
+    pool: &PlacedPool,
+    cfg: &OperatorConfig,
+    csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
+) -> Pod {
     let prefix = service_prefix(&v.user, &v.server_name);
     let mut resources = BTreeMap::from([
         ("cpu".to_owned(), Quantity(v.resources.cpu.clone())),
@@ -315,7 +393,7 @@ pub fn build_pod(v: &ValidatedWorkspace, pool: &PlacedPool, cfg: &OperatorConfig
     {
         resources.insert(gpu.clone(), Quantity(v.resources.gpus.to_string()));
     }
-    let (data_volumes, data_mounts) = data_volumes(&v.data_sources);
+    let (data_volumes, data_mounts) = data_volumes(v, csi_drivers);
     let mut volumes = vec![Volume {
         name: HOME_VOLUME.to_owned(),
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -350,19 +428,10 @@ pub fn build_pod(v: &ValidatedWorkspace, pool: &PlacedPool, cfg: &OperatorConfig
         env: Some(server_env(v, cfg)),
         resources: Some(ResourceRequirements {
             requests: Some(resources.clone()),
-            limits: Some(resources),
+            limits: Some(resources.clone()),
             claims: None,
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                add: None,
-                drop: Some(vec!["ALL".to_owned()]),
-            }),
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security_context()),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some(format!("{prefix}api")),
@@ -376,9 +445,15 @@ pub fn build_pod(v: &ValidatedWorkspace, pool: &PlacedPool, cfg: &OperatorConfig
         ..Container::default()
     };
 
+    // The init container asks for the server's CPU and memory (never more than the pod's
+    // effective request, the larger of the two), not its GPUs.
+    resources.retain(|k, _| k == "cpu" || k == "memory");
+    let init_containers = irods_init_container(v, cfg, resources).map(|c| vec![c]);
+
     Pod {
         metadata: meta(v, names::pod_name(&v.name), true),
         spec: Some(PodSpec {
+            init_containers,
             containers: vec![container],
             volumes: Some(volumes),
             // Crashes restart in place; the status step reports CrashLoopBackOff as Failed.
@@ -435,7 +510,7 @@ pub fn server_env(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Vec<EnvVar> {
     for (name, value) in &v.env {
         put(plain(name, value));
     }
-    for var in data_source_env(&v.data_sources) {
+    for var in data_env(v) {
         put(var);
     }
     for var in hub_env(v, cfg) {
@@ -505,78 +580,141 @@ fn hub_env(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Vec<EnvVar> {
     vars
 }
 
-/// The data sources' variables (see the module documentation).
-fn data_source_env(sources: &[(String, DataSourceSpec)]) -> Vec<EnvVar> {
-    let mut vars = Vec::new();
-    let (mut first_s3, mut first_irods) = (true, true);
-    for (name, spec) in sources {
-        let p = names::data_env_prefix(name);
-        if let Some(s3) = &spec.s3 {
-            let prefix = s3.prefix.trim_start_matches('/');
-            vars.push(plain(format!("{p}_ENDPOINT_URL"), s3.endpoint.clone()));
-            vars.push(plain(format!("{p}_BUCKET"), s3.bucket.clone()));
-            vars.push(plain(format!("{p}_PREFIX"), s3.prefix.clone()));
-            vars.push(plain(
-                format!("{p}_URL"),
-                format!("s3://{}/{prefix}", s3.bucket),
-            ));
-            if let Some(region) = &s3.region {
-                vars.push(plain(format!("{p}_REGION"), region.clone()));
-            }
-            match &s3.credentials_secret {
-                Some(secret) => {
-                    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-                        vars.push(from_secret(format!("{p}_{key}"), &secret.name, key));
-                    }
-                }
-                None => vars.push(plain(format!("{p}_ANONYMOUS"), "true")),
-            }
-            if std::mem::take(&mut first_s3) {
-                vars.push(plain("AWS_ENDPOINT_URL", s3.endpoint.clone()));
-                vars.push(plain("FSSPEC_S3_ENDPOINT_URL", s3.endpoint.clone()));
-                if let Some(region) = &s3.region {
-                    vars.push(plain("AWS_DEFAULT_REGION", region.clone()));
-                }
-                match &s3.credentials_secret {
-                    Some(secret) => {
-                        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-                            vars.push(from_secret(key, &secret.name, key));
-                        }
-                    }
-                    None => vars.push(plain("FSSPEC_S3_ANON", "true")),
-                }
-            }
-        }
-        if let Some(irods) = &spec.irods {
-            vars.push(plain(format!("{p}_HOST"), irods.host.clone()));
-            vars.push(plain(format!("{p}_PORT"), irods.port.to_string()));
-            vars.push(plain(format!("{p}_ZONE"), irods.zone.clone()));
-            vars.push(plain(format!("{p}_PATH"), irods.path.clone()));
-            if let Some(secret) = &irods.credentials_secret {
-                for key in ["IRODS_USER_NAME", "IRODS_PASSWORD"] {
-                    vars.push(from_secret(format!("{p}_{key}"), &secret.name, key));
-                }
-            }
-            if std::mem::take(&mut first_irods) {
-                vars.push(plain("IRODS_HOST", irods.host.clone()));
-                vars.push(plain("IRODS_PORT", irods.port.to_string()));
-                vars.push(plain("IRODS_ZONE_NAME", irods.zone.clone()));
-                if let Some(secret) = &irods.credentials_secret {
-                    for key in ["IRODS_USER_NAME", "IRODS_PASSWORD"] {
-                        vars.push(from_secret(key, &secret.name, key));
-                    }
-                }
+/// An environment entry of [`crate::policy::data`] as a container's variable: a Secret's key
+/// as a `secretKeyRef`, never inline.
+fn env_var(name: String, value: EnvValue) -> EnvVar {
+    match value {
+        EnvValue::Plain(value) => plain(name, value),
+        EnvValue::Secret { name: secret, key } => from_secret(name, &secret, &key),
+    }
+}
+
+/// The data sources' variables ([`data::data_env`] for the owner's groups, files at
+/// [`data_paths`]).
+fn data_env(v: &ValidatedWorkspace) -> Vec<EnvVar> {
+    data::data_env(&v.data_sources, &v.groups, &data_paths())
+        .into_iter()
+        .map(|(name, value)| env_var(name, value))
+        .collect()
+}
+
+/// How a CSI source is attached: `Ephemeral` or `Persistent` (never `Auto`). `Auto` is
+/// `Ephemeral` when the driver's CSIDriver lists `Ephemeral` in its `volumeLifecycleModes`,
+/// else `Persistent`: the mode of a CSIDriver without `volumeLifecycleModes` (storage.k8s.io/v1),
+/// and the only one of both drivers studied, csi-s3 (yandex-cloud/k8s-csi-s3
+/// `deploy/helm/csi-s3/templates/driver.yaml`: `volumeLifecycleModes: [Persistent]`) and the
+/// iRODS driver (cyverse/irods-csi-driver `helm/templates/csidriver.yaml`: none). Without the
+/// drivers (`None`), `Auto` is `Persistent` for the same reason.
+pub fn csi_mode(csi: &CsiSpec, csi_drivers: Option<&BTreeMap<String, Vec<String>>>) -> CsiMode {
+    match csi.mode {
+        CsiMode::Ephemeral => CsiMode::Ephemeral,
+        CsiMode::Persistent => CsiMode::Persistent,
+        CsiMode::Auto => {
+            let ephemeral = csi_drivers
+                .and_then(|d| d.get(&csi.driver))
+                .is_some_and(|modes| modes.iter().any(|m| m == "Ephemeral"));
+            if ephemeral {
+                CsiMode::Ephemeral
+            } else {
+                CsiMode::Persistent
             }
         }
     }
-    vars
 }
 
-/// Volumes and mounts of the mounted data sources, in name order.
-fn data_volumes(sources: &[(String, DataSourceSpec)]) -> (Vec<Volume>, Vec<VolumeMount>) {
+/// csi-s3's driver name (yandex-cloud/k8s-csi-s3 `deploy/helm/csi-s3/templates/driver.yaml`).
+pub const CSI_S3_DRIVER: &str = "ru.yandex.s3.csi";
+/// The iRODS CSI driver's name (cyverse/irods-csi-driver `helm/templates/csidriver.yaml`).
+pub const IRODS_CSI_DRIVER: &str = "irods.csi.cyverse.org";
+
+/// The `volumeAttributes` of a CSI source: the defaults of a known driver, overridden key by key
+/// by the admin's `csi.volumeAttributes`; for any other driver the admin's only.
+///
+/// - csi-s3 ([`CSI_S3_DRIVER`]): `mounter: geesefs` (yandex-cloud/k8s-csi-s3
+///   `pkg/mounter/mounter.go`: `TypeKey = "mounter"`, geesefs also its fallback); the bucket
+///   and prefix come from the `volumeHandle` (`pkg/driver/nodeserver.go`,
+///   `volumeIDToBucketPrefix`), `options` (mount options, `OptionsKey`) and `capacity`
+///   (`getMeta`) only from the admin. Not for other s3 drivers: ctrox/csi-s3's mounters are
+///   s3fs, goofys, s3backer and rclone (`pkg/mounter/`), no geesefs.
+/// - iRODS ([`IRODS_CSI_DRIVER`]): `client: irodsfuse` (cyverse/irods-csi-driver
+///   `pkg/client/common/common.go`, `GetClientType`), `host`, `port` (a string, parsed with
+///   `strconv.Atoi`), `zone`, `path` (absolute: the collection mounted at the mount's root)
+///   (`pkg/client/irods/connection_info.go`, `getConnectionInfoFromMap`).
+pub fn csi_volume_attributes(spec: &DataSourceSpec, csi: &CsiSpec) -> BTreeMap<String, String> {
+    let mut attributes = BTreeMap::new();
+    match (csi.driver.as_str(), &spec.s3, &spec.irods) {
+        (CSI_S3_DRIVER, Some(_), _) => {
+            attributes.insert("mounter".to_owned(), "geesefs".to_owned());
+        }
+        (IRODS_CSI_DRIVER, _, Some(irods)) => {
+            attributes.insert("client".to_owned(), "irodsfuse".to_owned());
+            attributes.insert("host".to_owned(), irods.host.clone());
+            attributes.insert("port".to_owned(), irods.port.to_string());
+            attributes.insert("zone".to_owned(), irods.zone.clone());
+            attributes.insert("path".to_owned(), irods.path.clone());
+        }
+        _ => {}
+    }
+    attributes.extend(
+        csi.volume_attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    attributes
+}
+
+/// The `volumeHandle` of a source's PersistentVolume `pv`: `csi.volumeHandle`, else for s3
+/// `<bucket>/<prefix>` without the prefix's outer slashes (just `<bucket>` without one): the
+/// handle csi-s3 splits at the first `/` into bucket and prefix (yandex-cloud/k8s-csi-s3
+/// `pkg/driver/nodeserver.go`, `volumeIDToBucketPrefix`); else `pv` (the iRODS driver takes any
+/// unique id: cyverse/irods-csi-driver `docs/irodsfs_static_volume_provisioning.md`).
+pub fn csi_volume_handle(spec: &DataSourceSpec, csi: &CsiSpec, pv: &str) -> String {
+    if let Some(handle) = &csi.volume_handle {
+        return handle.clone();
+    }
+    match &spec.s3 {
+        Some(s3) => {
+            let prefix = s3.prefix.trim_matches('/');
+            if prefix.is_empty() {
+                s3.bucket.clone()
+            } else {
+                format!("{}/{prefix}", s3.bucket)
+            }
+        }
+        None => pv.to_owned(),
+    }
+}
+
+/// The Secret a CSI mount of a source hands its driver: `csi.nodePublishSecret`, else the
+/// user's credentials ([`data::credentials_for`]), else none.
+fn csi_secret<'a>(
+    spec: &'a DataSourceSpec,
+    csi: &'a CsiSpec,
+    groups: &BTreeSet<String>,
+) -> Option<&'a SecretRef> {
+    csi.node_publish_secret
+        .as_ref()
+        .or_else(|| data::credentials_for(spec, groups).map(|(_, secret)| secret))
+}
+
+/// The access mode of a source's PersistentVolume and claim.
+fn data_access_mode(spec: &DataSourceSpec) -> &'static str {
+    if spec.read_only {
+        "ReadOnlyMany"
+    } else {
+        "ReadWriteMany"
+    }
+}
+
+/// Volumes and mounts of the data sources, in name order, then the catalogue and the iRODS
+/// files (see the module documentation).
+fn data_volumes(
+    v: &ValidatedWorkspace,
+    csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
-    for (name, spec) in sources {
+    for (name, spec) in &v.data_sources {
         let volume_name = names::data_volume_name(name);
         let read_only = Some(spec.read_only);
         let mut volume = Volume {
@@ -595,29 +733,31 @@ fn data_volumes(sources: &[(String, DataSourceSpec)]) -> (Vec<Volume>, Vec<Volum
                 read_only,
             });
         } else if let Some(csi) = &spec.csi {
-            let credentials = spec
-                .s3
-                .as_ref()
-                .and_then(|s| s.credentials_secret.as_ref())
-                .or_else(|| {
-                    spec.irods
-                        .as_ref()
-                        .and_then(|i| i.credentials_secret.as_ref())
-                });
-            volume.csi = Some(CSIVolumeSource {
-                driver: csi.driver.clone(),
-                volume_attributes: (!csi.volume_attributes.is_empty())
-                    .then(|| csi.volume_attributes.clone()),
-                read_only,
-                node_publish_secret_ref: csi.node_publish_secret.as_ref().or(credentials).map(
-                    |s| LocalObjectReference {
-                        name: s.name.clone(),
-                    },
-                ),
-                fs_type: None,
-            });
+            match csi_mode(csi, csi_drivers) {
+                CsiMode::Ephemeral => {
+                    let attributes = csi_volume_attributes(spec, csi);
+                    volume.csi = Some(CSIVolumeSource {
+                        driver: csi.driver.clone(),
+                        volume_attributes: (!attributes.is_empty()).then_some(attributes),
+                        read_only,
+                        // In the pod's namespace (a LocalObjectReference).
+                        node_publish_secret_ref: csi_secret(spec, csi, &v.groups).map(|s| {
+                            LocalObjectReference {
+                                name: s.name.clone(),
+                            }
+                        }),
+                        fs_type: None,
+                    });
+                }
+                _ => {
+                    volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: names::data_claim_name(&v.name, name),
+                        read_only,
+                    });
+                }
+            }
         } else {
-            // s3 or irods without CSI: environment only.
+            // s3 or irods without CSI, or STAC: environment only.
             continue;
         }
         volumes.push(volume);
@@ -629,7 +769,229 @@ fn data_volumes(sources: &[(String, DataSourceSpec)]) -> (Vec<Volume>, Vec<Volum
             ..VolumeMount::default()
         });
     }
+    if !v.data_sources.is_empty() {
+        volumes.push(Volume {
+            name: CATALOG_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: catalog_config_map_name(&v.name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: CATALOG_VOLUME.to_owned(),
+            mount_path: DATA_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    if v.data_sources.iter().any(|(_, s)| s.irods.is_some()) {
+        // In memory (tmpfs): the obfuscated password never reaches the node's disk.
+        volumes.push(Volume {
+            name: IRODS_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: Some(Quantity(IRODS_VOLUME_SIZE.to_owned())),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: IRODS_VOLUME.to_owned(),
+            mount_path: IRODS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     (volumes, mounts)
+}
+
+/// The init container writing the iRODS client's files (with an irods source): the workspace's
+/// image, the server's securityContext (so the uid that salts `.irodsA` is the server's),
+/// `python3 -c` [`data::IRODS_INIT_SCRIPT`] with [`data::irods_init_env`] (the credentials as
+/// `secretKeyRef`), the emptyDir [`IRODS_VOLUME`] writable.
+fn irods_init_container(
+    v: &ValidatedWorkspace,
+    cfg: &OperatorConfig,
+    resources: BTreeMap<String, Quantity>,
+) -> Option<Container> {
+    let env = data::irods_init_env(&v.data_sources, &v.groups, &data_paths())?;
+    Some(Container {
+        name: IRODS_INIT_CONTAINER.to_owned(),
+        image: Some(v.image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        command: Some(vec![
+            "python3".to_owned(),
+            "-c".to_owned(),
+            data::IRODS_INIT_SCRIPT.to_owned(),
+        ]),
+        env: Some(
+            env.into_iter()
+                .map(|(name, value)| env_var(name, value))
+                .collect(),
+        ),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            claims: None,
+        }),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: IRODS_VOLUME.to_owned(),
+            mount_path: IRODS_DIR.to_owned(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    })
+}
+
+/// The data sources' children besides the pod ([`data_children`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DataChildren {
+    /// One PersistentVolume per `Persistent` CSI source, in source name order
+    /// ([`build_data_volume`]).
+    pub persistent_volumes: Vec<PersistentVolume>,
+    /// Their claims, in the same order ([`build_data_claim`]).
+    pub claims: Vec<PersistentVolumeClaim>,
+    /// The Intake catalogue, when the workspace has a data source
+    /// ([`build_catalog_config_map`]).
+    pub config_map: Option<ConfigMap>,
+}
+
+/// The data sources' children besides the pod, whatever the desired state (as the home claim,
+/// they outlive a stop); `csi_drivers` as for [`build_with`], so that the pod and these agree
+/// on each source's [`csi_mode`].
+pub fn data_children(
+    v: &ValidatedWorkspace,
+    csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
+) -> DataChildren {
+    let mut out = DataChildren {
+        config_map: build_catalog_config_map(v),
+        ..DataChildren::default()
+    };
+    for (name, spec) in &v.data_sources {
+        let Some(csi) = &spec.csi else { continue };
+        if csi_mode(csi, csi_drivers) != CsiMode::Persistent {
+            continue;
+        }
+        out.persistent_volumes
+            .push(build_data_volume(v, name, spec, csi));
+        out.claims.push(build_data_claim(v, name, spec, csi));
+    }
+    out
+}
+
+/// The `storage` of a source's PersistentVolume and claim.
+fn data_capacity(csi: &CsiSpec) -> BTreeMap<String, Quantity> {
+    let storage = csi.capacity.as_deref().unwrap_or(DEFAULT_DATA_CAPACITY);
+    BTreeMap::from([("storage".to_owned(), Quantity(storage.to_owned()))])
+}
+
+/// The statically provisioned PersistentVolume of source `name` for the workspace: named
+/// [`names::data_pv_name`], labelled (managed-by, [`WORKSPACE_LABEL`],
+/// [`WORKSPACE_NAMESPACE_LABEL`], [`DATA_SOURCE_LABEL`]) and without owner (a cluster-scoped
+/// object cannot be owned by a namespaced one); bound in advance to its claim (`claimRef`),
+/// `storageClassName: ""` (no provisioner), reclaim `Retain` (csi-s3's DeleteVolume deletes the
+/// bucket's prefix: yandex-cloud/k8s-csi-s3 `pkg/driver/controllerserver.go`). The driver's
+/// Secret ([`csi_secret`]) goes as both `nodeStageSecretRef` and `nodePublishSecretRef`: csi-s3
+/// reads it in NodeStageVolume and NodePublishVolume (`pkg/driver/nodeserver.go`,
+/// `req.GetSecrets()`; example `deploy/kubernetes/examples/pvc-manual.yaml`), the iRODS driver
+/// mounts in NodeStageVolume (cyverse/irods-csi-driver `pkg/driver/node.go`;
+/// `docs/irodsfs_static_volume_provisioning.md` sets `nodeStageSecretRef`).
+pub fn build_data_volume(
+    v: &ValidatedWorkspace,
+    name: &str,
+    spec: &DataSourceSpec,
+    csi: &CsiSpec,
+) -> PersistentVolume {
+    let pv_name = names::data_pv_name(&v.namespace, &v.name, name);
+    let secret = csi_secret(spec, csi, &v.groups).map(|s| SecretReference {
+        name: Some(s.name.clone()),
+        namespace: Some(v.namespace.clone()),
+    });
+    let attributes = csi_volume_attributes(spec, csi);
+    PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(pv_name.clone()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    MANAGED_BY.to_owned(),
+                ),
+                (WORKSPACE_LABEL.to_owned(), names::label_value(&v.name)),
+                (WORKSPACE_NAMESPACE_LABEL.to_owned(), v.namespace.clone()),
+                (DATA_SOURCE_LABEL.to_owned(), names::label_value(name)),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            capacity: Some(data_capacity(csi)),
+            access_modes: Some(vec![data_access_mode(spec).to_owned()]),
+            persistent_volume_reclaim_policy: Some("Retain".to_owned()),
+            storage_class_name: Some(String::new()),
+            claim_ref: Some(ObjectReference {
+                namespace: Some(v.namespace.clone()),
+                name: Some(names::data_claim_name(&v.name, name)),
+                ..ObjectReference::default()
+            }),
+            csi: Some(CSIPersistentVolumeSource {
+                driver: csi.driver.clone(),
+                volume_handle: csi_volume_handle(spec, csi, &pv_name),
+                read_only: Some(spec.read_only),
+                volume_attributes: (!attributes.is_empty()).then_some(attributes),
+                node_stage_secret_ref: secret.clone(),
+                node_publish_secret_ref: secret,
+                ..CSIPersistentVolumeSource::default()
+            }),
+            ..PersistentVolumeSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The claim of source `name`'s PersistentVolume ([`build_data_volume`]): named
+/// [`names::data_claim_name`], owned by the Workspace, the workspace's labels and
+/// [`DATA_SOURCE_LABEL`], bound to the volume by name with the same access mode and storage.
+pub fn build_data_claim(
+    v: &ValidatedWorkspace,
+    name: &str,
+    spec: &DataSourceSpec,
+    csi: &CsiSpec,
+) -> PersistentVolumeClaim {
+    let mut metadata = meta(v, names::data_claim_name(&v.name, name), true);
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(DATA_SOURCE_LABEL.to_owned(), names::label_value(name));
+    }
+    PersistentVolumeClaim {
+        metadata,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![data_access_mode(spec).to_owned()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(data_capacity(csi)),
+                limits: None,
+            }),
+            storage_class_name: Some(String::new()),
+            volume_name: Some(names::data_pv_name(&v.namespace, &v.name, name)),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The ConfigMap [`catalog_config_map_name`] holding the workspace's Intake catalogue under
+/// [`CATALOG_KEY`] ([`data::intake_catalog`] for the owner's groups, mounted sources read from
+/// their mount paths), owned by the Workspace; `None` without data sources.
+pub fn build_catalog_config_map(v: &ValidatedWorkspace) -> Option<ConfigMap> {
+    if v.data_sources.is_empty() {
+        return None;
+    }
+    Some(ConfigMap {
+        metadata: meta(v, catalog_config_map_name(&v.name), true),
+        data: Some(BTreeMap::from([(
+            CATALOG_KEY.to_owned(),
+            data::intake_catalog(&v.data_sources, &v.groups, true),
+        )])),
+        ..ConfigMap::default()
+    })
 }
 
 /// The namespace, ResourceQuota, LimitRange and NetworkPolicy of a user's own namespace.
