@@ -594,6 +594,11 @@ metadata: {{name: lab}}
 spec: {{displayName: Lab, image: "lab:1"}}
 ---
 apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {{name: cpu}}
+spec: {{purpose: interactive}}
+---
+apiVersion: atelier.dev/v1alpha1
 kind: DataSource
 metadata: {{name: argo}}
 spec:
