@@ -489,7 +489,11 @@ impl Catalog {
         let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| CatalogError {
             file: file.to_owned(),
             document: None,
-            message: format!("not YAML: {e}"),
+            // The first line says where; the next ones quote the text, which may be a Secret's.
+            message: format!(
+                "not YAML: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
         })?;
         for (i, doc) in docs.into_iter().enumerate() {
             let error = |message: String| CatalogError {
@@ -1426,6 +1430,10 @@ stringData:
         let twice = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {K: v}\n---\n";
         let e = bad(&format!("{twice}{twice}"));
         assert!(e.contains("document 2: Secret s is defined twice"), "{e}");
+        // Broken YAML: the error says where, not what.
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {K: hunter2\n");
+        assert!(e.starts_with("site/secrets.yaml: not YAML"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
         // Other v1 kinds are still refused.
         let e = bad("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
         assert!(e.contains("field apiVersion"), "{e}");
