@@ -1185,6 +1185,35 @@ mod tests {
         assert!(check_user_host(&config, &long).is_ok());
     }
 
+    #[tokio::test]
+    async fn endpoints_are_probed_and_failures_name_the_source() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = format!("http://{}/", listener.local_addr().unwrap());
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let endpoint = |source: &str, url: &str| DataEndpoint {
+            source: source.into(),
+            url: url.into(),
+        };
+        assert!(probe_endpoints(&[endpoint("argo", &open)]).await.is_ok());
+        match probe_endpoints(&[endpoint("argo", &open), endpoint("shelf", &closed)]).await {
+            Err(BackendError::SpawnFailed(m)) => assert_eq!(
+                m,
+                format!("DataSource shelf: endpoint {closed} unreachable: connection refused")
+            ),
+            other => panic!("{other:?}"),
+        }
+        match probe_endpoints(&[endpoint("argo", "no host here")]).await {
+            Err(BackendError::SpawnFailed(m)) => assert!(
+                m.starts_with("DataSource argo: endpoint no host here unreachable: "),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn server_tokens_have_the_server_role() {
         assert_eq!(
