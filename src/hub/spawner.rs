@@ -511,14 +511,15 @@ async fn probe_endpoints(endpoints: &[DataEndpoint]) -> Result<(), BackendError>
     Ok(())
 }
 
-/// Connects to the host and port of `url` (port 443 for https, 80 for http when it names none).
+/// Connects to the host and port of `url` (when it names none: 80 for http, else 443, as
+/// `policy::data` takes a URL without a scheme for https).
 async fn probe(url: &str) -> Result<(), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
     let host = uri.host().ok_or("no host in the URL")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let https = uri
         .scheme_str()
-        .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+        .is_none_or(|s| s.eq_ignore_ascii_case("https"));
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     match tokio::time::timeout(
         ENDPOINT_PROBE_TIMEOUT,
