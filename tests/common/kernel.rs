@@ -56,7 +56,9 @@ impl Kernel {
             .uri(&url)
             .header("authorization", format!("token {token}"))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(json!({"name": "python3"}).to_string())))
+            .body(Full::new(Bytes::from(
+                json!({"name": "python3"}).to_string(),
+            )))
             .expect("request");
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let exchange = async {
