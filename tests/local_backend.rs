@@ -216,6 +216,7 @@ fn request(user: &str, server: &str) -> SpawnRequest {
         profile: None,
         user_options: json!({}),
         env,
+        files: BTreeMap::new(),
     }
 }
 
@@ -425,6 +426,121 @@ async fn a_command_that_exits_at_once_fails_with_its_log() {
         }
         other => panic!("expected SpawnFailed, got {other:?}"),
     }
+}
+
+/// A request carrying the data sources' files and a credential in its environment.
+fn data_request(user: &str, server: &str) -> SpawnRequest {
+    let mut r = request(user, server);
+    r.env
+        .insert("AWS_SECRET_ACCESS_KEY".into(), "data-secret-value".into());
+    // What the hub would never send, but the backend overrides: the files' variables.
+    r.env
+        .insert("ATELIER_DATA_CATALOG".into(), "/elsewhere/catalog.yaml".into());
+    r.files = BTreeMap::from([
+        ("catalog.yaml".into(), "metadata: {version: 1}\nsources: {}\n".into()),
+        ("irods_environment.json".into(), "{\"irods_host\": \"h\"}\n".into()),
+        (".irodsA".into(), ".obfuscated\0".into()),
+    ]);
+    r
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn data_files_are_written_private_and_removed_at_stop() {
+    let sandbox = Sandbox::new("data");
+    let backend = LocalBackend::new(sandbox.config());
+    let dir = sandbox.state_dir().join("run/alice/server-lab.data");
+    assert_eq!(backend.data_dir_path("alice", "lab"), dir);
+    // A leftover of an earlier run is replaced.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("stale"), "old").unwrap();
+
+    let (result, events) = start(&backend, &sandbox, data_request("alice", "lab")).await;
+    let spawned = result.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message == "Data sources: .irodsA, catalog.yaml, irods_environment.json written"),
+        "{events:?}"
+    );
+    for event in &events {
+        assert!(!event.message.contains("data-secret-value"), "{event:?}");
+    }
+    assert_eq!(spawned.handle["data_dir"], dir.display().to_string());
+    assert_eq!(mode(&dir), 0o700);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".irodsA", "catalog.yaml", "irods_environment.json"]);
+    for name in &names {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".irodsA")).unwrap(),
+        ".obfuscated\0"
+    );
+    let (status, body) = http_get(&format!("{}/user/alice/lab/api/env", spawned.url)).await;
+    assert_eq!(status, 200);
+    let env = &serde_json::from_str::<Value>(&body).unwrap()["env"];
+    let path = |name: &str| dir.join(name).display().to_string();
+    assert_eq!(env["ATELIER_DATA_CATALOG"], path("catalog.yaml"));
+    assert_eq!(env["IRODS_ENVIRONMENT_FILE"], path("irods_environment.json"));
+    assert_eq!(env["IRODS_AUTHENTICATION_FILE"], path(".irodsA"));
+    assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "data-secret-value");
+
+    stop(&backend, &spawned.handle).await;
+    assert!(!dir.exists(), "the data directory outlived the server");
+    // A second stop is fine.
+    stop(&backend, &spawned.handle).await;
+
+    // Without files: no directory, no variables.
+    let (result, _) = start(&backend, &sandbox, request("alice", "lab")).await;
+    let spawned = result.unwrap();
+    assert!(!dir.exists());
+    assert!(spawned.handle.get("data_dir").is_none());
+    let (_, body) = http_get(&format!("{}/user/alice/lab/api/env", spawned.url)).await;
+    let env = &serde_json::from_str::<Value>(&body).unwrap()["env"];
+    assert!(env.get("IRODS_ENVIRONMENT_FILE").is_none(), "{env}");
+    stop(&backend, &spawned.handle).await;
+
+    // A handle naming a directory outside the run directory never has it removed.
+    let outside = sandbox.dir.join("precious.data");
+    std::fs::create_dir_all(&outside).unwrap();
+    let (result, _) = start(&backend, &sandbox, request("carol", "")).await;
+    let mut handle = result.unwrap().handle;
+    handle["data_dir"] = json!(outside.display().to_string());
+    stop(&backend, &handle).await;
+    assert!(outside.exists());
+}
+
+#[tokio::test]
+async fn a_failed_start_leaves_no_data_files() {
+    let sandbox = Sandbox::new("data-fail");
+    let backend = LocalBackend::new(sandbox.shell_config("echo no server here >&2; exit 3"));
+    let dir = backend.data_dir_path("bob", "");
+    let (result, _) = start(&backend, &sandbox, data_request("bob", "")).await;
+    assert!(matches!(result, Err(BackendError::SpawnFailed(_))), "{result:?}");
+    assert!(!dir.exists(), "a failed start left {}", dir.display());
+
+    // A start dropped midway (a cancelled spawn) takes its files with it.
+    let backend = LocalBackend::new(sandbox.shell_config("sleep 30"));
+    let (tx, _rx) = mpsc::channel(16);
+    let start = backend.start(data_request("bob", ""), tx);
+    let _ = tokio::time::timeout(Duration::from_millis(700), start).await;
+    assert!(!dir.exists(), "an abandoned start left {}", dir.display());
+
+    // A file that is not a data file is refused (it could name a path).
+    let mut request = data_request("bob", "");
+    request.files.insert("../../escape".into(), "x".into());
+    let (result, _) = start(&backend, &sandbox, request).await;
+    assert!(matches!(result, Err(BackendError::Other(_))), "{result:?}");
+    assert!(!dir.exists());
+    assert!(!sandbox.state_dir().join("escape").exists());
 }
 
 #[tokio::test]

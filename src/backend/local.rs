@@ -13,6 +13,20 @@
 //! as the process exists, before it is ready: a start interrupted by a hub crash (SIGKILL, power)
 //! never returns its handle to the hub, and the next start of the same server stops that
 //! leftover process first, so that a server never runs twice.
+//!
+//! # Data sources
+//!
+//! The hub gives a server its data sources as environment (`ATELIER_DATA_<NAME>_*`, `AWS_*`,
+//! `IRODS_*`, ...; `policy::data::data_env`) and files (`SpawnRequest::files`: the Intake
+//! catalogue, the iRODS environment and password file; [`DATA_FILES`]). [`LocalBackend`] writes
+//! the files into the server's data directory, `<state_dir>/run/<user>/default.data/` or
+//! `<state_dir>/run/<user>/server-<name>.data/` ([`LocalBackend::data_dir_path`]; mode 0700,
+//! files 0600, created afresh before the process starts), and points their variables at them
+//! (`ATELIER_DATA_CATALOG`, `IRODS_ENVIRONMENT_FILE`, `IRODS_AUTHENTICATION_FILE`). The
+//! directory goes when the server stops, and when its start fails or is abandoned. Nothing is
+//! mounted locally: a source the operator would mount (csi, nfs, pvc) is still listed in the
+//! catalogue, at the path it would have (an s3 or irods source with `csi` is read over the
+//! network instead). Neither the environment nor the files are ever logged.
 
 mod proc;
 
@@ -39,7 +53,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
 
 use self::proc::Leader;
-use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
+use super::{
+    BackendError, BackendStatus, DATA_FILES, ProgressEvent, SpawnRequest, Spawned,
+    WorkspaceBackend,
+};
 use crate::policy::names;
 
 /// The single-user server JupyterHub runs by default.
@@ -166,6 +183,10 @@ pub struct LocalHandle {
     /// The boot it was started in: after a reboot nothing of it can be alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The directory of its data-source files ([`LocalBackend::data_dir_path`]), removed when
+    /// it stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl LocalHandle {
@@ -270,6 +291,34 @@ impl LocalBackend {
         self.config.state_dir.join("run").join(user).join(file)
     }
 
+    /// The directory of the data-source files of `user`'s server `server`, beside its record:
+    /// `run/<user>/default.data`, `run/<user>/server-<name>.data` (records end in `.json`, so
+    /// no name makes the two meet).
+    pub fn data_dir_path(&self, user: &str, server: &str) -> PathBuf {
+        self.run_record_path(user, server).with_extension("data")
+    }
+
+    /// Removes a data directory named by a handle, when it is one of this backend's (under
+    /// `<state_dir>/run/`, named `*.data`): a handle read back from the database names nothing
+    /// else.
+    fn remove_data_dir(&self, dir: &Path) {
+        let run = self.config.state_dir.join("run");
+        let ours = dir.starts_with(&run)
+            && dir.extension().is_some_and(|e| e == "data")
+            && !dir
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if !ours {
+            tracing::warn!(dir = %dir.display(), "not removing a data directory outside the run directory");
+            return;
+        }
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => tracing::debug!(dir = %dir.display(), "data directory removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a data directory"),
+        }
+    }
+
     /// Stops the process recorded for `user`'s server `server`, if it still runs: a start
     /// interrupted by a hub crash leaves one the hub does not know of.
     async fn stop_leftover(&self, user: &str, server: &str) -> Result<(), BackendError> {
@@ -298,7 +347,11 @@ impl LocalBackend {
                 "a leftover process of this server (pid {}) cannot be stopped: {e}",
                 handle.pid
             ))
-        })
+        })?;
+        if let Some(dir) = &handle.data_dir {
+            self.remove_data_dir(dir);
+        }
+        Ok(())
     }
 
     async fn start_server(
@@ -340,6 +393,29 @@ impl LocalBackend {
         )
         .map_err(|e| anyhow::anyhow!("preparing the run directory: {e}"))?;
 
+        // The data sources' files, before the process exists; gone again unless it starts.
+        let data_dir = self.data_dir_path(&request.user, &request.server);
+        let mut data_guard = DataDirGuard {
+            dir: data_dir.clone(),
+            armed: true,
+        };
+        let data_env = write_data_files(&data_dir, &request.files).map_err(|e| {
+            anyhow::anyhow!("writing the data files into {}: {e}", data_dir.display())
+        })?;
+        if !request.files.is_empty() {
+            send(
+                progress,
+                20,
+                format!(
+                    "Data sources: {} written",
+                    request.files.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                false,
+                false,
+            )
+            .await;
+        }
+
         let port = free_port()
             .await
             .map_err(|e| anyhow::anyhow!("finding a free port: {e}"))?;
@@ -360,6 +436,7 @@ impl LocalBackend {
             )
             .envs(&self.config.env)
             .envs(&request.env)
+            .envs(data_env)
             .envs(server_env(request, &prefix, port, &user_dir))
             .current_dir(&user_dir)
             .stdin(Stdio::null())
@@ -418,6 +495,7 @@ impl LocalBackend {
             start_time,
             prefix: Some(prefix.clone()),
             boot_id: proc::boot_id(),
+            data_dir: (!request.files.is_empty()).then(|| data_dir.clone()),
         };
         // Before waiting: a hub killed meanwhile leaves this record as the only trace.
         write_record(&record_path, &handle)
@@ -453,6 +531,7 @@ impl LocalBackend {
             }
         }
         guard.armed = false;
+        data_guard.armed = false;
         self.lock_children().insert(
             pid,
             OwnChild {
@@ -509,6 +588,9 @@ impl LocalBackend {
         let result = terminate_group(&handle, STOP_GRACE).await;
         if result.is_ok() {
             self.lock_children().remove(&handle.pid);
+            if let Some(dir) = &handle.data_dir {
+                self.remove_data_dir(dir);
+            }
         }
         result
     }
@@ -614,6 +696,74 @@ impl Drop for KillGuard {
             }
         }
     }
+}
+
+/// Removes a starting server's data directory when the start does not finish (error, or the
+/// start future dropped).
+struct DataDirGuard {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for DataDirGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            match std::fs::remove_dir_all(&self.dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    dir = %self.dir.display(), error = %e,
+                    "cannot remove the data directory of an abandoned start"
+                ),
+            }
+        }
+    }
+}
+
+/// Writes `files` into `dir`, made afresh (mode 0700, each file 0600), and returns the
+/// variables pointing at them ([`DATA_FILES`]). With no files, only removes what an earlier
+/// run left. A file name that is not one of [`DATA_FILES`] is refused (it names no variable,
+/// and could name a path).
+fn write_data_files(
+    dir: &Path,
+    files: &BTreeMap<String, String>,
+) -> std::io::Result<Vec<(String, String)>> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(name) = files
+        .keys()
+        .find(|name| !DATA_FILES.iter().any(|(file, _)| file == name))
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a data file of a workspace"),
+        ));
+    }
+    DirBuilder::new().mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut env = Vec::new();
+    for (file, var) in DATA_FILES {
+        let Some(content) = files.get(file) else {
+            continue;
+        };
+        let path = dir.join(file);
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        out.write_all(content.as_bytes())?;
+        out.sync_all()?;
+        env.push((var.to_owned(), path.to_string_lossy().into_owned()));
+    }
+    Ok(env)
 }
 
 /// Stops the server's process group: SIGTERM, up to `grace` to exit, then SIGKILL. Ok when
@@ -839,6 +989,7 @@ mod tests {
             profile: None,
             user_options: json!({}),
             env: BTreeMap::new(),
+            files: BTreeMap::new(),
         }
     }
 
@@ -905,6 +1056,7 @@ mod tests {
             start_time: 99,
             prefix: None,
             boot_id: None,
+            data_dir: None,
         };
         let value = handle.to_value();
         assert_eq!(

@@ -18,8 +18,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-/// What the hub asks a backend to start.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The files of a workspace's data sources the local backend writes (`SpawnRequest::files`),
+/// each with the variable that points the clients at it: the Intake catalogue
+/// (`policy::data::intake_catalog`), the iRODS client environment
+/// (`policy::data::irods_environment`) and its `.irodsA` password file
+/// (`policy::data::irods_auth_file`).
+pub const DATA_FILES: [(&str, &str); 3] = [
+    (DATA_CATALOG_FILE, crate::policy::data::CATALOG_ENV),
+    (IRODS_ENVIRONMENT_FILE, "IRODS_ENVIRONMENT_FILE"),
+    (IRODS_AUTHENTICATION_FILE, "IRODS_AUTHENTICATION_FILE"),
+];
+/// The Intake catalogue of a workspace's data sources.
+pub const DATA_CATALOG_FILE: &str = "catalog.yaml";
+/// The iRODS client environment.
+pub const IRODS_ENVIRONMENT_FILE: &str = "irods_environment.json";
+/// The iRODS password file (obfuscated with the server process's uid).
+pub const IRODS_AUTHENTICATION_FILE: &str = ".irodsA";
+
+/// What the hub asks a backend to start. Its `Debug` shows the names of the environment's
+/// variables and of the files, never their values.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     /// Owner.
     pub user: String,
@@ -37,6 +55,26 @@ pub struct SpawnRequest {
     /// kubernetes backend hands only the token on (in the Secret the operator reads); the
     /// operator computes the rest of the pod's environment itself.
     pub env: BTreeMap<String, String>,
+    /// Files the server gets, by name ([`DATA_FILES`]; they may hold credentials): the local
+    /// backend writes them into a directory of the server's own (mode 0700, files 0600) and
+    /// points their variables at them; the kubernetes backend ignores them (the operator builds
+    /// a pod's files itself). Never serialized, stored or logged.
+    #[serde(skip)]
+    pub files: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SpawnRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpawnRequest")
+            .field("user", &self.user)
+            .field("server", &self.server)
+            .field("groups", &self.groups)
+            .field("profile", &self.profile)
+            .field("user_options", &self.user_options)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A server the backend started (or found running).

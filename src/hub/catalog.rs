@@ -16,8 +16,23 @@
 //! allow, with their limits.
 //!
 //! An empty catalogue (the embedded `atelier up`) means one default profile and no check.
+//!
+//! # Secrets
+//!
+//! Beside the `atelier.dev` kinds, the catalogue holds `apiVersion: v1, kind: Secret` manifests
+//! (values in `data`, base64, or `stringData`, text; `stringData` wins, as in Kubernetes): the
+//! credentials the DataSources name (`credentialsSecret`, `credentialsByGroup`), which the
+//! `local` backend has no cluster to read them from. Their values are [`SecretValue`]s, which
+//! print as `***`; [`Catalog::names`] lists them as `Secret/<name>`, and no error or warning
+//! ever shows a value. A DataSource naming a Secret the catalogue lacks is a warning at load
+//! ([`Catalog::warnings`]) and a refusal (`DataCredentialsNotFound`) of a local start that
+//! needs it ([`CredentialsFrom::Catalog`]). With the kubernetes backend the Secrets are the
+//! cluster's, and the operator checks them.
+//!
+//! What a local workspace gets of its data sources (environment, Intake catalogue, iRODS files)
+//! is [`Catalog::local_data`], from `policy::data` with the values read from these Secrets.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -28,11 +43,16 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, ResourceRequest, WorkspaceProfile};
-use crate::backend::SpawnRequest;
+use crate::backend::{
+    DATA_CATALOG_FILE, DATA_FILES, IRODS_AUTHENTICATION_FILE, IRODS_ENVIRONMENT_FILE, SpawnRequest,
+};
 use crate::backend::kubernetes::{SpecError, build_workspace, groups_annotation, workspace_name};
 use crate::config::OperatorConfig;
+use crate::policy::data::{self as data, DataPaths, EnvValue};
 use crate::policy::workspace::validate;
-use crate::policy::workspace::{Dereferenced, Refusal, parse_groups};
+use crate::policy::workspace::{
+    Dereferenced, Refusal, ValidatedWorkspace, parse_groups, reason,
+};
 use crate::policy::{self, allowed, names};
 
 /// How often the kubernetes backend's hub lists the catalogue's resources again.
@@ -41,10 +61,13 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// The API group and version of the catalogue's kinds.
 const API_VERSION: &str = "atelier.dev/v1alpha1";
 
+/// The namespace of the Workspace a check builds (the hub's checks do not depend on it).
+const CHECK_NAMESPACE: &str = "atelier";
+
 /// Most GPUs a request may name (the CRD's bound).
 const MAX_GPUS: i32 = 16;
 
-/// Profiles, pools and data sources, in the order they were read.
+/// Profiles, pools and data sources, in the order they were read, and the Secrets.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     /// WorkspaceProfiles.
@@ -53,6 +76,81 @@ pub struct Catalog {
     pub pools: Vec<NodePool>,
     /// DataSources.
     pub data_sources: Vec<DataSource>,
+    /// Secrets (`v1` `Secret` manifests) by name: their keys and values (see the module
+    /// documentation).
+    pub secrets: BTreeMap<String, BTreeMap<String, SecretValue>>,
+}
+
+/// A value of a catalogue Secret. `Debug` and `Display` print `***`; only
+/// [`expose`](Self::expose) gives the value, to the one place that hands it to a workspace.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> SecretValue {
+        SecretValue(value.into())
+    }
+
+    /// The value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where the Secrets of a start's data sources are, for [`Catalog::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialsFrom {
+    /// The catalogue (the `local` backend): a Secret it lacks refuses the start.
+    Catalog,
+    /// The cluster (the `kubernetes` backend): the operator checks them; the hub does not.
+    Cluster,
+}
+
+/// An s3 endpoint a workspace's data source reads from (the hub checks it answers before a
+/// local start).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataEndpoint {
+    /// The DataSource.
+    pub source: String,
+    /// Its `s3.endpoint` URL.
+    pub url: String,
+}
+
+/// What a workspace of the `local` backend gets of its data sources ([`Catalog::local_data`]).
+/// `Debug` names the variables and files, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct LocalData {
+    /// The environment of `policy::data::data_env`, values read from the Secrets, without the
+    /// variables of the files ([`DATA_FILES`]: the backend points them at where it writes them).
+    pub env: BTreeMap<String, String>,
+    /// The files, by name ([`DATA_CATALOG_FILE`], [`IRODS_ENVIRONMENT_FILE`],
+    /// [`IRODS_AUTHENTICATION_FILE`]).
+    pub files: BTreeMap<String, String>,
+    /// The s3 endpoints, by source.
+    pub endpoints: Vec<DataEndpoint>,
+}
+
+impl std::fmt::Debug for LocalData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalData")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
 }
 
 /// A catalogue file that cannot be read, naming the file, the document (1-based) and the field.
@@ -178,6 +276,7 @@ impl std::fmt::Debug for SharedCatalog {
             .field("profiles", &c.profiles.len())
             .field("pools", &c.pools.len())
             .field("data_sources", &c.data_sources.len())
+            .field("secrets", &c.secrets.len())
             .finish()
     }
 }
@@ -235,6 +334,100 @@ fn parse_doc<T: DeserializeOwned>(doc: Value) -> Result<T, String> {
     })
 }
 
+/// Reads a `v1` `Secret` manifest: its name and values (UTF-8 text: they become environment
+/// variables and files). No error quotes a value: a malformed one is named by its key only.
+fn parse_secret(doc: Value) -> Result<(String, BTreeMap<String, SecretValue>), String> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secret: Secret = serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let under = |field: &str| path == field || path.starts_with(&format!("{field}."));
+        if under("data") {
+            // The inner error may quote the value (or a byte of it).
+            match path.strip_prefix("data.") {
+                Some(key) => format!(
+                    "field data.{key}: not base64 (data holds base64; stringData holds text)"
+                ),
+                None => "field data: not a map of keys to base64 values".to_owned(),
+            }
+        } else if under("stringData") {
+            match path.strip_prefix("stringData.") {
+                Some(key) => format!("field stringData.{key}: not a string"),
+                None => "field stringData: not a map of keys to strings".to_owned(),
+            }
+        } else if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("field {path}: {}", e.into_inner())
+        }
+    })?;
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err("field metadata.name: missing (a Secret needs a name)".into());
+    }
+    if !names::is_dns_subdomain(&name) {
+        return Err(format!(
+            "field metadata.name: {name:?} is not a Kubernetes name"
+        ));
+    }
+    // Kubernetes' rule for Secret keys (`IsConfigMapKey`): `[-._a-zA-Z0-9]+`.
+    let check_key = |field: &str, key: &str| {
+        let ok = !key.is_empty()
+            && key.len() <= 253
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "field {field}: {key:?} is not a valid Secret key ([-._a-zA-Z0-9]+)"
+            ))
+        }
+    };
+    let mut values = BTreeMap::new();
+    for (key, bytes) in secret.data.unwrap_or_default() {
+        check_key("data", &key)?;
+        let text = String::from_utf8(bytes.0).map_err(|_| {
+            format!(
+                "field data.{key}: not UTF-8 text once decoded (the values become environment \
+                 variables)"
+            )
+        })?;
+        values.insert(key, SecretValue(text));
+    }
+    for (key, text) in secret.string_data.unwrap_or_default() {
+        check_key("stringData", &key)?;
+        values.insert(key, SecretValue(text));
+    }
+    Ok((name, values))
+}
+
+/// The Secrets a DataSource names, each with what it is for (as `validate` names them).
+fn named_secrets(spec: &crate::api::v1alpha1::DataSourceSpec) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let (single, by_group) = match (&spec.s3, &spec.irods) {
+        (Some(s3), _) => (s3.credentials_secret.as_ref(), &s3.credentials_by_group[..]),
+        (None, Some(irods)) => (
+            irods.credentials_secret.as_ref(),
+            &irods.credentials_by_group[..],
+        ),
+        (None, None) => (None, &[][..]),
+    };
+    if let Some(secret) = single {
+        out.push((secret.name.clone(), "credentials".to_owned()));
+    }
+    for c in by_group {
+        out.push((
+            c.secret.name.clone(),
+            format!("credentials of group {}", c.group),
+        ));
+    }
+    if let Some(secret) = spec.csi.as_ref().and_then(|c| c.node_publish_secret.as_ref()) {
+        out.push((secret.name.clone(), "csi.nodePublishSecret".to_owned()));
+    }
+    out
+}
+
 impl Catalog {
     /// Whether it holds nothing (then there is one default profile and no check).
     pub fn is_empty(&self) -> bool {
@@ -264,12 +457,34 @@ impl Catalog {
             let text = std::fs::read_to_string(&file).map_err(|e| io_error(&file, e))?;
             catalog.add_yaml(&file, &text)?;
         }
+        for warning in catalog.warnings() {
+            tracing::warn!(path = %path.display(), "{warning}");
+        }
         Ok(catalog)
     }
 
-    /// Adds the WorkspaceProfiles, NodePools and DataSources of a multi-document YAML text read
-    /// from `file`; other atelier kinds (Workspace, BatchJob) are skipped, anything else is an
-    /// error, as is a name given twice.
+    /// What is amiss without being an error: each DataSource's Secret (`credentialsSecret`,
+    /// every `credentialsByGroup` entry, `csi.nodePublishSecret`) the catalogue does not hold,
+    /// naming the source and the Secret. A local start that needs one is refused.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &self.data_sources {
+            for (secret, why) in named_secrets(&d.spec) {
+                if !self.secrets.contains_key(&secret) {
+                    out.push(format!(
+                        "DataSource {}: Secret {secret} ({why}) is not in the catalogue; a start \
+                         on the local backend that needs it is refused",
+                        d.name_any()
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds the WorkspaceProfiles, NodePools, DataSources and (`v1`) Secrets of a
+    /// multi-document YAML text read from `file`; other atelier kinds (Workspace, BatchJob) are
+    /// skipped, anything else is an error, as is a name given twice.
     pub fn add_yaml(&mut self, file: &Path, text: &str) -> Result<(), CatalogError> {
         let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| CatalogError {
             file: file.to_owned(),
@@ -290,9 +505,19 @@ impl Catalog {
                 .ok_or_else(|| error("field apiVersion: missing or not a string".into()))?;
             let kind =
                 field("kind").ok_or_else(|| error("field kind: missing or not a string".into()))?;
+            if api_version == "v1" && kind == "Secret" {
+                let (name, values) = parse_secret(doc)
+                    .map_err(|m| error(format!("Secret: {m}")))?;
+                if self.secrets.contains_key(&name) {
+                    return Err(error(format!("Secret {name} is defined twice")));
+                }
+                self.secrets.insert(name, values);
+                continue;
+            }
             if !api_version.starts_with("atelier.dev/") {
                 return Err(error(format!(
-                    "field apiVersion: {api_version:?} is not an atelier.dev resource"
+                    "field apiVersion: {api_version:?} is not an atelier.dev resource (nor a v1 \
+                     Secret)"
                 )));
             }
             let name = doc
@@ -358,7 +583,7 @@ impl Catalog {
         Ok(())
     }
 
-    /// `Kind/name` of everything in it, in order (what logs show).
+    /// `Kind/name` of everything in it, in order (what logs show); Secrets by name only.
     pub fn names(&self) -> Vec<String> {
         let profiles = self
             .profiles
@@ -372,7 +597,12 @@ impl Catalog {
             .data_sources
             .iter()
             .map(|d| format!("DataSource/{}", d.name_any()));
-        profiles.chain(pools).chain(sources).collect()
+        let secrets = self.secrets.keys().map(|s| format!("Secret/{s}"));
+        profiles
+            .chain(pools)
+            .chain(sources)
+            .chain(secrets)
+            .collect()
     }
 
     /// The profile named `name`.
@@ -511,12 +741,28 @@ impl Catalog {
 
     /// Checks a start as the operator will: `Ok(None)` for an empty catalogue (no check), else
     /// `Ok(Some(profile))`, the profile the start uses (the request's, else
-    /// [`default_profile_for`](Self::default_profile_for)). Caps are left to the operator.
+    /// [`default_profile_for`](Self::default_profile_for)). Caps are left to the operator; the
+    /// data sources' Secrets are checked with [`CredentialsFrom::Catalog`] only.
     pub fn check(
         &self,
         request: &SpawnRequest,
         default_profile: &str,
+        credentials: CredentialsFrom,
     ) -> Result<Option<String>, CheckError> {
+        Ok(self
+            .validated(request, default_profile, credentials)?
+            .map(|ws| ws.profile))
+    }
+
+    /// The operator's `validate` of the Workspace the request makes, with the catalogue in
+    /// place of the cluster (`None` for an empty catalogue). With [`CredentialsFrom::Catalog`]
+    /// a data source's Secret the catalogue lacks is refused (`DataCredentialsNotFound`).
+    fn validated(
+        &self,
+        request: &SpawnRequest,
+        default_profile: &str,
+        credentials: CredentialsFrom,
+    ) -> Result<Option<ValidatedWorkspace>, CheckError> {
         if self.is_empty() {
             return Ok(None);
         }
@@ -529,8 +775,8 @@ impl Catalog {
             request.user = names::dns_label("", &request.user, "");
         }
         let name = workspace_name(&request.user, &request.server);
-        let ws =
-            build_workspace(&request, &name, "atelier", &fallback).map_err(CheckError::Invalid)?;
+        let ws = build_workspace(&request, &name, CHECK_NAMESPACE, &fallback)
+            .map_err(CheckError::Invalid)?;
         let deref = Dereferenced {
             profile: self.profile(&ws.spec.profile).cloned(),
             pools: self.pools.clone(),
@@ -542,11 +788,144 @@ impl Catalog {
                 .collect(),
             groups,
             token: String::new(),
-            credential_secrets: None,
+            credential_secrets: match credentials {
+                CredentialsFrom::Catalog => Some(self.secrets.keys().cloned().collect()),
+                CredentialsFrom::Cluster => None,
+            },
             csi_drivers: None,
         };
-        validate(&ws, &deref, &OperatorConfig::default()).map_err(CheckError::Refused)?;
-        Ok(Some(ws.spec.profile))
+        validate(&ws, &deref, &OperatorConfig::default())
+            .map(Some)
+            .map_err(|mut refusal| {
+                // validate names the namespace the Workspace would be in; here the Secrets are
+                // the catalogue's.
+                if refusal.reason == reason::DATA_CREDENTIALS_NOT_FOUND
+                    && let Some(head) = refusal
+                        .message
+                        .strip_suffix(&format!(" in namespace {CHECK_NAMESPACE}"))
+                {
+                    refusal.message = format!("{head} in the hub's catalogue");
+                }
+                CheckError::Refused(refusal)
+            })
+    }
+
+    /// What a workspace of the `local` backend gets of its data sources, for a start that
+    /// passes [`check`](Self::check) with [`CredentialsFrom::Catalog`] (the same refusals
+    /// otherwise): `policy::data`'s environment with the values of the catalogue's Secrets (a
+    /// Secret without a key the source needs is refused, `DataCredentialsNotFound` naming the
+    /// Secret and the key), the Intake catalogue ([`DATA_CATALOG_FILE`]; nothing is mounted
+    /// locally, so csi, nfs and pvc sources are listed at the path they would have), for the
+    /// first irods source the iRODS environment ([`IRODS_ENVIRONMENT_FILE`], the Secret's
+    /// user, else `anonymous`) and, with credentials, its password file
+    /// ([`IRODS_AUTHENTICATION_FILE`], obfuscated for `uid`, the uid the server runs under,
+    /// with modification time `mtime`), and the s3 endpoints. The user's groups are the
+    /// request's, as the operator reads them (see [`check`](Self::check)).
+    pub fn local_data(
+        &self,
+        request: &SpawnRequest,
+        default_profile: &str,
+        uid: u32,
+        mtime: u32,
+    ) -> Result<LocalData, CheckError> {
+        let Some(ws) = self.validated(request, default_profile, CredentialsFrom::Catalog)? else {
+            return Ok(LocalData::default());
+        };
+        let sources = &ws.data_sources;
+        if sources.is_empty() {
+            return Ok(LocalData::default());
+        }
+        let groups = &ws.groups;
+        let refused = |message: String| {
+            CheckError::Refused(Refusal {
+                reason: reason::DATA_CREDENTIALS_NOT_FOUND,
+                message,
+            })
+        };
+        let value = |source: &str, secret: &str, key: &str| -> Result<&str, CheckError> {
+            let values = self.secrets.get(secret).ok_or_else(|| {
+                refused(format!(
+                    "DataSource {source}: Secret {secret} does not exist in the hub's catalogue"
+                ))
+            })?;
+            values.get(key).map(SecretValue::expose).ok_or_else(|| {
+                refused(format!(
+                    "DataSource {source}: Secret {secret} has no key {key}"
+                ))
+            })
+        };
+        // Every key each source's credentials need, named with the source.
+        let mut credentials: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, spec) in sources {
+            let Some((_, secret)) = data::credentials_for(spec, groups) else {
+                continue;
+            };
+            let keys = if spec.s3.is_some() {
+                [data::AWS_ACCESS_KEY_ID, data::AWS_SECRET_ACCESS_KEY]
+            } else {
+                [data::IRODS_USER_NAME, data::IRODS_PASSWORD]
+            };
+            for key in keys {
+                value(name, &secret.name, key)?;
+            }
+            credentials.entry(secret.name.as_str()).or_insert(name);
+        }
+        let paths = DataPaths {
+            catalog: DATA_CATALOG_FILE.to_owned(),
+            irods_environment: IRODS_ENVIRONMENT_FILE.to_owned(),
+            irods_authentication: IRODS_AUTHENTICATION_FILE.to_owned(),
+        };
+        let file_vars: BTreeSet<&str> = DATA_FILES.iter().map(|(_, var)| *var).collect();
+        let mut out = LocalData::default();
+        for (var, v) in data::data_env(sources, groups, &paths) {
+            if file_vars.contains(var.as_str()) {
+                continue;
+            }
+            let v = match v {
+                EnvValue::Plain(v) => v,
+                EnvValue::Secret { name, key } => {
+                    let source = credentials.get(name.as_str()).copied().unwrap_or("?");
+                    value(source, &name, &key)?.to_owned()
+                }
+            };
+            out.env.insert(var, v);
+        }
+        out.files.insert(
+            DATA_CATALOG_FILE.to_owned(),
+            data::intake_catalog(sources, groups, false),
+        );
+        if let Some((name, spec, irods)) = sources
+            .iter()
+            .find_map(|(n, s)| s.irods.as_ref().map(|i| (n, s, i)))
+        {
+            let secret = data::credentials_for(spec, groups).map(|(_, s)| &s.name);
+            let user = match secret {
+                Some(secret) => value(name, secret, data::IRODS_USER_NAME)?,
+                None => data::IRODS_ANONYMOUS_USER,
+            };
+            let environment = data::irods_environment(irods, user);
+            let mut text = serde_json::to_string_pretty(&environment)
+                .expect("a JSON value serializes");
+            text.push('\n');
+            out.files.insert(IRODS_ENVIRONMENT_FILE.to_owned(), text);
+            if let Some(secret) = secret {
+                let password = value(name, secret, data::IRODS_PASSWORD)?;
+                out.files.insert(
+                    IRODS_AUTHENTICATION_FILE.to_owned(),
+                    data::irods_auth_file(password, uid, mtime),
+                );
+            }
+        }
+        out.endpoints = sources
+            .iter()
+            .filter_map(|(name, spec)| {
+                spec.s3.as_ref().map(|s3| DataEndpoint {
+                    source: name.clone(),
+                    url: s3.endpoint.clone(),
+                })
+            })
+            .collect();
+        Ok(out)
     }
 }
 
@@ -590,10 +969,12 @@ pub async fn list_cluster(client: &kube::Client) -> Result<Catalog, kube::Error>
     profiles.sort_by_key(|p| p.name_any());
     pools.sort_by_key(|p| p.name_any());
     data_sources.sort_by_key(|d| d.name_any());
+    // The Secrets stay in the cluster: the operator checks them.
     Ok(Catalog {
         profiles,
         pools,
         data_sources,
+        secrets: BTreeMap::new(),
     })
 }
 
@@ -651,11 +1032,12 @@ mod tests {
             profile: None,
             user_options: options,
             env: Default::default(),
+            files: Default::default(),
         }
     }
 
     fn refusal(catalog: &Catalog, user_groups: &[&str], options: Value) -> Refusal {
-        match catalog.check(&request(user_groups, options), "default") {
+        match catalog.check(&request(user_groups, options), "default", CredentialsFrom::Cluster) {
             Err(CheckError::Refused(r)) => r,
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -792,22 +1174,22 @@ mod tests {
         let ocean = ["ocean-physics"];
         // Allowed: defaults, a pool, a GPU type, a data source.
         assert_eq!(
-            c.check(&request(&[], json!({"profile": "pangeo"})), "default"),
+            c.check(&request(&[], json!({"profile": "pangeo"})), "default", CredentialsFrom::Cluster),
             Ok(Some("pangeo".into()))
         );
         let ok = json!({"profile": "gpu-ml", "nodePool": "gpu-trex",
             "resources": {"gpus": 2, "gpuType": "a100"}, "dataSources": ["argo-floats"]});
         assert_eq!(
-            c.check(&request(&ocean, ok), "default"),
+            c.check(&request(&ocean, ok), "default", CredentialsFrom::Cluster),
             Ok(Some("gpu-ml".into()))
         );
         // No profile named: the first one open (no "default" profile in the examples).
         assert_eq!(
-            c.check(&request(&[], Value::Null), "default"),
+            c.check(&request(&[], Value::Null), "default", CredentialsFrom::Cluster),
             Ok(Some("pangeo".into()))
         );
         assert_eq!(
-            c.check(&request(&[], Value::Null), "qgis-desktop"),
+            c.check(&request(&[], Value::Null), "qgis-desktop", CredentialsFrom::Cluster),
             Ok(Some("qgis-desktop".into()))
         );
 
@@ -872,17 +1254,18 @@ mod tests {
         match c.check(
             &request(&[], json!({"resources": {"gpus": "two"}})),
             "default",
+            CredentialsFrom::Cluster,
         ) {
             Err(CheckError::Invalid(e)) => assert_eq!(e.field, "user_options.resources.gpus"),
             other => panic!("{other:?}"),
         }
-        match c.check(&request(&[], json!({"dataSources": "argo"})), "default") {
+        match c.check(&request(&[], json!({"dataSources": "argo"})), "default", CredentialsFrom::Cluster) {
             Err(CheckError::Invalid(e)) => assert_eq!(e.field, "user_options.dataSources"),
             other => panic!("{other:?}"),
         }
         // An empty catalogue checks nothing.
         assert_eq!(
-            Catalog::default().check(&request(&[], json!({"profile": "x"})), "default"),
+            Catalog::default().check(&request(&[], json!({"profile": "x"})), "default", CredentialsFrom::Cluster),
             Ok(None)
         );
     }
@@ -893,14 +1276,312 @@ mod tests {
         let mut r = request(&[], json!({"profile": "gpu-ml"}));
         r.user = "Alice@Example".into();
         assert!(matches!(
-            c.check(&r, "default"),
+            c.check(&r, "default", CredentialsFrom::Cluster),
             Err(CheckError::Refused(Refusal {
                 reason: reason::PROFILE_FORBIDDEN,
                 ..
             }))
         ));
         r.user_options = json!({"profile": "pangeo"});
-        assert_eq!(c.check(&r, "default"), Ok(Some("pangeo".into())));
+        assert_eq!(c.check(&r, "default", CredentialsFrom::Cluster), Ok(Some("pangeo".into())));
+    }
+
+    /// A profile, an s3 source with group credentials, an irods source with one Secret, and
+    /// their Secrets (`data` and `stringData`).
+    const DATA: &str = r#"
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: lab}
+spec: {displayName: Lab, image: "lab:1"}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: argo}
+spec:
+  description: Argo floats
+  s3:
+    endpoint: http://127.0.0.1:8333
+    bucket: argo
+    prefix: x.zarr
+    credentialsByGroup:
+      - group: vo-ocean
+        secret: {name: ocean-s3}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: shelf}
+spec:
+  irods:
+    host: irods.example.org
+    port: 1247
+    zone: tempZone
+    path: /tempZone/home/shared
+    credentialsSecret: {name: irods-reader}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ocean-s3, namespace: atelier}
+type: Opaque
+data:
+  AWS_ACCESS_KEY_ID: QUtJQU9DRUFO
+stringData:
+  AWS_SECRET_ACCESS_KEY: ocean-secret-value
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: irods-reader}
+stringData:
+  IRODS_USER_NAME: reader
+  IRODS_PASSWORD: s3cret
+"#;
+
+    fn data_catalog() -> Catalog {
+        let mut c = Catalog::default();
+        c.add_yaml(Path::new("data.yaml"), DATA).expect("DATA loads");
+        c
+    }
+
+    #[test]
+    fn secrets_load_from_data_and_string_data_and_never_print() {
+        let c = data_catalog();
+        assert_eq!(
+            c.secrets["ocean-s3"]["AWS_ACCESS_KEY_ID"].expose(),
+            "AKIAOCEAN",
+            "data is base64"
+        );
+        assert_eq!(
+            c.secrets["ocean-s3"]["AWS_SECRET_ACCESS_KEY"].expose(),
+            "ocean-secret-value"
+        );
+        assert_eq!(c.secrets["irods-reader"]["IRODS_PASSWORD"].expose(), "s3cret");
+        assert_eq!(
+            c.names(),
+            [
+                "WorkspaceProfile/lab",
+                "DataSource/argo",
+                "DataSource/shelf",
+                "Secret/irods-reader",
+                "Secret/ocean-s3",
+            ]
+        );
+        let debug = format!("{c:?} {:?}", SharedCatalog::new(c.clone()));
+        for value in ["AKIAOCEAN", "ocean-secret-value", "s3cret", "QUtJQU9DRUFO"] {
+            assert!(!debug.contains(value), "{value} in {debug}");
+        }
+        assert!(debug.contains("\"AWS_SECRET_ACCESS_KEY\": ***"), "{debug}");
+        let v = &c.secrets["irods-reader"]["IRODS_PASSWORD"];
+        assert_eq!((format!("{v}"), format!("{v:?}")), ("***".into(), "***".into()));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // stringData wins over data, as in Kubernetes.
+        let mut c = Catalog::default();
+        c.add_yaml(
+            Path::new("s.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {K: YQ==}\nstringData: {K: b}\n",
+        )
+        .unwrap();
+        assert_eq!(c.secrets["s"]["K"].expose(), "b");
+        // Secrets alone check nothing.
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn bad_secrets_are_refused_naming_the_field_and_no_value() {
+        let bad = |text: &str| {
+            let mut c = Catalog::default();
+            c.add_yaml(Path::new("site/secrets.yaml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {KEY: 'not*base64!zz'}\n");
+        assert_eq!(
+            e,
+            "site/secrets.yaml, document 1: Secret: field data.KEY: not base64 (data holds \
+             base64; stringData holds text)"
+        );
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {namespace: x}\nstringData: {K: v}\n");
+        assert!(e.contains("field metadata.name: missing"), "{e}");
+        let e = bad("apiVersion: v1\nkind: Secret\nstringData: {K: v}\n");
+        assert!(e.contains("field metadata.name: missing"), "{e}");
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: Bad_Name}\n");
+        assert!(e.contains("metadata.name") && e.contains("Bad_Name"), "{e}");
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {K: [hunter2]}\n");
+        assert_eq!(
+            e,
+            "site/secrets.yaml, document 1: Secret: field stringData.K: not a string"
+        );
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: hunter2\n");
+        assert!(e.contains("field data: not a map"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        // Not UTF-8 once decoded (0xff 0xfe).
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {K: //4=}\n");
+        assert!(e.contains("field data.K: not UTF-8"), "{e}");
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {'a/b': v}\n");
+        assert!(e.contains("not a valid Secret key"), "{e}");
+        let twice = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {K: v}\n---\n";
+        let e = bad(&format!("{twice}{twice}"));
+        assert!(e.contains("document 2: Secret s is defined twice"), "{e}");
+        // Other v1 kinds are still refused.
+        let e = bad("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
+        assert!(e.contains("field apiVersion"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_secret_is_a_warning_then_a_refusal() {
+        let mut c = Catalog::default();
+        let text = DATA.split("---\napiVersion: v1").next().unwrap();
+        c.add_yaml(Path::new("data.yaml"), text).unwrap();
+        assert_eq!(
+            c.warnings(),
+            [
+                "DataSource argo: Secret ocean-s3 (credentials of group vo-ocean) is not in the \
+                 catalogue; a start on the local backend that needs it is refused",
+                "DataSource shelf: Secret irods-reader (credentials) is not in the catalogue; a \
+                 start on the local backend that needs it is refused",
+            ]
+        );
+        let argo = json!({"profile": "lab", "dataSources": ["argo"]});
+        let r = match c.check(
+            &request(&["vo-ocean"], argo.clone()),
+            "lab",
+            CredentialsFrom::Catalog,
+        ) {
+            Err(CheckError::Refused(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(r.reason, reason::DATA_CREDENTIALS_NOT_FOUND);
+        assert_eq!(
+            r.message,
+            "DataSource argo: Secret ocean-s3 (credentials of group vo-ocean) does not exist in \
+             the hub's catalogue"
+        );
+        // Not in the group: no credentials, nothing missing.
+        assert_eq!(
+            c.check(&request(&[], argo.clone()), "lab", CredentialsFrom::Catalog),
+            Ok(Some("lab".into()))
+        );
+        // The cluster's Secrets are the operator's to check.
+        assert_eq!(
+            c.check(&request(&["vo-ocean"], argo), "lab", CredentialsFrom::Cluster),
+            Ok(Some("lab".into()))
+        );
+        assert!(matches!(
+            c.local_data(
+                &request(&[], json!({"profile": "lab", "dataSources": ["shelf"]})),
+                "lab",
+                1000,
+                0
+            ),
+            Err(CheckError::Refused(Refusal {
+                reason: reason::DATA_CREDENTIALS_NOT_FOUND,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn local_data_resolves_the_users_secrets() {
+        let c = data_catalog();
+        let both = json!({"profile": "lab", "dataSources": ["argo", "shelf"]});
+        let alice = c
+            .local_data(&request(&["vo-ocean"], both.clone()), "lab", 1000, 0)
+            .unwrap();
+        let env = &alice.env;
+        assert_eq!(env["AWS_ACCESS_KEY_ID"], "AKIAOCEAN");
+        assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "ocean-secret-value");
+        assert_eq!(env["ATELIER_DATA_ARGO_AWS_SECRET_ACCESS_KEY"], "ocean-secret-value");
+        assert_eq!(env["RCLONE_CONFIG_ARGO_ACCESS_KEY_ID"], "AKIAOCEAN");
+        assert_eq!(env["AWS_ENDPOINT_URL"], "http://127.0.0.1:8333");
+        assert_eq!(env["IRODS_USER_NAME"], "reader");
+        assert_eq!(env["IRODS_PASSWORD"], "s3cret");
+        assert!(!env.contains_key("FSSPEC_S3_ANON"));
+        // The file variables are the backend's to set.
+        for (_, var) in DATA_FILES {
+            assert!(!env.contains_key(var), "{var}");
+        }
+        // The environment is policy::data's, every Secret reference resolved.
+        let groups = groups(&["vo-ocean"]);
+        let sources: Vec<(String, crate::api::v1alpha1::DataSourceSpec)> = c
+            .data_sources
+            .iter()
+            .map(|d| (d.name_any(), d.spec.clone()))
+            .collect();
+        let paths = DataPaths {
+            catalog: "c".into(),
+            irods_environment: "e".into(),
+            irods_authentication: "a".into(),
+        };
+        let expected: Vec<String> = data::data_env(&sources, &groups, &paths)
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !DATA_FILES.iter().any(|(_, v)| v == k))
+            .collect();
+        assert_eq!(env.keys().cloned().collect::<Vec<_>>(), expected);
+
+        assert_eq!(
+            alice.files.keys().collect::<Vec<_>>(),
+            [".irodsA", "catalog.yaml", "irods_environment.json"]
+        );
+        assert_eq!(
+            alice.files["catalog.yaml"],
+            data::intake_catalog(&sources, &groups, false)
+        );
+        let irods: Value = serde_json::from_str(&alice.files["irods_environment.json"]).unwrap();
+        assert_eq!(irods["irods_user_name"], "reader");
+        assert_eq!(irods["irods_host"], "irods.example.org");
+        assert_eq!(irods["irods_port"], 1247);
+        assert_eq!(irods["irods_home"], "/tempZone/home/reader");
+        // python-irodsclient's encode("s3cret", uid=1000, mtime=0) (docs/plans/issue-11-data.md).
+        assert_eq!(alice.files[".irodsA"], ".jisuee#Mw(x+\0");
+        assert_eq!(
+            alice.endpoints,
+            [DataEndpoint {
+                source: "argo".into(),
+                url: "http://127.0.0.1:8333".into()
+            }]
+        );
+        let debug = format!("{alice:?}");
+        assert!(!debug.contains("ocean-secret-value") && !debug.contains("s3cret"), "{debug}");
+
+        // bob is not in vo-ocean: anonymous s3, no key.
+        let bob = c
+            .local_data(
+                &request(&[], json!({"profile": "lab", "dataSources": ["argo"]})),
+                "lab",
+                1000,
+                0,
+            )
+            .unwrap();
+        assert_eq!(bob.env["FSSPEC_S3_ANON"], "true");
+        assert_eq!(bob.env["ATELIER_DATA_ARGO_ANONYMOUS"], "true");
+        assert!(
+            bob.env.keys().all(|k| !k.contains("ACCESS_KEY") && !k.contains("SECRET")),
+            "{:?}",
+            bob.env.keys()
+        );
+        assert_eq!(bob.files.keys().collect::<Vec<_>>(), ["catalog.yaml"]);
+        assert!(bob.files["catalog.yaml"].contains("anon: true"));
+
+        // No data source: nothing.
+        let none = c
+            .local_data(&request(&[], json!({"profile": "lab"})), "lab", 1000, 0)
+            .unwrap();
+        assert_eq!(none, LocalData::default());
+        // A Secret without a key a source needs: refused, naming the Secret and the key.
+        let mut c = data_catalog();
+        c.secrets
+            .get_mut("ocean-s3")
+            .unwrap()
+            .remove("AWS_SECRET_ACCESS_KEY");
+        match c.local_data(&request(&["vo-ocean"], both), "lab", 1000, 0) {
+            Err(CheckError::Refused(r)) => {
+                assert_eq!(r.reason, reason::DATA_CREDENTIALS_NOT_FOUND);
+                assert_eq!(
+                    r.message,
+                    "DataSource argo: Secret ocean-s3 has no key AWS_SECRET_ACCESS_KEY"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::catalog::CheckError;
+use super::catalog::{CheckError, CredentialsFrom, DataEndpoint};
 use super::{HubError, HubResult, HubState};
 use crate::backend::{BackendError, BackendStatus, ProgressEvent, SpawnRequest};
 use crate::policy::names::{
@@ -48,6 +48,9 @@ const ROW_POLL: Duration = Duration::from_secs(1);
 
 /// How often [`watch`] sweeps the running servers.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long the check of a data source's endpoint waits for a TCP connection.
+pub const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Servers read per statement by [`recover`] and [`sweep`].
 const SWEEP_PAGE: u32 = 200;
@@ -358,7 +361,7 @@ pub async fn start_server(
         Err(e) => return Err(HubError::from_store(format!("server {name}"), e)),
     };
 
-    let spawn = match prepare_spawn(hub, user, &server).await {
+    let (spawn, endpoints) = match prepare_spawn(hub, user, &server).await {
         Ok(spawn) => spawn,
         Err(e) => {
             let _ = hub.store.mark_failed(server.id).await;
@@ -392,6 +395,7 @@ pub async fn start_server(
         server,
         user.name.clone(),
         spawn,
+        endpoints,
         done_tx,
     ));
     match tokio::time::timeout(READY_WAIT, done_rx).await {
@@ -410,6 +414,11 @@ pub async fn start_server(
 /// previous start's (`previous`). Returns the options with the profile the start uses made
 /// explicit (the request's, else the default one the user may use). An empty catalogue checks
 /// nothing.
+///
+/// On the `local` backend the data sources' Secrets are the catalogue's
+/// ([`CredentialsFrom::Catalog`]): a Secret it lacks, or one without a key a source needs, is a
+/// 403 `DataCredentialsNotFound` naming the source, the Secret (and the key), before anything is
+/// written.
 pub fn check_start(
     hub: &HubState,
     user: &str,
@@ -447,19 +456,85 @@ pub fn check_start(
         profile,
         user_options,
         env: BTreeMap::new(),
+        files: BTreeMap::new(),
     };
-    match catalog.check(&request, &hub.config.default_profile) {
+    let local = hub.backend.kind() == "local";
+    let credentials = if local {
+        CredentialsFrom::Catalog
+    } else {
+        CredentialsFrom::Cluster
+    };
+    let checked = catalog
+        .check(&request, &hub.config.default_profile, credentials)
+        .and_then(|profile| {
+            if local {
+                // The keys of the Secrets (the values are read again at spawn).
+                catalog.local_data(&request, &hub.config.default_profile, 0, 0)?;
+            }
+            Ok(profile)
+        });
+    match checked {
         Ok(profile) => {
             if profile.is_some() {
                 options.profile = profile;
             }
             Ok(options)
         }
-        Err(CheckError::Invalid(e)) => Err(HubError::BadRequest(e.to_string())),
-        Err(e @ CheckError::Refused(_)) => {
+        Err(e) => Err(refusal_error(e, user, server)),
+    }
+}
+
+/// The answer to a start the catalogue refuses: 400 naming a malformed field, 403 naming the
+/// rule (`<Reason>: <message>`).
+fn refusal_error(e: CheckError, user: &str, server: &str) -> HubError {
+    match e {
+        CheckError::Invalid(e) => HubError::BadRequest(e.to_string()),
+        e @ CheckError::Refused(_) => {
             tracing::info!(user, server, refusal = %e, "start refused by the catalogue");
-            Err(HubError::Forbidden(e.to_string()))
+            HubError::Forbidden(e.to_string())
         }
+    }
+}
+
+/// Checks that every s3 endpoint of the data sources accepts a TCP connection within
+/// [`ENDPOINT_PROBE_TIMEOUT`]; else the spawn fails with
+/// `DataSource <name>: endpoint <url> unreachable: <why>`.
+async fn probe_endpoints(endpoints: &[DataEndpoint]) -> Result<(), BackendError> {
+    for endpoint in endpoints {
+        if let Err(why) = probe(&endpoint.url).await {
+            return Err(BackendError::SpawnFailed(format!(
+                "DataSource {}: endpoint {} unreachable: {why}",
+                endpoint.source, endpoint.url
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Connects to the host and port of `url` (port 443 for https, 80 for http when it names none).
+async fn probe(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
+    let host = uri.host().ok_or("no host in the URL")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let https = uri
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    match tokio::time::timeout(
+        ENDPOINT_PROBE_TIMEOUT,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err("connection refused".to_owned())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no connection within {} s",
+            ENDPOINT_PROBE_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -476,8 +551,14 @@ pub fn check_new_server_name(rule: ServerNameRule, name: &str) -> HubResult<()> 
     Ok(())
 }
 
-/// Issues the server's credentials and builds the backend's request.
-async fn prepare_spawn(hub: &HubState, user: &User, server: &Server) -> HubResult<SpawnRequest> {
+/// Issues the server's credentials and builds the backend's request; on the `local` backend
+/// also the data sources' environment and files (`Catalog::local_data`), and the endpoints to
+/// check before the start.
+async fn prepare_spawn(
+    hub: &HubState,
+    user: &User,
+    server: &Server,
+) -> HubResult<(SpawnRequest, Vec<DataEndpoint>)> {
     let client_id = oauth_client_id(&user.name, &server.name);
     // A clean slate: tokens of an earlier run that was not stopped cleanly go with the client.
     revoke_credentials(hub, &user.name, server).await?;
@@ -528,14 +609,34 @@ async fn prepare_spawn(hub: &HubState, user: &User, server: &Server) -> HubResul
             }
         }
     }
-    Ok(SpawnRequest {
+    let mut request = SpawnRequest {
         user: user.name.clone(),
         server: server.name.clone(),
         groups,
         profile: server.profile.clone(),
         user_options: server.user_options.clone(),
         env,
-    })
+        files: BTreeMap::new(),
+    };
+    let mut endpoints = Vec::new();
+    if hub.backend.kind() == "local" {
+        // The operator gives a pod its data sources; local processes get them here, with the
+        // values of the catalogue's Secrets. The password file is obfuscated for the uid the
+        // servers run under: the hub's own.
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let mtime = u32::try_from(store::now().timestamp()).unwrap_or(0);
+        let data = hub
+            .config
+            .catalog
+            .get()
+            .local_data(&request, &hub.config.default_profile, uid, mtime)
+            .map_err(|e| refusal_error(e, &user.name, &server.name))?;
+        request.env.extend(data.env);
+        request.files = data.files;
+        endpoints = data.endpoints;
+    }
+    Ok((request, endpoints))
 }
 
 /// Resolves when the server's row is no longer Starting, with its state.
@@ -564,6 +665,7 @@ async fn drive_start(
     server: Server,
     user: String,
     request: SpawnRequest,
+    endpoints: Vec<DataEndpoint>,
     done: oneshot::Sender<Result<(), String>>,
 ) {
     let id = server.id;
@@ -583,7 +685,21 @@ async fn drive_start(
     };
     let timeout = Duration::from_secs(hub.config.spawn_timeout_secs);
     let end = {
-        let start = hub.backend.start(request, tx);
+        let backend = hub.backend.clone();
+        let start = async move {
+            if !endpoints.is_empty() {
+                let _ = tx
+                    .send(ProgressEvent {
+                        progress: 5,
+                        message: "Checking the data sources' endpoints".into(),
+                        ready: false,
+                        failed: false,
+                    })
+                    .await;
+                probe_endpoints(&endpoints).await?;
+            }
+            backend.start(request, tx).await
+        };
         tokio::select! {
             r = start => match r {
                 Ok(spawned) => StartEnd::Started(spawned),

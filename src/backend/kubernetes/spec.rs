@@ -617,6 +617,7 @@ mod tests {
             profile: None,
             user_options: options,
             env: BTreeMap::new(),
+            files: BTreeMap::new(),
         }
     }
 

@@ -30,6 +30,7 @@ fn spawn_request(options: Value) -> SpawnRequest {
             ("JUPYTERHUB_API_TOKEN".to_owned(), TOKEN.to_owned()),
             ("JUPYTERHUB_USER".to_owned(), "alice".to_owned()),
         ]),
+        files: BTreeMap::new(),
     }
 }
 
