@@ -43,8 +43,8 @@ mod common;
 use common::hub::peers_venv;
 use common::kernel::{Kernel, KernelError};
 use common::s3::{S3Identity, SeaweedFs};
-use common::stack::{Deadline, Proc, free_port, kill_leftovers, singleusers};
 use common::say;
+use common::stack::{Deadline, Proc, free_port, kill_leftovers, singleusers};
 
 /// The catalogue of the story, as README.md shows it.
 const FIXTURES: &str = "tests/fixtures/data";
@@ -163,7 +163,12 @@ impl Http {
         }
     }
 
-    fn request(method: &str, url: &str, token: &str, body: Option<&Value>) -> http::Request<Full<Bytes>> {
+    fn request(
+        method: &str,
+        url: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> http::Request<Full<Bytes>> {
         let mut req = http::Request::builder().method(method).uri(url);
         if !token.is_empty() {
             req = req.header("authorization", format!("token {token}"));
@@ -175,12 +180,27 @@ impl Http {
         req.body(Full::new(Bytes::from(body))).expect("request")
     }
 
-    async fn try_api(&self, method: &str, url: &str, token: &str, body: Option<Value>) -> Result<Resp, String> {
+    async fn try_api(
+        &self,
+        method: &str,
+        url: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Result<Resp, String> {
         let req = Http::request(method, url, token, body.as_ref());
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| format!("{e:?}"))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
             let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
             Ok::<_, String>(Resp {
                 status,
                 body: String::from_utf8_lossy(&body).into_owned(),
@@ -274,7 +294,10 @@ impl Drop for World {
         drop(self.s3.take());
         let leftovers = kill_leftovers(&self.dir_str);
         if failed {
-            say(format!("==== data_sources failed: logs under {} ====", self.dir.display()));
+            say(format!(
+                "==== data_sources failed: logs under {} ====",
+                self.dir.display()
+            ));
             let mut logs: Vec<(String, String)> = self
                 .procs
                 .iter()
@@ -296,7 +319,9 @@ impl Drop for World {
             }
         }
         if leftovers > 0 {
-            say(format!("data_sources: killed {leftovers} leftover process(es)"));
+            say(format!(
+                "data_sources: killed {leftovers} leftover process(es)"
+            ));
         }
         if failed || std::env::var_os("ATELIER_E2E_KEEP").is_some() {
             say(format!("data_sources: kept {}", self.dir.display()));
@@ -343,7 +368,12 @@ impl World {
                 &admin_secret,
                 &["Admin", "Read", "Write", "List", "Tagging"],
             ),
-            S3Identity::new("ocean", &reader_key, &reader_secret, &["Read:argo", "List:argo"]),
+            S3Identity::new(
+                "ocean",
+                &reader_key,
+                &reader_secret,
+                &["Read:argo", "List:argo"],
+            ),
         ];
         let mut world = World {
             dir_str: dir.to_string_lossy().into_owned(),
@@ -385,8 +415,11 @@ impl World {
         let catalog = world.dir.join("catalog");
         std::fs::create_dir_all(&catalog).expect("catalogue dir");
         for name in ["profile.yaml", "datasources.yaml", "ocean-s3.yaml"] {
-            std::fs::write(catalog.join(name), fixture(name).replace(FIXTURE_ENDPOINT, &endpoint))
-                .expect("write the catalogue");
+            std::fs::write(
+                catalog.join(name),
+                fixture(name).replace(FIXTURE_ENDPOINT, &endpoint),
+            )
+            .expect("write the catalogue");
         }
         let broken = format!(
             "apiVersion: atelier.dev/v1alpha1
@@ -498,11 +531,19 @@ spec:
     /// Creates `user` (in `groups`) and a token for it that may start, follow and use its
     /// servers.
     async fn user(&self, user: &str, groups: &[&str]) -> String {
-        let r = self.admin("POST", &format!("/hub/api/users/{user}"), None).await;
+        let r = self
+            .admin("POST", &format!("/hub/api/users/{user}"), None)
+            .await;
         assert_eq!(r.status, 201, "create {user}: {}", r.body);
         for group in groups {
-            let r = self.admin("POST", &format!("/hub/api/groups/{group}"), None).await;
-            assert!(r.status == 201 || r.status == 409, "create {group}: {}", r.body);
+            let r = self
+                .admin("POST", &format!("/hub/api/groups/{group}"), None)
+                .await;
+            assert!(
+                r.status == 201 || r.status == 409,
+                "create {group}: {}",
+                r.body
+            );
             let r = self
                 .admin(
                     "POST",
@@ -512,7 +553,9 @@ spec:
                 .await;
             assert_eq!(r.status, 200, "add {user} to {group}: {}", r.body);
         }
-        let model = self.admin("GET", &format!("/hub/api/users/{user}"), None).await;
+        let model = self
+            .admin("GET", &format!("/hub/api/users/{user}"), None)
+            .await;
         let mut listed: Vec<&str> = groups.to_vec();
         listed.sort_unstable();
         assert_eq!(model.json()["groups"], json!(listed), "{}", model.body);
@@ -544,7 +587,13 @@ spec:
 
     /// Asks for `user`'s `server` with `sources`: the immediate answer (a refusal), or the
     /// progress events of an accepted start.
-    async fn start(&self, user: &str, token: &str, server: &str, sources: &[&str]) -> Result<Vec<Value>, Resp> {
+    async fn start(
+        &self,
+        user: &str,
+        token: &str,
+        server: &str,
+        sources: &[&str],
+    ) -> Result<Vec<Value>, Resp> {
         let path = World::server_path(user, server);
         let body = json!({"user_options": {"profile": PROFILE, "dataSources": sources}});
         let r = self
@@ -582,28 +631,48 @@ spec:
 
     /// A start of `user`'s `server` with `sources` that must fail, refused at once or failed
     /// in its progress; the message, which must name every one of `names`. Nothing runs after.
-    async fn start_fails(&self, user: &str, token: &str, server: &str, sources: &[&str], names: &[&str]) -> String {
+    async fn start_fails(
+        &self,
+        user: &str,
+        token: &str,
+        server: &str,
+        sources: &[&str],
+        names: &[&str],
+    ) -> String {
         let before = singleusers(&self.dir_str, user).len();
         let message = match self.start(user, token, server, sources).await {
+            // Refused before anything runs (4xx), or failed at once (JupyterHub's 500 "Spawn
+            // failed: ..." when the spawn fails before the API answers).
             Err(r) => {
+                let message = r.json()["message"].as_str().unwrap_or(&r.body).to_owned();
                 assert!(
-                    (400..500).contains(&r.status),
-                    "{user}/{server}: a refusal is a 4xx, not {} {}",
+                    (400..500).contains(&r.status)
+                        || (r.status == 500 && message.starts_with("Spawn failed: ")),
+                    "{user}/{server}: a refusal is a 4xx, a failure a 500 Spawn failed, not {} {}",
                     r.status,
                     r.body
                 );
-                r.json()["message"].as_str().unwrap_or(&r.body).to_owned()
+                message
             }
             Ok(events) => {
                 let last = events.last().expect("a final event");
-                assert_eq!(last["failed"], true, "{user}/{server} must fail: {events:?}");
+                assert_eq!(
+                    last["failed"], true,
+                    "{user}/{server} must fail: {events:?}"
+                );
                 last["message"].as_str().unwrap_or_default().to_owned()
             }
         };
         for name in names {
-            assert!(message.contains(name), "the failure must name {name:?}: {message}");
+            assert!(
+                message.contains(name),
+                "the failure must name {name:?}: {message}"
+            );
         }
-        let model = self.admin("GET", &format!("/hub/api/users/{user}"), None).await.json();
+        let model = self
+            .admin("GET", &format!("/hub/api/users/{user}"), None)
+            .await
+            .json();
         let state = &model["servers"][server];
         assert!(
             state.is_null() || state["ready"] != true,
@@ -619,7 +688,9 @@ spec:
 
     /// Every audit row, as JSON.
     async fn audit_rows(&self) -> Vec<String> {
-        let store = Store::connect(&self.db_url()).await.expect("the hub's database");
+        let store = Store::connect(&self.db_url())
+            .await
+            .expect("the hub's database");
         let rows = store
             .list_audit(&AuditQuery {
                 limit: MAX_PAGE_LIMIT,
@@ -703,7 +774,10 @@ async fn s3_data_with_group_credentials_in_a_real_workspace() {
     // Her code names neither keys nor endpoint.
     let kernel = Kernel::start(world.proxy_port, "alice", &alice).await;
     let zarr = "import xarray as xr\nprint(float(xr.open_zarr(\"s3://argo/x.zarr\").temp.mean()))";
-    assert_eq!(kernel.run(zarr).await.map_err(|e| e.to_string()), Ok(format!("{MEAN}\n")));
+    assert_eq!(
+        kernel.run(zarr).await.map_err(|e| e.to_string()),
+        Ok(format!("{MEAN}\n"))
+    );
     let listed = kernel
         .run("import intake, os\ncat = intake.open_catalog(os.environ[\"ATELIER_DATA_CATALOG\"])\nprint(sorted(cat))")
         .await;
@@ -740,8 +814,14 @@ async fn s3_data_with_group_credentials_in_a_real_workspace() {
         .run("import os\nprint(open(os.environ[\"ATELIER_DATA_CATALOG\"]).read())")
         .await
         .expect("read the catalogue");
-    assert!(text.contains("{{env(ATELIER_DATA_ARGO_AWS_SECRET_ACCESS_KEY)}}"), "{text}");
-    assert!(!text.contains(&secret_key) && !text.contains(&key_id), "{text}");
+    assert!(
+        text.contains("{{env(ATELIER_DATA_ARGO_AWS_SECRET_ACCESS_KEY)}}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&secret_key) && !text.contains(&key_id),
+        "{text}"
+    );
     let mode = std::fs::metadata(&catalog_path).map(|m| {
         use std::os::unix::fs::PermissionsExt as _;
         m.permissions().mode() & 0o777
@@ -773,11 +853,23 @@ async fn s3_data_with_group_credentials_in_a_real_workspace() {
 
     // Bad input: a source whose Secret is absent, a source nobody serves.
     let no_secret = world
-        .start_fails("alice", &alice, "nosecret", &["no-secret"], &["no-secret", "absent-s3"])
+        .start_fails(
+            "alice",
+            &alice,
+            "nosecret",
+            &["no-secret"],
+            &["no-secret", "absent-s3"],
+        )
         .await;
     assert!(!no_secret.contains(&secret_key));
     world
-        .start_fails("alice", &alice, "offline", &["offline"], &["offline", "127.0.0.1:1"])
+        .start_fails(
+            "alice",
+            &alice,
+            "offline",
+            &["offline"],
+            &["offline", "127.0.0.1:1"],
+        )
         .await;
     say("data_sources: an absent Secret and an unreachable endpoint fail the start");
 
@@ -791,7 +883,9 @@ async fn s3_data_with_group_credentials_in_a_real_workspace() {
         .map(|s| ("HTTP".to_owned(), s.clone()))
         .collect();
     for user in ["alice", "bob"] {
-        let model = world.admin("GET", &format!("/hub/api/users/{user}"), None).await;
+        let model = world
+            .admin("GET", &format!("/hub/api/users/{user}"), None)
+            .await;
         places.push((format!("GET /hub/api/users/{user}"), model.body));
     }
     for (name, proc) in &world.procs {
@@ -807,7 +901,10 @@ async fn s3_data_with_group_credentials_in_a_real_workspace() {
     assert!(audited >= 4, "the starts are audited: {places:?}");
     for (place, text) in &places {
         for value in [&key_id, &secret_key] {
-            assert!(!text.contains(value.as_str()), "{place} holds a credential:\n{text}");
+            assert!(
+                !text.contains(value.as_str()),
+                "{place} holds a credential:\n{text}"
+            );
         }
     }
     say(format!(
