@@ -530,8 +530,8 @@ async fn a_failed_start_leaves_no_data_files() {
     // A start dropped midway (a cancelled spawn) takes its files with it.
     let backend = LocalBackend::new(sandbox.shell_config("sleep 30"));
     let (tx, _rx) = mpsc::channel(16);
-    let start = backend.start(data_request("bob", ""), tx);
-    let _ = tokio::time::timeout(Duration::from_millis(700), start).await;
+    let starting = backend.start(data_request("bob", ""), tx);
+    let _ = tokio::time::timeout(Duration::from_millis(700), starting).await;
     assert!(!dir.exists(), "an abandoned start left {}", dir.display());
 
     // A file that is not a data file is refused (it could name a path).

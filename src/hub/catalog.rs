@@ -1295,6 +1295,11 @@ metadata: {name: lab}
 spec: {displayName: Lab, image: "lab:1"}
 ---
 apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {name: cpu}
+spec: {purpose: interactive}
+---
+apiVersion: atelier.dev/v1alpha1
 kind: DataSource
 metadata: {name: argo}
 spec:
@@ -1358,6 +1363,7 @@ stringData:
             c.names(),
             [
                 "WorkspaceProfile/lab",
+                "NodePool/cpu",
                 "DataSource/argo",
                 "DataSource/shelf",
                 "Secret/irods-reader",
