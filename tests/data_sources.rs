@@ -12,7 +12,9 @@
 //! - alice (group `vo-ocean`, given through the admin API) starts a workspace with the sources:
 //!   in a kernel, reached through the proxy, `xr.open_zarr("s3://argo/x.zarr")` and the Intake
 //!   catalogue of `$ATELIER_DATA_CATALOG` give the data; bob (no group) gets an access error.
-//! - The Secret's values appear in no API answer, progress event, hub or proxy log, audit row or
+//! - alice's workspace also gets an iRODS source of her group: python-irodsclient opens a
+//!   session from the environment file and the obfuscated password file the hub wrote.
+//! - The Secrets' values appear in no API answer, progress event, hub or proxy log, audit row or
 //!   file the hub wrote; the broken sources fail the start with a message naming the source and
 //!   the Secret or endpoint.
 //!
@@ -54,6 +56,8 @@ const FIXTURE_ENDPOINT: &str = "http://127.0.0.1:8333";
 const PROFILE: &str = "pangeo";
 const SECRET: &str = "ocean-s3";
 const GROUP: &str = "vo-ocean";
+/// The iRODS user of the `ocean-irods` Secret.
+const IRODS_USER: &str = "alice-ocean";
 /// The mean of the stored `temp` (`arange(24)`).
 const MEAN: &str = "11.5";
 /// The scopes of the story's own service: users, groups, their tokens and servers.
@@ -280,6 +284,8 @@ struct World {
     hub_port: u16,
     proxy_port: u16,
     admin_token: String,
+    /// The password of the `ocean-irods` Secret (the story's own catalogue file).
+    irods_password: String,
     procs: BTreeMap<String, Proc>,
     http: Http,
 }
@@ -381,6 +387,7 @@ impl World {
             hub_port: free_port(),
             proxy_port: free_port(),
             admin_token: generate_token(),
+            irods_password: generate_token()[..24].to_owned(),
             procs: BTreeMap::new(),
             http: Http::new(),
             venv,
@@ -421,7 +428,7 @@ impl World {
             )
             .expect("write the catalogue");
         }
-        let broken = format!(
+        let story = format!(
             "apiVersion: atelier.dev/v1alpha1
 kind: DataSource
 metadata: {{name: no-secret}}
@@ -440,9 +447,27 @@ metadata: {{name: offline}}
 spec:
   description: An endpoint nobody listens on
   s3: {{endpoint: 'http://127.0.0.1:1', bucket: argo, prefix: x.zarr}}
-"
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {{name: ocean-irods}}
+spec:
+  description: The ocean VO's iRODS collection
+  irods:
+    host: irods.example.org
+    zone: ocean
+    path: /ocean/argo
+    credentialsByGroup:
+      - {{group: {GROUP}, secret: {{name: ocean-irods}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: ocean-irods}}
+stringData: {{IRODS_USER_NAME: {IRODS_USER}, IRODS_PASSWORD: '{irods_password}'}}
+",
+            irods_password = world.irods_password,
         );
-        std::fs::write(catalog.join("zz-broken.yaml"), broken).expect("write broken.yaml");
+        std::fs::write(catalog.join("zz-story.yaml"), story).expect("write zz-story.yaml");
 
         world.start_hub().await;
         world.start_proxy().await;
@@ -752,19 +777,25 @@ async fn s3_data_with_group_credentials_in_a_real_workspace() {
     let world = World::new(venv).await;
     let (key_id, secret_key) = secret_keys();
     let sources = ["argo", "argo-nc", "argo-stac"];
+    let alice_sources = ["argo", "argo-nc", "argo-stac", "ocean-irods"];
     say("data_sources: SeaweedFS, data, hub and proxy up");
 
     let alice = world.user("alice", &[GROUP]).await;
     let bob = world.user("bob", &[]).await;
 
     // alice's workspace: her group's Secret, from the catalogue, in her server's environment.
-    let events = world.start_ready("alice", &alice, &sources).await;
+    let events = world.start_ready("alice", &alice, &alice_sources).await;
     assert!(events.len() >= 2, "progress before ready: {events:?}");
     let env = server_env(&world, "alice");
     assert_eq!(env.get("AWS_ACCESS_KEY_ID"), Some(&key_id), "{env:?}");
     assert_eq!(env.get("AWS_SECRET_ACCESS_KEY"), Some(&secret_key));
     assert_eq!(env.get("AWS_ENDPOINT_URL"), Some(&world.endpoint()));
     assert_eq!(env.get("FSSPEC_S3_ANON"), None);
+    assert_eq!(
+        env.get("IRODS_USER_NAME").map(String::as_str),
+        Some(IRODS_USER)
+    );
+    assert_eq!(env.get("IRODS_PASSWORD"), Some(&world.irods_password));
     let catalog_path = env
         .get("ATELIER_DATA_CATALOG")
         .unwrap_or_else(|| panic!("no ATELIER_DATA_CATALOG in {env:?}"))
@@ -783,7 +814,25 @@ async fn s3_data_with_group_credentials_in_a_real_workspace() {
         .await;
     assert_eq!(
         listed.map_err(|e| e.to_string()),
-        Ok("['argo', 'argo_nc', 'argo_stac']\n".to_owned())
+        Ok("['argo', 'argo_nc', 'argo_stac', 'ocean_irods']\n".to_owned())
+    );
+    // python-irodsclient reads the environment file and the obfuscated password file the hub
+    // wrote (no connection at construction; the password is compared in the kernel, never
+    // printed).
+    let irods = kernel
+        .run(
+            "import os\nfrom irods.session import iRODSSession\n\
+             s = iRODSSession(irods_env_file=os.environ[\"IRODS_ENVIRONMENT_FILE\"])\n\
+             a = s.pool.account\n\
+             print(s.host, s.port, s.zone, s.username, a.home, a.cwd, \
+             a.password == os.environ[\"IRODS_PASSWORD\"])",
+        )
+        .await;
+    assert_eq!(
+        irods.map_err(|e| e.to_string()),
+        Ok(format!(
+            "irods.example.org 1247 ocean {IRODS_USER} /ocean/home/{IRODS_USER} /ocean/argo True\n"
+        ))
     );
     // The home page's lines, as they are.
     let catalog = Catalog::load(&world.dir.join("catalog")).expect("the story's catalogue");
@@ -900,7 +949,7 @@ async fn s3_data_with_group_credentials_in_a_real_workspace() {
     let audited = places.iter().filter(|(w, _)| w == "audit row").count();
     assert!(audited >= 4, "the starts are audited: {places:?}");
     for (place, text) in &places {
-        for value in [&key_id, &secret_key] {
+        for value in [&key_id, &secret_key, &world.irods_password] {
             assert!(
                 !text.contains(value.as_str()),
                 "{place} holds a credential:\n{text}"

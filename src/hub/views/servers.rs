@@ -12,6 +12,11 @@
 //! `<profile>/gpuType`, `<profile>/dataSource/<name>`); those of the chosen `profile` become the
 //! start's `user_options`, in the Workspace's field names (`profile`, `nodePool`, `resources`
 //! {`cpu`, `memory`, `gpus`, `gpuType`}, `dataSources`).
+//!
+//! Data sources: the form shows each one's description, the credentials the owner's groups get
+//! (`credentials: via group <g>`, `shared` or `none`, [`credentials_for`]) and its STAC link;
+//! the home page shows each running server's sources with the line of Python that opens them
+//! ([`open_line`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
