@@ -580,7 +580,12 @@ const IRODS_PASSWORD: &str = "irods-Pa55-7d1a3b";
 
 /// What no answer, event, log line or audit row may contain: the values, and the base64 of
 /// the one given as `data`.
-const LEAKS: [&str; 4] = [ACCESS_KEY, SECRET_KEY, IRODS_PASSWORD, "QUtJQUFMSUNFT0NFQU4wMQ=="];
+const LEAKS: [&str; 4] = [
+    ACCESS_KEY,
+    SECRET_KEY,
+    IRODS_PASSWORD,
+    "QUtJQUFMSUNFT0NFQU4wMQ==",
+];
 
 /// A profile `lab`; DataSource `argo` (s3 at `endpoint`, the keys of Secret `ocean-s3` for
 /// group `vo-ocean`) and `shelf` (irods, Secret `irods-reader` for everyone); the Secrets,
@@ -633,7 +638,9 @@ stringData:
         text.push_str("---\napiVersion: v1\nkind: Secret\nmetadata: {name: ocean-s3}\n");
         text.push_str("data:\n  AWS_ACCESS_KEY_ID: QUtJQUFMSUNFT0NFQU4wMQ==\n");
         if with_key {
-            text.push_str(&format!("stringData:\n  AWS_SECRET_ACCESS_KEY: {SECRET_KEY}\n"));
+            text.push_str(&format!(
+                "stringData:\n  AWS_SECRET_ACCESS_KEY: {SECRET_KEY}\n"
+            ));
         }
     }
     let mut c = Catalog::default();
@@ -825,7 +832,8 @@ fn environ(pid: i64) -> BTreeMap<String, String> {
         .split(|b| *b == 0)
         .filter_map(|kv| {
             let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect()
 }
@@ -849,10 +857,13 @@ impl Served {
         let r = self
             .api_start(token, user, "", Some(json!({"user_options": options})))
             .await;
-        let req = http::Request::get(format!("{}/hub/api/users/{user}/server/progress", self.base))
-            .header("authorization", format!("token {token}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let req = http::Request::get(format!(
+            "{}/hub/api/users/{user}/server/progress",
+            self.base
+        ))
+        .header("authorization", format!("token {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
         // The handler subscribes before it answers: the head means every event will come.
         let resp = self.client.request(req).await.expect("progress");
         assert_eq!(resp.status(), 200);
@@ -886,7 +897,10 @@ async fn local_starts_get_their_data_sources_and_no_secret_shows(db: TestDb) {
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     answers.extend([r.body, progress.clone()]);
-    assert!(progress.contains("Checking the data sources' endpoints"), "{progress}");
+    assert!(
+        progress.contains("Checking the data sources' endpoints"),
+        "{progress}"
+    );
     assert!(
         progress.contains("Data sources: .irodsA, catalog.yaml, irods_environment.json written"),
         "{progress}"
@@ -910,7 +924,10 @@ async fn local_starts_get_their_data_sources_and_no_secret_shows(db: TestDb) {
     assert_eq!(env["IRODS_HOST"], "irods.example.org");
     assert!(!env.contains_key("FSSPEC_S3_ANON"));
     assert_eq!(env["ATELIER_DATA_CATALOG"], file("catalog.yaml"));
-    assert_eq!(env["IRODS_ENVIRONMENT_FILE"], file("irods_environment.json"));
+    assert_eq!(
+        env["IRODS_ENVIRONMENT_FILE"],
+        file("irods_environment.json")
+    );
     assert_eq!(env["IRODS_AUTHENTICATION_FILE"], file(".irodsA"));
     // The JupyterHub environment is still there.
     assert_eq!(env["JUPYTERHUB_USER"], "alice");
@@ -925,7 +942,10 @@ async fn local_starts_get_their_data_sources_and_no_secret_shows(db: TestDb) {
         assert_eq!(mode(&file(name)), 0o600, "{name}");
     }
     let catalog = std::fs::read_to_string(file("catalog.yaml")).unwrap();
-    assert!(catalog.contains("argo:") && catalog.contains("shelf:"), "{catalog}");
+    assert!(
+        catalog.contains("argo:") && catalog.contains("shelf:"),
+        "{catalog}"
+    );
     assert!(catalog.contains("urlpath: s3://argo/x.zarr"), "{catalog}");
     assert!(
         catalog.contains("{{env(ATELIER_DATA_ARGO_AWS_SECRET_ACCESS_KEY)}}"),
@@ -1034,7 +1054,10 @@ async fn local_starts_get_their_data_sources_and_no_secret_shows(db: TestDb) {
         web.server("bob", "").await
     );
     let logs = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
-    assert!(logs.contains("started server process"), "the logs were captured");
+    assert!(
+        logs.contains("started server process"),
+        "the logs were captured"
+    );
     for leak in LEAKS {
         for (what, text) in [
             ("an API answer", answers.join("\n")),
@@ -1069,16 +1092,26 @@ async fn missing_secrets_and_keys_refuse_local_starts(db: TestDb) {
     );
     // The form says the same.
     let page = alice
-        .spawn("alice", "", &[("profile", "lab"), ("lab/dataSource/argo", "on")])
+        .spawn(
+            "alice",
+            "",
+            &[("profile", "lab"), ("lab/dataSource/argo", "on")],
+        )
         .await;
     assert_eq!(page.status, 403, "{}", page.body);
-    assert!(page.body.contains("DataCredentialsNotFound"), "{}", page.body);
+    assert!(
+        page.body.contains("DataCredentialsNotFound"),
+        "{}",
+        page.body
+    );
     web.nothing_started("alice", "").await;
     assert!(!local.started("alice"));
     // Not in the group, no credentials: no Secret needed.
     let _bob = web.member("bob", &[]).await;
     let bob_token = web.token("bob").await;
-    let r = web.api_start(&bob_token, "bob", "", Some(options.clone())).await;
+    let r = web
+        .api_start(&bob_token, "bob", "", Some(options.clone()))
+        .await;
     assert!(r.status == 201 || r.status == 202, "{}", r.body);
     web.wait_for("bob", "", ServerState::Running).await;
     let r = web
@@ -1127,8 +1160,7 @@ async fn an_unreachable_endpoint_fails_the_spawn(db: TestDb) {
         )
         .await;
     assert!(r.status == 500 || r.status == 202, "{}", r.body);
-    let message =
-        format!("DataSource argo: endpoint {closed} unreachable: connection refused");
+    let message = format!("DataSource argo: endpoint {closed} unreachable: connection refused");
     assert!(
         progress.contains(&format!("Spawn failed: {message}")),
         "{progress}"

@@ -434,11 +434,19 @@ fn data_request(user: &str, server: &str) -> SpawnRequest {
     r.env
         .insert("AWS_SECRET_ACCESS_KEY".into(), "data-secret-value".into());
     // What the hub would never send, but the backend overrides: the files' variables.
-    r.env
-        .insert("ATELIER_DATA_CATALOG".into(), "/elsewhere/catalog.yaml".into());
+    r.env.insert(
+        "ATELIER_DATA_CATALOG".into(),
+        "/elsewhere/catalog.yaml".into(),
+    );
     r.files = BTreeMap::from([
-        ("catalog.yaml".into(), "metadata: {version: 1}\nsources: {}\n".into()),
-        ("irods_environment.json".into(), "{\"irods_host\": \"h\"}\n".into()),
+        (
+            "catalog.yaml".into(),
+            "metadata: {version: 1}\nsources: {}\n".into(),
+        ),
+        (
+            "irods_environment.json".into(),
+            "{\"irods_host\": \"h\"}\n".into(),
+        ),
         (".irodsA".into(), ".obfuscated\0".into()),
     ]);
     r
@@ -463,7 +471,8 @@ async fn data_files_are_written_private_and_removed_at_stop() {
     assert!(
         events
             .iter()
-            .any(|e| e.message == "Data sources: .irodsA, catalog.yaml, irods_environment.json written"),
+            .any(|e| e.message
+                == "Data sources: .irodsA, catalog.yaml, irods_environment.json written"),
         "{events:?}"
     );
     for event in &events {
@@ -489,7 +498,10 @@ async fn data_files_are_written_private_and_removed_at_stop() {
     let env = &serde_json::from_str::<Value>(&body).unwrap()["env"];
     let path = |name: &str| dir.join(name).display().to_string();
     assert_eq!(env["ATELIER_DATA_CATALOG"], path("catalog.yaml"));
-    assert_eq!(env["IRODS_ENVIRONMENT_FILE"], path("irods_environment.json"));
+    assert_eq!(
+        env["IRODS_ENVIRONMENT_FILE"],
+        path("irods_environment.json")
+    );
     assert_eq!(env["IRODS_AUTHENTICATION_FILE"], path(".irodsA"));
     assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "data-secret-value");
 
@@ -524,7 +536,10 @@ async fn a_failed_start_leaves_no_data_files() {
     let backend = LocalBackend::new(sandbox.shell_config("echo no server here >&2; exit 3"));
     let dir = backend.data_dir_path("bob", "");
     let (result, _) = start(&backend, &sandbox, data_request("bob", "")).await;
-    assert!(matches!(result, Err(BackendError::SpawnFailed(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(BackendError::SpawnFailed(_))),
+        "{result:?}"
+    );
     assert!(!dir.exists(), "a failed start left {}", dir.display());
 
     // A start dropped midway (a cancelled spawn) takes its files with it.

@@ -54,8 +54,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use self::proc::Leader;
 use super::{
-    BackendError, BackendStatus, DATA_FILES, ProgressEvent, SpawnRequest, Spawned,
-    WorkspaceBackend,
+    BackendError, BackendStatus, DATA_FILES, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
 };
 use crate::policy::names;
 
@@ -315,7 +314,9 @@ impl LocalBackend {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => tracing::debug!(dir = %dir.display(), "data directory removed"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a data directory"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a data directory")
+            }
         }
     }
 

@@ -43,16 +43,14 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, ResourceRequest, WorkspaceProfile};
+use crate::backend::kubernetes::{SpecError, build_workspace, groups_annotation, workspace_name};
 use crate::backend::{
     DATA_CATALOG_FILE, DATA_FILES, IRODS_AUTHENTICATION_FILE, IRODS_ENVIRONMENT_FILE, SpawnRequest,
 };
-use crate::backend::kubernetes::{SpecError, build_workspace, groups_annotation, workspace_name};
 use crate::config::OperatorConfig;
 use crate::policy::data::{self as data, DataPaths, EnvValue};
 use crate::policy::workspace::validate;
-use crate::policy::workspace::{
-    Dereferenced, Refusal, ValidatedWorkspace, parse_groups, reason,
-};
+use crate::policy::workspace::{Dereferenced, Refusal, ValidatedWorkspace, parse_groups, reason};
 use crate::policy::{self, allowed, names};
 
 /// How often the kubernetes backend's hub lists the catalogue's resources again.
@@ -422,7 +420,11 @@ fn named_secrets(spec: &crate::api::v1alpha1::DataSourceSpec) -> Vec<(String, St
             format!("credentials of group {}", c.group),
         ));
     }
-    if let Some(secret) = spec.csi.as_ref().and_then(|c| c.node_publish_secret.as_ref()) {
+    if let Some(secret) = spec
+        .csi
+        .as_ref()
+        .and_then(|c| c.node_publish_secret.as_ref())
+    {
         out.push((secret.name.clone(), "csi.nodePublishSecret".to_owned()));
     }
     out
@@ -489,7 +491,11 @@ impl Catalog {
         let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| CatalogError {
             file: file.to_owned(),
             document: None,
-            message: format!("not YAML: {e}"),
+            // The first line says where; the next ones quote the text, which may be a Secret's.
+            message: format!(
+                "not YAML: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
         })?;
         for (i, doc) in docs.into_iter().enumerate() {
             let error = |message: String| CatalogError {
@@ -506,8 +512,8 @@ impl Catalog {
             let kind =
                 field("kind").ok_or_else(|| error("field kind: missing or not a string".into()))?;
             if api_version == "v1" && kind == "Secret" {
-                let (name, values) = parse_secret(doc)
-                    .map_err(|m| error(format!("Secret: {m}")))?;
+                let (name, values) =
+                    parse_secret(doc).map_err(|m| error(format!("Secret: {m}")))?;
                 if self.secrets.contains_key(&name) {
                     return Err(error(format!("Secret {name} is defined twice")));
                 }
@@ -904,8 +910,8 @@ impl Catalog {
                 None => data::IRODS_ANONYMOUS_USER,
             };
             let environment = data::irods_environment(irods, user);
-            let mut text = serde_json::to_string_pretty(&environment)
-                .expect("a JSON value serializes");
+            let mut text =
+                serde_json::to_string_pretty(&environment).expect("a JSON value serializes");
             text.push('\n');
             out.files.insert(IRODS_ENVIRONMENT_FILE.to_owned(), text);
             if let Some(secret) = secret {
@@ -1037,7 +1043,11 @@ mod tests {
     }
 
     fn refusal(catalog: &Catalog, user_groups: &[&str], options: Value) -> Refusal {
-        match catalog.check(&request(user_groups, options), "default", CredentialsFrom::Cluster) {
+        match catalog.check(
+            &request(user_groups, options),
+            "default",
+            CredentialsFrom::Cluster,
+        ) {
             Err(CheckError::Refused(r)) => r,
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -1174,7 +1184,11 @@ mod tests {
         let ocean = ["ocean-physics"];
         // Allowed: defaults, a pool, a GPU type, a data source.
         assert_eq!(
-            c.check(&request(&[], json!({"profile": "pangeo"})), "default", CredentialsFrom::Cluster),
+            c.check(
+                &request(&[], json!({"profile": "pangeo"})),
+                "default",
+                CredentialsFrom::Cluster
+            ),
             Ok(Some("pangeo".into()))
         );
         let ok = json!({"profile": "gpu-ml", "nodePool": "gpu-trex",
@@ -1185,11 +1199,19 @@ mod tests {
         );
         // No profile named: the first one open (no "default" profile in the examples).
         assert_eq!(
-            c.check(&request(&[], Value::Null), "default", CredentialsFrom::Cluster),
+            c.check(
+                &request(&[], Value::Null),
+                "default",
+                CredentialsFrom::Cluster
+            ),
             Ok(Some("pangeo".into()))
         );
         assert_eq!(
-            c.check(&request(&[], Value::Null), "qgis-desktop", CredentialsFrom::Cluster),
+            c.check(
+                &request(&[], Value::Null),
+                "qgis-desktop",
+                CredentialsFrom::Cluster
+            ),
             Ok(Some("qgis-desktop".into()))
         );
 
@@ -1259,13 +1281,21 @@ mod tests {
             Err(CheckError::Invalid(e)) => assert_eq!(e.field, "user_options.resources.gpus"),
             other => panic!("{other:?}"),
         }
-        match c.check(&request(&[], json!({"dataSources": "argo"})), "default", CredentialsFrom::Cluster) {
+        match c.check(
+            &request(&[], json!({"dataSources": "argo"})),
+            "default",
+            CredentialsFrom::Cluster,
+        ) {
             Err(CheckError::Invalid(e)) => assert_eq!(e.field, "user_options.dataSources"),
             other => panic!("{other:?}"),
         }
         // An empty catalogue checks nothing.
         assert_eq!(
-            Catalog::default().check(&request(&[], json!({"profile": "x"})), "default", CredentialsFrom::Cluster),
+            Catalog::default().check(
+                &request(&[], json!({"profile": "x"})),
+                "default",
+                CredentialsFrom::Cluster
+            ),
             Ok(None)
         );
     }
@@ -1283,7 +1313,10 @@ mod tests {
             }))
         ));
         r.user_options = json!({"profile": "pangeo"});
-        assert_eq!(c.check(&r, "default", CredentialsFrom::Cluster), Ok(Some("pangeo".into())));
+        assert_eq!(
+            c.check(&r, "default", CredentialsFrom::Cluster),
+            Ok(Some("pangeo".into()))
+        );
     }
 
     /// A profile, an s3 source with group credentials, an irods source with one Secret, and
@@ -1342,7 +1375,8 @@ stringData:
 
     fn data_catalog() -> Catalog {
         let mut c = Catalog::default();
-        c.add_yaml(Path::new("data.yaml"), DATA).expect("DATA loads");
+        c.add_yaml(Path::new("data.yaml"), DATA)
+            .expect("DATA loads");
         c
     }
 
@@ -1358,7 +1392,10 @@ stringData:
             c.secrets["ocean-s3"]["AWS_SECRET_ACCESS_KEY"].expose(),
             "ocean-secret-value"
         );
-        assert_eq!(c.secrets["irods-reader"]["IRODS_PASSWORD"].expose(), "s3cret");
+        assert_eq!(
+            c.secrets["irods-reader"]["IRODS_PASSWORD"].expose(),
+            "s3cret"
+        );
         assert_eq!(
             c.names(),
             [
@@ -1376,7 +1413,10 @@ stringData:
         }
         assert!(debug.contains("\"AWS_SECRET_ACCESS_KEY\": ***"), "{debug}");
         let v = &c.secrets["irods-reader"]["IRODS_PASSWORD"];
-        assert_eq!((format!("{v}"), format!("{v:?}")), ("***".into(), "***".into()));
+        assert_eq!(
+            (format!("{v}"), format!("{v:?}")),
+            ("***".into(), "***".into())
+        );
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
         // stringData wins over data, as in Kubernetes.
         let mut c = Catalog::default();
@@ -1398,7 +1438,9 @@ stringData:
                 .unwrap_err()
                 .to_string()
         };
-        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {KEY: 'not*base64!zz'}\n");
+        let e = bad(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {KEY: 'not*base64!zz'}\n",
+        );
         assert_eq!(
             e,
             "site/secrets.yaml, document 1: Secret: field data.KEY: not base64 (data holds \
@@ -1410,7 +1452,8 @@ stringData:
         assert!(e.contains("field metadata.name: missing"), "{e}");
         let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: Bad_Name}\n");
         assert!(e.contains("metadata.name") && e.contains("Bad_Name"), "{e}");
-        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {K: [hunter2]}\n");
+        let e =
+            bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {K: [hunter2]}\n");
         assert_eq!(
             e,
             "site/secrets.yaml, document 1: Secret: field stringData.K: not a string"
@@ -1426,6 +1469,10 @@ stringData:
         let twice = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {K: v}\n---\n";
         let e = bad(&format!("{twice}{twice}"));
         assert!(e.contains("document 2: Secret s is defined twice"), "{e}");
+        // Broken YAML: the error says where, not what.
+        let e = bad("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {K: hunter2\n");
+        assert!(e.starts_with("site/secrets.yaml: not YAML"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
         // Other v1 kinds are still refused.
         let e = bad("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
         assert!(e.contains("field apiVersion"), "{e}");
@@ -1467,7 +1514,11 @@ stringData:
         );
         // The cluster's Secrets are the operator's to check.
         assert_eq!(
-            c.check(&request(&["vo-ocean"], argo), "lab", CredentialsFrom::Cluster),
+            c.check(
+                &request(&["vo-ocean"], argo),
+                "lab",
+                CredentialsFrom::Cluster
+            ),
             Ok(Some("lab".into()))
         );
         assert!(matches!(
@@ -1494,7 +1545,10 @@ stringData:
         let env = &alice.env;
         assert_eq!(env["AWS_ACCESS_KEY_ID"], "AKIAOCEAN");
         assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "ocean-secret-value");
-        assert_eq!(env["ATELIER_DATA_ARGO_AWS_SECRET_ACCESS_KEY"], "ocean-secret-value");
+        assert_eq!(
+            env["ATELIER_DATA_ARGO_AWS_SECRET_ACCESS_KEY"],
+            "ocean-secret-value"
+        );
         assert_eq!(env["RCLONE_CONFIG_ARGO_ACCESS_KEY_ID"], "AKIAOCEAN");
         assert_eq!(env["AWS_ENDPOINT_URL"], "http://127.0.0.1:8333");
         assert_eq!(env["IRODS_USER_NAME"], "reader");
@@ -1546,7 +1600,10 @@ stringData:
             }]
         );
         let debug = format!("{alice:?}");
-        assert!(!debug.contains("ocean-secret-value") && !debug.contains("s3cret"), "{debug}");
+        assert!(
+            !debug.contains("ocean-secret-value") && !debug.contains("s3cret"),
+            "{debug}"
+        );
 
         // bob is not in vo-ocean: anonymous s3, no key.
         let bob = c
@@ -1560,7 +1617,9 @@ stringData:
         assert_eq!(bob.env["FSSPEC_S3_ANON"], "true");
         assert_eq!(bob.env["ATELIER_DATA_ARGO_ANONYMOUS"], "true");
         assert!(
-            bob.env.keys().all(|k| !k.contains("ACCESS_KEY") && !k.contains("SECRET")),
+            bob.env
+                .keys()
+                .all(|k| !k.contains("ACCESS_KEY") && !k.contains("SECRET")),
             "{:?}",
             bob.env.keys()
         );
