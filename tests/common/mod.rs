@@ -14,7 +14,9 @@ use atelier::store::tokens::generate_token;
 use sqlx::Connection as _;
 
 pub mod hub;
+pub mod kernel;
 pub mod oidc;
+pub mod s3;
 pub mod stack;
 
 pub const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";

@@ -12,6 +12,11 @@
 //! `<profile>/gpuType`, `<profile>/dataSource/<name>`); those of the chosen `profile` become the
 //! start's `user_options`, in the Workspace's field names (`profile`, `nodePool`, `resources`
 //! {`cpu`, `memory`, `gpus`, `gpuType`}, `dataSources`).
+//!
+//! Data sources: the form shows each one's description, the credentials the owner's groups get
+//! (`credentials: via group <g>`, `shared` or `none`, [`credentials_for`]) and its STAC link;
+//! the home page shows each running server's sources with the line of Python that opens them
+//! ([`open_line`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,11 +28,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Page, PageError, found, hub_path, see_other, server_url, url_encode};
+use crate::api::v1alpha1::DataSource;
 use crate::hub::auth::session::safe_next;
 use crate::hub::auth::session::{CsrfForm, LoggedIn};
-use crate::hub::catalog::ProfileChoice;
+use crate::hub::catalog::{Catalog, DataSourceChoice, ProfileChoice};
 use crate::hub::spawner::{self, StartOptions, StartOutcome};
 use crate::hub::{HubConfig, HubState};
+use crate::policy::data::{credentials_for, open_line};
 use crate::policy::names::is_valid_server_name;
 use crate::scopes::{ScopeSet, Target};
 use crate::store::{AuditAction, AuditQuery, Server, ServerState, StoreError, User};
@@ -138,6 +145,51 @@ struct ServerView {
     stop_url: String,
     pending_url: String,
     progress_url: String,
+    /// The data sources of a running server, and how to open each.
+    data: Vec<OpenView>,
+}
+
+/// A data source of a running server as the home page shows it: its description and the line
+/// of Python that opens it ([`open_line`]), or none when the catalogue no longer has it.
+#[derive(Serialize)]
+struct OpenView {
+    name: String,
+    description: String,
+    open_line: Option<String>,
+}
+
+/// The data sources a server was started with (`user_options.dataSources`), as the home page
+/// shows them.
+fn open_views(catalog: &Catalog, server: &Server) -> Vec<OpenView> {
+    let names = server
+        .user_options
+        .get("dataSources")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    names
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|name| match find_source(catalog, name) {
+            Some(d) => OpenView {
+                name: name.to_owned(),
+                description: d.spec.description.clone(),
+                open_line: Some(open_line(name, &d.spec)),
+            },
+            None => OpenView {
+                name: name.to_owned(),
+                description: "No longer in the catalogue.".to_owned(),
+                open_line: None,
+            },
+        })
+        .collect()
+}
+
+fn find_source<'a>(catalog: &'a Catalog, name: &str) -> Option<&'a DataSource> {
+    catalog
+        .data_sources
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name))
 }
 
 impl ServerView {
@@ -163,6 +215,10 @@ impl ServerView {
             stop_url: hub_path("/hub/stop", user, name),
             pending_url: hub_path("/hub/spawn-pending", user, name),
             progress_url: progress_url(user, name),
+            data: match server {
+                Some(s) if state == ServerState::Running => open_views(&config.catalog.get(), s),
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -264,6 +320,45 @@ struct ProfileView {
     #[serde(flatten)]
     choice: ProfileChoice,
     checked: bool,
+    /// Its data sources, with what the owner gets of each.
+    data: Vec<SourceView>,
+}
+
+/// A data source as the form shows it: the catalogue's choice, the credentials the owner would
+/// get ([`credentials_for`]) and its STAC catalogue.
+#[derive(Serialize)]
+struct SourceView {
+    #[serde(flatten)]
+    choice: DataSourceChoice,
+    /// `via group <g>`, `shared` (one Secret for everybody) or `none` for an s3 or irods
+    /// source; `None` for a source that takes no credentials (nfs, pvc, STAC only).
+    credentials: Option<String>,
+    /// Its STAC catalogue, when that is an http(s) URL (never a `javascript:` link).
+    stac: Option<String>,
+}
+
+fn source_view(
+    catalog: &Catalog,
+    groups: &BTreeSet<String>,
+    choice: DataSourceChoice,
+) -> SourceView {
+    let spec = find_source(catalog, &choice.name).map(|d| &d.spec);
+    let credentials = spec
+        .filter(|s| s.s3.is_some() || s.irods.is_some())
+        .map(|s| match credentials_for(s, groups) {
+            Some((Some(group), _)) => format!("via group {group}"),
+            Some((None, _)) => "shared".to_owned(),
+            None => "none".to_owned(),
+        });
+    let stac = spec.and_then(|s| s.stac.clone()).filter(|url| {
+        let lower = url.to_ascii_lowercase();
+        lower.starts_with("https://") || lower.starts_with("http://")
+    });
+    SourceView {
+        choice,
+        credentials,
+        stac,
+    }
 }
 
 fn render_spawn(
@@ -275,7 +370,8 @@ fn render_spawn(
     error: Option<&str>,
     chosen: Option<&str>,
 ) -> Result<Page, PageError> {
-    let choices = hub.config.catalog.get().choices_for(&owner.groups);
+    let catalog = hub.config.catalog.get();
+    let choices = catalog.choices_for(&owner.groups);
     if choices.is_empty() {
         return Err(PageError::forbidden(format!(
             "No profile is open to {}: ask an administrator to add them to a group.",
@@ -290,6 +386,12 @@ fn render_spawn(
         .into_iter()
         .map(|choice| ProfileView {
             checked: choice.name == checked,
+            data: choice
+                .data_sources
+                .iter()
+                .cloned()
+                .map(|d| source_view(&catalog, &owner.groups, d))
+                .collect(),
             choice,
         })
         .collect();
