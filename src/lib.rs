@@ -6,6 +6,7 @@ pub mod config;
 pub mod crdgen;
 pub mod hub;
 pub mod k8s;
+pub mod net;
 pub mod operator;
 pub mod policy;
 pub mod proxy;

@@ -42,16 +42,16 @@ static PATH: LazyLock<Regex> = LazyLock::new(|| {
 /// the modules; `main` is `src/main.rs`, on top of everything.
 fn allowed(layer: &str) -> Option<&'static [&'static str]> {
     Some(match layer {
-        "api" | "scopes" | "k8s" | "rbac" => &[],
+        "api" | "scopes" | "k8s" | "rbac" | "net" => &[],
         "config" => &["api"],
         "policy" => &["api", "config"],
         "crdgen" => &["api"],
         "store" => &["policy", "scopes", "config", "api"],
         "backend" => &["store", "policy", "config", "api", "k8s"],
         "proxy" => &["store", "policy", "scopes", "config", "api"],
-        "operator" => &["policy", "config", "api", "k8s"],
+        "operator" => &["policy", "config", "api", "k8s", "net"],
         "hub" => &[
-            "backend", "proxy", "store", "policy", "scopes", "config", "api", "k8s", "rbac",
+            "backend", "proxy", "store", "policy", "scopes", "config", "api", "k8s", "rbac", "net",
         ],
         "lib" | "main" => return None,
         _ => &[],

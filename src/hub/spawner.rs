@@ -50,7 +50,7 @@ const ROW_POLL: Duration = Duration::from_secs(1);
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long the check of a data source's endpoint waits for a TCP connection.
-pub const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const ENDPOINT_PROBE_TIMEOUT: Duration = crate::net::PROBE_TIMEOUT;
 
 /// Servers read per statement by [`recover`] and [`sweep`].
 const SWEEP_PAGE: u32 = 200;
@@ -501,7 +501,7 @@ fn refusal_error(e: CheckError, user: &str, server: &str) -> HubError {
 /// `DataSource <name>: endpoint <url> unreachable: <why>`.
 async fn probe_endpoints(endpoints: &[DataEndpoint]) -> Result<(), BackendError> {
     for endpoint in endpoints {
-        if let Err(why) = probe(&endpoint.url).await {
+        if let Err(why) = crate::net::probe(&endpoint.url, ENDPOINT_PROBE_TIMEOUT).await {
             return Err(BackendError::SpawnFailed(format!(
                 "DataSource {}: endpoint {} unreachable: {why}",
                 endpoint.source, endpoint.url
@@ -509,34 +509,6 @@ async fn probe_endpoints(endpoints: &[DataEndpoint]) -> Result<(), BackendError>
         }
     }
     Ok(())
-}
-
-/// Connects to the host and port of `url` (when it names none: 80 for http, else 443, as
-/// `policy::data` takes a URL without a scheme for https).
-async fn probe(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
-    let host = uri.host().ok_or("no host in the URL")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let https = uri
-        .scheme_str()
-        .is_none_or(|s| s.eq_ignore_ascii_case("https"));
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    match tokio::time::timeout(
-        ENDPOINT_PROBE_TIMEOUT,
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            Err("connection refused".to_owned())
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no connection within {} s",
-            ENDPOINT_PROBE_TIMEOUT.as_secs()
-        )),
-    }
 }
 
 /// 400 unless `name` is a valid name for a new server: empty (the default server) or allowed by
