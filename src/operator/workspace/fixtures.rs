@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    ConfigMap, LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+    Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::core::PartialObjectMeta;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
@@ -101,6 +104,27 @@ pub fn inputs(ws: &Workspace, token: &str) -> Dereferenced {
     }
 }
 
+/// A credentials Secret `namespace/name` as the metadata watch shows it.
+pub fn credentials_secret(namespace: &str, name: &str) -> PartialObjectMeta<Secret> {
+    let mut meta = PartialObjectMeta::<Secret>::default();
+    meta.metadata.namespace = Some(namespace.to_owned());
+    meta.metadata.name = Some(name.to_owned());
+    meta.metadata.labels = Some(BTreeMap::from([(
+        "atelier.dev/credentials".to_owned(),
+        "true".to_owned(),
+    )]));
+    meta
+}
+
+/// A CSIDriver `name` listing `modes` (none: `volumeLifecycleModes` unset).
+pub fn csi_driver(name: &str, modes: &[&str]) -> CSIDriver {
+    let mut driver = CSIDriver::default();
+    driver.metadata.name = Some(name.to_owned());
+    driver.spec.volume_lifecycle_modes =
+        (!modes.is_empty()).then(|| modes.iter().map(|m| (*m).to_owned()).collect());
+    driver
+}
+
 /// What the real `validate` makes of `ws` with `token` (panics on a refusal).
 pub fn validated(ws: &Workspace, token: &str, cfg: &OperatorConfig) -> ValidatedWorkspace {
     validate::validate(ws, &inputs(ws, token), cfg)
@@ -165,6 +189,14 @@ pub struct Cluster {
     pub pools: Vec<NodePool>,
     /// DataSources.
     pub data_sources: Vec<DataSource>,
+    /// The data sources' PersistentVolumes.
+    pub persistent_volumes: Vec<PersistentVolume>,
+    /// The catalogue ConfigMaps.
+    pub config_maps: Vec<ConfigMap>,
+    /// CSIDrivers.
+    pub csi_drivers: Vec<CSIDriver>,
+    /// The credentials Secrets (as the metadata watch shows them).
+    pub credentials: Vec<PartialObjectMeta<Secret>>,
     /// Namespaces.
     pub namespaces: Vec<Namespace>,
     /// ResourceQuotas.
@@ -230,6 +262,10 @@ pub fn seed(ctx: &Context, cluster: Cluster) -> CacheWriters {
     list_into(&mut w.profiles, cluster.profiles);
     list_into(&mut w.pools, cluster.pools);
     list_into(&mut w.data_sources, cluster.data_sources);
+    list_into(&mut w.persistent_volumes, cluster.persistent_volumes);
+    list_into(&mut w.config_maps, cluster.config_maps);
+    list_into(&mut w.csi_drivers, cluster.csi_drivers);
+    list_into(&mut w.credentials, cluster.credentials);
     list_into(&mut w.namespaces, cluster.namespaces);
     list_into(&mut w.resource_quotas, cluster.resource_quotas);
     list_into(&mut w.limit_ranges, cluster.limit_ranges);
