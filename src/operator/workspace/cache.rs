@@ -25,16 +25,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::storage::v1::CSIDriver;
-use kube::core::PartialObjectMeta;
 use kube::Resource;
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 
 use super::applied_hash;
 use super::build::WORKSPACE_NAMESPACE_LABEL;
-use crate::policy::names;
 use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile, WorkspaceStatus};
+use crate::policy::names;
 
 mod compact;
 pub use compact::{Compact, CompactWriter, Compactable, PodDetail, compact};
@@ -310,7 +310,9 @@ impl Caches {
             .of_workspace("", &label)
             .into_iter()
             .filter(|pv| {
-                pv.labels().get(WORKSPACE_NAMESPACE_LABEL).map(String::as_str)
+                pv.labels()
+                    .get(WORKSPACE_NAMESPACE_LABEL)
+                    .map(String::as_str)
                     == Some(namespace.as_str())
             })
             .collect()

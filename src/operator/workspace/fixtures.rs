@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::storage::v1::CSIDriver;
-use kube::core::PartialObjectMeta;
 use kube::client::Body;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
@@ -77,6 +77,14 @@ pub fn data_source() -> DataSource {
     ))
 }
 
+/// The `argo` data source: S3 through csi-s3, group credentials `argo-climate` (group
+/// `climate`), mount Secret `argo-mount`.
+pub fn s3_csi_data_source() -> DataSource {
+    yaml(include_str!(
+        "../../../tests/fixtures/reconcile/datasource-s3-csi.yaml"
+    ))
+}
+
 /// A pod status reported by the kubelet, from a fixture (`pod-*.yaml`), merged into `pod`.
 pub fn with_pod_status(mut pod: Pod, fixture: &str) -> Pod {
     let text = match fixture {
@@ -134,6 +142,13 @@ pub fn validated(ws: &Workspace, token: &str, cfg: &OperatorConfig) -> Validated
 /// The children the real `validate` + `build` make of `ws` with `token` (panics on a refusal).
 pub fn desired(ws: &Workspace, token: &str, cfg: &OperatorConfig) -> WorkspaceResources {
     build::build(&validated(ws, token, cfg), cfg)
+}
+
+/// The catalogue ConfigMap the real `validate` + `build` make of `ws` (the fixtures' data
+/// source `era5`; panics on a refusal or without a data source).
+pub fn catalog(ws: &Workspace) -> ConfigMap {
+    let v = validated(ws, "unused", &OperatorConfig::default());
+    build::build_catalog_config_map(&v).expect("the Workspace names a data source")
 }
 
 /// An object as applied: with its hash annotation, as JSON.

@@ -17,9 +17,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::operator::workspace::cache::{Caches, Expectations};
 use crate::api::v1alpha1::Workspace;
 use crate::operator::workspace::build::{DataChildren, catalog_config_map_name};
+use crate::operator::workspace::cache::{Caches, Expectations};
 use crate::operator::workspace::{FIELD_MANAGER, UserNamespaceResources};
 use crate::operator::{Error, Result};
 
@@ -320,7 +320,12 @@ pub async fn delete_stale_data_children(
         .collect();
     delete_live(client, namespace, &stale).await?;
     let volumes: BTreeSet<String> = desired
-        .map(|d| d.persistent_volumes.iter().map(ResourceExt::name_any).collect())
+        .map(|d| {
+            d.persistent_volumes
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect()
+        })
         .unwrap_or_default();
     let stale: Vec<_> = caches
         .data_volumes_of(ws)

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::storage::v1::CSIDriver;
-use kube::core::PartialObjectMeta;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
@@ -28,8 +28,8 @@ use tracing::{debug, info, warn};
 
 use super::dereference::credential_secret_names;
 use super::predicates::{
-    child_trigger, csi_driver_trigger, existence_trigger, input_trigger, mark_deleted,
-    pod_trigger, service_trigger, workspace_trigger,
+    child_trigger, csi_driver_trigger, existence_trigger, input_trigger, mark_deleted, pod_trigger,
+    service_trigger, workspace_trigger,
 };
 use super::{error_policy, reconcile_workspace};
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, Workspace, WorkspaceProfile};
@@ -420,8 +420,11 @@ pub async fn run_controller(
         )
         .watches_stream(
             child_triggers(
-                watcher(Api::<CSIDriver>::all(client.clone()), watcher::Config::default())
-                    .default_backoff(),
+                watcher(
+                    Api::<CSIDriver>::all(client.clone()),
+                    watcher::Config::default(),
+                )
+                .default_backoff(),
                 writers.csi_drivers,
                 caches.expected.clone(),
                 csi_driver_trigger,
@@ -879,6 +882,50 @@ mod tests {
                 "atelier.dev/groups".to_owned(),
                 "ocean".to_owned()
             )]))
+        );
+    }
+
+    #[test]
+    fn csi_drivers_credentials_and_volumes_map_only_to_the_workspaces_using_them() {
+        use crate::operator::workspace::fixtures::{data_source, s3_csi_data_source};
+        let sources = vec![Arc::new(data_source()), Arc::new(s3_csi_data_source())];
+        let all = vec![
+            ws("team", "one", "jupyter", &["argo"]),
+            ws("team", "two", "jupyter", &["era5"]),
+            ws("other", "three", "jupyter", &["era5", "argo"]),
+        ];
+        assert_eq!(
+            workspaces_using_csi_driver(&all, &sources, "ru.yandex.s3.csi"),
+            vec![
+                ObjectRef::new("one").within("team"),
+                ObjectRef::new("three").within("other")
+            ]
+        );
+        assert_eq!(
+            workspaces_using_csi_driver(&all, &sources, "irods.csi.cyverse.org"),
+            vec![]
+        );
+        // A group credential and the mount Secret, in the Secret's namespace only.
+        for secret in ["argo-climate", "argo-mount"] {
+            assert_eq!(
+                workspaces_using_secret(&all, &sources, "team", secret),
+                vec![ObjectRef::new("one").within("team")],
+                "{secret}"
+            );
+        }
+        assert_eq!(
+            workspaces_using_secret(&all, &sources, "team", "unrelated"),
+            vec![]
+        );
+        let mut volume = PersistentVolume::default();
+        volume.metadata.labels = Some(BTreeMap::from([(WORKSPACE_LABEL.into(), "one".into())]));
+        assert_eq!(volume_workspace(&volume), None, "no namespace label");
+        volume
+            .labels_mut()
+            .insert(WORKSPACE_NAMESPACE_LABEL.into(), "team".into());
+        assert_eq!(
+            volume_workspace(&volume),
+            Some(ObjectRef::new("one").within("team"))
         );
     }
 

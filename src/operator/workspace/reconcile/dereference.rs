@@ -137,7 +137,11 @@ pub fn credential_secret_names(spec: &DataSourceSpec) -> Vec<&str> {
     single
         .into_iter()
         .chain(by_group.iter().map(|c| &c.secret))
-        .chain(spec.csi.as_ref().and_then(|c| c.node_publish_secret.as_ref()))
+        .chain(
+            spec.csi
+                .as_ref()
+                .and_then(|c| c.node_publish_secret.as_ref()),
+        )
         .map(|secret| secret.name.as_str())
         .collect()
 }
