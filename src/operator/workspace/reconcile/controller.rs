@@ -318,16 +318,21 @@ pub fn refresh_usage(ctx: &Context) {
 /// Runs the Workspace controller until `shutdown` turns `true`.
 ///
 /// It feeds the caches of `ctx` ([`crate::operator::workspace::cache::Caches`]): the Workspaces (of `watch_namespace`, or all);
-/// their Pods, Services, Secrets, NetworkPolicies and home volumes (limited to
-/// [`MANAGED_BY_SELECTOR`]); every WorkspaceProfile, NodePool and DataSource; in per-user mode
-/// the users' Namespaces, ResourceQuotas and LimitRanges (managed-by label too).
+/// their Pods, Services, Secrets, NetworkPolicies, home and data volume claims and catalogue
+/// ConfigMaps (limited to [`MANAGED_BY_SELECTOR`]); the data sources' PersistentVolumes
+/// (cluster-wide, managed-by label); every WorkspaceProfile, NodePool, DataSource and
+/// CSIDriver; the metadata of the credentials Secrets ([`CREDENTIALS_SELECTOR`]); in per-user
+/// mode the users' Namespaces, ResourceQuotas and LimitRanges (managed-by label too).
 ///
 /// Triggers: a Workspace whose spec, groups, finalizers or deletion changed; a child whose
 /// [`predicates`](super::predicates) hash changed (owner references; a home volume by label, as
-/// a kept volume has no owner); a WorkspaceProfile → the Workspaces using it; any NodePool →
-/// every Workspace (pools are few and rarely change); a DataSource → the Workspaces naming it.
-/// The per-user namespace objects only feed their caches. Nothing else fans out to every
-/// Workspace.
+/// a kept volume has no owner; a data PersistentVolume by its Workspace and namespace labels);
+/// a WorkspaceProfile → the Workspaces using it; any NodePool → every Workspace (pools are few
+/// and rarely change); a DataSource → the Workspaces naming it; a CSIDriver that appears, goes
+/// or changes its modes → the Workspaces naming a source mounted with it; a credentials Secret
+/// that appears or goes → the Workspaces of its namespace naming a source that hands it out
+/// (an unrelated Secret triggers nothing). The per-user namespace objects only feed their
+/// caches. Nothing else fans out to every Workspace.
 pub async fn run_controller(
     ctx: Arc<Context>,
     watch_namespace: Option<String>,
