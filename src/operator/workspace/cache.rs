@@ -981,6 +981,70 @@ mod tests {
         assert_eq!(expected.pending(), 0);
     }
 
+    #[tokio::test]
+    async fn the_data_sources_caches_keep_whose_volumes_the_driver_modes_and_secret_names() {
+        use crate::operator::workspace::fixtures::{
+            Cluster, credentials_secret, csi_driver, seeded_context, workspace,
+        };
+        use k8s_openapi::api::core::v1::PersistentVolume;
+        let volume = |name: &str, namespace: &str| {
+            let mut pv = PersistentVolume::default();
+            pv.metadata.name = Some(name.into());
+            pv.metadata.labels = Some(BTreeMap::from([
+                (WORKSPACE_LABEL.to_owned(), "alice".to_owned()),
+                (WORKSPACE_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "atelier-operator".to_owned(),
+                ),
+            ]));
+            pv.spec = Some(Default::default());
+            pv
+        };
+        let (ctx, _verifier, _w) = seeded_context(
+            crate::config::OperatorConfig::default(),
+            Cluster {
+                persistent_volumes: vec![volume("pv-b", "team"), volume("pv-a", "elsewhere")],
+                csi_drivers: vec![
+                    csi_driver("ru.yandex.s3.csi", &["Persistent"]),
+                    csi_driver("irods.csi.cyverse.org", &[]),
+                    csi_driver("inline.example.org", &["Ephemeral", "Persistent"]),
+                ],
+                credentials: vec![credentials_secret("team", "argo-climate")],
+                ..Cluster::default()
+            },
+        );
+        let caches = &ctx.caches;
+        let ws = workspace();
+        let mine: Vec<String> = caches
+            .data_volumes_of(&ws)
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        assert_eq!(mine, ["pv-b"], "alice of team, not alice of elsewhere");
+        assert_eq!(
+            caches.data_volumes_of(&ws)[0]
+                .labels()
+                .get(WORKSPACE_NAMESPACE_LABEL)
+                .map(String::as_str),
+            Some("team")
+        );
+        assert_eq!(
+            caches.csi_driver_modes(),
+            BTreeMap::from([
+                (
+                    "inline.example.org".to_owned(),
+                    vec!["Ephemeral".to_owned(), "Persistent".to_owned()]
+                ),
+                ("irods.csi.cyverse.org".to_owned(), vec![]),
+                ("ru.yandex.s3.csi".to_owned(), vec!["Persistent".to_owned()]),
+            ])
+        );
+        assert!(caches.has_credentials("team", "argo-climate"));
+        assert!(!caches.has_credentials("elsewhere", "argo-climate"));
+        assert!(!caches.has_credentials("team", "argo-mount"));
+    }
+
     #[test]
     fn a_token_is_remembered_per_workspace_until_forgotten() {
         let tokens = Tokens::default();

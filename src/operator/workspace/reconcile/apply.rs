@@ -280,21 +280,39 @@ pub async fn apply_data_children(
     let expected = &caches.expected;
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     for volume in persistent_volumes {
-        if caches
-            .persistent_volumes
-            .get_cluster(&volume.name_any())
-            .is_none()
-        {
-            apply_with(&volumes, volume, None, expected).await?;
+        match caches.persistent_volumes.get_cluster(&volume.name_any()) {
+            Some(existing) => kept_as_created(&existing, volume)?,
+            None => {
+                apply_with(&volumes, volume, None, expected).await?;
+            }
         }
     }
     for claim in claims {
         let observed = caches.pvcs.get(namespace, &claim.name_any());
+        if let Some(existing) = &observed {
+            kept_as_created(existing, claim)?;
+        }
         create_once(client, namespace, claim, observed, expected).await?;
     }
     if let Some(config_map) = config_map {
         let observed = caches.config_maps.get(namespace, &config_map.name_any());
         apply_object(client, namespace, config_map, observed, expected).await?;
+    }
+    Ok(())
+}
+
+/// Says so (a warning naming the object) when an object created once differs from the desired
+/// one: the DataSource changed since (its attributes, its Secret), which the volume or claim,
+/// immutable where it matters, cannot follow; it is made again once the Workspace drops the
+/// source or is deleted.
+fn kept_as_created<K: Object>(existing: &K, desired: &K) -> Result<()> {
+    let (_, hash) = with_applied_hash(desired)?;
+    if applied_hash(existing).is_some_and(|h| h != hash) {
+        tracing::warn!(
+            kind = %kind::<K>(),
+            name = %desired.name_any(),
+            "kept as created: it differs from the desired one and cannot be changed in place"
+        );
     }
     Ok(())
 }

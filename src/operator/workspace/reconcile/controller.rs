@@ -614,6 +614,8 @@ mod tests {
     ) -> (BTreeSet<(String, String)>, BTreeSet<(String, String)>) {
         let mut handle = handle;
         let mut listed = BTreeSet::new();
+        // `PartialObjectMetadataList` for a list, `PartialObjectMetadata` for a watch.
+        let metadata_only = "application/json;as=PartialObjectMetadata";
         let mut watched = BTreeSet::new();
         let mut watches = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
@@ -630,6 +632,18 @@ mod tests {
             let key = (
                 request.uri().path().to_owned(),
                 query.get("labelSelector").cloned().unwrap_or_default(),
+            );
+            // The credentials Secrets are read as metadata only: their data never reaches the
+            // operator; every other kind whole.
+            let accept = request
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .unwrap_or_default();
+            assert_eq!(
+                accept.contains(metadata_only),
+                key.1 == CREDENTIALS_SELECTOR,
+                "{key:?}: Accept {accept}"
             );
             if query.get("watch").map(String::as_str) == Some("true") {
                 watched.insert(key);
