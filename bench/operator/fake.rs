@@ -507,6 +507,8 @@ fn kind_of(resource: &str) -> String {
         ("secrets", "Secret"),
         ("configmaps", "ConfigMap"),
         ("persistentvolumeclaims", "PersistentVolumeClaim"),
+        ("persistentvolumes", "PersistentVolume"),
+        ("csidrivers", "CSIDriver"),
         ("networkpolicies", "NetworkPolicy"),
         ("namespaces", "Namespace"),
         ("resourcequotas", "ResourceQuota"),

@@ -12,7 +12,7 @@
 //! `watcher() → reflect(writer) → touched_objects() → predicate_filter()`; client-go's
 //! `Lister`s serve every read of a controller from its informers' indexers the same way.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,16 +20,21 @@ use tokio::time::Instant;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    ConfigMap, LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+    Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::Resource;
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 
 use super::applied_hash;
+use super::build::WORKSPACE_NAMESPACE_LABEL;
 use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile, WorkspaceStatus};
+use crate::policy::names;
 
 mod compact;
 pub use compact::{Compact, CompactWriter, Compactable, PodDetail, compact};
@@ -62,6 +67,15 @@ pub struct Caches {
     pub pools: Store<NodePool>,
     /// Every DataSource.
     pub data_sources: Store<DataSource>,
+    /// The data sources' PersistentVolumes (cluster-scoped, managed-by label), listed by
+    /// Workspace with [`Caches::data_volumes_of`].
+    pub persistent_volumes: Compact<PersistentVolume>,
+    /// The data sources' catalogue ConfigMaps (managed-by label).
+    pub config_maps: Compact<ConfigMap>,
+    /// Every CSIDriver of the cluster, with its `volumeLifecycleModes`.
+    pub csi_drivers: Compact<CSIDriver>,
+    /// The data sources' credentials Secrets ([`CREDENTIALS_SELECTOR`]), metadata only.
+    pub credentials: Compact<PartialObjectMeta<Secret>>,
     /// Per-user mode: the users' namespaces (managed-by label).
     pub namespaces: Compact<Namespace>,
     /// Per-user mode: the users' ResourceQuotas (managed-by label).
@@ -100,6 +114,14 @@ pub struct CacheWriters {
     pub pools: Writer<NodePool>,
     /// DataSources.
     pub data_sources: Writer<DataSource>,
+    /// The data sources' PersistentVolumes.
+    pub persistent_volumes: CompactWriter<PersistentVolume>,
+    /// The catalogue ConfigMaps.
+    pub config_maps: CompactWriter<ConfigMap>,
+    /// CSIDrivers.
+    pub csi_drivers: CompactWriter<CSIDriver>,
+    /// The credentials Secrets' metadata.
+    pub credentials: CompactWriter<PartialObjectMeta<Secret>>,
     /// Namespaces (per-user mode).
     pub namespaces: CompactWriter<Namespace>,
     /// ResourceQuotas (per-user mode).
@@ -120,6 +142,10 @@ impl Caches {
         let (profiles, w_profiles) = reflector::store();
         let (pools, w_pools) = reflector::store();
         let (data_sources, w_data_sources) = reflector::store();
+        let (persistent_volumes, w_persistent_volumes) = compact(true);
+        let (config_maps, w_config_maps) = compact(false);
+        let (csi_drivers, w_csi_drivers) = compact(false);
+        let (credentials, w_credentials) = compact(false);
         let (namespaces, w_namespaces) = compact(false);
         let (resource_quotas, w_resource_quotas) = compact(false);
         let (limit_ranges, w_limit_ranges) = compact(false);
@@ -134,6 +160,12 @@ impl Caches {
                 pools.clone(),
                 data_sources.clone(),
             );
+            let data = (
+                persistent_volumes.clone(),
+                config_maps.clone(),
+                csi_drivers.clone(),
+                credentials.clone(),
+            );
             async move {
                 let listed = futures::join!(
                     stores.0.wait_until_ready(),
@@ -142,12 +174,27 @@ impl Caches {
                     stores.3.wait_until_ready(),
                     stores.4.wait_until_ready(),
                 );
+                let data = futures::join!(
+                    data.0.wait_until_ready(),
+                    data.1.wait_until_ready(),
+                    data.2.wait_until_ready(),
+                    data.3.wait_until_ready(),
+                );
                 let inputs = futures::try_join!(
                     stores.5.wait_until_ready(),
                     stores.6.wait_until_ready(),
                     stores.7.wait_until_ready(),
                 );
-                listed.0 && listed.1 && listed.2 && listed.3 && listed.4 && inputs.is_ok()
+                listed.0
+                    && listed.1
+                    && listed.2
+                    && listed.3
+                    && listed.4
+                    && data.0
+                    && data.1
+                    && data.2
+                    && data.3
+                    && inputs.is_ok()
             }
             .boxed()
             .shared()
@@ -180,6 +227,10 @@ impl Caches {
                 profiles,
                 pools,
                 data_sources,
+                persistent_volumes,
+                config_maps,
+                csi_drivers,
+                credentials,
                 namespaces,
                 resource_quotas,
                 limit_ranges,
@@ -197,6 +248,10 @@ impl Caches {
                 profiles: w_profiles,
                 pools: w_pools,
                 data_sources: w_data_sources,
+                persistent_volumes: w_persistent_volumes,
+                config_maps: w_config_maps,
+                csi_drivers: w_csi_drivers,
+                credentials: w_credentials,
                 namespaces: w_namespaces,
                 resource_quotas: w_resource_quotas,
                 limit_ranges: w_limit_ranges,
@@ -226,12 +281,68 @@ impl Caches {
         self.pods.of_workspace(&namespace, &label)
     }
 
-    /// The home volumes labelled as `ws`'s, sorted by name.
+    /// The home volumes labelled as `ws`'s, sorted by name (its data sources' claims too:
+    /// [`Caches::data_claims_of`]).
     pub fn pvcs_of(&self, ws: &Workspace) -> Vec<PersistentVolumeClaim> {
         let (namespace, label) = workspace_key(ws);
         self.pvcs.of_workspace(&namespace, &label)
     }
+
+    /// The claims of `ws`'s data sources, sorted by name: those of [`Caches::pvcs_of`] named as
+    /// data claims are (`data-<ws>/<source>` hashed, [`names::data_claim_name`]), never the
+    /// home volume.
+    pub fn data_claims_of(&self, ws: &Workspace) -> Vec<PersistentVolumeClaim> {
+        let home = names::home_claim_name(&ws.name_any());
+        self.pvcs_of(ws)
+            .into_iter()
+            .filter(|pvc| {
+                let name = pvc.name_any();
+                name != home && name.starts_with(DATA_CLAIM_PREFIX)
+            })
+            .collect()
+    }
+
+    /// The data sources' PersistentVolumes of `ws`, sorted by name: labelled with its name and
+    /// its namespace (a Workspace of the same name in another namespace has its own).
+    pub fn data_volumes_of(&self, ws: &Workspace) -> Vec<PersistentVolume> {
+        let (namespace, label) = workspace_key(ws);
+        self.persistent_volumes
+            .of_workspace("", &label)
+            .into_iter()
+            .filter(|pv| {
+                pv.labels()
+                    .get(WORKSPACE_NAMESPACE_LABEL)
+                    .map(String::as_str)
+                    == Some(namespace.as_str())
+            })
+            .collect()
+    }
+
+    /// The cluster's CSIDrivers by name, with their `volumeLifecycleModes` (empty when a
+    /// driver lists none), as [`crate::policy::workspace::Dereferenced::csi_drivers`] wants them.
+    pub fn csi_driver_modes(&self) -> BTreeMap<String, Vec<String>> {
+        self.csi_drivers
+            .all()
+            .into_iter()
+            .map(|d| {
+                let modes = d.spec.volume_lifecycle_modes.unwrap_or_default();
+                (d.metadata.name.unwrap_or_default(), modes)
+            })
+            .collect()
+    }
+
+    /// Whether the credentials Secret `namespace/name` exists ([`CREDENTIALS_SELECTOR`]).
+    pub fn has_credentials(&self, namespace: &str, name: &str) -> bool {
+        self.credentials.get(namespace, name).is_some()
+    }
 }
+
+/// How every data claim's name starts ([`names::data_claim_name`]: `data-` and the hashed pair).
+const DATA_CLAIM_PREFIX: &str = "data-";
+
+/// Label selector of the data sources' credentials Secrets, the only Secrets besides the
+/// operator's own that it watches (metadata only).
+pub const CREDENTIALS_SELECTOR: &str = "atelier.dev/credentials=true";
 
 /// `kubectl`'s last applied configuration, a copy of the object the operator never reads.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -870,6 +981,70 @@ mod tests {
         assert_eq!(expected.pending(), 0);
     }
 
+    #[tokio::test]
+    async fn the_data_sources_caches_keep_whose_volumes_the_driver_modes_and_secret_names() {
+        use crate::operator::workspace::fixtures::{
+            Cluster, credentials_secret, csi_driver, seeded_context, workspace,
+        };
+        use k8s_openapi::api::core::v1::PersistentVolume;
+        let volume = |name: &str, namespace: &str| {
+            let mut pv = PersistentVolume::default();
+            pv.metadata.name = Some(name.into());
+            pv.metadata.labels = Some(BTreeMap::from([
+                (WORKSPACE_LABEL.to_owned(), "alice".to_owned()),
+                (WORKSPACE_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "atelier-operator".to_owned(),
+                ),
+            ]));
+            pv.spec = Some(Default::default());
+            pv
+        };
+        let (ctx, _verifier, _w) = seeded_context(
+            crate::config::OperatorConfig::default(),
+            Cluster {
+                persistent_volumes: vec![volume("pv-b", "team"), volume("pv-a", "elsewhere")],
+                csi_drivers: vec![
+                    csi_driver("ru.yandex.s3.csi", &["Persistent"]),
+                    csi_driver("irods.csi.cyverse.org", &[]),
+                    csi_driver("inline.example.org", &["Ephemeral", "Persistent"]),
+                ],
+                credentials: vec![credentials_secret("team", "argo-climate")],
+                ..Cluster::default()
+            },
+        );
+        let caches = &ctx.caches;
+        let ws = workspace();
+        let mine: Vec<String> = caches
+            .data_volumes_of(&ws)
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        assert_eq!(mine, ["pv-b"], "alice of team, not alice of elsewhere");
+        assert_eq!(
+            caches.data_volumes_of(&ws)[0]
+                .labels()
+                .get(WORKSPACE_NAMESPACE_LABEL)
+                .map(String::as_str),
+            Some("team")
+        );
+        assert_eq!(
+            caches.csi_driver_modes(),
+            BTreeMap::from([
+                (
+                    "inline.example.org".to_owned(),
+                    vec!["Ephemeral".to_owned(), "Persistent".to_owned()]
+                ),
+                ("irods.csi.cyverse.org".to_owned(), vec![]),
+                ("ru.yandex.s3.csi".to_owned(), vec!["Persistent".to_owned()]),
+            ])
+        );
+        assert!(caches.has_credentials("team", "argo-climate"));
+        assert!(!caches.has_credentials("elsewhere", "argo-climate"));
+        assert!(!caches.has_credentials("team", "argo-mount"));
+    }
+
     #[test]
     fn a_token_is_remembered_per_workspace_until_forgotten() {
         let tokens = Tokens::default();
@@ -904,7 +1079,11 @@ mod tests {
             data_sources,
             namespaces,
             resource_quotas,
-            limit_ranges
+            limit_ranges,
+            persistent_volumes,
+            config_maps,
+            csi_drivers,
+            credentials
         );
     }
 

@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    ConfigMap, LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+    Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::client::Body;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
@@ -74,6 +77,14 @@ pub fn data_source() -> DataSource {
     ))
 }
 
+/// The `argo` data source: S3 through csi-s3, group credentials `argo-climate` (group
+/// `climate`), mount Secret `argo-mount`.
+pub fn s3_csi_data_source() -> DataSource {
+    yaml(include_str!(
+        "../../../tests/fixtures/reconcile/datasource-s3-csi.yaml"
+    ))
+}
+
 /// A pod status reported by the kubelet, from a fixture (`pod-*.yaml`), merged into `pod`.
 pub fn with_pod_status(mut pod: Pod, fixture: &str) -> Pod {
     let text = match fixture {
@@ -101,6 +112,27 @@ pub fn inputs(ws: &Workspace, token: &str) -> Dereferenced {
     }
 }
 
+/// A credentials Secret `namespace/name` as the metadata watch shows it.
+pub fn credentials_secret(namespace: &str, name: &str) -> PartialObjectMeta<Secret> {
+    let mut meta = PartialObjectMeta::<Secret>::default();
+    meta.metadata.namespace = Some(namespace.to_owned());
+    meta.metadata.name = Some(name.to_owned());
+    meta.metadata.labels = Some(BTreeMap::from([(
+        "atelier.dev/credentials".to_owned(),
+        "true".to_owned(),
+    )]));
+    meta
+}
+
+/// A CSIDriver `name` listing `modes` (none: `volumeLifecycleModes` unset).
+pub fn csi_driver(name: &str, modes: &[&str]) -> CSIDriver {
+    let mut driver = CSIDriver::default();
+    driver.metadata.name = Some(name.to_owned());
+    driver.spec.volume_lifecycle_modes =
+        (!modes.is_empty()).then(|| modes.iter().map(|m| (*m).to_owned()).collect());
+    driver
+}
+
 /// What the real `validate` makes of `ws` with `token` (panics on a refusal).
 pub fn validated(ws: &Workspace, token: &str, cfg: &OperatorConfig) -> ValidatedWorkspace {
     validate::validate(ws, &inputs(ws, token), cfg)
@@ -110,6 +142,13 @@ pub fn validated(ws: &Workspace, token: &str, cfg: &OperatorConfig) -> Validated
 /// The children the real `validate` + `build` make of `ws` with `token` (panics on a refusal).
 pub fn desired(ws: &Workspace, token: &str, cfg: &OperatorConfig) -> WorkspaceResources {
     build::build(&validated(ws, token, cfg), cfg)
+}
+
+/// The catalogue ConfigMap the real `validate` + `build` make of `ws` (the fixtures' data
+/// source `era5`; panics on a refusal or without a data source).
+pub fn catalog(ws: &Workspace) -> ConfigMap {
+    let v = validated(ws, "unused", &OperatorConfig::default());
+    build::build_catalog_config_map(&v).expect("the Workspace names a data source")
 }
 
 /// An object as applied: with its hash annotation, as JSON.
@@ -165,6 +204,14 @@ pub struct Cluster {
     pub pools: Vec<NodePool>,
     /// DataSources.
     pub data_sources: Vec<DataSource>,
+    /// The data sources' PersistentVolumes.
+    pub persistent_volumes: Vec<PersistentVolume>,
+    /// The catalogue ConfigMaps.
+    pub config_maps: Vec<ConfigMap>,
+    /// CSIDrivers.
+    pub csi_drivers: Vec<CSIDriver>,
+    /// The credentials Secrets (as the metadata watch shows them).
+    pub credentials: Vec<PartialObjectMeta<Secret>>,
     /// Namespaces.
     pub namespaces: Vec<Namespace>,
     /// ResourceQuotas.
@@ -230,6 +277,10 @@ pub fn seed(ctx: &Context, cluster: Cluster) -> CacheWriters {
     list_into(&mut w.profiles, cluster.profiles);
     list_into(&mut w.pools, cluster.pools);
     list_into(&mut w.data_sources, cluster.data_sources);
+    list_into(&mut w.persistent_volumes, cluster.persistent_volumes);
+    list_into(&mut w.config_maps, cluster.config_maps);
+    list_into(&mut w.csi_drivers, cluster.csi_drivers);
+    list_into(&mut w.credentials, cluster.credentials);
     list_into(&mut w.namespaces, cluster.namespaces);
     list_into(&mut w.resource_quotas, cluster.resource_quotas);
     list_into(&mut w.limit_ranges, cluster.limit_ranges);

@@ -5,16 +5,20 @@
 //!
 //! - *Apply*: [`dereference`] (from the caches) → `validate` → admission to the pool's caps
 //!   (checked and reserved at once in the usage index, see [`crate::policy::admission`]) → on
-//!   a refusal: release the reservation, remove the pod, status `Pending` with `Ready=False`
+//!   a refusal: release the reservation, remove the pod and the data sources' children, status
+//!   `Pending` with `Ready=False`
 //!   and the rule as reason, Warning Event, requeue in 5 min; otherwise `build` → [`apply`] in
-//!   a fixed order (per-user namespace objects, Secret, PVC, Service, NetworkPolicy, Pod) with
+//!   a fixed order (per-user namespace objects, Secret, PVC, the data sources' PersistentVolumes,
+//!   claims and catalogue ConfigMap, Service, NetworkPolicy, Pod; then the data children of
+//!   sources no longer named are deleted) with
 //!   server-side apply, skipping every object whose cached copy already carries its
 //!   [`APPLIED_HASH_ANNOTATION`] (a Service whose immutable cluster IP differs from the desired
 //!   headless one is deleted and created again) → status (written only when it changed) and an
 //!   Event per transition. A request the API server refuses (403, 422, an admission plugin)
 //!   ends the pass with `Ready=False`, the server's reason and message, phase `Pending` or
 //!   `Failed` and a Warning Event; the error then backs off exponentially ([`error_policy`]).
-//! - *Cleanup*: delete the pod, delete the home volume only when the profile says `delete`, then
+//! - *Cleanup*: delete the pod and the data sources' PersistentVolumes, delete the home volume
+//!   only when the profile says `delete`, then
 //!   the finalizer is removed (a refused deletion is reported in the status the same way, and
 //!   the finalizer stays until it succeeds); the Workspace's reservation is released.
 //!
@@ -255,7 +259,9 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         apply::apply_user_namespace(client, caches, &ns).await?;
     }
 
-    let desired = build::build(&validated, &ctx.config);
+    let drivers = observed.inputs.csi_drivers.as_ref();
+    let desired = build::build_with(&validated, &ctx.config, drivers);
+    let data = build::data_children(&validated, drivers);
     let WorkspaceResources {
         secret,
         pvc,
@@ -268,6 +274,7 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     apply::apply_object(client, ns, secret, observed.secret, expected).await?;
     let cached_pvc = caches.pvcs.get(ns, &pvc.name_any());
     apply::create_once(client, ns, pvc, cached_pvc, expected).await?;
+    apply::apply_data_children(client, caches, ns, &data).await?;
     let cached_service = caches.services.get(ns, &service.name_any());
     let service_ready = apply::apply_service(client, ns, service, cached_service, expected)
         .await?
@@ -276,6 +283,7 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     apply::apply_object(client, ns, network_policy, cached_policy, expected).await?;
     let pods = caches.pods_of(ws);
     let outcome = apply::reconcile_pod(client, ns, pod.as_ref(), pods, expected).await?;
+    apply::delete_stale_data_children(client, caches, ws, ns, Some(&data)).await?;
 
     let url = Some(build::server_url(&validated, &ctx.config));
     let pool = validated.pool.as_ref().map(|p| p.name.as_str());
@@ -305,7 +313,9 @@ fn is_steady(phase: WorkspacePhase) -> bool {
     )
 }
 
-/// A refused workspace runs nothing: delete its pods, say why, retry later.
+/// A refused workspace runs nothing and keeps nothing half-applied: delete its pods and its
+/// data sources' claims, volumes and catalogue, say why (`Ready=False`, the rule as reason, the
+/// message naming the source and what is wrong), retry later.
 async fn refuse(
     ws: &Workspace,
     namespace: &str,
@@ -314,6 +324,7 @@ async fn refuse(
 ) -> Result<Action> {
     info!(reason = refusal.reason, message = %refusal.message, "workspace refused");
     apply::delete_live(&ctx.client, namespace, &ctx.caches.pods_of(ws)).await?;
+    apply::delete_stale_data_children(&ctx.client, &ctx.caches, ws, namespace, None).await?;
     let input = StatusInput {
         generation: ws.metadata.generation,
         desired_state: ws.spec.desired_state,
@@ -328,12 +339,15 @@ async fn refuse(
     Ok(Action::requeue(REQUEUE_REFUSED))
 }
 
-/// The Cleanup branch: delete the pod, and the home volume when the profile says `delete`
-/// (a missing profile keeps it); the finalizer is removed afterwards.
+/// The Cleanup branch: delete the pod, the data sources' PersistentVolumes (cluster-scoped, they
+/// have no namespaced owner to be collected with; their claims and the catalogue go with the
+/// Workspace by their owner reference), and the home volume when the profile says `delete` (a
+/// missing profile keeps it); the finalizer is removed afterwards.
 async fn cleanup_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
     let caches = &ctx.caches;
     apply::delete_live(&ctx.client, &namespace, &caches.pods_of(ws)).await?;
+    apply::delete_live_cluster(&ctx.client, &caches.data_volumes_of(ws)).await?;
     let reclaim = cached_cluster(&caches.profiles, &ws.spec.profile).map(|p| p.spec.home.on_delete);
     if reclaim == Some(HomeReclaim::Delete) {
         apply::delete_live(&ctx.client, &namespace, &caches.pvcs_of(ws)).await?;

@@ -34,6 +34,7 @@ use kube::Resource;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use super::super::build::WORKSPACE_NAMESPACE_LABEL;
 use super::super::{APPLIED_HASH_ANNOTATION, WORKSPACE_LABEL, applied_hash};
 use crate::policy::workspace::TOKEN_KEY;
 
@@ -507,5 +508,91 @@ impl<K: Compactable> CompactWriter<K> {
                 false
             }
         }
+    }
+}
+
+// The data sources' kinds (issue 11).
+
+/// A data source's PersistentVolume (cluster-scoped): its Workspace's namespace, from
+/// [`WORKSPACE_NAMESPACE_LABEL`] (the Workspace label alone does not say whose it is). The store
+/// indexes it under the empty namespace by Workspace label; `Caches::data_volumes_of` keeps
+/// those of the right namespace.
+impl Compactable for k8s_openapi::api::core::v1::PersistentVolume {
+    type Detail = Option<Box<str>>;
+
+    fn detail(&self) -> Option<Box<str>> {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(WORKSPACE_NAMESPACE_LABEL))
+            .map(|ns| Box::from(ns.as_str()))
+    }
+
+    fn restore(
+        mut metadata: ObjectMeta,
+        namespace: &Option<Box<str>>,
+    ) -> k8s_openapi::api::core::v1::PersistentVolume {
+        if let Some(namespace) = namespace {
+            metadata
+                .labels
+                .get_or_insert_default()
+                .insert(WORKSPACE_NAMESPACE_LABEL.to_owned(), namespace.to_string());
+        }
+        k8s_openapi::api::core::v1::PersistentVolume {
+            metadata,
+            ..Default::default()
+        }
+    }
+}
+
+/// A CSIDriver's `volumeLifecycleModes` (`None` when it lists none: Persistent only), what
+/// `validate` and `build::csi_mode` read of it.
+impl Compactable for k8s_openapi::api::storage::v1::CSIDriver {
+    type Detail = Option<Box<[Box<str>]>>;
+
+    fn detail(&self) -> Option<Box<[Box<str>]>> {
+        self.spec
+            .volume_lifecycle_modes
+            .as_ref()
+            .map(|modes| modes.iter().map(|m| Box::from(m.as_str())).collect())
+    }
+
+    fn restore(
+        metadata: ObjectMeta,
+        modes: &Option<Box<[Box<str>]>>,
+    ) -> k8s_openapi::api::storage::v1::CSIDriver {
+        k8s_openapi::api::storage::v1::CSIDriver {
+            metadata,
+            spec: k8s_openapi::api::storage::v1::CSIDriverSpec {
+                volume_lifecycle_modes: modes
+                    .as_ref()
+                    .map(|modes| modes.iter().map(|m| m.to_string()).collect()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+// The catalogue ConfigMap (compared by its applied hash), and the credentials Secrets of the
+// data sources, watched as metadata only (`metadata_watcher`: their data never reaches the
+// operator; only their existence is read).
+metadata_only!(
+    k8s_openapi::api::core::v1::ConfigMap,
+    kube::core::PartialObjectMeta<Secret>
+);
+
+impl<K: Compactable> Compact<K> {
+    /// Every object of the store, as kept (for the small kinds read whole: the CSIDrivers).
+    pub fn all(&self) -> Vec<K> {
+        let state = read(&self.state);
+        state
+            .objects
+            .iter()
+            .flat_map(|(namespace, names)| {
+                names
+                    .iter()
+                    .map(move |(name, record)| record.restore(namespace, name))
+            })
+            .collect()
     }
 }

@@ -6,16 +6,19 @@
 //! informer caches (the caller passes them): nothing here reads the API server, every request
 //! is a write.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod, Service};
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use crate::api::v1alpha1::Workspace;
+use crate::operator::workspace::build::{DataChildren, catalog_config_map_name};
 use crate::operator::workspace::cache::{Caches, Expectations};
 use crate::operator::workspace::{FIELD_MANAGER, UserNamespaceResources};
 use crate::operator::{Error, Result};
@@ -235,6 +238,127 @@ where
         }
     }
     Ok(remaining)
+}
+
+/// Deletes each cluster-scoped object not already terminating (in order); returns those that
+/// still exist.
+pub async fn delete_live_cluster<K>(client: &Client, objects: &[K]) -> Result<Vec<K>>
+where
+    K: Object<Scope = ClusterResourceScope>,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let mut remaining = Vec::new();
+    for object in objects {
+        if object.meta().deletion_timestamp.is_some() {
+            remaining.push(object.clone());
+        } else if let Some(terminating) = delete(&api, object).await? {
+            remaining.push(terminating);
+        }
+    }
+    Ok(remaining)
+}
+
+/// Brings the data sources' children of `ws` (in `namespace`) to `desired`
+/// ([`crate::operator::workspace::build::data_children`]), each compared with how `caches`
+/// show it: every PersistentVolume, then every claim, created once (a volume's CSI source and a
+/// claim's volume name and access modes are immutable; both are named after the Workspace and
+/// the source, so a source's volume is only ever made for it), then the catalogue ConfigMap,
+/// applied as the other children (server-side, skipped when its applied hash is unchanged).
+/// The volumes are cluster-scoped and labelled with the Workspace's name and namespace; the
+/// claims and the ConfigMap are owned by the Workspace.
+pub async fn apply_data_children(
+    client: &Client,
+    caches: &Caches,
+    namespace: &str,
+    desired: &DataChildren,
+) -> Result<()> {
+    let DataChildren {
+        persistent_volumes,
+        claims,
+        config_map,
+    } = desired;
+    let expected = &caches.expected;
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    for volume in persistent_volumes {
+        match caches.persistent_volumes.get_cluster(&volume.name_any()) {
+            Some(existing) => kept_as_created(&existing, volume)?,
+            None => {
+                apply_with(&volumes, volume, None, expected).await?;
+            }
+        }
+    }
+    for claim in claims {
+        let observed = caches.pvcs.get(namespace, &claim.name_any());
+        if let Some(existing) = &observed {
+            kept_as_created(existing, claim)?;
+        }
+        create_once(client, namespace, claim, observed, expected).await?;
+    }
+    if let Some(config_map) = config_map {
+        let observed = caches.config_maps.get(namespace, &config_map.name_any());
+        apply_object(client, namespace, config_map, observed, expected).await?;
+    }
+    Ok(())
+}
+
+/// Says so (a warning naming the object) when an object created once differs from the desired
+/// one: the DataSource changed since (its attributes, its Secret), which the volume or claim,
+/// immutable where it matters, cannot follow; it is made again once the Workspace drops the
+/// source or is deleted.
+fn kept_as_created<K: Object>(existing: &K, desired: &K) -> Result<()> {
+    let (_, hash) = with_applied_hash(desired)?;
+    if applied_hash(existing).is_some_and(|h| h != hash) {
+        tracing::warn!(
+            kind = %kind::<K>(),
+            name = %desired.name_any(),
+            "kept as created: it differs from the desired one and cannot be changed in place"
+        );
+    }
+    Ok(())
+}
+
+/// Deletes the data sources' children of `ws` that `desired` no longer has (a source the
+/// Workspace no longer names, or now mounted inline): claims first, then volumes (a volume
+/// goes once its claim is gone: the API server's pv-protection), and the ConfigMap when no
+/// source is left. `desired` `None`: every one of them (a refused Workspace keeps none).
+pub async fn delete_stale_data_children(
+    client: &Client,
+    caches: &Caches,
+    ws: &Workspace,
+    namespace: &str,
+    desired: Option<&DataChildren>,
+) -> Result<()> {
+    let claims: BTreeSet<String> = desired
+        .map(|d| d.claims.iter().map(ResourceExt::name_any).collect())
+        .unwrap_or_default();
+    let stale: Vec<_> = caches
+        .data_claims_of(ws)
+        .into_iter()
+        .filter(|c| !claims.contains(&c.name_any()))
+        .collect();
+    delete_live(client, namespace, &stale).await?;
+    let volumes: BTreeSet<String> = desired
+        .map(|d| {
+            d.persistent_volumes
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect()
+        })
+        .unwrap_or_default();
+    let stale: Vec<_> = caches
+        .data_volumes_of(ws)
+        .into_iter()
+        .filter(|v| !volumes.contains(&v.name_any()))
+        .collect();
+    delete_live_cluster(client, &stale).await?;
+    if desired.is_none_or(|d| d.config_map.is_none())
+        && let Some(config_map) = caches
+            .config_maps
+            .get(namespace, &catalog_config_map_name(&ws.name_any()))
+    {
+        delete_live(client, namespace, &[config_map]).await?;
+    }
+    Ok(())
 }
 
 /// What [`reconcile_pod`] left behind.

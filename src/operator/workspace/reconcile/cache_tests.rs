@@ -17,7 +17,7 @@ use crate::api::v1alpha1::Workspace;
 use crate::config::OperatorConfig;
 use crate::operator::Context;
 use crate::operator::workspace::fixtures::{
-    Cluster, SCENARIO_TIMEOUT, Step, applied, assert_granted, desired, observed, pool,
+    Cluster, SCENARIO_TIMEOUT, Step, applied, assert_granted, catalog, desired, observed, pool,
     run_scenario, seeded_context, with_pod_status, workspace,
 };
 use crate::operator::workspace::status::{self, StatusInput};
@@ -30,8 +30,8 @@ fn t(s: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     serde_json::from_value(json!(s)).expect("a time")
 }
 
-/// The caches: the fixtures' inputs, `workspaces`, and `ws`'s token Secret, PVC, Service and
-/// NetworkPolicy as applied.
+/// The caches: the fixtures' inputs, `workspaces`, and `ws`'s token Secret, PVC, Service,
+/// NetworkPolicy and catalogue ConfigMap as applied.
 fn settled(ws: &Workspace, d: &WorkspaceResources, pods: Vec<Pod>) -> Cluster {
     Cluster {
         workspaces: vec![ws.clone()],
@@ -39,6 +39,7 @@ fn settled(ws: &Workspace, d: &WorkspaceResources, pods: Vec<Pod>) -> Cluster {
         pvcs: vec![observed(&d.pvc)],
         services: vec![observed(&d.service)],
         network_policies: vec![observed(&d.network_policy)],
+        config_maps: vec![observed(&catalog(ws))],
         pods,
         ..Cluster::inputs()
     }
@@ -213,6 +214,10 @@ async fn a_second_pass_before_the_secret_reaches_the_cache_keeps_the_token() {
                 applied(&d.pvc),
             ),
             Step::apply(
+                "/api/v1/namespaces/team/configmaps/ws-alice-data",
+                applied(&catalog(&ws)),
+            ),
+            Step::apply(
                 "/api/v1/namespaces/team/services/ws-alice",
                 applied(&d.service),
             ),
@@ -256,8 +261,8 @@ async fn a_second_pass_before_the_secret_reaches_the_cache_keeps_the_token() {
     }
     assert_eq!(
         ctx.caches.expected.pending(),
-        6,
-        "5 children and the status await the caches"
+        7,
+        "6 children (with the catalogue) and the status await the caches"
     );
     let status = written.lock().expect("lock").clone().expect("a status");
     pass.status = Some(serde_json::from_value(status).expect("a status"));
@@ -284,8 +289,8 @@ async fn a_second_pass_before_the_secret_reaches_the_cache_keeps_the_token() {
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     assert_eq!(
         seen.len(),
-        8,
-        "1 read and 7 writes, then nothing (no second read, no write again)"
+        9,
+        "1 read and 8 writes, then nothing (no second read, no write again)"
     );
 }
 
@@ -423,11 +428,12 @@ async fn two_workspaces_of_one_user_reconciled_at_once_get_one_place_under_a_cap
         !pods[0].ends_with(&pod_of_refused),
         "{pods:?} vs {refused_name}"
     );
-    // It made no write for its children (no Secret, volume, Service, policy, pod).
+    // It made no write for its children (no Secret, volume, catalogue, Service, policy, pod).
     let own = [
         format!("ws-{refused_name}"),
         format!("ws-{refused_name}-token"),
         format!("home-{refused_name}"),
+        format!("ws-{refused_name}-data"),
     ];
     let child_writes: Vec<&String> = seen
         .iter()
@@ -436,7 +442,7 @@ async fn two_workspaces_of_one_user_reconciled_at_once_get_one_place_under_a_cap
         .collect();
     assert_eq!(
         child_writes.len(),
-        5,
+        6,
         "the admitted one's children: {child_writes:?}"
     );
     assert!(

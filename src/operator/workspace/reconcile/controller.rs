@@ -9,10 +9,13 @@ use std::collections::HashSet;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    ConfigMap, LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+    Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::store::Writer;
@@ -23,15 +26,18 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::dereference::credential_secret_names;
 use super::predicates::{
-    child_trigger, input_trigger, mark_deleted, pod_trigger, service_trigger, workspace_trigger,
+    child_trigger, csi_driver_trigger, existence_trigger, input_trigger, mark_deleted, pod_trigger,
+    service_trigger, workspace_trigger,
 };
 use super::{error_policy, reconcile_workspace};
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, Workspace, WorkspaceProfile};
 use crate::config::NamespaceMode;
 use crate::operator::workspace::WORKSPACE_LABEL;
+use crate::operator::workspace::build::WORKSPACE_NAMESPACE_LABEL;
 use crate::operator::workspace::cache::{
-    Cached, CompactWriter, Compactable, Expectations, cached_cluster,
+    CREDENTIALS_SELECTOR, Cached, CompactWriter, Compactable, Expectations, cached_cluster,
 };
 use crate::operator::{Context, wait_for};
 use crate::policy::admission::{Claim, key_of, observed_claim};
@@ -61,6 +67,65 @@ pub fn workspaces_naming_data_source(
         .filter(|ws| ws.spec.data_sources.iter().any(|s| s == source))
         .map(|ws| ObjectRef::from_obj(ws.as_ref()))
         .collect()
+}
+
+/// The Workspaces naming a DataSource mounted with CSI driver `driver` (a CSIDriver that
+/// appears, goes or changes its modes). The sources are few; the Workspaces are scanned only
+/// when some source uses the driver.
+pub fn workspaces_using_csi_driver(
+    workspaces: &[Arc<Workspace>],
+    sources: &[Arc<DataSource>],
+    driver: &str,
+) -> Vec<ObjectRef<Workspace>> {
+    let using: HashSet<String> = sources
+        .iter()
+        .filter(|s| s.spec.csi.as_ref().is_some_and(|c| c.driver == driver))
+        .map(|s| s.name_any())
+        .collect();
+    naming_any(workspaces, None, &using)
+}
+
+/// The Workspaces of `namespace` naming a DataSource that hands out credentials Secret
+/// `secret` (a labelled Secret that appears or goes). An unrelated Secret maps to nothing
+/// without scanning the Workspaces.
+pub fn workspaces_using_secret(
+    workspaces: &[Arc<Workspace>],
+    sources: &[Arc<DataSource>],
+    namespace: &str,
+    secret: &str,
+) -> Vec<ObjectRef<Workspace>> {
+    let using: HashSet<String> = sources
+        .iter()
+        .filter(|s| credential_secret_names(&s.spec).contains(&secret))
+        .map(|s| s.name_any())
+        .collect();
+    naming_any(workspaces, Some(namespace), &using)
+}
+
+/// The Workspaces (of `namespace`, if given) naming one of `sources`.
+fn naming_any(
+    workspaces: &[Arc<Workspace>],
+    namespace: Option<&str>,
+    sources: &HashSet<String>,
+) -> Vec<ObjectRef<Workspace>> {
+    if sources.is_empty() {
+        return Vec::new();
+    }
+    workspaces
+        .iter()
+        .filter(|ws| namespace.is_none_or(|ns| ws.metadata.namespace.as_deref() == Some(ns)))
+        .filter(|ws| ws.spec.data_sources.iter().any(|s| sources.contains(s)))
+        .map(|ws| ObjectRef::from_obj(ws.as_ref()))
+        .collect()
+}
+
+/// The Workspace of a data source's PersistentVolume (cluster-scoped): by its
+/// [`WORKSPACE_LABEL`] and [`WORKSPACE_NAMESPACE_LABEL`].
+fn volume_workspace(volume: &PersistentVolume) -> Option<ObjectRef<Workspace>> {
+    let labels = volume.labels();
+    let name = labels.get(WORKSPACE_LABEL)?;
+    let namespace = labels.get(WORKSPACE_NAMESPACE_LABEL)?;
+    Some(ObjectRef::new(name).within(namespace))
 }
 
 /// The Workspace a child belongs to, by its [`WORKSPACE_LABEL`] (children without an owner
@@ -253,16 +318,21 @@ pub fn refresh_usage(ctx: &Context) {
 /// Runs the Workspace controller until `shutdown` turns `true`.
 ///
 /// It feeds the caches of `ctx` ([`crate::operator::workspace::cache::Caches`]): the Workspaces (of `watch_namespace`, or all);
-/// their Pods, Services, Secrets, NetworkPolicies and home volumes (limited to
-/// [`MANAGED_BY_SELECTOR`]); every WorkspaceProfile, NodePool and DataSource; in per-user mode
-/// the users' Namespaces, ResourceQuotas and LimitRanges (managed-by label too).
+/// their Pods, Services, Secrets, NetworkPolicies, home and data volume claims and catalogue
+/// ConfigMaps (limited to [`MANAGED_BY_SELECTOR`]); the data sources' PersistentVolumes
+/// (cluster-wide, managed-by label); every WorkspaceProfile, NodePool, DataSource and
+/// CSIDriver; the metadata of the credentials Secrets ([`CREDENTIALS_SELECTOR`]); in per-user
+/// mode the users' Namespaces, ResourceQuotas and LimitRanges (managed-by label too).
 ///
 /// Triggers: a Workspace whose spec, groups, finalizers or deletion changed; a child whose
 /// [`predicates`](super::predicates) hash changed (owner references; a home volume by label, as
-/// a kept volume has no owner); a WorkspaceProfile → the Workspaces using it; any NodePool →
-/// every Workspace (pools are few and rarely change); a DataSource → the Workspaces naming it.
-/// The per-user namespace objects only feed their caches. Nothing else fans out to every
-/// Workspace.
+/// a kept volume has no owner; a data PersistentVolume by its Workspace and namespace labels);
+/// a WorkspaceProfile → the Workspaces using it; any NodePool → every Workspace (pools are few
+/// and rarely change); a DataSource → the Workspaces naming it; a CSIDriver that appears, goes
+/// or changes its modes → the Workspaces naming a source mounted with it; a credentials Secret
+/// that appears or goes → the Workspaces of its namespace naming a source that hands it out
+/// (an unrelated Secret triggers nothing). The per-user namespace objects only feed their
+/// caches. Nothing else fans out to every Workspace.
 pub async fn run_controller(
     ctx: Arc<Context>,
     watch_namespace: Option<String>,
@@ -329,6 +399,70 @@ pub async fn run_controller(
                 child_trigger,
             ),
             |pvc| labelled_workspace(&pvc),
+        );
+    // The data sources (issue 11): the catalogue ConfigMaps (owned), their PersistentVolumes
+    // (cluster-scoped: by labels), the CSIDrivers and the credentials Secrets' metadata (to the
+    // Workspaces naming a source that uses them).
+    let (by_driver, by_secret) = (
+        (caches.workspaces.clone(), caches.data_sources.clone()),
+        (caches.workspaces.clone(), caches.data_sources.clone()),
+    );
+    controller = controller
+        .owns_stream(child_stream(
+            scoped::<ConfigMap>(&client, ns),
+            writers.config_maps,
+            caches.expected.clone(),
+            child_trigger,
+        ))
+        .watches_stream(
+            child_stream(
+                Api::<PersistentVolume>::all(client.clone()),
+                writers.persistent_volumes,
+                caches.expected.clone(),
+                child_trigger,
+            ),
+            |volume| volume_workspace(&volume),
+        )
+        .watches_stream(
+            child_triggers(
+                watcher(
+                    Api::<CSIDriver>::all(client.clone()),
+                    watcher::Config::default(),
+                )
+                .default_backoff(),
+                writers.csi_drivers,
+                caches.expected.clone(),
+                csi_driver_trigger,
+            ),
+            move |driver| {
+                workspaces_using_csi_driver(
+                    &by_driver.0.state(),
+                    &by_driver.1.state(),
+                    &driver.name_any(),
+                )
+            },
+        )
+        .watches_stream(
+            child_triggers(
+                // Metadata only (`Api<PartialObjectMeta<_>>` asks for PartialObjectMetadata):
+                // the Secrets' data never reaches the operator.
+                watcher(
+                    scoped::<PartialObjectMeta<Secret>>(&client, ns),
+                    watcher::Config::default().labels(CREDENTIALS_SELECTOR),
+                )
+                .default_backoff(),
+                writers.credentials,
+                caches.expected.clone(),
+                existence_trigger::<PartialObjectMeta<Secret>>,
+            ),
+            move |secret| {
+                workspaces_using_secret(
+                    &by_secret.0.state(),
+                    &by_secret.1.state(),
+                    &secret.namespace().unwrap_or_default(),
+                    &secret.name_any(),
+                )
+            },
         );
     if let Some(requeued) = ctx.take_requeued() {
         controller = controller.reconcile_on(requeued);
@@ -480,6 +614,8 @@ mod tests {
     ) -> (BTreeSet<(String, String)>, BTreeSet<(String, String)>) {
         let mut handle = handle;
         let mut listed = BTreeSet::new();
+        // `PartialObjectMetadataList` for a list, `PartialObjectMetadata` for a watch.
+        let metadata_only = "application/json;as=PartialObjectMetadata";
         let mut watched = BTreeSet::new();
         let mut watches = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
@@ -496,6 +632,18 @@ mod tests {
             let key = (
                 request.uri().path().to_owned(),
                 query.get("labelSelector").cloned().unwrap_or_default(),
+            );
+            // The credentials Secrets are read as metadata only: their data never reaches the
+            // operator; every other kind whole.
+            let accept = request
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .unwrap_or_default();
+            assert_eq!(
+                accept.contains(metadata_only),
+                key.1 == CREDENTIALS_SELECTOR,
+                "{key:?}: Accept {accept}"
             );
             if query.get("watch").map(String::as_str) == Some("true") {
                 watched.insert(key);
@@ -548,7 +696,7 @@ mod tests {
         assert_eq!(watched, expected);
     }
 
-    const SHARED: [(&str, &str); 9] = [
+    const SHARED: [(&str, &str); 13] = [
         ("/apis/atelier.dev/v1alpha1/namespaces/team/workspaces", ""),
         ("/api/v1/namespaces/team/pods", MANAGED_BY_SELECTOR),
         ("/api/v1/namespaces/team/services", MANAGED_BY_SELECTOR),
@@ -564,6 +712,10 @@ mod tests {
         ("/apis/atelier.dev/v1alpha1/workspaceprofiles", ""),
         ("/apis/atelier.dev/v1alpha1/nodepools", ""),
         ("/apis/atelier.dev/v1alpha1/datasources", ""),
+        ("/api/v1/namespaces/team/configmaps", MANAGED_BY_SELECTOR),
+        ("/api/v1/persistentvolumes", MANAGED_BY_SELECTOR),
+        ("/apis/storage.k8s.io/v1/csidrivers", ""),
+        ("/api/v1/namespaces/team/secrets", CREDENTIALS_SELECTOR),
     ];
 
     #[tokio::test]
@@ -749,6 +901,50 @@ mod tests {
                 "atelier.dev/groups".to_owned(),
                 "ocean".to_owned()
             )]))
+        );
+    }
+
+    #[test]
+    fn csi_drivers_credentials_and_volumes_map_only_to_the_workspaces_using_them() {
+        use crate::operator::workspace::fixtures::{data_source, s3_csi_data_source};
+        let sources = vec![Arc::new(data_source()), Arc::new(s3_csi_data_source())];
+        let all = vec![
+            ws("team", "one", "jupyter", &["argo"]),
+            ws("team", "two", "jupyter", &["era5"]),
+            ws("other", "three", "jupyter", &["era5", "argo"]),
+        ];
+        assert_eq!(
+            workspaces_using_csi_driver(&all, &sources, "ru.yandex.s3.csi"),
+            vec![
+                ObjectRef::new("one").within("team"),
+                ObjectRef::new("three").within("other")
+            ]
+        );
+        assert_eq!(
+            workspaces_using_csi_driver(&all, &sources, "irods.csi.cyverse.org"),
+            vec![]
+        );
+        // A group credential and the mount Secret, in the Secret's namespace only.
+        for secret in ["argo-climate", "argo-mount"] {
+            assert_eq!(
+                workspaces_using_secret(&all, &sources, "team", secret),
+                vec![ObjectRef::new("one").within("team")],
+                "{secret}"
+            );
+        }
+        assert_eq!(
+            workspaces_using_secret(&all, &sources, "team", "unrelated"),
+            vec![]
+        );
+        let mut volume = PersistentVolume::default();
+        volume.metadata.labels = Some(BTreeMap::from([(WORKSPACE_LABEL.into(), "one".into())]));
+        assert_eq!(volume_workspace(&volume), None, "no namespace label");
+        volume
+            .labels_mut()
+            .insert(WORKSPACE_NAMESPACE_LABEL.into(), "team".into());
+        assert_eq!(
+            volume_workspace(&volume),
+            Some(ObjectRef::new("one").within("team"))
         );
     }
 

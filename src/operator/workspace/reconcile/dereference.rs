@@ -9,7 +9,12 @@
 //!    else, once per Workspace, GET the Secret from the API server (the hub applies it, with
 //!    the token it registered, just before the Workspace: the Secret watch may lag behind the
 //!    Workspace watch, and a fresh token would overwrite the hub's); else a fresh token. Either
-//!    is remembered until the cache shows the Secret.
+//!    is remembered until the cache shows the Secret;
+//! 5. the data sources' credentials Secrets that exist in the Workspace's namespace, among those
+//!    its sources name (the metadata-only cache of the Secrets labelled
+//!    `atelier.dev/credentials=true`), and the cluster's CSIDrivers with their
+//!    `volumeLifecycleModes`: `validate` refuses a missing Secret or driver, or a mode the driver
+//!    does not support.
 //!
 //! That GET is the only read left, made when a Workspace is created; a reconciliation of a
 //! Workspace whose Secret is cached reads nothing from the API server. The groups come from
@@ -23,7 +28,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 
-use crate::api::v1alpha1::{NodePool, Workspace};
+use std::collections::BTreeSet;
+
+use crate::api::v1alpha1::{DataSource, DataSourceSpec, NodePool, Workspace};
 use crate::operator::workspace::cache::cached_cluster;
 use crate::operator::{Context, Error, Result};
 use crate::policy::names;
@@ -54,12 +61,19 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
         .map(|p| p.as_ref().clone())
         .collect();
     pools.sort_by_key(ResourceExt::name_any);
-    let data_sources = ws
+    let data_sources: Vec<DataSource> = ws
         .spec
         .data_sources
         .iter()
         .filter_map(|name| cached_cluster(&caches.data_sources, name))
         .collect();
+    let credential_secrets: BTreeSet<String> = data_sources
+        .iter()
+        .flat_map(|source| credential_secret_names(&source.spec))
+        .filter(|name| caches.has_credentials(&namespace, name))
+        .map(str::to_owned)
+        .collect();
+    let csi_drivers = caches.csi_driver_modes();
 
     let secret_name = names::secret_name(&ws.name_any());
     let mut secret: Option<Secret> = caches.secrets.get(&namespace, &secret_name);
@@ -102,11 +116,34 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
             data_sources,
             groups,
             token,
-            credential_secrets: None,
-            csi_drivers: None,
+            credential_secrets: Some(credential_secrets),
+            csi_drivers: Some(csi_drivers),
         },
         secret,
     })
+}
+
+/// Every Secret a data source may hand out: its `credentialsSecret`, each of its
+/// `credentialsByGroup`, and `csi.nodePublishSecret`.
+pub fn credential_secret_names(spec: &DataSourceSpec) -> Vec<&str> {
+    let (single, by_group) = match (&spec.s3, &spec.irods) {
+        (Some(s3), _) => (s3.credentials_secret.as_ref(), &s3.credentials_by_group[..]),
+        (None, Some(irods)) => (
+            irods.credentials_secret.as_ref(),
+            &irods.credentials_by_group[..],
+        ),
+        (None, None) => (None, &[][..]),
+    };
+    single
+        .into_iter()
+        .chain(by_group.iter().map(|c| &c.secret))
+        .chain(
+            spec.csi
+                .as_ref()
+                .and_then(|c| c.node_publish_secret.as_ref()),
+        )
+        .map(|secret| secret.name.as_str())
+        .collect()
 }
 
 /// 32 random bytes, hex-encoded.

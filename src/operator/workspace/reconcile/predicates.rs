@@ -15,6 +15,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::Resource;
 use kube::runtime::watcher;
 
@@ -148,6 +149,22 @@ pub fn workspace_trigger(ws: &Workspace) -> Option<u64> {
         .hash(&mut hasher);
     annotation(ws, OBSERVED_DELETED).hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// The trigger hash of a CSIDriver: its `volumeLifecycleModes` (what `validate` and
+/// `build::csi_mode` read of it); a driver that appears or goes triggers too (the store passes on
+/// a new object and every deletion).
+pub fn csi_driver_trigger(driver: &CSIDriver) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    driver.spec.volume_lifecycle_modes.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The trigger hash of a credentials Secret's metadata: constant, since only its existence is
+/// read (a Secret that appears triggers, as does its deletion; an edit of its keys does not
+/// change what the operator builds: the pod reads them by `secretKeyRef`).
+pub fn existence_trigger<K>(_: &K) -> Option<u64> {
+    Some(0)
 }
 
 #[cfg(test)]

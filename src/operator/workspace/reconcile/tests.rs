@@ -18,10 +18,11 @@ use crate::api::v1alpha1::{DesiredState, HomeReclaim, ResourceRequest, Workspace
 use crate::config::{NamespaceMode, OperatorConfig};
 use crate::operator::Error;
 use crate::operator::metrics;
+use crate::operator::workspace::build::DataChildren;
 use crate::operator::workspace::fixtures::{
-    ApiServerVerifier, Cluster, Outcome, Seen, Step, applied, assert_json_eq, desired, inputs,
-    observed, pool, profile, run_scenario, seeded_context, validated, with_pod_status, workspace,
-    workspace_path,
+    ApiServerVerifier, Cluster, NS, Outcome, Seen, Step, applied, assert_json_eq,
+    credentials_secret, csi_driver, desired, inputs, observed, pool, profile, run_scenario,
+    s3_csi_data_source, seeded_context, validated, with_pod_status, workspace, workspace_path,
 };
 use crate::operator::workspace::status::{self, StatusInput};
 use crate::operator::workspace::{TOKEN_KEY, WorkspaceResources, build};
@@ -73,11 +74,19 @@ fn cluster(ws: &Workspace, secrets: &[Secret]) -> Cluster {
     }
 }
 
-/// `cluster` where the PVC, Service and NetworkPolicy exist with their hashes.
+/// The catalogue ConfigMap of `ws` (the fixtures' data source `era5`).
+fn catalog_of(ws: &Workspace) -> k8s_openapi::api::core::v1::ConfigMap {
+    crate::operator::workspace::fixtures::catalog(ws)
+}
+
+/// `cluster` where the PVC, Service, NetworkPolicy and the catalogue ConfigMap of its first
+/// Workspace exist with their hashes.
 fn with_children(mut cluster: Cluster, d: &WorkspaceResources) -> Cluster {
     cluster.pvcs.push(observed(&d.pvc));
     cluster.services.push(observed(&d.service));
     cluster.network_policies.push(observed(&d.network_policy));
+    let catalog = catalog_of(&cluster.workspaces[0]);
+    cluster.config_maps.push(observed(&catalog));
     cluster
 }
 
@@ -226,6 +235,10 @@ async fn create_adds_the_finalizer_then_applies_every_child_in_order_then_the_st
             applied(&d.pvc),
         ),
         Step::apply(
+            core_path(&ns, "configmaps", Some("ws-alice-data")),
+            applied(&catalog_of(&ws)),
+        ),
+        Step::apply(
             core_path(&ns, "services", Some(&name(&d.service))),
             applied(&d.service),
         ),
@@ -262,15 +275,16 @@ async fn create_adds_the_finalizer_then_applies_every_child_in_order_then_the_st
     assert_ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
     assert_eq!(
         outcome.seen.len(),
-        8,
-        "create: the token Secret's GET, then 7 writes (5 children, the status, its Event)"
+        9,
+        "create: the token Secret's GET, then 8 writes (6 children, the status, its Event)"
     );
-    assert_eq!(outcome.writes().len(), 7);
+    assert_eq!(outcome.writes().len(), 8);
     assert_eq!(
         write_log(&outcome),
         [
             "PATCH /api/v1/namespaces/team/secrets/ws-alice-token",
             "PATCH /api/v1/namespaces/team/persistentvolumeclaims/home-alice",
+            "PATCH /api/v1/namespaces/team/configmaps/ws-alice-data",
             "PATCH /api/v1/namespaces/team/services/ws-alice",
             "PATCH /apis/networking.k8s.io/v1/namespaces/team/networkpolicies/ws-alice",
             "PATCH /api/v1/namespaces/team/pods/ws-alice",
@@ -694,6 +708,7 @@ async fn api_error_mid_apply_fails_without_status_and_backs_off() {
     let ns = ns_of(&ws);
     let mut caches = cluster(&ws, &[token_secret(&d)]);
     caches.pvcs.push(observed(&d.pvc));
+    caches.config_maps.push(observed(&catalog_of(&ws)));
     let steps = vec![
         Step::apply(
             core_path(&ns, "services", Some(&name(&d.service))),
@@ -1161,5 +1176,338 @@ async fn a_refused_deletion_keeps_the_finalizer_and_says_why() {
             && !w.ends_with("/status")),
         "the finalizer stays: {:?}",
         write_log(&outcome)
+    );
+}
+
+// The data sources' children (issue 11): `argo` is S3 through csi-s3, mounted from a static
+// PersistentVolume and claim; `era5` (NFS) is mounted inline.
+
+const CSI_S3: &str = "ru.yandex.s3.csi";
+
+/// A Workspace of alice (groups climate, staff) naming era5 and argo, and what it needs.
+struct Argo {
+    /// The Workspace, with the status its running pod gives it.
+    ws: Workspace,
+    /// Its children.
+    d: WorkspaceResources,
+    /// Its data sources' children: argo's volume and claim, the catalogue.
+    data: DataChildren,
+    /// Its pod, running.
+    pod: Pod,
+}
+
+fn argo_inputs(
+    ws: &Workspace,
+    secrets: &[&str],
+    driver: bool,
+) -> crate::policy::workspace::Dereferenced {
+    let mut d = inputs(ws, TOKEN);
+    d.data_sources.push(s3_csi_data_source());
+    d.credential_secrets = Some(secrets.iter().map(|s| (*s).to_owned()).collect());
+    d.csi_drivers = Some(if driver {
+        BTreeMap::from([(CSI_S3.to_owned(), vec!["Persistent".to_owned()])])
+    } else {
+        BTreeMap::new()
+    });
+    d
+}
+
+fn argo(cfg: &OperatorConfig) -> Argo {
+    let mut ws = workspace();
+    ws.spec.data_sources.push("argo".into());
+    let inputs = argo_inputs(&ws, &["argo-climate", "argo-mount"], true);
+    let v =
+        validate::validate(&ws, &inputs, cfg).expect("argo is valid with its Secrets and driver");
+    let drivers = inputs.csi_drivers.clone();
+    let d = build::build_with(&v, cfg, drivers.as_ref());
+    let data = build::data_children(&v, drivers.as_ref());
+    assert_eq!(
+        (data.persistent_volumes.len(), data.claims.len()),
+        (1, 1),
+        "csi-s3 lists Persistent only: a static volume and its claim"
+    );
+    let pod = running_pod(&d);
+    let input = StatusInput {
+        generation: ws.metadata.generation,
+        desired_state: v.desired_state,
+        refusal: None,
+        rejection: None,
+        node_pool: Some("interactive"),
+        url: Some(build::server_url(&v, cfg)),
+        pod: Some(&pod),
+        replacing: false,
+    };
+    ws.status = Some(status::derive(&input, None, &t0()));
+    Argo { ws, d, data, pod }
+}
+
+/// The caches of an argo scenario: the fixtures' inputs and argo, the credentials Secrets
+/// `secrets`, the csi-s3 CSIDriver when `driver`, and `ws`'s token Secret.
+fn argo_cluster(ws: &Workspace, d: &WorkspaceResources, secrets: &[&str], driver: bool) -> Cluster {
+    let mut c = cluster(ws, &[token_secret(d)]);
+    c.data_sources.push(s3_csi_data_source());
+    c.credentials = secrets.iter().map(|s| credentials_secret(NS, s)).collect();
+    if driver {
+        c.csi_drivers = vec![csi_driver(CSI_S3, &["Persistent"])];
+    }
+    c
+}
+
+/// `c` with the home volume, Service, NetworkPolicy and pod of `a`.
+fn with_argo_children(mut c: Cluster, a: &Argo) -> Cluster {
+    c.pvcs.push(observed(&a.d.pvc));
+    c.services.push(observed(&a.d.service));
+    c.network_policies.push(observed(&a.d.network_policy));
+    c.pods.push(a.pod.clone());
+    c
+}
+
+/// `c` with `a`'s data children as the API server has them.
+fn with_data(mut c: Cluster, data: &DataChildren) -> Cluster {
+    c.persistent_volumes
+        .extend(data.persistent_volumes.iter().map(observed));
+    c.pvcs.extend(data.claims.iter().map(observed));
+    c.config_maps.extend(data.config_map.iter().map(observed));
+    c
+}
+
+fn pv_path(name: &str) -> String {
+    format!("/api/v1/persistentvolumes/{name}")
+}
+
+/// The same volume of a Workspace alice in another namespace.
+fn alice_elsewhere(data: &DataChildren) -> k8s_openapi::api::core::v1::PersistentVolume {
+    let mut other = observed(&data.persistent_volumes[0]);
+    other.metadata.name = Some("atelier-data-elsewhere".into());
+    other
+        .labels_mut()
+        .insert(build::WORKSPACE_NAMESPACE_LABEL.into(), "elsewhere".into());
+    other
+}
+
+#[tokio::test]
+async fn a_persistent_csi_source_gets_its_volume_claim_and_catalogue_then_nothing_more() {
+    let cfg = OperatorConfig::default();
+    let a = argo(&cfg);
+    let ns = ns_of(&a.ws);
+    let (volume, claim) = (&a.data.persistent_volumes[0], &a.data.claims[0]);
+    let catalog = a.data.config_map.clone().expect("a catalogue");
+    assert_eq!(
+        volume
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.name.clone()),
+        Some(name(claim))
+    );
+    let steps = vec![
+        Step::apply(pv_path(&name(volume)), applied(volume)),
+        Step::apply(
+            core_path(&ns, "persistentvolumeclaims", Some(&name(claim))),
+            applied(claim),
+        ),
+        Step::apply(
+            core_path(&ns, "configmaps", Some(&name(&catalog))),
+            applied(&catalog),
+        ),
+    ];
+    let caches = with_argo_children(
+        argo_cluster(&a.ws, &a.d, &["argo-climate", "argo-mount"], true),
+        &a,
+    );
+    let (ctx, verifier) = context(&cfg, caches.clone());
+    let outcome = run_scenario(ctx, verifier, a.ws.clone(), steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            format!("PATCH /api/v1/persistentvolumes/{}", name(volume)),
+            format!(
+                "PATCH /api/v1/namespaces/team/persistentvolumeclaims/{}",
+                name(claim)
+            ),
+            "PATCH /api/v1/namespaces/team/configmaps/ws-alice-data".to_owned(),
+        ],
+        "exactly the volume, its claim and the catalogue; the pod mounts the claim"
+    );
+    let mounted = a
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    assert!(
+        mounted.iter().any(|v| v
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == name(claim))),
+        "{mounted:?}"
+    );
+
+    // Unchanged: every object cached with its hash, no request at all.
+    let (ctx, verifier) = context(&cfg, with_data(caches, &a.data));
+    let outcome = run_scenario(ctx, verifier, a.ws, vec![], |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(outcome.seen.len(), 0, "{:?}", outcome.seen);
+}
+
+/// The status of a refusal: `Pending`, `Ready=False` and `Scheduled=False` with `reason` and
+/// `message`.
+fn assert_refused(body: &Value, reason: &str, message: &str) {
+    assert_json_eq(
+        &without_times(body),
+        &json!({
+            "phase": "Pending",
+            "conditions": [
+                condition("Ready", "False", reason, message, 1),
+                condition("Scheduled", "False", reason, message, 1),
+            ],
+            "message": message,
+            "observedGeneration": 1,
+        }),
+    );
+}
+
+#[tokio::test]
+async fn missing_credentials_refuse_the_workspace_in_its_status_and_apply_no_volume() {
+    let cfg = OperatorConfig::default();
+    let mut a = argo(&cfg);
+    a.ws.status = None;
+    let message = "DataSource argo: Secret argo-climate (credentials of group climate) does not \
+                   exist in namespace team";
+    let refused = |ws: &Workspace| {
+        vec![
+            Step::apply_status(ws, move |body| {
+                assert_refused(body, "DataCredentialsNotFound", message)
+            }),
+            Step::event(ws, move |body| {
+                assert_eq!(body["type"], "Warning");
+                assert_eq!(body["reason"], "DataCredentialsNotFound");
+                assert_eq!(body["note"], message);
+            }),
+        ]
+    };
+    // A new Workspace: the status and its Event, no volume, claim, ConfigMap or pod.
+    let caches = argo_cluster(&a.ws, &a.d, &["argo-mount"], true);
+    let (ctx, verifier) = context(&cfg, caches.clone());
+    let outcome = run_scenario(ctx, verifier, a.ws.clone(), refused(&a.ws), |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ]
+    );
+
+    // It ran before the Secret went: nothing is left half-applied (pod, claim, volume,
+    // catalogue), and alice's volume in another namespace stays.
+    let mut caches = with_data(with_argo_children(caches, &a), &a.data);
+    caches.persistent_volumes.push(alice_elsewhere(&a.data));
+    let (volume, claim) = (name(&a.data.persistent_volumes[0]), name(&a.data.claims[0]));
+    let ns = ns_of(&a.ws);
+    let mut steps = vec![
+        Step::delete(pod_path(&a.ws, &a.pod), None),
+        Step::delete(core_path(&ns, "persistentvolumeclaims", Some(&claim)), None),
+        Step::delete(pv_path(&volume), None),
+        Step::delete(core_path(&ns, "configmaps", Some("ws-alice-data")), None),
+    ];
+    steps.extend(refused(&a.ws));
+    let (ctx, verifier) = context(&cfg, caches);
+    let outcome = run_scenario(ctx, verifier, a.ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
+    assert!(
+        write_log(&outcome).iter().all(|w| !w.contains("elsewhere")),
+        "{:?}",
+        write_log(&outcome)
+    );
+}
+
+#[tokio::test]
+async fn a_missing_csi_driver_refuses_the_workspace() {
+    let cfg = OperatorConfig::default();
+    let mut a = argo(&cfg);
+    a.ws.status = None;
+    let message = "DataSource argo: CSI driver ru.yandex.s3.csi is not installed in the cluster \
+                   (no CSIDriver ru.yandex.s3.csi)";
+    let steps = vec![
+        Step::apply_status(&a.ws, move |body| {
+            assert_refused(body, "CSIDriverNotFound", message)
+        }),
+        Step::event(&a.ws, |body| {
+            assert_eq!(body["reason"], "CSIDriverNotFound")
+        }),
+    ];
+    let caches = argo_cluster(&a.ws, &a.d, &["argo-climate", "argo-mount"], false);
+    let (ctx, verifier) = context(&cfg, caches);
+    let outcome = run_scenario(ctx, verifier, a.ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
+    assert_eq!(outcome.writes().len(), 2);
+}
+
+#[tokio::test]
+async fn a_source_no_longer_named_loses_its_claim_and_volume() {
+    let cfg = OperatorConfig::default();
+    let a = argo(&cfg);
+    // Now era5 only, running with its pod and catalogue; argo's claim and volume remain.
+    let ws = workspace();
+    let d = children(&ws, &cfg);
+    let pod = running_pod(&d);
+    let ws = with_status(ws, &cfg, Some(&pod));
+    let mut caches = with_pods(with_children(cluster(&ws, &[token_secret(&d)]), &d), &[pod]);
+    caches
+        .persistent_volumes
+        .extend(a.data.persistent_volumes.iter().map(observed));
+    caches.persistent_volumes.push(alice_elsewhere(&a.data));
+    caches.pvcs.extend(a.data.claims.iter().map(observed));
+    let (volume, claim) = (name(&a.data.persistent_volumes[0]), name(&a.data.claims[0]));
+    let steps = vec![
+        Step::delete(core_path(NS, "persistentvolumeclaims", Some(&claim)), None),
+        Step::delete(pv_path(&volume), None),
+    ];
+    let (ctx, verifier) = context(&cfg, caches);
+    let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            format!("DELETE /api/v1/namespaces/team/persistentvolumeclaims/{claim}"),
+            format!("DELETE /api/v1/persistentvolumes/{volume}"),
+        ],
+        "the home volume stays"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_workspace_deletes_its_volumes_in_the_cleanup() {
+    let cfg = OperatorConfig::default();
+    let a = argo(&cfg);
+    let ws = deleting(a.ws.clone());
+    let mut caches = with_data(
+        with_argo_children(
+            argo_cluster(&ws, &a.d, &["argo-climate", "argo-mount"], true),
+            &a,
+        ),
+        &a.data,
+    );
+    caches.persistent_volumes.push(alice_elsewhere(&a.data));
+    let volume = name(&a.data.persistent_volumes[0]);
+    let steps = vec![
+        Step::delete(pod_path(&ws, &a.pod), None),
+        Step::delete(pv_path(&volume), None),
+        Step::remove_finalizer(&ws),
+    ];
+    let (ctx, verifier) = context(&cfg, caches);
+    let outcome = run_scenario(ctx, verifier, ws.clone(), steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::await_change());
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "DELETE /api/v1/namespaces/team/pods/ws-alice".to_owned(),
+            format!("DELETE /api/v1/persistentvolumes/{volume}"),
+            format!("PATCH {}", workspace_path(&ws)),
+        ],
+        "the claim and the catalogue go with the Workspace (owner reference); the other \
+         namespace's alice keeps hers"
     );
 }
