@@ -84,6 +84,7 @@ fn the_operator_places_and_refuses_the_e2e_workspaces_as_the_script_expects() {
         token: "0".repeat(64),
         credential_secrets: None,
         csi_drivers: None,
+        unreachable: Default::default(),
     };
 
     let alice = workspaces.iter().find(|w| w.name_any() == "alice").unwrap();

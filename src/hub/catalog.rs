@@ -799,6 +799,7 @@ impl Catalog {
                 CredentialsFrom::Cluster => None,
             },
             csi_drivers: None,
+            unreachable: Default::default(),
         };
         validate(&ws, &deref, &OperatorConfig::default())
             .map(Some)

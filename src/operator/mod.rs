@@ -356,6 +356,9 @@ pub struct Context {
     pub usage_estimated: std::sync::Once,
     /// Tokens generated for Workspaces whose Secret is not cached yet.
     pub tokens: Tokens,
+    /// The answers of the data sources' endpoints, probed before a pod is created; `None`: not
+    /// probed (the mock-API scenarios, whose data sources name hosts that do not exist).
+    pub probes: Option<crate::net::Probes>,
     /// The writers of `caches`, until the controller (or a test) takes them.
     writers: Mutex<Option<CacheWriters>>,
     /// Workspaces to reconcile now because a place may have opened under the cap that refused
@@ -385,6 +388,7 @@ impl Context {
             usage: Mutex::default(),
             usage_estimated: std::sync::Once::new(),
             tokens: Tokens::default(),
+            probes: Some(crate::net::Probes::default()),
             writers: Mutex::new(Some(writers)),
             requeue,
             requeued: Mutex::new(Some(requeued)),

@@ -109,6 +109,7 @@ pub fn inputs(ws: &Workspace, token: &str) -> Dereferenced {
         token: token.to_owned(),
         credential_secrets: None,
         csi_drivers: None,
+        unreachable: Default::default(),
     }
 }
 
@@ -173,13 +174,23 @@ where
 /// A test context on a mocked API server, with a deterministic Event reporter and empty caches
 /// that are not synced (the controller test feeds them).
 pub fn test_context(config: OperatorConfig) -> (Arc<Context>, ApiServerVerifier) {
+    probing_context(config, false)
+}
+
+/// [`test_context`] that probes the data sources' endpoints (`probing`) as the operator does.
+pub fn probing_context(config: OperatorConfig, probing: bool) -> (Arc<Context>, ApiServerVerifier) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, NS);
     let reporter = Reporter {
         controller: "atelier.dev/workspace-controller".into(),
         instance: None,
     };
-    let ctx = Context::new(client, config, reporter, Arc::new(Metrics::default()));
+    let mut ctx = Context::new(client, config, reporter, Arc::new(Metrics::default()));
+    // The fixtures' data sources name endpoints that do not exist: only a scenario that sets
+    // its own probes them.
+    if !probing {
+        ctx.probes = None;
+    }
     (Arc::new(ctx), ApiServerVerifier(handle))
 }
 
@@ -305,6 +316,16 @@ pub fn seeded_context(
     cluster: Cluster,
 ) -> (Arc<Context>, ApiServerVerifier, CacheWriters) {
     let (ctx, verifier) = test_context(config);
+    let writers = seed(&ctx, cluster);
+    (ctx, verifier, writers)
+}
+
+/// [`seeded_context`] that probes the data sources' endpoints.
+pub fn seeded_probing_context(
+    config: OperatorConfig,
+    cluster: Cluster,
+) -> (Arc<Context>, ApiServerVerifier, CacheWriters) {
+    let (ctx, verifier) = probing_context(config, true);
     let writers = seed(&ctx, cluster);
     (ctx, verifier, writers)
 }

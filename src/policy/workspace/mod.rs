@@ -45,6 +45,10 @@ pub struct Dereferenced {
     /// The cluster's CSI drivers, by name, with their `volumeLifecycleModes` (`Persistent`,
     /// `Ephemeral`); `None`: not checked.
     pub csi_drivers: Option<BTreeMap<String, Vec<String>>>,
+    /// The data sources' s3 endpoints that did not answer a probe, with why (`net::probe`);
+    /// empty when every probed endpoint answered, or none was probed (the operator probes only
+    /// before it creates a pod: a running workspace is never stopped for it).
+    pub unreachable: BTreeMap<String, String>,
 }
 
 /// Why a workspace may not run. `reason` is a CamelCase condition reason naming the rule.

@@ -87,6 +87,7 @@ pub(crate) fn deref(ws: &Workspace) -> Dereferenced {
         token: TOKEN.to_owned(),
         credential_secrets: None,
         csi_drivers: None,
+        unreachable: Default::default(),
     }
 }
 

@@ -14,7 +14,8 @@
 //! 6. data sources: exist, open to the user, well formed ([`reason::DATA_SOURCE_INVALID`]),
 //!    the Secret of the user's credentials and the CSI driver's Secret exist (when the caller
 //!    read the Secrets: [`Dereferenced::credential_secrets`]), the CSI driver is installed and
-//!    supports the asked mode (when the caller read them: [`Dereferenced::csi_drivers`]), no two
+//!    supports the asked mode (when the caller read them: [`Dereferenced::csi_drivers`]), the
+//!    s3 endpoint answers (when the caller probed it: [`Dereferenced::unreachable`]), no two
 //!    mounted at the same path;
 //! 7. node pool (see [`crate::policy::routing`]);
 //! 8. the pool's caps, for this workspace alone (see [`crate::policy::caps`]): a request no
@@ -78,6 +79,8 @@ pub mod reason {
     pub const CSI_DRIVER_NOT_FOUND: &str = "CSIDriverNotFound";
     /// The CSI driver does not support the volume mode the DataSource asks for.
     pub const CSI_DRIVER_MODE_UNSUPPORTED: &str = "CSIDriverModeUnsupported";
+    /// The endpoint of a DataSource did not answer when the workspace was about to start.
+    pub const DATA_ENDPOINT_UNREACHABLE: &str = "DataEndpointUnreachable";
     /// The named NodePool does not exist.
     pub const NODE_POOL_NOT_FOUND: &str = "NodePoolNotFound";
     /// The named NodePool is not open to the user or does not fit the request.
@@ -406,6 +409,7 @@ fn data_sources(
         well_formed(name, spec)?;
         credentials_exist(name, spec, deref, ws)?;
         csi_driver_fits(name, spec, deref)?;
+        endpoint_answers(name, spec, deref)?;
         let mounted = spec.nfs.is_some() || spec.pvc.is_some() || spec.csi.is_some();
         if mounted {
             let mount_path = spec.mount_path.as_deref().unwrap_or_default();
@@ -482,6 +486,24 @@ fn credentials_exist(
         return missing(&secret.name, "csi.nodePublishSecret".to_owned());
     }
     Ok(())
+}
+
+/// The s3 endpoint answered, when the caller probed it ([`Dereferenced::unreachable`]).
+fn endpoint_answers(
+    name: &str,
+    spec: &DataSourceSpec,
+    deref: &Dereferenced,
+) -> Result<(), Refusal> {
+    let Some(endpoint) = spec.s3.as_ref().map(|s3| &s3.endpoint) else {
+        return Ok(());
+    };
+    match deref.unreachable.get(endpoint) {
+        Some(why) => Err(refuse(
+            reason::DATA_ENDPOINT_UNREACHABLE,
+            format!("DataSource {name}: endpoint {endpoint} unreachable: {why}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The CSI driver is installed and supports the asked mode (when the caller read the drivers).

@@ -28,9 +28,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::v1alpha1::{DataSource, DataSourceSpec, NodePool, Workspace};
+use crate::api::v1alpha1::{DataSource, DataSourceSpec, DesiredState, NodePool, Workspace};
 use crate::operator::workspace::cache::cached_cluster;
 use crate::operator::{Context, Error, Result};
 use crate::policy::names;
@@ -74,6 +74,16 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
         .map(str::to_owned)
         .collect();
     let csi_drivers = caches.csi_driver_modes();
+    // Endpoints are probed only before the pod is created: a running workspace is never
+    // stopped because its endpoint stopped answering.
+    let unreachable = match &ctx.probes {
+        Some(probes)
+            if ws.spec.desired_state == DesiredState::Running && caches.pods_of(ws).is_empty() =>
+        {
+            unreachable_endpoints(probes, &data_sources).await
+        }
+        _ => BTreeMap::new(),
+    };
 
     let secret_name = names::secret_name(&ws.name_any());
     let mut secret: Option<Secret> = caches.secrets.get(&namespace, &secret_name);
@@ -118,9 +128,29 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
             token,
             credential_secrets: Some(credential_secrets),
             csi_drivers: Some(csi_drivers),
+            unreachable,
         },
         secret,
     })
+}
+
+/// The s3 endpoints of `sources` that do not answer ([`crate::net::Probes`]: each endpoint at
+/// most once a minute, whatever the number of Workspaces naming it), with why.
+async fn unreachable_endpoints(
+    probes: &crate::net::Probes,
+    sources: &[DataSource],
+) -> BTreeMap<String, String> {
+    let endpoints: BTreeSet<&str> = sources
+        .iter()
+        .filter_map(|s| s.spec.s3.as_ref().map(|s3| s3.endpoint.as_str()))
+        .collect();
+    let mut unreachable = BTreeMap::new();
+    for endpoint in endpoints {
+        if let Err(why) = probes.check(endpoint).await {
+            unreachable.insert(endpoint.to_owned(), why);
+        }
+    }
+    unreachable
 }
 
 /// Every Secret a data source may hand out: its `credentialsSecret`, each of its

@@ -14,7 +14,9 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::{REQUEUE_REFUSED, REQUEUE_STEADY, REQUEUE_TRANSITIONAL, error_policy, workspace_key};
-use crate::api::v1alpha1::{DesiredState, HomeReclaim, ResourceRequest, Workspace, WorkspacePhase};
+use crate::api::v1alpha1::{
+    DataSource, DesiredState, HomeReclaim, ResourceRequest, Workspace, WorkspacePhase,
+};
 use crate::config::{NamespaceMode, OperatorConfig};
 use crate::operator::Error;
 use crate::operator::metrics;
@@ -22,7 +24,8 @@ use crate::operator::workspace::build::DataChildren;
 use crate::operator::workspace::fixtures::{
     ApiServerVerifier, Cluster, NS, Outcome, Seen, Step, applied, assert_json_eq,
     credentials_secret, csi_driver, desired, inputs, observed, pool, profile, run_scenario,
-    s3_csi_data_source, seeded_context, validated, with_pod_status, workspace, workspace_path,
+    s3_csi_data_source, seeded_context, seeded_probing_context, validated, with_pod_status,
+    workspace, workspace_path,
 };
 use crate::operator::workspace::status::{self, StatusInput};
 use crate::operator::workspace::{TOKEN_KEY, WorkspaceResources, build};
@@ -1443,6 +1446,81 @@ async fn a_missing_csi_driver_refuses_the_workspace() {
     let outcome = run_scenario(ctx, verifier, a.ws, steps, |_, _| {}).await;
     assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
     assert_eq!(outcome.writes().len(), 2);
+}
+
+/// argo with its s3 endpoint at `endpoint`.
+fn argo_at(endpoint: &str) -> DataSource {
+    let mut source = s3_csi_data_source();
+    if let Some(s3) = source.spec.s3.as_mut() {
+        s3.endpoint = endpoint.to_owned();
+    }
+    source
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_refuses_a_start_but_never_stops_a_running_workspace() {
+    let cfg = OperatorConfig::default();
+    let mut a = argo(&cfg);
+    a.ws.status = None;
+    // A loopback port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let message = format!("DataSource argo: endpoint {closed} unreachable: connection refused");
+    let with_endpoint = |mut c: Cluster| {
+        c.data_sources.retain(|s| s.name_any() != "argo");
+        c.data_sources.push(argo_at(&closed));
+        c
+    };
+    let expected = message.clone();
+    let steps = vec![
+        Step::apply_status(&a.ws, move |body| {
+            assert_refused(body, "DataEndpointUnreachable", &expected)
+        }),
+        Step::event(&a.ws, |body| {
+            assert_eq!(body["reason"], "DataEndpointUnreachable")
+        }),
+    ];
+    let caches = with_endpoint(argo_cluster(
+        &a.ws,
+        &a.d,
+        &["argo-climate", "argo-mount"],
+        true,
+    ));
+    let (ctx, verifier, _w) = seeded_probing_context(cfg.clone(), caches.clone());
+    let outcome = run_scenario(ctx, verifier, a.ws.clone(), steps, |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_REFUSED));
+    assert_eq!(
+        write_log(&outcome),
+        [
+            "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ],
+        "no volume, claim, catalogue or pod: {message}"
+    );
+
+    // Once its pod exists, the endpoint is not probed again: a running workspace with every
+    // child in place makes no request, whatever the endpoint does (the fixture's,
+    // s3.example.org, answers nothing here; a probe would refuse the Workspace and delete its
+    // pod).
+    let running = argo(&cfg);
+    let caches = with_data(
+        with_argo_children(
+            argo_cluster(
+                &running.ws,
+                &running.d,
+                &["argo-climate", "argo-mount"],
+                true,
+            ),
+            &running,
+        ),
+        &running.data,
+    );
+    let (ctx, verifier, _w) = seeded_probing_context(cfg, caches);
+    let outcome = run_scenario(ctx, verifier, running.ws, vec![], |_, _| {}).await;
+    assert_ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(outcome.seen.len(), 0, "{:?}", outcome.seen);
 }
 
 #[tokio::test]
