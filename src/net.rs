@@ -40,11 +40,14 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// An answer of [`probe`] and when it was given, by URL.
+type Answers = HashMap<String, (Result<(), String>, Instant)>;
+
 /// The answers of [`probe`] by URL, each trusted for a while ([`PROBE_TTL`] by default).
 #[derive(Debug)]
 pub struct Probes {
     ttl: Duration,
-    answers: Mutex<HashMap<String, (Result<(), String>, Instant)>>,
+    answers: Mutex<Answers>,
 }
 
 impl Default for Probes {
@@ -62,7 +65,7 @@ impl Probes {
         }
     }
 
-    fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Result<(), String>, Instant)>> {
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
         self.answers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
