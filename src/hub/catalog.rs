@@ -400,36 +400,6 @@ fn parse_secret(doc: Value) -> Result<(String, BTreeMap<String, SecretValue>), S
     Ok((name, values))
 }
 
-/// The Secrets a DataSource names, each with what it is for (as `validate` names them).
-fn named_secrets(spec: &crate::api::v1alpha1::DataSourceSpec) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let (single, by_group) = match (&spec.s3, &spec.irods) {
-        (Some(s3), _) => (s3.credentials_secret.as_ref(), &s3.credentials_by_group[..]),
-        (None, Some(irods)) => (
-            irods.credentials_secret.as_ref(),
-            &irods.credentials_by_group[..],
-        ),
-        (None, None) => (None, &[][..]),
-    };
-    if let Some(secret) = single {
-        out.push((secret.name.clone(), "credentials".to_owned()));
-    }
-    for c in by_group {
-        out.push((
-            c.secret.name.clone(),
-            format!("credentials of group {}", c.group),
-        ));
-    }
-    if let Some(secret) = spec
-        .csi
-        .as_ref()
-        .and_then(|c| c.node_publish_secret.as_ref())
-    {
-        out.push((secret.name.clone(), "csi.nodePublishSecret".to_owned()));
-    }
-    out
-}
-
 impl Catalog {
     /// Whether it holds nothing (then there is one default profile and no check).
     pub fn is_empty(&self) -> bool {
@@ -471,12 +441,13 @@ impl Catalog {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for d in &self.data_sources {
-            for (secret, why) in named_secrets(&d.spec) {
-                if !self.secrets.contains_key(&secret) {
+            for (secret, why) in crate::policy::data::named_secrets(&d.spec) {
+                if !self.secrets.contains_key(&secret.name) {
                     out.push(format!(
-                        "DataSource {}: Secret {secret} ({why}) is not in the catalogue; a start \
-                         on the local backend that needs it is refused",
-                        d.name_any()
+                        "DataSource {}: Secret {} ({why}) is not in the catalogue; a start on \
+                         the local backend that needs it is refused",
+                        d.name_any(),
+                        secret.name
                     ));
                 }
             }

@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use crate::api::v1alpha1::{DataSourceSpec, IrodsSource, S3Source, SecretRef};
+use crate::api::v1alpha1::{DataSourceSpec, GroupCredentials, IrodsSource, S3Source, SecretRef};
 use crate::policy::names;
 
 /// Key of the access key id in an s3 credentials Secret.
@@ -93,14 +93,7 @@ pub fn credentials_for<'a>(
     spec: &'a DataSourceSpec,
     groups: &BTreeSet<String>,
 ) -> Option<(Option<&'a str>, &'a SecretRef)> {
-    let (single, by_group) = match (&spec.s3, &spec.irods) {
-        (Some(s3), _) => (s3.credentials_secret.as_ref(), &s3.credentials_by_group),
-        (None, Some(irods)) => (
-            irods.credentials_secret.as_ref(),
-            &irods.credentials_by_group,
-        ),
-        (None, None) => return None,
-    };
+    let (single, by_group) = credentials_of(spec);
     if let Some(secret) = single {
         return Some((None, secret));
     }
@@ -108,6 +101,43 @@ pub fn credentials_for<'a>(
         .iter()
         .find(|c| groups.contains(&c.group))
         .map(|c| (Some(c.group.as_str()), &c.secret))
+}
+
+/// The `credentialsSecret` and the `credentialsByGroup` of an s3 or irods source (none for the
+/// others).
+fn credentials_of(spec: &DataSourceSpec) -> (Option<&SecretRef>, &[GroupCredentials]) {
+    match (&spec.s3, &spec.irods) {
+        (Some(s3), _) => (s3.credentials_secret.as_ref(), &s3.credentials_by_group),
+        (None, Some(irods)) => (
+            irods.credentials_secret.as_ref(),
+            &irods.credentials_by_group,
+        ),
+        (None, None) => (None, &[]),
+    }
+}
+
+/// Every Secret a source names, each with what it is for, as the refusals name it: its
+/// `credentialsSecret` (`credentials`), each `credentialsByGroup` entry (`credentials of group
+/// <group>`), and `csi.nodePublishSecret`.
+pub fn named_secrets(spec: &DataSourceSpec) -> Vec<(&SecretRef, String)> {
+    let (single, by_group) = credentials_of(spec);
+    let mut out: Vec<(&SecretRef, String)> = single
+        .map(|secret| (secret, "credentials".to_owned()))
+        .into_iter()
+        .chain(
+            by_group
+                .iter()
+                .map(|c| (&c.secret, format!("credentials of group {}", c.group))),
+        )
+        .collect();
+    if let Some(secret) = spec
+        .csi
+        .as_ref()
+        .and_then(|c| c.node_publish_secret.as_ref())
+    {
+        out.push((secret, "csi.nodePublishSecret".to_owned()));
+    }
+    out
 }
 
 /// What is wrong with a DataSource spec, if anything: the rules of its CRD (which the API

@@ -153,26 +153,11 @@ async fn unreachable_endpoints(
     unreachable
 }
 
-/// Every Secret a data source may hand out: its `credentialsSecret`, each of its
-/// `credentialsByGroup`, and `csi.nodePublishSecret`.
+/// Every Secret a data source may hand out (`policy::data::named_secrets`), by name.
 pub fn credential_secret_names(spec: &DataSourceSpec) -> Vec<&str> {
-    let (single, by_group) = match (&spec.s3, &spec.irods) {
-        (Some(s3), _) => (s3.credentials_secret.as_ref(), &s3.credentials_by_group[..]),
-        (None, Some(irods)) => (
-            irods.credentials_secret.as_ref(),
-            &irods.credentials_by_group[..],
-        ),
-        (None, None) => (None, &[][..]),
-    };
-    single
+    crate::policy::data::named_secrets(spec)
         .into_iter()
-        .chain(by_group.iter().map(|c| &c.secret))
-        .chain(
-            spec.csi
-                .as_ref()
-                .and_then(|c| c.node_publish_secret.as_ref()),
-        )
-        .map(|secret| secret.name.as_str())
+        .map(|(secret, _)| secret.name.as_str())
         .collect()
 }
 
