@@ -59,6 +59,12 @@ pub const IRODS_PASSWORD: &str = "IRODS_PASSWORD";
 pub const IRODS_ANONYMOUS_USER: &str = "anonymous";
 /// The variable that holds the path of the Intake catalogue.
 pub const CATALOG_ENV: &str = "ATELIER_DATA_CATALOG";
+/// Where a pod gets its Intake catalogue (the operator mounts a ConfigMap there): no data
+/// source may be mounted at this path.
+pub const POD_CATALOG_DIR: &str = "/etc/atelier/data";
+/// Where a pod gets its iRODS client's files (an emptyDir): no data source may be mounted at
+/// this path.
+pub const POD_IRODS_DIR: &str = "/etc/atelier/irods";
 
 /// The value of an environment variable: inline, or a key of a Secret (never inlined on
 /// Kubernetes; the local backend reads it from the catalogue's Secrets).

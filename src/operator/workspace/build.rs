@@ -104,13 +104,13 @@ pub const DATA_SOURCE_LABEL: &str = "atelier.dev/data-source";
 /// cluster-scoped, so `atelier.dev/workspace` alone does not say whose it is).
 pub const WORKSPACE_NAMESPACE_LABEL: &str = "atelier.dev/workspace-namespace";
 /// Directory of the Intake catalogue in the pod (the ConfigMap [`catalog_config_map_name`]).
-pub const DATA_DIR: &str = "/etc/atelier/data";
+pub const DATA_DIR: &str = crate::policy::data::POD_CATALOG_DIR;
 /// Key of the catalogue in its ConfigMap, and its file name under [`DATA_DIR`].
 pub const CATALOG_KEY: &str = "catalog.yaml";
 /// Name of the catalogue's volume in the pod.
 pub const CATALOG_VOLUME: &str = "atelier-data";
 /// Directory of the iRODS client's files in the pod (an emptyDir).
-pub const IRODS_DIR: &str = "/etc/atelier/irods";
+pub const IRODS_DIR: &str = crate::policy::data::POD_IRODS_DIR;
 /// Name of the emptyDir holding the iRODS client's files.
 pub const IRODS_VOLUME: &str = "atelier-irods";
 /// `sizeLimit` of [`IRODS_VOLUME`] (two small files, in memory).

@@ -380,8 +380,18 @@ fn data_sources(
 ) -> Result<Vec<(String, DataSourceSpec)>, Refusal> {
     let wanted: BTreeSet<&String> = ws.spec.data_sources.iter().collect();
     let mut out = Vec::with_capacity(wanted.len());
-    let mut mounts: BTreeMap<String, String> =
-        BTreeMap::from([(normalize_path(home_mount), "the home volume".to_owned())]);
+    // The paths of the pod's own volumes (the operator's: its catalogue and iRODS files).
+    let mut mounts: BTreeMap<String, String> = BTreeMap::from([
+        (
+            policy::data::POD_CATALOG_DIR.to_owned(),
+            "the data catalogue".to_owned(),
+        ),
+        (
+            policy::data::POD_IRODS_DIR.to_owned(),
+            "the iRODS client's files".to_owned(),
+        ),
+    ]);
+    mounts.insert(normalize_path(home_mount), "the home volume".to_owned());
     let mut env_prefixes: BTreeMap<String, String> = BTreeMap::new();
     for name in wanted {
         let source = deref

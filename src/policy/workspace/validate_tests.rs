@@ -627,6 +627,25 @@ fn data_source_rules() {
         )
     );
 
+    // A source mounted where the operator puts the catalogue or the iRODS files.
+    for (path, what) in [
+        ("/etc/atelier/data/", "the data catalogue"),
+        ("/etc/atelier/irods", "the iRODS client's files"),
+    ] {
+        let mut d = deref(&w);
+        d.data_sources[0].spec.mount_path = Some(path.into());
+        let r = validate(&w, &d, &cfg()).unwrap_err();
+        assert_eq!(
+            (r.reason, r.message),
+            (
+                reason::DATA_SOURCE_CONFLICT,
+                format!(
+                    "DataSource team-shared would be mounted at {path}, where {what} is mounted"
+                )
+            )
+        );
+    }
+
     // Every kind, open to physics: accepted and sorted; env-only sources do not conflict.
     let v = validated(&ws(
         "w",
