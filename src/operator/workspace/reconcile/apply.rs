@@ -228,30 +228,25 @@ pub async fn delete_live<K>(client: &Client, namespace: &str, objects: &[K]) -> 
 where
     K: Object<Scope = NamespaceResourceScope>,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let mut remaining = Vec::new();
-    for object in objects {
-        if object.meta().deletion_timestamp.is_some() {
-            remaining.push(object.clone());
-        } else if let Some(terminating) = delete(&api, object).await? {
-            remaining.push(terminating);
-        }
-    }
-    Ok(remaining)
+    delete_each(&Api::namespaced(client.clone(), namespace), objects).await
 }
 
-/// Deletes each cluster-scoped object not already terminating (in order); returns those that
-/// still exist.
+/// [`delete_live`] for cluster-scoped objects.
 pub async fn delete_live_cluster<K>(client: &Client, objects: &[K]) -> Result<Vec<K>>
 where
     K: Object<Scope = ClusterResourceScope>,
 {
-    let api: Api<K> = Api::all(client.clone());
+    delete_each(&Api::all(client.clone()), objects).await
+}
+
+/// Deletes through `api` each object not already terminating (in order); returns those that
+/// still exist.
+async fn delete_each<K: Object>(api: &Api<K>, objects: &[K]) -> Result<Vec<K>> {
     let mut remaining = Vec::new();
     for object in objects {
         if object.meta().deletion_timestamp.is_some() {
             remaining.push(object.clone());
-        } else if let Some(terminating) = delete(&api, object).await? {
+        } else if let Some(terminating) = delete(api, object).await? {
             remaining.push(terminating);
         }
     }
