@@ -83,9 +83,14 @@ pub struct DaskStatus {
     /// `tcp://…:8786` (or `tls://`), what `Client()` connects to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_address: Option<String>,
-    /// The dashboard, through the hub's proxy (`/user/<name>/<server>/dask/status`).
+    /// The dashboard, through the hub's proxy (`/user/<name>/<server>/dask/status`), open to
+    /// the workspace's owner only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard_url: Option<String>,
+    /// Where the hub's proxy reaches the dashboard (the scheduler's in-cluster address, e.g.
+    /// `http://ws-alice-dask-scheduler.atelier.svc.cluster.local:8787`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_target: Option<String>,
     /// Most workers the cluster may scale to, after the pool's caps.
     #[serde(default)]
     pub workers_wanted: i32,
