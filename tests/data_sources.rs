@@ -512,8 +512,7 @@ stringData: {{IRODS_USER_NAME: {IRODS_USER}, IRODS_PASSWORD: '{irods_password}'}
             .arg(format!("--service=story={ADMIN_SCOPES}"));
         let url = format!("{}/hub/api/", self.hub());
         let proc =
-            launch::spawn_answering("hub", command, &self.dir, &url, Duration::from_secs(60))
-                .await;
+            launch::spawn_answering("hub", command, &self.dir, &url, Duration::from_secs(60)).await;
         self.procs.insert("hub".into(), proc);
     }
 

@@ -181,7 +181,10 @@ const STORY_ENDPOINT: &str = "http://10.96.0.42:8333";
 fn story_data_sources() -> Vec<Value> {
     let raw = documents("data-sources.yaml");
     let text = serde_json::to_string(&raw).unwrap();
-    assert!(text.contains("http://e2e-s3.invalid:8333"), "the placeholder");
+    assert!(
+        text.contains("http://e2e-s3.invalid:8333"),
+        "the placeholder"
+    );
     serde_json::from_str(&text.replace("http://e2e-s3.invalid:8333", STORY_ENDPOINT)).unwrap()
 }
 
@@ -219,7 +222,10 @@ fn the_data_story_manifests_are_admitted_by_the_crds() {
     {
         assert!(!validator("DataSource").namespaced());
         if let Err(refusal) = validator("DataSource").create(&doc) {
-            panic!("DataSource {} refused: {refusal:?}", doc["metadata"]["name"]);
+            panic!(
+                "DataSource {} refused: {refusal:?}",
+                doc["metadata"]["name"]
+            );
         }
     }
     let workspaces = documents("data-workspaces.yaml");
@@ -247,7 +253,10 @@ fn the_operator_builds_what_the_data_story_checks_on_the_cluster() {
     let driver = documents("data-csidriver.yaml").remove(0);
     let modes: Vec<String> =
         serde_json::from_value(driver["spec"]["volumeLifecycleModes"].clone()).unwrap();
-    let drivers = BTreeMap::from([(driver["metadata"]["name"].as_str().unwrap().to_owned(), modes)]);
+    let drivers = BTreeMap::from([(
+        driver["metadata"]["name"].as_str().unwrap().to_owned(),
+        modes,
+    )]);
     let cfg = OperatorConfig::default();
     let deref = || Dereferenced {
         profile: Some(profile.clone()),
@@ -284,7 +293,10 @@ fn the_operator_builds_what_the_data_story_checks_on_the_cluster() {
         .expect("the mounted volume");
     let claim_name = names::data_claim_name("e2e-bob", "e2e-s3");
     assert_eq!(
-        volume.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()),
+        volume
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.as_str()),
         Some(claim_name.as_str())
     );
     // AWS_* of the source: the keys by secretKeyRef to the script's Secret, the endpoint plain.
@@ -294,14 +306,20 @@ fn the_operator_builds_what_the_data_story_checks_on_the_cluster() {
         .flat_map(|c| c.env.iter().flatten())
         .collect();
     for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-        let e = env.iter().find(|e| e.name == var).unwrap_or_else(|| panic!("{var}"));
+        let e = env
+            .iter()
+            .find(|e| e.name == var)
+            .unwrap_or_else(|| panic!("{var}"));
         assert_eq!(e.value, None, "{var} never inline");
         let r = e
             .value_from
             .as_ref()
             .and_then(|f| f.secret_key_ref.as_ref())
             .unwrap_or_else(|| panic!("{var} from a Secret"));
-        assert_eq!((r.name.as_str(), r.key.as_str()), ("e2e-s3-credentials", var));
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("e2e-s3-credentials", var)
+        );
     }
     let endpoint = env.iter().find(|e| e.name == "AWS_ENDPOINT_URL").unwrap();
     assert_eq!(endpoint.value.as_deref(), Some(STORY_ENDPOINT));
@@ -313,7 +331,10 @@ fn the_operator_builds_what_the_data_story_checks_on_the_cluster() {
     let claim = &children.claims[0];
     assert_eq!(claim.metadata.name.as_deref(), Some(claim_name.as_str()));
     let owner = &claim.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Workspace", "e2e-bob"));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Workspace", "e2e-bob")
+    );
     let pv = &children.persistent_volumes[0];
     assert_eq!(
         claim.spec.as_ref().unwrap().volume_name,
@@ -325,7 +346,9 @@ fn the_operator_builds_what_the_data_story_checks_on_the_cluster() {
         (
             csi.driver.as_str(),
             csi.volume_handle.as_str(),
-            csi.node_publish_secret_ref.as_ref().and_then(|r| r.name.as_deref()),
+            csi.node_publish_secret_ref
+                .as_ref()
+                .and_then(|r| r.name.as_deref()),
             pv_spec.persistent_volume_reclaim_policy.as_deref(),
         ),
         (
@@ -337,7 +360,9 @@ fn the_operator_builds_what_the_data_story_checks_on_the_cluster() {
         "what e2e/run.sh reads with kubectl get pv -o jsonpath"
     );
     assert_eq!(
-        csi.node_stage_secret_ref.as_ref().and_then(|r| r.name.as_deref()),
+        csi.node_stage_secret_ref
+            .as_ref()
+            .and_then(|r| r.name.as_deref()),
         Some("e2e-s3-credentials")
     );
 

@@ -39,7 +39,10 @@ pub fn hub_command(rust_log: &str, args: &HubArgs) -> Command {
         .arg(format!("--database-url={}", args.database_url))
         .arg(format!("--public-url={}", args.public_url))
         .arg(format!("--state-dir={}", args.state_dir.display()))
-        .arg(format!("--server-command={}", args.server_command.display()));
+        .arg(format!(
+            "--server-command={}",
+            args.server_command.display()
+        ));
     command
 }
 
