@@ -41,7 +41,13 @@ pub struct StatusInput<'a> {
     pub pod: Option<&'a Pod>,
     /// The pod is being replaced to apply a changed spec.
     pub replacing: bool,
+    /// The data source whose volume is being replaced because its DataSource changed
+    /// (`reconcile::apply::replace_changed_data_volumes`): no pod runs meanwhile.
+    pub data_source_changed: Option<&'a str>,
 }
+
+/// Ready reason while a data source's volume is replaced to follow its changed DataSource.
+pub const DATA_SOURCE_CHANGED: &str = "DataSourceChanged";
 
 /// The API server refused a request of the reconciliation (a 4xx answer other than a conflict,
 /// a timeout or throttling): the status says so with the server's reason and message.
@@ -220,9 +226,10 @@ pub fn transition(
     }
     let warning = match next.phase {
         Some(WorkspacePhase::Failed) => true,
-        Some(WorkspacePhase::Pending) => {
-            !matches!(reason.as_str(), "Creating" | "Scheduling" | "Restarting")
-        }
+        Some(WorkspacePhase::Pending) => !matches!(
+            reason.as_str(),
+            "Creating" | "Scheduling" | "Restarting" | DATA_SOURCE_CHANGED
+        ),
         _ => false,
     };
     Some(Transition {
@@ -286,6 +293,21 @@ fn assess(input: &StatusInput<'_>) -> Assessment {
                 ready_reason: "Stopped".into(),
                 message: "Stopped; the home volume is kept".into(),
                 scheduled: (false, "Stopped".into(), "The workspace is stopped".into()),
+            },
+        };
+    }
+    if let Some(source) = input.data_source_changed {
+        let message = format!(
+            "DataSource {source} changed: its volume is being replaced; the server restarts \
+             once the new one is in place"
+        );
+        return Assessment {
+            phase: WorkspacePhase::Pending,
+            ready_reason: DATA_SOURCE_CHANGED.into(),
+            message,
+            scheduled: match input.pod {
+                Some(pod) => scheduled_condition(pod, input.node_pool),
+                None => (false, "NoPod".into(), "The pod does not exist yet".into()),
             },
         };
     }
@@ -572,6 +594,7 @@ mod tests {
             url: Some("http://ws-alice.ns.svc:8888/user/alice/".into()),
             pod,
             replacing: false,
+            data_source_changed: None,
         }
     }
 
