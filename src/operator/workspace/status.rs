@@ -635,6 +635,63 @@ mod tests {
     }
 
     #[test]
+    fn a_data_volume_being_replaced_holds_a_running_workspace_pending_but_not_a_stopped_one() {
+        let p = scheduled_pod(json!({
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            ],
+        }));
+        let message = "DataSource argo changed: its volume is being replaced; the server \
+                       restarts once the new one is in place";
+        for pod in [Some(&p), None] {
+            let input = StatusInput {
+                data_source_changed: Some("argo"),
+                ..running(pod)
+            };
+            let s = derive(&input, None, &now());
+            assert_eq!(s.phase, Some(WorkspacePhase::Pending), "{pod:?}");
+            assert_eq!(cond(&s, READY).status, "False");
+            assert_eq!(cond(&s, READY).reason, DATA_SOURCE_CHANGED);
+            assert_eq!(cond(&s, READY).message, message);
+            assert_eq!(s.message.as_deref(), Some(message));
+            assert_eq!(s.started_at, None);
+            assert_eq!(
+                cond(&s, SCHEDULED).status,
+                if pod.is_some() { "True" } else { "False" }
+            );
+            let t = transition(None, &s).expect("an event");
+            assert_eq!(
+                (t.severity, t.reason.as_str()),
+                (Severity::Normal, DATA_SOURCE_CHANGED)
+            );
+        }
+        // Stopped: no pod to hold; the volume is replaced all the same, the status says Stopped.
+        let stopped = StatusInput {
+            desired_state: DesiredState::Stopped,
+            data_source_changed: Some("argo"),
+            ..running(None)
+        };
+        let s = derive(&stopped, None, &now());
+        assert_eq!(s.phase, Some(WorkspacePhase::Stopped));
+        // A refusal wins: the refused workspace keeps no data children to replace.
+        let refusal = Refusal {
+            reason: "DataSourceForbidden",
+            message: "no".into(),
+        };
+        let refused = StatusInput {
+            refusal: Some(&refusal),
+            data_source_changed: Some("argo"),
+            ..running(None)
+        };
+        assert_eq!(
+            cond(&derive(&refused, None, &now()), READY).reason,
+            "DataSourceForbidden"
+        );
+    }
+
+    #[test]
     fn image_pull_errors_fail_with_the_kubelet_message() {
         for reason in FATAL_WAITING_REASONS {
             let p = scheduled_pod(json!({"containerStatuses": [{

@@ -595,6 +595,96 @@ mod tests {
         assert!(cluster_ip_changes(&headless, &with_ip(Some("10.96.4.2"))));
     }
 
+    /// A data volume `name` as `build_data_volume` makes it: `attribute` among its CSI volume
+    /// attributes, bound to claim `claim`.
+    fn data_volume(name: &str, attribute: &str, claim: &str) -> PersistentVolume {
+        let mut volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {DATA_SOURCE_LABEL: "argo"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "claimRef": {"namespace": "team", "name": claim},
+                "csi": {"driver": "ru.yandex.s3.csi", "volumeHandle": "argo/floats",
+                        "volumeAttributes": {"mounter": attribute}},
+            },
+        }))
+        .expect("a volume");
+        let hash = crate::operator::workspace::build::volume_source_hash(&volume);
+        volume
+            .annotations_mut()
+            .insert(VOLUME_SOURCE_ANNOTATION.to_owned(), hash);
+        volume
+    }
+
+    #[test]
+    fn only_an_immutable_field_makes_a_data_volume_change() {
+        let built = data_volume("pv", "geesefs", "data-a");
+        assert!(!volume_source_changed(&built, &built));
+        // Another attribute: replaced. The claim it names, its labels: not a source change.
+        assert!(volume_source_changed(
+            &built,
+            &data_volume("pv", "s3fs", "data-a")
+        ));
+        let mut relabelled = data_volume("pv", "geesefs", "data-b");
+        relabelled
+            .labels_mut()
+            .insert("atelier.dev/new".into(), "x".into());
+        assert!(!volume_source_changed(&built, &relabelled));
+        for change in [
+            json!({"capacity": {"storage": "2Gi"}}),
+            json!({"accessModes": ["ReadWriteMany"]}),
+            json!({"csi": {"driver": "ru.yandex.s3.csi", "volumeHandle": "argo/other"}}),
+        ] {
+            let mut other =
+                serde_json::to_value(data_volume("pv", "geesefs", "data-a")).expect("json");
+            for (k, v) in change.as_object().expect("an object") {
+                other["spec"][k] = v.clone();
+            }
+            let mut other: PersistentVolume = serde_json::from_value(other).expect("a volume");
+            let hash = crate::operator::workspace::build::volume_source_hash(&other);
+            other
+                .annotations_mut()
+                .insert(VOLUME_SOURCE_ANNOTATION.to_owned(), hash);
+            assert!(volume_source_changed(&built, &other), "{change}");
+        }
+        // A volume of an older operator, without the annotation: never compared.
+        let mut unannotated = built.clone();
+        unannotated.annotations_mut().clear();
+        assert!(!volume_source_changed(
+            &unannotated,
+            &data_volume("pv", "s3fs", "data-a")
+        ));
+    }
+
+    #[test]
+    fn a_replacement_leaves_out_the_replaced_volumes_and_their_claims_only() {
+        let claim = |name: &str| {
+            let mut c = k8s_openapi::api::core::v1::PersistentVolumeClaim::default();
+            c.metadata.name = Some(name.into());
+            c
+        };
+        let desired = DataChildren {
+            persistent_volumes: vec![
+                data_volume("pv-a", "geesefs", "data-a"),
+                data_volume("pv-b", "geesefs", "data-b"),
+            ],
+            claims: vec![claim("data-a"), claim("data-b")],
+            config_map: None,
+        };
+        let none = DataReplacement::default();
+        assert!(!none.is_replacing());
+        assert_eq!(none.pending(&desired), desired);
+        let replacing = DataReplacement {
+            sources: vec!["argo".into()],
+            volumes: BTreeSet::from(["pv-a".to_owned()]),
+            ..DataReplacement::default()
+        };
+        assert!(replacing.is_replacing());
+        let pending = replacing.pending(&desired);
+        assert_eq!(pending.persistent_volumes, desired.persistent_volumes[1..]);
+        assert_eq!(pending.claims, desired.claims[1..]);
+    }
+
     #[test]
     fn hash_is_the_sha256_of_the_desired_json_and_tracks_changes() {
         let desired = service(80);
