@@ -141,13 +141,15 @@ pub const CALLS: &[ApiCall] = &[
         "controller.rs: the Secret watch (the token, read by dereference.rs, which GETs a new \
          Workspace's Secret the hub wrote before it reached the cache); apply.rs: apply_object"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "persistentvolumeclaims", Namespaced, Both,
-        "controller.rs: the PVC watch; apply.rs: create_once; cleanup_workspace: DELETE (onDelete: delete)"),
+        "controller.rs: the PVC watch; apply.rs: create_once; cleanup_workspace: DELETE (onDelete: delete); \
+         replace_changed_data_volumes: DELETE of a changed data source's claim"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "services", Namespaced, Both,
         "controller.rs: the Service watch; apply.rs: apply_service (DELETE + re-create of a ClusterIP Service)"),
     call(Operator, &["list", "watch", "create", "patch"], "networking.k8s.io", "networkpolicies", Namespaced, Both,
         "controller.rs: the NetworkPolicy watch; apply.rs: apply_object (and the per-user namespace's policy)"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "pods", Namespaced, Both,
-        "controller.rs: the pod watch; apply.rs: reconcile_pod, delete_live"),
+        "controller.rs: the pod watch; apply.rs: reconcile_pod, delete_live, \
+         replace_changed_data_volumes (the pod goes before a changed data source's claim)"),
     // The data sources (issue 11): build.rs builds these objects (`data_children`, the pod's
     // catalogue volume); the reconcile wiring makes the calls listed in each row's site.
     call(Operator, &["list", "watch"], "", "secrets", Namespaced, Both,
@@ -160,8 +162,11 @@ pub const CALLS: &[ApiCall] = &[
          volumeLifecycleModes decide build::csi_mode)"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "persistentvolumes", Cluster, Both,
         "data sources: the PersistentVolume watch (label managed-by); apply: SSA of \
-         build::data_children's volumes; cleanup and orphan sweep: DELETE of a workspace's labelled \
-         volumes (a cluster-scoped volume has no namespaced owner to be collected with)"),
+         build::data_children's volumes; cleanup, replace_changed_data_volumes (a changed \
+         DataSource) and the orphan sweep (controller.rs sweep_orphans_periodically, \
+         apply.rs sweep_orphaned_data_volumes: list from the watch cache, DELETE): DELETE of a \
+         workspace's labelled volumes (a cluster-scoped volume has no namespaced owner to be \
+         collected with)"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "configmaps", Namespaced, Both,
         "data sources: the ConfigMap watch (label managed-by); apply: SSA of the catalogue \
          (build::build_catalog_config_map); DELETE when the workspace drops its last data source \

@@ -70,6 +70,10 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Requests sent to the API server, by verb and resource (counted on the client).
     pub api_requests: Family<ApiRequestLabels, Counter>,
+    /// Data sources' PersistentVolumes the orphan sweep deleted (their Workspace was gone).
+    pub orphaned_data_volumes: Counter,
+    /// Data sources' PersistentVolumes deleted to follow a changed DataSource.
+    pub replaced_data_volumes: Counter,
     /// Last phase of each Workspace (`namespace/name`), the source of the gauge.
     phases: Mutex<HashMap<String, WorkspacePhase>>,
 }
@@ -84,6 +88,8 @@ impl Default for Metrics {
             workspaces: Family::default(),
             leader: Gauge::default(),
             api_requests: Family::default(),
+            orphaned_data_volumes: Counter::default(),
+            replaced_data_volumes: Counter::default(),
             phases: Mutex::default(),
         }
     }
@@ -123,7 +129,23 @@ impl Metrics {
             "Requests the operator sent to the API server, by verb and resource",
             metrics.api_requests.clone(),
         );
+        registry.register(
+            "orphaned_data_volumes_deleted",
+            "Data sources' PersistentVolumes deleted because their Workspace was gone",
+            metrics.orphaned_data_volumes.clone(),
+        );
+        registry.register(
+            "data_volumes_replaced",
+            "Data sources' PersistentVolumes deleted to follow a changed DataSource",
+            metrics.replaced_data_volumes.clone(),
+        );
         metrics
+    }
+
+    /// Counts `n` data volumes the orphan sweep deleted.
+    pub fn orphaned_volumes_deleted(&self, n: usize) {
+        self.orphaned_data_volumes
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// Counts one request to the API server (the callback of
@@ -222,6 +244,9 @@ mod tests {
         metrics.api_request("list", "pods".into());
         metrics.api_request("list", "pods".into());
         metrics.api_request("patch", "workspaces/status".into());
+        metrics.orphaned_volumes_deleted(2);
+        metrics.orphaned_volumes_deleted(0);
+        metrics.replaced_data_volumes.inc();
 
         let text = encode(&registry).expect("encodes");
         for line in [
@@ -235,6 +260,8 @@ mod tests {
             "atelier_operator_leader 1",
             "atelier_operator_api_requests_total{verb=\"list\",resource=\"pods\"} 2",
             "atelier_operator_api_requests_total{verb=\"patch\",resource=\"workspaces/status\"} 1",
+            "atelier_orphaned_data_volumes_deleted_total 2",
+            "atelier_data_volumes_replaced_total 1",
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -103,6 +103,12 @@ pub const DATA_SOURCE_LABEL: &str = "atelier.dev/data-source";
 /// Label of a data source's PersistentVolume: its Workspace's namespace (PersistentVolumes are
 /// cluster-scoped, so `atelier.dev/workspace` alone does not say whose it is).
 pub const WORKSPACE_NAMESPACE_LABEL: &str = "atelier.dev/workspace-namespace";
+/// Annotation of a data source's PersistentVolume: the sha256 of the fields the API server
+/// never lets change, of the volume or of its claim ([`volume_source_hash`]). The operator
+/// compares it with the desired volume's to follow a changed DataSource: the volume, its claim
+/// and the pod mounting it are deleted and made again
+/// (`reconcile::apply::replace_changed_data_volumes`).
+pub const VOLUME_SOURCE_ANNOTATION: &str = "atelier.dev/volume-source-hash";
 /// Directory of the Intake catalogue in the pod (the ConfigMap [`catalog_config_map_name`]).
 pub const DATA_DIR: &str = crate::policy::data::POD_CATALOG_DIR;
 /// Key of the catalogue in its ConfigMap, and its file name under [`DATA_DIR`].
@@ -909,7 +915,7 @@ pub fn build_data_volume(
         namespace: Some(v.namespace.clone()),
     });
     let attributes = csi_volume_attributes(spec, csi);
-    PersistentVolume {
+    let mut volume = PersistentVolume {
         metadata: ObjectMeta {
             name: Some(pv_name.clone()),
             labels: Some(BTreeMap::from([
@@ -945,7 +951,40 @@ pub fn build_data_volume(
             ..PersistentVolumeSpec::default()
         }),
         status: None,
+    };
+    let source = volume_source_hash(&volume);
+    volume.metadata.annotations = Some(BTreeMap::from([(
+        VOLUME_SOURCE_ANNOTATION.to_owned(),
+        source,
+    )]));
+    volume
+}
+
+/// The [`VOLUME_SOURCE_ANNOTATION`] of a data source's PersistentVolume: the sha256 (hex) of the
+/// JSON of its `spec.csi` (immutable once created: the API server's `ValidatePersistentVolumeUpdate`
+/// refuses a change of the volume source), `spec.capacity` and `spec.accessModes` (the claim's
+/// requests and access modes are the same, and a claim's spec is immutable but for an
+/// expansion that a volume without a StorageClass never gets). Everything else the builder
+/// puts in the volume follows from its name (labels, claim reference) or is fixed.
+///
+/// Each field is serialized from its typed value (struct fields in their declared order, maps
+/// sorted), never through a `serde_json::Value`, whose key order depends on whether some
+/// dependency turns on serde_json's `preserve_order`: a hash that moved with the build would
+/// replace every data volume.
+pub fn volume_source_hash(volume: &PersistentVolume) -> String {
+    use sha2::{Digest, Sha256};
+    let spec = volume.spec.as_ref();
+    let mut hasher = Sha256::new();
+    for part in [
+        serde_json::to_vec(&spec.and_then(|s| s.csi.as_ref())),
+        serde_json::to_vec(&spec.and_then(|s| s.capacity.as_ref())),
+        serde_json::to_vec(&spec.and_then(|s| s.access_modes.as_ref())),
+    ] {
+        // These types always serialize; an error would hash as an empty field.
+        hasher.update(part.unwrap_or_default());
+        hasher.update(b"\n");
     }
+    hex::encode(hasher.finalize())
 }
 
 /// The claim of source `name`'s PersistentVolume ([`build_data_volume`]): named

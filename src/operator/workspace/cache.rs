@@ -37,7 +37,7 @@ use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile, Wo
 use crate::policy::names;
 
 mod compact;
-pub use compact::{Compact, CompactWriter, Compactable, PodDetail, compact};
+pub use compact::{Compact, CompactWriter, Compactable, PodDetail, VolumeDetail, compact};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
@@ -88,6 +88,10 @@ pub struct Caches {
     children_ready: Readiness,
     /// Resolves once the per-user stores have been listed.
     per_user_ready: Readiness,
+    /// Set once the Workspaces' store has been listed ([`Caches::mark_workspaces_listed`]), read
+    /// without waiting: kube's `Store::wait_until_ready` wakes one waiter only, and the
+    /// Controller is that one.
+    workspaces_listed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One future per group of stores, polled by whoever awaits it first and shared by every
@@ -237,6 +241,7 @@ impl Caches {
                 expected: Default::default(),
                 children_ready,
                 per_user_ready,
+                workspaces_listed: Default::default(),
             },
             CacheWriters {
                 workspaces: w_workspaces,
@@ -316,6 +321,70 @@ impl Caches {
                     == Some(namespace.as_str())
             })
             .collect()
+    }
+
+    /// Records that the Workspaces' store has been listed (the Workspace watch's `InitDone`,
+    /// after the reflector applied it).
+    pub fn mark_workspaces_listed(&self) {
+        self.workspaces_listed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the stores the orphan sweep reads (the Workspaces, the data volumes and the
+    /// claims) have all been listed: before that, a volume's Workspace or claim may be missing
+    /// only because it is not listed yet. Never waits.
+    pub fn ready_to_sweep(&self) -> bool {
+        self.workspaces_listed
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self.persistent_volumes.is_ready()
+            && self.pvcs.is_ready()
+    }
+
+    /// The data sources' PersistentVolumes left behind by a Workspace that no longer exists
+    /// (its finalizer was removed by hand, so its cleanup never ran), sorted by name: labelled
+    /// with a Workspace (name and namespace) that the Workspaces' store does not hold, not
+    /// terminating, and whose claim (`spec.claimRef`) the claims' store does not hold either
+    /// (the claim goes with its Workspace by owner reference; until then the volume is kept).
+    /// `scope`: the namespace the controller watches, if only one; a volume of a Workspace
+    /// outside it is never an orphan here, since this operator does not see that Workspace.
+    /// Empty until [`Caches::ready_to_sweep`].
+    pub fn orphaned_data_volumes(&self, scope: Option<&str>) -> Vec<PersistentVolume> {
+        if !self.ready_to_sweep() {
+            return Vec::new();
+        }
+        let workspaces: std::collections::HashSet<(String, String)> = self
+            .workspaces
+            .state()
+            .iter()
+            .map(|ws| workspace_key(ws))
+            .collect();
+        let mut orphans: Vec<PersistentVolume> = self
+            .persistent_volumes
+            .all()
+            .into_iter()
+            .filter(|pv| pv.metadata.deletion_timestamp.is_none())
+            .filter(|pv| {
+                let labels = pv.labels();
+                let (Some(name), Some(namespace)) = (
+                    labels.get(super::WORKSPACE_LABEL),
+                    labels.get(WORKSPACE_NAMESPACE_LABEL),
+                ) else {
+                    return false;
+                };
+                scope.is_none_or(|s| s == namespace)
+                    && !workspaces.contains(&(namespace.clone(), name.clone()))
+            })
+            .filter(|pv| {
+                let claim = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+                claim.is_none_or(|c| {
+                    let namespace = c.namespace.as_deref().unwrap_or_default();
+                    let name = c.name.as_deref().unwrap_or_default();
+                    self.pvcs.get(namespace, name).is_none()
+                })
+            })
+            .collect();
+        orphans.sort_by_key(ResourceExt::name_any);
+        orphans
     }
 
     /// The cluster's CSIDrivers by name, with their `volumeLifecycleModes` (empty when a
@@ -806,6 +875,7 @@ mod tests {
                 url: None,
                 pod: Some(pod),
                 replacing: false,
+                data_source_changed: None,
             };
             assert_eq!(
                 derive(&input(&kept), None, &now),
@@ -998,7 +1068,27 @@ mod tests {
                     "atelier-operator".to_owned(),
                 ),
             ]));
-            pv.spec = Some(Default::default());
+            pv.metadata.annotations = Some(BTreeMap::from([
+                (
+                    crate::operator::workspace::build::VOLUME_SOURCE_ANNOTATION.to_owned(),
+                    format!("source-of-{name}"),
+                ),
+                (
+                    crate::operator::workspace::APPLIED_HASH_ANNOTATION.to_owned(),
+                    "h".to_owned(),
+                ),
+                ("note".to_owned(), "not kept".to_owned()),
+            ]));
+            pv.spec = Some(k8s_openapi::api::core::v1::PersistentVolumeSpec {
+                claim_ref: Some(k8s_openapi::api::core::v1::ObjectReference {
+                    namespace: Some(namespace.to_owned()),
+                    name: Some(format!("claim-of-{name}")),
+                    uid: Some("not kept".to_owned()),
+                    ..Default::default()
+                }),
+                storage_class_name: Some(String::new()),
+                ..Default::default()
+            });
             pv
         };
         let (ctx, _verifier, _w) = seeded_context(
@@ -1022,6 +1112,26 @@ mod tests {
             .map(ResourceExt::name_any)
             .collect();
         assert_eq!(mine, ["pv-b"], "alice of team, not alice of elsewhere");
+        // What the orphan sweep and the replacement of a changed source read: the claim it is
+        // bound to, and the hash of its immutable fields; nothing else of its spec.
+        let kept = &caches.data_volumes_of(&ws)[0];
+        assert_eq!(
+            kept.annotations(),
+            &BTreeMap::from([
+                (
+                    crate::operator::workspace::APPLIED_HASH_ANNOTATION.to_owned(),
+                    "h".to_owned()
+                ),
+                (
+                    crate::operator::workspace::build::VOLUME_SOURCE_ANNOTATION.to_owned(),
+                    "source-of-pv-b".to_owned()
+                ),
+            ])
+        );
+        assert_eq!(
+            serde_json::to_value(&kept.spec).expect("json"),
+            serde_json::json!({"claimRef": {"namespace": "team", "name": "claim-of-pv-b"}})
+        );
         assert_eq!(
             caches.data_volumes_of(&ws)[0]
                 .labels()

@@ -295,6 +295,7 @@ pub fn seed(ctx: &Context, cluster: Cluster) -> CacheWriters {
     list_into(&mut w.namespaces, cluster.namespaces);
     list_into(&mut w.resource_quotas, cluster.resource_quotas);
     list_into(&mut w.limit_ranges, cluster.limit_ranges);
+    ctx.caches.mark_workspaces_listed();
     // The usage estimates read the cached profiles and pools: the Workspaces come last.
     for event in std::iter::once(watcher::Event::Init)
         .chain(

@@ -13,7 +13,9 @@
 //!   sources no longer named are deleted) with
 //!   server-side apply, skipping every object whose cached copy already carries its
 //!   [`APPLIED_HASH_ANNOTATION`] (a Service whose immutable cluster IP differs from the desired
-//!   headless one is deleted and created again) → status (written only when it changed) and an
+//!   headless one is deleted and created again; a data source's volume whose DataSource
+//!   changed in an immutable field is deleted with its claim and the pod, status
+//!   `DataSourceChanged`, and made again once they are gone) → status (written only when it changed) and an
 //!   Event per transition. A request the API server refuses (403, 422, an admission plugin)
 //!   ends the pass with `Ready=False`, the server's reason and message, phase `Pending` or
 //!   `Failed` and a Warning Event; the error then backs off exponentially ([`error_policy`]).
@@ -219,6 +221,7 @@ async fn report_rejection(ws: &Workspace, error: Error, ctx: &Context) -> Result
             url: None,
             pod: None,
             replacing: false,
+            data_source_changed: None,
         };
         if let Err(status_error) = update_status(ws, &input, ctx).await {
             warn!(%status_error, "reporting the refusal in the status failed");
@@ -274,7 +277,11 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     apply::apply_object(client, ns, secret, observed.secret, expected).await?;
     let cached_pvc = caches.pvcs.get(ns, &pvc.name_any());
     apply::create_once(client, ns, pvc, cached_pvc, expected).await?;
-    apply::apply_data_children(client, caches, ns, &data).await?;
+    let replacement = apply::replace_changed_data_volumes(client, caches, ws, ns, &data).await?;
+    ctx.metrics
+        .replaced_data_volumes
+        .inc_by(replacement.changed as u64);
+    apply::apply_data_children(client, caches, ns, &replacement.pending(&data)).await?;
     let cached_service = caches.services.get(ns, &service.name_any());
     let service_ready = apply::apply_service(client, ns, service, cached_service, expected)
         .await?
@@ -282,7 +289,15 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let cached_policy = caches.network_policies.get(ns, &network_policy.name_any());
     apply::apply_object(client, ns, network_policy, cached_policy, expected).await?;
     let pods = caches.pods_of(ws);
-    let outcome = apply::reconcile_pod(client, ns, pod.as_ref(), pods, expected).await?;
+    // While a data volume is replaced, its pod was deleted with it and none is made.
+    let outcome = if replacement.is_replacing() {
+        apply::PodOutcome {
+            pod: replacement.pods.first().cloned(),
+            replacing: true,
+        }
+    } else {
+        apply::reconcile_pod(client, ns, pod.as_ref(), pods, expected).await?
+    };
     apply::delete_stale_data_children(client, caches, ws, ns, Some(&data)).await?;
 
     let url = Some(build::server_url(&validated, &ctx.config));
@@ -296,6 +311,7 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         url,
         pod: outcome.pod.as_ref(),
         replacing: outcome.replacing,
+        data_source_changed: replacement.sources.first().map(String::as_str),
     };
     let next = update_status(ws, &input, ctx).await?;
     Ok(match next.phase {
@@ -334,6 +350,7 @@ async fn refuse(
         url: None,
         pod: None,
         replacing: false,
+        data_source_changed: None,
     };
     update_status(ws, &input, ctx).await?;
     Ok(Action::requeue(REQUEUE_REFUSED))

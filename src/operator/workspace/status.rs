@@ -41,7 +41,13 @@ pub struct StatusInput<'a> {
     pub pod: Option<&'a Pod>,
     /// The pod is being replaced to apply a changed spec.
     pub replacing: bool,
+    /// The data source whose volume is being replaced because its DataSource changed
+    /// (`reconcile::apply::replace_changed_data_volumes`): no pod runs meanwhile.
+    pub data_source_changed: Option<&'a str>,
 }
+
+/// Ready reason while a data source's volume is replaced to follow its changed DataSource.
+pub const DATA_SOURCE_CHANGED: &str = "DataSourceChanged";
 
 /// The API server refused a request of the reconciliation (a 4xx answer other than a conflict,
 /// a timeout or throttling): the status says so with the server's reason and message.
@@ -221,9 +227,10 @@ pub fn transition(
     }
     let warning = match next.phase {
         Some(WorkspacePhase::Failed) => true,
-        Some(WorkspacePhase::Pending) => {
-            !matches!(reason.as_str(), "Creating" | "Scheduling" | "Restarting")
-        }
+        Some(WorkspacePhase::Pending) => !matches!(
+            reason.as_str(),
+            "Creating" | "Scheduling" | "Restarting" | DATA_SOURCE_CHANGED
+        ),
         _ => false,
     };
     Some(Transition {
@@ -287,6 +294,21 @@ fn assess(input: &StatusInput<'_>) -> Assessment {
                 ready_reason: "Stopped".into(),
                 message: "Stopped; the home volume is kept".into(),
                 scheduled: (false, "Stopped".into(), "The workspace is stopped".into()),
+            },
+        };
+    }
+    if let Some(source) = input.data_source_changed {
+        let message = format!(
+            "DataSource {source} changed: its volume is being replaced; the server restarts \
+             once the new one is in place"
+        );
+        return Assessment {
+            phase: WorkspacePhase::Pending,
+            ready_reason: DATA_SOURCE_CHANGED.into(),
+            message,
+            scheduled: match input.pod {
+                Some(pod) => scheduled_condition(pod, input.node_pool),
+                None => (false, "NoPod".into(), "The pod does not exist yet".into()),
             },
         };
     }
@@ -573,6 +595,7 @@ mod tests {
             url: Some("http://ws-alice.ns.svc:8888/user/alice/".into()),
             pod,
             replacing: false,
+            data_source_changed: None,
         }
     }
 
@@ -610,6 +633,63 @@ mod tests {
         );
         assert_eq!(s.started_at, Some(time("2026-01-01T00:00:00Z")));
         assert_eq!(s.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_data_volume_being_replaced_holds_a_running_workspace_pending_but_not_a_stopped_one() {
+        let p = scheduled_pod(json!({
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            ],
+        }));
+        let message = "DataSource argo changed: its volume is being replaced; the server \
+                       restarts once the new one is in place";
+        for pod in [Some(&p), None] {
+            let input = StatusInput {
+                data_source_changed: Some("argo"),
+                ..running(pod)
+            };
+            let s = derive(&input, None, &now());
+            assert_eq!(s.phase, Some(WorkspacePhase::Pending), "{pod:?}");
+            assert_eq!(cond(&s, READY).status, "False");
+            assert_eq!(cond(&s, READY).reason, DATA_SOURCE_CHANGED);
+            assert_eq!(cond(&s, READY).message, message);
+            assert_eq!(s.message.as_deref(), Some(message));
+            assert_eq!(s.started_at, None);
+            assert_eq!(
+                cond(&s, SCHEDULED).status,
+                if pod.is_some() { "True" } else { "False" }
+            );
+            let t = transition(None, &s).expect("an event");
+            assert_eq!(
+                (t.severity, t.reason.as_str()),
+                (Severity::Normal, DATA_SOURCE_CHANGED)
+            );
+        }
+        // Stopped: no pod to hold; the volume is replaced all the same, the status says Stopped.
+        let stopped = StatusInput {
+            desired_state: DesiredState::Stopped,
+            data_source_changed: Some("argo"),
+            ..running(None)
+        };
+        let s = derive(&stopped, None, &now());
+        assert_eq!(s.phase, Some(WorkspacePhase::Stopped));
+        // A refusal wins: the refused workspace keeps no data children to replace.
+        let refusal = Refusal {
+            reason: "DataSourceForbidden",
+            message: "no".into(),
+        };
+        let refused = StatusInput {
+            refusal: Some(&refusal),
+            data_source_changed: Some("argo"),
+            ..running(None)
+        };
+        assert_eq!(
+            cond(&derive(&refused, None, &now()), READY).reason,
+            "DataSourceForbidden"
+        );
     }
 
     #[test]

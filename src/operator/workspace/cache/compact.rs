@@ -34,7 +34,7 @@ use kube::Resource;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use super::super::build::WORKSPACE_NAMESPACE_LABEL;
+use super::super::build::{VOLUME_SOURCE_ANNOTATION, WORKSPACE_NAMESPACE_LABEL};
 use super::super::{APPLIED_HASH_ANNOTATION, WORKSPACE_LABEL, applied_hash};
 use crate::policy::workspace::TOKEN_KEY;
 
@@ -437,6 +437,11 @@ impl<K: Compactable> Compact<K> {
         self.len() == 0
     }
 
+    /// Whether the store has been listed (at least once), without waiting.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Resolves once the store has been listed; `false` when its writer was dropped before.
     pub async fn wait_until_ready(&self) -> bool {
         self.ready.clone().wait_for(|ready| *ready).await.is_ok()
@@ -513,34 +518,80 @@ impl<K: Compactable> CompactWriter<K> {
 
 // The data sources' kinds (issue 11).
 
-/// A data source's PersistentVolume (cluster-scoped): its Workspace's namespace, from
-/// [`WORKSPACE_NAMESPACE_LABEL`] (the Workspace label alone does not say whose it is). The store
-/// indexes it under the empty namespace by Workspace label; `Caches::data_volumes_of` keeps
-/// those of the right namespace.
-impl Compactable for k8s_openapi::api::core::v1::PersistentVolume {
-    type Detail = Option<Box<str>>;
+/// What is kept of a data source's PersistentVolume ([`Compactable`] for `PersistentVolume`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VolumeDetail {
+    /// Its Workspace's namespace ([`WORKSPACE_NAMESPACE_LABEL`]).
+    namespace: Option<Box<str>>,
+    /// The claim it is bound to in advance (`spec.claimRef`): namespace and name. The orphan
+    /// sweep deletes a volume only once that claim is gone.
+    claim: Option<(Box<str>, Box<str>)>,
+    /// Its [`VOLUME_SOURCE_ANNOTATION`]: the hash of the immutable fields it was built with.
+    source: Option<Box<str>>,
+}
 
-    fn detail(&self) -> Option<Box<str>> {
-        self.metadata
-            .labels
+/// A data source's PersistentVolume (cluster-scoped): its Workspace's namespace, from
+/// [`WORKSPACE_NAMESPACE_LABEL`] (the Workspace label alone does not say whose it is), its
+/// claim reference and its [`VOLUME_SOURCE_ANNOTATION`]. The store indexes it under the empty
+/// namespace by Workspace label; `Caches::data_volumes_of` keeps those of the right namespace.
+impl Compactable for k8s_openapi::api::core::v1::PersistentVolume {
+    type Detail = VolumeDetail;
+
+    fn detail(&self) -> VolumeDetail {
+        let claim = self
+            .spec
             .as_ref()
-            .and_then(|l| l.get(WORKSPACE_NAMESPACE_LABEL))
-            .map(|ns| Box::from(ns.as_str()))
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| {
+                let namespace = r.namespace.as_deref().unwrap_or_default();
+                Some((Box::from(namespace), Box::from(r.name.as_deref()?)))
+            });
+        VolumeDetail {
+            namespace: self
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(WORKSPACE_NAMESPACE_LABEL))
+                .map(|ns| Box::from(ns.as_str())),
+            claim,
+            source: self
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(VOLUME_SOURCE_ANNOTATION))
+                .map(|h| Box::from(h.as_str())),
+        }
     }
 
     fn restore(
         mut metadata: ObjectMeta,
-        namespace: &Option<Box<str>>,
+        detail: &VolumeDetail,
     ) -> k8s_openapi::api::core::v1::PersistentVolume {
-        if let Some(namespace) = namespace {
+        if let Some(namespace) = &detail.namespace {
             metadata
                 .labels
                 .get_or_insert_default()
                 .insert(WORKSPACE_NAMESPACE_LABEL.to_owned(), namespace.to_string());
         }
+        if let Some(source) = &detail.source {
+            metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(VOLUME_SOURCE_ANNOTATION.to_owned(), source.to_string());
+        }
         k8s_openapi::api::core::v1::PersistentVolume {
             metadata,
-            ..Default::default()
+            spec: detail.claim.as_ref().map(|(namespace, name)| {
+                k8s_openapi::api::core::v1::PersistentVolumeSpec {
+                    claim_ref: Some(k8s_openapi::api::core::v1::ObjectReference {
+                        namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+                        name: Some(name.to_string()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            }),
+            status: None,
         }
     }
 }

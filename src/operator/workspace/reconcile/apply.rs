@@ -18,7 +18,10 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::api::v1alpha1::Workspace;
-use crate::operator::workspace::build::{DataChildren, catalog_config_map_name};
+use crate::operator::workspace::build::{
+    DATA_SOURCE_LABEL, DataChildren, VOLUME_SOURCE_ANNOTATION, WORKSPACE_NAMESPACE_LABEL,
+    catalog_config_map_name,
+};
 use crate::operator::workspace::cache::{Caches, Expectations};
 use crate::operator::workspace::{FIELD_MANAGER, UserNamespaceResources};
 use crate::operator::{Error, Result};
@@ -257,7 +260,9 @@ async fn delete_each<K: Object>(api: &Api<K>, objects: &[K]) -> Result<Vec<K>> {
 /// ([`crate::operator::workspace::build::data_children`]), each compared with how `caches`
 /// show it: every PersistentVolume, then every claim, created once (a volume's CSI source and a
 /// claim's volume name and access modes are immutable; both are named after the Workspace and
-/// the source, so a source's volume is only ever made for it), then the catalogue ConfigMap,
+/// the source, so a source's volume is only ever made for it; a changed DataSource is followed
+/// before, by [`replace_changed_data_volumes`], whose [`DataReplacement::pending`] is what the
+/// caller passes here), then the catalogue ConfigMap,
 /// applied as the other children (server-side, skipped when its applied hash is unchanged).
 /// The volumes are cluster-scoped and labelled with the Workspace's name and namespace; the
 /// claims and the ConfigMap are owned by the Workspace.
@@ -296,10 +301,151 @@ pub async fn apply_data_children(
     Ok(())
 }
 
+/// The data volumes [`replace_changed_data_volumes`] is replacing: what the rest of the pass
+/// must leave alone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DataReplacement {
+    /// The data sources whose volume is being replaced ([`DATA_SOURCE_LABEL`] of the desired
+    /// volume), in volume order; empty when none is.
+    pub sources: Vec<String>,
+    /// The names of those volumes.
+    volumes: BTreeSet<String>,
+    /// The Workspace's pods still there after their deletion (terminating).
+    pub pods: Vec<Pod>,
+    /// How many volumes this pass found changed (their replacement starts now).
+    pub changed: usize,
+}
+
+impl DataReplacement {
+    /// Whether a volume is being replaced: the pod must not be created (nor kept) meanwhile.
+    pub fn is_replacing(&self) -> bool {
+        !self.sources.is_empty()
+    }
+
+    /// `desired` without the volumes being replaced and their claims (a volume and its claim
+    /// share an index): those are made again once the old ones are gone.
+    pub fn pending(&self, desired: &DataChildren) -> DataChildren {
+        let (persistent_volumes, claims) = desired
+            .persistent_volumes
+            .iter()
+            .zip(&desired.claims)
+            .filter(|(volume, _)| !self.volumes.contains(&volume.name_any()))
+            .map(|(volume, claim)| (volume.clone(), claim.clone()))
+            .unzip();
+        DataChildren {
+            persistent_volumes,
+            claims,
+            config_map: desired.config_map.clone(),
+        }
+    }
+}
+
+/// Whether `observed` was built from other immutable fields than `desired`
+/// ([`VOLUME_SOURCE_ANNOTATION`]); a volume made before the annotation existed is not compared.
+pub fn volume_source_changed(observed: &PersistentVolume, desired: &PersistentVolume) -> bool {
+    let source = |v: &PersistentVolume| v.annotations().get(VOLUME_SOURCE_ANNOTATION).cloned();
+    matches!((source(observed), source(desired)), (Some(have), Some(want)) if have != want)
+}
+
+/// Follows a changed DataSource. A volume's CSI source and a claim's spec are immutable, so a
+/// desired volume whose cached one was built from other immutable fields
+/// ([`volume_source_changed`]: another driver, volume handle, attributes, Secret, capacity or
+/// access mode) is replaced: the Workspace's pods are deleted first (they hold the claim:
+/// pvc-protection), then the claim, then the volume (pv-protection keeps it until the claim is
+/// gone), each only when not already terminating. A desired volume or claim that is still
+/// terminating (deleted by a previous pass, or by someone else) is being replaced too: nothing
+/// of it is applied, and no pod is made, until both are gone; then the next pass creates them
+/// and the pod as for a new Workspace (the deletions bring the Workspace back through the
+/// volume and claim watches). Creating the claim earlier would bind it to the terminating
+/// volume. Nothing changed: no request.
+///
+/// (The StatefulSet controller replaces a pod whose revision changed the same way, delete
+/// then create on a later pass, kubernetes `pkg/controller/statefulset/stateful_set_control.go`;
+/// csi-s3 and the iRODS driver read the volume attributes only at NodeStage/NodePublish, so
+/// the mount follows only through a new volume.)
+pub async fn replace_changed_data_volumes(
+    client: &Client,
+    caches: &Caches,
+    ws: &Workspace,
+    namespace: &str,
+    desired: &DataChildren,
+) -> Result<DataReplacement> {
+    let mut replacement = DataReplacement::default();
+    let (mut claims, mut volumes) = (Vec::new(), Vec::new());
+    for (volume, claim) in desired.persistent_volumes.iter().zip(&desired.claims) {
+        let name = volume.name_any();
+        let cached_volume = caches.persistent_volumes.get_cluster(&name);
+        let cached_claim = caches.pvcs.get(namespace, &claim.name_any());
+        let changed = cached_volume
+            .as_ref()
+            .is_some_and(|v| volume_source_changed(v, volume));
+        let terminating = cached_volume
+            .as_ref()
+            .is_some_and(|v| v.metadata.deletion_timestamp.is_some())
+            || cached_claim
+                .as_ref()
+                .is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+        if !(changed || terminating) {
+            continue;
+        }
+        let source = volume
+            .labels()
+            .get(DATA_SOURCE_LABEL)
+            .cloned()
+            .unwrap_or_else(|| name.clone());
+        if changed {
+            replacement.changed += 1;
+            tracing::info!(
+                volume = %name,
+                source = %source,
+                "replacing a data volume: its DataSource changed (immutable fields)"
+            );
+        }
+        replacement.sources.push(source);
+        replacement.volumes.insert(name);
+        claims.extend(cached_claim);
+        volumes.extend(cached_volume);
+    }
+    if !replacement.is_replacing() {
+        return Ok(replacement);
+    }
+    replacement.pods = delete_live(client, namespace, &caches.pods_of(ws)).await?;
+    delete_live(client, namespace, &claims).await?;
+    delete_live_cluster(client, &volumes).await?;
+    Ok(replacement)
+}
+
+/// Deletes the data sources' PersistentVolumes whose Workspace is gone
+/// ([`Caches::orphaned_data_volumes`]: not in the Workspaces' store once every store it reads
+/// is listed, and their claim gone), one log line each; returns them. `scope`: the namespace
+/// the controller watches, if only one. No request when there is none.
+pub async fn sweep_orphaned_data_volumes(
+    client: &Client,
+    caches: &Caches,
+    scope: Option<&str>,
+) -> Result<Vec<PersistentVolume>> {
+    let orphans = caches.orphaned_data_volumes(scope);
+    for volume in &orphans {
+        let labels = volume.labels();
+        let label = |key: &str| labels.get(key).map(String::as_str).unwrap_or_default();
+        tracing::info!(
+            volume = %volume.name_any(),
+            workspace = %format!(
+                "{}/{}",
+                label(WORKSPACE_NAMESPACE_LABEL),
+                label(crate::operator::workspace::WORKSPACE_LABEL)
+            ),
+            "deleting an orphaned data volume: its Workspace and claim are gone"
+        );
+    }
+    delete_live_cluster(client, &orphans).await?;
+    Ok(orphans)
+}
+
 /// Says so (a warning naming the object) when an object created once differs from the desired
-/// one: the DataSource changed since (its attributes, its Secret), which the volume or claim,
-/// immutable where it matters, cannot follow; it is made again once the Workspace drops the
-/// source or is deleted.
+/// one in what [`replace_changed_data_volumes`] does not follow: the fields it does not compare
+/// (labels an operator upgrade changed), or a volume made before [`VOLUME_SOURCE_ANNOTATION`]
+/// existed; it is made again once the Workspace drops the source or is deleted.
 fn kept_as_created<K: Object>(existing: &K, desired: &K) -> Result<()> {
     let (_, hash) = with_applied_hash(desired)?;
     if applied_hash(existing).is_some_and(|h| h != hash) {
@@ -447,6 +593,96 @@ mod tests {
             &with_ip(None)
         ));
         assert!(cluster_ip_changes(&headless, &with_ip(Some("10.96.4.2"))));
+    }
+
+    /// A data volume `name` as `build_data_volume` makes it: `attribute` among its CSI volume
+    /// attributes, bound to claim `claim`.
+    fn data_volume(name: &str, attribute: &str, claim: &str) -> PersistentVolume {
+        let mut volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {DATA_SOURCE_LABEL: "argo"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "claimRef": {"namespace": "team", "name": claim},
+                "csi": {"driver": "ru.yandex.s3.csi", "volumeHandle": "argo/floats",
+                        "volumeAttributes": {"mounter": attribute}},
+            },
+        }))
+        .expect("a volume");
+        let hash = crate::operator::workspace::build::volume_source_hash(&volume);
+        volume
+            .annotations_mut()
+            .insert(VOLUME_SOURCE_ANNOTATION.to_owned(), hash);
+        volume
+    }
+
+    #[test]
+    fn only_an_immutable_field_makes_a_data_volume_change() {
+        let built = data_volume("pv", "geesefs", "data-a");
+        assert!(!volume_source_changed(&built, &built));
+        // Another attribute: replaced. The claim it names, its labels: not a source change.
+        assert!(volume_source_changed(
+            &built,
+            &data_volume("pv", "s3fs", "data-a")
+        ));
+        let mut relabelled = data_volume("pv", "geesefs", "data-b");
+        relabelled
+            .labels_mut()
+            .insert("atelier.dev/new".into(), "x".into());
+        assert!(!volume_source_changed(&built, &relabelled));
+        for change in [
+            json!({"capacity": {"storage": "2Gi"}}),
+            json!({"accessModes": ["ReadWriteMany"]}),
+            json!({"csi": {"driver": "ru.yandex.s3.csi", "volumeHandle": "argo/other"}}),
+        ] {
+            let mut other =
+                serde_json::to_value(data_volume("pv", "geesefs", "data-a")).expect("json");
+            for (k, v) in change.as_object().expect("an object") {
+                other["spec"][k] = v.clone();
+            }
+            let mut other: PersistentVolume = serde_json::from_value(other).expect("a volume");
+            let hash = crate::operator::workspace::build::volume_source_hash(&other);
+            other
+                .annotations_mut()
+                .insert(VOLUME_SOURCE_ANNOTATION.to_owned(), hash);
+            assert!(volume_source_changed(&built, &other), "{change}");
+        }
+        // A volume of an older operator, without the annotation: never compared.
+        let mut unannotated = built.clone();
+        unannotated.annotations_mut().clear();
+        assert!(!volume_source_changed(
+            &unannotated,
+            &data_volume("pv", "s3fs", "data-a")
+        ));
+    }
+
+    #[test]
+    fn a_replacement_leaves_out_the_replaced_volumes_and_their_claims_only() {
+        let claim = |name: &str| {
+            let mut c = k8s_openapi::api::core::v1::PersistentVolumeClaim::default();
+            c.metadata.name = Some(name.into());
+            c
+        };
+        let desired = DataChildren {
+            persistent_volumes: vec![
+                data_volume("pv-a", "geesefs", "data-a"),
+                data_volume("pv-b", "geesefs", "data-b"),
+            ],
+            claims: vec![claim("data-a"), claim("data-b")],
+            config_map: None,
+        };
+        let none = DataReplacement::default();
+        assert!(!none.is_replacing());
+        assert_eq!(none.pending(&desired), desired);
+        let replacing = DataReplacement {
+            sources: vec!["argo".into()],
+            volumes: BTreeSet::from(["pv-a".to_owned()]),
+            ..DataReplacement::default()
+        };
+        assert!(replacing.is_replacing());
+        let pending = replacing.pending(&desired);
+        assert_eq!(pending.persistent_volumes, desired.persistent_volumes[1..]);
+        assert_eq!(pending.claims, desired.claims[1..]);
     }
 
     #[test]

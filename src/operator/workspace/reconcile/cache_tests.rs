@@ -73,6 +73,7 @@ fn with_status_for(
         url: Some(build::server_url(&v, cfg)),
         pod,
         replacing,
+        data_source_changed: None,
     };
     ws.status = Some(status::derive(&input, None, &t("2026-01-01T09:00:00Z")));
     ws

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::apply::sweep_orphaned_data_volumes;
 use super::dereference::credential_secret_names;
 use super::predicates::{
     child_trigger, csi_driver_trigger, existence_trigger, input_trigger, mark_deleted, pod_trigger,
@@ -315,6 +316,45 @@ pub fn refresh_usage(ctx: &Context) {
     }
 }
 
+/// How often the orphan sweep looks for data volumes whose Workspace is gone
+/// ([`sweep_orphans_periodically`]).
+pub const ORPHAN_SWEEP_PERIOD: Duration = Duration::from_secs(300);
+/// How often the orphan sweep checks whether the stores it reads are listed, until they are.
+pub const ORPHAN_SWEEP_READY_POLL: Duration = Duration::from_secs(1);
+
+/// Deletes, every [`ORPHAN_SWEEP_PERIOD`] until `shutdown`, the data sources' PersistentVolumes
+/// whose Workspace is gone ([`sweep_orphaned_data_volumes`]; a Workspace whose finalizer was
+/// removed by hand never had its cleanup), counting them in the metrics. It runs with the
+/// controller, so only the Lease holder sweeps; the first pass waits until the Workspaces,
+/// volumes and claims are listed ([`Caches::ready_to_sweep`](crate::operator::workspace::cache::Caches::ready_to_sweep)),
+/// polling every [`ORPHAN_SWEEP_READY_POLL`] (never awaiting the Workspaces' store, whose
+/// readiness wakes only one waiter: the Controller's). A failed pass is logged and tried
+/// again at the next period. Costs O(volumes + Workspaces) in memory per pass and a DELETE
+/// per orphan; nothing else. (Stackable's `ClusterResources::delete_orphaned_resources` and
+/// kube-controller-manager's garbage collector delete what lost its owner the same way; a
+/// cluster-scoped volume has no namespaced owner to be collected with.)
+pub async fn sweep_orphans_periodically(
+    ctx: Arc<Context>,
+    scope: Option<String>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = if ctx.caches.ready_to_sweep() {
+            match sweep_orphaned_data_volumes(&ctx.client, &ctx.caches, scope.as_deref()).await {
+                Ok(deleted) => ctx.metrics.orphaned_volumes_deleted(deleted.len()),
+                Err(error) => warn!(%error, "the orphan sweep of data volumes failed"),
+            }
+            ORPHAN_SWEEP_PERIOD
+        } else {
+            ORPHAN_SWEEP_READY_POLL
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = wait_for(shutdown.clone()) => return,
+        }
+    }
+}
+
 /// Runs the Workspace controller until `shutdown` turns `true`.
 ///
 /// It feeds the caches of `ctx` ([`crate::operator::workspace::cache::Caches`]): the Workspaces (of `watch_namespace`, or all);
@@ -357,6 +397,9 @@ pub async fn run_controller(
     .modify(Workspace::keep)
     .reflect(writers.workspaces)
     .inspect_ok(move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            usage_ctx.caches.mark_workspaces_listed();
+        }
         usage_ctx.caches.expected.observe_workspace(event);
         observe_usage(&usage_ctx, event, &mut relisted);
     })
@@ -529,6 +572,7 @@ pub async fn run_controller(
         namespace = ns.unwrap_or("<all>"),
         "starting the Workspace controller"
     );
+    let sweep_ctx = ctx.clone();
     let running = controller
         .graceful_shutdown_on(wait_for(shutdown.clone()))
         .run(reconcile_workspace, error_policy, ctx)
@@ -538,6 +582,14 @@ pub async fn run_controller(
                 Err(error) => warn!(%error, "reconciliation failed"),
             }
         });
+    let sweeping = sweep_orphans_periodically(sweep_ctx, watch_namespace.clone(), shutdown.clone());
+    let running = async move {
+        tokio::pin!(running);
+        tokio::select! {
+            () = &mut running => {}
+            () = sweeping => running.await,
+        }
+    };
     let forced = async {
         wait_for(shutdown).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
