@@ -501,6 +501,16 @@ def main_all() -> int:
     operator_policy = find(docs, "NetworkPolicy", "-operator")
     check(operator_policy is not None and operator_policy["spec"]["policyTypes"] == ["Ingress", "Egress"],
           "defaults: the operator's egress is restricted (DNS and the API server)")
+    check(len(operator_policy["spec"]["egress"]) == 2,
+          "defaults: the operator's egress is DNS and the API server only")
+    probing = check_render({"operator": {"networkPolicy": {"dataEndpoints": [
+        {"cidr": "10.20.0.0/16", "ports": [9000, 8333]}]}}}, "an S3 endpoint the operator probes")
+    egress = find(probing, "NetworkPolicy", "-operator")["spec"]["egress"]
+    check(egress[2:] == [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+                          "ports": [{"port": 9000, "protocol": "TCP"}, {"port": 8333, "protocol": "TCP"}]}],
+          f"operator.networkPolicy.dataEndpoints: one egress rule per entry ({egress[2:]})")
+    refused({"operator": {"networkPolicy": {"dataEndpoints": [{"cidr": "10.0.0.0/8"}]}}},
+            "ports", "a data endpoint without ports")
 
     classes = {d["metadata"]["name"]: d for d in by_kind(docs, "PriorityClass")}
     pools = [d for d in yaml.safe_load_all((ROOT / "crds/examples/nodepools.yaml").read_text()) if d]
