@@ -436,6 +436,133 @@ spec:
     }
 }
 
+// ---- without peers: the proxy's service route -------------------------------------------------
+
+/// An upstream that answers every request with what it received (path, query, the headers that
+/// matter here) and tries to set cookies inside and outside the service's prefix.
+async fn echo_upstream(name: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::http::HeaderMap;
+    use axum::response::IntoResponse;
+    let app =
+        axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| async move {
+            let header = |k: &str| {
+                headers
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let body = json!({
+                "upstream": name,
+                "uri": uri.to_string(),
+                "authorization": header("authorization"),
+                "cookie": header("cookie"),
+            });
+            (
+                axum::response::AppendHeaders([
+                    ("set-cookie", "inside=1; Path=/services/dask-gateway/"),
+                    ("set-cookie", "hubs=1; Path=/hub/"),
+                ]),
+                body.to_string(),
+            )
+                .into_response()
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, task)
+}
+
+/// `/services/dask-gateway/…` goes to the service's URL with its path, query and
+/// `Authorization: jupyterhub …` unchanged (the gateway checks the caller itself), the hub's
+/// session cookie withheld and a cookie outside its prefix dropped; other paths, and other
+/// names under `/services/`, go to the hub; a service that does not answer is a 502 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_routes_a_service_with_a_url() {
+    use atelier::proxy::{MemoryRoutes, Proxy, ProxyConfig, ServiceRoute, serve};
+    let (hub, hub_task) = echo_upstream("hub").await;
+    let (gateway, gateway_task) = echo_upstream("gateway").await;
+    let config = ProxyConfig {
+        services: vec![ServiceRoute::new(SERVICE, &gateway).unwrap()],
+        ..ProxyConfig::new(hub.clone())
+    };
+    let proxy = Proxy::start(config, std::sync::Arc::new(MemoryRoutes::new()), None)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(listener, proxy, async move {
+        let _ = stopped.await;
+    }));
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let get = |path: &str| {
+        let req = http::Request::builder()
+            .uri(format!("{base}{path}"))
+            .header("authorization", "jupyterhub t0ken")
+            .header("cookie", "atelier-session=s3cret; other=kept")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let cookies: Vec<String> = resp
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            (status, body, cookies)
+        }
+    };
+    for path in [
+        "/services/dask-gateway",
+        "/services/dask-gateway/api/v1/clusters/?status=running",
+    ] {
+        let (status, body, cookies) = get(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(body["upstream"], "gateway", "{path}: {body}");
+        assert_eq!(body["uri"], path, "{path}: the path is forwarded unchanged");
+        assert_eq!(body["authorization"], "jupyterhub t0ken");
+        assert_eq!(
+            body["cookie"], "other=kept",
+            "the hub's session is withheld"
+        );
+        assert_eq!(
+            cookies,
+            ["inside=1; Path=/services/dask-gateway/"],
+            "a cookie outside the service's prefix is dropped"
+        );
+    }
+    for path in [
+        "/services/dask-gatewayx/api",
+        "/services/other/",
+        "/hub/api/",
+    ] {
+        let (status, body, _) = get(path).await;
+        assert_eq!((status, &body["upstream"]), (200, &json!("hub")), "{path}");
+    }
+    gateway_task.abort();
+    let _ = gateway_task.await;
+    let (status, body, _) = get("/services/dask-gateway/api/health").await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        body["message"], "service dask-gateway did not answer",
+        "{body}"
+    );
+    let _ = stop.send(());
+    let _ = served.await;
+    hub_task.abort();
+}
+
+// ---- with the peers: the story --------------------------------------------------------------
+
 /// alice's cell: daskhub's `Gateway()` with no argument, a cluster of two workers, a sum.
 const ALICE_COMPUTES: &str = r#"
 from dask_gateway import Gateway
