@@ -57,8 +57,7 @@ client.wait_for_workers(2, timeout=300)
 """ + CELL_SUM,
 }
 # Issue 12's WorkspaceProfile.spec.dask (docs/plans/issue-12-dask.md §1).
-DASK_PROFILE = """  daskNodePool: cpu
-  dask:
+DASK_PROFILE = """  dask:
     defaults: {enabled: false, workers: {min: 2, max: 2}}
     maxWorkers: 2
     maxWorkerResources: {cpu: "2", memory: 4Gi}
@@ -203,6 +202,13 @@ metadata:
   name: cpu
 spec:
   purpose: interactive
+---
+apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata:
+  name: batch
+spec:
+  purpose: batch
 """)
         with open(os.path.join(work, "roles.yaml"), "w") as f:
             f.write(f"""- name: dask-users
