@@ -10,11 +10,25 @@
 # proxy Service, then GET /user/e2e-alice/api/status with a token made through the hub API),
 # stops it, uninstalls and prints a summary. The CRDs stay installed (Helm never deletes them).
 #
+# The DataSource story (skipped with E2E_DATA=0): installs the csi-s3 driver (the chart of
+# yandex-cloud/k8s-csi-s3, pinned, with its CSIDriver ru.yandex.s3.csi) unless the cluster has it,
+# runs SeaweedFS in the namespace (e2e/manifests/data-s3.yaml), creates a bucket with a file in it
+# (curl --aws-sigv4 through a port-forward) and a credentials Secret, applies two DataSources
+# (e2e/manifests/data-sources.yaml) and two Workspaces (e2e/manifests/data-workspaces.yaml), and
+# checks: e2e-bob is Running with the bucket mounted at /data/e2e (a PersistentVolumeClaim of its
+# own) and AWS_* environment from secretKeyRef, the key values nowhere in the pod spec nor in the
+# operator's log, the file readable inside the pod (kubectl exec cat); e2e-carol, whose source
+# names a missing Secret, is Ready=False with reason DataCredentialsNotFound and has no pod.
+# Needs privileged pods and /dev/fuse on the nodes (kind and k3d have both).
+#
 # Environment:
 #   E2E_IMAGE            the Atelier image (default: atelier:e2e, built from images/atelier and
 #                        loaded into kind/k3d when the current context is one)
 #   E2E_WORKSPACE_IMAGE  the workspace image (default: the profile's in values-e2e.yaml)
 #   E2E_TIMEOUT          wait per step (default 300s)
+#   E2E_DATA             1 (default): run the DataSource story; 0: skip it
+#   E2E_CSI_S3_VERSION   the csi-s3 chart version (default 0.43.2)
+#   E2E_S3_IMAGE         the S3 server image (default chrislusf/seaweedfs:3.85)
 #   ATELIER_PEERS_VENV   venv with helm-python-sdk and kubernetes-validate (dry run; default .peers/venv)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,6 +47,17 @@ image="${E2E_IMAGE:-atelier:e2e}"
 venv="${ATELIER_PEERS_VENV:-$root/.peers/venv}"
 work=$(mktemp -d)
 pf_pid=""
+s3_pf_pid=""
+data="${E2E_DATA:-1}"
+# The csi-s3 chart repository and README install line: yandex-cloud/k8s-csi-s3 `README.md`
+# ("helm repo add yandex-s3 https://yandex-cloud.github.io/k8s-csi-s3/charts"); the chart's
+# versions: its `charts/` directory (csi-s3-0.43.2.tgz) and `charts/index.yaml`.
+csi_s3_repo=https://yandex-cloud.github.io/k8s-csi-s3/charts
+csi_s3_version="${E2E_CSI_S3_VERSION:-0.43.2}"
+csi_s3_release=atelier-e2e-csi-s3
+csi_s3_installed=0
+csi_driver_applied=0
+s3_image="${E2E_S3_IMAGE:-chrislusf/seaweedfs:3.85}"
 results=()
 pass() { results+=("PASS  $*"); echo "PASS  $*"; }
 fail() { results+=("FAIL  $*"); echo "FAIL  $*" >&2; summary; exit 1; }
@@ -67,6 +92,54 @@ plan:
   7. patch desiredState=stopped: the pod goes, phase Stopped
   8. clean up: delete the Workspace, helm uninstall, delete $ns
 PLAN
+  [ "$data" = 1 ] && cat <<PLAN
+  data (E2E_DATA=1), between 6 and 7:
+  d1. csi-s3: unless CSIDriver ru.yandex.s3.csi exists, helm install $csi_s3_release csi-s3
+      --repo $csi_s3_repo --version $csi_s3_version -n $ns (no StorageClass, no Secret);
+      kubectl apply $here/manifests/data-csidriver.yaml if the chart made no CSIDriver
+  d2. Secret e2e-s3-config (s3.json with random keys); kubectl apply $here/manifests/data-s3.yaml
+      ($s3_image); port-forward svc/e2e-s3; PUT bucket e2e-data and e2e-data/hello.txt (curl --aws-sigv4)
+  d3. Secret e2e-s3-credentials (labelled atelier.dev/credentials=true); DataSources e2e-s3 and
+      e2e-s3-no-secret (endpoint http://<ClusterIP of e2e-s3>:8333); Workspaces e2e-bob, e2e-carol
+  d4. e2e-bob Running; pod: volume from claim data-..., mount /data/e2e, AWS_ACCESS_KEY_ID and
+      AWS_SECRET_ACCESS_KEY from secretKeyRef e2e-s3-credentials, no key value in the pod or the
+      operator's log; kubectl exec cat /data/e2e/hello.txt = what was PUT
+  d5. e2e-carol Ready=False reason DataCredentialsNotFound, no pod
+  d6. delete both Workspaces (their claims and volumes go), the DataSources, csi-s3
+PLAN
+  return 0
+}
+
+# The story's generated manifests: data_secrets NAMESPACE ACCESS_KEY SECRET_KEY ENDPOINT
+data_secrets() {
+  cat <<YAML
+apiVersion: v1
+kind: Secret
+metadata:
+  name: e2e-s3-config
+  namespace: $1
+stringData:
+  s3.json: '{"identities": [{"name": "e2e", "credentials": [{"accessKey": "$2", "secretKey": "$3"}], "actions": ["Admin", "Read", "List", "Write"]}]}'
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: e2e-s3-credentials
+  namespace: $1
+  labels:
+    atelier.dev/credentials: "true"
+stringData:
+  AWS_ACCESS_KEY_ID: $2
+  AWS_SECRET_ACCESS_KEY: $3
+  accessKeyID: $2
+  secretAccessKey: $3
+  endpoint: $4
+YAML
+}
+
+# data_sources ENDPOINT: e2e/manifests/data-sources.yaml with the endpoint set.
+data_sources() {
+  sed "s|http://e2e-s3.invalid:8333|$1|" "$here/manifests/data-sources.yaml"
 }
 
 if [ "$dry_run" = 1 ]; then
@@ -100,6 +173,44 @@ check_chart.check("ATELIER_SERVICE_E2E_TOKEN" in env, "the hub reads the e2e ser
 sys.exit(1 if check_chart.failures else 0)
 PY
   pass "the Workspace matches its CRD; the Services, pool, profile and e2e token it uses are rendered"
+  if [ "$data" = 1 ]; then
+    # The DataSource story's manifests as the script applies them (made-up keys and endpoint).
+    data_secrets "$ns" E2EDRYRUNKEY0000 dry-run-secret-0000 http://10.96.0.42:8333 >"$work/data-secrets.yaml"
+    data_sources http://10.96.0.42:8333 >"$work/data-sources.yaml"
+    PYTHONPATH="$chart/tests" "$venv/bin/python" - "$here/manifests" "$work" "$release" <<'PY' \
+      || fail "the DataSource story's manifests"
+import sys, yaml, check_chart
+from pathlib import Path
+manifests, work, release = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+load = lambda p: [d for d in yaml.safe_load_all(p.read_text()) if d]
+server, driver, secrets = load(manifests / "data-s3.yaml"), load(manifests / "data-csidriver.yaml"), load(work / "data-secrets.yaml")
+sources, workspaces = load(work / "data-sources.yaml"), load(manifests / "data-workspaces.yaml")
+check_chart.validate(server + driver + secrets, "e2e data: S3 server, CSIDriver, Secrets")
+check_chart.validate(sources + workspaces, "e2e data: DataSources, Workspaces", expect_builtin=False)
+check = check_chart.check
+check([d["spec"]["s3"]["endpoint"] for d in sources] == ["http://10.96.0.42:8333"] * 2, "the endpoint placeholder is replaced")
+check(driver[0]["metadata"]["name"] == "ru.yandex.s3.csi" and driver[0]["spec"]["volumeLifecycleModes"] == ["Persistent"],
+      "CSIDriver ru.yandex.s3.csi, Persistent only (as upstream's driver.yaml)")
+creds = next(d for d in secrets if d["metadata"]["name"] == "e2e-s3-credentials")
+check(creds["metadata"]["labels"] == {"atelier.dev/credentials": "true"}, "the credentials Secret is labelled for the operator")
+check(set(creds["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "accessKeyID", "secretAccessKey", "endpoint"},
+      "the credentials Secret has the environment's and csi-s3's keys")
+by_name = {d["metadata"]["name"]: d for d in sources}
+check(by_name["e2e-s3"]["spec"]["s3"]["credentialsSecret"]["name"] == "e2e-s3-credentials", "e2e-s3 names e2e-s3-credentials")
+check(by_name["e2e-s3-no-secret"]["spec"]["s3"]["credentialsSecret"]["name"] not in {d["metadata"]["name"] for d in secrets},
+      "e2e-s3-no-secret names a Secret the script never creates")
+check({d["metadata"]["name"]: d["spec"]["dataSources"] for d in workspaces} == {"e2e-bob": ["e2e-s3"], "e2e-carol": ["e2e-s3-no-secret"]},
+      "e2e-bob uses e2e-s3, e2e-carol e2e-s3-no-secret")
+service = next(d for d in server if d["kind"] == "Service")
+check([p["port"] for p in service["spec"]["ports"]] == [8333], "the S3 Service listens on 8333")
+rendered = [d for d in yaml.safe_load_all((work / "rendered.yaml").read_text()) if d]
+policy = next((d for d in rendered if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == f"{release}-operator"), None)
+ports = {p["port"] for rule in (policy or {}).get("spec", {}).get("egress", []) for p in rule.get("ports", [])}
+check(policy is None or 8333 in ports, "the operator's NetworkPolicy lets its endpoint probe reach the S3 port 8333")
+sys.exit(1 if check_chart.failures else 0)
+PY
+    pass "the DataSource story's manifests: built-in objects valid, DataSources and Workspaces match their CRDs"
+  fi
   for tool in kubectl helm curl; do
     command -v "$tool" >/dev/null && pass "$tool found" || echo "note: $tool not found (needed for a real run)"
   done
@@ -116,8 +227,15 @@ plan
 
 cleanup() {
   [ -n "$pf_pid" ] && kill "$pf_pid" 2>/dev/null || true
-  kubectl -n "$ns" delete workspace "$workspace" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
+  [ -n "$s3_pf_pid" ] && kill "$s3_pf_pid" 2>/dev/null || true
+  # The operator still runs: its finalizers delete the data claims and volumes.
+  kubectl -n "$ns" delete workspace "$workspace" e2e-bob e2e-carol --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
+  if [ "$data" = 1 ]; then
+    kubectl delete -f "$here/manifests/data-sources.yaml" --ignore-not-found >/dev/null 2>&1 || true
+  fi
   helm uninstall "$release" -n "$ns" --wait >/dev/null 2>&1 || true
+  [ "$csi_s3_installed" = 1 ] && { helm uninstall "$csi_s3_release" -n "$ns" --wait >/dev/null 2>&1 || true; }
+  [ "$csi_driver_applied" = 1 ] && { kubectl delete -f "$here/manifests/data-csidriver.yaml" --ignore-not-found >/dev/null 2>&1 || true; }
   kubectl delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -187,6 +305,157 @@ pass "token for $user created through the hub API"
 status=$(curl -sS -o "$work/status.json" -w '%{http_code}' -H "Authorization: token $token" "$base/user/$user/api/status")
 [ "$status" = 200 ] || { cat "$work/status.json" >&2; fail "GET /user/$user/api/status through the proxy (HTTP $status)"; }
 pass "GET /user/$user/api/status through the proxy: 200 $(head -c 120 "$work/status.json")"
+
+# --- the DataSource story (E2E_DATA=1) --------------------------------------------------------
+# jsonpath of the Ready condition's field $2 of Workspace $1
+ready_field() {
+  kubectl -n "$ns" get "workspace/$1" -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].$2}" 2>/dev/null
+}
+
+data_story() {
+  # d1. csi-s3 and its CSIDriver. Values: yandex-cloud/k8s-csi-s3 `deploy/helm/csi-s3/values.yaml`
+  # (storageClass.create, secret.create: the story needs neither, its PersistentVolumes are static
+  # and carry their Secret references).
+  if kubectl get csidriver ru.yandex.s3.csi >/dev/null 2>&1; then
+    pass "csi-s3 already on the cluster (CSIDriver ru.yandex.s3.csi): the story uses it"
+  else
+    helm install "$csi_s3_release" csi-s3 --repo "$csi_s3_repo" --version "$csi_s3_version" -n "$ns" \
+      --set storageClass.create=false --set secret.create=false --wait --timeout "$timeout" >/dev/null \
+      || { kubectl -n "$ns" get pods -o wide >&2; fail "helm install csi-s3 $csi_s3_version"; }
+    csi_s3_installed=1
+    if ! kubectl get csidriver ru.yandex.s3.csi >/dev/null 2>&1; then
+      kubectl apply -f "$here/manifests/data-csidriver.yaml" >/dev/null || fail "apply CSIDriver ru.yandex.s3.csi"
+      csi_driver_applied=1
+    fi
+    pass "csi-s3 $csi_s3_version installed (node plugin ready)"
+  fi
+  local modes
+  modes=$(kubectl get csidriver ru.yandex.s3.csi -o jsonpath='{.spec.volumeLifecycleModes}')
+  case $modes in
+    *Persistent*) pass "CSIDriver ru.yandex.s3.csi offers Persistent volumes ($modes)" ;;
+    *) fail "CSIDriver ru.yandex.s3.csi offers Persistent volumes (it lists: $modes)" ;;
+  esac
+
+  # d2. The S3 server, its bucket and a file in it.
+  local key secret ip endpoint
+  key="E2E$(openssl rand -hex 8 | tr 'a-f' 'A-F')"
+  secret=$(openssl rand -hex 20)
+  sed "s|image: chrislusf/seaweedfs:3.85|image: $s3_image|" "$here/manifests/data-s3.yaml" \
+    | kubectl -n "$ns" apply -f - >/dev/null || fail "apply the S3 server (data-s3.yaml)"
+  ip=$(kubectl -n "$ns" get svc e2e-s3 -o jsonpath='{.spec.clusterIP}')
+  case $ip in
+    '' | None) fail "the e2e-s3 Service has a ClusterIP" ;;
+    *:*) endpoint="http://[$ip]:8333" ;;
+    *) endpoint="http://$ip:8333" ;;
+  esac
+  data_secrets "$ns" "$key" "$secret" "$endpoint" | kubectl apply -f - >/dev/null \
+    || fail "create the Secrets e2e-s3-config and e2e-s3-credentials"
+  kubectl -n "$ns" rollout status deployment/e2e-s3 --timeout="$timeout" >/dev/null \
+    || { kubectl -n "$ns" describe pods -l app.kubernetes.io/name=e2e-s3 >&2; fail "S3 server e2e-s3 ready"; }
+  pass "S3 server e2e-s3 ($s3_image) ready at $endpoint"
+
+  local s3_port s3_base content code created=0
+  s3_port=$((19000 + RANDOM % 1000))
+  kubectl -n "$ns" port-forward svc/e2e-s3 "$s3_port:8333" >"$work/s3-port-forward.log" 2>&1 &
+  s3_pf_pid=$!
+  s3_base="http://127.0.0.1:$s3_port"
+  # Path-style requests signed with the story's keys (curl >= 7.75; the payload left unsigned).
+  local sig=(-sS --aws-sigv4 "aws:amz:us-east-1:s3" --user "$key:$secret" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD")
+  for _ in $(seq 1 60); do
+    code=$(curl "${sig[@]}" -o /dev/null -w '%{http_code}' -X PUT "$s3_base/e2e-data" 2>/dev/null || true)
+    [ "$code" = 200 ] && { created=1; break; }
+    sleep 2
+  done
+  [ "$created" = 1 ] || fail "create bucket e2e-data (last answer: HTTP $code)"
+  content="written to e2e-data by e2e/run.sh at $(date -u +%FT%TZ)"
+  printf '%s\n' "$content" >"$work/hello.txt"
+  code=$(curl "${sig[@]}" -o /dev/null -w '%{http_code}' -T "$work/hello.txt" "$s3_base/e2e-data/hello.txt")
+  [ "$code" = 200 ] || fail "PUT e2e-data/hello.txt (HTTP $code)"
+  [ "$(curl "${sig[@]}" "$s3_base/e2e-data/hello.txt")" = "$content" ] || fail "GET e2e-data/hello.txt"
+  code=$(curl -sS --aws-sigv4 "aws:amz:us-east-1:s3" --user "$key:not-the-secret" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o /dev/null -w '%{http_code}' "$s3_base/e2e-data/hello.txt")
+  [ "$code" = 403 ] || fail "the S3 server refuses a wrong secret key (HTTP $code)"
+  pass "bucket e2e-data holds hello.txt; the server refuses a wrong key (403)"
+  kill "$s3_pf_pid" 2>/dev/null || true
+  s3_pf_pid=""
+
+  # d3. The DataSources and the Workspaces using them.
+  data_sources "$endpoint" | kubectl apply -f - >/dev/null || fail "apply DataSources e2e-s3, e2e-s3-no-secret"
+  kubectl -n "$ns" apply -f "$here/manifests/data-workspaces.yaml" >/dev/null || fail "apply Workspaces e2e-bob, e2e-carol"
+  pass "DataSources e2e-s3 (Secret e2e-s3-credentials) and e2e-s3-no-secret (Secret e2e-s3-absent) applied"
+
+  # d4. e2e-bob: Running, the bucket mounted, the credentials by reference only.
+  kubectl -n "$ns" wait workspace/e2e-bob --for=jsonpath='{.status.phase}'=Running --timeout="$timeout" >/dev/null \
+    || { kubectl -n "$ns" describe workspace/e2e-bob >&2; kubectl -n "$ns" describe pods -l atelier.dev/user=e2e-bob >&2
+         fail "Workspace e2e-bob (DataSource e2e-s3) Running"; }
+  local pod volume claim pv
+  pod=$(kubectl -n "$ns" get workspace/e2e-bob -o jsonpath='{.status.podName}')
+  pass "Workspace e2e-bob Running with DataSource e2e-s3 (pod $pod)"
+  kubectl -n "$ns" get pod "$pod" -o json >"$work/bob-pod.json"
+  volume=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.containers[*].volumeMounts[?(@.mountPath=="/data/e2e")].name}')
+  [ -n "$volume" ] || fail "the pod mounts a volume at /data/e2e"
+  [ "$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.containers[*].volumeMounts[?(@.mountPath=="/data/e2e")].readOnly}')" = true ] \
+    || fail "the mount at /data/e2e is read-only"
+  claim=$(kubectl -n "$ns" get pod "$pod" -o jsonpath="{.spec.volumes[?(@.name==\"$volume\")].persistentVolumeClaim.claimName}")
+  [ -n "$claim" ] || fail "volume $volume comes from a PersistentVolumeClaim"
+  [ "$(kubectl -n "$ns" get pvc "$claim" -o jsonpath='{.status.phase}')" = Bound ] || fail "claim $claim Bound"
+  [ "$(kubectl -n "$ns" get pvc "$claim" -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}')" = Workspace/e2e-bob ] \
+    || fail "claim $claim owned by Workspace e2e-bob"
+  pv=$(kubectl -n "$ns" get pvc "$claim" -o jsonpath='{.spec.volumeName}')
+  [ "$(kubectl get pv "$pv" -o jsonpath='{.spec.csi.driver} {.spec.csi.volumeHandle} {.spec.csi.nodePublishSecretRef.name} {.spec.persistentVolumeReclaimPolicy}')" \
+    = "ru.yandex.s3.csi e2e-data e2e-s3-credentials Retain" ] \
+    || fail "PersistentVolume $pv: csi-s3, handle e2e-data, Secret e2e-s3-credentials, Retain"
+  pass "bucket mounted read-only at /data/e2e: claim $claim (owned by e2e-bob, Bound) -> PersistentVolume $pv (csi-s3)"
+
+  local var ref
+  for var in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY; do
+    ref=$(kubectl -n "$ns" get pod "$pod" -o jsonpath="{.spec.containers[*].env[?(@.name==\"$var\")].valueFrom.secretKeyRef.name}/{.spec.containers[*].env[?(@.name==\"$var\")].valueFrom.secretKeyRef.key}")
+    [ "$ref" = "e2e-s3-credentials/$var" ] || fail "$var from secretKeyRef e2e-s3-credentials/$var (got '$ref')"
+  done
+  [ "$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.containers[*].env[?(@.name=="AWS_ENDPOINT_URL")].value}')" = "$endpoint" ] \
+    || fail "AWS_ENDPOINT_URL is the source's endpoint"
+  if grep -qF -e "$key" -e "$secret" "$work/bob-pod.json"; then fail "no key value inline in the pod (kubectl get pod -o json)"; fi
+  kubectl -n "$ns" get workspace e2e-bob -o json >"$work/bob-workspace.json"
+  kubectl -n "$ns" logs -l app.kubernetes.io/component=operator --all-containers --tail=-1 >"$work/operator.log" 2>&1 || true
+  if grep -qF -e "$key" -e "$secret" "$work/bob-workspace.json" "$work/operator.log"; then
+    fail "no key value in the Workspace or the operator's log"
+  fi
+  [ "$(kubectl -n "$ns" exec "$pod" -- printenv AWS_ACCESS_KEY_ID 2>/dev/null)" = "$key" ] \
+    || fail "the container's AWS_ACCESS_KEY_ID is the Secret's"
+  pass "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY from secretKeyRef e2e-s3-credentials; no key value in the pod spec, Workspace or operator log"
+
+  local listed read
+  listed=$(kubectl -n "$ns" exec "$pod" -- ls /data/e2e 2>&1) || fail "ls /data/e2e in the pod: $listed"
+  printf '%s\n' "$listed" | grep -qx hello.txt || fail "ls /data/e2e lists hello.txt (got: $listed)"
+  read=$(kubectl -n "$ns" exec "$pod" -- cat /data/e2e/hello.txt 2>&1) || fail "cat /data/e2e/hello.txt in the pod: $read"
+  [ "$read" = "$content" ] || fail "/data/e2e/hello.txt in the pod is what was written to the bucket (got: $read)"
+  pass "the file written to the bucket reads back inside the pod: cat /data/e2e/hello.txt"
+
+  # d5. e2e-carol: the source's Secret is missing.
+  local deadline=$((SECONDS + ${timeout%s}))
+  until [ "$(ready_field e2e-carol reason)" = DataCredentialsNotFound ]; do
+    [ $SECONDS -lt $deadline ] || { kubectl -n "$ns" get workspace/e2e-carol -o yaml >&2; fail "e2e-carol Ready=False reason DataCredentialsNotFound"; }
+    sleep 2
+  done
+  [ "$(ready_field e2e-carol status)" = False ] || fail "e2e-carol Ready=False"
+  ready_field e2e-carol message | grep -q e2e-s3-absent || fail "e2e-carol's condition names the missing Secret e2e-s3-absent"
+  [ -z "$(kubectl -n "$ns" get pods -l atelier.dev/user=e2e-carol -o name)" ] || fail "e2e-carol has no pod"
+  pass "e2e-carol refused: Ready=False, DataCredentialsNotFound ($(ready_field e2e-carol message)); no pod"
+
+  # d6. Deleting the Workspace removes its claim and its volume (the operator's finalizer).
+  kubectl -n "$ns" delete workspace e2e-bob e2e-carol --wait=true --timeout="$timeout" >/dev/null || fail "delete e2e-bob, e2e-carol"
+  deadline=$((SECONDS + ${timeout%s}))
+  while kubectl get pv "$pv" >/dev/null 2>&1 || kubectl -n "$ns" get pvc "$claim" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "claim $claim and PersistentVolume $pv removed with e2e-bob"
+    sleep 2
+  done
+  pass "deleting e2e-bob removed claim $claim and PersistentVolume $pv"
+  kubectl delete -f "$here/manifests/data-sources.yaml" --ignore-not-found >/dev/null
+}
+
+if [ "$data" = 1 ]; then
+  data_story
+fi
 
 # --- stop -----------------------------------------------------------------------------------
 kubectl -n "$ns" patch "workspace/$workspace" --type merge -p '{"spec":{"desiredState":"stopped"}}' >/dev/null

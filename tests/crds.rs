@@ -274,6 +274,7 @@ fn names_scopes_printer_columns_and_subresources() {
                 ("Profile", ".spec.profile"),
                 ("Phase", ".status.phase"),
                 ("Pool", ".status.nodePool"),
+                ("Workers", ".status.dask.workers"),
                 ("Age", ".metadata.creationTimestamp"),
             ],
         ),
@@ -836,6 +837,16 @@ fn each_cel_rule_sits_where_it_belongs() {
             "credentialsSecret and credentialsByGroup are mutually exclusive",
         )
     };
+    let workers = |kind: &str, path: &str| {
+        row(
+            kind,
+            path,
+            "self.min <= self.max",
+            Some(".min"),
+            Some("FieldValueInvalid"),
+            "workers.min must not exceed workers.max",
+        )
+    };
     let unique_groups = |path: &str| {
         row(
             "DataSource",
@@ -929,6 +940,20 @@ fn each_cel_rule_sits_where_it_belongs() {
             "env names must be POSIX names",
         ),
         gpu_type("BatchJob", "spec.resources"),
+        // Dask: the worker range, and the profile's defaults within its maximum.
+        gpu_type("Workspace", "spec.dask.workerResources"),
+        workers("Workspace", "spec.dask.workers"),
+        gpu_type("WorkspaceProfile", "spec.dask.defaults.workerResources"),
+        gpu_type("WorkspaceProfile", "spec.dask.maxWorkerResources"),
+        workers("WorkspaceProfile", "spec.dask.defaults.workers"),
+        row(
+            "WorkspaceProfile",
+            "spec.dask",
+            "!has(self.defaults) || !has(self.defaults.workers) || self.defaults.workers.max <= self.maxWorkers",
+            Some(".maxWorkers"),
+            Some("FieldValueInvalid"),
+            "defaults.workers.max must not exceed maxWorkers",
+        ),
     ];
     let mut actual: Vec<RuleRow> = KINDS.iter().flat_map(|(kind, _)| rules_of(kind)).collect();
     expected.sort();
@@ -1521,6 +1546,8 @@ const REQUIRED_INVALID: &[&str] = &[
     "workspace-server-name-slash.yaml",
     "workspace-unknown-field.yaml",
     "nodepool-gpu-without-gpu.yaml",
+    "workspace-dask-min-over-max.yaml",
+    "profile-dask-defaults-over-max.yaml",
 ];
 
 struct InvalidExample {

@@ -44,6 +44,7 @@ mod common;
 
 use common::hub::peers_venv;
 use common::kernel::{Kernel, KernelError};
+use common::launch;
 use common::s3::{S3Identity, SeaweedFs};
 use common::say;
 use common::stack::{Deadline, Proc, free_port, kill_leftovers, singleusers};
@@ -491,60 +492,34 @@ stringData: {{IRODS_USER_NAME: {IRODS_USER}, IRODS_PASSWORD: '{irods_password}'}
     }
 
     async fn start_hub(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        let singleuser = self.venv.join("bin/jupyterhub-singleuser");
+        let (db_url, public, state) = (self.db_url(), self.public(), self.dir.join("state"));
+        let mut command = launch::hub_command(
             // Debug for atelier itself: more lines that could leak a secret.
-            .env("RUST_LOG", "info,atelier=debug")
+            "info,atelier=debug",
+            &launch::HubArgs {
+                port: self.hub_port,
+                database_url: &db_url,
+                public_url: &public,
+                state_dir: &state,
+                server_command: &singleuser,
+            },
+        );
+        command
             .env("ATELIER_SERVICE_STORY_TOKEN", &self.admin_token)
-            .arg("hub")
-            .arg(format!("--bind=127.0.0.1:{}", self.hub_port))
-            .arg(format!("--database-url={}", self.db_url()))
-            .arg(format!("--public-url={}", self.public()))
-            .arg(format!("--state-dir={}", self.dir.join("state").display()))
-            .arg(format!(
-                "--server-command={}",
-                self.venv.join("bin/jupyterhub-singleuser").display()
-            ))
             .arg("--spawn-timeout=90")
             .arg(format!("--catalog={}", self.dir.join("catalog").display()))
             .arg(format!("--service=story={ADMIN_SCOPES}"));
-        let proc = Proc::spawn("hub", command, &self.dir);
-        self.procs.insert("hub".into(), proc);
         let url = format!("{}/hub/api/", self.hub());
-        self.wait_up("hub", &url).await;
+        let proc =
+            launch::spawn_answering("hub", command, &self.dir, &url, Duration::from_secs(60)).await;
+        self.procs.insert("hub".into(), proc);
     }
 
     async fn start_proxy(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .arg("proxy")
-            .arg(format!("--bind=127.0.0.1:{}", self.proxy_port))
-            .arg(format!("--database-url={}", self.db_url()))
-            .arg(format!("--default-target={}", self.hub()))
-            .arg("--refresh-ms=250");
-        let proc = Proc::spawn("proxy", command, &self.dir);
+        let proc =
+            launch::start_proxy(&self.dir, self.proxy_port, &self.db_url(), &self.hub()).await;
         self.procs.insert("proxy".into(), proc);
-        let url = format!("{}/_atelier/proxy/health", self.public());
-        self.wait_up("proxy", &url).await;
-    }
-
-    async fn wait_up(&mut self, name: &str, url: &str) {
-        let deadline = Deadline::new(format!("{name} to answer {url}"), Duration::from_secs(60));
-        loop {
-            let proc = self.procs.get_mut(name).expect("started");
-            if let Some(status) = proc.exited() {
-                panic!("{name} exited ({status}):\n{}", proc.log());
-            }
-            match self.http.try_api("GET", url, "", None).await {
-                Ok(resp) if resp.status == 200 => return,
-                last => deadline.tick(last.map(|r| r.status)).await,
-            }
-        }
     }
 
     /// A call to the hub's API as the story's service.

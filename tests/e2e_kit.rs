@@ -1,15 +1,23 @@
 //! The real-cluster kit (`e2e/`) checked offline: its manifests are admitted by the CRD schemas,
 //! the operator's pure pipeline places and refuses its workspaces the way `e2e/operator.sh`
-//! expects (object names included), and the script passes `bash -n` and its `--dry-run`.
+//! expects (object names included), and the script passes `bash -n` and its `--dry-run`; the
+//! DataSource story of `e2e/run.sh` likewise (its DataSources and Workspaces admitted, and the
+//! claim, volume, mount, environment and refusal the script checks on the cluster are what the
+//! operator builds from them).
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use atelier::api::v1alpha1::{self, NodePool, Workspace, WorkspaceProfile};
+use std::collections::{BTreeMap, BTreeSet};
+
+use atelier::api::v1alpha1::{
+    self, DataSource, NodePool, Workspace, WorkspaceProfile, WorkspaceProfileSpec,
+};
 use atelier::config::OperatorConfig;
-use atelier::operator::workspace::build::build;
+use atelier::operator::workspace::build::{build, build_with, data_children};
+use atelier::policy::names;
 use atelier::policy::workspace::{Dereferenced, parse_groups};
 use atelier::policy::workspace::{reason, validate};
 use kube::ResourceExt;
@@ -163,4 +171,228 @@ fn the_script_parses_and_its_dry_run_passes() {
     assert!(out.contains("PASS  script syntax"), "{out}");
     assert!(out.contains("PASS  manifests present"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+}
+
+/// The endpoint `e2e/run.sh` puts in place of the placeholder of `data-sources.yaml` (the S3
+/// Service's ClusterIP there).
+const STORY_ENDPOINT: &str = "http://10.96.0.42:8333";
+
+/// `data-sources.yaml` as the script applies it: `sed` of the placeholder endpoint.
+fn story_data_sources() -> Vec<Value> {
+    let raw = documents("data-sources.yaml");
+    let text = serde_json::to_string(&raw).unwrap();
+    assert!(
+        text.contains("http://e2e-s3.invalid:8333"),
+        "the placeholder"
+    );
+    serde_json::from_str(&text.replace("http://e2e-s3.invalid:8333", STORY_ENDPOINT)).unwrap()
+}
+
+/// The chart's WorkspaceProfile `e2e-jupyter` and NodePool `e2e-interactive`: the chart renders
+/// each `workspaceProfiles.<name>` / `nodePools.<name>` of `e2e/values-e2e.yaml` as the spec.
+fn chart_profile_and_pool() -> (WorkspaceProfile, NodePool) {
+    let path = e2e_dir().join("values-e2e.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let values: Value = serde_saphyr::from_str(&text).unwrap();
+    let spec: WorkspaceProfileSpec =
+        serde_json::from_value(values["workspaceProfiles"]["e2e-jupyter"].clone()).unwrap();
+    let pool: NodePool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "atelier.dev/v1alpha1",
+        "kind": "NodePool",
+        "metadata": {"name": "e2e-interactive"},
+        "spec": values["nodePools"]["e2e-interactive"],
+    }))
+    .unwrap();
+    (WorkspaceProfile::new("e2e-jupyter", spec), pool)
+}
+
+#[test]
+fn the_data_story_manifests_are_admitted_by_the_crds() {
+    let validators: Vec<CrdValidator> = v1alpha1::crds().iter().map(CrdValidator::new).collect();
+    let validator = |kind: &str| {
+        validators
+            .iter()
+            .find(|v| v.kind() == kind)
+            .unwrap_or_else(|| panic!("no CRD for {kind}"))
+    };
+    // As stored (placeholder endpoint) and as applied.
+    for doc in documents("data-sources.yaml")
+        .into_iter()
+        .chain(story_data_sources())
+    {
+        assert!(!validator("DataSource").namespaced());
+        if let Err(refusal) = validator("DataSource").create(&doc) {
+            panic!(
+                "DataSource {} refused: {refusal:?}",
+                doc["metadata"]["name"]
+            );
+        }
+    }
+    let workspaces = documents("data-workspaces.yaml");
+    assert_eq!(workspaces.len(), 2);
+    for mut doc in workspaces {
+        doc["metadata"]["namespace"] = "atelier-e2e".into();
+        if let Err(refusal) = validator("Workspace").create(&doc) {
+            panic!("Workspace {} refused: {refusal:?}", doc["metadata"]["name"]);
+        }
+    }
+}
+
+#[test]
+fn the_operator_builds_what_the_data_story_checks_on_the_cluster() {
+    let (profile, pool) = chart_profile_and_pool();
+    let sources: Vec<DataSource> = typed(&story_data_sources(), "DataSource");
+    assert_eq!(sources.len(), 2);
+    let mut workspaces: Vec<Workspace> = typed(&documents("data-workspaces.yaml"), "Workspace");
+    for (i, ws) in workspaces.iter_mut().enumerate() {
+        ws.metadata.namespace = Some("atelier-e2e".into());
+        ws.metadata.uid = Some(format!("uid-{i}"));
+    }
+    // The cluster as the script leaves it: the credentials Secret it creates (and not
+    // e2e-s3-absent), the CSIDriver of csi-s3 (Persistent only, e2e/manifests/data-csidriver.yaml).
+    let driver = documents("data-csidriver.yaml").remove(0);
+    let modes: Vec<String> =
+        serde_json::from_value(driver["spec"]["volumeLifecycleModes"].clone()).unwrap();
+    let drivers = BTreeMap::from([(
+        driver["metadata"]["name"].as_str().unwrap().to_owned(),
+        modes,
+    )]);
+    let cfg = OperatorConfig::default();
+    let deref = || Dereferenced {
+        profile: Some(profile.clone()),
+        pools: vec![pool.clone()],
+        data_sources: sources.clone(),
+        groups: BTreeSet::new(),
+        token: "0".repeat(64),
+        credential_secrets: Some(BTreeSet::from(["e2e-s3-credentials".to_owned()])),
+        csi_drivers: Some(drivers.clone()),
+        unreachable: Default::default(),
+    };
+    let named = |name: &str| workspaces.iter().find(|w| w.name_any() == name).unwrap();
+
+    // e2e-bob: a pod with the bucket mounted read-only at /data/e2e from a claim of its own.
+    let bob = named("e2e-bob");
+    let validated = validate(bob, &deref(), &cfg).expect("e2e-bob is admitted");
+    let pod = build_with(&validated, &cfg, Some(&drivers))
+        .pod
+        .expect("a pod");
+    let spec = pod.spec.as_ref().unwrap();
+    let mounts: Vec<_> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .filter(|m| m.mount_path == "/data/e2e")
+        .collect();
+    assert_eq!(mounts.len(), 1, "one mount at /data/e2e");
+    assert_eq!(mounts[0].read_only, Some(true));
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mounts[0].name)
+        .expect("the mounted volume");
+    let claim_name = names::data_claim_name("e2e-bob", "e2e-s3");
+    assert_eq!(
+        volume
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.as_str()),
+        Some(claim_name.as_str())
+    );
+    // AWS_* of the source: the keys by secretKeyRef to the script's Secret, the endpoint plain.
+    let env: Vec<_> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.env.iter().flatten())
+        .collect();
+    for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        let e = env
+            .iter()
+            .find(|e| e.name == var)
+            .unwrap_or_else(|| panic!("{var}"));
+        assert_eq!(e.value, None, "{var} never inline");
+        let r = e
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .unwrap_or_else(|| panic!("{var} from a Secret"));
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("e2e-s3-credentials", var)
+        );
+    }
+    let endpoint = env.iter().find(|e| e.name == "AWS_ENDPOINT_URL").unwrap();
+    assert_eq!(endpoint.value.as_deref(), Some(STORY_ENDPOINT));
+
+    // Its claim (owned by e2e-bob) and volume: csi-s3, handle = the bucket, the Secret, Retain.
+    let children = data_children(&validated, Some(&drivers));
+    assert_eq!(children.claims.len(), 1);
+    assert_eq!(children.persistent_volumes.len(), 1);
+    let claim = &children.claims[0];
+    assert_eq!(claim.metadata.name.as_deref(), Some(claim_name.as_str()));
+    let owner = &claim.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Workspace", "e2e-bob")
+    );
+    let pv = &children.persistent_volumes[0];
+    assert_eq!(
+        claim.spec.as_ref().unwrap().volume_name,
+        pv.metadata.name.clone()
+    );
+    let pv_spec = pv.spec.as_ref().unwrap();
+    let csi = pv_spec.csi.as_ref().unwrap();
+    assert_eq!(
+        (
+            csi.driver.as_str(),
+            csi.volume_handle.as_str(),
+            csi.node_publish_secret_ref
+                .as_ref()
+                .and_then(|r| r.name.as_deref()),
+            pv_spec.persistent_volume_reclaim_policy.as_deref(),
+        ),
+        (
+            "ru.yandex.s3.csi",
+            "e2e-data",
+            Some("e2e-s3-credentials"),
+            Some("Retain")
+        ),
+        "what e2e/run.sh reads with kubectl get pv -o jsonpath"
+    );
+    assert_eq!(
+        csi.node_stage_secret_ref
+            .as_ref()
+            .and_then(|r| r.name.as_deref()),
+        Some("e2e-s3-credentials")
+    );
+
+    // e2e-carol: the source names a Secret that is not there.
+    let carol = named("e2e-carol");
+    let refusal = validate(carol, &deref(), &cfg).expect_err("e2e-s3-absent is missing");
+    assert_eq!(refusal.reason, "DataCredentialsNotFound", "{refusal:?}");
+    assert_eq!(refusal.reason, reason::DATA_CREDENTIALS_NOT_FOUND);
+    assert!(refusal.message.contains("e2e-s3-absent"), "{refusal:?}");
+}
+
+#[test]
+fn the_run_script_applies_the_data_manifests_and_checks_the_reason() {
+    let script = std::fs::read_to_string(e2e_dir().join("run.sh")).unwrap();
+    for needle in [
+        "manifests/data-s3.yaml",
+        "manifests/data-csidriver.yaml",
+        "manifests/data-sources.yaml",
+        "manifests/data-workspaces.yaml",
+        "http://e2e-s3.invalid:8333",
+        "DataCredentialsNotFound",
+        "secretKeyRef",
+        "cat /data/e2e/hello.txt",
+    ] {
+        assert!(script.contains(needle), "e2e/run.sh uses {needle}");
+    }
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(e2e_dir().join("run.sh"))
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "{syntax:?}");
 }

@@ -54,6 +54,7 @@ use serde_json::{Value, json};
 
 mod common;
 
+use common::launch;
 use common::stack::{Deadline, Proc, free_port, gone, kill_leftovers, singleusers};
 use common::{TestDb, say};
 
@@ -584,19 +585,21 @@ impl Stack {
     /// Starts `atelier hub` (process `name`) on `port` and waits until its API answers.
     async fn start_hub(&mut self, name: &str, port: u16) {
         let singleuser = self.venv.join("bin/jupyterhub-singleuser");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        let public = self.public();
+        let state = self.dir.join("state");
+        let mut command = launch::hub_command(
+            "info",
+            &launch::HubArgs {
+                port,
+                database_url: &self.db_url,
+                public_url: &public,
+                state_dir: &state,
+                server_command: &singleuser,
+            },
+        );
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
             .env("ATELIER_SERVICE_IDLE_CULLER_TOKEN", &self.culler_token)
             .env("ATELIER_SERVICE_E2E_INSPECTOR_TOKEN", &self.inspector_token)
-            .arg("hub")
-            .arg(format!("--bind=127.0.0.1:{port}"))
-            .arg(format!("--database-url={}", self.db_url))
-            .arg(format!("--public-url={}", self.public()))
-            .arg(format!("--state-dir={}", self.dir.join("state").display()))
-            .arg(format!("--server-command={}", singleuser.display()))
             // Activity reports every 2 s (JupyterHub's default is 5 min): the culler's timeout
             // is 10 s.
             .arg("--server-command=--JupyterHubSingleUser.hub_activity_interval=2")
@@ -604,48 +607,22 @@ impl Stack {
             .arg("--dev-login")
             .arg(format!("--service=idle-culler={CULLER_SCOPES}"))
             .arg(format!("--service=e2e-inspector={INSPECTOR_SCOPES}"));
-        let mut proc = Proc::spawn(name, command, &self.dir);
         let url = format!("{}/hub/api/", self.hub_url(port));
-        let deadline = Deadline::new(format!("{name} to answer {url}"), Duration::from_secs(60));
-        loop {
-            if let Some(status) = proc.exited() {
-                panic!("{name} exited ({status}):\n{}", proc.log());
-            }
-            match self.http.try_send("GET", &url, &[], String::new()).await {
-                Ok(resp) if resp.status == 200 => {
-                    assert!(resp.header("x-jupyterhub-version").is_some());
-                    break;
-                }
-                last => deadline.tick(last.map(|r| r.status)).await,
-            }
-        }
+        let proc =
+            launch::spawn_answering(name, command, &self.dir, &url, Duration::from_secs(60)).await;
+        let resp = self
+            .http
+            .try_send("GET", &url, &[], String::new())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: GET {url}: {e:?}"));
+        assert!(resp.header("x-jupyterhub-version").is_some(), "{url}");
         self.procs.insert(name.to_owned(), proc);
     }
 
     /// Starts `atelier proxy` in front of the hub and waits until it answers.
     async fn start_proxy(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .arg("proxy")
-            .arg(format!("--bind=127.0.0.1:{}", self.proxy_port))
-            .arg(format!("--database-url={}", self.db_url))
-            .arg(format!("--default-target={}", self.hub_url(self.hub_port)))
-            .arg("--refresh-ms=250");
-        let mut proc = Proc::spawn("proxy", command, &self.dir);
-        let url = format!("{}/_atelier/proxy/health", self.public());
-        let deadline = Deadline::new("the proxy to answer", Duration::from_secs(30));
-        loop {
-            if let Some(status) = proc.exited() {
-                panic!("the proxy exited ({status}):\n{}", proc.log());
-            }
-            match self.http.try_send("GET", &url, &[], String::new()).await {
-                Ok(resp) if resp.status == 200 => break,
-                last => deadline.tick(last.map(|r| r.status)).await,
-            }
-        }
+        let hub = self.hub_url(self.hub_port);
+        let proc = launch::start_proxy(&self.dir, self.proxy_port, &self.db_url, &hub).await;
         self.procs.insert("proxy".to_owned(), proc);
     }
 

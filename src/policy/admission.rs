@@ -19,8 +19,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use kube::ResourceExt;
 
-use super::caps::{CapError, Usage, check_caps, workspace_usage};
+use super::caps::{CapError, Usage, check_caps, fit_units, usage_of, workspace_usage};
 use super::groups::{GROUPS_ANNOTATION, parse_groups};
+use super::resources::effective_request;
 use crate::api::v1alpha1::{DesiredState, NodePoolCaps, ResourceRequest, Workspace};
 
 /// What one running Workspace holds on a pool.
@@ -64,6 +65,40 @@ pub fn observed_claim(
         groups: parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
         pool,
         usage,
+    })
+}
+
+/// What the informer says a Workspace's Dask cluster holds (under
+/// [`dask_key`](crate::policy::workspace::dask_key)): a Workspace that should run and whose
+/// `status.dask` names the workers' pool claims `workersWanted` workers there, each estimated
+/// from `spec.dask.workerResources` over `profile_defaults` (its profile's
+/// `dask.defaults.workerResources`) over the built-in 1 CPU and 2Gi. Anything else claims
+/// nothing.
+pub fn observed_dask_claim(
+    ws: &Workspace,
+    profile_defaults: Option<&ResourceRequest>,
+) -> Option<Claim> {
+    if ws.spec.desired_state != DesiredState::Running {
+        return None;
+    }
+    let status = ws.status.as_ref()?.dask.as_ref()?;
+    let pool = status.node_pool.clone()?;
+    let request = effective_request(
+        ws.spec
+            .dask
+            .as_ref()
+            .and_then(|d| d.worker_resources.as_ref()),
+        profile_defaults,
+    );
+    let per_worker = Usage {
+        workspaces: 0,
+        ..usage_of(&request)
+    };
+    Some(Claim {
+        user: ws.spec.user.clone(),
+        groups: parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
+        pool,
+        usage: per_worker.times(i64::from(status.workers_wanted.max(0))),
     })
 }
 
@@ -195,6 +230,63 @@ impl UsageIndex {
         self.add(&claim);
         self.reserved.insert(key.to_owned(), claim);
         Ok(())
+    }
+
+    /// Reserves for `key` the most units of `per_unit` (Dask workers), up to `max`, that fit
+    /// `caps` (those of `pool`) given everything else the pool holds; `key`'s own earlier claim
+    /// is replaced, never counted twice. Returns the units reserved and, when fewer than `max`,
+    /// the cap that stopped one more; `Err` only for an invalid cap (nothing changes then).
+    #[allow(clippy::too_many_arguments)]
+    pub fn admit_up_to(
+        &mut self,
+        key: &str,
+        pool: &str,
+        user: &str,
+        groups: &BTreeSet<String>,
+        per_unit: Usage,
+        max: i32,
+        caps: Option<&NodePoolCaps>,
+    ) -> Result<(i32, Option<CapError>), CapError> {
+        let own = self.effective(key).cloned();
+        let own_in = |member: bool| match &own {
+            Some(own) if own.pool == pool && member => own.usage,
+            _ => Usage::ZERO,
+        };
+        let user_usage = self
+            .per_user
+            .get(&(pool.to_owned(), user.to_owned()))
+            .copied()
+            .unwrap_or_default()
+            - own_in(own.as_ref().is_some_and(|o| o.user == user));
+        let group_usage = |group: &str| {
+            self.per_group
+                .get(&(pool.to_owned(), group.to_owned()))
+                .copied()
+                .unwrap_or_default()
+                - own_in(own.as_ref().is_some_and(|o| o.groups.contains(group)))
+        };
+        let (fit, stopped) = fit_units(
+            pool,
+            caps,
+            user,
+            groups,
+            per_unit,
+            max,
+            user_usage,
+            group_usage,
+        )?;
+        if let Some(own) = &own {
+            self.take(own);
+        }
+        let claim = Claim {
+            pool: pool.to_owned(),
+            user: user.to_owned(),
+            groups: groups.clone(),
+            usage: per_unit.times(i64::from(fit)),
+        };
+        self.add(&claim);
+        self.reserved.insert(key.to_owned(), claim);
+        Ok((fit, stopped))
     }
 
     /// Drops the reservation of `key` (stopped, refused): what the informer shows counts again.

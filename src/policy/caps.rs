@@ -78,6 +78,73 @@ impl Usage {
         memory_bytes: 0,
         gpus: 0,
     };
+
+    /// `n` times this usage (e.g. `n` Dask workers).
+    pub fn times(self, n: i64) -> Usage {
+        Usage {
+            workspaces: self.workspaces.saturating_mul(n),
+            cpu_millis: self.cpu_millis.saturating_mul(n),
+            memory_bytes: self.memory_bytes.saturating_mul(n),
+            gpus: self.gpus.saturating_mul(n),
+        }
+    }
+}
+
+/// The most units of `per_unit` (Dask workers: they hold CPU, memory and GPUs, and are not
+/// workspaces) from 0 to `max` that fit `caps` given what the user and the groups already use
+/// (see [`check_caps`]), with the error that stopped one more; `Err` only for an invalid cap.
+#[allow(clippy::too_many_arguments)] // check_caps's arguments plus the unit count
+pub fn fit_units(
+    pool: &str,
+    caps: Option<&NodePoolCaps>,
+    user: &str,
+    groups: &BTreeSet<String>,
+    per_unit: Usage,
+    max: i32,
+    user_usage: Usage,
+    group_usage: impl Fn(&str) -> Usage,
+) -> Result<(i32, Option<CapError>), CapError> {
+    // Units are not workspaces: the caps on running workspaces do not apply to them.
+    let caps = caps.map(|c| {
+        let strip = |cap: &Option<Caps>| {
+            cap.clone().map(|cap| Caps {
+                workspaces: None,
+                ..cap
+            })
+        };
+        NodePoolCaps {
+            per_user: strip(&c.per_user),
+            per_group: strip(&c.per_group),
+        }
+    });
+    let check = |n: i32| {
+        check_caps(
+            pool,
+            caps.as_ref(),
+            user,
+            groups,
+            per_unit.times(i64::from(n)),
+            user_usage,
+            &group_usage,
+        )
+    };
+    match check(max) {
+        Ok(()) => return Ok((max, None)),
+        Err(e @ CapError::Invalid(_)) => return Err(e),
+        Err(_) => {}
+    }
+    // Fitting is monotone in n: the largest n that fits, by bisection (`lo` fits, `hi` not).
+    let (mut lo, mut hi) = (0, max);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match check(mid) {
+            Ok(()) => lo = mid,
+            Err(e @ CapError::Invalid(_)) => return Err(e),
+            Err(_) => hi = mid,
+        }
+    }
+    let stopped = check(lo + 1).err();
+    Ok((lo, stopped))
 }
 
 /// Why a workspace would exceed a cap.
@@ -295,6 +362,60 @@ mod tests {
                 .fold(Usage::ZERO, |acc, c| acc + c.usage)
         };
         check_caps("p", caps, "alice", groups, new, user_usage, group_usage)
+    }
+
+    #[test]
+    fn fit_units_finds_the_most_units_under_every_cap() {
+        let gib = 1i64 << 30;
+        let worker = usage(0, 2000, 4 * gib, 0);
+        let fit = |yaml: &str, max: i32, mine: Usage, group: Usage| {
+            let caps = caps(yaml);
+            fit_units(
+                "p",
+                Some(&caps),
+                "alice",
+                &set(&["g"]),
+                worker,
+                max,
+                mine,
+                |_| group,
+            )
+            .map(|(n, e)| (n, e.map(|e| e.to_string())))
+        };
+        let z = Usage::ZERO;
+        assert_eq!(fit("{}", 7, z, z), Ok((7, None)));
+        assert_eq!(
+            fit("perUser: {cpu: \"9\"}", 7, z, z),
+            Ok((
+                4,
+                Some("user alice would use 10 CPU in NodePool p (cap 9)".into())
+            ))
+        );
+        assert_eq!(
+            fit("perUser: {memory: 8Gi}", 7, usage(1, 0, 4 * gib, 0), z),
+            Ok((
+                1,
+                Some("user alice would use 12Gi of memory in NodePool p (cap 8Gi)".into())
+            ))
+        );
+        assert_eq!(
+            fit("perGroup: {cpu: \"4\"}", 3, z, usage(2, 4000, 0, 0)),
+            Ok((
+                0,
+                Some("group g would use 6 CPU in NodePool p (cap 4)".into())
+            ))
+        );
+        // A cap on workspaces, even one already exceeded, does not count units.
+        assert_eq!(
+            fit("perUser: {workspaces: 0}", 3, usage(2, 0, 0, 0), z),
+            Ok((3, None))
+        );
+        assert_eq!(
+            fit("perUser: {cpu: many}", 3, z, z).map_err(|e| e.reason()),
+            Err("InvalidNodePool")
+        );
+        // Exactly at the cap fits.
+        assert_eq!(fit("perUser: {cpu: \"6\"}", 3, z, z), Ok((3, None)));
     }
 
     #[test]

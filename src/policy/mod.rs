@@ -12,7 +12,7 @@ pub mod routing;
 pub mod workspace;
 
 pub use admission::{Claim, UsageIndex};
-pub use caps::{CapError, Usage, check_caps, usage_of, workspace_usage};
+pub use caps::{CapError, Usage, check_caps, fit_units, usage_of, workspace_usage};
 pub use groups::{allowed, format_groups};
 pub use quantity::{
     QuantityError, format_bytes, format_cpu_cores, format_cpu_millis, parse_bytes, parse_cpu_millis,

@@ -15,6 +15,9 @@
 //!    first eligible `interactive` pool in name order. A `batch` pool is used only when named by
 //!    the workspace or by the profile.
 //!
+//! 4. Batch work ([`PoolRequest::batch`], Dask workers) asking for no GPU goes, when nothing is
+//!    named, to the first eligible `batch` pool in name order instead of an `interactive` one.
+//!
 //! When nothing is eligible the error is [`RoutingError::NoEligiblePool`], whose message says why.
 
 use std::collections::BTreeSet;
@@ -36,6 +39,9 @@ pub struct PoolRequest<'a> {
     pub gpus: i32,
     /// GPU model requested (after profile defaults).
     pub gpu_type: Option<&'a str>,
+    /// Batch work (Dask workers): a CPU-only request goes to a `batch` pool when none is
+    /// named, instead of an `interactive` one.
+    pub batch: bool,
 }
 
 /// Why no pool was chosen.
@@ -101,13 +107,15 @@ pub fn route<'p>(
     }
     let purpose = if wants_gpu {
         PoolPurpose::Gpu
+    } else if request.batch {
+        PoolPurpose::Batch
     } else {
         PoolPurpose::Interactive
     };
     if let Some(pool) = sorted
         .iter()
         .copied()
-        .find(|p| p.spec.purpose == purpose && unfit(p, request, groups, false).is_none())
+        .find(|p| p.spec.purpose == purpose && unfit(p, request, groups, request.batch).is_none())
     {
         return Ok(pool);
     }
@@ -121,7 +129,7 @@ pub fn route<'p>(
     let what = match (wants_gpu, request.gpu_type) {
         (true, Some(t)) => format!("gpu NodePool offering gpuType {t}"),
         (true, None) => "gpu NodePool".to_owned(),
-        (false, _) => "interactive NodePool".to_owned(),
+        (false, _) => format!("{} NodePool", purpose.as_str()),
     };
     let fitting = of_purpose
         .iter()
@@ -330,6 +338,35 @@ mod tests {
             ),
             Err(RoutingError::NotFound {
                 pool: "nope".into()
+            })
+        );
+        // Batch work: the batch pool unnamed; GPU batch work still goes to a gpu pool.
+        let batch = PoolRequest { batch: true, ..cpu };
+        assert_eq!(r(batch, &nobody), Ok("batch".into()));
+        assert_eq!(
+            r(PoolRequest { batch: true, ..gpu }, &nobody),
+            Ok("gpu-b".into())
+        );
+        assert_eq!(
+            r(
+                PoolRequest {
+                    profile_default: Some("zeta"),
+                    ..batch
+                },
+                &nobody
+            ),
+            Ok("zeta".into()),
+            "a named interactive pool takes batch work"
+        );
+        let no_batch: Vec<NodePool> = pools
+            .iter()
+            .filter(|p| p.spec.purpose != PoolPurpose::Batch)
+            .cloned()
+            .collect();
+        assert_eq!(
+            route(&batch, &no_batch, &nobody).map(|p| p.name_any()),
+            Err(RoutingError::NoEligiblePool {
+                message: "no batch NodePool exists".into()
             })
         );
     }

@@ -16,6 +16,7 @@ use sqlx::Connection as _;
 pub mod gateway;
 pub mod hub;
 pub mod kernel;
+pub mod launch;
 pub mod oidc;
 pub mod s3;
 pub mod stack;

@@ -6,6 +6,7 @@
 
 mod batchjob;
 mod common;
+mod dask;
 mod datasource;
 mod nodepool;
 mod profile;
@@ -21,6 +22,7 @@ pub mod conditions {
 
 pub use batchjob::{BatchJob, BatchJobSpec, BatchJobStatus};
 pub use common::{EnvMap, ResourceRequest, WorkspaceKind};
+pub use dask::{DaskProfile, DaskSpec, DaskStatus, WorkerRange};
 pub use datasource::{
     CsiMode, CsiSpec, DataSource, DataSourceSpec, GroupCredentials, IrodsSource, NfsSource,
     PvcSource, S3Source, SecretRef,

@@ -3,6 +3,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{EnvMap, ResourceRequest, WorkspaceKind};
+use super::dask::DaskProfile;
 
 /// A kind of workspace users may start: image, resources and who may use it.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -80,6 +81,16 @@ pub struct WorkspaceProfileSpec {
     /// The home volume.
     #[serde(default)]
     pub home: HomePolicy,
+    /// The Dask clusters this profile's workspaces may have; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dask: Option<DaskProfile>,
+    /// NodePool of the Dask workers when the workspace names none (else a `batch` pool the user may use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub dask_node_pool: Option<String>,
 }
 
 /// The home volume of each workspace of a profile.

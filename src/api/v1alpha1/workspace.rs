@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{EnvMap, ResourceRequest, WorkspaceKind};
+use super::dask::{DaskSpec, DaskStatus};
 
 /// A user's workspace: a Jupyter, RStudio or QGIS server next to the data.
 ///
@@ -50,6 +51,12 @@ use super::common::{EnvMap, ResourceRequest, WorkspaceKind};
         type_ = "string",
         json_path = ".status.nodePool",
         description = "NodePool the workspace was placed on"
+    ),
+    printcolumn(
+        name = "Workers",
+        type_ = "string",
+        json_path = ".status.dask.workers",
+        description = "Dask workers ready/wanted"
     ),
     printcolumn(
         name = "Age",
@@ -120,6 +127,9 @@ pub struct WorkspaceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31536000))]
     pub idle_timeout_seconds: Option<i64>,
+    /// A Dask cluster next to the workspace; missing fields come from the profile's `dask.defaults`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dask: Option<DaskSpec>,
 }
 
 /// Whether the workspace should be running.
@@ -192,6 +202,9 @@ pub struct WorkspaceStatus {
     /// Human-readable explanation of the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The workspace's Dask cluster, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dask: Option<DaskStatus>,
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 use super::{KubernetesBackendConfig, WorkspaceHandle};
 use crate::api::v1alpha1::conditions::READY;
 use crate::api::v1alpha1::{
-    DesiredState, ResourceRequest, Workspace, WorkspaceKind, WorkspacePhase, WorkspaceSpec,
+    DaskSpec, DesiredState, ResourceRequest, WorkerRange, Workspace, WorkspaceKind, WorkspacePhase,
+    WorkspaceSpec,
 };
 use crate::backend::{BackendStatus, ProgressEvent, SpawnRequest};
 use crate::config::NamespaceMode;
@@ -58,6 +59,10 @@ const MAX_IMAGE_LEN: usize = 512;
 const MAX_GPUS: i64 = 16;
 /// Most data sources the CRD accepts.
 const MAX_DATA_SOURCES: usize = 32;
+/// Most Dask workers the CRD accepts.
+const MAX_DASK_WORKERS: i64 = 1000;
+/// Longest idle timeout the CRD accepts (a year).
+const MAX_IDLE_TIMEOUT: i64 = 31_536_000;
 
 /// A request the backend cannot turn into a Workspace; `field` names what is wrong
 /// (`user_options.resources.gpus`, `user name`, ...).
@@ -170,6 +175,7 @@ pub fn build_workspace(
         home_size: None,
         desired_state: DesiredState::Running,
         idle_timeout_seconds: None,
+        dask: dask_of(&options)?,
     };
     let mut ws = Workspace::new(name, spec);
     ws.metadata.namespace = Some(namespace.to_owned());
@@ -301,7 +307,10 @@ fn image_of(options: &Map<String, Value>) -> Result<Option<String>, SpecError> {
     let Some(v) = option(options, "image") else {
         return Ok(None);
     };
-    let field = "user_options.image";
+    image_at("user_options.image", v).map(Some)
+}
+
+fn image_at(field: &str, v: &Value) -> Result<String, SpecError> {
     let s = string_of(field, v)?;
     if s.is_empty() || s.len() > MAX_IMAGE_LEN || s.chars().any(char::is_whitespace) {
         return Err(bad(
@@ -309,7 +318,7 @@ fn image_of(options: &Map<String, Value>) -> Result<Option<String>, SpecError> {
             format!("{s:?} is not an image reference (1 to {MAX_IMAGE_LEN} characters, no spaces)"),
         ));
     }
-    Ok(Some(s.to_owned()))
+    Ok(s.to_owned())
 }
 
 fn subdomain_of(options: &Map<String, Value>, key: &str) -> Result<Option<String>, SpecError> {
@@ -353,10 +362,109 @@ fn data_sources_of(options: &Map<String, Value>) -> Result<Vec<String>, SpecErro
 }
 
 fn resources_of(options: &Map<String, Value>) -> Result<Option<ResourceRequest>, SpecError> {
-    let Some(v) = option(options, "resources") else {
+    option(options, "resources")
+        .map(|v| resources_at("user_options.resources", v))
+        .transpose()
+}
+
+/// `user_options.dask`: the CRD's `spec.dask`, field by field (unknown keys are refused, so a
+/// misspelt `worker` does not silently give the defaults).
+fn dask_of(options: &Map<String, Value>) -> Result<Option<DaskSpec>, SpecError> {
+    let Some(v) = option(options, "dask") else {
         return Ok(None);
     };
-    let field = "user_options.resources";
+    let field = "user_options.dask";
+    let map = v
+        .as_object()
+        .ok_or_else(|| bad(field, format!("expected an object, got {}", json_type(v))))?;
+    let mut dask = DaskSpec::default();
+    for (key, value) in map {
+        let field = format!("{field}.{key}");
+        if value.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "enabled" => {
+                dask.enabled = Some(value.as_bool().ok_or_else(|| {
+                    bad(
+                        &field,
+                        format!("expected a boolean, got {}", json_type(value)),
+                    )
+                })?);
+            }
+            "workers" => dask.workers = Some(workers_at(&field, value)?),
+            "workerResources" => dask.worker_resources = Some(resources_at(&field, value)?),
+            "nodePool" => dask.node_pool = Some(subdomain(&field, value)?),
+            "image" => dask.image = Some(image_at(&field, value)?),
+            "idleTimeoutSeconds" => {
+                let n = value
+                    .as_i64()
+                    .filter(|n| (0..=MAX_IDLE_TIMEOUT).contains(n))
+                    .ok_or_else(|| {
+                        bad(
+                            &field,
+                            format!("expected seconds from 0 to {MAX_IDLE_TIMEOUT}, got {value}"),
+                        )
+                    })?;
+                dask.idle_timeout_seconds = Some(n);
+            }
+            _ => {
+                return Err(bad(
+                    &field,
+                    "unknown field (expected enabled, workers, workerResources, nodePool, image \
+                     or idleTimeoutSeconds)",
+                ));
+            }
+        }
+    }
+    Ok(Some(dask))
+}
+
+/// `{min, max}` workers, `0 <= min <= max`, `1 <= max <= MAX_DASK_WORKERS` (the CRD's bounds).
+fn workers_at(field: &str, v: &Value) -> Result<WorkerRange, SpecError> {
+    let map = v.as_object().ok_or_else(|| {
+        bad(
+            field,
+            format!("expected an object {{min, max}}, got {}", json_type(v)),
+        )
+    })?;
+    let count = |key: &str, low: i64| -> Result<i32, SpecError> {
+        let field = format!("{field}.{key}");
+        let value = map
+            .get(key)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| bad(&field, "required"))?;
+        value
+            .as_i64()
+            .filter(|n| (low..=MAX_DASK_WORKERS).contains(n))
+            .map(|n| n as i32)
+            .ok_or_else(|| {
+                bad(
+                    &field,
+                    format!("expected an integer from {low} to {MAX_DASK_WORKERS}, got {value}"),
+                )
+            })
+    };
+    if let Some(key) = map.keys().find(|k| !matches!(k.as_str(), "min" | "max")) {
+        return Err(bad(
+            format!("{field}.{key}"),
+            "unknown field (expected min and max)",
+        ));
+    }
+    let range = WorkerRange {
+        min: count("min", 0)?,
+        max: count("max", 1)?,
+    };
+    if range.min > range.max {
+        return Err(bad(
+            format!("{field}.min"),
+            format!("{} is more than max ({})", range.min, range.max),
+        ));
+    }
+    Ok(range)
+}
+
+fn resources_at(field: &str, v: &Value) -> Result<ResourceRequest, SpecError> {
     let map = v
         .as_object()
         .ok_or_else(|| bad(field, format!("expected an object, got {}", json_type(v))))?;
@@ -409,12 +517,9 @@ fn resources_of(options: &Map<String, Value>) -> Result<Option<ResourceRequest>,
         }
     }
     if resources.gpu_type.is_some() && resources.gpu_count() <= 0 {
-        return Err(bad(
-            "user_options.resources.gpuType",
-            "a GPU type needs gpus > 0",
-        ));
+        return Err(bad(format!("{field}.gpuType"), "a GPU type needs gpus > 0"));
     }
-    Ok(Some(resources))
+    Ok(resources)
 }
 
 /// A quantity given as a string (`"500m"`, `"4Gi"`) or a plain number (`2`, `0.5`).
@@ -704,6 +809,12 @@ mod tests {
                     "resources": {"cpu": 2, "memory": "8Gi", "gpus": 1, "gpuType": "a100"},
                     "nodePool": "gpu-a100",
                     "dataSources": ["era5", "argo-floats"],
+                    "dask": {
+                        "workers": {"min": 2, "max": 16},
+                        "workerResources": {"cpu": "500m", "memory": 4096},
+                        "nodePool": "batch",
+                        "idleTimeoutSeconds": 600,
+                    },
                     "default_url": "/lab",
                     "somethingElse": {"ignored": true},
                 }),
@@ -738,6 +849,12 @@ mod tests {
                     "nodePool": "gpu-a100",
                     "dataSources": ["era5", "argo-floats"],
                     "desiredState": "running",
+                    "dask": {
+                        "workers": {"min": 2, "max": 16},
+                        "workerResources": {"cpu": "500m", "memory": "4096"},
+                        "nodePool": "batch",
+                        "idleTimeoutSeconds": 600,
+                    },
                 },
             })
         );
@@ -822,6 +939,54 @@ mod tests {
             (
                 json!({"dataSources": ["era5", "era5"]}),
                 "user_options.dataSources[1]",
+            ),
+            (json!({"dask": true}), "user_options.dask"),
+            (
+                json!({"dask": {"enabled": "yes"}}),
+                "user_options.dask.enabled",
+            ),
+            (json!({"dask": {"worker": 2}}), "user_options.dask.worker"),
+            (json!({"dask": {"workers": 4}}), "user_options.dask.workers"),
+            (
+                json!({"dask": {"workers": {"max": 4}}}),
+                "user_options.dask.workers.min",
+            ),
+            (
+                json!({"dask": {"workers": {"min": 5, "max": 4}}}),
+                "user_options.dask.workers.min",
+            ),
+            (
+                json!({"dask": {"workers": {"min": 0, "max": 0}}}),
+                "user_options.dask.workers.max",
+            ),
+            (
+                json!({"dask": {"workers": {"min": -1, "max": 2}}}),
+                "user_options.dask.workers.min",
+            ),
+            (
+                json!({"dask": {"workers": {"min": 1, "max": 1001}}}),
+                "user_options.dask.workers.max",
+            ),
+            (
+                json!({"dask": {"workers": {"min": 1, "max": 2, "step": 1}}}),
+                "user_options.dask.workers.step",
+            ),
+            (
+                json!({"dask": {"workerResources": {"cpu": "lots"}}}),
+                "user_options.dask.workerResources.cpu",
+            ),
+            (
+                json!({"dask": {"workerResources": {"gpuType": "a100"}}}),
+                "user_options.dask.workerResources.gpuType",
+            ),
+            (
+                json!({"dask": {"nodePool": "Batch"}}),
+                "user_options.dask.nodePool",
+            ),
+            (json!({"dask": {"image": "a b"}}), "user_options.dask.image"),
+            (
+                json!({"dask": {"idleTimeoutSeconds": -1}}),
+                "user_options.dask.idleTimeoutSeconds",
             ),
         ];
         for (options, field) in cases {

@@ -196,6 +196,7 @@ pub fn derive(
         started_at,
         last_activity: previous.and_then(|p| p.last_activity.clone()),
         message: Some(assessment.message),
+        dask: None,
         observed_generation: input.generation,
     }
 }

@@ -14,7 +14,7 @@ use crate::api::v1alpha1::{
 
 pub mod validate;
 
-pub use validate::{admit, claim, reason, validate};
+pub use validate::{admit, admit_dask, claim, dask_claim, dask_key, reason, validate};
 
 pub use super::groups::{GROUPS_ANNOTATION, parse_groups};
 /// Label with the owner's name on every child object.
@@ -144,6 +144,30 @@ pub struct ValidatedWorkspace {
     pub desired_state: DesiredState,
     /// The server's API token.
     pub token: String,
+    /// The Dask cluster, when the workspace has one and is to run.
+    pub dask: Option<ValidatedDask>,
+}
+
+/// A workspace's Dask cluster after the profile's defaults and maxima, routing and caps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedDask {
+    /// Workers kept when idle (at most `workers`).
+    pub min: i32,
+    /// Most workers asked for (`spec.dask.workers.max`, else the profile's default).
+    pub max: i32,
+    /// Most workers the cluster may scale to: `max`, lowered by the worker pool's caps
+    /// ([`admit_dask`]).
+    pub workers: i32,
+    /// Why `workers` is below `max`: the cap that stopped one more worker.
+    pub capped: Option<String>,
+    /// Each worker's resources.
+    pub resources: EffectiveResources,
+    /// The workers' pool.
+    pub pool: PlacedPool,
+    /// Image of the scheduler and the workers.
+    pub image: String,
+    /// The scheduler's idle timeout in seconds (`None` or 0: none).
+    pub idle_timeout_seconds: Option<i64>,
 }
 
 /// The label selector of a Workspace's children.

@@ -23,6 +23,15 @@
 //!    the caller passes [`claim`] to [`admit`], which checks and reserves it atomically against
 //!    the [`UsageIndex`] (see [`crate::policy::admission`]).
 //!
+//! 9. Dask (`spec.dask` over the profile's `dask.defaults`): offered by the profile
+//!    ([`reason::DASK_NOT_OFFERED`]), `workers` within `dask.maxWorkers`
+//!    ([`reason::DASK_WORKERS_OUT_OF_RANGE`]), worker resources within
+//!    `dask.maxWorkerResources` (the resource reasons, "Dask workers:" in the message), an image
+//!    override only where the profile allows one, and the workers' pool (routing with
+//!    [`PoolRequest::batch`]: `spec.dask.nodePool`, else the profile's `daskNodePool`, else a
+//!    `batch` pool, else the workspace's own pool when its workers ask for no GPU). Caps never
+//!    refuse a cluster: they lower its `workers` ([`admit_dask`]).
+//!
 //! A stopped workspace runs no pod: caps are skipped, and a failed pool routing is not a refusal
 //! (its `pool` is then `None`). Every other rule still applies.
 
@@ -31,16 +40,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 
 use super::{
-    Dereferenced, EffectiveResources, HomeVolume, PlacedPool, Refusal, ValidatedWorkspace,
+    Dereferenced, EffectiveResources, HomeVolume, PlacedPool, Refusal, ValidatedDask,
+    ValidatedWorkspace,
 };
 use crate::api::v1alpha1::ResourceRequest;
 use crate::api::v1alpha1::{
-    CsiMode, DataSourceSpec, DesiredState, NodePool, Workspace, WorkspaceProfile,
+    CsiMode, DataSourceSpec, DesiredState, NodePool, WorkerRange, Workspace, WorkspaceProfile,
 };
 use crate::config::{NamespaceMode, OperatorConfig};
 use crate::policy::admission::{Claim, UsageIndex};
 use crate::policy::{
-    self, PoolRequest, Usage, allowed, check_caps, effective_request, format_bytes,
+    self, PoolRequest, RoutingError, Usage, allowed, check_caps, effective_request, format_bytes,
     format_cpu_millis, format_groups, names, parse_bytes, parse_cpu_millis, usage_of,
 };
 
@@ -93,6 +103,12 @@ pub mod reason {
     pub const GROUP_CAP_EXCEEDED: &str = "GroupCapExceeded";
     /// A NodePool has an invalid cap.
     pub const INVALID_NODE_POOL: &str = "InvalidNodePool";
+    /// The workspace asks for a Dask cluster and its profile offers none (`spec.dask`).
+    pub const DASK_NOT_OFFERED: &str = "DaskNotOffered";
+    /// `spec.dask.workers` is out of the profile's bounds (`dask.maxWorkers`).
+    pub const DASK_WORKERS_OUT_OF_RANGE: &str = "DaskWorkersOutOfRange";
+    /// Not a refusal: the worker pool's caps lowered the cluster's `workers.max`.
+    pub const DASK_WORKERS_CAPPED: &str = "DaskWorkersCapped";
 }
 
 fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
@@ -246,6 +262,7 @@ pub fn validate(
         profile_default: pspec.default_node_pool.as_deref(),
         gpus: resources.gpus,
         gpu_type: resources.gpu_type.as_deref(),
+        batch: false,
     };
     let routed = policy::route(&pool_request, &deref.pools, groups);
     let pool: Option<&NodePool> = match (spec.desired_state, routed) {
@@ -267,6 +284,9 @@ pub fn validate(
         )
         .map_err(|e| refuse(e.reason(), e.to_string()))?;
     }
+
+    // 9. Dask.
+    let dask = dask(ws, profile, &image, groups, &deref.pools, pool)?;
 
     // Profile env overlaid by the workspace's; JUPYTERHUB_* stay the operator's.
     let env: BTreeMap<String, String> = pspec
@@ -294,7 +314,219 @@ pub fn validate(
         home,
         desired_state: spec.desired_state,
         token: deref.token.clone(),
+        dask,
     })
+}
+
+/// Built-in worker range when neither the workspace nor the profile gives one: 1 to 4 (within
+/// the profile's `maxWorkers`).
+const DEFAULT_WORKERS: WorkerRange = WorkerRange { min: 1, max: 4 };
+
+/// Step 9: the workspace's Dask cluster, `None` when it has none or is not to run.
+fn dask(
+    ws: &Workspace,
+    profile: &WorkspaceProfile,
+    workspace_image: &str,
+    groups: &BTreeSet<String>,
+    pools: &[NodePool],
+    workspace_pool: Option<&NodePool>,
+) -> Result<Option<ValidatedDask>, Refusal> {
+    let pspec = &profile.spec;
+    let pname = profile.name_any();
+    let asked = ws.spec.dask.as_ref();
+    let defaults = pspec.dask.as_ref().and_then(|d| d.defaults.as_ref());
+    // A `spec.dask` without `enabled` asks for a cluster; without `spec.dask`, the profile's.
+    let enabled = match asked {
+        Some(d) => d.enabled.unwrap_or(true),
+        None => defaults.and_then(|d| d.enabled).unwrap_or(false),
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let Some(offer) = &pspec.dask else {
+        return Err(refuse(
+            reason::DASK_NOT_OFFERED,
+            format!("WorkspaceProfile {pname} offers no Dask cluster (it has no spec.dask)"),
+        ));
+    };
+    let workers = asked
+        .and_then(|d| d.workers)
+        .or_else(|| defaults.and_then(|d| d.workers))
+        .unwrap_or(WorkerRange {
+            min: DEFAULT_WORKERS.min.min(offer.max_workers),
+            max: DEFAULT_WORKERS.max.min(offer.max_workers),
+        });
+    if workers.min < 0 || workers.max < 1 || workers.min > workers.max {
+        return Err(refuse(
+            reason::DASK_WORKERS_OUT_OF_RANGE,
+            format!(
+                "Dask workers {}-{}: min must be at least 0, max at least 1, and min at most max",
+                workers.min, workers.max
+            ),
+        ));
+    }
+    if workers.max > offer.max_workers {
+        return Err(refuse(
+            reason::DASK_WORKERS_OUT_OF_RANGE,
+            format!(
+                "Dask workers {}-{}: WorkspaceProfile {pname} allows at most {} workers",
+                workers.min, workers.max, offer.max_workers
+            ),
+        ));
+    }
+    let request = effective_request(
+        asked.and_then(|d| d.worker_resources.as_ref()),
+        defaults.and_then(|d| d.worker_resources.as_ref()),
+    );
+    let resources = bounded_resources(
+        &request,
+        offer.max_worker_resources.as_ref(),
+        &pname,
+        "Dask workers' ",
+        "dask.maxWorkerResources",
+    )?;
+    let image = match asked.and_then(|d| d.image.as_ref()) {
+        Some(i) if i != workspace_image && !pspec.allow_image_override => {
+            return Err(refuse(
+                reason::IMAGE_OVERRIDE_FORBIDDEN,
+                format!(
+                    "WorkspaceProfile {pname} does not allow another image for the Dask workers \
+                     (asked for {i}; they run the workspace's, {workspace_image})"
+                ),
+            ));
+        }
+        Some(i) => i.clone(),
+        None => defaults
+            .and_then(|d| d.image.clone())
+            .unwrap_or_else(|| workspace_image.to_owned()),
+    };
+    let idle_timeout_seconds = asked
+        .and_then(|d| d.idle_timeout_seconds)
+        .or_else(|| defaults.and_then(|d| d.idle_timeout_seconds));
+    // Nothing runs for a stopped workspace: no pool to find.
+    if ws.spec.desired_state == DesiredState::Stopped {
+        return Ok(None);
+    }
+    let explicit = asked.and_then(|d| d.node_pool.as_deref());
+    let pool_request = PoolRequest {
+        explicit,
+        profile_default: pspec.dask_node_pool.as_deref(),
+        gpus: resources.gpus,
+        gpu_type: resources.gpu_type.as_deref(),
+        batch: true,
+    };
+    let routed = match policy::route(&pool_request, pools, groups) {
+        Ok(pool) => pool,
+        // No batch pool: CPU-only workers share the workspace's pool, as daskhub's do.
+        Err(RoutingError::NoEligiblePool { .. })
+            if explicit.is_none() && resources.gpus == 0 && workspace_pool.is_some() =>
+        {
+            workspace_pool.expect("checked")
+        }
+        Err(e) => {
+            return Err(refuse(e.reason(), format!("Dask workers: {e}")));
+        }
+    };
+    // Caps for this cluster alone (what the others use is admission's, `admit_dask`).
+    let per_worker = worker_usage(&resources);
+    let (fit, stopped) = policy::fit_units(
+        &routed.name_any(),
+        routed.spec.caps.as_ref(),
+        &ws.spec.user,
+        groups,
+        per_worker,
+        workers.max,
+        Usage::ZERO,
+        |_| Usage::ZERO,
+    )
+    .map_err(|e| refuse(e.reason(), e.to_string()))?;
+    Ok(Some(ValidatedDask {
+        min: workers.min.min(fit),
+        max: workers.max,
+        workers: fit,
+        capped: stopped.map(|e| capped_message(fit, workers.max, &e)),
+        pool: place(routed, &resources),
+        resources,
+        image,
+        idle_timeout_seconds,
+    }))
+}
+
+/// What one worker holds on its pool: CPU, memory and GPUs; a worker is not a workspace.
+fn worker_usage(resources: &EffectiveResources) -> Usage {
+    let request = ResourceRequest {
+        cpu: Some(resources.cpu.clone()),
+        memory: Some(resources.memory.clone()),
+        gpus: Some(resources.gpus),
+        gpu_type: None,
+    };
+    Usage {
+        workspaces: 0,
+        ..usage_of(&request)
+    }
+}
+
+/// The `DaskWorkersCapped` message: "2 of 8 Dask workers: user alice would use …".
+fn capped_message(fit: i32, max: i32, cap: &policy::CapError) -> String {
+    format!("{fit} of {max} Dask workers: {cap}")
+}
+
+/// The [`UsageIndex`] key of a Workspace's Dask cluster (`key` is the Workspace's).
+pub fn dask_key(key: &str) -> String {
+    format!("{key}#dask")
+}
+
+/// What the Dask cluster of `v` claims on its workers' pool: `workers` × one worker.
+pub fn dask_claim(v: &ValidatedWorkspace) -> Option<Claim> {
+    let dask = v.dask.as_ref()?;
+    Some(Claim {
+        pool: dask.pool.name.clone(),
+        user: v.user.clone(),
+        groups: v.groups.clone(),
+        usage: worker_usage(&dask.resources).times(i64::from(dask.workers)),
+    })
+}
+
+/// Admission of the Dask cluster of `v` (Workspace `key`): its `workers` lowered to what the
+/// worker pool's caps allow given everything else `index` holds there (the reason in
+/// `capped`), then reserved under [`dask_key`]. A workspace without a cluster releases what its
+/// cluster held. Refused only for an invalid cap (`InvalidNodePool`).
+pub fn admit_dask(
+    index: &mut UsageIndex,
+    key: &str,
+    v: &mut ValidatedWorkspace,
+    pools: &[NodePool],
+) -> Result<(), Refusal> {
+    let key = dask_key(key);
+    let Some(dask) = v.dask.as_mut() else {
+        index.release(&key);
+        return Ok(());
+    };
+    let caps = pools
+        .iter()
+        .find(|p| p.name_any() == dask.pool.name)
+        .and_then(|p| p.spec.caps.as_ref());
+    let per_worker = worker_usage(&dask.resources);
+    let fitted = index
+        .admit_up_to(
+            &key,
+            &dask.pool.name,
+            &v.user,
+            &v.groups,
+            per_worker,
+            dask.workers,
+            caps,
+        )
+        .map_err(|e| {
+            index.release(&key);
+            refuse(e.reason(), e.to_string())
+        })?;
+    if let (fit, Some(stopped)) = fitted {
+        dask.capped = Some(capped_message(fit, dask.max, &stopped));
+        dask.workers = fit;
+        dask.min = dask.min.min(fit);
+    }
+    Ok(())
 }
 
 /// Parses and bounds the merged request.
@@ -302,11 +534,28 @@ fn effective_resources(
     request: &crate::api::v1alpha1::ResourceRequest,
     profile: &WorkspaceProfile,
 ) -> Result<EffectiveResources, Refusal> {
-    let pname = profile.name_any();
+    bounded_resources(
+        request,
+        profile.spec.max_resources.as_ref(),
+        &profile.name_any(),
+        "",
+        "maxResources",
+    )
+}
+
+/// Parses `request` and bounds it by `max` (the profile `pname`'s field `max_field`); messages
+/// start with `what` (empty for the workspace, "Dask workers' " for its workers).
+fn bounded_resources(
+    request: &crate::api::v1alpha1::ResourceRequest,
+    max: Option<&ResourceRequest>,
+    pname: &str,
+    what: &str,
+    max_field: &str,
+) -> Result<EffectiveResources, Refusal> {
     let cpu_q = request.cpu.as_deref().unwrap_or(policy::DEFAULT_CPU);
     let memory_q = request.memory.as_deref().unwrap_or(policy::DEFAULT_MEMORY);
-    let invalid = |what: &str, e: policy::QuantityError| {
-        refuse(reason::INVALID_RESOURCES, format!("{what}: {e}"))
+    let invalid = |field: &str, e: policy::QuantityError| {
+        refuse(reason::INVALID_RESOURCES, format!("{what}{field}: {e}"))
     };
     let cpu = parse_cpu_millis(cpu_q).map_err(|e| invalid("cpu", e))?;
     let memory = parse_bytes(memory_q).map_err(|e| invalid("memory", e))?;
@@ -315,21 +564,23 @@ fn effective_resources(
         return Err(refuse(
             reason::INVALID_RESOURCES,
             format!(
-                "cpu ({cpu_q}) and memory ({memory_q}) must be more than 0 and gpus ({gpus}) at least 0"
+                "{what}cpu ({cpu_q}) and memory ({memory_q}) must be more than 0 and gpus ({gpus}) at least 0"
             ),
         ));
     }
-    if let Some(max) = &profile.spec.max_resources {
+    if let Some(max) = max {
         let exceeds = |field: &str, value: String, max: &str| {
             refuse(
                 reason::RESOURCES_EXCEED_PROFILE,
-                format!("{field} {value} exceeds the maximum {max} of WorkspaceProfile {pname}"),
+                format!(
+                    "{what}{field} {value} exceeds the maximum {max} of WorkspaceProfile {pname}"
+                ),
             )
         };
         let invalid_max = |field: &str, e: policy::QuantityError| {
             refuse(
                 reason::INVALID_PROFILE,
-                format!("WorkspaceProfile {pname} has an invalid maxResources.{field}: {e}"),
+                format!("WorkspaceProfile {pname} has an invalid {max_field}.{field}: {e}"),
             )
         };
         if let Some(max_cpu) = &max.cpu
@@ -354,16 +605,13 @@ fn effective_resources(
         {
             return Err(refuse(
                 reason::RESOURCES_EXCEED_PROFILE,
-                format!("gpuType {t} is not allowed by WorkspaceProfile {pname} (only {max_type})"),
+                format!(
+                    "{what}gpuType {t} is not allowed by WorkspaceProfile {pname} (only {max_type})"
+                ),
             ));
         }
     }
-    let pinned_type = profile
-        .spec
-        .max_resources
-        .as_ref()
-        .and_then(|m| m.gpu_type.clone())
-        .filter(|_| gpus > 0);
+    let pinned_type = max.and_then(|m| m.gpu_type.clone()).filter(|_| gpus > 0);
     Ok(EffectiveResources {
         cpu: format_cpu_millis(cpu),
         memory: format_bytes(memory),
@@ -645,3 +893,7 @@ pub(crate) mod test_support;
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "dask_tests.rs"]
+mod dask_tests;

@@ -98,6 +98,7 @@ fn default_workspace_resolves_every_default() {
         },
         desired_state: DesiredState::Running,
         token: TOKEN.into(),
+        dask: None,
     };
     assert_eq!(got, want);
 }

@@ -573,6 +573,7 @@ mod tests {
                 home_size: None,
                 desired_state: Default::default(),
                 idle_timeout_seconds: None,
+                dask: None,
             },
         );
         w.metadata.namespace = Some(ns.into());
