@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use atelier::store::tokens::generate_token;
@@ -44,6 +43,7 @@ mod common;
 use common::gateway::{DaskGateway, PREFIX, SERVICE};
 use common::hub::peers_venv;
 use common::kernel::Kernel;
+use common::launch;
 use common::say;
 use common::stack::{Deadline, Proc, free_port, kill_leftovers, singleusers};
 
@@ -265,64 +265,49 @@ spec:
     }
 
     async fn start_hub(&mut self, venv: &std::path::Path, service_url: &str) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        let db = self.db_url();
+        let public = self.public();
+        let state = self.dir.join("state");
+        let server_command = venv.join("bin/jupyterhub-singleuser");
+        // Debug for atelier itself: more lines that could leak a token.
+        let mut command = launch::hub_command(
+            "info,atelier=debug",
+            &launch::HubArgs {
+                port: self.hub_port,
+                database_url: &db,
+                public_url: &public,
+                state_dir: &state,
+                server_command: &server_command,
+            },
+        );
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            // Debug for atelier itself: more lines that could leak a token.
-            .env("RUST_LOG", "info,atelier=debug")
             .env("ATELIER_SERVICE_STORY_TOKEN", &self.admin_token)
             .env("ATELIER_SERVICE_DASK_GATEWAY_TOKEN", &self.gateway_token)
-            .arg("hub")
-            .arg(format!("--bind=127.0.0.1:{}", self.hub_port))
-            .arg(format!("--database-url={}", self.db_url()))
-            .arg(format!("--public-url={}", self.public()))
-            .arg(format!("--state-dir={}", self.dir.join("state").display()))
-            .arg(format!(
-                "--server-command={}",
-                venv.join("bin/jupyterhub-singleuser").display()
-            ))
             .arg("--spawn-timeout=90")
             .arg(format!("--catalog={}", self.dir.join("catalog").display()))
             .arg(format!("--roles={}", self.dir.join("roles.yaml").display()))
             .arg(format!("--service=story={ADMIN_SCOPES}"))
             .arg(format!("--service={SERVICE}@{service_url}="));
-        let proc = Proc::spawn("hub", command, &self.dir);
-        self.procs.insert("hub".into(), proc);
         let url = format!("{}/hub/api/", self.hub());
-        self.wait_up("hub", &url).await;
+        let proc =
+            launch::spawn_answering("hub", command, &self.dir, &url, Duration::from_secs(60)).await;
+        self.procs.insert("hub".into(), proc);
     }
 
+    /// `atelier proxy`, routing `/services/dask-gateway/` to the gateway as well.
     async fn start_proxy(&mut self, service_url: &str) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        let mut command = launch::command("proxy", "info");
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .arg("proxy")
             .arg(format!("--bind=127.0.0.1:{}", self.proxy_port))
             .arg(format!("--database-url={}", self.db_url()))
             .arg(format!("--default-target={}", self.hub()))
             .arg("--refresh-ms=250")
             .arg(format!("--service={SERVICE}@{service_url}"));
-        let proc = Proc::spawn("proxy", command, &self.dir);
-        self.procs.insert("proxy".into(), proc);
         let url = format!("{}/_atelier/proxy/health", self.public());
-        self.wait_up("proxy", &url).await;
-    }
-
-    async fn wait_up(&mut self, name: &str, url: &str) {
-        let deadline = Deadline::new(format!("{name} to answer {url}"), Duration::from_secs(60));
-        loop {
-            let proc = self.procs.get_mut(name).expect("started");
-            if let Some(status) = proc.exited() {
-                panic!("{name} exited ({status}):\n{}", proc.log());
-            }
-            match request(&self.client, "GET", url, None, None).await {
-                Ok(resp) if resp.status == 200 => return,
-                last => deadline.tick(last.map(|r| r.status)).await,
-            }
-        }
+        let proc =
+            launch::spawn_answering("proxy", command, &self.dir, &url, Duration::from_secs(60))
+                .await;
+        self.procs.insert("proxy".into(), proc);
     }
 
     /// A call to `url` with `token` (`Authorization: token …`).

@@ -6,11 +6,13 @@
 //! there) and the schedulers' TLS connections on a TCP port. Everything on 127.0.0.1, free
 //! ports; the process leads its own process group, killed when dropped.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::stack::{Deadline, Proc, ProcInfo, free_port, http_status, kill_leftovers, processes};
+use super::launch;
+use super::stack::{Proc, ProcInfo, free_port, kill_leftovers, processes};
 
 /// The service's name, as daskhub registers it.
 pub const SERVICE: &str = "dask-gateway";
@@ -70,26 +72,20 @@ c.LocalClusterConfig.cluster_max_workers = 4
             // Its token for the hub API, as JupyterHub hands a service its token.
             .env("JUPYTERHUB_API_TOKEN", token)
             .process_group(0);
-        use std::os::unix::process::CommandExt as _;
-        let mut gateway = DaskGateway {
-            proc: Proc::spawn("dask-gateway", command, dir),
+        let health = format!("http://127.0.0.1:{http_port}{PREFIX}/api/health");
+        let proc = launch::spawn_answering(
+            "dask-gateway",
+            command,
+            dir,
+            &health,
+            Duration::from_secs(60),
+        )
+        .await;
+        DaskGateway {
+            proc,
             http_port,
             tcp_port,
             clusters_dir,
-        };
-        let health = format!("{}/api/health", gateway.url());
-        let deadline = Deadline::new(format!("{health} to answer"), Duration::from_secs(60));
-        loop {
-            if let Some(status) = gateway.proc.exited() {
-                panic!(
-                    "dask-gateway-server exited ({status}):\n{}",
-                    gateway.proc.log()
-                );
-            }
-            match http_status(&health).await {
-                Ok(200) => return gateway,
-                last => deadline.tick(last).await,
-            }
         }
     }
 
