@@ -106,13 +106,11 @@ fn log_name(user: &str, server: &str) -> String {
     format!("{user}/{server}")
 }
 
-/// The scopes of a server's own API token: JupyterHub's built-in `server` role (what a hub
-/// without `--roles` gives; a start uses [`Roles::server_token_scopes`](crate::scopes::Roles::server_token_scopes)).
+/// The scopes of a server's own API token with JupyterHub's built-in `server` role (a hub
+/// without `--roles`; a start uses the configured roles,
+/// [`Roles::server_token_scopes`](crate::scopes::Roles::server_token_scopes)). Sorted.
 pub fn server_token_scopes(user: &str, server: &str) -> Vec<String> {
-    vec![
-        format!("users:activity!user={user}"),
-        format!("access:servers!server={user}/{server}"),
-    ]
+    crate::scopes::Roles::default().server_token_scopes(user, false, &Default::default(), server)
 }
 
 /// The scopes a token needs to access the server (JupyterHub's `oauth_access_scopes`).
@@ -1199,7 +1197,7 @@ mod tests {
     fn server_tokens_have_the_server_role() {
         assert_eq!(
             server_token_scopes("alice", ""),
-            vec!["users:activity!user=alice", "access:servers!server=alice/"]
+            vec!["access:servers!server=alice/", "users:activity!user=alice"]
         );
     }
 }
