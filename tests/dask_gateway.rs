@@ -19,7 +19,10 @@
 //! - bob's kernel (granted too) does not see alice's cluster and cannot connect to it; carol
 //!   (not granted) is refused (401) by the gateway, from her kernel and with her server's token
 //!   over HTTP, where alice's token gets 200.
-//! - No token in the hub's, the proxy's or the gateway's log.
+//! - The workspaces stop through the hub, leaving no process; no token is in the hub's, the
+//!   proxy's or the gateway's log. The gateway (its process group, then what is left of its
+//!   clusters) is killed when the story ends.
+//! - Without peers: the proxy's route for a service with a URL, against in-process upstreams.
 //!
 //! Gated by `ATELIER_PEERS=1` (a missing peer is then a failure; without it the test says
 //! SKIPPED): `ATELIER_PEERS=1 ATELIER_PEERS_VENV=$PWD/.peers/venv cargo test --test dask_gateway
@@ -761,6 +764,30 @@ async fn dask_gateway_trusts_the_hub_from_a_real_workspace() {
             .await;
     }
     say("dask_gateway: alice's cluster shut down, no Dask process left");
+
+    // The workspaces stop through the hub; no jupyterhub-singleuser is left.
+    for user in ["alice", "bob", "carol"] {
+        let r = world
+            .admin("DELETE", &format!("/hub/api/users/{user}/server"), None)
+            .await;
+        assert!(
+            r.status == 202 || r.status == 204,
+            "stop {user}: {}",
+            r.body
+        );
+    }
+    let deadline = Deadline::new("the workspaces to stop", Duration::from_secs(60));
+    loop {
+        let left: Vec<i32> = ["alice", "bob", "carol"]
+            .iter()
+            .flat_map(|u| singleusers(&world.dir_str, u))
+            .map(|p| p.pid)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        deadline.tick(left).await;
+    }
 
     // No token in any log.
     let logs = [
