@@ -734,6 +734,52 @@ impl Roles {
         ScopeSet::parse(&raw, Some(name)).unwrap_or_default()
     }
 
+    /// The scopes of the API token of server `user/server` (its `$JUPYTERHUB_API_TOKEN`, which
+    /// its kernels inherit), as JupyterHub 6.1.1's `User.spawn` gives them when
+    /// `Spawner.server_token_scopes` is not set: the `server` role's raw scopes (a configured
+    /// role named `server` replaces them, as `load_roles` does), `!server` resolved to this
+    /// server and `!user` to its owner, `users:activity!user` added when missing, `inherit`
+    /// standing for everything the owner holds; then only what the owner holds is kept
+    /// (`scopes._resolve_requested_scopes`: the rest is excluded). Sorted.
+    ///
+    /// So a hub whose `server` role adds `access:services!service=dask-gateway` gives the
+    /// servers of the users granted that scope a token dask-gateway accepts, and the others'
+    /// servers a token without it.
+    pub fn server_token_scopes(
+        &self,
+        user: &str,
+        admin: bool,
+        groups: &BTreeSet<String>,
+        server: &str,
+    ) -> Vec<String> {
+        let role: &[String] = self.get("server").map_or(&[], |r| r.scopes.as_slice());
+        let mut raw: Vec<String> = role
+            .iter()
+            .map(|s| match s.strip_suffix("!server") {
+                Some(name) => format!("{name}!server={user}/{server}"),
+                None => s.clone(),
+            })
+            .collect();
+        if !raw.iter().any(|s| {
+            matches!(
+                s.as_str(),
+                "users:activity!user" | "users:activity" | "inherit"
+            )
+        }) {
+            raw.push("users:activity!user".to_owned());
+        }
+        let inherit = raw.iter().any(|s| s == "inherit");
+        let mut requested = resolve_bare(&raw, Holder::User(user));
+        if inherit {
+            requested.extend(self.user_raw_scopes(user, admin, groups));
+        }
+        let owner = self.user_scopes(user, admin, groups);
+        // Checked by `Roles::new`; a scope that fails here grants nothing.
+        ScopeSet::parse(&requested, Some(user))
+            .map(|set| set.intersect(&owner).to_strings())
+            .unwrap_or_default()
+    }
+
     /// The scopes service `name`'s roles give it.
     pub fn service_scopes(&self, name: &str) -> ScopeSet {
         let raw: Vec<&str> = self
@@ -1037,6 +1083,71 @@ mod tests {
         // A `!server=` filter drops the `read:users…` subscopes, as JupyterHub's `_expand_scope`.
         let s = ScopeSet::parse(&["read:servers!server=alice/x"], None).unwrap();
         assert_eq!(s.expanded(), vec!["read:servers!server=alice/x"]);
+    }
+
+    #[test]
+    fn server_tokens_follow_the_server_role() {
+        let none = groups(&[]);
+        let ocean = groups(&["ocean"]);
+        // The built-in `server` role: activity and access to this server only.
+        let stock = Roles::default();
+        assert_eq!(
+            stock.server_token_scopes("alice", false, &none, "gpu"),
+            [
+                "access:servers!server=alice/gpu",
+                "users:activity!user=alice"
+            ]
+        );
+        // A hub that gives the servers dask-gateway's access scope, as JupyterHub 6 does with
+        // `load_roles` redefining `server`: only the users who hold it get it.
+        let roles = Roles::new(vec![
+            Role {
+                name: "server".into(),
+                scopes: vec![
+                    "access:servers!server".into(),
+                    "access:services!service=dask-gateway".into(),
+                ],
+                ..Role::default()
+            },
+            Role {
+                name: "dask-users".into(),
+                scopes: vec!["access:services!service=dask-gateway".into()],
+                groups: vec!["ocean".into()],
+                users: vec!["erin".into()],
+                ..Role::default()
+            },
+        ])
+        .unwrap();
+        let granted = [
+            "access:servers!server=alice/",
+            "access:services!service=dask-gateway",
+            "users:activity!user=alice",
+        ];
+        assert_eq!(
+            roles.server_token_scopes("alice", false, &ocean, ""),
+            granted
+        );
+        assert_eq!(
+            roles.server_token_scopes("erin", false, &none, ""),
+            granted.map(|s| s.replace("alice", "erin"))
+        );
+        // users:activity was missing from the role: added, as JupyterHub adds it.
+        assert_eq!(
+            roles.server_token_scopes("bob", false, &none, ""),
+            ["access:servers!server=bob/", "users:activity!user=bob"]
+        );
+        // `inherit`: everything the owner holds.
+        let inherit = Roles::new(vec![Role {
+            name: "server".into(),
+            scopes: vec!["inherit".into()],
+            ..Role::default()
+        }])
+        .unwrap();
+        let all = inherit.server_token_scopes("bob", false, &none, "");
+        assert_eq!(
+            ScopeSet::parse(&all, Some("bob")).unwrap(),
+            ScopeSet::for_user("bob", false)
+        );
     }
 
     #[test]

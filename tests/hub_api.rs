@@ -52,6 +52,7 @@ fn api_config(base: &str) -> HubConfig {
         name: "culler".into(),
         token: String::new(),
         scopes: vec!["list:users".into(), "delete:servers".into()],
+        url: None,
     }];
     // As daskhub grants its users the dask-gateway service: user erin, and group ocean.
     config.roles = Roles::new(vec![Role {

@@ -193,6 +193,9 @@ class InstantSpawner(Spawner):
 
     async def start(self):
         self._running = True
+        # The server's own token, for `server_tokens_match_jupyterhub`.
+        with open(f"server-token-{{self.user.name}}-{{self.name}}", "w") as f:
+            f.write(self.api_token)
         return _URL
 
     async def poll(self):
@@ -265,6 +268,15 @@ fn roles_json() -> Value {
             "description": "use dask-gateway",
             "scopes": ["access:services!service=dask-gateway"],
             "groups": ["ocean"],
+        },
+        // As a hub running dask-gateway gives the servers' tokens its access scope.
+        {
+            "name": "server",
+            "scopes": [
+                "users:activity!user",
+                "access:servers!server",
+                "access:services!service=dask-gateway",
+            ],
         },
     ])
 }
@@ -348,6 +360,7 @@ async fn start_atelier(venv: &Path, tokens: &BTreeMap<&str, String>, db: &TestDb
             name: (*name).to_owned(),
             token: tokens[name].clone(),
             scopes: Vec::new(),
+            url: None,
         })
         .collect();
     register_services(&store, &services).await.unwrap();
@@ -465,6 +478,8 @@ fn script() -> Vec<Step> {
     }
     s.extend([
         step("GET", "/user", ""),
+        // What dask-gateway's JupyterHubAuthenticator sends for a token the hub does not know.
+        step("GET", "/user", "bogus"),
         step("GET", "/users", "root"),
         step("GET", "/users", "root").paginated(),
         step("GET", "/users?limit=1000&offset=1&sort=name", "root").paginated(),
@@ -811,4 +826,81 @@ async fn rest_answers_match_jupyterhub() {
         unexpected.join("\n")
     );
     assert_eq!(compared, equal + allowed_steps);
+}
+
+/// The API token a server gets (`$JUPYTERHUB_API_TOKEN`, its kernels' token): with the `server`
+/// role redefined to carry `access:services!service=dask-gateway`, erin (group ocean, holding
+/// `dask-users`) gets it and bob does not; `GET /hub/api/user` with each shows the same scopes
+/// on both hubs (what dask-gateway's `JupyterHubAuthenticator` checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tokens_match_jupyterhub() {
+    let Some(venv) = peers_venv(
+        "JupyterHub 6.1.1 parity (server tokens)",
+        &["jupyterhub", "jupyterhub-singleuser", "python"],
+    ) else {
+        return;
+    };
+    let mut tokens: BTreeMap<&str, String> = BTreeMap::new();
+    for key in ["root", "bob", "erin", "culler", "dask-gateway"] {
+        tokens.insert(key, generate_token());
+    }
+    let db = TestDb::sqlite("atelier-jh-parity-server");
+    let atelier = start_atelier(&venv, &tokens, &db).await;
+    let mut jh = start_jupyterhub(&venv, &tokens).await;
+    wait_up(&mut jh, &atelier).await;
+    let root = [("authorization", format!("token {}", tokens["root"]))];
+    let root: Vec<(&str, &str)> = root.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let scopes_of = |resp: &Resp| -> Vec<String> {
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let model: Value = serde_json::from_str(&resp.body).unwrap();
+        let mut scopes: Vec<String> = serde_json::from_value(model["scopes"].clone()).unwrap();
+        scopes.sort();
+        scopes
+    };
+    for user in ["erin", "bob"] {
+        let mut answers = Vec::new();
+        for base in [&jh.base, &atelier.base] {
+            let url = format!("{base}/hub/api/users/{user}/server");
+            let r = atelier.request("POST", &url, &root, String::new()).await;
+            assert!(r.status == 201 || r.status == 202, "{base}: {}", r.body);
+        }
+        // JupyterHub's token, as its spawner was given it; Atelier's, from the spawn request.
+        let path = jh.dir.join(format!("server-token-{user}-"));
+        let mut theirs = String::new();
+        for _ in 0..100 {
+            if let Ok(token) = std::fs::read_to_string(&path) {
+                theirs = token;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !theirs.is_empty(),
+            "JupyterHub started no server for {user}"
+        );
+        atelier
+            .wait_for(user, "", atelier::store::ServerState::Running)
+            .await;
+        let ours = atelier.backend.request(user, "").env["JUPYTERHUB_API_TOKEN"].clone();
+        for (base, token) in [(&jh.base, &theirs), (&atelier.base, &ours)] {
+            let header = [("authorization", format!("token {token}"))];
+            let header: Vec<(&str, &str)> = header.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let url = format!("{base}/hub/api/user");
+            answers.push(scopes_of(
+                &atelier.request("GET", &url, &header, String::new()).await,
+            ));
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "{user}'s server token: JupyterHub's scopes, then Atelier's"
+        );
+        let dask = "access:services!service=dask-gateway".to_owned();
+        assert_eq!(
+            answers[1].contains(&dask),
+            user == "erin",
+            "{user}: {:?}",
+            answers[1]
+        );
+    }
+    say("JupyterHub 6.1.1 parity: server tokens carry the same scopes");
 }

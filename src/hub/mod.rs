@@ -38,6 +38,9 @@ pub struct ServiceConfig {
     pub token: String,
     /// Its scopes, in JupyterHub's vocabulary.
     pub scopes: Vec<String>,
+    /// Where it serves HTTP, an `http://host:port` origin (JupyterHub's service `url`): the
+    /// proxy routes `/services/<name>/` to it.
+    pub url: Option<String>,
 }
 
 /// Hub settings.

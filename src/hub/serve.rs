@@ -14,7 +14,7 @@ use crate::backend::WorkspaceBackend;
 use crate::backend::local::{
     LocalBackend, LocalConfig, absolute, absolute_program, default_command,
 };
-use crate::proxy::{self, Proxy, ProxyConfig, StoreAuthorizer, StoreRoutes};
+use crate::proxy::{self, Proxy, ProxyConfig, ServiceRoute, StoreAuthorizer, StoreRoutes};
 use crate::store::{self, NewToken, Store, StoreError, TokenOwner};
 
 /// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found: the same
@@ -104,8 +104,11 @@ pub struct HubArgs {
         value_delimiter = ','
     )]
     pub admin_users: Vec<String>,
-    /// A service and its scopes, `NAME=SCOPE,SCOPE`; its token is read from the environment
-    /// variable `ATELIER_SERVICE_<NAME>_TOKEN` (upper case, `-` as `_`). Repeatable.
+    /// A service and its scopes, `NAME=SCOPE,SCOPE`, or with the URL it serves HTTP at,
+    /// `NAME@URL=SCOPE,SCOPE` (JupyterHub's service `url`; URL an `http://host:port` origin; the
+    /// proxy needs the same `--service NAME@URL` to route `/services/NAME/` to it); its token is
+    /// read from the environment variable `ATELIER_SERVICE_<NAME>_TOKEN` (upper case, `-` as
+    /// `_`). Repeatable.
     #[arg(long = "service", env = "ATELIER_SERVICES", value_delimiter = ';')]
     pub services: Vec<String>,
     /// Single sign-on: a JSON or YAML file listing OpenID Connect providers (README, "Single
@@ -180,14 +183,22 @@ pub fn absolute_sqlite_url(url: &str) -> String {
     }
 }
 
-/// Parses `--service NAME=SCOPE,SCOPE` with the token from the environment.
+/// Parses `--service NAME[@URL]=SCOPE,SCOPE` with the token from the environment.
 pub fn parse_service(
     spec: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<ServiceConfig> {
-    let (name, scopes) = spec
+    let (head, scopes) = spec
         .split_once('=')
-        .with_context(|| format!("--service {spec:?}: expected NAME=SCOPE,SCOPE"))?;
+        .with_context(|| format!("--service {spec:?}: expected NAME[@URL]=SCOPE,SCOPE"))?;
+    let (name, url) = match head.split_once('@') {
+        Some((name, url)) => {
+            let route = ServiceRoute::new(name.trim(), url.trim())
+                .map_err(|e| anyhow::anyhow!("--service {spec:?}: {e}"))?;
+            (name, Some(route.target))
+        }
+        None => (head, None),
+    };
     let name = name.trim();
     if name.is_empty()
         || !name
@@ -212,6 +223,7 @@ pub fn parse_service(
         name: name.to_owned(),
         token,
         scopes,
+        url,
     })
 }
 
@@ -675,6 +687,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("ATELIER_SERVICE_OTHER_TOKEN"), "{missing}");
+        assert_eq!(s.url, None);
+        let env = |var: &str| (var == "ATELIER_SERVICE_DASK_GATEWAY_TOKEN").then(|| "t".to_owned());
+        let g = parse_service("dask-gateway@http://127.0.0.1:8001=", env).unwrap();
+        assert_eq!(g.name, "dask-gateway");
+        assert_eq!(g.url.as_deref(), Some("http://127.0.0.1:8001"));
+        assert!(g.scopes.is_empty());
+        for bad in [
+            "dask-gateway@127.0.0.1:8001=",
+            "dask-gateway@http://127.0.0.1:8001/gateway=",
+            "dask gateway@http://127.0.0.1:8001=",
+        ] {
+            assert!(parse_service(bad, env).is_err(), "{bad}");
+        }
         assert!(parse_service("bad name=list:users", env).is_err());
         assert!(parse_service("x=read:everything", env).is_err());
         assert!(parse_service("no-equals", env).is_err());

@@ -106,12 +106,11 @@ fn log_name(user: &str, server: &str) -> String {
     format!("{user}/{server}")
 }
 
-/// The scopes of a server's own API token: JupyterHub's `server` role.
+/// The scopes of a server's own API token with JupyterHub's built-in `server` role (a hub
+/// without `--roles`; a start uses the configured roles,
+/// [`Roles::server_token_scopes`](crate::scopes::Roles::server_token_scopes)). Sorted.
 pub fn server_token_scopes(user: &str, server: &str) -> Vec<String> {
-    vec![
-        format!("users:activity!user={user}"),
-        format!("access:servers!server={user}/{server}"),
-    ]
+    crate::scopes::Roles::default().server_token_scopes(user, false, &Default::default(), server)
 }
 
 /// The scopes a token needs to access the server (JupyterHub's `oauth_access_scopes`).
@@ -548,12 +547,20 @@ async fn prepare_spawn(
         })
         .await
         .map_err(|e| HubError::from_store(format!("OAuth client {client_id}"), e))?;
+    let groups = hub.store.user_groups(user.id).await?;
+    // The `server` role as configured (`--roles`), within what the user holds.
+    let token_scopes = hub.config.roles.server_token_scopes(
+        &user.name,
+        user.admin,
+        &groups.iter().cloned().collect(),
+        &server.name,
+    );
     hub.store
         .create_token_with_value(
             &token,
             &NewToken {
                 owner: TokenOwner::User(user.id),
-                scopes: server_token_scopes(&user.name, &server.name),
+                scopes: token_scopes,
                 note: Some(format!("Server at {prefix}")),
                 expires_at: None,
                 oauth_client_id: Some(client_id),
@@ -561,7 +568,6 @@ async fn prepare_spawn(
             },
         )
         .await?;
-    let groups = hub.store.user_groups(user.id).await?;
     let mut env = server_env(
         &hub.config,
         &user.name,
@@ -1191,7 +1197,7 @@ mod tests {
     fn server_tokens_have_the_server_role() {
         assert_eq!(
             server_token_scopes("alice", ""),
-            vec!["users:activity!user=alice", "access:servers!server=alice/"]
+            vec!["access:servers!server=alice/", "users:activity!user=alice"]
         );
     }
 }

@@ -18,7 +18,7 @@ use super::paths::{
     SESSION_COOKIE, credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path,
     path_and_query, remove_hop_by_hop, server_label, spawn_url, strip_session_cookie,
 };
-use super::routes::{Resolved, Upstream};
+use super::routes::{Resolved, SERVICES_PREFIX, Upstream};
 use super::splice::splice;
 use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};
 use crate::config::user_domain::{HostKind, user_label};
@@ -32,6 +32,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 enum Dest {
     /// The default target (the hub).
     Hub,
+    /// A hub service with a URL; its cookies stay under `prefix`.
+    Service { name: String, prefix: String },
     /// A user's server.
     User {
         user: String,
@@ -60,6 +62,20 @@ impl Proxy {
             Ok(on_user_host) => on_user_host,
             Err(refusal) => return *refusal,
         };
+        if req.uri().path().starts_with(SERVICES_PREFIX)
+            && let Some((service, upstream)) = self
+                .services
+                .iter()
+                .find(|(s, _)| s.matches(req.uri().path()))
+        {
+            // As configurable-http-proxy: no check here, the service checks its callers.
+            let dest = Dest::Service {
+                name: service.name.clone(),
+                prefix: service.prefix(),
+            };
+            let upstream = upstream.clone();
+            return self.forward(req, &ctx, &upstream, dest).await;
+        }
         let Some(user_path) = parse_user_path(req.uri().path()) else {
             let hub = self.default_upstream.clone();
             return self.forward(req, &ctx, &hub, Dest::Hub).await;
@@ -222,7 +238,7 @@ impl Proxy {
             &mut parts.headers,
             ctx.remote.ip(),
             upgrade,
-            matches!(dest, Dest::User { .. }),
+            !matches!(dest, Dest::Hub),
         );
         let retry = matches!(dest, Dest::User { cached: true, .. })
             .then(|| (parts.method.clone(), parts.headers.clone()));
@@ -237,22 +253,32 @@ impl Proxy {
 
         let cookie_prefix = match &dest {
             Dest::Hub => None,
+            Dest::Service { prefix, .. } => Some(prefix.clone()),
             Dest::User { user, server, .. } => Some(service_prefix(user, server)),
         };
         let error = match self.client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => return respond(resp, client_upgrade, ctx, cookie_prefix.as_deref()),
             Err(e) => e,
         };
-        let Dest::User {
-            user,
-            server,
-            browser,
-            hub_base,
-            ..
-        } = dest
-        else {
-            tracing::warn!(error = %error, target = %upstream.origin, "the hub did not answer");
-            return json_error(StatusCode::BAD_GATEWAY, "the hub is not reachable");
+        let (user, server, browser, hub_base) = match dest {
+            Dest::User {
+                user,
+                server,
+                browser,
+                hub_base,
+                ..
+            } => (user, server, browser, hub_base),
+            Dest::Service { name, .. } => {
+                tracing::warn!(error = %error, service = %name, "service did not answer");
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("service {name} did not answer"),
+                );
+            }
+            Dest::Hub => {
+                tracing::warn!(error = %error, target = %upstream.origin, "the hub did not answer");
+                return json_error(StatusCode::BAD_GATEWAY, "the hub is not reachable");
+            }
         };
         let label = server_label(&user, &server);
         let bad_gateway = || {
@@ -304,9 +330,9 @@ impl Proxy {
 }
 
 /// The headers sent upstream: hop-by-hop ones dropped (the handshake's kept for an upgrade),
-/// `X-Forwarded-*` added, the hub's session cookie withheld from users' servers. `Host` stays
-/// as the client sent it, as configurable-http-proxy does.
-fn prepare_headers(headers: &mut HeaderMap, remote: IpAddr, upgrade: bool, user_server: bool) {
+/// `X-Forwarded-*` added, the hub's session cookie withheld (`withhold_session`: from users'
+/// servers and services). `Host` stays as the client sent it, as configurable-http-proxy does.
+fn prepare_headers(headers: &mut HeaderMap, remote: IpAddr, upgrade: bool, withhold_session: bool) {
     remove_hop_by_hop(headers, upgrade);
     let ip = remote.to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -324,7 +350,7 @@ fn prepare_headers(headers: &mut HeaderMap, remote: IpAddr, upgrade: bool, user_
     {
         headers.insert(X_FORWARDED_HOST, host);
     }
-    if user_server {
+    if withhold_session {
         strip_session_cookie(headers);
     }
 }

@@ -7,6 +7,10 @@
 //! * A WebSocket handshake is forwarded; on `101` both connections are spliced ([`splice`]).
 //! * A stopped or unknown server: a browser's page load is redirected to
 //!   `/hub/spawn/<name>[/<server>]?next=…`, anything else gets `503` JSON.
+//! * `/services/<name>/…` goes to the hub service `<name>` when it has a URL
+//!   ([`ProxyConfig::services`]), as JupyterHub routes its services; the service checks its
+//!   callers itself (dask-gateway asks the hub who a token is), the hub's session cookie is not
+//!   forwarded, and its cookies stay under its prefix.
 //! * Everything else (`/hub/…`, `/`) goes to the default target, the hub.
 //! * Defence in depth ([`auth`]): a request for a user's server needs a credential (token in
 //!   `Authorization` or `?token=`, or the hub's session cookie) holding `access:servers` on that
@@ -48,7 +52,7 @@ use tokio::sync::watch;
 
 pub use auth::{Authorizer, Credential, StoreAuthorizer, Verdict};
 pub use body::ResponseBody;
-pub use routes::{MemoryRoutes, Route, RouteSource, StoreRoutes};
+pub use routes::{MemoryRoutes, Route, RouteSource, SERVICES_PREFIX, ServiceRoute, StoreRoutes};
 pub use splice::splice;
 
 use crate::config::{UserDomain, parse_user_domain};
@@ -98,6 +102,8 @@ pub struct ProxyConfig {
     /// The hub's public URL: redirects from a user's host to the hub (the spawn page) are
     /// absolute. Used only with `user_domain`.
     pub public_url: String,
+    /// The hub's services with a URL, served at `/services/<name>/` (on the hub's host).
+    pub services: Vec<ServiceRoute>,
 }
 
 impl ProxyConfig {
@@ -113,6 +119,7 @@ impl ProxyConfig {
             client_buffer: 64 * 1024,
             user_domain: None,
             public_url: String::new(),
+            services: Vec::new(),
         }
     }
 }
@@ -124,6 +131,8 @@ pub struct Proxy {
     auth: Option<AuthGate>,
     client: Client<HttpConnector, RequestBody>,
     default_upstream: Arc<Upstream>,
+    /// The services with a URL and where they are.
+    services: Vec<(ServiceRoute, Arc<Upstream>)>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -146,6 +155,11 @@ impl Proxy {
         authorizer: Option<Arc<dyn Authorizer>>,
     ) -> Result<Arc<Proxy>, Error> {
         let default_upstream = Arc::new(Upstream::parse(&config.default_target)?);
+        let services = config
+            .services
+            .iter()
+            .map(|s| Ok((s.clone(), Arc::new(Upstream::parse(&s.target)?))))
+            .collect::<Result<_, Error>>()?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -159,6 +173,7 @@ impl Proxy {
             auth: authorizer.map(|a| AuthGate::new(a, config.auth_cache_ttl)),
             client,
             default_upstream,
+            services,
             config,
         });
         proxy.refresh().await?;
@@ -327,6 +342,15 @@ pub struct ProxyArgs {
         default_value = "http://127.0.0.1:8000"
     )]
     pub public_url: String,
+    /// A hub service with a URL, `NAME@URL` (as the hub's `--service NAME@URL=SCOPES`):
+    /// `/services/NAME/…` is forwarded to URL, an `http://host:port` origin. Repeatable.
+    #[arg(
+        long = "service",
+        env = "ATELIER_PROXY_SERVICES",
+        value_delimiter = ';',
+        value_parser = ServiceRoute::parse
+    )]
+    pub services: Vec<ServiceRoute>,
 }
 
 impl ProxyArgs {
@@ -336,6 +360,7 @@ impl ProxyArgs {
             auth_cache_ttl: Duration::from_secs(self.auth_cache_secs),
             user_domain: self.user_domain.clone(),
             public_url: self.public_url.trim_end_matches('/').to_owned(),
+            services: self.services.clone(),
             ..ProxyConfig::new(self.default_target.clone())
         }
     }
@@ -354,6 +379,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         routes = proxy.route_count(),
+        services = ?args.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
         default_target = %args.default_target,
         "proxy listening"
     );

@@ -52,6 +52,71 @@ impl Route {
     }
 }
 
+/// Where JupyterHub's services with a URL are served: `/services/<name>/…`.
+pub const SERVICES_PREFIX: &str = "/services/";
+
+/// A hub service with a URL (JupyterHub's `services: [{name, url}]`): requests for
+/// `/services/<name>` and `/services/<name>/…` go to it, path and query unchanged, as
+/// JupyterHub routes them through configurable-http-proxy (`Proxy.add_service`, route
+/// `service.proxy_spec` = `/services/<name>/` to `service.url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRoute {
+    /// The service's name: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Its origin, `http://host:port`.
+    pub target: String,
+}
+
+impl ServiceRoute {
+    /// Parses `NAME@URL`, URL an `http://host:port` origin (a path of `/` at most: the request's
+    /// path is forwarded unchanged).
+    pub fn parse(spec: &str) -> Result<ServiceRoute, String> {
+        let (name, url) = spec
+            .split_once('@')
+            .ok_or_else(|| format!("{spec:?}: expected NAME@URL"))?;
+        ServiceRoute::new(name, url)
+    }
+
+    /// The route of service `name` at `url` (see [`ServiceRoute::parse`]).
+    pub fn new(name: &str, url: &str) -> Result<ServiceRoute, String> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "service {name:?}: the name must be letters, digits, '-' or '_'"
+            ));
+        }
+        let upstream = Upstream::parse(url).map_err(|e| format!("service {name}: {e}"))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| format!("service {name}: {url:?} is not a URL"))?;
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err(format!(
+                "service {name}: {url:?} has a path or query; give its origin, http://host:port \
+                 (the proxy forwards /services/{name}/… with its path unchanged)"
+            ));
+        }
+        Ok(ServiceRoute {
+            name: name.to_owned(),
+            target: upstream.origin,
+        })
+    }
+
+    /// Whether `path` is this service's: `/services/<name>` or under `/services/<name>/`.
+    pub fn matches(&self, path: &str) -> bool {
+        path.strip_prefix(SERVICES_PREFIX)
+            .and_then(|rest| rest.strip_prefix(self.name.as_str()))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// The prefix its cookies must stay under, `/services/<name>/`.
+    pub fn prefix(&self) -> String {
+        format!("{SERVICES_PREFIX}{}/", self.name)
+    }
+}
+
 /// Where the proxy learns its routes.
 pub trait RouteSource: Send + Sync + 'static {
     /// The route of the server `server` of `user`, if it runs.
@@ -543,6 +608,48 @@ fn same_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_routes_parse_and_match_their_prefix() {
+        let r = ServiceRoute::parse("dask-gateway@http://127.0.0.1:8001").unwrap();
+        assert_eq!(r.name, "dask-gateway");
+        assert_eq!(r.target, "http://127.0.0.1:8001");
+        assert_eq!(r.prefix(), "/services/dask-gateway/");
+        assert_eq!(
+            ServiceRoute::parse("g@http://127.0.0.1:8001/")
+                .unwrap()
+                .target,
+            "http://127.0.0.1:8001"
+        );
+        for path in [
+            "/services/dask-gateway",
+            "/services/dask-gateway/",
+            "/services/dask-gateway/api/v1/clusters/",
+        ] {
+            assert!(r.matches(path), "{path}");
+        }
+        for path in [
+            "/services/dask-gatewayx/api",
+            "/services/",
+            "/services/other/",
+            "/hub/services/dask-gateway/",
+            "/user/dask-gateway/",
+        ] {
+            assert!(!r.matches(path), "{path}");
+        }
+        for bad in [
+            "dask-gateway",
+            "@http://127.0.0.1:1",
+            "a b@http://127.0.0.1:1",
+            "g@https://127.0.0.1:1",
+            "g@127.0.0.1:1",
+            "g@http://127.0.0.1:1/prefix",
+            "g@http://127.0.0.1:1/?q=1",
+            "g@http://u:p@127.0.0.1:1",
+        ] {
+            assert!(ServiceRoute::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn targets_parse_to_origins() {

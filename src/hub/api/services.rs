@@ -14,25 +14,33 @@ use serde_json::{Map, Value, json};
 use super::require_any;
 use crate::hub::auth::Caller;
 use crate::hub::{Hub, HubError, HubResult, HubState, ServiceConfig};
+use crate::proxy::SERVICES_PREFIX;
 use crate::scopes::{ScopeSet, Target, role_names};
 
 /// The scopes that let a caller read (part of) a service's model.
 const READ_SERVICE: &[&str] = &["read:services", "read:services:name", "read:roles:services"];
 
 /// JupyterHub 6.1.1's service model (`apihandlers/base.py` `service_model`) of service `name`
-/// as `scopes` may see it; `None` when they reveal nothing. Atelier's services are API-only, as
-/// a JupyterHub service with neither `url` nor `command`: `url` and `prefix` are empty,
-/// `command` is empty, `pid` 0, `info` empty. `display` is false: the hub's pages list no
-/// services.
+/// as `scopes` may see it; `None` when they reveal nothing. Atelier runs no service itself, as
+/// a JupyterHub service without `command`: `command` is empty, `pid` 0, `info` empty. A service
+/// with a URL has it as `url` and `/services/<name>/` as `prefix` (where the proxy serves it);
+/// without one both are empty. `display` is false: the hub's pages list no services.
 pub fn service_model(hub: &Hub, scopes: &ScopeSet, name: &str) -> Option<Value> {
     let target = Target::Service(name);
+    let url = hub
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.url.as_deref());
+    let prefix = url.map_or(String::new(), |_| format!("{SERVICES_PREFIX}{name}/"));
     let full = json!({
         "kind": "service",
         "name": name,
         "admin": false,
         "roles": role_names(&hub.config.roles.of_service(name)),
-        "url": "",
-        "prefix": "",
+        "url": url.unwrap_or(""),
+        "prefix": prefix,
         "command": [],
         "pid": 0,
         "info": {},
