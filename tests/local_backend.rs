@@ -217,6 +217,7 @@ fn request(user: &str, server: &str) -> SpawnRequest {
         user_options: json!({}),
         env,
         files: BTreeMap::new(),
+        dask: None,
     }
 }
 

@@ -45,7 +45,8 @@ use serde_json::Value;
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, ResourceRequest, WorkspaceProfile};
 use crate::backend::kubernetes::{SpecError, build_workspace, groups_annotation, workspace_name};
 use crate::backend::{
-    DATA_CATALOG_FILE, DATA_FILES, IRODS_AUTHENTICATION_FILE, IRODS_ENVIRONMENT_FILE, SpawnRequest,
+    DATA_CATALOG_FILE, DATA_FILES, IRODS_AUTHENTICATION_FILE, IRODS_ENVIRONMENT_FILE, LocalDask,
+    SpawnRequest,
 };
 use crate::config::OperatorConfig;
 use crate::policy::data::{self as data, DataPaths, EnvValue};
@@ -907,6 +908,114 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The Dask cluster a start of the `local` backend runs beside its server, if any: with a
+    /// catalogue, the `ValidatedDask` of the operator's `validate` (same refusals as
+    /// [`check`](Self::check)); with an empty one (plain `atelier up`), `user_options.dask`
+    /// read field by field as for a Workspace, with the built-in defaults of `validate` (1-4
+    /// workers of 1 CPU / 2Gi). A local cluster does not scale: it runs `min` workers (at least
+    /// one), and at most this machine's CPU count of them ([`local_dask_bound`]), else
+    /// `DaskWorkersOutOfRange`.
+    pub fn local_dask(
+        &self,
+        request: &SpawnRequest,
+        default_profile: &str,
+    ) -> Result<Option<LocalDask>, CheckError> {
+        let (min, cpu, memory, idle) = if self.is_empty() {
+            let mut request = request.clone();
+            if !names::is_valid_user_name(&request.user) {
+                request.user = names::dns_label("", &request.user, "");
+            }
+            let name = workspace_name(&request.user, &request.server);
+            let ws = build_workspace(&request, &name, CHECK_NAMESPACE, default_profile)
+                .map_err(CheckError::Invalid)?;
+            let Some(asked) = ws.spec.dask else {
+                return Ok(None);
+            };
+            if !asked.enabled.unwrap_or(true) {
+                return Ok(None);
+            }
+            let (min, max) = asked
+                .workers
+                .map_or(LOCAL_DEFAULT_WORKERS, |w| (w.min, w.max));
+            if min < 0 || max < 1 || min > max {
+                return Err(dask_out_of_range(format!(
+                    "Dask workers {min}-{max}: min must be at least 0, max at least 1, and min \
+                     at most max"
+                )));
+            }
+            let resources = asked.worker_resources.unwrap_or_default();
+            (
+                min,
+                resources
+                    .cpu
+                    .unwrap_or_else(|| LOCAL_DEFAULT_WORKER_CPU.to_owned()),
+                resources
+                    .memory
+                    .unwrap_or_else(|| LOCAL_DEFAULT_WORKER_MEMORY.to_owned()),
+                asked.idle_timeout_seconds,
+            )
+        } else {
+            let Some(ws) = self.validated(request, default_profile, CredentialsFrom::Catalog)?
+            else {
+                return Ok(None);
+            };
+            let Some(d) = ws.dask else {
+                return Ok(None);
+            };
+            (
+                d.min,
+                d.resources.cpu,
+                d.resources.memory,
+                d.idle_timeout_seconds,
+            )
+        };
+        let workers = u32::try_from(min.max(1)).unwrap_or(1);
+        let bound = local_dask_bound();
+        if workers > bound {
+            return Err(dask_out_of_range(format!(
+                "Dask workers: the local backend runs at most {bound} (this machine's CPUs), \
+                 asked for {workers}"
+            )));
+        }
+        let invalid = |field: &str, e: String| {
+            CheckError::Refused(Refusal {
+                reason: reason::INVALID_RESOURCES,
+                message: format!("Dask workers' {field}: {e}"),
+            })
+        };
+        let millis = policy::parse_cpu_millis(&cpu).map_err(|e| invalid("cpu", e.to_string()))?;
+        let bytes = policy::parse_bytes(&memory).map_err(|e| invalid("memory", e.to_string()))?;
+        Ok(Some(LocalDask {
+            workers,
+            threads: u32::try_from((millis + 999) / 1000).unwrap_or(1).max(1),
+            memory_limit: u64::try_from(bytes).ok().filter(|b| *b > 0),
+            idle_timeout_seconds: idle.and_then(|s| u64::try_from(s).ok()).filter(|s| *s > 0),
+        }))
+    }
+}
+
+/// Most workers a local Dask cluster runs: the machine's CPU count.
+pub fn local_dask_bound() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+/// `validate`'s built-in worker range, for a start without a catalogue.
+const LOCAL_DEFAULT_WORKERS: (i32, i32) = (1, 4);
+/// `validate`'s built-in worker CPU.
+const LOCAL_DEFAULT_WORKER_CPU: &str = "1";
+/// `validate`'s built-in worker memory.
+const LOCAL_DEFAULT_WORKER_MEMORY: &str = "2Gi";
+
+fn dask_out_of_range(message: String) -> CheckError {
+    CheckError::Refused(Refusal {
+        reason: reason::DASK_WORKERS_OUT_OF_RANGE,
+        message,
+    })
+}
+
 /// The groups as the operator reads them back from the Workspace's annotation (names holding a
 /// comma are dropped there, so they grant nothing here either).
 fn operator_groups(groups: &BTreeSet<String>) -> BTreeSet<String> {
@@ -1011,6 +1120,7 @@ mod tests {
             user_options: options,
             env: Default::default(),
             files: Default::default(),
+            dask: None,
         }
     }
 

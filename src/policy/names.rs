@@ -126,9 +126,17 @@ pub enum ServerNameRule {
     DnsLabel,
 }
 
+/// Names no new server may take: `dask` is the path of the default server's Dask dashboard
+/// (`/user/<name>/dask/`, `backend::DASHBOARD_SEGMENT`).
+pub const RESERVED_SERVER_NAMES: &[&str] = &[crate::backend::DASHBOARD_SEGMENT];
+
 impl ServerNameRule {
-    /// Whether `name` may name a new server (never the empty default server's name).
+    /// Whether `name` may name a new server (never the empty default server's name, nor a
+    /// reserved one, [`RESERVED_SERVER_NAMES`]).
     pub fn allows(self, name: &str) -> bool {
+        if RESERVED_SERVER_NAMES.contains(&name) {
+            return false;
+        }
         match self {
             ServerNameRule::Jupyterhub => is_jupyterhub_server_name(name),
             ServerNameRule::DnsLabel => is_dns_label(name),
