@@ -338,7 +338,7 @@ async fn story(what: &str, db: TestDb) {
     let out = bob_kernel.run(&join).await.map_err(|e| e.to_string());
     assert_eq!(
         out,
-        Ok("refused\nunable to get local issuer certificate\n".to_owned())
+        Ok("refused\nself-signed certificate in certificate chain\n".to_owned())
     );
     say("dask_local: bob's kernel refused by alice's scheduler (TLS)");
 

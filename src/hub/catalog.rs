@@ -245,6 +245,51 @@ pub struct ProfileChoice {
     pub max_gpus: i32,
     /// Data sources the user may mount.
     pub data_sources: Vec<DataSourceChoice>,
+    /// The Dask cluster the profile offers (`None`: none).
+    pub dask: Option<DaskChoice>,
+}
+
+/// The Dask cluster a profile offers, as the spawn form shows it: a checkbox (checked when the
+/// profile's defaults enable a cluster) and a "workers: min–max" pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaskChoice {
+    /// Whether a workspace gets a cluster when it asks for nothing.
+    pub enabled: bool,
+    /// Default workers kept when idle.
+    pub min: i32,
+    /// Default most workers.
+    pub max: i32,
+    /// The most workers the profile allows (the inputs' bound).
+    pub max_workers: i32,
+}
+
+impl DaskChoice {
+    /// What `profile` offers (`validate`'s defaults: 1-4 workers within `maxWorkers`).
+    fn of(profile: &WorkspaceProfile) -> Option<DaskChoice> {
+        let offer = profile.spec.dask.as_ref()?;
+        let defaults = offer.defaults.as_ref();
+        let (min, max) = defaults
+            .and_then(|d| d.workers)
+            .map_or(LOCAL_DEFAULT_WORKERS, |w| (w.min, w.max));
+        Some(DaskChoice {
+            enabled: defaults.and_then(|d| d.enabled).unwrap_or(false),
+            min: min.min(offer.max_workers),
+            max: max.min(offer.max_workers),
+            max_workers: offer.max_workers,
+        })
+    }
+
+    /// What a hub without a catalogue offers (the local backend's built-in cluster).
+    fn built_in() -> DaskChoice {
+        let (min, max) = LOCAL_DEFAULT_WORKERS;
+        let bound = i32::try_from(local_dask_bound()).unwrap_or(i32::MAX);
+        DaskChoice {
+            enabled: false,
+            min: min.min(bound),
+            max,
+            max_workers: max.max(bound),
+        }
+    }
 }
 
 /// The catalogue shared by the hub's handlers and its refresh task.
@@ -604,6 +649,7 @@ impl Catalog {
                 gpu_types: Vec::new(),
                 max_gpus: 0,
                 data_sources: Vec::new(),
+                dask: Some(DaskChoice::built_in()),
             }];
         }
         let groups = operator_groups(groups);
@@ -638,6 +684,7 @@ impl Catalog {
                     gpu_types: gpu_types.into_iter().collect(),
                     max_gpus,
                     data_sources: data_sources.clone(),
+                    dask: DaskChoice::of(p),
                 }
             })
             .collect()
