@@ -699,4 +699,44 @@ mod tests {
         let r = cache.resolve("nobody", None).await.unwrap();
         assert_eq!(target(&r), ("", None));
     }
+
+    #[test]
+    fn dashboard_keys_name_their_server() {
+        assert_eq!(dashboard_key(""), "dask");
+        assert_eq!(dashboard_key("gpu"), "gpu/dask");
+        assert_eq!(dashboard_owner("dask"), Some(""));
+        assert_eq!(dashboard_owner("gpu/dask"), Some("gpu"));
+        for not_one in ["", "gpu", "gpudask", "dask/gpu", "/das"] {
+            assert_eq!(dashboard_owner(not_one), None, "{not_one:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dashboards_by_longest_prefix() {
+        let (source, cache) = cache(&[
+            ("alice", "", "http://127.0.0.1:1"),
+            ("alice", "dask", "http://127.0.0.1:11"),
+            ("alice", "gpu", "http://127.0.0.1:2"),
+        ]);
+        assert_eq!(cache.refresh().await.unwrap(), 3);
+        // The default server's dashboard, then the paths of the server itself.
+        let r = cache.resolve_dashboard("alice", "").await.unwrap().unwrap();
+        assert_eq!(target(&r), ("dask", Some("http://127.0.0.1:11")));
+        let r = cache.resolve("alice", Some("lab")).await.unwrap();
+        assert_eq!(target(&r), ("", Some("http://127.0.0.1:1")));
+        // gpu has no dashboard: its `dask/` path is its own.
+        assert!(cache.resolve_dashboard("alice", "gpu").await.unwrap().is_none());
+        // Started after the refresh: reachable at once.
+        source.insert("alice", "gpu/dask", "http://127.0.0.1:12");
+        cache.refresh().await.unwrap();
+        let r = cache.resolve_dashboard("alice", "gpu").await.unwrap().unwrap();
+        assert_eq!(target(&r), ("gpu/dask", Some("http://127.0.0.1:12")));
+        source.insert("bob", "dask", "http://127.0.0.1:13");
+        let r = cache.resolve_dashboard("bob", "").await.unwrap().unwrap();
+        assert_eq!(target(&r), ("dask", Some("http://127.0.0.1:13")));
+        // Gone with its server.
+        source.remove("alice", "dask");
+        cache.refresh().await.unwrap();
+        assert!(cache.resolve_dashboard("alice", "").await.unwrap().is_none());
+    }
 }
