@@ -1787,4 +1787,124 @@ stringData:
         assert_eq!(shared.get().profiles.len(), 4);
         assert!(before.is_empty(), "readers keep the catalogue they took");
     }
+
+    const DASK_CATALOG: &str = r#"
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: lab}
+spec:
+  displayName: Lab
+  image: lab:1
+  dask:
+    defaults:
+      enabled: true
+      workers: {min: 1, max: 3}
+      workerResources: {cpu: 1500m, memory: 3Gi}
+      idleTimeoutSeconds: 900
+    maxWorkers: 64
+---
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: plain}
+spec: {displayName: Plain, image: lab:1}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {name: cpu}
+spec: {purpose: interactive}
+"#;
+
+    #[test]
+    fn local_dask_from_the_catalogue() {
+        let mut c = Catalog::default();
+        c.add_yaml(Path::new("dask.yaml"), DASK_CATALOG).unwrap();
+        let dask = |options: Value| c.local_dask(&request(&[], options), "lab");
+        // The profile's defaults: min workers, each with its CPU rounded up as threads.
+        assert_eq!(
+            dask(json!({"profile": "lab"})).unwrap(),
+            Some(LocalDask {
+                workers: 1,
+                threads: 2,
+                memory_limit: Some(3 << 30),
+                idle_timeout_seconds: Some(900),
+            })
+        );
+        assert_eq!(dask(json!({"profile": "lab", "dask": {"enabled": false}})).unwrap(), None);
+        assert_eq!(dask(json!({"profile": "plain"})).unwrap(), None);
+        // The operator's refusals.
+        match dask(json!({"profile": "plain", "dask": {}})) {
+            Err(CheckError::Refused(r)) => assert_eq!(r.reason, reason::DASK_NOT_OFFERED),
+            other => panic!("{other:?}"),
+        }
+        match dask(json!({"profile": "lab", "dask": {"workers": {"min": 1, "max": 65}}})) {
+            Err(CheckError::Refused(r)) => {
+                assert_eq!(r.reason, reason::DASK_WORKERS_OUT_OF_RANGE)
+            }
+            other => panic!("{other:?}"),
+        }
+        // The local bound: no more workers than CPUs.
+        let over = local_dask_bound() + 1;
+        match dask(json!({"profile": "lab", "dask": {"workers": {"min": over, "max": over}}})) {
+            Err(CheckError::Refused(r)) => {
+                assert_eq!(r.reason, reason::DASK_WORKERS_OUT_OF_RANGE);
+                assert!(r.message.contains("this machine's CPUs"), "{}", r.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // No idle timeout when 0.
+        let zero = dask(json!({"profile": "lab", "dask": {"idleTimeoutSeconds": 0}})).unwrap();
+        assert_eq!(zero.unwrap().idle_timeout_seconds, None);
+    }
+
+    #[test]
+    fn local_dask_without_a_catalogue() {
+        let c = Catalog::default();
+        let dask = |options: Value| c.local_dask(&request(&[], options), "default");
+        assert_eq!(dask(json!({})).unwrap(), None, "nothing asked, nothing started");
+        assert_eq!(
+            dask(json!({"dask": {}})).unwrap(),
+            Some(LocalDask {
+                workers: 1,
+                threads: 1,
+                memory_limit: Some(2 << 30),
+                idle_timeout_seconds: None,
+            })
+        );
+        let one = dask(json!({"dask": {"workers": {"min": 1, "max": 8}, "idleTimeoutSeconds": 60}}))
+            .unwrap()
+            .unwrap();
+        assert_eq!((one.workers, one.idle_timeout_seconds), (1, Some(60)));
+        assert_eq!(dask(json!({"dask": {"enabled": false}})).unwrap(), None);
+        match dask(json!({"dask": {"workers": {"min": 3, "max": 2}}})) {
+            Err(CheckError::Invalid(e)) => assert_eq!(e.field, "user_options.dask.workers.min"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            dask(json!({"dask": {"workers": 2}})),
+            Err(CheckError::Invalid(_))
+        ));
+        // The form's choice: the built-in range, bounded by the machine.
+        let choice = c.choices_for(&groups(&[]))[0].dask.clone().unwrap();
+        assert!(!choice.enabled);
+        assert_eq!((choice.min, choice.max), (1, 4));
+        assert!(choice.max_workers >= 4);
+    }
+
+    #[test]
+    fn dask_choices_of_profiles() {
+        let mut c = Catalog::default();
+        c.add_yaml(Path::new("dask.yaml"), DASK_CATALOG).unwrap();
+        let choices = c.choices_for(&groups(&[]));
+        let of = |name: &str| choices.iter().find(|p| p.name == name).unwrap().dask.clone();
+        assert_eq!(
+            of("lab"),
+            Some(DaskChoice {
+                enabled: true,
+                min: 1,
+                max: 3,
+                max_workers: 64
+            })
+        );
+        assert_eq!(of("plain"), None);
+    }
 }

@@ -131,12 +131,9 @@ pub enum ServerNameRule {
 pub const RESERVED_SERVER_NAMES: &[&str] = &[crate::backend::DASHBOARD_SEGMENT];
 
 impl ServerNameRule {
-    /// Whether `name` may name a new server (never the empty default server's name, nor a
-    /// reserved one, [`RESERVED_SERVER_NAMES`]).
+    /// Whether `name` may name a new server under the rule (never the empty default server's
+    /// name; [`RESERVED_SERVER_NAMES`] are refused apart, by name).
     pub fn allows(self, name: &str) -> bool {
-        if RESERVED_SERVER_NAMES.contains(&name) {
-            return false;
-        }
         match self {
             ServerNameRule::Jupyterhub => is_jupyterhub_server_name(name),
             ServerNameRule::DnsLabel => is_dns_label(name),
