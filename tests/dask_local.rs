@@ -58,7 +58,10 @@ impl Drop for World {
         }
         let leftovers = kill_leftovers(&self.dir_str);
         if failed {
-            say(format!("==== dask_local failed: logs under {} ====", self.dir.display()));
+            say(format!(
+                "==== dask_local failed: logs under {} ====",
+                self.dir.display()
+            ));
             let mut logs: Vec<(String, String)> = self
                 .procs
                 .iter()
@@ -82,7 +85,9 @@ impl Drop for World {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
         if leftovers > 0 {
-            say(format!("dask_local: killed {leftovers} leftover process(es)"));
+            say(format!(
+                "dask_local: killed {leftovers} leftover process(es)"
+            ));
         }
     }
 }
@@ -138,7 +143,13 @@ impl World {
         format!("http://127.0.0.1:{}", self.proxy_port)
     }
 
-    async fn call(&self, method: &str, url: &str, token: &str, body: Option<Value>) -> (u16, String) {
+    async fn call(
+        &self,
+        method: &str,
+        url: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
         let mut req = http::Request::builder().method(method).uri(url);
         if !token.is_empty() {
             req = req.header("authorization", format!("token {token}"));
@@ -160,13 +171,20 @@ impl World {
     }
 
     async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-        self.call(method, &format!("{}{path}", self.hub()), &self.admin_token, body)
-            .await
+        self.call(
+            method,
+            &format!("{}{path}", self.hub()),
+            &self.admin_token,
+            body,
+        )
+        .await
     }
 
     /// Creates `user` and a token that may start and use its servers.
     async fn user(&self, user: &str) -> String {
-        let (status, body) = self.admin("POST", &format!("/hub/api/users/{user}"), None).await;
+        let (status, body) = self
+            .admin("POST", &format!("/hub/api/users/{user}"), None)
+            .await;
         assert_eq!(status, 201, "create {user}: {body}");
         let scopes = json!({"note": "dask story", "scopes": [
             format!("servers!user={user}"),
@@ -174,7 +192,11 @@ impl World {
             format!("access:servers!user={user}"),
         ]});
         let (status, body) = self
-            .admin("POST", &format!("/hub/api/users/{user}/tokens"), Some(scopes))
+            .admin(
+                "POST",
+                &format!("/hub/api/users/{user}/tokens"),
+                Some(scopes),
+            )
             .await;
         assert_eq!(status, 201, "a token for {user}: {body}");
         let token: Value = serde_json::from_str(&body).expect("token JSON");
@@ -187,11 +209,16 @@ impl World {
         let url = format!("{}/hub/api/users/{user}/server", self.hub());
         let options = json!({"user_options": {"dask": {"workers": {"min": workers, "max": 4}}}});
         let (status, body) = self.call("POST", &url, token, Some(options)).await;
-        assert!(status == 201 || status == 202, "start {user}: {status} {body}");
+        assert!(
+            status == 201 || status == 202,
+            "start {user}: {status} {body}"
+        );
         let model = format!("{}/hub/api/users/{user}", self.hub());
         let deadline = Deadline::new(format!("{user}'s server to be ready"), SPAWN_WAIT);
         loop {
-            let (_, body) = self.admin("GET", &model.replace(&self.hub(), ""), None).await;
+            let (_, body) = self
+                .admin("GET", &model.replace(&self.hub(), ""), None)
+                .await;
             let v: Value = serde_json::from_str(&body).expect("user model");
             let server = &v["servers"][""];
             if server["ready"] == true {
@@ -204,7 +231,10 @@ impl World {
             deadline.tick(body).await;
         }
         let status_url = format!("{}/user/{user}/api/status", self.public());
-        let deadline = Deadline::new(format!("{status_url} to answer 200"), Duration::from_secs(30));
+        let deadline = Deadline::new(
+            format!("{status_url} to answer 200"),
+            Duration::from_secs(30),
+        );
         loop {
             let (status, body) = self.call("GET", &status_url, token, None).await;
             if status == 200 {
@@ -217,10 +247,15 @@ impl World {
     async fn stop(&self, user: &str, token: &str) {
         let url = format!("{}/hub/api/users/{user}/server", self.hub());
         let (status, body) = self.call("DELETE", &url, token, None).await;
-        assert!(status == 202 || status == 204, "stop {user}: {status} {body}");
+        assert!(
+            status == 202 || status == 204,
+            "stop {user}: {status} {body}"
+        );
         let deadline = Deadline::new(format!("{user}'s server to stop"), Duration::from_secs(60));
         loop {
-            let (_, body) = self.admin("GET", &format!("/hub/api/users/{user}"), None).await;
+            let (_, body) = self
+                .admin("GET", &format!("/hub/api/users/{user}"), None)
+                .await;
             let v: Value = serde_json::from_str(&body).expect("user model");
             if v["servers"].get("").is_none() && v["pending"].is_null() {
                 return;
@@ -291,7 +326,9 @@ async fn story(what: &str, db: TestDb) {
     ] {
         let path = &env[var];
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(path).unwrap_or_else(|e| panic!("{var}={path}: {e}")).permissions(),
+            &std::fs::metadata(path)
+                .unwrap_or_else(|e| panic!("{var}={path}: {e}"))
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600, "{var}={path}");
     }
@@ -319,7 +356,10 @@ async fn story(what: &str, db: TestDb) {
     let (status, _) = world.call("GET", &dashboard, &bob, None).await;
     assert_eq!(status, 403, "bob must not see alice's dashboard");
     let (status, _) = world.call("GET", &dashboard, "", None).await;
-    assert!(status == 401 || status == 403 || status == 302, "anonymous: {status}");
+    assert!(
+        status == 401 || status == 403 || status == 302,
+        "anonymous: {status}"
+    );
 
     // bob, with a cluster (and a CA) of his own, cannot join alice's.
     world.start("bob", &bob, 1).await;
@@ -367,7 +407,11 @@ async fn story(what: &str, db: TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dask_cluster_in_a_local_workspace_on_sqlite() {
     let db = TestDb::sqlite("dask_local");
-    story("local Dask story on SQLite (hub, proxy, jupyterhub-singleuser, dask)", db).await;
+    story(
+        "local Dask story on SQLite (hub, proxy, jupyterhub-singleuser, dask)",
+        db,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1217,7 +1217,9 @@ spec: {purpose: interactive}
     assert_eq!(page.status, 200, "{}", page.body);
     let body = page.body.replace("&#x2F;", "/");
     let block = {
-        let start = body.find(r#"id="dask-pangeo""#).expect("pangeo's Dask block");
+        let start = body
+            .find(r#"id="dask-pangeo""#)
+            .expect("pangeo's Dask block");
         let end = body[start..].find("</fieldset>").expect("its end");
         body[start..start + end].to_owned()
     };
@@ -1251,7 +1253,11 @@ spec: {purpose: interactive}
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("user_options.dask.workers.min"), "{}", r.body);
+    assert!(
+        r.body.contains("user_options.dask.workers.min"),
+        "{}",
+        r.body
+    );
     // More than maxWorkers: the catalogue refuses, naming the rule.
     let r = alice
         .post(
@@ -1265,7 +1271,12 @@ spec: {purpose: interactive}
             ],
         )
         .await;
-    assert!(r.body.contains("DaskWorkersOutOfRange"), "{} {}", r.status, r.body);
+    assert!(
+        r.body.contains("DaskWorkersOutOfRange"),
+        "{} {}",
+        r.status,
+        r.body
+    );
 
     let r = alice
         .post(
@@ -1316,7 +1327,10 @@ spec: {purpose: interactive}
     assert_eq!(r.status, 303, "{}", r.body);
     web.wait_for("alice", "third", ServerState::Running).await;
     assert_eq!(
-        web.backend.request("alice", "third").user_options.get("dask"),
+        web.backend
+            .request("alice", "third")
+            .user_options
+            .get("dask"),
         None
     );
     // No server may be named `dask` (the default server's dashboard is there).

@@ -1534,8 +1534,16 @@ async fn dask_dashboards_go_to_their_owners_only() {
     for (path, token, upstream) in [
         ("/user/alice/dask/status", &alice_token, "alice dashboard"),
         ("/user/alice/dask/", &root_token, "alice dashboard"),
-        ("/user/alice/gpu/dask/status", &alice_token, "alice/gpu dashboard"),
-        ("/user/alice/gpu/dask/status", &gpu_only, "alice/gpu dashboard"),
+        (
+            "/user/alice/gpu/dask/status",
+            &alice_token,
+            "alice/gpu dashboard",
+        ),
+        (
+            "/user/alice/gpu/dask/status",
+            &gpu_only,
+            "alice/gpu dashboard",
+        ),
         ("/user/alice/lab", &alice_token, "alice"),
         ("/user/alice/gpu/lab/dask", &alice_token, "alice/gpu"),
     ] {
@@ -1557,7 +1565,11 @@ async fn dask_dashboards_go_to_their_owners_only() {
     }
     let a = get(&c, &proxy.url("/user/alice/dask/status"), &[]).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "no credential");
-    assert_eq!((a_dash.hits(), g_dash.hits()), before, "refusals reach no dashboard");
+    assert_eq!(
+        (a_dash.hits(), g_dash.hits()),
+        before,
+        "refusals reach no dashboard"
+    );
     proxy.stop().await;
     for up in [hub, a_up, a_dash, g_up, g_dash] {
         up.stop().await;

@@ -69,8 +69,8 @@ use tokio::sync::mpsc;
 
 pub use self::observer::{ObservedWorkspace, WorkspaceObserver};
 pub use self::spec::{
-    Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace,
-    dashboard_target, groups_annotation, observe, status_of, workspace_name, workspace_namespace,
+    Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace, dashboard_target,
+    groups_annotation, observe, status_of, workspace_name, workspace_namespace,
 };
 use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
 use crate::api::v1alpha1::Workspace;

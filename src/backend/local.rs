@@ -569,10 +569,7 @@ impl LocalBackend {
             send(
                 progress,
                 50,
-                format!(
-                    "Dask scheduler and {} worker(s) started",
-                    plan.spec.workers
-                ),
+                format!("Dask scheduler and {} worker(s) started", plan.spec.workers),
                 false,
                 false,
             )
@@ -797,7 +794,8 @@ impl LocalBackend {
             // The server still serves; its kernels' `Client()` fails until the next start
             // (an idle timeout ends a scheduler on purpose).
             tracing::warn!(
-                pid = handle.pid, scheduler_pid = cluster.scheduler_pid,
+                pid = handle.pid,
+                scheduler_pid = cluster.scheduler_pid,
                 "the server's Dask scheduler is no longer running (idle timeout or crash)"
             );
         }
@@ -875,11 +873,14 @@ impl StartedCluster {
         if let Some(how) = self.scheduler_exit.borrow_and_update().clone() {
             return Some(format!("the Dask scheduler {how}"));
         }
-        self.worker_exits.iter_mut().enumerate().find_map(|(i, exit)| {
-            exit.borrow_and_update()
-                .clone()
-                .map(|how| format!("Dask worker {i} {how}"))
-        })
+        self.worker_exits
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, exit)| {
+                exit.borrow_and_update()
+                    .clone()
+                    .map(|how| format!("Dask worker {i} {how}"))
+            })
     }
 }
 

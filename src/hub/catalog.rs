@@ -1829,7 +1829,10 @@ spec: {purpose: interactive}
                 idle_timeout_seconds: Some(900),
             })
         );
-        assert_eq!(dask(json!({"profile": "lab", "dask": {"enabled": false}})).unwrap(), None);
+        assert_eq!(
+            dask(json!({"profile": "lab", "dask": {"enabled": false}})).unwrap(),
+            None
+        );
         assert_eq!(dask(json!({"profile": "plain"})).unwrap(), None);
         // The operator's refusals.
         match dask(json!({"profile": "plain", "dask": {}})) {
@@ -1860,7 +1863,11 @@ spec: {purpose: interactive}
     fn local_dask_without_a_catalogue() {
         let c = Catalog::default();
         let dask = |options: Value| c.local_dask(&request(&[], options), "default");
-        assert_eq!(dask(json!({})).unwrap(), None, "nothing asked, nothing started");
+        assert_eq!(
+            dask(json!({})).unwrap(),
+            None,
+            "nothing asked, nothing started"
+        );
         assert_eq!(
             dask(json!({"dask": {}})).unwrap(),
             Some(LocalDask {
@@ -1870,9 +1877,10 @@ spec: {purpose: interactive}
                 idle_timeout_seconds: None,
             })
         );
-        let one = dask(json!({"dask": {"workers": {"min": 1, "max": 8}, "idleTimeoutSeconds": 60}}))
-            .unwrap()
-            .unwrap();
+        let one =
+            dask(json!({"dask": {"workers": {"min": 1, "max": 8}, "idleTimeoutSeconds": 60}}))
+                .unwrap()
+                .unwrap();
         assert_eq!((one.workers, one.idle_timeout_seconds), (1, Some(60)));
         assert_eq!(dask(json!({"dask": {"enabled": false}})).unwrap(), None);
         match dask(json!({"dask": {"workers": {"min": 3, "max": 2}}})) {
@@ -1895,7 +1903,14 @@ spec: {purpose: interactive}
         let mut c = Catalog::default();
         c.add_yaml(Path::new("dask.yaml"), DASK_CATALOG).unwrap();
         let choices = c.choices_for(&groups(&[]));
-        let of = |name: &str| choices.iter().find(|p| p.name == name).unwrap().dask.clone();
+        let of = |name: &str| {
+            choices
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap()
+                .dask
+                .clone()
+        };
         assert_eq!(
             of("lab"),
             Some(DaskChoice {

@@ -13,12 +13,12 @@ use hyper_util::rt::TokioIo;
 
 use super::auth::Access;
 use super::body::{RequestBody, ResponseBody};
+use super::paths::dashboard_server;
 use super::paths::user_host_credentials;
 use super::paths::{
     SESSION_COOKIE, credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path,
     path_and_query, remove_hop_by_hop, server_label, spawn_url, strip_session_cookie,
 };
-use super::paths::dashboard_server;
 use super::routes::{Resolved, Upstream, dashboard_owner};
 use super::splice::splice;
 use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};

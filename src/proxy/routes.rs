@@ -725,11 +725,21 @@ mod tests {
         let r = cache.resolve("alice", Some("lab")).await.unwrap();
         assert_eq!(target(&r), ("", Some("http://127.0.0.1:1")));
         // gpu has no dashboard: its `dask/` path is its own.
-        assert!(cache.resolve_dashboard("alice", "gpu").await.unwrap().is_none());
+        assert!(
+            cache
+                .resolve_dashboard("alice", "gpu")
+                .await
+                .unwrap()
+                .is_none()
+        );
         // Started after the refresh: reachable at once.
         source.insert("alice", "gpu/dask", "http://127.0.0.1:12");
         cache.refresh().await.unwrap();
-        let r = cache.resolve_dashboard("alice", "gpu").await.unwrap().unwrap();
+        let r = cache
+            .resolve_dashboard("alice", "gpu")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(target(&r), ("gpu/dask", Some("http://127.0.0.1:12")));
         source.insert("bob", "dask", "http://127.0.0.1:13");
         let r = cache.resolve_dashboard("bob", "").await.unwrap().unwrap();
@@ -737,6 +747,12 @@ mod tests {
         // Gone with its server.
         source.remove("alice", "dask");
         cache.refresh().await.unwrap();
-        assert!(cache.resolve_dashboard("alice", "").await.unwrap().is_none());
+        assert!(
+            cache
+                .resolve_dashboard("alice", "")
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

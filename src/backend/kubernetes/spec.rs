@@ -1200,8 +1200,13 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(dashboard_target(&ws), None, "empty is unset");
-        ws.status.as_mut().unwrap().dask.as_mut().unwrap().dashboard_target =
-            Some("http://ws-alice-dask-scheduler.atelier.svc:8787".into());
+        ws.status
+            .as_mut()
+            .unwrap()
+            .dask
+            .as_mut()
+            .unwrap()
+            .dashboard_target = Some("http://ws-alice-dask-scheduler.atelier.svc:8787".into());
         assert_eq!(
             dashboard_target(&ws).as_deref(),
             Some("http://ws-alice-dask-scheduler.atelier.svc:8787")

@@ -265,10 +265,7 @@ pub fn dashboard_link(public: Option<&str>, prefix: &str) -> String {
         Some(public) if !public.is_empty() => public,
         _ => prefix,
     };
-    format!(
-        "{}/{DASHBOARD_SEGMENT}/status",
-        base.trim_end_matches('/')
-    )
+    format!("{}/{DASHBOARD_SEGMENT}/status", base.trim_end_matches('/'))
 }
 
 /// Whether a variable of the server's environment is the server's alone: the hub's token and
@@ -402,7 +399,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("dask"), "").unwrap();
         let server = dir.join("jupyterhub-singleuser").display().to_string();
-        assert_eq!(dask_program(&server), dir.join("dask").display().to_string());
+        assert_eq!(
+            dask_program(&server),
+            dir.join("dask").display().to_string()
+        );
         assert_eq!(dask_program("jupyterhub-singleuser"), "dask");
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(dask_program(&server), "dask");
