@@ -153,6 +153,7 @@ stories!(
     logout_ends_the_session,
     spawn_profiles_home_and_stop,
     data_sources_on_the_pages,
+    dask_on_the_spawn_form,
     tokens_page,
     admin_page,
     error_pages,
@@ -1175,6 +1176,170 @@ spec:
         home.body
     );
     assert!(!home.body.contains("to_dask()"), "{}", home.body);
+}
+
+/// A profile offering Dask gets a checkbox and a "Dask workers: min–max" pair on the spawn
+/// form (defaults from the profile, bounded by its maxWorkers); they become `user_options.dask`.
+async fn dask_on_the_spawn_form(db: TestDb) {
+    let web = serve(&db, |c| {
+        let mut catalog = Catalog::default();
+        catalog
+            .add_yaml(
+                Path::new("dask.yaml"),
+                r#"
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: pangeo}
+spec:
+  displayName: Pangeo
+  image: lab:1
+  dask:
+    defaults: {enabled: true, workers: {min: 1, max: 3}}
+    maxWorkers: 6
+---
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: plain}
+spec: {displayName: Plain, image: lab:1}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {name: cpu}
+spec: {purpose: interactive}
+"#,
+            )
+            .unwrap();
+        c.catalog = SharedCatalog::new(catalog);
+    })
+    .await;
+    let mut alice = web.logged_in("alice").await;
+    let page = alice.get("/hub/spawn/alice").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let body = page.body.replace("&#x2F;", "/");
+    let block = {
+        let start = body
+            .find(r#"id="dask-pangeo""#)
+            .expect("pangeo's Dask block");
+        let end = body[start..].find("</fieldset>").expect("its end");
+        body[start..start + end].to_owned()
+    };
+    assert!(
+        block.contains(r#"<input type="checkbox" name="pangeo/dask" value="on" checked>"#),
+        "{block}"
+    );
+    assert!(block.contains("Dask workers: min"), "{block}");
+    assert!(
+        block.contains(r#"name="pangeo/dask_min" type="number" min="0" max="6" value="1""#),
+        "{block}"
+    );
+    assert!(
+        block.contains(r#"name="pangeo/dask_max" type="number" min="1" max="6" value="3""#),
+        "{block}"
+    );
+    assert!(!body.contains(r#"id="dask-plain""#), "plain offers no Dask");
+
+    let xsrf = page.xsrf();
+    // Not whole numbers: 400 naming the field, nothing starts.
+    let r = alice
+        .post(
+            "/hub/spawn/alice",
+            &[
+                ("_xsrf", &xsrf),
+                ("profile", "pangeo"),
+                ("pangeo/dask", "on"),
+                ("pangeo/dask_min", "two"),
+                ("pangeo/dask_max", "5"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("user_options.dask.workers.min"),
+        "{}",
+        r.body
+    );
+    // More than maxWorkers: the catalogue refuses, naming the rule.
+    let r = alice
+        .post(
+            "/hub/spawn/alice",
+            &[
+                ("_xsrf", &xsrf),
+                ("profile", "pangeo"),
+                ("pangeo/dask", "on"),
+                ("pangeo/dask_min", "1"),
+                ("pangeo/dask_max", "7"),
+            ],
+        )
+        .await;
+    assert!(
+        r.body.contains("DaskWorkersOutOfRange"),
+        "{} {}",
+        r.status,
+        r.body
+    );
+
+    let r = alice
+        .post(
+            "/hub/spawn/alice",
+            &[
+                ("_xsrf", &xsrf),
+                ("profile", "pangeo"),
+                ("pangeo/dask", "on"),
+                ("pangeo/dask_min", "2"),
+                ("pangeo/dask_max", "5"),
+                // Another profile's fields are not this start's.
+                ("plain/dask_min", "9"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    web.wait_for("alice", "", ServerState::Running).await;
+    assert_eq!(
+        web.backend.request("alice", "").user_options["dask"],
+        json!({"enabled": true, "workers": {"min": 2, "max": 5}})
+    );
+
+    // Unchecked: no cluster, whatever the profile's default.
+    let r = alice
+        .post(
+            "/hub/spawn/alice/second",
+            &[
+                ("_xsrf", &xsrf),
+                ("profile", "pangeo"),
+                ("pangeo/dask_min", "1"),
+                ("pangeo/dask_max", "3"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    web.wait_for("alice", "second", ServerState::Running).await;
+    assert_eq!(
+        web.backend.request("alice", "second").user_options["dask"],
+        json!({"enabled": false})
+    );
+    // The plain profile's form has no Dask fields: no `dask` option at all.
+    let r = alice
+        .post(
+            "/hub/spawn/alice/third",
+            &[("_xsrf", &xsrf), ("profile", "plain")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    web.wait_for("alice", "third", ServerState::Running).await;
+    assert_eq!(
+        web.backend
+            .request("alice", "third")
+            .user_options
+            .get("dask"),
+        None
+    );
+    // No server may be named `dask` (the default server's dashboard is there).
+    let r = alice.get("/hub/spawn/alice?server_name=dask").await;
+    assert_eq!(r.location(), "/hub/spawn/alice/dask");
+    let r = alice.get("/hub/spawn/alice/dask").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("reserved"), "{}", r.body);
+    assert!(r.body.contains("dask"), "{}", r.body);
 }
 
 async fn tokens_page(db: TestDb) {

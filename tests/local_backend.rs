@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use atelier::backend::local::{LocalBackend, LocalConfig};
 use atelier::backend::{
-    BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
+    BackendError, BackendStatus, LocalDask, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -217,6 +217,7 @@ fn request(user: &str, server: &str) -> SpawnRequest {
         user_options: json!({}),
         env,
         files: BTreeMap::new(),
+        dask: None,
     }
 }
 
@@ -836,4 +837,62 @@ async fn real_jupyterhub_singleuser_starts_and_stops() {
         "stopped by SIGTERM, not SIGKILL:\n{log}"
     );
     hub.abort();
+}
+
+/// A start with a Dask cluster dropped midway takes the scheduler and the workers (in the
+/// server's process group) and the cluster's TLS files with it. Needs the peers venv's `dask`.
+#[tokio::test]
+async fn dropping_a_start_with_dask_leaves_no_process() {
+    let Some(venv) = peers_venv() else {
+        return;
+    };
+    let sandbox = Sandbox::new("dask-drop");
+    // `dask` beside the server's program, as in a venv; the server never answers.
+    let bin = sandbox.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(venv.join("bin/dask"), bin.join("dask")).unwrap();
+    let server = bin.join("never-ready");
+    std::fs::write(&server, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = sandbox.config();
+    config.command = vec![server.to_string_lossy().into_owned()];
+    let backend = LocalBackend::new(config);
+    let mut req = request("dora", "");
+    req.dask = Some(LocalDask {
+        workers: 1,
+        threads: 1,
+        memory_limit: None,
+        idle_timeout_seconds: None,
+    });
+    let data_dir = backend.data_dir_path("dora", "");
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut start = backend.start(req, tx);
+    let (pgid, mut cluster_started) = (None::<i32>, false);
+    let mut pgid = pgid;
+    bounded("the cluster's started event", async {
+        while !cluster_started {
+            tokio::select! {
+                result = &mut start => panic!("start ended: {result:?}"),
+                Some(event) = rx.recv() => {
+                    if let Some(pid) = event_pid(&event) {
+                        sandbox.track(pid);
+                        pgid = Some(pid);
+                    }
+                    cluster_started |= event.message.starts_with("Dask scheduler and 1 worker");
+                },
+            }
+        }
+    })
+    .await;
+    let pgid = pgid.expect("the server's pid");
+    assert!(data_dir.join("dask-tls.key").is_file(), "the cluster's key");
+    // The server, the scheduler and the worker's nanny (and its worker process).
+    eventually("the cluster is up", async || group_members(pgid).len() >= 3).await;
+    drop(start);
+    eventually("the group is gone", async || group_members(pgid).is_empty()).await;
+    assert!(
+        !data_dir.exists(),
+        "an abandoned start left {}",
+        data_dir.display()
+    );
 }

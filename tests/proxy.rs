@@ -1489,3 +1489,89 @@ async fn users_hosts_serve_only_their_users_servers() {
     );
     proxy.stop().await;
 }
+
+/// A server's Dask dashboard (`/user/<name>/[<server>/]dask/…`, the target its handle names) is
+/// routed by longest prefix and opened to whoever may use the server, and to no one else.
+#[tokio::test]
+async fn dask_dashboards_go_to_their_owners_only() {
+    let db = Db::new().await;
+    let hub = Upstream::start("hub").await;
+    let a_up = Upstream::start("alice").await;
+    let a_dash = Upstream::start("alice dashboard").await;
+    let g_up = Upstream::start("alice/gpu").await;
+    let g_dash = Upstream::start("alice/gpu dashboard").await;
+    let alice = db.user("alice", false).await;
+    let bob = db.user("bob", false).await;
+    let root = db.user("root", true).await;
+    for (name, up, dash) in [("", &a_up, &a_dash), ("gpu", &g_up, &g_dash)] {
+        let server = db.store.create_server(alice.id, name).await.unwrap();
+        db.store
+            .begin_start(server.id, &StartRequest::default(), now())
+            .await
+            .unwrap();
+        let handle = json!({"pid": 1, atelier::backend::DASHBOARD_KEY: dash.url()});
+        db.store
+            .mark_running(server.id, &up.url(), &handle, now())
+            .await
+            .unwrap();
+    }
+    let proxy = store_proxy(&db.store, &hub, NEVER).await;
+    assert_eq!(proxy.proxy.route_count(), 4, "two servers, two dashboards");
+    let c = client();
+    let alice_token = db.token(TokenOwner::User(alice.id), &["self"]).await;
+    let gpu_only = db
+        .token(
+            TokenOwner::User(alice.id),
+            &["access:servers!server=alice/gpu"],
+        )
+        .await;
+    let bob_token = db.token(TokenOwner::User(bob.id), &["self"]).await;
+    let root_token = db
+        .token(TokenOwner::User(root.id), &["access:servers!user=alice"])
+        .await;
+    let auth = |t: &str| format!("token {t}");
+
+    for (path, token, upstream) in [
+        ("/user/alice/dask/status", &alice_token, "alice dashboard"),
+        ("/user/alice/dask/", &root_token, "alice dashboard"),
+        (
+            "/user/alice/gpu/dask/status",
+            &alice_token,
+            "alice/gpu dashboard",
+        ),
+        (
+            "/user/alice/gpu/dask/status",
+            &gpu_only,
+            "alice/gpu dashboard",
+        ),
+        ("/user/alice/lab", &alice_token, "alice"),
+        ("/user/alice/gpu/lab/dask", &alice_token, "alice/gpu"),
+    ] {
+        let a = get(&c, &proxy.url(path), &[("authorization", &auth(token))]).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        let seen = a.json();
+        assert_eq!(seen["name"], upstream, "{path}");
+        assert_eq!(seen["path"], path, "the path is forwarded as sent");
+    }
+    let before = (a_dash.hits(), g_dash.hits());
+    for (path, token) in [
+        ("/user/alice/dask/status", &bob_token),
+        ("/user/alice/gpu/dask/status", &bob_token),
+        // A token for alice's gpu server opens neither her default server nor its dashboard.
+        ("/user/alice/dask/status", &gpu_only),
+    ] {
+        let a = get(&c, &proxy.url(path), &[("authorization", &auth(token))]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let a = get(&c, &proxy.url("/user/alice/dask/status"), &[]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "no credential");
+    assert_eq!(
+        (a_dash.hits(), g_dash.hits()),
+        before,
+        "refusals reach no dashboard"
+    );
+    proxy.stop().await;
+    for up in [hub, a_up, a_dash, g_up, g_dash] {
+        up.stop().await;
+    }
+}

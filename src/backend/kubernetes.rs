@@ -69,7 +69,7 @@ use tokio::sync::mpsc;
 
 pub use self::observer::{ObservedWorkspace, WorkspaceObserver};
 pub use self::spec::{
-    Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace,
+    Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace, dashboard_target,
     groups_annotation, observe, status_of, workspace_name, workspace_namespace,
 };
 use super::{BackendError, BackendStatus, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend};
@@ -386,17 +386,17 @@ impl KubernetesBackend {
         Err(anyhow::anyhow!("the watch of Workspace {handle} ended").into())
     }
 
-    /// Reports what `ws` says (once per distinct message): `Some(url)` when it runs, an error
-    /// when it will not.
+    /// Reports what `ws` says (once per distinct message): `Some((url, dashboard))` when it
+    /// runs (with its Dask dashboard's target, [`dashboard_target`]), an error when it will not.
     async fn consider(
         &self,
         ws: &Workspace,
         generation: Option<i64>,
         last_message: &mut Option<String>,
         progress: &mpsc::Sender<ProgressEvent>,
-    ) -> Result<Option<String>, BackendError> {
+    ) -> Result<Option<(String, Option<String>)>, BackendError> {
         match observe(ws, generation) {
-            Observation::Ready { url } => Ok(Some(url)),
+            Observation::Ready { url } => Ok(Some((url, dashboard_target(ws)))),
             Observation::Refused(message) => Err(BackendError::SpawnFailed(message)),
             Observation::Waiting(event) => {
                 if last_message.as_deref() != Some(event.message.as_str()) {
@@ -410,7 +410,7 @@ impl KubernetesBackend {
 
     async fn spawned(
         &self,
-        url: String,
+        (url, dashboard): (String, Option<String>),
         handle: WorkspaceHandle,
         progress: &mpsc::Sender<ProgressEvent>,
     ) -> Spawned {
@@ -425,10 +425,12 @@ impl KubernetesBackend {
             },
         )
         .await;
-        Spawned {
-            url,
-            handle: handle.to_value(),
+        let mut handle = handle.to_value();
+        if let Some(target) = dashboard {
+            // The proxy routes `<prefix>dask/` there (`backend::DASHBOARD_KEY`).
+            handle[super::DASHBOARD_KEY] = Value::String(target);
         }
+        Spawned { url, handle }
     }
 
     /// The name of the Workspace of `user`'s `server`: [`workspace_name`], unless another

@@ -28,6 +28,7 @@
 //! catalogue, at the path it would have (an s3 or irods source with `csi` is read over the
 //! network instead). Neither the environment nor the files are ever logged.
 
+mod dask;
 mod proc;
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,9 +53,11 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
 
+pub use self::dask::DaskHandle;
 use self::proc::Leader;
 use super::{
-    BackendError, BackendStatus, DATA_FILES, ProgressEvent, SpawnRequest, Spawned, WorkspaceBackend,
+    BackendError, BackendStatus, DATA_FILES, LocalDask, ProgressEvent, SpawnRequest, Spawned,
+    WorkspaceBackend,
 };
 use crate::policy::names;
 
@@ -186,6 +189,12 @@ pub struct LocalHandle {
     /// it stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// The server's Dask cluster, when it has one (its processes are in the server's group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dask: Option<DaskHandle>,
+    /// Where the proxy reaches the cluster's dashboard ([`super::DASHBOARD_KEY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dask_dashboard: Option<String>,
 }
 
 impl LocalHandle {
@@ -417,27 +426,54 @@ impl LocalBackend {
             .await;
         }
 
-        let port = free_port()
+        let ports = free_ports(if request.dask.is_some() { 3 } else { 1 })
             .await
             .map_err(|e| anyhow::anyhow!("finding a free port: {e}"))?;
+        let port = ports[0];
         let url = format!("http://127.0.0.1:{port}");
+        // The Dask cluster's ports and TLS material, before the server: its environment names
+        // them. The files are in the data directory, so they go with it.
+        let cluster = match &request.dask {
+            Some(spec) => {
+                let tls = dask::write_tls(
+                    &data_dir,
+                    &names::server_file_stem(&request.user, &request.server),
+                )
+                .map_err(|e| anyhow::anyhow!("writing the Dask cluster's TLS files: {e}"))?;
+                Some(ClusterPlan {
+                    spec: spec.clone(),
+                    address: format!("tls://127.0.0.1:{}", ports[1]),
+                    port: ports[1],
+                    dashboard_port: ports[2],
+                    tls,
+                })
+            }
+            None => None,
+        };
+        let dask_env = cluster.as_ref().map(|c| {
+            let public = request.env.get("JUPYTERHUB_PUBLIC_URL").map(String::as_str);
+            dask::server_env(&c.address, &c.tls, &dask::dashboard_link(public, &prefix))
+        });
         let argv = self.argv(port);
         let (log, log_offset) = open_log(&log_path, &argv, port)
             .map_err(|e| anyhow::anyhow!("opening {}: {e}", log_path.display()))?;
 
+        // The environment the server and its Dask processes share.
+        let mut base_env: Vec<(String, String)> = self
+            .config
+            .env_keep
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+            .collect();
+        base_env.extend(self.config.env.clone());
+        base_env.extend(request.env.clone());
+        base_env.extend(data_env);
         let mut command = Command::new(&argv[0]);
         command
             .args(&argv[1..])
             .env_clear()
-            .envs(
-                self.config
-                    .env_keep
-                    .iter()
-                    .filter_map(|k| std::env::var_os(k).map(|v| (k.clone(), v))),
-            )
-            .envs(&self.config.env)
-            .envs(&request.env)
-            .envs(data_env)
+            .envs(base_env.iter().cloned())
+            .envs(dask_env.into_iter().flatten())
             .envs(server_env(request, &prefix, port, &user_dir))
             .current_dir(&user_dir)
             .stdin(Stdio::null())
@@ -488,6 +524,73 @@ impl LocalBackend {
         )
         .await;
 
+        let mut started = None;
+        if let Some(plan) = &cluster {
+            let cluster_env: Vec<(String, String)> = base_env
+                .iter()
+                .filter(|(k, _)| !dask::server_only(k))
+                .cloned()
+                .chain(dask::tls_env(&plan.tls))
+                .chain([("HOME".to_owned(), user_dir.to_string_lossy().into_owned())])
+                .collect();
+            let spawn = |argv: Vec<String>| -> Result<(u32, watch::Receiver<Option<String>>), BackendError> {
+                spawn_member(&argv, &cluster_env, &user_dir, &log_path, pid)
+            };
+            let program = dask::dask_program(&argv[0]);
+            let dashboard_prefix = dask::dashboard_prefix(&prefix);
+            let (scheduler_pid, scheduler_exit) = spawn(dask::scheduler_argv(
+                &program,
+                plan.port,
+                plan.dashboard_port,
+                &dashboard_prefix,
+                &plan.tls,
+                &plan.spec,
+            ))?;
+            let scheduler_start_time = proc::read_stat(scheduler_pid)
+                .map(|s| s.start_time)
+                .ok_or_else(|| anyhow::anyhow!("no /proc entry for the Dask scheduler"))?;
+            let stem = names::server_file_stem(&request.user, &request.server);
+            let mut workers = Vec::new();
+            for i in 0..plan.spec.workers {
+                let name = format!("{stem}-{i}");
+                workers.push(spawn(dask::worker_argv(
+                    &program,
+                    &plan.address,
+                    &name,
+                    &plan.tls,
+                    &plan.spec,
+                ))?);
+            }
+            tracing::info!(
+                user = %request.user, server = %request.server, scheduler_pid,
+                port = plan.port, workers = plan.spec.workers,
+                "started the Dask scheduler and workers"
+            );
+            send(
+                progress,
+                50,
+                format!("Dask scheduler and {} worker(s) started", plan.spec.workers),
+                false,
+                false,
+            )
+            .await;
+            let dashboard = format!("http://127.0.0.1:{}", plan.dashboard_port);
+            started = Some(StartedCluster {
+                handle: DaskHandle {
+                    scheduler_pid,
+                    scheduler_start_time,
+                    address: plan.address.clone(),
+                    dashboard: dashboard.clone(),
+                    worker_pids: workers.iter().map(|(p, _)| *p).collect(),
+                },
+                counts_url: format!("{dashboard}{dashboard_prefix}/json/counts.json"),
+                workers: plan.spec.workers,
+                scheduler_exit,
+                worker_exits: workers.into_iter().map(|(_, e)| e).collect(),
+                ready: false,
+            });
+        }
+
         let handle = LocalHandle {
             pid,
             pgid: pid,
@@ -496,7 +599,10 @@ impl LocalBackend {
             start_time,
             prefix: Some(prefix.clone()),
             boot_id: proc::boot_id(),
-            data_dir: (!request.files.is_empty()).then(|| data_dir.clone()),
+            data_dir: (!request.files.is_empty() || request.dask.is_some())
+                .then(|| data_dir.clone()),
+            dask: started.as_ref().map(|c| c.handle.clone()),
+            dask_dashboard: started.as_ref().map(|c| c.handle.dashboard.clone()),
         };
         // Before waiting: a hub killed meanwhile leaves this record as the only trace.
         write_record(&record_path, &handle)
@@ -515,6 +621,17 @@ impl LocalBackend {
                      Last lines of its log:\n{tail}"
                 )));
             }
+            if let Some(cluster) = &mut started
+                && let Some(what) = cluster.exited()
+            {
+                let _ = terminate_group(&handle, Duration::ZERO).await;
+                guard.armed = false;
+                let tail = log_tail(&log_path, log_offset, LOG_TAIL_LINES);
+                return Err(BackendError::SpawnFailed(format!(
+                    "{what} before the Dask cluster was ready.\n\
+                     Last lines of the server's log:\n{tail}"
+                )));
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 tracing::warn!(pid, port, "server did not answer in time, stopping it");
@@ -523,7 +640,29 @@ impl LocalBackend {
                 let secs = self.config.start_timeout.as_secs_f64().ceil() as u64;
                 return Err(BackendError::Timeout(secs));
             }
-            if self.answers(&api_url, remaining.min(PROBE_TIMEOUT)).await {
+            let cluster_ready = match &mut started {
+                Some(cluster) => {
+                    if !cluster.ready {
+                        cluster.ready = self
+                            .workers_connected(&cluster.counts_url, remaining.min(PROBE_TIMEOUT))
+                            .await
+                            .is_some_and(|n| n >= u64::from(cluster.workers));
+                        if cluster.ready {
+                            send(
+                                progress,
+                                70,
+                                format!("Dask cluster ready ({} workers)", cluster.workers),
+                                false,
+                                false,
+                            )
+                            .await;
+                        }
+                    }
+                    cluster.ready
+                }
+                None => true,
+            };
+            if cluster_ready && self.answers(&api_url, remaining.min(PROBE_TIMEOUT)).await {
                 break;
             }
             tokio::select! {
@@ -571,6 +710,21 @@ impl LocalBackend {
             argv.push("--allow-root".to_owned());
         }
         argv
+    }
+
+    /// The `workers` count of the Dask dashboard's `json/counts.json` at `url`, if it answers.
+    async fn workers_connected(&self, url: &str, within: Duration) -> Option<u64> {
+        use http_body_util::BodyExt;
+        let request = http::Request::get(url).body(Empty::new()).ok()?;
+        let fetch = async {
+            let response = self.http.request(request).await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body = response.into_body().collect().await.ok()?.to_bytes();
+            serde_json::from_slice::<Value>(&body).ok()?["workers"].as_u64()
+        };
+        timeout(within, fetch).await.ok().flatten()
     }
 
     /// Whether an HTTP GET of `url` gets an answer below 500 within `within`.
@@ -633,6 +787,18 @@ impl LocalBackend {
                 Ok(Ok(_))
             ),
         };
+        if answers
+            && let Some(cluster) = &handle.dask
+            && proc::leader(cluster.scheduler_pid, cluster.scheduler_start_time) != Leader::Alive
+        {
+            // The server still serves; its kernels' `Client()` fails until the next start
+            // (an idle timeout ends a scheduler on purpose).
+            tracing::warn!(
+                pid = handle.pid,
+                scheduler_pid = cluster.scheduler_pid,
+                "the server's Dask scheduler is no longer running (idle timeout or crash)"
+            );
+        }
         Ok(if answers {
             BackendStatus::Running { url: handle.url }
         } else {
@@ -678,6 +844,90 @@ impl WorkspaceBackend for LocalBackend {
     fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>> {
         Box::pin(self.poll_server(handle))
     }
+}
+
+/// The Dask cluster a start is about to run.
+struct ClusterPlan {
+    spec: LocalDask,
+    address: String,
+    port: u16,
+    dashboard_port: u16,
+    tls: dask::TlsFiles,
+}
+
+/// A starting server's Dask cluster.
+struct StartedCluster {
+    handle: DaskHandle,
+    /// The dashboard's `json/counts.json`.
+    counts_url: String,
+    workers: u32,
+    scheduler_exit: watch::Receiver<Option<String>>,
+    worker_exits: Vec<watch::Receiver<Option<String>>>,
+    /// Every worker connected.
+    ready: bool,
+}
+
+impl StartedCluster {
+    /// Which of its processes exited, and how, if one did.
+    fn exited(&mut self) -> Option<String> {
+        if let Some(how) = self.scheduler_exit.borrow_and_update().clone() {
+            return Some(format!("the Dask scheduler {how}"));
+        }
+        self.worker_exits
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, exit)| {
+                exit.borrow_and_update()
+                    .clone()
+                    .map(|how| format!("Dask worker {i} {how}"))
+            })
+    }
+}
+
+/// Starts one process of a server's Dask cluster in the server's process group `pgid`, its
+/// output appended to the server's log; returns its pid and how it ends (a task reaps it).
+fn spawn_member(
+    argv: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+    log_path: &Path,
+    pgid: u32,
+) -> Result<(u32, watch::Receiver<Option<String>>), BackendError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log_path)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", log_path.display()))?;
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().cloned())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(
+            log.try_clone()
+                .map_err(|e| anyhow::anyhow!("log file: {e}"))?,
+        ))
+        .stderr(Stdio::from(log))
+        .process_group(pgid as i32)
+        .kill_on_drop(false);
+    let mut child = command
+        .spawn()
+        .map_err(|e| BackendError::SpawnFailed(format!("cannot run `{}`: {e}", argv.join(" "))))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("a Dask process vanished at once"))?;
+    let (tx, rx) = watch::channel(None::<String>);
+    tokio::spawn(async move {
+        let description = match child.wait().await {
+            Ok(status) => describe_exit(status),
+            Err(e) => format!("could not be waited for ({e})"),
+        };
+        tx.send_replace(Some(description));
+    });
+    Ok((pid, rx))
 }
 
 /// Kills a starting server's process group when the start does not finish (error, or the
@@ -971,10 +1221,17 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-/// A port that was free on 127.0.0.1 a moment ago (as JupyterHub's `random_port`).
-async fn free_port() -> std::io::Result<u16> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    Ok(listener.local_addr()?.port())
+/// `n` distinct ports that were free on 127.0.0.1 a moment ago (as JupyterHub's
+/// `random_port`; all held at once, so no two are the same).
+async fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        listeners.push(tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?);
+    }
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -991,6 +1248,7 @@ mod tests {
             user_options: json!({}),
             env: BTreeMap::new(),
             files: BTreeMap::new(),
+            dask: None,
         }
     }
 
@@ -1058,6 +1316,8 @@ mod tests {
             prefix: None,
             boot_id: None,
             data_dir: None,
+            dask: None,
+            dask_dashboard: None,
         };
         let value = handle.to_value();
         assert_eq!(

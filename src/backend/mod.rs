@@ -61,6 +61,42 @@ pub struct SpawnRequest {
     /// a pod's files itself). Never serialized, stored or logged.
     #[serde(skip)]
     pub files: BTreeMap<String, String>,
+    /// The Dask cluster the local backend starts beside the server (`None`: none), as the hub
+    /// computed it from the catalogue (`Catalog::local_dask`). The kubernetes backend ignores it
+    /// (the operator builds the cluster from `spec.dask`). No credentials: the backend makes
+    /// the cluster's TLS material itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dask: Option<LocalDask>,
+}
+
+/// A local Dask cluster: a scheduler and `workers` workers (see `backend::local`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalDask {
+    /// How many workers run (a local cluster does not scale: the validated `min`, at least 1).
+    pub workers: u32,
+    /// Threads per worker (the worker's CPU, rounded up).
+    pub threads: u32,
+    /// Memory limit per worker in bytes (`None`: distributed's default).
+    pub memory_limit: Option<u64>,
+    /// The scheduler's `--idle-timeout` in seconds (`None`: none).
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+/// The key of a server's handle (its `spawner_state`) naming where its Dask dashboard is
+/// reached (`http://host:port`), when it has one: the proxy routes the server's
+/// [`DASHBOARD_SEGMENT`] path there. Both backends write it into their handles.
+pub const DASHBOARD_KEY: &str = "dask_dashboard";
+
+/// The path segment of a server's Dask dashboard, under the server's prefix:
+/// `/user/<name>/[<server>/]dask/` (hence no server may be named `dask`).
+pub const DASHBOARD_SEGMENT: &str = "dask";
+
+/// Where the proxy reaches the Dask dashboard of the server behind `handle`, if it has one.
+pub fn dashboard_target(handle: &Value) -> Option<&str> {
+    handle
+        .get(DASHBOARD_KEY)
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
 }
 
 impl std::fmt::Debug for SpawnRequest {
@@ -73,6 +109,7 @@ impl std::fmt::Debug for SpawnRequest {
             .field("user_options", &self.user_options)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("dask", &self.dask)
             .finish()
     }
 }

@@ -45,7 +45,8 @@ use serde_json::Value;
 use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, ResourceRequest, WorkspaceProfile};
 use crate::backend::kubernetes::{SpecError, build_workspace, groups_annotation, workspace_name};
 use crate::backend::{
-    DATA_CATALOG_FILE, DATA_FILES, IRODS_AUTHENTICATION_FILE, IRODS_ENVIRONMENT_FILE, SpawnRequest,
+    DATA_CATALOG_FILE, DATA_FILES, IRODS_AUTHENTICATION_FILE, IRODS_ENVIRONMENT_FILE, LocalDask,
+    SpawnRequest,
 };
 use crate::config::OperatorConfig;
 use crate::policy::data::{self as data, DataPaths, EnvValue};
@@ -244,6 +245,51 @@ pub struct ProfileChoice {
     pub max_gpus: i32,
     /// Data sources the user may mount.
     pub data_sources: Vec<DataSourceChoice>,
+    /// The Dask cluster the profile offers (`None`: none).
+    pub dask: Option<DaskChoice>,
+}
+
+/// The Dask cluster a profile offers, as the spawn form shows it: a checkbox (checked when the
+/// profile's defaults enable a cluster) and a "workers: min–max" pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaskChoice {
+    /// Whether a workspace gets a cluster when it asks for nothing.
+    pub enabled: bool,
+    /// Default workers kept when idle.
+    pub min: i32,
+    /// Default most workers.
+    pub max: i32,
+    /// The most workers the profile allows (the inputs' bound).
+    pub max_workers: i32,
+}
+
+impl DaskChoice {
+    /// What `profile` offers (`validate`'s defaults: 1-4 workers within `maxWorkers`).
+    fn of(profile: &WorkspaceProfile) -> Option<DaskChoice> {
+        let offer = profile.spec.dask.as_ref()?;
+        let defaults = offer.defaults.as_ref();
+        let (min, max) = defaults
+            .and_then(|d| d.workers)
+            .map_or(LOCAL_DEFAULT_WORKERS, |w| (w.min, w.max));
+        Some(DaskChoice {
+            enabled: defaults.and_then(|d| d.enabled).unwrap_or(false),
+            min: min.min(offer.max_workers),
+            max: max.min(offer.max_workers),
+            max_workers: offer.max_workers,
+        })
+    }
+
+    /// What a hub without a catalogue offers (the local backend's built-in cluster).
+    fn built_in() -> DaskChoice {
+        let (min, max) = LOCAL_DEFAULT_WORKERS;
+        let bound = i32::try_from(local_dask_bound()).unwrap_or(i32::MAX);
+        DaskChoice {
+            enabled: false,
+            min: min.min(bound),
+            max,
+            max_workers: max.max(bound),
+        }
+    }
 }
 
 /// The catalogue shared by the hub's handlers and its refresh task.
@@ -603,6 +649,7 @@ impl Catalog {
                 gpu_types: Vec::new(),
                 max_gpus: 0,
                 data_sources: Vec::new(),
+                dask: Some(DaskChoice::built_in()),
             }];
         }
         let groups = operator_groups(groups);
@@ -637,6 +684,7 @@ impl Catalog {
                     gpu_types: gpu_types.into_iter().collect(),
                     max_gpus,
                     data_sources: data_sources.clone(),
+                    dask: DaskChoice::of(p),
                 }
             })
             .collect()
@@ -907,6 +955,114 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The Dask cluster a start of the `local` backend runs beside its server, if any: with a
+    /// catalogue, the `ValidatedDask` of the operator's `validate` (same refusals as
+    /// [`check`](Self::check)); with an empty one (plain `atelier up`), `user_options.dask`
+    /// read field by field as for a Workspace, with the built-in defaults of `validate` (1-4
+    /// workers of 1 CPU / 2Gi). A local cluster does not scale: it runs `min` workers (at least
+    /// one), and at most this machine's CPU count of them ([`local_dask_bound`]), else
+    /// `DaskWorkersOutOfRange`.
+    pub fn local_dask(
+        &self,
+        request: &SpawnRequest,
+        default_profile: &str,
+    ) -> Result<Option<LocalDask>, CheckError> {
+        let (min, cpu, memory, idle) = if self.is_empty() {
+            let mut request = request.clone();
+            if !names::is_valid_user_name(&request.user) {
+                request.user = names::dns_label("", &request.user, "");
+            }
+            let name = workspace_name(&request.user, &request.server);
+            let ws = build_workspace(&request, &name, CHECK_NAMESPACE, default_profile)
+                .map_err(CheckError::Invalid)?;
+            let Some(asked) = ws.spec.dask else {
+                return Ok(None);
+            };
+            if !asked.enabled.unwrap_or(true) {
+                return Ok(None);
+            }
+            let (min, max) = asked
+                .workers
+                .map_or(LOCAL_DEFAULT_WORKERS, |w| (w.min, w.max));
+            if min < 0 || max < 1 || min > max {
+                return Err(dask_out_of_range(format!(
+                    "Dask workers {min}-{max}: min must be at least 0, max at least 1, and min \
+                     at most max"
+                )));
+            }
+            let resources = asked.worker_resources.unwrap_or_default();
+            (
+                min,
+                resources
+                    .cpu
+                    .unwrap_or_else(|| LOCAL_DEFAULT_WORKER_CPU.to_owned()),
+                resources
+                    .memory
+                    .unwrap_or_else(|| LOCAL_DEFAULT_WORKER_MEMORY.to_owned()),
+                asked.idle_timeout_seconds,
+            )
+        } else {
+            let Some(ws) = self.validated(request, default_profile, CredentialsFrom::Catalog)?
+            else {
+                return Ok(None);
+            };
+            let Some(d) = ws.dask else {
+                return Ok(None);
+            };
+            (
+                d.min,
+                d.resources.cpu,
+                d.resources.memory,
+                d.idle_timeout_seconds,
+            )
+        };
+        let workers = u32::try_from(min.max(1)).unwrap_or(1);
+        let bound = local_dask_bound();
+        if workers > bound {
+            return Err(dask_out_of_range(format!(
+                "Dask workers: the local backend runs at most {bound} (this machine's CPUs), \
+                 asked for {workers}"
+            )));
+        }
+        let invalid = |field: &str, e: String| {
+            CheckError::Refused(Refusal {
+                reason: reason::INVALID_RESOURCES,
+                message: format!("Dask workers' {field}: {e}"),
+            })
+        };
+        let millis = policy::parse_cpu_millis(&cpu).map_err(|e| invalid("cpu", e.to_string()))?;
+        let bytes = policy::parse_bytes(&memory).map_err(|e| invalid("memory", e.to_string()))?;
+        Ok(Some(LocalDask {
+            workers,
+            threads: u32::try_from((millis + 999) / 1000).unwrap_or(1).max(1),
+            memory_limit: u64::try_from(bytes).ok().filter(|b| *b > 0),
+            idle_timeout_seconds: idle.and_then(|s| u64::try_from(s).ok()).filter(|s| *s > 0),
+        }))
+    }
+}
+
+/// Most workers a local Dask cluster runs: the machine's CPU count.
+pub fn local_dask_bound() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+/// `validate`'s built-in worker range, for a start without a catalogue.
+const LOCAL_DEFAULT_WORKERS: (i32, i32) = (1, 4);
+/// `validate`'s built-in worker CPU.
+const LOCAL_DEFAULT_WORKER_CPU: &str = "1";
+/// `validate`'s built-in worker memory.
+const LOCAL_DEFAULT_WORKER_MEMORY: &str = "2Gi";
+
+fn dask_out_of_range(message: String) -> CheckError {
+    CheckError::Refused(Refusal {
+        reason: reason::DASK_WORKERS_OUT_OF_RANGE,
+        message,
+    })
+}
+
 /// The groups as the operator reads them back from the Workspace's annotation (names holding a
 /// comma are dropped there, so they grant nothing here either).
 fn operator_groups(groups: &BTreeSet<String>) -> BTreeSet<String> {
@@ -1011,6 +1167,7 @@ mod tests {
             user_options: options,
             env: Default::default(),
             files: Default::default(),
+            dask: None,
         }
     }
 
@@ -1629,5 +1786,140 @@ stringData:
         shared.set(examples());
         assert_eq!(shared.get().profiles.len(), 4);
         assert!(before.is_empty(), "readers keep the catalogue they took");
+    }
+
+    const DASK_CATALOG: &str = r#"
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: lab}
+spec:
+  displayName: Lab
+  image: lab:1
+  dask:
+    defaults:
+      enabled: true
+      workers: {min: 1, max: 3}
+      workerResources: {cpu: 1500m, memory: 3Gi}
+      idleTimeoutSeconds: 900
+    maxWorkers: 64
+---
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: plain}
+spec: {displayName: Plain, image: lab:1}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {name: cpu}
+spec: {purpose: interactive}
+"#;
+
+    #[test]
+    fn local_dask_from_the_catalogue() {
+        let mut c = Catalog::default();
+        c.add_yaml(Path::new("dask.yaml"), DASK_CATALOG).unwrap();
+        let dask = |options: Value| c.local_dask(&request(&[], options), "lab");
+        // The profile's defaults: min workers, each with its CPU rounded up as threads.
+        assert_eq!(
+            dask(json!({"profile": "lab"})).unwrap(),
+            Some(LocalDask {
+                workers: 1,
+                threads: 2,
+                memory_limit: Some(3 << 30),
+                idle_timeout_seconds: Some(900),
+            })
+        );
+        assert_eq!(
+            dask(json!({"profile": "lab", "dask": {"enabled": false}})).unwrap(),
+            None
+        );
+        assert_eq!(dask(json!({"profile": "plain"})).unwrap(), None);
+        // The operator's refusals.
+        match dask(json!({"profile": "plain", "dask": {}})) {
+            Err(CheckError::Refused(r)) => assert_eq!(r.reason, reason::DASK_NOT_OFFERED),
+            other => panic!("{other:?}"),
+        }
+        match dask(json!({"profile": "lab", "dask": {"workers": {"min": 1, "max": 65}}})) {
+            Err(CheckError::Refused(r)) => {
+                assert_eq!(r.reason, reason::DASK_WORKERS_OUT_OF_RANGE)
+            }
+            other => panic!("{other:?}"),
+        }
+        // The local bound: no more workers than CPUs.
+        let over = local_dask_bound() + 1;
+        match dask(json!({"profile": "lab", "dask": {"workers": {"min": over, "max": over}}})) {
+            Err(CheckError::Refused(r)) => {
+                assert_eq!(r.reason, reason::DASK_WORKERS_OUT_OF_RANGE);
+                assert!(r.message.contains("this machine's CPUs"), "{}", r.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // No idle timeout when 0.
+        let zero = dask(json!({"profile": "lab", "dask": {"idleTimeoutSeconds": 0}})).unwrap();
+        assert_eq!(zero.unwrap().idle_timeout_seconds, None);
+    }
+
+    #[test]
+    fn local_dask_without_a_catalogue() {
+        let c = Catalog::default();
+        let dask = |options: Value| c.local_dask(&request(&[], options), "default");
+        assert_eq!(
+            dask(json!({})).unwrap(),
+            None,
+            "nothing asked, nothing started"
+        );
+        assert_eq!(
+            dask(json!({"dask": {}})).unwrap(),
+            Some(LocalDask {
+                workers: 1,
+                threads: 1,
+                memory_limit: Some(2 << 30),
+                idle_timeout_seconds: None,
+            })
+        );
+        let one =
+            dask(json!({"dask": {"workers": {"min": 1, "max": 8}, "idleTimeoutSeconds": 60}}))
+                .unwrap()
+                .unwrap();
+        assert_eq!((one.workers, one.idle_timeout_seconds), (1, Some(60)));
+        assert_eq!(dask(json!({"dask": {"enabled": false}})).unwrap(), None);
+        match dask(json!({"dask": {"workers": {"min": 3, "max": 2}}})) {
+            Err(CheckError::Invalid(e)) => assert_eq!(e.field, "user_options.dask.workers.min"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            dask(json!({"dask": {"workers": 2}})),
+            Err(CheckError::Invalid(_))
+        ));
+        // The form's choice: the built-in range, bounded by the machine.
+        let choice = c.choices_for(&groups(&[]))[0].dask.clone().unwrap();
+        assert!(!choice.enabled);
+        assert_eq!((choice.min, choice.max), (1, 4));
+        assert!(choice.max_workers >= 4);
+    }
+
+    #[test]
+    fn dask_choices_of_profiles() {
+        let mut c = Catalog::default();
+        c.add_yaml(Path::new("dask.yaml"), DASK_CATALOG).unwrap();
+        let choices = c.choices_for(&groups(&[]));
+        let of = |name: &str| {
+            choices
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap()
+                .dask
+                .clone()
+        };
+        assert_eq!(
+            of("lab"),
+            Some(DaskChoice {
+                enabled: true,
+                min: 1,
+                max: 3,
+                max_workers: 64
+            })
+        );
+        assert_eq!(of("plain"), None);
     }
 }

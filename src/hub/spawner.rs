@@ -456,6 +456,7 @@ pub fn check_start(
         user_options,
         env: BTreeMap::new(),
         files: BTreeMap::new(),
+        dask: None,
     };
     let local = hub.backend.kind() == "local";
     let credentials = if local {
@@ -469,6 +470,7 @@ pub fn check_start(
             if local {
                 // The keys of the Secrets (the values are read again at spawn).
                 catalog.local_data(&request, &hub.config.default_profile, 0, 0)?;
+                catalog.local_dask(&request, &hub.config.default_profile)?;
             }
             Ok(profile)
         });
@@ -514,6 +516,12 @@ async fn probe_endpoints(endpoints: &[DataEndpoint]) -> Result<(), BackendError>
 /// `rule` (`--server-name-rule`); the message names the field (`server_name`) and the rule.
 pub fn check_new_server_name(rule: ServerNameRule, name: &str) -> HubResult<()> {
     names::check_name("server", name).map_err(HubError::BadRequest)?;
+    if names::RESERVED_SERVER_NAMES.contains(&name) {
+        return Err(HubError::BadRequest(format!(
+            "Invalid server_name {name:?}: the name {name:?} is reserved (/user/<name>/{name}/ is \
+             the default server's Dask dashboard)"
+        )));
+    }
     if !name.is_empty() && !rule.allows(name) {
         return Err(HubError::BadRequest(format!(
             "Invalid server_name {name:?}: a new server's name must follow {}",
@@ -596,6 +604,7 @@ async fn prepare_spawn(
         user_options: server.user_options.clone(),
         env,
         files: BTreeMap::new(),
+        dask: None,
     };
     let mut endpoints = Vec::new();
     if hub.backend.kind() == "local" {
@@ -605,11 +614,13 @@ async fn prepare_spawn(
         // SAFETY: getuid has no preconditions and cannot fail.
         let uid = unsafe { libc::getuid() };
         let mtime = u32::try_from(store::now().timestamp()).unwrap_or(0);
-        let data = hub
-            .config
-            .catalog
-            .get()
+        let catalog = hub.config.catalog.get();
+        let data = catalog
             .local_data(&request, &hub.config.default_profile, uid, mtime)
+            .map_err(|e| refusal_error(e, &user.name, &server.name))?;
+        // The Dask cluster beside the server (the operator's DaskCluster's local stand-in).
+        request.dask = catalog
+            .local_dask(&request, &hub.config.default_profile)
             .map_err(|e| refusal_error(e, &user.name, &server.name))?;
         request.env.extend(data.env);
         request.files = data.files;

@@ -126,8 +126,13 @@ pub enum ServerNameRule {
     DnsLabel,
 }
 
+/// Names no new server may take: `dask` is the path of the default server's Dask dashboard
+/// (`/user/<name>/dask/`, `backend::DASHBOARD_SEGMENT`).
+pub const RESERVED_SERVER_NAMES: &[&str] = &[crate::backend::DASHBOARD_SEGMENT];
+
 impl ServerNameRule {
-    /// Whether `name` may name a new server (never the empty default server's name).
+    /// Whether `name` may name a new server under the rule (never the empty default server's
+    /// name; [`RESERVED_SERVER_NAMES`] are refused apart, by name).
     pub fn allows(self, name: &str) -> bool {
         match self {
             ServerNameRule::Jupyterhub => is_jupyterhub_server_name(name),

@@ -13,12 +13,13 @@ use hyper_util::rt::TokioIo;
 
 use super::auth::Access;
 use super::body::{RequestBody, ResponseBody};
+use super::paths::dashboard_server;
 use super::paths::user_host_credentials;
 use super::paths::{
     SESSION_COOKIE, credentials, is_browser_navigation, is_upgrade, login_url, parse_user_path,
     path_and_query, remove_hop_by_hop, server_label, spawn_url, strip_session_cookie,
 };
-use super::routes::{Resolved, SERVICES_PREFIX, Upstream};
+use super::routes::{Resolved, SERVICES_PREFIX, Upstream, dashboard_owner};
 use super::splice::splice;
 use super::{ConnCtx, HEALTH_PATH, Phase, Proxy};
 use crate::config::user_domain::{HostKind, user_label};
@@ -111,7 +112,23 @@ impl Proxy {
             }
             None => Vec::new(),
         };
-        let resolved = match self.routes.resolve(&user, segment.as_deref()).await {
+        // `/user/<name>/[<server>/]dask/…`: the server's Dask dashboard, when it has one.
+        let dashboard = dashboard_server(req.uri().path()).map(std::borrow::Cow::into_owned);
+        let resolved = match &dashboard {
+            Some(server) => match self.routes.resolve_dashboard(&user, server).await {
+                Ok(Some(resolved)) => Ok(resolved),
+                Ok(None) => self.routes.resolve(&user, segment.as_deref()).await,
+                Err(e) => Err(e),
+            },
+            None => self.routes.resolve(&user, segment.as_deref()).await,
+        };
+        // A dashboard is the server's owner's as the server is; it has no login of its own, so
+        // it never goes without a credential the proxy checks.
+        let owner_server = dashboard_owner(resolved.as_ref().map_or("", |r| r.server()));
+        if owner_server.is_some() && self.auth.is_some() && gate.is_none() {
+            return unauthenticated(browser, path_and_query(req.uri()));
+        }
+        let resolved = match resolved {
             Ok(resolved) => resolved,
             Err(e) => {
                 tracing::error!(error = %e, user, "route lookup failed");
@@ -122,13 +139,15 @@ impl Proxy {
             }
         };
         if let Some(gate) = gate {
-            match gate.check(&creds, &user, resolved.server()).await {
+            let server = dashboard_owner(resolved.server()).unwrap_or(resolved.server());
+            match gate.check(&creds, &user, server).await {
                 Ok(Access::Allowed) => {}
                 Ok(Access::Forbidden) => {
-                    return forbidden(browser, &server_label(&user, resolved.server()), hub_base);
+                    return forbidden(browser, &server_label(&user, server), hub_base);
                 }
                 // A stale login cookie of the server: the server logs the browser in again.
-                Ok(Access::Unauthenticated) if on_user_host && browser => {}
+                Ok(Access::Unauthenticated)
+                    if on_user_host && browser && dashboard_owner(resolved.server()).is_none() => {}
                 Ok(Access::Unauthenticated) => {
                     return unauthenticated(browser, path_and_query(req.uri()));
                 }

@@ -41,6 +41,24 @@ pub fn parse_user_path(path: &str) -> Option<UserPath<'_>> {
     })
 }
 
+/// The server whose Dask dashboard a path under `/user/` names:
+/// `/user/<name>/dask[/…]` is the default server's (`Some("")`), `/user/<name>/<server>/dask[/…]`
+/// the named server's (`backend::DASHBOARD_SEGMENT`; no server is named `dask`). `None` for any
+/// other path.
+pub fn dashboard_server(path: &str) -> Option<Cow<'_, str>> {
+    let rest = path.strip_prefix(USER_PREFIX)?;
+    let mut segments = rest.split('/').skip(1);
+    let first = segments.next().filter(|s| !s.is_empty())?;
+    let dask = crate::backend::DASHBOARD_SEGMENT;
+    if percent_decode(first) == dask {
+        return Some(Cow::Borrowed(""));
+    }
+    match segments.next() {
+        Some(second) if percent_decode(second) == dask => Some(percent_decode(first)),
+        _ => None,
+    }
+}
+
 /// Decodes `%XX` escapes; the input itself when it has none or when the result would not be
 /// UTF-8 (then no name can match it anyway).
 pub fn percent_decode(s: &str) -> Cow<'_, str> {
@@ -331,6 +349,21 @@ mod tests {
             user: Cow::Owned(user.to_owned()),
             segment: segment.map(|s| Cow::Owned(s.to_owned())),
         })
+    }
+
+    #[test]
+    fn dashboard_paths() {
+        let d = |p| dashboard_server(p).map(Cow::into_owned);
+        assert_eq!(d("/user/alice/dask/status"), Some(String::new()));
+        assert_eq!(d("/user/alice/dask"), Some(String::new()));
+        assert_eq!(d("/user/alice/gpu/dask/status"), Some("gpu".into()));
+        assert_eq!(d("/user/alice/gpu/dask"), Some("gpu".into()));
+        assert_eq!(d("/user/alice/g%70u/d%61sk/"), Some("gpu".into()));
+        assert_eq!(d("/user/alice/gpu/lab/dask"), None);
+        assert_eq!(d("/user/alice/lab"), None);
+        assert_eq!(d("/user/alice/"), None);
+        assert_eq!(d("/user/alice"), None);
+        assert_eq!(d("/hub/user/alice/dask"), None);
     }
 
     #[test]

@@ -253,6 +253,46 @@ impl StoreRoutes {
     }
 }
 
+/// The route key of server `server`'s Dask dashboard: `dask` for the default server (no server
+/// is named so), `<server>/dask` for a named one (no server name holds a `/`).
+pub fn dashboard_key(server: &str) -> String {
+    let dask = crate::backend::DASHBOARD_SEGMENT;
+    if server.is_empty() {
+        dask.to_owned()
+    } else {
+        format!("{server}/{dask}")
+    }
+}
+
+/// The server whose Dask dashboard the route key `key` is ([`dashboard_key`]), if it is one.
+pub fn dashboard_owner(key: &str) -> Option<&str> {
+    let dask = crate::backend::DASHBOARD_SEGMENT;
+    if key == dask {
+        return Some("");
+    }
+    key.strip_suffix(dask)?.strip_suffix('/')
+}
+
+/// The route of a stored server's Dask dashboard, if the server runs and its handle names one
+/// (`backend::DASHBOARD_KEY`).
+fn stored_dashboard_route(user: &str, server: &crate::store::Server) -> Option<Route> {
+    if server.state != ServerState::Running {
+        return None;
+    }
+    let target = crate::backend::dashboard_target(&server.spawner_state)?;
+    match Upstream::parse(target) {
+        Ok(upstream) => Some(Route::new(
+            user,
+            dashboard_key(&server.name),
+            upstream.origin,
+        )),
+        Err(e) => {
+            tracing::warn!(user, server = %server.name, error = %e, "unusable Dask dashboard target");
+            None
+        }
+    }
+}
+
 /// The route of a stored server, if it runs at a usable URL.
 fn stored_route(user: &str, server: &crate::store::Server) -> Option<Route> {
     if server.state != ServerState::Running {
@@ -275,6 +315,13 @@ impl RouteSource for StoreRoutes {
         server: &'a str,
     ) -> BoxFuture<'a, Result<Option<Route>, Error>> {
         Box::pin(async move {
+            if let Some(owner) = dashboard_owner(server) {
+                return match self.store.get_server_by_names(user, owner).await {
+                    Ok(s) => Ok(stored_dashboard_route(user, &s)),
+                    Err(StoreError::NotFound) => Ok(None),
+                    Err(e) => Err(e.into()),
+                };
+            }
             match self.store.get_server_by_names(user, server).await {
                 Ok(s) => Ok(stored_route(user, &s)),
                 Err(StoreError::NotFound) => Ok(None),
@@ -294,10 +341,11 @@ impl RouteSource for StoreRoutes {
                     .await?;
                 let full = page.len() == MAX_PAGE_LIMIT as usize;
                 after = page.last().map(|s| s.server.id);
-                routes.extend(
-                    page.iter()
-                        .filter_map(|s| stored_route(&s.user_name, &s.server)),
-                );
+                routes.extend(page.iter().flat_map(|s| {
+                    stored_route(&s.user_name, &s.server)
+                        .into_iter()
+                        .chain(stored_dashboard_route(&s.user_name, &s.server))
+                }));
                 if !full {
                     return Ok(routes);
                 }
@@ -550,6 +598,33 @@ impl RouteCache {
         Ok(upstream)
     }
 
+    /// The route of `user`'s server `server`'s Dask dashboard (`/user/<user>/[<server>/]dask/…`),
+    /// the longest prefix: `None` when it has none, and the path is the server's own.
+    pub(crate) async fn resolve_dashboard(
+        &self,
+        user: &str,
+        server: &str,
+    ) -> Result<Option<Resolved>, Error> {
+        let key = dashboard_key(server);
+        let up = |upstream, cached| {
+            Some(Resolved::Up {
+                server: key.clone(),
+                upstream,
+                cached,
+            })
+        };
+        if let Some(upstream) = self.cached(user, &key) {
+            return Ok(up(upstream, true));
+        }
+        if self.is_negative(user, &key) {
+            return Ok(None);
+        }
+        Ok(match self.lookup(user, &key).await? {
+            Some(upstream) => up(upstream, false),
+            None => None,
+        })
+    }
+
     /// Resolves `/user/<user>/<segment>/…` by longest prefix.
     pub(crate) async fn resolve(
         &self,
@@ -730,5 +805,61 @@ mod tests {
         assert_eq!(target(&r), ("", None));
         let r = cache.resolve("nobody", None).await.unwrap();
         assert_eq!(target(&r), ("", None));
+    }
+
+    #[test]
+    fn dashboard_keys_name_their_server() {
+        assert_eq!(dashboard_key(""), "dask");
+        assert_eq!(dashboard_key("gpu"), "gpu/dask");
+        assert_eq!(dashboard_owner("dask"), Some(""));
+        assert_eq!(dashboard_owner("gpu/dask"), Some("gpu"));
+        for not_one in ["", "gpu", "gpudask", "dask/gpu", "/das"] {
+            assert_eq!(dashboard_owner(not_one), None, "{not_one:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dashboards_by_longest_prefix() {
+        let (source, cache) = cache(&[
+            ("alice", "", "http://127.0.0.1:1"),
+            ("alice", "dask", "http://127.0.0.1:11"),
+            ("alice", "gpu", "http://127.0.0.1:2"),
+        ]);
+        assert_eq!(cache.refresh().await.unwrap(), 3);
+        // The default server's dashboard, then the paths of the server itself.
+        let r = cache.resolve_dashboard("alice", "").await.unwrap().unwrap();
+        assert_eq!(target(&r), ("dask", Some("http://127.0.0.1:11")));
+        let r = cache.resolve("alice", Some("lab")).await.unwrap();
+        assert_eq!(target(&r), ("", Some("http://127.0.0.1:1")));
+        // gpu has no dashboard: its `dask/` path is its own.
+        assert!(
+            cache
+                .resolve_dashboard("alice", "gpu")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Started after the refresh: reachable at once.
+        source.insert("alice", "gpu/dask", "http://127.0.0.1:12");
+        cache.refresh().await.unwrap();
+        let r = cache
+            .resolve_dashboard("alice", "gpu")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(target(&r), ("gpu/dask", Some("http://127.0.0.1:12")));
+        source.insert("bob", "dask", "http://127.0.0.1:13");
+        let r = cache.resolve_dashboard("bob", "").await.unwrap().unwrap();
+        assert_eq!(target(&r), ("dask", Some("http://127.0.0.1:13")));
+        // Gone with its server.
+        source.remove("alice", "dask");
+        cache.refresh().await.unwrap();
+        assert!(
+            cache
+                .resolve_dashboard("alice", "")
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

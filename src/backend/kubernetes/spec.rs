@@ -665,6 +665,18 @@ pub fn is_stopped(ws: &Workspace, generation: Option<i64>) -> bool {
     stopped && is_current(ws, generation)
 }
 
+/// Where the hub's proxy reaches `ws`'s Dask dashboard: `status.dask.dashboardTarget`, written
+/// by the operator (an `http://host:port` origin), if set and not empty.
+pub fn dashboard_target(ws: &Workspace) -> Option<String> {
+    ws.status
+        .as_ref()?
+        .dask
+        .as_ref()?
+        .dashboard_target
+        .clone()
+        .filter(|t| !t.is_empty())
+}
+
 /// The server's state as `ws` tells it (`None`: the Workspace does not exist).
 ///
 /// - missing, or `desiredState: stopped` → `Stopped`;
@@ -723,6 +735,7 @@ mod tests {
             user_options: options,
             env: BTreeMap::new(),
             files: BTreeMap::new(),
+            dask: None,
         }
     }
 
@@ -1175,6 +1188,30 @@ mod tests {
         ));
         // Unknown generation: the status is believed.
         assert!(matches!(observe(&stale, None), Observation::Refused(_)));
+    }
+
+    #[test]
+    fn dashboard_target_from_the_status() {
+        let mut ws = seen(WorkspacePhase::Running, "Running", "ready", 2);
+        assert_eq!(dashboard_target(&ws), None);
+        let status = ws.status.as_mut().unwrap();
+        status.dask = Some(crate::api::v1alpha1::DaskStatus {
+            dashboard_target: Some(String::new()),
+            ..Default::default()
+        });
+        assert_eq!(dashboard_target(&ws), None, "empty is unset");
+        ws.status
+            .as_mut()
+            .unwrap()
+            .dask
+            .as_mut()
+            .unwrap()
+            .dashboard_target = Some("http://ws-alice-dask-scheduler.atelier.svc:8787".into());
+        assert_eq!(
+            dashboard_target(&ws).as_deref(),
+            Some("http://ws-alice-dask-scheduler.atelier.svc:8787")
+        );
+        assert_eq!(build(json!({})).expect("valid").status, None);
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn spawn_request(options: Value) -> SpawnRequest {
             ("JUPYTERHUB_USER".to_owned(), "alice".to_owned()),
         ]),
         files: BTreeMap::new(),
+        dask: None,
     }
 }
 

@@ -25,7 +25,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::{Page, PageError, found, hub_path, see_other, server_url, url_encode};
 use crate::api::v1alpha1::DataSource;
@@ -439,6 +439,11 @@ async fn spawn_page(
     Ok(render_spawn(hub, me, &owner, server, next, None, None)?.into_response())
 }
 
+/// The spawn form's Dask fields, under the profile's name (`<profile>/dask`, ...).
+const DASK_ENABLED: &str = "dask";
+const DASK_MIN: &str = "dask_min";
+const DASK_MAX: &str = "dask_max";
+
 /// The spawn form's fields (but `_xsrf`): `profile`, `next`, and each profile's choices
 /// (see the module documentation).
 pub type SpawnForm = BTreeMap<String, String>;
@@ -487,6 +492,41 @@ fn form_options(form: &SpawnForm, profile: &str) -> Result<Value, PageError> {
         .collect();
     if !sources.is_empty() {
         options.insert("dataSources".into(), Value::Array(sources));
+    }
+    // A profile offering Dask has its "workers: min–max" inputs on the form: the checkbox
+    // says whether the workspace gets a cluster, the pair how many workers.
+    let offered = [DASK_MIN, DASK_MAX]
+        .iter()
+        .any(|f| form.contains_key(&format!("{profile}/{f}")));
+    if offered {
+        let mut dask = Map::new();
+        let enabled = field(DASK_ENABLED).is_some();
+        dask.insert("enabled".into(), Value::Bool(enabled));
+        if enabled {
+            let number = |name: &str, default: Option<&str>| -> Result<Option<i64>, PageError> {
+                let Some(v) = field(name).or(default) else {
+                    return Ok(None);
+                };
+                v.parse().map(Some).map_err(|_| {
+                    PageError::bad_request(format!(
+                        "invalid user_options.dask.workers.{}: {v:?} is not a whole number",
+                        name.trim_start_matches("dask_")
+                    ))
+                })
+            };
+            match (number(DASK_MIN, None)?, number(DASK_MAX, None)?) {
+                (Some(min), Some(max)) => {
+                    dask.insert("workers".into(), json!({"min": min, "max": max}));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(PageError::bad_request(
+                        "invalid user_options.dask.workers: give both min and max, or neither",
+                    ));
+                }
+            }
+        }
+        options.insert("dask".into(), Value::Object(dask));
     }
     Ok(Value::Object(options))
 }

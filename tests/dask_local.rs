@@ -1,0 +1,424 @@
+//! Issue 12's local story with the real peers: a workspace of the `local` backend gets a real
+//! Dask cluster (`dask scheduler` + workers of the peers venv, TLS with a CA of its own), its
+//! kernels' `Client()` connects with no argument, the dashboard is served through the proxy to
+//! the owner only, another user's kernel cannot join, and a stop leaves no process behind.
+//!
+//! `atelier hub` (plain: no catalogue, so `user_options.dask` with the built-in defaults) and
+//! `atelier proxy` run as processes, on SQLite and on PostgreSQL (`ATELIER_TEST_POSTGRES_URL`).
+//!
+//! Gated by `ATELIER_PEERS=1` (a missing peer is then a failure):
+//! `ATELIER_PEERS=1 ATELIER_PEERS_VENV=$PWD/.peers/venv cargo test --test dask_local --
+//! --nocapture`. On failure every log is printed and the directory kept.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use atelier::store::tokens::generate_token;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+mod common;
+
+use common::hub::peers_venv;
+use common::kernel::Kernel;
+use common::stack::{Deadline, Proc, ProcInfo, free_port, kill_leftovers, processes, singleusers};
+use common::{TestDb, launch, say};
+
+const ADMIN_SCOPES: &str = "admin:users,admin:servers,access:servers,tokens,list:users,read:users";
+const SPAWN_WAIT: Duration = Duration::from_secs(150);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The cell of the story: 2 workers, and 8000 × 8000 ones summed by them.
+const COMPUTE: &str = "from dask.distributed import Client\nimport dask.array as da\n\
+c = Client()\nprint(len(c.scheduler_info()[\"workers\"]))\n\
+print(da.ones((8000, 8000), chunks=1000).sum().compute())";
+
+struct World {
+    dir: PathBuf,
+    dir_str: String,
+    venv: PathBuf,
+    db: TestDb,
+    hub_port: u16,
+    proxy_port: u16,
+    admin_token: String,
+    procs: BTreeMap<String, Proc>,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for proc in self.procs.values_mut() {
+            proc.kill();
+        }
+        let leftovers = kill_leftovers(&self.dir_str);
+        if failed {
+            say(format!(
+                "==== dask_local failed: logs under {} ====",
+                self.dir.display()
+            ));
+            let mut logs: Vec<(String, String)> = self
+                .procs
+                .iter()
+                .map(|(name, p)| (name.clone(), p.log()))
+                .collect();
+            if let Ok(entries) = std::fs::read_dir(self.dir.join("state/logs")) {
+                for e in entries.flatten() {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    logs.push((e.path().display().to_string(), text));
+                }
+            }
+            for (name, text) in logs {
+                let tail: Vec<&str> = text.lines().rev().take(80).collect();
+                say(format!("---- {name} (last 80 lines) ----"));
+                for line in tail.iter().rev() {
+                    say(line);
+                }
+            }
+            say(format!("dask_local: kept {}", self.dir.display()));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        if leftovers > 0 {
+            say(format!(
+                "dask_local: killed {leftovers} leftover process(es)"
+            ));
+        }
+    }
+}
+
+impl World {
+    async fn new(venv: PathBuf, db: TestDb) -> World {
+        let dir = std::env::temp_dir().join(format!("atelier-dask-{}", &generate_token()[..16]));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut world = World {
+            dir_str: dir.to_string_lossy().into_owned(),
+            dir,
+            venv,
+            db,
+            hub_port: free_port(),
+            proxy_port: free_port(),
+            admin_token: generate_token(),
+            procs: BTreeMap::new(),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        };
+        let singleuser = world.venv.join("bin/jupyterhub-singleuser");
+        let public = world.public();
+        let state = world.dir.join("state");
+        let mut command = launch::hub_command(
+            "info,atelier=debug",
+            &launch::HubArgs {
+                port: world.hub_port,
+                database_url: world.db.url(),
+                public_url: &public,
+                state_dir: &state,
+                server_command: &singleuser,
+            },
+        );
+        command
+            .env("ATELIER_SERVICE_STORY_TOKEN", &world.admin_token)
+            .arg("--spawn-timeout=120")
+            .arg(format!("--service=story={ADMIN_SCOPES}"));
+        let url = format!("{}/hub/api/", world.hub());
+        let hub =
+            launch::spawn_answering("hub", command, &world.dir, &url, Duration::from_secs(60))
+                .await;
+        world.procs.insert("hub".into(), hub);
+        let proxy =
+            launch::start_proxy(&world.dir, world.proxy_port, world.db.url(), &world.hub()).await;
+        world.procs.insert("proxy".into(), proxy);
+        world
+    }
+
+    fn hub(&self) -> String {
+        format!("http://127.0.0.1:{}", self.hub_port)
+    }
+
+    fn public(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        url: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let mut req = http::Request::builder().method(method).uri(url);
+        if !token.is_empty() {
+            req = req.header("authorization", format!("token {token}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = req
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let exchange = async {
+            let resp = self.http.request(req).await.expect("request sent");
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {url}: no answer"))
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+        self.call(
+            method,
+            &format!("{}{path}", self.hub()),
+            &self.admin_token,
+            body,
+        )
+        .await
+    }
+
+    /// Creates `user` and a token that may start and use its servers.
+    async fn user(&self, user: &str) -> String {
+        let (status, body) = self
+            .admin("POST", &format!("/hub/api/users/{user}"), None)
+            .await;
+        assert_eq!(status, 201, "create {user}: {body}");
+        let scopes = json!({"note": "dask story", "scopes": [
+            format!("servers!user={user}"),
+            format!("read:servers!user={user}"),
+            format!("access:servers!user={user}"),
+        ]});
+        let (status, body) = self
+            .admin(
+                "POST",
+                &format!("/hub/api/users/{user}/tokens"),
+                Some(scopes),
+            )
+            .await;
+        assert_eq!(status, 201, "a token for {user}: {body}");
+        let token: Value = serde_json::from_str(&body).expect("token JSON");
+        token["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Starts `user`'s default server with `workers` Dask workers and waits until the proxy
+    /// routes to it.
+    async fn start(&self, user: &str, token: &str, workers: u32) {
+        let url = format!("{}/hub/api/users/{user}/server", self.hub());
+        let options = json!({"user_options": {"dask": {"workers": {"min": workers, "max": 4}}}});
+        let (status, body) = self.call("POST", &url, token, Some(options)).await;
+        assert!(
+            status == 201 || status == 202,
+            "start {user}: {status} {body}"
+        );
+        let model = format!("{}/hub/api/users/{user}", self.hub());
+        let deadline = Deadline::new(format!("{user}'s server to be ready"), SPAWN_WAIT);
+        loop {
+            let (_, body) = self
+                .admin("GET", &model.replace(&self.hub(), ""), None)
+                .await;
+            let v: Value = serde_json::from_str(&body).expect("user model");
+            let server = &v["servers"][""];
+            if server["ready"] == true {
+                break;
+            }
+            assert!(
+                !server.is_null() || v["pending"].is_string(),
+                "{user}'s start failed: {body}"
+            );
+            deadline.tick(body).await;
+        }
+        let status_url = format!("{}/user/{user}/api/status", self.public());
+        let deadline = Deadline::new(
+            format!("{status_url} to answer 200"),
+            Duration::from_secs(30),
+        );
+        loop {
+            let (status, body) = self.call("GET", &status_url, token, None).await;
+            if status == 200 {
+                return;
+            }
+            deadline.tick((status, body)).await;
+        }
+    }
+
+    async fn stop(&self, user: &str, token: &str) {
+        let url = format!("{}/hub/api/users/{user}/server", self.hub());
+        let (status, body) = self.call("DELETE", &url, token, None).await;
+        assert!(
+            status == 202 || status == 204,
+            "stop {user}: {status} {body}"
+        );
+        let deadline = Deadline::new(format!("{user}'s server to stop"), Duration::from_secs(60));
+        loop {
+            let (_, body) = self
+                .admin("GET", &format!("/hub/api/users/{user}"), None)
+                .await;
+            let v: Value = serde_json::from_str(&body).expect("user model");
+            if v["servers"].get("").is_none() && v["pending"].is_null() {
+                return;
+            }
+            deadline.tick(body).await;
+        }
+    }
+}
+
+/// The environment of `user`'s single-user server.
+fn server_env(world: &World, user: &str) -> (i32, BTreeMap<String, String>) {
+    let procs = singleusers(&world.dir_str, user);
+    assert_eq!(procs.len(), 1, "one jupyterhub-singleuser for {user}");
+    let env = procs[0]
+        .environ
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (procs[0].pid, env)
+}
+
+/// The live `dask` processes in process group `pgid`.
+fn dask_processes(pgid: i32) -> Vec<ProcInfo> {
+    processes()
+        .into_iter()
+        .filter(|p| p.alive() && p.pgid == pgid && p.cmdline.contains("dask"))
+        .collect()
+}
+
+/// One story at a time: two clusters and four servers are a lot for a small machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn story(what: &str, db: TestDb) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(venv) = peers_venv(what, &["jupyterhub-singleuser", "dask", "python"]) else {
+        return;
+    };
+    let world = World::new(venv, db).await;
+    let alice = world.user("alice").await;
+    let bob = world.user("bob").await;
+
+    // A server named `dask` would hide the default server's dashboard.
+    let (status, body) = world
+        .call(
+            "POST",
+            &format!("{}/hub/api/users/alice/servers/dask", world.hub()),
+            &alice,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("dask"), "{body}");
+
+    world.start("alice", &alice, 2).await;
+    let (alice_pid, env) = server_env(&world, "alice");
+    let address = env["DASK_SCHEDULER_ADDRESS"].clone();
+    assert!(address.starts_with("tls://127.0.0.1:"), "{address}");
+    assert_eq!(env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"], "True");
+    assert_eq!(
+        env["DASK_DISTRIBUTED__DASHBOARD__LINK"],
+        format!("{}/user/alice/dask/status", world.public())
+    );
+    for var in [
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY",
+    ] {
+        let path = &env[var];
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(path)
+                .unwrap_or_else(|e| panic!("{var}={path}: {e}"))
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{var}={path}");
+    }
+    // Scheduler and 2 workers, in the server's process group, without the hub's token.
+    let cluster = dask_processes(alice_pid);
+    let count = |what: &str| cluster.iter().filter(|p| p.cmdline.contains(what)).count();
+    assert_eq!(count("dask scheduler"), 1, "{cluster:#?}");
+    assert!(count("dask worker") >= 2, "{cluster:#?}");
+    for p in &cluster {
+        assert_eq!(p.env("JUPYTERHUB_API_TOKEN"), None, "{}", p.cmdline);
+        assert!(p.cmdline.contains("--tls-cert="), "{}", p.cmdline);
+    }
+    say("dask_local: alice's workspace and cluster up");
+
+    let kernel = Kernel::start(world.proxy_port, "alice", &alice).await;
+    let out = kernel.run(COMPUTE).await.map_err(|e| e.to_string());
+    assert_eq!(out, Ok("2\n64000000.0\n".to_owned()));
+    say("dask_local: alice's Client() computed on 2 workers");
+
+    // The dashboard through the proxy: alice's, not bob's.
+    let dashboard = format!("{}/user/alice/dask/status", world.public());
+    let (status, body) = world.call("GET", &dashboard, &alice, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Dask") || body.contains("bokeh"), "{body}");
+    let (status, _) = world.call("GET", &dashboard, &bob, None).await;
+    assert_eq!(status, 403, "bob must not see alice's dashboard");
+    let (status, _) = world.call("GET", &dashboard, "", None).await;
+    assert!(
+        status == 401 || status == 403 || status == 302,
+        "anonymous: {status}"
+    );
+
+    // bob, with a cluster (and a CA) of his own, cannot join alice's.
+    world.start("bob", &bob, 1).await;
+    let bob_kernel = Kernel::start(world.proxy_port, "bob", &bob).await;
+    let join = format!(
+        "import os, socket, ssl\nfrom dask.distributed import Client\n\
+         try:\n    Client({address:?}, timeout=5)\n    print('joined')\n\
+         except OSError as e:\n    print('refused')\n\
+         ctx = ssl.create_default_context(cafile=os.environ['DASK_DISTRIBUTED__COMM__TLS__CA_FILE'])\n\
+         ctx.check_hostname = False\n\
+         ctx.load_cert_chain(os.environ['DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT'], os.environ['DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY'])\n\
+         host, port = {address:?}[len('tls://'):].rsplit(':', 1)\n\
+         try:\n    ctx.wrap_socket(socket.create_connection((host, int(port)), 5)).close()\n    print('handshake ok')\n\
+         except ssl.SSLCertVerificationError as e:\n    print(e.verify_message)\n"
+    );
+    let out = bob_kernel.run(&join).await.map_err(|e| e.to_string());
+    assert_eq!(
+        out,
+        Ok("refused\nself-signed certificate in certificate chain\n".to_owned())
+    );
+    say("dask_local: bob's kernel refused by alice's scheduler (TLS)");
+
+    // A stop takes the cluster with the server.
+    let pids: Vec<i32> = cluster.iter().map(|p| p.pid).collect();
+    world.stop("alice", &alice).await;
+    let deadline = Deadline::new("alice's Dask processes to exit", Duration::from_secs(20));
+    loop {
+        let left: Vec<i32> = processes()
+            .into_iter()
+            .filter(|p| p.alive() && (p.pgid == alice_pid || pids.contains(&p.pid)))
+            .map(|p| p.pid)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        deadline.tick(left).await;
+    }
+    assert!(!std::path::Path::new(&env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"]).exists());
+    let (status, _) = world.call("GET", &dashboard, &alice, None).await;
+    assert_ne!(status, 200, "no dashboard after the stop");
+    world.stop("bob", &bob).await;
+    say("dask_local: alice's cluster gone with her server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dask_cluster_in_a_local_workspace_on_sqlite() {
+    let db = TestDb::sqlite("dask_local");
+    story(
+        "local Dask story on SQLite (hub, proxy, jupyterhub-singleuser, dask)",
+        db,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dask_cluster_in_a_local_workspace_on_postgres() {
+    let what = "local Dask story on PostgreSQL (hub, proxy, jupyterhub-singleuser, dask)";
+    let Some(db) = TestDb::postgres("dask_local", what).await else {
+        return;
+    };
+    story(what, db).await;
+}
