@@ -40,7 +40,8 @@ use crate::operator::workspace::cache::{
     CREDENTIALS_SELECTOR, Cached, CompactWriter, Compactable, Expectations, cached_cluster,
 };
 use crate::operator::{Context, wait_for};
-use crate::policy::admission::{Claim, key_of, observed_claim};
+use crate::policy::admission::{Claim, key_of, observed_claim, observed_dask_claim};
+use crate::policy::workspace::validate::dask_key;
 
 /// Label selector of every object the operator creates.
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=atelier-operator";
@@ -126,6 +127,15 @@ fn volume_workspace(volume: &PersistentVolume) -> Option<ObjectRef<Workspace>> {
     let name = labels.get(WORKSPACE_LABEL)?;
     let namespace = labels.get(WORKSPACE_NAMESPACE_LABEL)?;
     Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The Workspace that owns a child (its controller owner reference of kind Workspace).
+fn owning_workspace<K: ResourceExt>(child: &K) -> Option<ObjectRef<Workspace>> {
+    let owner = child
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "Workspace" && o.api_version.starts_with("atelier.dev/"))?;
+    Some(ObjectRef::new(&owner.name).within(&child.namespace()?))
 }
 
 /// The Workspace a child belongs to, by its [`WORKSPACE_LABEL`] (children without an owner
@@ -268,6 +278,18 @@ pub fn cached_claim(ctx: &Context, ws: &Workspace) -> Option<Claim> {
     })
 }
 
+/// What `ws`'s Dask cluster holds on its workers' pool as the caches show it
+/// ([`observed_dask_claim`], with its profile's `dask.defaults.workerResources`).
+pub fn cached_dask_claim(ctx: &Context, ws: &Workspace) -> Option<Claim> {
+    let profile = cached_cluster(&ctx.caches.profiles, &ws.spec.profile);
+    let defaults = profile
+        .as_ref()
+        .and_then(|p| p.spec.dask.as_ref())
+        .and_then(|d| d.defaults.as_ref())
+        .and_then(|d| d.worker_resources.as_ref());
+    observed_dask_claim(ws, defaults)
+}
+
 /// Feeds the usage index of `ctx` from a Workspace watch event: each Workspace's observed
 /// claim ([`cached_claim`]), and after a relist (`Init` … `InitDone`, the keys gathered in
 /// `relisted`) the vanished ones dropped.
@@ -280,13 +302,21 @@ pub fn observe_usage(
         watcher::Event::Apply(ws) => {
             let claim = cached_claim(ctx, ws);
             ctx.usage().observe(&key_of(ws), claim);
+            let dask = cached_dask_claim(ctx, ws);
+            ctx.usage().observe(&dask_key(&key_of(ws)), dask);
         }
-        watcher::Event::Delete(ws) => ctx.usage().remove(&key_of(ws)),
+        watcher::Event::Delete(ws) => {
+            ctx.usage().remove(&key_of(ws));
+            ctx.usage().remove(&dask_key(&key_of(ws)));
+        }
         watcher::Event::Init => *relisted = Some(HashSet::new()),
         watcher::Event::InitApply(ws) => {
             let key = key_of(ws);
             let claim = cached_claim(ctx, ws);
             ctx.usage().observe(&key, claim);
+            let dask = cached_dask_claim(ctx, ws);
+            ctx.usage().observe(&dask_key(&key), dask);
+            relisted.get_or_insert_default().insert(dask_key(&key));
             relisted.get_or_insert_default().insert(key);
         }
         watcher::Event::InitDone => {
@@ -307,7 +337,12 @@ pub fn refresh_usage(ctx: &Context) {
         .workspaces
         .state()
         .iter()
-        .map(|ws| (key_of(ws), cached_claim(ctx, ws)))
+        .flat_map(|ws| {
+            [
+                (key_of(ws), cached_claim(ctx, ws)),
+                (dask_key(&key_of(ws)), cached_dask_claim(ctx, ws)),
+            ]
+        })
         .collect();
     let mut usage = ctx.usage();
     for (key, claim) in claims {
@@ -367,12 +402,17 @@ pub async fn run_controller(
     let mut controller = Controller::for_stream(workspaces, caches.workspaces.clone())
         .with_config(controller::Config::default().concurrency(concurrency))
         .trigger_backoff(EachWatchBacksOffAlone)
-        .owns_stream(child_stream(
-            scoped::<Pod>(&client, ns),
-            writers.pods,
-            caches.expected.clone(),
-            pod_trigger,
-        ))
+        // By owner, else by label: the pods of a workspace's Dask cluster are owned by the
+        // dask-kubernetes operator's ReplicaSets but carry the Workspace's label.
+        .watches_stream(
+            child_stream(
+                scoped::<Pod>(&client, ns),
+                writers.pods,
+                caches.expected.clone(),
+                pod_trigger,
+            ),
+            |pod| owning_workspace(&pod).or_else(|| labelled_workspace(&pod)),
+        )
         .owns_stream(child_stream(
             scoped::<Service>(&client, ns),
             writers.services,
@@ -464,6 +504,7 @@ pub async fn run_controller(
                 )
             },
         );
+    controller = super::dask::watch_dask(controller, &ctx, writers.dask_clusters, writers.dask_autoscalers, ns);
     if let Some(requeued) = ctx.take_requeued() {
         controller = controller.reconcile_on(requeued);
     }
