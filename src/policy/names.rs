@@ -572,7 +572,7 @@ mod tests {
         assert!(is_dns_label(&hashed) && hashed.starts_with("ws-aaa") && hashed.ends_with("-dask"));
         assert_ne!(hashed, dask_cluster_name(&"a".repeat(61)));
         // A name that fits exactly stays plain; one with odd characters is hashed.
-        let fits = "b".repeat(DASK_CLUSTER_NAME_MAX - 8);
+        let fits = "x".repeat(DASK_CLUSTER_NAME_MAX - 8);
         assert_eq!(dask_cluster_name(&fits), format!("ws-{fits}-dask"));
         let odd = dask_cluster_name("Alice.Smith");
         assert!(is_dns_label(&odd) && odd.len() == DASK_CLUSTER_NAME_MAX, "{odd}");
