@@ -738,7 +738,7 @@ mod tests {
         assert_eq!(watched, expected);
     }
 
-    const SHARED: [(&str, &str); 13] = [
+    const SHARED: [(&str, &str); 15] = [
         ("/apis/atelier.dev/v1alpha1/namespaces/team/workspaces", ""),
         ("/api/v1/namespaces/team/pods", MANAGED_BY_SELECTOR),
         ("/api/v1/namespaces/team/services", MANAGED_BY_SELECTOR),
@@ -758,6 +758,14 @@ mod tests {
         ("/api/v1/persistentvolumes", MANAGED_BY_SELECTOR),
         ("/apis/storage.k8s.io/v1/csidrivers", ""),
         ("/api/v1/namespaces/team/secrets", CREDENTIALS_SELECTOR),
+        (
+            "/apis/kubernetes.dask.org/v1/namespaces/team/daskclusters",
+            MANAGED_BY_SELECTOR,
+        ),
+        (
+            "/apis/kubernetes.dask.org/v1/namespaces/team/daskautoscalers",
+            MANAGED_BY_SELECTOR,
+        ),
     ];
 
     #[tokio::test]
