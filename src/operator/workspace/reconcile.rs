@@ -57,6 +57,8 @@ pub mod predicates;
 #[cfg(test)]
 mod cache_tests;
 #[cfg(test)]
+mod dask_tests;
+#[cfg(test)]
 mod tests;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, with_applied_hash};
