@@ -575,7 +575,10 @@ mod tests {
         let fits = "x".repeat(DASK_CLUSTER_NAME_MAX - 8);
         assert_eq!(dask_cluster_name(&fits), format!("ws-{fits}-dask"));
         let odd = dask_cluster_name("Alice.Smith");
-        assert!(is_dns_label(&odd) && odd.len() == DASK_CLUSTER_NAME_MAX, "{odd}");
+        assert!(
+            is_dns_label(&odd) && odd.len() == DASK_CLUSTER_NAME_MAX,
+            "{odd}"
+        );
         assert!(odd.starts_with("ws-alice-smith-"), "{odd}");
         // A plain name of the hashed shape is hashed too: no two workspaces share a name.
         let shaped = &hashed[3..hashed.len() - 5];

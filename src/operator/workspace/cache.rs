@@ -299,7 +299,13 @@ impl Caches {
         let (namespace, label) = workspace_key(ws);
         let dask = crate::operator::workspace::reconcile::dask::dask_pod_prefix(ws);
         let mut pods = self.pods.of_workspace(&namespace, &label);
-        pods.retain(|p| !p.metadata.name.as_deref().unwrap_or_default().starts_with(&dask));
+        pods.retain(|p| {
+            !p.metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with(&dask)
+        });
         pods
     }
 

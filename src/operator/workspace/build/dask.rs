@@ -35,9 +35,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    container_security_context, data_env, data_volumes, hub_and_proxy_peers,
-    irods_init_container, labels, owner_reference, plain, runtime_default_seccomp,
-    selector_labels, service_prefix,
+    container_security_context, data_env, data_volumes, hub_and_proxy_peers, irods_init_container,
+    labels, owner_reference, plain, runtime_default_seccomp, selector_labels, service_prefix,
 };
 use crate::config::OperatorConfig;
 use crate::operator::workspace::dask::{
@@ -93,10 +92,7 @@ pub fn dask_labels(v: &ValidatedWorkspace) -> BTreeMap<String, String> {
 /// `tcp://<cluster>-scheduler.<ns>.svc.cluster.local:8786`, the address dask-kubernetes gives
 /// its own workers (`build_worker_deployment_spec`).
 pub fn scheduler_address(v: &ValidatedWorkspace) -> String {
-    format!(
-        "tcp://{}:{SCHEDULER_PORT}",
-        scheduler_host(v)
-    )
+    format!("tcp://{}:{SCHEDULER_PORT}", scheduler_host(v))
 }
 
 fn scheduler_host(v: &ValidatedWorkspace) -> String {

@@ -5,10 +5,10 @@ use k8s_openapi::api::core::v1::Toleration;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::api::v1alpha1::PoolPurpose;
 use crate::operator::workspace::build::build;
 use crate::policy::workspace::validate::test_support::{cfg, validated, workspace};
 use crate::policy::workspace::{EffectiveResources, PlacedPool, ValidatedDask};
-use crate::api::v1alpha1::PoolPurpose;
 use crate::rbac::testing::assert_json_eq;
 
 fn to_json<T: serde::Serialize>(x: &T) -> Value {

@@ -504,7 +504,13 @@ pub async fn run_controller(
                 )
             },
         );
-    controller = super::dask::watch_dask(controller, &ctx, writers.dask_clusters, writers.dask_autoscalers, ns);
+    controller = super::dask::watch_dask(
+        controller,
+        &ctx,
+        writers.dask_clusters,
+        writers.dask_autoscalers,
+        ns,
+    );
     if let Some(requeued) = ctx.take_requeued() {
         controller = controller.reconcile_on(requeued);
     }

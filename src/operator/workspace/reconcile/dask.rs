@@ -188,7 +188,10 @@ pub fn workspaces_asking_for_dask(
     workspaces
         .iter()
         .filter(|ws| {
-            ws.spec.dask.as_ref().is_some_and(|d| d.enabled != Some(false))
+            ws.spec
+                .dask
+                .as_ref()
+                .is_some_and(|d| d.enabled != Some(false))
                 || ws.status.as_ref().is_some_and(|s| {
                     s.dask.is_some()
                         || s.conditions
@@ -264,10 +267,23 @@ pub async fn reconcile_dask(
     let (client, expected) = (&ctx.client, &caches.expected);
     let name = desired.cluster.name_any();
     let cached_policy = caches.network_policies.get(namespace, &name);
-    apply::apply_object(client, namespace, &desired.network_policy, cached_policy, expected)
-        .await?;
+    apply::apply_object(
+        client,
+        namespace,
+        &desired.network_policy,
+        cached_policy,
+        expected,
+    )
+    .await?;
     let cached_cluster = caches.dask_clusters.get(namespace, &name);
-    apply::apply_object(client, namespace, &desired.cluster, cached_cluster, expected).await?;
+    apply::apply_object(
+        client,
+        namespace,
+        &desired.cluster,
+        cached_cluster,
+        expected,
+    )
+    .await?;
     let cached_autoscaler = caches.dask_autoscalers.get(namespace, &name);
     apply::apply_object(
         client,
@@ -286,11 +302,17 @@ pub async fn delete_dask(ctx: &Context, ws: &Workspace, namespace: &str) -> Resu
     let caches = &ctx.caches;
     let name = names::dask_cluster_name(&ws.name_any());
     if caches.dask_crd.state() == CrdState::Present {
-        let autoscalers: Vec<DaskAutoscaler> =
-            caches.dask_autoscalers.get(namespace, &name).into_iter().collect();
+        let autoscalers: Vec<DaskAutoscaler> = caches
+            .dask_autoscalers
+            .get(namespace, &name)
+            .into_iter()
+            .collect();
         apply::delete_live(&ctx.client, namespace, &autoscalers).await?;
-        let clusters: Vec<DaskCluster> =
-            caches.dask_clusters.get(namespace, &name).into_iter().collect();
+        let clusters: Vec<DaskCluster> = caches
+            .dask_clusters
+            .get(namespace, &name)
+            .into_iter()
+            .collect();
         apply::delete_live(&ctx.client, namespace, &clusters).await?;
     }
     let policies: Vec<NetworkPolicy> = caches

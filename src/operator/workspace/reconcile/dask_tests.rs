@@ -12,6 +12,7 @@ use crate::api::v1alpha1::{
     DaskProfile, DaskSpec, DesiredState, WorkerRange, Workspace, WorkspaceProfile,
 };
 use crate::config::OperatorConfig;
+use crate::operator::Context;
 use crate::operator::workspace::build::{self, DaskResources};
 use crate::operator::workspace::cache::CacheWriters;
 use crate::operator::workspace::fixtures::{
@@ -20,7 +21,6 @@ use crate::operator::workspace::fixtures::{
 };
 use crate::operator::workspace::status::{self, StatusInput};
 use crate::operator::workspace::{ValidatedWorkspace, WorkspaceResources};
-use crate::operator::Context;
 use crate::policy::admission::UsageIndex;
 use crate::policy::workspace::validate;
 
@@ -44,7 +44,11 @@ fn dask_profile(max: i32) -> WorkspaceProfile {
 
 /// What `validate` + `admit_dask` make of `ws` (no other usage on the pool), as the
 /// reconciliation sees it.
-fn validated(ws: &Workspace, profile: &WorkspaceProfile, pools: &[crate::api::v1alpha1::NodePool]) -> ValidatedWorkspace {
+fn validated(
+    ws: &Workspace,
+    profile: &WorkspaceProfile,
+    pools: &[crate::api::v1alpha1::NodePool],
+) -> ValidatedWorkspace {
     let mut observed = inputs(ws, TOKEN);
     observed.profile = Some(profile.clone());
     observed.pools = pools.to_vec();
@@ -110,7 +114,13 @@ struct Scenario {
 
 /// The caches: every workspace child of `v` applied, the server running, the Dask objects
 /// `dask` (with their hashes), the CRD's state.
-fn scenario(ws: Workspace, profile: WorkspaceProfile, pools: Vec<crate::api::v1alpha1::NodePool>, v: &ValidatedWorkspace, extra_pods: &[Pod]) -> (Cluster, WorkspaceResources) {
+fn scenario(
+    ws: Workspace,
+    profile: WorkspaceProfile,
+    pools: Vec<crate::api::v1alpha1::NodePool>,
+    v: &ValidatedWorkspace,
+    extra_pods: &[Pod],
+) -> (Cluster, WorkspaceResources) {
     let cfg = OperatorConfig::default();
     let d = build::build(v, &cfg);
     let mut cluster = Cluster {
@@ -220,7 +230,12 @@ async fn a_workspace_asking_for_dask_gets_its_cluster_autoscaler_and_policy() {
             );
         }),
     ];
-    let (ctx, verifier, ws) = context(Scenario { ws, cluster, dask: vec![], crd: CrdState::Present });
+    let (ctx, verifier, ws) = context(Scenario {
+        ws,
+        cluster,
+        dask: vec![],
+        crd: CrdState::Present,
+    });
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
     assert_eq!(
@@ -246,11 +261,23 @@ async fn an_unchanged_cluster_makes_zero_requests_and_its_pods_are_not_the_serve
     ];
     let (cluster, d) = scenario(ws.clone(), p, pools, &v, &dask_pods);
     let pod = running(&d);
-    let seen = DaskObserved { scheduler_ready: true, workers_ready: 1 };
+    let seen = DaskObserved {
+        scheduler_ready: true,
+        workers_ready: 1,
+    };
     let ws = with_status(ws, &v, &pod, Some(&seen));
-    let dask = ws.status.as_ref().and_then(|s| s.dask.clone()).expect("dask status");
+    let dask = ws
+        .status
+        .as_ref()
+        .and_then(|s| s.dask.clone())
+        .expect("dask status");
     assert_eq!(dask.workers.as_deref(), Some("1/2"));
-    let (ctx, verifier, ws) = context(Scenario { ws, cluster, dask: vec![r], crd: CrdState::Present });
+    let (ctx, verifier, ws) = context(Scenario {
+        ws,
+        cluster,
+        dask: vec![r],
+        crd: CrdState::Present,
+    });
     let outcome = run_scenario(ctx, verifier, ws, vec![], |ctx, _| {
         // The usage index holds the cluster's claim under its own key.
         let usage = ctx.usage().user_usage("interactive", "alice");
@@ -275,10 +302,16 @@ async fn more_workers_reapply_the_autoscaler_only() {
     let p = dask_profile(2);
     let after = validated(&scaled, &p, &pools);
     let want = build::build_dask(&after, &OperatorConfig::default(), None).expect("dask");
-    assert_eq!(want.cluster, r.cluster, "replicas = min: the cluster is unchanged");
+    assert_eq!(
+        want.cluster, r.cluster,
+        "replicas = min: the cluster is unchanged"
+    );
     let (cluster, d) = scenario(scaled.clone(), p, pools, &after, &[]);
     let pod = running(&d);
-    let seen = DaskObserved { scheduler_ready: true, workers_ready: 1 };
+    let seen = DaskObserved {
+        scheduler_ready: true,
+        workers_ready: 1,
+    };
     let ws = with_status(scaled, &before, &pod, Some(&seen));
     let steps = vec![
         Step::apply(
@@ -292,7 +325,12 @@ async fn more_workers_reapply_the_autoscaler_only() {
             assert_eq!(dask["workers"], "0/3", "no worker pod in the cache");
         }),
     ];
-    let (ctx, verifier, ws) = context(Scenario { ws, cluster, dask: vec![r], crd: CrdState::Present });
+    let (ctx, verifier, ws) = context(Scenario {
+        ws,
+        cluster,
+        dask: vec![r],
+        crd: CrdState::Present,
+    });
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
     assert_eq!(
@@ -331,8 +369,14 @@ async fn a_cap_lowers_the_maximum_and_the_status_says_so() {
             "/apis/networking.k8s.io/v1/namespaces/team/networkpolicies/ws-alice-dask",
             applied(&r.network_policy),
         ),
-        Step::apply(format!("{DASK_API}/daskclusters/ws-alice-dask"), applied(&r.cluster)),
-        Step::apply(format!("{DASK_API}/daskautoscalers/ws-alice-dask"), applied(&r.autoscaler)),
+        Step::apply(
+            format!("{DASK_API}/daskclusters/ws-alice-dask"),
+            applied(&r.cluster),
+        ),
+        Step::apply(
+            format!("{DASK_API}/daskautoscalers/ws-alice-dask"),
+            applied(&r.autoscaler),
+        ),
         Step::apply_status(&ws, move |body| {
             let (dask, condition) = dask_status(body);
             assert_eq!(dask["cappedTo"], 2);
@@ -341,7 +385,12 @@ async fn a_cap_lowers_the_maximum_and_the_status_says_so() {
             assert_eq!(condition["message"], json!(message));
         }),
     ];
-    let (ctx, verifier, ws) = context(Scenario { ws, cluster, dask: vec![], crd: CrdState::Present });
+    let (ctx, verifier, ws) = context(Scenario {
+        ws,
+        cluster,
+        dask: vec![],
+        crd: CrdState::Present,
+    });
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
     assert_eq!(outcome.writes().len(), 4);
@@ -372,7 +421,12 @@ async fn stopping_deletes_the_autoscaler_the_cluster_and_the_policy() {
         }),
         Step::event(&stopped, |_| {}),
     ];
-    let (ctx, verifier, ws) = context(Scenario { ws: stopped, cluster, dask: vec![r], crd: CrdState::Present });
+    let (ctx, verifier, ws) = context(Scenario {
+        ws: stopped,
+        cluster,
+        dask: vec![r],
+        crd: CrdState::Present,
+    });
     let outcome = run_scenario(ctx, verifier, ws, steps, |ctx, _| {
         assert!(ctx.usage().user_usage("interactive", "alice").cpu_millis == 0);
     })
@@ -399,18 +453,29 @@ async fn a_deleted_workspace_releases_its_clusters_claim_and_leaves_the_cluster_
     let (mut cluster, _) = scenario(ws.clone(), p, pools, &v, &[]);
     cluster.pods.clear();
     let steps = vec![Step::remove_finalizer(&ws)];
-    let (ctx, verifier, ws) = context(Scenario { ws, cluster, dask: vec![r], crd: CrdState::Present });
-    ctx.usage().observe(
-        &validate::dask_key("team/alice"),
-        validate::dask_claim(&v),
-    );
+    let (ctx, verifier, ws) = context(Scenario {
+        ws,
+        cluster,
+        dask: vec![r],
+        crd: CrdState::Present,
+    });
+    ctx.usage()
+        .observe(&validate::dask_key("team/alice"), validate::dask_claim(&v));
     let outcome = run_scenario(ctx, verifier, ws, steps, |ctx, _| {
         let usage = ctx.usage().user_usage("interactive", "alice");
-        assert_eq!((usage.workspaces, usage.cpu_millis), (0, 0), "both claims released");
+        assert_eq!(
+            (usage.workspaces, usage.cpu_millis),
+            (0, 0),
+            "both claims released"
+        );
     })
     .await;
     ok(&outcome, Action::await_change());
-    assert_eq!(outcome.writes().len(), 1, "the owner reference deletes the cluster");
+    assert_eq!(
+        outcome.writes().len(),
+        1,
+        "the owner reference deletes the cluster"
+    );
 }
 
 #[tokio::test]
@@ -436,25 +501,43 @@ async fn without_the_dask_operator_a_workspace_asking_for_dask_is_refused_and_ot
                 .unwrap();
             assert_eq!(ready["status"], "False");
             assert_eq!(ready["reason"], "DaskOperatorMissing");
-            assert!(ready["message"].as_str().unwrap().contains("dask-kubernetes operator"));
+            assert!(
+                ready["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("dask-kubernetes operator")
+            );
         }),
         Step::event(&ws, |body| {
             assert_eq!(body["type"], "Warning");
             assert_eq!(body["reason"], "DaskOperatorMissing");
         }),
     ];
-    let (ctx, verifier, ws) = context(Scenario { ws, cluster, dask: vec![], crd: CrdState::Missing });
+    let (ctx, verifier, ws) = context(Scenario {
+        ws,
+        cluster,
+        dask: vec![],
+        crd: CrdState::Missing,
+    });
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_REFUSED));
 
     // The same workspace without Dask runs untouched.
     let mut plain = workspace();
-    plain.spec.dask = Some(DaskSpec { enabled: Some(false), ..DaskSpec::default() });
+    plain.spec.dask = Some(DaskSpec {
+        enabled: Some(false),
+        ..DaskSpec::default()
+    });
     let v = validated(&plain, &p, &pools);
     assert!(v.dask.is_none());
     let (cluster, d) = scenario(plain.clone(), p, pools, &v, &[]);
     let plain = with_status(plain, &v, &running(&d), None);
-    let (ctx, verifier, ws) = context(Scenario { ws: plain, cluster, dask: vec![], crd: CrdState::Missing });
+    let (ctx, verifier, ws) = context(Scenario {
+        ws: plain,
+        cluster,
+        dask: vec![],
+        crd: CrdState::Missing,
+    });
     let outcome = run_scenario(ctx, verifier, ws, vec![], |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_STEADY));
     assert_eq!(outcome.seen.len(), 0, "{:?}", outcome.seen);
