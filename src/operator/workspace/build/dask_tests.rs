@@ -60,7 +60,7 @@ fn dask(min: i32, max: i32, workers: i32) -> ValidatedDask {
 fn a_cluster_its_autoscaler_and_its_network_policy_are_built_exactly() {
     let v = with_dask("alice", dask(1, 8, 6));
     let r = build_dask(&v, &cfg(), None).expect("a cluster");
-    let got = vec![
+    let got = [
         to_json(&r.network_policy),
         to_json(&r.cluster),
         to_json(&r.autoscaler),
