@@ -90,7 +90,7 @@ pub struct Caches {
     /// Their DaskAutoscalers (applied hash only).
     pub dask_autoscalers: Compact<crate::operator::workspace::dask::DaskAutoscaler>,
     /// Whether the DaskCluster CRD is installed, as the DaskCluster watch found.
-    pub dask_crd: std::sync::Arc<crate::operator::workspace::reconcile::dask::DaskCrd>,
+    pub dask_crd: std::sync::Arc<crate::operator::workspace::dask::DaskCrd>,
     /// Resolves once every store but the Workspaces' has been listed ([`Caches::ready`]).
     children_ready: Readiness,
     /// Resolves once the per-user stores have been listed.
@@ -297,7 +297,7 @@ impl Caches {
     /// carry its labels too: [`Caches::dask_pods_of`]).
     pub fn pods_of(&self, ws: &Workspace) -> Vec<Pod> {
         let (namespace, label) = workspace_key(ws);
-        let dask = crate::operator::workspace::reconcile::dask::dask_pod_prefix(ws);
+        let dask = crate::operator::workspace::dask::dask_pod_prefix(ws);
         let mut pods = self.pods.of_workspace(&namespace, &label);
         pods.retain(|p| {
             !p.metadata

@@ -8,7 +8,12 @@
 //! 1.21's fields only, the schema of those CRDs.
 
 use k8s_openapi::api::core::v1::{PodSpec, ServiceSpec};
-use kube::CustomResource;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use kube::{CustomResource, ResourceExt};
+
+use crate::api::v1alpha1::Workspace;
+use crate::policy::names;
 use serde::{Deserialize, Serialize};
 
 /// `spec` of a `DaskCluster`: the scheduler's pod and Service, and the default worker group's
@@ -86,4 +91,45 @@ pub struct DaskAutoscalerSpec {
     pub minimum: i32,
     /// Most workers.
     pub maximum: i32,
+}
+
+/// What the operator knows of the DaskCluster CRD.
+#[derive(Debug, Default)]
+pub struct DaskCrd(AtomicU8);
+
+/// The states of [`DaskCrd`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrdState {
+    /// Not listed yet.
+    Unknown,
+    /// The list answered 404.
+    Missing,
+    /// Listed.
+    Present,
+}
+
+impl DaskCrd {
+    /// The current state.
+    pub fn state(&self) -> CrdState {
+        match self.0.load(Ordering::Acquire) {
+            1 => CrdState::Missing,
+            2 => CrdState::Present,
+            _ => CrdState::Unknown,
+        }
+    }
+
+    /// Records `state`; returns whether it changed.
+    pub fn set(&self, state: CrdState) -> bool {
+        let v = match state {
+            CrdState::Unknown => 0,
+            CrdState::Missing => 1,
+            CrdState::Present => 2,
+        };
+        self.0.swap(v, Ordering::AcqRel) != v
+    }
+}
+
+/// Name prefix of the pods of `ws`'s Dask cluster.
+pub fn dask_pod_prefix(ws: &Workspace) -> String {
+    format!("{}-", names::dask_cluster_name(&ws.name_any()))
 }

@@ -39,6 +39,7 @@ use crate::operator::workspace::build::WORKSPACE_NAMESPACE_LABEL;
 use crate::operator::workspace::cache::{
     CREDENTIALS_SELECTOR, Cached, CompactWriter, Compactable, Expectations, cached_cluster,
 };
+use crate::operator::workspace::dask::{DaskAutoscaler, DaskCluster};
 use crate::operator::{Context, wait_for};
 use crate::policy::admission::{Claim, key_of, observed_claim, observed_dask_claim};
 use crate::policy::workspace::validate::dask_key;
@@ -350,6 +351,56 @@ pub fn refresh_usage(ctx: &Context) {
     }
 }
 
+/// Adds the Dask watches to the Workspace controller: the DaskClusters (owned; their phase and
+/// applied hash; the CRD's presence, see [`DaskCrd`]) and the DaskAutoscalers (owned; applied
+/// hash), both limited to the operator's objects (managed-by label), in `namespace` or all.
+fn watch_dask(
+    controller: kube::runtime::Controller<Workspace>,
+    ctx: &Arc<Context>,
+    clusters: CompactWriter<DaskCluster>,
+    autoscalers: CompactWriter<DaskAutoscaler>,
+    namespace: Option<&str>,
+) -> kube::runtime::Controller<Workspace> {
+    use kube::runtime::WatchStreamExt;
+    let config = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let (cluster_api, autoscaler_api) = match namespace {
+        Some(ns) => (
+            Api::namespaced(ctx.client.clone(), ns),
+            Api::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    let weak = Arc::downgrade(ctx);
+    let cluster_events = super::dask::track_crd(
+        watcher(cluster_api, config()).default_backoff(),
+        ctx.caches.dask_crd.clone(),
+        move |_| {
+            // A flip either way changes the outcome of the Workspaces asking for Dask.
+            if let Some(ctx) = weak.upgrade() {
+                for workspace in
+                    super::dask::workspaces_asking_for_dask(&ctx.caches.workspaces.state())
+                {
+                    ctx.requeue(workspace);
+                }
+            }
+        },
+    );
+    let expected = ctx.caches.expected.clone();
+    controller
+        .owns_stream(child_triggers(
+            cluster_events,
+            clusters,
+            expected.clone(),
+            super::dask::dask_cluster_trigger,
+        ))
+        .owns_stream(child_triggers(
+            super::dask::without_not_found(watcher(autoscaler_api, config()).default_backoff()),
+            autoscalers,
+            expected,
+            super::predicates::child_trigger,
+        ))
+}
+
 /// Runs the Workspace controller until `shutdown` turns `true`.
 ///
 /// It feeds the caches of `ctx` ([`crate::operator::workspace::cache::Caches`]): the Workspaces (of `watch_namespace`, or all);
@@ -504,7 +555,7 @@ pub async fn run_controller(
                 )
             },
         );
-    controller = super::dask::watch_dask(
+    controller = watch_dask(
         controller,
         &ctx,
         writers.dask_clusters,

@@ -19,26 +19,21 @@
 //! as the scheduler's Service exists); workers ready are the Ready pods `<cluster>-default-worker-…`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use std::hash::{Hash, Hasher};
 
-use kube::api::Api;
-
 use super::apply;
-use super::controller::child_triggers;
 use crate::api::v1alpha1::{DaskStatus, Workspace, WorkspaceStatus};
 use crate::operator::workspace::build::dask as build_dask;
-use crate::operator::workspace::cache::{Caches, CompactWriter, Compactable};
-use crate::operator::workspace::dask::{
-    DaskAutoscaler, DaskCluster, DaskClusterSpec, DaskClusterStatus,
-};
+use crate::operator::workspace::cache::Caches;
+pub use crate::operator::workspace::dask::{CrdState, DaskCrd, dask_pod_prefix};
+use crate::operator::workspace::dask::{DaskAutoscaler, DaskCluster};
 use crate::operator::workspace::{ValidatedWorkspace, status};
 use crate::operator::{Context, Result};
 use crate::policy::names;
@@ -52,77 +47,6 @@ pub const DASK_CONDITION: &str = "Dask";
 pub const DASK_RUNNING: &str = "DaskRunning";
 /// Reason of the `Dask` condition until the scheduler is ready.
 pub const DASK_STARTING: &str = "DaskStarting";
-
-/// What the operator knows of the DaskCluster CRD.
-#[derive(Debug, Default)]
-pub struct DaskCrd(AtomicU8);
-
-/// The states of [`DaskCrd`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrdState {
-    /// Not listed yet.
-    Unknown,
-    /// The list answered 404.
-    Missing,
-    /// Listed.
-    Present,
-}
-
-impl DaskCrd {
-    /// The current state.
-    pub fn state(&self) -> CrdState {
-        match self.0.load(Ordering::Acquire) {
-            1 => CrdState::Missing,
-            2 => CrdState::Present,
-            _ => CrdState::Unknown,
-        }
-    }
-
-    /// Records `state`; returns whether it changed.
-    pub fn set(&self, state: CrdState) -> bool {
-        let v = match state {
-            CrdState::Unknown => 0,
-            CrdState::Missing => 1,
-            CrdState::Present => 2,
-        };
-        self.0.swap(v, Ordering::AcqRel) != v
-    }
-}
-
-/// A DaskCluster's `status.phase`.
-impl Compactable for DaskCluster {
-    type Detail = Option<Box<str>>;
-
-    fn detail(&self) -> Option<Box<str>> {
-        self.status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .map(Box::from)
-    }
-
-    fn restore(metadata: ObjectMeta, phase: &Option<Box<str>>) -> DaskCluster {
-        DaskCluster {
-            metadata,
-            spec: DaskClusterSpec::default(),
-            status: phase.as_ref().map(|p| DaskClusterStatus {
-                phase: Some(p.to_string()),
-            }),
-        }
-    }
-}
-
-/// An autoscaler: its applied hash only.
-impl Compactable for DaskAutoscaler {
-    type Detail = ();
-
-    fn detail(&self) {}
-
-    fn restore(metadata: ObjectMeta, (): &()) -> DaskAutoscaler {
-        let mut object = DaskAutoscaler::new("", Default::default());
-        *object.meta_mut() = metadata;
-        object
-    }
-}
 
 /// Trigger hash of a DaskCluster: a child's (applied hash, deletion) and its phase.
 pub fn dask_cluster_trigger(cluster: &DaskCluster) -> Option<u64> {
@@ -373,11 +297,6 @@ pub fn set_dask_status(
     ));
 }
 
-/// Name prefix of the pods of `ws`'s Dask cluster.
-pub fn dask_pod_prefix(ws: &Workspace) -> String {
-    format!("{}-", names::dask_cluster_name(&ws.name_any()))
-}
-
 impl Caches {
     /// The pods of `ws`'s Dask cluster (scheduler and workers), which carry its labels.
     pub fn dask_pods_of(&self, ws: &Workspace) -> Vec<Pod> {
@@ -392,7 +311,7 @@ impl Caches {
 }
 
 /// Drops a watch's 404s (the CRD is not installed; the watch retries with its back-off).
-fn without_not_found<K, S>(
+pub fn without_not_found<K, S>(
     events: S,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
 where
@@ -400,52 +319,4 @@ where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     events.filter(|item| futures::future::ready(!matches!(item, Err(e) if is_not_found(e))))
-}
-
-/// Adds the Dask watches to the Workspace controller: the DaskClusters (owned; their phase and
-/// applied hash; the CRD's presence, see [`DaskCrd`]) and the DaskAutoscalers (owned; applied
-/// hash), both limited to the operator's objects (managed-by label), in `namespace` or all.
-pub fn watch_dask(
-    controller: kube::runtime::Controller<Workspace>,
-    ctx: &Arc<Context>,
-    clusters: CompactWriter<DaskCluster>,
-    autoscalers: CompactWriter<DaskAutoscaler>,
-    namespace: Option<&str>,
-) -> kube::runtime::Controller<Workspace> {
-    use kube::runtime::WatchStreamExt;
-    let config = || watcher::Config::default().labels(super::MANAGED_BY_SELECTOR);
-    let (cluster_api, autoscaler_api) = match namespace {
-        Some(ns) => (
-            Api::namespaced(ctx.client.clone(), ns),
-            Api::namespaced(ctx.client.clone(), ns),
-        ),
-        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-    };
-    let weak = Arc::downgrade(ctx);
-    let cluster_events = track_crd(
-        watcher(cluster_api, config()).default_backoff(),
-        ctx.caches.dask_crd.clone(),
-        move |_| {
-            // A flip either way changes the outcome of the Workspaces asking for Dask.
-            if let Some(ctx) = weak.upgrade() {
-                for workspace in workspaces_asking_for_dask(&ctx.caches.workspaces.state()) {
-                    ctx.requeue(workspace);
-                }
-            }
-        },
-    );
-    let expected = ctx.caches.expected.clone();
-    controller
-        .owns_stream(child_triggers(
-            cluster_events,
-            clusters,
-            expected.clone(),
-            dask_cluster_trigger,
-        ))
-        .owns_stream(child_triggers(
-            without_not_found(watcher(autoscaler_api, config()).default_backoff()),
-            autoscalers,
-            expected,
-            super::predicates::child_trigger,
-        ))
 }
