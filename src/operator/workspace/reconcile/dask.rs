@@ -320,3 +320,77 @@ where
 {
     events.filter(|item| futures::future::ready(!matches!(item, Err(e) if is_not_found(e))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn not_found() -> watcher::Error {
+        watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
+            kube::core::Status::failure(
+                "the server could not find the requested resource",
+                "NotFound",
+            )
+            .with_code(404),
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_404_marks_the_crd_missing_unseen_and_a_list_marks_it_present() {
+        let crd = Arc::new(DaskCrd::default());
+        assert_eq!(crd.state(), CrdState::Unknown);
+        let flips = Arc::new(Mutex::new(Vec::new()));
+        let seen = flips.clone();
+        let events = futures::stream::iter(vec![
+            Err(not_found()),
+            Err(not_found()),
+            Ok(watcher::Event::<DaskCluster>::Init),
+            Ok(watcher::Event::InitDone),
+        ]);
+        let out: Vec<_> = track_crd(events, crd.clone(), move |s| seen.lock().unwrap().push(s))
+            .collect()
+            .await;
+        assert_eq!(out.len(), 2, "the 404s go no further");
+        assert!(out.iter().all(Result::is_ok));
+        assert_eq!(
+            *flips.lock().unwrap(),
+            [CrdState::Missing, CrdState::Present],
+            "one call per flip"
+        );
+        assert_eq!(crd.state(), CrdState::Present);
+        // Other errors pass on untouched.
+        let other = watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
+            kube::core::Status::failure("boom", "InternalError").with_code(500),
+        )));
+        assert!(!is_not_found(&other));
+    }
+
+    #[test]
+    fn workers_ready_count_ready_worker_pods_of_the_cluster_only() {
+        let pod = |name: &str, ready: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]},
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod("ws-alice-dask-scheduler-5d9c7-abcde", "False"),
+            pod("ws-alice-dask-default-worker-01234-6f8b9-aaaaa", "True"),
+            pod("ws-alice-dask-default-worker-56789-6f8b9-bbbbb", "False"),
+            pod("ws-alice-dask-default-worker-abcde-6f8b9-ccccc", "True"),
+            pod("ws-alice", "True"),
+        ];
+        assert_eq!(
+            observe_pods("ws-alice-dask", &pods),
+            DaskObserved {
+                scheduler_ready: false,
+                workers_ready: 2
+            }
+        );
+        let mut up = pods.to_vec();
+        up[0] = pod("ws-alice-dask-scheduler-5d9c7-abcde", "True");
+        assert!(observe_pods("ws-alice-dask", &up).scheduler_ready);
+    }
+}
