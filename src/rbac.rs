@@ -145,8 +145,14 @@ pub const CALLS: &[ApiCall] = &[
          replace_changed_data_volumes: DELETE of a changed data source's claim"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "services", Namespaced, Both,
         "controller.rs: the Service watch; apply.rs: apply_service (DELETE + re-create of a ClusterIP Service)"),
-    call(Operator, &["list", "watch", "create", "patch"], "networking.k8s.io", "networkpolicies", Namespaced, Both,
-        "controller.rs: the NetworkPolicy watch; apply.rs: apply_object (and the per-user namespace's policy)"),
+    call(Operator, &["list", "watch", "create", "patch", "delete"], "networking.k8s.io", "networkpolicies", Namespaced, Both,
+        "controller.rs: the NetworkPolicy watch; apply.rs: apply_object (and the per-user namespace's policy); \
+         reconcile/dask.rs: delete_dask (the Dask cluster's policy when the workspace stops or drops Dask)"),
+    // Dask (issue 12): the workspace's dask-kubernetes cluster, a child of the Workspace.
+    call(Operator, &["list", "watch", "create", "patch", "delete"], "kubernetes.dask.org", "daskclusters", Namespaced, Both,
+        "reconcile/dask.rs: watch_dask (cache, CRD presence), reconcile_dask (SSA), delete_dask"),
+    call(Operator, &["list", "watch", "create", "patch", "delete"], "kubernetes.dask.org", "daskautoscalers", Namespaced, Both,
+        "reconcile/dask.rs: watch_dask (cache), reconcile_dask (SSA), delete_dask"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "pods", Namespaced, Both,
         "controller.rs: the pod watch; apply.rs: reconcile_pod, delete_live, \
          replace_changed_data_volumes (the pod goes before a changed data source's claim)"),

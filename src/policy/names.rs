@@ -226,6 +226,45 @@ pub fn data_pv_name(namespace: &str, workspace: &str, data_source: &str) -> Stri
     )
 }
 
+/// Most characters of a DaskCluster's name: the dask-kubernetes operator names its children
+/// after it (`<name>-scheduler`, `<name>-default`, `<name>-default-worker-<10 hex>`), and
+/// Atelier's peers table records that it refuses longer names.
+pub const DASK_CLUSTER_NAME_MAX: usize = 53;
+
+/// Name of a workspace's `DaskCluster`: `ws-<workspace>-dask` when that is an RFC 1123 label of
+/// at most [`DASK_CLUSTER_NAME_MAX`] characters (and cannot be mistaken for a hashed name),
+/// else `ws-<head>-<hash>-dask` of exactly that length, as the other children's hashed names.
+pub fn dask_cluster_name(workspace: &str) -> String {
+    const PREFIX: &str = "ws-";
+    const SUFFIX: &str = "-dask";
+    let plain = format!("{PREFIX}{workspace}{SUFFIX}");
+    if is_dns_label(&plain)
+        && plain.len() <= DASK_CLUSTER_NAME_MAX
+        && !(plain.len() == DASK_CLUSTER_NAME_MAX && looks_hashed(&plain, SUFFIX))
+    {
+        return plain;
+    }
+    let sanitized: String = workspace
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect();
+    let budget = DASK_CLUSTER_NAME_MAX - PREFIX.len() - SUFFIX.len() - HASH_LEN - 1;
+    let head: String = sanitized.chars().take(budget).collect();
+    let mut name = format!("{PREFIX}{}", head.trim_end_matches('-'));
+    if !name.ends_with('-') {
+        name.push('-');
+    }
+    let digits = DASK_CLUSTER_NAME_MAX - name.len() - SUFFIX.len();
+    let mut hash = hex::encode(Sha256::digest(plain.as_bytes()));
+    hash.truncate(digits);
+    name.push_str(&hash);
+    name.push_str(SUFFIX);
+    name
+}
+
 /// The URL prefix of a server: `/user/<user>/` or `/user/<user>/<server>/`
 /// (`JUPYTERHUB_SERVICE_PREFIX`, the path the proxy routes to it).
 pub fn service_prefix(user: &str, server_name: &str) -> String {
@@ -529,6 +568,29 @@ fn short_hash(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dask_cluster_names_fit_53_characters_and_hash_when_long() {
+        assert_eq!(dask_cluster_name("alice"), "ws-alice-dask");
+        let long = "a".repeat(60);
+        let hashed = dask_cluster_name(&long);
+        assert_eq!(hashed.len(), DASK_CLUSTER_NAME_MAX, "{hashed}");
+        assert!(is_dns_label(&hashed) && hashed.starts_with("ws-aaa") && hashed.ends_with("-dask"));
+        assert_ne!(hashed, dask_cluster_name(&"a".repeat(61)));
+        // A name that fits exactly stays plain; one with odd characters is hashed.
+        let fits = "x".repeat(DASK_CLUSTER_NAME_MAX - 8);
+        assert_eq!(dask_cluster_name(&fits), format!("ws-{fits}-dask"));
+        let odd = dask_cluster_name("Alice.Smith");
+        assert!(
+            is_dns_label(&odd) && odd.len() == DASK_CLUSTER_NAME_MAX,
+            "{odd}"
+        );
+        assert!(odd.starts_with("ws-alice-smith-"), "{odd}");
+        // A plain name of the hashed shape is hashed too: no two workspaces share a name.
+        let shaped = &hashed[3..hashed.len() - 5];
+        assert_ne!(dask_cluster_name(shaped), hashed);
+        assert_eq!(dask_cluster_name(shaped).len(), DASK_CLUSTER_NAME_MAX);
+    }
+
     use super::*;
     use crate::api::patterns;
     use regex::Regex;

@@ -127,6 +127,9 @@ pub const IRODS_INIT_CONTAINER: &str = "irods-env";
 /// (both drivers ignore it; the API requires one).
 pub const DEFAULT_DATA_CAPACITY: &str = "1Gi";
 
+pub mod dask;
+pub use dask::{DaskResources, build_dask};
+
 /// Where a Kubernetes workspace finds its data files: the catalogue under [`DATA_DIR`], the
 /// iRODS client's `irods_environment.json` and `.irodsA` under [`IRODS_DIR`].
 pub fn data_paths() -> DataPaths {
@@ -517,6 +520,9 @@ pub fn server_env(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Vec<EnvVar> {
         put(plain(name, value));
     }
     for var in data_env(v) {
+        put(var);
+    }
+    for var in dask::workspace_dask_env(v) {
         put(var);
     }
     for var in hub_env(v, cfg) {

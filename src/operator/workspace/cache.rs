@@ -84,6 +84,13 @@ pub struct Caches {
     pub limit_ranges: Compact<LimitRange>,
     /// The writes the caches do not show yet.
     pub expected: std::sync::Arc<Expectations>,
+    /// The workspaces' DaskClusters (their `status.phase`); never awaited by [`Caches::ready`]:
+    /// the CRD may be missing ([`Caches::dask_crd`]).
+    pub dask_clusters: Compact<crate::operator::workspace::dask::DaskCluster>,
+    /// Their DaskAutoscalers (applied hash only).
+    pub dask_autoscalers: Compact<crate::operator::workspace::dask::DaskAutoscaler>,
+    /// Whether the DaskCluster CRD is installed, as the DaskCluster watch found.
+    pub dask_crd: std::sync::Arc<crate::operator::workspace::dask::DaskCrd>,
     /// Resolves once every store but the Workspaces' has been listed ([`Caches::ready`]).
     children_ready: Readiness,
     /// Resolves once the per-user stores have been listed.
@@ -132,6 +139,10 @@ pub struct CacheWriters {
     pub resource_quotas: CompactWriter<ResourceQuota>,
     /// LimitRanges (per-user mode).
     pub limit_ranges: CompactWriter<LimitRange>,
+    /// Feeds [`Caches::dask_clusters`].
+    pub dask_clusters: CompactWriter<crate::operator::workspace::dask::DaskCluster>,
+    /// Feeds [`Caches::dask_autoscalers`].
+    pub dask_autoscalers: CompactWriter<crate::operator::workspace::dask::DaskAutoscaler>,
 }
 
 impl Caches {
@@ -153,6 +164,8 @@ impl Caches {
         let (namespaces, w_namespaces) = compact(false);
         let (resource_quotas, w_resource_quotas) = compact(false);
         let (limit_ranges, w_limit_ranges) = compact(false);
+        let (dask_clusters, w_dask_clusters) = compact(false);
+        let (dask_autoscalers, w_dask_autoscalers) = compact(false);
         let children_ready = {
             let stores = (
                 pods.clone(),
@@ -239,6 +252,9 @@ impl Caches {
                 resource_quotas,
                 limit_ranges,
                 expected: Default::default(),
+                dask_clusters,
+                dask_autoscalers,
+                dask_crd: Default::default(),
                 children_ready,
                 per_user_ready,
                 workspaces_listed: Default::default(),
@@ -260,6 +276,8 @@ impl Caches {
                 namespaces: w_namespaces,
                 resource_quotas: w_resource_quotas,
                 limit_ranges: w_limit_ranges,
+                dask_clusters: w_dask_clusters,
+                dask_autoscalers: w_dask_autoscalers,
             },
         )
     }
@@ -280,10 +298,20 @@ impl Caches {
         !per_user || self.per_user_ready.clone().await
     }
 
-    /// The pods labelled as `ws`'s, sorted by name.
+    /// The pods labelled as `ws`'s, sorted by name, but for those of its Dask cluster (which
+    /// carry its labels too: [`Caches::dask_pods_of`]).
     pub fn pods_of(&self, ws: &Workspace) -> Vec<Pod> {
         let (namespace, label) = workspace_key(ws);
-        self.pods.of_workspace(&namespace, &label)
+        let dask = crate::operator::workspace::dask::dask_pod_prefix(ws);
+        let mut pods = self.pods.of_workspace(&namespace, &label);
+        pods.retain(|p| {
+            !p.metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with(&dask)
+        });
+        pods
     }
 
     /// The home volumes labelled as `ws`'s, sorted by name (its data sources' claims too:

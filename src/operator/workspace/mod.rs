@@ -15,6 +15,7 @@ pub use crate::policy::workspace::{
 
 pub mod build;
 pub mod cache;
+pub mod dask;
 #[cfg(test)]
 pub mod fixtures;
 pub mod reconcile;

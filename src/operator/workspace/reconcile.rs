@@ -52,11 +52,14 @@ use crate::policy::workspace::validate;
 
 pub mod apply;
 mod controller;
+pub mod dask;
 pub mod dereference;
 pub mod predicates;
 
 #[cfg(test)]
 mod cache_tests;
+#[cfg(test)]
+mod dask_tests;
 #[cfg(test)]
 mod tests;
 
@@ -239,12 +242,18 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         // the last place under a cap.
         let mut usage = ctx.usage();
         validate::admit(&mut usage, &key, &validated, &observed.inputs.pools)?;
+        let mut validated = validated;
+        validate::admit_dask(&mut usage, &key, &mut validated, &observed.inputs.pools)?;
+        if validated.dask.is_some() && ctx.caches.dask_crd.state() == dask::CrdState::Missing {
+            return Err(dask::operator_missing());
+        }
         Ok(validated)
     });
     let validated = match admitted {
         Ok(v) => v,
         Err(refusal) => {
             ctx.usage().release(&key);
+            ctx.usage().release(&validate::dask_key(&key));
             return refuse(ws, &namespace, &refusal, ctx).await;
         }
     };
@@ -299,6 +308,7 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         apply::reconcile_pod(client, ns, pod.as_ref(), pods, expected).await?
     };
     apply::delete_stale_data_children(client, caches, ws, ns, Some(&data)).await?;
+    let dask_observed = dask::reconcile_dask(ctx, ws, &validated, drivers).await?;
 
     let url = Some(build::server_url(&validated, &ctx.config));
     let pool = validated.pool.as_ref().map(|p| p.name.as_str());
@@ -313,9 +323,13 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         replacing: outcome.replacing,
         data_source_changed: replacement.sources.first().map(String::as_str),
     };
-    let next = update_status(ws, &input, ctx).await?;
+    let with_dask = |next: &mut WorkspaceStatus, previous: Option<&WorkspaceStatus>, now: &Time| {
+        dask::set_dask_status(next, &validated, dask_observed.as_ref(), previous, now);
+    };
+    let next = update_status_with(ws, &input, ctx, with_dask).await?;
+    let dask_steady = dask_observed.as_ref().is_none_or(|d| d.scheduler_ready);
     Ok(match next.phase {
-        Some(phase) if is_steady(phase) && !outcome.replacing && service_ready => {
+        Some(phase) if is_steady(phase) && !outcome.replacing && service_ready && dask_steady => {
             Action::requeue(REQUEUE_STEADY)
         }
         _ => Action::requeue(REQUEUE_TRANSITIONAL),
@@ -341,6 +355,7 @@ async fn refuse(
     info!(reason = refusal.reason, message = %refusal.message, "workspace refused");
     apply::delete_live(&ctx.client, namespace, &ctx.caches.pods_of(ws)).await?;
     apply::delete_stale_data_children(&ctx.client, &ctx.caches, ws, namespace, None).await?;
+    dask::delete_dask(ctx, ws, namespace).await?;
     let input = StatusInput {
         generation: ws.metadata.generation,
         desired_state: ws.spec.desired_state,
@@ -372,6 +387,7 @@ async fn cleanup_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
     info!(home = ?reclaim.unwrap_or_default(), "workspace cleaned up");
     let key = workspace_key(ws);
     ctx.usage().release(&key);
+    ctx.usage().release(&validate::dask_key(&key));
     if let Some(uid) = ws.uid() {
         ctx.tokens.forget(&uid);
     }
@@ -386,12 +402,24 @@ async fn update_status(
     input: &StatusInput<'_>,
     ctx: &Context,
 ) -> Result<WorkspaceStatus> {
+    update_status_with(ws, input, ctx, |_, _, _| {}).await
+}
+
+/// [`update_status`] with `extra` completing the derived status (the Dask cluster's part, see
+/// [`dask::set_dask_status`]) before it is compared and written.
+async fn update_status_with(
+    ws: &Workspace,
+    input: &StatusInput<'_>,
+    ctx: &Context,
+    extra: impl FnOnce(&mut WorkspaceStatus, Option<&WorkspaceStatus>, &Time),
+) -> Result<WorkspaceStatus> {
     // The status this operator wrote last, while the cache does not show it yet: the second
     // reconciliation a Workspace's own writes trigger starts from it, not from the stale one.
     let written_last = ctx.caches.expected.status_of(ws);
     let previous = written_last.as_ref().or(ws.status.as_ref());
     let now = now_seconds();
-    let next = status::derive(input, previous, &now);
+    let mut next = status::derive(input, previous, &now);
+    extra(&mut next, previous, &now);
     if let Some(phase) = next.phase {
         ctx.metrics.set_phase(&workspace_key(ws), phase);
     }

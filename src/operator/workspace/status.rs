@@ -521,7 +521,7 @@ fn container_failure(pod: &Pod) -> Option<(String, String)> {
     None
 }
 
-fn condition(
+pub(crate) fn condition(
     previous: Option<&WorkspaceStatus>,
     type_: &str,
     status: bool,

@@ -186,6 +186,45 @@ metadata_only!(
     LimitRange
 );
 
+use crate::operator::workspace::dask::{
+    DaskAutoscaler, DaskCluster, DaskClusterSpec, DaskClusterStatus,
+};
+
+/// A DaskCluster's `status.phase`.
+impl Compactable for DaskCluster {
+    type Detail = Option<Box<str>>;
+
+    fn detail(&self) -> Option<Box<str>> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .map(Box::from)
+    }
+
+    fn restore(metadata: ObjectMeta, phase: &Option<Box<str>>) -> DaskCluster {
+        DaskCluster {
+            metadata,
+            spec: DaskClusterSpec::default(),
+            status: phase.as_ref().map(|p| DaskClusterStatus {
+                phase: Some(p.to_string()),
+            }),
+        }
+    }
+}
+
+/// An autoscaler: its applied hash only.
+impl Compactable for DaskAutoscaler {
+    type Detail = ();
+
+    fn detail(&self) {}
+
+    fn restore(metadata: ObjectMeta, (): &()) -> DaskAutoscaler {
+        let mut object = DaskAutoscaler::new("", Default::default());
+        *object.meta_mut() = metadata;
+        object
+    }
+}
+
 /// What is kept of one object.
 #[derive(Clone, Debug)]
 struct Record<D> {

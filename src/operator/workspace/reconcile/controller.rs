@@ -40,8 +40,10 @@ use crate::operator::workspace::build::WORKSPACE_NAMESPACE_LABEL;
 use crate::operator::workspace::cache::{
     CREDENTIALS_SELECTOR, Cached, CompactWriter, Compactable, Expectations, cached_cluster,
 };
+use crate::operator::workspace::dask::{DaskAutoscaler, DaskCluster};
 use crate::operator::{Context, wait_for};
-use crate::policy::admission::{Claim, key_of, observed_claim};
+use crate::policy::admission::{Claim, key_of, observed_claim, observed_dask_claim};
+use crate::policy::workspace::validate::dask_key;
 
 /// Label selector of every object the operator creates.
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=atelier-operator";
@@ -127,6 +129,15 @@ fn volume_workspace(volume: &PersistentVolume) -> Option<ObjectRef<Workspace>> {
     let name = labels.get(WORKSPACE_LABEL)?;
     let namespace = labels.get(WORKSPACE_NAMESPACE_LABEL)?;
     Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The Workspace that owns a child (its controller owner reference of kind Workspace).
+fn owning_workspace<K: ResourceExt>(child: &K) -> Option<ObjectRef<Workspace>> {
+    let owner = child
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "Workspace" && o.api_version.starts_with("atelier.dev/"))?;
+    Some(ObjectRef::new(&owner.name).within(&child.namespace()?))
 }
 
 /// The Workspace a child belongs to, by its [`WORKSPACE_LABEL`] (children without an owner
@@ -269,6 +280,18 @@ pub fn cached_claim(ctx: &Context, ws: &Workspace) -> Option<Claim> {
     })
 }
 
+/// What `ws`'s Dask cluster holds on its workers' pool as the caches show it
+/// ([`observed_dask_claim`], with its profile's `dask.defaults.workerResources`).
+pub fn cached_dask_claim(ctx: &Context, ws: &Workspace) -> Option<Claim> {
+    let profile = cached_cluster(&ctx.caches.profiles, &ws.spec.profile);
+    let defaults = profile
+        .as_ref()
+        .and_then(|p| p.spec.dask.as_ref())
+        .and_then(|d| d.defaults.as_ref())
+        .and_then(|d| d.worker_resources.as_ref());
+    observed_dask_claim(ws, defaults)
+}
+
 /// Feeds the usage index of `ctx` from a Workspace watch event: each Workspace's observed
 /// claim ([`cached_claim`]), and after a relist (`Init` … `InitDone`, the keys gathered in
 /// `relisted`) the vanished ones dropped.
@@ -281,13 +304,21 @@ pub fn observe_usage(
         watcher::Event::Apply(ws) => {
             let claim = cached_claim(ctx, ws);
             ctx.usage().observe(&key_of(ws), claim);
+            let dask = cached_dask_claim(ctx, ws);
+            ctx.usage().observe(&dask_key(&key_of(ws)), dask);
         }
-        watcher::Event::Delete(ws) => ctx.usage().remove(&key_of(ws)),
+        watcher::Event::Delete(ws) => {
+            ctx.usage().remove(&key_of(ws));
+            ctx.usage().remove(&dask_key(&key_of(ws)));
+        }
         watcher::Event::Init => *relisted = Some(HashSet::new()),
         watcher::Event::InitApply(ws) => {
             let key = key_of(ws);
             let claim = cached_claim(ctx, ws);
             ctx.usage().observe(&key, claim);
+            let dask = cached_dask_claim(ctx, ws);
+            ctx.usage().observe(&dask_key(&key), dask);
+            relisted.get_or_insert_default().insert(dask_key(&key));
             relisted.get_or_insert_default().insert(key);
         }
         watcher::Event::InitDone => {
@@ -308,7 +339,12 @@ pub fn refresh_usage(ctx: &Context) {
         .workspaces
         .state()
         .iter()
-        .map(|ws| (key_of(ws), cached_claim(ctx, ws)))
+        .flat_map(|ws| {
+            [
+                (key_of(ws), cached_claim(ctx, ws)),
+                (dask_key(&key_of(ws)), cached_dask_claim(ctx, ws)),
+            ]
+        })
         .collect();
     let mut usage = ctx.usage();
     for (key, claim) in claims {
@@ -353,6 +389,56 @@ pub async fn sweep_orphans_periodically(
             () = wait_for(shutdown.clone()) => return,
         }
     }
+}
+
+/// Adds the Dask watches to the Workspace controller: the DaskClusters (owned; their phase and
+/// applied hash; the CRD's presence, see [`DaskCrd`]) and the DaskAutoscalers (owned; applied
+/// hash), both limited to the operator's objects (managed-by label), in `namespace` or all.
+fn watch_dask(
+    controller: kube::runtime::Controller<Workspace>,
+    ctx: &Arc<Context>,
+    clusters: CompactWriter<DaskCluster>,
+    autoscalers: CompactWriter<DaskAutoscaler>,
+    namespace: Option<&str>,
+) -> kube::runtime::Controller<Workspace> {
+    use kube::runtime::WatchStreamExt;
+    let config = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let (cluster_api, autoscaler_api) = match namespace {
+        Some(ns) => (
+            Api::namespaced(ctx.client.clone(), ns),
+            Api::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    let weak = Arc::downgrade(ctx);
+    let cluster_events = super::dask::track_crd(
+        watcher(cluster_api, config()).default_backoff(),
+        ctx.caches.dask_crd.clone(),
+        move |_| {
+            // A flip either way changes the outcome of the Workspaces asking for Dask.
+            if let Some(ctx) = weak.upgrade() {
+                for workspace in
+                    super::dask::workspaces_asking_for_dask(&ctx.caches.workspaces.state())
+                {
+                    ctx.requeue(workspace);
+                }
+            }
+        },
+    );
+    let expected = ctx.caches.expected.clone();
+    controller
+        .owns_stream(child_triggers(
+            cluster_events,
+            clusters,
+            expected.clone(),
+            super::dask::dask_cluster_trigger,
+        ))
+        .owns_stream(child_triggers(
+            super::dask::without_not_found(watcher(autoscaler_api, config()).default_backoff()),
+            autoscalers,
+            expected,
+            super::predicates::child_trigger,
+        ))
 }
 
 /// Runs the Workspace controller until `shutdown` turns `true`.
@@ -410,12 +496,17 @@ pub async fn run_controller(
     let mut controller = Controller::for_stream(workspaces, caches.workspaces.clone())
         .with_config(controller::Config::default().concurrency(concurrency))
         .trigger_backoff(EachWatchBacksOffAlone)
-        .owns_stream(child_stream(
-            scoped::<Pod>(&client, ns),
-            writers.pods,
-            caches.expected.clone(),
-            pod_trigger,
-        ))
+        // By owner, else by label: the pods of a workspace's Dask cluster are owned by the
+        // dask-kubernetes operator's ReplicaSets but carry the Workspace's label.
+        .watches_stream(
+            child_stream(
+                scoped::<Pod>(&client, ns),
+                writers.pods,
+                caches.expected.clone(),
+                pod_trigger,
+            ),
+            |pod| owning_workspace(&pod).or_else(|| labelled_workspace(&pod)),
+        )
         .owns_stream(child_stream(
             scoped::<Service>(&client, ns),
             writers.services,
@@ -507,6 +598,13 @@ pub async fn run_controller(
                 )
             },
         );
+    controller = watch_dask(
+        controller,
+        &ctx,
+        writers.dask_clusters,
+        writers.dask_autoscalers,
+        ns,
+    );
     if let Some(requeued) = ctx.take_requeued() {
         controller = controller.reconcile_on(requeued);
     }
@@ -749,7 +847,7 @@ mod tests {
         assert_eq!(watched, expected);
     }
 
-    const SHARED: [(&str, &str); 13] = [
+    const SHARED: [(&str, &str); 15] = [
         ("/apis/atelier.dev/v1alpha1/namespaces/team/workspaces", ""),
         ("/api/v1/namespaces/team/pods", MANAGED_BY_SELECTOR),
         ("/api/v1/namespaces/team/services", MANAGED_BY_SELECTOR),
@@ -769,6 +867,14 @@ mod tests {
         ("/api/v1/persistentvolumes", MANAGED_BY_SELECTOR),
         ("/apis/storage.k8s.io/v1/csidrivers", ""),
         ("/api/v1/namespaces/team/secrets", CREDENTIALS_SELECTOR),
+        (
+            "/apis/kubernetes.dask.org/v1/namespaces/team/daskclusters",
+            MANAGED_BY_SELECTOR,
+        ),
+        (
+            "/apis/kubernetes.dask.org/v1/namespaces/team/daskautoscalers",
+            MANAGED_BY_SELECTOR,
+        ),
     ];
 
     #[tokio::test]
