@@ -98,6 +98,7 @@ fn with_status(
         url: Some(build::server_url(v, &cfg)),
         pod: Some(pod),
         replacing: false,
+        data_source_changed: None,
     };
     let mut s = status::derive(&input, None, &t0());
     set_dask_status(&mut s, v, dask, None, &t0());
