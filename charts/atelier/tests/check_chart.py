@@ -151,6 +151,9 @@ def validate(docs: list[dict], label: str, expect_builtin: bool = True) -> None:
         if (api, kind) in NOT_BUILTIN:
             check("spec" in doc, f"{label}: {name} has a spec")
             continue
+        if api == "kubernetes.dask.org/v1":
+            check_dask(doc, f"{label}: {name}")
+            continue
         builtin += 1
         for version in KUBE_VERSIONS:
             try:
@@ -161,6 +164,46 @@ def validate(docs: list[dict], label: str, expect_builtin: bool = True) -> None:
                 check(False, f"{label}: {name} valid for Kubernetes {version}: {why[:300]}")
     if expect_builtin or builtin:
         check(builtin > 0, f"{label}: {builtin} built-in objects valid for Kubernetes {' and '.join(KUBE_VERSIONS)}")
+
+
+# The dask-kubernetes CRDs embed Kubernetes 1.21's pod and Service schemas; 1.25 is the oldest
+# kubernetes-validate holds, and a field it knows that 1.21 lacked is caught by the operator's
+# own builder test (src/operator/workspace/build/dask_tests.rs).
+DASK_KUBE_VERSIONS = ["1.25.0", kubernetes_validate.utils.latest_version()]
+
+
+def check_dask(doc: dict, label: str) -> None:
+    """A DaskCluster's scheduler and worker pods and scheduler Service are valid Pod and Service
+    specs; a DaskAutoscaler names its cluster with minimum <= maximum."""
+    spec = doc.get("spec", {})
+    if doc["kind"] == "DaskAutoscaler":
+        lo, hi = spec.get("minimum"), spec.get("maximum")
+        check(bool(spec.get("cluster")) and isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi,
+              f"{label}: names its cluster, 0 <= minimum <= maximum ({spec})")
+        return
+    if doc["kind"] != "DaskCluster":
+        check(False, f"{label}: a dask-kubernetes kind the operator does not write")
+        return
+    meta = {"name": doc["metadata"]["name"], "namespace": doc["metadata"].get("namespace", "default")}
+    parts = [
+        ({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec["scheduler"]["spec"]}, "scheduler pod"),
+        ({"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec["scheduler"]["service"]},
+         "scheduler Service"),
+        ({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec["worker"]["spec"]}, "worker pod"),
+    ]
+    for obj, what in parts:
+        for version in DASK_KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+                ok, why = True, ""
+            except Exception as e:  # noqa: BLE001 - the message is the finding
+                caught = e if hasattr(e, "absolute_path") else None
+                ok = False
+                why = f"{'/'.join(map(str, caught.absolute_path))}: {caught.message}" if caught else str(e)
+            check(ok, f"{label}: {what} valid for Kubernetes {version} {why[:300]}")
+    ports = {p.get("name"): p.get("port") for p in spec["scheduler"]["service"].get("ports", [])}
+    check(ports.get("tcp-comm") == 8786 and ports.get("http-dashboard") == 8787,
+          f"{label}: the scheduler Service's ports are named as the dask operator looks them up ({ports})")
 
 
 def pod_specs(docs: list[dict]):
