@@ -82,22 +82,9 @@ pub struct LocalDask {
     pub idle_timeout_seconds: Option<u64>,
 }
 
-/// The key of a server's handle (its `spawner_state`) naming where its Dask dashboard is
-/// reached (`http://host:port`), when it has one: the proxy routes the server's
-/// [`DASHBOARD_SEGMENT`] path there. Both backends write it into their handles.
-pub const DASHBOARD_KEY: &str = "dask_dashboard";
-
-/// The path segment of a server's Dask dashboard, under the server's prefix:
-/// `/user/<name>/[<server>/]dask/` (hence no server may be named `dask`).
-pub const DASHBOARD_SEGMENT: &str = "dask";
-
-/// Where the proxy reaches the Dask dashboard of the server behind `handle`, if it has one.
-pub fn dashboard_target(handle: &Value) -> Option<&str> {
-    handle
-        .get(DASHBOARD_KEY)
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-}
+/// Where a server's Dask dashboard is, and how its handle says so (the proxy reads them too, so
+/// they live in `policy::names`).
+pub use crate::policy::names::{DASHBOARD_KEY, DASHBOARD_SEGMENT, dashboard_target};
 
 impl std::fmt::Debug for SpawnRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

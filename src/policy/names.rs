@@ -127,8 +127,25 @@ pub enum ServerNameRule {
 }
 
 /// Names no new server may take: `dask` is the path of the default server's Dask dashboard
-/// (`/user/<name>/dask/`, `backend::DASHBOARD_SEGMENT`).
-pub const RESERVED_SERVER_NAMES: &[&str] = &[crate::backend::DASHBOARD_SEGMENT];
+/// (`/user/<name>/dask/`, [`DASHBOARD_SEGMENT`]).
+pub const RESERVED_SERVER_NAMES: &[&str] = &[DASHBOARD_SEGMENT];
+
+/// The key of a server's handle (its `spawner_state`) naming where its Dask dashboard is
+/// reached (`http://host:port`), when it has one: the proxy routes the server's
+/// [`DASHBOARD_SEGMENT`] path there. Both backends write it into their handles.
+pub const DASHBOARD_KEY: &str = "dask_dashboard";
+
+/// The path segment of a server's Dask dashboard, under the server's prefix:
+/// `/user/<name>/[<server>/]dask/` (hence no server may be named `dask`).
+pub const DASHBOARD_SEGMENT: &str = "dask";
+
+/// Where the proxy reaches the Dask dashboard of the server behind `handle`, if it has one.
+pub fn dashboard_target(handle: &serde_json::Value) -> Option<&str> {
+    handle
+        .get(DASHBOARD_KEY)
+        .and_then(serde_json::Value::as_str)
+        .filter(|t| !t.is_empty())
+}
 
 impl ServerNameRule {
     /// Whether `name` may name a new server under the rule (never the empty default server's

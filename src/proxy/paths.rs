@@ -43,13 +43,13 @@ pub fn parse_user_path(path: &str) -> Option<UserPath<'_>> {
 
 /// The server whose Dask dashboard a path under `/user/` names:
 /// `/user/<name>/dask[/…]` is the default server's (`Some("")`), `/user/<name>/<server>/dask[/…]`
-/// the named server's (`backend::DASHBOARD_SEGMENT`; no server is named `dask`). `None` for any
+/// the named server's (`policy::names::DASHBOARD_SEGMENT`; no server is named `dask`). `None` for any
 /// other path.
 pub fn dashboard_server(path: &str) -> Option<Cow<'_, str>> {
     let rest = path.strip_prefix(USER_PREFIX)?;
     let mut segments = rest.split('/').skip(1);
     let first = segments.next().filter(|s| !s.is_empty())?;
-    let dask = crate::backend::DASHBOARD_SEGMENT;
+    let dask = crate::policy::names::DASHBOARD_SEGMENT;
     if percent_decode(first) == dask {
         return Some(Cow::Borrowed(""));
     }

@@ -256,7 +256,7 @@ impl StoreRoutes {
 /// The route key of server `server`'s Dask dashboard: `dask` for the default server (no server
 /// is named so), `<server>/dask` for a named one (no server name holds a `/`).
 pub fn dashboard_key(server: &str) -> String {
-    let dask = crate::backend::DASHBOARD_SEGMENT;
+    let dask = crate::policy::names::DASHBOARD_SEGMENT;
     if server.is_empty() {
         dask.to_owned()
     } else {
@@ -266,7 +266,7 @@ pub fn dashboard_key(server: &str) -> String {
 
 /// The server whose Dask dashboard the route key `key` is ([`dashboard_key`]), if it is one.
 pub fn dashboard_owner(key: &str) -> Option<&str> {
-    let dask = crate::backend::DASHBOARD_SEGMENT;
+    let dask = crate::policy::names::DASHBOARD_SEGMENT;
     if key == dask {
         return Some("");
     }
@@ -274,12 +274,12 @@ pub fn dashboard_owner(key: &str) -> Option<&str> {
 }
 
 /// The route of a stored server's Dask dashboard, if the server runs and its handle names one
-/// (`backend::DASHBOARD_KEY`).
+/// (`policy::names::DASHBOARD_KEY`).
 fn stored_dashboard_route(user: &str, server: &crate::store::Server) -> Option<Route> {
     if server.state != ServerState::Running {
         return None;
     }
-    let target = crate::backend::dashboard_target(&server.spawner_state)?;
+    let target = crate::policy::names::dashboard_target(&server.spawner_state)?;
     match Upstream::parse(target) {
         Ok(upstream) => Some(Route::new(
             user,
