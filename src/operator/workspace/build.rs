@@ -378,6 +378,31 @@ fn container_security_context() -> SecurityContext {
     }
 }
 
+/// What every pod the operator builds shares, placed on `pool`: restarts in place (crashes are
+/// reported by the status step), no service-account token nor service links, non-root with the
+/// configured uid and fsGroup and the RuntimeDefault seccomp profile, and the pool's node
+/// selector, tolerations, affinity and priority class. The workspace's pod and the Dask
+/// cluster's scheduler and workers add their containers and volumes.
+pub(crate) fn placed_pod_spec(pool: &PlacedPool, cfg: &OperatorConfig) -> PodSpec {
+    PodSpec {
+        restart_policy: Some("Always".to_owned()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(cfg.run_as_user),
+            fs_group: Some(cfg.fs_group),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..PodSecurityContext::default()
+        }),
+        node_selector: (!pool.node_selector.is_empty()).then(|| pool.node_selector.clone()),
+        tolerations: (!pool.tolerations.is_empty()).then(|| pool.tolerations.clone()),
+        affinity: pool.affinity.clone(),
+        priority_class_name: pool.priority_class_name.clone(),
+        ..PodSpec::default()
+    }
+}
+
 fn runtime_default_seccomp() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".to_owned(),
@@ -465,23 +490,8 @@ pub fn build_pod(
             init_containers,
             containers: vec![container],
             volumes: Some(volumes),
-            // Crashes restart in place; the status step reports CrashLoopBackOff as Failed.
-            restart_policy: Some("Always".to_owned()),
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(cfg.run_as_user),
-                fs_group: Some(cfg.fs_group),
-                seccomp_profile: Some(runtime_default_seccomp()),
-                ..PodSecurityContext::default()
-            }),
-            node_selector: (!pool.node_selector.is_empty()).then(|| pool.node_selector.clone()),
-            tolerations: (!pool.tolerations.is_empty()).then(|| pool.tolerations.clone()),
-            affinity: pool.affinity.clone(),
-            priority_class_name: pool.priority_class_name.clone(),
-            ..PodSpec::default()
+            ..placed_pod_spec(pool, cfg)
         }),
         status: None,
     }

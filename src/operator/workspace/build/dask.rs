@@ -23,8 +23,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, Probe, ResourceRequirements,
+    ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -36,7 +36,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     container_security_context, data_env, data_volumes, hub_and_proxy_peers, irods_init_container,
-    labels, owner_reference, plain, runtime_default_seccomp, selector_labels, service_prefix,
+    labels, owner_reference, placed_pod_spec, plain, selector_labels, service_prefix,
 };
 use crate::config::OperatorConfig;
 use crate::operator::workspace::dask::{
@@ -188,24 +188,7 @@ fn resources(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
 /// The pod fields both the scheduler and the workers have: the workers' pool (node selector,
 /// tolerations, affinity, priority class) and the server's non-root security context.
 fn pod_base(dask: &ValidatedDask, cfg: &OperatorConfig) -> PodSpec {
-    let pool = &dask.pool;
-    PodSpec {
-        restart_policy: Some("Always".to_owned()),
-        automount_service_account_token: Some(false),
-        enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(cfg.run_as_user),
-            fs_group: Some(cfg.fs_group),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..PodSecurityContext::default()
-        }),
-        node_selector: (!pool.node_selector.is_empty()).then(|| pool.node_selector.clone()),
-        tolerations: (!pool.tolerations.is_empty()).then(|| pool.tolerations.clone()),
-        affinity: pool.affinity.clone(),
-        priority_class_name: pool.priority_class_name.clone(),
-        ..PodSpec::default()
-    }
+    placed_pod_spec(&dask.pool, cfg)
 }
 
 /// The scheduler: `dask scheduler` on the workers' image and pool, with a worker's CPU and
