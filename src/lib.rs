@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod batch;
 pub mod config;
 pub mod crdgen;
 pub mod hub;

@@ -2,6 +2,7 @@
 //! must satisfy to start ([`workspace`]). No I/O.
 
 pub mod admission;
+pub mod batch;
 pub mod caps;
 pub mod data;
 pub mod groups;

@@ -18,6 +18,9 @@
 //! 4. Batch work ([`PoolRequest::batch`], Dask workers) asking for no GPU goes, when nothing is
 //!    named, to the first eligible `batch` pool in name order instead of an `interactive` one.
 //!
+//! 5. A pool backed by Slurm (`spec.slurm`) takes BatchJobs only ([`PoolRequest::job`]):
+//!    workspaces and Dask workers never go there, named or not.
+//!
 //! When nothing is eligible the error is [`RoutingError::NoEligiblePool`], whose message says why.
 
 use std::collections::BTreeSet;
@@ -39,9 +42,11 @@ pub struct PoolRequest<'a> {
     pub gpus: i32,
     /// GPU model requested (after profile defaults).
     pub gpu_type: Option<&'a str>,
-    /// Batch work (Dask workers): a CPU-only request goes to a `batch` pool when none is
-    /// named, instead of an `interactive` one.
+    /// Batch work (Dask workers, BatchJobs): a CPU-only request goes to a `batch` pool when
+    /// none is named, instead of an `interactive` one.
     pub batch: bool,
+    /// A BatchJob: it may go to a pool backed by Slurm (`spec.slurm`), where nothing else runs.
+    pub job: bool,
 }
 
 /// Why no pool was chosen.
@@ -179,6 +184,11 @@ fn unfit(
             "NodePool {name} is open only to groups {}; the user's groups are {}",
             format_groups(&pool.spec.allowed_groups),
             format_groups(groups)
+        ));
+    }
+    if pool.spec.slurm.is_some() && !request.job {
+        return Some(format!(
+            "NodePool {name} is backed by Slurm; only batch jobs run there"
         ));
     }
     let purpose = pool.spec.purpose;
@@ -368,6 +378,65 @@ mod tests {
             Err(RoutingError::NoEligiblePool {
                 message: "no batch NodePool exists".into()
             })
+        );
+    }
+
+    #[test]
+    fn slurm_pools_take_batch_jobs_only() {
+        let pools: Vec<NodePool> = serde_saphyr::from_str(
+            r#"
+- apiVersion: atelier.dev/v1alpha1
+  kind: NodePool
+  metadata: {name: a-hpc}
+  spec:
+    purpose: batch
+    slurm: {restUrl: "http://127.0.0.1:6820", partition: debug, tokenSecret: {name: slurm-jwt}}
+- apiVersion: atelier.dev/v1alpha1
+  kind: NodePool
+  metadata: {name: b-batch}
+  spec: {purpose: batch}
+- apiVersion: atelier.dev/v1alpha1
+  kind: NodePool
+  metadata: {name: zeta}
+  spec: {purpose: interactive}
+"#,
+        )
+        .expect("pools");
+        let nobody = BTreeSet::new();
+        let r = |req: PoolRequest| route(&req, &pools, &nobody).map(|p| p.name_any());
+        let job = PoolRequest {
+            batch: true,
+            job: true,
+            ..PoolRequest::default()
+        };
+        let dask = PoolRequest {
+            batch: true,
+            ..PoolRequest::default()
+        };
+        assert_eq!(
+            r(job),
+            Ok("a-hpc".into()),
+            "a job: first batch pool by name"
+        );
+        assert_eq!(r(dask), Ok("b-batch".into()), "Dask workers skip Slurm");
+        let named = PoolRequest {
+            explicit: Some("a-hpc"),
+            ..PoolRequest::default()
+        };
+        assert_eq!(
+            r(named),
+            Err(RoutingError::Forbidden {
+                message: "NodePool a-hpc is backed by Slurm; only batch jobs run there".into()
+            }),
+            "a workspace naming it is refused"
+        );
+        assert_eq!(
+            r(PoolRequest {
+                profile_default: Some("a-hpc"),
+                ..PoolRequest::default()
+            }),
+            Ok("zeta".into()),
+            "a profile default on Slurm is skipped for a workspace"
         );
     }
 }

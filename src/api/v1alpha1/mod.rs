@@ -20,14 +20,17 @@ pub mod conditions {
     pub const SCHEDULED: &str = "Scheduled";
 }
 
-pub use batchjob::{BatchJob, BatchJobSpec, BatchJobStatus};
+pub use batchjob::{BatchJob, BatchJobPhase, BatchJobSpec, BatchJobStatus};
 pub use common::{EnvMap, ResourceRequest, WorkspaceKind};
 pub use dask::{DaskProfile, DaskSpec, DaskStatus, WorkerRange};
 pub use datasource::{
     CsiMode, CsiSpec, DataSource, DataSourceSpec, GroupCredentials, IrodsSource, NfsSource,
     PvcSource, S3Source, SecretRef,
 };
-pub use nodepool::{Caps, GpuOffer, NodePool, NodePoolCaps, NodePoolSpec, PoolPurpose};
+pub use nodepool::{
+    Caps, GpuOffer, KueueQueue, NodePool, NodePoolCaps, NodePoolSpec, PoolPurpose, SlurmPool,
+    SlurmTokenSecret, SlurmUserMapping,
+};
 pub use profile::{HomePolicy, HomeReclaim, WorkspaceProfile, WorkspaceProfileSpec};
 pub use workspace::{DesiredState, Workspace, WorkspacePhase, WorkspaceSpec, WorkspaceStatus};
 

@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.purpose != 'gpu' || has(self.gpu)").message("a gpu pool must describe its GPUs in spec.gpu").reason(Reason::FieldValueRequired).field_path(".gpu"))]
+#[x_kube(validation = Rule::new("!has(self.slurm) || self.purpose != 'interactive'").message("only a batch or gpu pool may be backed by Slurm").reason(Reason::FieldValueForbidden).field_path(".slurm"))]
+#[x_kube(validation = Rule::new("!has(self.slurm) || !has(self.slurm.userMapping) || !(has(self.slurm.userMapping.fixed) && has(self.slurm.userMapping.template))").message("slurm.userMapping takes fixed or template, not both").reason(Reason::FieldValueForbidden).field_path(".slurm"))]
+#[x_kube(validation = Rule::new("!(has(self.slurm) && has(self.kueue))").message("a pool backed by Slurm has no Kueue queue").reason(Reason::FieldValueForbidden).field_path(".kueue"))]
 pub struct NodePoolSpec {
     /// `interactive`, `gpu` or `batch`.
     pub purpose: PoolPurpose,
@@ -63,6 +66,91 @@ pub struct NodePoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub priority_class_name: Option<String>,
+    /// Longest `deadlineSeconds` a BatchJob may ask for on this pool (and the deadline of one
+    /// that asks for none); no bound when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub max_deadline_seconds: Option<i64>,
+    /// The Kueue `LocalQueue` of the pool's BatchJobs: their Jobs are created suspended with the
+    /// `kueue.x-k8s.io/queue-name` label, and Kueue admits them under its ClusterQueue's quotas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kueue: Option<KueueQueue>,
+    /// A Slurm cluster backing the pool: its BatchJobs are submitted through slurmrestd instead
+    /// of becoming Kubernetes Jobs. Workspaces and Dask workers never run on such a pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmPool>,
+}
+
+/// A Kueue queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KueueQueue {
+    /// The `LocalQueue`'s name, in the BatchJob's namespace.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub local_queue_name: String,
+}
+
+/// A Slurm partition reached through slurmrestd's REST API (JWT authentication).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlurmPool {
+    /// slurmrestd's base URL, e.g. `https://slurm.example.org:6820`.
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://"))]
+    pub rest_url: String,
+    /// The Slurm partition jobs are submitted to.
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9_.-]+$"))]
+    pub partition: String,
+    /// The Slurm account jobs are charged to; the user's default account when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9_.-]+$"))]
+    pub account: Option<String>,
+    /// The Secret (in the operator's namespace) whose key `jwtKey` holds the cluster's JWT
+    /// signing key (`AuthAltParameters=jwt_key=…`): Atelier signs a short-lived token for the
+    /// mapped user of each request.
+    pub token_secret: SlurmTokenSecret,
+    /// How a hub user becomes a Slurm (Unix) user.
+    #[serde(default)]
+    pub user_mapping: SlurmUserMapping,
+    /// Directory jobs run in when they name none (`{user}` is replaced by the Slurm user);
+    /// the user's home directory on the cluster when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096), pattern(r"^/"))]
+    pub working_dir: Option<String>,
+}
+
+/// The Secret holding Slurm's JWT key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlurmTokenSecret {
+    /// Secret name.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Key of the signing key in the Secret.
+    #[serde(default = "default_jwt_key")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_jwt_key() -> String {
+    "jwtKey".into()
+}
+
+/// How hub users map to Slurm users.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlurmUserMapping {
+    /// Every job runs as this one Slurm user (a service account); exclusive with `template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), pattern(r"^[a-z_][a-z0-9_-]*$"))]
+    pub fixed: Option<String>,
+    /// The Slurm user made from the hub user's name: `{user}` is replaced (e.g. `{user}` or
+    /// `hub-{user}`); the default is `{user}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub template: Option<String>,
 }
 
 /// What a pool is for.

@@ -111,7 +111,7 @@ pub mod reason {
     pub const DASK_WORKERS_CAPPED: &str = "DaskWorkersCapped";
 }
 
-fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
+pub(crate) fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         reason,
         message: message.into(),
@@ -254,7 +254,13 @@ pub fn validate(
     };
 
     // 6. Data sources.
-    let data_sources = data_sources(ws, deref, &home.mount_path)?;
+    let data_sources = data_sources(
+        &spec.data_sources,
+        user,
+        &namespace,
+        deref,
+        &home.mount_path,
+    )?;
 
     // 7. Pool.
     let pool_request = PoolRequest {
@@ -263,6 +269,7 @@ pub fn validate(
         gpus: resources.gpus,
         gpu_type: resources.gpu_type.as_deref(),
         batch: false,
+        job: false,
     };
     let routed = policy::route(&pool_request, &deref.pools, groups);
     let pool: Option<&NodePool> = match (spec.desired_state, routed) {
@@ -414,6 +421,7 @@ fn dask(
         gpus: resources.gpus,
         gpu_type: resources.gpu_type.as_deref(),
         batch: true,
+        job: false,
     };
     let routed = match policy::route(&pool_request, pools, groups) {
         Ok(pool) => pool,
@@ -453,7 +461,7 @@ fn dask(
 }
 
 /// What one worker holds on its pool: CPU, memory and GPUs; a worker is not a workspace.
-fn worker_usage(resources: &EffectiveResources) -> Usage {
+pub(crate) fn worker_usage(resources: &EffectiveResources) -> Usage {
     let request = ResourceRequest {
         cpu: Some(resources.cpu.clone()),
         memory: Some(resources.memory.clone()),
@@ -545,7 +553,7 @@ fn effective_resources(
 
 /// Parses `request` and bounds it by `max` (the profile `pname`'s field `max_field`); messages
 /// start with `what` (empty for the workspace, "Dask workers' " for its workers).
-fn bounded_resources(
+pub(crate) fn bounded_resources(
     request: &crate::api::v1alpha1::ResourceRequest,
     max: Option<&ResourceRequest>,
     pname: &str,
@@ -620,13 +628,16 @@ fn bounded_resources(
     })
 }
 
-/// The workspace's data sources, sorted by name, after existence, access and conflict checks.
-fn data_sources(
-    ws: &Workspace,
+/// The data sources `wanted` by `user` (running in `namespace`), sorted by name, after
+/// existence, access and conflict checks.
+pub(crate) fn data_sources(
+    wanted: &[String],
+    user: &str,
+    namespace: &str,
     deref: &Dereferenced,
     home_mount: &str,
 ) -> Result<Vec<(String, DataSourceSpec)>, Refusal> {
-    let wanted: BTreeSet<&String> = ws.spec.data_sources.iter().collect();
+    let wanted: BTreeSet<&String> = wanted.iter().collect();
     let mut out = Vec::with_capacity(wanted.len());
     // The paths of the pod's own volumes (the operator's: its catalogue and iRODS files).
     let mut mounts: BTreeMap<String, String> = BTreeMap::from([
@@ -659,13 +670,13 @@ fn data_sources(
                 format!(
                     "DataSource {name} is open only to groups {}; user {} is in {}",
                     format_groups(&spec.allowed_groups),
-                    ws.spec.user,
+                    user,
                     format_groups(&deref.groups)
                 ),
             ));
         }
         well_formed(name, spec)?;
-        credentials_exist(name, spec, deref, ws)?;
+        credentials_exist(name, spec, deref, namespace)?;
         csi_driver_fits(name, spec, deref)?;
         endpoint_answers(name, spec, deref)?;
         let mounted = spec.nfs.is_some() || spec.pvc.is_some() || spec.csi.is_some();
@@ -712,12 +723,11 @@ fn credentials_exist(
     name: &str,
     spec: &DataSourceSpec,
     deref: &Dereferenced,
-    ws: &Workspace,
+    namespace: &str,
 ) -> Result<(), Refusal> {
     let Some(secrets) = &deref.credential_secrets else {
         return Ok(());
     };
-    let namespace = ws.metadata.namespace.as_deref().unwrap_or_default();
     let missing = |secret: &str, why: String| {
         Err(refuse(
             reason::DATA_CREDENTIALS_NOT_FOUND,
