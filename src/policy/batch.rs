@@ -29,7 +29,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 
-use super::workspace::validate::{bounded_resources, data_sources, place, refuse, worker_usage};
+use super::workspace::validate::{
+    bounded_resources, check_namespace, data_sources, merged_env, open_profile, place, refuse,
+    worker_usage,
+};
 use super::workspace::{
     Dereferenced, EffectiveResources, HomeVolume, PlacedPool, Refusal, reason as ws_reason,
 };
@@ -37,11 +40,9 @@ use crate::api::v1alpha1::{
     BatchJob, BatchJobPhase, DataSourceSpec, NodePool, ResourceRequest, SlurmTokenSecret,
     SlurmUserMapping,
 };
-use crate::config::{NamespaceMode, OperatorConfig};
+use crate::config::OperatorConfig;
 use crate::policy::admission::{Claim, UsageIndex};
-use crate::policy::{
-    self, PoolRequest, Usage, allowed, check_caps, effective_request, format_groups, names,
-};
+use crate::policy::{self, PoolRequest, Usage, check_caps, effective_request, names};
 
 /// Most arguments of a command (the CRD's `maxItems`).
 pub const MAX_ARGS: usize = 256;
@@ -170,47 +171,10 @@ pub fn validate_job(
 
     // 2. Namespace.
     let namespace = job.metadata.namespace.clone().unwrap_or_default();
-    if namespace.is_empty() {
-        return Err(refuse(
-            ws_reason::WRONG_NAMESPACE,
-            "the BatchJob has no namespace",
-        ));
-    }
-    if let NamespaceMode::PerUser { prefix } = &cfg.namespace_mode {
-        let expected = names::user_namespace(prefix, user);
-        if namespace != expected {
-            return Err(refuse(
-                ws_reason::WRONG_NAMESPACE,
-                format!(
-                    "batch jobs of user {user} must live in namespace {expected}, not {namespace}"
-                ),
-            ));
-        }
-    }
+    check_namespace("BatchJob", &namespace, user, cfg)?;
 
     // 3. Profile.
-    let profile = deref
-        .profile
-        .as_ref()
-        .filter(|p| p.name_any() == spec.profile)
-        .ok_or_else(|| {
-            refuse(
-                ws_reason::PROFILE_NOT_FOUND,
-                format!("WorkspaceProfile {} does not exist", spec.profile),
-            )
-        })?;
-    let pspec = &profile.spec;
-    if !allowed(&pspec.allowed_groups, groups) {
-        return Err(refuse(
-            ws_reason::PROFILE_FORBIDDEN,
-            format!(
-                "WorkspaceProfile {} is open only to groups {}; user {user} is in {}",
-                spec.profile,
-                format_groups(&pspec.allowed_groups),
-                format_groups(groups)
-            ),
-        ));
-    }
+    let pspec = &open_profile(deref, &spec.profile, user)?.spec;
 
     // 4. Command.
     check_command(&spec.command)?;
@@ -318,13 +282,7 @@ pub fn validate_job(
     )
     .map_err(|e| refuse(e.reason(), e.to_string()))?;
 
-    let env: BTreeMap<String, String> = pspec
-        .env
-        .iter()
-        .chain(&spec.env)
-        .filter(|(k, _)| !k.starts_with("JUPYTERHUB_"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let env = merged_env(&pspec.env, &spec.env);
 
     Ok(ValidatedBatchJob {
         name,

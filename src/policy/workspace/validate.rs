@@ -157,47 +157,11 @@ pub fn validate(
 
     // 2. Namespace.
     let namespace = ws.metadata.namespace.clone().unwrap_or_default();
-    if namespace.is_empty() {
-        return Err(refuse(
-            reason::WRONG_NAMESPACE,
-            "the Workspace has no namespace",
-        ));
-    }
-    if let NamespaceMode::PerUser { prefix } = &cfg.namespace_mode {
-        let expected = names::user_namespace(prefix, user);
-        if namespace != expected {
-            return Err(refuse(
-                reason::WRONG_NAMESPACE,
-                format!(
-                    "workspaces of user {user} must live in namespace {expected}, not {namespace}"
-                ),
-            ));
-        }
-    }
+    check_namespace("Workspace", &namespace, user, cfg)?;
 
     // 3. Profile.
-    let profile: &WorkspaceProfile = deref
-        .profile
-        .as_ref()
-        .filter(|p| p.name_any() == spec.profile)
-        .ok_or_else(|| {
-            refuse(
-                reason::PROFILE_NOT_FOUND,
-                format!("WorkspaceProfile {} does not exist", spec.profile),
-            )
-        })?;
+    let profile = open_profile(deref, &spec.profile, user)?;
     let pspec = &profile.spec;
-    if !allowed(&pspec.allowed_groups, groups) {
-        return Err(refuse(
-            reason::PROFILE_FORBIDDEN,
-            format!(
-                "WorkspaceProfile {} is open only to groups {}; user {user} is in {}",
-                spec.profile,
-                format_groups(&pspec.allowed_groups),
-                format_groups(groups)
-            ),
-        ));
-    }
 
     // 4. Overrides.
     let kind = match spec.kind {
@@ -295,14 +259,7 @@ pub fn validate(
     // 9. Dask.
     let dask = dask(ws, profile, &image, groups, &deref.pools, pool)?;
 
-    // Profile env overlaid by the workspace's; JUPYTERHUB_* stay the operator's.
-    let env: BTreeMap<String, String> = pspec
-        .env
-        .iter()
-        .chain(&spec.env)
-        .filter(|(k, _)| !k.starts_with("JUPYTERHUB_"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let env = merged_env(&pspec.env, &spec.env);
 
     Ok(ValidatedWorkspace {
         name,
@@ -323,6 +280,78 @@ pub fn validate(
         token: deref.token.clone(),
         dask,
     })
+}
+
+/// Step 2: the namespace of a `kind` (`Workspace`, `BatchJob`) of `user`: set, and in per-user
+/// mode the user's own.
+pub(crate) fn check_namespace(
+    kind: &str,
+    namespace: &str,
+    user: &str,
+    cfg: &OperatorConfig,
+) -> Result<(), Refusal> {
+    if namespace.is_empty() {
+        return Err(refuse(
+            reason::WRONG_NAMESPACE,
+            format!("the {kind} has no namespace"),
+        ));
+    }
+    if let NamespaceMode::PerUser { prefix } = &cfg.namespace_mode {
+        let expected = names::user_namespace(prefix, user);
+        if namespace != expected {
+            return Err(refuse(
+                reason::WRONG_NAMESPACE,
+                format!(
+                    "a {kind} of user {user} must live in namespace {expected}, not {namespace}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Step 3: the profile `name`, which must exist and be open to the user's groups.
+pub(crate) fn open_profile<'d>(
+    deref: &'d Dereferenced,
+    name: &str,
+    user: &str,
+) -> Result<&'d WorkspaceProfile, Refusal> {
+    let profile = deref
+        .profile
+        .as_ref()
+        .filter(|p| p.name_any() == name)
+        .ok_or_else(|| {
+            refuse(
+                reason::PROFILE_NOT_FOUND,
+                format!("WorkspaceProfile {name} does not exist"),
+            )
+        })?;
+    let allowed_groups = &profile.spec.allowed_groups;
+    if !allowed(allowed_groups, &deref.groups) {
+        return Err(refuse(
+            reason::PROFILE_FORBIDDEN,
+            format!(
+                "WorkspaceProfile {name} is open only to groups {}; user {user} is in {}",
+                format_groups(allowed_groups),
+                format_groups(&deref.groups)
+            ),
+        ));
+    }
+    Ok(profile)
+}
+
+/// The profile's environment overlaid by the resource's own; `JUPYTERHUB_*` stay the
+/// operator's.
+pub(crate) fn merged_env(
+    profile: &BTreeMap<String, String>,
+    own: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    profile
+        .iter()
+        .chain(own)
+        .filter(|(k, _)| !k.starts_with("JUPYTERHUB_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Built-in worker range when neither the workspace nor the profile gives one: 1 to 4 (within

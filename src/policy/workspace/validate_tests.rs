@@ -912,7 +912,7 @@ fn names_and_namespaces() {
         (r.reason, r.message.as_str()),
         (
             reason::WRONG_NAMESPACE,
-            "workspaces of user alice must live in namespace atelier-u-alice, not atelier"
+            "a Workspace of user alice must live in namespace atelier-u-alice, not atelier"
         )
     );
     let mut w = workspace("alice");
