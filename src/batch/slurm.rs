@@ -385,7 +385,8 @@ impl BatchSystem for Slurm {
                     info.standard_output, info.current_working_directory
                 ))
             })?;
-            tokio::task::spawn_blocking(move || tail(&path, limit))
+            let owner = info.user_id;
+            tokio::task::spawn_blocking(move || tail(&path, limit, owner))
                 .await
                 .map_err(|e| other(format!("reading the output of Slurm job {id}: {e}")))?
         })
@@ -593,6 +594,8 @@ pub struct JobInfo {
     pub comment: String,
     /// Who runs it.
     pub user_name: String,
+    /// Its uid.
+    pub user_id: Option<u32>,
     /// Output file as given (`%j` not replaced).
     pub standard_output: String,
     /// Working directory.
@@ -710,7 +713,10 @@ pub fn output_path(info: &JobInfo) -> Option<PathBuf> {
 
 /// The last `limit` bytes of `path` (from a character boundary on); empty while the job has
 /// not written it yet; an error naming the path when its directory is not visible from here.
-pub fn tail(path: &Path, limit: usize) -> Result<String, BatchError> {
+/// The file must be a regular file of `owner` (the job's uid), opened without following a
+/// symbolic link: the job's user controls the directory, and Atelier may read more than it.
+pub fn tail(path: &Path, limit: usize, owner: Option<u32>) -> Result<String, BatchError> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let not_here = |e: std::io::Error| {
         other(format!(
             "the job's output is {} on the Slurm cluster, which Atelier cannot read from here ({e}); \
@@ -718,7 +724,11 @@ pub fn tail(path: &Path, limit: usize) -> Result<String, BatchError> {
             path.display()
         ))
     };
-    let mut file = match std::fs::File::open(path) {
+    let mut file = match std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
@@ -728,7 +738,15 @@ pub fn tail(path: &Path, limit: usize) -> Result<String, BatchError> {
         }
         Err(e) => return Err(not_here(e)),
     };
-    let len = file.metadata().map_err(not_here)?.len();
+    let meta = file.metadata().map_err(not_here)?;
+    if !meta.is_file() || owner.is_some_and(|uid| meta.uid() != uid) {
+        return Err(other(format!(
+            "the job's output {} is not a regular file of the job's user (uid {:?}): not read",
+            path.display(),
+            owner
+        )));
+    }
+    let len = meta.len();
     let start = len.saturating_sub(limit as u64);
     file.seek(SeekFrom::Start(start)).map_err(not_here)?;
     let mut bytes = Vec::with_capacity((len - start) as usize);

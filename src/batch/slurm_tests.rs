@@ -430,14 +430,23 @@ fn tail_reads_the_end_from_a_character_boundary() {
     let dir = std::env::temp_dir().join(format!("atelier-slurm-tail-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("out");
-    assert_eq!(tail(&file, 10).unwrap(), "", "not written yet");
+    // SAFETY: geteuid(2) has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(tail(&file, 10, None).unwrap(), "", "not written yet");
     std::fs::write(&file, "first line\nsecond é line\n").unwrap();
-    assert_eq!(tail(&file, 1000).unwrap(), "first line\nsecond é line\n");
+    assert_eq!(tail(&file, 1000, None).unwrap(), "first line\nsecond é line\n");
     // 7 bytes from the end start inside `é` (2 bytes): its tail byte is skipped.
-    assert_eq!(tail(&file, 7).unwrap(), " line\n");
-    assert_eq!(tail(&file, 8).unwrap(), "é line\n");
+    assert_eq!(tail(&file, 7, None).unwrap(), " line\n");
+    assert_eq!(tail(&file, 8, Some(me)).unwrap(), "é line\n");
+    // Not another user's file, nor a link to one.
+    let e = tail(&file, 8, Some(me + 1)).expect_err("another owner");
+    assert!(e.to_string().contains("not a regular file of the job's user"), "{e}");
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    assert!(tail(&link, 8, Some(me)).is_err(), "a symbolic link is not followed");
+    assert!(tail(&dir, 8, None).is_err(), "a directory is not an output file");
     std::fs::remove_dir_all(&dir).unwrap();
-    let e = tail(Path::new("/nonexistent-cluster/scratch/out"), 10).expect_err("elsewhere");
+    let e = tail(Path::new("/nonexistent-cluster/scratch/out"), 10, None).expect_err("elsewhere");
     assert!(
         e.to_string().contains("/nonexistent-cluster/scratch/out"),
         "{e}"

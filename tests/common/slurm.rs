@@ -51,14 +51,14 @@ pub fn available() -> Result<(), String> {
             ));
         }
     }
-    let jwt = Path::new("/usr/lib/x86_64-linux-gnu/slurm-wlm/auth_jwt.so");
-    let multiarch = std::fs::read_dir("/usr/lib")
+    // /usr/lib/<multiarch triplet>/slurm-wlm/auth_jwt.so
+    let jwt_plugin = std::fs::read_dir("/usr/lib")
         .map(|d| {
             d.filter_map(Result::ok)
                 .any(|e| e.path().join("slurm-wlm/auth_jwt.so").is_file())
         })
         .unwrap_or(false);
-    if !jwt.is_file() && !multiarch {
+    if !jwt_plugin {
         return Err(format!(
             "Slurm's auth_jwt plugin is missing: apt-get install -y slurm-wlm-jwt-plugin ({PACKAGES})"
         ));
