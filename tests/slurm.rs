@@ -31,9 +31,9 @@ use atelier::config::OperatorConfig;
 use atelier::policy::admission::UsageIndex;
 use atelier::policy::batch::{BatchTarget, ValidatedBatchJob, admit_job, validate_job};
 use atelier::policy::workspace::{Dereferenced, Refusal};
+use common::say;
 use common::slurm::{JOB_USER, PARTITION, SlurmKit, available};
 use common::stack::Deadline;
-use common::say;
 
 /// What the story needs, or `None` (after saying SKIPPED) when peer tests are off.
 fn peers() -> Option<PathBuf> {
@@ -167,7 +167,10 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&JobState) -> bool,
 ) -> JobState {
-    let wait = Deadline::new(format!("job {} ({id}) {what}", v.name), Duration::from_secs(90));
+    let wait = Deadline::new(
+        format!("job {} ({id}) {what}", v.name),
+        Duration::from_secs(90),
+    );
     loop {
         let state = slurm.status(v, id).await;
         if let Ok(s) = &state
@@ -207,7 +210,10 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
     assert_eq!(done.phase, BatchJobPhase::Succeeded, "{done:?}\n{logs}");
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(done.placement.as_deref(), Some(kit.node.as_str()));
-    let (start, end) = (done.start_time.expect("start"), done.completion_time.expect("end"));
+    let (start, end) = (
+        done.start_time.expect("start"),
+        done.completion_time.expect("end"),
+    );
     assert!(start <= end, "{done:?}");
     let lines: Vec<&str> = logs.lines().collect();
     assert_eq!(
@@ -224,14 +230,24 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
         "sum 5050\n",
         "the last 9 bytes"
     );
-    admit_job(&mut index, &ValidatedBatchJob { cancel: true, ..sum.clone() }, &pool_list)
-        .expect("a finished job releases its claim");
+    admit_job(
+        &mut index,
+        &ValidatedBatchJob {
+            cancel: true,
+            ..sum.clone()
+        },
+        &pool_list,
+    )
+    .expect("a finished job releases its claim");
 
     // Another BatchJob cannot reach this job through its id.
     let stranger = validate(&kit, &batch_job("stranger", &["true"], "")).expect("valid");
     let e = slurm.status(&stranger, &id).await.expect_err("not its job");
     assert!(matches!(e, BatchError::NotFound { .. }), "{e}");
-    let e = slurm.logs(&stranger, &id, 100).await.expect_err("not its job");
+    let e = slurm
+        .logs(&stranger, &id, 100)
+        .await
+        .expect_err("not its job");
     assert!(matches!(e, BatchError::NotFound { .. }), "{e}");
     let e = slurm.status(&sum, "999999").await.expect_err("no such job");
     assert!(matches!(e, BatchError::NotFound { .. }), "{e}");
@@ -248,7 +264,10 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
     assert_eq!(failed.exit_code, Some(3), "{failed:?}");
     assert_eq!(failed.reason.as_deref(), Some("Failed"));
     assert!(
-        failed.message.as_deref().is_some_and(|m| m.contains("exit code 3")),
+        failed
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("exit code 3")),
         "{failed:?}"
     );
     let logs = slurm.logs(&three, &id3, 1000).await.expect("logs");
@@ -290,7 +309,10 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
     let refusal = admit_job(&mut index, &second, &pool_list)
         .expect_err("long-sleep holds 1 of alice's 2 CPUs");
     assert_eq!(refusal.reason, "UserCapExceeded", "{refusal:?}");
-    say(format!("refused before submission: {} / {}", big.message, refusal.message));
+    say(format!(
+        "refused before submission: {} / {}",
+        big.message, refusal.message
+    ));
 
     slurm.cancel(&long, &idl).await.expect("cancelled");
     let cancelled = wait_for(&slurm, &long, &idl, "to be cancelled", |s| {
@@ -299,7 +321,10 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
     .await;
     assert_eq!(cancelled.phase, BatchJobPhase::Cancelled, "{cancelled:?}");
     assert_eq!(cancelled.reason.as_deref(), Some("Cancelled"));
-    slurm.cancel(&long, &idl).await.expect("cancelling a finished job does nothing");
+    slurm
+        .cancel(&long, &idl)
+        .await
+        .expect("cancelling a finished job does nothing");
 
     // 5. A GPU job reaches slurmctld, which has no GPU to give.
     let mut gpu = validate(&kit, &batch_job("wants-gpu", &["nvidia-smi"], "")).expect("valid");
@@ -323,7 +348,7 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
     }
 
     let seen = kit.jobs().await;
-    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = seen.iter().map(|(n, _, _)| n.as_str()).collect();
     say(format!("Slurm's jobs: {seen:?}"));
     for name in ["numpy-sum", "exit-three", "long-sleep"] {
         assert_eq!(
@@ -332,11 +357,20 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
             "{name} once: {seen:?}"
         );
     }
-    for name in ["too-big", "second-two", "bad-token", "wants-gpu"] {
+    for name in ["too-big", "second-two", "bad-token"] {
         assert!(!names.contains(&name), "Slurm saw {name}: {seen:?}");
     }
+    // slurmctld keeps a record of the GPU job it refused; it never ran.
     assert!(
-        seen.iter().any(|(n, c)| n == "numpy-sum" && c == "atelier:atelier/numpy-sum/uid-numpy-sum"),
+        seen.iter()
+            .filter(|(n, _, _)| n == "wants-gpu")
+            .all(|(_, _, state)| state != "RUNNING" && state != "COMPLETED"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(n, c, state)| n == "numpy-sum"
+            && c == "atelier:atelier/numpy-sum/uid-numpy-sum"
+            && state == "COMPLETED"),
         "{seen:?}"
     );
 }

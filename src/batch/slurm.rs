@@ -198,12 +198,14 @@ impl Slurm {
             .map_err(|e| other(format!("cannot build the request {method} {url}: {e}")))?;
         tracing::debug!(%method, %url, user = %self.target.user, "slurmrestd request");
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                BatchError::Unreachable {
-                    system: SYSTEM,
-                    message: format!("{method} {url}: {e}"),
-                }
-            })?;
+            let response =
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| BatchError::Unreachable {
+                        system: SYSTEM,
+                        message: format!("{method} {url}: {e}"),
+                    })?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
@@ -237,13 +239,12 @@ impl Slurm {
         let (status, bytes) = self.call(method.clone(), path, body).await?;
         let answer: Result<Answer, _> = serde_json::from_slice(&bytes);
         match answer {
-            Ok(a) if status.is_success() && a.errors.is_empty() => {
-                serde_json::from_slice(&bytes).map_err(|e| {
+            Ok(a) if status.is_success() && a.errors.is_empty() => serde_json::from_slice(&bytes)
+                .map_err(|e| {
                     other(format!(
                         "{method} {path}: slurmrestd's answer does not parse: {e}"
                     ))
-                })
-            }
+                }),
             Ok(a) if method == Method::GET && ambiguous(&a.errors) => {
                 Err(self.disambiguate(classify(status, &a.errors, op)).await)
             }
@@ -265,7 +266,10 @@ impl Slurm {
         let errors = serde_json::from_slice::<Answer>(&bytes)
             .map(|a| a.errors)
             .unwrap_or_default();
-        if errors.iter().any(|e| e.error_number == errno::INVALID_JOB_ID) {
+        if errors
+            .iter()
+            .any(|e| e.error_number == errno::INVALID_JOB_ID)
+        {
             return read_error;
         }
         match classify(status, &errors, Op::Probe) {
@@ -407,10 +411,10 @@ pub fn submit_request(job: &ValidatedBatchJob, target: &SlurmTarget) -> Result<V
         "ATELIER_BATCHJOB".to_owned(),
         Value::String(format!("{}/{}", job.namespace, job.name)),
     );
-    let cpu_millis = parse_cpu_millis(&job.resources.cpu)
-        .map_err(|e| other(format!("resources.cpu: {e}")))?;
-    let memory = parse_bytes(&job.resources.memory)
-        .map_err(|e| other(format!("resources.memory: {e}")))?;
+    let cpu_millis =
+        parse_cpu_millis(&job.resources.cpu).map_err(|e| other(format!("resources.cpu: {e}")))?;
+    let memory =
+        parse_bytes(&job.resources.memory).map_err(|e| other(format!("resources.memory: {e}")))?;
     let mut properties = json!({
         "name": job.name,
         "comment": job_comment(job),
@@ -512,8 +516,7 @@ pub fn hs256(key: &[u8], input: &str) -> String {
 
 /// Base64url without padding (RFC 4648 §5, as JWS uses it).
 pub fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -616,9 +619,7 @@ pub fn job_state(info: &JobInfo) -> Result<JobState, BatchError> {
         .unwrap_or_default()
         .to_ascii_uppercase();
     let (phase, reason) = match state.as_str() {
-        "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD" => {
-            (Queued, None)
-        }
+        "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD" => (Queued, None),
         "RUNNING" | "CONFIGURING" | "COMPLETING" | "RESIZING" | "SIGNALING" | "STAGE_OUT"
         | "STOPPED" => (Running, None),
         "SUSPENDED" => (Running, Some("Suspended")),
@@ -638,7 +639,11 @@ pub fn job_state(info: &JobInfo) -> Result<JobState, BatchError> {
         }
     };
     let finished = phase.is_finished();
-    let time = |t: i64| (t > 0).then(|| DateTime::<Utc>::from_timestamp(t, 0)).flatten();
+    let time = |t: i64| {
+        (t > 0)
+            .then(|| DateTime::<Utc>::from_timestamp(t, 0))
+            .flatten()
+    };
     let (exit_code, signal) = match info.exit_code {
         Some(status) if finished => {
             let (code, signal) = wait_status(status);

@@ -106,7 +106,10 @@ fn the_pool_maximum_is_the_walltime_of_a_job_without_deadline_and_paths_follow_t
         body["job"]["standard_output"],
         "/data/run/atelier-sum-1-%j.out"
     );
-    assert_eq!(body["job"]["environment"]["PATH"], "/opt/bin", "the job's own PATH");
+    assert_eq!(
+        body["job"]["environment"]["PATH"], "/opt/bin",
+        "the job's own PATH"
+    );
 
     let mut t = target(&v);
     t.working_dir = None;
@@ -228,7 +231,10 @@ fn slurm_debug_leaves_the_key_out() {
     let v = validated("");
     let slurm = Slurm::new(&target(&v), b"very-secret-key".to_vec()).expect("client");
     let shown = format!("{slurm:?}");
-    assert!(shown.contains("debug") && shown.contains("hub-alice"), "{shown}");
+    assert!(
+        shown.contains("debug") && shown.contains("hub-alice"),
+        "{shown}"
+    );
     assert!(!shown.contains("very-secret"), "{shown}");
 }
 
@@ -305,7 +311,10 @@ fn a_pending_job_says_why_and_has_no_forecast_start() {
     i.nodes = String::new();
     let s = job_state(&i).expect("state");
     assert_eq!(s.reason.as_deref(), Some("Resources"));
-    assert_eq!(s.start_time, None, "a pending job's start_time is a forecast");
+    assert_eq!(
+        s.start_time, None,
+        "a pending job's start_time is a forecast"
+    );
     assert_eq!(s.placement, None);
     assert_eq!(
         s.message.as_deref(),
@@ -327,10 +336,7 @@ fn a_failure_message_names_the_exit_or_signal() {
         DateTime::<Utc>::from_timestamp(1_800_000_000, 0)
     );
     let s = job_state(&info("CANCELLED", 9)).unwrap();
-    assert!(
-        s.message.unwrap().ends_with("killed by signal 9"),
-        "signal"
-    );
+    assert!(s.message.unwrap().ends_with("killed by signal 9"), "signal");
     assert_eq!(wait_status(0), (0, None));
     assert_eq!(wait_status(1 << 8), (1, None));
     assert_eq!(wait_status(255 << 8), (255, None));
@@ -350,7 +356,11 @@ fn errors(list: &[(i64, &str)]) -> Vec<SlurmError> {
 #[test]
 fn errors_map_to_batch_errors() {
     let e500 = StatusCode::INTERNAL_SERVER_ERROR;
-    let e = classify(e500, &errors(&[(2017, "Invalid job id specified")]), Op::Job("7"));
+    let e = classify(
+        e500,
+        &errors(&[(2017, "Invalid job id specified")]),
+        Op::Job("7"),
+    );
     assert!(matches!(e, BatchError::NotFound { id, .. } if id == "7"));
     let e = classify(
         e500,
@@ -380,14 +390,22 @@ fn errors_map_to_batch_errors() {
     );
     assert!(ambiguous(&errors(&[(-1, "Unspecified error")])));
     assert!(!ambiguous(&errors(&[(-1, "x"), (2017, "y")])));
-    let e = classify_text(StatusCode::UNAUTHORIZED, b"Authentication failure", Op::List);
+    let e = classify_text(
+        StatusCode::UNAUTHORIZED,
+        b"Authentication failure",
+        Op::List,
+    );
     assert!(
         matches!(&e, BatchError::Unauthorized { message, .. } if message.contains("Authentication failure")),
         "{e}"
     );
     let e = classify_text(StatusCode::BAD_GATEWAY, b"<html>", Op::List);
     assert!(matches!(e, BatchError::Unreachable { .. }), "{e}");
-    let e = classify_text(StatusCode::BAD_REQUEST, b"Unable to parse query.", Op::Submit);
+    let e = classify_text(
+        StatusCode::BAD_REQUEST,
+        b"Unable to parse query.",
+        Op::Submit,
+    );
     assert!(matches!(e, BatchError::Refused { .. }), "{e}");
 }
 
@@ -434,17 +452,30 @@ fn tail_reads_the_end_from_a_character_boundary() {
     let me = unsafe { libc::geteuid() };
     assert_eq!(tail(&file, 10, None).unwrap(), "", "not written yet");
     std::fs::write(&file, "first line\nsecond é line\n").unwrap();
-    assert_eq!(tail(&file, 1000, None).unwrap(), "first line\nsecond é line\n");
+    assert_eq!(
+        tail(&file, 1000, None).unwrap(),
+        "first line\nsecond é line\n"
+    );
     // 7 bytes from the end start inside `é` (2 bytes): its tail byte is skipped.
     assert_eq!(tail(&file, 7, None).unwrap(), " line\n");
     assert_eq!(tail(&file, 8, Some(me)).unwrap(), "é line\n");
     // Not another user's file, nor a link to one.
     let e = tail(&file, 8, Some(me + 1)).expect_err("another owner");
-    assert!(e.to_string().contains("not a regular file of the job's user"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("not a regular file of the job's user"),
+        "{e}"
+    );
     let link = dir.join("link");
     std::os::unix::fs::symlink(&file, &link).unwrap();
-    assert!(tail(&link, 8, Some(me)).is_err(), "a symbolic link is not followed");
-    assert!(tail(&dir, 8, None).is_err(), "a directory is not an output file");
+    assert!(
+        tail(&link, 8, Some(me)).is_err(),
+        "a symbolic link is not followed"
+    );
+    assert!(
+        tail(&dir, 8, None).is_err(),
+        "a directory is not an output file"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
     let e = tail(Path::new("/nonexistent-cluster/scratch/out"), 10, None).expect_err("elsewhere");
     assert!(

@@ -21,6 +21,7 @@
 //! [`SlurmKit::work_dir`], which it owns and which Atelier (root here) reads: the "shared
 //! filesystem" of a real cluster.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -65,7 +66,9 @@ pub fn available() -> Result<(), String> {
     }
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("the Slurm kit runs slurmd, which starts jobs as their users: run as root".into());
+        return Err(
+            "the Slurm kit runs slurmd, which starts jobs as their users: run as root".into(),
+        );
     }
     Ok(())
 }
@@ -134,9 +137,15 @@ impl SlurmKit {
             .arg("--foreground")
             .arg(format!("--key-file={}", munge_key.display()))
             .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", dir.join("munge/munged.pid").display()))
+            .arg(format!(
+                "--pid-file={}",
+                dir.join("munge/munged.pid").display()
+            ))
             .arg(format!("--seed-file={}", dir.join("munge/seed").display()))
-            .arg(format!("--log-file={}", dir.join("munge/munged.log").display()));
+            .arg(format!(
+                "--log-file={}",
+                dir.join("munge/munged.log").display()
+            ));
         kit.spawn("munged", munged);
         let wait = Deadline::new("munged's socket", Duration::from_secs(20));
         while !socket.exists() {
@@ -145,10 +154,15 @@ impl SlurmKit {
         }
 
         let mut ctld = Command::new("/usr/sbin/slurmctld");
-        ctld.args(["-D", "-c", "-f"]).arg(&conf).env("SLURM_CONF", &conf);
+        ctld.args(["-D", "-c", "-f"])
+            .arg(&conf)
+            .env("SLURM_CONF", &conf);
         kit.spawn("slurmctld", ctld);
         let mut slurmd = Command::new("/usr/sbin/slurmd");
-        slurmd.args(["-D", "-f"]).arg(&conf).env("SLURM_CONF", &conf);
+        slurmd
+            .args(["-D", "-f"])
+            .arg(&conf)
+            .env("SLURM_CONF", &conf);
         kit.spawn("slurmd", slurmd);
         // slurmrestd refuses to run as root or SlurmUser; `nobody` asks slurmctld with the
         // callers' tokens (SLURM_JWT=daemon), never with a key of its own.
@@ -170,7 +184,10 @@ impl SlurmKit {
         loop {
             kit.check_alive();
             let seen = kit.node_state().await;
-            if seen.as_deref().is_ok_and(|s| s.eq_ignore_ascii_case("idle")) {
+            if seen
+                .as_deref()
+                .is_ok_and(|s| s.eq_ignore_ascii_case("idle"))
+            {
                 break;
             }
             wait.tick(format!("{seen:?}\n{}", kit.logs())).await;
@@ -241,8 +258,8 @@ impl SlurmKit {
         })
     }
 
-    /// The names and comments of every job slurmctld knows.
-    pub async fn jobs(&self) -> Vec<(String, String)> {
+    /// The name, comment and state of every job slurmctld knows.
+    pub async fn jobs(&self) -> Vec<(String, String, String)> {
         let answer = self.get("jobs").await;
         answer["jobs"]
             .as_array()
@@ -252,6 +269,7 @@ impl SlurmKit {
                         (
                             j["name"].as_str().unwrap_or_default().to_owned(),
                             j["comment"].as_str().unwrap_or_default().to_owned(),
+                            j["job_state"].as_str().unwrap_or_default().to_owned(),
                         )
                     })
                     .collect()
@@ -266,7 +284,10 @@ impl SlurmKit {
             .args(["-sS", "--max-time", "5"])
             .args(["-H", &format!("X-SLURM-USER-NAME: {JOB_USER}")])
             .args(["-H", &format!("X-SLURM-USER-TOKEN: {token}")])
-            .arg(format!("{}/slurm/v0.0.38/node/{}", self.rest_url, self.node))
+            .arg(format!(
+                "{}/slurm/v0.0.38/node/{}",
+                self.rest_url, self.node
+            ))
             .output()
             .await
             .map_err(|e| e.to_string())?;
@@ -295,7 +316,11 @@ impl SlurmKit {
 impl Drop for SlurmKit {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            say(format!("Slurm kit logs ({}):\n{}", self.dir.display(), self.logs()));
+            say(format!(
+                "Slurm kit logs ({}):\n{}",
+                self.dir.display(),
+                self.logs()
+            ));
         }
         for (_, proc) in self.procs.iter_mut().rev() {
             proc.kill_group();
@@ -380,9 +405,10 @@ fn host_name() -> String {
     assert_eq!(rc, 0, "gethostname");
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     let name = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
-        .map(Iterator::collect)
-        .unwrap_or_default();
+    let addrs: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
+            .map(Iterator::collect)
+            .unwrap_or_default();
     assert!(
         !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()),
         "the host name {name:?} resolves to {addrs:?}: slurmctld and slurmd bind to it, so make it \
