@@ -203,9 +203,13 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
     admit_job(&mut index, &sum, &pool_list).expect("the NumPy job fits the caps");
     let slurm = slurm_of(&sum, &kit.jwt_key).expect("client");
     assert_eq!(slurm.system(), "slurm");
+    let submitted = std::time::Instant::now();
     let id = slurm.submit(&sum).await.expect("submitted");
-    say(format!("NumPy job: Slurm job {id}"));
     let done = wait_for(&slurm, &sum, &id, "to finish", |s| s.phase.is_finished()).await;
+    say(format!(
+        "NumPy job: Slurm job {id}, submitted to seen finished in {:.1} s",
+        submitted.elapsed().as_secs_f64()
+    ));
     let logs = slurm.logs(&sum, &id, 64 * 1024).await.expect("logs");
     assert_eq!(done.phase, BatchJobPhase::Succeeded, "{done:?}\n{logs}");
     assert_eq!(done.exit_code, Some(0));

@@ -269,7 +269,15 @@ fn info(state: &str, exit: i64) -> JobInfo {
 #[test]
 fn the_state_table() {
     use BatchJobPhase::*;
-    let table: &[(&str, i64, BatchJobPhase, Option<i32>, Option<&str>)] = &[
+    // Slurm's state and wait status → phase, exit code, reason.
+    type Row = (
+        &'static str,
+        i64,
+        BatchJobPhase,
+        Option<i32>,
+        Option<&'static str>,
+    );
+    let table: &[Row] = &[
         ("PENDING", 0, Queued, None, None),
         ("REQUEUED", 0, Queued, None, None),
         ("CONFIGURING", 0, Running, None, None),
@@ -480,6 +488,34 @@ fn tail_reads_the_end_from_a_character_boundary() {
     let e = tail(Path::new("/nonexistent-cluster/scratch/out"), 10, None).expect_err("elsewhere");
     assert!(
         e.to_string().contains("/nonexistent-cluster/scratch/out"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_is_unreachable_within_the_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let v = validated("");
+    let mut t = target(&v);
+    t.rest_url = format!("http://127.0.0.1:{port}");
+    let mut v = v;
+    v.target = BatchTarget::Slurm(t.clone());
+    let slurm = Slurm::new(&t, b"k".to_vec()).expect("client");
+    let e = slurm.status(&v, "7").await.expect_err("nobody listens");
+    assert!(matches!(e, BatchError::Unreachable { .. }), "{e}");
+    let e = slurm.submit(&v).await.expect_err("nobody listens");
+    assert!(matches!(e, BatchError::Unreachable { .. }), "{e}");
+    let e = slurm.status(&v, "../jobs").await.expect_err("not an id");
+    assert!(matches!(e, BatchError::NotFound { .. }), "{e}");
+    let mut elsewhere = v.clone();
+    elsewhere.target = BatchTarget::Kubernetes { local_queue: None };
+    let e = slurm.submit(&elsewhere).await.expect_err("not a Slurm job");
+    assert!(
+        e.to_string()
+            .contains("does not run on this Slurm partition"),
         "{e}"
     );
 }

@@ -92,6 +92,7 @@ impl SlurmKit {
             panic!("cannot start Slurm: {e}");
         }
         ensure_job_user();
+        let started = std::time::Instant::now();
         let dir = std::env::temp_dir().join(format!(
             "atelier-slurm-{}-{}",
             std::process::id(),
@@ -193,7 +194,8 @@ impl SlurmKit {
             wait.tick(format!("{seen:?}\n{}", kit.logs())).await;
         }
         say(format!(
-            "Slurm kit: slurmrestd at {}, node {} in partition {PARTITION}, jobs as {JOB_USER} in {}",
+            "Slurm kit: up in {:.1} s, slurmrestd at {}, node {} in partition {PARTITION}, jobs as {JOB_USER} in {}",
+            started.elapsed().as_secs_f64(),
             kit.rest_url,
             kit.node,
             kit.work_dir().display()
