@@ -77,6 +77,32 @@ if [ ! -d e2e/browser/node_modules/playwright-core ]; then
   (cd e2e/browser && npm ci --no-audit --no-fund)
 fi
 
+# --- Slurm 22.05: a one-node cluster on loopback (tests/slurm.rs, tests/common/slurm.rs) -------
+# Only the packages: the kit writes its own slurm.conf, munge key and JWT key in a temporary
+# directory and starts the daemons itself. The Debian services are not used (and not started:
+# policy-rc.d refuses them during the install).
+SLURM_PACKAGES="slurmctld slurmd slurmrestd munge slurm-client slurm-wlm-jwt-plugin"
+ensure_slurm() {
+  if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/slurmrestd ] \
+    && [ -x /usr/sbin/munged ] && [ -x /usr/bin/scontrol ] \
+    && ls /usr/lib/*/slurm-wlm/auth_jwt.so >/dev/null 2>&1; then
+    return 0
+  fi
+  log "installing Slurm (Debian packages: $SLURM_PACKAGES)"
+  export DEBIAN_FRONTEND=noninteractive
+  local no_start=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    no_start=1
+  fi
+  apt-get update -q || true
+  # shellcheck disable=SC2086
+  apt-get install -y -q --no-install-recommends $SLURM_PACKAGES >/dev/null \
+    || { apt-get update -q && apt-get install -y -q --no-install-recommends $SLURM_PACKAGES >/dev/null; }
+  if [ "$no_start" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+ensure_slurm
+
 # Tests that need a peer read this and fail (never skip) when it is set and the peer is missing.
 export ATELIER_PEERS=1
 

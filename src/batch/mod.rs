@@ -6,6 +6,8 @@
 //! Every implementation takes a [`ValidatedBatchJob`] (`policy::batch`): the rules, routing and
 //! caps are decided once, before any system sees the job.
 
+pub mod slurm;
+
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use thiserror::Error;

@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod launch;
 pub mod oidc;
 pub mod s3;
+pub mod slurm;
 pub mod stack;
 
 pub const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
