@@ -1112,15 +1112,49 @@ mod tests {
     }
 
     #[test]
+    fn jobs_scopes_are_filtered_as_servers() {
+        assert!(implies("admin:jobs", "jobs"));
+        assert!(implies("jobs", "read:jobs"));
+        assert!(!implies("read:jobs", "jobs"));
+        assert!(!implies("admin:servers", "jobs"));
+        let none = BTreeSet::new();
+        let alice = Target::User {
+            name: "alice",
+            groups: &none,
+        };
+        let bob = Target::User {
+            name: "bob",
+            groups: &none,
+        };
+        // A user's own jobs through `self`; nobody else's.
+        let own = ScopeSet::for_user("alice", false);
+        assert!(own.allows("jobs", alice) && own.allows("read:jobs", alice));
+        assert!(!own.allows("read:jobs", bob));
+        // Admins reach everyone's.
+        assert!(ScopeSet::for_user("root", true).allows("jobs", bob));
+        let ocean: BTreeSet<String> = ["ocean".to_owned()].into();
+        let group = ScopeSet::parse(&["read:jobs!group=ocean"], None).unwrap();
+        let erin = Target::User {
+            name: "erin",
+            groups: &ocean,
+        };
+        assert!(group.allows("read:jobs", erin) && !group.allows("jobs", erin));
+        assert!(!group.allows("read:jobs", bob));
+        assert!(is_extension("jobs!user=alice") && !is_extension("servers"));
+    }
+
+    #[test]
     fn server_tokens_follow_the_server_role() {
         let none = groups(&[]);
         let ocean = groups(&["ocean"]);
-        // The built-in `server` role: activity and access to this server only.
+        // The built-in `server` role: activity and access to this server only, and (Atelier's
+        // extension) the owner's batch jobs.
         let stock = Roles::default();
         assert_eq!(
             stock.server_token_scopes("alice", false, &none, "gpu"),
             [
                 "access:servers!server=alice/gpu",
+                "jobs!user=alice",
                 "users:activity!user=alice"
             ]
         );

@@ -97,6 +97,17 @@ pub struct LocalJobs {
     env: BTreeMap<String, String>,
     /// The jobs this instance started and still waits for, by name: their exit, once known.
     children: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// The tasks that wait for them: aborted when this instance goes (as they would die with
+    /// the hub's process; the jobs keep running, for the next instance to re-adopt).
+    waiters: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for LocalJobs {
+    fn drop(&mut self) {
+        for waiter in self.waiters.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            waiter.abort();
+        }
+    }
 }
 
 fn local_err(message: impl std::fmt::Display) -> BatchError {
@@ -137,6 +148,7 @@ impl LocalJobs {
             env_keep,
             env,
             children: Mutex::default(),
+            waiters: Mutex::default(),
         }
     }
 
@@ -268,17 +280,18 @@ impl LocalJobs {
         write_atomic(&dir.join("record.json"), &text).map_err(local_err)?;
         let (tx, rx) = watch::channel(false);
         self.lock().insert(job.name.clone(), rx);
-        let this = std::sync::Arc::clone(self);
+        let this = std::sync::Arc::downgrade(self);
         let name = job.name.clone();
         let limit = deadline.map(|d| {
             let left = (d - started).to_std().unwrap_or_default();
             tokio::time::Instant::now() + left
         });
-        tokio::spawn(async move {
+        let waiter = tokio::spawn(async move {
             let waited = match limit {
                 Some(at) => tokio::time::timeout_at(at, child.wait()).await.ok(),
                 None => Some(child.wait().await),
             };
+            let Some(this) = this.upgrade() else { return };
             let exit = match waited {
                 Some(status) => {
                     let status = status.map_err(|e| e.to_string());
@@ -302,6 +315,9 @@ impl LocalJobs {
             this.lock().remove(&name);
             tx.send_replace(true);
         });
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.retain(|w| !w.is_finished());
+        waiters.push(waiter.abort_handle());
         Ok(job.name.clone())
     }
 
