@@ -93,6 +93,7 @@ async fn serve(store: Store, state: &Path) -> (Served, JoinHandle<()>) {
     config.catalog = catalog();
     config.default_profile = "python".into();
     config.job_poll = Duration::from_millis(100);
+    config.dev_login = true;
     config.secrets_dir = Some(state.join("secrets"));
     let hub: HubState = Hub::new(store, backend, config);
     let watcher = jobs::watch(hub.clone());
@@ -495,6 +496,69 @@ r.raise_for_status(); print(r.json()["name"])
     assert_eq!(w.logs(&name).await, "42\n");
 }
 
+async fn jobs_page(w: &World) {
+    let mut b = w.web.logged_in("alice").await;
+    let page = b.get("/hub/jobs").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Batch jobs") && page.body.contains("You have no jobs."));
+    assert!(page.body.contains(r#"<option value="python""#), "{}", page.body);
+    assert!(!page.body.contains("physics-only"), "a profile alice may not use is offered");
+    let home = b.get("/hub/home").await;
+    assert!(home.body.contains(r#"<a href="/hub/jobs">Jobs</a>"#), "no link in the nav");
+    let xsrf = page.xsrf();
+    let fields = [("profile", "python"), ("command", "python3\n-c\nprint(6 * 7)")];
+    // Without the CSRF token: refused, nothing submitted.
+    let r = b.post("/hub/jobs", &fields).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(w.store.list_jobs(w.alice.id, 0, 10).await.unwrap().total, 0);
+    // Bad input: the page again, with the field named.
+    let r = b
+        .post("/hub/jobs", &[("_xsrf", &xsrf), ("profile", "python"), ("command", "")])
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("field &quot;command&quot;"), "{}", r.body);
+    let r = b
+        .post(
+            "/hub/jobs",
+            &[("_xsrf", &xsrf), ("profile", "python"), ("command", "sleep\n1"), ("deadline_seconds", "99999")],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("DeadlineExceedsPool"), "{}", r.body);
+    assert_eq!(w.store.list_jobs(w.alice.id, 0, 10).await.unwrap().total, 0);
+    // A job: submitted, listed, its output shown.
+    let mut with_token = vec![("_xsrf", xsrf.as_str())];
+    with_token.extend(fields);
+    let r = b.post("/hub/jobs", &with_token).await;
+    assert_eq!((r.status, r.location()), (303, "/hub/jobs"), "{}", r.body);
+    let job = w.store.list_jobs(w.alice.id, 0, 10).await.unwrap().items.remove(0);
+    let done = w.finished(&job.name).await;
+    assert_eq!(done["phase"], "Succeeded", "{done}");
+    let page = b.get(&format!("/hub/jobs?logs={}", job.name)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(&job.name) && page.body.contains("Succeeded"));
+    assert!(page.body.contains("<code>42\n</code>"), "{}", page.body);
+    // Cancel from the page.
+    let r = b
+        .post("/hub/jobs", &[("_xsrf", &xsrf), ("profile", "python"), ("command", "sleep\n300")])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let long = w.store.list_jobs(w.alice.id, 0, 1).await.unwrap().items.remove(0);
+    wait_running(w, &long.name).await;
+    let page = b.get("/hub/jobs").await;
+    assert!(page.body.contains(r#"http-equiv="refresh""#), "an unfinished job: no refresh");
+    let cancel = format!("/hub/jobs/{}/cancel", long.name);
+    assert_eq!(b.post(&cancel, &[]).await.status, 403, "cancel without the CSRF token");
+    let r = b.post(&cancel, &[("_xsrf", &xsrf)]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(w.finished(&long.name).await["phase"], "Cancelled");
+    // Another user's job is not theirs to see or cancel.
+    let mut bob = w.web.logged_in("bob").await;
+    let bob_xsrf = bob.xsrf().await;
+    assert_eq!(bob.get(&format!("/hub/jobs?logs={}", job.name)).await.status, 404);
+    assert_eq!(bob.post(&cancel, &[("_xsrf", &bob_xsrf)]).await.status, 404);
+}
+
 fn sqlite_db() -> TestDb {
     TestDb::sqlite("atelier-jobs")
 }
@@ -532,6 +596,7 @@ stories!(
     bad_input_is_refused,
     caps_count_running_jobs,
     server_token_submits,
+    jobs_page,
 );
 
 mod restart {
