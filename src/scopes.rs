@@ -167,11 +167,7 @@ pub const DEFAULT_ROLES: &[(&str, &str, &[&str])] = &[
         "Post activity only",
         // `jobs!user` is Atelier's extension: a notebook submits its owner's batch jobs with
         // its own `JUPYTERHUB_API_TOKEN`.
-        &[
-            "users:activity!user",
-            "access:servers!server",
-            "jobs!user",
-        ],
+        &["users:activity!user", "access:servers!server", "jobs!user"],
     ),
     (
         "token",

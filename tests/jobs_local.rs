@@ -143,7 +143,10 @@ impl World {
             .request(
                 method,
                 path,
-                &[("authorization", &auth), ("content-type", "application/json")],
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )
             .await
@@ -151,7 +154,12 @@ impl World {
 
     async fn submit(&self, body: Value) -> Value {
         let r = self
-            .call("POST", "/hub/api/users/alice/jobs", &self.alice_token, Some(body))
+            .call(
+                "POST",
+                "/hub/api/users/alice/jobs",
+                &self.alice_token,
+                Some(body),
+            )
             .await;
         assert_eq!(r.status, 201, "{}", r.body);
         r.json()
@@ -162,21 +170,34 @@ impl World {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let r = self
-                .call("GET", &format!("/hub/api/users/alice/jobs/{name}"), &self.alice_token, None)
+                .call(
+                    "GET",
+                    &format!("/hub/api/users/alice/jobs/{name}"),
+                    &self.alice_token,
+                    None,
+                )
                 .await;
             assert_eq!(r.status, 200, "{}", r.body);
             let job = r.json();
             if ["Succeeded", "Failed", "Cancelled"].contains(&job["phase"].as_str().unwrap()) {
                 return job;
             }
-            assert!(tokio::time::Instant::now() < deadline, "job {name} never finished: {job}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {name} never finished: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn logs(&self, name: &str) -> String {
         let r = self
-            .call("GET", &format!("/hub/api/users/alice/jobs/{name}/logs"), &self.alice_token, None)
+            .call(
+                "GET",
+                &format!("/hub/api/users/alice/jobs/{name}/logs"),
+                &self.alice_token,
+                None,
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.header("content-type").unwrap().starts_with("text/plain"));
@@ -217,8 +238,13 @@ fn sum_job() -> Vec<String> {
 }
 
 fn pid_alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 async fn succeeds_and_fails_with_exit_codes(w: &World) {
@@ -234,7 +260,10 @@ async fn succeeds_and_fails_with_exit_codes(w: &World) {
     let done = w.finished(&name).await;
     assert_eq!(done["phase"], "Succeeded", "{done}");
     assert_eq!(done["exit_code"], 0);
-    assert!(done["started"].is_string() && done["finished"].is_string(), "{done}");
+    assert!(
+        done["started"].is_string() && done["finished"].is_string(),
+        "{done}"
+    );
     let logs = w.logs(&name).await;
     assert_eq!(logs, "45\nfrom-profile\n");
 
@@ -243,7 +272,10 @@ async fn succeeds_and_fails_with_exit_codes(w: &World) {
         .await;
     let name3 = three["name"].as_str().unwrap();
     let done = w.finished(name3).await;
-    assert_eq!((done["phase"].as_str(), done["exit_code"].as_i64()), (Some("Failed"), Some(3)));
+    assert_eq!(
+        (done["phase"].as_str(), done["exit_code"].as_i64()),
+        (Some("Failed"), Some(3))
+    );
     assert_eq!(done["reason"], "Error");
     assert_eq!(w.logs(name3).await, "bye\n");
 
@@ -265,7 +297,9 @@ async fn succeeds_and_fails_with_exit_codes(w: &World) {
     assert_eq!(page["items"][0]["name"], name3);
     assert_eq!(page["_pagination"]["total"], 2);
     assert_eq!(page["_pagination"]["next"]["offset"], 1);
-    let plain = w.call("GET", "/hub/api/users/alice/jobs", &w.alice_token, None).await;
+    let plain = w
+        .call("GET", "/hub/api/users/alice/jobs", &w.alice_token, None)
+        .await;
     assert_eq!(plain.json().as_array().unwrap().len(), 2);
 
     let submits = audit_events(&w.store, AuditAction::JobSubmit).await;
@@ -287,7 +321,12 @@ async fn cancel_kills_the_group(w: &World) {
     let pid = row.pid.expect("a pid");
     assert!(pid_alive(pid));
     let r = w
-        .call("POST", &format!("/hub/api/users/alice/jobs/{name}/cancel"), &w.alice_token, None)
+        .call(
+            "POST",
+            &format!("/hub/api/users/alice/jobs/{name}/cancel"),
+            &w.alice_token,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let done = w.finished(&name).await;
@@ -295,13 +334,24 @@ async fn cancel_kills_the_group(w: &World) {
     assert_eq!(done["reason"], "Cancelled");
     assert!(!pid_alive(pid), "the job's process is still there");
     let members = group_members(pid);
-    assert!(members.is_empty(), "processes of the job's group left: {members:?}");
+    assert!(
+        members.is_empty(),
+        "processes of the job's group left: {members:?}"
+    );
     // Cancelling again: it has finished.
     let r = w
-        .call("POST", &format!("/hub/api/users/alice/jobs/{name}/cancel"), &w.alice_token, None)
+        .call(
+            "POST",
+            &format!("/hub/api/users/alice/jobs/{name}/cancel"),
+            &w.alice_token,
+            None,
+        )
         .await;
     assert_eq!(r.status, 409, "{}", r.body);
-    assert_eq!(audit_events(&w.store, AuditAction::JobCancel).await.len(), 1);
+    assert_eq!(
+        audit_events(&w.store, AuditAction::JobCancel).await.len(),
+        1
+    );
 }
 
 async fn deadline_kills_the_job(w: &World) {
@@ -323,7 +373,12 @@ fn group_members(pgid: i64) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                let rest: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+                let rest: Vec<&str> = s
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
                 rest.get(2) == Some(&pgid.to_string().as_str()) && rest.first() != Some(&"Z")
             })
         })
@@ -337,7 +392,10 @@ async fn wait_running(w: &World, name: &str) -> atelier::store::Job {
         if job.phase.as_str() == "Running" && job.pid.is_some() {
             return job;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{name} never ran: {job:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never ran: {job:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -352,21 +410,37 @@ async fn other_users_get_404(w: &World) {
         ("GET", "/hub/api/users/alice/jobs".to_owned()),
         ("POST", "/hub/api/users/alice/jobs".to_owned()),
     ] {
-        let r = w.call(method, &path, &w.bob_token, Some(json!({"command": ["true"]}))).await;
+        let r = w
+            .call(
+                method,
+                &path,
+                &w.bob_token,
+                Some(json!({"command": ["true"]})),
+            )
+            .await;
         assert_eq!(r.status, 404, "bob {method} {path}: {}", r.body);
     }
     // Bob's own list does not show it.
-    let r = w.call("GET", "/hub/api/users/bob/jobs", &w.bob_token, None).await;
+    let r = w
+        .call("GET", "/hub/api/users/bob/jobs", &w.bob_token, None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json(), json!([]));
     // A token without any jobs scope: 403.
     let reader = token(&w.store, &w.alice, &["read:users!user=alice"]).await;
-    let r = w.call("GET", "/hub/api/users/alice/jobs", &reader, None).await;
+    let r = w
+        .call("GET", "/hub/api/users/alice/jobs", &reader, None)
+        .await;
     assert_eq!(r.status, 403, "{}", r.body);
     // Still running after all that.
     assert_eq!(wait_running(w, &name).await.phase.as_str(), "Running");
     let r = w
-        .call("POST", &format!("/hub/api/users/alice/jobs/{name}/cancel"), &w.alice_token, None)
+        .call(
+            "POST",
+            &format!("/hub/api/users/alice/jobs/{name}/cancel"),
+            &w.alice_token,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
@@ -379,31 +453,92 @@ async fn bad_input_is_refused(w: &World) {
         (json!({"command": []}), 400, "\"command\": InvalidCommand"),
         (json!({"command": "python3 -c 1"}), 400, "\"command\""),
         (json!({"command": ["python3", 1]}), 400, "\"command\""),
-        (json!({"command": ["python3", long_arg]}), 400, "\"command\": InvalidCommand"),
-        (json!({"command": too_many}), 400, "\"command\": InvalidCommand"),
-        (json!({"command": ["true"], "profile": "nope"}), 400, "\"profile\": ProfileNotFound"),
-        (json!({"command": ["true"], "profile": "physics-only"}), 403, "\"profile\": ProfileForbidden"),
-        (json!({"command": ["true"], "node_pool": "nope"}), 400, "\"node_pool\": NodePoolNotFound"),
-        (json!({"command": ["true"], "deadline_seconds": -5}), 400, "\"deadline_seconds\": InvalidDeadline"),
-        (json!({"command": ["true"], "deadline_seconds": 7200}), 400, "\"deadline_seconds\": DeadlineExceedsPool"),
-        (json!({"command": ["true"], "resources": {"gpus": 1}}), 400, "\"node_pool\": NoEligiblePool: no gpu NodePool is open"),
-        (json!({"command": ["true"], "resources": {"gpus": 1}, "node_pool": "gpu"}), 403, "\"node_pool\": NodePoolForbidden"),
-        (json!({"command": ["true"], "resources": {"cpu": "3"}}), 403, "\"node_pool\": UserCapExceeded"),
-        (json!({"command": ["true"], "shell": true}), 400, "unexpected field \"shell\""),
-        (json!({"command": ["true"], "env": {"A": 1}}), 400, "\"env\""),
+        (
+            json!({"command": ["python3", long_arg]}),
+            400,
+            "\"command\": InvalidCommand",
+        ),
+        (
+            json!({"command": too_many}),
+            400,
+            "\"command\": InvalidCommand",
+        ),
+        (
+            json!({"command": ["true"], "profile": "nope"}),
+            400,
+            "\"profile\": ProfileNotFound",
+        ),
+        (
+            json!({"command": ["true"], "profile": "physics-only"}),
+            403,
+            "\"profile\": ProfileForbidden",
+        ),
+        (
+            json!({"command": ["true"], "node_pool": "nope"}),
+            400,
+            "\"node_pool\": NodePoolNotFound",
+        ),
+        (
+            json!({"command": ["true"], "deadline_seconds": -5}),
+            400,
+            "\"deadline_seconds\": InvalidDeadline",
+        ),
+        (
+            json!({"command": ["true"], "deadline_seconds": 7200}),
+            400,
+            "\"deadline_seconds\": DeadlineExceedsPool",
+        ),
+        (
+            json!({"command": ["true"], "resources": {"gpus": 1}}),
+            400,
+            "\"node_pool\": NoEligiblePool: no gpu NodePool is open",
+        ),
+        (
+            json!({"command": ["true"], "resources": {"gpus": 1}, "node_pool": "gpu"}),
+            403,
+            "\"node_pool\": NodePoolForbidden",
+        ),
+        (
+            json!({"command": ["true"], "resources": {"cpu": "3"}}),
+            403,
+            "\"node_pool\": UserCapExceeded",
+        ),
+        (
+            json!({"command": ["true"], "shell": true}),
+            400,
+            "unexpected field \"shell\"",
+        ),
+        (
+            json!({"command": ["true"], "env": {"A": 1}}),
+            400,
+            "\"env\"",
+        ),
     ];
     for (body, status, fragment) in cases {
         let r = w
-            .call("POST", "/hub/api/users/alice/jobs", &w.alice_token, Some(body.clone()))
+            .call(
+                "POST",
+                "/hub/api/users/alice/jobs",
+                &w.alice_token,
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(r.status, status, "{body}: {}", r.body);
         let answer = r.json();
         assert_eq!(answer["status"], status, "{}", r.body);
-        assert!(r.message().contains(fragment), "{body}: {:?} lacks {fragment}", r.message());
+        assert!(
+            r.message().contains(fragment),
+            "{body}: {:?} lacks {fragment}",
+            r.message()
+        );
     }
     let page = w.store.list_jobs(w.alice.id, 0, 10).await.unwrap();
     assert_eq!(page.total, 0, "refused jobs were written: {:?}", page.items);
-    assert!(audit_events(&w.store, AuditAction::JobSubmit).await.is_empty());
+    assert!(
+        audit_events(&w.store, AuditAction::JobSubmit)
+            .await
+            .is_empty()
+    );
 }
 
 async fn caps_count_running_jobs(w: &World) {
@@ -422,11 +557,17 @@ async fn caps_count_running_jobs(w: &World) {
         .await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.message().contains("UserCapExceeded"), "{}", r.message());
-    w.call("POST", &format!("/hub/api/users/alice/jobs/{name}/cancel"), &w.alice_token, None)
-        .await;
+    w.call(
+        "POST",
+        &format!("/hub/api/users/alice/jobs/{name}/cancel"),
+        &w.alice_token,
+        None,
+    )
+    .await;
     w.finished(&name).await;
     // Its CPU is free again.
-    w.submit(json!({"command": ["true"], "resources": {"cpu": "1"}})).await;
+    w.submit(json!({"command": ["true"], "resources": {"cpu": "1"}}))
+        .await;
 }
 
 async fn restart_readopts_a_running_job(w: World) {
@@ -436,19 +577,49 @@ async fn restart_readopts_a_running_job(w: World) {
     let name = job["name"].as_str().unwrap().to_owned();
     let pid = wait_running(&w, &name).await.pid.unwrap();
     // The hub goes (its server, its poller, its backend); the job keeps running.
-    let World { store, state, web, watcher, alice, alice_token, bob_token, _db } = w;
+    let World {
+        store,
+        state,
+        web,
+        watcher,
+        alice,
+        alice_token,
+        bob_token,
+        _db,
+    } = w;
     watcher.abort();
     drop(web);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(pid_alive(pid), "the job died with the hub");
     let (web, watcher) = serve(store.clone(), &state).await;
-    let w = World { store, state, web, watcher, alice, alice_token, bob_token, _db };
+    let w = World {
+        store,
+        state,
+        web,
+        watcher,
+        alice,
+        alice_token,
+        bob_token,
+        _db,
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = w.call("GET", &format!("/hub/api/users/alice/jobs/{name}"), &w.alice_token, None).await;
+    let r = w
+        .call(
+            "GET",
+            &format!("/hub/api/users/alice/jobs/{name}"),
+            &w.alice_token,
+            None,
+        )
+        .await;
     assert_eq!(r.json()["phase"], "Running", "{}", r.body);
     assert_eq!(w.logs(&name).await, "on\n");
     let r = w
-        .call("POST", &format!("/hub/api/users/alice/jobs/{name}/cancel"), &w.alice_token, None)
+        .call(
+            "POST",
+            &format!("/hub/api/users/alice/jobs/{name}/cancel"),
+            &w.alice_token,
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let done = w.finished(&name).await;
@@ -459,7 +630,12 @@ async fn restart_readopts_a_running_job(w: World) {
 
 async fn server_token_submits(w: &World) {
     // The `server` role's token, as a workspace's JUPYTERHUB_API_TOKEN.
-    let scopes = w.web.hub.config.roles.server_token_scopes("alice", false, &Default::default(), "");
+    let scopes =
+        w.web
+            .hub
+            .config
+            .roles
+            .server_token_scopes("alice", false, &Default::default(), "");
     assert!(scopes.contains(&"jobs!user=alice".to_owned()), "{scopes:?}");
     let server_token = w
         .store
@@ -469,27 +645,45 @@ async fn server_token_submits(w: &World) {
         .0;
     let Some(venv) = peers_venv("the README's requests example", &["python"]) else {
         let r = w
-            .call("POST", "/hub/api/users/alice/jobs", &server_token, Some(json!({"command": ["true"]})))
+            .call(
+                "POST",
+                "/hub/api/users/alice/jobs",
+                &server_token,
+                Some(json!({"command": ["true"]})),
+            )
             .await;
         assert_eq!(r.status, 201, "{}", r.body);
         return;
     };
-    // README, "Batch jobs": the three lines, as a notebook runs them.
-    let script = r#"
-import os, requests
-api, user, token = os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_USER"], os.environ["JUPYTERHUB_API_TOKEN"]
-r = requests.post(f"{api}/users/{user}/jobs", headers={"Authorization": f"token {token}"}, json={"profile": "python", "command": ["python3", "-c", "print(6 * 7)"]})
-r.raise_for_status(); print(r.json()["name"])
-"#;
+    // README, "Batch jobs": its three lines, as a notebook runs them, then the job's name.
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let after = readme
+        .split("From a notebook, with the workspace's own token:")
+        .nth(1)
+        .expect("the README's example");
+    let code = after
+        .split("```python\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    assert_eq!(code.lines().count(), 3, "{code}");
+    let script = format!("{code}print(job[\"name\"])\n");
     let out = tokio::process::Command::new(venv.join("bin/python"))
-        .args(["-c", script])
+        .args(["-c", &script])
         .env("JUPYTERHUB_API_URL", format!("{}/hub/api", w.web.base))
         .env("JUPYTERHUB_USER", "alice")
         .env("JUPYTERHUB_API_TOKEN", &server_token)
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let name = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let done = w.finished(&name).await;
     assert_eq!(done["phase"], "Succeeded", "{done}");
@@ -501,26 +695,47 @@ async fn jobs_page(w: &World) {
     let page = b.get("/hub/jobs").await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("Batch jobs") && page.body.contains("You have no jobs."));
-    assert!(page.body.contains(r#"<option value="python""#), "{}", page.body);
-    assert!(!page.body.contains("physics-only"), "a profile alice may not use is offered");
+    assert!(
+        page.body.contains(r#"<option value="python""#),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("physics-only"),
+        "a profile alice may not use is offered"
+    );
     let home = b.get("/hub/home").await;
-    assert!(home.body.contains(r#"<a href="/hub/jobs">Jobs</a>"#), "no link in the nav");
+    assert!(
+        home.body.contains(r#"<a href="/hub/jobs">Jobs</a>"#),
+        "no link in the nav"
+    );
     let xsrf = page.xsrf();
-    let fields = [("profile", "python"), ("command", "python3\n-c\nprint(6 * 7)")];
+    let fields = [
+        ("profile", "python"),
+        ("command", "python3\n-c\nprint(6 * 7)"),
+    ];
     // Without the CSRF token: refused, nothing submitted.
     let r = b.post("/hub/jobs", &fields).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(w.store.list_jobs(w.alice.id, 0, 10).await.unwrap().total, 0);
     // Bad input: the page again, with the field named.
     let r = b
-        .post("/hub/jobs", &[("_xsrf", &xsrf), ("profile", "python"), ("command", "")])
+        .post(
+            "/hub/jobs",
+            &[("_xsrf", &xsrf), ("profile", "python"), ("command", "")],
+        )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("field &quot;command&quot;"), "{}", r.body);
     let r = b
         .post(
             "/hub/jobs",
-            &[("_xsrf", &xsrf), ("profile", "python"), ("command", "sleep\n1"), ("deadline_seconds", "99999")],
+            &[
+                ("_xsrf", &xsrf),
+                ("profile", "python"),
+                ("command", "sleep\n1"),
+                ("deadline_seconds", "99999"),
+            ],
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
@@ -531,7 +746,13 @@ async fn jobs_page(w: &World) {
     with_token.extend(fields);
     let r = b.post("/hub/jobs", &with_token).await;
     assert_eq!((r.status, r.location()), (303, "/hub/jobs"), "{}", r.body);
-    let job = w.store.list_jobs(w.alice.id, 0, 10).await.unwrap().items.remove(0);
+    let job = w
+        .store
+        .list_jobs(w.alice.id, 0, 10)
+        .await
+        .unwrap()
+        .items
+        .remove(0);
     let done = w.finished(&job.name).await;
     assert_eq!(done["phase"], "Succeeded", "{done}");
     let page = b.get(&format!("/hub/jobs?logs={}", job.name)).await;
@@ -540,22 +761,47 @@ async fn jobs_page(w: &World) {
     assert!(page.body.contains("<code>42\n</code>"), "{}", page.body);
     // Cancel from the page.
     let r = b
-        .post("/hub/jobs", &[("_xsrf", &xsrf), ("profile", "python"), ("command", "sleep\n300")])
+        .post(
+            "/hub/jobs",
+            &[
+                ("_xsrf", &xsrf),
+                ("profile", "python"),
+                ("command", "sleep\n300"),
+            ],
+        )
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let long = w.store.list_jobs(w.alice.id, 0, 1).await.unwrap().items.remove(0);
+    let long = w
+        .store
+        .list_jobs(w.alice.id, 0, 1)
+        .await
+        .unwrap()
+        .items
+        .remove(0);
     wait_running(w, &long.name).await;
     let page = b.get("/hub/jobs").await;
-    assert!(page.body.contains(r#"http-equiv="refresh""#), "an unfinished job: no refresh");
+    assert!(
+        page.body.contains(r#"http-equiv="refresh""#),
+        "an unfinished job: no refresh"
+    );
     let cancel = format!("/hub/jobs/{}/cancel", long.name);
-    assert_eq!(b.post(&cancel, &[]).await.status, 403, "cancel without the CSRF token");
+    assert_eq!(
+        b.post(&cancel, &[]).await.status,
+        403,
+        "cancel without the CSRF token"
+    );
     let r = b.post(&cancel, &[("_xsrf", &xsrf)]).await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(w.finished(&long.name).await["phase"], "Cancelled");
     // Another user's job is not theirs to see or cancel.
     let mut bob = w.web.logged_in("bob").await;
     let bob_xsrf = bob.xsrf().await;
-    assert_eq!(bob.get(&format!("/hub/jobs?logs={}", job.name)).await.status, 404);
+    assert_eq!(
+        bob.get(&format!("/hub/jobs?logs={}", job.name))
+            .await
+            .status,
+        404
+    );
     assert_eq!(bob.post(&cancel, &[("_xsrf", &bob_xsrf)]).await.status, 404);
 }
 
@@ -607,7 +853,9 @@ mod restart {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        let Some(db) = super::postgres_db().await else { return };
+        let Some(db) = super::postgres_db().await else {
+            return;
+        };
         super::restart_readopts_a_running_job(super::World::new(db).await).await;
     }
 }

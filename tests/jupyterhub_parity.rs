@@ -653,7 +653,9 @@ fn compare(path: &str, theirs: &Value, ours: &Value, out: &mut Vec<String>) {
                     // Atelier's extension scopes (batch jobs) are not JupyterHub's.
                     let mut items: Vec<String> = items
                         .iter()
-                        .filter(|i| !(key == "scopes" && i.as_str().is_some_and(scopes::is_extension)))
+                        .filter(|i| {
+                            !(key == "scopes" && i.as_str().is_some_and(scopes::is_extension))
+                        })
                         .map(Value::to_string)
                         .collect();
                     items.sort();

@@ -29,8 +29,8 @@ use crate::batch::{BatchError, BatchSystem, JobState};
 use crate::config::OperatorConfig;
 use crate::policy::admission::UsageIndex;
 use crate::policy::batch::{self as batch, BatchTarget, ValidatedBatchJob};
-use crate::policy::workspace::{Refusal, reason as ws};
 use crate::policy::names;
+use crate::policy::workspace::{Refusal, reason as ws};
 use crate::store::{self, AuditAction, Job, JobUpdate, NewAuditEvent, NewJob, StoreError, User};
 
 /// How often [`watch`] asks the batch systems about unfinished jobs.
@@ -125,11 +125,14 @@ fn random_suffix() -> String {
 
 /// The BatchJob a submission makes for `user`.
 fn batch_job(name: &str, user: &str, profile: &str, spec: BatchJobSpec) -> BatchJob {
-    let mut job = BatchJob::new(name, BatchJobSpec {
-        user: user.to_owned(),
-        profile: profile.to_owned(),
-        ..spec
-    });
+    let mut job = BatchJob::new(
+        name,
+        BatchJobSpec {
+            user: user.to_owned(),
+            profile: profile.to_owned(),
+            ..spec
+        },
+    );
     job.metadata = ObjectMeta {
         name: Some(name.to_owned()),
         namespace: Some(CHECK_NAMESPACE.to_owned()),
@@ -188,7 +191,9 @@ async fn admit(hub: &HubState, v: &ValidatedBatchJob) -> HubResult<()> {
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for job in &page {
-            let Some(spec) = stored_spec(job) else { continue };
+            let Some(spec) = stored_spec(job) else {
+                continue;
+            };
             let groups: BTreeSet<String> = hub
                 .store
                 .user_groups(job.user_id)
@@ -213,10 +218,14 @@ pub fn batch_system(
 ) -> Result<Arc<dyn BatchSystem>, BatchError> {
     match &v.target {
         BatchTarget::Slurm(target) => {
-            let dir = hub.config.secrets_dir.clone().ok_or_else(|| BatchError::Other {
-                system: "slurm",
-                message: "the hub has no --secrets-dir to read the Slurm key from".into(),
-            })?;
+            let dir = hub
+                .config
+                .secrets_dir
+                .clone()
+                .ok_or_else(|| BatchError::Other {
+                    system: "slurm",
+                    message: "the hub has no --secrets-dir to read the Slurm key from".into(),
+                })?;
             let path = dir
                 .join(&target.token_secret.name)
                 .join(&target.token_secret.key);
@@ -331,7 +340,12 @@ fn failed_update(job: &Job, reason: &str, message: String) -> JobUpdate {
 
 /// Submits a job for `user` (checked first: see the module documentation). Returns the row,
 /// Running (or Failed when the system refused it) once handed over.
-pub async fn submit(hub: &HubState, user: &User, actor: &str, request: JobRequest) -> HubResult<Job> {
+pub async fn submit(
+    hub: &HubState,
+    user: &User,
+    actor: &str,
+    request: JobRequest,
+) -> HubResult<Job> {
     let groups: BTreeSet<String> = hub.store.user_groups(user.id).await?.into_iter().collect();
     let catalog = hub.config.catalog.get();
     let profile = match request.profile.clone().filter(|p| !p.is_empty()) {
@@ -367,6 +381,18 @@ pub async fn submit(hub: &HubState, user: &User, actor: &str, request: JobReques
         (Some(_), false) => local_data(hub, user, &groups, &spec)?,
         _ => (BTreeMap::new(), BTreeMap::new()),
     };
+    if matches!(v.target, BatchTarget::Kubernetes { .. }) && local.is_none() {
+        // The kubernetes backend does not write BatchJobs yet: refused before anything is
+        // written (README, "Batch jobs").
+        return Err(HubError::Status(
+            axum::http::StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "field \"node_pool\": jobs on Kubernetes pools are not submitted through this \
+                 hub yet (NodePool {}): apply a BatchJob with kubectl",
+                v.pool.name
+            ),
+        ));
+    }
     admit(hub, &v).await?;
     let spec_json = serde_json::to_value(&spec)
         .map_err(|e| HubError::Unexpected(anyhow::anyhow!("job spec: {e}")))?;
@@ -471,7 +497,11 @@ pub async fn refresh(hub: &HubState, job: &Job) -> HubResult<Job> {
     let Some(id) = job.system_id.clone() else {
         // Written, never handed over (the hub stopped in between).
         if store::now() - job.created > chrono::Duration::seconds(60) {
-            let update = failed_update(job, "NotSubmitted", "the hub stopped before the job was handed to its batch system".into());
+            let update = failed_update(
+                job,
+                "NotSubmitted",
+                "the hub stopped before the job was handed to its batch system".into(),
+            );
             return record(hub, job, update).await;
         }
         return Ok(job.clone());
@@ -485,8 +515,12 @@ pub async fn refresh(hub: &HubState, job: &Job) -> HubResult<Job> {
             }),
         }
     } else {
-        let groups: BTreeSet<String> =
-            hub.store.user_groups(job.user_id).await?.into_iter().collect();
+        let groups: BTreeSet<String> = hub
+            .store
+            .user_groups(job.user_id)
+            .await?
+            .into_iter()
+            .collect();
         match validated_of(hub, job, &groups) {
             Some(v) => match batch_system(hub, &v) {
                 Ok(system) => system.status(&v, &id).await,
@@ -501,7 +535,11 @@ pub async fn refresh(hub: &HubState, job: &Job) -> HubResult<Job> {
     match state {
         Ok(state) => record(hub, job, update_of(job, &state)).await,
         Err(BatchError::NotFound { .. }) => {
-            let update = failed_update(job, "JobLost", format!("the {} system does not know job {id}", job.system));
+            let update = failed_update(
+                job,
+                "JobLost",
+                format!("the {} system does not know job {id}", job.system),
+            );
             record(hub, job, update).await
         }
         Err(e) => {
@@ -532,8 +570,12 @@ pub async fn cancel(hub: &HubState, job: &Job, actor: &str) -> HubResult<Job> {
                 None => Ok(()),
             }
         } else {
-            let groups: BTreeSet<String> =
-                hub.store.user_groups(job.user_id).await?.into_iter().collect();
+            let groups: BTreeSet<String> = hub
+                .store
+                .user_groups(job.user_id)
+                .await?
+                .into_iter()
+                .collect();
             match validated_of(hub, &job, &groups) {
                 Some(v) => match batch_system(hub, &v) {
                     Ok(system) => system.cancel(&v, &id).await,
@@ -544,10 +586,20 @@ pub async fn cancel(hub: &HubState, job: &Job, actor: &str) -> HubResult<Job> {
         };
         if let Err(e) = result {
             tracing::warn!(job = %job.name, error = %e, "cancel not delivered");
-            return Err(HubError::Unexpected(anyhow::anyhow!("cancelling {}: {e}", job.name)));
+            return Err(HubError::Unexpected(anyhow::anyhow!(
+                "cancelling {}: {e}",
+                job.name
+            )));
         }
     }
-    audit(hub, AuditAction::JobCancel, actor, &job, json!({"phase": job.phase.as_str()})).await;
+    audit(
+        hub,
+        AuditAction::JobCancel,
+        actor,
+        &job,
+        json!({"phase": job.phase.as_str()}),
+    )
+    .await;
     let refreshed = refresh(hub, &job).await?;
     if refreshed.phase.is_finished() || job.system_id.is_some() {
         return Ok(refreshed);
@@ -574,8 +626,12 @@ pub async fn logs(hub: &HubState, job: &Job, limit: usize) -> HubResult<String> 
             None => Ok(String::new()),
         }
     } else {
-        let groups: BTreeSet<String> =
-            hub.store.user_groups(job.user_id).await?.into_iter().collect();
+        let groups: BTreeSet<String> = hub
+            .store
+            .user_groups(job.user_id)
+            .await?
+            .into_iter()
+            .collect();
         match validated_of(hub, job, &groups) {
             Some(v) => match batch_system(hub, &v) {
                 Ok(system) => system.logs(&v, &id, limit).await,
@@ -587,7 +643,10 @@ pub async fn logs(hub: &HubState, job: &Job, limit: usize) -> HubResult<String> 
     match result {
         Ok(text) => Ok(text),
         Err(BatchError::NotFound { .. }) => Ok(String::new()),
-        Err(e) => Err(HubError::Unexpected(anyhow::anyhow!("logs of {}: {e}", job.name))),
+        Err(e) => Err(HubError::Unexpected(anyhow::anyhow!(
+            "logs of {}: {e}",
+            job.name
+        ))),
     }
 }
 
@@ -621,4 +680,3 @@ pub fn watch(hub: HubState) -> JoinHandle<()> {
         }
     })
 }
-

@@ -233,7 +233,8 @@ impl Store {
     /// Unfinished jobs (Pending, Queued, Running) by id after `after_id`: the hub's poll.
     pub async fn list_active_jobs(&self, after_id: Option<i64>, limit: u32) -> Result<Vec<Job>> {
         let limit = check_limit(limit)?;
-        let sql = format!("{SELECT} WHERE j.phase IN {ACTIVE} AND j.id > $1 ORDER BY j.id LIMIT $2");
+        let sql =
+            format!("{SELECT} WHERE j.phase IN {ACTIVE} AND j.id > $1 ORDER BY j.id LIMIT $2");
         on_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
             .bind(after_id.unwrap_or(0))
             .bind(limit)
@@ -279,9 +280,8 @@ impl Store {
     /// Records that a cancel was asked for (the job keeps its phase until the system stops
     /// it). `Conflict` when the job is already finished.
     pub async fn request_job_cancel(&self, id: i64) -> Result<Job> {
-        let sql = format!(
-            "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND phase IN {ACTIVE}"
-        );
+        let sql =
+            format!("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND phase IN {ACTIVE}");
         let updated = on_pool!(self, p => sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .execute(p)

@@ -104,7 +104,12 @@ pub struct LocalJobs {
 
 impl Drop for LocalJobs {
     fn drop(&mut self) {
-        for waiter in self.waiters.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for waiter in self
+            .waiters
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             waiter.abort();
         }
     }
@@ -322,11 +327,7 @@ impl LocalJobs {
     }
 
     /// How job `name` ended with `status`.
-    fn ended(
-        &self,
-        name: &str,
-        status: Result<std::process::ExitStatus, String>,
-    ) -> ExitRecord {
+    fn ended(&self, name: &str, status: Result<std::process::ExitStatus, String>) -> ExitRecord {
         let finished = crate::store::now();
         if self.cancel_asked(name) {
             return ExitRecord {
@@ -622,7 +623,11 @@ mod tests {
         assert_eq!((three.phase.as_str(), three.exit_code), ("Failed", Some(3)));
         let killed = jobs.ended("a", Ok(std::process::ExitStatus::from_raw(9)));
         assert_eq!(
-            (killed.phase.as_str(), killed.exit_code, killed.reason.as_str()),
+            (
+                killed.phase.as_str(),
+                killed.exit_code,
+                killed.reason.as_str()
+            ),
             ("Failed", Some(137), reason::SIGNALED)
         );
     }

@@ -37,7 +37,9 @@ const DEFAULT_LOG_BYTES: usize = 64 * 1024;
 async fn job_of(hub: &HubState, user_id: i64, user: &str, name: &str) -> HubResult<Job> {
     match hub.store.get_job(user_id, name).await {
         Ok(job) => Ok(job),
-        Err(StoreError::NotFound) => Err(HubError::NotFound(format!("{user} has no job named {name}"))),
+        Err(StoreError::NotFound) => Err(HubError::NotFound(format!(
+            "{user} has no job named {name}"
+        ))),
         Err(e) => Err(e.into()),
     }
 }
@@ -69,7 +71,12 @@ pub async fn list(
         .list_jobs(user.detail.user.id, page.offset, page.limit)
         .await?;
     let items = jobs.items.iter().map(job_model).collect();
-    Ok(Json(list.respond(&page, items, jobs.total, jobs.next_offset)))
+    Ok(Json(list.respond(
+        &page,
+        items,
+        jobs.total,
+        jobs.next_offset,
+    )))
 }
 
 /// `GET /users/{name}/jobs/{job}`.
@@ -123,7 +130,12 @@ pub fn parse_request(body: Option<&Value>) -> HubResult<JobRequest> {
     let fields = Fields::of("the job", body)?;
     fields.only(&jobs::FIELDS)?;
     let command = match fields.value("command") {
-        None => return Err(field_error("command", "a job needs a command (a list of strings)")),
+        None => {
+            return Err(field_error(
+                "command",
+                "a job needs a command (a list of strings)",
+            ));
+        }
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| {
@@ -152,7 +164,10 @@ pub fn parse_request(body: Option<&Value>) -> HubResult<JobRequest> {
             .iter()
             .map(|(k, v)| match v {
                 Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(field_error("env", format!("the value of {k} must be a string"))),
+                _ => Err(field_error(
+                    "env",
+                    format!("the value of {k} must be a string"),
+                )),
             })
             .collect::<HubResult<_>>()?,
     };
@@ -160,7 +175,10 @@ pub fn parse_request(body: Option<&Value>) -> HubResult<JobRequest> {
         .keys()
         .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
     {
-        return Err(field_error("env", format!("{bad:?} is not a variable name")));
+        return Err(field_error(
+            "env",
+            format!("{bad:?} is not a variable name"),
+        ));
     }
     Ok(JobRequest {
         profile: fields.opt_str("profile")?.map(str::to_owned),

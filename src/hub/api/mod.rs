@@ -111,7 +111,10 @@ pub fn router() -> Router<HubState> {
             get(jobs::list).post(jobs::submit),
         )
         .route("/hub/api/users/{name}/jobs/{job}", get(jobs::get_one))
-        .route("/hub/api/users/{name}/jobs/{job}/cancel", post(jobs::cancel))
+        .route(
+            "/hub/api/users/{name}/jobs/{job}/cancel",
+            post(jobs::cancel),
+        )
         .route("/hub/api/users/{name}/jobs/{job}/logs", get(jobs::logs))
         .route(
             "/hub/api/users/{name}/tokens",
