@@ -513,6 +513,16 @@ async fn bad_input_is_refused(w: &World) {
             400,
             "\"env\"",
         ),
+        (
+            json!({"command": ["true"], "working_dir": "/"}),
+            400,
+            "\"working_dir\"",
+        ),
+        (
+            json!({"command": ["true"], "working_dir": "../bob"}),
+            400,
+            "\"working_dir\"",
+        ),
     ];
     for (body, status, fragment) in cases {
         let r = w

@@ -381,6 +381,12 @@ pub async fn submit(
         (Some(_), false) => local_data(hub, user, &groups, &spec)?,
         _ => (BTreeMap::new(), BTreeMap::new()),
     };
+    if let (Some(jobs), BatchTarget::Kubernetes { .. }) = (&local, &v.target)
+        && v.working_dir.is_some()
+    {
+        jobs.working_dir(&user.name, v.working_dir.as_deref())
+            .map_err(|m| field_error("working_dir", m))?;
+    }
     if matches!(v.target, BatchTarget::Kubernetes { .. }) && local.is_none() {
         // The kubernetes backend does not write BatchJobs yet: refused before anything is
         // written (README, "Batch jobs").

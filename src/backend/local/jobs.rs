@@ -167,6 +167,28 @@ impl LocalJobs {
         self.job_dir(name).join("output.log")
     }
 
+    /// Where a job of `user` runs: `dir` (relative to the user's directory, or absolute), which
+    /// must be an existing directory inside the user's directory (another user's files are not
+    /// a job's to work in), else the user's directory itself.
+    pub fn working_dir(&self, user: &str, dir: Option<&str>) -> Result<PathBuf, String> {
+        let home = self.state_dir.join("users").join(user);
+        let Some(dir) = dir else {
+            return Ok(home);
+        };
+        let wanted = home.join(dir);
+        let (Ok(real), Ok(real_home)) = (wanted.canonicalize(), home.canonicalize()) else {
+            return Err(format!(
+                "working directory {dir:?} does not exist in your home"
+            ));
+        };
+        if !real.starts_with(&real_home) || !real.is_dir() {
+            return Err(format!(
+                "working directory {dir:?} must be a directory inside your home"
+            ));
+        }
+        Ok(real)
+    }
+
     /// The process record of job `name`, once it started.
     pub fn record(&self, name: &str) -> Option<JobRecord> {
         let text = std::fs::read_to_string(self.job_dir(name).join("record.json")).ok()?;
@@ -218,16 +240,12 @@ impl LocalJobs {
         mkdir(&dir).map_err(|e| local_err(format!("creating {}: {e}", dir.display())))?;
         let home = self.state_dir.join("users").join(&job.user);
         mkdir(&home).map_err(|e| local_err(format!("creating {}: {e}", home.display())))?;
-        let cwd = match &job.working_dir {
-            Some(d) => PathBuf::from(d),
-            None => home.clone(),
-        };
-        if !cwd.is_dir() {
-            return Err(BatchError::Refused {
+        let cwd = self
+            .working_dir(&job.user, job.working_dir.as_deref())
+            .map_err(|message| BatchError::Refused {
                 system: SYSTEM,
-                message: format!("working directory {} does not exist", cwd.display()),
-            });
-        }
+                message,
+            })?;
         let data_env = super::write_data_files(&dir.join("data"), files)
             .map_err(|e| local_err(format!("writing the data files: {e}")))?;
         let mut env: Vec<(String, String)> = self
