@@ -1968,7 +1968,7 @@ async fn batch_jobs(db: &TestDb) {
         .into_iter()
         .map(|j| j.name)
         .collect();
-    assert_eq!(after, [b1.name.clone()]);
+    assert_eq!(after, [b1.name.as_str()]);
     assert!(s.request_job_cancel(a2.id).await.unwrap().cancel_requested);
     // A user's jobs go with the user.
     s.delete_user("bob").await.unwrap();
