@@ -103,7 +103,23 @@ const SCOPE_TREE: &[(&str, &[&str])] = &[
     ("read:hub", &[]),
     ("proxy", &[]),
     ("shutdown", &[]),
+    // Atelier's extension (not JupyterHub's): batch jobs, `/hub/api/users/{name}/jobs`.
+    // `jobs` submits, reads and cancels; `read:jobs` reads (list, get, logs); `admin:jobs` is
+    // `jobs` on every user, as `admin:servers` is for servers.
+    ("admin:jobs", &["jobs"]),
+    ("jobs", &["read:jobs"]),
+    ("read:jobs", &[]),
 ];
+
+/// The scope names of Atelier's extensions, which JupyterHub does not have (the parity test
+/// leaves them out of its comparison).
+pub const EXTENSION_SCOPES: &[&str] = &["admin:jobs", "jobs", "read:jobs"];
+
+/// Whether `scope` (a name, or a name with a filter) is one of [`EXTENSION_SCOPES`].
+pub fn is_extension(scope: &str) -> bool {
+    let name = scope.split_once('!').map_or(scope, |(n, _)| n);
+    EXTENSION_SCOPES.contains(&name)
+}
 
 /// Scopes of the built-in `admin` role (JupyterHub 6.1.1's `roles.get_default_roles()`).
 pub const ADMIN_ROLE: &[&str] = &[
@@ -123,6 +139,8 @@ pub const ADMIN_ROLE: &[&str] = &[
     "read:roles",
     "read:metrics",
     "shares",
+    // Atelier's extension: every user's batch jobs.
+    "admin:jobs",
 ];
 
 /// What `self` stands for, each with its subscopes and filtered to `!user=<name>`
@@ -135,6 +153,8 @@ const SELF_RAW: &[&str] = &[
     "servers",
     "tokens",
     "access:servers",
+    // Atelier's extension: the user's own batch jobs, where JupyterHub puts `servers`.
+    "jobs",
 ];
 
 /// The built-in roles, as JupyterHub 6.1.1's `roles.get_default_roles()`: name, description and
@@ -145,7 +165,9 @@ pub const DEFAULT_ROLES: &[(&str, &str, &[&str])] = &[
     (
         "server",
         "Post activity only",
-        &["users:activity!user", "access:servers!server"],
+        // `jobs!user` is Atelier's extension: a notebook submits its owner's batch jobs with
+        // its own `JUPYTERHUB_API_TOKEN`.
+        &["users:activity!user", "access:servers!server", "jobs!user"],
     ),
     (
         "token",
@@ -1086,15 +1108,49 @@ mod tests {
     }
 
     #[test]
+    fn jobs_scopes_are_filtered_as_servers() {
+        assert!(implies("admin:jobs", "jobs"));
+        assert!(implies("jobs", "read:jobs"));
+        assert!(!implies("read:jobs", "jobs"));
+        assert!(!implies("admin:servers", "jobs"));
+        let none = BTreeSet::new();
+        let alice = Target::User {
+            name: "alice",
+            groups: &none,
+        };
+        let bob = Target::User {
+            name: "bob",
+            groups: &none,
+        };
+        // A user's own jobs through `self`; nobody else's.
+        let own = ScopeSet::for_user("alice", false);
+        assert!(own.allows("jobs", alice) && own.allows("read:jobs", alice));
+        assert!(!own.allows("read:jobs", bob));
+        // Admins reach everyone's.
+        assert!(ScopeSet::for_user("root", true).allows("jobs", bob));
+        let ocean: BTreeSet<String> = ["ocean".to_owned()].into();
+        let group = ScopeSet::parse(&["read:jobs!group=ocean"], None).unwrap();
+        let erin = Target::User {
+            name: "erin",
+            groups: &ocean,
+        };
+        assert!(group.allows("read:jobs", erin) && !group.allows("jobs", erin));
+        assert!(!group.allows("read:jobs", bob));
+        assert!(is_extension("jobs!user=alice") && !is_extension("servers"));
+    }
+
+    #[test]
     fn server_tokens_follow_the_server_role() {
         let none = groups(&[]);
         let ocean = groups(&["ocean"]);
-        // The built-in `server` role: activity and access to this server only.
+        // The built-in `server` role: activity and access to this server only, and (Atelier's
+        // extension) the owner's batch jobs.
         let stock = Roles::default();
         assert_eq!(
             stock.server_token_scopes("alice", false, &none, "gpu"),
             [
                 "access:servers!server=alice/gpu",
+                "jobs!user=alice",
                 "users:activity!user=alice"
             ]
         );

@@ -143,6 +143,7 @@ stories!(
     servers_are_modified,
     running_servers_and_name_filter,
     oidc_identities,
+    batch_jobs,
     #[ignore = "builds 10,000 users; run with --ignored --nocapture to see the timings"]
     scale,
 );
@@ -1861,4 +1862,115 @@ fn with_database_replaces_the_path() {
         "postgres://u:p@h/x?sslmode=disable"
     );
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}
+
+async fn batch_jobs(db: &TestDb) {
+    use atelier::api::v1alpha1::BatchJobPhase;
+    use atelier::store::{JobUpdate, NewJob};
+    let s = &db.store;
+    let alice = s.create_user("alice", false).await.unwrap();
+    let bob = s.create_user("bob", false).await.unwrap();
+    let new = |name: &str, user_id: i64| NewJob {
+        name: name.to_owned(),
+        user_id,
+        profile: "python".into(),
+        command: vec!["python3".into(), "-c".into(), "print(1)".into()],
+        spec: json!({"user": "alice", "command": ["python3"], "profile": "python", "deadlineSeconds": 60}),
+        node_pool: Some("batch".into()),
+        system: "local".into(),
+    };
+    let a1 = s.create_job(&new("alice-aaaaa", alice.id)).await.unwrap();
+    assert_eq!(a1.phase, BatchJobPhase::Pending);
+    assert_eq!((a1.user_name.as_str(), a1.command.len()), ("alice", 3));
+    assert_eq!(a1.spec["deadlineSeconds"], 60);
+    assert!(!a1.cancel_requested && a1.exit_code.is_none() && a1.started.is_none());
+    // Names are unique across users; a job of a missing user is NotFound.
+    assert!(matches!(
+        s.create_job(&new("alice-aaaaa", bob.id)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_not_found(s.create_job(&new("ghost-aaaaa", 9_999)).await);
+    assert!(matches!(
+        s.create_job(&NewJob {
+            spec: json!([1]),
+            ..new("alice-bbbbb", alice.id)
+        })
+        .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let a2 = s.create_job(&new("alice-ccccc", alice.id)).await.unwrap();
+    let b1 = s.create_job(&new("bob-ddddd", bob.id)).await.unwrap();
+    // A user's job is found only under its owner.
+    assert_eq!(s.get_job(alice.id, "alice-aaaaa").await.unwrap(), a1);
+    assert_not_found(s.get_job(bob.id, "alice-aaaaa").await);
+    // Newest first, paginated.
+    let page = s.list_jobs(alice.id, 0, 1).await.unwrap();
+    assert_eq!((page.total, page.next_offset), (2, Some(1)));
+    assert_eq!(page.items[0].name, a2.name);
+    let page = s.list_jobs(alice.id, 1, 1).await.unwrap();
+    assert_eq!(
+        (page.items[0].name.as_str(), page.next_offset),
+        ("alice-aaaaa", None)
+    );
+    assert!(s.list_jobs(alice.id, 0, 0).await.is_err());
+    // Updates: running, then finished, which is final.
+    let started = now();
+    let running = JobUpdate {
+        phase: BatchJobPhase::Running,
+        system_id: Some("alice-aaaaa".into()),
+        exit_code: None,
+        reason: None,
+        message: None,
+        pid: Some(4242),
+        started: Some(started),
+        finished: None,
+    };
+    let a1 = s.update_job(a1.id, &running).await.unwrap();
+    assert_eq!(
+        (a1.phase, a1.pid, a1.started),
+        (BatchJobPhase::Running, Some(4242), Some(started))
+    );
+    let failed = JobUpdate {
+        phase: BatchJobPhase::Failed,
+        exit_code: Some(3),
+        reason: Some("Error".into()),
+        message: Some("exited with code 3".into()),
+        finished: Some(now()),
+        ..running.clone()
+    };
+    let a1 = s.update_job(a1.id, &failed).await.unwrap();
+    assert_eq!((a1.phase, a1.exit_code), (BatchJobPhase::Failed, Some(3)));
+    assert!(matches!(
+        s.update_job(a1.id, &running).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.request_job_cancel(a1.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.get_job_by_id(a1.id).await.unwrap().phase,
+        BatchJobPhase::Failed
+    );
+    // Only unfinished jobs are polled, by id.
+    let active: Vec<String> = s
+        .list_active_jobs(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    assert_eq!(active, [a2.name.clone(), b1.name.clone()]);
+    let after: Vec<String> = s
+        .list_active_jobs(Some(a2.id), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    assert_eq!(after, [b1.name.as_str()]);
+    assert!(s.request_job_cancel(a2.id).await.unwrap().cancel_requested);
+    // A user's jobs go with the user.
+    s.delete_user("bob").await.unwrap();
+    assert_not_found(s.get_job_by_id(b1.id).await);
 }

@@ -29,6 +29,7 @@
 //! network instead). Neither the environment nor the files are ever logged.
 
 mod dask;
+mod jobs;
 mod proc;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +55,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
 
 pub use self::dask::DaskHandle;
+pub use self::jobs::{JobRecord, LocalJobs, SYSTEM as JOBS_SYSTEM, SharedLocalJobs};
 use self::proc::Leader;
 use super::{
     BackendError, BackendStatus, DATA_FILES, LocalDask, ProgressEvent, SpawnRequest, Spawned,
@@ -246,6 +248,8 @@ pub struct LocalBackend {
     /// The running servers this instance started, by pid, for `poll`'s `Stopped` reason (a
     /// re-adopted server's exit status is not knowable).
     children: Mutex<HashMap<u32, OwnChild>>,
+    /// Batch jobs, as processes ([`LocalJobs`]).
+    jobs: std::sync::Arc<LocalJobs>,
 }
 
 impl LocalBackend {
@@ -263,10 +267,16 @@ impl LocalBackend {
         let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build_http();
+        let jobs = std::sync::Arc::new(LocalJobs::new(
+            config.state_dir.clone(),
+            config.env_keep.clone(),
+            config.env.clone(),
+        ));
         LocalBackend {
             config,
             http,
             children: Mutex::default(),
+            jobs,
         }
     }
 
@@ -827,6 +837,10 @@ impl LocalBackend {
 impl WorkspaceBackend for LocalBackend {
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn local_jobs(&self) -> Option<std::sync::Arc<LocalJobs>> {
+        Some(self.jobs.clone())
     }
 
     fn start<'a>(

@@ -185,4 +185,10 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     /// Observes the server behind `handle` (used to notice exits and to re-adopt servers after a
     /// hub restart).
     fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>>;
+
+    /// Where this backend runs batch jobs as local processes (the `local` backend); `None`
+    /// for a backend whose jobs run elsewhere (the kubernetes backend writes BatchJobs).
+    fn local_jobs(&self) -> Option<std::sync::Arc<local::LocalJobs>> {
+        None
+    }
 }

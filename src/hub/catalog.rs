@@ -956,6 +956,62 @@ impl Catalog {
 }
 
 impl Catalog {
+    /// What the policy's `validate_job` reads for a BatchJob of `profile` with `data_sources`
+    /// by a user of `groups` (the hub's groups, read as the operator reads them): the
+    /// catalogue in place of the cluster, as [`check`](Self::check) does for a workspace. The
+    /// data sources' Secrets are the catalogue's with [`CredentialsFrom::Catalog`].
+    ///
+    /// An empty catalogue (plain `atelier up`) offers one profile, `default_profile`, open to
+    /// everyone, and one batch pool, `local`, without caps or deadline.
+    pub fn job_dereferenced(
+        &self,
+        profile: &str,
+        data_sources: &[String],
+        groups: &BTreeSet<String>,
+        default_profile: &str,
+        credentials: CredentialsFrom,
+    ) -> Dereferenced {
+        let (profiles, pools) = if self.is_empty() {
+            let profile: WorkspaceProfile = serde_json::from_value(serde_json::json!({
+                "apiVersion": API_VERSION,
+                "kind": "WorkspaceProfile",
+                "metadata": {"name": default_profile},
+                "spec": {"displayName": default_profile, "image": "local"},
+            }))
+            .expect("the built-in profile parses");
+            let pool: NodePool = serde_json::from_value(serde_json::json!({
+                "apiVersion": API_VERSION,
+                "kind": "NodePool",
+                "metadata": {"name": "local"},
+                "spec": {"purpose": "batch"},
+            }))
+            .expect("the built-in pool parses");
+            (vec![profile], vec![pool])
+        } else {
+            (self.profiles.clone(), self.pools.clone())
+        };
+        Dereferenced {
+            profile: profiles.into_iter().find(|p| p.name_any() == profile),
+            pools,
+            data_sources: self
+                .data_sources
+                .iter()
+                .filter(|d| data_sources.contains(&d.name_any()))
+                .cloned()
+                .collect(),
+            groups: operator_groups(groups),
+            token: String::new(),
+            credential_secrets: match credentials {
+                CredentialsFrom::Catalog => Some(self.secrets.keys().cloned().collect()),
+                CredentialsFrom::Cluster => None,
+            },
+            csi_drivers: None,
+            unreachable: Default::default(),
+        }
+    }
+}
+
+impl Catalog {
     /// The Dask cluster a start of the `local` backend runs beside its server, if any: with a
     /// catalogue, the `ValidatedDask` of the operator's `validate` (same refusals as
     /// [`check`](Self::check)); with an empty one (plain `atelier up`), `user_options.dask`

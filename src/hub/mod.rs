@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod error;
+pub mod jobs;
 pub mod page;
 pub mod serve;
 pub mod spawner;
@@ -88,6 +89,11 @@ pub struct HubConfig {
     /// Per-user origins (`--user-domain`): each user's servers at `<label>.<domain>`
     /// ([`crate::config::user_domain`]); `None`: every server under the hub's own origin.
     pub user_domain: Option<crate::config::UserDomain>,
+    /// Where the hub reads the Secrets of Slurm pools (`--secrets-dir`, by default
+    /// `<data dir>/secrets`): a directory per Secret, a file per key, as a mounted Secret.
+    pub secrets_dir: Option<std::path::PathBuf>,
+    /// How often the hub asks the batch systems about unfinished jobs ([`jobs::watch`]).
+    pub job_poll: std::time::Duration,
 }
 
 impl HubConfig {
@@ -111,6 +117,8 @@ impl HubConfig {
             server_python: None,
             server_name_rule: crate::policy::names::ServerNameRule::default(),
             user_domain: None,
+            secrets_dir: None,
+            job_poll: jobs::POLL_INTERVAL,
         }
     }
 

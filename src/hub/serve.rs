@@ -134,6 +134,10 @@ pub struct HubArgs {
     /// certificate for `*.<domain>`.
     #[arg(long, env = "ATELIER_USER_DOMAIN", value_parser = crate::config::parse_user_domain)]
     pub user_domain: Option<crate::config::UserDomain>,
+    /// Where the hub reads the Secrets of Slurm node pools (their JWT signing key), laid out as
+    /// a mounted Secret: `<dir>/<secret name>/<key>` (default: `<state dir>/secrets`).
+    #[arg(long, env = "ATELIER_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl HubArgs {
@@ -158,6 +162,7 @@ impl HubArgs {
         absolute_program(&mut self.server_command);
         self.catalog = self.catalog.as_deref().map(absolute);
         self.oidc_config = self.oidc_config.as_deref().map(absolute);
+        self.secrets_dir = self.secrets_dir.as_deref().map(absolute);
     }
 }
 
@@ -376,6 +381,11 @@ pub async fn build_hub(
         );
     }
     config.user_domain = args.user_domain.clone();
+    config.secrets_dir = Some(
+        args.secrets_dir
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("secrets")),
+    );
     config.dev_login = args.dev_login;
     config.admin_users = args.admin_users.clone();
     config.admin_password_hash = admin_password_hash;
@@ -438,6 +448,7 @@ pub async fn serve_hub(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let watcher = spawner::watch(hub.clone());
+    let job_watcher = crate::hub::jobs::watch(hub.clone());
     let purger = spawn_purger(hub.store.clone());
     let requested = hub.shutdown();
     let result = axum::serve(listener, router(hub))
@@ -449,6 +460,7 @@ pub async fn serve_hub(
         })
         .await;
     watcher.abort();
+    job_watcher.abort();
     purger.abort();
     result.context("serving the hub")
 }

@@ -1208,7 +1208,11 @@ mod tests {
     fn server_tokens_have_the_server_role() {
         assert_eq!(
             server_token_scopes("alice", ""),
-            vec!["access:servers!server=alice/", "users:activity!user=alice"]
+            vec![
+                "access:servers!server=alice/",
+                "jobs!user=alice",
+                "users:activity!user=alice"
+            ]
         );
     }
 }

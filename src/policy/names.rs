@@ -448,6 +448,14 @@ pub fn dns_label(prefix: &str, base: &str, suffix: &str) -> String {
     hashed_label(prefix, base, suffix, &plain, true)
 }
 
+/// The name of a user's batch job (the BatchJob's, hence the Kubernetes Job's): `<user>-<suffix>`
+/// as an RFC 1123 label ([`dns_label`]: a user name that is not a label, or too long, is
+/// sanitized and hashed). `suffix` is a few random label characters (lowercase letters and
+/// digits) the caller draws.
+pub fn job_name(user: &str, suffix: &str) -> String {
+    dns_label("", user, &format!("-{suffix}"))
+}
+
 /// Whether `name` has the shape of a hashed name: `-`, at least [`HASH_LEN`] hex digits, then
 /// `suffix`, at its end.
 fn looks_hashed(name: &str, suffix: &str) -> bool {

@@ -19,6 +19,7 @@ mod audit;
 mod auth;
 mod error;
 mod hub_ext;
+mod jobs;
 pub mod models;
 mod oidc_ext;
 mod servers;
@@ -43,6 +44,7 @@ pub use auth::{
 };
 pub use error::{Result, StoreError};
 pub use hub_ext::{RunningPage, ServerChanges};
+pub use jobs::{Job, JobPage, JobUpdate, NewJob, parse_phase};
 pub use models::*;
 pub use servers::StartRequest;
 pub use users::{GroupPage, UserPage, UserQuery, UserSort, UserStateFilter, UserSubset};

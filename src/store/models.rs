@@ -293,10 +293,14 @@ pub enum AuditAction {
     TokenRevoke,
     /// An administrator's action; `detail` says which.
     Admin,
+    /// A batch job was submitted (`target_server` holds the job's name).
+    JobSubmit,
+    /// A batch job was cancelled (`target_server` holds the job's name).
+    JobCancel,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 7] = [
+    pub const ALL: [AuditAction; 9] = [
         AuditAction::Login,
         AuditAction::Logout,
         AuditAction::ServerStart,
@@ -304,6 +308,8 @@ impl AuditAction {
         AuditAction::TokenCreate,
         AuditAction::TokenRevoke,
         AuditAction::Admin,
+        AuditAction::JobSubmit,
+        AuditAction::JobCancel,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -315,6 +321,8 @@ impl AuditAction {
             AuditAction::TokenCreate => "token_create",
             AuditAction::TokenRevoke => "token_revoke",
             AuditAction::Admin => "admin",
+            AuditAction::JobSubmit => "job_submit",
+            AuditAction::JobCancel => "job_cancel",
         }
     }
 

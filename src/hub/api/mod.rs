@@ -31,6 +31,7 @@ use crate::store::{self, StoreError, UserDetail};
 pub mod activity;
 pub mod groups;
 pub mod hub;
+pub mod jobs;
 pub mod models;
 pub mod progress;
 pub mod proxy;
@@ -105,6 +106,16 @@ pub fn router() -> Router<HubState> {
             "/hub/api/users/{name}/servers/{server}/progress",
             get(progress::named_server),
         )
+        .route(
+            "/hub/api/users/{name}/jobs",
+            get(jobs::list).post(jobs::submit),
+        )
+        .route("/hub/api/users/{name}/jobs/{job}", get(jobs::get_one))
+        .route(
+            "/hub/api/users/{name}/jobs/{job}/cancel",
+            post(jobs::cancel),
+        )
+        .route("/hub/api/users/{name}/jobs/{job}/logs", get(jobs::logs))
         .route(
             "/hub/api/users/{name}/tokens",
             get(tokens::list).post(tokens::create),

@@ -21,6 +21,7 @@ const TEMPLATES_SOURCES: &[(&str, &str)] = &[
         include_str!("../../../templates/spawn_pending.html"),
     ),
     ("token.html", include_str!("../../../templates/token.html")),
+    ("jobs.html", include_str!("../../../templates/jobs.html")),
     ("admin.html", include_str!("../../../templates/admin.html")),
     (
         "consent.html",

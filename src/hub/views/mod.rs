@@ -1,5 +1,6 @@
 //! The hub's web pages: login and logout, home (the user's servers), the spawn form and its
-//! progress page, the token page and the admin page, rendered server-side from tera templates
+//! progress page, the jobs page (batch jobs: submit, list, logs, cancel), the token page and the
+//! admin page, rendered server-side from tera templates
 //! embedded in the binary (`templates/` next to `Cargo.toml`), with a static stylesheet and one
 //! small script (the progress bar) served under `/hub/static/`.
 //!
@@ -10,6 +11,7 @@
 //! keep the JSON errors of the REST API.
 
 mod admin;
+mod jobs;
 mod servers;
 mod tokens;
 
@@ -51,6 +53,8 @@ pub fn router() -> Router<HubState> {
         .route("/hub/user/{user}", get(servers::user_root))
         .route("/hub/user/{user}/", get(servers::user_root))
         .route("/hub/user/{user}/{*rest}", get(servers::user_path))
+        .route("/hub/jobs", get(jobs::page).post(jobs::submit))
+        .route("/hub/jobs/{job}/cancel", post(jobs::cancel))
         .route("/hub/token", get(tokens::page).post(tokens::create))
         .route("/hub/token/{id}/revoke", post(tokens::revoke))
         .route("/hub/admin", get(admin::page))
