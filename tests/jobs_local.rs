@@ -10,14 +10,10 @@
 //!
 //! `ATELIER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --test jobs_local`.
 
-use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use atelier::backend::local::{LocalBackend, LocalConfig};
 use atelier::hub::catalog::{Catalog, SharedCatalog};
-use atelier::hub::{self, Hub, HubConfig, HubState, jobs};
 use atelier::store::tokens::generate_token;
 use atelier::store::{AuditAction, NewToken, Store, TokenOwner, User};
 use serde_json::{Value, json};
@@ -25,7 +21,7 @@ use tokio::task::JoinHandle;
 
 mod common;
 
-use common::hub::{Resp, Served, TestBackend, audit_events, bind, peers_venv};
+use common::hub::{Resp, Served, audit_events, peers_venv, serve_local_jobs};
 use common::{TestDb, say};
 
 const CATALOG: &str = r#"
@@ -86,22 +82,7 @@ fn catalog() -> SharedCatalog {
 
 /// A hub over `store` on the local backend with its state in `state`, polling jobs every 100 ms.
 async fn serve(store: Store, state: &Path) -> (Served, JoinHandle<()>) {
-    let listener = bind().await;
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let backend = Arc::new(LocalBackend::new(LocalConfig::new(state)));
-    let mut config = HubConfig::new(&base, &format!("{base}/hub/api"));
-    config.catalog = catalog();
-    config.default_profile = "python".into();
-    config.job_poll = Duration::from_millis(100);
-    config.dev_login = true;
-    config.secrets_dir = Some(state.join("secrets"));
-    let hub: HubState = Hub::new(store, backend, config);
-    let watcher = jobs::watch(hub.clone());
-    let app = hub::router(hub.clone());
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).into_future().await;
-    });
-    (Served::new(hub, TestBackend::new(), base, task), watcher)
+    serve_local_jobs(store, state, catalog(), "python").await
 }
 
 async fn token(store: &Store, user: &User, scopes: &[&str]) -> String {

@@ -378,3 +378,144 @@ async fn slurm_runs_fails_cancels_and_refuses_jobs() {
         "{seen:?}"
     );
 }
+
+/// The hub's catalogue: the profile and the Slurm pool of [`pools`].
+fn hub_catalog(kit: &SlurmKit) -> atelier::hub::catalog::SharedCatalog {
+    let pool = serde_json::to_value(&pools(kit)[0]).expect("json");
+    let text = format!(
+        "{PROFILE}\n---\n{}",
+        serde_json::to_string(&pool).expect("json")
+    );
+    let mut catalog = atelier::hub::catalog::Catalog::default();
+    catalog
+        .add_yaml(Path::new("catalog.yaml"), &text)
+        .expect("catalog");
+    atelier::hub::catalog::SharedCatalog::new(catalog)
+}
+
+/// The same partition through the hub (local backend): REST submit → `validate_job` with the
+/// catalogue's Slurm pool → `Slurm` signing with the key the hub reads from its secrets
+/// directory → the job's row follows Slurm to Succeeded with its logs; a long job is cancelled
+/// through REST and shows Cancelled, in the hub and in Slurm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_to_the_hub_runs_on_slurm() {
+    use atelier::store::{NewToken, Store, TokenOwner};
+    use serde_json::{Value, json};
+
+    let Some(_venv) = peers() else { return };
+    let kit = SlurmKit::start().await;
+    let db = common::TestDb::sqlite("slurm-hub");
+    let state = kit.work_dir().join("hub-state");
+    let secret = state.join("secrets/slurm-jwt");
+    std::fs::create_dir_all(&secret).expect("secrets dir");
+    std::fs::write(secret.join("jwtKey"), &kit.jwt_key).expect("key");
+    let store = Store::connect(db.url()).await.expect("store");
+    let alice = store.create_user("alice", false).await.expect("alice");
+    let (token, _) = store
+        .create_token(&NewToken::new(
+            TokenOwner::User(alice.id),
+            vec!["self".into()],
+        ))
+        .await
+        .expect("token");
+    let (web, watcher) =
+        common::hub::serve_local_jobs(store.clone(), &state, hub_catalog(&kit), "pangeo").await;
+    let auth = format!("token {token}");
+    let call = |method: &'static str, path: String, body: Option<Value>| {
+        let (web, auth) = (&web, auth.clone());
+        async move {
+            web.request(
+                method,
+                &path,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )
+            .await
+        }
+    };
+    let until = |name: String, what: &'static str, done: fn(&str) -> bool| {
+        let call = &call;
+        async move {
+            let wait = Deadline::new(format!("hub job {name} {what}"), Duration::from_secs(90));
+            loop {
+                let r = call("GET", format!("/hub/api/users/alice/jobs/{name}"), None).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                let job = r.json();
+                if done(job["phase"].as_str().unwrap_or_default()) {
+                    return job;
+                }
+                wait.tick(&job).await;
+            }
+        }
+    };
+
+    let r = call(
+        "POST",
+        "/hub/api/users/alice/jobs".into(),
+        Some(json!({"command": ["sh", "-c", "hostname; echo \"sum $((40 + 2))\""]})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json();
+    let name = job["name"].as_str().expect("name").to_owned();
+    assert_eq!(job["node_pool"], "hpc", "{job}");
+    assert_eq!(job["system"], "slurm", "{job}");
+    let done = until(name.clone(), "to finish", |p| {
+        ["Succeeded", "Failed", "Cancelled"].contains(&p)
+    })
+    .await;
+    assert_eq!(done["phase"], "Succeeded", "{done}");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    assert!(
+        kit.jobs().await.iter().any(|(n, _, _)| *n == name),
+        "Slurm knows job {name}"
+    );
+    let logs = call(
+        "GET",
+        format!("/hub/api/users/alice/jobs/{name}/logs"),
+        None,
+    )
+    .await;
+    assert_eq!(logs.status, 200, "{}", logs.body);
+    assert_eq!(
+        logs.body,
+        format!("{}\nsum 42\n", kit.node),
+        "the job's output"
+    );
+
+    // A long job, cancelled through the hub.
+    let r = call(
+        "POST",
+        "/hub/api/users/alice/jobs".into(),
+        Some(json!({"command": ["sleep", "600"], "deadline_seconds": 300})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let long = r.json()["name"].as_str().expect("name").to_owned();
+    until(long.clone(), "to run", |p| p == "Running").await;
+    let r = call(
+        "POST",
+        format!("/hub/api/users/alice/jobs/{long}/cancel"),
+        None,
+    )
+    .await;
+    assert!(r.status < 300, "cancel: {} {}", r.status, r.body);
+    let cancelled = until(long.clone(), "to be cancelled", |p| {
+        ["Succeeded", "Failed", "Cancelled"].contains(&p)
+    })
+    .await;
+    assert_eq!(cancelled["phase"], "Cancelled", "{cancelled}");
+    let slurm_state = kit
+        .jobs()
+        .await
+        .into_iter()
+        .find(|(n, _, _)| *n == long)
+        .map(|(_, _, s)| s);
+    assert_eq!(slurm_state.as_deref(), Some("CANCELLED"), "in Slurm too");
+
+    watcher.abort();
+    store.close().await;
+}

@@ -210,6 +210,35 @@ pub async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.expect("bind")
 }
 
+/// A hub on the local backend over `store`, its state in `state` (and its Slurm keys in
+/// `state/secrets`), with `catalog` and `default_profile`, polling batch jobs every 100 ms:
+/// the served hub and its job watcher.
+pub async fn serve_local_jobs(
+    store: Store,
+    state: &Path,
+    catalog: atelier::hub::catalog::SharedCatalog,
+    default_profile: &str,
+) -> (Served, JoinHandle<()>) {
+    let listener = bind().await;
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let backend = Arc::new(atelier::backend::local::LocalBackend::new(
+        atelier::backend::local::LocalConfig::new(state),
+    ));
+    let mut config = HubConfig::new(&base, &format!("{base}/hub/api"));
+    config.catalog = catalog;
+    config.default_profile = default_profile.into();
+    config.job_poll = Duration::from_millis(100);
+    config.dev_login = true;
+    config.secrets_dir = Some(state.join("secrets"));
+    let hub: HubState = Hub::new(store, backend, config);
+    let watcher = atelier::hub::jobs::watch(hub.clone());
+    let app = hub::router(hub.clone());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).into_future().await;
+    });
+    (Served::new(hub, TestBackend::new(), base, task), watcher)
+}
+
 /// The configuration of a hub at `base` that logs in through the dev login, with admin `root`
 /// (password [`ADMIN_PASSWORD`]) and a 60 s spawn timeout, then `configure`d.
 pub fn dev_login_config(base: &str, configure: impl FnOnce(&mut HubConfig)) -> HubConfig {
