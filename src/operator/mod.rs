@@ -300,6 +300,9 @@ pub enum Error {
     /// The informer caches stopped before they were synced (the controller is shutting down).
     #[error("the informer caches are gone")]
     CachesGone,
+    /// A batch system (Slurm) failed a call the reconciliation cannot do without (a cancel).
+    #[error("the batch system failed: {0}")]
+    Batch(#[source] crate::batch::BatchError),
 }
 
 impl Error {
@@ -315,6 +318,7 @@ impl Error {
             Error::Token(_) => "token",
             Error::InvalidObject(_) => "invalid_object",
             Error::CachesGone => "caches_gone",
+            Error::Batch(_) => "batch_system",
         }
     }
 }
@@ -569,8 +573,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("atelier");
     let metrics = Arc::new(Metrics::register(&mut registry));
     let batch_metrics = Arc::new(batchjob::BatchMetrics::register(&mut registry));
-    let batch_settings =
-        args.batch_settings(std::env::var("POD_NAMESPACE").ok().as_deref());
+    let batch_settings = args.batch_settings(std::env::var("POD_NAMESPACE").ok().as_deref());
     let counter = metrics.clone();
     let client = crate::k8s::counting_kube_client(OPERATOR_USER_AGENT, move |verb, resource| {
         counter.api_request(verb, resource);

@@ -167,14 +167,20 @@ pub fn build_catalog_config_map(v: &ValidatedBatchJob) -> Option<ConfigMap> {
 pub fn job_env(v: &ValidatedBatchJob) -> Vec<EnvVar> {
     let mut env: BTreeMap<String, EnvVar> = BTreeMap::new();
     for (name, value) in &v.env {
-        env.insert(name.clone(), env_var(name.clone(), data::EnvValue::Plain(value.clone())));
+        env.insert(
+            name.clone(),
+            env_var(name.clone(), data::EnvValue::Plain(value.clone())),
+        );
     }
     for (name, value) in data::data_env(&v.data_sources, &v.groups, &data_paths()) {
         env.insert(name.clone(), env_var(name, value));
     }
     env.insert(
         JOB_NAME_ENV.to_owned(),
-        env_var(JOB_NAME_ENV.to_owned(), data::EnvValue::Plain(v.name.clone())),
+        env_var(
+            JOB_NAME_ENV.to_owned(),
+            data::EnvValue::Plain(v.name.clone()),
+        ),
     );
     env.into_values().collect()
 }

@@ -28,8 +28,12 @@ fn deref(extra_sources: Vec<DataSource>) -> Dereferenced {
 }
 
 fn validated(extra: &str) -> ValidatedBatchJob {
-    validate_job(&batch_job(extra), &deref(vec![]), &OperatorConfig::default())
-        .unwrap_or_else(|r| panic!("{extra}: refused: {r:?}"))
+    validate_job(
+        &batch_job(extra),
+        &deref(vec![]),
+        &OperatorConfig::default(),
+    )
+    .unwrap_or_else(|r| panic!("{extra}: refused: {r:?}"))
 }
 
 fn job_json(v: &ValidatedBatchJob) -> Value {
@@ -109,7 +113,11 @@ fn the_job_follows_the_pool_the_resources_and_the_spec() {
         // Never a shell: the command as given.
         assert_eq!(
             container["command"],
-            json!(["python", "-c", "import numpy; print(numpy.arange(10).sum())"]),
+            json!([
+                "python",
+                "-c",
+                "import numpy; print(numpy.arange(10).sum())"
+            ]),
             "{extra}"
         );
         assert_eq!(container.get("args"), None);
@@ -117,7 +125,10 @@ fn the_job_follows_the_pool_the_resources_and_the_spec() {
         assert_eq!(pod["restartPolicy"], "Never");
         assert_eq!(pod["automountServiceAccountToken"], false);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-        assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(
+            container["securityContext"]["allowPrivilegeEscalation"],
+            false
+        );
         assert_eq!(
             job["metadata"]["ownerReferences"],
             json!([{
@@ -160,14 +171,21 @@ fn working_directory_environment_and_home() {
         "{mounts:#}"
     );
     let volumes = &job["spec"]["template"]["spec"]["volumes"];
-    assert_eq!(volumes[0]["persistentVolumeClaim"]["claimName"], "home-alice");
+    assert_eq!(
+        volumes[0]["persistentVolumeClaim"]["claimName"],
+        "home-alice"
+    );
     // Without a working directory: the home directory.
     let v = validated("  nodePool: batch");
     assert_eq!(
         job_json(&v)["spec"]["template"]["spec"]["containers"][0]["workingDir"],
         "/home/jovyan"
     );
-    assert_eq!(build_catalog_config_map(&v), None, "no data source, no catalogue");
+    assert_eq!(
+        build_catalog_config_map(&v),
+        None,
+        "no data source, no catalogue"
+    );
 }
 
 #[test]

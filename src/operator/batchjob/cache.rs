@@ -195,7 +195,9 @@ pub const STATUS_EXPECTATION_TTL: Duration = Duration::from_secs(30);
 pub struct StatusExpectations(Mutex<HashMap<(String, String), (BatchJobStatus, Instant)>>);
 
 impl StatusExpectations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (BatchJobStatus, Instant)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (BatchJobStatus, Instant)>> {
         match self.0.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -217,8 +219,7 @@ impl StatusExpectations {
         let mut statuses = self.lock();
         match statuses.get(&key) {
             Some((status, at))
-                if at.elapsed() < STATUS_EXPECTATION_TTL
-                    && job.status.as_ref() != Some(status) =>
+                if at.elapsed() < STATUS_EXPECTATION_TTL && job.status.as_ref() != Some(status) =>
             {
                 Some(status.clone())
             }

@@ -217,7 +217,11 @@ pub fn event_step(job: &BatchJob, type_: &'static str, reason: &'static str) -> 
             body["reportingController"],
             "atelier.dev/batchjob-controller"
         );
-        assert_eq!((body["type"].as_str(), body["reason"].as_str()), (Some(type_), Some(reason)), "{body:#}");
+        assert_eq!(
+            (body["type"].as_str(), body["reason"].as_str()),
+            (Some(type_), Some(reason)),
+            "{body:#}"
+        );
     })
     .echo()
 }
@@ -346,7 +350,10 @@ impl BatchSystem for FakeSlurm {
         "slurm"
     }
 
-    fn submit<'a>(&'a self, job: &'a ValidatedBatchJob) -> BoxFuture<'a, Result<String, BatchError>> {
+    fn submit<'a>(
+        &'a self,
+        job: &'a ValidatedBatchJob,
+    ) -> BoxFuture<'a, Result<String, BatchError>> {
         Box::pin(async move {
             let crate::policy::batch::BatchTarget::Slurm(target) = &job.target else {
                 panic!("a Slurm job");

@@ -43,7 +43,9 @@ use tracing::{info, instrument, warn};
 
 use super::build::{build_catalog_config_map, build_job, unmountable_sources};
 use super::status::{self, Placement};
-use super::{BATCHJOB_FINALIZER, BATCHJOB_LABEL, Context, PhaseLabels, ResultLabels, SLURM_KEY_SELECTOR};
+use super::{
+    BATCHJOB_FINALIZER, BATCHJOB_LABEL, Context, PhaseLabels, ResultLabels, SLURM_KEY_SELECTOR,
+};
 use crate::api::v1alpha1::{BatchJob, BatchJobPhase, BatchJobStatus};
 use crate::batch::{BatchError, BatchSystem, JobState};
 use crate::config::NamespaceMode;
@@ -201,7 +203,10 @@ pub fn dereference(job: &BatchJob, ctx: &Context) -> Dereferenced {
 
 /// The status to start from: the one written last while the cache lags, else the cached one.
 fn previous_status(job: &BatchJob, ctx: &Context) -> Option<BatchJobStatus> {
-    ctx.caches.statuses.status_of(job).or_else(|| job.status.clone())
+    ctx.caches
+        .statuses
+        .status_of(job)
+        .or_else(|| job.status.clone())
 }
 
 async fn apply_batchjob(job: &BatchJob, ctx: &Context) -> Result<Action> {
@@ -227,7 +232,10 @@ async fn apply_batchjob(job: &BatchJob, ctx: &Context) -> Result<Action> {
     // 3. Validation and admission.
     let deref = dereference(job, ctx);
     let submitted = ctx.caches.job_of(job).is_some()
-        || previous.as_ref().and_then(|s| s.system_id.as_ref()).is_some();
+        || previous
+            .as_ref()
+            .and_then(|s| s.system_id.as_ref())
+            .is_some();
     let admitted = validate_job(job, &deref, &ctx.shared.config).and_then(|v| {
         if let BatchTarget::Kubernetes { .. } = v.target {
             let unmountable = unmountable_sources(&v, deref.csi_drivers.as_ref());
@@ -267,17 +275,27 @@ async fn apply_batchjob(job: &BatchJob, ctx: &Context) -> Result<Action> {
     // 4. Run it.
     let next = match &validated.target {
         BatchTarget::Kubernetes { local_queue } => {
-            run_on_kubernetes(job, &validated, local_queue.as_deref(), &deref, previous.as_ref(), ctx)
-                .await?
+            run_on_kubernetes(
+                job,
+                &validated,
+                local_queue.as_deref(),
+                &deref,
+                previous.as_ref(),
+                ctx,
+            )
+            .await?
         }
-        BatchTarget::Slurm(_) => match run_on_slurm(job, &validated, previous.as_ref(), ctx).await {
-            Ok(next) => next,
-            Err(SlurmOutcome::Retry(refusal)) => {
-                refuse(job, previous.as_ref(), &refusal, ctx).await?;
-                return Ok(Action::requeue(REQUEUE_POLL));
+        BatchTarget::Slurm(_) => {
+            match run_on_slurm(job, &validated, previous.as_ref(), ctx).await {
+                Ok(next) => next,
+                Err(refusal) => {
+                    // Not submitted (a missing key, Slurm unreachable or refusing the
+                    // credentials): said in the status, retried.
+                    refuse(job, previous.as_ref(), &refusal, ctx).await?;
+                    return Ok(Action::requeue(REQUEUE_POLL));
+                }
             }
-            Err(SlurmOutcome::Failed(e)) => return Err(e),
-        },
+        }
     };
     let written = update_status(job, previous.as_ref(), next, ctx).await?;
     let finished = written.phase.is_some_and(BatchJobPhase::is_finished);
@@ -421,7 +439,11 @@ async fn delete_job(ctx: &Context, ns: &str, job: &Job) -> Result<()> {
 }
 
 /// `spec.cancel`: the Job deleted, or the Slurm job cancelled; status `Cancelled`.
-async fn cancel(job: &BatchJob, previous: Option<&BatchJobStatus>, ctx: &Context) -> Result<Action> {
+async fn cancel(
+    job: &BatchJob,
+    previous: Option<&BatchJobStatus>,
+    ctx: &Context,
+) -> Result<Action> {
     let namespace = job.namespace().ok_or(Error::InvalidObject("namespace"))?;
     free(ctx, &job_key(&namespace, &job.name_any()));
     if let Some(running) = ctx.caches.job_of(job) {
@@ -460,15 +482,6 @@ async fn refuse(
     } else {
         Action::requeue(REQUEUE_REFUSED)
     })
-}
-
-/// How a Slurm step ended other than with a status.
-enum SlurmOutcome {
-    /// Not submitted (a missing key, Slurm unreachable or refusing the credentials): said in
-    /// the status, retried.
-    Retry(Refusal),
-    /// An API error.
-    Failed(Error),
 }
 
 /// The Slurm system of `v`'s pool, from its signing key in the cache.
@@ -517,8 +530,8 @@ async fn run_on_slurm(
     v: &ValidatedBatchJob,
     previous: Option<&BatchJobStatus>,
     ctx: &Context,
-) -> std::result::Result<BatchJobStatus, SlurmOutcome> {
-    let system = slurm_system(v, ctx).map_err(SlurmOutcome::Retry)?;
+) -> std::result::Result<BatchJobStatus, Refusal> {
+    let system = slurm_system(v, ctx)?;
     let known = previous
         .filter(|s| s.system.as_deref() == Some("slurm"))
         .and_then(|s| s.system_id.clone());
@@ -531,7 +544,7 @@ async fn run_on_slurm(
                 gone.message = Some(format!("Slurm no longer knows job {id}"));
                 (id, gone)
             }
-            Err(e) => return Err(SlurmOutcome::Retry(system_refusal(&e))),
+            Err(e) => return Err(system_refusal(&e)),
         },
         None => match system.submit(v).await {
             Ok(id) => {
@@ -555,7 +568,7 @@ async fn run_on_slurm(
                 };
                 return Ok(status::next_status(previous, &refused, at, &now_seconds()));
             }
-            Err(e) => return Err(SlurmOutcome::Retry(system_refusal(&e))),
+            Err(e) => return Err(system_refusal(&e)),
         },
     };
     let at = Placement {
@@ -588,7 +601,7 @@ async fn cancel_slurm(job: &BatchJob, id: &str, ctx: &Context) -> Result<()> {
         Ok(()) | Err(BatchError::NotFound { .. }) => Ok(()),
         Err(e) => {
             warn!(slurm_job = %id, error = %e, "cancelling the Slurm job failed");
-            Err(Error::InvalidObject("a Slurm cancellation that succeeds"))
+            Err(Error::Batch(e))
         }
     }
 }
@@ -741,7 +754,11 @@ pub fn job_trigger(job: &Job) -> Option<u64> {
         for c in status.conditions.iter().flatten() {
             (&c.type_, &c.status, &c.reason, &c.message).hash(&mut hasher);
         }
-        status.start_time.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
+        status
+            .start_time
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .hash(&mut hasher);
         status
             .completion_time
             .as_ref()
@@ -806,7 +823,11 @@ pub async fn run_controller(
 
     let expected = ctx.expected.clone();
     let jobs = crate::operator::workspace::reconcile::child_triggers(
-        watcher(job_api, watcher::Config::default().labels(MANAGED_BY_SELECTOR)).default_backoff(),
+        watcher(
+            job_api,
+            watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+        )
+        .default_backoff(),
         writers.jobs,
         expected.clone(),
         job_trigger,
@@ -817,15 +838,17 @@ pub async fn run_controller(
         expected,
         pod_trigger,
     );
-    let keys_api: Api<Secret> =
-        Api::namespaced(client.clone(), &ctx.settings.secrets_namespace);
-    let keys = watcher(keys_api, watcher::Config::default().labels(SLURM_KEY_SELECTOR))
-        .default_backoff()
-        .reflect(writers.slurm_keys)
-        .applied_objects()
-        .filter_map(|_: Result<Secret, watcher::Error>| async {
-            None::<Result<Secret, watcher::Error>>
-        });
+    let keys_api: Api<Secret> = Api::namespaced(client.clone(), &ctx.settings.secrets_namespace);
+    let keys = watcher(
+        keys_api,
+        watcher::Config::default().labels(SLURM_KEY_SELECTOR),
+    )
+    .default_backoff()
+    .reflect(writers.slurm_keys)
+    .applied_objects()
+    .filter_map(|_: Result<Secret, watcher::Error>| async {
+        None::<Result<Secret, watcher::Error>>
+    });
 
     let controller = Controller::for_stream(batchjobs, ctx.caches.batchjobs.clone())
         .with_config(controller::Config::default().concurrency(concurrency))

@@ -159,9 +159,7 @@ pub fn kubernetes_state(job: &Job, pods: &[Pod], queue: Option<&str>) -> JobStat
     let pod = current_pod(pods);
     let mut state = JobState::new(BatchJobPhase::Queued);
     state.placement = pod.and_then(|p| p.metadata.name.clone());
-    state.start_time = status
-        .and_then(|s| s.start_time.as_ref())
-        .map(chrono_time);
+    state.start_time = status.and_then(|s| s.start_time.as_ref()).map(chrono_time);
     let exit = pod.and_then(terminated);
     state.exit_code = exit.map(|t| t.exit_code);
 

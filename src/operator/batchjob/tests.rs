@@ -32,7 +32,12 @@ fn t0() -> Time {
 fn deref_of(job: &BatchJob) -> Dereferenced {
     let cluster = inputs();
     let mut data_sources = cluster.data_sources;
-    data_sources.retain(|s| job.spec.data_sources.iter().any(|n| Some(n) == s.metadata.name.as_ref()));
+    data_sources.retain(|s| {
+        job.spec
+            .data_sources
+            .iter()
+            .any(|n| Some(n) == s.metadata.name.as_ref())
+    });
     Dereferenced {
         profile: cluster.profiles.first().cloned(),
         pools: cluster.pools,
@@ -45,7 +50,12 @@ fn deref_of(job: &BatchJob) -> Dereferenced {
 /// The Job the controller builds for `job`.
 fn desired(job: &BatchJob) -> Job {
     let v = validate_job(job, &deref_of(job), &OperatorConfig::default()).expect("valid");
-    build_job(&v, &OperatorConfig::default(), &BatchSettings::default(), Some(&Default::default()))
+    build_job(
+        &v,
+        &OperatorConfig::default(),
+        &BatchSettings::default(),
+        Some(&Default::default()),
+    )
 }
 
 /// The Job as applied (with its hash annotation), as JSON.
@@ -128,7 +138,10 @@ async fn a_new_job_creates_its_job_once_and_says_queued() {
 #[tokio::test]
 async fn an_unchanged_job_makes_no_request() {
     let base = batch_job(BATCH);
-    let job = with_job_status(base.clone(), admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"));
+    let job = with_job_status(
+        base.clone(),
+        admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"),
+    );
     let (ctx, verifier) = context(
         Jobs {
             batchjobs: vec![job.clone()],
@@ -151,7 +164,10 @@ async fn finishes(
     check: impl FnOnce(&Value) + Send + 'static,
 ) -> Vec<String> {
     let base = batch_job(BATCH);
-    let job = with_job_status(base.clone(), admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"));
+    let job = with_job_status(
+        base.clone(),
+        admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"),
+    );
     let the_job = with_status(observed(&desired(&base)), job_status);
     let (ctx, verifier) = context(
         Jobs {
@@ -162,7 +178,10 @@ async fn finishes(
         },
         Box::new(no_slurm),
     );
-    assert_eq!(ctx.shared.usage().user_usage("batch", "alice").cpu_millis, 2000);
+    assert_eq!(
+        ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+        2000
+    );
     let outcome = run_then(
         ctx,
         verifier,
@@ -170,7 +189,10 @@ async fn finishes(
         vec![status_step(&job, check), event_step(&job, event.0, event.1)],
         |ctx| {
             // Finished: its place under the caps is free.
-            assert_eq!(ctx.shared.usage().user_usage("batch", "alice").cpu_millis, 0);
+            assert_eq!(
+                ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+                0
+            );
         },
     )
     .await;
@@ -280,7 +302,10 @@ async fn an_oom_killed_job_says_so() {
 #[tokio::test]
 async fn a_job_whose_image_cannot_be_pulled_fails_and_its_job_is_deleted() {
     let base = batch_job(BATCH);
-    let job = with_job_status(base.clone(), admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"));
+    let job = with_job_status(
+        base.clone(),
+        admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"),
+    );
     let the_job = with_status(observed(&desired(&base)), json!({"active": 1}));
     let pod = job_pod(
         "sum-1-abcde",
@@ -324,7 +349,10 @@ async fn cancel_deletes_the_job_and_says_cancelled() {
     let base = batch_job(&format!("{BATCH}\n  cancel: true"));
     let mut running = JobState::new(BatchJobPhase::Running);
     running.placement = Some("sum-1-abcde".into());
-    let job = with_job_status(base.clone(), admitted(&running, "batch", "kubernetes", "sum-1"));
+    let job = with_job_status(
+        base.clone(),
+        admitted(&running, "batch", "kubernetes", "sum-1"),
+    );
     let (ctx, verifier) = context(
         Jobs {
             batchjobs: vec![job.clone()],
@@ -348,7 +376,12 @@ async fn cancel_deletes_the_job_and_says_cancelled() {
             }),
             event_step(&job, "Normal", "Cancelled"),
         ],
-        |ctx| assert_eq!(ctx.shared.usage().user_usage("batch", "alice").cpu_millis, 0),
+        |ctx| {
+            assert_eq!(
+                ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+                0
+            )
+        },
     )
     .await;
     outcome.result.expect("ok");
@@ -359,7 +392,10 @@ async fn a_finished_job_is_never_run_again() {
     let mut done = JobState::new(BatchJobPhase::Succeeded);
     done.exit_code = Some(0);
     // Its Job is gone (ttlSecondsAfterFinished): nothing is made again.
-    let job = with_job_status(batch_job(BATCH), admitted(&done, "batch", "kubernetes", "sum-1"));
+    let job = with_job_status(
+        batch_job(BATCH),
+        admitted(&done, "batch", "kubernetes", "sum-1"),
+    );
     let (ctx, verifier) = context(
         Jobs {
             batchjobs: vec![job.clone()],
@@ -378,7 +414,10 @@ async fn a_job_over_the_users_cap_is_refused_and_nothing_is_created() {
     let mut other = batch_job("  nodePool: batch\n  resources: {cpu: \"3\"}");
     other.metadata.name = Some("other".into());
     other.metadata.uid = Some("u-other".into());
-    let other = with_job_status(other, admitted(&queued_for_pod(), "batch", "kubernetes", "other"));
+    let other = with_job_status(
+        other,
+        admitted(&queued_for_pod(), "batch", "kubernetes", "other"),
+    );
     let job = batch_job(BATCH);
     let (ctx, verifier) = context(
         Jobs {
@@ -404,10 +443,18 @@ async fn a_job_over_the_users_cap_is_refused_and_nothing_is_created() {
             event_step(&job, "Warning", "UserCapExceeded"),
         ],
         // Only the other job's 3 CPUs: nothing reserved for this one.
-        |ctx| assert_eq!(ctx.shared.usage().user_usage("batch", "alice").cpu_millis, 3000),
+        |ctx| {
+            assert_eq!(
+                ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+                3000
+            )
+        },
     )
     .await;
-    assert_eq!(outcome.result.expect("ok"), Action::requeue(REQUEUE_REFUSED));
+    assert_eq!(
+        outcome.result.expect("ok"),
+        Action::requeue(REQUEUE_REFUSED)
+    );
 }
 
 #[tokio::test]
@@ -481,7 +528,10 @@ async fn on_a_kueue_pool_the_job_is_created_suspended_and_stays_queued_until_adm
     );
     let expected = applied(&base);
     assert_eq!(expected["spec"]["suspend"], true);
-    assert_eq!(expected["metadata"]["labels"][KUEUE_QUEUE_LABEL], "batch-queue");
+    assert_eq!(
+        expected["metadata"]["labels"][KUEUE_QUEUE_LABEL],
+        "batch-queue"
+    );
     let outcome = run(
         ctx,
         verifier,
@@ -506,7 +556,10 @@ async fn on_a_kueue_pool_the_job_is_created_suspended_and_stays_queued_until_adm
     let mut waiting = JobState::new(BatchJobPhase::Queued);
     waiting.reason = Some(status::WAITING_FOR_ADMISSION.into());
     waiting.message = Some("waiting for Kueue to admit it from LocalQueue batch-queue".into());
-    let job = with_job_status(base.clone(), admitted(&waiting, "queued", "kubernetes", "sum-1"));
+    let job = with_job_status(
+        base.clone(),
+        admitted(&waiting, "queued", "kubernetes", "sum-1"),
+    );
     let suspended = observed(&desired(&base));
     let (ctx, verifier) = context(
         Jobs {
@@ -521,7 +574,10 @@ async fn on_a_kueue_pool_the_job_is_created_suspended_and_stays_queued_until_adm
     // 3. Kueue admitted it (suspend: false) and its pod runs: Running, the Job never written.
     let mut admitted_job = suspended;
     admitted_job.spec.as_mut().expect("spec").suspend = Some(false);
-    let admitted_job = with_status(admitted_job, json!({"startTime": "2026-01-01T09:10:00Z", "active": 1}));
+    let admitted_job = with_status(
+        admitted_job,
+        json!({"startTime": "2026-01-01T09:10:00Z", "active": 1}),
+    );
     let pod = job_pod("sum-1-xyz", json!({"phase": "Running"}));
     let (ctx, verifier) = context(
         Jobs {
@@ -599,7 +655,10 @@ async fn a_slurm_job_is_finalized_submitted_polled_and_cancelled_on_deletion() {
     )
     .await;
     outcome.result.expect("ok");
-    assert!(fake.calls().is_empty(), "nothing submitted before the finalizer");
+    assert!(
+        fake.calls().is_empty(),
+        "nothing submitted before the finalizer"
+    );
 
     // 2. Submitted once: Queued with Slurm's id.
     let (ctx, verifier) = context(
@@ -641,7 +700,10 @@ async fn a_slurm_job_is_finalized_submitted_polled_and_cancelled_on_deletion() {
     let mut submitted = JobState::new(BatchJobPhase::Queued);
     submitted.reason = Some("Submitted".into());
     submitted.message = Some("submitted to Slurm as job 4242".into());
-    let queued = with_job_status(finalized.clone(), admitted(&submitted, "hpc", "slurm", "4242"));
+    let queued = with_job_status(
+        finalized.clone(),
+        admitted(&submitted, "hpc", "slurm", "4242"),
+    );
     let (ctx, verifier) = context(
         Jobs {
             batchjobs: vec![queued.clone()],
@@ -737,8 +799,99 @@ async fn dereference_reads_the_caches() {
     let job = batch_job("  nodePool: batch\n  dataSources: [era5]");
     let (ctx, _verifier) = context(Jobs::default(), Box::new(no_slurm));
     let d = dereference(&job, &ctx);
-    assert_eq!(d.profile.map(|p| p.metadata.name), Some(Some("pangeo".into())));
+    assert_eq!(
+        d.profile.map(|p| p.metadata.name),
+        Some(Some("pangeo".into()))
+    );
     assert_eq!(d.pools.len(), 4);
     assert_eq!(d.data_sources.len(), 1);
     assert_eq!(d.groups, ["climate".to_owned()].into());
 }
+
+/// The controller lists and watches exactly its kinds (BatchJobs, their Jobs and pods, the
+/// Slurm key Secrets of the operator's namespace), each request granted by the RBAC table, then
+/// shuts down.
+#[tokio::test]
+async fn the_controller_watches_batchjobs_jobs_pods_and_slurm_keys_then_shuts_down() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let (fed, verifier) = context(Jobs::default(), Box::new(no_slurm));
+    // A fresh context: the fixture fed the caches, the controller feeds its own.
+    let ctx = Arc::new(super::Context::new(
+        fed.shared.clone(),
+        fed.settings.clone(),
+        fed.reporter.clone(),
+        fed.metrics.clone(),
+        Box::new(no_slurm),
+    ));
+    drop(fed);
+    let expected: BTreeSet<(String, String)> = [
+        ("/apis/atelier.dev/v1alpha1/namespaces/team/batchjobs", ""),
+        (
+            "/apis/batch/v1/namespaces/team/jobs",
+            "app.kubernetes.io/managed-by=atelier-operator",
+        ),
+        ("/api/v1/namespaces/team/pods", "atelier.dev/batchjob"),
+        (
+            "/api/v1/namespaces/atelier/secrets",
+            "atelier.dev/slurm-key=true",
+        ),
+    ]
+    .iter()
+    .map(|(p, s)| ((*p).to_owned(), (*s).to_owned()))
+    .collect();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let want = expected.clone();
+    let server = tokio::spawn(async move {
+        let mut handle = verifier.into_handle();
+        let (mut listed, mut watched) = (BTreeSet::new(), BTreeSet::new());
+        let mut watches = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            assert_eq!(request.method(), http::Method::GET, "{}", request.uri());
+            crate::operator::workspace::fixtures::assert_granted(&request);
+            let query: BTreeMap<String, String> =
+                crate::operator::workspace::fixtures::parse_query(request.uri().query());
+            let key = (
+                request.uri().path().to_owned(),
+                query.get("labelSelector").cloned().unwrap_or_default(),
+            );
+            if query.get("watch").map(String::as_str) == Some("true") {
+                watched.insert(key);
+                watches.push(send);
+                if want.is_subset(&watched) {
+                    let _ = tx.send(true);
+                }
+                continue;
+            }
+            listed.insert(key);
+            let body = json!({
+                "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": [],
+            });
+            send.send_response(
+                http::Response::builder()
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&body).expect("json"),
+                    ))
+                    .expect("a response"),
+            );
+        }
+        (listed, watched)
+    });
+    let controller = super::reconcile::run_controller(ctx, Some(NS_TEAM.into()), 2, rx);
+    tokio::time::timeout(
+        crate::operator::workspace::fixtures::SCENARIO_TIMEOUT,
+        controller,
+    )
+    .await
+    .expect("the controller lists and watches every kind, then shuts down");
+    let (listed, watched) = tokio::time::timeout(
+        crate::operator::workspace::fixtures::SCENARIO_TIMEOUT,
+        server,
+    )
+    .await
+    .expect("the client is gone")
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    assert_eq!(listed, expected);
+    assert_eq!(watched, expected);
+}
+
+const NS_TEAM: &str = "team";
