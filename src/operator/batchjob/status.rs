@@ -402,16 +402,13 @@ pub fn cancelled_status(
     now: &Time,
 ) -> BatchJobStatus {
     let mut next = previous.cloned().unwrap_or_default();
-    let message = "cancelled (spec.cancel)".to_owned();
     next.phase = Some(BatchJobPhase::Cancelled);
     next.reason = Some(CANCELLED.to_owned());
-    next.message = Some(message.clone());
+    next.message = Some("cancelled (spec.cancel)".to_owned());
     next.completion_time = next.completion_time.or_else(|| Some(now.clone()));
     next.observed_generation = generation;
+    // Neither complete nor failed: the phase says it.
     next.conditions.retain(|c| c.type_ == ADMITTED);
-    next.conditions.push(condition(
-        previous, FAILED, true, CANCELLED, &message, generation, now,
-    ));
     next
 }
 
@@ -457,4 +454,139 @@ pub fn transition(
         reason,
         note,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn job(spec: Value, status: Value) -> Job {
+        serde_json::from_value(json!({"metadata": {"name": "j"}, "spec": spec, "status": status}))
+            .expect("a Job")
+    }
+
+    fn pod(name: &str, status: Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name}, "status": status}))
+            .expect("a pod")
+    }
+
+    #[test]
+    fn what_a_job_and_its_pods_say() {
+        let unschedulable = pod(
+            "j-a",
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "message": "0/3 nodes are available: 3 Insufficient cpu."}]}),
+        );
+        let running = pod("j-b", json!({"phase": "Running"}));
+        let failed_earlier = pod(
+            "j-0",
+            json!({"phase": "Failed", "containerStatuses": [{"name": "job", "image": "i",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1}}}]}),
+        );
+        // (job spec, job status, pods, queue) → (phase, reason, message, placement)
+        type Case<'a> = (
+            Value,
+            Value,
+            Vec<Pod>,
+            Option<&'a str>,
+            BatchJobPhase,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                json!({"suspend": true}),
+                json!({}),
+                vec![],
+                None,
+                BatchJobPhase::Queued,
+                WAITING_FOR_ADMISSION,
+                "the Job is suspended",
+                None,
+            ),
+            (
+                json!({}),
+                json!({"active": 1}),
+                vec![unschedulable.clone()],
+                None,
+                BatchJobPhase::Queued,
+                WAITING_FOR_POD,
+                "waiting for a node: 0/3 nodes are available: 3 Insufficient cpu.",
+                Some("j-a"),
+            ),
+            (
+                // A retry runs after a failed pod: the running one speaks.
+                json!({}),
+                json!({"active": 1, "failed": 1}),
+                vec![failed_earlier.clone(), running.clone()],
+                None,
+                BatchJobPhase::Running,
+                "Running",
+                "running in pod j-b",
+                Some("j-b"),
+            ),
+            (
+                json!({}),
+                json!({}),
+                vec![],
+                None,
+                BatchJobPhase::Queued,
+                WAITING_FOR_POD,
+                "waiting for its pod to start",
+                None,
+            ),
+        ];
+        for (spec, status, pods, queue, phase, reason, message, placement) in cases {
+            let state = kubernetes_state(&job(spec.clone(), status), &pods, queue);
+            assert_eq!(state.phase, phase, "{spec}");
+            assert_eq!(state.reason.as_deref(), Some(reason), "{spec}");
+            assert_eq!(state.message.as_deref(), Some(message), "{spec}");
+            assert_eq!(state.placement.as_deref(), placement, "{spec}");
+        }
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_and_events_follow_phase_and_reason() {
+        let t = |s: &str| -> Time { serde_json::from_value(json!(s)).expect("a time") };
+        let at = Placement {
+            generation: Some(2),
+            pool: "batch",
+            system: "kubernetes",
+            system_id: Some("j"),
+        };
+        let queued = next_status(
+            None,
+            &JobState::new(BatchJobPhase::Queued),
+            at,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        let mut running = JobState::new(BatchJobPhase::Running);
+        running.reason = Some("Running".into());
+        let next = next_status(Some(&queued), &running, at, &t("2026-01-01T01:00:00Z"));
+        assert_eq!(
+            next.conditions[0].last_transition_time,
+            t("2026-01-01T00:00:00Z")
+        );
+        let (kind, reason, _) = transition(Some(&queued), &next).expect("an event");
+        assert_eq!((kind, reason.as_str()), (EventType::Normal, "Running"));
+        assert_eq!(transition(Some(&next), &next), None);
+        let cancelled = cancelled_status(Some(&next), Some(3), &t("2026-01-01T02:00:00Z"));
+        assert_eq!(cancelled.phase, Some(BatchJobPhase::Cancelled));
+        assert_eq!(cancelled.completion_time, Some(t("2026-01-01T02:00:00Z")));
+        assert_eq!(cancelled.conditions.len(), 1);
+        let refusal = Refusal {
+            reason: "UserCapExceeded",
+            message: "over".into(),
+        };
+        let refused = refused_status(None, &refusal, false, Some(1), &t("2026-01-01T00:00:00Z"));
+        assert_eq!(refused.phase, Some(BatchJobPhase::Pending));
+        let (kind, reason, _) = transition(None, &refused).expect("an event");
+        assert_eq!(
+            (kind, reason.as_str()),
+            (EventType::Warning, "UserCapExceeded")
+        );
+    }
 }
