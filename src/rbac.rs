@@ -185,6 +185,21 @@ pub const CALLS: &[ApiCall] = &[
         "controller.rs: the quota watch; apply.rs: apply_user_namespace"),
     call(Operator, &["list", "watch", "create", "patch"], "", "limitranges", Namespaced, PerUser,
         "controller.rs: the LimitRange watch; apply.rs: apply_user_namespace"),
+    // BatchJobs (issue 13): src/operator/batchjob/reconcile.rs.
+    call(Operator, &["list", "watch"], "atelier.dev", "batchjobs", Namespaced, Both,
+        "operator/batchjob/reconcile.rs: run_controller, the BatchJob watch (cache, usage index, triggers)"),
+    call(Operator, &["patch"], "atelier.dev", "batchjobs", Namespaced, Both,
+        "operator/batchjob/reconcile.rs: kube::runtime::finalizer adds/removes the finalizer of a Slurm-backed BatchJob (JSON patch)"),
+    call(Operator, &["patch"], "atelier.dev", "batchjobs/status", Namespaced, Both,
+        "operator/batchjob/reconcile.rs: update_status (server-side apply of the status)"),
+    call(Operator, &["update"], "atelier.dev", "batchjobs/finalizers", Namespaced, Both,
+        "operator/batchjob/build.rs: the Job's and the catalogue's owner references set blockOwnerDeletion"),
+    call(Operator, &["list", "watch", "create", "delete"], "batch", "jobs", Namespaced, Both,
+        "operator/batchjob/reconcile.rs: the Job watch (label managed-by); create_job (POST, once: a Job's \
+         spec is immutable); delete_job (cancel, a job that cannot start; propagation Background)"),
+    call(Operator, &["list", "watch"], "", "secrets", OwnNamespace, Both,
+        "operator/batchjob/reconcile.rs: the watch of the Slurm pools' signing-key Secrets \
+         (labelled atelier.dev/slurm-key=true) in the operator's namespace"),
     call(Operator, &["get", "create", "update"], "coordination.k8s.io", "leases", OwnNamespace, Both,
         "operator/lease.rs: try_acquire_or_renew (GET, POST when absent, PUT to renew or take over), release (PUT)"),
     // --- the hub: src/backend/kubernetes.rs, src/backend/kubernetes/observer.rs, src/hub/catalog.rs ---

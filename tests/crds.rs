@@ -1353,7 +1353,7 @@ fn every_example_parses_into_the_rust_types_and_is_admitted() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let expected: BTreeMap<String, usize> = [
-        ("BatchJob", 1),
+        ("BatchJob", 2),
         ("DataSource", 5),
         ("NodePool", 3),
         ("Workspace", 2),
@@ -1483,7 +1483,42 @@ fn the_examples_fit_together() {
                 Some(PoolPurpose::Batch)
             );
         }
+        // Each job passes the operator's rules as written (groups from the annotation the hub
+        // writes), lands on the batch pool and is queued by its Kueue LocalQueue.
+        let groups = job
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("atelier.dev/groups"))
+            .map(|g| g.split(',').map(|s| s.trim().to_owned()).collect())
+            .unwrap_or_default();
+        let deref = atelier::policy::workspace::Dereferenced {
+            profile: profile(&job.spec.profile).cloned(),
+            pools: pools.clone(),
+            data_sources: job
+                .spec
+                .data_sources
+                .iter()
+                .filter_map(|ds| source(ds).cloned())
+                .collect(),
+            groups,
+            ..Default::default()
+        };
+        let v = atelier::policy::batch::validate_job(
+            job,
+            &deref,
+            &atelier::config::OperatorConfig::default(),
+        )
+        .unwrap_or_else(|r| panic!("{}: refused: {r:?}", name_of(job)));
+        assert_eq!(v.pool.name, "batch", "{}", name_of(job));
+        assert_eq!(
+            v.target,
+            atelier::policy::batch::BatchTarget::Kubernetes {
+                local_queue: Some("batch".into())
+            }
+        );
     }
+    assert_eq!(jobs.len(), 2);
 
     // Alice's default server and Bob's named GPU server, as the README shows them.
     let alice = workspaces.iter().find(|w| w.spec.user == "alice").unwrap();

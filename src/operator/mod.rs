@@ -1,8 +1,11 @@
-//! `atelier operator`: reconciles Workspaces into Pods, Services, PVCs, NetworkPolicies and Secrets.
+//! `atelier operator`: reconciles Workspaces into Pods, Services, PVCs, NetworkPolicies and
+//! Secrets, and BatchJobs into Kubernetes Jobs (or Slurm jobs).
 //!
 //! [`run`] builds a [`Context`] (client, configuration, event recorder, metrics), runs the
-//! Workspace controller ([`workspace::reconcile::run_controller`]) and serves `/metrics` and
-//! `/healthz` until SIGTERM or ctrl-c.
+//! Workspace controller ([`workspace::reconcile::run_controller`]) and beside it, on the same
+//! caches of profiles, pools and data sources and the same usage index, the BatchJob controller
+//! ([`batchjob::reconcile::run_controller`]), and serves `/metrics` and `/healthz` until SIGTERM
+//! or ctrl-c.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -21,6 +24,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use prometheus_client::registry::Registry;
 
+pub mod batchjob;
 pub mod lease;
 pub mod metrics;
 pub mod workspace;
@@ -128,6 +132,36 @@ pub struct OperatorArgs {
     /// Namespace of the Lease (default: the pod's, env `POD_NAMESPACE`, else `--hub-namespace`).
     #[arg(long, env = "ATELIER_LEASE_NAMESPACE")]
     pub lease_namespace: Option<Box<str>>,
+    /// `ttlSecondsAfterFinished` of the BatchJobs' Kubernetes Jobs: how long a finished Job and
+    /// its pod (its logs) stay; the BatchJob keeps its status.
+    #[arg(
+        long,
+        env = "ATELIER_BATCH_JOB_TTL_SECONDS",
+        default_value_t = batchjob::DEFAULT_JOB_TTL_SECONDS,
+        value_parser = clap::value_parser!(i32).range(0..)
+    )]
+    pub batch_job_ttl_seconds: i32,
+    /// Namespace of the Slurm pools' signing-key Secrets (labelled `atelier.dev/slurm-key=true`;
+    /// default: the pod's, env `POD_NAMESPACE`, else `--hub-namespace`).
+    #[arg(long, env = "ATELIER_SLURM_SECRETS_NAMESPACE")]
+    pub slurm_secrets_namespace: Option<Box<str>>,
+}
+
+impl OperatorArgs {
+    /// The BatchJob controller's settings; `pod_namespace`: env `POD_NAMESPACE`.
+    pub fn batch_settings(&self, pod_namespace: Option<&str>) -> batchjob::BatchSettings {
+        let nonempty = |s: Option<&str>| {
+            s.map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        batchjob::BatchSettings {
+            ttl_seconds_after_finished: self.batch_job_ttl_seconds,
+            secrets_namespace: nonempty(self.slurm_secrets_namespace.as_deref())
+                .or_else(|| nonempty(pod_namespace))
+                .unwrap_or_else(|| self.hub_namespace.to_string()),
+        }
+    }
 }
 
 impl OperatorArgs {
@@ -266,6 +300,9 @@ pub enum Error {
     /// The informer caches stopped before they were synced (the controller is shutting down).
     #[error("the informer caches are gone")]
     CachesGone,
+    /// A batch system (Slurm) failed a call the reconciliation cannot do without (a cancel).
+    #[error("the batch system failed: {0}")]
+    Batch(#[source] crate::batch::BatchError),
 }
 
 impl Error {
@@ -281,6 +318,7 @@ impl Error {
             Error::Token(_) => "token",
             Error::InvalidObject(_) => "invalid_object",
             Error::CachesGone => "caches_gone",
+            Error::Batch(_) => "batch_system",
         }
     }
 }
@@ -534,6 +572,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     )?;
     let mut registry = Registry::with_prefix("atelier");
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let batch_metrics = Arc::new(batchjob::BatchMetrics::register(&mut registry));
+    let batch_settings = args.batch_settings(std::env::var("POD_NAMESPACE").ok().as_deref());
     let counter = metrics.clone();
     let client = crate::k8s::counting_kube_client(OPERATOR_USER_AGENT, move |verb, resource| {
         counter.api_request(verb, resource);
@@ -560,12 +600,29 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let server = axum::serve(listener, router(Arc::new(registry)))
         .with_graceful_shutdown(wait_for(stop_rx.clone()));
 
-    let controller = workspace::reconcile::run_controller(
+    let batch_ctx = Arc::new(batchjob::Context::new(
+        ctx.clone(),
+        batch_settings,
+        batchjob::reporter(),
+        batch_metrics,
+        Box::new(batchjob::no_slurm),
+    ));
+    let workspaces = workspace::reconcile::run_controller(
         ctx,
         args.watch_namespace.as_deref().map(str::to_owned),
         args.concurrency,
         stop_rx.clone(),
     );
+    let batchjobs = batchjob::reconcile::run_controller(
+        batch_ctx,
+        args.watch_namespace.as_deref().map(str::to_owned),
+        args.concurrency,
+        stop_rx.clone(),
+    );
+    // Both controllers, under the one Lease.
+    let controller = async {
+        futures::join!(workspaces, batchjobs);
+    };
     let Some(settings) = lease else {
         tracing::info!("leader election off: reconciling");
         metrics.leader.set(1);

@@ -314,11 +314,18 @@ impl UsageIndex {
 
     /// Forgets every Workspace but those of `keep` (after a relist: the vanished ones).
     pub fn retain(&mut self, keep: &HashSet<String>) {
+        self.retain_within(|_| true, keep);
+    }
+
+    /// [`UsageIndex::retain`] among the keys `within` says a watch covers: the relist of the
+    /// Workspaces forgets no BatchJob's claim (`job:` keys, `policy::batch::job_key`), and the
+    /// relist of the BatchJobs no Workspace's.
+    pub fn retain_within(&mut self, within: impl Fn(&str) -> bool, keep: &HashSet<String>) {
         let gone: Vec<String> = self
             .observed
             .keys()
             .chain(self.reserved.keys())
-            .filter(|k| !keep.contains(*k))
+            .filter(|k| within(k) && !keep.contains(*k))
             .cloned()
             .collect();
         for key in gone {

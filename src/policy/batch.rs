@@ -362,6 +362,11 @@ pub fn job_key(namespace: &str, name: &str) -> String {
     format!("job:{namespace}/{name}")
 }
 
+/// Whether a [`UsageIndex`] key is a BatchJob's ([`job_key`]).
+pub fn is_job_key(key: &str) -> bool {
+    key.starts_with("job:")
+}
+
 /// What a validated job claims on its pool while it may run: its resources, and no workspace.
 /// A cancelled job claims nothing.
 pub fn job_claim(v: &ValidatedBatchJob) -> Option<Claim> {

@@ -364,8 +364,9 @@ pub fn build_network_policy(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Net
     }
 }
 
-/// The securityContext of the server's container and of the init container.
-fn container_security_context() -> SecurityContext {
+/// The securityContext of the server's container and of the init container (and of a batch
+/// job's container, `operator::batchjob::build`).
+pub(crate) fn container_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -604,7 +605,7 @@ fn hub_env(v: &ValidatedWorkspace, cfg: &OperatorConfig) -> Vec<EnvVar> {
 
 /// An environment entry of [`crate::policy::data`] as a container's variable: a Secret's key
 /// as a `secretKeyRef`, never inline.
-fn env_var(name: String, value: EnvValue) -> EnvVar {
+pub(crate) fn env_var(name: String, value: EnvValue) -> EnvVar {
     match value {
         EnvValue::Plain(value) => plain(name, value),
         EnvValue::Secret { name: secret, key } => from_secret(name, &secret, &key),
@@ -734,9 +735,37 @@ fn data_volumes(
     v: &ValidatedWorkspace,
     csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
 ) -> (Vec<Volume>, Vec<VolumeMount>) {
+    data_volumes_for(
+        &DataOwner {
+            name: &v.name,
+            catalog: catalog_config_map_name(&v.name),
+            sources: &v.data_sources,
+            groups: &v.groups,
+        },
+        csi_drivers,
+    )
+}
+
+/// Who mounts the data sources: a Workspace, or a BatchJob (`operator::batchjob::build`).
+pub(crate) struct DataOwner<'a> {
+    /// Its name (a `Persistent` CSI source's claim is named after it).
+    pub name: &'a str,
+    /// The name of its catalogue ConfigMap.
+    pub catalog: String,
+    /// Its data sources, sorted by name.
+    pub sources: &'a [(String, DataSourceSpec)],
+    /// Its owner's groups (the credentials they get).
+    pub groups: &'a BTreeSet<String>,
+}
+
+/// [`data_volumes`] of any owner.
+pub(crate) fn data_volumes_for(
+    v: &DataOwner<'_>,
+    csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
-    for (name, spec) in &v.data_sources {
+    for (name, spec) in v.sources {
         let volume_name = names::data_volume_name(name);
         let read_only = Some(spec.read_only);
         let mut volume = Volume {
@@ -763,7 +792,7 @@ fn data_volumes(
                         volume_attributes: (!attributes.is_empty()).then_some(attributes),
                         read_only,
                         // In the pod's namespace (a LocalObjectReference).
-                        node_publish_secret_ref: csi_secret(spec, csi, &v.groups).map(|s| {
+                        node_publish_secret_ref: csi_secret(spec, csi, v.groups).map(|s| {
                             LocalObjectReference {
                                 name: s.name.clone(),
                             }
@@ -773,7 +802,7 @@ fn data_volumes(
                 }
                 _ => {
                     volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: names::data_claim_name(&v.name, name),
+                        claim_name: names::data_claim_name(v.name, name),
                         read_only,
                     });
                 }
@@ -791,11 +820,11 @@ fn data_volumes(
             ..VolumeMount::default()
         });
     }
-    if !v.data_sources.is_empty() {
+    if !v.sources.is_empty() {
         volumes.push(Volume {
             name: CATALOG_VOLUME.to_owned(),
             config_map: Some(ConfigMapVolumeSource {
-                name: catalog_config_map_name(&v.name),
+                name: v.catalog.clone(),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
@@ -807,7 +836,7 @@ fn data_volumes(
             ..VolumeMount::default()
         });
     }
-    if v.data_sources.iter().any(|(_, s)| s.irods.is_some()) {
+    if v.sources.iter().any(|(_, s)| s.irods.is_some()) {
         // In memory (tmpfs): the obfuscated password never reaches the node's disk.
         volumes.push(Volume {
             name: IRODS_VOLUME.to_owned(),
@@ -836,10 +865,21 @@ fn irods_init_container(
     cfg: &OperatorConfig,
     resources: BTreeMap<String, Quantity>,
 ) -> Option<Container> {
-    let env = data::irods_init_env(&v.data_sources, &v.groups, &data_paths())?;
+    irods_init_container_for(&v.image, &v.data_sources, &v.groups, cfg, resources)
+}
+
+/// [`irods_init_container`] of any owner running `image`.
+pub(crate) fn irods_init_container_for(
+    image: &str,
+    sources: &[(String, DataSourceSpec)],
+    groups: &BTreeSet<String>,
+    cfg: &OperatorConfig,
+    resources: BTreeMap<String, Quantity>,
+) -> Option<Container> {
+    let env = data::irods_init_env(sources, groups, &data_paths())?;
     Some(Container {
         name: IRODS_INIT_CONTAINER.to_owned(),
-        image: Some(v.image.clone()),
+        image: Some(image.to_owned()),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
         command: Some(vec![
             "python3".to_owned(),

@@ -37,7 +37,9 @@ use crate::api::v1alpha1::{DataSource, NodePool, Workspace, WorkspaceProfile, Wo
 use crate::policy::names;
 
 mod compact;
-pub use compact::{Compact, CompactWriter, Compactable, PodDetail, VolumeDetail, compact};
+pub use compact::{
+    Compact, CompactWriter, Compactable, PodDetail, VolumeDetail, compact, compact_by,
+};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {

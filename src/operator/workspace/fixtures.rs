@@ -388,7 +388,8 @@ fn apply_query() -> BTreeMap<String, String> {
 }
 
 impl Step {
-    fn new(method: Method, path: impl Into<String>) -> Self {
+    /// `method path`, answered 200 with `{}` (see [`Step::reply`], [`Step::echo`]).
+    pub fn new(method: Method, path: impl Into<String>) -> Self {
         Step {
             method,
             path: path.into(),
@@ -517,6 +518,18 @@ impl Step {
         });
         step.reply = Box::new(|body| (StatusCode::CREATED, body.clone()));
         step
+    }
+
+    /// Expects `key=value` in the query.
+    pub fn with_query(mut self, key: &str, value: &str) -> Self {
+        self.query.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Answers 201 with the request's body (a creation).
+    pub fn echo(mut self) -> Self {
+        self.reply = Box::new(|body| (StatusCode::CREATED, body.clone()));
+        self
     }
 
     /// Answers with `body` (200).

@@ -65,8 +65,9 @@ mod tests;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, with_applied_hash};
 pub use controller::{
-    MANAGED_BY_SELECTOR, cached_claim, observe_usage, refresh_usage, run_controller,
-    workspaces_naming_data_source, workspaces_using_profile,
+    EachWatchBacksOffAlone, MANAGED_BY_SELECTOR, SHUTDOWN_GRACE, cached_claim, child_triggers,
+    observe_usage, refresh_usage, run_controller, workspaces_naming_data_source,
+    workspaces_using_profile,
 };
 
 /// Requeue of a workspace that runs, is stopped or failed (a safety net; watches do the rest).

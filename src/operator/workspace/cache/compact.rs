@@ -240,13 +240,17 @@ struct Record<D> {
 }
 
 impl<D> Record<D> {
-    fn of<K: Compactable<Detail = D>>(object: &K, trigger: Option<u64>) -> Record<D> {
+    fn of<K: Compactable<Detail = D>>(
+        object: &K,
+        trigger: Option<u64>,
+        label: &'static str,
+    ) -> Record<D> {
         let meta = object.meta();
         Record {
             workspace: meta
                 .labels
                 .as_ref()
-                .and_then(|l| l.get(WORKSPACE_LABEL))
+                .and_then(|l| l.get(label))
                 .map(|w| Box::from(w.as_str())),
             hash: applied_hash(object).map(Box::from),
             deletion: meta.deletion_timestamp.clone(),
@@ -255,14 +259,19 @@ impl<D> Record<D> {
         }
     }
 
-    fn restore<K: Compactable<Detail = D>>(&self, namespace: &str, name: &str) -> K {
+    fn restore<K: Compactable<Detail = D>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        label: &'static str,
+    ) -> K {
         let metadata = ObjectMeta {
             name: Some(name.to_owned()),
             namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
             labels: self
                 .workspace
                 .as_ref()
-                .map(|w| BTreeMap::from([(WORKSPACE_LABEL.to_owned(), w.to_string())])),
+                .map(|w| BTreeMap::from([(label.to_owned(), w.to_string())])),
             annotations: self
                 .hash
                 .as_ref()
@@ -281,6 +290,9 @@ type Index = HashMap<Box<str>, HashMap<Box<str>, Vec<Box<str>>>>;
 
 #[derive(Debug)]
 struct State<D> {
+    /// The label kept with each object and indexed: [`WORKSPACE_LABEL`], or the one given to
+    /// [`compact_by`].
+    label: &'static str,
     objects: Objects<D>,
     /// Only for the kinds listed by Workspace ([`Compact::of_workspace`]).
     by_workspace: Option<Index>,
@@ -415,7 +427,18 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 /// An empty compact store of `K` (not ready) and its writer; `indexed`: listable by Workspace
 /// ([`Compact::of_workspace`]).
 pub fn compact<K: Compactable>(indexed: bool) -> (Compact<K>, CompactWriter<K>) {
+    compact_by(WORKSPACE_LABEL, indexed)
+}
+
+/// [`compact`] keeping and indexing `label` instead of the Workspace label (the BatchJob
+/// controller's Jobs and pods, by their BatchJob label): [`Compact::of_workspace`] then lists by
+/// that label's value.
+pub fn compact_by<K: Compactable>(
+    label: &'static str,
+    indexed: bool,
+) -> (Compact<K>, CompactWriter<K>) {
     let state = Arc::new(RwLock::new(State {
+        label,
         objects: HashMap::new(),
         by_workspace: indexed.then(HashMap::new),
         relisted: None,
@@ -437,11 +460,12 @@ pub fn compact<K: Compactable>(indexed: bool) -> (Compact<K>, CompactWriter<K>) 
 impl<K: Compactable> Compact<K> {
     /// The namespaced object `namespace/name`, as kept.
     pub fn get(&self, namespace: &str, name: &str) -> Option<K> {
-        read(&self.state)
+        let state = read(&self.state);
+        state
             .objects
             .get(namespace)?
             .get(name)
-            .map(|record| record.restore(namespace, name))
+            .map(|record| record.restore(namespace, name, state.label))
     }
 
     /// The cluster-scoped object `name`, as kept.
@@ -462,7 +486,7 @@ impl<K: Compactable> Compact<K> {
         };
         names
             .iter()
-            .filter_map(|name| Some(objects.get(name)?.restore(namespace, name)))
+            .filter_map(|name| Some(objects.get(name)?.restore(namespace, name, state.label)))
             .collect()
     }
 
@@ -518,7 +542,8 @@ impl<K: Compactable> CompactWriter<K> {
                     return false;
                 };
                 let hash = trigger(object);
-                state.insert(&namespace, &name, Record::of(object, hash)) != Some(hash)
+                let record = Record::of(object, hash, state.label);
+                state.insert(&namespace, &name, record) != Some(hash)
             }
             watcher::Event::Delete(object) => {
                 if let Some((namespace, name)) = key(object) {
@@ -536,12 +561,13 @@ impl<K: Compactable> CompactWriter<K> {
                 };
                 let hash = trigger(object);
                 let before = state.trigger_of(&namespace, &name);
+                let record = Record::of(object, hash, state.label);
                 state
                     .relisted
                     .get_or_insert_default()
                     .entry(Box::from(namespace.as_str()))
                     .or_default()
-                    .insert(Box::from(name.as_str()), Record::of(object, hash));
+                    .insert(Box::from(name.as_str()), record);
                 before != Some(hash)
             }
             watcher::Event::InitDone => {
@@ -675,13 +701,14 @@ impl<K: Compactable> Compact<K> {
     /// Every object of the store, as kept (for the small kinds read whole: the CSIDrivers).
     pub fn all(&self) -> Vec<K> {
         let state = read(&self.state);
+        let label = state.label;
         state
             .objects
             .iter()
             .flat_map(|(namespace, names)| {
                 names
                     .iter()
-                    .map(move |(name, record)| record.restore(namespace, name))
+                    .map(move |(name, record)| record.restore(namespace, name, label))
             })
             .collect()
     }

@@ -323,7 +323,9 @@ pub fn observe_usage(
         }
         watcher::Event::InitDone => {
             let keep = relisted.take().unwrap_or_default();
-            ctx.usage().retain(&keep);
+            // The BatchJobs' claims are their own watch's (`operator::batchjob`).
+            ctx.usage()
+                .retain_within(|key| !crate::policy::batch::is_job_key(key), &keep);
         }
     }
     super::requeue_freed(ctx);

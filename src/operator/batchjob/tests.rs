@@ -1,0 +1,897 @@
+//! Mock-API scenarios of the BatchJob controller, one per branch: the caches hold the scenario
+//! (inputs, BatchJobs, Jobs, pods); the mocked API server asserts every request in order and
+//! fails on a missing or an extra one. Expected Jobs come from the real `validate_job` +
+//! `build_job`.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::build::build_job;
+use super::fixtures::{
+    Call, FakeSlurm, Jobs, batch_job, batchjob_path, context, create_job_step, delete_job_step,
+    event_step, inputs, job_pod, run, run_then, status_step, with_status,
+};
+use super::reconcile::{REQUEUE_ACTIVE, REQUEUE_POLL, REQUEUE_REFUSED, dereference};
+use super::status::{self, Placement};
+use super::{BATCHJOB_FINALIZER, BatchSettings, KUEUE_QUEUE_LABEL, no_slurm};
+use crate::api::v1alpha1::{BatchJob, BatchJobPhase, BatchJobStatus};
+use crate::batch::JobState;
+use crate::config::OperatorConfig;
+use crate::operator::workspace::fixtures::{Step, observed};
+use crate::policy::batch::validate_job;
+use crate::policy::workspace::Dereferenced;
+
+fn t0() -> Time {
+    serde_json::from_value(json!("2026-01-01T09:00:00Z")).expect("a time")
+}
+
+fn deref_of(job: &BatchJob) -> Dereferenced {
+    let cluster = inputs();
+    let mut data_sources = cluster.data_sources;
+    data_sources.retain(|s| {
+        job.spec
+            .data_sources
+            .iter()
+            .any(|n| Some(n) == s.metadata.name.as_ref())
+    });
+    Dereferenced {
+        profile: cluster.profiles.first().cloned(),
+        pools: cluster.pools,
+        data_sources,
+        groups: ["climate".to_owned()].into(),
+        ..Dereferenced::default()
+    }
+}
+
+/// The Job the controller builds for `job`.
+fn desired(job: &BatchJob) -> Job {
+    let v = validate_job(job, &deref_of(job), &OperatorConfig::default()).expect("valid");
+    build_job(
+        &v,
+        &OperatorConfig::default(),
+        &BatchSettings::default(),
+        Some(&Default::default()),
+    )
+}
+
+/// The Job as applied (with its hash annotation), as JSON.
+fn applied(job: &BatchJob) -> Value {
+    crate::operator::workspace::fixtures::applied(&desired(job))
+}
+
+/// `job` with a status (what an earlier pass wrote).
+fn with_job_status(mut job: BatchJob, status: BatchJobStatus) -> BatchJob {
+    job.status = Some(status);
+    job
+}
+
+/// The status an admitted job in `state` on `pool` has.
+fn admitted(state: &JobState, pool: &str, system: &str, id: &str) -> BatchJobStatus {
+    status::next_status(
+        None,
+        state,
+        Placement {
+            generation: Some(1),
+            pool,
+            system,
+            system_id: Some(id),
+        },
+        &t0(),
+    )
+}
+
+fn queued_for_pod() -> JobState {
+    let mut s = JobState::new(BatchJobPhase::Queued);
+    s.reason = Some(status::WAITING_FOR_POD.to_owned());
+    s.message = Some("waiting for its pod to start".to_owned());
+    s
+}
+
+const BATCH: &str = "  nodePool: batch";
+
+#[tokio::test]
+async fn a_new_job_creates_its_job_once_and_says_queued() {
+    let job = batch_job(BATCH);
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let outcome = run_then(
+        ctx,
+        verifier,
+        &job,
+        vec![
+            create_job_step(applied(&job)),
+            status_step(&job, |body| {
+                let s = &body["status"];
+                assert_eq!(s["phase"], "Queued");
+                assert_eq!(s["nodePool"], "batch");
+                assert_eq!(s["system"], "kubernetes");
+                assert_eq!(s["systemId"], "sum-1");
+                assert_eq!(s["reason"], "WaitingForPod");
+                assert_eq!(s["observedGeneration"], 1);
+                assert_eq!(s["conditions"][0]["type"], "Admitted");
+                assert_eq!(s["conditions"][0]["status"], "True");
+            }),
+            event_step(&job, "Normal", "Queued"),
+        ],
+        |ctx| {
+            // The job holds its place under the caps (2 CPUs of alice's 4 on `batch`).
+            assert_eq!(
+                ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+                2000
+            );
+            assert_eq!(ctx.metrics.submitted.get(), 1);
+        },
+    )
+    .await;
+    assert_eq!(outcome.result.expect("ok"), Action::requeue(REQUEUE_ACTIVE));
+}
+
+#[tokio::test]
+async fn an_unchanged_job_makes_no_request() {
+    let base = batch_job(BATCH);
+    let job = with_job_status(
+        base.clone(),
+        admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"),
+    );
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            jobs: vec![observed(&desired(&base))],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let outcome = run(ctx, verifier, &job, vec![]).await;
+    assert_eq!(outcome.lines(), Vec::<String>::new());
+    assert_eq!(outcome.result.expect("ok"), Action::requeue(REQUEUE_ACTIVE));
+}
+
+/// A scenario where the Job of `sum-1` (on `batch`, status Queued) has `job_status` and
+/// `pods`: the status write it makes is checked by `check`, with an Event `reason`.
+async fn finishes(
+    job_status: Value,
+    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    event: (&'static str, &'static str),
+    check: impl FnOnce(&Value) + Send + 'static,
+) -> Vec<String> {
+    let base = batch_job(BATCH);
+    let job = with_job_status(
+        base.clone(),
+        admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"),
+    );
+    let the_job = with_status(observed(&desired(&base)), job_status);
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            jobs: vec![the_job],
+            pods,
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    assert_eq!(
+        ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+        2000
+    );
+    let outcome = run_then(
+        ctx,
+        verifier,
+        &job,
+        vec![status_step(&job, check), event_step(&job, event.0, event.1)],
+        |ctx| {
+            // Finished: its place under the caps is free.
+            assert_eq!(
+                ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+                0
+            );
+        },
+    )
+    .await;
+    let lines = outcome.lines();
+    assert_eq!(outcome.result.expect("ok"), Action::await_change());
+    lines
+}
+
+fn terminated(exit: i32, reason: &str) -> Value {
+    json!({"phase": if exit == 0 { "Succeeded" } else { "Failed" }, "containerStatuses": [{
+        "name": "job", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": exit, "reason": reason,
+            "startedAt": "2026-01-01T09:01:00Z", "finishedAt": "2026-01-01T09:05:00Z"}},
+    }]})
+}
+
+#[tokio::test]
+async fn a_succeeded_job_reports_its_exit_code_and_times_and_frees_its_place() {
+    let lines = finishes(
+        json!({
+            "startTime": "2026-01-01T09:00:30Z", "completionTime": "2026-01-01T09:05:01Z",
+            "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True",
+                "lastTransitionTime": "2026-01-01T09:05:01Z"}],
+        }),
+        vec![job_pod("sum-1-abcde", terminated(0, "Completed"))],
+        ("Normal", "Succeeded"),
+        |body| {
+            let s = &body["status"];
+            assert_eq!(s["phase"], "Succeeded");
+            assert_eq!(s["exitCode"], 0);
+            assert_eq!(s["podName"], "sum-1-abcde");
+            assert_eq!(s["startTime"], "2026-01-01T09:00:30Z");
+            assert_eq!(s["completionTime"], "2026-01-01T09:05:01Z");
+            assert_eq!(s["conditions"][1]["type"], "Complete");
+        },
+    )
+    .await;
+    assert_eq!(lines.len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_job_reports_the_commands_exit_code() {
+    finishes(
+        json!({
+            "startTime": "2026-01-01T09:00:30Z", "failed": 1,
+            "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+                "lastTransitionTime": "2026-01-01T09:02:00Z"}],
+        }),
+        vec![job_pod("sum-1-abcde", terminated(3, "Error"))],
+        ("Warning", "BackoffLimitExceeded"),
+        |body| {
+            let s = &body["status"];
+            assert_eq!(s["phase"], "Failed");
+            assert_eq!(s["exitCode"], 3);
+            assert_eq!(s["reason"], "BackoffLimitExceeded");
+            assert_eq!(
+                s["message"],
+                "the command exited with code 3: Job has reached the specified backoff limit"
+            );
+            assert_eq!(s["completionTime"], "2026-01-01T09:02:00Z");
+            assert_eq!(s["conditions"][1]["type"], "Failed");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_says_deadline_exceeded() {
+    finishes(
+        json!({
+            "startTime": "2026-01-01T09:00:30Z", "failed": 1,
+            "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline",
+                "lastTransitionTime": "2026-01-01T10:00:30Z"}],
+        }),
+        vec![],
+        ("Warning", "DeadlineExceeded"),
+        |body| {
+            assert_eq!(body["status"]["phase"], "Failed");
+            assert_eq!(body["status"]["reason"], "DeadlineExceeded");
+            assert_eq!(body["status"].get("exitCode"), None);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_oom_killed_job_says_so() {
+    finishes(
+        json!({
+            "failed": 1,
+            "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                "lastTransitionTime": "2026-01-01T09:02:00Z"}],
+        }),
+        vec![job_pod("sum-1-abcde", terminated(137, "OOMKilled"))],
+        ("Warning", "OOMKilled"),
+        |body| {
+            assert_eq!(body["status"]["reason"], "OOMKilled");
+            assert_eq!(body["status"]["exitCode"], 137);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_whose_image_cannot_be_pulled_fails_and_its_job_is_deleted() {
+    let base = batch_job(BATCH);
+    let job = with_job_status(
+        base.clone(),
+        admitted(&queued_for_pod(), "batch", "kubernetes", "sum-1"),
+    );
+    let the_job = with_status(observed(&desired(&base)), json!({"active": 1}));
+    let pod = job_pod(
+        "sum-1-abcde",
+        json!({"phase": "Pending", "containerStatuses": [{
+            "name": "job", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+        }]}),
+    );
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            jobs: vec![the_job],
+            pods: vec![pod],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let outcome = run(
+        ctx,
+        verifier,
+        &job,
+        vec![
+            status_step(&job, |body| {
+                assert_eq!(body["status"]["phase"], "Failed");
+                assert_eq!(body["status"]["reason"], "ImagePullBackOff");
+                assert_eq!(
+                    body["status"]["message"],
+                    "Container job cannot start: Back-off pulling image"
+                );
+            }),
+            event_step(&job, "Warning", "ImagePullBackOff"),
+            delete_job_step("sum-1"),
+        ],
+    )
+    .await;
+    outcome.result.expect("ok");
+}
+
+#[tokio::test]
+async fn cancel_deletes_the_job_and_says_cancelled() {
+    let base = batch_job(&format!("{BATCH}\n  cancel: true"));
+    let mut running = JobState::new(BatchJobPhase::Running);
+    running.placement = Some("sum-1-abcde".into());
+    let job = with_job_status(
+        base.clone(),
+        admitted(&running, "batch", "kubernetes", "sum-1"),
+    );
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            jobs: vec![observed(&desired(&batch_job(BATCH)))],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let outcome = run_then(
+        ctx,
+        verifier,
+        &job,
+        vec![
+            delete_job_step("sum-1"),
+            status_step(&job, |body| {
+                let s = &body["status"];
+                assert_eq!(s["phase"], "Cancelled");
+                assert_eq!(s["reason"], "Cancelled");
+                assert_eq!(s["podName"], "sum-1-abcde");
+                assert!(s["completionTime"].is_string());
+            }),
+            event_step(&job, "Normal", "Cancelled"),
+        ],
+        |ctx| {
+            assert_eq!(
+                ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+                0
+            )
+        },
+    )
+    .await;
+    outcome.result.expect("ok");
+}
+
+#[tokio::test]
+async fn a_finished_job_is_never_run_again() {
+    let mut done = JobState::new(BatchJobPhase::Succeeded);
+    done.exit_code = Some(0);
+    // Its Job is gone (ttlSecondsAfterFinished): nothing is made again.
+    let job = with_job_status(
+        batch_job(BATCH),
+        admitted(&done, "batch", "kubernetes", "sum-1"),
+    );
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let outcome = run(ctx, verifier, &job, vec![]).await;
+    assert!(outcome.seen.is_empty());
+    assert_eq!(outcome.result.expect("ok"), Action::await_change());
+}
+
+#[tokio::test]
+async fn a_job_over_the_users_cap_is_refused_and_nothing_is_created() {
+    // Another job of alice runs on `batch` with 3 CPUs; this one asks for 2 (cap: 4).
+    let mut other = batch_job("  nodePool: batch\n  resources: {cpu: \"3\"}");
+    other.metadata.name = Some("other".into());
+    other.metadata.uid = Some("u-other".into());
+    let other = with_job_status(
+        other,
+        admitted(&queued_for_pod(), "batch", "kubernetes", "other"),
+    );
+    let job = batch_job(BATCH);
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone(), other],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let outcome = run_then(
+        ctx,
+        verifier,
+        &job,
+        vec![
+            status_step(&job, |body| {
+                let s = &body["status"];
+                assert_eq!(s["phase"], "Pending");
+                assert_eq!(s["reason"], "UserCapExceeded");
+                assert_eq!(s["conditions"][0]["type"], "Admitted");
+                assert_eq!(s["conditions"][0]["status"], "False");
+                assert_eq!(s["conditions"][0]["reason"], "UserCapExceeded");
+                assert_eq!(s.get("system"), None);
+            }),
+            event_step(&job, "Warning", "UserCapExceeded"),
+        ],
+        // Only the other job's 3 CPUs: nothing reserved for this one.
+        |ctx| {
+            assert_eq!(
+                ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+                3000
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        outcome.result.expect("ok"),
+        Action::requeue(REQUEUE_REFUSED)
+    );
+}
+
+#[tokio::test]
+async fn a_job_with_an_invalid_deadline_fails_for_good() {
+    let job = batch_job("  nodePool: batch\n  deadlineSeconds: 100000");
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let outcome = run(
+        ctx,
+        verifier,
+        &job,
+        vec![
+            status_step(&job, |body| {
+                assert_eq!(body["status"]["phase"], "Failed");
+                assert_eq!(body["status"]["reason"], "DeadlineExceedsPool");
+            }),
+            event_step(&job, "Warning", "DeadlineExceedsPool"),
+        ],
+    )
+    .await;
+    assert_eq!(outcome.result.expect("ok"), Action::await_change());
+}
+
+#[tokio::test]
+async fn a_gpu_job_runs_on_the_gpu_pool_with_its_gpu_limit() {
+    let job = batch_job("  resources: {gpus: 1}");
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let expected = applied(&job);
+    let limits = &expected["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"];
+    assert_eq!(limits["nvidia.com/gpu"], "1");
+    assert_eq!(
+        expected["spec"]["template"]["spec"]["nodeSelector"]["atelier.dev/pool"],
+        "gpu"
+    );
+    let outcome = run_then(
+        ctx,
+        verifier,
+        &job,
+        vec![
+            create_job_step(expected),
+            status_step(&job, |body| assert_eq!(body["status"]["nodePool"], "gpu")),
+            event_step(&job, "Normal", "Queued"),
+        ],
+        |ctx| assert_eq!(ctx.shared.usage().user_usage("gpu", "alice").gpus, 1),
+    )
+    .await;
+    outcome.result.expect("ok");
+}
+
+#[tokio::test]
+async fn on_a_kueue_pool_the_job_is_created_suspended_and_stays_queued_until_admitted() {
+    let base = batch_job("  nodePool: queued");
+    // 1. Created suspended, with the queue label.
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![base.clone()],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let expected = applied(&base);
+    assert_eq!(expected["spec"]["suspend"], true);
+    assert_eq!(
+        expected["metadata"]["labels"][KUEUE_QUEUE_LABEL],
+        "batch-queue"
+    );
+    let outcome = run(
+        ctx,
+        verifier,
+        &base,
+        vec![
+            create_job_step(expected),
+            status_step(&base, |body| {
+                assert_eq!(body["status"]["phase"], "Queued");
+                assert_eq!(body["status"]["reason"], "WaitingForAdmission");
+                assert_eq!(
+                    body["status"]["message"],
+                    "waiting for Kueue to admit it from LocalQueue batch-queue"
+                );
+            }),
+            event_step(&base, "Normal", "Queued"),
+        ],
+    )
+    .await;
+    outcome.result.expect("ok");
+
+    // 2. Still suspended: nothing to write.
+    let mut waiting = JobState::new(BatchJobPhase::Queued);
+    waiting.reason = Some(status::WAITING_FOR_ADMISSION.into());
+    waiting.message = Some("waiting for Kueue to admit it from LocalQueue batch-queue".into());
+    let job = with_job_status(
+        base.clone(),
+        admitted(&waiting, "queued", "kubernetes", "sum-1"),
+    );
+    let suspended = observed(&desired(&base));
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            jobs: vec![suspended.clone()],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    assert!(run(ctx, verifier, &job, vec![]).await.seen.is_empty());
+
+    // 3. Kueue admitted it (suspend: false) and its pod runs: Running, the Job never written.
+    let mut admitted_job = suspended;
+    admitted_job.spec.as_mut().expect("spec").suspend = Some(false);
+    let admitted_job = with_status(
+        admitted_job,
+        json!({"startTime": "2026-01-01T09:10:00Z", "active": 1}),
+    );
+    let pod = job_pod("sum-1-xyz", json!({"phase": "Running"}));
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            jobs: vec![admitted_job],
+            pods: vec![pod],
+            ..Jobs::default()
+        },
+        Box::new(no_slurm),
+    );
+    let outcome = run(
+        ctx,
+        verifier,
+        &job,
+        vec![
+            status_step(&job, |body| {
+                assert_eq!(body["status"]["phase"], "Running");
+                assert_eq!(body["status"]["podName"], "sum-1-xyz");
+                assert_eq!(body["status"]["startTime"], "2026-01-01T09:10:00Z");
+            }),
+            event_step(&job, "Normal", "Running"),
+        ],
+    )
+    .await;
+    outcome.result.expect("ok");
+}
+
+fn slurm_key() -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(json!({
+        "metadata": {"name": "slurm-jwt", "namespace": "atelier",
+            "labels": {"atelier.dev/slurm-key": "true"}},
+        "data": {"jwtKey": "c2VjcmV0LWtleQ=="},
+    }))
+    .expect("a Secret")
+}
+
+#[tokio::test]
+async fn a_slurm_job_is_finalized_submitted_polled_and_cancelled_on_deletion() {
+    let fake = FakeSlurm::new({
+        let mut s = JobState::new(BatchJobPhase::Succeeded);
+        s.exit_code = Some(0);
+        s.placement = Some("node-1".into());
+        s
+    });
+    let base = batch_job("  nodePool: hpc");
+
+    // 1. The finalizer first.
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![base.clone()],
+            keys: vec![slurm_key()],
+            ..Jobs::default()
+        },
+        fake.systems(),
+    );
+    let mut finalized = base.clone();
+    finalized.metadata.finalizers = Some(vec![BATCHJOB_FINALIZER.into()]);
+    let outcome = run(
+        ctx,
+        verifier,
+        &base,
+        vec![
+            Step::new(http::Method::PATCH, batchjob_path(&base, false))
+                .check(|body| {
+                    assert_eq!(
+                        body,
+                        &json!([
+                            {"op": "test", "path": "/metadata/finalizers", "value": null},
+                            {"op": "add", "path": "/metadata/finalizers", "value": [BATCHJOB_FINALIZER]},
+                        ])
+                    )
+                })
+                .object(&finalized),
+        ],
+    )
+    .await;
+    outcome.result.expect("ok");
+    assert!(
+        fake.calls().is_empty(),
+        "nothing submitted before the finalizer"
+    );
+
+    // 2. Submitted once: Queued with Slurm's id.
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![finalized.clone()],
+            keys: vec![slurm_key()],
+            ..Jobs::default()
+        },
+        fake.systems(),
+    );
+    let outcome = run(
+        ctx,
+        verifier,
+        &finalized,
+        vec![
+            status_step(&finalized, |body| {
+                let s = &body["status"];
+                assert_eq!(s["phase"], "Queued");
+                assert_eq!(s["system"], "slurm");
+                assert_eq!(s["systemId"], "4242");
+                assert_eq!(s["nodePool"], "hpc");
+            }),
+            event_step(&finalized, "Normal", "Queued"),
+        ],
+    )
+    .await;
+    assert_eq!(outcome.result.expect("ok"), Action::requeue(REQUEUE_POLL));
+    assert_eq!(
+        fake.calls(),
+        [Call::Submit(
+            "alice".into(),
+            "debug".into(),
+            finalized.spec.command.clone()
+        )]
+    );
+    assert_eq!(*fake.key.lock().expect("lock"), b"secret-key");
+
+    // 3. Polled: Slurm says it succeeded.
+    let mut submitted = JobState::new(BatchJobPhase::Queued);
+    submitted.reason = Some("Submitted".into());
+    submitted.message = Some("submitted to Slurm as job 4242".into());
+    let queued = with_job_status(
+        finalized.clone(),
+        admitted(&submitted, "hpc", "slurm", "4242"),
+    );
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![queued.clone()],
+            keys: vec![slurm_key()],
+            ..Jobs::default()
+        },
+        fake.systems(),
+    );
+    let outcome = run(
+        ctx,
+        verifier,
+        &queued,
+        vec![
+            status_step(&queued, |body| {
+                assert_eq!(body["status"]["phase"], "Succeeded");
+                assert_eq!(body["status"]["exitCode"], 0);
+                assert_eq!(body["status"]["podName"], "node-1");
+            }),
+            event_step(&queued, "Normal", "Succeeded"),
+        ],
+    )
+    .await;
+    outcome.result.expect("ok");
+    assert_eq!(fake.calls().last(), Some(&Call::Status("4242".into())));
+
+    // 4. Deleted while queued: cancelled in Slurm, then the finalizer goes.
+    let mut deleting = queued.clone();
+    deleting.metadata.deletion_timestamp = Some(t0());
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![deleting.clone()],
+            keys: vec![slurm_key()],
+            ..Jobs::default()
+        },
+        fake.systems(),
+    );
+    let mut gone = deleting.clone();
+    gone.metadata.finalizers = None;
+    let outcome = run(
+        ctx,
+        verifier,
+        &deleting,
+        vec![
+            Step::new(http::Method::PATCH, batchjob_path(&deleting, false))
+                .check(|body| {
+                    assert_eq!(
+                        body,
+                        &json!([
+                            {"op": "test", "path": "/metadata/finalizers/0", "value": BATCHJOB_FINALIZER},
+                            {"op": "remove", "path": "/metadata/finalizers/0"},
+                        ])
+                    )
+                })
+                .object(&gone),
+        ],
+    )
+    .await;
+    outcome.result.expect("ok");
+    assert_eq!(fake.calls().last(), Some(&Call::Cancel("4242".into())));
+}
+
+#[tokio::test]
+async fn a_slurm_job_without_its_key_waits_with_the_reason() {
+    let fake = FakeSlurm::new(JobState::new(BatchJobPhase::Running));
+    let mut job = batch_job("  nodePool: hpc");
+    job.metadata.finalizers = Some(vec![BATCHJOB_FINALIZER.into()]);
+    let (ctx, verifier) = context(
+        Jobs {
+            batchjobs: vec![job.clone()],
+            ..Jobs::default()
+        },
+        fake.systems(),
+    );
+    let outcome = run(
+        ctx,
+        verifier,
+        &job,
+        vec![
+            status_step(&job, |body| {
+                assert_eq!(body["status"]["phase"], "Pending");
+                assert_eq!(body["status"]["reason"], "SlurmKeyMissing");
+            }),
+            event_step(&job, "Warning", "SlurmKeyMissing"),
+        ],
+    )
+    .await;
+    assert_eq!(outcome.result.expect("ok"), Action::requeue(REQUEUE_POLL));
+    assert!(fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn dereference_reads_the_caches() {
+    let job = batch_job("  nodePool: batch\n  dataSources: [era5]");
+    let (ctx, _verifier) = context(Jobs::default(), Box::new(no_slurm));
+    let d = dereference(&job, &ctx);
+    assert_eq!(
+        d.profile.map(|p| p.metadata.name),
+        Some(Some("pangeo".into()))
+    );
+    assert_eq!(d.pools.len(), 4);
+    assert_eq!(d.data_sources.len(), 1);
+    assert_eq!(d.groups, ["climate".to_owned()].into());
+}
+
+/// The controller lists and watches exactly its kinds (BatchJobs, their Jobs and pods, the
+/// Slurm key Secrets of the operator's namespace), each request granted by the RBAC table, then
+/// shuts down.
+#[tokio::test]
+async fn the_controller_watches_batchjobs_jobs_pods_and_slurm_keys_then_shuts_down() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let (fed, verifier) = context(Jobs::default(), Box::new(no_slurm));
+    // A fresh context: the fixture fed the caches, the controller feeds its own.
+    let ctx = Arc::new(super::Context::new(
+        fed.shared.clone(),
+        fed.settings.clone(),
+        fed.reporter.clone(),
+        fed.metrics.clone(),
+        Box::new(no_slurm),
+    ));
+    drop(fed);
+    let expected: BTreeSet<(String, String)> = [
+        ("/apis/atelier.dev/v1alpha1/namespaces/team/batchjobs", ""),
+        (
+            "/apis/batch/v1/namespaces/team/jobs",
+            "app.kubernetes.io/managed-by=atelier-operator",
+        ),
+        ("/api/v1/namespaces/team/pods", "atelier.dev/batchjob"),
+        (
+            "/api/v1/namespaces/atelier/secrets",
+            "atelier.dev/slurm-key=true",
+        ),
+    ]
+    .iter()
+    .map(|(p, s)| ((*p).to_owned(), (*s).to_owned()))
+    .collect();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let want = expected.clone();
+    let server = tokio::spawn(async move {
+        let mut handle = verifier.into_handle();
+        let (mut listed, mut watched) = (BTreeSet::new(), BTreeSet::new());
+        let mut watches = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            assert_eq!(request.method(), http::Method::GET, "{}", request.uri());
+            crate::operator::workspace::fixtures::assert_granted(&request);
+            let query: BTreeMap<String, String> =
+                crate::operator::workspace::fixtures::parse_query(request.uri().query());
+            let key = (
+                request.uri().path().to_owned(),
+                query.get("labelSelector").cloned().unwrap_or_default(),
+            );
+            if query.get("watch").map(String::as_str) == Some("true") {
+                watched.insert(key);
+                watches.push(send);
+                if want.is_subset(&watched) {
+                    let _ = tx.send(true);
+                }
+                continue;
+            }
+            listed.insert(key);
+            let body = json!({
+                "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": [],
+            });
+            send.send_response(
+                http::Response::builder()
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&body).expect("json"),
+                    ))
+                    .expect("a response"),
+            );
+        }
+        (listed, watched)
+    });
+    let controller = super::reconcile::run_controller(ctx, Some(NS_TEAM.into()), 2, rx);
+    tokio::time::timeout(
+        crate::operator::workspace::fixtures::SCENARIO_TIMEOUT,
+        controller,
+    )
+    .await
+    .expect("the controller lists and watches every kind, then shuts down");
+    let (listed, watched) = tokio::time::timeout(
+        crate::operator::workspace::fixtures::SCENARIO_TIMEOUT,
+        server,
+    )
+    .await
+    .expect("the client is gone")
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    assert_eq!(listed, expected);
+    assert_eq!(watched, expected);
+}
+
+const NS_TEAM: &str = "team";
