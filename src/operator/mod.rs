@@ -605,7 +605,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         batch_settings,
         batchjob::reporter(),
         batch_metrics,
-        Box::new(batchjob::no_slurm),
+        Box::new(batchjob::slurm),
     ));
     let workspaces = workspace::reconcile::run_controller(
         ctx,

@@ -80,8 +80,13 @@ impl Default for BatchSettings {
 pub type Systems =
     dyn Fn(&SlurmTarget, Vec<u8>) -> Result<Arc<dyn BatchSystem>, BatchError> + Send + Sync;
 
-/// The Slurm system until its implementation is wired in (`crate::batch::slurm::Slurm::new`):
-/// every Slurm job is refused with this error, in its status.
+/// The Slurm system of a pool: slurmrestd at `target.rest_url`, tokens signed with `jwt_key`.
+pub fn slurm(target: &SlurmTarget, jwt_key: Vec<u8>) -> Result<Arc<dyn BatchSystem>, BatchError> {
+    Ok(Arc::new(crate::batch::slurm::Slurm::new(target, jwt_key)?))
+}
+
+/// In tests that need no Slurm: every Slurm job is refused with this error, in its status.
+#[cfg(test)]
 pub fn no_slurm(_: &SlurmTarget, _: Vec<u8>) -> Result<Arc<dyn BatchSystem>, BatchError> {
     Err(BatchError::Other {
         system: "slurm",
