@@ -201,6 +201,12 @@ def check_dask(doc: dict, label: str) -> None:
                 ok = False
                 why = f"{'/'.join(map(str, caught.absolute_path))}: {caught.message}" if caught else str(e)
             check(ok, f"{label}: {what} valid for Kubernetes {version} {why[:300]}")
+    idle = spec.get("idleTimeout", 0)
+    check(isinstance(idle, int) and idle >= 0,
+          f"{label}: idleTimeout is the dask operator's integer seconds, 0 or more ({idle!r})")
+    envs = [e.get("name") for c in spec["scheduler"]["spec"]["containers"] for e in c.get("env", [])]
+    check("DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT" not in envs,
+          f"{label}: no scheduler idle-timeout (it would exit and be restarted; idleTimeout deletes the cluster)")
     ports = {p.get("name"): p.get("port") for p in spec["scheduler"]["service"].get("ports", [])}
     check(ports.get("tcp-comm") == 8786 and ports.get("http-dashboard") == 8787,
           f"{label}: the scheduler Service's ports are named as the dask operator looks them up ({ports})")
