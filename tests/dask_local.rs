@@ -26,7 +26,8 @@ mod common;
 
 use common::hub::peers_venv;
 use common::kernel::Kernel;
-use common::stack::{Deadline, Proc, ProcInfo, free_port, kill_leftovers, processes, singleusers};
+use common::stack::{Deadline, Proc, ProcInfo, free_port, processes, singleusers};
+use common::story;
 use common::{TestDb, launch, say};
 
 const ADMIN_SCOPES: &str = "admin:users,admin:servers,access:servers,tokens,list:users,read:users";
@@ -52,43 +53,7 @@ struct World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        for proc in self.procs.values_mut() {
-            proc.kill();
-        }
-        let leftovers = kill_leftovers(&self.dir_str);
-        if failed {
-            say(format!(
-                "==== dask_local failed: logs under {} ====",
-                self.dir.display()
-            ));
-            let mut logs: Vec<(String, String)> = self
-                .procs
-                .iter()
-                .map(|(name, p)| (name.clone(), p.log()))
-                .collect();
-            if let Ok(entries) = std::fs::read_dir(self.dir.join("state/logs")) {
-                for e in entries.flatten() {
-                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    logs.push((e.path().display().to_string(), text));
-                }
-            }
-            for (name, text) in logs {
-                let tail: Vec<&str> = text.lines().rev().take(80).collect();
-                say(format!("---- {name} (last 80 lines) ----"));
-                for line in tail.iter().rev() {
-                    say(line);
-                }
-            }
-            say(format!("dask_local: kept {}", self.dir.display()));
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-        if leftovers > 0 {
-            say(format!(
-                "dask_local: killed {leftovers} leftover process(es)"
-            ));
-        }
+        story::wind_up("dask_local", &self.dir, &mut self.procs, Vec::new(), 80);
     }
 }
 

@@ -20,6 +20,7 @@ pub mod launch;
 pub mod oidc;
 pub mod s3;
 pub mod stack;
+pub mod story;
 
 pub const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
 
