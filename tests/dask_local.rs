@@ -557,12 +557,15 @@ futs = c.map(lambda i: time.sleep(1) or i, range(40))\nprint(len(futs))";
         }
         deadline.tick(workers).await;
     }
+    // While the work still runs (the scheduler retires a worker as soon as it is done).
     let count = "print(c.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.workers)))";
     let out = kernel
-        .run(&format!("print(sum(c.gather(futs)))\n{count}"))
+        .run(&format!(
+            "c.wait_for_workers(2, timeout=60)\n{count}\nprint(sum(c.gather(futs)))"
+        ))
         .await
         .map_err(|e| e.to_string());
-    assert_eq!(out, Ok("780\n2\n".to_owned()), "both workers joined");
+    assert_eq!(out, Ok("2\n780\n".to_owned()), "both workers joined");
     say("dask_local: carol's cluster grew to 2 workers under load");
     // Idle (nothing held): back to min, never above max meanwhile.
     let out = kernel.run("del futs\nprint('idle')").await;
