@@ -27,6 +27,10 @@
 #   E2E_WORKSPACE_IMAGE  the workspace image (default: the profile's in values-e2e.yaml)
 #   E2E_TIMEOUT          wait per step (default 300s)
 #   E2E_DATA             1 (default): run the DataSource story; 0: skip it
+#   E2E_DASK             1 (default): run the Dask story (DaskOperatorMissing, then the
+#                        dask-kubernetes operator chart and a cluster); 0: skip it
+#   E2E_DASK_OPERATOR_VERSION  its chart version (default 2026.3.0)
+#   E2E_DASK_IMAGE       the scheduler's and workers' image (default ghcr.io/dask/dask:2025.5.0-py3.11)
 #   E2E_CSI_S3_VERSION   the csi-s3 chart version (default 0.43.2)
 #   E2E_S3_IMAGE         the S3 server image (default chrislusf/seaweedfs:3.85)
 #   ATELIER_PEERS_VENV   venv with helm-python-sdk and kubernetes-validate (dry run; default .peers/venv)
@@ -56,6 +60,16 @@ csi_s3_repo=https://yandex-cloud.github.io/k8s-csi-s3/charts
 csi_s3_version="${E2E_CSI_S3_VERSION:-0.43.2}"
 csi_s3_release=atelier-e2e-csi-s3
 csi_s3_installed=0
+dask="${E2E_DASK:-1}"
+# The dask-kubernetes operator's chart: dask/dask-kubernetes `README` and the docs' install line
+# ("helm install --repo https://helm.dask.org ... dask-kubernetes-operator"); 2026.3.0 as the
+# chart README of Atelier pins it.
+dask_operator_repo=https://helm.dask.org
+dask_operator_version="${E2E_DASK_OPERATOR_VERSION:-2026.3.0}"
+dask_operator_release=atelier-e2e-dask-operator
+dask_operator_installed=0
+dask_image="${E2E_DASK_IMAGE:-ghcr.io/dask/dask:2025.5.0-py3.11}"
+dask_placeholder=e2e-dask.invalid/dask:placeholder
 csi_driver_applied=0
 s3_image="${E2E_S3_IMAGE:-chrislusf/seaweedfs:3.85}"
 results=()
@@ -107,7 +121,21 @@ PLAN
   d5. e2e-carol Ready=False reason DataCredentialsNotFound, no pod
   d6. delete both Workspaces (their claims and volumes go), the DataSources, csi-s3
 PLAN
+  [ "$dask" = 1 ] && cat <<PLAN
+  dask (E2E_DASK=1), after the data story:
+  k1. unless CRD daskclusters.kubernetes.dask.org exists: apply Workspace e2e-dora
+      ($here/manifests/dask-workspace.yaml, image $dask_image): Ready=False, DaskOperatorMissing
+  k2. helm install $dask_operator_release dask-kubernetes-operator --repo $dask_operator_repo
+      --version $dask_operator_version -n $ns --wait (unless the CRD exists)
+  k3. e2e-dora: condition Dask reason DaskRunning; DaskCluster and DaskAutoscaler ws-e2e-dora-dask
+      (maximum 2), NetworkPolicy ws-e2e-dora-dask
+  k4. delete e2e-dora: its DaskCluster goes with it; helm uninstall the dask operator
+PLAN
   return 0
+}
+
+dask_workspace() {
+  sed -e "s|$dask_placeholder|$dask_image|" "$here/manifests/dask-workspace.yaml"
 }
 
 # The story's generated manifests: data_secrets NAMESPACE ACCESS_KEY SECRET_KEY ENDPOINT
@@ -211,6 +239,23 @@ sys.exit(1 if check_chart.failures else 0)
 PY
     pass "the DataSource story's manifests: built-in objects valid, DataSources and Workspaces match their CRDs"
   fi
+  if [ "$dask" = 1 ]; then
+    dask_workspace >"$work/dask-workspace.yaml"
+    PYTHONPATH="$chart/tests" "$venv/bin/python" - "$work/dask-workspace.yaml" "$work/rendered.yaml" "$dask_image" <<'PY' \
+      || fail "the Dask story's Workspace and profile"
+import sys, yaml, check_chart
+ws = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+rendered = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+check_chart.validate(ws, "e2e Dask Workspace", expect_builtin=False)
+check = check_chart.check
+check(ws[0]["spec"]["dask"]["image"] == sys.argv[3], "the Dask image placeholder is replaced")
+profile = next(d for d in rendered if d["kind"] == "WorkspaceProfile" and d["metadata"]["name"] == "e2e-jupyter")
+check(profile["spec"].get("allowImageOverride") is True and profile["spec"].get("dask", {}).get("maxWorkers") == 2,
+      "the rendered profile offers Dask (2 workers) and the image override")
+sys.exit(1 if check_chart.failures else 0)
+PY
+    pass "the Dask story's Workspace matches its CRD; the rendered profile offers Dask"
+  fi
   for tool in kubectl helm curl; do
     command -v "$tool" >/dev/null && pass "$tool found" || echo "note: $tool not found (needed for a real run)"
   done
@@ -229,12 +274,13 @@ cleanup() {
   [ -n "$pf_pid" ] && kill "$pf_pid" 2>/dev/null || true
   [ -n "$s3_pf_pid" ] && kill "$s3_pf_pid" 2>/dev/null || true
   # The operator still runs: its finalizers delete the data claims and volumes.
-  kubectl -n "$ns" delete workspace "$workspace" e2e-bob e2e-carol --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
+  kubectl -n "$ns" delete workspace "$workspace" e2e-bob e2e-carol e2e-dora --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 || true
   if [ "$data" = 1 ]; then
     kubectl delete -f "$here/manifests/data-sources.yaml" --ignore-not-found >/dev/null 2>&1 || true
   fi
   helm uninstall "$release" -n "$ns" --wait >/dev/null 2>&1 || true
   [ "$csi_s3_installed" = 1 ] && { helm uninstall "$csi_s3_release" -n "$ns" --wait >/dev/null 2>&1 || true; }
+  [ "$dask_operator_installed" = 1 ] && { helm uninstall "$dask_operator_release" -n "$ns" --wait >/dev/null 2>&1 || true; }
   [ "$csi_driver_applied" = 1 ] && { kubectl delete -f "$here/manifests/data-csidriver.yaml" --ignore-not-found >/dev/null 2>&1 || true; }
   kubectl delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -455,6 +501,63 @@ data_story() {
 
 if [ "$data" = 1 ]; then
   data_story
+fi
+
+# --- the Dask story (E2E_DASK=1) -------------------------------------------------------------
+dask_reason() {
+  kubectl -n "$ns" get workspace/e2e-dora -o jsonpath='{.status.conditions[?(@.type=="Dask")].reason}' 2>/dev/null
+}
+
+dask_story() {
+  # k1. Without the dask-kubernetes operator (its CRD), a Workspace asking for Dask is refused.
+  if kubectl get crd daskclusters.kubernetes.dask.org >/dev/null 2>&1; then
+    pass "the DaskCluster CRD is already on the cluster: DaskOperatorMissing not checked, its operator used"
+  else
+    dask_workspace | kubectl -n "$ns" apply -f - >/dev/null || fail "apply Workspace e2e-dora"
+    refused=""
+    for _ in $(seq 1 60); do
+      refused=$(ready_field e2e-dora reason)
+      [ "$refused" = DaskOperatorMissing ] && break
+      sleep 2
+    done
+    [ "$refused" = DaskOperatorMissing ] || { kubectl -n "$ns" describe workspace/e2e-dora >&2; fail "e2e-dora Ready=False DaskOperatorMissing (got '$refused')"; }
+    [ -z "$(kubectl -n "$ns" get workspace/e2e-dora -o jsonpath='{.status.podName}')" ] \
+      || fail "a Workspace refused DaskOperatorMissing runs no pod"
+    pass "without the dask-kubernetes operator e2e-dora is refused: Ready=False DaskOperatorMissing ($(ready_field e2e-dora message | head -c 80)...)"
+    # k2. The operator's chart (CRDs and controller).
+    helm install "$dask_operator_release" dask-kubernetes-operator --repo "$dask_operator_repo" \
+      --version "$dask_operator_version" -n "$ns" --wait --timeout "$timeout" >/dev/null \
+      || { kubectl -n "$ns" get pods -o wide >&2; fail "helm install dask-kubernetes-operator $dask_operator_version"; }
+    dask_operator_installed=1
+    pass "helm install dask-kubernetes-operator $dask_operator_version"
+  fi
+  # k3. The operator notices the CRD (its watch retries within about 30 s) and makes the cluster.
+  dask_workspace | kubectl -n "$ns" apply -f - >/dev/null || fail "apply Workspace e2e-dora"
+  reason=""
+  for _ in $(seq 1 150); do
+    reason=$(dask_reason)
+    [ "$reason" = DaskRunning ] && break
+    sleep 2
+  done
+  [ "$reason" = DaskRunning ] || { kubectl -n "$ns" describe workspace/e2e-dora >&2; kubectl -n "$ns" get daskclusters,pods >&2; fail "e2e-dora's Dask condition DaskRunning (got '$reason')"; }
+  [ "$(kubectl -n "$ns" get daskautoscaler ws-e2e-dora-dask -o jsonpath='{.spec.maximum}')" = 2 ] \
+    || fail "DaskAutoscaler ws-e2e-dora-dask with maximum 2"
+  kubectl -n "$ns" get daskcluster ws-e2e-dora-dask >/dev/null || fail "DaskCluster ws-e2e-dora-dask"
+  kubectl -n "$ns" get networkpolicy ws-e2e-dora-dask >/dev/null || fail "NetworkPolicy ws-e2e-dora-dask"
+  pass "e2e-dora's Dask cluster runs: DaskRunning, workers $(kubectl -n "$ns" get workspace/e2e-dora -o jsonpath='{.status.dask.workers}'), scheduler $(kubectl -n "$ns" get workspace/e2e-dora -o jsonpath='{.status.dask.schedulerAddress}')"
+  # k4. Deleted with its Workspace (owner reference).
+  kubectl -n "$ns" delete workspace e2e-dora --wait=true --timeout="$timeout" >/dev/null || fail "delete Workspace e2e-dora"
+  kubectl -n "$ns" wait daskcluster/ws-e2e-dora-dask --for=delete --timeout="$timeout" >/dev/null 2>&1 || true
+  kubectl -n "$ns" get daskcluster ws-e2e-dora-dask >/dev/null 2>&1 && fail "DaskCluster ws-e2e-dora-dask gone with its Workspace"
+  pass "e2e-dora deleted: its DaskCluster went with it"
+  if [ "$dask_operator_installed" = 1 ]; then
+    helm uninstall "$dask_operator_release" -n "$ns" --wait >/dev/null || fail "helm uninstall $dask_operator_release"
+    dask_operator_installed=0
+  fi
+}
+
+if [ "$dask" = 1 ]; then
+  dask_story
 fi
 
 # --- stop -----------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ use common::hub::peers_venv;
 use common::kernel::Kernel;
 use common::launch;
 use common::say;
-use common::stack::{Deadline, Proc, free_port, kill_leftovers, singleusers};
+use common::stack::{Deadline, Proc, free_port, singleusers};
+use common::story;
 
 /// The scopes of the story's own service: users, groups, their tokens and servers; services.
 const ADMIN_SCOPES: &str = "admin:users,admin:groups,admin:servers,access:servers,tokens,\
@@ -140,52 +141,14 @@ struct World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        for proc in self.procs.values_mut() {
-            proc.kill();
-        }
         let gateway_log = self
             .gateway
             .as_ref()
             .map(|g| g.proc.log())
             .unwrap_or_default();
         drop(self.gateway.take());
-        let leftovers = kill_leftovers(&self.dir_str);
-        if failed {
-            say(format!(
-                "==== dask_gateway failed: logs under {} ====",
-                self.dir.display()
-            ));
-            let mut logs: Vec<(String, String)> = self
-                .procs
-                .iter()
-                .map(|(name, p)| (name.clone(), p.log()))
-                .collect();
-            logs.push(("dask-gateway".into(), gateway_log));
-            if let Ok(entries) = std::fs::read_dir(self.dir.join("state/logs")) {
-                for e in entries.flatten() {
-                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    logs.push((e.path().display().to_string(), text));
-                }
-            }
-            for (name, text) in logs {
-                let tail: Vec<&str> = text.lines().rev().take(80).collect();
-                say(format!("---- {name} (last 80 lines) ----"));
-                for line in tail.iter().rev() {
-                    say(line);
-                }
-            }
-        }
-        if leftovers > 0 {
-            say(format!(
-                "dask_gateway: killed {leftovers} leftover process(es)"
-            ));
-        }
-        if failed || std::env::var_os("ATELIER_E2E_KEEP").is_some() {
-            say(format!("dask_gateway: kept {}", self.dir.display()));
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let extra = vec![("dask-gateway".to_owned(), gateway_log)];
+        story::wind_up("dask_gateway", &self.dir, &mut self.procs, extra, 80);
     }
 }
 

@@ -26,7 +26,8 @@ mod common;
 
 use common::hub::peers_venv;
 use common::kernel::Kernel;
-use common::stack::{Deadline, Proc, ProcInfo, free_port, kill_leftovers, processes, singleusers};
+use common::stack::{Deadline, Proc, ProcInfo, free_port, processes, singleusers};
+use common::story;
 use common::{TestDb, launch, say};
 
 const ADMIN_SCOPES: &str = "admin:users,admin:servers,access:servers,tokens,list:users,read:users";
@@ -52,43 +53,7 @@ struct World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        for proc in self.procs.values_mut() {
-            proc.kill();
-        }
-        let leftovers = kill_leftovers(&self.dir_str);
-        if failed {
-            say(format!(
-                "==== dask_local failed: logs under {} ====",
-                self.dir.display()
-            ));
-            let mut logs: Vec<(String, String)> = self
-                .procs
-                .iter()
-                .map(|(name, p)| (name.clone(), p.log()))
-                .collect();
-            if let Ok(entries) = std::fs::read_dir(self.dir.join("state/logs")) {
-                for e in entries.flatten() {
-                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    logs.push((e.path().display().to_string(), text));
-                }
-            }
-            for (name, text) in logs {
-                let tail: Vec<&str> = text.lines().rev().take(80).collect();
-                say(format!("---- {name} (last 80 lines) ----"));
-                for line in tail.iter().rev() {
-                    say(line);
-                }
-            }
-            say(format!("dask_local: kept {}", self.dir.display()));
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-        if leftovers > 0 {
-            say(format!(
-                "dask_local: killed {leftovers} leftover process(es)"
-            ));
-        }
+        story::wind_up("dask_local", &self.dir, &mut self.procs, Vec::new(), 80);
     }
 }
 
@@ -206,8 +171,15 @@ impl World {
     /// Starts `user`'s default server with `workers` Dask workers and waits until the proxy
     /// routes to it.
     async fn start(&self, user: &str, token: &str, workers: u32) {
+        let dask = json!({"workers": {"min": workers, "max": 4}});
+        self.start_with(user, token, dask).await;
+    }
+
+    /// Starts `user`'s default server with `dask` as `user_options.dask` and waits until the
+    /// proxy routes to it.
+    async fn start_with(&self, user: &str, token: &str, dask: Value) {
         let url = format!("{}/hub/api/users/{user}/server", self.hub());
-        let options = json!({"user_options": {"dask": {"workers": {"min": workers, "max": 4}}}});
+        let options = json!({"user_options": {"dask": dask}});
         let (status, body) = self.call("POST", &url, token, Some(options)).await;
         assert!(
             status == 201 || status == 202,
@@ -421,4 +393,211 @@ async fn dask_cluster_in_a_local_workspace_on_postgres() {
         return;
     };
     story(what, db).await;
+}
+
+/// The lines the backend wrote into the servers' logs (`[atelier] …`).
+fn atelier_notes(world: &World) -> String {
+    let mut notes = String::new();
+    if let Ok(entries) = std::fs::read_dir(world.dir.join("state/logs")) {
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for line in text.lines().filter(|l| l.starts_with("[atelier] ")) {
+                notes.push_str(line);
+                notes.push('\n');
+            }
+        }
+    }
+    notes
+}
+
+/// The `dask scheduler` and `dask worker` processes of group `pgid`: (schedulers, workers).
+fn members(pgid: i32) -> (Vec<i32>, Vec<i32>) {
+    let all = dask_processes(pgid);
+    let pids = |what: &str| {
+        all.iter()
+            .filter(|p| p.cmdline.contains(what))
+            .map(|p| p.pid)
+            .collect::<Vec<_>>()
+    };
+    (pids("dask scheduler"), pids("dask worker"))
+}
+
+/// Issue 12, a dead local scheduler: killed, it is started again on the same address with
+/// `min` fresh workers and a kernel's `Client()` computes again; ended by its idle timeout, its
+/// workers go too and nothing is started again, while the server runs on. Both are written
+/// into the server's log.
+async fn dead_scheduler_story(what: &str, db: TestDb) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(venv) = peers_venv(what, &["jupyterhub-singleuser", "dask", "python"]) else {
+        return;
+    };
+    let world = World::new(venv, db).await;
+    let alice = world.user("alice").await;
+    world.start("alice", &alice, 2).await;
+    let (alice_pid, env) = server_env(&world, "alice");
+    let address = env["DASK_SCHEDULER_ADDRESS"].clone();
+    let (schedulers, old_workers) = members(alice_pid);
+    assert_eq!(schedulers.len(), 1, "{schedulers:?}");
+    let killed = schedulers[0];
+    // SAFETY: kill(2) of the scheduler this story's server started.
+    assert_eq!(unsafe { libc::kill(killed, libc::SIGKILL) }, 0);
+    let deadline = Deadline::new(
+        "a new scheduler and 2 new workers in alice's group",
+        Duration::from_secs(60),
+    );
+    loop {
+        let (schedulers, workers) = members(alice_pid);
+        let fresh = workers.iter().filter(|w| !old_workers.contains(w)).count();
+        let old_left = workers.iter().filter(|w| old_workers.contains(w)).count();
+        if schedulers.len() == 1 && schedulers[0] != killed && fresh == 2 && old_left == 0 {
+            break;
+        }
+        deadline
+            .tick((schedulers, workers, old_workers.clone()))
+            .await;
+    }
+    let notes = atelier_notes(&world);
+    assert!(
+        notes.contains(&format!(
+            "the Dask scheduler was killed by signal 9; started it again on {address} with 2 \
+             worker(s) (restart 1)"
+        )),
+        "{notes}"
+    );
+    // The same address, the same TLS files: a kernel's `Client()` computes as before.
+    let kernel = Kernel::start(world.proxy_port, "alice", &alice).await;
+    let cell = "from dask.distributed import Client\nimport dask.array as da\n\
+c = Client()\nc.wait_for_workers(2, timeout=60)\nprint(len(c.scheduler_info()[\"workers\"]))\n\
+print(da.ones((8000, 8000), chunks=1000).sum().compute())";
+    let out = kernel.run(cell).await.map_err(|e| e.to_string());
+    assert_eq!(out, Ok("2\n64000000.0\n".to_owned()));
+    say("dask_local: alice's killed scheduler was started again, Client() computes");
+    world.stop("alice", &alice).await;
+
+    // An idle timeout ends the cluster for good (until the next start).
+    let bob = world.user("bob").await;
+    world
+        .start_with(
+            "bob",
+            &bob,
+            // Longer than the start (the scheduler is idle from its own start on).
+            json!({"workers": {"min": 1, "max": 2}, "idleTimeoutSeconds": 20}),
+        )
+        .await;
+    let (bob_pid, _) = server_env(&world, "bob");
+    let deadline = Deadline::new("bob's idle cluster to stop", Duration::from_secs(60));
+    loop {
+        let (schedulers, workers) = members(bob_pid);
+        if schedulers.is_empty() && workers.is_empty() {
+            break;
+        }
+        deadline.tick((schedulers, workers)).await;
+    }
+    // Not started again: a few supervision rounds later there is still none.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(members(bob_pid), (vec![], vec![]));
+    assert_eq!(server_env(&world, "bob").0, bob_pid, "the server runs on");
+    let (_, body) = world.admin("GET", "/hub/api/users/bob", None).await;
+    let model: Value = serde_json::from_str(&body).expect("user model");
+    assert_eq!(model["servers"][""]["ready"], true, "{body}");
+    let notes = atelier_notes(&world);
+    assert!(
+        notes.contains(
+            "the Dask cluster stopped after 20 s without work (idleTimeoutSeconds); restart \
+             the server for a new one"
+        ),
+        "{notes}"
+    );
+    world.stop("bob", &bob).await;
+    say("dask_local: bob's idle cluster stopped and stayed stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_local_scheduler_is_restarted_and_an_idle_one_stops() {
+    let db = TestDb::sqlite("dask_local_dead");
+    dead_scheduler_story(
+        "local Dask supervision story on SQLite (hub, proxy, jupyterhub-singleuser, dask)",
+        db,
+    )
+    .await;
+}
+
+/// Issue 12, local scaling: a cluster of 1 to 2 workers grows to 2 worker processes while work
+/// waits (never more), computes, and goes back to 1 once idle, its surplus worker retired
+/// through the scheduler.
+async fn scaling_story(what: &str, db: TestDb) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(venv) = peers_venv(what, &["jupyterhub-singleuser", "dask", "python"]) else {
+        return;
+    };
+    let world = World::new(venv, db).await;
+    let carol = world.user("carol").await;
+    world
+        .start_with("carol", &carol, json!({"workers": {"min": 1, "max": 2}}))
+        .await;
+    let (pid, _) = server_env(&world, "carol");
+    assert_eq!(members(pid).1.len(), 1, "min workers at the start");
+    let kernel = Kernel::start(world.proxy_port, "carol", &carol).await;
+    // 40 tasks of a second each: the scheduler's adaptive target rises above 1.
+    let submit = "import time\nfrom dask.distributed import Client\nc = Client()\n\
+futs = c.map(lambda i: time.sleep(1) or i, range(40))\nprint(len(futs))";
+    let out = kernel.run(submit).await.map_err(|e| e.to_string());
+    assert_eq!(out, Ok("40\n".to_owned()));
+    let deadline = Deadline::new(
+        "carol's cluster to grow to 2 workers",
+        Duration::from_secs(60),
+    );
+    let mut most = 0;
+    loop {
+        let workers = members(pid).1.len();
+        most = most.max(workers);
+        assert!(workers <= 2, "above max: {workers}");
+        if workers == 2 {
+            break;
+        }
+        deadline.tick(workers).await;
+    }
+    // While the work still runs (the scheduler retires a worker as soon as it is done).
+    let count = "print(c.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.workers)))";
+    let out = kernel
+        .run(&format!(
+            "c.wait_for_workers(2, timeout=60)\n{count}\nprint(sum(c.gather(futs)))"
+        ))
+        .await
+        .map_err(|e| e.to_string());
+    assert_eq!(out, Ok("2\n780\n".to_owned()), "both workers joined");
+    say("dask_local: carol's cluster grew to 2 workers under load");
+    // Idle (nothing held): back to min, never above max meanwhile.
+    let out = kernel.run("del futs\nprint('idle')").await;
+    assert_eq!(out.map_err(|e| e.to_string()), Ok("idle\n".to_owned()));
+    let deadline = Deadline::new(
+        "carol's cluster to shrink to 1 worker",
+        Duration::from_secs(60),
+    );
+    loop {
+        let workers = members(pid).1.len();
+        most = most.max(workers);
+        if workers == 1 {
+            break;
+        }
+        deadline.tick(workers).await;
+    }
+    assert_eq!(most, 2, "never above max");
+    let out = kernel.run(count).await.map_err(|e| e.to_string());
+    assert_eq!(out, Ok("1\n".to_owned()), "the scheduler retired the other");
+    // And it stays there (min), a few adaptive rounds later.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(members(pid).1.len(), 1);
+    world.stop("carol", &carol).await;
+    say("dask_local: carol's idle cluster went back to 1 worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cluster_scales_between_min_and_max() {
+    let db = TestDb::sqlite("dask_local_scale");
+    scaling_story(
+        "local Dask scaling story on SQLite (hub, proxy, jupyterhub-singleuser, dask)",
+        db,
+    )
+    .await;
 }

@@ -47,7 +47,8 @@ use common::kernel::{Kernel, KernelError};
 use common::launch;
 use common::s3::{S3Identity, SeaweedFs};
 use common::say;
-use common::stack::{Deadline, Proc, free_port, kill_leftovers, singleusers};
+use common::stack::{Deadline, Proc, free_port, singleusers};
+use common::story;
 
 /// The catalogue of the story, as README.md shows it.
 const FIXTURES: &str = "tests/fixtures/data";
@@ -238,38 +239,13 @@ impl Http {
             .expect("progress: no answer")
             .expect("progress request");
         assert_eq!(resp.status(), 200, "GET {url}");
-        let mut body = resp.into_body();
-        let (mut buffer, mut events) = (String::new(), Vec::new());
-        loop {
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Ok(Some(Ok(frame))) => frame,
-                Ok(Some(Err(e))) => panic!("progress stream broke: {e}; events: {events:?}"),
-                Ok(None) => panic!("progress stream ended before ready/failed: {events:?}"),
-                Err(_) => panic!("progress: no final event in {SPAWN_WAIT:?}: {events:?}"),
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            buffer.push_str(&String::from_utf8_lossy(&data));
-            while let Some(end) = buffer.find("\n\n") {
-                let chunk: String = buffer.drain(..end + 2).collect();
-                for line in chunk.lines() {
-                    let Some(data) = line.strip_prefix("data:") else {
-                        continue;
-                    };
-                    self.seen
-                        .lock()
-                        .unwrap()
-                        .push(format!("progress {url}: {data}"));
-                    let event: Value = serde_json::from_str(data.trim()).expect("event JSON");
-                    let over = event["ready"] == true || event["failed"] == true;
-                    events.push(event);
-                    if over {
-                        return events;
-                    }
-                }
-            }
-        }
+        story::progress_events(resp.into_body(), deadline, |data| {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("progress {url}: {data}"));
+        })
+        .await
     }
 }
 
@@ -293,48 +269,10 @@ struct World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        for proc in self.procs.values_mut() {
-            proc.kill();
-        }
         let s3_log = self.s3.as_ref().map(SeaweedFs::log).unwrap_or_default();
         drop(self.s3.take());
-        let leftovers = kill_leftovers(&self.dir_str);
-        if failed {
-            say(format!(
-                "==== data_sources failed: logs under {} ====",
-                self.dir.display()
-            ));
-            let mut logs: Vec<(String, String)> = self
-                .procs
-                .iter()
-                .map(|(name, p)| (name.clone(), p.log()))
-                .collect();
-            logs.push(("seaweedfs".into(), s3_log));
-            if let Ok(entries) = std::fs::read_dir(self.dir.join("state/logs")) {
-                for e in entries.flatten() {
-                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    logs.push((e.path().display().to_string(), text));
-                }
-            }
-            for (name, text) in logs {
-                let tail: Vec<&str> = text.lines().rev().take(120).collect();
-                say(format!("---- {name} (last 120 lines) ----"));
-                for line in tail.iter().rev() {
-                    say(line);
-                }
-            }
-        }
-        if leftovers > 0 {
-            say(format!(
-                "data_sources: killed {leftovers} leftover process(es)"
-            ));
-        }
-        if failed || std::env::var_os("ATELIER_E2E_KEEP").is_some() {
-            say(format!("data_sources: kept {}", self.dir.display()));
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let extra = vec![("seaweedfs".to_owned(), s3_log)];
+        story::wind_up("data_sources", &self.dir, &mut self.procs, extra, 120);
     }
 }
 

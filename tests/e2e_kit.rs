@@ -396,3 +396,68 @@ fn the_run_script_applies_the_data_manifests_and_checks_the_reason() {
         .unwrap();
     assert!(syntax.status.success(), "{syntax:?}");
 }
+
+/// The image `e2e/run.sh` puts in place of the placeholder of `dask-workspace.yaml` by default.
+const STORY_DASK_IMAGE: &str = "ghcr.io/dask/dask:2025.5.0-py3.11";
+
+#[test]
+fn the_dask_story_workspace_gets_the_cluster_the_script_checks() {
+    let script = std::fs::read_to_string(e2e_dir().join("run.sh")).unwrap();
+    assert!(
+        script.contains(&format!("E2E_DASK_IMAGE:-{STORY_DASK_IMAGE}}}")),
+        "the script's default Dask image"
+    );
+    assert!(script.contains("dask_placeholder=e2e-dask.invalid/dask:placeholder"));
+    let raw = documents("dask-workspace.yaml");
+    let text = serde_json::to_string(&raw).unwrap();
+    assert!(
+        text.contains("e2e-dask.invalid/dask:placeholder"),
+        "the placeholder"
+    );
+    let mut docs: Vec<Value> =
+        serde_json::from_str(&text.replace("e2e-dask.invalid/dask:placeholder", STORY_DASK_IMAGE))
+            .unwrap();
+    let validators: Vec<CrdValidator> = v1alpha1::crds().iter().map(CrdValidator::new).collect();
+    let workspaces = validators.iter().find(|v| v.kind() == "Workspace").unwrap();
+    docs[0]["metadata"]["namespace"] = "atelier-e2e".into();
+    docs[0]["metadata"]["uid"] = "uid-dora".into();
+    if let Err(refusal) = workspaces.create(&docs[0]) {
+        panic!("Workspace e2e-dora refused: {refusal:?}");
+    }
+    let ws: Workspace = serde_json::from_value(docs[0].clone()).unwrap();
+    let (profile, pool) = chart_profile_and_pool();
+    let observed = Dereferenced {
+        profile: Some(profile),
+        pools: vec![pool],
+        data_sources: Vec::new(),
+        groups: Default::default(),
+        token: "0".repeat(64),
+        credential_secrets: None,
+        csi_drivers: None,
+        unreachable: Default::default(),
+    };
+    let cfg = OperatorConfig::default();
+    let v = validate(&ws, &observed, &cfg).expect("e2e-dora is admitted");
+    let dask = v.dask.as_ref().expect("e2e-dora gets a cluster");
+    assert_eq!((dask.min, dask.max, dask.workers), (1, 2, 2));
+    assert_eq!(dask.image, STORY_DASK_IMAGE);
+    assert_eq!(dask.pool.name, "e2e-interactive");
+    let built = atelier::operator::workspace::build::build_dask(&v, &cfg, None).expect("objects");
+    // The names and bound run.sh checks on the cluster.
+    assert_eq!(built.cluster.name_any(), "ws-e2e-dora-dask");
+    assert_eq!(built.autoscaler.name_any(), "ws-e2e-dora-dask");
+    assert_eq!(built.network_policy.name_any(), "ws-e2e-dora-dask");
+    assert_eq!(built.autoscaler.spec.maximum, 2);
+    // The workspaces of the other stories ask for no cluster from the same profile.
+    for file in ["workspaces.yaml", "data-workspaces.yaml"] {
+        for doc in documents(file) {
+            assert!(doc["spec"].get("dask").is_none(), "{file}");
+        }
+    }
+    let mut plain = ws.clone();
+    plain.spec.dask = None;
+    assert!(
+        validate(&plain, &observed, &cfg).unwrap().dask.is_none(),
+        "the profile has no defaults: no cluster unless asked"
+    );
+}

@@ -445,34 +445,7 @@ async fn progress_events(http: &Http, url: &str, token: &str) -> Vec<Value> {
             .and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
-    let mut body = resp.into_body();
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(e))) => panic!("progress stream broke: {e}; events: {events:?}"),
-            Ok(None) => panic!("progress stream ended before ready/failed: {events:?}"),
-            Err(_) => panic!("progress: no final event in {SPAWN_WAIT:?}: {events:?}"),
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buffer.push_str(&String::from_utf8_lossy(&data));
-        while let Some(end) = buffer.find("\n\n") {
-            let chunk: String = buffer.drain(..end + 2).collect();
-            for line in chunk.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    let event: Value = serde_json::from_str(data.trim()).expect("event JSON");
-                    let over = event["ready"] == true || event["failed"] == true;
-                    events.push(event);
-                    if over {
-                        return events;
-                    }
-                }
-            }
-        }
-    }
+    common::story::progress_events(resp.into_body(), deadline, |_| {}).await
 }
 
 // ---- the stack ------------------------------------------------------------------------------

@@ -860,6 +860,7 @@ async fn dropping_a_start_with_dask_leaves_no_process() {
     let mut req = request("dora", "");
     req.dask = Some(LocalDask {
         workers: 1,
+        max_workers: 1,
         threads: 1,
         memory_limit: None,
         idle_timeout_seconds: None,

@@ -54,7 +54,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
 
-pub use self::dask::DaskHandle;
+pub use self::dask::{ClusterState, DaskHandle};
 pub use self::jobs::{JobRecord, LocalJobs, SYSTEM as JOBS_SYSTEM, SharedLocalJobs};
 use self::proc::Leader;
 use super::{
@@ -250,6 +250,8 @@ pub struct LocalBackend {
     children: Mutex<HashMap<u32, OwnChild>>,
     /// Batch jobs, as processes ([`LocalJobs`]).
     jobs: std::sync::Arc<LocalJobs>,
+    /// The supervisors of their Dask clusters, by server pid.
+    clusters: Mutex<HashMap<u32, Supervisor>>,
 }
 
 impl LocalBackend {
@@ -277,6 +279,7 @@ impl LocalBackend {
             http,
             children: Mutex::default(),
             jobs,
+            clusters: Mutex::default(),
         }
     }
 
@@ -541,35 +544,57 @@ impl LocalBackend {
                 .filter(|(k, _)| !dask::server_only(k))
                 .cloned()
                 .chain(dask::tls_env(&plan.tls))
-                .chain([("HOME".to_owned(), user_dir.to_string_lossy().into_owned())])
+                .chain([
+                    ("HOME".to_owned(), user_dir.to_string_lossy().into_owned()),
+                    (
+                        dask::SCHEDULER_ROUTES.0.to_owned(),
+                        dask::SCHEDULER_ROUTES.1.to_owned(),
+                    ),
+                ])
                 .collect();
-            let spawn = |argv: Vec<String>| -> Result<(u32, watch::Receiver<Option<String>>), BackendError> {
-                spawn_member(&argv, &cluster_env, &user_dir, &log_path, pid)
-            };
             let program = dask::dask_program(&argv[0]);
             let dashboard_prefix = dask::dashboard_prefix(&prefix);
-            let (scheduler_pid, scheduler_exit) = spawn(dask::scheduler_argv(
+            let scheduler_argv = dask::scheduler_argv(
                 &program,
                 plan.port,
                 plan.dashboard_port,
                 &dashboard_prefix,
                 &plan.tls,
                 &plan.spec,
-            ))?;
+            );
+            let (scheduler_pid, scheduler_exit) =
+                spawn_member(&scheduler_argv, &cluster_env, &user_dir, &log_path, pid)?;
             let scheduler_start_time = proc::read_stat(scheduler_pid)
                 .map(|s| s.start_time)
                 .ok_or_else(|| anyhow::anyhow!("no /proc entry for the Dask scheduler"))?;
-            let stem = names::server_file_stem(&request.user, &request.server);
-            let mut workers = Vec::new();
-            for i in 0..plan.spec.workers {
-                let name = format!("{stem}-{i}");
-                workers.push(spawn(dask::worker_argv(
-                    &program,
-                    &plan.address,
-                    &name,
-                    &plan.tls,
-                    &plan.spec,
-                ))?);
+            let mut members = dask::Cluster {
+                program,
+                scheduler_argv,
+                address: plan.address.clone(),
+                tls: plan.tls.clone(),
+                spec: plan.spec.clone(),
+                stem: names::server_file_stem(&request.user, &request.server),
+                env: cluster_env,
+                dir: user_dir.clone(),
+                log_path: log_path.clone(),
+                server_pid: pid,
+                server_start_time: start_time,
+                scheduler: dask::Member {
+                    name: String::new(),
+                    pid: scheduler_pid,
+                    start_time: scheduler_start_time,
+                    exit: scheduler_exit,
+                },
+                workers: Vec::new(),
+                next_worker: 0,
+                api: format!(
+                    "http://127.0.0.1:{}{dashboard_prefix}/api/v1",
+                    plan.dashboard_port
+                ),
+                target: plan.spec.workers,
+            };
+            for _ in 0..plan.spec.workers {
+                members.start_worker().map_err(BackendError::SpawnFailed)?;
             }
             tracing::info!(
                 user = %request.user, server = %request.server, scheduler_pid,
@@ -591,12 +616,11 @@ impl LocalBackend {
                     scheduler_start_time,
                     address: plan.address.clone(),
                     dashboard: dashboard.clone(),
-                    worker_pids: workers.iter().map(|(p, _)| *p).collect(),
+                    worker_pids: members.workers.iter().map(|w| w.pid).collect(),
                 },
                 counts_url: format!("{dashboard}{dashboard_prefix}/json/counts.json"),
                 workers: plan.spec.workers,
-                scheduler_exit,
-                worker_exits: workers.into_iter().map(|(_, e)| e).collect(),
+                members,
                 ready: false,
             });
         }
@@ -689,6 +713,19 @@ impl LocalBackend {
                 exit: exit_rx,
             },
         );
+        if let Some(cluster) = started {
+            // Watched while the server runs: restarted when it dies, stopped when idle.
+            let (state_tx, state) = watch::channel(dask::ClusterState::Running { restarts: 0 });
+            let task = tokio::spawn(dask::supervise(cluster.members, state_tx));
+            self.lock_clusters().insert(
+                pid,
+                Supervisor {
+                    start_time,
+                    state,
+                    task,
+                },
+            );
+        }
         tracing::info!(user = %request.user, server = %request.server, pid, port, "server ready");
         send(
             progress,
@@ -750,6 +787,10 @@ impl LocalBackend {
 
     async fn stop_server(&self, handle: &Value) -> Result<(), BackendError> {
         let handle = LocalHandle::from_value(handle)?;
+        // Its cluster's supervisor first: nothing is started again on the way out.
+        if let Some(supervisor) = self.lock_clusters().remove(&handle.pid) {
+            supervisor.task.abort();
+        }
         let result = terminate_group(&handle, STOP_GRACE).await;
         if result.is_ok() {
             self.lock_children().remove(&handle.pid);
@@ -797,17 +838,24 @@ impl LocalBackend {
                 Ok(Ok(_))
             ),
         };
-        if answers
-            && let Some(cluster) = &handle.dask
-            && proc::leader(cluster.scheduler_pid, cluster.scheduler_start_time) != Leader::Alive
-        {
-            // The server still serves; its kernels' `Client()` fails until the next start
-            // (an idle timeout ends a scheduler on purpose).
-            tracing::warn!(
-                pid = handle.pid,
-                scheduler_pid = cluster.scheduler_pid,
-                "the server's Dask scheduler is no longer running (idle timeout or crash)"
-            );
+        if answers && let Some(cluster) = &handle.dask {
+            match self.cluster_state(&handle) {
+                // Its supervisor restarts it or said why it stopped (the server's log, the
+                // hub's): the server still serves either way.
+                Some(_) => {}
+                // A server this hub did not start (adopted after a restart): nobody watches its
+                // cluster, its kernels' `Client()` fails until the next start.
+                None if proc::leader(cluster.scheduler_pid, cluster.scheduler_start_time)
+                    != Leader::Alive =>
+                {
+                    tracing::warn!(
+                        pid = handle.pid,
+                        scheduler_pid = cluster.scheduler_pid,
+                        "the server's Dask scheduler is no longer running (idle timeout or crash)"
+                    );
+                }
+                None => {}
+            }
         }
         Ok(if answers {
             BackendStatus::Running { url: handle.url }
@@ -831,6 +879,19 @@ impl LocalBackend {
 
     fn lock_children(&self) -> std::sync::MutexGuard<'_, HashMap<u32, OwnChild>> {
         self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_clusters(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Supervisor>> {
+        self.clusters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the supervisor of `handle`'s cluster saw of it, when this instance started it.
+    pub fn cluster_state(&self, handle: &LocalHandle) -> Option<dask::ClusterState> {
+        let clusters = self.lock_clusters();
+        let supervisor = clusters
+            .get(&handle.pid)
+            .filter(|s| s.start_time == handle.start_time)?;
+        Some(supervisor.state.borrow().clone())
     }
 }
 
@@ -875,8 +936,8 @@ struct StartedCluster {
     /// The dashboard's `json/counts.json`.
     counts_url: String,
     workers: u32,
-    scheduler_exit: watch::Receiver<Option<String>>,
-    worker_exits: Vec<watch::Receiver<Option<String>>>,
+    /// Its processes, handed to [`dask::supervise`] once the server is ready.
+    members: dask::Cluster,
     /// Every worker connected.
     ready: bool,
 }
@@ -884,18 +945,29 @@ struct StartedCluster {
 impl StartedCluster {
     /// Which of its processes exited, and how, if one did.
     fn exited(&mut self) -> Option<String> {
-        if let Some(how) = self.scheduler_exit.borrow_and_update().clone() {
+        if let Some(how) = self.members.scheduler.exit.borrow_and_update().clone() {
             return Some(format!("the Dask scheduler {how}"));
         }
-        self.worker_exits
+        self.members
+            .workers
             .iter_mut()
             .enumerate()
-            .find_map(|(i, exit)| {
-                exit.borrow_and_update()
+            .find_map(|(i, worker)| {
+                worker
+                    .exit
+                    .borrow_and_update()
                     .clone()
                     .map(|how| format!("Dask worker {i} {how}"))
             })
     }
+}
+
+/// The supervisor of a running server's cluster ([`dask::supervise`]).
+struct Supervisor {
+    /// The server's start time (its pid may be reused).
+    start_time: u64,
+    state: watch::Receiver<dask::ClusterState>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts one process of a server's Dask cluster in the server's process group `pgid`, its

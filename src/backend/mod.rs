@@ -72,8 +72,12 @@ pub struct SpawnRequest {
 /// A local Dask cluster: a scheduler and `workers` workers (see `backend::local`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalDask {
-    /// How many workers run (a local cluster does not scale: the validated `min`, at least 1).
+    /// Workers started with the cluster and kept when it is idle (the validated `min`, at
+    /// least 1).
     pub workers: u32,
+    /// Most workers it scales to when the scheduler's adaptive target asks for more (the
+    /// validated `max` after caps, at most this machine's CPUs, at least `workers`).
+    pub max_workers: u32,
     /// Threads per worker (the worker's CPU, rounded up).
     pub threads: u32,
     /// Memory limit per worker in bytes (`None`: distributed's default).

@@ -1016,15 +1016,15 @@ impl Catalog {
     /// catalogue, the `ValidatedDask` of the operator's `validate` (same refusals as
     /// [`check`](Self::check)); with an empty one (plain `atelier up`), `user_options.dask`
     /// read field by field as for a Workspace, with the built-in defaults of `validate` (1-4
-    /// workers of 1 CPU / 2Gi). A local cluster does not scale: it runs `min` workers (at least
-    /// one), and at most this machine's CPU count of them ([`local_dask_bound`]), else
-    /// `DaskWorkersOutOfRange`.
+    /// workers of 1 CPU / 2Gi). A local cluster starts `min` workers (at least one), at most
+    /// this machine's CPU count of them ([`local_dask_bound`]), else `DaskWorkersOutOfRange`;
+    /// it scales up to `max` (after caps), bounded by the same count.
     pub fn local_dask(
         &self,
         request: &SpawnRequest,
         default_profile: &str,
     ) -> Result<Option<LocalDask>, CheckError> {
-        let (min, cpu, memory, idle) = if self.is_empty() {
+        let (min, max, cpu, memory, idle) = if self.is_empty() {
             let mut request = request.clone();
             if !names::is_valid_user_name(&request.user) {
                 request.user = names::dns_label("", &request.user, "");
@@ -1050,6 +1050,7 @@ impl Catalog {
             let resources = asked.worker_resources.unwrap_or_default();
             (
                 min,
+                max,
                 resources
                     .cpu
                     .unwrap_or_else(|| LOCAL_DEFAULT_WORKER_CPU.to_owned()),
@@ -1068,6 +1069,7 @@ impl Catalog {
             };
             (
                 d.min,
+                d.workers,
                 d.resources.cpu,
                 d.resources.memory,
                 d.idle_timeout_seconds,
@@ -1091,6 +1093,7 @@ impl Catalog {
         let bytes = policy::parse_bytes(&memory).map_err(|e| invalid("memory", e.to_string()))?;
         Ok(Some(LocalDask {
             workers,
+            max_workers: u32::try_from(max).unwrap_or(0).min(bound).max(workers),
             threads: u32::try_from((millis + 999) / 1000).unwrap_or(1).max(1),
             memory_limit: u64::try_from(bytes).ok().filter(|b| *b > 0),
             idle_timeout_seconds: idle.and_then(|s| u64::try_from(s).ok()).filter(|s| *s > 0),
@@ -1880,6 +1883,7 @@ spec: {purpose: interactive}
             dask(json!({"profile": "lab"})).unwrap(),
             Some(LocalDask {
                 workers: 1,
+                max_workers: 3.min(local_dask_bound()),
                 threads: 2,
                 memory_limit: Some(3 << 30),
                 idle_timeout_seconds: Some(900),
@@ -1928,6 +1932,7 @@ spec: {purpose: interactive}
             dask(json!({"dask": {}})).unwrap(),
             Some(LocalDask {
                 workers: 1,
+                max_workers: 4.min(local_dask_bound()),
                 threads: 1,
                 memory_limit: Some(2 << 30),
                 idle_timeout_seconds: None,

@@ -21,6 +21,7 @@ pub mod oidc;
 pub mod s3;
 pub mod slurm;
 pub mod stack;
+pub mod story;
 
 pub const POSTGRES_VAR: &str = "ATELIER_TEST_POSTGRES_URL";
 

@@ -201,6 +201,12 @@ def check_dask(doc: dict, label: str) -> None:
                 ok = False
                 why = f"{'/'.join(map(str, caught.absolute_path))}: {caught.message}" if caught else str(e)
             check(ok, f"{label}: {what} valid for Kubernetes {version} {why[:300]}")
+    idle = spec.get("idleTimeout", 0)
+    check(isinstance(idle, int) and idle >= 0,
+          f"{label}: idleTimeout is the dask operator's integer seconds, 0 or more ({idle!r})")
+    envs = [e.get("name") for c in spec["scheduler"]["spec"]["containers"] for e in c.get("env", [])]
+    check("DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT" not in envs,
+          f"{label}: no scheduler idle-timeout (it would exit and be restarted; idleTimeout deletes the cluster)")
     ports = {p.get("name"): p.get("port") for p in spec["scheduler"]["service"].get("ports", [])}
     check(ports.get("tcp-comm") == 8786 and ports.get("http-dashboard") == 8787,
           f"{label}: the scheduler Service's ports are named as the dask operator looks them up ({ports})")
@@ -536,6 +542,30 @@ def main_all() -> int:
     check("ATELIER_SERVICE_IDLE_CULLER_TOKEN" in {e["name"] for e in args["env"]}
           and find(docs, "Secret", "-idle-culler") is not None and find(docs, "Deployment", "-idle-culler") is not None,
           "defaults: idle culler Deployment, its token Secret, and the hub's service token")
+    check("ATELIER_PROXY_SERVICES" not in find(docs, "ConfigMap", "-proxy")["data"],
+          "defaults: no service routes in the proxy")
+    gateway = {"name": "dask-gateway", "url": "http://traefik-dask-gateway.dask.svc:80",
+               "scopes": ["read:users", "access:servers"],
+               "tokenSecret": {"name": "dask-gateway-hub-token", "key": "token"}}
+    plain = {"name": "stats", "scopes": ["read:metrics"], "tokenSecret": {"name": "stats-token", "key": "t"}}
+    served = check_render({"services": [gateway, plain]}, "a dask-gateway service")
+    hub_env = {e["name"]: e for e in find(served, "Deployment", "-hub")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    hub_services = find(served, "ConfigMap", "-hub")["data"].get("ATELIER_SERVICES", "").split(";")
+    check(hub_services[1:] == ["dask-gateway@http://traefik-dask-gateway.dask.svc:80=read:users,access:servers",
+                               "stats=read:metrics"] and hub_services[0].startswith("idle-culler="),
+          f"services: the hub's --service NAME@URL=SCOPES after the culler's ({hub_services})")
+    check(hub_env.get("ATELIER_SERVICE_DASK_GATEWAY_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+          == {"name": "dask-gateway-hub-token", "key": "token"}
+          and "secretKeyRef" in hub_env.get("ATELIER_SERVICE_STATS_TOKEN", {}).get("valueFrom", {}),
+          "services: each token from its Secret as ATELIER_SERVICE_<NAME>_TOKEN")
+    check(find(served, "ConfigMap", "-proxy")["data"].get("ATELIER_PROXY_SERVICES")
+          == "dask-gateway@http://traefik-dask-gateway.dask.svc:80",
+          "services: the proxy's --service NAME@URL for those with a URL only")
+    refused({"services": [{"name": "Dask Gateway", "tokenSecret": {"name": "s", "key": "k"}}]},
+            "name", "a service name that is no DNS label")
+    refused({"services": [{"name": "dask-gateway", "url": "http://gw/path", "tokenSecret": {"name": "s", "key": "k"}}]},
+            "url", "a service URL with a path")
+    refused({"services": [{"name": "dask-gateway"}]}, "tokenSecret", "a service without its token Secret")
     policy = find(docs, "NetworkPolicy", "-workspaces")
     sources = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
                for rule in (policy or {}).get("spec", {}).get("ingress", []) for p in rule.get("from", [])]

@@ -106,4 +106,10 @@ pub struct DaskStatus {
     /// Set when a cap of the worker pool lowered `workers.max`: the number it was lowered to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capped_to: Option<i32>,
+    /// Set when the cluster was deleted after `idleTimeoutSeconds` without work (condition
+    /// `Dask`, reason `DaskIdle`): a hash of the `spec.dask` it ran under. No cluster is made
+    /// again until the workspace restarts (stopping clears `status.dask`) or `spec.dask`
+    /// changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stopped: Option<String>,
 }

@@ -15,11 +15,48 @@
 //!
 //! The processes join the server's process group: stopping the server, a failed or abandoned
 //! start, and the stop of a leftover after a hub crash all take them with it.
+//!
+//! # Supervision
+//!
+//! Once the server is ready, [`supervise`] watches its cluster (every [`SUPERVISE_INTERVAL`])
+//! for as long as the server runs, as a Deployment would on Kubernetes:
+//! - a scheduler that ends otherwise than by its idle timeout (killed, crashed) is started
+//!   again on the same address, with the same TLS files, and `min` fresh workers (the old ones
+//!   leave by themselves once their scheduler is gone, and are stopped to be sure): a kernel's
+//!   next `Client()` works as before. After [`MAX_RESTARTS`] restarts within
+//!   [`RESTART_WINDOW`] the cluster is given up and marked stopped.
+//! - a scheduler that ended by its idle timeout (`--idle-timeout`: it exits with status 0) is
+//!   not started again, as the dask-kubernetes operator deletes an idle cluster: its workers are
+//!   stopped and the cluster is marked stopped until the server restarts.
+//! - a worker that exited while its scheduler runs is replaced, up to the current target.
+//!
+//! # Scaling between `min` and `max`
+//!
+//! As the dask-kubernetes operator's `DaskAutoscaler` does (`controller.py`,
+//! `daskautoscaler_adapt`), every [`ADAPT_INTERVAL`] the supervisor asks the scheduler's HTTP
+//! API for its adaptive target (`GET <dashboard>/api/v1/adaptive_target`, distributed's
+//! `distributed/http/scheduler/api.py`, enabled on the scheduler by [`SCHEDULER_ROUTES`]),
+//! bounds it by `min` and `max`, starts the missing workers, and retires the surplus
+//! gracefully (`POST <dashboard>/api/v1/retire_workers` `{"n": k, "close_workers": true}`: the
+//! scheduler moves their data elsewhere first, then closes them; the processes it names are
+//! then stopped). A scale-down takes at most a quarter of the workers (at least one) at a time,
+//! and [`ADAPT_COOLDOWN`] separates two changes. The API listens where the dashboard does: on
+//! 127.0.0.1, and through the proxy for the server's owner only.
+//!
+//! Every such event is written into the server's log (`[atelier] …`, where a failed start's
+//! message comes from) and the hub's log, and [`ClusterState`] tells `poll` what became of the
+//! cluster.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::proc::{self, Leader};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -37,6 +74,28 @@ pub const KEY_FILE: &str = "dask-tls.key";
 
 /// How long a worker waits for a vanished scheduler before it exits (`--death-timeout`).
 const WORKER_DEATH_TIMEOUT_SECS: u32 = 60;
+
+/// How often [`supervise`] looks at a cluster.
+pub const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
+/// Most scheduler restarts within [`RESTART_WINDOW`] before the cluster is given up.
+pub const MAX_RESTARTS: usize = 3;
+/// The window of [`MAX_RESTARTS`].
+pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
+/// How often [`supervise`] asks the scheduler for its adaptive target.
+pub const ADAPT_INTERVAL: Duration = Duration::from_secs(2);
+/// The least time between two scaling changes (the dask-kubernetes autoscaler's 15 s would
+/// make a local cluster sluggish).
+pub const ADAPT_COOLDOWN: Duration = Duration::from_secs(5);
+/// distributed's default HTTP routes of a scheduler, plus its API (`adaptive_target`,
+/// `retire_workers`), as `distributed.scheduler.http.routes` given through the environment.
+pub const SCHEDULER_ROUTES: (&str, &str) = (
+    "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES",
+    "['distributed.http.scheduler.prometheus', 'distributed.http.scheduler.info', \
+     'distributed.http.scheduler.json', 'distributed.http.health', 'distributed.http.proxy', \
+     'distributed.http.statics', 'distributed.http.scheduler.api']",
+);
+/// How a scheduler that reached its idle timeout ends (distributed closes it cleanly).
+const IDLE_EXIT: &str = "exited with status 0";
 
 /// What the handle keeps of a running cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +333,366 @@ pub fn server_only(var: &str) -> bool {
     var.starts_with("JUPYTERHUB_") || var.starts_with("JPY_")
 }
 
+/// One process of a cluster: its pid, start time and how it ended (once it did).
+pub(super) struct Member {
+    /// `--name` of a worker (empty for the scheduler).
+    pub name: String,
+    pub pid: u32,
+    pub start_time: u64,
+    pub exit: watch::Receiver<Option<String>>,
+}
+
+impl Member {
+    fn exited(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// Asks it to stop (SIGTERM), unless it is gone or its pid was reused.
+    fn terminate(&self) {
+        if proc::leader(self.pid, self.start_time) == Leader::Alive
+            && let Ok(pid) = i32::try_from(self.pid)
+        {
+            // SAFETY: kill(2) with a pid checked against its start time a moment ago.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// What became of a server's cluster, as its supervisor saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Running; `restarts` times started again after its scheduler ended.
+    Running {
+        /// Scheduler restarts so far.
+        restarts: u32,
+    },
+    /// Not running any more, and not started again until the server restarts.
+    Stopped {
+        /// Why (idle timeout, or too many restarts).
+        reason: String,
+    },
+}
+
+/// A running cluster and what its supervisor needs to start its processes again.
+pub(super) struct Cluster {
+    /// The `dask` program.
+    pub program: String,
+    /// The scheduler's command line (the same port every time).
+    pub scheduler_argv: Vec<String>,
+    /// `tls://127.0.0.1:<port>`.
+    pub address: String,
+    /// Its TLS files.
+    pub tls: TlsFiles,
+    /// Workers wanted, threads, memory, idle timeout.
+    pub spec: LocalDask,
+    /// Worker names are `<stem>-<n>`.
+    pub stem: String,
+    /// The processes' environment.
+    pub env: Vec<(String, String)>,
+    /// Their working directory.
+    pub dir: PathBuf,
+    /// The server's log, which they write to.
+    pub log_path: PathBuf,
+    /// The server: its pid (the process group) and start time.
+    pub server_pid: u32,
+    pub server_start_time: u64,
+    /// The scheduler.
+    pub scheduler: Member,
+    /// The workers, oldest first.
+    pub workers: Vec<Member>,
+    /// The number of the next worker.
+    pub next_worker: u32,
+    /// `http://127.0.0.1:<port><dashboard prefix>/api/v1`, the scheduler's HTTP API.
+    pub api: String,
+    /// The workers wanted now, between `spec.workers` and `spec.max_workers`.
+    pub target: u32,
+}
+
+impl Cluster {
+    fn spawn(&self, argv: &[String]) -> Result<Member, String> {
+        let (pid, exit) =
+            super::spawn_member(argv, &self.env, &self.dir, &self.log_path, self.server_pid)
+                .map_err(|e| e.to_string())?;
+        let start_time = proc::read_stat(pid)
+            .map(|s| s.start_time)
+            .ok_or_else(|| format!("no /proc entry for Dask process {pid}"))?;
+        Ok(Member {
+            name: String::new(),
+            pid,
+            start_time,
+            exit,
+        })
+    }
+
+    /// Starts the scheduler (again).
+    pub fn start_scheduler(&mut self) -> Result<(), String> {
+        self.scheduler = self.spawn(&self.scheduler_argv.clone())?;
+        Ok(())
+    }
+
+    /// Starts one more worker.
+    pub fn start_worker(&mut self) -> Result<(), String> {
+        let name = format!("{}-{}", self.stem, self.next_worker);
+        let argv = worker_argv(&self.program, &self.address, &name, &self.tls, &self.spec);
+        let mut worker = self.spawn(&argv)?;
+        worker.name = name;
+        self.next_worker += 1;
+        self.workers.push(worker);
+        Ok(())
+    }
+
+    /// Stops every worker.
+    fn stop_workers(&mut self) {
+        for worker in self.workers.drain(..) {
+            worker.terminate();
+        }
+    }
+
+    /// Writes `line` into the server's log and the hub's.
+    fn note(&self, line: &str) {
+        tracing::warn!(server_pid = self.server_pid, "{line}");
+        let written = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .and_then(|mut log| writeln!(log, "[atelier] {line}"));
+        if let Err(e) = written {
+            tracing::warn!(log = %self.log_path.display(), "cannot write to the server's log: {e}");
+        }
+    }
+}
+
+/// The next target of a cluster of `current` workers whose scheduler wants `wanted`, within
+/// `min..=max`: up at once, down by at most a quarter (at least one) at a time, as the
+/// dask-kubernetes autoscaler scales.
+pub fn next_target(current: u32, wanted: u32, min: u32, max: u32) -> u32 {
+    let bounded = wanted.clamp(min, max.max(min));
+    if bounded >= current {
+        return bounded;
+    }
+    let step = (current / 4).max(1);
+    bounded.max(current - step)
+}
+
+/// The scheduler's adaptive target in the answer of `GET /api/v1/adaptive_target`
+/// (`desired_workers`; `workers` in older releases).
+pub fn parse_adaptive_target(body: &[u8]) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let n = v
+        .get("desired_workers")
+        .or_else(|| v.get("workers"))?
+        .as_u64()?;
+    u32::try_from(n).ok()
+}
+
+/// The names of the workers in the answer of `POST /api/v1/retire_workers` (worker address →
+/// its info, `name` among it).
+pub fn parse_retired(body: &[u8]) -> Vec<String> {
+    let Ok(serde_json::Value::Object(retired)) = serde_json::from_slice(body) else {
+        return Vec::new();
+    };
+    retired
+        .values()
+        .filter_map(|info| match info.get("name")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        })
+        .collect()
+}
+
+type Http = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<hyper::body::Bytes>,
+>;
+
+/// `method` `url` with a JSON `body`: the answer's body when it is a success, within 30 s.
+async fn call(http: &Http, method: &str, url: &str, body: Option<String>) -> Option<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            body.unwrap_or_default(),
+        )))
+        .ok()?;
+    let exchange = async {
+        let response = http.request(request).await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        Some(
+            response
+                .into_body()
+                .collect()
+                .await
+                .ok()?
+                .to_bytes()
+                .to_vec(),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+impl Cluster {
+    /// Asks the scheduler for its adaptive target and moves the workers towards it (see the
+    /// module documentation). Returns whether anything changed.
+    async fn adapt(&mut self, http: &Http) -> bool {
+        let Some(body) = call(http, "GET", &format!("{}/adaptive_target", self.api), None).await
+        else {
+            return false;
+        };
+        let Some(wanted) = parse_adaptive_target(&body) else {
+            return false;
+        };
+        let current = u32::try_from(self.workers.len()).unwrap_or(u32::MAX);
+        let target = next_target(current, wanted, self.spec.workers, self.spec.max_workers);
+        if target > current {
+            tracing::info!(
+                server_pid = self.server_pid,
+                wanted,
+                target,
+                "Dask: scaling up"
+            );
+            self.target = target;
+            return true;
+        }
+        if target == current {
+            return false;
+        }
+        let n = current - target;
+        let request = serde_json::json!({"n": n, "close_workers": true}).to_string();
+        let url = format!("{}/retire_workers", self.api);
+        let Some(body) = call(http, "POST", &url, Some(request)).await else {
+            return false;
+        };
+        let retired = parse_retired(&body);
+        // Their data moved elsewhere: their processes go (the scheduler closed them already).
+        let (gone, kept): (Vec<Member>, Vec<Member>) = self
+            .workers
+            .drain(..)
+            .partition(|w| retired.contains(&w.name));
+        for worker in &gone {
+            worker.terminate();
+        }
+        self.workers = kept;
+        self.target = u32::try_from(self.workers.len())
+            .unwrap_or(u32::MAX)
+            .max(self.spec.workers);
+        tracing::info!(
+            server_pid = self.server_pid, wanted, retired = ?retired,
+            "Dask: scaled down"
+        );
+        !gone.is_empty()
+    }
+}
+
+/// What [`supervise`] does about a scheduler that ended `how`, given the restarts within
+/// [`RESTART_WINDOW`] so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Start it again.
+    Restart,
+    /// Its idle timeout ended it: leave it stopped.
+    Idle,
+    /// Too many restarts: give up.
+    GiveUp,
+}
+
+/// The rule of [`supervise`] for a scheduler that ended `how`.
+pub fn verdict(how: &str, spec: &LocalDask, recent_restarts: usize) -> Verdict {
+    if how == IDLE_EXIT && spec.idle_timeout_seconds.is_some_and(|s| s > 0) {
+        Verdict::Idle
+    } else if recent_restarts >= MAX_RESTARTS {
+        Verdict::GiveUp
+    } else {
+        Verdict::Restart
+    }
+}
+
+/// Watches `cluster` while its server runs (see the module documentation), publishing what
+/// became of it in `state`.
+pub(super) async fn supervise(mut cluster: Cluster, state: watch::Sender<ClusterState>) {
+    let mut restarts: Vec<Instant> = Vec::new();
+    let mut total = 0u32;
+    let http: Http =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http();
+    let mut next_adapt = Instant::now() + ADAPT_INTERVAL;
+    loop {
+        tokio::time::sleep(SUPERVISE_INTERVAL).await;
+        if proc::leader(cluster.server_pid, cluster.server_start_time) != Leader::Alive {
+            return;
+        }
+        if let Some(how) = cluster.scheduler.exited() {
+            restarts.retain(|at| at.elapsed() < RESTART_WINDOW);
+            let stop = |cluster: &mut Cluster, reason: String| {
+                cluster.stop_workers();
+                cluster.note(&reason);
+                state.send_replace(ClusterState::Stopped { reason });
+            };
+            match verdict(&how, &cluster.spec, restarts.len()) {
+                Verdict::Idle => {
+                    let secs = cluster.spec.idle_timeout_seconds.unwrap_or_default();
+                    let reason = format!(
+                        "the Dask cluster stopped after {secs} s without work \
+                         (idleTimeoutSeconds); restart the server for a new one"
+                    );
+                    return stop(&mut cluster, reason);
+                }
+                Verdict::GiveUp => {
+                    let reason = format!(
+                        "the Dask scheduler {how}, the {}th time within {} min: the cluster is \
+                         given up until the server restarts",
+                        MAX_RESTARTS + 1,
+                        RESTART_WINDOW.as_secs() / 60
+                    );
+                    return stop(&mut cluster, reason);
+                }
+                Verdict::Restart => {
+                    restarts.push(Instant::now());
+                    total += 1;
+                    cluster.stop_workers();
+                    cluster.target = cluster.spec.workers;
+                    if let Err(e) = cluster.start_scheduler() {
+                        let reason =
+                            format!("the Dask scheduler {how}, and starting it again failed: {e}");
+                        return stop(&mut cluster, reason);
+                    }
+                    cluster.note(&format!(
+                        "the Dask scheduler {how}; started it again on {} with {} worker(s) \
+                         (restart {total})",
+                        cluster.address, cluster.spec.workers
+                    ));
+                    state.send_replace(ClusterState::Running { restarts: total });
+                }
+            }
+        }
+        cluster.workers.retain(|w| w.exited().is_none());
+        if Instant::now() >= next_adapt {
+            let changed = cluster.adapt(&http).await;
+            next_adapt = Instant::now()
+                + if changed {
+                    ADAPT_COOLDOWN
+                } else {
+                    ADAPT_INTERVAL
+                };
+        }
+        // Up to the target: new workers, and those that left while their scheduler runs.
+        while cluster.workers.len() < cluster.target as usize {
+            if let Err(e) = cluster.start_worker() {
+                cluster.note(&format!("starting a Dask worker failed: {e}"));
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +708,7 @@ mod tests {
     fn spec() -> LocalDask {
         LocalDask {
             workers: 2,
+            max_workers: 4,
             threads: 2,
             memory_limit: Some(2 << 30),
             idle_timeout_seconds: Some(600),
@@ -339,6 +759,51 @@ mod tests {
                 "--tls-key=/r/k.key",
             ]
         );
+    }
+
+    #[test]
+    fn a_scheduler_is_restarted_unless_idle_or_too_often() {
+        let idle = spec();
+        assert_eq!(verdict("exited with status 0", &idle, 0), Verdict::Idle);
+        assert_eq!(
+            verdict("was killed by signal 9", &idle, 0),
+            Verdict::Restart
+        );
+        assert_eq!(verdict("exited with status 1", &idle, 2), Verdict::Restart);
+        assert_eq!(
+            verdict("exited with status 1", &idle, MAX_RESTARTS),
+            Verdict::GiveUp
+        );
+        let mut no_timeout = spec();
+        no_timeout.idle_timeout_seconds = None;
+        assert_eq!(
+            verdict("exited with status 0", &no_timeout, 0),
+            Verdict::Restart,
+            "without an idle timeout a clean exit is no idle stop"
+        );
+    }
+
+    #[test]
+    fn targets_within_min_and_max_down_by_a_quarter_at_most() {
+        assert_eq!(next_target(1, 0, 1, 4), 1, "never below min");
+        assert_eq!(next_target(1, 9, 1, 4), 4, "up at once, never above max");
+        assert_eq!(next_target(2, 3, 1, 4), 3);
+        assert_eq!(next_target(4, 1, 1, 4), 3, "down by one of four");
+        assert_eq!(next_target(8, 0, 2, 8), 6, "down by a quarter");
+        assert_eq!(
+            next_target(3, 3, 1, 2),
+            2,
+            "a lowered max lowers the target"
+        );
+        assert_eq!(next_target(2, 5, 2, 1), 2, "max below min: min");
+        assert_eq!(parse_adaptive_target(br#"{"desired_workers": 3}"#), Some(3));
+        assert_eq!(parse_adaptive_target(br#"{"workers": 2}"#), Some(2));
+        assert_eq!(parse_adaptive_target(b"API V1"), None);
+        assert_eq!(
+            parse_retired(br#"{"tls://127.0.0.1:1": {"name": "alice-3", "id": "x"}}"#),
+            ["alice-3"]
+        );
+        assert!(parse_retired(br#"{"Error": "Bad request"}"#).is_empty());
     }
 
     #[test]

@@ -601,6 +601,14 @@ impl Expectations {
         }
     }
 
+    /// Whether `K` `namespace/name` was applied (with any hash) less than [`EXPECTATION_TTL`]
+    /// ago and the cache has not shown it since.
+    pub fn awaits_any<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.applied)
+            .get(&object_key::<K>(namespace, name))
+            .is_some_and(|(_, at)| at.elapsed() < EXPECTATION_TTL)
+    }
+
     /// Settles the expectations a watch event of a child meets: the object shown with the
     /// expected hash, or deleted.
     pub fn observe<K: Resource<DynamicType = ()>>(&self, event: &watcher::Event<K>) {

@@ -3,7 +3,8 @@
 //! `kubernetes.dask.org/v1` `DaskCluster` and `DaskAutoscaler` (dask/dask-kubernetes
 //! `dask_kubernetes/operator/deployment/helm/dask-kubernetes-operator/crds/daskcluster.yaml`
 //! and `daskautoscaler.yaml`, 2026.3.0): only the fields Atelier sets, and of the status only
-//! `phase`. Their CRDs belong to the dask-kubernetes operator's chart: `crdgen` never emits
+//! `phase`. `spec.idleTimeout` is the operator's own idle shutdown: it deletes the DaskCluster
+//! (the Workspace controller then records the stop, see `reconcile::dask`). Their CRDs belong to the dask-kubernetes operator's chart: `crdgen` never emits
 //! them (they live here, not in `crate::api`). The pod specs inside are built with Kubernetes
 //! 1.21's fields only, the schema of those CRDs.
 
@@ -32,6 +33,11 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DaskClusterSpec {
+    /// Seconds the scheduler may stay idle (no task, no client) before the dask-kubernetes
+    /// operator deletes the whole cluster (`daskcluster_autoshutdown`, every 5 s, asking the
+    /// scheduler's `check_idle`); absent or 0: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<i64>,
     /// The scheduler's pod and Service.
     pub scheduler: DaskScheduler,
     /// The default worker group.

@@ -239,18 +239,24 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
     let observed = dereference::dereference(ws, ctx).await?;
     let key = workspace_key(ws);
     let admitted = validate::validate(ws, &observed.inputs, &ctx.config).and_then(|validated| {
+        // A cluster that stopped idle claims nothing and is not made again (from the caches).
+        let idle = dask::idle_stop(ctx, ws, &validated);
         // Checked and reserved under one lock: two reconciliations at once cannot both take
         // the last place under a cap.
         let mut usage = ctx.usage();
         validate::admit(&mut usage, &key, &validated, &observed.inputs.pools)?;
         let mut validated = validated;
-        validate::admit_dask(&mut usage, &key, &mut validated, &observed.inputs.pools)?;
-        if validated.dask.is_some() && ctx.caches.dask_crd.state() == dask::CrdState::Missing {
-            return Err(dask::operator_missing());
+        if idle.is_some() {
+            usage.release(&validate::dask_key(&key));
+        } else {
+            validate::admit_dask(&mut usage, &key, &mut validated, &observed.inputs.pools)?;
+            if validated.dask.is_some() && ctx.caches.dask_crd.state() == dask::CrdState::Missing {
+                return Err(dask::operator_missing());
+            }
         }
-        Ok(validated)
+        Ok((validated, idle))
     });
-    let validated = match admitted {
+    let (validated, idle) = match admitted {
         Ok(v) => v,
         Err(refusal) => {
             ctx.usage().release(&key);
@@ -309,7 +315,7 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         apply::reconcile_pod(client, ns, pod.as_ref(), pods, expected).await?
     };
     apply::delete_stale_data_children(client, caches, ws, ns, Some(&data)).await?;
-    let dask_observed = dask::reconcile_dask(ctx, ws, &validated, drivers).await?;
+    let dask_outcome = dask::reconcile_dask(ctx, ws, &validated, drivers, idle).await?;
 
     let url = Some(build::server_url(&validated, &ctx.config));
     let pool = validated.pool.as_ref().map(|p| p.name.as_str());
@@ -325,10 +331,12 @@ async fn apply_steps(ws: &Workspace, ctx: &Context) -> Result<Action> {
         data_source_changed: replacement.sources.first().map(String::as_str),
     };
     let with_dask = |next: &mut WorkspaceStatus, previous: Option<&WorkspaceStatus>, now: &Time| {
-        dask::set_dask_status(next, &validated, dask_observed.as_ref(), previous, now);
+        dask::set_dask_status(next, &validated, dask_outcome.as_ref(), previous, now);
     };
     let next = update_status_with(ws, &input, ctx, with_dask).await?;
-    let dask_steady = dask_observed.as_ref().is_none_or(|d| d.scheduler_ready);
+    let dask_steady = dask_outcome
+        .as_ref()
+        .is_none_or(dask::DaskOutcome::is_steady);
     Ok(match next.phase {
         Some(phase) if is_steady(phase) && !outcome.replacing && service_ready && dask_steady => {
             Action::requeue(REQUEUE_STEADY)
@@ -397,7 +405,8 @@ async fn cleanup_workspace(ws: &Workspace, ctx: &Context) -> Result<Action> {
 }
 
 /// Derives the status, writes it with server-side apply when it changed, and publishes an
-/// Event when the phase (or the Ready reason) changed. Returns the new status.
+/// Event when the phase (or the Ready reason) changed, and one when the `Dask` condition's
+/// reason did. Returns the new status.
 async fn update_status(
     ws: &Workspace,
     input: &StatusInput<'_>,
@@ -448,7 +457,12 @@ async fn update_status_with(
         .expected
         .wrote_status(&namespace, &ws.name_any(), &next);
 
-    if let Some(t) = status::transition(previous, &next) {
+    // The workspace's transition, then its Dask cluster's (the `Dask` condition's reason).
+    let transitions = [
+        status::transition(previous, &next),
+        dask::dask_transition(previous, &next),
+    ];
+    for t in transitions.into_iter().flatten() {
         let event = KubeEvent {
             type_: match t.severity {
                 Severity::Normal => EventType::Normal,

@@ -152,6 +152,7 @@ pub fn build_dask(
     let cluster = DaskCluster {
         metadata: meta.clone(),
         spec: DaskClusterSpec {
+            idle_timeout: idle_timeout(dask),
             scheduler: DaskScheduler {
                 spec: scheduler_pod(v, dask, cfg),
                 service: scheduler_service(&name),
@@ -178,6 +179,14 @@ pub fn build_dask(
     })
 }
 
+/// The DaskCluster's `spec.idleTimeout`: the workspace's `idleTimeoutSeconds` when positive.
+/// The dask-kubernetes operator deletes a cluster whose scheduler stayed idle that long
+/// (`daskcluster_autoshutdown`); the Workspace controller then records the stop instead of
+/// making the cluster again (`reconcile::dask`, reason `DaskIdle`).
+pub fn idle_timeout(dask: &ValidatedDask) -> Option<i64> {
+    dask.idle_timeout_seconds.filter(|s| *s > 0)
+}
+
 fn resources(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
     BTreeMap::from([
         ("cpu".to_owned(), Quantity(cpu.to_owned())),
@@ -192,17 +201,11 @@ fn pod_base(dask: &ValidatedDask, cfg: &OperatorConfig) -> PodSpec {
 }
 
 /// The scheduler: `dask scheduler` on the workers' image and pool, with a worker's CPU and
-/// memory (no GPU), the dashboard under [`dashboard_prefix`], the idle timeout as
-/// `DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT`.
+/// memory (no GPU), the dashboard under [`dashboard_prefix`]. No idle timeout of its own: the
+/// scheduler would exit and its Deployment start it again; the cluster's `idleTimeout` has the
+/// dask-kubernetes operator delete the whole cluster instead ([`idle_timeout`]).
 fn scheduler_pod(v: &ValidatedWorkspace, dask: &ValidatedDask, cfg: &OperatorConfig) -> PodSpec {
     let prefix = dashboard_prefix(v);
-    let mut env = Vec::new();
-    if let Some(seconds) = dask.idle_timeout_seconds.filter(|s| *s > 0) {
-        env.push(plain(
-            "DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT",
-            format!("{seconds}s"),
-        ));
-    }
     let limits = resources(&dask.resources.cpu, &dask.resources.memory);
     let health = |initial: i32, period: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -226,7 +229,6 @@ fn scheduler_pod(v: &ValidatedWorkspace, dask: &ValidatedDask, cfg: &OperatorCon
             format!("--dashboard-address=:{DASHBOARD_PORT}"),
             format!("--dashboard-prefix={prefix}"),
         ]),
-        env: (!env.is_empty()).then_some(env),
         ports: Some(vec![
             port(COMM_PORT_NAME, SCHEDULER_PORT),
             port(DASHBOARD_PORT_NAME, DASHBOARD_PORT),

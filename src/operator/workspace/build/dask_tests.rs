@@ -128,7 +128,7 @@ fn what_varies_with_the_request() {
         counts: (i32, i32, i32),
         worker_limits: Value,
         worker_args: &'static [&'static str],
-        scheduler_env: Value,
+        idle_timeout: Value,
         prefix: &'static str,
     }
     let mut gpu = dask(0, 2, 2);
@@ -151,7 +151,7 @@ fn what_varies_with_the_request() {
             counts: (1, 1, 6),
             worker_limits: json!({"cpu": "2", "memory": "4Gi"}),
             worker_args: &["--nthreads=2", "--memory-limit=4294967296"],
-            scheduler_env: json!([{"name": "DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT", "value": "1800s"}]),
+            idle_timeout: json!(1800),
             prefix: "/user/alice/dask",
         },
         Case {
@@ -161,7 +161,7 @@ fn what_varies_with_the_request() {
             counts: (0, 0, 2),
             worker_limits: json!({"cpu": "500m", "memory": "1536Mi", "nvidia.com/gpu": "1"}),
             worker_args: &["--nthreads=1", "--memory-limit=1610612736"],
-            scheduler_env: Value::Null,
+            idle_timeout: Value::Null,
             prefix: "/user/alice/big/dask",
         },
         Case {
@@ -171,7 +171,7 @@ fn what_varies_with_the_request() {
             counts: (2, 2, 2),
             worker_limits: json!({"cpu": "2", "memory": "4Gi"}),
             worker_args: &["--nthreads=2"],
-            scheduler_env: Value::Null,
+            idle_timeout: Value::Null,
             prefix: "/user/alice/dask",
         },
     ];
@@ -207,8 +207,10 @@ fn what_varies_with_the_request() {
         for want in case.worker_args {
             assert!(args.contains(want), "{n}: {args:?}");
         }
+        // The operator deletes an idle cluster; the scheduler has no timeout of its own.
+        assert_eq!(c["spec"]["idleTimeout"], case.idle_timeout, "{n}");
         let scheduler = &c["spec"]["scheduler"]["spec"]["containers"][0];
-        assert_eq!(scheduler["env"], case.scheduler_env, "{n}");
+        assert_eq!(scheduler["env"], Value::Null, "{n}");
         assert!(
             scheduler["args"]
                 .as_array()

@@ -17,6 +17,16 @@
 //! label: the cheapest correct signal, no further watch. The scheduler is up when its pod
 //! (`<cluster>-scheduler-…`) is Ready (the DaskCluster's `status.phase` says `Running` as soon
 //! as the scheduler's Service exists); workers ready are the Ready pods `<cluster>-default-worker-…`.
+//!
+//! **Idle clusters**: with `idleTimeoutSeconds`, the DaskCluster carries `spec.idleTimeout` and
+//! the dask-kubernetes operator deletes it once its scheduler stayed idle that long
+//! (`daskcluster_autoshutdown`). A cluster that is gone from the cache (or terminating) while
+//! the workspace still wants it, whose scheduler the status last saw ready, and that this
+//! operator did not just apply, stopped idle ([`idle_stop`]): the autoscaler and the policy go
+//! too, the cluster's claim is released, and `status.dask.idleStopped` remembers the hash of the
+//! `spec.dask` it ran under, with the `Dask` condition's reason [`DASK_IDLE`] (and its Event).
+//! No cluster is made again while that hash matches: until the workspace restarts (a stop
+//! clears `status.dask`) or its `spec.dask` changes.
 
 use std::sync::Arc;
 
@@ -27,6 +37,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use std::hash::{Hash, Hasher};
+
+use sha2::{Digest, Sha256};
 
 use super::apply;
 use crate::api::v1alpha1::{DaskStatus, Workspace, WorkspaceStatus};
@@ -47,6 +59,8 @@ pub const DASK_CONDITION: &str = "Dask";
 pub const DASK_RUNNING: &str = "DaskRunning";
 /// Reason of the `Dask` condition until the scheduler is ready.
 pub const DASK_STARTING: &str = "DaskStarting";
+/// Reason of the `Dask` condition once the cluster was deleted for idleness.
+pub const DASK_IDLE: &str = "DaskIdle";
 
 /// Trigger hash of a DaskCluster: a child's (applied hash, deletion) and its phase.
 pub fn dask_cluster_trigger(cluster: &DaskCluster) -> Option<u64> {
@@ -137,6 +151,25 @@ pub fn operator_missing() -> crate::policy::workspace::Refusal {
     }
 }
 
+/// What became of a workspace's cluster in this reconciliation, for the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DaskOutcome {
+    /// Applied (or unchanged): what its pods show.
+    Running(DaskObserved),
+    /// Deleted for idleness and not made again: the [`dask_spec_hash`] it ran under.
+    Idle(String),
+}
+
+impl DaskOutcome {
+    /// Whether nothing is on its way: the scheduler is ready, or the cluster stopped idle.
+    pub fn is_steady(&self) -> bool {
+        match self {
+            DaskOutcome::Running(observed) => observed.scheduler_ready,
+            DaskOutcome::Idle(_) => true,
+        }
+    }
+}
+
 /// What the reconciliation observed of a workspace's cluster, for the status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaskObserved {
@@ -173,20 +206,70 @@ pub fn observe_pods(cluster: &str, pods: &[Pod]) -> DaskObserved {
     }
 }
 
+/// A short hash of `ws`'s `spec.dask` (absent included): what `status.dask.idleStopped`
+/// remembers, so that a changed `spec.dask` asks for a cluster again.
+pub fn dask_spec_hash(ws: &Workspace) -> String {
+    let json = serde_json::to_vec(&ws.spec.dask).unwrap_or_default();
+    hex::encode(&Sha256::digest(&json)[..8])
+}
+
+/// Whether `ws`'s cluster stopped idle, as far as the caches and its last status tell (no
+/// request): the [`dask_spec_hash`] to remember, or `None` when a cluster must run.
+///
+/// It stopped idle when the last status remembers it under the current hash; or when `v` has
+/// a cluster with an idle timeout, the last status saw its scheduler ready (condition `Dask`
+/// True: the cluster was there), and the DaskCluster is now gone from the cache or terminating
+/// while this operator has no apply of it in flight. Our own deletions never meet these: they
+/// happen only when the workspace stops, drops Dask or is refused.
+pub fn idle_stop(ctx: &Context, ws: &Workspace, v: &ValidatedWorkspace) -> Option<String> {
+    let dask = v.dask.as_ref()?;
+    let written = ctx.caches.expected.status_of(ws);
+    let previous = written.as_ref().or(ws.status.as_ref())?;
+    let seen = previous.dask.as_ref()?;
+    let hash = dask_spec_hash(ws);
+    if seen.idle_stopped.as_deref() == Some(hash.as_str()) {
+        return Some(hash);
+    }
+    if build_dask::idle_timeout(dask).is_none() || ctx.caches.dask_crd.state() != CrdState::Present
+    {
+        return None;
+    }
+    let was_ready = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DASK_CONDITION && c.status == "True");
+    let name = names::dask_cluster_name(&v.name);
+    let gone = ctx
+        .caches
+        .dask_clusters
+        .get(&v.namespace, &name)
+        .is_none_or(|c| c.metadata.deletion_timestamp.is_some());
+    let in_flight = ctx
+        .caches
+        .expected
+        .awaits_any::<DaskCluster>(&v.namespace, &name);
+    (was_ready && gone && !in_flight).then_some(hash)
+}
+
 /// Applies the Dask objects of `v` (NetworkPolicy, DaskCluster, DaskAutoscaler; each skipped
 /// when its cached copy carries the desired hash), or deletes those the cache holds when `v`
-/// has no cluster. Returns what the status needs.
+/// has no cluster or it stopped idle (`idle`, from [`idle_stop`]). Returns what the status needs.
 pub async fn reconcile_dask(
     ctx: &Context,
     ws: &Workspace,
     v: &ValidatedWorkspace,
     csi_drivers: Option<&std::collections::BTreeMap<String, Vec<String>>>,
-) -> Result<Option<DaskObserved>> {
+    idle: Option<String>,
+) -> Result<Option<DaskOutcome>> {
     let namespace = v.namespace.as_str();
     let Some(desired) = build_dask::build_dask(v, &ctx.config, csi_drivers) else {
         delete_dask(ctx, ws, namespace).await?;
         return Ok(None);
     };
+    if let Some(hash) = idle {
+        delete_dask(ctx, ws, namespace).await?;
+        return Ok(Some(DaskOutcome::Idle(hash)));
+    }
     let caches = &ctx.caches;
     let (client, expected) = (&ctx.client, &caches.expected);
     let name = desired.cluster.name_any();
@@ -217,7 +300,10 @@ pub async fn reconcile_dask(
         expected,
     )
     .await?;
-    Ok(Some(observe_pods(&name, &caches.dask_pods_of(ws))))
+    Ok(Some(DaskOutcome::Running(observe_pods(
+        &name,
+        &caches.dask_pods_of(ws),
+    ))))
 }
 
 /// Deletes the Dask objects of `ws` the caches hold (the autoscaler first, so that it does not
@@ -248,20 +334,49 @@ pub async fn delete_dask(ctx: &Context, ws: &Workspace, namespace: &str) -> Resu
     Ok(())
 }
 
-/// `status.dask` and the `Dask` condition of a workspace with a cluster (`observed`), set on
+/// `status.dask` and the `Dask` condition of a workspace with a cluster (`outcome`), set on
 /// `next`; without a cluster both are left out. The condition: `DaskWorkersCapped` (message:
 /// the cap) when a cap lowered `max`, else `DaskRunning` once the scheduler is ready, else
-/// `DaskStarting`; its status is the scheduler's readiness.
+/// `DaskStarting`; its status is the scheduler's readiness. A cluster that stopped idle:
+/// `DaskIdle` (False), no address, no workers, `idleStopped` set.
 pub fn set_dask_status(
     next: &mut WorkspaceStatus,
     v: &ValidatedWorkspace,
-    observed: Option<&DaskObserved>,
+    outcome: Option<&DaskOutcome>,
     previous: Option<&WorkspaceStatus>,
     now: &Time,
 ) {
-    let (Some(dask), Some(observed)) = (v.dask.as_ref(), observed) else {
+    let (Some(dask), Some(outcome)) = (v.dask.as_ref(), outcome) else {
         next.dask = None;
         return;
+    };
+    next.conditions.retain(|c| c.type_ != DASK_CONDITION);
+    let observed = match outcome {
+        DaskOutcome::Running(observed) => observed,
+        DaskOutcome::Idle(hash) => {
+            next.dask = Some(DaskStatus {
+                workers_wanted: 0,
+                workers_ready: 0,
+                workers: Some("0/0".to_owned()),
+                node_pool: Some(dask.pool.name.clone()),
+                idle_stopped: Some(hash.clone()),
+                ..DaskStatus::default()
+            });
+            let seconds = dask.idle_timeout_seconds.unwrap_or_default();
+            next.conditions.push(status::condition(
+                previous,
+                DASK_CONDITION,
+                false,
+                DASK_IDLE,
+                &format!(
+                    "The Dask cluster was deleted after {seconds} s without work \
+                     (idleTimeoutSeconds); restart the workspace or change spec.dask for a new one"
+                ),
+                next.observed_generation,
+                now,
+            ));
+            return;
+        }
     };
     let workers_ready = observed.workers_ready.min(dask.workers);
     next.dask = Some(DaskStatus {
@@ -273,6 +388,7 @@ pub fn set_dask_status(
         workers: Some(format!("{workers_ready}/{}", dask.workers)),
         node_pool: Some(dask.pool.name.clone()),
         capped_to: dask.capped.as_ref().map(|_| dask.workers),
+        idle_stopped: None,
     });
     let (reason, message) = match (&dask.capped, observed.scheduler_ready) {
         (Some(capped), _) => (reason::DASK_WORKERS_CAPPED, capped.clone()),
@@ -285,7 +401,6 @@ pub fn set_dask_status(
         ),
         (None, false) => (DASK_STARTING, "Starting the Dask scheduler".to_owned()),
     };
-    next.conditions.retain(|c| c.type_ != DASK_CONDITION);
     next.conditions.push(status::condition(
         previous,
         DASK_CONDITION,
@@ -295,6 +410,35 @@ pub fn set_dask_status(
         next.observed_generation,
         now,
     ));
+}
+
+/// The Event worth publishing when the `Dask` condition's reason changed (appeared or became
+/// another): Warning for `DaskWorkersCapped`, Normal otherwise. Its disappearance (the
+/// workspace stopped or dropped Dask) has the workspace's own Event.
+pub fn dask_transition(
+    previous: Option<&WorkspaceStatus>,
+    next: &WorkspaceStatus,
+) -> Option<status::Transition> {
+    let find = |s: &WorkspaceStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == DASK_CONDITION)
+            .cloned()
+    };
+    let now = find(next)?;
+    let before = previous.and_then(find);
+    if before.is_some_and(|b| b.reason == now.reason) {
+        return None;
+    }
+    Some(status::Transition {
+        severity: if now.reason == reason::DASK_WORKERS_CAPPED {
+            status::Severity::Warning
+        } else {
+            status::Severity::Normal
+        },
+        reason: now.reason,
+        note: now.message,
+    })
 }
 
 impl Caches {

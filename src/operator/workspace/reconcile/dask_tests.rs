@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-use super::dask::{CrdState, DaskObserved, set_dask_status};
+use super::dask::{CrdState, DaskObserved, DaskOutcome, dask_spec_hash, set_dask_status};
 use super::{REQUEUE_REFUSED, REQUEUE_STEADY, REQUEUE_TRANSITIONAL};
 use crate::api::v1alpha1::{
     DaskProfile, DaskSpec, DesiredState, WorkerRange, Workspace, WorkspaceProfile,
@@ -101,7 +101,8 @@ fn with_status(
         data_source_changed: None,
     };
     let mut s = status::derive(&input, None, &t0());
-    set_dask_status(&mut s, v, dask, None, &t0());
+    let dask = dask.cloned().map(DaskOutcome::Running);
+    set_dask_status(&mut s, v, dask.as_ref(), None, &t0());
     ws.status = Some(s);
     ws
 }
@@ -111,6 +112,8 @@ struct Scenario {
     cluster: Cluster,
     dask: Vec<DaskResources>,
     crd: CrdState,
+    /// The DaskClusters of `dask` are not in the cache (the dask operator deleted them).
+    cluster_gone: bool,
 }
 
 /// The caches: every workspace child of `v` applied, the server running, the Dask objects
@@ -149,9 +152,10 @@ fn context(s: Scenario) -> (std::sync::Arc<Context>, ApiServerVerifier, Workspac
     }
     let (ctx, verifier, mut writers): (_, _, CacheWriters) =
         seeded_context(OperatorConfig::default(), cluster);
+    let clusters = if s.cluster_gone { &[][..] } else { &s.dask[..] };
     list_into(
         &mut writers.dask_clusters,
-        s.dask.iter().map(|r| observed(&r.cluster)).collect(),
+        clusters.iter().map(|r| observed(&r.cluster)).collect(),
     );
     list_into(
         &mut writers.dask_autoscalers,
@@ -230,12 +234,19 @@ async fn a_workspace_asking_for_dask_gets_its_cluster_autoscaler_and_policy() {
                         "message": "Starting the Dask scheduler", "observedGeneration": 1}),
             );
         }),
+        // The Dask condition appeared: its own Event.
+        Step::event(&ws, |body| {
+            assert_eq!(body["type"], "Normal");
+            assert_eq!(body["reason"], "DaskStarting");
+            assert_eq!(body["note"], "Starting the Dask scheduler");
+        }),
     ];
     let (ctx, verifier, ws) = context(Scenario {
         ws,
         cluster,
         dask: vec![],
         crd: CrdState::Present,
+        cluster_gone: false,
     });
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
@@ -246,6 +257,7 @@ async fn a_workspace_asking_for_dask_gets_its_cluster_autoscaler_and_policy() {
             "PATCH /apis/kubernetes.dask.org/v1/namespaces/team/daskclusters/ws-alice-dask",
             "PATCH /apis/kubernetes.dask.org/v1/namespaces/team/daskautoscalers/ws-alice-dask",
             "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
         ]
     );
 }
@@ -278,6 +290,7 @@ async fn an_unchanged_cluster_makes_zero_requests_and_its_pods_are_not_the_serve
         cluster,
         dask: vec![r],
         crd: CrdState::Present,
+        cluster_gone: false,
     });
     let outcome = run_scenario(ctx, verifier, ws, vec![], |ctx, _| {
         // The usage index holds the cluster's claim under its own key.
@@ -325,12 +338,15 @@ async fn more_workers_reapply_the_autoscaler_only() {
             assert_eq!(dask["workersWanted"], 3);
             assert_eq!(dask["workers"], "0/3", "no worker pod in the cache");
         }),
+        // No scheduler pod in the cache either: Running → Starting, an Event.
+        Step::event(&ws, |body| assert_eq!(body["reason"], "DaskStarting")),
     ];
     let (ctx, verifier, ws) = context(Scenario {
         ws,
         cluster,
         dask: vec![r],
         crd: CrdState::Present,
+        cluster_gone: false,
     });
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
@@ -339,6 +355,7 @@ async fn more_workers_reapply_the_autoscaler_only() {
         [
             "PATCH /apis/kubernetes.dask.org/v1/namespaces/team/daskautoscalers/ws-alice-dask",
             "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
         ]
     );
 }
@@ -365,6 +382,7 @@ async fn a_cap_lowers_the_maximum_and_the_status_says_so() {
     let ws = with_status(ws, &v, &pod, None);
     let message = dask.capped.clone().expect("a cap message");
     assert!(message.starts_with("2 of 4 Dask workers: "), "{message}");
+    let note = message.clone();
     let steps = vec![
         Step::apply(
             "/apis/networking.k8s.io/v1/namespaces/team/networkpolicies/ws-alice-dask",
@@ -385,16 +403,22 @@ async fn a_cap_lowers_the_maximum_and_the_status_says_so() {
             assert_eq!(condition["reason"], "DaskWorkersCapped");
             assert_eq!(condition["message"], json!(message));
         }),
+        Step::event(&ws, move |body| {
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["reason"], "DaskWorkersCapped");
+            assert_eq!(body["note"], json!(note));
+        }),
     ];
     let (ctx, verifier, ws) = context(Scenario {
         ws,
         cluster,
         dask: vec![],
         crd: CrdState::Present,
+        cluster_gone: false,
     });
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
-    assert_eq!(outcome.writes().len(), 4);
+    assert_eq!(outcome.writes().len(), 5);
 }
 
 #[tokio::test]
@@ -427,6 +451,7 @@ async fn stopping_deletes_the_autoscaler_the_cluster_and_the_policy() {
         cluster,
         dask: vec![r],
         crd: CrdState::Present,
+        cluster_gone: false,
     });
     let outcome = run_scenario(ctx, verifier, ws, steps, |ctx, _| {
         assert!(ctx.usage().user_usage("interactive", "alice").cpu_millis == 0);
@@ -459,6 +484,7 @@ async fn a_deleted_workspace_releases_its_clusters_claim_and_leaves_the_cluster_
         cluster,
         dask: vec![r],
         crd: CrdState::Present,
+        cluster_gone: false,
     });
     ctx.usage()
         .observe(&validate::dask_key("team/alice"), validate::dask_claim(&v));
@@ -519,6 +545,7 @@ async fn without_the_dask_operator_a_workspace_asking_for_dask_is_refused_and_ot
         cluster,
         dask: vec![],
         crd: CrdState::Missing,
+        cluster_gone: false,
     });
     let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_REFUSED));
@@ -538,8 +565,213 @@ async fn without_the_dask_operator_a_workspace_asking_for_dask_is_refused_and_ot
         cluster,
         dask: vec![],
         crd: CrdState::Missing,
+        cluster_gone: false,
     });
     let outcome = run_scenario(ctx, verifier, ws, vec![], |_, _| {}).await;
     ok(&outcome, Action::requeue(REQUEUE_STEADY));
     assert_eq!(outcome.seen.len(), 0, "{:?}", outcome.seen);
+}
+
+/// `ws` asking for a cluster that the dask-kubernetes operator deletes after 600 s idle.
+fn idle_workspace() -> Workspace {
+    let mut ws = workspace();
+    ws.spec.dask = Some(DaskSpec {
+        idle_timeout_seconds: Some(600),
+        ..DaskSpec::default()
+    });
+    ws
+}
+
+#[tokio::test]
+async fn a_cluster_the_dask_operator_deleted_for_idleness_is_recorded_and_not_made_again() {
+    let ws = idle_workspace();
+    let (p, pools) = (dask_profile(2), vec![pool()]);
+    let v = validated(&ws, &p, &pools);
+    let r = build::build_dask(&v, &OperatorConfig::default(), None).expect("dask");
+    assert_eq!(r.cluster.spec.idle_timeout, Some(600));
+    // The status saw the scheduler ready; the cluster, its scheduler and workers are gone.
+    let (cluster, d) = scenario(ws.clone(), p, pools.clone(), &v, &[]);
+    let seen = DaskObserved {
+        scheduler_ready: true,
+        workers_ready: 2,
+    };
+    let ws = with_status(ws, &v, &running(&d), Some(&seen));
+    let hash = dask_spec_hash(&ws);
+    let want_hash = hash.clone();
+    let steps = vec![
+        Step::delete(format!("{DASK_API}/daskautoscalers/ws-alice-dask"), None),
+        Step::delete(
+            "/apis/networking.k8s.io/v1/namespaces/team/networkpolicies/ws-alice-dask",
+            None,
+        ),
+        Step::apply_status(&ws, move |body| {
+            assert_eq!(body["status"]["phase"], "Running", "the server runs on");
+            let (dask, condition) = dask_status(body);
+            assert_json_eq(
+                &dask,
+                &json!({"workersWanted": 0, "workersReady": 0, "workers": "0/0",
+                        "nodePool": "interactive", "idleStopped": want_hash}),
+            );
+            assert_json_eq(
+                &condition,
+                &json!({"type": "Dask", "status": "False", "reason": "DaskIdle",
+                        "message": "The Dask cluster was deleted after 600 s without work \
+                                    (idleTimeoutSeconds); restart the workspace or change \
+                                    spec.dask for a new one",
+                        "observedGeneration": 1}),
+            );
+        }),
+        Step::event(&ws, |body| {
+            assert_eq!(body["type"], "Normal");
+            assert_eq!(body["reason"], "DaskIdle");
+        }),
+    ];
+    let (ctx, verifier, ws) = context(Scenario {
+        ws,
+        cluster,
+        dask: vec![r],
+        crd: CrdState::Present,
+        cluster_gone: true,
+    });
+    let mut server_only = UsageIndex::default();
+    validate::admit(&mut server_only, "team/alice", &v, &pools).expect("admitted");
+    let outcome = run_scenario(ctx, verifier, ws, steps, move |ctx, _| {
+        assert_eq!(
+            ctx.usage().user_usage("interactive", "alice"),
+            server_only.user_usage("interactive", "alice"),
+            "the idle cluster's workers claim nothing"
+        );
+    })
+    .await;
+    ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(
+        log(&outcome),
+        [
+            "DELETE /apis/kubernetes.dask.org/v1/namespaces/team/daskautoscalers/ws-alice-dask",
+            "DELETE /apis/networking.k8s.io/v1/namespaces/team/networkpolicies/ws-alice-dask",
+            "PATCH /apis/atelier.dev/v1alpha1/namespaces/team/workspaces/alice/status",
+            "POST /apis/events.k8s.io/v1/namespaces/team/events",
+        ],
+        "no DaskCluster made again"
+    );
+}
+
+/// `ws` with the status of a cluster stopped idle under its current `spec.dask`.
+fn stopped_idle(ws: Workspace, v: &ValidatedWorkspace, pod: &Pod) -> Workspace {
+    let mut ws = with_status(ws, v, pod, None);
+    let hash = dask_spec_hash(&ws);
+    if let Some(s) = ws.status.as_mut() {
+        set_dask_status(s, v, Some(&DaskOutcome::Idle(hash)), None, &t0());
+    }
+    ws
+}
+
+#[tokio::test]
+async fn an_idle_stop_stays_until_spec_dask_changes_then_a_new_cluster_is_made() {
+    let ws = idle_workspace();
+    let (p, pools) = (dask_profile(2), vec![pool()]);
+    let v = validated(&ws, &p, &pools);
+    let (cluster, d) = scenario(ws.clone(), p.clone(), pools.clone(), &v, &[]);
+    let idle = stopped_idle(ws.clone(), &v, &running(&d));
+    // Remembered: no request at all, steady.
+    let (ctx, verifier, remembered) = context(Scenario {
+        ws: idle.clone(),
+        cluster,
+        dask: vec![],
+        crd: CrdState::Present,
+        cluster_gone: false,
+    });
+    let outcome = run_scenario(ctx, verifier, remembered, vec![], |_, _| {}).await;
+    ok(&outcome, Action::requeue(REQUEUE_STEADY));
+    assert_eq!(outcome.seen.len(), 0, "{:?}", outcome.seen);
+
+    // The user asks again (another range): a new cluster, the memory cleared.
+    let mut asked = idle;
+    asked.spec.dask = Some(DaskSpec {
+        workers: Some(WorkerRange { min: 1, max: 2 }),
+        idle_timeout_seconds: Some(600),
+        ..DaskSpec::default()
+    });
+    assert_ne!(dask_spec_hash(&asked), dask_spec_hash(&ws));
+    let v = validated(&asked, &p, &pools);
+    let r = build::build_dask(&v, &OperatorConfig::default(), None).expect("dask");
+    let (mut cluster, _) = scenario(asked.clone(), p, pools, &v, &[]);
+    cluster.workspaces = vec![asked.clone()];
+    let steps = vec![
+        Step::apply(
+            "/apis/networking.k8s.io/v1/namespaces/team/networkpolicies/ws-alice-dask",
+            applied(&r.network_policy),
+        ),
+        Step::apply(
+            format!("{DASK_API}/daskclusters/ws-alice-dask"),
+            applied(&r.cluster),
+        ),
+        Step::apply(
+            format!("{DASK_API}/daskautoscalers/ws-alice-dask"),
+            applied(&r.autoscaler),
+        ),
+        Step::apply_status(&asked, |body| {
+            let (dask, condition) = dask_status(body);
+            assert_eq!(dask.get("idleStopped"), None, "{dask}");
+            assert_eq!(dask["workers"], "0/2");
+            assert_eq!(condition["reason"], "DaskStarting");
+        }),
+        Step::event(&asked, |body| assert_eq!(body["reason"], "DaskStarting")),
+    ];
+    let (ctx, verifier, asked) = context(Scenario {
+        ws: asked,
+        cluster,
+        dask: vec![],
+        crd: CrdState::Present,
+        cluster_gone: false,
+    });
+    let outcome = run_scenario(ctx, verifier, asked, steps, |_, _| {}).await;
+    ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+    assert_eq!(outcome.writes().len(), 5);
+}
+
+#[tokio::test]
+async fn a_vanished_cluster_without_an_idle_timeout_or_never_ready_is_made_again() {
+    for (timeout, scheduler_ready) in [(None, true), (Some(600), false)] {
+        let mut ws = workspace();
+        ws.spec.dask = Some(DaskSpec {
+            idle_timeout_seconds: timeout,
+            ..DaskSpec::default()
+        });
+        let (p, pools) = (dask_profile(2), vec![pool()]);
+        let v = validated(&ws, &p, &pools);
+        let r = build::build_dask(&v, &OperatorConfig::default(), None).expect("dask");
+        let (cluster, d) = scenario(ws.clone(), p, pools, &v, &[]);
+        let seen = DaskObserved {
+            scheduler_ready,
+            workers_ready: 0,
+        };
+        let ws = with_status(ws, &v, &running(&d), Some(&seen));
+        let mut steps = vec![Step::apply(
+            format!("{DASK_API}/daskclusters/ws-alice-dask"),
+            applied(&r.cluster),
+        )];
+        if scheduler_ready {
+            steps.push(Step::apply_status(&ws, |body| {
+                assert_eq!(dask_status(body).1["reason"], "DaskStarting");
+            }));
+            steps.push(Step::event(&ws, |body| {
+                assert_eq!(body["reason"], "DaskStarting")
+            }));
+        }
+        let (ctx, verifier, ws) = context(Scenario {
+            ws,
+            cluster,
+            dask: vec![r],
+            crd: CrdState::Present,
+            cluster_gone: true,
+        });
+        let outcome = run_scenario(ctx, verifier, ws, steps, |_, _| {}).await;
+        ok(&outcome, Action::requeue(REQUEUE_TRANSITIONAL));
+        assert_eq!(
+            log(&outcome)[0],
+            "PATCH /apis/kubernetes.dask.org/v1/namespaces/team/daskclusters/ws-alice-dask",
+            "{timeout:?} {scheduler_ready}"
+        );
+    }
 }
