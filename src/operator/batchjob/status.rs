@@ -20,6 +20,7 @@ use kube::runtime::events::EventType;
 use super::build::CONTAINER_NAME;
 use crate::api::v1alpha1::{BatchJobPhase, BatchJobStatus};
 use crate::batch::JobState;
+use crate::operator::workspace::status::condition_after;
 use crate::policy::workspace::Refusal;
 
 /// Condition: the job passed validation and the caps (False: the refusal).
@@ -266,20 +267,8 @@ fn condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if status { "True" } else { "False" };
-    let last_transition_time = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        observed_generation: generation,
-        last_transition_time,
-    }
+    let previous = previous.map_or(&[][..], |p| p.conditions.as_slice());
+    condition_after(previous, type_, status, reason, message, generation, now)
 }
 
 /// The status of an admitted job in `state`.

@@ -530,9 +530,25 @@ pub(crate) fn condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
+    let previous = previous.map_or(&[][..], |p| p.conditions.as_slice());
+    condition_after(previous, type_, status, reason, message, generation, now)
+}
+
+/// The condition `type_`, keeping its `lastTransitionTime` from `previous` (a status's
+/// conditions) while its status stays the same, else `now`.
+pub(crate) fn condition_after(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     let status = if status { "True" } else { "False" };
     let last_transition_time = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .iter()
+        .find(|c| c.type_ == type_)
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| now.clone());
