@@ -484,11 +484,26 @@ fn local_data(
 }
 
 /// The validated job of a row (its spec checked again against the catalogue as it is now),
-/// for the calls of its system. A job whose spec no longer validates is still known to its
-/// system by its id: the stored spec is used as it is, placed on its stored pool.
-fn validated_of(hub: &HubState, job: &Job, groups: &BTreeSet<String>) -> Option<ValidatedBatchJob> {
-    let spec = stored_spec(job)?;
-    validate(hub, &job.name, &job.user_name, groups, &spec).ok()
+/// for the calls of its system.
+///
+/// Returns it with its system (the system's error when there is none), or `None` when the spec
+/// no longer validates.
+async fn remote_system(
+    hub: &HubState,
+    job: &Job,
+) -> HubResult<Option<(ValidatedBatchJob, Result<Arc<dyn BatchSystem>, BatchError>)>> {
+    let groups: BTreeSet<String> = hub
+        .store
+        .user_groups(job.user_id)
+        .await?
+        .into_iter()
+        .collect();
+    let validated = stored_spec(job)
+        .and_then(|spec| validate(hub, &job.name, &job.user_name, &groups, &spec).ok());
+    Ok(validated.map(|v| {
+        let system = batch_system(hub, &v);
+        (v, system)
+    }))
 }
 
 /// Asks the job's system about an unfinished job and writes what changed.
@@ -517,17 +532,9 @@ pub async fn refresh(hub: &HubState, job: &Job) -> HubResult<Job> {
             }),
         }
     } else {
-        let groups: BTreeSet<String> = hub
-            .store
-            .user_groups(job.user_id)
-            .await?
-            .into_iter()
-            .collect();
-        match validated_of(hub, job, &groups) {
-            Some(v) => match batch_system(hub, &v) {
-                Ok(system) => system.status(&v, &id).await,
-                Err(e) => Err(e),
-            },
+        match remote_system(hub, job).await? {
+            Some((v, Ok(system))) => system.status(&v, &id).await,
+            Some((_, Err(e))) => Err(e),
             None => Err(BatchError::Other {
                 system: "hub",
                 message: "the job's spec no longer validates against the catalogue".into(),
@@ -572,17 +579,9 @@ pub async fn cancel(hub: &HubState, job: &Job, actor: &str) -> HubResult<Job> {
                 None => Ok(()),
             }
         } else {
-            let groups: BTreeSet<String> = hub
-                .store
-                .user_groups(job.user_id)
-                .await?
-                .into_iter()
-                .collect();
-            match validated_of(hub, &job, &groups) {
-                Some(v) => match batch_system(hub, &v) {
-                    Ok(system) => system.cancel(&v, &id).await,
-                    Err(e) => Err(e),
-                },
+            match remote_system(hub, &job).await? {
+                Some((v, Ok(system))) => system.cancel(&v, &id).await,
+                Some((_, Err(e))) => Err(e),
                 None => Ok(()),
             }
         };
@@ -628,17 +627,9 @@ pub async fn logs(hub: &HubState, job: &Job, limit: usize) -> HubResult<String> 
             None => Ok(String::new()),
         }
     } else {
-        let groups: BTreeSet<String> = hub
-            .store
-            .user_groups(job.user_id)
-            .await?
-            .into_iter()
-            .collect();
-        match validated_of(hub, job, &groups) {
-            Some(v) => match batch_system(hub, &v) {
-                Ok(system) => system.logs(&v, &id, limit).await,
-                Err(e) => Err(e),
-            },
+        match remote_system(hub, job).await? {
+            Some((v, Ok(system))) => system.logs(&v, &id, limit).await,
+            Some((_, Err(e))) => Err(e),
             None => Ok(String::new()),
         }
     };
