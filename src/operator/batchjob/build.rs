@@ -22,10 +22,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-    ResourceRequirements, Volume, VolumeMount,
+    ConfigMap, Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::{BATCHJOB_LABEL, BatchSettings, KUEUE_QUEUE_LABEL};
@@ -33,9 +31,9 @@ use crate::api::v1alpha1::CsiMode;
 use crate::config::OperatorConfig;
 use crate::operator::workspace::USER_LABEL;
 use crate::operator::workspace::build::{
-    CATALOG_KEY, DataOwner, HOME_VOLUME, MANAGED_BY, TERMINATION_GRACE_PERIOD_SECONDS,
+    CATALOG_KEY, DataOwner, MANAGED_BY, TERMINATION_GRACE_PERIOD_SECONDS, container_resources,
     container_security_context, csi_mode, data_paths, data_volumes_for, env_var,
-    irods_init_container_for, placed_pod_spec,
+    home_and_data_volumes, irods_init_container_for, placed_pod_spec,
 };
 use crate::policy::batch::{BatchTarget, ValidatedBatchJob};
 use crate::policy::{data, names};
@@ -193,31 +191,9 @@ pub fn build_job(
     settings: &BatchSettings,
     csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
 ) -> Job {
-    let mut resources = BTreeMap::from([
-        ("cpu".to_owned(), Quantity(v.resources.cpu.clone())),
-        ("memory".to_owned(), Quantity(v.resources.memory.clone())),
-    ]);
-    if v.resources.gpus > 0
-        && let Some(gpu) = &v.pool.gpu_resource_name
-    {
-        resources.insert(gpu.clone(), Quantity(v.resources.gpus.to_string()));
-    }
-    let (data_volumes, data_mounts) = data_volumes_for(&data_owner(v), csi_drivers);
-    let mut volumes = vec![Volume {
-        name: HOME_VOLUME.to_owned(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: v.home.claim_name.clone(),
-            read_only: None,
-        }),
-        ..Volume::default()
-    }];
-    volumes.extend(data_volumes);
-    let mut mounts = vec![VolumeMount {
-        name: HOME_VOLUME.to_owned(),
-        mount_path: v.home.mount_path.clone(),
-        ..VolumeMount::default()
-    }];
-    mounts.extend(data_mounts);
+    let mut resources = container_resources(&v.resources, &v.pool);
+    let (volumes, mounts) =
+        home_and_data_volumes(&v.home, data_volumes_for(&data_owner(v), csi_drivers));
 
     let container = Container {
         name: CONTAINER_NAME.to_owned(),

@@ -72,6 +72,7 @@ use crate::api::v1alpha1::{
 };
 use crate::config::OperatorConfig;
 use crate::policy::data::{self, DataPaths, EnvValue};
+use crate::policy::workspace::{EffectiveResources, HomeVolume};
 use crate::policy::{
     DEFAULT_CPU, DEFAULT_MEMORY, allowed, format_bytes, format_cpu_cores, format_cpu_millis, names,
     parse_bytes, parse_cpu_millis,
@@ -411,6 +412,46 @@ fn runtime_default_seccomp() -> SeccompProfile {
     }
 }
 
+/// A container's requests (and limits, the same): CPU, memory and, on a pool with GPUs, the GPUs.
+pub(crate) fn container_resources(
+    resources: &EffectiveResources,
+    pool: &PlacedPool,
+) -> BTreeMap<String, Quantity> {
+    let mut out = BTreeMap::from([
+        ("cpu".to_owned(), Quantity(resources.cpu.clone())),
+        ("memory".to_owned(), Quantity(resources.memory.clone())),
+    ]);
+    if resources.gpus > 0
+        && let Some(gpu) = &pool.gpu_resource_name
+    {
+        out.insert(gpu.clone(), Quantity(resources.gpus.to_string()));
+    }
+    out
+}
+
+/// The home volume then the data volumes, and their mounts (home first).
+pub(crate) fn home_and_data_volumes(
+    home: &HomeVolume,
+    (data_volumes, data_mounts): (Vec<Volume>, Vec<VolumeMount>),
+) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![Volume {
+        name: HOME_VOLUME.to_owned(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: home.claim_name.clone(),
+            read_only: None,
+        }),
+        ..Volume::default()
+    }];
+    volumes.extend(data_volumes);
+    let mut mounts = vec![VolumeMount {
+        name: HOME_VOLUME.to_owned(),
+        mount_path: home.mount_path.clone(),
+        ..VolumeMount::default()
+    }];
+    mounts.extend(data_mounts);
+    (volumes, mounts)
+}
+
 /// The server's pod on `pool` (`csi_drivers`: see [`build_with`]).
 pub fn build_pod(
     v: &ValidatedWorkspace,
@@ -419,31 +460,8 @@ pub fn build_pod(
     csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
 ) -> Pod {
     let prefix = service_prefix(&v.user, &v.server_name);
-    let mut resources = BTreeMap::from([
-        ("cpu".to_owned(), Quantity(v.resources.cpu.clone())),
-        ("memory".to_owned(), Quantity(v.resources.memory.clone())),
-    ]);
-    if v.resources.gpus > 0
-        && let Some(gpu) = &pool.gpu_resource_name
-    {
-        resources.insert(gpu.clone(), Quantity(v.resources.gpus.to_string()));
-    }
-    let (data_volumes, data_mounts) = data_volumes(v, csi_drivers);
-    let mut volumes = vec![Volume {
-        name: HOME_VOLUME.to_owned(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: v.home.claim_name.clone(),
-            read_only: None,
-        }),
-        ..Volume::default()
-    }];
-    volumes.extend(data_volumes);
-    let mut mounts = vec![VolumeMount {
-        name: HOME_VOLUME.to_owned(),
-        mount_path: v.home.mount_path.clone(),
-        ..VolumeMount::default()
-    }];
-    mounts.extend(data_mounts);
+    let mut resources = container_resources(&v.resources, pool);
+    let (volumes, mounts) = home_and_data_volumes(&v.home, data_volumes(v, csi_drivers));
 
     let container = Container {
         name: CONTAINER_NAME.to_owned(),
