@@ -163,42 +163,13 @@ async fn reconcile_inner(job: Arc<BatchJob>, ctx: &Context) -> Result<Action> {
 
 /// The inputs of `validate_job`, from the Workspace controller's caches.
 pub fn dereference(job: &BatchJob, ctx: &Context) -> Dereferenced {
-    let caches = &ctx.shared.caches;
-    let namespace = job.namespace().unwrap_or_default();
-    let profile = cached_cluster(&caches.profiles, &job.spec.profile);
-    let mut pools: Vec<_> = caches
-        .pools
-        .state()
-        .iter()
-        .map(|p| p.as_ref().clone())
-        .collect();
-    pools.sort_by_key(ResourceExt::name_any);
-    let data_sources: Vec<_> = job
-        .spec
-        .data_sources
-        .iter()
-        .filter_map(|name| cached_cluster(&caches.data_sources, name))
-        .collect();
-    let credential_secrets = data_sources
-        .iter()
-        .flat_map(|source| {
-            crate::operator::workspace::reconcile::dereference::credential_secret_names(
-                &source.spec,
-            )
-        })
-        .filter(|name| caches.has_credentials(&namespace, name))
-        .map(str::to_owned)
-        .collect();
-    Dereferenced {
-        profile,
-        pools,
-        data_sources,
-        groups: parse_groups(job.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
-        token: String::new(),
-        credential_secrets: Some(credential_secrets),
-        csi_drivers: Some(caches.csi_driver_modes()),
-        unreachable: Default::default(),
-    }
+    crate::operator::workspace::reconcile::dereference::cached_inputs(
+        &ctx.shared.caches,
+        &job.namespace().unwrap_or_default(),
+        &job.spec.profile,
+        &job.spec.data_sources,
+        parse_groups(job.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
+    )
 }
 
 /// The status to start from: the one written last while the cache lags, else the cached one.

@@ -31,7 +31,7 @@ use kube::api::Api;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::v1alpha1::{DataSource, DataSourceSpec, DesiredState, NodePool, Workspace};
-use crate::operator::workspace::cache::cached_cluster;
+use crate::operator::workspace::cache::{Caches, cached_cluster};
 use crate::operator::{Context, Error, Result};
 use crate::policy::names;
 pub use crate::policy::workspace::token_of;
@@ -53,34 +53,21 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
     let caches = &ctx.caches;
     let namespace = ws.namespace().ok_or(Error::InvalidObject("namespace"))?;
 
-    let profile = cached_cluster(&caches.profiles, &ws.spec.profile);
-    let mut pools: Vec<NodePool> = caches
-        .pools
-        .state()
-        .iter()
-        .map(|p| p.as_ref().clone())
-        .collect();
-    pools.sort_by_key(ResourceExt::name_any);
-    let data_sources: Vec<DataSource> = ws
-        .spec
-        .data_sources
-        .iter()
-        .filter_map(|name| cached_cluster(&caches.data_sources, name))
-        .collect();
-    let credential_secrets: BTreeSet<String> = data_sources
-        .iter()
-        .flat_map(|source| credential_secret_names(&source.spec))
-        .filter(|name| caches.has_credentials(&namespace, name))
-        .map(str::to_owned)
-        .collect();
-    let csi_drivers = caches.csi_driver_modes();
+    let groups = parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str));
+    let mut inputs = cached_inputs(
+        caches,
+        &namespace,
+        &ws.spec.profile,
+        &ws.spec.data_sources,
+        groups,
+    );
     // Endpoints are probed only before the pod is created: a running workspace is never
     // stopped because its endpoint stopped answering.
     let unreachable = match &ctx.probes {
         Some(probes)
             if ws.spec.desired_state == DesiredState::Running && caches.pods_of(ws).is_empty() =>
         {
-            unreachable_endpoints(probes, &data_sources).await
+            unreachable_endpoints(probes, &inputs.data_sources).await
         }
         _ => BTreeMap::new(),
     };
@@ -118,20 +105,50 @@ pub async fn dereference(ws: &Workspace, ctx: &Context) -> Result<Observed> {
         },
     };
 
-    let groups = parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str));
-    Ok(Observed {
-        inputs: Dereferenced {
-            profile,
-            pools,
-            data_sources,
-            groups,
-            token,
-            credential_secrets: Some(credential_secrets),
-            csi_drivers: Some(csi_drivers),
-            unreachable,
-        },
-        secret,
-    })
+    inputs.token = token;
+    inputs.unreachable = unreachable;
+    Ok(Observed { inputs, secret })
+}
+
+/// What the Workspace and BatchJob controllers read from the caches before `validate`: the
+/// profile, every pool (by name), the named data sources that exist, the credentials Secrets
+/// of those sources that exist in `namespace`, and the CSI drivers; with `groups`, no token
+/// and nothing probed.
+pub(crate) fn cached_inputs(
+    caches: &Caches,
+    namespace: &str,
+    profile: &str,
+    data_sources: &[String],
+    groups: BTreeSet<String>,
+) -> Dereferenced {
+    let profile = cached_cluster(&caches.profiles, profile);
+    let mut pools: Vec<NodePool> = caches
+        .pools
+        .state()
+        .iter()
+        .map(|p| p.as_ref().clone())
+        .collect();
+    pools.sort_by_key(ResourceExt::name_any);
+    let data_sources: Vec<DataSource> = data_sources
+        .iter()
+        .filter_map(|name| cached_cluster(&caches.data_sources, name))
+        .collect();
+    let credential_secrets: BTreeSet<String> = data_sources
+        .iter()
+        .flat_map(|source| credential_secret_names(&source.spec))
+        .filter(|name| caches.has_credentials(namespace, name))
+        .map(str::to_owned)
+        .collect();
+    Dereferenced {
+        profile,
+        pools,
+        data_sources,
+        groups,
+        token: String::new(),
+        credential_secrets: Some(credential_secrets),
+        csi_drivers: Some(caches.csi_driver_modes()),
+        unreachable: BTreeMap::new(),
+    }
 }
 
 /// The s3 endpoints of `sources` that do not answer ([`crate::net::Probes`]: each endpoint at
