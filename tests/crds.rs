@@ -394,7 +394,7 @@ fn schemas_carry_enums_patterns_bounds_defaults_and_required_fields() {
             "Workspace",
             "spec.kind",
             "enum",
-            json!(["jupyter", "rstudio", "qgis"]),
+            json!(["jupyter", "rstudio", "qgis", "r"]),
         ),
         (
             "Workspace",
@@ -408,7 +408,7 @@ fn schemas_carry_enums_patterns_bounds_defaults_and_required_fields() {
             "WorkspaceProfile",
             "spec.kind",
             "enum",
-            json!(["jupyter", "rstudio", "qgis"]),
+            json!(["jupyter", "rstudio", "qgis", "r"]),
         ),
         ("WorkspaceProfile", "spec.kind", "default", json!("jupyter")),
         (
@@ -900,10 +900,18 @@ fn each_cel_rule_sits_where_it_belongs() {
         row(
             "DataSource",
             "spec",
-            "has(self.s3) || has(self.irods) || has(self.nfs) || has(self.pvc) || has(self.stac)",
+            "has(self.s3) || has(self.irods) || has(self.nfs) || has(self.pvc) || has(self.stac) || has(self.ogc)",
             None,
             Some("FieldValueRequired"),
-            "one of s3, irods, nfs, pvc or stac must be set",
+            "one of s3, irods, nfs, pvc, stac or ogc must be set",
+        ),
+        row(
+            "DataSource",
+            "spec.ogc",
+            "has(self.wms) || has(self.wmts) || has(self.wcs)",
+            None,
+            Some("FieldValueRequired"),
+            "ogc needs at least one of wms, wmts or wcs",
         ),
         row(
             "DataSource",

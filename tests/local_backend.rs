@@ -218,6 +218,7 @@ fn request(user: &str, server: &str) -> SpawnRequest {
         env,
         files: BTreeMap::new(),
         dask: None,
+        kind: Default::default(),
     }
 }
 

@@ -1335,6 +1335,7 @@ mod tests {
             env: BTreeMap::new(),
             files: BTreeMap::new(),
             dask: None,
+            kind: Default::default(),
         }
     }
 

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::api::v1alpha1::WorkspaceKind;
+
 /// The files of a workspace's data sources the local backend writes (`SpawnRequest::files`),
 /// each with the variable that points the clients at it: the Intake catalogue
 /// (`policy::data::intake_catalog`), the iRODS client environment
@@ -67,6 +69,22 @@ pub struct SpawnRequest {
     /// the cluster's TLS material itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dask: Option<LocalDask>,
+    /// What the server runs, as the hub resolved it from the profile (and the request's
+    /// `kind` where the profile allows an override). The local backend starts the matching
+    /// application (JupyterLab, the R kernel, RStudio, a QGIS desktop); the kubernetes backend
+    /// leaves it to the operator, which reads the profile itself.
+    #[serde(default)]
+    pub kind: WorkspaceKind,
+}
+
+/// A program a backend lacks to run a kind of workspace ([`WorkspaceBackend::missing_programs`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingProgram {
+    /// The program, as looked up on the `PATH` (e.g. `Xvnc`, `rserver`).
+    pub program: String,
+    /// What provides it, in words an admin can act on (e.g. `Debian package
+    /// tigervnc-standalone-server`, `atelier up --install qgis`).
+    pub provided_by: String,
 }
 
 /// A local Dask cluster: a scheduler and `workers` workers (see `backend::local`).
@@ -101,6 +119,7 @@ impl std::fmt::Debug for SpawnRequest {
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("files", &self.files.keys().collect::<Vec<_>>())
             .field("dask", &self.dask)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -194,5 +213,14 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     /// for a backend whose jobs run elsewhere (the kubernetes backend writes BatchJobs).
     fn local_jobs(&self) -> Option<std::sync::Arc<local::LocalJobs>> {
         None
+    }
+
+    /// The programs this backend lacks to run `kind` (empty: it can run it). The hub hides the
+    /// profiles of such a kind from the spawn page (explaining why on /hub/admin) and refuses
+    /// their starts with a 400 naming the missing programs, before anything runs. The
+    /// kubernetes backend lacks nothing: the profile's image carries its programs.
+    fn missing_programs(&self, kind: WorkspaceKind) -> Vec<MissingProgram> {
+        let _ = kind;
+        Vec::new()
     }
 }

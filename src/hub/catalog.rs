@@ -1227,6 +1227,7 @@ mod tests {
             env: Default::default(),
             files: Default::default(),
             dask: None,
+            kind: Default::default(),
         }
     }
 

@@ -467,6 +467,7 @@ fn local_data(
         env: BTreeMap::new(),
         files: BTreeMap::new(),
         dask: None,
+        kind: Default::default(),
     };
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };

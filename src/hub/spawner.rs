@@ -457,6 +457,7 @@ pub fn check_start(
         env: BTreeMap::new(),
         files: BTreeMap::new(),
         dask: None,
+        kind: Default::default(),
     };
     let local = hub.backend.kind() == "local";
     let credentials = if local {
@@ -605,6 +606,7 @@ async fn prepare_spawn(
         env,
         files: BTreeMap::new(),
         dask: None,
+        kind: Default::default(),
     };
     let mut endpoints = Vec::new();
     if hub.backend.kind() == "local" {

@@ -163,8 +163,8 @@ pub fn spec_problem(spec: &DataSourceSpec) -> Option<String> {
     if backends > 1 {
         return Some("at most one of s3, irods, nfs or pvc may be set".into());
     }
-    if backends == 0 && spec.stac.is_none() {
-        return Some("one of s3, irods, nfs, pvc or stac must be set".into());
+    if backends == 0 && spec.stac.is_none() && spec.ogc.is_none() {
+        return Some("one of s3, irods, nfs, pvc, stac or ogc must be set".into());
     }
     if spec.csi.is_some() && spec.s3.is_none() && spec.irods.is_none() {
         return Some("csi applies only to s3 and irods sources".into());

@@ -633,6 +633,6 @@ fn the_fixture_sources_are_well_formed() {
     assert_eq!(spec_problem(&spec(BY_GROUP)), None);
     assert_eq!(
         spec_problem(&spec("description: nothing")).as_deref(),
-        Some("one of s3, irods, nfs, pvc or stac must be set")
+        Some("one of s3, irods, nfs, pvc, stac or ogc must be set")
     );
 }

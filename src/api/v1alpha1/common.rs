@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 pub type EnvMap = BTreeMap<String, String>;
 
 /// What a workspace runs. Every workspace image starts `jupyterhub-singleuser`; the kind picks the
-/// application it opens on (`/lab`, RStudio through jupyter-rsession-proxy, or a QGIS desktop
-/// through jupyter-remote-desktop-proxy).
+/// application it opens on (`/lab`, JupyterLab with the R kernel, RStudio through
+/// jupyter-rsession-proxy, or a QGIS desktop through jupyter-remote-desktop-proxy).
 #[derive(
     Serialize,
     Deserialize,
@@ -33,6 +33,8 @@ pub enum WorkspaceKind {
     Rstudio,
     /// QGIS desktop over noVNC.
     Qgis,
+    /// JupyterLab with the R kernel (IRkernel): R that runs wherever JupyterLab does.
+    R,
 }
 
 impl WorkspaceKind {
@@ -42,6 +44,7 @@ impl WorkspaceKind {
             WorkspaceKind::Jupyter => "/lab",
             WorkspaceKind::Rstudio => "/rstudio",
             WorkspaceKind::Qgis => "/desktop",
+            WorkspaceKind::R => "/lab",
         }
     }
 
@@ -51,8 +54,17 @@ impl WorkspaceKind {
             WorkspaceKind::Jupyter => "jupyter",
             WorkspaceKind::Rstudio => "rstudio",
             WorkspaceKind::Qgis => "qgis",
+            WorkspaceKind::R => "r",
         }
     }
+
+    /// Every kind, in the order the spawn page lists them.
+    pub const ALL: [WorkspaceKind; 4] = [
+        WorkspaceKind::Jupyter,
+        WorkspaceKind::R,
+        WorkspaceKind::Rstudio,
+        WorkspaceKind::Qgis,
+    ];
 }
 
 /// Compute resources: CPU and memory as Kubernetes quantities, and GPUs.

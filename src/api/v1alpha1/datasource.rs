@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.s3), has(self.irods), has(self.nfs), has(self.pvc)].filter(x, x).size() <= 1").message("at most one of s3, irods, nfs or pvc may be set").reason(Reason::FieldValueInvalid))]
-#[x_kube(validation = Rule::new("has(self.s3) || has(self.irods) || has(self.nfs) || has(self.pvc) || has(self.stac)").message("one of s3, irods, nfs, pvc or stac must be set").reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("has(self.s3) || has(self.irods) || has(self.nfs) || has(self.pvc) || has(self.stac) || has(self.ogc)").message("one of s3, irods, nfs, pvc, stac or ogc must be set").reason(Reason::FieldValueRequired))]
 #[x_kube(validation = Rule::new("!has(self.csi) || has(self.s3) || has(self.irods)").message("csi applies only to s3 and irods sources").reason(Reason::FieldValueForbidden).field_path(".csi"))]
 #[x_kube(validation = Rule::new("has(self.mountPath) || !(has(self.nfs) || has(self.pvc) || has(self.csi))").message("mountPath is required with nfs, pvc or csi").reason(Reason::FieldValueRequired).field_path(".mountPath"))]
 pub struct DataSourceSpec {
@@ -50,6 +50,11 @@ pub struct DataSourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/]+(/.*)?$"))]
     pub stac: Option<String>,
+    /// The centre's OGC web services for this data (e.g. a THREDDS server's WMS and WCS
+    /// endpoints): a QGIS desktop gets them as ready-made connections in its browser panel. May
+    /// stand alone (an OGC-only source) or describe the data of the backend above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ogc: Option<OgcServices>,
     /// Where the data appears in the workspace. Required when the source is mounted (nfs, pvc,
     /// or a csi driver); an s3 or irods source without csi is only injected as environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +75,25 @@ pub struct DataSourceSpec {
     /// injected as environment (fsspec/s3fs) and an irods source as iRODS client environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csi: Option<CsiSpec>,
+}
+
+/// OGC web service endpoints (`http(s)://` URLs of the services' roots, without a `REQUEST=`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.wms) || has(self.wmts) || has(self.wcs)").message("ogc needs at least one of wms, wmts or wcs").reason(Reason::FieldValueRequired))]
+pub struct OgcServices {
+    /// A Web Map Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/]+(/\S*)?$"))]
+    pub wms: Option<String>,
+    /// A Web Map Tile Service (its capabilities document's URL or root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/]+(/\S*)?$"))]
+    pub wmts: Option<String>,
+    /// A Web Coverage Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s/]+(/\S*)?$"))]
+    pub wcs: Option<String>,
 }
 
 fn default_true() -> bool {

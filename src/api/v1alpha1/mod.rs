@@ -25,13 +25,15 @@ pub use common::{EnvMap, ResourceRequest, WorkspaceKind};
 pub use dask::{DaskProfile, DaskSpec, DaskStatus, WorkerRange};
 pub use datasource::{
     CsiMode, CsiSpec, DataSource, DataSourceSpec, GroupCredentials, IrodsSource, NfsSource,
-    PvcSource, S3Source, SecretRef,
+    OgcServices, PvcSource, S3Source, SecretRef,
 };
 pub use nodepool::{
     Caps, GpuOffer, KueueQueue, NodePool, NodePoolCaps, NodePoolSpec, PoolPurpose, SlurmPool,
     SlurmTokenSecret, SlurmUserMapping,
 };
-pub use profile::{HomePolicy, HomeReclaim, WorkspaceProfile, WorkspaceProfileSpec};
+pub use profile::{
+    DesktopProfile, HomePolicy, HomeReclaim, WorkspaceProfile, WorkspaceProfileSpec,
+};
 pub use workspace::{DesiredState, Workspace, WorkspacePhase, WorkspaceSpec, WorkspaceStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -91,6 +91,25 @@ pub struct WorkspaceProfileSpec {
         pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub dask_node_pool: Option<String>,
+    /// What a desktop (`kind: qgis`) shows ready-made, so that nothing needs configuring by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<DesktopProfile>,
+}
+
+/// What a profile's QGIS desktop is seeded with.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesktopProfile {
+    /// DataSources shown in QGIS's browser panel (besides the workspace's own): their S3
+    /// buckets, mounted paths and OGC services become connections. A name the user may not use,
+    /// or that does not exist, is left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(inner(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    ))]
+    pub data_sources: Vec<String>,
 }
 
 /// The home volume of each workspace of a profile.

@@ -736,6 +736,7 @@ mod tests {
             env: BTreeMap::new(),
             files: BTreeMap::new(),
             dask: None,
+            kind: Default::default(),
         }
     }
 

@@ -32,6 +32,7 @@ fn spawn_request(options: Value) -> SpawnRequest {
         ]),
         files: BTreeMap::new(),
         dask: None,
+        kind: Default::default(),
     }
 }
 

@@ -842,7 +842,7 @@ fn data_sources_the_api_server_did_not_check() {
         ),
         (
             "description: nothing",
-            "one of s3, irods, nfs, pvc or stac must be set",
+            "one of s3, irods, nfs, pvc, stac or ogc must be set",
         ),
         (
             "nfs:\n  server: nfs\n  path: /x\ncsi:\n  driver: nfs.csi.k8s.io\nmountPath: /x",
