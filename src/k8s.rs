@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use http::{HeaderValue, Method, Request, Uri, header};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::client::ClientBuilder;
 
@@ -133,6 +134,17 @@ pub fn request_labels(method: &Method, uri: &Uri) -> (&'static str, String) {
         _ => "other",
     };
     (verb, resource)
+}
+
+/// A Kubernetes time as chrono's.
+pub fn chrono_time(t: &Time) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+/// A chrono time as Kubernetes', truncated to seconds (what the API server stores).
+pub fn kube_time(t: &chrono::DateTime<chrono::Utc>) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -202,10 +202,17 @@ pub const CALLS: &[ApiCall] = &[
          (labelled atelier.dev/slurm-key=true) in the operator's namespace"),
     call(Operator, &["get", "create", "update"], "coordination.k8s.io", "leases", OwnNamespace, Both,
         "operator/lease.rs: try_acquire_or_renew (GET, POST when absent, PUT to renew or take over), release (PUT)"),
-    // --- the hub: src/backend/kubernetes.rs, src/backend/kubernetes/observer.rs, src/hub/catalog.rs ---
+    // --- the hub: src/backend/kubernetes.rs, src/backend/kubernetes/{observer,jobs}.rs, src/hub/catalog.rs ---
     call(Hub, &["get", "list", "watch", "create", "patch"], "atelier.dev", "workspaces", Namespaced, Both,
         "backend/kubernetes.rs: resolve_name (GET, LIST), the Workspace (SSA), request_stop (merge patch), \
          watch_object, poll_workspace; observer.rs: GET, LIST (shared mode)"),
+    call(Hub, &["get", "list", "watch", "create", "patch"], "atelier.dev", "batchjobs", Namespaced, Both,
+        "backend/kubernetes/jobs.rs: BatchJobs::submit and cancel (SSA), read (GET when the cache lacks it), \
+         spawn_cache (list, watch: the shared namespace)"),
+    call(Hub, &["list", "watch"], "atelier.dev", "batchjobs", AllNamespaces, PerUser,
+        "backend/kubernetes/jobs.rs: spawn_cache watches every namespace's BatchJobs in per-user mode"),
+    call(Hub, &["get"], "", "pods/log", Namespaced, Both,
+        "backend/kubernetes/jobs.rs: BatchJobs::logs (the log of the job's pod)"),
     call(Hub, &["list"], "atelier.dev", "workspaces", AllNamespaces, PerUser,
         "backend/kubernetes/observer.rs: WorkspaceObserver::list lists every namespace's Workspaces"),
     call(Hub, &["get", "create", "patch"], "", "secrets", Namespaced, Both,

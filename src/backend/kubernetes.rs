@@ -46,6 +46,7 @@
 //! The hub needs, in the workspaces' namespace(s): `workspaces` get/list/watch/patch, `secrets`
 //! get/patch; in per-user mode also `namespaces` patch (server-side apply creates them).
 
+mod jobs;
 #[cfg(test)]
 pub(crate) mod mock;
 mod observer;
@@ -67,6 +68,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+pub use self::jobs::{
+    BatchJobs, JobId, LOG_TAIL_LINES, SYSTEM as JOBS_SYSTEM, build_batch_job, state_of, tail_bytes,
+};
 pub use self::observer::{ObservedWorkspace, WorkspaceObserver};
 pub use self::spec::{
     Observation, REFUSAL_REASONS, SpecError, build_token_secret, build_workspace, dashboard_target,
@@ -168,6 +172,8 @@ pub async fn kube_client() -> anyhow::Result<Client> {
 pub struct KubernetesBackend {
     client: Client,
     config: KubernetesBackendConfig,
+    /// The informer cache of the BatchJobs, read by [`BatchJobs::status`].
+    job_cache: Option<kube::runtime::reflector::Store<crate::api::v1alpha1::BatchJob>>,
 }
 
 /// Sets `desiredState: stopped` on a Workspace whose start was abandoned, when dropped armed.
@@ -233,7 +239,21 @@ async fn send(progress: &mpsc::Sender<ProgressEvent>, event: ProgressEvent) {
 impl KubernetesBackend {
     /// A backend creating Workspaces through `client`.
     pub fn new(client: Client, config: KubernetesBackendConfig) -> KubernetesBackend {
-        KubernetesBackend { client, config }
+        KubernetesBackend {
+            client,
+            config,
+            job_cache: None,
+        }
+    }
+
+    /// Reads the BatchJobs' statuses from `cache` ([`BatchJobs::spawn_cache`]) rather than
+    /// with a `GET` each.
+    pub fn with_job_cache(
+        mut self,
+        cache: kube::runtime::reflector::Store<crate::api::v1alpha1::BatchJob>,
+    ) -> KubernetesBackend {
+        self.job_cache = Some(cache);
+        self
     }
 
     /// The configuration in use.
@@ -483,7 +503,11 @@ impl KubernetesBackend {
     }
 
     /// Per-user mode: creates (or keeps) the user's namespace, which the operator then equips.
-    async fn apply_namespace(&self, namespace: &str, user: &str) -> Result<(), BackendError> {
+    pub(crate) async fn apply_namespace(
+        &self,
+        namespace: &str,
+        user: &str,
+    ) -> Result<(), BackendError> {
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(namespace.to_owned()),
@@ -571,5 +595,9 @@ impl WorkspaceBackend for KubernetesBackend {
 
     fn poll<'a>(&'a self, handle: &'a Value) -> BoxFuture<'a, Result<BackendStatus, BackendError>> {
         Box::pin(self.poll_workspace(handle))
+    }
+
+    fn batch_jobs(&self) -> Option<BatchJobs> {
+        Some(BatchJobs::new(self.clone(), self.job_cache.clone()))
     }
 }

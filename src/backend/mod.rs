@@ -219,6 +219,12 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     /// profiles of such a kind from the spawn page (explaining why on /hub/admin) and refuses
     /// their starts with a 400 naming the missing programs, before anything runs. The
     /// kubernetes backend lacks nothing: the profile's image carries its programs.
+    /// Where this backend writes its batch jobs as BatchJob resources (the kubernetes backend);
+    /// `None` for a backend that runs them itself ([`WorkspaceBackend::local_jobs`]).
+    fn batch_jobs(&self) -> Option<kubernetes::BatchJobs> {
+        None
+    }
+
     fn missing_programs(&self, kind: WorkspaceKind) -> Vec<MissingProgram> {
         let _ = kind;
         Vec::new()

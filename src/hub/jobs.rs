@@ -6,13 +6,16 @@
 //! every unfinished job of the store (`admit_job` over a `UsageIndex`). A refusal answers 400
 //! (403 for a rule of access: a profile, pool or data source the user's groups may not use, a
 //! cap) with `field "<field>": <Reason>: <message>`. Then the job's row is written (Pending),
-//! the submit audited, and the job handed to its batch system, chosen by [`batch_system`]: the
-//! local backend's processes ([`LocalJobs`]) for Kubernetes targets on the local backend, Slurm
-//! for a Slurm pool (its JWT key read from `<secrets dir>/<secret>/<key>`).
+//! the submit audited, and the job handed to its batch system: with the kubernetes backend, a
+//! `BatchJob` resource for every pool (`backend::kubernetes::BatchJobs`: the operator runs it on
+//! Kubernetes or Slurm); elsewhere the one chosen by [`batch_system`]: the local backend's
+//! processes ([`LocalJobs`]) for Kubernetes targets, Slurm for a Slurm pool (its JWT key read
+//! from `<secrets dir>/<secret>/<key>`).
 //!
 //! [`watch`] asks the systems about every unfinished job every `job_poll` and writes what
-//! changed; it is also what makes a restarted hub find its jobs again (a local process still
-//! running is re-adopted by pid and start time, one that is gone is Failed with its reason).
+//! changed (a BatchJob's status is read from an informer cache: no request per job); it is also
+//! what makes a restarted hub find its jobs again (a local process still running is re-adopted
+//! by pid and start time, one that is gone is Failed with its reason).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use tokio::task::JoinHandle;
 use super::catalog::CredentialsFrom;
 use super::{HubError, HubResult, HubState};
 use crate::api::v1alpha1::{BatchJob, BatchJobPhase, BatchJobSpec, ResourceRequest};
+use crate::backend::kubernetes::{BatchJobs, JOBS_SYSTEM as KUBE_SYSTEM};
 use crate::batch::{BatchError, BatchSystem, JobState};
 use crate::config::OperatorConfig;
 use crate::policy::admission::UsageIndex;
@@ -258,13 +262,31 @@ fn slurm_system(
     Ok(Arc::new(crate::batch::slurm::Slurm::new(target, jwt_key)?))
 }
 
-/// The system name a validated job's row records.
+/// The system name a validated job's row records: `kubernetes` for every job of the
+/// kubernetes backend (a BatchJob resource, which the operator runs on Kubernetes or Slurm).
 fn system_name(hub: &HubState, v: &ValidatedBatchJob) -> &'static str {
+    if hub.backend.batch_jobs().is_some() {
+        return KUBE_SYSTEM;
+    }
     match (&v.target, hub.backend.local_jobs().is_some()) {
         (BatchTarget::Slurm(_), _) => "slurm",
         (BatchTarget::Kubernetes { .. }, true) => crate::backend::local::JOBS_SYSTEM,
-        (BatchTarget::Kubernetes { .. }, false) => "kubernetes",
+        (BatchTarget::Kubernetes { .. }, false) => KUBE_SYSTEM,
     }
+}
+
+/// The BatchJobs of the kubernetes backend, or the error of a row whose system is
+/// `kubernetes` on a hub whose backend writes none.
+fn kube_jobs(hub: &HubState) -> Result<BatchJobs, BatchError> {
+    hub.backend.batch_jobs().ok_or_else(|| BatchError::Other {
+        system: KUBE_SYSTEM,
+        message: "this hub's backend writes no BatchJobs".into(),
+    })
+}
+
+/// The owner's groups, as the BatchJob's annotation lists them.
+async fn groups_of(hub: &HubState, job: &Job) -> HubResult<Vec<String>> {
+    Ok(hub.store.user_groups(job.user_id).await?)
 }
 
 async fn audit(hub: &HubState, action: AuditAction, actor: &str, job: &Job, detail: Value) {
@@ -383,18 +405,6 @@ pub async fn submit(
         jobs.working_dir(&user.name, v.working_dir.as_deref())
             .map_err(|m| field_error("working_dir", m))?;
     }
-    if matches!(v.target, BatchTarget::Kubernetes { .. }) && local.is_none() {
-        // The kubernetes backend does not write BatchJobs yet: refused before anything is
-        // written (README, "Batch jobs").
-        return Err(HubError::Status(
-            axum::http::StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "field \"node_pool\": jobs on Kubernetes pools are not submitted through this \
-                 hub yet (NodePool {}): apply a BatchJob with kubectl",
-                v.pool.name
-            ),
-        ));
-    }
     admit(hub, &v).await?;
     let spec_json = serde_json::to_value(&spec)
         .map_err(|e| HubError::Unexpected(anyhow::anyhow!("job spec: {e}")))?;
@@ -419,8 +429,15 @@ pub async fn submit(
         json!({"command": spec.command, "node_pool": v.pool.name, "system": job.system}),
     )
     .await;
-    let handed = match (&v.target, &local) {
-        (BatchTarget::Kubernetes { .. }, Some(jobs)) => {
+    let kube = hub.backend.batch_jobs();
+    let handed = match (&v.target, &local, &kube) {
+        (_, _, Some(kube)) => {
+            let groups: Vec<String> = groups.iter().cloned().collect();
+            kube.submit(&name, &groups, &spec)
+                .await
+                .map(|id| id.to_string())
+        }
+        (BatchTarget::Kubernetes { .. }, Some(jobs), None) => {
             jobs.submit_with(&v, &data_env, &files).await
         }
         _ => match batch_system(hub, &v) {
@@ -532,6 +549,11 @@ pub async fn refresh(hub: &HubState, job: &Job) -> HubResult<Job> {
                 message: "this hub's backend runs no local jobs".into(),
             }),
         }
+    } else if job.system == KUBE_SYSTEM {
+        match kube_jobs(hub) {
+            Ok(kube) => kube.status(&id).await,
+            Err(e) => Err(e),
+        }
     } else {
         match remote_system(hub, job).await? {
             Some((v, Ok(system))) => system.status(&v, &id).await,
@@ -578,6 +600,18 @@ pub async fn cancel(hub: &HubState, job: &Job, actor: &str) -> HubResult<Job> {
             match hub.backend.local_jobs() {
                 Some(jobs) => jobs.cancel(&id).await,
                 None => Ok(()),
+            }
+        } else if job.system == KUBE_SYSTEM {
+            match (kube_jobs(hub), stored_spec(&job)) {
+                (Ok(kube), Some(spec)) => {
+                    let groups = groups_of(hub, &job).await?;
+                    kube.cancel(&id, &groups, &spec).await
+                }
+                (Err(e), _) => Err(e),
+                (_, None) => Err(BatchError::Other {
+                    system: KUBE_SYSTEM,
+                    message: "the job's stored spec does not parse".into(),
+                }),
             }
         } else {
             match remote_system(hub, &job).await? {
@@ -627,6 +661,11 @@ pub async fn logs(hub: &HubState, job: &Job, limit: usize) -> HubResult<String> 
             Some(jobs) => jobs.tail(&id, limit),
             None => Ok(String::new()),
         }
+    } else if job.system == KUBE_SYSTEM {
+        match kube_jobs(hub) {
+            Ok(kube) => kube.logs(&id, limit).await,
+            Err(e) => Err(e),
+        }
     } else {
         match remote_system(hub, job).await? {
             Some((v, Ok(system))) => system.logs(&v, &id, limit).await,
@@ -674,3 +713,7 @@ pub fn watch(hub: HubState) -> JoinHandle<()> {
         }
     })
 }
+
+#[cfg(test)]
+#[path = "jobs_tests.rs"]
+mod tests;

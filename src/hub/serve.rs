@@ -363,7 +363,9 @@ pub async fn build_hub(
                 super::sync::SYNC_INTERVAL,
             );
             tracing::info!(?config, "kubernetes backend");
-            Arc::new(KubernetesBackend::new(client, config))
+            // The statuses of the hub's BatchJobs, read by the job poll without a request each.
+            let (job_cache, _) = kubernetes::BatchJobs::spawn_cache(client.clone(), &config);
+            Arc::new(KubernetesBackend::new(client, config).with_job_cache(job_cache))
         }
     };
     let server_api_url = args

@@ -31,6 +31,8 @@ pub(crate) enum Reply {
     Json(StatusCode, Value),
     /// The request's body, echoed.
     Echo,
+    /// A plain-text body (a pod's log).
+    Text(String),
     /// A watch stream: one JSON event per line, then the end of the stream.
     Events(Vec<Value>),
     /// Never answered; the sender fires when the request arrives.
@@ -144,6 +146,19 @@ impl Step {
         self
     }
 
+    pub(crate) fn text(mut self, body: &str) -> Step {
+        self.reply = Reply::Text(body.to_owned());
+        self
+    }
+
+    pub(crate) fn refused(mut self, code: u16, message: &str) -> Step {
+        let mut body = status_body(code, "Invalid");
+        body["message"] = json!(message);
+        let code = StatusCode::from_u16(code).expect("a status code");
+        self.reply = Reply::Json(code, body);
+        self
+    }
+
     pub(crate) fn not_found(mut self) -> Step {
         self.reply = Reply::Json(StatusCode::NOT_FOUND, status_body(404, "NotFound"));
         self
@@ -183,9 +198,14 @@ impl ApiServerVerifier {
             let uri = request.uri().clone();
             let method = request.method().clone();
             seen.push(format!("{method} {}", uri.path()));
+            // A path ending in `*` matches any path it prefixes (a generated name).
+            let path = match step.path.strip_suffix('*') {
+                Some(prefix) if uri.path().starts_with(prefix) => uri.path(),
+                _ => step.path.as_str(),
+            };
             assert_eq!(
                 (&method, uri.path()),
-                (&step.method, step.path.as_str()),
+                (&step.method, path),
                 "step {}/{total}: method and path (query {:?})",
                 i + 1,
                 uri.query()
@@ -201,6 +221,7 @@ impl ApiServerVerifier {
             let (code, bytes) = match step.reply {
                 Reply::Json(code, value) => (code, serde_json::to_vec(&value).expect("JSON")),
                 Reply::Echo => (StatusCode::OK, serde_json::to_vec(&body).expect("JSON")),
+                Reply::Text(text) => (StatusCode::OK, text.into_bytes()),
                 Reply::Events(events) => {
                     let mut bytes = Vec::new();
                     for event in events {

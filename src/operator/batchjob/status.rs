@@ -11,7 +11,6 @@
 //! [`next_status`] turns that [`JobState`] into the BatchJob's status, [`transition`] says which
 //! Event a change deserves.
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -55,16 +54,7 @@ pub const FATAL_WAITING_REASONS: [&str; 4] = [
     "CreateContainerConfigError",
 ];
 
-/// A Kubernetes time as chrono's.
-pub fn chrono_time(t: &Time) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
-        .unwrap_or_default()
-}
-
-/// A chrono time as Kubernetes', truncated to seconds (what the API server stores).
-pub fn kube_time(t: &DateTime<Utc>) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).unwrap_or_default())
-}
+pub use crate::k8s::{chrono_time, kube_time};
 
 fn true_condition<'a>(
     job: &'a Job,
