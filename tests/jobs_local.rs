@@ -603,7 +603,15 @@ async fn restart_readopts_a_running_job(w: World) {
         )
         .await;
     assert_eq!(r.json()["phase"], "Running", "{}", r.body);
-    assert_eq!(w.logs(&name).await, "on\n");
+    // Running is the process; its first line may still be on its way (a loaded machine starts
+    // Python slowly): wait for it, bounded.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut logs = w.logs(&name).await;
+    while logs.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        logs = w.logs(&name).await;
+    }
+    assert_eq!(logs, "on\n");
     let r = w
         .call(
             "POST",

@@ -275,15 +275,6 @@ fn system_name(hub: &HubState, v: &ValidatedBatchJob) -> &'static str {
     }
 }
 
-/// The BatchJobs of the kubernetes backend, or the error of a row whose system is
-/// `kubernetes` on a hub whose backend writes none.
-fn kube_jobs(hub: &HubState) -> Result<BatchJobs, BatchError> {
-    hub.backend.batch_jobs().ok_or_else(|| BatchError::Other {
-        system: KUBE_SYSTEM,
-        message: "this hub's backend writes no BatchJobs".into(),
-    })
-}
-
 /// The owner's groups, as the BatchJob's annotation lists them.
 async fn groups_of(hub: &HubState, job: &Job) -> HubResult<Vec<String>> {
     Ok(hub.store.user_groups(job.user_id).await?)
@@ -501,27 +492,92 @@ fn local_data(
     Ok((data.env, data.files))
 }
 
-/// The validated job of a row (its spec checked again against the catalogue as it is now),
-/// for the calls of its system.
-///
-/// Returns it with its system (the system's error when there is none), or `None` when the spec
-/// no longer validates.
-async fn remote_system(
-    hub: &HubState,
-    job: &Job,
-) -> HubResult<Option<(ValidatedBatchJob, Result<Arc<dyn BatchSystem>, BatchError>)>> {
+/// The system a row's job is on, resolved once for [`refresh`], [`cancel`] and [`logs`].
+enum RowSystem {
+    /// The local backend's processes.
+    Local(Arc<crate::backend::local::LocalJobs>),
+    /// A BatchJob resource of the kubernetes backend, with the spec it was applied with.
+    Kube(Box<(BatchJobs, BatchJobSpec)>),
+    /// A batch system the hub calls itself (Slurm), with the job validated again against the
+    /// catalogue as it is now.
+    Remote(Box<ValidatedBatchJob>, Arc<dyn BatchSystem>),
+    /// None on this hub (a system its backend does not run, a spec that no longer parses or
+    /// validates): no status to read, nothing to stop, no output to show.
+    Absent(&'static str, &'static str),
+}
+
+impl RowSystem {
+    async fn status(&self, id: &str) -> Result<JobState, BatchError> {
+        match self {
+            RowSystem::Local(jobs) => jobs.status(id).await,
+            RowSystem::Kube(kube) => kube.0.status(id).await,
+            RowSystem::Remote(v, system) => system.status(v, id).await,
+            RowSystem::Absent(system, why) => Err(BatchError::Other {
+                system,
+                message: (*why).to_owned(),
+            }),
+        }
+    }
+
+    async fn cancel(&self, hub: &HubState, job: &Job, id: &str) -> Result<(), BatchError> {
+        match self {
+            RowSystem::Local(jobs) => jobs.cancel(id).await,
+            RowSystem::Kube(kube) => match groups_of(hub, job).await {
+                Ok(groups) => kube.0.cancel(id, &groups, &kube.1).await,
+                Err(e) => Err(BatchError::Other {
+                    system: KUBE_SYSTEM,
+                    message: format!("the owner's groups: {e}"),
+                }),
+            },
+            RowSystem::Remote(v, system) => system.cancel(v, id).await,
+            RowSystem::Absent(..) => Ok(()),
+        }
+    }
+
+    async fn logs(&self, id: &str, limit: usize) -> Result<String, BatchError> {
+        match self {
+            RowSystem::Local(jobs) => jobs.tail(id, limit),
+            RowSystem::Kube(kube) => kube.0.logs(id, limit).await,
+            RowSystem::Remote(v, system) => system.logs(v, id, limit).await,
+            RowSystem::Absent(..) => Ok(String::new()),
+        }
+    }
+}
+
+/// The system of a row's job ([`RowSystem::Absent`] when it has none on this hub), or the
+/// error of a system the hub cannot call (a Slurm key it cannot read).
+async fn system_of(hub: &HubState, job: &Job) -> HubResult<Result<RowSystem, BatchError>> {
+    if job.system == crate::backend::local::JOBS_SYSTEM {
+        return Ok(Ok(hub.backend.local_jobs().map_or(
+            RowSystem::Absent("local", "this hub's backend runs no local jobs"),
+            RowSystem::Local,
+        )));
+    }
+    let Some(spec) = stored_spec(job) else {
+        return Ok(Ok(RowSystem::Absent(
+            "hub",
+            "the job's stored spec does not parse",
+        )));
+    };
+    if job.system == KUBE_SYSTEM {
+        return Ok(Ok(match hub.backend.batch_jobs() {
+            Some(kube) => RowSystem::Kube(Box::new((kube, spec))),
+            None => RowSystem::Absent(KUBE_SYSTEM, "this hub's backend writes no BatchJobs"),
+        }));
+    }
     let groups: BTreeSet<String> = hub
         .store
         .user_groups(job.user_id)
         .await?
         .into_iter()
         .collect();
-    let validated = stored_spec(job)
-        .and_then(|spec| validate(hub, &job.name, &job.user_name, &groups, &spec).ok());
-    Ok(validated.map(|v| {
-        let system = batch_system(hub, &v);
-        (v, system)
-    }))
+    let Ok(v) = validate(hub, &job.name, &job.user_name, &groups, &spec) else {
+        return Ok(Ok(RowSystem::Absent(
+            "hub",
+            "the job's spec no longer validates against the catalogue",
+        )));
+    };
+    Ok(batch_system(hub, &v).map(|system| RowSystem::Remote(Box::new(v), system)))
 }
 
 /// Asks the job's system about an unfinished job and writes what changed.
@@ -541,28 +597,9 @@ pub async fn refresh(hub: &HubState, job: &Job) -> HubResult<Job> {
         }
         return Ok(job.clone());
     };
-    let state = if job.system == crate::backend::local::JOBS_SYSTEM {
-        match hub.backend.local_jobs() {
-            Some(jobs) => jobs.status(&id).await,
-            None => Err(BatchError::Other {
-                system: "local",
-                message: "this hub's backend runs no local jobs".into(),
-            }),
-        }
-    } else if job.system == KUBE_SYSTEM {
-        match kube_jobs(hub) {
-            Ok(kube) => kube.status(&id).await,
-            Err(e) => Err(e),
-        }
-    } else {
-        match remote_system(hub, job).await? {
-            Some((v, Ok(system))) => system.status(&v, &id).await,
-            Some((_, Err(e))) => Err(e),
-            None => Err(BatchError::Other {
-                system: "hub",
-                message: "the job's spec no longer validates against the catalogue".into(),
-            }),
-        }
+    let state = match system_of(hub, job).await? {
+        Ok(system) => system.status(&id).await,
+        Err(e) => Err(e),
     };
     match state {
         Ok(state) => record(hub, job, update_of(job, &state)).await,
@@ -596,29 +633,9 @@ pub async fn cancel(hub: &HubState, job: &Job, actor: &str) -> HubResult<Job> {
         .await
         .map_err(|e| HubError::from_store(format!("job {}", job.name), e))?;
     if let Some(id) = job.system_id.clone() {
-        let result = if job.system == crate::backend::local::JOBS_SYSTEM {
-            match hub.backend.local_jobs() {
-                Some(jobs) => jobs.cancel(&id).await,
-                None => Ok(()),
-            }
-        } else if job.system == KUBE_SYSTEM {
-            match (kube_jobs(hub), stored_spec(&job)) {
-                (Ok(kube), Some(spec)) => {
-                    let groups = groups_of(hub, &job).await?;
-                    kube.cancel(&id, &groups, &spec).await
-                }
-                (Err(e), _) => Err(e),
-                (_, None) => Err(BatchError::Other {
-                    system: KUBE_SYSTEM,
-                    message: "the job's stored spec does not parse".into(),
-                }),
-            }
-        } else {
-            match remote_system(hub, &job).await? {
-                Some((v, Ok(system))) => system.cancel(&v, &id).await,
-                Some((_, Err(e))) => Err(e),
-                None => Ok(()),
-            }
+        let result = match system_of(hub, &job).await? {
+            Ok(system) => system.cancel(hub, &job, &id).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = result {
             tracing::warn!(job = %job.name, error = %e, "cancel not delivered");
@@ -656,22 +673,9 @@ pub async fn logs(hub: &HubState, job: &Job, limit: usize) -> HubResult<String> 
     let Some(id) = job.system_id.clone() else {
         return Ok(String::new());
     };
-    let result = if job.system == crate::backend::local::JOBS_SYSTEM {
-        match hub.backend.local_jobs() {
-            Some(jobs) => jobs.tail(&id, limit),
-            None => Ok(String::new()),
-        }
-    } else if job.system == KUBE_SYSTEM {
-        match kube_jobs(hub) {
-            Ok(kube) => kube.logs(&id, limit).await,
-            Err(e) => Err(e),
-        }
-    } else {
-        match remote_system(hub, job).await? {
-            Some((v, Ok(system))) => system.logs(&v, &id, limit).await,
-            Some((_, Err(e))) => Err(e),
-            None => Ok(String::new()),
-        }
+    let result = match system_of(hub, job).await? {
+        Ok(system) => system.logs(&id, limit).await,
+        Err(e) => Err(e),
     };
     match result {
         Ok(text) => Ok(text),

@@ -45,16 +45,7 @@ struct World {
 }
 
 async fn world(config: KubernetesBackendConfig) -> (World, ApiServerVerifier) {
-    let store = Store::connect("sqlite::memory:").await.expect("store");
-    let alice = store.create_user("alice", false).await.expect("user");
-    store
-        .create_group("ocean", &json!({}))
-        .await
-        .expect("group");
-    store
-        .add_group_members("ocean", &["alice".to_owned()])
-        .await
-        .expect("member");
+    let (store, alice) = crate::store::memory_with_member("alice", "ocean").await;
     let (client, verifier) = mock_client();
     let (reader, mut writer) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Init);

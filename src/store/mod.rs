@@ -292,6 +292,22 @@ pub fn normalize_name(what: &str, name: &str) -> Result<String> {
     crate::policy::names::normalize_name(what, name).map_err(StoreError::Invalid)
 }
 
+/// A fresh in-memory store holding `user`, a member of `group` (the unit tests' world).
+#[cfg(test)]
+pub(crate) async fn memory_with_member(user: &str, group: &str) -> (Store, User) {
+    let store = Store::connect("sqlite::memory:").await.expect("store");
+    let member = store.create_user(user, false).await.expect("user");
+    store
+        .create_group(group, &serde_json::json!({}))
+        .await
+        .expect("group");
+    store
+        .add_group_members(group, &[user.to_owned()])
+        .await
+        .expect("member");
+    (store, member)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,16 +156,7 @@ async fn sync_adopts_an_admin_created_workspace_and_stops_it_when_kubectl_does()
 #[tokio::test]
 async fn a_hub_start_hands_its_server_token_to_the_operator_through_the_secret() {
     use WorkspacePhase::*;
-    let store = Store::connect("sqlite::memory:").await.expect("store");
-    let alice_user = store.create_user("alice", false).await.expect("user");
-    store
-        .create_group("ocean", &json!({}))
-        .await
-        .expect("group");
-    store
-        .add_group_members("ocean", &["alice".to_owned()])
-        .await
-        .expect("member");
+    let (store, alice_user) = crate::store::memory_with_member("alice", "ocean").await;
     let (client, verifier) = mock_client();
     let hub = Hub::new(
         store.clone(),
