@@ -1969,6 +1969,26 @@ async fn batch_jobs(db: &TestDb) {
         .map(|j| j.name)
         .collect();
     assert_eq!(after, [b1.name.as_str()]);
+    // Those sharing a pool's caps: the pool's unfinished jobs only.
+    let g1 = s
+        .create_job(&NewJob {
+            node_pool: Some("gpu".into()),
+            ..new("alice-ggggg", alice.id)
+        })
+        .await
+        .unwrap();
+    let on = |pool: &'static str, after: Option<i64>| async move {
+        s.list_active_jobs_on_pool(pool, after, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.name)
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(on("batch", None).await, [a2.name.clone(), b1.name.clone()]);
+    assert_eq!(on("batch", Some(a2.id)).await, [b1.name.as_str()]);
+    assert_eq!(on("gpu", None).await, [g1.name.as_str()]);
+    assert!(on("cpu", None).await.is_empty());
     assert!(s.request_job_cancel(a2.id).await.unwrap().cancel_requested);
     // A user's jobs go with the user.
     s.delete_user("bob").await.unwrap();

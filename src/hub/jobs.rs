@@ -181,7 +181,8 @@ fn stored_spec(job: &Job) -> Option<BatchJobSpec> {
     serde_json::from_value(job.spec.clone()).ok()
 }
 
-/// Admits `v` to its pool's caps against every other unfinished job of the store.
+/// Admits `v` to its pool's caps against the other unfinished jobs the store records on that
+/// pool (each validated again: the catalogue may have changed; each owner's groups read once).
 async fn admit(hub: &HubState, v: &ValidatedBatchJob) -> HubResult<()> {
     let catalog = hub.config.catalog.get();
     let pools = &catalog.pools;
@@ -189,22 +190,31 @@ async fn admit(hub: &HubState, v: &ValidatedBatchJob) -> HubResult<()> {
         return Ok(());
     }
     let mut index = UsageIndex::default();
+    let mut groups_of_user: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
     let mut after = None;
     loop {
-        let page = hub.store.list_active_jobs(after, POLL_PAGE).await?;
+        let page = hub
+            .store
+            .list_active_jobs_on_pool(&v.pool.name, after, POLL_PAGE)
+            .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for job in &page {
             let Some(spec) = stored_spec(job) else {
                 continue;
             };
-            let groups: BTreeSet<String> = hub
-                .store
-                .user_groups(job.user_id)
-                .await?
-                .into_iter()
-                .collect();
-            if let Ok(other) = validate(hub, &job.name, &job.user_name, &groups, &spec) {
+            if let std::collections::btree_map::Entry::Vacant(e) = groups_of_user.entry(job.user_id)
+            {
+                e.insert(
+                    hub.store
+                        .user_groups(job.user_id)
+                        .await?
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            let groups = &groups_of_user[&job.user_id];
+            if let Ok(other) = validate(hub, &job.name, &job.user_name, groups, &spec) {
                 let key = batch::job_key(&other.namespace, &other.name);
                 index.observe(&key, batch::job_claim(&other));
             }

@@ -245,6 +245,30 @@ impl Store {
         .collect()
     }
 
+    /// The unfinished jobs on `pool` (the pool recorded at submit), by id after `after_id`:
+    /// those a new job on that pool shares its caps with.
+    pub async fn list_active_jobs_on_pool(
+        &self,
+        pool: &str,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Job>> {
+        let limit = check_limit(limit)?;
+        let sql = format!(
+            "{SELECT} WHERE j.phase IN {ACTIVE} AND j.node_pool = $3 AND j.id > $1 \
+             ORDER BY j.id LIMIT $2"
+        );
+        on_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
+            .bind(after_id.unwrap_or(0))
+            .bind(limit)
+            .bind(pool)
+            .fetch_all(p)
+            .await?)
+        .into_iter()
+        .map(JobRow::into_model)
+        .collect()
+    }
+
     /// Writes what the batch system said of an unfinished job. `Conflict` when the job is
     /// already finished (its state is final), `NotFound` without it.
     pub async fn update_job(&self, id: i64, update: &JobUpdate) -> Result<Job> {
