@@ -41,7 +41,7 @@ use crate::operator::workspace::cache::{
     CREDENTIALS_SELECTOR, Cached, CompactWriter, Compactable, Expectations, cached_cluster,
 };
 use crate::operator::workspace::dask::{DaskAutoscaler, DaskCluster};
-use crate::operator::{Context, wait_for};
+use crate::operator::{Context, InputChange, wait_for};
 use crate::policy::admission::{Claim, key_of, observed_claim, observed_dask_claim};
 use crate::policy::workspace::validate::dask_key;
 
@@ -460,7 +460,8 @@ fn watch_dask(
 /// or changes its modes → the Workspaces naming a source mounted with it; a credentials Secret
 /// that appears or goes → the Workspaces of its namespace naming a source that hands it out
 /// (an unrelated Secret triggers nothing). The per-user namespace objects only feed their
-/// caches. Nothing else fans out to every Workspace.
+/// caches. Nothing else fans out to every Workspace. Each profile, pool and data source change
+/// is also announced ([`InputChange`]) to the BatchJob controller, which reads the same caches.
 pub async fn run_controller(
     ctx: Arc<Context>,
     watch_namespace: Option<String>,
@@ -615,17 +616,32 @@ pub async fn run_controller(
         caches.workspaces.clone(),
         caches.workspaces.clone(),
     );
+    // Each input change is told to the BatchJob controller too (its refused jobs).
+    let announce = |ctx: &Arc<Context>| {
+        let weak = Arc::downgrade(ctx);
+        move |change: InputChange| {
+            if let Some(ctx) = weak.upgrade() {
+                ctx.announce(change);
+            }
+        }
+    };
+    let (profile_changed, pool_changed, source_changed) =
+        (announce(&ctx), announce(&ctx), announce(&ctx));
     controller = controller
         .watches_stream(
             input_stream(
                 Api::<WorkspaceProfile>::all(client.clone()),
                 writers.profiles,
             ),
-            move |profile| workspaces_using_profile(&by_profile.state(), &profile.name_any()),
+            move |profile| {
+                profile_changed(InputChange::Profile(profile.name_any()));
+                workspaces_using_profile(&by_profile.state(), &profile.name_any())
+            },
         )
         .watches_stream(
             input_stream(Api::<NodePool>::all(client.clone()), writers.pools),
-            move |_pool| {
+            move |pool| {
+                pool_changed(InputChange::Pool(pool.name_any()));
                 by_pool
                     .state()
                     .iter()
@@ -635,7 +651,10 @@ pub async fn run_controller(
         )
         .watches_stream(
             input_stream(Api::<DataSource>::all(client.clone()), writers.data_sources),
-            move |source| workspaces_naming_data_source(&by_source.state(), &source.name_any()),
+            move |source| {
+                source_changed(InputChange::DataSource(source.name_any()));
+                workspaces_naming_data_source(&by_source.state(), &source.name_any())
+            },
         );
     if let NamespaceMode::PerUser { .. } = ctx.config.namespace_mode {
         controller = controller
