@@ -34,8 +34,7 @@ use crate::operator::workspace::USER_LABEL;
 use crate::operator::workspace::build::{
     CATALOG_KEY, DataOwner, MANAGED_BY, TERMINATION_GRACE_PERIOD_SECONDS, container_resources,
     container_security_context, csi_mode, data_paths, data_volumes_for, env_var,
-    home_and_data_volumes, home_claim, irods_init_container_for, placed_pod_spec,
-    workspace_labels,
+    home_and_data_volumes, home_claim, irods_init_container_for, placed_pod_spec, workspace_labels,
 };
 use crate::policy::batch::{BatchTarget, ValidatedBatchJob};
 use crate::policy::{data, names};

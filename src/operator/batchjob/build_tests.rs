@@ -223,8 +223,7 @@ fn the_home_claim_is_the_default_workspaces_without_an_owner() {
         profile.spec.home.on_delete = on_delete;
         profile.spec.home.size = "25Gi".into();
         d.profile = Some(profile);
-        d.pools
-            .push(crate::operator::workspace::fixtures::pool());
+        d.pools.push(crate::operator::workspace::fixtures::pool());
         let job = validate_job(&batch_job(""), &d, &OperatorConfig::default()).expect("valid");
         let ws: Workspace = yaml(
             r#"

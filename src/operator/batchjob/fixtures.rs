@@ -172,21 +172,17 @@ impl Jobs {
 
 /// A context on the mocked API server whose caches hold [`inputs`] and `jobs`; `systems` makes
 /// the Slurm system.
-pub fn context(jobs: Jobs, systems: Box<Systems>) -> (Arc<Context>, ApiServerVerifier) {
+pub fn context(jobs: Jobs, systems: Box<Systems>) -> Scenario {
     context_in(OperatorConfig::default(), jobs, systems)
 }
 
 /// [`context`] with no Slurm, whose caches hold `job` alone.
-pub fn context_of(job: &BatchJob) -> (Arc<Context>, ApiServerVerifier) {
+pub fn context_of(job: &BatchJob) -> Scenario {
     context(Jobs::of(job), Box::new(super::no_slurm))
 }
 
 /// [`context`] with the operator's settings `config`.
-pub fn context_in(
-    config: OperatorConfig,
-    jobs: Jobs,
-    systems: Box<Systems>,
-) -> (Arc<Context>, ApiServerVerifier) {
+pub fn context_in(config: OperatorConfig, jobs: Jobs, systems: Box<Systems>) -> Scenario {
     let cluster = Cluster {
         pvcs: jobs.homes.clone(),
         workspaces: jobs.workspaces.clone(),
@@ -310,21 +306,19 @@ impl Outcome {
     }
 }
 
-/// Reconciles `job` once against `steps`, then asserts that nothing else was sent.
-pub async fn run(
-    ctx: Arc<Context>,
-    verifier: ApiServerVerifier,
-    job: &BatchJob,
-    steps: Vec<Step>,
-) -> Outcome {
-    run_then(ctx, verifier, job, steps, |_| {}).await
+/// A context and the mocked API server behind it ([`context`]).
+pub type Scenario = (Arc<Context>, ApiServerVerifier);
+
+/// Reconciles `job` once in `scenario` against `steps`, then asserts that nothing else was
+/// sent.
+pub async fn run(scenario: Scenario, job: &BatchJob, steps: Vec<Step>) -> Outcome {
+    run_then(scenario, job, steps, |_| {}).await
 }
 
 /// [`run`], with `after` looking at the context once the reconciler returned (before it is
 /// dropped: the verifier's end is the client's).
 pub async fn run_then(
-    ctx: Arc<Context>,
-    verifier: ApiServerVerifier,
+    (ctx, verifier): Scenario,
     job: &BatchJob,
     steps: Vec<Step>,
     after: impl FnOnce(&Context),

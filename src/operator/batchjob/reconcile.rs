@@ -56,9 +56,9 @@ use crate::config::NamespaceMode;
 use crate::operator::workspace::cache::{Cached, cached_cluster};
 use crate::operator::workspace::reconcile::apply::{apply_object, create_once, with_applied_hash};
 use crate::operator::workspace::reconcile::predicates::{mark_deleted, pod_trigger};
+use crate::operator::workspace::reconcile::requeue_freed;
 use crate::operator::workspace::reconcile::{EachWatchBacksOffAlone, MANAGED_BY_SELECTOR};
 use crate::operator::workspace::{FIELD_MANAGER, Refusal};
-use crate::operator::workspace::reconcile::requeue_freed;
 use crate::operator::{Error, InputChange, Result, wait_for};
 use crate::policy::batch::{
     self as rules, BatchTarget, ValidatedBatchJob, admit_job, job_key, observed_job_claim,
@@ -777,7 +777,10 @@ pub fn retried_on_input_changes(
         match changes.recv().await {
             Ok(change) => Some((Some(change), changes)),
             Err(RecvError::Lagged(missed)) => {
-                warn!(missed, "input changes were missed: every refused BatchJob is retried");
+                warn!(
+                    missed,
+                    "input changes were missed: every refused BatchJob is retried"
+                );
                 Some((None, changes))
             }
             Err(RecvError::Closed) => None,
@@ -911,7 +914,8 @@ pub async fn run_controller(
         None::<Result<Secret, watcher::Error>>
     });
 
-    let retried = retried_on_input_changes(ctx.shared.input_changes(), ctx.caches.batchjobs.clone());
+    let retried =
+        retried_on_input_changes(ctx.shared.input_changes(), ctx.caches.batchjobs.clone());
     let controller = Controller::for_stream(batchjobs, ctx.caches.batchjobs.clone())
         .with_config(controller::Config::default().concurrency(concurrency))
         .trigger_backoff(EachWatchBacksOffAlone)

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
@@ -14,7 +15,7 @@ use kube::ResourceExt;
 
 use super::build::{build_home_claim, build_job};
 use super::fixtures::{
-    Call, FakeSlurm, Jobs, batch_job, batchjob_path, context, context_in, context_of,
+    Call, FakeSlurm, Jobs, Scenario, batch_job, batchjob_path, context, context_in, context_of,
     create_job_step, delete_job_step, dereferenced, event_step, job_pod, run, run_then,
     status_step, with_status,
 };
@@ -85,6 +86,18 @@ fn queued_for_pod() -> JobState {
     s
 }
 
+/// A context whose caches hold `job`, its Job `the_job` and that Job's `pods` (no Slurm).
+fn observing(job: &BatchJob, the_job: Job, pods: Vec<Pod>) -> Scenario {
+    context(
+        Jobs {
+            jobs: vec![the_job],
+            pods,
+            ..Jobs::of(job)
+        },
+        Box::new(no_slurm),
+    )
+}
+
 /// `job` as an earlier pass left it: its Job `sum-1` created on `batch`, waiting for its pod.
 fn queued_on_batch(job: BatchJob) -> BatchJob {
     with_job_status(
@@ -128,11 +141,9 @@ const BATCH: &str = "  nodePool: batch";
 #[tokio::test]
 async fn a_new_job_creates_the_missing_home_then_its_job_once_and_says_queued() {
     let job = batch_job(BATCH);
-    let (ctx, verifier) = context_of(&job);
     let [status, event] = queued_steps(&job, "batch");
     let outcome = run_then(
-        ctx,
-        verifier,
+        context_of(&job),
         &job,
         vec![
             home_step(&OperatorConfig::default(), &job),
@@ -159,17 +170,15 @@ async fn a_new_job_creates_the_missing_home_then_its_job_once_and_says_queued() 
 async fn an_existing_home_is_left_untouched() {
     let job = batch_job(BATCH);
     let home = build_home_claim(&validated_in(&OperatorConfig::default(), &job));
-    let (ctx, verifier) = context(
-        Jobs {
-            homes: vec![observed(&home)],
-            ..Jobs::of(&job)
-        },
-        Box::new(no_slurm),
-    );
     let [status, event] = queued_steps(&job, "batch");
     let outcome = run(
-        ctx,
-        verifier,
+        context(
+            Jobs {
+                homes: vec![observed(&home)],
+                ..Jobs::of(&job)
+            },
+            Box::new(no_slurm),
+        ),
         &job,
         vec![create_job_step(applied(&job)), status, event],
     )
@@ -197,7 +206,6 @@ async fn in_per_user_namespaces_the_home_is_made_in_the_users_namespace() {
     };
     let mut job = batch_job(BATCH);
     job.metadata.namespace = Some("atelier-u-alice".into());
-    let (ctx, verifier) = context_in(config.clone(), Jobs::of(&job), Box::new(no_slurm));
     let v = validated_in(&config, &job);
     let expected = applied_json(&build_job(
         &v,
@@ -207,8 +215,7 @@ async fn in_per_user_namespaces_the_home_is_made_in_the_users_namespace() {
     ));
     let home = home_step(&config, &job);
     let outcome = run(
-        ctx,
-        verifier,
+        context_in(config.clone(), Jobs::of(&job), Box::new(no_slurm)),
         &job,
         vec![
             home,
@@ -233,14 +240,12 @@ async fn in_per_user_namespaces_the_home_is_made_in_the_users_namespace() {
 async fn an_unchanged_job_makes_no_request() {
     let base = batch_job(BATCH);
     let job = queued_on_batch(base.clone());
-    let (ctx, verifier) = context(
-        Jobs {
-            jobs: vec![observed(&desired(&base))],
-            ..Jobs::of(&job)
-        },
-        Box::new(no_slurm),
-    );
-    let outcome = run(ctx, verifier, &job, vec![]).await;
+    let outcome = run(
+        observing(&job, observed(&desired(&base)), vec![]),
+        &job,
+        vec![],
+    )
+    .await;
     assert_eq!(outcome.lines(), Vec::<String>::new());
     assert_eq!(outcome.result.expect("ok"), Action::requeue(REQUEUE_ACTIVE));
 }
@@ -249,28 +254,25 @@ async fn an_unchanged_job_makes_no_request() {
 /// `pods`: the status write it makes is checked by `check`, with an Event `reason`.
 async fn finishes(
     job_status: Value,
-    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    pods: Vec<Pod>,
     event: (&'static str, &'static str),
     check: impl FnOnce(&Value) + Send + 'static,
 ) -> Vec<String> {
     let base = batch_job(BATCH);
     let job = queued_on_batch(base.clone());
     let the_job = with_status(observed(&desired(&base)), job_status);
-    let (ctx, verifier) = context(
-        Jobs {
-            jobs: vec![the_job],
-            pods,
-            ..Jobs::of(&job)
-        },
-        Box::new(no_slurm),
-    );
+    let scenario = observing(&job, the_job, pods);
     assert_eq!(
-        ctx.shared.usage().user_usage("batch", "alice").cpu_millis,
+        scenario
+            .0
+            .shared
+            .usage()
+            .user_usage("batch", "alice")
+            .cpu_millis,
         2000
     );
     let outcome = run_then(
-        ctx,
-        verifier,
+        scenario,
         &job,
         vec![status_step(&job, check), event_step(&job, event.0, event.1)],
         |ctx| {
@@ -397,17 +399,8 @@ async fn a_job_whose_image_cannot_be_pulled_fails_and_its_job_is_deleted() {
             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
         }]}),
     );
-    let (ctx, verifier) = context(
-        Jobs {
-            jobs: vec![the_job],
-            pods: vec![pod],
-            ..Jobs::of(&job)
-        },
-        Box::new(no_slurm),
-    );
     let outcome = run(
-        ctx,
-        verifier,
+        observing(&job, the_job, vec![pod]),
         &job,
         vec![
             status_step(&job, |body| {
@@ -435,16 +428,8 @@ async fn cancel_deletes_the_job_and_says_cancelled() {
         base.clone(),
         admitted(&running, "batch", "kubernetes", "sum-1"),
     );
-    let (ctx, verifier) = context(
-        Jobs {
-            jobs: vec![observed(&desired(&batch_job(BATCH)))],
-            ..Jobs::of(&job)
-        },
-        Box::new(no_slurm),
-    );
     let outcome = run_then(
-        ctx,
-        verifier,
+        observing(&job, observed(&desired(&batch_job(BATCH))), vec![]),
         &job,
         vec![
             delete_job_step("sum-1"),
@@ -477,8 +462,7 @@ async fn a_finished_job_is_never_run_again() {
         batch_job(BATCH),
         admitted(&done, "batch", "kubernetes", "sum-1"),
     );
-    let (ctx, verifier) = context_of(&job);
-    let outcome = run(ctx, verifier, &job, vec![]).await;
+    let outcome = run(context_of(&job), &job, vec![]).await;
     assert!(outcome.seen.is_empty());
     assert_eq!(outcome.result.expect("ok"), Action::await_change());
 }
@@ -494,16 +478,14 @@ async fn a_job_over_the_users_cap_is_refused_and_nothing_is_created() {
         admitted(&queued_for_pod(), "batch", "kubernetes", "other"),
     );
     let job = batch_job(BATCH);
-    let (ctx, verifier) = context(
-        Jobs {
-            batchjobs: vec![job.clone(), other],
-            ..Jobs::default()
-        },
-        Box::new(no_slurm),
-    );
     let outcome = run_then(
-        ctx,
-        verifier,
+        context(
+            Jobs {
+                batchjobs: vec![job.clone(), other],
+                ..Jobs::default()
+            },
+            Box::new(no_slurm),
+        ),
         &job,
         vec![
             status_step(&job, |body| {
@@ -535,10 +517,8 @@ async fn a_job_over_the_users_cap_is_refused_and_nothing_is_created() {
 #[tokio::test]
 async fn a_job_with_an_invalid_deadline_fails_for_good() {
     let job = batch_job("  nodePool: batch\n  deadlineSeconds: 100000");
-    let (ctx, verifier) = context_of(&job);
     let outcome = run(
-        ctx,
-        verifier,
+        context_of(&job),
         &job,
         vec![
             status_step(&job, |body| {
@@ -555,7 +535,6 @@ async fn a_job_with_an_invalid_deadline_fails_for_good() {
 #[tokio::test]
 async fn a_gpu_job_runs_on_the_gpu_pool_with_its_gpu_limit() {
     let job = batch_job("  resources: {gpus: 1}");
-    let (ctx, verifier) = context_of(&job);
     let expected = applied(&job);
     let limits = &expected["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"];
     assert_eq!(limits["nvidia.com/gpu"], "1");
@@ -564,8 +543,7 @@ async fn a_gpu_job_runs_on_the_gpu_pool_with_its_gpu_limit() {
         "gpu"
     );
     let outcome = run_then(
-        ctx,
-        verifier,
+        context_of(&job),
         &job,
         vec![
             home_step(&OperatorConfig::default(), &job),
@@ -583,7 +561,6 @@ async fn a_gpu_job_runs_on_the_gpu_pool_with_its_gpu_limit() {
 async fn on_a_kueue_pool_the_job_is_created_suspended_and_stays_queued_until_admitted() {
     let base = batch_job("  nodePool: queued");
     // 1. Created suspended, with the queue label.
-    let (ctx, verifier) = context_of(&base);
     let expected = applied(&base);
     assert_eq!(expected["spec"]["suspend"], true);
     assert_eq!(
@@ -591,8 +568,7 @@ async fn on_a_kueue_pool_the_job_is_created_suspended_and_stays_queued_until_adm
         "batch-queue"
     );
     let outcome = run(
-        ctx,
-        verifier,
+        context_of(&base),
         &base,
         vec![
             // Made now: the pod Kueue lets in mounts it.
@@ -621,14 +597,12 @@ async fn on_a_kueue_pool_the_job_is_created_suspended_and_stays_queued_until_adm
         admitted(&waiting, "queued", "kubernetes", "sum-1"),
     );
     let suspended = observed(&desired(&base));
-    let (ctx, verifier) = context(
-        Jobs {
-            jobs: vec![suspended.clone()],
-            ..Jobs::of(&job)
-        },
-        Box::new(no_slurm),
+    assert!(
+        run(observing(&job, suspended.clone(), vec![]), &job, vec![])
+            .await
+            .seen
+            .is_empty()
     );
-    assert!(run(ctx, verifier, &job, vec![]).await.seen.is_empty());
 
     // 3. Kueue admitted it (suspend: false) and its pod runs: Running, the Job never written.
     let mut admitted_job = suspended;
@@ -638,17 +612,8 @@ async fn on_a_kueue_pool_the_job_is_created_suspended_and_stays_queued_until_adm
         json!({"startTime": "2026-01-01T09:10:00Z", "active": 1}),
     );
     let pod = job_pod("sum-1-xyz", json!({"phase": "Running"}));
-    let (ctx, verifier) = context(
-        Jobs {
-            jobs: vec![admitted_job],
-            pods: vec![pod],
-            ..Jobs::of(&job)
-        },
-        Box::new(no_slurm),
-    );
     let outcome = run(
-        ctx,
-        verifier,
+        observing(&job, admitted_job, vec![pod]),
         &job,
         vec![
             status_step(&job, |body| {
@@ -717,7 +682,10 @@ fn input_changes_and_freed_places_retry_only_the_refused_jobs_they_may_let_in() 
     .collect();
     let retried = |change: Option<InputChange>| names_of(jobs_to_retry(&all, change.as_ref()));
     let every_refused = ["no-profile", "rstudio", "no-pool", "capped", "bob"];
-    assert_eq!(retried(Some(InputChange::Pool("batch".into()))), every_refused);
+    assert_eq!(
+        retried(Some(InputChange::Pool("batch".into()))),
+        every_refused
+    );
     assert_eq!(retried(None), every_refused, "changes were missed");
     assert_eq!(
         retried(Some(InputChange::Profile("rstudio".into()))),
@@ -741,7 +709,10 @@ fn input_changes_and_freed_places_retry_only_the_refused_jobs_they_may_let_in() 
         ["capped"]
     );
     assert_eq!(
-        retried(Some(InputChange::Freed(vec![claim_of("carol", &["climate"])]))),
+        retried(Some(InputChange::Freed(vec![claim_of(
+            "carol",
+            &["climate"]
+        )]))),
         ["capped"]
     );
     assert_eq!(
@@ -749,7 +720,10 @@ fn input_changes_and_freed_places_retry_only_the_refused_jobs_they_may_let_in() 
         ["bob"]
     );
     assert_eq!(
-        retried(Some(InputChange::Freed(vec![claim_of("carol", &["ocean"])]))),
+        retried(Some(InputChange::Freed(vec![claim_of(
+            "carol",
+            &["ocean"]
+        )]))),
         Vec::<String>::new()
     );
 }
@@ -771,10 +745,8 @@ async fn announced_changes_reconcile_the_refused_jobs_and_a_missed_change_all_of
         store.clone(),
     ));
     // A source no job names, then one a job names.
-    ctx.shared
-        .announce(InputChange::DataSource("argo".into()));
-    ctx.shared
-        .announce(InputChange::DataSource("era5".into()));
+    ctx.shared.announce(InputChange::DataSource("argo".into()));
+    ctx.shared.announce(InputChange::DataSource("era5".into()));
     let next = tokio::time::timeout(
         crate::operator::workspace::fixtures::SCENARIO_TIMEOUT,
         futures::StreamExt::next(&mut retried),
@@ -830,7 +802,7 @@ status:
             "conditions": [{"type": "Complete", "status": "True",
                 "lastTransitionTime": "2026-01-01T09:05:01Z"}]}),
     );
-    let (ctx, verifier) = context(
+    let scenario = context(
         Jobs {
             batchjobs: vec![job.clone(), waiting_job],
             jobs: vec![done],
@@ -839,14 +811,19 @@ status:
         },
         Box::new(no_slurm),
     );
-    let mut changes = ctx.shared.input_changes();
-    let mut requeued = ctx.shared.take_requeued().expect("the Workspace requeue stream");
+    let mut changes = scenario.0.shared.input_changes();
+    let mut requeued = scenario
+        .0
+        .shared
+        .take_requeued()
+        .expect("the Workspace requeue stream");
     let outcome = run_then(
-        ctx,
-        verifier,
+        scenario,
         &job,
         vec![
-            status_step(&job, |body| assert_eq!(body["status"]["phase"], "Succeeded")),
+            status_step(&job, |body| {
+                assert_eq!(body["status"]["phase"], "Succeeded")
+            }),
             event_step(&job, "Normal", "Succeeded"),
         ],
         move |ctx| {
@@ -890,7 +867,10 @@ fn slurm_key() -> k8s_openapi::api::core::v1::Secret {
 fn on_slurm(
     job: &BatchJob,
     fake: &Arc<FakeSlurm>,
-) -> (Arc<super::Context>, crate::operator::workspace::fixtures::ApiServerVerifier) {
+) -> (
+    Arc<super::Context>,
+    crate::operator::workspace::fixtures::ApiServerVerifier,
+) {
     context(
         Jobs {
             keys: vec![slurm_key()],
@@ -911,12 +891,10 @@ async fn a_slurm_job_is_finalized_submitted_polled_and_cancelled_on_deletion() {
     let base = batch_job("  nodePool: hpc");
 
     // 1. The finalizer first.
-    let (ctx, verifier) = on_slurm(&base, &fake);
     let mut finalized = base.clone();
     finalized.metadata.finalizers = Some(vec![BATCHJOB_FINALIZER.into()]);
     let outcome = run(
-        ctx,
-        verifier,
+        on_slurm(&base, &fake),
         &base,
         vec![
             Step::new(http::Method::PATCH, batchjob_path(&base, false))
@@ -940,10 +918,8 @@ async fn a_slurm_job_is_finalized_submitted_polled_and_cancelled_on_deletion() {
     );
 
     // 2. Submitted once: Queued with Slurm's id.
-    let (ctx, verifier) = on_slurm(&finalized, &fake);
     let outcome = run(
-        ctx,
-        verifier,
+        on_slurm(&finalized, &fake),
         &finalized,
         vec![
             status_step(&finalized, |body| {
@@ -976,10 +952,8 @@ async fn a_slurm_job_is_finalized_submitted_polled_and_cancelled_on_deletion() {
         finalized.clone(),
         admitted(&submitted, "hpc", "slurm", "4242"),
     );
-    let (ctx, verifier) = on_slurm(&queued, &fake);
     let outcome = run(
-        ctx,
-        verifier,
+        on_slurm(&queued, &fake),
         &queued,
         vec![
             status_step(&queued, |body| {
@@ -997,12 +971,10 @@ async fn a_slurm_job_is_finalized_submitted_polled_and_cancelled_on_deletion() {
     // 4. Deleted while queued: cancelled in Slurm, then the finalizer goes.
     let mut deleting = queued.clone();
     deleting.metadata.deletion_timestamp = Some(t0());
-    let (ctx, verifier) = on_slurm(&deleting, &fake);
     let mut gone = deleting.clone();
     gone.metadata.finalizers = None;
     let outcome = run(
-        ctx,
-        verifier,
+        on_slurm(&deleting, &fake),
         &deleting,
         vec![
             Step::new(http::Method::PATCH, batchjob_path(&deleting, false))
@@ -1028,13 +1000,8 @@ async fn a_slurm_job_without_its_key_waits_with_the_reason() {
     let fake = FakeSlurm::new(JobState::new(BatchJobPhase::Running));
     let mut job = batch_job("  nodePool: hpc");
     job.metadata.finalizers = Some(vec![BATCHJOB_FINALIZER.into()]);
-    let (ctx, verifier) = context(
-        Jobs::of(&job),
-        fake.systems(),
-    );
     let outcome = run(
-        ctx,
-        verifier,
+        context(Jobs::of(&job), fake.systems()),
         &job,
         vec![
             status_step(&job, |body| {
