@@ -21,6 +21,17 @@
 # names a missing Secret, is Ready=False with reason DataCredentialsNotFound and has no pod.
 # Needs privileged pods and /dev/fuse on the nodes (kind and k3d have both).
 #
+# The BatchJob story (skipped with E2E_BATCH=0), for user e2e-erin who never started a workspace,
+# on the chart's batch pool e2e-batch (e2e/manifests/batch-jobs.yaml, one job at a time): e2e-sum
+# is Succeeded with exit code 0 and `kubectl logs` of its pod shows its output, the operator made
+# her home claim home-e2e-erin (her default workspace's labels, no owner); e2e-exit3 is Failed
+# with exit code 3; e2e-sleep, Running, is cancelled (spec.cancel) and shows Cancelled, its Job
+# gone. With E2E_KUEUE=1 it then installs Kueue from its release manifest (unless the cluster has
+# it), applies a held ClusterQueue, a LocalQueue, the NodePool e2e-queued naming it and a BatchJob
+# on it (e2e/manifests/batch-kueue.yaml): Queued (WaitingForAdmission, its Job suspended, Kueue's
+# Workload not admitted) while the queue is held, then Succeeded once it is released; all of it
+# is deleted after (Kueue too when the script installed it).
+#
 # Environment:
 #   E2E_IMAGE            the Atelier image (default: atelier:e2e, built from images/atelier and
 #                        loaded into kind/k3d when the current context is one)
@@ -33,6 +44,10 @@
 #   E2E_DASK_IMAGE       the scheduler's and workers' image (default ghcr.io/dask/dask:2025.5.0-py3.11)
 #   E2E_CSI_S3_VERSION   the csi-s3 chart version (default 0.43.2)
 #   E2E_S3_IMAGE         the S3 server image (default chrislusf/seaweedfs:3.85)
+#   E2E_BATCH            1 (default): run the BatchJob story; 0: skip it
+#   E2E_KUEUE            1: the BatchJob story's Kueue part (installs Kueue cluster-wide unless
+#                        present); 0 (default): skip it
+#   E2E_KUEUE_VERSION    the Kueue release (default v0.15.3)
 #   ATELIER_PEERS_VENV   venv with helm-python-sdk and kubernetes-validate (dry run; default .peers/venv)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -72,6 +87,18 @@ dask_image="${E2E_DASK_IMAGE:-ghcr.io/dask/dask:2025.5.0-py3.11}"
 dask_placeholder=e2e-dask.invalid/dask:placeholder
 csi_driver_applied=0
 s3_image="${E2E_S3_IMAGE:-chrislusf/seaweedfs:3.85}"
+batch="${E2E_BATCH:-1}"
+batch_user=e2e-erin
+kueue="${E2E_KUEUE:-0}"
+# Kueue's install line: kubernetes-sigs/kueue site/content/en/docs/installation/_index.md
+# ("kubectl apply --server-side -f https://github.com/kubernetes-sigs/kueue/releases/download/
+# <version>/manifests.yaml", then "kubectl wait deploy/kueue-controller-manager -nkueue-system
+# --for=condition=available"); v0.15.3 is the release its docs name (site/hugo.toml,
+# params.version).
+kueue_version="${E2E_KUEUE_VERSION:-v0.15.3}"
+kueue_manifest="https://github.com/kubernetes-sigs/kueue/releases/download/$kueue_version/manifests.yaml"
+kueue_installed=0
+kueue_applied=0
 results=()
 pass() { results+=("PASS  $*"); echo "PASS  $*"; }
 fail() { results+=("FAIL  $*"); echo "FAIL  $*" >&2; summary; exit 1; }
@@ -130,6 +157,27 @@ PLAN
   k3. e2e-dora: condition Dask reason DaskRunning; DaskCluster and DaskAutoscaler ws-e2e-dora-dask
       (maximum 2), NetworkPolicy ws-e2e-dora-dask
   k4. delete e2e-dora: its DaskCluster goes with it; helm uninstall the dask operator
+PLAN
+  [ "$batch" = 1 ] && cat <<PLAN
+  batch (E2E_BATCH=1), after the Dask story; user $batch_user (no workspace), pool e2e-batch:
+  b1. no claim home-$batch_user yet; apply BatchJob e2e-sum ($here/manifests/batch-jobs.yaml)
+  b2. e2e-sum Succeeded, exitCode 0, system kubernetes on e2e-batch; kubectl logs of its pod
+      prints "e2e batch sum 45"; claim home-$batch_user made by the operator (label
+      atelier.dev/workspace=$batch_user, no ownerReferences)
+  b3. BatchJob e2e-exit3: Failed, exitCode 3
+  b4. BatchJob e2e-sleep Running; patch spec.cancel=true: Cancelled, Job e2e-sleep deleted
+  b5. delete the three BatchJobs (their Jobs go); home-$batch_user stays
+PLAN
+  [ "$batch" = 1 ] && [ "$kueue" = 1 ] && cat <<PLAN
+  kueue (E2E_KUEUE=1), after b5:
+  q1. unless CRD clusterqueues.kueue.x-k8s.io exists: kubectl apply --server-side -f
+      $kueue_manifest; wait deploy/kueue-controller-manager -n kueue-system available
+  q2. apply $here/manifests/batch-kueue.yaml: ResourceFlavor, ClusterQueue (stopPolicy Hold),
+      LocalQueue atelier-e2e-queue, NodePool e2e-queued, BatchJob e2e-queued-sum
+  q3. e2e-queued-sum Queued, reason WaitingForAdmission; Job suspended with label
+      kueue.x-k8s.io/queue-name=atelier-e2e-queue; Kueue's Workload not admitted; no pod
+  q4. patch the ClusterQueue stopPolicy None: e2e-queued-sum Succeeded, exitCode 0, its log
+  q5. delete the BatchJob, the queues, flavor and pool; kubectl delete -f the manifest if installed
 PLAN
   return 0
 }
@@ -256,6 +304,40 @@ sys.exit(1 if check_chart.failures else 0)
 PY
     pass "the Dask story's Workspace matches its CRD; the rendered profile offers Dask"
   fi
+  if [ "$batch" = 1 ]; then
+    PYTHONPATH="$chart/tests" "$venv/bin/python" - "$here/manifests" "$work/rendered.yaml" <<'PY' \
+      || fail "the BatchJob story's manifests"
+import sys, yaml, check_chart
+from pathlib import Path
+manifests = Path(sys.argv[1])
+load = lambda p: [d for d in yaml.safe_load_all(p.read_text()) if d]
+jobs, queued = load(manifests / "batch-jobs.yaml"), load(manifests / "batch-kueue.yaml")
+rendered = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+check = check_chart.check
+atelier = [d for d in queued if d["apiVersion"].startswith("atelier.dev/")]
+check_chart.validate(jobs + atelier, "e2e batch: BatchJobs, NodePool", expect_builtin=False)
+check([d["metadata"]["labels"]["e2e.atelier.dev/step"] for d in jobs] == ["sum", "exit3", "cancel"],
+      "one step label per BatchJob, in the story's order")
+check({d["spec"]["user"] for d in jobs + atelier if d["kind"] == "BatchJob"} == {"e2e-erin"},
+      "every BatchJob is e2e-erin's")
+pool = next((d for d in rendered if d["kind"] == "NodePool" and d["metadata"]["name"] == "e2e-batch"), None)
+check(pool is not None and pool["spec"]["purpose"] == "batch", "the chart renders the batch pool e2e-batch")
+check({d["spec"]["nodePool"] for d in jobs} == {"e2e-batch"}, "the plain jobs run on e2e-batch")
+kinds = {d["kind"]: d for d in queued}
+flavor, cq, lq, np, bj = (kinds.get(k) for k in ("ResourceFlavor", "ClusterQueue", "LocalQueue", "NodePool", "BatchJob"))
+check(all(d and d["apiVersion"] == "kueue.x-k8s.io/v1beta1" for d in (flavor, cq, lq)), "Kueue's kinds, v1beta1")
+check(cq["spec"].get("stopPolicy") == "Hold" and cq["spec"].get("namespaceSelector") == {},
+      "the ClusterQueue is created held, for every namespace")
+group = cq["spec"]["resourceGroups"][0]
+check(group["coveredResources"] == ["cpu", "memory"] and group["flavors"][0]["name"] == flavor["metadata"]["name"],
+      "the ClusterQueue covers cpu and memory with the story's flavor")
+check(lq["spec"]["clusterQueue"] == cq["metadata"]["name"], "the LocalQueue feeds the ClusterQueue")
+check(np["spec"]["kueue"]["localQueueName"] == lq["metadata"]["name"], "the NodePool names the LocalQueue")
+check(bj["spec"]["nodePool"] == np["metadata"]["name"], "the queued BatchJob runs on that pool")
+sys.exit(1 if check_chart.failures else 0)
+PY
+    pass "the BatchJob story's manifests: BatchJobs and NodePool match their CRDs; the Kueue queues chain to the pool"
+  fi
   for tool in kubectl helm curl; do
     command -v "$tool" >/dev/null && pass "$tool found" || echo "note: $tool not found (needed for a real run)"
   done
@@ -282,6 +364,12 @@ cleanup() {
   [ "$csi_s3_installed" = 1 ] && { helm uninstall "$csi_s3_release" -n "$ns" --wait >/dev/null 2>&1 || true; }
   [ "$dask_operator_installed" = 1 ] && { helm uninstall "$dask_operator_release" -n "$ns" --wait >/dev/null 2>&1 || true; }
   [ "$csi_driver_applied" = 1 ] && { kubectl delete -f "$here/manifests/data-csidriver.yaml" --ignore-not-found >/dev/null 2>&1 || true; }
+  if [ "$batch" = 1 ]; then
+    kubectl -n "$ns" delete batchjob e2e-sum e2e-exit3 e2e-sleep e2e-queued-sum --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 || true
+  fi
+  # Kueue's cluster-scoped objects (the namespace's go with it), then Kueue if the script installed it.
+  [ "$kueue_applied" = 1 ] && { kubectl -n "$ns" delete -f "$here/manifests/batch-kueue.yaml" --ignore-not-found --timeout=60s >/dev/null 2>&1 || true; }
+  [ "$kueue_installed" = 1 ] && { kubectl delete -f "$kueue_manifest" --ignore-not-found --timeout=120s >/dev/null 2>&1 || true; }
   kubectl delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -558,6 +646,139 @@ dask_story() {
 
 if [ "$dask" = 1 ]; then
   dask_story
+fi
+
+# --- the BatchJob story (E2E_BATCH=1) ---------------------------------------------------------
+# batchjob_field NAME JSONPATH: a field of BatchJob NAME
+batchjob_field() {
+  kubectl -n "$ns" get "batchjob/$1" -o jsonpath="{$2}" 2>/dev/null
+}
+
+# wait_batchjob NAME PHASE: until BatchJob NAME shows PHASE (bounded by $timeout), else its state and fail
+wait_batchjob() {
+  kubectl -n "$ns" wait "batchjob/$1" --for=jsonpath='{.status.phase}'="$2" --timeout="$timeout" >/dev/null 2>&1 && return 0
+  kubectl -n "$ns" get "batchjob/$1" -o yaml >&2 || true
+  kubectl -n "$ns" get jobs,pods -l "atelier.dev/batchjob=$1" -o wide >&2 || true
+  fail "BatchJob $1 $2 (phase '$(batchjob_field "$1" .status.phase)', reason '$(batchjob_field "$1" .status.reason)')"
+}
+
+# apply_step STEP: the BatchJob of batch-jobs.yaml labelled e2e.atelier.dev/step=STEP
+apply_step() {
+  kubectl -n "$ns" apply -f "$here/manifests/batch-jobs.yaml" -l "e2e.atelier.dev/step=$1" >/dev/null \
+    || fail "apply the BatchJob of step $1"
+}
+
+batch_story() {
+  local home="home-$batch_user" pod logs
+  # b1. e2e-erin never started a workspace: her home claim does not exist yet.
+  kubectl -n "$ns" get pvc "$home" >/dev/null 2>&1 && fail "no claim $home before $batch_user's first job"
+  apply_step sum
+  # b2. Succeeded, its output in its pod's log; the home claim made by the operator.
+  wait_batchjob e2e-sum Succeeded
+  [ "$(batchjob_field e2e-sum .status.exitCode)" = 0 ] || fail "e2e-sum exit code 0"
+  [ "$(batchjob_field e2e-sum .status.system)/$(batchjob_field e2e-sum .status.nodePool)" = kubernetes/e2e-batch ] \
+    || fail "e2e-sum ran as a Kubernetes Job on e2e-batch"
+  pod=$(batchjob_field e2e-sum .status.podName)
+  [ -n "$pod" ] || fail "e2e-sum names its pod"
+  logs=$(kubectl -n "$ns" logs "pod/$pod" 2>&1) || fail "kubectl logs pod/$pod: $logs"
+  printf '%s\n' "$logs" | grep -qx "e2e batch sum 45" || fail "the log of pod $pod shows the job's output (got: $logs)"
+  pass "BatchJob e2e-sum Succeeded, exit code 0; kubectl logs pod/$pod: $logs"
+  [ "$(kubectl -n "$ns" get pvc "$home" -o jsonpath='{.metadata.labels.atelier\.dev/workspace}')" = "$batch_user" ] \
+    || fail "claim $home made with the labels of $batch_user's default workspace"
+  [ -z "$(kubectl -n "$ns" get pvc "$home" -o jsonpath='{.metadata.ownerReferences}')" ] \
+    || fail "claim $home has no owner (a home outlives its jobs)"
+  pass "the operator made $batch_user's home claim $home for her first job (her default workspace's labels, no owner)"
+
+  # b3. A failing command: Failed with its exit code.
+  apply_step exit3
+  wait_batchjob e2e-exit3 Failed
+  [ "$(batchjob_field e2e-exit3 .status.exitCode)" = 3 ] \
+    || fail "e2e-exit3 exit code 3 (got '$(batchjob_field e2e-exit3 .status.exitCode)')"
+  pass "BatchJob e2e-exit3 Failed, exit code 3 ($(batchjob_field e2e-exit3 .status.message))"
+
+  # b4. Cancelled while it runs: its Job (and pod) deleted.
+  apply_step cancel
+  wait_batchjob e2e-sleep Running
+  kubectl -n "$ns" patch batchjob/e2e-sleep --type merge -p '{"spec":{"cancel":true}}' >/dev/null || fail "cancel e2e-sleep"
+  wait_batchjob e2e-sleep Cancelled
+  kubectl -n "$ns" wait job/e2e-sleep --for=delete --timeout="$timeout" >/dev/null 2>&1 || true
+  kubectl -n "$ns" get job/e2e-sleep >/dev/null 2>&1 && fail "Job e2e-sleep deleted with the cancel"
+  pass "BatchJob e2e-sleep cancelled while Running: Cancelled, its Job deleted"
+
+  # b5. Deleting the BatchJobs deletes their Jobs; the home stays.
+  kubectl -n "$ns" delete batchjob e2e-sum e2e-exit3 e2e-sleep --wait=true --timeout="$timeout" >/dev/null || fail "delete the BatchJobs"
+  kubectl -n "$ns" wait job/e2e-sum job/e2e-exit3 --for=delete --timeout="$timeout" >/dev/null 2>&1 || true
+  [ -z "$(kubectl -n "$ns" get jobs -l atelier.dev/batchjob -o name)" ] || fail "the BatchJobs' Jobs go with them"
+  kubectl -n "$ns" get pvc "$home" >/dev/null || fail "claim $home stays when the jobs go"
+  pass "deleting the BatchJobs removed their Jobs; claim $home stays"
+}
+
+kueue_story() {
+  local workload
+  # q1. Kueue from its release manifest, unless the cluster has it.
+  if kubectl get crd clusterqueues.kueue.x-k8s.io >/dev/null 2>&1; then
+    pass "Kueue already on the cluster (CRD clusterqueues.kueue.x-k8s.io): the story uses it"
+  else
+    kubectl apply --server-side -f "$kueue_manifest" >/dev/null || fail "install Kueue $kueue_version ($kueue_manifest)"
+    kueue_installed=1
+    kubectl wait deploy/kueue-controller-manager -n kueue-system --for=condition=available --timeout="$timeout" >/dev/null \
+      || { kubectl -n kueue-system get pods -o wide >&2; fail "Kueue $kueue_version available"; }
+    pass "Kueue $kueue_version installed from its release manifest"
+  fi
+  # q2. The held queue, the pool and the job (Kueue's webhook may answer a moment after its
+  # Deployment is available: a few tries).
+  kueue_applied=1
+  local applied=0
+  for _ in $(seq 1 30); do
+    kubectl -n "$ns" apply -f "$here/manifests/batch-kueue.yaml" >/dev/null 2>&1 && { applied=1; break; }
+    sleep 2
+  done
+  [ "$applied" = 1 ] || { kubectl -n "$ns" apply -f "$here/manifests/batch-kueue.yaml" >&2; fail "apply batch-kueue.yaml"; }
+  pass "ClusterQueue atelier-e2e-cluster-queue (held), LocalQueue atelier-e2e-queue, NodePool e2e-queued, BatchJob e2e-queued-sum applied"
+  # q3. Queued while Kueue holds it: the Job suspended and labelled, its Workload not admitted.
+  wait_batchjob e2e-queued-sum Queued
+  [ "$(batchjob_field e2e-queued-sum .status.reason)" = WaitingForAdmission ] \
+    || fail "e2e-queued-sum waits for Kueue's admission (reason '$(batchjob_field e2e-queued-sum .status.reason)')"
+  local deadline=$((SECONDS + ${timeout%s}))
+  workload=""
+  until [ -n "$workload" ]; do
+    workload=$(kubectl -n "$ns" get workloads.kueue.x-k8s.io -o name 2>/dev/null | head -n 1)
+    [ -n "$workload" ] && break
+    [ $SECONDS -lt $deadline ] || fail "Kueue made a Workload for Job e2e-queued-sum"
+    sleep 2
+  done
+  [ "$(kubectl -n "$ns" get job/e2e-queued-sum -o jsonpath='{.spec.suspend}')" = true ] || fail "Job e2e-queued-sum suspended"
+  [ "$(kubectl -n "$ns" get job/e2e-queued-sum -o jsonpath='{.metadata.labels.kueue\.x-k8s\.io/queue-name}')" = atelier-e2e-queue ] \
+    || fail "Job e2e-queued-sum labelled kueue.x-k8s.io/queue-name=atelier-e2e-queue"
+  [ -z "$(kubectl -n "$ns" get "$workload" -o jsonpath='{.status.admission}')" ] || fail "$workload not admitted while the queue is held"
+  [ -z "$(kubectl -n "$ns" get pods -l atelier.dev/batchjob=e2e-queued-sum -o name)" ] || fail "no pod before admission"
+  [ "$(batchjob_field e2e-queued-sum .status.phase)" = Queued ] || fail "e2e-queued-sum still Queued"
+  pass "e2e-queued-sum Queued (WaitingForAdmission): Job suspended, $workload not admitted, no pod"
+  # q4. Released: Kueue admits it, it runs to the end.
+  kubectl patch clusterqueue atelier-e2e-cluster-queue --type merge -p '{"spec":{"stopPolicy":"None"}}' >/dev/null \
+    || fail "release ClusterQueue atelier-e2e-cluster-queue"
+  wait_batchjob e2e-queued-sum Succeeded
+  [ "$(batchjob_field e2e-queued-sum .status.exitCode)" = 0 ] || fail "e2e-queued-sum exit code 0"
+  logs=$(kubectl -n "$ns" logs "pod/$(batchjob_field e2e-queued-sum .status.podName)" 2>&1) || true
+  printf '%s\n' "$logs" | grep -qx "e2e queued sum 45" || fail "the log of e2e-queued-sum's pod shows its output (got: $logs)"
+  pass "Kueue admitted e2e-queued-sum once the queue was released: Succeeded, exit code 0, log '$logs'"
+  # q5. Clean up (the ClusterQueue waits for its workloads to go).
+  kubectl -n "$ns" delete batchjob e2e-queued-sum --wait=true --timeout="$timeout" >/dev/null || fail "delete e2e-queued-sum"
+  kubectl -n "$ns" delete -f "$here/manifests/batch-kueue.yaml" --ignore-not-found --wait=true --timeout="$timeout" >/dev/null \
+    || fail "delete the queues, flavor and pool"
+  kueue_applied=0
+  if [ "$kueue_installed" = 1 ]; then
+    kubectl delete -f "$kueue_manifest" --ignore-not-found --timeout="$timeout" >/dev/null || fail "uninstall Kueue"
+    kueue_installed=0
+  fi
+  pass "the Kueue part cleaned up"
+}
+
+if [ "$batch" = 1 ]; then
+  batch_story
+  if [ "$kueue" = 1 ]; then
+    kueue_story
+  fi
 fi
 
 # --- stop -----------------------------------------------------------------------------------

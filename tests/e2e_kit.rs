@@ -461,3 +461,123 @@ fn the_dask_story_workspace_gets_the_cluster_the_script_checks() {
         "the profile has no defaults: no cluster unless asked"
     );
 }
+
+/// The chart's NodePool `name` (`nodePools.<name>` of `e2e/values-e2e.yaml`, rendered as the
+/// spec).
+fn chart_pool(name: &str) -> NodePool {
+    let text = std::fs::read_to_string(e2e_dir().join("values-e2e.yaml")).unwrap();
+    let values: Value = serde_saphyr::from_str(&text).unwrap();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "atelier.dev/v1alpha1",
+        "kind": "NodePool",
+        "metadata": {"name": name},
+        "spec": values["nodePools"][name],
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_batch_story_jobs_are_admitted_and_built_as_the_script_checks() {
+    use atelier::api::v1alpha1::BatchJob;
+    use atelier::operator::batchjob::build::{build_home_claim, build_job};
+    use atelier::operator::batchjob::{BatchSettings, KUEUE_QUEUE_LABEL};
+    use atelier::policy::batch::{BatchTarget, validate_job};
+
+    let validators: Vec<CrdValidator> = v1alpha1::crds().iter().map(CrdValidator::new).collect();
+    let validator = |kind: &str| validators.iter().find(|v| v.kind() == kind).unwrap();
+    let kueue = documents("batch-kueue.yaml");
+    let mut jobs = documents("batch-jobs.yaml");
+    jobs.extend(kueue.iter().filter(|d| d["kind"] == "BatchJob").cloned());
+    assert_eq!(jobs.len(), 4);
+    for (i, doc) in jobs.iter_mut().enumerate() {
+        doc["metadata"]["namespace"] = "atelier-e2e".into();
+        doc["metadata"]["uid"] = format!("uid-{i}").into();
+        if let Err(refusal) = validator("BatchJob").create(doc) {
+            panic!("BatchJob {} refused: {refusal:?}", doc["metadata"]["name"]);
+        }
+    }
+    let queued_pools: Vec<NodePool> = typed(&kueue, "NodePool");
+    for pool in &kueue {
+        if pool["kind"] == "NodePool" {
+            validator("NodePool")
+                .create(pool)
+                .expect("NodePool e2e-queued");
+        }
+    }
+    let (profile, interactive) = chart_profile_and_pool();
+    let mut pools = vec![interactive, chart_pool("e2e-batch")];
+    pools.extend(queued_pools);
+    let observed = Dereferenced {
+        profile: Some(profile),
+        pools,
+        data_sources: Vec::new(),
+        groups: Default::default(),
+        token: String::new(),
+        credential_secrets: None,
+        csi_drivers: None,
+        unreachable: Default::default(),
+    };
+    let cfg = OperatorConfig::default();
+    let settings = BatchSettings::default();
+    let mut homes = BTreeSet::new();
+    for doc in &jobs {
+        let job: BatchJob = serde_json::from_value(doc.clone()).unwrap();
+        let name = job.name_any();
+        let v = validate_job(&job, &observed, &cfg)
+            .unwrap_or_else(|r| panic!("{name} is admitted: {r:?}"));
+        let built = serde_json::to_value(build_job(&v, &cfg, &settings, None)).unwrap();
+        // What run.sh selects and reads on the cluster.
+        assert_eq!(built["metadata"]["name"], name.as_str());
+        assert_eq!(
+            built["spec"]["template"]["metadata"]["labels"]["atelier.dev/batchjob"],
+            name.as_str()
+        );
+        assert_eq!(
+            built["spec"]["template"]["spec"]["containers"][0]["command"],
+            doc["spec"]["command"]
+        );
+        let queue = &built["metadata"]["labels"][KUEUE_QUEUE_LABEL];
+        if name == "e2e-queued-sum" {
+            assert_eq!(v.pool.name, "e2e-queued");
+            assert_eq!(
+                v.target,
+                BatchTarget::Kubernetes {
+                    local_queue: Some("atelier-e2e-queue".into())
+                }
+            );
+            assert_eq!(built["spec"]["suspend"], true, "held for Kueue");
+            assert_eq!(queue, "atelier-e2e-queue");
+        } else {
+            assert_eq!(v.pool.name, "e2e-batch", "{name}");
+            assert_eq!(built["spec"].get("suspend"), None, "{name}");
+            assert!(queue.is_null(), "{name}");
+        }
+        let home = serde_json::to_value(build_home_claim(&v)).unwrap();
+        assert_eq!(
+            home["metadata"]["labels"]["atelier.dev/workspace"],
+            "e2e-erin"
+        );
+        assert!(home["metadata"].get("ownerReferences").is_none());
+        homes.insert(home["metadata"]["name"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        homes,
+        BTreeSet::from(["home-e2e-erin".to_owned()]),
+        "one home, the one the script checks"
+    );
+    let script = std::fs::read_to_string(e2e_dir().join("run.sh")).unwrap();
+    for needle in [
+        "manifests/batch-jobs.yaml",
+        "manifests/batch-kueue.yaml",
+        "batch_user=e2e-erin",
+        "e2e batch sum 45",
+        "e2e queued sum 45",
+        "WaitingForAdmission",
+        "kueue_version=\"${E2E_KUEUE_VERSION:-v0.15.3}\"",
+        "releases/download/$kueue_version/manifests.yaml",
+        "stopPolicy\":\"None",
+        "{\"spec\":{\"cancel\":true}}",
+    ] {
+        assert!(script.contains(needle), "e2e/run.sh uses {needle}");
+    }
+}

@@ -31,7 +31,7 @@ pub mod workspace;
 
 use crate::api::v1alpha1::Workspace;
 use crate::config::{NamespaceMode, NamespaceModeArg, OperatorConfig};
-use crate::policy::UsageIndex;
+use crate::policy::{Claim, UsageIndex};
 use lease::{LeaderElector, LeaseSettings};
 use metrics::Metrics;
 use workspace::WORKSPACE_CONTROLLER_NAME;
@@ -374,6 +374,25 @@ impl RetryBackoff {
     }
 }
 
+/// What the Workspace controller's watches saw that may let in a BatchJob that was refused
+/// ([`Context::announce`]): the BatchJob controller, beside it, reads the same caches but not
+/// these watches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputChange {
+    /// A WorkspaceProfile (by name) changed, appeared or went.
+    Profile(String),
+    /// A NodePool (by name) changed, appeared or went.
+    Pool(String),
+    /// A DataSource (by name) changed, appeared or went.
+    DataSource(String),
+    /// Claims given back under the caps (a workspace stopped, a job finished).
+    Freed(Vec<Claim>),
+}
+
+/// How many [`InputChange`]s wait for a slow listener before the oldest are dropped (it is told
+/// how many it missed).
+pub const INPUT_CHANGES_BUFFER: usize = 1024;
+
 /// What every reconciliation shares.
 pub struct Context {
     /// The API client.
@@ -404,6 +423,8 @@ pub struct Context {
     requeue: futures::channel::mpsc::UnboundedSender<ObjectRef<Workspace>>,
     /// The receiving end of `requeue`, until the controller takes it.
     requeued: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<ObjectRef<Workspace>>>>,
+    /// The [`InputChange`]s, to whoever subscribed (nothing is kept without a subscriber).
+    changes: tokio::sync::broadcast::Sender<InputChange>,
 }
 
 impl Context {
@@ -430,7 +451,19 @@ impl Context {
             writers: Mutex::new(Some(writers)),
             requeue,
             requeued: Mutex::new(Some(requeued)),
+            changes: tokio::sync::broadcast::Sender::new(INPUT_CHANGES_BUFFER),
         }
+    }
+
+    /// Tells the subscribers ([`Context::input_changes`]) of `change`.
+    pub fn announce(&self, change: InputChange) {
+        // An error only says that nobody listens.
+        let _ = self.changes.send(change);
+    }
+
+    /// The [`InputChange`]s announced from now on.
+    pub fn input_changes(&self) -> tokio::sync::broadcast::Receiver<InputChange> {
+        self.changes.subscribe()
     }
 
     /// Asks the controller to reconcile `workspace` soon (dropped when no controller runs).

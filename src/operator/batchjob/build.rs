@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements,
+    ConfigMap, Container, EnvVar, PersistentVolumeClaim, PodSpec, PodTemplateSpec,
+    ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -33,7 +34,7 @@ use crate::operator::workspace::USER_LABEL;
 use crate::operator::workspace::build::{
     CATALOG_KEY, DataOwner, MANAGED_BY, TERMINATION_GRACE_PERIOD_SECONDS, container_resources,
     container_security_context, csi_mode, data_paths, data_volumes_for, env_var,
-    home_and_data_volumes, irods_init_container_for, placed_pod_spec,
+    home_and_data_volumes, home_claim, irods_init_container_for, placed_pod_spec, workspace_labels,
 };
 use crate::policy::batch::{BatchTarget, ValidatedBatchJob};
 use crate::policy::{data, names};
@@ -115,6 +116,26 @@ fn meta(v: &ValidatedBatchJob, name: String) -> ObjectMeta {
         owner_references: Some(vec![owner_reference(v)]),
         ..ObjectMeta::default()
     }
+}
+
+/// The owner's home claim (`v.home`: the default server's) as the Workspace controller makes it
+/// for the user's default Workspace ([`crate::operator::workspace::build::build_pvc`]): the same
+/// name, labels (those of Workspace `server_label(user, "")`, so that its watch and its cleanup
+/// see it as that Workspace's), size and storage class from the profile, and no owner
+/// reference: a home outlives the jobs that made it. The reconciliation applies it (with the
+/// Workspace controller's field manager) before the Job, when the PVC cache does not show it; a
+/// later Workspace finds it and leaves it as it is.
+pub fn build_home_claim(v: &ValidatedBatchJob) -> PersistentVolumeClaim {
+    let workspace = names::server_label(&v.user, "");
+    home_claim(
+        ObjectMeta {
+            name: Some(v.home.claim_name.clone()),
+            namespace: Some(v.namespace.clone()),
+            labels: Some(workspace_labels(&workspace, &v.user, "")),
+            ..ObjectMeta::default()
+        },
+        &v.home,
+    )
 }
 
 /// The data sources of `v` that a job cannot mount: CSI sources attached as a PersistentVolume

@@ -4,33 +4,21 @@
 
 use serde_json::{Value, json};
 
-use super::build::{build_catalog_config_map, build_job, job_env, unmountable_sources};
-use super::fixtures::{batch_job, inputs};
+use super::build::{
+    build_catalog_config_map, build_home_claim, build_job, job_env, unmountable_sources,
+};
+use super::fixtures::{batch_job, dereferenced};
 use super::{BatchSettings, KUEUE_QUEUE_LABEL};
 use crate::api::v1alpha1::DataSource;
 use crate::config::OperatorConfig;
 use crate::operator::workspace::fixtures::assert_json_eq;
 use crate::policy::batch::{ValidatedBatchJob, validate_job};
-use crate::policy::workspace::Dereferenced;
 use crate::policy::workspace::validate::test_support::yaml;
-
-fn deref(extra_sources: Vec<DataSource>) -> Dereferenced {
-    let cluster = inputs();
-    let mut data_sources = cluster.data_sources;
-    data_sources.extend(extra_sources);
-    Dereferenced {
-        profile: cluster.profiles.first().cloned(),
-        pools: cluster.pools,
-        data_sources,
-        groups: ["climate".to_owned()].into(),
-        ..Dereferenced::default()
-    }
-}
 
 fn validated(extra: &str) -> ValidatedBatchJob {
     validate_job(
         &batch_job(extra),
-        &deref(vec![]),
+        &dereferenced(vec![]),
         &OperatorConfig::default(),
     )
     .unwrap_or_else(|r| panic!("{extra}: refused: {r:?}"))
@@ -203,7 +191,7 @@ spec:
     );
     let v = validate_job(
         &batch_job("  nodePool: batch\n  dataSources: [argo, era5]"),
-        &deref(vec![csi]),
+        &dereferenced(vec![csi]),
         &OperatorConfig::default(),
     )
     .expect("valid");
@@ -213,6 +201,60 @@ spec:
         vec!["Ephemeral".to_owned()],
     )]);
     assert!(unmountable_sources(&v, Some(&ephemeral)).is_empty());
+}
+
+/// The home claim a job makes is the one the Workspace controller makes for the user's default
+/// Workspace with the same profile (name, labels, size, class), without an owner: with
+/// `home.onDelete: keep` the very same object, so a later Workspace finds it as it would have
+/// made it; with `delete` the Workspace's would also be owned by it.
+#[test]
+fn the_home_claim_is_the_default_workspaces_without_an_owner() {
+    use crate::api::v1alpha1::{HomeReclaim, Workspace, WorkspaceProfile};
+    use crate::operator::workspace::build::build_pvc;
+    use crate::policy::workspace::validate::validate;
+    for (storage_class, on_delete) in [
+        (None, HomeReclaim::Keep),
+        (Some("fast-ssd"), HomeReclaim::Keep),
+        (Some("fast-ssd"), HomeReclaim::Delete),
+    ] {
+        let mut d = dereferenced(vec![]);
+        let mut profile: WorkspaceProfile = d.profile.clone().expect("a profile");
+        profile.spec.home.storage_class_name = storage_class.map(str::to_owned);
+        profile.spec.home.on_delete = on_delete;
+        profile.spec.home.size = "25Gi".into();
+        d.profile = Some(profile);
+        d.pools.push(crate::operator::workspace::fixtures::pool());
+        let job = validate_job(&batch_job(""), &d, &OperatorConfig::default()).expect("valid");
+        let ws: Workspace = yaml(
+            r#"
+apiVersion: atelier.dev/v1alpha1
+kind: Workspace
+metadata: {name: alice, namespace: team, uid: u-alice, generation: 1}
+spec: {user: alice, profile: pangeo}
+"#,
+        );
+        let ws = validate(&ws, &d, &OperatorConfig::default()).expect("valid");
+        let claim = serde_json::to_value(build_home_claim(&job)).expect("json");
+        let mut workspace_claim = serde_json::to_value(build_pvc(&ws)).expect("json");
+        let case = format!("{storage_class:?} {on_delete:?}");
+        assert_eq!(claim["metadata"]["name"], "home-alice", "{case}");
+        assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "25Gi");
+        assert_eq!(
+            claim["spec"]["storageClassName"],
+            storage_class.map_or(Value::Null, |c| json!(c)),
+            "{case}"
+        );
+        assert_eq!(claim["metadata"].get("ownerReferences"), None, "{case}");
+        if on_delete == HomeReclaim::Delete {
+            let owners = workspace_claim["metadata"]
+                .as_object_mut()
+                .expect("metadata")
+                .remove("ownerReferences")
+                .expect("owned by its Workspace");
+            assert_eq!(owners[0]["kind"], "Workspace");
+        }
+        assert_json_eq(&claim, &workspace_claim);
+    }
 }
 
 #[test]
@@ -226,6 +268,7 @@ fn golden_objects() {
     got.push(job_json(&v));
     let q = validated("  nodePool: queued");
     got.push(job_json(&q));
+    got.push(serde_json::to_value(build_home_claim(&v)).expect("json"));
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/builders/batchjob.objects.json"

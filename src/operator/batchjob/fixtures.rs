@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use http::Method;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
@@ -25,6 +25,7 @@ use crate::operator::workspace::fixtures::{
     seeded_context,
 };
 use crate::policy::batch::{SlurmTarget, ValidatedBatchJob};
+use crate::policy::workspace::Dereferenced;
 use crate::policy::workspace::validate::test_support::yaml;
 
 /// Namespace of the scenarios.
@@ -127,6 +128,21 @@ pub fn inputs() -> Cluster {
     }
 }
 
+/// What `validate_job` reads for the scenario jobs: [`inputs`] (plus `extra_sources`), alice's
+/// group `climate`.
+pub fn dereferenced(extra_sources: Vec<DataSource>) -> Dereferenced {
+    let cluster = inputs();
+    let mut data_sources = cluster.data_sources;
+    data_sources.extend(extra_sources);
+    Dereferenced {
+        profile: cluster.profiles.first().cloned(),
+        pools: cluster.pools,
+        data_sources,
+        groups: ["climate".to_owned()].into(),
+        ..Dereferenced::default()
+    }
+}
+
 /// What the BatchJob controller's caches hold.
 #[derive(Clone, Debug, Default)]
 pub struct Jobs {
@@ -138,12 +154,41 @@ pub struct Jobs {
     pub pods: Vec<Pod>,
     /// Slurm key Secrets.
     pub keys: Vec<Secret>,
+    /// Home claims (the Workspace controller's PVC cache).
+    pub homes: Vec<PersistentVolumeClaim>,
+    /// Workspaces (the Workspace controller's cache; they feed the usage index too).
+    pub workspaces: Vec<crate::api::v1alpha1::Workspace>,
+}
+
+impl Jobs {
+    /// The caches holding `job` alone.
+    pub fn of(job: &BatchJob) -> Jobs {
+        Jobs {
+            batchjobs: vec![job.clone()],
+            ..Jobs::default()
+        }
+    }
 }
 
 /// A context on the mocked API server whose caches hold [`inputs`] and `jobs`; `systems` makes
 /// the Slurm system.
-pub fn context(jobs: Jobs, systems: Box<Systems>) -> (Arc<Context>, ApiServerVerifier) {
-    let (shared, verifier, _writers) = seeded_context(OperatorConfig::default(), inputs());
+pub fn context(jobs: Jobs, systems: Box<Systems>) -> Scenario {
+    context_in(OperatorConfig::default(), jobs, systems)
+}
+
+/// [`context`] with no Slurm, whose caches hold `job` alone.
+pub fn context_of(job: &BatchJob) -> Scenario {
+    context(Jobs::of(job), Box::new(super::no_slurm))
+}
+
+/// [`context`] with the operator's settings `config`.
+pub fn context_in(config: OperatorConfig, jobs: Jobs, systems: Box<Systems>) -> Scenario {
+    let cluster = Cluster {
+        pvcs: jobs.homes.clone(),
+        workspaces: jobs.workspaces.clone(),
+        ..inputs()
+    };
+    let (shared, verifier, _writers) = seeded_context(config, cluster);
     let reporter = Reporter {
         controller: "atelier.dev/batchjob-controller".into(),
         instance: None,
@@ -261,21 +306,19 @@ impl Outcome {
     }
 }
 
-/// Reconciles `job` once against `steps`, then asserts that nothing else was sent.
-pub async fn run(
-    ctx: Arc<Context>,
-    verifier: ApiServerVerifier,
-    job: &BatchJob,
-    steps: Vec<Step>,
-) -> Outcome {
-    run_then(ctx, verifier, job, steps, |_| {}).await
+/// A context and the mocked API server behind it ([`context`]).
+pub type Scenario = (Arc<Context>, ApiServerVerifier);
+
+/// Reconciles `job` once in `scenario` against `steps`, then asserts that nothing else was
+/// sent.
+pub async fn run(scenario: Scenario, job: &BatchJob, steps: Vec<Step>) -> Outcome {
+    run_then(scenario, job, steps, |_| {}).await
 }
 
 /// [`run`], with `after` looking at the context once the reconciler returned (before it is
 /// dropped: the verifier's end is the client's).
 pub async fn run_then(
-    ctx: Arc<Context>,
-    verifier: ApiServerVerifier,
+    (ctx, verifier): Scenario,
     job: &BatchJob,
     steps: Vec<Step>,
     after: impl FnOnce(&Context),

@@ -9,12 +9,16 @@
 //!    job cancelled, status `Cancelled`;
 //! 3. [`dereference`] (from the caches) → `validate_job` → a data source the job cannot mount →
 //!    admission to the pool's caps (`admit_job`, in the usage index the Workspaces share; a job
-//!    already handed to its system keeps its place). A refusal: status `Pending` (retried in
-//!    [`REQUEUE_REFUSED`], or at once when a place frees) or `Failed` (the job as written can
+//!    already handed to its system keeps its place). A refusal: status `Pending` (retried at
+//!    once when its profile, a pool or its data sources change or a place frees under the cap
+//!    that refused it, [`jobs_to_retry`]; else in [`REQUEUE_REFUSED`]) or `Failed` (the job as written can
 //!    never run), `Admitted=False` with the rule as reason, a Warning Event, nothing created;
-//! 4. Kubernetes: the catalogue ConfigMap (server-side apply, skipped when unchanged), then the
-//!    Job, created once (POST; an existing Job is never written again: its spec is immutable
-//!    but for `suspend`, which Kueue owns); the status from the Job and its pod. Slurm: submit
+//! 4. Kubernetes: the catalogue ConfigMap (server-side apply, skipped when unchanged), then,
+//!    before the Job is created, the owner's home claim when the PVC cache does not show it (a
+//!    user who never started a workspace: [`build_home_claim`], server-side applied as the
+//!    Workspace controller applies it, not owned by the job), then the Job, created once
+//!    (POST; an existing Job is never written again: its spec is immutable but for `suspend`,
+//!    which Kueue owns); the status from the Job and its pod. Slurm: submit
 //!    once through the pool's [`BatchSystem`], then poll its status every [`REQUEUE_POLL`];
 //! 5. the status is written (server-side apply of the status subresource) only when it
 //!    changed, with an Event per new phase or reason.
@@ -41,7 +45,7 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
-use super::build::{build_catalog_config_map, build_job, unmountable_sources};
+use super::build::{build_catalog_config_map, build_home_claim, build_job, unmountable_sources};
 use super::status::{self, Placement};
 use super::{
     BATCHJOB_FINALIZER, BATCHJOB_LABEL, Context, PhaseLabels, ResultLabels, SLURM_KEY_SELECTOR,
@@ -50,11 +54,12 @@ use crate::api::v1alpha1::{BatchJob, BatchJobPhase, BatchJobStatus};
 use crate::batch::{BatchError, BatchSystem, JobState};
 use crate::config::NamespaceMode;
 use crate::operator::workspace::cache::{Cached, cached_cluster};
-use crate::operator::workspace::reconcile::apply::{apply_object, with_applied_hash};
+use crate::operator::workspace::reconcile::apply::{apply_object, create_once, with_applied_hash};
 use crate::operator::workspace::reconcile::predicates::{mark_deleted, pod_trigger};
+use crate::operator::workspace::reconcile::requeue_freed;
 use crate::operator::workspace::reconcile::{EachWatchBacksOffAlone, MANAGED_BY_SELECTOR};
 use crate::operator::workspace::{FIELD_MANAGER, Refusal};
-use crate::operator::{Error, Result, wait_for};
+use crate::operator::{Error, InputChange, Result, wait_for};
 use crate::policy::batch::{
     self as rules, BatchTarget, ValidatedBatchJob, admit_job, job_key, observed_job_claim,
     validate_job,
@@ -91,6 +96,9 @@ const PERMANENT: [&str; 7] = [
 pub async fn reconcile_batchjob(job: Arc<BatchJob>, ctx: Arc<Context>) -> Result<Action> {
     let key = batchjob_key(&job);
     let result = reconcile_inner(job, &ctx).await;
+    // A job that finished, was cancelled or refused gave its place back: the Workspaces and
+    // the jobs waiting for one are reconciled now.
+    requeue_freed(&ctx.shared);
     let label = result.as_ref().err().map_or("ok", Error::metric_label);
     ctx.metrics
         .reconciliations
@@ -339,6 +347,10 @@ async fn run_on_kubernetes(
                 // Handed to Kubernetes before, gone now (deleted by hand): never made again.
                 None
             } else {
+                // Its pod mounts the owner's home: made first when no workspace made it.
+                let home = build_home_claim(v);
+                let cached_home = ctx.shared.caches.pvcs.get(ns, &home.name_any());
+                create_once(client, ns, &home, cached_home, &ctx.shared.caches.expected).await?;
                 Some(create_job(ctx, ns, applied, &hash).await?)
             }
         }
@@ -696,6 +708,85 @@ pub fn observe_job_usage(
             ctx.shared.usage().retain_within(rules::is_job_key, &keep);
         }
     }
+    requeue_freed(&ctx.shared);
+}
+
+/// The reason of `job`'s refusal while it waits to be admitted (phase `Pending`,
+/// `Admitted=False`, not cancelled nor deleted); `None` for any other job.
+pub fn waiting_refusal(job: &BatchJob) -> Option<&str> {
+    if job.spec.cancel || job.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = job.status.as_ref()?;
+    if status.phase != Some(BatchJobPhase::Pending) {
+        return None;
+    }
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::ADMITTED && c.status == "False")
+        .map(|c| c.reason.as_str())
+}
+
+/// The refused BatchJobs ([`waiting_refusal`]) that `change` may let in, to reconcile now
+/// rather than in [`REQUEUE_REFUSED`] (as the Workspace controller maps the same changes to
+/// its Workspaces): a profile → the jobs using it; a pool → every refused job (pools are few
+/// and rarely change; a job names one or is routed to one); a data source → the jobs naming
+/// it; claims given back → the jobs a user or group cap refused whose owner or groups match
+/// one (the only caps a freed place relaxes). `None` (changes were missed): every refused job.
+/// Costs O(cached BatchJobs) per change and no API request.
+pub fn jobs_to_retry(
+    jobs: &[Arc<BatchJob>],
+    change: Option<&InputChange>,
+) -> Vec<ObjectRef<BatchJob>> {
+    let cap = [ws_reason::USER_CAP_EXCEEDED, ws_reason::GROUP_CAP_EXCEEDED];
+    jobs.iter()
+        .filter(|job| {
+            let Some(reason) = waiting_refusal(job) else {
+                return false;
+            };
+            match change {
+                None | Some(InputChange::Pool(_)) => true,
+                Some(InputChange::Profile(profile)) => &job.spec.profile == profile,
+                Some(InputChange::DataSource(source)) => job.spec.data_sources.contains(source),
+                Some(InputChange::Freed(claims)) => {
+                    cap.contains(&reason) && {
+                        let groups = parse_groups(
+                            job.annotations().get(GROUPS_ANNOTATION).map(String::as_str),
+                        );
+                        claims
+                            .iter()
+                            .any(|c| c.user == job.spec.user || !c.groups.is_disjoint(&groups))
+                    }
+                }
+            }
+        })
+        .map(|job| ObjectRef::from_obj(job.as_ref()))
+        .collect()
+}
+
+/// The BatchJobs to reconcile at each [`InputChange`] the Workspace controller announces
+/// ([`jobs_to_retry`] over the cached BatchJobs); after missed changes (a slow reader), every
+/// refused job.
+pub fn retried_on_input_changes(
+    changes: tokio::sync::broadcast::Receiver<InputChange>,
+    jobs: kube::runtime::reflector::Store<BatchJob>,
+) -> impl futures::Stream<Item = ObjectRef<BatchJob>> + Send + 'static {
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(changes, |mut changes| async move {
+        match changes.recv().await {
+            Ok(change) => Some((Some(change), changes)),
+            Err(RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "input changes were missed: every refused BatchJob is retried"
+                );
+                Some((None, changes))
+            }
+            Err(RecvError::Closed) => None,
+        }
+    })
+    .flat_map(move |change| futures::stream::iter(jobs_to_retry(&jobs.state(), change.as_ref())))
 }
 
 /// The trigger hash of a BatchJob: its generation, groups, finalizers and deletion (not its
@@ -753,8 +844,10 @@ fn labelled_batchjob<K: ResourceExt>(object: &K) -> Option<ObjectRef<BatchJob>> 
 /// the operator (managed-by label), their pods (the [`BATCHJOB_LABEL`] selector) and the Slurm
 /// key Secrets of the operator's namespace ([`SLURM_KEY_SELECTOR`], feeding the cache only).
 /// Triggers: a BatchJob whose spec, groups, finalizers or deletion changed; a Job or pod whose
-/// status-relevant fields changed. Profiles, pools and data sources are the Workspace
-/// controller's caches (a refused job is retried every [`REQUEUE_REFUSED`]).
+/// status-relevant fields changed; a refused job that an input change or a freed place may let
+/// in ([`jobs_to_retry`]: profiles, pools and data sources are the Workspace controller's
+/// caches and watches, which announce their changes; [`REQUEUE_REFUSED`] stays the safety
+/// net).
 pub async fn run_controller(
     ctx: Arc<Context>,
     watch_namespace: Option<String>,
@@ -821,12 +914,15 @@ pub async fn run_controller(
         None::<Result<Secret, watcher::Error>>
     });
 
+    let retried =
+        retried_on_input_changes(ctx.shared.input_changes(), ctx.caches.batchjobs.clone());
     let controller = Controller::for_stream(batchjobs, ctx.caches.batchjobs.clone())
         .with_config(controller::Config::default().concurrency(concurrency))
         .trigger_backoff(EachWatchBacksOffAlone)
         .watches_stream(jobs, |job| labelled_batchjob(&job))
         .watches_stream(pods, |pod| labelled_batchjob(&pod))
         .watches_stream(keys, |_: Secret| None::<ObjectRef<BatchJob>>)
+        .reconcile_on(retried)
         .graceful_shutdown_on(wait_for(shutdown.clone()))
         .run(reconcile_batchjob, error_policy, ctx)
         .for_each(|result| async move {

@@ -153,7 +153,12 @@ const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The labels of every child of the workspace.
 pub fn labels(v: &ValidatedWorkspace) -> BTreeMap<String, String> {
-    let instance = names::label_value(&v.name);
+    workspace_labels(&v.name, &v.user, &v.server_name)
+}
+
+/// The labels of Workspace `name`'s children, of `user`'s server `server` (see [`labels`]).
+pub fn workspace_labels(name: &str, user: &str, server: &str) -> BTreeMap<String, String> {
+    let instance = names::label_value(name);
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
         ("app.kubernetes.io/instance".to_owned(), instance.clone()),
@@ -165,8 +170,8 @@ pub fn labels(v: &ValidatedWorkspace) -> BTreeMap<String, String> {
             "app.kubernetes.io/managed-by".to_owned(),
             MANAGED_BY.to_owned(),
         ),
-        (USER_LABEL.to_owned(), names::label_value(&v.user)),
-        (SERVER_LABEL.to_owned(), names::label_value(&v.server_name)),
+        (USER_LABEL.to_owned(), names::label_value(user)),
+        (SERVER_LABEL.to_owned(), names::label_value(server)),
         (WORKSPACE_LABEL.to_owned(), instance),
     ])
 }
@@ -272,18 +277,25 @@ pub fn build_secret(v: &ValidatedWorkspace) -> Secret {
 /// The home PersistentVolumeClaim; owned by the Workspace only when it is deleted with it.
 pub fn build_pvc(v: &ValidatedWorkspace) -> PersistentVolumeClaim {
     let owned = v.home.reclaim == HomeReclaim::Delete;
+    home_claim(meta(v, v.home.claim_name.clone(), owned), &v.home)
+}
+
+/// The claim of `home` (ReadWriteOnce, its size and class) with `metadata`: a Workspace's
+/// ([`build_pvc`]), or the one a BatchJob makes for a user who never started a workspace
+/// (`operator::batchjob::build::build_home_claim`).
+pub(crate) fn home_claim(metadata: ObjectMeta, home: &HomeVolume) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
-        metadata: meta(v, v.home.claim_name.clone(), owned),
+        metadata,
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_owned(),
-                    Quantity(v.home.size.clone()),
+                    Quantity(home.size.clone()),
                 )])),
                 limits: None,
             }),
-            storage_class_name: v.home.storage_class_name.clone(),
+            storage_class_name: home.storage_class_name.clone(),
             ..PersistentVolumeClaimSpec::default()
         }),
         status: None,

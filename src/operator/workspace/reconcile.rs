@@ -154,6 +154,8 @@ pub fn requeue_freed(ctx: &Context) {
     for workspace in waiting_for_a_place(&ctx.caches.workspaces.state(), &freed) {
         ctx.requeue(workspace);
     }
+    // The BatchJobs waiting for a place too (`operator::batchjob`).
+    ctx.announce(crate::operator::InputChange::Freed(freed));
 }
 
 /// The Workspaces refused by a cap (`Ready=False`, reason `UserCapExceeded` or

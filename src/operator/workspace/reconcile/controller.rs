@@ -41,7 +41,7 @@ use crate::operator::workspace::cache::{
     CREDENTIALS_SELECTOR, Cached, CompactWriter, Compactable, Expectations, cached_cluster,
 };
 use crate::operator::workspace::dask::{DaskAutoscaler, DaskCluster};
-use crate::operator::{Context, wait_for};
+use crate::operator::{Context, InputChange, wait_for};
 use crate::policy::admission::{Claim, key_of, observed_claim, observed_dask_claim};
 use crate::policy::workspace::validate::dask_key;
 
@@ -460,7 +460,8 @@ fn watch_dask(
 /// or changes its modes → the Workspaces naming a source mounted with it; a credentials Secret
 /// that appears or goes → the Workspaces of its namespace naming a source that hands it out
 /// (an unrelated Secret triggers nothing). The per-user namespace objects only feed their
-/// caches. Nothing else fans out to every Workspace.
+/// caches. Nothing else fans out to every Workspace. Each profile, pool and data source change
+/// is also announced ([`InputChange`]) to the BatchJob controller, which reads the same caches.
 pub async fn run_controller(
     ctx: Arc<Context>,
     watch_namespace: Option<String>,
@@ -615,17 +616,32 @@ pub async fn run_controller(
         caches.workspaces.clone(),
         caches.workspaces.clone(),
     );
+    // Each input change is told to the BatchJob controller too (its refused jobs).
+    let announce = |ctx: &Arc<Context>| {
+        let weak = Arc::downgrade(ctx);
+        move |change: InputChange| {
+            if let Some(ctx) = weak.upgrade() {
+                ctx.announce(change);
+            }
+        }
+    };
+    let (profile_changed, pool_changed, source_changed) =
+        (announce(&ctx), announce(&ctx), announce(&ctx));
     controller = controller
         .watches_stream(
             input_stream(
                 Api::<WorkspaceProfile>::all(client.clone()),
                 writers.profiles,
             ),
-            move |profile| workspaces_using_profile(&by_profile.state(), &profile.name_any()),
+            move |profile| {
+                profile_changed(InputChange::Profile(profile.name_any()));
+                workspaces_using_profile(&by_profile.state(), &profile.name_any())
+            },
         )
         .watches_stream(
             input_stream(Api::<NodePool>::all(client.clone()), writers.pools),
-            move |_pool| {
+            move |pool| {
+                pool_changed(InputChange::Pool(pool.name_any()));
                 by_pool
                     .state()
                     .iter()
@@ -635,7 +651,10 @@ pub async fn run_controller(
         )
         .watches_stream(
             input_stream(Api::<DataSource>::all(client.clone()), writers.data_sources),
-            move |source| workspaces_naming_data_source(&by_source.state(), &source.name_any()),
+            move |source| {
+                source_changed(InputChange::DataSource(source.name_any()));
+                workspaces_naming_data_source(&by_source.state(), &source.name_any())
+            },
         );
     if let NamespaceMode::PerUser { .. } = ctx.config.namespace_mode {
         controller = controller
@@ -754,16 +773,17 @@ mod tests {
         assert_eq!(workspaces_naming_data_source(&all, "era5").len(), 2);
     }
 
-    /// Answers every LIST with an empty list and holds every WATCH open; fires `shutdown` once
-    /// each of `expected` (path, labelSelector) was listed and then watched (so every store
-    /// is synced). Returns what was listed and what was watched.
-    async fn serve_empty_lists(
+    /// Answers every LIST with the `items` of its path (none for the others) and holds every
+    /// WATCH open; fires `shutdown` once each of `expected` (path, labelSelector) was listed and
+    /// then watched (so every store is synced). Returns what was listed and what was watched.
+    async fn serve_lists(
         handle: tower_test::mock::Handle<
             http::Request<kube::client::Body>,
             http::Response<kube::client::Body>,
         >,
         expected: BTreeSet<(String, String)>,
         shutdown: watch::Sender<bool>,
+        items: BTreeMap<&'static str, Vec<serde_json::Value>>,
     ) -> (BTreeSet<(String, String)>, BTreeSet<(String, String)>) {
         let mut handle = handle;
         let mut listed = BTreeSet::new();
@@ -806,9 +826,11 @@ mod tests {
                 }
                 continue;
             }
+            let listed_items = items.get(key.0.as_str()).cloned().unwrap_or_default();
             listed.insert(key);
             let body = serde_json::json!({
-                "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": [],
+                "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"},
+                "items": listed_items,
             });
             send.send_response(
                 http::Response::builder()
@@ -831,10 +853,11 @@ mod tests {
             .map(|(p, s)| ((*p).to_owned(), (*s).to_owned()))
             .collect();
         let (tx, rx) = watch::channel(false);
-        let server = tokio::spawn(serve_empty_lists(
+        let server = tokio::spawn(serve_lists(
             verifier.into_handle(),
             expected.clone(),
             tx,
+            BTreeMap::new(),
         ));
         let controller = run_controller(ctx, Some("team".into()), 2, rx);
         tokio::time::timeout(SCENARIO_TIMEOUT, controller)
@@ -878,6 +901,60 @@ mod tests {
             MANAGED_BY_SELECTOR,
         ),
     ];
+
+    /// The profiles, pools and data sources the controller lists are announced to the BatchJob
+    /// controller (which reads the same caches but watches none of them).
+    #[tokio::test]
+    async fn the_inputs_it_watches_are_announced_as_input_changes() {
+        use crate::operator::workspace::fixtures::{data_source, pool, profile};
+        let (ctx, verifier) = test_context(OperatorConfig::default());
+        let mut changes = ctx.input_changes();
+        let items = BTreeMap::from([
+            (
+                "/apis/atelier.dev/v1alpha1/workspaceprofiles",
+                vec![serde_json::to_value(profile()).expect("json")],
+            ),
+            (
+                "/apis/atelier.dev/v1alpha1/nodepools",
+                vec![serde_json::to_value(pool()).expect("json")],
+            ),
+            (
+                "/apis/atelier.dev/v1alpha1/datasources",
+                vec![serde_json::to_value(data_source()).expect("json")],
+            ),
+        ]);
+        // Never complete: the test stops the controller itself.
+        let never = BTreeSet::from([("/never".to_owned(), String::new())]);
+        let (unused, _) = watch::channel(false);
+        let server = tokio::spawn(serve_lists(verifier.into_handle(), never, unused, items));
+        let (stop, stopped) = watch::channel(false);
+        let controller = tokio::spawn(run_controller(ctx, Some("team".into()), 2, stopped));
+        let mut announced = BTreeSet::new();
+        while announced.len() < 3 {
+            let change = tokio::time::timeout(SCENARIO_TIMEOUT, changes.recv())
+                .await
+                .expect("announced in time")
+                .expect("the controller's context is alive");
+            announced.insert(format!("{change:?}"));
+        }
+        assert_eq!(
+            announced,
+            BTreeSet::from([
+                r#"DataSource("era5")"#.to_owned(),
+                r#"Pool("interactive")"#.to_owned(),
+                r#"Profile("jupyter")"#.to_owned(),
+            ])
+        );
+        let _ = stop.send(true);
+        tokio::time::timeout(SCENARIO_TIMEOUT, controller)
+            .await
+            .expect("the controller stops")
+            .expect("no panic");
+        tokio::time::timeout(SCENARIO_TIMEOUT, server)
+            .await
+            .expect("the client is gone")
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    }
 
     #[tokio::test]
     async fn controller_watches_workspaces_children_and_inputs_then_shuts_down() {
