@@ -142,7 +142,8 @@ pub const CALLS: &[ApiCall] = &[
          Workspace's Secret the hub wrote before it reached the cache); apply.rs: apply_object"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "persistentvolumeclaims", Namespaced, Both,
         "controller.rs: the PVC watch; apply.rs: create_once; cleanup_workspace: DELETE (onDelete: delete); \
-         replace_changed_data_volumes: DELETE of a changed data source's claim"),
+         replace_changed_data_volumes: DELETE of a changed data source's claim; \
+         operator/batchjob/reconcile.rs: the home claim of a job's owner (SSA, when the cache lacks it)"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "", "services", Namespaced, Both,
         "controller.rs: the Service watch; apply.rs: apply_service (DELETE + re-create of a ClusterIP Service)"),
     call(Operator, &["list", "watch", "create", "patch", "delete"], "networking.k8s.io", "networkpolicies", Namespaced, Both,
