@@ -395,7 +395,10 @@ async fn qgis_desktop_in_chromium() {
             .output()
             .expect("wmctrl");
         let text = String::from_utf8_lossy(&listed.stdout).into_owned();
-        if text.lines().any(|l| l.ends_with("— QGIS") || l.ends_with("- QGIS")) {
+        if text
+            .lines()
+            .any(|l| l.ends_with("— QGIS") || l.ends_with("- QGIS"))
+        {
             break text;
         }
         assert!(
@@ -482,4 +485,103 @@ async fn qgis_desktop_in_chromium() {
         "desktop: screenshots in {} (canvas {stats})",
         out.display()
     ));
+}
+
+/// What QGIS 3.22 itself reads of a seed (`QgsSettings` with the file as its global settings,
+/// `QgsOwsConnection::connectionList`), as JSON.
+const READ_SEED: &str = r#"
+import json, sys
+from qgis.core import QgsApplication, QgsOwsConnection, QgsSettings
+QgsSettings.setGlobalSettingsPath(sys.argv[1])
+app = QgsApplication([], False)
+app.initQgis()
+s = QgsSettings()
+out = {"favourites": s.value("browser/favourites", []) or []}
+for service in ["WMS", "WCS"]:
+    out[service.lower()] = {
+        name: s.value(f"qgis/connections-{service.lower()}/{name}/url")
+        for name in QgsOwsConnection.connectionList(service)
+    }
+if isinstance(out["favourites"], str):
+    out["favourites"] = [out["favourites"]]
+print("SEED " + json.dumps(out))
+"#;
+
+/// The seed's escaping, as Qt reads it back: QGIS 3.22's own Python bindings load a seed with
+/// names, URLs and paths full of INI specials and non-ASCII, and list exactly the connections
+/// and favourites `policy::desktop` meant.
+#[test]
+fn qgis_reads_the_seed_as_written() {
+    if std::env::var("ATELIER_PEERS").ok().as_deref() != Some("1") {
+        say("SKIPPED: QGIS 3.22 reads the desktop seed (set ATELIER_PEERS=1)");
+        return;
+    }
+    use atelier::api::v1alpha1::DataSourceSpec;
+    use atelier::policy::desktop;
+    let spec = |json: serde_json::Value| -> DataSourceSpec {
+        serde_json::from_value(json).expect("a DataSourceSpec")
+    };
+    let own = vec![
+        (
+            "a.b-c".to_owned(),
+            spec(serde_json::json!({
+                "pvc": {"claimName": "x"},
+                "mountPath": "/données/été 2024, v1;=\"q\"",
+                "ogc": {
+                    "wms": "https://a.example.org/wms?layers=a,b;c=\"d\"&x=\\y",
+                    "wmts": "https://a.example.org/wmts/1.0.0/WMTSCapabilities.xml"
+                }
+            })),
+        ),
+        (
+            "zz".to_owned(),
+            spec(serde_json::json!({
+                "nfs": {"server": "n", "path": "/p"},
+                "mountPath": "/scratch",
+                "ogc": {"wcs": "https://c.example.org/wcs?cov=sst%20a,b"}
+            })),
+        ),
+    ];
+    let extra = vec![(
+        "thredds".to_owned(),
+        spec(serde_json::json!({"ogc": {"wms": "http://127.0.0.1:8080/thredds/wms/é.nc"}})),
+    )];
+    let dir = std::env::temp_dir().join(format!("atelier-seed-{}", &generate_token()[..16]));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(desktop::SETTINGS_FILE);
+    std::fs::write(&path, desktop::global_settings(&own, &extra)).unwrap();
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(READ_SEED)
+        .arg(&path)
+        .env("QT_QPA_PLATFORM", "offscreen")
+        .env("HOME", &dir)
+        .env("XDG_RUNTIME_DIR", &dir)
+        .output()
+        .expect("/usr/bin/python3 with QGIS's bindings (python3-qgis)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("SEED "))
+        .unwrap_or_else(|| {
+            panic!(
+                "QGIS read nothing ({}):\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    let got: serde_json::Value = serde_json::from_str(line).unwrap();
+    let seed = desktop::seed(&own, &extra);
+    let want = serde_json::json!({
+        "wms": seed.wms,
+        "wcs": seed.wcs,
+        "favourites": seed
+            .favourites
+            .iter()
+            .map(|(path, name)| format!("{path}|||{name}"))
+            .collect::<Vec<_>>(),
+    });
+    assert_eq!(got, want, "as QGIS reads {}", path.display());
+    assert_eq!(got["wms"].as_object().unwrap().len(), 3, "{got}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
