@@ -107,6 +107,12 @@ mod tests {
         }
         assert!(XSTARTUP.starts_with("#!/bin/sh\n"));
         assert!(XSTARTUP.contains("qgis --noversioncheck &"));
+        // The qgis image starts its desktop with the same script.
+        assert_eq!(
+            include_str!("../../../images/qgis/xstartup"),
+            XSTARTUP,
+            "images/qgis/xstartup"
+        );
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
