@@ -141,7 +141,7 @@ pub struct LocalData {
     /// variables of the files ([`DATA_FILES`]: the backend points them at where it writes them).
     pub env: BTreeMap<String, String>,
     /// The files, by name ([`DATA_CATALOG_FILE`], [`IRODS_ENVIRONMENT_FILE`],
-    /// [`IRODS_AUTHENTICATION_FILE`]).
+    /// [`IRODS_AUTHENTICATION_FILE`], and a QGIS desktop's `policy::desktop::SETTINGS_FILE`).
     pub files: BTreeMap<String, String>,
     /// The s3 endpoints, by source.
     pub endpoints: Vec<DataEndpoint>,
