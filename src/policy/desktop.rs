@@ -32,9 +32,11 @@
 //! given credentials in this workspace.
 //!
 //! An s3 source without csi is not in the browser: QGIS 3.22's browser lists directories
-//! through the file system only (a `/vsis3/` favourite shows empty). Its objects open through
-//! GDAL with the workspace's environment (`AWS_S3_ENDPOINT`, the keys; `policy::data`): in
-//! *Layer › Add Layer*, protocol *AWS S3*, or as a `/vsis3/<bucket>/<key>` path. A STAC-only
+//! through the file system only. Seen against SeaweedFS with the workspace's GDAL variables: GDAL
+//! lists `/vsis3/<bucket>/<prefix>` and QGIS opens a layer from `/vsis3/<bucket>/<key>`, but a
+//! `QgsDirectoryItem` (what a favourite is) at that path has no children. So its objects open
+//! through GDAL with the workspace's environment (`AWS_S3_ENDPOINT`, the keys; `policy::data`):
+//! in *Layer › Add Layer*, protocol *AWS S3*, or as a `/vsis3/<bucket>/<key>` path. A STAC-only
 //! source has no QGIS 3.22 connection either.
 //!
 //! # No credentials
