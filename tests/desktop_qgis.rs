@@ -177,6 +177,9 @@ fn output_dir() -> PathBuf {
 struct World {
     dir: PathBuf,
     procs: Vec<(String, Proc)>,
+    /// The X display of the server's VNC server (`:N`), once known: a VNC server killed with
+    /// SIGKILL leaves its lock file and socket behind, which the drop removes.
+    display: Option<String>,
 }
 
 impl Drop for World {
@@ -188,6 +191,10 @@ impl Drop for World {
         let leftovers = kill_leftovers(&self.dir.to_string_lossy());
         if leftovers > 0 {
             say(format!("desktop: killed {leftovers} leftover process(es)"));
+        }
+        if let Some(n) = self.display.as_deref().and_then(|d| d.strip_prefix(':')) {
+            let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
+            let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
         }
         if failed {
             say(format!(
@@ -277,6 +284,7 @@ async fn qgis_desktop_in_chromium() {
     let mut world = World {
         dir: dir.clone(),
         procs: Vec::new(),
+        display: None,
     };
     let (hub_port, proxy_port) = (free_port(), free_port());
     let public = format!("http://127.0.0.1:{proxy_port}");
@@ -381,6 +389,7 @@ async fn qgis_desktop_in_chromium() {
         .find(|a| a.starts_with(':') && a[1..].chars().all(|c| c.is_ascii_digit()))
         .unwrap_or_else(|| panic!("no display in {}", vnc[0].cmdline))
         .to_owned();
+    world.display = Some(display.clone());
 
     // 2. QGIS's main window on that display, as `wmctrl -l` lists it.
     let window_deadline = Deadline::new(
