@@ -103,6 +103,25 @@ ensure_slurm() {
 }
 ensure_slurm
 
+# --- The QGIS desktop (tests/desktop_qgis.rs): QGIS 3.22, TigerVNC, Xfce in a D-Bus session,
+# and the window tools the test lists QGIS's window with. jupyter-remote-desktop-proxy (pip,
+# .ci/peers-requirements.txt) runs `vncserver` with the session script the local backend writes.
+DESKTOP_PACKAGES="qgis tigervnc-standalone-server tigervnc-tools websockify novnc xvfb dbus-x11 xfce4 x11-utils wmctrl"
+ensure_desktop() {
+  if [ -x /usr/bin/qgis ] && [ -x /usr/bin/vncserver ] && [ -x /usr/bin/Xtigervnc ] \
+    && [ -x /usr/bin/xfce4-session ] && [ -x /usr/bin/dbus-launch ] \
+    && [ -x /usr/bin/wmctrl ] && [ -x /usr/bin/xwininfo ]; then
+    return 0
+  fi
+  log "installing the QGIS desktop (Debian packages, ~1 GB: $DESKTOP_PACKAGES)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q || true
+  # shellcheck disable=SC2086
+  apt-get install -y -q $DESKTOP_PACKAGES >/dev/null \
+    || { apt-get update -q && apt-get install -y -q $DESKTOP_PACKAGES >/dev/null; }
+}
+ensure_desktop
+
 # Tests that need a peer read this and fail (never skip) when it is set and the peer is missing.
 export ATELIER_PEERS=1
 

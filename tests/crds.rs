@@ -1362,7 +1362,7 @@ fn every_example_parses_into_the_rust_types_and_is_admitted() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     let expected: BTreeMap<String, usize> = [
         ("BatchJob", 2),
-        ("DataSource", 5),
+        ("DataSource", 6),
         ("NodePool", 3),
         ("Workspace", 2),
         ("WorkspaceProfile", 4),
@@ -1449,6 +1449,21 @@ fn the_examples_fit_together() {
             );
         }
     }
+
+    // A desktop's data sources exist, and the qgis profile shows an OGC-only source.
+    for p in &profiles {
+        for ds in p.spec.desktop.iter().flat_map(|d| &d.data_sources) {
+            assert!(source(ds).is_some(), "{}: desktop source {ds}", name_of(p));
+        }
+    }
+    let desktop = profile("qgis-desktop").and_then(|p| p.spec.desktop.as_ref());
+    assert!(
+        desktop.is_some_and(|d| d
+            .data_sources
+            .iter()
+            .any(|ds| source(ds).is_some_and(|s| s.spec.ogc.is_some()))),
+        "the qgis profile shows an OGC source"
+    );
 
     for ws in &workspaces {
         let name = name_of(ws);
@@ -1629,6 +1644,9 @@ const REQUIRED_INVALID: &[&str] = &[
     "datasource-duplicate-group.yaml",
     "datasource-csi-mode-typo.yaml",
     "datasource-stac-not-url.yaml",
+    "datasource-ogc-empty.yaml",
+    "datasource-ogc-not-url.yaml",
+    "profile-desktop-bad-name.yaml",
     "workspace-gputype-without-gpus.yaml",
     "workspace-uppercase-user.yaml",
     "workspace-bad-memory.yaml",

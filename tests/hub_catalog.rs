@@ -212,7 +212,7 @@ async fn catalog_flag_loads_the_examples_and_names_a_bad_file() {
     let c = hub.config.catalog.get();
     assert_eq!(
         (c.profiles.len(), c.pools.len(), c.data_sources.len()),
-        (4, 3, 5)
+        (4, 3, 6)
     );
 
     // A multi-document file with a mistake: the error names the file, document and field.

@@ -29,6 +29,7 @@
 //! network instead). Neither the environment nor the files are ever logged.
 
 mod dask;
+mod desktop;
 mod jobs;
 mod proc;
 
@@ -425,6 +426,9 @@ impl LocalBackend {
         let data_env = write_data_files(&data_dir, &request.files).map_err(|e| {
             anyhow::anyhow!("writing the data files into {}: {e}", data_dir.display())
         })?;
+        let file_names: Vec<&str> = request.files.keys().map(String::as_str).collect();
+        let desktop_env = desktop::prepare(request.kind, &file_names, &data_dir)
+            .map_err(|e| anyhow::anyhow!("writing the desktop's session script: {e}"))?;
         if !request.files.is_empty() {
             send(
                 progress,
@@ -481,6 +485,7 @@ impl LocalBackend {
         base_env.extend(self.config.env.clone());
         base_env.extend(request.env.clone());
         base_env.extend(data_env);
+        base_env.extend(desktop_env);
         let mut command = Command::new(&argv[0]);
         command
             .args(&argv[1..])

@@ -23,12 +23,17 @@ use crate::api::v1alpha1::WorkspaceKind;
 /// The files of a workspace's data sources the local backend writes (`SpawnRequest::files`),
 /// each with the variable that points the clients at it: the Intake catalogue
 /// (`policy::data::intake_catalog`), the iRODS client environment
-/// (`policy::data::irods_environment`) and its `.irodsA` password file
-/// (`policy::data::irods_auth_file`).
-pub const DATA_FILES: [(&str, &str); 3] = [
+/// (`policy::data::irods_environment`), its `.irodsA` password file
+/// (`policy::data::irods_auth_file`), and a QGIS desktop's seed (`policy::desktop`), read by
+/// QGIS from `QGIS_GLOBAL_SETTINGS_FILE`.
+pub const DATA_FILES: [(&str, &str); 4] = [
     (DATA_CATALOG_FILE, crate::policy::data::CATALOG_ENV),
     (IRODS_ENVIRONMENT_FILE, "IRODS_ENVIRONMENT_FILE"),
     (IRODS_AUTHENTICATION_FILE, "IRODS_AUTHENTICATION_FILE"),
+    (
+        crate::policy::desktop::SETTINGS_FILE,
+        crate::policy::desktop::SETTINGS_ENV,
+    ),
 ];
 /// The Intake catalogue of a workspace's data sources.
 pub const DATA_CATALOG_FILE: &str = "catalog.yaml";

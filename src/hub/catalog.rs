@@ -30,7 +30,8 @@
 //! cluster's, and the operator checks them.
 //!
 //! What a local workspace gets of its data sources (environment, Intake catalogue, iRODS files)
-//! is [`Catalog::local_data`], from `policy::data` with the values read from these Secrets.
+//! is [`Catalog::local_data`], from `policy::data` with the values read from these Secrets, and
+//! for a QGIS desktop its seed (`policy::desktop`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -42,7 +43,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::v1alpha1::{DataSource, NodePool, PoolPurpose, ResourceRequest, WorkspaceProfile};
+use crate::api::v1alpha1::{
+    DataSource, DataSourceSpec, NodePool, PoolPurpose, ResourceRequest, WorkspaceKind,
+    WorkspaceProfile,
+};
 use crate::backend::kubernetes::{SpecError, build_workspace, groups_annotation, workspace_name};
 use crate::backend::{
     DATA_CATALOG_FILE, DATA_FILES, IRODS_AUTHENTICATION_FILE, IRODS_ENVIRONMENT_FILE, LocalDask,
@@ -50,6 +54,7 @@ use crate::backend::{
 };
 use crate::config::OperatorConfig;
 use crate::policy::data::{self as data, DataPaths, EnvValue};
+use crate::policy::desktop;
 use crate::policy::workspace::validate;
 use crate::policy::workspace::{Dereferenced, Refusal, ValidatedWorkspace, parse_groups, reason};
 use crate::policy::{self, allowed, names};
@@ -136,7 +141,7 @@ pub struct LocalData {
     /// variables of the files ([`DATA_FILES`]: the backend points them at where it writes them).
     pub env: BTreeMap<String, String>,
     /// The files, by name ([`DATA_CATALOG_FILE`], [`IRODS_ENVIRONMENT_FILE`],
-    /// [`IRODS_AUTHENTICATION_FILE`]).
+    /// [`IRODS_AUTHENTICATION_FILE`], and a QGIS desktop's `policy::desktop::SETTINGS_FILE`).
     pub files: BTreeMap<String, String>,
     /// The s3 endpoints, by source.
     pub endpoints: Vec<DataEndpoint>,
@@ -213,7 +218,8 @@ pub struct DataSourceChoice {
     pub name: String,
     /// Its description.
     pub description: String,
-    /// `s3`, `irods`, `nfs`, `pvc`, or `stac` (a STAC catalogue only).
+    /// `s3`, `irods`, `nfs`, `pvc`, `stac` (a STAC catalogue only) or `ogc` (OGC services
+    /// only: connections of a QGIS desktop).
     pub kind: &'static str,
     /// Where it appears in the workspace.
     pub mount_path: String,
@@ -361,8 +367,10 @@ fn source_kind(d: &DataSource) -> &'static str {
         "nfs"
     } else if s.pvc.is_some() {
         "pvc"
-    } else {
+    } else if s.stac.is_some() {
         "stac"
+    } else {
+        "ogc"
     }
 }
 
@@ -805,12 +813,22 @@ impl Catalog {
         let deref = Dereferenced {
             profile: self.profile(&ws.spec.profile).cloned(),
             pools: self.pools.clone(),
-            data_sources: self
-                .data_sources
-                .iter()
-                .filter(|d| ws.spec.data_sources.contains(&d.name_any()))
-                .cloned()
-                .collect(),
+            data_sources: {
+                // The spec's sources, and the profile's desktop ones (`policy::desktop`).
+                let desktop = self
+                    .profile(&ws.spec.profile)
+                    .and_then(|p| p.spec.desktop.as_ref())
+                    .map(|d| d.data_sources.as_slice())
+                    .unwrap_or_default();
+                self.data_sources
+                    .iter()
+                    .filter(|d| {
+                        let name = d.name_any();
+                        ws.spec.data_sources.contains(&name) || desktop.contains(&name)
+                    })
+                    .cloned()
+                    .collect()
+            },
             groups,
             token: String::new(),
             credential_secrets: match credentials {
@@ -845,8 +863,11 @@ impl Catalog {
     /// first irods source the iRODS environment ([`IRODS_ENVIRONMENT_FILE`], the Secret's
     /// user, else `anonymous`) and, with credentials, its password file
     /// ([`IRODS_AUTHENTICATION_FILE`], obfuscated for `uid`, the uid the server runs under,
-    /// with modification time `mtime`), and the s3 endpoints. The user's groups are the
-    /// request's, as the operator reads them (see [`check`](Self::check)).
+    /// with modification time `mtime`), the s3 endpoints, and for a `qgis` workspace the QGIS
+    /// desktop's seed (`policy::desktop::SETTINGS_FILE`: its mounted sources as favourites,
+    /// its own and the profile's `desktop.dataSources`' OGC services as connections; no
+    /// credentials). The user's groups are the request's, as the operator reads them (see
+    /// [`check`](Self::check)).
     pub fn local_data(
         &self,
         request: &SpawnRequest,
@@ -855,11 +876,11 @@ impl Catalog {
         mtime: u32,
     ) -> Result<LocalData, CheckError> {
         let Some(ws) = self.validated(request, default_profile, CredentialsFrom::Catalog)? else {
-            return Ok(LocalData::default());
+            return Ok(desktop_seed(request.kind, &[], &[]));
         };
         let sources = &ws.data_sources;
         if sources.is_empty() {
-            return Ok(LocalData::default());
+            return Ok(desktop_seed(ws.kind, &[], &ws.desktop_sources));
         }
         let groups = &ws.groups;
         let refused = |message: String| {
@@ -920,6 +941,8 @@ impl Catalog {
             DATA_CATALOG_FILE.to_owned(),
             data::intake_catalog(sources, groups, false),
         );
+        out.files
+            .extend(desktop_seed(ws.kind, sources, &ws.desktop_sources).files);
         if let Some((name, spec, irods)) = sources
             .iter()
             .find_map(|(n, s)| s.irods.as_ref().map(|i| (n, s, i)))
@@ -953,6 +976,25 @@ impl Catalog {
             .collect();
         Ok(out)
     }
+}
+
+/// The QGIS desktop's seed ([`desktop::SETTINGS_FILE`], `policy::desktop`) of a workspace of
+/// `kind` with its `own` data sources and the profile's `desktop` ones: the file alone for a
+/// `qgis` workspace (even without data: QGIS then starts from its own defaults), nothing for
+/// another kind.
+fn desktop_seed(
+    kind: WorkspaceKind,
+    own: &[(String, DataSourceSpec)],
+    extra: &[(String, DataSourceSpec)],
+) -> LocalData {
+    let mut out = LocalData::default();
+    if kind == WorkspaceKind::Qgis {
+        out.files.insert(
+            desktop::SETTINGS_FILE.to_owned(),
+            desktop::global_settings(own, extra),
+        );
+    }
+    out
 }
 
 impl Catalog {
@@ -1261,6 +1303,7 @@ mod tests {
                 "DataSource/vo-scratch",
                 "DataSource/argo-s3",
                 "DataSource/earth-search",
+                "DataSource/thredds-ocean",
             ]
         );
         // The same file alone (a single multi-document file).
@@ -1340,7 +1383,7 @@ mod tests {
             .iter()
             .map(|d| d.name.as_str())
             .collect();
-        assert_eq!(sources, ["sentinel-2-l2a", "earth-search"]);
+        assert_eq!(sources, ["sentinel-2-l2a", "earth-search", "thredds-ocean"]);
 
         let ocean = c.choices_for(&groups(&["ocean-physics"]));
         let gpu = ocean.iter().find(|p| p.name == "gpu-ml").expect("gpu-ml");
@@ -1354,7 +1397,15 @@ mod tests {
         assert_eq!(gpu.max_gpus, 2);
         assert_eq!(gpu.gpu_types, ["a100", "v100"]);
         let sources: Vec<&str> = gpu.data_sources.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(sources, ["sentinel-2-l2a", "argo-floats", "earth-search"]);
+        assert_eq!(
+            sources,
+            [
+                "sentinel-2-l2a",
+                "argo-floats",
+                "earth-search",
+                "thredds-ocean"
+            ]
+        );
 
         let vo = c.choices_for(&groups(&["vo.example.org"]));
         assert!(!vo.iter().any(|p| p.name == "gpu-ml"));
@@ -1567,6 +1618,117 @@ stringData:
         c.add_yaml(Path::new("data.yaml"), DATA)
             .expect("DATA loads");
         c
+    }
+
+    /// [`DATA`] plus a QGIS profile showing two more sources, one of them for vo-ocean only.
+    fn desktop_catalog() -> Catalog {
+        let mut c = data_catalog();
+        c.add_yaml(
+            Path::new("desktop.yaml"),
+            r#"
+apiVersion: atelier.dev/v1alpha1
+kind: WorkspaceProfile
+metadata: {name: desk}
+spec:
+  displayName: Desk
+  image: "qgis:1"
+  kind: qgis
+  desktop: {dataSources: [thredds, ocean-maps, nowhere]}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: thredds}
+spec: {ogc: {wms: "https://thredds.example.org/wms", wcs: "https://thredds.example.org/wcs"}}
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: ocean-maps}
+spec:
+  ogc: {wmts: "https://maps.example.org/wmts?SERVICE=WMTS&REQUEST=GetCapabilities"}
+  allowedGroups: [vo-ocean]
+---
+apiVersion: atelier.dev/v1alpha1
+kind: DataSource
+metadata: {name: scratch}
+spec: {nfs: {server: nfs.example.org, path: /x}, mountPath: /scratch}
+"#,
+        )
+        .expect("the desktop catalogue loads");
+        c
+    }
+
+    #[test]
+    fn a_desktop_gets_its_seed_and_other_kinds_none() {
+        let c = desktop_catalog();
+        let seed = |groups: &[&str], options: Value| -> Option<String> {
+            c.local_data(&request(groups, options), "lab", 1000, 0)
+                .expect("local data")
+                .files
+                .get(desktop::SETTINGS_FILE)
+                .cloned()
+        };
+        // Without data sources of its own: the profile's it may use, OGC services only.
+        let alone = seed(&[], json!({"profile": "desk"})).expect("a seed");
+        assert_eq!(
+            alone,
+            desktop::global_settings(
+                &[],
+                &[(
+                    "thredds".into(),
+                    c.data_sources
+                        .iter()
+                        .find(|d| d.name_any() == "thredds")
+                        .unwrap()
+                        .spec
+                        .clone()
+                )]
+            )
+        );
+        assert!(alone.contains("connections-wms\\thredds\\url="), "{alone}");
+        assert!(
+            !alone.contains("ocean-maps"),
+            "forbidden: left out\n{alone}"
+        );
+        // A member of vo-ocean with an s3 source and an nfs one: the favourite, both desktop
+        // sources, and none of the s3 Secret's values or names.
+        let options = json!({"profile": "desk", "dataSources": ["argo", "scratch"]});
+        let full = c
+            .local_data(&request(&["vo-ocean"], options), "lab", 1000, 0)
+            .expect("local data");
+        let text = &full.files[desktop::SETTINGS_FILE];
+        assert!(text.contains("ocean-maps%20%28WMTS%29"), "{text}");
+        assert!(text.contains("favourites=\"/scratch|||scratch\""), "{text}");
+        for secret in ["AKIAOCEAN", "ocean-secret-value", "ocean-s3"] {
+            assert!(!text.contains(secret), "{secret} in\n{text}");
+        }
+        // The credentials are still the environment's.
+        assert_eq!(full.env["AWS_SECRET_ACCESS_KEY"], "ocean-secret-value");
+        assert!(full.files.contains_key(DATA_CATALOG_FILE));
+        // Another kind: no seed, with or without data.
+        assert_eq!(seed(&[], json!({"profile": "lab"})), None);
+        assert_eq!(
+            seed(
+                &["vo-ocean"],
+                json!({"profile": "lab", "dataSources": ["argo"]})
+            ),
+            None
+        );
+        // Without a catalogue, the request's kind decides.
+        let mut r = request(&[], json!({}));
+        r.kind = WorkspaceKind::Qgis;
+        let files = Catalog::default()
+            .local_data(&r, "lab", 1000, 0)
+            .unwrap()
+            .files;
+        assert_eq!(files.keys().collect::<Vec<_>>(), [desktop::SETTINGS_FILE]);
+        r.kind = WorkspaceKind::Jupyter;
+        assert!(
+            Catalog::default()
+                .local_data(&r, "lab", 1000, 0)
+                .unwrap()
+                .files
+                .is_empty()
+        );
     }
 
     #[test]

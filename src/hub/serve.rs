@@ -19,7 +19,8 @@ use crate::store::{self, NewToken, Store, StoreError, TokenOwner};
 
 /// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found: the same
 /// pins as the test peers (`.ci/peers-requirements.txt`; a test keeps them in step).
-const SINGLEUSER_REQUIREMENTS: &str = "jupyterhub==6.1.1\njupyterlab==4.6.6\n";
+const SINGLEUSER_REQUIREMENTS: &str = "jupyterhub==6.1.1\njupyterlab==4.6.6\n\
+jupyter-server-proxy==4.6.0\njupyter-remote-desktop-proxy==3.0.1\n";
 
 /// Which backend runs the servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod batch;
 pub mod caps;
 pub mod data;
+pub mod desktop;
 pub mod groups;
 pub mod names;
 pub mod quantity;

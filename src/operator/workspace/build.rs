@@ -31,6 +31,10 @@
 //! - with an irods source, the in-memory emptyDir [`IRODS_VOLUME`] at [`IRODS_DIR`], which the init
 //!   container [`IRODS_INIT_CONTAINER`] fills with the iRODS client's environment file and
 //!   `.irodsA` ([`crate::policy::data::IRODS_INIT_SCRIPT`]).
+//! - for a QGIS desktop (`kind: qgis`), [`DESKTOP_VOLUME`]: the seed key of the same ConfigMap
+//!   (`crate::policy::desktop`) read-only at `policy::desktop::POD_DESKTOP_DIR`, with
+//!   `QGIS_GLOBAL_SETTINGS_FILE` pointing at it ([`desktop_settings_path`]), whether or not the
+//!   workspace has data sources.
 //!
 //! Mounts honour `readOnly`.
 //!
@@ -46,7 +50,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, CSIVolumeSource, Capabilities, ConfigMap, ConfigMapVolumeSource,
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     LimitRange, LimitRangeItem, LimitRangeSpec, LocalObjectReference, NFSVolumeSource, Namespace,
     ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, Pod, PodSecurityContext, PodSpec,
@@ -69,9 +73,11 @@ use super::{
 };
 use crate::api::v1alpha1::{
     CsiMode, CsiSpec, DataSourceSpec, DesiredState, HomeReclaim, NodePool, PoolPurpose, SecretRef,
+    WorkspaceKind,
 };
 use crate::config::OperatorConfig;
 use crate::policy::data::{self, DataPaths, EnvValue};
+use crate::policy::desktop;
 use crate::policy::workspace::{EffectiveResources, HomeVolume};
 use crate::policy::{
     DEFAULT_CPU, DEFAULT_MEMORY, allowed, format_bytes, format_cpu_cores, format_cpu_millis, names,
@@ -116,6 +122,8 @@ pub const DATA_DIR: &str = crate::policy::data::POD_CATALOG_DIR;
 pub const CATALOG_KEY: &str = "catalog.yaml";
 /// Name of the catalogue's volume in the pod.
 pub const CATALOG_VOLUME: &str = "atelier-data";
+/// Name of a QGIS desktop's seed volume in the pod.
+pub const DESKTOP_VOLUME: &str = "atelier-desktop";
 /// Directory of the iRODS client's files in the pod (an emptyDir).
 pub const IRODS_DIR: &str = crate::policy::data::POD_IRODS_DIR;
 /// Name of the emptyDir holding the iRODS client's files.
@@ -645,10 +653,14 @@ pub(crate) fn env_var(name: String, value: EnvValue) -> EnvVar {
 /// The data sources' variables ([`data::data_env`] for the owner's groups, files at
 /// [`data_paths`]).
 fn data_env(v: &ValidatedWorkspace) -> Vec<EnvVar> {
-    data::data_env(&v.data_sources, &v.groups, &data_paths())
+    let mut vars: Vec<EnvVar> = data::data_env(&v.data_sources, &v.groups, &data_paths())
         .into_iter()
         .map(|(name, value)| env_var(name, value))
-        .collect()
+        .collect();
+    if v.kind == WorkspaceKind::Qgis {
+        vars.push(plain(desktop::SETTINGS_ENV, desktop_settings_path()));
+    }
+    vars
 }
 
 /// How a CSI source is attached: `Ephemeral` or `Persistent` (never `Auto`). `Auto` is
@@ -760,12 +772,12 @@ fn data_access_mode(spec: &DataSourceSpec) -> &'static str {
 }
 
 /// Volumes and mounts of the data sources, in name order, then the catalogue and the iRODS
-/// files (see the module documentation).
+/// files, then a QGIS desktop's seed (see the module documentation).
 fn data_volumes(
     v: &ValidatedWorkspace,
     csi_drivers: Option<&BTreeMap<String, Vec<String>>>,
 ) -> (Vec<Volume>, Vec<VolumeMount>) {
-    data_volumes_for(
+    let (mut volumes, mut mounts) = data_volumes_for(
         &DataOwner {
             name: &v.name,
             catalog: catalog_config_map_name(&v.name),
@@ -773,7 +785,34 @@ fn data_volumes(
             groups: &v.groups,
         },
         csi_drivers,
-    )
+    );
+    if v.kind == WorkspaceKind::Qgis {
+        volumes.push(Volume {
+            name: DESKTOP_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: catalog_config_map_name(&v.name),
+                items: Some(vec![KeyToPath {
+                    key: desktop::SETTINGS_FILE.to_owned(),
+                    path: desktop::SETTINGS_FILE.to_owned(),
+                    mode: None,
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: DESKTOP_VOLUME.to_owned(),
+            mount_path: desktop::POD_DESKTOP_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    (volumes, mounts)
+}
+
+/// Where a QGIS desktop's pod reads its seed ([`desktop::SETTINGS_ENV`]).
+pub fn desktop_settings_path() -> String {
+    format!("{}/{}", desktop::POD_DESKTOP_DIR, desktop::SETTINGS_FILE)
 }
 
 /// Who mounts the data sources: a Workspace, or a BatchJob (`operator::batchjob::build`).
@@ -1104,17 +1143,28 @@ pub fn build_data_claim(
 
 /// The ConfigMap [`catalog_config_map_name`] holding the workspace's Intake catalogue under
 /// [`CATALOG_KEY`] ([`data::intake_catalog`] for the owner's groups, mounted sources read from
-/// their mount paths), owned by the Workspace; `None` without data sources.
+/// their mount paths) and, for a QGIS desktop, its seed under [`desktop::SETTINGS_FILE`]
+/// ([`desktop::global_settings`]), owned by the Workspace; `None` when it would hold nothing.
 pub fn build_catalog_config_map(v: &ValidatedWorkspace) -> Option<ConfigMap> {
-    if v.data_sources.is_empty() {
+    let mut data = BTreeMap::new();
+    if !v.data_sources.is_empty() {
+        data.insert(
+            CATALOG_KEY.to_owned(),
+            data::intake_catalog(&v.data_sources, &v.groups, true),
+        );
+    }
+    if v.kind == WorkspaceKind::Qgis {
+        data.insert(
+            desktop::SETTINGS_FILE.to_owned(),
+            desktop::global_settings(&v.data_sources, &v.desktop_sources),
+        );
+    }
+    if data.is_empty() {
         return None;
     }
     Some(ConfigMap {
         metadata: meta(v, catalog_config_map_name(&v.name), true),
-        data: Some(BTreeMap::from([(
-            CATALOG_KEY.to_owned(),
-            data::intake_catalog(&v.data_sources, &v.groups, true),
-        )])),
+        data: Some(data),
         ..ConfigMap::default()
     })
 }

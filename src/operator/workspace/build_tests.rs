@@ -1794,3 +1794,101 @@ fn irods_init_script_with_python_irodsclient() {
         "True irods.example.org 1247 tempZone alice /tempZone/home/alice /tempZone/home/public"
     );
 }
+
+/// A QGIS desktop: `every_kind`'s sources (validated), its profile's kind turned to qgis, and a
+/// desktop source with OGC services.
+fn desktop_workspace() -> ValidatedWorkspace {
+    let mut v = validated(&every_kind());
+    v.kind = crate::api::v1alpha1::WorkspaceKind::Qgis;
+    v.desktop_sources = vec![source(
+        "thredds",
+        "ogc:\n  wms: https://thredds.example.org/thredds/wms/sst.nc\n  wcs: https://thredds.example.org/thredds/wcs/sst.nc",
+    )];
+    v
+}
+
+#[test]
+fn a_desktop_gets_its_seed_from_the_catalogue_config_map_exactly() {
+    // The ConfigMap holds the catalogue and the seed; the pod mounts the seed alone, read-only,
+    // and QGIS_GLOBAL_SETTINGS_FILE points at it.
+    let v = desktop_workspace();
+    let children = data_children(&v, None);
+    let mut got = vec![to_json(children.config_map.as_ref().expect("a ConfigMap"))];
+    got.push(to_json(&build(&v, &cfg()).pod.unwrap()));
+    let want = golden(include_str!(
+        "../../../tests/fixtures/builders/desktop.objects.json"
+    ));
+    assert_eq!(got.len(), want.len());
+    for (got, want) in got.iter().zip(&want) {
+        assert_json_eq(got, want);
+    }
+    let seed = &children.config_map.unwrap().data.unwrap()[crate::policy::desktop::SETTINGS_FILE];
+    assert_eq!(
+        *seed,
+        crate::policy::desktop::global_settings(&v.data_sources, &v.desktop_sources)
+    );
+    // The seed holds no credentials: only the Secrets' names are in the workspace, never here.
+    for secret in [
+        "era5-creds",
+        "argo-creds",
+        "irods-creds",
+        "irods2-creds",
+        "AWS_",
+    ] {
+        assert!(!seed.contains(secret), "{secret} in\n{seed}");
+    }
+    assert!(seed.contains("thredds"), "{seed}");
+}
+
+#[test]
+fn a_desktop_without_data_still_gets_its_seed_and_other_kinds_none() {
+    let mut v = with_sources(&["physics"], vec![]);
+    v.kind = crate::api::v1alpha1::WorkspaceKind::Qgis;
+    let cm = build_catalog_config_map_of(&v).expect("a desktop's ConfigMap");
+    let keys: Vec<&String> = cm.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["qgis_global_settings.ini"]);
+    let pod = build(&v, &cfg()).pod.unwrap();
+    assert_eq!(
+        env_of(&pod)["QGIS_GLOBAL_SETTINGS_FILE"],
+        "/etc/atelier/desktop/qgis_global_settings.ini"
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    let volumes: Vec<&str> = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes, ["home", "atelier-desktop"]);
+    let mount = container(&pod)
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "atelier-desktop")
+        .expect("the seed's mount")
+        .clone();
+    assert_eq!(mount.mount_path, "/etc/atelier/desktop");
+    assert_eq!(mount.read_only, Some(true));
+    for kind in [
+        crate::api::v1alpha1::WorkspaceKind::Jupyter,
+        crate::api::v1alpha1::WorkspaceKind::R,
+        crate::api::v1alpha1::WorkspaceKind::Rstudio,
+    ] {
+        v.kind = kind;
+        // Even with desktop sources (validate leaves them empty for other kinds anyway).
+        v.desktop_sources = desktop_workspace().desktop_sources;
+        assert_eq!(build_catalog_config_map_of(&v), None, "{kind:?}");
+        let pod = build(&v, &cfg()).pod.unwrap();
+        assert!(!env_of(&pod).contains_key("QGIS_GLOBAL_SETTINGS_FILE"));
+        let volumes = pod.spec.unwrap().volumes.unwrap();
+        assert!(volumes.iter().all(|v| v.name != "atelier-desktop"));
+    }
+}
+
+fn build_catalog_config_map_of(
+    v: &ValidatedWorkspace,
+) -> Option<k8s_openapi::api::core::v1::ConfigMap> {
+    super::build_catalog_config_map(v)
+}

@@ -33,7 +33,9 @@ pub struct Dereferenced {
     pub profile: Option<WorkspaceProfile>,
     /// Every NodePool.
     pub pools: Vec<NodePool>,
-    /// Every DataSource named by the spec that exists (missing ones are refused by `validate`).
+    /// Every DataSource named by the spec that exists (missing ones are refused by `validate`),
+    /// and those of the profile's `desktop.dataSources` that exist (missing or forbidden ones
+    /// are left out of the desktop, not refused).
     pub data_sources: Vec<DataSource>,
     /// The owner's groups, parsed from [`GROUPS_ANNOTATION`].
     pub groups: BTreeSet<String>,
@@ -136,6 +138,10 @@ pub struct ValidatedWorkspace {
     pub pool: Option<PlacedPool>,
     /// The data sources, sorted by name.
     pub data_sources: Vec<(String, DataSourceSpec)>,
+    /// What a QGIS desktop shows besides them (`kind: qgis` only): the profile's
+    /// `desktop.dataSources` that exist and admit the owner, sorted by name, without the
+    /// workspace's own (`policy::desktop::desktop_sources`; their OGC services only).
+    pub desktop_sources: Vec<(String, DataSourceSpec)>,
     /// Profile env overlaid by workspace env.
     pub env: BTreeMap<String, String>,
     /// The home volume.

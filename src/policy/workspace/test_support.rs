@@ -79,10 +79,21 @@ pub(crate) fn deref(ws: &Workspace) -> Dereferenced {
             .into_iter()
             .find(|p| p.name_any() == ws.spec.profile),
         pools: pools(),
-        data_sources: data_sources()
-            .into_iter()
-            .filter(|d| ws.spec.data_sources.contains(&d.name_any()))
-            .collect(),
+        data_sources: {
+            let profile = profiles()
+                .into_iter()
+                .find(|p| p.name_any() == ws.spec.profile);
+            let desktop: Vec<String> = profile
+                .and_then(|p| p.spec.desktop)
+                .map(|d| d.data_sources)
+                .unwrap_or_default();
+            data_sources()
+                .into_iter()
+                .filter(|d| {
+                    ws.spec.data_sources.contains(&d.name_any()) || desktop.contains(&d.name_any())
+                })
+                .collect()
+        },
         groups: parse_groups(ws.annotations().get(GROUPS_ANNOTATION).map(String::as_str)),
         token: TOKEN.to_owned(),
         credential_secrets: None,

@@ -226,6 +226,10 @@ pub fn validate(
         &home.mount_path,
     )?;
 
+    // 6b. What a desktop shows besides them (left out, never refused).
+    let desktop_sources =
+        policy::desktop::desktop_sources(kind, pspec, &deref.data_sources, groups, &data_sources);
+
     // 7. Pool.
     let pool_request = PoolRequest {
         explicit: spec.node_pool.as_deref(),
@@ -274,6 +278,7 @@ pub fn validate(
         pool: pool.map(|p| place(p, &resources)),
         resources,
         data_sources,
+        desktop_sources,
         env,
         home,
         desired_state: spec.desired_state,
@@ -677,6 +682,10 @@ pub(crate) fn data_sources(
         (
             policy::data::POD_IRODS_DIR.to_owned(),
             "the iRODS client's files".to_owned(),
+        ),
+        (
+            policy::desktop::POD_DESKTOP_DIR.to_owned(),
+            "the QGIS desktop's settings".to_owned(),
         ),
     ]);
     mounts.insert(normalize_path(home_mount), "the home volume".to_owned());

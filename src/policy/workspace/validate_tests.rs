@@ -85,6 +85,7 @@ fn default_workspace_resolves_every_default() {
             priority_class_name: None,
         }),
         data_sources: vec![],
+        desktop_sources: vec![],
         env: map(&[
             ("PIP_INDEX_URL", "https://pypi.example.org/simple"),
             ("TZ", "UTC"),
@@ -1252,4 +1253,49 @@ fn the_pool_fixture_parses_as_expected() {
     let gpu = p.spec.gpu.expect("gpu");
     assert_eq!(gpu.resource_name, "nvidia.com/gpu", "default resource name");
     assert_eq!(gpu.type_label, "atelier.dev/gpu-type", "default type label");
+}
+
+#[test]
+fn a_desktop_shows_the_profiles_sources_the_user_may_use_and_leaves_out_the_rest() {
+    use crate::api::v1alpha1::DesktopProfile;
+    let mut ws = workspace("alice");
+    ws.spec.data_sources = vec!["team-shared".into()];
+    let mut d = deref(&ws);
+    let every = super::test_support::data_sources();
+    d.data_sources = every.clone();
+    let profile = d.profile.as_mut().expect("profile");
+    profile.spec.desktop = Some(DesktopProfile {
+        data_sources: vec![
+            "scratch".into(),        // alice is in physics: shown
+            "secret-archive".into(), // admins only: left out
+            "missing".into(),        // does not exist: left out
+            "team-shared".into(),    // her own already: not twice
+        ],
+    });
+    let desktop = |d: &Dereferenced| -> Vec<String> {
+        validate(&ws, d, &cfg())
+            .expect("validates")
+            .desktop_sources
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    // A jupyter workspace shows no desktop.
+    assert!(desktop(&d).is_empty());
+    d.profile.as_mut().unwrap().spec.kind = WorkspaceKind::Qgis;
+    assert_eq!(desktop(&d), ["scratch"]);
+    let v = validate(&ws, &d, &cfg()).unwrap();
+    assert_eq!(v.kind, WorkspaceKind::Qgis);
+    let own: Vec<&str> = v.data_sources.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        own,
+        ["team-shared"],
+        "the desktop's sources are not mounted"
+    );
+    // Bob (chemistry) may not use scratch: nothing more, and no refusal.
+    let bob = with_groups(ws.clone(), "chemistry");
+    let mut d = d.clone();
+    d.groups = BTreeSet::from(["chemistry".to_owned()]);
+    let v = validate(&bob, &d, &cfg()).expect("a forbidden desktop source is no refusal");
+    assert!(v.desktop_sources.is_empty());
 }

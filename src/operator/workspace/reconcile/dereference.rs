@@ -129,8 +129,15 @@ pub(crate) fn cached_inputs(
         .map(|p| p.as_ref().clone())
         .collect();
     pools.sort_by_key(ResourceExt::name_any);
+    // The spec's sources, then the profile's desktop ones (a desktop shows their OGC services).
+    let desktop = profile
+        .as_ref()
+        .and_then(|p| p.spec.desktop.as_ref())
+        .map(|d| d.data_sources.as_slice())
+        .unwrap_or_default();
     let data_sources: Vec<DataSource> = data_sources
         .iter()
+        .chain(desktop.iter().filter(|n| !data_sources.contains(n)))
         .filter_map(|name| cached_cluster(&caches.data_sources, name))
         .collect();
     let credential_secrets: BTreeSet<String> = data_sources
