@@ -30,6 +30,7 @@
 
 mod dask;
 mod jobs;
+pub mod kinds;
 mod proc;
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,9 +59,10 @@ pub use self::dask::{ClusterState, DaskHandle};
 pub use self::jobs::{JobRecord, LocalJobs, SYSTEM as JOBS_SYSTEM, SharedLocalJobs};
 use self::proc::Leader;
 use super::{
-    BackendError, BackendStatus, DATA_FILES, LocalDask, ProgressEvent, SpawnRequest, Spawned,
-    WorkspaceBackend,
+    BackendError, BackendStatus, DATA_FILES, LocalDask, MissingProgram, ProgressEvent,
+    SpawnRequest, Spawned, WorkspaceBackend,
 };
+use crate::api::v1alpha1::WorkspaceKind;
 use crate::policy::names;
 
 /// The single-user server JupyterHub runs by default.
@@ -252,6 +254,8 @@ pub struct LocalBackend {
     jobs: std::sync::Arc<LocalJobs>,
     /// The supervisors of their Dask clusters, by server pid.
     clusters: Mutex<HashMap<u32, Supervisor>>,
+    /// What each kind of workspace lacks here, looked up briefly ([`kinds::KindsCache`]).
+    kinds: kinds::KindsCache,
 }
 
 impl LocalBackend {
@@ -280,6 +284,7 @@ impl LocalBackend {
             children: Mutex::default(),
             jobs,
             clusters: Mutex::default(),
+            kinds: kinds::KindsCache::default(),
         }
     }
 
@@ -481,12 +486,14 @@ impl LocalBackend {
         base_env.extend(self.config.env.clone());
         base_env.extend(request.env.clone());
         base_env.extend(data_env);
+        let kind_env = self.prepare_kind(request, &argv[0], &base_env)?;
         let mut command = Command::new(&argv[0]);
         command
             .args(&argv[1..])
             .env_clear()
             .envs(base_env.iter().cloned())
             .envs(dask_env.into_iter().flatten())
+            .envs(kind_env)
             .envs(server_env(request, &prefix, port, &user_dir))
             .current_dir(&user_dir)
             .stdin(Stdio::null())
@@ -895,9 +902,69 @@ impl LocalBackend {
     }
 }
 
+/// Kinds of workspace ([`kinds`]): what each lacks here, and what a server of each gets.
+impl LocalBackend {
+    /// The environment a server would look its programs up in: the hub's variables the
+    /// backend passes on (`env_keep`), overridden by the backend's own `env`.
+    fn kinds_environment(&self) -> kinds::Environment {
+        let var = |k: &str| {
+            self.config.env.get(k).cloned().or_else(|| {
+                self.config
+                    .env_keep
+                    .iter()
+                    .any(|kept| kept == k)
+                    .then(|| std::env::var(k).ok())
+                    .flatten()
+            })
+        };
+        kinds::Environment::of(self.program(), var)
+    }
+
+    /// The server program (the first word of the command).
+    fn program(&self) -> &str {
+        self.config.command.first().map_or(SINGLEUSER_COMMAND, String::as_str)
+    }
+
+    /// Checks, afresh, that `request`'s kind can run with the server's environment `env` (the
+    /// hub checked with a cached answer; a program removed since then fails the start here,
+    /// at once, naming it), writes what the kind needs under the state directory, and returns
+    /// the kind's environment (`JUPYTERHUB_DEFAULT_URL` unless the request sets one; for `r`
+    /// the `ir` kernel's `JUPYTER_PATH` and `JUPYTER_CONFIG_PATH`).
+    fn prepare_kind(
+        &self,
+        request: &SpawnRequest,
+        program: &str,
+        env: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, BackendError> {
+        let var = |k: &str| env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let environment = kinds::Environment::of(program, var);
+        let missing = environment.missing(request.kind);
+        if !missing.is_empty() {
+            return Err(BackendError::SpawnFailed(kinds::describe_missing(
+                request.kind,
+                &missing,
+            )));
+        }
+        let vars = kinds::prepare(&self.config.state_dir, request.kind, &environment, var)
+            .map_err(|e| {
+                anyhow::anyhow!("preparing a {} workspace: {e}", request.kind.as_str())
+            })?;
+        Ok(vars
+            .into_iter()
+            .filter(|(k, _)| {
+                k != "JUPYTERHUB_DEFAULT_URL" || !request.env.contains_key("JUPYTERHUB_DEFAULT_URL")
+            })
+            .collect())
+    }
+}
+
 impl WorkspaceBackend for LocalBackend {
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn missing_programs(&self, kind: WorkspaceKind) -> Vec<MissingProgram> {
+        self.kinds.missing(kind, || self.kinds_environment())
     }
 
     fn local_jobs(&self) -> Option<std::sync::Arc<LocalJobs>> {

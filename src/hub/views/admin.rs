@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{Page, PageError, hub_path, see_other, server_url, url_encode};
 use crate::hub::HubState;
+use crate::hub::spawner;
 use crate::hub::auth::login::normalize_username;
 use crate::hub::auth::session::safe_next;
 use crate::hub::auth::session::{CsrfForm, LoggedIn};
@@ -135,7 +136,8 @@ pub async fn page(
         .insert("last", &last)
         .insert("previous", &previous)
         .insert("next", &next)
-        .insert("here", &here))
+        .insert("here", &here)
+        .insert("hidden_profiles", &spawner::hidden_profiles(&hub)))
 }
 
 async fn audit(
