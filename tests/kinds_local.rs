@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use atelier::store::tokens::generate_token;
@@ -29,7 +30,11 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::hub::peers_venv;
+use atelier::backend::local::{LocalBackend, LocalConfig};
+use atelier::backend::WorkspaceBackend;
+use atelier::hub::catalog::{Catalog, SharedCatalog};
+use atelier::store::Store;
+use common::hub::{Served, TestBackend, bind, dev_login_config, peers_venv};
 use common::kernel::Kernel;
 use common::stack::{Deadline, Proc, free_port};
 use common::story;
@@ -403,4 +408,92 @@ async fn r_and_kinds_that_cannot_run_on_postgres() {
         return;
     };
     story(what, db).await;
+}
+
+/// The pages, with no peer: a local backend whose servers' `PATH` is an empty directory (no R,
+/// no QGIS, no RStudio Server) hides those profiles from the spawn page, shows admins why on
+/// /hub/admin, and refuses a start from the form with a 400 naming what is missing, leaving no
+/// server row.
+async fn pages_story(db: TestDb) {
+    let dir = std::env::temp_dir().join(format!("atelier-kinds-pages-{}", &generate_token()[..12]));
+    let empty = dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut config = LocalConfig::new(dir.join("state"));
+    config.command = vec!["/nonexistent/venv/bin/jupyterhub-singleuser".into()];
+    config
+        .env
+        .insert("PATH".into(), empty.to_string_lossy().into_owned());
+    let backend = LocalBackend::new(config);
+    assert!(backend.missing_programs(atelier::api::v1alpha1::WorkspaceKind::Jupyter).is_empty());
+    let mut catalog = Catalog::default();
+    catalog
+        .add_yaml(Path::new("catalog.yaml"), &self::catalog(&dir.join("shelf"), &dir.join("gone")))
+        .unwrap();
+    let store = Store::connect(db.url()).await.expect("connect");
+    let servers: Arc<dyn WorkspaceBackend> = Arc::new(backend);
+    let web = Served::start_on(bind().await, store, TestBackend::new(), Some(servers), |base| {
+        dev_login_config(base, |c| c.catalog = SharedCatalog::new(catalog))
+    })
+    .await
+    .keeping(db);
+
+    let mut ada = web.logged_in("ada").await;
+    let page = ada.get("/hub/spawn/ada").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(r#"id="profile-lab""#), "{}", page.body);
+    for hidden in ["r", "desktop", "rstudio"] {
+        assert!(
+            !page.body.contains(&format!(r#"id="profile-{hidden}""#)),
+            "{hidden} offered: {}",
+            page.body
+        );
+    }
+    // The admin page says what is hidden and why; a user's page does not exist.
+    let mut root = web.logged_in("root").await;
+    let admin = root.get("/hub/admin").await;
+    assert_eq!(admin.status, 200, "{}", admin.body);
+    let body = admin.body.replace("&#x2F;", "/");
+    for (profile, programs) in [
+        ("r", &["R", "IRkernel (R package)", "r-cran-irkernel"][..]),
+        ("desktop", &["Xvnc", "websockify", "qgis", "tigervnc-standalone-server"][..]),
+        ("rstudio", &["rserver", "RStudio Server"][..]),
+    ] {
+        let start = body
+            .find(&format!(r#"id="hidden-{profile}""#))
+            .unwrap_or_else(|| panic!("{profile} not listed as hidden: {body}"));
+        let row = &body[start..start + body[start..].find("</tr>").unwrap()];
+        for program in programs {
+            assert!(row.contains(program), "{profile}: {program} not named: {row}");
+        }
+    }
+    assert!(!body.contains(r#"id="hidden-lab""#), "{body}");
+    let own = ada.get("/hub/admin").await;
+    assert_eq!(own.status, 403);
+
+    // A start of a hidden profile from the form: 400 naming the programs, no server row.
+    let xsrf = page.xsrf();
+    let r = ada
+        .post("/hub/spawn/ada", &[("_xsrf", &xsrf), ("profile", "desktop")])
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("Xvnc") && r.body.contains("tigervnc-standalone-server"), "{}", r.body);
+    assert!(
+        web.hub.store.get_server_by_names("ada", "").await.is_err(),
+        "a refused start left a server row"
+    );
+    drop(web);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_kinds_on_the_pages_on_sqlite() {
+    pages_story(TestDb::sqlite("kinds_pages")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_kinds_on_the_pages_on_postgres() {
+    let Some(db) = TestDb::postgres("kinds_pages", "kinds pages on PostgreSQL").await else {
+        return;
+    };
+    pages_story(db).await;
 }

@@ -324,6 +324,32 @@ mod tests {
         let choices = catalog.choices_for(&everyone);
         assert_eq!(choices.len(), 3);
         assert!(choices[0].dask.is_some());
+        // Starts pass the operator's rules: the default one, each profile, a Dask cluster.
+        let request = |options: serde_json::Value| crate::backend::SpawnRequest {
+            user: "ada".into(),
+            server: String::new(),
+            groups: Vec::new(),
+            profile: None,
+            user_options: options,
+            env: Default::default(),
+            files: Default::default(),
+            dask: None,
+            kind: Default::default(),
+        };
+        let check = |options| {
+            catalog.check(
+                &request(options),
+                DEFAULT_PROFILE,
+                super::super::catalog::CredentialsFrom::Catalog,
+            )
+        };
+        assert_eq!(check(serde_json::Value::Null).unwrap().as_deref(), Some("python"));
+        for profile in ["python", "r", "qgis"] {
+            let options = serde_json::json!({"profile": profile});
+            assert_eq!(check(options).unwrap().as_deref(), Some(profile));
+        }
+        let dask = serde_json::json!({"profile": "python", "dask": {"workers": {"min": 1, "max": 2}}});
+        assert!(catalog.local_dask(&request(dask), DEFAULT_PROFILE).unwrap().is_some());
     }
 
     #[test]
