@@ -30,8 +30,8 @@ use serde_json::{Value, json};
 
 mod common;
 
-use atelier::backend::local::{LocalBackend, LocalConfig};
 use atelier::backend::WorkspaceBackend;
+use atelier::backend::local::{LocalBackend, LocalConfig};
 use atelier::hub::catalog::{Catalog, SharedCatalog};
 use atelier::store::Store;
 use common::hub::{Served, TestBackend, bind, dev_login_config, peers_venv};
@@ -222,9 +222,7 @@ impl World {
 
     /// Creates `user` and a token that may start and use its servers.
     async fn user(&self, user: &str) -> String {
-        let (status, body) = self
-            .admin("POST", &format!("/hub/api/users/{user}"))
-            .await;
+        let (status, body) = self.admin("POST", &format!("/hub/api/users/{user}")).await;
         assert_eq!(status, 201, "create {user}: {body}");
         let scopes = json!({"note": "kinds story", "scopes": [
             format!("servers!user={user}"),
@@ -315,7 +313,10 @@ impl World {
     async fn stop(&self, user: &str, token: &str) {
         let url = format!("{}/hub/api/users/{user}/server", self.hub());
         let (status, body) = self.call("DELETE", &url, token, None).await;
-        assert!(status == 202 || status == 204, "stop {user}: {status} {body}");
+        assert!(
+            status == 202 || status == 204,
+            "stop {user}: {status} {body}"
+        );
         let deadline = Deadline::new(format!("{user}'s server to stop"), Duration::from_secs(60));
         loop {
             let v = self.model(user).await;
@@ -335,15 +336,22 @@ async fn story(what: &str, db: TestDb) {
     let ada = world.user("ada").await;
 
     // Kinds this machine (this PATH) cannot run: 400 naming what is missing, nothing started.
-    let (status, body) = world.start("ada", &ada, json!({"profile": "desktop"})).await;
+    let (status, body) = world
+        .start("ada", &ada, json!({"profile": "desktop"}))
+        .await;
     assert_eq!(status, 400, "{body}");
     for program in ["Xvnc", "websockify", "qgis", "tigervnc-standalone-server"] {
         assert!(body.contains(program), "{program} not named: {body}");
     }
     world.assert_nothing_started("ada").await;
-    let (status, body) = world.start("ada", &ada, json!({"profile": "rstudio"})).await;
+    let (status, body) = world
+        .start("ada", &ada, json!({"profile": "rstudio"}))
+        .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("rserver") && body.contains("RStudio Server"), "{body}");
+    assert!(
+        body.contains("rserver") && body.contains("RStudio Server"),
+        "{body}"
+    );
     world.assert_nothing_started("ada").await;
     // The same through a profile that lets the kind be chosen.
     let (status, body) = world
@@ -353,16 +361,27 @@ async fn story(what: &str, db: TestDb) {
     assert!(body.contains("rserver"), "{body}");
     // A mounted source whose mountPath is not on this machine.
     let (status, body) = world
-        .start("ada", &ada, json!({"profile": "r", "dataSources": ["gone"]}))
+        .start(
+            "ada",
+            &ada,
+            json!({"profile": "r", "dataSources": ["gone"]}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("dataSources") && body.contains("gone"), "{body}");
+    assert!(
+        body.contains("dataSources") && body.contains("gone"),
+        "{body}"
+    );
     world.assert_nothing_started("ada").await;
     say("kinds_local: qgis and rstudio refused, naming what is missing");
 
     // R, for real: the ir kernel, and the mounted source's CSV at its mountPath.
     let (status, body) = world
-        .start("ada", &ada, json!({"profile": "r", "dataSources": ["shelf"]}))
+        .start(
+            "ada",
+            &ada,
+            json!({"profile": "r", "dataSources": ["shelf"]}),
+        )
         .await;
     assert!(status == 201 || status == 202, "start r: {status} {body}");
     world.wait_ready("ada", &ada).await;
@@ -371,7 +390,10 @@ async fn story(what: &str, db: TestDb) {
     assert_eq!(status, 200, "{body}");
     let specs: Value = serde_json::from_str(&body).expect("kernelspecs");
     assert_eq!(specs["default"], "ir", "{specs}");
-    assert_eq!(specs["kernelspecs"]["ir"]["spec"]["language"], "R", "{specs}");
+    assert_eq!(
+        specs["kernelspecs"]["ir"]["spec"]["language"], "R",
+        "{specs}"
+    );
     let kernel = world.kernel("ada", &ada, "ir").await;
     // IRkernel shows a value as display_data: print it on stdout, which the helper reads.
     let sum = kernel.run("cat(sum(1:10))").await.expect("sum(1:10)");
@@ -399,7 +421,11 @@ async fn story(what: &str, db: TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_and_kinds_that_cannot_run_on_sqlite() {
     let db = TestDb::sqlite("kinds_local");
-    story("kinds story on SQLite (hub, proxy, jupyterhub-singleuser, R)", db).await;
+    story(
+        "kinds story on SQLite (hub, proxy, jupyterhub-singleuser, R)",
+        db,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,16 +451,27 @@ async fn pages_story(db: TestDb) {
         .env
         .insert("PATH".into(), empty.to_string_lossy().into_owned());
     let backend = LocalBackend::new(config);
-    assert!(backend.missing_programs(atelier::api::v1alpha1::WorkspaceKind::Jupyter).is_empty());
+    assert!(
+        backend
+            .missing_programs(atelier::api::v1alpha1::WorkspaceKind::Jupyter)
+            .is_empty()
+    );
     let mut catalog = Catalog::default();
     catalog
-        .add_yaml(Path::new("catalog.yaml"), &self::catalog(&dir.join("shelf"), &dir.join("gone")))
+        .add_yaml(
+            Path::new("catalog.yaml"),
+            &self::catalog(&dir.join("shelf"), &dir.join("gone")),
+        )
         .unwrap();
     let store = Store::connect(db.url()).await.expect("connect");
     let servers: Arc<dyn WorkspaceBackend> = Arc::new(backend);
-    let web = Served::start_on(bind().await, store, TestBackend::new(), Some(servers), |base| {
-        dev_login_config(base, |c| c.catalog = SharedCatalog::new(catalog))
-    })
+    let web = Served::start_on(
+        bind().await,
+        store,
+        TestBackend::new(),
+        Some(servers),
+        |base| dev_login_config(base, |c| c.catalog = SharedCatalog::new(catalog)),
+    )
     .await
     .keeping(db);
 
@@ -457,7 +494,10 @@ async fn pages_story(db: TestDb) {
     for (profile, programs) in [
         // (IRkernel itself is looked for in R's libraries, which do not depend on the PATH.)
         ("r", &["<code>R</code>", "r-base-core"][..]),
-        ("desktop", &["Xvnc", "websockify", "qgis", "tigervnc-standalone-server"][..]),
+        (
+            "desktop",
+            &["Xvnc", "websockify", "qgis", "tigervnc-standalone-server"][..],
+        ),
         ("rstudio", &["rserver", "RStudio Server"][..]),
     ] {
         let start = body
@@ -465,7 +505,10 @@ async fn pages_story(db: TestDb) {
             .unwrap_or_else(|| panic!("{profile} not listed as hidden: {body}"));
         let row = &body[start..start + body[start..].find("</tr>").unwrap()];
         for program in programs {
-            assert!(row.contains(program), "{profile}: {program} not named: {row}");
+            assert!(
+                row.contains(program),
+                "{profile}: {program} not named: {row}"
+            );
         }
     }
     assert!(!body.contains(r#"id="hidden-lab""#), "{body}");
@@ -475,10 +518,17 @@ async fn pages_story(db: TestDb) {
     // A start of a hidden profile from the form: 400 naming the programs, no server row.
     let xsrf = page.xsrf();
     let r = ada
-        .post("/hub/spawn/ada", &[("_xsrf", &xsrf), ("profile", "desktop")])
+        .post(
+            "/hub/spawn/ada",
+            &[("_xsrf", &xsrf), ("profile", "desktop")],
+        )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("Xvnc") && r.body.contains("tigervnc-standalone-server"), "{}", r.body);
+    assert!(
+        r.body.contains("Xvnc") && r.body.contains("tigervnc-standalone-server"),
+        "{}",
+        r.body
+    );
     assert!(
         web.hub.store.get_server_by_names("ada", "").await.is_err(),
         "a refused start left a server row"

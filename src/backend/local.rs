@@ -922,7 +922,10 @@ impl LocalBackend {
 
     /// The server program (the first word of the command).
     fn program(&self) -> &str {
-        self.config.command.first().map_or(SINGLEUSER_COMMAND, String::as_str)
+        self.config
+            .command
+            .first()
+            .map_or(SINGLEUSER_COMMAND, String::as_str)
     }
 
     /// Checks, afresh, that `request`'s kind can run with the server's environment `env` (the
@@ -936,7 +939,12 @@ impl LocalBackend {
         program: &str,
         env: &[(String, String)],
     ) -> Result<Vec<(String, String)>, BackendError> {
-        let var = |k: &str| env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let var = |k: &str| {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
         let environment = kinds::Environment::of(program, var);
         let missing = environment.missing(request.kind);
         if !missing.is_empty() {
@@ -946,9 +954,7 @@ impl LocalBackend {
             )));
         }
         let vars = kinds::prepare(&self.config.state_dir, request.kind, &environment, var)
-            .map_err(|e| {
-                anyhow::anyhow!("preparing a {} workspace: {e}", request.kind.as_str())
-            })?;
+            .map_err(|e| anyhow::anyhow!("preparing a {} workspace: {e}", request.kind.as_str()))?;
         Ok(vars
             .into_iter()
             .filter(|(k, _)| {

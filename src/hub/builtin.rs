@@ -165,7 +165,13 @@ pub async fn apt_plan(packages: &[&str]) -> anyhow::Result<AptPlan> {
         return Ok(AptPlan::default());
     }
     let out = tokio::process::Command::new("apt-get")
-        .args(["install", "--simulate", "-q", "-y", "--no-install-recommends"])
+        .args([
+            "install",
+            "--simulate",
+            "-q",
+            "-y",
+            "--no-install-recommends",
+        ])
         .args(packages)
         .env("LC_ALL", "C")
         .output()
@@ -205,9 +211,7 @@ fn is_root() -> bool {
 /// The venv of the server program `program` (`<venv>/bin/<program>`, with a `pyvenv.cfg`).
 pub fn venv_of(program: &str) -> Option<PathBuf> {
     let venv = Path::new(program).parent()?.parent()?;
-    venv.join("pyvenv.cfg")
-        .is_file()
-        .then(|| venv.to_owned())
+    venv.join("pyvenv.cfg").is_file().then(|| venv.to_owned())
 }
 
 /// `atelier up --install`: says what will be installed and how large it is, asks (unless
@@ -219,13 +223,24 @@ pub async fn install(
     yes: bool,
     mut confirm: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<()> {
-    let debian: Vec<&str> = what.iter().flat_map(|w| w.debian_packages()).copied().collect();
-    let pip: Vec<&str> = what.iter().flat_map(|w| w.pip_packages()).copied().collect();
+    let debian: Vec<&str> = what
+        .iter()
+        .flat_map(|w| w.debian_packages())
+        .copied()
+        .collect();
+    let pip: Vec<&str> = what
+        .iter()
+        .flat_map(|w| w.pip_packages())
+        .copied()
+        .collect();
     let plan = apt_plan(&debian).await?;
     println!();
     if plan.packages.is_empty() {
         if !debian.is_empty() {
-            println!("  Debian packages: already installed ({}).", debian.join(", "));
+            println!(
+                "  Debian packages: already installed ({}).",
+                debian.join(", ")
+            );
         }
     } else {
         println!(
@@ -287,7 +302,11 @@ pub async fn install(
             .await
             .context("running pip")?;
         if !status.success() {
-            bail!("pip install {} into {} failed: {status}", pip.join(" "), venv.display());
+            bail!(
+                "pip install {} into {} failed: {status}",
+                pip.join(" "),
+                venv.display()
+            );
         }
     }
     println!("  Installed.");
@@ -343,13 +362,22 @@ mod tests {
                 super::super::catalog::CredentialsFrom::Catalog,
             )
         };
-        assert_eq!(check(serde_json::Value::Null).unwrap().as_deref(), Some("python"));
+        assert_eq!(
+            check(serde_json::Value::Null).unwrap().as_deref(),
+            Some("python")
+        );
         for profile in ["python", "r", "qgis"] {
             let options = serde_json::json!({"profile": profile});
             assert_eq!(check(options).unwrap().as_deref(), Some(profile));
         }
-        let dask = serde_json::json!({"profile": "python", "dask": {"workers": {"min": 1, "max": 2}}});
-        assert!(catalog.local_dask(&request(dask), DEFAULT_PROFILE).unwrap().is_some());
+        let dask =
+            serde_json::json!({"profile": "python", "dask": {"workers": {"min": 1, "max": 2}}});
+        assert!(
+            catalog
+                .local_dask(&request(dask), DEFAULT_PROFILE)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

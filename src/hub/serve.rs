@@ -593,7 +593,11 @@ fn print_offer(hub: &HubState) {
     let offered: Vec<String> = catalog
         .profiles
         .iter()
-        .filter(|p| !hidden.iter().any(|h| h.name == kube::ResourceExt::name_any(*p)))
+        .filter(|p| {
+            !hidden
+                .iter()
+                .any(|h| h.name == kube::ResourceExt::name_any(*p))
+        })
         .map(|p| p.spec.display_name.clone())
         .collect();
     if !offered.is_empty() {

@@ -401,10 +401,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn tempdir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "atelier-kinds-{tag}-{}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("atelier-kinds-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -468,9 +465,8 @@ mod tests {
         };
         let program = venv.join("bin/jupyterhub-singleuser");
         let env = || Environment::of(&program.to_string_lossy(), vars(bin.clone(), rlib.clone()));
-        let missing = |k| -> Vec<String> {
-            env().missing(k).into_iter().map(|m| m.program).collect()
-        };
+        let missing =
+            |k| -> Vec<String> { env().missing(k).into_iter().map(|m| m.program).collect() };
         assert_eq!(env().python_sites, vec![site.clone()]);
         assert_eq!(
             missing(WorkspaceKind::Qgis),
@@ -535,7 +531,10 @@ mod tests {
             venv.join("lib/python3.12/site-packages")
         );
         let env = Environment::of("/x/bin/y", |_| None);
-        assert_eq!(env.path, vec![PathBuf::from("/bin"), PathBuf::from("/usr/bin")]);
+        assert_eq!(
+            env.path,
+            vec![PathBuf::from("/bin"), PathBuf::from("/usr/bin")]
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -10,10 +10,10 @@ use serde_json::json;
 
 use super::{Page, PageError, hub_path, see_other, server_url, url_encode};
 use crate::hub::HubState;
-use crate::hub::spawner;
 use crate::hub::auth::login::normalize_username;
 use crate::hub::auth::session::safe_next;
 use crate::hub::auth::session::{CsrfForm, LoggedIn};
+use crate::hub::spawner;
 use crate::scopes::{ScopeSet, Target};
 use crate::store::{AuditAction, NewAuditEvent, StoreError, User, UserQuery, UserSort};
 
