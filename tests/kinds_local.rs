@@ -549,3 +549,66 @@ async fn hidden_kinds_on_the_pages_on_postgres() {
     };
     pages_story(db).await;
 }
+
+/// The race: the hub's (cached) check saw `rserver`, then it went. The start fails at once,
+/// naming it, with no server process started, and says so in its progress.
+#[tokio::test]
+async fn a_program_removed_after_the_check_fails_the_start_at_once() {
+    use atelier::api::v1alpha1::WorkspaceKind;
+    use atelier::backend::{BackendError, SpawnRequest};
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = std::env::temp_dir().join(format!("atelier-kinds-race-{}", &generate_token()[..12]));
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let venv = dir.join("venv");
+    std::fs::create_dir_all(venv.join("lib/python3.11/site-packages/jupyter_rsession_proxy"))
+        .unwrap();
+    let rserver = bin.join("rserver");
+    std::fs::write(&rserver, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&rserver, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = LocalConfig::new(dir.join("state"));
+    // The venv's server program: never run, the start fails before.
+    config.command = vec![venv.join("bin/jupyterhub-singleuser").display().to_string()];
+    config
+        .env
+        .insert("PATH".into(), bin.to_string_lossy().into_owned());
+    let backend = LocalBackend::new(config);
+    assert_eq!(backend.missing_programs(WorkspaceKind::Rstudio), Vec::new());
+
+    std::fs::remove_file(&rserver).unwrap();
+    // The hub's view is the cached one...
+    assert_eq!(backend.missing_programs(WorkspaceKind::Rstudio), Vec::new());
+    // ...the start looks again.
+    let request = SpawnRequest {
+        user: "ada".into(),
+        server: String::new(),
+        groups: Vec::new(),
+        profile: Some("rstudio".into()),
+        user_options: Value::Null,
+        env: BTreeMap::new(),
+        files: BTreeMap::new(),
+        dask: None,
+        kind: WorkspaceKind::Rstudio,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let result = backend.start(request, tx).await;
+    match result {
+        Err(BackendError::SpawnFailed(message)) => {
+            assert!(
+                message.contains("rstudio") && message.contains("rserver (RStudio Server"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut last = None;
+    while let Some(event) = rx.recv().await {
+        last = Some(event);
+    }
+    let last = last.expect("progress");
+    assert!(last.failed && last.message.contains("rserver"), "{last:?}");
+    // No process ran: nothing recorded under run/.
+    assert!(!dir.join("state/run/ada/default.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

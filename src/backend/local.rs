@@ -24,9 +24,19 @@
 //! files 0600, created afresh before the process starts), and points their variables at them
 //! (`ATELIER_DATA_CATALOG`, `IRODS_ENVIRONMENT_FILE`, `IRODS_AUTHENTICATION_FILE`). The
 //! directory goes when the server stops, and when its start fails or is abandoned. Nothing is
-//! mounted locally: a source the operator would mount (csi, nfs, pvc) is still listed in the
-//! catalogue, at the path it would have (an s3 or irods source with `csi` is read over the
-//! network instead). Neither the environment nor the files are ever logged.
+//! mounted locally: a source the operator would mount (nfs, pvc) is the directory at its
+//! `mountPath` on this machine, which the server's processes see as any local process does (the
+//! hub refuses a start with such a source whose path is not a directory here), and the
+//! catalogue lists it at that path (an s3 or irods source with `csi` is read over the network
+//! instead). Neither the environment nor the files are ever logged.
+//!
+//! # Kinds
+//!
+//! Every server runs the same command; its kind ([`SpawnRequest::kind`]) decides where it
+//! opens (`JUPYTERHUB_DEFAULT_URL`) and what must be installed beside it. [`kinds`] holds the
+//! table of requirements per kind and their lookup, which [`LocalBackend::missing_programs`]
+//! answers from (cached briefly) and each start repeats afresh, so that a program gone since the
+//! hub's check fails the start at once, naming it.
 
 mod dask;
 mod jobs;

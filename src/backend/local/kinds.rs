@@ -275,10 +275,13 @@ fn site_dirs(prefix: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// What every kind lacks, in [`WorkspaceKind::ALL`]'s order.
+type Lookups = Vec<(WorkspaceKind, Vec<MissingProgram>)>;
+
 /// Every kind's missing requirements, looked up at most once per [`LOOKUP_TTL`].
 #[derive(Default)]
 pub struct KindsCache {
-    last: Mutex<Option<(Instant, Vec<(WorkspaceKind, Vec<MissingProgram>)>)>>,
+    last: Mutex<Option<(Instant, Lookups)>>,
 }
 
 impl KindsCache {
