@@ -596,7 +596,8 @@ async fn a_program_removed_after_the_check_fails_the_start_at_once() {
     match result {
         Err(BackendError::SpawnFailed(message)) => {
             assert!(
-                message.contains("rstudio") && message.contains("rserver (RStudio Server"),
+                message.contains("rstudio")
+                    && message.contains("rserver (provided by RStudio Server"),
                 "{message}"
             );
         }

@@ -1509,6 +1509,41 @@ mod tests {
         }
     }
 
+    /// The kind's default URL unless the request has one (`user_options.default_url`); a kind
+    /// that cannot run here is refused before anything is written for it.
+    #[test]
+    fn a_kind_sets_the_default_url_unless_the_request_does() {
+        let dir = std::env::temp_dir().join(format!("atelier-local-kind-{}", std::process::id()));
+        let backend = LocalBackend::new(LocalConfig::new(&dir));
+        let env = vec![("PATH".to_owned(), "/nonexistent".to_owned())];
+        let mut r = request("ada", "");
+        assert_eq!(
+            backend
+                .prepare_kind(&r, "/x/bin/jupyterhub-singleuser", &env)
+                .unwrap(),
+            vec![("JUPYTERHUB_DEFAULT_URL".to_owned(), "/lab".to_owned())]
+        );
+        r.env
+            .insert("JUPYTERHUB_DEFAULT_URL".into(), "/tree".into());
+        assert!(
+            backend
+                .prepare_kind(&r, "/x/bin/jupyterhub-singleuser", &env)
+                .unwrap()
+                .is_empty()
+        );
+        r.kind = WorkspaceKind::R;
+        match backend.prepare_kind(&r, "/x/bin/jupyterhub-singleuser", &env) {
+            Err(BackendError::SpawnFailed(m)) => {
+                assert!(
+                    m.contains("missing R (provided by Debian package r-base-core"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.join("kinds").exists());
+    }
+
     #[test]
     fn env_fills_in_without_overriding() {
         let mut r = request("alice", "");

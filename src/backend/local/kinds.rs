@@ -311,12 +311,12 @@ impl KindsCache {
     }
 }
 
-/// One line naming what a start of `kind` lacks: `a qgis workspace needs Xvnc (Debian package
-/// tigervnc-standalone-server ...), qgis (...)`.
+/// One line naming what a start of `kind` lacks: `a qgis workspace cannot run on this machine:
+/// missing Xvnc (provided by Debian package tigervnc-standalone-server ...), qgis (...)`.
 pub fn describe_missing(kind: WorkspaceKind, missing: &[MissingProgram]) -> String {
     let list: Vec<String> = missing
         .iter()
-        .map(|m| format!("{} ({})", m.program, m.provided_by))
+        .map(|m| format!("{} (provided by {})", m.program, m.provided_by))
         .collect();
     format!(
         "a {} workspace cannot run on this machine: missing {}",
