@@ -122,6 +122,21 @@ ensure_desktop() {
 }
 ensure_desktop
 
+# --- R with the Jupyter kernel (tests/kinds_local.rs: the `r` kind) ----------------------------
+R_PACKAGES="r-base-core r-cran-irkernel"
+ensure_r() {
+  if [ -x /usr/bin/R ] && [ -f /usr/lib/R/site-library/IRkernel/DESCRIPTION ]; then
+    return 0
+  fi
+  log "installing R and IRkernel (Debian packages: $R_PACKAGES)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q || true
+  # shellcheck disable=SC2086
+  apt-get install -y -q --no-install-recommends $R_PACKAGES >/dev/null \
+    || { apt-get update -q && apt-get install -y -q --no-install-recommends $R_PACKAGES >/dev/null; }
+}
+ensure_r
+
 # Tests that need a peer read this and fail (never skip) when it is set and the peer is missing.
 export ATELIER_PEERS=1
 

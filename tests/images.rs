@@ -12,6 +12,23 @@ const IMAGES: &[(&str, &str)] = &[
     ("qgis", "jupyterhub-singleuser"),
 ];
 
+/// Each kind of workspace (`WorkspaceKind`), the image its profiles run on Kubernetes, and what
+/// that image's `RUN`s must install for it.
+const KIND_IMAGES: &[(&str, &str, &[&str])] = &[
+    ("jupyter", "jupyter-pangeo", &["jupyterlab=="]),
+    (
+        "r",
+        "rstudio",
+        &["IRkernel", "IRkernel::installspec", "jupyterlab=="],
+    ),
+    ("rstudio", "rstudio", &["jupyter-rsession-proxy=="]),
+    (
+        "qgis",
+        "qgis",
+        &["jupyter-remote-desktop-proxy==", "jupyter-server-proxy=="],
+    ),
+];
+
 /// One instruction: keyword (upper case) and its arguments, continuation lines joined.
 #[derive(Debug, Clone, PartialEq)]
 struct Instruction {
@@ -268,4 +285,26 @@ fn the_parser_reads_continuations_stages_and_pins() {
         assignments("A=1 B_TOKEN="),
         [("A".into(), "1".into()), ("B_TOKEN".into(), String::new())]
     );
+}
+
+#[test]
+fn each_kind_has_an_image_with_its_programs() {
+    let kinds: Vec<&str> = atelier::api::v1alpha1::WorkspaceKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    let listed: Vec<&str> = KIND_IMAGES.iter().map(|(k, _, _)| *k).collect();
+    assert_eq!(listed, kinds, "every kind, in WorkspaceKind::ALL's order");
+    for (kind, image, needs) in KIND_IMAGES {
+        assert!(IMAGES.iter().any(|(name, _)| name == image), "{image}");
+        let file = load(image);
+        let runs: Vec<&str> = file.all("RUN").map(|i| i.args.as_str()).collect();
+        for need in *needs {
+            assert!(
+                runs.iter().any(|r| r.contains(need)),
+                "{}: the {kind} kind needs {need} installed",
+                file.path.display()
+            );
+        }
+    }
 }

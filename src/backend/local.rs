@@ -24,13 +24,24 @@
 //! files 0600, created afresh before the process starts), and points their variables at them
 //! (`ATELIER_DATA_CATALOG`, `IRODS_ENVIRONMENT_FILE`, `IRODS_AUTHENTICATION_FILE`). The
 //! directory goes when the server stops, and when its start fails or is abandoned. Nothing is
-//! mounted locally: a source the operator would mount (csi, nfs, pvc) is still listed in the
-//! catalogue, at the path it would have (an s3 or irods source with `csi` is read over the
-//! network instead). Neither the environment nor the files are ever logged.
+//! mounted locally: a source the operator would mount (nfs, pvc) is the directory at its
+//! `mountPath` on this machine, which the server's processes see as any local process does (the
+//! hub refuses a start with such a source whose path is not a directory here), and the
+//! catalogue lists it at that path (an s3 or irods source with `csi` is read over the network
+//! instead). Neither the environment nor the files are ever logged.
+//!
+//! # Kinds
+//!
+//! Every server runs the same command; its kind ([`SpawnRequest::kind`]) decides where it
+//! opens (`JUPYTERHUB_DEFAULT_URL`) and what must be installed beside it. [`kinds`] holds the
+//! table of requirements per kind and their lookup, which [`LocalBackend::missing_programs`]
+//! answers from (cached briefly) and each start repeats afresh, so that a program gone since the
+//! hub's check fails the start at once, naming it.
 
 mod dask;
 mod desktop;
 mod jobs;
+pub mod kinds;
 mod proc;
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,9 +70,10 @@ pub use self::dask::{ClusterState, DaskHandle};
 pub use self::jobs::{JobRecord, LocalJobs, SYSTEM as JOBS_SYSTEM, SharedLocalJobs};
 use self::proc::Leader;
 use super::{
-    BackendError, BackendStatus, DATA_FILES, LocalDask, ProgressEvent, SpawnRequest, Spawned,
-    WorkspaceBackend,
+    BackendError, BackendStatus, DATA_FILES, LocalDask, MissingProgram, ProgressEvent,
+    SpawnRequest, Spawned, WorkspaceBackend,
 };
+use crate::api::v1alpha1::WorkspaceKind;
 use crate::policy::names;
 
 /// The single-user server JupyterHub runs by default.
@@ -253,6 +265,8 @@ pub struct LocalBackend {
     jobs: std::sync::Arc<LocalJobs>,
     /// The supervisors of their Dask clusters, by server pid.
     clusters: Mutex<HashMap<u32, Supervisor>>,
+    /// What each kind of workspace lacks here, looked up briefly ([`kinds::KindsCache`]).
+    kinds: kinds::KindsCache,
 }
 
 impl LocalBackend {
@@ -281,6 +295,7 @@ impl LocalBackend {
             children: Mutex::default(),
             jobs,
             clusters: Mutex::default(),
+            kinds: kinds::KindsCache::default(),
         }
     }
 
@@ -486,12 +501,14 @@ impl LocalBackend {
         base_env.extend(request.env.clone());
         base_env.extend(data_env);
         base_env.extend(desktop_env);
+        let kind_env = self.prepare_kind(request, &argv[0], &base_env)?;
         let mut command = Command::new(&argv[0]);
         command
             .args(&argv[1..])
             .env_clear()
             .envs(base_env.iter().cloned())
             .envs(dask_env.into_iter().flatten())
+            .envs(kind_env)
             .envs(server_env(request, &prefix, port, &user_dir))
             .current_dir(&user_dir)
             .stdin(Stdio::null())
@@ -900,9 +917,75 @@ impl LocalBackend {
     }
 }
 
+/// Kinds of workspace ([`kinds`]): what each lacks here, and what a server of each gets.
+impl LocalBackend {
+    /// The environment a server would look its programs up in: the hub's variables the
+    /// backend passes on (`env_keep`), overridden by the backend's own `env`.
+    fn kinds_environment(&self) -> kinds::Environment {
+        let var = |k: &str| {
+            self.config.env.get(k).cloned().or_else(|| {
+                self.config
+                    .env_keep
+                    .iter()
+                    .any(|kept| kept == k)
+                    .then(|| std::env::var(k).ok())
+                    .flatten()
+            })
+        };
+        kinds::Environment::of(self.program(), var)
+    }
+
+    /// The server program (the first word of the command).
+    fn program(&self) -> &str {
+        self.config
+            .command
+            .first()
+            .map_or(SINGLEUSER_COMMAND, String::as_str)
+    }
+
+    /// Checks, afresh, that `request`'s kind can run with the server's environment `env` (the
+    /// hub checked with a cached answer; a program removed since then fails the start here,
+    /// at once, naming it), writes what the kind needs under the state directory, and returns
+    /// the kind's environment (`JUPYTERHUB_DEFAULT_URL` unless the request sets one; for `r`
+    /// the `ir` kernel's `JUPYTER_PATH` and `JUPYTER_CONFIG_PATH`).
+    fn prepare_kind(
+        &self,
+        request: &SpawnRequest,
+        program: &str,
+        env: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, BackendError> {
+        let var = |k: &str| {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        let environment = kinds::Environment::of(program, var);
+        let missing = environment.missing(request.kind);
+        if !missing.is_empty() {
+            return Err(BackendError::SpawnFailed(kinds::describe_missing(
+                request.kind,
+                &missing,
+            )));
+        }
+        let vars = kinds::prepare(&self.config.state_dir, request.kind, &environment, var)
+            .map_err(|e| anyhow::anyhow!("preparing a {} workspace: {e}", request.kind.as_str()))?;
+        Ok(vars
+            .into_iter()
+            .filter(|(k, _)| {
+                k != "JUPYTERHUB_DEFAULT_URL" || !request.env.contains_key("JUPYTERHUB_DEFAULT_URL")
+            })
+            .collect())
+    }
+}
+
 impl WorkspaceBackend for LocalBackend {
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn missing_programs(&self, kind: WorkspaceKind) -> Vec<MissingProgram> {
+        self.kinds.missing(kind, || self.kinds_environment())
     }
 
     fn local_jobs(&self) -> Option<std::sync::Arc<LocalJobs>> {
@@ -1429,6 +1512,41 @@ mod tests {
                 Err(BackendError::BadHandle(_))
             ));
         }
+    }
+
+    /// The kind's default URL unless the request has one (`user_options.default_url`); a kind
+    /// that cannot run here is refused before anything is written for it.
+    #[test]
+    fn a_kind_sets_the_default_url_unless_the_request_does() {
+        let dir = std::env::temp_dir().join(format!("atelier-local-kind-{}", std::process::id()));
+        let backend = LocalBackend::new(LocalConfig::new(&dir));
+        let env = vec![("PATH".to_owned(), "/nonexistent".to_owned())];
+        let mut r = request("ada", "");
+        assert_eq!(
+            backend
+                .prepare_kind(&r, "/x/bin/jupyterhub-singleuser", &env)
+                .unwrap(),
+            vec![("JUPYTERHUB_DEFAULT_URL".to_owned(), "/lab".to_owned())]
+        );
+        r.env
+            .insert("JUPYTERHUB_DEFAULT_URL".into(), "/tree".into());
+        assert!(
+            backend
+                .prepare_kind(&r, "/x/bin/jupyterhub-singleuser", &env)
+                .unwrap()
+                .is_empty()
+        );
+        r.kind = WorkspaceKind::R;
+        match backend.prepare_kind(&r, "/x/bin/jupyterhub-singleuser", &env) {
+            Err(BackendError::SpawnFailed(m)) => {
+                assert!(
+                    m.contains("missing R (provided by Debian package r-base-core"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.join("kinds").exists());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::store::Store;
 
 pub mod api;
 pub mod auth;
+pub mod builtin;
 pub mod catalog;
 pub mod error;
 pub mod jobs;

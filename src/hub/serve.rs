@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
 
+use super::builtin::{self, Installable};
 use super::catalog::{self, Catalog, SharedCatalog};
 use super::{Hub, HubConfig, HubState, ServiceConfig, router, spawner};
 use crate::backend::WorkspaceBackend;
@@ -17,10 +18,21 @@ use crate::backend::local::{
 use crate::proxy::{self, Proxy, ProxyConfig, ServiceRoute, StoreAuthorizer, StoreRoutes};
 use crate::store::{self, NewToken, Store, StoreError, TokenOwner};
 
-/// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found: the same
-/// pins as the test peers (`.ci/peers-requirements.txt`; a test keeps them in step).
-const SINGLEUSER_REQUIREMENTS: &str = "jupyterhub==6.1.1\njupyterlab==4.6.6\n\
-jupyter-server-proxy==4.6.0\njupyter-remote-desktop-proxy==3.0.1\n";
+/// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found: JupyterLab
+/// and the Pangeo stack of the built-in `python` profile, and the proxies a QGIS desktop runs
+/// behind (small; the desktop itself is Debian's, `up --install qgis`), the same pins as the test
+/// peers (`.ci/peers-requirements.txt`; a test keeps them in step).
+const SINGLEUSER_REQUIREMENTS: &str = "jupyterhub==6.1.1
+jupyterlab==4.6.6
+\
+xarray==2026.9.0
+dask[distributed,array]==2026.8.0
+zarr==3.1.6
+intake==2.0.9
+\
+jupyter-server-proxy==4.6.0
+jupyter-remote-desktop-proxy==3.0.1
+";
 
 /// Which backend runs the servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -510,9 +522,18 @@ pub struct UpArgs {
     #[arg(long)]
     pub stop_servers_on_exit: bool,
     /// The profiles, node pools and data sources users choose from, as for `atelier hub`
-    /// (default: one default profile).
+    /// (default: the built-in catalogue: Python (Pangeo), R and the QGIS desktop, each offered
+    /// when this machine can run it).
     #[arg(long, env = "ATELIER_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// Install what these kinds need before starting (comma-separated: `r`, `qgis`,
+    /// `python`): Debian packages with apt-get (as root) and pip packages into the servers'
+    /// venv. Says what and how large first, and asks.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub install: Vec<Installable>,
+    /// Do not ask before `--install` installs.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// Roles, as for `atelier hub`.
     #[arg(long, env = "ATELIER_ROLES")]
     pub roles: Option<PathBuf>,
@@ -567,6 +588,47 @@ pub async fn ensure_singleuser(data_dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(vec![own.display().to_string()])
 }
 
+/// Asks `question` on the terminal; true for `y` or `yes`.
+fn ask(question: &str) -> bool {
+    use std::io::Write as _;
+    print!("{question}");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok()
+        && matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// Which profiles the spawn page offers, and what the hidden ones lack.
+fn print_offer(hub: &HubState) {
+    let catalog = hub.config.catalog.get();
+    let hidden = spawner::hidden_profiles(hub);
+    let offered: Vec<String> = catalog
+        .profiles
+        .iter()
+        .filter(|p| {
+            !hidden
+                .iter()
+                .any(|h| h.name == kube::ResourceExt::name_any(*p))
+        })
+        .map(|p| p.spec.display_name.clone())
+        .collect();
+    if !offered.is_empty() {
+        println!("  Profiles: {}", offered.join(", "));
+    }
+    for h in hidden {
+        let programs: Vec<&str> = h.missing.iter().map(|m| m.program.as_str()).collect();
+        let hint = match h.kind {
+            "qgis" | "r" => format!("; `atelier up --install {}` installs it", h.kind),
+            _ => String::new(),
+        };
+        println!(
+            "  Not offered: {} (this machine lacks {}{hint})",
+            h.display_name,
+            programs.join(", ")
+        );
+    }
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -584,6 +646,10 @@ pub async fn run_up(mut args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let command = ensure_singleuser(&args.data_dir).await?;
+    if !args.install.is_empty() {
+        let venv = command.first().and_then(|p| builtin::venv_of(p));
+        builtin::install(&args.install, venv.as_deref(), args.yes, ask).await?;
+    }
     let database_url = format!(
         "sqlite://{}",
         args.data_dir.join("atelier.sqlite").display()
@@ -616,8 +682,19 @@ pub async fn run_up(mut args: UpArgs) -> anyhow::Result<()> {
         user_domain: args.user_domain.clone(),
         ..HubArgs::defaults()
     };
+    let hub_args = HubArgs {
+        default_profile: if args.catalog.is_none() {
+            builtin::DEFAULT_PROFILE.to_owned()
+        } else {
+            HubArgs::defaults().default_profile
+        },
+        ..hub_args
+    };
     let (password, hash) = super::auth::login::generate_admin_password();
     let hub = build_hub(&hub_args, store.clone(), Some(hash)).await?;
+    if args.catalog.is_none() {
+        hub.config.catalog.set(builtin::catalog());
+    }
 
     let proxy = Proxy::start(
         ProxyConfig {
@@ -634,6 +711,7 @@ pub async fn run_up(mut args: UpArgs) -> anyhow::Result<()> {
     println!("  Atelier is running at {public_url}/");
     println!("  Log in with any user name, or as `admin` with the password: {password}");
     println!("  (the password is new at every start; stop with Ctrl-C)");
+    print_offer(&hub);
     println!();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

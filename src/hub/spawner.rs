@@ -29,9 +29,12 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::catalog::{CheckError, CredentialsFrom, DataEndpoint};
+use kube::ResourceExt;
+
+use super::catalog::{Catalog, CheckError, CredentialsFrom, DataEndpoint};
 use super::{HubError, HubResult, HubState};
-use crate::backend::{BackendError, BackendStatus, ProgressEvent, SpawnRequest};
+use crate::api::v1alpha1::WorkspaceKind;
+use crate::backend::{BackendError, BackendStatus, MissingProgram, ProgressEvent, SpawnRequest};
 use crate::policy::names::{
     self, ServerNameRule, escape_segment, server_url, site_oauth_callback_url,
 };
@@ -475,15 +478,138 @@ pub fn check_start(
             }
             Ok(profile)
         });
-    match checked {
-        Ok(profile) => {
-            if profile.is_some() {
-                options.profile = profile;
-            }
-            Ok(options)
+    let profile = checked.map_err(|e| refusal_error(e, user, server))?;
+    if let Some(name) = &profile {
+        let kind = workspace_kind(&catalog, Some(name), &request.user_options);
+        check_kind_runs(hub, name, kind)?;
+        if local {
+            check_local_mounts(&catalog, &request.user_options)?;
         }
-        Err(e) => Err(refusal_error(e, user, server)),
     }
+    if profile.is_some() {
+        options.profile = profile;
+    }
+    Ok(options)
+}
+
+/// The kind a server of `profile` runs (see [`SpawnRequest::kind`]): the profile's, or
+/// `user_options.kind` when the profile allows an override (`allowKindOverride`; the catalogue's
+/// check refuses a different kind otherwise). Without a catalogue (or a profile it has):
+/// JupyterLab.
+pub fn workspace_kind(
+    catalog: &Catalog,
+    profile: Option<&str>,
+    user_options: &Value,
+) -> WorkspaceKind {
+    let Some(spec) = profile.and_then(|p| catalog.profile(p)).map(|p| &p.spec) else {
+        return WorkspaceKind::default();
+    };
+    let asked = user_options
+        .get("kind")
+        .and_then(|k| serde_json::from_value::<WorkspaceKind>(k.clone()).ok());
+    match asked {
+        Some(kind) if spec.allow_kind_override => kind,
+        _ => spec.kind,
+    }
+}
+
+/// 400 naming the missing programs (and what provides them) when the backend cannot run
+/// `kind`, before anything is written ([`WorkspaceBackend::missing_programs`]).
+///
+/// [`WorkspaceBackend::missing_programs`]: crate::backend::WorkspaceBackend::missing_programs
+pub fn check_kind_runs(hub: &HubState, profile: &str, kind: WorkspaceKind) -> HubResult<()> {
+    let missing = hub.backend.missing_programs(kind);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(HubError::BadRequest(format!(
+        "profile {profile} runs {}, which this hub's {} backend cannot run: missing {}",
+        kind.as_str(),
+        hub.backend.kind(),
+        describe_missing(&missing)
+    )))
+}
+
+/// A catalogue profile the spawn page hides because the backend cannot run its kind (what
+/// /hub/admin shows admins).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HiddenProfile {
+    /// The WorkspaceProfile.
+    pub name: String,
+    /// Its display name.
+    pub display_name: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// What the backend lacks to run it.
+    pub missing: Vec<MissingProgram>,
+}
+
+/// The catalogue's profiles whose kind the backend cannot run, in catalogue order.
+pub fn hidden_profiles(hub: &HubState) -> Vec<HiddenProfile> {
+    let catalog = hub.config.catalog.get();
+    catalog
+        .profiles
+        .iter()
+        .filter_map(|p| {
+            let missing = hub.backend.missing_programs(p.spec.kind);
+            (!missing.is_empty()).then(|| HiddenProfile {
+                name: p.name_any(),
+                display_name: p.spec.display_name.clone(),
+                kind: p.spec.kind.as_str(),
+                missing,
+            })
+        })
+        .collect()
+}
+
+/// Whether the backend can run the profile named `profile` (its kind lacks nothing; a name
+/// the catalogue lacks is a JupyterLab, the empty catalogue's default).
+pub fn profile_runs(hub: &HubState, catalog: &Catalog, profile: &str) -> bool {
+    let kind = catalog
+        .profile(profile)
+        .map_or(WorkspaceKind::default(), |p| p.spec.kind);
+    hub.backend.missing_programs(kind).is_empty()
+}
+
+/// `rserver (RStudio Server ...), Xvnc (Debian package ...)`.
+pub fn describe_missing(missing: &[MissingProgram]) -> String {
+    missing
+        .iter()
+        .map(|m| format!("{} (provided by {})", m.program, m.provided_by))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// On the local backend a mounted data source (nfs, pvc) is the directory at its `mountPath`
+/// on this machine: the server's processes see the machine's file system, and nothing is
+/// mounted for them. A source whose `mountPath` does not exist here is a 400 naming it, so that
+/// a workspace never starts with data it cannot see.
+fn check_local_mounts(catalog: &Catalog, user_options: &Value) -> HubResult<()> {
+    let names = user_options
+        .get("dataSources")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    for name in names {
+        let Some(source) = catalog.data_sources.iter().find(|d| d.name_any() == name) else {
+            continue;
+        };
+        let spec = &source.spec;
+        if spec.nfs.is_none() && spec.pvc.is_none() {
+            continue;
+        }
+        if let Some(path) = spec.mount_path.as_deref()
+            && !std::path::Path::new(path).is_dir()
+        {
+            return Err(HubError::BadRequest(format!(
+                "dataSources: DataSource {name} is mounted at {path}, which is not a directory on \
+                 this machine (the local backend mounts nothing: a mounted source is the \
+                 directory at its mountPath)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The answer to a start the catalogue refuses: 400 naming a malformed field, 403 naming the
@@ -597,6 +723,11 @@ async fn prepare_spawn(
             }
         }
     }
+    let kind = workspace_kind(
+        &hub.config.catalog.get(),
+        server.profile.as_deref(),
+        &server.user_options,
+    );
     let mut request = SpawnRequest {
         user: user.name.clone(),
         server: server.name.clone(),
@@ -606,7 +737,7 @@ async fn prepare_spawn(
         env,
         files: BTreeMap::new(),
         dask: None,
-        kind: Default::default(),
+        kind,
     };
     let mut endpoints = Vec::new();
     if hub.backend.kind() == "local" {

@@ -13,6 +13,7 @@ use crate::hub::HubState;
 use crate::hub::auth::login::normalize_username;
 use crate::hub::auth::session::safe_next;
 use crate::hub::auth::session::{CsrfForm, LoggedIn};
+use crate::hub::spawner;
 use crate::scopes::{ScopeSet, Target};
 use crate::store::{AuditAction, NewAuditEvent, StoreError, User, UserQuery, UserSort};
 
@@ -135,7 +136,8 @@ pub async fn page(
         .insert("last", &last)
         .insert("previous", &previous)
         .insert("next", &next)
-        .insert("here", &here))
+        .insert("here", &here)
+        .insert("hidden_profiles", &spawner::hidden_profiles(&hub)))
 }
 
 async fn audit(

@@ -371,7 +371,16 @@ fn render_spawn(
     chosen: Option<&str>,
 ) -> Result<Page, PageError> {
     let catalog = hub.config.catalog.get();
-    let choices = catalog.choices_for(&owner.groups);
+    let mut choices = catalog.choices_for(&owner.groups);
+    let open = !choices.is_empty();
+    // Profiles whose kind the backend cannot run are not offered (/hub/admin says why).
+    choices.retain(|c| spawner::profile_runs(hub, &catalog, &c.name));
+    if open && choices.is_empty() {
+        return Err(PageError::forbidden(
+            "No profile open to you can run on this hub now: an administrator sees why on the \
+             admin page.",
+        ));
+    }
     if choices.is_empty() {
         return Err(PageError::forbidden(format!(
             "No profile is open to {}: ask an administrator to add them to a group.",
