@@ -1,5 +1,6 @@
-//! What the real-peer stories (`data_sources`, `dask_gateway`, `dask_local`, `kinds_local`)
-//! share: what their world does when dropped (stop its processes and any leftover, print every log when the story failed, and keep its directory then, or with
+//! What the real-peer stories (`data_sources`, `dask_gateway`, `dask_local`, `kinds_local`,
+//! `browser`, `desktop_qgis`) share: what their world does when dropped (stop its processes and
+//! any leftover, print every log when the story failed, and keep its directory then, or with
 //! `ATELIER_E2E_KEEP`, remove it otherwise), and [`Api`], the REST side of a story's hub and
 //! proxy processes as the story's admin service and its users call them.
 
@@ -19,10 +20,11 @@ use serde_json::{Value, json};
 use super::stack::{Deadline, Proc, free_port, kill_leftovers};
 use super::{launch, say};
 
-/// Winds up story `story` of directory `dir`: kills `procs`, then every leftover process of
-/// `dir`; when the thread panics, prints the last `tail` lines of each process's log, of `extra`
-/// (logs of peers the caller already stopped, by name) and of each server log under
-/// `dir/state/logs`.
+/// Winds up story `story` of directory `dir`: kills `procs` (and the process groups of those
+/// started with `Command::process_group(0)`), then every leftover process of `dir`; when the
+/// thread panics, prints the last `tail` lines of each process's log, of `extra` (logs of peers
+/// the caller already stopped, or [`logs_in`] a directory of its own, by name) and of each server
+/// log under `dir/state/logs`.
 pub fn wind_up(
     story: &str,
     dir: &Path,
@@ -32,7 +34,7 @@ pub fn wind_up(
 ) {
     let failed = std::thread::panicking();
     for proc in procs.values_mut() {
-        proc.kill();
+        proc.kill_group();
     }
     let leftovers = kill_leftovers(&dir.to_string_lossy());
     if failed {
@@ -45,12 +47,7 @@ pub fn wind_up(
             .map(|(name, p)| (name.clone(), p.log()))
             .collect();
         logs.extend(extra);
-        if let Ok(entries) = std::fs::read_dir(dir.join("state/logs")) {
-            for e in entries.flatten() {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                logs.push((e.path().display().to_string(), text));
-            }
-        }
+        logs.extend(logs_in(&dir.join("state/logs")));
         for (name, text) in logs {
             let last: Vec<&str> = text.lines().rev().take(tail).collect();
             say(format!("---- {name} (last {tail} lines) ----"));
@@ -67,6 +64,20 @@ pub fn wind_up(
     } else {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// The files of directory `dir` (none when it does not exist), each by its path, with its text.
+pub fn logs_in(dir: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            (e.path().display().to_string(), text)
+        })
+        .collect()
 }
 
 /// The scopes of a story's admin service (`--service=story=<scopes>`).
