@@ -183,14 +183,8 @@ async fn single_sign_on_story_in_chromium() {
     hub.arg(format!("--spawn-timeout={SPAWN_TIMEOUT_SECS}"))
         .arg(format!("--oidc-config={}", oidc_config.display()))
         .arg(format!("--catalog={}", catalog.display()));
-    launch::start_group(
-        &mut world.procs,
-        &dir,
-        "hub",
-        hub,
-        &format!("{hub_url}/hub/api/"),
-    )
-    .await;
+    let url = format!("{hub_url}/hub/api/");
+    launch::start_group(&mut world.procs, &dir, "hub", hub, &url).await;
 
     let proxy = launch::start_proxy(&dir, proxy_port, &db_url, &hub_url).await;
     world.procs.insert("proxy".into(), proxy);
@@ -319,22 +313,10 @@ async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_
             .arg(format!("--user-domain={DOMAIN}"))
             .arg(format!("--public-url={public}"));
     }
-    launch::start_group(
-        &mut world.procs,
-        &dir,
-        "hub",
-        hub,
-        &format!("{hub_url}/hub/api/"),
-    )
-    .await;
-    launch::start_group(
-        &mut world.procs,
-        &dir,
-        "proxy",
-        proxy,
-        &format!("{public}/_atelier/proxy/health"),
-    )
-    .await;
+    let url = format!("{hub_url}/hub/api/");
+    launch::start_group(&mut world.procs, &dir, "hub", hub, &url).await;
+    let url = format!("{public}/_atelier/proxy/health");
+    launch::start_group(&mut world.procs, &dir, "proxy", proxy, &url).await;
     let hub_log = world.procs["hub"].log();
     let password = hub_log
         .lines()

@@ -203,14 +203,8 @@ async fn qgis_desktop_in_chromium() {
         .arg("--spawn-timeout=120")
         .arg("--dev-login")
         .arg(format!("--catalog={}", catalog.display()));
-    launch::start_group(
-        &mut world.procs,
-        &dir,
-        "hub",
-        hub,
-        &format!("{hub_url}/hub/api/"),
-    )
-    .await;
+    let url = format!("{hub_url}/hub/api/");
+    launch::start_group(&mut world.procs, &dir, "hub", hub, &url).await;
     let proxy = launch::start_proxy(&dir, proxy_port, &db_url, &hub_url).await;
     world.procs.insert("proxy".into(), proxy);
 
