@@ -22,20 +22,20 @@
 //! (provider, hub, proxy, servers, kernels, node, Chromium) is killed when the test ends, also on
 //! panic; on panic every log is printed and the temporary directory kept.
 
-use std::io::{BufRead as _, BufReader};
-use std::os::unix::process::CommandExt as _;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use atelier::store::tokens::generate_token;
 
 mod common;
 
+use common::chromium::{self, Script, assert_passed, is_png, output_dir};
+use common::hub::peers_venv;
 use common::oidc::{CLIENT_ID, OidcPeer, start_provider};
-use common::say;
-use common::stack::{Deadline, Proc, free_port, http_status, kill_leftovers, singleusers};
+use common::stack::{Deadline, Proc, free_port, singleusers};
+use common::{launch, say, story};
 
 const USER_A: &str = "alice";
 const USER_B: &str = "bob";
@@ -100,137 +100,44 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(420);
 /// What the story needs, or `None` (after saying SKIPPED) when peer tests are off. With
 /// `ATELIER_PEERS=1` a missing peer is a failure.
 fn peers() -> Option<(PathBuf, PathBuf)> {
-    if std::env::var("ATELIER_PEERS").ok().as_deref() != Some("1") {
-        say("SKIPPED: the single sign-on story in headless Chromium (set ATELIER_PEERS=1)");
-        return None;
-    }
-    let venv = std::env::var_os("ATELIER_PEERS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/venv"));
-    assert!(
-        venv.join("bin/jupyterhub-singleuser").is_file(),
-        "ATELIER_PEERS=1 but jupyterhub-singleuser is missing from {} (run .ci/test.sh)",
-        venv.display()
-    );
-    let chromium = PathBuf::from(
-        std::env::var("ATELIER_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()),
-    );
-    assert!(
-        chromium.is_file(),
-        "ATELIER_PEERS=1 but {} is missing (apt-get install -y chromium; .ci/test.sh does)",
-        chromium.display()
-    );
-    ensure_playwright();
-    Some((venv, chromium))
-}
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/browser")
-}
-
-/// Installs `e2e/browser/node_modules` (`npm ci`, from the lock file) when missing.
-fn ensure_playwright() {
-    let dir = browser_dir();
-    if dir.join("node_modules/playwright-core").is_dir() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .expect("npm (ATELIER_PEERS=1 needs node and npm for e2e/browser)");
-    assert!(status.success(), "npm ci in e2e/browser failed");
-}
-
-/// `<target>/test-output/browser`, emptied.
-fn screenshot_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("test-output/browser");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("the screenshot directory");
-    dir
+    let venv = peers_venv(
+        "the single sign-on story in headless Chromium",
+        &["jupyterhub-singleuser"],
+    )?;
+    Some((venv, chromium::chromium()))
 }
 
 /// The story's processes under one temporary directory; dropping it kills them all (process
 /// groups, then whatever else mentions the directory), prints every log when the test failed.
 struct World {
     dir: PathBuf,
-    procs: Vec<(String, Proc)>,
+    procs: BTreeMap<String, Proc>,
     provider: Option<OidcPeer>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        for (_, proc) in &mut self.procs {
-            proc.kill_group();
-        }
         if let Some(provider) = &mut self.provider {
             let _ = provider.child.start_kill();
         }
-        let leftovers = kill_leftovers(&self.dir.to_string_lossy());
-        if leftovers > 0 {
-            say(format!("browser: killed {leftovers} leftover process(es)"));
-        }
-        if failed {
-            say(format!(
-                "==== browser test failed: logs under {} ====",
-                self.dir.display()
-            ));
-            let mut logs: Vec<PathBuf> = self.procs.iter().map(|(_, p)| p.log.clone()).collect();
-            if let Ok(entries) = std::fs::read_dir(self.dir.join("state/logs")) {
-                logs.extend(entries.filter_map(|e| Some(e.ok()?.path())));
-            }
-            for log in logs {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(120).collect();
-                say(format!("---- {} (last 120 lines) ----", log.display()));
-                for line in tail.iter().rev() {
-                    say(line);
-                }
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        story::wind_up("browser", &self.dir, &mut self.procs, Vec::new(), 120);
     }
 }
 
-impl World {
-    /// Starts `command` in a process group of its own, logging to `<dir>/<name>.log`, and waits
-    /// until `url` answers 200.
-    async fn start(&mut self, name: &str, mut command: Command, url: &str) {
-        command.process_group(0);
-        let mut proc = Proc::spawn(name, command, &self.dir);
-        let deadline = Deadline::new(format!("{name} to answer {url}"), Duration::from_secs(60));
-        loop {
-            if let Some(status) = proc.exited() {
-                panic!("{name} exited ({status}):\n{}", proc.log());
-            }
-            match http_status(url).await {
-                Ok(200) => break,
-                last => deadline.tick(last).await,
-            }
-        }
-        self.procs.push((name.to_owned(), proc));
-    }
-}
-
-fn atelier(subcommand: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .arg(subcommand);
-    command
-}
-
-/// Whether `path` holds a PNG image of some size.
-fn is_png(path: &Path) -> bool {
-    std::fs::read(path)
-        .is_ok_and(|bytes| bytes.len() > 2_000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"))
+/// `atelier hub` on `127.0.0.1:<port>` (log `info`) with its database, public URL, state
+/// directory and the venv's `jupyterhub-singleuser`.
+fn hub_command(port: u16, db_url: &str, public: &str, state: &Path, venv: &Path) -> Command {
+    let singleuser = venv.join("bin/jupyterhub-singleuser");
+    launch::hub_command(
+        "info",
+        &launch::HubArgs {
+            port,
+            database_url: db_url,
+            public_url: public,
+            state_dir: state,
+            server_command: &singleuser,
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,12 +145,12 @@ async fn single_sign_on_story_in_chromium() {
     let Some((venv, chromium)) = peers() else {
         return;
     };
-    let shots = screenshot_dir();
+    let shots = output_dir("browser");
     let dir = std::env::temp_dir().join(format!("atelier-browser-{}", &generate_token()[..16]));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut world = World {
         dir: dir.clone(),
-        procs: Vec::new(),
+        procs: BTreeMap::new(),
         provider: None,
     };
     let (hub_port, proxy_port) = (free_port(), free_port());
@@ -272,36 +179,19 @@ async fn single_sign_on_story_in_chromium() {
     std::fs::write(&catalog, CATALOG).unwrap();
     let db_url = format!("sqlite://{}", dir.join("atelier.sqlite").display());
 
-    let mut hub = atelier("hub");
-    hub.arg(format!("--bind=127.0.0.1:{hub_port}"))
-        .arg(format!("--database-url={db_url}"))
-        .arg(format!("--public-url={public}"))
-        .arg(format!("--state-dir={}", dir.join("state").display()))
-        .arg(format!(
-            "--server-command={}",
-            venv.join("bin/jupyterhub-singleuser").display()
-        ))
-        .arg(format!("--spawn-timeout={SPAWN_TIMEOUT_SECS}"))
+    let mut hub = hub_command(hub_port, &db_url, &public, &dir.join("state"), &venv);
+    hub.arg(format!("--spawn-timeout={SPAWN_TIMEOUT_SECS}"))
         .arg(format!("--oidc-config={}", oidc_config.display()))
         .arg(format!("--catalog={}", catalog.display()));
-    world
-        .start("hub", hub, &format!("{hub_url}/hub/api/"))
-        .await;
+    let url = format!("{hub_url}/hub/api/");
+    launch::start_group(&mut world.procs, &dir, "hub", hub, &url).await;
 
-    let mut proxy = atelier("proxy");
-    proxy
-        .arg(format!("--bind=127.0.0.1:{proxy_port}"))
-        .arg(format!("--database-url={db_url}"))
-        .arg(format!("--default-target={hub_url}"))
-        .arg("--refresh-ms=250");
-    world
-        .start("proxy", proxy, &format!("{public}/_atelier/proxy/health"))
-        .await;
+    let proxy = launch::start_proxy(&dir, proxy_port, &db_url, &hub_url).await;
+    world.procs.insert("proxy".into(), proxy);
 
     // The script, its output shown line by line as it runs.
     let mut node = Command::new("node");
     node.arg("browser.mjs")
-        .current_dir(browser_dir())
         .env("ATELIER_URL", &public)
         .env("HUB_URL", &hub_url)
         .env("OIDC_ISSUER", &issuer)
@@ -310,55 +200,11 @@ async fn single_sign_on_story_in_chromium() {
         .env("USER_B", USER_B)
         .env("PROFILES_A", format!("{PROFILE_A},{PROFILE_ALL}"))
         .env("PROFILES_B", format!("{PROFILE_B},{PROFILE_ALL}"))
-        .env("CHROMIUM", &chromium)
-        // Chromium's profile and caches under the story's directory.
-        .env("HOME", &dir)
-        .env("TMPDIR", &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("browser.stderr.log")).expect("log"),
-        ))
-        .process_group(0);
-    let mut child = node.spawn().expect("node (ATELIER_PEERS=1 needs node)");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let lines = lines.clone();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                say(format!("browser: {line}"));
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    let pid = child.id() as i32;
-    world.procs.push((
-        "browser".to_owned(),
-        Proc {
-            child,
-            log: dir.join("browser.stderr.log"),
-        },
-    ));
+        .env("CHROMIUM", &chromium);
+    let script = Script::spawn("browser", node, &dir, &mut world.procs);
     let deadline = Deadline::new("the browser script to finish", SCRIPT_TIMEOUT);
-    let status = loop {
-        let (_, proc) = world.procs.last_mut().expect("the browser");
-        if let Some(status) = proc.exited() {
-            break status;
-        }
-        deadline.tick(format!("pid {pid} running")).await;
-    };
-    reader.join().expect("the output reader");
-    let lines = lines.lock().unwrap().clone();
-    assert!(
-        status.success(),
-        "the browser script failed ({status}): {}",
-        lines
-            .iter()
-            .find(|l| l.starts_with("FAILED"))
-            .map_or("no FAILED line", String::as_str)
-    );
-    assert_eq!(lines.last().map(String::as_str), Some("PASSED"));
+    let (status, lines) = script.finish(&mut world.procs, &deadline).await;
+    assert_passed("the browser script", status, &lines);
     // Every step ran: none skipped (the catalogue gives alice and bob different profiles).
     let skipped: Vec<&String> = lines.iter().filter(|l| l.starts_with("skip ")).collect();
     assert!(skipped.is_empty(), "steps skipped: {skipped:?}");
@@ -367,7 +213,11 @@ async fn single_sign_on_story_in_chromium() {
 
     for name in ["login.png", "spawn.png", "home.png", "admin.png", "lab.png"] {
         let path = shots.join(name);
-        assert!(is_png(&path), "{} is not a PNG screenshot", path.display());
+        assert!(
+            is_png(&path, 2_000),
+            "{} is not a PNG screenshot",
+            path.display()
+        );
     }
     say(format!("browser: screenshots in {}", shots.display()));
 
@@ -431,17 +281,13 @@ fn plant_bobs_page(state: &Path) {
 async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_json::Value {
     const DOMAIN: &str = "users.example.test";
     let mode = if user_domain { "user-domain" } else { "path" };
-    // Its own directory: `screenshot_dir()` empties the story's, which may run at the same time.
-    let shots = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join(format!("test-output/browser-attack-{mode}"));
-    let _ = std::fs::remove_dir_all(&shots);
+    // Its own directory: the story's, emptied, may be in use at the same time.
+    let shots = output_dir(&format!("browser-attack-{mode}"));
     let dir = std::env::temp_dir().join(format!("atelier-attack-{}", &generate_token()[..16]));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut world = World {
         dir: dir.clone(),
-        procs: Vec::new(),
+        procs: BTreeMap::new(),
         provider: None,
     };
     let (hub_port, proxy_port) = (free_port(), free_port());
@@ -451,19 +297,11 @@ async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_
     let state = dir.join("state");
     plant_bobs_page(&state);
 
-    let mut hub = atelier("hub");
-    hub.arg(format!("--bind=127.0.0.1:{hub_port}"))
-        .arg(format!("--database-url={db_url}"))
-        .arg(format!("--public-url={public}"))
-        .arg(format!("--state-dir={}", state.display()))
-        .arg(format!(
-            "--server-command={}",
-            venv.join("bin/jupyterhub-singleuser").display()
-        ))
-        .arg(format!("--spawn-timeout={SPAWN_TIMEOUT_SECS}"))
+    let mut hub = hub_command(hub_port, &db_url, &public, &state, venv);
+    hub.arg(format!("--spawn-timeout={SPAWN_TIMEOUT_SECS}"))
         .arg("--dev-login")
         .arg("--admin-user=root");
-    let mut proxy = atelier("proxy");
+    let mut proxy = launch::command("proxy", "info");
     proxy
         .arg(format!("--bind=127.0.0.1:{proxy_port}"))
         .arg(format!("--database-url={db_url}"))
@@ -475,13 +313,11 @@ async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_
             .arg(format!("--user-domain={DOMAIN}"))
             .arg(format!("--public-url={public}"));
     }
-    world
-        .start("hub", hub, &format!("{hub_url}/hub/api/"))
-        .await;
-    world
-        .start("proxy", proxy, &format!("{public}/_atelier/proxy/health"))
-        .await;
-    let hub_log = world.procs[0].1.log();
+    let url = format!("{hub_url}/hub/api/");
+    launch::start_group(&mut world.procs, &dir, "hub", hub, &url).await;
+    let url = format!("{public}/_atelier/proxy/health");
+    launch::start_group(&mut world.procs, &dir, "proxy", proxy, &url).await;
+    let hub_log = world.procs["hub"].log();
     let password = hub_log
         .lines()
         .find_map(|l| {
@@ -499,7 +335,6 @@ async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_
     };
     let mut node = Command::new("node");
     node.arg("attack.mjs")
-        .current_dir(browser_dir())
         .env("ATELIER_URL", &public)
         .env("ATTACK_URL", &attack_url)
         .env("ADMIN_USER", "root")
@@ -514,53 +349,11 @@ async fn attack_story(venv: &Path, chromium: &Path, user_domain: bool) -> serde_
             },
         )
         .env("SCREENSHOT_DIR", &shots)
-        .env("CHROMIUM", chromium)
-        .env("HOME", &dir)
-        .env("TMPDIR", &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("attack.stderr.log")).expect("log"),
-        ))
-        .process_group(0);
-    let mut child = node.spawn().expect("node (ATELIER_PEERS=1 needs node)");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let lines = lines.clone();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                say(format!("attack: {line}"));
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    world.procs.push((
-        "attack".to_owned(),
-        Proc {
-            child,
-            log: dir.join("attack.stderr.log"),
-        },
-    ));
+        .env("CHROMIUM", chromium);
+    let script = Script::spawn("attack", node, &dir, &mut world.procs);
     let deadline = Deadline::new("the attack script to finish", SCRIPT_TIMEOUT);
-    let status = loop {
-        let (_, proc) = world.procs.last_mut().expect("the script");
-        if let Some(status) = proc.exited() {
-            break status;
-        }
-        deadline.tick("running").await;
-    };
-    reader.join().expect("the output reader");
-    let lines = lines.lock().unwrap().clone();
-    assert!(
-        status.success(),
-        "{mode}: the attack script failed ({status}): {}",
-        lines
-            .iter()
-            .find(|l| l.starts_with("FAILED"))
-            .map_or("no FAILED line", String::as_str)
-    );
-    assert_eq!(lines.last().map(String::as_str), Some("PASSED"), "{mode}");
+    let (status, lines) = script.finish(&mut world.procs, &deadline).await;
+    assert_passed(&format!("{mode}: the attack script"), status, &lines);
     let result: serde_json::Value = lines
         .iter()
         .find_map(|l| l.strip_prefix("RESULT "))

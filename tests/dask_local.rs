@@ -15,24 +15,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use atelier::store::tokens::generate_token;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 mod common;
 
 use common::hub::peers_venv;
 use common::kernel::Kernel;
-use common::stack::{Deadline, Proc, ProcInfo, free_port, processes, singleusers};
+use common::stack::{Deadline, Proc, ProcInfo, processes, singleusers};
 use common::story;
-use common::{TestDb, launch, say};
-
-const ADMIN_SCOPES: &str = "admin:users,admin:servers,access:servers,tokens,list:users,read:users";
-const SPAWN_WAIT: Duration = Duration::from_secs(150);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use common::{TestDb, say};
 
 /// The cell of the story: 2 workers, and 8000 × 8000 ones summed by them.
 const COMPUTE: &str = "from dask.distributed import Client\nimport dask.array as da\n\
@@ -42,18 +33,22 @@ print(da.ones((8000, 8000), chunks=1000).sum().compute())";
 struct World {
     dir: PathBuf,
     dir_str: String,
-    venv: PathBuf,
     db: TestDb,
-    hub_port: u16,
-    proxy_port: u16,
-    admin_token: String,
+    api: story::Api,
     procs: BTreeMap<String, Proc>,
-    http: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         story::wind_up("dask_local", &self.dir, &mut self.procs, Vec::new(), 80);
+    }
+}
+
+impl std::ops::Deref for World {
+    type Target = story::Api;
+
+    fn deref(&self) -> &story::Api {
+        &self.api
     }
 }
 
@@ -64,108 +59,17 @@ impl World {
         let mut world = World {
             dir_str: dir.to_string_lossy().into_owned(),
             dir,
-            venv,
             db,
-            hub_port: free_port(),
-            proxy_port: free_port(),
-            admin_token: generate_token(),
+            api: story::Api::new(),
             procs: BTreeMap::new(),
-            http: Client::builder(TokioExecutor::new()).build_http(),
         };
-        let singleuser = world.venv.join("bin/jupyterhub-singleuser");
-        let public = world.public();
-        let state = world.dir.join("state");
-        let mut command = launch::hub_command(
-            "info,atelier=debug",
-            &launch::HubArgs {
-                port: world.hub_port,
-                database_url: world.db.url(),
-                public_url: &public,
-                state_dir: &state,
-                server_command: &singleuser,
-            },
-        );
-        command
-            .env("ATELIER_SERVICE_STORY_TOKEN", &world.admin_token)
-            .arg("--spawn-timeout=120")
-            .arg(format!("--service=story={ADMIN_SCOPES}"));
-        let url = format!("{}/hub/api/", world.hub());
-        let hub =
-            launch::spawn_answering("hub", command, &world.dir, &url, Duration::from_secs(60))
-                .await;
-        world.procs.insert("hub".into(), hub);
-        let proxy =
-            launch::start_proxy(&world.dir, world.proxy_port, world.db.url(), &world.hub()).await;
-        world.procs.insert("proxy".into(), proxy);
+        let singleuser = venv.join("bin/jupyterhub-singleuser");
+        let command = world.hub_command(world.db.url(), &world.dir.join("state"), &singleuser);
         world
-    }
-
-    fn hub(&self) -> String {
-        format!("http://127.0.0.1:{}", self.hub_port)
-    }
-
-    fn public(&self) -> String {
-        format!("http://127.0.0.1:{}", self.proxy_port)
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        url: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, String) {
-        let mut req = http::Request::builder().method(method).uri(url);
-        if !token.is_empty() {
-            req = req.header("authorization", format!("token {token}"));
-        }
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = req
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        let exchange = async {
-            let resp = self.http.request(req).await.expect("request sent");
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| panic!("{method} {url}: no answer"))
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-        self.call(
-            method,
-            &format!("{}{path}", self.hub()),
-            &self.admin_token,
-            body,
-        )
-        .await
-    }
-
-    /// Creates `user` and a token that may start and use its servers.
-    async fn user(&self, user: &str) -> String {
-        let (status, body) = self
-            .admin("POST", &format!("/hub/api/users/{user}"), None)
+            .api
+            .launch(&world.dir, command, world.db.url(), &mut world.procs)
             .await;
-        assert_eq!(status, 201, "create {user}: {body}");
-        let scopes = json!({"note": "dask story", "scopes": [
-            format!("servers!user={user}"),
-            format!("read:servers!user={user}"),
-            format!("access:servers!user={user}"),
-        ]});
-        let (status, body) = self
-            .admin(
-                "POST",
-                &format!("/hub/api/users/{user}/tokens"),
-                Some(scopes),
-            )
-            .await;
-        assert_eq!(status, 201, "a token for {user}: {body}");
-        let token: Value = serde_json::from_str(&body).expect("token JSON");
-        token["token"].as_str().expect("token").to_owned()
+        world
     }
 
     /// Starts `user`'s default server with `workers` Dask workers and waits until the proxy
@@ -185,55 +89,7 @@ impl World {
             status == 201 || status == 202,
             "start {user}: {status} {body}"
         );
-        let model = format!("{}/hub/api/users/{user}", self.hub());
-        let deadline = Deadline::new(format!("{user}'s server to be ready"), SPAWN_WAIT);
-        loop {
-            let (_, body) = self
-                .admin("GET", &model.replace(&self.hub(), ""), None)
-                .await;
-            let v: Value = serde_json::from_str(&body).expect("user model");
-            let server = &v["servers"][""];
-            if server["ready"] == true {
-                break;
-            }
-            assert!(
-                !server.is_null() || v["pending"].is_string(),
-                "{user}'s start failed: {body}"
-            );
-            deadline.tick(body).await;
-        }
-        let status_url = format!("{}/user/{user}/api/status", self.public());
-        let deadline = Deadline::new(
-            format!("{status_url} to answer 200"),
-            Duration::from_secs(30),
-        );
-        loop {
-            let (status, body) = self.call("GET", &status_url, token, None).await;
-            if status == 200 {
-                return;
-            }
-            deadline.tick((status, body)).await;
-        }
-    }
-
-    async fn stop(&self, user: &str, token: &str) {
-        let url = format!("{}/hub/api/users/{user}/server", self.hub());
-        let (status, body) = self.call("DELETE", &url, token, None).await;
-        assert!(
-            status == 202 || status == 204,
-            "stop {user}: {status} {body}"
-        );
-        let deadline = Deadline::new(format!("{user}'s server to stop"), Duration::from_secs(60));
-        loop {
-            let (_, body) = self
-                .admin("GET", &format!("/hub/api/users/{user}"), None)
-                .await;
-            let v: Value = serde_json::from_str(&body).expect("user model");
-            if v["servers"].get("").is_none() && v["pending"].is_null() {
-                return;
-            }
-            deadline.tick(body).await;
-        }
+        self.wait_ready(user, token).await;
     }
 }
 

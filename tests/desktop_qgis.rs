@@ -22,21 +22,19 @@
 //! process (hub, proxy, server, VNC server, the X session, QGIS, node, Chromium) is killed when
 //! the test ends, also on panic; on panic the logs are printed and the temporary directory kept.
 
-use std::io::{BufRead as _, BufReader};
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use atelier::store::tokens::generate_token;
 
 mod common;
 
-use common::say;
-use common::stack::{
-    Deadline, Proc, ProcInfo, free_port, http_status, kill_leftovers, processes, singleusers,
-};
+use common::chromium::{self, Script, assert_passed, is_png, output_dir};
+use common::hub::peers_venv;
+use common::stack::{Deadline, Proc, ProcInfo, free_port, processes, singleusers};
+use common::{launch, say, story};
 
 const USER: &str = "gisela";
 const PROFILE: &str = "qgis-desktop";
@@ -90,18 +88,10 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the test needs, or `None` (after saying SKIPPED) when peer tests are off. With
 /// `ATELIER_PEERS=1` a missing peer is a failure.
 fn peers() -> Option<(PathBuf, PathBuf)> {
-    if std::env::var("ATELIER_PEERS").ok().as_deref() != Some("1") {
-        say("SKIPPED: the QGIS desktop in headless Chromium (set ATELIER_PEERS=1)");
-        return None;
-    }
-    let venv = std::env::var_os("ATELIER_PEERS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/venv"));
-    assert!(
-        venv.join("bin/jupyterhub-singleuser").is_file(),
-        "ATELIER_PEERS=1 but jupyterhub-singleuser is missing from {} (run .ci/test.sh)",
-        venv.display()
-    );
+    let venv = peers_venv(
+        "the QGIS desktop in headless Chromium",
+        &["jupyterhub-singleuser"],
+    )?;
     let imports = Command::new(venv.join("bin/python"))
         .args([
             "-c",
@@ -129,24 +119,7 @@ fn peers() -> Option<(PathBuf, PathBuf)> {
              tigervnc-standalone-server xfce4 dbus-x11 wmctrl; .ci/test.sh does)"
         );
     }
-    let chromium = PathBuf::from(
-        std::env::var("ATELIER_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()),
-    );
-    assert!(
-        chromium.is_file(),
-        "ATELIER_PEERS=1 but {} is missing (apt-get install -y chromium)",
-        chromium.display()
-    );
-    let browser = browser_dir();
-    if !browser.join("node_modules/playwright-core").is_dir() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&browser)
-            .status()
-            .expect("npm (ATELIER_PEERS=1 needs node and npm for e2e/browser)");
-        assert!(status.success(), "npm ci in e2e/browser failed");
-    }
-    Some((venv, chromium))
+    Some((venv, chromium::chromium()))
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -157,26 +130,11 @@ fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/browser")
-}
-
-/// `<target>/test-output/desktop-qgis`, emptied.
-fn output_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("test-output/desktop-qgis");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("the output directory");
-    dir
-}
-
 /// The test's processes under one temporary directory; dropping it kills them all, and prints
 /// the logs when the test failed.
 struct World {
     dir: PathBuf,
-    procs: Vec<(String, Proc)>,
+    procs: BTreeMap<String, Proc>,
     /// The X display of the server's VNC server (`:N`), once known: a VNC server killed with
     /// SIGKILL leaves its lock file and socket behind, which the drop removes.
     display: Option<String>,
@@ -184,71 +142,13 @@ struct World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        for (_, proc) in &mut self.procs {
-            proc.kill_group();
-        }
-        let leftovers = kill_leftovers(&self.dir.to_string_lossy());
-        if leftovers > 0 {
-            say(format!("desktop: killed {leftovers} leftover process(es)"));
-        }
+        let vnc_logs = story::logs_in(&self.dir.join(format!("state/users/{USER}/.vnc")));
+        story::wind_up("desktop", &self.dir, &mut self.procs, vnc_logs, 80);
         if let Some(n) = self.display.as_deref().and_then(|d| d.strip_prefix(':')) {
             let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
             let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
         }
-        if failed {
-            say(format!(
-                "==== desktop test failed: logs under {} ====",
-                self.dir.display()
-            ));
-            let mut logs: Vec<PathBuf> = self.procs.iter().map(|(_, p)| p.log.clone()).collect();
-            for sub in ["state/logs", &format!("state/users/{USER}/.vnc")] {
-                if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
-                    logs.extend(entries.filter_map(|e| Some(e.ok()?.path())));
-                }
-            }
-            for log in logs {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(80).collect();
-                say(format!("---- {} (last 80 lines) ----", log.display()));
-                for line in tail.iter().rev() {
-                    say(line);
-                }
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
-}
-
-impl World {
-    /// Starts `command` in a process group of its own and waits until `url` answers 200.
-    async fn start(&mut self, name: &str, mut command: Command, url: &str) {
-        command.process_group(0);
-        let mut proc = Proc::spawn(name, command, &self.dir);
-        let deadline = Deadline::new(format!("{name} to answer {url}"), Duration::from_secs(60));
-        loop {
-            if let Some(status) = proc.exited() {
-                panic!("{name} exited ({status}):\n{}", proc.log());
-            }
-            match http_status(url).await {
-                Ok(200) => break,
-                last => deadline.tick(last).await,
-            }
-        }
-        self.procs.push((name.to_owned(), proc));
-    }
-}
-
-fn atelier(subcommand: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_atelier"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("LANG", "C.UTF-8")
-        .env("RUST_LOG", "info")
-        .arg(subcommand);
-    command
 }
 
 /// The live processes under `dir` whose command line starts with `program`.
@@ -266,24 +166,18 @@ fn running(dir: &str, program: &str) -> Vec<ProcInfo> {
         .collect()
 }
 
-/// Whether `path` holds a PNG image of some size.
-fn is_png(path: &Path) -> bool {
-    std::fs::read(path)
-        .is_ok_and(|bytes| bytes.len() > 10_000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qgis_desktop_in_chromium() {
     let Some((venv, chromium)) = peers() else {
         return;
     };
-    let out = output_dir();
+    let out = output_dir("desktop-qgis");
     let dir = std::env::temp_dir().join(format!("atelier-desktop-{}", &generate_token()[..16]));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let dir_str = dir.to_string_lossy().into_owned();
     let mut world = World {
         dir: dir.clone(),
-        procs: Vec::new(),
+        procs: BTreeMap::new(),
         display: None,
     };
     let (hub_port, proxy_port) = (free_port(), free_port());
@@ -294,78 +188,45 @@ async fn qgis_desktop_in_chromium() {
     let db_url = format!("sqlite://{}", dir.join("atelier.sqlite").display());
     let state = dir.join("state");
 
-    let mut hub = atelier("hub");
-    hub.arg(format!("--bind=127.0.0.1:{hub_port}"))
-        .arg(format!("--database-url={db_url}"))
-        .arg(format!("--public-url={public}"))
-        .arg(format!("--state-dir={}", state.display()))
-        .arg(format!(
-            "--server-command={}",
-            venv.join("bin/jupyterhub-singleuser").display()
-        ))
+    let singleuser = venv.join("bin/jupyterhub-singleuser");
+    let mut hub = launch::hub_command(
+        "info",
+        &launch::HubArgs {
+            port: hub_port,
+            database_url: &db_url,
+            public_url: &public,
+            state_dir: &state,
+            server_command: &singleuser,
+        },
+    );
+    hub.env("LANG", "C.UTF-8")
         .arg("--spawn-timeout=120")
         .arg("--dev-login")
         .arg(format!("--catalog={}", catalog.display()));
-    world
-        .start("hub", hub, &format!("{hub_url}/hub/api/"))
-        .await;
-    let mut proxy = atelier("proxy");
-    proxy
-        .arg(format!("--bind=127.0.0.1:{proxy_port}"))
-        .arg(format!("--database-url={db_url}"))
-        .arg(format!("--default-target={hub_url}"))
-        .arg("--refresh-ms=250");
-    world
-        .start("proxy", proxy, &format!("{public}/_atelier/proxy/health"))
-        .await;
+    let url = format!("{hub_url}/hub/api/");
+    launch::start_group(&mut world.procs, &dir, "hub", hub, &url).await;
+    let proxy = launch::start_proxy(&dir, proxy_port, &db_url, &hub_url).await;
+    world.procs.insert("proxy".into(), proxy);
 
     let seen = dir.join("qgis-seen");
     let mut node = Command::new("node");
     node.arg("desktop.mjs")
-        .current_dir(browser_dir())
         .env("ATELIER_URL", &public)
         .env("USER_NAME", USER)
         .env("PROFILE", PROFILE)
         .env("SCREENSHOT_DIR", &out)
         .env("QGIS_SEEN", &seen)
-        .env("CHROMIUM", &chromium)
-        .env("HOME", &dir)
-        .env("TMPDIR", &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("browser.stderr.log")).expect("log"),
-        ))
-        .process_group(0);
-    let mut child = node.spawn().expect("node (ATELIER_PEERS=1 needs node)");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let lines = lines.clone();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                say(format!("browser: {line}"));
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    world.procs.push((
-        "browser".to_owned(),
-        Proc {
-            child,
-            log: dir.join("browser.stderr.log"),
-        },
-    ));
+        .env("CHROMIUM", &chromium);
+    let mut script = Script::spawn("browser", node, &dir, &mut world.procs);
     let script_deadline = Deadline::new("the browser script to finish", SCRIPT_TIMEOUT);
-    let browser_exited = |world: &mut World| world.procs.last_mut().unwrap().1.exited();
 
     // 1. The browser is connected: the server's own VNC server runs the desktop.
     loop {
-        if lines.lock().unwrap().iter().any(|l| l == "connected") {
+        if script.lines().iter().any(|l| l == "connected") {
             break;
         }
-        if let Some(status) = browser_exited(&mut world) {
-            reader.join().expect("the output reader");
+        if let Some(status) = script.exited(&mut world.procs) {
+            script.join();
             panic!("the browser script ended ({status}) before the desktop connected");
         }
         script_deadline.tick("waiting for the desktop").await;
@@ -411,7 +272,7 @@ async fn qgis_desktop_in_chromium() {
             break text;
         }
         assert!(
-            browser_exited(&mut world).is_none(),
+            script.exited(&mut world.procs).is_none(),
             "the browser script ended while waiting for QGIS"
         );
         window_deadline.tick(text).await;
@@ -462,23 +323,8 @@ async fn qgis_desktop_in_chromium() {
     std::fs::write(&seen, "seen\n").unwrap();
 
     // 4. The browser saves the desktop once its canvas shows it.
-    let status = loop {
-        if let Some(status) = browser_exited(&mut world) {
-            break status;
-        }
-        script_deadline.tick("waiting for the screenshot").await;
-    };
-    reader.join().expect("the output reader");
-    let lines = lines.lock().unwrap().clone();
-    assert!(
-        status.success(),
-        "the browser script failed ({status}): {}",
-        lines
-            .iter()
-            .find(|l| l.starts_with("FAILED"))
-            .map_or("no FAILED line", String::as_str)
-    );
-    assert_eq!(lines.last().map(String::as_str), Some("PASSED"));
+    let (status, lines) = script.finish(&mut world.procs, &script_deadline).await;
+    assert_passed("the browser script", status, &lines);
     let stats: serde_json::Value = lines
         .iter()
         .find_map(|l| l.strip_prefix("canvas "))
@@ -488,7 +334,11 @@ async fn qgis_desktop_in_chromium() {
     assert!(stats["stddev"].as_f64().unwrap_or(0.0) >= 10.0, "{stats}");
     for name in ["desktop.png", "canvas.png"] {
         let path = out.join(name);
-        assert!(is_png(&path), "{} is not a PNG screenshot", path.display());
+        assert!(
+            is_png(&path, 10_000),
+            "{} is not a PNG screenshot",
+            path.display()
+        );
     }
     say(format!(
         "desktop: screenshots in {} (canvas {stats})",

@@ -18,14 +18,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use atelier::store::tokens::generate_token;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 mod common;
@@ -36,13 +30,9 @@ use atelier::hub::catalog::{Catalog, SharedCatalog};
 use atelier::store::Store;
 use common::hub::{Served, TestBackend, bind, dev_login_config, peers_venv};
 use common::kernel::Kernel;
-use common::stack::{Deadline, Proc, free_port};
+use common::stack::Proc;
 use common::story;
-use common::{TestDb, launch, say};
-
-const ADMIN_SCOPES: &str = "admin:users,admin:servers,access:servers,tokens,list:users,read:users";
-const SPAWN_WAIT: Duration = Duration::from_secs(150);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use common::{TestDb, say};
 
 /// What R's start script (`/usr/bin/R`) runs, besides R itself.
 const R_TOOLS: &[&str] = &[
@@ -55,16 +45,21 @@ const CSV: &str = "station,temperature\nbrest,11.5\nroscoff,12.25\nlorient,13\n"
 
 struct World {
     dir: PathBuf,
-    hub_port: u16,
-    proxy_port: u16,
-    admin_token: String,
+    api: story::Api,
     procs: BTreeMap<String, Proc>,
-    http: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
         story::wind_up("kinds_local", &self.dir, &mut self.procs, Vec::new(), 80);
+    }
+}
+
+impl std::ops::Deref for World {
+    type Target = story::Api;
+
+    fn deref(&self) -> &story::Api {
+        &self.api
     }
 }
 
@@ -138,11 +133,8 @@ impl World {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut world = World {
             dir,
-            hub_port: free_port(),
-            proxy_port: free_port(),
-            admin_token: generate_token(),
+            api: story::Api::new(),
             procs: BTreeMap::new(),
-            http: Client::builder(TokioExecutor::new()).build_http(),
         };
         let shelf = world.dir.join("shelf");
         std::fs::create_dir_all(&shelf).expect("shelf");
@@ -151,91 +143,16 @@ impl World {
         std::fs::write(&catalog_path, catalog(&shelf, &world.dir.join("gone"))).expect("catalog");
         let bin = tool_dir(&world.dir, R_TOOLS);
         let singleuser = venv.join("bin/jupyterhub-singleuser");
-        let public = world.public();
-        let state = world.dir.join("state");
-        let mut command = launch::hub_command(
-            "info,atelier=debug",
-            &launch::HubArgs {
-                port: world.hub_port,
-                database_url: db.url(),
-                public_url: &public,
-                state_dir: &state,
-                server_command: &singleuser,
-            },
-        );
+        let mut command = world.hub_command(db.url(), &world.dir.join("state"), &singleuser);
         command
             // The servers' PATH (the hub passes its own on): R, and no QGIS nor RStudio.
             .env("PATH", &bin)
-            .env("ATELIER_SERVICE_STORY_TOKEN", &world.admin_token)
-            .arg("--spawn-timeout=120")
-            .arg(format!("--catalog={}", catalog_path.display()))
-            .arg(format!("--service=story={ADMIN_SCOPES}"));
-        let url = format!("{}/hub/api/", world.hub());
-        let hub =
-            launch::spawn_answering("hub", command, &world.dir, &url, Duration::from_secs(60))
-                .await;
-        world.procs.insert("hub".into(), hub);
-        let proxy = launch::start_proxy(&world.dir, world.proxy_port, db.url(), &world.hub()).await;
-        world.procs.insert("proxy".into(), proxy);
+            .arg(format!("--catalog={}", catalog_path.display()));
         world
-    }
-
-    fn hub(&self) -> String {
-        format!("http://127.0.0.1:{}", self.hub_port)
-    }
-
-    fn public(&self) -> String {
-        format!("http://127.0.0.1:{}", self.proxy_port)
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        url: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, String) {
-        let mut req = http::Request::builder().method(method).uri(url);
-        if !token.is_empty() {
-            req = req.header("authorization", format!("token {token}"));
-        }
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = req
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        let exchange = async {
-            let resp = self.http.request(req).await.expect("request sent");
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| panic!("{method} {url}: no answer"))
-    }
-
-    async fn admin(&self, method: &str, path: &str) -> (u16, String) {
-        let url = format!("{}{path}", self.hub());
-        self.call(method, &url, &self.admin_token, None).await
-    }
-
-    /// Creates `user` and a token that may start and use its servers.
-    async fn user(&self, user: &str) -> String {
-        let (status, body) = self.admin("POST", &format!("/hub/api/users/{user}")).await;
-        assert_eq!(status, 201, "create {user}: {body}");
-        let scopes = json!({"note": "kinds story", "scopes": [
-            format!("servers!user={user}"),
-            format!("read:servers!user={user}"),
-            format!("access:servers!user={user}"),
-        ]});
-        let url = format!("{}/hub/api/users/{user}/tokens", self.hub());
-        let (status, body) = self
-            .call("POST", &url, &self.admin_token, Some(scopes))
+            .api
+            .launch(&world.dir, command, db.url(), &mut world.procs)
             .await;
-        assert_eq!(status, 201, "a token for {user}: {body}");
-        let token: Value = serde_json::from_str(&body).expect("token JSON");
-        token["token"].as_str().expect("token").to_owned()
+        world
     }
 
     /// `POST /hub/api/users/<user>/server` with `user_options`.
@@ -243,13 +160,6 @@ impl World {
         let url = format!("{}/hub/api/users/{user}/server", self.hub());
         self.call("POST", &url, token, Some(json!({"user_options": options})))
             .await
-    }
-
-    /// The user's model.
-    async fn model(&self, user: &str) -> Value {
-        let (status, body) = self.admin("GET", &format!("/hub/api/users/{user}")).await;
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).expect("user model")
     }
 
     /// Asserts that a refused start left nothing: no server, nothing pending, no process.
@@ -268,31 +178,6 @@ impl World {
         );
     }
 
-    async fn wait_ready(&self, user: &str, token: &str) {
-        let deadline = Deadline::new(format!("{user}'s server to be ready"), SPAWN_WAIT);
-        loop {
-            let v = self.model(user).await;
-            let server = &v["servers"][""];
-            if server["ready"] == true {
-                break;
-            }
-            assert!(
-                !server.is_null() || v["pending"].is_string(),
-                "{user}'s start failed: {v}"
-            );
-            deadline.tick(v.to_string()).await;
-        }
-        let status_url = format!("{}/user/{user}/api/status", self.public());
-        let deadline = Deadline::new(format!("{status_url} to answer"), Duration::from_secs(30));
-        loop {
-            let (status, body) = self.call("GET", &status_url, token, None).await;
-            if status == 200 {
-                return;
-            }
-            deadline.tick((status, body)).await;
-        }
-    }
-
     /// Starts a kernel named `name` on `user`'s default server (through the proxy).
     async fn kernel(&self, user: &str, token: &str, name: &str) -> Kernel {
         let url = format!("{}/user/{user}/api/kernels", self.public());
@@ -307,23 +192,6 @@ impl World {
             user: user.to_owned(),
             token: token.to_owned(),
             id: model["id"].as_str().expect("kernel id").to_owned(),
-        }
-    }
-
-    async fn stop(&self, user: &str, token: &str) {
-        let url = format!("{}/hub/api/users/{user}/server", self.hub());
-        let (status, body) = self.call("DELETE", &url, token, None).await;
-        assert!(
-            status == 202 || status == 204,
-            "stop {user}: {status} {body}"
-        );
-        let deadline = Deadline::new(format!("{user}'s server to stop"), Duration::from_secs(60));
-        loop {
-            let v = self.model(user).await;
-            if v["servers"].get("").is_none() && v["pending"].is_null() {
-                return;
-            }
-            deadline.tick(v.to_string()).await;
         }
     }
 }

@@ -3,6 +3,8 @@
 //! `RUST_LOG` only), loopback ports, the log in the story's directory, and a wait until the
 //! process answers (a panic with its log when it exits first).
 
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -66,6 +68,21 @@ pub async fn spawn_answering(
             last => deadline.tick(last).await,
         }
     }
+}
+
+/// Spawns `command` as process `name` of a story (log `<dir>/<name>.log`) in a process group of
+/// its own (`Command::process_group(0)`, so that [`Proc::kill_group`] stops its children with
+/// it), waits up to a minute until `GET url` answers 200, and adds it to `procs`.
+pub async fn start_group(
+    procs: &mut BTreeMap<String, Proc>,
+    dir: &Path,
+    name: &str,
+    mut command: Command,
+    url: &str,
+) {
+    command.process_group(0);
+    let proc = spawn_answering(name, command, dir, url, Duration::from_secs(60)).await;
+    procs.insert(name.to_owned(), proc);
 }
 
 /// `atelier proxy` on `127.0.0.1:<port>` in front of the hub at `hub_url` (routes from

@@ -13,6 +13,7 @@ use std::sync::Once;
 use atelier::store::tokens::generate_token;
 use sqlx::Connection as _;
 
+pub mod chromium;
 pub mod gateway;
 pub mod hub;
 pub mod kernel;
