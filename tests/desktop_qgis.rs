@@ -252,41 +252,51 @@ async fn qgis_desktop_in_chromium() {
         .to_owned();
     world.display = Some(display.clone());
 
-    // 2. QGIS's main window on that display, as `wmctrl -l` lists it.
+    // 2. QGIS's main window on that display, as `wmctrl -l` lists it and `xwininfo -root -tree`
+    // shows it in the window tree. Both are asked until both agree: QGIS maps its main window
+    // once, but a loaded machine may catch the tree while the window manager reparents it.
     let window_deadline = Deadline::new(
         format!("a QGIS main window on display {display}"),
         Duration::from_secs(240),
     );
-    let windows = loop {
-        let listed = Command::new("wmctrl")
-            .arg("-l")
+    let x11 = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
             .env("DISPLAY", &display)
             .env("XAUTHORITY", home.join(".Xauthority"))
             .output()
-            .expect("wmctrl");
-        let text = String::from_utf8_lossy(&listed.stdout).into_owned();
-        if text
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (windows, tree) = loop {
+        let windows = x11("wmctrl", &["-l"]);
+        let listed = windows
             .lines()
-            .any(|l| l.ends_with("— QGIS") || l.ends_with("- QGIS"))
+            .any(|l| l.ends_with("— QGIS") || l.ends_with("- QGIS"));
+        let tree = if listed {
+            x11("xwininfo", &["-root", "-tree"])
+        } else {
+            String::new()
+        };
+        if tree
+            .lines()
+            .any(|l| l.contains("— QGIS\"") || l.contains("- QGIS\""))
         {
-            break text;
+            break (windows, tree);
         }
         assert!(
             script.exited(&mut world.procs).is_none(),
             "the browser script ended while waiting for QGIS"
         );
-        window_deadline.tick(text).await;
+        window_deadline
+            .tick(format!(
+                "wmctrl -l:\n{windows}\nxwininfo -root -tree:\n{tree}"
+            ))
+            .await;
     };
     say(format!("desktop: wmctrl -l on {display}:\n{windows}"));
-    let tree = Command::new("xwininfo")
-        .args(["-root", "-tree"])
-        .env("DISPLAY", &display)
-        .env("XAUTHORITY", home.join(".Xauthority"))
-        .output()
-        .expect("xwininfo");
-    let tree = String::from_utf8_lossy(&tree.stdout);
     assert!(
-        tree.lines().any(|l| l.contains("— QGIS\"")),
+        tree.lines().any(|l| l.contains("QGIS")),
         "xwininfo -root -tree lists no QGIS window:\n{tree}"
     );
 

@@ -203,6 +203,114 @@ pub async fn apt_plan(packages: &[&str]) -> anyhow::Result<AptPlan> {
     })
 }
 
+/// What pip would install into a venv: each distribution and the URL of its file, from
+/// `pip install --dry-run --report` (JSON, format version 1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipPlan {
+    /// `name==version` of each distribution not installed yet, dependencies included.
+    pub packages: Vec<String>,
+    /// The files pip would download.
+    pub urls: Vec<String>,
+    /// What they weigh, in bytes, when their sizes are known (`None`: unknown).
+    pub download_bytes: Option<u64>,
+}
+
+/// The distributions and file URLs of a pip installation report.
+pub fn parse_pip_report(report: &str) -> anyhow::Result<PipPlan> {
+    let report: serde_json::Value =
+        serde_json::from_str(report).context("pip's report is not JSON")?;
+    let items = report["install"]
+        .as_array()
+        .context("pip's report has no install list")?;
+    let mut plan = PipPlan::default();
+    for item in items {
+        let meta = &item["metadata"];
+        let (Some(name), Some(version)) = (meta["name"].as_str(), meta["version"].as_str()) else {
+            bail!("pip's report names a distribution without a name or version");
+        };
+        plan.packages.push(format!("{name}=={version}"));
+        if let Some(url) = item["download_info"]["url"].as_str()
+            && url.starts_with("https://")
+        {
+            plan.urls.push(url.to_owned());
+        }
+    }
+    Ok(plan)
+}
+
+/// The size of the file at each `url` (`Content-Length` of a `HEAD`), summed; `None` when one
+/// does not answer with a size.
+async fn download_size(urls: &[String]) -> Option<u64> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    http.enforce_http(false);
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .unwrap_or_else(|_| hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots());
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .build(tls.https_only().enable_http1().wrap_connector(http));
+    let sizes = futures::future::join_all(urls.iter().map(|url| {
+        let client = client.clone();
+        async move {
+            let request = hyper::Request::head(url.as_str()).body(Empty::new()).ok()?;
+            let response =
+                tokio::time::timeout(std::time::Duration::from_secs(20), client.request(request))
+                    .await
+                    .ok()?
+                    .ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            response
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)?
+                .to_str()
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        }
+    }))
+    .await;
+    sizes.into_iter().sum()
+}
+
+/// Asks pip what installing `packages` into `venv` means (a dry run: nothing installed), and
+/// the package index how large its files are.
+pub async fn pip_plan(venv: &Path, packages: &[&str]) -> anyhow::Result<PipPlan> {
+    let report =
+        std::env::temp_dir().join(format!("atelier-pip-report-{}.json", std::process::id()));
+    let out = tokio::process::Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--report",
+        ])
+        .arg(&report)
+        .args(packages)
+        .output()
+        .await
+        .context("running pip install --dry-run")?;
+    let text = std::fs::read_to_string(&report);
+    let _ = std::fs::remove_file(&report);
+    if !out.status.success() {
+        bail!(
+            "pip install --dry-run {} failed: {}",
+            packages.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut plan = parse_pip_report(&text.context("reading pip's report")?)?;
+    plan.download_bytes = download_size(&plan.urls).await;
+    Ok(plan)
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -261,11 +369,24 @@ pub async fn install(
         ),
     };
     if let Some(venv) = venv {
-        println!(
-            "  Python packages into {} (pip prints their sizes as it downloads): {}",
-            venv.display(),
-            pip.join(" ")
-        );
+        match pip_plan(venv, &pip).await {
+            Ok(plan) if plan.packages.is_empty() => {
+                println!("  Python packages: already installed ({}).", pip.join(", "));
+            }
+            Ok(plan) => println!(
+                "  Python packages to install into {}: {} ({} to download):\n    {}",
+                venv.display(),
+                plan.packages.len(),
+                plan.download_bytes
+                    .map_or_else(|| "size unknown".to_owned(), megabytes),
+                plan.packages.join(" ")
+            ),
+            Err(e) => println!(
+                "  Python packages into {} (their sizes are unknown: {e}): {}",
+                venv.display(),
+                pip.join(" ")
+            ),
+        }
     }
     if plan.packages.is_empty() && venv.is_none() {
         println!("  Nothing to install.");
@@ -317,6 +438,49 @@ pub async fn install(
 mod tests {
     use super::*;
     use crate::api::v1alpha1::WorkspaceKind;
+
+    #[test]
+    fn a_pip_report_names_each_distribution_and_its_file() {
+        // The shape of `pip install --dry-run --report` (pip 23+, report version 1), cut down.
+        let report = r#"{
+          "version": "1", "pip_version": "25.1",
+          "install": [
+            {"download_info": {"url": "https://files.pythonhosted.org/packages/ab/cd/jupyter_server_proxy-4.6.0-py3-none-any.whl",
+                               "archive_info": {"hashes": {"sha256": "00"}}},
+             "is_direct": false, "requested": true,
+             "metadata": {"name": "jupyter-server-proxy", "version": "4.6.0"}},
+            {"download_info": {"url": "https://files.pythonhosted.org/packages/ef/01/simpervisor-1.0.0-py3-none-any.whl"},
+             "requested": false,
+             "metadata": {"name": "simpervisor", "version": "1.0.0"}},
+            {"download_info": {"url": "file:///wheels/local-0.1-py3-none-any.whl"},
+             "metadata": {"name": "local", "version": "0.1"}}
+          ],
+          "environment": {}
+        }"#;
+        let plan = parse_pip_report(report).expect("a plan");
+        assert_eq!(
+            plan.packages,
+            [
+                "jupyter-server-proxy==4.6.0",
+                "simpervisor==1.0.0",
+                "local==0.1"
+            ]
+        );
+        // Only files the index serves are weighed (a local wheel costs no download).
+        assert_eq!(plan.urls.len(), 2);
+        assert!(plan.urls[1].ends_with("simpervisor-1.0.0-py3-none-any.whl"));
+        assert_eq!(plan.download_bytes, None);
+        // Nothing to install: an empty plan.
+        let none = parse_pip_report(r#"{"version": "1", "install": []}"#).expect("a plan");
+        assert!(none.packages.is_empty() && none.urls.is_empty());
+        // Not a report.
+        assert!(parse_pip_report("pip: error").is_err());
+        assert!(parse_pip_report(r#"{"version": "1"}"#).is_err());
+        assert!(
+            parse_pip_report(r#"{"install": [{"metadata": {"name": "x"}}]}"#).is_err(),
+            "a distribution without a version"
+        );
+    }
 
     #[test]
     fn offers_python_r_and_qgis_with_python_the_default() {
