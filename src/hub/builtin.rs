@@ -8,6 +8,9 @@
 //! - `r`, "R": JupyterLab with the R kernel (IRkernel).
 //! - `qgis`, "QGIS desktop": a Linux desktop in the browser with QGIS on it.
 //!
+//! Two node pools, both this machine: `this-machine` for the workspaces, `this-machine-batch`
+//! for batch jobs (the Jobs page, and a notebook's submissions) and Dask workers.
+//!
 //! The images are those of `images/` (what the same profiles run on Kubernetes); the local
 //! backend runs `jupyterhub-singleuser` from the venv whatever the image.
 
@@ -28,6 +31,13 @@ metadata: {name: this-machine}
 spec:
   purpose: interactive
   displayName: This machine
+---
+apiVersion: atelier.dev/v1alpha1
+kind: NodePool
+metadata: {name: this-machine-batch}
+spec:
+  purpose: batch
+  displayName: This machine (batch jobs)
 ---
 apiVersion: atelier.dev/v1alpha1
 kind: WorkspaceProfile
@@ -533,6 +543,41 @@ mod tests {
         for profile in ["python", "r", "qgis"] {
             let options = serde_json::json!({"profile": profile});
             assert_eq!(check(options).unwrap().as_deref(), Some(profile));
+        }
+        // A batch job of each profile has a pool: this machine's batch pool.
+        for profile in ["python", "r", "qgis"] {
+            let job = crate::api::v1alpha1::BatchJob::new(
+                "ada-a1b2c",
+                crate::api::v1alpha1::BatchJobSpec {
+                    user: "ada".into(),
+                    command: vec!["python3".into(), "-c".into(), "print(6*7)".into()],
+                    profile: profile.into(),
+                    resources: None,
+                    node_pool: None,
+                    data_sources: Vec::new(),
+                    env: Default::default(),
+                    working_dir: None,
+                    deadline_seconds: None,
+                    backoff_limit: None,
+                    cancel: false,
+                },
+            );
+            let mut job = job;
+            job.metadata.namespace = Some("atelier".into());
+            let deref = catalog.job_dereferenced(
+                profile,
+                &[],
+                &everyone,
+                DEFAULT_PROFILE,
+                super::super::catalog::CredentialsFrom::Catalog,
+            );
+            let v = crate::policy::batch::validate_job(
+                &job,
+                &deref,
+                &crate::config::OperatorConfig::default(),
+            )
+            .unwrap_or_else(|r| panic!("a {profile} job: {r:?}"));
+            assert_eq!(v.pool.name, "this-machine-batch");
         }
         let dask =
             serde_json::json!({"profile": "python", "dask": {"workers": {"min": 1, "max": 2}}});
