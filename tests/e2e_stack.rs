@@ -1452,6 +1452,47 @@ async fn up_story() {
         "2"
     );
 
+    // A batch job on up's built-in catalogue (its batch pool), as the README's notebook lines
+    // submit one: it runs, exits 0 and its output is kept.
+    let job = http
+        .api(
+            "POST",
+            &format!("{public}/hub/api/users/alice/jobs"),
+            &token,
+            Some(json!({"command": ["python3", "-c", "print(6 * 7)"]})),
+        )
+        .await;
+    assert_eq!(
+        job.status, 201,
+        "POST /hub/api/users/alice/jobs: {}",
+        job.body
+    );
+    let name = job.json()["name"].as_str().expect("a job name").to_owned();
+    assert_eq!(job.json()["node_pool"], "this-machine-batch");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let finished = loop {
+        let got = http
+            .api(
+                "GET",
+                &format!("{public}/hub/api/users/alice/jobs/{name}"),
+                &token,
+                None,
+            )
+            .await;
+        let phase = got.json()["phase"].as_str().unwrap_or_default().to_owned();
+        if ["Succeeded", "Failed", "Cancelled"].contains(&phase.as_str()) {
+            break got.json();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {name} still {phase}: {}",
+            got.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(finished["phase"], "Succeeded", "{finished}");
+    assert_eq!(finished["exit_code"], 0, "{finished}");
+
     // SIGTERM: `up` exits 0 and leaves her server running (the next `up` re-adopts it).
     let exited = up.procs[0].terminate(Duration::from_secs(60)).await;
     assert!(exited, "atelier up exits on SIGTERM: {}", up.procs[0].log());
