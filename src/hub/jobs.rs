@@ -205,13 +205,7 @@ async fn admit(hub: &HubState, v: &ValidatedBatchJob) -> HubResult<()> {
             };
             if let std::collections::btree_map::Entry::Vacant(e) = groups_of_user.entry(job.user_id)
             {
-                e.insert(
-                    hub.store
-                        .user_groups(job.user_id)
-                        .await?
-                        .into_iter()
-                        .collect(),
-                );
+                e.insert(groups_of(hub, job).await?.into_iter().collect());
             }
             let groups = &groups_of_user[&job.user_id];
             if let Ok(other) = validate(hub, &job.name, &job.user_name, groups, &spec) {
@@ -575,12 +569,7 @@ async fn system_of(hub: &HubState, job: &Job) -> HubResult<Result<RowSystem, Bat
             None => RowSystem::Absent(KUBE_SYSTEM, "this hub's backend writes no BatchJobs"),
         }));
     }
-    let groups: BTreeSet<String> = hub
-        .store
-        .user_groups(job.user_id)
-        .await?
-        .into_iter()
-        .collect();
+    let groups: BTreeSet<String> = groups_of(hub, job).await?.into_iter().collect();
     let Ok(v) = validate(hub, &job.name, &job.user_name, &groups, &spec) else {
         return Ok(Ok(RowSystem::Absent(
             "hub",
