@@ -2,12 +2,15 @@
 //!
 //! - `local`: one `jupyterhub-singleuser` (or configured command) process per server on a free
 //!   127.0.0.1 port, like JupyterHub's LocalProcessSpawner (the embedded default and the tests);
-//! - `kubernetes`: one `Workspace` resource per server; the operator does the rest.
+//! - `kubernetes`: one `Workspace` resource per server; the operator does the rest;
+//! - `instant`: servers ready at once with nothing behind them, for the benchmarks and the
+//!   resilience tests (never offered by the `atelier` command).
 //!
 //! The hub owns the database; a backend only starts, stops and observes servers. Everything a
 //! backend needs to find a server again after a hub restart is in the opaque `handle` it returns
 //! (stored by the hub as the server's `spawner_state`).
 
+pub mod instant;
 pub mod kubernetes;
 pub mod local;
 
@@ -220,15 +223,16 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
         None
     }
 
-    /// The programs this backend lacks to run `kind` (empty: it can run it). The hub hides the
-    /// profiles of such a kind from the spawn page (explaining why on /hub/admin) and refuses
-    /// their starts with a 400 naming the missing programs, before anything runs. The
-    /// kubernetes backend lacks nothing: the profile's image carries its programs.
     /// Where this backend writes its batch jobs as BatchJob resources (the kubernetes backend);
     /// `None` for a backend that runs them itself ([`WorkspaceBackend::local_jobs`]).
     fn batch_jobs(&self) -> Option<kubernetes::BatchJobs> {
         None
     }
+
+    /// The programs this backend lacks to run `kind` (empty: it can run it). The hub hides the
+    /// profiles of such a kind from the spawn page (explaining why on /hub/admin) and refuses
+    /// their starts with a 400 naming the missing programs, before anything runs. The
+    /// kubernetes backend lacks nothing: the profile's image carries its programs.
 
     fn missing_programs(&self, kind: WorkspaceKind) -> Vec<MissingProgram> {
         let _ = kind;

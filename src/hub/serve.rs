@@ -315,6 +315,17 @@ pub async fn build_hub(
     store: Store,
     admin_password_hash: Option<String>,
 ) -> anyhow::Result<HubState> {
+    build_hub_with(args, store, admin_password_hash, None).await
+}
+
+/// [`build_hub`], with `backend` in place of the one `args.backend` names when given (the
+/// benchmarks' and tests' [`InstantBackend`](crate::backend::instant::InstantBackend)).
+pub async fn build_hub_with(
+    args: &HubArgs,
+    store: Store,
+    admin_password_hash: Option<String>,
+    backend: Option<Arc<dyn WorkspaceBackend>>,
+) -> anyhow::Result<HubState> {
     let catalog = match &args.catalog {
         Some(path) => {
             let catalog = Catalog::load(path)?;
@@ -331,13 +342,14 @@ pub async fn build_hub(
     };
     // The Python of the single-user servers (`GET /info`): known with the local backend only.
     let mut server_python = None;
-    let backend: Arc<dyn WorkspaceBackend> = match args.backend {
-        BackendKind::Local => {
+    let backend: Arc<dyn WorkspaceBackend> = match (backend, args.backend) {
+        (Some(backend), _) => backend,
+        (None, BackendKind::Local) => {
             let local = local_backend(args);
             server_python = super::api::hub::probe_python(&local.config().command).await;
             Arc::new(local)
         }
-        BackendKind::Kubernetes => {
+        (None, BackendKind::Kubernetes) => {
             use crate::backend::kubernetes::{self, KubernetesBackend, KubernetesBackendConfig};
             use crate::config::{NamespaceMode, NamespaceModeArg};
             let client = kubernetes::kube_client().await?;
@@ -481,7 +493,16 @@ pub async fn serve_hub(
 }
 
 /// `atelier hub`: the hub alone.
-pub async fn run_hub(mut args: HubArgs) -> anyhow::Result<()> {
+pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+    run_hub_with(args, None).await
+}
+
+/// [`run_hub`] with `backend` in place of the one `args.backend` names when given (see
+/// [`build_hub_with`]).
+pub async fn run_hub_with(
+    mut args: HubArgs,
+    backend: Option<Arc<dyn WorkspaceBackend>>,
+) -> anyhow::Result<()> {
     args.resolve_paths();
     let store = Store::connect(&args.database_url)
         .await
@@ -495,7 +516,7 @@ pub async fn run_hub(mut args: HubArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let hub = build_hub(&args, store.clone(), admin_hash).await?;
+    let hub = build_hub_with(&args, store.clone(), admin_hash, backend).await?;
     let listener = TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
