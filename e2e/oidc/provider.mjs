@@ -3,7 +3,7 @@
 //
 //   node provider.mjs <port>
 // Environment: OIDC_REDIRECT_URIS (comma-separated), OIDC_POST_LOGOUT_URIS (comma-separated),
-// OIDC_CLIENT_ID, OIDC_CLIENT_SECRET. Prints "ready" when listening.
+// OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, OIDC_BENCH_USERS (see below). Prints "ready" when listening.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
@@ -37,6 +37,15 @@ const accounts = {
   'dana-other': { preferred_username: 'dana', groups: ['vo.example.org'] },
 };
 
+// The login benchmark's users (bench/login): `bench0` … `bench<N-1>` in group ocean-physics, with
+// OIDC_BENCH_USERS=N (none otherwise).
+const benchUsers = Number(process.env.OIDC_BENCH_USERS || 0);
+const benchAccount = (id) => {
+  const m = /^bench(\d+)$/.exec(id);
+  if (!m || Number(m[1]) >= benchUsers) return undefined;
+  return { preferred_username: id, email: `${id}@uni.example.org`, groups: ['ocean-physics'] };
+};
+
 // A new signing key at every start: a restart is a key rotation (new `kid`).
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
@@ -59,7 +68,7 @@ const provider = new Provider(issuer, {
   cookies: { keys: ['atelier-oidc-test-cookie-key'] },
   features: { devInteractions: { enabled: true }, rpInitiatedLogout: { enabled: true } },
   async findAccount(ctx, id) {
-    const account = accounts[id];
+    const account = accounts[id] || benchAccount(id);
     if (!account) return undefined;
     return { accountId: id, async claims() { return { sub: id, ...account }; } };
   },
