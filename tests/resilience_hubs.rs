@@ -169,7 +169,10 @@ impl World {
 
     /// SIGKILL to process `name`, reaped.
     fn kill(&mut self, name: &str) {
-        self.procs.get_mut(name).expect("a process of the story").kill();
+        self.procs
+            .get_mut(name)
+            .expect("a process of the story")
+            .kill();
     }
 }
 
@@ -214,7 +217,11 @@ async fn kill_9_during_starts(db: &TestDb, story: &'static str) {
     for i in 0..RUNNING {
         let path = format!("/hub/api/users/{}/server", user(i));
         let (status, body) = api.admin("POST", &path, None).await;
-        assert!(status == 201 || status == 202, "start {}: {status} {body}", user(i));
+        assert!(
+            status == 201 || status == 202,
+            "start {}: {status} {body}",
+            user(i)
+        );
     }
     for i in 0..RUNNING {
         api.wait_ready(&user(i), &api.admin_token).await;
@@ -233,7 +240,12 @@ async fn kill_9_during_starts(db: &TestDb, story: &'static str) {
             let path = format!("/hub/api/users/{}/server", user(i));
             let _ = tokio::time::timeout(
                 Duration::from_secs(10),
-                api.call("POST", &format!("{}{path}", api.hub()), &api.admin_token, None),
+                api.call(
+                    "POST",
+                    &format!("{}{path}", api.hub()),
+                    &api.admin_token,
+                    None,
+                ),
             )
             .await;
         }));
@@ -251,14 +263,18 @@ async fn kill_9_during_starts(db: &TestDb, story: &'static str) {
     // Their records are written right after the process exists.
     tokio::time::sleep(Duration::from_millis(300)).await;
     world.kill("hub");
-    say(format!("{story}: hub killed with 20 servers running and 20 starting"));
+    say(format!(
+        "{story}: hub killed with 20 servers running and 20 starting"
+    ));
     for post in posts {
         post.abort();
     }
 
     // The restart.
     world.procs.remove("hub");
-    world.start_hub("hub-restarted", &api, api.hub_port, &url).await;
+    world
+        .start_hub("hub-restarted", &api, api.hub_port, &url)
+        .await;
     let store = Store::connect(&url).await.expect("the story's database");
     let deadline = Deadline::new("every start to end", Duration::from_secs(150));
     loop {
@@ -291,12 +307,17 @@ async fn kill_9_during_starts(db: &TestDb, story: &'static str) {
             running += 1;
             assert_eq!(live, 1, "{name}: one process");
             let url = format!("{}/user/{name}/api/status", api.public());
-            let deadline = Deadline::new(format!("{url} through the proxy"), Duration::from_secs(30));
+            let deadline =
+                Deadline::new(format!("{url} through the proxy"), Duration::from_secs(30));
             loop {
                 let (status, body) = api.call("GET", &url, &api.admin_token, None).await;
                 if status == 200 {
                     let v: Value = serde_json::from_str(&body).expect("fake server JSON");
-                    assert_eq!(v["user"], name.as_str(), "the proxy routes {name} to its own");
+                    assert_eq!(
+                        v["user"],
+                        name.as_str(),
+                        "the proxy routes {name} to its own"
+                    );
                     break;
                 }
                 deadline.tick((status, body)).await;
@@ -439,7 +460,10 @@ async fn login(http: &Http, base: &str, user: &str) -> String {
         .request(
             http::Request::post(format!("{base}/hub/login"))
                 .header("content-type", "application/x-www-form-urlencoded")
-                .header("cookie", format!("{}={anonymous}", atelier::hub::SESSION_COOKIE))
+                .header(
+                    "cookie",
+                    format!("{}={anonymous}", atelier::hub::SESSION_COOKIE),
+                )
                 .body(Full::new(Bytes::from(form)))
                 .unwrap(),
         )
@@ -472,8 +496,14 @@ async fn two_hubs_one_killed() {
     let second_port = common::stack::free_port();
     let second = format!("http://127.0.0.1:{second_port}");
     // Both at once: two fresh hubs migrate and register their services side by side.
-    let (one, two) = (world.hub(&api, api.hub_port, &url), world.hub(&api, second_port, &url));
-    let (one_url, two_url) = (format!("{}/hub/api/", api.hub()), format!("{second}/hub/api/"));
+    let (one, two) = (
+        world.hub(&api, api.hub_port, &url),
+        world.hub(&api, second_port, &url),
+    );
+    let (one_url, two_url) = (
+        format!("{}/hub/api/", api.hub()),
+        format!("{second}/hub/api/"),
+    );
     let wait = Duration::from_secs(60);
     let (one, two) = tokio::join!(
         common::launch::spawn_answering("hub1", one, &world.dir, &one_url, wait),
@@ -486,18 +516,21 @@ async fn two_hubs_one_killed() {
     world.procs.insert("proxy".into(), proxy);
 
     let base = api.public();
-    let http: Http = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .pool_max_idle_per_host(0)
-    .build_http();
+    let http: Http =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http();
     let token = api.user("alice").await;
     let cookie = login(&http, &base, "alice").await;
     // Each hub takes the other's token and session (one database, no key of its own).
     for hub in [api.hub(), second.clone()] {
-        let (status, body) = get(&http, &format!("{hub}/hub/api/user"), ("authorization", &format!("token {token}")))
-            .await
-            .expect("the API");
+        let (status, body) = get(
+            &http,
+            &format!("{hub}/hub/api/user"),
+            ("authorization", &format!("token {token}")),
+        )
+        .await
+        .expect("the API");
         assert_eq!(status, 200, "{hub}: {body}");
         let cookie = format!("{}={cookie}", atelier::hub::SESSION_COOKIE);
         let (status, body) = get(&http, &format!("{hub}/hub/home"), ("cookie", &cookie))
@@ -512,19 +545,31 @@ async fn two_hubs_one_killed() {
     let stop_at = origin + Duration::from_secs(8);
     let mut clients = Vec::new();
     for c in 0..16 {
-        let (http, base, token, cookie) = (http.clone(), base.clone(), token.clone(), cookie.clone());
+        let (http, base, token, cookie) =
+            (http.clone(), base.clone(), token.clone(), cookie.clone());
         clients.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             while Instant::now() < stop_at {
                 let begin = Instant::now();
                 let (what, result) = if c % 2 == 0 {
                     let auth = format!("token {token}");
-                    let r = get(&http, &format!("{base}/hub/api/user"), ("authorization", &auth)).await;
-                    ("GET /hub/api/user", r.map(|(s, b)| s == 200 && b.contains("alice")))
+                    let r = get(
+                        &http,
+                        &format!("{base}/hub/api/user"),
+                        ("authorization", &auth),
+                    )
+                    .await;
+                    (
+                        "GET /hub/api/user",
+                        r.map(|(s, b)| s == 200 && b.contains("alice")),
+                    )
                 } else {
                     let cookie = format!("{}={cookie}", atelier::hub::SESSION_COOKIE);
                     let r = get(&http, &format!("{base}/hub/home"), ("cookie", &cookie)).await;
-                    ("GET /hub/home", r.map(|(s, b)| s == 200 && b.contains("alice")))
+                    (
+                        "GET /hub/home",
+                        r.map(|(s, b)| s == 200 && b.contains("alice")),
+                    )
                 };
                 let ok = matches!(result, Ok(true));
                 outcomes.push(Outcome {
@@ -565,9 +610,13 @@ async fn two_hubs_one_killed() {
     }
     // The survivor alone: everything answers.
     for _ in 0..10 {
-        let (status, _) = get(&http, &format!("{base}/hub/api/user"), ("authorization", &format!("token {token}")))
-            .await
-            .expect("the API after the kill");
+        let (status, _) = get(
+            &http,
+            &format!("{base}/hub/api/user"),
+            ("authorization", &format!("token {token}")),
+        )
+        .await
+        .expect("the API after the kill");
         assert_eq!(status, 200);
     }
     drop(world);

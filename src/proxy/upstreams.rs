@@ -184,10 +184,7 @@ mod tests {
     fn round_robin_skips_a_hub_that_is_down() {
         let hubs = Hubs::parse("http://a:1,http://b:2,http://c:3").unwrap();
         let picked: Vec<String> = (0..6).map(|_| hubs.pick().origin.clone()).collect();
-        assert_eq!(
-            picked,
-            ["http://a:1", "http://b:2", "http://c:3"].repeat(2)
-        );
+        assert_eq!(picked, ["http://a:1", "http://b:2", "http://c:3"].repeat(2));
         assert_eq!(hubs.pick().origin, "http://a:1");
         let b = Upstream::parse("http://b:2").unwrap();
         hubs.mark_down(&b);
