@@ -1535,6 +1535,48 @@ mod tests {
     }
 
     #[test]
+    fn a_start_record_names_its_hub_process() {
+        let dir = std::env::temp_dir().join(format!(
+            "atelier-start-record-{}",
+            crate::store::tokens::generate_token()
+        ));
+        let backend = LocalBackend::new(LocalConfig::new(&dir));
+        let path = backend.run_record_path("ada", "");
+        prepare_dirs(path.parent().unwrap(), &dir.join("run")).unwrap();
+        let since = chrono::Utc::now();
+        assert_eq!(backend.start_record("ada", "", since), StartRecord::Unknown);
+        let me = own_process().expect("this process's stat");
+        let mut handle = LocalHandle {
+            pid: 4242,
+            pgid: 4242,
+            port: 1,
+            url: "http://127.0.0.1:1".into(),
+            start_time: 1,
+            prefix: None,
+            boot_id: None,
+            data_dir: None,
+            dask: None,
+            dask_dashboard: None,
+            spawned_at_ms: Some(since.timestamp_millis()),
+            spawned_by: Some(me),
+        };
+        write_record(&path, &handle).unwrap();
+        // Its hub process (this one) runs: it drives the start.
+        assert_eq!(backend.start_record("ada", "", since), StartRecord::Driven);
+        // Its hub process is gone (same pid, another start time): orphaned, with its handle.
+        handle.spawned_by = Some((me.0, me.1 + 1));
+        write_record(&path, &handle).unwrap();
+        assert_eq!(
+            backend.start_record("ada", "", since),
+            StartRecord::Orphaned(handle.to_value())
+        );
+        // A record of an earlier start is not this start's.
+        let later = since + chrono::Duration::seconds(5);
+        assert_eq!(backend.start_record("ada", "", later), StartRecord::Unknown);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn handle_round_trip_and_validation() {
         let handle = LocalHandle {
             pid: 1234,
