@@ -71,7 +71,7 @@ pub use self::jobs::{JobRecord, LocalJobs, SYSTEM as JOBS_SYSTEM, SharedLocalJob
 use self::proc::Leader;
 use super::{
     BackendError, BackendStatus, DATA_FILES, LocalDask, MissingProgram, ProgressEvent,
-    SpawnRequest, Spawned, WorkspaceBackend,
+    SpawnRequest, Spawned, StartRecord, WorkspaceBackend,
 };
 use crate::api::v1alpha1::WorkspaceKind;
 use crate::policy::names;
@@ -210,6 +210,14 @@ pub struct LocalHandle {
     /// Where the proxy reaches the cluster's dashboard ([`super::DASHBOARD_KEY`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dask_dashboard: Option<String>,
+    /// When the process was started (Unix milliseconds): a record older than a row's start
+    /// belongs to an earlier start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawned_at_ms: Option<i64>,
+    /// The hub process that started it (its pid and start time): while it runs, it drives the
+    /// start; once it is gone, the start is orphaned ([`LocalBackend::start_record`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawned_by: Option<(u32, u64)>,
 }
 
 impl LocalHandle {
@@ -358,17 +366,46 @@ impl LocalBackend {
         }
     }
 
+    /// The record of `user`'s server `server`'s latest process, if it parses.
+    fn read_record(&self, user: &str, server: &str) -> Option<LocalHandle> {
+        let text = std::fs::read_to_string(self.run_record_path(user, server)).ok()?;
+        LocalHandle::from_value(&serde_json::from_str::<Value>(&text).ok()?).ok()
+    }
+
+    /// See [`WorkspaceBackend::start_record`]: the run record of the server's latest process,
+    /// when that process was started at or after `since` (a second earlier allowed: the row's
+    /// time may be rounded); `Driven` while the hub process that started it (this one included)
+    /// still runs.
+    pub fn start_record(
+        &self,
+        user: &str,
+        server: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StartRecord {
+        let Some(handle) = self.read_record(user, server) else {
+            return StartRecord::Unknown;
+        };
+        let Some(spawned_at) = handle.spawned_at_ms else {
+            return StartRecord::Unknown;
+        };
+        if spawned_at < since.timestamp_millis() - 1000 {
+            return StartRecord::Unknown;
+        }
+        if handle.started_in_earlier_boot() {
+            return StartRecord::Orphaned(handle.to_value());
+        }
+        match handle.spawned_by {
+            Some((pid, start_time)) if proc::leader(pid, start_time) == Leader::Alive => {
+                StartRecord::Driven
+            }
+            _ => StartRecord::Orphaned(handle.to_value()),
+        }
+    }
+
     /// Stops the process recorded for `user`'s server `server`, if it still runs: a start
     /// interrupted by a hub crash leaves one the hub does not know of.
     async fn stop_leftover(&self, user: &str, server: &str) -> Result<(), BackendError> {
-        let path = self.run_record_path(user, server);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return Ok(());
-        };
-        let Some(handle) = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| LocalHandle::from_value(&v).ok())
-        else {
+        let Some(handle) = self.read_record(user, server) else {
             return Ok(());
         };
         if !handle.started_in_earlier_boot()
@@ -659,6 +696,8 @@ impl LocalBackend {
                 .then(|| data_dir.clone()),
             dask: started.as_ref().map(|c| c.handle.clone()),
             dask_dashboard: started.as_ref().map(|c| c.handle.dashboard.clone()),
+            spawned_at_ms: Some(chrono::Utc::now().timestamp_millis()),
+            spawned_by: own_process(),
         };
         // Before waiting: a hub killed meanwhile leaves this record as the only trace.
         write_record(&record_path, &handle)
@@ -986,6 +1025,15 @@ impl WorkspaceBackend for LocalBackend {
 
     fn missing_programs(&self, kind: WorkspaceKind) -> Vec<MissingProgram> {
         self.kinds.missing(kind, || self.kinds_environment())
+    }
+
+    fn start_record(
+        &self,
+        user: &str,
+        server: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StartRecord {
+        LocalBackend::start_record(self, user, server, since)
     }
 
     fn local_jobs(&self) -> Option<std::sync::Arc<LocalJobs>> {
@@ -1323,6 +1371,12 @@ fn server_env(
     env
 }
 
+/// This hub process: its pid and start time ([`LocalHandle::spawned_by`]).
+fn own_process() -> Option<(u32, u64)> {
+    let pid = std::process::id();
+    proc::read_stat(pid).map(|stat| (pid, stat.start_time))
+}
+
 /// Writes `handle` to `path` (mode 0600) atomically.
 fn write_record(path: &Path, handle: &LocalHandle) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
@@ -1481,6 +1535,48 @@ mod tests {
     }
 
     #[test]
+    fn a_start_record_names_its_hub_process() {
+        let dir = std::env::temp_dir().join(format!(
+            "atelier-start-record-{}",
+            crate::store::tokens::generate_token()
+        ));
+        let backend = LocalBackend::new(LocalConfig::new(&dir));
+        let path = backend.run_record_path("ada", "");
+        prepare_dirs(path.parent().unwrap(), &dir.join("run")).unwrap();
+        let since = chrono::Utc::now();
+        assert_eq!(backend.start_record("ada", "", since), StartRecord::Unknown);
+        let me = own_process().expect("this process's stat");
+        let mut handle = LocalHandle {
+            pid: 4242,
+            pgid: 4242,
+            port: 1,
+            url: "http://127.0.0.1:1".into(),
+            start_time: 1,
+            prefix: None,
+            boot_id: None,
+            data_dir: None,
+            dask: None,
+            dask_dashboard: None,
+            spawned_at_ms: Some(since.timestamp_millis()),
+            spawned_by: Some(me),
+        };
+        write_record(&path, &handle).unwrap();
+        // Its hub process (this one) runs: it drives the start.
+        assert_eq!(backend.start_record("ada", "", since), StartRecord::Driven);
+        // Its hub process is gone (same pid, another start time): orphaned, with its handle.
+        handle.spawned_by = Some((me.0, me.1 + 1));
+        write_record(&path, &handle).unwrap();
+        assert_eq!(
+            backend.start_record("ada", "", since),
+            StartRecord::Orphaned(handle.to_value())
+        );
+        // A record of an earlier start is not this start's.
+        let later = since + chrono::Duration::seconds(5);
+        assert_eq!(backend.start_record("ada", "", later), StartRecord::Unknown);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn handle_round_trip_and_validation() {
         let handle = LocalHandle {
             pid: 1234,
@@ -1493,6 +1589,8 @@ mod tests {
             data_dir: None,
             dask: None,
             dask_dashboard: None,
+            spawned_at_ms: None,
+            spawned_by: None,
         };
         let value = handle.to_value();
         assert_eq!(

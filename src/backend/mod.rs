@@ -16,6 +16,7 @@ pub mod local;
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -237,4 +238,25 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
         let _ = kind;
         Vec::new()
     }
+
+    /// What this backend recorded of `user`'s server `server`'s latest start, begun at or after
+    /// `since` (the row's `started`): whether the hub process that drives it still runs, else
+    /// the handle of the process it started. A hub killed during a start never gets that handle
+    /// back; the hub that restarts re-adopts or stops the process through it (the `local`
+    /// backend records it before the process can outlive the hub). The default knows nothing.
+    fn start_record(&self, user: &str, server: &str, since: DateTime<Utc>) -> StartRecord {
+        let _ = (user, server, since);
+        StartRecord::Unknown
+    }
+}
+
+/// What a backend recorded of a start ([`WorkspaceBackend::start_record`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartRecord {
+    /// Nothing of this start (no process yet, or a backend that records nothing).
+    Unknown,
+    /// The hub process that began it still runs (this one or another): it drives it.
+    Driven,
+    /// Its hub process is gone; this is the handle of the process it started.
+    Orphaned(Value),
 }

@@ -249,44 +249,68 @@ pub fn parse_service(
 /// with its scopes, and older tokens of those services are revoked.
 pub async fn register_services(store: &Store, services: &[ServiceConfig]) -> anyhow::Result<()> {
     for service in services {
-        let owner = TokenOwner::Service(service.name.clone());
-        let wanted = store::tokens::hash_token(&service.token);
-        let current = match store.lookup_token(&service.token, store::now()).await {
-            Ok(identity) => Some(identity.token),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e.into()),
-        };
-        let keep = current.as_ref().is_some_and(|t| {
-            t.owner == owner && {
-                let mut a = t.scopes.clone();
-                let mut b = service.scopes.clone();
-                a.sort();
-                b.sort();
-                a == b
-            }
-        });
-        for token in store.list_tokens(&owner).await? {
-            let same = current.as_ref().is_some_and(|c| c.id == token.id);
-            if !(same && keep) {
-                store.revoke_token(token.id).await?;
+        let mut attempt = 0;
+        loop {
+            match register_service(store, service).await {
+                Ok(()) => break,
+                // Another hub process on the same database registering it at the same moment
+                // (both inserting the token, or deleting each other's): once more.
+                Err(e)
+                    if attempt < 3
+                        && matches!(
+                            e.downcast_ref::<StoreError>(),
+                            Some(StoreError::Conflict(_) | StoreError::NotFound)
+                        ) =>
+                {
+                    attempt += 1;
+                    tracing::info!(service = %service.name, error = %e, "service registered concurrently: again");
+                }
+                Err(e) => return Err(e),
             }
         }
-        if let Some(t) = &current
-            && !keep
-            && t.owner != owner
-        {
-            bail!(
-                "service {}: its token is already another credential",
-                service.name
-            );
-        }
-        if !keep {
-            let mut new = NewToken::new(owner, service.scopes.clone());
-            new.note = Some(format!("service {}", service.name));
-            store.create_token_with_value(&service.token, &new).await?;
-        }
-        tracing::info!(service = %service.name, token_hash_prefix = &wanted[..8], "service registered");
     }
+    Ok(())
+}
+
+/// Registers one service's token (see [`register_services`]).
+async fn register_service(store: &Store, service: &ServiceConfig) -> anyhow::Result<()> {
+    let owner = TokenOwner::Service(service.name.clone());
+    let wanted = store::tokens::hash_token(&service.token);
+    let current = match store.lookup_token(&service.token, store::now()).await {
+        Ok(identity) => Some(identity.token),
+        Err(StoreError::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let keep = current.as_ref().is_some_and(|t| {
+        t.owner == owner && {
+            let mut a = t.scopes.clone();
+            let mut b = service.scopes.clone();
+            a.sort();
+            b.sort();
+            a == b
+        }
+    });
+    for token in store.list_tokens(&owner).await? {
+        let same = current.as_ref().is_some_and(|c| c.id == token.id);
+        if !(same && keep) {
+            store.revoke_token(token.id).await?;
+        }
+    }
+    if let Some(t) = &current
+        && !keep
+        && t.owner != owner
+    {
+        bail!(
+            "service {}: its token is already another credential",
+            service.name
+        );
+    }
+    if !keep {
+        let mut new = NewToken::new(owner, service.scopes.clone());
+        new.note = Some(format!("service {}", service.name));
+        store.create_token_with_value(&service.token, &new).await?;
+    }
+    tracing::info!(service = %service.name, token_hash_prefix = &wanted[..8], "service registered");
     Ok(())
 }
 

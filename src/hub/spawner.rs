@@ -34,7 +34,9 @@ use kube::ResourceExt;
 use super::catalog::{Catalog, CheckError, CredentialsFrom, DataEndpoint};
 use super::{HubError, HubResult, HubState};
 use crate::api::v1alpha1::WorkspaceKind;
-use crate::backend::{BackendError, BackendStatus, MissingProgram, ProgressEvent, SpawnRequest};
+use crate::backend::{
+    BackendError, BackendStatus, MissingProgram, ProgressEvent, SpawnRequest, StartRecord,
+};
 use crate::policy::names::{
     self, ServerNameRule, escape_segment, server_url, site_oauth_callback_url,
 };
@@ -1138,7 +1140,20 @@ async fn check_one(hub: &HubState, row: ServerWithOwner, at_start: bool) -> Verd
             }
         },
         ServerState::Starting => {
-            if !is_stale_start(hub, server.started) || hub.spawns.subscribe(server.id).is_some() {
+            if hub.spawns.subscribe(server.id).is_some() {
+                return Verdict::Left;
+            }
+            if let Some(started) = server.started {
+                match hub.backend.start_record(&user, &server.name, started) {
+                    // Another hub process drives it.
+                    StartRecord::Driven => return Verdict::Left,
+                    StartRecord::Orphaned(handle) => {
+                        return check_orphan(hub, &user, &server, handle).await;
+                    }
+                    StartRecord::Unknown => {}
+                }
+            }
+            if !is_stale_start(hub, server.started) {
                 return Verdict::Left;
             }
             match hub.backend.poll(&server.spawner_state).await {
@@ -1192,6 +1207,73 @@ async fn check_one(hub: &HubState, row: ServerWithOwner, at_start: bool) -> Verd
         }
         ServerState::Stopped | ServerState::Failed => Verdict::Left,
     }
+}
+
+/// A start whose hub process died (kill -9) after the backend started its process: the process
+/// is re-adopted once it answers, given until the spawn timeout while it does not, and the row
+/// fails (stopping what is left of it) when it exits or runs out of time. Each start thus ends
+/// with one row and at most one process, and never runs twice.
+async fn check_orphan(hub: &HubState, user: &str, server: &Server, handle: Value) -> Verdict {
+    let name = log_name(user, &server.name);
+    let message = match hub.backend.poll(&handle).await {
+        Ok(BackendStatus::Running { url }) => {
+            return match hub
+                .store
+                .mark_running(server.id, &url, &handle, store::now())
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(server = %name, %url, "adopted a start whose hub was gone");
+                    Verdict::Adopted
+                }
+                Err(_) => Verdict::Left,
+            };
+        }
+        Ok(BackendStatus::Starting) => {
+            if !is_stale_start(hub, server.started) {
+                return Verdict::Left;
+            }
+            format!(
+                "the server did not become ready within {} s (its start was interrupted by a hub \
+                 restart)",
+                hub.config.spawn_timeout_secs
+            )
+        }
+        Ok(BackendStatus::Stopped { reason }) => format!(
+            "the server exited before it was ready (its start was interrupted by a hub \
+             restart): {}",
+            reason.as_deref().unwrap_or("no reason known")
+        ),
+        Ok(BackendStatus::Failed { message }) => format!(
+            "the server failed before it was ready (its start was interrupted by a hub \
+             restart): {message}"
+        ),
+        Err(e) => {
+            tracing::warn!(server = %name, error = %e, "cannot poll an interrupted start");
+            return Verdict::Left;
+        }
+    };
+    tracing::warn!(server = %name, %message, "failing an interrupted start");
+    // Conditional: a start that moved meanwhile (stopped by a user) is not touched.
+    if hub.store.mark_failed(server.id).await.is_err() {
+        return Verdict::Left;
+    }
+    if let Err(e) = hub.backend.stop(&handle).await {
+        tracing::error!(server = %name, error = %e, "cannot stop an interrupted start");
+    }
+    if let Err(e) = revoke_credentials(hub, user, server).await {
+        tracing::error!(server = %name, error = %e, "cannot revoke server credentials");
+    }
+    audit(
+        hub,
+        AuditAction::ServerStart,
+        None,
+        user,
+        &server.name,
+        json!({"failed": true, "message": message}),
+    )
+    .await;
+    Verdict::Stopped
 }
 
 async fn record_stopped(hub: &HubState, user: &str, server: &Server, detail: Value) -> Verdict {

@@ -78,7 +78,7 @@ impl Proxy {
             return self.forward(req, &ctx, &upstream, dest).await;
         }
         let Some(user_path) = parse_user_path(req.uri().path()) else {
-            let hub = self.default_upstream.clone();
+            let hub = self.hubs.pick();
             return self.forward(req, &ctx, &hub, Dest::Hub).await;
         };
         let user = user_path.user.into_owned();
@@ -259,7 +259,7 @@ impl Proxy {
             upgrade,
             !matches!(dest, Dest::Hub),
         );
-        let retry = matches!(dest, Dest::User { cached: true, .. })
+        let retry = matches!(dest, Dest::User { cached: true, .. } | Dest::Hub)
             .then(|| (parts.method.clone(), parts.headers.clone()));
         parts.uri = upstream.uri(original.as_ref());
         parts.version = Version::HTTP_11;
@@ -295,6 +295,17 @@ impl Proxy {
                 );
             }
             Dest::Hub => {
+                let mut error = error;
+                if let (Some(head), Some(reclaim), true) = (retry, reclaim, error.is_connect())
+                    && let Some(result) = (self.hubs)
+                        .failover(&self.client, upstream, head, original.as_ref(), reclaim)
+                        .await
+                {
+                    match result {
+                        Ok(resp) => return respond(resp, client_upgrade, ctx, None),
+                        Err(e) => error = e,
+                    }
+                }
                 tracing::warn!(error = %error, target = %upstream.origin, "the hub did not answer");
                 return json_error(StatusCode::BAD_GATEWAY, "the hub is not reachable");
             }

@@ -11,7 +11,8 @@
 //!   ([`ProxyConfig::services`]), as JupyterHub routes its services; the service checks its
 //!   callers itself (dask-gateway asks the hub who a token is), the hub's session cookie is not
 //!   forwarded, and its cookies stay under its prefix.
-//! * Everything else (`/hub/…`, `/`) goes to the default target, the hub.
+//! * Everything else (`/hub/…`, `/`) goes to the default target, the hub, or to each of
+//!   several hubs in turn, a request refused by one being retried on another ([`upstreams`]).
 //! * Defence in depth ([`auth`]): a request for a user's server needs a credential (token in
 //!   `Authorization` or `?token=`, or the hub's session cookie) holding `access:servers` on that
 //!   server; none → login redirect or `401`, another user's → `403`, and the server sees nothing.
@@ -35,6 +36,7 @@ mod forward;
 pub mod paths;
 mod routes;
 mod splice;
+mod upstreams;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -81,7 +83,9 @@ pub enum Error {
 /// Settings of a [`Proxy`].
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Where paths outside `/user/` go: the hub, `http://host:port`.
+    /// Where paths outside `/user/` go: the hub, `http://host:port`, or several hubs on one
+    /// database, comma-separated (taken in turn, a request refused by one retried on another:
+    /// [`upstreams`]).
     pub default_target: String,
     /// How often the route table is reloaded from the source.
     pub refresh_interval: Duration,
@@ -130,7 +134,8 @@ pub struct Proxy {
     routes: RouteCache,
     auth: Option<AuthGate>,
     client: Client<HttpConnector, RequestBody>,
-    default_upstream: Arc<Upstream>,
+    /// The hubs (`default_target`, [`upstreams`]).
+    hubs: upstreams::Hubs,
     /// The services with a URL and where they are.
     services: Vec<(ServiceRoute, Arc<Upstream>)>,
 }
@@ -154,7 +159,7 @@ impl Proxy {
         source: Arc<dyn RouteSource>,
         authorizer: Option<Arc<dyn Authorizer>>,
     ) -> Result<Arc<Proxy>, Error> {
-        let default_upstream = Arc::new(Upstream::parse(&config.default_target)?);
+        let hubs = upstreams::Hubs::parse(&config.default_target)?;
         let services = config
             .services
             .iter()
@@ -172,7 +177,7 @@ impl Proxy {
             routes: RouteCache::new(source),
             auth: authorizer.map(|a| AuthGate::new(a, config.auth_cache_ttl)),
             client,
-            default_upstream,
+            hubs,
             services,
             config,
         });
@@ -318,7 +323,8 @@ pub struct ProxyArgs {
         default_value = "sqlite://atelier.sqlite"
     )]
     pub database_url: String,
-    /// Where paths outside `/user/` go: the hub.
+    /// Where paths outside `/user/` go: the hub, or several hubs on one database,
+    /// comma-separated (taken in turn; a request a hub refuses is sent to another).
     #[arg(
         long,
         env = "ATELIER_PROXY_DEFAULT_TARGET",

@@ -78,6 +78,11 @@ pub struct JobRecord {
     pub started: DateTime<Utc>,
     /// When its deadline passes, if it has one.
     pub deadline: Option<DateTime<Utc>>,
+    /// The hub process that started it (pid, start time): while that process runs, it records
+    /// the job's exit itself, with the exit code (another hub on the same state directory
+    /// leaves it that to do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<(u32, u64)>,
 }
 
 /// What `exit.json` holds: how the job ended.
@@ -298,6 +303,7 @@ impl LocalJobs {
             boot_id: proc::boot_id(),
             started,
             deadline,
+            hub: proc::read_stat(std::process::id()).map(|st| (std::process::id(), st.start_time)),
         };
         let text = serde_json::to_string(&record).expect("a job record serializes");
         write_atomic(&dir.join("record.json"), &text).map_err(local_err)?;
@@ -490,6 +496,11 @@ impl LocalJobs {
             Leader::Exited | Leader::Reused if own => {
                 self.wait_own(name).await;
             }
+            // Another live hub process started it: that one records its exit, with the code.
+            Leader::Exited | Leader::Reused
+                if record
+                    .hub
+                    .is_some_and(|(pid, start)| proc::leader(pid, start) == Leader::Alive) => {}
             Leader::Exited | Leader::Reused => {
                 let exit = if self.cancel_asked(name) {
                     ExitRecord {
