@@ -20,7 +20,7 @@
 # CPU layout (PIN=1, the default on 2+ cores): the driver and the provider on CPU 0, the hub under
 # test on CPU 1. PIN=0: all share all cores.
 #
-# Usage: bench/login/run.sh   (env: DURATION=10 CLIENTS="1 4" USERS=1000 PIN=1)
+# Usage: bench/login/run.sh   (env: DURATION=10 CLIENTS="1 4" USERS=1000 PIN=1 HUB_BIN=)
 # Report: printed and kept in bench/login/results/<UTC timestamp>.txt (git-ignored).
 set -euo pipefail
 
@@ -55,11 +55,16 @@ if [ ! -d "$ROOT/e2e/oidc/node_modules/oidc-provider" ]; then
   (cd "$ROOT/e2e/oidc" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 PROVIDER_VERSION=$(node -p "require('$ROOT/e2e/oidc/node_modules/oidc-provider/package.json').version")
-log "building the hub (release)"
-(cd "$ROOT" && cargo build -q --release --example bench_hub)
-TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-ATELIER="$TARGET_DIR/release/examples/bench_hub"
+if [ -n "${HUB_BIN:-}" ]; then
+  ATELIER=$HUB_BIN  # a bench_hub built beforehand (e.g. copied aside while the tree changes)
+else
+  log "building the hub (release)"
+  (cd "$ROOT" && cargo build -q --release --example bench_hub)
+  TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  ATELIER="$TARGET_DIR/release/examples/bench_hub"
+fi
 COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src examples Cargo.toml Cargo.lock || echo "+uncommitted")
+[ -n "${HUB_BIN:-}" ] && COMMIT="$HUB_BIN (given as HUB_BIN)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 

@@ -14,7 +14,7 @@
 # CPU layout (PIN=1, the default on 2+ cores): the driver (and JupyterHub's target server) on CPU
 # 0, the hub under test on CPU 1, as in bench/hub. PIN=0: all share all cores.
 #
-# Usage: bench/spawn/run.sh   (env: SEQUENTIAL=20 CONCURRENT=100 WARMUP=3 ROUNDS=3 PIN=1)
+# Usage: bench/spawn/run.sh   (env: SEQUENTIAL=20 CONCURRENT=100 WARMUP=3 ROUNDS=3 PIN=1 HUB_BIN=)
 # Report: printed and kept in bench/spawn/results/<UTC timestamp>.txt (git-ignored).
 set -euo pipefail
 
@@ -46,11 +46,16 @@ if ! [ -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/.requirements" 2>/dev/n
   cp "$REQ" "$VENV/.requirements"
 fi
 JH_VERSION=$("$VENV/bin/jupyterhub" --version)
-log "building the hub with the instant backend (release)"
-(cd "$ROOT" && cargo build -q --release --example bench_hub)
-TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-ATELIER="$TARGET_DIR/release/examples/bench_hub"
+if [ -n "${HUB_BIN:-}" ]; then
+  ATELIER=$HUB_BIN  # a bench_hub built beforehand (e.g. copied aside while the tree changes)
+else
+  log "building the hub with the instant backend (release)"
+  (cd "$ROOT" && cargo build -q --release --example bench_hub)
+  TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  ATELIER="$TARGET_DIR/release/examples/bench_hub"
+fi
 COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src examples Cargo.toml Cargo.lock || echo "+uncommitted")
+[ -n "${HUB_BIN:-}" ] && COMMIT="$HUB_BIN (given as HUB_BIN)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
