@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::map_response;
 use axum::response::Response;
 use axum::routing::{any, get, post};
@@ -143,6 +143,8 @@ pub fn router() -> Router<HubState> {
             axum::routing::put(groups::set_properties),
         )
         .route("/hub/api/{*rest}", any(not_found))
+        // Last: it applies to the routes above (a method a path does not have).
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(map_response(add_version_header))
 }
 
@@ -156,6 +158,12 @@ async fn add_version_header(mut response: Response) -> Response {
 
 async fn not_found() -> HubError {
     HubError::NotFound("Not found".into())
+}
+
+/// A method the path does not have: JupyterHub's JSON error, where axum's own 405 has an empty
+/// body (axum still adds the `Allow` header).
+async fn method_not_allowed() -> HubError {
+    HubError::Status(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into())
 }
 
 // ---- request bodies -------------------------------------------------------------------------
@@ -635,6 +643,42 @@ mod tests {
         );
         assert!(accepts_pagination(&headers));
         assert!(!accepts_pagination(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn methods_a_path_lacks_get_a_json_405() {
+        use http_body_util::BodyExt;
+        use tower::Service;
+        // Found by tests/fuzz_api.rs: `PUT /users/{name}/servers/` (the default server, which
+        // has no PUT) answered axum's 405 with an empty body.
+        let store = store::Store::connect("sqlite::memory:").await.unwrap();
+        let hub = super::super::Hub::new(
+            store,
+            std::sync::Arc::new(crate::backend::instant::InstantBackend::default()),
+            super::super::HubConfig::new("http://vre.test", "http://vre.test/hub/api"),
+        );
+        let mut app = super::super::router(hub);
+        for (method, path) in [
+            ("PUT", "/hub/api/users/alice/servers/"),
+            ("PATCH", "/hub/api/groups"),
+            ("DELETE", "/hub/api/users/alice/activity"),
+        ] {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            let resp = app.call(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert!(resp.headers().contains_key(header::ALLOW), "{method} {path}");
+            assert!(resp.headers().contains_key(VERSION_HEADER), "{method} {path}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({"status": 405, "message": "Method Not Allowed"})
+            );
+        }
     }
 
     #[test]
