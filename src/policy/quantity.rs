@@ -146,7 +146,8 @@ fn parse_scaled(s: &str, target_exp: i32) -> Result<i64, QuantityError> {
                 None => return Ok(1),
             }
         }
-        (num + den - 1) / den
+        // Rounded up; `(num + den - 1) / den` overflows when `num` is near `i128::MAX`.
+        num / den + i128::from(num % den != 0)
     };
     i64::try_from(value).map_err(|_| too_large())
 }
@@ -271,6 +272,19 @@ mod tests {
             Err(QuantityError::TooLarge("1e400".into()))
         );
         assert_eq!(parse_cpu_millis("1e-400"), Ok(1));
+    }
+
+    #[test]
+    fn long_mantissas_round_up_without_overflow() {
+        // Found by tests/fuzz_props.rs (`quantities_never_panic`): a 39-digit mantissa with 38
+        // decimals overflowed while rounding up, a panic in debug builds (a hub handler's, from
+        // `user_options.resources.memory`).
+        let zeros = "0".repeat(37);
+        assert_eq!(parse_bytes(&format!("1.0{zeros}")), Ok(1));
+        assert_eq!(parse_bytes(&format!("1.{zeros}1")), Ok(2));
+        assert_eq!(parse_bytes(&format!("1.6{zeros}")), Ok(2));
+        assert_eq!(parse_cpu_millis(&format!("0.001{zeros}1")), Ok(2));
+        assert_eq!(parse_cpu_millis(&format!("0.001{zeros}0")), Ok(1));
     }
 
     #[test]

@@ -36,6 +36,16 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_check_violation() => {
                 StoreError::Invalid(db.message().to_owned())
             }
+            // PostgreSQL's character_not_in_repertoire and untranslatable_character: a NUL in
+            // text or jsonb, which SQLite would store. The input is at fault, not the store.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                StoreError::Invalid(format!(
+                    "a value the database cannot store: {}",
+                    db.message()
+                ))
+            }
             _ => StoreError::Other(e),
         }
     }

@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::map_response;
 use axum::response::Response;
 use axum::routing::{any, get, post};
@@ -143,6 +143,8 @@ pub fn router() -> Router<HubState> {
             axum::routing::put(groups::set_properties),
         )
         .route("/hub/api/{*rest}", any(not_found))
+        // Last: it applies to the routes above (a method a path does not have).
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(map_response(add_version_header))
 }
 
@@ -156,6 +158,12 @@ async fn add_version_header(mut response: Response) -> Response {
 
 async fn not_found() -> HubError {
     HubError::NotFound("Not found".into())
+}
+
+/// A method the path does not have: JupyterHub's JSON error, where axum's own 405 has an empty
+/// body (axum still adds the `Allow` header).
+async fn method_not_allowed() -> HubError {
+    HubError::Status(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into())
 }
 
 // ---- request bodies -------------------------------------------------------------------------
@@ -175,9 +183,44 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(None));
         }
-        serde_json::from_slice(&bytes)
-            .map(|v| JsonBody(Some(v)))
-            .map_err(|e| HubError::BadRequest(format!("Malformed JSON body: {e}")))
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| HubError::BadRequest(format!("Malformed JSON body: {e}")))?;
+        if let Some(field) = nul_at(&body, "") {
+            return Err(HubError::BadRequest(format!(
+                "{}: a NUL character is not allowed",
+                if field.is_empty() {
+                    "the body".to_owned()
+                } else {
+                    format!("field {field:?}")
+                }
+            )));
+        }
+        Ok(JsonBody(Some(body)))
+    }
+}
+
+/// Where in `v` (under `path`) the first string or key holding a NUL character is: PostgreSQL
+/// stores none in text or jsonb (SQLite would), so both engines refuse them alike, naming it.
+fn nul_at(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::String(s) => s.contains('\0').then(|| path.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_at(item, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let at = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            if key.contains('\0') {
+                Some(at)
+            } else {
+                nul_at(item, &at)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -635,6 +678,88 @@ mod tests {
         );
         assert!(accepts_pagination(&headers));
         assert!(!accepts_pagination(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn nul_characters_in_bodies_are_refused_naming_the_field() {
+        // Found by tests/fuzz_api.rs on PostgreSQL: a token's `note` with a NUL was a 500
+        // (PostgreSQL stores no NUL in text or jsonb).
+        let body = |text: &str| {
+            let req = axum::http::Request::builder()
+                .body(axum::body::Body::from(text.to_owned()))
+                .unwrap();
+            JsonBody::from_request(req, &())
+        };
+        for (text, field) in [
+            (r#""a\u0000""#, "the body"),
+            (r#"{"note": "a\u0000b"}"#, "field \"note\""),
+            (r#"{"groups": ["ok", "\u0000"]}"#, "field \"groups[1]\""),
+            (
+                r#"{"properties": {"k": {"\u0000": 1}}}"#,
+                "field \"properties.k.\\0\"",
+            ),
+        ] {
+            match body(text).await {
+                Err(HubError::BadRequest(m)) => {
+                    assert_eq!(
+                        m,
+                        format!("{field}: a NUL character is not allowed"),
+                        "{text}"
+                    )
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            body(r#"{"note": "a\\u0000"}"#).await,
+            Ok(JsonBody(Some(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn methods_a_path_lacks_get_a_json_405() {
+        use http_body_util::BodyExt;
+        use tower::Service;
+        // Found by tests/fuzz_api.rs: `PUT /users/{name}/servers/` (the default server, which
+        // has no PUT) answered axum's 405 with an empty body.
+        let store = store::Store::connect("sqlite::memory:").await.unwrap();
+        let hub = super::super::Hub::new(
+            store,
+            std::sync::Arc::new(crate::backend::instant::InstantBackend::default()),
+            super::super::HubConfig::new("http://vre.test", "http://vre.test/hub/api"),
+        );
+        let mut app = super::super::router(hub);
+        for (method, path) in [
+            ("PUT", "/hub/api/users/alice/servers/"),
+            ("PATCH", "/hub/api/groups"),
+            ("DELETE", "/hub/api/users/alice/activity"),
+        ] {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            let resp = app.call(req).await.unwrap();
+            assert_eq!(
+                resp.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert!(
+                resp.headers().contains_key(header::ALLOW),
+                "{method} {path}"
+            );
+            assert!(
+                resp.headers().contains_key(VERSION_HEADER),
+                "{method} {path}"
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({"status": 405, "message": "Method Not Allowed"})
+            );
+        }
     }
 
     #[test]
