@@ -110,17 +110,25 @@ pub struct ProxyConfig {
     pub services: Vec<ServiceRoute>,
 }
 
+/// The default size of an upstream read and of a client connection's buffer: 256 KiB. A 1 MiB
+/// body crosses the proxy in 4 reads and 4 writes instead of 16 of each at 64 KiB, with as many
+/// fewer wake-ups of the proxy, the upstream and the client (cross-core wake-ups, on a proxy
+/// node, are what a large body costs beyond the kernel's copies; bench/README.md, "Proxy").
+/// The price is memory while bodies are in flight: at most this much per upstream connection
+/// reading and per client connection writing.
+pub const DEFAULT_BUFFER: usize = 256 * 1024;
+
 impl ProxyConfig {
-    /// Defaults: refresh every second, decisions kept 10 s, 10 s of grace at shutdown, 64 KiB
-    /// buffers.
+    /// Defaults: refresh every second, decisions kept 10 s, 10 s of grace at shutdown,
+    /// [`DEFAULT_BUFFER`] buffers.
     pub fn new(default_target: impl Into<String>) -> Self {
         ProxyConfig {
             default_target: default_target.into(),
             refresh_interval: Duration::from_secs(1),
             auth_cache_ttl: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
-            upstream_read_buffer: 64 * 1024,
-            client_buffer: 64 * 1024,
+            upstream_read_buffer: DEFAULT_BUFFER,
+            client_buffer: DEFAULT_BUFFER,
             user_domain: None,
             public_url: String::new(),
             services: Vec::new(),
@@ -357,11 +365,20 @@ pub struct ProxyArgs {
         value_parser = ServiceRoute::parse
     )]
     pub services: Vec<ServiceRoute>,
+    /// KiB read at once from a server's connection (and the most a client connection buffers):
+    /// larger moves large bodies with fewer system calls and wake-ups, for more memory while
+    /// they are in flight.
+    #[arg(long, env = "ATELIER_PROXY_BUFFER_KIB", default_value_t = (DEFAULT_BUFFER / 1024) as u32,
+          value_parser = clap::value_parser!(u32).range(8..=4096))]
+    pub buffer_kib: u32,
 }
 
 impl ProxyArgs {
     pub fn proxy_config(&self) -> ProxyConfig {
+        let buffer = self.buffer_kib as usize * 1024;
         ProxyConfig {
+            upstream_read_buffer: buffer,
+            client_buffer: buffer,
             refresh_interval: Duration::from_millis(self.refresh_ms.max(50)),
             auth_cache_ttl: Duration::from_secs(self.auth_cache_secs),
             user_domain: self.user_domain.clone(),
