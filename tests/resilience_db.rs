@@ -9,13 +9,15 @@
 //!   `common::resilience::fake_singleuser` (busybox's httpd on the port the hub gives; the
 //!   `slow-*` users' wait 4 s first, so that their starts are in flight when the database goes).
 //! - 50 clients call the API in a loop (user list, a user, a new user, a new token, activity,
-//!   group membership) with a 20 s timeout per request; every answer is recorded.
+//!   group membership) with a 20 s timeout per request, and a browser with a session cookie asks
+//!   for the home page; every answer is recorded.
 //! - Ten starts (`slow-0`…`slow-9`) are asked for, then PostgreSQL is stopped (`pg_ctl stop -m
 //!   fast`) for 10 s and started again.
 //! - Asserted: every answer is a 2xx or the hub's 503 (`{"status": 503, "message": …}` with
 //!   `Retry-After`): no 500, no other status, no request past its timeout, no connection error;
 //!   503s were seen; a request succeeds within 5 s of the database's return (polled every
-//!   100 ms); every acknowledged write (a user, a token, an activity time, a membership) is in
+//!   100 ms); the home page is a redirect to the login page, or the error page with 503 (HTML,
+//!   `Retry-After`), never a 500; every acknowledged write (a user, a token, an activity time, a membership) is in
 //!   the database; each of the ten starts ends Running with one server process, or stopped or
 //!   failed with none, one row each; the proxy keeps serving a server that ran before the
 //!   outage with the authorization it had (its route table and its last verdict).
@@ -39,7 +41,10 @@ use serde_json::{Value, json};
 mod common;
 
 use common::oidc::peers_enabled;
-use common::resilience::{Answer, Http, PrivatePg, call, fake_singleuser, is_database_503};
+use atelier::hub::SESSION_COOKIE;
+use common::resilience::{
+    Answer, Http, PrivatePg, call, call_with, fake_singleuser, is_database_503,
+};
 use common::say;
 use common::stack::{Deadline, Proc, processes};
 use common::story::{self, Api};
@@ -156,6 +161,20 @@ async fn client(
         records.lock().unwrap().push(Record { answer, write });
         k += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A browser with a session cookie the hub must look up, asking for the home page every 200 ms
+/// until `stop`: a redirect to the login page while the database answers, the error page with
+/// 503 while it does not.
+async fn browser(hub: String, http: Http, stop: Arc<AtomicBool>, pages: Arc<Mutex<Vec<Answer>>>) {
+    let cookie = format!("{SESSION_COOKIE}={}", generate_token());
+    let url = format!("{hub}/hub/home");
+    while !stop.load(Ordering::Relaxed) {
+        let headers = [("cookie", cookie.as_str()), ("accept", "text/html")];
+        let answer = call_with(&http, "GET", &url, &headers, None, CLIENT_TIMEOUT).await;
+        pages.lock().unwrap().push(answer);
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -304,6 +323,13 @@ async fn database_outage_answers_503_and_recovers() {
             ))
         })
         .collect();
+    let pages = Arc::new(Mutex::new(Vec::<Answer>::new()));
+    let page_browser = tokio::spawn(browser(
+        api.hub(),
+        http.clone(),
+        stop.clone(),
+        pages.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let starts = futures::future::join_all(
         (0..STARTS).map(|i| admin("POST", format!("/hub/api/users/slow-{i}/server"), None)),
@@ -320,8 +346,13 @@ async fn database_outage_answers_503_and_recovers() {
         down_at.elapsed().as_millis()
     ));
     // The proxy near the outage's end, when its verdict for p0's token (10 s) has expired.
-    tokio::time::sleep(OUTAGE.saturating_sub(Duration::from_millis(1500))).await;
-    let during = call(&http, "GET", &through_proxy, &p_token, None, CLIENT_TIMEOUT).await;
+    let during = {
+        let (http, url, token) = (http.clone(), through_proxy.clone(), p_token.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(OUTAGE.saturating_sub(Duration::from_millis(3000))).await;
+            call(&http, "GET", &url, &token, None, CLIENT_TIMEOUT).await
+        })
+    };
     tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
     let outage = down_at.elapsed();
     world.pg.as_mut().expect("pg").start();
@@ -353,6 +384,7 @@ async fn database_outage_answers_503_and_recovers() {
     for c in clients {
         c.await.expect("a client panicked");
     }
+    page_browser.await.expect("the browser panicked");
 
     // Every answer: a 2xx or the hub's 503, in time.
     let records = std::mem::take(&mut *records.lock().unwrap());
@@ -401,7 +433,41 @@ async fn database_outage_answers_503_and_recovers() {
         .count();
     assert!(after > 0, "no success after the recovery");
 
+    // The pages: a redirect to the login page, or the error page with 503 (HTML, Retry-After).
+    let pages = std::mem::take(&mut *pages.lock().unwrap());
+    let mut page_statuses: BTreeMap<String, usize> = BTreeMap::new();
+    for a in &pages {
+        let key = match &a.status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.clone(),
+        };
+        *page_statuses.entry(key).or_default() += 1;
+        let redirect = matches!(a.status, Ok(302 | 303 | 307));
+        let error_page = a.status == Ok(503)
+            && a.body.contains("<html")
+            && a.body.contains("database is unavailable")
+            && a.retry_after.is_some();
+        assert!(
+            redirect || error_page,
+            "the home page answered {:?} after {} ms: {}",
+            a.status,
+            a.took.as_millis(),
+            a.body
+        );
+    }
+    say(format!("home page answers: {page_statuses:?}"));
+    assert!(
+        page_statuses.contains_key("503"),
+        "the home page never answered 503 during the outage: {page_statuses:?}"
+    );
+
     // The proxy served p0's server through the outage as before it.
+    let during = during.await.expect("the proxy call");
+    say(format!(
+        "through the proxy during the outage: {:?} after {} ms",
+        during.status,
+        during.took.as_millis()
+    ));
     assert_eq!(
         during.status, baseline,
         "p0's server through the proxy during the outage: {during:?}"

@@ -197,11 +197,26 @@ pub async fn call(
     body: Option<&Value>,
     timeout: Duration,
 ) -> Answer {
+    let authorization = format!("token {token}");
+    let headers = [("authorization", authorization.as_str())];
+    call_with(http, method, url, &headers, body, timeout).await
+}
+
+/// `method url` with `headers` and a JSON `body`, bounded by `timeout`.
+pub async fn call_with(
+    http: &Http,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Answer {
     let sent = Instant::now();
-    let request = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("token {token}"))
+    let mut request = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(
             body.map(Value::to_string).unwrap_or_default(),
