@@ -40,8 +40,8 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::oidc::peers_enabled;
 use atelier::hub::SESSION_COOKIE;
+use common::oidc::peers_enabled;
 use common::resilience::{
     Answer, Http, PrivatePg, call, call_with, fake_singleuser, is_database_503,
 };
@@ -280,7 +280,12 @@ async fn database_outage_answers_503_and_recovers() {
     // The world before the outage: users, groups, and one server that runs through it.
     let mut names: Vec<String> = (0..CLIENTS).map(|i| format!("u{i:02}")).collect();
     names.extend((0..STARTS).map(|i| format!("slow-{i}")));
-    let created = admin("POST", "/hub/api/users".into(), Some(json!({"usernames": names}))).await;
+    let created = admin(
+        "POST",
+        "/hub/api/users".into(),
+        Some(json!({"usernames": names})),
+    )
+    .await;
     assert_eq!(created.status, Ok(201), "create users: {}", created.body);
     for g in 0..GROUPS {
         let made = admin("POST", format!("/hub/api/groups/g{g}"), None).await;
@@ -412,7 +417,11 @@ async fn database_outage_answers_503_and_recovers() {
             ));
         }
     }
-    let slowest = records.iter().map(|r| r.answer.took).max().unwrap_or_default();
+    let slowest = records
+        .iter()
+        .map(|r| r.answer.took)
+        .max()
+        .unwrap_or_default();
     say(format!(
         "{} answers: {by_status:?}; slowest {} ms, slowest 503 {} ms",
         records.len(),
@@ -426,7 +435,10 @@ async fn database_outage_answers_503_and_recovers() {
         wrong.join("\n")
     );
     let unavailable = by_status.get("503").copied().unwrap_or(0);
-    assert!(unavailable > 0, "no 503 during a 10 s outage: {by_status:?}");
+    assert!(
+        unavailable > 0,
+        "no 503 during a 10 s outage: {by_status:?}"
+    );
     let after: usize = records
         .iter()
         .filter(|r| r.answer.sent > up_at + recovered && r.answer.is_success())

@@ -52,7 +52,13 @@ struct World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        story::wind_up("resilience_load", &self.dir, &mut self.procs, Vec::new(), 60);
+        story::wind_up(
+            "resilience_load",
+            &self.dir,
+            &mut self.procs,
+            Vec::new(),
+            60,
+        );
     }
 }
 
@@ -66,10 +72,7 @@ fn server_processes(dir: &Path) -> usize {
     processes()
         .into_iter()
         .filter(|p| {
-            p.alive()
-                && p.pid == p.pgid
-                && p.belongs_to(&dir)
-                && p.env("JUPYTERHUB_USER").is_some()
+            p.alive() && p.pid == p.pgid && p.belongs_to(&dir) && p.env("JUPYTERHUB_USER").is_some()
         })
         .count()
 }

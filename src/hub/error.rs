@@ -55,7 +55,10 @@ impl HubError {
     /// 503: the database is out of reach; the message says so and the response carries
     /// `Retry-After`.
     pub fn database_unavailable() -> HubError {
-        HubError::Status(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_MESSAGE.to_owned())
+        HubError::Status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNAVAILABLE_MESSAGE.to_owned(),
+        )
     }
 
     /// Maps a store error, naming `what` (e.g. "user alice") for NotFound.

@@ -58,7 +58,7 @@ pub struct HubArgs {
     pub database_url: String,
     /// Seconds a request waits for a database connection before it gets a 503 (README,
     /// "Resilience"): bounds how long requests hang while the database is away.
-    #[arg(long, env = "ATELIER_DATABASE_TIMEOUT", default_value_t = 5)]
+    #[arg(long, env = "ATELIER_DATABASE_TIMEOUT", default_value_t = 10)]
     pub database_timeout: u64,
     /// The site's public URL, as browsers reach the proxy.
     #[arg(

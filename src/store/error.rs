@@ -77,9 +77,7 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
             Some(code) => {
                 db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
-                    && code
-                        .parse::<i32>()
-                        .is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+                    && code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
             }
             None => false,
         },

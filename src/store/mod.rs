@@ -72,7 +72,7 @@ pub struct StoreOptions {
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(30);
 
 /// The default of [`StoreOptions::acquire_timeout`].
-pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 enum Pool {

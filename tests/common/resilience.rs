@@ -75,10 +75,14 @@ impl PrivatePg {
             run(chown, "chown the PostgreSQL directory");
         }
         let mut command = as_postgres(&initdb);
-        command
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        command.arg("-D").arg(dir.join("data")).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         run(command, "initdb");
         PrivatePg {
             dir: dir.to_owned(),
