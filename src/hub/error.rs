@@ -129,3 +129,27 @@ impl IntoResponse for HubError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_out_of_reach_is_a_503_with_retry_after() {
+        let from_store = HubError::from(StoreError::from(sqlx::Error::PoolTimedOut));
+        let wrapped = HubError::Unexpected(anyhow::Error::new(StoreError::Unavailable(
+            sqlx::Error::PoolClosed,
+        )));
+        for err in [from_store, wrapped] {
+            assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let response = err.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
+        // Anything else unexpected stays a 500, without Retry-After.
+        let other = HubError::from(StoreError::from(sqlx::Error::ColumnNotFound("x".into())));
+        let response = other.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+    }
+}

@@ -99,3 +99,25 @@ pub(crate) fn conflict_as(e: sqlx::Error, message: impl FnOnce() -> String) -> S
         _ => e.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_databases_are_told_from_wrong_statements() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(refused),
+        ] {
+            assert!(StoreError::from(e).is_unavailable());
+        }
+        assert!(matches!(
+            StoreError::from(sqlx::Error::RowNotFound),
+            StoreError::NotFound
+        ));
+        assert!(!StoreError::from(sqlx::Error::ColumnNotFound("x".into())).is_unavailable());
+    }
+}

@@ -131,3 +131,23 @@ impl IntoResponse for PageError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_out_of_reach_is_the_503_page() {
+        let unavailable = || StoreError::Unavailable(sqlx::Error::PoolTimedOut);
+        for err in [
+            PageError::from(unavailable()),
+            PageError::unexpected(unavailable()),
+            PageError::from(HubError::from(unavailable())),
+        ] {
+            assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(err.message(), UNAVAILABLE_MESSAGE);
+            let response = err.into_response();
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
+    }
+}
