@@ -19,10 +19,24 @@ use super::stack::free_port;
 /// The client of the stories: plain HTTP/1.1, a connection per request in flight.
 pub type Http = Client<HttpConnector, Full<Bytes>>;
 
-/// A program on `PATH`, or a loud failure naming what provides it.
+/// A program on `PATH` (or, for PostgreSQL's server programs, in Debian's
+/// `/usr/lib/postgresql/<version>/bin`, the newest first), or a loud failure naming what
+/// provides it.
 pub fn program(name: &str, provides: &str) -> PathBuf {
     let paths = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&paths)
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&paths).collect();
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    debian.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.parent()
+                .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    dirs.extend(debian);
+    dirs.into_iter()
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("ATELIER_PEERS=1 but `{name}` is not on PATH ({provides})"))
