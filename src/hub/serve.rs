@@ -16,7 +16,7 @@ use crate::backend::local::{
     LocalBackend, LocalConfig, absolute, absolute_program, default_command,
 };
 use crate::proxy::{self, Proxy, ProxyConfig, ServiceRoute, StoreAuthorizer, StoreRoutes};
-use crate::store::{self, NewToken, Store, StoreError, TokenOwner};
+use crate::store::{self, NewToken, Store, StoreError, StoreOptions, TokenOwner};
 
 /// The Python packages `atelier up` installs when no `jupyterhub-singleuser` is found: JupyterLab
 /// and the Pangeo stack of the built-in `python` profile, and the proxies a QGIS desktop runs
@@ -56,6 +56,10 @@ pub struct HubArgs {
         default_value = "sqlite://atelier.sqlite"
     )]
     pub database_url: String,
+    /// Seconds a request waits for a database connection before it gets a 503 (README,
+    /// "Resilience"): bounds how long requests hang while the database is away.
+    #[arg(long, env = "ATELIER_DATABASE_TIMEOUT", default_value_t = 10)]
+    pub database_timeout: u64,
     /// The site's public URL, as browsers reach the proxy.
     #[arg(
         long,
@@ -528,9 +532,15 @@ pub async fn run_hub_with(
     backend: Option<Arc<dyn WorkspaceBackend>>,
 ) -> anyhow::Result<()> {
     args.resolve_paths();
-    let store = Store::connect(&args.database_url)
-        .await
-        .with_context(|| "opening the database")?;
+    let store = Store::connect_with(
+        &args.database_url,
+        &StoreOptions {
+            acquire_timeout: Some(Duration::from_secs(args.database_timeout.max(1))),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .with_context(|| "opening the database")?;
     // With the dev login on, any account may be made admin later (admin page, REST API): each
     // admin then logs in with this password, so it exists whenever the dev login does.
     let admin_hash = if args.dev_login {

@@ -63,6 +63,52 @@ const SWEEP_PAGE: u32 = 200;
 /// Backend polls run at once by [`recover`] and [`sweep`].
 const SWEEP_CONCURRENCY: usize = 16;
 
+/// How long a spawn or stop keeps trying to record its end while the database is out of reach
+/// (README, "Resilience"). Past it the row is left as it was and the sweep ([`watch`]) settles
+/// it later.
+const OUTAGE_RETRY: Duration = Duration::from_secs(120);
+
+/// Runs the store write `write` again, backing off from 100 ms to 2 s, while it fails because the
+/// database is out of reach ([`StoreError::Unavailable`], or a 503 `HubError`), for up to
+/// [`OUTAGE_RETRY`]; any other outcome is returned as it is. Only for writes whose loss would
+/// leave a row wrong (a spawn's or a stop's end): a request's own writes answer 503 instead.
+async fn until_recorded<T, E, F, Fut>(what: &str, mut write: F) -> Result<T, E>
+where
+    E: Outage + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + OUTAGE_RETRY;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Err(e) if e.is_outage() && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %e, "{what}: the database is unavailable; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An error that may say the database is out of reach (see [`until_recorded`]).
+trait Outage {
+    fn is_outage(&self) -> bool;
+}
+
+impl Outage for StoreError {
+    fn is_outage(&self) -> bool {
+        self.is_unavailable()
+    }
+}
+
+impl Outage for HubError {
+    fn is_outage(&self) -> bool {
+        self.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
 /// What a start request led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartOutcome {
@@ -368,8 +414,24 @@ pub async fn start_server(
     let (spawn, endpoints) = match prepare_spawn(hub, user, &server).await {
         Ok(spawn) => spawn,
         Err(e) => {
-            let _ = hub.store.mark_failed(server.id).await;
-            let _ = revoke_credentials(hub, &user.name, &server).await;
+            // In the background when the database is away (the request gets its 503 now): the
+            // row must not stay Starting with no spawn behind it.
+            let (hub, user, server) = (hub.clone(), user.name.clone(), server.clone());
+            let undo = async move {
+                let _ = until_recorded("recording a failed spawn", || {
+                    hub.store.mark_failed(server.id)
+                })
+                .await;
+                let _ = until_recorded("revoking a failed server's credentials", || {
+                    revoke_credentials(&hub, &user, &server)
+                })
+                .await;
+            };
+            if e.is_outage() {
+                tokio::spawn(undo);
+            } else {
+                undo.await;
+            }
             return Err(e);
         }
     };
@@ -840,11 +902,12 @@ async fn drive_start(
     let _ = forward.await;
     let outcome = match end {
         StartEnd::Started(spawned) => {
-            match hub
-                .store
-                .mark_running(id, &spawned.url, &spawned.handle, store::now())
-                .await
-            {
+            let running = until_recorded("recording a server ready", || {
+                hub.store
+                    .mark_running(id, &spawned.url, &spawned.handle, store::now())
+            })
+            .await;
+            match running {
                 Ok(_) => {
                     tracing::info!(server = %name, url = %spawned.url, "server ready");
                     let url = hub.config.server_url(&user, &server.name);
@@ -873,11 +936,14 @@ async fn drive_start(
         StartEnd::Failed(err) => {
             tracing::warn!(server = %name, error = ?err, "spawn failed");
             let message = failure_message(&err);
-            match hub.store.mark_failed(id).await {
+            match until_recorded("recording a failed spawn", || hub.store.mark_failed(id)).await {
                 Ok(_) | Err(StoreError::Conflict(_)) => {}
                 Err(e) => tracing::error!(server = %name, error = %e, "cannot mark server failed"),
             }
-            if let Err(e) = revoke_credentials(&hub, &user, &server).await {
+            let revoked = until_recorded("revoking a failed server's credentials", || {
+                revoke_credentials(&hub, &user, &server)
+            });
+            if let Err(e) = revoked.await {
                 tracing::error!(server = %name, error = %e, "cannot revoke server credentials");
             }
             audit(
@@ -923,10 +989,16 @@ async fn drive_start(
 
 /// A start interrupted by a stop: the row goes Stopped and the credentials go.
 async fn finish_cancelled(hub: &HubState, server: &Server, user: &str) {
-    if let Err(e) = hub.store.mark_stopped(server.id).await {
+    let stopped = until_recorded("recording a cancelled spawn", || {
+        hub.store.mark_stopped(server.id)
+    });
+    if let Err(e) = stopped.await {
         tracing::error!(error = %e, "cannot mark a cancelled server stopped");
     }
-    if let Err(e) = revoke_credentials(hub, user, server).await {
+    let revoked = until_recorded("revoking a cancelled server's credentials", || {
+        revoke_credentials(hub, user, server)
+    });
+    if let Err(e) = revoked.await {
         tracing::error!(error = %e, "cannot revoke a cancelled server's credentials");
     }
 }
@@ -998,21 +1070,32 @@ async fn drive_stop(hub: HubState, server: Server, user: String, done: oneshot::
     let name = log_name(&user, &server.name);
     let timeout = Duration::from_secs(hub.config.spawn_timeout_secs);
     let stopped = tokio::time::timeout(timeout, hub.backend.stop(&server.spawner_state)).await;
-    let result = match stopped {
-        Ok(Ok(())) => hub.store.mark_stopped(server.id).await.map(|_| ()),
+    let stopped_cleanly = match stopped {
+        Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::error!(server = %name, error = ?e, "backend cannot stop the server");
-            hub.store.mark_failed(server.id).await.map(|_| ())
+            false
         }
         Err(_) => {
             tracing::error!(server = %name, "the backend did not stop the server in time");
-            hub.store.mark_failed(server.id).await.map(|_| ())
+            false
         }
     };
+    let result = until_recorded("recording a stop", || async {
+        if stopped_cleanly {
+            hub.store.mark_stopped(server.id).await.map(|_| ())
+        } else {
+            hub.store.mark_failed(server.id).await.map(|_| ())
+        }
+    })
+    .await;
     if let Err(e) = result {
         tracing::error!(server = %name, error = %e, "cannot record the stop of a server");
     }
-    if let Err(e) = revoke_credentials(&hub, &user, &server).await {
+    let revoked = until_recorded("revoking a stopped server's credentials", || {
+        revoke_credentials(&hub, &user, &server)
+    });
+    if let Err(e) = revoked.await {
         tracing::error!(server = %name, error = %e, "cannot revoke server credentials");
     }
     let _ = done.send(());

@@ -195,16 +195,31 @@ impl AuthGate {
         server: &str,
     ) -> Result<Verdict, Error> {
         let key = cache_key(credential, owner, server);
-        if let Some((verdict, at)) = self
+        let cached = self
             .decisions
             .read()
             .expect("decision lock poisoned")
             .get(&key)
+            .copied();
+        if let Some((verdict, at)) = cached
             && at.elapsed() < self.ttl
         {
-            return Ok(*verdict);
+            return Ok(verdict);
         }
-        let verdict = self.authorizer.authorize(credential, owner, server).await?;
+        let verdict = match self.authorizer.authorize(credential, owner, server).await {
+            Ok(verdict) => verdict,
+            // The database is out of reach: the last verdict, however old, stands until it is
+            // back (nothing can be revoked in a database nobody can write to). A credential
+            // never seen before gets the 503.
+            Err(Error::Store(e)) if e.is_unavailable() => match cached {
+                Some((verdict, _)) => {
+                    tracing::warn!(error = %e, ?verdict, "database unavailable: keeping the last verdict");
+                    return Ok(verdict);
+                }
+                None => return Err(Error::Store(e)),
+            },
+            Err(e) => return Err(e),
+        };
         let mut decisions = self.decisions.write().expect("decision lock poisoned");
         if decisions.len() >= MAX_DECISIONS {
             let ttl = self.ttl;

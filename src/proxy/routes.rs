@@ -644,9 +644,18 @@ impl RouteCache {
         let default = self.cached(user, "");
         if let Some(seg) = segment
             && !(default.is_some() && self.is_negative(user, seg))
-            && let Some(upstream) = self.lookup(user, seg).await?
         {
-            return Ok(up(seg, upstream, false));
+            match self.lookup(user, seg).await {
+                Ok(Some(upstream)) => return Ok(up(seg, upstream, false)),
+                Ok(None) => {}
+                // The database is out of reach: the path goes to the default server, whose
+                // route the table has (README, "Resilience").
+                Err(Error::Store(e)) if e.is_unavailable() && default.is_some() => {
+                    tracing::warn!(user, segment = seg, error = %e,
+                        "database unavailable: routing to the default server");
+                }
+                Err(e) => return Err(e),
+            }
         }
         if let Some(upstream) = default {
             return Ok(up("", upstream, true));

@@ -42,7 +42,7 @@ pub use auth::{
     NewOAuthClient, NewOAuthCode, NewSession, NewToken, PurgeCounts, SESSION_ADMIN_UNVERIFIED,
     oauth_client_id,
 };
-pub use error::{Result, StoreError};
+pub use error::{Result, StoreError, is_unavailable};
 pub use hub_ext::{RunningPage, ServerChanges};
 pub use jobs::{Job, JobPage, JobUpdate, NewJob, parse_phase};
 pub use models::*;
@@ -62,7 +62,17 @@ pub struct StoreOptions {
     /// Pool size; by default 10 for PostgreSQL, 4 for an SQLite file and 1 for an in-memory
     /// SQLite database (each connection to `sqlite::memory:` would be a database of its own).
     pub max_connections: Option<u32>,
+    /// How long a statement waits for a connection (a free one, or a new one while the database
+    /// refuses them) before it fails with [`StoreError::Unavailable`]; by default
+    /// [`DEFAULT_ACQUIRE_TIMEOUT`]. Bounds how long a request hangs while the database is away.
+    pub acquire_timeout: Option<Duration>,
 }
+
+/// How long [`Store::connect`] waits for a database that refuses connections (still starting).
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// The default of [`StoreOptions::acquire_timeout`].
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 enum Pool {
@@ -122,6 +132,7 @@ impl Store {
 
     /// [`Store::connect`] with explicit options.
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store> {
+        let acquire_timeout = options.acquire_timeout.unwrap_or(DEFAULT_ACQUIRE_TIMEOUT);
         let pool = if url.starts_with("sqlite:") {
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             let mut connect = SqliteConnectOptions::from_str(url)?
@@ -136,11 +147,13 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal);
             }
-            let mut pool = SqlitePoolOptions::new().max_connections(
-                options
-                    .max_connections
-                    .unwrap_or(if in_memory { 1 } else { 4 }),
-            );
+            let mut pool = SqlitePoolOptions::new()
+                .max_connections(
+                    options
+                        .max_connections
+                        .unwrap_or(if in_memory { 1 } else { 4 }),
+                )
+                .acquire_timeout(acquire_timeout);
             if in_memory {
                 // The database lives as long as its one connection: never let it go.
                 pool = pool
@@ -150,11 +163,13 @@ impl Store {
             }
             Pool::Sqlite(pool.connect_with(connect).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Lazily: the first connection is made by the migrations below, which wait for a
+            // database that is still starting up longer than one acquire timeout.
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(options.max_connections.unwrap_or(10))
-                    .connect(url)
-                    .await?,
+                    .acquire_timeout(acquire_timeout)
+                    .connect_lazy(url)?,
             )
         } else {
             return Err(StoreError::Invalid(
@@ -162,8 +177,22 @@ impl Store {
             ));
         };
         let store = Store { pool };
-        store.migrate().await?;
-        Ok(store)
+        let deadline = tokio::time::Instant::now() + FIRST_CONNECT_WAIT.max(acquire_timeout);
+        loop {
+            match store.migrate().await {
+                Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for the database");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)))
+                    if is_unavailable(&e) && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::info!(error = %e, "waiting for the database");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => break other.map(|()| store),
+            }
+        }
     }
 
     /// Runs the migrations not yet applied; a no-op when all are. Safe to run from several

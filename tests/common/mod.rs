@@ -19,6 +19,7 @@ pub mod hub;
 pub mod kernel;
 pub mod launch;
 pub mod oidc;
+pub mod resilience;
 pub mod s3;
 pub mod slurm;
 pub mod stack;

@@ -1,11 +1,12 @@
 //! Errors of the pages: rendered from `error.html` with the status (the REST API keeps its JSON
 //! errors). Unexpected errors are logged with their cause and shown as a generic message.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::render::Page;
 use crate::hub::HubError;
+use crate::hub::error::{RETRY_AFTER_SECS, UNAVAILABLE_MESSAGE, database_unavailable};
 use crate::store::StoreError;
 
 /// An error a page handler returns.
@@ -46,12 +47,22 @@ impl PageError {
         PageError::new(StatusCode::CONFLICT, message)
     }
 
-    /// 500, logged with `cause`, never shown.
+    /// 503: the database is out of reach (the response carries `Retry-After`).
+    pub fn unavailable() -> PageError {
+        PageError::new(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_MESSAGE)
+    }
+
+    /// 500, logged with `cause`, never shown; 503 when the cause is a database out of reach.
     pub fn unexpected(cause: impl Into<anyhow::Error>) -> PageError {
+        let cause = cause.into();
+        if database_unavailable(&cause) {
+            tracing::warn!(error = %cause, "database unavailable");
+            return PageError::unavailable();
+        }
         PageError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: "Something went wrong in the hub. The error has been logged.".to_owned(),
-            cause: Some(cause.into()),
+            cause: Some(cause),
         }
     }
 
@@ -61,6 +72,10 @@ impl PageError {
             StoreError::NotFound => PageError::not_found(format!("No {what}.")),
             StoreError::Conflict(m) => PageError::conflict(m),
             StoreError::Invalid(m) => PageError::bad_request(m),
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                PageError::unavailable()
+            }
             other => PageError::unexpected(other),
         }
     }
@@ -102,11 +117,37 @@ impl IntoResponse for PageError {
         if let Some(cause) = &self.cause {
             tracing::error!(error = ?cause, "unexpected error in a page");
         }
-        Page::new("error.html")
+        let mut response = Page::new("error.html")
             .status(self.status)
             .insert("code", &self.status.as_u16())
             .insert("reason", self.status.canonical_reason().unwrap_or("Error"))
             .insert("message", &self.message)
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_out_of_reach_is_the_503_page() {
+        let unavailable = || StoreError::Unavailable(sqlx::Error::PoolTimedOut);
+        for err in [
+            PageError::from(unavailable()),
+            PageError::unexpected(unavailable()),
+            PageError::from(HubError::from(unavailable())),
+        ] {
+            assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(err.message(), UNAVAILABLE_MESSAGE);
+            let response = err.into_response();
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
     }
 }
