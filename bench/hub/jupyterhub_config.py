@@ -11,7 +11,7 @@ c = get_config()  # noqa: F821 (injected by JupyterHub)
 work = os.environ["BENCH_WORK"]
 c.JupyterHub.bind_url = f"http://127.0.0.1:{os.environ['BENCH_JH_PUBLIC_PORT']}"
 c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{os.environ['BENCH_JH_HUB_PORT']}"
-# sqlite:///<dir>/jupyterhub.sqlite, or postgresql://postgres@127.0.0.1:5432/bench_jh_<ts>
+# sqlite:///<dir>/jupyterhub.sqlite, or postgresql+psycopg2://postgres@127.0.0.1:5432/bench_jh_<ts>
 # (psycopg2-binary, pinned in .ci/peers-requirements.txt).
 c.JupyterHub.db_url = os.environ.get("BENCH_JH_DB_URL") or f"sqlite:///{work}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{work}/jupyterhub_cookie_secret"

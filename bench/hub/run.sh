@@ -211,7 +211,7 @@ for engine in $ENGINES; do
   JH_DB_URL=; AT_DB_URL="sqlite://$WORK/$engine/atelier/atelier.sqlite"
   if [ "$engine" = postgres ]; then
     new_database "bench_jh_$TS_DB"; new_database "bench_at_$TS_DB"
-    JH_DB_URL="${PG_URL/postgres:\/\//postgresql://}/bench_jh_$TS_DB"
+    JH_DB_URL="${PG_URL/postgres:\/\//postgresql+psycopg2://}/bench_jh_$TS_DB"
     AT_DB_URL="$PG_URL/bench_at_$TS_DB"
   fi
   JH_PORT=$(free_port)

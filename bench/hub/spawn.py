@@ -5,7 +5,7 @@ usage: spawn.py API_URL TOKEN USERS RUNNING [CONCURRENCY]
 
 Starts the default server of RUNNING of the users u0..u<USERS-1>, spread evenly (u0, u5, u10, ...
 for 2,000 of 10,000), with `POST /users/<name>/server` (201 or 202), CONCURRENCY requests at a
-time (default 8), then waits until `GET /users?state=ready` counts RUNNING users. Prints the
+time (default 32), then waits until `GET /users?state=ready` counts RUNNING users. Prints the
 names' stride and the time taken.
 """
 
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 api, token, users, running = sys.argv[1:5]
 users, running = int(users), int(running)
-concurrency = int(sys.argv[5]) if len(sys.argv) > 5 else 8
+concurrency = int(sys.argv[5]) if len(sys.argv) > 5 else 32
 
 
 def call(method, path):
