@@ -12,7 +12,8 @@
 //! [`Store::connect`].
 //!
 //! Costs on request paths: a token or session check is one indexed lookup of a hash joined with
-//! its user; a page of users costs at most four statements whatever its size
+//! its user (a token seen in the last seconds costs none: `hub::auth::cache`, voided through
+//! [`Store::auth_epoch`]); a page of users costs at most four statements whatever its size
 //! ([`Store::list_users`]); nothing on a request path reads every user.
 
 mod audit;
