@@ -233,7 +233,6 @@ pub trait WorkspaceBackend: Send + Sync + 'static {
     /// profiles of such a kind from the spawn page (explaining why on /hub/admin) and refuses
     /// their starts with a 400 naming the missing programs, before anything runs. The
     /// kubernetes backend lacks nothing: the profile's image carries its programs.
-
     fn missing_programs(&self, kind: WorkspaceKind) -> Vec<MissingProgram> {
         let _ = kind;
         Vec::new()
