@@ -5,8 +5,9 @@
 //! `read:users!group=ocean`. A held scope grants a needed one when its name implies the needed name
 //! (`admin:users` ⊃ `users` ⊃ `read:users` ⊃ `read:users:name`) and its filter covers the target.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 /// Every scope name Atelier understands, with the names it directly implies: exactly
 /// JupyterHub 6.1.1's `scope_definitions` and their `subscopes` (`jupyterhub/scopes.py`; the
@@ -203,7 +204,7 @@ fn self_scopes(name: &str) -> impl Iterator<Item = Scope> + '_ {
 
 /// Whether `name` is a scope name Atelier knows.
 pub fn is_known(name: &str) -> bool {
-    SCOPE_TREE.iter().any(|(n, _)| *n == name)
+    tree().index.contains_key(name)
 }
 
 /// The filter part of a scope.
@@ -368,22 +369,105 @@ impl Filter {
     }
 }
 
+/// A set of scope names of [`SCOPE_TREE`], one bit per name (its index in the tree).
+type Mask = u128;
+const _: () = assert!(SCOPE_TREE.len() <= Mask::BITS as usize);
+
+/// The tree resolved once: each name's index and the names it implies, as masks.
+struct Tree {
+    index: HashMap<&'static str, usize>,
+    /// `implied[i]`: every name the i-th name implies, itself included (reflexive, transitive).
+    implied: Vec<Mask>,
+}
+
+fn tree() -> &'static Tree {
+    static TREE: OnceLock<Tree> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let index: HashMap<&'static str, usize> = SCOPE_TREE
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (*n, i))
+            .collect();
+        fn walk(name: &str, index: &HashMap<&'static str, usize>, mask: &mut Mask) {
+            let Some(&i) = index.get(name) else { return };
+            if *mask & (1 << i) != 0 {
+                return;
+            }
+            *mask |= 1 << i;
+            for sub in SCOPE_TREE[i].1 {
+                walk(sub, index, mask);
+            }
+        }
+        let implied = SCOPE_TREE
+            .iter()
+            .map(|(n, _)| {
+                let mut mask = 0;
+                walk(n, &index, &mut mask);
+                mask
+            })
+            .collect();
+        Tree { index, implied }
+    })
+}
+
+/// The bit of scope name `name`; 0 for a name outside the tree.
+fn bit(name: &str) -> Mask {
+    tree().index.get(name).map_or(0, |&i| 1 << i)
+}
+
+/// Every name `name` implies, itself included; 0 for a name outside the tree.
+fn implied_mask(name: &str) -> Mask {
+    let t = tree();
+    t.index.get(name).map_or(0, |&i| t.implied[i])
+}
+
 /// Whether scope name `held` implies `needed` (reflexive, transitive).
 pub fn implies(held: &str, needed: &str) -> bool {
-    if held == needed {
-        return true;
-    }
-    SCOPE_TREE
-        .iter()
-        .find(|(n, _)| *n == held)
-        .is_some_and(|(_, subs)| subs.iter().any(|s| implies(s, needed)))
+    held == needed || implied_mask(held) & bit(needed) != 0
 }
 
 /// A set of scopes as held by a credential, with `self` already expanded.
+///
+/// Resolved once when built: the names the unfiltered scopes imply, as one mask, and each
+/// filtered scope's implied names, so that [`ScopeSet::allows`] walks no tree and compares no
+/// scope names (the culler's page asks it about ten times per user).
+/// Shared: a clone (each request's caller is one, from the token cache) copies a pointer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ScopeSet(BTreeSet<Scope>);
+pub struct ScopeSet(Arc<Resolved>);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Resolved {
+    set: BTreeSet<Scope>,
+    /// Every name an unfiltered scope of the set implies.
+    unfiltered: Mask,
+    /// The filtered scopes, each with the names it implies.
+    filtered: Vec<(Mask, Filter)>,
+}
 
 impl ScopeSet {
+    /// The scopes, to change (a copy unless this is the only handle).
+    fn into_set(self) -> BTreeSet<Scope> {
+        Arc::try_unwrap(self.0).map_or_else(|shared| shared.set.clone(), |own| own.set)
+    }
+
+    fn from_set(set: BTreeSet<Scope>) -> ScopeSet {
+        let mut unfiltered = 0;
+        let mut filtered = Vec::new();
+        for s in &set {
+            let mask = implied_mask(&s.name);
+            if s.filter == Filter::All {
+                unfiltered |= mask;
+            } else {
+                filtered.push((mask, s.filter.clone()));
+            }
+        }
+        ScopeSet(Arc::new(Resolved {
+            set,
+            unfiltered,
+            filtered,
+        }))
+    }
+
     /// Parses a list of scope strings, expanding `self` for `owner` (a user's name; `None` for a
     /// service, for which `self` grants nothing). Unknown scopes are refused.
     pub fn parse<S: AsRef<str>>(scopes: &[S], owner: Option<&str>) -> Result<ScopeSet, ScopeError> {
@@ -398,7 +482,7 @@ impl ScopeSet {
                 set.insert(scope);
             }
         }
-        Ok(ScopeSet(set))
+        Ok(ScopeSet::from_set(set))
     }
 
     /// The scopes of a user from their roles: `self`, plus the admin role for admins.
@@ -407,20 +491,36 @@ impl ScopeSet {
         if admin {
             set.extend(ADMIN_ROLE.iter().map(|n| Scope::all(n)));
         }
-        ScopeSet(set)
+        ScopeSet::from_set(set)
     }
 
     /// Whether the set grants `needed` on `target`.
     pub fn allows(&self, needed: &str, target: Target<'_>) -> bool {
-        self.0
-            .iter()
-            .any(|s| implies(&s.name, needed) && s.filter.covers(target))
+        let b = bit(needed);
+        if b == 0 {
+            // Outside the tree: only the very name grants it.
+            return self
+                .0
+                .set
+                .iter()
+                .any(|s| s.name == needed && s.filter.covers(target));
+        }
+        self.0.unfiltered & b != 0
+            || self
+                .0
+                .filtered
+                .iter()
+                .any(|(mask, filter)| mask & b != 0 && filter.covers(target))
     }
 
     /// Whether the set grants `needed` on at least some resource (used to decide between 403 and
     /// filtering a list).
     pub fn has_any(&self, needed: &str) -> bool {
-        self.0.iter().any(|s| implies(&s.name, needed))
+        let b = bit(needed);
+        if b == 0 {
+            return self.0.set.iter().any(|s| s.name == needed);
+        }
+        self.0.unfiltered & b != 0 || self.0.filtered.iter().any(|(mask, _)| mask & b != 0)
     }
 
     /// Whether one of the scopes grants access to the server `user`/`server`.
@@ -439,20 +539,28 @@ impl ScopeSet {
     /// than its owner has, and to intersect a token's scopes with its owner's current ones).
     pub fn covers(&self, scope: &Scope) -> bool {
         self.0
+            .set
             .iter()
             .any(|h| implies(&h.name, &scope.name) && scope.filter.within(&h.filter))
     }
 
     /// The scopes of `self` that `owner` still holds.
     pub fn intersect(&self, owner: &ScopeSet) -> ScopeSet {
-        ScopeSet(self.0.iter().filter(|s| owner.covers(s)).cloned().collect())
+        ScopeSet::from_set(
+            self.0
+                .set
+                .iter()
+                .filter(|s| owner.covers(s))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Every scope with the names it implies, reduced, as strings, sorted (what
     /// `GET /hub/api/user` reports, like JupyterHub's expanded and reduced scopes).
     pub fn expanded(&self) -> Vec<String> {
         let mut out = BTreeSet::new();
-        for s in &self.0 {
+        for s in &self.0.set {
             for (name, _) in SCOPE_TREE {
                 // JupyterHub's `_expand_scope`: a `!server=` filter drops the cross-resource
                 // `read:users…` subscopes (`read:servers` → `read:users:name`).
@@ -482,31 +590,40 @@ impl ScopeSet {
 
     /// The scopes as strings, sorted.
     pub fn to_strings(&self) -> Vec<String> {
-        self.0.iter().map(Scope::to_string).collect()
+        self.0.set.iter().map(Scope::to_string).collect()
     }
 
     /// Iterates over the scopes.
     pub fn iter(&self) -> impl Iterator<Item = &Scope> {
-        self.0.iter()
+        self.0.set.iter()
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.set.is_empty()
     }
 
     /// With the scopes that let any token of user `name` identify its owner (JupyterHub's
     /// `identify_scopes`: `read:users:name` and `read:users:groups` on the user).
-    pub fn with_identify(mut self, name: &str) -> ScopeSet {
-        self.0.insert(Scope::user("read:users:name", name));
-        self.0.insert(Scope::user("read:users:groups", name));
-        self
+    pub fn with_identify(self, name: &str) -> ScopeSet {
+        let mut set = self.into_set();
+        set.insert(Scope::user("read:users:name", name));
+        set.insert(Scope::user("read:users:groups", name));
+        ScopeSet::from_set(set)
+    }
+
+    /// With `scope` added.
+    pub fn with(self, scope: Scope) -> ScopeSet {
+        let mut set = self.into_set();
+        set.insert(scope);
+        ScopeSet::from_set(set)
     }
 
     /// The scopes of both sets.
-    pub fn union(mut self, other: &ScopeSet) -> ScopeSet {
-        self.0.extend(other.0.iter().cloned());
-        self
+    pub fn union(self, other: &ScopeSet) -> ScopeSet {
+        let mut set = self.into_set();
+        set.extend(other.0.set.iter().cloned());
+        ScopeSet::from_set(set)
     }
 }
 
@@ -856,6 +973,57 @@ mod tests {
             "access:servers!server=/x",
         ] {
             assert!(Scope::parse(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    /// The masks resolved once agree with a walk of the tree, for every pair of names.
+    #[test]
+    fn implication_masks_match_the_tree() {
+        fn walk(held: &str, needed: &str) -> bool {
+            held == needed
+                || SCOPE_TREE
+                    .iter()
+                    .find(|(n, _)| *n == held)
+                    .is_some_and(|(_, subs)| subs.iter().any(|s| walk(s, needed)))
+        }
+        for (held, _) in SCOPE_TREE {
+            for (needed, _) in SCOPE_TREE {
+                assert_eq!(
+                    implies(held, needed),
+                    walk(held, needed),
+                    "{held} -> {needed}"
+                );
+            }
+            assert!(!implies(held, "no-such-scope"));
+        }
+        assert!(implies("no-such-scope", "no-such-scope"));
+        // A set answers as its scopes one by one.
+        let set = ScopeSet::parse(
+            &["admin:users", "servers!user=alice", "read:groups!group=g"],
+            None,
+        )
+        .unwrap();
+        let groups: BTreeSet<String> = ["g".to_owned()].into();
+        let none = BTreeSet::new();
+        let alice = Target::User {
+            name: "alice",
+            groups: &none,
+        };
+        let bob = Target::User {
+            name: "bob",
+            groups: &groups,
+        };
+        for (needed, _) in SCOPE_TREE {
+            for target in [alice, bob, Target::Hub, Target::Group("g")] {
+                let one_by_one = set
+                    .iter()
+                    .any(|s| walk(&s.name, needed) && s.filter.covers(target));
+                assert_eq!(
+                    set.allows(needed, target),
+                    one_by_one,
+                    "{needed} on {target:?}"
+                );
+            }
         }
     }
 

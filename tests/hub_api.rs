@@ -281,6 +281,7 @@ stories!(
     users_filter_by_name,
     jupyterhub_611_answers,
     roles_give_scopes,
+    token_cache_follows_changes,
 );
 
 /// A token of service `name` (not in the hub's configuration) holding `scopes`.
@@ -2853,4 +2854,123 @@ async fn roles_give_scopes(w: &World) {
         scopes(&me).contains(&"servers!user=erin-two".to_owned()),
         "{me}"
     );
+}
+
+/// The hub keeps resolved tokens for a moment (`hub::auth::cache`): a change made through this
+/// hub applies to the very next request (a revoked token, a user made or unmade admin, a group
+/// joined or left that carries a role), and one made through another hub on the same database
+/// within the cache's lifetime (a bounded wait here, not a timing assertion).
+async fn token_cache_follows_changes(w: &World) {
+    let (_, cara) = w.user("cara").await;
+    let me = w.api.get("/hub/api/user", &cara).await;
+    assert_eq!(me.status, 200, "{me:?}");
+    let token_id = me.json()["token_id"].as_str().unwrap().to_owned();
+    // Used twice: the second answer comes from the cache.
+    assert_eq!(w.api.get("/hub/api/user", &cara).await.status, 200);
+
+    // Made admin: the same token lists users at once (its `self` is intersected with what its
+    // owner holds now); unmade: refused at once.
+    let (_, wide) = {
+        let user = w.store.get_user("cara").await.unwrap();
+        let scopes = ["self", "list:users", "access:services!service=dask-gateway"];
+        let token = token_for(&w.store, &user, &scopes).await;
+        (user, token)
+    };
+    assert_eq!(w.api.get("/hub/api/users", &wide).await.status, 403);
+    let patch = |admin: bool| {
+        w.api.call(
+            "PATCH",
+            "/hub/api/users/cara",
+            &w.admin,
+            Some(json!({ "admin": admin })),
+        )
+    };
+    assert_eq!(patch(true).await.status, 200);
+    assert_eq!(w.api.get("/hub/api/users", &wide).await.status, 200);
+    assert_eq!(patch(false).await.status, 200);
+    assert_eq!(w.api.get("/hub/api/users", &wide).await.status, 403);
+
+    // A role held through group `ocean` (api_config's `dask-users`) comes and goes with the
+    // membership: the token asks for its scope, and holds it while its owner does.
+    let dask = "access:services!service=dask-gateway";
+    let scopes = |resp: Resp| -> Vec<String> {
+        serde_json::from_value(resp.json()["scopes"].clone()).unwrap()
+    };
+    assert!(!scopes(w.api.get("/hub/api/user", &wide).await).contains(&dask.to_owned()));
+    let created = w
+        .api
+        .call("POST", "/hub/api/groups/ocean", &w.admin, None)
+        .await;
+    assert!(
+        created.status == 201 || created.status == 409,
+        "{created:?}"
+    );
+    let members = Some(json!({ "users": ["cara"] }));
+    let add = w
+        .api
+        .call(
+            "POST",
+            "/hub/api/groups/ocean/users",
+            &w.admin,
+            members.clone(),
+        )
+        .await;
+    assert_eq!(add.status, 200, "{add:?}");
+    assert!(scopes(w.api.get("/hub/api/user", &wide).await).contains(&dask.to_owned()));
+    let remove = w
+        .api
+        .call("DELETE", "/hub/api/groups/ocean/users", &w.admin, members)
+        .await;
+    assert_eq!(remove.status, 200, "{remove:?}");
+    assert!(!scopes(w.api.get("/hub/api/user", &wide).await).contains(&dask.to_owned()));
+
+    // Revoked through this hub: refused by the next request.
+    let resp = w
+        .api
+        .call(
+            "DELETE",
+            &format!("/hub/api/users/cara/tokens/{token_id}"),
+            &w.admin,
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 204, "{resp:?}");
+    assert_eq!(w.api.get("/hub/api/user", &cara).await.status, 403);
+
+    // Revoked through another hub on the same database: refused here within the cache's
+    // lifetime (2 s), and for good after.
+    let store_b = Store::connect(w.db.url()).await.unwrap();
+    let b = Served::start(store_b.clone(), w.backend.clone(), api_config).await;
+    let (_, dora) = w.user("dora").await;
+    let id = w.api.get("/hub/api/user", &dora).await.json()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(w.api.get("/hub/api/user", &dora).await.status, 200);
+    let resp = b
+        .call(
+            "DELETE",
+            &format!("/hub/api/users/dora/tokens/{id}"),
+            &w.admin,
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 204, "{resp:?}");
+    assert_eq!(b.get("/hub/api/user", &dora).await.status, 403);
+    let mut refused = false;
+    for _ in 0..100 {
+        if w.api.get("/hub/api/user", &dora).await.status == 403 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "a token revoked on another hub still works here after 10 s"
+    );
+    for _ in 0..3 {
+        assert_eq!(w.api.get("/hub/api/user", &dora).await.status, 403);
+    }
+    store_b.close().await;
 }

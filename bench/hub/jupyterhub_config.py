@@ -1,24 +1,61 @@
-# JupyterHub 6.1.1 for bench/hub/run.sh: loopback, SQLite in a fresh directory, no spawning.
+# JupyterHub 6.1.1 for bench/hub/run.sh: loopback, SQLite in a fresh directory or a fresh
+# PostgreSQL database, servers that are ready at once, no proxy.
 # Everything variable comes from the environment run.sh sets.
 import os
+
+from jupyterhub.proxy import Proxy
+from jupyterhub.spawner import Spawner
 
 c = get_config()  # noqa: F821 (injected by JupyterHub)
 
 work = os.environ["BENCH_WORK"]
 c.JupyterHub.bind_url = f"http://127.0.0.1:{os.environ['BENCH_JH_PUBLIC_PORT']}"
 c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{os.environ['BENCH_JH_HUB_PORT']}"
-c.JupyterHub.db_url = f"sqlite:///{work}/jupyterhub.sqlite"
+# sqlite:///<dir>/jupyterhub.sqlite, or postgresql+psycopg2://postgres@127.0.0.1:5432/bench_jh_<ts>
+# (psycopg2-binary, pinned in .ci/peers-requirements.txt).
+c.JupyterHub.db_url = os.environ.get("BENCH_JH_DB_URL") or f"sqlite:///{work}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{work}/jupyterhub_cookie_secret"
 c.JupyterHub.pid_file = f"{work}/jupyterhub.pid"
 c.JupyterHub.authenticator_class = "dummy"
-c.JupyterHub.spawner_class = "simple"
 # The culler's page: GET /hub/api/users?limit=200 answers 200 users (JupyterHub's maximum page).
 c.JupyterHub.api_page_max_limit = 200
 
-# JupyterHub starts and stops its proxy (configurable-http-proxy from bench/proxy/node_modules).
-c.ConfigurableHTTPProxy.command = [os.environ["BENCH_CHP"]]
-c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{os.environ['BENCH_JH_PROXY_API_PORT']}"
-c.ConfigurableHTTPProxy.auth_token = "bench-chp-token"
+
+class InstantSpawner(Spawner):
+    """Ready at once, nothing behind it (as Atelier's `backend::instant`): every server "runs"
+    at BENCH_INSTANT_URL, a tiny HTTP server answering 200 that JupyterHub's wait_up polls."""
+
+    async def start(self):
+        return os.environ["BENCH_INSTANT_URL"]
+
+    async def poll(self):
+        return None
+
+    async def stop(self, now=False):
+        pass
+
+
+class NoProxy(Proxy):
+    """No proxy: wrk calls the hub's port directly, and routes would cost nothing to measure."""
+
+    should_start = False
+
+    async def add_route(self, routespec, target, data):
+        pass
+
+    async def delete_route(self, routespec):
+        pass
+
+    async def get_all_routes(self):
+        return {}
+
+
+c.JupyterHub.spawner_class = InstantSpawner
+c.JupyterHub.proxy_class = NoProxy
+c.JupyterHub.concurrent_spawn_limit = 0
+c.JupyterHub.active_server_limit = 0
+# Stopping 2,000 servers at exit is of no interest: run.sh kills the hub.
+c.JupyterHub.cleanup_servers = False
 
 # The token as a deployment gives it to jupyterhub-idle-culler (z2jh does the same): a service
 # with an api_token in the configuration. JupyterHub does not trust the entropy of configured
@@ -26,12 +63,21 @@ c.ConfigurableHTTPProxy.auth_token = "bench-chp-token"
 # SHA-512; tokens it generates itself (servers', users') get one round.
 # A service JupyterHub starts itself (`command`, as z2jh runs the culler) gets a generated token;
 # TRUST_TOKENS=1 in run.sh gives the configured token the same single round.
+# `benchadm` only populates (creates users and groups, starts servers); it is never timed.
 c.JupyterHub.trust_user_provided_tokens = os.environ.get("BENCH_TRUST_TOKENS") == "1"
-c.JupyterHub.services = [{"name": "bench", "api_token": os.environ["BENCH_TOKEN"]}]
+c.JupyterHub.services = [
+    {"name": "bench", "api_token": os.environ["BENCH_TOKEN"]},
+    {"name": "benchadm", "api_token": os.environ["BENCH_ADMIN_TOKEN"]},
+]
 c.JupyterHub.load_roles = [
     {
         "name": "bench",
         "scopes": os.environ["BENCH_SCOPES"].split(","),
         "services": ["bench"],
-    }
+    },
+    {
+        "name": "benchadm",
+        "scopes": os.environ["BENCH_ADMIN_SCOPES"].split(","),
+        "services": ["benchadm"],
+    },
 ]

@@ -1,10 +1,13 @@
 -- One request kind per wrk run, chosen by the environment run.sh sets:
 --   BENCH_TOKEN   the Authorization token
---   BENCH_KIND    whoami | page | user | activity
+--   BENCH_KIND    whoami | page | ready | user | activity
 --   BENCH_USERS   the number of users u0..u<N-1> (random user per request for user/activity)
+--   BENCH_RUNNING the number of users with a ready server (ready: the pages of 200 in turn)
 local token = os.getenv("BENCH_TOKEN")
 local kind = os.getenv("BENCH_KIND")
 local n = tonumber(os.getenv("BENCH_USERS"))
+local running = tonumber(os.getenv("BENCH_RUNNING") or "0")
+local ready_pages = math.max(1, math.ceil(running / 200))
 local get = { ["Authorization"] = "token " .. token }
 local page = {
   ["Authorization"] = "token " .. token,
@@ -26,6 +29,11 @@ request = function()
     return wrk.format("GET", "/hub/api/user", get)
   elseif kind == "page" then
     return wrk.format("GET", "/hub/api/users?limit=200", page)
+  elseif kind == "ready" then
+    -- The culler's walk: the users with a ready server, page after page (offset 0, 200, ...).
+    seq = seq + 1
+    local offset = (seq % ready_pages) * 200
+    return wrk.format("GET", "/hub/api/users?state=ready&limit=200&offset=" .. offset, page)
   elseif kind == "user" then
     return wrk.format("GET", "/hub/api/users/u" .. math.random(0, n - 1), get)
   else

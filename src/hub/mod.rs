@@ -177,6 +177,8 @@ pub struct Hub {
     pub spawns: spawns::Spawns,
     /// Set by `POST /hub/api/shutdown`: the process serving this hub stops ([`Hub::shutdown`]).
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Recently resolved API tokens ([`auth::cache`]).
+    pub token_cache: auth::cache::TokenCache,
 }
 
 /// Handlers' state.
@@ -191,6 +193,7 @@ impl Hub {
             config,
             spawns: spawns::Spawns::default(),
             shutdown: tokio::sync::watch::channel(false).0,
+            token_cache: Default::default(),
         })
     }
 

@@ -384,13 +384,18 @@ impl Store {
 
     /// Deletes a token.
     pub async fn revoke_token(&self, id: i64) -> Result<()> {
-        found(
-            on_pool!(self, p => sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+        let result = (async {
+            found(
+                on_pool!(self, p => sqlx::query("DELETE FROM api_tokens WHERE id = $1")
             .bind(id)
             .execute(p)
             .await?
             .rows_affected()),
-        )
+            )
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Moves the token's last use forward to `at`; an older `at` changes nothing.
@@ -468,26 +473,36 @@ impl Store {
 
     /// Deletes the client with its codes and the access tokens issued to it.
     pub async fn delete_oauth_client(&self, client_id: &str) -> Result<()> {
-        found(on_pool!(self, p => sqlx::query(
+        let result = (async {
+            found(on_pool!(self, p => sqlx::query(
             "DELETE FROM oauth_clients WHERE client_id = $1",
         )
         .bind(client_id)
         .execute(p)
         .await?
         .rows_affected()))
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Deletes every OAuth client of server `server_id` (with their tokens and codes, by
     /// cascade), whatever their ids: also one registered under an earlier naming of client
     /// ids. Returns how many.
     pub async fn delete_server_oauth_clients(&self, server_id: i64) -> Result<u64> {
-        Ok(on_pool!(self, p => sqlx::query(
+        let result = (async {
+            Ok(on_pool!(self, p => sqlx::query(
             "DELETE FROM oauth_clients WHERE server_id = $1",
         )
         .bind(server_id)
         .execute(p)
         .await?
         .rows_affected()))
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     // ---- OAuth authorization codes --------------------------------------------------------
@@ -630,53 +645,68 @@ impl Store {
 
     /// Ends the session whose cookie value is `cookie` (logout), with the tokens issued in it.
     pub async fn delete_session(&self, cookie: &str) -> Result<()> {
-        found(
-            on_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+        let result = (async {
+            found(
+                on_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(hash_token(cookie))
             .execute(p)
             .await?
             .rows_affected()),
-        )
+            )
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Ends all the user's sessions (logout everywhere), with the tokens issued in them.
     /// Returns how many there were.
     pub async fn delete_user_sessions(&self, user_id: i64) -> Result<u64> {
-        Ok(
-            on_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        let result = (async {
+            Ok(
+                on_pool!(self, p => sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(user_id)
             .execute(p)
             .await?
             .rows_affected()),
-        )
+            )
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Deletes the tokens, codes and sessions expired at `now` (tokens issued in a purged
     /// session go with it and are counted with the sessions). Each is an indexed range delete
     /// on `expires_at`.
     pub async fn purge_expired(&self, now: DateTime<Utc>) -> Result<PurgeCounts> {
-        let now = ts(now);
-        Ok(on_pool!(self, p => {
-            let tokens = sqlx::query("DELETE FROM api_tokens WHERE expires_at <= $1")
-                .bind(now)
-                .execute(p)
-                .await?
-                .rows_affected();
-            let oauth_codes = sqlx::query("DELETE FROM oauth_codes WHERE expires_at <= $1")
-                .bind(now)
-                .execute(p)
-                .await?
-                .rows_affected();
-            let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
-                .bind(now)
-                .execute(p)
-                .await?
-                .rows_affected();
-            PurgeCounts {
-                tokens,
-                oauth_codes,
-                sessions,
-            }
-        }))
+        let result = (async {
+            let now = ts(now);
+            Ok(on_pool!(self, p => {
+                let tokens = sqlx::query("DELETE FROM api_tokens WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+                let oauth_codes = sqlx::query("DELETE FROM oauth_codes WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+                let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+                PurgeCounts {
+                    tokens,
+                    oauth_codes,
+                    sessions,
+                }
+            }))
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 }

@@ -79,6 +79,7 @@ impl Store {
     /// default one); `Conflict` if the user has another server whose name equals the new one
     /// ignoring ASCII case.
     pub async fn modify_server(&self, id: i64, changes: &ServerChanges) -> Result<Server> {
+        let result = (async {
         let norm = match changes.name.as_deref() {
             Some("") => {
                 return Err(StoreError::Invalid(
@@ -135,6 +136,10 @@ impl Store {
             row
         });
         row.into_model()
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// A page of the running servers with their owners' names, sorted by owner then server

@@ -12,7 +12,8 @@
 //! [`Store::connect`].
 //!
 //! Costs on request paths: a token or session check is one indexed lookup of a hash joined with
-//! its user; a page of users costs at most four statements whatever its size
+//! its user (a token seen in the last seconds costs none: `hub::auth::cache`, voided through
+//! [`Store::auth_epoch`]); a page of users costs at most four statements whatever its size
 //! ([`Store::list_users`]); nothing on a request path reads every user.
 
 mod audit;
@@ -27,6 +28,8 @@ pub mod tokens;
 mod users;
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -84,6 +87,9 @@ enum Pool {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Bumped by every write through this store that can end or narrow a token's identity
+    /// (see [`Store::auth_epoch`]); shared by the clones.
+    auth_epoch: Arc<AtomicU64>,
 }
 
 /// Runs `$body` with `$p` bound to the store's pool, compiled once per engine. `$body` may use
@@ -176,7 +182,10 @@ impl Store {
                 "database URL must start with sqlite:, postgres:// or postgresql://".to_owned(),
             ));
         };
-        let store = Store { pool };
+        let store = Store {
+            pool,
+            auth_epoch: Arc::default(),
+        };
         let deadline = tokio::time::Instant::now() + FIRST_CONNECT_WAIT.max(acquire_timeout);
         loop {
             match store.migrate().await {
@@ -193,6 +202,19 @@ impl Store {
                 other => break other.map(|()| store),
             }
         }
+    }
+
+    /// A counter that moves whenever this store deleted a token (directly, or with its user,
+    /// session, OAuth client or server), changed a user's name or admin flag, or changed group
+    /// memberships: what a cache of resolved tokens must drop. Writes made by other processes
+    /// sharing the database do not move it.
+    pub fn auth_epoch(&self) -> u64 {
+        self.auth_epoch.load(Ordering::Acquire)
+    }
+
+    /// Moves [`Store::auth_epoch`].
+    pub(crate) fn auth_changed(&self) {
+        self.auth_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Runs the migrations not yet applied; a no-op when all are. Safe to run from several

@@ -285,21 +285,26 @@ impl Store {
     /// Deletes a stopped or failed server with its OAuth client and that client's tokens.
     /// `Conflict` while it is active.
     pub async fn delete_server(&self, id: i64) -> Result<()> {
-        let deleted = on_pool!(self, p => sqlx::query(
+        let result = (async {
+            let deleted = on_pool!(self, p => sqlx::query(
             "DELETE FROM servers WHERE id = $1 AND state IN ('stopped', 'failed')",
         )
         .bind(id)
         .execute(p)
         .await?
         .rows_affected());
-        if deleted == 0 {
-            let server = self.get_server_by_id(id).await?;
-            return Err(StoreError::Conflict(format!(
-                "server is {}: stop it before deleting it",
-                server.state.as_str()
-            )));
-        }
-        Ok(())
+            if deleted == 0 {
+                let server = self.get_server_by_id(id).await?;
+                return Err(StoreError::Conflict(format!(
+                    "server is {}: stop it before deleting it",
+                    server.state.as_str()
+                )));
+            }
+            Ok(())
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// The result of a conditional transition: the updated server, or why there was none.

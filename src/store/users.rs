@@ -249,21 +249,27 @@ impl Store {
     }
 
     pub async fn set_user_admin(&self, name: &str, admin: bool) -> Result<User> {
-        on_pool!(self, p => sqlx::query_as::<_, User>(
+        let result = (async {
+            on_pool!(self, p => sqlx::query_as::<_, User>(
             "UPDATE users SET admin = $2 WHERE name = $1 RETURNING *",
         )
         .bind(name)
         .bind(admin)
         .fetch_optional(p)
         .await?)
-        .ok_or(StoreError::NotFound)
+            .ok_or(StoreError::NotFound)
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Renames a user (JupyterHub's `PATCH /users/{name}`). Their servers, tokens and groups
     /// follow; audit events keep the old name.
     pub async fn rename_user(&self, name: &str, new_name: &str) -> Result<User> {
-        let norm = user_name(new_name)?;
-        on_pool!(self, p => sqlx::query_as::<_, User>(
+        let result = (async {
+            let norm = user_name(new_name)?;
+            on_pool!(self, p => sqlx::query_as::<_, User>(
             "UPDATE users SET name = $2, name_norm = $3 WHERE name = $1 RETURNING *",
         )
         .bind(name)
@@ -272,18 +278,27 @@ impl Store {
         .fetch_optional(p)
         .await
         .map_err(|e| conflict_as(e, || user_conflict(new_name)))?)
-        .ok_or(StoreError::NotFound)
+            .ok_or(StoreError::NotFound)
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Deletes a user with their servers, tokens, sessions, OAuth codes and group memberships.
     pub async fn delete_user(&self, name: &str) -> Result<()> {
-        found(
-            on_pool!(self, p => sqlx::query("DELETE FROM users WHERE name = $1")
+        let result = (async {
+            found(
+                on_pool!(self, p => sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(p)
             .await?
             .rows_affected()),
-        )
+            )
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Moves the user's last activity forward to `at`; an older `at` changes nothing. Returns
@@ -589,13 +604,18 @@ impl Store {
 
     /// Deletes a group (its members stay).
     pub async fn delete_group(&self, name: &str) -> Result<()> {
-        found(
-            on_pool!(self, p => sqlx::query("DELETE FROM groups WHERE name = $1")
+        let result = (async {
+            found(
+                on_pool!(self, p => sqlx::query("DELETE FROM groups WHERE name = $1")
             .bind(name)
             .execute(p)
             .await?
             .rows_affected()),
-        )
+            )
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Replaces the group's properties (a JSON object).
@@ -615,67 +635,77 @@ impl Store {
     /// Adds the named users to the group; members already in it stay. `NotFound` (and no
     /// change) if the group or any user does not exist.
     pub async fn add_group_members(&self, group: &str, users: &[String]) -> Result<()> {
-        let names: BTreeSet<&str> = users.iter().map(String::as_str).collect();
-        if names.is_empty() {
-            return Ok(());
-        }
-        let count_sql = format!(
-            "SELECT COUNT(*) FROM users WHERE name IN ({})",
-            placeholders(1, names.len())
-        );
-        let insert_sql = format!(
-            "INSERT INTO user_groups (user_id, group_id) \
+        let result = (async {
+            let names: BTreeSet<&str> = users.iter().map(String::as_str).collect();
+            if names.is_empty() {
+                return Ok(());
+            }
+            let count_sql = format!(
+                "SELECT COUNT(*) FROM users WHERE name IN ({})",
+                placeholders(1, names.len())
+            );
+            let insert_sql = format!(
+                "INSERT INTO user_groups (user_id, group_id) \
              SELECT id, $1 FROM users WHERE name IN ({}) ON CONFLICT DO NOTHING",
-            placeholders(2, names.len())
-        );
-        on_pool!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let group_id = sqlx::query_scalar::<_, i64>("SELECT id FROM groups WHERE name = $1")
-                .bind(group)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            let mut count = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count_sql));
-            let mut insert = sqlx::query(AssertSqlSafe(insert_sql)).bind(group_id);
-            for name in &names {
-                count = count.bind(*name);
-                insert = insert.bind(*name);
-            }
-            if count.fetch_one(&mut *tx).await? != names.len() as i64 {
-                return Err(StoreError::NotFound);
-            }
-            insert.execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
-        Ok(())
+                placeholders(2, names.len())
+            );
+            on_pool!(self, p => {
+                let mut tx = p.begin_write().await?;
+                let group_id = sqlx::query_scalar::<_, i64>("SELECT id FROM groups WHERE name = $1")
+                    .bind(group)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                let mut count = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count_sql));
+                let mut insert = sqlx::query(AssertSqlSafe(insert_sql)).bind(group_id);
+                for name in &names {
+                    count = count.bind(*name);
+                    insert = insert.bind(*name);
+                }
+                if count.fetch_one(&mut *tx).await? != names.len() as i64 {
+                    return Err(StoreError::NotFound);
+                }
+                insert.execute(&mut *tx).await?;
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// Removes the named users from the group; names that are not members are ignored.
     pub async fn remove_group_members(&self, group: &str, users: &[String]) -> Result<()> {
-        let names: BTreeSet<&str> = users.iter().map(String::as_str).collect();
-        let group_id = on_pool!(self, p => {
-            sqlx::query_scalar::<_, i64>("SELECT id FROM groups WHERE name = $1")
-                .bind(group)
-                .fetch_optional(p)
-                .await?
-        })
-        .ok_or(StoreError::NotFound)?;
-        if names.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "DELETE FROM user_groups WHERE group_id = $1 AND user_id IN \
-             (SELECT id FROM users WHERE name IN ({}))",
-            placeholders(2, names.len())
-        );
-        on_pool!(self, p => {
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(group_id);
-            for name in &names {
-                query = query.bind(*name);
+        let result = (async {
+            let names: BTreeSet<&str> = users.iter().map(String::as_str).collect();
+            let group_id = on_pool!(self, p => {
+                sqlx::query_scalar::<_, i64>("SELECT id FROM groups WHERE name = $1")
+                    .bind(group)
+                    .fetch_optional(p)
+                    .await?
+            })
+            .ok_or(StoreError::NotFound)?;
+            if names.is_empty() {
+                return Ok(());
             }
-            query.execute(p).await?;
-        });
-        Ok(())
+            let sql = format!(
+                "DELETE FROM user_groups WHERE group_id = $1 AND user_id IN \
+             (SELECT id FROM users WHERE name IN ({}))",
+                placeholders(2, names.len())
+            );
+            on_pool!(self, p => {
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(group_id);
+                for name in &names {
+                    query = query.bind(*name);
+                }
+                query.execute(p).await?;
+            });
+            Ok(())
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 
     /// The names of the user's groups, sorted.
@@ -693,56 +723,61 @@ impl Store {
     /// empty properties), in one transaction: the sync of groups from an identity provider at
     /// login.
     pub async fn set_user_groups(&self, user_id: i64, groups: &[String]) -> Result<()> {
-        let names: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
-        for name in &names {
-            group_name(name)?;
-        }
-        let created = now();
-        on_pool!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM users WHERE id = $1")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound);
+        let result = (async {
+            let names: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
+            for name in &names {
+                group_name(name)?;
             }
-            if names.is_empty() {
-                sqlx::query("DELETE FROM user_groups WHERE user_id = $1")
+            let created = now();
+            on_pool!(self, p => {
+                let mut tx = p.begin_write().await?;
+                let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM users WHERE id = $1")
                     .bind(user_id)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
-            } else {
-                for name in &names {
-                    sqlx::query(
-                        "INSERT INTO groups (name, properties, created) VALUES ($1, '{}', $2) \
-                         ON CONFLICT (name) DO NOTHING",
-                    )
-                    .bind(*name)
-                    .bind(created)
-                    .execute(&mut *tx)
-                    .await?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound);
                 }
-                let list = placeholders(2, names.len());
-                let mut delete = sqlx::query(AssertSqlSafe(format!(
-                    "DELETE FROM user_groups WHERE user_id = $1 AND group_id NOT IN \
-                     (SELECT id FROM groups WHERE name IN ({list}))"
-                )))
-                .bind(user_id);
-                let mut insert = sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO user_groups (user_id, group_id) \
-                     SELECT $1, id FROM groups WHERE name IN ({list}) ON CONFLICT DO NOTHING"
-                )))
-                .bind(user_id);
-                for name in &names {
-                    delete = delete.bind(*name);
-                    insert = insert.bind(*name);
+                if names.is_empty() {
+                    sqlx::query("DELETE FROM user_groups WHERE user_id = $1")
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    for name in &names {
+                        sqlx::query(
+                            "INSERT INTO groups (name, properties, created) VALUES ($1, '{}', $2) \
+                             ON CONFLICT (name) DO NOTHING",
+                        )
+                        .bind(*name)
+                        .bind(created)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    let list = placeholders(2, names.len());
+                    let mut delete = sqlx::query(AssertSqlSafe(format!(
+                        "DELETE FROM user_groups WHERE user_id = $1 AND group_id NOT IN \
+                         (SELECT id FROM groups WHERE name IN ({list}))"
+                    )))
+                    .bind(user_id);
+                    let mut insert = sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO user_groups (user_id, group_id) \
+                         SELECT $1, id FROM groups WHERE name IN ({list}) ON CONFLICT DO NOTHING"
+                    )))
+                    .bind(user_id);
+                    for name in &names {
+                        delete = delete.bind(*name);
+                        insert = insert.bind(*name);
+                    }
+                    delete.execute(&mut *tx).await?;
+                    insert.execute(&mut *tx).await?;
                 }
-                delete.execute(&mut *tx).await?;
-                insert.execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await;
+        self.auth_changed();
+        result
     }
 }

@@ -134,28 +134,34 @@ pub fn user_model_with(
         }
     }
     let default = detail.servers.iter().find(|s| s.name.is_empty());
-    let full = json!({
-        "kind": "user",
-        "name": user.name,
-        "admin": user.admin,
-        "roles": role_names(&hub.config.roles.of_user(&user.name, user.admin)),
-        "groups": detail.groups,
-        "server": default.filter(|s| s.ready()).map(|_| hub.config.server_url(&user.name, "")),
-        "pending": default.and_then(|s| s.pending()),
-        "created": iso(Some(user.created)),
-        "last_activity": iso(user.last_activity),
-        // What an authenticator tells of the user (JupyterHub 6's `user_info`): Atelier's dev
-        // login and single sign-on keep nothing beyond the name, as JupyterHub's own
-        // authenticators, which leave it null.
-        "user_info": Value::Null,
-        // Atelier keeps no authentication state (no refresh tokens of the provider).
-        "auth_state": Value::Null,
-    });
+    // Only the keys the caller may see are built (no full model cloned from).
     let mut model = Map::new();
     for key in &keys {
-        if let Some(v) = full.get(*key) {
-            model.insert((*key).to_owned(), v.clone());
-        }
+        let value = match *key {
+            "kind" => Value::from("user"),
+            "name" => Value::String(user.name.clone()),
+            "admin" => Value::Bool(user.admin),
+            "roles" => json!(role_names(
+                &hub.config.roles.of_user(&user.name, user.admin)
+            )),
+            "groups" => json!(detail.groups),
+            "server" => json!(
+                default
+                    .filter(|s| s.ready())
+                    .map(|_| hub.config.server_url(&user.name, ""))
+            ),
+            "pending" => json!(default.and_then(|s| s.pending())),
+            "created" => iso(Some(user.created)),
+            "last_activity" => iso(user.last_activity),
+            // What an authenticator tells of the user (JupyterHub 6's `user_info`): Atelier's dev
+            // login and single sign-on keep nothing beyond the name, as JupyterHub's own
+            // authenticators, which leave it null.
+            "user_info" => Value::Null,
+            // Atelier keeps no authentication state (no refresh tokens of the provider).
+            "auth_state" => Value::Null,
+            _ => continue,
+        };
+        model.insert((*key).to_owned(), value);
     }
     let mut servers = Map::new();
     for server in &detail.servers {

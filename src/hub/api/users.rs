@@ -15,7 +15,7 @@ use super::{
 use crate::hub::auth::{Caller, Credential, Principal};
 use crate::hub::spawner::{self, StopOutcome};
 use crate::hub::{HubError, HubResult, HubState};
-use crate::scopes::{ScopeSet, Target};
+use crate::scopes::{Filter, Scope, Target};
 use crate::store::{
     AuditAction, NewAuditEvent, ServerState, StoreError, UserQuery, UserSort, UserStateFilter,
     UserSubset,
@@ -53,13 +53,8 @@ pub async fn audit_admin(
 /// `GET /hub/api/user`: the caller (user or service) with the scopes of its credential.
 pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Json<Value>> {
     let (token_id, session_id) = match &caller.credential {
-        Credential::Token { id } => {
-            let session = match hub.store.get_token(*id).await {
-                Ok(t) => t.session_id.map(|s| s.to_string()),
-                Err(StoreError::NotFound) => None,
-                Err(e) => return Err(e.into()),
-            };
-            (Some(token_api_id(*id)), session)
+        Credential::Token { id, session_id } => {
+            (Some(token_api_id(*id)), session_id.map(|s| s.to_string()))
         }
         Credential::Session { .. } => (None, None),
     };
@@ -73,20 +68,16 @@ pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Js
                 .map_err(|e| HubError::from_store(format!("user {}", user.name), e))?;
             let groups: BTreeSet<String> = detail.groups.iter().cloned().collect();
             // Any credential may identify its owner (JupyterHub's identify scopes).
-            let mut held = caller.scopes.to_strings();
-            held.push(format!("read:users:name!user={}", user.name));
-            held.push(format!("read:users:groups!user={}", user.name));
-            let identify = ScopeSet::parse(&held, Some(&user.name))
-                .map_err(|e| HubError::Unexpected(anyhow::anyhow!("identify scopes: {e}")))?;
+            let identify = caller.scopes.clone().with_identify(&user.name);
             user_model_with(&hub, &identify, &caller, &detail, &groups, false)
                 .unwrap_or_else(|| json!({}))
         }
         Principal::Service(name) => {
             // Any credential may identify its owner (JupyterHub's identify scopes).
-            let mut held = caller.scopes.to_strings();
-            held.push(format!("read:services:name!service={name}"));
-            let identify = ScopeSet::parse(&held, None)
-                .map_err(|e| HubError::Unexpected(anyhow::anyhow!("identify scopes: {e}")))?;
+            let identify = caller.scopes.clone().with(Scope {
+                name: "read:services:name".to_owned(),
+                filter: Filter::Service(name.clone()),
+            });
             super::services::service_model(&hub, &identify, name).unwrap_or_else(|| json!({}))
         }
     };

@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use chrono::Duration;
 
+pub mod cache;
 pub mod login;
 pub mod oauth;
 pub mod oidc;
@@ -19,6 +20,14 @@ use crate::store::{self, StoreError, TokenOwner, User};
 
 /// Minimum interval between two writes of a credential's last use.
 const ACTIVITY_WRITE_INTERVAL_SECS: i64 = 60;
+
+/// Whether a credential last used at `last` should have its use written again at `now`.
+fn activity_stale(
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    last.is_none_or(|at| now - at > Duration::seconds(ACTIVITY_WRITE_INTERVAL_SECS))
+}
 
 /// The authenticated principal.
 #[derive(Clone, Debug)]
@@ -36,6 +45,8 @@ pub enum Credential {
     Token {
         /// The token's id.
         id: i64,
+        /// The browser session the token was issued in (OAuth tokens), if any.
+        session_id: Option<i64>,
     },
     /// A browser session.
     Session {
@@ -178,6 +189,19 @@ pub async fn authenticate(
 ) -> Result<Option<Caller>, HubError> {
     let now = store::now();
     if let Some(token) = request_token(headers, query) {
+        let hash = store::tokens::hash_token(&token);
+        // Taken before the database read: a revocation committed after it voids what is read.
+        let epoch = hub.store.auth_epoch();
+        if let Some(hit) = hub.token_cache.get(&hash, epoch, now) {
+            if activity_stale(hit.last_activity, now) {
+                if let Credential::Token { id, .. } = hit.caller.credential {
+                    hub.store.touch_token_activity(id, now).await?;
+                }
+                hub.token_cache.note_activity(&hash, now);
+            }
+            return Ok(Some(hit.caller));
+        }
+        let read_at = std::time::Instant::now();
         let identity = match hub.store.lookup_token(&token, now).await {
             Ok(identity) => identity,
             Err(StoreError::NotFound) => {
@@ -186,11 +210,10 @@ pub async fn authenticate(
             Err(e) => return Err(e.into()),
         };
         let t = identity.token;
-        let stale = t
-            .last_activity
-            .is_none_or(|at| now - at > Duration::seconds(ACTIVITY_WRITE_INTERVAL_SECS));
-        if stale {
+        let mut last_activity = t.last_activity;
+        if activity_stale(last_activity, now) {
             hub.store.touch_token_activity(t.id, now).await?;
+            last_activity = Some(now);
         }
         let (principal, scopes) = match (t.owner, identity.user) {
             (TokenOwner::User(_), Some(user)) => {
@@ -211,11 +234,23 @@ pub async fn authenticate(
                 return Err(HubError::Forbidden("Missing or invalid credentials".into()));
             }
         };
-        return Ok(Some(Caller {
+        let caller = Caller {
             principal,
             scopes,
-            credential: Credential::Token { id: t.id },
-        }));
+            credential: Credential::Token {
+                id: t.id,
+                session_id: t.session_id,
+            },
+        };
+        hub.token_cache.put(
+            hash,
+            caller.clone(),
+            t.expires_at,
+            last_activity,
+            epoch,
+            read_at,
+        );
+        return Ok(Some(caller));
     }
     if let Some(value) = cookie(headers, SESSION_COOKIE) {
         let identity = match hub.store.get_session(&value, now).await {
@@ -235,10 +270,7 @@ pub async fn authenticate(
                  requests that are not navigations need the X-XSRFToken header"
             )));
         }
-        let stale = session
-            .last_activity
-            .is_none_or(|at| now - at > Duration::seconds(ACTIVITY_WRITE_INTERVAL_SECS));
-        if stale {
+        if activity_stale(session.last_activity, now) {
             hub.store.touch_session_activity(session.id, now).await?;
         }
         let scopes = user_scopes(hub, &user).await?;
