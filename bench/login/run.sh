@@ -26,6 +26,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# shellcheck source=../common/lib.sh
+. "$ROOT/bench/common/lib.sh"
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-"1 4"}
 USERS=${USERS:-1000}
@@ -39,7 +41,6 @@ else
 fi
 CLIENT_ID=bench
 CLIENT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
-log() { printf '==> %s\n' "$*" >&2; }
 
 VENV="$HERE/.venv"
 PINS="jupyterhub==6.1.1 oauthenticator==17.4.0"
@@ -55,38 +56,11 @@ if [ ! -d "$ROOT/e2e/oidc/node_modules/oidc-provider" ]; then
   (cd "$ROOT/e2e/oidc" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 PROVIDER_VERSION=$(node -p "require('$ROOT/e2e/oidc/node_modules/oidc-provider/package.json').version")
-if [ -n "${HUB_BIN:-}" ]; then
-  ATELIER=$HUB_BIN  # a bench_hub built beforehand (e.g. copied aside while the tree changes)
-else
-  log "building the hub (release)"
-  (cd "$ROOT" && cargo build -q --release --example bench_hub)
-  TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-  ATELIER="$TARGET_DIR/release/examples/bench_hub"
-fi
-COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src examples Cargo.toml Cargo.lock || echo "+uncommitted")
-[ -n "${HUB_BIN:-}" ] && COMMIT="$HUB_BIN (given as HUB_BIN)"
+bench_hub_binary
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
-WORK=$(mktemp -d /tmp/atelier-bench-login.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_200() {
-  for _ in $(seq 1 3000); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = 200 ] && return 0
-    kill -0 "$2" 2>/dev/null || { log "process $2 exited"; return 1; }
-    sleep 0.02
-  done
-  log "no 200 from $1"; return 1
-}
+bench_workdir login
 # cpu_ms PID -> user + system CPU time of the process so far, in ms
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000 / hz}' "/proc/$1/stat"; }
 

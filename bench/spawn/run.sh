@@ -20,6 +20,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# shellcheck source=../common/lib.sh
+. "$ROOT/bench/common/lib.sh"
 SEQUENTIAL=${SEQUENTIAL:-20}
 CONCURRENT=${CONCURRENT:-100}
 WARMUP=${WARMUP:-3}
@@ -35,7 +37,6 @@ fi
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 SCOPES="admin:users,admin:servers,list:users,read:users,read:servers"
 
-log() { printf '==> %s\n' "$*" >&2; }
 
 VENV="$ROOT/.peers/venv"
 REQ="$ROOT/.ci/peers-requirements.txt"
@@ -46,38 +47,11 @@ if ! [ -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/.requirements" 2>/dev/n
   cp "$REQ" "$VENV/.requirements"
 fi
 JH_VERSION=$("$VENV/bin/jupyterhub" --version)
-if [ -n "${HUB_BIN:-}" ]; then
-  ATELIER=$HUB_BIN  # a bench_hub built beforehand (e.g. copied aside while the tree changes)
-else
-  log "building the hub with the instant backend (release)"
-  (cd "$ROOT" && cargo build -q --release --example bench_hub)
-  TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-  ATELIER="$TARGET_DIR/release/examples/bench_hub"
-fi
-COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src examples Cargo.toml Cargo.lock || echo "+uncommitted")
-[ -n "${HUB_BIN:-}" ] && COMMIT="$HUB_BIN (given as HUB_BIN)"
+bench_hub_binary
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
-WORK=$(mktemp -d /tmp/atelier-bench-spawn.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_200() {
-  for _ in $(seq 1 3000); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = 200 ] && return 0
-    kill -0 "$2" 2>/dev/null || { log "process $2 exited"; return 1; }
-    sleep 0.02
-  done
-  log "no 200 from $1"; return 1
-}
+bench_workdir spawn
 
 # The server JupyterHub's instant servers "run" at (its wait_up asks it once per start).
 TARGET_PORT=$(free_port)
