@@ -208,15 +208,16 @@ impl AuthGate {
         }
         let verdict = match self.authorizer.authorize(credential, owner, server).await {
             Ok(verdict) => verdict,
-            // The database is out of reach: the last verdict, however old, stands until it is
-            // back (nothing can be revoked in a database nobody can write to). A credential
-            // never seen before gets the 503.
+            // The database is out of reach: a verdict at most `OUTAGE_VERDICT_MAX_AGE` old
+            // stands until it is back (nothing can be revoked in a database nobody can write
+            // to). An older one is not used: the credential may have been revoked since, before
+            // the outage. A credential not seen lately gets the 503.
             Err(Error::Store(e)) if e.is_unavailable() => match cached {
-                Some((verdict, _)) => {
+                Some((verdict, at)) if at.elapsed() < OUTAGE_VERDICT_MAX_AGE => {
                     tracing::warn!(error = %e, ?verdict, "database unavailable: keeping the last verdict");
                     return Ok(verdict);
                 }
-                None => return Err(Error::Store(e)),
+                _ => return Err(Error::Store(e)),
             },
             Err(e) => return Err(e),
         };
@@ -250,10 +251,68 @@ fn cache_key(credential: &Credential, owner: &str, server: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The oldest verdict the proxy keeps using while the database is out of reach: a credential
+/// revoked at most this long before an outage may still pass during it.
+pub const OUTAGE_VERDICT_MAX_AGE: Duration = Duration::from_secs(120);
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// Allows the token `alice` for alice while the database is "up"; fails as an unreachable
+    /// database otherwise.
+    struct Outage(AtomicBool);
+
+    impl Authorizer for Outage {
+        fn authorize<'a>(
+            &'a self,
+            _credential: &'a Credential,
+            _owner: &'a str,
+            _server: &'a str,
+        ) -> BoxFuture<'a, Result<Verdict, Error>> {
+            let down = self.0.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if down {
+                    Err(Error::Store(crate::store::StoreError::Unavailable(
+                        sqlx::Error::PoolTimedOut,
+                    )))
+                } else {
+                    Ok(Verdict::Allow)
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outage_keeps_recent_verdicts_only() {
+        let outage = Arc::new(Outage(AtomicBool::new(false)));
+        let gate = AuthGate::new(outage.clone(), Duration::ZERO);
+        let cred = [Credential::Token("alice".into())];
+        assert_eq!(
+            gate.check(&cred, "alice", "").await.unwrap(),
+            Access::Allowed
+        );
+        outage.0.store(true, Ordering::SeqCst);
+        // A verdict of a moment ago stands while the database is away…
+        assert_eq!(
+            gate.check(&cred, "alice", "").await.unwrap(),
+            Access::Allowed
+        );
+        // …one older than the bound does not: it may predate a revocation.
+        let key = cache_key(&cred[0], "alice", "");
+        let old = Instant::now()
+            .checked_sub(OUTAGE_VERDICT_MAX_AGE + Duration::from_secs(1))
+            .expect("the clock is older than the bound");
+        gate.decisions
+            .write()
+            .unwrap()
+            .insert(key, (Verdict::Allow, old));
+        assert!(gate.check(&cred, "alice", "").await.is_err());
+        // A credential never seen gets the error too.
+        let other = [Credential::Token("bob".into())];
+        assert!(gate.check(&other, "bob", "").await.is_err());
+    }
 
     struct Counting(AtomicUsize);
 
