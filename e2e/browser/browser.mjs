@@ -201,7 +201,12 @@ try {
   await output.waitFor({ timeout: 60_000 });
   await pageA.waitForFunction(
     (el) => el.textContent.trim() === '42', await output.elementHandle(), { timeout: 60_000 });
-  const prompt = (await notebook.locator('.jp-CodeCell .jp-InputPrompt').first().textContent()).trim();
+  // The output can arrive before the execute reply that numbers the prompt ("[*]:" → "[1]:").
+  const inputPrompt = notebook.locator('.jp-CodeCell .jp-InputPrompt').first();
+  await pageA.waitForFunction(
+    (el) => el.textContent.trim() !== '[*]:', await inputPrompt.elementHandle(), { timeout: 30_000 })
+    .catch(() => {});
+  const prompt = (await inputPrompt.textContent()).trim();
   check(prompt === '[1]:', `the cell's prompt is ${JSON.stringify(prompt)}`);
   await shot(pageA, 'lab.png');
   ok(step, `at ${new URL(pageA.url()).pathname}, output ${JSON.stringify((await output.textContent()).trim())}`);
