@@ -2,11 +2,13 @@
 # PostgreSQL database, servers that are ready at once, no proxy.
 # Everything variable comes from the environment run.sh sets.
 import os
-
-from jupyterhub.proxy import Proxy
-from jupyterhub.spawner import Spawner
+import sys
 
 c = get_config()  # noqa: F821 (injected by JupyterHub)
+# The instant spawner (servers at BENCH_TARGET, a tiny always-200 server JupyterHub's wait_up asks)
+# and the no-op proxy that bench/spawn and bench/login use too.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from jupyterhub_instant import InstantSpawner, NoProxy  # noqa: E402
 
 work = os.environ["BENCH_WORK"]
 c.JupyterHub.bind_url = f"http://127.0.0.1:{os.environ['BENCH_JH_PUBLIC_PORT']}"
@@ -19,36 +21,6 @@ c.JupyterHub.pid_file = f"{work}/jupyterhub.pid"
 c.JupyterHub.authenticator_class = "dummy"
 # The culler's page: GET /hub/api/users?limit=200 answers 200 users (JupyterHub's maximum page).
 c.JupyterHub.api_page_max_limit = 200
-
-
-class InstantSpawner(Spawner):
-    """Ready at once, nothing behind it (as Atelier's `backend::instant`): every server "runs"
-    at BENCH_INSTANT_URL, a tiny HTTP server answering 200 that JupyterHub's wait_up polls."""
-
-    async def start(self):
-        return os.environ["BENCH_INSTANT_URL"]
-
-    async def poll(self):
-        return None
-
-    async def stop(self, now=False):
-        pass
-
-
-class NoProxy(Proxy):
-    """No proxy: wrk calls the hub's port directly, and routes would cost nothing to measure."""
-
-    should_start = False
-
-    async def add_route(self, routespec, target, data):
-        pass
-
-    async def delete_route(self, routespec):
-        pass
-
-    async def get_all_routes(self):
-        return {}
-
 
 c.JupyterHub.spawner_class = InstantSpawner
 c.JupyterHub.proxy_class = NoProxy

@@ -218,7 +218,7 @@ for engine in $ENGINES; do
   log "$engine: starting JupyterHub $JH_VERSION"
   START=$(now)
   (cd "$WORK/$engine/jh" && BENCH_WORK="$WORK/$engine/jh" BENCH_JH_PUBLIC_PORT=$(free_port) \
-    BENCH_JH_HUB_PORT=$JH_PORT BENCH_JH_DB_URL=$JH_DB_URL BENCH_INSTANT_URL=$INSTANT_URL \
+    BENCH_JH_HUB_PORT=$JH_PORT BENCH_JH_DB_URL=$JH_DB_URL BENCH_TARGET=$INSTANT_URL \
     BENCH_TOKEN=$TOKEN BENCH_SCOPES=$SCOPES BENCH_ADMIN_TOKEN=$ADMIN_TOKEN BENCH_ADMIN_SCOPES=$ADMIN_SCOPES \
     BENCH_TRUST_TOKENS=$TRUST_TOKENS PATH="$VENV/bin:$PATH" \
     exec "${HUB_PIN[@]}" "$VENV/bin/jupyterhub" -f "$HERE/jupyterhub_config.py" >"$WORK/$engine/jh/log" 2>&1) &
