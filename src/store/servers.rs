@@ -26,18 +26,18 @@ pub struct StartRequest {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct ServerRow {
-    id: i64,
-    user_id: i64,
-    name: String,
-    display_name: Option<String>,
-    profile: Option<String>,
-    user_options: String,
-    state: String,
-    spawner_state: String,
-    url: Option<String>,
-    started: Option<DateTime<Utc>>,
-    last_activity: Option<DateTime<Utc>>,
-    created: DateTime<Utc>,
+    pub(super) id: i64,
+    pub(super) user_id: i64,
+    pub(super) name: String,
+    pub(super) display_name: Option<String>,
+    pub(super) profile: Option<String>,
+    pub(super) user_options: String,
+    pub(super) state: String,
+    pub(super) spawner_state: String,
+    pub(super) url: Option<String>,
+    pub(super) started: Option<DateTime<Utc>>,
+    pub(super) last_activity: Option<DateTime<Utc>>,
+    pub(super) created: DateTime<Utc>,
 }
 
 impl ServerRow {

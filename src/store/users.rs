@@ -9,7 +9,7 @@ use sqlx::AssertSqlSafe;
 use super::error::conflict_as;
 use super::servers::ServerRow;
 use super::{
-    BeginWrite, MAX_NAME_LEN, Result, Store, StoreError, check_limit, found, from_json,
+    BeginWrite, Engine, MAX_NAME_LEN, Result, Store, StoreError, check_limit, found, from_json,
     normalize_name, now, object_json, on_pool, placeholders, state_list,
 };
 use crate::store::models::{Group, GroupDetail, Server, ServerState, User, UserDetail};
@@ -160,6 +160,77 @@ struct Membership {
     name: String,
 }
 
+/// A row of [`Store::details_sql`]: a user, one of their servers (none: all `s_` columns null)
+/// and their groups as a JSON array.
+#[derive(sqlx::FromRow)]
+struct DetailRow {
+    #[sqlx(flatten)]
+    user: User,
+    s_id: Option<i64>,
+    s_name: Option<String>,
+    s_display_name: Option<String>,
+    s_profile: Option<String>,
+    s_user_options: Option<String>,
+    s_state: Option<String>,
+    s_spawner_state: Option<String>,
+    s_url: Option<String>,
+    s_started: Option<DateTime<Utc>>,
+    s_last_activity: Option<DateTime<Utc>>,
+    s_created: Option<DateTime<Utc>>,
+    group_names: String,
+}
+
+impl DetailRow {
+    /// The row's server, if it has one.
+    fn server(&mut self) -> Result<Option<Server>> {
+        let Some(id) = self.s_id else {
+            return Ok(None);
+        };
+        let missing = |column: &str| super::error::corrupt(column, "NULL");
+        let row = ServerRow {
+            id,
+            user_id: self.user.id,
+            name: self.s_name.take().ok_or_else(|| missing("servers.name"))?,
+            display_name: self.s_display_name.take(),
+            profile: self.s_profile.take(),
+            user_options: self
+                .s_user_options
+                .take()
+                .ok_or_else(|| missing("servers.user_options"))?,
+            state: self
+                .s_state
+                .take()
+                .ok_or_else(|| missing("servers.state"))?,
+            spawner_state: self
+                .s_spawner_state
+                .take()
+                .ok_or_else(|| missing("servers.spawner_state"))?,
+            url: self.s_url.take(),
+            started: self.s_started,
+            last_activity: self.s_last_activity,
+            created: self.s_created.ok_or_else(|| missing("servers.created"))?,
+        };
+        row.into_model().map(Some)
+    }
+}
+
+/// The users of [`Store::details_sql`]'s rows, in their order.
+fn details_of(rows: Vec<DetailRow>) -> Result<Vec<UserDetail>> {
+    let mut details: Vec<UserDetail> = Vec::new();
+    for mut row in rows {
+        let server = row.server()?;
+        match details.last_mut() {
+            Some(detail) if detail.user.id == row.user.id => detail.servers.extend(server),
+            _ => details.push(UserDetail {
+                groups: from_json("groups.name", &row.group_names)?,
+                servers: server.into_iter().collect(),
+                user: row.user,
+            }),
+        }
+    }
+    Ok(details)
+}
+
 /// A LIKE pattern matching names that contain `text` (lowercased), with `%`, `_` and the escape
 /// character `\` escaped.
 fn like_contains(text: &str) -> String {
@@ -235,16 +306,23 @@ impl Store {
         .ok_or(StoreError::NotFound)
     }
 
-    /// The user with groups and servers, in three statements.
+    /// The user with groups and servers, in one statement (`user_details:one`).
     pub async fn get_user_detail(
         &self,
         name: &str,
         include_stopped_servers: bool,
     ) -> Result<UserDetail> {
-        let user = self.get_user(name).await?;
-        let mut details = self
-            .user_details(vec![user], include_stopped_servers)
-            .await?;
+        let sql = self.details_sql(
+            "user_details:one",
+            "SELECT * FROM users WHERE name = $1",
+            "u.id",
+            include_stopped_servers,
+        );
+        let rows = on_pool!(self, p => sqlx::query_as::<_, DetailRow>(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_all(p)
+            .await?);
+        let mut details = details_of(rows)?;
         details.pop().ok_or(StoreError::NotFound)
     }
 
@@ -309,10 +387,10 @@ impl Store {
 
     /// A page of users with their groups and servers.
     ///
-    /// Costs at most four statements whatever the page size, never one per user: the total
-    /// (`list_users:count`), the page (`list_users:page`), the page's servers
-    /// (`user_details:servers`) and the page's groups (`user_details:groups`); the last two are
-    /// skipped for an empty page. The statements carry these names as SQL comments. The `ready`
+    /// Costs two statements whatever the page size, never one per user, sent at once on two
+    /// connections: the total (`list_users:count`) and the page with its users' servers and
+    /// groups (`list_users:page`, [`Store::details_sql`]). The statements carry these names as
+    /// SQL comments. The `ready`
     /// and `active` filters, page and total, are driven by the `servers_state` index: their
     /// cost follows the number of running servers, not the number of users. With
     /// [`UserQuery::only`] the total counts the subset.
@@ -408,8 +486,7 @@ impl Store {
             UserSort::Name => format!("u.name {dir}"),
             UserSort::LastActivity => format!("u.last_activity {dir} {nulls}, u.id {dir}"),
         };
-        let mut page =
-            format!("/* list_users:page */ SELECT u.* FROM users u WHERE TRUE{subset}{filter}");
+        let mut page = format!("SELECT u.* FROM users u WHERE TRUE{subset}{filter}");
         let mut n = subset_binds.len();
         if q.after.is_some() {
             n += 1;
@@ -420,10 +497,12 @@ impl Store {
             n + 1,
             n + 2
         ));
+        let page = self.details_sql("list_users:page", &page, &order, q.include_stopped_servers);
 
-        let (total, mut users) = on_pool!(self, p => {
+        // The total and the page on two connections at once: one round trip's wait, not two.
+        let (total, rows) = on_pool!(self, p => {
             let mut count = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count));
-            let mut query = sqlx::query_as::<_, User>(AssertSqlSafe(page));
+            let mut query = sqlx::query_as::<_, DetailRow>(AssertSqlSafe(page));
             for name in &subset_binds {
                 count = count.bind(*name);
                 query = query.bind(*name);
@@ -431,19 +510,18 @@ impl Store {
             if let Some(after) = &q.after {
                 query = query.bind(after);
             }
-            let total = count.fetch_one(p).await?;
             // One more row than asked tells whether there is a next page.
-            let users = query.bind(limit + 1).bind(offset).fetch_all(p).await?;
-            (total, users)
+            let query = query.bind(limit + 1).bind(offset);
+            tokio::try_join!(count.fetch_one(p), query.fetch_all(p))?
         });
-        let more = users.len() > q.limit as usize;
-        users.truncate(q.limit as usize);
-        let next_offset = more.then(|| q.offset + users.len() as u64);
+        let mut items = details_of(rows)?;
+        let more = items.len() > q.limit as usize;
+        items.truncate(q.limit as usize);
+        let next_offset = more.then(|| q.offset + items.len() as u64);
         let next_after = match (more, q.sort) {
-            (true, UserSort::Name) => users.last().map(|u| u.name.clone()),
+            (true, UserSort::Name) => items.last().map(|d| d.user.name.clone()),
             _ => None,
         };
-        let items = self.user_details(users, q.include_stopped_servers).await?;
         Ok(UserPage {
             items,
             total: u64::try_from(total).unwrap_or(0),
@@ -454,55 +532,44 @@ impl Store {
         })
     }
 
-    /// `users` with their groups and servers, in two statements (none for no users).
-    async fn user_details(
+    /// One statement reading the users `users_sql` selects (a `SELECT` of `users` rows, with its
+    /// own order and limit) with their servers (the active ones, or all) and their groups: one
+    /// row per user and server (one row with no server for a user without), in `order` (an
+    /// order of the users, on alias `u`, that keeps each user's rows together), servers by name.
+    /// The groups come as a JSON array of names, sorted. `label` names the statement in a SQL
+    /// comment.
+    fn details_sql(
         &self,
-        users: Vec<User>,
+        label: &str,
+        users_sql: &str,
+        order: &str,
         include_stopped_servers: bool,
-    ) -> Result<Vec<UserDetail>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = placeholders(1, users.len());
+    ) -> String {
         let state_filter = if include_stopped_servers {
             String::new()
         } else {
-            format!(" AND state IN ({})", state_list(&ServerState::ACTIVE))
+            format!(" AND s.state IN ({})", state_list(&ServerState::ACTIVE))
         };
-        let servers_sql = format!(
-            "/* user_details:servers */ SELECT * FROM servers \
-             WHERE user_id IN ({ids}){state_filter} ORDER BY user_id, name"
-        );
-        let groups_sql = format!(
-            "/* user_details:groups */ SELECT ug.user_id AS owner_id, g.name FROM user_groups ug \
-             JOIN groups g ON g.id = ug.group_id WHERE ug.user_id IN ({ids}) ORDER BY g.name"
-        );
-        let (server_rows, memberships) = on_pool!(self, p => {
-            let mut servers = sqlx::query_as::<_, ServerRow>(AssertSqlSafe(servers_sql));
-            let mut groups = sqlx::query_as::<_, Membership>(AssertSqlSafe(groups_sql));
-            for user in &users {
-                servers = servers.bind(user.id);
-                groups = groups.bind(user.id);
+        let members = "FROM user_groups ug JOIN groups g ON g.id = ug.group_id \
+                       WHERE ug.user_id = u.id";
+        let groups = match self.engine() {
+            Engine::Postgres => {
+                format!("COALESCE((SELECT json_agg(g.name ORDER BY g.name) {members})::text, '[]')")
             }
-            (servers.fetch_all(p).await?, groups.fetch_all(p).await?)
-        });
-        let mut servers: HashMap<i64, Vec<Server>> = HashMap::new();
-        for row in server_rows {
-            let server = row.into_model()?;
-            servers.entry(server.user_id).or_default().push(server);
-        }
-        let mut groups: HashMap<i64, Vec<String>> = HashMap::new();
-        for m in memberships {
-            groups.entry(m.owner_id).or_default().push(m.name);
-        }
-        Ok(users
-            .into_iter()
-            .map(|user| UserDetail {
-                groups: groups.remove(&user.id).unwrap_or_default(),
-                servers: servers.remove(&user.id).unwrap_or_default(),
-                user,
-            })
-            .collect())
+            Engine::Sqlite => {
+                format!("(SELECT json_group_array(g.name ORDER BY g.name) {members})")
+            }
+        };
+        format!(
+            "/* {label} */ SELECT u.id, u.name, u.admin, u.created, u.last_activity, \
+             s.id AS s_id, s.name AS s_name, s.display_name AS s_display_name, \
+             s.profile AS s_profile, s.user_options AS s_user_options, s.state AS s_state, \
+             s.spawner_state AS s_spawner_state, s.url AS s_url, s.started AS s_started, \
+             s.last_activity AS s_last_activity, s.created AS s_created, \
+             {groups} AS group_names \
+             FROM ({users_sql}) u LEFT JOIN servers s ON s.user_id = u.id{state_filter} \
+             ORDER BY {order}, s.name"
+        )
     }
 
     // ---- groups ---------------------------------------------------------------------------

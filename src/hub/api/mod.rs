@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::map_response;
 use axum::response::Response;
 use axum::routing::{any, get, post};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::auth::Caller;
@@ -533,26 +534,77 @@ impl Page {
         headers: &HeaderMap,
         public_url: &str,
     ) -> Value {
-        if !self.paginated {
-            return Value::Array(items);
-        }
-        let next = next_offset.map(|offset| {
-            serde_json::json!({
-                "offset": offset,
-                "limit": self.limit,
-                "url": next_url(uri, headers, public_url, offset, self.limit),
-            })
-        });
-        serde_json::json!({
-            "items": items,
-            "_pagination": {
-                "offset": self.offset,
-                "limit": self.limit,
-                "total": total,
-                "next": next,
-            },
-        })
+        let listing = self.listing(items, total, next_offset, uri, headers, public_url);
+        serde_json::to_value(listing).unwrap_or(Value::Null)
     }
+
+    /// [`Page::respond`] of any serializable items, to be serialized as it is.
+    pub fn listing<T: Serialize>(
+        &self,
+        items: T,
+        total: u64,
+        next_offset: Option<u64>,
+        uri: &Uri,
+        headers: &HeaderMap,
+        public_url: &str,
+    ) -> Listing<T> {
+        if !self.paginated {
+            return Listing::Bare(items);
+        }
+        let next = next_offset.map(|offset| NextPage {
+            offset,
+            limit: self.limit,
+            url: next_url(uri, headers, public_url, offset, self.limit),
+        });
+        Listing::Paginated {
+            items,
+            _pagination: Pagination {
+                offset: self.offset,
+                limit: self.limit,
+                total,
+                next,
+            },
+        }
+    }
+}
+
+/// A list answer: the bare list, or JupyterHub's paginated model.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Listing<T> {
+    Bare(T),
+    Paginated { items: T, _pagination: Pagination },
+}
+
+/// JupyterHub's `_pagination`.
+#[derive(Serialize)]
+pub struct Pagination {
+    offset: u64,
+    limit: u32,
+    total: u64,
+    next: Option<NextPage>,
+}
+
+/// JupyterHub's `_pagination.next`.
+#[derive(Serialize)]
+pub struct NextPage {
+    offset: u64,
+    limit: u32,
+    url: String,
+}
+
+/// A JSON answer serialized once into a buffer of about `size_hint` bytes (axum's `Json`
+/// starts from 128 bytes and grows by copying, which shows on pages of 200 users).
+pub fn json_response(value: &impl Serialize, size_hint: usize) -> HubResult<Response> {
+    let mut body = Vec::with_capacity(size_hint);
+    serde_json::to_writer(&mut body, value)
+        .map_err(|e| HubError::Unexpected(anyhow::anyhow!("cannot serialize the answer: {e}")))?;
+    let mut response = Response::new(axum::body::Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// A list request (`GET /users`, `/groups`, `/proxy`): its query, and what its page and the
@@ -598,6 +650,24 @@ impl ListRequest {
         next_offset: Option<u64>,
     ) -> Value {
         page.respond(
+            items,
+            total,
+            next_offset,
+            &self.uri,
+            &self.headers,
+            &self.public_url,
+        )
+    }
+
+    /// [`ListRequest::respond`] of any serializable items, to be serialized as it is.
+    pub fn listing<T: Serialize>(
+        &self,
+        page: &Page,
+        items: T,
+        total: u64,
+        next_offset: Option<u64>,
+    ) -> Listing<T> {
+        page.listing(
             items,
             total,
             next_offset,

@@ -2,8 +2,10 @@
 //! `group_model`), filtered by the caller's scopes as JupyterHub filters them.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 use super::LoadedUser;
@@ -42,63 +44,224 @@ pub fn server_model(
     groups: &BTreeSet<String>,
     server: &Server,
 ) -> Value {
-    // On the user's origin with a user domain (JupyterHub: `user.server_url(name)`).
-    let url = hub.config.server_url(user, &server.name);
-    let full_url = hub.config.server_public_url(user, &server.name);
-    let progress = progress_url(user, &server.name);
-    let public = hub.config.public_url.trim_end_matches('/');
-    let active = server.state.is_active();
-    let mut model = json!({
-        "name": server.name,
-        "display_name": server.display_name.clone().unwrap_or_else(|| server.name.clone()),
-        "full_name": format!("{user}/{}", server.name),
-        "last_activity": iso(server.last_activity),
-        "started": iso(if active { server.started } else { None }),
-        "pending": server.pending(),
-        "ready": server.ready(),
-        "stopped": server.stopped(),
-        "url": url,
-        "user_options": server.user_options,
-        "progress_url": progress,
-        "full_url": if full_url.is_empty() { Value::Null } else { Value::String(full_url) },
-        "full_progress_url": if public.is_empty() { Value::Null } else { Value::String(format!("{public}{progress}")) },
-    });
-    let target = Target::Server {
+    to_value(&ServerModel {
+        hub,
+        scopes: &caller.scopes,
         user,
-        server: &server.name,
         groups,
-    };
-    if caller.scopes.allows("admin:server_state", target) {
-        model["state"] = server.spawner_state.clone();
+        server,
+    })
+}
+
+/// A model serialized as it is written: `Value::Null` only if it cannot be (it always can).
+fn to_value(model: &impl Serialize) -> Value {
+    serde_json::to_value(model).unwrap_or(Value::Null)
+}
+
+/// The server model, serialized straight from the server's row (no JSON tree built).
+pub struct ServerModel<'a> {
+    hub: &'a Hub,
+    /// The caller's scopes (`state` needs `admin:server_state`).
+    scopes: &'a ScopeSet,
+    user: &'a str,
+    groups: &'a BTreeSet<String>,
+    server: &'a Server,
+}
+
+impl Serialize for ServerModel<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (hub, user, server) = (self.hub, self.user, self.server);
+        // On the user's origin with a user domain (JupyterHub: `user.server_url(name)`).
+        let url = hub.config.server_url(user, &server.name);
+        let progress = progress_url(user, &server.name);
+        let public = hub.config.public_url.trim_end_matches('/');
+        let active = server.state.is_active();
+        let target = Target::Server {
+            user,
+            server: &server.name,
+            groups: self.groups,
+        };
+        let state = self.scopes.allows("admin:server_state", target);
+        let mut m = s.serialize_map(Some(13 + usize::from(state)))?;
+        m.serialize_entry("name", &server.name)?;
+        m.serialize_entry(
+            "display_name",
+            server.display_name.as_deref().unwrap_or(&server.name),
+        )?;
+        m.serialize_entry("full_name", &format_args!("{user}/{}", server.name))?;
+        m.serialize_entry("last_activity", &Iso(server.last_activity))?;
+        m.serialize_entry("started", &Iso(server.started.filter(|_| active)))?;
+        m.serialize_entry("pending", &server.pending())?;
+        m.serialize_entry("ready", &server.ready())?;
+        m.serialize_entry("stopped", &server.stopped())?;
+        m.serialize_entry("url", &url)?;
+        m.serialize_entry("user_options", &server.user_options)?;
+        m.serialize_entry("progress_url", &progress)?;
+        // JupyterHub's `User.public_url`: absolute, or null without a public URL or user domain.
+        if url.contains("://") {
+            m.serialize_entry("full_url", &url)?;
+        } else if public.is_empty() {
+            m.serialize_entry("full_url", &())?;
+        } else {
+            m.serialize_entry("full_url", &format_args!("{public}{url}"))?;
+        }
+        if public.is_empty() {
+            m.serialize_entry("full_progress_url", &())?;
+        } else {
+            m.serialize_entry("full_progress_url", &format_args!("{public}{progress}"))?;
+        }
+        if state {
+            m.serialize_entry("state", &server.spawner_state)?;
+        }
+        m.end()
     }
-    model
+}
+
+/// A timestamp as JupyterHub writes it (`2024-01-31T12:00:00.123456Z`), or null, serialized
+/// without a `String` of its own.
+struct Iso(Option<DateTime<Utc>>);
+
+impl Serialize for Iso {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(t) => s.collect_str(&IsoDisplay(t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// `2024-01-31T12:00:00.123456Z`, written field by field (what `iso` writes, without its
+/// `String`); years outside 0..=9999 as chrono writes them.
+struct IsoDisplay(DateTime<Utc>);
+
+impl fmt::Display for IsoDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.0;
+        if !(0..=9999).contains(&t.year()) {
+            return f.write_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true));
+        }
+        // A leap second is second 60 (chrono keeps it as a nanosecond count past 10^9).
+        let (second, nanos) = match t.nanosecond() {
+            n if n >= 1_000_000_000 => (60, n - 1_000_000_000),
+            n => (t.second(), n),
+        };
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            second,
+            nanos / 1_000
+        )
+    }
+}
+
+/// The keys of the user model, in the order they are written: alphabetical, as JupyterHub's
+/// model came out of a sorted set here before, then `servers` last.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UserKey {
+    Admin,
+    AuthState,
+    Created,
+    Groups,
+    Kind,
+    LastActivity,
+    Name,
+    Pending,
+    Roles,
+    Server,
+    UserInfo,
+    Servers,
+}
+
+impl UserKey {
+    const ALL: [UserKey; 12] = [
+        UserKey::Admin,
+        UserKey::AuthState,
+        UserKey::Created,
+        UserKey::Groups,
+        UserKey::Kind,
+        UserKey::LastActivity,
+        UserKey::Name,
+        UserKey::Pending,
+        UserKey::Roles,
+        UserKey::Server,
+        UserKey::UserInfo,
+        UserKey::Servers,
+    ];
+
+    const fn bit(self) -> u16 {
+        1 << self as u16
+    }
+
+    const fn mask(keys: &[UserKey]) -> u16 {
+        let mut mask = 0;
+        let mut i = 0;
+        while i < keys.len() {
+            mask |= keys[i].bit();
+            i += 1;
+        }
+        mask
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            UserKey::Admin => "admin",
+            UserKey::AuthState => "auth_state",
+            UserKey::Created => "created",
+            UserKey::Groups => "groups",
+            UserKey::Kind => "kind",
+            UserKey::LastActivity => "last_activity",
+            UserKey::Name => "name",
+            UserKey::Pending => "pending",
+            UserKey::Roles => "roles",
+            UserKey::Server => "server",
+            UserKey::UserInfo => "user_info",
+            UserKey::Servers => "servers",
+        }
+    }
 }
 
 /// The keys of the user model each scope reveals (JupyterHub 6.1.1's access map,
 /// `apihandlers/base.py` `user_model`).
-const USER_ACCESS: &[(&str, &[&str])] = &[
-    (
-        "read:users",
-        &[
-            "kind",
-            "name",
-            "user_info",
-            "admin",
-            "roles",
-            "groups",
-            "server",
-            "pending",
-            "created",
-            "last_activity",
-        ],
-    ),
-    ("read:users:name", &["kind", "name", "user_info", "admin"]),
-    ("read:users:groups", &["kind", "name", "groups"]),
-    ("read:users:activity", &["kind", "name", "last_activity"]),
-    ("read:servers", &["kind", "name", "servers"]),
-    ("read:roles:users", &["kind", "name", "roles", "admin"]),
-    ("admin:auth_state", &["kind", "name", "auth_state"]),
-];
+const USER_ACCESS: &[(&str, u16)] = {
+    use UserKey::*;
+    &[
+        (
+            "read:users",
+            UserKey::mask(&[
+                Kind,
+                Name,
+                UserInfo,
+                Admin,
+                Roles,
+                Groups,
+                Server,
+                Pending,
+                Created,
+                LastActivity,
+            ]),
+        ),
+        (
+            "read:users:name",
+            UserKey::mask(&[Kind, Name, UserInfo, Admin]),
+        ),
+        ("read:users:groups", UserKey::mask(&[Kind, Name, Groups])),
+        (
+            "read:users:activity",
+            UserKey::mask(&[Kind, Name, LastActivity]),
+        ),
+        ("read:servers", UserKey::mask(&[Kind, Name, Servers])),
+        (
+            "read:roles:users",
+            UserKey::mask(&[Kind, Name, Roles, Admin]),
+        ),
+        ("admin:auth_state", UserKey::mask(&[Kind, Name, AuthState])),
+    ]
+};
 
 /// The user model as the caller may see it; `None` when it may see nothing of the user.
 /// `servers` holds the active servers, and the stopped ones too with `include_stopped`.
@@ -109,7 +272,8 @@ pub fn user_model(
     groups: &BTreeSet<String>,
     include_stopped: bool,
 ) -> Option<Value> {
-    user_model_with(hub, &caller.scopes, caller, detail, groups, include_stopped)
+    UserModel::new(hub, &caller.scopes, caller, detail, groups, include_stopped)
+        .map(|m| to_value(&m))
 }
 
 /// [`user_model`] with the scopes that decide which keys are shown (`GET /user` adds the
@@ -122,70 +286,140 @@ pub fn user_model_with(
     groups: &BTreeSet<String>,
     include_stopped: bool,
 ) -> Option<Value> {
-    let user = &detail.user;
-    let target = Target::User {
-        name: &user.name,
-        groups,
-    };
-    let mut keys: BTreeSet<&str> = BTreeSet::new();
-    for (scope, revealed) in USER_ACCESS {
-        if scopes.allows(scope, target) {
-            keys.extend(revealed.iter());
-        }
-    }
-    let default = detail.servers.iter().find(|s| s.name.is_empty());
-    // Only the keys the caller may see are built (no full model cloned from).
-    let mut model = Map::new();
-    for key in &keys {
-        let value = match *key {
-            "kind" => Value::from("user"),
-            "name" => Value::String(user.name.clone()),
-            "admin" => Value::Bool(user.admin),
-            "roles" => json!(role_names(
-                &hub.config.roles.of_user(&user.name, user.admin)
-            )),
-            "groups" => json!(detail.groups),
-            "server" => json!(
-                default
-                    .filter(|s| s.ready())
-                    .map(|_| hub.config.server_url(&user.name, ""))
-            ),
-            "pending" => json!(default.and_then(|s| s.pending())),
-            "created" => iso(Some(user.created)),
-            "last_activity" => iso(user.last_activity),
-            // What an authenticator tells of the user (JupyterHub 6's `user_info`): Atelier's dev
-            // login and single sign-on keep nothing beyond the name, as JupyterHub's own
-            // authenticators, which leave it null.
-            "user_info" => Value::Null,
-            // Atelier keeps no authentication state (no refresh tokens of the provider).
-            "auth_state" => Value::Null,
-            _ => continue,
-        };
-        model.insert((*key).to_owned(), value);
-    }
-    let mut servers = Map::new();
-    for server in &detail.servers {
-        if !(server.state.is_active() || include_stopped) {
-            continue;
-        }
-        let target = Target::Server {
-            user: &user.name,
-            server: &server.name,
+    UserModel::new(hub, scopes, caller, detail, groups, include_stopped).map(|m| to_value(&m))
+}
+
+/// The user model, serialized straight from the user's rows (no JSON tree built): the keys
+/// the caller may see, decided once.
+pub struct UserModel<'a> {
+    hub: &'a Hub,
+    /// The scopes that decide which keys and servers are shown.
+    scopes: &'a ScopeSet,
+    /// The caller's own scopes (a server's `state`).
+    caller_scopes: &'a ScopeSet,
+    detail: &'a UserDetail,
+    groups: &'a BTreeSet<String>,
+    include_stopped: bool,
+    /// [`UserKey`] bits.
+    keys: u16,
+}
+
+impl<'a> UserModel<'a> {
+    /// The model; `None` when the caller may see nothing of the user.
+    pub fn new(
+        hub: &'a Hub,
+        scopes: &'a ScopeSet,
+        caller: &'a Caller,
+        detail: &'a UserDetail,
+        groups: &'a BTreeSet<String>,
+        include_stopped: bool,
+    ) -> Option<UserModel<'a>> {
+        let target = Target::User {
+            name: &detail.user.name,
             groups,
         };
-        if scopes.allows("read:servers", target) {
-            servers.insert(
-                server.name.clone(),
-                server_model(hub, caller, &user.name, groups, server),
-            );
+        let mut keys = 0;
+        for (scope, revealed) in USER_ACCESS {
+            if scopes.allows(scope, target) {
+                keys |= revealed;
+            }
         }
+        let mut model = UserModel {
+            hub,
+            scopes,
+            caller_scopes: &caller.scopes,
+            detail,
+            groups,
+            include_stopped,
+            keys,
+        };
+        // A caller who may read some of the user's servers but nothing else of the user sees
+        // the user's kind, name and those servers.
+        if keys & UserKey::Servers.bit() == 0 && model.servers().next().is_some() {
+            model.keys |= UserKey::mask(&[UserKey::Kind, UserKey::Name, UserKey::Servers]);
+        }
+        (model.keys != 0).then_some(model)
     }
-    if keys.contains("servers") || !servers.is_empty() {
-        model.insert("kind".into(), json!("user"));
-        model.insert("name".into(), json!(user.name));
-        model.insert("servers".into(), Value::Object(servers));
+
+    /// The servers shown: active ones (all with `include_stopped`) the scopes let one read.
+    fn servers(&self) -> impl Iterator<Item = &'a Server> + '_ {
+        let user = &self.detail.user.name;
+        self.detail.servers.iter().filter(move |server| {
+            (server.state.is_active() || self.include_stopped)
+                && self.scopes.allows(
+                    "read:servers",
+                    Target::Server {
+                        user,
+                        server: &server.name,
+                        groups: self.groups,
+                    },
+                )
+        })
     }
-    (!model.is_empty()).then_some(Value::Object(model))
+}
+
+impl Serialize for UserModel<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (hub, user) = (self.hub, &self.detail.user);
+        let default = self.detail.servers.iter().find(|s| s.name.is_empty());
+        let mut m = s.serialize_map(Some(self.keys.count_ones() as usize))?;
+        for key in UserKey::ALL {
+            if self.keys & key.bit() == 0 {
+                continue;
+            }
+            let name = key.name();
+            match key {
+                UserKey::Kind => m.serialize_entry(name, "user")?,
+                UserKey::Name => m.serialize_entry(name, &user.name)?,
+                UserKey::Admin => m.serialize_entry(name, &user.admin)?,
+                UserKey::Roles => m.serialize_entry(
+                    name,
+                    &role_names(&hub.config.roles.of_user(&user.name, user.admin)),
+                )?,
+                UserKey::Groups => m.serialize_entry(name, &self.detail.groups)?,
+                UserKey::Server => m.serialize_entry(
+                    name,
+                    &default
+                        .filter(|s| s.ready())
+                        .map(|_| hub.config.server_url(&user.name, "")),
+                )?,
+                UserKey::Pending => m.serialize_entry(name, &default.and_then(|s| s.pending()))?,
+                UserKey::Created => m.serialize_entry(name, &Iso(Some(user.created)))?,
+                UserKey::LastActivity => m.serialize_entry(name, &Iso(user.last_activity))?,
+                // What an authenticator tells of the user (JupyterHub 6's `user_info`):
+                // Atelier's dev login and single sign-on keep nothing beyond the name, as
+                // JupyterHub's own authenticators, which leave it null.
+                UserKey::UserInfo => m.serialize_entry(name, &())?,
+                // Atelier keeps no authentication state (no refresh tokens of the provider).
+                UserKey::AuthState => m.serialize_entry(name, &())?,
+                UserKey::Servers => m.serialize_entry(name, &ServersModel(self))?,
+            }
+        }
+        m.end()
+    }
+}
+
+/// The `servers` of a [`UserModel`]: an object keyed by server name.
+struct ServersModel<'m, 'a>(&'m UserModel<'a>);
+
+impl Serialize for ServersModel<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let model = self.0;
+        let mut m = s.serialize_map(None)?;
+        for server in model.servers() {
+            m.serialize_entry(
+                &server.name,
+                &ServerModel {
+                    hub: model.hub,
+                    scopes: model.caller_scopes,
+                    user: &model.detail.user.name,
+                    groups: model.groups,
+                    server,
+                },
+            )?;
+        }
+        m.end()
+    }
 }
 
 /// [`user_model`] of a loaded user.
@@ -275,4 +509,63 @@ pub fn group_model(hub: &Hub, caller: &Caller, group: &GroupDetail) -> Option<Va
         }
     }
     (!model.is_empty()).then_some(Value::Object(model))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, TimeZone};
+
+    use super::*;
+
+    fn written(t: DateTime<Utc>) -> String {
+        IsoDisplay(t).to_string()
+    }
+
+    #[test]
+    fn timestamps_are_written_as_iso_writes_them() {
+        let mut cases = vec![
+            Utc.with_ymd_and_hms(2024, 1, 31, 12, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-1, 6, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(0, 2, 29, 1, 2, 3).unwrap(),
+        ];
+        // A leap second, and sub-microsecond digits (cut, not rounded).
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_999_999_999)
+            .unwrap()
+            .and_utc();
+        cases.push(leap);
+        cases.push(cases[0] + chrono::Duration::nanoseconds(123_456_789));
+        // A spread of instants over the years a hub sees, to the nanosecond.
+        let mut x: i64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let secs = x.rem_euclid(253_402_300_799); // 0001-01-01 .. 9999-12-31 from 1970
+            let nanos = (x >> 3).rem_euclid(1_000_000_000) as u32;
+            cases.push(Utc.timestamp_opt(secs - 62_135_596_800 / 2, nanos).unwrap());
+        }
+        for t in cases {
+            let expected = iso(Some(t));
+            assert_eq!(Value::String(written(t)), expected, "{t:?}");
+        }
+        assert_eq!(written(leap), "2016-12-31T23:59:60.999999Z");
+    }
+
+    #[test]
+    fn user_keys_are_written_in_their_order() {
+        let names: Vec<&str> = UserKey::ALL.iter().map(|k| k.name()).collect();
+        let (servers, rest) = names.split_last().unwrap();
+        assert_eq!(*servers, "servers");
+        let mut sorted = rest.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(rest, sorted.as_slice());
+        // Each key has its own bit.
+        let all = UserKey::mask(&UserKey::ALL);
+        assert_eq!(all.count_ones() as usize, UserKey::ALL.len());
+    }
 }
