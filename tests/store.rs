@@ -219,6 +219,23 @@ fn assert_not_found<T: std::fmt::Debug>(r: Result<T, StoreError>) {
     assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
 }
 
+/// The names of every user `query` lists, walking its pages by offset; checks each page's total.
+async fn walk_users(s: &Store, mut query: UserQuery) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut total = None;
+    loop {
+        let page = s.list_users(&query).await.unwrap();
+        assert_eq!(*total.get_or_insert(page.total), page.total);
+        seen.extend(page.items.iter().map(|u| u.user.name.clone()));
+        match page.next_offset {
+            Some(next) => query.offset = next,
+            None => break,
+        }
+    }
+    assert_eq!(total, Some(seen.len() as u64));
+    seen
+}
+
 fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -659,6 +676,39 @@ async fn users_pagination(db: &TestDb) {
         .unwrap();
     assert_eq!(active.total, running + starting);
     assert_eq!(active.items.len() as u64, running + starting);
+    // The walk by id over ready or active users (whose ids come off the servers' index) agrees
+    // with the same walk filtered by a name every user's contains (the general statement), in
+    // both directions, page after page.
+    for (state, count) in [
+        (UserStateFilter::Ready, running),
+        (UserStateFilter::Active, running + starting),
+    ] {
+        for descending in [false, true] {
+            let query = UserQuery {
+                state: Some(state),
+                descending,
+                limit: 7,
+                ..UserQuery::default()
+            };
+            let by_index = walk_users(s, query.clone()).await;
+            let general = walk_users(
+                s,
+                UserQuery {
+                    name_filter: Some("user-".into()),
+                    ..query
+                },
+            )
+            .await;
+            assert_eq!(by_index.len() as u64, count, "{state:?} {descending}");
+            assert_eq!(by_index, general, "{state:?} {descending}");
+            let mut sorted = by_index.clone();
+            sorted.sort();
+            if descending {
+                sorted.reverse();
+            }
+            assert_eq!(by_index, sorted);
+        }
+    }
     let inactive = s
         .list_users(&UserQuery {
             state: Some(UserStateFilter::Inactive),

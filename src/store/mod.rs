@@ -35,6 +35,7 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sqlx::Connection as _;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -159,7 +160,10 @@ impl Store {
                         .max_connections
                         .unwrap_or(if in_memory { 1 } else { 4 }),
                 )
-                .acquire_timeout(acquire_timeout);
+                .acquire_timeout(acquire_timeout)
+                // A connection to a file cannot go away: no ping before each statement (a round
+                // trip to the connection's worker thread).
+                .test_before_acquire(false);
             if in_memory {
                 // The database lives as long as its one connection: never let it go.
                 pool = pool
@@ -175,6 +179,19 @@ impl Store {
                 PgPoolOptions::new()
                     .max_connections(options.max_connections.unwrap_or(10))
                     .acquire_timeout(acquire_timeout)
+                    // sqlx pings every connection it hands out (a round trip before each
+                    // statement) and again when it takes it back. The second ping is enough
+                    // for a connection in use; one idle for a while (the database may have
+                    // restarted meanwhile) is pinged before it is handed out.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IDLE_AFTER {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_lazy(url)?,
             )
         } else {
@@ -298,6 +315,10 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// A PostgreSQL connection idle this long is pinged before it is handed out (one in use is
+/// pinged each time the pool takes it back).
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Largest page a list method returns.
 pub const MAX_PAGE_LIMIT: u32 = 1000;
