@@ -11,7 +11,7 @@ use super::{Result, Store, check_limit, from_json, now, object_json, on_pool, ts
 use crate::store::models::{AuditAction, AuditEvent};
 
 /// An event to append.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEvent {
     pub action: AuditAction,
     /// Who acted: a user or service name; `None` for the hub itself.
