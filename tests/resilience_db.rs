@@ -247,6 +247,32 @@ async fn is_stored(db: &sqlx::PgPool, write: &Write) -> bool {
     }
 }
 
+/// The keys of the audit events the hub's log says it spooled (its text without colours).
+fn spooled_keys(log: &str) -> Vec<String> {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence: `ESC [ … m`.
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|line| line.contains("audit event spooled"))
+        .map(|line| {
+            let at = line.find(" key=").expect("a spooled event's key") + 5;
+            line[at..at + 32].to_owned()
+        })
+        .collect()
+}
+
 /// The token ids and user names whose creation a 2xx acknowledged.
 struct Acknowledged {
     tokens: Vec<String>,
@@ -610,8 +636,18 @@ async fn database_outage_answers_503_and_recovers() {
         "audit events written more than once: {twice:?}"
     );
     let hub_log = world.procs["hub"].log();
-    let spooled = hub_log.matches("audit event spooled").count();
     let lost = hub_log.matches("AUDIT EVENT LOST").count();
+    // Each event the hub spooled (its log names the key) is in the log, once.
+    let spooled = spooled_keys(&hub_log);
+    for key in &spooled {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE event_key = $1")
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .expect("count a spooled event");
+        assert_eq!(rows, 1, "the spooled audit event {key}");
+    }
+    let spooled = spooled.len();
     let during_outage = records
         .iter()
         .filter(|r| {
