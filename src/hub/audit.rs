@@ -6,10 +6,11 @@
 //! ([`StoreError::Unavailable`]) the action may still have happened (a server the backend
 //! stopped, a token revoked just before the database went), so the event goes to a spool
 //! instead: a bounded queue, mirrored in an append-only JSON-lines file in the hub's state
-//! directory ([`SPOOL_FILE`], each line flushed to disk with `fsync` before `record` returns),
+//! directory ([`spool_path`], each line flushed to disk with `fsync` before `record` returns),
 //! that a task writes to the database in order, backing off while it is away. While the spool
 //! holds events, new ones queue behind them, so the log keeps the order of the actions. A hub
-//! stopped during an outage finds the file at its next start and writes it ([`AuditLog::open`]);
+//! stopped during an outage finds the file at its next start and writes it ([`AuditLog::open`],
+//! which also takes over the files of other hub processes gone from a shared state directory);
 //! the file is emptied once the spool is.
 //!
 //! The insert is idempotent (`ON CONFLICT (event_key) DO NOTHING`): an event whose insert was
@@ -36,8 +37,37 @@ use serde_json::Value;
 
 use crate::store::{self, AuditAction, NewAuditEvent, Store, StoreError};
 
-/// The spool's file, in the hub's state directory (`--state-dir`).
-pub const SPOOL_FILE: &str = "audit-spool.jsonl";
+/// Hub processes that may share a state directory, each with a spool file of its own.
+pub const MAX_SPOOLS: usize = 16;
+
+/// The spool file of slot `n` in the hub's state directory (`--state-dir`).
+pub fn spool_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("audit-spool-{n}.jsonl"))
+}
+
+/// The events of the spool file `path` (none if it is missing), skipping unreadable lines.
+fn read_spool(path: &Path) -> std::io::Result<Vec<StampedEvent>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut events = Vec::new();
+    for (n, text) in BufReader::new(file).lines().enumerate() {
+        let text = text?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        match Line::parse(&text) {
+            Ok(event) => events.push(event),
+            Err(e) => tracing::error!(
+                path = %path.display(), line = n + 1, error = %e,
+                "audit spool: an unreadable line (cut short by a crash?) is skipped"
+            ),
+        }
+    }
+    Ok(events)
+}
 
 /// A file holding this many lines more than twice the events still queued is rewritten.
 const COMPACT_SLACK: usize = 1024;
@@ -118,7 +148,9 @@ pub trait AuditSink: Send + Sync + 'static {
 
 impl AuditSink for Store {
     async fn insert(&self, e: &StampedEvent) -> Result<bool, StoreError> {
-        let stored = self.insert_audit_once(&e.key, e.occurred_at, &e.event).await?;
+        let stored = self
+            .insert_audit_once(&e.key, e.occurred_at, &e.event)
+            .await?;
         Ok(stored.is_some())
     }
 }
@@ -178,6 +210,8 @@ struct Spool {
     file: Option<SpoolFile>,
     /// Whether a task is writing the queue to the database.
     draining: bool,
+    /// The lock of the file's slot, held while the process runs.
+    lock: Option<File>,
     dropped: u64,
 }
 
@@ -205,49 +239,66 @@ impl<S: AuditSink> AuditLog<S> {
         }
     }
 
-    /// A log writing to `sink` whose spool is kept in the file `path` (created if missing,
-    /// readable by this user only). Events a previous process left there are queued, in order,
-    /// and written to the database from now on (a line cut short by a crash is skipped); the file
-    /// is rewritten with them.
-    pub fn open(sink: S, path: &Path, options: SpoolOptions) -> std::io::Result<AuditLog<S>> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+    /// A log writing to `sink` whose spool is kept in a file of `dir` (the hub's state
+    /// directory; created if missing): `audit-spool-<n>.jsonl`, `n` the first slot no running
+    /// process holds (several hub processes may share a state directory; each holds the lock
+    /// `audit-spool-<n>.lock` of its slot while it runs). Events left in that file, and in the
+    /// files of other slots no process holds (hubs gone), are queued by time and written to the
+    /// database from now on (a line cut short by a crash is skipped); the file is rewritten
+    /// with them, the others removed. Files are readable by this user only.
+    pub fn open(sink: S, dir: &Path, options: SpoolOptions) -> std::io::Result<AuditLog<S>> {
+        std::fs::create_dir_all(dir)?;
+        let mut mine = None;
+        let mut orphans = Vec::new();
+        for n in 0..MAX_SPOOLS {
+            let has_events = spool_path(dir, n).exists();
+            if mine.is_some() && !has_events {
+                continue;
+            }
+            let lock = create_private(&dir.join(format!("audit-spool-{n}.lock")), true)?;
+            match lock.try_lock() {
+                Ok(()) if mine.is_none() => mine = Some((n, lock)),
+                Ok(()) => orphans.push((n, lock)),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
         }
+        let Some((slot, lock)) = mine else {
+            return Err(std::io::Error::other(format!(
+                "all {MAX_SPOOLS} audit spool slots of {} are held by running processes",
+                dir.display()
+            )));
+        };
+        let path = spool_path(dir, slot);
+        let mut events = read_spool(&path)?;
+        for (n, _) in &orphans {
+            events.extend(read_spool(&spool_path(dir, *n))?);
+        }
+        events.sort_by_key(|e| e.occurred_at);
         let log = AuditLog::with_options(sink, options);
         let mut replayed = 0usize;
         {
             let mut spool = log.lock();
-            match File::open(path) {
-                Ok(file) => {
-                    for (n, text) in BufReader::new(file).lines().enumerate() {
-                        let text = text?;
-                        if text.trim().is_empty() {
-                            continue;
-                        }
-                        match Line::parse(&text) {
-                            Ok(event) => {
-                                if log.admit(&mut spool, event, "replaying the spool file") {
-                                    replayed += 1;
-                                }
-                            }
-                            Err(e) => tracing::error!(
-                                path = %path.display(), line = n + 1, error = %e,
-                                "audit spool: an unreadable line (cut short by a crash?) is skipped"
-                            ),
-                        }
-                    }
+            for event in events {
+                if log.admit(&mut spool, event, "replaying the spool files") {
+                    replayed += 1;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
             }
             // Rewritten with the events read: a line cut short is gone, the next one starts
             // on its own line.
-            spool.file = Some(SpoolFile::rewrite(path, &spool.queue)?);
+            spool.file = Some(SpoolFile::rewrite(&path, &spool.queue)?);
+            spool.lock = Some(lock);
+        }
+        for (n, _lock) in orphans {
+            let orphan = spool_path(dir, n);
+            if let Err(e) = std::fs::remove_file(&orphan) {
+                tracing::error!(path = %orphan.display(), error = %e, "audit spool: cannot remove a replayed file");
+            }
         }
         if replayed > 0 {
             tracing::warn!(
                 path = %path.display(), events = replayed,
-                "audit spool: writing the events a previous hub process left"
+                "audit spool: writing the events hub processes left"
             );
             log.start_draining();
         }

@@ -20,7 +20,9 @@ impl AuditSink for Arc<FakeDb> {
             return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
         }
         if !e.event.detail.is_object() {
-            return Err(StoreError::Invalid("audit detail must be a JSON object".into()));
+            return Err(StoreError::Invalid(
+                "audit detail must be a JSON object".into(),
+            ));
         }
         let inserted = {
             let mut rows = self.rows.lock().unwrap();
@@ -47,7 +49,9 @@ impl FakeDb {
     /// The `n` field of each row's detail, in insertion order.
     fn order(&self) -> Vec<u64> {
         let rows = self.rows.lock().unwrap();
-        rows.iter().map(|r| r.event.detail["n"].as_u64().unwrap()).collect()
+        rows.iter()
+            .map(|r| r.event.detail["n"].as_u64().unwrap())
+            .collect()
     }
 }
 
@@ -86,10 +90,10 @@ fn file_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn temp_path(name: &str) -> PathBuf {
+fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("atelier-audit-{}", store::new_audit_key()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    dir
 }
 
 #[tokio::test]
@@ -105,27 +109,35 @@ async fn events_go_straight_to_a_database_that_answers() {
 #[tokio::test]
 async fn an_outage_spools_events_and_they_are_written_in_order_when_it_ends() {
     let db = Arc::new(FakeDb::default());
-    let path = temp_path(SPOOL_FILE);
-    let log = AuditLog::open(db.clone(), &path, fast()).unwrap();
+    let dir = temp_dir();
+    let path = spool_path(&dir, 0);
+    let log = AuditLog::open(db.clone(), &dir, fast()).unwrap();
     log.record(event(1)).await;
     db.set_down(true);
     for n in 2..=4 {
         log.record(event(n)).await;
     }
     assert_eq!(log.pending(), 3);
-    assert_eq!(file_lines(&path).len(), 3, "each spooled event is in the file");
+    assert_eq!(
+        file_lines(&path).len(),
+        3,
+        "each spooled event is in the file"
+    );
     assert_eq!(db.order(), [1]);
     db.set_down(false);
     // Behind the spooled ones, though the database answers again.
     log.record(event(5)).await;
     drained(&log).await;
     assert_eq!(db.order(), [1, 2, 3, 4, 5]);
-    assert!(file_lines(&path).is_empty(), "the file is emptied with the spool");
+    assert!(
+        file_lines(&path).is_empty(),
+        "the file is emptied with the spool"
+    );
     // The original times are kept.
     let rows = db.rows.lock().unwrap();
     let times: Vec<_> = rows.iter().map(|r| r.occurred_at).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -167,41 +179,109 @@ async fn a_full_spool_drops_new_events_and_counts_them() {
     assert_eq!(log.dropped(), 3);
 }
 
-#[tokio::test]
-async fn a_hub_stopped_during_an_outage_writes_its_spool_at_the_next_start() {
-    let path = temp_path(SPOOL_FILE);
-    let before = Arc::new(FakeDb::default());
-    before.set_down(true);
-    let first = AuditLog::open(before.clone(), &path, fast()).unwrap();
-    let mut stamped = Vec::new();
-    for n in 1..=3 {
-        let e = StampedEvent::now(event(n));
-        stamped.push(e.clone());
-        first.record_stamped(e).await;
-    }
-    assert_eq!(file_lines(&path).len(), 3);
-    // The process dies here: its spool in memory is gone, the file stays.
+/// A runtime of its own: dropping it ends the tasks of the log it made, as the process's end.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
+#[test]
+fn a_hub_stopped_during_an_outage_writes_its_spool_at_the_next_start() {
+    let dir = temp_dir();
+    let path = spool_path(&dir, 0);
+    let mut stamped = Vec::new();
+    {
+        let rt = runtime();
+        let before = Arc::new(FakeDb::default());
+        before.set_down(true);
+        rt.block_on(async {
+            let first = AuditLog::open(before, &dir, fast()).unwrap();
+            for n in 1..=3 {
+                let e = StampedEvent::now(event(n));
+                stamped.push(e.clone());
+                first.record_stamped(e).await;
+            }
+        });
+        assert_eq!(file_lines(&path).len(), 3);
+        // The process dies here: its spool in memory is gone, the file stays.
+    }
+
+    let rt = runtime();
     let after = Arc::new(FakeDb::default());
-    let second = AuditLog::open(after.clone(), &path, fast()).unwrap();
-    drained(&second).await;
+    let second = rt.block_on(async {
+        let second = AuditLog::open(after.clone(), &dir, fast()).unwrap();
+        drained(&second).await;
+        second
+    });
     assert_eq!(
         *after.rows.lock().unwrap(),
         stamped,
         "the same events (keys, times, fields), in order"
     );
     assert!(file_lines(&path).is_empty());
+    drop(second);
+    drop(rt);
 
     // Opened again (a crash before the truncation was flushed would leave the lines): nothing to
     // replay, and replaying written events would change nothing.
-    let third = AuditLog::open(after.clone(), &path, fast()).unwrap();
+    let third = runtime().block_on(async { AuditLog::open(after.clone(), &dir, fast()).unwrap() });
     assert_eq!(third.pending(), 0);
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn hubs_sharing_a_state_directory_keep_a_file_each_and_take_over_those_of_hubs_gone() {
+    let dir = temp_dir();
+    let down = Arc::new(FakeDb::default());
+    down.set_down(true);
+    let rt = runtime();
+    // Two running hubs: two slots.
+    let a = rt.block_on(async { AuditLog::open(down.clone(), &dir, fast()).unwrap() });
+    let mut stamped = Vec::new();
+    {
+        let gone_rt = runtime();
+        gone_rt.block_on(async {
+            let b = AuditLog::open(down.clone(), &dir, fast()).unwrap();
+            for n in 1..=2 {
+                let e = StampedEvent::now(event(n));
+                stamped.push(e.clone());
+                b.record_stamped(e).await;
+            }
+        });
+        rt.block_on(a.record(event(10)));
+        assert_eq!(file_lines(&spool_path(&dir, 0)).len(), 1);
+        assert_eq!(file_lines(&spool_path(&dir, 1)).len(), 2);
+        // b's process dies.
+    }
+    // A new hub takes a free slot (b's) and b's events, while a keeps its own.
+    let up = Arc::new(FakeDb::default());
+    rt.block_on(async {
+        let c = AuditLog::open(up.clone(), &dir, fast()).unwrap();
+        drained(&c).await;
+    });
+    assert_eq!(*up.rows.lock().unwrap(), stamped);
+    assert_eq!(a.pending(), 1);
+    assert_eq!(file_lines(&spool_path(&dir, 0)).len(), 1, "a's file is a's");
+    // A file further on, of a hub gone (no lock held): taken over by the next hub, and removed.
+    let left = StampedEvent::now(event(20));
+    std::fs::write(spool_path(&dir, 5), Line::of(&left)).unwrap();
+    rt.block_on(async {
+        let d = AuditLog::open(up.clone(), &dir, fast()).unwrap();
+        drained(&d).await;
+    });
+    assert_eq!(up.order(), [1, 2, 20]);
+    assert!(!spool_path(&dir, 5).exists());
+    assert_eq!(a.pending(), 1);
+    drop(rt);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn a_line_cut_short_by_a_crash_is_skipped_and_the_next_line_stands_alone() {
-    let path = temp_path(SPOOL_FILE);
+    let dir = temp_dir();
+    let path = spool_path(&dir, 0);
     let mut text = String::new();
     for n in 1..=2 {
         text.push_str(&Line::of(&StampedEvent::now(event(n))));
@@ -212,7 +292,7 @@ async fn a_line_cut_short_by_a_crash_is_skipped_and_the_next_line_stands_alone()
 
     let db = Arc::new(FakeDb::default());
     db.set_down(true);
-    let log = AuditLog::open(db.clone(), &path, fast()).unwrap();
+    let log = AuditLog::open(db.clone(), &dir, fast()).unwrap();
     assert_eq!(log.pending(), 2);
     log.record(event(3)).await;
     let lines = file_lines(&path);
@@ -223,7 +303,7 @@ async fn a_line_cut_short_by_a_crash_is_skipped_and_the_next_line_stands_alone()
     db.set_down(false);
     drained(&log).await;
     assert_eq!(db.order(), [1, 2, 3]);
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -232,10 +312,20 @@ async fn an_insert_whose_answer_was_lost_is_written_once() {
     let log = AuditLog::with_options(db.clone(), fast());
     db.lose_answer.store(true, Ordering::SeqCst);
     log.record(event(1)).await;
-    assert_eq!(log.pending(), 1, "spooled: the hub cannot know it was written");
+    assert_eq!(
+        log.pending(),
+        1,
+        "spooled: the hub cannot know it was written"
+    );
     drained(&log).await;
     assert_eq!(db.order(), [1]);
-    let keys: BTreeSet<_> = db.rows.lock().unwrap().iter().map(|r| r.key.clone()).collect();
+    let keys: BTreeSet<_> = db
+        .rows
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.key.clone())
+        .collect();
     assert_eq!(keys.len(), 1);
 }
 

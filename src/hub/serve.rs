@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
 
+use super::audit::{AuditLog, SpoolOptions};
 use super::builtin::{self, Installable};
 use super::catalog::{self, Catalog, SharedCatalog};
-use super::audit::{AuditLog, SpoolOptions};
 use super::{Hub, HubConfig, HubState, ServiceConfig, router, spawner};
 use crate::backend::WorkspaceBackend;
 use crate::backend::local::{
@@ -484,16 +484,15 @@ pub async fn build_hub_with(
     Ok(hub)
 }
 
-/// The hub's audit log, its spool in `<state dir>/audit-spool.jsonl` (README, "Resilience"):
-/// what a previous process left there is written first. A file that cannot be opened leaves the
-/// spool in memory only, with an error: the hub still starts.
+/// The hub's audit log, its spool in `<state dir>/audit-spool-<n>.jsonl` (README,
+/// "Resilience"): what previous processes left there is written first. A file that cannot be
+/// opened leaves the spool in memory only, with an error: the hub still starts.
 fn open_audit_log(store: &Store, state_dir: &Path) -> AuditLog {
-    let path = state_dir.join(super::audit::SPOOL_FILE);
-    match AuditLog::open(store.clone(), &path, SpoolOptions::default()) {
+    match AuditLog::open(store.clone(), state_dir, SpoolOptions::default()) {
         Ok(log) => log,
         Err(e) => {
             tracing::error!(
-                path = %path.display(), error = %e,
+                dir = %state_dir.display(), error = %e,
                 "cannot open the audit spool: audit events met by a database outage are kept \
                  in memory only"
             );
