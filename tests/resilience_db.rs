@@ -289,7 +289,8 @@ impl Acknowledged {
             match &r.write {
                 Some(Write::Token { note }) => {
                     let id = r.answer.json()["id"].as_str().map(str::to_owned);
-                    ack.tokens.push(id.unwrap_or_else(|| panic!("token {note}: no id")));
+                    ack.tokens
+                        .push(id.unwrap_or_else(|| panic!("token {note}: no id")));
                 }
                 Some(Write::User(name)) => ack.users.push(name.clone()),
                 _ => {}
@@ -640,11 +641,12 @@ async fn database_outage_answers_503_and_recovers() {
     // Each event the hub spooled (its log names the key) is in the log, once.
     let spooled = spooled_keys(&hub_log);
     for key in &spooled {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE event_key = $1")
-            .bind(key)
-            .fetch_one(&db)
-            .await
-            .expect("count a spooled event");
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE event_key = $1")
+                .bind(key)
+                .fetch_one(&db)
+                .await
+                .expect("count a spooled event");
         assert_eq!(rows, 1, "the spooled audit event {key}");
     }
     let spooled = spooled.len();
