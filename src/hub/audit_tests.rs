@@ -357,3 +357,34 @@ async fn the_store_writes_a_keyed_event_once_with_its_own_time() {
     assert_eq!(rows[0].occurred_at, e.occurred_at);
     assert_eq!(rows[0].detail, json!({"n": 7}));
 }
+
+/// The hub writes every audit event through `AuditLog::record`: no module calls the store's
+/// insert itself (it would lose its event in an outage).
+#[test]
+fn no_hub_module_appends_to_the_store_directly() {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && !path.ends_with("audit_tests.rs")
+            {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    if line.contains("append_audit(") || line.contains("insert_audit_once(") {
+                        found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/hub"),
+        &mut found,
+    );
+    // The one call: the sink of `AuditLog`.
+    found.retain(|f| !f.contains("src/hub/audit.rs:"));
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
