@@ -20,7 +20,9 @@
 //!   `Retry-After`), never a 500; every acknowledged write (a user, a token, an activity time, a membership) is in
 //!   the database; each of the ten starts ends Running with one server process, or stopped or
 //!   failed with none, one row each; the proxy keeps serving a server that ran before the
-//!   outage with the authorization it had (its route table and its last verdict).
+//!   outage with the authorization it had (its route table and its last verdict); every
+//!   acknowledged token and user creation has its audit event in the log exactly once, those
+//!   whose event met the outage too (the hub spools them, `hub::audit`), and the hub lost none.
 //!
 //! Gated by `ATELIER_PEERS=1` (PostgreSQL's server binaries and busybox are then required):
 //! `ATELIER_PEERS=1 cargo test --test resilience_db -- --nocapture`. On failure every log is
@@ -242,6 +244,117 @@ async fn is_stored(db: &sqlx::PgPool, write: &Write) -> bool {
             // Activity only moves forward: a later report may have moved it further.
             stored.is_some_and(|s| s >= *at - chrono::Duration::microseconds(1))
         }
+    }
+}
+
+/// The keys of the audit events the hub's log says it spooled (its text without colours).
+fn spooled_keys(log: &str) -> Vec<String> {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence: `ESC [ … m`.
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|line| line.contains("audit event spooled"))
+        .map(|line| {
+            let at = line.find(" key=").expect("a spooled event's key") + 5;
+            line[at..at + 32].to_owned()
+        })
+        .collect()
+}
+
+/// The token ids and user names whose creation a 2xx acknowledged.
+struct Acknowledged {
+    tokens: Vec<String>,
+    users: Vec<String>,
+}
+
+impl Acknowledged {
+    fn of(records: &[Record]) -> Acknowledged {
+        let mut ack = Acknowledged {
+            tokens: Vec::new(),
+            users: Vec::new(),
+        };
+        for r in records {
+            match &r.write {
+                Some(Write::Token { note }) => {
+                    let id = r.answer.json()["id"].as_str().map(str::to_owned);
+                    ack.tokens
+                        .push(id.unwrap_or_else(|| panic!("token {note}: no id")));
+                }
+                Some(Write::User(name)) => ack.users.push(name.clone()),
+                _ => {}
+            }
+        }
+        ack
+    }
+
+    /// What has no event in `audited`.
+    fn missing_from(&self, audited: &Audited) -> Vec<String> {
+        let tokens = self
+            .tokens
+            .iter()
+            .filter(|id| !audited.tokens.contains_key(*id))
+            .map(|id| format!("token_create {id}"));
+        let users = self
+            .users
+            .iter()
+            .filter(|name| !audited.users.contains_key(*name))
+            .map(|name| format!("create_user {name}"));
+        tokens.chain(users).collect()
+    }
+}
+
+/// The load service's token_create events by token id and create_user events by user, counted.
+struct Audited {
+    tokens: BTreeMap<String, usize>,
+    users: BTreeMap<String, usize>,
+}
+
+impl Audited {
+    async fn read(db: &sqlx::PgPool) -> Audited {
+        let rows: Vec<(String, Option<String>, String)> = sqlx::query_as(
+            "SELECT action, target_user, detail FROM audit_events WHERE actor = 'load' \
+             AND action IN ('token_create', 'admin')",
+        )
+        .fetch_all(db)
+        .await
+        .expect("read the audit log");
+        let mut audited = Audited {
+            tokens: BTreeMap::new(),
+            users: BTreeMap::new(),
+        };
+        for (action, target, detail) in rows {
+            let detail: Value = serde_json::from_str(&detail).expect("detail is JSON");
+            if action == "token_create" {
+                let id = detail["token_id"].as_str().expect("token_id").to_owned();
+                *audited.tokens.entry(id).or_default() += 1;
+            } else if detail["action"] == "create_user" {
+                let user = target.expect("create_user names its user");
+                *audited.users.entry(user).or_default() += 1;
+            }
+        }
+        audited
+    }
+
+    fn duplicates(&self) -> Vec<String> {
+        let tokens = self.tokens.iter().map(|(k, n)| (format!("token {k}"), *n));
+        let users = self.users.iter().map(|(k, n)| (format!("user {k}"), *n));
+        tokens
+            .chain(users)
+            .filter(|(_, n)| *n > 1)
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect()
     }
 }
 
@@ -502,6 +615,55 @@ async fn database_outage_answers_503_and_recovers() {
         "acknowledged writes missing from the database:\n{}",
         lost.join("\n")
     );
+
+    // The audit log: every acknowledged token and user creation has its event, once, including
+    // those whose event met the outage (spooled by the hub, written once the database is back).
+    let acknowledged = Acknowledged::of(&records);
+    let deadline = Deadline::new(
+        "the audit events of the acknowledged actions",
+        Duration::from_secs(60),
+    );
+    let audited = loop {
+        let audited = Audited::read(&db).await;
+        let missing = acknowledged.missing_from(&audited);
+        if missing.is_empty() {
+            break audited;
+        }
+        deadline.tick(&missing).await;
+    };
+    let twice = audited.duplicates();
+    assert!(
+        twice.is_empty(),
+        "audit events written more than once: {twice:?}"
+    );
+    let hub_log = world.procs["hub"].log();
+    let lost = hub_log.matches("AUDIT EVENT LOST").count();
+    // Each event the hub spooled (its log names the key) is in the log, once.
+    let spooled = spooled_keys(&hub_log);
+    for key in &spooled {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE event_key = $1")
+                .bind(key)
+                .fetch_one(&db)
+                .await
+                .expect("count a spooled event");
+        assert_eq!(rows, 1, "the spooled audit event {key}");
+    }
+    let spooled = spooled.len();
+    let during_outage = records
+        .iter()
+        .filter(|r| {
+            let answered = r.answer.sent + r.answer.took;
+            r.write.is_some() && answered >= down_at && answered <= up_at
+        })
+        .count();
+    say(format!(
+        "audit: {} token and {} user creations acknowledged ({during_outage} writes answered \
+         during the outage), each in the log once; {spooled} events spooled by the hub, {lost} lost",
+        acknowledged.tokens.len(),
+        acknowledged.users.len()
+    ));
+    assert_eq!(lost, 0, "the hub lost audit events:\n{hub_log}");
 
     // Each start ended Running with its process, or stopped/failed with none; one row each.
     let deadline = Deadline::new("the ten starts to end", Duration::from_secs(90));

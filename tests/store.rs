@@ -11,7 +11,7 @@ use atelier::store::tokens::{generate_token, hash_token, pkce_s256_challenge};
 use atelier::store::{
     AuditAction, AuditQuery, Engine, NewAuditEvent, NewOAuthClient, NewOAuthCode, NewSession,
     NewToken, PkceMethod, ServerChanges, ServerState, StartRequest, Store, StoreError, TokenOwner,
-    UserQuery, UserSort, UserStateFilter, UserSubset, now, oauth_client_id,
+    UserQuery, UserSort, UserStateFilter, UserSubset, new_audit_key, now, oauth_client_id,
 };
 use chrono::Duration;
 use serde_json::json;
@@ -138,6 +138,7 @@ stories!(
     oauth,
     sessions,
     audit_log,
+    audit_events_written_once,
     two_stores,
     migrations_rerun,
     servers_are_modified,
@@ -1376,6 +1377,78 @@ async fn audit_log(db: &TestDb) {
     );
     assert!(db.raw_execute("DELETE FROM audit_events").await.is_err());
     assert_eq!(s.list_audit(&AuditQuery::default()).await.unwrap(), all);
+}
+
+/// A keyed event (the hub's audit spool writes again what an outage may have cut short) is
+/// stored once, with the time it was given, however often it is written; keys are unique, events
+/// without one (written before keys) do not collide.
+async fn audit_events_written_once(db: &TestDb) {
+    let s = &db.store;
+    let key = new_audit_key();
+    assert_eq!(key.len(), 32);
+    assert_ne!(key, new_audit_key());
+    let at = now() - Duration::minutes(3);
+    let event = NewAuditEvent {
+        action: AuditAction::TokenRevoke,
+        actor: Some("alice".into()),
+        target_user: Some("alice".into()),
+        target_server: None,
+        detail: json!({"token_id": "a7"}),
+    };
+    let first = s
+        .insert_audit_once(&key, at, &event)
+        .await
+        .unwrap()
+        .expect("inserted");
+    assert_eq!(first.occurred_at, at, "the action's time, not the insert's");
+    assert_eq!(first.detail, json!({"token_id": "a7"}));
+    // Again, and again from another store (another hub process replaying its spool).
+    assert_eq!(s.insert_audit_once(&key, at, &event).await.unwrap(), None);
+    let other = Store::connect(&db.url).await.unwrap();
+    let later = now();
+    assert_eq!(
+        other.insert_audit_once(&key, later, &event).await.unwrap(),
+        None
+    );
+    other.close().await;
+    // Concurrent writes of one new key: one row.
+    let twin = new_audit_key();
+    let (a, b) = tokio::join!(
+        s.insert_audit_once(&twin, at, &event),
+        s.insert_audit_once(&twin, at, &event)
+    );
+    assert_eq!(
+        [a.unwrap().is_some(), b.unwrap().is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count(),
+        1
+    );
+    // Unkeyed events beside them.
+    s.append_audit(&event).await.unwrap();
+    s.append_audit(&event).await.unwrap();
+    assert_eq!(
+        db.raw_count(
+            "SELECT count(*) FROM audit_events WHERE event_key = $1",
+            &[&key]
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        db.raw_count(
+            "SELECT count(*) FROM audit_events WHERE event_key IS NULL AND actor = $1",
+            &["alice"]
+        )
+        .await,
+        2
+    );
+    let all = s.list_audit(&AuditQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 4);
+    // A detail that is not an object is refused, not stored.
+    let mut bad = event.clone();
+    bad.detail = json!([1]);
+    assert_invalid(s.insert_audit_once(&new_audit_key(), at, &bad).await);
 }
 
 async fn two_stores(db: &TestDb) {

@@ -285,16 +285,15 @@ async fn groups_of(hub: &HubState, job: &Job) -> HubResult<Vec<String>> {
 }
 
 async fn audit(hub: &HubState, action: AuditAction, actor: &str, job: &Job, detail: Value) {
-    let event = NewAuditEvent {
-        action,
-        actor: Some(actor.to_owned()),
-        target_user: Some(job.user_name.clone()),
-        target_server: Some(job.name.clone()),
-        detail,
-    };
-    if let Err(e) = hub.store.append_audit(&event).await {
-        tracing::error!(error = %e, job = %job.name, "cannot write audit event");
-    }
+    hub.audit
+        .record(NewAuditEvent {
+            action,
+            actor: Some(actor.to_owned()),
+            target_user: Some(job.user_name.clone()),
+            target_server: Some(job.name.clone()),
+            detail,
+        })
+        .await;
 }
 
 /// The update a system's state makes of a job's row.

@@ -10,6 +10,7 @@ use crate::backend::WorkspaceBackend;
 use crate::store::Store;
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod builtin;
 pub mod catalog;
@@ -179,14 +180,28 @@ pub struct Hub {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Recently resolved API tokens ([`auth::cache`]).
     pub token_cache: auth::cache::TokenCache,
+    /// Where every audit event is written ([`audit::AuditLog::record`]), spooled through
+    /// database outages.
+    pub audit: audit::AuditLog,
 }
 
 /// Handlers' state.
 pub type HubState = Arc<Hub>;
 
 impl Hub {
-    /// A hub over `store` and `backend`.
+    /// A hub over `store` and `backend`, its audit spool in memory only.
     pub fn new(store: Store, backend: Arc<dyn WorkspaceBackend>, config: HubConfig) -> HubState {
+        let audit = audit::AuditLog::new(store.clone());
+        Hub::with_audit(store, backend, config, audit)
+    }
+
+    /// [`Hub::new`] writing its audit events through `audit` (a spool kept in a file).
+    pub fn with_audit(
+        store: Store,
+        backend: Arc<dyn WorkspaceBackend>,
+        config: HubConfig,
+        audit: audit::AuditLog,
+    ) -> HubState {
         Arc::new(Hub {
             store,
             backend,
@@ -194,6 +209,7 @@ impl Hub {
             spawns: spawns::Spawns::default(),
             shutdown: tokio::sync::watch::channel(false).0,
             token_cache: Default::default(),
+            audit,
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
 
+use super::audit::{AuditLog, SpoolOptions};
 use super::builtin::{self, Installable};
 use super::catalog::{self, Catalog, SharedCatalog};
 use super::{Hub, HubConfig, HubState, ServiceConfig, router, spawner};
@@ -368,6 +369,7 @@ pub async fn build_hub_with(
         }
         None => SharedCatalog::default(),
     };
+    let audit = open_audit_log(&store, &args.state_dir);
     // The Python of the single-user servers (`GET /info`): known with the local backend only.
     let mut server_python = None;
     let backend: Arc<dyn WorkspaceBackend> = match (backend, args.backend) {
@@ -408,6 +410,7 @@ pub async fn build_hub_with(
             // Admin-created Workspaces become servers; ones stopped with kubectl stop theirs.
             super::sync::spawn_sync(
                 store.clone(),
+                audit.clone(),
                 super::sync::Site {
                     public_url: args.public_url.trim_end_matches('/').to_owned(),
                     user_domain: args.user_domain.clone(),
@@ -474,11 +477,28 @@ pub async fn build_hub_with(
             Err(e) => return Err(e.into()),
         }
     }
-    let hub = Hub::new(store, backend, config);
+    let hub = Hub::with_audit(store, backend, config, audit);
     spawner::recover(&hub)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(hub)
+}
+
+/// The hub's audit log, its spool in `<state dir>/audit-spool-<n>.jsonl` (README,
+/// "Resilience"): what previous processes left there is written first. A file that cannot be
+/// opened leaves the spool in memory only, with an error: the hub still starts.
+fn open_audit_log(store: &Store, state_dir: &Path) -> AuditLog {
+    match AuditLog::open(store.clone(), state_dir, SpoolOptions::default()) {
+        Ok(log) => log,
+        Err(e) => {
+            tracing::error!(
+                dir = %state_dir.display(), error = %e,
+                "cannot open the audit spool: audit events met by a database outage are kept \
+                 in memory only"
+            );
+            AuditLog::new(store.clone())
+        }
+    }
 }
 
 /// Background upkeep: expired sessions, codes and tokens are purged every few minutes.

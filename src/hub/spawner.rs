@@ -278,16 +278,15 @@ async fn audit(
     server: &str,
     detail: Value,
 ) {
-    let event = NewAuditEvent {
-        action,
-        actor: actor.map(str::to_owned),
-        target_user: Some(user.to_owned()),
-        target_server: Some(server.to_owned()),
-        detail,
-    };
-    if let Err(e) = hub.store.append_audit(&event).await {
-        tracing::error!(error = %e, server = %log_name(user, server), "cannot write audit event");
-    }
+    hub.audit
+        .record(NewAuditEvent {
+            action,
+            actor: actor.map(str::to_owned),
+            target_user: Some(user.to_owned()),
+            target_server: Some(server.to_owned()),
+            detail,
+        })
+        .await;
 }
 
 /// Deletes the server's OAuth clients (those registered for this server row, whatever their

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use super::HubState;
+use super::audit::AuditLog;
 use super::spawner::{access_scopes, server_token_scopes};
 use crate::backend::kubernetes::{ObservedWorkspace, WorkspaceHandle, WorkspaceObserver};
 use crate::backend::{BackendError, BackendStatus};
@@ -79,7 +80,7 @@ pub async fn sync_workspaces(
         public_url: hub.config.public_url.clone(),
         user_domain: hub.config.user_domain.clone(),
     };
-    sync_store(&hub.store, &site, observer).await
+    sync_store(&hub.store, &hub.audit, &site, observer).await
 }
 
 /// Where browsers reach the hub's servers: the site's public URL and, with `--user-domain`, the
@@ -93,13 +94,14 @@ pub struct Site {
 /// Runs a pass every `interval` (the first at once) until the task is aborted.
 pub fn spawn_sync(
     store: Store,
+    audit: AuditLog,
     site: Site,
     observer: WorkspaceObserver,
     interval: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match sync_store(&store, &site, &observer).await {
+            match sync_store(&store, &audit, &site, &observer).await {
                 Ok(report) if !report.is_empty() => tracing::info!(?report, "Workspaces synced"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = ?e, "Workspace sync failed"),
@@ -110,9 +112,10 @@ pub fn spawn_sync(
 }
 
 /// One pass over `store`, whose servers browsers reach at `site` (for the OAuth redirect URIs
-/// of adopted servers).
+/// of adopted servers), its audit events written through `audit`.
 pub async fn sync_store(
     store: &Store,
+    audit: &AuditLog,
     site: &Site,
     observer: &WorkspaceObserver,
 ) -> Result<SyncReport, BackendError> {
@@ -130,7 +133,7 @@ pub async fn sync_store(
                 if matches!(
                     status,
                     BackendStatus::Stopped { .. } | BackendStatus::Failed { .. }
-                ) && stop_row(store, row, handle, status).await
+                ) && stop_row(store, audit, row, handle, status).await
                 {
                     report
                         .stopped
@@ -146,7 +149,7 @@ pub async fn sync_store(
                     continue;
                 }
                 let name = log_name(&key.0, &key.1);
-                match adopt(store, site, observer, ws, url).await {
+                match adopt(store, audit, site, observer, ws, url).await {
                     Ok(true) => report.adopted.push(name),
                     Ok(false) => report.deferred.push(name),
                     Err(e) => {
@@ -176,7 +179,7 @@ pub async fn sync_store(
         if matches!(
             status,
             BackendStatus::Stopped { .. } | BackendStatus::Failed { .. }
-        ) && stop_row(store, row, handle, &status).await
+        ) && stop_row(store, audit, row, handle, &status).await
         {
             report
                 .stopped
@@ -220,16 +223,13 @@ async fn active_servers(store: &Store) -> Result<ActiveServers, BackendError> {
     Ok((by_handle, busy))
 }
 
-async fn audit(store: &Store, action: AuditAction, user: &str, server: &str, detail: Value) {
-    let event = NewAuditEvent {
+fn event(action: AuditAction, user: &str, server: &str, detail: Value) -> NewAuditEvent {
+    NewAuditEvent {
         action,
         actor: Some(ACTOR.to_owned()),
         target_user: Some(user.to_owned()),
         target_server: Some(server.to_owned()),
         detail,
-    };
-    if let Err(e) = store.append_audit(&event).await {
-        tracing::error!(error = %e, server = %log_name(user, server), "cannot write audit event");
     }
 }
 
@@ -245,6 +245,7 @@ async fn revoke_credentials(store: &Store, user: &str, server: &Server) -> Resul
 /// that run. Returns whether it did.
 async fn stop_row(
     store: &Store,
+    audit: &AuditLog,
     row: &ServerWithOwner,
     handle: &WorkspaceHandle,
     status: &BackendStatus,
@@ -275,14 +276,14 @@ async fn stop_row(
         BackendStatus::Failed { message } => message.clone(),
         _ => String::new(),
     };
-    audit(
-        store,
-        AuditAction::ServerStop,
-        user,
-        &server.name,
-        json!({"workspace": handle.to_string(), "reason": reason}),
-    )
-    .await;
+    audit
+        .record(event(
+            AuditAction::ServerStop,
+            user,
+            &server.name,
+            json!({"workspace": handle.to_string(), "reason": reason}),
+        ))
+        .await;
     true
 }
 
@@ -309,6 +310,7 @@ async fn server_named(store: &Store, user: &User, name: &str) -> Result<Server, 
 /// Makes `ws`, running at `url`, its user's server. `Ok(false)`: left for a later pass.
 async fn adopt(
     store: &Store,
+    audit: &AuditLog,
     site: &Site,
     observer: &WorkspaceObserver,
     ws: &ObservedWorkspace,
@@ -361,14 +363,14 @@ async fn adopt(
         };
     }
     tracing::info!(server = %name, workspace = %handle, %url, "adopted a Workspace the hub did not start");
-    audit(
-        store,
-        AuditAction::ServerStart,
-        user_name,
-        server_name,
-        json!({"adopted": handle.to_string(), "profile": ws.profile}),
-    )
-    .await;
+    audit
+        .record(event(
+            AuditAction::ServerStart,
+            user_name,
+            server_name,
+            json!({"adopted": handle.to_string(), "profile": ws.profile}),
+        ))
+        .await;
     Ok(true)
 }
 

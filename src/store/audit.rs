@@ -1,5 +1,7 @@
 //! The append-only audit log: the store only inserts and lists; triggers in the schema refuse
-//! updates and deletes.
+//! updates and deletes. An event may carry a key (`event_key`, unique), which makes its insert
+//! idempotent: the hub's audit spool (`hub::audit`) writes again events whose first insert met
+//! a database outage.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -9,7 +11,7 @@ use super::{Result, Store, check_limit, from_json, now, object_json, on_pool, ts
 use crate::store::models::{AuditAction, AuditEvent};
 
 /// An event to append.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEvent {
     pub action: AuditAction,
     /// Who acted: a user or service name; `None` for the hub itself.
@@ -88,8 +90,16 @@ impl AuditRow {
     }
 }
 
+/// A fresh key for [`Store::insert_audit_once`]: 128 random bits, as 32 lowercase hex digits.
+pub fn new_audit_key() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    hex::encode(bytes)
+}
+
 impl Store {
-    /// Appends an event, stamped with the current time.
+    /// Appends an event, stamped with the current time (without a key: the hub writes through
+    /// [`Store::insert_audit_once`]).
     pub async fn append_audit(&self, event: &NewAuditEvent) -> Result<AuditEvent> {
         let detail = object_json("audit detail", &event.detail)?;
         on_pool!(self, p => sqlx::query_as::<_, AuditRow>(
@@ -105,6 +115,35 @@ impl Store {
         .fetch_one(p)
         .await?)
         .into_model()
+    }
+
+    /// Appends an event under `key`, a name for it unique among all events (made when the
+    /// action happened, see [`new_audit_key`]), stamped `occurred_at` (the action's time, not the
+    /// insert's): once only, so that writing it again (a retry after an insert whose answer was
+    /// lost) changes nothing. Returns the stored event, or `None` when one with `key` was already
+    /// there.
+    pub async fn insert_audit_once(
+        &self,
+        key: &str,
+        occurred_at: DateTime<Utc>,
+        event: &NewAuditEvent,
+    ) -> Result<Option<AuditEvent>> {
+        let detail = object_json("audit detail", &event.detail)?;
+        let row = on_pool!(self, p => sqlx::query_as::<_, AuditRow>(
+            "INSERT INTO audit_events (occurred_at, action, actor, target_user, target_server, \
+             detail, event_key) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (event_key) DO NOTHING RETURNING *",
+        )
+        .bind(ts(occurred_at))
+        .bind(event.action.as_str())
+        .bind(&event.actor)
+        .bind(&event.target_user)
+        .bind(&event.target_server)
+        .bind(&detail)
+        .bind(key)
+        .fetch_optional(p)
+        .await?);
+        row.map(AuditRow::into_model).transpose()
     }
 
     /// Events newest first (by id, which follows insertion), one statement per page.

@@ -41,7 +41,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use audit::{AuditQuery, NewAuditEvent};
+pub use audit::{AuditQuery, NewAuditEvent, new_audit_key};
 pub use auth::{
     NewOAuthClient, NewOAuthCode, NewSession, NewToken, PurgeCounts, SESSION_ADMIN_UNVERIFIED,
     oauth_client_id,

@@ -396,9 +396,7 @@ async fn modify_server(
         target_server: Some(changed.name.clone()),
         detail: Value::Object(detail),
     };
-    if let Err(e) = hub.store.append_audit(&event).await {
-        tracing::error!(error = %e, "cannot write audit event");
-    }
+    hub.audit.record(event).await;
     Ok(Json(server_model(
         &hub,
         &caller,

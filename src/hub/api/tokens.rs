@@ -192,9 +192,7 @@ pub async fn create(
         target_server: None,
         detail: json!({"token_id": token_api_id(token.id), "scopes": scopes}),
     };
-    if let Err(e) = hub.store.append_audit(&event).await {
-        tracing::error!(error = %e, "cannot write audit event");
-    }
+    hub.audit.record(event).await;
     let mut model = token_model(&token, &owner_name, Some(&owner));
     model["token"] = Value::String(value);
     Ok((StatusCode::CREATED, Json(model)))
@@ -266,8 +264,6 @@ pub async fn revoke(
         target_server: None,
         detail: json!({"token_id": token_id}),
     };
-    if let Err(e) = hub.store.append_audit(&event).await {
-        tracing::error!(error = %e, "cannot write audit event");
-    }
+    hub.audit.record(event).await;
     Ok(StatusCode::NO_CONTENT)
 }

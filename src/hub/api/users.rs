@@ -39,16 +39,15 @@ pub async fn audit_admin(
     target_user: Option<&str>,
     detail: Value,
 ) {
-    let event = NewAuditEvent {
-        action: AuditAction::Admin,
-        actor: Some(caller.name().to_owned()),
-        target_user: target_user.map(str::to_owned),
-        target_server: None,
-        detail,
-    };
-    if let Err(e) = hub.store.append_audit(&event).await {
-        tracing::error!(error = %e, "cannot write audit event");
-    }
+    hub.audit
+        .record(NewAuditEvent {
+            action: AuditAction::Admin,
+            actor: Some(caller.name().to_owned()),
+            target_user: target_user.map(str::to_owned),
+            target_server: None,
+            detail,
+        })
+        .await;
 }
 
 /// `GET /hub/api/user`: the caller (user or service) with the scopes of its credential.

@@ -221,10 +221,7 @@ pub async fn submit(
     event.actor = Some(user.name.clone());
     event.target_user = Some(user.name.clone());
     event.detail = json!({"method": "dev", "admin": user.admin});
-    hub.store
-        .append_audit(&event)
-        .await
-        .map_err(PageError::unexpected)?;
+    hub.audit.record(event).await;
     tracing::info!(user = %user.name, admin = user.admin, "login");
     Ok(with_cookie(
         see_other(&hub.config.location(next.as_deref().unwrap_or("/hub/home"))),
@@ -256,10 +253,7 @@ async fn log_out(hub: &HubState, browser: Option<Browser>) -> Result<Option<Stri
         let mut event = NewAuditEvent::new(AuditAction::Logout);
         event.actor = Some(user.name.clone());
         event.target_user = Some(user.name.clone());
-        hub.store
-            .append_audit(&event)
-            .await
-            .map_err(PageError::unexpected)?;
+        hub.audit.record(event).await;
         tracing::info!(user = %user.name, "logout");
     }
     Ok(provider_logout)

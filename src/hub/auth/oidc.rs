@@ -972,10 +972,7 @@ async fn complete_login(
     event.actor = Some(user.name.clone());
     event.target_user = Some(user.name.clone());
     event.detail = json!({"method": "oidc", "provider": settings.name, "admin": user.admin});
-    hub.store
-        .append_audit(&event)
-        .await
-        .map_err(PageError::unexpected)?;
+    hub.audit.record(event).await;
     tracing::info!(user = %user.name, provider = %settings.name, admin = user.admin, groups = mapped.groups.len(), "login");
     Ok(with_cookie(
         found(&hub.config.location(next.unwrap_or("/hub/home"))),

@@ -140,21 +140,12 @@ pub async fn page(
         .insert("hidden_profiles", &spawner::hidden_profiles(&hub)))
 }
 
-async fn audit(
-    hub: &HubState,
-    me: &User,
-    target: &str,
-    detail: serde_json::Value,
-) -> Result<(), PageError> {
+async fn audit(hub: &HubState, me: &User, target: &str, detail: serde_json::Value) {
     let mut event = NewAuditEvent::new(AuditAction::Admin);
     event.actor = Some(me.name.clone());
     event.target_user = Some(target.to_owned());
     event.detail = detail;
-    hub.store
-        .append_audit(&event)
-        .await
-        .map_err(PageError::unexpected)?;
-    Ok(())
+    hub.audit.record(event).await;
 }
 
 fn back(next: &str) -> Response {
@@ -196,7 +187,7 @@ pub async fn add_user(
         &user.name,
         json!({"action": "create_user", "admin": admin}),
     )
-    .await?;
+    .await;
     Ok(back(&form.form.next))
 }
 
@@ -238,7 +229,7 @@ pub async fn set_admin(
         &name,
         json!({"action": "set_admin", "admin": admin}),
     )
-    .await?;
+    .await;
     Ok(back(&form.form.next))
 }
 
@@ -288,6 +279,6 @@ pub async fn delete_user(
             "servers": servers.len(),
         }),
     )
-    .await?;
+    .await;
     Ok(back(&form.form.next))
 }

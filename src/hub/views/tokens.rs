@@ -162,10 +162,7 @@ pub async fn create(
     event.actor = Some(me.user.name.clone());
     event.target_user = Some(me.user.name.clone());
     event.detail = json!({"token_id": token.id, "expires_in": seconds, "via": "token page"});
-    hub.store
-        .append_audit(&event)
-        .await
-        .map_err(PageError::unexpected)?;
+    hub.audit.record(event).await;
     Ok(token_page(&hub, &me, Some(&value), None)
         .await?
         .into_response())
@@ -200,9 +197,6 @@ pub async fn revoke(
     event.actor = Some(me.user.name.clone());
     event.target_user = Some(me.user.name.clone());
     event.detail = json!({"token_id": token.id, "via": "token page"});
-    hub.store
-        .append_audit(&event)
-        .await
-        .map_err(PageError::unexpected)?;
+    hub.audit.record(event).await;
     Ok(see_other("/hub/token"))
 }
