@@ -17,7 +17,8 @@
 # PIN=0 lets the scheduler mix everything on all cores (the earlier runs' layout).
 #
 # Usage: bench/proxy/run.sh            (env: DURATION=5 CONNS="1 64 512" ROUTES="10 10000"
-#                                             SIZES="small large" WS_IDLE=1000 PIN=1 CHURN=100)
+#                                             SIZES="small large" WS_IDLE=1000 PIN=1 CHURN=100
+#                                             NGINX_PROXY_BUFFERING=on)
 # Installs what is missing: nginx and wrk (apt), configurable-http-proxy (npm, pinned in
 # package.json, into bench/proxy/node_modules); builds the bench binary with --release.
 set -euo pipefail
