@@ -122,9 +122,19 @@ impl Authorizer for BenchToken {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // BENCH_RUNTIME=current: a current-thread runtime instead of the multi-thread one (with one
+    // worker per CPU the process may use: one when pinned), to compare.
+    let mut runtime = match std::env::var("BENCH_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Proxy {
             bind,
             routes,

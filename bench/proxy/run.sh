@@ -2,6 +2,9 @@
 # Proxy benchmark, all on 127.0.0.1, in one run:
 #   nginx                          the upstream, and (hit directly) the ceiling
 #   configurable-http-proxy 5.3.0  JupyterHub's proxy, the rival
+#   nginx as a reverse proxy       the reference: a second nginx, one worker on the proxy's core,
+#                                  proxy_pass to the upstream with keep-alive, the same routes
+#                                  (a map of the N users) and token check; what a C proxy reaches
 #   Atelier's proxy                examples/bench_proxy.rs: in-memory routes, token check on
 # wrk at 1, 64 and 512 connections for a 100 B and a 1 MiB response, with 10 and 10,000 routes
 # (each request to a random route; nginx measured beside each cell), then each proxy under route
@@ -14,7 +17,8 @@
 # PIN=0 lets the scheduler mix everything on all cores (the earlier runs' layout).
 #
 # Usage: bench/proxy/run.sh            (env: DURATION=5 CONNS="1 64 512" ROUTES="10 10000"
-#                                             SIZES="small large" WS_IDLE=1000 PIN=1 CHURN=100)
+#                                             SIZES="small large" WS_IDLE=1000 PIN=1 CHURN=100
+#                                             NGINX_PROXY_BUFFERING=on)
 # Installs what is missing: nginx and wrk (apt), configurable-http-proxy (npm, pinned in
 # package.json, into bench/proxy/node_modules); builds the bench binary with --release.
 set -euo pipefail
@@ -128,6 +132,74 @@ PIDS+=($!)
 NGINX_URL="http://127.0.0.1:$NGINX_PORT"
 wait_http "$NGINX_URL/small"
 
+# nginx as a reverse proxy, the reference contender: one worker pinned like the proxy under test,
+# a regex location for /user/<name>/, the N users in a map (a hash lookup, as Atelier's route
+# table; an unknown user gets 503), the bench token checked (403 without it), the headers Atelier
+# sets, and keep-alive connections to the upstream. Buffering: proxy_buffering on with 4 x 256 KiB
+# buffers in memory (proxy_max_temp_file_size 0: never a temporary file), the same 256 KiB reads
+# as Atelier's DEFAULT_BUFFER; NGINX_PROXY_BUFFERING=off streams through one 256 KiB buffer.
+NGINX_PROXY_BUFFERING=${NGINX_PROXY_BUFFERING:-on}
+start_nginx_proxy() { # start_nginx_proxy ROUTES TARGET -> sets NP_PID NP_PORT
+  NP_PORT=$(free_port)
+  local dir="$WORK/np-$NP_PORT"
+  mkdir -p "$dir/tmp"
+  python3 -c 'import sys; [print(f"    u{i} 1;") for i in range(int(sys.argv[1]))]' "$1" >"$dir/users.map"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  tcp_nodelay on;
+  keepalive_timeout 65;
+  keepalive_requests 100000000;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  map_hash_max_size 262144;
+  map_hash_bucket_size 64;
+  map \$user \$known {
+    default 0;
+    include $dir/users.map;
+  }
+  upstream backend {
+    server ${2#http://};
+    keepalive 1024;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+  }
+  server {
+    listen 127.0.0.1:$NP_PORT backlog=4096;
+    location ~ ^/user/(?<user>[^/]+)/ {
+      if (\$known = 0) { return 503; }
+      if (\$http_authorization != "token $TOKEN") { return 403; }
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_buffering $NGINX_PROXY_BUFFERING;
+      proxy_buffer_size 256k;
+      proxy_buffers 4 256k;
+      proxy_busy_buffers_size 512k;
+      proxy_max_temp_file_size 0;
+    }
+    location / { return 404; }
+  }
+}
+EOF
+  "${PROXY_PIN[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" &
+  NP_PID=$!; PIDS+=("$NP_PID")
+  wait_http "http://127.0.0.1:$NP_PORT/"
+  # The worker, for its RSS (the master only forks it).
+  NP_WORKER=$(pgrep -P "$NP_PID" | head -n1)
+}
 start_chp() { # start_chp ROUTES TARGET -> sets CHP_PID CHP_PORT
   CHP_PORT=$(free_port); local api; api=$(free_port); CHP_API="http://127.0.0.1:$api"
   CONFIGPROXY_AUTH_TOKEN=$CHP_TOKEN "${PROXY_PIN[@]}" node "$CHP_JS" --ip 127.0.0.1 --port "$CHP_PORT" \
@@ -174,21 +246,23 @@ run_wrk() {
 for routes in $ROUTES; do
   log "$routes routes: starting configurable-http-proxy $CHP_VERSION and Atelier"
   start_chp "$routes" "$NGINX_URL"
+  start_nginx_proxy "$routes" "$NGINX_URL"
   start_atelier "$routes" "$NGINX_URL"
   for file in $SIZES; do
     for c in $CONNS; do
       # The ceiling is measured next to each cell, so that other load on the machine weighs
-      # on all three alike.
-      for p in "nginx $NGINX_PORT" "chp $CHP_PORT" "atelier $AT_PORT"; do
+      # on all four alike.
+      for p in "nginx $NGINX_PORT" "chp $CHP_PORT" "ngxproxy $NP_PORT" "atelier $AT_PORT"; do
         set -- $p
         BENCH_ROUTES=$routes BENCH_FILE=$file "${LOAD_PIN[@]}" wrk -t1 -c4 -d1s -s "$WORK/random-route.lua" "http://127.0.0.1:$2" >/dev/null # warm-up
         run_wrk "$1" "$2" "$routes" "$file" "$c"
       done
     done
   done
-  log "RSS with $routes routes: chp $(rss_kib "$CHP_PID") KiB, atelier $(rss_kib "$AT_PID") KiB"
-  echo "rss_routes	$routes	$(rss_kib "$CHP_PID")	$(rss_kib "$AT_PID")" >>"$WORK/rss.tsv"
-  stop_pid "$CHP_PID"; stop_pid "$AT_PID"
+  log "RSS with $routes routes: chp $(rss_kib "$CHP_PID") KiB, nginx-proxy worker $(rss_kib "$NP_WORKER") KiB, atelier $(rss_kib "$AT_PID") KiB"
+  echo "rss_routes	$routes	$(rss_kib "$CHP_PID")	$(rss_kib "$AT_PID")	$(rss_kib "$NP_WORKER")" >>"$WORK/rss.tsv"
+  if grep -q . "$WORK/np-$NP_PORT/error.log"; then log "nginx-proxy errors: $(tail -n1 "$WORK/np-$NP_PORT/error.log")"; fi
+  stop_pid "$CHP_PID"; stop_pid "$NP_PID"; stop_pid "$AT_PID"
 done
 
 # --- route churn: servers starting and stopping while wrk runs -------------------------------
@@ -261,9 +335,10 @@ print(f"wrk {duration}s per run, 127.0.0.1, {__import__('os').cpu_count()} cores
       f"configurable-http-proxy {chp_version}; every request to a random route; "
       f"load average {load_before} before, {load_after} after")
 print(f"CPU layout: {layout}")
-print(f"{'body':5} {'routes':>6} {'conns':>5} | {'nginx req/s':>11} {'p50 ms':>7} | "
-      f"{'CHP req/s':>10} {'p50 ms':>7} | {'Atelier req/s':>13} {'p50 ms':>7} | "
-      f"{'Atelier/ceil':>12} {'CHP/ceil':>8} {'Atelier/CHP':>11} {'p50 A/CHP':>9}")
+print("ceil: nginx hit directly; ngx-proxy: nginx as a reverse proxy on the proxy's core (the reference)")
+print(f"{'body':5} {'routes':>6} {'conns':>5} | {'ceil req/s':>10} {'p50 ms':>7} | "
+      f"{'CHP req/s':>10} {'p50 ms':>7} | {'ngx-proxy':>10} {'p50 ms':>7} | {'Atelier req/s':>13} {'p50 ms':>7} | "
+      f"{'A/ceil':>6} {'ngxp/ceil':>9} {'CHP/ceil':>8} | {'A/ngxp':>6} {'p50 A/ngxp':>10} | {'A/CHP':>5} {'p50 A/CHP':>9}")
 errors = []
 for (name, routes, file, conns), (rps, p50, err) in sorted(
         r.items(), key=lambda kv: (kv[0][2] != "small", int(kv[0][1]), int(kv[0][3]))):
@@ -273,12 +348,14 @@ for (name, routes, file, conns), (rps, p50, err) in sorted(
         continue
     crps, cp50, _ = r.get(("chp", routes, file, conns), (0, 0, ""))
     nrps, np50, _ = r.get(("nginx", routes, file, conns), (0, 0, ""))
+    xrps, xp50, _ = r.get(("ngxproxy", routes, file, conns), (0, 0, ""))
     body = "100B" if file == "small" else "1MiB"
     share = lambda a, b: f"{100 * a / b:.0f}%" if b else "-"
     ratio = lambda a, b: f"{a / b:.2f}" if b else "-"
-    print(f"{body:5} {routes:>6} {conns:>5} | {nrps:>11.0f} {np50:>7.2f} | {crps:>10.0f} {cp50:>7.2f} | "
-          f"{rps:>13.0f} {p50:>7.2f} | {share(rps, nrps):>12} {share(crps, nrps):>8} "
-          f"{ratio(rps, crps):>11} {ratio(p50, cp50):>9}")
+    print(f"{body:5} {routes:>6} {conns:>5} | {nrps:>10.0f} {np50:>7.2f} | {crps:>10.0f} {cp50:>7.2f} | "
+          f"{xrps:>10.0f} {xp50:>7.2f} | {rps:>13.0f} {p50:>7.2f} | "
+          f"{share(rps, nrps):>6} {share(xrps, nrps):>9} {share(crps, nrps):>8} | "
+          f"{ratio(rps, xrps):>6} {ratio(p50, xp50):>10} | {ratio(rps, crps):>5} {ratio(p50, cp50):>9}")
 print()
 for name in ("chp", "atelier"):
     still = [(k, v) for k, v in r.items() if k[0] == f"{name}-still"]
@@ -294,7 +371,7 @@ for line in open(rss):
     f = line.rstrip("\n").split("\t")
     if f[0] == "rss_routes":
         print(f"RSS after the HTTP runs with {f[1]} routes: CHP {int(f[2]) // 1024} MiB, "
-              f"Atelier {int(f[3]) // 1024} MiB")
+              f"Atelier {int(f[3]) // 1024} MiB, nginx-proxy's worker {int(f[4]) // 1024} MiB")
     elif f[0] == "ws":
         name, n, before, after = f[1], int(f[2]), int(f[3]), int(f[4])
         print(f"{name}: {n} idle WebSockets add {(after - before) // 1024} MiB of RSS "
