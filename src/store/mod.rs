@@ -7,14 +7,18 @@
 //! exchange) are single conditional statements, never read-then-write in memory.
 //!
 //! Queries are runtime `sqlx::query_as` + `FromRow` (no database is needed at build time); every
-//! method is written once, in SQL both engines accept, and compiled for each pool by
-//! [`on_pool!`]. Migrations live in `migrations/sqlite` and `migrations/postgres` and run on
+//! method is written once, in SQL both engines accept (one exception: a user's group names
+//! aggregated into a JSON array, `json_agg` or `json_group_array`), and compiled for each pool
+//! by [`on_pool!`]. Migrations live in `migrations/sqlite` and `migrations/postgres` and run on
 //! [`Store::connect`].
 //!
 //! Costs on request paths: a token or session check is one indexed lookup of a hash joined with
 //! its user (a token seen in the last seconds costs none: `hub::auth::cache`, voided through
-//! [`Store::auth_epoch`]); a page of users costs at most four statements whatever its size
-//! ([`Store::list_users`]); nothing on a request path reads every user.
+//! [`Store::auth_epoch`]); a user with their servers and groups is one statement
+//! ([`Store::get_user_detail`]), a page of users two sent at once whatever its size
+//! ([`Store::list_users`]); nothing on a request path reads every user. PostgreSQL connections
+//! are pinged when the pool takes them back (sqlx always does) and before they are handed out
+//! only after a second idle, not before every statement.
 
 mod audit;
 mod auth;
