@@ -656,6 +656,11 @@ def main_all() -> int:
     b = render({"proxy": {"refreshMs": 2000}})
     ann = lambda docs: find(docs, "Deployment", "-proxy")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     check(ann(a) != ann(b), "a config change rolls the proxy (checksum/config changes)")
+    check(find(render({}), "ConfigMap", "-proxy")["data"].get("ATELIER_PROXY_BUFFER_KIB") == "256"
+          and find(render({"proxy": {"bufferKib": 64}}), "ConfigMap", "-proxy")["data"]
+          .get("ATELIER_PROXY_BUFFER_KIB") == "64",
+          "proxy.bufferKib: the proxy's buffers (--buffer-kib), 256 KiB by default as the binary's")
+    refused({"proxy": {"bufferKib": 4}}, "/proxy/bufferKib", "proxy.bufferKib under 8 KiB")
 
     docs = check_render({"userDomain": "users.example.org"}, "userDomain")
     hub_env, proxy_env, op_env = (find(docs, "ConfigMap", s)["data"]
