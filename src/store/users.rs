@@ -498,11 +498,19 @@ impl Store {
             Some(states)
                 if q.sort == UserSort::Id && q.only.is_none() && name_pattern.is_none() =>
             {
-                format!(
-                    "SELECT u.* FROM users u WHERE u.id IN (SELECT user_id FROM servers \
-                     WHERE state IN ({states}) GROUP BY user_id ORDER BY user_id {dir} \
-                     LIMIT $1 OFFSET $2)"
-                )
+                let ids = format!(
+                    "SELECT user_id FROM servers WHERE state IN ({states}) GROUP BY user_id \
+                     ORDER BY user_id {dir} LIMIT $1 OFFSET $2"
+                );
+                match self.engine() {
+                    // PostgreSQL's planner, given `IN (…)` of a page of ids, hashes them and
+                    // reads every user (a sequential scan of the table, once analyzed); given
+                    // an array, it looks the page's users up by key.
+                    Engine::Postgres => {
+                        format!("SELECT u.* FROM users u WHERE u.id = ANY(ARRAY({ids}))")
+                    }
+                    Engine::Sqlite => format!("SELECT u.* FROM users u WHERE u.id IN ({ids})"),
+                }
             }
             _ => {
                 let mut page = format!("SELECT u.* FROM users u WHERE TRUE{subset}{filter}");
