@@ -525,20 +525,6 @@ impl Page {
     /// The response: the bare list, or JupyterHub's paginated model whose `next.url` is the
     /// absolute URL of this request with `offset` and `limit` of the next page (the idle culler
     /// fetches it as is).
-    pub fn respond(
-        &self,
-        items: Vec<Value>,
-        total: u64,
-        next_offset: Option<u64>,
-        uri: &Uri,
-        headers: &HeaderMap,
-        public_url: &str,
-    ) -> Value {
-        let listing = self.listing(items, total, next_offset, uri, headers, public_url);
-        serde_json::to_value(listing).unwrap_or(Value::Null)
-    }
-
-    /// [`Page::respond`] of any serializable items, to be serialized as it is.
     pub fn listing<T: Serialize>(
         &self,
         items: T,
@@ -641,7 +627,7 @@ impl ListRequest {
         Page::from_request(&self.query, &self.headers)
     }
 
-    /// The response for `page` ([`Page::respond`]).
+    /// The response for `page` ([`Page::listing`]) as a JSON value.
     pub fn respond(
         &self,
         page: &Page,
@@ -649,14 +635,7 @@ impl ListRequest {
         total: u64,
         next_offset: Option<u64>,
     ) -> Value {
-        page.respond(
-            items,
-            total,
-            next_offset,
-            &self.uri,
-            &self.headers,
-            &self.public_url,
-        )
+        serde_json::to_value(self.listing(page, items, total, next_offset)).unwrap_or(Value::Null)
     }
 
     /// [`ListRequest::respond`] of any serializable items, to be serialized as it is.
