@@ -145,10 +145,16 @@ impl HubConfig {
     /// public URL and no user domain.
     pub fn server_public_url(&self, user: &str, server: &str) -> String {
         let url = self.server_url(user, server);
+        self.public_url_of(&url).into_owned()
+    }
+
+    /// [`Self::server_public_url`] of a server URL already made by [`Self::server_url`]: the URL
+    /// itself when absolute or without a public URL, else prefixed with the public URL.
+    pub fn public_url_of<'a>(&self, url: &'a str) -> std::borrow::Cow<'a, str> {
         if url.contains("://") || self.public_url.is_empty() {
-            url
+            url.into()
         } else {
-            format!("{}{url}", self.public_url)
+            format!("{}{url}", self.public_url).into()
         }
     }
 

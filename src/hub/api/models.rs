@@ -98,12 +98,11 @@ impl Serialize for ServerModel<'_> {
         m.serialize_entry("user_options", &server.user_options)?;
         m.serialize_entry("progress_url", &progress)?;
         // JupyterHub's `User.public_url`: absolute, or null without a public URL or user domain.
-        if url.contains("://") {
-            m.serialize_entry("full_url", &url)?;
-        } else if public.is_empty() {
+        let full_url = hub.config.public_url_of(&url);
+        if full_url.is_empty() {
             m.serialize_entry("full_url", &())?;
         } else {
-            m.serialize_entry("full_url", &format_args!("{public}{url}"))?;
+            m.serialize_entry("full_url", &full_url)?;
         }
         if public.is_empty() {
             m.serialize_entry("full_progress_url", &())?;
