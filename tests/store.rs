@@ -16,6 +16,7 @@ use atelier::store::{
 use chrono::Duration;
 use serde_json::json;
 use sqlx::{PgPool, SqlitePool};
+use tracing::Instrument as _;
 
 mod common;
 
@@ -153,7 +154,9 @@ stories!(
 
 /// Statements of `Store::list_users` and `Store::get_user_detail`, which name themselves in an
 /// SQL comment (`/* list_users:… */`, `/* user_details:… */`); sqlx logs every statement it
-/// runs as a `sqlx::query` event, on both engines.
+/// runs as a `sqlx::query` event, on both engines. Only events inside the span `counting` opens
+/// are counted: other tests list users at the same time, on other threads (sqlx carries the
+/// caller's span to SQLite's worker thread, and PostgreSQL's statements run in the caller's task).
 static LISTING_STATEMENTS: AtomicUsize = AtomicUsize::new(0);
 
 /// Held while counting, so that two tests' listings are not counted together.
@@ -161,16 +164,28 @@ static COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct StatementCounter;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StatementCounter {
+/// The span `counting` runs its future in.
+const COUNTING_SPAN: &str = "counting_listing_statements";
+
+impl<S> tracing_subscriber::Layer<S> for StatementCounter
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     fn enabled(
         &self,
         metadata: &tracing::Metadata<'_>,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        metadata.target() == "sqlx::query"
+        metadata.target() == "sqlx::query" || metadata.name() == COUNTING_SPAN
     }
 
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let counted = ctx
+            .event_scope(event)
+            .is_some_and(|mut scope| scope.any(|span| span.name() == COUNTING_SPAN));
+        if !counted {
+            return;
+        }
         let mut text = FieldText(String::new());
         event.record(&mut text);
         if text.0.contains("/* list_users:") || text.0.contains("/* user_details:") {
@@ -204,7 +219,7 @@ async fn counting<T>(fut: impl Future<Output = T>) -> (T, usize) {
     });
     let _lock = COUNTING.lock().await;
     let before = LISTING_STATEMENTS.load(Ordering::SeqCst);
-    let out = fut.await;
+    let out = fut.instrument(tracing::info_span!(COUNTING_SPAN)).await;
     (out, LISTING_STATEMENTS.load(Ordering::SeqCst) - before)
 }
 
