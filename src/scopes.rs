@@ -435,14 +435,26 @@ pub fn implies(held: &str, needed: &str) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScopeSet(Arc<Resolved>);
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 struct Resolved {
     set: BTreeSet<Scope>,
     /// Every name an unfiltered scope of the set implies.
     unfiltered: Mask,
     /// The filtered scopes, each with the names it implies.
     filtered: Vec<(Mask, Filter)>,
+    /// [`ScopeSet::expanded`], made the first time it is asked for (`GET /hub/api/user` lists
+    /// it on every call, with the caller's set from the token cache).
+    expanded: OnceLock<Vec<String>>,
 }
+
+/// Two sets are equal when they hold the same scopes (the rest is derived from them).
+impl PartialEq for Resolved {
+    fn eq(&self, other: &Resolved) -> bool {
+        self.set == other.set
+    }
+}
+
+impl Eq for Resolved {}
 
 impl ScopeSet {
     /// The scopes, to change (a copy unless this is the only handle).
@@ -465,6 +477,7 @@ impl ScopeSet {
             set,
             unfiltered,
             filtered,
+            expanded: OnceLock::new(),
         }))
     }
 
@@ -557,8 +570,13 @@ impl ScopeSet {
     }
 
     /// Every scope with the names it implies, reduced, as strings, sorted (what
-    /// `GET /hub/api/user` reports, like JupyterHub's expanded and reduced scopes).
-    pub fn expanded(&self) -> Vec<String> {
+    /// `GET /hub/api/user` reports, like JupyterHub's expanded and reduced scopes). Worked out
+    /// once per set.
+    pub fn expanded(&self) -> &[String] {
+        self.0.expanded.get_or_init(|| self.expand())
+    }
+
+    fn expand(&self) -> Vec<String> {
         let mut out = BTreeSet::new();
         for s in &self.0.set {
             for (name, _) in SCOPE_TREE {
@@ -1250,7 +1268,7 @@ mod tests {
 
     #[test]
     fn self_and_shares_follow_jupyterhub() {
-        let alice = ScopeSet::for_user("alice", false).expanded();
+        let alice = ScopeSet::for_user("alice", false).expanded().to_vec();
         assert!(alice.contains(&"read:shares!user=alice".to_string()));
         assert!(alice.contains(&"read:users:shares!user=alice".to_string()));
         assert!(

@@ -101,8 +101,9 @@ fn scope_table_matches_jupyterhub() {
     let theirs_self: BTreeSet<String> = serde_json::from_value(table["self"].clone()).unwrap();
     let ours_self: BTreeSet<String> = ScopeSet::for_user("someone", false)
         .expanded()
-        .into_iter()
+        .iter()
         .filter(|s| !scopes::is_extension(s))
+        .cloned()
         .collect();
     assert_eq!(ours_self, theirs_self, "self");
 

@@ -275,19 +275,6 @@ pub fn user_model(
         .map(|m| to_value(&m))
 }
 
-/// [`user_model`] with the scopes that decide which keys are shown (`GET /user` adds the
-/// scopes that identify the caller).
-pub fn user_model_with(
-    hub: &Hub,
-    scopes: &ScopeSet,
-    caller: &Caller,
-    detail: &UserDetail,
-    groups: &BTreeSet<String>,
-    include_stopped: bool,
-) -> Option<Value> {
-    UserModel::new(hub, scopes, caller, detail, groups, include_stopped).map(|m| to_value(&m))
-}
-
 /// The user model, serialized straight from the user's rows (no JSON tree built): the keys
 /// the caller may see, decided once.
 pub struct UserModel<'a> {
@@ -359,9 +346,17 @@ impl<'a> UserModel<'a> {
 
 impl Serialize for UserModel<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.keys.count_ones() as usize))?;
+        self.write_entries(&mut m)?;
+        m.end()
+    }
+}
+
+impl UserModel<'_> {
+    /// Writes the model's keys into `m`.
+    fn write_entries<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
         let (hub, user) = (self.hub, &self.detail.user);
         let default = self.detail.servers.iter().find(|s| s.name.is_empty());
-        let mut m = s.serialize_map(Some(self.keys.count_ones() as usize))?;
         for key in UserKey::ALL {
             if self.keys & key.bit() == 0 {
                 continue;
@@ -394,6 +389,33 @@ impl Serialize for UserModel<'_> {
                 UserKey::Servers => m.serialize_entry(name, &ServersModel(self))?,
             }
         }
+        Ok(())
+    }
+}
+
+/// `GET /hub/api/user` of a user: the user model the credential may see of its owner, and what
+/// the credential holds (JupyterHub 6.1.1's `SelfAPIHandler`: `scopes`, expanded and reduced;
+/// `token_id`; `session_id`).
+pub struct WhoamiModel<'a> {
+    pub user: Option<UserModel<'a>>,
+    pub scopes: &'a [String],
+    pub token_id: Option<String>,
+    pub session_id: Option<String>,
+}
+
+impl Serialize for WhoamiModel<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let keys = self
+            .user
+            .as_ref()
+            .map_or(0, |u| u.keys.count_ones() as usize);
+        let mut m = s.serialize_map(Some(keys + 3))?;
+        if let Some(user) = &self.user {
+            user.write_entries(&mut m)?;
+        }
+        m.serialize_entry("scopes", self.scopes)?;
+        m.serialize_entry("token_id", &self.token_id)?;
+        m.serialize_entry("session_id", &self.session_id)?;
         m.end()
     }
 }
@@ -458,11 +480,13 @@ pub fn token_model(token: &Token, owner_name: &str, owner_scopes: Option<&ScopeS
     let scopes = match ScopeSet::parse(&token.scopes, user) {
         Ok(set) => match owner_scopes {
             // Every token identifies its owner (JupyterHub's `get_scopes_for(token)`).
-            Some(owner) if user.is_some() => {
-                set.with_identify(owner_name).intersect(owner).expanded()
-            }
-            Some(owner) => set.intersect(owner).expanded(),
-            None => set.expanded(),
+            Some(owner) if user.is_some() => set
+                .with_identify(owner_name)
+                .intersect(owner)
+                .expanded()
+                .to_vec(),
+            Some(owner) => set.intersect(owner).expanded().to_vec(),
+            None => set.expanded().to_vec(),
         },
         Err(_) => token.scopes.clone(),
     };

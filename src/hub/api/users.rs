@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::models::{UserModel, loaded_user_model, token_api_id, user_model_with};
+use super::models::{UserModel, WhoamiModel, loaded_user_model, token_api_id};
 use super::{
     Fields, JsonBody, ListRequest, authorized_user, check_name, check_new_user_name,
-    include_stopped, query_param, reach,
+    include_stopped, json_response, query_param, reach,
 };
 use crate::hub::auth::{Caller, Credential, Principal};
 use crate::hub::spawner::{self, StopOutcome};
@@ -51,7 +51,7 @@ pub async fn audit_admin(
 }
 
 /// `GET /hub/api/user`: the caller (user or service) with the scopes of its credential.
-pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Json<Value>> {
+pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Response> {
     let (token_id, session_id) = match &caller.credential {
         Credential::Token { id, session_id } => {
             (Some(token_api_id(*id)), session_id.map(|s| s.to_string()))
@@ -59,18 +59,38 @@ pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Js
         Credential::Session { .. } => (None, None),
     };
     let scopes = caller.scopes.expanded();
-    let mut model = match &caller.principal {
+    match &caller.principal {
         Principal::User(user) => {
+            // As read a moment ago, unless this hub wrote since (`store::recent`): this is what
+            // jupyterhub-singleuser asks on the requests it serves.
             let detail = hub
                 .store
-                .get_user_detail(&user.name, false)
+                .get_recent_user_detail(&user.name)
                 .await
                 .map_err(|e| HubError::from_store(format!("user {}", user.name), e))?;
             let groups: BTreeSet<String> = detail.groups.iter().cloned().collect();
-            // Any credential may identify its owner (JupyterHub's identify scopes).
-            let identify = caller.scopes.clone().with_identify(&user.name);
-            user_model_with(&hub, &identify, &caller, &detail, &groups, false)
-                .unwrap_or_else(|| json!({}))
+            // Any credential may identify its owner (JupyterHub's identify scopes): most hold
+            // that already, and the caller's set is used as it is.
+            let target = Target::User {
+                name: &user.name,
+                groups: &groups,
+            };
+            let identify;
+            let shown = if caller.scopes.allows("read:users:name", target)
+                && caller.scopes.allows("read:users:groups", target)
+            {
+                &caller.scopes
+            } else {
+                identify = caller.scopes.clone().with_identify(&user.name);
+                &identify
+            };
+            let model = WhoamiModel {
+                user: UserModel::new(&hub, shown, &caller, &detail, &groups, false),
+                scopes,
+                token_id,
+                session_id,
+            };
+            json_response(&model, 1024)
         }
         Principal::Service(name) => {
             // Any credential may identify its owner (JupyterHub's identify scopes).
@@ -78,13 +98,14 @@ pub async fn whoami(State(hub): State<HubState>, caller: Caller) -> HubResult<Js
                 name: "read:services:name".to_owned(),
                 filter: Filter::Service(name.clone()),
             });
-            super::services::service_model(&hub, &identify, name).unwrap_or_else(|| json!({}))
+            let mut model =
+                super::services::service_model(&hub, &identify, name).unwrap_or_else(|| json!({}));
+            model["scopes"] = json!(scopes);
+            model["token_id"] = json!(token_id);
+            model["session_id"] = json!(session_id);
+            json_response(&model, 512)
         }
-    };
-    model["scopes"] = json!(scopes);
-    model["token_id"] = json!(token_id);
-    model["session_id"] = json!(session_id);
-    Ok(Json(model))
+    }
 }
 
 /// `GET /hub/api/users`: a page of users, filtered to what the caller may list, to a `state`
