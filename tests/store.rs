@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use atelier::store::tokens::{generate_token, hash_token, pkce_s256_challenge};
 use atelier::store::{
     AuditAction, AuditQuery, Engine, NewAuditEvent, NewOAuthClient, NewOAuthCode, NewSession,
-    NewToken, PkceMethod, ServerChanges, ServerState, StartRequest, Store, StoreError, TokenOwner,
-    UserQuery, UserSort, UserStateFilter, UserSubset, new_audit_key, now, oauth_client_id,
+    NewToken, PkceMethod, RECENT_TTL, ServerChanges, ServerState, StartRequest, Store, StoreError,
+    TokenOwner, UserQuery, UserSort, UserStateFilter, UserSubset, new_audit_key, now,
+    oauth_client_id,
 };
 use chrono::Duration;
 use serde_json::json;
@@ -141,6 +142,7 @@ stories!(
     audit_log,
     audit_events_written_once,
     two_stores,
+    recent_user_details,
     migrations_rerun,
     servers_are_modified,
     running_servers_and_name_filter,
@@ -1543,6 +1545,101 @@ async fn two_stores(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(b.list_audit(&AuditQuery::default()).await.unwrap().len(), 1);
+    b.close().await;
+}
+
+/// `get_recent_user_detail` (what `GET /hub/api/user` answers with): a second read in a moment
+/// costs no statement; any write through the store to the user's row, servers, groups or
+/// memberships is seen by the next read; another store's write (a second hub) is seen within
+/// `RECENT_TTL`.
+async fn recent_user_details(db: &TestDb) {
+    let a = &db.store;
+    let b = Store::connect(&db.url).await.unwrap();
+    let t0 = now();
+    let alice = a.create_user("alice", false).await.unwrap();
+    a.create_user("bob", false).await.unwrap();
+    let server = a.create_server(alice.id, "").await.unwrap();
+
+    let (first, statements) = counting(a.get_recent_user_detail("alice")).await;
+    assert_eq!(statements, 1);
+    assert!(first.unwrap().servers.is_empty(), "no active server yet");
+    let (again, statements) = counting(a.get_recent_user_detail("alice")).await;
+    assert_eq!(statements, 0, "read a moment ago, nothing written since");
+    assert_eq!(again.unwrap().user, alice);
+
+    // Each write through this store is seen by the next read.
+    a.begin_start(server.id, &StartRequest::default(), t0)
+        .await
+        .unwrap();
+    let (d, statements) = counting(a.get_recent_user_detail("alice")).await;
+    assert_eq!(statements, 1, "a start voids what was read");
+    assert_eq!(d.unwrap().servers[0].state, ServerState::Starting);
+    a.mark_running(server.id, "http://127.0.0.1:9999/", &json!({}), t0)
+        .await
+        .unwrap();
+    assert!(a.get_recent_user_detail("alice").await.unwrap().servers[0].ready());
+    let later = t0 + Duration::seconds(5);
+    a.touch_server_activity(server.id, later).await.unwrap();
+    let d = a.get_recent_user_detail("alice").await.unwrap();
+    assert_eq!(d.servers[0].last_activity, Some(later));
+    a.touch_user_activity(alice.id, later).await.unwrap();
+    let d = a.get_recent_user_detail("alice").await.unwrap();
+    assert_eq!(d.user.last_activity, Some(later));
+    a.create_group("ocean", &json!({})).await.unwrap();
+    a.add_group_members("ocean", &names(&["alice"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get_recent_user_detail("alice").await.unwrap().groups,
+        ["ocean"]
+    );
+    a.set_user_groups(alice.id, &names(&["land"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get_recent_user_detail("alice").await.unwrap().groups,
+        ["land"]
+    );
+    a.set_user_admin("alice", true).await.unwrap();
+    assert!(a.get_recent_user_detail("alice").await.unwrap().user.admin);
+    // A write about someone else voids it too (one epoch for all).
+    a.set_user_admin("bob", true).await.unwrap();
+    let (_, statements) = counting(a.get_recent_user_detail("alice")).await;
+    assert_eq!(statements, 1);
+    a.begin_stop(server.id).await.unwrap();
+    a.mark_stopped(server.id).await.unwrap();
+    assert!(
+        a.get_recent_user_detail("alice")
+            .await
+            .unwrap()
+            .servers
+            .is_empty()
+    );
+    a.rename_user("alice", "alicia").await.unwrap();
+    assert_not_found(a.get_recent_user_detail("alice").await);
+    assert_eq!(
+        a.get_recent_user_detail("alicia").await.unwrap().user.name,
+        "alicia"
+    );
+
+    // Another store's write (a second hub on the database) shows within RECENT_TTL.
+    let read_at = std::time::Instant::now();
+    assert!(a.get_recent_user_detail("alicia").await.unwrap().user.admin);
+    b.set_user_admin("alicia", false).await.unwrap();
+    loop {
+        let admin = a.get_recent_user_detail("alicia").await.unwrap().user.admin;
+        if !admin {
+            break;
+        }
+        assert!(
+            read_at.elapsed() < RECENT_TTL + std::time::Duration::from_millis(500),
+            "the other store's write not seen after {:?}",
+            read_at.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // What was read before the other store's write was answered until then.
+    assert!(read_at.elapsed() >= std::time::Duration::from_millis(100));
     b.close().await;
 }
 

@@ -43,6 +43,7 @@ impl Store {
         display_name: Option<&str>,
         user_options: Option<&Value>,
     ) -> Result<Server> {
+        let _changed = self.users_changing();
         let options = match user_options {
             Some(v) => Some(object_json("user_options", v)?),
             None => None,
@@ -79,6 +80,7 @@ impl Store {
     /// default one); `Conflict` if the user has another server whose name equals the new one
     /// ignoring ASCII case.
     pub async fn modify_server(&self, id: i64, changes: &ServerChanges) -> Result<Server> {
+        let _changed = self.users_changing();
         let result = (async {
         let norm = match changes.name.as_deref() {
             Some("") => {

@@ -15,7 +15,9 @@
 //! Costs on request paths: a token or session check is one indexed lookup of a hash joined with
 //! its user (a token seen in the last seconds costs none: `hub::auth::cache`, voided through
 //! [`Store::auth_epoch`]); a user with their servers and groups is one statement
-//! ([`Store::get_user_detail`]), a page of users two sent at once whatever its size
+//! ([`Store::get_user_detail`]; none for the same user again within two seconds when nothing was
+//! written through this store meanwhile: [`Store::get_recent_user_detail`], `GET /hub/api/user`'s
+//! read), a page of users two sent at once whatever its size
 //! ([`Store::list_users`]); nothing on a request path reads every user. PostgreSQL connections
 //! are pinged when the pool takes them back (sqlx always does) and before they are handed out
 //! only after a second idle, not before every statement.
@@ -27,6 +29,7 @@ mod hub_ext;
 mod jobs;
 pub mod models;
 mod oidc_ext;
+mod recent;
 mod servers;
 pub mod tokens;
 mod users;
@@ -54,6 +57,7 @@ pub use error::{Result, StoreError, is_unavailable};
 pub use hub_ext::{RunningPage, ServerChanges};
 pub use jobs::{Job, JobPage, JobUpdate, NewJob, parse_phase};
 pub use models::*;
+pub use recent::RECENT_TTL;
 pub use servers::StartRequest;
 pub use users::{GroupPage, UserPage, UserQuery, UserSort, UserStateFilter, UserSubset};
 
@@ -95,6 +99,11 @@ pub struct Store {
     /// Bumped by every write through this store that can end or narrow a token's identity
     /// (see [`Store::auth_epoch`]); shared by the clones.
     auth_epoch: Arc<AtomicU64>,
+    /// Moved by every write to users, servers, groups or memberships through this store (see
+    /// [`Store::users_epoch`]); shared by the clones.
+    users_epoch: Arc<AtomicU64>,
+    /// Users' details read a moment ago ([`Store::get_recent_user_detail`]); shared by the clones.
+    recent: Arc<recent::RecentDetails>,
 }
 
 /// Runs `$body` with `$p` bound to the store's pool, compiled once per engine. `$body` may use
@@ -206,6 +215,8 @@ impl Store {
         let store = Store {
             pool,
             auth_epoch: Arc::default(),
+            users_epoch: Arc::default(),
+            recent: Arc::default(),
         };
         let deadline = tokio::time::Instant::now() + FIRST_CONNECT_WAIT.max(acquire_timeout);
         loop {
@@ -264,6 +275,7 @@ impl Store {
         id: i64,
         at: DateTime<Utc>,
     ) -> Result<bool> {
+        let _changed = matches!(table, "users" | "servers").then(|| self.users_changing());
         let sql = format!(
             "UPDATE {table} SET last_activity = $2 \
              WHERE id = $1 AND (last_activity IS NULL OR last_activity < $2)"

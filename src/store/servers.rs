@@ -72,6 +72,7 @@ impl Store {
     /// `Conflict` if the user has a server whose name equals `name` ignoring ASCII case;
     /// `NotFound` if the user does not exist.
     pub async fn create_server(&self, user_id: i64, name: &str) -> Result<Server> {
+        let _changed = self.users_changing();
         let norm = normalize_name("server", name)?;
         on_pool!(self, p => sqlx::query_as::<_, ServerRow>(
             "INSERT INTO servers (user_id, name, name_norm, created) VALUES ($1, $2, $3, $4) \
@@ -178,6 +179,7 @@ impl Store {
         request: &StartRequest,
         at: DateTime<Utc>,
     ) -> Result<Server> {
+        let _changed = self.users_changing();
         let options = match &request.user_options {
             Some(v) => Some(object_json("user_options", v)?),
             None => None,
@@ -208,6 +210,7 @@ impl Store {
         spawner_state: &Value,
         at: DateTime<Utc>,
     ) -> Result<Server> {
+        let _changed = self.users_changing();
         let spawner_state = object_json("spawner_state", spawner_state)?;
         let row = on_pool!(self, p => sqlx::query_as::<_, ServerRow>(
             "UPDATE servers SET state = 'running', url = $2, spawner_state = $3, \
@@ -226,6 +229,7 @@ impl Store {
 
     /// Starting or Running → Stopping. `Conflict` in any other state.
     pub async fn begin_stop(&self, id: i64) -> Result<Server> {
+        let _changed = self.users_changing();
         let row = on_pool!(self, p => sqlx::query_as::<_, ServerRow>(
             "UPDATE servers SET state = 'stopping' \
              WHERE id = $1 AND state IN ('starting', 'running') RETURNING *",
@@ -239,6 +243,7 @@ impl Store {
     /// Any state → Stopped, forgetting the URL (the backend reports the server gone). The
     /// backend's handle stays until [`Store::set_spawner_state`] replaces it.
     pub async fn mark_stopped(&self, id: i64) -> Result<Server> {
+        let _changed = self.users_changing();
         on_pool!(self, p => sqlx::query_as::<_, ServerRow>(
             "UPDATE servers SET state = 'stopped', url = NULL WHERE id = $1 RETURNING *",
         )
@@ -252,6 +257,7 @@ impl Store {
     /// Starting, Running or Stopping → Failed, forgetting the URL. `Conflict` when stopped or
     /// already failed.
     pub async fn mark_failed(&self, id: i64) -> Result<Server> {
+        let _changed = self.users_changing();
         let row = on_pool!(self, p => sqlx::query_as::<_, ServerRow>(
             "UPDATE servers SET state = 'failed', url = NULL \
              WHERE id = $1 AND state IN ('starting', 'running', 'stopping') RETURNING *",
@@ -264,6 +270,7 @@ impl Store {
 
     /// Replaces the backend's handle (a JSON object).
     pub async fn set_spawner_state(&self, id: i64, spawner_state: &Value) -> Result<Server> {
+        let _changed = self.users_changing();
         let spawner_state = object_json("spawner_state", spawner_state)?;
         on_pool!(self, p => sqlx::query_as::<_, ServerRow>(
             "UPDATE servers SET spawner_state = $2 WHERE id = $1 RETURNING *",
@@ -285,6 +292,7 @@ impl Store {
     /// Deletes a stopped or failed server with its OAuth client and that client's tokens.
     /// `Conflict` while it is active.
     pub async fn delete_server(&self, id: i64) -> Result<()> {
+        let _changed = self.users_changing();
         let result = (async {
             let deleted = on_pool!(self, p => sqlx::query(
             "DELETE FROM servers WHERE id = $1 AND state IN ('stopped', 'failed')",

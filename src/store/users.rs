@@ -275,6 +275,7 @@ impl Store {
 
     /// Creates a user. `Conflict` if a user of that name, ignoring ASCII case, exists.
     pub async fn create_user(&self, name: &str, admin: bool) -> Result<User> {
+        let _changed = self.users_changing();
         let norm = user_name(name)?;
         on_pool!(self, p => sqlx::query_as::<_, User>(
             "INSERT INTO users (name, name_norm, admin, created) VALUES ($1, $2, $3, $4) \
@@ -327,6 +328,7 @@ impl Store {
     }
 
     pub async fn set_user_admin(&self, name: &str, admin: bool) -> Result<User> {
+        let _changed = self.users_changing();
         let result = (async {
             on_pool!(self, p => sqlx::query_as::<_, User>(
             "UPDATE users SET admin = $2 WHERE name = $1 RETURNING *",
@@ -345,6 +347,7 @@ impl Store {
     /// Renames a user (JupyterHub's `PATCH /users/{name}`). Their servers, tokens and groups
     /// follow; audit events keep the old name.
     pub async fn rename_user(&self, name: &str, new_name: &str) -> Result<User> {
+        let _changed = self.users_changing();
         let result = (async {
             let norm = user_name(new_name)?;
             on_pool!(self, p => sqlx::query_as::<_, User>(
@@ -365,6 +368,7 @@ impl Store {
 
     /// Deletes a user with their servers, tokens, sessions, OAuth codes and group memberships.
     pub async fn delete_user(&self, name: &str) -> Result<()> {
+        let _changed = self.users_changing();
         let result = (async {
             found(
                 on_pool!(self, p => sqlx::query("DELETE FROM users WHERE name = $1")
@@ -606,6 +610,7 @@ impl Store {
 
     /// Creates a group with `properties` (a JSON object).
     pub async fn create_group(&self, name: &str, properties: &Value) -> Result<Group> {
+        let _changed = self.users_changing();
         group_name(name)?;
         let properties = object_json("group properties", properties)?;
         on_pool!(self, p => sqlx::query_as::<_, GroupRow>(
@@ -701,6 +706,7 @@ impl Store {
 
     /// Deletes a group (its members stay).
     pub async fn delete_group(&self, name: &str) -> Result<()> {
+        let _changed = self.users_changing();
         let result = (async {
             found(
                 on_pool!(self, p => sqlx::query("DELETE FROM groups WHERE name = $1")
@@ -717,6 +723,7 @@ impl Store {
 
     /// Replaces the group's properties (a JSON object).
     pub async fn set_group_properties(&self, name: &str, properties: &Value) -> Result<Group> {
+        let _changed = self.users_changing();
         let properties = object_json("group properties", properties)?;
         on_pool!(self, p => sqlx::query_as::<_, GroupRow>(
             "UPDATE groups SET properties = $2 WHERE name = $1 RETURNING *",
@@ -732,6 +739,7 @@ impl Store {
     /// Adds the named users to the group; members already in it stay. `NotFound` (and no
     /// change) if the group or any user does not exist.
     pub async fn add_group_members(&self, group: &str, users: &[String]) -> Result<()> {
+        let _changed = self.users_changing();
         let result = (async {
             let names: BTreeSet<&str> = users.iter().map(String::as_str).collect();
             if names.is_empty() {
@@ -774,6 +782,7 @@ impl Store {
 
     /// Removes the named users from the group; names that are not members are ignored.
     pub async fn remove_group_members(&self, group: &str, users: &[String]) -> Result<()> {
+        let _changed = self.users_changing();
         let result = (async {
             let names: BTreeSet<&str> = users.iter().map(String::as_str).collect();
             let group_id = on_pool!(self, p => {
@@ -820,6 +829,7 @@ impl Store {
     /// empty properties), in one transaction: the sync of groups from an identity provider at
     /// login.
     pub async fn set_user_groups(&self, user_id: i64, groups: &[String]) -> Result<()> {
+        let _changed = self.users_changing();
         let result = (async {
             let names: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
             for name in &names {

@@ -22,8 +22,9 @@ use chrono::{DateTime, Utc};
 use super::Caller;
 
 /// How long a resolved token is trusted without reading the database again: the longest a
-/// change made by another process (a second hub on the same database) takes to apply here.
-pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
+/// change made by another process (a second hub on the same database) takes to apply here, the
+/// same bound as for the users' details `GET /hub/api/user` answers with (`store::recent`).
+pub const TOKEN_CACHE_TTL: Duration = crate::store::RECENT_TTL;
 
 /// Entries kept at most; the cache is emptied when full (it refills from the tokens in use).
 const MAX_ENTRIES: usize = 10_000;
