@@ -164,7 +164,10 @@ impl Store {
         condition(q.action.is_some(), "action =");
         condition(q.actor.is_some(), "actor =");
         condition(q.target_user.is_some(), "target_user =");
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
+        sql.push_str(&format!(
+            " ORDER BY id DESC LIMIT CAST(${} AS BIGINT)",
+            n + 1
+        ));
         let rows = on_pool!(self, p => {
             let mut query = sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql));
             if let Some(id) = q.before_id {

@@ -160,7 +160,7 @@ impl Store {
             let rows = sqlx::query_as::<_, RouteRow>(
                 "/* running_servers:page */ SELECT s.*, u.name AS user_name FROM servers s \
                  JOIN users u ON u.id = s.user_id WHERE s.state = 'running' \
-                 ORDER BY u.name, s.name LIMIT $1 OFFSET $2",
+                 ORDER BY u.name, s.name LIMIT CAST($1 AS BIGINT) OFFSET $2",
             )
             .bind(limit)
             .bind(offset)

@@ -204,7 +204,9 @@ impl Store {
     pub async fn list_jobs(&self, user_id: i64, offset: u64, limit: u32) -> Result<JobPage> {
         let limit_i = check_limit(limit)?;
         let offset_i = i64::try_from(offset).unwrap_or(i64::MAX);
-        let sql = format!("{SELECT} WHERE j.user_id = $1 ORDER BY j.id DESC LIMIT $2 OFFSET $3");
+        let sql = format!(
+            "{SELECT} WHERE j.user_id = $1 ORDER BY j.id DESC LIMIT CAST($2 AS BIGINT) OFFSET $3"
+        );
         let rows = on_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .bind(limit_i)
@@ -233,8 +235,9 @@ impl Store {
     /// Unfinished jobs (Pending, Queued, Running) by id after `after_id`: the hub's poll.
     pub async fn list_active_jobs(&self, after_id: Option<i64>, limit: u32) -> Result<Vec<Job>> {
         let limit = check_limit(limit)?;
-        let sql =
-            format!("{SELECT} WHERE j.phase IN {ACTIVE} AND j.id > $1 ORDER BY j.id LIMIT $2");
+        let sql = format!(
+            "{SELECT} WHERE j.phase IN {ACTIVE} AND j.id > $1 ORDER BY j.id LIMIT CAST($2 AS BIGINT)"
+        );
         on_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
             .bind(after_id.unwrap_or(0))
             .bind(limit)
@@ -256,7 +259,7 @@ impl Store {
         let limit = check_limit(limit)?;
         let sql = format!(
             "{SELECT} WHERE j.phase IN {ACTIVE} AND j.node_pool = $3 AND j.id > $1 \
-             ORDER BY j.id LIMIT $2"
+             ORDER BY j.id LIMIT CAST($2 AS BIGINT)"
         );
         on_pool!(self, p => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
             .bind(after_id.unwrap_or(0))

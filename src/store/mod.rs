@@ -31,6 +31,8 @@ pub mod models;
 mod oidc_ext;
 mod recent;
 mod servers;
+#[cfg(test)]
+mod sql_tests;
 pub mod tokens;
 mod users;
 

@@ -154,7 +154,7 @@ impl Store {
         let states = state_list(states);
         let sql = format!(
             "SELECT s.*, u.name AS user_name FROM servers s JOIN users u ON u.id = s.user_id \
-             WHERE s.state IN ({states}) AND s.id > $1 ORDER BY s.id LIMIT $2"
+             WHERE s.state IN ({states}) AND s.id > $1 ORDER BY s.id LIMIT CAST($2 AS BIGINT)"
         );
         on_pool!(self, p => sqlx::query_as::<_, ServerWithOwnerRow>(AssertSqlSafe(sql))
             .bind(after_id.unwrap_or(0))

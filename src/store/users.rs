@@ -222,13 +222,18 @@ fn details_of(rows: Vec<DetailRow>) -> Result<Vec<UserDetail>> {
         match details.last_mut() {
             Some(detail) if detail.user.id == row.user.id => detail.servers.extend(server),
             _ => details.push(UserDetail {
-                groups: from_json("groups.name", &row.group_names)?,
+                groups: sorted(from_json("groups.name", &row.group_names)?),
                 servers: server.into_iter().collect(),
                 user: row.user,
             }),
         }
     }
     Ok(details)
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort_unstable();
+    names
 }
 
 /// A LIKE pattern matching names that contain `text` (lowercased), with `%`, `_` and the escape
@@ -502,9 +507,10 @@ impl Store {
             Some(states)
                 if q.sort == UserSort::Id && q.only.is_none() && name_pattern.is_none() =>
             {
+                // `CAST`: see `sql_tests::no_limit_is_a_bare_parameter`.
                 let ids = format!(
                     "SELECT user_id FROM servers WHERE state IN ({states}) GROUP BY user_id \
-                     ORDER BY user_id {dir} LIMIT $1 OFFSET $2"
+                     ORDER BY user_id {dir} LIMIT CAST($1 AS BIGINT) OFFSET $2"
                 );
                 match self.engine() {
                     // PostgreSQL's planner, given `IN (…)` of a page of ids, hashes them and
@@ -524,7 +530,7 @@ impl Store {
                     page.push_str(&format!(" AND u.name {cmp} ${n}"));
                 }
                 page.push_str(&format!(
-                    " ORDER BY {order} LIMIT ${} OFFSET ${}",
+                    " ORDER BY {order} LIMIT CAST(${} AS BIGINT) OFFSET ${}",
                     n + 1,
                     n + 2
                 ));
@@ -570,7 +576,7 @@ impl Store {
     /// own order and limit) with their servers (the active ones, or all) and their groups: one
     /// row per user and server (one row with no server for a user without), in `order` (an
     /// order of the users, on alias `u`, that keeps each user's rows together), servers by name.
-    /// The groups come as a JSON array of names, sorted. `label` names the statement in a SQL
+    /// The groups come as a JSON array of names, in no order (`details_of` sorts them). `label` names the statement in a SQL
     /// comment.
     fn details_sql(
         &self,
@@ -587,12 +593,11 @@ impl Store {
         let members = "FROM user_groups ug JOIN groups g ON g.id = ug.group_id \
                        WHERE ug.user_id = u.id";
         let groups = match self.engine() {
+            // Sorted by `details_of`: an ordered aggregate makes SQLite build a sorter per user.
             Engine::Postgres => {
-                format!("COALESCE((SELECT json_agg(g.name ORDER BY g.name) {members})::text, '[]')")
+                format!("COALESCE((SELECT json_agg(g.name) {members})::text, '[]')")
             }
-            Engine::Sqlite => {
-                format!("(SELECT json_group_array(g.name ORDER BY g.name) {members})")
-            }
+            Engine::Sqlite => format!("(SELECT json_group_array(g.name) {members})"),
         };
         format!(
             "/* {label} */ SELECT u.id, u.name, u.admin, u.created, u.last_activity, \
@@ -658,7 +663,7 @@ impl Store {
                 .fetch_one(p)
                 .await?;
             let rows = sqlx::query_as::<_, GroupRow>(
-                "SELECT * FROM groups ORDER BY name LIMIT $1 OFFSET $2",
+                "SELECT * FROM groups ORDER BY name LIMIT CAST($1 AS BIGINT) OFFSET $2",
             )
             .bind(limit_sql + 1)
             .bind(offset_sql)
