@@ -419,8 +419,15 @@ fn host_name() -> String {
     name
 }
 
-/// Creates [`JOB_USER`] when it does not exist (idempotent).
+/// Held while [`ensure_job_user`] looks the user up and creates it.
+static JOB_USER_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Creates [`JOB_USER`] when it does not exist (idempotent). One kit at a time: two kits start at
+/// once in one test binary, and on a fresh machine their two `useradd`s at once left the work
+/// directory chowned to a uid the user no longer had when its job ran (`Permission denied` on the
+/// job's output file, the job `JobLaunchFailure`).
 fn ensure_job_user() {
+    let _one_at_a_time = JOB_USER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let exists = Command::new("getent")
         .args(["passwd", JOB_USER])
         .output()
