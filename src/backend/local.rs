@@ -1449,12 +1449,33 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-/// `n` distinct ports that were free on 127.0.0.1 a moment ago (as JupyterHub's
-/// `random_port`; all held at once, so no two are the same).
+/// `n` distinct ports that were free on 127.0.0.1 a moment ago, all held at once while they are
+/// chosen, so no two are the same.
+///
+/// Taken below the kernel's range of ephemeral ports (`ip_local_port_range`) when it leaves room
+/// there: a port of that range (JupyterHub's `random_port`, a bind to port 0) can be taken,
+/// between the check and the server's own bind, by any connection the machine opens meanwhile,
+/// and under a thousand clients one was (`httpd: bind: Address already in use`, a start failed).
+/// Below it, only a program binding that very port collides. Bound to port 0 otherwise.
 async fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let mut listeners = Vec::with_capacity(n);
+    let below = ports_below_ephemeral();
     for _ in 0..n {
-        listeners.push(tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?);
+        let mut chosen = None;
+        if let Some((low, span)) = below {
+            for _ in 0..64 {
+                let port = low + (random_u64() % u64::from(span)) as u16;
+                if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                    chosen = Some(listener);
+                    break;
+                }
+            }
+        }
+        let listener = match chosen {
+            Some(listener) => listener,
+            None => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+        };
+        listeners.push(listener);
     }
     listeners
         .iter()
@@ -1462,10 +1483,50 @@ async fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// The lowest port [`free_ports`] takes.
+const LOWEST_SERVER_PORT: u16 = 10_000;
+
+/// `(first port, how many)` below the kernel's ephemeral ports, from `LOWEST_SERVER_PORT`; `None`
+/// when fewer than 1,000 ports are there or the range cannot be read.
+fn ports_below_ephemeral() -> Option<(u16, u16)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let first: u16 = range.split_whitespace().next()?.parse().ok()?;
+    let span = first.checked_sub(LOWEST_SERVER_PORT)?;
+    (span >= 1_000).then_some((LOWEST_SERVER_PORT, span))
+}
+
+/// A random number (not for secrets): the standard library's per-process random hash keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Each `RandomState` has keys of its own (random per thread, then counted up).
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn free_ports_are_distinct_and_below_the_ephemeral_ones() {
+        let ports = free_ports(3).await.unwrap();
+        assert_eq!(ports.len(), 3);
+        assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
+        if let Some((low, span)) = ports_below_ephemeral() {
+            for port in &ports {
+                assert!(
+                    (low..low + span).contains(port),
+                    "{port} not in {low}+{span}"
+                );
+            }
+        }
+        // Each is free: a server can bind it.
+        for port in ports {
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
 
     fn request(user: &str, server: &str) -> SpawnRequest {
         SpawnRequest {
