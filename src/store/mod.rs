@@ -59,7 +59,7 @@ pub use error::{Result, StoreError, is_unavailable};
 pub use hub_ext::{RunningPage, ServerChanges};
 pub use jobs::{Job, JobPage, JobUpdate, NewJob, parse_phase};
 pub use models::*;
-pub use recent::RECENT_TTL;
+pub use recent::{RECENT_TTL, Recent};
 pub use servers::StartRequest;
 pub use users::{GroupPage, UserPage, UserQuery, UserSort, UserStateFilter, UserSubset};
 
@@ -105,7 +105,7 @@ pub struct Store {
     /// [`Store::users_epoch`]); shared by the clones.
     users_epoch: Arc<AtomicU64>,
     /// Users' details read a moment ago ([`Store::get_recent_user_detail`]); shared by the clones.
-    recent: Arc<recent::RecentDetails>,
+    recent: Arc<recent::Recent<Arc<UserDetail>>>,
 }
 
 /// Runs `$body` with `$p` bound to the store's pool, compiled once per engine. `$body` may use

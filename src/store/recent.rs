@@ -3,7 +3,7 @@
 //!
 //! JupyterHub answers that request from the objects it keeps in memory; Atelier reads the
 //! database, so that several hubs on one PostgreSQL agree. This keeps the answer of a read for
-//! a moment, with the token cache's rule (`hub::auth::cache`):
+//! a moment, in a [`Recent`] (the token cache, `hub::auth::cache`, keeps resolved tokens in one):
 //!
 //! - any write through this store to a user, a server, a group or a membership voids every
 //!   entry ([`Store::users_epoch`]), so this hub never answers with what it changed since;
@@ -24,47 +24,76 @@ use super::{Result, Store, UserDetail};
 /// another process (a second hub on the same database) takes to show here.
 pub const RECENT_TTL: Duration = Duration::from_secs(2);
 
-/// Entries kept at most; the map is emptied when full (it refills from the users asking).
+/// Entries a [`Recent`] keeps at most; it is emptied when full (it refills from what is asked).
 const MAX_ENTRIES: usize = 10_000;
 
-/// Details by user name, each with the epoch it was read under.
-#[derive(Default)]
-pub(crate) struct RecentDetails {
-    entries: Mutex<HashMap<String, Entry>>,
+/// What was read from the database a moment ago, by key, each entry with the store epoch it
+/// was read under and when: an entry serves while that epoch holds and for less than
+/// [`RECENT_TTL`]. The users' details here and the hub's resolved tokens
+/// (`hub::auth::cache::TokenCache`) are both kept in one.
+pub struct Recent<V> {
+    entries: Mutex<HashMap<String, Entry<V>>>,
 }
 
-impl std::fmt::Debug for RecentDetails {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecentDetails").finish_non_exhaustive()
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Recent {
+            entries: Mutex::default(),
+        }
     }
 }
 
-struct Entry {
-    detail: Arc<UserDetail>,
+impl<V> std::fmt::Debug for Recent<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recent").finish_non_exhaustive()
+    }
+}
+
+struct Entry<V> {
+    value: V,
     epoch: u64,
     read_at: Instant,
 }
 
-impl RecentDetails {
-    fn get(&self, name: &str, epoch: u64) -> Option<Arc<UserDetail>> {
+impl<V: Clone> Recent<V> {
+    /// The value kept for `key`, if it was read under `epoch` less than [`RECENT_TTL`] ago and
+    /// `usable` accepts it (a token's expiry, say).
+    pub fn get_if(&self, key: &str, epoch: u64, usable: impl FnOnce(&V) -> bool) -> Option<V> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.get(name)?;
-        (entry.epoch == epoch && entry.read_at.elapsed() < RECENT_TTL).then(|| entry.detail.clone())
+        let entry = entries.get(key)?;
+        (entry.epoch == epoch && entry.read_at.elapsed() < RECENT_TTL && usable(&entry.value))
+            .then(|| entry.value.clone())
     }
 
-    fn put(&self, name: &str, detail: Arc<UserDetail>, epoch: u64, read_at: Instant) {
+    /// [`Recent::get_if`] with nothing more to check.
+    pub fn get(&self, key: &str, epoch: u64) -> Option<V> {
+        self.get_if(key, epoch, |_| true)
+    }
+
+    /// Keeps `value`, read from the database at `read_at` under `epoch`: the store's epoch
+    /// taken *before* the read, so that a write committed meanwhile voids it.
+    pub fn put(&self, key: &str, value: V, epoch: u64, read_at: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(name) {
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(key) {
             entries.clear();
         }
         entries.insert(
-            name.to_owned(),
+            key.to_owned(),
             Entry {
-                detail,
+                value,
                 epoch,
                 read_at,
             },
         );
+    }
+
+    /// Changes the value kept for `key`, if any, in place: what this process itself just
+    /// wrote, keeping its epoch and read time.
+    pub fn update(&self, key: &str, change: impl FnOnce(&mut V)) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.get_mut(key) {
+            change(&mut entry.value);
+        }
     }
 }
 
@@ -104,5 +133,60 @@ impl Store {
         let detail = Arc::new(self.get_user_detail(name, false).await?);
         self.recent.put(name, detail.clone(), epoch, read_at);
         Ok(detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_serves_under_its_epoch_within_the_bound_only() {
+        let recent = Recent::<u32>::default();
+        let now = Instant::now();
+        recent.put("a", 1, 7, now);
+        assert_eq!(recent.get("a", 7), Some(1));
+        assert_eq!(recent.get("a", 8), None, "a write since voids it");
+        assert_eq!(recent.get("b", 7), None);
+        assert_eq!(
+            recent.get_if("a", 7, |v| *v > 1),
+            None,
+            "refused by the check"
+        );
+        assert_eq!(recent.get_if("a", 7, |v| *v == 1), Some(1));
+
+        let old = now
+            .checked_sub(RECENT_TTL)
+            .expect("monotonic clock past the bound");
+        recent.put("old", 2, 7, old);
+        assert_eq!(recent.get("old", 7), None, "read too long ago");
+    }
+
+    #[test]
+    fn update_changes_a_kept_value_in_place_and_adds_none() {
+        let recent = Recent::<u32>::default();
+        recent.put("a", 1, 0, Instant::now());
+        recent.update("a", |v| *v = 5);
+        recent.update("b", |v| *v = 5);
+        assert_eq!(recent.get("a", 0), Some(5));
+        assert_eq!(recent.get("b", 0), None);
+    }
+
+    #[test]
+    fn a_full_cache_is_emptied_before_a_new_key() {
+        let recent = Recent::<usize>::default();
+        let now = Instant::now();
+        for i in 0..MAX_ENTRIES {
+            recent.put(&i.to_string(), i, 0, now);
+        }
+        recent.put("0", 42, 0, now);
+        assert_eq!(
+            recent.get("1", 0),
+            Some(1),
+            "replacing a key keeps the rest"
+        );
+        recent.put("new", 1, 0, now);
+        assert_eq!(recent.get("1", 0), None);
+        assert_eq!(recent.get("new", 0), Some(1));
     }
 }

@@ -13,45 +13,29 @@
 //!   a change made by another hub sharing the PostgreSQL database (a token revoked there stops
 //!   working here within that time), or by hand in the database.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use super::Caller;
+use crate::store::Recent;
 
 /// How long a resolved token is trusted without reading the database again: the longest a
 /// change made by another process (a second hub on the same database) takes to apply here, the
 /// same bound as for the users' details `GET /hub/api/user` answers with (`store::recent`).
 pub const TOKEN_CACHE_TTL: Duration = crate::store::RECENT_TTL;
 
-/// Entries kept at most; the cache is emptied when full (it refills from the tokens in use).
-const MAX_ENTRIES: usize = 10_000;
-
-/// Resolved tokens by token hash.
-#[derive(Default)]
+/// Resolved tokens by token hash, kept as the store keeps recent reads ([`Recent`]).
+#[derive(Default, Debug)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Recent<Hit>,
 }
 
-impl std::fmt::Debug for TokenCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache").finish_non_exhaustive()
-    }
-}
-
-struct Entry {
-    caller: Caller,
-    expires_at: Option<DateTime<Utc>>,
-    last_activity: Option<DateTime<Utc>>,
-    epoch: u64,
-    read_at: Instant,
-}
-
-/// A cache hit: the caller and the token's last recorded use.
+/// A cache hit: the caller, the token's expiry and its last recorded use.
+#[derive(Clone)]
 pub struct Hit {
     pub caller: Caller,
+    pub expires_at: Option<DateTime<Utc>>,
     pub last_activity: Option<DateTime<Utc>>,
 }
 
@@ -59,49 +43,20 @@ impl TokenCache {
     /// The caller of the token with hash `hash`, if it was resolved under the store's current
     /// `epoch`, less than [`TOKEN_CACHE_TTL`] ago, and has not expired at `now`.
     pub fn get(&self, hash: &str, epoch: u64, now: DateTime<Utc>) -> Option<Hit> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.get(hash)?;
-        let fresh = entry.epoch == epoch
-            && entry.read_at.elapsed() < TOKEN_CACHE_TTL
-            && entry.expires_at.is_none_or(|at| at > now);
-        fresh.then(|| Hit {
-            caller: entry.caller.clone(),
-            last_activity: entry.last_activity,
-        })
+        self.entries
+            .get_if(hash, epoch, |hit| hit.expires_at.is_none_or(|at| at > now))
     }
 
-    /// Keeps what token `hash` resolved to, read from the database under `epoch` (the store's
-    /// epoch taken *before* the read, so that a change committed meanwhile voids it).
-    pub fn put(
-        &self,
-        hash: String,
-        caller: Caller,
-        expires_at: Option<DateTime<Utc>>,
-        last_activity: Option<DateTime<Utc>>,
-        epoch: u64,
-        read_at: Instant,
-    ) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&hash) {
-            entries.clear();
-        }
-        entries.insert(
-            hash,
-            Entry {
-                caller,
-                expires_at,
-                last_activity,
-                epoch,
-                read_at,
-            },
-        );
+    /// Keeps what token `hash` resolved to, read from the database at `read_at` under `epoch`
+    /// (the store's epoch taken *before* the read, so that a change committed meanwhile voids
+    /// it).
+    pub fn put(&self, hash: &str, hit: Hit, epoch: u64, read_at: Instant) {
+        self.entries.put(hash, hit, epoch, read_at);
     }
 
     /// Records that the token's last use was written at `at`.
     pub fn note_activity(&self, hash: &str, at: DateTime<Utc>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries.get_mut(hash) {
-            entry.last_activity = Some(at);
-        }
+        self.entries
+            .update(hash, |hit| hit.last_activity = Some(at));
     }
 }

@@ -243,10 +243,12 @@ pub async fn authenticate(
             },
         };
         hub.token_cache.put(
-            hash,
-            caller.clone(),
-            t.expires_at,
-            last_activity,
+            &hash,
+            cache::Hit {
+                caller: caller.clone(),
+                expires_at: t.expires_at,
+                last_activity,
+            },
             epoch,
             read_at,
         );
