@@ -28,6 +28,8 @@
 #   activity      POST /hub/api/users/<random user>/activity {"last_activity": now} (singleuser)
 # Every endpoint is checked with curl on both hubs first (2xx, 200 users on the pages, RUNNING
 # ready users in all).
+# On PostgreSQL, the ready page's floor: its statements (ready_page.sql, ready_count.sql) run by
+# pgbench alone on Atelier's database at each connection count, as pages per second.
 # Also: startup time of each hub to its first 200 on /hub/api (fresh database), RSS after the runs,
 # load average before and after each engine.
 #
@@ -302,6 +304,26 @@ PY
     done
   done
   JH_RSS=$(rss_kib "$JH_PID"); AT_RSS=$(rss_kib "$AT_PID")
+
+  # --- PostgreSQL alone: the floor of the culler's page (ready_page.sql, ready_count.sql: the
+  # statements Atelier's hub runs, kept equal by a test) run by pgbench, pinned as wrk is, on
+  # Atelier's database, both hubs idle. One connection: the page statement alone, as the hub runs
+  # the total beside it on a second connection; at more: both per page. What a hub reading the
+  # page from this PostgreSQL could reach at best.
+  if [ "$engine" = postgres ] && [ "$RUNNING" -gt 0 ] && grep -qw ready <<<"$KINDS"; then
+    cat "$HERE/ready_page.sql" "$HERE/ready_count.sql" >"$WORK/ready_both.sql"
+    for c in $CONNS; do
+      script="$WORK/ready_both.sql"; [ "$c" -lt 2 ] && script="$HERE/ready_page.sql"
+      tps=$("${LOAD_PIN[@]}" pgbench -n -M prepared -c "$c" -j "$([ "$c" -lt 2 ] && echo 1 || echo 2)" \
+        -T "$DURATION" -D pages="$(( (RUNNING + 199) / 200 ))" -D limit=201 -f "$script" \
+        "$PG_URL/bench_at_$TS_DB" 2>&1 | awk '/^tps = / {print $3}')
+      jh=$(awk -F'\t' -v c="$c" '$1 == "postgres" && $2 == "jupyterhub" && $3 == "ready" && $4 == c {print $5}' "$RESULTS")
+      at=$(awk -F'\t' -v c="$c" '$1 == "postgres" && $2 == "atelier" && $3 == "ready" && $4 == c {print $5}' "$RESULTS")
+      line=$(python3 -c 'import sys; t, j, a = (float(x or 0) for x in sys.argv[1:4]); print(f"{t:.0f} pages/s; as a ratio to JupyterHub: {t / j:.1f}x (Atelier: {a / j:.1f}x, {100 * a / t:.0f} % of the floor)" if j and t else f"{t:.0f} pages/s")' "$tps" "$jh" "$at")
+      echo "[$engine] PostgreSQL alone, the ready page's statements by pgbench at $c connection(s): $line" >>"$INFO"
+      log "$engine: PostgreSQL alone, c=$c: $line"
+    done
+  fi
 
   # --- optional profiles (PROFILE=1): each kind again at the highest connection count,
   # JupyterHub under py-spy, Atelier under perf. Not in the table.

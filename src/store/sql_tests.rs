@@ -88,3 +88,52 @@ fn no_limit_is_a_bare_parameter() {
         bare.join("\n")
     );
 }
+
+/// The statements of `bench/hub`'s PostgreSQL floor (`ready_page.sql`, `ready_count.sql`,
+/// which pgbench runs alone next to the hub) are those [`list_users_sql`] writes for the
+/// culler's walk, with pgbench's `:limit` and `:offset` for `$1` and `$2`, and
+/// without the label comment.
+#[test]
+fn the_benchmark_floor_runs_the_culler_page_statements() {
+    use super::users::list_users_sql;
+    use super::{Engine, UserQuery, UserStateFilter};
+
+    let q = UserQuery {
+        state: Some(UserStateFilter::Ready),
+        limit: 200,
+        ..UserQuery::default()
+    };
+    let sql = list_users_sql(Engine::Postgres, &q).expect("the culler's query");
+    assert!(sql.subset_binds.is_empty());
+    let statement = |file: &str| -> String {
+        let text =
+            std::fs::read_to_string(format!("{}/bench/hub/{file}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap_or_else(|e| panic!("bench/hub/{file}: {e}"));
+        let sql: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("--") && !l.starts_with('\\'))
+            .collect();
+        sql.join(" ")
+            .trim()
+            .trim_end_matches(';')
+            .replace(":limit", "$1")
+            .replace(":offset", "$2")
+    };
+    // Without the label comment: pgbench would read its `:page` as a variable.
+    let unlabelled = |sql: &str, label: &str| {
+        let prefix = format!("/* {label} */ ");
+        sql.strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{label}: no label comment"))
+            .to_owned()
+    };
+    assert_eq!(
+        statement("ready_page.sql"),
+        unlabelled(&sql.page, "list_users:page"),
+        "bench/hub/ready_page.sql"
+    );
+    assert_eq!(
+        statement("ready_count.sql"),
+        unlabelled(&sql.count, "list_users:count"),
+        "bench/hub/ready_count.sql"
+    );
+}

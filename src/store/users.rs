@@ -160,7 +160,7 @@ struct Membership {
     name: String,
 }
 
-/// A row of [`Store::details_sql`]: a user, one of their servers (none: all `s_` columns null)
+/// A row of [`details_sql`]: a user, one of their servers (none: all `s_` columns null)
 /// and their groups as a JSON array.
 #[derive(sqlx::FromRow)]
 struct DetailRow {
@@ -214,7 +214,7 @@ impl DetailRow {
     }
 }
 
-/// The users of [`Store::details_sql`]'s rows, in their order.
+/// The users of [`details_sql`]'s rows, in their order.
 fn details_of(rows: Vec<DetailRow>) -> Result<Vec<UserDetail>> {
     let mut details: Vec<UserDetail> = Vec::new();
     for mut row in rows {
@@ -275,6 +275,195 @@ fn user_conflict(name: &str) -> String {
     format!("a user named {name:?} exists (names are compared ignoring ASCII case)")
 }
 
+/// One statement reading the users `users_sql` selects (a `SELECT` of `users` rows, with its
+/// own order and limit) with their servers (the active ones, or all) and their groups: one
+/// row per user and server (one row with no server for a user without), in `order` (an
+/// order of the users, on alias `u`, that keeps each user's rows together), servers by name.
+/// The groups come as a JSON array of names, in no order (`details_of` sorts them).
+/// `label` names the statement in a SQL comment.
+fn details_sql(
+    engine: Engine,
+    label: &str,
+    users_sql: &str,
+    order: &str,
+    include_stopped_servers: bool,
+) -> String {
+    let state_filter = if include_stopped_servers {
+        String::new()
+    } else {
+        format!(" AND s.state IN ({})", state_list(&ServerState::ACTIVE))
+    };
+    let members = "FROM user_groups ug JOIN groups g ON g.id = ug.group_id \
+                   WHERE ug.user_id = u.id";
+    let groups = match engine {
+        // Sorted by `details_of`: an ordered aggregate makes SQLite build a sorter per user.
+        Engine::Postgres => {
+            format!("COALESCE((SELECT json_agg(g.name) {members})::text, '[]')")
+        }
+        Engine::Sqlite => format!("(SELECT json_group_array(g.name) {members})"),
+    };
+    format!(
+        "/* {label} */ SELECT u.id, u.name, u.admin, u.created, u.last_activity, \
+         s.id AS s_id, s.name AS s_name, s.display_name AS s_display_name, \
+         s.profile AS s_profile, s.user_options AS s_user_options, s.state AS s_state, \
+         s.spawner_state AS s_spawner_state, s.url AS s_url, s.started AS s_started, \
+         s.last_activity AS s_last_activity, s.created AS s_created, \
+         {groups} AS group_names \
+         FROM ({users_sql}) u LEFT JOIN servers s ON s.user_id = u.id{state_filter} \
+         ORDER BY {order}, s.name"
+    )
+}
+
+/// [`Store::list_users`]'s two statements on `engine`, `count` and `page`, and the values to
+/// bind to both first (`subset_binds`; the page's then take the name cursor if any, the limit
+/// plus one and the offset). A pure function: `bench/hub/ready_page.sql` holds its page for the
+/// culler's walk, checked against it by `sql_tests`.
+pub(crate) fn list_users_sql(engine: Engine, q: &UserQuery) -> Result<ListUsersSql> {
+    if q.after.is_some() && q.sort != UserSort::Name {
+        return Err(StoreError::Invalid(
+            "a name cursor needs the users sorted by name".to_owned(),
+        ));
+    }
+    // Bind parameters in order: the subset's names, then the cursor, the limit, the offset.
+    let mut subset_binds: Vec<String> = Vec::new();
+    let mut subset = String::new();
+    if let Some(only) = &q.only {
+        let mut any = Vec::new();
+        if !only.users.is_empty() {
+            any.push(format!(
+                "u.name IN ({})",
+                placeholders(subset_binds.len() + 1, only.users.len())
+            ));
+            subset_binds.extend(only.users.iter().cloned());
+        }
+        if !only.groups.is_empty() {
+            any.push(format!(
+                "u.id IN (SELECT ug.user_id FROM user_groups ug \
+                 JOIN groups g ON g.id = ug.group_id WHERE g.name IN ({}))",
+                placeholders(subset_binds.len() + 1, only.groups.len())
+            ));
+            subset_binds.extend(only.groups.iter().cloned());
+        }
+        if any.is_empty() {
+            any.push("FALSE".to_owned());
+        }
+        subset = format!(" AND ({})", any.join(" OR "));
+    }
+    // Names are ASCII and `name_norm` is the name lowercased, so a lowercased pattern
+    // matches ignoring case on both engines (PostgreSQL's LIKE is case-sensitive).
+    let name_pattern = q
+        .name_filter
+        .as_deref()
+        .filter(|f| !f.is_empty())
+        .map(like_contains);
+    if let Some(pattern) = &name_pattern {
+        subset.push_str(&format!(
+            " AND u.name_norm LIKE ${} ESCAPE '\\'",
+            subset_binds.len() + 1
+        ));
+        subset_binds.push(pattern.clone());
+    }
+    let running = state_list(&[ServerState::Running]);
+    let active = state_list(&ServerState::ACTIVE);
+    let (filter, servers_count) = match q.state {
+        None => (String::new(), None),
+        Some(UserStateFilter::Ready) => (
+            format!(" AND u.id IN (SELECT user_id FROM servers WHERE state IN ({running}))"),
+            Some(format!(
+                "SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({running})"
+            )),
+        ),
+        Some(UserStateFilter::Active) => (
+            format!(" AND u.id IN (SELECT user_id FROM servers WHERE state IN ({active}))"),
+            Some(format!(
+                "SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active})"
+            )),
+        ),
+        Some(UserStateFilter::Inactive) => (
+            format!(" AND u.id NOT IN (SELECT user_id FROM servers WHERE state IN ({active}))"),
+            Some(format!(
+                "SELECT (SELECT COUNT(*) FROM users) - \
+                 (SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active}))"
+            )),
+        ),
+    };
+    // Over all users, a state's total is counted from the servers alone.
+    let count = match servers_count {
+        Some(count) if q.only.is_none() && name_pattern.is_none() => count,
+        _ => format!("SELECT COUNT(*) FROM users u WHERE TRUE{subset}{filter}"),
+    };
+    let count = format!("/* list_users:count */ {count}");
+    let (dir, cmp, nulls) = if q.descending {
+        ("DESC", "<", "NULLS LAST")
+    } else {
+        ("ASC", ">", "NULLS FIRST")
+    };
+    let order = match q.sort {
+        UserSort::Id => format!("u.id {dir}"),
+        UserSort::Name => format!("u.name {dir}"),
+        UserSort::LastActivity => format!("u.last_activity {dir} {nulls}, u.id {dir}"),
+    };
+    // The culler's walk (users with a ready or active server, by id, nothing else filtering
+    // them) takes the page's ids straight off the `servers_state` index: a skipped user
+    // costs an index step, not a lookup of the user's row.
+    let servers_states = match q.state {
+        Some(UserStateFilter::Ready) => Some(&running),
+        Some(UserStateFilter::Active) => Some(&active),
+        _ => None,
+    };
+    let page = match servers_states {
+        Some(states) if q.sort == UserSort::Id && q.only.is_none() && name_pattern.is_none() => {
+            // `CAST`: see `sql_tests::no_limit_is_a_bare_parameter`.
+            let ids = format!(
+                "SELECT user_id FROM servers WHERE state IN ({states}) GROUP BY user_id \
+                 ORDER BY user_id {dir} LIMIT CAST($1 AS BIGINT) OFFSET $2"
+            );
+            match engine {
+                // PostgreSQL's planner, given `IN (…)` of a page of ids, hashes them and
+                // reads every user (a sequential scan of the table, once analyzed); given
+                // an array, it looks the page's users up by key.
+                Engine::Postgres => {
+                    format!("SELECT u.* FROM users u WHERE u.id = ANY(ARRAY({ids}))")
+                }
+                Engine::Sqlite => format!("SELECT u.* FROM users u WHERE u.id IN ({ids})"),
+            }
+        }
+        _ => {
+            let mut page = format!("SELECT u.* FROM users u WHERE TRUE{subset}{filter}");
+            let mut n = subset_binds.len();
+            if q.after.is_some() {
+                n += 1;
+                page.push_str(&format!(" AND u.name {cmp} ${n}"));
+            }
+            page.push_str(&format!(
+                " ORDER BY {order} LIMIT CAST(${} AS BIGINT) OFFSET ${}",
+                n + 1,
+                n + 2
+            ));
+            page
+        }
+    };
+    let page = details_sql(
+        engine,
+        "list_users:page",
+        &page,
+        &order,
+        q.include_stopped_servers,
+    );
+    Ok(ListUsersSql {
+        count,
+        page,
+        subset_binds,
+    })
+}
+
+/// See [`list_users_sql`].
+pub(crate) struct ListUsersSql {
+    pub count: String,
+    pub page: String,
+    pub subset_binds: Vec<String>,
+}
+
 impl Store {
     // ---- users ----------------------------------------------------------------------------
 
@@ -318,7 +507,8 @@ impl Store {
         name: &str,
         include_stopped_servers: bool,
     ) -> Result<UserDetail> {
-        let sql = self.details_sql(
+        let sql = details_sql(
+            self.engine(),
             "user_details:one",
             "SELECT * FROM users WHERE name = $1",
             "u.id",
@@ -398,7 +588,7 @@ impl Store {
     ///
     /// Costs two statements whatever the page size, never one per user, sent at once on two
     /// connections: the total (`list_users:count`) and the page with its users' servers and
-    /// groups (`list_users:page`, [`Store::details_sql`]). The statements carry these names as
+    /// groups (`list_users:page`, [`details_sql`]). The statements carry these names as
     /// SQL comments. The `ready`
     /// and `active` filters, page and total, are driven by the `servers_state` index: their
     /// cost follows the number of running servers, not the number of users. With
@@ -411,141 +601,19 @@ impl Store {
     pub async fn list_users(&self, q: &UserQuery) -> Result<UserPage> {
         let limit = check_limit(q.limit)?;
         let offset = check_offset(q.offset)?;
-        if q.after.is_some() && q.sort != UserSort::Name {
-            return Err(StoreError::Invalid(
-                "a name cursor needs the users sorted by name".to_owned(),
-            ));
-        }
-        // Bind parameters in order: the subset's names, then the cursor, the limit, the offset.
-        let mut subset_binds: Vec<&str> = Vec::new();
-        let mut subset = String::new();
-        if let Some(only) = &q.only {
-            let mut any = Vec::new();
-            if !only.users.is_empty() {
-                any.push(format!(
-                    "u.name IN ({})",
-                    placeholders(subset_binds.len() + 1, only.users.len())
-                ));
-                subset_binds.extend(only.users.iter().map(String::as_str));
-            }
-            if !only.groups.is_empty() {
-                any.push(format!(
-                    "u.id IN (SELECT ug.user_id FROM user_groups ug \
-                     JOIN groups g ON g.id = ug.group_id WHERE g.name IN ({}))",
-                    placeholders(subset_binds.len() + 1, only.groups.len())
-                ));
-                subset_binds.extend(only.groups.iter().map(String::as_str));
-            }
-            if any.is_empty() {
-                any.push("FALSE".to_owned());
-            }
-            subset = format!(" AND ({})", any.join(" OR "));
-        }
-        // Names are ASCII and `name_norm` is the name lowercased, so a lowercased pattern
-        // matches ignoring case on both engines (PostgreSQL's LIKE is case-sensitive).
-        let name_pattern = q
-            .name_filter
-            .as_deref()
-            .filter(|f| !f.is_empty())
-            .map(like_contains);
-        if let Some(pattern) = &name_pattern {
-            subset.push_str(&format!(
-                " AND u.name_norm LIKE ${} ESCAPE '\\'",
-                subset_binds.len() + 1
-            ));
-            subset_binds.push(pattern.as_str());
-        }
-        let running = state_list(&[ServerState::Running]);
-        let active = state_list(&ServerState::ACTIVE);
-        let (filter, servers_count) = match q.state {
-            None => (String::new(), None),
-            Some(UserStateFilter::Ready) => (
-                format!(" AND u.id IN (SELECT user_id FROM servers WHERE state IN ({running}))"),
-                Some(format!(
-                    "SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({running})"
-                )),
-            ),
-            Some(UserStateFilter::Active) => (
-                format!(" AND u.id IN (SELECT user_id FROM servers WHERE state IN ({active}))"),
-                Some(format!(
-                    "SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active})"
-                )),
-            ),
-            Some(UserStateFilter::Inactive) => (
-                format!(" AND u.id NOT IN (SELECT user_id FROM servers WHERE state IN ({active}))"),
-                Some(format!(
-                    "SELECT (SELECT COUNT(*) FROM users) - \
-                     (SELECT COUNT(DISTINCT user_id) FROM servers WHERE state IN ({active}))"
-                )),
-            ),
-        };
-        // Over all users, a state's total is counted from the servers alone.
-        let count = match servers_count {
-            Some(count) if q.only.is_none() && name_pattern.is_none() => count,
-            _ => format!("SELECT COUNT(*) FROM users u WHERE TRUE{subset}{filter}"),
-        };
-        let count = format!("/* list_users:count */ {count}");
-        let (dir, cmp, nulls) = if q.descending {
-            ("DESC", "<", "NULLS LAST")
-        } else {
-            ("ASC", ">", "NULLS FIRST")
-        };
-        let order = match q.sort {
-            UserSort::Id => format!("u.id {dir}"),
-            UserSort::Name => format!("u.name {dir}"),
-            UserSort::LastActivity => format!("u.last_activity {dir} {nulls}, u.id {dir}"),
-        };
-        // The culler's walk (users with a ready or active server, by id, nothing else filtering
-        // them) takes the page's ids straight off the `servers_state` index: a skipped user
-        // costs an index step, not a lookup of the user's row.
-        let servers_states = match q.state {
-            Some(UserStateFilter::Ready) => Some(&running),
-            Some(UserStateFilter::Active) => Some(&active),
-            _ => None,
-        };
-        let page = match servers_states {
-            Some(states)
-                if q.sort == UserSort::Id && q.only.is_none() && name_pattern.is_none() =>
-            {
-                // `CAST`: see `sql_tests::no_limit_is_a_bare_parameter`.
-                let ids = format!(
-                    "SELECT user_id FROM servers WHERE state IN ({states}) GROUP BY user_id \
-                     ORDER BY user_id {dir} LIMIT CAST($1 AS BIGINT) OFFSET $2"
-                );
-                match self.engine() {
-                    // PostgreSQL's planner, given `IN (…)` of a page of ids, hashes them and
-                    // reads every user (a sequential scan of the table, once analyzed); given
-                    // an array, it looks the page's users up by key.
-                    Engine::Postgres => {
-                        format!("SELECT u.* FROM users u WHERE u.id = ANY(ARRAY({ids}))")
-                    }
-                    Engine::Sqlite => format!("SELECT u.* FROM users u WHERE u.id IN ({ids})"),
-                }
-            }
-            _ => {
-                let mut page = format!("SELECT u.* FROM users u WHERE TRUE{subset}{filter}");
-                let mut n = subset_binds.len();
-                if q.after.is_some() {
-                    n += 1;
-                    page.push_str(&format!(" AND u.name {cmp} ${n}"));
-                }
-                page.push_str(&format!(
-                    " ORDER BY {order} LIMIT CAST(${} AS BIGINT) OFFSET ${}",
-                    n + 1,
-                    n + 2
-                ));
-                page
-            }
-        };
-        let page = self.details_sql("list_users:page", &page, &order, q.include_stopped_servers);
+        let ListUsersSql {
+            count,
+            page,
+            subset_binds,
+        } = list_users_sql(self.engine(), q)?;
 
         // The total and the page on two connections at once: one round trip's wait, not two.
         let (total, rows) = on_pool!(self, p => {
             let mut count = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count));
             let mut query = sqlx::query_as::<_, DetailRow>(AssertSqlSafe(page));
             for name in &subset_binds {
-                count = count.bind(*name);
-                query = query.bind(*name);
+                count = count.bind(name.as_str());
+                query = query.bind(name.as_str());
             }
             if let Some(after) = &q.after {
                 query = query.bind(after);
@@ -570,45 +638,6 @@ impl Store {
             next_offset,
             next_after,
         })
-    }
-
-    /// One statement reading the users `users_sql` selects (a `SELECT` of `users` rows, with its
-    /// own order and limit) with their servers (the active ones, or all) and their groups: one
-    /// row per user and server (one row with no server for a user without), in `order` (an
-    /// order of the users, on alias `u`, that keeps each user's rows together), servers by name.
-    /// The groups come as a JSON array of names, in no order (`details_of` sorts them). `label` names the statement in a SQL
-    /// comment.
-    fn details_sql(
-        &self,
-        label: &str,
-        users_sql: &str,
-        order: &str,
-        include_stopped_servers: bool,
-    ) -> String {
-        let state_filter = if include_stopped_servers {
-            String::new()
-        } else {
-            format!(" AND s.state IN ({})", state_list(&ServerState::ACTIVE))
-        };
-        let members = "FROM user_groups ug JOIN groups g ON g.id = ug.group_id \
-                       WHERE ug.user_id = u.id";
-        let groups = match self.engine() {
-            // Sorted by `details_of`: an ordered aggregate makes SQLite build a sorter per user.
-            Engine::Postgres => {
-                format!("COALESCE((SELECT json_agg(g.name) {members})::text, '[]')")
-            }
-            Engine::Sqlite => format!("(SELECT json_group_array(g.name) {members})"),
-        };
-        format!(
-            "/* {label} */ SELECT u.id, u.name, u.admin, u.created, u.last_activity, \
-             s.id AS s_id, s.name AS s_name, s.display_name AS s_display_name, \
-             s.profile AS s_profile, s.user_options AS s_user_options, s.state AS s_state, \
-             s.spawner_state AS s_spawner_state, s.url AS s_url, s.started AS s_started, \
-             s.last_activity AS s_last_activity, s.created AS s_created, \
-             {groups} AS group_names \
-             FROM ({users_sql}) u LEFT JOIN servers s ON s.user_id = u.id{state_filter} \
-             ORDER BY {order}, s.name"
-        )
     }
 
     // ---- groups ---------------------------------------------------------------------------

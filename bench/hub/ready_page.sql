@@ -1,0 +1,5 @@
+-- The culler's page on PostgreSQL, as Atelier's hub runs it (store::users::list_users_sql; the
+-- test store::sql_tests::the_benchmark_floor_runs_the_culler_page_statements keeps it equal):
+-- run by pgbench alone in bench/hub/run.sh, the floor of the page's time in the database.
+\set offset 200 * random(0, :pages - 1)
+SELECT u.id, u.name, u.admin, u.created, u.last_activity, s.id AS s_id, s.name AS s_name, s.display_name AS s_display_name, s.profile AS s_profile, s.user_options AS s_user_options, s.state AS s_state, s.spawner_state AS s_spawner_state, s.url AS s_url, s.started AS s_started, s.last_activity AS s_last_activity, s.created AS s_created, COALESCE((SELECT json_agg(g.name) FROM user_groups ug JOIN groups g ON g.id = ug.group_id WHERE ug.user_id = u.id)::text, '[]') AS group_names FROM (SELECT u.* FROM users u WHERE u.id = ANY(ARRAY(SELECT user_id FROM servers WHERE state IN ('running') GROUP BY user_id ORDER BY user_id ASC LIMIT CAST(:limit AS BIGINT) OFFSET :offset))) u LEFT JOIN servers s ON s.user_id = u.id AND s.state IN ('starting', 'running', 'stopping') ORDER BY u.id ASC, s.name;
