@@ -418,6 +418,22 @@ async fn server_lifecycle(db: &TestDb) {
     let servers = s.list_user_servers(alice.id).await.unwrap();
     let listed: Vec<_> = servers.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(listed, ["", "analysis"]);
+    // A user's details list the servers by name (byte order), whatever order they were made
+    // in: one server made after the others sorts between them.
+    let middle = s.create_server(alice.id, "Zz-middle").await.unwrap();
+    let detail = s.get_user_detail("alice", true).await.unwrap();
+    let listed: Vec<_> = detail.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(listed, ["", "Zz-middle", "analysis"]);
+    let page = s
+        .list_users(&UserQuery {
+            include_stopped_servers: true,
+            ..UserQuery::default()
+        })
+        .await
+        .unwrap();
+    let alices = page.items.iter().find(|d| d.user.name == "alice").unwrap();
+    assert_eq!(alices.servers, detail.servers);
+    s.delete_server(middle.id).await.unwrap();
 
     // Stopped -> Starting -> Running -> Stopping -> Stopped.
     let t0 = now();
