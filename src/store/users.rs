@@ -308,12 +308,12 @@ fn details_sql(
         // per user (a third of the culler's page in the database, bench/hub).
         Engine::Postgres => {
             "COALESCE((SELECT json_agg((SELECT g.name FROM groups g \
-                             WHERE g.id = ug.group_id)) FROM user_groups ug \
-                             WHERE ug.user_id = u.id)::text, '[]')"
+             WHERE g.id = ug.group_id)) FROM user_groups ug \
+             WHERE ug.user_id = u.id)::text, '[]')"
         }
         Engine::Sqlite => {
             "(SELECT json_group_array(g.name) FROM user_groups ug \
-                           JOIN groups g ON g.id = ug.group_id WHERE ug.user_id = u.id)"
+             JOIN groups g ON g.id = ug.group_id WHERE ug.user_id = u.id)"
         }
     };
     format!(
