@@ -1450,7 +1450,8 @@ fn describe_exit(status: ExitStatus) -> String {
 }
 
 /// `n` distinct ports that were free on 127.0.0.1 a moment ago, all held at once while they are
-/// chosen, so no two are the same.
+/// chosen, so no two are the same, and none handed out by this process in the last
+/// [`PORT_HOLD`] (see [`HANDED_OUT`]).
 ///
 /// Taken below the kernel's range of ephemeral ports (`ip_local_port_range`) when it leaves room
 /// there: a port of that range (JupyterHub's `random_port`, a bind to port 0) can be taken,
@@ -1458,14 +1459,20 @@ fn describe_exit(status: ExitStatus) -> String {
 /// and under a thousand clients one was (`httpd: bind: Address already in use`, a start failed).
 /// Below it, only a program binding that very port collides. Bound to port 0 otherwise.
 async fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let mut listeners = Vec::with_capacity(n);
     let below = ports_below_ephemeral();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    handed_out.retain(|_, at| at.elapsed() < PORT_HOLD);
+    let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
         let mut chosen = None;
         if let Some((low, span)) = below {
             for _ in 0..64 {
                 let port = low + (random_u64() % u64::from(span)) as u16;
-                if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                if handed_out.contains_key(&port) {
+                    continue;
+                }
+                // A plain bind: it does not block, and the lock is not held across an await.
+                if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
                     chosen = Some(listener);
                     break;
                 }
@@ -1473,15 +1480,29 @@ async fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
         }
         let listener = match chosen {
             Some(listener) => listener,
-            None => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+            None => std::net::TcpListener::bind(("127.0.0.1", 0))?,
         };
         listeners.push(listener);
     }
-    listeners
+    let ports = listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+        .collect::<std::io::Result<Vec<u16>>>()?;
+    let now = std::time::Instant::now();
+    for port in &ports {
+        handed_out.insert(*port, now);
+    }
+    Ok(ports)
 }
+
+/// The ports [`free_ports`] handed out lately, with when. A port is free when chosen but only
+/// bound later, by the server once it runs: two starts at once (two hubs of one process, as in
+/// the tests, or one hub's concurrent starts) could otherwise both be given it, and the second
+/// server would fail to bind (`tests/resilience_load.rs`, 200 starts at once: it happened).
+static HANDED_OUT: Mutex<BTreeMap<u16, std::time::Instant>> = Mutex::new(BTreeMap::new());
+
+/// How long a handed-out port is not handed out again: past any server's start.
+const PORT_HOLD: Duration = Duration::from_secs(600);
 
 /// The lowest port [`free_ports`] takes.
 const LOWEST_SERVER_PORT: u16 = 10_000;
@@ -1525,6 +1546,17 @@ mod tests {
         // Each is free: a server can bind it.
         for port in ports {
             std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_is_not_handed_out_twice_while_its_server_starts() {
+        // 2,000 ports one at a time, none bound meanwhile (as servers still starting): chosen
+        // at random among the ~22,000 below the ephemeral range, some would repeat.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2_000 {
+            let port = free_ports(1).await.unwrap()[0];
+            assert!(seen.insert(port), "port {port} handed out twice");
         }
     }
 
