@@ -77,15 +77,24 @@ fn check(report: &harness::Report) {
     assert!(report.peak_rss_kib > 0 && report.cpu_seconds > 0.0);
 }
 
+/// Removes the run's work directory (its kubeconfig and the operator's log) once its checks have
+/// passed; a failed run keeps it, for the log.
+fn passed(opts: &harness::Options) {
+    let _ = std::fs::remove_dir_all(&opts.work_dir);
+}
+
 #[tokio::test]
 async fn twenty_workspaces_in_one_namespace() {
-    let report = harness::run(&options(false)).await.expect("the bench runs");
+    let opts = options(false);
+    let report = harness::run(&opts).await.expect("the bench runs");
     check(&report);
+    passed(&opts);
 }
 
 #[tokio::test]
 async fn twenty_workspaces_in_per_user_namespaces() {
-    let report = harness::run(&options(true)).await.expect("the bench runs");
+    let opts = options(true);
+    let report = harness::run(&opts).await.expect("the bench runs");
     check(&report);
     // Each of the 5 users' namespaces was applied.
     let cold = &report.phases[0];
@@ -93,6 +102,7 @@ async fn twenty_workspaces_in_per_user_namespaces() {
         cold.requests.get(&("patch".into(), "namespaces".into())) >= Some(&5),
         "{cold:?}"
     );
+    passed(&opts);
 }
 
 /// The API server's watch window is short (here 10 changes; etcd compacts every 5 minutes):
@@ -115,6 +125,7 @@ async fn twenty_workspaces_through_expired_watches() {
         relisted > 0,
         "the expired watches listed again: {report:#?}"
     );
+    passed(&opts);
 }
 
 #[test]
