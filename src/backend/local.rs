@@ -496,7 +496,6 @@ impl LocalBackend {
         }
 
         let ports = free_ports(if request.dask.is_some() { 3 } else { 1 })
-            .await
             .map_err(|e| anyhow::anyhow!("finding a free port: {e}"))?;
         let port = ports[0];
         let url = format!("http://127.0.0.1:{port}");
@@ -1458,7 +1457,7 @@ fn describe_exit(status: ExitStatus) -> String {
 /// between the check and the server's own bind, by any connection the machine opens meanwhile,
 /// and under a thousand clients one was (`httpd: bind: Address already in use`, a start failed).
 /// Below it, only a program binding that very port collides. Bound to port 0 otherwise.
-async fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let below = ports_below_ephemeral();
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     handed_out.retain(|_, at| at.elapsed() < PORT_HOLD);
@@ -1467,11 +1466,12 @@ async fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
         let mut chosen = None;
         if let Some((low, span)) = below {
             for _ in 0..64 {
-                let port = low + (random_u64() % u64::from(span)) as u16;
+                // Without the system's random numbers, the kernel's choice (port 0) below.
+                let Ok(random) = getrandom::u64() else { break };
+                let port = low + (random % u64::from(span)) as u16;
                 if handed_out.contains_key(&port) {
                     continue;
                 }
-                // A plain bind: it does not block, and the lock is not held across an await.
                 if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
                     chosen = Some(listener);
                     break;
@@ -1516,23 +1516,14 @@ fn ports_below_ephemeral() -> Option<(u16, u16)> {
     (span >= 1_000).then_some((LOWEST_SERVER_PORT, span))
 }
 
-/// A random number (not for secrets): the standard library's per-process random hash keys.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // Each `RandomState` has keys of its own (random per thread, then counted up).
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u8(0);
-    hasher.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    #[tokio::test]
-    async fn free_ports_are_distinct_and_below_the_ephemeral_ones() {
-        let ports = free_ports(3).await.unwrap();
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_ones() {
+        let ports = free_ports(3).unwrap();
         assert_eq!(ports.len(), 3);
         assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
         if let Some((low, span)) = ports_below_ephemeral() {
@@ -1549,13 +1540,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_port_is_not_handed_out_twice_while_its_server_starts() {
+    #[test]
+    fn a_port_is_not_handed_out_twice_while_its_server_starts() {
         // 2,000 ports one at a time, none bound meanwhile (as servers still starting): chosen
         // at random among the ~22,000 below the ephemeral range, some would repeat.
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..2_000 {
-            let port = free_ports(1).await.unwrap()[0];
+            let port = free_ports(1).unwrap()[0];
             assert!(seen.insert(port), "port {port} handed out twice");
         }
     }
